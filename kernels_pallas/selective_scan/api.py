@@ -1,0 +1,47 @@
+"""Public entry point of the selective scan: one function, several implementations.
+
+implementation:
+  None          -> 'triton' on GPU when the Pallas kernel is available, else 'associative'
+  'xla'         -> alias of 'associative'
+  'associative' -> `lax.associative_scan` (parallel over time; default on CPU/TPU)
+  'sequential'  -> `lax.scan` over time (the ground truth)
+  'triton'      -> Pallas Triton kernel (GPU; `interpret=True` runs it on CPU for tests)
+"""
+from __future__ import annotations
+
+import jax
+
+from kernels_pallas.selective_scan import reference
+
+IMPLEMENTATIONS = ('xla', 'associative', 'sequential', 'triton')
+
+
+def default_implementation() -> str:
+  if jax.default_backend() == 'gpu':
+    return 'triton'
+  return 'associative'
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
+                   delta_softplus=True, reverse=False, return_states=False,
+                   implementation=None, interpret=False, block_config=None):
+  """Mamba selective scan. u, delta, z: (B, L, D); B, C: (B, L, N); A: (D, N); D, delta_bias: (D,).
+
+  Returns y (B, L, D) in u.dtype, and with `return_states` also the fp32 states (B, L, D, N).
+  `reverse=True` scans from the last time step to the first (the Vim backward direction,
+  without a flipped copy). The state is always fp32.
+  """
+  impl = implementation or default_implementation()
+  if impl not in IMPLEMENTATIONS:
+    raise ValueError(f'selective_scan: unknown implementation {impl!r}; '
+                     f'choose one of {IMPLEMENTATIONS} or None for the platform default.')
+  if impl == 'triton' and return_states:
+    impl = 'associative'  # the fused kernel keeps states in registers; Gen needs them all
+  if impl == 'triton':
+    from kernels_pallas.selective_scan import pallas_triton  # pylint: disable=g-import-not-at-top
+    return pallas_triton.selective_scan(
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus=delta_softplus, reverse=reverse,
+        interpret=interpret, block_config=block_config)
+  return reference.selective_scan_xla(
+      u, delta, A, B, C, D, z, delta_bias, delta_softplus=delta_softplus, reverse=reverse,
+      return_states=return_states, sequential=(impl == 'sequential'))

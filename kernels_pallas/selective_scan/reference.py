@@ -1,0 +1,116 @@
+"""XLA reference of the Mamba selective scan (mamba_ssm `selective_scan_ref` semantics).
+
+Layout is time-major per sample: u, delta, z are (B, L, D); B, C are (B, L, N); A is (D, N).
+
+    delta = softplus(delta + delta_bias)                       (if delta_softplus)
+    h_t   = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t   (state (D, N), fp32)
+    y_t   = C_t . h_t + D * u_t ;  out = y * SiLU(z)
+
+Two XLA forms: `sequential` (a `lax.scan`, the ground truth) and `associative`
+(`lax.associative_scan`, parallel over time). The associative form materialises
+(B, L, D, N) fp32 intermediates: 4*B*L*D*N bytes each, a few of them live at once. It is
+chunked over channels once that exceeds `max_intermediate_bytes` (the recurrence is
+independent per channel, so chunking is exact).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+# A (B, L, D, N) fp32 tensor above this size makes the associative scan loop over channel chunks.
+DEFAULT_MAX_INTERMEDIATE_BYTES = 1 << 30
+
+
+def discretize(u, delta, A, B, delta_bias, delta_softplus):
+  """Returns (delta after bias/softplus, dA = exp(delta A), dBu = delta B u), all fp32."""
+  delta = delta.astype(jnp.float32)
+  if delta_bias is not None:
+    delta = delta + delta_bias.astype(jnp.float32)
+  if delta_softplus:
+    delta = jax.nn.softplus(delta)
+  dA = jnp.exp(delta[..., None] * A.astype(jnp.float32))
+  dBu = (delta * u.astype(jnp.float32))[..., None] * B.astype(jnp.float32)[:, :, None, :]
+  return delta, dA, dBu
+
+
+def readout(h, u, C, D, z, out_dtype):
+  """y = C.h + D u, gated by SiLU(z); cast to the input dtype."""
+  y = jnp.einsum('bldn,bln->bld', h, C.astype(jnp.float32))
+  if D is not None:
+    y = y + u.astype(jnp.float32) * D.astype(jnp.float32)
+  if z is not None:
+    y = y * jax.nn.silu(z.astype(jnp.float32))
+  return y.astype(out_dtype)
+
+
+def _combine(left, right):
+  a1, b1 = left
+  a2, b2 = right
+  return a1 * a2, a2 * b1 + b2
+
+
+def _states_associative(dA, dBu, reverse):
+  _, h = jax.lax.associative_scan(_combine, (dA, dBu), axis=1, reverse=reverse)
+  return h
+
+
+def _states_sequential(dA, dBu, reverse):
+  def step(h, inputs):
+    a, b = inputs
+    h = a * h + b
+    return h, h
+
+  h0 = jnp.zeros(dA.shape[:1] + dA.shape[2:], jnp.float32)
+  _, hs = jax.lax.scan(step, h0, (jnp.moveaxis(dA, 1, 0), jnp.moveaxis(dBu, 1, 0)),
+                       reverse=reverse)
+  return jnp.moveaxis(hs, 0, 1)
+
+
+def _scan_once(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus, reverse,
+               return_states, sequential):
+  delta, dA, dBu = discretize(u, delta, A, B, delta_bias, delta_softplus)
+  states_fn = _states_sequential if sequential else _states_associative
+  h = states_fn(dA, dBu, reverse)
+  y = readout(h, u, C, D, z, u.dtype)
+  return (y, h) if return_states else y
+
+
+def _channel_chunks(batch, length, channels, n_state, max_bytes):
+  """Smallest number of equal channel chunks that keeps one (B, L, d, N) fp32 tensor under max_bytes."""
+  per_channel = 4 * batch * length * n_state
+  for n in range(1, channels + 1):
+    if channels % n == 0 and per_channel * (channels // n) <= max_bytes:
+      return n
+  return channels
+
+
+def selective_scan_xla(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
+                       delta_softplus=True, reverse=False, return_states=False,
+                       sequential=False,
+                       max_intermediate_bytes=DEFAULT_MAX_INTERMEDIATE_BYTES):
+  """Selective scan in plain XLA. Returns y (B, L, D) [, states (B, L, D, N) fp32]."""
+  kw = dict(delta_softplus=delta_softplus, reverse=reverse, return_states=return_states,
+            sequential=sequential)
+  batch, length, channels = u.shape
+  n_chunks = 1 if return_states else _channel_chunks(
+      batch, length, channels, A.shape[-1], max_intermediate_bytes)
+  if n_chunks == 1:
+    return _scan_once(u, delta, A, B, C, D, z, delta_bias, **kw)
+
+  def split(x, axis):  # (..., D, ...) -> (n_chunks, ..., D/n, ...)
+    if x is None:
+      return None
+    x = jnp.moveaxis(x, axis, 0)
+    x = x.reshape((n_chunks, channels // n_chunks) + x.shape[1:])
+    return jnp.moveaxis(x, 1, axis + 1)
+
+  chunked = (split(u, 2), split(delta, 2), split(A, 0), split(D, 0) if D is not None else None,
+             split(z, 2) if z is not None else None,
+             split(delta_bias, 0) if delta_bias is not None else None)
+
+  def one(args):
+    cu, cdelta, cA, cD, cz, cbias = args
+    return _scan_once(cu, cdelta, cA, B, C, cD, cz, cbias, **kw)
+
+  ys = jax.lax.map(one, chunked)  # (n_chunks, B, L, D/n)
+  return jnp.moveaxis(ys, 0, 2).reshape(batch, length, channels)

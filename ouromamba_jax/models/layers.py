@@ -1,0 +1,93 @@
+"""Small layers whose parameters may be swapped for quantized ones.
+
+The quantization pass rewrites the param tree: a `kernel` leaf may become a quantized
+pytree, and quantizer states (e.g. `input_quantizer`) may appear beside it. Layers read
+their params with `get_variable` (not `param`) outside init, so such a rewritten tree is
+accepted as is, and dispatch on what they were given:
+
+- a float kernel -> a plain dot;
+- any other kernel object -> `kernel.linear(x, input_quantizer, dtype)` (fake-quant or
+  real-integer path, defined by `ouromamba_jax.quant`);
+- an activation-site quantizer -> `quantizer(x)`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def read_param(module: nn.Module, name: str, init_fn, *init_args):
+  """`self.param` at init; afterwards whatever the (possibly rewritten) tree holds."""
+  if module.is_initializing():
+    return module.param(name, init_fn, *init_args)
+  value = module.get_variable('params', name)
+  if value is None:
+    raise KeyError(f'{"/".join(module.scope.path)}: parameter {name!r} is missing from the '
+                   'params tree; was the checkpoint loaded with the right model config?')
+  return value
+
+
+def optional_param(module: nn.Module, name: str) -> Any:
+  """A quantizer state stored beside the FP params, or None when the model is not quantized."""
+  if module.is_initializing():
+    return None
+  return module.get_variable('params', name)
+
+
+def apply_site(module: nn.Module, name: str, x):
+  """Runs the activation quantizer stored under `name`, if the quant pass put one there."""
+  quantizer = optional_param(module, name)
+  return x if quantizer is None else quantizer(x)
+
+
+def is_float_array(x) -> bool:
+  return isinstance(x, (jax.Array, np.ndarray)) and jnp.issubdtype(x.dtype, jnp.floating)
+
+
+class Linear(nn.Module):
+  """Dense layer with torch-like names (kernel (in, out), optional bias) and quant dispatch."""
+  features: int
+  use_bias: bool = False
+  dtype: Any = jnp.float32
+  kernel_init: Any = nn.initializers.lecun_normal()
+  bias_init: Any = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = read_param(self, 'kernel', self.kernel_init, (x.shape[-1], self.features))
+    input_quantizer = optional_param(self, 'input_quantizer')
+    if is_float_array(kernel):
+      if input_quantizer is not None:
+        x = input_quantizer(x)
+      y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+    else:
+      y = kernel.linear(x, input_quantizer, self.dtype)
+    if self.use_bias:
+      bias = read_param(self, 'bias', self.bias_init, (self.features,))
+      y = y + bias.astype(y.dtype)
+    return y
+
+
+class RMSNorm(nn.Module):
+  """y = x * rsqrt(mean(x^2) + eps) * weight, computed in fp32 (hustvl `rms_norm_ref`)."""
+  eps: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x):
+    weight = read_param(self, 'weight', nn.initializers.ones, (x.shape[-1],))
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+    return y * weight.astype(jnp.float32)
+
+
+def causal_depthwise_conv1d(x, kernel, bias):
+  """x: (B, L, C); kernel: (K, C); y[t] = sum_k kernel[k] * x[t - K + 1 + k] + bias (zero left pad)."""
+  k = kernel.shape[0]
+  padded = jnp.pad(x, ((0, 0), (k - 1, 0), (0, 0)))
+  length = x.shape[1]
+  y = sum(padded[:, i:i + length, :] * kernel[i].astype(x.dtype) for i in range(k))
+  return y + bias.astype(x.dtype)

@@ -1,0 +1,231 @@
+"""Vision Mamba (hustvl/Vim, middle class token, bidirectional "v2" mixer) in Flax linen.
+
+Param paths mirror hustvl's state-dict names (`layers_3/mixer/in_proj/kernel` is
+`layers.3.mixer.in_proj.weight`), so the import map in `ouromamba_jax.io` stays short.
+Forward order (hustvl `VisionMamba.forward_features`):
+  conv patch embed (raster order) -> cls token inserted at n_patches // 2 -> + pos_embed
+  -> depth x [fused add + RMSNorm (fp32 residual) -> mixer] -> add + RMSNorm (norm_f)
+  -> head on the middle class token.
+Images are NHWC, already normalised.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from kernels_pallas.selective_scan import api as scan_api
+from ouromamba_jax.models import layers
+
+# Called per block and direction with (states (B,L,D,N) fp32, delta (B,L,D) after softplus,
+# C (B,L,N)), all in original token order; whatever it returns is sown into 'intermediates'.
+StateFeatureFn = Callable[[jax.Array, jax.Array, jax.Array], Any]
+
+DIRECTIONS = (('forward', ''), ('backward', '_b'))
+
+
+def dt_bias_init(dt_min=1e-3, dt_max=1e-1, dt_floor=1e-4):
+  """Mamba's init: softplus(bias) ~ log-uniform in [dt_min, dt_max]."""
+  def init(key, shape, dtype=jnp.float32):
+    u = jax.random.uniform(key, shape, dtype)
+    dt = jnp.exp(u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+    dt = jnp.maximum(dt, dt_floor)
+    return dt + jnp.log(-jnp.expm1(-dt))  # inverse softplus
+  return init
+
+
+def a_log_init(key, shape, dtype=jnp.float32):
+  del key
+  d_inner, d_state = shape
+  return jnp.log(jnp.broadcast_to(jnp.arange(1, d_state + 1, dtype=dtype), (d_inner, d_state)))
+
+
+class CausalConv1d(nn.Module):
+  """Depthwise causal conv (torch Conv1d groups=C, padding K-1, first L outputs). kernel: (K, C)."""
+  kernel_size: int = 4
+
+  @nn.compact
+  def __call__(self, x):
+    channels = x.shape[-1]
+    bound = 1.0 / math.sqrt(self.kernel_size)
+    uniform = lambda k, s: jax.random.uniform(k, s, jnp.float32, -bound, bound)
+    kernel = layers.read_param(self, 'kernel', uniform, (self.kernel_size, channels))
+    bias = layers.read_param(self, 'bias', uniform, (channels,))
+    return layers.causal_depthwise_conv1d(x, kernel, bias)
+
+
+class BiMambaV2Mixer(nn.Module):
+  """hustvl bimamba v2: shared in/out_proj, separate conv/x_proj/dt_proj/A/D per direction."""
+  d_model: int
+  d_state: int = 16
+  d_conv: int = 4
+  expand: int = 2
+  dt_rank: Optional[int] = None
+  n_layers: int = 24
+  dtype: Any = jnp.float32
+  scan_implementation: Optional[str] = None
+  state_feature_fn: Optional[StateFeatureFn] = None
+
+  @nn.compact
+  def __call__(self, hidden):
+    d_inner = self.expand * self.d_model
+    dt_rank = self.dt_rank or math.ceil(self.d_model / 16)
+    std = 0.02
+    linear = lambda features, name, **kw: layers.Linear(
+        features, dtype=self.dtype, name=name,
+        kernel_init=kw.pop('kernel_init', nn.initializers.truncated_normal(std)), **kw)
+
+    xz = linear(2 * d_inner, 'in_proj')(hidden)
+    x, z = jnp.split(xz, 2, axis=-1)
+    outputs = {}
+    for direction, suffix in DIRECTIONS:
+      flip = (lambda t: jnp.flip(t, axis=1)) if suffix else (lambda t: t)
+      conv = CausalConv1d(self.d_conv, name=f'conv1d{suffix}')
+      x_proj = linear(dt_rank + 2 * self.d_state, f'x_proj{suffix}')
+      dt_std = dt_rank ** -0.5
+      dt_proj = linear(d_inner, f'dt_proj{suffix}', use_bias=True,
+                       kernel_init=_symmetric_uniform(dt_std), bias_init=dt_bias_init())
+      a_log = layers.read_param(self, f'A{suffix}_log' if suffix else 'A_log', a_log_init,
+                                (d_inner, self.d_state))
+      d_skip = layers.read_param(self, f'D{suffix}', nn.initializers.ones, (d_inner,))
+
+      u = nn.silu(conv(flip(x)))
+      x_dbl = x_proj(u)
+      dt, b_mat, c_mat = jnp.split(x_dbl, [dt_rank, dt_rank + self.d_state], axis=-1)
+      delta = dt_proj(dt)  # bias included: the Δ quantizer sees pre-softplus Δ with bias
+      delta = layers.apply_site(self, f'delta{suffix}_quantizer', delta)
+      b_mat = layers.apply_site(self, f'B{suffix}_quantizer', b_mat)
+      c_mat = layers.apply_site(self, f'C{suffix}_quantizer', c_mat)
+      a_mat = layers.apply_site(self, f'A{suffix}_quantizer', -jnp.exp(a_log.astype(jnp.float32)))
+      d_vec = layers.apply_site(self, f'D{suffix}_quantizer', d_skip.astype(jnp.float32))
+
+      scan_out = scan_api.selective_scan(
+          u, delta, a_mat, b_mat, c_mat, d_vec, flip(z), None, delta_softplus=True,
+          return_states=self.state_feature_fn is not None,
+          implementation=self.scan_implementation)
+      if self.state_feature_fn is not None:
+        y, states = scan_out
+        feats = self.state_feature_fn(
+            flip(states), flip(jax.nn.softplus(delta.astype(jnp.float32))), flip(c_mat))
+        self.sow('intermediates', f'state_features_{direction}', feats)
+      else:
+        y = scan_out
+      outputs[direction] = flip(y)
+
+    y = (outputs['forward'].astype(jnp.float32) + outputs['backward'].astype(jnp.float32)) / 2
+    out_std = std / math.sqrt(2 * self.n_layers)  # GPT-2 style prenorm residual rescale
+    out_proj = linear(self.d_model, 'out_proj',
+                      kernel_init=nn.initializers.truncated_normal(out_std))
+    return out_proj(y.astype(self.dtype))
+
+
+def _symmetric_uniform(bound):
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+class Block(nn.Module):
+  """Fused add + RMSNorm (residual kept in fp32) followed by the mixer."""
+  mixer: Callable[..., nn.Module]
+  eps: float = 1e-5
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, hidden, residual):
+    hidden32 = hidden.astype(jnp.float32)
+    residual = hidden32 if residual is None else residual + hidden32
+    normed = layers.RMSNorm(self.eps, name='norm')(residual)
+    return self.mixer(name='mixer')(normed.astype(self.dtype)), residual
+
+
+class PatchEmbed(nn.Module):
+  d_model: int
+  patch_size: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images):
+    p = self.patch_size
+    fan_in = p * p * images.shape[-1]
+    x = nn.Conv(self.d_model, (p, p), strides=(p, p), padding='VALID', dtype=self.dtype,
+                kernel_init=nn.initializers.lecun_normal(),
+                bias_init=_fan_in_uniform(fan_in), name='proj')(images.astype(self.dtype))
+    b, gh, gw, d = x.shape
+    return x.reshape(b, gh * gw, d)  # raster order: token = row * gw + col
+
+
+def _fan_in_uniform(fan_in):
+  return _symmetric_uniform(1.0 / math.sqrt(fan_in))
+
+
+class VisionMamba(nn.Module):
+  """Vim with the middle class token; returns fp32 logits for NHWC images."""
+  num_classes: int = 1000
+  img_size: int = 224
+  patch_size: int = 16
+  in_chans: int = 3
+  d_model: int = 192
+  depth: int = 24
+  d_state: int = 16
+  d_conv: int = 4
+  expand: int = 2
+  dt_rank: Optional[int] = None
+  eps: float = 1e-5
+  dtype: Any = jnp.float32
+  scan_implementation: Optional[str] = None
+  remat: bool = False
+  state_feature_fn: Optional[StateFeatureFn] = None
+
+  @property
+  def grid_size(self) -> tuple[int, int]:
+    return (self.img_size // self.patch_size, self.img_size // self.patch_size)
+
+  @property
+  def num_patches(self) -> int:
+    gh, gw = self.grid_size
+    return gh * gw
+
+  @property
+  def cls_index(self) -> int:
+    return self.num_patches // 2
+
+  @property
+  def seq_len(self) -> int:
+    return self.num_patches + 1
+
+  def mixer_factory(self):
+    return lambda name: BiMambaV2Mixer(
+        self.d_model, self.d_state, self.d_conv, self.expand, self.dt_rank, self.depth,
+        self.dtype, self.scan_implementation, self.state_feature_fn, name=name)
+
+  def embed(self, images):
+    """Patch tokens + middle class token + pos_embed: the first block's input (B, L, d_model)."""
+    if images.ndim != 4 or images.shape[1:] != (self.img_size, self.img_size, self.in_chans):
+      raise ValueError(
+          f'VisionMamba expects NHWC images of shape (B, {self.img_size}, {self.img_size}, '
+          f'{self.in_chans}); got {images.shape}. Resize the images or set img_size/in_chans.')
+    tokens = PatchEmbed(self.d_model, self.patch_size, self.dtype, name='patch_embed')(images)
+    init = nn.initializers.truncated_normal(0.02)
+    cls = layers.read_param(self, 'cls_token', init, (1, 1, self.d_model))
+    pos = layers.read_param(self, 'pos_embed', init, (1, self.seq_len, self.d_model))
+    b = tokens.shape[0]
+    mid = self.cls_index
+    cls = jnp.broadcast_to(cls.astype(tokens.dtype), (b, 1, self.d_model))
+    x = jnp.concatenate([tokens[:, :mid], cls, tokens[:, mid:]], axis=1)
+    return x + pos.astype(x.dtype)
+
+  @nn.compact
+  def __call__(self, images):
+    hidden = self.embed(images)
+    block_cls = nn.remat(Block) if self.remat else Block
+    residual = None
+    for i in range(self.depth):
+      hidden, residual = block_cls(self.mixer_factory(), self.eps, self.dtype,
+                                   name=f'layers_{i}')(hidden, residual)
+    final = layers.RMSNorm(self.eps, name='norm_f')(residual + hidden.astype(jnp.float32))
+    feature = final[:, self.cls_index]
+    head = layers.Linear(self.num_classes, use_bias=True, dtype=jnp.float32, name='head',
+                         kernel_init=nn.initializers.truncated_normal(0.02))
+    return head(feature)
