@@ -1,0 +1,53 @@
+"""ouromamba-jax command line: `python main.py --config=configs/vim_t_cifar10.py [--config.mode=...]`.
+
+main.py only wires stages together: it reads the config (a Python file returning a
+ConfigDict), picks the mode and calls that stage's `run(config, workdir)`.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Path to a config file (configs/*.py), e.g. configs/vim_t_cifar10.py.',
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    'workdir', None, 'Where checkpoints, images and reports go (default: config.workdir).')
+
+# mode -> 'module:function'; each function takes (config, workdir).
+MODES = {
+    'train': 'ouromamba_jax.train.trainer:run',
+    'evaluate': 'ouromamba_jax.evaluate:run',
+    'generate': 'ouromamba_jax.gen.run:run',
+    'quantize': 'ouromamba_jax.quant.run:run',
+    'pipeline': 'ouromamba_jax.pipeline:run',
+}
+
+
+def resolve_mode(mode: str):
+  if mode not in MODES:
+    raise app.UsageError(f'unknown mode {mode!r}; choose one of {sorted(MODES)} '
+                         '(set it with --config.mode=NAME).')
+  module_name, fn_name = MODES[mode].split(':')
+  return getattr(importlib.import_module(module_name), fn_name)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  config = _CONFIG.value
+  if config is None:
+    raise app.UsageError('--config is required, e.g. --config=configs/vim_t_cifar10.py')
+  workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value or config.workdir))
+  os.makedirs(workdir, exist_ok=True)
+  logging.info('mode=%s workdir=%s', config.mode, workdir)
+  resolve_mode(config.mode)(config, workdir)
+
+
+if __name__ == '__main__':
+  app.run(main)
