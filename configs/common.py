@@ -8,10 +8,16 @@ from __future__ import annotations
 import ml_collections as mlc
 
 
+OVERRIDABLE = {'img_size': int, 'patch_size': int, 'in_chans': int, 'num_classes': int,
+               'd_model': int, 'depth': int, 'd_state': int, 'expand': int, 'dt_rank': int}
+
+
 def model_config(name: str, **overrides) -> mlc.ConfigDict:
   c = mlc.ConfigDict()
   c.name = name                      # registry name: vim_t | vim_s | vim_b | vim_t_cifar10
-  c.overrides = mlc.ConfigDict(overrides)  # any VisionMamba field (img_size, depth, ...)
+  # Architecture fields left unset (None) keep the registered variant's value.
+  c.overrides = mlc.ConfigDict({k: mlc.config_dict.placeholder(t) for k, t in OVERRIDABLE.items()})
+  c.overrides.update(overrides)
   c.dtype = 'float32'                # compute dtype: float32 | bfloat16 (params, residual, scan state stay fp32)
   c.scan_implementation = ''         # '' = platform default; xla | associative | sequential | triton
   c.checkpoint = ''                  # .pth / .safetensors path; 'bundled' = the shipped testbed model; '' = random init
@@ -34,4 +40,78 @@ def base_config() -> mlc.ConfigDict:
   c.mode = 'pipeline'                # train | evaluate | generate | quantize | pipeline
   c.workdir = 'workdir/default'
   c.seed = 0
+  return c
+
+
+def train_config() -> mlc.ConfigDict:
+  """The testbed recipe (mode `train`)."""
+  c = mlc.ConfigDict()
+  c.epochs = 60
+  c.batch_size = 256
+  c.train_images = 0                 # 0 = the whole training split, else a seeded random subset
+  c.learning_rate = 1e-3             # peak AdamW lr
+  c.warmup_epochs = 3.0
+  c.final_lr_ratio = 0.01            # cosine decays to learning_rate * this
+  c.weight_decay = 0.05
+  c.grad_clip = 1.0
+  c.label_smoothing = 0.1
+  c.crop_padding = 4                 # random crop with zero padding
+  c.horizontal_flip = True
+  c.compute_dtype = 'bfloat16'       # params stay fp32
+  c.eval_every_epochs = 5
+  c.log_every_steps = 50
+  c.checkpoint_every_steps = 500
+  c.keep_checkpoints = 2
+  c.max_seconds = 0.0                # > 0: stop (with a checkpoint) after this long; rerun to resume
+  return c
+
+
+def gen_config() -> mlc.ConfigDict:
+  """OuroMamba-Gen (mode `generate`): data-free synthetic calibration images.
+
+  Paper values where the paper gives them (128 images, 1000 iterations, 5x5 neighbourhood,
+  K = 12, MAE output loss); everything else is our choice, marked [ours].
+  """
+  c = mlc.ConfigDict()
+  c.num_images = 128                 # synthetic calibration set size (paper Fig. 9a)
+  c.iterations = 1000                # Adam steps per image (paper)
+  c.images_per_step = 32             # images optimised together (memory knob); divides num_images
+  c.num_devices = 0                  # data-parallel over this many local devices (0 = all)
+  c.remat = True                     # recompute block activations in the backward pass
+  # Patched hidden state h_p(τ) = Σ_{k in p×p window of τ} w_k h(k)
+  c.neighbourhood = 5                # p (odd): 5 = paper ablation best, 3 = official code, 1 = off
+  c.state_weighting = 'delta'        # delta: w_k from channel-mean Δ(k) | uniform: w_k = 1 (ablation)
+  c.delta_normalization = 'minmax'   # over each image's patch tokens: minmax | mean | none [ours: per image]
+  c.feature = 'readout'              # patch feature: readout = C_τ·h_p(τ) (B,P,Di) | state = flat h_p [ours]
+  # Contrastive loss L_C (InfoNCE over the patches of an image)
+  c.contrastive_weight = 1.0         # 0 disables L_C
+  c.num_positives = 12               # K most cosine-similar patches as positives (paper Fig. 9b)
+  c.temperature = 0.1                # InfoNCE temperature [ours]
+  c.loss_blocks = ()                 # blocks feeding L_C / L_PSE; () = all (L_C averaged, L_PSE summed)
+  # Output loss L_O
+  c.output_loss = 'mae'              # mae: Σ_c |softmax - onehot| (paper: "MAE") | ce
+  c.output_weight = 1.0              # λ in L = L_C + λ·L_O
+  # PSAQ-ViT patch-similarity entropy (ablation, Table 6); same patch features as L_C
+  c.pse_weight = 0.0                 # 0 disables L_PSE
+  c.pse_bandwidth = 0.01             # Gaussian KDE bandwidth (PSAQ-ViT)
+  c.pse_grid_points = 10             # KDE evaluation points (PSAQ-ViT)
+  # Pixel optimisation [ours: PSAQ-ViT-style Adam]
+  c.init_std = 1.0                   # initial N(0, init_std) noise in the normalised space
+  c.lr = 0.2
+  c.b1 = 0.5
+  c.b2 = 0.9
+  c.schedule = 'cosine'              # cosine (with warmup) | constant
+  c.warmup_fraction = 0.1            # linear warmup over this fraction of the iterations
+  c.jitter = 0                       # random roll by up to ±jitter pixels per step (0 = off)
+  c.flip = False                     # random horizontal flip per step
+  c.clip_pixels = True               # keep pixels inside the valid [0, 1] image box after each step
+  # De-normalisation for the PNG grid and the pixel box (must match the model's input normalisation)
+  c.mean = (0.485, 0.456, 0.406)     # ImageNet
+  c.std = (0.229, 0.224, 0.225)
+  c.grid_columns = 16
+  # Bookkeeping
+  c.log_every = 50                   # progress line (absl) every this many steps
+  c.checkpoint_every = 100           # Orbax checkpoint of the group in progress (0 = only finished groups)
+  c.keep_checkpoints = 2
+  c.quality_check = True             # FP top-1 agreement with the targets, synthetic vs noise
   return c

@@ -13,4 +13,5 @@ def get_config():
   c.model.checkpoint = 'bundled'
   c.data = common.data_config('cifar10')
   c.data.data_dir = '../shared/data/cifar10'
+  c.train = common.train_config()
   return c

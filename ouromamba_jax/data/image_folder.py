@@ -1,0 +1,41 @@
+"""Decoding `root/<class>/<file>` image folders into uint8 arrays, cached as .npy."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from PIL import Image
+
+IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp')
+
+
+def list_image_folder(root: str) -> tuple[list[str], np.ndarray, list[str]]:
+  """Files sorted by (class folder, name); class index = alphabetical folder order."""
+  classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+  if not classes:
+    raise FileNotFoundError(f'{root} holds no class folders (expected {root}/<class>/<image>)')
+  files, labels = [], []
+  for index, cls in enumerate(classes):
+    names = sorted(n for n in os.listdir(os.path.join(root, cls))
+                   if n.lower().endswith(IMAGE_SUFFIXES))
+    files += [os.path.join(root, cls, n) for n in names]
+    labels += [index] * len(names)
+  return files, np.asarray(labels, np.int32), classes
+
+
+def decode_images(files: list[str], size: tuple[int, int] | None = None) -> np.ndarray:
+  """Decodes to (N, H, W, 3) uint8; `size` (h, w) resizes with bicubic when given."""
+  out = []
+  for f in files:
+    with Image.open(f) as img:
+      img = img.convert('RGB')
+      if size is not None and img.size != (size[1], size[0]):
+        img = img.resize((size[1], size[0]), Image.BICUBIC)
+      out.append(np.asarray(img, np.uint8))
+  return np.stack(out)
+
+
+def save_npz_atomic(path: str, **arrays) -> None:
+  tmp = path + '.tmp.npz'
+  np.savez(tmp, **arrays)
+  os.replace(tmp, path)

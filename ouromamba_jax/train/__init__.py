@@ -1,0 +1,1 @@
+"""Training (or fine-tuning) Vision Mamba on labelled images: the testbed recipe."""

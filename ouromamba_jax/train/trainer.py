@@ -1,0 +1,216 @@
+"""`main.py` mode `train`: supervised training of Vim with exact resume.
+
+The whole dataset lives on the device as uint8 and augmentation runs inside the jitted
+step, so a small model is not starved by a host input pipeline. Everything random is a
+pure function of (seed, step): the epoch permutation of (seed, epoch), the augmentation key
+of (seed, step). Resuming from a checkpoint therefore continues the same run bit for bit.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from ouromamba_jax import checkpoints
+from ouromamba_jax.data import cifar10
+from ouromamba_jax.train import augment
+
+DATASETS = {'cifar10': cifar10}
+
+
+def make_optimizer(tcfg, steps_per_epoch: int):
+  total = tcfg.epochs * steps_per_epoch
+  warmup = min(int(tcfg.warmup_epochs * steps_per_epoch), max(total - 1, 0))
+  schedule = optax.warmup_cosine_decay_schedule(
+      0.0, tcfg.learning_rate, warmup, max(total, warmup + 1), tcfg.learning_rate * tcfg.final_lr_ratio)
+
+  def decay_mask(params):  # no weight decay on norms, biases, A_log, D, embeddings
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: x.ndim >= 2 and not any(
+            getattr(k, 'key', '') in ('A_log', 'A_b_log', 'pos_embed', 'cls_token') for k in path),
+        params)
+
+  return optax.chain(
+      optax.clip_by_global_norm(tcfg.grad_clip),
+      optax.adamw(schedule, b1=0.9, b2=0.999, weight_decay=tcfg.weight_decay, mask=decay_mask),
+  ), schedule
+
+
+def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+  return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def make_train_step(model, optimizer, tcfg, mean, std):
+  def loss_fn(params, images, labels):
+    logits = model.apply({'params': params}, images)
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), tcfg.label_smoothing)
+    loss = optax.softmax_cross_entropy(logits, targets).mean()
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+    return loss, accuracy
+
+  def step(state, all_images, all_labels, batch_index, key):
+    images = augment.random_crop_flip(key, all_images[batch_index], tcfg.crop_padding,
+                                      tcfg.horizontal_flip)
+    images = augment.normalize(images, mean, std)
+    labels = all_labels[batch_index]
+    (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'], images, labels)
+    updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
+    params = optax.apply_updates(state['params'], updates)
+    new_state = {'params': params, 'opt_state': opt_state, 'step': state['step'] + 1}
+    return new_state, {'loss': loss, 'accuracy': acc, 'grad_norm': optax.global_norm(grads)}
+
+  return jax.jit(step, donate_argnums=(0,))
+
+
+def make_eval_fn(model, mean, std):
+  @jax.jit
+  def correct(params, images_uint8, labels):
+    logits = model.apply({'params': params}, augment.normalize(images_uint8, mean, std))
+    return jnp.sum(jnp.argmax(logits, -1) == labels)
+  return correct
+
+
+def evaluate_accuracy(eval_fn, params, images, labels, batch_size: int) -> float:
+  """Top-1 over all images; the last partial batch is padded and its padding ignored."""
+  total = 0
+  n = len(images)
+  for start in range(0, n, batch_size):
+    x, y = images[start:start + batch_size], labels[start:start + batch_size]
+    pad = batch_size - len(x)
+    if pad:
+      x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
+      y = np.concatenate([y, np.full((pad,), -1, y.dtype)])
+    total += int(eval_fn(params, x, y))
+  return total / n
+
+
+def _checkpoint_manager(directory: str, keep: int):
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+def _append_jsonl(path: str, record: dict[str, Any]) -> None:
+  with open(path, 'a') as f:
+    f.write(json.dumps(record) + '\n')
+
+
+def save_params_npz(params, path: str) -> None:
+  """Flat `a/b/c -> fp32 array` npz, written atomically (the hand-off to export/import)."""
+  flat = {'/'.join(str(getattr(k, 'key', k)) for k in keypath): np.asarray(v, np.float32)
+          for keypath, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+  tmp = path + '.tmp.npz'
+  np.savez(tmp, **flat)
+  os.replace(tmp, path)
+
+
+def train(config, workdir: str) -> dict[str, Any]:
+  """Trains until config.train.epochs or config.train.max_seconds; returns final metrics."""
+  tcfg = config.train
+  dataset = DATASETS[config.data.name]
+  train_split = dataset.load('train', config.data.data_dir, config.data.cache_dir,
+                             config.data.use_tfds)
+  test_split = dataset.load('test', config.data.data_dir, config.data.cache_dir,
+                            config.data.use_tfds)
+  if tcfg.train_images:  # a fixed, seeded subset (the split is sorted by class)
+    keep = np.sort(np.random.default_rng(config.seed).permutation(
+        len(train_split.labels))[:tcfg.train_images])
+    train_split = dataset.Split(train_split.images[keep], train_split.labels[keep])
+  n_train = len(train_split.labels)
+  batch = tcfg.batch_size
+  steps_per_epoch = n_train // batch
+  if steps_per_epoch < 1:
+    raise ValueError(f'train.batch_size={batch} exceeds the {n_train} training images')
+  total_steps = tcfg.epochs * steps_per_epoch
+
+  model = checkpoints.model_from_config(config.model, dtype=checkpoints.DTYPES[tcfg.compute_dtype])
+  eval_model = checkpoints.model_from_config(config.model)
+  if config.model.checkpoint:  # fine-tuning
+    _, params = checkpoints.load_model(config.model)
+  else:
+    params = checkpoints.random_params(model, config.seed)
+  optimizer, schedule = make_optimizer(tcfg, steps_per_epoch)
+  state = {'params': params, 'opt_state': optimizer.init(params),
+           'step': jnp.zeros((), jnp.int32)}
+
+  manager = _checkpoint_manager(os.path.join(workdir, 'train_checkpoints'), tcfg.keep_checkpoints)
+  if manager.latest_step() is not None:
+    restored = manager.restore(manager.latest_step(),
+                               args=ocp.args.StandardRestore(jax.tree_util.tree_map(
+                                   ocp.utils.to_shape_dtype_struct, state)))
+    state = restored
+    logging.info('resumed from step %d', int(state['step']))
+
+  mean, std = dataset.MEAN, dataset.STD
+  train_step = make_train_step(model, optimizer, tcfg, mean, std)
+  eval_fn = make_eval_fn(eval_model, mean, std)
+  all_images = jax.device_put(train_split.images)
+  all_labels = jax.device_put(train_split.labels)
+  test_images, test_labels = test_split.images, test_split.labels
+  log_path = os.path.join(workdir, 'train_log.jsonl')
+
+  start_step = int(state['step'])
+  t0 = time.time()
+  last_log = t0
+  step = start_step
+  metrics = {}
+  stopped_early = False
+  perm_epoch, perm = -1, None
+  while step < total_steps:
+    epoch, pos = divmod(step, steps_per_epoch)
+    if epoch != perm_epoch:
+      perm_epoch, perm = epoch, epoch_permutation(config.seed, epoch, n_train)
+    batch_index = jnp.asarray(perm[pos * batch:(pos + 1) * batch])
+    key = jax.random.fold_in(jax.random.key(config.seed), step)
+    state, metrics = train_step(state, all_images, all_labels, batch_index, key)
+    step += 1
+    now = time.time()
+    if step % tcfg.log_every_steps == 0 or step == total_steps:
+      m = {k: float(v) for k, v in metrics.items()}
+      rate = (step - start_step) / max(now - t0, 1e-9)
+      eta = (total_steps - step) / max(rate, 1e-9)
+      logging.info('step %d/%d epoch %.2f loss %.4f acc %.3f lr %.2e | %.1f steps/s, ETA %.0fs',
+                   step, total_steps, step / steps_per_epoch, m['loss'], m['accuracy'],
+                   float(schedule(step)), rate, eta)
+      _append_jsonl(log_path, {'step': step, **m, 'lr': float(schedule(step)),
+                               'elapsed_s': now - t0})
+      last_log = now
+    end_of_epoch = step % steps_per_epoch == 0
+    if end_of_epoch and ((step // steps_per_epoch) % tcfg.eval_every_epochs == 0
+                         or step == total_steps):
+      acc = evaluate_accuracy(eval_fn, state['params'], test_images, test_labels,
+                              config.data.eval_batch_size)
+      logging.info('epoch %d test top-1 %.4f', step // steps_per_epoch, acc)
+      _append_jsonl(log_path, {'step': step, 'epoch': step // steps_per_epoch, 'test_top1': acc})
+    if step % tcfg.checkpoint_every_steps == 0 or end_of_epoch:
+      manager.save(step, args=ocp.args.StandardSave(state))
+    if tcfg.max_seconds and time.time() - t0 > tcfg.max_seconds:
+      stopped_early = step < total_steps
+      break
+  del last_log
+  if manager.latest_step() != step:
+    manager.save(step, args=ocp.args.StandardSave(state), force=True)
+  manager.wait_until_finished()
+  result = {'step': step, 'total_steps': total_steps, 'finished': not stopped_early,
+            'elapsed_s': time.time() - t0}
+  if not stopped_early:
+    result['test_top1'] = evaluate_accuracy(eval_fn, state['params'], test_images, test_labels,
+                                            config.data.eval_batch_size)
+  save_params_npz(state['params'], os.path.join(workdir, 'params.npz'))
+  logging.info('train result: %s', result)
+  with open(os.path.join(workdir, 'train_result.json.tmp'), 'w') as f:
+    json.dump(result, f, indent=2)
+  os.replace(os.path.join(workdir, 'train_result.json.tmp'),
+             os.path.join(workdir, 'train_result.json'))
+  return result
+
+
+def run(config, workdir: str) -> None:
+  train(config, workdir)
