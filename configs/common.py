@@ -78,6 +78,7 @@ def gen_config() -> mlc.ConfigDict:
   c.images_per_step = 32             # images optimised together (memory knob); divides num_images
   c.num_devices = 0                  # data-parallel over this many local devices (0 = all)
   c.remat = True                     # recompute block activations in the backward pass
+  c.scan_implementation = ''         # '' = the model's scan; a scan name overrides it for Gen only
   # Patched hidden state h_p(τ) = Σ_{k in p×p window of τ} w_k h(k)
   c.neighbourhood = 5                # p (odd): 5 = paper ablation best, 3 = official code, 1 = off
   c.state_weighting = 'delta'        # delta: w_k from channel-mean Δ(k) | uniform: w_k = 1 (ablation)

@@ -13,4 +13,5 @@ def get_config():
   c.data = common.data_config('imagenet')
   c.data.data_dir = '../shared/data/imagenet_val_300'
   c.data.eval_batch_size = 64
+  c.gen = common.gen_config()
   return c

@@ -2,6 +2,11 @@
 
   python main.py --config=configs/vim_t_cifar10.py                       # demo pipeline
   python main.py --config=configs/vim_t_cifar10.py --config.mode=train   # retrain the testbed
+
+Gen (`--config.mode=generate`) defaults to a CPU demo size (8 images x 16 iterations, ~2-3 min
+on 2 CPU cores, most of it compilation); the paper-size run is
+  --config.mode=generate --config.gen.num_images=128 --config.gen.iterations=1000
+(add --config.gen.log_every=50 --config.gen.checkpoint_every=100 for quieter logs).
 """
 from configs import common
 
@@ -14,4 +19,12 @@ def get_config():
   c.data = common.data_config('cifar10')
   c.data.data_dir = '../shared/data/cifar10'
   c.train = common.train_config()
+  c.gen = common.gen_config()
+  c.gen.num_images = 8               # demo size (see the docstring for the paper size)
+  c.gen.iterations = 16
+  c.gen.log_every = 4
+  c.gen.checkpoint_every = 8
+  c.gen.remat = False                # 32x32 states are small; no recompute is faster
+  c.gen.mean = (0.4914, 0.4822, 0.4465)  # CIFAR-10 normalisation (ouromamba_jax.data.cifar10)
+  c.gen.std = (0.2470, 0.2435, 0.2616)
   return c

@@ -24,12 +24,14 @@ def default_implementation() -> str:
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                    delta_softplus=True, reverse=False, return_states=False,
-                   implementation=None, interpret=False, block_config=None):
+                   implementation=None, interpret=None, block_config=None):
   """Mamba selective scan. u, delta, z: (B, L, D); B, C: (B, L, N); A: (D, N); D, delta_bias: (D,).
 
   Returns y (B, L, D) in u.dtype, and with `return_states` also the fp32 states (B, L, D, N).
   `reverse=True` scans from the last time step to the first (the Vim backward direction,
-  without a flipped copy). The state is always fp32.
+  without a flipped copy). The state is always fp32. For 'triton': `interpret=None` runs the
+  kernel in the Pallas interpreter off-GPU; `block_config` is a `SelectiveScanBlockConfig`
+  (None: the default for D and dtype).
   """
   impl = implementation or default_implementation()
   if impl not in IMPLEMENTATIONS:

@@ -200,13 +200,18 @@ class VisionMamba(nn.Module):
         self.d_model, self.d_state, self.d_conv, self.expand, self.dt_rank, self.depth,
         self.dtype, self.scan_implementation, self.state_feature_fn, name=name)
 
+  def setup(self):
+    # Defined here, not inline, so that `embed` also runs on its own
+    # (`model.apply(variables, images, method=VisionMamba.embed)`), outside the compact __call__.
+    self.patch_embed = PatchEmbed(self.d_model, self.patch_size, self.dtype)
+
   def embed(self, images):
     """Patch tokens + middle class token + pos_embed: the first block's input (B, L, d_model)."""
     if images.ndim != 4 or images.shape[1:] != (self.img_size, self.img_size, self.in_chans):
       raise ValueError(
           f'VisionMamba expects NHWC images of shape (B, {self.img_size}, {self.img_size}, '
           f'{self.in_chans}); got {images.shape}. Resize the images or set img_size/in_chans.')
-    tokens = PatchEmbed(self.d_model, self.patch_size, self.dtype, name='patch_embed')(images)
+    tokens = self.patch_embed(images)
     init = nn.initializers.truncated_normal(0.02)
     cls = layers.read_param(self, 'cls_token', init, (1, 1, self.d_model))
     pos = layers.read_param(self, 'pos_embed', init, (1, self.seq_len, self.d_model))

@@ -1,0 +1,146 @@
+"""Benchmark of the activation-quantization kernel against the canonical XLA quantizer.
+
+  python -m kernels_pallas.act_quant.bench --out act_quant.json   # GPU (H100)
+  python -m kernels_pallas.act_quant.bench --smoke                # tiny CPU interpret run
+
+Shapes: batch 64 x 197 Vim tokens x C, with C the inputs of the quantized Linears of Vim-T/S/B
+(in_proj: d_model 192/384/768; x_proj/out_proj: d_inner 384/768/1536). The op is memory-bound,
+so the roofline floor is bytes / 3.0 TB/s, bytes = x + inlier codes + outlier codes + mask +
+per-token scales. Timing as in `kernels_pallas.mixed_gemm.bench` (warm-up, rotating inputs,
+median of back-to-back batches). Before timing, the kernel's outputs are compared with XLA's
+(`mismatch`: the fraction of differing inlier/outlier codes and mask entries).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import jax
+import jax.numpy as jnp
+
+from kernels_pallas.act_quant import api
+from kernels_pallas.mixed_gemm.bench import HBM_BW, n_copies, time_fn
+from ouromamba_jax.quant.config import ActSpec
+
+VIM_BATCH, VIM_TOKENS = 64, 197
+VIM_CHANNELS = (('vim_t.d_model', 192), ('vim_s.d_model', 384),
+                ('vim_b.d_model|vim_s.d_inner', 768), ('vim_b.d_inner', 1536))
+SMOKE = (2, 23, (('smoke.a', 40), ('smoke.b', 64)))
+
+
+def make_inputs(key, b, l, c, dtype):
+  """Heavy-tailed activations with hopping loud channels, and per-step inlier scales."""
+  k1, k2, k3 = jax.random.split(key, 3)
+  x = jax.random.t(k1, 3.0, (b, l, c), jnp.float32)
+  hop = jax.random.randint(k2, (b, l), 0, c)
+  x = x + 12.0 * jax.nn.one_hot(hop, c) * (jnp.arange(l)[None, :, None] % 3 == 0)
+  scale = jax.random.uniform(k3, (l,), jnp.float32, 2.0, 4.0) / 7.0
+  return x.astype(dtype), scale
+
+
+def variants(smoke):
+  """name -> (fn(x, scale) -> IntActivation)."""
+  def kernel(trigger):
+    spec = ActSpec(bits=4, trigger=trigger)
+    return jax.jit(lambda x, s: api.act_quant(x, s, spec, pack_int4=True,
+                                              implementation='triton', interpret=smoke))
+
+  def xla(trigger, pack):
+    spec = ActSpec(bits=4, trigger=trigger)
+    return jax.jit(lambda x, s: api.act_quant(x, s, spec, pack_int4=pack, implementation='xla'))
+
+  return {
+      'xla_sample': xla('sample', False),
+      'xla_sample_packed': xla('sample', True),
+      'triton_sample_packed': kernel('sample'),
+      'xla_batch_packed': xla('batch', True),
+      'triton_batch_packed': kernel('batch'),
+  }
+
+
+def io_bytes(b, l, c, itemsize, packed):
+  return b * l * c * itemsize + b * l * (c // 2 if packed else c) + 2 * b * l * c + 4 * b * l
+
+
+def mismatch(got, want):
+  fields = ('inlier_q', 'outlier_q', 'outlier_mask')
+  diffs = sum(int(jnp.sum(getattr(got, f) != getattr(want, f))) for f in fields)
+  return diffs / sum(getattr(want, f).size for f in fields)
+
+
+def run(args):
+  smoke = args.smoke
+  if smoke:
+    b, l, shapes = SMOKE
+    timing = dict(warmup=1, trials=2, inner=1)
+  else:
+    b, l, shapes = VIM_BATCH, VIM_TOKENS, VIM_CHANNELS
+    timing = dict(warmup=3, trials=args.trials, inner=args.inner)
+  dtype = jnp.dtype(args.dtype)
+  table = variants(smoke)
+  results = []
+  key = jax.random.PRNGKey(0)
+  for name, c in shapes:
+    key, sub = jax.random.split(key)
+    base = make_inputs(sub, b, l, c, dtype)
+    copies = [base] + [make_inputs(jax.random.fold_in(sub, i), b, l, c, dtype)
+                       for i in range(1, n_copies(b * l * c * dtype.itemsize, smoke))]
+    entry = dict(shape=name, B=b, L=l, C=c, dtype=str(dtype), rotating_copies=len(copies),
+                 mismatch={}, variants={})
+    for trigger in ('sample', 'batch'):
+      got = table[f'triton_{trigger}_packed'](*base)
+      want = table[f'xla_{trigger}_packed'](*base)
+      entry['mismatch'][trigger] = mismatch(got, want)
+    xla_ms = None
+    for vname, fn in table.items():
+      try:
+        sec = time_fn(fn, copies, **timing)
+      except Exception as e:  # report and go on: one failing variant must not hide the rest
+        print(f'  {name} {vname}: failed: {type(e).__name__}: {e}'[:300])
+        continue
+      nbytes = io_bytes(b, l, c, dtype.itemsize, vname.endswith('packed'))
+      floor = nbytes / HBM_BW
+      ms = sec * 1e3
+      if vname == 'xla_sample_packed':
+        xla_ms = ms
+      entry['variants'][vname] = dict(ms=ms, gb_per_s=nbytes / sec / 1e9, floor_ms=floor * 1e3,
+                                      roofline_frac=floor / sec, bytes=nbytes,
+                                      speedup_vs_xla=(xla_ms / ms) if xla_ms else None)
+      print(f'  {name:30s} {vname:22s} {ms:8.4f} ms', flush=True)
+    results.append(entry)
+  return dict(device=str(jax.devices()[0].device_kind), backend=jax.default_backend(),
+              smoke=smoke, hbm_bw=HBM_BW, results=results)
+
+
+def print_table(report):
+  print(f'\nact_quant on {report["device"]} ({report["backend"]})'
+        f'{" SMOKE (interpret, timings meaningless)" if report["smoke"] else ""}')
+  print(f'{"shape":30s} {"C":>5s} {"variant":22s} {"ms":>9s} {"GB/s":>7s} {"floor ms":>9s} '
+        f'{"%roof":>6s} {"x xla":>6s} mismatch(sample/batch)')
+  for e in report['results']:
+    mm = f'{e["mismatch"]["sample"]:.1e}/{e["mismatch"]["batch"]:.1e}'
+    for vname, v in e['variants'].items():
+      speed = f'{v["speedup_vs_xla"]:.2f}' if v['speedup_vs_xla'] else '-'
+      print(f'{e["shape"]:30s} {e["C"]:5d} {vname:22s} {v["ms"]:9.4f} {v["gb_per_s"]:7.0f} '
+            f'{v["floor_ms"]:9.4f} {100 * v["roofline_frac"]:5.1f}% {speed:>6s} {mm}')
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--out', help='write the JSON report here')
+  parser.add_argument('--smoke', action='store_true', help='tiny shapes, CPU interpret mode')
+  parser.add_argument('--dtype', default='bfloat16', help='activation dtype (bfloat16|float32)')
+  parser.add_argument('--trials', type=int, default=15)
+  parser.add_argument('--inner', type=int, default=10)
+  args = parser.parse_args(argv)
+  report = run(args)
+  if args.out:
+    with open(args.out, 'w') as f:
+      json.dump(report, f, indent=2)
+  print_table(report)
+  return report
+
+
+if __name__ == '__main__':
+  main()

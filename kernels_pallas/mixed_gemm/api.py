@@ -1,0 +1,143 @@
+"""Public entry point of the mixed-precision (int4/int8) GEMM of the real-quantized path.
+
+    y = w_scale * (a_scale * (xin @ w) + o_scale * (xout @ w)) (+ bias)
+
+Operands (leading dims of x are flattened into M = tokens, one row per time step per sample):
+  x_inlier  act_bits=4: (..., K/2) int8/uint8, int4 codes packed along K (low nibble = even k);
+            act_bits=8: (..., K) int8 (also the form for int4 codes kept one per byte).
+  a_scale   (...,) per-token inlier scale (for OuroMamba: S_I(t) of the row's time step).
+  w         weight_bits=4: (K/2, N) int8/uint8 packed along K; weight_bits=8: (K, N) int8.
+  w_scale   (N,) per-output-channel weight scale.
+  x_outlier optional (..., K) int8 outlier codes, zero outside the outlier channels.
+  o_scale   (...,) per-token outlier scale (required with x_outlier).
+  bias      optional (N,).
+Returns (..., N) in out_dtype (bf16 by default). Sums are exact int32.
+
+implementation: None -> 'triton' on GPU, 'xla' elsewhere; 'xla' is two integer `lax.dot`s,
+'triton' the fused Pallas kernel (`interpret=True` runs it on CPU, for tests).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from kernels_pallas.mixed_gemm import reference
+from kernels_pallas.mixed_gemm.config import MixedGemmBlockConfig, default_block_config
+
+IMPLEMENTATIONS = ('xla', 'triton')
+_BITS = (4, 8)
+
+
+def default_implementation() -> str:
+  return 'triton' if jax.default_backend() == 'gpu' else 'xla'
+
+
+def _as_int8(name, x):
+  if x.dtype == jnp.uint8:
+    return jax.lax.bitcast_convert_type(x, jnp.int8)
+  if x.dtype != jnp.int8:
+    raise TypeError(f'mixed_gemm: {name} must be int8 (or uint8 for packed int4), got {x.dtype}; '
+                    'quantize it first (ouromamba_jax.quant / kernels_pallas.act_quant).')
+  return x
+
+
+def _check_vector(name, v, length):
+  if v is None:
+    raise ValueError(f'mixed_gemm: {name} is required.')
+  if v.shape != (length,):
+    raise ValueError(f'mixed_gemm: {name} must have shape ({length},), got {v.shape}.')
+
+
+def _normalize(x_inlier, a_scale, w, w_scale, x_outlier, o_scale, bias, weight_bits, act_bits):
+  """Validates shapes/dtypes, flattens tokens; returns 2-D operands, K and the leading shape."""
+  if weight_bits not in _BITS or act_bits not in _BITS:
+    raise ValueError(f'mixed_gemm: weight_bits={weight_bits}, act_bits={act_bits}; each must be '
+                     f'one of {_BITS}.')
+  if w.ndim != 2:
+    raise ValueError(f'mixed_gemm: w must be 2-D (K/2 or K, N), got shape {w.shape}.')
+  w = _as_int8('w', w)
+  x_inlier = _as_int8('x_inlier', x_inlier)
+  k = w.shape[0] * (2 if weight_bits == 4 else 1)
+  n = w.shape[1]
+  lead = x_inlier.shape[:-1]
+  expected_x = k // 2 if act_bits == 4 else k
+  if x_inlier.ndim < 2 or x_inlier.shape[-1] != expected_x:
+    raise ValueError(
+        f'mixed_gemm: x_inlier has shape {x_inlier.shape}; with K={k} (from w {w.shape}, '
+        f'weight_bits={weight_bits}) and act_bits={act_bits} its last dim must be {expected_x}'
+        f'{" (int4 packed two per byte along K)" if act_bits == 4 else ""}.')
+  m = 1
+  for d in lead:
+    m *= d
+  if a_scale is None or a_scale.shape != lead:
+    raise ValueError(f'mixed_gemm: a_scale must have the token shape {lead}, got '
+                     f'{None if a_scale is None else a_scale.shape}.')
+  _check_vector('w_scale', w_scale, n)
+  x2 = x_inlier.reshape(m, expected_x)
+  a2 = a_scale.reshape(m)
+  xo2 = o2 = None
+  if x_outlier is not None:
+    x_outlier = _as_int8('x_outlier', x_outlier)
+    if x_outlier.shape != lead + (k,):
+      raise ValueError(f'mixed_gemm: x_outlier must be int8 codes of shape {lead + (k,)} (one per '
+                       f'channel, zero for inliers), got {x_outlier.shape}.')
+    if o_scale is None or o_scale.shape != lead:
+      raise ValueError(f'mixed_gemm: o_scale must have the token shape {lead} when x_outlier is '
+                       f'given, got {None if o_scale is None else o_scale.shape}.')
+    xo2, o2 = x_outlier.reshape(m, k), o_scale.reshape(m)
+  elif o_scale is not None:
+    raise ValueError('mixed_gemm: o_scale given without x_outlier.')
+  if bias is not None:
+    _check_vector('bias', bias, n)
+  return x2, a2, w, xo2, o2, k, lead
+
+
+def mixed_gemm(x_inlier, a_scale, w, w_scale, x_outlier=None, o_scale=None, bias=None, *,
+               weight_bits: int = 4, act_bits: int = 4, out_dtype=jnp.bfloat16,
+               implementation: str | None = None, interpret: bool = False,
+               block_config: MixedGemmBlockConfig | None = None):
+  """Dequantized int GEMM; see the module docstring for operand layouts. Returns (..., N)."""
+  impl = implementation or default_implementation()
+  if impl not in IMPLEMENTATIONS:
+    raise ValueError(f'mixed_gemm: unknown implementation {impl!r}; choose one of '
+                     f'{IMPLEMENTATIONS} or None for the platform default.')
+  x2, a2, w, xo2, o2, k, lead = _normalize(x_inlier, a_scale, w, w_scale, x_outlier, o_scale,
+                                           bias, weight_bits, act_bits)
+  n = w.shape[1]
+  if impl == 'xla':
+    y = reference.mixed_gemm_xla(x2, a2, w, w_scale, xo2, o2, bias, weight_bits=weight_bits,
+                                 act_bits=act_bits, out_dtype=out_dtype)
+  else:
+    from kernels_pallas.mixed_gemm import pallas_triton  # pylint: disable=g-import-not-at-top
+    cfg = block_config or default_block_config(x2.shape[0], n, k)
+    y = pallas_triton.mixed_gemm(x2, a2, w, w_scale, xo2, o2, bias, k=k, weight_bits=weight_bits,
+                                 act_bits=act_bits, out_dtype=jnp.dtype(out_dtype), cfg=cfg,
+                                 interpret=interpret)
+  return y.reshape(lead + (n,))
+
+
+def mixed_gemm_accumulators(x_inlier, w, x_outlier=None, *, weight_bits: int = 4,
+                            act_bits: int = 4, implementation: str | None = None,
+                            interpret: bool = False,
+                            block_config: MixedGemmBlockConfig | None = None):
+  """The exact int32 sums (xin @ w, xout @ w or None), each (..., N): for tests and debugging."""
+  impl = implementation or default_implementation()
+  if impl not in IMPLEMENTATIONS:
+    raise ValueError(f'mixed_gemm_accumulators: unknown implementation {impl!r}; choose one of '
+                     f'{IMPLEMENTATIONS}.')
+  lead = x_inlier.shape[:-1]
+  ones = jnp.ones(lead, jnp.float32)
+  x2, _, w, xo2, _, k, lead = _normalize(
+      x_inlier, ones, w, jnp.ones((w.shape[-1],), jnp.float32), x_outlier,
+      None if x_outlier is None else ones, None, weight_bits, act_bits)
+  n = w.shape[1]
+  if impl == 'xla':
+    acc_in, acc_out = reference.accumulators_xla(x2, w, xo2, weight_bits=weight_bits,
+                                                 act_bits=act_bits)
+  else:
+    from kernels_pallas.mixed_gemm import pallas_triton  # pylint: disable=g-import-not-at-top
+    cfg = block_config or default_block_config(x2.shape[0], n, k)
+    acc_in, acc_out = pallas_triton.accumulators(x2, w, xo2, k=k, weight_bits=weight_bits,
+                                                 act_bits=act_bits, cfg=cfg, interpret=interpret)
+  reshape = lambda a: None if a is None else a.reshape(lead + (n,))
+  return reshape(acc_in), reshape(acc_out)

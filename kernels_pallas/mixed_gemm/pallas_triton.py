@@ -1,0 +1,179 @@
+"""Pallas Triton kernel of the mixed-precision GEMM (W4A4 + int8 outliers, W4A8, W8A8).
+
+One program computes a (block_m tokens) x (block_n channels) tile of y. It walks K in block_k
+steps; each step loads one weight tile and uses it for both products:
+
+  acc_in  += xin_tile  @ w_tile      (int8 MMA, int32 accumulate)
+  acc_out += xout_tile @ w_tile      (only when outliers are given)
+
+The H100 has no int4 MMA, so int4 operands are unpacked to int8 in registers with two shifts.
+Because a dot is a sum over k, the kernel never re-interleaves int4 weights: it splits every
+K block into its even and odd k (the low and high nibbles of the packed weight; a reshape plus
+size-2 unstack of an int8 activation tile) and issues two K/2 dots, which is the same MMA work
+as one K dot. The only interleave (a Triton `join`) is for packed activations against int8
+weights (W8A4). The epilogue applies the per-token scales (rows), the per-channel weight scale
+(columns) and the bias in fp32, and stores bf16/fp32.
+
+M and N tails are masked (any M, N); K is zero-padded to a multiple of block_k by the wrapper
+(exact: zero codes add nothing). The grid is (N tiles, M tiles) with the N tile fastest, so the
+programs in flight share one row block of activations through L2.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from kernels_pallas import _pallas_compat as compat
+from kernels_pallas._pallas_compat import pl, plgpu
+from kernels_pallas.mixed_gemm import reference
+from kernels_pallas.mixed_gemm.config import MixedGemmBlockConfig
+
+
+def _load_rows(ref, row_start, rows_ok, k_start, width, block_m):
+  """(block_m, width) activation tile at [row_start:, k_start:], rows past M read as 0."""
+  return plgpu.load(ref.at[pl.ds(row_start, block_m), pl.ds(k_start, width)],
+                    mask=rows_ok[:, None], other=jnp.int8(0))
+
+
+def _gemm_kernel(*refs, m: int, n: int, k: int, cfg: MixedGemmBlockConfig, weight_bits: int,
+                 act_bits: int, has_outliers: bool, has_bias: bool, accumulators_only: bool):
+  refs = list(refs)
+  xin_ref, a_scale_ref, w_ref, w_scale_ref = refs[:4]
+  refs = refs[4:]
+  xout_ref = o_scale_ref = bias_ref = None
+  if has_outliers:
+    xout_ref, o_scale_ref = refs[:2]
+    refs = refs[2:]
+  if has_bias:
+    bias_ref = refs[0]
+    refs = refs[1:]
+  out_refs = refs
+
+  bm, bn, bk = cfg.block_m, cfg.block_n, cfg.block_k
+  col_start = pl.program_id(0) * bn
+  row_start = pl.program_id(1) * bm
+  rows_ok = row_start + jnp.arange(bm) < m
+  cols_ok = col_start + jnp.arange(bn) < n
+  w_rows = bk // 2 if weight_bits == 4 else bk   # weight rows per K block (packed: K/2)
+  x_cols = bk // 2 if act_bits == 4 else bk      # inlier columns per K block
+
+  def dot(a, b):
+    return jnp.dot(a, b, preferred_element_type=jnp.int32)
+
+  def product(x_parts, w_parts):
+    """Sum over the K block of x @ w, both given either whole or as (even k, odd k) halves."""
+    if isinstance(w_parts, tuple):
+      return dot(x_parts[0], w_parts[0]) + dot(x_parts[1], w_parts[1])
+    return dot(x_parts, w_parts)
+
+  def inlier_parts(x):
+    if weight_bits == 4:  # need (even, odd) halves of K
+      return reference.unpack_nibbles(x) if act_bits == 4 else reference.split_even_odd(x)
+    if act_bits == 4:     # int8 weights: rebuild the natural k order of the activations
+      return reference.interleave(*reference.unpack_nibbles(x))
+    return x
+
+  def body(kb, accs):
+    w = plgpu.load(w_ref.at[pl.ds(kb * w_rows, w_rows), pl.ds(col_start, bn)],
+                   mask=cols_ok[None, :], other=jnp.int8(0))
+    w_parts = reference.unpack_nibbles(w) if weight_bits == 4 else w
+    xin = _load_rows(xin_ref, row_start, rows_ok, kb * x_cols, x_cols, bm)
+    acc_in = accs[0] + product(inlier_parts(xin), w_parts)
+    if not has_outliers:
+      return (acc_in,)
+    xout = _load_rows(xout_ref, row_start, rows_ok, kb * bk, bk, bm)
+    xout_parts = reference.split_even_odd(xout) if weight_bits == 4 else xout
+    return acc_in, accs[1] + product(xout_parts, w_parts)
+
+  zeros = jnp.zeros((bm, bn), jnp.int32)
+  init = (zeros, zeros) if has_outliers else (zeros,)
+  accs = jax.lax.fori_loop(0, k // bk, body, init)
+
+  out_block = (pl.ds(row_start, bm), pl.ds(col_start, bn))
+  tile_ok = rows_ok[:, None] & cols_ok[None, :]
+  if accumulators_only:
+    for ref, acc in zip(out_refs, accs):
+      plgpu.store(ref.at[out_block], acc, mask=tile_ok)
+    return
+
+  a_scale = plgpu.load(a_scale_ref.at[pl.ds(row_start, bm)], mask=rows_ok, other=0.0)
+  w_scale = plgpu.load(w_scale_ref.at[pl.ds(col_start, bn)], mask=cols_ok, other=0.0)
+  y = a_scale[:, None] * accs[0].astype(jnp.float32)
+  if has_outliers:
+    o_scale = plgpu.load(o_scale_ref.at[pl.ds(row_start, bm)], mask=rows_ok, other=0.0)
+    y = y + o_scale[:, None] * accs[1].astype(jnp.float32)
+  y = y * w_scale[None, :]
+  if has_bias:
+    y = y + plgpu.load(bias_ref.at[pl.ds(col_start, bn)], mask=cols_ok, other=0.0)[None, :]
+  (y_ref,) = out_refs
+  plgpu.store(y_ref.at[out_block], y.astype(y_ref.dtype), mask=tile_ok)
+
+
+def _pad_k(x, axis, new_len):
+  pad = new_len - x.shape[axis]
+  if pad == 0:
+    return x
+  widths = [(0, 0)] * x.ndim
+  widths[axis] = (0, pad)
+  return jnp.pad(x, widths)
+
+
+def _call(x_inlier, a_scale, w, w_scale, x_outlier, o_scale, bias, *, k, weight_bits, act_bits,
+          out_dtype, cfg, interpret, accumulators_only):
+  m, n = x_inlier.shape[0], w.shape[1]
+  bk = cfg.block_k
+  k_pad = -(-k // bk) * bk
+  if k_pad != k:  # zero codes contribute nothing to the sums
+    w = _pad_k(w, 0, k_pad // 2 if weight_bits == 4 else k_pad)
+    x_inlier = _pad_k(x_inlier, 1, k_pad // 2 if act_bits == 4 else k_pad)
+    if x_outlier is not None:
+      x_outlier = _pad_k(x_outlier, 1, k_pad)
+
+  has_outliers = x_outlier is not None
+  inputs = [x_inlier, a_scale.astype(jnp.float32), w, w_scale.astype(jnp.float32)]
+  if has_outliers:
+    inputs += [x_outlier, o_scale.astype(jnp.float32)]
+  if bias is not None:
+    inputs.append(bias.astype(jnp.float32))
+  if accumulators_only:
+    out_shape = [jax.ShapeDtypeStruct((m, n), jnp.int32)] * (2 if has_outliers else 1)
+  else:
+    out_shape = [jax.ShapeDtypeStruct((m, n), out_dtype)]
+
+  kernel = functools.partial(
+      _gemm_kernel, m=m, n=n, k=k_pad, cfg=cfg, weight_bits=weight_bits, act_bits=act_bits,
+      has_outliers=has_outliers, has_bias=bias is not None, accumulators_only=accumulators_only)
+  grid = (pl.cdiv(n, cfg.block_n), pl.cdiv(m, cfg.block_m))
+  compat.filter_triton_deprecation()
+  outs = pl.pallas_call(
+      kernel, out_shape=out_shape, grid=grid, interpret=interpret, name='mixed_gemm',
+      compiler_params=compat.triton_compiler_params(cfg.num_warps, cfg.num_stages),
+  )(*inputs)
+  return outs
+
+
+@functools.partial(jax.jit, static_argnames=('k', 'weight_bits', 'act_bits', 'out_dtype', 'cfg',
+                                             'interpret'))
+def mixed_gemm(x_inlier, a_scale, w, w_scale, x_outlier=None, o_scale=None, bias=None, *,
+               k: int, weight_bits: int, act_bits: int, out_dtype, cfg: MixedGemmBlockConfig,
+               interpret: bool = False):
+  """Fused dequantized GEMM on validated 2-D operands (see `api.mixed_gemm`). Returns (M, N)."""
+  (y,) = _call(x_inlier, a_scale, w, w_scale, x_outlier, o_scale, bias, k=k,
+               weight_bits=weight_bits, act_bits=act_bits, out_dtype=out_dtype, cfg=cfg,
+               interpret=interpret, accumulators_only=False)
+  return y
+
+
+@functools.partial(jax.jit, static_argnames=('k', 'weight_bits', 'act_bits', 'cfg', 'interpret'))
+def accumulators(x_inlier, w, x_outlier=None, *, k: int, weight_bits: int, act_bits: int,
+                 cfg: MixedGemmBlockConfig, interpret: bool = False):
+  """The kernel's raw int32 sums (acc_in, acc_out or None): what the exactness tests compare."""
+  m = x_inlier.shape[0]
+  ones_m = jnp.ones((m,), jnp.float32)
+  ones_n = jnp.ones((w.shape[1],), jnp.float32)
+  outs = _call(x_inlier, ones_m, w, ones_n, x_outlier, None if x_outlier is None else ones_m,
+               None, k=k, weight_bits=weight_bits, act_bits=act_bits, out_dtype=jnp.float32,
+               cfg=cfg, interpret=interpret, accumulators_only=True)
+  return (outs[0], outs[1]) if x_outlier is not None else (outs[0], None)

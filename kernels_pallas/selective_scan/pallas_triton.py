@@ -1,0 +1,338 @@
+"""Fused Mamba selective scan as a Pallas kernel on the Triton backend (GPU; CPU via interpret).
+
+One program per (block of `block_d` channels, batch row); it runs the whole recurrence for its
+channels with the fp32 state in registers and writes only y:
+
+    dt  = softplus(delta_t + delta_bias)                 (BD,)     per step
+    h   = exp2(dt * A log2(e)) * h + (dt u_t) B_t        (N, BD)   fp32 state, never stored
+    y_t = (sum_n h C_t + D u_t) * SiLU(z_t)              (BD,)     stored in u.dtype
+
+Design, aimed at the H100 (what the compiled code looks like, and what to measure: NOTES.md):
+  * One channel per thread. The block is split into groups of 32 * num_warps channels, each
+    with an (N, group) state tile whose default Triton layout gives every thread one channel's
+    N states: the C readout (a sum over N) is a register reduction, with no shuffles and no
+    shared memory. A is loaded row by row into that layout (one 2D load would be vectorised
+    along channels and make Triton split N over 4 threads, i.e. shuffles every step).
+    Several groups per program (block_d > 32 * num_warps) = several channels per thread,
+    sharing each step's B_t/C_t loads.
+  * exp2 with log2(e) folded into A once per call: one MUFU ex2 per state element instead of
+    libdevice expf. softplus is branch-free (libdevice log1pf branches, which would cut every
+    unrolled step into basic blocks).
+  * B and C are cast to fp32 before the kernel: every thread needs all N of them each step, and
+    converting bf16 in the loop was ~20% of its instructions (in a model the cast fuses into
+    the x_proj output).
+  * Time walks in chunks of `chunk_t` unrolled steps; a `fori_loop` covers the full chunks and
+    the `L % chunk_t` remainder is an unrolled tail, so no time step needs a mask. Each chunk
+    issues its B_t/C_t loads (L2-resident: all channel blocks of a row read them) up front.
+    With num_stages >= 2 the u/delta/z rows (the HBM stream) of chunk c + 1 are loaded before
+    chunk c is computed (register double-buffering in the loop carry); with num_stages = 1
+    they are loaded at the start of their own chunk.
+  * `reverse=True` indexes time backwards (t = L - 1 - k); no flipped copy is made.
+  * D not a multiple of block_d: the last block loads with a channel mask (padded channels see
+    u = A = 0, so their state stays 0) and stores with it. N not a power of 2 is padded the
+    same way (B = C = 0 in the padding).
+  * Grid is (channel blocks, batch) with channel blocks fastest: programs launched together
+    read the same B_t/C_t rows, which then come from L2.
+
+Differentiation: `jax.custom_vjp` whose backward is the VJP of the XLA reference
+(`reference.selective_scan_xla`, associative scan), so gradients for u, delta, A, B, C, D, z
+and delta_bias are the reference's.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+
+from kernels_pallas import _pallas_compat as compat
+from kernels_pallas._pallas_compat import pl, plgpu
+from kernels_pallas.selective_scan import reference
+from kernels_pallas.selective_scan.config import SelectiveScanBlockConfig, default_block_config
+
+_LOG2E = math.log2(math.e)
+_LN2 = math.log(2.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class _KernelSpec:
+  """Static facts the kernel body is specialised on."""
+  length: int
+  channels: int
+  n_state: int
+  n_pad: int
+  block_d: int
+  group_d: int     # channels of one group: 32 * num_warps, one channel per thread
+  chunk_t: int
+  prefetch: bool   # load the next chunk while computing this one (num_stages >= 2)
+  reverse: bool
+  delta_softplus: bool
+  has_skip: bool
+  has_gate: bool
+  has_bias: bool
+
+  @property
+  def n_groups(self) -> int:
+    return self.block_d // self.group_d
+
+  @property
+  def mask_channels(self) -> bool:
+    return self.channels % self.block_d != 0
+
+  @property
+  def mask_states(self) -> bool:
+    return self.n_pad != self.n_state
+
+
+def _softplus(x):
+  """softplus(x) = max(x, 0) + log1p(exp(-|x|)), branch-free and accurate to a few ulp.
+
+  libdevice's log1pf branches, which would split every unrolled step into basic blocks. Here
+  log1p(e) for e in (0, 1] uses Goldberg's trick log(w) * e / (w - 1), w = 1 + e, which stays
+  accurate for small e (dt_proj biases put softplus inputs near -7, where e ~ 1e-3).
+  """
+  e = jnp.exp2(-jnp.abs(x) * _LOG2E)
+  w = 1.0 + e
+  log1p_e = jnp.where(w == 1.0, e, jnp.log2(w) * _LN2 * (e / (w - 1.0)))
+  return jnp.maximum(x, 0.0) + log1p_e
+
+
+def _index(i):
+  """Static Python ints as int32 scalars: the Pallas interpreter rejects bare ints in indexers."""
+  return jnp.int32(i) if isinstance(i, int) else i
+
+
+def _scan_kernel(*refs, spec: _KernelSpec):
+  """Body of one program: channels [d0, d0 + block_d) of batch row `row`, all L time steps.
+
+  The block is `n_groups` groups of `group_d` channels (one channel per thread in each group),
+  each with its own (N, group_d) state tile; the groups share the B_t/C_t loads of a step.
+  """
+  refs = list(refs)
+  u_ref, delta_ref, a_ref, b_ref, c_ref = refs[:5]
+  refs = refs[5:]
+  skip_ref = refs.pop(0) if spec.has_skip else None
+  z_ref = refs.pop(0) if spec.has_gate else None
+  bias_ref = refs.pop(0) if spec.has_bias else None
+  (y_ref,) = refs
+
+  f32 = jnp.float32
+  gd, n_pad = spec.group_d, spec.n_pad
+  row = pl.program_id(1)
+  d0 = pl.program_id(0) * spec.block_d
+  groups = range(spec.n_groups)
+  channels = [pl.ds(d0 + g * gd, gd) for g in groups]
+  states = pl.ds(0, n_pad)
+  channel_ok = [(d0 + g * gd + jnp.arange(gd) < spec.channels) if spec.mask_channels else None
+                for g in groups]
+  state_ok = (jnp.arange(n_pad) < spec.n_state) if spec.mask_states else None
+
+  def load(ref_view, mask):  # in the array's dtype; masked-off elements read as 0
+    if mask is None:
+      return plgpu.load(ref_view)
+    return plgpu.load(ref_view, mask=mask, other=0)
+
+  def load_group(ref, g, *index):  # (group_d,) row of group g
+    index = tuple(_index(i) for i in index)
+    return load(ref.at[(*index, channels[g])], channel_ok[g])
+
+  def load_states(ref, t):  # (N,) row of B or C at time t
+    return load(ref.at[row, _index(t), states], state_ok)
+
+  # A^T log2(e) as (N, group_d) tiles, assembled from N row loads: a single 2D load would be
+  # vectorised along channels and make Triton split N over threads for the whole recurrence
+  # (shuffles in the C readout); rows keep the default layout where a thread owns a column.
+  state_ids = jnp.arange(n_pad)[:, None]
+
+  def a_tile(g):
+    tile = jnp.zeros((n_pad, gd), f32)
+    for n in range(spec.n_state):
+      tile = jnp.where(state_ids == n, load_group(a_ref, g, n)[None, :], tile)
+    return tile
+
+  a_log2 = [a_tile(g) for g in groups]
+  skip = [load_group(skip_ref, g).astype(f32) if spec.has_skip else None for g in groups]
+  bias = [load_group(bias_ref, g).astype(f32) if spec.has_bias else None for g in groups]
+
+  def time_of(k):  # processing order k -> time index (backwards for reverse)
+    return spec.length - 1 - k if spec.reverse else k
+
+  def clamped_time(k):
+    """Time of processing index k; a traced k is clamped into the sequence: only a prefetch
+    past the last chunk reaches beyond it, and that data is never used."""
+    if not isinstance(k, int):
+      k = jnp.minimum(k, spec.length - 1)
+    return time_of(k)
+
+  def load_activations(k0, count):
+    """u, delta, z rows of `count` steps from processing index k0, in the input dtype (bf16
+    stays packed in registers until used). These stream from HBM: the ones worth prefetching."""
+    rows = []
+    for i in range(count):
+      t = clamped_time(k0 + i)
+      rows.append(dict(
+          u=[load_group(u_ref, g, row, t) for g in groups],
+          delta=[load_group(delta_ref, g, row, t) for g in groups],
+          z=[load_group(z_ref, g, row, t) if spec.has_gate else None for g in groups]))
+    return rows
+
+  def load_state_rows(k0, count):
+    """B_t, C_t rows of `count` steps; every channel block of the batch row reads them, so
+    they come from L2 and are loaded at the start of their chunk, not prefetched."""
+    return [dict(b=load_states(b_ref, clamped_time(k0 + i)),
+                 c=load_states(c_ref, clamped_time(k0 + i))) for i in range(count)]
+
+  def group_step(h, g, x):
+    """One time step of group g: new (N, group_d) state and the (group_d,) output row."""
+    u = x['u'][g].astype(f32)
+    dt = x['delta'][g].astype(f32)
+    if bias[g] is not None:
+      dt = dt + bias[g]
+    if spec.delta_softplus:
+      dt = _softplus(dt)
+    decay = jnp.exp2(dt[None, :] * a_log2[g])
+    h = decay * h + x['b'].astype(f32)[:, None] * (dt * u)[None, :]
+    y = jnp.sum(h * x['c'].astype(f32)[:, None], axis=0)
+    if skip[g] is not None:
+      y = y + skip[g] * u
+    if spec.has_gate:
+      z = x['z'][g].astype(f32)
+      y = y * (z * jax.nn.sigmoid(z))
+    return h, y
+
+  def run_chunk(hs, k0, activations):
+    """The recurrence over one chunk whose first step is processing index k0."""
+    state_rows = load_state_rows(k0, len(activations))
+    hs = list(hs)
+    for i, (x, bc) in enumerate(zip(activations, state_rows)):
+      x = dict(x, **bc)
+      t = _index(time_of(k0 + i))
+      for g in groups:
+        hs[g], y = group_step(hs[g], g, x)
+        plgpu.store(y_ref.at[row, t, channels[g]], y.astype(y_ref.dtype), mask=channel_ok[g])
+    return tuple(hs)
+
+  ct = spec.chunk_t
+  hs = tuple(jnp.zeros((n_pad, gd), f32) for _ in groups)
+  n_chunks, tail = divmod(spec.length, ct)
+  if n_chunks and spec.prefetch:
+    # Register double-buffering: chunk c + 1's activations load before chunk c is computed.
+    def body(c, carry):
+      hs, activations = carry
+      next_activations = load_activations((c + 1) * ct, ct)
+      return run_chunk(hs, c * ct, activations), next_activations
+
+    hs, _ = jax.lax.fori_loop(0, n_chunks, body, (hs, load_activations(0, ct)))
+  elif n_chunks:
+    hs = jax.lax.fori_loop(0, n_chunks,
+                           lambda c, hs: run_chunk(hs, c * ct, load_activations(c * ct, ct)), hs)
+  if tail:
+    run_chunk(hs, n_chunks * ct, load_activations(n_chunks * ct, tail))
+
+
+def _check_inputs(u, delta, A, B, C, D, z, delta_bias):
+  """Shape/dtype checks with errors that say what to pass instead."""
+  if u.ndim != 3:
+    raise ValueError(f'selective_scan(triton): u must be (batch, length, channels), got {u.shape}.')
+  batch, length, channels = u.shape
+  if delta.shape != u.shape:
+    raise ValueError(f'selective_scan(triton): delta must have u\'s shape {u.shape}, '
+                     f'got {delta.shape}.')
+  if A.ndim != 2 or A.shape[0] != channels:
+    raise ValueError(f'selective_scan(triton): A must be (channels={channels}, n_state), '
+                     f'got {A.shape}.')
+  n_state = A.shape[1]
+  for name, x in (('B', B), ('C', C)):
+    if x.shape != (batch, length, n_state):
+      raise ValueError(f'selective_scan(triton): {name} must be (batch, length, n_state) = '
+                       f'{(batch, length, n_state)}, got {x.shape}. Input-independent (D, N) '
+                       f'B/C are not supported; broadcast them to (batch, length, n_state).')
+  if z is not None and z.shape != u.shape:
+    raise ValueError(f'selective_scan(triton): z must have u\'s shape {u.shape}, got {z.shape}.')
+  for name, x in (('D', D), ('delta_bias', delta_bias)):
+    if x is not None and x.shape != (channels,):
+      raise ValueError(f'selective_scan(triton): {name} must be ({channels},), got {x.shape}.')
+  for name, x in (('u', u), ('delta', delta), ('A', A), ('B', B), ('C', C), ('D', D), ('z', z),
+                  ('delta_bias', delta_bias)):
+    if x is not None and not jnp.issubdtype(x.dtype, jnp.floating):
+      raise TypeError(f'selective_scan(triton): {name} must be floating point, got {x.dtype}.')
+  if length == 0 or batch == 0 or channels == 0:
+    raise ValueError(f'selective_scan(triton): empty input {u.shape}.')
+
+
+@functools.partial(jax.jit, static_argnames=('delta_softplus', 'reverse', 'interpret',
+                                             'block_config'))
+def _forward(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus: bool, reverse: bool,
+             interpret: bool, block_config: SelectiveScanBlockConfig):
+  batch, length, channels = u.shape
+  n_state = A.shape[1]
+  spec = _KernelSpec(length=length, channels=channels, n_state=n_state,
+                     n_pad=pl.next_power_of_2(n_state), block_d=block_config.block_d,
+                     group_d=block_config.group_d, chunk_t=block_config.chunk_t,
+                     prefetch=block_config.num_stages >= 2, reverse=reverse,
+                     delta_softplus=delta_softplus, has_skip=D is not None,
+                     has_gate=z is not None, has_bias=delta_bias is not None)
+  # (N, D), log2(e) folded in so the kernel needs exp2 only; tiny, computed once per call.
+  a_log2 = (A.astype(jnp.float32) * _LOG2E).T
+  # B, C in fp32: each thread converts all N of them every step otherwise (~20% of the loop's
+  # instructions at one channel per thread); in a model XLA fuses this cast into x_proj.
+  operands = ([u, delta, a_log2, B.astype(jnp.float32), C.astype(jnp.float32)]
+              + [x for x in (D, z, delta_bias) if x is not None])
+  compat.filter_triton_deprecation()
+  return pl.pallas_call(
+      functools.partial(_scan_kernel, spec=spec),
+      out_shape=jax.ShapeDtypeStruct(u.shape, u.dtype),
+      grid=(pl.cdiv(channels, block_config.block_d), batch),
+      interpret=interpret,
+      name='selective_scan_fwd',
+      compiler_params=compat.triton_compiler_params(block_config.num_warps,
+                                                    block_config.num_stages),
+  )(*operands)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10, 11))
+def _selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, interpret,
+                    block_config):
+  return _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus=delta_softplus,
+                  reverse=reverse, interpret=interpret, block_config=block_config)
+
+
+def _selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, interpret,
+                        block_config):
+  y = _selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, interpret,
+                      block_config)
+  return y, (u, delta, A, B, C, D, z, delta_bias)
+
+
+def _selective_scan_bwd(delta_softplus, reverse, interpret, block_config, primals, y_bar):
+  """Backward through the XLA reference (associative scan) at the saved inputs."""
+  del interpret, block_config
+  ref = functools.partial(reference.selective_scan_xla, delta_softplus=delta_softplus,
+                          reverse=reverse)
+  _, vjp = jax.vjp(ref, *primals)
+  return vjp(y_bar)
+
+
+_selective_scan.defvjp(_selective_scan_fwd, _selective_scan_bwd)
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
+                   delta_softplus: bool = True, reverse: bool = False,
+                   interpret: bool | None = None,
+                   block_config: SelectiveScanBlockConfig | None = None):
+  """Fused selective scan; see the module docstring. Returns y (B, L, D) in u.dtype.
+
+  u, delta, z: (B, L, D); B, C: (B, L, N); A: (D, N); D, delta_bias: (D,); D, z, delta_bias may
+  be None. `interpret=None` interprets off-GPU. `block_config=None` uses the default for
+  (D, u.dtype).
+  """
+  _check_inputs(u, delta, A, B, C, D, z, delta_bias)
+  if block_config is None:
+    block_config = default_block_config(u.shape[-1], u.dtype)
+  elif not isinstance(block_config, SelectiveScanBlockConfig):
+    raise TypeError('selective_scan(triton): block_config must be a SelectiveScanBlockConfig, '
+                    f'got {type(block_config).__name__}.')
+  return _selective_scan(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
+                         bool(reverse), compat.resolve_interpret(interpret), block_config)

@@ -1,0 +1,11 @@
+"""OuroMamba-Gen: data-free synthetic calibration images for Vision Mamba.
+
+Pixels start as Gaussian noise and are optimised with Adam against
+  L = w_C·L_C (patch contrastive loss on Δ-weighted neighbourhood-aggregated SSM states)
+    + w_PSE·L_PSE (PSAQ-ViT patch-similarity entropy, ablation)
+    + λ·L_O (output loss towards a balanced random target class).
+
+Modules: patched_state (h_p and patch features), losses, objective (the model hook and the
+per-image loss), optimize (targets, noise, Adam, the jitted sharded step), generator (the
+resumable group loop), outputs (files), quality (FP agreement check), run (mode `generate`).
+"""

@@ -1,0 +1,139 @@
+"""The Gen objective: per-image L = w_C·L_C + w_PSE·L_PSE + λ·L_O from one model forward.
+
+The state losses are computed *inside* the model's `state_feature_fn` hook, per block and scan
+direction, and only their per-image values (B,) are sown into 'intermediates'. So the
+(B, L, Di, N) states of a block are never kept beyond that block, and with `remat` they are
+recomputed in the backward pass instead of being stored for all blocks.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from ouromamba_jax.gen import losses
+from ouromamba_jax.gen import patched_state
+
+LOSS_NAMES = ('total', 'contrastive', 'pse', 'output')
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSpec:
+  """Everything that defines the objective (see `configs.common.gen_config` for meanings)."""
+  neighbourhood: int = 5
+  state_weighting: str = 'delta'
+  delta_normalization: str = 'minmax'
+  feature: str = 'readout'
+  contrastive_weight: float = 1.0
+  num_positives: int = 12
+  temperature: float = 0.1
+  loss_blocks: tuple[int, ...] = ()
+  output_loss: str = 'mae'
+  output_weight: float = 1.0
+  pse_weight: float = 0.0
+  pse_bandwidth: float = 0.01
+  pse_grid_points: int = 10
+
+  @classmethod
+  def from_config(cls, gen_cfg) -> 'LossSpec':
+    fields = {f.name: gen_cfg[f.name] for f in dataclasses.fields(cls)}
+    fields['loss_blocks'] = tuple(int(b) for b in fields['loss_blocks'])
+    return cls(**fields)
+
+  @property
+  def uses_states(self) -> bool:
+    return self.contrastive_weight != 0 or self.pse_weight != 0
+
+  def validate(self, model) -> None:
+    """Clear errors for settings the model cannot satisfy (before anything is traced)."""
+    if self.neighbourhood < 1 or self.neighbourhood % 2 == 0:
+      raise ValueError(f'gen.neighbourhood must be odd (1, 3, 5, ...), got {self.neighbourhood}')
+    if self.state_weighting not in patched_state.WEIGHTINGS:
+      raise ValueError(f'gen.state_weighting must be one of {patched_state.WEIGHTINGS}, '
+                       f'got {self.state_weighting!r}')
+    if self.delta_normalization not in patched_state.DELTA_NORMALIZATIONS:
+      raise ValueError(f'gen.delta_normalization must be one of '
+                       f'{patched_state.DELTA_NORMALIZATIONS}, got {self.delta_normalization!r}')
+    if self.feature not in patched_state.FEATURES:
+      raise ValueError(f'gen.feature must be one of {patched_state.FEATURES}, got {self.feature!r}')
+    if self.output_loss not in losses.OUTPUT_LOSSES:
+      raise ValueError(f'gen.output_loss must be one of {losses.OUTPUT_LOSSES}, '
+                       f'got {self.output_loss!r}')
+    if self.temperature <= 0:
+      raise ValueError(f'gen.temperature must be > 0, got {self.temperature}')
+    if self.contrastive_weight and not 1 <= self.num_positives <= model.num_patches - 2:
+      raise ValueError(f'gen.num_positives={self.num_positives} must be in [1, num_patches - 2 = '
+                       f'{model.num_patches - 2}] for this model (each anchor needs a negative).')
+    bad = [b for b in self.loss_blocks if not 0 <= b < model.depth]
+    if bad:
+      raise ValueError(f'gen.loss_blocks {bad} are out of range for a {model.depth}-block model.')
+    if not (self.uses_states or self.output_weight):
+      raise ValueError('all loss weights are 0 (gen.contrastive_weight, gen.pse_weight, '
+                       'gen.output_weight); enable at least one loss.')
+
+  def blocks(self, depth: int) -> tuple[int, ...]:
+    return self.loss_blocks or tuple(range(depth))
+
+
+def make_state_feature_fn(spec: LossSpec, cls_index: int, grid_size: tuple[int, int]):
+  """The model hook: (states, delta, C) of one block/direction -> {'contrastive', 'pse'}: (B,)."""
+  def state_losses(states, delta, c_mat):
+    feats = patched_state.patch_features(
+        states, delta, c_mat, cls_index=cls_index, grid_size=grid_size,
+        neighbourhood=spec.neighbourhood, weighting=spec.state_weighting,
+        normalization=spec.delta_normalization, feature=spec.feature)
+    out = {}
+    if spec.contrastive_weight:
+      out['contrastive'] = losses.patch_contrastive_loss(feats, spec.num_positives,
+                                                         spec.temperature)
+    if spec.pse_weight:
+      out['pse'] = -losses.patch_similarity_entropy(feats, spec.pse_bandwidth,
+                                                    spec.pse_grid_points)
+    return out
+  return state_losses
+
+
+def generation_model(model, spec: LossSpec, remat: bool = True, scan_implementation: str = ''):
+  """The classifier with the loss hook installed (or as is when no state loss is on).
+
+  scan_implementation: '' keeps the model's scan; a name overrides it for Gen only (with the
+  hook, every state is returned, so the fused Triton kernel falls back to the XLA scan).
+  """
+  fields = {'remat': remat}
+  if scan_implementation:
+    fields['scan_implementation'] = scan_implementation
+  if spec.uses_states:
+    fields['state_feature_fn'] = make_state_feature_fn(spec, model.cls_index, model.grid_size)
+  return model.clone(**fields)
+
+
+def _block_values(intermediates: dict[str, Any], block: int, name: str) -> jax.Array:
+  """Mean over the two scan directions of one block's per-image `name` loss."""
+  mixer = intermediates[f'layers_{block}']['mixer']
+  values = [mixer[f'state_features_{d}'][0][name] for d in ('forward', 'backward')]
+  return (values[0] + values[1]) / 2
+
+
+def per_image_losses(gen_model, params, images, labels, spec: LossSpec) -> dict[str, jax.Array]:
+  """Runs the hooked model once; returns LOSS_NAMES -> (B,) fp32 (disabled terms are zeros).
+
+  L_C is averaged over the selected blocks; L_PSE is summed over them, as in PSAQ-ViT.
+  """
+  if spec.uses_states:
+    logits, state = gen_model.apply({'params': params}, images, mutable=['intermediates'])
+    inter = state['intermediates']
+  else:
+    logits, inter = gen_model.apply({'params': params}, images), None
+  zeros = jnp.zeros(images.shape[:1], jnp.float32)
+  blocks = spec.blocks(gen_model.depth)
+  out = {'contrastive': zeros, 'pse': zeros}
+  if spec.contrastive_weight:
+    out['contrastive'] = sum(_block_values(inter, b, 'contrastive') for b in blocks) / len(blocks)
+  if spec.pse_weight:
+    out['pse'] = sum(_block_values(inter, b, 'pse') for b in blocks)
+  out['output'] = losses.output_loss(logits, labels, spec.output_loss)
+  out['total'] = (spec.contrastive_weight * out['contrastive'] + spec.pse_weight * out['pse']
+                  + spec.output_weight * out['output'])
+  return out

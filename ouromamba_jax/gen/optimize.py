@@ -1,0 +1,145 @@
+"""Pixel optimisation pieces: targets, initial noise, Adam, augmentation, the jitted step.
+
+Every image's randomness (initial noise, per-step jitter/flip) comes from a key folded from
+its global index, and its loss is a sum of per-image terms. So an image's trajectory does not
+depend on which group or device it is processed on, which makes resuming exact and lets the
+batch be split freely over devices.
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from ouromamba_jax.gen import objective
+
+SCHEDULES = ('cosine', 'constant')
+DATA_AXIS = 'data'
+
+
+def target_labels(num_images: int, num_classes: int, seed: int) -> np.ndarray:
+  """Balanced random targets: class counts differ by at most one, order shuffled by `seed`."""
+  rng = np.random.default_rng(seed)
+  rounds = -(-num_images // num_classes)
+  labels = np.concatenate([rng.permutation(num_classes) for _ in range(rounds)])[:num_images]
+  return rng.permutation(labels).astype(np.int32)
+
+
+def image_keys(seed: int, indices: np.ndarray) -> jax.Array:
+  """One key per image, from its global index (independent of grouping)."""
+  base = jax.random.key(seed)
+  return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.asarray(indices, jnp.uint32))
+
+
+def initial_images(keys: jax.Array, shape: tuple[int, int, int], init_std: float) -> jax.Array:
+  """Gaussian noise in the normalised input space: (len(keys),) + shape."""
+  init_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0x1D17))(keys)
+  return init_std * jax.vmap(lambda k: jax.random.normal(k, shape, jnp.float32))(init_keys)
+
+
+def learning_rate_schedule(gen_cfg) -> optax.Schedule:
+  if gen_cfg.schedule not in SCHEDULES:
+    raise ValueError(f'gen.schedule must be one of {SCHEDULES}, got {gen_cfg.schedule!r}')
+  if gen_cfg.schedule == 'constant':
+    return optax.constant_schedule(gen_cfg.lr)
+  warmup = int(round(gen_cfg.warmup_fraction * gen_cfg.iterations))
+  if not warmup:
+    return optax.cosine_decay_schedule(gen_cfg.lr, gen_cfg.iterations)
+  return optax.warmup_cosine_decay_schedule(
+      init_value=gen_cfg.lr / warmup, peak_value=gen_cfg.lr, warmup_steps=warmup,
+      decay_steps=max(gen_cfg.iterations, warmup + 1), end_value=0.0)
+
+
+def build_optimizer(gen_cfg) -> optax.GradientTransformation:
+  """Adam on pixels (PSAQ-ViT/DeepInversion-style betas by default)."""
+  return optax.adam(learning_rate_schedule(gen_cfg), b1=gen_cfg.b1, b2=gen_cfg.b2, eps=1e-8)
+
+
+def augment(images: jax.Array, keys: jax.Array, jitter: int, flip: bool) -> jax.Array:
+  """Per-image random roll by up to ±jitter pixels (both axes) and horizontal flip (p=0.5)."""
+  if not jitter and not flip:
+    return images
+
+  def one(image, key):
+    k_shift, k_flip = jax.random.split(key)
+    if jitter:
+      shift = jax.random.randint(k_shift, (2,), -jitter, jitter + 1)
+      image = jnp.roll(image, (shift[0], shift[1]), axis=(0, 1))
+    if flip:
+      image = jnp.where(jax.random.bernoulli(k_flip), image[:, ::-1], image)
+    return image
+
+  return jax.vmap(one)(images, keys)
+
+
+def pixel_bounds(mean, std) -> tuple[np.ndarray, np.ndarray]:
+  """Normalised values of pixel 0 and 1 per channel: the valid-image box."""
+  mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+  return -mean / std, (1 - mean) / std
+
+
+class GroupState(NamedTuple):
+  images: jax.Array
+  opt_state: optax.OptState
+
+
+def data_mesh(num_devices: int = 0) -> Mesh:
+  """1-D mesh over the first `num_devices` local devices (0 = all)."""
+  devices = jax.local_devices()
+  if num_devices:
+    if num_devices > len(devices):
+      raise ValueError(f'gen.num_devices={num_devices} but only {len(devices)} local devices exist')
+    devices = devices[:num_devices]
+  return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def shard_batch_tree(tree, mesh: Mesh, batch: int):
+  """device_put: leaves with a leading batch axis are split over the mesh, the rest replicated."""
+  def place(x):
+    x = x if isinstance(x, jax.Array) else jnp.asarray(x)
+    sharding = batch_sharding(mesh) if x.ndim and x.shape[0] == batch else replicated(mesh)
+    return jax.device_put(x, sharding)
+  return jax.tree.map(place, tree)
+
+
+def make_step(gen_model, spec: objective.LossSpec, optimizer: optax.GradientTransformation,
+              gen_cfg) -> Callable:
+  """jit(step)(params, GroupState, labels, keys, step) -> (GroupState, metrics).
+
+  metrics: per-image means of the loss terms of this step (before the update) and two flags,
+  `loss_finite` and `pixels_finite` (after the update), for the NaN guard.
+  """
+  lo, hi = pixel_bounds(gen_cfg.mean, gen_cfg.std)
+  jitter, flip, clip = int(gen_cfg.jitter), bool(gen_cfg.flip), bool(gen_cfg.clip_pixels)
+
+  def step(params, state: GroupState, labels, keys, step_index):
+    step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step_index))(keys)
+
+    def loss_fn(images):
+      views = augment(images, step_keys, jitter, flip)
+      terms = objective.per_image_losses(gen_model, params, views, labels, spec)
+      return jnp.sum(terms['total']), terms  # a sum: each image's gradient is its own
+
+    grads, terms = jax.grad(loss_fn, has_aux=True)(state.images)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.images)
+    images = optax.apply_updates(state.images, updates)
+    if clip:
+      images = jnp.clip(images, lo, hi)
+    metrics = {name: jnp.mean(value) for name, value in terms.items()}
+    metrics['loss_finite'] = jnp.all(jnp.isfinite(terms['total']))
+    metrics['pixels_finite'] = jnp.all(jnp.isfinite(images))
+    return GroupState(images, opt_state), metrics
+
+  return jax.jit(step, donate_argnums=(1,))

@@ -1,0 +1,57 @@
+"""`.safetensors` files as flat {name: numpy array} dicts (bf16 via ml_dtypes), written atomically.
+
+safetensors stores raw little-endian bytes plus a JSON header, so unlike a pickle it can be read
+from an untrusted source safely. Writes go to a temporary file in the target folder and are
+renamed into place, so a crash never leaves a half-written checkpoint under the final name.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from typing import Iterator, Mapping, Optional
+
+import numpy as np
+from safetensors import numpy as safetensors_numpy
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+  """Yields a temporary path beside `path`; on success it replaces `path` in one rename."""
+  path = os.fspath(path)
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
+  os.close(fd)
+  try:
+    yield tmp
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'safetensors file {path} does not exist')
+  return dict(safetensors_numpy.load_file(path))
+
+
+def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
+  from safetensors import safe_open  # pylint: disable=g-import-not-at-top
+  with safe_open(os.fspath(path), framework='numpy') as f:
+    return dict(f.metadata() or {})
+
+
+def write_safetensors(tensors: Mapping[str, np.ndarray], path: str | os.PathLike,
+                      metadata: Optional[Mapping[str, str]] = None) -> None:
+  """Writes contiguous copies of `tensors` (any numpy/ml_dtypes dtype) to `path` atomically."""
+  arrays = {}
+  for name, value in tensors.items():
+    array = np.asarray(value)
+    if array.dtype == object:
+      raise TypeError(f'safetensors: tensor {name!r} is not a numeric array ({type(value)})')
+    arrays[name] = np.ascontiguousarray(array)
+  with atomic_path(path) as tmp:
+    safetensors_numpy.save_file(arrays, tmp, metadata=dict(metadata) if metadata else None)

@@ -1,0 +1,354 @@
+"""Block-wise reconstruction (OuroMamba / PTQ4VM calibration loop).
+
+For each block i in order:
+  1. FP targets: the FP block on the FP stream (hidden, residual), with `Recorder`s at the
+     planned activation sites so the same pass yields the calibration activations.
+  2. Initial quantizers: lp(2.4) (or min-max) static scales from those activations.
+  3. Training: the quantized block is fed the *quantized* stream (outputs of the already
+     quantized blocks 0..i-1); loss = mean over tokens of 1 - cos(mixer output, FP target);
+     AdamW on every step size (weights, Linear inputs, SSM tensors; PTQ4VM smoothing too),
+     global-norm clip, `epochs` passes over the calibration set in micro-batches.
+     With `keep_better`, a block whose loss got worse keeps its initial scales.
+  4. The block is frozen to integer codes, both streams advance, and the finished blocks are
+     snapshotted (atomic npz) in `workdir`, so a killed run resumes at the next block (earlier
+     blocks are replayed, not recalibrated; a finished run is only replayed).
+
+Only the mixer output enters the loss (official); the residual stream is propagated exactly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import math
+import os
+import time
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+from absl import logging
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ouromamba_jax.models import vim
+from ouromamba_jax.quant import checkpoint
+from ouromamba_jax.quant import rewrite
+from ouromamba_jax.quant.config import CalibSpec
+from ouromamba_jax.quant.rules import Site
+
+SNAPSHOT = 'calibration_state.npz'
+Log = Callable[[str], None]
+
+
+@dataclasses.dataclass
+class BlockResult:
+  block: int
+  loss_init: float        # reconstruction loss with the initial (searched) scales
+  loss_final: float       # after training (= loss_init when nothing was trained)
+  kept: str               # 'trained' | 'init' (training made it worse) | 'untrained' | 'float'
+  steps: int
+  seconds: float
+
+
+def _default_log(msg: str) -> None:
+  logging.info('%s', msg)
+
+
+# ----------------------------------------------------------------------------------------------
+# Running pieces of the model.
+
+def embed_tokens(model: vim.VisionMamba, params, images):
+  """The first block's input (B, L, d_model): runs the model with every Block short-circuited."""
+  recorded = {}
+
+  def interceptor(next_fun, args, kwargs, context):
+    if isinstance(context.module, vim.Block) and context.method_name == '__call__':
+      hidden = args[0]
+      if not recorded:
+        recorded['hidden'] = hidden
+      return hidden, hidden.astype(jnp.float32)
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(interceptor):
+    model.apply({'params': params}, images)
+  return recorded['hidden']
+
+
+@functools.lru_cache(maxsize=None)
+def make_block(model: vim.VisionMamba) -> vim.Block:
+  """One Block per model config (cached, so jitted functions keyed on it are reused)."""
+  return vim.Block(model.mixer_factory(), model.eps, model.dtype)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def run_block(block: vim.Block, layer, hidden, residual):
+  """(mixer output, residual) of one block with the given (possibly quantized) params."""
+  return block.apply({'params': layer}, hidden, residual)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _capture_run(block: vim.Block, paths: tuple[str, ...], layer, hidden, residual):
+  apply = lambda tree, h, r: block.apply({'params': tree}, h, r)
+  return rewrite.capture(apply, layer, paths, hidden, residual)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _embed(model: vim.VisionMamba, params, images):
+  return embed_tokens(model, params, images)
+
+
+def cosine_loss(out, target, eps: float = 1e-8):
+  """mean over tokens of 1 - cos(out, target) along channels (torch cosine_similarity)."""
+  out = out.astype(jnp.float32)
+  target = target.astype(jnp.float32)
+  dot = jnp.sum(out * target, axis=-1)
+  norms = (jnp.maximum(jnp.linalg.norm(out, axis=-1), eps)
+           * jnp.maximum(jnp.linalg.norm(target, axis=-1), eps))
+  return jnp.mean(1.0 - dot / norms)
+
+
+def micro_batches(n: int, size: int) -> list[slice]:
+  return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Trainable / frozen split of a quantized layer.
+
+_LABELS = {'scale': 'weight', 'inlier_scale': 'act', 'smooth': 'smooth'}
+
+
+def _label(path) -> Optional[str]:
+  last = path[-1] if path else None
+  if isinstance(last, jax.tree_util.GetAttrKey):
+    return _LABELS.get(last.name)
+  return None
+
+
+def split_trainable(tree):
+  """(trainable, frozen): the same structure with None where a leaf belongs to the other."""
+  keep = lambda want: (lambda p, x: x if (_label(p) is not None) == want else None)
+  return (jax.tree_util.tree_map_with_path(keep(True), tree),
+          jax.tree_util.tree_map_with_path(keep(False), tree))
+
+
+def merge_trainable(trainable, frozen):
+  return jax.tree.map(lambda t, f: f if t is None else t, trainable, frozen,
+                      is_leaf=lambda x: x is None)
+
+
+def trainable_labels(trainable):
+  return jax.tree_util.tree_map_with_path(lambda p, _: _label(p), trainable)
+
+
+@functools.lru_cache(maxsize=None)
+def make_optimizer(calib: CalibSpec):
+  adamw = lambda lr: optax.adamw(lr, weight_decay=calib.weight_decay)
+  return optax.chain(
+      optax.clip_by_global_norm(calib.grad_clip),
+      optax.multi_transform({'weight': adamw(calib.lr_weight), 'act': adamw(calib.lr_act),
+                             'smooth': adamw(calib.lr_smooth)}, trainable_labels))
+
+
+def _to_variables(trainable, log_space: bool):
+  """Optimisation variables: the step sizes, or their logs (CalibSpec.scale_space)."""
+  if not log_space:
+    return trainable
+  return jax.tree.map(lambda v: jnp.log(jnp.maximum(v, 1e-30)), trainable)
+
+
+def _from_variables(variables, log_space: bool):
+  return jax.tree.map(jnp.exp, variables) if log_space else variables
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _train_step(block, optimizer, log_space, variables, frozen, opt_state, hidden, residual,
+                target):
+  def loss_fn(v):
+    layer = merge_trainable(_from_variables(v, log_space), frozen)
+    return cosine_loss(block.apply({'params': layer}, hidden, residual)[0], target)
+  loss, grads = jax.value_and_grad(loss_fn)(variables)
+  updates, opt_state = optimizer.update(grads, opt_state, variables)
+  return optax.apply_updates(variables, updates), opt_state, loss
+
+
+# ----------------------------------------------------------------------------------------------
+
+def _format_seconds(s: float) -> str:
+  s = int(round(s))
+  return f'{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s' if s >= 3600 else f'{s // 60}m{s % 60:02d}s'
+
+
+def fingerprint(model, params, images, plan, calib, method) -> str:
+  """Identifies a calibration run so a snapshot is only resumed by the same run."""
+  h = hashlib.sha256()
+  fields = {k: str(getattr(model, k)) for k in ('img_size', 'patch_size', 'd_model', 'depth',
+                                                  'd_state', 'expand', 'dtype')}
+  h.update(json.dumps({'model': fields, 'method': method, 'calib': dataclasses.asdict(calib),
+                       'plan': {p: repr(s) for p, s in sorted(plan.items())}},
+                      sort_keys=True).encode())
+  h.update(np.asarray(jax.device_get(images), np.float32).tobytes())
+  for leaf in jax.tree.leaves(params):
+    h.update(np.asarray(jax.device_get(leaf)).tobytes())
+  return h.hexdigest()
+
+
+class _Progress:
+  """One progress line per epoch (and per block), with the ETA over the remaining blocks."""
+
+  def __init__(self, log: Log, n_blocks: int, first_block: int):
+    self.log, self.n_blocks, self.first = log, n_blocks, first_block
+    self.t0 = time.time()
+
+  def line(self, block: int, fraction_of_block: float, what: str) -> None:
+    done = (block - self.first) + fraction_of_block
+    todo = self.n_blocks - self.first
+    elapsed = time.time() - self.t0
+    eta = elapsed / done * (todo - done) if done > 0 else float('nan')
+    eta_text = _format_seconds(eta) if math.isfinite(eta) else '?'
+    self.log(f'[quant] block {block + 1}/{self.n_blocks} {what} | elapsed '
+             f'{_format_seconds(elapsed)}, ETA {eta_text}')
+
+
+def reconstruct_blocks(model: vim.VisionMamba, params, images, plan: Mapping[str, Any],
+                       sites: Sequence[Site], calib: CalibSpec, *, smoothing: bool = False,
+                       workdir: Optional[str] = None, method: str = 'ouromamba',
+                       log: Optional[Log] = None):
+  """Quantizes every block of `params` per `plan`. Returns (params with quantized blocks,
+  list of BlockResult). Sites outside `layers_i` are left to the caller."""
+  log = log or _default_log
+  images = jnp.asarray(images)
+  n_images = images.shape[0]
+  batches = micro_batches(n_images, calib.micro_batch)
+  block = make_block(model)
+  optimizer = make_optimizer(calib)
+  log_space = calib.scale_space == 'log'
+
+  def run_stream(layer, hidden, residual):
+    outs = [run_block(block, layer, hidden[s], residual[s]) for s in batches]
+    return (jnp.concatenate([o[0] for o in outs]), jnp.concatenate([o[1] for o in outs]))
+
+  def eval_loss(layer, hidden, residual, target):
+    total = sum(float(cosine_loss(run_block(block, layer, hidden[s], residual[s])[0], target[s]))
+                * (s.stop - s.start) for s in batches)
+    return total / n_images
+
+  hidden0 = jnp.concatenate([_embed(model, params, images[s]) for s in batches])
+  zeros = jnp.zeros(hidden0.shape, jnp.float32)
+  fp_stream = (hidden0, zeros)
+  q_stream = (hidden0, zeros)
+
+  snapshot = os.path.join(workdir, SNAPSHOT) if workdir else None
+  run_id = fingerprint(model, params, images, plan, calib, method) if snapshot else ''
+  done_layers, results, start = {}, [], 0
+  if snapshot and os.path.exists(snapshot):
+    done_layers, info = checkpoint.load_snapshot(snapshot)
+    if info.get('run_id') != run_id:
+      raise ValueError(f'{snapshot} belongs to a different calibration run (other model, '
+                       'params, images or settings). Delete it or use another workdir.')
+    start = int(info['next_block'])
+    results = [BlockResult(**r) for r in info['results']]
+    log(f'[quant] resuming from {snapshot}: blocks 0..{start - 1} done, replaying them')
+    for i in range(start):
+      fp_stream = run_stream(params[f'layers_{i}'], *fp_stream)
+      q_stream = run_stream(done_layers[f'layers_{i}'], *q_stream)
+
+  progress = _Progress(log, model.depth, start)
+  by_block: dict[int, list[Site]] = {}
+  for site in sites:
+    if site.block is not None and site.path in plan:
+      by_block.setdefault(site.block, []).append(site)
+
+  for i in range(start, model.depth):
+    t_block = time.time()
+    name = f'layers_{i}'
+    layer_fp = params[name]
+    local_sites = [dataclasses.replace(s, path=rewrite.relative(s.path, name),
+                                       linear=s.linear and rewrite.relative(s.linear, name))
+                   for s in by_block.get(i, [])]
+    if not local_sites:
+      fp_stream = run_stream(layer_fp, *fp_stream)
+      q_stream = run_stream(layer_fp, *q_stream)
+      done_layers[name] = layer_fp
+      results.append(BlockResult(i, 0.0, 0.0, 'float', 0, time.time() - t_block))
+    else:
+      local_plan = {s.path: plan[f'{name}/{s.path}'] for s in local_sites}
+      targets, stats = _capture_block(block, layer_fp, fp_stream, local_sites, batches)
+      smooth = smoothing_for_sites(layer_fp, local_sites, stats, calib) if smoothing else {}
+      qlayer = rewrite.rewrite(layer_fp, local_plan, local_sites, stats, smooth)
+      del stats
+      loss_init = eval_loss(qlayer, *q_stream, targets[0])
+      trainable, frozen = split_trainable(qlayer)
+      n_steps = calib.epochs * len(batches) if jax.tree.leaves(trainable) else 0
+      loss_final, kept = loss_init, 'untrained'
+      if n_steps:
+        variables = _to_variables(trainable, log_space)
+        opt_state = optimizer.init(variables)
+        for epoch in range(calib.epochs):
+          losses = []
+          for s in batches:
+            variables, opt_state, loss = _train_step(
+                block, optimizer, log_space, variables, frozen, opt_state, q_stream[0][s],
+                q_stream[1][s], targets[0][s])
+            losses.append(float(loss))
+          progress.line(i, (epoch + 1) / (calib.epochs + 1),
+                        f'epoch {epoch + 1}/{calib.epochs} loss {np.mean(losses):.6f} '
+                        f'(init {loss_init:.6f})')
+        trained = merge_trainable(_from_variables(variables, log_space), frozen)
+        loss_final = eval_loss(trained, *q_stream, targets[0])
+        if calib.keep_better and not loss_final <= loss_init:
+          kept = 'init'
+        else:
+          qlayer, kept = trained, 'trained'
+      # Freeze to integer codes (bit-identical outputs, int4 packed: small snapshots).
+      qlayer = rewrite.set_mode(qlayer, 'fake')
+      q_stream = run_stream(qlayer, *q_stream)
+      fp_stream = targets
+      done_layers[name] = qlayer
+      results.append(BlockResult(i, float(loss_init), float(loss_final), kept, n_steps,
+                                 time.time() - t_block))
+    r = results[-1]
+    progress.line(i, 1.0, f'done: loss {r.loss_init:.6f} -> {r.loss_final:.6f} ({r.kept}, '
+                          f'{r.steps} steps, {r.seconds:.1f}s)')
+    if snapshot:
+      checkpoint.save_snapshot(snapshot, done_layers, {
+          'run_id': run_id, 'next_block': i + 1,
+          'results': [dataclasses.asdict(x) for x in results]})
+
+  qparams = dict(rewrite.as_dict(params))
+  qparams.update(done_layers)
+  return qparams, results
+
+
+def _capture_block(block, layer_fp, fp_stream, local_sites, batches):
+  """FP block outputs (targets, residual) and the planned activation-site inputs."""
+  act_sites = [s for s in local_sites if s.kind != 'weight']
+  paths = tuple(s.path for s in act_sites)
+  outs, parts = [], {p: [] for p in paths}
+  for s in batches:
+    out, captured = _capture_run(block, paths, layer_fp, fp_stream[0][s], fp_stream[1][s])
+    outs.append(out)
+    for p in paths:
+      parts[p].append(captured[p])
+  stats = {}
+  for site in act_sites:
+    # Per-tensor sites (A, D) see the same tensor in every micro-batch.
+    stats[site.path] = (parts[site.path][0] if site.layout == 'tensor'
+                        else jnp.concatenate(parts[site.path]))
+  targets = (jnp.concatenate([o[0] for o in outs]), jnp.concatenate([o[1] for o in outs]))
+  return targets, stats
+
+
+def smoothing_for_sites(layer_fp, local_sites, stats, calib: CalibSpec):
+  """PTQ4VM smoothing vectors for Linears whose weight and input are both quantized."""
+  weights = {s.linear for s in local_sites if s.kind == 'weight'}
+  smooth = {}
+  for site in local_sites:
+    if site.kind == 'input' and site.linear in weights:
+      x = stats[site.path]
+      act_max = jnp.max(jnp.abs(x.reshape(-1, x.shape[-1])), axis=0)
+      kernel = rewrite.get_path(layer_fp, f'{site.linear}/kernel')
+      smooth[site.linear] = rewrite.smoothing_factors(act_max, kernel, calib.smooth_alpha)
+  return smooth

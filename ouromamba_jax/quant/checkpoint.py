@@ -1,0 +1,183 @@
+"""Saving and loading quantized param trees (Orbax) and atomic calibration snapshots (npz).
+
+A quantized tree mixes arrays with quant objects whose static fields (bits, spec, mode, ...)
+are not arrays. `to_state` splits it into a nested dict of arrays (each quant object becomes
+a dict of its array fields) plus JSON metadata {path: {qtype, static fields}}; `from_state`
+rebuilds it. `save_quantized` writes the arrays with Orbax and the metadata beside them, so an
+evaluation can reload the model without recalibrating.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+from ouromamba_jax.quant import qtypes
+from ouromamba_jax.quant.config import ActSpec
+from ouromamba_jax.quant.rewrite import as_dict
+
+FORMAT_VERSION = 1
+META_FILE = 'quant_meta.json'
+ARRAYS_DIR = 'arrays'
+
+
+def _static_json(value):
+  if isinstance(value, ActSpec):
+    return {'ActSpec': dataclasses.asdict(value)}
+  return value
+
+
+def _static_from_json(value):
+  if isinstance(value, dict) and set(value) == {'ActSpec'}:
+    return ActSpec(**value['ActSpec'])
+  return value
+
+
+def _fields(obj):
+  array_fields, static_fields = {}, {}
+  for f in dataclasses.fields(obj):
+    value = getattr(obj, f.name)
+    if f.metadata.get('pytree_node', True):
+      if value is not None:
+        array_fields[f.name] = value
+    else:
+      static_fields[f.name] = _static_json(value)
+  return array_fields, static_fields
+
+
+def to_state(tree, prefix: str = ''):
+  """(nested dict of arrays, {path: {'qtype', 'static'}}) for a (quantized) param tree."""
+  arrays, meta = {}, {}
+  for key, value in as_dict(tree).items():
+    path = f'{prefix}/{key}' if prefix else key
+    if qtypes.is_qtype(value):
+      array_fields, static_fields = _fields(value)
+      arrays[key] = array_fields
+      meta[path] = {'qtype': type(value).__name__, 'static': static_fields}
+    elif isinstance(value, Mapping):
+      arrays[key], sub_meta = to_state(value, path)
+      meta.update(sub_meta)
+    else:
+      arrays[key] = value
+  return arrays, meta
+
+
+def from_state(arrays, meta: Mapping[str, Any]):
+  """Inverse of `to_state`."""
+  tree = _copy_dicts(arrays)
+  for path, info in meta.items():
+    cls = qtypes.QTYPES.get(info['qtype'])
+    if cls is None:
+      raise ValueError(f'unknown quantized type {info["qtype"]!r} at {path}; this checkpoint '
+                       f'needs a newer ouromamba_jax (known: {sorted(qtypes.QTYPES)}).')
+    keys = path.split('/')
+    parent = tree
+    for k in keys[:-1]:
+      parent = parent[k]
+    fields = dict(parent[keys[-1]])
+    static = {k: _static_from_json(v) for k, v in info['static'].items()}
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {name: fields.get(name) for name in names if name not in static}
+    parent[keys[-1]] = cls(**kwargs, **static)
+  return tree
+
+
+def _copy_dicts(tree):
+  if isinstance(tree, Mapping):
+    return {k: _copy_dicts(v) for k, v in tree.items()}
+  return tree
+
+
+def _to_numpy(tree):
+  return jax.tree.map(np.asarray, tree)
+
+
+def save_quantized(path: str, qparams, extra: Mapping[str, Any] | None = None) -> str:
+  """Writes `qparams` to the directory `path` (Orbax arrays + JSON metadata). Returns path."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  path = os.path.abspath(path)
+  os.makedirs(path, exist_ok=True)
+  arrays, meta = to_state(qparams)
+  arrays_dir = os.path.join(path, ARRAYS_DIR)
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(arrays_dir, _to_numpy(arrays), force=True)
+  checkpointer.wait_until_finished()
+  doc = {'format_version': FORMAT_VERSION, 'qtypes': meta, 'extra': dict(extra or {})}
+  _atomic_write_text(os.path.join(path, META_FILE), json.dumps(doc, indent=1))
+  return path
+
+
+def load_quantized(path: str):
+  """Returns (qparams, extra) saved by `save_quantized`."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  path = os.path.abspath(path)
+  meta_path = os.path.join(path, META_FILE)
+  if not os.path.isfile(meta_path):
+    raise FileNotFoundError(f'{meta_path} not found: {path} is not a quantized checkpoint '
+                            'written by save_quantized.')
+  with open(meta_path) as f:
+    doc = json.load(f)
+  if doc.get('format_version') != FORMAT_VERSION:
+    raise ValueError(f'{path}: format_version {doc.get("format_version")} is not supported '
+                     f'(expected {FORMAT_VERSION}).')
+  arrays = ocp.StandardCheckpointer().restore(os.path.join(path, ARRAYS_DIR))
+  arrays = jax.tree.map(jax.numpy.asarray, arrays)
+  return from_state(arrays, doc['qtypes']), doc.get('extra', {})
+
+
+# ----------------------------------------------------------------------------------------------
+# Atomic npz snapshots (calibration resume).
+
+def _flatten(tree, prefix=''):
+  flat = {}
+  for key, value in tree.items():
+    path = f'{prefix}/{key}' if prefix else key
+    if isinstance(value, Mapping):
+      flat.update(_flatten(value, path))
+    else:
+      flat[path] = np.asarray(value)
+  return flat
+
+
+def _unflatten(flat):
+  tree = {}
+  for path, value in flat.items():
+    node = tree
+    keys = path.split('/')
+    for k in keys[:-1]:
+      node = node.setdefault(k, {})
+    node[keys[-1]] = value
+  return tree
+
+
+def _atomic_write_text(path, text):
+  directory = os.path.dirname(path) or '.'
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp_', suffix='.json')
+  with os.fdopen(fd, 'w') as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def save_snapshot(path: str, tree, info: Mapping[str, Any]) -> None:
+  """Writes a (quantized) tree + JSON info to `path` (.npz) atomically (tmp file + rename)."""
+  arrays, meta = to_state(tree)
+  flat = _flatten(arrays)
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp_', suffix='.npz')
+  with os.fdopen(fd, 'wb') as f:
+    np.savez(f, __meta__=np.asarray(json.dumps({'qtypes': meta, 'info': dict(info)})), **flat)
+  os.replace(tmp, path)
+
+
+def load_snapshot(path: str):
+  """Returns (tree, info) written by `save_snapshot`."""
+  with np.load(path, allow_pickle=False) as data:
+    doc = json.loads(str(data['__meta__']))
+    flat = {k: jax.numpy.asarray(data[k]) for k in data.files if k != '__meta__'}
+  return from_state(_unflatten(flat), doc['qtypes']), doc['info']

@@ -1,0 +1,315 @@
+"""Quantization specs: what precision each tensor gets, validated once, plus the presets.
+
+A `QuantSpec` is a list of `QuantRule`s (regex over site paths -> `WeightSpec` | `ActSpec` |
+None, first applicable match wins, qwix style) and the calibration settings. Site paths are
+where the quantized leaf lives in the param tree:
+
+  layers_3/mixer/in_proj/kernel            a Linear weight                    (WeightSpec)
+  layers_3/mixer/in_proj/input_quantizer   the input of that Linear           (ActSpec)
+  layers_3/mixer/delta_b_quantizer         an SSM tensor of the backward scan (ActSpec)
+
+Choices the paper leaves open are fields with a default and a comment; every spec rejects bad
+values at construction with a message that says how to fix them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Mapping, Optional, Union
+
+import numpy as np
+
+OUTLIER_MODES = ('int', 'float', 'none')
+TRIGGERS = ('sample', 'batch', 'official')
+INITS = ('lp', 'minmax')
+METHODS = ('ouromamba', 'rtn', 'ptq4vm')
+
+
+def _check_bits(owner: str, name: str, bits) -> None:
+  if not isinstance(bits, (int, np.integer)) or isinstance(bits, bool) or not 2 <= bits <= 16:
+    raise ValueError(f'{owner}.{name} must be an integer between 2 and 16, got {bits!r}.')
+
+
+def _check_common(owner: str, lp, n_grid, init) -> None:
+  if not lp > 0:
+    raise ValueError(f'{owner}.lp (exponent of the clipping-search error) must be > 0, got {lp!r}.')
+  if not isinstance(n_grid, (int, np.integer)) or n_grid < 1:
+    raise ValueError(f'{owner}.n_grid (number of clipping candidates) must be an int >= 1, '
+                     f'got {n_grid!r}.')
+  if init not in INITS:
+    raise ValueError(f'{owner}.init must be one of {INITS}, got {init!r}.')
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightSpec:
+  """Symmetric per-output-channel weights on the narrow grid ±(2^(bits-1) - 1)."""
+  bits: int = 4
+  lp: float = 2.4        # scale search minimises mean |w - Q(w)|^lp (official: 2.4)
+  n_grid: int = 100      # candidates m_j = R * j / n_grid, j = 1..n_grid, R = max|w| per channel
+  init: str = 'lp'       # 'lp' search, or 'minmax' (s = R / qmax, the RTN baseline)
+
+  def __post_init__(self):
+    _check_bits('WeightSpec', 'bits', self.bits)
+    _check_common('WeightSpec', self.lp, self.n_grid, self.init)
+
+  @property
+  def qmax(self) -> int:
+    return 2 ** (self.bits - 1) - 1
+
+  def describe(self) -> str:
+    return f'W{self.bits} per-channel sym ({self.init})'
+
+
+@dataclasses.dataclass(frozen=True)
+class ActSpec:
+  """An activation site: static per-step inlier scale + dynamic outlier channels.
+
+  (B, L, C) inputs get one inlier scale per time step; any other shape (A: (Di, N), D: (Di,))
+  is one static step over all its elements.
+  """
+  bits: int = 8
+  symmetric: bool = True   # False: unsigned grid [0, 2^bits - 1] with a static zero point (Δ)
+  outliers: str = 'int'    # 'int': dynamic per-token scale at outlier_bits; 'float': kept in
+                           # float (the paper's O16); 'none': no detection (plain static quant)
+  outlier_bits: int = 8
+  k: float = 3.0           # outlier threshold mu + k * sigma of |x_t| over channels (Δ: 4)
+  n_refresh: int = 10      # the outlier set is reset at t = 0, n_refresh, 2 n_refresh, ...
+  trigger: str = 'sample'  # detection runs when S_D(t) > S_I(t) ... 'sample': per sample;
+                           # 'batch': any sample of the batch at step t; 'official': any sample
+                           # and any refresh window at the same in-window offset (OM's `.any()`)
+  std_ddof: int = 1        # 1: unbiased std over channels (official torch.std); 0: population
+  lp: float = 2.4
+  n_grid: int = 100
+  init: str = 'lp'         # 'lp' search or 'minmax' (static max, the RTN baseline)
+
+  def __post_init__(self):
+    _check_bits('ActSpec', 'bits', self.bits)
+    _check_bits('ActSpec', 'outlier_bits', self.outlier_bits)
+    _check_common('ActSpec', self.lp, self.n_grid, self.init)
+    if not isinstance(self.symmetric, (bool, np.bool_)):
+      raise ValueError(f'ActSpec.symmetric must be a bool, got {self.symmetric!r}.')
+    if self.outliers not in OUTLIER_MODES:
+      raise ValueError(f'ActSpec.outliers must be one of {OUTLIER_MODES}, got {self.outliers!r}.')
+    if not (isinstance(self.k, (int, float, np.number)) and self.k > 0):
+      raise ValueError(f'ActSpec.k (outlier threshold mu + k*sigma) must be a number > 0, '
+                       f'got {self.k!r}.')
+    if not isinstance(self.n_refresh, (int, np.integer)) or self.n_refresh < 1:
+      raise ValueError(f'ActSpec.n_refresh (outlier-set reset period in time steps) must be an '
+                       f'int >= 1, got {self.n_refresh!r}.')
+    if self.trigger not in TRIGGERS:
+      raise ValueError(f'ActSpec.trigger must be one of {TRIGGERS}, got {self.trigger!r}.')
+    if self.std_ddof not in (0, 1):
+      raise ValueError(f'ActSpec.std_ddof must be 0 (population) or 1 (unbiased), '
+                       f'got {self.std_ddof!r}.')
+
+  @property
+  def qmin(self) -> int:
+    return -(2 ** (self.bits - 1) - 1) if self.symmetric else 0
+
+  @property
+  def qmax(self) -> int:
+    return 2 ** (self.bits - 1) - 1 if self.symmetric else 2 ** self.bits - 1
+
+  @property
+  def outlier_qmin(self) -> int:
+    return -(2 ** (self.outlier_bits - 1) - 1) if self.symmetric else 0
+
+  @property
+  def outlier_qmax(self) -> int:
+    b = self.outlier_bits
+    return 2 ** (b - 1) - 1 if self.symmetric else 2 ** b - 1
+
+  def describe(self) -> str:
+    grid = 'sym' if self.symmetric else 'asym'
+    if self.outliers == 'none':
+      out = 'no outliers'
+    else:
+      out = (f'outliers {"O" + str(self.outlier_bits) if self.outliers == "int" else "float"} '
+             f'k={self.k:g} refresh={self.n_refresh} trigger={self.trigger}')
+    return f'A{self.bits} {grid} static ({self.init}), {out}'
+
+
+Spec = Union[WeightSpec, ActSpec, None]
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantRule:
+  """`pattern` (re.fullmatch over a site path) -> spec; None keeps the site in float."""
+  pattern: str
+  spec: Spec
+
+  def __post_init__(self):
+    try:
+      re.compile(self.pattern)
+    except re.error as e:
+      raise ValueError(f'QuantRule pattern {self.pattern!r} is not a valid regex: {e}') from e
+    if self.spec is not None and not isinstance(self.spec, (WeightSpec, ActSpec)):
+      raise ValueError(f'QuantRule({self.pattern!r}).spec must be a WeightSpec, an ActSpec or '
+                       f'None, got {type(self.spec).__name__}.')
+
+  def applies_to(self, path: str, kind: str) -> bool:
+    """kind: 'weight' or 'act'. A None spec applies to both."""
+    if self.spec is not None and (kind == 'weight') != isinstance(self.spec, WeightSpec):
+      return False
+    return re.fullmatch(self.pattern, path) is not None
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibSpec:
+  """Block-wise reconstruction (official values: 10 epochs, AdamW 5e-4, wd 1e-5, clip 2.0)."""
+  epochs: int = 10
+  micro_batch: int = 64       # official: train-batch 64 (one step per epoch on 64 images)
+  lr_weight: float = 5e-4     # weight step sizes
+  lr_act: float = 5e-4        # activation and SSM-tensor step sizes
+  lr_smooth: float = 1e-2     # PTQ4VM smoothing factors
+  weight_decay: float = 1e-5
+  grad_clip: float = 2.0
+  keep_better: bool = True    # keep the initial scales of a block if training made its loss worse
+  # 'linear': AdamW on the step sizes themselves (official). Adam moves each value by ~lr per
+  # step whatever its size, so 8-bit steps of ~1e-3 can be overshot at lr 5e-4; 'log': AdamW on
+  # log(step), i.e. relative updates of ~lr per step (use lr ~1e-2 there).
+  scale_space: str = 'linear'
+  smooth_alpha: float = 0.5   # PTQ4VM: s_c = act_max^alpha / w_max^(1 - alpha)
+
+  def __post_init__(self):
+    if not isinstance(self.epochs, (int, np.integer)) or self.epochs < 0:
+      raise ValueError(f'CalibSpec.epochs must be an int >= 0, got {self.epochs!r}.')
+    if not isinstance(self.micro_batch, (int, np.integer)) or self.micro_batch < 1:
+      raise ValueError(f'CalibSpec.micro_batch must be an int >= 1, got {self.micro_batch!r}.')
+    for name in ('lr_weight', 'lr_act', 'lr_smooth', 'weight_decay', 'grad_clip'):
+      if not getattr(self, name) >= 0:
+        raise ValueError(f'CalibSpec.{name} must be >= 0, got {getattr(self, name)!r}.')
+    if self.scale_space not in ('linear', 'log'):
+      raise ValueError(f"CalibSpec.scale_space must be 'linear' or 'log', got {self.scale_space!r}.")
+    if not 0 <= self.smooth_alpha <= 1:
+      raise ValueError(f'CalibSpec.smooth_alpha must be in [0, 1], got {self.smooth_alpha!r}.')
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantSpec:
+  name: str
+  rules: tuple[QuantRule, ...]
+  calib: CalibSpec = CalibSpec()
+
+  def __post_init__(self):
+    if not self.rules:
+      raise ValueError(f'QuantSpec {self.name!r} has no rules; nothing would be quantized.')
+    object.__setattr__(self, 'rules', tuple(self.rules))
+
+  def to_json(self) -> dict[str, Any]:
+    def spec_json(s):
+      if s is None:
+        return None
+      return {'type': type(s).__name__, **dataclasses.asdict(s)}
+    return {'name': self.name, 'calib': dataclasses.asdict(self.calib),
+            'rules': [{'pattern': r.pattern, 'spec': spec_json(r.spec)} for r in self.rules]}
+
+  @classmethod
+  def from_json(cls, d: Mapping[str, Any]) -> 'QuantSpec':
+    def spec_from(s):
+      if s is None:
+        return None
+      s = dict(s)
+      kind = s.pop('type')
+      return {'WeightSpec': WeightSpec, 'ActSpec': ActSpec}[kind](**s)
+    return cls(d['name'], tuple(QuantRule(r['pattern'], spec_from(r['spec'])) for r in d['rules']),
+               CalibSpec(**d['calib']))
+
+
+# ----------------------------------------------------------------------------------------------
+# Vim presets.
+
+LINEARS = r'(in_proj|out_proj|x_proj(_b)?|dt_proj(_b)?)'
+BLOCK = r'layers_\d+/mixer'
+
+
+def vim_rules(weights: WeightSpec, inputs: ActSpec, delta: Optional[ActSpec],
+              ssm: Optional[ActSpec]) -> tuple[QuantRule, ...]:
+  """The official site set: the 6 mixer Linears (weights + inputs) and Δ, B, C, A, D per direction."""
+  return (
+      QuantRule(fr'{BLOCK}/{LINEARS}/kernel', weights),
+      QuantRule(fr'{BLOCK}/{LINEARS}/input_quantizer', inputs),
+      QuantRule(fr'{BLOCK}/delta(_b)?_quantizer', delta),
+      QuantRule(fr'{BLOCK}/(A|B|C|D)(_b)?_quantizer', ssm),
+  )
+
+
+def _preset(name, w_bits, a_bits, outliers, **overrides) -> QuantSpec:
+  act_fields = {f.name for f in dataclasses.fields(ActSpec)}
+  calib_fields = {f.name for f in dataclasses.fields(CalibSpec)}
+  weight_fields = {f.name for f in dataclasses.fields(WeightSpec)}
+  act_kw, calib_kw, delta_overrides, weight_overrides, unknown = {}, {}, {}, {}, []
+  for key, value in overrides.items():
+    if key in calib_fields:                        # exact names first (weight_decay is calib)
+      calib_kw[key] = value
+    elif key in act_fields:
+      act_kw[key] = value
+    elif key.startswith('delta_') and key[len('delta_'):] in act_fields:
+      delta_overrides[key[len('delta_'):]] = value
+    elif key.startswith('weight_') and key[len('weight_'):] in weight_fields:
+      weight_overrides[key[len('weight_'):]] = value
+    else:
+      unknown.append(key)
+  if unknown:
+    raise ValueError(f'unknown quantization options {sorted(unknown)}; ActSpec fields: '
+                     f'{sorted(act_fields)} (prefix delta_ for Δ only), CalibSpec fields: '
+                     f'{sorted(calib_fields)}, WeightSpec fields with prefix weight_.')
+  weights = WeightSpec(**{'bits': w_bits, **weight_overrides})
+  act = ActSpec(**{'bits': a_bits, 'outliers': outliers, **act_kw})
+  delta = dataclasses.replace(act, symmetric=False, k=4.0)
+  delta = dataclasses.replace(delta, **delta_overrides) if delta_overrides else delta
+  return QuantSpec(name, vim_rules(weights, act, delta, act), CalibSpec(**calib_kw))
+
+
+PRESETS = {
+    # Everything on 8-bit integers: inliers, outliers and weights.
+    'w8a8': lambda **kw: _preset('w8a8', 8, 8, 'int', **kw),
+    # The paper's W4/A8: outliers kept in float (official W4A8O16).
+    'w4a8': lambda **kw: _preset('w4a8', 4, 8, 'float', **kw),
+    # The paper's W4/A4: 8-bit dynamic outliers (official W4A4O8).
+    'w4a4': lambda **kw: _preset('w4a4', 4, 4, 'int', **kw),
+    # Ablation: W4A4 with static inlier scales only (no outlier channels).
+    'w4a4_no_outliers': lambda **kw: _preset('w4a4_no_outliers', 4, 4, 'none', **kw),
+}
+
+
+def make_preset(name: str, **overrides) -> QuantSpec:
+  """A preset by name (case-insensitive). Overrides: any ActSpec field (applies to every
+  activation site; prefix `delta_` for Δ only, e.g. delta_k=4), `weight_<WeightSpec field>`,
+  and any CalibSpec field."""
+  key = name.lower()
+  if key not in PRESETS:
+    raise ValueError(f'unknown quantization preset {name!r}; choose one of {sorted(PRESETS)}.')
+  return PRESETS[key](**overrides)
+
+
+def spec_from_config(cfg: Union[str, Mapping[str, Any], QuantSpec]) -> QuantSpec:
+  """A QuantSpec from a preset name, a QuantSpec, or a mapping {'preset': name, **overrides}
+  (an ml_collections ConfigDict works; None values are ignored)."""
+  if isinstance(cfg, QuantSpec):
+    return cfg
+  if isinstance(cfg, str):
+    return make_preset(cfg)
+  if hasattr(cfg, 'to_dict'):
+    cfg = cfg.to_dict()
+  cfg = {k: v for k, v in dict(cfg).items() if v is not None}
+  if 'preset' not in cfg:
+    raise ValueError(f'quantization config needs a "preset" ({sorted(PRESETS)}); got keys '
+                     f'{sorted(cfg)}.')
+  preset = cfg.pop('preset')
+  cfg.pop('method', None)  # read by the caller, not part of the spec
+  return make_preset(preset, **cfg)
+
+
+def default_config() -> dict[str, Any]:
+  """Every field a config file may set for `api.quantize_from_config`, with its default
+  (suitable for `ml_collections.ConfigDict(default_config())`)."""
+  act, calib = ActSpec(), CalibSpec()
+  return {
+      'preset': 'w4a4',                 # w8a8 | w4a8 | w4a4 | w4a4_no_outliers
+      'method': 'ouromamba',            # ouromamba | rtn | ptq4vm
+      'mode': 'fake',                   # fake (float simulation) | int (integer dots)
+      'k': act.k, 'delta_k': 4.0, 'n_refresh': act.n_refresh, 'trigger': act.trigger,
+      'std_ddof': act.std_ddof, 'outlier_bits': act.outlier_bits,
+      **{f.name: getattr(calib, f.name) for f in dataclasses.fields(CalibSpec)},
+  }

@@ -1,0 +1,205 @@
+"""Pytree types the quantization pass puts into the param tree.
+
+- `ActQuantizer`: an activation site (Linear input, Δ, B, C, A, D); called as `q(x)`.
+- `FakeQuantWeight`: a Linear kernel during calibration (float weight + learnable step).
+- `QuantizedWeight`: the final kernel (integer codes, int4 packed two per byte, + steps).
+
+Weights expose `.linear(x, input_quantizer, dtype)` for `models.layers.Linear`. The product
+is computed the way an integer kernel does it:
+
+  y = (dot(q_in - z, W_q) * S_I[t] + dot(q_out - z_o, W_q) * S_o[b, t]) * s_w[o]
+
+with integer codes q and W_q. mode 'int' runs the dots on int8 (int32 accumulation); mode
+'fake' runs them on the same codes held in float32 (STE-rounded, so every step size gets a
+gradient). Sums of integers below 2^24 are exact in float32, so both modes agree bit for bit
+(W8A8 with very wide inputs could in principle exceed that; W4 never does for Vim sizes).
+Float outliers (O16) go through a float dot in both modes.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from ouromamba_jax.quant import activations as act_lib
+from ouromamba_jax.quant import weights as w_lib
+from ouromamba_jax.quant.config import ActSpec
+
+MODES = ('fake', 'int')
+MIN_SMOOTH = 1e-5
+
+
+def _check_mode(mode):
+  if mode not in MODES:
+    raise ValueError(f"quantized param mode must be one of {MODES}, got {mode!r}.")
+
+
+def _float_dot(a, w):
+  return jnp.einsum('...i,io->...o', a, w, precision=jax.lax.Precision.HIGHEST,
+                    preferred_element_type=jnp.float32)
+
+
+def _int_dot(a, w):
+  """Integer dot with int32 accumulation; returns float32 (exact below 2^24)."""
+  small = lambda v: v.dtype == jnp.int8
+  if not (small(a) and small(w)):
+    a, w = a.astype(jnp.int32), w.astype(jnp.int32)
+  acc = jax.lax.dot_general(a, w, (((a.ndim - 1,), (0,)), ((), ())),
+                            preferred_element_type=jnp.int32)
+  return acc.astype(jnp.float32)
+
+
+def _codes_for_int_dot(q, zero_point, qmin, qmax, zp_expand):
+  """Integer operand q - z as int8 when it fits, else int32."""
+  if zero_point is None:
+    return q.astype(act_lib.int_dtype(qmin, qmax))
+  return q.astype(jnp.int32) - zp_expand(zero_point.astype(jnp.int32))
+
+
+def quantized_linear(x, w_codes, w_scale, input_quantizer, smooth, mode: str, dtype):
+  """x (..., in) times a per-channel quantized kernel (codes (in, out), steps (out,))."""
+  _check_mode(mode)
+  x = x.astype(jnp.float32)
+  if smooth is not None:
+    x = x / jnp.maximum(smooth, MIN_SMOOTH)
+  w_scale = jnp.maximum(w_scale.astype(jnp.float32), act_lib.MIN_SCALE)
+  if input_quantizer is None:
+    y = _float_dot(x, w_codes.astype(jnp.float32))
+    return (y * w_scale).astype(dtype)
+
+  x3, restore = act_lib.as_steps(x, input_quantizer.layout)
+  spec = input_quantizer.spec
+  parts = input_quantizer.parts(x3, ste=(mode == 'fake'))
+  if mode == 'int':
+    w_int = w_codes
+    inl = _codes_for_int_dot(parts.inlier_q, parts.inlier_zero_point, spec.qmin, spec.qmax,
+                             lambda z: z[None, :, None])
+    acc_in = _int_dot(inl, w_int)
+  else:
+    w_f = w_codes.astype(jnp.float32)
+    inl = parts.inlier_q
+    if parts.inlier_zero_point is not None:
+      inl = inl - parts.inlier_zero_point[None, :, None]
+    acc_in = _float_dot(inl, w_f)
+  y = acc_in * parts.inlier_scale[None, :, None]
+  if spec.outliers == 'int':
+    if mode == 'int':
+      out = _codes_for_int_dot(parts.outlier_q, parts.outlier_zero_point, spec.outlier_qmin,
+                               spec.outlier_qmax, lambda z: z[..., None])
+      acc_out = _int_dot(out, w_int)
+    else:
+      out = parts.outlier_q
+      if parts.outlier_zero_point is not None:
+        out = out - parts.outlier_zero_point[..., None]
+      acc_out = _float_dot(out, w_f)
+    y = y + acc_out * parts.outlier_scale[..., None]
+  elif spec.outliers == 'float':
+    y = y + _float_dot(parts.outlier_q, w_codes.astype(jnp.float32))
+  return restore(y * w_scale).astype(dtype)
+
+
+@struct.dataclass
+class ActQuantizer:
+  """A calibrated activation site. `inlier_scale` (L,) is learnable; the zero point is fixed."""
+  inlier_scale: jax.Array
+  zero_point: Optional[jax.Array]
+  spec: ActSpec = struct.field(pytree_node=False)
+  layout: str = struct.field(pytree_node=False, default='steps')
+  mode: str = struct.field(pytree_node=False, default='fake')
+
+  @classmethod
+  def calibrate(cls, x, spec: ActSpec, layout: str = 'steps', mode: str = 'fake'):
+    """Static steps from calibration activations x ((N, L, C) or the site's own shape)."""
+    _check_mode(mode)
+    scale, zero_point = act_lib.calibrate_inlier_scale(x, spec, layout)
+    return cls(scale, zero_point, spec, layout, mode)
+
+  def parts(self, x3, *, ste: bool):
+    return act_lib.quantize_parts(x3, self.inlier_scale, self.spec, self.zero_point, ste=ste)
+
+  def quantize_int(self, x) -> act_lib.IntActivation:
+    x3, _ = act_lib.as_steps(x, self.layout)
+    return act_lib.quantize_activation_int(x3, self.inlier_scale, self.spec, self.zero_point)
+
+  def __call__(self, x):
+    x3, restore = act_lib.as_steps(x, self.layout)
+    if self.mode == 'fake':
+      y = act_lib.dequantize_parts(self.parts(x3, ste=True))
+    else:
+      y = act_lib.dequantize_activation(
+          act_lib.quantize_activation_int(x3, self.inlier_scale, self.spec, self.zero_point))
+    return restore(y).astype(x.dtype)
+
+
+@struct.dataclass
+class FakeQuantWeight:
+  """Calibration form of a kernel (in, out): float weight, learnable step (out,) and, for the
+  PTQ4VM baseline, a learnable smoothing vector (in,) (x / s, W * s)."""
+  weight: jax.Array
+  scale: jax.Array
+  smooth: Optional[jax.Array] = None
+  bits: int = struct.field(pytree_node=False, default=4)
+
+  def smoothed_weight(self):
+    if self.smooth is None:
+      return self.weight.astype(jnp.float32)
+    return self.weight.astype(jnp.float32) * jnp.maximum(self.smooth, MIN_SMOOTH)[:, None]
+
+  def linear(self, x, input_quantizer, dtype):
+    codes = w_lib.weight_codes(self.smoothed_weight(), self.scale, self.bits, ste=True)
+    return quantized_linear(x, codes, self.scale, input_quantizer, self.smooth, 'fake', dtype)
+
+  def freeze(self, mode: str = 'fake', pack: bool = True) -> 'QuantizedWeight':
+    """Integer codes (int4 packed when bits <= 4 and `pack`)."""
+    codes = w_lib.quantize_weight_int(self.smoothed_weight(), self.scale, self.bits)
+    packed = pack and self.bits <= 4
+    values = w_lib.pack_int4(codes) if packed else codes
+    return QuantizedWeight(values, jnp.maximum(self.scale, act_lib.MIN_SCALE), self.smooth,
+                           self.bits, int(self.weight.shape[0]), packed, mode)
+
+
+@struct.dataclass
+class QuantizedWeight:
+  """Final kernel: codes (in, out) int8 (int16 above 8 bits) or uint8 packed int4
+  (ceil(in/2), out), per-output-channel steps (out,), optional smoothing (in,)."""
+  values: jax.Array
+  scale: jax.Array
+  smooth: Optional[jax.Array] = None
+  bits: int = struct.field(pytree_node=False, default=4)
+  in_features: int = struct.field(pytree_node=False, default=0)
+  packed: bool = struct.field(pytree_node=False, default=False)
+  mode: str = struct.field(pytree_node=False, default='fake')
+
+  def codes(self):
+    """Unpacked integer codes (in, out)."""
+    if self.packed:
+      return w_lib.unpack_int4(self.values, self.in_features)
+    return self.values
+
+  def dequantize(self):
+    """The float kernel this represents (before smoothing is undone)."""
+    return self.codes().astype(jnp.float32) * self.scale[None, :]
+
+  def linear(self, x, input_quantizer, dtype):
+    return quantized_linear(x, self.codes(), self.scale, input_quantizer, self.smooth, self.mode,
+                            dtype)
+
+
+QTYPES = {cls.__name__: cls for cls in (ActQuantizer, FakeQuantWeight, QuantizedWeight)}
+
+
+def is_qtype(x: Any) -> bool:
+  return isinstance(x, tuple(QTYPES.values()))
+
+
+def with_mode(x, mode: str):
+  """The same object in another mode ('fake' | 'int'); weights still in calibration form are
+  frozen to integer codes."""
+  _check_mode(mode)
+  if isinstance(x, FakeQuantWeight):
+    return x.freeze(mode)
+  if isinstance(x, (ActQuantizer, QuantizedWeight)):
+    return x.replace(mode=mode)
+  return x

@@ -1,0 +1,71 @@
+"""Weight quantizer: symmetric, per output channel, narrow grid ±(2^(b-1) - 1); int4 packing.
+
+Kernels are (in, out) as in the Flax Linear, so "per output channel" is per column and the
+step sizes have shape (out,). The step comes from the lp(2.4) clipping search
+(`search.search_symmetric_scale` over the input axis) or plain min-max for RTN.
+
+int4 packing (two values per byte, along the input axis): byte[i, o] holds
+q[2i, o] in the low nibble and q[2i+1, o] in the high nibble, both two's complement; an odd
+input size is padded with a zero row. Packed arrays are uint8 of shape (ceil(in/2), out).
+"""
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from ouromamba_jax.quant import search
+from ouromamba_jax.quant.activations import clip_ste, round_ste
+from ouromamba_jax.quant.config import WeightSpec
+
+
+def init_weight_scale(w, spec: WeightSpec):
+  """Per-output-channel step (out,) for a kernel w (in, out)."""
+  scale = search.search_symmetric_scale(w, spec.qmax, reduce_axes=(0,), lp=spec.lp,
+                                        n_grid=spec.n_grid, init=spec.init)
+  return scale.reshape(-1)
+
+
+def weight_codes(w, scale, bits: int, *, ste: bool = False):
+  """clip(round(w / s), ±qmax) as float (straight-through rounding when `ste`)."""
+  qmax = 2 ** (bits - 1) - 1
+  rnd = round_ste if ste else jnp.round
+  scale = jnp.maximum(scale.astype(jnp.float32), search.MIN_SCALE)  # a learned step may cross 0
+  return rnd(clip_ste(w.astype(jnp.float32) / scale[None, :], -qmax, qmax))
+
+
+def code_dtype(bits: int):
+  """Storage of unpacked weight codes: int8 up to 8 bits, int16 above."""
+  return jnp.int8 if bits <= 8 else jnp.int16
+
+
+def quantize_weight_int(w, scale, bits: int):
+  """Integer codes (in, out) of a kernel, values within ±(2^(bits-1) - 1) (see `code_dtype`)."""
+  return weight_codes(w, scale, bits).astype(code_dtype(bits))
+
+
+def fake_quantize_weight(w, scale, bits: int):
+  """Quantize-dequantize with straight-through rounding (LSQ-style gradient for the scale)."""
+  return weight_codes(w, scale, bits, ste=True) * jnp.maximum(scale, search.MIN_SCALE)[None, :]
+
+
+def pack_int4(q):
+  """int8 codes in [-8, 7], shape (in, out) -> uint8 (ceil(in/2), out); low nibble = even row."""
+  q = jnp.asarray(q)
+  if q.ndim != 2:
+    raise ValueError(f'pack_int4 expects a 2-D (in, out) array, got shape {q.shape}.')
+  if q.shape[0] % 2:
+    q = jnp.pad(q, ((0, 1), (0, 0)))
+  nibbles = q.astype(jnp.uint8) & jnp.uint8(0xF)
+  return nibbles[0::2] | (nibbles[1::2] << jnp.uint8(4))
+
+
+def unpack_int4(packed, in_features: int):
+  """Inverse of `pack_int4`: uint8 (ceil(in/2), out) -> int8 (in, out), sign-extended."""
+  as_int = packed.astype(jnp.int8)
+  low = jnp.left_shift(as_int, 4) >> 4          # arithmetic shift sign-extends the nibble
+  high = as_int >> 4
+  out = jnp.stack([low, high], axis=1).reshape(-1, packed.shape[1])
+  return out[:in_features]
+
+
+def weight_qmax(bits: int) -> int:
+  return 2 ** (bits - 1) - 1

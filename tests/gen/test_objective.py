@@ -1,0 +1,77 @@
+"""The per-image Gen objective through the model hook."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ouromamba_jax.gen import objective
+
+SPEC = objective.LossSpec(num_positives=4, pse_weight=0.5)
+
+
+def _losses(model, params, images, spec=SPEC):
+  gen_model = objective.generation_model(model, spec)
+  return objective.per_image_losses(gen_model, params, images, jnp.arange(len(images)), spec)
+
+
+def test_gradients_reach_the_pixels(tiny):
+  model, params = tiny
+  gen_model = objective.generation_model(model, SPEC, remat=True)
+  images = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  labels = jnp.array([3, 7])
+  terms = ('contrastive', 'pse', 'output', 'total')
+
+  def sums(x):
+    out = objective.per_image_losses(gen_model, params, x, labels, SPEC)
+    return jnp.stack([jnp.sum(out[t]) for t in terms])
+
+  grads = np.asarray(jax.jit(jax.jacrev(sums))(images))  # (terms, images, H, W, C)
+  for term, grad in zip(terms, grads):
+    assert np.all(np.isfinite(grad)), term
+    assert np.all(np.abs(grad).reshape(2, -1).max(axis=1) > 0), term
+
+
+def test_total_combines_the_weighted_terms(tiny):
+  model, params = tiny
+  spec = dataclasses.replace(SPEC, contrastive_weight=0.7, output_weight=2.0)
+  out = _losses(model, params, jax.random.normal(jax.random.key(1), (2, 32, 32, 3)), spec)
+  np.testing.assert_allclose(out['total'], 0.7 * out['contrastive'] + 0.5 * out['pse']
+                             + 2.0 * out['output'], rtol=1e-6)
+  assert all(v.shape == (2,) for v in out.values())
+
+
+def test_loss_blocks_select_blocks(tiny):
+  """L_C over all blocks is the mean of the per-block values; L_PSE is their sum."""
+  model, params = tiny
+  images = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
+  per_block = [_losses(model, params, images, dataclasses.replace(SPEC, loss_blocks=(b,)))
+               for b in range(model.depth)]
+  both = _losses(model, params, images)
+  np.testing.assert_allclose(both['contrastive'],
+                             np.mean([o['contrastive'] for o in per_block], axis=0), rtol=1e-5)
+  np.testing.assert_allclose(both['pse'], np.sum([o['pse'] for o in per_block], axis=0),
+                             rtol=1e-5)
+
+
+def test_output_only_objective_runs_without_the_hook(tiny):
+  model, params = tiny
+  spec = objective.LossSpec(contrastive_weight=0.0)
+  assert objective.generation_model(model, spec).state_feature_fn is None
+  out = _losses(model, params, jnp.zeros((2, 32, 32, 3)), spec)
+  np.testing.assert_array_equal(out['contrastive'], 0.0)
+  np.testing.assert_allclose(out['total'], out['output'])
+
+
+@pytest.mark.parametrize('change,message', [
+    (dict(neighbourhood=4), 'neighbourhood'),
+    (dict(num_positives=15), 'num_positives'),
+    (dict(loss_blocks=(2,)), 'loss_blocks'),
+    (dict(feature='attention'), 'feature'),
+    (dict(temperature=0.0), 'temperature'),
+    (dict(contrastive_weight=0.0, pse_weight=0.0, output_weight=0.0), 'all loss weights'),
+])
+def test_validate_names_the_bad_setting(tiny, change, message):
+  with pytest.raises(ValueError, match=message):
+    dataclasses.replace(SPEC, **change).validate(tiny[0])

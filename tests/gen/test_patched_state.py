@@ -1,0 +1,116 @@
+"""The patched hidden state h_p against a token-by-token loop on states taken from a model."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ouromamba_jax.gen import patched_state
+
+
+def _captured(model, params, images):
+  """(states, delta, C) of both directions of block 0, as the model hands them to the hook."""
+  capture = model.clone(state_feature_fn=lambda s, d, c: (s, d, c))
+  _, state = capture.apply({'params': params}, images, mutable=['intermediates'])
+  mixer = state['intermediates']['layers_0']['mixer']
+  return [jax.tree.map(np.asarray, mixer[f'state_features_{d}'][0])
+          for d in ('forward', 'backward')]
+
+
+def _brute_force(states, delta, c_mat, cls, grid, size, normalization):
+  """h_p and C_τ·h_p(τ) with explicit loops over images, patches and window offsets."""
+  b, _, d, n = states.shape
+  gh, gw = grid
+  r = size // 2
+
+  def token(row, col):  # patch (row, col) -> its index in the sequence with the class token
+    k = row * gw + col
+    return k if k < cls else k + 1
+
+  hp = np.zeros((b, gh * gw, d, n), np.float64)
+  feats = np.zeros((b, gh * gw, d), np.float64)
+  for i in range(b):
+    m = np.array([delta[i, token(y, x)].mean() for y in range(gh) for x in range(gw)])
+    if normalization == 'minmax':
+      w = (m - m.min()) / (m.max() - m.min())
+    elif normalization == 'mean':
+      w = m / m.mean()
+    else:
+      w = m
+    for y in range(gh):
+      for x in range(gw):
+        for dy in range(-r, r + 1):
+          for dx in range(-r, r + 1):
+            yy, xx = min(max(y + dy, 0), gh - 1), min(max(x + dx, 0), gw - 1)
+            hp[i, y * gw + x] += w[yy * gw + xx] * states[i, token(yy, xx)]
+        feats[i, y * gw + x] = hp[i, y * gw + x] @ c_mat[i, token(y, x)]
+  return hp, feats
+
+
+@pytest.mark.parametrize('size,normalization', [(5, 'minmax'), (3, 'mean'), (1, 'none')])
+def test_patched_state_matches_brute_force_loop(tiny, size, normalization):
+  model, params = tiny
+  images = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+  for states, delta, c_mat in _captured(model, params, images):
+    kw = dict(cls_index=model.cls_index, grid_size=model.grid_size, neighbourhood=size,
+              normalization=normalization)
+    hp = patched_state.patched_states(states, delta, **kw)
+    feats = patched_state.patch_features(states, delta, c_mat, **kw)
+    want_hp, want_feats = _brute_force(states, delta, c_mat, model.cls_index, model.grid_size,
+                                       size, normalization)
+    # min-max over nearly equal Δ means amplifies fp32 rounding (~1e-4 relative); a wrong
+    # neighbour or class-token mapping would be off by O(1).
+    np.testing.assert_allclose(hp, want_hp, rtol=2e-3, atol=1e-6)
+    np.testing.assert_allclose(feats, want_feats, rtol=2e-3, atol=1e-6)
+
+
+def test_class_token_is_removed_at_its_true_index():
+  x = jnp.arange(2 * 5).reshape(2, 5)
+  np.testing.assert_array_equal(patched_state.drop_class_token(x, 2), [[0, 1, 3, 4], [5, 6, 8, 9]])
+
+
+def test_box_sum_matches_replicate_padded_window_sum_on_a_rectangular_grid():
+  grid = np.random.default_rng(0).normal(size=(2, 3, 6, 4)).astype(np.float32)
+  for size in (3, 5):
+    r = size // 2
+    padded = np.pad(grid, [(0, 0), (r, r), (r, r), (0, 0)], mode='edge')
+    want = sum(padded[:, dy:dy + 3, dx:dx + 6] for dy in range(size) for dx in range(size))
+    np.testing.assert_allclose(patched_state.box_sum(jnp.asarray(grid), size), want, rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_box_sum_rejects_even_sizes():
+  with pytest.raises(ValueError, match='odd'):
+    patched_state.box_sum(jnp.zeros((1, 4, 4, 2)), 4)
+
+
+def test_delta_weights_are_normalised_per_image(tiny):
+  """Changing one image leaves the other images' Δ weights (and its own losses) untouched."""
+  model, params = tiny
+  images = jax.random.normal(jax.random.key(2), (3, 32, 32, 3))
+  changed = images.at[1].set(5.0 * jax.random.normal(jax.random.key(3), (32, 32, 3)))
+
+  def weights(x):
+    out = []
+    for _, delta, _ in _captured(model, params, x):
+      delta = patched_state.drop_class_token(jnp.asarray(delta), model.cls_index)
+      out.append(np.asarray(patched_state.token_weights(delta, 'delta', 'minmax')))
+    return out
+
+  for before, after in zip(weights(images), weights(changed)):
+    np.testing.assert_allclose(before.min(axis=1), 0.0, atol=1e-7)
+    np.testing.assert_allclose(before.max(axis=1), 1.0, atol=1e-6)
+    np.testing.assert_array_equal(before[[0, 2]], after[[0, 2]])
+    assert not np.allclose(before[1], after[1])
+
+
+def test_uniform_weighting_gives_ones():
+  delta = jax.random.uniform(jax.random.key(0), (2, 6, 3))
+  np.testing.assert_array_equal(patched_state.token_weights(delta, 'uniform'), np.ones((2, 6)))
+
+
+def test_bad_option_names_are_rejected():
+  delta = jnp.ones((1, 4, 2))
+  with pytest.raises(ValueError, match='delta_normalization'):
+    patched_state.token_weights(delta, 'delta', 'batch')
+  with pytest.raises(ValueError, match='state_weighting'):
+    patched_state.token_weights(delta, 'gate')

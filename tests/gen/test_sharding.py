@@ -1,0 +1,51 @@
+"""Data parallelism over two (forced host) devices, in a subprocess so XLA_FLAGS can apply."""
+import os
+import subprocess
+import sys
+import textwrap
+
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+_SCRIPT = textwrap.dedent('''
+    import sys, tempfile
+    import jax, jax.numpy as jnp, numpy as np
+    assert jax.device_count() == 2, jax.devices()
+    from ouromamba_jax.gen import generator, objective, optimize
+    from tests.gen.conftest import tiny_model, tiny_gen_config
+
+    model = tiny_model()
+    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params']
+    cfg = tiny_gen_config(num_images=4, images_per_step=4, iterations=3)
+
+    # The step keeps the image batch (and Adam moments) split over both devices.
+    mesh = optimize.data_mesh(0)
+    spec = objective.LossSpec.from_config(cfg)
+    optimizer = optimize.build_optimizer(cfg)
+    step = optimize.make_step(objective.generation_model(model, spec), spec, optimizer, cfg)
+    keys = jax.device_put(optimize.image_keys(0, np.arange(4)), optimize.batch_sharding(mesh))
+    images = optimize.initial_images(keys, (32, 32, 3), 1.0)
+    state = optimize.shard_batch_tree(optimize.GroupState(images, optimizer.init(images)), mesh, 4)
+    labels = jax.device_put(jnp.arange(4), optimize.batch_sharding(mesh))
+    state, _ = step(jax.device_put(params, optimize.replicated(mesh)), state, labels, keys, 0)
+    shards = state.images.addressable_shards
+    assert len(shards) == 2 and {s.data.shape for s in shards} == {(2, 32, 32, 3)}, shards
+    assert state.images.sharding.spec == jax.sharding.PartitionSpec('data')
+
+    # Two devices give the same images as one device.
+    with tempfile.TemporaryDirectory() as d:
+      two = generator.generate(model, params, cfg, d + '/two')
+      one = generator.generate(model, params, tiny_gen_config(num_images=4, images_per_step=4,
+                               iterations=3, num_devices=1), d + '/one')
+    err = float(np.abs(two.images - one.images).max())
+    assert err < 1e-4, err
+    print('SHARDING_OK', err)
+''')
+
+
+def test_two_devices_split_the_batch_and_match_one_device():
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
+             JAX_PLATFORMS='cpu', PYTHONPATH=_REPO)
+  proc = subprocess.run([sys.executable, '-c', _SCRIPT], cwd=_REPO, env=env,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+  assert 'SHARDING_OK' in proc.stdout

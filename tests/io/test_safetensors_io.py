@@ -1,0 +1,48 @@
+"""safetensors read/write: dtypes (bf16 included), metadata, atomic replacement."""
+import ml_dtypes
+import numpy as np
+import pytest
+
+from ouromamba_jax.io import safetensors_io
+
+
+def test_round_trip_keeps_values_and_dtypes(tmp_path):
+  rng = np.random.default_rng(0)
+  tensors = {
+      'f32': rng.standard_normal((3, 4)).astype(np.float32),
+      'bf16': rng.standard_normal(5).astype(ml_dtypes.bfloat16),
+      'f16': rng.standard_normal(2).astype(np.float16),
+      'i64': np.arange(3),
+      'transposed': rng.standard_normal((4, 2)).astype(np.float32).T,  # non-contiguous input
+  }
+  path = tmp_path / 'w.safetensors'
+  safetensors_io.write_safetensors(tensors, path, metadata={'format': 'pt'})
+  loaded = safetensors_io.read_safetensors(path)
+  assert set(loaded) == set(tensors)
+  for name, value in tensors.items():
+    assert loaded[name].dtype == value.dtype, name
+    np.testing.assert_array_equal(loaded[name], value)
+  assert safetensors_io.read_safetensors_metadata(path) == {'format': 'pt'}
+
+
+def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
+  path = tmp_path / 'w.safetensors'
+  safetensors_io.write_safetensors({'a': np.ones(2, np.float32)}, path)
+
+  def crash(tensors, filename, metadata=None):
+    with open(filename, 'wb') as f:
+      f.write(b'partial')
+    raise OSError('disk full')
+
+  monkeypatch.setattr(safetensors_io.safetensors_numpy, 'save_file', crash)
+  with pytest.raises(OSError, match='disk full'):
+    safetensors_io.write_safetensors({'a': np.zeros(2, np.float32)}, path)
+  np.testing.assert_array_equal(safetensors_io.read_safetensors(path)['a'], np.ones(2))
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['w.safetensors']
+
+
+def test_bad_input_is_rejected(tmp_path):
+  with pytest.raises(TypeError, match="tensor 'x' is not a numeric array"):
+    safetensors_io.write_safetensors({'x': np.array([object()])}, tmp_path / 'x.safetensors')
+  with pytest.raises(FileNotFoundError):
+    safetensors_io.read_safetensors(tmp_path / 'absent.safetensors')

@@ -1,0 +1,193 @@
+"""Activation-quantization kernel vs the canonical integer quantizer, code for code.
+
+The reference is `ouromamba_jax.quant.activations.quantize_activation_int`; the Pallas kernel
+runs in interpret mode on CPU and must give identical codes, scales and masks.
+`test_kernel_lowers_to_triton_for_h100` also lowers it for an (abstract) H100.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kernels_pallas.act_quant import api, config
+from kernels_pallas.mixed_gemm import api as gemm_api
+from kernels_pallas.mixed_gemm import reference as int4_format
+from ouromamba_jax.quant.activations import dequantize_activation
+from ouromamba_jax.quant.config import ActSpec
+
+FIELDS = ('inlier_q', 'inlier_scale', 'outlier_q', 'outlier_scale', 'outlier_mask')
+
+
+def _activations(rng, b, l, c, dtype=np.float32):
+  """Heavy-tailed activations (many values near mu + k sigma, so threshold details matter)
+  with a persistent loud channel and outliers that hop between channels (Mamba-like)."""
+  x = rng.standard_t(2, (b, l, c)).astype(np.float32)
+  x[:, :, 3] *= 6.0                       # a persistent outlier channel
+  for t in range(0, l, 4):                # outliers that hop between channels
+    x[:, t, (5 * t) % c] += 15.0 * rng.choice([-1.0, 1.0])
+  return jnp.asarray(x, dtype)
+
+
+def _assert_same(got, want, pack=False):
+  for field in FIELDS:
+    g, w = getattr(got, field), getattr(want, field)
+    assert g.shape == w.shape and g.dtype == w.dtype, (field, g.shape, g.dtype, w.shape, w.dtype)
+    np.testing.assert_array_equal(np.asarray(g), np.asarray(w), err_msg=field)
+  assert got.inlier_zero_point is None and got.outlier_zero_point is None
+  if pack:
+    assert got.inlier_q.shape[-1] * 2 == got.outlier_q.shape[-1]
+
+
+def _both(x, scale, spec, **kw):
+  want = api.act_quant(x, scale, spec, implementation='xla', **kw)
+  got = api.act_quant(x, scale, spec, implementation='triton', interpret=True, **kw)
+  return got, want
+
+
+@pytest.mark.parametrize('bits,pack', [(4, True), (4, False), (8, False)])
+def test_sample_trigger_matches_canonical(bits, pack):
+  # L = 23: windows [0, 10), [10, 20), [20, 23) (a short last one); C = 40 pads to a 64 block.
+  rng = np.random.default_rng(bits)
+  x = _activations(rng, 2, 23, 40)
+  qmax = 2 ** (bits - 1) - 1
+  scale = jnp.asarray(rng.uniform(2.0, 4.0, 23) / qmax, jnp.float32)
+  spec = ActSpec(bits=bits, outlier_bits=8, trigger='sample')
+  got, want = _both(x, scale, spec, pack_int4=pack)
+  _assert_same(got, want, pack)
+  mask = np.asarray(want.outlier_mask)
+  assert mask.any() and not mask.all()
+  for t in range(22):  # the set only grows inside a window and is reset at t = 10, 20
+    if (t + 1) % 10:
+      assert (mask[:, t] <= mask[:, t + 1]).all()
+    else:
+      assert mask[:, t + 1].sum() < mask[:, t].sum()
+
+
+def test_batch_trigger_matches_canonical_and_differs_from_sample():
+  # Sample 0 has a huge outlier (it triggers); sample 1 only moderate peaks that never trigger
+  # on their own, so only the batch-global trigger flags them.
+  rng = np.random.default_rng(5)
+  x = 0.3 * rng.standard_normal((2, 12, 48)).astype(np.float32)
+  x[0, :, 7] = 20.0
+  x[1, :, 11] = 2.0
+  scale = jnp.full((12,), 3.0 / 7, jnp.float32)
+  x = jnp.asarray(x)
+  batch = ActSpec(bits=4, trigger='batch')
+  got, want = _both(x, scale, batch)
+  _assert_same(got, want)
+  per_sample = api.act_quant(x, scale, ActSpec(bits=4, trigger='sample'),
+                             implementation='triton', interpret=True)
+  assert bool(got.outlier_mask[1, :, 11].all())
+  assert not bool(per_sample.outlier_mask[1].any())
+
+
+def test_no_outliers_spec_matches_canonical():
+  rng = np.random.default_rng(6)
+  x = _activations(rng, 2, 13, 32)
+  scale = jnp.full((13,), 0.5, jnp.float32)
+  got, want = _both(x, scale, ActSpec(bits=4, outliers='none'))
+  _assert_same(got, want)
+  assert not bool(got.outlier_mask.any())
+
+
+def test_sequence_shorter_than_window_and_bf16_input():
+  rng = np.random.default_rng(7)
+  x = _activations(rng, 3, 7, 24, dtype=jnp.bfloat16)
+  scale = jnp.asarray(rng.uniform(0.2, 0.6, 7), jnp.float32)
+  got, want = _both(x, scale, ActSpec(bits=4, std_ddof=0, k=2.5))
+  _assert_same(got, want)
+
+
+def test_rounding_ties_go_to_even():
+  # x = (j + 1/2) * S exactly (S a power of two): jnp.round sends the ties to the even code.
+  j = np.arange(-6, 6, dtype=np.float32)
+  x = jnp.asarray(((j + 0.5) * 0.25).reshape(1, 1, -1))
+  spec = ActSpec(bits=4, outliers='none')
+  got = api.act_quant(x, jnp.asarray([0.25], jnp.float32), spec, implementation='triton',
+                      interpret=True)
+  np.testing.assert_array_equal(np.asarray(got.inlier_q[0, 0]), np.round(j + 0.5))
+
+
+def test_packed_codes_feed_the_mixed_gemm():
+  """act_quant(pack_int4) -> mixed_gemm equals the float matmul of the dequantized input."""
+  rng = np.random.default_rng(8)
+  b, l, c, n = 2, 12, 64, 32
+  x = _activations(rng, b, l, c)
+  scale = jnp.full((l,), 2.5 / 7, jnp.float32)
+  q = api.act_quant(x, scale, ActSpec(bits=4), pack_int4=True, implementation='triton',
+                    interpret=True)
+  w_codes = jnp.asarray(rng.integers(-7, 8, (c, n)), jnp.int8)
+  w_scale = jnp.asarray(rng.uniform(0.01, 0.02, n), jnp.float32)
+  a_scale = jnp.broadcast_to(q.inlier_scale, (b, l))
+  y = gemm_api.mixed_gemm(q.inlier_q, a_scale, int4_format.pack_int4(w_codes, 0), w_scale,
+                          q.outlier_q, q.outlier_scale, implementation='triton', interpret=True,
+                          out_dtype=jnp.float32)
+  x_hat = dequantize_activation(q._replace(inlier_q=int4_format.unpack_int4(q.inlier_q, -1)))
+  want = jnp.einsum('blc,cn->bln', x_hat, w_codes.astype(jnp.float32) * w_scale,
+                    precision='highest')
+  np.testing.assert_allclose(np.asarray(y), np.asarray(want), rtol=1e-5, atol=1e-4)
+
+
+def test_unsupported_specs_and_bad_inputs_are_rejected_clearly():
+  x = jnp.zeros((1, 4, 8), jnp.float32)
+  s = jnp.ones((4,), jnp.float32)
+  for spec, reason in ((ActSpec(symmetric=False), 'asymmetric'),
+                       (ActSpec(trigger='official'), 'official'),
+                       (ActSpec(outliers='float'), 'float outliers')):
+    with pytest.raises(ValueError, match=reason):
+      api.act_quant(x, s, spec, implementation='triton', interpret=True)
+    assert api.default_implementation(spec, 8) == 'xla'
+  with pytest.raises(ValueError, match='one static step per time step'):
+    api.act_quant(x, jnp.ones((5,)), ActSpec())
+  with pytest.raises(ValueError, match='float \\(B, L, C\\)'):
+    api.act_quant(jnp.zeros((4, 8)), s, ActSpec())
+  with pytest.raises(ValueError, match='pack_int4 needs bits <= 4'):
+    api.act_quant(x, s, ActSpec(bits=8), pack_int4=True)
+  with pytest.raises(TypeError, match='ActSpec'):
+    api.act_quant(x, s, {'bits': 4})
+
+
+def test_block_config_validation():
+  with pytest.raises(ValueError, match='power of two'):
+    config.ActQuantBlockConfig(block_c=100)
+  with pytest.raises(ValueError, match='num_warps'):
+    config.ActQuantBlockConfig(num_warps=5)
+  with pytest.raises(ValueError, match='every channel of a time step'):
+    config.ActQuantBlockConfig(block_c=64).resolve(100)
+  assert config.ActQuantBlockConfig().resolve(1536) == (2048, 8)
+  assert config.ActQuantBlockConfig().resolve(192) == (256, 4)
+
+
+@pytest.mark.parametrize('trigger', ['sample', 'batch'])
+def test_kernel_lowers_to_triton_for_h100(trigger):
+  """Lowers (no compile) for an abstract H100: every op must have a Triton lowering rule."""
+  from jax.sharding import AbstractDevice, AbstractMesh  # pylint: disable=g-import-not-at-top
+  from kernels_pallas.act_quant import pallas_triton  # pylint: disable=g-import-not-at-top
+  h100 = AbstractDevice(device_kind='NVIDIA H100 80GB HBM3', num_cores=132, platform='cuda')
+  mesh = AbstractMesh((1,), ('x',), abstract_device=h100)
+  b, l, c = 64, 197, 1536
+  with jax.sharding.use_abstract_mesh(mesh):
+    lowered = pallas_triton.act_quant.trace(
+        jax.ShapeDtypeStruct((b, l, c), jnp.bfloat16), jax.ShapeDtypeStruct((l,), jnp.float32),
+        bits=4, k=3.0, n_refresh=10, trigger=trigger, std_ddof=1, outlier_bits=8, detect=True,
+        pack=True, block_c=2048, num_warps=8).lower(lowering_platforms=('cuda',))
+  assert '__gpu$xla.gpu.triton' in lowered.as_text()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(jax.default_backend() != 'gpu', reason='needs a CUDA GPU')
+@pytest.mark.parametrize('trigger', ['sample', 'batch'])
+def test_gpu_kernel_matches_canonical_at_vim_shape(trigger):
+  # On the GPU the reductions run in another order than XLA's, so a value within an ulp of
+  # the mu + k sigma threshold may flip; allow a vanishing fraction of differing codes.
+  rng = np.random.default_rng(9)
+  x = _activations(rng, 64, 197, 768)
+  scale = jnp.asarray(rng.uniform(0.3, 0.6, 197), jnp.float32)
+  spec = ActSpec(bits=4, trigger=trigger)
+  want = api.act_quant(x, scale, spec, pack_int4=True, implementation='xla')
+  got = api.act_quant(x, scale, spec, pack_int4=True, implementation='triton')
+  for field in FIELDS:
+    g, w = np.asarray(getattr(got, field)), np.asarray(getattr(want, field))
+    frac = np.mean(g != w)
+    print(f'{trigger} {field}: mismatch fraction {frac:.2e}')
+    assert frac < 1e-5, field

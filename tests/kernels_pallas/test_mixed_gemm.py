@@ -1,0 +1,193 @@
+"""Mixed int4/int8 GEMM: packing format, exact int32 sums and dequantized output, kernel vs XLA.
+
+The Pallas kernel runs in interpret mode on CPU; `test_kernel_lowers_to_triton_for_h100` also
+lowers it for an (abstract) H100, which catches Triton lowering errors without a GPU.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kernels_pallas.mixed_gemm import api, config, reference
+
+COMBOS = [(4, 4), (4, 8), (8, 8), (8, 4)]  # (weight_bits, act_bits)
+
+
+def _operands(rng, m, k, n, weight_bits, act_bits, outlier_frac=0.05):
+  """Random int codes in the quantizers' ranges, the packed forms, and int64 numpy oracles."""
+  w_max = 7 if weight_bits == 4 else 127
+  x_max = 7 if act_bits == 4 else 127
+  w = rng.integers(-w_max, w_max + 1, (k, n)).astype(np.int8)
+  xin = rng.integers(-x_max, x_max + 1, (m, k)).astype(np.int8)
+  xout = (rng.integers(-127, 128, (m, k)) * (rng.random((m, k)) < outlier_frac)).astype(np.int8)
+  w_arg = reference.pack_int4(jnp.asarray(w), axis=0) if weight_bits == 4 else jnp.asarray(w)
+  x_arg = reference.pack_int4(jnp.asarray(xin), axis=-1) if act_bits == 4 else jnp.asarray(xin)
+  oracle_in = xin.astype(np.int64) @ w.astype(np.int64)
+  oracle_out = xout.astype(np.int64) @ w.astype(np.int64)
+  return x_arg, w_arg, jnp.asarray(xout), oracle_in, oracle_out
+
+
+@pytest.mark.parametrize('axis', [0, -1])
+def test_pack_unpack_round_trip(axis):
+  rng = np.random.default_rng(0)
+  values = rng.integers(-8, 8, (6, 10)).astype(np.int8)
+  packed = reference.pack_int4(jnp.asarray(values), axis=axis)
+  assert packed.dtype == jnp.int8
+  assert packed.shape[axis] == values.shape[axis] // 2
+  np.testing.assert_array_equal(reference.unpack_int4(packed, axis=axis), values)
+  as_uint8 = jax.lax.bitcast_convert_type(packed, jnp.uint8)
+  np.testing.assert_array_equal(reference.unpack_int4(as_uint8, axis=axis), values)
+
+
+def test_pack_layout_low_nibble_is_even_k():
+  packed = reference.pack_int4(jnp.asarray([[3, -2]], jnp.int8), axis=-1)
+  # even k = 3 -> low nibble 0x3; odd k = -2 -> high nibble 0xE: byte 0xE3 = -29 as int8.
+  assert int(packed[0, 0]) == np.int8(np.uint8(0xE3))
+
+
+def test_pack_rejects_odd_length():
+  with pytest.raises(ValueError, match='odd length'):
+    reference.pack_int4(jnp.zeros((3, 5), jnp.int8), axis=-1)
+
+
+@pytest.mark.parametrize('weight_bits,act_bits', COMBOS)
+def test_kernel_sums_are_exact(weight_bits, act_bits):
+  # M, N not multiples of the tile (masked tails); K = 192 takes three 64-wide K steps.
+  rng = np.random.default_rng(weight_bits * 10 + act_bits)
+  m, k, n = 70, 192, 48
+  x, w, xout, oracle_in, oracle_out = _operands(rng, m, k, n, weight_bits, act_bits)
+  for impl in ('xla', 'triton'):
+    acc_in, acc_out = api.mixed_gemm_accumulators(
+        x, w, xout, weight_bits=weight_bits, act_bits=act_bits, implementation=impl,
+        interpret=True)
+    assert acc_in.dtype == jnp.int32 and acc_out.dtype == jnp.int32
+    np.testing.assert_array_equal(np.asarray(acc_in), oracle_in, err_msg=impl)
+    np.testing.assert_array_equal(np.asarray(acc_out), oracle_out, err_msg=impl)
+
+
+def test_kernel_pads_k_that_no_block_divides():
+  # K = 100 is padded to 128 inside the wrapper; zero codes must not change the sums.
+  rng = np.random.default_rng(7)
+  m, k, n = 33, 100, 40
+  x, w, xout, oracle_in, oracle_out = _operands(rng, m, k, n, 4, 4)
+  acc_in, acc_out = api.mixed_gemm_accumulators(x, w, xout, implementation='triton',
+                                                interpret=True)
+  np.testing.assert_array_equal(np.asarray(acc_in), oracle_in)
+  np.testing.assert_array_equal(np.asarray(acc_out), oracle_out)
+
+
+@pytest.mark.parametrize('weight_bits,act_bits', [(4, 4), (8, 8)])
+@pytest.mark.parametrize('with_outliers', [True, False])
+def test_dequantized_output_matches_xla(weight_bits, act_bits, with_outliers):
+  rng = np.random.default_rng(1)
+  b, l, k, n = 2, 37, 128, 96  # tokens given as (B, L): flattened to M = 74 rows
+  x, w, xout, oracle_in, oracle_out = _operands(rng, b * l, k, n, weight_bits, act_bits)
+  x = x.reshape(b, l, -1)
+  xout = xout.reshape(b, l, k) if with_outliers else None
+  a_scale = jnp.asarray(rng.uniform(0.01, 0.1, (b, l)), jnp.float32)
+  o_scale = jnp.asarray(rng.uniform(0.1, 1.0, (b, l)), jnp.float32) if with_outliers else None
+  w_scale = jnp.asarray(rng.uniform(0.001, 0.01, (n,)), jnp.float32)
+  bias = jnp.asarray(rng.normal(size=(n,)), jnp.float32)
+  kw = dict(weight_bits=weight_bits, act_bits=act_bits, out_dtype=jnp.float32)
+  y_xla = api.mixed_gemm(x, a_scale, w, w_scale, xout, o_scale, bias, implementation='xla', **kw)
+  y_pl = api.mixed_gemm(x, a_scale, w, w_scale, xout, o_scale, bias, implementation='triton',
+                        interpret=True, **kw)
+  assert y_pl.shape == (b, l, n) and y_pl.dtype == jnp.float32
+  # float64 oracle of the same formula
+  acc = np.asarray(a_scale, np.float64).reshape(-1, 1) * oracle_in
+  if with_outliers:
+    acc = acc + np.asarray(o_scale, np.float64).reshape(-1, 1) * oracle_out
+  oracle = (acc * np.asarray(w_scale, np.float64) + np.asarray(bias, np.float64)).reshape(b, l, n)
+  for name, y in (('xla', y_xla), ('triton', y_pl)):
+    rel = np.abs(np.asarray(y, np.float64) - oracle).max() / np.abs(oracle).max()
+    print(f'{name} W{weight_bits}A{act_bits} outliers={with_outliers}: max rel err {rel:.2e}')
+    assert rel < 1e-6, name
+  np.testing.assert_allclose(np.asarray(y_pl), np.asarray(y_xla), rtol=1e-6, atol=1e-5)
+
+
+def test_bf16_output():
+  rng = np.random.default_rng(2)
+  x, w, xout, _, _ = _operands(rng, 40, 64, 32, 4, 4)
+  a = jnp.full((40,), 0.05, jnp.float32)
+  ws = jnp.full((32,), 0.01, jnp.float32)
+  y_xla = api.mixed_gemm(x, a, w, ws, xout, a, implementation='xla')
+  y_pl = api.mixed_gemm(x, a, w, ws, xout, a, implementation='triton', interpret=True)
+  assert y_pl.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(y_pl, np.float32), np.asarray(y_xla, np.float32),
+                             rtol=1e-2, atol=1e-3)
+
+
+def test_bad_operands_are_rejected_clearly():
+  x = jnp.zeros((8, 32), jnp.int8)      # packed: K = 64
+  w = jnp.zeros((32, 16), jnp.int8)     # packed: K = 64
+  a = jnp.ones((8,), jnp.float32)
+  ws = jnp.ones((16,), jnp.float32)
+  with pytest.raises(ValueError, match='last dim must be 32'):
+    api.mixed_gemm(jnp.zeros((8, 64), jnp.int8), a, w, ws)  # act_bits=4 wants packed K/2
+  with pytest.raises(ValueError, match='a_scale must have the token shape'):
+    api.mixed_gemm(x, jnp.ones((9,)), w, ws)
+  with pytest.raises(ValueError, match='w_scale must have shape'):
+    api.mixed_gemm(x, a, w, jnp.ones((15,)))
+  with pytest.raises(ValueError, match='o_scale must have the token shape'):
+    api.mixed_gemm(x, a, w, ws, jnp.zeros((8, 64), jnp.int8))
+  with pytest.raises(ValueError, match='x_outlier must be int8 codes of shape'):
+    api.mixed_gemm(x, a, w, ws, jnp.zeros((8, 32), jnp.int8), a)
+  with pytest.raises(TypeError, match='must be int8'):
+    api.mixed_gemm(x.astype(jnp.float32), a, w, ws)
+  with pytest.raises(ValueError, match='weight_bits'):
+    api.mixed_gemm(x, a, w, ws, weight_bits=2)
+  with pytest.raises(ValueError, match='unknown implementation'):
+    api.mixed_gemm(x, a, w, ws, implementation='cuda')
+
+
+def test_block_config_validation():
+  with pytest.raises(ValueError, match='power of two'):
+    config.MixedGemmBlockConfig(block_m=96)
+  with pytest.raises(ValueError, match='block_k'):
+    config.MixedGemmBlockConfig(block_k=32)
+  with pytest.raises(ValueError, match='num_warps'):
+    config.MixedGemmBlockConfig(num_warps=3)
+  cfg = config.default_block_config(64 * 197, 3072, 768)
+  assert (cfg.block_m, cfg.block_n, cfg.block_k) == (128, 128, 256)
+  assert config.default_block_config(64 * 197, 192, 192).block_k == 64
+
+
+def test_custom_block_config_is_used():
+  rng = np.random.default_rng(3)
+  x, w, xout, oracle_in, _ = _operands(rng, 50, 256, 40, 4, 4)
+  cfg = config.MixedGemmBlockConfig(block_m=16, block_n=16, block_k=128, num_warps=4)
+  acc_in, _ = api.mixed_gemm_accumulators(x, w, xout, implementation='triton', interpret=True,
+                                          block_config=cfg)
+  np.testing.assert_array_equal(np.asarray(acc_in), oracle_in)
+
+
+@pytest.mark.parametrize('weight_bits,act_bits', COMBOS)
+def test_kernel_lowers_to_triton_for_h100(weight_bits, act_bits):
+  """Lowers (no compile) for an abstract H100: every op must have a Triton lowering rule."""
+  from jax.sharding import AbstractDevice, AbstractMesh  # pylint: disable=g-import-not-at-top
+  from kernels_pallas.mixed_gemm import pallas_triton  # pylint: disable=g-import-not-at-top
+  h100 = AbstractDevice(device_kind='NVIDIA H100 80GB HBM3', num_cores=132, platform='cuda')
+  mesh = AbstractMesh((1,), ('x',), abstract_device=h100)
+  m, k, n = 64 * 197, 384, 1536
+  s = jax.ShapeDtypeStruct
+  args = (s((m, k // 2 if act_bits == 4 else k), jnp.int8), s((m,), jnp.float32),
+          s((k // 2 if weight_bits == 4 else k, n), jnp.int8), s((n,), jnp.float32),
+          s((m, k), jnp.int8), s((m,), jnp.float32), s((n,), jnp.float32))
+  with jax.sharding.use_abstract_mesh(mesh):
+    lowered = pallas_triton.mixed_gemm.trace(
+        *args, k=k, weight_bits=weight_bits, act_bits=act_bits, out_dtype=jnp.dtype(jnp.bfloat16),
+        cfg=config.default_block_config(m, n, k)).lower(lowering_platforms=('cuda',))
+  assert '__gpu$xla.gpu.triton' in lowered.as_text()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(jax.default_backend() != 'gpu', reason='needs a CUDA GPU')
+@pytest.mark.parametrize('weight_bits,act_bits', [(4, 4), (8, 8)])
+def test_gpu_kernel_exact_at_vim_shape(weight_bits, act_bits):
+  rng = np.random.default_rng(4)
+  m, k, n = 64 * 197, 384, 1536
+  x, w, xout, oracle_in, oracle_out = _operands(rng, m, k, n, weight_bits, act_bits)
+  acc_in, acc_out = api.mixed_gemm_accumulators(x, w, xout, weight_bits=weight_bits,
+                                                act_bits=act_bits, implementation='triton')
+  np.testing.assert_array_equal(np.asarray(acc_in), oracle_in)
+  np.testing.assert_array_equal(np.asarray(acc_out), oracle_out)

@@ -1,0 +1,43 @@
+"""Shared tiny model and quantization runs (session-scoped: compiling a block is the slow part)."""
+import jax
+import pytest
+
+from ouromamba_jax import quant
+from ouromamba_jax.models import build_model
+
+
+@pytest.fixture(scope='session')
+def tiny():
+  """(model, params, images): 2 blocks, d_model 32, 16 patches + cls = 17 tokens, 8 images."""
+  model = build_model('vim_t', img_size=32, patch_size=8, depth=2, d_model=32, num_classes=10,
+                      scan_implementation='sequential')
+  images = jax.random.normal(jax.random.key(1), (8, 32, 32, 3))
+  params = jax.jit(model.init)(jax.random.key(0), images[:1])['params']
+  return model, params, images
+
+
+@pytest.fixture(scope='session')
+def apply_fn(tiny):
+  model = tiny[0]
+  return jax.jit(lambda p, x: model.apply({'params': p}, x))
+
+
+@pytest.fixture(scope='session')
+def w8a8_run(tiny, tmp_path_factory):
+  """W8A8 OuroMamba with one training epoch, saved to a workdir; + an extra rule that matches
+  nothing (for the report)."""
+  model, params, images = tiny
+  base = quant.make_preset('w8a8', epochs=1, micro_batch=4)
+  spec = quant.QuantSpec('w8a8_plus', base.rules + (
+      quant.QuantRule(r'layers_\d+/mixer/conv1d/kernel', quant.WeightSpec(8)),), base.calib)
+  workdir = str(tmp_path_factory.mktemp('w8a8'))
+  qparams, report = quant.quantize(model, params, images, spec, workdir=workdir,
+                                   log=lambda _: None)
+  return qparams, report, workdir
+
+
+@pytest.fixture(scope='session')
+def rtn_run(tiny):
+  model, params, images = tiny
+  return quant.quantize(model, params, images, {'preset': 'w4a4', 'micro_batch': 4},
+                        method='rtn', log=lambda _: None)

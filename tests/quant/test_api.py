@@ -1,0 +1,128 @@
+"""End to end on a tiny Vim: quantize, report, save/load, int mode, resume, baselines."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ouromamba_jax import quant
+from ouromamba_jax.quant import calibrate
+from ouromamba_jax.quant import qtypes
+from ouromamba_jax.quant import rewrite
+
+
+def _rel_err(y, ref):
+  return float(jnp.linalg.norm(y - ref) / jnp.linalg.norm(ref))
+
+
+def test_w8a8_logits_close_to_float(tiny, apply_fn, w8a8_run):
+  _, params, images = tiny
+  qparams, report, _ = w8a8_run
+  fp = apply_fn(params, images)
+  q = apply_fn(qparams, images)
+  assert _rel_err(q, fp) < 2e-3
+  assert np.array_equal(np.argmax(q, -1), np.argmax(fp, -1))
+  leaves = rewrite.quantized_leaves(qparams)
+  assert len(leaves) == 44 and all(not isinstance(v, qtypes.FakeQuantWeight)
+                                   for v in leaves.values())
+
+
+def test_report_lists_sites_blocks_and_unused_rules(w8a8_run):
+  _, report, workdir = w8a8_run
+  assert report['method'] == 'ouromamba' and report['calibration_images'] == 8
+  assert len(report['quantized']) == 44
+  assert report['kept_float'] == ['head/kernel', 'head/input_quantizer']
+  assert report['unused_rules'] == [{'index': 4, 'pattern': r'layers_\d+/mixer/conv1d/kernel'}]
+  assert [b['block'] for b in report['blocks']] == [0, 1]
+  for b in report['blocks']:
+    assert b['steps'] == 2 and b['kept'] in ('trained', 'init')
+    assert np.isfinite(b['loss_init']) and b['loss_final'] <= b['loss_init'] or b['kept'] == 'init'
+  with open(os.path.join(workdir, 'quant_report.json')) as f:
+    assert json.load(f)['unused_rules'] == report['unused_rules']
+
+
+def test_saved_model_reloads_with_identical_logits_in_both_modes(tiny, apply_fn, w8a8_run):
+  _, _, images = tiny
+  qparams, report, workdir = w8a8_run
+  loaded, loaded_report = quant.load_quantized(os.path.join(workdir, 'quantized'))
+  want = np.asarray(apply_fn(qparams, images))
+  np.testing.assert_array_equal(np.asarray(apply_fn(loaded, images)), want)
+  assert loaded_report['quantized'] == report['quantized']
+  as_int, _ = quant.load_quantized(os.path.join(workdir, 'quantized'), mode='int')
+  assert rewrite.get_path(as_int, 'layers_0/mixer/in_proj/kernel').mode == 'int'
+  np.testing.assert_array_equal(np.asarray(apply_fn(as_int, images)), want)
+
+
+def test_w4a4_degrades_more_but_stays_finite(tiny, apply_fn, w8a8_run):
+  model, params, images = tiny
+  qparams, report = quant.quantize(model, params, images, {'preset': 'w4a4', 'epochs': 0},
+                                   log=lambda _: None)
+  fp = apply_fn(params, images)
+  q = apply_fn(qparams, images)
+  assert bool(jnp.all(jnp.isfinite(q)))
+  err4 = _rel_err(q, fp)
+  assert _rel_err(apply_fn(w8a8_run[0], images), fp) < err4 < 0.1
+  assert all(b['kept'] == 'untrained' for b in report['blocks'])
+  packed = rewrite.get_path(qparams, 'layers_1/mixer/x_proj/kernel')
+  assert packed.packed and packed.values.dtype == jnp.uint8
+
+
+def test_killed_calibration_resumes(tiny, apply_fn, rtn_run, tmp_path):
+  model, params, images = tiny
+  spec = {'preset': 'w4a4', 'micro_batch': 4}
+
+  def die_in_block_2(msg):
+    if 'block 2/2' in msg:
+      raise KeyboardInterrupt('killed')
+
+  with pytest.raises(KeyboardInterrupt):
+    quant.quantize(model, params, images, spec, method='rtn', workdir=str(tmp_path),
+                   log=die_in_block_2)
+  assert os.path.exists(tmp_path / calibrate.SNAPSHOT)
+  messages = []
+  qparams, report = quant.quantize(model, params, images, spec, method='rtn',
+                                   workdir=str(tmp_path), log=messages.append)
+  assert any('resuming' in m and 'blocks 0..0 done' in m for m in messages)
+  assert [b['block'] for b in report['blocks']] == [0, 1]
+  np.testing.assert_array_equal(np.asarray(apply_fn(qparams, images)),
+                                np.asarray(apply_fn(rtn_run[0], images)))
+  with pytest.raises(ValueError, match='different calibration run'):
+    quant.quantize(model, params, images[:4], spec, method='rtn', workdir=str(tmp_path),
+                   log=lambda _: None)
+
+
+def test_rtn_uses_minmax_scales_and_no_outliers(tiny, rtn_run):
+  _, params, _ = tiny
+  qparams, report = rtn_run
+  leaves = rewrite.quantized_leaves(qparams)
+  act = leaves['layers_0/mixer/in_proj/input_quantizer']
+  assert act.spec.outliers == 'none' and act.spec.init == 'minmax'
+  w = params['layers_0']['mixer']['in_proj']['kernel']
+  np.testing.assert_allclose(np.asarray(leaves['layers_0/mixer/in_proj/kernel'].scale),
+                             np.abs(np.asarray(w)).max(axis=0) / 7, rtol=1e-6)
+  assert all(b['steps'] == 0 for b in report['blocks'])
+
+
+def test_ptq4vm_learns_smoothing_and_leaves_ssm_in_float(tiny, apply_fn):
+  model, params, images = tiny
+  qparams, report = quant.quantize(model, params, images,
+                                   {'preset': 'w4a8', 'epochs': 1, 'micro_batch': 8},
+                                   method='ptq4vm', log=lambda _: None)
+  leaves = rewrite.quantized_leaves(qparams)
+  assert len(leaves) == 24 and 'layers_0/mixer/delta_quantizer' not in leaves
+  weight = leaves['layers_0/mixer/out_proj/kernel']
+  assert weight.smooth is not None and weight.smooth.shape == (64,)
+  act = leaves['layers_0/mixer/out_proj/input_quantizer']
+  assert not act.spec.symmetric and act.zero_point.shape == (17,)
+  fp = apply_fn(params, images)
+  assert _rel_err(apply_fn(qparams, images), fp) < 0.05
+
+
+def test_bad_inputs_rejected(tiny):
+  model, params, images = tiny
+  with pytest.raises(ValueError, match='unknown quantization method'):
+    quant.quantize(model, params, images, 'w4a4', method='gptq')
+  with pytest.raises(ValueError, match='non-empty NHWC batch'):
+    quant.quantize(model, params, images[0], 'w4a4')

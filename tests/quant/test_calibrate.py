@@ -1,0 +1,55 @@
+"""Pieces of the block-wise loop."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ouromamba_jax.quant import calibrate
+from ouromamba_jax.quant import qtypes
+from ouromamba_jax.quant.config import ActSpec, CalibSpec
+
+
+def test_cosine_loss():
+  a = jnp.asarray([[[1.0, 0.0], [0.0, 2.0]]])
+  np.testing.assert_allclose(float(calibrate.cosine_loss(a, 3 * a)), 0.0, atol=1e-7)
+  np.testing.assert_allclose(float(calibrate.cosine_loss(a, -a)), 2.0, atol=1e-7)
+  b = jnp.asarray([[[0.0, 1.0], [0.0, 1.0]]])
+  np.testing.assert_allclose(float(calibrate.cosine_loss(a, b)), 0.5, atol=1e-7)
+
+
+def test_only_step_sizes_are_trainable():
+  tree = {'mixer': {
+      'in_proj': {'kernel': qtypes.FakeQuantWeight(jnp.ones((4, 3)), jnp.ones(3), jnp.ones(4), 4)},
+      'delta_quantizer': qtypes.ActQuantizer(jnp.ones(5), jnp.zeros(5), ActSpec(symmetric=False)),
+      'D': jnp.ones(4)}}
+  trainable, frozen = calibrate.split_trainable(tree)
+  kernel = trainable['mixer']['in_proj']['kernel']
+  assert kernel.weight is None and kernel.scale.shape == (3,) and kernel.smooth.shape == (4,)
+  assert trainable['mixer']['delta_quantizer'].zero_point is None
+  assert trainable['mixer']['D'] is None and frozen['mixer']['D'].shape == (4,)
+  labels = calibrate.trainable_labels(trainable)
+  assert labels['mixer']['in_proj']['kernel'].scale == 'weight'
+  assert labels['mixer']['in_proj']['kernel'].smooth == 'smooth'
+  assert labels['mixer']['delta_quantizer'].inlier_scale == 'act'
+  merged = calibrate.merge_trainable(trainable, frozen)
+  assert jax.tree.structure(merged) == jax.tree.structure(tree)
+  # the optimizer only touches the trainable leaves
+  opt = calibrate.make_optimizer(CalibSpec())
+  state = opt.init(trainable)
+  grads = jax.tree.map(jnp.ones_like, trainable)
+  updates, _ = opt.update(grads, state, trainable)
+  assert all(bool(jnp.all(u < 0)) for u in jax.tree.leaves(updates))
+
+
+def test_micro_batches_cover_everything():
+  assert calibrate.micro_batches(10, 4) == [slice(0, 4), slice(4, 8), slice(8, 10)]
+
+
+def test_embed_tokens_is_the_first_block_input(tiny):
+  model, params, images = tiny
+  hidden = calibrate.embed_tokens(model, params, images[:2])
+  assert hidden.shape == (2, 17, 32)
+  block = calibrate.make_block(model)
+  assert calibrate.make_block(model) is block          # cached: jitted functions are reused
+  out, residual = calibrate.run_block(block, params['layers_0'], hidden, jnp.zeros_like(hidden))
+  np.testing.assert_array_equal(np.asarray(residual), np.asarray(hidden))
+  assert out.shape == hidden.shape

@@ -1,0 +1,77 @@
+"""Spec validation, presets and config-dict construction."""
+import pytest
+
+from ouromamba_jax.quant import config
+
+
+@pytest.mark.parametrize('kwargs,message', [
+    (dict(bits=1), 'bits must be an integer between 2 and 16'),
+    (dict(bits=17), 'bits must be an integer between 2 and 16'),
+    (dict(bits=4.0), 'bits must be an integer between 2 and 16'),
+    (dict(outlier_bits=32), 'outlier_bits must be an integer between 2 and 16'),
+    (dict(k=0), 'k .* must be a number > 0'),
+    (dict(k=-3.0), 'k .* must be a number > 0'),
+    (dict(n_refresh=0), 'n_refresh .* must be an int >= 1'),
+    (dict(trigger='any'), 'trigger must be one of'),
+    (dict(outliers='fp16'), 'outliers must be one of'),
+    (dict(std_ddof=2), 'std_ddof must be 0'),
+    (dict(n_grid=0), 'n_grid'),
+])
+def test_bad_activation_values_rejected(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    config.ActSpec(**kwargs)
+
+
+def test_bad_weight_and_calibration_values_rejected():
+  with pytest.raises(ValueError, match='WeightSpec.bits'):
+    config.WeightSpec(bits=0)
+  with pytest.raises(ValueError, match='init must be one of'):
+    config.WeightSpec(init='mse')
+  with pytest.raises(ValueError, match='micro_batch'):
+    config.CalibSpec(micro_batch=0)
+  with pytest.raises(ValueError, match='not a valid regex'):
+    config.QuantRule('layers_(', None)
+  with pytest.raises(ValueError, match='spec must be a WeightSpec'):
+    config.QuantRule('x', 4)
+
+
+def test_presets_and_overrides():
+  w4a4 = config.make_preset('W4A4')
+  weights, inputs, delta, ssm = (r.spec for r in w4a4.rules)
+  assert weights.bits == 4 and inputs.bits == 4 and inputs.outliers == 'int'
+  assert inputs.outlier_bits == 8 and delta.symmetric is False and delta.k == 4.0
+  assert config.make_preset('w4a8').rules[1].spec.outliers == 'float'
+  assert config.make_preset('w4a4_no_outliers').rules[1].spec.outliers == 'none'
+  assert config.make_preset('w8a8').rules[0].spec.bits == 8
+  spec = config.spec_from_config({'preset': 'w4a4', 'n_refresh': 5, 'trigger': 'batch',
+                                  'delta_k': 5.0, 'epochs': 2, 'weight_bits': 3, 'k': None})
+  assert spec.rules[1].spec.n_refresh == 5 and spec.rules[1].spec.trigger == 'batch'
+  assert spec.rules[2].spec.k == 5.0 and spec.rules[1].spec.k == 3.0
+  assert spec.calib.epochs == 2 and spec.rules[0].spec.bits == 3
+  assert config.QuantSpec.from_json(spec.to_json()) == spec
+  with pytest.raises(ValueError, match='unknown quantization options'):
+    config.make_preset('w4a4', refresh=3)
+  with pytest.raises(ValueError, match='unknown quantization preset'):
+    config.make_preset('w2a2')
+  with pytest.raises(ValueError, match='n_refresh'):
+    config.spec_from_config({'preset': 'w4a4', 'n_refresh': 0})
+
+
+def test_rule_kinds():
+  weight_rule = config.QuantRule(r'layers_\d+/mixer/in_proj/kernel', config.WeightSpec())
+  skip = config.QuantRule(r'layers_0/.*', None)
+  assert weight_rule.applies_to('layers_3/mixer/in_proj/kernel', 'weight')
+  assert not weight_rule.applies_to('layers_3/mixer/in_proj/kernel', 'act')
+  assert not weight_rule.applies_to('layers_3/mixer/in_proj/kernel_x', 'weight')  # fullmatch
+  assert skip.applies_to('layers_0/mixer/D_quantizer', 'act')
+
+
+def test_default_config_round_trips_through_spec_from_config():
+  cfg = config.default_config()
+  assert cfg['method'] == 'ouromamba' and cfg['mode'] == 'fake'
+  fields = {k: v for k, v in cfg.items() if k not in ('method', 'mode')}
+  fields.update(weight_decay=1e-4, weight_bits=8)   # calib field vs WeightSpec prefix
+  spec = config.spec_from_config(fields)
+  assert spec.calib.weight_decay == 1e-4 and spec.rules[0].spec.bits == 8
+  assert spec.calib == config.CalibSpec(weight_decay=1e-4)
+  assert spec.rules[2].spec.k == 4.0 and spec.rules[1].spec.k == 3.0
