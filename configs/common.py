@@ -62,6 +62,8 @@ def train_config() -> mlc.ConfigDict:
   c.log_every_steps = 50
   c.checkpoint_every_steps = 500
   c.keep_checkpoints = 2
+  c.start_step = 0                   # > 0: continue a run from model.checkpoint at this step (fresh optimizer)
+  c.rewarmup_steps = 100             # lr ramp after such a restart
   c.max_seconds = 0.0                # > 0: stop (with a checkpoint) after this long; rerun to resume
   return c
 

@@ -37,7 +37,12 @@ def topk_positive_mask(similarity: jax.Array, num_positives: int) -> jax.Array:
 
 def patch_contrastive_loss(features: jax.Array, num_positives: int = 12,
                            temperature: float = 0.1) -> jax.Array:
-  """Per-image InfoNCE: mean_i -log(Σ_pos exp(s_ij/κ) / Σ_{j≠i} exp(s_ij/κ)). (B, P, F) -> (B,)."""
+  """Per-image InfoNCE, (B, P, F) -> (B,).
+
+  L = mean_i -log(Σ_{j∈Pos(i)} exp(s_ij/κ) / Σ_{j≠i} exp(s_ij/κ)), where s_ij is the cosine
+  similarity of patches i and j and Pos(i) the K patches most similar to i (self excluded),
+  chosen without gradient; every other patch of the image is a negative.
+  """
   sim = cosine_similarity_matrix(features)
   logits = sim / temperature
   positives = topk_positive_mask(sim, num_positives)

@@ -1,9 +1,10 @@
 """Pixel optimisation pieces: targets, initial noise, Adam, augmentation, the jitted step.
 
 Every image's randomness (initial noise, per-step jitter/flip) comes from a key folded from
-its global index, and its loss is a sum of per-image terms. So an image's trajectory does not
-depend on which group or device it is processed on, which makes resuming exact and lets the
-batch be split freely over devices.
+its global index, and its loss is a sum of per-image terms (no batch statistics). So an
+image's trajectory does not depend on which group or device it is processed on (exactly for
+a resume, which repeats the same computation; up to float rounding across device counts or
+group sizes), and the batch can be split freely over devices.
 """
 from __future__ import annotations
 

@@ -39,7 +39,9 @@ def token_weights(delta_patches: jax.Array, weighting: str = 'delta',
 
   normalization (over the P patches of one image, never over the batch, so an image's weights
   do not depend on the other images it is optimised with):
-    minmax: (m - min) / (max - min)  -- the official code's choice (it used the batch axis)
+    minmax: (m - min) / (max - min)  -- the official code's choice (it used the batch axis);
+            scale-free, so when Δ barely varies over an image (e.g. random weights) the
+            weights and their gradients amplify small differences by 1 / (max - min)
     mean:   m / mean(m)              -- keeps every patch, mean weight 1
     none:   m                        -- raw channel mean of Δ
   weighting 'uniform' (the ablation baseline) gives all ones.
@@ -112,7 +114,7 @@ def patch_features(states: jax.Array, delta: jax.Array, c_mat: jax.Array, *, cls
                    grid_size: tuple[int, int], neighbourhood: int = 5,
                    weighting: str = 'delta', normalization: str = 'minmax',
                    feature: str = 'readout') -> jax.Array:
-  """Patch features f_τ from h_p: (B, P, Di) for 'readout' (C_τ·h_p(τ)), (B, P, Di·N) for 'state'.
+  """Patch features from h_p: 'readout' = C_τ·h_p(τ) (B, P, Di), 'state' = h_p (B, P, Di·N).
 
   'readout' is what the S6 output would be with h_p in place of h (without the D·u skip and
   the SiLU(z) gate), i.e. the per-patch output of the enhanced implicit attention.

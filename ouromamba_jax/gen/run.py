@@ -36,8 +36,9 @@ def run(config, workdir: str) -> generator.GenResult:
   directory = outputs.gen_dir(workdir)
   model, params = checkpoints.load_model(config.model, seed=config.seed)
   logging.info('gen: %d images x %d iterations, %d per step, model %s (checkpoint %r) -> %s',
-               gen_cfg.num_images, gen_cfg.iterations, gen_cfg.images_per_step,
-               config.model.name, config.model.checkpoint, directory)
+               gen_cfg.num_images, gen_cfg.iterations,
+               min(gen_cfg.images_per_step, gen_cfg.num_images), config.model.name,
+               config.model.checkpoint, directory)
   result = generator.generate(model, params, gen_cfg, directory, seed=config.seed)
   outputs.write_synthetic_set(directory, result.images, result.labels, gen_cfg.mean, gen_cfg.std,
                               class_names(config), gen_cfg.grid_columns)

@@ -21,6 +21,19 @@ so `fake_quantize_activation(x) == dequantize_activation(quantize_activation_int
 
 Inputs that are not (B, L, C) (A: (Di, N), D: (Di,)) are treated as a single step holding all
 their elements: one static per-tensor scale, same outlier logic.
+
+Decisions (the paper is silent; official behaviour kept unless noted):
+- sigma is the unbiased std (ActSpec.std_ddof=1, torch.std) over *all* channels of |x_in|,
+  already-zeroed outliers included. A single spike among C channels has z-score at most
+  (C - 1) / sqrt(C), so k = 3 can only fire for C >= 11 and k = 4 (Δ) for C >= 18 (Vim-T's
+  dt_proj input has C = 12).
+- Comparisons are strict (S_D > S_I, |x| > threshold). Padded steps of the last window never
+  trigger. Step sizes are floored at 1e-8 (a learned step may cross 0).
+- Asymmetric grids (Δ): S_D is the inlier range / qmax; outliers use a dynamic per-token range
+  over x ⊙ O *including* its zeros (as the official code quantizes x * mask), so 0 is exact.
+- Gradients (fake form): straight-through round; inlier codes clip with gradient 1 on the
+  closed grid and 0 outside (LSQ); outlier codes pass the gradient everywhere (their dynamic
+  grid is sized to hold them; its step is a constant); the outlier mask has no gradient.
 """
 from __future__ import annotations
 

@@ -69,7 +69,9 @@ def quantized_linear(x, w_codes, w_scale, input_quantizer, smooth, mode: str, dt
     y = _float_dot(x, w_codes.astype(jnp.float32))
     return (y * w_scale).astype(dtype)
 
-  x3, restore = act_lib.as_steps(x, input_quantizer.layout)
+  if input_quantizer.layout != 'steps':
+    raise ValueError("a Linear input quantizer needs layout 'steps' ((B, L, C) or (B, C)).")
+  x3, _ = act_lib.as_steps(x, 'steps')
   spec = input_quantizer.spec
   parts = input_quantizer.parts(x3, ste=(mode == 'fake'))
   if mode == 'int':
@@ -97,7 +99,7 @@ def quantized_linear(x, w_codes, w_scale, input_quantizer, smooth, mode: str, dt
     y = y + acc_out * parts.outlier_scale[..., None]
   elif spec.outliers == 'float':
     y = y + _float_dot(parts.outlier_q, w_codes.astype(jnp.float32))
-  return restore(y * w_scale).astype(dtype)
+  return (y * w_scale).reshape(x.shape[:-1] + (w_scale.shape[0],)).astype(dtype)
 
 
 @struct.dataclass

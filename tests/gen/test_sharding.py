@@ -15,7 +15,10 @@ _SCRIPT = textwrap.dedent('''
 
     model = tiny_model()
     params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params']
-    cfg = tiny_gen_config(num_images=4, images_per_step=4, iterations=3)
+    # 'mean' Δ normalisation: min-max over the nearly equal Δ of a random model amplifies
+    # rounding differences (1 / (max - min)), which would blur this comparison.
+    cfg = tiny_gen_config(num_images=4, images_per_step=4, iterations=3,
+                          delta_normalization='mean')
 
     # The step keeps the image batch (and Adam moments) split over both devices.
     mesh = optimize.data_mesh(0)
@@ -31,13 +34,29 @@ _SCRIPT = textwrap.dedent('''
     assert len(shards) == 2 and {s.data.shape for s in shards} == {(2, 32, 32, 3)}, shards
     assert state.images.sharding.spec == jax.sharding.PartitionSpec('data')
 
-    # Two devices give the same images as one device.
+    # Same per-image losses and pixel gradients as on one device (up to float rounding).
+    def losses_and_grads(x, labels, p):
+      fn = lambda x: objective.per_image_losses(objective.generation_model(model, spec), p, x,
+                                                labels, spec)['total']
+      total, vjp = jax.vjp(fn, x)
+      return total, vjp(jnp.ones_like(total))[0]
+    run = jax.jit(losses_and_grads)
+    x = optimize.initial_images(optimize.image_keys(0, np.arange(4)), (32, 32, 3), 1.0)
+    one_total, one_grad = run(x, jnp.arange(4), params)
+    two_total, two_grad = run(jax.device_put(x, optimize.batch_sharding(mesh)), labels,
+                              jax.device_put(params, optimize.replicated(mesh)))
+    np.testing.assert_allclose(two_total, one_total, rtol=1e-5)
+    scale = float(jnp.abs(one_grad).max())
+    np.testing.assert_allclose(two_grad, one_grad, rtol=1e-3, atol=1e-5 * scale)
+
+    # A whole run on two devices gives the one-device loss curve and images.
     with tempfile.TemporaryDirectory() as d:
       two = generator.generate(model, params, cfg, d + '/two')
-      one = generator.generate(model, params, tiny_gen_config(num_images=4, images_per_step=4,
-                               iterations=3, num_devices=1), d + '/one')
+      cfg.num_devices = 1
+      one = generator.generate(model, params, cfg, d + '/one')
+    np.testing.assert_allclose(two.history[0]['total'], one.history[0]['total'], rtol=1e-4)
     err = float(np.abs(two.images - one.images).max())
-    assert err < 1e-4, err
+    assert err < 1e-3, err
     print('SHARDING_OK', err)
 ''')
 
@@ -49,3 +68,4 @@ def test_two_devices_split_the_batch_and_match_one_device():
                         capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
   assert 'SHARDING_OK' in proc.stdout
+  print(proc.stdout.strip().splitlines()[-1])

@@ -2,7 +2,6 @@
 import json
 import os
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -126,3 +125,18 @@ def test_bad_inputs_rejected(tiny):
     quant.quantize(model, params, images, 'w4a4', method='gptq')
   with pytest.raises(ValueError, match='non-empty NHWC batch'):
     quant.quantize(model, params, images[0], 'w4a4')
+
+
+def test_sites_outside_blocks_get_initial_scales(tiny, apply_fn, rtn_run):
+  """A rule may quantize the head too: its (B, C) input gets one static step (no reconstruction)."""
+  from ouromamba_jax.quant import api, config, rules  # pylint: disable=g-import-not-at-top
+  model, params, images = tiny
+  sites = rules.find_sites(model, params, images[:1])
+  plan = {'head/kernel': config.WeightSpec(8), 'head/input_quantizer': config.ActSpec(bits=8)}
+  qparams = api._quantize_outside_blocks(model, rtn_run[0], images, plan, sites,
+                                         config.CalibSpec(micro_batch=4), 'ouromamba')
+  head = rewrite.quantized_leaves(qparams)
+  assert head['head/input_quantizer'].inlier_scale.shape == (1,)
+  assert isinstance(head['head/kernel'], qtypes.FakeQuantWeight)
+  before, after = apply_fn(rtn_run[0], images), apply_fn(qparams, images)
+  assert 0 < _rel_err(after, before) < 0.02

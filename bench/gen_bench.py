@@ -1,0 +1,161 @@
+"""OuroMamba-Gen speed: image-iterations per second and peak device memory of the jitted step.
+
+  python bench/gen_bench.py --out=gen_bench.json               # GPU: testbed Vim-T 32x32, Vim-S 224
+  python bench/gen_bench.py --smoke --out=/tmp/gen_smoke.json  # tiny model on CPU, a few seconds
+
+For each case it times the full Gen step (L_C + L_O, patched states, Adam; random weights, which
+is fine for speed) and, as a baseline, the L_O-only step (no state hook), and projects the time
+for the paper's 128 images x 1000 iterations. Each case runs in its own subprocess so that
+`peak_bytes_in_use` is that case's peak. Prints a table last; writes all numbers to --out.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+CASES = {
+    # name: (registry name, model overrides)
+    'vim_t_cifar10': ('vim_t_cifar10', {}),
+    'vim_s_224': ('vim_s', {}),
+    'tiny': ('vim_t', dict(img_size=32, patch_size=8, depth=2, d_model=32, num_classes=10)),
+}
+TARGET_SECONDS = {'vim_s_224': 180.0}  # 128 images x 1000 iterations
+
+_CASES = flags.DEFINE_list('cases', ['vim_t_cifar10', 'vim_s_224'], f'cases to run: {list(CASES)}')
+_CASE = flags.DEFINE_string('case', None, 'internal: run this one case in this process')
+_SMOKE = flags.DEFINE_bool('smoke', False, 'tiny model, 4 images, 3 timed steps (CPU check)')
+_IMAGES = flags.DEFINE_integer('images_per_step', 32, 'images per step')
+_STEPS = flags.DEFINE_integer('steps', 10, 'timed steps (after one compile step)')
+_DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'model compute dtype')
+_REMAT = flags.DEFINE_bool('remat', True, 'rematerialise blocks in the backward pass')
+_SCAN = flags.DEFINE_string('scan', '', "scan implementation ('' = platform default)")
+_NEIGHBOURHOOD = flags.DEFINE_integer('neighbourhood', 5, 'p of the p x p window')
+_BASELINE = flags.DEFINE_bool('baseline', True, 'also time the L_O-only step (no state hook)')
+_OUT = flags.DEFINE_string('out', None, 'JSON file for the results')
+
+
+def _time_step(model, params, gen_cfg, images_per_step: int, steps: int) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from ouromamba_jax.gen import objective, optimize  # pylint: disable=g-import-not-at-top
+
+  spec = objective.LossSpec.from_config(gen_cfg)
+  spec.validate(model)
+  mesh = optimize.data_mesh(0)
+  optimizer = optimize.build_optimizer(gen_cfg)
+  gen_model = objective.generation_model(model, spec, gen_cfg.remat, gen_cfg.scan_implementation)
+  step = optimize.make_step(gen_model, spec, optimizer, gen_cfg)
+  keys = jax.device_put(optimize.image_keys(0, np.arange(images_per_step)),
+                        optimize.batch_sharding(mesh))
+  labels = jax.device_put(jnp.arange(images_per_step) % model.num_classes,
+                          optimize.batch_sharding(mesh))
+  images = optimize.initial_images(keys, (model.img_size, model.img_size, model.in_chans), 1.0)
+  state = optimize.shard_batch_tree(optimize.GroupState(images, optimizer.init(images)), mesh,
+                                    images_per_step)
+  params = jax.device_put(params, optimize.replicated(mesh))
+  start = time.perf_counter()
+  state, metrics = step(params, state, labels, keys, 0)
+  jax.block_until_ready(metrics)
+  compile_s = time.perf_counter() - start
+  start = time.perf_counter()
+  for t in range(steps):
+    state, metrics = step(params, state, labels, keys, t + 1)
+  jax.block_until_ready((state, metrics))
+  step_s = (time.perf_counter() - start) / steps
+  if not bool(metrics['loss_finite']):
+    raise FloatingPointError('the benchmark step produced a non-finite loss')
+  rate = images_per_step / step_s
+  return {'compile_s': compile_s, 'step_ms': 1e3 * step_s, 'img_it_per_s': rate,
+          'projected_128x1000_s': 128 * 1000 / rate}
+
+
+def run_case(name: str) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  from configs import common  # pylint: disable=g-import-not-at-top
+  from ouromamba_jax import checkpoints  # pylint: disable=g-import-not-at-top
+
+  variant, overrides = CASES[name]
+  model_cfg = common.model_config(variant, **overrides)
+  model_cfg.dtype = _DTYPE.value
+  model_cfg.scan_implementation = _SCAN.value
+  model, params = checkpoints.load_model(model_cfg)
+  images_per_step, steps = _IMAGES.value, _STEPS.value
+  if _SMOKE.value:
+    images_per_step, steps = 4, 3
+  gen_cfg = common.gen_config()
+  gen_cfg.remat = _REMAT.value
+  gen_cfg.neighbourhood = _NEIGHBOURHOOD.value
+  gen_cfg.num_positives = min(gen_cfg.num_positives, model.num_patches - 2)
+  result = {'case': name, 'device': str(jax.devices()[0].device_kind),
+            'num_devices': jax.device_count(), 'images_per_step': images_per_step,
+            'dtype': _DTYPE.value, 'remat': _REMAT.value, 'scan': _SCAN.value or 'default',
+            'neighbourhood': _NEIGHBOURHOOD.value}
+  result['gen'] = _time_step(model, params, gen_cfg, images_per_step, steps)
+  stats = jax.local_devices()[0].memory_stats() or {}
+  result['peak_gib'] = stats['peak_bytes_in_use'] / 2**30 if 'peak_bytes_in_use' in stats else None
+  if _BASELINE.value:
+    gen_cfg.contrastive_weight = 0.0
+    result['output_loss_only'] = _time_step(model, params, gen_cfg, images_per_step, steps)
+  if name in TARGET_SECONDS:
+    result['target_s'] = TARGET_SECONDS[name]
+    result['meets_target'] = result['gen']['projected_128x1000_s'] <= TARGET_SECONDS[name]
+  return result
+
+
+def _table(results: list[dict]) -> str:
+  head = (f'{"case":<14}{"imgs/step":>10}{"step ms":>10}{"img-it/s":>10}{"128x1000 s":>12}'
+          f'{"peak GiB":>10}{"compile s":>11}{"L_O-only img-it/s":>19}')
+  rows = [head, '-' * len(head)]
+  for r in results:
+    if 'error' in r:
+      rows.append(f'{r["case"]:<14}  FAILED: {r["error"][-200:]}')
+      continue
+    g = r['gen']
+    peak = f'{r["peak_gib"]:.2f}' if r['peak_gib'] is not None else 'n/a'
+    base = f'{r["output_loss_only"]["img_it_per_s"]:.1f}' if 'output_loss_only' in r else '-'
+    rows.append(f'{r["case"]:<14}{r["images_per_step"]:>10}{g["step_ms"]:>10.1f}'
+                f'{g["img_it_per_s"]:>10.1f}{g["projected_128x1000_s"]:>12.1f}{peak:>10}'
+                f'{g["compile_s"]:>11.1f}{base:>19}')
+  return '\n'.join(rows)
+
+
+def main(argv):
+  del argv
+  if _CASE.value:
+    print('RESULT ' + json.dumps(run_case(_CASE.value)), flush=True)
+    return
+  cases = ['tiny'] if _SMOKE.value else _CASES.value
+  unknown = [c for c in cases if c not in CASES]
+  if unknown:
+    raise app.UsageError(f'unknown cases {unknown}; choose from {list(CASES)}')
+  passthrough = [a for a in sys.argv[1:] if not a.startswith(('--cases', '--out'))]
+  results = []
+  for name in cases:
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), f'--case={name}'] +
+                          passthrough, capture_output=True, text=True)
+    lines = [l for l in proc.stdout.splitlines() if l.startswith('RESULT ')]
+    if proc.returncode or not lines:
+      results.append({'case': name, 'error': proc.stderr[-2000:]})
+      print(proc.stderr[-4000:], file=sys.stderr)
+    else:
+      results.append(json.loads(lines[-1][len('RESULT '):]))
+  if _OUT.value:
+    os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
+    with open(_OUT.value, 'w') as f:
+      json.dump({'results': results}, f, indent=1)
+  print(_table(results))
+  if any('error' in r for r in results):
+    sys.exit(1)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,71 @@
+"""Mode `generate` end to end on a tiny random model, and the quality check."""
+import json
+import os
+
+import jax
+import numpy as np
+from PIL import Image
+
+from configs import common
+from ouromamba_jax.gen import outputs
+from ouromamba_jax.gen import quality
+from ouromamba_jax.gen import run as gen_run
+from tests.gen.conftest import tiny_gen_config
+
+
+def _config():
+  c = common.base_config()
+  c.mode = 'generate'
+  c.model = common.model_config('vim_t', img_size=32, patch_size=8, depth=2, d_model=32,
+                                num_classes=10)
+  c.data = common.data_config('cifar10')
+  c.gen = tiny_gen_config(num_images=4, images_per_step=4, iterations=3, grid_columns=2,
+                          mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616))
+  return c
+
+
+def test_generate_mode_writes_the_synthetic_set(tmp_path):
+  config = _config()
+  result = gen_run.run(config, str(tmp_path))
+  directory = outputs.gen_dir(str(tmp_path))
+
+  images, labels = outputs.load_synthetic(outputs.synthetic_path(str(tmp_path)))
+  np.testing.assert_array_equal(images, result.images)
+  np.testing.assert_array_equal(labels, result.labels)
+  with np.load(outputs.synthetic_path(str(tmp_path))) as data:
+    np.testing.assert_allclose(data['mean'], config.gen.mean)
+
+  grid = Image.open(os.path.join(directory, outputs.GRID_FILE))
+  assert grid.mode == 'RGB' and grid.size[0] > 2 * 64 and grid.size[1] > 2 * 64
+
+  with open(os.path.join(directory, outputs.LOSSES_FILE)) as f:
+    curves = json.load(f)
+  assert curves['metrics'] == ['total', 'contrastive', 'pse', 'output']
+  assert len(curves['groups']) == 1 and len(curves['groups'][0]['total']) == 3
+
+  with open(os.path.join(directory, outputs.QUALITY_FILE)) as f:
+    report = json.load(f)
+  assert set(report) == {'synthetic_top1_agreement', 'synthetic_mean_target_prob',
+                         'noise_top1_agreement', 'noise_mean_target_prob'}
+  assert all(0.0 <= v <= 1.0 for v in report.values())
+  assert not [n for n in os.listdir(directory) if '.tmp-' in n]  # atomic writes left no tmp
+
+
+def test_quality_report_measures_agreement_with_the_targets(tiny):
+  model, params = tiny
+  images = np.asarray(jax.random.normal(jax.random.key(0), (6, 32, 32, 3)))
+  predicted = quality.predict(model, params, images, batch_size=4).argmax(-1)
+  report = dict(quality.quality_report(model, params, images, predicted))
+  assert report['synthetic_top1_agreement'] == 1.0
+  wrong = dict(quality.quality_report(model, params, images, (predicted + 1) % 10))
+  assert wrong['synthetic_top1_agreement'] == 0.0
+  assert 0.0 <= report['noise_top1_agreement'] <= 1.0
+
+
+def test_denormalize_and_grid_labels():
+  mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+  pixels = outputs.denormalize(np.array([[[[-2.0, 0.0, 2.0]]]]), mean, std)
+  np.testing.assert_array_equal(pixels, [[[[0, 128, 255]]]])
+  grid = outputs.label_grid(np.zeros((3, 8, 8, 3), np.uint8), np.array([0, 1, 2]),
+                            ('cat', 'dog'), columns=2)
+  assert grid.size == (2 * (64 + 2) + 2, 2 * (64 + 12 + 2) + 2)
