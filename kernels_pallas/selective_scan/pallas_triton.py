@@ -35,7 +35,7 @@ Design, aimed at the H100 (what the compiled code looks like, and what to measur
     read the same B_t/C_t rows, which then come from L2.
 
 Differentiation: `jax.custom_vjp` whose backward is the VJP of the XLA reference
-(`reference.selective_scan_xla`, associative scan), so gradients for u, delta, A, B, C, D, z
+(`reference.selective_scan_xla`, sequential form), so gradients for u, delta, A, B, C, D, z
 and delta_bias are the reference's.
 """
 from __future__ import annotations
@@ -307,10 +307,11 @@ def _selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, rev
 
 
 def _selective_scan_bwd(delta_softplus, reverse, interpret, block_config, primals, y_bar):
-  """Backward through the XLA reference (associative scan) at the saved inputs."""
+  """Backward through the sequential XLA reference at the saved inputs (it keeps no
+  (B, L, D, N) intermediates beyond the per-step states, so it is the cheaper VJP)."""
   del interpret, block_config
   ref = functools.partial(reference.selective_scan_xla, delta_softplus=delta_softplus,
-                          reverse=reverse)
+                          reverse=reverse, sequential=True)
   _, vjp = jax.vjp(ref, *primals)
   return vjp(y_bar)
 

@@ -6,8 +6,9 @@ Layout is time-major per sample: u, delta, z are (B, L, D); B, C are (B, L, N); 
     h_t   = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t   (state (D, N), fp32)
     y_t   = C_t . h_t + D * u_t ;  out = y * SiLU(z)
 
-Two XLA forms: `sequential` (a `lax.scan`, the ground truth) and `associative`
-(`lax.associative_scan`, parallel over time). The associative form materialises
+Two XLA forms: `sequential` (a `lax.scan` that keeps only the running state; the ground
+truth, and the fastest to train with) and `associative` (`lax.associative_scan`, parallel
+over time). The associative form materialises
 (B, L, D, N) fp32 intermediates: 4*B*L*D*N bytes each, a few of them live at once. It is
 chunked over channels once that exceeds `max_intermediate_bytes` (the recurrence is
 independent per channel, so chunking is exact).
@@ -54,23 +55,48 @@ def _states_associative(dA, dBu, reverse):
   return h
 
 
-def _states_sequential(dA, dBu, reverse):
-  def step(h, inputs):
-    a, b = inputs
-    h = a * h + b
-    return h, h
+def _scan_sequential(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus, reverse,
+                     return_states):
+  """`lax.scan` with discretisation and readout inside the step.
 
-  h0 = jnp.zeros(dA.shape[:1] + dA.shape[2:], jnp.float32)
-  _, hs = jax.lax.scan(step, h0, (jnp.moveaxis(dA, 1, 0), jnp.moveaxis(dBu, 1, 0)),
-                       reverse=reverse)
-  return jnp.moveaxis(hs, 0, 1)
+  Only the (B, D, N) state is live per step, so no (B, L, D, N) tensor is built (unless the
+  states are asked for); the step is rematerialised in the backward pass, which then keeps
+  just the per-step states. This is the training path: several times less HBM traffic than
+  the associative form, whose log-depth passes each rewrite the full (B, L, D, N) tensors.
+  """
+  f32 = jnp.float32
+  delta = delta.astype(f32)
+  if delta_bias is not None:
+    delta = delta + delta_bias.astype(f32)
+  if delta_softplus:
+    delta = jax.nn.softplus(delta)
+  A32 = A.astype(f32)
+
+  @jax.checkpoint
+  def step(h, inputs):
+    d_t, u_t, b_t, c_t = inputs  # (B, D), (B, D), (B, N), (B, N)
+    h = jnp.exp(d_t[..., None] * A32) * h + (d_t * u_t)[..., None] * b_t[:, None, :]
+    y_t = jnp.sum(h * c_t[:, None, :], axis=-1)
+    return h, ((y_t, h) if return_states else y_t)
+
+  time_major = lambda x: jnp.moveaxis(x.astype(f32), 1, 0)
+  h0 = jnp.zeros((u.shape[0], u.shape[2], A.shape[-1]), f32)
+  _, out = jax.lax.scan(step, h0, (time_major(delta), time_major(u), time_major(B),
+                                   time_major(C)), reverse=reverse)
+  y, hs = out if return_states else (out, None)
+  y = jnp.moveaxis(y, 0, 1)
+  if D is not None:
+    y = y + u.astype(f32) * D.astype(f32)
+  if z is not None:
+    y = y * jax.nn.silu(z.astype(f32))
+  y = y.astype(u.dtype)
+  return (y, jnp.moveaxis(hs, 0, 1)) if return_states else y
 
 
 def _scan_once(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus, reverse,
-               return_states, sequential):
+               return_states):
   delta, dA, dBu = discretize(u, delta, A, B, delta_bias, delta_softplus)
-  states_fn = _states_sequential if sequential else _states_associative
-  h = states_fn(dA, dBu, reverse)
+  h = _states_associative(dA, dBu, reverse)
   y = readout(h, u, C, D, z, u.dtype)
   return (y, h) if return_states else y
 
@@ -89,8 +115,9 @@ def selective_scan_xla(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                        sequential=False,
                        max_intermediate_bytes=DEFAULT_MAX_INTERMEDIATE_BYTES):
   """Selective scan in plain XLA. Returns y (B, L, D) [, states (B, L, D, N) fp32]."""
-  kw = dict(delta_softplus=delta_softplus, reverse=reverse, return_states=return_states,
-            sequential=sequential)
+  kw = dict(delta_softplus=delta_softplus, reverse=reverse, return_states=return_states)
+  if sequential:
+    return _scan_sequential(u, delta, A, B, C, D, z, delta_bias, **kw)
   batch, length, channels = u.shape
   n_chunks = 1 if return_states else _channel_chunks(
       batch, length, channels, A.shape[-1], max_intermediate_bytes)

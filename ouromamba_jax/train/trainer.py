@@ -21,6 +21,7 @@ import orbax.checkpoint as ocp
 
 from ouromamba_jax import checkpoints
 from ouromamba_jax.data import cifar10
+from ouromamba_jax.io import export_safetensors
 from ouromamba_jax.train import augment
 
 DATASETS = {'cifar10': cifar10}
@@ -212,6 +213,8 @@ def train(config, workdir: str) -> dict[str, Any]:
     result['test_top1'] = evaluate_accuracy(eval_fn, state['params'], test_images, test_labels,
                                             config.data.eval_batch_size)
   save_params_npz(state['params'], os.path.join(workdir, 'params.npz'))
+  # The shippable form: hustvl names, bf16 storage (half the bytes; compute stays fp32).
+  export_safetensors(state['params'], os.path.join(workdir, 'model.safetensors'), jnp.bfloat16)
   logging.info('train result: %s', result)
   with open(os.path.join(workdir, 'train_result.json.tmp'), 'w') as f:
     json.dump(result, f, indent=2)
