@@ -23,6 +23,7 @@ _WORKDIR = flags.DEFINE_string(
 MODES = {
     'train': 'ouromamba_jax.train.trainer:run',
     'evaluate': 'ouromamba_jax.evaluate:run',
+  'convert': 'ouromamba_jax.convert:run',
     'generate': 'ouromamba_jax.gen.run:run',
     'quantize': 'ouromamba_jax.quant.run:run',
     'pipeline': 'ouromamba_jax.pipeline:run',

@@ -37,7 +37,7 @@ def data_config(name: str) -> mlc.ConfigDict:
 
 def base_config() -> mlc.ConfigDict:
   c = mlc.ConfigDict()
-  c.mode = 'pipeline'                # train | evaluate | generate | quantize | pipeline
+  c.mode = 'pipeline'                # train | evaluate | convert | generate | quantize | pipeline
   c.workdir = 'workdir/default'
   c.seed = 0
   return c
@@ -62,8 +62,6 @@ def train_config() -> mlc.ConfigDict:
   c.log_every_steps = 50
   c.checkpoint_every_steps = 500
   c.keep_checkpoints = 2
-  c.start_step = 0                   # > 0: continue a run from model.checkpoint at this step (fresh optimizer)
-  c.rewarmup_steps = 100             # lr ramp after such a restart
   c.max_seconds = 0.0                # > 0: stop (with a checkpoint) after this long; rerun to resume
   return c
 
@@ -117,4 +115,37 @@ def gen_config() -> mlc.ConfigDict:
   c.checkpoint_every = 100           # Orbax checkpoint of the group in progress (0 = only finished groups)
   c.keep_checkpoints = 2
   c.quality_check = True             # FP top-1 agreement with the targets, synthetic vs noise
+  return c
+
+
+def eval_config() -> mlc.ConfigDict:
+  """Mode `evaluate` (top-1/top-5 on config.data's evaluation split, written to eval.json)."""
+  c = mlc.ConfigDict()
+  c.quantized_checkpoint = ''        # a save_quantized folder (WORKDIR/quantized); '' = the FP model
+  c.quantized_mode = ''              # '' = as saved | fake | int (same logits; int runs integer dots)
+  c.allow_random_init = False        # model.checkpoint '' evaluates random weights only when True
+  return c
+
+
+def convert_config() -> mlc.ConfigDict:
+  """Mode `convert`: a hustvl .pth -> .safetensors, checked strictly against config.model."""
+  c = mlc.ConfigDict()
+  c.input = ''                       # .pth path; '' = model.checkpoint; 'random' = seeded random init
+  c.output = ''                      # .safetensors path; '' = WORKDIR/<input name>.safetensors
+  c.dtype = ''                       # '' = the checkpoint's own | float32 | bfloat16
+  return c
+
+
+# hustvl ImageNet models (vim_t/s/b at 224) share everything but the name; where to get the
+# official weights is ouromamba_jax.convert.HUSTVL_CHECKPOINTS.
+def hustvl_imagenet_config(model_name: str) -> mlc.ConfigDict:
+  c = base_config()
+  c.workdir = f'workdir/{model_name}'
+  c.model = model_config(model_name)
+  c.data = data_config('imagenet')
+  c.data.data_dir = '../shared/data/imagenet_val_300'
+  c.data.eval_batch_size = 64
+  c.eval = eval_config()
+  c.convert = convert_config()
+  c.gen = gen_config()
   return c

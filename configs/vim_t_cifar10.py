@@ -19,6 +19,8 @@ def get_config():
   c.data = common.data_config('cifar10')
   c.data.data_dir = '../shared/data/cifar10'
   c.train = common.train_config()
+  c.eval = common.eval_config()
+  c.convert = common.convert_config()
   c.gen = common.gen_config()
   c.gen.num_images = 8               # demo size (see the docstring for the paper size)
   c.gen.iterations = 16

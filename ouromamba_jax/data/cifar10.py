@@ -13,6 +13,7 @@ import numpy as np
 
 from ouromamba_jax.data import archives
 from ouromamba_jax.data import image_folder
+from ouromamba_jax.data import pipeline
 
 CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship',
            'truck')
@@ -26,7 +27,7 @@ class Split(NamedTuple):
   labels: np.ndarray  # (N,) int32
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(pipeline.DataNotFoundError):
   pass
 
 
@@ -74,3 +75,14 @@ def load(split: str, data_dir: str = '', cache_dir: str = '', use_tfds: bool = T
       f'and {folder or "<data_dir>/" + split + "/"}{tfds_error}. Put {split}.tar.gz (layout '
       f'{split}/<class>/<image>.jpg) in a folder and set --config.data.data_dir=FOLDER, or install '
       'the tfds extra on an online machine.')
+
+
+def eval_source(data_cfg, img_size: int) -> pipeline.EvalSource:
+  """The test split for `evaluate` (CIFAR-10 is evaluated at its native 32x32, no resize)."""
+  if img_size != 32:
+    raise ValueError(f'CIFAR-10 images are 32x32 but the model expects {img_size}x{img_size}; '
+                     'evaluate a 32x32 model (e.g. configs/vim_t_cifar10.py) on CIFAR-10.')
+  split = load('test', data_cfg.data_dir, data_cfg.cache_dir, data_cfg.use_tfds)
+  images = split.images
+  return pipeline.EvalSource('cifar10:test', split.labels, lambda i: images[i], 32, MEAN, STD,
+                             num_classes=len(CLASSES))

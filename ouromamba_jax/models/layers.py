@@ -6,13 +6,14 @@ their params with `get_variable` (not `param`) outside init, so such a rewritten
 accepted as is, and dispatch on what they were given:
 
 - a float kernel -> a plain dot;
-- any other kernel object -> `kernel.linear(x, input_quantizer, dtype)` (fake-quant or
-  real-integer path, defined by `ouromamba_jax.quant`);
+- any other kernel object -> `kernel.linear(x, input_quantizer, dtype, implementation=...)`
+  (fake-quant or real-integer path, defined by `ouromamba_jax.quant`; `implementation` is the
+  `quant_implementation` field: 'xla' | 'triton' | None, the kernels of the integer path);
 - an activation-site quantizer -> `quantizer(x)`.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -55,6 +56,7 @@ class Linear(nn.Module):
   dtype: Any = jnp.float32
   kernel_init: Any = nn.initializers.lecun_normal()
   bias_init: Any = nn.initializers.zeros
+  quant_implementation: Optional[str] = None  # integer-mode kernels: 'xla' | 'triton' | None
 
   @nn.compact
   def __call__(self, x):
@@ -65,7 +67,8 @@ class Linear(nn.Module):
         x = input_quantizer(x)
       y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
     else:
-      y = kernel.linear(x, input_quantizer, self.dtype)
+      y = kernel.linear(x, input_quantizer, self.dtype,
+                        implementation=self.quant_implementation)
     if self.use_bias:
       bias = read_param(self, 'bias', self.bias_init, (self.features,))
       y = y + bias.astype(y.dtype)

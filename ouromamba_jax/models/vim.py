@@ -68,6 +68,7 @@ class BiMambaV2Mixer(nn.Module):
   dtype: Any = jnp.float32
   scan_implementation: Optional[str] = None
   state_feature_fn: Optional[StateFeatureFn] = None
+  quant_implementation: Optional[str] = None
 
   @nn.compact
   def __call__(self, hidden):
@@ -75,7 +76,7 @@ class BiMambaV2Mixer(nn.Module):
     dt_rank = self.dt_rank or math.ceil(self.d_model / 16)
     std = 0.02
     linear = lambda features, name, **kw: layers.Linear(
-        features, dtype=self.dtype, name=name,
+        features, dtype=self.dtype, name=name, quant_implementation=self.quant_implementation,
         kernel_init=kw.pop('kernel_init', nn.initializers.truncated_normal(std)), **kw)
 
     xz = linear(2 * d_inner, 'in_proj')(hidden)
@@ -177,6 +178,9 @@ class VisionMamba(nn.Module):
   scan_implementation: Optional[str] = None
   remat: bool = False
   state_feature_fn: Optional[StateFeatureFn] = None
+  # Kernels of quantized Linears in integer mode (act_quant + mixed_gemm): 'xla' | 'triton' |
+  # None (Triton on GPU, XLA elsewhere). Float and fake-quant params ignore it.
+  quant_implementation: Optional[str] = None
 
   @property
   def grid_size(self) -> tuple[int, int]:
@@ -198,7 +202,8 @@ class VisionMamba(nn.Module):
   def mixer_factory(self):
     return lambda name: BiMambaV2Mixer(
         self.d_model, self.d_state, self.d_conv, self.expand, self.dt_rank, self.depth,
-        self.dtype, self.scan_implementation, self.state_feature_fn, name=name)
+        self.dtype, self.scan_implementation, self.state_feature_fn,
+        quant_implementation=self.quant_implementation, name=name)
 
   def setup(self):
     # Defined here, not inline, so that `embed` also runs on its own
@@ -232,5 +237,6 @@ class VisionMamba(nn.Module):
     final = layers.RMSNorm(self.eps, name='norm_f')(residual + hidden.astype(jnp.float32))
     feature = final[:, self.cls_index]
     head = layers.Linear(self.num_classes, use_bias=True, dtype=jnp.float32, name='head',
-                         kernel_init=nn.initializers.truncated_normal(0.02))
+                         kernel_init=nn.initializers.truncated_normal(0.02),
+                         quant_implementation=self.quant_implementation)
     return head(feature)

@@ -4,8 +4,11 @@
 - `FakeQuantWeight`: a Linear kernel during calibration (float weight + learnable step).
 - `QuantizedWeight`: the final kernel (integer codes, int4 packed two per byte, + steps).
 
-Weights expose `.linear(x, input_quantizer, dtype)` for `models.layers.Linear`. The product
-is computed the way an integer kernel does it:
+Weights expose `.linear(x, input_quantizer, dtype, implementation=None)` for
+`models.layers.Linear`. A `QuantizedWeight` in mode 'int' runs the Pallas kernels' public APIs
+(`quant.int_linear`: act_quant + mixed_gemm, `implementation` 'xla' | 'triton'); the Linears
+they do not cover (asymmetric inputs, > 8 bits) and mode 'fake' use `quantized_linear`, which
+computes the product the way an integer kernel does it:
 
   y = (dot(q_in - z, W_q) * S_I[t] + dot(q_out - z_o, W_q) * S_o[b, t]) * s_w[o]
 
@@ -149,7 +152,8 @@ class FakeQuantWeight:
       return self.weight.astype(jnp.float32)
     return self.weight.astype(jnp.float32) * jnp.maximum(self.smooth, MIN_SMOOTH)[:, None]
 
-  def linear(self, x, input_quantizer, dtype):
+  def linear(self, x, input_quantizer, dtype, implementation: Optional[str] = None):
+    del implementation  # the calibration form always runs the float simulation
     codes = w_lib.weight_codes(self.smoothed_weight(), self.scale, self.bits, ste=True)
     return quantized_linear(x, codes, self.scale, input_quantizer, self.smooth, 'fake', dtype)
 
@@ -184,7 +188,14 @@ class QuantizedWeight:
     """The float kernel this represents (before smoothing is undone)."""
     return self.codes().astype(jnp.float32) * self.scale[None, :]
 
-  def linear(self, x, input_quantizer, dtype):
+  def linear(self, x, input_quantizer, dtype, implementation: Optional[str] = None):
+    """Mode 'int' runs the integer kernels (act_quant + mixed_gemm, `quant.int_linear`) with
+    `implementation` ('xla' | 'triton' | None: platform default) where they cover the Linear,
+    else the XLA integer dots below; mode 'fake' the float simulation."""
+    if self.mode == 'int':
+      from ouromamba_jax.quant import int_linear  # pylint: disable=g-import-not-at-top
+      if int_linear.unsupported_reason(self, input_quantizer) is None:
+        return int_linear.linear(self, x, input_quantizer, dtype, implementation)
     return quantized_linear(x, self.codes(), self.scale, input_quantizer, self.smooth, self.mode,
                             dtype)
 

@@ -28,18 +28,11 @@ DATASETS = {'cifar10': cifar10}
 
 
 def make_optimizer(tcfg, steps_per_epoch: int):
-  """AdamW with warmup + cosine. With `start_step` > 0 (continuing from saved weights whose
-  optimizer state was lost) the schedule resumes at that step, ramped over `rewarmup_steps`
-  so fresh Adam moments do not take full-size steps at once."""
+  """AdamW with linear warmup + cosine decay; no weight decay on norms, biases, A, D, tokens."""
   total = tcfg.epochs * steps_per_epoch
   warmup = min(int(tcfg.warmup_epochs * steps_per_epoch), max(total - 1, 0))
-  base = optax.warmup_cosine_decay_schedule(
+  schedule = optax.warmup_cosine_decay_schedule(
       0.0, tcfg.learning_rate, warmup, max(total, warmup + 1), tcfg.learning_rate * tcfg.final_lr_ratio)
-  start, rewarm = tcfg.start_step, max(tcfg.rewarmup_steps, 1)
-
-  def schedule(count):  # `count` is the optimizer's own step counter
-    ramp = jnp.minimum(1.0, (count + 1) / rewarm) if start else 1.0
-    return base(count + start) * ramp
 
   def decay_mask(params):  # no weight decay on norms, biases, A_log, D, embeddings
     return jax.tree_util.tree_map_with_path(
@@ -74,7 +67,7 @@ def make_train_step(model, optimizer, tcfg, mean, std):
     updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
     new_state = {'params': params, 'opt_state': opt_state, 'step': state['step'] + 1}
-    return new_state, {'loss': loss, 'accuracy': acc, 'grad_norm': optax.global_norm(grads)}
+    return new_state, {'loss': loss, 'accuracy': acc, 'grad_norm': optax.tree.norm(grads)}
 
   return jax.jit(step, donate_argnums=(0,))
 
@@ -147,7 +140,7 @@ def train(config, workdir: str) -> dict[str, Any]:
     params = checkpoints.random_params(model, config.seed)
   optimizer, schedule = make_optimizer(tcfg, steps_per_epoch)
   state = {'params': params, 'opt_state': optimizer.init(params),
-           'step': jnp.asarray(tcfg.start_step, jnp.int32)}
+           'step': jnp.zeros((), jnp.int32)}
 
   manager = _checkpoint_manager(os.path.join(workdir, 'train_checkpoints'), tcfg.keep_checkpoints)
   if manager.latest_step() is not None:
@@ -187,8 +180,8 @@ def train(config, workdir: str) -> dict[str, Any]:
       eta = (total_steps - step) / max(rate, 1e-9)
       logging.info('step %d/%d epoch %.2f loss %.4f acc %.3f lr %.2e | %.1f steps/s, ETA %.0fs',
                    step, total_steps, step / steps_per_epoch, m['loss'], m['accuracy'],
-                   float(schedule(step - tcfg.start_step)), rate, eta)
-      _append_jsonl(log_path, {'step': step, **m, 'lr': float(schedule(step - tcfg.start_step)),
+                   float(schedule(step)), rate, eta)
+      _append_jsonl(log_path, {'step': step, **m, 'lr': float(schedule(step)),
                                'elapsed_s': now - t0})
       last_log = now
     end_of_epoch = step % steps_per_epoch == 0

@@ -1,0 +1,92 @@
+"""`main.py` mode `convert`: a hustvl `.pth` checkpoint -> `.safetensors` (hustvl key names).
+
+The checkpoint is loaded strictly into the model of `config.model` first, so a file that does
+not fit the architecture fails here, with every bad key listed, not later in a run. Reading a
+`.pth` never executes pickled code (ouromamba_jax.io.pth), and the output is a format that
+cannot carry code at all. `convert.input='random'` writes seeded random-init weights instead:
+a stand-in checkpoint for smoke runs of the full-size models.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from absl import logging
+import jax
+
+from ouromamba_jax import checkpoints
+from ouromamba_jax.io import hustvl_keys
+
+RANDOM = 'random'
+# model name -> (Hugging Face repo, file): the official ImageNet checkpoints of these models.
+HUSTVL_CHECKPOINTS = {
+    'vim_t': ('hustvl/Vim-tiny-midclstok', 'vim_t_midclstok_76p1acc.pth'),
+    'vim_s': ('hustvl/Vim-small-midclstok', 'vim_s_midclstok_80p5acc.pth'),
+    'vim_b': ('hustvl/Vim-base-midclstok', 'vim_b_midclstok_81p9acc.pth'),
+}
+
+
+def missing_checkpoint_message(model_name: str) -> str:
+  """What to download and which flag to set when config.model.checkpoint is empty."""
+  if model_name in HUSTVL_CHECKPOINTS:
+    repo, filename = HUSTVL_CHECKPOINTS[model_name]
+    return (f'model {model_name!r} has no checkpoint: download {filename} from '
+            f'https://huggingface.co/{repo} and pass '
+            f'--config.model.checkpoint=/path/to/{filename}.')
+  if model_name in checkpoints.BUNDLED:
+    return (f'model {model_name!r} has no checkpoint: pass --config.model.checkpoint=bundled for '
+            'the shipped weights, or a .pth/.safetensors path (train one with --config.mode=train).')
+  return (f'model {model_name!r} has no checkpoint: pass --config.model.checkpoint=PATH to a '
+          'hustvl .pth or a .safetensors file.')
+
+
+def _output_path(ccfg, source: str, workdir: str, model_name: str) -> str:
+  if ccfg.output:
+    out = ccfg.output
+  elif source == RANDOM:
+    out = os.path.join(workdir, f'{model_name}_random.safetensors')
+  else:
+    out = os.path.join(workdir, os.path.splitext(os.path.basename(source))[0] + '.safetensors')
+  if not out.endswith('.safetensors'):
+    raise ValueError(f'convert.output={out!r} must end in .safetensors')
+  if os.path.abspath(out) == os.path.abspath(source):
+    raise ValueError(f'convert.output equals convert.input ({out}); choose another output path.')
+  return out
+
+
+def convert(config, workdir: str) -> dict[str, Any]:
+  """Writes the safetensors file; returns {'input', 'output', 'tensors', 'dtype'}."""
+  ccfg = config.convert
+  if ccfg.dtype not in ('', *checkpoints.DTYPES):
+    raise ValueError(f'convert.dtype must be "" (keep the source dtype) or one of '
+                     f'{sorted(checkpoints.DTYPES)}, got {ccfg.dtype!r}')
+  source = ccfg.input or config.model.checkpoint
+  if source == 'bundled':
+    source = checkpoints.checkpoint_path(config.model)
+  if not source:
+    raise ValueError(missing_checkpoint_message(config.model.name) +
+                     f' (Or --config.convert.input={RANDOM} for random-init weights.)')
+  if source != RANDOM and not os.path.isfile(source):
+    raise FileNotFoundError(f'convert.input {source!r} does not exist; pass '
+                            '--config.convert.input=PATH to a hustvl .pth file.')
+  output = _output_path(ccfg, source, workdir, config.model.name)
+  model = checkpoints.model_from_config(config.model)
+  if source == RANDOM:
+    params = checkpoints.random_params(model, config.seed)
+    dtype = ccfg.dtype or 'float32'
+  else:
+    state_dict = hustvl_keys.read_state_dict(source)
+    params = hustvl_keys.params_from_state_dict(  # strict: every bad key in one error
+        state_dict, hustvl_keys.model_param_shapes(model), source=source,
+        model_name=f'config.model {config.model.name!r}')
+    # '' keeps the checkpoint's own dtype, so an fp16/bf16 file stays that size.
+    dtypes = {str(v.dtype) for v in state_dict.values()}
+    dtype = ccfg.dtype or (dtypes.pop() if len(dtypes) == 1 else 'float32')
+  hustvl_keys.export_safetensors(params, output, dtype=None if dtype == 'float32' else dtype)
+  count = len(jax.tree_util.tree_leaves(params))
+  logging.info('[convert] %s -> %s (%d tensors, %s)', source, output, count, dtype)
+  return {'input': source, 'output': output, 'tensors': count, 'dtype': dtype}
+
+
+def run(config, workdir: str) -> dict[str, Any]:
+  return convert(config, workdir)

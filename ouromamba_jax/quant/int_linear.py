@@ -1,0 +1,151 @@
+"""The real-integer Linear: a `QuantizedWeight` in mode 'int' runs the Pallas kernels' public APIs.
+
+    x --(1/smooth)--> kernels_pallas.act_quant   -> inlier codes (int4 packed / int8), per-step
+                                                    S_I(t), int8 outlier codes, per-token s_o
+                  --> kernels_pallas.mixed_gemm  -> w_s[o] * (S_I[t] * xin @ W + s_o[b, t] * xout @ W)
+
+`implementation` ('xla' | 'triton' | None) picks the implementation of both kernels: 'xla' is
+their XLA reference (which *is* `quant.activations.quantize_activation_int` plus integer dots),
+'triton' the Pallas Triton kernels (run by the Pallas interpreter off-GPU), None the platform
+default (Triton on GPU, XLA elsewhere). It comes from one setting, the model field
+`VisionMamba.quant_implementation`, handed down through `layers.Linear`.
+
+Coverage (anything else runs the original XLA integer dots of `qtypes.quantized_linear`):
+  * symmetric input grids with bits <= 8 (asymmetric per-token inputs, PTQ4VM, are not covered);
+  * weight bits <= 8 (int4 packed codes, or int8);
+  * outliers 'int' (outlier_bits <= 8), 'none', or 'float' (O16: the mixed GEMM does the inlier
+    product, a float dot adds the outliers before the weight scale, exactly as the simulation).
+Within `implementation='triton'`, the act-quant step falls back to its XLA reference for the
+specs its kernel does not cover (float outliers, trigger 'official', C > 8192).
+
+Every product is the simulation's (`quantized_linear(..., mode='fake')`): the same codes, exact
+integer sums, and the same fp32 epilogue order (a_scale * acc_in + o_scale * acc_out, then
+* w_scale), so the XLA implementation reproduces the fake-quant logits bit for bit.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+from kernels_pallas import _pallas_compat as compat
+from kernels_pallas.act_quant import api as act_quant_api
+from kernels_pallas.mixed_gemm import api as mixed_gemm_api
+from ouromamba_jax.quant import activations as act_lib
+
+IMPLEMENTATIONS = ('xla', 'triton')
+_MIN_SMOOTH = 1e-5  # = qtypes.MIN_SMOOTH (qtypes imports this module, so not imported back)
+
+
+def default_implementation() -> str:
+  return 'triton' if jax.default_backend() == 'gpu' else 'xla'
+
+
+def resolve_implementation(implementation: Optional[str]) -> str:
+  impl = implementation or default_implementation()
+  if impl not in IMPLEMENTATIONS:
+    raise ValueError(f'quantized Linear: unknown implementation {impl!r}; choose one of '
+                     f'{IMPLEMENTATIONS} or None for the platform default (the model field '
+                     '`quant_implementation`).')
+  return impl
+
+
+def unsupported_reason(weight, input_quantizer) -> Optional[str]:
+  """Why the kernels cannot run this Linear (None when they can)."""
+  if input_quantizer is None:
+    return 'no input quantizer (weight-only quantization)'
+  if input_quantizer.layout != 'steps':
+    return f'input layout {input_quantizer.layout!r}'
+  spec = input_quantizer.spec
+  if not spec.symmetric:
+    return 'asymmetric input grid (the mixed GEMM has no zero points)'
+  if spec.bits > 8:
+    return f'input bits {spec.bits} > 8'
+  if spec.outliers == 'int' and spec.outlier_bits > 8:
+    return f'outlier bits {spec.outlier_bits} > 8'
+  if weight.bits > 8:
+    return f'weight bits {weight.bits} > 8'
+  return None
+
+
+class KernelOperands(NamedTuple):
+  """What the mixed GEMM receives for one Linear (tokens = (B, L) of the quantized input)."""
+  activation: act_lib.IntActivation  # act_quant's output (inlier_q packed when act_bits == 4)
+  x_inlier: jax.Array                # (B, L, K/2) packed int4 or (B, L, K) int8
+  a_scale: jax.Array                 # (B, L) S_I(t) per token
+  x_outlier: Optional[jax.Array]     # (B, L, K) int8 (outliers 'int'), else None
+  o_scale: Optional[jax.Array]       # (B, L) (outliers 'int'), else None
+  w: jax.Array                       # (K/2, N) packed int4 or (K, N) int8
+  w_scale: jax.Array                 # (N,)
+  weight_bits: int                   # 4 | 8 (the mixed GEMM's operand formats)
+  act_bits: int                      # 4 | 8
+
+
+def _pad_last(a, new_len):
+  pad = new_len - a.shape[-1]
+  return a if pad == 0 else jnp.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, pad)])
+
+
+def prepare_operands(x3, weight, input_quantizer, implementation: Optional[str] = None
+                     ) -> KernelOperands:
+  """Quantizes x3 (B, L, C) (already divided by the smoothing vector) with act_quant and lays
+  out the weight for mixed_gemm. Needs `unsupported_reason(weight, input_quantizer) is None`."""
+  impl = resolve_implementation(implementation)
+  spec = input_quantizer.spec
+  channels = x3.shape[-1]
+  weight_bits = 4 if weight.packed else 8
+  k = weight.values.shape[0] * (2 if weight.packed else 1)  # K (in_features, padded when odd)
+  # int4 inliers travel packed two per byte when C pairs up with the weight's K; otherwise as
+  # int8 codes (the GEMM's act_bits=8 form also takes int4 codes one per byte).
+  pack = spec.bits <= 4 and channels % 2 == 0 and k == channels
+  act_impl = impl
+  if impl == 'triton' and act_quant_api.kernel_unsupported_reason(spec, channels) is not None:
+    act_impl = 'xla'
+  q = act_quant_api.act_quant(x3, input_quantizer.inlier_scale, spec,
+                              input_quantizer.zero_point, pack_int4=pack,
+                              implementation=act_impl,
+                              interpret=act_impl == 'triton' and compat.default_interpret())
+  x_inlier = q.inlier_q if pack else _pad_last(q.inlier_q.astype(jnp.int8), k)
+  a_scale = jnp.broadcast_to(q.inlier_scale[None, :], x3.shape[:2])
+  x_outlier = o_scale = None
+  if spec.outliers == 'int':
+    x_outlier, o_scale = _pad_last(q.outlier_q, k), q.outlier_scale
+  w = weight.values
+  if not weight.packed:
+    w = w.astype(jnp.int8)  # codes of <= 8-bit weights are int8 already
+  w_scale = jnp.maximum(weight.scale.astype(jnp.float32), act_lib.MIN_SCALE)
+  return KernelOperands(q, x_inlier, a_scale, x_outlier, o_scale, w, w_scale, weight_bits,
+                        4 if pack else 8)
+
+
+def linear(weight, x, input_quantizer, dtype, implementation: Optional[str] = None):
+  """y = x @ W of a `QuantizedWeight` on the integer kernels; x (..., in) -> (..., out) dtype.
+
+  Needs `unsupported_reason(weight, input_quantizer) is None` (`QuantizedWeight.linear` sends
+  the other Linears to the XLA integer dots of `qtypes.quantized_linear`)."""
+  impl = resolve_implementation(implementation)
+  reason = unsupported_reason(weight, input_quantizer)
+  if reason is not None:
+    raise ValueError(f'the integer kernels cannot run this Linear: {reason}.')
+  x = x.astype(jnp.float32)
+  if weight.smooth is not None:
+    x = x / jnp.maximum(weight.smooth, _MIN_SMOOTH)
+  x3, _ = act_lib.as_steps(x, 'steps')
+  ops = prepare_operands(x3, weight, input_quantizer, impl)
+  float_outliers = input_quantizer.spec.outliers == 'float'
+  gemm_kw = dict(weight_bits=ops.weight_bits, act_bits=ops.act_bits, implementation=impl,
+                 interpret=impl == 'triton' and compat.default_interpret())
+  if not float_outliers:
+    y = mixed_gemm_api.mixed_gemm(ops.x_inlier, ops.a_scale, ops.w, ops.w_scale, ops.x_outlier,
+                                  ops.o_scale, out_dtype=dtype, **gemm_kw)
+  else:
+    # O16: S_I * (xin @ W) from the GEMM (unit weight scale, fp32: exact), + float outliers.
+    ones = jnp.ones_like(ops.w_scale)
+    y = mixed_gemm_api.mixed_gemm(ops.x_inlier, ops.a_scale, ops.w, ones, out_dtype=jnp.float32,
+                                  **gemm_kw)
+    w_f = weight.codes().astype(jnp.float32)
+    y = y + jnp.einsum('...i,io->...o', ops.activation.outlier_q, w_f,
+                       precision=jax.lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
+    y = (y * ops.w_scale).astype(dtype)
+  return y.reshape(x.shape[:-1] + (ops.w_scale.shape[0],))
