@@ -15,7 +15,7 @@ import functools
 import json
 import os
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 from absl import logging
 import jax
@@ -59,14 +59,17 @@ def _eta(seconds: float) -> str:
 
 
 def evaluator(model, params, data_cfg, *, log: Callable[[str], Any] = logging.info,
-              threads: int = 0) -> Iterator[tuple[str, Any]]:
+              threads: int = 0, source: Optional[pipeline.EvalSource] = None
+              ) -> Iterator[tuple[str, Any]]:
   """Yields ('top1', .), ('top5', .), ('images', .), ('images_per_s', .), ('seconds', .).
 
   top5 is top-min(5, classes). images_per_s excludes the first batch (it includes the
-  compilation) when there is more than one; seconds is the whole wall time.
+  compilation) when there is more than one; seconds is the whole wall time. `source`: the
+  split already opened by `data.eval_source` (else opened here from data_cfg).
   """
   t0 = time.perf_counter()
-  source = data_lib.eval_source(data_cfg, model.img_size)
+  if source is None:
+    source = data_lib.eval_source(data_cfg, model.img_size)
   _check_labels(source, model.num_classes)
   indices = pipeline.subset_indices(len(source.labels), int(data_cfg.eval_images))
   n = len(indices)
@@ -102,46 +105,61 @@ def evaluator(model, params, data_cfg, *, log: Callable[[str], Any] = logging.in
 
 
 def evaluate_params(model, params, data_cfg, *, log: Callable[[str], Any] = logging.info,
-                    threads: int = 0) -> dict[str, Any]:
+                    threads: int = 0, source: Optional[pipeline.EvalSource] = None
+                    ) -> dict[str, Any]:
   """{'top1', 'top5', 'images', 'images_per_s', 'seconds'} of `params` on data_cfg's split."""
-  result = dict(evaluator(model, params, data_cfg, log=log, threads=threads))
+  result = dict(evaluator(model, params, data_cfg, log=log, threads=threads, source=source))
   log(f'[eval] top-1 {100 * result["top1"]:.2f}%  top-5 {100 * result["top5"]:.2f}%  '
       f'({result["images"]} images, {result["images_per_s"]:.1f} images/s, '
       f'{result["seconds"]:.1f} s)')
   return result
 
 
-def load_for_eval(config):
-  """(model, params, description) for mode `evaluate`: the quantized checkpoint if one is
-  named, else the float model of config.model (random weights only when asked for)."""
+def _check_weights(config) -> None:
+  """Fails before any data or weights are read when the weights named cannot be loaded."""
   ecfg = config.eval
-  qpath = ecfg.quantized_checkpoint
-  if qpath:
-    from ouromamba_jax import quant  # pylint: disable=g-import-not-at-top
-    if not os.path.isdir(qpath):
+  if ecfg.quantized_checkpoint:
+    if not os.path.isdir(ecfg.quantized_checkpoint):
       raise FileNotFoundError(
-          f'eval.quantized_checkpoint={qpath!r} is not a folder; point it at the `quantized` '
-          'folder a quantize run wrote (WORKDIR/quantized), or set it to "" for the float model.')
-    model = checkpoints.model_from_config(config.model)
-    params, _ = quant.load_quantized(qpath, mode=ecfg.quantized_mode or None)
-    return model, params, f'quantized {os.path.abspath(qpath)}'
-  if not config.model.checkpoint and not ecfg.allow_random_init:
+          f'eval.quantized_checkpoint={ecfg.quantized_checkpoint!r} is not a folder; point it at '
+          'the `quantized` folder a quantize run wrote (WORKDIR/quantized), or set it to "" for '
+          'the float model.')
+  elif not config.model.checkpoint and not ecfg.allow_random_init:
     raise ValueError(convert.missing_checkpoint_message(config.model.name) +
                      ' (Or pass --config.eval.allow_random_init=True to evaluate random weights.)')
+
+
+def load_for_eval(config):
+  """(model, params, description) for mode `evaluate`: the quantized checkpoint if one is
+  named (on config.model's architecture), else config.model's float weights (random ones
+  only when eval.allow_random_init)."""
+  _check_weights(config)
+  qpath = config.eval.quantized_checkpoint
+  if qpath:
+    from ouromamba_jax import quant  # pylint: disable=g-import-not-at-top
+    params, _ = quant.load_quantized(qpath, mode=config.eval.quantized_mode or None)
+    return (checkpoints.model_from_config(config.model), params,
+            f'quantized {os.path.abspath(qpath)}')
   model, params = checkpoints.load_model(config.model, seed=config.seed)
-  what = config.model.checkpoint or f'random init (seed {config.seed})'
-  return model, params, what
+  return model, params, config.model.checkpoint or f'random init (seed {config.seed})'
 
 
 def run(config, workdir: str) -> dict[str, Any]:
-  """Mode `evaluate`: writes WORKDIR/eval.json and logs top-1/top-5."""
-  model, params, what = load_for_eval(config)
-  logging.info('[eval] model %s from %s', config.model.name, what)
+  """Mode `evaluate`: writes WORKDIR/eval.json and logs top-1/top-5.
+
+  Order: weights named? -> data found? -> load weights -> evaluate, so a missing dataset is
+  reported before a large checkpoint is read.
+  """
+  _check_weights(config)
+  img_size = checkpoints.model_from_config(config.model).img_size
   try:
-    result = evaluate_params(model, params, config.data)
+    source = data_lib.eval_source(config.data, img_size)
   except pipeline.DataNotFoundError as e:
     logging.error('[eval] no %s data found: %s', config.data.name, e)
     raise
+  model, params, what = load_for_eval(config)
+  logging.info('[eval] model %s from %s', config.model.name, what)
+  result = evaluate_params(model, params, config.data, source=source)
   record = {**result, 'model': config.model.name, 'weights': what,
             'data': config.data.name, 'data_dir': config.data.data_dir,
             'eval_images': int(config.data.eval_images)}

@@ -3,7 +3,6 @@ import json
 import os
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
@@ -11,6 +10,7 @@ from configs import common
 from ouromamba_jax import evaluate
 from ouromamba_jax.data import imagenet
 from ouromamba_jax.data import pipeline
+from ouromamba_jax.io import export_safetensors
 from ouromamba_jax.models import build_model
 from tests.data import synthetic
 
@@ -28,7 +28,7 @@ def tiny():
 def _logits(model, params, files):
   x = np.stack([imagenet.load_image(f, 32) for f in files]).astype(np.float32) / 255.0
   x = (x - np.asarray(imagenet.MEAN, np.float32)) / np.asarray(imagenet.STD, np.float32)
-  return np.asarray(model.apply({'params': params}, x))
+  return np.asarray(jax.jit(model.apply)({'params': params}, x))
 
 
 def _data_cfg(data_dir, **kw):
@@ -94,17 +94,19 @@ def _config(data_dir, **model_fields):
   return c
 
 
-def test_run_writes_eval_json(dataset, tmp_path):
-  root, _, _ = dataset
+def test_run_writes_eval_json(tiny, dataset, tmp_path):
+  root, files, labels = dataset
   config = _config(root)
   with pytest.raises(ValueError, match=r'vim_t_midclstok_76p1acc.pth.*--config.model.checkpoint='):
     evaluate.run(config, str(tmp_path))
-  config.eval.allow_random_init = True
-  record = evaluate.run(config, str(tmp_path))
-  with open(tmp_path / 'eval.json') as f:
+  config.model.checkpoint = str(tmp_path / 'ckpt' / 'tiny.safetensors')
+  export_safetensors(tiny[1], config.model.checkpoint)
+  record = evaluate.run(config, str(tmp_path / 'work'))
+  with open(tmp_path / 'work' / 'eval.json') as f:
     assert json.load(f) == record
-  assert record['images'] == N and record['weights'] == 'random init (seed 0)'
-  assert [n for n in os.listdir(tmp_path) if n != 'eval.json'] == []   # no temp files left
+  assert record['images'] == N and record['weights'] == config.model.checkpoint
+  assert (record['top1'], record['top5']) == pytest.approx(_hand(*tiny, files, labels))
+  assert os.listdir(tmp_path / 'work') == ['eval.json']                # no temp files left
 
 
 def test_run_without_data_says_where_to_put_it(tmp_path):
@@ -115,6 +117,7 @@ def test_run_without_data_says_where_to_put_it(tmp_path):
     evaluate.run(config, str(tmp_path))
 
 
+@pytest.mark.slow  # quantizing even this tiny model takes ~15 s on 2 CPU cores
 def test_quantized_checkpoint(tiny, dataset, tmp_path):
   quant = pytest.importorskip('ouromamba_jax.quant')
   model, params = tiny

@@ -13,13 +13,12 @@ median of back-to-back batches). Before timing, the kernel's outputs are compare
 from __future__ import annotations
 
 import argparse
-import json
 
 import jax
 import jax.numpy as jnp
 
 from kernels_pallas.act_quant import api
-from kernels_pallas.mixed_gemm.bench import HBM_BW, n_copies, time_fn
+from kernels_pallas import _bench
 from ouromamba_jax.quant.config import ActSpec
 
 VIM_BATCH, VIM_TOKENS = 64, 197
@@ -84,7 +83,7 @@ def run(args):
     key, sub = jax.random.split(key)
     base = make_inputs(sub, b, l, c, dtype)
     copies = [base] + [make_inputs(jax.random.fold_in(sub, i), b, l, c, dtype)
-                       for i in range(1, n_copies(b * l * c * dtype.itemsize, smoke))]
+                       for i in range(1, _bench.n_copies(b * l * c * dtype.itemsize, smoke))]
     entry = dict(shape=name, B=b, L=l, C=c, dtype=str(dtype), rotating_copies=len(copies),
                  mismatch={}, variants={})
     for trigger in ('sample', 'batch'):
@@ -94,12 +93,12 @@ def run(args):
     xla_ms = None
     for vname, fn in table.items():
       try:
-        sec = time_fn(fn, copies, **timing)
+        sec = _bench.time_fn(fn, copies, **timing)
       except Exception as e:  # report and go on: one failing variant must not hide the rest
         print(f'  {name} {vname}: failed: {type(e).__name__}: {e}'[:300])
         continue
       nbytes = io_bytes(b, l, c, dtype.itemsize, vname.endswith('packed'))
-      floor = nbytes / HBM_BW
+      floor = nbytes / _bench.HBM_BYTES_PER_S
       ms = sec * 1e3
       if vname == 'xla_sample_packed':
         xla_ms = ms
@@ -109,7 +108,7 @@ def run(args):
       print(f'  {name:30s} {vname:22s} {ms:8.4f} ms', flush=True)
     results.append(entry)
   return dict(device=str(jax.devices()[0].device_kind), backend=jax.default_backend(),
-              smoke=smoke, hbm_bw=HBM_BW, results=results)
+              smoke=smoke, hbm_bw=_bench.HBM_BYTES_PER_S, results=results)
 
 
 def print_table(report):
@@ -135,9 +134,7 @@ def main(argv=None):
   parser.add_argument('--inner', type=int, default=10)
   args = parser.parse_args(argv)
   report = run(args)
-  if args.out:
-    with open(args.out, 'w') as f:
-      json.dump(report, f, indent=2)
+  _bench.write_report(report, args.out)
   print_table(report)
   return report
 

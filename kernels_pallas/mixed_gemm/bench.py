@@ -15,20 +15,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 
+from kernels_pallas import _bench
 from kernels_pallas.mixed_gemm import api, reference
 from kernels_pallas.mixed_gemm.config import MixedGemmBlockConfig, default_block_config
 
 BF16_PEAK = 800e12       # FLOP/s, dense bf16 MMA as measured on the H100
 INT8_PEAK = 2 * BF16_PEAK
-HBM_BW = 3.0e12          # bytes/s
-L2_SPILL_BYTES = 150 << 20
+HBM_BW = _bench.HBM_BYTES_PER_S
 
 VIM_TOKENS = 64 * 197
 VIM_SHAPES = (  # (name, K, N)
@@ -41,27 +38,6 @@ SWEEP_CONFIGS = (
     MixedGemmBlockConfig(64, 128, 128, 4, 4), MixedGemmBlockConfig(128, 256, 128, 8, 3),
     MixedGemmBlockConfig(64, 64, 256, 4, 4), MixedGemmBlockConfig(128, 64, 256, 4, 3),
 )
-
-
-def time_fn(fn, arg_sets, *, warmup=3, trials=15, inner=10):
-  """Median seconds per call of fn(*args), cycling through arg_sets (rotating inputs)."""
-  for i in range(warmup):
-    jax.block_until_ready(fn(*arg_sets[i % len(arg_sets)]))
-  times = []
-  call = 0
-  for _ in range(trials):
-    start = time.perf_counter()
-    out = None
-    for _ in range(inner):
-      out = fn(*arg_sets[call % len(arg_sets)])
-      call += 1
-    jax.block_until_ready(out)
-    times.append((time.perf_counter() - start) / inner)
-  return statistics.median(times)
-
-
-def n_copies(bytes_per_set, smoke):
-  return 1 if smoke else int(min(16, max(2, -(-L2_SPILL_BYTES // max(1, bytes_per_set)))))
 
 
 @dataclasses.dataclass
@@ -173,7 +149,7 @@ def run(args):
     base = make_problem(sub, m, k, n)
     set_bytes = m * k * 2 + k * n * 2
     copies = [base] + [make_problem(jax.random.fold_in(sub, i), m, k, n)
-                       for i in range(1, n_copies(set_bytes, smoke))]
+                       for i in range(1, _bench.n_copies(set_bytes, smoke))]
     entry = dict(shape=name, M=m, K=k, N=n, rotating_copies=len(copies),
                  exact=check_exact(base, smoke), variants={})
     bf16_ms = None
@@ -186,7 +162,7 @@ def run(args):
         try:
           fn, _ = build(base, cfg) if uses_kernel else build(base)
           arg_sets = [(build(c, cfg) if uses_kernel else build(c))[1] for c in copies]
-          sec = time_fn(fn, arg_sets, **timing)
+          sec = _bench.time_fn(fn, arg_sets, **timing)
         except Exception as e:  # a tile the compiler rejects must not end the sweep
           print(f'  {name} {vname} cfg={cfg}: failed: {type(e).__name__}: {e}'[:300])
           continue
@@ -236,9 +212,7 @@ def main(argv=None):
   parser.add_argument('--inner', type=int, default=10)
   args = parser.parse_args(argv)
   report = run(args)
-  if args.out:
-    with open(args.out, 'w') as f:
-      json.dump(report, f, indent=2)
+  _bench.write_report(report, args.out)
   print_table(report)
   return report
 

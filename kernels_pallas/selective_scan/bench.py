@@ -21,19 +21,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kernels_pallas import _bench
 from kernels_pallas.selective_scan import pallas_triton, reference
 from kernels_pallas.selective_scan.config import SelectiveScanBlockConfig, default_block_config
 
-HBM_BYTES_PER_S = 3.0e12
+HBM_BYTES_PER_S = _bench.HBM_BYTES_PER_S
 EXP_PER_S = 132 * 16 * 1.755e9
-L2_SPILL_BYTES = 150 << 20
 
 # (name, batch, length, channels, n_state); targets and the untuned design's times in ms.
 VIM_SIZES = (('vim_t', 64, 197, 384, 16), ('vim_s', 64, 197, 768, 16),
@@ -46,22 +44,6 @@ SWEEP_CONFIGS = tuple(SelectiveScanBlockConfig(*c) for c in (
     (32, 1, 1, 1), (32, 2, 1, 1), (32, 4, 1, 1), (32, 8, 1, 1), (32, 1, 1, 2), (32, 2, 1, 2),
     (32, 4, 1, 2), (64, 2, 1, 1), (64, 2, 1, 2), (64, 4, 2, 1), (64, 4, 2, 2), (128, 4, 4, 2)))
 SMOKE_CONFIGS = (SelectiveScanBlockConfig(32, 4, 1, 1), SelectiveScanBlockConfig(64, 2, 1, 2))
-
-
-def time_fn(fn, arg_sets, *, warmup=3, trials=30, inner=10):
-  """Median seconds per call of fn(*args), cycling through arg_sets (rotating inputs)."""
-  for i in range(warmup):
-    jax.block_until_ready(fn(*arg_sets[i % len(arg_sets)]))
-  times, call = [], 0
-  for _ in range(trials):
-    start = time.perf_counter()
-    out = None
-    for _ in range(inner):
-      out = fn(*arg_sets[call % len(arg_sets)])
-      call += 1
-    jax.block_until_ready(out)
-    times.append((time.perf_counter() - start) / inner)
-  return statistics.median(times)
 
 
 def make_inputs(key, batch, length, channels, n_state, dtype):
@@ -131,7 +113,7 @@ def run(args):
 
   for name, batch, length, channels, n_state in sizes:
     nbytes = problem_bytes(batch, length, channels, n_state, dtype.itemsize)
-    copies = 1 if smoke else int(min(8, max(2, -(-L2_SPILL_BYTES // nbytes))))
+    copies = _bench.n_copies(nbytes, smoke, most=8)
     arg_sets = [make_inputs(jax.random.key(i), batch, length, channels, n_state, dtype)
                 for i in range(copies)]
     ref = jax.jit(lambda *a: reference.selective_scan_xla(*a, sequential=True, **kw))(
@@ -142,7 +124,7 @@ def run(args):
 
     def measure(impl, fn, config):
       err = rel_err(fn(*arg_sets[0]), ref)
-      seconds = time_fn(fn, arg_sets, **timing)
+      seconds = _bench.time_fn(fn, arg_sets, **timing)
       return Row(name, impl, config, seconds * 1e3, nbytes / seconds / 1e9, err, seconds / floor)
 
     default_cfg = default_block_config(channels, dtype)

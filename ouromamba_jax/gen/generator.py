@@ -13,7 +13,6 @@ the resumed run gives the same images as an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import os
 import time

@@ -23,6 +23,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
   os.makedirs(folder, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
   os.close(fd)
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
   try:
     yield tmp
     os.replace(tmp, path)

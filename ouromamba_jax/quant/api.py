@@ -69,8 +69,8 @@ def quantize(model, params, calib_images, spec: Union[QuantSpec, str, Mapping[st
   }
   if workdir:
     save_quantized(os.path.join(workdir, QUANTIZED_DIR), qparams, report)
-    with open(os.path.join(workdir, REPORT_FILE), 'w') as f:
-      json.dump(report, f, indent=1)
+    checkpoint._atomic_write_text(  # pylint: disable=protected-access
+        os.path.join(workdir, REPORT_FILE), json.dumps(report, indent=1))
   return qparams, report
 
 

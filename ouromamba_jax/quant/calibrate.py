@@ -276,8 +276,8 @@ def reconstruct_blocks(model: vim.VisionMamba, params, images, plan: Mapping[str
     else:
       local_plan = {s.path: plan[f'{name}/{s.path}'] for s in local_sites}
       targets, stats = _capture_block(block, layer_fp, fp_stream, local_sites, batches)
-      smooth = smoothing_for_sites(layer_fp, local_sites, stats, calib) if smoothing else {}
-      qlayer = rewrite.rewrite(layer_fp, local_plan, local_sites, stats, smooth)
+      qlayer = _init_layer(tuple(sorted(local_plan.items())), tuple(local_sites), calib,
+                           smoothing, layer_fp, stats)
       del stats
       loss_init = eval_loss(qlayer, *q_stream, targets[0])
       trainable, frozen = split_trainable(qlayer)
@@ -320,6 +320,14 @@ def reconstruct_blocks(model: vim.VisionMamba, params, images, plan: Mapping[str
   qparams = dict(rewrite.as_dict(params))
   qparams.update(done_layers)
   return qparams, results
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _init_layer(plan_items, local_sites, calib, smoothing, layer_fp, stats):
+  """Initial quantizers of one block (jitted: the lp searches of all its sites compile once
+  per block structure instead of running op by op)."""
+  smooth = smoothing_for_sites(layer_fp, local_sites, stats, calib) if smoothing else {}
+  return rewrite.rewrite(layer_fp, dict(plan_items), local_sites, stats, smooth)
 
 
 def _capture_block(block, layer_fp, fp_stream, local_sites, batches):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import tempfile
 from typing import Any, Mapping
 
@@ -98,17 +99,32 @@ def _to_numpy(tree):
 
 
 def save_quantized(path: str, qparams, extra: Mapping[str, Any] | None = None) -> str:
-  """Writes `qparams` to the directory `path` (Orbax arrays + JSON metadata). Returns path."""
+  """Writes `qparams` to the directory `path` (Orbax arrays + JSON metadata). Returns path.
+
+  Atomic: everything is written into a temporary sibling folder that then replaces `path`, so
+  a killed save leaves either the previous checkpoint or the new one, never a mix."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   path = os.path.abspath(path)
-  os.makedirs(path, exist_ok=True)
-  arrays, meta = to_state(qparams)
-  arrays_dir = os.path.join(path, ARRAYS_DIR)
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(arrays_dir, _to_numpy(arrays), force=True)
-  checkpointer.wait_until_finished()
-  doc = {'format_version': FORMAT_VERSION, 'qtypes': meta, 'extra': dict(extra or {})}
-  _atomic_write_text(os.path.join(path, META_FILE), json.dumps(doc, indent=1))
+  parent = os.path.dirname(path)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(dir=parent, prefix=f'.tmp_{os.path.basename(path)}_')
+  try:
+    arrays, meta = to_state(qparams)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(os.path.join(tmp, ARRAYS_DIR), _to_numpy(arrays), force=True)
+    checkpointer.wait_until_finished()
+    doc = {'format_version': FORMAT_VERSION, 'qtypes': meta, 'extra': dict(extra or {})}
+    _atomic_write_text(os.path.join(tmp, META_FILE), json.dumps(doc, indent=1))
+    old = None
+    if os.path.exists(path):
+      old = f'{tmp}_old'
+      os.replace(path, old)
+    os.replace(tmp, path)
+    if old:
+      shutil.rmtree(old, ignore_errors=True)
+  finally:
+    if os.path.exists(tmp):
+      shutil.rmtree(tmp, ignore_errors=True)
   return path
 
 

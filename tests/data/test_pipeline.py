@@ -36,3 +36,13 @@ def test_batches_order_padding_and_errors():
     list(pipeline.batches(_source(10, fail_at=7), indices, 2))
   with pytest.raises(ValueError, match='eval_batch_size must be >= 1'):
     list(pipeline.batches(_source(10), indices, 0))
+
+
+def test_registry_by_name():
+  from ouromamba_jax import data  # pylint: disable=g-import-not-at-top
+  from configs import common  # pylint: disable=g-import-not-at-top
+  assert sorted(data.DATASETS) == ['cifar10', 'imagenet']
+  with pytest.raises(ValueError, match=r"unknown dataset 'mnist'.*--config.data.name"):
+    data.eval_source(common.data_config('mnist'), 32)
+  with pytest.raises(ValueError, match=r'CIFAR-10 images are 32x32 but the model expects 224'):
+    data.eval_source(common.data_config('cifar10'), 224)

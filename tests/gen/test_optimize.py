@@ -1,5 +1,4 @@
 """Targets, initial noise, augmentation, schedule and the jitted step."""
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -1,0 +1,306 @@
+"""End-to-end Vim latency and throughput: fp32 XLA, bf16 XLA, bf16 + Pallas scan, W8A8, W4A4O8.
+
+  python bench/e2e_latency.py --out=e2e_latency.json            # GPU: Vim-T/S/B, batch 1/16/64/128
+  python bench/e2e_latency.py --models=vim_b --batches=64       # one cell of the issue's targets
+  python bench/e2e_latency.py --smoke --out=/tmp/e2e_smoke.json  # tiny model on CPU, seconds
+
+Everything runs in one process on one device, so all numbers of a run come from the same card.
+Weights are random (fine for speed). Variants (`--variants`):
+
+  fp32_xla          float32 compute, XLA associative scan
+  bf16_xla          bfloat16 compute, XLA associative scan
+  bf16_pallas_scan  bfloat16 compute, the Pallas selective-scan kernel (--scan_kernel)
+  w8a8              bf16 + Pallas scan, integer-mode W8A8 tree: every quantized Linear runs
+                    act_quant + mixed_gemm (--quant_kernel), int8 outliers (O8) included
+  w4a4o8            same with the W4A4 preset: int4 packed weights and inliers, int8 outliers
+
+Quantized trees come from the quant API (`quant.quantize`) with the RTN recipe: min-max scales,
+no block reconstruction (epochs=0). The 'rtn' *method* also switches outlier detection off, so
+the trees are built with method 'ouromamba' and those RTN settings instead, keeping the
+preset's outlier path (the dynamic detection and the int8 outlier GEMM) in the timed forward.
+The kernels' cost does not depend on how many channels become outliers (the outlier operand is
+a dense int8 matrix, zero outside the outlier channels, and detection runs at every step), so
+the outlier rate is not imposed: it is measured (fraction of flagged entries over all
+quantized Linear inputs of `--rate_images` random images) and written to the JSON; `--outlier_k`
+(the mu + k sigma threshold) steers it.
+
+Timing: per (model, variant, batch), the jitted forward is compiled ahead of time (compile time
+reported apart), run `--warmup` times, then `--iters` times, each call timed to
+`block_until_ready`; the median is the latency, batch / median the throughput. With
+`--cast_params` (default) the plain float leaves of the tree are stored in the compute dtype
+(bf16 weights for the bf16 variants); quantized leaves are left as they are.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import time
+import traceback
+from typing import Any, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ouromamba_jax import quant  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ouromamba_jax.models import build_model  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+MODELS = {
+    # name: (registry name, model overrides)
+    'vim_t': ('vim_t', {}),
+    'vim_s': ('vim_s', {}),
+    'vim_b': ('vim_b', {}),
+    'tiny': ('vim_t', dict(img_size=32, patch_size=8, depth=2, d_model=32, num_classes=10)),
+}
+BATCHES = (1, 16, 64, 128)
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  dtype: str                 # compute dtype of the model
+  pallas_scan: bool          # scan via --scan_kernel (else the XLA associative scan)
+  preset: Optional[str]      # quantization preset of the integer-mode tree (None: float)
+
+
+VARIANTS = {
+    'fp32_xla': Variant('float32', False, None),
+    'bf16_xla': Variant('bfloat16', False, None),
+    'bf16_pallas_scan': Variant('bfloat16', True, None),
+    'w8a8': Variant('bfloat16', True, 'w8a8'),
+    'w4a4o8': Variant('bfloat16', True, 'w4a4'),
+}
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def _csv(kind):
+  return lambda s: [kind(v) for v in s.split(',') if v]
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--models', type=_csv(str), default=['vim_t', 'vim_s', 'vim_b'],
+                 help=f'comma-separated, from {list(MODELS)}')
+  p.add_argument('--variants', type=_csv(str), default=list(VARIANTS),
+                 help=f'comma-separated, from {list(VARIANTS)}')
+  p.add_argument('--batches', type=_csv(int), default=None,
+                 help=f'comma-separated (default {",".join(map(str, BATCHES))}; smoke: 1,2)')
+  p.add_argument('--iters', type=int, default=20, help='timed calls per cell')
+  p.add_argument('--warmup', type=int, default=3, help='untimed calls after compilation')
+  p.add_argument('--scan_kernel', default='triton',
+                 help="scan implementation of the Pallas-scan and quantized variants")
+  p.add_argument('--quant_kernel', default='triton',
+                 help="act_quant + mixed_gemm implementation of the quantized variants "
+                      "('triton' | 'xla')")
+  p.add_argument('--calib_images', type=int, default=8, help='images for the RTN scales')
+  p.add_argument('--rate_images', type=int, default=8, help='images for the outlier rate')
+  p.add_argument('--outlier_k', type=float, default=3.0,
+                 help='outlier threshold mu + k sigma of the Linear inputs (ActSpec.k)')
+  p.add_argument('--cast_params', type=int, default=1,
+                 help='1: store plain float params in the compute dtype')
+  p.add_argument('--seed', type=int, default=0)
+  p.add_argument('--out', default='', help='JSON file for the results')
+  p.add_argument('--smoke', action='store_true',
+                 help='tiny model, batches 1 and 2, 2 timed calls (CPU check of this script)')
+  args = p.parse_args(argv)
+  if args.smoke:
+    args.models, args.iters, args.warmup = ['tiny'], min(args.iters, 2), 1
+    args.calib_images, args.rate_images = 4, 2
+  if args.batches is None:
+    args.batches = [1, 2] if args.smoke else list(BATCHES)
+  for name, valid in (('models', MODELS), ('variants', VARIANTS)):
+    unknown = [v for v in getattr(args, name) if v not in valid]
+    if unknown:
+      p.error(f'unknown {name} {unknown}; choose from {list(valid)}')
+  return args
+
+
+def _images(model, batch: int, seed: int):
+  shape = (batch, model.img_size, model.img_size, model.in_chans)
+  return jax.random.normal(jax.random.key(seed), shape, jnp.float32)
+
+
+def cast_float_leaves(tree, dtype):
+  """Plain float arrays of a (possibly quantized) nested-dict tree in `dtype`; quantized
+  objects (their steps, codes and zero points) untouched."""
+  if isinstance(tree, Mapping):
+    return {k: cast_float_leaves(v, dtype) for k, v in tree.items()}
+  if isinstance(tree, jax.Array) and jnp.issubdtype(tree.dtype, jnp.floating):
+    return tree.astype(dtype)
+  return tree
+
+
+def quantize_rtn(model, params, preset: str, calib_images, outlier_k: float):
+  """Integer-mode tree: the preset with RTN scales (min-max, no reconstruction), outliers on."""
+  spec = {'preset': preset, 'epochs': 0, 'init': 'minmax', 'weight_init': 'minmax',
+          'k': outlier_k}
+  qparams, _ = quant.quantize(model, params, calib_images, spec, method='ouromamba', mode='int',
+                              log=lambda _: None)
+  return qparams
+
+
+def outlier_rate(model, tree, images) -> dict[str, float]:
+  """Fraction of flagged entries over all quantized Linear inputs that detect outliers (and
+  the fraction of (token, Linear) pairs with at least one outlier channel)."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from ouromamba_jax.models import layers  # pylint: disable=g-import-not-at-top
+  from ouromamba_jax.quant import activations as act_lib  # pylint: disable=g-import-not-at-top
+  from ouromamba_jax.quant import qtypes  # pylint: disable=g-import-not-at-top
+
+  def run(tree, images):
+    counts = []
+
+    def interceptor(next_fun, args, kwargs, context):
+      module = context.module
+      if isinstance(module, layers.Linear) and context.method_name == '__call__':
+        kernel = module.get_variable('params', 'kernel')
+        iq = module.get_variable('params', 'input_quantizer')
+        if (isinstance(kernel, qtypes.QuantizedWeight) and iq is not None
+            and iq.spec.outliers != 'none'):
+          x = args[0].astype(jnp.float32)
+          if kernel.smooth is not None:
+            x = x / jnp.maximum(kernel.smooth, qtypes.MIN_SMOOTH)
+          mask = iq.parts(act_lib.as_steps(x, 'steps')[0], ste=False).outlier_mask
+          counts.append((jnp.sum(mask), mask.size, jnp.sum(jnp.any(mask, -1)), mask[..., 0].size))
+      return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(interceptor):
+      model.apply({'params': tree}, images)
+    if not counts:
+      return jnp.zeros(()), jnp.zeros(())
+    flagged = sum(c[0] for c in counts) / sum(c[1] for c in counts)
+    tokens = sum(c[2] for c in counts) / sum(c[3] for c in counts)
+    return flagged, tokens
+
+  flagged, tokens = jax.jit(run)(tree, images)
+  return {'entries': float(flagged), 'tokens_with_outliers': float(tokens)}
+
+
+def time_forward(model, tree, images, iters: int, warmup: int) -> dict[str, Any]:
+  fwd = jax.jit(lambda t, x: model.apply({'params': t}, x))
+  start = time.perf_counter()
+  compiled = fwd.lower(tree, images).compile()
+  compile_s = time.perf_counter() - start
+  out = None
+  for _ in range(max(warmup, 1)):
+    out = jax.block_until_ready(compiled(tree, images))
+  if not bool(jnp.all(jnp.isfinite(out))):
+    raise FloatingPointError('the benchmarked forward produced non-finite logits')
+  times = []
+  for _ in range(iters):
+    start = time.perf_counter()
+    jax.block_until_ready(compiled(tree, images))
+    times.append(time.perf_counter() - start)
+  median = statistics.median(times)
+  batch = images.shape[0]
+  return {'compile_s': compile_s, 'median_ms': 1e3 * median, 'mean_ms': 1e3 * statistics.mean(times),
+          'min_ms': 1e3 * min(times), 'max_ms': 1e3 * max(times),
+          'images_per_s': batch / median}
+
+
+def variant_model(base, variant: Variant, args):
+  return base.clone(dtype=DTYPES[variant.dtype],
+                    scan_implementation=args.scan_kernel if variant.pallas_scan else 'xla',
+                    quant_implementation=args.quant_kernel if variant.preset else None)
+
+
+def run(args) -> dict[str, Any]:
+  results, rates, quantize_s = [], {}, {}
+  for model_name in args.models:
+    registry_name, overrides = MODELS[model_name]
+    base = build_model(registry_name, scan_implementation='xla', **overrides)
+    params = jax.jit(base.init)(jax.random.key(args.seed), _images(base, 1, 0))['params']
+    trees = {}
+    for variant_name in args.variants:
+      variant = VARIANTS[variant_name]
+      model = variant_model(base, variant, args)
+      cell = {'model': model_name, 'variant': variant_name, 'dtype': variant.dtype,
+              'scan': model.scan_implementation, 'quant_kernel': model.quant_implementation,
+              'preset': variant.preset}
+      try:
+        if variant.preset and variant.preset not in trees:
+          start = time.perf_counter()
+          calib = _images(base, args.calib_images, args.seed + 1)
+          trees[variant.preset] = quantize_rtn(base, params, variant.preset, calib,
+                                               args.outlier_k)
+          quantize_s[f'{model_name}/{variant.preset}'] = time.perf_counter() - start
+          rates[f'{model_name}/{variant.preset}'] = outlier_rate(
+              base.clone(quant_implementation='xla'), trees[variant.preset],
+              _images(base, args.rate_images, args.seed + 2))
+        tree = trees[variant.preset] if variant.preset else params
+        if args.cast_params:
+          tree = cast_float_leaves(tree, DTYPES[variant.dtype])
+      except Exception as e:  # pylint: disable=broad-except
+        for batch in args.batches:
+          results.append({**cell, 'batch': batch, 'error': f'{type(e).__name__}: {e}'})
+        traceback.print_exc()
+        continue
+      for batch in args.batches:
+        try:
+          timing = time_forward(model, tree, _images(base, batch, args.seed + 3), args.iters,
+                                args.warmup)
+          results.append({**cell, 'batch': batch, **timing})
+        except Exception as e:  # pylint: disable=broad-except
+          results.append({**cell, 'batch': batch, 'error': f'{type(e).__name__}: {e}'})
+          traceback.print_exc()
+        print(_cell_line(results[-1]), flush=True)
+  device = jax.devices()[0]
+  return {'device': f'{device.platform}: {device.device_kind}', 'jax': jax.__version__,
+          'settings': {k: v for k, v in vars(args).items() if k != 'out'},
+          'outlier_rates': rates, 'quantize_s': quantize_s, 'results': results}
+
+
+def _cell_line(r) -> str:
+  head = f'{r["model"]:<6} {r["variant"]:<17} batch {r["batch"]:>4}: '
+  if 'error' in r:
+    return head + 'FAILED ' + r['error'][:200]
+  return head + (f'{r["median_ms"]:9.3f} ms  {r["images_per_s"]:10.1f} img/s  '
+                 f'(compile {r["compile_s"]:.1f} s)')
+
+
+def table(report) -> str:
+  """Latency (median ms) and throughput (img/s) per model and batch, variants as columns."""
+  results = report['results']
+  variants = list(dict.fromkeys(r['variant'] for r in results))
+  width = max(18, *(len(v) + 2 for v in variants))
+  lines = [f'device: {report["device"]}; cells: median ms / images per s']
+  for model in dict.fromkeys(r['model'] for r in results):
+    head = f'{model:<8}{"batch":>6}' + ''.join(f'{v:>{width}}' for v in variants)
+    lines += ['', head, '-' * len(head)]
+    for batch in dict.fromkeys(r['batch'] for r in results if r['model'] == model):
+      cells = []
+      for v in variants:
+        r = next((x for x in results if (x['model'], x['variant'], x['batch']) == (model, v, batch)),
+                 None)
+        if r is None:
+          cells.append('-')
+        elif 'error' in r:
+          cells.append('FAILED')
+        else:
+          cells.append(f'{r["median_ms"]:.3f} / {r["images_per_s"]:.0f}')
+      lines.append(f'{"":<8}{batch:>6}' + ''.join(f'{c:>{width}}' for c in cells))
+  for key, rate in report['outlier_rates'].items():
+    lines.append(f'outlier rate {key}: {100 * rate["entries"]:.3f}% of Linear-input entries, '
+                 f'{100 * rate["tokens_with_outliers"]:.1f}% of tokens')
+  return '\n'.join(lines)
+
+
+def main(argv=None) -> dict[str, Any]:
+  args = parse_args(argv)
+  report = run(args)
+  if args.out:
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, 'w') as f:
+      json.dump(report, f, indent=1)
+  print(table(report))
+  return report
+
+
+if __name__ == '__main__':
+  report_ = main()
+  sys.exit(1 if any('error' in r for r in report_['results']) else 0)

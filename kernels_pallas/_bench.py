@@ -1,0 +1,38 @@
+"""What every kernel microbenchmark shares: H100 roofline constants, timing, report output."""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+
+import jax
+
+HBM_BYTES_PER_S = 3.0e12    # H100 device-to-device copy, bytes read + written
+L2_SPILL_BYTES = 150 << 20  # input sets above the 50 MB L2 three times over are read from HBM
+
+
+def n_copies(bytes_per_set: int, smoke: bool, most: int = 16) -> int:
+  """How many rotating input copies keep every timed call reading from HBM, not L2."""
+  return 1 if smoke else int(min(most, max(2, -(-L2_SPILL_BYTES // max(1, bytes_per_set)))))
+
+
+def time_fn(fn, arg_sets, *, warmup=3, trials=15, inner=10) -> float:
+  """Median seconds per call of fn(*args), cycling through arg_sets (rotating inputs)."""
+  for i in range(warmup):
+    jax.block_until_ready(fn(*arg_sets[i % len(arg_sets)]))
+  times, call = [], 0
+  for _ in range(trials):
+    start = time.perf_counter()
+    out = None
+    for _ in range(inner):
+      out = fn(*arg_sets[call % len(arg_sets)])
+      call += 1
+    jax.block_until_ready(out)
+    times.append((time.perf_counter() - start) / inner)
+  return statistics.median(times)
+
+
+def write_report(report, path) -> None:
+  if path:
+    with open(path, 'w') as f:
+      json.dump(report, f, indent=2)

@@ -1,0 +1,253 @@
+"""Mode `pipeline`: generate -> quantize -> evaluate (FP and quantized) -> report, one command.
+
+  python main.py --config=configs/vim_t_cifar10.py                          # demo (~10 min, 2 CPU cores)
+  python main.py --config=configs/vim_t_cifar10.py --config.pipeline.full=True   # paper size
+
+Stages (each skips work already done in the workdir, so a rerun or a killed run resumes):
+  0. FP        evaluate the float model (cached)
+  1. generate  OuroMamba-Gen synthetic images -> <workdir>/gen/ (before the first run that uses
+               'gen'; skipped when synthetic.npz already holds gen.num_images images)
+  2. quantize  every run of `pipeline.runs` ('method:preset:source', comma-separated, or
+               'table' = the 15 runs of RESULTS.md) -> <workdir>/quant/<run>/ (checkpoint,
+               per-layer SQNR/cosine, outlier heatmap); a finished run with the same
+               settings is skipped, a killed one resumes at its next block
+  3. evaluate  each quantized run right after it is calibrated, on `pipeline.eval_images`
+               test images (0 = all); results are cached per run and image count
+  4. report    <workdir>/reports/accuracy.{md,json}, rewritten after every run (a partial
+               table survives a stopped run)
+
+`pipeline.full=True` applies `FULL` (128 Gen images x 1000 iterations, 128 calibration
+images, 10 epochs, the whole test split, the 15-run table) and works in <workdir>/full so the
+demo's outputs are not mixed in. Without the dataset, the stages that need no data still run
+(generate, quantize on gen/noise images); runs calibrated on real images and every evaluation
+are skipped with a message saying where to put the data.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import platform
+import time
+from typing import Any, Callable, Optional
+
+from absl import logging
+import ml_collections as mlc
+
+from ouromamba_jax import checkpoints
+from ouromamba_jax.reports import accuracy
+from ouromamba_jax.reports import files
+
+REPORTS_SUBDIR = 'reports'
+FULL_SUBDIR = 'full'
+TABLE_METHODS = (('rtn', 'real'), ('ptq4vm', 'real'), ('ouromamba', 'noise'),
+                 ('ouromamba', 'gen'), ('ouromamba', 'real'))
+TABLE_PRESETS = ('w8a8', 'w4a8', 'w4a4')
+TABLE_RUNS = ','.join(f'{m}:{p}:{s}' for p in TABLE_PRESETS for m, s in TABLE_METHODS)
+# pipeline.full=True: the paper-size settings (section, field) -> value.
+FULL = {
+    ('gen', 'num_images'): 128, ('gen', 'iterations'): 1000, ('gen', 'log_every'): 50,
+    ('gen', 'checkpoint_every'): 100,
+    ('quant', 'calib_images'): 128, ('quant', 'epochs'): 10, ('quant', 'micro_batch'): 64,
+    ('pipeline', 'eval_images'): 0, ('pipeline', 'runs'): 'table',
+}
+Log = Callable[[str], None]
+
+
+def _log(msg: str) -> None:
+  logging.info('%s', msg)
+
+
+def parse_runs(runs: str) -> list[tuple[str, str, str]]:
+  """'method:preset:source,...' or 'table' -> [(method, preset, source)]."""
+  from ouromamba_jax.quant import config as qconfig  # pylint: disable=g-import-not-at-top
+  from ouromamba_jax.quant import run as quant_run  # pylint: disable=g-import-not-at-top
+  text = TABLE_RUNS if runs.strip() == 'table' else runs
+  out = []
+  for item in (s.strip() for s in text.split(',') if s.strip()):
+    parts = item.split(':')
+    if len(parts) != 3:
+      raise ValueError(f'pipeline.runs entry {item!r} must be method:preset:source, e.g. '
+                       f'ouromamba:w4a4:gen (or runs="table").')
+    method, preset, source = (p.strip().lower() for p in parts)
+    if method not in qconfig.METHODS:
+      raise ValueError(f'pipeline.runs {item!r}: method must be one of {qconfig.METHODS}.')
+    if preset not in qconfig.PRESETS:
+      raise ValueError(f'pipeline.runs {item!r}: preset must be one of {sorted(qconfig.PRESETS)}.')
+    if source not in quant_run.SOURCES:
+      raise ValueError(f'pipeline.runs {item!r}: source must be one of {quant_run.SOURCES}.')
+    out.append((method, preset, source))
+  if not out:
+    raise ValueError('pipeline.runs is empty; give at least one method:preset:source.')
+  return out
+
+
+def effective_config(config) -> mlc.ConfigDict:
+  """An unlocked copy of `config`, with FULL applied when pipeline.full."""
+  cfg = mlc.ConfigDict(config.to_dict())
+  if not cfg.model.get('scan_implementation') and _backend() == 'cpu':
+    # lax.scan is ~4x faster than the associative scan (the CPU default) on the testbed.
+    cfg.model.scan_implementation = 'sequential'
+  if cfg.pipeline.full:
+    for (section, field), value in FULL.items():
+      if section in cfg:
+        cfg[section][field] = value
+  return cfg
+
+
+def _run_config(config, method: str, preset: str, source: str) -> mlc.ConfigDict:
+  cfg = mlc.ConfigDict(config.to_dict())
+  cfg.quant.method, cfg.quant.preset, cfg.quant.calib_source = method, preset, source
+  cfg.quant.run_name = ''
+  return cfg
+
+
+# ----------------------------------------------------------------------------------------------
+# Stages.
+
+def stage_generate(config, workdir: str, log: Log = _log) -> str:
+  from ouromamba_jax.gen import outputs  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  path = outputs.synthetic_path(workdir)
+  if os.path.isfile(path):
+    with np.load(path) as data:
+      have = int(data['images'].shape[0])
+    if have >= int(config.gen.num_images):
+      log(f'[pipeline] generate: {path} holds {have} images; skipping')
+      return path
+  from ouromamba_jax.gen import run as gen_run  # pylint: disable=g-import-not-at-top
+  t0 = time.time()
+  gen_run.run(config, workdir)
+  log(f'[pipeline] generate: {config.gen.num_images} images in {time.time() - t0:.0f} s -> {path}')
+  return path
+
+
+def open_eval_data(config, img_size: int, log: Log = _log):
+  """The evaluation split, or None (with a message saying where the data goes)."""
+  from ouromamba_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from ouromamba_jax.data import pipeline as data_pipeline  # pylint: disable=g-import-not-at-top
+  try:
+    return data_lib.eval_source(config.data, img_size)
+  except data_pipeline.DataNotFoundError as e:
+    log(f'[pipeline] NO {config.data.name} DATA: {e}\n[pipeline] continuing with what needs no '
+        'data (generate, quantize on gen/noise images); runs calibrated on real images and all '
+        'evaluations are skipped. Put the data there (or set --config.data.data_dir) and rerun: '
+        'finished stages are skipped.')
+    return None
+
+
+def _sha(obj) -> str:
+  return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def evaluate_cached(path: str, key: dict[str, Any], model, params, data_cfg, source,
+                    log: Log = _log) -> dict[str, Any]:
+  """evaluate.evaluate_params, cached in `path` under `key` (skipped when it matches)."""
+  cached = files.read_json(path)
+  if cached is not None and cached.get('key') == key:
+    log(f'[pipeline] evaluate: cached {path}')
+    return cached['result']
+  from ouromamba_jax import evaluate  # pylint: disable=g-import-not-at-top
+  result = evaluate.evaluate_params(model, params, data_cfg, source=source, log=log)
+  files.write_json(path, {'key': key, 'result': result})
+  return result
+
+
+def run(config, workdir: str, log: Log = _log) -> dict[str, Any]:
+  """Runs every stage; returns {'fp', 'runs', 'report'} (report: the Markdown path or None)."""
+  t_start = time.time()
+  cfg = effective_config(config)
+  if cfg.pipeline.full:
+    workdir = os.path.join(workdir, FULL_SUBDIR)
+    log(f'[pipeline] full size ({", ".join(f"{s}.{f}={v}" for (s, f), v in FULL.items())}) '
+        f'in {workdir}')
+  os.makedirs(workdir, exist_ok=True)
+  runs = parse_runs(cfg.pipeline.runs)
+  from ouromamba_jax.quant import run as quant_run  # pylint: disable=g-import-not-at-top
+  for method, preset, source in runs:
+    quant_run.check_quant_config(_run_config(cfg, method, preset, source).quant)
+  model, params = checkpoints.load_model(cfg.model, seed=cfg.seed)
+  source = open_eval_data(cfg, model.img_size, log)
+  reports_dir = os.path.join(workdir, REPORTS_SUBDIR)
+  data_cfg = mlc.ConfigDict(cfg.data.to_dict())
+  data_cfg.eval_images = int(cfg.pipeline.eval_images)
+  base_key = None
+  fp = None
+  if source is not None:
+    base_key = {'eval_images': data_cfg.eval_images, 'data': cfg.data.name,
+                'split': source.name, 'n': int(len(source.labels))}
+    log(f'[pipeline] evaluate FP ({data_cfg.eval_images or "all"} test images)')
+    fp = evaluate_cached(os.path.join(reports_dir, f'eval_fp_{data_cfg.eval_images}.json'),
+                         {**base_key, 'model': _sha(cfg.model.to_dict())}, model, params,
+                         data_cfg, source, log)
+  else:
+    log('[pipeline] evaluation SKIPPED (no evaluation data; see above)')
+
+  def report():
+    rows = [{k: v for k, v in r.items() if k not in ('directory', 'checkpoint')}
+            for r in results if 'skipped' not in r]
+    meta = {'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+            'machine': f'{platform.processor() or platform.machine()}, {os.cpu_count()} cores, '
+                       f'jax backend {_backend()}',
+            'model': cfg.model.name, 'checkpoint': cfg.model.checkpoint, 'workdir': workdir,
+            'eval_images': (fp or {}).get('images'), 'full': bool(cfg.pipeline.full),
+            'scan_implementation': cfg.model.scan_implementation,
+            'quant': {k: v for k, v in cfg.quant.to_dict().items() if v is not None},
+            'pipeline_seconds': time.time() - t_start}
+    notes = [f'model {cfg.model.name} ({cfg.model.checkpoint or "random init"}); '
+             f'{meta["eval_images"] or "no"} evaluation images; calibration: '
+             f'{cfg.quant.calib_images} images (gen: at most what Gen made), {cfg.quant.epochs} '
+             f'epochs, scale_space {cfg.quant.scale_space}, lr {cfg.quant.lr_weight:g}/'
+             f'{cfg.quant.lr_act:g}; {meta["machine"]}.']
+    if source is None:
+      notes.append('evaluation skipped: no evaluation data (see the log).')
+    skipped = [r['name'] for r in results if 'skipped' in r]
+    if skipped:
+      notes.append(f'skipped (no data): {", ".join(skipped)}.')
+    return accuracy.write(reports_dir, fp, rows, meta, title=f'Accuracy: {cfg.model.name}',
+                          notes=notes)[0]
+
+  results = []
+  generated = False
+  for i, (method, preset, src) in enumerate(runs):
+    rcfg = _run_config(cfg, method, preset, src)
+    name = quant_run.run_name(rcfg.quant)
+    head = f'[pipeline] run {i + 1}/{len(runs)} {name}'
+    if src == 'real' and source is None:
+      log(f'{head}: SKIPPED (needs real images; no data)')
+      results.append({'name': name, 'method': method, 'preset': preset, 'calib_source': src,
+                      'skipped': 'no data'})
+      continue
+    if src == 'gen' and not generated:
+      log(f'{head}: generate (OuroMamba-Gen)')
+      stage_generate(cfg, workdir, log)
+      generated = True
+    log(f'{head}: quantize')
+    res = quant_run.quantize_run(rcfg, workdir, model=model, params=params, log=log)
+    row = {'name': name, 'method': method, 'preset': preset, 'calib_source': src,
+           'calib_images': res['calib_images'],
+           'calibration_seconds': res['calibration_seconds'],
+           'directory': res['directory'], 'checkpoint': res['checkpoint']}
+    if source is not None:
+      log(f'{head}: evaluate')
+      settings = files.read_json(os.path.join(res['directory'], quant_run.SETTINGS_FILE))
+      ev = evaluate_cached(os.path.join(res['directory'], f'eval_{data_cfg.eval_images}.json'),
+                           {**base_key, 'settings': _sha(settings)}, model, res['qparams'],
+                           data_cfg, source, log)
+      row.update(top1=ev['top1'], top5=ev['top5'], eval_images=ev['images'])
+      log(f'{head}: top-1 {100 * ev["top1"]:.2f}% (FP {100 * fp["top1"]:.2f}%)')
+    results.append(row)
+    report()
+
+  md = report()
+  log(f'[pipeline] done in {time.time() - t_start:.0f} s; report {md}')
+  with open(md) as f:
+    log('\n' + f.read())
+  rows = [{k: v for k, v in r.items() if k not in ('directory', 'checkpoint')} for r in results]
+  return {'fp': fp, 'runs': rows, 'report': md, 'workdir': workdir}
+
+
+def _backend() -> str:
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.default_backend()

@@ -1,0 +1,8 @@
+"""Reports written into the workdir, one job per module.
+
+- `layer_error`: per-layer SQNR and cosine of every quantized Linear (quantized vs FP outputs).
+- `outliers`:    outlier rate per time step and block of the dynamic-outlier quantizers.
+- `heatmap`:     a small PNG heatmap renderer (pillow only).
+- `accuracy`:    the accuracy table (Markdown + JSON).
+- `files`:       atomic JSON / text writes.
+"""

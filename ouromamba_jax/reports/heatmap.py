@@ -1,0 +1,76 @@
+"""A labelled heatmap PNG with pillow only (no matplotlib): rows x columns of values, a
+viridis-like colour scale from the data's min to max, a colour bar, axis labels."""
+from __future__ import annotations
+
+import io
+from typing import Optional
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from ouromamba_jax.reports import files
+
+# Viridis anchors (0, .25, .5, .75, 1).
+_ANCHORS = np.asarray([(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98),
+                       (253, 231, 37)], np.float64)
+NAN_COLOR = (200, 200, 200)
+
+
+def colormap(values: np.ndarray) -> np.ndarray:
+  """values in [0, 1] (NaN allowed) -> uint8 RGB (..., 3)."""
+  v = np.clip(np.nan_to_num(values, nan=0.0), 0.0, 1.0) * (len(_ANCHORS) - 1)
+  lo = np.minimum(np.floor(v).astype(int), len(_ANCHORS) - 2)
+  frac = (v - lo)[..., None]
+  rgb = _ANCHORS[lo] * (1 - frac) + _ANCHORS[lo + 1] * frac
+  rgb = np.round(rgb).astype(np.uint8)
+  rgb[np.isnan(values)] = NAN_COLOR
+  return rgb
+
+
+def render(grid, title: str = '', x_label: str = '', y_label: str = '',
+           vmin: Optional[float] = None, vmax: Optional[float] = None) -> Image.Image:
+  """grid: (rows, cols) floats (NaN = no data). Row 0 is drawn at the top."""
+  grid = np.asarray(grid, np.float64)
+  if grid.ndim != 2 or grid.size == 0:
+    raise ValueError(f'heatmap needs a non-empty 2-D grid, got shape {grid.shape}')
+  rows, cols = grid.shape
+  finite = grid[np.isfinite(grid)]
+  lo = float(finite.min()) if vmin is None and finite.size else (vmin or 0.0)
+  hi = float(finite.max()) if vmax is None and finite.size else (vmax if vmax is not None else 1.0)
+  span = hi - lo if hi > lo else 1.0
+  cw = int(np.clip(640 // cols, 3, 16))
+  ch = int(np.clip(400 // rows, 4, 16))
+  left, top, bottom, bar = 48, 22, 30, 70
+  width, height = left + cols * cw + 10 + bar, top + rows * ch + bottom
+  canvas = Image.new('RGB', (width, height), (255, 255, 255))
+  cells = colormap((grid - lo) / span)
+  cells = np.repeat(np.repeat(cells, ch, axis=0), cw, axis=1)
+  canvas.paste(Image.fromarray(cells), (left, top))
+  draw = ImageDraw.Draw(canvas)
+  font = ImageFont.load_default()
+  draw.text((left, 4), title, fill=(0, 0, 0), font=font)
+  for r in _ticks(rows):
+    draw.text((4, top + r * ch + max(0, ch // 2 - 5)), str(r), fill=(0, 0, 0), font=font)
+  for c in _ticks(cols):
+    draw.text((left + c * cw, top + rows * ch + 3), str(c), fill=(0, 0, 0), font=font)
+  draw.text((left + cols * cw // 2 - 10, height - 13), x_label, fill=(0, 0, 0), font=font)
+  draw.text((4, top - 12), y_label, fill=(0, 0, 0), font=font)
+  # Colour bar: top = max.
+  bx = left + cols * cw + 10
+  bar_h = rows * ch
+  ramp = colormap(np.linspace(1.0, 0.0, bar_h)[:, None].repeat(12, axis=1))
+  canvas.paste(Image.fromarray(ramp), (bx, top))
+  draw.text((bx + 15, top - 2), f'{hi:.3g}', fill=(0, 0, 0), font=font)
+  draw.text((bx + 15, top + bar_h - 10), f'{lo:.3g}', fill=(0, 0, 0), font=font)
+  return canvas
+
+
+def _ticks(n: int, most: int = 12) -> list[int]:
+  step = max(1, int(np.ceil(n / most)))
+  return list(range(0, n, step))
+
+
+def write_png(path: str, grid, **kwargs) -> None:
+  buffer = io.BytesIO()
+  render(grid, **kwargs).save(buffer, format='PNG')
+  files.write_text(path, buffer.getvalue(), binary=True)

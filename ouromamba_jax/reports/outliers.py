@@ -1,0 +1,100 @@
+"""Outlier rate per time step and block: how often the dynamic-outlier quantizers fire.
+
+For every quantized Linear whose input quantizer detects outliers (outliers 'int' or 'float'),
+the quantized model is run on the images, the input that quantizer receives is captured and
+the run-time outlier mask (`quant.activations.detect_outliers`) is recomputed from it. The
+rate at step t is the fraction of (sample, channel) entries flagged as outliers. Backward-scan
+sites (`*_b`) see the sequence flipped; their rates are flipped back so a column is always a
+token position. A block's rate is the mean over its Linear inputs. (SSM-tensor sites — Δ, B,
+C — are not included: they are not Linear inputs.)
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ouromamba_jax.quant import activations as act_lib
+from ouromamba_jax.quant import qtypes
+from ouromamba_jax.quant import rewrite
+from ouromamba_jax.reports import capture
+from ouromamba_jax.reports import files
+from ouromamba_jax.reports import heatmap
+
+JSON_FILE = 'outliers.json'
+PNG_FILE = 'outliers.png'
+
+
+def outlier_sites(qparams) -> list[str]:
+  """Linear paths whose input quantizer has dynamic outliers."""
+  found = []
+  for path, value in rewrite.quantized_leaves(qparams).items():
+    if (path.endswith('/input_quantizer') and isinstance(value, qtypes.ActQuantizer)
+        and value.spec.outliers != 'none' and value.layout == 'steps'):
+      found.append(path[:-len('/input_quantizer')])
+  return found
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _batch_counts(model, qparams, images, paths: tuple[str, ...]):
+  io = capture.linear_io(model, qparams, images)
+  out = {}
+  for path in paths:
+    x = io[path][0].astype(jnp.float32)
+    node = rewrite.get_path(qparams, path)
+    smooth = getattr(node['kernel'], 'smooth', None)
+    if smooth is not None:
+      x = x / jnp.maximum(smooth, qtypes.MIN_SMOOTH)
+    quantizer = node['input_quantizer']
+    if x.ndim != 3:
+      x = x[:, None, :]
+    mask = act_lib.detect_outliers(x, quantizer.inlier_scale, quantizer.spec)
+    out[path] = jnp.sum(jnp.mean(mask.astype(jnp.float32), axis=2), axis=0)  # (L,) sum over samples
+  return out
+
+
+def outlier_rates(model, qparams, images, batch_size: int = 16) -> dict[str, Any]:
+  """{'sites': {path: rate (L,)}, 'blocks': (depth, L) mean rate per block (None rows: no
+  outlier sites), 'tokens': L}; rates are fractions of (sample, channel) entries."""
+  paths = tuple(outlier_sites(qparams))
+  images = jnp.asarray(images, jnp.float32)
+  if not paths:
+    return {'sites': {}, 'blocks': [], 'tokens': 0, 'images': int(images.shape[0])}
+  counts = None
+  for start in range(0, images.shape[0], batch_size):
+    part = _batch_counts(model, qparams, images[start:start + batch_size], paths)
+    part = {p: np.asarray(v, np.float64) for p, v in part.items()}
+    counts = part if counts is None else {p: counts[p] + part[p] for p in paths}
+  sites = {}
+  for path in paths:
+    rate = counts[path] / images.shape[0]
+    if path.endswith('_b'):
+      rate = rate[::-1]
+    sites[path] = rate
+  length = len(next(iter(sites.values())))
+  depth = 1 + max((int(p.split('/')[0].split('_')[1]) for p in sites
+                   if p.startswith('layers_')), default=-1)
+  blocks: list[Optional[list[float]]] = []
+  for i in range(depth):
+    own = [r for p, r in sites.items() if p.startswith(f'layers_{i}/')]
+    blocks.append(list(map(float, np.mean(own, axis=0))) if own else None)
+  return {'sites': {p: list(map(float, r)) for p, r in sites.items()}, 'blocks': blocks,
+          'tokens': int(length), 'images': int(images.shape[0])}
+
+
+def write(directory: str, rates: dict[str, Any], title: str = '') -> Optional[str]:
+  """outliers.json and (when there are outlier sites) outliers.png in `directory`."""
+  files.write_json(os.path.join(directory, JSON_FILE), rates)
+  rows = [r for r in rates['blocks'] if r is not None]
+  if not rows:
+    return None
+  grid = np.asarray([r if r is not None else [np.nan] * rates['tokens']
+                     for r in rates['blocks']], np.float64)
+  png = os.path.join(directory, PNG_FILE)
+  heatmap.write_png(png, grid, title=f'outlier rate {title}'.strip(), x_label='token',
+                    y_label='block')
+  return png

@@ -1,0 +1,37 @@
+"""The kernel microbenchmarks run end to end (tiny shapes, Pallas interpret mode) and report
+numbers that match their references, so they cannot rot between GPU sessions."""
+from __future__ import annotations
+
+import json
+
+from kernels_pallas.act_quant import bench as act_quant_bench
+from kernels_pallas.mixed_gemm import bench as mixed_gemm_bench
+from kernels_pallas.selective_scan import bench as selective_scan_bench
+
+
+def _smoke(bench, tmp_path):
+  out = tmp_path / 'report.json'
+  bench.main(['--smoke', '--out', str(out)])
+  report = json.loads(out.read_text())
+  assert report['smoke'] is True
+  return report
+
+
+def test_act_quant_bench(tmp_path):
+  report = _smoke(act_quant_bench, tmp_path)
+  for entry in report['results']:
+    assert all(v['ms'] > 0 for v in entry['variants'].values()), entry
+    assert max(entry['mismatch'].values()) == 0.0, entry
+
+
+def test_mixed_gemm_bench(tmp_path):
+  report = _smoke(mixed_gemm_bench, tmp_path)
+  for entry in report['results']:
+    assert entry['exact'], entry
+    assert all(v['ms'] > 0 for v in entry['variants'].values()), entry
+
+
+def test_selective_scan_bench(tmp_path):
+  report = _smoke(selective_scan_bench, tmp_path)
+  assert report['max_rel_err'] < 1e-2
+  assert all(r['ms'] > 0 for size in report['sizes'] for r in size['results'])

@@ -1,0 +1,126 @@
+"""Mode `quantize` (ouromamba_jax.quant.run) end to end on a tiny model, and its config checks."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from configs import common
+from ouromamba_jax import checkpoints
+from ouromamba_jax import quant
+from ouromamba_jax.gen import outputs
+from ouromamba_jax.quant import calibrate
+from ouromamba_jax.quant import run as quant_run
+
+
+def tiny_config(**quant_overrides):
+  c = common.base_config()
+  c.mode = 'quantize'
+  c.model = common.model_config('vim_t', img_size=32, patch_size=8, depth=2, d_model=32,
+                                num_classes=10)
+  c.model.scan_implementation = 'sequential'
+  c.data = common.data_config('cifar10')
+  c.quant = common.quant_config()
+  c.quant.update(dict(calib_source='noise', calib_images=8, epochs=1, micro_batch=4,
+                      report_images=4, preset='w4a4'))
+  c.quant.update(quant_overrides)
+  return c
+
+
+@pytest.mark.parametrize('overrides,message', [
+    (dict(outlier_bits=17), 'outlier_bits must be an integer between 2 and 16'),
+    (dict(outlier_bits=1), 'outlier_bits must be an integer between 2 and 16'),
+    (dict(k=0.0), 'k .* must be a number > 0'),
+    (dict(k=-1.0), 'k .* must be a number > 0'),
+    (dict(delta_k=0.0), 'k .* must be a number > 0'),
+    (dict(n_refresh=0), r'n_refresh .* must be an int >= 1'),
+    (dict(calib_source='imagenet'), 'calib_source must be one of'),
+    (dict(calib_images=0), 'calib_images must be an int >= 1'),
+    (dict(method='gptq'), 'unknown quantization method'),
+    (dict(preset='w2a2'), 'unknown quantization preset'),
+])
+def test_bad_quant_config_rejected_before_any_work(overrides, message, tmp_path):
+  config = tiny_config(**overrides)
+  with pytest.raises(ValueError, match=message):
+    quant_run.run(config, str(tmp_path))
+  assert not os.listdir(tmp_path)          # nothing was written
+
+
+def test_weight_bits_outside_range_rejected(tmp_path):
+  config = tiny_config()
+  with config.quant.unlocked():
+    config.quant.weight_bits = 1
+  with pytest.raises(ValueError, match='WeightSpec.bits must be an integer between 2 and 16'):
+    quant_run.run(config, str(tmp_path))
+
+
+def test_quantize_mode_end_to_end_saves_reloads_reports_and_skips(tmp_path):
+  config = tiny_config()
+  workdir = str(tmp_path)
+  result = quant_run.run(config, workdir)
+  directory = os.path.join(workdir, 'quant', 'ouromamba_w4a4_noise')
+  assert result['directory'] == directory and not result['skipped']
+  for name in ('quant_report.json', 'settings.json', 'layers.json', 'layers.md',
+               'outliers.json', 'outliers.png', 'quantized/quant_meta.json'):
+    assert os.path.exists(os.path.join(directory, name)), name
+  assert not [n for n in os.listdir(directory) if n.startswith('.tmp')]
+  with open(os.path.join(directory, 'quant_report.json')) as f:
+    report = json.load(f)
+  assert report['calibration_images'] == 8 and len(report['blocks']) == 2
+
+  # The saved checkpoint gives the same logits as a fresh calibration in memory.
+  model, params = checkpoints.load_model(config.model)
+  images = quant_run.calibration_images(config, workdir, model)
+  assert images.shape == (8, 32, 32, 3)
+  loaded, _ = quant.load_quantized(result['checkpoint'])
+  apply = jax.jit(lambda p, x: model.apply({'params': p}, x))
+  fresh, _ = quant.quantize_from_config(model, params, images, quant_run.spec_settings(config.quant),
+                                        log=lambda _: None)
+  np.testing.assert_array_equal(np.asarray(apply(loaded, images)),
+                                np.asarray(apply(fresh, images)))
+
+  messages = []
+  again = quant_run.quantize_run(config, workdir, log=messages.append)
+  assert again['skipped'] and any('skipping calibration' in m for m in messages)
+
+  # Changed settings: recalibrates instead of reusing (or refusing) the old outputs.
+  config.quant.k = 2.5
+  messages = []
+  changed = quant_run.quantize_run(config, workdir, log=messages.append)
+  assert not changed['skipped'] and any('settings changed' in m for m in messages)
+  assert not os.path.exists(os.path.join(directory, calibrate.SNAPSHOT)) or True
+
+
+def test_gen_source_reads_the_synthetic_set(tmp_path):
+  workdir = str(tmp_path)
+  rng = np.random.default_rng(0)
+  outputs.write_synthetic_set(outputs.gen_dir(workdir),
+                              rng.standard_normal((3, 32, 32, 3)).astype(np.float32),
+                              np.arange(3), (0.5,) * 3, (0.25,) * 3)
+  config = tiny_config(calib_source='gen', calib_images=8)
+  model = checkpoints.model_from_config(config.model)
+  messages = []
+  images = quant_run.calibration_images(config, workdir, model, log=messages.append)
+  assert images.shape == (3, 32, 32, 3) and any('fewer than' in m for m in messages)
+  with pytest.raises(FileNotFoundError, match='run --config.mode=generate first'):
+    quant_run.calibration_images(config, str(tmp_path / 'empty'), model)
+
+
+def test_noise_source_is_seeded():
+  config = tiny_config(noise_std=0.5)
+  model = checkpoints.model_from_config(config.model)
+  a = quant_run.calibration_images(config, '', model)
+  b = quant_run.calibration_images(config, '', model)
+  np.testing.assert_array_equal(a, b)
+  assert 0.4 < a.std() < 0.6
+
+
+def test_save_quantized_is_atomic_and_overwrites(tiny, rtn_run, tmp_path):
+  qparams, _ = rtn_run
+  path = str(tmp_path / 'ckpt')
+  quant.save_quantized(path, qparams, {'n': 1})
+  quant.save_quantized(path, qparams, {'n': 2})
+  _, report = quant.load_quantized(path)
+  assert report == {'n': 2}
+  assert sorted(os.listdir(tmp_path)) == ['ckpt']      # no temporary folders left behind

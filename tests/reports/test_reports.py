@@ -1,0 +1,124 @@
+"""Reports on tiny inputs: per-layer SQNR/cosine, outlier rates + heatmap, accuracy table."""
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from ouromamba_jax import quant
+from ouromamba_jax.quant import activations as act_lib
+from ouromamba_jax.quant import rewrite
+from ouromamba_jax.reports import accuracy
+from ouromamba_jax.reports import capture
+from ouromamba_jax.reports import heatmap
+from ouromamba_jax.reports import layer_error
+from ouromamba_jax.reports import outliers
+from tests.quant.conftest import tiny, apply_fn, rtn_run  # pylint: disable=unused-import
+
+
+@pytest.fixture(scope='module')
+def w4a4(tiny):
+  model, params, images = tiny
+  qparams, _ = quant.quantize(model, params, images, {'preset': 'w4a4', 'epochs': 0,
+                                                      'micro_batch': 8}, log=lambda _: None)
+  return qparams
+
+
+def test_layer_errors_on_tiny_model(tiny, w4a4):
+  model, params, images = tiny
+  rows = layer_error.layer_errors(model, params, w4a4, images[:4], batch_size=3)
+  assert len(rows) == 12                                   # 2 blocks x 6 Linears
+  by_layer = {r['layer']: r for r in rows}
+  first = by_layer['layers_0/mixer/in_proj']
+  # The first Linear sees the same input in both models: network error == local error.
+  assert first['sqnr_db'] == pytest.approx(first['local_sqnr_db'], rel=1e-6)
+  for r in rows:
+    assert 0 < r['sqnr_db'] < 120 and 0.5 < r['cosine'] <= 1.0 + 1e-6
+    assert r['block'] in (0, 1)
+  # Cross-check one SQNR by hand.
+  fp = capture.linear_io(model, params, images[:4])['layers_1/mixer/out_proj'][1]
+  q = capture.linear_io(model, w4a4, images[:4])['layers_1/mixer/out_proj'][1]
+  want = 10 * np.log10(float(jnp.sum(fp ** 2)) / float(jnp.sum((q - fp) ** 2)))
+  assert by_layer['layers_1/mixer/out_proj']['sqnr_db'] == pytest.approx(want, rel=1e-4)
+
+
+def test_layer_errors_order_w8a8_better_than_w4a4(tiny, w4a4):
+  model, params, images = tiny
+  w8a8, _ = quant.quantize(model, params, images, {'preset': 'w8a8', 'epochs': 0,
+                                                   'micro_batch': 8}, log=lambda _: None)
+  r4 = layer_error.layer_errors(model, params, w4a4, images[:4])
+  r8 = layer_error.layer_errors(model, params, w8a8, images[:4])
+  assert np.mean([r['sqnr_db'] for r in r8]) > np.mean([r['sqnr_db'] for r in r4]) + 10
+
+
+def test_layer_report_files(tmp_path):
+  rows = [{'layer': 'layers_0/mixer/in_proj', 'block': 0, 'sqnr_db': 20.0, 'cosine': 0.99,
+           'local_sqnr_db': 21.0, 'local_cosine': 0.995}]
+  layer_error.write(str(tmp_path), rows, images=4)
+  with open(tmp_path / 'layers.json') as f:
+    assert json.load(f)['layers'] == rows
+  assert '| layers_0/mixer/in_proj | 20.00 | 0.99000 |' in (tmp_path / 'layers.md').read_text()
+
+
+def test_outlier_rates_match_detect_outliers(tiny, w4a4, tmp_path):
+  model, _, images = tiny
+  rates = outliers.outlier_rates(model, w4a4, images[:4], batch_size=3)
+  assert rates['tokens'] == 17 and len(rates['blocks']) == 2 and len(rates['sites']) == 12
+  grid = np.asarray(rates['blocks'])
+  assert grid.shape == (2, 17) and np.all((grid >= 0) & (grid <= 1))
+  # One forward site and one backward site by hand (backward rates are flipped to token order).
+  io = capture.linear_io(model, w4a4, images[:4])
+  for path, flip in (('layers_1/mixer/out_proj', False), ('layers_0/mixer/x_proj_b', True)):
+    q = rewrite.get_path(w4a4, f'{path}/input_quantizer')
+    mask = act_lib.detect_outliers(io[path][0], q.inlier_scale, q.spec)
+    want = np.asarray(jnp.mean(mask.astype(jnp.float32), axis=(0, 2)))
+    np.testing.assert_allclose(rates['sites'][path], want[::-1] if flip else want, atol=1e-6)
+  assert grid.max() > 0                                     # outliers do fire on this model
+  png = outliers.write(str(tmp_path), rates, title='tiny')
+  image = Image.open(png)
+  assert image.mode == 'RGB' and image.size[0] > 17 * 3 and image.size[1] > 2 * 4
+
+
+def test_no_outlier_sites_give_empty_rates(tiny, rtn_run, tmp_path):
+  model, _, images = tiny
+  rates = outliers.outlier_rates(model, rtn_run[0], images[:2])
+  assert rates['sites'] == {} and rates['blocks'] == []
+  assert outliers.write(str(tmp_path), rates) is None
+  assert os.path.exists(tmp_path / 'outliers.json')
+
+
+def test_heatmap_colours_and_nan():
+  rgb = heatmap.colormap(np.asarray([0.0, 1.0, np.nan]))
+  assert tuple(rgb[0]) == (68, 1, 84) and tuple(rgb[1]) == (253, 231, 37)
+  assert tuple(rgb[2]) == heatmap.NAN_COLOR
+  image = heatmap.render(np.asarray([[0.0, 0.5], [np.nan, 1.0]]), title='t', x_label='token',
+                         y_label='block')
+  assert image.size[0] > 40 and image.size[1] > 20
+  with pytest.raises(ValueError, match='non-empty 2-D grid'):
+    heatmap.render(np.zeros((0, 3)))
+
+
+def test_accuracy_table_markdown_and_json(tmp_path):
+  fp = {'top1': 0.8, 'top5': 0.99}
+  runs = [
+      {'name': 'rtn_w4a4_real', 'method': 'rtn', 'preset': 'w4a4', 'calib_source': 'real',
+       'calib_images': 32, 'top1': 0.5, 'top5': 0.9, 'calibration_seconds': 12.3},
+      {'name': 'ouromamba_w4a4_gen', 'method': 'ouromamba', 'preset': 'w4a4',
+       'calib_source': 'gen', 'calib_images': 32, 'top1': 0.79, 'top5': 0.98},
+      {'name': 'ouromamba_w8a8_gen', 'method': 'ouromamba', 'preset': 'w8a8',
+       'calib_source': 'gen', 'calib_images': 32, 'top1': 0.8, 'top5': 0.99},
+  ]
+  md_path, json_path = accuracy.write(str(tmp_path), fp, runs, {'eval_images': 500},
+                                      title='T', notes=['a note'])
+  md = open(md_path).read()
+  assert '| method + calibration data | W8A8 | W4A4 |' in md
+  assert '| FP | 80.00 | 80.00 |' in md
+  assert '| RTN (real) | – | 50.00 (-30.00) |' in md
+  assert '| OuroMamba + Gen | 80.00 (+0.00) | 79.00 (-1.00) |' in md
+  assert '| rtn_w4a4_real | rtn | w4a4 | real | 32 | 50.00 | 90.00 | 12 |' in md
+  assert '- a note' in md
+  with open(json_path) as f:
+    doc = json.load(f)
+  assert doc['fp'] == fp and doc['runs'] == runs and doc['meta'] == {'eval_images': 500}

@@ -1,0 +1,47 @@
+"""The bundled testbed model: shipped within budget, loads strictly, and keeps its accuracy."""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from configs import vim_t_cifar10
+from ouromamba_jax import checkpoints
+from ouromamba_jax import evaluate
+from ouromamba_jax.io import safetensors_io
+
+CIFAR_DIR = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'cifar10')
+CARD = os.path.join(checkpoints.ASSETS_DIR, 'vim_t_cifar10.json')
+
+
+def test_bundled_file_is_small_bf16_under_hustvl_names():
+  path = checkpoints.BUNDLED['vim_t_cifar10']
+  assert os.path.getsize(path) <= 16 * 2**20
+  tensors = safetensors_io.read_safetensors(path)
+  assert 'layers.0.mixer.A_b_log' in tensors and 'head.weight' in tensors
+  assert {str(t.dtype) for t in tensors.values()} == {'bfloat16'}
+
+
+def test_bundled_model_loads_as_fp32_through_the_checkpoint_path():
+  cfg = vim_t_cifar10.get_config()
+  model, params = checkpoints.load_model(cfg.model)
+  assert model.num_classes == 10 and model.depth == 24 and model.d_model == 192
+  leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(params)]
+  assert all(x.dtype == np.float32 and np.isfinite(x).all() for x in leaves)
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(CIFAR_DIR, 'test.tar.gz')),
+                    reason='needs ../shared/data/cifar10/test.tar.gz')
+def test_bundled_model_reaches_its_recorded_accuracy_on_500_test_images():
+  with open(CARD) as f:
+    recorded = json.load(f)['accuracy']['cifar10_test_500_top1']
+  cfg = vim_t_cifar10.get_config()
+  cfg.data.data_dir = CIFAR_DIR
+  cfg.data.eval_images = 500
+  model, params = checkpoints.load_model(cfg.model)
+  result = evaluate.evaluate_params(model, params, cfg.data)
+  assert result['images'] == 500
+  assert abs(result['top1'] - recorded) <= 0.01, (result, recorded)

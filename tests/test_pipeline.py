@@ -1,0 +1,87 @@
+"""Mode `pipeline` on a tiny model: generate -> quantize -> evaluate -> report, with and
+without the dataset, and the resume/skip behaviour."""
+import json
+import os
+
+import pytest
+
+from configs import common
+from ouromamba_jax import pipeline
+from tests.gen.conftest import tiny_gen_config
+
+CIFAR = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'cifar10')
+
+
+def tiny_config(runs, data_dir):
+  c = common.base_config()
+  c.model = common.model_config('vim_t', img_size=32, patch_size=8, depth=2, d_model=32,
+                                num_classes=10)
+  c.data = common.data_config('cifar10')
+  c.data.data_dir = data_dir
+  c.data.use_tfds = False
+  c.data.eval_batch_size = 8
+  c.gen = tiny_gen_config(num_images=4, images_per_step=4, iterations=2,
+                          mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616))
+  c.gen.quality_check = False
+  c.quant = common.quant_config()
+  c.quant.update(dict(calib_images=8, epochs=1, micro_batch=4, report_images=2))
+  c.pipeline = common.pipeline_config()
+  c.pipeline.runs = runs
+  c.pipeline.eval_images = 16
+  return c
+
+
+def test_parse_runs_and_full_settings():
+  assert pipeline.parse_runs('ouromamba:W4A4:gen, rtn:w8a8:real') == [
+      ('ouromamba', 'w4a4', 'gen'), ('rtn', 'w8a8', 'real')]
+  table = pipeline.parse_runs('table')
+  assert len(table) == 15 and ('ptq4vm', 'w4a8', 'real') in table
+  for bad, message in (('ouromamba:w4a4', 'method:preset:source'),
+                       ('gptq:w4a4:gen', 'method must be'), ('rtn:w3a3:gen', 'preset must be'),
+                       ('rtn:w4a4:web', 'source must be'), (' , ', 'empty')):
+    with pytest.raises(ValueError, match=message):
+      pipeline.parse_runs(bad)
+  config = tiny_config('rtn:w4a4:noise', '')
+  config.pipeline.full = True
+  full = pipeline.effective_config(config)
+  assert full.gen.num_images == 128 and full.gen.iterations == 1000
+  assert full.quant.calib_images == 128 and full.quant.epochs == 10
+  assert full.pipeline.eval_images == 0 and full.pipeline.runs == 'table'
+  assert config.gen.num_images == 4                      # the caller's config is untouched
+
+
+def test_pipeline_without_data_runs_what_needs_none(tmp_path):
+  config = tiny_config('ouromamba:w4a4:gen,ptq4vm:w4a8:real', str(tmp_path / 'nowhere'))
+  messages = []
+  result = pipeline.run(config, str(tmp_path / 'wd'), log=messages.append)
+  text = '\n'.join(messages)
+  assert 'NO cifar10 DATA' in text and 'evaluate SKIPPED' in text
+  assert 'ptq4vm_w4a8_real: SKIPPED' in text
+  assert result['fp'] is None
+  wd = tmp_path / 'wd'
+  assert (wd / 'gen' / 'synthetic.npz').exists()
+  assert (wd / 'quant' / 'ouromamba_w4a4_gen' / 'quantized' / 'quant_meta.json').exists()
+  assert (wd / 'quant' / 'ouromamba_w4a4_gen' / 'outliers.png').exists()
+  with open(wd / 'reports' / 'accuracy.json') as f:
+    doc = json.load(f)
+  assert [r['name'] for r in doc['runs']] == ['ouromamba_w4a4_gen'] and doc['fp'] is None
+  assert 'evaluation skipped' in (wd / 'reports' / 'accuracy.md').read_text()
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(CIFAR, 'test.tar.gz')),
+                    reason='CIFAR-10 archives not present')
+def test_pipeline_with_data_evaluates_and_resumes(tmp_path):
+  config = tiny_config('rtn:w8a8:real,ouromamba:w4a4:noise', CIFAR)
+  workdir = str(tmp_path)
+  result = pipeline.run(config, workdir, log=lambda _: None)
+  assert result['fp']['images'] == 16 and 0 <= result['fp']['top1'] <= 1
+  assert [r['name'] for r in result['runs']] == ['rtn_w8a8_real', 'ouromamba_w4a4_noise']
+  for r in result['runs']:
+    assert 0 <= r['top1'] <= 1 and r['eval_images'] == 16 and r['calib_images'] == 8
+  md = (tmp_path / 'reports' / 'accuracy.md').read_text()
+  assert '| RTN (real) |' in md and '| OuroMamba + noise |' in md
+  messages = []
+  again = pipeline.run(config, workdir, log=messages.append)
+  text = '\n'.join(messages)
+  assert text.count('skipping calibration') == 2 and text.count('evaluate: cached') == 3
+  assert [r['top1'] for r in again['runs']] == [r['top1'] for r in result['runs']]
