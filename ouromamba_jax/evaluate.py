@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime
 import functools
-import json
 import os
 import time
 from typing import Any, Callable, Iterator, Optional
@@ -26,7 +25,7 @@ from ouromamba_jax import checkpoints
 from ouromamba_jax import convert
 from ouromamba_jax import data as data_lib
 from ouromamba_jax.data import pipeline
-from ouromamba_jax.io import safetensors_io
+from ouromamba_jax.io import atomic
 
 RESULT_FILE = 'eval.json'
 LOG_EVERY_S = 10.0   # progress line at most this often (plus the first and the last batch)
@@ -164,8 +163,6 @@ def run(config, workdir: str) -> dict[str, Any]:
             'data': config.data.name, 'data_dir': config.data.data_dir,
             'eval_images': int(config.data.eval_images)}
   path = os.path.join(workdir, RESULT_FILE)
-  with safetensors_io.atomic_path(path) as tmp:
-    with open(tmp, 'w') as f:
-      json.dump(record, f, indent=1)
+  atomic.write_json(path, record)
   logging.info('[eval] wrote %s', path)
   return record

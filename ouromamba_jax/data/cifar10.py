@@ -13,6 +13,7 @@ import numpy as np
 
 from ouromamba_jax.data import archives
 from ouromamba_jax.data import image_folder
+from ouromamba_jax.io import atomic
 from ouromamba_jax.data import pipeline
 
 CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship',
@@ -59,7 +60,7 @@ def load(split: str, data_dir: str = '', cache_dir: str = '', use_tfds: bool = T
         return Split(z['images'], z['labels'])
     root = os.path.join(archives.extract_once(archive, cache_dir), split)
     data = _from_folder(root)
-    image_folder.save_npz_atomic(cached, images=data.images, labels=data.labels)
+    atomic.write_npz(cached, images=data.images, labels=data.labels)
     return data
   if folder and os.path.isdir(folder):
     return _from_folder(folder)

@@ -35,7 +35,4 @@ def decode_images(files: list[str], size: tuple[int, int] | None = None) -> np.n
   return np.stack(out)
 
 
-def save_npz_atomic(path: str, **arrays) -> None:
-  tmp = path + '.tmp.npz'
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
+

@@ -9,12 +9,13 @@
 from __future__ import annotations
 
 import io
-import json
 import os
-from typing import Any, Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from ouromamba_jax.io.atomic import write_bytes, write_json, write_npz  # pylint: disable=unused-import
 
 GEN_SUBDIR = 'gen'
 SYNTHETIC_FILE = 'synthetic.npz'
@@ -30,30 +31,6 @@ def gen_dir(workdir: str) -> str:
 def synthetic_path(workdir: str) -> str:
   """Where `generate` puts the synthetic calibration set for a pipeline workdir."""
   return os.path.join(gen_dir(workdir), SYNTHETIC_FILE)
-
-
-def atomic_write(path: str, write: Callable[[Any], None], binary: bool = True) -> None:
-  """Writes through `write(file)` into a temporary file, then renames it over `path`."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f'{path}.tmp-{os.getpid()}'
-  try:
-    with open(tmp, 'wb' if binary else 'w') as f:
-      write(f)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-
-
-def write_json(path: str, obj: Any) -> None:
-  atomic_write(path, lambda f: json.dump(obj, f, indent=1), binary=False)
-
-
-def write_npz(path: str, **arrays: np.ndarray) -> None:
-  # np.savez on a file object keeps the exact name (no '.npz' appended to the tmp name).
-  atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def load_synthetic(path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -100,7 +77,7 @@ def label_grid(images_uint8: np.ndarray, labels: np.ndarray, class_names: Sequen
 def write_png(path: str, image: Image.Image) -> None:
   buffer = io.BytesIO()
   image.save(buffer, format='PNG')
-  atomic_write(path, lambda f: f.write(buffer.getvalue()))
+  write_bytes(path, buffer.getvalue())
 
 
 def write_synthetic_set(directory: str, images: np.ndarray, labels: np.ndarray,

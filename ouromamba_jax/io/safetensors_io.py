@@ -6,32 +6,13 @@ renamed into place, so a crash never leaves a half-written checkpoint under the 
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
-from typing import Iterator, Mapping, Optional
+from typing import Mapping, Optional
 
 import numpy as np
 from safetensors import numpy as safetensors_numpy
 
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[str]:
-  """Yields a temporary path beside `path`; on success it replaces `path` in one rename."""
-  path = os.fspath(path)
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
-  os.close(fd)
-  umask = os.umask(0)
-  os.umask(umask)
-  os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-  try:
-    yield tmp
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+from ouromamba_jax.io.atomic import atomic_path
 
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:

@@ -21,6 +21,7 @@ import orbax.checkpoint as ocp
 
 from ouromamba_jax import checkpoints
 from ouromamba_jax.data import cifar10
+from ouromamba_jax.io import atomic
 from ouromamba_jax.io import export_safetensors
 from ouromamba_jax.train import augment
 
@@ -108,9 +109,7 @@ def save_params_npz(params, path: str) -> None:
   """Flat `a/b/c -> fp32 array` npz, written atomically (the hand-off to export/import)."""
   flat = {'/'.join(str(getattr(k, 'key', k)) for k in keypath): np.asarray(v, np.float32)
           for keypath, v in jax.tree_util.tree_flatten_with_path(params)[0]}
-  tmp = path + '.tmp.npz'
-  np.savez(tmp, **flat)
-  os.replace(tmp, path)
+  atomic.write_npz(path, **flat)
 
 
 def train(config, workdir: str) -> dict[str, Any]:
@@ -209,10 +208,7 @@ def train(config, workdir: str) -> dict[str, Any]:
   # The shippable form: hustvl names, bf16 storage (half the bytes; compute stays fp32).
   export_safetensors(state['params'], os.path.join(workdir, 'model.safetensors'), jnp.bfloat16)
   logging.info('train result: %s', result)
-  with open(os.path.join(workdir, 'train_result.json.tmp'), 'w') as f:
-    json.dump(result, f, indent=2)
-  os.replace(os.path.join(workdir, 'train_result.json.tmp'),
-             os.path.join(workdir, 'train_result.json'))
+  atomic.write_json(os.path.join(workdir, 'train_result.json'), result)
   return result
 
 

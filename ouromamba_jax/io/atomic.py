@@ -1,0 +1,52 @@
+"""Atomic file writes: write beside the target, then rename over it in one step.
+
+Long jobs (training, Gen, calibration) can be killed at any moment; a reader must then find
+either the old file or the new one under the final name, never a half-written one.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from typing import Any, Iterator
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+  """Yields a temporary path beside `path`; on success it replaces `path` in one rename."""
+  path = os.fspath(path)
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
+  os.close(fd)
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
+  try:
+    yield tmp
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+  with atomic_path(path) as tmp, open(tmp, 'wb') as f:
+    f.write(data)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+  write_bytes(path, text.encode('utf-8'))
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+  write_text(path, json.dumps(obj, indent=1))
+
+
+def write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+  # np.savez on a file object keeps the exact name (no '.npz' appended to the tmp name).
+  with atomic_path(path) as tmp, open(tmp, 'wb') as f:
+    np.savez(f, **arrays)
