@@ -20,6 +20,7 @@ def model_config(name: str, **overrides) -> mlc.ConfigDict:
   c.overrides.update(overrides)
   c.dtype = 'float32'                # compute dtype: float32 | bfloat16 (params, residual, scan state stay fp32)
   c.scan_implementation = ''         # '' = platform default; xla | associative | sequential | triton
+  c.quant_implementation = ''        # integer-mode linears: '' = platform default (triton on GPU); xla | triton
   c.checkpoint = ''                  # .pth / .safetensors path; 'bundled' = the shipped testbed model; '' = random init
   return c
 

@@ -25,8 +25,9 @@ def model_from_config(model_cfg, **extra):
   overrides = overrides.to_dict() if hasattr(overrides, 'to_dict') else dict(overrides)
   fields = {k: v for k, v in overrides.items() if v is not None}
   fields['dtype'] = DTYPES[model_cfg.dtype]
-  if model_cfg.get('scan_implementation'):
-    fields['scan_implementation'] = model_cfg.scan_implementation
+  for field in ('scan_implementation', 'quant_implementation'):
+    if model_cfg.get(field):
+      fields[field] = model_cfg[field]
   fields.update(extra)
   return build_model(model_cfg.name, **fields)
 

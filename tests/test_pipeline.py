@@ -71,15 +71,15 @@ def test_pipeline_without_data_runs_what_needs_none(tmp_path):
 @pytest.mark.skipif(not os.path.isfile(os.path.join(CIFAR, 'test.tar.gz')),
                     reason='CIFAR-10 archives not present')
 def test_pipeline_with_data_evaluates_and_resumes(tmp_path):
-  config = tiny_config('rtn:w8a8:real,ouromamba:w4a4:noise', CIFAR)
+  config = tiny_config('rtn:w8a8:real,rtn:w8a8:noise', CIFAR)
   workdir = str(tmp_path)
   result = pipeline.run(config, workdir, log=lambda _: None)
   assert result['fp']['images'] == 16 and 0 <= result['fp']['top1'] <= 1
-  assert [r['name'] for r in result['runs']] == ['rtn_w8a8_real', 'ouromamba_w4a4_noise']
+  assert [r['name'] for r in result['runs']] == ['rtn_w8a8_real', 'rtn_w8a8_noise']
   for r in result['runs']:
     assert 0 <= r['top1'] <= 1 and r['eval_images'] == 16 and r['calib_images'] == 8
   md = (tmp_path / 'reports' / 'accuracy.md').read_text()
-  assert '| RTN (real) |' in md and '| OuroMamba + noise |' in md
+  assert '| RTN (real) |' in md and '| RTN (noise) |' in md
   messages = []
   again = pipeline.run(config, workdir, log=messages.append)
   text = '\n'.join(messages)

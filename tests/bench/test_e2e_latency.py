@@ -42,7 +42,8 @@ def test_e2e_latency_smoke_float(tmp_path, capsys):
       ('tiny', 'fp32_xla', 1, 'float32'), ('tiny', 'bf16_pallas_scan', 1, 'bfloat16')]
   assert report['outlier_rates'] == {}
   printed = capsys.readouterr().out
-  assert 'bf16_pallas_scan' in printed.splitlines()[-3]  # the table is printed last
+  assert 'cells: median ms / images per s' in printed and printed.rstrip().endswith(
+      f'{cells[1]["median_ms"]:.3f} / {cells[1]["images_per_s"]:.0f}')  # the table comes last
 
 
 @pytest.mark.slow

@@ -10,7 +10,6 @@ from configs import common
 from ouromamba_jax import checkpoints
 from ouromamba_jax import quant
 from ouromamba_jax.gen import outputs
-from ouromamba_jax.quant import calibrate
 from ouromamba_jax.quant import run as quant_run
 
 
@@ -58,7 +57,7 @@ def test_weight_bits_outside_range_rejected(tmp_path):
 def test_quantize_mode_end_to_end_saves_reloads_reports_and_skips(tmp_path):
   config = tiny_config()
   workdir = str(tmp_path)
-  result = quant_run.run(config, workdir)
+  result = quant_run.quantize_run(config, workdir, log=lambda _: None)
   directory = os.path.join(workdir, 'quant', 'ouromamba_w4a4_noise')
   assert result['directory'] == directory and not result['skipped']
   for name in ('quant_report.json', 'settings.json', 'layers.json', 'layers.md',
@@ -69,27 +68,27 @@ def test_quantize_mode_end_to_end_saves_reloads_reports_and_skips(tmp_path):
     report = json.load(f)
   assert report['calibration_images'] == 8 and len(report['blocks']) == 2
 
-  # The saved checkpoint gives the same logits as a fresh calibration in memory.
-  model, params = checkpoints.load_model(config.model)
+  # The saved checkpoint reloads with the logits of the calibrated tree.
+  model, _ = checkpoints.load_model(config.model)
   images = quant_run.calibration_images(config, workdir, model)
   assert images.shape == (8, 32, 32, 3)
   loaded, _ = quant.load_quantized(result['checkpoint'])
   apply = jax.jit(lambda p, x: model.apply({'params': p}, x))
-  fresh, _ = quant.quantize_from_config(model, params, images, quant_run.spec_settings(config.quant),
-                                        log=lambda _: None)
   np.testing.assert_array_equal(np.asarray(apply(loaded, images)),
-                                np.asarray(apply(fresh, images)))
+                                np.asarray(apply(result['qparams'], images)))
 
-  messages = []
-  again = quant_run.quantize_run(config, workdir, log=messages.append)
-  assert again['skipped'] and any('skipping calibration' in m for m in messages)
+  # mode `quantize` on the same workdir skips the finished run.
+  config.quant.report_images = 0
+  again = quant_run.run(config, workdir)
+  assert again['skipped'] and 'qparams' not in again
 
   # Changed settings: recalibrates instead of reusing (or refusing) the old outputs.
-  config.quant.k = 2.5
+  config.quant.epochs = 0
   messages = []
   changed = quant_run.quantize_run(config, workdir, log=messages.append)
   assert not changed['skipped'] and any('settings changed' in m for m in messages)
-  assert not os.path.exists(os.path.join(directory, calibrate.SNAPSHOT)) or True
+  with open(os.path.join(directory, 'quant_report.json')) as f:
+    assert all(b['steps'] == 0 for b in json.load(f)['blocks'])
 
 
 def test_gen_source_reads_the_synthetic_set(tmp_path):
