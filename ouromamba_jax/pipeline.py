@@ -30,14 +30,14 @@ import json
 import os
 import platform
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from absl import logging
 import ml_collections as mlc
 
 from ouromamba_jax import checkpoints
 from ouromamba_jax.reports import accuracy
-from ouromamba_jax.reports import files
+from ouromamba_jax.io import atomic
 
 REPORTS_SUBDIR = 'reports'
 FULL_SUBDIR = 'full'
@@ -144,13 +144,13 @@ def _sha(obj) -> str:
 def evaluate_cached(path: str, key: dict[str, Any], model, params, data_cfg, source,
                     log: Log = _log) -> dict[str, Any]:
   """evaluate.evaluate_params, cached in `path` under `key` (skipped when it matches)."""
-  cached = files.read_json(path)
+  cached = atomic.read_json(path)
   if cached is not None and cached.get('key') == key:
     log(f'[pipeline] evaluate: cached {path}')
     return cached['result']
   from ouromamba_jax import evaluate  # pylint: disable=g-import-not-at-top
   result = evaluate.evaluate_params(model, params, data_cfg, source=source, log=log)
-  files.write_json(path, {'key': key, 'result': result})
+  atomic.write_json(path, {'key': key, 'result': result})
   return result
 
 
@@ -231,7 +231,7 @@ def run(config, workdir: str, log: Log = _log) -> dict[str, Any]:
            'directory': res['directory'], 'checkpoint': res['checkpoint']}
     if source is not None:
       log(f'{head}: evaluate')
-      settings = files.read_json(os.path.join(res['directory'], quant_run.SETTINGS_FILE))
+      settings = atomic.read_json(os.path.join(res['directory'], quant_run.SETTINGS_FILE))
       ev = evaluate_cached(os.path.join(res['directory'], f'eval_{data_cfg.eval_images}.json'),
                            {**base_key, 'settings': _sha(settings)}, model, res['qparams'],
                            data_cfg, source, log)

@@ -25,7 +25,7 @@ import orbax.checkpoint as ocp
 
 from ouromamba_jax.gen import objective
 from ouromamba_jax.gen import optimize
-from ouromamba_jax.gen import outputs
+from ouromamba_jax.io import atomic
 
 METRICS = objective.LOSS_NAMES
 # Fields that do not change the generated images (so they may differ on resume).
@@ -71,7 +71,7 @@ def _check_run_description(directory: str, desc: dict) -> None:
                        f'(differs in: {", ".join(other + ["gen." + k for k in diff])}). '
                        'Use another workdir, or delete that folder to start over.')
     return
-  outputs.write_json(path, desc)
+  atomic.write_json(path, desc)
 
 
 def _format_seconds(seconds: float) -> str:
@@ -238,5 +238,5 @@ def _run_group(g, num_groups, indices, labels, *, seed, shape, iters, every, log
   data = {'images': np.asarray(jax.device_get(state.images), np.float32),
           'labels': np.asarray(labels, np.int32), 'indices': indices, 'group': np.int32(g),
           'history': history}
-  outputs.write_npz(_group_path(directory, g), **data)
+  atomic.write_npz(_group_path(directory, g), **data)
   return data

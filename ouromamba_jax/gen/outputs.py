@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ouromamba_jax.io.atomic import write_bytes, write_json, write_npz  # pylint: disable=unused-import
+from ouromamba_jax.io.atomic import write_bytes, write_npz
 
 GEN_SUBDIR = 'gen'
 SYNTHETIC_FILE = 'synthetic.npz'

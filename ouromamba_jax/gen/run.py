@@ -14,6 +14,7 @@ from absl import logging
 from ouromamba_jax import checkpoints
 from ouromamba_jax.gen import generator
 from ouromamba_jax.gen import outputs
+from ouromamba_jax.io import atomic
 from ouromamba_jax.gen import quality
 
 
@@ -42,13 +43,13 @@ def run(config, workdir: str) -> generator.GenResult:
   result = generator.generate(model, params, gen_cfg, directory, seed=config.seed)
   outputs.write_synthetic_set(directory, result.images, result.labels, gen_cfg.mean, gen_cfg.std,
                               class_names(config), gen_cfg.grid_columns)
-  outputs.write_json(os.path.join(directory, outputs.LOSSES_FILE),
+  atomic.write_json(os.path.join(directory, outputs.LOSSES_FILE),
                      {'metrics': list(generator.METRICS), 'groups': result.history})
   if gen_cfg.quality_check:
     report = dict(quality.quality_report(model, params, result.images, result.labels,
                                          seed=config.seed, noise_std=gen_cfg.init_std))
     for name, value in report.items():
       logging.info('gen quality: %s = %.4f', name, value)
-    outputs.write_json(os.path.join(directory, outputs.QUALITY_FILE), report)
+    atomic.write_json(os.path.join(directory, outputs.QUALITY_FILE), report)
   logging.info('gen: wrote %s', outputs.synthetic_path(workdir))
   return result

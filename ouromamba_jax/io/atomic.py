@@ -46,6 +46,14 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
   write_text(path, json.dumps(obj, indent=1))
 
 
+def read_json(path: str | os.PathLike) -> Any:
+  """The JSON object at `path`, or None when there is no file (a stage not run yet)."""
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
 def write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
   # np.savez on a file object keeps the exact name (no '.npz' appended to the tmp name).
   with atomic_path(path) as tmp, open(tmp, 'wb') as f:

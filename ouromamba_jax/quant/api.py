@@ -10,7 +10,6 @@ together with `<workdir>/quant_report.json`.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any, Mapping, Optional, Union
@@ -18,6 +17,7 @@ from typing import Any, Mapping, Optional, Union
 import jax
 import jax.numpy as jnp
 
+from ouromamba_jax.io import atomic
 from ouromamba_jax.quant import baselines
 from ouromamba_jax.quant import calibrate
 from ouromamba_jax.quant import checkpoint
@@ -69,8 +69,7 @@ def quantize(model, params, calib_images, spec: Union[QuantSpec, str, Mapping[st
   }
   if workdir:
     save_quantized(os.path.join(workdir, QUANTIZED_DIR), qparams, report)
-    checkpoint._atomic_write_text(  # pylint: disable=protected-access
-        os.path.join(workdir, REPORT_FILE), json.dumps(report, indent=1))
+    atomic.write_json(os.path.join(workdir, REPORT_FILE), report)
   return qparams, report
 
 

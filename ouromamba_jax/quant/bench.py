@@ -36,7 +36,7 @@ def parse_args(argv=None):
   p.add_argument('--method', default='ouromamba')
   p.add_argument('--epochs', type=int, default=10)
   p.add_argument('--micro_batch', type=int, default=64)
-  p.add_argument('--scale_space', default='linear')
+  p.add_argument('--scale_space', default='log')
   p.add_argument('--lr', type=float, default=0.0, help='> 0: lr_weight = lr_act = this')
   p.add_argument('--workdir', default='')
   p.add_argument('--out', default='')

@@ -18,6 +18,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from ouromamba_jax.io import atomic
 from ouromamba_jax.quant import qtypes
 from ouromamba_jax.quant.config import ActSpec
 from ouromamba_jax.quant.rewrite import as_dict
@@ -114,7 +115,7 @@ def save_quantized(path: str, qparams, extra: Mapping[str, Any] | None = None) -
     checkpointer.save(os.path.join(tmp, ARRAYS_DIR), _to_numpy(arrays), force=True)
     checkpointer.wait_until_finished()
     doc = {'format_version': FORMAT_VERSION, 'qtypes': meta, 'extra': dict(extra or {})}
-    _atomic_write_text(os.path.join(tmp, META_FILE), json.dumps(doc, indent=1))
+    atomic.write_json(os.path.join(tmp, META_FILE), doc)
     old = None
     if os.path.exists(path):
       old = f'{tmp}_old'
@@ -171,24 +172,12 @@ def _unflatten(flat):
   return tree
 
 
-def _atomic_write_text(path, text):
-  directory = os.path.dirname(path) or '.'
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp_', suffix='.json')
-  with os.fdopen(fd, 'w') as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
 def save_snapshot(path: str, tree, info: Mapping[str, Any]) -> None:
   """Writes a (quantized) tree + JSON info to `path` (.npz) atomically (tmp file + rename)."""
   arrays, meta = to_state(tree)
   flat = _flatten(arrays)
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp_', suffix='.npz')
-  with os.fdopen(fd, 'wb') as f:
-    np.savez(f, __meta__=np.asarray(json.dumps({'qtypes': meta, 'info': dict(info)})), **flat)
-  os.replace(tmp, path)
+  atomic.write_npz(path, __meta__=np.asarray(json.dumps({'qtypes': meta, 'info': dict(info)})),
+                   **flat)
 
 
 def load_snapshot(path: str):

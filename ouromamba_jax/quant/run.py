@@ -33,6 +33,7 @@ from absl import logging
 import numpy as np
 
 from ouromamba_jax import checkpoints
+from ouromamba_jax.io import atomic
 from ouromamba_jax.quant import api
 from ouromamba_jax.quant import calibrate
 from ouromamba_jax.quant.config import default_config
@@ -146,18 +147,6 @@ def settings_fingerprint(config, images: np.ndarray) -> dict[str, Any]:
   }
 
 
-def _read_json(path: str):
-  if not os.path.isfile(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
-
-
-def _write_json(path: str, obj) -> None:
-  from ouromamba_jax.gen import outputs  # pylint: disable=g-import-not-at-top
-  outputs.write_json(path, obj)
-
-
 def is_complete(directory: str) -> bool:
   return os.path.isfile(os.path.join(directory, api.QUANTIZED_DIR, 'quant_meta.json')) and \
       os.path.isfile(os.path.join(directory, api.REPORT_FILE))
@@ -178,7 +167,7 @@ def quantize_run(config, workdir: str, *, model=None, params=None, log: Log = _l
   images = calibration_images(config, workdir, model, log)
   settings = settings_fingerprint(config, images)
   settings_path = os.path.join(directory, SETTINGS_FILE)
-  old = _read_json(settings_path)
+  old = atomic.read_json(settings_path)
   name = run_name(q)
   if old is not None and old != settings:
     log(f'[quant] {name}: settings changed since the last run in {directory}; recalibrating')
@@ -194,7 +183,7 @@ def quantize_run(config, workdir: str, *, model=None, params=None, log: Log = _l
     qparams, report = api.load_quantized(checkpoint)
     skipped = True
   else:
-    _write_json(settings_path, settings)
+    atomic.write_json(settings_path, settings)
     log(f'[quant] {name}: {q.method} {q.preset} on {len(images)} {q.calib_source} images '
         f'-> {directory}')
     qparams, report = api.quantize_from_config(model, params, images, spec_settings(q),

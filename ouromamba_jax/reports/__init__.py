@@ -4,5 +4,4 @@
 - `outliers`:    outlier rate per time step and block of the dynamic-outlier quantizers.
 - `heatmap`:     a small PNG heatmap renderer (pillow only).
 - `accuracy`:    the accuracy table (Markdown + JSON).
-- `files`:       atomic JSON / text writes.
 """

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping, Optional, Sequence
 
-from ouromamba_jax.reports import files
+from ouromamba_jax.io import atomic
 
 JSON_FILE = 'accuracy.json'
 MD_FILE = 'accuracy.md'
@@ -43,7 +43,7 @@ def to_markdown(fp: Optional[Mapping[str, Any]], runs: Sequence[Mapping[str, Any
   out.append('| method + calibration data | ' + ' | '.join(p.upper() for p in presets) + ' |')
   out.append('|---|' + '---:|' * len(presets))
   if fp:
-    out.append(f'| FP | ' + ' | '.join(_pct(fp_top1) for _ in presets) + ' |')
+    out.append('| FP | ' + ' | '.join(_pct(fp_top1) for _ in presets) + ' |')
   for label in labels:
     cells = []
     for p in presets:
@@ -76,7 +76,7 @@ def write(directory: str, fp: Optional[Mapping[str, Any]], runs: Sequence[Mappin
   """accuracy.json and accuracy.md in `directory`; returns their paths."""
   md_path = os.path.join(directory, MD_FILE)
   json_path = os.path.join(directory, JSON_FILE)
-  files.write_json(json_path, {'meta': dict(meta or {}), 'fp': dict(fp) if fp else None,
+  atomic.write_json(json_path, {'meta': dict(meta or {}), 'fp': dict(fp) if fp else None,
                                'runs': [dict(r) for r in runs]})
-  files.write_text(md_path, to_markdown(fp, runs, title, notes))
+  atomic.write_text(md_path, to_markdown(fp, runs, title, notes))
   return md_path, json_path

@@ -8,7 +8,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ouromamba_jax.reports import files
+from ouromamba_jax.io import atomic
 
 # Viridis anchors (0, .25, .5, .75, 1).
 _ANCHORS = np.asarray([(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98),
@@ -73,4 +73,4 @@ def _ticks(n: int, most: int = 12) -> list[int]:
 def write_png(path: str, grid, **kwargs) -> None:
   buffer = io.BytesIO()
   render(grid, **kwargs).save(buffer, format='PNG')
-  files.write_text(path, buffer.getvalue(), binary=True)
+  atomic.write_bytes(path, buffer.getvalue())

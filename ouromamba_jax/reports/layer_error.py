@@ -23,7 +23,7 @@ import numpy as np
 from ouromamba_jax.quant import qtypes
 from ouromamba_jax.quant import rewrite
 from ouromamba_jax.reports import capture
-from ouromamba_jax.reports import files
+from ouromamba_jax.io import atomic
 
 JSON_FILE = 'layers.json'
 MD_FILE = 'layers.md'
@@ -103,5 +103,5 @@ def to_markdown(rows: Sequence[dict[str, Any]], images: int = 0) -> str:
 
 def write(directory: str, rows: Sequence[dict[str, Any]], images: int = 0) -> None:
   """layers.json and layers.md in `directory`."""
-  files.write_json(os.path.join(directory, JSON_FILE), {'images': images, 'layers': list(rows)})
-  files.write_text(os.path.join(directory, MD_FILE), to_markdown(rows, images))
+  atomic.write_json(os.path.join(directory, JSON_FILE), {'images': images, 'layers': list(rows)})
+  atomic.write_text(os.path.join(directory, MD_FILE), to_markdown(rows, images))

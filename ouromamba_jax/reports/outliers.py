@@ -22,7 +22,7 @@ from ouromamba_jax.quant import activations as act_lib
 from ouromamba_jax.quant import qtypes
 from ouromamba_jax.quant import rewrite
 from ouromamba_jax.reports import capture
-from ouromamba_jax.reports import files
+from ouromamba_jax.io import atomic
 from ouromamba_jax.reports import heatmap
 
 JSON_FILE = 'outliers.json'
@@ -88,7 +88,7 @@ def outlier_rates(model, qparams, images, batch_size: int = 16) -> dict[str, Any
 
 def write(directory: str, rates: dict[str, Any], title: str = '') -> Optional[str]:
   """outliers.json and (when there are outlier sites) outliers.png in `directory`."""
-  files.write_json(os.path.join(directory, JSON_FILE), rates)
+  atomic.write_json(os.path.join(directory, JSON_FILE), rates)
   rows = [r for r in rates['blocks'] if r is not None]
   if not rows:
     return None

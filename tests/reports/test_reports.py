@@ -26,6 +26,7 @@ def w4a4(tiny):
   return qparams
 
 
+@pytest.mark.slow
 def test_layer_errors_on_tiny_model(tiny, w4a4):
   model, params, images = tiny
   rows = layer_error.layer_errors(model, params, w4a4, images[:4], batch_size=3)
@@ -44,6 +45,7 @@ def test_layer_errors_on_tiny_model(tiny, w4a4):
   assert by_layer['layers_1/mixer/out_proj']['sqnr_db'] == pytest.approx(want, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_layer_errors_order_w8a8_better_than_w4a4(tiny, w4a4):
   model, params, images = tiny
   w8a8, _ = quant.quantize(model, params, images, {'preset': 'w8a8', 'epochs': 0,
