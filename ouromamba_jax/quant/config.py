@@ -237,7 +237,7 @@ def vim_rules(weights: WeightSpec, inputs: ActSpec, delta: Optional[ActSpec],
   )
 
 
-def _preset(name, w_bits, a_bits, outliers, **overrides) -> QuantSpec:
+def _preset(name, w_bits, a_bits, outliers, *, float_ssm=False, **overrides) -> QuantSpec:
   act_fields = {f.name for f in dataclasses.fields(ActSpec)}
   calib_fields = {f.name for f in dataclasses.fields(CalibSpec)}
   weight_fields = {f.name for f in dataclasses.fields(WeightSpec)}
@@ -261,7 +261,10 @@ def _preset(name, w_bits, a_bits, outliers, **overrides) -> QuantSpec:
   act = ActSpec(**{'bits': a_bits, 'outliers': outliers, **act_kw})
   delta = dataclasses.replace(act, symmetric=False, k=4.0)
   delta = dataclasses.replace(delta, **delta_overrides) if delta_overrides else delta
-  return QuantSpec(name, vim_rules(weights, act, delta, act), CalibSpec(**calib_kw))
+  if float_ssm:  # PTQ4VM's site set: Δ, B, C, A, D stay in float
+    delta = None
+  return QuantSpec(name, vim_rules(weights, act, delta, None if float_ssm else act),
+                   CalibSpec(**calib_kw))
 
 
 PRESETS = {
@@ -273,6 +276,8 @@ PRESETS = {
     'w4a4': lambda **kw: _preset('w4a4', 4, 4, 'int', **kw),
     # Ablation: W4A4 with static inlier scales only (no outlier channels).
     'w4a4_no_outliers': lambda **kw: _preset('w4a4_no_outliers', 4, 4, 'none', **kw),
+    # Ablation: W4A4 on the Linears only; the SSM tensors (Δ, B, C, A, D) stay in float.
+    'w4a4_float_ssm': lambda **kw: _preset('w4a4_float_ssm', 4, 4, 'int', float_ssm=True, **kw),
 }
 
 
@@ -309,7 +314,7 @@ def default_config() -> dict[str, Any]:
   (suitable for `ml_collections.ConfigDict(default_config())`)."""
   act, calib = ActSpec(), CalibSpec()
   return {
-      'preset': 'w4a4',                 # w8a8 | w4a8 | w4a4 | w4a4_no_outliers
+      'preset': 'w4a4',                 # w8a8 | w4a8 | w4a4 | w4a4_no_outliers | w4a4_float_ssm
       'method': 'ouromamba',            # ouromamba | rtn | ptq4vm
       'mode': 'fake',                   # fake (float simulation) | int (integer dots)
       'k': act.k, 'delta_k': 4.0, 'n_refresh': act.n_refresh, 'trigger': act.trigger,

@@ -43,6 +43,9 @@ def test_presets_and_overrides():
   assert config.make_preset('w4a8').rules[1].spec.outliers == 'float'
   assert config.make_preset('w4a4_no_outliers').rules[1].spec.outliers == 'none'
   assert config.make_preset('w8a8').rules[0].spec.bits == 8
+  float_ssm = [r.spec for r in config.make_preset('w4a4_float_ssm').rules]
+  assert float_ssm[0].bits == 4 and float_ssm[1].outliers == 'int'
+  assert float_ssm[2] is None and float_ssm[3] is None  # Δ and B, C, A, D stay in float
   spec = config.spec_from_config({'preset': 'w4a4', 'n_refresh': 5, 'trigger': 'batch',
                                   'delta_k': 5.0, 'epochs': 2, 'weight_bits': 3, 'k': None})
   assert spec.rules[1].spec.n_refresh == 5 and spec.rules[1].spec.trigger == 'batch'
