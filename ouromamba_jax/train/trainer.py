@@ -20,13 +20,10 @@ import optax
 import orbax.checkpoint as ocp
 
 from ouromamba_jax import checkpoints
-from ouromamba_jax.data import cifar10
+from ouromamba_jax import data as data_lib
 from ouromamba_jax.io import atomic
 from ouromamba_jax.io import export_safetensors
 from ouromamba_jax.train import augment
-
-DATASETS = {'cifar10': cifar10}
-
 
 def make_optimizer(tcfg, steps_per_epoch: int):
   """AdamW with linear warmup + cosine decay; no weight decay on norms, biases, A, D, tokens."""
@@ -115,7 +112,11 @@ def save_params_npz(params, path: str) -> None:
 def train(config, workdir: str) -> dict[str, Any]:
   """Trains until config.train.epochs or config.train.max_seconds; returns final metrics."""
   tcfg = config.train
-  dataset = DATASETS[config.data.name]
+  dataset = data_lib.dataset_module(config.data.name)
+  if not hasattr(dataset, 'load'):
+    raise ValueError(f'mode train keeps whole splits in device memory, which dataset '
+                     f'{config.data.name!r} does not offer; train on cifar10 (or add a `load` '
+                     f'returning uint8 images + labels to {dataset.__name__}).')
   train_split = dataset.load('train', config.data.data_dir, config.data.cache_dir,
                              config.data.use_tfds)
   test_split = dataset.load('test', config.data.data_dir, config.data.cache_dir,

@@ -91,3 +91,10 @@ def test_resume_continues_bit_for_bit(tiny_cifar, tmp_path):
   with open(os.path.join(pieces, 'train_result.json')) as f:
     assert json.load(f)['finished']
   assert os.path.isfile(os.path.join(pieces, 'model.safetensors'))
+
+
+def test_training_on_a_dataset_without_in_memory_splits_is_refused(tmp_path):
+  cfg = tiny_config(str(tmp_path))
+  cfg.data.name = 'imagenet'
+  with pytest.raises(ValueError, match='mode train keeps whole splits'):
+    trainer.train(cfg, str(tmp_path / 'wd'))
