@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 
 import jax
 import jax.numpy as jnp
@@ -183,8 +182,7 @@ def run(args):
   worst_err = max(r.rel_err for r in main_rows + sweep_rows)
   report['max_rel_err'] = worst_err
   if args.out:
-    with open(args.out, 'w') as f:
-      json.dump(report, f, indent=1)
+    _bench.write_report(report, args.out)
     print(f'\nwrote {args.out}')
   tol = 1e-2 if dtype == jnp.bfloat16 else 1e-5
   if worst_err > tol:

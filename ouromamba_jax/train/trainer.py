@@ -21,6 +21,7 @@ import orbax.checkpoint as ocp
 
 from ouromamba_jax import checkpoints
 from ouromamba_jax import data as data_lib
+from ouromamba_jax import evaluate
 from ouromamba_jax.io import atomic
 from ouromamba_jax.io import export_safetensors
 from ouromamba_jax.train import augment
@@ -70,28 +71,6 @@ def make_train_step(model, optimizer, tcfg, mean, std):
   return jax.jit(step, donate_argnums=(0,))
 
 
-def make_eval_fn(model, mean, std):
-  @jax.jit
-  def correct(params, images_uint8, labels):
-    logits = model.apply({'params': params}, augment.normalize(images_uint8, mean, std))
-    return jnp.sum(jnp.argmax(logits, -1) == labels)
-  return correct
-
-
-def evaluate_accuracy(eval_fn, params, images, labels, batch_size: int) -> float:
-  """Top-1 over all images; the last partial batch is padded and its padding ignored."""
-  total = 0
-  n = len(images)
-  for start in range(0, n, batch_size):
-    x, y = images[start:start + batch_size], labels[start:start + batch_size]
-    pad = batch_size - len(x)
-    if pad:
-      x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
-      y = np.concatenate([y, np.full((pad,), -1, y.dtype)])
-    total += int(eval_fn(params, x, y))
-  return total / n
-
-
 def _checkpoint_manager(directory: str, keep: int):
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
@@ -119,8 +98,6 @@ def train(config, workdir: str) -> dict[str, Any]:
                      f'returning uint8 images + labels to {dataset.__name__}).')
   train_split = dataset.load('train', config.data.data_dir, config.data.cache_dir,
                              config.data.use_tfds)
-  test_split = dataset.load('test', config.data.data_dir, config.data.cache_dir,
-                            config.data.use_tfds)
   if tcfg.train_images:  # a fixed, seeded subset (the split is sorted by class)
     keep = np.sort(np.random.default_rng(config.seed).permutation(
         len(train_split.labels))[:tcfg.train_images])
@@ -152,10 +129,13 @@ def train(config, workdir: str) -> dict[str, Any]:
 
   mean, std = dataset.MEAN, dataset.STD
   train_step = make_train_step(model, optimizer, tcfg, mean, std)
-  eval_fn = make_eval_fn(eval_model, mean, std)
+  test_source = dataset.eval_source(config.data, eval_model.img_size)  # config.data.eval_images
+
+  def test_top1(params) -> float:
+    return evaluate.evaluate_params(eval_model, params, config.data, source=test_source)['top1']
+
   all_images = jax.device_put(train_split.images)
   all_labels = jax.device_put(train_split.labels)
-  test_images, test_labels = test_split.images, test_split.labels
   log_path = os.path.join(workdir, 'train_log.jsonl')
 
   start_step = int(state['step'])
@@ -187,8 +167,7 @@ def train(config, workdir: str) -> dict[str, Any]:
     end_of_epoch = step % steps_per_epoch == 0
     if end_of_epoch and ((step // steps_per_epoch) % tcfg.eval_every_epochs == 0
                          or step == total_steps):
-      acc = evaluate_accuracy(eval_fn, state['params'], test_images, test_labels,
-                              config.data.eval_batch_size)
+      acc = test_top1(state['params'])
       logging.info('epoch %d test top-1 %.4f', step // steps_per_epoch, acc)
       _append_jsonl(log_path, {'step': step, 'epoch': step // steps_per_epoch, 'test_top1': acc})
     if step % tcfg.checkpoint_every_steps == 0 or end_of_epoch:
@@ -203,8 +182,7 @@ def train(config, workdir: str) -> dict[str, Any]:
   result = {'step': step, 'total_steps': total_steps, 'finished': not stopped_early,
             'elapsed_s': time.time() - t0}
   if not stopped_early:
-    result['test_top1'] = evaluate_accuracy(eval_fn, state['params'], test_images, test_labels,
-                                            config.data.eval_batch_size)
+    result['test_top1'] = test_top1(state['params'])
   save_params_npz(state['params'], os.path.join(workdir, 'params.npz'))
   # The shippable form: hustvl names, bf16 storage (half the bytes; compute stays fp32).
   export_safetensors(state['params'], os.path.join(workdir, 'model.safetensors'), jnp.bfloat16)
