@@ -65,6 +65,7 @@ class Variant:
   dtype: str                 # compute dtype of the model
   pallas_scan: bool          # scan via --scan_kernel (else the XLA associative scan)
   preset: Optional[str]      # quantization preset of the integer-mode tree (None: float)
+  quant_kernel: Optional[str] = None  # overrides --quant_kernel (profiling variants)
 
 
 VARIANTS = {
@@ -73,7 +74,13 @@ VARIANTS = {
     'bf16_pallas_scan': Variant('bfloat16', True, None),
     'w8a8': Variant('bfloat16', True, 'w8a8'),
     'w4a4o8': Variant('bfloat16', True, 'w4a4'),
+    # Profiling variants: each removes one part of w4a4o8, so the differences say where its
+    # time goes (not in the default set).
+    'w4a4o8_xla_kernels': Variant('bfloat16', True, 'w4a4', quant_kernel='xla'),
+    'w4a4o8_float_ssm': Variant('bfloat16', True, 'w4a4_float_ssm'),
+    'w4a4_no_outliers': Variant('bfloat16', True, 'w4a4_no_outliers'),
 }
+DEFAULT_VARIANTS = ('fp32_xla', 'bf16_xla', 'bf16_pallas_scan', 'w8a8', 'w4a4o8')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
@@ -85,10 +92,12 @@ def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--models', type=_csv(str), default=['vim_t', 'vim_s', 'vim_b'],
                  help=f'comma-separated, from {list(MODELS)}')
-  p.add_argument('--variants', type=_csv(str), default=list(VARIANTS),
+  p.add_argument('--variants', type=_csv(str), default=list(DEFAULT_VARIANTS),
                  help=f'comma-separated, from {list(VARIANTS)}')
   p.add_argument('--batches', type=_csv(int), default=None,
                  help=f'comma-separated (default {",".join(map(str, BATCHES))}; smoke: 1,2)')
+  p.add_argument('--depth', type=int, default=0,
+                 help='blocks per model (0 = the variant depth; a profile can use fewer)')
   p.add_argument('--iters', type=int, default=20, help='timed calls per cell')
   p.add_argument('--warmup', type=int, default=3, help='untimed calls after compilation')
   p.add_argument('--scan_kernel', default='triton',
@@ -205,13 +214,16 @@ def time_forward(model, tree, images, iters: int, warmup: int) -> dict[str, Any]
 def variant_model(base, variant: Variant, args):
   return base.clone(dtype=DTYPES[variant.dtype],
                     scan_implementation=args.scan_kernel if variant.pallas_scan else 'xla',
-                    quant_implementation=args.quant_kernel if variant.preset else None)
+                    quant_implementation=(variant.quant_kernel or args.quant_kernel)
+                    if variant.preset else None)
 
 
 def run(args) -> dict[str, Any]:
   results, rates, quantize_s = [], {}, {}
   for model_name in args.models:
     registry_name, overrides = MODELS[model_name]
+    if args.depth:
+      overrides = {**overrides, 'depth': args.depth}
     base = build_model(registry_name, scan_implementation='xla', **overrides)
     params = jax.jit(base.init)(jax.random.key(args.seed), _images(base, 1, 0))['params']
     trees = {}

@@ -54,3 +54,15 @@ def test_e2e_latency_smoke_quantized(tmp_path, capsys):
   rate = report['outlier_rates']['tiny/w4a4']
   assert 0.0 < rate['entries'] <= rate['tokens_with_outliers'] <= 1.0
   assert 'outlier rate tiny/w4a4' in capsys.readouterr().out
+
+
+def test_profiling_variants_override_kernel_and_stay_out_of_the_default_grid():
+  bench = _load_bench()
+  args = bench.parse_args(['--smoke', '--depth=1', '--quant_kernel=triton'])
+  assert args.variants == list(bench.DEFAULT_VARIANTS) and args.depth == 1
+  assert 'w4a4o8_xla_kernels' not in args.variants
+  base = bench.build_model('vim_t', depth=1, img_size=32, patch_size=8, d_model=32)
+  ablated = bench.variant_model(base, bench.VARIANTS['w4a4o8_xla_kernels'], args)
+  full = bench.variant_model(base, bench.VARIANTS['w4a4o8'], args)
+  assert (ablated.quant_implementation, full.quant_implementation) == ('xla', 'triton')
+  assert bench.VARIANTS['w4a4o8_float_ssm'].preset == 'w4a4_float_ssm'
