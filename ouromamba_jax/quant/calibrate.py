@@ -100,13 +100,19 @@ def _embed(model: vim.VisionMamba, params, images):
   return embed_tokens(model, params, images)
 
 
+def _clamped_norm(x, eps: float):
+  """max(||x||, eps) along the last axis, written as sqrt(max(sum x^2, eps^2)) so that an
+  all-zero row (a token whose 4-bit codes all land on zero) has gradient 0, not 0 * inf = NaN
+  (the derivative of sqrt at 0)."""
+  return jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1), eps * eps))
+
+
 def cosine_loss(out, target, eps: float = 1e-8):
   """mean over tokens of 1 - cos(out, target) along channels (torch cosine_similarity)."""
   out = out.astype(jnp.float32)
   target = target.astype(jnp.float32)
   dot = jnp.sum(out * target, axis=-1)
-  norms = (jnp.maximum(jnp.linalg.norm(out, axis=-1), eps)
-           * jnp.maximum(jnp.linalg.norm(target, axis=-1), eps))
+  norms = _clamped_norm(out, eps) * _clamped_norm(target, eps)
   return jnp.mean(1.0 - dot / norms)
 
 

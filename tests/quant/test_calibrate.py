@@ -16,6 +16,19 @@ def test_cosine_loss():
   np.testing.assert_allclose(float(calibrate.cosine_loss(a, b)), 0.5, atol=1e-7)
 
 
+def test_cosine_loss_gradient_is_finite_for_an_all_zero_token():
+  # A 4-bit Linear can map every channel of a token to code 0, so the block output has an
+  # exactly zero row; its gradient must stay finite (was NaN: sqrt'(0) * 0 in the norm).
+  out = jax.random.normal(jax.random.key(0), (2, 5, 8)).at[1, 3].set(0.0)
+  target = jax.random.normal(jax.random.key(1), (2, 5, 8))
+  grad = jax.grad(calibrate.cosine_loss)(out, target)
+  assert bool(jnp.all(jnp.isfinite(grad)))
+  # The zero row contributes 1 - 0 / eps = 1 and no gradient through its norm; the others match
+  # the plain formula.
+  cos = jnp.sum(out * target, -1) / (jnp.linalg.norm(out, axis=-1) * jnp.linalg.norm(target, axis=-1) + 1e-30)
+  np.testing.assert_allclose(float(calibrate.cosine_loss(out, target)), float(jnp.mean(1 - cos)), rtol=1e-6)
+
+
 def test_only_step_sizes_are_trainable():
   tree = {'mixer': {
       'in_proj': {'kernel': qtypes.FakeQuantWeight(jnp.ones((4, 3)), jnp.ones(3), jnp.ones(4), 4)},

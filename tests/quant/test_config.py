@@ -46,6 +46,9 @@ def test_presets_and_overrides():
   float_ssm = [r.spec for r in config.make_preset('w4a4_float_ssm').rules]
   assert float_ssm[0].bits == 4 and float_ssm[1].outliers == 'int'
   assert float_ssm[2] is None and float_ssm[3] is None  # Δ and B, C, A, D stay in float
+  w, x, d, ssm8 = (r.spec for r in config.make_preset('w4a4_ssm8').rules)
+  assert (w.bits, x.bits, d.bits, ssm8.bits) == (4, 4, 8, 8)  # Linears 4-bit, SSM tensors 8-bit
+  assert d.symmetric is False and d.k == 4.0 and ssm8.symmetric and ssm8.outliers == 'int'
   spec = config.spec_from_config({'preset': 'w4a4', 'n_refresh': 5, 'trigger': 'batch',
                                   'delta_k': 5.0, 'epochs': 2, 'weight_bits': 3, 'k': None})
   assert spec.rules[1].spec.n_refresh == 5 and spec.rules[1].spec.trigger == 'batch'
