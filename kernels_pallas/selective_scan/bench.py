@@ -3,6 +3,8 @@
   python -m kernels_pallas.selective_scan.bench --out selective_scan.json   # GPU (H100)
   python -m kernels_pallas.selective_scan.bench --reverse --out rev.json    # backward direction
   python -m kernels_pallas.selective_scan.bench --configs 32:4:1:1,64:2:1:2 # own sweep
+  python -m kernels_pallas.selective_scan.bench --grad --out grad.json      # forward + backward
+  python -m kernels_pallas.selective_scan.bench --grad --states --reverse   # ... as Gen uses it
   python -m kernels_pallas.selective_scan.bench --smoke                     # tiny CPU interpret run
 
 Problem: one Vim direction at batch 64, L = 197 tokens, N = 16 states, bf16 inputs, with
@@ -10,6 +12,12 @@ softplus(delta + bias), the D skip and the SiLU(z) gate fused; D = 384 / 768 / 1
 inner widths of Vim-T / S / B. Timing: warm-up, then `trials` rounds of `inner` back-to-back
 calls (async dispatch keeps the GPU busy) over input copies rotated to spill the 50 MB L2, each
 round blocked on its last result; the median per-call time is reported.
+
+--grad times jax.grad of 0.5 |y|^2 (+ 0.5 |states|^2 with --states) w.r.t. all inputs for the
+sequential reference (lax.scan and its VJP), the Pallas forward with the reference VJP (the
+default) and with the Pallas backward kernel (vjp='kernel'), and the XLA associative scan; the
+config sweep is then of the kernel VJP, and errors are the worst ||grad - ref|| / ||ref|| over
+the inputs against the sequential reference. --smoke runs both the forward and the --grad pass.
 
 Roofline floors (H100 SXM): memory = bytes / 3.0 TB/s, bytes = read u, delta, z (B, L, D) +
 B, C (B, L, N) + A, D, delta_bias, write y (B, L, D); exp = B * L * D * N exps at the MUFU rate
@@ -94,78 +102,136 @@ class Row:
   vs_floor: float
 
 
-def run(args):
+# --grad: what is differentiated. 'sequential' is the ground truth the errors are taken against.
+GRAD_VARIANTS = ('sequential', 'pallas_vjp_reference', 'pallas_vjp_kernel', 'xla_associative')
+
+
+def grad_fn(variant, *, reverse, states, interpret, block_config=None):
+  """jit(grad) w.r.t. all 8 inputs of 0.5 |y|^2 (+ 0.5 |states|^2 with `states`, as Gen uses
+  them): a non-trivial output cotangent, as in training."""
+  def scan(*a):
+    if variant in ('sequential', 'xla_associative'):
+      return reference.selective_scan_xla(*a, delta_softplus=True, reverse=reverse,
+                                          return_states=states,
+                                          sequential=(variant == 'sequential'))
+    return pallas_triton.selective_scan(
+        *a, delta_softplus=True, reverse=reverse, return_states=states,
+        vjp='kernel' if variant == 'pallas_vjp_kernel' else 'reference', interpret=interpret,
+        block_config=block_config)
+
+  def loss(*a):
+    leaves = jax.tree.leaves(scan(*a))
+    return sum(0.5 * jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves)
+
+  return jax.jit(jax.grad(loss, argnums=tuple(range(8))))
+
+
+def grad_bytes(batch, length, channels, n_state, itemsize, states):
+  """HBM bytes of an ideal fused forward + backward: the forward's, then read u, delta, z, dy,
+  B, C and write du, ddelta, dz, dB, dC (+ write the fp32 states and read their cotangent)."""
+  backward = (7 * batch * length * channels + 4 * batch * length * n_state) * itemsize
+  state_bytes = 2 * 4 * batch * length * channels * n_state if states else 0
+  return problem_bytes(batch, length, channels, n_state, itemsize) + backward + state_bytes
+
+
+def max_rel_err(outs, refs):
+  return max(rel_err(o, r) for o, r in zip(jax.tree.leaves(outs), jax.tree.leaves(refs)))
+
+
+def _bench_mode(mode, args, report, main_rows, sweep_rows):
+  """One pass over the sizes: mode 'forward' times y, mode 'grad' times jax.grad of a loss."""
   smoke = args.smoke
   interpret = smoke or jax.default_backend() != 'gpu'
-  if interpret and not smoke:
-    raise SystemExit('bench: no GPU here; use --smoke for the CPU interpret run.')
   dtype = jnp.dtype(args.dtype)
-  sizes = SMOKE_SIZES if smoke else VIM_SIZES
-  sweep = args.configs or (SMOKE_CONFIGS if smoke else SWEEP_CONFIGS)
+  if mode == 'grad':
+    sizes = SMOKE_SIZES[1:] if smoke else VIM_SIZES
+    sweep = args.configs or (SMOKE_CONFIGS[:1] if smoke else SWEEP_CONFIGS)
+  else:
+    sizes = SMOKE_SIZES if smoke else VIM_SIZES
+    sweep = args.configs or (SMOKE_CONFIGS if smoke else SWEEP_CONFIGS)
   timing = dict(warmup=1, trials=2, inner=1) if smoke else dict(trials=args.trials,
                                                                 inner=args.inner)
   kw = dict(delta_softplus=True, reverse=args.reverse)
-  report = dict(device=str(jax.devices()[0].device_kind), backend=jax.default_backend(),
-                jax=jax.__version__, dtype=str(dtype), reverse=args.reverse, smoke=smoke,
-                sizes=[], sweep=[])
-  main_rows, sweep_rows = [], []
+  grad_kw = dict(reverse=args.reverse, states=args.states, interpret=interpret)
 
   for name, batch, length, channels, n_state in sizes:
-    nbytes = problem_bytes(batch, length, channels, n_state, dtype.itemsize)
+    if mode == 'grad':
+      nbytes = grad_bytes(batch, length, channels, n_state, dtype.itemsize, args.states)
+    else:
+      nbytes = problem_bytes(batch, length, channels, n_state, dtype.itemsize)
     copies = _bench.n_copies(nbytes, smoke, most=8)
     arg_sets = [make_inputs(jax.random.key(i), batch, length, channels, n_state, dtype)
                 for i in range(copies)]
-    ref = jax.jit(lambda *a: reference.selective_scan_xla(*a, sequential=True, **kw))(
-        *arg_sets[0])
+    if mode == 'grad':
+      ref = grad_fn('sequential', **grad_kw)(*arg_sets[0])
+    else:
+      ref = jax.jit(lambda *a: reference.selective_scan_xla(*a, sequential=True, **kw))(
+          *arg_sets[0])
+    passes = 2 if mode == 'grad' else 1  # the backward recomputes the forward's exps
     memory_floor = nbytes / HBM_BYTES_PER_S
-    exp_floor = batch * length * channels * n_state / EXP_PER_S
+    exp_floor = passes * batch * length * channels * n_state / EXP_PER_S
     floor = max(memory_floor, exp_floor)
 
-    def measure(impl, fn, config):
-      err = rel_err(fn(*arg_sets[0]), ref)
+    def measure(impl, fn, config, size=name, floor=floor, nbytes=nbytes, ref=ref,
+                arg_sets=arg_sets):
+      err = max_rel_err(fn(*arg_sets[0]), ref)
       seconds = _bench.time_fn(fn, arg_sets, **timing)
-      return Row(name, impl, config, seconds * 1e3, nbytes / seconds / 1e9, err, seconds / floor)
+      return Row(size, impl, config, seconds * 1e3, nbytes / seconds / 1e9, err, seconds / floor)
 
     default_cfg = default_block_config(channels, dtype)
-    pallas = jax.jit(lambda *a, cfg=default_cfg: pallas_triton.selective_scan(
-        *a, interpret=interpret, block_config=cfg, **kw))
-    xla = jax.jit(lambda *a: reference.selective_scan_xla(*a, **kw))
-    rows = [measure('pallas', pallas, _config_str(default_cfg)),
-            measure('xla_associative', xla, '-')]
+    if mode == 'grad':
+      rows = [measure(v, grad_fn(v, block_config=default_cfg, **grad_kw),
+                      _config_str(default_cfg) if v.startswith('pallas') else '-')
+              for v in GRAD_VARIANTS]
+    else:
+      pallas = jax.jit(lambda *a, cfg=default_cfg: pallas_triton.selective_scan(
+          *a, interpret=interpret, block_config=cfg, **kw))
+      xla = jax.jit(lambda *a: reference.selective_scan_xla(*a, **kw))
+      rows = [measure('pallas', pallas, _config_str(default_cfg)),
+              measure('xla_associative', xla, '-')]
     main_rows += rows
-    entry = dict(name=name, batch=batch, length=length, channels=channels, n_state=n_state,
-                 bytes=nbytes, memory_floor_ms=memory_floor * 1e3, exp_floor_ms=exp_floor * 1e3,
-                 target_ms=TARGET_MS.get(name), untuned_ms=UNTUNED_MS.get(name),
+    entry = dict(mode=mode, name=name, batch=batch, length=length, channels=channels,
+                 n_state=n_state, bytes=nbytes, memory_floor_ms=memory_floor * 1e3,
+                 exp_floor_ms=exp_floor * 1e3,
+                 target_ms=TARGET_MS.get(name) if mode == 'forward' else None,
+                 untuned_ms=UNTUNED_MS.get(name) if mode == 'forward' else None,
                  results=[dataclasses.asdict(r) for r in rows])
     report['sizes'].append(entry)
 
+    swept_impl = 'pallas_vjp_kernel' if mode == 'grad' else 'pallas'
     for cfg in sweep:
-      fn = jax.jit(lambda *a, cfg=cfg: pallas_triton.selective_scan(
-          *a, interpret=interpret, block_config=cfg, **kw))
+      if mode == 'grad':
+        fn = grad_fn('pallas_vjp_kernel', block_config=cfg, **grad_kw)
+      else:
+        fn = jax.jit(lambda *a, cfg=cfg: pallas_triton.selective_scan(
+            *a, interpret=interpret, block_config=cfg, **kw))
       try:
-        row = measure('pallas', fn, _config_str(cfg))
+        row = measure(swept_impl, fn, _config_str(cfg))
       except Exception as e:  # pylint: disable=broad-except
-        report['sweep'].append(dict(size=name, config=_config_str(cfg), error=repr(e)[:300]))
-        print(f'{name} {_config_str(cfg)}: failed: {e!r:.200}')
+        report['sweep'].append(dict(mode=mode, size=name, config=_config_str(cfg),
+                                    error=repr(e)[:300]))
+        print(f'{mode} {name} {_config_str(cfg)}: failed: {e!r:.200}')
         continue
       sweep_rows.append(row)
-      report['sweep'].append(dataclasses.asdict(row))
+      report['sweep'].append(dict(dataclasses.asdict(row), mode=mode))
 
-    print(f'\n{name}: B={batch} L={length} D={channels} N={n_state} {dtype.name}, '
+    what = 'forward + backward' if mode == 'grad' else 'forward'
+    print(f'\n{name} ({what}): B={batch} L={length} D={channels} N={n_state} {dtype.name}, '
           f'{nbytes / 1e6:.1f} MB, floors: memory {memory_floor * 1e3:.4f} ms, '
           f'exp {exp_floor * 1e3:.4f} ms')
     for r in rows:
-      print(f'  {r.impl:16s} {r.ms:8.4f} ms  {r.gb_per_s:7.1f} GB/s  x{r.vs_floor:5.1f} floor  '
+      print(f'  {r.impl:20s} {r.ms:8.4f} ms  {r.gb_per_s:7.1f} GB/s  x{r.vs_floor:5.1f} floor  '
             f'err {r.rel_err:.1e}  [{r.config}]')
     best = min((r for r in sweep_rows if r.size == name), key=lambda r: r.ms, default=None)
     if best is not None:
       entry['best'] = dataclasses.asdict(best)
-    if name in TARGET_MS and best is not None:
+    if mode == 'forward' and name in TARGET_MS and best is not None:
       verdict = 'meets' if best.ms <= TARGET_MS[name] else 'misses'
       print(f'  best {best.ms:.4f} ms [{best.config}] {verdict} the {TARGET_MS[name]} ms target '
             f'(untuned design: {UNTUNED_MS[name]} ms)')
 
-  print('\nsweep (block_d:chunk_t:num_warps:num_stages), ms; * = best per size')
+  print(f'\n{mode} sweep of {swept_impl} (block_d:chunk_t:num_warps:num_stages), ms; '
+        '* = best per size')
   names = [s[0] for s in sizes]
   configs = list(dict.fromkeys(r.config for r in sweep_rows))
   table = {(r.size, r.config): r for r in sweep_rows}
@@ -178,6 +244,24 @@ def run(args):
       cells.append(f'{"-":>12s}' if r is None else
                    f'{r.ms:10.4f}{"*" if r.ms == best[n] else " "} ')
     print(f'{c:>12s} ' + ' '.join(cells))
+
+
+def run(args):
+  smoke = args.smoke
+  if not smoke and jax.default_backend() != 'gpu':
+    raise SystemExit('bench: no GPU here; use --smoke for the CPU interpret run.')
+  dtype = jnp.dtype(args.dtype)
+  # --smoke covers both modes, so the CPU test keeps the --grad path from rotting.
+  modes = ('forward', 'grad') if smoke else (('grad',) if args.grad else ('forward',))
+  report = dict(device=str(jax.devices()[0].device_kind), backend=jax.default_backend(),
+                jax=jax.__version__, dtype=str(dtype), reverse=args.reverse, smoke=smoke,
+                modes=list(modes), states=args.states, sizes=[], sweep=[])
+  main_rows, sweep_rows = [], []
+  for mode in modes:
+    mode_rows, mode_sweep = [], []
+    _bench_mode(mode, args, report, mode_rows, mode_sweep)
+    main_rows += mode_rows
+    sweep_rows += mode_sweep
 
   worst_err = max(r.rel_err for r in main_rows + sweep_rows)
   report['max_rel_err'] = worst_err
@@ -199,6 +283,12 @@ def main(argv=None):
   parser.add_argument('--out', default=None, help='write the JSON report here')
   parser.add_argument('--smoke', action='store_true', help='tiny sizes, interpreted (CPU)')
   parser.add_argument('--reverse', action='store_true', help='time the backward direction')
+  parser.add_argument('--grad', action='store_true',
+                      help='time jax.grad (forward + backward) of the sequential reference '
+                           'VJP, the Pallas forward with the reference or the kernel VJP, and '
+                           'the XLA associative scan; the sweep is of the kernel VJP')
+  parser.add_argument('--states', action='store_true',
+                      help='with --grad: the loss also uses the fp32 states (as Gen does)')
   parser.add_argument('--dtype', default='bfloat16', choices=('bfloat16', 'float32'))
   parser.add_argument('--configs', type=parse_configs, default=None,
                       help='sweep these instead: block_d:chunk_t:num_warps:num_stages,...')

@@ -1,10 +1,11 @@
 """Fused Mamba selective scan as a Pallas kernel on the Triton backend (GPU; CPU via interpret).
 
 One program per (block of `block_d` channels, batch row); it runs the whole recurrence for its
-channels with the fp32 state in registers and writes only y:
+channels with the fp32 state in registers and writes y (and, only when asked for, every fp32
+state, in a (B, L, N, D) layout whose rows are contiguous across a warp's threads):
 
     dt  = softplus(delta_t + delta_bias)                 (BD,)     per step
-    h   = exp2(dt * A log2(e)) * h + (dt u_t) B_t        (N, BD)   fp32 state, never stored
+    h   = exp2(dt * A log2(e)) * h + (dt u_t) B_t        (N, BD)   fp32 state, in registers
     y_t = (sum_n h C_t + D u_t) * SiLU(z_t)              (BD,)     stored in u.dtype
 
 Design, aimed at the H100 (what the compiled code looks like, and what to measure: NOTES.md):
@@ -34,9 +35,11 @@ Design, aimed at the H100 (what the compiled code looks like, and what to measur
   * Grid is (channel blocks, batch) with channel blocks fastest: programs launched together
     read the same B_t/C_t rows, which then come from L2.
 
-Differentiation: `jax.custom_vjp` whose backward is the VJP of the XLA reference
-(`reference.selective_scan_xla`, sequential form), so gradients for u, delta, A, B, C, D, z
-and delta_bias are the reference's.
+Differentiation: `jax.custom_vjp`. vjp='reference' differentiates the XLA reference
+(`reference.selective_scan_xla`, sequential form); vjp='kernel' (the default: 10.8x faster on an
+H100, NOTES.md) re-runs this kernel with its states written out and feeds them to the Pallas adjoint kernel of
+`pallas_triton_bwd`. With `return_states` the states are an output, saved as the residual for
+vjp='kernel', and their cotangent enters the adjoint recurrence.
 """
 from __future__ import annotations
 
@@ -72,6 +75,7 @@ class _KernelSpec:
   has_skip: bool
   has_gate: bool
   has_bias: bool
+  store_states: bool = False  # also write every fp32 state to a (B, L, N, D) output
 
   @property
   def n_groups(self) -> int:
@@ -99,6 +103,29 @@ def _softplus(x):
   return jnp.maximum(x, 0.0) + log1p_e
 
 
+def _tile_mask(state_ok, channel_ok, n_pad, group_d):
+  """Full (n_pad, group_d) mask of a state tile, or None when neither axis is padded."""
+  if state_ok is None and channel_ok is None:
+    return None
+  rows = jnp.ones((n_pad,), bool) if state_ok is None else state_ok
+  cols = jnp.ones((group_d,), bool) if channel_ok is None else channel_ok
+  return rows[:, None] & cols[None, :]
+
+
+def _tile_from_rows(rows, n_pad):
+  """(n_pad, group_d) fp32 tile whose first len(rows) rows are the given (group_d,) rows.
+
+  Used for A: a single 2D load would be vectorised along channels and make Triton split N
+  over threads for the whole recurrence (shuffles in the C readout); row loads keep the
+  default layout where a thread owns a column (one channel's N states).
+  """
+  state_ids = jnp.arange(n_pad)[:, None]
+  tile = jnp.zeros((n_pad, rows[0].shape[0]), jnp.float32)
+  for n, row in enumerate(rows):
+    tile = jnp.where(state_ids == n, row.astype(jnp.float32)[None, :], tile)
+  return tile
+
+
 def _index(i):
   """Static Python ints as int32 scalars: the Pallas interpreter rejects bare ints in indexers."""
   return jnp.int32(i) if isinstance(i, int) else i
@@ -116,7 +143,8 @@ def _scan_kernel(*refs, spec: _KernelSpec):
   skip_ref = refs.pop(0) if spec.has_skip else None
   z_ref = refs.pop(0) if spec.has_gate else None
   bias_ref = refs.pop(0) if spec.has_bias else None
-  (y_ref,) = refs
+  y_ref = refs.pop(0)
+  states_out_ref = refs.pop(0) if spec.store_states else None
 
   f32 = jnp.float32
   gd, n_pad = spec.group_d, spec.n_pad
@@ -128,6 +156,8 @@ def _scan_kernel(*refs, spec: _KernelSpec):
   channel_ok = [(d0 + g * gd + jnp.arange(gd) < spec.channels) if spec.mask_channels else None
                 for g in groups]
   state_ok = (jnp.arange(n_pad) < spec.n_state) if spec.mask_states else None
+  tile_ok = ([_tile_mask(state_ok, channel_ok[g], n_pad, gd) for g in groups]
+             if spec.store_states else None)
 
   def load(ref_view, mask):  # in the array's dtype; masked-off elements read as 0
     if mask is None:
@@ -141,18 +171,8 @@ def _scan_kernel(*refs, spec: _KernelSpec):
   def load_states(ref, t):  # (N,) row of B or C at time t
     return load(ref.at[row, _index(t), states], state_ok)
 
-  # A^T log2(e) as (N, group_d) tiles, assembled from N row loads: a single 2D load would be
-  # vectorised along channels and make Triton split N over threads for the whole recurrence
-  # (shuffles in the C readout); rows keep the default layout where a thread owns a column.
-  state_ids = jnp.arange(n_pad)[:, None]
-
-  def a_tile(g):
-    tile = jnp.zeros((n_pad, gd), f32)
-    for n in range(spec.n_state):
-      tile = jnp.where(state_ids == n, load_group(a_ref, g, n)[None, :], tile)
-    return tile
-
-  a_log2 = [a_tile(g) for g in groups]
+  a_log2 = [_tile_from_rows([load_group(a_ref, g, n) for n in range(spec.n_state)], n_pad)
+            for g in groups]
   skip = [load_group(skip_ref, g).astype(f32) if spec.has_skip else None for g in groups]
   bias = [load_group(bias_ref, g).astype(f32) if spec.has_bias else None for g in groups]
 
@@ -212,6 +232,8 @@ def _scan_kernel(*refs, spec: _KernelSpec):
       for g in groups:
         hs[g], y = group_step(hs[g], g, x)
         plgpu.store(y_ref.at[row, t, channels[g]], y.astype(y_ref.dtype), mask=channel_ok[g])
+        if spec.store_states:
+          plgpu.store(states_out_ref.at[row, t, states, channels[g]], hs[g], mask=tile_ok[g])
     return tuple(hs)
 
   ct = spec.chunk_t
@@ -262,58 +284,109 @@ def _check_inputs(u, delta, A, B, C, D, z, delta_bias):
     raise ValueError(f'selective_scan(triton): empty input {u.shape}.')
 
 
-@functools.partial(jax.jit, static_argnames=('delta_softplus', 'reverse', 'interpret',
-                                             'block_config'))
-def _forward(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus: bool, reverse: bool,
-             interpret: bool, block_config: SelectiveScanBlockConfig):
-  batch, length, channels = u.shape
+VJP_MODES = ('reference', 'kernel')
+
+
+def _kernel_spec(u, A, D, z, delta_bias, *, delta_softplus: bool, reverse: bool,
+                block_config: SelectiveScanBlockConfig, store_states: bool = False) -> _KernelSpec:
+  """The static facts of one call, shared by the forward and the backward kernel."""
+  _, length, channels = u.shape
   n_state = A.shape[1]
-  spec = _KernelSpec(length=length, channels=channels, n_state=n_state,
+  return _KernelSpec(length=length, channels=channels, n_state=n_state,
                      n_pad=pl.next_power_of_2(n_state), block_d=block_config.block_d,
                      group_d=block_config.group_d, chunk_t=block_config.chunk_t,
                      prefetch=block_config.num_stages >= 2, reverse=reverse,
                      delta_softplus=delta_softplus, has_skip=D is not None,
-                     has_gate=z is not None, has_bias=delta_bias is not None)
-  # (N, D), log2(e) folded in so the kernel needs exp2 only; tiny, computed once per call.
-  a_log2 = (A.astype(jnp.float32) * _LOG2E).T
-  # B, C in fp32: each thread converts all N of them every step otherwise (~20% of the loop's
-  # instructions at one channel per thread); in a model XLA fuses this cast into x_proj.
-  operands = ([u, delta, a_log2, B.astype(jnp.float32), C.astype(jnp.float32)]
-              + [x for x in (D, z, delta_bias) if x is not None])
+                     has_gate=z is not None, has_bias=delta_bias is not None,
+                     store_states=store_states)
+
+
+def _kernel_a_b_c(A, B, C):
+  """A^T log2(e) as (N, D), so the kernels need exp2 only, and B, C in fp32: each thread
+  converts all N of them every step otherwise (~20% of the loop's instructions at one channel
+  per thread); in a model XLA fuses these casts into their producers."""
+  return (A.astype(jnp.float32) * _LOG2E).T, B.astype(jnp.float32), C.astype(jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnames=('delta_softplus', 'reverse', 'interpret',
+                                             'block_config', 'store_states'))
+def _forward(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus: bool, reverse: bool,
+             interpret: bool, block_config: SelectiveScanBlockConfig, store_states: bool = False):
+  """y, and with `store_states` also the fp32 states in the kernel's (B, L, N, D) layout (a
+  thread owns one channel, so a state row is contiguous across the threads of a warp)."""
+  batch, length, channels = u.shape
+  spec = _kernel_spec(u, A, D, z, delta_bias, delta_softplus=delta_softplus, reverse=reverse,
+                     block_config=block_config, store_states=store_states)
+  operands = [u, delta, *_kernel_a_b_c(A, B, C)] + [x for x in (D, z, delta_bias) if x is not None]
+  out_shape = jax.ShapeDtypeStruct(u.shape, u.dtype)
+  if store_states:
+    out_shape = (out_shape, jax.ShapeDtypeStruct((batch, length, A.shape[1], channels),
+                                                 jnp.float32))
   compat.filter_triton_deprecation()
   return pl.pallas_call(
       functools.partial(_scan_kernel, spec=spec),
-      out_shape=jax.ShapeDtypeStruct(u.shape, u.dtype),
+      out_shape=out_shape,
       grid=(pl.cdiv(channels, block_config.block_d), batch),
       interpret=interpret,
-      name='selective_scan_fwd',
+      name='selective_scan_fwd_states' if store_states else 'selective_scan_fwd',
       compiler_params=compat.triton_compiler_params(block_config.num_warps,
                                                     block_config.num_stages),
   )(*operands)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10, 11))
+def _public_states(states_bnd):
+  """(B, L, N, D) kernel layout -> the API's (B, L, D, N)."""
+  return jnp.swapaxes(states_bnd, 2, 3)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10, 11, 12, 13))
 def _selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, interpret,
-                    block_config):
-  return _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus=delta_softplus,
-                  reverse=reverse, interpret=interpret, block_config=block_config)
+                    block_config, vjp, return_states):
+  out = _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus=delta_softplus,
+                 reverse=reverse, interpret=interpret, block_config=block_config,
+                 store_states=return_states)
+  if return_states:
+    y, states = out
+    return y, _public_states(states)
+  return out
 
 
 def _selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, interpret,
-                        block_config):
-  y = _selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, interpret,
-                      block_config)
-  return y, (u, delta, A, B, C, D, z, delta_bias)
+                        block_config, vjp, return_states):
+  """Saves the inputs only (no (B, L, D, N) residual per layer) unless the states are an
+  output anyway and the kernel backward can reuse them."""
+  primals = (u, delta, A, B, C, D, z, delta_bias)
+  if not return_states:
+    y = _selective_scan(*primals, delta_softplus, reverse, interpret, block_config, vjp, False)
+    return y, (primals, None)
+  y, states_bnd = _forward(*primals, delta_softplus=delta_softplus, reverse=reverse,
+                           interpret=interpret, block_config=block_config, store_states=True)
+  saved_states = states_bnd if vjp == 'kernel' else None
+  return (y, _public_states(states_bnd)), (primals, saved_states)
 
 
-def _selective_scan_bwd(delta_softplus, reverse, interpret, block_config, primals, y_bar):
-  """Backward through the sequential XLA reference at the saved inputs (it keeps no
-  (B, L, D, N) intermediates beyond the per-step states, so it is the cheaper VJP)."""
-  del interpret, block_config
-  ref = functools.partial(reference.selective_scan_xla, delta_softplus=delta_softplus,
-                          reverse=reverse, sequential=True)
-  _, vjp = jax.vjp(ref, *primals)
-  return vjp(y_bar)
+def _selective_scan_bwd(delta_softplus, reverse, interpret, block_config, vjp, return_states,
+                        residuals, cotangents):
+  """vjp='reference': the VJP of the sequential XLA reference at the saved inputs (it keeps no
+  (B, L, D, N) intermediates beyond the per-step states). vjp='kernel': the Pallas adjoint
+  kernel of `pallas_triton_bwd`, on states recomputed by the forward kernel (or saved, when
+  they were an output)."""
+  primals, states_bnd = residuals
+  y_bar, states_bar = cotangents if return_states else (cotangents, None)
+  if vjp == 'reference':
+    ref = functools.partial(reference.selective_scan_xla, delta_softplus=delta_softplus,
+                            reverse=reverse, return_states=return_states, sequential=True)
+    _, ref_vjp = jax.vjp(ref, *primals)
+    return ref_vjp(cotangents)
+  # Imported here: the backward module builds on this one's kernel spec and helpers.
+  from kernels_pallas.selective_scan import pallas_triton_bwd  # pylint: disable=g-import-not-at-top
+  if states_bnd is None:
+    _, states_bnd = _forward(*primals, delta_softplus=delta_softplus, reverse=reverse,
+                             interpret=interpret, block_config=block_config, store_states=True)
+  states_bar_bnd = None if states_bar is None else jnp.swapaxes(states_bar, 2, 3)
+  return pallas_triton_bwd.backward(
+      *primals, states_bnd, y_bar, states_bar_bnd, delta_softplus=delta_softplus,
+      reverse=reverse, interpret=interpret, block_config=block_config)
 
 
 _selective_scan.defvjp(_selective_scan_fwd, _selective_scan_bwd)
@@ -321,19 +394,25 @@ _selective_scan.defvjp(_selective_scan_fwd, _selective_scan_bwd)
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                    delta_softplus: bool = True, reverse: bool = False,
+                   return_states: bool = False, vjp: str = 'kernel',
                    interpret: bool | None = None,
                    block_config: SelectiveScanBlockConfig | None = None):
-  """Fused selective scan; see the module docstring. Returns y (B, L, D) in u.dtype.
+  """Fused selective scan; see the module docstring. Returns y (B, L, D) in u.dtype, and with
+  `return_states` also the fp32 states (B, L, D, N), written by the kernel.
 
   u, delta, z: (B, L, D); B, C: (B, L, N); A: (D, N); D, delta_bias: (D,); D, z, delta_bias may
-  be None. `interpret=None` interprets off-GPU. `block_config=None` uses the default for
-  (D, u.dtype).
+  be None. `vjp`: 'reference' differentiates through the sequential XLA reference; 'kernel'
+  through the Pallas backward kernel (opt-in until measured on a GPU). `interpret=None`
+  interprets off-GPU. `block_config=None` uses the default for (D, u.dtype).
   """
   _check_inputs(u, delta, A, B, C, D, z, delta_bias)
+  if vjp not in VJP_MODES:
+    raise ValueError(f'selective_scan(triton): vjp={vjp!r}; choose one of {VJP_MODES}.')
   if block_config is None:
     block_config = default_block_config(u.shape[-1], u.dtype)
   elif not isinstance(block_config, SelectiveScanBlockConfig):
     raise TypeError('selective_scan(triton): block_config must be a SelectiveScanBlockConfig, '
                     f'got {type(block_config).__name__}.')
   return _selective_scan(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
-                         bool(reverse), compat.resolve_interpret(interpret), block_config)
+                         bool(reverse), compat.resolve_interpret(interpret), block_config, vjp,
+                         bool(return_states))

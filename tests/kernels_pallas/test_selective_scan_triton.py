@@ -222,6 +222,144 @@ def test_compat_helpers():
   assert (params.num_warps, params.num_stages) == (2, 3)
 
 
+# ------------------------------------------- backward kernel (vjp='kernel') and states output
+
+
+# Interpreted kernels are long unrolled XLA programs: on CPU, LLVM's optimisation of them is
+# most of a test's time (the backward kernel: 2.6 s -> 1.4 s at level 0) and buys nothing.
+CPU_FAST_COMPILE = ({'xla_backend_optimization_level': 0} if jax.default_backend() == 'cpu'
+                    else None)
+
+
+def vjp_of(scan, args, cotangent):
+  """scan(*args) and the cotangents of its present (non-None) inputs, keyed by name, in one jit
+  (one compilation of the interpreted kernels keeps the CPU tests fast)."""
+  present = [i for i, x in enumerate(args) if x is not None]
+
+  def out_and_grads(xs, ct):
+    def of_present(*xs):
+      full = list(args)
+      for i, x in zip(present, xs):
+        full[i] = x
+      return scan(*full)
+
+    out, pullback = jax.vjp(of_present, *xs)
+    return out, pullback(ct)
+
+  out, grads = jax.jit(out_and_grads, compiler_options=CPU_FAST_COMPILE)(
+      [args[i] for i in present], cotangent)
+  return out, {ARG_NAMES[i]: g for i, g in zip(present, grads)}
+
+
+def random_cotangent(seed, out):
+  """Random cotangent(s) shaped and typed like the scan's output(s)."""
+  leaves, tree = jax.tree.flatten(out)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  return jax.tree.unflatten(tree, [jax.random.normal(k, x.shape).astype(x.dtype)
+                                   for k, x in zip(keys, leaves)])
+
+
+def assert_grads_close(grads, expected, tol, what):
+  assert grads.keys() == expected.keys()
+  for name, e in expected.items():
+    g = grads[name]
+    assert g.shape == e.shape and g.dtype == e.dtype, (what, name, g.dtype, e.dtype)
+    err = rel_err(g, e)
+    assert err < tol, f'{what}: grad {name}: ||out-ref||/||ref|| = {err:.2e} (tol {tol:.0e})'
+
+
+# (batch, length, channels, n_state, dtype, reverse, block config, input options, softplus)
+KERNEL_VJP_CASES = {  # chunk_t 2 keeps the unrolled, interpreted kernels quick to compile
+    'fp32_D_ragged_tail': (2, 6, 48, 16, jnp.float32, False, SelectiveScanBlockConfig(32, 2), {},
+                           True),
+    'fp32_reverse_two_groups_padded_N': (1, 5, 80, 5, jnp.float32, True,
+                                         SelectiveScanBlockConfig(64, 2), {}, True),
+    'bf16_reverse': (2, 6, 40, 16, jnp.bfloat16, True, SelectiveScanBlockConfig(32, 2), {}, True),
+    'bf16_no_skip_gate_bias': (1, 6, 32, 16, jnp.bfloat16, False, SelectiveScanBlockConfig(32, 2),
+                               dict(skip=False, gate=False, bias=False), True),
+    'fp32_no_softplus_chunk_longer_than_L': (1, 3, 32, 16, jnp.float32, True,
+                                             SelectiveScanBlockConfig(32, 8), dict(bias=False),
+                                             False),
+}
+
+
+@pytest.mark.parametrize('case', list(KERNEL_VJP_CASES))
+def test_kernel_vjp_matches_reference_vjp(case):
+  batch, length, channels, n_state, dtype, reverse, cfg, opts, softplus = KERNEL_VJP_CASES[case]
+  args = make_inputs(10, batch, length, channels, n_state, dtype, **opts)
+  kw = dict(delta_softplus=softplus, reverse=reverse)
+  y_bar = random_cotangent(11, args[0])
+  kernel = lambda *a: pallas_triton.selective_scan(*a, vjp='kernel', interpret=True,
+                                                   block_config=cfg, **kw)
+  _, grads = vjp_of(kernel, args, y_bar)
+  _, expected = vjp_of(lambda *a: reference_scan(a, **kw), args, y_bar)
+  assert_grads_close(grads, expected, FP32_TOL if dtype == jnp.float32 else BF16_TOL, case)
+
+
+# (dtype, reverse, vjp): the kernel and the reference backward both take a states cotangent.
+STATES_CASES = [(jnp.float32, False, 'kernel'), (jnp.bfloat16, True, 'kernel'),
+                (jnp.float32, True, 'reference')]
+
+
+@pytest.mark.parametrize('dtype,reverse,vjp', STATES_CASES)
+def test_kernel_states_and_their_gradients(dtype, reverse, vjp):
+  """`triton_states='kernel'`: the Triton forward writes the fp32 states (no associative
+  fallback), and gradients through y and the states match the reference's."""
+  args = make_inputs(12, 2, 5, 40, 16, dtype)
+  cfg = SelectiveScanBlockConfig(32, 2)
+  scan = lambda *a: api.selective_scan(
+      *a, reverse=reverse, return_states=True, implementation='triton', interpret=True,
+      block_config=cfg, vjp=vjp, triton_states='kernel')
+  reference_states = lambda *a: reference_scan(a, reverse=reverse, return_states=True)
+  cotangents = random_cotangent(13, jax.eval_shape(reference_states, *args))
+  (y, states), grads = vjp_of(scan, args, cotangents)
+  (y_ref, states_ref), expected = vjp_of(reference_states, args, cotangents)
+  assert states.shape == states_ref.shape and states.dtype == jnp.float32
+  tol = FP32_TOL if dtype == jnp.float32 else BF16_TOL
+  for name, out, ref in (('y', y, y_ref), ('states', states, states_ref)):
+    err = rel_err(out, ref)
+    assert err < tol, f'{name}: ||out-ref||/||ref|| = {err:.2e} (tol {tol:.0e})'
+  assert_grads_close(grads, expected, tol, f'states, vjp={vjp}')
+
+
+def test_vjp_and_states_options_are_validated():
+  args = make_inputs(0, 1, 2, 32, 4, jnp.float32)
+  with pytest.raises(ValueError, match="unknown vjp 'xla'"):
+    api.selective_scan(*args, implementation='triton', vjp='xla')
+  with pytest.raises(ValueError, match="unknown triton_states 'sequential'"):
+    api.selective_scan(*args, implementation='triton', triton_states='sequential')
+  with pytest.raises(ValueError, match="vjp='auto'"):
+    pallas_triton.selective_scan(*args, vjp='auto', interpret=True)
+
+
+def test_backward_lowers_to_triton_for_h100():
+  """AOT lowering of the gradient through y and the states with vjp='kernel' for an abstract
+  H100: the forward writes the states (saved for the backward), the adjoint kernel reads them."""
+  batch, length, channels, n_state = 4, 197, 200, 16
+  shape = lambda *s, dtype=jnp.bfloat16: jax.ShapeDtypeStruct(s, dtype)
+  args = (shape(batch, length, channels), shape(batch, length, channels),
+          shape(channels, n_state, dtype=jnp.float32), shape(batch, length, n_state),
+          shape(batch, length, n_state), shape(channels, dtype=jnp.float32),
+          shape(batch, length, channels), shape(channels, dtype=jnp.float32))
+  device = jax.sharding.AbstractDevice(device_kind='NVIDIA H100 80GB HBM3', num_cores=132,
+                                       platform='cuda')
+  mesh = jax.sharding.AbstractMesh((1,), ('x',), abstract_device=device)
+  cfg = SelectiveScanBlockConfig(64, 4, num_warps=1, num_stages=2)
+
+  def loss(*a):
+    y, states = pallas_triton.selective_scan(*a, reverse=True, return_states=True, vjp='kernel',
+                                             interpret=False, block_config=cfg)
+    return jnp.sum(y.astype(jnp.float32)) + jnp.sum(states ** 2)
+
+  fn = jax.jit(jax.grad(loss, argnums=tuple(range(len(ARG_NAMES)))))
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    with jax.sharding.use_abstract_mesh(mesh):
+      text = fn.trace(*args).lower(lowering_platforms=('cuda',)).as_text()
+  assert text.count('__gpu$xla.gpu.triton') == 2
+  assert 'name = "selective_scan_fwd_states"' in text and 'name = "selective_scan_bwd"' in text
+
+
 # ----------------------------------------------------------------------------- GPU (compiled)
 
 GPU_CASES = [(8, 197, 384, 16, jnp.bfloat16), (4, 197, 768, 16, jnp.float32),
@@ -255,3 +393,40 @@ def test_gpu_gradients_match_reference():
   expected = jax.jit(jax.grad(loss(ref), argnums=argnums))(*args)
   for name, g, e in zip(ARG_NAMES, grads, expected):
     assert rel_err(g, e) < 1e-4, name
+
+
+VIM_S_ROWS = (2, 197, 768, 16)  # batch, length, channels, n_state
+
+
+@pytest.mark.gpu
+@on_gpu
+@pytest.mark.parametrize('reverse', [False, True])
+@pytest.mark.parametrize('dtype', [jnp.bfloat16, jnp.float32])
+def test_gpu_kernel_vjp_matches_reference(dtype, reverse):
+  args = make_inputs(7, *VIM_S_ROWS, dtype)
+  y_bar = random_cotangent(8, args[0])
+  _, expected = vjp_of(lambda *a: reference_scan(a, reverse=reverse), args, y_bar)
+  tol = 1e-4 if dtype == jnp.float32 else BF16_TOL
+  for cfg in (None, SelectiveScanBlockConfig(64, 2, num_warps=1, num_stages=2),
+              SelectiveScanBlockConfig(128, 8, num_warps=4)):
+    kernel = lambda *a, cfg=cfg: pallas_triton.selective_scan(
+        *a, reverse=reverse, vjp='kernel', interpret=False, block_config=cfg)
+    assert_grads_close(vjp_of(kernel, args, y_bar)[1], expected, tol, f'{cfg}')
+
+
+@pytest.mark.gpu
+@on_gpu
+@pytest.mark.parametrize('reverse', [False, True])
+def test_gpu_kernel_states_and_their_gradients(reverse):
+  args = make_inputs(9, *VIM_S_ROWS, jnp.bfloat16)
+  scan = lambda *a: api.selective_scan(
+      *a, reverse=reverse, return_states=True, implementation='triton', interpret=False,
+      vjp='kernel', triton_states='kernel')
+  reference_states = lambda *a: reference_scan(a, reverse=reverse, return_states=True)
+  cotangents = random_cotangent(10, jax.eval_shape(reference_states, *args))
+  (y, states), grads = vjp_of(scan, args, cotangents)
+  (y_ref, states_ref), expected = vjp_of(reference_states, args, cotangents)
+  for name, out, ref in (('y', y, y_ref), ('states', states, states_ref)):
+    err = rel_err(out, ref)
+    assert err < BF16_TOL, f'{name}: ||out-ref||/||ref|| = {err:.2e}'
+  assert_grads_close(grads, expected, BF16_TOL, 'states')
