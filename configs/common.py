@@ -186,6 +186,8 @@ def quant_config() -> mlc.ConfigDict:
   c.n_refresh = mlc.config_dict.placeholder(int)     # outlier-set reset period (10)
   c.trigger = mlc.config_dict.placeholder(str)       # sample | batch | official
   c.outlier_bits = mlc.config_dict.placeholder(int)  # 8
+  c.delta_bits = mlc.config_dict.placeholder(int)    # Δ's inlier bits (the preset's activation bits)
+  c.ssm_bits = mlc.config_dict.placeholder(int)      # B, C, A, D inlier bits (likewise)
   c.std_ddof = mlc.config_dict.placeholder(int)      # 1 (unbiased, official)
   # Reports
   c.report_images = 32               # images for the per-layer SQNR/cosine and outlier-rate reports (0 = skip)

@@ -237,12 +237,12 @@ def vim_rules(weights: WeightSpec, inputs: ActSpec, delta: Optional[ActSpec],
   )
 
 
-def _preset(name, w_bits, a_bits, outliers, *, float_ssm=False, ssm_bits=None,
-            **overrides) -> QuantSpec:
+def _preset(name, w_bits, a_bits, outliers, *, float_ssm=False, **overrides) -> QuantSpec:
   act_fields = {f.name for f in dataclasses.fields(ActSpec)}
   calib_fields = {f.name for f in dataclasses.fields(CalibSpec)}
   weight_fields = {f.name for f in dataclasses.fields(WeightSpec)}
-  act_kw, calib_kw, delta_overrides, weight_overrides, unknown = {}, {}, {}, {}, []
+  act_kw, calib_kw, delta_overrides, ssm_overrides, weight_overrides, unknown = ({}, {}, {}, {},
+                                                                                {}, [])
   for key, value in overrides.items():
     if key in calib_fields:                        # exact names first (weight_decay is calib)
       calib_kw[key] = value
@@ -250,19 +250,21 @@ def _preset(name, w_bits, a_bits, outliers, *, float_ssm=False, ssm_bits=None,
       act_kw[key] = value
     elif key.startswith('delta_') and key[len('delta_'):] in act_fields:
       delta_overrides[key[len('delta_'):]] = value
+    elif key.startswith('ssm_') and key[len('ssm_'):] in act_fields:
+      ssm_overrides[key[len('ssm_'):]] = value
     elif key.startswith('weight_') and key[len('weight_'):] in weight_fields:
       weight_overrides[key[len('weight_'):]] = value
     else:
       unknown.append(key)
   if unknown:
     raise ValueError(f'unknown quantization options {sorted(unknown)}; ActSpec fields: '
-                     f'{sorted(act_fields)} (prefix delta_ for Δ only), CalibSpec fields: '
+                     f'{sorted(act_fields)} (prefix delta_ for Δ only, ssm_ for B, C, A, D '
+                     f'only), CalibSpec fields: '
                      f'{sorted(calib_fields)}, WeightSpec fields with prefix weight_.')
   weights = WeightSpec(**{'bits': w_bits, **weight_overrides})
   act = ActSpec(**{'bits': a_bits, 'outliers': outliers, **act_kw})
-  ssm = act if ssm_bits is None else dataclasses.replace(act, bits=ssm_bits)
-  delta = dataclasses.replace(ssm, symmetric=False, k=4.0)
-  delta = dataclasses.replace(delta, **delta_overrides) if delta_overrides else delta
+  delta = dataclasses.replace(act, **{'symmetric': False, 'k': 4.0, **delta_overrides})
+  ssm = dataclasses.replace(act, **ssm_overrides)
   if float_ssm:  # PTQ4VM's site set: Δ, B, C, A, D stay in float
     delta = None
   return QuantSpec(name, vim_rules(weights, act, delta, None if float_ssm else ssm),
@@ -282,14 +284,15 @@ PRESETS = {
     'w4a4_float_ssm': lambda **kw: _preset('w4a4_float_ssm', 4, 4, 'int', float_ssm=True, **kw),
     # Investigation: W4A4 on the Linears, 8-bit Δ, B, C, A, D (the SSM tensors are where the
     # W4A4 accuracy goes; RESULTS.md).
-    'w4a4_ssm8': lambda **kw: _preset('w4a4_ssm8', 4, 4, 'int', ssm_bits=8, **kw),
+    'w4a4_ssm8': lambda **kw: _preset('w4a4_ssm8', 4, 4, 'int',
+                                      **{'delta_bits': 8, 'ssm_bits': 8, **kw}),
 }
 
 
 def make_preset(name: str, **overrides) -> QuantSpec:
   """A preset by name (case-insensitive). Overrides: any ActSpec field (applies to every
-  activation site; prefix `delta_` for Δ only, e.g. delta_k=4), `weight_<WeightSpec field>`,
-  and any CalibSpec field."""
+  activation site; prefix `delta_` for Δ only, e.g. delta_k=4, and `ssm_` for B, C, A, D only,
+  e.g. ssm_bits=8), `weight_<WeightSpec field>`, and any CalibSpec field."""
   key = name.lower()
   if key not in PRESETS:
     raise ValueError(f'unknown quantization preset {name!r}; choose one of {sorted(PRESETS)}.')
@@ -324,5 +327,6 @@ def default_config() -> dict[str, Any]:
       'mode': 'fake',                   # fake (float simulation) | int (integer dots)
       'k': act.k, 'delta_k': 4.0, 'n_refresh': act.n_refresh, 'trigger': act.trigger,
       'std_ddof': act.std_ddof, 'outlier_bits': act.outlier_bits,
+      'delta_bits': None, 'ssm_bits': None,  # None: the preset's (its activation bits)
       **{f.name: getattr(calib, f.name) for f in dataclasses.fields(CalibSpec)},
   }

@@ -49,6 +49,11 @@ def test_presets_and_overrides():
   w, x, d, ssm8 = (r.spec for r in config.make_preset('w4a4_ssm8').rules)
   assert (w.bits, x.bits, d.bits, ssm8.bits) == (4, 4, 8, 8)  # Linears 4-bit, SSM tensors 8-bit
   assert d.symmetric is False and d.k == 4.0 and ssm8.symmetric and ssm8.outliers == 'int'
+  _, x, d, s = (r.spec for r in config.spec_from_config(
+      {'preset': 'w4a4', 'ssm_bits': 8, 'delta_bits': None}).rules)
+  assert (x.bits, d.bits, s.bits) == (4, 4, 8)  # ssm_ reaches B, C, A, D only
+  _, x, d, s = (r.spec for r in config.make_preset('w4a4', delta_bits=6).rules)
+  assert (x.bits, d.bits, s.bits, d.k) == (4, 6, 4, 4.0)
   spec = config.spec_from_config({'preset': 'w4a4', 'n_refresh': 5, 'trigger': 'batch',
                                   'delta_k': 5.0, 'epochs': 2, 'weight_bits': 3, 'k': None})
   assert spec.rules[1].spec.n_refresh == 5 and spec.rules[1].spec.trigger == 'batch'
