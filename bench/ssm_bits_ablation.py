@@ -1,0 +1,79 @@
+"""Which SSM tensor needs more than 4 bits? W4A4 OuroMamba with one group of SSM sites widened.
+
+  PYTHONPATH=. python bench/ssm_bits_ablation.py --gen=workdir/results/gen/synthetic.npz \
+      --groups=A,D,B,C,AD,BC --bits=8 --out=ssm_ablation.json
+
+For each group it prepends a rule for those sites (first match wins, so the rest of the W4A4
+plan is untouched), calibrates on the given images (the config's quant settings: epochs,
+micro-batch, ...) and scores the bundled testbed on the pipeline's seeded test slice. Runs on
+CPU (2-3 minutes per group at 16 images x 2 epochs, 500 test images).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+
+import numpy as np
+
+from configs import vim_t_cifar10
+from ouromamba_jax import checkpoints
+from ouromamba_jax import evaluate
+from ouromamba_jax.io import atomic
+from ouromamba_jax.quant import api
+from ouromamba_jax.quant import config as qconfig
+from ouromamba_jax.quant import run as quant_run
+
+GROUPS = {'A': 'A', 'D': 'D', 'B': 'B', 'C': 'C', 'AD': '(A|D)', 'BC': '(B|C)',
+          'delta': 'delta'}
+
+
+def widened_spec(base: qconfig.QuantSpec, group: str, bits: int) -> qconfig.QuantSpec:
+  """`base` with the sites of `group` (both directions) at `bits`; their other settings kept."""
+  pattern = fr'{qconfig.BLOCK}/{GROUPS[group]}(_b)?_quantizer'
+  site_spec = next(r.spec for r in base.rules if r.pattern.endswith(
+      'delta(_b)?_quantizer' if group == 'delta' else '(A|B|C|D)(_b)?_quantizer'))
+  rule = qconfig.QuantRule(pattern, dataclasses.replace(site_spec, bits=bits))
+  return dataclasses.replace(base, name=f'{base.name}_{group}{bits}', rules=(rule, *base.rules))
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--gen', required=True, help='synthetic.npz from mode generate (calibration set)')
+  p.add_argument('--groups', default='A,D,B,C', help=f'comma-separated, from {list(GROUPS)}')
+  p.add_argument('--bits', type=int, default=8)
+  p.add_argument('--images', type=int, default=16, help='calibration images taken from --gen')
+  p.add_argument('--epochs', type=int, default=2)
+  p.add_argument('--eval_images', type=int, default=500)
+  p.add_argument('--data_dir', default='../shared/data/cifar10')
+  p.add_argument('--out', required=True)
+  args = p.parse_args(argv)
+  unknown = [g for g in args.groups.split(',') if g not in GROUPS]
+  if unknown:
+    p.error(f'unknown groups {unknown}; choose from {list(GROUPS)}')
+
+  cfg = vim_t_cifar10.get_config()
+  cfg.data.data_dir, cfg.data.eval_images = args.data_dir, args.eval_images
+  model, params = checkpoints.load_model(cfg.model)
+  images = np.load(args.gen)['images'][:args.images]
+  settings = quant_run.spec_settings(cfg.quant)
+  settings.update(preset='w4a4', epochs=args.epochs)
+  base = qconfig.spec_from_config(settings)
+  results = []
+  for group in args.groups.split(','):
+    spec = widened_spec(base, group, args.bits)
+    start = time.perf_counter()
+    qparams, _ = api.quantize(model, params, images, spec, method='ouromamba', log=lambda _: None)
+    seconds = time.perf_counter() - start
+    score = evaluate.evaluate_params(model, qparams, cfg.data)
+    results.append({'group': group, 'bits': args.bits, 'top1': score['top1'],
+                    'top5': score['top5'], 'eval_images': score['images'],
+                    'calibration_s': seconds})
+    print(f'{group}{args.bits}: top-1 {100 * score["top1"]:.2f}%  top-5 '
+          f'{100 * score["top5"]:.2f}%  (calibration {seconds:.0f} s)', flush=True)
+    atomic.write_json(args.out, {'settings': vars(args), 'results': results})
+
+
+if __name__ == '__main__':
+  main()

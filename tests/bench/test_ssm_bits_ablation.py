@@ -1,0 +1,42 @@
+"""bench/ssm_bits_ablation.py: the widened plan (the runs themselves need the testbed data)."""
+import importlib.util
+import os
+import re
+
+import pytest
+
+from ouromamba_jax.quant import config as qconfig
+
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _load():
+  spec = importlib.util.spec_from_file_location(
+      'ssm_bits_ablation', os.path.join(_REPO, 'bench', 'ssm_bits_ablation.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _first_match(spec, path):
+  return next(r.spec for r in spec.rules if re.fullmatch(r.pattern, path))
+
+
+def test_widened_group_takes_the_new_bits_and_nothing_else_changes():
+  bench = _load()
+  base = qconfig.make_preset('w4a4')
+  spec = bench.widened_spec(base, 'AD', 8)
+  assert spec.rules[1:] == base.rules and spec.name == 'w4a4_AD8'
+  for site in ('A', 'A_b', 'D', 'D_b'):
+    widened = _first_match(spec, f'layers_3/mixer/{site}_quantizer')
+    assert widened.bits == 8 and widened.symmetric
+  for site in ('B', 'C_b', 'delta', 'in_proj/input_quantizer'):
+    path = f'layers_3/mixer/{site}' + ('' if '/' in site else '_quantizer')
+    assert _first_match(spec, path) == _first_match(base, path)
+  delta = _first_match(bench.widened_spec(base, 'delta', 8), 'layers_0/mixer/delta_b_quantizer')
+  assert delta.bits == 8 and not delta.symmetric and delta.k == 4.0
+
+
+def test_unknown_group_is_rejected():
+  with pytest.raises(SystemExit):
+    _load().main(['--gen=x.npz', '--groups=A,E', '--out=/tmp/never.json'])
