@@ -188,7 +188,6 @@ def quant_config() -> mlc.ConfigDict:
   c.outlier_bits = mlc.config_dict.placeholder(int)  # 8
   c.delta_bits = mlc.config_dict.placeholder(int)    # Δ's inlier bits (the preset's activation bits)
   c.ssm_bits = mlc.config_dict.placeholder(int)      # B, C, A, D inlier bits (likewise)
-  c.ssm_row_scales = mlc.config_dict.placeholder(bool)  # True: A gets one static step per channel
   c.std_ddof = mlc.config_dict.placeholder(int)      # 1 (unbiased, official)
   # Reports
   c.report_images = 32               # images for the per-layer SQNR/cosine and outlier-rate reports (0 = skip)

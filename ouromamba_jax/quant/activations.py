@@ -74,20 +74,15 @@ def as_steps(x, layout: str = 'auto'):
   """Views x as (B, L, C) steps. Returns (x3, restore).
 
   layout 'steps': (B, L, C) as is, (B, C) as one step per sample; 'tensor': one step holding
-  every element (A, D: a static per-tensor scale); 'rows': a 2-D (R, C) tensor as R steps
-  (A per channel); 'auto': 'steps' for 3-D, else 'tensor'.
+  every element (A, D: a static per-tensor scale); 'auto': 'steps' for 3-D, else 'tensor'.
   """
   if layout == 'auto':
     layout = 'steps' if x.ndim == 3 else 'tensor'
   shape = x.shape
   if layout == 'tensor':
     return x.reshape(1, 1, -1), lambda y: y.reshape(shape)
-  if layout == 'rows':
-    if x.ndim != 2:
-      raise ValueError(f"layout 'rows' expects a 2-D (rows, columns) tensor, got {shape}.")
-    return x[None], lambda y: y.reshape(shape)
   if layout != 'steps':
-    raise ValueError(f"layout must be 'steps', 'tensor', 'rows' or 'auto', got {layout!r}")
+    raise ValueError(f"layout must be 'steps', 'tensor' or 'auto', got {layout!r}")
   if x.ndim == 3:
     return x, lambda y: y
   if x.ndim == 2:

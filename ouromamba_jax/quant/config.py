@@ -65,9 +65,7 @@ class ActSpec:
   """An activation site: static per-step inlier scale + dynamic outlier channels.
 
   (B, L, C) inputs get one inlier scale per time step; any other shape (A: (Di, N), D: (Di,))
-  is one static step over all its elements, or with `row_scales` (2-D tensors only) one static
-  step per row, i.e. per channel of A: A's entries span orders of magnitude, and one 4-bit grid
-  for all of them is where the testbed's W4A4 accuracy goes (RESULTS.md).
+  is one static step over all its elements.
   """
   bits: int = 8
   symmetric: bool = True   # False: unsigned grid [0, 2^bits - 1] with a static zero point (Δ)
@@ -83,16 +81,13 @@ class ActSpec:
   lp: float = 2.4
   n_grid: int = 100
   init: str = 'lp'         # 'lp' search or 'minmax' (static max, the RTN baseline)
-  row_scales: bool = False  # 2-D static tensors (A): one step per row instead of per tensor
-                            # (rows then play the time steps, refresh window included)
 
   def __post_init__(self):
     _check_bits('ActSpec', 'bits', self.bits)
     _check_bits('ActSpec', 'outlier_bits', self.outlier_bits)
     _check_common('ActSpec', self.lp, self.n_grid, self.init)
-    for name in ('symmetric', 'row_scales'):
-      if not isinstance(getattr(self, name), (bool, np.bool_)):
-        raise ValueError(f'ActSpec.{name} must be a bool, got {getattr(self, name)!r}.')
+    if not isinstance(self.symmetric, (bool, np.bool_)):
+      raise ValueError(f'ActSpec.symmetric must be a bool, got {self.symmetric!r}.')
     if self.outliers not in OUTLIER_MODES:
       raise ValueError(f'ActSpec.outliers must be one of {OUTLIER_MODES}, got {self.outliers!r}.')
     if not (isinstance(self.k, (int, float, np.number)) and self.k > 0):
@@ -131,8 +126,7 @@ class ActSpec:
     else:
       out = (f'outliers {"O" + str(self.outlier_bits) if self.outliers == "int" else "float"} '
              f'k={self.k:g} refresh={self.n_refresh} trigger={self.trigger}')
-    rows = ' per row' if self.row_scales else ''
-    return f'A{self.bits} {grid} static{rows} ({self.init}), {out}'
+    return f'A{self.bits} {grid} static ({self.init}), {out}'
 
 
 Spec = Union[WeightSpec, ActSpec, None]
@@ -334,6 +328,5 @@ def default_config() -> dict[str, Any]:
       'k': act.k, 'delta_k': 4.0, 'n_refresh': act.n_refresh, 'trigger': act.trigger,
       'std_ddof': act.std_ddof, 'outlier_bits': act.outlier_bits,
       'delta_bits': None, 'ssm_bits': None,  # None: the preset's (its activation bits)
-      'ssm_row_scales': None,           # True: A quantized per channel (ActSpec.row_scales)
       **{f.name: getattr(calib, f.name) for f in dataclasses.fields(CalibSpec)},
   }

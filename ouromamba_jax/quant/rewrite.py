@@ -162,8 +162,6 @@ def init_weight(weight, spec: WeightSpec, smooth=None) -> qtypes.FakeQuantWeight
 
 
 def init_activation(x, spec: ActSpec, layout: str, smooth=None) -> qtypes.ActQuantizer:
-  if spec.row_scales and layout == 'tensor' and x.ndim == 2:
-    layout = 'rows'  # A per channel; 1-D tensors (D) keep one step
   if smooth is not None:
     x = x / smooth
   return qtypes.ActQuantizer.calibrate(x, spec, layout)

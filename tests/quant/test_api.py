@@ -2,7 +2,6 @@
 import json
 import os
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -141,30 +140,3 @@ def test_sites_outside_blocks_get_initial_scales(tiny, apply_fn, rtn_run):
   assert isinstance(head['head/kernel'], qtypes.FakeQuantWeight)
   before, after = apply_fn(rtn_run[0], images), apply_fn(qparams, images)
   assert 0 < _rel_err(after, before) < 0.02
-
-
-def test_row_scales_give_a_per_channel_step_to_a_only(tiny, apply_fn):
-  model, params, images = tiny
-  # Channels of A on different scales (as in a trained Vim; the init repeats one row).
-  a_log = rewrite.get_path(params, 'layers_0/mixer/A_b_log')
-  spread = jnp.linspace(-4.0, 2.0, a_log.shape[0])[:, None]
-  params = jax.tree.map(lambda x: x, params)
-  params['layers_0']['mixer']['A_b_log'] = a_log + spread
-  spec = {'preset': 'w4a4', 'epochs': 0, 'ssm_row_scales': True}
-  qparams, _ = quant.quantize(model, params, images, spec, log=lambda _: None)
-  a = rewrite.get_path(qparams, 'layers_0/mixer/A_b_quantizer')
-  d = rewrite.get_path(qparams, 'layers_0/mixer/D_quantizer')
-  a_log = rewrite.get_path(params, 'layers_0/mixer/A_b_log')
-  assert a.layout == 'rows' and a.inlier_scale.shape == (a_log.shape[0],)
-  assert d.layout == 'tensor' and d.inlier_scale.shape == (1,)  # 1-D tensors keep one step
-  # One 4-bit grid for all of A rounds its small channels to 0; per channel each keeps its shape.
-  A = -jnp.exp(params['layers_0']['mixer']['A_b_log'].astype(jnp.float32))
-  per_tensor, _ = quant.quantize(model, params, images, {'preset': 'w4a4', 'epochs': 0},
-                                 log=lambda _: None)
-  a_tensor = rewrite.get_path(per_tensor, 'layers_0/mixer/A_b_quantizer')
-  row_err = lambda q: jnp.linalg.norm(q - A, axis=1) / jnp.linalg.norm(A, axis=1)
-  assert float(jnp.max(row_err(a(A)))) < 0.2
-  assert float(row_err(a_tensor(A))[0]) == 1.0  # the smallest channel: all zeros
-  as_int = rewrite.set_mode(qparams, 'int')
-  np.testing.assert_array_equal(np.asarray(apply_fn(as_int, images)),
-                                np.asarray(apply_fn(qparams, images)))
