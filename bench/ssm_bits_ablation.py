@@ -38,6 +38,14 @@ def widened_spec(base: qconfig.QuantSpec, group: str, bits: int) -> qconfig.Quan
   return dataclasses.replace(base, name=f'{base.name}_{group}{bits}', rules=(rule, *base.rules))
 
 
+def base_spec(quant_cfg, epochs: int) -> qconfig.QuantSpec:
+  """The W4A4 spec of a config's quant section (its calibration settings), `epochs` epochs."""
+  settings = quant_run.spec_settings(quant_cfg)
+  settings.pop('mode', None)  # fake/int: how the result runs, not part of the spec
+  settings.update(preset='w4a4', epochs=epochs)
+  return qconfig.spec_from_config(settings)
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--gen', required=True, help='synthetic.npz from mode generate (calibration set)')
@@ -57,9 +65,7 @@ def main(argv=None):
   cfg.data.data_dir, cfg.data.eval_images = args.data_dir, args.eval_images
   model, params = checkpoints.load_model(cfg.model)
   images = np.load(args.gen)['images'][:args.images]
-  settings = quant_run.spec_settings(cfg.quant)
-  settings.update(preset='w4a4', epochs=args.epochs)
-  base = qconfig.spec_from_config(settings)
+  base = base_spec(cfg.quant, args.epochs)
   results = []
   for group in args.groups.split(','):
     spec = widened_spec(base, group, args.bits)

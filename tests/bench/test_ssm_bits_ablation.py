@@ -40,3 +40,11 @@ def test_widened_group_takes_the_new_bits_and_nothing_else_changes():
 def test_unknown_group_is_rejected():
   with pytest.raises(SystemExit):
     _load().main(['--gen=x.npz', '--groups=A,E', '--out=/tmp/never.json'])
+
+
+def test_base_spec_is_w4a4_with_the_config_calibration_settings():
+  from configs import vim_t_cifar10
+  cfg = vim_t_cifar10.get_config()
+  spec = _load().base_spec(cfg.quant, epochs=3)
+  assert spec.calib.epochs == 3 and spec.calib.micro_batch == cfg.quant.micro_batch
+  assert [r.spec for r in spec.rules] == [r.spec for r in qconfig.make_preset('w4a4').rules]
