@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import time
 
 import numpy as np
@@ -31,8 +32,8 @@ GROUPS = {'A': 'A', 'D': 'D', 'B': 'B', 'C': 'C', 'AD': '(A|D)', 'BC': '(B|C)',
 def widened_spec(base: qconfig.QuantSpec, group: str, bits: int) -> qconfig.QuantSpec:
   """`base` with the sites of `group` (both directions) at `bits`; their other settings kept."""
   pattern = fr'{qconfig.BLOCK}/{GROUPS[group]}(_b)?_quantizer'
-  site_spec = next(r.spec for r in base.rules if r.pattern.endswith(
-      'delta(_b)?_quantizer' if group == 'delta' else '(A|B|C|D)(_b)?_quantizer'))
+  first_site = f'layers_0/mixer/{"delta" if group == "delta" else group[0]}_quantizer'
+  site_spec = next(r.spec for r in base.rules if re.fullmatch(r.pattern, first_site))
   rule = qconfig.QuantRule(pattern, dataclasses.replace(site_spec, bits=bits))
   return dataclasses.replace(base, name=f'{base.name}_{group}{bits}', rules=(rule, *base.rules))
 

@@ -188,6 +188,7 @@ def quant_config() -> mlc.ConfigDict:
   c.outlier_bits = mlc.config_dict.placeholder(int)  # 8
   c.delta_bits = mlc.config_dict.placeholder(int)    # Δ's inlier bits (the preset's activation bits)
   c.ssm_bits = mlc.config_dict.placeholder(int)      # B, C, A, D inlier bits (likewise)
+  c.a_domain = mlc.config_dict.placeholder(str)      # A's grid: linear (official) | log
   c.std_ddof = mlc.config_dict.placeholder(int)      # 1 (unbiased, official)
   # Reports
   c.report_images = 32               # images for the per-layer SQNR/cosine and outlier-rate reports (0 = skip)

@@ -22,6 +22,7 @@ import numpy as np
 OUTLIER_MODES = ('int', 'float', 'none')
 TRIGGERS = ('sample', 'batch', 'official')
 INITS = ('lp', 'minmax')
+DOMAINS = ('linear', 'log')
 METHODS = ('ouromamba', 'rtn', 'ptq4vm')
 
 
@@ -81,6 +82,9 @@ class ActSpec:
   lp: float = 2.4
   n_grid: int = 100
   init: str = 'lp'         # 'lp' search or 'minmax' (static max, the RTN baseline)
+  domain: str = 'linear'   # 'log': the grid is over log(-x), returned as -exp (A = -exp(A_log):
+                           # its entries span -1..-19, and a linear 4-bit grid zeroes the
+                           # slowly decaying states; RESULTS.md). Needs an asymmetric grid.
 
   def __post_init__(self):
     _check_bits('ActSpec', 'bits', self.bits)
@@ -98,6 +102,11 @@ class ActSpec:
                        f'int >= 1, got {self.n_refresh!r}.')
     if self.trigger not in TRIGGERS:
       raise ValueError(f'ActSpec.trigger must be one of {TRIGGERS}, got {self.trigger!r}.')
+    if self.domain not in DOMAINS:
+      raise ValueError(f'ActSpec.domain must be one of {DOMAINS}, got {self.domain!r}.')
+    if self.domain == 'log' and self.symmetric:
+      raise ValueError("ActSpec.domain='log' quantizes log(-x) on an asymmetric grid; set "
+                       'symmetric=False.')
     if self.std_ddof not in (0, 1):
       raise ValueError(f'ActSpec.std_ddof must be 0 (population) or 1 (unbiased), '
                        f'got {self.std_ddof!r}.')
@@ -126,7 +135,8 @@ class ActSpec:
     else:
       out = (f'outliers {"O" + str(self.outlier_bits) if self.outliers == "int" else "float"} '
              f'k={self.k:g} refresh={self.n_refresh} trigger={self.trigger}')
-    return f'A{self.bits} {grid} static ({self.init}), {out}'
+    domain = ' log-domain' if self.domain == 'log' else ''
+    return f'A{self.bits} {grid}{domain} static ({self.init}), {out}'
 
 
 Spec = Union[WeightSpec, ActSpec, None]
@@ -227,13 +237,14 @@ BLOCK = r'layers_\d+/mixer'
 
 
 def vim_rules(weights: WeightSpec, inputs: ActSpec, delta: Optional[ActSpec],
-              ssm: Optional[ActSpec]) -> tuple[QuantRule, ...]:
-  """The official site set: the 6 mixer Linears (weights + inputs) and Δ, B, C, A, D per direction."""
+              a: Optional[ActSpec], ssm: Optional[ActSpec]) -> tuple[QuantRule, ...]:
+  """The official site set: the 6 mixer Linears (weights + inputs) and Δ, A, B, C, D per direction."""
   return (
       QuantRule(fr'{BLOCK}/{LINEARS}/kernel', weights),
       QuantRule(fr'{BLOCK}/{LINEARS}/input_quantizer', inputs),
       QuantRule(fr'{BLOCK}/delta(_b)?_quantizer', delta),
-      QuantRule(fr'{BLOCK}/(A|B|C|D)(_b)?_quantizer', ssm),
+      QuantRule(fr'{BLOCK}/A(_b)?_quantizer', a),
+      QuantRule(fr'{BLOCK}/(B|C|D)(_b)?_quantizer', ssm),
   )
 
 
@@ -241,8 +252,8 @@ def _preset(name, w_bits, a_bits, outliers, *, float_ssm=False, **overrides) -> 
   act_fields = {f.name for f in dataclasses.fields(ActSpec)}
   calib_fields = {f.name for f in dataclasses.fields(CalibSpec)}
   weight_fields = {f.name for f in dataclasses.fields(WeightSpec)}
-  act_kw, calib_kw, delta_overrides, ssm_overrides, weight_overrides, unknown = ({}, {}, {}, {},
-                                                                                {}, [])
+  act_kw, calib_kw, weight_overrides, unknown = {}, {}, {}, []
+  delta_overrides, ssm_overrides, a_overrides = {}, {}, {}
   for key, value in overrides.items():
     if key in calib_fields:                        # exact names first (weight_decay is calib)
       calib_kw[key] = value
@@ -252,22 +263,27 @@ def _preset(name, w_bits, a_bits, outliers, *, float_ssm=False, **overrides) -> 
       delta_overrides[key[len('delta_'):]] = value
     elif key.startswith('ssm_') and key[len('ssm_'):] in act_fields:
       ssm_overrides[key[len('ssm_'):]] = value
+    elif key.startswith('a_') and key[len('a_'):] in act_fields:
+      a_overrides[key[len('a_'):]] = value
     elif key.startswith('weight_') and key[len('weight_'):] in weight_fields:
       weight_overrides[key[len('weight_'):]] = value
     else:
       unknown.append(key)
   if unknown:
     raise ValueError(f'unknown quantization options {sorted(unknown)}; ActSpec fields: '
-                     f'{sorted(act_fields)} (prefix delta_ for Δ only, ssm_ for B, C, A, D '
-                     f'only), CalibSpec fields: '
+                     f'{sorted(act_fields)} (prefix delta_ for Δ only, ssm_ for A, B, C, D '
+                     f'only, a_ for A only), CalibSpec fields: '
                      f'{sorted(calib_fields)}, WeightSpec fields with prefix weight_.')
   weights = WeightSpec(**{'bits': w_bits, **weight_overrides})
   act = ActSpec(**{'bits': a_bits, 'outliers': outliers, **act_kw})
   delta = dataclasses.replace(act, **{'symmetric': False, 'k': 4.0, **delta_overrides})
   ssm = dataclasses.replace(act, **ssm_overrides)
+  if a_overrides.get('domain') == 'log':
+    a_overrides.setdefault('symmetric', False)
+  a = dataclasses.replace(ssm, **a_overrides)
   if float_ssm:  # PTQ4VM's site set: Δ, B, C, A, D stay in float
-    delta = None
-  return QuantSpec(name, vim_rules(weights, act, delta, None if float_ssm else ssm),
+    delta = a = ssm = None
+  return QuantSpec(name, vim_rules(weights, act, delta, a, ssm),
                    CalibSpec(**calib_kw))
 
 
@@ -291,8 +307,9 @@ PRESETS = {
 
 def make_preset(name: str, **overrides) -> QuantSpec:
   """A preset by name (case-insensitive). Overrides: any ActSpec field (applies to every
-  activation site; prefix `delta_` for Δ only, e.g. delta_k=4, and `ssm_` for B, C, A, D only,
-  e.g. ssm_bits=8), `weight_<WeightSpec field>`, and any CalibSpec field."""
+  activation site; prefix `delta_` for Δ only, e.g. delta_k=4, `ssm_` for A, B, C, D only,
+  e.g. ssm_bits=8, and `a_` for A only, e.g. a_domain='log'), `weight_<WeightSpec field>`, and
+  any CalibSpec field."""
   key = name.lower()
   if key not in PRESETS:
     raise ValueError(f'unknown quantization preset {name!r}; choose one of {sorted(PRESETS)}.')
@@ -328,5 +345,6 @@ def default_config() -> dict[str, Any]:
       'k': act.k, 'delta_k': 4.0, 'n_refresh': act.n_refresh, 'trigger': act.trigger,
       'std_ddof': act.std_ddof, 'outlier_bits': act.outlier_bits,
       'delta_bits': None, 'ssm_bits': None,  # None: the preset's (its activation bits)
+      'a_domain': None,                 # 'log': A on a log-domain grid (ActSpec.domain)
       **{f.name: getattr(calib, f.name) for f in dataclasses.fields(CalibSpec)},
   }

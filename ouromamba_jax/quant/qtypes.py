@@ -118,14 +118,16 @@ class ActQuantizer:
   def calibrate(cls, x, spec: ActSpec, layout: str = 'steps', mode: str = 'fake'):
     """Static steps from calibration activations x ((N, L, C) or the site's own shape)."""
     _check_mode(mode)
-    scale, zero_point = act_lib.calibrate_inlier_scale(x, spec, layout)
+    scale, zero_point = act_lib.calibrate_inlier_scale(to_grid_domain(x, spec), spec, layout)
     return cls(scale, zero_point, spec, layout, mode)
 
   def parts(self, x3, *, ste: bool):
-    return act_lib.quantize_parts(x3, self.inlier_scale, self.spec, self.zero_point, ste=ste)
+    """Codes of x3 (in the grid's domain: log(-x) for a log-domain spec)."""
+    return act_lib.quantize_parts(to_grid_domain(x3, self.spec), self.inlier_scale, self.spec,
+                                  self.zero_point, ste=ste)
 
   def quantize_int(self, x) -> act_lib.IntActivation:
-    x3, _ = act_lib.as_steps(x, self.layout)
+    x3, _ = act_lib.as_steps(to_grid_domain(x, self.spec), self.layout)
     return act_lib.quantize_activation_int(x3, self.inlier_scale, self.spec, self.zero_point)
 
   def __call__(self, x):
@@ -133,9 +135,18 @@ class ActQuantizer:
     if self.mode == 'fake':
       y = act_lib.dequantize_parts(self.parts(x3, ste=True))
     else:
-      y = act_lib.dequantize_activation(
-          act_lib.quantize_activation_int(x3, self.inlier_scale, self.spec, self.zero_point))
+      y = act_lib.dequantize_activation(act_lib.quantize_activation_int(
+          to_grid_domain(x3, self.spec), self.inlier_scale, self.spec, self.zero_point))
+    if self.spec.domain == 'log':
+      y = -jnp.exp(y)
     return restore(y).astype(x.dtype)
+
+
+def to_grid_domain(x, spec: ActSpec):
+  """x itself, or log(-x) for a log-domain spec (A = -exp(A_log) < 0; clamped at -1e-30)."""
+  if spec.domain != 'log':
+    return x
+  return jnp.log(jnp.maximum(-jnp.asarray(x, jnp.float32), 1e-30))
 
 
 @struct.dataclass

@@ -33,7 +33,7 @@ def test_report_lists_sites_blocks_and_unused_rules(w8a8_run):
   assert report['method'] == 'ouromamba' and report['calibration_images'] == 8
   assert len(report['quantized']) == 44
   assert report['kept_float'] == ['head/kernel', 'head/input_quantizer']
-  assert report['unused_rules'] == [{'index': 4, 'pattern': r'layers_\d+/mixer/conv1d/kernel'}]
+  assert report['unused_rules'] == [{'index': 5, 'pattern': r'layers_\d+/mixer/conv1d/kernel'}]
   assert [b['block'] for b in report['blocks']] == [0, 1]
   for b in report['blocks']:
     assert b['steps'] == 2 and b['kept'] in ('trained', 'init')
@@ -140,3 +140,21 @@ def test_sites_outside_blocks_get_initial_scales(tiny, apply_fn, rtn_run):
   assert isinstance(head['head/kernel'], qtypes.FakeQuantWeight)
   before, after = apply_fn(rtn_run[0], images), apply_fn(qparams, images)
   assert 0 < _rel_err(after, before) < 0.02
+
+
+def test_log_domain_a_keeps_every_state_and_int_mode_agrees(tiny, apply_fn):
+  model, params, images = tiny
+  spec = {'preset': 'w4a4', 'epochs': 0, 'a_domain': 'log'}
+  qparams, report = quant.quantize(model, params, images, spec, log=lambda _: None)
+  a = rewrite.get_path(qparams, 'layers_0/mixer/A_quantizer')
+  assert a.spec.domain == 'log' and a.zero_point is not None
+  assert 'log-domain' in report['quantized']['layers_0/mixer/A_quantizer']
+  A = -jnp.exp(rewrite.get_path(params, 'layers_0/mixer/A_log').astype(jnp.float32))
+  rel = jnp.abs(a(A) - A) / jnp.abs(A)
+  assert float(jnp.max(rel)) < 0.15 and bool(jnp.all(a(A) < 0))  # no state rounds to 0
+  linear = quant.quantize(model, params, images, {'preset': 'w4a4', 'epochs': 0},
+                          log=lambda _: None)[0]
+  a_lin = rewrite.get_path(linear, 'layers_0/mixer/A_quantizer')
+  assert float(jnp.max(jnp.abs(a_lin(A) - A) / jnp.abs(A))) == 1.0  # A = -1 -> 0 on ±7 steps
+  np.testing.assert_array_equal(np.asarray(apply_fn(rewrite.set_mode(qparams, 'int'), images)),
+                                np.asarray(apply_fn(qparams, images)))

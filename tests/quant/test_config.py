@@ -37,7 +37,8 @@ def test_bad_weight_and_calibration_values_rejected():
 
 def test_presets_and_overrides():
   w4a4 = config.make_preset('W4A4')
-  weights, inputs, delta, ssm = (r.spec for r in w4a4.rules)
+  weights, inputs, delta, a, ssm = (r.spec for r in w4a4.rules)
+  assert a == ssm  # A has its own rule (for a_ overrides) but the same spec by default
   assert weights.bits == 4 and inputs.bits == 4 and inputs.outliers == 'int'
   assert inputs.outlier_bits == 8 and delta.symmetric is False and delta.k == 4.0
   assert config.make_preset('w4a8').rules[1].spec.outliers == 'float'
@@ -45,14 +46,21 @@ def test_presets_and_overrides():
   assert config.make_preset('w8a8').rules[0].spec.bits == 8
   float_ssm = [r.spec for r in config.make_preset('w4a4_float_ssm').rules]
   assert float_ssm[0].bits == 4 and float_ssm[1].outliers == 'int'
-  assert float_ssm[2] is None and float_ssm[3] is None  # Δ and B, C, A, D stay in float
-  w, x, d, ssm8 = (r.spec for r in config.make_preset('w4a4_ssm8').rules)
+  assert float_ssm[2:] == [None, None, None]  # Δ, A and B, C, D stay in float
+  _, _, d, a, ssm = (r.spec for r in config.make_preset('w4a4', a_domain='log').rules)
+  assert (a.domain, a.symmetric, a.bits) == ('log', False, 4) and ssm.domain == 'linear'
+  assert d.domain == 'linear' and config.make_preset('w4a4').rules[3].spec == ssm
+  with pytest.raises(ValueError, match='asymmetric'):
+    config.ActSpec(domain='log')
+  with pytest.raises(ValueError, match='domain'):
+    config.ActSpec(domain='exp', symmetric=False)
+  w, x, d, _, ssm8 = (r.spec for r in config.make_preset('w4a4_ssm8').rules)
   assert (w.bits, x.bits, d.bits, ssm8.bits) == (4, 4, 8, 8)  # Linears 4-bit, SSM tensors 8-bit
   assert d.symmetric is False and d.k == 4.0 and ssm8.symmetric and ssm8.outliers == 'int'
-  _, x, d, s = (r.spec for r in config.spec_from_config(
+  _, x, d, _, s = (r.spec for r in config.spec_from_config(
       {'preset': 'w4a4', 'ssm_bits': 8, 'delta_bits': None}).rules)
   assert (x.bits, d.bits, s.bits) == (4, 4, 8)  # ssm_ reaches B, C, A, D only
-  _, x, d, s = (r.spec for r in config.make_preset('w4a4', delta_bits=6).rules)
+  _, x, d, _, s = (r.spec for r in config.make_preset('w4a4', delta_bits=6).rules)
   assert (x.bits, d.bits, s.bits, d.k) == (4, 6, 4, 4.0)
   spec = config.spec_from_config({'preset': 'w4a4', 'n_refresh': 5, 'trigger': 'batch',
                                   'delta_k': 5.0, 'epochs': 2, 'weight_bits': 3, 'k': None})
