@@ -159,7 +159,7 @@ def quant_config() -> mlc.ConfigDict:
   placeholders (None) keep the preset's value. Outputs go to <workdir>/quant/<run name>/.
   """
   c = mlc.ConfigDict()
-  c.preset = 'w4a4'                  # w8a8 | w4a8 | w4a4 | w4a4_no_outliers | w4a4_ssm8 | w4a4_float_ssm
+  c.preset = 'w4a4'                  # w8a8 | w4a8 | w4a4 | w4a4_alog | w4a4_no_outliers | w4a4_ssm8 | w4a4_float_ssm
   c.method = 'ouromamba'             # ouromamba | rtn | ptq4vm
   c.mode = 'fake'                    # fake (float simulation) | int (integer dots); same logits
   # Calibration data

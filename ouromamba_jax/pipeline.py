@@ -8,7 +8,7 @@ Stages (each skips work already done in the workdir, so a rerun or a killed run 
   1. generate  OuroMamba-Gen synthetic images -> <workdir>/gen/ (before the first run that uses
                'gen'; skipped when synthetic.npz already holds gen.num_images images)
   2. quantize  every run of `pipeline.runs` ('method:preset:source', comma-separated, or
-               'table' = the 18 runs of RESULTS.md) -> <workdir>/quant/<run>/ (checkpoint,
+               'table' = the 21 runs of RESULTS.md) -> <workdir>/quant/<run>/ (checkpoint,
                per-layer SQNR/cosine, outlier heatmap); a finished run with the same
                settings is skipped, a killed one resumes at its next block
   3. evaluate  each quantized run right after it is calibrated, on `pipeline.eval_images`
@@ -17,7 +17,7 @@ Stages (each skips work already done in the workdir, so a rerun or a killed run 
                table survives a stopped run)
 
 `pipeline.full=True` applies `FULL` (128 Gen images x 1000 iterations, 128 calibration
-images, 10 epochs, the whole test split, the 18-run table) and works in <workdir>/full so the
+images, 10 epochs, the whole test split, the 21-run table) and works in <workdir>/full so the
 demo's outputs are not mixed in. Without the dataset, the stages that need no data still run
 (generate, quantize on gen/noise images); runs calibrated on real images and every evaluation
 are skipped with a message saying where to put the data.
@@ -45,10 +45,11 @@ FULL_SUBDIR = 'full'
 TABLE_METHODS = (('rtn', 'real'), ('ptq4vm', 'real'), ('ouromamba', 'noise'),
                  ('ouromamba', 'gen'), ('ouromamba', 'real'))
 TABLE_PRESETS = ('w8a8', 'w4a8', 'w4a4')
-# Plus the W4A4 variant with 8-bit SSM tensors, where the testbed's W4A4 accuracy comes back
-# (RESULTS.md), for the three OuroMamba calibration sources.
+# Plus two W4A4 variants where the testbed's W4A4 accuracy comes back (RESULTS.md): A on a
+# log-domain grid, and 8-bit SSM tensors, for the three OuroMamba calibration sources.
 TABLE_RUNS = ','.join([f'{m}:{p}:{s}' for p in TABLE_PRESETS for m, s in TABLE_METHODS] +
-                      [f'ouromamba:w4a4_ssm8:{s}' for s in ('noise', 'gen', 'real')])
+                      [f'ouromamba:{p}:{s}' for p in ('w4a4_alog', 'w4a4_ssm8')
+                       for s in ('noise', 'gen', 'real')])
 # pipeline.full=True: the paper-size settings (section, field) -> value.
 FULL = {
     ('gen', 'num_images'): 128, ('gen', 'iterations'): 1000, ('gen', 'log_every'): 50,

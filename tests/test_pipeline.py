@@ -35,7 +35,8 @@ def test_parse_runs_and_full_settings():
   assert pipeline.parse_runs('ouromamba:W4A4:gen, rtn:w8a8:real') == [
       ('ouromamba', 'w4a4', 'gen'), ('rtn', 'w8a8', 'real')]
   table = pipeline.parse_runs('table')
-  assert len(table) == 18 and ('ptq4vm', 'w4a8', 'real') in table
+  assert len(table) == 21 and ('ptq4vm', 'w4a8', 'real') in table
+  assert ('ouromamba', 'w4a4_alog', 'noise') in table
   assert ('ouromamba', 'w4a4_ssm8', 'gen') in table
   for bad, message in (('ouromamba:w4a4', 'method:preset:source'),
                        ('gptq:w4a4:gen', 'method must be'), ('rtn:w3a3:gen', 'preset must be'),

@@ -147,6 +147,16 @@ def settings_fingerprint(config, images: np.ndarray) -> dict[str, Any]:
   }
 
 
+def same_settings(old: Optional[dict[str, Any]], new: dict[str, Any]) -> bool:
+  """Fingerprints equal up to unset (None) quant fields, so a new optional config field does
+  not invalidate finished runs."""
+  if old is None:
+    return False
+  unset_dropped = lambda d: {**d, 'quant': {k: v for k, v in d.get('quant', {}).items()
+                                            if v is not None}}
+  return unset_dropped(old) == unset_dropped(new)
+
+
 def is_complete(directory: str) -> bool:
   return os.path.isfile(os.path.join(directory, api.QUANTIZED_DIR, 'quant_meta.json')) and \
       os.path.isfile(os.path.join(directory, api.REPORT_FILE))
@@ -169,7 +179,7 @@ def quantize_run(config, workdir: str, *, model=None, params=None, log: Log = _l
   settings_path = os.path.join(directory, SETTINGS_FILE)
   old = atomic.read_json(settings_path)
   name = run_name(q)
-  if old is not None and old != settings:
+  if old is not None and not same_settings(old, settings):
     log(f'[quant] {name}: settings changed since the last run in {directory}; recalibrating')
     for stale in (api.QUANTIZED_DIR, api.REPORT_FILE, calibrate.SNAPSHOT):
       path = os.path.join(directory, stale)
@@ -178,7 +188,7 @@ def quantize_run(config, workdir: str, *, model=None, params=None, log: Log = _l
       elif os.path.exists(path):
         os.remove(path)
   checkpoint = os.path.join(directory, api.QUANTIZED_DIR)
-  if old == settings and is_complete(directory):
+  if same_settings(old, settings) and is_complete(directory):
     log(f'[quant] {name}: already done ({checkpoint}); skipping calibration')
     qparams, report = api.load_quantized(checkpoint)
     skipped = True

@@ -16,7 +16,8 @@ JSON_FILE = 'accuracy.json'
 MD_FILE = 'accuracy.md'
 METHOD_NAMES = {'rtn': 'RTN', 'ptq4vm': 'PTQ4VM-style', 'ouromamba': 'OuroMamba'}
 SOURCE_NAMES = {'gen': 'Gen', 'noise': 'noise', 'real': 'real'}
-PRESET_ORDER = ('w8a8', 'w4a8', 'w4a4', 'w4a4_no_outliers', 'w4a4_ssm8', 'w4a4_float_ssm')
+PRESET_ORDER = ('w8a8', 'w4a8', 'w4a4', 'w4a4_alog', 'w4a4_no_outliers', 'w4a4_ssm8',
+                'w4a4_float_ssm')
 
 
 def row_label(row: Mapping[str, Any]) -> str:

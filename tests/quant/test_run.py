@@ -123,3 +123,12 @@ def test_save_quantized_is_atomic_and_overwrites(tiny, rtn_run, tmp_path):
   _, report = quant.load_quantized(path)
   assert report == {'n': 2}
   assert sorted(os.listdir(tmp_path)) == ['ckpt']      # no temporary folders left behind
+
+
+def test_unset_quant_fields_do_not_change_a_runs_settings():
+  from ouromamba_jax.quant import run as quant_run
+  old = {'model': {'depth': 2}, 'quant': {'preset': 'w4a4', 'k': None}, 'images_sha256': 'x'}
+  assert quant_run.same_settings(old, {**old, 'quant': {'preset': 'w4a4', 'a_domain': None}})
+  assert not quant_run.same_settings(old, {**old, 'quant': {'preset': 'w4a4', 'a_domain': 'log'}})
+  assert not quant_run.same_settings(old, {**old, 'images_sha256': 'y'})
+  assert not quant_run.same_settings(None, old)
