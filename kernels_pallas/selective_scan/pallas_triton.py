@@ -103,6 +103,40 @@ def _softplus(x):
   return jnp.maximum(x, 0.0) + log1p_e
 
 
+@dataclasses.dataclass(frozen=True)
+class _ProgramLayout:
+  """What one program (channel block, batch row) indexes, shared by the forward and adjoint
+  kernels: its batch row, per channel group the channel slice and mask, and the state slice
+  and mask (masks None where nothing is padded)."""
+  row: object
+  channels: list
+  channel_ok: list
+  states: object
+  state_ok: object
+
+  def tile_ok(self, spec):  # per group, the (n_pad, group_d) mask of a state tile
+    return [_tile_mask(self.state_ok, ok, spec.n_pad, spec.group_d) for ok in self.channel_ok]
+
+
+def _program_layout(spec) -> _ProgramLayout:
+  gd, d0 = spec.group_d, pl.program_id(0) * spec.block_d
+  groups = range(spec.n_groups)
+  return _ProgramLayout(
+      row=pl.program_id(1),
+      channels=[pl.ds(d0 + g * gd, gd) for g in groups],
+      channel_ok=[(d0 + g * gd + jnp.arange(gd) < spec.channels) if spec.mask_channels else None
+                  for g in groups],
+      states=pl.ds(0, spec.n_pad),
+      state_ok=(jnp.arange(spec.n_pad) < spec.n_state) if spec.mask_states else None)
+
+
+def _masked_load(ref_view, mask):
+  """Load in the array's dtype; masked-off elements read as 0."""
+  if mask is None:
+    return plgpu.load(ref_view)
+  return plgpu.load(ref_view, mask=mask, other=0)
+
+
 def _tile_mask(state_ok, channel_ok, n_pad, group_d):
   """Full (n_pad, group_d) mask of a state tile, or None when neither axis is padded."""
   if state_ok is None and channel_ok is None:
@@ -148,21 +182,12 @@ def _scan_kernel(*refs, spec: _KernelSpec):
 
   f32 = jnp.float32
   gd, n_pad = spec.group_d, spec.n_pad
-  row = pl.program_id(1)
-  d0 = pl.program_id(0) * spec.block_d
   groups = range(spec.n_groups)
-  channels = [pl.ds(d0 + g * gd, gd) for g in groups]
-  states = pl.ds(0, n_pad)
-  channel_ok = [(d0 + g * gd + jnp.arange(gd) < spec.channels) if spec.mask_channels else None
-                for g in groups]
-  state_ok = (jnp.arange(n_pad) < spec.n_state) if spec.mask_states else None
-  tile_ok = ([_tile_mask(state_ok, channel_ok[g], n_pad, gd) for g in groups]
-             if spec.store_states else None)
-
-  def load(ref_view, mask):  # in the array's dtype; masked-off elements read as 0
-    if mask is None:
-      return plgpu.load(ref_view)
-    return plgpu.load(ref_view, mask=mask, other=0)
+  layout = _program_layout(spec)
+  row, channels, states = layout.row, layout.channels, layout.states
+  channel_ok, state_ok = layout.channel_ok, layout.state_ok
+  tile_ok = layout.tile_ok(spec) if spec.store_states else None
+  load = _masked_load
 
   def load_group(ref, g, *index):  # (group_d,) row of group g
     index = tuple(_index(i) for i in index)

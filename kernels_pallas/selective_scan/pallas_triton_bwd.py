@@ -52,20 +52,12 @@ def _adjoint_kernel(*refs, spec: fwd._KernelSpec, has_states_grad: bool):
 
   f32 = jnp.float32
   gd, n_pad = spec.group_d, spec.n_pad
-  block, row = pl.program_id(0), pl.program_id(1)
-  d0 = block * spec.block_d
   groups = range(spec.n_groups)
-  channels = [pl.ds(d0 + g * gd, gd) for g in groups]
-  states = pl.ds(0, n_pad)
-  channel_ok = [(d0 + g * gd + jnp.arange(gd) < spec.channels) if spec.mask_channels else None
-                for g in groups]
-  state_ok = (jnp.arange(n_pad) < spec.n_state) if spec.mask_states else None
-  tile_ok = [fwd._tile_mask(state_ok, channel_ok[g], n_pad, gd) for g in groups]
-
-  def load(ref_view, mask):
-    if mask is None:
-      return plgpu.load(ref_view)
-    return plgpu.load(ref_view, mask=mask, other=0)
+  block, layout = pl.program_id(0), fwd._program_layout(spec)  # pylint: disable=protected-access
+  row, channels, states = layout.row, layout.channels, layout.states
+  channel_ok, state_ok = layout.channel_ok, layout.state_ok
+  tile_ok = layout.tile_ok(spec)
+  load = fwd._masked_load  # pylint: disable=protected-access
 
   def store(ref_view, value, mask):
     plgpu.store(ref_view, value.astype(ref_view.dtype), mask=mask)

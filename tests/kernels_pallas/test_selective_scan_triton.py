@@ -149,9 +149,9 @@ def test_softplus_matches_float64():
   np.testing.assert_allclose(got[typical], want[typical], rtol=1e-6, atol=0)
 
 
-def test_lowers_to_triton_for_h100():
-  """AOT lowering for an abstract H100 on CPU: catches kernels that interpret but don't lower,
-  and checks the deprecation warning is filtered (warnings are errors here)."""
+def _abstract_h100_inputs():
+  """Abstract Vim-like inputs (u, delta, A, B, C, D, z, delta_bias; B=4, L=197, D=200, N=16)
+  and a one-device mesh of an abstract H100, for ahead-of-time lowering on CPU."""
   batch, length, channels, n_state = 4, 197, 200, 16
   shape = lambda *s, dtype=jnp.bfloat16: jax.ShapeDtypeStruct(s, dtype)
   args = (shape(batch, length, channels), shape(batch, length, channels),
@@ -160,7 +160,13 @@ def test_lowers_to_triton_for_h100():
           shape(batch, length, channels), shape(channels, dtype=jnp.float32))
   device = jax.sharding.AbstractDevice(device_kind='NVIDIA H100 80GB HBM3', num_cores=132,
                                        platform='cuda')
-  mesh = jax.sharding.AbstractMesh((1,), ('x',), abstract_device=device)
+  return args, jax.sharding.AbstractMesh((1,), ('x',), abstract_device=device)
+
+
+def test_lowers_to_triton_for_h100():
+  """AOT lowering for an abstract H100 on CPU: catches kernels that interpret but don't lower,
+  and checks the deprecation warning is filtered (warnings are errors here)."""
+  args, mesh = _abstract_h100_inputs()
   cfg = SelectiveScanBlockConfig(64, 4, num_warps=1, num_stages=2)
   fn = jax.jit(lambda *a: pallas_triton.selective_scan(*a, reverse=True, interpret=False,
                                                        block_config=cfg))
@@ -335,15 +341,7 @@ def test_vjp_and_states_options_are_validated():
 def test_backward_lowers_to_triton_for_h100():
   """AOT lowering of the gradient through y and the states with vjp='kernel' for an abstract
   H100: the forward writes the states (saved for the backward), the adjoint kernel reads them."""
-  batch, length, channels, n_state = 4, 197, 200, 16
-  shape = lambda *s, dtype=jnp.bfloat16: jax.ShapeDtypeStruct(s, dtype)
-  args = (shape(batch, length, channels), shape(batch, length, channels),
-          shape(channels, n_state, dtype=jnp.float32), shape(batch, length, n_state),
-          shape(batch, length, n_state), shape(channels, dtype=jnp.float32),
-          shape(batch, length, channels), shape(channels, dtype=jnp.float32))
-  device = jax.sharding.AbstractDevice(device_kind='NVIDIA H100 80GB HBM3', num_cores=132,
-                                       platform='cuda')
-  mesh = jax.sharding.AbstractMesh((1,), ('x',), abstract_device=device)
+  args, mesh = _abstract_h100_inputs()
   cfg = SelectiveScanBlockConfig(64, 4, num_warps=1, num_stages=2)
 
   def loss(*a):
