@@ -40,10 +40,8 @@ def widened_spec(base: qconfig.QuantSpec, group: str, bits: int) -> qconfig.Quan
 
 def base_spec(quant_cfg, epochs: int) -> qconfig.QuantSpec:
   """The W4A4 spec of a config's quant section (its calibration settings), `epochs` epochs."""
-  settings = quant_run.spec_settings(quant_cfg)
-  settings.pop('mode', None)  # fake/int: how the result runs, not part of the spec
-  settings.update(preset='w4a4', epochs=epochs)
-  return qconfig.spec_from_config(settings)
+  return qconfig.spec_from_config({**quant_run.spec_settings(quant_cfg), 'preset': 'w4a4',
+                                   'epochs': epochs})
 
 
 def main(argv=None):

@@ -334,6 +334,7 @@ def spec_from_config(cfg: Union[str, Mapping[str, Any], QuantSpec]) -> QuantSpec
                      f'{sorted(cfg)}.')
   preset = cfg.pop('preset')
   cfg.pop('method', None)  # read by the caller, not part of the spec
+  cfg.pop('mode', None)    # likewise (fake | int: how the result runs)
   return make_preset(preset, **cfg)
 
 
