@@ -25,16 +25,18 @@ quantized Linear inputs of `--rate_images` random images) and written to the JSO
 (the mu + k sigma threshold) steers it.
 
 Timing: per (model, variant, batch), the jitted forward is compiled ahead of time (compile time
-reported apart), run `--warmup` times, then `--iters` times, each call timed to
-`block_until_ready`; the median is the latency, batch / median the throughput. With
+reported apart; a model's cells compile concurrently in `--compile_workers` threads), run
+`--warmup` times, then `--iters` times, each call timed to `block_until_ready`, one cell after
+another; the median is the latency, batch / median the throughput. `--out` is rewritten after
+every cell. With
 `--cast_params` (default) the plain float leaves of the tree are stored in the compute dtype
 (bf16 weights for the bf16 variants); quantized leaves are left as they are.
 """
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
-import json
 import os
 import statistics
 import sys
@@ -48,6 +50,7 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ouromamba_jax import quant  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ouromamba_jax.io import atomic  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ouromamba_jax.models import build_model  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 MODELS = {
@@ -111,6 +114,8 @@ def parse_args(argv=None):
                  help='outlier threshold mu + k sigma of the Linear inputs (ActSpec.k)')
   p.add_argument('--cast_params', type=int, default=1,
                  help='1: store plain float params in the compute dtype')
+  p.add_argument('--compile_workers', type=int, default=8,
+                 help="threads compiling one model's cells concurrently (timing stays serial)")
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--out', default='', help='JSON file for the results')
   p.add_argument('--smoke', action='store_true',
@@ -189,11 +194,14 @@ def outlier_rate(model, tree, images) -> dict[str, float]:
   return {'entries': float(flagged), 'tokens_with_outliers': float(tokens)}
 
 
-def time_forward(model, tree, images, iters: int, warmup: int) -> dict[str, Any]:
-  fwd = jax.jit(lambda t, x: model.apply({'params': t}, x))
+def compile_forward(model, tree, images):
+  """(compiled forward, compile seconds); lowering and XLA compilation of one cell."""
   start = time.perf_counter()
-  compiled = fwd.lower(tree, images).compile()
-  compile_s = time.perf_counter() - start
+  compiled = jax.jit(lambda t, x: model.apply({'params': t}, x)).lower(tree, images).compile()
+  return compiled, time.perf_counter() - start
+
+
+def time_forward(compiled, tree, images, iters: int, warmup: int) -> dict[str, Any]:
   out = None
   for _ in range(max(warmup, 1)):
     out = jax.block_until_ready(compiled(tree, images))
@@ -206,7 +214,7 @@ def time_forward(model, tree, images, iters: int, warmup: int) -> dict[str, Any]
     times.append(time.perf_counter() - start)
   median = statistics.median(times)
   batch = images.shape[0]
-  return {'compile_s': compile_s, 'median_ms': 1e3 * median, 'mean_ms': 1e3 * statistics.mean(times),
+  return {'median_ms': 1e3 * median, 'mean_ms': 1e3 * statistics.mean(times),
           'min_ms': 1e3 * min(times), 'max_ms': 1e3 * max(times),
           'images_per_s': batch / median}
 
@@ -218,52 +226,73 @@ def variant_model(base, variant: Variant, args):
                     if variant.preset else None)
 
 
-def run(args) -> dict[str, Any]:
+def _model_trees(base, params, args, rates, quantize_s, model_name):
+  """{variant: (model, tree) or the exception that building it raised} for one model."""
+  trees, cells = {}, {}
+  for variant_name in args.variants:
+    variant = VARIANTS[variant_name]
+    try:
+      if variant.preset and variant.preset not in trees:
+        start = time.perf_counter()
+        calib = _images(base, args.calib_images, args.seed + 1)
+        trees[variant.preset] = quantize_rtn(base, params, variant.preset, calib, args.outlier_k)
+        quantize_s[f'{model_name}/{variant.preset}'] = time.perf_counter() - start
+        rates[f'{model_name}/{variant.preset}'] = outlier_rate(
+            base.clone(quant_implementation='xla'), trees[variant.preset],
+            _images(base, args.rate_images, args.seed + 2))
+      tree = trees[variant.preset] if variant.preset else params
+      if args.cast_params:
+        tree = cast_float_leaves(tree, DTYPES[variant.dtype])
+      cells[variant_name] = (variant_model(base, variant, args), tree)
+    except Exception as e:  # pylint: disable=broad-except
+      traceback.print_exc()
+      cells[variant_name] = e
+  return cells
+
+
+def run(args, on_cell=lambda report: None) -> dict[str, Any]:
+  """Every (model, variant, batch) cell. A model's cells are compiled concurrently
+  (`--compile_workers` threads; XLA compiles outside the GIL), then timed one after another,
+  so compilation overlaps but no two timed calls do. `on_cell(report)` after every cell."""
   results, rates, quantize_s = [], {}, {}
+  device = jax.devices()[0]
+  report = {'device': f'{device.platform}: {device.device_kind}', 'jax': jax.__version__,
+            'settings': {k: v for k, v in vars(args).items() if k != 'out'},
+            'outlier_rates': rates, 'quantize_s': quantize_s, 'results': results}
   for model_name in args.models:
     registry_name, overrides = MODELS[model_name]
     if args.depth:
       overrides = {**overrides, 'depth': args.depth}
     base = build_model(registry_name, scan_implementation='xla', **overrides)
     params = jax.jit(base.init)(jax.random.key(args.seed), _images(base, 1, 0))['params']
-    trees = {}
-    for variant_name in args.variants:
-      variant = VARIANTS[variant_name]
-      model = variant_model(base, variant, args)
-      cell = {'model': model_name, 'variant': variant_name, 'dtype': variant.dtype,
-              'scan': model.scan_implementation, 'quant_kernel': model.quant_implementation,
-              'preset': variant.preset}
-      try:
-        if variant.preset and variant.preset not in trees:
-          start = time.perf_counter()
-          calib = _images(base, args.calib_images, args.seed + 1)
-          trees[variant.preset] = quantize_rtn(base, params, variant.preset, calib,
-                                               args.outlier_k)
-          quantize_s[f'{model_name}/{variant.preset}'] = time.perf_counter() - start
-          rates[f'{model_name}/{variant.preset}'] = outlier_rate(
-              base.clone(quant_implementation='xla'), trees[variant.preset],
-              _images(base, args.rate_images, args.seed + 2))
-        tree = trees[variant.preset] if variant.preset else params
-        if args.cast_params:
-          tree = cast_float_leaves(tree, DTYPES[variant.dtype])
-      except Exception as e:  # pylint: disable=broad-except
+    cells = _model_trees(base, params, args, rates, quantize_s, model_name)
+    images = {b: _images(base, b, args.seed + 3) for b in args.batches}
+    jobs = {}
+    with concurrent.futures.ThreadPoolExecutor(max(args.compile_workers, 1)) as pool:
+      for variant_name, cell in cells.items():
+        if not isinstance(cell, Exception):
+          for batch in args.batches:
+            jobs[variant_name, batch] = pool.submit(compile_forward, *cell, images[batch])
+      for variant_name, cell in cells.items():
         for batch in args.batches:
-          results.append({**cell, 'batch': batch, 'error': f'{type(e).__name__}: {e}'})
-        traceback.print_exc()
-        continue
-      for batch in args.batches:
-        try:
-          timing = time_forward(model, tree, _images(base, batch, args.seed + 3), args.iters,
-                                args.warmup)
-          results.append({**cell, 'batch': batch, **timing})
-        except Exception as e:  # pylint: disable=broad-except
-          results.append({**cell, 'batch': batch, 'error': f'{type(e).__name__}: {e}'})
-          traceback.print_exc()
-        print(_cell_line(results[-1]), flush=True)
-  device = jax.devices()[0]
-  return {'device': f'{device.platform}: {device.device_kind}', 'jax': jax.__version__,
-          'settings': {k: v for k, v in vars(args).items() if k != 'out'},
-          'outlier_rates': rates, 'quantize_s': quantize_s, 'results': results}
+          head = {'model': model_name, 'variant': variant_name, 'batch': batch,
+                  'dtype': VARIANTS[variant_name].dtype}
+          try:
+            if isinstance(cell, Exception):
+              raise cell
+            model, tree = cell
+            head.update(scan=model.scan_implementation, quant_kernel=model.quant_implementation,
+                        preset=VARIANTS[variant_name].preset)
+            compiled, compile_s = jobs[variant_name, batch].result()
+            timing = time_forward(compiled, tree, images[batch], args.iters, args.warmup)
+            results.append({**head, 'compile_s': compile_s, **timing})
+          except Exception as e:  # pylint: disable=broad-except
+            results.append({**head, 'error': f'{type(e).__name__}: {e}'})
+            traceback.print_exc()
+          jobs.pop((variant_name, batch), None)  # frees the executable
+          print(_cell_line(results[-1]), flush=True)
+          on_cell(report)
+  return report
 
 
 def _cell_line(r) -> str:
@@ -301,13 +330,17 @@ def table(report) -> str:
   return '\n'.join(lines)
 
 
+def _write(report, path: str) -> None:
+  """The report so far, written atomically (a stopped run keeps its finished cells)."""
+  if path:
+    atomic.write_json(path, report)
+
+
 def main(argv=None) -> dict[str, Any]:
   args = parse_args(argv)
-  report = run(args)
   if args.out:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, 'w') as f:
-      json.dump(report, f, indent=1)
+  report = run(args, on_cell=lambda rep: _write(rep, args.out))
   print(table(report))
   return report
 
