@@ -252,8 +252,8 @@ def _model_trees(base, params, args, rates, quantize_s, model_name):
 
 def run(args, on_cell=lambda report: None) -> dict[str, Any]:
   """Every (model, variant, batch) cell. A model's cells are compiled concurrently
-  (`--compile_workers` threads; XLA compiles outside the GIL), then timed one after another,
-  so compilation overlaps but no two timed calls do. `on_cell(report)` after every cell."""
+  (`--compile_workers` threads; XLA compiles outside the GIL); once all have compiled they are
+  timed one after another. `on_cell(report)` after every cell."""
   results, rates, quantize_s = [], {}, {}
   device = jax.devices()[0]
   report = {'device': f'{device.platform}: {device.device_kind}', 'jax': jax.__version__,
@@ -273,6 +273,8 @@ def run(args, on_cell=lambda report: None) -> dict[str, Any]:
         if not isinstance(cell, Exception):
           for batch in args.batches:
             jobs[variant_name, batch] = pool.submit(compile_forward, *cell, images[batch])
+      # XLA autotunes on the GPU while compiling: no timing until every compile is done.
+      concurrent.futures.wait(jobs.values())
       for variant_name, cell in cells.items():
         for batch in args.batches:
           head = {'model': model_name, 'variant': variant_name, 'batch': batch,

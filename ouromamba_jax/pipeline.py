@@ -58,6 +58,7 @@ FULL = {
     ('pipeline', 'eval_images'): 0, ('pipeline', 'runs'): 'table',
 }
 Log = Callable[[str], None]
+DEMO_RUNS = 'ouromamba:w4a4:gen,ouromamba:w4a4_alog:gen'  # configs/common.pipeline_config
 
 
 def _log(msg: str) -> None:
@@ -89,12 +90,16 @@ def parse_runs(runs: str) -> list[tuple[str, str, str]]:
 
 
 def effective_config(config) -> mlc.ConfigDict:
-  """An unlocked copy of `config`, with FULL applied when pipeline.full."""
+  """An unlocked copy of `config`, with FULL applied when pipeline.full. A `pipeline.runs`
+  changed from the demo default is kept, so a full-size run can be split into parts."""
   cfg = mlc.ConfigDict(config.to_dict())
   if cfg.pipeline.full:
+    chosen_runs = cfg.pipeline.runs != DEMO_RUNS and cfg.pipeline.runs
     for (section, field), value in FULL.items():
       if section in cfg:
         cfg[section][field] = value
+    if chosen_runs:
+      cfg.pipeline.runs = chosen_runs
   return cfg
 
 

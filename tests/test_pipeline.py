@@ -48,8 +48,11 @@ def test_parse_runs_and_full_settings():
   full = pipeline.effective_config(config)
   assert full.gen.num_images == 128 and full.gen.iterations == 1000
   assert full.quant.calib_images == 128 and full.quant.epochs == 10
-  assert full.pipeline.eval_images == 0 and full.pipeline.runs == 'table'
+  assert full.pipeline.eval_images == 0
+  assert full.pipeline.runs == 'rtn:w4a4:noise'          # chosen runs are kept (split a table)
   assert config.gen.num_images == 4                      # the caller's config is untouched
+  config.pipeline.runs = pipeline.DEMO_RUNS
+  assert pipeline.effective_config(config).pipeline.runs == 'table'
 
 
 def test_pipeline_without_data_runs_what_needs_none(tmp_path):
@@ -88,3 +91,8 @@ def test_pipeline_with_data_evaluates_and_resumes(tmp_path):
   text = '\n'.join(messages)
   assert text.count('skipping calibration') == 2 and text.count('evaluate: cached') == 3
   assert [r['top1'] for r in again['runs']] == [r['top1'] for r in result['runs']]
+
+
+def test_demo_runs_match_the_config_default():
+  from configs import common  # pylint: disable=g-import-not-at-top
+  assert common.pipeline_config().runs == pipeline.DEMO_RUNS
