@@ -206,9 +206,14 @@ class VisionMamba(nn.Module):
         quant_implementation=self.quant_implementation, name=name)
 
   def setup(self):
-    # Defined here, not inline, so that `embed` also runs on its own
-    # (`model.apply(variables, images, method=VisionMamba.embed)`), outside the compact __call__.
+    # Defined here, not inline, so that `embed` and `classify` also run on their own
+    # (`model.apply(variables, images, method=VisionMamba.embed)`), outside the compact __call__:
+    # `models.blockwise` runs the model one block at a time with them.
     self.patch_embed = PatchEmbed(self.d_model, self.patch_size, self.dtype)
+    self.norm_f = layers.RMSNorm(self.eps)
+    self.head = layers.Linear(self.num_classes, use_bias=True, dtype=jnp.float32,
+                              kernel_init=nn.initializers.truncated_normal(0.02),
+                              quant_implementation=self.quant_implementation)
 
   def embed(self, images):
     """Patch tokens + middle class token + pos_embed: the first block's input (B, L, d_model)."""
@@ -234,9 +239,10 @@ class VisionMamba(nn.Module):
     for i in range(self.depth):
       hidden, residual = block_cls(self.mixer_factory(), self.eps, self.dtype,
                                    name=f'layers_{i}')(hidden, residual)
-    final = layers.RMSNorm(self.eps, name='norm_f')(residual + hidden.astype(jnp.float32))
-    feature = final[:, self.cls_index]
-    head = layers.Linear(self.num_classes, use_bias=True, dtype=jnp.float32, name='head',
-                         kernel_init=nn.initializers.truncated_normal(0.02),
-                         quant_implementation=self.quant_implementation)
-    return head(feature)
+    return self.classify(hidden, residual)
+
+  def classify(self, hidden, residual):
+    """The last block's (hidden, residual) -> fp32 logits: final add + RMSNorm, middle class
+    token, head."""
+    final = self.norm_f(residual + hidden.astype(jnp.float32))
+    return self.head(final[:, self.cls_index])

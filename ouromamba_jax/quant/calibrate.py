@@ -27,12 +27,12 @@ import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from absl import logging
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ouromamba_jax.models import blockwise
 from ouromamba_jax.models import vim
 from ouromamba_jax.quant import checkpoint
 from ouromamba_jax.quant import rewrite
@@ -60,44 +60,10 @@ def _default_log(msg: str) -> None:
 # ----------------------------------------------------------------------------------------------
 # Running pieces of the model.
 
-def embed_tokens(model: vim.VisionMamba, params, images):
-  """The first block's input (B, L, d_model): runs the model with every Block short-circuited."""
-  recorded = {}
-
-  def interceptor(next_fun, args, kwargs, context):
-    if isinstance(context.module, vim.Block) and context.method_name == '__call__':
-      hidden = args[0]
-      if not recorded:
-        recorded['hidden'] = hidden
-      return hidden, hidden.astype(jnp.float32)
-    return next_fun(*args, **kwargs)
-
-  with nn.intercept_methods(interceptor):
-    model.apply({'params': params}, images)
-  return recorded['hidden']
-
-
-@functools.lru_cache(maxsize=None)
-def make_block(model: vim.VisionMamba) -> vim.Block:
-  """One Block per model config (cached, so jitted functions keyed on it are reused)."""
-  return vim.Block(model.mixer_factory(), model.eps, model.dtype)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def run_block(block: vim.Block, layer, hidden, residual):
-  """(mixer output, residual) of one block with the given (possibly quantized) params."""
-  return block.apply({'params': layer}, hidden, residual)
-
-
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _capture_run(block: vim.Block, paths: tuple[str, ...], layer, hidden, residual):
   apply = lambda tree, h, r: block.apply({'params': tree}, h, r)
   return rewrite.capture(apply, layer, paths, hidden, residual)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _embed(model: vim.VisionMamba, params, images):
-  return embed_tokens(model, params, images)
 
 
 def _clamped_norm(x, eps: float):
@@ -228,20 +194,20 @@ def reconstruct_blocks(model: vim.VisionMamba, params, images, plan: Mapping[str
   images = jnp.asarray(images)
   n_images = images.shape[0]
   batches = micro_batches(n_images, calib.micro_batch)
-  block = make_block(model)
+  block = blockwise.block_module(model)
   optimizer = make_optimizer(calib)
   log_space = calib.scale_space == 'log'
 
   def run_stream(layer, hidden, residual):
-    outs = [run_block(block, layer, hidden[s], residual[s]) for s in batches]
+    outs = [blockwise.run_block(block, layer, hidden[s], residual[s]) for s in batches]
     return (jnp.concatenate([o[0] for o in outs]), jnp.concatenate([o[1] for o in outs]))
 
   def eval_loss(layer, hidden, residual, target):
-    total = sum(float(cosine_loss(run_block(block, layer, hidden[s], residual[s])[0], target[s]))
+    total = sum(float(cosine_loss(blockwise.run_block(block, layer, hidden[s], residual[s])[0], target[s]))
                 * (s.stop - s.start) for s in batches)
     return total / n_images
 
-  hidden0 = jnp.concatenate([_embed(model, params, images[s]) for s in batches])
+  hidden0 = jnp.concatenate([blockwise.embed(model, params, images[s])[0] for s in batches])
   zeros = jnp.zeros(hidden0.shape, jnp.float32)
   fp_stream = (hidden0, zeros)
   q_stream = (hidden0, zeros)

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ouromamba_jax.models import blockwise
 from ouromamba_jax.quant import qtypes
 from ouromamba_jax.quant import rewrite
 from ouromamba_jax.reports import capture
@@ -46,19 +47,33 @@ def _sums(y, ref):
                     jnp.asarray(cos.shape[0], jnp.float32)])
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4))
-def _batch_sums(model, params, qparams, images, paths: tuple[str, ...]):
-  fp = capture.linear_io(model, params, images)
-  q = capture.linear_io(model, qparams, images)
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _stage_sums(module, method, paths: tuple[str, ...], tree_fp, tree_q, inputs_fp, inputs_q):
+  """Both views' sums for the Linears `paths` (relative to `module`) of one forward piece."""
+  fp = capture.module_linear_io(module, tree_fp, *inputs_fp, method=method)
+  q = capture.module_linear_io(module, tree_q, *inputs_q, method=method)
   out = {}
   for path in paths:
     x_fp, y_fp = fp[path]
-    kernel = rewrite.get_path(qparams, f'{path}/kernel')
-    node = rewrite.get_path(qparams, path)
+    kernel = rewrite.get_path(tree_q, f'{path}/kernel')
+    node = rewrite.get_path(tree_q, path)
     y_local = kernel.linear(x_fp, node.get('input_quantizer'), jnp.float32)
     if 'bias' in node:
       y_local = y_local + node['bias'].astype(jnp.float32)
     out[path] = jnp.stack([_sums(q[path][1], y_fp), _sums(y_local, y_fp)])
+  return out
+
+
+def _batch_sums(model, params, qparams, images, paths: Sequence[str]):
+  """{path: sums} of one batch, piece by piece (`models.blockwise`: one block compiles)."""
+  out = {}
+  for prefix, module, method, (tree_fp, tree_q), (in_fp, in_q) in blockwise.stages(
+      model, (params, qparams), images):
+    own = tuple(p[len(prefix):] for p in paths if p.startswith(prefix)
+                and (prefix or not p.startswith('layers_')))
+    if own:
+      sums = _stage_sums(module, method, own, tree_fp, tree_q, in_fp, in_q)
+      out.update({prefix + p: v for p, v in sums.items()})
   return out
 
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ouromamba_jax.models import blockwise
 from ouromamba_jax.quant import activations as act_lib
 from ouromamba_jax.quant import qtypes
 from ouromamba_jax.quant import rewrite
@@ -39,13 +40,14 @@ def outlier_sites(qparams) -> list[str]:
   return found
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def _batch_counts(model, qparams, images, paths: tuple[str, ...]):
-  io = capture.linear_io(model, qparams, images)
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _stage_counts(module, method, paths: tuple[str, ...], tree, inputs):
+  """(L,) flagged fractions summed over samples, for the Linear inputs `paths` of one piece."""
+  io = capture.module_linear_io(module, tree, *inputs, method=method)
   out = {}
   for path in paths:
     x = io[path][0].astype(jnp.float32)
-    node = rewrite.get_path(qparams, path)
+    node = rewrite.get_path(tree, path)
     smooth = getattr(node['kernel'], 'smooth', None)
     if smooth is not None:
       x = x / jnp.maximum(smooth, qtypes.MIN_SMOOTH)
@@ -53,7 +55,19 @@ def _batch_counts(model, qparams, images, paths: tuple[str, ...]):
     if x.ndim != 3:
       x = x[:, None, :]
     mask = act_lib.detect_outliers(x, quantizer.inlier_scale, quantizer.spec)
-    out[path] = jnp.sum(jnp.mean(mask.astype(jnp.float32), axis=2), axis=0)  # (L,) sum over samples
+    out[path] = jnp.sum(jnp.mean(mask.astype(jnp.float32), axis=2), axis=0)
+  return out
+
+
+def _batch_counts(model, qparams, images, paths: Sequence[str]):
+  """{path: counts} of one batch, piece by piece (`models.blockwise`: one block compiles)."""
+  out = {}
+  for prefix, module, method, (tree,), (inputs,) in blockwise.stages(model, (qparams,), images):
+    own = tuple(p[len(prefix):] for p in paths if p.startswith(prefix)
+                and (prefix or not p.startswith('layers_')))
+    if own:
+      counts = _stage_counts(module, method, own, tree, inputs)
+      out.update({prefix + p: v for p, v in counts.items()})
   return out
 
 

@@ -1,0 +1,38 @@
+"""models.blockwise: the block-by-block forward equals model.apply and compiles one block."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ouromamba_jax.models import blockwise
+from ouromamba_jax.models import build_model
+
+
+@pytest.fixture(scope='module')
+def tiny():
+  model = build_model('vim_t', img_size=32, patch_size=8, depth=3, d_model=32, num_classes=10,
+                      scan_implementation='sequential')
+  images = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  return model, model.init(jax.random.key(1), images)['params'], images
+
+
+def test_forward_equals_model_apply(tiny):
+  model, params, images = tiny
+  np.testing.assert_allclose(np.asarray(blockwise.forward(model, params, images)),
+                             np.asarray(model.apply({'params': params}, images)),
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_embed_is_the_first_block_input_and_blocks_share_one_program(tiny):
+  model, params, images = tiny
+  hidden, residual = blockwise.embed(model, params, images)
+  assert hidden.shape == (2, 17, 32) and not np.any(np.asarray(residual))
+  block = blockwise.block_module(model)
+  assert blockwise.block_module(model) is block        # cached: jitted functions are reused
+  out, residual = blockwise.run_block(block, params['layers_0'], hidden, residual)
+  np.testing.assert_array_equal(np.asarray(residual), np.asarray(hidden, np.float32))
+  assert out.shape == hidden.shape
+  before = blockwise.run_block._cache_size()
+  for _, layer in blockwise.layers(model, params):
+    out, residual = blockwise.run_block(block, layer, out, residual)
+  assert blockwise.run_block._cache_size() == before   # no new compilation for the other blocks
