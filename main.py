@@ -23,7 +23,7 @@ _WORKDIR = flags.DEFINE_string(
 MODES = {
     'train': 'ouromamba_jax.train.trainer:run',
     'evaluate': 'ouromamba_jax.evaluate:run',
-  'convert': 'ouromamba_jax.convert:run',
+    'convert': 'ouromamba_jax.convert:run',
     'generate': 'ouromamba_jax.gen.run:run',
     'quantize': 'ouromamba_jax.quant.run:run',
     'pipeline': 'ouromamba_jax.pipeline:run',
@@ -38,6 +38,16 @@ def resolve_mode(mode: str):
   return getattr(importlib.import_module(module_name), fn_name)
 
 
+def enable_compilation_cache(path: str) -> None:
+  """Persistent XLA cache in `path` (created); '' leaves it off."""
+  if not path:
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+  path = os.path.abspath(os.path.expanduser(path))
+  os.makedirs(path, exist_ok=True)
+  jax.config.update('jax_compilation_cache_dir', path)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -47,6 +57,7 @@ def main(argv):
   workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value or config.workdir))
   os.makedirs(workdir, exist_ok=True)
   logging.info('mode=%s workdir=%s', config.mode, workdir)
+  enable_compilation_cache(config.get('compilation_cache', ''))
   resolve_mode(config.mode)(config, workdir)
 
 

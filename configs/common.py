@@ -41,6 +41,9 @@ def base_config() -> mlc.ConfigDict:
   c.mode = 'pipeline'                # train | evaluate | convert | generate | quantize | pipeline
   c.workdir = 'workdir/default'
   c.seed = 0
+  # JAX's persistent compilation cache: a quantized model compiles once per preset and method,
+  # later runs and processes (e.g. the pipeline's table split over GPUs) load it. '' = off.
+  c.compilation_cache = '~/.cache/ouromamba_jax/xla'
   return c
 
 

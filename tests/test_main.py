@@ -62,3 +62,16 @@ def test_convert_mode_round_trip(tmp_path):
   assert sorted(source) == sorted(converted)
   for key, value in source.items():
     np.testing.assert_array_equal(converted[key], value, err_msg=key)
+
+
+def test_compilation_cache_is_enabled_in_the_given_directory(tmp_path):
+  import jax  # pylint: disable=g-import-not-at-top
+  before = jax.config.jax_compilation_cache_dir
+  try:
+    main.enable_compilation_cache('')                     # '' = off: nothing changes
+    assert jax.config.jax_compilation_cache_dir == before
+    main.enable_compilation_cache(str(tmp_path / 'xla'))
+    assert (tmp_path / 'xla').is_dir()
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / 'xla')
+  finally:
+    jax.config.update('jax_compilation_cache_dir', before)
