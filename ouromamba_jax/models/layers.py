@@ -40,9 +40,12 @@ def optional_param(module: nn.Module, name: str) -> Any:
 
 
 def apply_site(module: nn.Module, name: str, x):
-  """Runs the activation quantizer stored under `name`, if the quant pass put one there."""
+  """Runs the activation quantizer stored under `name`, if the quant pass put one there (in
+  int mode on the module's `quant_implementation` kernels)."""
   quantizer = optional_param(module, name)
-  return x if quantizer is None else quantizer(x)
+  if quantizer is None:
+    return x
+  return quantizer(x, implementation=getattr(module, 'quant_implementation', None))
 
 
 def is_float_array(x) -> bool:

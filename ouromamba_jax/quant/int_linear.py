@@ -87,6 +87,20 @@ def _pad_last(a, new_len):
   return a if pad == 0 else jnp.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, pad)])
 
 
+def quantize_site(x3, quantizer, implementation: Optional[str] = None, *,
+                  pack_int4: bool = False) -> act_lib.IntActivation:
+  """act_quant of x3 (B, L, C) with an `ActQuantizer`'s steps: the Pallas kernel when the
+  implementation is 'triton' and the kernel covers the spec, else the XLA form (same codes).
+  Used for Linear inputs and for the SSM-tensor sites (Δ's asymmetric grid stays XLA)."""
+  impl = resolve_implementation(implementation)
+  if impl == 'triton' and act_quant_api.kernel_unsupported_reason(quantizer.spec,
+                                                                  x3.shape[-1]) is not None:
+    impl = 'xla'
+  return act_quant_api.act_quant(x3, quantizer.inlier_scale, quantizer.spec,
+                                 quantizer.zero_point, pack_int4=pack_int4, implementation=impl,
+                                 interpret=impl == 'triton' and compat.default_interpret())
+
+
 def prepare_operands(x3, weight, input_quantizer, implementation: Optional[str] = None
                      ) -> KernelOperands:
   """Quantizes x3 (B, L, C) (already divided by the smoothing vector) with act_quant and lays
@@ -99,13 +113,7 @@ def prepare_operands(x3, weight, input_quantizer, implementation: Optional[str] 
   # int4 inliers travel packed two per byte when C pairs up with the weight's K; otherwise as
   # int8 codes (the GEMM's act_bits=8 form also takes int4 codes one per byte).
   pack = spec.bits <= 4 and channels % 2 == 0 and k == channels
-  act_impl = impl
-  if impl == 'triton' and act_quant_api.kernel_unsupported_reason(spec, channels) is not None:
-    act_impl = 'xla'
-  q = act_quant_api.act_quant(x3, input_quantizer.inlier_scale, spec,
-                              input_quantizer.zero_point, pack_int4=pack,
-                              implementation=act_impl,
-                              interpret=act_impl == 'triton' and compat.default_interpret())
+  q = quantize_site(x3, input_quantizer, impl, pack_int4=pack)
   x_inlier = q.inlier_q if pack else _pad_last(q.inlier_q.astype(jnp.int8), k)
   a_scale = jnp.broadcast_to(q.inlier_scale[None, :], x3.shape[:2])
   x_outlier = o_scale = None

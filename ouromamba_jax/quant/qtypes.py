@@ -130,13 +130,16 @@ class ActQuantizer:
     x3, _ = act_lib.as_steps(to_grid_domain(x, self.spec), self.layout)
     return act_lib.quantize_activation_int(x3, self.inlier_scale, self.spec, self.zero_point)
 
-  def __call__(self, x):
+  def __call__(self, x, implementation: Optional[str] = None):
+    """Fake-quant (STE) or, in int mode, dequantized integer codes of x; `implementation`
+    picks the int-mode act_quant kernel ('xla' | 'triton' | None: the platform default)."""
     x3, restore = act_lib.as_steps(x, self.layout)
     if self.mode == 'fake':
       y = act_lib.dequantize_parts(self.parts(x3, ste=True))
     else:
-      y = act_lib.dequantize_activation(act_lib.quantize_activation_int(
-          to_grid_domain(x3, self.spec), self.inlier_scale, self.spec, self.zero_point))
+      from ouromamba_jax.quant import int_linear  # pylint: disable=g-import-not-at-top
+      y = act_lib.dequantize_activation(
+          int_linear.quantize_site(to_grid_domain(x3, self.spec), self, implementation))
     if self.spec.domain == 'log':
       y = -jnp.exp(y)
     return restore(y).astype(x.dtype)

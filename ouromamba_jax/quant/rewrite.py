@@ -110,7 +110,7 @@ class Recorder:
   """Stands where a quantizer would; records what the site receives and passes it through."""
   path: str = struct.field(pytree_node=False)
 
-  def __call__(self, x):
+  def __call__(self, x, implementation=None):  # pylint: disable=unused-argument
     if not _SINKS:
       raise RuntimeError('a Recorder was called outside `capture`; remove it from the params.')
     _SINKS[-1][self.path] = x

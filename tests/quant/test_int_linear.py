@@ -184,6 +184,25 @@ def test_uncovered_linears_fall_back_to_xla_int_dots(tiny, calibrated):
     weight.linear(x, iq, jnp.float32, implementation='cuda')
 
 
+def test_ssm_sites_use_the_act_quant_kernel_when_it_covers_them():
+  """B/C (symmetric, per step) run the Pallas kernel in int mode with the same codes as XLA;
+  Δ's asymmetric grid has no kernel and stays XLA."""
+  x = 3.0 * jax.random.normal(jax.random.key(4), (2, 17, 16))
+  x = x.at[:, 5, 3].set(40.0)                              # an outlier channel
+  b_site = qtypes.ActQuantizer.calibrate(x, config.ActSpec(4, outlier_bits=8), mode='int')
+  kernel = int_linear.quantize_site(x, b_site, 'triton')
+  xla = int_linear.quantize_site(x, b_site, 'xla')
+  assert bool(jnp.any(xla.outlier_mask))
+  for name in ('inlier_q', 'outlier_q', 'outlier_mask'):
+    np.testing.assert_array_equal(np.asarray(getattr(kernel, name)), np.asarray(getattr(xla, name)))
+  np.testing.assert_allclose(np.asarray(b_site(x, implementation='triton')),
+                             np.asarray(b_site.replace(mode='fake')(x)), rtol=1e-6, atol=1e-6)
+  delta_site = qtypes.ActQuantizer.calibrate(
+      x, config.ActSpec(4, symmetric=False, k=4.0), mode='int')
+  np.testing.assert_array_equal(np.asarray(delta_site(x, implementation='triton')),
+                                np.asarray(delta_site(x, implementation='xla')))
+
+
 TESTBED_IMAGES = 64
 
 
