@@ -6,6 +6,7 @@ import json
 
 from kernels_pallas.act_quant import bench as act_quant_bench
 from kernels_pallas.mixed_gemm import bench as mixed_gemm_bench
+from kernels_pallas.patched_readout import bench as patched_readout_bench
 from kernels_pallas.selective_scan import bench as selective_scan_bench
 
 
@@ -35,3 +36,10 @@ def test_selective_scan_bench(tmp_path):
   report = _smoke(selective_scan_bench, tmp_path)
   assert report['max_rel_err'] < 1e-2
   assert all(r['ms'] > 0 for size in report['sizes'] for r in size['results'])
+
+
+def test_patched_readout_bench(tmp_path):
+  report = _smoke(patched_readout_bench, tmp_path)
+  for entry in report['results']:
+    assert entry['rel_err'] < 1e-5, entry
+    assert all(v['ms'] > 0 for v in entry['variants'].values()), entry

@@ -1,0 +1,59 @@
+"""Public entry point of the patched readout (OuroMamba-Gen's contrastive patch features).
+
+    patched_readout(states (B, L, D, N), weights (B, P), c_patches (B, P, N), *, cls_index,
+                    grid_size, neighbourhood) -> (B, P, D) fp32
+    f(τ) = C_τ · Σ_{k ∈ N(τ)} w_k h(k)   (p×p window, replicate padding, class token skipped)
+
+implementation: None -> 'triton' on GPU, 'xla' elsewhere; 'xla' -> `reference` (materialises
+the box-filtered states); 'triton' -> the Pallas kernels (`interpret=True` runs them on CPU).
+Both are differentiable in all three inputs (the kernel through its own backward kernel).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from kernels_pallas import _pallas_compat as compat
+from kernels_pallas.patched_readout import reference
+from kernels_pallas.patched_readout.config import PatchedReadoutBlockConfig
+
+IMPLEMENTATIONS = ('xla', 'triton')
+
+
+def default_implementation() -> str:
+  return 'triton' if jax.default_backend() == 'gpu' else 'xla'
+
+
+def patched_readout(states, weights, c_patches, *, cls_index: int,
+                    grid_size: tuple[int, int], neighbourhood: int = 5,
+                    implementation: str | None = None, interpret: bool | None = None,
+                    block_config: PatchedReadoutBlockConfig | None = None):
+  """See the module docstring; `states` fp32 (as the scan returns them)."""
+  if states.ndim != 4 or weights.ndim != 2 or c_patches.ndim != 3:
+    raise ValueError(f'patched_readout: expected states (B, L, D, N), weights (B, P) and '
+                     f'c_patches (B, P, N); got {states.shape}, {weights.shape}, '
+                     f'{c_patches.shape}.')
+  batch, length, _, n_state = states.shape
+  reference.check_grid(length - 1, cls_index, grid_size)
+  if weights.shape != (batch, length - 1) or c_patches.shape != (batch, length - 1, n_state):
+    raise ValueError(f'patched_readout: weights {weights.shape} and c_patches {c_patches.shape} '
+                     f'must be ({batch}, {length - 1}) and ({batch}, {length - 1}, {n_state}) '
+                     '(one entry per patch token).')
+  if not 0 <= cls_index < length:
+    raise ValueError(f'patched_readout: cls_index {cls_index} is outside the {length} tokens.')
+  if neighbourhood < 1 or neighbourhood % 2 == 0:
+    raise ValueError(f'neighbourhood must be an odd positive size (1, 3, 5, ...), got '
+                     f'{neighbourhood}')
+  impl = implementation or default_implementation()
+  if impl not in IMPLEMENTATIONS:
+    raise ValueError(f'patched_readout: unknown implementation {impl!r}; choose one of '
+                     f'{IMPLEMENTATIONS} or None for the platform default.')
+  if impl == 'xla':
+    return reference.patched_readout_xla(states, weights, c_patches, cls_index=cls_index,
+                                         grid_size=grid_size, neighbourhood=neighbourhood)
+  from kernels_pallas.patched_readout import pallas_triton  # pylint: disable=g-import-not-at-top
+  cfg = block_config or PatchedReadoutBlockConfig()
+  f32 = lambda a: a.astype(jnp.float32)
+  return pallas_triton.patched_readout(
+      f32(states), f32(weights), f32(c_patches), int(cls_index), tuple(grid_size),
+      int(neighbourhood), cfg.block_d, cfg.num_warps, compat.resolve_interpret(interpret))

@@ -1,0 +1,114 @@
+"""Benchmark of the patched readout: Pallas kernels vs the XLA reference, forward and
+forward + backward (what the Gen step runs per block and scan direction).
+
+  python -m kernels_pallas.patched_readout.bench --out patched_readout.json   # GPU (H100)
+  python -m kernels_pallas.patched_readout.bench --smoke                      # CPU interpret run
+
+Shapes: the Gen step's per block-direction tensors, fp32 states (B, 197, D, 16) with a 14x14
+patch grid and the 5x5 window, for Vim-T/S (D = 384 / 768) at 32 images. The roofline floor
+is the compulsory HBM traffic / 3.0 TB/s: forward reads the states once (plus w, C, writes f);
+forward + backward reads them twice and writes their gradient. Before timing, outputs and
+gradients are compared with the reference (`rel_err`, ‖out − ref‖ / ‖ref‖, worst of all).
+"""
+from __future__ import annotations
+
+import argparse
+
+import jax
+import jax.numpy as jnp
+
+from kernels_pallas import _bench
+from kernels_pallas.patched_readout import api
+from kernels_pallas.patched_readout.config import PatchedReadoutBlockConfig
+
+# name: (batch, grid, channels, N)
+SIZES = {'vim_t_gen32': (32, (14, 14), 384, 16), 'vim_s_gen32': (32, (14, 14), 768, 16)}
+SMOKE = {'smoke': (2, (3, 4), 20, 16)}
+
+
+def make_inputs(key, batch, grid, channels, n_state):
+  length = grid[0] * grid[1] + 1
+  k = jax.random.split(key, 4)
+  return (jax.random.normal(k[0], (batch, length, channels, n_state)),
+          jax.random.uniform(k[1], (batch, length - 1)),
+          jax.random.normal(k[2], (batch, length - 1, n_state)),
+          jax.random.normal(k[3], (batch, length - 1, channels)))
+
+
+def functions(impl, grid, smoke, block_config):
+  """(forward, forward + backward) jitted for one implementation."""
+  kw = dict(cls_index=grid[0] * grid[1] // 2, grid_size=grid, neighbourhood=5,
+            implementation=impl, interpret=smoke, block_config=block_config)
+  fwd = jax.jit(lambda h, w, c, g: api.patched_readout(h, w, c, **kw))
+
+  def fwd_bwd(h, w, c, g):
+    out, vjp = jax.vjp(lambda *a: api.patched_readout(*a, **kw), h, w, c)
+    return (out,) + vjp(g)
+
+  return fwd, jax.jit(fwd_bwd)
+
+
+def _rel(a, b):
+  return float(jnp.linalg.norm(a - b) / jnp.maximum(jnp.linalg.norm(b), 1e-30))
+
+
+def run(args):
+  sizes = SMOKE if args.smoke else SIZES
+  timing = dict(warmup=1, trials=2, inner=1) if args.smoke else dict(
+      warmup=3, trials=args.trials, inner=args.inner)
+  block_config = PatchedReadoutBlockConfig(args.block_d, args.num_warps)
+  results = []
+  for name, (batch, grid, channels, n_state) in sizes.items():
+    args_set = make_inputs(jax.random.key(0), batch, grid, channels, n_state)
+    copies = [args_set] + [make_inputs(jax.random.key(i), batch, grid, channels, n_state)
+                           for i in range(1, _bench.n_copies(args_set[0].nbytes, args.smoke))]
+    table = {impl: functions(impl, grid, args.smoke, block_config) for impl in ('xla', 'triton')}
+    ref = table['xla'][1](*args_set)
+    got = table['triton'][1](*args_set)
+    entry = dict(size=name, B=batch, grid=list(grid), D=channels, N=n_state,
+                 block_d=args.block_d, num_warps=args.num_warps,
+                 rel_err=max(_rel(a, b) for a, b in zip(got, ref)), variants={})
+    states_bytes = args_set[0].nbytes
+    floors = {'forward': states_bytes, 'forward_backward': 3 * states_bytes}
+    for impl, fns in table.items():
+      for what, fn in zip(('forward', 'forward_backward'), fns):
+        ms = 1e3 * _bench.time_fn(fn, copies, **timing)
+        floor_ms = 1e3 * floors[what] / _bench.HBM_BYTES_PER_S
+        entry['variants'][f'{impl}_{what}'] = dict(ms=ms, floor_ms=floor_ms,
+                                                   gb_per_s=floors[what] / ms / 1e6)
+        print(f'  {name:12s} {impl:6s} {what:17s} {ms:9.4f} ms  (floor {floor_ms:.4f} ms)',
+              flush=True)
+    results.append(entry)
+  return dict(device=str(jax.devices()[0].device_kind), backend=jax.default_backend(),
+              smoke=args.smoke, hbm_bw=_bench.HBM_BYTES_PER_S, results=results)
+
+
+def print_table(report):
+  print(f'\npatched_readout on {report["device"]} ({report["backend"]})'
+        f'{" SMOKE (interpret, timings meaningless)" if report["smoke"] else ""}')
+  for e in report['results']:
+    v = e['variants']
+    for what in ('forward', 'forward_backward'):
+      x, t = v[f'xla_{what}']['ms'], v[f'triton_{what}']['ms']
+      print(f'{e["size"]:12s} {what:17s} xla {x:9.4f} ms  triton {t:9.4f} ms  ({x / t:5.2f}x)  '
+            f'floor {v[f"triton_{what}"]["floor_ms"]:.4f} ms  rel err {e["rel_err"]:.1e}')
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--out', help='write the JSON report here')
+  parser.add_argument('--smoke', action='store_true', help='tiny shapes, CPU interpret mode')
+  parser.add_argument('--block_d', type=int, default=64)
+  parser.add_argument('--num_warps', type=int, default=4)
+  parser.add_argument('--trials', type=int, default=15)
+  parser.add_argument('--inner', type=int, default=5)
+  args = parser.parse_args(argv)
+  report = run(args)
+  _bench.write_report(report, args.out)
+  print_table(report)
+  return report
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,200 @@
+"""Pallas Triton kernels of the patched readout f(τ) = C_τ · Σ_{k ∈ N(τ)} w_k h(k).
+
+Why a kernel: the XLA form writes the weighted states and their box filter, two (B, P, D, N)
+fp32 tensors, and reads them back (about ten passes over the states per block and direction,
+forward and backward), which made the Gen step memory-bound. Here each program (one image,
+`block_d` state channels) walks the patch grid and, per patch τ, sums the w_k-weighted (block_d,
+N) state tiles of its p×p window in registers, then contracts with C_τ: the states are read
+from HBM about once (the 25 tiles of a window overlap with the neighbours' and stay in cache)
+and nothing of size (B, P, D, N) is written.
+
+Replicate padding is the clip of the window's row and column: a border patch's window repeats
+the edge patches, exactly like the reference's banded matrices. The class token is skipped by
+mapping patch p to token p + (p >= cls_index).
+
+Backward (custom VJP), one kernel, two walks over the grid per program:
+  over source patches k:  G_k = Σ_τ m(τ, k) g_τ ⊗ C_τ   (τ in the p×p window around k, m the
+                          number of window offsets of τ that clip to k)
+                          dh_k = w_k G_k;  dw_k = Σ h_k ⊙ G_k  (partial over this channel block)
+  over patches τ:         dC_τ = Σ_d g_τ[d] Σ_{k ∈ N(τ)} w_k h_k[d, :]  (partial)
+The channel-block partials of dw and dC are summed in XLA.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from kernels_pallas import _pallas_compat as compat
+from kernels_pallas._pallas_compat import pl, plgpu
+from kernels_pallas.patched_readout.config import next_pow2
+
+
+class _Grid:
+  """Static geometry: patch grid, window radius, class-token index, tile sizes."""
+
+  def __init__(self, grid_size, neighbourhood, cls_index, channels, n_state, block_d):
+    self.gh, self.gw = grid_size
+    self.r = neighbourhood // 2
+    self.cls = cls_index
+    self.channels, self.n_state = channels, n_state
+    self.block_d, self.n_pad = block_d, max(2, next_pow2(n_state))
+
+  @property
+  def patches(self) -> int:
+    return self.gh * self.gw
+
+  def offsets(self):
+    return [(dr, dc) for dr in range(-self.r, self.r + 1) for dc in range(-self.r, self.r + 1)]
+
+  def row_col(self, patch):
+    """(row, column) of a patch index (non-negative: lax.div, no floor-mod fix-ups, which the
+    Triton lowering rejects)."""
+    row = jax.lax.div(patch, jnp.int32(self.gw))
+    return row, patch - row * self.gw
+
+  def token(self, patch):
+    return jnp.where(patch >= self.cls, patch + 1, patch)
+
+  def tile_masks(self):
+    d0 = pl.program_id(1) * self.block_d
+    d_ok = (d0 + jnp.arange(self.block_d)) < self.channels
+    n_ok = jnp.arange(self.n_pad) < self.n_state
+    return d0, d_ok, n_ok
+
+  def multiplicity(self, i, j, n):
+    """How many offsets o in [-r, r] give clip(i + o, 0, n - 1) == j (scalars)."""
+    total = jnp.zeros((), jnp.float32)
+    for o in range(-self.r, self.r + 1):
+      total += (jnp.clip(i + o, 0, n - 1) == j).astype(jnp.float32)
+    return total
+
+
+def _state_tile(h_ref, b, token, d0, mask, geo: _Grid):
+  return plgpu.load(h_ref.at[b, token, pl.ds(d0, geo.block_d), pl.ds(0, geo.n_pad)],
+                    mask=mask, other=0.0)
+
+
+def _window_sum(h_ref, w_ref, b, tau, d0, mask, geo: _Grid):
+  """Σ_{k ∈ N(τ)} w_k h_k as a (block_d, n_pad) tile (replicate-padded window)."""
+  tr, tc = geo.row_col(tau)
+  acc = jnp.zeros((geo.block_d, geo.n_pad), jnp.float32)
+  for dr, dc in geo.offsets():
+    k = jnp.clip(tr + dr, 0, geo.gh - 1) * geo.gw + jnp.clip(tc + dc, 0, geo.gw - 1)
+    acc += w_ref[b, k] * _state_tile(h_ref, b, geo.token(k), d0, mask, geo)
+  return acc
+
+
+def _row(ref, b, p, start, size, ok):
+  return plgpu.load(ref.at[b, p, pl.ds(start, size)], mask=ok, other=0.0)
+
+
+def _forward_kernel(h_ref, w_ref, c_ref, f_ref, *, geo: _Grid):
+  b = pl.program_id(0)
+  d0, d_ok, n_ok = geo.tile_masks()
+  mask = d_ok[:, None] & n_ok[None, :]
+
+  def body(tau, carry):
+    hsum = _window_sum(h_ref, w_ref, b, tau, d0, mask, geo)
+    c_tau = _row(c_ref, b, tau, 0, geo.n_pad, n_ok)
+    plgpu.store(f_ref.at[b, tau, pl.ds(d0, geo.block_d)], jnp.sum(hsum * c_tau[None, :], axis=1),
+                mask=d_ok)
+    return carry
+
+  jax.lax.fori_loop(0, geo.patches, body, 0)
+
+
+def _backward_kernel(h_ref, w_ref, c_ref, g_ref, dh_ref, dw_ref, dc_ref, *, geo: _Grid):
+  b, blk = pl.program_id(0), pl.program_id(1)
+  d0, d_ok, n_ok = geo.tile_masks()
+  mask = d_ok[:, None] & n_ok[None, :]
+  # The class token's state is not a patch: its cotangent is 0.
+  plgpu.store(dh_ref.at[b, jnp.int32(geo.cls), pl.ds(d0, geo.block_d), pl.ds(0, geo.n_pad)],
+              jnp.zeros((geo.block_d, geo.n_pad), jnp.float32), mask=mask)
+
+  def per_source(k, carry):
+    kr, kc = geo.row_col(k)
+    grad = jnp.zeros((geo.block_d, geo.n_pad), jnp.float32)
+    for dr, dc in geo.offsets():
+      tr, tc = kr + dr, kc + dc
+      inside = (tr >= 0) & (tr < geo.gh) & (tc >= 0) & (tc < geo.gw)
+      tr_c, tc_c = jnp.clip(tr, 0, geo.gh - 1), jnp.clip(tc, 0, geo.gw - 1)
+      m = (geo.multiplicity(tr_c, kr, geo.gh) * geo.multiplicity(tc_c, kc, geo.gw)
+           * inside.astype(jnp.float32))
+      tau = tr_c * geo.gw + tc_c
+      g_tau = _row(g_ref, b, tau, d0, geo.block_d, d_ok)
+      c_tau = _row(c_ref, b, tau, 0, geo.n_pad, n_ok)
+      grad += m * (g_tau[:, None] * c_tau[None, :])
+    token = geo.token(k)
+    h_k = _state_tile(h_ref, b, token, d0, mask, geo)
+    plgpu.store(dh_ref.at[b, token, pl.ds(d0, geo.block_d), pl.ds(0, geo.n_pad)],
+                w_ref[b, k] * grad, mask=mask)
+    plgpu.store(dw_ref.at[b, blk, k], jnp.sum(jnp.sum(h_k * grad, axis=1)))
+    return carry
+
+  def per_patch(tau, carry):
+    hsum = _window_sum(h_ref, w_ref, b, tau, d0, mask, geo)
+    g_tau = _row(g_ref, b, tau, d0, geo.block_d, d_ok)
+    plgpu.store(dc_ref.at[b, blk, tau, pl.ds(0, geo.n_pad)],
+                jnp.sum(g_tau[:, None] * hsum, axis=0), mask=n_ok)
+    return carry
+
+  jax.lax.fori_loop(0, geo.patches, per_source, 0)
+  jax.lax.fori_loop(0, geo.patches, per_patch, 0)
+
+
+def _geometry(states, cls_index, grid_size, neighbourhood, block_d):
+  _, _, channels, n_state = states.shape
+  return _Grid(tuple(grid_size), neighbourhood, cls_index, channels, n_state, block_d)
+
+
+def _forward(states, weights, c_patches, cls_index, grid_size, neighbourhood, block_d, num_warps,
+             interpret):
+  geo = _geometry(states, cls_index, grid_size, neighbourhood, block_d)
+  batch = states.shape[0]
+  compat.filter_triton_deprecation()
+  return pl.pallas_call(
+      functools.partial(_forward_kernel, geo=geo),
+      out_shape=jax.ShapeDtypeStruct((batch, geo.patches, geo.channels), jnp.float32),
+      grid=(batch, pl.cdiv(geo.channels, block_d)), interpret=interpret,
+      name='patched_readout_fwd',
+      compiler_params=compat.triton_compiler_params(num_warps, 1),
+  )(states, weights, c_patches)
+
+
+def _backward(states, weights, c_patches, g, cls_index, grid_size, neighbourhood, block_d,
+              num_warps, interpret):
+  geo = _geometry(states, cls_index, grid_size, neighbourhood, block_d)
+  batch, blocks = states.shape[0], pl.cdiv(geo.channels, block_d)
+  compat.filter_triton_deprecation()
+  dh, dw, dc = pl.pallas_call(
+      functools.partial(_backward_kernel, geo=geo),
+      out_shape=[jax.ShapeDtypeStruct(states.shape, jnp.float32),
+                 jax.ShapeDtypeStruct((batch, blocks, geo.patches), jnp.float32),
+                 jax.ShapeDtypeStruct((batch, blocks, geo.patches, geo.n_state), jnp.float32)],
+      grid=(batch, blocks), interpret=interpret, name='patched_readout_bwd',
+      compiler_params=compat.triton_compiler_params(num_warps, 1),
+  )(states, weights, c_patches, g)
+  return dh, jnp.sum(dw, axis=1), jnp.sum(dc, axis=1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7, 8))
+def patched_readout(states, weights, c_patches, cls_index, grid_size, neighbourhood, block_d,
+                    num_warps, interpret):
+  """(B, P, D) fp32 from fp32 states (B, L, D, N), weights (B, P), c_patches (B, P, N)."""
+  return _forward(states, weights, c_patches, cls_index, grid_size, neighbourhood, block_d,
+                  num_warps, interpret)
+
+
+def _vjp_forward(states, weights, c_patches, *static):
+  return patched_readout(states, weights, c_patches, *static), (states, weights, c_patches)
+
+
+def _vjp_backward(cls_index, grid_size, neighbourhood, block_d, num_warps, interpret, saved, g):
+  states, weights, c_patches = saved
+  return _backward(states, weights, c_patches, g.astype(jnp.float32), cls_index, grid_size,
+                   neighbourhood, block_d, num_warps, interpret)
+
+
+patched_readout.defvjp(_vjp_forward, _vjp_backward)

@@ -1,0 +1,122 @@
+"""patched_readout: the Pallas kernels (interpret mode on CPU; and on a GPU) against the XLA
+reference, forward and all three input gradients, on fresh random inputs."""
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kernels_pallas.patched_readout import api
+from kernels_pallas.patched_readout import pallas_triton
+from kernels_pallas.patched_readout import reference
+from kernels_pallas.patched_readout.config import PatchedReadoutBlockConfig
+
+
+def _inputs(seed, batch, grid, channels, n_state):
+  length = grid[0] * grid[1] + 1
+  k = jax.random.split(jax.random.key(seed), 4)
+  return (jax.random.normal(k[0], (batch, length, channels, n_state)),
+          jax.random.uniform(k[1], (batch, length - 1)),
+          jax.random.normal(k[2], (batch, length - 1, n_state)),
+          jax.random.normal(k[3], (batch, length - 1, channels)))
+
+
+def _rel(a, b):
+  return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
+
+
+def _value_and_grads(impl, states, weights, c_patches, cotangent, **kw):
+  fn = lambda h, w, c: api.patched_readout(h, w, c, implementation=impl, interpret=True, **kw)
+  out, vjp = jax.vjp(fn, states, weights, c_patches)
+  return out, vjp(cotangent)
+
+
+# (grid, cls_index, channels, N, size): rectangular grid, a window larger than the grid, a
+# channel count that is not a multiple of the block, N not a power of two, cls first and middle.
+CASES = [((3, 4), 6, 20, 16, 5), ((2, 3), 0, 16, 12, 3), ((4, 4), 8, 40, 16, 1),
+         ((3, 3), 4, 16, 4, 7)]
+
+
+@pytest.mark.parametrize('grid,cls_index,channels,n_state,size', CASES)
+def test_kernel_matches_reference_forward_and_gradients(grid, cls_index, channels, n_state, size):
+  states, weights, c_patches, cotangent = _inputs(len(grid) + size, 2, grid, channels, n_state)
+  kw = dict(cls_index=cls_index, grid_size=grid, neighbourhood=size,
+            block_config=PatchedReadoutBlockConfig(16, 4))
+  ref, ref_grads = _value_and_grads('xla', states, weights, c_patches, cotangent, **kw)
+  out, grads = _value_and_grads('triton', states, weights, c_patches, cotangent, **kw)
+  print(f'grid {grid} size {size}: forward rel err {_rel(out, ref):.2e}; gradients '
+        + ', '.join(f'{_rel(g, r):.2e}' for g, r in zip(grads, ref_grads)))
+  assert out.shape == (2, grid[0] * grid[1], channels)
+  assert _rel(out, ref) < 1e-5
+  for name, g, r in zip(('states', 'weights', 'c_patches'), grads, ref_grads):
+    assert _rel(g, r) < 1e-5, name
+  np.testing.assert_array_equal(np.asarray(grads[0][:, cls_index]), 0.0)  # not a patch
+
+
+def test_reference_equals_a_brute_force_loop():
+  states, weights, c_patches, _ = _inputs(0, 1, (3, 4), 3, 2)
+  gh, gw, r, cls = 3, 4, 1, 6
+  h = np.asarray(reference.drop_class_token(states, cls))
+  want = np.zeros((1, gh * gw, 3))
+  for tau in range(gh * gw):
+    tr, tc = divmod(tau, gw)
+    for dr in range(-r, r + 1):
+      for dc in range(-r, r + 1):
+        k = min(max(tr + dr, 0), gh - 1) * gw + min(max(tc + dc, 0), gw - 1)
+        want[0, tau] += float(weights[0, k]) * h[0, k] @ np.asarray(c_patches[0, tau])
+  got = api.patched_readout(states, weights, c_patches, cls_index=cls, grid_size=(gh, gw),
+                            neighbourhood=3, implementation='xla')
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+
+
+def test_bad_inputs_are_rejected_with_a_clear_message():
+  states, weights, c_patches, _ = _inputs(1, 1, (2, 2), 4, 2)
+  call = lambda **kw: api.patched_readout(
+      **{'states': states, 'weights': weights, 'c_patches': c_patches, 'cls_index': 2,
+         'grid_size': (2, 2), **kw})
+  with pytest.raises(ValueError, match='patch grid is 3x2'):
+    call(grid_size=(3, 2))
+  with pytest.raises(ValueError, match='one entry per patch token'):
+    call(weights=weights[:, :3])
+  with pytest.raises(ValueError, match='odd positive'):
+    call(neighbourhood=4)
+  with pytest.raises(ValueError, match='unknown implementation'):
+    call(implementation='cuda')
+  with pytest.raises(ValueError, match='power of two'):
+    PatchedReadoutBlockConfig(48, 4)
+
+
+def test_kernels_lower_to_triton_for_h100():
+  """AOT lowering for an abstract H100 on CPU: both kernels reach Triton at Vim-S shapes."""
+  f32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)
+  args = (f32(4, 197, 768, 16), f32(4, 196), f32(4, 196, 16))
+  device = jax.sharding.AbstractDevice(device_kind='NVIDIA H100 80GB HBM3', num_cores=132,
+                                       platform='cuda')
+  mesh = jax.sharding.AbstractMesh((1,), ('x',), abstract_device=device)
+  static = (98, (14, 14), 5, 64, 4, False)
+  forward = jax.jit(lambda h, w, c: pallas_triton.patched_readout(h, w, c, *static))
+  backward = jax.jit(lambda h, w, c: pallas_triton._backward(h, w, c, h[:, 1:, :, 0], *static))  # pylint: disable=protected-access
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    with jax.sharding.use_abstract_mesh(mesh):
+      for fn in (forward, backward):
+        text = fn.trace(*args).lower(lowering_platforms=('cuda',)).as_text()
+        assert '__gpu$xla.gpu.triton' in text
+        assert 'grid_x = 4 : i32, grid_y = 12 : i32' in text  # batch x ceil(768 / 64)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(jax.default_backend() != 'gpu', reason='needs a CUDA GPU')
+def test_kernel_on_gpu_matches_reference_at_vim_s_size():
+  states, weights, c_patches, cotangent = _inputs(7, 4, (14, 14), 768, 16)
+  kw = dict(cls_index=98, grid_size=(14, 14), neighbourhood=5)
+  ref, ref_grads = _value_and_grads('xla', states, weights, c_patches, cotangent, **kw)
+  fn = lambda h, w, c: api.patched_readout(h, w, c, implementation='triton', **kw)
+  out, vjp = jax.vjp(fn, states, weights, c_patches)
+  grads = vjp(cotangent)
+  print(f'GPU forward rel err {_rel(out, ref):.2e}; gradients '
+        + ', '.join(f'{_rel(g, r):.2e}' for g, r in zip(grads, ref_grads)))
+  assert _rel(out, ref) < 1e-5
+  for g, r in zip(grads, ref_grads):
+    assert _rel(g, r) < 1e-5
