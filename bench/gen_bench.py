@@ -38,6 +38,8 @@ _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'model c
 _REMAT = flags.DEFINE_bool('remat', True, 'rematerialise blocks in the backward pass')
 _SCAN = flags.DEFINE_string('scan', '', "scan implementation ('' = platform default)")
 _NEIGHBOURHOOD = flags.DEFINE_integer('neighbourhood', 5, 'p of the p x p window')
+_READOUT = flags.DEFINE_string('readout', '', "patched-readout implementation ('' = platform "
+                               "default: the Pallas kernel on GPU; xla; triton)")
 _BASELINE = flags.DEFINE_bool('baseline', True, 'also time the L_O-only step (no state hook)')
 _OUT = flags.DEFINE_string('out', None, 'JSON file for the results')
 
@@ -94,11 +96,12 @@ def run_case(name: str) -> dict:
   gen_cfg = common.gen_config()
   gen_cfg.remat = _REMAT.value
   gen_cfg.neighbourhood = _NEIGHBOURHOOD.value
+  gen_cfg.readout_implementation = _READOUT.value
   gen_cfg.num_positives = min(gen_cfg.num_positives, model.num_patches - 2)
   result = {'case': name, 'device': str(jax.devices()[0].device_kind),
             'num_devices': jax.device_count(), 'images_per_step': images_per_step,
             'dtype': _DTYPE.value, 'remat': _REMAT.value, 'scan': _SCAN.value or 'default',
-            'neighbourhood': _NEIGHBOURHOOD.value}
+            'neighbourhood': _NEIGHBOURHOOD.value, 'readout': _READOUT.value or 'default'}
   result['gen'] = _time_step(model, params, gen_cfg, images_per_step, steps)
   stats = jax.local_devices()[0].memory_stats() or {}
   result['peak_gib'] = stats['peak_bytes_in_use'] / 2**30 if 'peak_bytes_in_use' in stats else None

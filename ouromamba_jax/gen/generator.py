@@ -30,7 +30,8 @@ from ouromamba_jax.io import atomic
 METRICS = objective.LOSS_NAMES
 # Fields that do not change the generated images (so they may differ on resume).
 OPERATIONAL_FIELDS = frozenset({'log_every', 'checkpoint_every', 'keep_checkpoints', 'num_devices',
-                                'remat', 'scan_implementation', 'grid_columns',
+                                'remat', 'scan_implementation', 'readout_implementation',
+                                'grid_columns',
                                 'quality_check'})
 
 

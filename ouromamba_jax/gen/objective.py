@@ -13,6 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from kernels_pallas.patched_readout import api as readout_api
 from ouromamba_jax.gen import losses
 from ouromamba_jax.gen import patched_state
 
@@ -26,6 +27,7 @@ class LossSpec:
   state_weighting: str = 'delta'
   delta_normalization: str = 'minmax'
   feature: str = 'readout'
+  readout_implementation: str = ''
   contrastive_weight: float = 1.0
   num_positives: int = 12
   temperature: float = 0.1
@@ -58,6 +60,9 @@ class LossSpec:
                        f'{patched_state.DELTA_NORMALIZATIONS}, got {self.delta_normalization!r}')
     if self.feature not in patched_state.FEATURES:
       raise ValueError(f'gen.feature must be one of {patched_state.FEATURES}, got {self.feature!r}')
+    if self.readout_implementation not in ('',) + readout_api.IMPLEMENTATIONS:
+      raise ValueError(f'gen.readout_implementation must be \'\' (platform default) or one of '
+                       f'{readout_api.IMPLEMENTATIONS}, got {self.readout_implementation!r}')
     if self.output_loss not in losses.OUTPUT_LOSSES:
       raise ValueError(f'gen.output_loss must be one of {losses.OUTPUT_LOSSES}, '
                        f'got {self.output_loss!r}')
@@ -83,7 +88,8 @@ def make_state_feature_fn(spec: LossSpec, cls_index: int, grid_size: tuple[int, 
     feats = patched_state.patch_features(
         states, delta, c_mat, cls_index=cls_index, grid_size=grid_size,
         neighbourhood=spec.neighbourhood, weighting=spec.state_weighting,
-        normalization=spec.delta_normalization, feature=spec.feature)
+        normalization=spec.delta_normalization, feature=spec.feature,
+        implementation=spec.readout_implementation or None)
     out = {}
     if spec.contrastive_weight:
       out['contrastive'] = losses.patch_contrastive_loss(feats, spec.num_positives,

@@ -12,25 +12,24 @@ states lets a token see later tokens in scan order, so the features are less bia
 direction (paper §3, Fig. 3). The class token has no grid position; it is removed at its true
 (middle) index before anything else.
 
-Everything is vectorised: weight all states, then a separable box filter over the grid
-(two small banded matmuls, one per grid axis).
+Everything is vectorised (`kernels_pallas.patched_readout`): the XLA form weights all states,
+then runs a separable box filter over the grid (two small banded matmuls); the Pallas kernel
+(the GPU default) sums each patch's weighted window in registers and reads it out directly.
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from kernels_pallas.patched_readout import api as readout_api
+from kernels_pallas.patched_readout import reference as readout_ref
+from kernels_pallas.patched_readout.reference import drop_class_token
 
 WEIGHTINGS = ('delta', 'uniform')
 DELTA_NORMALIZATIONS = ('minmax', 'mean', 'none')
 FEATURES = ('readout', 'state')
 
 _EPS = 1e-6
-
-
-def drop_class_token(x: jax.Array, cls_index: int) -> jax.Array:
-  """(B, L, ...) -> (B, L-1, ...): patch tokens only, in raster order."""
-  return jnp.concatenate([x[:, :cls_index], x[:, cls_index + 1:]], axis=1)
 
 
 def token_weights(delta_patches: jax.Array, weighting: str = 'delta',
@@ -63,68 +62,34 @@ def token_weights(delta_patches: jax.Array, weighting: str = 'delta',
   return m
 
 
-def replicate_window_matrix(n: int, size: int) -> np.ndarray:
-  """(n, n) matrix M with (M x)_i = Σ_{|o| <= size//2} x[clip(i + o, 0, n - 1)].
-
-  A 1-D box filter with replicate padding as a banded matrix (edge entries count the repeated
-  border element several times).
-  """
-  r = size // 2
-  m = np.zeros((n, n), np.float32)
-  for offset in range(-r, r + 1):
-    np.add.at(m, (np.arange(n), np.clip(np.arange(n) + offset, 0, n - 1)), 1.0)
-  return m
-
-
-def box_sum(grid: jax.Array, size: int) -> jax.Array:
-  """Sum over the size×size window around each cell of (B, H, W, ...), replicate-padded.
-
-  Separable: one small matmul along H, one along W. Both are memory-bound passes over the grid
-  (contraction length H or W), which XLA runs as plain GEMMs on CPU and GPU; measured ~2x
-  faster than pad + lax.reduce_window on CPU, forward and backward.
-  """
-  if size < 1 or size % 2 == 0:
-    raise ValueError(f'neighbourhood must be an odd positive size (1, 3, 5, ...), got {size}')
-  if size == 1:
-    return grid
-  _, h, w = grid.shape[:3]
-  hi = jax.lax.Precision.HIGHEST  # keep fp32 (no TF32 rounding of the states on GPU)
-  rows = jnp.asarray(replicate_window_matrix(h, size))
-  cols = jnp.asarray(replicate_window_matrix(w, size))
-  out = jnp.einsum('ij,bj...->bi...', rows, grid, precision=hi)
-  return jnp.einsum('ij,bhj...->bhi...', cols, out, precision=hi)
-
-
 def patched_states(states: jax.Array, delta: jax.Array, *, cls_index: int,
                    grid_size: tuple[int, int], neighbourhood: int = 5,
                    weighting: str = 'delta', normalization: str = 'minmax') -> jax.Array:
   """h_p for every patch: states (B, L, Di, N), delta (B, L, Di) -> (B, P, Di, N) fp32."""
-  gh, gw = grid_size
-  h = drop_class_token(states.astype(jnp.float32), cls_index)
-  b, p = h.shape[:2]
-  if p != gh * gw:
-    raise ValueError(f'states have {p} patch tokens (after removing the class token at '
-                     f'{cls_index}) but the patch grid is {gh}x{gw}; pass the model\'s grid_size')
   w = token_weights(drop_class_token(delta, cls_index), weighting, normalization)
-  weighted = (h * w[:, :, None, None]).reshape((b, gh, gw) + h.shape[2:])
-  return box_sum(weighted, neighbourhood).reshape(h.shape)
+  return readout_ref.patched_states(states, w, cls_index=cls_index, grid_size=grid_size,
+                                    neighbourhood=neighbourhood)
 
 
 def patch_features(states: jax.Array, delta: jax.Array, c_mat: jax.Array, *, cls_index: int,
                    grid_size: tuple[int, int], neighbourhood: int = 5,
                    weighting: str = 'delta', normalization: str = 'minmax',
-                   feature: str = 'readout') -> jax.Array:
+                   feature: str = 'readout', implementation: str | None = None) -> jax.Array:
   """Patch features from h_p: 'readout' = C_τ·h_p(τ) (B, P, Di), 'state' = h_p (B, P, Di·N).
 
   'readout' is what the S6 output would be with h_p in place of h (without the D·u skip and
-  the SiLU(z) gate), i.e. the per-patch output of the enhanced implicit attention.
+  the SiLU(z) gate), i.e. the per-patch output of the enhanced implicit attention; it runs
+  through `kernels_pallas.patched_readout` (`implementation`: None = platform default, the
+  Pallas kernel on GPU, which never materialises h_p).
   """
   if feature not in FEATURES:
     raise ValueError(f'feature must be one of {FEATURES}, got {feature!r}')
-  hp = patched_states(states, delta, cls_index=cls_index, grid_size=grid_size,
-                      neighbourhood=neighbourhood, weighting=weighting,
-                      normalization=normalization)
   if feature == 'state':
+    hp = patched_states(states, delta, cls_index=cls_index, grid_size=grid_size,
+                        neighbourhood=neighbourhood, weighting=weighting,
+                        normalization=normalization)
     return hp.reshape(hp.shape[:2] + (-1,))
-  c_patches = drop_class_token(c_mat, cls_index).astype(jnp.float32)
-  return jnp.einsum('bpdn,bpn->bpd', hp, c_patches)
+  w = token_weights(drop_class_token(delta, cls_index), weighting, normalization)
+  return readout_api.patched_readout(states, w, drop_class_token(c_mat, cls_index),
+                                     cls_index=cls_index, grid_size=grid_size,
+                                     neighbourhood=neighbourhood, implementation=implementation)

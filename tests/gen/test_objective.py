@@ -70,8 +70,26 @@ def test_output_only_objective_runs_without_the_hook(tiny):
     (dict(loss_blocks=(2,)), 'loss_blocks'),
     (dict(feature='attention'), 'feature'),
     (dict(temperature=0.0), 'temperature'),
+    (dict(readout_implementation='cuda'), 'readout_implementation'),
     (dict(contrastive_weight=0.0, pse_weight=0.0, output_weight=0.0), 'all loss weights'),
 ])
 def test_validate_names_the_bad_setting(tiny, change, message):
   with pytest.raises(ValueError, match=message):
     dataclasses.replace(SPEC, **change).validate(tiny[0])
+
+
+def test_readout_kernel_gives_the_xla_losses_and_pixel_gradients(tiny):
+  """The Pallas patched-readout kernel (interpret mode on CPU) in the Gen objective."""
+  model, params = tiny
+  images = jax.random.normal(jax.random.key(5), (2, 32, 32, 3))
+
+  def total(spec):
+    gen_model = objective.generation_model(model, spec)
+    fn = lambda x: jnp.sum(objective.per_image_losses(gen_model, params, x, jnp.array([1, 2]),
+                                                      spec)['total'])
+    return jax.value_and_grad(fn)(images)
+
+  want, want_grad = total(dataclasses.replace(SPEC, readout_implementation='xla'))
+  got, grad = total(dataclasses.replace(SPEC, readout_implementation='triton'))
+  np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(grad), np.asarray(want_grad), rtol=1e-3, atol=1e-6)

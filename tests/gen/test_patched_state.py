@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from kernels_pallas.patched_readout import reference as readout_ref
 from ouromamba_jax.gen import patched_state
 
 
@@ -63,26 +64,6 @@ def test_patched_state_matches_brute_force_loop(tiny, size, normalization):
     np.testing.assert_allclose(feats, want_feats, rtol=2e-3, atol=1e-6)
 
 
-def test_class_token_is_removed_at_its_true_index():
-  x = jnp.arange(2 * 5).reshape(2, 5)
-  np.testing.assert_array_equal(patched_state.drop_class_token(x, 2), [[0, 1, 3, 4], [5, 6, 8, 9]])
-
-
-def test_box_sum_matches_replicate_padded_window_sum_on_a_rectangular_grid():
-  grid = np.random.default_rng(0).normal(size=(2, 3, 6, 4)).astype(np.float32)
-  for size in (3, 5):
-    r = size // 2
-    padded = np.pad(grid, [(0, 0), (r, r), (r, r), (0, 0)], mode='edge')
-    want = sum(padded[:, dy:dy + 3, dx:dx + 6] for dy in range(size) for dx in range(size))
-    np.testing.assert_allclose(patched_state.box_sum(jnp.asarray(grid), size), want, rtol=1e-5,
-                               atol=1e-6)
-
-
-def test_box_sum_rejects_even_sizes():
-  with pytest.raises(ValueError, match='odd'):
-    patched_state.box_sum(jnp.zeros((1, 4, 4, 2)), 4)
-
-
 def test_delta_weights_are_normalised_per_image(tiny):
   """Changing one image leaves the other images' Δ weights (and its own losses) untouched."""
   model, params = tiny
@@ -92,7 +73,7 @@ def test_delta_weights_are_normalised_per_image(tiny):
   def weights(x):
     out = []
     for _, delta, _ in _captured(model, params, x):
-      delta = patched_state.drop_class_token(jnp.asarray(delta), model.cls_index)
+      delta = readout_ref.drop_class_token(jnp.asarray(delta), model.cls_index)
       out.append(np.asarray(patched_state.token_weights(delta, 'delta', 'minmax')))
     return out
 

@@ -70,6 +70,26 @@ def test_reference_equals_a_brute_force_loop():
   np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
 
 
+def test_class_token_is_removed_at_its_true_index():
+  x = jnp.arange(2 * 5).reshape(2, 5)
+  np.testing.assert_array_equal(reference.drop_class_token(x, 2), [[0, 1, 3, 4], [5, 6, 8, 9]])
+
+
+def test_box_sum_matches_replicate_padded_window_sum_on_a_rectangular_grid():
+  grid = np.random.default_rng(0).normal(size=(2, 3, 6, 4)).astype(np.float32)
+  for size in (3, 5):
+    r = size // 2
+    padded = np.pad(grid, [(0, 0), (r, r), (r, r), (0, 0)], mode='edge')
+    want = sum(padded[:, dy:dy + 3, dx:dx + 6] for dy in range(size) for dx in range(size))
+    np.testing.assert_allclose(reference.box_sum(jnp.asarray(grid), size), want, rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_box_sum_rejects_even_sizes():
+  with pytest.raises(ValueError, match='odd'):
+    reference.box_sum(jnp.zeros((1, 4, 4, 2)), 4)
+
+
 def test_bad_inputs_are_rejected_with_a_clear_message():
   states, weights, c_patches, _ = _inputs(1, 1, (2, 2), 4, 2)
   call = lambda **kw: api.patched_readout(
