@@ -1,7 +1,7 @@
 """Public entry point of the patched readout (OuroMamba-Gen's contrastive patch features).
 
     patched_readout(states (B, L, D, N), weights (B, P), c_patches (B, P, N), *, cls_index,
-                    grid_size, neighbourhood) -> (B, P, D) fp32
+                    grid_size, neighbourhood, states_layout='bldn') -> (B, P, D) fp32
     f(τ) = C_τ · Σ_{k ∈ N(τ)} w_k h(k)   (p×p window, replicate padding, class token skipped)
 
 implementation: None -> 'triton' on GPU, 'xla' elsewhere; 'xla' -> `reference` (materialises
@@ -18,6 +18,7 @@ from kernels_pallas.patched_readout import reference
 from kernels_pallas.patched_readout.config import PatchedReadoutBlockConfig
 
 IMPLEMENTATIONS = ('xla', 'triton')
+STATES_LAYOUTS = ('bldn', 'blnd')  # (B, L, D, N) as the scan API returns; (B, L, N, D) its kernel's
 
 
 def default_implementation() -> str:
@@ -26,14 +27,21 @@ def default_implementation() -> str:
 
 def patched_readout(states, weights, c_patches, *, cls_index: int,
                     grid_size: tuple[int, int], neighbourhood: int = 5,
-                    implementation: str | None = None, interpret: bool | None = None,
+                    states_layout: str = 'bldn', implementation: str | None = None,
+                    interpret: bool | None = None,
                     block_config: PatchedReadoutBlockConfig | None = None):
-  """See the module docstring; `states` fp32 (as the scan returns them)."""
+  """See the module docstring; `states` fp32 (as the scan returns them), (B, L, D, N) for
+  states_layout 'bldn' or the scan kernel's (B, L, N, D) for 'blnd' (no transpose for the
+  Pallas kernel)."""
+  if states_layout not in STATES_LAYOUTS:
+    raise ValueError(f'patched_readout: states_layout must be one of {STATES_LAYOUTS}, got '
+                     f'{states_layout!r}.')
   if states.ndim != 4 or weights.ndim != 2 or c_patches.ndim != 3:
-    raise ValueError(f'patched_readout: expected states (B, L, D, N), weights (B, P) and '
-                     f'c_patches (B, P, N); got {states.shape}, {weights.shape}, '
+    raise ValueError(f'patched_readout: expected states (B, L, D, N) or (B, L, N, D), weights '
+                     f'(B, P) and c_patches (B, P, N); got {states.shape}, {weights.shape}, '
                      f'{c_patches.shape}.')
-  batch, length, _, n_state = states.shape
+  batch, length = states.shape[:2]
+  n_state = states.shape[3] if states_layout == 'bldn' else states.shape[2]
   reference.check_grid(length - 1, cls_index, grid_size)
   if weights.shape != (batch, length - 1) or c_patches.shape != (batch, length - 1, n_state):
     raise ValueError(f'patched_readout: weights {weights.shape} and c_patches {c_patches.shape} '
@@ -49,8 +57,12 @@ def patched_readout(states, weights, c_patches, *, cls_index: int,
     raise ValueError(f'patched_readout: unknown implementation {impl!r}; choose one of '
                      f'{IMPLEMENTATIONS} or None for the platform default.')
   if impl == 'xla':
+    if states_layout == 'blnd':
+      states = jnp.swapaxes(states, 2, 3)
     return reference.patched_readout_xla(states, weights, c_patches, cls_index=cls_index,
                                          grid_size=grid_size, neighbourhood=neighbourhood)
+  if states_layout == 'bldn':
+    states = jnp.swapaxes(states, 2, 3)
   from kernels_pallas.patched_readout import pallas_triton  # pylint: disable=g-import-not-at-top
   cfg = block_config or PatchedReadoutBlockConfig()
   f32 = lambda a: a.astype(jnp.float32)

@@ -1,10 +1,14 @@
 """Pallas Triton kernels of the patched readout f(τ) = C_τ · Σ_{k ∈ N(τ)} w_k h(k).
 
+States come in the selective-scan kernel's (B, L, N, D) layout (`states_layout='blnd'`), so
+the Gen step hands them over without a transpose; a tile is N rows of `block_d` contiguous
+channels.
+
 Why a kernel: the XLA form writes the weighted states and their box filter, two (B, P, D, N)
 fp32 tensors, and reads them back (about ten passes over the states per block and direction,
 forward and backward), which made the Gen step memory-bound. Here each program (one image,
-`block_d` state channels) walks the patch grid and, per patch τ, sums the w_k-weighted (block_d,
-N) state tiles of its p×p window in registers, then contracts with C_τ: the states are read
+`block_d` state channels) walks the patch grid and, per patch τ, sums the w_k-weighted (N,
+block_d) state tiles of its p×p window in registers, then contracts with C_τ: the states are read
 from HBM about once (the 25 tiles of a window overlap with the neighbours' and stay in cache)
 and nothing of size (B, P, D, N) is written.
 
@@ -72,14 +76,15 @@ class _Grid:
 
 
 def _state_tile(h_ref, b, token, d0, mask, geo: _Grid):
-  return plgpu.load(h_ref.at[b, token, pl.ds(d0, geo.block_d), pl.ds(0, geo.n_pad)],
+  """(n_pad, block_d) tile of the (B, L, N, D) states: N rows of contiguous channels."""
+  return plgpu.load(h_ref.at[b, token, pl.ds(0, geo.n_pad), pl.ds(d0, geo.block_d)],
                     mask=mask, other=0.0)
 
 
 def _window_sum(h_ref, w_ref, b, tau, d0, mask, geo: _Grid):
-  """Σ_{k ∈ N(τ)} w_k h_k as a (block_d, n_pad) tile (replicate-padded window)."""
+  """Σ_{k ∈ N(τ)} w_k h_k as an (n_pad, block_d) tile (replicate-padded window)."""
   tr, tc = geo.row_col(tau)
-  acc = jnp.zeros((geo.block_d, geo.n_pad), jnp.float32)
+  acc = jnp.zeros((geo.n_pad, geo.block_d), jnp.float32)
   for dr, dc in geo.offsets():
     k = jnp.clip(tr + dr, 0, geo.gh - 1) * geo.gw + jnp.clip(tc + dc, 0, geo.gw - 1)
     acc += w_ref[b, k] * _state_tile(h_ref, b, geo.token(k), d0, mask, geo)
@@ -93,12 +98,12 @@ def _row(ref, b, p, start, size, ok):
 def _forward_kernel(h_ref, w_ref, c_ref, f_ref, *, geo: _Grid):
   b = pl.program_id(0)
   d0, d_ok, n_ok = geo.tile_masks()
-  mask = d_ok[:, None] & n_ok[None, :]
+  mask = n_ok[:, None] & d_ok[None, :]
 
   def body(tau, carry):
     hsum = _window_sum(h_ref, w_ref, b, tau, d0, mask, geo)
     c_tau = _row(c_ref, b, tau, 0, geo.n_pad, n_ok)
-    plgpu.store(f_ref.at[b, tau, pl.ds(d0, geo.block_d)], jnp.sum(hsum * c_tau[None, :], axis=1),
+    plgpu.store(f_ref.at[b, tau, pl.ds(d0, geo.block_d)], jnp.sum(hsum * c_tau[:, None], axis=0),
                 mask=d_ok)
     return carry
 
@@ -108,14 +113,14 @@ def _forward_kernel(h_ref, w_ref, c_ref, f_ref, *, geo: _Grid):
 def _backward_kernel(h_ref, w_ref, c_ref, g_ref, dh_ref, dw_ref, dc_ref, *, geo: _Grid):
   b, blk = pl.program_id(0), pl.program_id(1)
   d0, d_ok, n_ok = geo.tile_masks()
-  mask = d_ok[:, None] & n_ok[None, :]
+  mask = n_ok[:, None] & d_ok[None, :]
   # The class token's state is not a patch: its cotangent is 0.
-  plgpu.store(dh_ref.at[b, jnp.int32(geo.cls), pl.ds(d0, geo.block_d), pl.ds(0, geo.n_pad)],
-              jnp.zeros((geo.block_d, geo.n_pad), jnp.float32), mask=mask)
+  plgpu.store(dh_ref.at[b, jnp.int32(geo.cls), pl.ds(0, geo.n_pad), pl.ds(d0, geo.block_d)],
+              jnp.zeros((geo.n_pad, geo.block_d), jnp.float32), mask=mask)
 
   def per_source(k, carry):
     kr, kc = geo.row_col(k)
-    grad = jnp.zeros((geo.block_d, geo.n_pad), jnp.float32)
+    grad = jnp.zeros((geo.n_pad, geo.block_d), jnp.float32)
     for dr, dc in geo.offsets():
       tr, tc = kr + dr, kc + dc
       inside = (tr >= 0) & (tr < geo.gh) & (tc >= 0) & (tc < geo.gw)
@@ -125,10 +130,10 @@ def _backward_kernel(h_ref, w_ref, c_ref, g_ref, dh_ref, dw_ref, dc_ref, *, geo:
       tau = tr_c * geo.gw + tc_c
       g_tau = _row(g_ref, b, tau, d0, geo.block_d, d_ok)
       c_tau = _row(c_ref, b, tau, 0, geo.n_pad, n_ok)
-      grad += m * (g_tau[:, None] * c_tau[None, :])
+      grad += m * (c_tau[:, None] * g_tau[None, :])
     token = geo.token(k)
     h_k = _state_tile(h_ref, b, token, d0, mask, geo)
-    plgpu.store(dh_ref.at[b, token, pl.ds(d0, geo.block_d), pl.ds(0, geo.n_pad)],
+    plgpu.store(dh_ref.at[b, token, pl.ds(0, geo.n_pad), pl.ds(d0, geo.block_d)],
                 w_ref[b, k] * grad, mask=mask)
     plgpu.store(dw_ref.at[b, blk, k], jnp.sum(jnp.sum(h_k * grad, axis=1)))
     return carry
@@ -137,7 +142,7 @@ def _backward_kernel(h_ref, w_ref, c_ref, g_ref, dh_ref, dw_ref, dc_ref, *, geo:
     hsum = _window_sum(h_ref, w_ref, b, tau, d0, mask, geo)
     g_tau = _row(g_ref, b, tau, d0, geo.block_d, d_ok)
     plgpu.store(dc_ref.at[b, blk, tau, pl.ds(0, geo.n_pad)],
-                jnp.sum(g_tau[:, None] * hsum, axis=0), mask=n_ok)
+                jnp.sum(hsum * g_tau[None, :], axis=1), mask=n_ok)
     return carry
 
   jax.lax.fori_loop(0, geo.patches, per_source, 0)
@@ -145,7 +150,7 @@ def _backward_kernel(h_ref, w_ref, c_ref, g_ref, dh_ref, dw_ref, dc_ref, *, geo:
 
 
 def _geometry(states, cls_index, grid_size, neighbourhood, block_d):
-  _, _, channels, n_state = states.shape
+  _, _, n_state, channels = states.shape
   return _Grid(tuple(grid_size), neighbourhood, cls_index, channels, n_state, block_d)
 
 
@@ -182,7 +187,8 @@ def _backward(states, weights, c_patches, g, cls_index, grid_size, neighbourhood
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7, 8))
 def patched_readout(states, weights, c_patches, cls_index, grid_size, neighbourhood, block_d,
                     num_warps, interpret):
-  """(B, P, D) fp32 from fp32 states (B, L, D, N), weights (B, P), c_patches (B, P, N)."""
+  """(B, P, D) fp32 from fp32 states in the scan kernel's (B, L, N, D) layout, weights (B, P),
+  c_patches (B, P, N)."""
   return _forward(states, weights, c_patches, cls_index, grid_size, neighbourhood, block_d,
                   num_warps, interpret)
 

@@ -14,6 +14,7 @@ implementation:
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 
 from kernels_pallas.selective_scan import reference
 
@@ -29,10 +30,11 @@ def default_implementation() -> str:
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                    delta_softplus=True, reverse=False, return_states=False,
                    implementation=None, interpret=None, block_config=None,
-                   vjp='kernel', triton_states='kernel'):
+                   vjp='kernel', triton_states='kernel', states_layout='bldn'):
   """Mamba selective scan. u, delta, z: (B, L, D); B, C: (B, L, N); A: (D, N); D, delta_bias: (D,).
 
-  Returns y (B, L, D) in u.dtype, and with `return_states` also the fp32 states (B, L, D, N).
+  Returns y (B, L, D) in u.dtype, and with `return_states` also the fp32 states (B, L, D, N),
+  or (B, L, N, D) with states_layout='blnd' (the Triton kernel's own layout: no transpose).
   `reverse=True` scans from the last time step to the first (the Vim backward direction,
   without a flipped copy). The state is always fp32. For 'triton': `interpret=None` runs the
   kernel in the Pallas interpreter off-GPU; `block_config` is a `SelectiveScanBlockConfig`
@@ -52,6 +54,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                      f'choose one of {IMPLEMENTATIONS} or None for the platform default.')
   if vjp not in VJPS:
     raise ValueError(f'selective_scan: unknown vjp {vjp!r}; choose one of {VJPS}.')
+  if states_layout not in ('bldn', 'blnd'):
+    raise ValueError(f"selective_scan: states_layout must be 'bldn' or 'blnd', got "
+                     f'{states_layout!r}.')
   if triton_states not in STATES_SOURCES:
     raise ValueError(f'selective_scan: unknown triton_states {triton_states!r}; choose one of '
                      f'{STATES_SOURCES}.')
@@ -61,7 +66,11 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
     from kernels_pallas.selective_scan import pallas_triton  # pylint: disable=g-import-not-at-top
     return pallas_triton.selective_scan(
         u, delta, A, B, C, D, z, delta_bias, delta_softplus=delta_softplus, reverse=reverse,
-        return_states=return_states, vjp=vjp, interpret=interpret, block_config=block_config)
-  return reference.selective_scan_xla(
+        return_states=return_states, vjp=vjp, interpret=interpret, block_config=block_config,
+        states_layout=states_layout)
+  out = reference.selective_scan_xla(
       u, delta, A, B, C, D, z, delta_bias, delta_softplus=delta_softplus, reverse=reverse,
       return_states=return_states, sequential=(impl == 'sequential'))
+  if return_states and states_layout == 'blnd':
+    return out[0], jnp.swapaxes(out[1], 2, 3)
+  return out

@@ -359,39 +359,43 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus: bool, rever
   )(*operands)
 
 
-def _public_states(states_bnd):
-  """(B, L, N, D) kernel layout -> the API's (B, L, D, N)."""
-  return jnp.swapaxes(states_bnd, 2, 3)
+STATES_LAYOUTS = ('bldn', 'blnd')
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10, 11, 12, 13))
+def _public_states(states_bnd, layout: str):
+  """(B, L, N, D) kernel layout -> the API's (B, L, D, N) ('bldn'), or as is ('blnd')."""
+  return jnp.swapaxes(states_bnd, 2, 3) if layout == 'bldn' else states_bnd
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10, 11, 12, 13, 14))
 def _selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, interpret,
-                    block_config, vjp, return_states):
+                    block_config, vjp, return_states, states_layout):
   out = _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus=delta_softplus,
                  reverse=reverse, interpret=interpret, block_config=block_config,
                  store_states=return_states)
   if return_states:
     y, states = out
-    return y, _public_states(states)
+    return y, _public_states(states, states_layout)
   return out
 
 
 def _selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, interpret,
-                        block_config, vjp, return_states):
+                        block_config, vjp, return_states, states_layout):
   """Saves the inputs only (no (B, L, D, N) residual per layer) unless the states are an
   output anyway and the kernel backward can reuse them."""
   primals = (u, delta, A, B, C, D, z, delta_bias)
   if not return_states:
-    y = _selective_scan(*primals, delta_softplus, reverse, interpret, block_config, vjp, False)
+    y = _selective_scan(*primals, delta_softplus, reverse, interpret, block_config, vjp, False,
+                        states_layout)
     return y, (primals, None)
   y, states_bnd = _forward(*primals, delta_softplus=delta_softplus, reverse=reverse,
                            interpret=interpret, block_config=block_config, store_states=True)
   saved_states = states_bnd if vjp == 'kernel' else None
-  return (y, _public_states(states_bnd)), (primals, saved_states)
+  return (y, _public_states(states_bnd, states_layout)), (primals, saved_states)
 
 
 def _selective_scan_bwd(delta_softplus, reverse, interpret, block_config, vjp, return_states,
-                        residuals, cotangents):
+                        states_layout, residuals, cotangents):
   """vjp='reference': the VJP of the sequential XLA reference at the saved inputs (it keeps no
   (B, L, D, N) intermediates beyond the per-step states). vjp='kernel': the Pallas adjoint
   kernel of `pallas_triton_bwd`, on states recomputed by the forward kernel (or saved, when
@@ -402,13 +406,17 @@ def _selective_scan_bwd(delta_softplus, reverse, interpret, block_config, vjp, r
     ref = functools.partial(reference.selective_scan_xla, delta_softplus=delta_softplus,
                             reverse=reverse, return_states=return_states, sequential=True)
     _, ref_vjp = jax.vjp(ref, *primals)
+    if states_bar is not None and states_layout == 'blnd':
+      cotangents = (y_bar, jnp.swapaxes(states_bar, 2, 3))
     return ref_vjp(cotangents)
   # Imported here: the backward module builds on this one's kernel spec and helpers.
   from kernels_pallas.selective_scan import pallas_triton_bwd  # pylint: disable=g-import-not-at-top
   if states_bnd is None:
     _, states_bnd = _forward(*primals, delta_softplus=delta_softplus, reverse=reverse,
                              interpret=interpret, block_config=block_config, store_states=True)
-  states_bar_bnd = None if states_bar is None else jnp.swapaxes(states_bar, 2, 3)
+  states_bar_bnd = states_bar
+  if states_bar is not None and states_layout == 'bldn':
+    states_bar_bnd = jnp.swapaxes(states_bar, 2, 3)
   return pallas_triton_bwd.backward(
       *primals, states_bnd, y_bar, states_bar_bnd, delta_softplus=delta_softplus,
       reverse=reverse, interpret=interpret, block_config=block_config)
@@ -421,9 +429,11 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                    delta_softplus: bool = True, reverse: bool = False,
                    return_states: bool = False, vjp: str = 'kernel',
                    interpret: bool | None = None,
-                   block_config: SelectiveScanBlockConfig | None = None):
+                   block_config: SelectiveScanBlockConfig | None = None,
+                   states_layout: str = 'bldn'):
   """Fused selective scan; see the module docstring. Returns y (B, L, D) in u.dtype, and with
-  `return_states` also the fp32 states (B, L, D, N), written by the kernel.
+  `return_states` also the fp32 states (B, L, D, N), written by the kernel (in its own
+  (B, L, N, D) layout with states_layout='blnd': no transpose).
 
   u, delta, z: (B, L, D); B, C: (B, L, N); A: (D, N); D, delta_bias: (D,); D, z, delta_bias may
   be None. `vjp`: 'reference' differentiates through the sequential XLA reference; 'kernel'
@@ -431,6 +441,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
   interprets off-GPU. `block_config=None` uses the default for (D, u.dtype).
   """
   _check_inputs(u, delta, A, B, C, D, z, delta_bias)
+  if states_layout not in STATES_LAYOUTS:
+    raise ValueError(f'selective_scan(triton): states_layout={states_layout!r}; choose one of '
+                     f'{STATES_LAYOUTS}.')
   if vjp not in VJP_MODES:
     raise ValueError(f'selective_scan(triton): vjp={vjp!r}; choose one of {VJP_MODES}.')
   if block_config is None:
@@ -440,4 +453,4 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                     f'got {type(block_config).__name__}.')
   return _selective_scan(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
                          bool(reverse), compat.resolve_interpret(interpret), block_config, vjp,
-                         bool(return_states))
+                         bool(return_states), states_layout)

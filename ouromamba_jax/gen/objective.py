@@ -18,6 +18,9 @@ from ouromamba_jax.gen import losses
 from ouromamba_jax.gen import patched_state
 
 LOSS_NAMES = ('total', 'contrastive', 'pse', 'output')
+# The hook takes the states in the scan kernel's (B, L, N, D) layout: no transpose of the
+# (B, L, Di, N) tensor on the way to the patched-readout kernel (and back for its gradient).
+STATES_LAYOUT = 'blnd'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +92,7 @@ def make_state_feature_fn(spec: LossSpec, cls_index: int, grid_size: tuple[int, 
         states, delta, c_mat, cls_index=cls_index, grid_size=grid_size,
         neighbourhood=spec.neighbourhood, weighting=spec.state_weighting,
         normalization=spec.delta_normalization, feature=spec.feature,
-        implementation=spec.readout_implementation or None)
+        implementation=spec.readout_implementation or None, states_layout=STATES_LAYOUT)
     out = {}
     if spec.contrastive_weight:
       out['contrastive'] = losses.patch_contrastive_loss(feats, spec.num_positives,
@@ -112,6 +115,7 @@ def generation_model(model, spec: LossSpec, remat: bool = True, scan_implementat
     fields['scan_implementation'] = scan_implementation
   if spec.uses_states:
     fields['state_feature_fn'] = make_state_feature_fn(spec, model.cls_index, model.grid_size)
+    fields['state_layout'] = STATES_LAYOUT
   return model.clone(**fields)
 
 

@@ -64,8 +64,12 @@ def token_weights(delta_patches: jax.Array, weighting: str = 'delta',
 
 def patched_states(states: jax.Array, delta: jax.Array, *, cls_index: int,
                    grid_size: tuple[int, int], neighbourhood: int = 5,
-                   weighting: str = 'delta', normalization: str = 'minmax') -> jax.Array:
-  """h_p for every patch: states (B, L, Di, N), delta (B, L, Di) -> (B, P, Di, N) fp32."""
+                   weighting: str = 'delta', normalization: str = 'minmax',
+                   states_layout: str = 'bldn') -> jax.Array:
+  """h_p for every patch: states (B, L, Di, N) (or (B, L, N, Di) with states_layout 'blnd'),
+  delta (B, L, Di) -> (B, P, Di, N) fp32."""
+  if states_layout == 'blnd':
+    states = jnp.swapaxes(states, 2, 3)
   w = token_weights(drop_class_token(delta, cls_index), weighting, normalization)
   return readout_ref.patched_states(states, w, cls_index=cls_index, grid_size=grid_size,
                                     neighbourhood=neighbourhood)
@@ -74,7 +78,8 @@ def patched_states(states: jax.Array, delta: jax.Array, *, cls_index: int,
 def patch_features(states: jax.Array, delta: jax.Array, c_mat: jax.Array, *, cls_index: int,
                    grid_size: tuple[int, int], neighbourhood: int = 5,
                    weighting: str = 'delta', normalization: str = 'minmax',
-                   feature: str = 'readout', implementation: str | None = None) -> jax.Array:
+                   feature: str = 'readout', implementation: str | None = None,
+                   states_layout: str = 'bldn') -> jax.Array:
   """Patch features from h_p: 'readout' = C_τ·h_p(τ) (B, P, Di), 'state' = h_p (B, P, Di·N).
 
   'readout' is what the S6 output would be with h_p in place of h (without the D·u skip and
@@ -87,9 +92,10 @@ def patch_features(states: jax.Array, delta: jax.Array, c_mat: jax.Array, *, cls
   if feature == 'state':
     hp = patched_states(states, delta, cls_index=cls_index, grid_size=grid_size,
                         neighbourhood=neighbourhood, weighting=weighting,
-                        normalization=normalization)
+                        normalization=normalization, states_layout=states_layout)
     return hp.reshape(hp.shape[:2] + (-1,))
   w = token_weights(drop_class_token(delta, cls_index), weighting, normalization)
   return readout_api.patched_readout(states, w, drop_class_token(c_mat, cls_index),
                                      cls_index=cls_index, grid_size=grid_size,
-                                     neighbourhood=neighbourhood, implementation=implementation)
+                                     neighbourhood=neighbourhood, states_layout=states_layout,
+                                     implementation=implementation)

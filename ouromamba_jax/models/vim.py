@@ -69,6 +69,7 @@ class BiMambaV2Mixer(nn.Module):
   scan_implementation: Optional[str] = None
   state_feature_fn: Optional[StateFeatureFn] = None
   quant_implementation: Optional[str] = None
+  state_layout: str = 'bldn'
 
   @nn.compact
   def __call__(self, hidden):
@@ -106,7 +107,7 @@ class BiMambaV2Mixer(nn.Module):
       scan_out = scan_api.selective_scan(
           u, delta, a_mat, b_mat, c_mat, d_vec, flip(z), None, delta_softplus=True,
           return_states=self.state_feature_fn is not None,
-          implementation=self.scan_implementation)
+          implementation=self.scan_implementation, states_layout=self.state_layout)
       if self.state_feature_fn is not None:
         y, states = scan_out
         feats = self.state_feature_fn(
@@ -178,6 +179,9 @@ class VisionMamba(nn.Module):
   scan_implementation: Optional[str] = None
   remat: bool = False
   state_feature_fn: Optional[StateFeatureFn] = None
+  # Layout of the states handed to state_feature_fn: 'bldn' (B, L, D, N) or 'blnd' (B, L, N, D),
+  # the Triton scan kernel's own (Gen uses it: no transpose of the largest tensor).
+  state_layout: str = 'bldn'
   # Kernels of quantized Linears in integer mode (act_quant + mixed_gemm): 'xla' | 'triton' |
   # None (Triton on GPU, XLA elsewhere). Float and fake-quant params ignore it.
   quant_implementation: Optional[str] = None
@@ -203,7 +207,8 @@ class VisionMamba(nn.Module):
     return lambda name: BiMambaV2Mixer(
         self.d_model, self.d_state, self.d_conv, self.expand, self.dt_rank, self.depth,
         self.dtype, self.scan_implementation, self.state_feature_fn,
-        quant_implementation=self.quant_implementation, name=name)
+        quant_implementation=self.quant_implementation, state_layout=self.state_layout,
+        name=name)
 
   def setup(self):
     # Defined here, not inline, so that `embed` and `classify` also run on their own

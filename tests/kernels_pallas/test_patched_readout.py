@@ -54,6 +54,19 @@ def test_kernel_matches_reference_forward_and_gradients(grid, cls_index, channel
   np.testing.assert_array_equal(np.asarray(grads[0][:, cls_index]), 0.0)  # not a patch
 
 
+@pytest.mark.parametrize('impl', ['xla', 'triton'])
+def test_kernel_layout_states_give_the_same_features(impl):
+  states, weights, c_patches, _ = _inputs(3, 2, (3, 4), 20, 16)
+  kw = dict(cls_index=6, grid_size=(3, 4), neighbourhood=5, implementation=impl, interpret=True,
+            block_config=PatchedReadoutBlockConfig(16, 4))
+  want = api.patched_readout(states, weights, c_patches, **kw)
+  got = api.patched_readout(jnp.swapaxes(states, 2, 3), weights, c_patches,
+                            states_layout='blnd', **kw)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)
+  with pytest.raises(ValueError, match='states_layout'):
+    api.patched_readout(states, weights, c_patches, states_layout='nbld', **kw)
+
+
 def test_reference_equals_a_brute_force_loop():
   states, weights, c_patches, _ = _inputs(0, 1, (3, 4), 3, 2)
   gh, gw, r, cls = 3, 4, 1, 6
@@ -110,13 +123,13 @@ def test_bad_inputs_are_rejected_with_a_clear_message():
 def test_kernels_lower_to_triton_for_h100():
   """AOT lowering for an abstract H100 on CPU: both kernels reach Triton at Vim-S shapes."""
   f32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)
-  args = (f32(4, 197, 768, 16), f32(4, 196), f32(4, 196, 16))
+  args = (f32(4, 197, 16, 768), f32(4, 196), f32(4, 196, 16))
   device = jax.sharding.AbstractDevice(device_kind='NVIDIA H100 80GB HBM3', num_cores=132,
                                        platform='cuda')
   mesh = jax.sharding.AbstractMesh((1,), ('x',), abstract_device=device)
   static = (98, (14, 14), 5, 64, 4, False)
   forward = jax.jit(lambda h, w, c: pallas_triton.patched_readout(h, w, c, *static))
-  backward = jax.jit(lambda h, w, c: pallas_triton._backward(h, w, c, h[:, 1:, :, 0], *static))  # pylint: disable=protected-access
+  backward = jax.jit(lambda h, w, c: pallas_triton._backward(h, w, c, h[:, 1:, 0, :], *static))  # pylint: disable=protected-access
   with warnings.catch_warnings():
     warnings.simplefilter('error')
     with jax.sharding.use_abstract_mesh(mesh):

@@ -328,6 +328,28 @@ def test_kernel_states_and_their_gradients(dtype, reverse, vjp):
   assert_grads_close(grads, expected, tol, f'states, vjp={vjp}')
 
 
+@pytest.mark.parametrize('vjp', ['kernel', 'reference'])
+@pytest.mark.parametrize('implementation', ['triton', 'sequential'])
+def test_kernel_layout_states_and_their_gradients(vjp, implementation):
+  """states_layout='blnd' hands out the kernel's (B, L, N, D) states: the 'bldn' states
+  transposed, with the same input gradients for the transposed cotangent."""
+  args = make_inputs(14, 2, 5, 40, 16, jnp.float32)
+  kw = dict(reverse=True, return_states=True, implementation=implementation, interpret=True,
+            block_config=SelectiveScanBlockConfig(32, 2), vjp=vjp)
+  cotangents = random_cotangent(15, jax.eval_shape(
+      lambda *a: reference_scan(a, reverse=True, return_states=True), *args))
+  (y, states), grads = vjp_of(lambda *a: api.selective_scan(*a, **kw), args, cotangents)
+  y_bar, states_bar = cotangents
+  (y2, states2), grads2 = vjp_of(lambda *a: api.selective_scan(*a, states_layout='blnd', **kw),
+                                 args, (y_bar, jnp.swapaxes(states_bar, 2, 3)))
+  np.testing.assert_array_equal(np.asarray(y2), np.asarray(y))
+  np.testing.assert_array_equal(np.asarray(states2), np.asarray(jnp.swapaxes(states, 2, 3)))
+  assert_grads_close(grads2, grads, 1e-6, f'blnd, vjp={vjp}')
+  with pytest.raises(ValueError, match='states_layout'):
+    api.selective_scan(*args, return_states=True, implementation=implementation,
+                       states_layout='nd')
+
+
 def test_vjp_and_states_options_are_validated():
   args = make_inputs(0, 1, 2, 32, 4, jnp.float32)
   with pytest.raises(ValueError, match="unknown vjp 'xla'"):
