@@ -7,16 +7,15 @@
       outlier_q      (B, L, C) int8 codes on the dynamic per-token step (0 at inliers)
       outlier_scale  (B, L) float32
       outlier_mask   (B, L, C) bool
-      (zero points are None: the kernel covers symmetric grids)
+      inlier_zero_point (L,) / outlier_zero_point (B, L) int32 for asymmetric grids (Δ), else None
 
 Semantics are those of `ouromamba_jax.quant.activations.quantize_activation_int` (the XLA
 implementation, and the reference the kernel is tested against code for code).
 
 implementation: None -> 'triton' on GPU when the kernel covers the spec, else 'xla';
-'triton' -> the Pallas kernel (`interpret=True` runs it on CPU). The kernel covers symmetric
-specs with bits <= 8, outliers 'int' (outlier_bits <= 8) or 'none', and trigger 'sample' or
-'batch'; 'official' (any sample and any window), asymmetric grids (Δ) and float outliers are
-XLA-only.
+'triton' -> the Pallas kernel (`interpret=True` runs it on CPU). The kernel covers symmetric and
+asymmetric (Δ) specs with bits <= 8, outliers 'int' (outlier_bits <= 8) or 'none', and trigger
+'sample' or 'batch'; 'official' (any sample and any window) and float outliers are XLA-only.
 """
 from __future__ import annotations
 
@@ -33,8 +32,6 @@ IMPLEMENTATIONS = ('xla', 'triton')
 
 def kernel_unsupported_reason(spec: ActSpec, channels: int) -> str | None:
   """Why the Pallas kernel cannot run this spec (None when it can)."""
-  if not spec.symmetric:
-    return 'asymmetric grids (the Δ quantizer) are XLA-only'
   if spec.bits > 8:
     return f'bits={spec.bits} > 8 (codes would not fit int8)'
   if spec.outliers not in ('int', 'none'):
@@ -68,9 +65,9 @@ def act_quant(x, inlier_scale, spec: ActSpec, zero_point=None, *, pack_int4: boo
     raise ValueError(f'act_quant: inlier_scale must have shape ({length},) (one static step per '
                      f'time step), got {inlier_scale.shape}; recalibrate for this sequence '
                      'length.')
-  if pack_int4 and (spec.bits > 4 or channels % 2):
-    raise ValueError(f'act_quant: pack_int4 needs bits <= 4 and an even C, got bits={spec.bits}, '
-                     f'C={channels}.')
+  if pack_int4 and (spec.bits > 4 or channels % 2 or not spec.symmetric):
+    raise ValueError(f'act_quant: pack_int4 needs a symmetric grid with bits <= 4 and an even C, '
+                     f'got bits={spec.bits}, symmetric={spec.symmetric}, C={channels}.')
   impl = implementation or default_implementation(spec, channels)
   if impl not in IMPLEMENTATIONS:
     raise ValueError(f'act_quant: unknown implementation {impl!r}; choose one of '
@@ -84,11 +81,16 @@ def act_quant(x, inlier_scale, spec: ActSpec, zero_point=None, *, pack_int4: boo
                      "implementation='xla' (or None to pick it automatically).")
   from kernels_pallas.act_quant import pallas_triton  # pylint: disable=g-import-not-at-top
   block_c, num_warps = (block_config or ActQuantBlockConfig()).resolve(channels)
-  q_in, q_out, o_scale, mask, scale = pallas_triton.act_quant(
-      x, inlier_scale, bits=spec.bits, k=float(spec.k), n_refresh=int(spec.n_refresh),
-      trigger=spec.trigger, std_ddof=int(spec.std_ddof), outlier_bits=spec.outlier_bits,
+  if not spec.symmetric and zero_point is None:
+    raise ValueError('act_quant: an asymmetric ActSpec needs its zero points (L,); calibrate '
+                     'them with `calibrate_inlier_scale`.')
+  q_in, q_out, o_scale, mask, scale, o_zero = pallas_triton.act_quant(
+      x, inlier_scale, None if spec.symmetric else zero_point,
+      grid=(spec.qmin, spec.qmax, spec.outlier_qmin, spec.outlier_qmax), k=float(spec.k),
+      n_refresh=int(spec.n_refresh), trigger=spec.trigger, std_ddof=int(spec.std_ddof),
       detect=spec.outliers == 'int', pack=pack_int4, block_c=block_c, num_warps=num_warps,
       interpret=interpret)
-  return IntActivation(inlier_q=q_in, inlier_scale=scale, inlier_zero_point=None,
-                       outlier_q=q_out, outlier_scale=o_scale, outlier_zero_point=None,
+  in_zero = None if spec.symmetric else zero_point.astype(jnp.int32)
+  return IntActivation(inlier_q=q_in, inlier_scale=scale, inlier_zero_point=in_zero,
+                       outlier_q=q_out, outlier_scale=o_scale, outlier_zero_point=o_zero,
                        outlier_mask=mask)

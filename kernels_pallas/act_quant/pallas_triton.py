@@ -1,7 +1,7 @@
 """Pallas Triton kernel of the OuroMamba per-time-step activation quantizer.
 
 Computes exactly what `ouromamba_jax.quant.activations.quantize_activation_int` computes
-(symmetric grids; outliers 'int' or 'none'), for x (B, L, C):
+(symmetric grids, and asymmetric ones such as Δ's; outliers 'int' or 'none'), for x (B, L, C):
 
 trigger='sample': one program per (sample, refresh window). It holds every channel of a time
 step in one power-of-two block (padding lanes masked out of all statistics) and walks the
@@ -13,6 +13,11 @@ n_refresh steps of its window, carrying the outlier mask in registers. Per step 
   mask  |= trigger & (a > thr)
   q_in   = clip(round(x_t * !mask / S_I(t)), +-qmax)
   s_o    = max(max|x_t * mask|, 1e-8) / o_qmax;  q_out = clip(round(x_t * mask / s_o), +-o_qmax)
+
+Asymmetric grids (codes 0 .. 2^b - 1 with a zero point): S_D = (max - min of the inliers over the
+real channels) / qmax; inlier codes round(clip(v, -z, qmax - z)) + z with the static zero point
+z(t); outliers get a dynamic per-token range [min(x_t * mask, 0), max(x_t * mask, 0)], step
+range / o_qmax and zero point round(-lo / s_o) (an IEEE division, as XLA computes it).
 
 trigger='batch': step t triggers if *any* sample's S_D exceeds S_I(t), which couples the
 samples step by step; one program per window loops over the samples twice per step (trigger,
@@ -53,15 +58,20 @@ def _f32_reciprocal(v: float) -> float:
   return float(np.float32(1.0) / np.float32(v))
 
 
-def _reciprocal_rn(v, interpret: bool):
-  """IEEE (round-to-nearest) 1/v. Triton's fp32 `/` is the approximate div.full.f32, so on
+def _divide_rn(a, v, interpret: bool):
+  """IEEE (round-to-nearest) a / v. Triton's fp32 `/` is the approximate div.full.f32, so on
   the GPU the division is done by inline PTX; the interpreter runs XLA's IEEE divide."""
   if interpret:
-    return 1.0 / v
+    return a / v
   (r,) = plgpu.elementwise_inline_asm(
-      'div.rn.f32 $0, $1, $2;', args=[jnp.ones_like(v), v], constraints='=f,f,f', pack=1,
+      'div.rn.f32 $0, $1, $2;', args=[a, v], constraints='=f,f,f', pack=1,
       result_shape_dtypes=[jax.ShapeDtypeStruct(v.shape, v.dtype)])
   return r
+
+
+def _reciprocal_rn(v, interpret: bool):
+  """IEEE 1/v (see `_divide_rn`)."""
+  return _divide_rn(jnp.ones_like(v), v, interpret)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,33 +83,58 @@ class _Math:
   """
   channels: int
   block_c: int
+  qmin: float
   qmax: float
+  o_qmin: float
   o_qmax: float
   k: float
   ddof: int
   interpret: bool
+  symmetric: bool = True
+  code_dtype: object = jnp.int8          # int32 where an asymmetric 8-bit grid exceeds a byte
+  outlier_dtype: object = jnp.int8
 
   def stats(self, x, mask, col_ok):
     """(S_D, threshold, |x_in|) of the current inliers over the C real channels."""
     a = jnp.where(mask, 0.0, jnp.abs(x))  # padding lanes hold x = 0
-    s_d = jnp.max(a) * _f32_reciprocal(self.qmax)
+    if self.symmetric:
+      s_d = jnp.max(a) * _f32_reciprocal(self.qmax)
+    else:  # range of the inliers (zeroed outlier channels included, padding lanes not)
+      x_in = jnp.where(mask, 0.0, x)
+      spread = (jnp.max(jnp.where(col_ok, x_in, -jnp.inf))
+                - jnp.min(jnp.where(col_ok, x_in, jnp.inf)))
+      s_d = spread * _f32_reciprocal(self.qmax)
     mean = jnp.sum(a) * _f32_reciprocal(self.channels)
     centered = jnp.where(col_ok, a - mean, 0.0)
     var = jnp.sum(centered * centered) * _f32_reciprocal(self.channels - self.ddof)
     return s_d, mean + self.k * jnp.sqrt(var), a
 
-  def quantize_inliers(self, x, mask, inv_s):
-    """Codes on the static step S_I(t) (given as its IEEE reciprocal); outlier lanes -> 0."""
-    q_in = jnp.clip(round_half_even(jnp.where(mask, 0.0, x) * inv_s), -self.qmax, self.qmax)
-    return q_in.astype(jnp.int8)
+  def quantize_inliers(self, x, mask, inv_s, zero):
+    """Codes on the static step S_I(t) (given as its IEEE reciprocal) and zero point z(t)
+    (0 when symmetric); outlier lanes get the code of 0."""
+    v = jnp.where(mask, 0.0, x) * inv_s
+    q_in = round_half_even(jnp.clip(v, self.qmin - zero, self.qmax - zero)) + zero
+    return q_in.astype(self.code_dtype)
 
   def quantize_outliers(self, x, mask):
-    """Codes on the dynamic per-token step max|x_t * mask| / o_qmax, and that step."""
+    """Codes on the dynamic per-token grid of x_t * mask: (codes, step, zero point)."""
     outliers = jnp.where(mask, x, 0.0)
-    s_o = jnp.maximum(jnp.max(jnp.abs(outliers)), MIN_SCALE) * _f32_reciprocal(self.o_qmax)
+    if self.symmetric:
+      s_o = jnp.maximum(jnp.max(jnp.abs(outliers)), MIN_SCALE) * _f32_reciprocal(self.o_qmax)
+      z_o = jnp.zeros((), jnp.float32)
+    else:
+      lo = jnp.minimum(jnp.min(outliers), 0.0)
+      hi = jnp.maximum(jnp.max(outliers), 0.0)
+      s_o = jnp.maximum(hi - lo, MIN_SCALE) * _f32_reciprocal(self.o_qmax)
+      # The division runs on a block of equal lanes (inline PTX is elementwise); max() takes
+      # the scalar back out (Triton has no slice).
+      z_o = jnp.max(round_half_even(_divide_rn(jnp.full((self.block_c,), -lo, jnp.float32),
+                                               jnp.full((self.block_c,), s_o, jnp.float32),
+                                               self.interpret)))
     inv_so = _reciprocal_rn(jnp.full((self.block_c,), s_o, jnp.float32), self.interpret)
-    q_out = jnp.clip(round_half_even(outliers * inv_so), -self.o_qmax, self.o_qmax)
-    return q_out.astype(jnp.int8), s_o
+    q_out = round_half_even(jnp.clip(outliers * inv_so, self.o_qmin - z_o,
+                                     self.o_qmax - z_o)) + z_o
+    return q_out.astype(self.outlier_dtype), s_o, z_o
 
 
 def _pack_int4(q):
@@ -123,12 +158,15 @@ def _store_inliers(qin_ref, b, t, in_seq, q_in, math: _Math, pack: bool):
     plgpu.store(qin_ref.at[b, t, pl.ds(0, math.block_c)], q_in, mask=cols_ok)
 
 
-def _store_outliers(refs, b, t, in_seq, q_out, s_o, mask, math: _Math):
-  qout_ref, oscale_ref, mask_ref = refs
+def _store_outliers(refs, b, t, in_seq, outlier, mask, math: _Math):
+  q_out, s_o, z_o = outlier
+  qout_ref, oscale_ref, mask_ref = refs[:3]
   cols_ok = (jnp.arange(math.block_c) < math.channels) & in_seq
   plgpu.store(qout_ref.at[b, t, pl.ds(0, math.block_c)], q_out, mask=cols_ok)
   plgpu.store(mask_ref.at[b, t, pl.ds(0, math.block_c)], mask, mask=cols_ok)
   plgpu.store(oscale_ref.at[b, t], s_o, mask=in_seq)
+  if not math.symmetric:
+    plgpu.store(refs[3].at[b, t], z_o.astype(jnp.int32), mask=in_seq)
 
 
 def _time_step(window, i, n_refresh, length):
@@ -137,8 +175,8 @@ def _time_step(window, i, n_refresh, length):
   return jnp.minimum(t_raw, length - 1), t_raw < length
 
 
-def _sample_kernel(x_ref, s_ref, inv_ref, qin_ref, *outlier_refs, math: _Math, length: int,
-                   n_refresh: int, pack: bool, detect: bool):
+def _sample_kernel(x_ref, s_ref, inv_ref, z_ref, qin_ref, *outlier_refs, math: _Math,
+                   length: int, n_refresh: int, pack: bool, detect: bool):
   b, window = pl.program_id(0), pl.program_id(1)
   col_ok = jnp.arange(math.block_c) < math.channels
 
@@ -148,17 +186,17 @@ def _sample_kernel(x_ref, s_ref, inv_ref, qin_ref, *outlier_refs, math: _Math, l
     if detect:
       s_d, thr, a = math.stats(x, mask, col_ok)
       mask = mask | ((a > thr) & col_ok & (s_d > s_ref[t]))
-    _store_inliers(qin_ref, b, t, in_seq, math.quantize_inliers(x, mask, inv_ref[t]), math, pack)
+    _store_inliers(qin_ref, b, t, in_seq, math.quantize_inliers(x, mask, inv_ref[t], z_ref[t]),
+                   math, pack)
     if detect:
-      q_out, s_o = math.quantize_outliers(x, mask)
-      _store_outliers(outlier_refs, b, t, in_seq, q_out, s_o, mask, math)
+      _store_outliers(outlier_refs, b, t, in_seq, math.quantize_outliers(x, mask), mask, math)
     return mask
 
   jax.lax.fori_loop(0, n_refresh, step, jnp.zeros((math.block_c,), jnp.bool_))
 
 
-def _batch_kernel(x_ref, s_ref, inv_ref, qin_ref, *outlier_refs, math: _Math, batch: int,
-                  length: int, n_refresh: int, pack: bool):
+def _batch_kernel(x_ref, s_ref, inv_ref, z_ref, qin_ref, *outlier_refs, math: _Math,
+                  batch: int, length: int, n_refresh: int, pack: bool):
   window = pl.program_id(0)
   col_ok = jnp.arange(math.block_c) < math.channels
   mask_ref = outlier_refs[2]
@@ -183,10 +221,9 @@ def _batch_kernel(x_ref, s_ref, inv_ref, qin_ref, *outlier_refs, math: _Math, ba
       mask = previous_mask(b)
       _, thr, a = math.stats(x, mask, col_ok)
       mask = mask | ((a > thr) & col_ok & trigger)
-      _store_inliers(qin_ref, b, t, in_seq, math.quantize_inliers(x, mask, inv_ref[t]), math,
-                     pack)
-      q_out, s_o = math.quantize_outliers(x, mask)
-      _store_outliers(outlier_refs, b, t, in_seq, q_out, s_o, mask, math)
+      _store_inliers(qin_ref, b, t, in_seq, math.quantize_inliers(x, mask, inv_ref[t], z_ref[t]),
+                     math, pack)
+      _store_outliers(outlier_refs, b, t, in_seq, math.quantize_outliers(x, mask), mask, math)
       return c
 
     return jax.lax.fori_loop(0, batch, update_and_quantize, carry)
@@ -194,45 +231,60 @@ def _batch_kernel(x_ref, s_ref, inv_ref, qin_ref, *outlier_refs, math: _Math, ba
   jax.lax.fori_loop(0, n_refresh, step, jnp.zeros((), jnp.int32))
 
 
+def _code_dtype(qmin: int, qmax: int):
+  """int8 when the grid fits a signed byte, else int32 (`activations.int_dtype`)."""
+  return jnp.int8 if qmin >= -128 and qmax <= 127 else jnp.int32
+
+
 @functools.partial(jax.jit, static_argnames=(
-    'bits', 'k', 'n_refresh', 'trigger', 'std_ddof', 'outlier_bits', 'detect', 'pack',
-    'block_c', 'num_warps', 'interpret'))
-def act_quant(x, inlier_scale, *, bits: int, k: float, n_refresh: int, trigger: str,
-              std_ddof: int, outlier_bits: int, detect: bool, pack: bool, block_c: int,
-              num_warps: int, interpret: bool = False):
-  """Validated (B, L, C) input and (L,) steps -> (inlier codes, outlier codes, outlier scale,
-  mask, clamped inlier scale). Without `detect` (outliers='none') the last four are constants."""
+    'grid', 'k', 'n_refresh', 'trigger', 'std_ddof', 'detect', 'pack', 'block_c', 'num_warps',
+    'interpret'))
+def act_quant(x, inlier_scale, zero_point, *, grid: tuple[int, int, int, int], k: float,
+              n_refresh: int, trigger: str, std_ddof: int, detect: bool, pack: bool,
+              block_c: int, num_warps: int, interpret: bool = False):
+  """Validated (B, L, C) input, (L,) steps and (L,) zero points (None: symmetric) ->
+  (inlier codes, outlier codes, outlier scale, mask, clamped inlier scale, outlier zero points
+  (B, L) int32 or None). grid = (qmin, qmax, outlier qmin, outlier qmax). Without `detect`
+  (outliers='none') the outlier outputs are constants."""
   batch, length, channels = x.shape
+  qmin, qmax, o_qmin, o_qmax = grid
+  symmetric = zero_point is None
   n_windows = -(-length // n_refresh)
   scale = jnp.maximum(inlier_scale.astype(jnp.float32), MIN_SCALE)
   # per-step scales (and their IEEE reciprocals) padded to whole windows; t is clamped to L - 1
-  s_pad = jnp.pad(scale, (0, n_windows * n_refresh - length), constant_values=1.0)
+  pad = n_windows * n_refresh - length
+  s_pad = jnp.pad(scale, (0, pad), constant_values=1.0)
   inv_pad = 1.0 / s_pad
-  math = _Math(channels=channels, block_c=block_c, qmax=float(2 ** (bits - 1) - 1),
-               o_qmax=float(2 ** (outlier_bits - 1) - 1), k=float(k), ddof=std_ddof,
-               interpret=interpret)
+  z_pad = jnp.pad(jnp.zeros((length,), jnp.float32) if symmetric
+                  else zero_point.astype(jnp.float32), (0, pad))
+  math = _Math(channels=channels, block_c=block_c, qmin=float(qmin), qmax=float(qmax),
+               o_qmin=float(o_qmin), o_qmax=float(o_qmax), k=float(k), ddof=std_ddof,
+               interpret=interpret, symmetric=symmetric, code_dtype=_code_dtype(qmin, qmax),
+               outlier_dtype=_code_dtype(o_qmin, o_qmax))
   out_shape = [jax.ShapeDtypeStruct((batch, length, channels // 2 if pack else channels),
-                                    jnp.int8)]
+                                    jnp.int8 if pack else math.code_dtype)]
   if detect:
-    out_shape += [jax.ShapeDtypeStruct((batch, length, channels), jnp.int8),
+    out_shape += [jax.ShapeDtypeStruct((batch, length, channels), math.outlier_dtype),
                   jax.ShapeDtypeStruct((batch, length), jnp.float32),
                   jax.ShapeDtypeStruct((batch, length, channels), jnp.bool_)]
+    if not symmetric:
+      out_shape.append(jax.ShapeDtypeStruct((batch, length), jnp.int32))
   common = dict(math=math, length=length, n_refresh=n_refresh, pack=pack)
   if detect and trigger == 'batch':
-    kernel, grid = functools.partial(_batch_kernel, batch=batch, **common), (n_windows,)
+    kernel, grid_ = functools.partial(_batch_kernel, batch=batch, **common), (n_windows,)
   else:
     kernel = functools.partial(_sample_kernel, detect=detect, **common)
-    grid = (batch, n_windows)
+    grid_ = (batch, n_windows)
   compat.filter_triton_deprecation()
   outs = pl.pallas_call(
-      kernel, out_shape=out_shape, grid=grid, interpret=interpret,
+      kernel, out_shape=out_shape, grid=grid_, interpret=interpret,
       name=f'act_quant_{trigger if detect else "static"}',
       compiler_params=compat.triton_compiler_params(num_warps, 1),
-  )(x, s_pad, inv_pad)
+  )(x, s_pad, inv_pad, z_pad)
   if detect:
-    q_in, q_out, o_scale, mask = outs
-    return q_in, q_out, o_scale, mask, scale
+    q_in, q_out, o_scale, mask = outs[:4]
+    return q_in, q_out, o_scale, mask, scale, (None if symmetric else outs[4])
   (q_in,) = outs
   return (q_in, jnp.zeros((batch, length, channels), jnp.int8),
-          jnp.ones((batch, length), jnp.float32), jnp.zeros((batch, length, channels), jnp.bool_),
-          scale)
+          jnp.ones((batch, length), jnp.float32),
+          jnp.zeros((batch, length, channels), jnp.bool_), scale, None)

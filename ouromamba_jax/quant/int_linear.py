@@ -91,7 +91,7 @@ def quantize_site(x3, quantizer, implementation: Optional[str] = None, *,
                   pack_int4: bool = False) -> act_lib.IntActivation:
   """act_quant of x3 (B, L, C) with an `ActQuantizer`'s steps: the Pallas kernel when the
   implementation is 'triton' and the kernel covers the spec, else the XLA form (same codes).
-  Used for Linear inputs and for the SSM-tensor sites (Δ's asymmetric grid stays XLA)."""
+  Used for Linear inputs and for the SSM-tensor sites (Δ, B, C)."""
   impl = resolve_implementation(implementation)
   if impl == 'triton' and act_quant_api.kernel_unsupported_reason(quantizer.spec,
                                                                   x3.shape[-1]) is not None:

@@ -63,6 +63,34 @@ def test_sample_trigger_matches_canonical(bits, pack):
       assert mask[:, t + 1].sum() < mask[:, t].sum()
 
 
+@pytest.mark.parametrize('bits,outlier_bits,trigger,outliers', [
+    (4, 8, 'sample', 'int'), (8, 8, 'sample', 'int'), (4, 8, 'batch', 'int'),
+    (4, 8, 'sample', 'none')])
+def test_asymmetric_grid_matches_canonical(bits, outlier_bits, trigger, outliers):
+  """Δ's quantizer (asymmetric, k = 4): codes, zero points, scales and masks equal XLA's.
+  8-bit asymmetric codes (0..255) come back as int32, like the canonical quantizer's."""
+  rng = np.random.default_rng(bits + outlier_bits)
+  x = _activations(rng, 2, 23, 40) - 3.0           # pre-softplus Δ is mostly negative
+  qmax = 2 ** bits - 1
+  scale = jnp.asarray(rng.uniform(6.0, 9.0, 23) / qmax, jnp.float32)
+  zero = jnp.asarray(rng.integers(qmax // 2, qmax, 23), jnp.int32)
+  spec = ActSpec(bits=bits, symmetric=False, k=4.0, outlier_bits=outlier_bits, trigger=trigger,
+                 outliers=outliers)
+  want = api.act_quant(x, scale, spec, zero, implementation='xla')
+  got = api.act_quant(x, scale, spec, zero, implementation='triton', interpret=True)
+  for field in FIELDS + ('inlier_zero_point', 'outlier_zero_point'):
+    g, w = getattr(got, field), getattr(want, field)
+    if w is None:
+      assert g is None, field
+      continue
+    assert g.shape == w.shape and g.dtype == w.dtype, (field, g.shape, g.dtype, w.shape, w.dtype)
+    np.testing.assert_array_equal(np.asarray(g), np.asarray(w), err_msg=field)
+  if outliers == 'int':
+    assert bool(jnp.any(want.outlier_mask))
+  np.testing.assert_array_equal(np.asarray(dequantize_activation(got)),
+                                np.asarray(dequantize_activation(want)))
+
+
 def test_batch_trigger_matches_canonical_and_differs_from_sample():
   # Sample 0 has a huge outlier (it triggers); sample 1 only moderate peaks that never trigger
   # on their own, so only the batch-global trigger flags them.
@@ -131,8 +159,7 @@ def test_packed_codes_feed_the_mixed_gemm():
 def test_unsupported_specs_and_bad_inputs_are_rejected_clearly():
   x = jnp.zeros((1, 4, 8), jnp.float32)
   s = jnp.ones((4,), jnp.float32)
-  for spec, reason in ((ActSpec(symmetric=False), 'asymmetric'),
-                       (ActSpec(trigger='official'), 'official'),
+  for spec, reason in ((ActSpec(trigger='official'), 'official'),
                        (ActSpec(outliers='float'), 'float outliers')):
     with pytest.raises(ValueError, match=reason):
       api.act_quant(x, s, spec, implementation='triton', interpret=True)
@@ -141,8 +168,10 @@ def test_unsupported_specs_and_bad_inputs_are_rejected_clearly():
     api.act_quant(x, jnp.ones((5,)), ActSpec())
   with pytest.raises(ValueError, match='float \\(B, L, C\\)'):
     api.act_quant(jnp.zeros((4, 8)), s, ActSpec())
-  with pytest.raises(ValueError, match='pack_int4 needs bits <= 4'):
+  with pytest.raises(ValueError, match='pack_int4 needs a symmetric grid with bits <= 4'):
     api.act_quant(x, s, ActSpec(bits=8), pack_int4=True)
+  with pytest.raises(ValueError, match='needs its zero points'):
+    api.act_quant(x, s, ActSpec(symmetric=False), implementation='triton', interpret=True)
   with pytest.raises(TypeError, match='ActSpec'):
     api.act_quant(x, s, {'bits': 4})
 
@@ -158,19 +187,22 @@ def test_block_config_validation():
   assert config.ActQuantBlockConfig().resolve(192) == (256, 4)
 
 
-@pytest.mark.parametrize('trigger', ['sample', 'batch'])
-def test_kernel_lowers_to_triton_for_h100(trigger):
+@pytest.mark.parametrize('trigger,symmetric', [('sample', True), ('batch', True),
+                                               ('sample', False)])
+def test_kernel_lowers_to_triton_for_h100(trigger, symmetric):
   """Lowers (no compile) for an abstract H100: every op must have a Triton lowering rule."""
   from jax.sharding import AbstractDevice, AbstractMesh  # pylint: disable=g-import-not-at-top
   from kernels_pallas.act_quant import pallas_triton  # pylint: disable=g-import-not-at-top
   h100 = AbstractDevice(device_kind='NVIDIA H100 80GB HBM3', num_cores=132, platform='cuda')
   mesh = AbstractMesh((1,), ('x',), abstract_device=h100)
   b, l, c = 64, 197, 1536
+  zero = None if symmetric else jax.ShapeDtypeStruct((l,), jnp.int32)
+  grid = (-7, 7, -127, 127) if symmetric else (0, 15, 0, 255)
   with jax.sharding.use_abstract_mesh(mesh):
     lowered = pallas_triton.act_quant.trace(
         jax.ShapeDtypeStruct((b, l, c), jnp.bfloat16), jax.ShapeDtypeStruct((l,), jnp.float32),
-        bits=4, k=3.0, n_refresh=10, trigger=trigger, std_ddof=1, outlier_bits=8, detect=True,
-        pack=True, block_c=2048, num_warps=8).lower(lowering_platforms=('cuda',))
+        zero, grid=grid, k=3.0, n_refresh=10, trigger=trigger, std_ddof=1, detect=True,
+        pack=symmetric, block_c=2048, num_warps=8).lower(lowering_platforms=('cuda',))
   assert '__gpu$xla.gpu.triton' in lowered.as_text()
 
 
@@ -190,4 +222,22 @@ def test_gpu_kernel_matches_canonical_at_vim_shape(trigger):
     g, w = np.asarray(getattr(got, field)), np.asarray(getattr(want, field))
     frac = np.mean(g != w)
     print(f'{trigger} {field}: mismatch fraction {frac:.2e}')
+    assert frac < 1e-5, field
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(jax.default_backend() != 'gpu', reason='needs a CUDA GPU')
+def test_gpu_asymmetric_kernel_matches_canonical_at_vim_shape():
+  """Δ's quantizer (asymmetric 4-bit, k = 4, 8-bit outliers) at a Vim-S d_inner shape."""
+  rng = np.random.default_rng(10)
+  x = _activations(rng, 64, 197, 768) - 3.0
+  scale = jnp.asarray(rng.uniform(6.0, 9.0, 197) / 15, jnp.float32)
+  zero = jnp.asarray(rng.integers(7, 15, 197), jnp.int32)
+  spec = ActSpec(bits=4, symmetric=False, k=4.0)
+  want = api.act_quant(x, scale, spec, zero, implementation='xla')
+  got = api.act_quant(x, scale, spec, zero, implementation='triton')
+  for field in FIELDS + ('outlier_zero_point',):
+    g, w = np.asarray(getattr(got, field)), np.asarray(getattr(want, field))
+    frac = np.mean(g != w)
+    print(f'asymmetric {field}: mismatch fraction {frac:.2e}')
     assert frac < 1e-5, field

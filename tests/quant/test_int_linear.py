@@ -185,8 +185,8 @@ def test_uncovered_linears_fall_back_to_xla_int_dots(tiny, calibrated):
 
 
 def test_ssm_sites_use_the_act_quant_kernel_when_it_covers_them():
-  """B/C (symmetric, per step) run the Pallas kernel in int mode with the same codes as XLA;
-  Δ's asymmetric grid has no kernel and stays XLA."""
+  """B/C (symmetric, per step) and Δ (asymmetric) run the Pallas kernel in int mode with the
+  same codes as XLA."""
   x = 3.0 * jax.random.normal(jax.random.key(4), (2, 17, 16))
   x = x.at[:, 5, 3].set(40.0)                              # an outlier channel
   b_site = qtypes.ActQuantizer.calibrate(x, config.ActSpec(4, outlier_bits=8), mode='int')
