@@ -20,8 +20,9 @@ import jax.numpy as jnp
 from kernels_pallas.selective_scan import api as scan_api
 from ouromamba_jax.models import layers
 
-# Called per block and direction with (states (B,L,D,N) fp32, delta (B,L,D) after softplus,
-# C (B,L,N)), all in original token order; whatever it returns is sown into 'intermediates'.
+# Called per block and direction with (states (B,L,D,N) fp32 -- (B,L,N,D) with
+# state_layout='blnd' --, delta (B,L,D) after softplus, C (B,L,N)), all in original token order;
+# whatever it returns is sown into 'intermediates'.
 StateFeatureFn = Callable[[jax.Array, jax.Array, jax.Array], Any]
 
 DIRECTIONS = (('forward', ''), ('backward', '_b'))
