@@ -27,12 +27,14 @@ def default_implementation() -> str:
 
 def patched_readout(states, weights, c_patches, *, cls_index: int,
                     grid_size: tuple[int, int], neighbourhood: int = 5,
-                    states_layout: str = 'bldn', implementation: str | None = None,
+                    states_layout: str = 'bldn', reversed_tokens: bool = False,
+                    implementation: str | None = None,
                     interpret: bool | None = None,
                     block_config: PatchedReadoutBlockConfig | None = None):
   """See the module docstring; `states` fp32 (as the scan returns them), (B, L, D, N) for
   states_layout 'bldn' or the scan kernel's (B, L, N, D) for 'blnd' (no transpose for the
-  Pallas kernel)."""
+  Pallas kernel). `reversed_tokens`: the states' token axis runs backwards (the backward scan's
+  own order; patches, weights and C stay in token order), read without a flipped copy."""
   if states_layout not in STATES_LAYOUTS:
     raise ValueError(f'patched_readout: states_layout must be one of {STATES_LAYOUTS}, got '
                      f'{states_layout!r}.')
@@ -57,6 +59,8 @@ def patched_readout(states, weights, c_patches, *, cls_index: int,
     raise ValueError(f'patched_readout: unknown implementation {impl!r}; choose one of '
                      f'{IMPLEMENTATIONS} or None for the platform default.')
   if impl == 'xla':
+    if reversed_tokens:
+      states = jnp.flip(states, axis=1)
     if states_layout == 'blnd':
       states = jnp.swapaxes(states, 2, 3)
     return reference.patched_readout_xla(states, weights, c_patches, cls_index=cls_index,
@@ -68,4 +72,5 @@ def patched_readout(states, weights, c_patches, *, cls_index: int,
   f32 = lambda a: a.astype(jnp.float32)
   return pallas_triton.patched_readout(
       f32(states), f32(weights), f32(c_patches), int(cls_index), tuple(grid_size),
-      int(neighbourhood), cfg.block_d, cfg.num_warps, compat.resolve_interpret(interpret))
+      int(neighbourhood), bool(reversed_tokens), cfg.block_d, cfg.num_warps,
+      compat.resolve_interpret(interpret))

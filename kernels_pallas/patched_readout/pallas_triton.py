@@ -14,7 +14,8 @@ and nothing of size (B, P, D, N) is written.
 
 Replicate padding is the clip of the window's row and column: a border patch's window repeats
 the edge patches, exactly like the reference's banded matrices. The class token is skipped by
-mapping patch p to token p + (p >= cls_index).
+mapping patch p to token t = p + (p >= cls_index), or to row L - 1 - t when the states are in
+the backward scan's order (`reversed_tokens`: no flipped copy of the states).
 
 Backward (custom VJP), one kernel, two walks over the grid per program:
   over source patches k:  G_k = Σ_τ m(τ, k) g_τ ⊗ C_τ   (τ in the p×p window around k, m the
@@ -38,10 +39,12 @@ from kernels_pallas.patched_readout.config import next_pow2
 class _Grid:
   """Static geometry: patch grid, window radius, class-token index, tile sizes."""
 
-  def __init__(self, grid_size, neighbourhood, cls_index, channels, n_state, block_d):
+  def __init__(self, grid_size, neighbourhood, cls_index, channels, n_state, block_d, length,
+               reversed_tokens):
     self.gh, self.gw = grid_size
     self.r = neighbourhood // 2
     self.cls = cls_index
+    self.length, self.reversed = length, reversed_tokens
     self.channels, self.n_state = channels, n_state
     self.block_d, self.n_pad = block_d, max(2, next_pow2(n_state))
 
@@ -59,7 +62,14 @@ class _Grid:
     return row, patch - row * self.gw
 
   def token(self, patch):
-    return jnp.where(patch >= self.cls, patch + 1, patch)
+    """Row of `states` holding a patch (the class token skipped; counted from the end when
+    the states are in the backward scan's reversed order)."""
+    t = jnp.where(patch >= self.cls, patch + 1, patch)
+    return self.length - 1 - t if self.reversed else t
+
+  @property
+  def cls_row(self) -> int:
+    return self.length - 1 - self.cls if self.reversed else self.cls
 
   def tile_masks(self):
     d0 = pl.program_id(1) * self.block_d
@@ -115,7 +125,7 @@ def _backward_kernel(h_ref, w_ref, c_ref, g_ref, dh_ref, dw_ref, dc_ref, *, geo:
   d0, d_ok, n_ok = geo.tile_masks()
   mask = n_ok[:, None] & d_ok[None, :]
   # The class token's state is not a patch: its cotangent is 0.
-  plgpu.store(dh_ref.at[b, jnp.int32(geo.cls), pl.ds(0, geo.n_pad), pl.ds(d0, geo.block_d)],
+  plgpu.store(dh_ref.at[b, jnp.int32(geo.cls_row), pl.ds(0, geo.n_pad), pl.ds(d0, geo.block_d)],
               jnp.zeros((geo.n_pad, geo.block_d), jnp.float32), mask=mask)
 
   def per_source(k, carry):
@@ -149,14 +159,15 @@ def _backward_kernel(h_ref, w_ref, c_ref, g_ref, dh_ref, dw_ref, dc_ref, *, geo:
   jax.lax.fori_loop(0, geo.patches, per_patch, 0)
 
 
-def _geometry(states, cls_index, grid_size, neighbourhood, block_d):
-  _, _, n_state, channels = states.shape
-  return _Grid(tuple(grid_size), neighbourhood, cls_index, channels, n_state, block_d)
+def _geometry(states, cls_index, grid_size, neighbourhood, block_d, reversed_tokens):
+  _, length, n_state, channels = states.shape
+  return _Grid(tuple(grid_size), neighbourhood, cls_index, channels, n_state, block_d, length,
+               reversed_tokens)
 
 
-def _forward(states, weights, c_patches, cls_index, grid_size, neighbourhood, block_d, num_warps,
-             interpret):
-  geo = _geometry(states, cls_index, grid_size, neighbourhood, block_d)
+def _forward(states, weights, c_patches, cls_index, grid_size, neighbourhood, reversed_tokens,
+             block_d, num_warps, interpret):
+  geo = _geometry(states, cls_index, grid_size, neighbourhood, block_d, reversed_tokens)
   batch = states.shape[0]
   compat.filter_triton_deprecation()
   return pl.pallas_call(
@@ -168,9 +179,9 @@ def _forward(states, weights, c_patches, cls_index, grid_size, neighbourhood, bl
   )(states, weights, c_patches)
 
 
-def _backward(states, weights, c_patches, g, cls_index, grid_size, neighbourhood, block_d,
-              num_warps, interpret):
-  geo = _geometry(states, cls_index, grid_size, neighbourhood, block_d)
+def _backward(states, weights, c_patches, g, cls_index, grid_size, neighbourhood,
+              reversed_tokens, block_d, num_warps, interpret):
+  geo = _geometry(states, cls_index, grid_size, neighbourhood, block_d, reversed_tokens)
   batch, blocks = states.shape[0], pl.cdiv(geo.channels, block_d)
   compat.filter_triton_deprecation()
   dh, dw, dc = pl.pallas_call(
@@ -184,23 +195,24 @@ def _backward(states, weights, c_patches, g, cls_index, grid_size, neighbourhood
   return dh, jnp.sum(dw, axis=1), jnp.sum(dc, axis=1)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7, 8))
-def patched_readout(states, weights, c_patches, cls_index, grid_size, neighbourhood, block_d,
-                    num_warps, interpret):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7, 8, 9))
+def patched_readout(states, weights, c_patches, cls_index, grid_size, neighbourhood,
+                    reversed_tokens, block_d, num_warps, interpret):
   """(B, P, D) fp32 from fp32 states in the scan kernel's (B, L, N, D) layout, weights (B, P),
   c_patches (B, P, N)."""
-  return _forward(states, weights, c_patches, cls_index, grid_size, neighbourhood, block_d,
-                  num_warps, interpret)
+  return _forward(states, weights, c_patches, cls_index, grid_size, neighbourhood,
+                  reversed_tokens, block_d, num_warps, interpret)
 
 
 def _vjp_forward(states, weights, c_patches, *static):
   return patched_readout(states, weights, c_patches, *static), (states, weights, c_patches)
 
 
-def _vjp_backward(cls_index, grid_size, neighbourhood, block_d, num_warps, interpret, saved, g):
+def _vjp_backward(cls_index, grid_size, neighbourhood, reversed_tokens, block_d, num_warps,
+                  interpret, saved, g):
   states, weights, c_patches = saved
   return _backward(states, weights, c_patches, g.astype(jnp.float32), cls_index, grid_size,
-                   neighbourhood, block_d, num_warps, interpret)
+                   neighbourhood, reversed_tokens, block_d, num_warps, interpret)
 
 
 patched_readout.defvjp(_vjp_forward, _vjp_backward)

@@ -18,8 +18,9 @@ from ouromamba_jax.gen import losses
 from ouromamba_jax.gen import patched_state
 
 LOSS_NAMES = ('total', 'contrastive', 'pse', 'output')
-# The hook takes the states in the scan kernel's (B, L, N, D) layout: no transpose of the
-# (B, L, Di, N) tensor on the way to the patched-readout kernel (and back for its gradient).
+# The hook takes the states in the scan kernel's (B, L, N, D) layout and, for the backward
+# direction, in scan order: no transpose and no flipped copy of the (B, L, Di, N) tensor on the
+# way to the patched-readout kernel (and back for its gradient).
 STATES_LAYOUT = 'blnd'
 
 
@@ -87,12 +88,13 @@ class LossSpec:
 
 def make_state_feature_fn(spec: LossSpec, cls_index: int, grid_size: tuple[int, int]):
   """The model hook: (states, delta, C) of one block/direction -> {'contrastive', 'pse'}: (B,)."""
-  def state_losses(states, delta, c_mat):
+  def state_losses(states, delta, c_mat, reversed_tokens=False):
     feats = patched_state.patch_features(
         states, delta, c_mat, cls_index=cls_index, grid_size=grid_size,
         neighbourhood=spec.neighbourhood, weighting=spec.state_weighting,
         normalization=spec.delta_normalization, feature=spec.feature,
-        implementation=spec.readout_implementation or None, states_layout=STATES_LAYOUT)
+        implementation=spec.readout_implementation or None, states_layout=STATES_LAYOUT,
+        reversed_tokens=reversed_tokens)
     out = {}
     if spec.contrastive_weight:
       out['contrastive'] = losses.patch_contrastive_loss(feats, spec.num_positives,
@@ -116,6 +118,7 @@ def generation_model(model, spec: LossSpec, remat: bool = True, scan_implementat
   if spec.uses_states:
     fields['state_feature_fn'] = make_state_feature_fn(spec, model.cls_index, model.grid_size)
     fields['state_layout'] = STATES_LAYOUT
+    fields['state_order'] = 'scan'
   return model.clone(**fields)
 
 

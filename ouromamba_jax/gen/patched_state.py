@@ -65,9 +65,11 @@ def token_weights(delta_patches: jax.Array, weighting: str = 'delta',
 def patched_states(states: jax.Array, delta: jax.Array, *, cls_index: int,
                    grid_size: tuple[int, int], neighbourhood: int = 5,
                    weighting: str = 'delta', normalization: str = 'minmax',
-                   states_layout: str = 'bldn') -> jax.Array:
-  """h_p for every patch: states (B, L, Di, N) (or (B, L, N, Di) with states_layout 'blnd'),
-  delta (B, L, Di) -> (B, P, Di, N) fp32."""
+                   states_layout: str = 'bldn', reversed_tokens: bool = False) -> jax.Array:
+  """h_p for every patch: states (B, L, Di, N) (or (B, L, N, Di) with states_layout 'blnd'; token
+  axis backwards with reversed_tokens), delta (B, L, Di) -> (B, P, Di, N) fp32."""
+  if reversed_tokens:
+    states = jnp.flip(states, axis=1)
   if states_layout == 'blnd':
     states = jnp.swapaxes(states, 2, 3)
   w = token_weights(drop_class_token(delta, cls_index), weighting, normalization)
@@ -79,7 +81,7 @@ def patch_features(states: jax.Array, delta: jax.Array, c_mat: jax.Array, *, cls
                    grid_size: tuple[int, int], neighbourhood: int = 5,
                    weighting: str = 'delta', normalization: str = 'minmax',
                    feature: str = 'readout', implementation: str | None = None,
-                   states_layout: str = 'bldn') -> jax.Array:
+                   states_layout: str = 'bldn', reversed_tokens: bool = False) -> jax.Array:
   """Patch features from h_p: 'readout' = C_τ·h_p(τ) (B, P, Di), 'state' = h_p (B, P, Di·N).
 
   'readout' is what the S6 output would be with h_p in place of h (without the D·u skip and
@@ -92,10 +94,12 @@ def patch_features(states: jax.Array, delta: jax.Array, c_mat: jax.Array, *, cls
   if feature == 'state':
     hp = patched_states(states, delta, cls_index=cls_index, grid_size=grid_size,
                         neighbourhood=neighbourhood, weighting=weighting,
-                        normalization=normalization, states_layout=states_layout)
+                        normalization=normalization, states_layout=states_layout,
+                        reversed_tokens=reversed_tokens)
     return hp.reshape(hp.shape[:2] + (-1,))
   w = token_weights(drop_class_token(delta, cls_index), weighting, normalization)
   return readout_api.patched_readout(states, w, drop_class_token(c_mat, cls_index),
                                      cls_index=cls_index, grid_size=grid_size,
                                      neighbourhood=neighbourhood, states_layout=states_layout,
+                                     reversed_tokens=reversed_tokens,
                                      implementation=implementation)

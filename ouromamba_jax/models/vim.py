@@ -21,8 +21,9 @@ from kernels_pallas.selective_scan import api as scan_api
 from ouromamba_jax.models import layers
 
 # Called per block and direction with (states (B,L,D,N) fp32 -- (B,L,N,D) with
-# state_layout='blnd' --, delta (B,L,D) after softplus, C (B,L,N)), all in original token order;
-# whatever it returns is sown into 'intermediates'.
+# state_layout='blnd' --, delta (B,L,D) after softplus, C (B,L,N)), all in original token order
+# (with state_order='scan' the backward direction's states are not flipped and the call adds
+# reversed_tokens=True); whatever it returns is sown into 'intermediates'.
 StateFeatureFn = Callable[[jax.Array, jax.Array, jax.Array], Any]
 
 DIRECTIONS = (('forward', ''), ('backward', '_b'))
@@ -71,9 +72,12 @@ class BiMambaV2Mixer(nn.Module):
   state_feature_fn: Optional[StateFeatureFn] = None
   quant_implementation: Optional[str] = None
   state_layout: str = 'bldn'
+  state_order: str = 'token'
 
   @nn.compact
   def __call__(self, hidden):
+    if self.state_order not in ('token', 'scan'):
+      raise ValueError(f"state_order must be 'token' or 'scan', got {self.state_order!r}")
     d_inner = self.expand * self.d_model
     dt_rank = self.dt_rank or math.ceil(self.d_model / 16)
     std = 0.02
@@ -111,8 +115,12 @@ class BiMambaV2Mixer(nn.Module):
           implementation=self.scan_implementation, states_layout=self.state_layout)
       if self.state_feature_fn is not None:
         y, states = scan_out
-        feats = self.state_feature_fn(
-            flip(states), flip(jax.nn.softplus(delta.astype(jnp.float32))), flip(c_mat))
+        delta_tokens = flip(jax.nn.softplus(delta.astype(jnp.float32)))
+        if self.state_order == 'scan':  # the backward direction's states stay reversed
+          feats = self.state_feature_fn(states, delta_tokens, flip(c_mat),
+                                        reversed_tokens=bool(suffix))
+        else:
+          feats = self.state_feature_fn(flip(states), delta_tokens, flip(c_mat))
         self.sow('intermediates', f'state_features_{direction}', feats)
       else:
         y = scan_out
@@ -183,6 +191,9 @@ class VisionMamba(nn.Module):
   # Layout of the states handed to state_feature_fn: 'bldn' (B, L, D, N) or 'blnd' (B, L, N, D),
   # the Triton scan kernel's own (Gen uses it: no transpose of the largest tensor).
   state_layout: str = 'bldn'
+  # 'token': states in token order; 'scan': the backward direction's states are handed over in
+  # its scan order (no flipped copy) and the hook gets reversed_tokens=True for them.
+  state_order: str = 'token'
   # Kernels of quantized Linears in integer mode (act_quant + mixed_gemm): 'xla' | 'triton' |
   # None (Triton on GPU, XLA elsewhere). Float and fake-quant params ignore it.
   quant_implementation: Optional[str] = None
@@ -209,7 +220,7 @@ class VisionMamba(nn.Module):
         self.d_model, self.d_state, self.d_conv, self.expand, self.dt_rank, self.depth,
         self.dtype, self.scan_implementation, self.state_feature_fn,
         quant_implementation=self.quant_implementation, state_layout=self.state_layout,
-        name=name)
+        state_order=self.state_order, name=name)
 
   def setup(self):
     # Defined here, not inline, so that `embed` and `classify` also run on their own

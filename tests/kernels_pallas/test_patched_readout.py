@@ -67,6 +67,24 @@ def test_kernel_layout_states_give_the_same_features(impl):
     api.patched_readout(states, weights, c_patches, states_layout='nbld', **kw)
 
 
+@pytest.mark.parametrize('impl', ['xla', 'triton'])
+def test_reversed_token_states_give_the_same_features_and_gradients(impl):
+  """States in the backward scan's order (no flipped copy) vs flipped ones: same features, and
+  the gradient comes back in the order it was given (class-token row zero at its own place)."""
+  states, weights, c_patches, g = _inputs(4, 2, (3, 4), 20, 16)
+  kw = dict(cls_index=5, grid_size=(3, 4), neighbourhood=3, implementation=impl,
+            interpret=True, block_config=PatchedReadoutBlockConfig(16, 4))
+  flipped = jnp.flip(states, axis=1)
+  want, want_vjp = jax.vjp(lambda h: api.patched_readout(h, weights, c_patches, **kw), states)
+  got, got_vjp = jax.vjp(lambda h: api.patched_readout(h, weights, c_patches,
+                                                       reversed_tokens=True, **kw), flipped)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)
+  (dh,), (want_dh,) = got_vjp(g), want_vjp(g)
+  np.testing.assert_allclose(np.asarray(dh), np.asarray(jnp.flip(want_dh, axis=1)), rtol=1e-6,
+                             atol=1e-6)
+  np.testing.assert_array_equal(np.asarray(dh[:, 12 - 5]), 0.0)   # L - 1 - cls_index
+
+
 def test_reference_equals_a_brute_force_loop():
   states, weights, c_patches, _ = _inputs(0, 1, (3, 4), 3, 2)
   gh, gw, r, cls = 3, 4, 1, 6
@@ -127,7 +145,7 @@ def test_kernels_lower_to_triton_for_h100():
   device = jax.sharding.AbstractDevice(device_kind='NVIDIA H100 80GB HBM3', num_cores=132,
                                        platform='cuda')
   mesh = jax.sharding.AbstractMesh((1,), ('x',), abstract_device=device)
-  static = (98, (14, 14), 5, 64, 4, False)
+  static = (98, (14, 14), 5, True, 64, 4, False)  # reversed token order: the harder index map
   forward = jax.jit(lambda h, w, c: pallas_triton.patched_readout(h, w, c, *static))
   backward = jax.jit(lambda h, w, c: pallas_triton._backward(h, w, c, h[:, 1:, 0, :], *static))  # pylint: disable=protected-access
   with warnings.catch_warnings():
