@@ -25,7 +25,8 @@ class PatchedReadoutBlockConfig:
   num_warps: int = 4
 
   def __post_init__(self):
-    if not isinstance(self.block_d, int) or not _is_pow2(self.block_d) or not 16 <= self.block_d <= 256:
+    bd = self.block_d
+    if not isinstance(bd, int) or not _is_pow2(bd) or not 16 <= bd <= 256:
       raise ValueError(f'PatchedReadoutBlockConfig.block_d={self.block_d!r}: must be a power of '
                        'two in [16, 256].')
     if self.num_warps not in _VALID_WARPS:

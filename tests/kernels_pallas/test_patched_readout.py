@@ -145,9 +145,10 @@ def test_kernels_lower_to_triton_for_h100():
   device = jax.sharding.AbstractDevice(device_kind='NVIDIA H100 80GB HBM3', num_cores=132,
                                        platform='cuda')
   mesh = jax.sharding.AbstractMesh((1,), ('x',), abstract_device=device)
-  static = (98, (14, 14), 5, True, 64, 4, False)  # reversed token order: the harder index map
+  static = (98, (14, 14), 5, True, 64, 4, False)  # reversed tokens: the harder index map
   forward = jax.jit(lambda h, w, c: pallas_triton.patched_readout(h, w, c, *static))
-  backward = jax.jit(lambda h, w, c: pallas_triton._backward(h, w, c, h[:, 1:, 0, :], *static))  # pylint: disable=protected-access
+  backward = jax.jit(lambda h, w, c: pallas_triton._backward(  # pylint: disable=protected-access
+      h, w, c, h[:, 1:, 0, :], *static))
   with warnings.catch_warnings():
     warnings.simplefilter('error')
     with jax.sharding.use_abstract_mesh(mesh):
