@@ -1,9 +1,12 @@
 """What every kernel microbenchmark shares: H100 roofline constants, timing, report output."""
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import time
+
+from typing import Any, Callable
 
 import jax
 
@@ -36,3 +39,22 @@ def write_report(report, path) -> None:
   if path:
     with open(path, 'w') as f:
       json.dump(report, f, indent=2)
+
+
+def main(doc: str, run: Callable[[argparse.Namespace], dict[str, Any]],
+         print_table: Callable[[dict[str, Any]], None], argv=None, *, inner: int = 10,
+         add_options: Callable[[argparse.ArgumentParser], None] = lambda parser: None):
+  """The command line every table-printing microbenchmark shares: --out, --smoke, --trials,
+  --inner plus the bench's own options; runs, writes the JSON report, prints the table."""
+  parser = argparse.ArgumentParser(description=doc,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--out', help='write the JSON report here')
+  parser.add_argument('--smoke', action='store_true', help='tiny shapes, CPU interpret mode')
+  parser.add_argument('--trials', type=int, default=15)
+  parser.add_argument('--inner', type=int, default=inner)
+  add_options(parser)
+  args = parser.parse_args(argv)
+  report = run(args)
+  write_report(report, args.out)
+  print_table(report)
+  return report

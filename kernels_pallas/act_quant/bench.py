@@ -12,7 +12,6 @@ median of back-to-back batches). Before timing, the kernel's outputs are compare
 """
 from __future__ import annotations
 
-import argparse
 
 import jax
 import jax.numpy as jnp
@@ -125,18 +124,9 @@ def print_table(report):
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--out', help='write the JSON report here')
-  parser.add_argument('--smoke', action='store_true', help='tiny shapes, CPU interpret mode')
-  parser.add_argument('--dtype', default='bfloat16', help='activation dtype (bfloat16|float32)')
-  parser.add_argument('--trials', type=int, default=15)
-  parser.add_argument('--inner', type=int, default=10)
-  args = parser.parse_args(argv)
-  report = run(args)
-  _bench.write_report(report, args.out)
-  print_table(report)
-  return report
+  def options(parser):
+    parser.add_argument('--dtype', default='bfloat16', help='activation dtype (bfloat16|float32)')
+  return _bench.main(__doc__, run, print_table, argv, add_options=options)
 
 
 if __name__ == '__main__':

@@ -7,16 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 
+from kernels_pallas._blocks import is_pow2, next_pow2
+
 _VALID_WARPS = (1, 2, 4, 8, 16)
 MAX_BLOCK_C = 8192  # one step's channels must fit in the registers of one program
-
-
-def _is_pow2(v: int) -> bool:
-  return v > 0 and (v & (v - 1)) == 0
-
-
-def next_pow2(v: int) -> int:
-  return 1 << max(0, (v - 1).bit_length())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +21,7 @@ class ActQuantBlockConfig:
 
   def __post_init__(self):
     if self.block_c is not None and (not isinstance(self.block_c, int)
-                                     or not _is_pow2(self.block_c)
+                                     or not is_pow2(self.block_c)
                                      or not 16 <= self.block_c <= MAX_BLOCK_C):
       raise ValueError(f'ActQuantBlockConfig.block_c={self.block_c!r}: must be a power of two in '
                        f'[16, {MAX_BLOCK_C}] (or None to derive it from C).')

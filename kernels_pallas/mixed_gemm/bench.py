@@ -13,7 +13,6 @@ sums are checked equal to XLA's at every shape (`exact` in the JSON).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 
 import jax
@@ -202,19 +201,10 @@ def print_table(report):
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--out', help='write the JSON report here')
-  parser.add_argument('--smoke', action='store_true', help='tiny shapes, CPU interpret mode')
-  parser.add_argument('--sweep', action='store_true', help='also time a few block configs')
-  parser.add_argument('--tokens', type=int, default=VIM_TOKENS)
-  parser.add_argument('--trials', type=int, default=15)
-  parser.add_argument('--inner', type=int, default=10)
-  args = parser.parse_args(argv)
-  report = run(args)
-  _bench.write_report(report, args.out)
-  print_table(report)
-  return report
+  def options(parser):
+    parser.add_argument('--sweep', action='store_true', help='also time a few block configs')
+    parser.add_argument('--tokens', type=int, default=VIM_TOKENS)
+  return _bench.main(__doc__, run, print_table, argv, add_options=options)
 
 
 if __name__ == '__main__':

@@ -8,15 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from kernels_pallas._blocks import is_pow2, next_pow2
+
 _VALID_WARPS = (1, 2, 4, 8, 16)
-
-
-def _is_pow2(v: int) -> bool:
-  return v > 0 and (v & (v - 1)) == 0
-
-
-def _next_pow2(v: int) -> int:
-  return 1 << max(0, (v - 1).bit_length())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +25,7 @@ class MixedGemmBlockConfig:
   def __post_init__(self):
     for name in ('block_m', 'block_n', 'block_k'):
       value = getattr(self, name)
-      if not isinstance(value, int) or not _is_pow2(value) or value < 16:
+      if not isinstance(value, int) or not is_pow2(value) or value < 16:
         raise ValueError(f'MixedGemmBlockConfig.{name}={value!r}: must be a power of two >= 16 '
                          '(Triton tiles are powers of two; the MMA needs 16 rows/cols).')
     if self.block_k < 64:
@@ -51,8 +45,8 @@ def default_block_config(m: int, n: int, k: int) -> MixedGemmBlockConfig:
   K = 192, 384, 768, 1536); a K that none divides is zero-padded to a multiple of 64.
   """
   block_k = next((bk for bk in (256, 128, 64) if k % bk == 0), 64)
-  block_m = min(128, max(16, _next_pow2(m)))
-  block_n = min(128, max(16, _next_pow2(n)))
+  block_m = min(128, max(16, next_pow2(m)))
+  block_n = min(128, max(16, next_pow2(n)))
   num_warps = 8 if block_m * block_n >= 128 * 128 else 4
   return MixedGemmBlockConfig(block_m=block_m, block_n=block_n, block_k=block_k,
                               num_warps=num_warps, num_stages=3)

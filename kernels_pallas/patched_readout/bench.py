@@ -12,7 +12,6 @@ gradients are compared with the reference (`rel_err`, ‖out − ref‖ / ‖ref
 """
 from __future__ import annotations
 
-import argparse
 
 import jax
 import jax.numpy as jnp
@@ -95,19 +94,10 @@ def print_table(report):
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--out', help='write the JSON report here')
-  parser.add_argument('--smoke', action='store_true', help='tiny shapes, CPU interpret mode')
-  parser.add_argument('--block_d', type=int, default=64)
-  parser.add_argument('--num_warps', type=int, default=4)
-  parser.add_argument('--trials', type=int, default=15)
-  parser.add_argument('--inner', type=int, default=5)
-  args = parser.parse_args(argv)
-  report = run(args)
-  _bench.write_report(report, args.out)
-  print_table(report)
-  return report
+  def options(parser):
+    parser.add_argument('--block_d', type=int, default=64)
+    parser.add_argument('--num_warps', type=int, default=4)
+  return _bench.main(__doc__, run, print_table, argv, inner=5, add_options=options)
 
 
 if __name__ == '__main__':

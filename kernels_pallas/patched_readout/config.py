@@ -7,15 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from kernels_pallas._blocks import is_pow2
+
 _VALID_WARPS = (1, 2, 4, 8)
-
-
-def _is_pow2(v: int) -> bool:
-  return v > 0 and (v & (v - 1)) == 0
-
-
-def next_pow2(v: int) -> int:
-  return 1 << max(0, (v - 1).bit_length())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,7 +20,7 @@ class PatchedReadoutBlockConfig:
 
   def __post_init__(self):
     bd = self.block_d
-    if not isinstance(bd, int) or not _is_pow2(bd) or not 16 <= bd <= 256:
+    if not isinstance(bd, int) or not is_pow2(bd) or not 16 <= bd <= 256:
       raise ValueError(f'PatchedReadoutBlockConfig.block_d={self.block_d!r}: must be a power of '
                        'two in [16, 256].')
     if self.num_warps not in _VALID_WARPS:

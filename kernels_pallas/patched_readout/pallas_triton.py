@@ -33,7 +33,7 @@ import jax.numpy as jnp
 
 from kernels_pallas import _pallas_compat as compat
 from kernels_pallas._pallas_compat import pl, plgpu
-from kernels_pallas.patched_readout.config import next_pow2
+from kernels_pallas._blocks import next_pow2
 
 
 class _Grid:

@@ -1,0 +1,11 @@
+"""Block-size arithmetic every kernel config shares: Triton tiles are powers of two."""
+from __future__ import annotations
+
+
+def is_pow2(v: int) -> bool:
+  return v > 0 and (v & (v - 1)) == 0
+
+
+def next_pow2(v: int) -> int:
+  """The smallest power of two >= v (1 for v <= 1)."""
+  return 1 << max(0, (v - 1).bit_length())
