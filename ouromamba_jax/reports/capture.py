@@ -1,9 +1,12 @@
 """Inputs and outputs of every Linear of a model run (float or quantized params)."""
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 
+from ouromamba_jax.models import blockwise
 from ouromamba_jax.models import layers
 
 
@@ -27,3 +30,18 @@ def module_linear_io(module: nn.Module, params, *args, method=None
 def linear_io(model, params, images) -> dict[str, tuple[jax.Array, jax.Array]]:
   """{Linear path: (input, output)} of one whole forward pass (traceable: use under jit)."""
   return module_linear_io(model, params, images)
+
+
+def per_piece(model, trees, images, paths, piece_fn) -> dict[str, Any]:
+  """{path: value} for Linear `paths`, computed piece by piece of the block-by-block forward
+  (`blockwise.stages`, so one block compiles): for each piece holding some of the paths,
+  `piece_fn(module, method, relative_paths, *subtrees, *inputs)` returns {relative path: value}.
+  `trees` (e.g. FP and quantized) run side by side."""
+  out = {}
+  for prefix, module, method, subtrees, inputs in blockwise.stages(model, trees, images):
+    own = tuple(p[len(prefix):] for p in paths if p.startswith(prefix)
+                and (prefix or not p.startswith('layers_')))
+    if own:
+      values = piece_fn(module, method, own, *subtrees, *inputs)
+      out.update({prefix + p: v for p, v in values.items()})
+  return out

@@ -20,7 +20,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ouromamba_jax.models import blockwise
 from ouromamba_jax.quant import qtypes
 from ouromamba_jax.quant import rewrite
 from ouromamba_jax.reports import capture
@@ -64,19 +63,6 @@ def _stage_sums(module, method, paths: tuple[str, ...], tree_fp, tree_q, inputs_
   return out
 
 
-def _batch_sums(model, params, qparams, images, paths: Sequence[str]):
-  """{path: sums} of one batch, piece by piece (`models.blockwise`: one block compiles)."""
-  out = {}
-  for prefix, module, method, (tree_fp, tree_q), (in_fp, in_q) in blockwise.stages(
-      model, (params, qparams), images):
-    own = tuple(p[len(prefix):] for p in paths if p.startswith(prefix)
-                and (prefix or not p.startswith('layers_')))
-    if own:
-      sums = _stage_sums(module, method, own, tree_fp, tree_q, in_fp, in_q)
-      out.update({prefix + p: v for p, v in sums.items()})
-  return out
-
-
 def _db(signal, noise) -> float:
   if noise <= 0:
     return math.inf
@@ -91,7 +77,8 @@ def layer_errors(model, params, qparams, images, batch_size: int = 16) -> list[d
   images = jnp.asarray(images, jnp.float32)
   totals = None
   for start in range(0, images.shape[0], batch_size):
-    part = _batch_sums(model, params, qparams, images[start:start + batch_size], paths)
+    part = capture.per_piece(model, (params, qparams), images[start:start + batch_size],
+                             paths, _stage_sums)
     part = {p: np.asarray(v, np.float64) for p, v in part.items()}
     totals = part if totals is None else {p: totals[p] + part[p] for p in paths}
   rows = []

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ouromamba_jax.models import blockwise
 from ouromamba_jax.quant import activations as act_lib
 from ouromamba_jax.quant import qtypes
 from ouromamba_jax.quant import rewrite
@@ -59,18 +58,6 @@ def _stage_counts(module, method, paths: tuple[str, ...], tree, inputs):
   return out
 
 
-def _batch_counts(model, qparams, images, paths: Sequence[str]):
-  """{path: counts} of one batch, piece by piece (`models.blockwise`: one block compiles)."""
-  out = {}
-  for prefix, module, method, (tree,), (inputs,) in blockwise.stages(model, (qparams,), images):
-    own = tuple(p[len(prefix):] for p in paths if p.startswith(prefix)
-                and (prefix or not p.startswith('layers_')))
-    if own:
-      counts = _stage_counts(module, method, own, tree, inputs)
-      out.update({prefix + p: v for p, v in counts.items()})
-  return out
-
-
 def outlier_rates(model, qparams, images, batch_size: int = 16) -> dict[str, Any]:
   """{'sites': {path: rate (L,)}, 'blocks': (depth, L) mean rate per block (None rows: no
   outlier sites), 'tokens': L}; rates are fractions of (sample, channel) entries."""
@@ -80,7 +67,8 @@ def outlier_rates(model, qparams, images, batch_size: int = 16) -> dict[str, Any
     return {'sites': {}, 'blocks': [], 'tokens': 0, 'images': int(images.shape[0])}
   counts = None
   for start in range(0, images.shape[0], batch_size):
-    part = _batch_counts(model, qparams, images[start:start + batch_size], paths)
+    part = capture.per_piece(model, (qparams,), images[start:start + batch_size], paths,
+                             _stage_counts)
     part = {p: np.asarray(v, np.float64) for p, v in part.items()}
     counts = part if counts is None else {p: counts[p] + part[p] for p in paths}
   sites = {}
