@@ -86,7 +86,7 @@ def act_quant(x, inlier_scale, spec: ActSpec, zero_point=None, *, pack_int4: boo
                      'them with `calibrate_inlier_scale`.')
   q_in, q_out, o_scale, mask, scale, o_zero = pallas_triton.act_quant(
       x, inlier_scale, None if spec.symmetric else zero_point,
-      grid=(spec.qmin, spec.qmax, spec.outlier_qmin, spec.outlier_qmax), k=float(spec.k),
+      code_range=(spec.qmin, spec.qmax, spec.outlier_qmin, spec.outlier_qmax), k=float(spec.k),
       n_refresh=int(spec.n_refresh), trigger=spec.trigger, std_ddof=int(spec.std_ddof),
       detect=spec.outliers == 'int', pack=pack_int4, block_c=block_c, num_warps=num_warps,
       interpret=interpret)

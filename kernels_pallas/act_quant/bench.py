@@ -12,7 +12,6 @@ median of back-to-back batches). Before timing, the kernel's outputs are compare
 """
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 

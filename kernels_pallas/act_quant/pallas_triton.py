@@ -40,6 +40,7 @@ import numpy as np
 from kernels_pallas import _pallas_compat as compat
 from kernels_pallas._pallas_compat import pl, plgpu
 from kernels_pallas.mixed_gemm import reference as int4_format
+from ouromamba_jax.quant.activations import int_dtype
 
 MIN_SCALE = 1e-8  # floor of every step (ouromamba_jax.quant.search.MIN_SCALE)
 
@@ -231,23 +232,18 @@ def _batch_kernel(x_ref, s_ref, inv_ref, z_ref, qin_ref, *outlier_refs, math: _M
   jax.lax.fori_loop(0, n_refresh, step, jnp.zeros((), jnp.int32))
 
 
-def _code_dtype(qmin: int, qmax: int):
-  """int8 when the grid fits a signed byte, else int32 (`activations.int_dtype`)."""
-  return jnp.int8 if qmin >= -128 and qmax <= 127 else jnp.int32
-
-
 @functools.partial(jax.jit, static_argnames=(
-    'grid', 'k', 'n_refresh', 'trigger', 'std_ddof', 'detect', 'pack', 'block_c', 'num_warps',
-    'interpret'))
-def act_quant(x, inlier_scale, zero_point, *, grid: tuple[int, int, int, int], k: float,
+    'code_range', 'k', 'n_refresh', 'trigger', 'std_ddof', 'detect', 'pack', 'block_c',
+    'num_warps', 'interpret'))
+def act_quant(x, inlier_scale, zero_point, *, code_range: tuple[int, int, int, int], k: float,
               n_refresh: int, trigger: str, std_ddof: int, detect: bool, pack: bool,
               block_c: int, num_warps: int, interpret: bool = False):
   """Validated (B, L, C) input, (L,) steps and (L,) zero points (None: symmetric) ->
   (inlier codes, outlier codes, outlier scale, mask, clamped inlier scale, outlier zero points
-  (B, L) int32 or None). grid = (qmin, qmax, outlier qmin, outlier qmax). Without `detect`
-  (outliers='none') the outlier outputs are constants."""
+  (B, L) int32 or None). code_range = (qmin, qmax, outlier qmin, outlier qmax). Without
+  `detect` (outliers='none') the outlier outputs are constants."""
   batch, length, channels = x.shape
-  qmin, qmax, o_qmin, o_qmax = grid
+  qmin, qmax, o_qmin, o_qmax = code_range
   symmetric = zero_point is None
   n_windows = -(-length // n_refresh)
   scale = jnp.maximum(inlier_scale.astype(jnp.float32), MIN_SCALE)
@@ -259,8 +255,8 @@ def act_quant(x, inlier_scale, zero_point, *, grid: tuple[int, int, int, int], k
                   else zero_point.astype(jnp.float32), (0, pad))
   math = _Math(channels=channels, block_c=block_c, qmin=float(qmin), qmax=float(qmax),
                o_qmin=float(o_qmin), o_qmax=float(o_qmax), k=float(k), ddof=std_ddof,
-               interpret=interpret, symmetric=symmetric, code_dtype=_code_dtype(qmin, qmax),
-               outlier_dtype=_code_dtype(o_qmin, o_qmax))
+               interpret=interpret, symmetric=symmetric, code_dtype=int_dtype(qmin, qmax),
+               outlier_dtype=int_dtype(o_qmin, o_qmax))
   out_shape = [jax.ShapeDtypeStruct((batch, length, channels // 2 if pack else channels),
                                     jnp.int8 if pack else math.code_dtype)]
   if detect:
@@ -271,13 +267,13 @@ def act_quant(x, inlier_scale, zero_point, *, grid: tuple[int, int, int, int], k
       out_shape.append(jax.ShapeDtypeStruct((batch, length), jnp.int32))
   common = dict(math=math, length=length, n_refresh=n_refresh, pack=pack)
   if detect and trigger == 'batch':
-    kernel, grid_ = functools.partial(_batch_kernel, batch=batch, **common), (n_windows,)
+    kernel, grid = functools.partial(_batch_kernel, batch=batch, **common), (n_windows,)
   else:
     kernel = functools.partial(_sample_kernel, detect=detect, **common)
-    grid_ = (batch, n_windows)
+    grid = (batch, n_windows)
   compat.filter_triton_deprecation()
   outs = pl.pallas_call(
-      kernel, out_shape=out_shape, grid=grid_, interpret=interpret,
+      kernel, out_shape=out_shape, grid=grid, interpret=interpret,
       name=f'act_quant_{trigger if detect else "static"}',
       compiler_params=compat.triton_compiler_params(num_warps, 1),
   )(x, s_pad, inv_pad, z_pad)

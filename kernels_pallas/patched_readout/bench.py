@@ -12,7 +12,6 @@ gradients are compared with the reference (`rel_err`, ‖out − ref‖ / ‖ref
 """
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 

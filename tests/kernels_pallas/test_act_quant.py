@@ -197,12 +197,12 @@ def test_kernel_lowers_to_triton_for_h100(trigger, symmetric):
   mesh = AbstractMesh((1,), ('x',), abstract_device=h100)
   b, l, c = 64, 197, 1536
   zero = None if symmetric else jax.ShapeDtypeStruct((l,), jnp.int32)
-  grid = (-7, 7, -127, 127) if symmetric else (0, 15, 0, 255)
+  code_range = (-7, 7, -127, 127) if symmetric else (0, 15, 0, 255)
   with jax.sharding.use_abstract_mesh(mesh):
     lowered = pallas_triton.act_quant.trace(
         jax.ShapeDtypeStruct((b, l, c), jnp.bfloat16), jax.ShapeDtypeStruct((l,), jnp.float32),
-        zero, grid=grid, k=3.0, n_refresh=10, trigger=trigger, std_ddof=1, detect=True,
-        pack=symmetric, block_c=2048, num_warps=8).lower(lowering_platforms=('cuda',))
+        zero, code_range=code_range, k=3.0, n_refresh=10, trigger=trigger, std_ddof=1,
+        detect=True, pack=symmetric, block_c=2048, num_warps=8).lower(lowering_platforms=('cuda',))
   assert '__gpu$xla.gpu.triton' in lowered.as_text()
 
 
