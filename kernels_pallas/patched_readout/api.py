@@ -16,9 +16,9 @@ import jax.numpy as jnp
 from kernels_pallas import _pallas_compat as compat
 from kernels_pallas.patched_readout import reference
 from kernels_pallas.patched_readout.config import PatchedReadoutBlockConfig
+from kernels_pallas.selective_scan.api import STATES_LAYOUTS  # the layouts the scan hands out
 
 IMPLEMENTATIONS = ('xla', 'triton')
-STATES_LAYOUTS = ('bldn', 'blnd')  # (B, L, D, N) as the scan API returns; (B, L, N, D) its kernel's
 
 
 def default_implementation() -> str:

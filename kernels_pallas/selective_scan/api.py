@@ -20,6 +20,7 @@ from kernels_pallas.selective_scan import reference
 
 IMPLEMENTATIONS = ('xla', 'associative', 'sequential', 'triton')
 VJPS = ('reference', 'kernel')                # how 'triton' is differentiated
+STATES_LAYOUTS = ('bldn', 'blnd')             # (B, L, D, N); (B, L, N, D), the kernel's own
 STATES_SOURCES = ('associative', 'kernel')    # what computes the states for 'triton'
 
 
@@ -54,8 +55,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                      f'choose one of {IMPLEMENTATIONS} or None for the platform default.')
   if vjp not in VJPS:
     raise ValueError(f'selective_scan: unknown vjp {vjp!r}; choose one of {VJPS}.')
-  if states_layout not in ('bldn', 'blnd'):
-    raise ValueError(f"selective_scan: states_layout must be 'bldn' or 'blnd', got "
+  if states_layout not in STATES_LAYOUTS:
+    raise ValueError(f'selective_scan: states_layout must be one of {STATES_LAYOUTS}, got '
                      f'{states_layout!r}.')
   if triton_states not in STATES_SOURCES:
     raise ValueError(f'selective_scan: unknown triton_states {triton_states!r}; choose one of '
