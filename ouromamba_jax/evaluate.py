@@ -4,9 +4,9 @@
   for name, value in evaluator(model, params, config.data): ...   # big_vision style
 
 `params` is a float Flax tree or a quantized tree (`ouromamba_jax.quant.load_quantized`): the
-model's apply runs both, block by block (`models.blockwise`: one block compiles, all run it). The dataset is picked by
-`data_cfg.name` (`ouromamba_jax.data.DATASETS`); its host pipeline decodes in threads ahead
-of the device.
+model's apply runs both, block by block (`models.blockwise`: one block compiles, all run it).
+The dataset is picked by `data_cfg.name` (`ouromamba_jax.data.DATASETS`); its host pipeline
+decodes in threads ahead of the device.
 """
 from __future__ import annotations
 

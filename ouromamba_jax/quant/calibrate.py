@@ -203,14 +203,13 @@ def reconstruct_blocks(model: vim.VisionMamba, params, images, plan: Mapping[str
     return (jnp.concatenate([o[0] for o in outs]), jnp.concatenate([o[1] for o in outs]))
 
   def eval_loss(layer, hidden, residual, target):
-    total = sum(float(cosine_loss(blockwise.run_block(block, layer, hidden[s], residual[s])[0], target[s]))
+    total = sum(float(cosine_loss(blockwise.run_block(block, layer, hidden[s], residual[s])[0],
+                                  target[s]))
                 * (s.stop - s.start) for s in batches)
     return total / n_images
 
-  hidden0 = jnp.concatenate([blockwise.embed(model, params, images[s])[0] for s in batches])
-  zeros = jnp.zeros(hidden0.shape, jnp.float32)
-  fp_stream = (hidden0, zeros)
-  q_stream = (hidden0, zeros)
+  embedded = [blockwise.embed(model, params, images[s]) for s in batches]
+  fp_stream = q_stream = tuple(jnp.concatenate(parts) for parts in zip(*embedded))
 
   snapshot = os.path.join(workdir, SNAPSHOT) if workdir else None
   run_id = fingerprint(model, params, images, plan, calib, method) if snapshot else ''
