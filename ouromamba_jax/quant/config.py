@@ -252,23 +252,24 @@ def _preset(name, w_bits, a_bits, outliers, *, float_ssm=False, **overrides) -> 
   act_fields = {f.name for f in dataclasses.fields(ActSpec)}
   calib_fields = {f.name for f in dataclasses.fields(CalibSpec)}
   weight_fields = {f.name for f in dataclasses.fields(WeightSpec)}
-  act_kw, calib_kw, weight_overrides, unknown = {}, {}, {}, []
-  delta_overrides, ssm_overrides, a_overrides = {}, {}, {}
+  act_kw, calib_kw, unknown = {}, {}, []
+  # prefix -> (the fields it may address, the overrides it collects)
+  prefixed = {'delta_': (act_fields, {}), 'ssm_': (act_fields, {}), 'a_': (act_fields, {}),
+              'weight_': (weight_fields, {})}
   for key, value in overrides.items():
     if key in calib_fields:                        # exact names first (weight_decay is calib)
       calib_kw[key] = value
     elif key in act_fields:
       act_kw[key] = value
-    elif key.startswith('delta_') and key[len('delta_'):] in act_fields:
-      delta_overrides[key[len('delta_'):]] = value
-    elif key.startswith('ssm_') and key[len('ssm_'):] in act_fields:
-      ssm_overrides[key[len('ssm_'):]] = value
-    elif key.startswith('a_') and key[len('a_'):] in act_fields:
-      a_overrides[key[len('a_'):]] = value
-    elif key.startswith('weight_') and key[len('weight_'):] in weight_fields:
-      weight_overrides[key[len('weight_'):]] = value
     else:
-      unknown.append(key)
+      prefix = next((p for p, (fields, _) in prefixed.items()
+                     if key.startswith(p) and key[len(p):] in fields), None)
+      if prefix is None:
+        unknown.append(key)
+      else:
+        prefixed[prefix][1][key[len(prefix):]] = value
+  delta_overrides, ssm_overrides, a_overrides, weight_overrides = (
+      collected for _, collected in prefixed.values())
   if unknown:
     raise ValueError(f'unknown quantization options {sorted(unknown)}; ActSpec fields: '
                      f'{sorted(act_fields)} (prefix delta_ for Δ only, ssm_ for A, B, C, D '
