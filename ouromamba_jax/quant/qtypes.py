@@ -126,10 +126,6 @@ class ActQuantizer:
     return act_lib.quantize_parts(to_grid_domain(x3, self.spec), self.inlier_scale, self.spec,
                                   self.zero_point, ste=ste)
 
-  def quantize_int(self, x) -> act_lib.IntActivation:
-    x3, _ = act_lib.as_steps(to_grid_domain(x, self.spec), self.layout)
-    return act_lib.quantize_activation_int(x3, self.inlier_scale, self.spec, self.zero_point)
-
   def __call__(self, x, implementation: Optional[str] = None):
     """Fake-quant (STE) or, in int mode, dequantized integer codes of x; `implementation`
     picks the int-mode act_quant kernel ('xla' | 'triton' | None: the platform default)."""
