@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -102,13 +103,16 @@ class Row:
   vs_floor: float
 
 
-# --grad: what is differentiated. 'sequential' is the ground truth the errors are taken against.
+# The timed variants per mode ('sequential' is the ground truth errors are taken against; in
+# --grad mode it is timed too) and the one the block-config sweep runs.
+FORWARD_VARIANTS = ('pallas', 'xla_associative')
 GRAD_VARIANTS = ('sequential', 'pallas_vjp_reference', 'pallas_vjp_kernel', 'xla_associative')
+SWEPT = {'forward': 'pallas', 'grad': 'pallas_vjp_kernel'}
 
 
-def grad_fn(variant, *, reverse, states, interpret, block_config=None):
-  """jit(grad) w.r.t. all 8 inputs of 0.5 |y|^2 (+ 0.5 |states|^2 with `states`, as Gen uses
-  them): a non-trivial output cotangent, as in training."""
+def variant_scan(variant, *, reverse, states, interpret, block_config=None):
+  """The scan of one variant: the XLA reference (sequential or associative) or the Pallas
+  kernel (differentiated through the reference VJP for 'pallas_vjp_reference')."""
   def scan(*a):
     if variant in ('sequential', 'xla_associative'):
       return reference.selective_scan_xla(*a, delta_softplus=True, reverse=reverse,
@@ -116,8 +120,22 @@ def grad_fn(variant, *, reverse, states, interpret, block_config=None):
                                           sequential=(variant == 'sequential'))
     return pallas_triton.selective_scan(
         *a, delta_softplus=True, reverse=reverse, return_states=states,
-        vjp='kernel' if variant == 'pallas_vjp_kernel' else 'reference', interpret=interpret,
-        block_config=block_config)
+        vjp='reference' if variant == 'pallas_vjp_reference' else 'kernel',
+        interpret=interpret, block_config=block_config)
+  return scan
+
+
+def forward_fn(variant, *, reverse, interpret, block_config=None):
+  """jit of the variant's forward (y only)."""
+  return jax.jit(variant_scan(variant, reverse=reverse, states=False, interpret=interpret,
+                              block_config=block_config))
+
+
+def grad_fn(variant, *, reverse, states, interpret, block_config=None):
+  """jit(grad) w.r.t. all 8 inputs of 0.5 |y|^2 (+ 0.5 |states|^2 with `states`, as Gen uses
+  them): a non-trivial output cotangent, as in training."""
+  scan = variant_scan(variant, reverse=reverse, states=states, interpret=interpret,
+                      block_config=block_config)
 
   def loss(*a):
     leaves = jax.tree.leaves(scan(*a))
@@ -151,8 +169,14 @@ def _bench_mode(mode, args, report, main_rows, sweep_rows):
     sweep = args.configs or (SMOKE_CONFIGS if smoke else SWEEP_CONFIGS)
   timing = dict(warmup=1, trials=2, inner=1) if smoke else dict(trials=args.trials,
                                                                 inner=args.inner)
-  kw = dict(delta_softplus=True, reverse=args.reverse)
-  grad_kw = dict(reverse=args.reverse, states=args.states, interpret=interpret)
+  if mode == 'grad':
+    variants = GRAD_VARIANTS
+    make = functools.partial(grad_fn, reverse=args.reverse, states=args.states,
+                             interpret=interpret)
+  else:
+    variants = FORWARD_VARIANTS
+    make = functools.partial(forward_fn, reverse=args.reverse, interpret=interpret)
+  swept_impl = SWEPT[mode]
 
   for name, batch, length, channels, n_state in sizes:
     if mode == 'grad':
@@ -162,11 +186,7 @@ def _bench_mode(mode, args, report, main_rows, sweep_rows):
     copies = _bench.n_copies(nbytes, smoke, most=8)
     arg_sets = [make_inputs(jax.random.key(i), batch, length, channels, n_state, dtype)
                 for i in range(copies)]
-    if mode == 'grad':
-      ref = grad_fn('sequential', **grad_kw)(*arg_sets[0])
-    else:
-      ref = jax.jit(lambda *a: reference.selective_scan_xla(*a, sequential=True, **kw))(
-          *arg_sets[0])
+    ref = make('sequential')(*arg_sets[0])
     passes = 2 if mode == 'grad' else 1  # the backward recomputes the forward's exps
     memory_floor = nbytes / HBM_BYTES_PER_S
     exp_floor = passes * batch * length * channels * n_state / EXP_PER_S
@@ -179,16 +199,9 @@ def _bench_mode(mode, args, report, main_rows, sweep_rows):
       return Row(size, impl, config, seconds * 1e3, nbytes / seconds / 1e9, err, seconds / floor)
 
     default_cfg = default_block_config(channels, dtype)
-    if mode == 'grad':
-      rows = [measure(v, grad_fn(v, block_config=default_cfg, **grad_kw),
-                      _config_str(default_cfg) if v.startswith('pallas') else '-')
-              for v in GRAD_VARIANTS]
-    else:
-      pallas = jax.jit(lambda *a, cfg=default_cfg: pallas_triton.selective_scan(
-          *a, interpret=interpret, block_config=cfg, **kw))
-      xla = jax.jit(lambda *a: reference.selective_scan_xla(*a, **kw))
-      rows = [measure('pallas', pallas, _config_str(default_cfg)),
-              measure('xla_associative', xla, '-')]
+    rows = [measure(v, make(v, block_config=default_cfg),
+                    _config_str(default_cfg) if v.startswith('pallas') else '-')
+            for v in variants]
     main_rows += rows
     entry = dict(mode=mode, name=name, batch=batch, length=length, channels=channels,
                  n_state=n_state, bytes=nbytes, memory_floor_ms=memory_floor * 1e3,
@@ -198,15 +211,9 @@ def _bench_mode(mode, args, report, main_rows, sweep_rows):
                  results=[dataclasses.asdict(r) for r in rows])
     report['sizes'].append(entry)
 
-    swept_impl = 'pallas_vjp_kernel' if mode == 'grad' else 'pallas'
     for cfg in sweep:
-      if mode == 'grad':
-        fn = grad_fn('pallas_vjp_kernel', block_config=cfg, **grad_kw)
-      else:
-        fn = jax.jit(lambda *a, cfg=cfg: pallas_triton.selective_scan(
-            *a, interpret=interpret, block_config=cfg, **kw))
       try:
-        row = measure(swept_impl, fn, _config_str(cfg))
+        row = measure(swept_impl, make(swept_impl, block_config=cfg), _config_str(cfg))
       except Exception as e:  # pylint: disable=broad-except
         report['sweep'].append(dict(mode=mode, size=name, config=_config_str(cfg),
                                     error=repr(e)[:300]))
