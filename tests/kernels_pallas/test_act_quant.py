@@ -238,6 +238,12 @@ def test_gpu_asymmetric_kernel_matches_canonical_at_vim_shape():
   got = api.act_quant(x, scale, spec, zero, implementation='triton')
   for field in FIELDS + ('outlier_zero_point',):
     g, w = np.asarray(getattr(got, field)), np.asarray(getattr(want, field))
+    if field == 'outlier_scale':
+      # The kernel's step is the IEEE (hi - lo) * fl(1/255) (bit-equal to XLA on the CPU);
+      # XLA's GPU reference lands 1-2 ulp below it (H100, 2026-11-27). Codes and zero
+      # points must still match exactly.
+      np.testing.assert_allclose(g, w, rtol=3e-7, atol=0)
+      continue
     frac = np.mean(g != w)
     print(f'asymmetric {field}: mismatch fraction {frac:.2e}')
     assert frac < 1e-5, field
