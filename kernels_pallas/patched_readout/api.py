@@ -60,7 +60,7 @@ def patched_readout(states, weights, c_patches, *, cls_index: int,
   impl = implementation or default_implementation()
   if impl not in IMPLEMENTATIONS:
     raise ValueError(f'patched_readout: unknown implementation {impl!r}; choose one of '
-                     f'{IMPLEMENTATIONS} or None for the platform default.')
+                     f'{IMPLEMENTATIONS} or None for the default (xla).')
   if impl == 'xla':
     if reversed_tokens:
       states = jnp.flip(states, axis=1)

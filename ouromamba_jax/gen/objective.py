@@ -65,7 +65,7 @@ class LossSpec:
     if self.feature not in patched_state.FEATURES:
       raise ValueError(f'gen.feature must be one of {patched_state.FEATURES}, got {self.feature!r}')
     if self.readout_implementation not in ('',) + readout_api.IMPLEMENTATIONS:
-      raise ValueError(f'gen.readout_implementation must be \'\' (platform default) or one of '
+      raise ValueError(f'gen.readout_implementation must be \'\' (the default, xla) or one of '
                        f'{readout_api.IMPLEMENTATIONS}, got {self.readout_implementation!r}')
     if self.output_loss not in losses.OUTPUT_LOSSES:
       raise ValueError(f'gen.output_loss must be one of {losses.OUTPUT_LOSSES}, '

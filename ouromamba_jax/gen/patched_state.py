@@ -87,8 +87,8 @@ def patch_features(states: jax.Array, delta: jax.Array, c_mat: jax.Array, *, cls
 
   'readout' is what the S6 output would be with h_p in place of h (without the D·u skip and
   the SiLU(z) gate), i.e. the per-patch output of the enhanced implicit attention; it runs
-  through `kernels_pallas.patched_readout` (`implementation`: None = platform default, the
-  Pallas kernel on GPU, which never materialises h_p).
+  through `kernels_pallas.patched_readout` (`implementation`: None = XLA, the faster on the
+  H100; 'triton' = the Pallas kernel, which never materialises h_p).
   """
   if feature not in FEATURES:
     raise ValueError(f'feature must be one of {FEATURES}, got {feature!r}')
