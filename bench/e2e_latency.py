@@ -52,6 +52,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ouromamba_jax import quant  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ouromamba_jax.io import atomic  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ouromamba_jax.models import build_model  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ouromamba_jax.quant import int_linear  # pylint: disable=g-import-not-at-top,wrong-import-position
+from kernels_pallas.selective_scan import api as scan_api  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 MODELS = {
     # name: (registry name, model overrides)
@@ -100,12 +102,12 @@ def parse_args(argv=None):
   p.add_argument('--batches', type=_csv(int), default=None,
                  help=f'comma-separated (default {",".join(map(str, BATCHES))}; smoke: 1,2)')
   p.add_argument('--depth', type=int, default=0,
-                 help='blocks per model (0 = the variant depth; a profile can use fewer)')
+                 help="blocks per model (0 = the model's own depth; a profile can use fewer)")
   p.add_argument('--iters', type=int, default=20, help='timed calls per cell')
   p.add_argument('--warmup', type=int, default=3, help='untimed calls after compilation')
-  p.add_argument('--scan_kernel', default='triton',
+  p.add_argument('--scan_kernel', default='triton', choices=scan_api.IMPLEMENTATIONS,
                  help="scan implementation of the Pallas-scan and quantized variants")
-  p.add_argument('--quant_kernel', default='triton',
+  p.add_argument('--quant_kernel', default='triton', choices=int_linear.IMPLEMENTATIONS,
                  help="act_quant + mixed_gemm implementation of the quantized variants "
                       "('triton' | 'xla')")
   p.add_argument('--calib_images', type=int, default=8, help='images for the RTN scales')

@@ -8,4 +8,4 @@ def is_pow2(v: int) -> bool:
 
 def next_pow2(v: int) -> int:
   """The smallest power of two >= v (1 for v <= 1)."""
-  return 1 << max(0, (v - 1).bit_length())
+  return 1 if v <= 1 else 1 << (v - 1).bit_length()

@@ -66,3 +66,10 @@ def test_profiling_variants_override_kernel_and_stay_out_of_the_default_grid():
   full = bench.variant_model(base, bench.VARIANTS['w4a4o8'], args)
   assert (ablated.quant_implementation, full.quant_implementation) == ('xla', 'triton')
   assert bench.VARIANTS['w4a4o8_float_ssm'].preset == 'w4a4_float_ssm'
+
+
+def test_e2e_latency_rejects_unknown_kernels_up_front():
+  bench = _load_bench()
+  for flag in ('--scan_kernel=cuda', '--quant_kernel=cutlass', '--models=vim_xl'):
+    with pytest.raises(SystemExit):
+      bench.parse_args([flag])

@@ -1,6 +1,5 @@
 """models.blockwise: the block-by-block forward equals model.apply and compiles one block."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -36,3 +35,16 @@ def test_embed_is_the_first_block_input_and_blocks_share_one_program(tiny):
   for _, layer in blockwise.layers(model, params):
     out, residual = blockwise.run_block(block, layer, out, residual)
   assert blockwise.run_block._cache_size() == before   # no new compilation for the other blocks
+
+
+def test_stages_walk_every_block_then_the_classifier_for_each_tree(tiny):
+  model, params, images = tiny
+  doubled = jax.tree.map(lambda p: p * 1.01, params)   # a second tree, run side by side
+  pieces = list(blockwise.stages(model, [params, doubled], images))
+  assert [p[0] for p in pieces] == ['layers_0/', 'layers_1/', 'layers_2/', '']
+  prefix, module, method, subtrees, inputs = pieces[-1]
+  assert module is model and method is not None and len(subtrees) == len(inputs) == 2
+  for tree, stream in zip([params, doubled], inputs):   # each stream is its own tree's
+    np.testing.assert_allclose(
+        np.asarray(module.apply({'params': tree}, *stream, method=method)),
+        np.asarray(model.apply({'params': tree}, images)), rtol=1e-5, atol=1e-6)
