@@ -40,9 +40,7 @@ import numpy as np
 from kernels_pallas import _pallas_compat as compat
 from kernels_pallas._pallas_compat import pl, plgpu
 from kernels_pallas.mixed_gemm import reference as int4_format
-from ouromamba_jax.quant.activations import int_dtype
-
-MIN_SCALE = 1e-8  # floor of every step (ouromamba_jax.quant.search.MIN_SCALE)
+from ouromamba_jax.quant.activations import MIN_SCALE, int_dtype  # MIN_SCALE: floor of every step
 
 
 def round_half_even(v):

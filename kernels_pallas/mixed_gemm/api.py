@@ -14,13 +14,15 @@ Operands (leading dims of x are flattened into M = tokens, one row per time step
 Returns (..., N) in out_dtype (bf16 by default). Sums are exact int32.
 
 implementation: None -> 'triton' on GPU, 'xla' elsewhere; 'xla' is two integer `lax.dot`s,
-'triton' the fused Pallas kernel (`interpret=True` runs it on CPU, for tests).
+'triton' the fused Pallas kernel (`interpret`: None = interpret when not on a GPU, so it
+also runs on CPU, for tests).
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
+from kernels_pallas import _pallas_compat as compat
 from kernels_pallas.mixed_gemm import reference
 from kernels_pallas.mixed_gemm.config import MixedGemmBlockConfig, default_block_config
 
@@ -94,7 +96,7 @@ def _normalize(x_inlier, a_scale, w, w_scale, x_outlier, o_scale, bias, weight_b
 
 def mixed_gemm(x_inlier, a_scale, w, w_scale, x_outlier=None, o_scale=None, bias=None, *,
                weight_bits: int = 4, act_bits: int = 4, out_dtype=jnp.bfloat16,
-               implementation: str | None = None, interpret: bool = False,
+               implementation: str | None = None, interpret: bool | None = None,
                block_config: MixedGemmBlockConfig | None = None):
   """Dequantized int GEMM; see the module docstring for operand layouts. Returns (..., N)."""
   impl = implementation or default_implementation()
@@ -112,13 +114,13 @@ def mixed_gemm(x_inlier, a_scale, w, w_scale, x_outlier=None, o_scale=None, bias
     cfg = block_config or default_block_config(x2.shape[0], n, k)
     y = pallas_triton.mixed_gemm(x2, a2, w, w_scale, xo2, o2, bias, k=k, weight_bits=weight_bits,
                                  act_bits=act_bits, out_dtype=jnp.dtype(out_dtype), cfg=cfg,
-                                 interpret=interpret)
+                                 interpret=compat.resolve_interpret(interpret))
   return y.reshape(lead + (n,))
 
 
 def mixed_gemm_accumulators(x_inlier, w, x_outlier=None, *, weight_bits: int = 4,
                             act_bits: int = 4, implementation: str | None = None,
-                            interpret: bool = False,
+                            interpret: bool | None = None,
                             block_config: MixedGemmBlockConfig | None = None):
   """The exact int32 sums (xin @ w, xout @ w or None), each (..., N): for tests and debugging."""
   impl = implementation or default_implementation()
@@ -138,6 +140,7 @@ def mixed_gemm_accumulators(x_inlier, w, x_outlier=None, *, weight_bits: int = 4
     from kernels_pallas.mixed_gemm import pallas_triton  # pylint: disable=g-import-not-at-top
     cfg = block_config or default_block_config(x2.shape[0], n, k)
     acc_in, acc_out = pallas_triton.accumulators(x2, w, xo2, k=k, weight_bits=weight_bits,
-                                                 act_bits=act_bits, cfg=cfg, interpret=interpret)
+                                                 act_bits=act_bits, cfg=cfg,
+                                                 interpret=compat.resolve_interpret(interpret))
   reshape = lambda a: None if a is None else a.reshape(lead + (n,))
   return reshape(acc_in), reshape(acc_out)

@@ -7,8 +7,9 @@
 `implementation` ('xla' | 'triton' | None) picks the implementation of both kernels: 'xla' is
 their XLA reference (which *is* `quant.activations.quantize_activation_int` plus integer dots),
 'triton' the Pallas Triton kernels (run by the Pallas interpreter off-GPU), None the platform
-default (Triton on GPU, XLA elsewhere). It comes from one setting, the model field
-`VisionMamba.quant_implementation`, handed down through `layers.Linear`.
+default (Triton on GPU, XLA elsewhere; act_quant keeps int outliers with trigger='batch' on XLA,
+where its Triton kernel is slower: `act_quant.api.default_implementation`). It comes from one
+setting, the model field `VisionMamba.quant_implementation`, handed down through `layers.Linear`.
 
 Coverage (anything else runs the original XLA integer dots of `qtypes.quantized_linear`):
   * symmetric input grids with bits <= 8 (asymmetric per-token inputs, PTQ4VM, are not covered);
@@ -29,7 +30,6 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from kernels_pallas import _pallas_compat as compat
 from kernels_pallas.act_quant import api as act_quant_api
 from kernels_pallas.mixed_gemm import api as mixed_gemm_api
 from ouromamba_jax.quant import activations as act_lib
@@ -89,23 +89,21 @@ def _pad_last(a, new_len):
 
 def quantize_site(x3, quantizer, implementation: Optional[str] = None, *,
                   pack_int4: bool = False) -> act_lib.IntActivation:
-  """act_quant of x3 (B, L, C) with an `ActQuantizer`'s steps: the Pallas kernel when the
-  implementation is 'triton' and the kernel covers the spec, else the XLA form (same codes).
-  Used for Linear inputs and for the SSM-tensor sites (Δ, B, C)."""
-  impl = resolve_implementation(implementation)
+  """act_quant of x3 (B, L, C) with an `ActQuantizer`'s steps (same codes either way): None
+  takes act_quant's platform default, 'triton' the Pallas kernel where it covers the spec and
+  the XLA form elsewhere. Used for Linear inputs and for the SSM-tensor sites (Δ, B, C)."""
+  impl = resolve_implementation(implementation) if implementation else None
   if impl == 'triton' and act_quant_api.kernel_unsupported_reason(quantizer.spec,
                                                                   x3.shape[-1]) is not None:
     impl = 'xla'
   return act_quant_api.act_quant(x3, quantizer.inlier_scale, quantizer.spec,
-                                 quantizer.zero_point, pack_int4=pack_int4, implementation=impl,
-                                 interpret=impl == 'triton' and compat.default_interpret())
+                                 quantizer.zero_point, pack_int4=pack_int4, implementation=impl)
 
 
 def prepare_operands(x3, weight, input_quantizer, implementation: Optional[str] = None
                      ) -> KernelOperands:
   """Quantizes x3 (B, L, C) (already divided by the smoothing vector) with act_quant and lays
   out the weight for mixed_gemm. Needs `unsupported_reason(weight, input_quantizer) is None`."""
-  impl = resolve_implementation(implementation)
   spec = input_quantizer.spec
   channels = x3.shape[-1]
   weight_bits = 4 if weight.packed else 8
@@ -113,7 +111,7 @@ def prepare_operands(x3, weight, input_quantizer, implementation: Optional[str] 
   # int4 inliers travel packed two per byte when C pairs up with the weight's K; otherwise as
   # int8 codes (the GEMM's act_bits=8 form also takes int4 codes one per byte).
   pack = spec.bits <= 4 and channels % 2 == 0 and k == channels
-  q = quantize_site(x3, input_quantizer, impl, pack_int4=pack)
+  q = quantize_site(x3, input_quantizer, implementation, pack_int4=pack)
   x_inlier = q.inlier_q if pack else _pad_last(q.inlier_q.astype(jnp.int8), k)
   a_scale = jnp.broadcast_to(q.inlier_scale[None, :], x3.shape[:2])
   x_outlier = o_scale = None
@@ -140,10 +138,9 @@ def linear(weight, x, input_quantizer, dtype, implementation: Optional[str] = No
   if weight.smooth is not None:
     x = x / jnp.maximum(weight.smooth, _MIN_SMOOTH)
   x3, _ = act_lib.as_steps(x, 'steps')
-  ops = prepare_operands(x3, weight, input_quantizer, impl)
+  ops = prepare_operands(x3, weight, input_quantizer, implementation)
   float_outliers = input_quantizer.spec.outliers == 'float'
-  gemm_kw = dict(weight_bits=ops.weight_bits, act_bits=ops.act_bits, implementation=impl,
-                 interpret=impl == 'triton' and compat.default_interpret())
+  gemm_kw = dict(weight_bits=ops.weight_bits, act_bits=ops.act_bits, implementation=impl)
   if not float_outliers:
     y = mixed_gemm_api.mixed_gemm(ops.x_inlier, ops.a_scale, ops.w, ops.w_scale, ops.x_outlier,
                                   ops.o_scale, out_dtype=dtype, **gemm_kw)

@@ -170,10 +170,39 @@ def test_unsupported_specs_and_bad_inputs_are_rejected_clearly():
     api.act_quant(jnp.zeros((4, 8)), s, ActSpec())
   with pytest.raises(ValueError, match='pack_int4 needs a symmetric grid with bits <= 4'):
     api.act_quant(x, s, ActSpec(bits=8), pack_int4=True)
-  with pytest.raises(ValueError, match='needs its zero points'):
-    api.act_quant(x, s, ActSpec(symmetric=False), implementation='triton', interpret=True)
   with pytest.raises(TypeError, match='ActSpec'):
     api.act_quant(x, s, {'bits': 4})
+
+
+@pytest.mark.parametrize('implementation', api.IMPLEMENTATIONS)
+def test_zero_point_must_match_the_grid_and_the_sequence(implementation):
+  """Checked before the implementation is chosen: the kernel would read a short zero point
+  past its end, XLA would fail with an opaque broadcasting error."""
+  x = jnp.zeros((1, 5, 8), jnp.float32)
+  s = jnp.ones((5,), jnp.float32)
+  kw = dict(implementation=implementation, interpret=True)
+  asym = ActSpec(symmetric=False)
+  with pytest.raises(ValueError, match=r'asymmetric ActSpec needs its zero points \(5,\)'):
+    api.act_quant(x, s, asym, **kw)
+  for length in (3, 7):
+    with pytest.raises(ValueError, match=r'zero_point must have shape \(5,\).*'
+                       f'got \\({length},\\).*calibrate_inlier_scale'):
+      api.act_quant(x, s, asym, jnp.zeros((length,), jnp.int32), **kw)
+  with pytest.raises(ValueError, match='symmetric ActSpec has no zero points.*zero_point=None'):
+    api.act_quant(x, s, ActSpec(), jnp.zeros((5,), jnp.int32), **kw)
+
+
+def test_default_implementation_keeps_the_batch_trigger_on_xla(monkeypatch):
+  """On GPU the kernel is the default except for int outliers with trigger='batch' (4-5x
+  slower than XLA, BENCHMARKS.md); off-GPU the default is always XLA."""
+  specs = {'sample': ActSpec(trigger='sample'), 'batch': ActSpec(trigger='batch'),
+           'batch_no_outliers': ActSpec(trigger='batch', outliers='none'),
+           'official': ActSpec(trigger='official')}
+  want_gpu = {'sample': 'triton', 'batch': 'xla', 'batch_no_outliers': 'triton',
+              'official': 'xla'}
+  for backend, want in (('cpu', dict.fromkeys(specs, 'xla')), ('gpu', want_gpu)):
+    monkeypatch.setattr(jax, 'default_backend', lambda b=backend: b)
+    assert {k: api.default_implementation(v, 64) for k, v in specs.items()} == want, backend
 
 
 def test_block_config_validation():

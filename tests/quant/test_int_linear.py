@@ -203,6 +203,18 @@ def test_ssm_sites_use_the_act_quant_kernel_when_it_covers_them():
                                 np.asarray(delta_site(x, implementation='xla')))
 
 
+def test_quantize_site_default_is_act_quants_default(monkeypatch):
+  """implementation=None leaves the choice to act_quant: on a GPU a batch-trigger site stays on
+  XLA (its Triton kernel is slower). The GPU is faked, so running the kernel would fail here."""
+  x = 3.0 * jax.random.normal(jax.random.key(5), (2, 17, 16))
+  site = qtypes.ActQuantizer.calibrate(x, config.ActSpec(4, trigger='batch'), mode='int')
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  got = int_linear.quantize_site(x, site)
+  want = int_linear.quantize_site(x, site, 'xla')
+  for name in ('inlier_q', 'outlier_q', 'outlier_mask'):
+    np.testing.assert_array_equal(np.asarray(getattr(got, name)), np.asarray(getattr(want, name)))
+
+
 TESTBED_IMAGES = 64
 
 
