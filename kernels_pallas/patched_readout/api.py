@@ -35,9 +35,10 @@ def patched_readout(states, weights, c_patches, *, cls_index: int,
                     interpret: bool | None = None,
                     block_config: PatchedReadoutBlockConfig | None = None):
   """See the module docstring; `states` fp32 (as the scan returns them), (B, L, D, N) for
-  states_layout 'bldn' or the scan kernel's (B, L, N, D) for 'blnd' (no transpose for the
-  Pallas kernel). `reversed_tokens`: the states' token axis runs backwards (the backward scan's
-  own order; patches, weights and C stay in token order), read without a flipped copy."""
+  states_layout 'bldn' or the scan kernel's (B, L, N, D) for 'blnd'. `reversed_tokens`: the
+  states' token axis runs backwards (the backward scan's own order; patches, weights and C stay
+  in token order). The Triton kernel reads 'blnd' and reversed states in place (it transposes
+  'bldn' ones); the XLA path flips reversed states and transposes 'blnd' ones first."""
   if states_layout not in STATES_LAYOUTS:
     raise ValueError(f'patched_readout: states_layout must be one of {STATES_LAYOUTS}, got '
                      f'{states_layout!r}.')
@@ -51,12 +52,11 @@ def patched_readout(states, weights, c_patches, *, cls_index: int,
   if weights.shape != (batch, length - 1) or c_patches.shape != (batch, length - 1, n_state):
     raise ValueError(f'patched_readout: weights {weights.shape} and c_patches {c_patches.shape} '
                      f'must be ({batch}, {length - 1}) and ({batch}, {length - 1}, {n_state}) '
-                     '(one entry per patch token).')
+                     f'(one entry per patch token; N = {n_state} from the {states_layout!r} '
+                     'states).')
   if not 0 <= cls_index < length:
     raise ValueError(f'patched_readout: cls_index {cls_index} is outside the {length} tokens.')
-  if neighbourhood < 1 or neighbourhood % 2 == 0:
-    raise ValueError(f'neighbourhood must be an odd positive size (1, 3, 5, ...), got '
-                     f'{neighbourhood}')
+  reference.check_neighbourhood(neighbourhood)
   impl = implementation or default_implementation()
   if impl not in IMPLEMENTATIONS:
     raise ValueError(f'patched_readout: unknown implementation {impl!r}; choose one of '

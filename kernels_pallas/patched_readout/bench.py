@@ -4,11 +4,13 @@ forward + backward (what the Gen step runs per block and scan direction).
   python -m kernels_pallas.patched_readout.bench --out patched_readout.json   # GPU (H100)
   python -m kernels_pallas.patched_readout.bench --smoke                      # CPU interpret run
 
-Shapes: the Gen step's per block-direction tensors, fp32 states (B, 197, D, 16) with a 14x14
-patch grid and the 5x5 window, for Vim-T/S (D = 384 / 768) at 32 images. The roofline floor
-is the compulsory HBM traffic / 3.0 TB/s: forward reads the states once (plus w, C, writes f);
-forward + backward reads them twice and writes their gradient. Before timing, outputs and
-gradients are compared with the reference (`rel_err`, ‖out − ref‖ / ‖ref‖, worst of all).
+Inputs as the Gen step passes them per block and scan direction: fp32 states in the scan
+kernel's (B, 197, 16, D) layout (states_layout='blnd'), a 14x14 patch grid and the 5x5 window,
+for Vim-T/S (D = 384 / 768) at 32 images; the `_reversed` row has the states in the backward
+scan's order (reversed_tokens=True). The roofline floor is the compulsory HBM traffic / 3.0 TB/s:
+forward reads the states, w and C once and writes f; the backward reads them again with the
+cotangent of f and writes their three gradients. Before timing, outputs and gradients are
+compared with the reference (`rel_err`, ‖out − ref‖ / ‖ref‖, worst of all).
 """
 from __future__ import annotations
 
@@ -19,24 +21,29 @@ from kernels_pallas import _bench
 from kernels_pallas.patched_readout import api
 from kernels_pallas.patched_readout.config import PatchedReadoutBlockConfig
 
-# name: (batch, grid, channels, N)
-SIZES = {'vim_t_gen32': (32, (14, 14), 384, 16), 'vim_s_gen32': (32, (14, 14), 768, 16)}
-SMOKE = {'smoke': (2, (3, 4), 20, 16)}
+STATES_LAYOUT = 'blnd'  # the Gen step's (ouromamba_jax.gen.objective.STATES_LAYOUT)
+# name: (batch, grid, channels, N, reversed_tokens)
+SIZES = {'vim_t_gen32': (32, (14, 14), 384, 16, False),
+         'vim_s_gen32': (32, (14, 14), 768, 16, False),
+         'vim_s_gen32_reversed': (32, (14, 14), 768, 16, True)}
+SMOKE = {'smoke': (2, (3, 4), 20, 16, False), 'smoke_reversed': (2, (3, 4), 20, 16, True)}
 
 
 def make_inputs(key, batch, grid, channels, n_state):
+  """states (B, L, N, D), weights (B, P), c_patches (B, P, N), cotangent of f (B, P, D)."""
   length = grid[0] * grid[1] + 1
   k = jax.random.split(key, 4)
-  return (jax.random.normal(k[0], (batch, length, channels, n_state)),
+  return (jax.random.normal(k[0], (batch, length, n_state, channels)),
           jax.random.uniform(k[1], (batch, length - 1)),
           jax.random.normal(k[2], (batch, length - 1, n_state)),
           jax.random.normal(k[3], (batch, length - 1, channels)))
 
 
-def functions(impl, grid, smoke, block_config):
+def functions(impl, grid, reversed_tokens, smoke, block_config):
   """(forward, forward + backward) jitted for one implementation."""
   kw = dict(cls_index=grid[0] * grid[1] // 2, grid_size=grid, neighbourhood=5,
-            implementation=impl, interpret=smoke, block_config=block_config)
+            states_layout=STATES_LAYOUT, reversed_tokens=reversed_tokens, implementation=impl,
+            interpret=smoke, block_config=block_config)
   fwd = jax.jit(lambda h, w, c, g: api.patched_readout(h, w, c, **kw))
 
   def fwd_bwd(h, w, c, g):
@@ -56,25 +63,29 @@ def run(args):
       warmup=3, trials=args.trials, inner=args.inner)
   block_config = PatchedReadoutBlockConfig(args.block_d, args.num_warps)
   results = []
-  for name, (batch, grid, channels, n_state) in sizes.items():
+  for name, (batch, grid, channels, n_state, reversed_tokens) in sizes.items():
     args_set = make_inputs(jax.random.key(0), batch, grid, channels, n_state)
     copies = [args_set] + [make_inputs(jax.random.key(i), batch, grid, channels, n_state)
                            for i in range(1, _bench.n_copies(args_set[0].nbytes, args.smoke))]
-    table = {impl: functions(impl, grid, args.smoke, block_config) for impl in ('xla', 'triton')}
+    table = {impl: functions(impl, grid, reversed_tokens, args.smoke, block_config)
+             for impl in ('xla', 'triton')}
     ref = table['xla'][1](*args_set)
     got = table['triton'][1](*args_set)
     entry = dict(size=name, B=batch, grid=list(grid), D=channels, N=n_state,
+                 states_layout=STATES_LAYOUT, reversed_tokens=reversed_tokens,
                  block_d=args.block_d, num_warps=args.num_warps,
                  rel_err=max(_rel(a, b) for a, b in zip(got, ref)), variants={})
-    states_bytes = args_set[0].nbytes
-    floors = {'forward': states_bytes, 'forward_backward': 3 * states_bytes}
+    states, weights, c_patches, cotangent = (a.nbytes for a in args_set)
+    inputs = states + weights + c_patches
+    forward = inputs + cotangent  # f has the cotangent's size
+    floors = {'forward': forward, 'forward_backward': forward + 2 * inputs + cotangent}
     for impl, fns in table.items():
       for what, fn in zip(('forward', 'forward_backward'), fns):
         ms = 1e3 * _bench.time_fn(fn, copies, **timing)
         floor_ms = 1e3 * floors[what] / _bench.HBM_BYTES_PER_S
         entry['variants'][f'{impl}_{what}'] = dict(ms=ms, floor_ms=floor_ms,
                                                    gb_per_s=floors[what] / ms / 1e6)
-        print(f'  {name:12s} {impl:6s} {what:17s} {ms:9.4f} ms  (floor {floor_ms:.4f} ms)',
+        print(f'  {name:20s} {impl:6s} {what:17s} {ms:9.4f} ms  (floor {floor_ms:.4f} ms)',
               flush=True)
     results.append(entry)
   return dict(device=str(jax.devices()[0].device_kind), backend=jax.default_backend(),
@@ -88,7 +99,7 @@ def print_table(report):
     v = e['variants']
     for what in ('forward', 'forward_backward'):
       x, t = v[f'xla_{what}']['ms'], v[f'triton_{what}']['ms']
-      print(f'{e["size"]:12s} {what:17s} xla {x:9.4f} ms  triton {t:9.4f} ms  ({x / t:5.2f}x)  '
+      print(f'{e["size"]:20s} {what:17s} xla {x:9.4f} ms  triton {t:9.4f} ms  ({x / t:5.2f}x)  '
             f'floor {v[f"triton_{what}"]["floor_ms"]:.4f} ms  rel err {e["rel_err"]:.1e}')
 
 

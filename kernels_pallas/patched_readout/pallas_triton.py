@@ -4,13 +4,12 @@ States come in the selective-scan kernel's (B, L, N, D) layout (`states_layout='
 the Gen step hands them over without a transpose; a tile is N rows of `block_d` contiguous
 channels.
 
-Why a kernel: the XLA form writes the weighted states and their box filter, two (B, P, D, N)
-fp32 tensors, and reads them back (about ten passes over the states per block and direction,
-forward and backward), which made the Gen step memory-bound. Here each program (one image,
-`block_d` state channels) walks the patch grid and, per patch τ, sums the w_k-weighted (N,
-block_d) state tiles of its p×p window in registers, then contracts with C_τ: the states are read
-from HBM about once (the 25 tiles of a window overlap with the neighbours' and stay in cache)
-and nothing of size (B, P, D, N) is written.
+Why a kernel: memory. The XLA form materialises the weighted and box-filtered states, two
+(B, P, D, N) fp32 tensors; this kernel never does (Gen-step peak 1.96 vs 14.98 GiB, Vim-S at 32
+images). Each program (one image, `block_d` state channels) walks the patch grid and, per patch
+τ, sums the w_k-weighted (N, block_d) state tiles of its p×p window in registers, then contracts
+with C_τ. Those p² tile loads per patch (25 for 5×5) come mostly from L1/L2, which bounds the
+kernel: on the H100 it is 1.6-3x slower than the XLA form (NOTES.md), so it is opt-in.
 
 Replicate padding is the clip of the window's row and column: a border patch's window repeats
 the edge patches, exactly like the reference's banded matrices. The class token is skipped by
@@ -36,11 +35,11 @@ from kernels_pallas._pallas_compat import pl, plgpu
 from kernels_pallas._blocks import next_pow2
 
 
-class _Grid:
+class _Geometry:
   """Static geometry: patch grid, window radius, class-token index, tile sizes."""
 
-  def __init__(self, grid_size, neighbourhood, cls_index, channels, n_state, block_d, length,
-               reversed_tokens):
+  def __init__(self, states_shape, grid_size, neighbourhood, cls_index, block_d, reversed_tokens):
+    _, length, n_state, channels = states_shape
     self.gh, self.gw = grid_size
     self.r = neighbourhood // 2
     self.cls = cls_index
@@ -85,13 +84,13 @@ class _Grid:
     return total
 
 
-def _state_tile(h_ref, b, token, d0, mask, geo: _Grid):
+def _state_tile(h_ref, b, token, d0, mask, geo: _Geometry):
   """(n_pad, block_d) tile of the (B, L, N, D) states: N rows of contiguous channels."""
   return plgpu.load(h_ref.at[b, token, pl.ds(0, geo.n_pad), pl.ds(d0, geo.block_d)],
                     mask=mask, other=0.0)
 
 
-def _window_sum(h_ref, w_ref, b, tau, d0, mask, geo: _Grid):
+def _window_sum(h_ref, w_ref, b, tau, d0, mask, geo: _Geometry):
   """Σ_{k ∈ N(τ)} w_k h_k as an (n_pad, block_d) tile (replicate-padded window)."""
   tr, tc = geo.row_col(tau)
   acc = jnp.zeros((geo.n_pad, geo.block_d), jnp.float32)
@@ -105,7 +104,7 @@ def _row(ref, b, p, start, size, ok):
   return plgpu.load(ref.at[b, p, pl.ds(start, size)], mask=ok, other=0.0)
 
 
-def _forward_kernel(h_ref, w_ref, c_ref, f_ref, *, geo: _Grid):
+def _forward_kernel(h_ref, w_ref, c_ref, f_ref, *, geo: _Geometry):
   b = pl.program_id(0)
   d0, d_ok, n_ok = geo.tile_masks()
   mask = n_ok[:, None] & d_ok[None, :]
@@ -120,7 +119,7 @@ def _forward_kernel(h_ref, w_ref, c_ref, f_ref, *, geo: _Grid):
   jax.lax.fori_loop(0, geo.patches, body, 0)
 
 
-def _backward_kernel(h_ref, w_ref, c_ref, g_ref, dh_ref, dw_ref, dc_ref, *, geo: _Grid):
+def _backward_kernel(h_ref, w_ref, c_ref, g_ref, dh_ref, dw_ref, dc_ref, *, geo: _Geometry):
   b, blk = pl.program_id(0), pl.program_id(1)
   d0, d_ok, n_ok = geo.tile_masks()
   mask = n_ok[:, None] & d_ok[None, :]
@@ -159,15 +158,9 @@ def _backward_kernel(h_ref, w_ref, c_ref, g_ref, dh_ref, dw_ref, dc_ref, *, geo:
   jax.lax.fori_loop(0, geo.patches, per_patch, 0)
 
 
-def _geometry(states, cls_index, grid_size, neighbourhood, block_d, reversed_tokens):
-  _, length, n_state, channels = states.shape
-  return _Grid(tuple(grid_size), neighbourhood, cls_index, channels, n_state, block_d, length,
-               reversed_tokens)
-
-
 def _forward(states, weights, c_patches, cls_index, grid_size, neighbourhood, reversed_tokens,
              block_d, num_warps, interpret):
-  geo = _geometry(states, cls_index, grid_size, neighbourhood, block_d, reversed_tokens)
+  geo = _Geometry(states.shape, grid_size, neighbourhood, cls_index, block_d, reversed_tokens)
   batch = states.shape[0]
   compat.filter_triton_deprecation()
   return pl.pallas_call(
@@ -181,7 +174,7 @@ def _forward(states, weights, c_patches, cls_index, grid_size, neighbourhood, re
 
 def _backward(states, weights, c_patches, g, cls_index, grid_size, neighbourhood,
               reversed_tokens, block_d, num_warps, interpret):
-  geo = _geometry(states, cls_index, grid_size, neighbourhood, block_d, reversed_tokens)
+  geo = _Geometry(states.shape, grid_size, neighbourhood, cls_index, block_d, reversed_tokens)
   batch, blocks = states.shape[0], pl.cdiv(geo.channels, block_d)
   compat.filter_triton_deprecation()
   dh, dw, dc = pl.pallas_call(

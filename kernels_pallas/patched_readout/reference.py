@@ -36,11 +36,9 @@ def replicate_window_matrix(n: int, size: int) -> np.ndarray:
 def box_sum(grid: jax.Array, size: int) -> jax.Array:
   """Sum over the size×size window around each cell of (B, H, W, ...), replicate-padded.
 
-  Separable: one small matmul along H, one along W. On CPU this is 4-8x faster than shifted
-  adds (measured, forward + backward).
+  Separable: one small banded matmul along H, one along W.
   """
-  if size < 1 or size % 2 == 0:
-    raise ValueError(f'neighbourhood must be an odd positive size (1, 3, 5, ...), got {size}')
+  check_neighbourhood(size)
   if size == 1:
     return grid
   _, h, w = grid.shape[:3]
@@ -49,6 +47,11 @@ def box_sum(grid: jax.Array, size: int) -> jax.Array:
   cols = jnp.asarray(replicate_window_matrix(w, size))
   out = jnp.einsum('ij,bj...->bi...', rows, grid, precision=hi)
   return jnp.einsum('ij,bhj...->bhi...', cols, out, precision=hi)
+
+
+def check_neighbourhood(size: int) -> None:
+  if size < 1 or size % 2 == 0:
+    raise ValueError(f'neighbourhood must be an odd positive size (1, 3, 5, ...), got {size}')
 
 
 def check_grid(num_patches: int, cls_index: int, grid_size: tuple[int, int]) -> None:

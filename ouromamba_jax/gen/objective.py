@@ -19,8 +19,9 @@ from ouromamba_jax.gen import patched_state
 
 LOSS_NAMES = ('total', 'contrastive', 'pse', 'output')
 # The hook takes the states in the scan kernel's (B, L, N, D) layout and, for the backward
-# direction, in scan order: no transpose and no flipped copy of the (B, L, Di, N) tensor on the
-# way to the patched-readout kernel (and back for its gradient).
+# direction, in scan order (not flipped). The Pallas readout (readout_implementation='triton')
+# reads them as they are, forward and backward; the default XLA readout flips and transposes
+# them to (B, L, D, N) in token order itself (and its gradient back).
 STATES_LAYOUT = 'blnd'
 
 
@@ -67,6 +68,10 @@ class LossSpec:
     if self.readout_implementation not in ('',) + readout_api.IMPLEMENTATIONS:
       raise ValueError(f'gen.readout_implementation must be \'\' (the default, xla) or one of '
                        f'{readout_api.IMPLEMENTATIONS}, got {self.readout_implementation!r}')
+    if self.feature == 'state' and self.readout_implementation == 'triton':
+      raise ValueError("gen.readout_implementation='triton' needs gen.feature='readout': the "
+                       "'state' feature (flat h_p) is computed in XLA only; set "
+                       "gen.readout_implementation='' or 'xla'.")
     if self.output_loss not in losses.OUTPUT_LOSSES:
       raise ValueError(f'gen.output_loss must be one of {losses.OUTPUT_LOSSES}, '
                        f'got {self.output_loss!r}')

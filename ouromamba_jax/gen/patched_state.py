@@ -24,7 +24,6 @@ import jax.numpy as jnp
 
 from kernels_pallas.patched_readout import api as readout_api
 from kernels_pallas.patched_readout import reference as readout_ref
-from kernels_pallas.patched_readout.reference import drop_class_token
 
 WEIGHTINGS = ('delta', 'uniform')
 DELTA_NORMALIZATIONS = ('minmax', 'mean', 'none')
@@ -69,11 +68,14 @@ def patched_states(states: jax.Array, delta: jax.Array, *, cls_index: int,
                    states_layout: str = 'bldn', reversed_tokens: bool = False) -> jax.Array:
   """h_p for every patch: states (B, L, Di, N) (or (B, L, N, Di) with states_layout 'blnd'; token
   axis backwards with reversed_tokens), delta (B, L, Di) -> (B, P, Di, N) fp32."""
+  if states_layout not in readout_api.STATES_LAYOUTS:
+    raise ValueError(f'states_layout must be one of {readout_api.STATES_LAYOUTS} ((B, L, Di, N) '
+                     f'or (B, L, N, Di)), got {states_layout!r}')
   if reversed_tokens:
     states = jnp.flip(states, axis=1)
   if states_layout == 'blnd':
     states = jnp.swapaxes(states, 2, 3)
-  w = token_weights(drop_class_token(delta, cls_index), weighting, normalization)
+  w = token_weights(readout_ref.drop_class_token(delta, cls_index), weighting, normalization)
   return readout_ref.patched_states(states, w, cls_index=cls_index, grid_size=grid_size,
                                     neighbourhood=neighbourhood)
 
@@ -88,18 +90,23 @@ def patch_features(states: jax.Array, delta: jax.Array, c_mat: jax.Array, *, cls
   'readout' is what the S6 output would be with h_p in place of h (without the D·u skip and
   the SiLU(z) gate), i.e. the per-patch output of the enhanced implicit attention; it runs
   through `kernels_pallas.patched_readout` (`implementation`: None = XLA, the faster on the
-  H100; 'triton' = the Pallas kernel, which never materialises h_p).
+  H100; 'triton' = the Pallas kernel, which never materialises h_p). 'state' returns h_p itself,
+  which only the XLA form computes, so it accepts implementation None or 'xla' only.
   """
   if feature not in FEATURES:
     raise ValueError(f'feature must be one of {FEATURES}, got {feature!r}')
   if feature == 'state':
+    if implementation not in (None, 'xla'):
+      raise ValueError(f"implementation={implementation!r} with feature='state': the flat h_p "
+                       "feature is computed in XLA only; pass implementation=None (or 'xla'), "
+                       "or use feature='readout' for the Pallas kernel.")
     hp = patched_states(states, delta, cls_index=cls_index, grid_size=grid_size,
                         neighbourhood=neighbourhood, weighting=weighting,
                         normalization=normalization, states_layout=states_layout,
                         reversed_tokens=reversed_tokens)
     return hp.reshape(hp.shape[:2] + (-1,))
-  w = token_weights(drop_class_token(delta, cls_index), weighting, normalization)
-  return readout_api.patched_readout(states, w, drop_class_token(c_mat, cls_index),
+  w = token_weights(readout_ref.drop_class_token(delta, cls_index), weighting, normalization)
+  return readout_api.patched_readout(states, w, readout_ref.drop_class_token(c_mat, cls_index),
                                      cls_index=cls_index, grid_size=grid_size,
                                      neighbourhood=neighbourhood, states_layout=states_layout,
                                      reversed_tokens=reversed_tokens,

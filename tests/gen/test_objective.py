@@ -71,6 +71,7 @@ def test_output_only_objective_runs_without_the_hook(tiny):
     (dict(feature='attention'), 'feature'),
     (dict(temperature=0.0), 'temperature'),
     (dict(readout_implementation='cuda'), 'readout_implementation'),
+    (dict(feature='state', readout_implementation='triton'), "needs gen.feature='readout'"),
     (dict(contrastive_weight=0.0, pse_weight=0.0, output_weight=0.0), 'all loss weights'),
 ])
 def test_validate_names_the_bad_setting(tiny, change, message):

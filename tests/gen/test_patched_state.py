@@ -95,3 +95,19 @@ def test_bad_option_names_are_rejected():
     patched_state.token_weights(delta, 'delta', 'batch')
   with pytest.raises(ValueError, match='state_weighting'):
     patched_state.token_weights(delta, 'gate')
+
+
+def test_bad_layout_and_implementation_are_rejected():
+  states, delta, c_mat = jnp.ones((1, 5, 2, 3)), jnp.ones((1, 5, 2)), jnp.ones((1, 5, 3))
+  kw = dict(cls_index=2, grid_size=(2, 2))
+  with pytest.raises(ValueError, match="states_layout must be one of .* got 'bogus'"):
+    patched_state.patch_features(states, delta, c_mat, feature='state', states_layout='bogus',
+                                 **kw)
+  with pytest.raises(ValueError, match='states_layout'):
+    patched_state.patch_features(states, delta, c_mat, states_layout='bogus', **kw)
+  for impl in ('triton', 'nonsense'):
+    with pytest.raises(ValueError, match="with feature='state'"):
+      patched_state.patch_features(states, delta, c_mat, feature='state', implementation=impl,
+                                   **kw)
+  with pytest.raises(ValueError, match='unknown implementation'):
+    patched_state.patch_features(states, delta, c_mat, implementation='nonsense', **kw)

@@ -55,7 +55,7 @@ def test_kernel_matches_reference_forward_and_gradients(grid, cls_index, channel
 
 
 @pytest.mark.parametrize('impl', ['xla', 'triton'])
-def test_kernel_layout_states_give_the_same_features(impl):
+def test_blnd_and_bldn_states_give_the_same_features(impl):
   states, weights, c_patches, _ = _inputs(3, 2, (3, 4), 20, 16)
   kw = dict(cls_index=6, grid_size=(3, 4), neighbourhood=5, implementation=impl, interpret=True,
             block_config=PatchedReadoutBlockConfig(16, 4))
@@ -134,8 +134,17 @@ def test_bad_inputs_are_rejected_with_a_clear_message():
     call(neighbourhood=4)
   with pytest.raises(ValueError, match='unknown implementation'):
     call(implementation='cuda')
+  for cls_index in (5, -1):
+    with pytest.raises(ValueError, match='outside the 5 tokens'):
+      call(cls_index=cls_index)
+  with pytest.raises(ValueError, match=r'expected states \(B, L, D, N\)'):
+    call(states=states[0])
+  with pytest.raises(ValueError, match="N = 4 from the 'blnd' states"):
+    call(states_layout='blnd')  # (B, L, D=4, N=2) states read as (B, L, N, D)
   with pytest.raises(ValueError, match='power of two'):
     PatchedReadoutBlockConfig(48, 4)
+  with pytest.raises(ValueError, match='num_warps=3'):
+    PatchedReadoutBlockConfig(64, 3)
 
 
 def test_kernels_lower_to_triton_for_h100():
