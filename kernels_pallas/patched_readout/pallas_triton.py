@@ -6,8 +6,8 @@ channels.
 
 Why a kernel: memory. The XLA form materialises the weighted and box-filtered states, two
 (B, P, D, N) fp32 tensors; this kernel never does (Gen-step peak 1.96 vs 14.98 GiB, Vim-S at 32
-images). Each program (one image, `block_d` state channels) walks the patch grid and, per patch
-τ, sums the w_k-weighted (N, block_d) state tiles of its p×p window in registers, then contracts
+images). Each program (one image, `block_d` state channels, `patch_chunk` consecutive patches)
+walks its patches and, per patch τ, sums the w_k-weighted (N, block_d) state tiles of its p×p window in registers, then contracts
 with C_τ. Those p² tile loads per patch (25 for 5×5) come mostly from L1/L2, which bounds the
 kernel: on the H100 it is 1.6-3x slower than the XLA form (NOTES.md), so it is opt-in.
 
@@ -16,7 +16,7 @@ the edge patches, exactly like the reference's banded matrices. The class token 
 mapping patch p to token t = p + (p >= cls_index), or to row L - 1 - t when the states are in
 the backward scan's order (`reversed_tokens`: no flipped copy of the states).
 
-Backward (custom VJP), one kernel, two walks over the grid per program:
+Backward (custom VJP), one kernel, two walks over the program's patch chunk:
   over source patches k:  G_k = Σ_τ m(τ, k) g_τ ⊗ C_τ   (τ in the p×p window around k, m the
                           number of window offsets of τ that clip to k)
                           dh_k = w_k G_k;  dw_k = Σ h_k ⊙ G_k  (partial over this channel block)
@@ -38,7 +38,8 @@ from kernels_pallas._blocks import next_pow2
 class _Geometry:
   """Static geometry: patch grid, window radius, class-token index, tile sizes."""
 
-  def __init__(self, states_shape, grid_size, neighbourhood, cls_index, block_d, reversed_tokens):
+  def __init__(self, states_shape, grid_size, neighbourhood, cls_index, block_d, reversed_tokens,
+               patch_chunk):
     _, length, n_state, channels = states_shape
     self.gh, self.gw = grid_size
     self.r = neighbourhood // 2
@@ -46,10 +47,27 @@ class _Geometry:
     self.length, self.reversed = length, reversed_tokens
     self.channels, self.n_state = channels, n_state
     self.block_d, self.n_pad = block_d, max(2, next_pow2(n_state))
+    self.patch_chunk = patch_chunk
 
   @property
   def patches(self) -> int:
     return self.gh * self.gw
+
+  @property
+  def chunks(self) -> int:
+    return pl.cdiv(self.patches, self.patch_chunk)
+
+  def walk(self, body):
+    """Runs body(patch, valid) over this program's chunk of patches; past the grid's end the
+    patch is clamped to the last one (loads stay in bounds) and `valid` is False (no stores)."""
+    first = pl.program_id(2) * self.patch_chunk
+
+    def step(i, carry):
+      patch = first + i
+      body(jnp.minimum(patch, self.patches - 1), patch < self.patches)
+      return carry
+
+    jax.lax.fori_loop(0, self.patch_chunk, step, 0)
 
   def offsets(self):
     return [(dr, dc) for dr in range(-self.r, self.r + 1) for dc in range(-self.r, self.r + 1)]
@@ -109,25 +127,25 @@ def _forward_kernel(h_ref, w_ref, c_ref, f_ref, *, geo: _Geometry):
   d0, d_ok, n_ok = geo.tile_masks()
   mask = n_ok[:, None] & d_ok[None, :]
 
-  def body(tau, carry):
+  def body(tau, valid):
     hsum = _window_sum(h_ref, w_ref, b, tau, d0, mask, geo)
     c_tau = _row(c_ref, b, tau, 0, geo.n_pad, n_ok)
     plgpu.store(f_ref.at[b, tau, pl.ds(d0, geo.block_d)], jnp.sum(hsum * c_tau[:, None], axis=0),
-                mask=d_ok)
-    return carry
+                mask=d_ok & valid)
 
-  jax.lax.fori_loop(0, geo.patches, body, 0)
+  geo.walk(body)
 
 
 def _backward_kernel(h_ref, w_ref, c_ref, g_ref, dh_ref, dw_ref, dc_ref, *, geo: _Geometry):
   b, blk = pl.program_id(0), pl.program_id(1)
   d0, d_ok, n_ok = geo.tile_masks()
   mask = n_ok[:, None] & d_ok[None, :]
-  # The class token's state is not a patch: its cotangent is 0.
+  # The class token's state is not a patch: its cotangent is 0 (written by the first chunk).
   plgpu.store(dh_ref.at[b, jnp.int32(geo.cls_row), pl.ds(0, geo.n_pad), pl.ds(d0, geo.block_d)],
-              jnp.zeros((geo.n_pad, geo.block_d), jnp.float32), mask=mask)
+              jnp.zeros((geo.n_pad, geo.block_d), jnp.float32),
+              mask=mask & (pl.program_id(2) == 0))
 
-  def per_source(k, carry):
+  def per_source(k, valid):
     kr, kc = geo.row_col(k)
     grad = jnp.zeros((geo.n_pad, geo.block_d), jnp.float32)
     for dr, dc in geo.offsets():
@@ -143,38 +161,38 @@ def _backward_kernel(h_ref, w_ref, c_ref, g_ref, dh_ref, dw_ref, dc_ref, *, geo:
     token = geo.token(k)
     h_k = _state_tile(h_ref, b, token, d0, mask, geo)
     plgpu.store(dh_ref.at[b, token, pl.ds(0, geo.n_pad), pl.ds(d0, geo.block_d)],
-                w_ref[b, k] * grad, mask=mask)
-    plgpu.store(dw_ref.at[b, blk, k], jnp.sum(jnp.sum(h_k * grad, axis=1)))
-    return carry
+                w_ref[b, k] * grad, mask=mask & valid)
+    plgpu.store(dw_ref.at[b, blk, k], jnp.sum(jnp.sum(h_k * grad, axis=1)), mask=valid)
 
-  def per_patch(tau, carry):
+  def per_patch(tau, valid):
     hsum = _window_sum(h_ref, w_ref, b, tau, d0, mask, geo)
     g_tau = _row(g_ref, b, tau, d0, geo.block_d, d_ok)
     plgpu.store(dc_ref.at[b, blk, tau, pl.ds(0, geo.n_pad)],
-                jnp.sum(hsum * g_tau[None, :], axis=1), mask=n_ok)
-    return carry
+                jnp.sum(hsum * g_tau[None, :], axis=1), mask=n_ok & valid)
 
-  jax.lax.fori_loop(0, geo.patches, per_source, 0)
-  jax.lax.fori_loop(0, geo.patches, per_patch, 0)
+  geo.walk(per_source)
+  geo.walk(per_patch)
 
 
 def _forward(states, weights, c_patches, cls_index, grid_size, neighbourhood, reversed_tokens,
-             block_d, num_warps, interpret):
-  geo = _Geometry(states.shape, grid_size, neighbourhood, cls_index, block_d, reversed_tokens)
+             block_d, num_warps, patch_chunk, interpret):
+  geo = _Geometry(states.shape, grid_size, neighbourhood, cls_index, block_d, reversed_tokens,
+                  patch_chunk)
   batch = states.shape[0]
   compat.filter_triton_deprecation()
   return pl.pallas_call(
       functools.partial(_forward_kernel, geo=geo),
       out_shape=jax.ShapeDtypeStruct((batch, geo.patches, geo.channels), jnp.float32),
-      grid=(batch, pl.cdiv(geo.channels, block_d)), interpret=interpret,
+      grid=(batch, pl.cdiv(geo.channels, block_d), geo.chunks), interpret=interpret,
       name='patched_readout_fwd',
       compiler_params=compat.triton_compiler_params(num_warps, 1),
   )(states, weights, c_patches)
 
 
 def _backward(states, weights, c_patches, g, cls_index, grid_size, neighbourhood,
-              reversed_tokens, block_d, num_warps, interpret):
-  geo = _Geometry(states.shape, grid_size, neighbourhood, cls_index, block_d, reversed_tokens)
+              reversed_tokens, block_d, num_warps, patch_chunk, interpret):
+  geo = _Geometry(states.shape, grid_size, neighbourhood, cls_index, block_d, reversed_tokens,
+                  patch_chunk)
   batch, blocks = states.shape[0], pl.cdiv(geo.channels, block_d)
   compat.filter_triton_deprecation()
   dh, dw, dc = pl.pallas_call(
@@ -182,19 +200,19 @@ def _backward(states, weights, c_patches, g, cls_index, grid_size, neighbourhood
       out_shape=[jax.ShapeDtypeStruct(states.shape, jnp.float32),
                  jax.ShapeDtypeStruct((batch, blocks, geo.patches), jnp.float32),
                  jax.ShapeDtypeStruct((batch, blocks, geo.patches, geo.n_state), jnp.float32)],
-      grid=(batch, blocks), interpret=interpret, name='patched_readout_bwd',
+      grid=(batch, blocks, geo.chunks), interpret=interpret, name='patched_readout_bwd',
       compiler_params=compat.triton_compiler_params(num_warps, 1),
   )(states, weights, c_patches, g)
   return dh, jnp.sum(dw, axis=1), jnp.sum(dc, axis=1)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7, 8, 9))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7, 8, 9, 10))
 def patched_readout(states, weights, c_patches, cls_index, grid_size, neighbourhood,
-                    reversed_tokens, block_d, num_warps, interpret):
+                    reversed_tokens, block_d, num_warps, patch_chunk, interpret):
   """(B, P, D) fp32 from fp32 states in the scan kernel's (B, L, N, D) layout, weights (B, P),
   c_patches (B, P, N)."""
   return _forward(states, weights, c_patches, cls_index, grid_size, neighbourhood,
-                  reversed_tokens, block_d, num_warps, interpret)
+                  reversed_tokens, block_d, num_warps, patch_chunk, interpret)
 
 
 def _vjp_forward(states, weights, c_patches, *static):
@@ -202,10 +220,10 @@ def _vjp_forward(states, weights, c_patches, *static):
 
 
 def _vjp_backward(cls_index, grid_size, neighbourhood, reversed_tokens, block_d, num_warps,
-                  interpret, saved, g):
+                  patch_chunk, interpret, saved, g):
   states, weights, c_patches = saved
   return _backward(states, weights, c_patches, g.astype(jnp.float32), cls_index, grid_size,
-                   neighbourhood, reversed_tokens, block_d, num_warps, interpret)
+                   neighbourhood, reversed_tokens, block_d, num_warps, patch_chunk, interpret)
 
 
 patched_readout.defvjp(_vjp_forward, _vjp_backward)
