@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from kernels_pallas import _pallas_compat as compat
 from kernels_pallas.patched_readout import reference
 from kernels_pallas.patched_readout.config import PatchedReadoutBlockConfig
-from kernels_pallas.selective_scan.api import STATES_LAYOUTS  # the layouts the scan hands out
+from kernels_pallas.patched_readout.reference import STATES_LAYOUTS
 
 IMPLEMENTATIONS = ('xla', 'triton')
 
@@ -62,10 +62,7 @@ def patched_readout(states, weights, c_patches, *, cls_index: int,
     raise ValueError(f'patched_readout: unknown implementation {impl!r}; choose one of '
                      f'{IMPLEMENTATIONS} or None for the default (xla).')
   if impl == 'xla':
-    if reversed_tokens:
-      states = jnp.flip(states, axis=1)
-    if states_layout == 'blnd':
-      states = jnp.swapaxes(states, 2, 3)
+    states = reference.token_order_bldn(states, states_layout, reversed_tokens)
     return reference.patched_readout_xla(states, weights, c_patches, cls_index=cls_index,
                                          grid_size=grid_size, neighbourhood=neighbourhood)
   if states_layout == 'bldn':

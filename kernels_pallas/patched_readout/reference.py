@@ -14,10 +14,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kernels_pallas.selective_scan.api import STATES_LAYOUTS  # the layouts the scan hands out
+
 
 def drop_class_token(x: jax.Array, cls_index: int) -> jax.Array:
   """(B, L, ...) -> (B, L-1, ...): patch tokens only, in raster order."""
   return jnp.concatenate([x[:, :cls_index], x[:, cls_index + 1:]], axis=1)
+
+
+def token_order_bldn(states: jax.Array, states_layout: str, reversed_tokens: bool) -> jax.Array:
+  """States as the reference takes them, (B, L, D, N) in token order, from the scan's 'bldn' or
+  'blnd' layout, token axis backwards when `reversed_tokens` (the backward scan's order)."""
+  if states_layout not in STATES_LAYOUTS:
+    raise ValueError(f'states_layout must be one of {STATES_LAYOUTS} ((B, L, D, N) or '
+                     f'(B, L, N, D)), got {states_layout!r}')
+  if reversed_tokens:
+    states = jnp.flip(states, axis=1)
+  return jnp.swapaxes(states, 2, 3) if states_layout == 'blnd' else states
 
 
 def replicate_window_matrix(n: int, size: int) -> np.ndarray:

@@ -68,13 +68,7 @@ def patched_states(states: jax.Array, delta: jax.Array, *, cls_index: int,
                    states_layout: str = 'bldn', reversed_tokens: bool = False) -> jax.Array:
   """h_p for every patch: states (B, L, Di, N) (or (B, L, N, Di) with states_layout 'blnd'; token
   axis backwards with reversed_tokens), delta (B, L, Di) -> (B, P, Di, N) fp32."""
-  if states_layout not in readout_api.STATES_LAYOUTS:
-    raise ValueError(f'states_layout must be one of {readout_api.STATES_LAYOUTS} ((B, L, Di, N) '
-                     f'or (B, L, N, Di)), got {states_layout!r}')
-  if reversed_tokens:
-    states = jnp.flip(states, axis=1)
-  if states_layout == 'blnd':
-    states = jnp.swapaxes(states, 2, 3)
+  states = readout_ref.token_order_bldn(states, states_layout, reversed_tokens)
   w = token_weights(readout_ref.drop_class_token(delta, cls_index), weighting, normalization)
   return readout_ref.patched_states(states, w, cls_index=cls_index, grid_size=grid_size,
                                     neighbourhood=neighbourhood)

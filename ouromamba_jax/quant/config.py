@@ -269,7 +269,7 @@ def _preset(name, w_bits, a_bits, outliers, *, float_ssm=False, **overrides) -> 
       else:
         prefixed[prefix][1][key[len(prefix):]] = value
   delta_overrides, ssm_overrides, a_overrides, weight_overrides = (
-      collected for _, collected in prefixed.values())
+      prefixed[p][1] for p in ('delta_', 'ssm_', 'a_', 'weight_'))
   if unknown:
     raise ValueError(f'unknown quantization options {sorted(unknown)}; ActSpec fields: '
                      f'{sorted(act_fields)} (prefix delta_ for Δ only, ssm_ for A, B, C, D '
