@@ -61,7 +61,7 @@ def run(args):
   sizes = SMOKE if args.smoke else SIZES
   timing = dict(warmup=1, trials=2, inner=1) if args.smoke else dict(
       warmup=3, trials=args.trials, inner=args.inner)
-  block_config = PatchedReadoutBlockConfig(args.block_d, args.num_warps, args.patch_chunk)
+  block_config = PatchedReadoutBlockConfig(args.block_d, args.num_warps)
   results = []
   for name, (batch, grid, channels, n_state, reversed_tokens) in sizes.items():
     args_set = make_inputs(jax.random.key(0), batch, grid, channels, n_state)
@@ -73,7 +73,7 @@ def run(args):
     got = table['triton'][1](*args_set)
     entry = dict(size=name, B=batch, grid=list(grid), D=channels, N=n_state,
                  states_layout=STATES_LAYOUT, reversed_tokens=reversed_tokens,
-                 block_d=args.block_d, num_warps=args.num_warps, patch_chunk=args.patch_chunk,
+                 block_d=args.block_d, num_warps=args.num_warps,
                  rel_err=max(_rel(a, b) for a, b in zip(got, ref)), variants={})
     states, weights, c_patches, cotangent = (a.nbytes for a in args_set)
     inputs = states + weights + c_patches
@@ -105,9 +105,8 @@ def print_table(report):
 
 def main(argv=None):
   def options(parser):
-    parser.add_argument('--block_d', type=int, default=64)
-    parser.add_argument('--num_warps', type=int, default=4)
-    parser.add_argument('--patch_chunk', type=int, default=PatchedReadoutBlockConfig.patch_chunk)
+    parser.add_argument('--block_d', type=int, default=PatchedReadoutBlockConfig.block_d)
+    parser.add_argument('--num_warps', type=int, default=PatchedReadoutBlockConfig.num_warps)
   return _bench.main(__doc__, run, print_table, argv, inner=5, add_options=options)
 
 

@@ -1,27 +1,30 @@
 """Pallas Triton kernels of the patched readout f(τ) = C_τ · Σ_{k ∈ N(τ)} w_k h(k).
 
 States come in the selective-scan kernel's (B, L, N, D) layout (`states_layout='blnd'`), so
-the Gen step hands them over without a transpose; a tile is N rows of `block_d` contiguous
-channels.
+the Gen step hands them over without a transpose; the kernels view them as (B, L, N·D) and a
+program's tile is one patch-grid row: (grid width, N·block_d).
 
-Why a kernel: memory. The XLA form materialises the weighted and box-filtered states, two
-(B, P, D, N) fp32 tensors; this kernel never does (Gen-step peak 1.96 vs 14.98 GiB, Vim-S at 32
-images). Each program (one image, `block_d` state channels, `patch_chunk` consecutive patches)
-walks its patches and, per patch τ, sums the w_k-weighted (N, block_d) state tiles of its p×p window in registers, then contracts
-with C_τ. Those p² tile loads per patch (25 for 5×5) come mostly from L1/L2, which bounds the
-kernel: on the H100 it is 1.6-3x slower than the XLA form (NOTES.md), so it is opt-in.
+Why row tiles: the window sum is separable. With M the replicate-padded band matrix of one
+axis (`reference.replicate_window_matrix`), Σ_{k ∈ N(τ)} w_k h(k) = (M_rows ⊗ M_cols)(w·h).
+One program per (image, channel block, grid row r) sums the p weighted rows r-p//2 .. r+p//2
+(clipped: replicate padding) and applies M_cols as one small matmul on the row tile, so each
+state element is loaded p times (mostly from L2) instead of p² times as a per-patch window
+walk needs; the first kernel of this op did that walk and was L1/L2-bound, 1.6-3x slower than
+XLA (NOTES.md). The matmul is fp32 (IEEE, no TF32): M holds small integers, the states keep
+every bit.
 
-Replicate padding is the clip of the window's row and column: a border patch's window repeats
-the edge patches, exactly like the reference's banded matrices. The class token is skipped by
-mapping patch p to token t = p + (p >= cls_index), or to row L - 1 - t when the states are in
-the backward scan's order (`reversed_tokens`: no flipped copy of the states).
-
-Backward (custom VJP), one kernel, two walks over the program's patch chunk:
-  over source patches k:  G_k = Σ_τ m(τ, k) g_τ ⊗ C_τ   (τ in the p×p window around k, m the
-                          number of window offsets of τ that clip to k)
-                          dh_k = w_k G_k;  dw_k = Σ h_k ⊙ G_k  (partial over this channel block)
-  over patches τ:         dC_τ = Σ_d g_τ[d] Σ_{k ∈ N(τ)} w_k h_k[d, :]  (partial)
+Backward (custom VJP), one kernel, program per (image, channel block, grid row r):
+  G_k = Σ_τ m(τ, k) C_τ ⊗ g_τ for the sources k of row r: (M_rowsᵀ ⊗ M_colsᵀ) applied to the
+      rank-1 tiles C_τ ⊗ g_τ (built from C and g, no state loads): a weighted sum of p rows,
+      then M_colsᵀ as a matmul
+  dh_k = w_k G_k;  dw_k = Σ h_k ⊙ G_k (partial over this channel block)
+  dC_τ = Σ_d g_τ[d] P_τ[:, d] for the patches τ of row r, P the forward's window sums
+      (recomputed; partial over this channel block)
 The channel-block partials of dw and dC are summed in XLA.
+
+The class token has no grid position: patch p sits at token t = p + (p >= cls_index), or at
+row L - 1 - t when the states are in the backward scan's order (`reversed_tokens`: no flipped
+copy of the states); the index arrays of the row loads do that mapping.
 """
 from __future__ import annotations
 
@@ -33,13 +36,16 @@ import jax.numpy as jnp
 from kernels_pallas import _pallas_compat as compat
 from kernels_pallas._pallas_compat import pl, plgpu
 from kernels_pallas._blocks import next_pow2
+from kernels_pallas.patched_readout import reference
+
+_MIN_DOT = 16  # Triton's smallest matmul dimension
 
 
 class _Geometry:
-  """Static geometry: patch grid, window radius, class-token index, tile sizes."""
+  """Static geometry (patch grid, window radius, class token, tile sizes) and the index arrays
+  of a program's row tiles."""
 
-  def __init__(self, states_shape, grid_size, neighbourhood, cls_index, block_d, reversed_tokens,
-               patch_chunk):
+  def __init__(self, states_shape, grid_size, neighbourhood, cls_index, block_d, reversed_tokens):
     _, length, n_state, channels = states_shape
     self.gh, self.gw = grid_size
     self.r = neighbourhood // 2
@@ -47,39 +53,15 @@ class _Geometry:
     self.length, self.reversed = length, reversed_tokens
     self.channels, self.n_state = channels, n_state
     self.block_d, self.n_pad = block_d, max(2, next_pow2(n_state))
-    self.patch_chunk = patch_chunk
+    self.w_pad = max(_MIN_DOT, next_pow2(self.gw))   # the row tile's rows (grid columns)
+    self.width = self.n_pad * block_d                # the row tile's columns: (n, d) pairs
 
   @property
   def patches(self) -> int:
     return self.gh * self.gw
 
-  @property
-  def chunks(self) -> int:
-    return pl.cdiv(self.patches, self.patch_chunk)
-
-  def walk(self, body):
-    """Runs body(patch, valid) over this program's chunk of patches; past the grid's end the
-    patch is clamped to the last one (loads stay in bounds) and `valid` is False (no stores)."""
-    first = pl.program_id(2) * self.patch_chunk
-
-    def step(i, carry):
-      patch = first + i
-      body(jnp.minimum(patch, self.patches - 1), patch < self.patches)
-      return carry
-
-    jax.lax.fori_loop(0, self.patch_chunk, step, 0)
-
-  def offsets(self):
-    return [(dr, dc) for dr in range(-self.r, self.r + 1) for dc in range(-self.r, self.r + 1)]
-
-  def row_col(self, patch):
-    """(row, column) of a patch index (non-negative: lax.div, no floor-mod fix-ups, which the
-    Triton lowering rejects)."""
-    row = jax.lax.div(patch, jnp.int32(self.gw))
-    return row, patch - row * self.gw
-
   def token(self, patch):
-    """Row of `states` holding a patch (the class token skipped; counted from the end when
+    """Row of `states` holding each patch (the class token skipped; counted from the end when
     the states are in the backward scan's reversed order)."""
     t = jnp.where(patch >= self.cls, patch + 1, patch)
     return self.length - 1 - t if self.reversed else t
@@ -88,131 +70,171 @@ class _Geometry:
   def cls_row(self) -> int:
     return self.length - 1 - self.cls if self.reversed else self.cls
 
-  def tile_masks(self):
+  def columns(self):
+    """Grid columns of the tile rows (clamped to the grid) and which of them are real."""
+    col = jnp.arange(self.w_pad)
+    return jnp.minimum(col, self.gw - 1), col < self.gw
+
+  def lanes(self):
+    """For each tile column j = n * block_d + d: state index n, channel d0 + d, the flat
+    (n, channel) offset into the (N·D) axis, and validity masks."""
     d0 = pl.program_id(1) * self.block_d
-    d_ok = (d0 + jnp.arange(self.block_d)) < self.channels
-    n_ok = jnp.arange(self.n_pad) < self.n_state
-    return d0, d_ok, n_ok
-
-  def multiplicity(self, i, j, n):
-    """How many offsets o in [-r, r] give clip(i + o, 0, n - 1) == j (scalars)."""
-    total = jnp.zeros((), jnp.float32)
-    for o in range(-self.r, self.r + 1):
-      total += (jnp.clip(i + o, 0, n - 1) == j).astype(jnp.float32)
-    return total
+    j = jnp.arange(self.width)
+    n = jax.lax.div(j, jnp.int32(self.block_d))
+    channel = d0 + j - n * self.block_d
+    n_ok, d_ok = n < self.n_state, channel < self.channels
+    return n, channel, n * self.channels + channel, n_ok & d_ok
 
 
-def _state_tile(h_ref, b, token, d0, mask, geo: _Geometry):
-  """(n_pad, block_d) tile of the (B, L, N, D) states: N rows of contiguous channels."""
-  return plgpu.load(h_ref.at[b, token, pl.ds(0, geo.n_pad), pl.ds(d0, geo.block_d)],
-                    mask=mask, other=0.0)
+def _row_patches(row, geo: _Geometry):
+  col, col_ok = geo.columns()
+  return row * geo.gw + col, col_ok
 
 
-def _window_sum(h_ref, w_ref, b, tau, d0, mask, geo: _Geometry):
-  """Σ_{k ∈ N(τ)} w_k h_k as an (n_pad, block_d) tile (replicate-padded window)."""
-  tr, tc = geo.row_col(tau)
-  acc = jnp.zeros((geo.n_pad, geo.block_d), jnp.float32)
-  for dr, dc in geo.offsets():
-    k = jnp.clip(tr + dr, 0, geo.gh - 1) * geo.gw + jnp.clip(tc + dc, 0, geo.gw - 1)
-    acc += w_ref[b, k] * _state_tile(h_ref, b, geo.token(k), d0, mask, geo)
-  return acc
+def _state_row(h_ref, b, row, geo: _Geometry):
+  """(w_pad, width) tile of grid row `row`'s states; padding rows/lanes are 0."""
+  patches, col_ok = _row_patches(row, geo)
+  _, _, flat, lane_ok = geo.lanes()
+  return plgpu.load(h_ref.at[b, geo.token(patches)[:, None], flat[None, :]],
+                    mask=col_ok[:, None] & lane_ok[None, :], other=0.0)
 
 
-def _row(ref, b, p, start, size, ok):
-  return plgpu.load(ref.at[b, p, pl.ds(start, size)], mask=ok, other=0.0)
+def _by_patch(ref, b, patches, col_ok, index, index_ok):
+  """ref[b, patches[i], index[j]] as a (w_pad, len(index)) tile (0 where masked)."""
+  return plgpu.load(ref.at[b, patches[:, None], index[None, :]],
+                    mask=col_ok[:, None] & index_ok[None, :], other=0.0)
 
 
-def _forward_kernel(h_ref, w_ref, c_ref, f_ref, *, geo: _Geometry):
-  b = pl.program_id(0)
-  d0, d_ok, n_ok = geo.tile_masks()
-  mask = n_ok[:, None] & d_ok[None, :]
-
-  def body(tau, valid):
-    hsum = _window_sum(h_ref, w_ref, b, tau, d0, mask, geo)
-    c_tau = _row(c_ref, b, tau, 0, geo.n_pad, n_ok)
-    plgpu.store(f_ref.at[b, tau, pl.ds(d0, geo.block_d)], jnp.sum(hsum * c_tau[:, None], axis=0),
-                mask=d_ok & valid)
-
-  geo.walk(body)
+def _window_rows(h_ref, w_ref, mc_ref, b, row, geo: _Geometry):
+  """P for the patches of grid row `row`: Σ over the clipped window rows of the weighted state
+  rows, then the column window as a matmul with M_cols. (w_pad, width)."""
+  acc = jnp.zeros((geo.w_pad, geo.width), jnp.float32)
+  for dr in range(-geo.r, geo.r + 1):
+    src = jnp.clip(row + dr, 0, geo.gh - 1)
+    patches, col_ok = _row_patches(src, geo)
+    w = plgpu.load(w_ref.at[b, patches], mask=col_ok, other=0.0)
+    acc += w[:, None] * _state_row(h_ref, b, src, geo)
+  return jnp.dot(mc_ref[...], acc, preferred_element_type=jnp.float32)
 
 
-def _backward_kernel(h_ref, w_ref, c_ref, g_ref, dh_ref, dw_ref, dc_ref, *, geo: _Geometry):
-  b, blk = pl.program_id(0), pl.program_id(1)
-  d0, d_ok, n_ok = geo.tile_masks()
-  mask = n_ok[:, None] & d_ok[None, :]
-  # The class token's state is not a patch: its cotangent is 0 (written by the first chunk).
-  plgpu.store(dh_ref.at[b, jnp.int32(geo.cls_row), pl.ds(0, geo.n_pad), pl.ds(d0, geo.block_d)],
-              jnp.zeros((geo.n_pad, geo.block_d), jnp.float32),
-              mask=mask & (pl.program_id(2) == 0))
+def _or_past_end(index, ok, size):
+  """Store indices with every masked entry moved past the end of its axis. The GPU never
+  touches masked addresses, but the interpreter writes masked entries back (with their old
+  value) and the tiles repeat the edge column: a repeat inside the array would race with the
+  real write, one past the end is dropped."""
+  return jnp.where(ok, index, size)
 
-  def per_source(k, valid):
-    kr, kc = geo.row_col(k)
-    grad = jnp.zeros((geo.n_pad, geo.block_d), jnp.float32)
-    for dr, dc in geo.offsets():
-      tr, tc = kr + dr, kc + dc
-      inside = (tr >= 0) & (tr < geo.gh) & (tc >= 0) & (tc < geo.gw)
-      tr_c, tc_c = jnp.clip(tr, 0, geo.gh - 1), jnp.clip(tc, 0, geo.gw - 1)
-      m = (geo.multiplicity(tr_c, kr, geo.gh) * geo.multiplicity(tc_c, kc, geo.gw)
-           * inside.astype(jnp.float32))
-      tau = tr_c * geo.gw + tc_c
-      g_tau = _row(g_ref, b, tau, d0, geo.block_d, d_ok)
-      c_tau = _row(c_ref, b, tau, 0, geo.n_pad, n_ok)
-      grad += m * (c_tau[:, None] * g_tau[None, :])
-    token = geo.token(k)
-    h_k = _state_tile(h_ref, b, token, d0, mask, geo)
-    plgpu.store(dh_ref.at[b, token, pl.ds(0, geo.n_pad), pl.ds(d0, geo.block_d)],
-                w_ref[b, k] * grad, mask=mask & valid)
-    plgpu.store(dw_ref.at[b, blk, k], jnp.sum(jnp.sum(h_k * grad, axis=1)), mask=valid)
 
-  def per_patch(tau, valid):
-    hsum = _window_sum(h_ref, w_ref, b, tau, d0, mask, geo)
-    g_tau = _row(g_ref, b, tau, d0, geo.block_d, d_ok)
-    plgpu.store(dc_ref.at[b, blk, tau, pl.ds(0, geo.n_pad)],
-                jnp.sum(hsum * g_tau[None, :], axis=1), mask=n_ok & valid)
+def _split_n(tile, geo: _Geometry):
+  """(w_pad, n_pad * block_d) -> (w_pad, n_pad, block_d)."""
+  return tile.reshape(geo.w_pad, geo.n_pad, geo.block_d)
 
-  geo.walk(per_source)
-  geo.walk(per_patch)
+
+def _forward_kernel(h_ref, w_ref, c_ref, mc_ref, f_ref, *, geo: _Geometry):
+  b, row = pl.program_id(0), pl.program_id(2)
+  d0 = pl.program_id(1) * geo.block_d
+  patches, col_ok = _row_patches(row, geo)
+  hsum = _split_n(_window_rows(h_ref, w_ref, mc_ref, b, row, geo), geo)
+  n = jnp.arange(geo.n_pad)
+  c_row = _by_patch(c_ref, b, patches, col_ok, n, n < geo.n_state)
+  channel = d0 + jnp.arange(geo.block_d)
+  d_ok = channel < geo.channels
+  plgpu.store(f_ref.at[b, _or_past_end(patches, col_ok, geo.patches)[:, None],
+                      _or_past_end(channel, d_ok, geo.channels)[None, :]],
+              jnp.sum(hsum * c_row[:, :, None], axis=1), mask=col_ok[:, None] & d_ok[None, :])
+
+
+def _backward_kernel(h_ref, w_ref, c_ref, g_ref, mr_ref, mc_ref, mct_ref, dh_ref, dw_ref, dc_ref,
+                     *, geo: _Geometry):
+  b, blk, row = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+  n_of, channel, flat, lane_ok = geo.lanes()
+  flat_out = _or_past_end(flat, lane_ok, geo.n_state * geo.channels)
+  # The class token's state is not a patch: its cotangent is 0 (written by row 0's programs).
+  plgpu.store(dh_ref.at[b, jnp.int32(geo.cls_row), flat_out],
+              jnp.zeros((geo.width,), jnp.float32), mask=lane_ok & (row == 0))
+
+  # G for the sources of this row: the rank-1 tiles C_τ ⊗ g_τ of the window rows τ_r whose
+  # clipped window reaches `row`, weighted by M_rows[τ_r, row], then M_colsᵀ.
+  acc = jnp.zeros((geo.w_pad, geo.width), jnp.float32)
+  for dr in range(-geo.r, geo.r + 1):
+    tr = row + dr
+    inside = (tr >= 0) & (tr < geo.gh)
+    tr = jnp.clip(tr, 0, geo.gh - 1)
+    m = mr_ref[tr, row] * inside.astype(jnp.float32)
+    patches, col_ok = _row_patches(tr, geo)
+    c_x = _by_patch(c_ref, b, patches, col_ok, n_of, lane_ok)
+    g_x = _by_patch(g_ref, b, patches, col_ok, channel, lane_ok)
+    acc += m * (c_x * g_x)
+  grad = jnp.dot(mct_ref[...], acc, preferred_element_type=jnp.float32)
+
+  patches, col_ok = _row_patches(row, geo)
+  w_row = plgpu.load(w_ref.at[b, patches], mask=col_ok, other=0.0)
+  tile_ok = col_ok[:, None] & lane_ok[None, :]
+  tokens_out = _or_past_end(geo.token(patches), col_ok, geo.length)
+  plgpu.store(dh_ref.at[b, tokens_out[:, None], flat_out[None, :]], w_row[:, None] * grad,
+              mask=tile_ok)
+  h_row = _state_row(h_ref, b, row, geo)
+  patches_out = _or_past_end(patches, col_ok, geo.patches)
+  plgpu.store(dw_ref.at[b, blk, patches_out], jnp.sum(h_row * grad, axis=1), mask=col_ok)
+
+  hsum = _split_n(_window_rows(h_ref, w_ref, mc_ref, b, row, geo), geo)
+  d = geo.block_d * blk + jnp.arange(geo.block_d)
+  g_row = _by_patch(g_ref, b, patches, col_ok, d, d < geo.channels)
+  n = jnp.arange(geo.n_pad)
+  plgpu.store(dc_ref.at[b, blk, patches_out[:, None],
+                        _or_past_end(n, n < geo.n_state, geo.n_state)[None, :]],
+              jnp.sum(hsum * g_row[:, None, :], axis=2),
+              mask=col_ok[:, None] & (n < geo.n_state)[None, :])
+
+
+def _band(n: int, size: int, pad: int) -> jax.Array:
+  """M of one grid axis (replicate-padded window), zero-padded to (pad, pad)."""
+  m = reference.replicate_window_matrix(n, size)
+  return jnp.pad(jnp.asarray(m), ((0, pad - n), (0, pad - n)))
+
+
+def _flat(states):
+  return states.reshape(states.shape[:2] + (-1,))
 
 
 def _forward(states, weights, c_patches, cls_index, grid_size, neighbourhood, reversed_tokens,
-             block_d, num_warps, patch_chunk, interpret):
-  geo = _Geometry(states.shape, grid_size, neighbourhood, cls_index, block_d, reversed_tokens,
-                  patch_chunk)
+             block_d, num_warps, interpret):
+  geo = _Geometry(states.shape, grid_size, neighbourhood, cls_index, block_d, reversed_tokens)
   batch = states.shape[0]
   compat.filter_triton_deprecation()
   return pl.pallas_call(
       functools.partial(_forward_kernel, geo=geo),
       out_shape=jax.ShapeDtypeStruct((batch, geo.patches, geo.channels), jnp.float32),
-      grid=(batch, pl.cdiv(geo.channels, block_d), geo.chunks), interpret=interpret,
+      grid=(batch, pl.cdiv(geo.channels, block_d), geo.gh), interpret=interpret,
       name='patched_readout_fwd',
       compiler_params=compat.triton_compiler_params(num_warps, 1),
-  )(states, weights, c_patches)
+  )(_flat(states), weights, c_patches, _band(geo.gw, neighbourhood, geo.w_pad))
 
 
 def _backward(states, weights, c_patches, g, cls_index, grid_size, neighbourhood,
-              reversed_tokens, block_d, num_warps, patch_chunk, interpret):
-  geo = _Geometry(states.shape, grid_size, neighbourhood, cls_index, block_d, reversed_tokens,
-                  patch_chunk)
+              reversed_tokens, block_d, num_warps, interpret):
+  geo = _Geometry(states.shape, grid_size, neighbourhood, cls_index, block_d, reversed_tokens)
   batch, blocks = states.shape[0], pl.cdiv(geo.channels, block_d)
+  mc = _band(geo.gw, neighbourhood, geo.w_pad)
   compat.filter_triton_deprecation()
   dh, dw, dc = pl.pallas_call(
       functools.partial(_backward_kernel, geo=geo),
-      out_shape=[jax.ShapeDtypeStruct(states.shape, jnp.float32),
+      out_shape=[jax.ShapeDtypeStruct(_flat(states).shape, jnp.float32),
                  jax.ShapeDtypeStruct((batch, blocks, geo.patches), jnp.float32),
                  jax.ShapeDtypeStruct((batch, blocks, geo.patches, geo.n_state), jnp.float32)],
-      grid=(batch, blocks, geo.chunks), interpret=interpret, name='patched_readout_bwd',
+      grid=(batch, blocks, geo.gh), interpret=interpret, name='patched_readout_bwd',
       compiler_params=compat.triton_compiler_params(num_warps, 1),
-  )(states, weights, c_patches, g)
-  return dh, jnp.sum(dw, axis=1), jnp.sum(dc, axis=1)
+  )(_flat(states), weights, c_patches, g, _band(geo.gh, neighbourhood, geo.gh), mc, mc.T)
+  return dh.reshape(states.shape), jnp.sum(dw, axis=1), jnp.sum(dc, axis=1)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7, 8, 9, 10))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7, 8, 9))
 def patched_readout(states, weights, c_patches, cls_index, grid_size, neighbourhood,
-                    reversed_tokens, block_d, num_warps, patch_chunk, interpret):
+                    reversed_tokens, block_d, num_warps, interpret):
   """(B, P, D) fp32 from fp32 states in the scan kernel's (B, L, N, D) layout, weights (B, P),
   c_patches (B, P, N)."""
   return _forward(states, weights, c_patches, cls_index, grid_size, neighbourhood,
-                  reversed_tokens, block_d, num_warps, patch_chunk, interpret)
+                  reversed_tokens, block_d, num_warps, interpret)
 
 
 def _vjp_forward(states, weights, c_patches, *static):
@@ -220,10 +242,10 @@ def _vjp_forward(states, weights, c_patches, *static):
 
 
 def _vjp_backward(cls_index, grid_size, neighbourhood, reversed_tokens, block_d, num_warps,
-                  patch_chunk, interpret, saved, g):
+                  interpret, saved, g):
   states, weights, c_patches = saved
   return _backward(states, weights, c_patches, g.astype(jnp.float32), cls_index, grid_size,
-                   neighbourhood, reversed_tokens, block_d, num_warps, patch_chunk, interpret)
+                   neighbourhood, reversed_tokens, block_d, num_warps, interpret)
 
 
 patched_readout.defvjp(_vjp_forward, _vjp_backward)

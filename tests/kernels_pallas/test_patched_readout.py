@@ -32,19 +32,18 @@ def _value_and_grads(impl, states, weights, c_patches, cotangent, **kw):
   return out, vjp(cotangent)
 
 
-# (grid, cls_index, channels, N, size, patch_chunk): rectangular grid, a window larger than the
-# grid, a channel count that is not a multiple of the block, N not a power of two, cls first and
-# middle, patch chunks of 1, of a size that leaves a partial last chunk, and of the whole grid.
-CASES = [((3, 4), 6, 20, 16, 5, 5), ((2, 3), 0, 16, 12, 3, 1), ((4, 4), 8, 40, 16, 1, 16),
-         ((3, 3), 4, 16, 4, 7, 4)]
+# (grid, cls_index, channels, N, size): rectangular grids (wider and taller), a window larger
+# than the grid, a channel count that is not a multiple of the block, N not a power of two, cls
+# first, middle, inside a row and last, a grid wider than the 16-row tile minimum.
+CASES = [((3, 4), 6, 20, 16, 5), ((2, 3), 0, 16, 12, 3), ((4, 4), 8, 40, 16, 1),
+         ((3, 3), 4, 16, 4, 7), ((5, 2), 10, 16, 16, 5), ((2, 17), 5, 16, 16, 3)]
 
 
-@pytest.mark.parametrize('grid,cls_index,channels,n_state,size,chunk', CASES)
-def test_kernel_matches_reference_forward_and_gradients(grid, cls_index, channels, n_state, size,
-                                                        chunk):
+@pytest.mark.parametrize('grid,cls_index,channels,n_state,size', CASES)
+def test_kernel_matches_reference_forward_and_gradients(grid, cls_index, channels, n_state, size):
   states, weights, c_patches, cotangent = _inputs(len(grid) + size, 2, grid, channels, n_state)
   kw = dict(cls_index=cls_index, grid_size=grid, neighbourhood=size,
-            block_config=PatchedReadoutBlockConfig(16, 4, chunk))
+            block_config=PatchedReadoutBlockConfig(16, 4))
   ref, ref_grads = _value_and_grads('xla', states, weights, c_patches, cotangent, **kw)
   out, grads = _value_and_grads('triton', states, weights, c_patches, cotangent, **kw)
   print(f'grid {grid} size {size}: forward rel err {_rel(out, ref):.2e}; gradients '
@@ -75,7 +74,7 @@ def test_reversed_token_states_give_the_same_features_and_gradients(impl):
   the gradient comes back in the order it was given (class-token row zero at its own place)."""
   states, weights, c_patches, g = _inputs(4, 2, (3, 4), 20, 16)
   kw = dict(cls_index=5, grid_size=(3, 4), neighbourhood=3, implementation=impl,
-            interpret=True, block_config=PatchedReadoutBlockConfig(16, 4, patch_chunk=5))
+            interpret=True, block_config=PatchedReadoutBlockConfig(16, 4))
   flipped = jnp.flip(states, axis=1)
   want, want_vjp = jax.vjp(lambda h: api.patched_readout(h, weights, c_patches, **kw), states)
   got, got_vjp = jax.vjp(lambda h: api.patched_readout(h, weights, c_patches,
@@ -145,10 +144,10 @@ def test_bad_inputs_are_rejected_with_a_clear_message():
     call(states_layout='blnd')  # (B, L, D=4, N=2) states read as (B, L, N, D)
   with pytest.raises(ValueError, match='power of two'):
     PatchedReadoutBlockConfig(48, 4)
+  with pytest.raises(ValueError, match='power of two'):
+    PatchedReadoutBlockConfig(256, 4)
   with pytest.raises(ValueError, match='num_warps=3'):
     PatchedReadoutBlockConfig(64, 3)
-  with pytest.raises(ValueError, match='patch_chunk=0'):
-    PatchedReadoutBlockConfig(64, 4, 0)
 
 
 def test_kernels_lower_to_triton_for_h100():
@@ -158,7 +157,7 @@ def test_kernels_lower_to_triton_for_h100():
   device = jax.sharding.AbstractDevice(device_kind='NVIDIA H100 80GB HBM3', num_cores=132,
                                        platform='cuda')
   mesh = jax.sharding.AbstractMesh((1,), ('x',), abstract_device=device)
-  static = (98, (14, 14), 5, True, 64, 4, 16, False)  # reversed tokens: the harder index map
+  static = (98, (14, 14), 5, True, 32, 4, False)  # reversed tokens: the harder index map
   forward = jax.jit(lambda h, w, c: pallas_triton.patched_readout(h, w, c, *static))
   backward = jax.jit(lambda h, w, c: pallas_triton._backward(  # pylint: disable=protected-access
       h, w, c, h[:, 1:, 0, :], *static))
@@ -168,8 +167,8 @@ def test_kernels_lower_to_triton_for_h100():
       for fn in (forward, backward):
         text = fn.trace(*args).lower(lowering_platforms=('cuda',)).as_text()
         assert '__gpu$xla.gpu.triton' in text
-        # batch x ceil(768 / 64) channel blocks x ceil(196 / 16) patch chunks
-        assert 'grid_x = 4 : i32, grid_y = 12 : i32, grid_z = 13 : i32' in text
+        # batch x 768 / 32 channel blocks x 14 grid rows
+        assert 'grid_x = 4 : i32, grid_y = 24 : i32, grid_z = 14 : i32' in text
 
 
 @pytest.mark.gpu
