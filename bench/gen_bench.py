@@ -81,7 +81,7 @@ def _time_step(model, params, gen_cfg, images_per_step: int, steps: int) -> dict
   mesh = optimize.data_mesh(0)
   optimizer = optimize.build_optimizer(gen_cfg)
   gen_model = objective.generation_model(model, spec, gen_cfg.remat, gen_cfg.scan_implementation)
-  step = optimize.make_step(gen_model, spec, optimizer, gen_cfg)
+  step = optimize.make_step(gen_model, spec, optimizer, gen_cfg, mesh)
   keys = jax.device_put(optimize.image_keys(0, np.arange(images_per_step)),
                         optimize.batch_sharding(mesh))
   labels = jax.device_put(jnp.arange(images_per_step) % model.num_classes,

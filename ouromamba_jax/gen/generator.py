@@ -136,7 +136,7 @@ def generate(model, params, gen_cfg, directory: str, *, seed: int = 0,
   gen_model = objective.generation_model(model, spec, bool(gen_cfg.remat),
                                          gen_cfg.scan_implementation)
   optimizer = optimize.build_optimizer(gen_cfg)
-  step_fn = optimize.make_step(gen_model, spec, optimizer, gen_cfg)
+  step_fn = optimize.make_step(gen_model, spec, optimizer, gen_cfg, mesh)
   params = jax.device_put(params, optimize.replicated(mesh))
   shape = (model.img_size, model.img_size, model.in_chans)
 

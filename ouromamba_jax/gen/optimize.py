@@ -116,24 +116,38 @@ def shard_batch_tree(tree, mesh: Mesh, batch: int):
 
 
 def make_step(gen_model, spec: objective.LossSpec, optimizer: optax.GradientTransformation,
-              gen_cfg) -> Callable:
+              gen_cfg, mesh: Mesh | None = None) -> Callable:
   """jit(step)(params, GroupState, labels, keys, step) -> (GroupState, metrics).
 
   metrics: per-image means of the loss terms of this step (before the update) and two flags,
   `loss_finite` and `pixels_finite` (after the update), for the NaN guard.
+
+  With `mesh` (the data mesh the batch is split over), every device computes the losses and
+  pixel gradients of its own images (`shard_map`; each image's loss is its own, so nothing is
+  exchanged). Under plain jit sharding XLA cannot split the model's Pallas kernels (custom
+  calls) and gathers the whole batch onto every device: on 4 H100s a 128-image Vim-S step
+  asked for a 68 GiB buffer.
   """
   lo, hi = pixel_bounds(gen_cfg.mean, gen_cfg.std)
   jitter, flip, clip = int(gen_cfg.jitter), bool(gen_cfg.flip), bool(gen_cfg.clip_pixels)
 
-  def step(params, state: GroupState, labels, keys, step_index):
-    step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step_index))(keys)
-
+  def grads_and_terms(params, images, labels, step_keys):
     def loss_fn(images):
       views = augment(images, step_keys, jitter, flip)
       terms = objective.per_image_losses(gen_model, params, views, labels, spec)
       return jnp.sum(terms['total']), terms  # a sum: each image's gradient is its own
 
-    grads, terms = jax.grad(loss_fn, has_aux=True)(state.images)
+    return jax.grad(loss_fn, has_aux=True)(images)
+
+  if mesh is not None:
+    data = PartitionSpec(DATA_AXIS)
+    grads_and_terms = jax.shard_map(grads_and_terms, mesh=mesh,
+                                    in_specs=(PartitionSpec(), data, data, data),
+                                    out_specs=(data, data), check_vma=False)
+
+  def step(params, state: GroupState, labels, keys, step_index):
+    step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step_index))(keys)
+    grads, terms = grads_and_terms(params, state.images, labels, step_keys)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.images)
     images = optax.apply_updates(state.images, updates)
     if clip:

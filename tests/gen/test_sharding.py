@@ -24,7 +24,8 @@ _SCRIPT = textwrap.dedent('''
     mesh = optimize.data_mesh(0)
     spec = objective.LossSpec.from_config(cfg)
     optimizer = optimize.build_optimizer(cfg)
-    step = optimize.make_step(objective.generation_model(model, spec), spec, optimizer, cfg)
+    step = optimize.make_step(objective.generation_model(model, spec), spec, optimizer, cfg,
+                              mesh)
     keys = jax.device_put(optimize.image_keys(0, np.arange(4)), optimize.batch_sharding(mesh))
     images = optimize.initial_images(keys, (32, 32, 3), 1.0)
     state = optimize.shard_batch_tree(optimize.GroupState(images, optimizer.init(images)), mesh, 4)
