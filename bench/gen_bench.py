@@ -42,8 +42,8 @@ _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'model c
 _REMAT = flags.DEFINE_bool('remat', True, 'rematerialise blocks in the backward pass')
 _SCAN = flags.DEFINE_string('scan', '', "scan implementation ('' = platform default)")
 _NEIGHBOURHOOD = flags.DEFINE_integer('neighbourhood', 5, 'p of the p x p window')
-_READOUT = flags.DEFINE_string('readout', '', "patched-readout implementation ('' = the default, "
-                               "xla; triton = the low-memory Pallas kernel)")
+_READOUT = flags.DEFINE_string('readout', '', "patched-readout implementation ('' = the default: "
+                               "triton on GPU, else xla)")
 _BASELINE = flags.DEFINE_bool('baseline', True, 'also time the L_O-only step (no state hook)')
 _OUT = flags.DEFINE_string('out', None, 'JSON file for the results')
 _FULL_RUN = flags.DEFINE_bool('full_run', False, 'also run generator.generate for --full_images x '

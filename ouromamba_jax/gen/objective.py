@@ -19,9 +19,9 @@ from ouromamba_jax.gen import patched_state
 
 LOSS_NAMES = ('total', 'contrastive', 'pse', 'output')
 # The hook takes the states in the scan kernel's (B, L, N, D) layout and, for the backward
-# direction, in scan order (not flipped). The Pallas readout (readout_implementation='triton')
-# reads them as they are, forward and backward; the default XLA readout flips and transposes
-# them to (B, L, D, N) in token order itself (and its gradient back).
+# direction, in scan order (not flipped). The Pallas readout (the GPU default) reads them as
+# they are, forward and backward; the XLA readout flips and transposes them to (B, L, D, N) in
+# token order itself (and its gradient back).
 STATES_LAYOUT = 'blnd'
 
 
@@ -66,8 +66,9 @@ class LossSpec:
     if self.feature not in patched_state.FEATURES:
       raise ValueError(f'gen.feature must be one of {patched_state.FEATURES}, got {self.feature!r}')
     if self.readout_implementation not in ('',) + readout_api.IMPLEMENTATIONS:
-      raise ValueError(f'gen.readout_implementation must be \'\' (the default, xla) or one of '
-                       f'{readout_api.IMPLEMENTATIONS}, got {self.readout_implementation!r}')
+      raise ValueError(f'gen.readout_implementation must be \'\' (the default: triton on GPU, '
+                       f'else xla) or one of {readout_api.IMPLEMENTATIONS}, got '
+                       f'{self.readout_implementation!r}')
     if self.feature == 'state' and self.readout_implementation == 'triton':
       raise ValueError("gen.readout_implementation='triton' needs gen.feature='readout': the "
                        "'state' feature (flat h_p) is computed in XLA only; set "

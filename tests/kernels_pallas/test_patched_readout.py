@@ -185,3 +185,9 @@ def test_kernel_on_gpu_matches_reference_at_vim_s_size():
   assert _rel(out, ref) < 1e-5
   for g, r in zip(grads, ref_grads):
     assert _rel(g, r) < 1e-5
+
+
+def test_default_is_the_kernel_on_gpu_and_xla_elsewhere(monkeypatch):
+  for backend, want in (('gpu', 'triton'), ('cpu', 'xla'), ('tpu', 'xla')):
+    monkeypatch.setattr(jax, 'default_backend', lambda b=backend: b)
+    assert api.default_implementation() == want
