@@ -77,6 +77,11 @@ class _Geometry:
     col = jnp.arange(self.w_pad)
     return jnp.minimum(col, self.gw - 1), col < self.gw
 
+  def channel_block(self):
+    """This program's `block_d` channels and which of them exist."""
+    channel = pl.program_id(1) * self.block_d + jnp.arange(self.block_d)
+    return channel, channel < self.channels
+
   def lanes(self):
     """For each tile column j = n * block_d + d: state index n, channel d0 + d, the flat
     (n, channel) offset into the (N·D) axis, and validity masks."""
@@ -97,8 +102,7 @@ def _state_row(h_ref, b, row, geo: _Geometry):
   """(w_pad, width) tile of grid row `row`'s states; padding rows/lanes are 0."""
   patches, col_ok = _row_patches(row, geo)
   _, _, flat, lane_ok = geo.lanes()
-  return plgpu.load(h_ref.at[b, geo.token(patches)[:, None], flat[None, :]],
-                    mask=col_ok[:, None] & lane_ok[None, :], other=0.0)
+  return _by_patch(h_ref, b, geo.token(patches), col_ok, flat, lane_ok)
 
 
 def _by_patch(ref, b, patches, col_ok, index, index_ok):
@@ -134,13 +138,11 @@ def _split_n(tile, geo: _Geometry):
 
 def _forward_kernel(h_ref, w_ref, c_ref, mc_ref, f_ref, *, geo: _Geometry):
   b, row = pl.program_id(0), pl.program_id(2)
-  d0 = pl.program_id(1) * geo.block_d
   patches, col_ok = _row_patches(row, geo)
   hsum = _split_n(_window_rows(h_ref, w_ref, mc_ref, b, row, geo), geo)
   n = jnp.arange(geo.n_pad)
   c_row = _by_patch(c_ref, b, patches, col_ok, n, n < geo.n_state)
-  channel = d0 + jnp.arange(geo.block_d)
-  d_ok = channel < geo.channels
+  channel, d_ok = geo.channel_block()
   plgpu.store(f_ref.at[b, _or_past_end(patches, col_ok, geo.patches)[:, None],
                       _or_past_end(channel, d_ok, geo.channels)[None, :]],
               jnp.sum(hsum * c_row[:, :, None], axis=1), mask=col_ok[:, None] & d_ok[None, :])
@@ -180,8 +182,7 @@ def _backward_kernel(h_ref, w_ref, c_ref, g_ref, mr_ref, mc_ref, mct_ref, dh_ref
   plgpu.store(dw_ref.at[b, blk, patches_out], jnp.sum(h_row * grad, axis=1), mask=col_ok)
 
   hsum = _split_n(_window_rows(h_ref, w_ref, mc_ref, b, row, geo), geo)
-  d = geo.block_d * blk + jnp.arange(geo.block_d)
-  g_row = _by_patch(g_ref, b, patches, col_ok, d, d < geo.channels)
+  g_row = _by_patch(g_ref, b, patches, col_ok, *geo.channel_block())
   n = jnp.arange(geo.n_pad)
   plgpu.store(dc_ref.at[b, blk, patches_out[:, None],
                         _or_past_end(n, n < geo.n_state, geo.n_state)[None, :]],
