@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from kernels_pallas import _pallas_compat as compat
 from kernels_pallas.patched_readout import reference
-from kernels_pallas.patched_readout.config import PatchedReadoutBlockConfig
+from kernels_pallas.patched_readout.config import PatchedReadoutBlockConfig, default_block_config
 from kernels_pallas.patched_readout.reference import STATES_LAYOUTS
 
 IMPLEMENTATIONS = ('xla', 'triton')
@@ -40,7 +40,8 @@ def patched_readout(states, weights, c_patches, *, cls_index: int,
   states_layout 'bldn' or the scan kernel's (B, L, N, D) for 'blnd'. `reversed_tokens`: the
   states' token axis runs backwards (the backward scan's own order; patches, weights and C stay
   in token order). The Triton kernel reads 'blnd' and reversed states in place (it transposes
-  'bldn' ones); the XLA path flips reversed states and transposes 'blnd' ones first."""
+  'bldn' ones); the XLA path flips reversed states and transposes 'blnd' ones first.
+  `block_config` (Triton only): None picks `config.default_block_config` for the grid and N."""
   if states_layout not in STATES_LAYOUTS:
     raise ValueError(f'patched_readout: states_layout must be one of {STATES_LAYOUTS}, got '
                      f'{states_layout!r}.')
@@ -70,7 +71,7 @@ def patched_readout(states, weights, c_patches, *, cls_index: int,
   if states_layout == 'bldn':
     states = jnp.swapaxes(states, 2, 3)
   from kernels_pallas.patched_readout import pallas_triton  # pylint: disable=g-import-not-at-top
-  cfg = block_config or PatchedReadoutBlockConfig()
+  cfg = block_config or default_block_config(grid_size[1], n_state)
   f32 = lambda a: a.astype(jnp.float32)
   return pallas_triton.patched_readout(
       f32(states), f32(weights), f32(c_patches), int(cls_index), tuple(grid_size),

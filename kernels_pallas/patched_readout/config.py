@@ -3,12 +3,13 @@
 One program owns one image, a block of `block_d` state channels and one patch-grid row; its
 tiles are (grid width padded to >= 16, N·block_d) fp32, so block_d sets the registers a
 program needs (Vim-S, N = 16: 16 × 512 floats per tile at block_d = 32, 64 per thread at 4 warps).
+`default_block_config` keeps that tile size for other grids and state sizes.
 """
 from __future__ import annotations
 
 import dataclasses
 
-from kernels_pallas._blocks import is_pow2
+from kernels_pallas._blocks import is_pow2, next_pow2
 
 _VALID_WARPS = (1, 2, 4, 8)
 
@@ -27,3 +28,14 @@ class PatchedReadoutBlockConfig:
     if self.num_warps not in _VALID_WARPS:
       raise ValueError(f'PatchedReadoutBlockConfig.num_warps={self.num_warps!r}: choose one of '
                        f'{_VALID_WARPS}.')
+
+
+_TILE_ELEMENTS = 16 * 16 * 32  # the measured best tile (H100, Vim-S: 14-wide grid, N = 16)
+
+
+def default_block_config(grid_width: int, n_state: int) -> PatchedReadoutBlockConfig:
+  """block_d giving the measured best tile size (16 × 512 fp32) for this grid width and N; a
+  wider grid or a larger N gets fewer channels per program (at least 16)."""
+  rows, n_pad = max(16, next_pow2(grid_width)), max(2, next_pow2(n_state))
+  block_d = min(128, max(16, _TILE_ELEMENTS // (rows * n_pad)))
+  return PatchedReadoutBlockConfig(block_d=block_d)

@@ -10,7 +10,7 @@ import pytest
 from kernels_pallas.patched_readout import api
 from kernels_pallas.patched_readout import pallas_triton
 from kernels_pallas.patched_readout import reference
-from kernels_pallas.patched_readout.config import PatchedReadoutBlockConfig
+from kernels_pallas.patched_readout.config import PatchedReadoutBlockConfig, default_block_config
 
 
 def _inputs(seed, batch, grid, channels, n_state):
@@ -191,3 +191,11 @@ def test_default_is_the_kernel_on_gpu_and_xla_elsewhere(monkeypatch):
   for backend, want in (('gpu', 'triton'), ('cpu', 'xla'), ('tpu', 'xla')):
     monkeypatch.setattr(jax, 'default_backend', lambda b=backend: b)
     assert api.default_implementation() == want
+
+
+def test_default_block_config_keeps_the_measured_tile_size():
+  """16 x 512 fp32 tiles (Vim-S's 14-wide grid, N = 16, block_d 32: the H100's best); other
+  grids and state sizes trade channels per program for tile rows, within [16, 128]."""
+  cases = {(14, 16): 32, (8, 16): 32, (28, 16): 16, (14, 4): 128, (64, 64): 16, (14, 12): 32}
+  for (width, n_state), block_d in cases.items():
+    assert default_block_config(width, n_state).block_d == block_d, (width, n_state)
