@@ -50,7 +50,12 @@ def patched_readout(states, weights, c_patches, *, cls_index: int,
                      f'(B, P) and c_patches (B, P, N); got {states.shape}, {weights.shape}, '
                      f'{c_patches.shape}.')
   batch, length = states.shape[:2]
-  n_state = states.shape[3] if states_layout == 'bldn' else states.shape[2]
+  channels, n_state = states.shape[2:]
+  if states_layout == 'blnd':
+    channels, n_state = n_state, channels
+  if len(grid_size) != 2 or min(grid_size) < 1:  # the size check alone lets (-2, -3) through
+    raise ValueError(f'patched_readout: grid_size must be (rows, columns) of the patch grid, '
+                     f'both >= 1; got {grid_size}.')
   reference.check_grid(length - 1, cls_index, grid_size)
   if weights.shape != (batch, length - 1) or c_patches.shape != (batch, length - 1, n_state):
     raise ValueError(f'patched_readout: weights {weights.shape} and c_patches {c_patches.shape} '
@@ -68,6 +73,10 @@ def patched_readout(states, weights, c_patches, *, cls_index: int,
     states = reference.token_order_bldn(states, states_layout, reversed_tokens)
     return reference.patched_readout_xla(states, weights, c_patches, cls_index=cls_index,
                                          grid_size=grid_size, neighbourhood=neighbourhood)
+  if 0 in (batch, channels, n_state):  # an empty launch grid (B, D) or gathered axis (N)
+    raise ValueError(f'patched_readout: the Triton kernel needs at least one image, channel and '
+                     f'state (got B={batch}, D={channels}, N={n_state}); use '
+                     "implementation='xla' for empty inputs.")
   if states_layout == 'bldn':
     states = jnp.swapaxes(states, 2, 3)
   from kernels_pallas.patched_readout import pallas_triton  # pylint: disable=g-import-not-at-top

@@ -1,7 +1,8 @@
 """The OuroMamba-Gen loop: groups of images optimised in turn, resumable, guarded against NaN.
 
 Layout of the generation directory:
-  run.json               what defines the run; resuming with different settings is refused
+  run.json               what defines the run (seed, model, weights digest, gen settings);
+                         resuming with different ones is refused
   groups/group_NNNN.npz  finished groups (images, labels, indices, loss history); never redone
   checkpoints/           Orbax CheckpointManager of the group in progress (images, Adam state,
                          loss history), saved every `checkpoint_every` steps; Orbax step =
@@ -13,6 +14,7 @@ the resumed run gives the same images as an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -50,11 +52,24 @@ def _group_path(directory: str, group: int) -> str:
   return os.path.join(directory, 'groups', f'group_{group:04d}.npz')
 
 
-def _run_description(model, gen_cfg, seed: int) -> dict:
+def _params_digest(params) -> str:
+  """SHA-256 of the weights (names, dtypes, bytes): a rerun with another checkpoint of the same
+  architecture must not continue a run made with the old one."""
+  digest = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(params))[0]:
+    leaf = np.asarray(leaf)
+    digest.update(f'{jax.tree_util.keystr(path)}:{leaf.dtype}:{leaf.shape}'.encode())
+    digest.update(np.ascontiguousarray(leaf).tobytes())
+  return digest.hexdigest()
+
+
+def _run_description(model, params, gen_cfg, seed: int) -> dict:
   arch = ('num_classes', 'img_size', 'patch_size', 'in_chans', 'd_model', 'depth', 'd_state',
           'expand', 'dt_rank')
   fields = {k: v for k, v in gen_cfg.to_dict().items() if k not in OPERATIONAL_FIELDS}
-  desc = {'seed': seed, 'model': {k: getattr(model, k) for k in arch}, 'gen': fields}
+  model_desc = {k: getattr(model, k) for k in arch}
+  model_desc['dtype'] = str(np.dtype(model.dtype))  # the compute dtype changes the images
+  desc = {'seed': seed, 'model': model_desc, 'params': _params_digest(params), 'gen': fields}
   return json.loads(json.dumps(desc))
 
 
@@ -67,7 +82,7 @@ def _check_run_description(directory: str, desc: dict) -> None:
     if old != desc:
       diff = sorted(k for k in set(old['gen']) | set(desc['gen'])
                     if old['gen'].get(k) != desc['gen'].get(k))
-      other = [k for k in ('seed', 'model') if old.get(k) != desc.get(k)]
+      other = [k for k in ('seed', 'model', 'params') if old.get(k) != desc.get(k)]
       raise ValueError(f'{directory} holds a generation run with different settings '
                        f'(differs in: {", ".join(other + ["gen." + k for k in diff])}). '
                        'Use another workdir, or delete that folder to start over.')
@@ -116,9 +131,15 @@ def generate(model, params, gen_cfg, directory: str, *, seed: int = 0,
   spec = objective.LossSpec.from_config(gen_cfg)
   spec.validate(model)
   num_images, iters = int(gen_cfg.num_images), int(gen_cfg.iterations)
-  if num_images < 1 or iters < 1:
-    raise ValueError(f'gen.num_images ({num_images}) and gen.iterations ({iters}) must be >= 1')
-  group_size = min(int(gen_cfg.images_per_step), num_images)
+  per_step = int(gen_cfg.images_per_step)
+  if min(num_images, iters, per_step) < 1:
+    raise ValueError(f'gen.num_images ({num_images}), gen.iterations ({iters}) and '
+                     f'gen.images_per_step ({per_step}) must be >= 1')
+  if int(gen_cfg.checkpoint_every) < 0:
+    raise ValueError(f'gen.checkpoint_every must be >= 0 (0 = only finished groups), got '
+                     f'{gen_cfg.checkpoint_every}')
+  _check_normalisation(gen_cfg, model.in_chans)
+  group_size = min(per_step, num_images)
   if num_images % group_size:
     raise ValueError(f'gen.num_images={num_images} is not a multiple of gen.images_per_step='
                      f'{group_size}; pick images_per_step dividing num_images.')
@@ -130,7 +151,7 @@ def generate(model, params, gen_cfg, directory: str, *, seed: int = 0,
   every = int(gen_cfg.checkpoint_every)
   log_every = max(int(gen_cfg.log_every), 1)
   os.makedirs(directory, exist_ok=True)
-  _check_run_description(directory, _run_description(model, gen_cfg, seed))
+  _check_run_description(directory, _run_description(model, params, gen_cfg, seed))
 
   labels_all = optimize.target_labels(num_images, model.num_classes, seed)
   gen_model = objective.generation_model(model, spec, bool(gen_cfg.remat),
@@ -166,6 +187,15 @@ def generate(model, params, gen_cfg, directory: str, *, seed: int = 0,
   return GenResult(images, labels_all, history)
 
 
+def _check_normalisation(gen_cfg, in_chans: int) -> None:
+  """gen.mean/std give the pixel box and the PNG colours: one positive value per channel."""
+  mean, std = tuple(gen_cfg.mean), tuple(gen_cfg.std)
+  if not len(mean) == len(std) == in_chans or min(std) <= 0:
+    raise ValueError(f'gen.mean {mean} and gen.std {std} must hold one value per input channel '
+                     f'({in_chans}), std > 0: set them to the normalisation the model was '
+                     'trained with.')
+
+
 def _load_group(directory: str, group: int) -> dict:
   with np.load(_group_path(directory, group)) as data:
     return {k: data[k] for k in data.files}
@@ -198,6 +228,7 @@ def _run_group(g, num_groups, indices, labels, *, seed, shape, iters, every, log
     history = np.asarray(restored['history'], np.float32)
     logging.info('gen: group %d/%d resumes at step %d from %s', g + 1, num_groups, start,
                  manager.directory)
+    progress.done += start * n  # restored steps are done: the ETA counts only what is left
   state = optimize.shard_batch_tree(state, mesh, n)
   last_good = [latest if latest is not None and latest // iters == g else None]
 
@@ -210,8 +241,9 @@ def _run_group(g, num_groups, indices, labels, *, seed, shape, iters, every, log
                else 'none for this group (it restarts from noise)')
       raise NonFiniteError(
           f'OuroMamba-Gen: non-finite {what} at group {g + 1}/{num_groups}, step {t + 1}/'
-          f'{iters} (global step {global_step}); last good checkpoint: {where}. Lower gen.lr '
-          'or check the model weights, then rerun to resume.')
+          f'{iters} (global step {global_step}); last good checkpoint: {where}. Check the model '
+          'weights, or lower gen.lr in a new workdir (this one refuses other settings); a rerun '
+          'with the same settings resumes from that checkpoint.')
     history[t] = [m[name] for name in METRICS]
     progress.advance(n)
     if (t + 1) % log_every == 0 or t + 1 == iters:

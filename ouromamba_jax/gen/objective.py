@@ -81,6 +81,9 @@ class LossSpec:
     if self.contrastive_weight and not 1 <= self.num_positives <= model.num_patches - 2:
       raise ValueError(f'gen.num_positives={self.num_positives} must be in [1, num_patches - 2 = '
                        f'{model.num_patches - 2}] for this model (each anchor needs a negative).')
+    if self.pse_weight and (self.pse_bandwidth <= 0 or self.pse_grid_points < 2):
+      raise ValueError(f'gen.pse_bandwidth must be > 0 and gen.pse_grid_points >= 2 for L_PSE, '
+                       f'got {self.pse_bandwidth} and {self.pse_grid_points}')
     bad = [b for b in self.loss_blocks if not 0 <= b < model.depth]
     if bad:
       raise ValueError(f'gen.loss_blocks {bad} are out of range for a {model.depth}-block model.')

@@ -45,8 +45,12 @@ def initial_images(keys: jax.Array, shape: tuple[int, int, int], init_std: float
 def learning_rate_schedule(gen_cfg) -> optax.Schedule:
   if gen_cfg.schedule not in SCHEDULES:
     raise ValueError(f'gen.schedule must be one of {SCHEDULES}, got {gen_cfg.schedule!r}')
+  if not gen_cfg.lr > 0:
+    raise ValueError(f'gen.lr must be > 0, got {gen_cfg.lr}')
   if gen_cfg.schedule == 'constant':
     return optax.constant_schedule(gen_cfg.lr)
+  if not 0 <= gen_cfg.warmup_fraction <= 1:
+    raise ValueError(f'gen.warmup_fraction must be in [0, 1], got {gen_cfg.warmup_fraction}')
   warmup = int(round(gen_cfg.warmup_fraction * gen_cfg.iterations))
   if not warmup:
     return optax.cosine_decay_schedule(gen_cfg.lr, gen_cfg.iterations)
@@ -91,6 +95,8 @@ class GroupState(NamedTuple):
 def data_mesh(num_devices: int = 0) -> Mesh:
   """1-D mesh over the first `num_devices` local devices (0 = all)."""
   devices = jax.local_devices()
+  if num_devices < 0:
+    raise ValueError(f'gen.num_devices must be >= 0 (0 = all local devices), got {num_devices}')
   if num_devices:
     if num_devices > len(devices):
       raise ValueError(f'gen.num_devices={num_devices} but only {len(devices)} local devices exist')
@@ -130,6 +136,8 @@ def make_step(gen_model, spec: objective.LossSpec, optimizer: optax.GradientTran
   """
   lo, hi = pixel_bounds(gen_cfg.mean, gen_cfg.std)
   jitter, flip, clip = int(gen_cfg.jitter), bool(gen_cfg.flip), bool(gen_cfg.clip_pixels)
+  if jitter < 0:
+    raise ValueError(f'gen.jitter must be >= 0 pixels (0 = off), got {jitter}')
 
   def grads_and_terms(params, images, labels, step_keys):
     def loss_fn(images):

@@ -10,6 +10,7 @@ import importlib
 import os
 
 from absl import logging
+import numpy as np
 
 from ouromamba_jax import checkpoints
 from ouromamba_jax.gen import generator
@@ -18,22 +19,40 @@ from ouromamba_jax.io import atomic
 from ouromamba_jax.gen import quality
 
 
-def class_names(config) -> tuple[str, ...]:
-  """Class names for the grid labels, when the dataset module lists them (else indices)."""
+def _data_module(config):
+  """The module of config.data's dataset (class names, normalisation), or None."""
   data = config.get('data')
   if data is None:
-    return ()
+    return None
   try:
-    module = importlib.import_module(f'ouromamba_jax.data.{data.name}')
+    return importlib.import_module(f'ouromamba_jax.data.{data.name}')
   except ImportError:
-    return ()
-  return tuple(getattr(module, 'CLASSES', ()))
+    return None
+
+
+def class_names(config) -> tuple[str, ...]:
+  """Class names for the grid labels, when the dataset module lists them (else indices)."""
+  return tuple(getattr(_data_module(config), 'CLASSES', ()))
+
+
+def check_normalisation(config) -> None:
+  """gen.mean/std must be the dataset's input normalisation: they set the pixel box the images
+  are clipped to and the PNG colours, and the gen config's default is ImageNet's."""
+  module = _data_module(config)
+  if module is None or not hasattr(module, 'MEAN'):
+    return
+  want = (tuple(module.MEAN), tuple(module.STD))
+  got = (tuple(config.gen.mean), tuple(config.gen.std))
+  if [len(v) for v in got] != [len(v) for v in want] or not np.allclose(got, want, atol=1e-6):
+    raise ValueError(f'gen.mean/std {got} differ from the {config.data.name} normalisation '
+                     f'{want}; set config.gen.mean = {want[0]} and config.gen.std = {want[1]}.')
 
 
 def run(config, workdir: str) -> generator.GenResult:
   if config.get('gen') is None:
     raise ValueError('the config has no `gen` section; add `c.gen = common.gen_config()`.')
   gen_cfg = config.gen
+  check_normalisation(config)
   directory = outputs.gen_dir(workdir)
   model, params = checkpoints.load_model(config.model, seed=config.seed)
   logging.info('gen: %d images x %d iterations, %d per step, model %s (checkpoint %r) -> %s',

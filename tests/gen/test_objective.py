@@ -73,6 +73,8 @@ def test_output_only_objective_runs_without_the_hook(tiny):
     (dict(readout_implementation='cuda'), 'readout_implementation'),
     (dict(feature='state', readout_implementation='triton'), "needs gen.feature='readout'"),
     (dict(contrastive_weight=0.0, pse_weight=0.0, output_weight=0.0), 'all loss weights'),
+    (dict(pse_bandwidth=0.0), 'pse_bandwidth must be > 0'),
+    (dict(pse_grid_points=1), 'pse_grid_points >= 2'),
 ])
 def test_validate_names_the_bad_setting(tiny, change, message):
   with pytest.raises(ValueError, match=message):

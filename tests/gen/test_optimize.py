@@ -45,6 +45,19 @@ def test_schedule_warms_up_then_decays():
   assert 0 < lr(0) < lr(4) and float(lr(5)) == pytest.approx(0.4) and lr(19) < 0.05
   with pytest.raises(ValueError, match='schedule'):
     optimize.learning_rate_schedule(tiny_gen_config(schedule='step'))
+  with pytest.raises(ValueError, match=r'warmup_fraction must be in \[0, 1\]'):
+    optimize.learning_rate_schedule(tiny_gen_config(warmup_fraction=-0.1))
+  with pytest.raises(ValueError, match='lr must be > 0'):
+    optimize.learning_rate_schedule(tiny_gen_config(lr=-0.1, schedule='constant'))
+
+
+def test_bad_device_count_and_jitter_are_clear_errors():
+  with pytest.raises(ValueError, match='num_devices must be >= 0'):
+    optimize.data_mesh(-1)
+  with pytest.raises(ValueError, match='only 1 local devices exist'):
+    optimize.data_mesh(2)
+  with pytest.raises(ValueError, match='jitter must be >= 0'):
+    optimize.make_step(None, None, None, tiny_gen_config(jitter=-2))
 
 
 def test_step_keeps_pixels_in_the_image_box_and_reports_finiteness(tiny):

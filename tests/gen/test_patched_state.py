@@ -51,7 +51,10 @@ def _brute_force(states, delta, c_mat, cls, grid, size, normalization):
 def test_patched_state_matches_brute_force_loop(tiny, size, normalization):
   model, params = tiny
   images = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+  assert model.cls_index == 8  # the middle of 16 patch tokens, where Vim puts it
   for states, delta, c_mat in _captured(model, params, images):
+    # Δ after softplus: Vim's dt bias puts softplus(Δ) in [1e-3, 0.1] (pre-softplus Δ < 0).
+    assert 0 < delta.min() and delta.max() < 1.0
     kw = dict(cls_index=model.cls_index, grid_size=model.grid_size, neighbourhood=size,
               normalization=normalization)
     hp = patched_state.patched_states(states, delta, **kw)

@@ -4,6 +4,7 @@ import os
 
 import jax
 import numpy as np
+import pytest
 from PIL import Image
 
 from configs import common
@@ -49,6 +50,16 @@ def test_generate_mode_writes_the_synthetic_set(tmp_path):
                          'noise_top1_agreement', 'noise_mean_target_prob'}
   assert all(0.0 <= v <= 1.0 for v in report.values())
   assert not [n for n in os.listdir(directory) if '.tmp-' in n]  # atomic writes left no tmp
+
+
+def test_normalisation_other_than_the_datasets_is_refused(tmp_path):
+  """The gen config's ImageNet default on a CIFAR-10 model would clip to the wrong pixel box."""
+  config = _config()
+  config.gen.mean, config.gen.std = common.gen_config().mean, common.gen_config().std
+  with pytest.raises(ValueError, match=r'differ from the cifar10 normalisation'):
+    gen_run.run(config, str(tmp_path))
+  assert not os.path.exists(outputs.gen_dir(str(tmp_path)))
+  assert gen_run.class_names(_config())[:2] == ('airplane', 'automobile')  # the grid's labels
 
 
 def test_quality_report_measures_agreement_with_the_targets(tiny):

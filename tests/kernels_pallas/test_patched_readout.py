@@ -32,27 +32,40 @@ def _value_and_grads(impl, states, weights, c_patches, cotangent, **kw):
   return out, vjp(cotangent)
 
 
-# (grid, cls_index, channels, N, size): rectangular grids (wider and taller), a window larger
-# than the grid, a channel count that is not a multiple of the block, N not a power of two, cls
-# first, middle, inside a row and last, a grid wider than the 16-row tile minimum.
-CASES = [((3, 4), 6, 20, 16, 5), ((2, 3), 0, 16, 12, 3), ((4, 4), 8, 40, 16, 1),
-         ((3, 3), 4, 16, 4, 7), ((5, 2), 10, 16, 16, 5), ((2, 17), 5, 16, 16, 3)]
+# (grid, cls_index, channels, N, size, batch, block_d or None for the default, reversed
+# tokens): rectangular grids (wider and taller), a window larger than the grid, a channel count
+# that is not a multiple of the block, N not a power of two, cls first, middle, inside a row and
+# last, a grid wider than the 16-row tile minimum. Edge geometries: a 1x1 grid (N = 1, D < block
+# and a window past both sides), one row and one column, cls at either end of reversed states
+# (its state row at the other end), D split unevenly over blocks of 32 and 64, a width of exactly
+# the 16-row tile and the default block config (block_d 128 > D).
+CASES = [((3, 4), 6, 20, 16, 5, 2, 16, False), ((2, 3), 0, 16, 12, 3, 2, 16, False),
+         ((4, 4), 8, 40, 16, 1, 2, 16, False), ((3, 3), 4, 16, 4, 7, 2, 16, False),
+         ((5, 2), 10, 16, 16, 5, 2, 16, False), ((2, 17), 5, 16, 16, 3, 2, 16, False),
+         ((1, 1), 1, 8, 1, 3, 1, 16, False), ((1, 5), 0, 8, 2, 3, 1, 16, True),
+         ((6, 1), 6, 40, 3, 5, 2, 32, True), ((2, 3), 2, 72, 5, 9, 1, 64, False),
+         ((2, 16), 16, 8, 2, 3, 1, None, False), ((3, 17), 51, 8, 3, 5, 1, None, True)]
 
 
-@pytest.mark.parametrize('grid,cls_index,channels,n_state,size', CASES)
-def test_kernel_matches_reference_forward_and_gradients(grid, cls_index, channels, n_state, size):
-  states, weights, c_patches, cotangent = _inputs(len(grid) + size, 2, grid, channels, n_state)
+@pytest.mark.parametrize('grid,cls_index,channels,n_state,size,batch,block_d,reversed_tokens',
+                         CASES)
+def test_kernel_matches_reference_forward_and_gradients(grid, cls_index, channels, n_state, size,
+                                                        batch, block_d, reversed_tokens):
+  states, weights, c_patches, cotangent = _inputs(len(grid) + size, batch, grid, channels,
+                                                  n_state)
   kw = dict(cls_index=cls_index, grid_size=grid, neighbourhood=size,
-            block_config=PatchedReadoutBlockConfig(16, 4))
+            reversed_tokens=reversed_tokens,
+            block_config=None if block_d is None else PatchedReadoutBlockConfig(block_d, 4))
   ref, ref_grads = _value_and_grads('xla', states, weights, c_patches, cotangent, **kw)
   out, grads = _value_and_grads('triton', states, weights, c_patches, cotangent, **kw)
   print(f'grid {grid} size {size}: forward rel err {_rel(out, ref):.2e}; gradients '
         + ', '.join(f'{_rel(g, r):.2e}' for g, r in zip(grads, ref_grads)))
-  assert out.shape == (2, grid[0] * grid[1], channels)
+  assert out.shape == (batch, grid[0] * grid[1], channels)
   assert _rel(out, ref) < 1e-5
   for name, g, r in zip(('states', 'weights', 'c_patches'), grads, ref_grads):
     assert _rel(g, r) < 1e-5, name
-  np.testing.assert_array_equal(np.asarray(grads[0][:, cls_index]), 0.0)  # not a patch
+  cls_row = grid[0] * grid[1] - cls_index if reversed_tokens else cls_index  # L - 1 - cls_index
+  np.testing.assert_array_equal(np.asarray(grads[0][:, cls_row]), 0.0)  # not a patch
 
 
 @pytest.mark.parametrize('impl', ['xla', 'triton'])
@@ -129,6 +142,12 @@ def test_bad_inputs_are_rejected_with_a_clear_message():
          'grid_size': (2, 2), **kw})
   with pytest.raises(ValueError, match='patch grid is 3x2'):
     call(grid_size=(3, 2))
+  with pytest.raises(ValueError, match='both >= 1'):
+    call(grid_size=(-2, -2))  # the right number of patches, but no grid
+  for empty in (dict(states=states[:0], weights=weights[:0], c_patches=c_patches[:0]),
+                dict(states=states[..., :0, :])):
+    with pytest.raises(ValueError, match="use implementation='xla' for empty inputs"):
+      call(implementation='triton', interpret=True, **empty)
   with pytest.raises(ValueError, match='one entry per patch token'):
     call(weights=weights[:, :3])
   with pytest.raises(ValueError, match='odd positive'):
