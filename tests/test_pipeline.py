@@ -71,6 +71,10 @@ def test_pipeline_without_data_runs_what_needs_none(tmp_path):
     doc = json.load(f)
   assert [r['name'] for r in doc['runs']] == ['rtn_w8a8_gen'] and doc['fp'] is None
   assert 'evaluation skipped' in (wd / 'reports' / 'accuracy.md').read_text()
+  # A rerun with other Gen settings must not reuse the images already in the workdir.
+  config.gen.iterations = 3
+  with pytest.raises(ValueError, match='different settings.*gen.iterations'):
+    pipeline.run(config, str(wd), log=messages.append)
 
 
 @pytest.mark.skipif(not os.path.isfile(os.path.join(CIFAR, 'test.tar.gz')),
