@@ -132,11 +132,10 @@ def run_case(name: str) -> dict:
   stats = jax.local_devices()[0].memory_stats() or {}
   result['peak_gib'] = stats['peak_bytes_in_use'] / 2**30 if 'peak_bytes_in_use' in stats else None
   if _BASELINE.value:  # both state-hooked losses off: the model's own forward + backward
-    gen_cfg.contrastive_weight = gen_cfg.pse_weight = 0.0
-    result['output_loss_only'] = _time_step(model, params, gen_cfg, images_per_step, steps)
+    baseline_cfg = gen_cfg.copy_and_resolve_references()
+    baseline_cfg.contrastive_weight = baseline_cfg.pse_weight = 0.0
+    result['output_loss_only'] = _time_step(model, params, baseline_cfg, images_per_step, steps)
   if _FULL_RUN.value:
-    defaults = common.gen_config()  # the L_O-only baseline above switched the state losses off
-    gen_cfg.contrastive_weight, gen_cfg.pse_weight = defaults.contrastive_weight, defaults.pse_weight
     gen_cfg.images_per_step = images_per_step
     gen_cfg.log_every = 100
     result['full_run'] = _full_run(model, params, gen_cfg)

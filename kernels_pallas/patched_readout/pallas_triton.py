@@ -77,6 +77,11 @@ class _Geometry:
     col = jnp.arange(self.w_pad)
     return jnp.minimum(col, self.gw - 1), col < self.gw
 
+  def state_index(self):
+    """The N axis padded to a power of two, and which entries exist."""
+    n = jnp.arange(self.n_pad)
+    return n, n < self.n_state
+
   def channel_block(self):
     """This program's `block_d` channels and which of them exist."""
     channel = pl.program_id(1) * self.block_d + jnp.arange(self.block_d)
@@ -140,8 +145,7 @@ def _forward_kernel(h_ref, w_ref, c_ref, mc_ref, f_ref, *, geo: _Geometry):
   b, row = pl.program_id(0), pl.program_id(2)
   patches, col_ok = _row_patches(row, geo)
   hsum = _split_n(_window_rows(h_ref, w_ref, mc_ref, b, row, geo), geo)
-  n = jnp.arange(geo.n_pad)
-  c_row = _by_patch(c_ref, b, patches, col_ok, n, n < geo.n_state)
+  c_row = _by_patch(c_ref, b, patches, col_ok, *geo.state_index())
   channel, d_ok = geo.channel_block()
   plgpu.store(f_ref.at[b, _or_past_end(patches, col_ok, geo.patches)[:, None],
                       _or_past_end(channel, d_ok, geo.channels)[None, :]],
@@ -183,11 +187,9 @@ def _backward_kernel(h_ref, w_ref, c_ref, g_ref, mr_ref, mc_ref, mct_ref, dh_ref
 
   hsum = _split_n(_window_rows(h_ref, w_ref, mc_ref, b, row, geo), geo)
   g_row = _by_patch(g_ref, b, patches, col_ok, *geo.channel_block())
-  n = jnp.arange(geo.n_pad)
-  plgpu.store(dc_ref.at[b, blk, patches_out[:, None],
-                        _or_past_end(n, n < geo.n_state, geo.n_state)[None, :]],
-              jnp.sum(hsum * g_row[:, None, :], axis=2),
-              mask=col_ok[:, None] & (n < geo.n_state)[None, :])
+  n, n_ok = geo.state_index()
+  plgpu.store(dc_ref.at[b, blk, patches_out[:, None], _or_past_end(n, n_ok, geo.n_state)[None, :]],
+              jnp.sum(hsum * g_row[:, None, :], axis=2), mask=col_ok[:, None] & n_ok[None, :])
 
 
 def _band(n: int, size: int, pad: int) -> jax.Array:

@@ -106,6 +106,10 @@ class _Progress:
     self.start_time = None
     self.start_done = None
 
+  def restore(self, image_iters: int) -> None:
+    """Steps restored from a checkpoint are done: the ETA counts only what is left."""
+    self.done += image_iters
+
   def advance(self, image_iters: int) -> None:
     self.done += image_iters
     if self.start_time is None:  # the first step includes compilation: time from its end
@@ -220,7 +224,8 @@ def _run_group(g, num_groups, indices, labels, *, seed, shape, iters, every, log
   history = np.full((iters, len(METRICS)), np.nan, np.float32)
   start = 0
   latest = manager.latest_step()
-  if latest is not None and latest // iters == g and latest % iters:
+  in_this_group = latest is not None and latest // iters == g
+  if in_this_group and latest % iters:
     start = latest % iters
     target = {'state': jax.device_get(state), 'history': history}
     restored = manager.restore(latest, args=ocp.args.StandardRestore(target))
@@ -228,9 +233,9 @@ def _run_group(g, num_groups, indices, labels, *, seed, shape, iters, every, log
     history = np.asarray(restored['history'], np.float32)
     logging.info('gen: group %d/%d resumes at step %d from %s', g + 1, num_groups, start,
                  manager.directory)
-    progress.done += start * n  # restored steps are done: the ETA counts only what is left
+    progress.restore(start * n)
   state = optimize.shard_batch_tree(state, mesh, n)
-  last_good = [latest if latest is not None and latest // iters == g else None]
+  last_good = [latest if in_this_group else None]
 
   def record(t, metrics):
     m = jax.device_get(metrics)

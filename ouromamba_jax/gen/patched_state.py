@@ -84,8 +84,8 @@ def patch_features(states: jax.Array, delta: jax.Array, c_mat: jax.Array, *, cls
   'readout' is what the S6 output would be with h_p in place of h (without the D·u skip and
   the SiLU(z) gate), i.e. the per-patch output of the enhanced implicit attention; it runs
   through `kernels_pallas.patched_readout` (`implementation`: None = the Pallas kernel on
-  GPU, which never materialises h_p, and XLA elsewhere; or 'xla' / 'triton'). 'state' returns h_p itself,
-  which only the XLA form computes, so it accepts implementation None or 'xla' only.
+  GPU, which never materialises h_p, and XLA elsewhere; or 'xla' / 'triton'). 'state' returns
+  h_p itself, which only the XLA form computes, so it accepts implementation None or 'xla' only.
   """
   if feature not in FEATURES:
     raise ValueError(f'feature must be one of {FEATURES}, got {feature!r}')

@@ -35,7 +35,7 @@ def class_names(config) -> tuple[str, ...]:
   return tuple(getattr(_data_module(config), 'CLASSES', ()))
 
 
-def check_normalisation(config) -> None:
+def _check_dataset_normalisation(config) -> None:
   """gen.mean/std must be the dataset's input normalisation: they set the pixel box the images
   are clipped to and the PNG colours, and the gen config's default is ImageNet's."""
   module = _data_module(config)
@@ -52,7 +52,7 @@ def run(config, workdir: str) -> generator.GenResult:
   if config.get('gen') is None:
     raise ValueError('the config has no `gen` section; add `c.gen = common.gen_config()`.')
   gen_cfg = config.gen
-  check_normalisation(config)
+  _check_dataset_normalisation(config)
   directory = outputs.gen_dir(workdir)
   model, params = checkpoints.load_model(config.model, seed=config.seed)
   logging.info('gen: %d images x %d iterations, %d per step, model %s (checkpoint %r) -> %s',
