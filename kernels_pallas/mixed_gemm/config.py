@@ -39,13 +39,19 @@ class MixedGemmBlockConfig:
 
 
 def default_block_config(m: int, n: int, k: int) -> MixedGemmBlockConfig:
-  """A reasonable tile for (M, N, K): large tiles for Vim-sized problems, shrunk for tiny ones.
+  """The measured best tile for (M, N, K), shrunk for tiny problems.
 
-  block_k is the largest of 256/128/64 that divides K (so no K padding at Vim shapes:
-  K = 192, 384, 768, 1536); a K that none divides is zero-padded to a multiple of 64.
+  From the H200 probe of K-major int8 GEMMs (`bench/int8_gemm_probe.py`, 2026-12-02): at
+  M = 64 x 197 tokens 128 x 128 x 128 with 8 warps beat every other tile at Vim-B in_proj and
+  out_proj (0.181 / 0.144 ms; 64 x 128 x 256 and 128 x 256 x 128 were 20-55 % slower); at batch 1
+  (M = 197) 64 x 128 x 256 with 4 warps was best (0.073 ms). block_k is the preferred size when
+  it divides K (no padding at Vim shapes), else the largest of 256/128/64 that does; a K that
+  none divides is zero-padded to a multiple of 64.
   """
-  block_k = next((bk for bk in (256, 128, 64) if k % bk == 0), 64)
-  block_m = min(128, max(16, next_pow2(m)))
+  small = m <= 512
+  preferred = 256 if small else 128
+  block_k = next((bk for bk in (preferred, 256, 128, 64) if k % bk == 0), 64)
+  block_m = min(64 if small else 128, max(16, next_pow2(m)))
   block_n = min(128, max(16, next_pow2(n)))
   num_warps = 8 if block_m * block_n >= 128 * 128 else 4
   return MixedGemmBlockConfig(block_m=block_m, block_n=block_n, block_k=block_k,

@@ -14,6 +14,12 @@ as one K dot. The only interleave (a Triton `join`) is for packed activations ag
 weights (W8A4). The epilogue applies the per-token scales (rows), the per-channel weight scale
 (columns) and the bias in fp32, and stores bf16/fp32.
 
+Weights enter the kernel K-major, (N, K) (the wrapper transposes the (K, N) operand of the
+API): Hopper's int8 wgmma reads its B operand K-major from shared memory, and with (K, N) tiles
+Triton could not feed it directly. Measured on an H200 (`bench/int8_gemm_probe.py`, Vim-B
+in_proj 12608x768x3072, 2026-12-02): 0.517 ms (K, N) vs 0.181 ms (N, K), cuBLAS bf16 0.212 ms in
+the same run. The transpose of the small weight is one XLA copy per call (K x N bytes).
+
 M and N tails are masked (any M, N); K is zero-padded to a multiple of block_k by the wrapper
 (exact: zero codes add nothing). The grid is (N tiles, M tiles) with the N tile fastest, so the
 programs in flight share one row block of activations through L2.
@@ -59,8 +65,8 @@ def _gemm_kernel(*refs, m: int, n: int, k: int, cfg: MixedGemmBlockConfig, weigh
   w_rows = bk // 2 if weight_bits == 4 else bk   # weight rows per K block (packed: K/2)
   x_cols = bk // 2 if act_bits == 4 else bk      # inlier columns per K block
 
-  def dot(a, b):
-    return jnp.dot(a, b, preferred_element_type=jnp.int32)
+  def dot(a, b):  # b is a K-major (block_n, K) tile: contract both operands' last axis
+    return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.int32)
 
   def product(x_parts, w_parts):
     """Sum over the K block of x @ w, both given either whole or as (even k, odd k) halves."""
@@ -76,8 +82,8 @@ def _gemm_kernel(*refs, m: int, n: int, k: int, cfg: MixedGemmBlockConfig, weigh
     return x
 
   def body(kb, accs):
-    w = plgpu.load(w_ref.at[pl.ds(kb * w_rows, w_rows), pl.ds(col_start, bn)],
-                   mask=cols_ok[None, :], other=jnp.int8(0))
+    w = plgpu.load(w_ref.at[pl.ds(col_start, bn), pl.ds(kb * w_rows, w_rows)],
+                   mask=cols_ok[:, None], other=jnp.int8(0))
     w_parts = reference.unpack_nibbles(w) if weight_bits == 4 else w
     xin = _load_rows(xin_ref, row_start, rows_ok, kb * x_cols, x_cols, bm)
     acc_in = accs[0] + product(inlier_parts(xin), w_parts)
@@ -132,7 +138,8 @@ def _call(x_inlier, a_scale, w, w_scale, x_outlier, o_scale, bias, *, k, weight_
       x_outlier = _pad_k(x_outlier, 1, k_pad)
 
   has_outliers = x_outlier is not None
-  inputs = [x_inlier, a_scale.astype(jnp.float32), w, w_scale.astype(jnp.float32)]
+  w_kmajor = w.T  # (N, K/2 | K): the layout int8 wgmma reads (module docstring)
+  inputs = [x_inlier, a_scale.astype(jnp.float32), w_kmajor, w_scale.astype(jnp.float32)]
   if has_outliers:
     inputs += [x_outlier, o_scale.astype(jnp.float32)]
   if bias is not None:

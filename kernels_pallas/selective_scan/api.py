@@ -1,7 +1,8 @@
 """Public entry point of the selective scan: one function, several implementations.
 
 implementation:
-  None          -> 'triton' on GPU, 'sequential' on CPU, 'associative' on TPU. Measured: on
+  None          -> 'triton' on GPU (below SMALL_BATCH samples 'associative': see below),
+                   'sequential' on CPU, 'associative' on TPU. Measured: on
                    CPU the fused sequential form runs the testbed Vim-T forward 3.7x faster
                    than the associative one (8.5 s vs 31.7 s, batch 64, 2 cores); on an H100
                    it trains 2x faster (BENCHMARKS.md). TPUs pay per loop step, so they keep
@@ -24,8 +25,19 @@ STATES_LAYOUTS = ('bldn', 'blnd')             # (B, L, D, N); (B, L, N, D), the 
 STATES_SOURCES = ('associative', 'kernel')    # what computes the states for 'triton'
 
 
-def default_implementation() -> str:
-  return {'gpu': 'triton', 'cpu': 'sequential'}.get(jax.default_backend(), 'associative')
+# The Triton kernel runs one program per (sample, block of channels) along the whole sequence,
+# so at batch 1-2 it fills a fraction of the GPU and its sequential steps set the time. Vim-B
+# bf16, 4 blocks, H200, 2026-12-02 (`bench/e2e_latency.py --depth=4`): XLA associative vs Triton
+# 0.90 vs 1.70 ms (batch 1), 1.35 vs 1.75 (2), 1.99 vs 1.96 (4), 3.37 vs 1.95 (8).
+SMALL_BATCH = 4
+
+
+def default_implementation(batch: int | None = None) -> str:
+  """The platform's fastest scan; on GPU, for `batch` below SMALL_BATCH, the XLA form."""
+  backend = jax.default_backend()
+  if backend == 'gpu':
+    return 'associative' if batch is not None and batch < SMALL_BATCH else 'triton'
+  return {'cpu': 'sequential'}.get(backend, 'associative')
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
@@ -49,7 +61,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
       `return_states` (differentiable with either `vjp`; checked on an H100, not yet timed);
       'associative' computes them with the XLA associative scan instead.
   """
-  impl = implementation or default_implementation()
+  impl = implementation or default_implementation(u.shape[0])
   if impl not in IMPLEMENTATIONS:
     raise ValueError(f'selective_scan: unknown implementation {impl!r}; '
                      f'choose one of {IMPLEMENTATIONS} or None for the platform default.')

@@ -147,8 +147,10 @@ def test_block_config_validation():
     config.MixedGemmBlockConfig(block_k=32)
   with pytest.raises(ValueError, match='num_warps'):
     config.MixedGemmBlockConfig(num_warps=3)
-  cfg = config.default_block_config(64 * 197, 3072, 768)
-  assert (cfg.block_m, cfg.block_n, cfg.block_k) == (128, 128, 256)
+  cfg = config.default_block_config(64 * 197, 3072, 768)  # the H200 probe's best tiles
+  assert (cfg.block_m, cfg.block_n, cfg.block_k, cfg.num_warps) == (128, 128, 128, 8)
+  cfg = config.default_block_config(197, 3072, 768)
+  assert (cfg.block_m, cfg.block_n, cfg.block_k, cfg.num_warps) == (64, 128, 256, 4)
   assert config.default_block_config(64 * 197, 192, 192).block_k == 64
 
 

@@ -116,3 +116,12 @@ def test_channel_chunked_scan_equals_unchunked(reverse):
 def test_unknown_implementation_is_rejected():
   with pytest.raises(ValueError, match="unknown implementation 'cuda'"):
     api.selective_scan(**random_inputs(), implementation='cuda')
+
+
+@pytest.mark.parametrize('backend, batch, want', [
+    ('gpu', None, 'triton'), ('gpu', 64, 'triton'), ('gpu', api.SMALL_BATCH, 'triton'),
+    ('gpu', 1, 'associative'), ('gpu', api.SMALL_BATCH - 1, 'associative'),
+    ('cpu', 1, 'sequential'), ('cpu', 64, 'sequential'), ('tpu', 64, 'associative')])
+def test_default_implementation_takes_xla_at_small_batch_on_gpu(monkeypatch, backend, batch, want):
+  monkeypatch.setattr(api.jax, 'default_backend', lambda: backend)
+  assert api.default_implementation(batch) == want

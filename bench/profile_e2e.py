@@ -1,0 +1,122 @@
+"""Where the GPU time of one end-to-end forward goes: per-kernel totals from a JAX profile.
+
+  python bench/profile_e2e.py --model=vim_b --batch=64 --variants=bf16_pallas_scan,w4a4o8
+
+Each variant of `bench/e2e_latency.py` is compiled, warmed up and run `--iters` times under
+`jax.profiler.trace`; the trace's device events (the GPU streams) are summed by kernel name and
+divided by `--iters`, so each row is the per-forward time of one kernel family. The same script
+on CPU profiles the host threads instead (only a check that it runs). Writes a JSON with the
+top rows per variant (`--out`) and prints a table. Why not only latency differences: a
+difference says how much a part costs, the profile says which kernel pays it.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+
+import jax
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import e2e_latency  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ouromamba_jax.io import atomic  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--model', default='vim_b', choices=list(e2e_latency.MODELS))
+  p.add_argument('--variants', type=e2e_latency._csv(str),  # pylint: disable=protected-access
+                 default=['bf16_pallas_scan', 'w4a4o8'])
+  p.add_argument('--batch', type=int, default=64)
+  p.add_argument('--depth', type=int, default=0, help="0 = the model's own depth")
+  p.add_argument('--iters', type=int, default=5)
+  p.add_argument('--top', type=int, default=25, help='kernel rows kept per variant')
+  p.add_argument('--out', default='')
+  args, rest = p.parse_known_args(argv)
+  # Everything else (--scan_kernel, --quant_kernel, --outlier_k, ...) is e2e_latency's.
+  e2e_args = e2e_latency.parse_args(rest + ['--models', args.model, '--batches', str(args.batch),
+                                            '--variants', ','.join(args.variants),
+                                            '--depth', str(args.depth)])
+  return args, e2e_args
+
+
+def _kernel_family(name: str) -> str:
+  """Kernel names carry shapes and numbered suffixes (`fusion_123`, `loop_add_fusion.4`):
+  strip them so repeated kernels of the 24 blocks add up in one row."""
+  return re.sub(r'([._]\d+)+$', '', name)
+
+
+def device_event_totals(trace_path: str) -> dict[str, float]:
+  """{kernel family: total microseconds} over the device (GPU) processes of a trace.json.gz;
+  on CPU-only traces, over every process (a smoke check of this script)."""
+  with gzip.open(trace_path, 'rt') as f:
+    trace = json.load(f)
+  events = trace['traceEvents'] if isinstance(trace, dict) else trace
+  names = {e['pid']: e.get('args', {}).get('name', '') for e in events
+           if e.get('ph') == 'M' and e.get('name') == 'process_name'}
+  gpu_pids = {pid for pid, name in names.items() if '/device:GPU' in name}
+  totals = collections.Counter()
+  for e in events:
+    if e.get('ph') != 'X' or 'dur' not in e:
+      continue
+    if gpu_pids and e['pid'] not in gpu_pids:
+      continue
+    totals[_kernel_family(e.get('name', '?'))] += float(e['dur'])
+  return dict(totals)
+
+
+def profile_variant(model, tree, images, iters: int) -> dict[str, float]:
+  compiled, _ = e2e_latency.compile_forward(model, tree, images)
+  for _ in range(3):
+    jax.block_until_ready(compiled(tree, images))
+  with tempfile.TemporaryDirectory() as tmp:
+    with jax.profiler.trace(tmp):
+      for _ in range(iters):
+        jax.block_until_ready(compiled(tree, images))
+    paths = glob.glob(os.path.join(tmp, 'plugins', 'profile', '*', '*.trace.json.gz'))
+    if not paths:
+      raise RuntimeError(f'jax.profiler wrote no trace.json.gz under {tmp}')
+    totals = device_event_totals(paths[0])
+  return {k: v / iters for k, v in totals.items()}
+
+
+def main(argv=None):
+  args, e2e_args = parse_args(argv)
+  registry_name, overrides = e2e_latency.MODELS[args.model]
+  if args.depth:
+    overrides = {**overrides, 'depth': args.depth}
+  base = e2e_latency.build_model(registry_name, scan_implementation='xla', **overrides)
+  params = jax.jit(base.init)(jax.random.key(0), e2e_latency._images(base, 1, 0))['params']  # pylint: disable=protected-access
+  cells = e2e_latency._model_trees(base, params, e2e_args, {}, {}, args.model)  # pylint: disable=protected-access
+  images = e2e_latency._images(base, args.batch, 3)  # pylint: disable=protected-access
+  device = jax.devices()[0]
+  report = {'device': f'{device.platform}: {device.device_kind}', 'model': args.model,
+            'batch': args.batch, 'depth': args.depth or base.depth,
+            'date': time.strftime('%Y-%m-%d'), 'variants': {}}
+  for name, cell in cells.items():
+    if isinstance(cell, Exception):
+      raise cell
+    per_forward = profile_variant(*cell, images, args.iters)
+    rows = sorted(per_forward.items(), key=lambda kv: -kv[1])
+    total = sum(per_forward.values())
+    report['variants'][name] = {'total_us': total, 'kernels': rows[:args.top]}
+    print(f'\n== {args.model} {name} batch {args.batch}: device time {total / 1e3:.3f} ms '
+          f'per forward ({len(rows)} kernel families)')
+    for kernel, us in rows[:args.top]:
+      print(f'{us / 1e3:9.3f} ms {100 * us / total:5.1f}%  {kernel[:110]}')
+  if args.out:
+    atomic.write_json(args.out, report)
+  return report
+
+
+if __name__ == '__main__':
+  main()
