@@ -179,9 +179,16 @@ def _sample_kernel(x_ref, s_ref, inv_ref, z_ref, qin_ref, *outlier_refs, math: _
   b, window = pl.program_id(0), pl.program_id(1)
   col_ok = jnp.arange(math.block_c) < math.channels
 
-  def step(i, mask):
+  def load(i):  # steps past the window (the prefetch after its last one) read nothing
     t, in_seq = _time_step(window, i, n_refresh, length)
-    x = _load_step(x_ref, b, t, in_seq, col_ok, math.block_c)
+    return _load_step(x_ref, b, t, in_seq & (i < n_refresh), col_ok, math.block_c)
+
+  def step(i, carry):
+    # The next step's row does not depend on the mask: loading it before this step's
+    # reductions hides its latency behind them (one program walks its window serially).
+    mask, x = carry
+    x_next = load(i + 1)
+    t, in_seq = _time_step(window, i, n_refresh, length)
     if detect:
       s_d, thr, a = math.stats(x, mask, col_ok)
       mask = mask | ((a > thr) & col_ok & (s_d > s_ref[t]))
@@ -189,9 +196,9 @@ def _sample_kernel(x_ref, s_ref, inv_ref, z_ref, qin_ref, *outlier_refs, math: _
                    math, pack)
     if detect:
       _store_outliers(outlier_refs, b, t, in_seq, math.quantize_outliers(x, mask), mask, math)
-    return mask
+    return mask, x_next
 
-  jax.lax.fori_loop(0, n_refresh, step, jnp.zeros((math.block_c,), jnp.bool_))
+  jax.lax.fori_loop(0, n_refresh, step, (jnp.zeros((math.block_c,), jnp.bool_), load(0)))
 
 
 def _batch_kernel(x_ref, s_ref, inv_ref, z_ref, qin_ref, *outlier_refs, math: _Math,

@@ -134,9 +134,10 @@ def linear(weight, x, input_quantizer, dtype, implementation: Optional[str] = No
   reason = unsupported_reason(weight, input_quantizer)
   if reason is not None:
     raise ValueError(f'the integer kernels cannot run this Linear: {reason}.')
-  x = x.astype(jnp.float32)
   if weight.smooth is not None:
-    x = x / jnp.maximum(weight.smooth, _MIN_SMOOTH)
+    x = x.astype(jnp.float32) / jnp.maximum(weight.smooth, _MIN_SMOOTH)
+  # Otherwise x stays in its own dtype: act_quant reads it and widens to fp32 in registers (the
+  # same values the fake path's cast gives), instead of a separate fp32 copy in memory.
   x3, _ = act_lib.as_steps(x, 'steps')
   ops = prepare_operands(x3, weight, input_quantizer, implementation)
   float_outliers = input_quantizer.spec.outliers == 'float'
