@@ -4,7 +4,7 @@
 
 Hopper's int8 wgmma reads its B operand K-major. The mixed GEMM stores weights (K, N)
 (N-major), so Triton cannot feed wgmma from shared memory directly. This times, at the Vim
-GEMM shapes, a minimal Pallas int8 GEMM (int32 accumulate, per-row x per-column fp32 epilogue,
+GEMM shapes, a minimal Pallas int8 GEMM (masked M/N tails, as the mixed GEMM) (int32 accumulate, per-row x per-column fp32 epilogue,
 bf16 out) with weights (K, N) and with weights (N, K), over a few tiles, next to XLA's bf16
 and int8 dots in the same run. Every variant's output is checked against the XLA int8 dot.
 """
@@ -34,22 +34,30 @@ TILES = ((128, 128, 128, 8, 3), (128, 256, 128, 8, 3), (128, 128, 128, 4, 4),
          (64, 128, 256, 4, 3), (128, 64, 256, 4, 3))
 
 
-def _kernel(x_ref, w_ref, sx_ref, sw_ref, y_ref, *, k, bm, bn, bk, k_major):
+def _kernel(x_ref, w_ref, sx_ref, sw_ref, y_ref, *, m, n, k, bm, bn, bk, k_major):
   col0 = pl.program_id(0) * bn
   row0 = pl.program_id(1) * bm
+  rows_ok = row0 + jnp.arange(bm) < m  # M and N tails are masked, as in the mixed GEMM
+  cols_ok = col0 + jnp.arange(bn) < n
 
   def body(kb, acc):
-    x = x_ref[pl.ds(row0, bm), pl.ds(kb * bk, bk)]
+    x = plgpu.load(x_ref.at[pl.ds(row0, bm), pl.ds(kb * bk, bk)], mask=rows_ok[:, None],
+                   other=jnp.int8(0))
     if k_major:
-      w = w_ref[pl.ds(col0, bn), pl.ds(kb * bk, bk)]
+      w = plgpu.load(w_ref.at[pl.ds(col0, bn), pl.ds(kb * bk, bk)], mask=cols_ok[:, None],
+                     other=jnp.int8(0))
       return acc + jax.lax.dot_general(x, w, (((1,), (1,)), ((), ())),
                                        preferred_element_type=jnp.int32)
-    w = w_ref[pl.ds(kb * bk, bk), pl.ds(col0, bn)]
+    w = plgpu.load(w_ref.at[pl.ds(kb * bk, bk), pl.ds(col0, bn)], mask=cols_ok[None, :],
+                   other=jnp.int8(0))
     return acc + jnp.dot(x, w, preferred_element_type=jnp.int32)
 
   acc = jax.lax.fori_loop(0, k // bk, body, jnp.zeros((bm, bn), jnp.int32))
-  y = acc.astype(jnp.float32) * sx_ref[pl.ds(row0, bm)][:, None] * sw_ref[pl.ds(col0, bn)][None]
-  y_ref[pl.ds(row0, bm), pl.ds(col0, bn)] = y.astype(y_ref.dtype)
+  sx = plgpu.load(sx_ref.at[pl.ds(row0, bm)], mask=rows_ok, other=0.0)
+  sw = plgpu.load(sw_ref.at[pl.ds(col0, bn)], mask=cols_ok, other=0.0)
+  y = acc.astype(jnp.float32) * sx[:, None] * sw[None]
+  plgpu.store(y_ref.at[pl.ds(row0, bm), pl.ds(col0, bn)], y.astype(y_ref.dtype),
+              mask=rows_ok[:, None] & cols_ok[None, :])
 
 
 def pallas_gemm(x, w, sx, sw, *, tile, k_major):
@@ -58,9 +66,10 @@ def pallas_gemm(x, w, sx, sw, *, tile, k_major):
   n = w.shape[0] if k_major else w.shape[1]
   compat.filter_triton_deprecation()
   return pl.pallas_call(
-      functools.partial(_kernel, k=k, bm=bm, bn=bn, bk=bk, k_major=k_major),
+      functools.partial(_kernel, m=m, n=n, k=k, bm=bm, bn=bn, bk=bk, k_major=k_major),
       out_shape=jax.ShapeDtypeStruct((m, n), jnp.bfloat16),
-      grid=(pl.cdiv(n, bn), pl.cdiv(m, bm)), name='int8_gemm_probe',
+      grid=(pl.cdiv(n, bn), pl.cdiv(m, bm)), name="int8_gemm_probe",
+      interpret=compat.default_interpret(),
       compiler_params=compat.triton_compiler_params(warps, stages))(x, w, sx, sw)
 
 
