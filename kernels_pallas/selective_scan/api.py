@@ -1,6 +1,6 @@
 """Public entry point of the selective scan: one function, several implementations.
 
-implementation:
+implementation (`kernels_pallas._dispatch`):
   None          -> 'triton' on GPU, 'sequential' on CPU, 'associative' on TPU. Measured: on
                    CPU the fused sequential form runs the testbed Vim-T forward 3.7x faster
                    than the associative one (8.5 s vs 31.7 s, batch 64, 2 cores); on an H100
@@ -13,19 +13,24 @@ implementation:
 """
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
+from kernels_pallas import _dispatch
+from kernels_pallas.selective_scan import pallas_triton
 from kernels_pallas.selective_scan import reference
+from kernels_pallas.selective_scan.config import STATES_LAYOUTS, STATES_SOURCES, VJPS
 
-IMPLEMENTATIONS = ('xla', 'associative', 'sequential', 'triton')
-VJPS = ('reference', 'kernel')                # how 'triton' is differentiated
-STATES_LAYOUTS = ('bldn', 'blnd')             # (B, L, D, N); (B, L, N, D), the kernel's own
-STATES_SOURCES = ('associative', 'kernel')    # what computes the states for 'triton'
+DISPATCH = _dispatch.Dispatch(
+    op='selective_scan',
+    implementations=tuple(map(_dispatch.Implementation, ('associative', 'sequential', 'triton'))),
+    preference={'gpu': ('triton',), 'cpu': ('sequential',), 'default': ('associative',)},
+    aliases={'xla': 'associative'})
+IMPLEMENTATIONS = DISPATCH.names
 
 
 def default_implementation() -> str:
-  return {'gpu': 'triton', 'cpu': 'sequential'}.get(jax.default_backend(), 'associative')
+  """What `implementation=None` runs on this platform (the scan takes every input everywhere)."""
+  return DISPATCH.choose(None)
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
@@ -49,10 +54,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
       `return_states` (differentiable with either `vjp`; checked on an H100, not yet timed);
       'associative' computes them with the XLA associative scan instead.
   """
-  impl = implementation or default_implementation()
-  if impl not in IMPLEMENTATIONS:
-    raise ValueError(f'selective_scan: unknown implementation {impl!r}; '
-                     f'choose one of {IMPLEMENTATIONS} or None for the platform default.')
+  impl = DISPATCH.choose(implementation)
   if vjp not in VJPS:
     raise ValueError(f'selective_scan: unknown vjp {vjp!r}; choose one of {VJPS}.')
   if states_layout not in STATES_LAYOUTS:
@@ -64,7 +66,6 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
   if impl == 'triton' and return_states and triton_states == 'associative':
     impl = 'associative'
   if impl == 'triton':
-    from kernels_pallas.selective_scan import pallas_triton  # pylint: disable=g-import-not-at-top
     return pallas_triton.selective_scan(
         u, delta, A, B, C, D, z, delta_bias, delta_softplus=delta_softplus, reverse=reverse,
         return_states=return_states, vjp=vjp, interpret=interpret, block_config=block_config,
