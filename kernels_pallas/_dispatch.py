@@ -74,14 +74,15 @@ class Dispatch:
         if reason is None:
           return impl.name
         reasons.append(f'{impl.name}: {reason}')
-      raise ValueError(f'{self.op}: no implementation can take these inputs ({"; ".join(reasons)}).')
+      raise ValueError(f'{self.op}: no implementation can take these inputs '
+                       f'({"; ".join(reasons)}).')
     chain = (implementation,) if isinstance(implementation, str) else tuple(implementation)
     impls = [self._get(name) for name in chain]
     for impl in impls:
       if impl.unsupported_reason(*inputs) is None:
         return impl.name
     reasons = '; '.join(f'{i.name}: {i.unsupported_reason(*inputs)}' for i in impls)
+    alternatives = self._alternatives({i.name for i in impls}, inputs)
     raise ValueError(f'{self.op}: implementation={implementation!r} cannot take these inputs '
-                     f'({reasons}). Alternatives that can: '
-                     f'{self._alternatives({i.name for i in impls}, inputs)}, or None for the platform '
-                     'default.')
+                     f'({reasons}). Alternatives that can: {alternatives}, or None for the '
+                     'platform default.')

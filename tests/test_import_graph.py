@@ -115,8 +115,8 @@ def test_no_import_cycles():
   assert not _cycles(GRAPH)
 
 
-@pytest.mark.xfail(strict=False, reason='ouromamba_jax.evaluate imports the convert stage; the stage '
-                   'move into ouromamba_jax/stages/ (another branch) resolves these')
+@pytest.mark.xfail(strict=False, reason='ouromamba_jax.evaluate imports the convert stage; '
+                   'the stage move into ouromamba_jax/stages/ (another branch) resolves these')
 def test_library_modules_do_not_import_stages():
   bad = {m: sorted(t for t in targets if _is_stage(t))
          for m, targets in GRAPH.items() if not _is_stage(m)}

@@ -146,7 +146,8 @@ def _load_step(x_ref, b, t, in_seq, col_ok, block_c):
 def _store_inliers(qin_ref, b, t, in_seq, q_in, math: _Math, pack: bool):
   if pack:
     half_ok = (jnp.arange(math.block_c // 2) < math.channels // 2) & in_seq
-    plgpu.store(qin_ref.at[b, t, pl.ds(0, math.block_c // 2)], int4.pack_nibbles(*int4.split_even_odd(q_in)), mask=half_ok)
+    packed = int4.pack_nibbles(*int4.split_even_odd(q_in))
+    plgpu.store(qin_ref.at[b, t, pl.ds(0, math.block_c // 2)], packed, mask=half_ok)
   else:
     cols_ok = (jnp.arange(math.block_c) < math.channels) & in_seq
     plgpu.store(qin_ref.at[b, t, pl.ds(0, math.block_c)], q_in, mask=cols_ok)

@@ -56,6 +56,120 @@ from kernels_pallas.selective_scan import triton_common as common
 from kernels_pallas.selective_scan.config import (STATES_LAYOUTS, VJPS, SelectiveScanBlockConfig,
                                                   default_block_config)
 
+def _scan_kernel(*refs, spec: common.KernelSpec):
+  """Body of one program: channels [d0, d0 + block_d) of batch row `row`, all L time steps.
+
+  The block is `n_groups` groups of `group_d` channels (one channel per thread in each group),
+  each with its own (N, group_d) state tile; the groups share the B_t/C_t loads of a step.
+  """
+  refs = list(refs)
+  u_ref, delta_ref, a_ref, b_ref, c_ref = refs[:5]
+  refs = refs[5:]
+  skip_ref = refs.pop(0) if spec.has_skip else None
+  z_ref = refs.pop(0) if spec.has_gate else None
+  bias_ref = refs.pop(0) if spec.has_bias else None
+  y_ref = refs.pop(0)
+  states_out_ref = refs.pop(0) if spec.store_states else None
+
+  f32 = jnp.float32
+  gd, n_pad = spec.group_d, spec.n_pad
+  groups = range(spec.n_groups)
+  layout = common.program_layout(spec)
+  row, channels, states = layout.row, layout.channels, layout.states
+  channel_ok, state_ok = layout.channel_ok, layout.state_ok
+  tile_ok = layout.tile_ok(spec) if spec.store_states else None
+  load = common.masked_load
+
+  def load_group(ref, g, *index):  # (group_d,) row of group g
+    index = tuple(common.index(i) for i in index)
+    return load(ref.at[(*index, channels[g])], channel_ok[g])
+
+  def load_states(ref, t):  # (N,) row of B or C at time t
+    return load(ref.at[row, common.index(t), states], state_ok)
+
+  a_log2 = [common.tile_from_rows([load_group(a_ref, g, n) for n in range(spec.n_state)], n_pad)
+            for g in groups]
+  skip = [load_group(skip_ref, g).astype(f32) if spec.has_skip else None for g in groups]
+  bias = [load_group(bias_ref, g).astype(f32) if spec.has_bias else None for g in groups]
+
+  def time_of(k):  # processing order k -> time index (backwards for reverse)
+    return spec.length - 1 - k if spec.reverse else k
+
+  def clamped_time(k):
+    """Time of processing index k; a traced k is clamped into the sequence: only a prefetch
+    past the last chunk reaches beyond it, and that data is never used."""
+    if not isinstance(k, int):
+      k = jnp.minimum(k, spec.length - 1)
+    return time_of(k)
+
+  def load_activations(k0, count):
+    """u, delta, z rows of `count` steps from processing index k0, in the input dtype (bf16
+    stays packed in registers until used). These stream from HBM: the ones worth prefetching."""
+    rows = []
+    for i in range(count):
+      t = clamped_time(k0 + i)
+      rows.append(dict(
+          u=[load_group(u_ref, g, row, t) for g in groups],
+          delta=[load_group(delta_ref, g, row, t) for g in groups],
+          z=[load_group(z_ref, g, row, t) if spec.has_gate else None for g in groups]))
+    return rows
+
+  def load_state_rows(k0, count):
+    """B_t, C_t rows of `count` steps; every channel block of the batch row reads them, so
+    they come from L2 and are loaded at the start of their chunk, not prefetched."""
+    return [dict(b=load_states(b_ref, clamped_time(k0 + i)),
+                 c=load_states(c_ref, clamped_time(k0 + i))) for i in range(count)]
+
+  def group_step(h, g, x):
+    """One time step of group g: new (N, group_d) state and the (group_d,) output row."""
+    u = x['u'][g].astype(f32)
+    dt = x['delta'][g].astype(f32)
+    if bias[g] is not None:
+      dt = dt + bias[g]
+    if spec.delta_softplus:
+      dt = common.softplus(dt)
+    decay = jnp.exp2(dt[None, :] * a_log2[g])
+    h = decay * h + x['b'].astype(f32)[:, None] * (dt * u)[None, :]
+    y = jnp.sum(h * x['c'].astype(f32)[:, None], axis=0)
+    if skip[g] is not None:
+      y = y + skip[g] * u
+    if spec.has_gate:
+      z = x['z'][g].astype(f32)
+      y = y * (z * jax.nn.sigmoid(z))
+    return h, y
+
+  def run_chunk(hs, k0, activations):
+    """The recurrence over one chunk whose first step is processing index k0."""
+    state_rows = load_state_rows(k0, len(activations))
+    hs = list(hs)
+    for i, (x, bc) in enumerate(zip(activations, state_rows)):
+      x = dict(x, **bc)
+      t = common.index(time_of(k0 + i))
+      for g in groups:
+        hs[g], y = group_step(hs[g], g, x)
+        plgpu.store(y_ref.at[row, t, channels[g]], y.astype(y_ref.dtype), mask=channel_ok[g])
+        if spec.store_states:
+          plgpu.store(states_out_ref.at[row, t, states, channels[g]], hs[g], mask=tile_ok[g])
+    return tuple(hs)
+
+  ct = spec.chunk_t
+  hs = tuple(jnp.zeros((n_pad, gd), f32) for _ in groups)
+  n_chunks, tail = divmod(spec.length, ct)
+  if n_chunks and spec.prefetch:
+    # Register double-buffering: chunk c + 1's activations load before chunk c is computed.
+    def body(c, carry):
+      hs, activations = carry
+      next_activations = load_activations((c + 1) * ct, ct)
+      return run_chunk(hs, c * ct, activations), next_activations
+
+    hs, _ = jax.lax.fori_loop(0, n_chunks, body, (hs, load_activations(0, ct)))
+  elif n_chunks:
+    hs = jax.lax.fori_loop(0, n_chunks,
+                           lambda c, hs: run_chunk(hs, c * ct, load_activations(c * ct, ct)), hs)
+  if tail:
+    run_chunk(hs, n_chunks * ct, load_activations(n_chunks * ct, tail))
+
+
 def _check_inputs(u, delta, A, B, C, D, z, delta_bias):
   """Shape/dtype checks with errors that say what to pass instead."""
   if u.ndim != 3:
@@ -93,9 +207,10 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus: bool, rever
   """y, and with `store_states` also the fp32 states in the kernel's (B, L, N, D) layout (a
   thread owns one channel, so a state row is contiguous across the threads of a warp)."""
   batch, length, channels = u.shape
-  spec = common.kernel_spec(u, A, D, z, delta_bias, delta_softplus=delta_softplus, reverse=reverse,
-                     block_config=block_config, store_states=store_states)
-  operands = [u, delta, *common.kernel_a_b_c(A, B, C)] + [x for x in (D, z, delta_bias) if x is not None]
+  spec = common.kernel_spec(u, A, D, z, delta_bias, delta_softplus=delta_softplus,
+                            reverse=reverse, block_config=block_config, store_states=store_states)
+  operands = ([u, delta, *common.kernel_a_b_c(A, B, C)]
+              + [x for x in (D, z, delta_bias) if x is not None])
   out_shape = jax.ShapeDtypeStruct(u.shape, u.dtype)
   if store_states:
     out_shape = (out_shape, jax.ShapeDtypeStruct((batch, length, A.shape[1], channels),

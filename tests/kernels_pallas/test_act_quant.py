@@ -74,8 +74,8 @@ def test_asymmetric_grid_matches_canonical(bits, outlier_bits, trigger, outliers
   qmax = 2 ** bits - 1
   scale = jnp.asarray(rng.uniform(6.0, 9.0, 23) / qmax, jnp.float32)
   zero = jnp.asarray(rng.integers(qmax // 2, qmax, 23), jnp.int32)
-  spec = ActQuantParams(bits=bits, symmetric=False, k=4.0, outlier_bits=outlier_bits, trigger=trigger,
-                 outliers=outliers)
+  spec = ActQuantParams(bits=bits, symmetric=False, k=4.0, outlier_bits=outlier_bits,
+                        trigger=trigger, outliers=outliers)
   want = api.act_quant(x, scale, spec, zero, implementation='xla')
   got = api.act_quant(x, scale, spec, zero, implementation='triton', interpret=True)
   for field in FIELDS + ('inlier_zero_point', 'outlier_zero_point'):

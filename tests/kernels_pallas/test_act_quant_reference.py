@@ -31,15 +31,15 @@ def _naive(x, s, spec, z=None):
 
 
 CASES = [
-    ActQuantParams(bits=4),                                               # W4A4O8, per sample
+    ActQuantParams(bits=4),                                # W4A4O8, per sample
     ActQuantParams(bits=4, trigger='batch'),
     ActQuantParams(bits=4, trigger='official'),
-    ActQuantParams(bits=8, outliers='float'),                             # W4A8 (O16)
+    ActQuantParams(bits=8, outliers='float'),              # W4A8 (O16)
     ActQuantParams(bits=4, outliers='none'),
-    ActQuantParams(bits=4, symmetric=False, k=4.0),                       # Δ
+    ActQuantParams(bits=4, symmetric=False, k=4.0),        # Δ
     ActQuantParams(bits=4, n_refresh=1),
     ActQuantParams(bits=4, n_refresh=4, std_ddof=0, k=2.0),
-    ActQuantParams(bits=3, n_refresh=50),                                 # one window longer than L
+    ActQuantParams(bits=3, n_refresh=50),                  # one window longer than L
 ]
 
 
@@ -66,7 +66,8 @@ def test_trigger_is_per_sample_by_default_and_global_with_batch():
   x[1, 1, 7] = 0.9        # sample 1 has a channel that is an outlier by mu + 3 sigma only
   s = np.full(5, 1.0, np.float32)
   per_sample = reference.detect_outliers(jnp.asarray(x), jnp.asarray(s), ActQuantParams(bits=4))
-  batch = reference.detect_outliers(jnp.asarray(x), jnp.asarray(s), ActQuantParams(bits=4, trigger='batch'))
+  batch = reference.detect_outliers(jnp.asarray(x), jnp.asarray(s),
+                                    ActQuantParams(bits=4, trigger='batch'))
   assert bool(per_sample[0, 1, 3]) and not bool(per_sample[1].any())
   assert bool(batch[0, 1, 3]) and bool(batch[1, 1, 7])
   assert int(batch[1].sum()) == 4          # stays flagged until the end of the window (t = 1..4)

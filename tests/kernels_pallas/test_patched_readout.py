@@ -146,7 +146,8 @@ def test_bad_inputs_are_rejected_with_a_clear_message():
     call(grid_size=(-2, -2))  # the right number of patches, but no grid
   for empty in (dict(states=states[:0], weights=weights[:0], c_patches=c_patches[:0]),
                 dict(states=states[..., :0, :])):
-    with pytest.raises(ValueError, match="implementation='triton' cannot .*at least one image.*'xla'"):
+    with pytest.raises(ValueError,
+                       match="implementation='triton' cannot .*at least one image.*'xla'"):
       call(implementation='triton', interpret=True, **empty)
     assert call(interpret=True, **empty).size == 0  # the default takes XLA for empty inputs
   with pytest.raises(ValueError, match='one entry per patch token'):
