@@ -61,7 +61,9 @@ class ActSpec:
   """An activation site: static per-step inlier scale + dynamic outlier channels.
 
   (B, L, C) inputs get one inlier scale per time step; any other shape (A: (Di, N), D: (Di,))
-  is one static step over all its elements.
+  is one static step over all its elements. The fields bits .. std_ddof are what the act_quant
+  op computes (`kernel_params`, validated by the op's own checks); lp .. domain are the
+  library's calibration settings.
   """
   bits: int = 8
   symmetric: bool = True   # False: unsigned grid [0, 2^bits - 1] with a static zero point (Δ)
