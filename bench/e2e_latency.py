@@ -166,6 +166,7 @@ def outlier_rate(model, tree, images) -> dict[str, float]:
   from ouromamba_jax.models import layers  # pylint: disable=g-import-not-at-top
   from ouromamba_jax.quant import activations as act_lib  # pylint: disable=g-import-not-at-top
   from ouromamba_jax.quant import qtypes  # pylint: disable=g-import-not-at-top
+  from ouromamba_jax.quant import weights as w_lib  # pylint: disable=g-import-not-at-top
 
   def run(tree, images):
     counts = []
@@ -179,7 +180,7 @@ def outlier_rate(model, tree, images) -> dict[str, float]:
             and iq.spec.outliers != 'none'):
           x = args[0].astype(jnp.float32)
           if kernel.smooth is not None:
-            x = x / jnp.maximum(kernel.smooth, qtypes.MIN_SMOOTH)
+            x = x / jnp.maximum(kernel.smooth, w_lib.MIN_SMOOTH)
           mask = iq.parts(act_lib.as_steps(x, 'steps')[0], ste=False).outlier_mask
           counts.append((jnp.sum(mask), mask.size, jnp.sum(jnp.any(mask, -1)), mask[..., 0].size))
       return next_fun(*args, **kwargs)

@@ -10,6 +10,7 @@ import os
 import jax
 import jax.numpy as jnp
 
+from ouromamba_jax.io import load_checkpoint
 from ouromamba_jax.models import build_model
 
 ASSETS_DIR = os.path.join(os.path.dirname(__file__), 'assets')
@@ -58,5 +59,4 @@ def load_model(model_cfg, seed: int = 0, **extra):
   model = model_from_config(model_cfg, **extra)
   if not model_cfg.checkpoint:
     return model, random_params(model, seed)
-  from ouromamba_jax.io import load_checkpoint  # pylint: disable=g-import-not-at-top
   return model, load_checkpoint(checkpoint_path(model_cfg), model)

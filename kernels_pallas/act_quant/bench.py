@@ -15,9 +15,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from kernels_pallas.act_quant import api
 from kernels_pallas import _bench
-from ouromamba_jax.quant.config import ActSpec
+from kernels_pallas.act_quant import api
+from kernels_pallas.act_quant.config import ActQuantParams
 
 VIM_BATCH, VIM_TOKENS = 64, 197
 VIM_CHANNELS = (('vim_t.d_model', 192), ('vim_s.d_model', 384),
@@ -38,12 +38,12 @@ def make_inputs(key, b, l, c, dtype):
 def variants(smoke):
   """name -> (fn(x, scale) -> IntActivation)."""
   def kernel(trigger):
-    spec = ActSpec(bits=4, trigger=trigger)
+    spec = ActQuantParams(bits=4, trigger=trigger)
     return jax.jit(lambda x, s: api.act_quant(x, s, spec, pack_int4=True,
                                               implementation='triton', interpret=smoke))
 
   def xla(trigger, pack):
-    spec = ActSpec(bits=4, trigger=trigger)
+    spec = ActQuantParams(bits=4, trigger=trigger)
     return jax.jit(lambda x, s: api.act_quant(x, s, spec, pack_int4=pack, implementation='xla'))
 
   return {

@@ -1,16 +1,95 @@
-"""Launch settings of the activation-quantization kernel, validated up front.
+"""What the activation quantizer computes (`ActQuantParams`) and how the kernel launches.
 
-One program owns one sample's refresh window and holds all C channels of a time step in a
+`ActQuantParams` is the op's own description of one quantizer: the integer grids, the outlier
+mode and the detection recurrence. The library's `ActSpec` adds calibration settings on top and
+hands the kernel `ActSpec.kernel_params`; the validation below is shared by both, so a bad value
+is rejected with the same message wherever it is set.
+
+Launch: one program owns one sample's refresh window and holds all C channels of a time step in a
 single power-of-two block (C = 192 ... 1536 in Vim), so `block_c` is normally derived from C.
 """
 from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 from kernels_pallas._blocks import is_pow2, next_pow2
+
+MIN_SCALE = 1e-8  # floor of every step size (a learned step may cross 0)
+OUTLIER_MODES = ('int', 'float', 'none')
+TRIGGERS = ('sample', 'batch', 'official')
 
 _VALID_WARPS = (1, 2, 4, 8, 16)
 MAX_BLOCK_C = 8192  # one step's channels must fit in the registers of one program
+
+
+def check_bits(owner: str, name: str, bits) -> None:
+  """Grids of 2..16 bits: one bit is no grid, and codes above 16 bits lose float32 exactness."""
+  if not isinstance(bits, (int, np.integer)) or isinstance(bits, bool) or not 2 <= bits <= 16:
+    raise ValueError(f'{owner}.{name} must be an integer between 2 and 16, got {bits!r}.')
+
+
+def check_quantizer_fields(owner: str, q) -> None:
+  """Validates the `ActQuantParams` fields of q (an ActQuantParams or an ActSpec)."""
+  check_bits(owner, 'bits', q.bits)
+  check_bits(owner, 'outlier_bits', q.outlier_bits)
+  if not isinstance(q.symmetric, (bool, np.bool_)):
+    raise ValueError(f'{owner}.symmetric must be a bool, got {q.symmetric!r}.')
+  if q.outliers not in OUTLIER_MODES:
+    raise ValueError(f'{owner}.outliers must be one of {OUTLIER_MODES}, got {q.outliers!r}.')
+  if not (isinstance(q.k, (int, float, np.number)) and q.k > 0):
+    raise ValueError(f'{owner}.k (outlier threshold mu + k*sigma) must be a number > 0, '
+                     f'got {q.k!r}.')
+  if not isinstance(q.n_refresh, (int, np.integer)) or q.n_refresh < 1:
+    raise ValueError(f'{owner}.n_refresh (outlier-set reset period in time steps) must be an '
+                     f'int >= 1, got {q.n_refresh!r}.')
+  if q.trigger not in TRIGGERS:
+    raise ValueError(f'{owner}.trigger must be one of {TRIGGERS}, got {q.trigger!r}.')
+  if q.std_ddof not in (0, 1):
+    raise ValueError(f'{owner}.std_ddof must be 0 (population) or 1 (unbiased), '
+                     f'got {q.std_ddof!r}.')
+
+
+@dataclasses.dataclass(frozen=True)
+class ActQuantParams:
+  """One per-step activation quantizer (hashable: a static argument of jitted code).
+
+  Inliers: a static step per time step on the narrow grid ±(2^(bits-1) - 1), or [0, 2^bits - 1]
+  with a zero point when not `symmetric`. Outliers: channels with |x| > mu + k sigma (std with
+  `std_ddof`) found whenever the step's inliers overflow their grid (`trigger`: per 'sample',
+  per 'batch', or 'official': any sample and window), kept until the next refresh every
+  `n_refresh` steps; quantized at `outlier_bits` on a dynamic per-token grid ('int'), kept in
+  float ('float'), or not detected ('none').
+  """
+  bits: int = 8
+  symmetric: bool = True
+  outliers: str = 'int'
+  outlier_bits: int = 8
+  k: float = 3.0
+  n_refresh: int = 10
+  trigger: str = 'sample'
+  std_ddof: int = 1
+
+  def __post_init__(self):
+    check_quantizer_fields('ActQuantParams', self)
+
+  @property
+  def qmin(self) -> int:
+    return -(2 ** (self.bits - 1) - 1) if self.symmetric else 0
+
+  @property
+  def qmax(self) -> int:
+    return 2 ** (self.bits - 1) - 1 if self.symmetric else 2 ** self.bits - 1
+
+  @property
+  def outlier_qmin(self) -> int:
+    return -(2 ** (self.outlier_bits - 1) - 1) if self.symmetric else 0
+
+  @property
+  def outlier_qmax(self) -> int:
+    b = self.outlier_bits
+    return 2 ** (b - 1) - 1 if self.symmetric else 2 ** b - 1
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Pallas Triton kernel of the OuroMamba per-time-step activation quantizer.
 
-Computes exactly what `ouromamba_jax.quant.activations.quantize_activation_int` computes
+Computes exactly what `reference.act_quant_xla` computes
 (symmetric grids, and asymmetric ones such as Δ's; outliers 'int' or 'none'), for x (B, L, C):
 
 trigger='sample': one program per (sample, refresh window). It holds every channel of a time
@@ -26,7 +26,7 @@ wrote one step earlier (same program, same addresses, program order).
 
 Rounding is half-to-even (jnp.round) built from floor, since Triton has no round primitive.
 With `pack=True` the int4 inlier codes are packed two per byte along C (low nibble = even
-channel), the format `kernels_pallas.mixed_gemm` reads.
+channel), the `kernels_pallas.int4` format the mixed GEMM reads.
 """
 from __future__ import annotations
 
@@ -38,9 +38,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from kernels_pallas import _pallas_compat as compat
+from kernels_pallas import int4
 from kernels_pallas._pallas_compat import pl, plgpu
-from kernels_pallas.mixed_gemm import reference as int4_format
-from ouromamba_jax.quant.activations import MIN_SCALE, int_dtype  # MIN_SCALE: floor of every step
+from kernels_pallas.act_quant.config import MIN_SCALE
+from kernels_pallas.act_quant.reference import int_dtype
 
 
 def round_half_even(v):
@@ -136,12 +137,6 @@ class _Math:
     return q_out.astype(self.outlier_dtype), s_o, z_o
 
 
-def _pack_int4(q):
-  even, odd = int4_format.split_even_odd(q)
-  return jnp.bitwise_or(jnp.bitwise_and(even, jnp.int8(0x0F)),
-                        jax.lax.shift_left(odd, jnp.int8(4)))
-
-
 def _load_step(x_ref, b, t, in_seq, col_ok, block_c):
   x = plgpu.load(x_ref.at[b, t, pl.ds(0, block_c)], mask=col_ok & in_seq,
                  other=jnp.zeros((), x_ref.dtype))
@@ -151,7 +146,8 @@ def _load_step(x_ref, b, t, in_seq, col_ok, block_c):
 def _store_inliers(qin_ref, b, t, in_seq, q_in, math: _Math, pack: bool):
   if pack:
     half_ok = (jnp.arange(math.block_c // 2) < math.channels // 2) & in_seq
-    plgpu.store(qin_ref.at[b, t, pl.ds(0, math.block_c // 2)], _pack_int4(q_in), mask=half_ok)
+    packed = int4.pack_nibbles(*int4.split_even_odd(q_in))
+    plgpu.store(qin_ref.at[b, t, pl.ds(0, math.block_c // 2)], packed, mask=half_ok)
   else:
     cols_ok = (jnp.arange(math.block_c) < math.channels) & in_seq
     plgpu.store(qin_ref.at[b, t, pl.ds(0, math.block_c)], q_in, mask=cols_ok)

@@ -13,25 +13,27 @@ Operands (leading dims of x are flattened into M = tokens, one row per time step
   bias      optional (N,).
 Returns (..., N) in out_dtype (bf16 by default). Sums are exact int32.
 
-implementation: None -> 'triton' on GPU, 'xla' elsewhere; 'xla' is two integer `lax.dot`s,
-'triton' the fused Pallas kernel (`interpret`: None = interpret when not on a GPU, so it
-also runs on CPU, for tests).
+implementation (`kernels_pallas._dispatch`): None -> 'triton' on GPU, 'xla' elsewhere; 'xla' is
+two integer `lax.dot`s, 'triton' the fused Pallas kernel (`interpret`: None = interpret when not
+on a GPU, so it also runs on CPU, for tests).
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
+from kernels_pallas import _dispatch
 from kernels_pallas import _pallas_compat as compat
+from kernels_pallas.mixed_gemm import pallas_triton
 from kernels_pallas.mixed_gemm import reference
 from kernels_pallas.mixed_gemm.config import MixedGemmBlockConfig, default_block_config
 
-IMPLEMENTATIONS = ('xla', 'triton')
+DISPATCH = _dispatch.Dispatch(
+    op='mixed_gemm',
+    implementations=(_dispatch.Implementation('xla'), _dispatch.Implementation('triton')),
+    preference={'gpu': ('triton',), 'default': ('xla',)})
+IMPLEMENTATIONS = DISPATCH.names
 _BITS = (4, 8)
-
-
-def default_implementation() -> str:
-  return 'triton' if jax.default_backend() == 'gpu' else 'xla'
 
 
 def _as_int8(name, x):
@@ -99,10 +101,7 @@ def mixed_gemm(x_inlier, a_scale, w, w_scale, x_outlier=None, o_scale=None, bias
                implementation: str | None = None, interpret: bool | None = None,
                block_config: MixedGemmBlockConfig | None = None):
   """Dequantized int GEMM; see the module docstring for operand layouts. Returns (..., N)."""
-  impl = implementation or default_implementation()
-  if impl not in IMPLEMENTATIONS:
-    raise ValueError(f'mixed_gemm: unknown implementation {impl!r}; choose one of '
-                     f'{IMPLEMENTATIONS} or None for the platform default.')
+  impl = DISPATCH.choose(implementation)
   x2, a2, w, xo2, o2, k, lead = _normalize(x_inlier, a_scale, w, w_scale, x_outlier, o_scale,
                                            bias, weight_bits, act_bits)
   n = w.shape[1]
@@ -110,7 +109,6 @@ def mixed_gemm(x_inlier, a_scale, w, w_scale, x_outlier=None, o_scale=None, bias
     y = reference.mixed_gemm_xla(x2, a2, w, w_scale, xo2, o2, bias, weight_bits=weight_bits,
                                  act_bits=act_bits, out_dtype=out_dtype)
   else:
-    from kernels_pallas.mixed_gemm import pallas_triton  # pylint: disable=g-import-not-at-top
     cfg = block_config or default_block_config(x2.shape[0], n, k)
     y = pallas_triton.mixed_gemm(x2, a2, w, w_scale, xo2, o2, bias, k=k, weight_bits=weight_bits,
                                  act_bits=act_bits, out_dtype=jnp.dtype(out_dtype), cfg=cfg,
@@ -123,10 +121,7 @@ def mixed_gemm_accumulators(x_inlier, w, x_outlier=None, *, weight_bits: int = 4
                             interpret: bool | None = None,
                             block_config: MixedGemmBlockConfig | None = None):
   """The exact int32 sums (xin @ w, xout @ w or None), each (..., N): for tests and debugging."""
-  impl = implementation or default_implementation()
-  if impl not in IMPLEMENTATIONS:
-    raise ValueError(f'mixed_gemm_accumulators: unknown implementation {impl!r}; choose one of '
-                     f'{IMPLEMENTATIONS}.')
+  impl = DISPATCH.choose(implementation)
   lead = x_inlier.shape[:-1]
   ones = jnp.ones(lead, jnp.float32)
   x2, _, w, xo2, _, k, lead = _normalize(
@@ -137,7 +132,6 @@ def mixed_gemm_accumulators(x_inlier, w, x_outlier=None, *, weight_bits: int = 4
     acc_in, acc_out = reference.accumulators_xla(x2, w, xo2, weight_bits=weight_bits,
                                                  act_bits=act_bits)
   else:
-    from kernels_pallas.mixed_gemm import pallas_triton  # pylint: disable=g-import-not-at-top
     cfg = block_config or default_block_config(x2.shape[0], n, k)
     acc_in, acc_out = pallas_triton.accumulators(x2, w, xo2, k=k, weight_bits=weight_bits,
                                                  act_bits=act_bits, cfg=cfg,

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from kernels_pallas import _bench
+from kernels_pallas import int4
 from kernels_pallas.mixed_gemm import api, reference
 from kernels_pallas.mixed_gemm.config import MixedGemmBlockConfig, default_block_config
 
@@ -67,8 +68,8 @@ def make_problem(key, m, k, n, outlier_frac=0.02):
   w8 = jax.random.randint(ks[4], (k, n), -127, 128, jnp.int8)
   x8 = jax.random.randint(ks[5], (m, k), -127, 128, jnp.int8)
   return Problem(
-      m=m, k=k, n=n, x_packed=reference.pack_int4(xi, -1), x_int8=x8, x_outlier=xo,
-      x_bf16=jax.random.normal(ks[6], (m, k), jnp.bfloat16), w_packed=reference.pack_int4(w4, 0),
+      m=m, k=k, n=n, x_packed=int4.pack_int4(xi, -1), x_int8=x8, x_outlier=xo,
+      x_bf16=jax.random.normal(ks[6], (m, k), jnp.bfloat16), w_packed=int4.pack_int4(w4, 0),
       w_int4_as_int8=w4, w_int8=w8, w_bf16=jax.random.normal(ks[7], (k, n), jnp.bfloat16),
       a_scale=jnp.full((m,), 0.02, jnp.float32), o_scale=jnp.full((m,), 0.1, jnp.float32),
       w_scale=jnp.full((n,), 0.01, jnp.float32))

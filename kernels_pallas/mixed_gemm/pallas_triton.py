@@ -32,8 +32,8 @@ import jax
 import jax.numpy as jnp
 
 from kernels_pallas import _pallas_compat as compat
+from kernels_pallas import int4
 from kernels_pallas._pallas_compat import pl, plgpu
-from kernels_pallas.mixed_gemm import reference
 from kernels_pallas.mixed_gemm.config import MixedGemmBlockConfig
 
 
@@ -76,21 +76,21 @@ def _gemm_kernel(*refs, m: int, n: int, k: int, cfg: MixedGemmBlockConfig, weigh
 
   def inlier_parts(x):
     if weight_bits == 4:  # need (even, odd) halves of K
-      return reference.unpack_nibbles(x) if act_bits == 4 else reference.split_even_odd(x)
+      return int4.unpack_nibbles(x) if act_bits == 4 else int4.split_even_odd(x)
     if act_bits == 4:     # int8 weights: rebuild the natural k order of the activations
-      return reference.interleave(*reference.unpack_nibbles(x))
+      return int4.interleave(*int4.unpack_nibbles(x))
     return x
 
   def body(kb, accs):
     w = plgpu.load(w_ref.at[pl.ds(col_start, bn), pl.ds(kb * w_rows, w_rows)],
                    mask=cols_ok[:, None], other=jnp.int8(0))
-    w_parts = reference.unpack_nibbles(w) if weight_bits == 4 else w
+    w_parts = int4.unpack_nibbles(w) if weight_bits == 4 else w
     xin = _load_rows(xin_ref, row_start, rows_ok, kb * x_cols, x_cols, bm)
     acc_in = accs[0] + product(inlier_parts(xin), w_parts)
     if not has_outliers:
       return (acc_in,)
     xout = _load_rows(xout_ref, row_start, rows_ok, kb * bk, bk, bm)
-    xout_parts = reference.split_even_odd(xout) if weight_bits == 4 else xout
+    xout_parts = int4.split_even_odd(xout) if weight_bits == 4 else xout
     return acc_in, accs[1] + product(xout_parts, w_parts)
 
   zeros = jnp.zeros((bm, bn), jnp.int32)

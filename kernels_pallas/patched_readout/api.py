@@ -4,8 +4,9 @@
                     grid_size, neighbourhood, states_layout='bldn') -> (B, P, D) fp32
     f(τ) = C_τ · Σ_{k ∈ N(τ)} w_k h(k)   (p×p window, replicate padding, class token skipped)
 
-implementation: None -> 'triton' on GPU, 'xla' elsewhere; 'xla' -> `reference` (materialises
-the box-filtered states); 'triton' -> the Pallas kernels (`interpret=True` runs them on CPU).
+implementation (`kernels_pallas._dispatch`): None -> 'triton' on GPU (for non-empty inputs),
+'xla' elsewhere; 'xla' -> `reference` (materialises the box-filtered states); 'triton' -> the
+Pallas kernels (`interpret=True` runs them on CPU).
 On an H100 the kernels run the Vim-S readout (32 images) 2.1x faster than XLA forward +
 backward (1.68 vs 3.55 ms) and take the Gen step from 220.9 to 136.0 ms (bf16, no remat) while
 never materialising the weighted states (peak 19.3 vs 42.6 GiB; BENCHMARKS.md).
@@ -13,21 +14,33 @@ Both are differentiable in all three inputs (the kernel through its own backward
 """
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
+from kernels_pallas import _dispatch
 from kernels_pallas import _pallas_compat as compat
+from kernels_pallas.patched_readout import pallas_triton
 from kernels_pallas.patched_readout import reference
 from kernels_pallas.patched_readout.config import PatchedReadoutBlockConfig, default_block_config
 from kernels_pallas.patched_readout.reference import STATES_LAYOUTS
 
-IMPLEMENTATIONS = ('xla', 'triton')
 
 
-def default_implementation() -> str:
-  """The kernels on GPU (faster and smaller there, see the module docstring), XLA elsewhere
-  (the interpreter is for tests, not speed)."""
-  return 'triton' if jax.default_backend() == 'gpu' else 'xla'
+def _kernel_unsupported_reason(batch: int, channels: int, n_state: int) -> str | None:
+  """An empty launch grid (B, D) or gathered axis (N) has nothing for the kernel to run."""
+  if 0 in (batch, channels, n_state):
+    return (f'the Triton kernel needs at least one image, channel and state (got B={batch}, '
+            f'D={channels}, N={n_state})')
+  return None
+
+
+# The kernels on GPU (faster and smaller there, see the module docstring), XLA elsewhere (the
+# interpreter is for tests, not speed).
+DISPATCH = _dispatch.Dispatch(
+    op='patched_readout',
+    implementations=(_dispatch.Implementation('xla'),
+                     _dispatch.Implementation('triton', _kernel_unsupported_reason)),
+    preference={'gpu': ('triton', 'xla'), 'default': ('xla',)})
+IMPLEMENTATIONS = DISPATCH.names
 
 
 def patched_readout(states, weights, c_patches, *, cls_index: int,
@@ -65,21 +78,12 @@ def patched_readout(states, weights, c_patches, *, cls_index: int,
   if not 0 <= cls_index < length:
     raise ValueError(f'patched_readout: cls_index {cls_index} is outside the {length} tokens.')
   reference.check_neighbourhood(neighbourhood)
-  impl = implementation or default_implementation()
-  if impl not in IMPLEMENTATIONS:
-    raise ValueError(f'patched_readout: unknown implementation {impl!r}; choose one of '
-                     f'{IMPLEMENTATIONS} or None for the default (triton on GPU, else xla).')
-  if impl == 'xla':
+  if DISPATCH.choose(implementation, batch, channels, n_state) == 'xla':
     states = reference.token_order_bldn(states, states_layout, reversed_tokens)
     return reference.patched_readout_xla(states, weights, c_patches, cls_index=cls_index,
                                          grid_size=grid_size, neighbourhood=neighbourhood)
-  if 0 in (batch, channels, n_state):  # an empty launch grid (B, D) or gathered axis (N)
-    raise ValueError(f'patched_readout: the Triton kernel needs at least one image, channel and '
-                     f'state (got B={batch}, D={channels}, N={n_state}); use '
-                     "implementation='xla' for empty inputs.")
   if states_layout == 'bldn':
     states = jnp.swapaxes(states, 2, 3)
-  from kernels_pallas.patched_readout import pallas_triton  # pylint: disable=g-import-not-at-top
   cfg = block_config or default_block_config(grid_size[1], n_state)
   f32 = lambda a: a.astype(jnp.float32)
   return pallas_triton.patched_readout(

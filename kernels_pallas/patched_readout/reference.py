@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kernels_pallas.selective_scan.api import STATES_LAYOUTS  # the layouts the scan hands out
+from kernels_pallas.selective_scan.config import STATES_LAYOUTS  # the layouts the scan hands out
 
 
 def drop_class_token(x: jax.Array, cls_index: int) -> jax.Array:

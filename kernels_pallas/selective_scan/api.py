@@ -1,6 +1,6 @@
 """Public entry point of the selective scan: one function, several implementations.
 
-implementation:
+implementation (`kernels_pallas._dispatch`):
   None          -> 'triton' on GPU (below SMALL_BATCH samples 'associative': see below),
                    'sequential' on CPU, 'associative' on TPU. Measured: on
                    CPU the fused sequential form runs the testbed Vim-T forward 3.7x faster
@@ -14,16 +14,12 @@ implementation:
 """
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
+from kernels_pallas import _dispatch
+from kernels_pallas.selective_scan import pallas_triton
 from kernels_pallas.selective_scan import reference
-
-IMPLEMENTATIONS = ('xla', 'associative', 'sequential', 'triton')
-VJPS = ('reference', 'kernel')                # how 'triton' is differentiated
-STATES_LAYOUTS = ('bldn', 'blnd')             # (B, L, D, N); (B, L, N, D), the kernel's own
-STATES_SOURCES = ('associative', 'kernel')    # what computes the states for 'triton'
-
+from kernels_pallas.selective_scan.config import STATES_LAYOUTS, STATES_SOURCES, VJPS
 
 # The Triton kernel runs one program per (sample, block of channels) along the whole sequence,
 # so at batch 1-2 it fills a fraction of the GPU and its sequential steps set the time. Vim-B
@@ -32,12 +28,27 @@ STATES_SOURCES = ('associative', 'kernel')    # what computes the states for 'tr
 SMALL_BATCH = 4
 
 
+def _triton_not_default(batch=None):
+  if batch is not None and batch < SMALL_BATCH:
+    return (f'batch {batch} < SMALL_BATCH={SMALL_BATCH}: the kernel leaves the GPU mostly idle '
+            'and measured slower than the associative scan')
+  return None
+
+
+DISPATCH = _dispatch.Dispatch(
+    op='selective_scan',
+    implementations=(_dispatch.Implementation('associative'),
+                     _dispatch.Implementation('sequential'),
+                     _dispatch.Implementation('triton', not_default_reason=_triton_not_default)),
+    preference={'gpu': ('triton', 'associative'), 'cpu': ('sequential',),
+                'default': ('associative',)},
+    aliases={'xla': 'associative'})
+IMPLEMENTATIONS = DISPATCH.names
+
+
 def default_implementation(batch: int | None = None) -> str:
-  """The platform's fastest scan; on GPU, for `batch` below SMALL_BATCH, the XLA form."""
-  backend = jax.default_backend()
-  if backend == 'gpu':
-    return 'associative' if batch is not None and batch < SMALL_BATCH else 'triton'
-  return {'cpu': 'sequential'}.get(backend, 'associative')
+  """What `implementation=None` runs on this platform for `batch` samples (None: any batch)."""
+  return DISPATCH.choose(None, batch)
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
@@ -61,10 +72,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
       `return_states` (differentiable with either `vjp`; checked on an H100, not yet timed);
       'associative' computes them with the XLA associative scan instead.
   """
-  impl = implementation or default_implementation(u.shape[0])
-  if impl not in IMPLEMENTATIONS:
-    raise ValueError(f'selective_scan: unknown implementation {impl!r}; '
-                     f'choose one of {IMPLEMENTATIONS} or None for the platform default.')
+  impl = DISPATCH.choose(implementation, u.shape[0])
   if vjp not in VJPS:
     raise ValueError(f'selective_scan: unknown vjp {vjp!r}; choose one of {VJPS}.')
   if states_layout not in STATES_LAYOUTS:
@@ -76,7 +84,6 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
   if impl == 'triton' and return_states and triton_states == 'associative':
     impl = 'associative'
   if impl == 'triton':
-    from kernels_pallas.selective_scan import pallas_triton  # pylint: disable=g-import-not-at-top
     return pallas_triton.selective_scan(
         u, delta, A, B, C, D, z, delta_bias, delta_softplus=delta_softplus, reverse=reverse,
         return_states=return_states, vjp=vjp, interpret=interpret, block_config=block_config,

@@ -1,4 +1,5 @@
-"""Block configuration of the Pallas Triton selective-scan kernel.
+"""Options of the selective scan (VJPS, STATES_LAYOUTS, STATES_SOURCES) and the block
+configuration of its Pallas Triton kernel.
 
 One program owns `block_d` channels of one batch row and walks time in chunks of `chunk_t`
 steps (the chunk's loads are issued together, then the steps run unrolled). Its channels are
@@ -12,6 +13,10 @@ from __future__ import annotations
 import dataclasses
 
 import jax.numpy as jnp
+
+VJPS = ('reference', 'kernel')                # how 'triton' is differentiated
+STATES_LAYOUTS = ('bldn', 'blnd')             # (B, L, D, N); (B, L, N, D), the kernel's own
+STATES_SOURCES = ('associative', 'kernel')    # what computes the states for 'triton'
 
 _MAX_BLOCK_D = 1024
 _MAX_CHUNK_T = 64

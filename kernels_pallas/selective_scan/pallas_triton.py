@@ -43,130 +43,20 @@ saved as the residual for vjp='kernel', and their cotangent enters the adjoint r
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
 
 from kernels_pallas import _pallas_compat as compat
 from kernels_pallas._pallas_compat import pl, plgpu
+from kernels_pallas.selective_scan import pallas_triton_bwd
 from kernels_pallas.selective_scan import reference
-from kernels_pallas.selective_scan.api import STATES_LAYOUTS, VJPS
-from kernels_pallas.selective_scan.config import SelectiveScanBlockConfig, default_block_config
+from kernels_pallas.selective_scan import triton_common as common
+from kernels_pallas.selective_scan.config import (STATES_LAYOUTS, VJPS, SelectiveScanBlockConfig,
+                                                  default_block_config)
 
-_LOG2E = math.log2(math.e)
-_LN2 = math.log(2.0)
-
-
-@dataclasses.dataclass(frozen=True)
-class _KernelSpec:
-  """Static facts the kernel body is specialised on."""
-  length: int
-  channels: int
-  n_state: int
-  n_pad: int
-  block_d: int
-  group_d: int     # channels of one group: 32 * num_warps, one channel per thread
-  chunk_t: int
-  prefetch: bool   # load the next chunk while computing this one (num_stages >= 2)
-  reverse: bool
-  delta_softplus: bool
-  has_skip: bool
-  has_gate: bool
-  has_bias: bool
-  store_states: bool = False  # also write every fp32 state to a (B, L, N, D) output
-
-  @property
-  def n_groups(self) -> int:
-    return self.block_d // self.group_d
-
-  @property
-  def mask_channels(self) -> bool:
-    return self.channels % self.block_d != 0
-
-  @property
-  def mask_states(self) -> bool:
-    return self.n_pad != self.n_state
-
-
-def _softplus(x):
-  """softplus(x) = max(x, 0) + log1p(exp(-|x|)), branch-free and accurate to a few ulp.
-
-  libdevice's log1pf branches, which would split every unrolled step into basic blocks. Here
-  log1p(e) for e in (0, 1] uses Goldberg's trick log(w) * e / (w - 1), w = 1 + e, which stays
-  accurate for small e (dt_proj biases put softplus inputs near -7, where e ~ 1e-3).
-  """
-  e = jnp.exp2(-jnp.abs(x) * _LOG2E)
-  w = 1.0 + e
-  log1p_e = jnp.where(w == 1.0, e, jnp.log2(w) * _LN2 * (e / (w - 1.0)))
-  return jnp.maximum(x, 0.0) + log1p_e
-
-
-@dataclasses.dataclass(frozen=True)
-class _ProgramLayout:
-  """What one program (channel block, batch row) indexes, shared by the forward and adjoint
-  kernels: its batch row, per channel group the channel slice and mask, and the state slice
-  and mask (masks None where nothing is padded)."""
-  row: object
-  channels: list
-  channel_ok: list
-  states: object
-  state_ok: object
-
-  def tile_ok(self, spec):  # per group, the (n_pad, group_d) mask of a state tile
-    return [_tile_mask(self.state_ok, ok, spec.n_pad, spec.group_d) for ok in self.channel_ok]
-
-
-def _program_layout(spec) -> _ProgramLayout:
-  gd, d0 = spec.group_d, pl.program_id(0) * spec.block_d
-  groups = range(spec.n_groups)
-  return _ProgramLayout(
-      row=pl.program_id(1),
-      channels=[pl.ds(d0 + g * gd, gd) for g in groups],
-      channel_ok=[(d0 + g * gd + jnp.arange(gd) < spec.channels) if spec.mask_channels else None
-                  for g in groups],
-      states=pl.ds(0, spec.n_pad),
-      state_ok=(jnp.arange(spec.n_pad) < spec.n_state) if spec.mask_states else None)
-
-
-def _masked_load(ref_view, mask):
-  """Load in the array's dtype; masked-off elements read as 0."""
-  if mask is None:
-    return plgpu.load(ref_view)
-  return plgpu.load(ref_view, mask=mask, other=0)
-
-
-def _tile_mask(state_ok, channel_ok, n_pad, group_d):
-  """Full (n_pad, group_d) mask of a state tile, or None when neither axis is padded."""
-  if state_ok is None and channel_ok is None:
-    return None
-  rows = jnp.ones((n_pad,), bool) if state_ok is None else state_ok
-  cols = jnp.ones((group_d,), bool) if channel_ok is None else channel_ok
-  return rows[:, None] & cols[None, :]
-
-
-def _tile_from_rows(rows, n_pad):
-  """(n_pad, group_d) fp32 tile whose first len(rows) rows are the given (group_d,) rows.
-
-  Used for A: a single 2D load would be vectorised along channels and make Triton split N
-  over threads for the whole recurrence (shuffles in the C readout); row loads keep the
-  default layout where a thread owns a column (one channel's N states).
-  """
-  state_ids = jnp.arange(n_pad)[:, None]
-  tile = jnp.zeros((n_pad, rows[0].shape[0]), jnp.float32)
-  for n, row in enumerate(rows):
-    tile = jnp.where(state_ids == n, row.astype(jnp.float32)[None, :], tile)
-  return tile
-
-
-def _index(i):
-  """Static Python ints as int32 scalars: the Pallas interpreter rejects bare ints in indexers."""
-  return jnp.int32(i) if isinstance(i, int) else i
-
-
-def _scan_kernel(*refs, spec: _KernelSpec):
+def _scan_kernel(*refs, spec: common.KernelSpec):
   """Body of one program: channels [d0, d0 + block_d) of batch row `row`, all L time steps.
 
   The block is `n_groups` groups of `group_d` channels (one channel per thread in each group),
@@ -184,20 +74,20 @@ def _scan_kernel(*refs, spec: _KernelSpec):
   f32 = jnp.float32
   gd, n_pad = spec.group_d, spec.n_pad
   groups = range(spec.n_groups)
-  layout = _program_layout(spec)
+  layout = common.program_layout(spec)
   row, channels, states = layout.row, layout.channels, layout.states
   channel_ok, state_ok = layout.channel_ok, layout.state_ok
   tile_ok = layout.tile_ok(spec) if spec.store_states else None
-  load = _masked_load
+  load = common.masked_load
 
   def load_group(ref, g, *index):  # (group_d,) row of group g
-    index = tuple(_index(i) for i in index)
+    index = tuple(common.index(i) for i in index)
     return load(ref.at[(*index, channels[g])], channel_ok[g])
 
   def load_states(ref, t):  # (N,) row of B or C at time t
-    return load(ref.at[row, _index(t), states], state_ok)
+    return load(ref.at[row, common.index(t), states], state_ok)
 
-  a_log2 = [_tile_from_rows([load_group(a_ref, g, n) for n in range(spec.n_state)], n_pad)
+  a_log2 = [common.tile_from_rows([load_group(a_ref, g, n) for n in range(spec.n_state)], n_pad)
             for g in groups]
   skip = [load_group(skip_ref, g).astype(f32) if spec.has_skip else None for g in groups]
   bias = [load_group(bias_ref, g).astype(f32) if spec.has_bias else None for g in groups]
@@ -237,7 +127,7 @@ def _scan_kernel(*refs, spec: _KernelSpec):
     if bias[g] is not None:
       dt = dt + bias[g]
     if spec.delta_softplus:
-      dt = _softplus(dt)
+      dt = common.softplus(dt)
     decay = jnp.exp2(dt[None, :] * a_log2[g])
     h = decay * h + x['b'].astype(f32)[:, None] * (dt * u)[None, :]
     y = jnp.sum(h * x['c'].astype(f32)[:, None], axis=0)
@@ -254,7 +144,7 @@ def _scan_kernel(*refs, spec: _KernelSpec):
     hs = list(hs)
     for i, (x, bc) in enumerate(zip(activations, state_rows)):
       x = dict(x, **bc)
-      t = _index(time_of(k0 + i))
+      t = common.index(time_of(k0 + i))
       for g in groups:
         hs[g], y = group_step(hs[g], g, x)
         plgpu.store(y_ref.at[row, t, channels[g]], y.astype(y_ref.dtype), mask=channel_ok[g])
@@ -310,27 +200,6 @@ def _check_inputs(u, delta, A, B, C, D, z, delta_bias):
     raise ValueError(f'selective_scan(triton): empty input {u.shape}.')
 
 
-def _kernel_spec(u, A, D, z, delta_bias, *, delta_softplus: bool, reverse: bool,
-                block_config: SelectiveScanBlockConfig, store_states: bool = False) -> _KernelSpec:
-  """The static facts of one call, shared by the forward and the backward kernel."""
-  _, length, channels = u.shape
-  n_state = A.shape[1]
-  return _KernelSpec(length=length, channels=channels, n_state=n_state,
-                     n_pad=pl.next_power_of_2(n_state), block_d=block_config.block_d,
-                     group_d=block_config.group_d, chunk_t=block_config.chunk_t,
-                     prefetch=block_config.num_stages >= 2, reverse=reverse,
-                     delta_softplus=delta_softplus, has_skip=D is not None,
-                     has_gate=z is not None, has_bias=delta_bias is not None,
-                     store_states=store_states)
-
-
-def _kernel_a_b_c(A, B, C):
-  """A^T log2(e) as (N, D), so the kernels need exp2 only, and B, C in fp32: each thread
-  converts all N of them every step otherwise (~20% of the loop's instructions at one channel
-  per thread); in a model XLA fuses these casts into their producers."""
-  return (A.astype(jnp.float32) * _LOG2E).T, B.astype(jnp.float32), C.astype(jnp.float32)
-
-
 @functools.partial(jax.jit, static_argnames=('delta_softplus', 'reverse', 'interpret',
                                              'block_config', 'store_states'))
 def _forward(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus: bool, reverse: bool,
@@ -338,9 +207,10 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus: bool, rever
   """y, and with `store_states` also the fp32 states in the kernel's (B, L, N, D) layout (a
   thread owns one channel, so a state row is contiguous across the threads of a warp)."""
   batch, length, channels = u.shape
-  spec = _kernel_spec(u, A, D, z, delta_bias, delta_softplus=delta_softplus, reverse=reverse,
-                     block_config=block_config, store_states=store_states)
-  operands = [u, delta, *_kernel_a_b_c(A, B, C)] + [x for x in (D, z, delta_bias) if x is not None]
+  spec = common.kernel_spec(u, A, D, z, delta_bias, delta_softplus=delta_softplus,
+                            reverse=reverse, block_config=block_config, store_states=store_states)
+  operands = ([u, delta, *common.kernel_a_b_c(A, B, C)]
+              + [x for x in (D, z, delta_bias) if x is not None])
   out_shape = jax.ShapeDtypeStruct(u.shape, u.dtype)
   if store_states:
     out_shape = (out_shape, jax.ShapeDtypeStruct((batch, length, A.shape[1], channels),
@@ -404,8 +274,6 @@ def _selective_scan_bwd(delta_softplus, reverse, interpret, block_config, vjp, r
     if states_bar is not None and states_layout == 'blnd':
       cotangents = (y_bar, jnp.swapaxes(states_bar, 2, 3))
     return ref_vjp(cotangents)
-  # Imported here: the backward module builds on this one's kernel spec and helpers.
-  from kernels_pallas.selective_scan import pallas_triton_bwd  # pylint: disable=g-import-not-at-top
   if states_bnd is None:
     _, states_bnd = _forward(*primals, delta_softplus=delta_softplus, reverse=reverse,
                              interpret=interpret, block_config=block_config, store_states=True)

@@ -31,14 +31,14 @@ import jax.numpy as jnp
 
 from kernels_pallas import _pallas_compat as compat
 from kernels_pallas._pallas_compat import pl, plgpu
-from kernels_pallas.selective_scan import pallas_triton as fwd
+from kernels_pallas.selective_scan import triton_common as common
 from kernels_pallas.selective_scan.config import SelectiveScanBlockConfig
 
 # The sibling forward module owns the kernel spec and the in-kernel helpers both kernels share.
 # pylint: disable=protected-access
 
 
-def _adjoint_kernel(*refs, spec: fwd._KernelSpec, has_states_grad: bool):
+def _adjoint_kernel(*refs, spec: common.KernelSpec, has_states_grad: bool):
   """Body of one program: channels [d0, d0 + block_d) of batch row `row`, all L steps backwards."""
   refs = list(refs)
   take = lambda present=True: refs.pop(0) if present else None
@@ -53,22 +53,22 @@ def _adjoint_kernel(*refs, spec: fwd._KernelSpec, has_states_grad: bool):
   f32 = jnp.float32
   gd, n_pad = spec.group_d, spec.n_pad
   groups = range(spec.n_groups)
-  block, layout = pl.program_id(0), fwd._program_layout(spec)  # pylint: disable=protected-access
+  block, layout = pl.program_id(0), common.program_layout(spec)
   row, channels, states = layout.row, layout.channels, layout.states
   channel_ok, state_ok = layout.channel_ok, layout.state_ok
   tile_ok = layout.tile_ok(spec)
-  load = fwd._masked_load  # pylint: disable=protected-access
+  load = common.masked_load
 
   def store(ref_view, value, mask):
     plgpu.store(ref_view, value.astype(ref_view.dtype), mask=mask)
 
   def group_row(ref, g, *index):  # (group_d,) row of group g
-    return ref.at[(*(fwd._index(i) for i in index), channels[g])]
+    return ref.at[(*(common.index(i) for i in index), channels[g])]
 
   def state_tile(ref, t, g):  # (N, group_d) fp32 tile of a (B, L, N, D) array at time t
-    return load(ref.at[row, fwd._index(t), states, channels[g]], tile_ok[g])
+    return load(ref.at[row, common.index(t), states, channels[g]], tile_ok[g])
 
-  a_log2 = [fwd._tile_from_rows([load(group_row(a_ref, g, n), channel_ok[g])
+  a_log2 = [common.tile_from_rows([load(group_row(a_ref, g, n), channel_ok[g])
                                  for n in range(spec.n_state)], n_pad) for g in groups]
   skip = [load(group_row(skip_ref, g), channel_ok[g]).astype(f32) if spec.has_skip else None
           for g in groups]
@@ -80,7 +80,7 @@ def _adjoint_kernel(*refs, spec: fwd._KernelSpec, has_states_grad: bool):
 
   def step(carry, k):
     """Adjoint of forward step k; carry = per group (lam_next dA_next, h_k, accumulators)."""
-    t = fwd._index(time_of(k))
+    t = common.index(time_of(k))
     b_t = load(b_ref.at[row, t, states], state_ok)
     c_t = load(c_ref.at[row, t, states], state_ok)
     db_t = jnp.zeros((n_pad,), f32)
@@ -96,7 +96,7 @@ def _adjoint_kernel(*refs, spec: fwd._KernelSpec, has_states_grad: bool):
       dy = load(group_row(dy_ref, g, row, t), channel_ok[g]).astype(f32)
       if spec.has_bias:
         dt_raw = dt_raw + bias[g]
-      dt = fwd._softplus(dt_raw) if spec.delta_softplus else dt_raw
+      dt = common.softplus(dt_raw) if spec.delta_softplus else dt_raw
       decay = jnp.exp2(dt[None, :] * a_log2[g])
       if spec.has_gate:
         z = load(group_row(z_ref, g, row, t), channel_ok[g]).astype(f32)
@@ -120,7 +120,7 @@ def _adjoint_kernel(*refs, spec: fwd._KernelSpec, has_states_grad: bool):
         du = du + skip[g] * g_out
         acc_skip = acc_skip + g_out * u
       d_decay = lam * h_prev * decay  # cotangent of dA_t, times dA_t
-      ddt = u * lam_b + fwd._LN2 * jnp.sum(d_decay * a_log2[g], axis=0)  # A = A log2(e) ln 2
+      ddt = u * lam_b + common.LN2 * jnp.sum(d_decay * a_log2[g], axis=0)  # A = A log2(e) ln 2
       acc_a = acc_a + d_decay * dt[None, :]
       ddelta = ddt * jax.nn.sigmoid(dt_raw) if spec.delta_softplus else ddt
       if spec.has_bias:
@@ -172,12 +172,12 @@ def backward(u, delta, A, B, C, D, z, delta_bias, states, y_bar, states_bar, *,
   """
   batch, length, channels = u.shape
   n_state = A.shape[1]
-  spec = fwd._kernel_spec(u, A, D, z, delta_bias, delta_softplus=delta_softplus,
+  spec = common.kernel_spec(u, A, D, z, delta_bias, delta_softplus=delta_softplus,
                           reverse=reverse, block_config=block_config)
   n_blocks = pl.cdiv(channels, block_config.block_d)
   has_states_grad = states_bar is not None
   f32 = jnp.float32
-  operands = ([u, delta, *fwd._kernel_a_b_c(A, B, C)]
+  operands = ([u, delta, *common.kernel_a_b_c(A, B, C)]
               + [x for x in (D, z, delta_bias) if x is not None]
               + [states, y_bar.astype(u.dtype)]
               + ([states_bar.astype(f32)] if has_states_grad else []))

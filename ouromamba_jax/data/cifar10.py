@@ -40,6 +40,7 @@ def _from_folder(root: str) -> Split:
 
 
 def _from_tfds(split: str) -> Split:
+  # Lazy: tensorflow-datasets is an optional extra (pip install .[tfds]) and slow to import.
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   ds = tfds.as_numpy(tfds.load('cifar10', split=split, batch_size=-1))
   return Split(ds['image'].astype(np.uint8), ds['label'].astype(np.int32))

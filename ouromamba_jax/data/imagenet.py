@@ -221,6 +221,7 @@ def _local(path: str, cache_dir: str) -> Optional[Listing]:
 
 def _import_tfds():
   try:
+    # Lazy: tensorflow-datasets is an optional extra (pip install .[tfds]) and slow to import.
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise ImportError('tensorflow-datasets is not installed; install the tfds extra '

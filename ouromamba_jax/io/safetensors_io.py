@@ -11,6 +11,7 @@ from typing import Mapping, Optional
 
 import numpy as np
 from safetensors import numpy as safetensors_numpy
+from safetensors import safe_open
 
 from ouromamba_jax.io.atomic import atomic_path
 
@@ -23,7 +24,6 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
-  from safetensors import safe_open  # pylint: disable=g-import-not-at-top
   with safe_open(os.fspath(path), framework='numpy') as f:
     return dict(f.metadata() or {})
 

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ouromamba_jax import quant
+from ouromamba_jax.io import load_checkpoint
 from ouromamba_jax.models import build_model
 
 
@@ -61,7 +62,6 @@ def main(argv=None):
   else:
     images = jax.random.normal(jax.random.key(1), shape)
   if args.checkpoint:
-    from ouromamba_jax.io import load_checkpoint  # pylint: disable=g-import-not-at-top
     params = load_checkpoint(args.checkpoint, model)
   else:
     params = jax.jit(model.init)(jax.random.key(0), images[:1])['params']

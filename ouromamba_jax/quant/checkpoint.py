@@ -104,6 +104,7 @@ def save_quantized(path: str, qparams, extra: Mapping[str, Any] | None = None) -
 
   Atomic: everything is written into a temporary sibling folder that then replaces `path`, so
   a killed save leaves either the previous checkpoint or the new one, never a mix."""
+  # Lazy: Orbax (and tensorstore) take seconds to import, and only checkpoint I/O needs them.
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   path = os.path.abspath(path)
   parent = os.path.dirname(path)
@@ -131,6 +132,7 @@ def save_quantized(path: str, qparams, extra: Mapping[str, Any] | None = None) -
 
 def load_quantized(path: str):
   """Returns (qparams, extra) saved by `save_quantized`."""
+  # Lazy: see `save_quantized`.
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   path = os.path.abspath(path)
   meta_path = os.path.join(path, META_FILE)

@@ -19,16 +19,11 @@ from typing import Any, Mapping, Optional, Union
 
 import numpy as np
 
-OUTLIER_MODES = ('int', 'float', 'none')
-TRIGGERS = ('sample', 'batch', 'official')
+from kernels_pallas.act_quant.config import ActQuantParams, check_bits, check_quantizer_fields
+
 INITS = ('lp', 'minmax')
 DOMAINS = ('linear', 'log')
 METHODS = ('ouromamba', 'rtn', 'ptq4vm')
-
-
-def _check_bits(owner: str, name: str, bits) -> None:
-  if not isinstance(bits, (int, np.integer)) or isinstance(bits, bool) or not 2 <= bits <= 16:
-    raise ValueError(f'{owner}.{name} must be an integer between 2 and 16, got {bits!r}.')
 
 
 def _check_common(owner: str, lp, n_grid, init) -> None:
@@ -50,7 +45,7 @@ class WeightSpec:
   init: str = 'lp'       # 'lp' search, or 'minmax' (s = R / qmax, the RTN baseline)
 
   def __post_init__(self):
-    _check_bits('WeightSpec', 'bits', self.bits)
+    check_bits('WeightSpec', 'bits', self.bits)
     _check_common('WeightSpec', self.lp, self.n_grid, self.init)
 
   @property
@@ -66,7 +61,9 @@ class ActSpec:
   """An activation site: static per-step inlier scale + dynamic outlier channels.
 
   (B, L, C) inputs get one inlier scale per time step; any other shape (A: (Di, N), D: (Di,))
-  is one static step over all its elements.
+  is one static step over all its elements. The fields bits .. std_ddof are what the act_quant
+  op computes (`kernel_params`, validated by the op's own checks); lp .. domain are the
+  library's calibration settings.
   """
   bits: int = 8
   symmetric: bool = True   # False: unsigned grid [0, 2^bits - 1] with a static zero point (Δ)
@@ -87,46 +84,35 @@ class ActSpec:
                            # slowly decaying states; RESULTS.md). Needs an asymmetric grid.
 
   def __post_init__(self):
-    _check_bits('ActSpec', 'bits', self.bits)
-    _check_bits('ActSpec', 'outlier_bits', self.outlier_bits)
+    check_quantizer_fields('ActSpec', self)
     _check_common('ActSpec', self.lp, self.n_grid, self.init)
-    if not isinstance(self.symmetric, (bool, np.bool_)):
-      raise ValueError(f'ActSpec.symmetric must be a bool, got {self.symmetric!r}.')
-    if self.outliers not in OUTLIER_MODES:
-      raise ValueError(f'ActSpec.outliers must be one of {OUTLIER_MODES}, got {self.outliers!r}.')
-    if not (isinstance(self.k, (int, float, np.number)) and self.k > 0):
-      raise ValueError(f'ActSpec.k (outlier threshold mu + k*sigma) must be a number > 0, '
-                       f'got {self.k!r}.')
-    if not isinstance(self.n_refresh, (int, np.integer)) or self.n_refresh < 1:
-      raise ValueError(f'ActSpec.n_refresh (outlier-set reset period in time steps) must be an '
-                       f'int >= 1, got {self.n_refresh!r}.')
-    if self.trigger not in TRIGGERS:
-      raise ValueError(f'ActSpec.trigger must be one of {TRIGGERS}, got {self.trigger!r}.')
     if self.domain not in DOMAINS:
       raise ValueError(f'ActSpec.domain must be one of {DOMAINS}, got {self.domain!r}.')
     if self.domain == 'log' and self.symmetric:
       raise ValueError("ActSpec.domain='log' quantizes log(-x) on an asymmetric grid; set "
                        'symmetric=False.')
-    if self.std_ddof not in (0, 1):
-      raise ValueError(f'ActSpec.std_ddof must be 0 (population) or 1 (unbiased), '
-                       f'got {self.std_ddof!r}.')
+
+  @property
+  def kernel_params(self) -> ActQuantParams:
+    """What the quantizer computes at run time: the act_quant op's parameters."""
+    return ActQuantParams(**{f.name: getattr(self, f.name)
+                             for f in dataclasses.fields(ActQuantParams)})
 
   @property
   def qmin(self) -> int:
-    return -(2 ** (self.bits - 1) - 1) if self.symmetric else 0
+    return self.kernel_params.qmin
 
   @property
   def qmax(self) -> int:
-    return 2 ** (self.bits - 1) - 1 if self.symmetric else 2 ** self.bits - 1
+    return self.kernel_params.qmax
 
   @property
   def outlier_qmin(self) -> int:
-    return -(2 ** (self.outlier_bits - 1) - 1) if self.symmetric else 0
+    return self.kernel_params.outlier_qmin
 
   @property
   def outlier_qmax(self) -> int:
-    b = self.outlier_bits
-    return 2 ** (b - 1) - 1 if self.symmetric else 2 ** b - 1
+    return self.kernel_params.outlier_qmax
 
   def describe(self) -> str:
     grid = 'sym' if self.symmetric else 'asym'

@@ -5,11 +5,11 @@
                   --> kernels_pallas.mixed_gemm  -> w_s[o] * (S_I[t] * xin @ W + s_o[b, t] * xout @ W)
 
 `implementation` ('xla' | 'triton' | None) picks the implementation of both kernels: 'xla' is
-their XLA reference (which *is* `quant.activations.quantize_activation_int` plus integer dots),
-'triton' the Pallas Triton kernels (run by the Pallas interpreter off-GPU), None the platform
-default (Triton on GPU, XLA elsewhere; act_quant keeps int outliers with trigger='batch' on XLA,
-where its Triton kernel is slower: `act_quant.api.default_implementation`). It comes from one
-setting, the model field `VisionMamba.quant_implementation`, handed down through `layers.Linear`.
+their XLA reference (`act_quant.reference.act_quant_xla`, the canonical integer quantizer, plus
+integer dots), 'triton' the Pallas Triton kernels (run by the Pallas interpreter off-GPU), None
+the platform default (Triton on GPU, XLA elsewhere; act_quant keeps int outliers with
+trigger='batch' on XLA, where its Triton kernel is slower: `act_quant.api.DISPATCH`). It comes
+from one setting, the model field `VisionMamba.quant_implementation`, handed down through `layers.Linear`.
 
 Coverage (anything else runs the original XLA integer dots of `qtypes.quantized_linear`):
   * symmetric input grids with bits <= 8 (asymmetric per-token inputs, PTQ4VM, are not covered);
@@ -31,24 +31,16 @@ import jax
 import jax.numpy as jnp
 
 from kernels_pallas.act_quant import api as act_quant_api
+from kernels_pallas.act_quant.config import MIN_SCALE
+from kernels_pallas.act_quant.reference import IntActivation
 from kernels_pallas.mixed_gemm import api as mixed_gemm_api
 from ouromamba_jax.quant import activations as act_lib
+from ouromamba_jax.quant import weights as w_lib
 
-IMPLEMENTATIONS = ('xla', 'triton')
-_MIN_SMOOTH = 1e-5  # = qtypes.MIN_SMOOTH (qtypes imports this module, so not imported back)
-
-
-def default_implementation() -> str:
-  return 'triton' if jax.default_backend() == 'gpu' else 'xla'
-
-
-def resolve_implementation(implementation: Optional[str]) -> str:
-  impl = implementation or default_implementation()
-  if impl not in IMPLEMENTATIONS:
-    raise ValueError(f'quantized Linear: unknown implementation {impl!r}; choose one of '
-                     f'{IMPLEMENTATIONS} or None for the platform default (the model field '
-                     '`quant_implementation`).')
-  return impl
+# One setting picks both kernels (they share their implementation names).
+IMPLEMENTATIONS = mixed_gemm_api.IMPLEMENTATIONS
+# 'triton' means the kernels where they cover the input: act_quant falls back to XLA elsewhere.
+_ACT_QUANT_CHAIN = {'triton': ('triton', 'xla')}
 
 
 def unsupported_reason(weight, input_quantizer) -> Optional[str]:
@@ -71,7 +63,7 @@ def unsupported_reason(weight, input_quantizer) -> Optional[str]:
 
 class KernelOperands(NamedTuple):
   """What the mixed GEMM receives for one Linear (tokens = (B, L) of the quantized input)."""
-  activation: act_lib.IntActivation  # act_quant's output (inlier_q packed when act_bits == 4)
+  activation: IntActivation  # act_quant's output (inlier_q packed when act_bits == 4)
   x_inlier: jax.Array                # (B, L, K/2) packed int4 or (B, L, K) int8
   a_scale: jax.Array                 # (B, L) S_I(t) per token
   x_outlier: Optional[jax.Array]     # (B, L, K) int8 (outliers 'int'), else None
@@ -88,16 +80,14 @@ def _pad_last(a, new_len):
 
 
 def quantize_site(x3, quantizer, implementation: Optional[str] = None, *,
-                  pack_int4: bool = False) -> act_lib.IntActivation:
+                  pack_int4: bool = False) -> IntActivation:
   """act_quant of x3 (B, L, C) with an `ActQuantizer`'s steps (same codes either way): None
   takes act_quant's platform default, 'triton' the Pallas kernel where it covers the spec and
   the XLA form elsewhere. Used for Linear inputs and for the SSM-tensor sites (Δ, B, C)."""
-  impl = resolve_implementation(implementation) if implementation else None
-  if impl == 'triton' and act_quant_api.kernel_unsupported_reason(quantizer.spec,
-                                                                  x3.shape[-1]) is not None:
-    impl = 'xla'
-  return act_quant_api.act_quant(x3, quantizer.inlier_scale, quantizer.spec,
-                                 quantizer.zero_point, pack_int4=pack_int4, implementation=impl)
+  return act_quant_api.act_quant(x3, quantizer.inlier_scale, quantizer.spec.kernel_params,
+                                 quantizer.zero_point, pack_int4=pack_int4,
+                                 implementation=_ACT_QUANT_CHAIN.get(implementation,
+                                                                     implementation))
 
 
 def prepare_operands(x3, weight, input_quantizer, implementation: Optional[str] = None
@@ -120,7 +110,7 @@ def prepare_operands(x3, weight, input_quantizer, implementation: Optional[str] 
   w = weight.values
   if not weight.packed:
     w = w.astype(jnp.int8)  # codes of <= 8-bit weights are int8 already
-  w_scale = jnp.maximum(weight.scale.astype(jnp.float32), act_lib.MIN_SCALE)
+  w_scale = jnp.maximum(weight.scale.astype(jnp.float32), MIN_SCALE)
   return KernelOperands(q, x_inlier, a_scale, x_outlier, o_scale, w, w_scale, weight_bits,
                         4 if pack else 8)
 
@@ -130,18 +120,18 @@ def linear(weight, x, input_quantizer, dtype, implementation: Optional[str] = No
 
   Needs `unsupported_reason(weight, input_quantizer) is None` (`QuantizedWeight.linear` sends
   the other Linears to the XLA integer dots of `qtypes.quantized_linear`)."""
-  impl = resolve_implementation(implementation)
   reason = unsupported_reason(weight, input_quantizer)
   if reason is not None:
     raise ValueError(f'the integer kernels cannot run this Linear: {reason}.')
   if weight.smooth is not None:
-    x = x.astype(jnp.float32) / jnp.maximum(weight.smooth, _MIN_SMOOTH)
+    x = x.astype(jnp.float32) / jnp.maximum(weight.smooth, w_lib.MIN_SMOOTH)
   # Otherwise x stays in its own dtype: act_quant reads it and widens to fp32 in registers (the
   # same values the fake path's cast gives), instead of a separate fp32 copy in memory.
   x3, _ = act_lib.as_steps(x, 'steps')
   ops = prepare_operands(x3, weight, input_quantizer, implementation)
   float_outliers = input_quantizer.spec.outliers == 'float'
-  gemm_kw = dict(weight_bits=ops.weight_bits, act_bits=ops.act_bits, implementation=impl)
+  gemm_kw = dict(weight_bits=ops.weight_bits, act_bits=ops.act_bits,
+                 implementation=implementation)
   if not float_outliers:
     y = mixed_gemm_api.mixed_gemm(ops.x_inlier, ops.a_scale, ops.w, ops.w_scale, ops.x_outlier,
                                   ops.o_scale, out_dtype=dtype, **gemm_kw)

@@ -26,12 +26,14 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from kernels_pallas.act_quant.config import MIN_SCALE
+from kernels_pallas.act_quant.reference import int_dtype
 from ouromamba_jax.quant import activations as act_lib
+from ouromamba_jax.quant import int_linear
 from ouromamba_jax.quant import weights as w_lib
 from ouromamba_jax.quant.config import ActSpec
 
 MODES = ('fake', 'int')
-MIN_SMOOTH = 1e-5
 
 
 def _check_mode(mode):
@@ -57,7 +59,7 @@ def _int_dot(a, w):
 def _codes_for_int_dot(q, zero_point, qmin, qmax, zp_expand):
   """Integer operand q - z as int8 when it fits, else int32."""
   if zero_point is None:
-    return q.astype(act_lib.int_dtype(qmin, qmax))
+    return q.astype(int_dtype(qmin, qmax))
   return q.astype(jnp.int32) - zp_expand(zero_point.astype(jnp.int32))
 
 
@@ -66,8 +68,8 @@ def quantized_linear(x, w_codes, w_scale, input_quantizer, smooth, mode: str, dt
   _check_mode(mode)
   x = x.astype(jnp.float32)
   if smooth is not None:
-    x = x / jnp.maximum(smooth, MIN_SMOOTH)
-  w_scale = jnp.maximum(w_scale.astype(jnp.float32), act_lib.MIN_SCALE)
+    x = x / jnp.maximum(smooth, w_lib.MIN_SMOOTH)
+  w_scale = jnp.maximum(w_scale.astype(jnp.float32), MIN_SCALE)
   if input_quantizer is None:
     y = _float_dot(x, w_codes.astype(jnp.float32))
     return (y * w_scale).astype(dtype)
@@ -131,9 +133,8 @@ class ActQuantizer:
     picks the int-mode act_quant kernel ('xla' | 'triton' | None: the platform default)."""
     x3, restore = act_lib.as_steps(x, self.layout)
     if self.mode == 'fake':
-      y = act_lib.dequantize_parts(self.parts(x3, ste=True))
+      y = act_lib.dequantize_activation(self.parts(x3, ste=True))
     else:
-      from ouromamba_jax.quant import int_linear  # pylint: disable=g-import-not-at-top
       y = act_lib.dequantize_activation(
           int_linear.quantize_site(to_grid_domain(x3, self.spec), self, implementation))
     if self.spec.domain == 'log':
@@ -160,7 +161,7 @@ class FakeQuantWeight:
   def smoothed_weight(self):
     if self.smooth is None:
       return self.weight.astype(jnp.float32)
-    return self.weight.astype(jnp.float32) * jnp.maximum(self.smooth, MIN_SMOOTH)[:, None]
+    return self.weight.astype(jnp.float32) * jnp.maximum(self.smooth, w_lib.MIN_SMOOTH)[:, None]
 
   def linear(self, x, input_quantizer, dtype, implementation: Optional[str] = None):
     del implementation  # the calibration form always runs the float simulation
@@ -172,7 +173,7 @@ class FakeQuantWeight:
     codes = w_lib.quantize_weight_int(self.smoothed_weight(), self.scale, self.bits)
     packed = pack and self.bits <= 4
     values = w_lib.pack_int4(codes) if packed else codes
-    return QuantizedWeight(values, jnp.maximum(self.scale, act_lib.MIN_SCALE), self.smooth,
+    return QuantizedWeight(values, jnp.maximum(self.scale, MIN_SCALE), self.smooth,
                            self.bits, int(self.weight.shape[0]), packed, mode)
 
 
@@ -203,7 +204,6 @@ class QuantizedWeight:
     `implementation` ('xla' | 'triton' | None: platform default) where they cover the Linear,
     else the XLA integer dots below; mode 'fake' the float simulation."""
     if self.mode == 'int':
-      from ouromamba_jax.quant import int_linear  # pylint: disable=g-import-not-at-top
       if int_linear.unsupported_reason(self, input_quantizer) is None:
         return int_linear.linear(self, x, input_quantizer, dtype, implementation)
     return quantized_linear(x, self.codes(), self.scale, input_quantizer, self.smooth, self.mode,

@@ -152,7 +152,7 @@ def smoothing_factors(act_max, weight, alpha: float):
   """SmoothQuant/PTQ4VM: s_c = clamp(act_max_c, 1e-3)^a / clamp(max_o |W[c, o]|, 1e-5)^(1-a)."""
   w_max = jnp.max(jnp.abs(weight.astype(jnp.float32)), axis=1)
   s = jnp.maximum(act_max, 1e-3) ** alpha / jnp.maximum(w_max, 1e-5) ** (1 - alpha)
-  return jnp.maximum(s, qtypes.MIN_SMOOTH)
+  return jnp.maximum(s, w_lib.MIN_SMOOTH)
 
 
 def init_weight(weight, spec: WeightSpec, smooth=None) -> qtypes.FakeQuantWeight:

@@ -20,7 +20,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-MIN_SCALE = 1e-8
+from kernels_pallas.act_quant.config import MIN_SCALE
 
 
 def _keep_axes(x, reduce_axes):

@@ -4,17 +4,23 @@ Kernels are (in, out) as in the Flax Linear, so "per output channel" is per colu
 step sizes have shape (out,). The step comes from the lp(2.4) clipping search
 (`search.search_symmetric_scale` over the input axis) or plain min-max for RTN.
 
-int4 packing (two values per byte, along the input axis): byte[i, o] holds
-q[2i, o] in the low nibble and q[2i+1, o] in the high nibble, both two's complement; an odd
-input size is padded with a zero row. Packed arrays are uint8 of shape (ceil(in/2), out).
+int4 packing is `kernels_pallas.int4` along the input axis (byte[i, o] holds q[2i, o] in the
+low nibble and q[2i+1, o] in the high one, what the mixed GEMM reads); an odd input size is
+padded with a zero row, and the bytes are stored as uint8 of shape (ceil(in/2), out), the dtype
+quantized checkpoints on disk hold.
 """
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
+from kernels_pallas import int4
+from kernels_pallas.act_quant.config import MIN_SCALE
 from ouromamba_jax.quant import search
 from ouromamba_jax.quant.activations import clip_ste, round_ste
 from ouromamba_jax.quant.config import WeightSpec
+
+MIN_SMOOTH = 1e-5  # floor of the PTQ4VM smoothing factors (x / s, W * s), learned like steps
 
 
 def init_weight_scale(w, spec: WeightSpec):
@@ -28,7 +34,7 @@ def weight_codes(w, scale, bits: int, *, ste: bool = False):
   """clip(round(w / s), ±qmax) as float (straight-through rounding when `ste`)."""
   qmax = 2 ** (bits - 1) - 1
   rnd = round_ste if ste else jnp.round
-  scale = jnp.maximum(scale.astype(jnp.float32), search.MIN_SCALE)  # a learned step may cross 0
+  scale = jnp.maximum(scale.astype(jnp.float32), MIN_SCALE)  # a learned step may cross 0
   return rnd(clip_ste(w.astype(jnp.float32) / scale[None, :], -qmax, qmax))
 
 
@@ -44,7 +50,7 @@ def quantize_weight_int(w, scale, bits: int):
 
 def fake_quantize_weight(w, scale, bits: int):
   """Quantize-dequantize with straight-through rounding (LSQ-style gradient for the scale)."""
-  return weight_codes(w, scale, bits, ste=True) * jnp.maximum(scale, search.MIN_SCALE)[None, :]
+  return weight_codes(w, scale, bits, ste=True) * jnp.maximum(scale, MIN_SCALE)[None, :]
 
 
 def pack_int4(q):
@@ -54,17 +60,12 @@ def pack_int4(q):
     raise ValueError(f'pack_int4 expects a 2-D (in, out) array, got shape {q.shape}.')
   if q.shape[0] % 2:
     q = jnp.pad(q, ((0, 1), (0, 0)))
-  nibbles = q.astype(jnp.uint8) & jnp.uint8(0xF)
-  return nibbles[0::2] | (nibbles[1::2] << jnp.uint8(4))
+  return jax.lax.bitcast_convert_type(int4.pack_int4(q, axis=0), jnp.uint8)
 
 
 def unpack_int4(packed, in_features: int):
   """Inverse of `pack_int4`: uint8 (ceil(in/2), out) -> int8 (in, out), sign-extended."""
-  as_int = packed.astype(jnp.int8)
-  low = jnp.left_shift(as_int, 4) >> 4          # arithmetic shift sign-extends the nibble
-  high = as_int >> 4
-  out = jnp.stack([low, high], axis=1).reshape(-1, packed.shape[1])
-  return out[:in_features]
+  return int4.unpack_int4(packed, axis=0)[:in_features]
 
 
 def weight_qmax(bits: int) -> int:

@@ -21,6 +21,7 @@ import numpy as np
 from ouromamba_jax.quant import activations as act_lib
 from ouromamba_jax.quant import qtypes
 from ouromamba_jax.quant import rewrite
+from ouromamba_jax.quant import weights as w_lib
 from ouromamba_jax.reports import capture
 from ouromamba_jax.io import atomic
 from ouromamba_jax.reports import heatmap
@@ -49,7 +50,7 @@ def _stage_counts(module, method, paths: tuple[str, ...], tree, inputs):
     node = rewrite.get_path(tree, path)
     smooth = getattr(node['kernel'], 'smooth', None)
     if smooth is not None:
-      x = x / jnp.maximum(smooth, qtypes.MIN_SMOOTH)
+      x = x / jnp.maximum(smooth, w_lib.MIN_SMOOTH)
     quantizer = node['input_quantizer']
     if x.ndim != 3:
       x = x[:, None, :]

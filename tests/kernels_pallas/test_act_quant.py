@@ -1,6 +1,6 @@
 """Activation-quantization kernel vs the canonical integer quantizer, code for code.
 
-The reference is `ouromamba_jax.quant.activations.quantize_activation_int`; the Pallas kernel
+The reference is `reference.act_quant_xla`; the Pallas kernel
 runs in interpret mode on CPU and must give identical codes, scales and masks.
 `test_kernel_lowers_to_triton_for_h100` also lowers it for an (abstract) H100.
 """
@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from kernels_pallas import int4
 from kernels_pallas.act_quant import api, config
+from kernels_pallas.act_quant.config import ActQuantParams
+from kernels_pallas.act_quant.reference import dequantize
 from kernels_pallas.mixed_gemm import api as gemm_api
-from kernels_pallas.mixed_gemm import reference as int4_format
-from ouromamba_jax.quant.activations import dequantize_activation
-from ouromamba_jax.quant.config import ActSpec
 
 FIELDS = ('inlier_q', 'inlier_scale', 'outlier_q', 'outlier_scale', 'outlier_mask')
 
@@ -51,7 +51,7 @@ def test_sample_trigger_matches_canonical(bits, pack):
   x = _activations(rng, 2, 23, 40)
   qmax = 2 ** (bits - 1) - 1
   scale = jnp.asarray(rng.uniform(2.0, 4.0, 23) / qmax, jnp.float32)
-  spec = ActSpec(bits=bits, outlier_bits=8, trigger='sample')
+  spec = ActQuantParams(bits=bits, outlier_bits=8, trigger='sample')
   got, want = _both(x, scale, spec, pack_int4=pack)
   _assert_same(got, want, pack)
   mask = np.asarray(want.outlier_mask)
@@ -74,8 +74,8 @@ def test_asymmetric_grid_matches_canonical(bits, outlier_bits, trigger, outliers
   qmax = 2 ** bits - 1
   scale = jnp.asarray(rng.uniform(6.0, 9.0, 23) / qmax, jnp.float32)
   zero = jnp.asarray(rng.integers(qmax // 2, qmax, 23), jnp.int32)
-  spec = ActSpec(bits=bits, symmetric=False, k=4.0, outlier_bits=outlier_bits, trigger=trigger,
-                 outliers=outliers)
+  spec = ActQuantParams(bits=bits, symmetric=False, k=4.0, outlier_bits=outlier_bits,
+                        trigger=trigger, outliers=outliers)
   want = api.act_quant(x, scale, spec, zero, implementation='xla')
   got = api.act_quant(x, scale, spec, zero, implementation='triton', interpret=True)
   for field in FIELDS + ('inlier_zero_point', 'outlier_zero_point'):
@@ -87,8 +87,8 @@ def test_asymmetric_grid_matches_canonical(bits, outlier_bits, trigger, outliers
     np.testing.assert_array_equal(np.asarray(g), np.asarray(w), err_msg=field)
   if outliers == 'int':
     assert bool(jnp.any(want.outlier_mask))
-  np.testing.assert_array_equal(np.asarray(dequantize_activation(got)),
-                                np.asarray(dequantize_activation(want)))
+  np.testing.assert_array_equal(np.asarray(dequantize(got)),
+                                np.asarray(dequantize(want)))
 
 
 def test_batch_trigger_matches_canonical_and_differs_from_sample():
@@ -100,10 +100,10 @@ def test_batch_trigger_matches_canonical_and_differs_from_sample():
   x[1, :, 11] = 2.0
   scale = jnp.full((12,), 3.0 / 7, jnp.float32)
   x = jnp.asarray(x)
-  batch = ActSpec(bits=4, trigger='batch')
+  batch = ActQuantParams(bits=4, trigger='batch')
   got, want = _both(x, scale, batch)
   _assert_same(got, want)
-  per_sample = api.act_quant(x, scale, ActSpec(bits=4, trigger='sample'),
+  per_sample = api.act_quant(x, scale, ActQuantParams(bits=4, trigger='sample'),
                              implementation='triton', interpret=True)
   assert bool(got.outlier_mask[1, :, 11].all())
   assert not bool(per_sample.outlier_mask[1].any())
@@ -113,7 +113,7 @@ def test_no_outliers_spec_matches_canonical():
   rng = np.random.default_rng(6)
   x = _activations(rng, 2, 13, 32)
   scale = jnp.full((13,), 0.5, jnp.float32)
-  got, want = _both(x, scale, ActSpec(bits=4, outliers='none'))
+  got, want = _both(x, scale, ActQuantParams(bits=4, outliers='none'))
   _assert_same(got, want)
   assert not bool(got.outlier_mask.any())
 
@@ -122,7 +122,7 @@ def test_sequence_shorter_than_window_and_bf16_input():
   rng = np.random.default_rng(7)
   x = _activations(rng, 3, 7, 24, dtype=jnp.bfloat16)
   scale = jnp.asarray(rng.uniform(0.2, 0.6, 7), jnp.float32)
-  got, want = _both(x, scale, ActSpec(bits=4, std_ddof=0, k=2.5))
+  got, want = _both(x, scale, ActQuantParams(bits=4, std_ddof=0, k=2.5))
   _assert_same(got, want)
 
 
@@ -130,7 +130,7 @@ def test_rounding_ties_go_to_even():
   # x = (j + 1/2) * S exactly (S a power of two): jnp.round sends the ties to the even code.
   j = np.arange(-6, 6, dtype=np.float32)
   x = jnp.asarray(((j + 0.5) * 0.25).reshape(1, 1, -1))
-  spec = ActSpec(bits=4, outliers='none')
+  spec = ActQuantParams(bits=4, outliers='none')
   got = api.act_quant(x, jnp.asarray([0.25], jnp.float32), spec, implementation='triton',
                       interpret=True)
   np.testing.assert_array_equal(np.asarray(got.inlier_q[0, 0]), np.round(j + 0.5))
@@ -142,15 +142,15 @@ def test_packed_codes_feed_the_mixed_gemm():
   b, l, c, n = 2, 12, 64, 32
   x = _activations(rng, b, l, c)
   scale = jnp.full((l,), 2.5 / 7, jnp.float32)
-  q = api.act_quant(x, scale, ActSpec(bits=4), pack_int4=True, implementation='triton',
+  q = api.act_quant(x, scale, ActQuantParams(bits=4), pack_int4=True, implementation='triton',
                     interpret=True)
   w_codes = jnp.asarray(rng.integers(-7, 8, (c, n)), jnp.int8)
   w_scale = jnp.asarray(rng.uniform(0.01, 0.02, n), jnp.float32)
   a_scale = jnp.broadcast_to(q.inlier_scale, (b, l))
-  y = gemm_api.mixed_gemm(q.inlier_q, a_scale, int4_format.pack_int4(w_codes, 0), w_scale,
+  y = gemm_api.mixed_gemm(q.inlier_q, a_scale, int4.pack_int4(w_codes, 0), w_scale,
                           q.outlier_q, q.outlier_scale, implementation='triton', interpret=True,
                           out_dtype=jnp.float32)
-  x_hat = dequantize_activation(q._replace(inlier_q=int4_format.unpack_int4(q.inlier_q, -1)))
+  x_hat = dequantize(q._replace(inlier_q=int4.unpack_int4(q.inlier_q, -1)))
   want = jnp.einsum('blc,cn->bln', x_hat, w_codes.astype(jnp.float32) * w_scale,
                     precision='highest')
   np.testing.assert_allclose(np.asarray(y), np.asarray(want), rtol=1e-5, atol=1e-4)
@@ -159,18 +159,19 @@ def test_packed_codes_feed_the_mixed_gemm():
 def test_unsupported_specs_and_bad_inputs_are_rejected_clearly():
   x = jnp.zeros((1, 4, 8), jnp.float32)
   s = jnp.ones((4,), jnp.float32)
-  for spec, reason in ((ActSpec(trigger='official'), 'official'),
-                       (ActSpec(outliers='float'), 'float outliers')):
-    with pytest.raises(ValueError, match=reason):
+  for spec, reason in ((ActQuantParams(trigger='official'), 'official'),
+                       (ActQuantParams(outliers='float'), 'float outliers')):
+    with pytest.raises(ValueError, match=f"implementation='triton' cannot .*{reason}.*'xla'"):
       api.act_quant(x, s, spec, implementation='triton', interpret=True)
-    assert api.default_implementation(spec, 8) == 'xla'
+    assert api.DISPATCH.choose(None, spec, 8) == 'xla'
+    assert api.DISPATCH.choose(('triton', 'xla'), spec, 8) == 'xla'
   with pytest.raises(ValueError, match='one static step per time step'):
-    api.act_quant(x, jnp.ones((5,)), ActSpec())
+    api.act_quant(x, jnp.ones((5,)), ActQuantParams())
   with pytest.raises(ValueError, match='float \\(B, L, C\\)'):
-    api.act_quant(jnp.zeros((4, 8)), s, ActSpec())
+    api.act_quant(jnp.zeros((4, 8)), s, ActQuantParams())
   with pytest.raises(ValueError, match='pack_int4 needs a symmetric grid with bits <= 4'):
-    api.act_quant(x, s, ActSpec(bits=8), pack_int4=True)
-  with pytest.raises(TypeError, match='ActSpec'):
+    api.act_quant(x, s, ActQuantParams(bits=8), pack_int4=True)
+  with pytest.raises(TypeError, match='ActQuantParams'):
     api.act_quant(x, s, {'bits': 4})
 
 
@@ -181,28 +182,28 @@ def test_zero_point_must_match_the_grid_and_the_sequence(implementation):
   x = jnp.zeros((1, 5, 8), jnp.float32)
   s = jnp.ones((5,), jnp.float32)
   kw = dict(implementation=implementation, interpret=True)
-  asym = ActSpec(symmetric=False)
-  with pytest.raises(ValueError, match=r'asymmetric ActSpec needs its zero points \(5,\)'):
+  asym = ActQuantParams(symmetric=False)
+  with pytest.raises(ValueError, match=r'asymmetric grid needs its zero points \(5,\)'):
     api.act_quant(x, s, asym, **kw)
   for length in (3, 7):
     with pytest.raises(ValueError, match=r'zero_point must have shape \(5,\).*'
                        f'got \\({length},\\).*calibrate_inlier_scale'):
       api.act_quant(x, s, asym, jnp.zeros((length,), jnp.int32), **kw)
-  with pytest.raises(ValueError, match='symmetric ActSpec has no zero points.*zero_point=None'):
-    api.act_quant(x, s, ActSpec(), jnp.zeros((5,), jnp.int32), **kw)
+  with pytest.raises(ValueError, match='symmetric grid has no zero points.*zero_point=None'):
+    api.act_quant(x, s, ActQuantParams(), jnp.zeros((5,), jnp.int32), **kw)
 
 
 def test_default_implementation_keeps_the_batch_trigger_on_xla(monkeypatch):
   """On GPU the kernel is the default except for int outliers with trigger='batch' (4-5x
   slower than XLA, BENCHMARKS.md); off-GPU the default is always XLA."""
-  specs = {'sample': ActSpec(trigger='sample'), 'batch': ActSpec(trigger='batch'),
-           'batch_no_outliers': ActSpec(trigger='batch', outliers='none'),
-           'official': ActSpec(trigger='official')}
+  specs = {'sample': ActQuantParams(trigger='sample'), 'batch': ActQuantParams(trigger='batch'),
+           'batch_no_outliers': ActQuantParams(trigger='batch', outliers='none'),
+           'official': ActQuantParams(trigger='official')}
   want_gpu = {'sample': 'triton', 'batch': 'xla', 'batch_no_outliers': 'triton',
               'official': 'xla'}
   for backend, want in (('cpu', dict.fromkeys(specs, 'xla')), ('gpu', want_gpu)):
     monkeypatch.setattr(jax, 'default_backend', lambda b=backend: b)
-    assert {k: api.default_implementation(v, 64) for k, v in specs.items()} == want, backend
+    assert {k: api.DISPATCH.choose(None, v, 64) for k, v in specs.items()} == want, backend
 
 
 def test_block_config_validation():
@@ -244,7 +245,7 @@ def test_gpu_kernel_matches_canonical_at_vim_shape(trigger):
   rng = np.random.default_rng(9)
   x = _activations(rng, 64, 197, 768)
   scale = jnp.asarray(rng.uniform(0.3, 0.6, 197), jnp.float32)
-  spec = ActSpec(bits=4, trigger=trigger)
+  spec = ActQuantParams(bits=4, trigger=trigger)
   want = api.act_quant(x, scale, spec, pack_int4=True, implementation='xla')
   got = api.act_quant(x, scale, spec, pack_int4=True, implementation='triton')
   for field in FIELDS:
@@ -262,7 +263,7 @@ def test_gpu_asymmetric_kernel_matches_canonical_at_vim_shape():
   x = _activations(rng, 64, 197, 768) - 3.0
   scale = jnp.asarray(rng.uniform(6.0, 9.0, 197) / 15, jnp.float32)
   zero = jnp.asarray(rng.integers(7, 15, 197), jnp.int32)
-  spec = ActSpec(bits=4, symmetric=False, k=4.0)
+  spec = ActQuantParams(bits=4, symmetric=False, k=4.0)
   want = api.act_quant(x, scale, spec, zero, implementation='xla')
   got = api.act_quant(x, scale, spec, zero, implementation='triton')
   for field in FIELDS + ('outlier_zero_point',):

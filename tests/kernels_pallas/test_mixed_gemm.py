@@ -1,4 +1,4 @@
-"""Mixed int4/int8 GEMM: packing format, exact int32 sums and dequantized output, kernel vs XLA.
+"""Mixed int4/int8 GEMM: exact int32 sums and dequantized output, kernel vs XLA.
 
 The Pallas kernel runs in interpret mode on CPU; `test_kernel_lowers_to_triton_for_h100` also
 lowers it for an (abstract) H100, which catches Triton lowering errors without a GPU.
@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from kernels_pallas import int4
 from kernels_pallas.mixed_gemm import api, config, reference
 
 COMBOS = [(4, 4), (4, 8), (8, 8), (8, 4)]  # (weight_bits, act_bits)
@@ -20,34 +21,11 @@ def _operands(rng, m, k, n, weight_bits, act_bits, outlier_frac=0.05):
   w = rng.integers(-w_max, w_max + 1, (k, n)).astype(np.int8)
   xin = rng.integers(-x_max, x_max + 1, (m, k)).astype(np.int8)
   xout = (rng.integers(-127, 128, (m, k)) * (rng.random((m, k)) < outlier_frac)).astype(np.int8)
-  w_arg = reference.pack_int4(jnp.asarray(w), axis=0) if weight_bits == 4 else jnp.asarray(w)
-  x_arg = reference.pack_int4(jnp.asarray(xin), axis=-1) if act_bits == 4 else jnp.asarray(xin)
+  w_arg = int4.pack_int4(jnp.asarray(w), axis=0) if weight_bits == 4 else jnp.asarray(w)
+  x_arg = int4.pack_int4(jnp.asarray(xin), axis=-1) if act_bits == 4 else jnp.asarray(xin)
   oracle_in = xin.astype(np.int64) @ w.astype(np.int64)
   oracle_out = xout.astype(np.int64) @ w.astype(np.int64)
   return x_arg, w_arg, jnp.asarray(xout), oracle_in, oracle_out
-
-
-@pytest.mark.parametrize('axis', [0, -1])
-def test_pack_unpack_round_trip(axis):
-  rng = np.random.default_rng(0)
-  values = rng.integers(-8, 8, (6, 10)).astype(np.int8)
-  packed = reference.pack_int4(jnp.asarray(values), axis=axis)
-  assert packed.dtype == jnp.int8
-  assert packed.shape[axis] == values.shape[axis] // 2
-  np.testing.assert_array_equal(reference.unpack_int4(packed, axis=axis), values)
-  as_uint8 = jax.lax.bitcast_convert_type(packed, jnp.uint8)
-  np.testing.assert_array_equal(reference.unpack_int4(as_uint8, axis=axis), values)
-
-
-def test_pack_layout_low_nibble_is_even_k():
-  packed = reference.pack_int4(jnp.asarray([[3, -2]], jnp.int8), axis=-1)
-  # even k = 3 -> low nibble 0x3; odd k = -2 -> high nibble 0xE: byte 0xE3 = -29 as int8.
-  assert int(packed[0, 0]) == np.int8(np.uint8(0xE3))
-
-
-def test_pack_rejects_odd_length():
-  with pytest.raises(ValueError, match='odd length'):
-    reference.pack_int4(jnp.zeros((3, 5), jnp.int8), axis=-1)
 
 
 @pytest.mark.parametrize('weight_bits,act_bits', COMBOS)

@@ -146,8 +146,10 @@ def test_bad_inputs_are_rejected_with_a_clear_message():
     call(grid_size=(-2, -2))  # the right number of patches, but no grid
   for empty in (dict(states=states[:0], weights=weights[:0], c_patches=c_patches[:0]),
                 dict(states=states[..., :0, :])):
-    with pytest.raises(ValueError, match="use implementation='xla' for empty inputs"):
+    with pytest.raises(ValueError,
+                       match="implementation='triton' cannot .*at least one image.*'xla'"):
       call(implementation='triton', interpret=True, **empty)
+    assert call(interpret=True, **empty).size == 0  # the default takes XLA for empty inputs
   with pytest.raises(ValueError, match='one entry per patch token'):
     call(weights=weights[:, :3])
   with pytest.raises(ValueError, match='odd positive'):
@@ -209,7 +211,8 @@ def test_kernel_on_gpu_matches_reference_at_vim_s_size():
 def test_default_is_the_kernel_on_gpu_and_xla_elsewhere(monkeypatch):
   for backend, want in (('gpu', 'triton'), ('cpu', 'xla'), ('tpu', 'xla')):
     monkeypatch.setattr(jax, 'default_backend', lambda b=backend: b)
-    assert api.default_implementation() == want
+    assert api.DISPATCH.choose(None, 2, 8, 4) == want
+    assert api.DISPATCH.choose(None, 0, 8, 4) == 'xla'  # nothing for the kernel to launch
 
 
 def test_default_block_config_keeps_the_measured_tile_size():

@@ -123,5 +123,5 @@ def test_unknown_implementation_is_rejected():
     ('gpu', 1, 'associative'), ('gpu', api.SMALL_BATCH - 1, 'associative'),
     ('cpu', 1, 'sequential'), ('cpu', 64, 'sequential'), ('tpu', 64, 'associative')])
 def test_default_implementation_takes_xla_at_small_batch_on_gpu(monkeypatch, backend, batch, want):
-  monkeypatch.setattr(api.jax, 'default_backend', lambda: backend)
+  monkeypatch.setattr(jax, 'default_backend', lambda: backend)
   assert api.default_implementation(batch) == want

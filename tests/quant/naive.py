@@ -148,3 +148,16 @@ def static_mask(x, k=3.0, n_refresh=10, ddof=1):
           seen[c] = True
       mask[b, t] = seen
   return mask
+
+
+def moving_outliers(seed=0, shape=(3, 23, 24)):
+  """Gaussian activations with outlier channels that move over time and differ per sample."""
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=shape).astype(np.float32)
+  b, length, c = shape
+  for t in range(length):
+    x[:, t, (t // 4) % c] *= 9.0           # a channel that drifts every 4 steps
+  x[0, 2, 5] = 25.0                         # one-off spikes (mu + k sigma over C channels can
+                                            # exceed k only if (C - 1) / sqrt(C) > k)
+  x[1, 13, 1] = -30.0
+  return x

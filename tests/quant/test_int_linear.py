@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from kernels_pallas import int4
 from kernels_pallas.mixed_gemm import api as mixed_gemm_api
-from kernels_pallas.mixed_gemm import reference as int4_format
 from ouromamba_jax.models import layers
 from ouromamba_jax.quant import activations as act_lib
 from ouromamba_jax.quant import config
@@ -107,7 +107,7 @@ def _kernel_and_fake_codes(x, weight, iq, fq_weight, impl):
   acc_in, acc_out = mixed_gemm_api.mixed_gemm_accumulators(
       ops.x_inlier, ops.w, ops.x_outlier, weight_bits=ops.weight_bits, act_bits=ops.act_bits,
       implementation=impl, interpret=impl == 'triton')
-  unpack = lambda v, axis, packed: int4_format.unpack_int4(v, axis=axis) if packed else v
+  unpack = lambda v, axis, packed: int4.unpack_int4(v, axis=axis) if packed else v
   want_w = w_lib.weight_codes(fq_weight.smoothed_weight(), fq_weight.scale, fq_weight.bits)
   hi = jax.lax.Precision.HIGHEST
   kernel = dict(inlier_q=unpack(ops.x_inlier, -1, ops.act_bits == 4), mask=ops.activation.outlier_mask,
