@@ -11,6 +11,9 @@ import dataclasses
 from kernels_pallas._blocks import is_pow2, next_pow2
 
 _VALID_WARPS = (1, 2, 4, 8, 16)
+# Channels per narrow dot of the outlier loop: the int8 MMA's K step (32), so a tile with a
+# handful of outlier channels costs one small dot.
+OUTLIER_CHUNK = 32
 
 
 @dataclasses.dataclass(frozen=True)

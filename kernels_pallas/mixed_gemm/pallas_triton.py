@@ -1,10 +1,18 @@
 """Pallas Triton kernel of the mixed-precision GEMM (W4A4 + int8 outliers, W4A8, W8A8).
 
-One program computes a (block_m tokens) x (block_n channels) tile of y. It walks K in block_k
-steps; each step loads one weight tile and uses it for both products:
+One program computes a (block_m tokens) x (block_n channels) tile of y in two loops:
 
-  acc_in  += xin_tile  @ w_tile      (int8 MMA, int32 accumulate)
-  acc_out += xout_tile @ w_tile      (only when outliers are given)
+  acc_in  += xin_tile @ w_tile                 over every K block (int8 MMA, int32 accumulate)
+  acc_out += xout[:, idx] @ w8[idx, :]         over the tile's outlier list only, OUTLIER_CHUNK
+                                               channels at a time (when outliers are given)
+
+The outlier list (`reference.outlier_tiles`) holds, per tile of block_m tokens, the channels
+where any of its tokens has a non-zero outlier code: the union of the refresh windows' outlier
+sets that the tile covers, compacted to the front of a (tiles, K) index array with its length.
+The second loop runs ceil(length / OUTLIER_CHUNK) narrow dots that gather those activation
+columns and int8 weight rows, so its cost follows the outlier rate instead of being a second
+dense K-wide GEMM; a tile whose tokens flag every channel simply walks all of K (the exact
+fallback). Skipped channels have zero codes in every row of the tile, so the sums are exact.
 
 The H100 has no int4 MMA, so int4 operands are unpacked to int8 in registers with two shifts.
 Because a dot is a sum over k, the kernel never re-interleaves int4 weights: it splits every
@@ -34,7 +42,8 @@ import jax.numpy as jnp
 from kernels_pallas import _pallas_compat as compat
 from kernels_pallas import int4
 from kernels_pallas._pallas_compat import pl, plgpu
-from kernels_pallas.mixed_gemm.config import MixedGemmBlockConfig
+from kernels_pallas.mixed_gemm import reference
+from kernels_pallas.mixed_gemm.config import OUTLIER_CHUNK, MixedGemmBlockConfig
 
 
 def _load_rows(ref, row_start, rows_ok, k_start, width, block_m):
@@ -50,8 +59,8 @@ def _gemm_kernel(*refs, m: int, n: int, k: int, cfg: MixedGemmBlockConfig, weigh
   refs = refs[4:]
   xout_ref = o_scale_ref = bias_ref = None
   if has_outliers:
-    xout_ref, o_scale_ref = refs[:2]
-    refs = refs[2:]
+    xout_ref, o_scale_ref, w8_ref, index_ref, count_ref = refs[:5]
+    refs = refs[5:]
   if has_bias:
     bias_ref = refs[0]
     refs = refs[1:]
@@ -81,21 +90,33 @@ def _gemm_kernel(*refs, m: int, n: int, k: int, cfg: MixedGemmBlockConfig, weigh
       return int4.interleave(*int4.unpack_nibbles(x))
     return x
 
-  def body(kb, accs):
+  def body(kb, acc_in):
     w = plgpu.load(w_ref.at[pl.ds(col_start, bn), pl.ds(kb * w_rows, w_rows)],
                    mask=cols_ok[:, None], other=jnp.int8(0))
     w_parts = int4.unpack_nibbles(w) if weight_bits == 4 else w
     xin = _load_rows(xin_ref, row_start, rows_ok, kb * x_cols, x_cols, bm)
-    acc_in = accs[0] + product(inlier_parts(xin), w_parts)
-    if not has_outliers:
-      return (acc_in,)
-    xout = _load_rows(xout_ref, row_start, rows_ok, kb * bk, bk, bm)
-    xout_parts = int4.split_even_odd(xout) if weight_bits == 4 else xout
-    return acc_in, accs[1] + product(xout_parts, w_parts)
+    return acc_in + product(inlier_parts(xin), w_parts)
 
   zeros = jnp.zeros((bm, bn), jnp.int32)
-  init = (zeros, zeros) if has_outliers else (zeros,)
-  accs = jax.lax.fori_loop(0, k // bk, body, init)
+  accs = (jax.lax.fori_loop(0, k // bk, body, zeros),)
+  if has_outliers:
+    tile = pl.program_id(1)
+    count = count_ref[tile]
+    rows = row_start + jnp.arange(bm)
+    cols = col_start + jnp.arange(bn)
+
+    def outlier_chunk(j, acc_out):
+      ok = j * OUTLIER_CHUNK + jnp.arange(OUTLIER_CHUNK) < count
+      idx = plgpu.load(index_ref.at[tile, pl.ds(j * OUTLIER_CHUNK, OUTLIER_CHUNK)], mask=ok,
+                       other=0)
+      xout = plgpu.load(xout_ref.at[rows[:, None], idx[None, :]],
+                        mask=rows_ok[:, None] & ok[None, :], other=jnp.int8(0))
+      w8 = plgpu.load(w8_ref.at[cols[:, None], idx[None, :]],
+                      mask=cols_ok[:, None] & ok[None, :], other=jnp.int8(0))
+      return acc_out + dot(xout, w8)
+
+    n_chunks = (count + OUTLIER_CHUNK - 1) // OUTLIER_CHUNK
+    accs += (jax.lax.fori_loop(0, n_chunks, outlier_chunk, zeros),)
 
   out_block = (pl.ds(row_start, bm), pl.ds(col_start, bn))
   tile_ok = rows_ok[:, None] & cols_ok[None, :]
@@ -141,7 +162,11 @@ def _call(x_inlier, a_scale, w, w_scale, x_outlier, o_scale, bias, *, k, weight_
   w_kmajor = w.T  # (N, K/2 | K): the layout int8 wgmma reads (module docstring)
   inputs = [x_inlier, a_scale.astype(jnp.float32), w_kmajor, w_scale.astype(jnp.float32)]
   if has_outliers:
-    inputs += [x_outlier, o_scale.astype(jnp.float32)]
+    # int8 weight rows for the gathers of the outlier loop (int4 unpacked: K x N bytes), and
+    # the tiles' compact outlier lists.
+    w8 = int4.unpack_int4(w, axis=0).T if weight_bits == 4 else w_kmajor
+    index, count = reference.outlier_tiles(x_outlier, cfg.block_m)
+    inputs += [x_outlier, o_scale.astype(jnp.float32), w8, index, count]
   if bias is not None:
     inputs.append(bias.astype(jnp.float32))
   if accumulators_only:

@@ -46,3 +46,17 @@ def mixed_gemm_xla(x_inlier, a_scale, w, w_scale, x_outlier=None, o_scale=None, 
   acc_in, acc_out = accumulators_xla(x_inlier, w, x_outlier, weight_bits=weight_bits,
                                      act_bits=act_bits)
   return dequantize(acc_in, a_scale, w_scale, acc_out, o_scale, bias, out_dtype)
+
+
+def outlier_tiles(x_outlier, block_m: int):
+  """The kernel's outlier lists: per tile of `block_m` token rows, the channels where any row
+  has a non-zero outlier code, first and ascending in a (tiles, K) int32 index array, and how
+  many there are (tiles,) int32. A tile covers a few refresh windows, so this is the union of
+  their outlier sets (a flagged channel whose code rounds to 0 adds nothing and may be left out).
+  """
+  m, k = x_outlier.shape
+  tiles = -(-m // block_m)
+  flagged = jnp.pad(x_outlier != 0, ((0, tiles * block_m - m), (0, 0)))
+  flagged = flagged.reshape(tiles, block_m, k).any(axis=1)
+  index = jnp.argsort(~flagged, axis=1, stable=True).astype(jnp.int32)
+  return index, flagged.sum(axis=1, dtype=jnp.int32)

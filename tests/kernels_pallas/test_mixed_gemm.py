@@ -171,3 +171,28 @@ def test_gpu_kernel_exact_at_vim_shape(weight_bits, act_bits):
                                                 act_bits=act_bits, implementation='triton')
   np.testing.assert_array_equal(np.asarray(acc_in), oracle_in)
   np.testing.assert_array_equal(np.asarray(acc_out), oracle_out)
+
+
+def test_outlier_tiles_lists_each_tiles_flagged_channels_first():
+  x = np.zeros((5, 8), np.int8)
+  x[0, 6] = 3      # tile 0 (rows 0-1): channels 2 and 6
+  x[1, 2] = -1
+  x[4, 0] = 7      # tile 2 (row 4, the short last tile): channel 0; tile 1 has none
+  index, count = reference.outlier_tiles(jnp.asarray(x), 2)
+  np.testing.assert_array_equal(np.asarray(count), [2, 0, 1])
+  np.testing.assert_array_equal(np.asarray(index)[0, :2], [2, 6])
+  np.testing.assert_array_equal(np.asarray(index)[2, :1], [0])
+  assert sorted(np.asarray(index)[1]) == list(range(8))  # a permutation: every channel once
+
+
+@pytest.mark.parametrize('outlier_frac', [0.0, 1.0, 0.002])
+def test_outlier_loop_exact_with_no_all_and_rare_outliers(outlier_frac):
+  """No outliers (the loop runs zero chunks), every channel flagged (the list is all of K: the
+  exact fallback) and rare ones (a few chunks per tile): the kernel's sums equal the oracle."""
+  rng = np.random.default_rng(7)
+  x, w, xout, oracle_in, oracle_out = _operands(rng, 40, 128, 24, 4, 4, outlier_frac)
+  cfg = config.MixedGemmBlockConfig(block_m=16, block_n=16, block_k=64, num_warps=4)
+  acc_in, acc_out = api.mixed_gemm_accumulators(x, w, xout, implementation='triton',
+                                                interpret=True, block_config=cfg)
+  np.testing.assert_array_equal(np.asarray(acc_in), oracle_in)
+  np.testing.assert_array_equal(np.asarray(acc_out), oracle_out)
