@@ -289,10 +289,10 @@ class VisionMamba(nn.Module):
       for i in range(self.depth):
         carry = block_cls(self.mixer_factory(), self.eps, self.dtype, name=f'layers_{i}')(*carry)
     else:
-      carry = self._scan_blocks(carry)
+      carry = self._run_blocks(carry)
     return self.classify(*carry)
 
-  def _scan_blocks(self, carry):
+  def _run_blocks(self, carry):
     """The blocks applied functionally to their params, each run of alike blocks under one
     scan. What the mixers sow (Gen's state features) comes out per block, as scan outputs,
     and is put back under `layers_{i}` as if sown there."""
