@@ -4,7 +4,7 @@
   for name, value in evaluator(model, params, config.data): ...   # big_vision style
 
 `params` is a float Flax tree or a quantized tree (`ouromamba_jax.quant.load_quantized`): the
-model's apply runs both, block by block (`models.blockwise`: one block compiles, all run it).
+model's apply runs both (its blocks under one scan: one block compiles, all run it).
 The dataset is picked by `data_cfg.name` (`ouromamba_jax.data.DATASETS`); its host pipeline
 decodes in threads ahead of the device.
 """
@@ -26,7 +26,6 @@ from ouromamba_jax import convert
 from ouromamba_jax import data as data_lib
 from ouromamba_jax.data import pipeline
 from ouromamba_jax.io import atomic
-from ouromamba_jax.models import blockwise
 
 RESULT_FILE = 'eval.json'
 LOG_EVERY_S = 10.0   # progress line at most this often (plus the first and the last batch)
@@ -44,10 +43,14 @@ def _hits(logits, labels, k):
   return top1, jnp.sum(jnp.any(topk == labels[:, None], axis=-1))
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _logits(model, params, images):
+  return model.apply({'params': params}, images)
+
+
 def _count_correct(model, params, images_uint8, labels, mean, std, k):
-  """(top-1 hits, top-k hits) of a batch; label -1 (padding) never hits. The model runs block
-  by block (`models.blockwise`): one compiled block instead of `depth` unrolled ones."""
-  logits = blockwise.forward(model, params, _normalize(images_uint8, mean, std))
+  """(top-1 hits, top-k hits) of a batch; label -1 (padding) never hits."""
+  logits = _logits(model, params, _normalize(images_uint8, mean, std))
   return _hits(logits, labels, k)
 
 

@@ -1,11 +1,10 @@
-"""The Vim forward one piece at a time: embed, each Block, classify, each piece jitted once.
+"""One block of the Vim forward at a time: embed, block i, classify, each jitted once.
 
-Why: jitted whole, a (quantized) Vim is one program with `depth` unrolled blocks, and compiling
-it is most of the time of an evaluation or a layer report (about a minute per quantized tree on
-a GPU host). The blocks of a model share one structure, so one compiled block serves all of
-them, and calibration, reports and evaluation pay for one block's compilation. The ops are
-those of `model.apply`; only fusion across block boundaries differs (logits agree to float
-rounding). Whole-model `jax.jit(model.apply)` stays the inference path (bench/e2e_latency.py).
+Why: calibration reconstructs block by block and the reports compare FP and quantized streams
+per block, so they need the model cut at block boundaries. The pieces are the model's own:
+`VisionMamba.embed`, the Block that its scanned forward applies (`VisionMamba.block`), and
+`VisionMamba.classify`; the blocks of a model share one structure, so one compiled block serves
+all of them. The whole forward is `model.apply` (its blocks under one scan).
 """
 from __future__ import annotations
 
@@ -20,8 +19,8 @@ from ouromamba_jax.models import vim
 
 @functools.lru_cache(maxsize=None)
 def block_module(model: vim.VisionMamba) -> vim.Block:
-  """One Block per model config (cached, so jitted functions keyed on it are reused)."""
-  return vim.Block(model.mixer_factory(), model.eps, model.dtype)
+  """The model's Block (cached per model config, so jitted functions keyed on it are reused)."""
+  return model.block()
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -32,32 +31,16 @@ def run_block(block: vim.Block, layer, hidden, residual):
 
 @functools.partial(jax.jit, static_argnums=0)
 def embed(model: vim.VisionMamba, params, images):
-  """(first block's input (B, L, d_model), residual zeros (B, L, d_model) fp32).
-
-  The zero residual makes block 0 compute `0 + hidden`, i.e. exactly what `model.apply` does
-  with its missing residual, so every block runs the same compiled program."""
+  """(first block's input (B, L, d_model), residual zeros (B, L, d_model) fp32), as in
+  `model.apply`."""
   hidden = model.apply({'params': params}, images, method=vim.VisionMamba.embed)
   return hidden, jnp.zeros(hidden.shape, jnp.float32)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def classify(model: vim.VisionMamba, params, hidden, residual):
-  return model.apply({'params': params}, hidden, residual, method=vim.VisionMamba.classify)
 
 
 def layers(model: vim.VisionMamba, params) -> Iterator[tuple[int, Any]]:
   """(index, params) of every block, in order."""
   for i in range(model.depth):
     yield i, params[f'layers_{i}']
-
-
-def forward(model: vim.VisionMamba, params, images):
-  """Logits of `model.apply({'params': params}, images)`, run block by block."""
-  hidden, residual = embed(model, params, images)
-  block = block_module(model)
-  for _, layer in layers(model, params):
-    hidden, residual = run_block(block, layer, hidden, residual)
-  return classify(model, params, hidden, residual)
 
 
 def stages(model: vim.VisionMamba, trees, images):

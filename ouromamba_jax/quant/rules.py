@@ -51,7 +51,9 @@ class Site:
 
 
 def find_sites(model: nn.Module, params, sample_input) -> list[Site]:
-  """Every quantizable site, in call order. `sample_input` is only traced (eval_shape)."""
+  """Every quantizable site, in call order. `sample_input` is only traced (eval_shape). The
+  model runs with one submodule per block (`scan_blocks=False`) so each block's path shows."""
+  model = model.clone(scan_blocks=False)
   linears, mixers = [], []
 
   def interceptor(next_fun, args, kwargs, context):

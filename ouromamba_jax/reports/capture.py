@@ -28,8 +28,9 @@ def module_linear_io(module: nn.Module, params, *args, method=None
 
 
 def linear_io(model, params, images) -> dict[str, tuple[jax.Array, jax.Array]]:
-  """{Linear path: (input, output)} of one whole forward pass (traceable: use under jit)."""
-  return module_linear_io(model, params, images)
+  """{Linear path: (input, output)} of one whole forward pass (traceable: use under jit); the
+  blocks run as named submodules (`scan_blocks=False`), so every block's Linears show."""
+  return module_linear_io(model.clone(scan_blocks=False), params, images)
 
 
 def per_piece(model, trees, images, paths, piece_fn) -> dict[str, Any]:

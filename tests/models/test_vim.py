@@ -80,7 +80,8 @@ def test_first_block_residual_is_the_embedding_then_accumulates():
   fixture, model, params = fixture_model('vim_depth2_img224')
   images = fixture.images
   embedding = model.apply({'params': params}, images, method=VisionMamba.embed)
-  _, state = jax.jit(lambda v, x: model.apply(v, x, capture_intermediates=True))(
+  unrolled = model.clone(scan_blocks=False)  # named blocks, so their outputs are captured
+  _, state = jax.jit(lambda v, x: unrolled.apply(v, x, capture_intermediates=True))(
       {'params': params}, images)
   outputs = state['intermediates']
   hidden0, residual0 = outputs['layers_0']['__call__'][0]

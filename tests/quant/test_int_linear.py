@@ -77,8 +77,8 @@ def _recording_apply(model, tree, images):
         seen['/'.join(module.scope.path)] = args[0]
     return next_fun(*args, **kwargs)
 
-  with nn.intercept_methods(interceptor):
-    logits = model.apply({'params': tree}, images)
+  with nn.intercept_methods(interceptor):   # blocks unrolled: the interceptor sees each one
+    logits = model.clone(scan_blocks=False).apply({'params': tree}, images)
   return logits, seen
 
 
