@@ -61,7 +61,7 @@ def main(argv=None):
   else:
     images = jax.random.normal(jax.random.key(1), shape)
   if args.checkpoint:
-    from ouromamba_jax.io import load_checkpoint  # pylint: disable=g-import-not-at-top
+    from ouromamba_jax.checkpoints import load_checkpoint  # pylint: disable=g-import-not-at-top
     params = load_checkpoint(args.checkpoint, model)
   else:
     params = jax.jit(model.init)(jax.random.key(0), images[:1])['params']

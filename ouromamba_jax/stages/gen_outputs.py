@@ -1,4 +1,4 @@
-"""Files OuroMamba-Gen leaves in `<workdir>/gen/`, all written atomically (tmp + os.replace).
+"""Files the `generate` stage leaves in `<workdir>/gen/`, all written atomically (tmp + os.replace).
 
   synthetic.npz       images (N, H, W, C) float32 in the model's normalised input space,
                       labels (N,) int32 target classes, mean (C,), std (C,)
