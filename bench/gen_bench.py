@@ -126,22 +126,22 @@ def run_case(name: str) -> dict:
   images_per_step, steps = _IMAGES.value, _STEPS.value
   if _SMOKE.value:
     images_per_step, steps = 4, 3
-  gen_cfg = GenSpec(remat=_REMAT.value, neighbourhood=_NEIGHBOURHOOD.value,
+  gen_spec = GenSpec(remat=_REMAT.value, neighbourhood=_NEIGHBOURHOOD.value,
                     readout_implementation=_READOUT.value, mean=imagenet.MEAN, std=imagenet.STD,
                     num_positives=min(GenSpec.num_positives, model.num_patches - 2))
   result = {'case': name, 'device': str(jax.devices()[0].device_kind),
             'num_devices': jax.device_count(), 'images_per_step': images_per_step,
             'dtype': _DTYPE.value, 'remat': _REMAT.value, 'scan': _SCAN.value or 'default',
             'neighbourhood': _NEIGHBOURHOOD.value, 'readout': _READOUT.value or 'default'}
-  result['gen'] = _time_step(model, params, gen_cfg, images_per_step, steps)
+  result['gen'] = _time_step(model, params, gen_spec, images_per_step, steps)
   stats = jax.local_devices()[0].memory_stats() or {}
   result['peak_gib'] = stats['peak_bytes_in_use'] / 2**30 if 'peak_bytes_in_use' in stats else None
   if _BASELINE.value:  # both state-hooked losses off: the model's own forward + backward
-    baseline_cfg = dataclasses.replace(gen_cfg, contrastive_weight=0.0, pse_weight=0.0)
-    result['output_loss_only'] = _time_step(model, params, baseline_cfg, images_per_step, steps)
+    baseline_spec = dataclasses.replace(gen_spec, contrastive_weight=0.0, pse_weight=0.0)
+    result['output_loss_only'] = _time_step(model, params, baseline_spec, images_per_step, steps)
   if _FULL_RUN.value:
     result['full_run'] = _full_run(
-        model, params, dataclasses.replace(gen_cfg, images_per_step=images_per_step, log_every=100))
+        model, params, dataclasses.replace(gen_spec, images_per_step=images_per_step, log_every=100))
   if name in TARGET_SECONDS:
     result['target_s'] = TARGET_SECONDS[name]
     result['meets_target'] = result['gen']['projected_128x1000_s'] <= TARGET_SECONDS[name]

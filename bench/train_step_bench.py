@@ -2,8 +2,8 @@
 
   PYTHONPATH=. python bench/train_step_bench.py --batch_sizes=256,512 --steps=30
 
-Times the same jitted step `ouromamba_jax.train.trainer` runs (augmentation included), after
-a warm-up that absorbs compilation, with random uint8 images resident on the device.
+Times the jitted step of `ouromamba_jax.train.recipe` that the `train` stage runs (augmentation
+included), after a warm-up that absorbs compilation, with random uint8 images on the device.
 """
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from configs import common
+from ouromamba_jax.data import normalization
 from ouromamba_jax.gen import quality
 from ouromamba_jax.stages import gen_outputs as outputs
 from ouromamba_jax.stages import generate as gen_run
@@ -78,7 +79,7 @@ def test_quality_report_measures_agreement_with_the_targets(tiny):
 
 def test_denormalize_and_grid_labels():
   mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-  pixels = outputs.denormalize(np.array([[[[-2.0, 0.0, 2.0]]]]), mean, std)
+  pixels = normalization.denormalize(np.array([[[[-2.0, 0.0, 2.0]]]]), mean, std)
   np.testing.assert_array_equal(pixels, [[[[0, 128, 255]]]])
   grid = outputs.label_grid(np.zeros((3, 8, 8, 3), np.uint8), np.array([0, 1, 2]),
                             ('cat', 'dog'), columns=2)
