@@ -25,18 +25,25 @@ class GenSpec:
   images_per_step: int = field(32, 'images optimised together (memory knob); divides num_images')
   num_devices: int = field(0, 'data-parallel over this many local devices (0 = all)')
   remat: bool = field(True, 'recompute block activations in the backward pass')
-  scan_implementation: str = field('', "'' = the model's scan; a scan name overrides it for Gen only")
+  scan_implementation: str = field(
+      '', "'' = the model's scan; a scan name overrides it for Gen only")
   # Patched hidden state h_p(τ) = Σ_{k in p×p window of τ} w_k h(k)
   neighbourhood: int = field(5, 'p (odd): 5 = paper ablation best, 3 = official code, 1 = off')
-  state_weighting: str = field('delta', 'delta: w_k from channel-mean Δ(k) | uniform: w_k = 1 (ablation)')
-  delta_normalization: str = field('minmax', "over each image's patch tokens: minmax | mean | none [ours: per image]")
-  feature: str = field('readout', 'patch feature: readout = C_τ·h_p(τ) (B,P,Di) | state = flat h_p [ours]')
-  readout_implementation: str = field('', "readout: '' = default (triton on GPU: 2.1x faster, no h_p in memory; else xla) | xla | triton")
+  state_weighting: str = field(
+      'delta', 'delta: w_k from channel-mean Δ(k) | uniform: w_k = 1 (ablation)')
+  delta_normalization: str = field(
+      'minmax', "over each image's patch tokens: minmax | mean | none [ours: per image]")
+  feature: str = field(
+      'readout', 'patch feature: readout = C_τ·h_p(τ) (B,P,Di) | state = flat h_p [ours]')
+  readout_implementation: str = field(
+      '', "readout: '' = default (triton on GPU: 2.1x faster, no h_p in memory; else xla) | xla | "
+      "triton")
   # Contrastive loss L_C (InfoNCE over the patches of an image)
   contrastive_weight: float = field(1.0, '0 disables L_C')
   num_positives: int = field(12, 'K most cosine-similar patches as positives (paper Fig. 9b)')
   temperature: float = field(0.1, 'InfoNCE temperature [ours]')
-  loss_blocks: tuple[int, ...] = field((), 'blocks feeding L_C / L_PSE; () = all (L_C averaged, L_PSE summed)')
+  loss_blocks: tuple[int, ...] = field(
+      (), 'blocks feeding L_C / L_PSE; () = all (L_C averaged, L_PSE summed)')
   # Output loss L_O
   output_loss: str = field('mae', 'mae: Σ_c |softmax - onehot| (paper: "MAE") | ce')
   output_weight: float = field(1.0, 'λ in L = L_C + λ·L_O')
@@ -55,12 +62,15 @@ class GenSpec:
   flip: bool = field(False, 'random horizontal flip per step')
   clip_pixels: bool = field(True, 'keep pixels inside the valid [0, 1] image box after each step')
   # The model's input normalisation: the pixel box and the PNG colours
-  mean: tuple[float, ...] = field((), "per-channel input mean; () = the dataset's (ouromamba_jax.data.<name>.MEAN)")
-  std: tuple[float, ...] = field((), "per-channel input std; () = the dataset's (ouromamba_jax.data.<name>.STD)")
+  mean: tuple[float, ...] = field(
+      (), "per-channel input mean; () = the dataset's (ouromamba_jax.data.<name>.MEAN)")
+  std: tuple[float, ...] = field(
+      (), "per-channel input std; () = the dataset's (ouromamba_jax.data.<name>.STD)")
   grid_columns: int = field(16, 'columns of the PNG grid')
   # Bookkeeping (the `generate` stage)
   log_every: int = field(50, 'progress line (absl) every this many steps')
-  checkpoint_every: int = field(100, 'Orbax checkpoint of the group in progress (0 = only finished groups)')
+  checkpoint_every: int = field(
+      100, 'Orbax checkpoint of the group in progress (0 = only finished groups)')
   keep_checkpoints: int = field(2, 'Orbax checkpoints kept')
   quality_check: bool = field(True, 'FP top-1 agreement with the targets, synthetic vs noise')
 

@@ -28,6 +28,11 @@ class VimSites:
   a: Optional[ActSpec]
   ssm: Optional[ActSpec]        # B, C, D
 
+  def map(self, fn: Callable) -> 'VimSites':
+    """`fn` applied to every quantized group (e.g. a field replaced at every site)."""
+    return VimSites(*(spec and fn(spec) for spec in (self.weights, self.inputs, self.delta,
+                                                     self.a, self.ssm)))
+
   def rules(self) -> tuple[QuantRule, ...]:
     return (
         QuantRule(fr'{BLOCK}/{LINEARS}/kernel', self.weights),

@@ -26,7 +26,8 @@ class QuantRunSpec:
   method: str = field('ouromamba', ' | '.join(METHODS))
   mode: str = field('fake', 'fake (float simulation) | int (integer dots); same logits')
   # Calibration data
-  calib_source: str = field('gen', 'gen: <workdir>/gen/synthetic.npz | noise: N(0, noise_std) | real: training images')
+  calib_source: str = field(
+      'gen', 'gen: <workdir>/gen/synthetic.npz | noise: N(0, noise_std) | real: training images')
   calib_images: int = field(128, 'paper: 128 (fewer if the source holds fewer: gen)')
   noise_std: float = field(1.0, 'std of the Gaussian calibration noise (normalised input space)')
   gen_path: str = field('', "'' = <workdir>/gen/synthetic.npz; else an explicit synthetic.npz")
@@ -42,21 +43,25 @@ class QuantRunSpec:
   lr_smooth: float = field(CalibSpec.lr_smooth, 'PTQ4VM smoothing factors (official lr_s 1e-2)')
   weight_decay: float = field(CalibSpec.weight_decay, 'AdamW weight decay of the scales')
   grad_clip: float = field(CalibSpec.grad_clip, 'global gradient-norm clip')
-  keep_better: bool = field(CalibSpec.keep_better, 'a block whose loss got worse keeps its initial scales')
-  smooth_alpha: Optional[float] = field(None, 'PTQ4VM: s_c = act_max^alpha / w_max^(1 - alpha) (None: 0.5)', type=float)
+  keep_better: bool = field(
+      CalibSpec.keep_better, 'a block whose loss got worse keeps its initial scales')
+  smooth_alpha: Optional[float] = field(
+      None, 'PTQ4VM: s_c = act_max^alpha / w_max^(1 - alpha) (None: 0.5)', type=float)
   # Quantizer overrides (None = the preset's value)
   k: Optional[float] = field(None, 'outlier threshold mu + k*sigma (3)', type=float)
   delta_k: Optional[float] = field(None, 'the same for Δ (4)', type=float)
   n_refresh: Optional[int] = field(None, 'outlier-set reset period (10)', type=int)
   trigger: Optional[str] = field(None, 'sample | batch | official', type=str)
   outlier_bits: Optional[int] = field(None, '8', type=int)
-  delta_bits: Optional[int] = field(None, "Δ's inlier bits (the preset's activation bits)", type=int)
+  delta_bits: Optional[int] = field(
+      None, "Δ's inlier bits (the preset's activation bits)", type=int)
   ssm_bits: Optional[int] = field(None, 'B, C, A, D inlier bits (likewise)', type=int)
   a_domain: Optional[str] = field(None, "A's grid: linear (official) | log", type=str)
   std_ddof: Optional[int] = field(None, '1 (unbiased, official)', type=int)
   weight_bits: Optional[int] = field(None, "the Linears' weight bits (the preset's)", type=int)
   # Reports
-  report_images: int = field(32, 'images for the per-layer SQNR/cosine and outlier-rate reports (0 = skip)')
+  report_images: int = field(
+      32, 'images for the per-layer SQNR/cosine and outlier-rate reports (0 = skip)')
   run_name: str = field('', "'' = <method>_<preset>_<calib_source>")
 
   def __post_init__(self):

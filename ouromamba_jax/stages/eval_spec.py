@@ -11,9 +11,11 @@ QUANTIZED_MODES = ('', 'fake', 'int')
 @dataclasses.dataclass(frozen=True)
 class EvalSpec:
   """Mode `evaluate` (top-1/top-5 on config.data's evaluation split, written to eval.json)."""
-  quantized_checkpoint: str = field('', "a save_quantized folder (WORKDIR/quantized); '' = the FP model")
+  quantized_checkpoint: str = field(
+      '', "a save_quantized folder (WORKDIR/quantized); '' = the FP model")
   quantized_mode: str = field('', "'' = as saved | fake | int (same logits; int runs integer dots)")
-  allow_random_init: bool = field(False, "model.checkpoint '' evaluates random weights only when True")
+  allow_random_init: bool = field(
+      False, "model.checkpoint '' evaluates random weights only when True")
 
   def __post_init__(self):
     if self.quantized_mode not in QUANTIZED_MODES:

@@ -23,6 +23,7 @@ class TrainSpec:
   compute_dtype: str = field('bfloat16', 'float32 | bfloat16 (params stay fp32)')
   eval_every_epochs: int = field(5, 'test accuracy every this many epochs')
   log_every_steps: int = field(50, 'progress line every this many steps')
-  checkpoint_every_steps: int = field(500, 'Orbax checkpoint every this many steps (and every epoch)')
+  checkpoint_every_steps: int = field(
+      500, 'Orbax checkpoint every this many steps (and every epoch)')
   keep_checkpoints: int = field(2, 'Orbax checkpoints kept')
   max_seconds: float = field(0.0, '> 0: stop (with a checkpoint) after this long; rerun to resume')

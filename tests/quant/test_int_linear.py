@@ -51,10 +51,9 @@ def _rel_err(y, ref):
 
 def _coarse_search(preset: str) -> config.QuantSpec:
   """The preset with SEARCH_GRID clipping candidates at every site (a faster lp search)."""
-  grid = lambda spec: spec and dataclasses.replace(spec, n_grid=SEARCH_GRID)
-  sites = presets.preset_sites(preset)
-  return config.QuantSpec(preset, presets.VimSites(*(grid(getattr(sites, f.name)) for f in
-                                                     dataclasses.fields(sites))).rules())
+  sites = presets.preset_sites(preset).map(
+      lambda spec: dataclasses.replace(spec, n_grid=SEARCH_GRID))
+  return config.QuantSpec(preset, sites.rules())
 
 
 @pytest.fixture(scope='module')
