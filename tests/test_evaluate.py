@@ -7,9 +7,9 @@ import pytest
 
 from configs import common
 from ouromamba_jax import data as data_lib
-import ouromamba_jax.data.normalization  # pylint: disable=unused-import
 from ouromamba_jax import evaluate
 from ouromamba_jax.data import imagenet
+from ouromamba_jax.data import normalization
 from ouromamba_jax.data import pipeline
 from ouromamba_jax.models import build_model
 from tests.data import synthetic
@@ -91,6 +91,6 @@ def test_label_and_class_count_mismatch(tiny, tmp_path):
 def test_arrays_give_the_source_result(tiny, dataset):
   root, files, labels = dataset
   x = np.stack([imagenet.load_image(f, 32) for f in files])
-  images = np.asarray(data_lib.normalization.normalize(x, imagenet.MEAN, imagenet.STD))
+  images = np.asarray(normalization.normalize(x, imagenet.MEAN, imagenet.STD))
   result = evaluate.evaluate(*tiny, images, labels, batch_size=5)
   assert result == {'top1': pytest.approx(4 / N), 'top5': pytest.approx(7 / N), 'images': N}
