@@ -32,6 +32,9 @@ def quantize(model, params, calib_images, spec: Union[QuantSpec, str], *,
   log = log or calibrate._default_log  # pylint: disable=protected-access
   baselines.check_method(method)
   spec = presets.preset(spec) if isinstance(spec, str) else spec
+  if not isinstance(spec, QuantSpec):
+    raise TypeError(f'spec must be a QuantSpec or a preset name, got {type(spec).__name__}; '
+                    'build one from settings with QuantRunSpec(preset=..., ...).quant_spec().')
   images = jnp.asarray(calib_images, jnp.float32)
   if images.ndim != 4 or images.shape[0] < 1:
     raise ValueError(f'calib_images must be a non-empty NHWC batch, got shape {images.shape}.')

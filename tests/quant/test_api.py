@@ -123,6 +123,8 @@ def test_bad_inputs_rejected(tiny):
     quant.quantize(model, params, images, 'w4a4', method='gptq')
   with pytest.raises(ValueError, match='non-empty NHWC batch'):
     quant.quantize(model, params, images[0], 'w4a4')
+  with pytest.raises(TypeError, match='QuantSpec or a preset name'):
+    quant.quantize(model, params, images, {'preset': 'w4a4'})
 
 
 def test_sites_outside_blocks_get_initial_scales(tiny, apply_fn, rtn_run):
