@@ -1,7 +1,8 @@
 """ouromamba-jax command line: `python main.py --config=configs/vim_t_cifar10.py [--config.mode=...]`.
 
-main.py only wires stages together: it reads the config (a Python file returning a
-ConfigDict), picks the mode and calls that stage's `run(config, workdir)`.
+main.py only wires config to stage: it reads the config (a Python file returning a
+ConfigDict), picks the mode and calls that stage's `run(config, workdir)`
+(`ouromamba_jax.stages.MODES`).
 """
 from __future__ import annotations
 
@@ -13,21 +14,14 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from ouromamba_jax.stages import MODES
+
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Path to a config file (configs/*.py), e.g. configs/vim_t_cifar10.py.',
     lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Where checkpoints, images and reports go (default: config.workdir).')
 
-# mode -> 'module:function'; each function takes (config, workdir).
-MODES = {
-    'train': 'ouromamba_jax.train.trainer:run',
-    'evaluate': 'ouromamba_jax.evaluate:run',
-    'convert': 'ouromamba_jax.convert:run',
-    'generate': 'ouromamba_jax.gen.run:run',
-    'quantize': 'ouromamba_jax.quant.run:run',
-    'pipeline': 'ouromamba_jax.pipeline:run',
-}
 
 
 def resolve_mode(mode: str):

@@ -152,8 +152,9 @@ def cast_float_leaves(tree, dtype):
 
 def quantize_rtn(model, params, preset: str, calib_images, outlier_k: float):
   """Integer-mode tree: the preset with RTN scales (min-max, no reconstruction), outliers on."""
-  spec = {'preset': preset, 'epochs': 0, 'init': 'minmax', 'weight_init': 'minmax',
-          'k': outlier_k}
+  run = quant.QuantRunSpec(preset=preset, epochs=0, k=outlier_k)
+  sites = run.sites().map(lambda s: dataclasses.replace(s, init='minmax'))
+  spec = quant.QuantSpec(preset, sites.rules(), run.calib())
   qparams, _ = quant.quantize(model, params, calib_images, spec, method='ouromamba', mode='int',
                               log=lambda _: None)
   return qparams

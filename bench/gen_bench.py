@@ -52,36 +52,40 @@ _FULL_IMAGES = flags.DEFINE_integer('full_images', 128, 'images of the --full_ru
 _FULL_ITERATIONS = flags.DEFINE_integer('full_iterations', 1000, 'iterations of the --full_run')
 
 
-def _full_run(model, params, gen_cfg) -> dict:
-  """The real Gen run (generator.generate into a temporary workdir), wall-timed end to end."""
+def _full_run(model, params, spec) -> dict:
+  """The real Gen run (generator.generate with the stage's store in a temporary folder),
+  wall-timed end to end."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
   import tempfile  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from ouromamba_jax.gen import generator  # pylint: disable=g-import-not-at-top
+  from ouromamba_jax.stages import gen_store  # pylint: disable=g-import-not-at-top
 
-  gen_cfg.num_images, gen_cfg.iterations = _FULL_IMAGES.value, _FULL_ITERATIONS.value
+  spec = dataclasses.replace(spec, num_images=_FULL_IMAGES.value,
+                                       iterations=_FULL_ITERATIONS.value)
   with tempfile.TemporaryDirectory() as directory:
     start = time.perf_counter()
-    result = generator.generate(model, params, gen_cfg, directory)
+    result = generator.generate(model, params, spec,
+                                store=gen_store.FolderGroupStore(directory, spec.keep_checkpoints))
     wall_s = time.perf_counter() - start
   if not np.isfinite(result.images).all():
     raise FloatingPointError('the full run produced non-finite images')
-  return {'images': int(result.images.shape[0]), 'iterations': int(gen_cfg.iterations),
-          'images_per_step': int(gen_cfg.images_per_step), 'wall_s': wall_s,
+  return {'images': int(result.images.shape[0]), 'iterations': int(spec.iterations),
+          'images_per_step': int(spec.images_per_step), 'wall_s': wall_s,
           'final_total_loss': [h['total'][-1] for h in result.history]}
 
 
-def _time_step(model, params, gen_cfg, images_per_step: int, steps: int) -> dict:
+def _time_step(model, params, spec, images_per_step: int, steps: int) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from ouromamba_jax.gen import objective, optimize  # pylint: disable=g-import-not-at-top
 
-  spec = objective.LossSpec.from_config(gen_cfg)
-  spec.validate(model)
+  objective.check_objective(spec, model)
   mesh = optimize.data_mesh(0)
-  optimizer = optimize.build_optimizer(gen_cfg)
-  gen_model = objective.generation_model(model, spec, gen_cfg.remat, gen_cfg.scan_implementation)
-  step = optimize.make_step(gen_model, spec, optimizer, gen_cfg, mesh)
+  optimizer = optimize.build_optimizer(spec)
+  gen_model = objective.generation_model(model, spec)
+  step = optimize.make_step(gen_model, spec, optimizer, mesh)
   keys = jax.device_put(optimize.image_keys(0, np.arange(images_per_step)),
                         optimize.batch_sharding(mesh))
   labels = jax.device_put(jnp.arange(images_per_step) % model.num_classes,
@@ -108,37 +112,36 @@ def _time_step(model, params, gen_cfg, images_per_step: int, steps: int) -> dict
 
 def run_case(name: str) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
+  import dataclasses  # pylint: disable=g-import-not-at-top
   from configs import common  # pylint: disable=g-import-not-at-top
-  from ouromamba_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  from ouromamba_jax.data import imagenet  # pylint: disable=g-import-not-at-top
+  from ouromamba_jax.gen.spec import GenSpec  # pylint: disable=g-import-not-at-top
+  from ouromamba_jax.stages import sections  # pylint: disable=g-import-not-at-top
 
   variant, overrides = CASES[name]
   model_cfg = common.model_config(variant, **overrides)
   model_cfg.dtype = _DTYPE.value
   model_cfg.scan_implementation = _SCAN.value
-  model, params = checkpoints.load_model(model_cfg)
+  model, params = sections.load_model(model_cfg)
   images_per_step, steps = _IMAGES.value, _STEPS.value
   if _SMOKE.value:
     images_per_step, steps = 4, 3
-  gen_cfg = common.gen_config()
-  gen_cfg.remat = _REMAT.value
-  gen_cfg.neighbourhood = _NEIGHBOURHOOD.value
-  gen_cfg.readout_implementation = _READOUT.value
-  gen_cfg.num_positives = min(gen_cfg.num_positives, model.num_patches - 2)
+  gen_spec = GenSpec(remat=_REMAT.value, neighbourhood=_NEIGHBOURHOOD.value,
+                    readout_implementation=_READOUT.value, mean=imagenet.MEAN, std=imagenet.STD,
+                    num_positives=min(GenSpec.num_positives, model.num_patches - 2))
   result = {'case': name, 'device': str(jax.devices()[0].device_kind),
             'num_devices': jax.device_count(), 'images_per_step': images_per_step,
             'dtype': _DTYPE.value, 'remat': _REMAT.value, 'scan': _SCAN.value or 'default',
             'neighbourhood': _NEIGHBOURHOOD.value, 'readout': _READOUT.value or 'default'}
-  result['gen'] = _time_step(model, params, gen_cfg, images_per_step, steps)
+  result['gen'] = _time_step(model, params, gen_spec, images_per_step, steps)
   stats = jax.local_devices()[0].memory_stats() or {}
   result['peak_gib'] = stats['peak_bytes_in_use'] / 2**30 if 'peak_bytes_in_use' in stats else None
   if _BASELINE.value:  # both state-hooked losses off: the model's own forward + backward
-    baseline_cfg = gen_cfg.copy_and_resolve_references()
-    baseline_cfg.contrastive_weight = baseline_cfg.pse_weight = 0.0
-    result['output_loss_only'] = _time_step(model, params, baseline_cfg, images_per_step, steps)
+    baseline_spec = dataclasses.replace(gen_spec, contrastive_weight=0.0, pse_weight=0.0)
+    result['output_loss_only'] = _time_step(model, params, baseline_spec, images_per_step, steps)
   if _FULL_RUN.value:
-    gen_cfg.images_per_step = images_per_step
-    gen_cfg.log_every = 100
-    result['full_run'] = _full_run(model, params, gen_cfg)
+    result['full_run'] = _full_run(
+        model, params, dataclasses.replace(gen_spec, images_per_step=images_per_step, log_every=100))
   if name in TARGET_SECONDS:
     result['target_s'] = TARGET_SECONDS[name]
     result['meets_target'] = result['gen']['projected_128x1000_s'] <= TARGET_SECONDS[name]

@@ -18,12 +18,13 @@ import time
 import numpy as np
 
 from configs import vim_t_cifar10
-from ouromamba_jax import checkpoints
-from ouromamba_jax import evaluate
 from ouromamba_jax.io import atomic
 from ouromamba_jax.quant import api
 from ouromamba_jax.quant import config as qconfig
-from ouromamba_jax.quant import run as quant_run
+from ouromamba_jax.quant import presets
+from ouromamba_jax.stages import evaluate as evaluate_stage
+from ouromamba_jax.stages import quantize as quantize_stage
+from ouromamba_jax.stages import sections
 
 GROUPS = {'A': 'A', 'D': 'D', 'B': 'B', 'C': 'C', 'AD': '(A|D)', 'BC': '(B|C)',
           'delta': 'delta'}
@@ -31,7 +32,7 @@ GROUPS = {'A': 'A', 'D': 'D', 'B': 'B', 'C': 'C', 'AD': '(A|D)', 'BC': '(B|C)',
 
 def widened_spec(base: qconfig.QuantSpec, group: str, bits: int) -> qconfig.QuantSpec:
   """`base` with the sites of `group` (both directions) at `bits`; their other settings kept."""
-  pattern = fr'{qconfig.BLOCK}/{GROUPS[group]}(_b)?_quantizer'
+  pattern = fr'{presets.BLOCK}/{GROUPS[group]}(_b)?_quantizer'
   first_site = f'layers_0/mixer/{"delta" if group == "delta" else group[0]}_quantizer'
   site_spec = next(r.spec for r in base.rules if re.fullmatch(r.pattern, first_site))
   rule = qconfig.QuantRule(pattern, dataclasses.replace(site_spec, bits=bits))
@@ -40,8 +41,8 @@ def widened_spec(base: qconfig.QuantSpec, group: str, bits: int) -> qconfig.Quan
 
 def base_spec(quant_cfg, epochs: int) -> qconfig.QuantSpec:
   """The W4A4 spec of a config's quant section (its calibration settings), `epochs` epochs."""
-  return qconfig.spec_from_config({**quant_run.spec_settings(quant_cfg), 'preset': 'w4a4',
-                                   'epochs': epochs})
+  spec = quantize_stage.run_spec(quant_cfg)
+  return dataclasses.replace(spec, preset='w4a4', epochs=epochs).quant_spec()
 
 
 def main(argv=None):
@@ -61,7 +62,7 @@ def main(argv=None):
 
   cfg = vim_t_cifar10.get_config()
   cfg.data.data_dir, cfg.data.eval_images = args.data_dir, args.eval_images
-  model, params = checkpoints.load_model(cfg.model)
+  model, params = sections.load_model(cfg.model)
   images = np.load(args.gen)['images'][:args.images]
   base = base_spec(cfg.quant, args.epochs)
   results = []
@@ -70,7 +71,7 @@ def main(argv=None):
     start = time.perf_counter()
     qparams, _ = api.quantize(model, params, images, spec, method='ouromamba', log=lambda _: None)
     seconds = time.perf_counter() - start
-    score = evaluate.evaluate_params(model, qparams, cfg.data)
+    score = evaluate_stage.evaluate_data(model, qparams, cfg.data)
     results.append({'group': group, 'bits': args.bits, 'top1': score['top1'],
                     'top5': score['top5'], 'eval_images': score['images'],
                     'calibration_s': seconds})

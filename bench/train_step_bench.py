@@ -2,8 +2,8 @@
 
   PYTHONPATH=. python bench/train_step_bench.py --batch_sizes=256,512 --steps=30
 
-Times the same jitted step `ouromamba_jax.train.trainer` runs (augmentation included), after
-a warm-up that absorbs compilation, with random uint8 images resident on the device.
+Times the jitted step of `ouromamba_jax.train.recipe` that the `train` stage runs (augmentation
+included), after a warm-up that absorbs compilation, with random uint8 images on the device.
 """
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ import numpy as np
 from configs import common
 from ouromamba_jax import checkpoints
 from ouromamba_jax.data import cifar10
-from ouromamba_jax.train import trainer
+from ouromamba_jax.stages import sections
+from ouromamba_jax.train import recipe
+from ouromamba_jax.train.spec import TrainSpec
 
 _MODEL = flags.DEFINE_string('model', 'vim_t_cifar10', 'registered model variant')
 _BATCHES = flags.DEFINE_list('batch_sizes', ['256'], 'batch sizes to time')
@@ -32,12 +34,12 @@ _OUT = flags.DEFINE_string('out', '', 'write results as JSON here')
 def time_batch(batch: int) -> dict:
   model_cfg = common.model_config(_MODEL.value)
   model_cfg.scan_implementation = _SCAN.value
-  tcfg = common.train_config()
-  model = checkpoints.model_from_config(model_cfg, dtype=checkpoints.DTYPES[_DTYPE.value])
+  tcfg = TrainSpec()
+  model = sections.model_from_config(model_cfg, dtype=checkpoints.DTYPES[_DTYPE.value])
   params = checkpoints.random_params(model)
-  optimizer, _ = trainer.make_optimizer(tcfg, steps_per_epoch=100)
+  optimizer, _ = recipe.make_optimizer(tcfg, steps_per_epoch=100)
   state = {'params': params, 'opt_state': optimizer.init(params), 'step': jnp.zeros((), jnp.int32)}
-  step = trainer.make_train_step(model, optimizer, tcfg, cifar10.MEAN, cifar10.STD)
+  step = recipe.make_train_step(model, optimizer, tcfg, cifar10.MEAN, cifar10.STD)
   n = 4 * batch
   rng = np.random.default_rng(0)
   images = jax.device_put(rng.integers(0, 256, (n, model.img_size, model.img_size, 3), np.uint8))

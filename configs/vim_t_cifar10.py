@@ -27,10 +27,8 @@ def get_config():
   c.gen.log_every = 4
   c.gen.checkpoint_every = 8
   c.gen.remat = False                # 32x32 states are small; no recompute is faster
-  c.gen.mean = (0.4914, 0.4822, 0.4465)  # CIFAR-10 normalisation (ouromamba_jax.data.cifar10)
-  c.gen.std = (0.2470, 0.2435, 0.2616)
   # Quantization (mode `quantize`) and the pipeline: demo size (about 10 minutes on a 2-core
-  # CPU in all). --config.pipeline.full=True switches to the paper size (see pipeline.FULL).
+  # CPU in all). --config.pipeline.full=True switches to the paper size (see stages.pipeline.FULL).
   c.quant = common.quant_config()
   c.quant.calib_images = 8           # demo: the 8 Gen images (paper: 128)
   c.quant.epochs = 2                 # demo (paper: 10)

@@ -1,36 +1,33 @@
-"""Building a model from its config section and filling it with weights.
+"""Float checkpoints: load ('bundled', hustvl `.pth`, `.safetensors`) and save, for a model.
 
-`model.checkpoint`: '' -> random init (seeded), 'bundled' -> the testbed model shipped in
-the package, otherwise a hustvl `.pth` or `.safetensors` path, loaded strictly.
+  params = load_checkpoint('bundled', build_model('vim_t_cifar10'))   # the shipped testbed
+  params = load_checkpoint('vim_t_midclstok_76p1acc.pth', build_model('vim_t'))
+  save_checkpoint(params, 'model.safetensors')                       # hustvl names, loadable by torch
+
+Loading is strict (every missing, unexpected or mis-shaped key in one error). The quantized
+form lives beside this module, in `quantized_checkpoints`.
 """
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 
-from ouromamba_jax.io import load_checkpoint
-from ouromamba_jax.models import build_model
+from ouromamba_jax.io import hustvl_keys
+from ouromamba_jax.models import registry
 
+BUNDLED_NAME = 'bundled'
 ASSETS_DIR = os.path.join(os.path.dirname(__file__), 'assets')
 BUNDLED = {'vim_t_cifar10': os.path.join(ASSETS_DIR, 'vim_t_cifar10.safetensors')}
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-
-
-def model_from_config(model_cfg, **extra):
-  """The VisionMamba described by a `model` config section (`extra` overrides fields)."""
-  if model_cfg.dtype not in DTYPES:
-    raise ValueError(f'model.dtype must be one of {sorted(DTYPES)}, got {model_cfg.dtype!r}')
-  overrides = model_cfg.overrides
-  overrides = overrides.to_dict() if hasattr(overrides, 'to_dict') else dict(overrides)
-  fields = {k: v for k, v in overrides.items() if v is not None}
-  fields['dtype'] = DTYPES[model_cfg.dtype]
-  for field in ('scan_implementation', 'quant_implementation'):
-    if model_cfg.get(field):
-      fields[field] = model_cfg[field]
-  fields.update(extra)
-  return build_model(model_cfg.name, **fields)
+# model name -> (Hugging Face repo, file): the official ImageNet checkpoints of these models.
+HUSTVL_CHECKPOINTS = {
+    'vim_t': ('hustvl/Vim-tiny-midclstok', 'vim_t_midclstok_76p1acc.pth'),
+    'vim_s': ('hustvl/Vim-small-midclstok', 'vim_s_midclstok_80p5acc.pth'),
+    'vim_b': ('hustvl/Vim-base-midclstok', 'vim_b_midclstok_81p9acc.pth'),
+}
 
 
 def dummy_images(model, batch: int = 1):
@@ -41,22 +38,47 @@ def random_params(model, seed: int = 0):
   return jax.jit(model.init)(jax.random.key(seed), dummy_images(model))['params']
 
 
-def checkpoint_path(model_cfg) -> str:
-  if model_cfg.checkpoint != 'bundled':
-    return model_cfg.checkpoint
-  if model_cfg.name not in BUNDLED:
-    raise ValueError(f'no bundled checkpoint for model {model_cfg.name!r}; bundled: '
-                     f'{sorted(BUNDLED)}. Set model.checkpoint to a .pth/.safetensors path.')
-  path = BUNDLED[model_cfg.name]
+def bundled_path(model, model_name: Optional[str] = None) -> str:
+  """The shipped checkpoint for `model_name`, or for the registered variant `model` is."""
+  name = model_name or registry.variant_of(model)
+  if name not in BUNDLED:
+    raise ValueError(f'no bundled checkpoint for model {name or type(model).__name__!r}; '
+                     f'bundled: {sorted(BUNDLED)}. Pass a .pth/.safetensors path instead.')
+  path = BUNDLED[name]
   if not os.path.isfile(path):
     raise FileNotFoundError(f'the bundled checkpoint {path} is missing from this install; '
                             'reinstall the package or train one with --config.mode=train.')
   return path
 
 
-def load_model(model_cfg, seed: int = 0, **extra):
-  """Returns (model, params) for a `model` config section."""
-  model = model_from_config(model_cfg, **extra)
-  if not model_cfg.checkpoint:
-    return model, random_params(model, seed)
-  return model, load_checkpoint(checkpoint_path(model_cfg), model)
+def resolve_path(path: str, model, model_name: Optional[str] = None) -> str:
+  """`path` itself, or the bundled file when path is 'bundled'."""
+  return bundled_path(model, model_name) if path == BUNDLED_NAME else path
+
+
+def load_checkpoint(path: str, model, *, model_name: Optional[str] = None, key: str = 'model'):
+  """Float params for `model` from 'bundled', a hustvl `.pth` or a `.safetensors` file.
+
+  model_name: which bundled checkpoint 'bundled' means (default: the registered variant whose
+  architecture `model` has). key: the entry of a training-script .pth holding the weights.
+  """
+  return hustvl_keys.params_from_file(resolve_path(path, model, model_name), model, key=key)
+
+
+def save_checkpoint(params, path: str, dtype=None) -> None:
+  """`.safetensors` under hustvl names and torch layouts, written atomically."""
+  hustvl_keys.export_safetensors(params, path, dtype)
+
+
+def missing_checkpoint_message(model_name: str) -> str:
+  """What to download and which flag to set when config.model.checkpoint is empty."""
+  if model_name in HUSTVL_CHECKPOINTS:
+    repo, filename = HUSTVL_CHECKPOINTS[model_name]
+    return (f'model {model_name!r} has no checkpoint: download {filename} from '
+            f'https://huggingface.co/{repo} and pass '
+            f'--config.model.checkpoint=/path/to/{filename}.')
+  if model_name in BUNDLED:
+    return (f'model {model_name!r} has no checkpoint: pass --config.model.checkpoint=bundled for '
+            'the shipped weights, or a .pth/.safetensors path (train one with --config.mode=train).')
+  return (f'model {model_name!r} has no checkpoint: pass --config.model.checkpoint=PATH to a '
+          'hustvl .pth or a .safetensors file.')

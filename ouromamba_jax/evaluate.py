@@ -1,39 +1,32 @@
-"""`main.py` mode `evaluate`: top-1/top-5 of a float or quantized model on an evaluation split.
+"""Top-1/top-5 of a float or quantized model: on arrays, or streamed from an evaluation split.
 
-  evaluate_params(model, params, config.data)   # -> {'top1', 'top5', 'images', ...}
-  for name, value in evaluator(model, params, config.data): ...   # big_vision style
+  evaluate(model, params, images, labels)        # normalised arrays -> {'top1', 'top5', 'images'}
+  evaluate_source(model, params, source)         # a data.pipeline.EvalSource -> + throughput
+  for name, value in evaluator(model, params, source): ...   # big_vision style
 
 `params` is a float Flax tree or a quantized tree (`ouromamba_jax.quant.load_quantized`): the
 model's apply runs both (its blocks under one scan: one block compiles, all run it).
-The dataset is picked by `data_cfg.name` (`ouromamba_jax.data.DATASETS`); its host pipeline
-decodes in threads ahead of the device.
+A source's host pipeline decodes in threads ahead of the device.
 """
 from __future__ import annotations
 
 import datetime
 import functools
-import os
 import time
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator
 
 from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ouromamba_jax import checkpoints
-from ouromamba_jax import convert
-from ouromamba_jax import data as data_lib
+from ouromamba_jax.data import normalization
 from ouromamba_jax.data import pipeline
-from ouromamba_jax.io import atomic
 
-RESULT_FILE = 'eval.json'
 LOG_EVERY_S = 10.0   # progress line at most this often (plus the first and the last batch)
 
 
-@jax.jit
-def _normalize(images_uint8, mean, std):
-  return (images_uint8.astype(jnp.float32) / 255.0 - mean) / std
+_normalize = jax.jit(normalization.normalize)
 
 
 @functools.partial(jax.jit, static_argnames='k')
@@ -70,22 +63,20 @@ def _eta(seconds: float) -> str:
   return str(datetime.timedelta(seconds=int(round(seconds))))
 
 
-def evaluator(model, params, data_cfg, *, log: Callable[[str], Any] = logging.info,
-              threads: int = 0, source: Optional[pipeline.EvalSource] = None
+def evaluator(model, params, source: pipeline.EvalSource, *, eval_images: int = 0,
+              batch_size: int = 256, log: Callable[[str], Any] = logging.info, threads: int = 0
               ) -> Iterator[tuple[str, Any]]:
   """Yields ('top1', .), ('top5', .), ('images', .), ('images_per_s', .), ('seconds', .).
 
-  top5 is top-min(5, classes). images_per_s excludes the first batch (it includes the
-  compilation) when there is more than one; seconds is the whole wall time. `source`: the
-  split already opened by `data.eval_source` (else opened here from data_cfg).
+  eval_images: a fixed subset of the split (0 = all). top5 is top-min(5, classes).
+  images_per_s excludes the first batch (it includes the compilation) when there is more than
+  one; seconds is the whole wall time.
   """
   t0 = time.perf_counter()
-  if source is None:
-    source = data_lib.eval_source(data_cfg, model.img_size)
   _check_labels(source, model.num_classes)
-  indices = pipeline.subset_indices(len(source.labels), int(data_cfg.eval_images))
+  indices = pipeline.subset_indices(len(source.labels), int(eval_images))
   n = len(indices)
-  batch_size = min(int(data_cfg.eval_batch_size), n)
+  batch_size = min(int(batch_size), n)
   k = min(5, model.num_classes)
   mean = jnp.asarray(source.mean, jnp.float32)
   std = jnp.asarray(source.std, jnp.float32)
@@ -116,66 +107,31 @@ def evaluator(model, params, data_cfg, *, log: Callable[[str], Any] = logging.in
   yield 'seconds', float(seconds)
 
 
-def evaluate_params(model, params, data_cfg, *, log: Callable[[str], Any] = logging.info,
-                    threads: int = 0, source: Optional[pipeline.EvalSource] = None
-                    ) -> dict[str, Any]:
-  """{'top1', 'top5', 'images', 'images_per_s', 'seconds'} of `params` on data_cfg's split."""
-  result = dict(evaluator(model, params, data_cfg, log=log, threads=threads, source=source))
+def evaluate_source(model, params, source: pipeline.EvalSource, *, eval_images: int = 0,
+                    batch_size: int = 256, log: Callable[[str], Any] = logging.info,
+                    threads: int = 0) -> dict[str, Any]:
+  """{'top1', 'top5', 'images', 'images_per_s', 'seconds'} of `params` on `source`."""
+  result = dict(evaluator(model, params, source, eval_images=eval_images, batch_size=batch_size,
+                          log=log, threads=threads))
   log(f'[eval] top-1 {100 * result["top1"]:.2f}%  top-5 {100 * result["top5"]:.2f}%  '
       f'({result["images"]} images, {result["images_per_s"]:.1f} images/s, '
       f'{result["seconds"]:.1f} s)')
   return result
 
 
-def _check_weights(config) -> None:
-  """Fails before any data or weights are read when the weights named cannot be loaded."""
-  ecfg = config.eval
-  if ecfg.quantized_checkpoint:
-    if not os.path.isdir(ecfg.quantized_checkpoint):
-      raise FileNotFoundError(
-          f'eval.quantized_checkpoint={ecfg.quantized_checkpoint!r} is not a folder; point it at '
-          'the `quantized` folder a quantize run wrote (WORKDIR/quantized), or set it to "" for '
-          'the float model.')
-  elif not config.model.checkpoint and not ecfg.allow_random_init:
-    raise ValueError(convert.missing_checkpoint_message(config.model.name) +
-                     ' (Or pass --config.eval.allow_random_init=True to evaluate random weights.)')
-
-
-def load_for_eval(config):
-  """(model, params, description) for mode `evaluate`: the quantized checkpoint if one is
-  named (on config.model's architecture), else config.model's float weights (random ones
-  only when eval.allow_random_init)."""
-  _check_weights(config)
-  qpath = config.eval.quantized_checkpoint
-  if qpath:
-    from ouromamba_jax import quant  # pylint: disable=g-import-not-at-top
-    params, _ = quant.load_quantized(qpath, mode=config.eval.quantized_mode or None)
-    return (checkpoints.model_from_config(config.model), params,
-            f'quantized {os.path.abspath(qpath)}')
-  model, params = checkpoints.load_model(config.model, seed=config.seed)
-  return model, params, config.model.checkpoint or f'random init (seed {config.seed})'
-
-
-def run(config, workdir: str) -> dict[str, Any]:
-  """Mode `evaluate`: writes WORKDIR/eval.json and logs top-1/top-5.
-
-  Order: weights named? -> data found? -> load weights -> evaluate, so a missing dataset is
-  reported before a large checkpoint is read.
-  """
-  _check_weights(config)
-  img_size = checkpoints.model_from_config(config.model).img_size
-  try:
-    source = data_lib.eval_source(config.data, img_size)
-  except pipeline.DataNotFoundError as e:
-    logging.error('[eval] no %s data found: %s', config.data.name, e)
-    raise
-  model, params, what = load_for_eval(config)
-  logging.info('[eval] model %s from %s', config.model.name, what)
-  result = evaluate_params(model, params, config.data, source=source)
-  record = {**result, 'model': config.model.name, 'weights': what,
-            'data': config.data.name, 'data_dir': config.data.data_dir,
-            'eval_images': int(config.data.eval_images)}
-  path = os.path.join(workdir, RESULT_FILE)
-  atomic.write_json(path, record)
-  logging.info('[eval] wrote %s', path)
-  return record
+def evaluate(model, params, images, labels, *, batch_size: int = 256) -> dict[str, Any]:
+  """{'top1', 'top5', 'images'} of `params` on normalised NHWC float `images` and int labels
+  (normalise uint8 pixels with `data.normalization.normalize` and the dataset's MEAN / STD)."""
+  images, labels = np.asarray(images, np.float32), np.asarray(labels, np.int32)
+  if images.ndim != 4 or len(images) != len(labels) or not len(labels):
+    raise ValueError(f'evaluate needs NHWC images and one label each, got {images.shape} and '
+                     f'{labels.shape}.')
+  k = min(5, model.num_classes)
+  hits = []
+  for start in range(0, len(labels), batch_size):
+    chunk = slice(start, start + batch_size)
+    logits = _logits(model, params, jnp.asarray(images[chunk]))
+    hits.append(_hits(logits, jnp.asarray(labels[chunk]), k))
+  totals = np.sum(np.asarray(jax.device_get(hits), np.int64), axis=0)
+  n = len(labels)
+  return {'top1': float(totals[0]) / n, 'top5': float(totals[1]) / n, 'images': int(n)}

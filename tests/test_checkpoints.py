@@ -8,13 +8,24 @@ import jax
 import numpy as np
 import pytest
 
-from configs import vim_t_cifar10
 from ouromamba_jax import checkpoints
 from ouromamba_jax import evaluate
+from ouromamba_jax.data import cifar10
 from ouromamba_jax.io import safetensors_io
+from ouromamba_jax.models import build_model
 
 CIFAR_DIR = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'cifar10')
 CARD = os.path.join(checkpoints.ASSETS_DIR, 'vim_t_cifar10.json')
+
+
+class _DataDir:
+  def __init__(self, data_dir):
+    self.data_dir, self.cache_dir, self.use_tfds = data_dir, '', False
+
+
+def test_bundled_means_the_registered_variant_and_nothing_else():
+  with pytest.raises(ValueError, match='no bundled checkpoint for model'):
+    checkpoints.load_checkpoint('bundled', build_model('vim_t'))
 
 
 def test_bundled_file_is_small_bf16_under_hustvl_names():
@@ -25,9 +36,9 @@ def test_bundled_file_is_small_bf16_under_hustvl_names():
   assert {str(t.dtype) for t in tensors.values()} == {'bfloat16'}
 
 
-def test_bundled_model_loads_as_fp32_through_the_checkpoint_path():
-  cfg = vim_t_cifar10.get_config()
-  model, params = checkpoints.load_model(cfg.model)
+def test_bundled_model_loads_as_fp32_by_name():
+  model = build_model('vim_t_cifar10')
+  params = checkpoints.load_checkpoint('bundled', model)
   assert model.num_classes == 10 and model.depth == 24 and model.d_model == 192
   leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(params)]
   assert all(x.dtype == np.float32 and np.isfinite(x).all() for x in leaves)
@@ -38,10 +49,9 @@ def test_bundled_model_loads_as_fp32_through_the_checkpoint_path():
 def test_bundled_model_reaches_its_recorded_accuracy_on_500_test_images():
   with open(CARD) as f:
     recorded = json.load(f)['accuracy']['cifar10_test_500_top1']
-  cfg = vim_t_cifar10.get_config()
-  cfg.data.data_dir = CIFAR_DIR
-  cfg.data.eval_images = 500
-  model, params = checkpoints.load_model(cfg.model)
-  result = evaluate.evaluate_params(model, params, cfg.data)
+  model = build_model('vim_t_cifar10')
+  params = checkpoints.load_checkpoint('bundled', model)
+  source = cifar10.eval_source(_DataDir(CIFAR_DIR), model.img_size)
+  result = evaluate.evaluate_source(model, params, source, eval_images=500)
   assert result['images'] == 500
   assert abs(result['top1'] - recorded) <= 0.01, (result, recorded)

@@ -1,5 +1,4 @@
-"""Mode `evaluate`: top-1/top-5 against a hand computation on a tiny random model."""
-import json
+"""evaluate: top-1/top-5 against a hand computation on a tiny random model (arrays and sources)."""
 import os
 
 import jax
@@ -7,10 +6,11 @@ import numpy as np
 import pytest
 
 from configs import common
+from ouromamba_jax import data as data_lib
 from ouromamba_jax import evaluate
 from ouromamba_jax.data import imagenet
+from ouromamba_jax.data import normalization
 from ouromamba_jax.data import pipeline
-from ouromamba_jax.io import export_safetensors
 from ouromamba_jax.models import build_model
 from tests.data import synthetic
 
@@ -50,6 +50,10 @@ def dataset(tiny, tmp_path_factory):
   return root, files, np.asarray(labels)
 
 
+def _source(data_dir):
+  return data_lib.eval_source(_data_cfg(data_dir), 32)
+
+
 def _hand(model, params, files, labels):
   order = np.argsort(-_logits(model, params, files), axis=-1)
   return np.mean(order[:, 0] == labels), np.mean((order[:, :5] == labels[:, None]).any(-1))
@@ -58,17 +62,17 @@ def _hand(model, params, files, labels):
 def test_top1_top5_match_hand_computation(tiny, dataset):
   root, files, labels = dataset
   lines = []
-  result = evaluate.evaluate_params(*tiny, _data_cfg(root), log=lines.append)
+  result = evaluate.evaluate_source(*tiny, _source(root), batch_size=5, log=lines.append)
   assert result['top1'] == pytest.approx(4 / N) and result['top5'] == pytest.approx(7 / N)
   assert (result['top1'], result['top5']) == pytest.approx(_hand(*tiny, files, labels))
   assert result['images'] == N and result['images_per_s'] > 0 and result['seconds'] > 0
   assert any('images/s' in l and 'ETA' in l for l in lines)
-  assert dict(evaluate.evaluator(*tiny, _data_cfg(root), log=lambda _: None)).keys() == result.keys()
+  assert dict(evaluate.evaluator(*tiny, _source(root), log=lambda _: None)).keys() == result.keys()
 
 
 def test_eval_images_slice(tiny, dataset):
   root, files, labels = dataset
-  result = evaluate.evaluate_params(*tiny, _data_cfg(root, eval_images=5), log=lambda _: None)
+  result = evaluate.evaluate_source(*tiny, _source(root), eval_images=5, log=lambda _: None)
   keep = pipeline.subset_indices(N, 5)
   assert result['images'] == 5
   assert (result['top1'], result['top5']) == pytest.approx(
@@ -78,60 +82,15 @@ def test_eval_images_slice(tiny, dataset):
 def test_label_and_class_count_mismatch(tiny, tmp_path):
   synthetic.labels_folder(str(tmp_path / 'a'), [3, 10])
   with pytest.raises(ValueError, match=r'labels span 3..10 but the model has 10 classes'):
-    evaluate.evaluate_params(*tiny, _data_cfg(tmp_path / 'a'))
+    evaluate.evaluate_source(*tiny, _source(tmp_path / 'a'))
   synthetic.class_folders(str(tmp_path / 'b'), {'n1': 1, 'n2': 1})
   with pytest.raises(ValueError, match=r'has 2 classes but the model has 10.*labels file'):
-    evaluate.evaluate_params(*tiny, _data_cfg(tmp_path / 'b'))
+    evaluate.evaluate_source(*tiny, _source(tmp_path / 'b'))
 
 
-def _config(data_dir, **model_fields):
-  c = common.base_config()
-  c.mode = 'evaluate'
-  c.model = common.model_config('vim_t', **TINY)
-  c.model.update(model_fields)
-  c.data = _data_cfg(data_dir)
-  c.eval = common.eval_config()
-  return c
-
-
-def test_run_writes_eval_json(tiny, dataset, tmp_path):
+def test_arrays_give_the_source_result(tiny, dataset):
   root, files, labels = dataset
-  config = _config(root)
-  with pytest.raises(ValueError, match=r'vim_t_midclstok_76p1acc.pth.*--config.model.checkpoint='):
-    evaluate.run(config, str(tmp_path))
-  config.model.checkpoint = str(tmp_path / 'ckpt' / 'tiny.safetensors')
-  export_safetensors(tiny[1], config.model.checkpoint)
-  record = evaluate.run(config, str(tmp_path / 'work'))
-  with open(tmp_path / 'work' / 'eval.json') as f:
-    assert json.load(f) == record
-  assert record['images'] == N and record['weights'] == config.model.checkpoint
-  assert (record['top1'], record['top5']) == pytest.approx(_hand(*tiny, files, labels))
-  assert os.listdir(tmp_path / 'work') == ['eval.json']                # no temp files left
-
-
-def test_run_without_data_says_where_to_put_it(tmp_path):
-  (tmp_path / 'empty').mkdir()
-  config = _config(tmp_path / 'empty', checkpoint='')
-  config.eval.allow_random_init = True
-  with pytest.raises(pipeline.DataNotFoundError, match=r'--config.data.data_dir='):
-    evaluate.run(config, str(tmp_path))
-
-
-@pytest.mark.slow  # quantizing even this tiny model takes ~15 s on 2 CPU cores
-def test_quantized_checkpoint(tiny, dataset, tmp_path):
-  quant = pytest.importorskip('ouromamba_jax.quant')
-  model, params = tiny
-  root, files, labels = dataset
-  images = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype(np.float32)
-  qparams, _ = quant.quantize(model, params, images, {'preset': 'w8a8', 'micro_batch': 4},
-                              method='rtn', log=lambda _: None)
-  quant.save_quantized(str(tmp_path / 'quantized'), qparams)
-  config = _config(root)
-  config.eval.quantized_checkpoint = str(tmp_path / 'quantized')
-  record = evaluate.run(config, str(tmp_path / 'work'))
-  loaded, _ = quant.load_quantized(str(tmp_path / 'quantized'))
-  assert (record['top1'], record['top5']) == pytest.approx(_hand(model, loaded, files, labels))
-  assert record['weights'].startswith('quantized ')
-  config.eval.quantized_checkpoint = str(tmp_path / 'nope')
-  with pytest.raises(FileNotFoundError, match='WORKDIR/quantized'):
-    evaluate.run(config, str(tmp_path / 'work'))
+  x = np.stack([imagenet.load_image(f, 32) for f in files])
+  images = np.asarray(normalization.normalize(x, imagenet.MEAN, imagenet.STD))
+  result = evaluate.evaluate(*tiny, images, labels, batch_size=5)
+  assert result == {'top1': pytest.approx(4 / N), 'top5': pytest.approx(7 / N), 'images': N}

@@ -29,8 +29,8 @@ def _main(*args, timeout=120):
 def test_unknown_mode():
   with pytest.raises(app.UsageError, match=r"unknown mode 'bogus'.*--config.mode=NAME"):
     main.resolve_mode('bogus')
-  assert main.resolve_mode('convert').__module__ == 'ouromamba_jax.convert'
-  assert main.resolve_mode('evaluate').__module__ == 'ouromamba_jax.evaluate'
+  assert main.resolve_mode('convert').__module__ == 'ouromamba_jax.stages.convert'
+  assert main.resolve_mode('evaluate').__module__ == 'ouromamba_jax.stages.evaluate'
   proc = _main('--config=configs/vim_t.py', '--config.mode=bogus')
   assert proc.returncode != 0 and "unknown mode 'bogus'" in proc.stderr
 

@@ -5,7 +5,8 @@ Pixels start as Gaussian noise and are optimised with Adam against
     + w_PSE·L_PSE (PSAQ-ViT patch-similarity entropy, ablation)
     + λ·L_O (output loss towards a balanced random target class).
 
-Modules: patched_state (h_p and patch features), losses, objective (the model hook and the
-per-image loss), optimize (targets, noise, Adam, the jitted sharded step), generator (the
-resumable group loop), outputs (files), quality (FP agreement check), run (mode `generate`).
+Modules: spec (GenSpec: every setting), patched_state (h_p and patch features), losses,
+objective (the model hook and the per-image loss), optimize (targets, noise, Adam, the jitted
+sharded step), generator (the group loop; resumable through a GroupStore), quality (FP
+agreement check). Mode `generate` (files, workdir, resume) is `ouromamba_jax.stages.generate`.
 """

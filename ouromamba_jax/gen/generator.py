@@ -1,40 +1,28 @@
-"""The OuroMamba-Gen loop: groups of images optimised in turn, resumable, guarded against NaN.
+"""The OuroMamba-Gen loop: groups of images optimised in turn, guarded against NaN.
 
-Layout of the generation directory:
-  run.json               what defines the run (seed, model, weights digest, gen settings);
-                         resuming with different ones is refused
-  groups/group_NNNN.npz  finished groups (images, labels, indices, loss history); never redone
-  checkpoints/           Orbax CheckpointManager of the group in progress (images, Adam state,
-                         loss history), saved every `checkpoint_every` steps; Orbax step =
-                         group * iterations + steps done in that group
-Killed at any point, a rerun loads the finished groups and continues the current group from
-its last checkpoint. Since each image's randomness and gradient depend only on its own index,
-the resumed run gives the same images as an uninterrupted one.
+`generate(model, params, spec, seed)` runs in memory. A long run passes a `GroupStore` (the
+`generate` stage keeps one in its workdir: finished groups, Orbax checkpoints of the group in
+progress, the run description), and then a killed run continues where it stopped. Since each
+image's randomness and gradient depend only on its own index, a resumed run gives the same
+images as an uninterrupted one.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
-import os
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Protocol
 
 from absl import logging
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
 from ouromamba_jax.gen import objective
 from ouromamba_jax.gen import optimize
-from ouromamba_jax.io import atomic
+from ouromamba_jax.gen.spec import GenSpec
 
 METRICS = objective.LOSS_NAMES
-# Fields that do not change the generated images (so they may differ on resume).
-OPERATIONAL_FIELDS = frozenset({'log_every', 'checkpoint_every', 'keep_checkpoints', 'num_devices',
-                                'remat', 'scan_implementation', 'readout_implementation',
-                                'grid_columns',
-                                'quality_check'})
 
 
 class NonFiniteError(FloatingPointError):
@@ -48,11 +36,35 @@ class GenResult:
   history: list[dict]         # per group: {'group', 'indices', 'step', <metric>: [...]}
 
 
-def _group_path(directory: str, group: int) -> str:
-  return os.path.join(directory, 'groups', f'group_{group:04d}.npz')
+class GroupStore(Protocol):
+  """Where a resumable run keeps its progress (implemented by the `generate` stage)."""
+
+  def begin(self, description: dict) -> None:
+    """Records what defines the run; refuses a store holding a run with other settings."""
+
+  def finished_group(self, group: int) -> Optional[dict]:
+    """A finished group's data (images, labels, indices, group, history), or None."""
+
+  def latest_step(self) -> Optional[int]:
+    """Global step of the newest in-progress checkpoint (group * iterations + steps), or None."""
+
+  def restore(self, step: int, target: dict) -> dict:
+    """The {'state', 'history'} checkpointed at `step` (host arrays, structured like target)."""
+
+  def save(self, step: int, host: dict) -> None:
+    """Checkpoints {'state', 'history'} of the group in progress at global `step`."""
+
+  def save_group(self, group: int, data: dict) -> None:
+    """Stores a finished group."""
+
+  def location(self) -> str:
+    """Where checkpoints are, for messages."""
+
+  def close(self) -> None:
+    """Waits for pending writes."""
 
 
-def _params_digest(params) -> str:
+def params_digest(params) -> str:
   """SHA-256 of the weights (names, dtypes, bytes): a rerun with another checkpoint of the same
   architecture must not continue a run made with the old one."""
   digest = hashlib.sha256()
@@ -63,31 +75,15 @@ def _params_digest(params) -> str:
   return digest.hexdigest()
 
 
-def _run_description(model, params, gen_cfg, seed: int) -> dict:
+def run_description(model, params, spec: GenSpec, seed: int) -> dict:
+  """What defines the generated images: seed, architecture, compute dtype, weights, settings."""
   arch = ('num_classes', 'img_size', 'patch_size', 'in_chans', 'd_model', 'depth', 'd_state',
           'expand', 'dt_rank')
-  fields = {k: v for k, v in gen_cfg.to_dict().items() if k not in OPERATIONAL_FIELDS}
   model_desc = {k: getattr(model, k) for k in arch}
   model_desc['dtype'] = str(np.dtype(model.dtype))  # the compute dtype changes the images
-  desc = {'seed': seed, 'model': model_desc, 'params': _params_digest(params), 'gen': fields}
+  desc = {'seed': seed, 'model': model_desc, 'params': params_digest(params),
+          'gen': spec.defining_fields()}
   return json.loads(json.dumps(desc))
-
-
-def _check_run_description(directory: str, desc: dict) -> None:
-  """Writes run.json on a fresh directory; refuses to resume a run made with other settings."""
-  path = os.path.join(directory, 'run.json')
-  if os.path.isfile(path):
-    with open(path) as f:
-      old = json.load(f)
-    if old != desc:
-      diff = sorted(k for k in set(old['gen']) | set(desc['gen'])
-                    if old['gen'].get(k) != desc['gen'].get(k))
-      other = [k for k in ('seed', 'model', 'params') if old.get(k) != desc.get(k)]
-      raise ValueError(f'{directory} holds a generation run with different settings '
-                       f'(differs in: {", ".join(other + ["gen." + k for k in diff])}). '
-                       'Use another workdir, or delete that folder to start over.')
-    return
-  atomic.write_json(path, desc)
 
 
 def _format_seconds(seconds: float) -> str:
@@ -124,85 +120,74 @@ class _Progress:
     return _format_seconds((self.total - self.done) / rate) if rate > 0 else '?'
 
 
-def generate(model, params, gen_cfg, directory: str, *, seed: int = 0,
-             on_step: Optional[Callable[[int], None]] = None) -> GenResult:
-  """Synthesises gen_cfg.num_images images for `model` (a VisionMamba) with FP `params`.
-
-  `directory` holds the resumable state (see the module docstring). `on_step(global_step)` is
-  called after each step has been checked (tests use it to simulate a kill).
-  """
-  directory = os.path.abspath(directory)
-  spec = objective.LossSpec.from_config(gen_cfg)
-  spec.validate(model)
-  num_images, iters = int(gen_cfg.num_images), int(gen_cfg.iterations)
-  per_step = int(gen_cfg.images_per_step)
-  if min(num_images, iters, per_step) < 1:
-    raise ValueError(f'gen.num_images ({num_images}), gen.iterations ({iters}) and '
-                     f'gen.images_per_step ({per_step}) must be >= 1')
-  if int(gen_cfg.checkpoint_every) < 0:
+def check_spec(spec: GenSpec, model) -> None:
+  """Clear errors for settings that cannot run on `model` (before anything is traced)."""
+  objective.check_objective(spec, model)
+  if min(spec.num_images, spec.iterations, spec.images_per_step) < 1:
+    raise ValueError(f'gen.num_images ({spec.num_images}), gen.iterations ({spec.iterations}) and '
+                     f'gen.images_per_step ({spec.images_per_step}) must be >= 1')
+  if spec.checkpoint_every < 0:
     raise ValueError(f'gen.checkpoint_every must be >= 0 (0 = only finished groups), got '
-                     f'{gen_cfg.checkpoint_every}')
-  _check_normalisation(gen_cfg, model.in_chans)
-  group_size = min(per_step, num_images)
-  if num_images % group_size:
-    raise ValueError(f'gen.num_images={num_images} is not a multiple of gen.images_per_step='
+                     f'{spec.checkpoint_every}')
+  mean, std = spec.mean, spec.std
+  if not len(mean) == len(std) == model.in_chans or min(std) <= 0:
+    raise ValueError(f'gen.mean {mean} and gen.std {std} must hold one value per input channel '
+                     f'({model.in_chans}), std > 0: set them to the normalisation the model was '
+                     'trained with (e.g. ouromamba_jax.data.cifar10.MEAN / STD).')
+  group_size = min(spec.images_per_step, spec.num_images)
+  if spec.num_images % group_size:
+    raise ValueError(f'gen.num_images={spec.num_images} is not a multiple of gen.images_per_step='
                      f'{group_size}; pick images_per_step dividing num_images.')
-  mesh = optimize.data_mesh(int(gen_cfg.num_devices))
+
+
+def generate(model, params, spec: GenSpec, seed: int = 0, *, store: Optional[GroupStore] = None,
+             on_step: Optional[Callable[[int], None]] = None) -> GenResult:
+  """Synthesises spec.num_images images for `model` (a VisionMamba) with FP `params`.
+
+  `seed` sets the balanced random targets and every image's noise and augmentation. With a
+  `store`, finished groups are kept and the group in progress is checkpointed every
+  spec.checkpoint_every steps, and a rerun resumes. `on_step(global_step)` is called after each
+  step has been checked (tests use it to simulate a kill).
+  """
+  check_spec(spec, model)
+  num_images, iters = spec.num_images, spec.iterations
+  group_size = min(spec.images_per_step, num_images)
+  mesh = optimize.data_mesh(spec.num_devices)
   if group_size % mesh.size:
     raise ValueError(f'gen.images_per_step={group_size} must be a multiple of the {mesh.size} '
                      'devices it is split over (or set gen.num_devices).')
   num_groups = num_images // group_size
-  every = int(gen_cfg.checkpoint_every)
-  log_every = max(int(gen_cfg.log_every), 1)
-  os.makedirs(directory, exist_ok=True)
-  _check_run_description(directory, _run_description(model, params, gen_cfg, seed))
+  if store is not None:
+    store.begin(run_description(model, params, spec, seed))
 
   labels_all = optimize.target_labels(num_images, model.num_classes, seed)
-  gen_model = objective.generation_model(model, spec, bool(gen_cfg.remat),
-                                         gen_cfg.scan_implementation)
-  optimizer = optimize.build_optimizer(gen_cfg)
-  step_fn = optimize.make_step(gen_model, spec, optimizer, gen_cfg, mesh)
+  gen_model = objective.generation_model(model, spec)
+  optimizer = optimize.build_optimizer(spec)
+  step_fn = optimize.make_step(gen_model, spec, optimizer, mesh)
   params = jax.device_put(params, optimize.replicated(mesh))
   shape = (model.img_size, model.img_size, model.in_chans)
 
-  finished = {g: _load_group(directory, g) for g in range(num_groups)
-              if os.path.isfile(_group_path(directory, g))}
+  finished = {}
+  if store is not None:
+    finished = {g: data for g in range(num_groups)
+                if (data := store.finished_group(g)) is not None}
   progress = _Progress(num_images * iters, len(finished) * group_size * iters)
-  manager = ocp.CheckpointManager(
-      os.path.join(directory, 'checkpoints'),
-      options=ocp.CheckpointManagerOptions(max_to_keep=max(int(gen_cfg.keep_checkpoints), 1),
-                                           create=True))
   try:
     for g in range(num_groups):
       if g in finished:
         continue
       indices = np.arange(g * group_size, (g + 1) * group_size)
       finished[g] = _run_group(
-          g, num_groups, indices, labels_all[indices], seed=seed, shape=shape, iters=iters,
-          every=every, log_every=log_every, gen_cfg=gen_cfg, mesh=mesh, params=params,
-          step_fn=step_fn, optimizer=optimizer, manager=manager, directory=directory,
+          g, num_groups, indices, labels_all[indices], seed=seed, shape=shape, spec=spec,
+          mesh=mesh, params=params, step_fn=step_fn, optimizer=optimizer, store=store,
           progress=progress, on_step=on_step)
   finally:
-    manager.wait_until_finished()
-    manager.close()
+    if store is not None:
+      store.close()
 
   images = np.concatenate([finished[g]['images'] for g in range(num_groups)])
   history = [_history_entry(finished[g]) for g in range(num_groups)]
   return GenResult(images, labels_all, history)
-
-
-def _check_normalisation(gen_cfg, in_chans: int) -> None:
-  """gen.mean/std give the pixel box and the PNG colours: one positive value per channel."""
-  mean, std = tuple(gen_cfg.mean), tuple(gen_cfg.std)
-  if not len(mean) == len(std) == in_chans or min(std) <= 0:
-    raise ValueError(f'gen.mean {mean} and gen.std {std} must hold one value per input channel '
-                     f'({in_chans}), std > 0: set them to the normalisation the model was '
-                     'trained with.')
-
-
-def _load_group(directory: str, group: int) -> dict:
-  with np.load(_group_path(directory, group)) as data:
-    return {k: data[k] for k in data.files}
 
 
 def _history_entry(group_data: dict) -> dict:
@@ -213,26 +198,27 @@ def _history_entry(group_data: dict) -> dict:
   return entry
 
 
-def _run_group(g, num_groups, indices, labels, *, seed, shape, iters, every, log_every, gen_cfg,
-               mesh, params, step_fn, optimizer, manager, directory, progress, on_step) -> dict:
-  """Optimises one group to the end (resuming from its checkpoint); writes its group file."""
+def _run_group(g, num_groups, indices, labels, *, seed, shape, spec: GenSpec, mesh, params,
+               step_fn, optimizer, store: Optional[GroupStore], progress, on_step) -> dict:
+  """Optimises one group to the end (resuming from its checkpoint); stores the finished group."""
+  iters, every = spec.iterations, (spec.checkpoint_every if store is not None else 0)
+  log_every = max(spec.log_every, 1)
   n = len(indices)
   keys = jax.device_put(optimize.image_keys(seed, indices), optimize.batch_sharding(mesh))
   labels_dev = jax.device_put(labels, optimize.batch_sharding(mesh))
-  images = optimize.initial_images(keys, shape, float(gen_cfg.init_std))
+  images = optimize.initial_images(keys, shape, float(spec.init_std))
   state = optimize.GroupState(images, optimizer.init(images))
   history = np.full((iters, len(METRICS)), np.nan, np.float32)
   start = 0
-  latest = manager.latest_step()
+  latest = store.latest_step() if store is not None else None
   in_this_group = latest is not None and latest // iters == g
   if in_this_group and latest % iters:
     start = latest % iters
-    target = {'state': jax.device_get(state), 'history': history}
-    restored = manager.restore(latest, args=ocp.args.StandardRestore(target))
+    restored = store.restore(latest, {'state': jax.device_get(state), 'history': history})
     state = jax.tree.map(np.asarray, restored['state'])
     history = np.asarray(restored['history'], np.float32)
     logging.info('gen: group %d/%d resumes at step %d from %s', g + 1, num_groups, start,
-                 manager.directory)
+                 store.location())
     progress.restore(start * n)
   state = optimize.shard_batch_tree(state, mesh, n)
   last_good = [latest if in_this_group else None]
@@ -242,8 +228,12 @@ def _run_group(g, num_groups, indices, labels, *, seed, shape, iters, every, log
     global_step = g * iters + t + 1
     if not (m['loss_finite'] and m['pixels_finite']):
       what = 'loss' if not m['loss_finite'] else 'pixels (after the Adam update)'
-      where = (f'step {last_good[0]} in {manager.directory}' if last_good[0] is not None
-               else 'none for this group (it restarts from noise)')
+      if store is None:
+        where = 'none (no store: the run is not checkpointed)'
+      elif last_good[0] is not None:
+        where = f'step {last_good[0]} in {store.location()}'
+      else:
+        where = 'none for this group (it restarts from noise)'
       raise NonFiniteError(
           f'OuroMamba-Gen: non-finite {what} at group {g + 1}/{num_groups}, step {t + 1}/'
           f'{iters} (global step {global_step}); last good checkpoint: {where}. Check the model '
@@ -267,8 +257,7 @@ def _run_group(g, num_groups, indices, labels, *, seed, shape, iters, every, log
     if every and (t + 1) % every == 0 and t + 1 < iters:
       record(*pending)
       pending = None
-      host = {'state': jax.device_get(state), 'history': history}
-      manager.save(g * iters + t + 1, args=ocp.args.StandardSave(host))
+      store.save(g * iters + t + 1, {'state': jax.device_get(state), 'history': history})
       last_good[0] = g * iters + t + 1
   if pending is not None:
     record(*pending)
@@ -276,5 +265,6 @@ def _run_group(g, num_groups, indices, labels, *, seed, shape, iters, every, log
   data = {'images': np.asarray(jax.device_get(state.images), np.float32),
           'labels': np.asarray(labels, np.int32), 'indices': indices, 'group': np.int32(g),
           'history': history}
-  atomic.write_npz(_group_path(directory, g), **data)
+  if store is not None:
+    store.save_group(g, data)
   return data

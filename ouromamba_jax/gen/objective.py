@@ -7,7 +7,6 @@ recomputed in the backward pass instead of being stored for all blocks.
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import jax
@@ -16,6 +15,7 @@ import jax.numpy as jnp
 from kernels_pallas.patched_readout import api as readout_api
 from ouromamba_jax.gen import losses
 from ouromamba_jax.gen import patched_state
+from ouromamba_jax.gen.spec import GenSpec
 
 LOSS_NAMES = ('total', 'contrastive', 'pse', 'output')
 # The hook takes the states in the scan kernel's (B, L, N, D) layout and, for the backward
@@ -25,77 +25,46 @@ LOSS_NAMES = ('total', 'contrastive', 'pse', 'output')
 STATES_LAYOUT = 'blnd'
 
 
-@dataclasses.dataclass(frozen=True)
-class LossSpec:
-  """Everything that defines the objective (see `configs.common.gen_config` for meanings)."""
-  neighbourhood: int = 5
-  state_weighting: str = 'delta'
-  delta_normalization: str = 'minmax'
-  feature: str = 'readout'
-  readout_implementation: str = ''
-  contrastive_weight: float = 1.0
-  num_positives: int = 12
-  temperature: float = 0.1
-  loss_blocks: tuple[int, ...] = ()
-  output_loss: str = 'mae'
-  output_weight: float = 1.0
-  pse_weight: float = 0.0
-  pse_bandwidth: float = 0.01
-  pse_grid_points: int = 10
-
-  @classmethod
-  def from_config(cls, gen_cfg) -> 'LossSpec':
-    fields = {f.name: gen_cfg[f.name] for f in dataclasses.fields(cls)}
-    fields['loss_blocks'] = tuple(int(b) for b in fields['loss_blocks'])
-    return cls(**fields)
-
-  @property
-  def uses_states(self) -> bool:
-    return self.contrastive_weight != 0 or self.pse_weight != 0
-
-  def validate(self, model) -> None:
-    """Clear errors for settings the model cannot satisfy (before anything is traced)."""
-    if self.neighbourhood < 1 or self.neighbourhood % 2 == 0:
-      raise ValueError(f'gen.neighbourhood must be odd (1, 3, 5, ...), got {self.neighbourhood}')
-    if self.state_weighting not in patched_state.WEIGHTINGS:
-      raise ValueError(f'gen.state_weighting must be one of {patched_state.WEIGHTINGS}, '
-                       f'got {self.state_weighting!r}')
-    if self.delta_normalization not in patched_state.DELTA_NORMALIZATIONS:
-      raise ValueError(f'gen.delta_normalization must be one of '
-                       f'{patched_state.DELTA_NORMALIZATIONS}, got {self.delta_normalization!r}')
-    if self.feature not in patched_state.FEATURES:
-      raise ValueError(f'gen.feature must be one of {patched_state.FEATURES}, got {self.feature!r}')
-    if self.readout_implementation not in ('',) + readout_api.IMPLEMENTATIONS:
-      raise ValueError(f'gen.readout_implementation must be \'\' (the default: triton on GPU, '
-                       f'else xla) or one of {readout_api.IMPLEMENTATIONS}, got '
-                       f'{self.readout_implementation!r}')
-    if self.feature == 'state' and self.readout_implementation == 'triton':
-      raise ValueError("gen.readout_implementation='triton' needs gen.feature='readout': the "
-                       "'state' feature (flat h_p) is computed in XLA only; set "
-                       "gen.readout_implementation='' or 'xla'.")
-    if self.output_loss not in losses.OUTPUT_LOSSES:
-      raise ValueError(f'gen.output_loss must be one of {losses.OUTPUT_LOSSES}, '
-                       f'got {self.output_loss!r}')
-    if self.temperature <= 0:
-      raise ValueError(f'gen.temperature must be > 0, got {self.temperature}')
-    if self.contrastive_weight and not 1 <= self.num_positives <= model.num_patches - 2:
-      raise ValueError(f'gen.num_positives={self.num_positives} must be in [1, num_patches - 2 = '
-                       f'{model.num_patches - 2}] for this model (each anchor needs a negative).')
-    if self.pse_weight and (self.pse_bandwidth <= 0 or self.pse_grid_points < 2):
-      raise ValueError(f'gen.pse_bandwidth must be > 0 and gen.pse_grid_points >= 2 for L_PSE, '
-                       f'got {self.pse_bandwidth} and {self.pse_grid_points}')
-    bad = [b for b in self.loss_blocks if not 0 <= b < model.depth]
-    if bad:
-      raise ValueError(f'gen.loss_blocks {bad} are out of range for a {model.depth}-block model.')
-    if not (self.uses_states or self.output_weight):
-      raise ValueError('all loss weights are 0 (gen.contrastive_weight, gen.pse_weight, '
-                       'gen.output_weight); enable at least one loss.')
-
-  def blocks(self, depth: int) -> tuple[int, ...]:
-    return self.loss_blocks or tuple(range(depth))
+def check_objective(spec: GenSpec, model) -> None:
+  """Clear errors for settings the model cannot satisfy (before anything is traced)."""
+  if spec.neighbourhood < 1 or spec.neighbourhood % 2 == 0:
+    raise ValueError(f'gen.neighbourhood must be odd (1, 3, 5, ...), got {spec.neighbourhood}')
+  if spec.state_weighting not in patched_state.WEIGHTINGS:
+    raise ValueError(f'gen.state_weighting must be one of {patched_state.WEIGHTINGS}, '
+                     f'got {spec.state_weighting!r}')
+  if spec.delta_normalization not in patched_state.DELTA_NORMALIZATIONS:
+    raise ValueError(f'gen.delta_normalization must be one of '
+                     f'{patched_state.DELTA_NORMALIZATIONS}, got {spec.delta_normalization!r}')
+  if spec.feature not in patched_state.FEATURES:
+    raise ValueError(f'gen.feature must be one of {patched_state.FEATURES}, got {spec.feature!r}')
+  if spec.readout_implementation not in ('',) + readout_api.IMPLEMENTATIONS:
+    raise ValueError(f'gen.readout_implementation must be \'\' (the default: triton on GPU, '
+                     f'else xla) or one of {readout_api.IMPLEMENTATIONS}, got '
+                     f'{spec.readout_implementation!r}')
+  if spec.feature == 'state' and spec.readout_implementation == 'triton':
+    raise ValueError("gen.readout_implementation='triton' needs gen.feature='readout': the "
+                     "'state' feature (flat h_p) is computed in XLA only; set "
+                     "gen.readout_implementation='' or 'xla'.")
+  if spec.output_loss not in losses.OUTPUT_LOSSES:
+    raise ValueError(f'gen.output_loss must be one of {losses.OUTPUT_LOSSES}, '
+                     f'got {spec.output_loss!r}')
+  if spec.temperature <= 0:
+    raise ValueError(f'gen.temperature must be > 0, got {spec.temperature}')
+  if spec.contrastive_weight and not 1 <= spec.num_positives <= model.num_patches - 2:
+    raise ValueError(f'gen.num_positives={spec.num_positives} must be in [1, num_patches - 2 = '
+                     f'{model.num_patches - 2}] for this model (each anchor needs a negative).')
+  if spec.pse_weight and (spec.pse_bandwidth <= 0 or spec.pse_grid_points < 2):
+    raise ValueError(f'gen.pse_bandwidth must be > 0 and gen.pse_grid_points >= 2 for L_PSE, '
+                     f'got {spec.pse_bandwidth} and {spec.pse_grid_points}')
+  bad = [b for b in spec.loss_blocks if not 0 <= b < model.depth]
+  if bad:
+    raise ValueError(f'gen.loss_blocks {bad} are out of range for a {model.depth}-block model.')
+  if not (spec.uses_states or spec.output_weight):
+    raise ValueError('all loss weights are 0 (gen.contrastive_weight, gen.pse_weight, '
+                     'gen.output_weight); enable at least one loss.')
 
 
-def make_state_feature_fn(spec: LossSpec, cls_index: int, grid_size: tuple[int, int]):
+def make_state_feature_fn(spec: GenSpec, cls_index: int, grid_size: tuple[int, int]):
   """The model hook: (states, delta, C) of one block/direction -> {'contrastive', 'pse'}: (B,)."""
   def state_losses(states, delta, c_mat, reversed_tokens=False):
     feats = patched_state.patch_features(
@@ -115,15 +84,15 @@ def make_state_feature_fn(spec: LossSpec, cls_index: int, grid_size: tuple[int, 
   return state_losses
 
 
-def generation_model(model, spec: LossSpec, remat: bool = True, scan_implementation: str = ''):
+def generation_model(model, spec: GenSpec):
   """The classifier with the loss hook installed (or as is when no state loss is on).
 
-  scan_implementation: '' keeps the model's scan; a name overrides it for Gen only (with the
-  hook, every state is returned, so the fused Triton kernel falls back to the XLA scan).
+  spec.scan_implementation: '' keeps the model's scan; a name overrides it for Gen only (with
+  the hook, every state is returned, so the fused Triton kernel falls back to the XLA scan).
   """
-  fields = {'remat': remat}
-  if scan_implementation:
-    fields['scan_implementation'] = scan_implementation
+  fields = {'remat': spec.remat}
+  if spec.scan_implementation:
+    fields['scan_implementation'] = spec.scan_implementation
   if spec.uses_states:
     fields['state_feature_fn'] = make_state_feature_fn(spec, model.cls_index, model.grid_size)
     fields['state_layout'] = STATES_LAYOUT
@@ -138,7 +107,7 @@ def _block_values(intermediates: dict[str, Any], block: int, name: str) -> jax.A
   return (values[0] + values[1]) / 2
 
 
-def per_image_losses(gen_model, params, images, labels, spec: LossSpec) -> dict[str, jax.Array]:
+def per_image_losses(gen_model, params, images, labels, spec: GenSpec) -> dict[str, jax.Array]:
   """Runs the hooked model once; returns LOSS_NAMES -> (B,) fp32 (disabled terms are zeros).
 
   L_C is averaged over the selected blocks; L_PSE is summed over them, as in PSAQ-ViT.

@@ -17,6 +17,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ouromamba_jax.gen import objective
+from ouromamba_jax.gen.spec import GenSpec
 
 SCHEDULES = ('cosine', 'constant')
 DATA_AXIS = 'data'
@@ -42,26 +43,26 @@ def initial_images(keys: jax.Array, shape: tuple[int, int, int], init_std: float
   return init_std * jax.vmap(lambda k: jax.random.normal(k, shape, jnp.float32))(init_keys)
 
 
-def learning_rate_schedule(gen_cfg) -> optax.Schedule:
-  if gen_cfg.schedule not in SCHEDULES:
-    raise ValueError(f'gen.schedule must be one of {SCHEDULES}, got {gen_cfg.schedule!r}')
-  if not gen_cfg.lr > 0:
-    raise ValueError(f'gen.lr must be > 0, got {gen_cfg.lr}')
-  if gen_cfg.schedule == 'constant':
-    return optax.constant_schedule(gen_cfg.lr)
-  if not 0 <= gen_cfg.warmup_fraction <= 1:
-    raise ValueError(f'gen.warmup_fraction must be in [0, 1], got {gen_cfg.warmup_fraction}')
-  warmup = int(round(gen_cfg.warmup_fraction * gen_cfg.iterations))
+def learning_rate_schedule(spec: GenSpec) -> optax.Schedule:
+  if spec.schedule not in SCHEDULES:
+    raise ValueError(f'gen.schedule must be one of {SCHEDULES}, got {spec.schedule!r}')
+  if not spec.lr > 0:
+    raise ValueError(f'gen.lr must be > 0, got {spec.lr}')
+  if spec.schedule == 'constant':
+    return optax.constant_schedule(spec.lr)
+  if not 0 <= spec.warmup_fraction <= 1:
+    raise ValueError(f'gen.warmup_fraction must be in [0, 1], got {spec.warmup_fraction}')
+  warmup = int(round(spec.warmup_fraction * spec.iterations))
   if not warmup:
-    return optax.cosine_decay_schedule(gen_cfg.lr, gen_cfg.iterations)
+    return optax.cosine_decay_schedule(spec.lr, spec.iterations)
   return optax.warmup_cosine_decay_schedule(
-      init_value=gen_cfg.lr / warmup, peak_value=gen_cfg.lr, warmup_steps=warmup,
-      decay_steps=max(gen_cfg.iterations, warmup + 1), end_value=0.0)
+      init_value=spec.lr / warmup, peak_value=spec.lr, warmup_steps=warmup,
+      decay_steps=max(spec.iterations, warmup + 1), end_value=0.0)
 
 
-def build_optimizer(gen_cfg) -> optax.GradientTransformation:
+def build_optimizer(spec: GenSpec) -> optax.GradientTransformation:
   """Adam on pixels (PSAQ-ViT/DeepInversion-style betas by default)."""
-  return optax.adam(learning_rate_schedule(gen_cfg), b1=gen_cfg.b1, b2=gen_cfg.b2, eps=1e-8)
+  return optax.adam(learning_rate_schedule(spec), b1=spec.b1, b2=spec.b2, eps=1e-8)
 
 
 def augment(images: jax.Array, keys: jax.Array, jitter: int, flip: bool) -> jax.Array:
@@ -121,8 +122,8 @@ def shard_batch_tree(tree, mesh: Mesh, batch: int):
   return jax.tree.map(place, tree)
 
 
-def make_step(gen_model, spec: objective.LossSpec, optimizer: optax.GradientTransformation,
-              gen_cfg, mesh: Mesh | None = None) -> Callable:
+def make_step(gen_model, spec: GenSpec, optimizer: optax.GradientTransformation,
+              mesh: Mesh | None = None) -> Callable:
   """jit(step)(params, GroupState, labels, keys, step) -> (GroupState, metrics).
 
   metrics: per-image means of the loss terms of this step (before the update) and two flags,
@@ -134,8 +135,8 @@ def make_step(gen_model, spec: objective.LossSpec, optimizer: optax.GradientTran
   calls) and gathers the whole batch onto every device: on 4 H100s a 128-image Vim-S step
   asked for a 68 GiB buffer.
   """
-  lo, hi = pixel_bounds(gen_cfg.mean, gen_cfg.std)
-  jitter, flip, clip = int(gen_cfg.jitter), bool(gen_cfg.flip), bool(gen_cfg.clip_pixels)
+  lo, hi = pixel_bounds(spec.mean, spec.std)
+  jitter, flip, clip = int(spec.jitter), bool(spec.flip), bool(spec.clip_pixels)
   if jitter < 0:
     raise ValueError(f'gen.jitter must be >= 0 pixels (0 = off), got {jitter}')
 

@@ -1,7 +1,7 @@
-"""Checkpoint import/export: hustvl `.pth` (read without torch) and `.safetensors` <-> Flax params."""
+"""Weight file formats: hustvl `.pth` (read without torch) and `.safetensors` <-> Flax params."""
 from ouromamba_jax.io.hustvl_keys import CheckpointMismatchError
 from ouromamba_jax.io.hustvl_keys import export_safetensors
-from ouromamba_jax.io.hustvl_keys import load_checkpoint
+from ouromamba_jax.io.hustvl_keys import params_from_file
 from ouromamba_jax.io.hustvl_keys import params_from_state_dict
 from ouromamba_jax.io.hustvl_keys import read_state_dict
 from ouromamba_jax.io.hustvl_keys import state_dict_from_params

@@ -224,8 +224,8 @@ def _model_name(model) -> str:
       f'{f}={getattr(model, f)}' for f in fields if hasattr(model, f)) + ')'
 
 
-def load_checkpoint(path: str | os.PathLike, model, *, key: Optional[str] = 'model',
-                    dtype=None) -> dict[str, Any]:
+def params_from_file(path: str | os.PathLike, model, *, key: Optional[str] = 'model',
+                     dtype=None) -> dict[str, Any]:
   """hustvl `.pth` (training-script dict or bare state_dict) or `.safetensors` -> Flax params.
 
   Returns the params tree itself (use as `model.apply({'params': params}, images)`).

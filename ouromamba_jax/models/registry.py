@@ -32,6 +32,17 @@ def build_model(name: str, **overrides) -> VisionMamba:
   return VisionMamba(**{**VARIANTS[name], **overrides})
 
 
+def variant_of(model) -> str | None:
+  """The registered variant `model` is an instance of (architecture fields equal), or None."""
+  arch = ('img_size', 'patch_size', 'in_chans', 'num_classes', 'd_model', 'depth', 'd_state',
+          'expand', 'dt_rank')
+  for name in variant_names():
+    reference = build_model(name)
+    if all(getattr(reference, f) == getattr(model, f) for f in arch):
+      return name
+  return None
+
+
 _VIM_224 = dict(img_size=224, patch_size=16, depth=24, d_state=16, expand=2, num_classes=1000)
 register_variant('vim_t', d_model=192, **_VIM_224)
 register_variant('vim_s', d_model=384, **_VIM_224)

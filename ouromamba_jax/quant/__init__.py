@@ -1,15 +1,22 @@
 """OuroMamba-Quant: quantizers, rules, quantized param types, the pass and calibration.
 
-Entry points: `quantize(model, params, images, spec, method=...)` (or `quantize_from_config`),
-`save_quantized`, `load_quantized`, presets via `make_preset` / `spec_from_config`.
+Entry points: `quantize(model, params, images, spec, method=...)`, presets by name
+(`presets.preset`, `presets.PRESETS`), a config's run as `run_spec.QuantRunSpec`; saving and
+loading are `ouromamba_jax.quantized_checkpoints`. Imported lazily (the specs are light, the
+pass pulls in JAX).
 """
-from ouromamba_jax.quant.api import (load_quantized, quantize, quantize_from_config,
-                                     save_quantized)
-from ouromamba_jax.quant.config import (ActSpec, CalibSpec, PRESETS, QuantRule, QuantSpec,
-                                        WeightSpec, default_config, make_preset,
-                                        spec_from_config)
-from ouromamba_jax.quant.rewrite import set_mode
+import importlib
 
-__all__ = ['ActSpec', 'CalibSpec', 'PRESETS', 'QuantRule', 'QuantSpec', 'WeightSpec',
-           'default_config', 'load_quantized', 'make_preset', 'quantize', 'quantize_from_config',
-           'save_quantized', 'set_mode', 'spec_from_config']
+_EXPORTS = {
+    'quantize': 'api', 'to_integer': 'api', 'set_mode': 'rewrite',
+    'ActSpec': 'config', 'CalibSpec': 'config', 'QuantRule': 'config', 'QuantSpec': 'config',
+    'WeightSpec': 'config', 'PRESETS': 'presets', 'preset': 'presets', 'VimSites': 'presets',
+    'QuantRunSpec': 'run_spec',
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+  if name not in _EXPORTS:
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+  return getattr(importlib.import_module(f'{__name__}.{_EXPORTS[name]}'), name)

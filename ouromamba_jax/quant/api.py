@@ -1,42 +1,40 @@
 """One call from FP params + calibration images to a quantized param tree and a report.
 
-    qparams, report = quantize(model, params, images, 'w4a4', method='ouromamba', workdir=wd)
+    qparams, report = quantize(model, params, images, 'w4a4', method='ouromamba')
     logits = model.apply({'params': qparams}, images)
 
-`spec` is a QuantSpec, a preset name, or a config mapping {'preset': ..., **overrides} (see
-`config.spec_from_config`). With a workdir, calibration snapshots each block (a killed run
-resumes), and the result is saved to `<workdir>/quantized` (reload with `load_quantized`)
-together with `<workdir>/quant_report.json`.
+`spec` is a QuantSpec or a preset name (`presets.PRESETS`; a config's overrides build a
+QuantSpec through `run_spec.QuantRunSpec`). With a `snapshot`
+(`quantized_checkpoints.SnapshotFile`), calibration saves each finished block and a killed
+run resumes; saving the result is `quantized_checkpoints.save_quantized`.
 """
 from __future__ import annotations
 
-import os
 import time
-from typing import Any, Mapping, Optional, Union
+from typing import Optional, Union
 
 import jax
 import jax.numpy as jnp
 
-from ouromamba_jax.io import atomic
 from ouromamba_jax.quant import baselines
 from ouromamba_jax.quant import calibrate
-from ouromamba_jax.quant import checkpoint
+from ouromamba_jax.quant import presets
 from ouromamba_jax.quant import rewrite
 from ouromamba_jax.quant import rules as rules_lib
-from ouromamba_jax.quant.config import QuantSpec, spec_from_config
-
-QUANTIZED_DIR = 'quantized'
-REPORT_FILE = 'quant_report.json'
+from ouromamba_jax.quant.config import QuantSpec
 
 
-def quantize(model, params, calib_images, spec: Union[QuantSpec, str, Mapping[str, Any]], *,
-             method: str = 'ouromamba', workdir: Optional[str] = None, mode: str = 'fake',
-             log: Optional[calibrate.Log] = None):
+def quantize(model, params, calib_images, spec: Union[QuantSpec, str], *,
+             method: str = 'ouromamba', mode: str = 'fake',
+             log: Optional[calibrate.Log] = None, snapshot=None):
   """Returns (qparams, report). mode: 'fake' (float simulation of the integer math) or 'int'
   (real integer dots); both give the same logits. The weights are integer codes either way."""
   log = log or calibrate._default_log  # pylint: disable=protected-access
   baselines.check_method(method)
-  spec = spec_from_config(spec)
+  spec = presets.preset(spec) if isinstance(spec, str) else spec
+  if not isinstance(spec, QuantSpec):
+    raise TypeError(f'spec must be a QuantSpec or a preset name, got {type(spec).__name__}; '
+                    'build one from settings with QuantRunSpec(preset=..., ...).quant_spec().')
   images = jnp.asarray(calib_images, jnp.float32)
   if images.ndim != 4 or images.shape[0] < 1:
     raise ValueError(f'calib_images must be a non-empty NHWC batch, got shape {images.shape}.')
@@ -51,11 +49,9 @@ def quantize(model, params, calib_images, spec: Union[QuantSpec, str, Mapping[st
   log(f'[quant] {method} {spec.name}: {len(plan)} sites quantized, '
       f'{len(sites) - len(plan)} kept float, {images.shape[0]} calibration images')
 
-  if workdir:
-    os.makedirs(workdir, exist_ok=True)
   qparams, results = calibrate.reconstruct_blocks(
       model, params, images, plan, sites, calib, smoothing=baselines.uses_smoothing(method),
-      workdir=workdir, method=method, log=log)
+      snapshot=snapshot, method=method, log=log)
   qparams = _quantize_outside_blocks(model, qparams, images, plan, sites, calib, method)
   qparams = rewrite.set_mode(qparams, mode)
 
@@ -67,10 +63,12 @@ def quantize(model, params, calib_images, spec: Union[QuantSpec, str, Mapping[st
       'blocks': [r.__dict__ for r in results], 'seconds': time.time() - t0,
       'quantized_bytes': rewrite.tree_bytes(qparams), 'float_bytes': rewrite.tree_bytes(params),
   }
-  if workdir:
-    save_quantized(os.path.join(workdir, QUANTIZED_DIR), qparams, report)
-    atomic.write_json(os.path.join(workdir, REPORT_FILE), report)
   return qparams, report
+
+
+def to_integer(qparams):
+  """The integer form: every quantized Linear runs integer dots (same logits as 'fake')."""
+  return rewrite.set_mode(qparams, 'int')
 
 
 def _quantize_outside_blocks(model, qparams, images, plan, sites, calib, method):
@@ -89,27 +87,3 @@ def _quantize_outside_blocks(model, qparams, images, plan, sites, calib, method)
   if baselines.uses_smoothing(method):
     smooth = calibrate.smoothing_for_sites(qparams, rest, stats, calib)
   return rewrite.rewrite(qparams, plan, rest, stats, smooth)
-
-
-def quantize_from_config(model, params, calib_images, cfg: Mapping[str, Any], *,
-                         workdir: Optional[str] = None, log: Optional[calibrate.Log] = None):
-  """`quantize` driven by one config mapping: `method` and `mode` plus the spec fields
-  ({'preset': 'w4a4', 'n_refresh': 10, 'epochs': 10, ...}, see `config.default_config`)."""
-  cfg = dict(cfg.to_dict() if hasattr(cfg, 'to_dict') else cfg)
-  method = cfg.pop('method', None) or 'ouromamba'
-  mode = cfg.pop('mode', None) or 'fake'
-  return quantize(model, params, calib_images, cfg, method=method, mode=mode, workdir=workdir,
-                  log=log)
-
-
-def save_quantized(path: str, qparams, report: Optional[Mapping[str, Any]] = None) -> str:
-  """Saves a quantized tree (Orbax) so evaluation can reload it without recalibrating."""
-  return checkpoint.save_quantized(path, qparams, {'report': dict(report or {})})
-
-
-def load_quantized(path: str, mode: Optional[str] = None):
-  """Returns (qparams, report); `mode` ('fake' | 'int') switches the execution mode."""
-  qparams, extra = checkpoint.load_quantized(path)
-  if mode is not None:
-    qparams = rewrite.set_mode(qparams, mode)
-  return qparams, extra.get('report', {})

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import jax
@@ -21,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ouromamba_jax import quant
-from ouromamba_jax.io import load_checkpoint
+from ouromamba_jax import quantized_checkpoints
+from ouromamba_jax.checkpoints import load_checkpoint
 from ouromamba_jax.models import build_model
 
 
@@ -66,13 +68,16 @@ def main(argv=None):
   else:
     params = jax.jit(model.init)(jax.random.key(0), images[:1])['params']
 
-  cfg = {'preset': args.preset, 'epochs': args.epochs, 'micro_batch': args.micro_batch,
-         'scale_space': args.scale_space}
-  if args.lr > 0:
-    cfg.update(lr_weight=args.lr, lr_act=args.lr)
+  lrs = dict(lr_weight=args.lr, lr_act=args.lr) if args.lr > 0 else {}
+  spec = quant.QuantRunSpec(preset=args.preset, epochs=args.epochs, micro_batch=args.micro_batch,
+                            scale_space=args.scale_space, **lrs).quant_spec()
+  snapshot = None
+  if args.workdir:  # a killed run resumes at its next block
+    snapshot = quantized_checkpoints.SnapshotFile(
+        os.path.join(args.workdir, 'calibration_state.npz'))
   t0 = time.time()
-  qparams, report = quant.quantize(model, params, images, cfg, method=args.method,
-                                   workdir=args.workdir or None, log=print)
+  qparams, report = quant.quantize(model, params, images, spec, method=args.method,
+                                   snapshot=snapshot, log=print)
   seconds = time.time() - t0
 
   apply = jax.jit(lambda p, x: model.apply({'params': p}, x))

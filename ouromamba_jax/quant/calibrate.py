@@ -10,7 +10,7 @@ For each block i in order:
      global-norm clip, `epochs` passes over the calibration set in micro-batches.
      With `keep_better`, a block whose loss got worse keeps its initial scales.
   4. The block is frozen to integer codes, both streams advance, and the finished blocks are
-     snapshotted (atomic npz) in `workdir`, so a killed run resumes at the next block (earlier
+     snapshotted (`quantized_checkpoints.SnapshotFile`, when given), so a killed run resumes at the next block (earlier
      blocks are replayed, not recalibrated; a finished run is only replayed).
 
 Only the mixer output enters the loss (official); the residual stream is propagated exactly.
@@ -22,7 +22,6 @@ import functools
 import hashlib
 import json
 import math
-import os
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -34,12 +33,10 @@ import optax
 
 from ouromamba_jax.models import blockwise
 from ouromamba_jax.models import vim
-from ouromamba_jax.quant import checkpoint
 from ouromamba_jax.quant import rewrite
 from ouromamba_jax.quant.config import CalibSpec
 from ouromamba_jax.quant.rules import Site
 
-SNAPSHOT = 'calibration_state.npz'
 Log = Callable[[str], None]
 
 
@@ -186,7 +183,7 @@ class _Progress:
 
 def reconstruct_blocks(model: vim.VisionMamba, params, images, plan: Mapping[str, Any],
                        sites: Sequence[Site], calib: CalibSpec, *, smoothing: bool = False,
-                       workdir: Optional[str] = None, method: str = 'ouromamba',
+                       snapshot=None, method: str = 'ouromamba',
                        log: Optional[Log] = None):
   """Quantizes every block of `params` per `plan`. Returns (params with quantized blocks,
   list of BlockResult). Sites outside `layers_i` are left to the caller."""
@@ -211,17 +208,17 @@ def reconstruct_blocks(model: vim.VisionMamba, params, images, plan: Mapping[str
   embedded = [blockwise.embed(model, params, images[s]) for s in batches]
   fp_stream = q_stream = tuple(jnp.concatenate(parts) for parts in zip(*embedded))
 
-  snapshot = os.path.join(workdir, SNAPSHOT) if workdir else None
   run_id = fingerprint(model, params, images, plan, calib, method) if snapshot else ''
   done_layers, results, start = {}, [], 0
-  if snapshot and os.path.exists(snapshot):
-    done_layers, info = checkpoint.load_snapshot(snapshot)
+  saved = snapshot.load() if snapshot else None
+  if saved is not None:
+    done_layers, info = saved
     if info.get('run_id') != run_id:
-      raise ValueError(f'{snapshot} belongs to a different calibration run (other model, '
+      raise ValueError(f'{snapshot.path} belongs to a different calibration run (other model, '
                        'params, images or settings). Delete it or use another workdir.')
     start = int(info['next_block'])
     results = [BlockResult(**r) for r in info['results']]
-    log(f'[quant] resuming from {snapshot}: blocks 0..{start - 1} done, replaying them')
+    log(f'[quant] resuming from {snapshot.path}: blocks 0..{start - 1} done, replaying them')
     for i in range(start):
       fp_stream = run_stream(params[f'layers_{i}'], *fp_stream)
       q_stream = run_stream(done_layers[f'layers_{i}'], *q_stream)
@@ -284,7 +281,7 @@ def reconstruct_blocks(model: vim.VisionMamba, params, images, plan: Mapping[str
     progress.line(i, 1.0, f'done: loss {r.loss_init:.6f} -> {r.loss_final:.6f} ({r.kept}, '
                           f'{r.steps} steps, {r.seconds:.1f}s)')
     if snapshot:
-      checkpoint.save_snapshot(snapshot, done_layers, {
+      snapshot.save(done_layers, {
           'run_id': run_id, 'next_block': i + 1,
           'results': [dataclasses.asdict(x) for x in results]})
 

@@ -9,13 +9,14 @@ where the quantized leaf lives in the param tree:
   layers_3/mixer/delta_b_quantizer         an SSM tensor of the backward scan (ActSpec)
 
 Choices the paper leaves open are fields with a default and a comment; every spec rejects bad
-values at construction with a message that says how to fix them.
+values at construction with a message that says how to fix them. The named site sets (w4a4, ...)
+are in `presets`; the config section that picks one is `run_spec.QuantRunSpec`.
 """
 from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Union
 
 import numpy as np
 
@@ -213,129 +214,3 @@ class QuantSpec:
       return {'WeightSpec': WeightSpec, 'ActSpec': ActSpec}[kind](**s)
     return cls(d['name'], tuple(QuantRule(r['pattern'], spec_from(r['spec'])) for r in d['rules']),
                CalibSpec(**d['calib']))
-
-
-# ----------------------------------------------------------------------------------------------
-# Vim presets.
-
-LINEARS = r'(in_proj|out_proj|x_proj(_b)?|dt_proj(_b)?)'
-BLOCK = r'layers_\d+/mixer'
-
-
-def vim_rules(weights: WeightSpec, inputs: ActSpec, delta: Optional[ActSpec],
-              a: Optional[ActSpec], ssm: Optional[ActSpec]) -> tuple[QuantRule, ...]:
-  """The official site set: the 6 mixer Linears (weights + inputs) and Δ, A, B, C, D per direction."""
-  return (
-      QuantRule(fr'{BLOCK}/{LINEARS}/kernel', weights),
-      QuantRule(fr'{BLOCK}/{LINEARS}/input_quantizer', inputs),
-      QuantRule(fr'{BLOCK}/delta(_b)?_quantizer', delta),
-      QuantRule(fr'{BLOCK}/A(_b)?_quantizer', a),
-      QuantRule(fr'{BLOCK}/(B|C|D)(_b)?_quantizer', ssm),
-  )
-
-
-def _preset(name, w_bits, a_bits, outliers, *, float_ssm=False, **overrides) -> QuantSpec:
-  act_fields = {f.name for f in dataclasses.fields(ActSpec)}
-  calib_fields = {f.name for f in dataclasses.fields(CalibSpec)}
-  weight_fields = {f.name for f in dataclasses.fields(WeightSpec)}
-  act_kw, calib_kw, unknown = {}, {}, []
-  # prefix -> (the fields it may address, the overrides it collects)
-  prefixed = {'delta_': (act_fields, {}), 'ssm_': (act_fields, {}), 'a_': (act_fields, {}),
-              'weight_': (weight_fields, {})}
-  for key, value in overrides.items():
-    if key in calib_fields:                        # exact names first (weight_decay is calib)
-      calib_kw[key] = value
-    elif key in act_fields:
-      act_kw[key] = value
-    else:
-      prefix = next((p for p, (fields, _) in prefixed.items()
-                     if key.startswith(p) and key[len(p):] in fields), None)
-      if prefix is None:
-        unknown.append(key)
-      else:
-        prefixed[prefix][1][key[len(prefix):]] = value
-  delta_overrides, ssm_overrides, a_overrides, weight_overrides = (
-      prefixed[p][1] for p in ('delta_', 'ssm_', 'a_', 'weight_'))
-  if unknown:
-    raise ValueError(f'unknown quantization options {sorted(unknown)}; ActSpec fields: '
-                     f'{sorted(act_fields)} (prefix delta_ for Δ only, ssm_ for A, B, C, D '
-                     f'only, a_ for A only), CalibSpec fields: '
-                     f'{sorted(calib_fields)}, WeightSpec fields with prefix weight_.')
-  weights = WeightSpec(**{'bits': w_bits, **weight_overrides})
-  act = ActSpec(**{'bits': a_bits, 'outliers': outliers, **act_kw})
-  delta = dataclasses.replace(act, **{'symmetric': False, 'k': 4.0, **delta_overrides})
-  ssm = dataclasses.replace(act, **ssm_overrides)
-  if a_overrides.get('domain') == 'log':
-    a_overrides.setdefault('symmetric', False)
-  a = dataclasses.replace(ssm, **a_overrides)
-  if float_ssm:  # PTQ4VM's site set: Δ, B, C, A, D stay in float
-    delta = a = ssm = None
-  return QuantSpec(name, vim_rules(weights, act, delta, a, ssm),
-                   CalibSpec(**calib_kw))
-
-
-PRESETS = {
-    # Everything on 8-bit integers: inliers, outliers and weights.
-    'w8a8': lambda **kw: _preset('w8a8', 8, 8, 'int', **kw),
-    # The paper's W4/A8: outliers kept in float (official W4A8O16).
-    'w4a8': lambda **kw: _preset('w4a8', 4, 8, 'float', **kw),
-    # The paper's W4/A4: 8-bit dynamic outliers (official W4A4O8).
-    'w4a4': lambda **kw: _preset('w4a4', 4, 4, 'int', **kw),
-    # Ablation: W4A4 with static inlier scales only (no outlier channels).
-    'w4a4_no_outliers': lambda **kw: _preset('w4a4_no_outliers', 4, 4, 'none', **kw),
-    # Ablation: W4A4 on the Linears only; the SSM tensors (Δ, B, C, A, D) stay in float.
-    'w4a4_float_ssm': lambda **kw: _preset('w4a4_float_ssm', 4, 4, 'int', float_ssm=True, **kw),
-    # Investigation: W4A4 on the Linears, 8-bit Δ, B, C, A, D (the SSM tensors are where the
-    # W4A4 accuracy goes; RESULTS.md).
-    'w4a4_ssm8': lambda **kw: _preset('w4a4_ssm8', 4, 4, 'int',
-                                      **{'delta_bits': 8, 'ssm_bits': 8, **kw}),
-    # W4A4 with A on a 4-bit log-domain grid (every activation still 4-bit): recovers the
-    # testbed's W4A4 accuracy (RESULTS.md).
-    'w4a4_alog': lambda **kw: _preset('w4a4_alog', 4, 4, 'int', **{'a_domain': 'log', **kw}),
-}
-
-
-def make_preset(name: str, **overrides) -> QuantSpec:
-  """A preset by name (case-insensitive). Overrides: any ActSpec field (applies to every
-  activation site; prefix `delta_` for Δ only, e.g. delta_k=4, `ssm_` for A, B, C, D only,
-  e.g. ssm_bits=8, and `a_` for A only, e.g. a_domain='log'), `weight_<WeightSpec field>`, and
-  any CalibSpec field."""
-  key = name.lower()
-  if key not in PRESETS:
-    raise ValueError(f'unknown quantization preset {name!r}; choose one of {sorted(PRESETS)}.')
-  return PRESETS[key](**overrides)
-
-
-def spec_from_config(cfg: Union[str, Mapping[str, Any], QuantSpec]) -> QuantSpec:
-  """A QuantSpec from a preset name, a QuantSpec, or a mapping {'preset': name, **overrides}
-  (an ml_collections ConfigDict works; None values are ignored)."""
-  if isinstance(cfg, QuantSpec):
-    return cfg
-  if isinstance(cfg, str):
-    return make_preset(cfg)
-  if hasattr(cfg, 'to_dict'):
-    cfg = cfg.to_dict()
-  cfg = {k: v for k, v in dict(cfg).items() if v is not None}
-  if 'preset' not in cfg:
-    raise ValueError(f'quantization config needs a "preset" ({sorted(PRESETS)}); got keys '
-                     f'{sorted(cfg)}.')
-  preset = cfg.pop('preset')
-  cfg.pop('method', None)  # read by the caller, not part of the spec
-  cfg.pop('mode', None)    # likewise (fake | int: how the result runs)
-  return make_preset(preset, **cfg)
-
-
-def default_config() -> dict[str, Any]:
-  """Every field a config file may set for `api.quantize_from_config`, with its default
-  (suitable for `ml_collections.ConfigDict(default_config())`)."""
-  act, calib = ActSpec(), CalibSpec()
-  return {
-      'preset': 'w4a4',                 # w8a8 | w4a8 | w4a4 | w4a4_no_outliers | w4a4_float_ssm | w4a4_ssm8 | w4a4_alog
-      'method': 'ouromamba',            # ouromamba | rtn | ptq4vm
-      'mode': 'fake',                   # fake (float simulation) | int (integer dots)
-      'k': act.k, 'delta_k': 4.0, 'n_refresh': act.n_refresh, 'trigger': act.trigger,
-      'std_ddof': act.std_ddof, 'outlier_bits': act.outlier_bits,
-      'delta_bits': None, 'ssm_bits': None,  # None: the preset's (its activation bits)
-      'a_domain': None,                 # 'log': A on a log-domain grid (ActSpec.domain)
-      **{f.name: getattr(calib, f.name) for f in dataclasses.fields(CalibSpec)},
-  }

@@ -20,8 +20,3 @@ def random_crop_flip(key, images, pad: int, flip: bool = True):
     do_flip = jax.random.bernoulli(k_flip, 0.5, (b, 1, 1, 1))
     out = jnp.where(do_flip, out[:, :, ::-1], out)
   return out
-
-
-def normalize(images_uint8, mean, std):
-  x = images_uint8.astype(jnp.float32) / 255.0
-  return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from ouromamba_jax.quant import config as qconfig
+from ouromamba_jax.quant import presets
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -24,7 +24,7 @@ def _first_match(spec, path):
 
 def test_widened_group_takes_the_new_bits_and_nothing_else_changes():
   bench = _load()
-  base = qconfig.make_preset('w4a4')
+  base = presets.preset('w4a4')
   spec = bench.widened_spec(base, 'AD', 8)
   assert spec.rules[1:] == base.rules and spec.name == 'w4a4_AD8'
   for site in ('A', 'A_b', 'D', 'D_b'):
@@ -47,4 +47,4 @@ def test_base_spec_is_w4a4_with_the_config_calibration_settings():
   cfg = vim_t_cifar10.get_config()
   spec = _load().base_spec(cfg.quant, epochs=3)
   assert spec.calib.epochs == 3 and spec.calib.micro_batch == cfg.quant.micro_batch
-  assert [r.spec for r in spec.rules] == [r.spec for r in qconfig.make_preset('w4a4').rules]
+  assert [r.spec for r in spec.rules] == [r.spec for r in presets.preset('w4a4').rules]

@@ -2,8 +2,10 @@
 import jax
 import pytest
 
-from configs import common
+from ouromamba_jax.gen.spec import GenSpec
 from ouromamba_jax.models import build_model
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def tiny_model(**overrides):
@@ -21,15 +23,9 @@ def tiny():
   return model, params
 
 
-def tiny_gen_config(**overrides):
-  c = common.gen_config()
-  c.num_images = 4
-  c.images_per_step = 2
-  c.iterations = 6
-  c.num_positives = 4
-  c.log_every = 2
-  c.checkpoint_every = 2
-  c.warmup_fraction = 0.0
-  c.lr = 0.1
-  c.update(overrides)
-  return c
+def tiny_gen_spec(**overrides) -> GenSpec:
+  fields = dict(num_images=4, images_per_step=2, iterations=6, num_positives=4, log_every=2,
+                checkpoint_every=2, warmup_fraction=0.0, lr=0.1, mean=IMAGENET_MEAN,
+                std=IMAGENET_STD)
+  fields.update(overrides)
+  return GenSpec(**fields)

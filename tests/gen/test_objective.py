@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from ouromamba_jax.gen import objective
+from ouromamba_jax.gen.spec import GenSpec
 
-SPEC = objective.LossSpec(num_positives=4, pse_weight=0.5)
+SPEC = GenSpec(num_positives=4, pse_weight=0.5)
 
 
 def _losses(model, params, images, spec=SPEC):
@@ -18,7 +19,7 @@ def _losses(model, params, images, spec=SPEC):
 
 def test_gradients_reach_the_pixels(tiny):
   model, params = tiny
-  gen_model = objective.generation_model(model, SPEC, remat=True)
+  gen_model = objective.generation_model(model, SPEC)
   images = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
   labels = jnp.array([3, 7])
   terms = ('contrastive', 'pse', 'output', 'total')
@@ -57,7 +58,7 @@ def test_loss_blocks_select_blocks(tiny):
 
 def test_output_only_objective_runs_without_the_hook(tiny):
   model, params = tiny
-  spec = objective.LossSpec(contrastive_weight=0.0)
+  spec = GenSpec(contrastive_weight=0.0)
   assert objective.generation_model(model, spec).state_feature_fn is None
   out = _losses(model, params, jnp.zeros((2, 32, 32, 3)), spec)
   np.testing.assert_array_equal(out['contrastive'], 0.0)
@@ -78,7 +79,7 @@ def test_output_only_objective_runs_without_the_hook(tiny):
 ])
 def test_validate_names_the_bad_setting(tiny, change, message):
   with pytest.raises(ValueError, match=message):
-    dataclasses.replace(SPEC, **change).validate(tiny[0])
+    objective.check_objective(dataclasses.replace(SPEC, **change), tiny[0])
 
 
 def test_readout_kernel_gives_the_xla_losses_and_pixel_gradients(tiny):

@@ -5,7 +5,7 @@ import pytest
 
 from ouromamba_jax.gen import objective
 from ouromamba_jax.gen import optimize
-from tests.gen.conftest import tiny_gen_config
+from tests.gen.conftest import tiny_gen_spec
 
 
 def test_target_labels_are_balanced_and_seeded():
@@ -40,15 +40,15 @@ def test_augment_rolls_and_flips_per_image():
 
 
 def test_schedule_warms_up_then_decays():
-  cfg = tiny_gen_config(iterations=20, warmup_fraction=0.25, lr=0.4)
+  cfg = tiny_gen_spec(iterations=20, warmup_fraction=0.25, lr=0.4)
   lr = optimize.learning_rate_schedule(cfg)
   assert 0 < lr(0) < lr(4) and float(lr(5)) == pytest.approx(0.4) and lr(19) < 0.05
   with pytest.raises(ValueError, match='schedule'):
-    optimize.learning_rate_schedule(tiny_gen_config(schedule='step'))
+    optimize.learning_rate_schedule(tiny_gen_spec(schedule='step'))
   with pytest.raises(ValueError, match=r'warmup_fraction must be in \[0, 1\]'):
-    optimize.learning_rate_schedule(tiny_gen_config(warmup_fraction=-0.1))
+    optimize.learning_rate_schedule(tiny_gen_spec(warmup_fraction=-0.1))
   with pytest.raises(ValueError, match='lr must be > 0'):
-    optimize.learning_rate_schedule(tiny_gen_config(lr=-0.1, schedule='constant'))
+    optimize.learning_rate_schedule(tiny_gen_spec(lr=-0.1, schedule='constant'))
 
 
 def test_bad_device_count_and_jitter_are_clear_errors():
@@ -57,15 +57,15 @@ def test_bad_device_count_and_jitter_are_clear_errors():
   with pytest.raises(ValueError, match='only 1 local devices exist'):
     optimize.data_mesh(2)
   with pytest.raises(ValueError, match='jitter must be >= 0'):
-    optimize.make_step(None, None, None, tiny_gen_config(jitter=-2))
+    optimize.make_step(None, tiny_gen_spec(jitter=-2), None)
 
 
 def test_step_keeps_pixels_in_the_image_box_and_reports_finiteness(tiny):
   model, params = tiny
-  cfg = tiny_gen_config(lr=5.0, schedule='constant')
-  spec = objective.LossSpec.from_config(cfg)
+  cfg = tiny_gen_spec(lr=5.0, schedule='constant')
+  spec = cfg
   optimizer = optimize.build_optimizer(cfg)
-  step = optimize.make_step(objective.generation_model(model, spec), spec, optimizer, cfg)
+  step = optimize.make_step(objective.generation_model(model, spec), spec, optimizer)
   keys = optimize.image_keys(0, np.arange(2))
   images = optimize.initial_images(keys, (32, 32, 3), 1.0)
   state, metrics = step(params, optimize.GroupState(images, optimizer.init(images)),

@@ -7,24 +7,24 @@ import textwrap
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _SCRIPT = textwrap.dedent('''
-    import sys, tempfile
+    import dataclasses, sys
     import jax, jax.numpy as jnp, numpy as np
     assert jax.device_count() == 2, jax.devices()
     from ouromamba_jax.gen import generator, objective, optimize
-    from tests.gen.conftest import tiny_model, tiny_gen_config
+    from tests.gen.conftest import tiny_model, tiny_gen_spec
 
     model = tiny_model()
     params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params']
     # 'mean' Δ normalisation: min-max over the nearly equal Δ of a random model amplifies
     # rounding differences (1 / (max - min)), which would blur this comparison.
-    cfg = tiny_gen_config(num_images=4, images_per_step=4, iterations=3,
+    cfg = tiny_gen_spec(num_images=4, images_per_step=4, iterations=3,
                           delta_normalization='mean')
 
     # The step keeps the image batch (and Adam moments) split over both devices.
     mesh = optimize.data_mesh(0)
-    spec = objective.LossSpec.from_config(cfg)
+    spec = cfg
     optimizer = optimize.build_optimizer(cfg)
-    step = optimize.make_step(objective.generation_model(model, spec), spec, optimizer, cfg,
+    step = optimize.make_step(objective.generation_model(model, spec), spec, optimizer,
                               mesh)
     keys = jax.device_put(optimize.image_keys(0, np.arange(4)), optimize.batch_sharding(mesh))
     images = optimize.initial_images(keys, (32, 32, 3), 1.0)
@@ -51,10 +51,8 @@ _SCRIPT = textwrap.dedent('''
     np.testing.assert_allclose(two_grad, one_grad, rtol=1e-3, atol=1e-5 * scale)
 
     # A whole run on two devices gives the one-device loss curve and images.
-    with tempfile.TemporaryDirectory() as d:
-      two = generator.generate(model, params, cfg, d + '/two')
-      cfg.num_devices = 1
-      one = generator.generate(model, params, cfg, d + '/one')
+    two = generator.generate(model, params, cfg)
+    one = generator.generate(model, params, dataclasses.replace(cfg, num_devices=1))
     np.testing.assert_allclose(two.history[0]['total'], one.history[0]['total'], rtol=1e-4)
     err = float(np.abs(two.images - one.images).max())
     assert err < 1e-3, err

@@ -96,19 +96,19 @@ def test_strict_load_lists_every_problem_in_one_error():
     assert needle in message, needle
 
 
-def test_load_checkpoint_error_names_the_model_config():
+def test_params_from_file_error_names_the_model_config():
   with pytest.raises(ckpt_io.CheckpointMismatchError,
                      match=r'(?s)img_size=32.*pos_embed: checkpoint \(1, 5, 8\)'):
-    ckpt_io.load_checkpoint(TINY.pth, tiny_model(img_size=32))
+    ckpt_io.params_from_file(TINY.pth, tiny_model(img_size=32))
 
 
 def test_training_dict_and_bare_state_dict_load_the_same_way(tmp_path):
   fixture = torch_fixtures.load_model_fixture('vim_depth2_img224')
   model = VisionMamba(**fixture.config)
-  params = ckpt_io.load_checkpoint(fixture.pth, model)
+  params = ckpt_io.params_from_file(fixture.pth, model)
   bare = tmp_path / 'bare.pth'
   synthetic_pth.write_state_dict(bare, pth.load_pth_state_dict(fixture.pth))
-  again = ckpt_io.load_checkpoint(bare, model)
+  again = ckpt_io.params_from_file(bare, model)
   jax.tree.map(np.testing.assert_array_equal, params, again)
   assert params['layers_1']['mixer']['x_proj_b']['kernel'].shape == (64, 2 + 2 * 16)
   assert params['pos_embed'].dtype == jnp.float32
@@ -117,7 +117,7 @@ def test_training_dict_and_bare_state_dict_load_the_same_way(tmp_path):
 def test_export_reproduces_the_torch_state_dict_bit_for_bit(tmp_path):
   """pth -> Flax params -> safetensors gives back exactly the torch tensors and layouts."""
   original = pth.load_pth_state_dict(TINY.pth)
-  params = ckpt_io.load_checkpoint(TINY.pth, tiny_model())
+  params = ckpt_io.params_from_file(TINY.pth, tiny_model())
   path = tmp_path / 'tiny.safetensors'
   ckpt_io.export_safetensors(params, path)
   exported = safetensors_io.read_safetensors(path)
@@ -136,35 +136,35 @@ def test_random_params_round_trip_exactly_through_safetensors(tmp_path):
                         hustvl_keys.model_param_shapes(model))
   path = tmp_path / 'rand.safetensors'
   ckpt_io.export_safetensors({'params': params}, path)  # a full variables dict is accepted too
-  loaded = ckpt_io.load_checkpoint(path, model)
+  loaded = ckpt_io.params_from_file(path, model)
   assert jax.tree.structure(loaded) == jax.tree.structure(params)
   jax.tree.map(np.testing.assert_array_equal, loaded, params)
 
 
 def test_bf16_export_stores_bf16_and_loads_back_as_fp32(tmp_path):
   model = tiny_model()
-  params = ckpt_io.load_checkpoint(TINY.pth, model)
+  params = ckpt_io.params_from_file(TINY.pth, model)
   path = tmp_path / 'bf16.safetensors'
   ckpt_io.export_safetensors(params, path, dtype=jnp.bfloat16)
   raw = safetensors_io.read_safetensors(path)
   assert {v.dtype for v in raw.values()} == {np.dtype(ml_dtypes.bfloat16)}
-  loaded = ckpt_io.load_checkpoint(path, model)
+  loaded = ckpt_io.params_from_file(path, model)
   expected = jax.tree.map(lambda p: p.astype(jnp.bfloat16).astype(jnp.float32), params)
   jax.tree.map(np.testing.assert_array_equal, loaded, expected)
-  as_bf16 = ckpt_io.load_checkpoint(path, model, dtype=jnp.bfloat16)
+  as_bf16 = ckpt_io.params_from_file(path, model, dtype=jnp.bfloat16)
   assert as_bf16['head']['kernel'].dtype == jnp.bfloat16
 
 
 def test_safetensors_checkpoint_gives_the_torch_logits(tmp_path):
   model = tiny_model(scan_implementation='sequential')
   path = tmp_path / 'tiny.safetensors'
-  ckpt_io.export_safetensors(ckpt_io.load_checkpoint(TINY.pth, model), path)
-  logits = model.apply({'params': ckpt_io.load_checkpoint(path, model)}, TINY.images)
+  ckpt_io.export_safetensors(ckpt_io.params_from_file(TINY.pth, model), path)
+  logits = model.apply({'params': ckpt_io.params_from_file(path, model)}, TINY.images)
   assert torch_fixtures.relative_error(logits, TINY.logits) <= 1e-5
 
 
 def test_export_refuses_non_array_leaves_and_keeps_the_old_file(tmp_path):
-  params = ckpt_io.load_checkpoint(TINY.pth, tiny_model())
+  params = ckpt_io.params_from_file(TINY.pth, tiny_model())
   path = tmp_path / 'w.safetensors'
   ckpt_io.export_safetensors(params, path)
   before = path.read_bytes()
@@ -176,7 +176,7 @@ def test_export_refuses_non_array_leaves_and_keeps_the_old_file(tmp_path):
 
 def test_unknown_suffix_is_rejected(tmp_path):
   with pytest.raises(ValueError, match="unknown checkpoint suffix '.npz'"):
-    ckpt_io.load_checkpoint(tmp_path / 'w.npz', tiny_model())
+    ckpt_io.params_from_file(tmp_path / 'w.npz', tiny_model())
 
 
 @pytest.mark.slow
@@ -186,7 +186,7 @@ def test_released_vim_t_checkpoint_loads_strictly_and_round_trips(tmp_path):
   """The released 115 MB training-script checkpoint (not shipped; downloaded by hand)."""
   path = os.environ['HUSTVL_VIM_T_CHECKPOINT']
   model = registry.build_model('vim_t')
-  params = ckpt_io.load_checkpoint(path, model)
+  params = ckpt_io.params_from_file(path, model)
   exported = tmp_path / 'vim_t.safetensors'
   ckpt_io.export_safetensors(params, exported)
   original = pth.load_pth_state_dict(path)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ouromamba_jax.io import hustvl_keys
-from ouromamba_jax.io import load_checkpoint
+from ouromamba_jax.checkpoints import load_checkpoint
 from ouromamba_jax.models import registry
 from ouromamba_jax.models.vim import BiMambaV2Mixer
 from ouromamba_jax.models.vim import VisionMamba

@@ -3,6 +3,7 @@ import jax
 import pytest
 
 from ouromamba_jax import quant
+from ouromamba_jax import quantized_checkpoints
 from ouromamba_jax.models import build_model
 
 
@@ -24,20 +25,21 @@ def apply_fn(tiny):
 
 @pytest.fixture(scope='session')
 def w8a8_run(tiny, tmp_path_factory):
-  """W8A8 OuroMamba with one training epoch, saved to a workdir; + an extra rule that matches
-  nothing (for the report)."""
+  """W8A8 OuroMamba with one training epoch, saved to a workdir/quantized; + an extra rule
+  that matches nothing (for the report)."""
   model, params, images = tiny
-  base = quant.make_preset('w8a8', epochs=1, micro_batch=4)
+  base = quant.QuantRunSpec(preset='w8a8', epochs=1, micro_batch=4).quant_spec()
   spec = quant.QuantSpec('w8a8_plus', base.rules + (
       quant.QuantRule(r'layers_\d+/mixer/conv1d/kernel', quant.WeightSpec(8)),), base.calib)
   workdir = str(tmp_path_factory.mktemp('w8a8'))
-  qparams, report = quant.quantize(model, params, images, spec, workdir=workdir,
-                                   log=lambda _: None)
+  qparams, report = quant.quantize(model, params, images, spec, log=lambda _: None)
+  quantized_checkpoints.save_quantized(f'{workdir}/quantized', qparams, model, report)
   return qparams, report, workdir
 
 
 @pytest.fixture(scope='session')
 def rtn_run(tiny):
   model, params, images = tiny
-  return quant.quantize(model, params, images, {'preset': 'w4a4', 'micro_batch': 4},
+  return quant.quantize(model, params, images,
+                        quant.QuantRunSpec(preset='w4a4', micro_batch=4).quant_spec(),
                         method='rtn', log=lambda _: None)

@@ -1,5 +1,4 @@
-"""End to end on a tiny Vim: quantize, report, save/load, int mode, resume, baselines."""
-import json
+"""End to end on a tiny Vim: quantize, report, int mode, snapshot resume, baselines."""
 import os
 
 import jax.numpy as jnp
@@ -7,7 +6,7 @@ import numpy as np
 import pytest
 
 from ouromamba_jax import quant
-from ouromamba_jax.quant import calibrate
+from ouromamba_jax import quantized_checkpoints
 from ouromamba_jax.quant import qtypes
 from ouromamba_jax.quant import rewrite
 
@@ -38,25 +37,23 @@ def test_report_lists_sites_blocks_and_unused_rules(w8a8_run):
   for b in report['blocks']:
     assert b['steps'] == 2 and b['kept'] in ('trained', 'init')
     assert np.isfinite(b['loss_init']) and b['loss_final'] <= b['loss_init'] or b['kept'] == 'init'
-  with open(os.path.join(workdir, 'quant_report.json')) as f:
-    assert json.load(f)['unused_rules'] == report['unused_rules']
 
 
 def test_saved_model_reloads_with_identical_logits_in_both_modes(tiny, apply_fn, w8a8_run):
   _, _, images = tiny
   qparams, report, workdir = w8a8_run
-  loaded, loaded_report = quant.load_quantized(os.path.join(workdir, 'quantized'))
+  loaded, loaded_report = quantized_checkpoints.load_quantized(os.path.join(workdir, 'quantized'), tiny[0])
   want = np.asarray(apply_fn(qparams, images))
   np.testing.assert_array_equal(np.asarray(apply_fn(loaded, images)), want)
   assert loaded_report['quantized'] == report['quantized']
-  as_int, _ = quant.load_quantized(os.path.join(workdir, 'quantized'), mode='int')
+  as_int, _ = quantized_checkpoints.load_quantized(os.path.join(workdir, 'quantized'), mode='int')
   assert rewrite.get_path(as_int, 'layers_0/mixer/in_proj/kernel').mode == 'int'
   np.testing.assert_array_equal(np.asarray(apply_fn(as_int, images)), want)
 
 
 def test_w4a4_degrades_more_but_stays_finite(tiny, apply_fn, w8a8_run):
   model, params, images = tiny
-  qparams, report = quant.quantize(model, params, images, {'preset': 'w4a4', 'epochs': 0},
+  qparams, report = quant.quantize(model, params, images, quant.QuantRunSpec(preset='w4a4', epochs=0).quant_spec(),
                                    log=lambda _: None)
   fp = apply_fn(params, images)
   q = apply_fn(qparams, images)
@@ -70,25 +67,26 @@ def test_w4a4_degrades_more_but_stays_finite(tiny, apply_fn, w8a8_run):
 
 def test_killed_calibration_resumes(tiny, apply_fn, rtn_run, tmp_path):
   model, params, images = tiny
-  spec = {'preset': 'w4a4', 'micro_batch': 4}
+  spec = quant.QuantRunSpec(preset='w4a4', micro_batch=4).quant_spec()
+  snapshot = quantized_checkpoints.SnapshotFile(str(tmp_path / 'calibration_state.npz'))
 
   def die_in_block_2(msg):
     if 'block 2/2' in msg:
       raise KeyboardInterrupt('killed')
 
   with pytest.raises(KeyboardInterrupt):
-    quant.quantize(model, params, images, spec, method='rtn', workdir=str(tmp_path),
+    quant.quantize(model, params, images, spec, method='rtn', snapshot=snapshot,
                    log=die_in_block_2)
-  assert os.path.exists(tmp_path / calibrate.SNAPSHOT)
+  assert os.path.exists(snapshot.path)
   messages = []
   qparams, report = quant.quantize(model, params, images, spec, method='rtn',
-                                   workdir=str(tmp_path), log=messages.append)
+                                   snapshot=snapshot, log=messages.append)
   assert any('resuming' in m and 'blocks 0..0 done' in m for m in messages)
   assert [b['block'] for b in report['blocks']] == [0, 1]
   np.testing.assert_array_equal(np.asarray(apply_fn(qparams, images)),
                                 np.asarray(apply_fn(rtn_run[0], images)))
   with pytest.raises(ValueError, match='different calibration run'):
-    quant.quantize(model, params, images[:4], spec, method='rtn', workdir=str(tmp_path),
+    quant.quantize(model, params, images[:4], spec, method='rtn', snapshot=snapshot,
                    log=lambda _: None)
 
 
@@ -107,7 +105,7 @@ def test_rtn_uses_minmax_scales_and_no_outliers(tiny, rtn_run):
 def test_ptq4vm_learns_smoothing_and_leaves_ssm_in_float(tiny, apply_fn):
   model, params, images = tiny
   qparams, report = quant.quantize(model, params, images,
-                                   {'preset': 'w4a8', 'epochs': 1, 'micro_batch': 8},
+                                   quant.QuantRunSpec(preset='w4a8', epochs=1, micro_batch=8).quant_spec(),
                                    method='ptq4vm', log=lambda _: None)
   leaves = rewrite.quantized_leaves(qparams)
   assert len(leaves) == 24 and 'layers_0/mixer/delta_quantizer' not in leaves
@@ -125,6 +123,8 @@ def test_bad_inputs_rejected(tiny):
     quant.quantize(model, params, images, 'w4a4', method='gptq')
   with pytest.raises(ValueError, match='non-empty NHWC batch'):
     quant.quantize(model, params, images[0], 'w4a4')
+  with pytest.raises(TypeError, match='QuantSpec or a preset name'):
+    quant.quantize(model, params, images, {'preset': 'w4a4'})
 
 
 def test_sites_outside_blocks_get_initial_scales(tiny, apply_fn, rtn_run):
@@ -144,7 +144,7 @@ def test_sites_outside_blocks_get_initial_scales(tiny, apply_fn, rtn_run):
 
 def test_log_domain_a_keeps_every_state_and_int_mode_agrees(tiny, apply_fn):
   model, params, images = tiny
-  spec = {'preset': 'w4a4', 'epochs': 0, 'a_domain': 'log'}
+  spec = quant.QuantRunSpec(preset='w4a4', epochs=0, a_domain='log').quant_spec()
   qparams, report = quant.quantize(model, params, images, spec, log=lambda _: None)
   a = rewrite.get_path(qparams, 'layers_0/mixer/A_quantizer')
   assert a.spec.domain == 'log' and a.zero_point is not None
@@ -152,7 +152,7 @@ def test_log_domain_a_keeps_every_state_and_int_mode_agrees(tiny, apply_fn):
   A = -jnp.exp(rewrite.get_path(params, 'layers_0/mixer/A_log').astype(jnp.float32))
   rel = jnp.abs(a(A) - A) / jnp.abs(A)
   assert float(jnp.max(rel)) < 0.15 and bool(jnp.all(a(A) < 0))  # no state rounds to 0
-  linear = quant.quantize(model, params, images, {'preset': 'w4a4', 'epochs': 0},
+  linear = quant.quantize(model, params, images, quant.QuantRunSpec(preset='w4a4', epochs=0).quant_spec(),
                           log=lambda _: None)[0]
   a_lin = rewrite.get_path(linear, 'layers_0/mixer/A_quantizer')
   assert float(jnp.max(jnp.abs(a_lin(A) - A) / jnp.abs(A))) == 1.0  # A = -1 -> 0 on ±7 steps

@@ -12,6 +12,7 @@ compiler is free to contract the scale multiply-adds into FMAs (and XLA fuses th
 differently), so its logits may differ in the last ulp of a few values: relative error <= 1e-6
 (measured ~2e-8 on CPU in interpret mode).
 """
+import dataclasses
 import functools
 import os
 import time
@@ -28,6 +29,7 @@ from ouromamba_jax.models import layers
 from ouromamba_jax.quant import activations as act_lib
 from ouromamba_jax.quant import config
 from ouromamba_jax.quant import int_linear
+from ouromamba_jax.quant import presets
 from ouromamba_jax.quant import qtypes
 from ouromamba_jax.quant import rewrite
 from ouromamba_jax.quant import rules
@@ -47,6 +49,13 @@ def _rel_err(y, ref):
   return float(np.linalg.norm(y - ref) / np.linalg.norm(ref))
 
 
+def _coarse_search(preset: str) -> config.QuantSpec:
+  """The preset with SEARCH_GRID clipping candidates at every site (a faster lp search)."""
+  sites = presets.preset_sites(preset).map(
+      lambda spec: dataclasses.replace(spec, n_grid=SEARCH_GRID))
+  return config.QuantSpec(preset, sites.rules())
+
+
 @pytest.fixture(scope='module')
 def calibrated(tiny):
   """preset -> the calibration-form tree (initial scales from 8 images; no training)."""
@@ -56,7 +65,7 @@ def calibrated(tiny):
 
   def get(preset):
     if preset not in cache:
-      spec = config.make_preset(preset, n_grid=SEARCH_GRID, weight_n_grid=SEARCH_GRID)
+      spec = _coarse_search(preset)
       plan = rules.match_rules(sites, spec.rules).plan
       paths = [s.path for s in sites if s.path in plan and s.kind != 'weight']
       _, stats = rewrite.capture(lambda t, x: model.apply({'params': t}, x), params, paths,
@@ -132,7 +141,7 @@ def test_kernel_codes_equal_fake_quant_codes(calibrated, runs, preset, impl):
   frozen = rewrite.set_mode(tree, 'int')
   _, inputs = runs(preset, impl)
   assert len(inputs) == 12  # 6 mixer Linears x 2 blocks
-  has_outliers = config.make_preset(preset).rules[1].spec.outliers == 'int'
+  has_outliers = presets.preset(preset).rules[1].spec.outliers == 'int'
   n_outliers = 0
   for name, x in inputs.items():
     weight = rewrite.get_path(frozen, f'{name}/kernel')
@@ -145,7 +154,7 @@ def test_kernel_codes_equal_fake_quant_codes(calibrated, runs, preset, impl):
       np.testing.assert_array_equal(np.asarray(kernel[key]), np.asarray(sim[key]),
                                     err_msg=f'{preset}/{impl} {name}: {key}')
     n_outliers += int(np.asarray(sim['mask']).sum())
-  if config.make_preset(preset).rules[1].spec.outliers != 'none':
+  if presets.preset(preset).rules[1].spec.outliers != 'none':
     assert n_outliers > 0, 'no outlier channel fired: the outlier path went untested'
 
 
@@ -225,9 +234,9 @@ def test_testbed_w8a8_rtn_int_predictions_equal_fake(tmp_path):
   from ouromamba_jax import quant  # pylint: disable=g-import-not-at-top
   from ouromamba_jax.checkpoints import BUNDLED  # pylint: disable=g-import-not-at-top
   from ouromamba_jax.data import cifar10  # pylint: disable=g-import-not-at-top
-  from ouromamba_jax.io import load_checkpoint  # pylint: disable=g-import-not-at-top
+  from ouromamba_jax.checkpoints import load_checkpoint  # pylint: disable=g-import-not-at-top
   from ouromamba_jax.models import build_model  # pylint: disable=g-import-not-at-top
-  from ouromamba_jax.train import augment  # pylint: disable=g-import-not-at-top
+  from ouromamba_jax.data import normalization  # pylint: disable=g-import-not-at-top
   data_dir = '/work/shared/data/cifar10'
   if not os.path.isfile(os.path.join(data_dir, 'test.tar.gz')):
     pytest.skip(f'CIFAR-10 test split not found in {data_dir}')
@@ -235,8 +244,8 @@ def test_testbed_w8a8_rtn_int_predictions_equal_fake(tmp_path):
   model = build_model('vim_t_cifar10')
   params = load_checkpoint(BUNDLED['vim_t_cifar10'], model)
   split = cifar10.load('test', data_dir, use_tfds=False)
-  images = augment.normalize(jnp.asarray(split.images[:TESTBED_IMAGES]), cifar10.MEAN,
-                             cifar10.STD)
+  images = normalization.normalize(jnp.asarray(split.images[:TESTBED_IMAGES]), cifar10.MEAN,
+                                   cifar10.STD)
   labels = np.asarray(split.labels[:TESTBED_IMAGES])
   qparams, _ = quant.quantize(model, params, images, 'w8a8', method='rtn', log=lambda _: None)
   apply = jax.jit(lambda m, p, x: m.apply({'params': p}, x), static_argnums=0)

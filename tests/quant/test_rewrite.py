@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from ouromamba_jax.quant import config
+from ouromamba_jax.quant import presets
 from ouromamba_jax.quant import qtypes
 from ouromamba_jax.quant import rewrite
 from ouromamba_jax.quant import rules
@@ -39,7 +40,7 @@ def test_capture_rejects_unreached_sites(tiny):
 def test_rewrite_then_modes_agree(tiny, apply_fn):
   model, params, images = tiny
   sites = rules.find_sites(model, params, images[:1])
-  plan = rules.match_rules(sites, config.make_preset('w4a4').rules).plan
+  plan = rules.match_rules(sites, presets.preset('w4a4').rules).plan
   paths = [s.path for s in sites if s.path in plan and s.kind != 'weight']
   _, stats = rewrite.capture(lambda t, x: model.apply({'params': t}, x), params, paths, images)
   qparams = rewrite.rewrite(params, plan, sites, stats)

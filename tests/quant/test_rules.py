@@ -1,5 +1,6 @@
 """Site discovery and rule matching (first applicable rule wins; unused rules reported)."""
 from ouromamba_jax.quant import config
+from ouromamba_jax.quant import presets
 from ouromamba_jax.quant import rules
 
 
@@ -48,6 +49,6 @@ def test_first_match_wins_and_unused_rules_are_reported(tiny):
 def test_presets_cover_every_mixer_site(tiny):
   model, params, images = tiny
   sites = rules.find_sites(model, params, images[:1])
-  match = rules.match_rules(sites, config.make_preset('w4a4').rules)
+  match = rules.match_rules(sites, presets.preset('w4a4').rules)
   assert match.unused_rules == []
   assert sorted(match.kept_float) == ['head/input_quantizer', 'head/kernel']

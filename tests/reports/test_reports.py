@@ -21,8 +21,8 @@ from tests.quant.conftest import tiny, apply_fn, rtn_run  # pylint: disable=unus
 @pytest.fixture(scope='module')
 def w4a4(tiny):
   model, params, images = tiny
-  qparams, _ = quant.quantize(model, params, images, {'preset': 'w4a4', 'epochs': 0,
-                                                      'micro_batch': 8}, log=lambda _: None)
+  spec = quant.QuantRunSpec(preset='w4a4', epochs=0, micro_batch=8).quant_spec()
+  qparams, _ = quant.quantize(model, params, images, spec, log=lambda _: None)
   return qparams
 
 
@@ -48,8 +48,8 @@ def test_layer_errors_on_tiny_model(tiny, w4a4):
 @pytest.mark.slow
 def test_layer_errors_order_w8a8_better_than_w4a4(tiny, w4a4):
   model, params, images = tiny
-  w8a8, _ = quant.quantize(model, params, images, {'preset': 'w8a8', 'epochs': 0,
-                                                   'micro_batch': 8}, log=lambda _: None)
+  spec = quant.QuantRunSpec(preset='w8a8', epochs=0, micro_batch=8).quant_spec()
+  w8a8, _ = quant.quantize(model, params, images, spec, log=lambda _: None)
   r4 = layer_error.layer_errors(model, params, w4a4, images[:4])
   r8 = layer_error.layer_errors(model, params, w8a8, images[:4])
   assert np.mean([r['sqnr_db'] for r in r8]) > np.mean([r['sqnr_db'] for r in r4]) + 10

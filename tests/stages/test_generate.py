@@ -1,4 +1,4 @@
-"""Mode `generate` end to end on a tiny random model, and the quality check."""
+"""Mode `generate` end to end on a tiny random model, its config door, and the quality check."""
 import json
 import os
 
@@ -8,10 +8,12 @@ import pytest
 from PIL import Image
 
 from configs import common
-from ouromamba_jax.gen import outputs
+from ouromamba_jax.data import normalization
 from ouromamba_jax.gen import quality
-from ouromamba_jax.gen import run as gen_run
-from tests.gen.conftest import tiny_gen_config
+from ouromamba_jax.stages import gen_outputs as outputs
+from ouromamba_jax.stages import generate as gen_run
+from tests.gen.conftest import IMAGENET_MEAN, IMAGENET_STD
+from tests.gen.conftest import tiny  # pylint: disable=unused-import
 
 
 def _config():
@@ -20,8 +22,10 @@ def _config():
   c.model = common.model_config('vim_t', img_size=32, patch_size=8, depth=2, d_model=32,
                                 num_classes=10)
   c.data = common.data_config('cifar10')
-  c.gen = tiny_gen_config(num_images=4, images_per_step=4, iterations=3, grid_columns=2,
-                          mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616))
+  c.gen = common.gen_config()
+  c.gen.update(dict(num_images=4, images_per_step=4, iterations=3, grid_columns=2,
+                    num_positives=4, log_every=2, checkpoint_every=2, warmup_fraction=0.0,
+                    lr=0.1))
   return c
 
 
@@ -34,7 +38,7 @@ def test_generate_mode_writes_the_synthetic_set(tmp_path):
   np.testing.assert_array_equal(images, result.images)
   np.testing.assert_array_equal(labels, result.labels)
   with np.load(outputs.synthetic_path(str(tmp_path))) as data:
-    np.testing.assert_allclose(data['mean'], config.gen.mean)
+    np.testing.assert_allclose(data['mean'], (0.4914, 0.4822, 0.4465))  # the dataset's
 
   grid = Image.open(os.path.join(directory, outputs.GRID_FILE))
   assert grid.mode == 'RGB' and grid.size[0] > 2 * 64 and grid.size[1] > 2 * 64
@@ -53,9 +57,9 @@ def test_generate_mode_writes_the_synthetic_set(tmp_path):
 
 
 def test_normalisation_other_than_the_datasets_is_refused(tmp_path):
-  """The gen config's ImageNet default on a CIFAR-10 model would clip to the wrong pixel box."""
+  """ImageNet's normalisation on a CIFAR-10 model would clip to the wrong pixel box."""
   config = _config()
-  config.gen.mean, config.gen.std = common.gen_config().mean, common.gen_config().std
+  config.gen.mean, config.gen.std = IMAGENET_MEAN, IMAGENET_STD
   with pytest.raises(ValueError, match=r'differ from the cifar10 normalisation'):
     gen_run.run(config, str(tmp_path))
   assert not os.path.exists(outputs.gen_dir(str(tmp_path)))
@@ -75,8 +79,17 @@ def test_quality_report_measures_agreement_with_the_targets(tiny):
 
 def test_denormalize_and_grid_labels():
   mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-  pixels = outputs.denormalize(np.array([[[[-2.0, 0.0, 2.0]]]]), mean, std)
+  pixels = normalization.denormalize(np.array([[[[-2.0, 0.0, 2.0]]]]), mean, std)
   np.testing.assert_array_equal(pixels, [[[[0, 128, 255]]]])
   grid = outputs.label_grid(np.zeros((3, 8, 8, 3), np.uint8), np.array([0, 1, 2]),
                             ('cat', 'dog'), columns=2)
   assert grid.size == (2 * (64 + 2) + 2, 2 * (64 + 12 + 2) + 2)
+
+
+def test_misspelled_gen_field_is_one_line_with_a_suggestion(tmp_path):
+  config = _config()
+  with config.gen.unlocked():
+    config.gen.num_image = 3
+  with pytest.raises(ValueError, match=r'unknown config field gen.num_image; did you mean '
+                                       r'gen.num_images\?'):
+    gen_run.run(config, str(tmp_path))

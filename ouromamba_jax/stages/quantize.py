@@ -9,6 +9,10 @@ Calibration images (`quant.calib_source`):
   real   `quant.calib_images` training images of config.data (seeded subset, normalised, no
          augmentation), via `ouromamba_jax.data.<name>.load('train', ...)`
 
+config.quant becomes a `QuantRunSpec` at the door (unknown fields refused); the library's
+`quantize` gets the QuantSpec it builds, and this stage owns the run folder, the resume
+snapshot, the skip-if-done check and the reports.
+
 Outputs in <workdir>/quant/<run name>/ (run name: <method>_<preset>_<source> unless
 `quant.run_name`):
   quantized/              the quantized param tree (Orbax + JSON), written atomically;
@@ -22,6 +26,7 @@ Outputs in <workdir>/quant/<run name>/ (run name: <method>_<preset>_<source> unl
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -32,18 +37,20 @@ from typing import Any, Callable, Optional
 from absl import logging
 import numpy as np
 
-from ouromamba_jax import checkpoints
+from ouromamba_jax import data as data_lib
+from ouromamba_jax import quantized_checkpoints
+from ouromamba_jax.data import normalization
 from ouromamba_jax.io import atomic
 from ouromamba_jax.quant import api
-from ouromamba_jax.quant import calibrate
-from ouromamba_jax.quant.config import default_config
+from ouromamba_jax.quant.run_spec import QuantRunSpec
+from ouromamba_jax.stages import gen_outputs
+from ouromamba_jax.stages import sections
 
-SOURCES = ('gen', 'noise', 'real')
 QUANT_SUBDIR = 'quant'
+QUANTIZED_DIR = 'quantized'
+REPORT_FILE = 'quant_report.json'
 SETTINGS_FILE = 'settings.json'
-# Fields of config.quant read here; the rest go to `api.quantize_from_config`.
-RUN_FIELDS = ('calib_source', 'calib_images', 'noise_std', 'gen_path', 'report_images',
-              'run_name')
+SNAPSHOT_FILE = 'calibration_state.npz'
 Log = Callable[[str], None]
 
 
@@ -51,57 +58,20 @@ def _log(msg: str) -> None:
   logging.info('%s', msg)
 
 
-def _as_dict(cfg) -> dict[str, Any]:
-  return dict(cfg.to_dict() if hasattr(cfg, 'to_dict') else cfg)
+def run_spec(qcfg) -> QuantRunSpec:
+  """config.quant as a QuantRunSpec (every value checked before any work)."""
+  return sections.spec_from_section(QuantRunSpec, qcfg, 'quant')
 
 
-def run_name(qcfg) -> str:
-  q = _as_dict(qcfg)
-  return q.get('run_name') or f'{q.get("method") or "ouromamba"}_{q["preset"]}_{q["calib_source"]}'
-
-
-def run_dir(workdir: str, qcfg) -> str:
-  return os.path.join(workdir, QUANT_SUBDIR, run_name(qcfg))
-
-
-def check_quant_config(qcfg) -> None:
-  """Rejects bad run-level values before any work (the spec checks its own fields)."""
-  q = _as_dict(qcfg)
-  if q.get('calib_source') not in SOURCES:
-    raise ValueError(f'quant.calib_source must be one of {SOURCES}, got {q.get("calib_source")!r}.')
-  n = q.get('calib_images')
-  if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-    raise ValueError(f'quant.calib_images must be an int >= 1, got {n!r}.')
-  if not q.get('noise_std', 1.0) > 0:
-    raise ValueError(f'quant.noise_std must be > 0, got {q.get("noise_std")!r}.')
-  known = set(default_config()) | set(RUN_FIELDS) | {'weight_bits', 'weight_lp', 'weight_n_grid',
-                                                      'weight_init'}
-  unknown = sorted(k for k in q if k not in known and not k.startswith('delta_'))
-  if unknown:
-    raise ValueError(f'unknown quant config fields {unknown}; known: {sorted(known)}.')
-  from ouromamba_jax.quant import baselines  # pylint: disable=g-import-not-at-top
-  from ouromamba_jax.quant import config as qconfig  # pylint: disable=g-import-not-at-top
-  baselines.check_method(q.get('method') or 'ouromamba')
-  qconfig.spec_from_config({k: v for k, v in spec_settings(q).items()
-                            if k not in ('method', 'mode')})  # bits, k, n_refresh, ...
-
-
-def spec_settings(qcfg) -> dict[str, Any]:
-  """The part of config.quant that `api.quantize_from_config` takes (None = preset value)."""
-  return {k: v for k, v in _as_dict(qcfg).items() if k not in RUN_FIELDS and v is not None}
+def run_dir(workdir: str, spec: QuantRunSpec) -> str:
+  return os.path.join(workdir, QUANT_SUBDIR, spec.name)
 
 
 # ----------------------------------------------------------------------------------------------
 # Calibration images.
 
-def normalize(images_uint8: np.ndarray, mean, std) -> np.ndarray:
-  x = np.asarray(images_uint8, np.float32) / 255.0
-  return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-
-
 def real_images(data_cfg, n: int, seed: int) -> np.ndarray:
   """n training images of data_cfg's dataset (seeded subset), normalised, NHWC float32."""
-  from ouromamba_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   module = data_lib.dataset_module(data_cfg.name)
   if not hasattr(module, 'load'):
     raise ValueError(f'quant.calib_source=real needs a training split, which the {data_cfg.name!r} '
@@ -110,38 +80,38 @@ def real_images(data_cfg, n: int, seed: int) -> np.ndarray:
   if n > len(split.labels):
     raise ValueError(f'quant.calib_images={n} exceeds the {len(split.labels)} training images.')
   keep = np.sort(np.random.default_rng(seed).permutation(len(split.labels))[:n])
-  return normalize(split.images[keep], module.MEAN, module.STD)
+  return np.asarray(normalization.normalize(split.images[keep], module.MEAN, module.STD))
 
 
-def calibration_images(config, workdir: str, model, log: Log = _log) -> np.ndarray:
+def calibration_images(spec: QuantRunSpec, config, workdir: str, model,
+                       log: Log = _log) -> np.ndarray:
   """The calibration batch (N, H, W, C) float32 in the model's normalised input space."""
-  q = config.quant
-  n = int(q.calib_images)
+  n = spec.calib_images
   shape = (model.img_size, model.img_size, model.in_chans)
-  if q.calib_source == 'gen':
-    from ouromamba_jax.gen import outputs  # pylint: disable=g-import-not-at-top
-    path = q.get('gen_path') or outputs.synthetic_path(workdir)
-    images, _ = outputs.load_synthetic(path)
+  if spec.calib_source == 'gen':
+    path = spec.gen_path or gen_outputs.synthetic_path(workdir)
+    images, _ = gen_outputs.load_synthetic(path)
     if images.shape[1:] != shape:
       raise ValueError(f'{path} holds images of shape {images.shape[1:]}, the model needs {shape}.')
     if len(images) < n:
       log(f'[quant] {path} holds {len(images)} images, fewer than quant.calib_images={n}; '
           f'calibrating on {len(images)}')
     return np.asarray(images[:n], np.float32)
-  if q.calib_source == 'noise':
+  if spec.calib_source == 'noise':
     rng = np.random.default_rng(int(config.seed))
-    return (rng.standard_normal((n,) + shape) * float(q.noise_std)).astype(np.float32)
+    return (rng.standard_normal((n,) + shape) * float(spec.noise_std)).astype(np.float32)
   return real_images(config.data, n, int(config.seed))
 
 
 # ----------------------------------------------------------------------------------------------
 
-def settings_fingerprint(config, images: np.ndarray) -> dict[str, Any]:
+def settings_fingerprint(spec: QuantRunSpec, config, images: np.ndarray) -> dict[str, Any]:
   """What a run is made of: a rerun with the same record skips, a different one recalibrates."""
-  model = _as_dict(config.model)
+  model = sections.as_dict(config.model)
+  quant = json.loads(json.dumps(dataclasses.asdict(spec)))
   return {
       'model': json.loads(json.dumps(model, default=str)),
-      'quant': {k: v for k, v in _as_dict(config.quant).items() if k != 'report_images'},
+      'quant': {k: v for k, v in quant.items() if k != 'report_images'},
       'images_sha256': hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest(),
       'images_shape': list(images.shape),
   }
@@ -158,54 +128,55 @@ def same_settings(old: Optional[dict[str, Any]], new: dict[str, Any]) -> bool:
 
 
 def is_complete(directory: str) -> bool:
-  return os.path.isfile(os.path.join(directory, api.QUANTIZED_DIR, 'quant_meta.json')) and \
-      os.path.isfile(os.path.join(directory, api.REPORT_FILE))
+  return os.path.isfile(os.path.join(directory, QUANTIZED_DIR, quantized_checkpoints.META_FILE)) \
+      and os.path.isfile(os.path.join(directory, REPORT_FILE))
 
 
 def quantize_run(config, workdir: str, *, model=None, params=None, log: Log = _log,
                  report_images: Optional[np.ndarray] = None) -> dict[str, Any]:
   """Calibrates one run (or skips it when its outputs exist for the same settings).
 
-  Returns {'directory', 'checkpoint', 'report', 'skipped', 'calibration_seconds'}.
+  Returns {'directory', 'checkpoint', 'report', 'skipped', 'calibration_seconds', ...}.
   """
-  q = config.quant
-  check_quant_config(q)
+  spec = run_spec(sections.section(config, 'quant', 'common.quant_config()'))
   if model is None or params is None:
-    model, params = checkpoints.load_model(config.model, seed=config.seed)
-  directory = run_dir(workdir, q)
+    model, params = sections.load_model(config.model, seed=config.seed)
+  directory = run_dir(workdir, spec)
   os.makedirs(directory, exist_ok=True)
-  images = calibration_images(config, workdir, model, log)
-  settings = settings_fingerprint(config, images)
+  images = calibration_images(spec, config, workdir, model, log)
+  settings = settings_fingerprint(spec, config, images)
   settings_path = os.path.join(directory, SETTINGS_FILE)
   old = atomic.read_json(settings_path)
-  name = run_name(q)
+  name = spec.name
   if old is not None and not same_settings(old, settings):
     log(f'[quant] {name}: settings changed since the last run in {directory}; recalibrating')
-    for stale in (api.QUANTIZED_DIR, api.REPORT_FILE, calibrate.SNAPSHOT):
+    for stale in (QUANTIZED_DIR, REPORT_FILE, SNAPSHOT_FILE):
       path = os.path.join(directory, stale)
       if os.path.isdir(path):
         shutil.rmtree(path)
       elif os.path.exists(path):
         os.remove(path)
-  checkpoint = os.path.join(directory, api.QUANTIZED_DIR)
+  checkpoint = os.path.join(directory, QUANTIZED_DIR)
   if same_settings(old, settings) and is_complete(directory):
     log(f'[quant] {name}: already done ({checkpoint}); skipping calibration')
-    qparams, report = api.load_quantized(checkpoint)
+    qparams, report = quantized_checkpoints.load_quantized(checkpoint, model)
     skipped = True
   else:
     atomic.write_json(settings_path, settings)
-    log(f'[quant] {name}: {q.method} {q.preset} on {len(images)} {q.calib_source} images '
-        f'-> {directory}')
-    qparams, report = api.quantize_from_config(model, params, images, spec_settings(q),
-                                               workdir=directory, log=log)
+    log(f'[quant] {name}: {spec.method} {spec.preset} on {len(images)} {spec.calib_source} '
+        f'images -> {directory}')
+    snapshot = quantized_checkpoints.SnapshotFile(os.path.join(directory, SNAPSHOT_FILE))
+    qparams, report = api.quantize(model, params, images, spec.quant_spec(), method=spec.method,
+                                   mode=spec.mode, log=log, snapshot=snapshot)
+    quantized_checkpoints.save_quantized(checkpoint, qparams, model, report)
+    atomic.write_json(os.path.join(directory, REPORT_FILE), report)
     skipped = False
   seconds = float(sum(b['seconds'] for b in report.get('blocks', [])))
   log(f'[quant] {name}: calibration {seconds:.1f} s (block time; whole call '
       f'{report.get("seconds", 0.0):.1f} s); checkpoint {checkpoint}')
-  n_report = int(q.get('report_images') or 0)
-  if n_report:
+  if spec.report_images:
     sample = images if report_images is None else report_images
-    write_layer_reports(directory, model, params, qparams, sample[:n_report], log)
+    write_layer_reports(directory, model, params, qparams, sample[:spec.report_images], log)
   return {'directory': directory, 'checkpoint': checkpoint, 'report': report, 'skipped': skipped,
           'calibration_seconds': seconds, 'calibration_total_seconds': report.get('seconds'),
           'qparams': qparams, 'calib_images': int(len(images))}
@@ -226,8 +197,6 @@ def write_layer_reports(directory: str, model, params, qparams, images, log: Log
 
 
 def run(config, workdir: str) -> dict[str, Any]:
-  if config.get('quant') is None:
-    raise ValueError('the config has no `quant` section; add `c.quant = common.quant_config()`.')
   result = quantize_run(config, workdir)
   result.pop('qparams')
   logging.info('[quant] done: %s', result['checkpoint'])

@@ -6,10 +6,10 @@ import os
 import pytest
 
 from configs import common
-from ouromamba_jax import pipeline
-from tests.gen.conftest import tiny_gen_config
+from ouromamba_jax.stages import pipeline
+from ouromamba_jax.stages import runs as runs_lib
 
-CIFAR = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'cifar10')
+CIFAR = os.path.join(os.path.dirname(__file__), '..', '..', '..', 'shared', 'data', 'cifar10')
 
 
 def tiny_config(runs, data_dir):
@@ -20,9 +20,9 @@ def tiny_config(runs, data_dir):
   c.data.data_dir = data_dir
   c.data.use_tfds = False
   c.data.eval_batch_size = 8
-  c.gen = tiny_gen_config(num_images=4, images_per_step=4, iterations=2,
-                          mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616))
-  c.gen.quality_check = False
+  c.gen = common.gen_config()
+  c.gen.update(dict(num_images=4, images_per_step=4, iterations=2, num_positives=4,
+                    warmup_fraction=0.0, lr=0.1, quality_check=False))
   c.quant = common.quant_config()
   c.quant.update(dict(calib_images=8, epochs=1, micro_batch=4, report_images=2))
   c.pipeline = common.pipeline_config()
@@ -32,9 +32,9 @@ def tiny_config(runs, data_dir):
 
 
 def test_parse_runs_and_full_settings():
-  assert pipeline.parse_runs('ouromamba:W4A4:gen, rtn:w8a8:real') == [
+  assert runs_lib.parse_runs('ouromamba:W4A4:gen, rtn:w8a8:real') == [
       ('ouromamba', 'w4a4', 'gen'), ('rtn', 'w8a8', 'real')]
-  table = pipeline.parse_runs('table')
+  table = runs_lib.parse_runs('table')
   assert len(table) == 21 and ('ptq4vm', 'w4a8', 'real') in table
   assert ('ouromamba', 'w4a4_alog', 'noise') in table
   assert ('ouromamba', 'w4a4_ssm8', 'gen') in table
@@ -42,7 +42,7 @@ def test_parse_runs_and_full_settings():
                        ('gptq:w4a4:gen', 'method must be'), ('rtn:w3a3:gen', 'preset must be'),
                        ('rtn:w4a4:web', 'source must be'), (' , ', 'empty')):
     with pytest.raises(ValueError, match=message):
-      pipeline.parse_runs(bad)
+      runs_lib.parse_runs(bad)
   config = tiny_config('rtn:w4a4:noise', '')
   config.pipeline.full = True
   full = pipeline.effective_config(config)
@@ -51,7 +51,7 @@ def test_parse_runs_and_full_settings():
   assert full.pipeline.eval_images == 0
   assert full.pipeline.runs == 'rtn:w4a4:noise'          # chosen runs are kept (split a table)
   assert config.gen.num_images == 4                      # the caller's config is untouched
-  config.pipeline.runs = pipeline.DEMO_RUNS
+  config.pipeline.runs = runs_lib.DEMO_RUNS
   assert pipeline.effective_config(config).pipeline.runs == 'table'
 
 
@@ -99,4 +99,4 @@ def test_pipeline_with_data_evaluates_and_resumes(tmp_path):
 
 def test_demo_runs_match_the_config_default():
   from configs import common  # pylint: disable=g-import-not-at-top
-  assert common.pipeline_config().runs == pipeline.DEMO_RUNS
+  assert common.pipeline_config().runs == runs_lib.DEMO_RUNS

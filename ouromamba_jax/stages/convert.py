@@ -1,4 +1,4 @@
-"""`main.py` mode `convert`: a hustvl `.pth` checkpoint -> `.safetensors` (hustvl key names).
+"""Mode `convert`: a hustvl `.pth` checkpoint -> `.safetensors` (hustvl key names).
 
 The checkpoint is loaded strictly into the model of `config.model` first, so a file that does
 not fit the architecture fails here, with every bad key listed, not later in a run. Reading a
@@ -16,28 +16,9 @@ import jax
 
 from ouromamba_jax import checkpoints
 from ouromamba_jax.io import hustvl_keys
+from ouromamba_jax.stages import sections
 
 RANDOM = 'random'
-# model name -> (Hugging Face repo, file): the official ImageNet checkpoints of these models.
-HUSTVL_CHECKPOINTS = {
-    'vim_t': ('hustvl/Vim-tiny-midclstok', 'vim_t_midclstok_76p1acc.pth'),
-    'vim_s': ('hustvl/Vim-small-midclstok', 'vim_s_midclstok_80p5acc.pth'),
-    'vim_b': ('hustvl/Vim-base-midclstok', 'vim_b_midclstok_81p9acc.pth'),
-}
-
-
-def missing_checkpoint_message(model_name: str) -> str:
-  """What to download and which flag to set when config.model.checkpoint is empty."""
-  if model_name in HUSTVL_CHECKPOINTS:
-    repo, filename = HUSTVL_CHECKPOINTS[model_name]
-    return (f'model {model_name!r} has no checkpoint: download {filename} from '
-            f'https://huggingface.co/{repo} and pass '
-            f'--config.model.checkpoint=/path/to/{filename}.')
-  if model_name in checkpoints.BUNDLED:
-    return (f'model {model_name!r} has no checkpoint: pass --config.model.checkpoint=bundled for '
-            'the shipped weights, or a .pth/.safetensors path (train one with --config.mode=train).')
-  return (f'model {model_name!r} has no checkpoint: pass --config.model.checkpoint=PATH to a '
-          'hustvl .pth or a .safetensors file.')
 
 
 def _output_path(ccfg, source: str, workdir: str, model_name: str) -> str:
@@ -60,17 +41,17 @@ def convert(config, workdir: str) -> dict[str, Any]:
   if ccfg.dtype not in ('', *checkpoints.DTYPES):
     raise ValueError(f'convert.dtype must be "" (keep the source dtype) or one of '
                      f'{sorted(checkpoints.DTYPES)}, got {ccfg.dtype!r}')
+  model = sections.model_from_config(config.model)
   source = ccfg.input or config.model.checkpoint
-  if source == 'bundled':
-    source = checkpoints.checkpoint_path(config.model)
+  if source == checkpoints.BUNDLED_NAME:
+    source = checkpoints.bundled_path(model, config.model.name)
   if not source:
-    raise ValueError(missing_checkpoint_message(config.model.name) +
+    raise ValueError(checkpoints.missing_checkpoint_message(config.model.name) +
                      f' (Or --config.convert.input={RANDOM} for random-init weights.)')
   if source != RANDOM and not os.path.isfile(source):
     raise FileNotFoundError(f'convert.input {source!r} does not exist; pass '
                             '--config.convert.input=PATH to a hustvl .pth file.')
   output = _output_path(ccfg, source, workdir, config.model.name)
-  model = checkpoints.model_from_config(config.model)
   if source == RANDOM:
     params = checkpoints.random_params(model, config.seed)
     dtype = ccfg.dtype or 'float32'
@@ -82,7 +63,7 @@ def convert(config, workdir: str) -> dict[str, Any]:
     # '' keeps the checkpoint's own dtype, so an fp16/bf16 file stays that size.
     dtypes = {str(v.dtype) for v in state_dict.values()}
     dtype = ccfg.dtype or (dtypes.pop() if len(dtypes) == 1 else 'float32')
-  hustvl_keys.export_safetensors(params, output, dtype=None if dtype == 'float32' else dtype)
+  checkpoints.save_checkpoint(params, output, dtype=None if dtype == 'float32' else dtype)
   count = len(jax.tree_util.tree_leaves(params))
   logging.info('[convert] %s -> %s (%d tensors, %s)', source, output, count, dtype)
   return {'input': source, 'output': output, 'tensors': count, 'dtype': dtype}

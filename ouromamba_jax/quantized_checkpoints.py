@@ -1,10 +1,14 @@
-"""Saving and loading quantized param trees (Orbax) and atomic calibration snapshots (npz).
+"""Quantized checkpoints (Orbax + JSON, tied to their model) and calibration snapshots (npz).
+
+  save_quantized('ckpt', qparams, model, report)     # records the model and the preset
+  qparams, report = load_quantized('ckpt', model)    # refuses another model, naming both
 
 A quantized tree mixes arrays with quant objects whose static fields (bits, spec, mode, ...)
 are not arrays. `to_state` splits it into a nested dict of arrays (each quant object becomes
 a dict of its array fields) plus JSON metadata {path: {qtype, static fields}}; `from_state`
 rebuilds it. `save_quantized` writes the arrays with Orbax and the metadata beside them, so an
-evaluation can reload the model without recalibrating.
+evaluation can reload the model without recalibrating. The float checkpoints are beside this
+module, in `checkpoints`.
 """
 from __future__ import annotations
 
@@ -13,17 +17,21 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import jax
 import numpy as np
 
 from ouromamba_jax.io import atomic
+from ouromamba_jax.models import registry
 from ouromamba_jax.quant import qtypes
+from ouromamba_jax.quant import rewrite
 from ouromamba_jax.quant.config import ActSpec
 from ouromamba_jax.quant.rewrite import as_dict
 
 FORMAT_VERSION = 1
+ARCH_FIELDS = ('img_size', 'patch_size', 'in_chans', 'num_classes', 'd_model', 'depth',
+               'd_state', 'expand', 'dt_rank')
 META_FILE = 'quant_meta.json'
 ARRAYS_DIR = 'arrays'
 
@@ -99,13 +107,26 @@ def _to_numpy(tree):
   return jax.tree.map(np.asarray, tree)
 
 
-def save_quantized(path: str, qparams, extra: Mapping[str, Any] | None = None) -> str:
-  """Writes `qparams` to the directory `path` (Orbax arrays + JSON metadata). Returns path.
+def model_record(model) -> dict[str, Any]:
+  """The architecture a quantized tree belongs to: registered name (or None) and fields."""
+  return {'name': registry.variant_of(model),
+          'fields': {f: getattr(model, f) for f in ARCH_FIELDS}}
+
+
+def _describe(record: Mapping[str, Any]) -> str:
+  fields = ', '.join(f'{k}={v}' for k, v in record['fields'].items())
+  return f'{record.get("name") or "an unregistered VisionMamba"} ({fields})'
+
+
+def save_quantized(path: str, qparams, model, report: Optional[Mapping[str, Any]] = None) -> str:
+  """Writes `qparams` of `model` to the directory `path` (Orbax arrays + JSON metadata naming
+  the model and the preset). Returns path.
 
   Atomic: everything is written into a temporary sibling folder that then replaces `path`, so
   a killed save leaves either the previous checkpoint or the new one, never a mix."""
   # Lazy: Orbax (and tensorstore) take seconds to import, and only checkpoint I/O needs them.
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  report = dict(report or {})
   path = os.path.abspath(path)
   parent = os.path.dirname(path)
   os.makedirs(parent, exist_ok=True)
@@ -115,7 +136,9 @@ def save_quantized(path: str, qparams, extra: Mapping[str, Any] | None = None) -
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(os.path.join(tmp, ARRAYS_DIR), _to_numpy(arrays), force=True)
     checkpointer.wait_until_finished()
-    doc = {'format_version': FORMAT_VERSION, 'qtypes': meta, 'extra': dict(extra or {})}
+    doc = {'format_version': FORMAT_VERSION, 'model': model_record(model),
+           'preset': (report.get('spec') or {}).get('name'), 'method': report.get('method'),
+           'qtypes': meta, 'extra': {'report': report}}
     atomic.write_json(os.path.join(tmp, META_FILE), doc)
     old = None
     if os.path.exists(path):
@@ -130,8 +153,10 @@ def save_quantized(path: str, qparams, extra: Mapping[str, Any] | None = None) -
   return path
 
 
-def load_quantized(path: str):
-  """Returns (qparams, extra) saved by `save_quantized`."""
+def load_quantized(path: str, model=None, mode: Optional[str] = None):
+  """Returns (qparams, report) saved by `save_quantized`. With `model`, a checkpoint made for
+  another architecture is refused with both named; `mode` ('fake' | 'int') switches the
+  execution mode."""
   # Lazy: see `save_quantized`.
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   path = os.path.abspath(path)
@@ -144,9 +169,15 @@ def load_quantized(path: str):
   if doc.get('format_version') != FORMAT_VERSION:
     raise ValueError(f'{path}: format_version {doc.get("format_version")} is not supported '
                      f'(expected {FORMAT_VERSION}).')
+  if model is not None and doc['model']['fields'] != model_record(model)['fields']:
+    raise ValueError(f'{path} was quantized for {_describe(doc["model"])}, not for this model, '
+                     f'{_describe(model_record(model))}; build that model to load it.')
   arrays = ocp.StandardCheckpointer().restore(os.path.join(path, ARRAYS_DIR))
   arrays = jax.tree.map(jax.numpy.asarray, arrays)
-  return from_state(arrays, doc['qtypes']), doc.get('extra', {})
+  qparams = from_state(arrays, doc['qtypes'])
+  if mode is not None:
+    qparams = rewrite.set_mode(qparams, mode)
+  return qparams, doc.get('extra', {}).get('report', {})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -174,17 +205,23 @@ def _unflatten(flat):
   return tree
 
 
-def save_snapshot(path: str, tree, info: Mapping[str, Any]) -> None:
-  """Writes a (quantized) tree + JSON info to `path` (.npz) atomically (tmp file + rename)."""
-  arrays, meta = to_state(tree)
-  flat = _flatten(arrays)
-  atomic.write_npz(path, __meta__=np.asarray(json.dumps({'qtypes': meta, 'info': dict(info)})),
-                   **flat)
+class SnapshotFile:
+  """A (quantized) tree + JSON info in one npz, replaced atomically: calibration's resume point."""
 
+  def __init__(self, path: str):
+    self.path = path
 
-def load_snapshot(path: str):
-  """Returns (tree, info) written by `save_snapshot`."""
-  with np.load(path, allow_pickle=False) as data:
-    doc = json.loads(str(data['__meta__']))
-    flat = {k: jax.numpy.asarray(data[k]) for k in data.files if k != '__meta__'}
-  return from_state(_unflatten(flat), doc['qtypes']), doc['info']
+  def save(self, tree, info: Mapping[str, Any]) -> None:
+    arrays, meta = to_state(tree)
+    flat = _flatten(arrays)
+    atomic.write_npz(self.path,
+                     __meta__=np.asarray(json.dumps({'qtypes': meta, 'info': dict(info)})), **flat)
+
+  def load(self):
+    """(tree, info), or None when nothing was saved yet."""
+    if not os.path.exists(self.path):
+      return None
+    with np.load(self.path, allow_pickle=False) as data:
+      doc = json.loads(str(data['__meta__']))
+      flat = {k: jax.numpy.asarray(data[k]) for k in data.files if k != '__meta__'}
+    return from_state(_unflatten(flat), doc['qtypes']), doc['info']

@@ -1,9 +1,8 @@
-"""`main.py` mode `train`: supervised training of Vim with exact resume.
+"""Mode `train`: supervised training of Vim (the recipe of `train.recipe`) with exact resume.
 
-The whole dataset lives on the device as uint8 and augmentation runs inside the jitted
-step, so a small model is not starved by a host input pipeline. Everything random is a
-pure function of (seed, step): the epoch permutation of (seed, epoch), the augmentation key
-of (seed, step). Resuming from a checkpoint therefore continues the same run bit for bit.
+config.train becomes a `TrainSpec` at the door. Orbax checkpoints in
+WORKDIR/train_checkpoints; a rerun continues the same run bit for bit. Outputs: params.npz,
+model.safetensors (hustvl names, bf16), train_log.jsonl, train_result.json.
 """
 from __future__ import annotations
 
@@ -16,60 +15,15 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import orbax.checkpoint as ocp
 
 from ouromamba_jax import checkpoints
 from ouromamba_jax import data as data_lib
-from ouromamba_jax import evaluate
 from ouromamba_jax.io import atomic
-from ouromamba_jax.io import export_safetensors
-from ouromamba_jax.train import augment
-
-def make_optimizer(tcfg, steps_per_epoch: int):
-  """AdamW with linear warmup + cosine decay; no weight decay on norms, biases, A, D, tokens."""
-  total = tcfg.epochs * steps_per_epoch
-  warmup = min(int(tcfg.warmup_epochs * steps_per_epoch), max(total - 1, 0))
-  schedule = optax.warmup_cosine_decay_schedule(
-      0.0, tcfg.learning_rate, warmup, max(total, warmup + 1), tcfg.learning_rate * tcfg.final_lr_ratio)
-
-  def decay_mask(params):  # no weight decay on norms, biases, A_log, D, embeddings
-    return jax.tree_util.tree_map_with_path(
-        lambda path, x: x.ndim >= 2 and not any(
-            getattr(k, 'key', '') in ('A_log', 'A_b_log', 'pos_embed', 'cls_token') for k in path),
-        params)
-
-  return optax.chain(
-      optax.clip_by_global_norm(tcfg.grad_clip),
-      optax.adamw(schedule, b1=0.9, b2=0.999, weight_decay=tcfg.weight_decay, mask=decay_mask),
-  ), schedule
-
-
-def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
-  return np.random.default_rng([seed, epoch]).permutation(n)
-
-
-def make_train_step(model, optimizer, tcfg, mean, std):
-  def loss_fn(params, images, labels):
-    logits = model.apply({'params': params}, images)
-    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), tcfg.label_smoothing)
-    loss = optax.softmax_cross_entropy(logits, targets).mean()
-    accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
-    return loss, accuracy
-
-  def step(state, all_images, all_labels, batch_index, key):
-    images = augment.random_crop_flip(key, all_images[batch_index], tcfg.crop_padding,
-                                      tcfg.horizontal_flip)
-    images = augment.normalize(images, mean, std)
-    labels = all_labels[batch_index]
-    (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'], images, labels)
-    updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
-    params = optax.apply_updates(state['params'], updates)
-    new_state = {'params': params, 'opt_state': opt_state, 'step': state['step'] + 1}
-    return new_state, {'loss': loss, 'accuracy': acc, 'grad_norm': optax.tree.norm(grads)}
-
-  return jax.jit(step, donate_argnums=(0,))
-
+from ouromamba_jax.stages import evaluate as evaluate_stage
+from ouromamba_jax.stages import sections
+from ouromamba_jax.train import recipe
+from ouromamba_jax.train.spec import TrainSpec
 
 def _checkpoint_manager(directory: str, keep: int):
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
@@ -90,7 +44,8 @@ def save_params_npz(params, path: str) -> None:
 
 def train(config, workdir: str) -> dict[str, Any]:
   """Trains until config.train.epochs or config.train.max_seconds; returns final metrics."""
-  tcfg = config.train
+  tcfg = sections.spec_from_section(TrainSpec, sections.section(config, 'train',
+                                                                'common.train_config()'), 'train')
   dataset = data_lib.dataset_module(config.data.name)
   if not hasattr(dataset, 'load'):
     raise ValueError(f'mode train keeps whole splits in device memory, which dataset '
@@ -109,13 +64,13 @@ def train(config, workdir: str) -> dict[str, Any]:
     raise ValueError(f'train.batch_size={batch} exceeds the {n_train} training images')
   total_steps = tcfg.epochs * steps_per_epoch
 
-  model = checkpoints.model_from_config(config.model, dtype=checkpoints.DTYPES[tcfg.compute_dtype])
-  eval_model = checkpoints.model_from_config(config.model)
+  model = sections.model_from_config(config.model, dtype=checkpoints.DTYPES[tcfg.compute_dtype])
+  eval_model = sections.model_from_config(config.model)
   if config.model.checkpoint:  # fine-tuning
-    _, params = checkpoints.load_model(config.model)
+    _, params = sections.load_model(config.model)
   else:
     params = checkpoints.random_params(model, config.seed)
-  optimizer, schedule = make_optimizer(tcfg, steps_per_epoch)
+  optimizer, schedule = recipe.make_optimizer(tcfg, steps_per_epoch)
   state = {'params': params, 'opt_state': optimizer.init(params),
            'step': jnp.zeros((), jnp.int32)}
 
@@ -128,11 +83,11 @@ def train(config, workdir: str) -> dict[str, Any]:
     logging.info('resumed from step %d', int(state['step']))
 
   mean, std = dataset.MEAN, dataset.STD
-  train_step = make_train_step(model, optimizer, tcfg, mean, std)
+  train_step = recipe.make_train_step(model, optimizer, tcfg, mean, std)
   test_source = dataset.eval_source(config.data, eval_model.img_size)  # config.data.eval_images
 
   def test_top1(params) -> float:
-    return evaluate.evaluate_params(eval_model, params, config.data, source=test_source)['top1']
+    return evaluate_stage.evaluate_data(eval_model, params, config.data, source=test_source)['top1']
 
   all_images = jax.device_put(train_split.images)
   all_labels = jax.device_put(train_split.labels)
@@ -148,7 +103,7 @@ def train(config, workdir: str) -> dict[str, Any]:
   while step < total_steps:
     epoch, pos = divmod(step, steps_per_epoch)
     if epoch != perm_epoch:
-      perm_epoch, perm = epoch, epoch_permutation(config.seed, epoch, n_train)
+      perm_epoch, perm = epoch, recipe.epoch_permutation(config.seed, epoch, n_train)
     batch_index = jnp.asarray(perm[pos * batch:(pos + 1) * batch])
     key = jax.random.fold_in(jax.random.key(config.seed), step)
     state, metrics = train_step(state, all_images, all_labels, batch_index, key)
@@ -185,7 +140,8 @@ def train(config, workdir: str) -> dict[str, Any]:
     result['test_top1'] = test_top1(state['params'])
   save_params_npz(state['params'], os.path.join(workdir, 'params.npz'))
   # The shippable form: hustvl names, bf16 storage (half the bytes; compute stays fp32).
-  export_safetensors(state['params'], os.path.join(workdir, 'model.safetensors'), jnp.bfloat16)
+  checkpoints.save_checkpoint(state['params'], os.path.join(workdir, 'model.safetensors'),
+                              jnp.bfloat16)
   logging.info('train result: %s', result)
   atomic.write_json(os.path.join(workdir, 'train_result.json'), result)
   return result

@@ -36,20 +36,19 @@ from absl import logging
 import ml_collections as mlc
 
 from kernels_pallas.selective_scan import api as scan_api
-from ouromamba_jax import checkpoints
-from ouromamba_jax.reports import accuracy
+from ouromamba_jax import data as data_lib
+from ouromamba_jax.data import pipeline as data_pipeline
 from ouromamba_jax.io import atomic
+from ouromamba_jax.reports import accuracy
+from ouromamba_jax.stages import evaluate as evaluate_stage
+from ouromamba_jax.stages import gen_outputs
+from ouromamba_jax.stages import generate as generate_stage
+from ouromamba_jax.stages import quantize as quantize_stage
+from ouromamba_jax.stages import sections
+from ouromamba_jax.stages.runs import DEMO_RUNS, parse_runs
 
 REPORTS_SUBDIR = 'reports'
 FULL_SUBDIR = 'full'
-TABLE_METHODS = (('rtn', 'real'), ('ptq4vm', 'real'), ('ouromamba', 'noise'),
-                 ('ouromamba', 'gen'), ('ouromamba', 'real'))
-TABLE_PRESETS = ('w8a8', 'w4a8', 'w4a4')
-# Plus two W4A4 variants where the testbed's W4A4 accuracy comes back (RESULTS.md): A on a
-# log-domain grid, and 8-bit SSM tensors, for the three OuroMamba calibration sources.
-TABLE_RUNS = ','.join([f'{m}:{p}:{s}' for p in TABLE_PRESETS for m, s in TABLE_METHODS] +
-                      [f'ouromamba:{p}:{s}' for p in ('w4a4_alog', 'w4a4_ssm8')
-                       for s in ('noise', 'gen', 'real')])
 # pipeline.full=True: the paper-size settings (section, field) -> value.
 FULL = {
     ('gen', 'num_images'): 128, ('gen', 'iterations'): 1000, ('gen', 'log_every'): 50,
@@ -58,35 +57,10 @@ FULL = {
     ('pipeline', 'eval_images'): 0, ('pipeline', 'runs'): 'table',
 }
 Log = Callable[[str], None]
-DEMO_RUNS = 'ouromamba:w4a4:gen,ouromamba:w4a4_alog:gen'  # configs/common.pipeline_config
 
 
 def _log(msg: str) -> None:
   logging.info('%s', msg)
-
-
-def parse_runs(runs: str) -> list[tuple[str, str, str]]:
-  """'method:preset:source,...' or 'table' -> [(method, preset, source)]."""
-  from ouromamba_jax.quant import config as qconfig  # pylint: disable=g-import-not-at-top
-  from ouromamba_jax.quant import run as quant_run  # pylint: disable=g-import-not-at-top
-  text = TABLE_RUNS if runs.strip() == 'table' else runs
-  out = []
-  for item in (s.strip() for s in text.split(',') if s.strip()):
-    parts = item.split(':')
-    if len(parts) != 3:
-      raise ValueError(f'pipeline.runs entry {item!r} must be method:preset:source, e.g. '
-                       f'ouromamba:w4a4:gen (or runs="table").')
-    method, preset, source = (p.strip().lower() for p in parts)
-    if method not in qconfig.METHODS:
-      raise ValueError(f'pipeline.runs {item!r}: method must be one of {qconfig.METHODS}.')
-    if preset not in qconfig.PRESETS:
-      raise ValueError(f'pipeline.runs {item!r}: preset must be one of {sorted(qconfig.PRESETS)}.')
-    if source not in quant_run.SOURCES:
-      raise ValueError(f'pipeline.runs {item!r}: source must be one of {quant_run.SOURCES}.')
-    out.append((method, preset, source))
-  if not out:
-    raise ValueError('pipeline.runs is empty; give at least one method:preset:source.')
-  return out
 
 
 def effective_config(config) -> mlc.ConfigDict:
@@ -117,19 +91,15 @@ def stage_generate(config, workdir: str, log: Log = _log) -> str:
   """Always goes through Gen: a finished run only reloads its groups (seconds), and Gen's
   run.json check refuses a workdir whose images were made with other settings or weights
   (skipping on an existing synthetic.npz would reuse them silently)."""
-  from ouromamba_jax.gen import outputs  # pylint: disable=g-import-not-at-top
-  from ouromamba_jax.gen import run as gen_run  # pylint: disable=g-import-not-at-top
-  path = outputs.synthetic_path(workdir)
+  path = gen_outputs.synthetic_path(workdir)
   t0 = time.time()
-  gen_run.run(config, workdir)
+  generate_stage.run(config, workdir)
   log(f'[pipeline] generate: {config.gen.num_images} images in {time.time() - t0:.0f} s -> {path}')
   return path
 
 
 def open_eval_data(config, img_size: int, log: Log = _log):
   """The evaluation split, or None (with a message saying where the data goes)."""
-  from ouromamba_jax import data as data_lib  # pylint: disable=g-import-not-at-top
-  from ouromamba_jax.data import pipeline as data_pipeline  # pylint: disable=g-import-not-at-top
   try:
     return data_lib.eval_source(config.data, img_size)
   except data_pipeline.DataNotFoundError as e:
@@ -146,13 +116,12 @@ def _sha(obj) -> str:
 
 def evaluate_cached(path: str, key: dict[str, Any], model, params, data_cfg, source,
                     log: Log = _log) -> dict[str, Any]:
-  """evaluate.evaluate_params, cached in `path` under `key` (skipped when it matches)."""
+  """evaluate_stage.evaluate_data, cached in `path` under `key` (skipped when it matches)."""
   cached = atomic.read_json(path)
   if cached is not None and cached.get('key') == key:
     log(f'[pipeline] evaluate: cached {path}')
     return cached['result']
-  from ouromamba_jax import evaluate  # pylint: disable=g-import-not-at-top
-  result = evaluate.evaluate_params(model, params, data_cfg, source=source, log=log)
+  result = evaluate_stage.evaluate_data(model, params, data_cfg, source=source, log=log)
   atomic.write_json(path, {'key': key, 'result': result})
   return result
 
@@ -167,10 +136,9 @@ def run(config, workdir: str, log: Log = _log) -> dict[str, Any]:
         f'in {workdir}')
   os.makedirs(workdir, exist_ok=True)
   runs = parse_runs(cfg.pipeline.runs)
-  from ouromamba_jax.quant import run as quant_run  # pylint: disable=g-import-not-at-top
-  for method, preset, source in runs:
-    quant_run.check_quant_config(_run_config(cfg, method, preset, source).quant)
-  model, params = checkpoints.load_model(cfg.model, seed=cfg.seed)
+  run_specs = [quantize_stage.run_spec(_run_config(cfg, method, preset, source).quant)
+               for method, preset, source in runs]   # every run checked before any work
+  model, params = sections.load_model(cfg.model, seed=cfg.seed)
   source = open_eval_data(cfg, model.img_size, log)
   reports_dir = os.path.join(workdir, REPORTS_SUBDIR)
   data_cfg = mlc.ConfigDict(cfg.data.to_dict())
@@ -215,7 +183,7 @@ def run(config, workdir: str, log: Log = _log) -> dict[str, Any]:
   generated = False
   for i, (method, preset, src) in enumerate(runs):
     rcfg = _run_config(cfg, method, preset, src)
-    name = quant_run.run_name(rcfg.quant)
+    name = run_specs[i].name
     head = f'[pipeline] run {i + 1}/{len(runs)} {name}'
     if src == 'real' and source is None:
       log(f'{head}: SKIPPED (needs real images; no data)')
@@ -227,14 +195,14 @@ def run(config, workdir: str, log: Log = _log) -> dict[str, Any]:
       stage_generate(cfg, workdir, log)
       generated = True
     log(f'{head}: quantize')
-    res = quant_run.quantize_run(rcfg, workdir, model=model, params=params, log=log)
+    res = quantize_stage.quantize_run(rcfg, workdir, model=model, params=params, log=log)
     row = {'name': name, 'method': method, 'preset': preset, 'calib_source': src,
            'calib_images': res['calib_images'],
            'calibration_seconds': res['calibration_seconds'],
            'directory': res['directory'], 'checkpoint': res['checkpoint']}
     if source is not None:
       log(f'{head}: evaluate')
-      settings = atomic.read_json(os.path.join(res['directory'], quant_run.SETTINGS_FILE))
+      settings = atomic.read_json(os.path.join(res['directory'], quantize_stage.SETTINGS_FILE))
       ev = evaluate_cached(os.path.join(res['directory'], f'eval_{data_cfg.eval_images}.json'),
                            {**base_key, 'settings': _sha(settings)}, model, res['qparams'],
                            data_cfg, source, log)

@@ -1,7 +1,8 @@
-"""Spec validation, presets and config-dict construction."""
+"""Spec validation, rules and the named presets."""
 import pytest
 
 from ouromamba_jax.quant import config
+from ouromamba_jax.quant import presets
 
 
 @pytest.mark.parametrize('kwargs,message', [
@@ -35,45 +36,32 @@ def test_bad_weight_and_calibration_values_rejected():
     config.QuantRule('x', 4)
 
 
-def test_presets_and_overrides():
-  w4a4 = config.make_preset('W4A4')
+def test_presets():
+  w4a4 = presets.preset('W4A4')
   weights, inputs, delta, a, ssm = (r.spec for r in w4a4.rules)
-  assert a == ssm  # A has its own rule (for a_ overrides) but the same spec by default
+  assert a == ssm  # A has its own rule (for a_domain) but the same spec by default
   assert weights.bits == 4 and inputs.bits == 4 and inputs.outliers == 'int'
   assert inputs.outlier_bits == 8 and delta.symmetric is False and delta.k == 4.0
-  assert config.make_preset('w4a8').rules[1].spec.outliers == 'float'
-  assert config.make_preset('w4a4_no_outliers').rules[1].spec.outliers == 'none'
-  assert config.make_preset('w8a8').rules[0].spec.bits == 8
-  float_ssm = [r.spec for r in config.make_preset('w4a4_float_ssm').rules]
+  assert presets.preset('w4a8').rules[1].spec.outliers == 'float'
+  assert presets.preset('w4a4_no_outliers').rules[1].spec.outliers == 'none'
+  assert presets.preset('w8a8').rules[0].spec.bits == 8
+  float_ssm = [r.spec for r in presets.preset('w4a4_float_ssm').rules]
   assert float_ssm[0].bits == 4 and float_ssm[1].outliers == 'int'
   assert float_ssm[2:] == [None, None, None]  # Δ, A and B, C, D stay in float
-  _, _, d, a, ssm = (r.spec for r in config.make_preset('w4a4', a_domain='log').rules)
-  assert (a.domain, a.symmetric, a.bits) == ('log', False, 4) and ssm.domain == 'linear'
-  assert d.domain == 'linear' and config.make_preset('w4a4').rules[3].spec == ssm
   with pytest.raises(ValueError, match='asymmetric'):
     config.ActSpec(domain='log')
   with pytest.raises(ValueError, match='domain'):
     config.ActSpec(domain='exp', symmetric=False)
-  w, x, d, _, ssm8 = (r.spec for r in config.make_preset('w4a4_ssm8').rules)
+  w, x, d, _, ssm8 = (r.spec for r in presets.preset('w4a4_ssm8').rules)
   assert (w.bits, x.bits, d.bits, ssm8.bits) == (4, 4, 8, 8)  # Linears 4-bit, SSM tensors 8-bit
   assert d.symmetric is False and d.k == 4.0 and ssm8.symmetric and ssm8.outliers == 'int'
-  _, x, d, _, s = (r.spec for r in config.spec_from_config(
-      {'preset': 'w4a4', 'ssm_bits': 8, 'delta_bits': None}).rules)
-  assert (x.bits, d.bits, s.bits) == (4, 4, 8)  # ssm_ reaches B, C, A, D only
-  _, x, d, _, s = (r.spec for r in config.make_preset('w4a4', delta_bits=6).rules)
-  assert (x.bits, d.bits, s.bits, d.k) == (4, 6, 4, 4.0)
-  spec = config.spec_from_config({'preset': 'w4a4', 'n_refresh': 5, 'trigger': 'batch',
-                                  'delta_k': 5.0, 'epochs': 2, 'weight_bits': 3, 'k': None})
-  assert spec.rules[1].spec.n_refresh == 5 and spec.rules[1].spec.trigger == 'batch'
-  assert spec.rules[2].spec.k == 5.0 and spec.rules[1].spec.k == 3.0
-  assert spec.calib.epochs == 2 and spec.rules[0].spec.bits == 3
-  assert config.QuantSpec.from_json(spec.to_json()) == spec
-  with pytest.raises(ValueError, match='unknown quantization options'):
-    config.make_preset('w4a4', refresh=3)
+  _, _, d, a, ssm = (r.spec for r in presets.preset('w4a4_alog').rules)
+  assert (a.domain, a.symmetric, a.bits) == ('log', False, 4) and ssm.domain == 'linear'
+  assert d.domain == 'linear'
   with pytest.raises(ValueError, match='unknown quantization preset'):
-    config.make_preset('w2a2')
-  with pytest.raises(ValueError, match='n_refresh'):
-    config.spec_from_config({'preset': 'w4a4', 'n_refresh': 0})
+    presets.preset('w2a2')
+  spec = presets.preset('w4a4')
+  assert config.QuantSpec.from_json(spec.to_json()) == spec
 
 
 def test_rule_kinds():
@@ -83,14 +71,3 @@ def test_rule_kinds():
   assert not weight_rule.applies_to('layers_3/mixer/in_proj/kernel', 'act')
   assert not weight_rule.applies_to('layers_3/mixer/in_proj/kernel_x', 'weight')  # fullmatch
   assert skip.applies_to('layers_0/mixer/D_quantizer', 'act')
-
-
-def test_default_config_round_trips_through_spec_from_config():
-  cfg = config.default_config()
-  assert cfg['method'] == 'ouromamba' and cfg['mode'] == 'fake'
-  fields = {k: v for k, v in cfg.items() if k not in ('method', 'mode')}
-  fields.update(weight_decay=1e-4, weight_bits=8)   # calib field vs WeightSpec prefix
-  spec = config.spec_from_config(fields)
-  assert spec.calib.weight_decay == 1e-4 and spec.rules[0].spec.bits == 8
-  assert spec.calib == config.CalibSpec(weight_decay=1e-4)
-  assert spec.rules[2].spec.k == 4.0 and spec.rules[1].spec.k == 3.0

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from configs import common
-from ouromamba_jax import convert
+from ouromamba_jax import checkpoints
+from ouromamba_jax.stages import convert
 from ouromamba_jax.io import CheckpointMismatchError
 from ouromamba_jax.io import read_state_dict
 from ouromamba_jax.io import safetensors_io
@@ -65,6 +66,6 @@ def test_bad_arguments(tmp_path):
 def test_hints_name_the_official_files():
   for name, filename in (('vim_s', 'vim_s_midclstok_80p5acc.pth'),
                          ('vim_b', 'vim_b_midclstok_81p9acc.pth')):
-    message = convert.missing_checkpoint_message(name)
+    message = checkpoints.missing_checkpoint_message(name)
     assert filename in message and '--config.model.checkpoint=' in message
-  assert '--config.model.checkpoint=bundled' in convert.missing_checkpoint_message('vim_t_cifar10')
+  assert '--config.model.checkpoint=bundled' in checkpoints.missing_checkpoint_message('vim_t_cifar10')

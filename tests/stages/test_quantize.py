@@ -1,4 +1,4 @@
-"""Mode `quantize` (ouromamba_jax.quant.run) end to end on a tiny model, and its config checks."""
+"""Mode `quantize` end to end on a tiny model, and its config door."""
 import json
 import os
 
@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 from configs import common
-from ouromamba_jax import checkpoints
-from ouromamba_jax import quant
-from ouromamba_jax.gen import outputs
-from ouromamba_jax.quant import run as quant_run
+from ouromamba_jax import quantized_checkpoints
+from ouromamba_jax.stages import gen_outputs as outputs
+from ouromamba_jax.stages import quantize as quant_run
+from ouromamba_jax.stages import sections
+from tests.quant.conftest import rtn_run, tiny  # pylint: disable=unused-import
 
 
 def tiny_config(**quant_overrides):
@@ -38,6 +39,7 @@ def tiny_config(**quant_overrides):
     (dict(calib_images=0), 'calib_images must be an int >= 1'),
     (dict(method='gptq'), 'unknown quantization method'),
     (dict(preset='w2a2'), 'unknown quantization preset'),
+    (dict(mode='float'), 'quant.mode must be one of'),
 ])
 def test_bad_quant_config_rejected_before_any_work(overrides, message, tmp_path):
   config = tiny_config(**overrides)
@@ -47,11 +49,19 @@ def test_bad_quant_config_rejected_before_any_work(overrides, message, tmp_path)
 
 
 def test_weight_bits_outside_range_rejected(tmp_path):
-  config = tiny_config()
-  with config.quant.unlocked():
-    config.quant.weight_bits = 1
+  config = tiny_config(weight_bits=1)
   with pytest.raises(ValueError, match='WeightSpec.bits must be an integer between 2 and 16'):
     quant_run.run(config, str(tmp_path))
+
+
+def test_misspelled_quant_field_is_one_line_with_a_suggestion(tmp_path):
+  config = tiny_config()
+  with config.quant.unlocked():
+    config.quant.n_refesh = 3
+  with pytest.raises(ValueError, match=r'unknown config field quant.n_refesh; did you mean '
+                                       r'quant.n_refresh\?'):
+    quant_run.run(config, str(tmp_path))
+  assert not os.listdir(tmp_path)
 
 
 def test_quantize_mode_end_to_end_saves_reloads_reports_and_skips(tmp_path):
@@ -69,10 +79,11 @@ def test_quantize_mode_end_to_end_saves_reloads_reports_and_skips(tmp_path):
   assert report['calibration_images'] == 8 and len(report['blocks']) == 2
 
   # The saved checkpoint reloads with the logits of the calibrated tree.
-  model, _ = checkpoints.load_model(config.model)
-  images = quant_run.calibration_images(config, workdir, model)
+  model, _ = sections.load_model(config.model)
+  spec = quant_run.run_spec(config.quant)
+  images = quant_run.calibration_images(spec, config, workdir, model)
   assert images.shape == (8, 32, 32, 3)
-  loaded, _ = quant.load_quantized(result['checkpoint'])
+  loaded, _ = quantized_checkpoints.load_quantized(result['checkpoint'], model)
   apply = jax.jit(lambda p, x: model.apply({'params': p}, x))
   np.testing.assert_array_equal(np.asarray(apply(loaded, images)),
                                 np.asarray(apply(result['qparams'], images)))
@@ -98,35 +109,26 @@ def test_gen_source_reads_the_synthetic_set(tmp_path):
                               rng.standard_normal((3, 32, 32, 3)).astype(np.float32),
                               np.arange(3), (0.5,) * 3, (0.25,) * 3)
   config = tiny_config(calib_source='gen', calib_images=8)
-  model = checkpoints.model_from_config(config.model)
+  model = sections.model_from_config(config.model)
+  spec = quant_run.run_spec(config.quant)
   messages = []
-  images = quant_run.calibration_images(config, workdir, model, log=messages.append)
+  images = quant_run.calibration_images(spec, config, workdir, model, log=messages.append)
   assert images.shape == (3, 32, 32, 3) and any('fewer than' in m for m in messages)
   with pytest.raises(FileNotFoundError, match='run --config.mode=generate first'):
-    quant_run.calibration_images(config, str(tmp_path / 'empty'), model)
+    quant_run.calibration_images(spec, config, str(tmp_path / 'empty'), model)
 
 
 def test_noise_source_is_seeded():
   config = tiny_config(noise_std=0.5)
-  model = checkpoints.model_from_config(config.model)
-  a = quant_run.calibration_images(config, '', model)
-  b = quant_run.calibration_images(config, '', model)
+  model = sections.model_from_config(config.model)
+  spec = quant_run.run_spec(config.quant)
+  a = quant_run.calibration_images(spec, config, '', model)
+  b = quant_run.calibration_images(spec, config, '', model)
   np.testing.assert_array_equal(a, b)
   assert 0.4 < a.std() < 0.6
 
 
-def test_save_quantized_is_atomic_and_overwrites(tiny, rtn_run, tmp_path):
-  qparams, _ = rtn_run
-  path = str(tmp_path / 'ckpt')
-  quant.save_quantized(path, qparams, {'n': 1})
-  quant.save_quantized(path, qparams, {'n': 2})
-  _, report = quant.load_quantized(path)
-  assert report == {'n': 2}
-  assert sorted(os.listdir(tmp_path)) == ['ckpt']      # no temporary folders left behind
-
-
 def test_unset_quant_fields_do_not_change_a_runs_settings():
-  from ouromamba_jax.quant import run as quant_run
   old = {'model': {'depth': 2}, 'quant': {'preset': 'w4a4', 'k': None}, 'images_sha256': 'x'}
   assert quant_run.same_settings(old, {**old, 'quant': {'preset': 'w4a4', 'a_domain': None}})
   assert not quant_run.same_settings(old, {**old, 'quant': {'preset': 'w4a4', 'a_domain': 'log'}})

@@ -1,4 +1,4 @@
-"""Files OuroMamba-Gen leaves in `<workdir>/gen/`, all written atomically (tmp + os.replace).
+"""Files the `generate` stage leaves in `<workdir>/gen/`, all written atomically (tmp + os.replace).
 
   synthetic.npz       images (N, H, W, C) float32 in the model's normalised input space,
                       labels (N,) int32 target classes, mean (C,), std (C,)
@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ouromamba_jax.data.normalization import denormalize
 from ouromamba_jax.io.atomic import write_bytes, write_npz
 
 GEN_SUBDIR = 'gen'
@@ -39,13 +40,6 @@ def load_synthetic(path: str) -> tuple[np.ndarray, np.ndarray]:
     raise FileNotFoundError(f'{path} does not exist; run --config.mode=generate first.')
   with np.load(path) as data:
     return data['images'], data['labels']
-
-
-def denormalize(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-  """Normalised NHWC float images -> uint8 in [0, 255]."""
-  pixels = np.asarray(images, np.float32) * np.asarray(std, np.float32) + np.asarray(
-      mean, np.float32)
-  return np.clip(np.round(pixels * 255.0), 0, 255).astype(np.uint8)
 
 
 def label_grid(images_uint8: np.ndarray, labels: np.ndarray, class_names: Sequence[str] = (),

@@ -1,0 +1,56 @@
+"""QuantRunSpec: one schema for a run's fields; overrides reach exactly their site groups."""
+import dataclasses
+
+import pytest
+
+from ouromamba_jax.quant import config
+from ouromamba_jax.quant import presets
+from ouromamba_jax.quant.run_spec import QuantRunSpec
+
+
+def _specs(**fields):
+  return [r.spec for r in QuantRunSpec(**fields).quant_spec().rules]
+
+
+def test_defaults_are_the_presets_and_calib_specs():
+  spec = QuantRunSpec().quant_spec()
+  assert spec.rules == presets.preset('w4a4').rules and spec.calib == config.CalibSpec()
+  assert QuantRunSpec().name == 'ouromamba_w4a4_gen'
+  assert QuantRunSpec(run_name='x').name == 'x'
+
+
+def test_overrides_reach_their_groups():
+  _, _, d, a, ssm = _specs(a_domain='log')
+  assert (a.domain, a.symmetric, a.bits) == ('log', False, 4) and ssm.domain == 'linear'
+  assert d.domain == 'linear'
+  _, x, d, _, s = _specs(ssm_bits=8)
+  assert (x.bits, d.bits, s.bits) == (4, 4, 8)  # ssm_bits reaches B, C, A, D only
+  _, x, d, _, s = _specs(delta_bits=6)
+  assert (x.bits, d.bits, s.bits, d.k) == (4, 6, 4, 4.0)
+  w, x, d, _, s = _specs(n_refresh=5, trigger='batch', delta_k=5.0, weight_bits=3, k=2.0)
+  assert x.n_refresh == d.n_refresh == s.n_refresh == 5 and x.trigger == 'batch'
+  assert d.k == 5.0 and x.k == s.k == 2.0 and w.bits == 3
+  assert _specs(preset='w4a4_alog', ssm_bits=8)[3].domain == 'log'
+  assert _specs(preset='w4a4_float_ssm', k=2.0)[2:] == [None, None, None]
+  calib = QuantRunSpec(epochs=2, weight_decay=1e-4, smooth_alpha=0.3).calib()
+  assert calib == config.CalibSpec(epochs=2, weight_decay=1e-4, smooth_alpha=0.3)
+
+
+@pytest.mark.parametrize('fields,message', [
+    (dict(n_refresh=0), 'n_refresh'),
+    (dict(outlier_bits=17), 'outlier_bits must be an integer between 2 and 16'),
+    (dict(weight_bits=1), 'WeightSpec.bits'),
+    (dict(preset='w2a2'), 'unknown quantization preset'),
+    (dict(method='gptq'), 'unknown quantization method'),
+    (dict(calib_source='imagenet'), 'calib_source must be one of'),
+    (dict(calib_images=0), 'calib_images must be an int >= 1'),
+    (dict(mode='float'), 'quant.mode must be one of'),
+])
+def test_bad_values_rejected_at_construction(fields, message):
+  with pytest.raises(ValueError, match=message):
+    QuantRunSpec(**fields)
+
+
+def test_every_calib_field_is_in_the_schema():
+  fields = {f.name for f in dataclasses.fields(QuantRunSpec)}
+  assert {f.name for f in dataclasses.fields(config.CalibSpec)} <= fields
