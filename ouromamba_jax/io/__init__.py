@@ -5,6 +5,8 @@ from ouromamba_jax.io.hustvl_keys import params_from_file
 from ouromamba_jax.io.hustvl_keys import params_from_state_dict
 from ouromamba_jax.io.hustvl_keys import read_state_dict
 from ouromamba_jax.io.hustvl_keys import state_dict_from_params
+from ouromamba_jax.io.integrity import DamagedFileError
+from ouromamba_jax.io.integrity import NonFiniteError
 from ouromamba_jax.io.pth import load_pth
 from ouromamba_jax.io.pth import PthFormatError
 from ouromamba_jax.io.pth import UnsafePickleError

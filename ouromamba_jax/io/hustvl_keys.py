@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ouromamba_jax.io import integrity
 from ouromamba_jax.io import pth
 from ouromamba_jax.io import safetensors_io
 
@@ -181,12 +182,16 @@ def check_state_dict(state_dict: Mapping[str, np.ndarray], table: Mapping[str, E
 def params_from_state_dict(state_dict: Mapping[str, np.ndarray], param_shapes: Mapping[str, Any],
                            *, dtype=None, source: str = 'checkpoint',
                            model_name: str = 'the model') -> dict[str, Any]:
-  """Strictly converts a hustvl state_dict to the Flax params tree (jax arrays).
+  """Strictly converts a hustvl state_dict to the Flax params tree (jax arrays); a tensor
+  holding NaN/Inf is refused (integrity.NonFiniteError) by its hustvl name.
 
   dtype: None keeps each param's dtype from `param_shapes` (fp32 for our models).
   """
   table = key_table(param_shapes)
   check_state_dict(state_dict, table, source, model_name)
+  integrity.check_finite(((k, state_dict[k]) for k in table), source,
+                         'the checkpoint is damaged or comes from a diverged run: download or '
+                         'export it again.')
   flat = {}
   for key, entry in table.items():
     value = entry.layout.to_flax(np.asarray(state_dict[key]))

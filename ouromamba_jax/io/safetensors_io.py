@@ -12,20 +12,31 @@ from typing import Mapping, Optional
 import numpy as np
 from safetensors import numpy as safetensors_numpy
 from safetensors import safe_open
+from safetensors import SafetensorError
 
+from ouromamba_jax.io import integrity
 from ouromamba_jax.io.atomic import atomic_path
+
+_REMEDY = 'download or export it again.'
 
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise FileNotFoundError(f'safetensors file {path} does not exist')
-  return dict(safetensors_numpy.load_file(path))
+  try:
+    return dict(safetensors_numpy.load_file(path))
+  except SafetensorError as e:
+    raise integrity.damaged(path, '.safetensors file', e, _REMEDY) from e
 
 
 def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
-  with safe_open(os.fspath(path), framework='numpy') as f:
-    return dict(f.metadata() or {})
+  path = os.fspath(path)
+  try:
+    with safe_open(path, framework='numpy') as f:
+      return dict(f.metadata() or {})
+  except SafetensorError as e:
+    raise integrity.damaged(path, '.safetensors file', e, _REMEDY) from e
 
 
 def write_safetensors(tensors: Mapping[str, np.ndarray], path: str | os.PathLike,

@@ -192,3 +192,20 @@ def test_released_vim_t_checkpoint_loads_strictly_and_round_trips(tmp_path):
   original = pth.load_pth_state_dict(path)
   for key, value in safetensors_io.read_safetensors(exported).items():
     np.testing.assert_array_equal(value, original[key], err_msg=key)
+
+
+@pytest.mark.parametrize('suffix', ['.pth', '.safetensors'])
+def test_a_nan_weight_is_refused_in_one_line_naming_file_and_tensor(tmp_path, suffix):
+  state = pth.load_pth_state_dict(TINY.pth)
+  state['layers.0.mixer.x_proj_b.weight'] = state['layers.0.mixer.x_proj_b.weight'].copy()
+  state['layers.0.mixer.x_proj_b.weight'].flat[3] = np.nan
+  path = tmp_path / f'bad{suffix}'
+  if suffix == '.pth':
+    synthetic_pth.write_state_dict(path, state)
+  else:
+    safetensors_io.write_safetensors(state, path)
+  with pytest.raises(ckpt_io.NonFiniteError) as info:
+    ckpt_io.params_from_file(path, tiny_model())
+  message = str(info.value)
+  assert '\n' not in message and str(path) in message
+  assert 'tensor layers.0.mixer.x_proj_b.weight holds 1 NaN/Inf' in message

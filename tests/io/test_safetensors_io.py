@@ -3,6 +3,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+from ouromamba_jax.io import integrity
 from ouromamba_jax.io import safetensors_io
 
 
@@ -46,3 +47,17 @@ def test_bad_input_is_rejected(tmp_path):
     safetensors_io.write_safetensors({'x': np.array([object()])}, tmp_path / 'x.safetensors')
   with pytest.raises(FileNotFoundError):
     safetensors_io.read_safetensors(tmp_path / 'absent.safetensors')
+
+
+@pytest.mark.parametrize('keep', [4, 20, -3])   # inside the length, the header, the data
+def test_truncated_file_is_reported_as_damaged_in_one_line(tmp_path, keep):
+  path = tmp_path / 'w.safetensors'
+  safetensors_io.write_safetensors({'a': np.ones(64, np.float32)}, path)
+  data = path.read_bytes()
+  path.write_bytes(data[:keep])
+  for read in (safetensors_io.read_safetensors, safetensors_io.read_safetensors_metadata):
+    with pytest.raises(integrity.DamagedFileError,
+                       match=r'^.*w\.safetensors is not a readable \.safetensors file .*'
+                             r'truncated or corrupt: download or export it again\.$') as info:
+      read(path)
+    assert '\n' not in str(info.value)
