@@ -17,12 +17,15 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
+import zlib
 from typing import Any, Mapping, Optional
 
 import jax
 import numpy as np
 
 from ouromamba_jax.io import atomic
+from ouromamba_jax.io import integrity
 from ouromamba_jax.models import registry
 from ouromamba_jax.quant import qtypes
 from ouromamba_jax.quant import rewrite
@@ -156,7 +159,7 @@ def save_quantized(path: str, qparams, model, report: Optional[Mapping[str, Any]
 def load_quantized(path: str, model=None, mode: Optional[str] = None):
   """Returns (qparams, report) saved by `save_quantized`. With `model`, a checkpoint made for
   another architecture is refused with both named; `mode` ('fake' | 'int') switches the
-  execution mode."""
+  execution mode. Damaged metadata and NaN/Inf arrays are refused (`integrity` errors)."""
   # Lazy: see `save_quantized`.
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   path = os.path.abspath(path)
@@ -164,8 +167,12 @@ def load_quantized(path: str, model=None, mode: Optional[str] = None):
   if not os.path.isfile(meta_path):
     raise FileNotFoundError(f'{meta_path} not found: {path} is not a quantized checkpoint '
                             'written by save_quantized.')
-  with open(meta_path) as f:
-    doc = json.load(f)
+  try:
+    with open(meta_path) as f:
+      doc = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise integrity.damaged(meta_path, 'quantized-checkpoint metadata file', e,
+                            f'delete {path} and quantize again.') from e
   if doc.get('format_version') != FORMAT_VERSION:
     raise ValueError(f'{path}: format_version {doc.get("format_version")} is not supported '
                      f'(expected {FORMAT_VERSION}).')
@@ -173,6 +180,8 @@ def load_quantized(path: str, model=None, mode: Optional[str] = None):
     raise ValueError(f'{path} was quantized for {_describe(doc["model"])}, not for this model, '
                      f'{_describe(model_record(model))}; build that model to load it.')
   arrays = ocp.StandardCheckpointer().restore(os.path.join(path, ARRAYS_DIR))
+  integrity.check_finite(_flatten(arrays).items(), path,
+                         f'the checkpoint is damaged: delete {path} and quantize again.')
   arrays = jax.tree.map(jax.numpy.asarray, arrays)
   qparams = from_state(arrays, doc['qtypes'])
   if mode is not None:
@@ -206,7 +215,12 @@ def _unflatten(flat):
 
 
 class SnapshotFile:
-  """A (quantized) tree + JSON info in one npz, replaced atomically: calibration's resume point."""
+  """A (quantized) tree + JSON info in one npz, replaced atomically: calibration's resume point.
+
+  A snapshot that cannot be read is refused (DamagedFileError saying to delete it), not silently
+  discarded: it is written atomically, so damage means a disk or another program broke it, and
+  quietly recalibrating hours of blocks would hide that.
+  """
 
   def __init__(self, path: str):
     self.path = path
@@ -221,7 +235,12 @@ class SnapshotFile:
     """(tree, info), or None when nothing was saved yet."""
     if not os.path.exists(self.path):
       return None
-    with np.load(self.path, allow_pickle=False) as data:
-      doc = json.loads(str(data['__meta__']))
-      flat = {k: jax.numpy.asarray(data[k]) for k in data.files if k != '__meta__'}
+    try:
+      with np.load(self.path, allow_pickle=False) as data:
+        doc = json.loads(str(data['__meta__']))
+        flat = {k: np.asarray(data[k]) for k in data.files if k != '__meta__'}
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError, zlib.error) as e:
+      raise integrity.damaged(self.path, 'calibration snapshot', e,
+                              'delete it and rerun to recalibrate from block 1.') from e
+    flat = {k: jax.numpy.asarray(v) for k, v in flat.items()}
     return from_state(_unflatten(flat), doc['qtypes']), doc['info']

@@ -55,3 +55,16 @@ def test_bundled_model_reaches_its_recorded_accuracy_on_500_test_images():
   result = evaluate.evaluate_source(model, params, source, eval_images=500)
   assert result['images'] == 500
   assert abs(result['top1'] - recorded) <= 0.01, (result, recorded)
+
+
+def test_a_bundled_file_with_a_nan_weight_is_refused_naming_it(tmp_path, monkeypatch):
+  model = build_model('vim_t', img_size=32, patch_size=8, depth=1, d_model=16, num_classes=10)
+  params = checkpoints.random_params(model)
+  params['layers_0']['mixer']['A_log'] = params['layers_0']['mixer']['A_log'].at[0, 0].set(
+      float('nan'))
+  path = str(tmp_path / 'tiny.safetensors')
+  checkpoints.save_checkpoint(params, path)
+  monkeypatch.setitem(checkpoints.BUNDLED, 'tiny', path)
+  with pytest.raises(ValueError, match=r'^.*tiny\.safetensors: tensor layers\.0\.mixer\.A_log '
+                                       r'holds 1 NaN/Inf value\(s\) of \d+; .*again\.$'):
+    checkpoints.load_checkpoint('bundled', model, model_name='tiny')
