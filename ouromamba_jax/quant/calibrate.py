@@ -14,6 +14,8 @@ For each block i in order:
      blocks are replayed, not recalibrated; a finished run is only replayed).
 
 Only the mixer output enters the loss (official); the residual stream is propagated exactly.
+A block whose float params, calibration activations or kept loss are not finite stops the run
+(`NonFiniteCalibrationError`, naming the block and the site) before that block is snapshotted.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ouromamba_jax.io import integrity
 from ouromamba_jax.models import blockwise
 from ouromamba_jax.models import vim
 from ouromamba_jax.quant import rewrite
@@ -144,6 +147,50 @@ def _train_step(block, optimizer, log_space, variables, frozen, opt_state, hidde
 
 
 # ----------------------------------------------------------------------------------------------
+# Non-finite values: a NaN scale quantizes everything to NaN, so stop at the first one.
+
+class NonFiniteCalibrationError(integrity.NonFiniteError):
+  """Calibration met NaN/Inf (params, activations or loss) in a block."""
+
+
+def _key_name(key) -> str:
+  for attr in ('key', 'name', 'idx'):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def first_nonfinite_leaf(tree) -> Optional[str]:
+  """'a/b/c' path of the first float leaf of `tree` holding NaN or Inf, or None."""
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    if integrity.count_nonfinite(jax.device_get(leaf)):
+      return '/'.join(_key_name(k) for k in path)
+  return None
+
+
+def _check_block(i: int, depth: int, layer_fp, stats, loss: Optional[float] = None,
+                 qlayer=None, what: str = '') -> None:
+  """Raises NonFiniteCalibrationError for the first non-finite thing of block i."""
+  where = f'block {i + 1}/{depth} (layers_{i})'
+  bad = first_nonfinite_leaf(layer_fp)
+  if bad:
+    raise NonFiniteCalibrationError(
+        f'{where}: float param {bad} holds NaN/Inf; the float checkpoint is damaged: load it '
+        'with load_checkpoint, which names the bad tensor, or export it again.')
+  for path, x in (stats or {}).items():
+    if integrity.count_nonfinite(jax.device_get(x)):
+      raise NonFiniteCalibrationError(
+          f'{where}: calibration activations at site {path} hold NaN/Inf; check that the '
+          'calibration images (quant.calib_source) are finite and normalised.')
+  if loss is not None and not math.isfinite(loss):
+    site = first_nonfinite_leaf(qlayer)
+    culprit = f'quantizer {site} holds NaN/Inf' if site else 'every quantizer is finite'
+    raise NonFiniteCalibrationError(
+        f'{where}: {what} reconstruction loss is {loss} ({culprit}); lower quant.lr_weight/'
+        'lr_act, use quant.scale_space=log, or keep quant.keep_better=True.')
+
+
+# ----------------------------------------------------------------------------------------------
 
 def _format_seconds(s: float) -> str:
   s = int(round(s))
@@ -244,10 +291,12 @@ def reconstruct_blocks(model: vim.VisionMamba, params, images, plan: Mapping[str
     else:
       local_plan = {s.path: plan[f'{name}/{s.path}'] for s in local_sites}
       targets, stats = _capture_block(block, layer_fp, fp_stream, local_sites, batches)
+      _check_block(i, model.depth, layer_fp, stats)
       qlayer = _init_layer(tuple(sorted(local_plan.items())), tuple(local_sites), calib,
                            smoothing, layer_fp, stats)
       del stats
       loss_init = eval_loss(qlayer, *q_stream, targets[0])
+      _check_block(i, model.depth, {}, {}, loss_init, qlayer, 'the initial')
       trainable, frozen = split_trainable(qlayer)
       n_steps = calib.epochs * len(batches) if jax.tree.leaves(trainable) else 0
       loss_final, kept = loss_init, 'untrained'
@@ -270,6 +319,7 @@ def reconstruct_blocks(model: vim.VisionMamba, params, images, plan: Mapping[str
           kept = 'init'
         else:
           qlayer, kept = trained, 'trained'
+          _check_block(i, model.depth, {}, {}, loss_final, qlayer, 'the trained')
       # Freeze to integer codes (bit-identical outputs, int4 packed: small snapshots).
       qlayer = rewrite.set_mode(qlayer, 'fake')
       q_stream = run_stream(qlayer, *q_stream)

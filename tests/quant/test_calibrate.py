@@ -2,7 +2,10 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
+from ouromamba_jax import quant
+from ouromamba_jax import quantized_checkpoints
 from ouromamba_jax.quant import calibrate
 from ouromamba_jax.quant import qtypes
 from ouromamba_jax.quant.config import ActSpec, CalibSpec
@@ -57,3 +60,48 @@ def test_micro_batches_cover_everything():
   assert calibrate.micro_batches(10, 4) == [slice(0, 4), slice(4, 8), slice(8, 10)]
 
 
+
+
+def _rtn_spec():
+  return quant.QuantRunSpec(preset='w4a4', micro_batch=4).quant_spec()
+
+
+def test_a_nan_float_param_stops_at_its_block_before_the_block_is_snapshotted(tiny, tmp_path):
+  model, params, images = tiny
+  params = jax.tree.map(lambda x: x, params)
+  kernel = params['layers_1']['mixer']['out_proj']['kernel']
+  params['layers_1']['mixer']['out_proj']['kernel'] = kernel.at[0, 0].set(jnp.nan)
+  snapshot = quantized_checkpoints.SnapshotFile(str(tmp_path / 'calibration_state.npz'))
+  with pytest.raises(calibrate.NonFiniteCalibrationError,
+                     match=r'^block 2/2 \(layers_1\): float param mixer/out_proj/kernel holds '
+                           r'NaN/Inf; .*export it again\.$'):
+    quant.quantize(model, params, images, _rtn_spec(), method='rtn', snapshot=snapshot,
+                   log=lambda _: None)
+  assert snapshot.load()[1]['next_block'] == 1      # block 1 kept, the bad block not saved
+
+
+def test_non_finite_calibration_images_are_named_by_block_and_site(tiny):
+  model, params, images = tiny
+  with pytest.raises(calibrate.NonFiniteCalibrationError,
+                     match=r'^block 1/2 \(layers_0\): calibration activations at site mixer/'
+                           r'\S+ hold NaN/Inf; check that the calibration images'):
+    quant.quantize(model, params, images.at[3, 0, 0, 0].set(jnp.inf), _rtn_spec(), method='rtn',
+                   log=lambda _: None)
+
+
+def test_a_non_finite_loss_names_the_block_and_the_quantizer(tiny, monkeypatch):
+  model, params, images = tiny
+  original = calibrate._init_layer  # pylint: disable=protected-access
+
+  def poisoned(*args):
+    def poison(path, leaf):
+      name = '/'.join(calibrate._key_name(k) for k in path)  # pylint: disable=protected-access
+      return leaf * jnp.nan if name == 'mixer/out_proj/input_quantizer/inlier_scale' else leaf
+    return jax.tree_util.tree_map_with_path(poison, original(*args))
+
+  monkeypatch.setattr(calibrate, '_init_layer', poisoned)
+  with pytest.raises(calibrate.NonFiniteCalibrationError,
+                     match=r'^block 1/2 \(layers_0\): the initial reconstruction loss is nan '
+                           r'\(quantizer mixer/out_proj/input_quantizer/inlier_scale holds '
+                           r'NaN/Inf\); lower quant\.lr_weight'):
+    quant.quantize(model, params, images, _rtn_spec(), method='rtn', log=lambda _: None)
