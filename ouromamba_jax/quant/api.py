@@ -21,7 +21,7 @@ from ouromamba_jax.quant import calibrate
 from ouromamba_jax.quant import presets
 from ouromamba_jax.quant import rewrite
 from ouromamba_jax.quant import rules as rules_lib
-from ouromamba_jax.quant.config import QuantSpec
+from ouromamba_jax.quant.config import ActSpec, QuantSpec
 
 
 def quantize(model, params, calib_images, spec: Union[QuantSpec, str], *,
@@ -43,6 +43,7 @@ def quantize(model, params, calib_images, spec: Union[QuantSpec, str], *,
   match = rules_lib.match_rules(sites, spec.rules)
   plan = baselines.adapt_plan(match.plan, sites, method)
   rules_lib.check_plan(plan, sites)
+  check_refresh(plan, model.seq_len)
   calib = baselines.adapt_calib(spec.calib, method)
   for index, pattern in match.unused_rules:
     log(f'[quant] rule {index} {pattern!r} matched no site')
@@ -64,6 +65,16 @@ def quantize(model, params, calib_images, spec: Union[QuantSpec, str], *,
       'quantized_bytes': rewrite.tree_bytes(qparams), 'float_bytes': rewrite.tree_bytes(params),
   }
   return qparams, report
+
+
+def check_refresh(plan, seq_len: int) -> None:
+  """n_refresh past the sequence never resets the outlier set, which is surely not what was
+  meant; the spec cannot check it (it does not know the model), so quantize does."""
+  for path, spec in sorted(plan.items()):
+    if isinstance(spec, ActSpec) and spec.outliers != 'none' and spec.n_refresh > seq_len:
+      raise ValueError(f'n_refresh={spec.n_refresh} (at {path}) is beyond the model\'s '
+                       f'sequence length of {seq_len} tokens, so the outlier set is never reset; '
+                       f'set quant.n_refresh <= {seq_len}.')
 
 
 def to_integer(qparams):

@@ -87,6 +87,10 @@ class ActSpec:
   def __post_init__(self):
     check_quantizer_fields('ActSpec', self)
     _check_common('ActSpec', self.lp, self.n_grid, self.init)
+    if self.outliers == 'int' and self.outlier_bits < self.bits:
+      raise ValueError(f'ActSpec.outlier_bits ({self.outlier_bits}) is below the inlier bits '
+                       f'({self.bits}): outliers are the largest values and would get a coarser '
+                       'grid than the inliers; set outlier_bits >= bits.')
     if self.domain not in DOMAINS:
       raise ValueError(f'ActSpec.domain must be one of {DOMAINS}, got {self.domain!r}.')
     if self.domain == 'log' and self.symmetric:
@@ -176,9 +180,12 @@ class CalibSpec:
       raise ValueError(f'CalibSpec.epochs must be an int >= 0, got {self.epochs!r}.')
     if not isinstance(self.micro_batch, (int, np.integer)) or self.micro_batch < 1:
       raise ValueError(f'CalibSpec.micro_batch must be an int >= 1, got {self.micro_batch!r}.')
-    for name in ('lr_weight', 'lr_act', 'lr_smooth', 'weight_decay', 'grad_clip'):
+    for name in ('lr_weight', 'lr_act', 'lr_smooth', 'weight_decay'):
       if not getattr(self, name) >= 0:
         raise ValueError(f'CalibSpec.{name} must be >= 0, got {getattr(self, name)!r}.')
+    if not self.grad_clip > 0:
+      raise ValueError(f'CalibSpec.grad_clip must be > 0, got {self.grad_clip!r} (0 clips every '
+                       'update to zero, so nothing trains; set epochs=0 to skip training).')
     if self.scale_space not in ('linear', 'log'):
       raise ValueError(f"CalibSpec.scale_space must be 'linear' or 'log', got {self.scale_space!r}.")
     if not 0 <= self.smooth_alpha <= 1:

@@ -27,3 +27,8 @@ class TrainSpec:
       500, 'Orbax checkpoint every this many steps (and every epoch)')
   keep_checkpoints: int = field(2, 'Orbax checkpoints kept')
   max_seconds: float = field(0.0, '> 0: stop (with a checkpoint) after this long; rerun to resume')
+
+  def __post_init__(self):
+    if not self.grad_clip > 0:
+      raise ValueError(f'train.grad_clip must be > 0, got {self.grad_clip!r} (0 clips every '
+                       'update to zero, so training silently stops learning).')

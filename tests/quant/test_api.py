@@ -127,6 +127,16 @@ def test_bad_inputs_rejected(tiny):
     quant.quantize(model, params, images, {'preset': 'w4a4'})
 
 
+def test_n_refresh_beyond_the_sequence_is_rejected_before_calibrating(tiny):
+  model, params, images = tiny
+  assert model.seq_len == 17
+  spec = quant.QuantRunSpec(preset='w4a4', n_refresh=18).quant_spec()
+  with pytest.raises(ValueError, match=r"^n_refresh=18 \(at layers_0/\S+\) is beyond the model's "
+                                       r'sequence length of 17 tokens, .*set quant\.n_refresh '
+                                       r'<= 17\.$'):
+    quant.quantize(model, params, images, spec, log=lambda _: None)
+
+
 def test_sites_outside_blocks_get_initial_scales(tiny, apply_fn, rtn_run):
   """A rule may quantize the head too: its (B, C) input gets one static step (no reconstruction)."""
   from ouromamba_jax.quant import api, config, rules  # pylint: disable=g-import-not-at-top

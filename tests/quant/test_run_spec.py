@@ -45,6 +45,9 @@ def test_overrides_reach_their_groups():
     (dict(calib_source='imagenet'), 'calib_source must be one of'),
     (dict(calib_images=0), 'calib_images must be an int >= 1'),
     (dict(mode='float'), 'quant.mode must be one of'),
+    (dict(preset='w8a8', outlier_bits=4),
+     r'^ActSpec\.outlier_bits \(4\) is below the inlier bits \(8\): .*set outlier_bits >= bits\.$'),
+    (dict(grad_clip=0.0), r'^CalibSpec\.grad_clip must be > 0, got 0\.0 \(0 clips every update'),
 ])
 def test_bad_values_rejected_at_construction(fields, message):
   with pytest.raises(ValueError, match=message):
@@ -54,3 +57,8 @@ def test_bad_values_rejected_at_construction(fields, message):
 def test_every_calib_field_is_in_the_schema():
   fields = {f.name for f in dataclasses.fields(QuantRunSpec)}
   assert {f.name for f in dataclasses.fields(config.CalibSpec)} <= fields
+
+
+def test_outlier_bits_below_bits_only_matters_for_integer_outliers():
+  assert config.ActSpec(bits=8, outliers='float', outlier_bits=4).bits == 8
+  assert QuantRunSpec(preset='w4a4', outlier_bits=4).sites().inputs.outlier_bits == 4
