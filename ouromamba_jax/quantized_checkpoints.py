@@ -242,5 +242,7 @@ class SnapshotFile:
     except (zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError, zlib.error) as e:
       raise integrity.damaged(self.path, 'calibration snapshot', e,
                               'delete it and rerun to recalibrate from block 1.') from e
+    integrity.check_finite(flat.items(), self.path,
+                           'the snapshot is damaged: delete it and rerun to recalibrate.')
     flat = {k: jax.numpy.asarray(v) for k, v in flat.items()}
     return from_state(_unflatten(flat), doc['qtypes']), doc['info']

@@ -72,3 +72,14 @@ def test_a_truncated_snapshot_says_to_delete_it(rtn_run, tmp_path):
                        match=r'^.*calibration_state\.npz is not a readable calibration snapshot '
                              r'.*delete it and rerun to recalibrate from block 1\.$'):
       snapshot.load()
+
+
+def test_a_snapshot_holding_nan_is_refused(rtn_run, tmp_path):
+  snapshot = quantized_checkpoints.SnapshotFile(str(tmp_path / 'calibration_state.npz'))
+  layer = dict(rtn_run[0]['layers_0'])
+  layer['norm'] = {'weight': layer['norm']['weight'] * float('nan')}
+  snapshot.save({'layers_0': layer}, {'next_block': 1})
+  with pytest.raises(integrity.NonFiniteError,
+                     match=r'^.*calibration_state\.npz: tensor layers_0/norm/weight holds 32 '
+                           r'NaN/Inf value\(s\) of 32; the snapshot is damaged: delete it'):
+    snapshot.load()

@@ -20,7 +20,8 @@ Outputs in <workdir>/quant/<run name>/ (run name: <method>_<preset>_<source> unl
                           --config.eval.quantized_checkpoint=<that folder>
   quant_report.json       sites, rules, per-block reconstruction losses, seconds
   settings.json           what the run was made from (a rerun with the same settings skips)
-  calibration_state.npz   per-block snapshot while calibrating (a killed run resumes)
+  calibration_state.npz   per-block snapshot while calibrating (a killed run resumes; a
+                          damaged one is refused, naming it: delete it and rerun)
   layers.{json,md}        per-layer SQNR / cosine of every quantized Linear
   outliers.{json,png}     outlier rate per time step and block (heatmap)
 """
