@@ -16,6 +16,7 @@ from typing import Optional, Union
 import jax
 import jax.numpy as jnp
 
+from ouromamba_jax.io import integrity
 from ouromamba_jax.quant import baselines
 from ouromamba_jax.quant import calibrate
 from ouromamba_jax.quant import presets
@@ -94,6 +95,12 @@ def _quantize_outside_blocks(model, qparams, images, plan, sites, calib, method)
   parts = [run(qparams, images[s]) for s in calibrate.micro_batches(images.shape[0],
                                                                     calib.micro_batch)]
   stats = {p: jnp.concatenate([part[p] for part in parts]) for p in paths}
+  for path, x in stats.items():
+    if integrity.count_nonfinite(jax.device_get(x)):
+      raise calibrate.NonFiniteCalibrationError(
+          f'outside the blocks: calibration activations at site {path} hold NaN/Inf; the float '
+          'params after the blocks (e.g. norm_f) are not finite: load them with load_checkpoint, '
+          'which names the bad tensor.')
   smooth = {}
   if baselines.uses_smoothing(method):
     smooth = calibrate.smoothing_for_sites(qparams, rest, stats, calib)

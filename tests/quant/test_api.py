@@ -7,6 +7,7 @@ import pytest
 
 from ouromamba_jax import quant
 from ouromamba_jax import quantized_checkpoints
+from ouromamba_jax.quant import calibrate
 from ouromamba_jax.quant import qtypes
 from ouromamba_jax.quant import rewrite
 
@@ -150,6 +151,20 @@ def test_sites_outside_blocks_get_initial_scales(tiny, apply_fn, rtn_run):
   assert isinstance(head['head/kernel'], qtypes.FakeQuantWeight)
   before, after = apply_fn(rtn_run[0], images), apply_fn(qparams, images)
   assert 0 < _rel_err(after, before) < 0.02
+
+
+def test_non_finite_activations_outside_the_blocks_are_named_by_site(tiny, rtn_run):
+  from ouromamba_jax.quant import api, config, rules  # pylint: disable=g-import-not-at-top
+  model, params, images = tiny
+  sites = rules.find_sites(model, params, images[:1])
+  plan = {'head/input_quantizer': config.ActSpec(bits=8)}
+  qparams = dict(rtn_run[0])
+  qparams['norm_f'] = {'weight': qparams['norm_f']['weight'] * jnp.nan}
+  with pytest.raises(calibrate.NonFiniteCalibrationError,
+                     match=r'^outside the blocks: calibration activations at site '
+                           r'head/input_quantizer hold NaN/Inf; .*norm_f'):
+    api._quantize_outside_blocks(model, qparams, images, plan, sites,
+                                 config.CalibSpec(micro_batch=4), 'ouromamba')
 
 
 def test_log_domain_a_keeps_every_state_and_int_mode_agrees(tiny, apply_fn):
