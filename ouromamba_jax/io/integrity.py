@@ -30,9 +30,11 @@ def damaged(path: str, what: str, error: BaseException, remedy: str) -> DamagedF
 def count_nonfinite(array) -> int:
   """NaN/Inf entries of a float array (0 for integer codes, which cannot hold them)."""
   array = np.asarray(array)
-  if not (np.issubdtype(array.dtype, np.floating) or array.dtype.kind == 'V'):
+  if array.dtype.kind == 'V':   # bfloat16 & co. (ml_dtypes): widen exactly, then test
+    array = array.astype(np.float32)
+  if not np.issubdtype(array.dtype, np.floating):
     return 0
-  return int(array.size - np.count_nonzero(np.isfinite(array.astype(np.float32))))
+  return int(array.size - np.count_nonzero(np.isfinite(array)))
 
 
 def first_nonfinite(named: Iterable[tuple[str, object]]) -> Optional[tuple[str, int, int]]:
