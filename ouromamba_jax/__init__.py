@@ -27,7 +27,7 @@ _EXPORTS = {
     'to_integer': 'ouromamba_jax.quant.api',
     'save_quantized': 'ouromamba_jax.quantized_checkpoints',
     'load_quantized': 'ouromamba_jax.quantized_checkpoints',
-    'evaluate': 'ouromamba_jax.evaluate',
+    'evaluate': 'ouromamba_jax.evaluation',
     'normalize': 'ouromamba_jax.data.normalization',
 }
 __all__ = sorted(_EXPORTS)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ouromamba_jax import checkpoints
-from ouromamba_jax import evaluate
+from ouromamba_jax import evaluation
 from ouromamba_jax.data import cifar10
 from ouromamba_jax.io import safetensors_io
 from ouromamba_jax.models import build_model
@@ -52,7 +52,7 @@ def test_bundled_model_reaches_its_recorded_accuracy_on_500_test_images():
   model = build_model('vim_t_cifar10')
   params = checkpoints.load_checkpoint('bundled', model)
   source = cifar10.eval_source(_DataDir(CIFAR_DIR), model.img_size)
-  result = evaluate.evaluate_source(model, params, source, eval_images=500)
+  result = evaluation.evaluate_source(model, params, source, eval_images=500)
   assert result['images'] == 500
   assert abs(result['top1'] - recorded) <= 0.01, (result, recorded)
 

@@ -15,7 +15,7 @@ from absl import logging
 
 from ouromamba_jax import checkpoints
 from ouromamba_jax import data as data_lib
-from ouromamba_jax import evaluate as evaluate_lib
+from ouromamba_jax import evaluation as evaluate_lib
 from ouromamba_jax import quantized_checkpoints
 from ouromamba_jax.data import pipeline
 from ouromamba_jax.io import atomic

@@ -11,6 +11,7 @@ from ouromamba_jax import quant
 from ouromamba_jax.models import build_model
 from ouromamba_jax.models import vim
 from ouromamba_jax.quant import config as qconfig
+from ouromamba_jax.quant import presets
 from ouromamba_jax.quant import qtypes
 
 DEPTH = 3
@@ -27,8 +28,9 @@ def tiny():
 
 def rtn_w4a4(model, params, images, *rules):
   """RTN W4A4 (integer mode); `rules` go before the preset's (first match decides)."""
-  spec = qconfig.make_preset('w4a4', micro_batch=4)
-  spec = dataclasses.replace(spec, rules=tuple(rules) + spec.rules)
+  spec = presets.preset('w4a4')
+  spec = dataclasses.replace(spec, rules=tuple(rules) + spec.rules,
+                             calib=dataclasses.replace(spec.calib, micro_batch=4))
   return quant.quantize(model, params, images, spec, method='rtn', mode='int',
                         log=lambda _: None)[0]
 

@@ -11,7 +11,7 @@ from ouromamba_jax import quantized_checkpoints
 from ouromamba_jax.data import pipeline
 from ouromamba_jax.io import export_safetensors
 from ouromamba_jax.stages import evaluate
-from tests.test_evaluate import N, TINY, _data_cfg, _hand, dataset, tiny  # pylint: disable=unused-import
+from tests.test_evaluation import N, TINY, _data_cfg, _hand, dataset, tiny  # pylint: disable=unused-import
 
 
 def _config(data_dir, **model_fields):

@@ -7,7 +7,7 @@ import pytest
 
 from configs import common
 from ouromamba_jax import data as data_lib
-from ouromamba_jax import evaluate
+from ouromamba_jax import evaluation
 from ouromamba_jax.data import imagenet
 from ouromamba_jax.data import normalization
 from ouromamba_jax.data import pipeline
@@ -62,17 +62,17 @@ def _hand(model, params, files, labels):
 def test_top1_top5_match_hand_computation(tiny, dataset):
   root, files, labels = dataset
   lines = []
-  result = evaluate.evaluate_source(*tiny, _source(root), batch_size=5, log=lines.append)
+  result = evaluation.evaluate_source(*tiny, _source(root), batch_size=5, log=lines.append)
   assert result['top1'] == pytest.approx(4 / N) and result['top5'] == pytest.approx(7 / N)
   assert (result['top1'], result['top5']) == pytest.approx(_hand(*tiny, files, labels))
   assert result['images'] == N and result['images_per_s'] > 0 and result['seconds'] > 0
   assert any('images/s' in l and 'ETA' in l for l in lines)
-  assert dict(evaluate.evaluator(*tiny, _source(root), log=lambda _: None)).keys() == result.keys()
+  assert dict(evaluation.evaluator(*tiny, _source(root), log=lambda _: None)).keys() == result.keys()
 
 
 def test_eval_images_slice(tiny, dataset):
   root, files, labels = dataset
-  result = evaluate.evaluate_source(*tiny, _source(root), eval_images=5, log=lambda _: None)
+  result = evaluation.evaluate_source(*tiny, _source(root), eval_images=5, log=lambda _: None)
   keep = pipeline.subset_indices(N, 5)
   assert result['images'] == 5
   assert (result['top1'], result['top5']) == pytest.approx(
@@ -82,15 +82,15 @@ def test_eval_images_slice(tiny, dataset):
 def test_label_and_class_count_mismatch(tiny, tmp_path):
   synthetic.labels_folder(str(tmp_path / 'a'), [3, 10])
   with pytest.raises(ValueError, match=r'labels span 3..10 but the model has 10 classes'):
-    evaluate.evaluate_source(*tiny, _source(tmp_path / 'a'))
+    evaluation.evaluate_source(*tiny, _source(tmp_path / 'a'))
   synthetic.class_folders(str(tmp_path / 'b'), {'n1': 1, 'n2': 1})
   with pytest.raises(ValueError, match=r'has 2 classes but the model has 10.*labels file'):
-    evaluate.evaluate_source(*tiny, _source(tmp_path / 'b'))
+    evaluation.evaluate_source(*tiny, _source(tmp_path / 'b'))
 
 
 def test_arrays_give_the_source_result(tiny, dataset):
   root, files, labels = dataset
   x = np.stack([imagenet.load_image(f, 32) for f in files])
   images = np.asarray(normalization.normalize(x, imagenet.MEAN, imagenet.STD))
-  result = evaluate.evaluate(*tiny, images, labels, batch_size=5)
+  result = evaluation.evaluate(*tiny, images, labels, batch_size=5)
   assert result == {'top1': pytest.approx(4 / N), 'top5': pytest.approx(7 / N), 'images': N}
