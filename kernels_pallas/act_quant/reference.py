@@ -16,7 +16,7 @@ OuroMamba-Quant, for an activation x of shape (B, L, C) (token t = time step):
 The recurrence only carries O, so `detect_outliers` is a `lax.scan` over the n_refresh steps
 of a window with all windows (and samples) in parallel; quantization given the mask is then
 elementwise (`quantize_parts`). The Pallas kernel reproduces `act_quant_xla` code for code.
-The library's fake-quant form (`ouromamba_jax.quant.activations`) runs this same
+A fake-quant caller (the quantization library's STE form) runs this same
 `quantize_parts` with straight-through rounding and clipping, so
 fake-quant(x) == dequantize(act_quant_xla(x)) bit for bit.
 

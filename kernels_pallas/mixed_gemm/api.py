@@ -41,7 +41,7 @@ def _as_int8(name, x):
     return jax.lax.bitcast_convert_type(x, jnp.int8)
   if x.dtype != jnp.int8:
     raise TypeError(f'mixed_gemm: {name} must be int8 (or uint8 for packed int4), got {x.dtype}; '
-                    'quantize it first (ouromamba_jax.quant / kernels_pallas.act_quant).')
+                    'quantize it first (kernels_pallas.act_quant).')
   return x
 
 

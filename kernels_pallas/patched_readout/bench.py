@@ -21,7 +21,7 @@ from kernels_pallas import _bench
 from kernels_pallas.patched_readout import api
 from kernels_pallas.patched_readout.config import PatchedReadoutBlockConfig
 
-STATES_LAYOUT = 'blnd'  # the Gen step's (ouromamba_jax.gen.objective.STATES_LAYOUT)
+STATES_LAYOUT = 'blnd'  # the layout the Gen step feeds (its objective's STATES_LAYOUT)
 # name: (batch, grid, channels, N, reversed_tokens)
 SIZES = {'vim_t_gen32': (32, (14, 14), 384, 16, False),
          'vim_s_gen32': (32, (14, 14), 768, 16, False),

@@ -4,7 +4,7 @@ h(k) ∈ R^{D×N} is the SSM state at patch token k, N(τ) the p×p window of pa
 replicate padding (a border window repeats the edge patches, so an edge patch can count several
 times), w (B, P) per-patch weights and C_τ ∈ R^N the readout vector of patch τ. The class token
 has no grid position: `states` keep it (at `cls_index`) and it is skipped. This is what
-`ouromamba_jax.gen.patched_state.patch_features` computes for OuroMamba-Gen's contrastive
+OuroMamba-Gen's patch-feature readout computes for its contrastive
 features; it materialises the weighted and box-filtered (B, P, D, N) tensor, which the Pallas
 kernel never does.
 """
