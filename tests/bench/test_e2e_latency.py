@@ -73,3 +73,15 @@ def test_e2e_latency_rejects_unknown_kernels_up_front():
   for flag in ('--scan_kernel=cuda', '--quant_kernel=cutlass', '--models=vim_xl'):
     with pytest.raises(SystemExit):
       bench.parse_args([flag])
+
+
+def test_repeated_blocks_spread_the_quantized_blocks_over_the_depth():
+  bench = _load_bench()
+
+  class TwoBlocks:
+    depth = 2
+
+  tree = {'layers_0': 'a', 'layers_1': 'b', 'head': 'h'}
+  out = bench.repeated_blocks(TwoBlocks(), tree, 5)
+  assert out == {'head': 'h', 'layers_0': 'a', 'layers_1': 'b', 'layers_2': 'a',
+                 'layers_3': 'b', 'layers_4': 'a'}
