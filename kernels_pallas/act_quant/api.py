@@ -108,13 +108,15 @@ def act_quant(x, inlier_scale, params: ActQuantParams, zero_point=None, *,
   _check_zero_point(zero_point, params, length)
   if DISPATCH.choose(implementation, params, channels) == 'xla':
     return reference.act_quant_xla(x, inlier_scale, params, zero_point, pack=pack_int4)
-  block_c, num_warps = (block_config or ActQuantBlockConfig()).resolve(channels)
+  block_c, block_b, num_warps = (block_config or ActQuantBlockConfig()).resolve(
+      channels, x.shape[0])
   q_in, q_out, o_scale, mask, scale, o_zero = pallas_triton.act_quant(
       x, inlier_scale, zero_point,
       code_range=(params.qmin, params.qmax, params.outlier_qmin, params.outlier_qmax),
       k=float(params.k), n_refresh=int(params.n_refresh), trigger=params.trigger,
       std_ddof=int(params.std_ddof), detect=params.outliers == 'int', pack=pack_int4,
-      block_c=block_c, num_warps=num_warps, interpret=compat.resolve_interpret(interpret))
+      block_c=block_c, block_b=block_b, num_warps=num_warps,
+      interpret=compat.resolve_interpret(interpret))
   in_zero = None if params.symmetric else zero_point.astype(jnp.int32)
   return IntActivation(inlier_q=q_in, inlier_scale=scale, inlier_zero_point=in_zero,
                        outlier_q=q_out, outlier_scale=o_scale, outlier_zero_point=o_zero,

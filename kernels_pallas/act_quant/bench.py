@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from kernels_pallas import _bench
 from kernels_pallas.act_quant import api
-from kernels_pallas.act_quant.config import ActQuantParams
+from kernels_pallas.act_quant.config import ActQuantBlockConfig, ActQuantParams
 
 VIM_BATCH, VIM_TOKENS = 64, 197
 VIM_CHANNELS = (('vim_t.d_model', 192), ('vim_s.d_model', 384),
@@ -35,12 +35,20 @@ def make_inputs(key, b, l, c, dtype):
   return x.astype(dtype), scale
 
 
-def variants(smoke):
+# --sweep: (samples per program, warps) of the per-sample kernel, timed besides the default.
+SWEEP = tuple((b, w) for b in (1, 2, 4, 8) for w in (2, 4, 8))
+
+
+def variants(smoke, sweep=False):
   """name -> (fn(x, scale) -> IntActivation)."""
-  def kernel(trigger):
+  def kernel(trigger, block_config=None):
     spec = ActQuantParams(bits=4, trigger=trigger)
     return jax.jit(lambda x, s: api.act_quant(x, s, spec, pack_int4=True,
-                                              implementation='triton', interpret=smoke))
+                                              implementation='triton', interpret=smoke,
+                                              block_config=block_config))
+
+  swept = {f'triton_sample_packed_b{b}_w{w}': kernel('sample', ActQuantBlockConfig(
+      block_b=b, num_warps=w)) for b, w in (SWEEP if sweep else ())}
 
   def xla(trigger, pack):
     spec = ActQuantParams(bits=4, trigger=trigger)
@@ -52,6 +60,7 @@ def variants(smoke):
       'triton_sample_packed': kernel('sample'),
       'xla_batch_packed': xla('batch', True),
       'triton_batch_packed': kernel('batch'),
+      **swept,
   }
 
 
@@ -74,7 +83,7 @@ def run(args):
     b, l, shapes = VIM_BATCH, VIM_TOKENS, VIM_CHANNELS
     timing = dict(warmup=3, trials=args.trials, inner=args.inner)
   dtype = jnp.dtype(args.dtype)
-  table = variants(smoke)
+  table = variants(smoke, args.sweep)
   results = []
   key = jax.random.PRNGKey(0)
   for name, c in shapes:
@@ -125,6 +134,9 @@ def print_table(report):
 def main(argv=None):
   def options(parser):
     parser.add_argument('--dtype', default='bfloat16', help='activation dtype (bfloat16|float32)')
+    parser.add_argument('--sweep', action='store_true',
+                        help='also time the per-sample kernel at every (block_b, num_warps) '
+                             'of SWEEP')
   return _bench.main(__doc__, run, print_table, argv, add_options=options)
 
 

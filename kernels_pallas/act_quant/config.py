@@ -5,8 +5,9 @@ mode and the detection recurrence. The library's `ActSpec` adds calibration sett
 hands the kernel `ActSpec.kernel_params`; the validation below is shared by both, so a bad value
 is rejected with the same message wherever it is set.
 
-Launch: one program owns one sample's refresh window and holds all C channels of a time step in a
-single power-of-two block (C = 192 ... 1536 in Vim), so `block_c` is normally derived from C.
+Launch: one program owns the refresh window of `block_b` samples and holds all C channels of a
+time step in a single power-of-two block (C = 192 ... 1536 in Vim), so `block_c` is normally
+derived from C.
 """
 from __future__ import annotations
 
@@ -22,6 +23,10 @@ TRIGGERS = ('sample', 'batch', 'official')
 
 _VALID_WARPS = (1, 2, 4, 8, 16)
 MAX_BLOCK_C = 8192  # one step's channels must fit in the registers of one program
+# Lanes of one program's (samples x channels) tile when block_b is derived: several samples per
+# program shorten the serial window walk's share of the run (the module docstring of
+# pallas_triton says why).
+TILE_ELEMENTS = 4096
 
 
 def check_bits(owner: str, name: str, bits) -> None:
@@ -94,8 +99,11 @@ class ActQuantParams:
 
 @dataclasses.dataclass(frozen=True)
 class ActQuantBlockConfig:
-  """block_c: channel block (None -> next power of two >= C); num_warps: warps per program."""
+  """block_c: channel block (None -> next power of two >= C); block_b: samples per program of
+  the per-sample kernel (None -> as many as fit TILE_ELEMENTS lanes); num_warps: warps per
+  program (None -> 4 up to 1024 lanes per tile, else 8)."""
   block_c: int | None = None
+  block_b: int | None = None
   num_warps: int | None = None
 
   def __post_init__(self):
@@ -104,12 +112,17 @@ class ActQuantBlockConfig:
                                      or not 16 <= self.block_c <= MAX_BLOCK_C):
       raise ValueError(f'ActQuantBlockConfig.block_c={self.block_c!r}: must be a power of two in '
                        f'[16, {MAX_BLOCK_C}] (or None to derive it from C).')
+    if self.block_b is not None and (not isinstance(self.block_b, int)
+                                     or not is_pow2(self.block_b) or self.block_b > 256):
+      raise ValueError(f'ActQuantBlockConfig.block_b={self.block_b!r}: must be a power of two '
+                       '<= 256 (or None to derive it from C and the batch).')
     if self.num_warps is not None and self.num_warps not in _VALID_WARPS:
       raise ValueError(f'ActQuantBlockConfig.num_warps={self.num_warps!r}: choose one of '
                        f'{_VALID_WARPS} (or None).')
 
-  def resolve(self, channels: int) -> tuple[int, int]:
-    """(block_c, num_warps) for C channels; a block smaller than C is an error."""
+  def resolve(self, channels: int, batch: int = 1) -> tuple[int, int, int]:
+    """(block_c, block_b, num_warps) for C channels and a batch; a block smaller than C is an
+    error."""
     block_c = self.block_c or max(16, next_pow2(channels))
     if block_c < channels:
       raise ValueError(f'ActQuantBlockConfig.block_c={block_c} < C={channels}: every channel of a '
@@ -118,5 +131,6 @@ class ActQuantBlockConfig:
     if block_c > MAX_BLOCK_C:
       raise ValueError(f'act_quant: C={channels} needs a {block_c}-wide block, above the '
                        f'{MAX_BLOCK_C} limit of this kernel; use implementation="xla".')
-    num_warps = self.num_warps or (4 if block_c <= 1024 else 8)
-    return block_c, num_warps
+    block_b = self.block_b or max(1, min(next_pow2(batch), TILE_ELEMENTS // block_c))
+    num_warps = self.num_warps or (4 if block_b * block_c <= 1024 else 8)
+    return block_c, block_b, num_warps

@@ -3,9 +3,12 @@
 Computes exactly what `reference.act_quant_xla` computes
 (symmetric grids, and asymmetric ones such as Δ's; outliers 'int' or 'none'), for x (B, L, C):
 
-trigger='sample': one program per (sample, refresh window). It holds every channel of a time
-step in one power-of-two block (padding lanes masked out of all statistics) and walks the
-n_refresh steps of its window, carrying the outlier mask in registers. Per step t:
+trigger='sample': one program per (block_b samples, refresh window). It holds every channel of
+a time step of its samples in one (block_b, block_c) tile (padding lanes and samples past the
+batch masked out of all statistics, each row's statistics its own) and walks the n_refresh
+steps of its window, carrying the outlier masks in registers. The walk is serial (step t's mask
+needs step t - 1's), so a program is latency-bound; several samples per program give each step's
+reductions more independent work and cut the number of programs. Per step t and sample:
 
   a      = |x_t| with the current outlier channels zeroed
   S_D    = max(a) / qmax;    trigger = S_D > S_I(t)
@@ -95,18 +98,19 @@ class _Math:
   outlier_dtype: object = jnp.int8
 
   def stats(self, x, mask, col_ok):
-    """(S_D, threshold, |x_in|) of the current inliers over the C real channels."""
+    """(S_D, threshold, |x_in|) of the current inliers over the C real channels, per row of
+    x (rows, block_c); the statistics are (rows,)."""
     a = jnp.where(mask, 0.0, jnp.abs(x))  # padding lanes hold x = 0
     if self.symmetric:
-      s_d = jnp.max(a) * _f32_reciprocal(self.qmax)
+      s_d = jnp.max(a, axis=-1) * _f32_reciprocal(self.qmax)
     else:  # range of the inliers (zeroed outlier channels included, padding lanes not)
       x_in = jnp.where(mask, 0.0, x)
-      spread = (jnp.max(jnp.where(col_ok, x_in, -jnp.inf))
-                - jnp.min(jnp.where(col_ok, x_in, jnp.inf)))
+      spread = (jnp.max(jnp.where(col_ok, x_in, -jnp.inf), axis=-1)
+                - jnp.min(jnp.where(col_ok, x_in, jnp.inf), axis=-1))
       s_d = spread * _f32_reciprocal(self.qmax)
-    mean = jnp.sum(a) * _f32_reciprocal(self.channels)
-    centered = jnp.where(col_ok, a - mean, 0.0)
-    var = jnp.sum(centered * centered) * _f32_reciprocal(self.channels - self.ddof)
+    mean = jnp.sum(a, axis=-1) * _f32_reciprocal(self.channels)
+    centered = jnp.where(col_ok, a - mean[:, None], 0.0)
+    var = jnp.sum(centered * centered, axis=-1) * _f32_reciprocal(self.channels - self.ddof)
     return s_d, mean + self.k * jnp.sqrt(var), a
 
   def quantize_inliers(self, x, mask, inv_s, zero):
@@ -117,51 +121,27 @@ class _Math:
     return q_in.astype(self.code_dtype)
 
   def quantize_outliers(self, x, mask):
-    """Codes on the dynamic per-token grid of x_t * mask: (codes, step, zero point)."""
+    """Codes on the dynamic per-token grid of x_t * mask: (codes, step, zero point), the step
+    and zero point per row."""
     outliers = jnp.where(mask, x, 0.0)
     if self.symmetric:
-      s_o = jnp.maximum(jnp.max(jnp.abs(outliers)), MIN_SCALE) * _f32_reciprocal(self.o_qmax)
-      z_o = jnp.zeros((), jnp.float32)
+      s_o = (jnp.maximum(jnp.max(jnp.abs(outliers), axis=-1), MIN_SCALE)
+             * _f32_reciprocal(self.o_qmax))
+      z_o = jnp.zeros(s_o.shape, jnp.float32)
     else:
-      lo = jnp.minimum(jnp.min(outliers), 0.0)
-      hi = jnp.maximum(jnp.max(outliers), 0.0)
+      lo = jnp.minimum(jnp.min(outliers, axis=-1), 0.0)
+      hi = jnp.maximum(jnp.max(outliers, axis=-1), 0.0)
       s_o = jnp.maximum(hi - lo, MIN_SCALE) * _f32_reciprocal(self.o_qmax)
-      # The division runs on a block of equal lanes (inline PTX is elementwise); max() takes
-      # the scalar back out (Triton has no slice).
-      z_o = jnp.max(round_half_even(_divide_rn(jnp.full((self.block_c,), -lo, jnp.float32),
-                                               jnp.full((self.block_c,), s_o, jnp.float32),
-                                               self.interpret)))
-    inv_so = _reciprocal_rn(jnp.full((self.block_c,), s_o, jnp.float32), self.interpret)
-    q_out = round_half_even(jnp.clip(outliers * inv_so, self.o_qmin - z_o,
-                                     self.o_qmax - z_o)) + z_o
+      # The division runs on lanes of equal values (inline PTX is elementwise); max() takes
+      # the row's value back out (Triton has no slice).
+      lanes = lambda v: jnp.broadcast_to(v[:, None], x.shape)
+      z_o = jnp.max(round_half_even(_divide_rn(lanes(-lo), lanes(s_o), self.interpret)),
+                    axis=-1)
+    inv_so = _reciprocal_rn(jnp.broadcast_to(s_o[:, None], x.shape), self.interpret)
+    z_lanes = z_o[:, None]
+    q_out = round_half_even(jnp.clip(outliers * inv_so, self.o_qmin - z_lanes,
+                                     self.o_qmax - z_lanes)) + z_lanes
     return q_out.astype(self.outlier_dtype), s_o, z_o
-
-
-def _load_step(x_ref, b, t, in_seq, col_ok, block_c):
-  x = plgpu.load(x_ref.at[b, t, pl.ds(0, block_c)], mask=col_ok & in_seq,
-                 other=jnp.zeros((), x_ref.dtype))
-  return x.astype(jnp.float32)
-
-
-def _store_inliers(qin_ref, b, t, in_seq, q_in, math: _Math, pack: bool):
-  if pack:
-    half_ok = (jnp.arange(math.block_c // 2) < math.channels // 2) & in_seq
-    packed = int4.pack_nibbles(*int4.split_even_odd(q_in))
-    plgpu.store(qin_ref.at[b, t, pl.ds(0, math.block_c // 2)], packed, mask=half_ok)
-  else:
-    cols_ok = (jnp.arange(math.block_c) < math.channels) & in_seq
-    plgpu.store(qin_ref.at[b, t, pl.ds(0, math.block_c)], q_in, mask=cols_ok)
-
-
-def _store_outliers(refs, b, t, in_seq, outlier, mask, math: _Math):
-  q_out, s_o, z_o = outlier
-  qout_ref, oscale_ref, mask_ref = refs[:3]
-  cols_ok = (jnp.arange(math.block_c) < math.channels) & in_seq
-  plgpu.store(qout_ref.at[b, t, pl.ds(0, math.block_c)], q_out, mask=cols_ok)
-  plgpu.store(mask_ref.at[b, t, pl.ds(0, math.block_c)], mask, mask=cols_ok)
-  plgpu.store(oscale_ref.at[b, t], s_o, mask=in_seq)
-  if not math.symmetric:
-    plgpu.store(refs[3].at[b, t], z_o.astype(jnp.int32), mask=in_seq)
 
 
 def _time_step(window, i, n_refresh, length):
@@ -170,62 +150,106 @@ def _time_step(window, i, n_refresh, length):
   return jnp.minimum(t_raw, length - 1), t_raw < length
 
 
-def _sample_kernel(x_ref, s_ref, inv_ref, z_ref, qin_ref, *outlier_refs, math: _Math,
-                   length: int, n_refresh: int, pack: bool, detect: bool):
-  b, window = pl.program_id(0), pl.program_id(1)
+def _rows(b0, rows, t, block_c):
+  """Index of the (rows, block_c) tile of samples b0.. at step t."""
+  return (pl.ds(b0, rows), t, pl.ds(0, block_c))
+
+
+def _load_rows(x_ref, b0, t, lanes_ok, math: _Math):
+  """(rows, block_c) fp32 inputs of samples b0.. at step t, masked lanes 0."""
+  x = plgpu.load(x_ref.at[_rows(b0, lanes_ok.shape[0], t, math.block_c)], mask=lanes_ok,
+                 other=jnp.zeros((), x_ref.dtype))
+  return x.astype(jnp.float32)
+
+
+def _store_rows(qin_ref, outlier_refs, b0, t, row_ok, q_in, outlier, mask, math: _Math,
+                pack: bool):
+  """Writes one step of rows samples (row_ok: which rows exist and are inside the sequence):
+  inlier codes (packed two per byte with `pack`), and with `outlier` (codes, steps, zero
+  points) the outlier codes, masks, steps and (asymmetric) zero points."""
+  rows = row_ok.shape[0]
   col_ok = jnp.arange(math.block_c) < math.channels
+  lanes_ok = row_ok[:, None] & col_ok[None, :]
+  if pack:
+    half_ok = row_ok[:, None] & (jnp.arange(math.block_c // 2) < math.channels // 2)[None, :]
+    plgpu.store(qin_ref.at[_rows(b0, rows, t, math.block_c // 2)],
+                int4.pack_nibbles(*int4.split_even_odd(q_in)), mask=half_ok)
+  else:
+    plgpu.store(qin_ref.at[_rows(b0, rows, t, math.block_c)], q_in, mask=lanes_ok)
+  if outlier is None:
+    return
+  q_out, s_o, z_o = outlier
+  qout_ref, oscale_ref, mask_ref = outlier_refs[:3]
+  plgpu.store(qout_ref.at[_rows(b0, rows, t, math.block_c)], q_out, mask=lanes_ok)
+  plgpu.store(mask_ref.at[_rows(b0, rows, t, math.block_c)], mask, mask=lanes_ok)
+  plgpu.store(oscale_ref.at[pl.ds(b0, rows), t], s_o, mask=row_ok)
+  if not math.symmetric:
+    plgpu.store(outlier_refs[3].at[pl.ds(b0, rows), t], z_o.astype(jnp.int32), mask=row_ok)
+
+
+def _sample_kernel(x_ref, s_ref, inv_ref, z_ref, qin_ref, *outlier_refs, math: _Math,
+                   batch: int, block_b: int, length: int, n_refresh: int, pack: bool,
+                   detect: bool):
+  b0, window = pl.program_id(0) * block_b, pl.program_id(1)
+  col_ok = jnp.arange(math.block_c) < math.channels
+  row_ok = b0 + jnp.arange(block_b) < batch
+  lanes_ok = row_ok[:, None] & col_ok[None, :]
 
   def load(i):  # steps past the window (the prefetch after its last one) read nothing
     t, in_seq = _time_step(window, i, n_refresh, length)
-    return _load_step(x_ref, b, t, in_seq & (i < n_refresh), col_ok, math.block_c)
+    return _load_rows(x_ref, b0, t, lanes_ok & (in_seq & (i < n_refresh)), math)
 
   def step(i, carry):
-    # The next step's row does not depend on the mask: loading it before this step's
-    # reductions hides its latency behind them (one program walks its window serially).
+    # The next step's rows do not depend on the masks: loading them before this step's
+    # reductions hides their latency behind them (one program walks its window serially).
     mask, x = carry
     x_next = load(i + 1)
     t, in_seq = _time_step(window, i, n_refresh, length)
+    outlier = None
     if detect:
       s_d, thr, a = math.stats(x, mask, col_ok)
-      mask = mask | ((a > thr) & col_ok & (s_d > s_ref[t]))
-    _store_inliers(qin_ref, b, t, in_seq, math.quantize_inliers(x, mask, inv_ref[t], z_ref[t]),
-                   math, pack)
-    if detect:
-      _store_outliers(outlier_refs, b, t, in_seq, math.quantize_outliers(x, mask), mask, math)
+      mask = mask | ((a > thr[:, None]) & lanes_ok & (s_d > s_ref[t])[:, None])
+      outlier = math.quantize_outliers(x, mask)
+    _store_rows(qin_ref, outlier_refs, b0, t, row_ok & in_seq,
+                math.quantize_inliers(x, mask, inv_ref[t], z_ref[t]), outlier, mask, math, pack)
     return mask, x_next
 
-  jax.lax.fori_loop(0, n_refresh, step, (jnp.zeros((math.block_c,), jnp.bool_), load(0)))
+  no_mask = jnp.zeros((block_b, math.block_c), jnp.bool_)
+  jax.lax.fori_loop(0, n_refresh, step, (no_mask, load(0)))
 
 
 def _batch_kernel(x_ref, s_ref, inv_ref, z_ref, qin_ref, *outlier_refs, math: _Math,
                   batch: int, length: int, n_refresh: int, pack: bool):
+  """One program per window, one sample (a one-row tile) at a time."""
   window = pl.program_id(0)
   col_ok = jnp.arange(math.block_c) < math.channels
+  one_row = jnp.arange(1) < 1
   mask_ref = outlier_refs[2]
 
   def step(i, carry):
     t, in_seq = _time_step(window, i, n_refresh, length)
     t_prev = jnp.maximum(t - 1, 0)
+    lanes_ok = (one_row & in_seq)[:, None] & col_ok[None, :]
 
     def previous_mask(b):  # what this program stored for sample b one step earlier
-      return plgpu.load(mask_ref.at[b, t_prev, pl.ds(0, math.block_c)], mask=col_ok & (i > 0),
+      return plgpu.load(mask_ref.at[_rows(b, 1, t_prev, math.block_c)],
+                        mask=one_row[:, None] & col_ok[None, :] & (i > 0),
                         other=jnp.zeros((), jnp.bool_))
 
     def sample_triggers(b, any_trigger):
-      x = _load_step(x_ref, b, t, in_seq, col_ok, math.block_c)
-      s_d, _, _ = math.stats(x, previous_mask(b), col_ok)
-      return any_trigger | (s_d > s_ref[t])
+      s_d, _, _ = math.stats(_load_rows(x_ref, b, t, lanes_ok, math), previous_mask(b), col_ok)
+      return any_trigger | (jnp.max(s_d) > s_ref[t])
 
     trigger = jax.lax.fori_loop(0, batch, sample_triggers, jnp.zeros((), jnp.bool_))
 
     def update_and_quantize(b, c):
-      x = _load_step(x_ref, b, t, in_seq, col_ok, math.block_c)
+      x = _load_rows(x_ref, b, t, lanes_ok, math)
       mask = previous_mask(b)
       _, thr, a = math.stats(x, mask, col_ok)
-      mask = mask | ((a > thr) & col_ok & trigger)
-      _store_inliers(qin_ref, b, t, in_seq, math.quantize_inliers(x, mask, inv_ref[t], z_ref[t]),
-                     math, pack)
-      _store_outliers(outlier_refs, b, t, in_seq, math.quantize_outliers(x, mask), mask, math)
+      mask = mask | ((a > thr[:, None]) & col_ok[None, :] & trigger)
+      _store_rows(qin_ref, outlier_refs, b, t, one_row & in_seq,
+                  math.quantize_inliers(x, mask, inv_ref[t], z_ref[t]),
+                  math.quantize_outliers(x, mask), mask, math, pack)
       return c
 
     return jax.lax.fori_loop(0, batch, update_and_quantize, carry)
@@ -235,13 +259,14 @@ def _batch_kernel(x_ref, s_ref, inv_ref, z_ref, qin_ref, *outlier_refs, math: _M
 
 @functools.partial(jax.jit, static_argnames=(
     'code_range', 'k', 'n_refresh', 'trigger', 'std_ddof', 'detect', 'pack', 'block_c',
-    'num_warps', 'interpret'))
+    'block_b', 'num_warps', 'interpret'))
 def act_quant(x, inlier_scale, zero_point, *, code_range: tuple[int, int, int, int], k: float,
               n_refresh: int, trigger: str, std_ddof: int, detect: bool, pack: bool,
-              block_c: int, num_warps: int, interpret: bool = False):
+              block_c: int, block_b: int, num_warps: int, interpret: bool = False):
   """Validated (B, L, C) input, (L,) steps and (L,) zero points (None: symmetric) ->
   (inlier codes, outlier codes, outlier scale, mask, clamped inlier scale, outlier zero points
-  (B, L) int32 or None). code_range = (qmin, qmax, outlier qmin, outlier qmax). Without
+  (B, L) int32 or None). code_range = (qmin, qmax, outlier qmin, outlier qmax); block_b:
+  samples per program of the 'sample' kernel. Without
   `detect` (outliers='none') the outlier outputs are constants."""
   batch, length, channels = x.shape
   qmin, qmax, o_qmin, o_qmax = code_range
@@ -270,8 +295,9 @@ def act_quant(x, inlier_scale, zero_point, *, code_range: tuple[int, int, int, i
   if detect and trigger == 'batch':
     kernel, grid = functools.partial(_batch_kernel, batch=batch, **common), (n_windows,)
   else:
-    kernel = functools.partial(_sample_kernel, detect=detect, **common)
-    grid = (batch, n_windows)
+    kernel = functools.partial(_sample_kernel, detect=detect, batch=batch, block_b=block_b,
+                               **common)
+    grid = (pl.cdiv(batch, block_b), n_windows)
   compat.filter_triton_deprecation()
   outs = pl.pallas_call(
       kernel, out_shape=out_shape, grid=grid, interpret=interpret,

@@ -91,8 +91,11 @@ def variants(smoke):
     f = jax.jit(lambda x, a, w, s, xo, o: reference.mixed_gemm_xla(x, a, w, s, xo, o))
     return f, (p.x_packed, p.a_scale, p.w_packed, p.w_scale, p.x_outlier, p.o_scale)
 
-  def kernel(weight_bits, act_bits, outliers):
+  def kernel(weight_bits, act_bits, outliers, dense_outliers_above=None):
     def build(p, cfg=None):
+      if dense_outliers_above is not None:
+        cfg = dataclasses.replace(cfg or default_block_config(p.m, p.n, p.k),
+                                  dense_outliers_above=dense_outliers_above)
       x = p.x_packed if act_bits == 4 else p.x_int8
       w = p.w_packed if weight_bits == 4 else p.w_int8
       xo, o = (p.x_outlier, p.o_scale) if outliers else (None, None)
@@ -116,6 +119,13 @@ def variants(smoke):
       'triton_w4a4o8': (kernel(4, 4, True), lambda p: 4 * mnk(p),
                         lambda p: p.m * p.k * 3 // 2 + p.k * p.n // 2 + 2 * p.m * p.n,
                         INT8_PEAK, True),
+      # the outlier product always listed (gathers) / always dense along K
+      'triton_w4a4o8_list': (kernel(4, 4, True, 1.0), lambda p: 4 * mnk(p),
+                             lambda p: p.m * p.k * 3 // 2 + p.k * p.n // 2 + 2 * p.m * p.n,
+                             INT8_PEAK, True),
+      'triton_w4a4o8_dense': (kernel(4, 4, True, 0.0), lambda p: 4 * mnk(p),
+                              lambda p: p.m * p.k * 3 // 2 + p.k * p.n // 2 + 2 * p.m * p.n,
+                              INT8_PEAK, True),
       'triton_w4a4': (kernel(4, 4, False), lambda p: 2 * mnk(p),
                       lambda p: p.m * p.k // 2 + p.k * p.n // 2 + 2 * p.m * p.n, INT8_PEAK, True),
       'triton_w8a8': (kernel(8, 8, False), lambda p: 2 * mnk(p),
@@ -146,11 +156,12 @@ def run(args):
   key = jax.random.PRNGKey(0)
   for name, k, n in shapes:
     key, sub = jax.random.split(key)
-    base = make_problem(sub, m, k, n)
+    base = make_problem(sub, m, k, n, args.outlier_frac)
     set_bytes = m * k * 2 + k * n * 2
-    copies = [base] + [make_problem(jax.random.fold_in(sub, i), m, k, n)
+    copies = [base] + [make_problem(jax.random.fold_in(sub, i), m, k, n, args.outlier_frac)
                        for i in range(1, _bench.n_copies(set_bytes, smoke))]
-    entry = dict(shape=name, M=m, K=k, N=n, rotating_copies=len(copies),
+    entry = dict(shape=name, M=m, K=k, N=n, outlier_frac=args.outlier_frac,
+                 rotating_copies=len(copies),
                  exact=check_exact(base, smoke), variants={})
     bf16_ms = None
     for vname, (build, ops_fn, bytes_fn, peak, uses_kernel) in table.items():
@@ -205,6 +216,8 @@ def main(argv=None):
   def options(parser):
     parser.add_argument('--sweep', action='store_true', help='also time a few block configs')
     parser.add_argument('--tokens', type=int, default=VIM_TOKENS)
+    parser.add_argument('--outlier_frac', type=float, default=0.02,
+                        help='fraction of non-zero outlier codes (independent per entry)')
   return _bench.main(__doc__, run, print_table, argv, add_options=options)
 
 

@@ -24,6 +24,9 @@ class MixedGemmBlockConfig:
   block_k: int = 128
   num_warps: int = 8
   num_stages: int = 3
+  # A tile whose outlier list is longer than this fraction of K walks its outliers densely
+  # along K instead of gathering them (0: dense whenever it has one; 1: always the list).
+  dense_outliers_above: float = 0.25
 
   def __post_init__(self):
     for name in ('block_m', 'block_n', 'block_k'):
@@ -37,6 +40,9 @@ class MixedGemmBlockConfig:
     if self.num_warps not in _VALID_WARPS:
       raise ValueError(f'MixedGemmBlockConfig.num_warps={self.num_warps}: choose one of '
                        f'{_VALID_WARPS}.')
+    if not 0.0 <= self.dense_outliers_above <= 1.0:
+      raise ValueError(f'MixedGemmBlockConfig.dense_outliers_above={self.dense_outliers_above!r}:'
+                       ' must be a fraction of K in [0, 1].')
     if not isinstance(self.num_stages, int) or self.num_stages < 1:
       raise ValueError(f'MixedGemmBlockConfig.num_stages={self.num_stages!r}: must be an int >= 1.')
 

@@ -11,8 +11,11 @@ where any of its tokens has a non-zero outlier code: the union of the refresh wi
 sets that the tile covers, compacted to the front of a (tiles, K) index array with its length.
 The second loop runs ceil(length / OUTLIER_CHUNK) narrow dots that gather those activation
 columns and int8 weight rows, so its cost follows the outlier rate instead of being a second
-dense K-wide GEMM; a tile whose tokens flag every channel simply walks all of K (the exact
-fallback). Skipped channels have zero codes in every row of the tile, so the sums are exact.
+dense K-wide GEMM. Skipped channels have zero codes in every row of the tile, so the sums are
+exact. Gathers are slow next to tile loads, so a tile whose list is longer than
+`cfg.dense_outliers_above` x K instead adds the outlier dot inside the K walk (acc_out +=
+xout_tile @ w_tile on the weight parts already loaded): the dense form, chosen per tile at run
+time; both are exact.
 
 The H100 has no int4 MMA, so int4 operands are unpacked to int8 in registers with two shifts.
 Because a dot is a sum over k, the kernel never re-interleaves int4 weights: it splits every
@@ -90,20 +93,35 @@ def _gemm_kernel(*refs, m: int, n: int, k: int, cfg: MixedGemmBlockConfig, weigh
       return int4.interleave(*int4.unpack_nibbles(x))
     return x
 
-  def body(kb, acc_in):
+  def k_block(kb):
+    """The K block's weight parts and inlier activation parts."""
     w = plgpu.load(w_ref.at[pl.ds(col_start, bn), pl.ds(kb * w_rows, w_rows)],
                    mask=cols_ok[:, None], other=jnp.int8(0))
     w_parts = int4.unpack_nibbles(w) if weight_bits == 4 else w
     xin = _load_rows(xin_ref, row_start, rows_ok, kb * x_cols, x_cols, bm)
-    return acc_in + product(inlier_parts(xin), w_parts)
+    return w_parts, inlier_parts(xin)
+
+  def body(kb, acc_in):
+    w_parts, x_parts = k_block(kb)
+    return acc_in + product(x_parts, w_parts)
 
   zeros = jnp.zeros((bm, bn), jnp.int32)
-  accs = (jax.lax.fori_loop(0, k // bk, body, zeros),)
-  if has_outliers:
+  n_kb = k // bk
+  if not has_outliers:
+    accs = (jax.lax.fori_loop(0, n_kb, body, zeros),)
+  else:
     tile = pl.program_id(1)
     count = count_ref[tile]
     rows = row_start + jnp.arange(bm)
     cols = col_start + jnp.arange(bn)
+
+    def dense_body(kb, accs):
+      # The tile's outliers are many: their codes ride along the K walk as a second dot on the
+      # weight parts already in registers (coalesced tile loads instead of gathers).
+      w_parts, x_parts = k_block(kb)
+      xout = _load_rows(xout_ref, row_start, rows_ok, kb * bk, bk, bm)
+      xout_parts = int4.split_even_odd(xout) if weight_bits == 4 else xout
+      return accs[0] + product(x_parts, w_parts), accs[1] + product(xout_parts, w_parts)
 
     def outlier_chunk(j, acc_out):
       ok = j * OUTLIER_CHUNK + jnp.arange(OUTLIER_CHUNK) < count
@@ -115,8 +133,15 @@ def _gemm_kernel(*refs, m: int, n: int, k: int, cfg: MixedGemmBlockConfig, weigh
                       mask=cols_ok[:, None] & ok[None, :], other=jnp.int8(0))
       return acc_out + dot(xout, w8)
 
-    n_chunks = (count + OUTLIER_CHUNK - 1) // OUTLIER_CHUNK
-    accs += (jax.lax.fori_loop(0, n_chunks, outlier_chunk, zeros),)
+    def dense():
+      return jax.lax.fori_loop(0, n_kb, dense_body, (zeros, zeros))
+
+    def listed():
+      n_chunks = (count + OUTLIER_CHUNK - 1) // OUTLIER_CHUNK
+      return (jax.lax.fori_loop(0, n_kb, body, zeros),
+              jax.lax.fori_loop(0, n_chunks, outlier_chunk, zeros))
+
+    accs = jax.lax.cond(count > int(cfg.dense_outliers_above * k), dense, listed)
 
   out_block = (pl.ds(row_start, bm), pl.ds(col_start, bn))
   tile_ok = rows_ok[:, None] & cols_ok[None, :]

@@ -213,8 +213,37 @@ def test_block_config_validation():
     config.ActQuantBlockConfig(num_warps=5)
   with pytest.raises(ValueError, match='every channel of a time step'):
     config.ActQuantBlockConfig(block_c=64).resolve(100)
-  assert config.ActQuantBlockConfig().resolve(1536) == (2048, 8)
-  assert config.ActQuantBlockConfig().resolve(192) == (256, 4)
+  with pytest.raises(ValueError, match='block_b'):
+    config.ActQuantBlockConfig(block_b=3)
+  assert config.ActQuantBlockConfig().resolve(1536) == (2048, 1, 8)
+  assert config.ActQuantBlockConfig().resolve(192) == (256, 1, 4)
+  # several samples per program, up to TILE_ELEMENTS lanes and never more than the batch
+  assert config.ActQuantBlockConfig().resolve(768, 64) == (1024, 4, 8)
+  assert config.ActQuantBlockConfig().resolve(48, 64) == (64, 64, 8)
+  assert config.ActQuantBlockConfig().resolve(48, 3) == (64, 4, 4)
+  assert config.ActQuantBlockConfig(block_b=2, num_warps=1).resolve(768, 64) == (1024, 2, 1)
+
+
+@pytest.mark.parametrize('symmetric', [True, False])
+def test_several_samples_per_program_match_canonical(symmetric):
+  """block_b = 2 over a batch of 3: a program's rows keep their own statistics and masks, and
+  the missing fourth row of the last program changes nothing."""
+  rng = np.random.default_rng(5)
+  x = _activations(rng, 3, 23, 40) - (0.0 if symmetric else 3.0)
+  scale = jnp.asarray(rng.uniform(2.0, 4.0, 23) / 7, jnp.float32)
+  zero = None if symmetric else jnp.asarray(rng.integers(7, 15, 23), jnp.int32)
+  spec = ActQuantParams(bits=4, symmetric=symmetric, outlier_bits=8)
+  kw = dict(pack_int4=symmetric)
+  want = api.act_quant(x, scale, spec, zero, implementation='xla', **kw)
+  got = api.act_quant(x, scale, spec, zero, implementation='triton', interpret=True,
+                      block_config=config.ActQuantBlockConfig(block_b=2), **kw)
+  for field in FIELDS + ('outlier_zero_point',):
+    g, w = getattr(got, field), getattr(want, field)
+    if w is None:
+      assert g is None
+      continue
+    np.testing.assert_array_equal(np.asarray(g), np.asarray(w), err_msg=field)
+  assert np.asarray(want.outlier_mask).any()
 
 
 @pytest.mark.parametrize('trigger,symmetric', [('sample', True), ('batch', True),
@@ -232,7 +261,8 @@ def test_kernel_lowers_to_triton_for_h100(trigger, symmetric):
     lowered = pallas_triton.act_quant.trace(
         jax.ShapeDtypeStruct((b, l, c), jnp.bfloat16), jax.ShapeDtypeStruct((l,), jnp.float32),
         zero, code_range=code_range, k=3.0, n_refresh=10, trigger=trigger, std_ddof=1,
-        detect=True, pack=symmetric, block_c=2048, num_warps=8).lower(lowering_platforms=('cuda',))
+        detect=True, pack=symmetric, block_c=2048, block_b=2,
+        num_warps=8).lower(lowering_platforms=('cuda',))
   assert '__gpu$xla.gpu.triton' in lowered.as_text()
 
 

@@ -125,6 +125,8 @@ def test_block_config_validation():
     config.MixedGemmBlockConfig(block_k=32)
   with pytest.raises(ValueError, match='num_warps'):
     config.MixedGemmBlockConfig(num_warps=3)
+  with pytest.raises(ValueError, match='dense_outliers_above'):
+    config.MixedGemmBlockConfig(dense_outliers_above=1.5)
   cfg = config.default_block_config(64 * 197, 3072, 768)  # the H200 probe's best tiles
   assert (cfg.block_m, cfg.block_n, cfg.block_k, cfg.num_warps) == (128, 128, 128, 8)
   cfg = config.default_block_config(197, 3072, 768)
@@ -186,13 +188,20 @@ def test_outlier_tiles_lists_each_tiles_flagged_channels_first():
 
 
 @pytest.mark.parametrize('outlier_frac', [0.0, 1.0, 0.002])
-def test_outlier_loop_exact_with_no_all_and_rare_outliers(outlier_frac):
-  """No outliers (the loop runs zero chunks), every channel flagged (the list is all of K: the
-  exact fallback) and rare ones (a few chunks per tile): the kernel's sums equal the oracle."""
+@pytest.mark.parametrize('weight_bits,act_bits', [(4, 4), (8, 8)])
+def test_outlier_loop_exact_with_no_all_and_rare_outliers(outlier_frac, weight_bits, act_bits):
+  """No outliers (the loop runs zero chunks), every channel flagged (the list is all of K) and
+  rare ones (a few chunks per tile), each through the listed and the dense form of the outlier
+  product (dense_outliers_above 1: never dense; 0: dense for every tile with an outlier; the
+  default picks per tile): the kernel's sums equal the oracle."""
   rng = np.random.default_rng(7)
-  x, w, xout, oracle_in, oracle_out = _operands(rng, 40, 128, 24, 4, 4, outlier_frac)
-  cfg = config.MixedGemmBlockConfig(block_m=16, block_n=16, block_k=64, num_warps=4)
-  acc_in, acc_out = api.mixed_gemm_accumulators(x, w, xout, implementation='triton',
-                                                interpret=True, block_config=cfg)
-  np.testing.assert_array_equal(np.asarray(acc_in), oracle_in)
-  np.testing.assert_array_equal(np.asarray(acc_out), oracle_out)
+  x, w, xout, oracle_in, oracle_out = _operands(rng, 40, 128, 24, weight_bits, act_bits,
+                                                outlier_frac)
+  for dense_above in (1.0, 0.0, 0.25):
+    cfg = config.MixedGemmBlockConfig(block_m=16, block_n=16, block_k=64, num_warps=4,
+                                      dense_outliers_above=dense_above)
+    acc_in, acc_out = api.mixed_gemm_accumulators(
+        x, w, xout, weight_bits=weight_bits, act_bits=act_bits, implementation='triton',
+        interpret=True, block_config=cfg)
+    np.testing.assert_array_equal(np.asarray(acc_in), oracle_in, err_msg=str(dense_above))
+    np.testing.assert_array_equal(np.asarray(acc_out), oracle_out, err_msg=str(dense_above))
