@@ -23,10 +23,11 @@ TRIGGERS = ('sample', 'batch', 'official')
 
 _VALID_WARPS = (1, 2, 4, 8, 16)
 MAX_BLOCK_C = 8192  # one step's channels must fit in the registers of one program
-# Lanes of one program's (samples x channels) tile when block_b is derived: several samples per
-# program shorten the serial window walk's share of the run (the module docstring of
-# pallas_triton says why).
-TILE_ELEMENTS = 4096
+# Lanes of one program's (samples x channels) tile when block_b is derived. Measured on an H200
+# (act_quant/bench.py --sweep, Vim shapes, batch 64, 2026-12-02): one sample per program was
+# fastest from C = 384 up (two or more samples were 5-80 % slower at C = 768/1536, where the
+# bigger tiles spill), two samples gained ~10-20 % at C <= 384 with 2 warps.
+TILE_ELEMENTS = 512
 
 
 def check_bits(owner: str, name: str, bits) -> None:
@@ -101,7 +102,7 @@ class ActQuantParams:
 class ActQuantBlockConfig:
   """block_c: channel block (None -> next power of two >= C); block_b: samples per program of
   the per-sample kernel (None -> as many as fit TILE_ELEMENTS lanes); num_warps: warps per
-  program (None -> 4 up to 1024 lanes per tile, else 8)."""
+  program (None -> 2 up to 1024 lanes per tile, else 4: the sweep's best)."""
   block_c: int | None = None
   block_b: int | None = None
   num_warps: int | None = None
@@ -132,5 +133,5 @@ class ActQuantBlockConfig:
       raise ValueError(f'act_quant: C={channels} needs a {block_c}-wide block, above the '
                        f'{MAX_BLOCK_C} limit of this kernel; use implementation="xla".')
     block_b = self.block_b or max(1, min(next_pow2(batch), TILE_ELEMENTS // block_c))
-    num_warps = self.num_warps or (4 if block_b * block_c <= 1024 else 8)
+    num_warps = self.num_warps or (2 if block_b * block_c <= 1024 else 4)
     return block_c, block_b, num_warps

@@ -3,27 +3,28 @@
 One program computes a (block_m tokens) x (block_n channels) tile of y in two loops:
 
   acc_in  += xin_tile @ w_tile                 over every K block (int8 MMA, int32 accumulate)
-  acc_out += xout[:, idx] @ w8[idx, :]         over the tile's outlier list only, OUTLIER_CHUNK
+  acc_out += xout[:, idx] @ w[idx, :]          over the tile's outlier list only, OUTLIER_CHUNK
                                                channels at a time (when outliers are given)
 
 The outlier list (`reference.outlier_tiles`) holds, per tile of block_m tokens, the channels
 where any of its tokens has a non-zero outlier code: the union of the refresh windows' outlier
 sets that the tile covers, compacted to the front of a (tiles, K) index array with its length.
 The second loop runs ceil(length / OUTLIER_CHUNK) narrow dots that gather those activation
-columns and int8 weight rows, so its cost follows the outlier rate instead of being a second
+columns and weight rows, so its cost follows the outlier rate instead of being a second
 dense K-wide GEMM. Skipped channels have zero codes in every row of the tile, so the sums are
 exact. Gathers are slow next to tile loads, so a tile whose list is longer than
 `cfg.dense_outliers_above` x K instead adds the outlier dot inside the K walk (acc_out +=
-xout_tile @ w_tile on the weight parts already loaded): the dense form, chosen per tile at run
+xout_tile @ w_tile on the weight tile already loaded): the dense form, chosen per tile at run
 time; both are exact.
 
-The H100 has no int4 MMA, so int4 operands are unpacked to int8 in registers with two shifts.
-Because a dot is a sum over k, the kernel never re-interleaves int4 weights: it splits every
-K block into its even and odd k (the low and high nibbles of the packed weight; a reshape plus
-size-2 unstack of an int8 activation tile) and issues two K/2 dots, which is the same MMA work
-as one K dot. The only interleave (a Triton `join`) is for packed activations against int8
-weights (W8A4). The epilogue applies the per-token scales (rows), the per-channel weight scale
-(columns) and the bias in fp32, and stores bf16/fp32.
+Hopper has no int4 MMA, and unpacking nibbles inside the K loop made the W4A4 kernel 3x slower
+than the same GEMM on int8 codes (H200, Vim-B in_proj 12608x768x3072, 2026-12-02: 0.288 ms
+W4A4 vs 0.097 ms W8A8, cuBLAS bf16 0.102 ms; `mixed_gemm/bench.py`). So the wrapper hands the
+kernel int8 codes only: int4 weights are unpacked in the XLA copy that makes them K-major
+(stored and shipped packed, 4 bits per weight), int4 activations in one elementwise pass (the
+library's integer Linear asks act_quant for unpacked codes, so there is none). The epilogue
+applies the per-token scales (rows), the per-channel weight scale (columns) and the bias in fp32,
+and stores bf16/fp32.
 
 Weights enter the kernel K-major, (N, K) (the wrapper transposes the (K, N) operand of the
 API): Hopper's int8 wgmma reads its B operand K-major from shared memory, and with (K, N) tiles
@@ -55,15 +56,15 @@ def _load_rows(ref, row_start, rows_ok, k_start, width, block_m):
                     mask=rows_ok[:, None], other=jnp.int8(0))
 
 
-def _gemm_kernel(*refs, m: int, n: int, k: int, cfg: MixedGemmBlockConfig, weight_bits: int,
-                 act_bits: int, has_outliers: bool, has_bias: bool, accumulators_only: bool):
+def _gemm_kernel(*refs, m: int, n: int, k: int, cfg: MixedGemmBlockConfig, has_outliers: bool,
+                 has_bias: bool, accumulators_only: bool):
   refs = list(refs)
   xin_ref, a_scale_ref, w_ref, w_scale_ref = refs[:4]
   refs = refs[4:]
   xout_ref = o_scale_ref = bias_ref = None
   if has_outliers:
-    xout_ref, o_scale_ref, w8_ref, index_ref, count_ref = refs[:5]
-    refs = refs[5:]
+    xout_ref, o_scale_ref, index_ref, count_ref = refs[:4]
+    refs = refs[4:]
   if has_bias:
     bias_ref = refs[0]
     refs = refs[1:]
@@ -74,36 +75,19 @@ def _gemm_kernel(*refs, m: int, n: int, k: int, cfg: MixedGemmBlockConfig, weigh
   row_start = pl.program_id(1) * bm
   rows_ok = row_start + jnp.arange(bm) < m
   cols_ok = col_start + jnp.arange(bn) < n
-  w_rows = bk // 2 if weight_bits == 4 else bk   # weight rows per K block (packed: K/2)
-  x_cols = bk // 2 if act_bits == 4 else bk      # inlier columns per K block
 
   def dot(a, b):  # b is a K-major (block_n, K) tile: contract both operands' last axis
     return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.int32)
 
-  def product(x_parts, w_parts):
-    """Sum over the K block of x @ w, both given either whole or as (even k, odd k) halves."""
-    if isinstance(w_parts, tuple):
-      return dot(x_parts[0], w_parts[0]) + dot(x_parts[1], w_parts[1])
-    return dot(x_parts, w_parts)
-
-  def inlier_parts(x):
-    if weight_bits == 4:  # need (even, odd) halves of K
-      return int4.unpack_nibbles(x) if act_bits == 4 else int4.split_even_odd(x)
-    if act_bits == 4:     # int8 weights: rebuild the natural k order of the activations
-      return int4.interleave(*int4.unpack_nibbles(x))
-    return x
-
   def k_block(kb):
-    """The K block's weight parts and inlier activation parts."""
-    w = plgpu.load(w_ref.at[pl.ds(col_start, bn), pl.ds(kb * w_rows, w_rows)],
+    """The K block's weight tile (block_n, block_k) and inlier tile (block_m, block_k)."""
+    w = plgpu.load(w_ref.at[pl.ds(col_start, bn), pl.ds(kb * bk, bk)],
                    mask=cols_ok[:, None], other=jnp.int8(0))
-    w_parts = int4.unpack_nibbles(w) if weight_bits == 4 else w
-    xin = _load_rows(xin_ref, row_start, rows_ok, kb * x_cols, x_cols, bm)
-    return w_parts, inlier_parts(xin)
+    return w, _load_rows(xin_ref, row_start, rows_ok, kb * bk, bk, bm)
 
   def body(kb, acc_in):
-    w_parts, x_parts = k_block(kb)
-    return acc_in + product(x_parts, w_parts)
+    w, xin = k_block(kb)
+    return acc_in + dot(xin, w)
 
   zeros = jnp.zeros((bm, bn), jnp.int32)
   n_kb = k // bk
@@ -117,11 +101,10 @@ def _gemm_kernel(*refs, m: int, n: int, k: int, cfg: MixedGemmBlockConfig, weigh
 
     def dense_body(kb, accs):
       # The tile's outliers are many: their codes ride along the K walk as a second dot on the
-      # weight parts already in registers (coalesced tile loads instead of gathers).
-      w_parts, x_parts = k_block(kb)
+      # weight tile already loaded (coalesced tile loads instead of gathers).
+      w, xin = k_block(kb)
       xout = _load_rows(xout_ref, row_start, rows_ok, kb * bk, bk, bm)
-      xout_parts = int4.split_even_odd(xout) if weight_bits == 4 else xout
-      return accs[0] + product(x_parts, w_parts), accs[1] + product(xout_parts, w_parts)
+      return accs[0] + dot(xin, w), accs[1] + dot(xout, w)
 
     def outlier_chunk(j, acc_out):
       ok = j * OUTLIER_CHUNK + jnp.arange(OUTLIER_CHUNK) < count
@@ -129,9 +112,9 @@ def _gemm_kernel(*refs, m: int, n: int, k: int, cfg: MixedGemmBlockConfig, weigh
                        other=0)
       xout = plgpu.load(xout_ref.at[rows[:, None], idx[None, :]],
                         mask=rows_ok[:, None] & ok[None, :], other=jnp.int8(0))
-      w8 = plgpu.load(w8_ref.at[cols[:, None], idx[None, :]],
-                      mask=cols_ok[:, None] & ok[None, :], other=jnp.int8(0))
-      return acc_out + dot(xout, w8)
+      w = plgpu.load(w_ref.at[cols[:, None], idx[None, :]],
+                     mask=cols_ok[:, None] & ok[None, :], other=jnp.int8(0))
+      return acc_out + dot(xout, w)
 
     def dense():
       return jax.lax.fori_loop(0, n_kb, dense_body, (zeros, zeros))
@@ -172,26 +155,26 @@ def _pad_k(x, axis, new_len):
   return jnp.pad(x, widths)
 
 
+def _int8_operand(x, bits, k_axis):
+  """The operand as int8 codes (int4 unpacked): what the kernel multiplies."""
+  return int4.unpack_int4(x, axis=k_axis) if bits == 4 else x
+
+
 def _call(x_inlier, a_scale, w, w_scale, x_outlier, o_scale, bias, *, k, weight_bits, act_bits,
           out_dtype, cfg, interpret, accumulators_only):
   m, n = x_inlier.shape[0], w.shape[1]
   bk = cfg.block_k
   k_pad = -(-k // bk) * bk
-  if k_pad != k:  # zero codes contribute nothing to the sums
-    w = _pad_k(w, 0, k_pad // 2 if weight_bits == 4 else k_pad)
-    x_inlier = _pad_k(x_inlier, 1, k_pad // 2 if act_bits == 4 else k_pad)
-    if x_outlier is not None:
-      x_outlier = _pad_k(x_outlier, 1, k_pad)
-
+  # int4 operands are unpacked here, off the kernel's critical path: the weight in the same XLA
+  # copy that makes it K-major, the activations in one elementwise pass.
+  w_kmajor = _pad_k(_int8_operand(w, weight_bits, 0)[:k], 0, k_pad).T
+  x_inlier = _pad_k(_int8_operand(x_inlier, act_bits, 1)[:, :k], 1, k_pad)
   has_outliers = x_outlier is not None
-  w_kmajor = w.T  # (N, K/2 | K): the layout int8 wgmma reads (module docstring)
   inputs = [x_inlier, a_scale.astype(jnp.float32), w_kmajor, w_scale.astype(jnp.float32)]
   if has_outliers:
-    # int8 weight rows for the gathers of the outlier loop (int4 unpacked: K x N bytes), and
-    # the tiles' compact outlier lists.
-    w8 = int4.unpack_int4(w, axis=0).T if weight_bits == 4 else w_kmajor
+    x_outlier = _pad_k(x_outlier[:, :k], 1, k_pad)
     index, count = reference.outlier_tiles(x_outlier, cfg.block_m)
-    inputs += [x_outlier, o_scale.astype(jnp.float32), w8, index, count]
+    inputs += [x_outlier, o_scale.astype(jnp.float32), index, count]
   if bias is not None:
     inputs.append(bias.astype(jnp.float32))
   if accumulators_only:
@@ -200,8 +183,8 @@ def _call(x_inlier, a_scale, w, w_scale, x_outlier, o_scale, bias, *, k, weight_
     out_shape = [jax.ShapeDtypeStruct((m, n), out_dtype)]
 
   kernel = functools.partial(
-      _gemm_kernel, m=m, n=n, k=k_pad, cfg=cfg, weight_bits=weight_bits, act_bits=act_bits,
-      has_outliers=has_outliers, has_bias=bias is not None, accumulators_only=accumulators_only)
+      _gemm_kernel, m=m, n=n, k=k_pad, cfg=cfg, has_outliers=has_outliers,
+      has_bias=bias is not None, accumulators_only=accumulators_only)
   grid = (pl.cdiv(n, cfg.block_n), pl.cdiv(m, cfg.block_m))
   compat.filter_triton_deprecation()
   outs = pl.pallas_call(

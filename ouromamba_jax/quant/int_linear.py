@@ -1,6 +1,6 @@
 """The real-integer Linear: a `QuantizedWeight` in mode 'int' runs the Pallas kernels' public APIs.
 
-    x --(1/smooth)--> kernels_pallas.act_quant   -> inlier codes (int4 packed / int8), per-step
+    x --(1/smooth)--> kernels_pallas.act_quant   -> inlier codes (int8, one per byte), per-step
                                                     S_I(t), int8 outlier codes, per-token s_o
                   --> kernels_pallas.mixed_gemm  -> w_s[o] * (S_I[t] * xin @ W + s_o[b, t] * xout @ W)
 
@@ -63,15 +63,15 @@ def unsupported_reason(weight, input_quantizer) -> Optional[str]:
 
 class KernelOperands(NamedTuple):
   """What the mixed GEMM receives for one Linear (tokens = (B, L) of the quantized input)."""
-  activation: IntActivation  # act_quant's output (inlier_q packed when act_bits == 4)
-  x_inlier: jax.Array                # (B, L, K/2) packed int4 or (B, L, K) int8
+  activation: IntActivation  # act_quant's output
+  x_inlier: jax.Array                # (B, L, K) int8 codes (of <= 8 bits)
   a_scale: jax.Array                 # (B, L) S_I(t) per token
   x_outlier: Optional[jax.Array]     # (B, L, K) int8 (outliers 'int'), else None
   o_scale: Optional[jax.Array]       # (B, L) (outliers 'int'), else None
   w: jax.Array                       # (K/2, N) packed int4 or (K, N) int8
   w_scale: jax.Array                 # (N,)
   weight_bits: int                   # 4 | 8 (the mixed GEMM's operand formats)
-  act_bits: int                      # 4 | 8
+  act_bits: int                      # 8 (int8 codes, whatever their bit width)
 
 
 def _pad_last(a, new_len):
@@ -95,14 +95,12 @@ def prepare_operands(x3, weight, input_quantizer, implementation: Optional[str] 
   """Quantizes x3 (B, L, C) (already divided by the smoothing vector) with act_quant and lays
   out the weight for mixed_gemm. Needs `unsupported_reason(weight, input_quantizer) is None`."""
   spec = input_quantizer.spec
-  channels = x3.shape[-1]
   weight_bits = 4 if weight.packed else 8
   k = weight.values.shape[0] * (2 if weight.packed else 1)  # K (in_features, padded when odd)
-  # int4 inliers travel packed two per byte when C pairs up with the weight's K; otherwise as
-  # int8 codes (the GEMM's act_bits=8 form also takes int4 codes one per byte).
-  pack = spec.bits <= 4 and channels % 2 == 0 and k == channels
-  q = quantize_site(x3, input_quantizer, implementation, pack_int4=pack)
-  x_inlier = q.inlier_q if pack else _pad_last(q.inlier_q.astype(jnp.int8), k)
+  # Inlier codes travel one per byte, int4 ones too (the GEMM's act_bits=8 form takes them):
+  # the Triton GEMM multiplies int8 codes, so packing here would only be unpacked there.
+  q = quantize_site(x3, input_quantizer, implementation)
+  x_inlier = _pad_last(q.inlier_q.astype(jnp.int8), k)
   a_scale = jnp.broadcast_to(q.inlier_scale[None, :], x3.shape[:2])
   x_outlier = o_scale = None
   if spec.outliers == 'int':
@@ -111,8 +109,7 @@ def prepare_operands(x3, weight, input_quantizer, implementation: Optional[str] 
   if not weight.packed:
     w = w.astype(jnp.int8)  # codes of <= 8-bit weights are int8 already
   w_scale = jnp.maximum(weight.scale.astype(jnp.float32), MIN_SCALE)
-  return KernelOperands(q, x_inlier, a_scale, x_outlier, o_scale, w, w_scale, weight_bits,
-                        4 if pack else 8)
+  return KernelOperands(q, x_inlier, a_scale, x_outlier, o_scale, w, w_scale, weight_bits, 8)
 
 
 def linear(weight, x, input_quantizer, dtype, implementation: Optional[str] = None):

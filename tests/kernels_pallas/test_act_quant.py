@@ -215,12 +215,12 @@ def test_block_config_validation():
     config.ActQuantBlockConfig(block_c=64).resolve(100)
   with pytest.raises(ValueError, match='block_b'):
     config.ActQuantBlockConfig(block_b=3)
-  assert config.ActQuantBlockConfig().resolve(1536) == (2048, 1, 8)
-  assert config.ActQuantBlockConfig().resolve(192) == (256, 1, 4)
-  # several samples per program, up to TILE_ELEMENTS lanes and never more than the batch
-  assert config.ActQuantBlockConfig().resolve(768, 64) == (1024, 4, 8)
-  assert config.ActQuantBlockConfig().resolve(48, 64) == (64, 64, 8)
-  assert config.ActQuantBlockConfig().resolve(48, 3) == (64, 4, 4)
+  assert config.ActQuantBlockConfig().resolve(1536) == (2048, 1, 4)
+  assert config.ActQuantBlockConfig().resolve(192) == (256, 1, 2)
+  # several samples per program up to TILE_ELEMENTS lanes, never more than the batch
+  assert config.ActQuantBlockConfig().resolve(768, 64) == (1024, 1, 2)
+  assert config.ActQuantBlockConfig().resolve(192, 64) == (256, 2, 2)
+  assert config.ActQuantBlockConfig().resolve(48, 3) == (64, 4, 2)
   assert config.ActQuantBlockConfig(block_b=2, num_warps=1).resolve(768, 64) == (1024, 2, 1)
 
 

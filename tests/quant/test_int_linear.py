@@ -37,7 +37,7 @@ from ouromamba_jax.quant import weights as w_lib
 
 TRITON_LOGITS_RTOL = 1e-6
 IMPLEMENTATIONS = ('xla', 'triton')
-# w4a4: packed int4 x int4 + int8 outliers (default suite); w8a8: int8 x int8 + int8 outliers;
+# w4a4: packed int4 weights x int4 codes + int8 outliers (default suite); w8a8: int8 x int8 + int8 outliers;
 # w4a8: the paper's O16 (float outliers beside the kernel's inlier GEMM). ~25 s each on CPU.
 PRESETS = ('w4a4', pytest.param('w8a8', marks=pytest.mark.slow),
            pytest.param('w4a8', marks=pytest.mark.slow))
@@ -119,7 +119,7 @@ def _kernel_and_fake_codes(x, weight, iq, fq_weight, impl):
   unpack = lambda v, axis, packed: int4.unpack_int4(v, axis=axis) if packed else v
   want_w = w_lib.weight_codes(fq_weight.smoothed_weight(), fq_weight.scale, fq_weight.bits)
   hi = jax.lax.Precision.HIGHEST
-  kernel = dict(inlier_q=unpack(ops.x_inlier, -1, ops.act_bits == 4), mask=ops.activation.outlier_mask,
+  kernel = dict(inlier_q=ops.x_inlier, mask=ops.activation.outlier_mask,
                 a_scale=ops.a_scale, w=unpack(ops.w, 0, ops.weight_bits == 4), acc_in=acc_in)
   sim = dict(inlier_q=fake.inlier_q, mask=fake.outlier_mask,
              a_scale=jnp.broadcast_to(fake.inlier_scale, x3.shape[:2]), w=want_w,
