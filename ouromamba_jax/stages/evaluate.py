@@ -71,7 +71,7 @@ def describe_count(source: pipeline.EvalSource, eval_images: int) -> str:
   return f'all {total} images'
 
 
-def _check_weights(config, spec: EvalSpec) -> None:
+def check_weights(config, spec: EvalSpec) -> None:
   """Fails before any data or weights are read when the weights named cannot be loaded."""
   if spec.quantized_checkpoint:
     if not os.path.isdir(spec.quantized_checkpoint):
@@ -88,7 +88,7 @@ def load_for_eval(config, spec: EvalSpec):
   """(model, params, description): the quantized checkpoint if one is named (on config.model's
   architecture, checked), else config.model's float weights (random ones only when
   eval.allow_random_init)."""
-  _check_weights(config, spec)
+  check_weights(config, spec)
   qpath = spec.quantized_checkpoint
   if qpath:
     model = sections.model_from_config(config.model)
@@ -106,7 +106,7 @@ def run(config, workdir: str) -> dict[str, Any]:
   reported before a large checkpoint is read.
   """
   spec = eval_spec(config)
-  _check_weights(config, spec)
+  check_weights(config, spec)
   img_size = sections.model_from_config(config.model).img_size
   source, smoke = open_source(config.data, img_size)
   model, params, what = load_for_eval(config, spec)

@@ -78,7 +78,7 @@ def effective_config(config) -> mlc.ConfigDict:
   return cfg
 
 
-def _run_config(config, method: str, preset: str, source: str) -> mlc.ConfigDict:
+def run_config(config, method: str, preset: str, source: str) -> mlc.ConfigDict:
   cfg = mlc.ConfigDict(config.to_dict())
   cfg.quant.method, cfg.quant.preset, cfg.quant.calib_source = method, preset, source
   cfg.quant.run_name = ''
@@ -149,7 +149,7 @@ def run(config, workdir: str, log: Log = _log) -> dict[str, Any]:
         f'in {workdir}')
   os.makedirs(workdir, exist_ok=True)
   runs = parse_runs(cfg.pipeline.runs)
-  run_specs = [quantize_stage.run_spec(_run_config(cfg, method, preset, source).quant)
+  run_specs = [quantize_stage.run_spec(run_config(cfg, method, preset, source).quant)
                for method, preset, source in runs]   # every run checked before any work
   model, params = sections.load_model(cfg.model, seed=cfg.seed)
   source, smoke = open_eval_data(cfg, model.img_size, log)
@@ -200,7 +200,7 @@ def run(config, workdir: str, log: Log = _log) -> dict[str, Any]:
   results = []
   generated = False
   for i, (method, preset, src) in enumerate(runs):
-    rcfg = _run_config(cfg, method, preset, src)
+    rcfg = run_config(cfg, method, preset, src)
     name = run_specs[i].name
     head = f'[pipeline] run {i + 1}/{len(runs)} {name}'
     if src == 'real' and source is None:
