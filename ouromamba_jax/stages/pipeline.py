@@ -128,13 +128,15 @@ def evaluate_cached(path: str, key: dict[str, Any], model, params, data_cfg, sou
   return result
 
 
-def write_report(directory: str, fp, rows, meta, **kwargs) -> str:
-  """accuracy.{md,json}, unless they already hold these results: a rerun that changed nothing
-  keeps the report, its date and its recorded pipeline time."""
+def write_report(directory: str, fp, rows, meta, partial: bool = False, **kwargs) -> str:
+  """accuracy.{md,json}, unless they already hold these results (with `partial`, `rows` are
+  the table's first runs so far): a rerun that changed nothing keeps the report, its date and
+  its recorded pipeline time."""
   old = atomic.read_json(os.path.join(directory, accuracy.JSON_FILE))
   md = os.path.join(directory, accuracy.MD_FILE)
   new = json.loads(json.dumps({'fp': fp, 'runs': rows}))
-  if old is not None and os.path.isfile(md) and {k: old.get(k) for k in new} == new:
+  if (old is not None and os.path.isfile(md) and old.get('fp') == new['fp']
+      and old.get('runs', [])[:len(rows) if partial else None] == new['runs']):
     return md
   return accuracy.write(directory, fp, rows, meta, **kwargs)[0]
 
@@ -168,7 +170,7 @@ def run(config, workdir: str, log: Log = _log) -> dict[str, Any]:
   else:
     log('[pipeline] evaluation SKIPPED (no evaluation data; see above)')
 
-  def report():
+  def report(partial=False):
     rows = [{k: v for k, v in r.items() if k not in ('directory', 'checkpoint')}
             for r in results if 'skipped' not in r]
     meta = {'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
@@ -194,7 +196,7 @@ def run(config, workdir: str, log: Log = _log) -> dict[str, Any]:
     skipped = [r['name'] for r in results if 'skipped' in r]
     if skipped:
       notes.append(f'skipped (no data): {", ".join(skipped)}.')
-    return write_report(reports_dir, fp, rows, meta, title=f'Accuracy: {cfg.model.name}',
+    return write_report(reports_dir, fp, rows, meta, partial, title=f'Accuracy: {cfg.model.name}',
                         notes=notes)
 
   results = []
@@ -227,7 +229,7 @@ def run(config, workdir: str, log: Log = _log) -> dict[str, Any]:
       row.update(top1=ev['top1'], top5=ev['top5'], eval_images=ev['images'])
       log(f'{head}: top-1 {100 * ev["top1"]:.2f}% (FP {100 * fp["top1"]:.2f}%)')
     results.append(row)
-    report()
+    report(partial=True)
 
   md = report()
   log(f'[pipeline] done in {time.time() - t_start:.0f} s; report {md}')
