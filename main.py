@@ -1,13 +1,17 @@
 """ouromamba-jax command line: `python main.py --config=configs/vim_t_cifar10.py [--config.mode=...]`.
 
 main.py only wires config to stage: it reads the config (a Python file returning a
-ConfigDict), picks the mode and calls that stage's `run(config, workdir)`
-(`ouromamba_jax.stages.MODES`).
+ConfigDict), checks it (`stages.preflight`), picks the mode and calls that stage's
+`run(config, workdir)` (`ouromamba_jax.stages.MODES`). `--help` (or `--config.mode=help`)
+lists the modes and the config fields. A config error, a missing checkpoint or missing data
+ends the command with one line on stderr naming the field or the file, and a non-zero exit.
 """
 from __future__ import annotations
 
 import importlib
 import os
+import re
+import sys
 
 from absl import app
 from absl import flags
@@ -22,6 +26,15 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Where checkpoints, images and reports go (default: config.workdir).')
 
+HELP_ARGS = ('--help', '-help', '-h', '--helpshort', '-?')
+CONFIG_ERROR_EXIT = 2
+RUN_ERROR_EXIT = 1
+
+
+def fail(message: str, code: int) -> None:
+  """Ends the command with `message` as one line on stderr (no traceback)."""
+  print(f'error: {" ".join(str(message).split())}', file=sys.stderr)
+  sys.exit(code)
 
 
 def resolve_mode(mode: str):
@@ -30,6 +43,50 @@ def resolve_mode(mode: str):
                          '(set it with --config.mode=NAME).')
   module_name, fn_name = MODES[mode].split(':')
   return getattr(importlib.import_module(module_name), fn_name)
+
+
+def flag_error_line(argv: list[str], error: Exception) -> str:
+  """A config flag's parse error as one line naming the field (and the close known name)."""
+  text = str(error).replace('\\n', ' ').replace('\\', '')
+  key = re.search(r"'(\w+)'", text)
+  if isinstance(error, (AttributeError, KeyError)) and key:
+    key = key.group(1)
+    paths = [a[2:].split('=')[0] for a in argv if a.startswith('--config.')]
+    path = next((p for p in paths if key in p.split('.')), f'config.{key}')
+    parts = path.split('.')
+    parent = '.'.join(parts[1:parts.index(key)])
+    field = f'{parent}.{key}' if parent else key
+    close = re.search(r'Did you mean "(\w+)"', text)
+    hint = f'; did you mean {parent + "." if parent else ""}{close.group(1)}?' if close else ''
+    return f'unknown config field {field}{hint} (python main.py --help lists the fields)'
+  return text.replace('flag --config.', 'config field ')
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing with one-line errors, and --help printing the modes and fields."""
+  if any(a in HELP_ARGS for a in argv[1:]):
+    print_help([a for a in argv if a not in HELP_ARGS])
+    sys.exit(0)
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
+    fail(flag_error_line(argv, e), CONFIG_ERROR_EXIT)
+
+
+def print_help(argv: list[str]) -> None:
+  """The modes and config fields, with the values of --config when it parses."""
+  from configs import common  # pylint: disable=g-import-not-at-top
+  from ouromamba_jax.stages import usage  # pylint: disable=g-import-not-at-top
+  config = None
+  try:
+    flags.FLAGS(argv)
+    config = _CONFIG.value
+  except (flags.Error, AttributeError, KeyError, ValueError, TypeError):
+    pass
+  chosen = [a.split('=', 1)[1] for a in argv if a.startswith('--config.mode=')]
+  mode = chosen[-1] if chosen else ''
+  print(usage.render(common.SECTIONS, config and config.to_dict(), mode,
+                     extra={'model': {'overrides.*': common.OVERRIDES_HELP}}))
 
 
 def enable_compilation_cache(path: str) -> None:
@@ -43,17 +100,33 @@ def enable_compilation_cache(path: str) -> None:
 
 
 def main(argv):
+  from ouromamba_jax.data import pipeline as data_pipeline  # pylint: disable=g-import-not-at-top
+  from ouromamba_jax.io import integrity  # pylint: disable=g-import-not-at-top
+  from ouromamba_jax.stages import preflight  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    fail(f'unexpected arguments: {argv[1:]} (config fields are set as --config.FIELD=VALUE)',
+         CONFIG_ERROR_EXIT)
   config = _CONFIG.value
   if config is None:
-    raise app.UsageError('--config is required, e.g. --config=configs/vim_t_cifar10.py')
+    fail('--config is required, e.g. --config=configs/vim_t_cifar10.py (--help lists the modes '
+         'and fields)', CONFIG_ERROR_EXIT)
+  if config.mode == 'help':
+    print_help(sys.argv)
+    return
+  try:
+    preflight.check(config)
+  except (ValueError, TypeError, KeyError, FileNotFoundError) as e:
+    fail(e, CONFIG_ERROR_EXIT)
   workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value or config.workdir))
   os.makedirs(workdir, exist_ok=True)
   logging.info('mode=%s workdir=%s', config.mode, workdir)
   enable_compilation_cache(config.get('compilation_cache', ''))
-  resolve_mode(config.mode)(config, workdir)
+  try:
+    resolve_mode(config.mode)(config, workdir)
+  except (data_pipeline.DataNotFoundError, integrity.DamagedFileError,
+          integrity.NonFiniteError) as e:
+    fail(e, RUN_ERROR_EXIT)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -1,10 +1,10 @@
 """Config pieces shared by every experiment file (big_vision style: configs are code).
 
 Each `*_config()` returns one section; experiment files (configs/vim_*.py) assemble them and
-override what differs. The gen, quant, eval and train sections are built from their spec
-dataclasses (GenSpec, QuantRunSpec, EvalSpec, TrainSpec), where each field's default and
-documentation live (`spec_fields.field_help(cls)` lists them); the stages turn a section back
-into its spec and refuse unknown fields.
+override what differs. Every section is built from a dataclass declared with
+`spec_fields.field`, where each field's default and documentation live: the spec of its stage
+(GenSpec, QuantRunSpec, EvalSpec, TrainSpec), which the stage turns the section back into, or
+one of the `*Section` classes below. `SECTIONS` lists them all for `main.py --help`.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import ml_collections as mlc
 
 from ouromamba_jax.gen.spec import GenSpec
 from ouromamba_jax.quant.run_spec import QuantRunSpec
+from ouromamba_jax.spec_fields import field
 from ouromamba_jax.stages.eval_spec import EvalSpec
 from ouromamba_jax.stages.runs import DEMO_RUNS
 from ouromamba_jax.train.spec import TrainSpec
@@ -32,41 +33,91 @@ def section_from_spec(spec_cls) -> mlc.ConfigDict:
 
 OVERRIDABLE = {'img_size': int, 'patch_size': int, 'in_chans': int, 'num_classes': int,
                'd_model': int, 'depth': int, 'd_state': int, 'expand': int, 'dt_rank': int}
+DEMO_EVAL_IMAGES = 500               # the demo's evaluation slice (pipeline and mode `evaluate`)
+IMAGENET_SMOKE_DIR = '../shared/data/imagenet_val_300'
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSection:
+  """The model and its weights (every mode)."""
+  name: str = field('vim_t_cifar10', 'registry name: vim_t | vim_s | vim_b | vim_t_cifar10')
+  dtype: str = field(
+      'float32', 'compute dtype: float32 | bfloat16 (params, residual, scan state stay fp32)')
+  scan_implementation: str = field(
+      '', "'' = the platform's best; xla | associative | sequential | triton")
+  quant_implementation: str = field(
+      '', "integer-mode linears: '' = platform default (triton on GPU); xla | triton")
+  checkpoint: str = field(
+      '', "a hustvl .pth / .safetensors path; 'bundled' = the shipped testbed model; '' = none "
+      '(random init where a mode allows it)')
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSection:
+  """The evaluation (and training) data."""
+  name: str = field('cifar10', 'cifar10 | imagenet')
+  data_dir: str = field(
+      '', "dataset folder or archive ('' = $OUROMAMBA_IMAGENET_DIR / tfds for imagenet)")
+  smoke_dir: str = field(
+      '', 'evaluated instead, labelled a smoke check, when data_dir holds no data')
+  cache_dir: str = field('', "where archives are extracted ('' = ~/.cache/ouromamba_jax)")
+  use_tfds: bool = field(True, 'fall back to tensorflow-datasets when no local data is found')
+  eval_images: int = field(DEMO_EVAL_IMAGES, 'images per evaluation (0 = the whole split)')
+  eval_batch_size: int = field(256, 'images per evaluation batch')
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineSection:
+  """Mode `pipeline`: generate -> quantize -> evaluate (FP and quantized) -> report."""
+  runs: str = field(
+      DEMO_RUNS, "'method:preset:source,...' (source: gen | noise | real) or 'table' (the 21 "
+      'runs of RESULTS.md)')
+  full: bool = field(False, 'the paper-size settings (stages.pipeline.FULL) in <workdir>/full')
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvertSection:
+  """Mode `convert`: a hustvl .pth -> .safetensors, checked strictly against config.model."""
+  input: str = field('', "a .pth path; '' = model.checkpoint; 'random' = seeded random init")
+  output: str = field('', "a .safetensors path; '' = WORKDIR/<input name>.safetensors")
+  dtype: str = field('', "'' = the checkpoint's own | float32 | bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class BaseSection:
+  """Top-level fields."""
+  mode: str = field('pipeline', 'pipeline | generate | quantize | evaluate | train | convert | help')
+  workdir: str = field('workdir/default', 'where outputs go (--workdir overrides it)')
+  seed: int = field(0, 'random init, Gen targets and noise, calibration subsets')
+  compilation_cache: str = field(
+      '~/.cache/ouromamba_jax/xla',
+      "JAX's persistent compilation cache: later runs load what compiled once ('' = off)")
+
+
+# The documentation of every config section: `main.py --help` prints it.
+SECTIONS = {'': BaseSection, 'model': ModelSection, 'data': DataSection, 'gen': GenSpec,
+            'quant': QuantRunSpec, 'eval': EvalSpec, 'train': TrainSpec,
+            'pipeline': PipelineSection, 'convert': ConvertSection}
+OVERRIDES_HELP = ('architecture fields of the registered variant (None = its value): '
+                  + ', '.join(OVERRIDABLE))
 
 
 def model_config(name: str, **overrides) -> mlc.ConfigDict:
-  c = mlc.ConfigDict()
-  c.name = name                      # registry name: vim_t | vim_s | vim_b | vim_t_cifar10
-  # Architecture fields left unset (None) keep the registered variant's value.
+  c = section_from_spec(ModelSection)
+  c.name = name
   c.overrides = mlc.ConfigDict({k: mlc.config_dict.placeholder(t) for k, t in OVERRIDABLE.items()})
   c.overrides.update(overrides)
-  c.dtype = 'float32'                # compute dtype: float32 | bfloat16 (params, residual, scan state stay fp32)
-  c.scan_implementation = ''         # '' = platform default; xla | associative | sequential | triton
-  c.quant_implementation = ''        # integer-mode linears: '' = platform default (triton on GPU); xla | triton
-  c.checkpoint = ''                  # .pth / .safetensors path; 'bundled' = the shipped testbed model; '' = random init
   return c
 
 
 def data_config(name: str) -> mlc.ConfigDict:
-  c = mlc.ConfigDict()
-  c.name = name                      # cifar10 | imagenet
-  c.data_dir = ''                    # folder holding the dataset archives/images ('' = the dataset's default search path)
-  c.cache_dir = ''                   # where archives are extracted ('' = ~/.cache/ouromamba_jax)
-  c.use_tfds = True                  # fall back to tensorflow-datasets when no local data is found (online machines)
-  c.eval_images = 0                  # 0 = the whole evaluation split
-  c.eval_batch_size = 256
+  c = section_from_spec(DataSection)
+  c.name = name
   return c
 
 
 def base_config() -> mlc.ConfigDict:
-  c = mlc.ConfigDict()
-  c.mode = 'pipeline'                # train | evaluate | convert | generate | quantize | pipeline
-  c.workdir = 'workdir/default'
-  c.seed = 0
-  # JAX's persistent compilation cache: a quantized model compiles once per preset and method,
-  # later runs and processes (e.g. the pipeline's table split over GPUs) load it. '' = off.
-  c.compilation_cache = '~/.cache/ouromamba_jax/xla'
-  return c
+  return section_from_spec(BaseSection)
 
 
 def train_config() -> mlc.ConfigDict:
@@ -91,36 +142,39 @@ def quant_config() -> mlc.ConfigDict:
 
 
 def convert_config() -> mlc.ConfigDict:
-  """Mode `convert`: a hustvl .pth -> .safetensors, checked strictly against config.model."""
-  c = mlc.ConfigDict()
-  c.input = ''                       # .pth path; '' = model.checkpoint; 'random' = seeded random init
-  c.output = ''                      # .safetensors path; '' = WORKDIR/<input name>.safetensors
-  c.dtype = ''                       # '' = the checkpoint's own | float32 | bfloat16
-  return c
+  return section_from_spec(ConvertSection)
+
+
+def pipeline_config() -> mlc.ConfigDict:
+  return section_from_spec(PipelineSection)
+
+
+def demo_sections(c: mlc.ConfigDict) -> None:
+  """Gen, quant and pipeline at demo size (a laptop CPU); `pipeline.full=True` applies the
+  paper size (stages.pipeline.FULL)."""
+  c.gen = gen_config()
+  c.gen.num_images = 8               # paper: 128
+  c.gen.iterations = 16              # paper: 1000
+  c.gen.log_every = 4
+  c.gen.checkpoint_every = 8
+  c.quant = quant_config()
+  c.quant.calib_images = 8           # the 8 Gen images (paper: 128)
+  c.quant.epochs = 2                 # paper: 10
+  c.pipeline = pipeline_config()
 
 
 # hustvl ImageNet models (vim_t/s/b at 224) share everything but the name; where to get the
 # official weights is ouromamba_jax.checkpoints.HUSTVL_CHECKPOINTS.
 def hustvl_imagenet_config(model_name: str) -> mlc.ConfigDict:
+  """The data-free pipeline on an official checkpoint: ImageNet is only read to evaluate
+  (data.data_dir, else the 300-image smoke check, else evaluation is skipped)."""
   c = base_config()
   c.workdir = f'workdir/{model_name}'
   c.model = model_config(model_name)
   c.data = data_config('imagenet')
-  c.data.data_dir = '../shared/data/imagenet_val_300'
+  c.data.smoke_dir = IMAGENET_SMOKE_DIR
   c.data.eval_batch_size = 64
   c.eval = eval_config()
   c.convert = convert_config()
-  c.gen = gen_config()
-  return c
-
-
-def pipeline_config() -> mlc.ConfigDict:
-  """Mode `pipeline`: generate -> quantize -> evaluate (FP and quantized) -> report."""
-  c = mlc.ConfigDict()
-  # Quantization runs as 'method:preset:source' (source: gen | noise | real); 'table' = the 21
-  # runs of RESULTS.md (W8A8/W4A8/W4A4 x RTN, PTQ4VM+real, OuroMamba+noise/gen/real, plus
-  # OuroMamba W4A4_ALOG and W4A4_SSM8 x noise/gen/real). Default: DEMO_RUNS.
-  c.runs = DEMO_RUNS
-  c.eval_images = 500                # test images per evaluation (0 = the whole split)
-  c.full = False                     # True: the paper-size settings (see stages.pipeline.FULL)
+  demo_sections(c)
   return c

@@ -1,10 +1,15 @@
-"""Vim-T at 224 (hustvl vim_tiny_patch16_224 midclstok, d_model 192) on ImageNet-format data.
+"""Vim-T at 224 (hustvl vim_tiny_patch16_224 midclstok, d_model 192): data-free quantization.
 
 Weights: download vim_t_midclstok_76p1acc.pth from https://huggingface.co/hustvl/Vim-tiny-midclstok
-and pass --config.model.checkpoint=/path/to/vim_t_midclstok_76p1acc.pth (without it, mode
-evaluate stops and says this). Data: data.data_dir is an ImageNet validation folder (class
-subfolders, a labels file, or tfds imagenet2012 manual files); the default is the 300-image
-sample in ../shared/data/imagenet_val_300.
+and pass its path; the pipeline then needs no data:
+
+  python main.py --config=configs/vim_t.py --config.model.checkpoint=/path/to/vim_t_midclstok_76p1acc.pth
+
+Gen -> quantize (W4A4 official site set, W4A4 with A on a log-domain grid) -> quantized
+checkpoints -> reports, demo-sized (--config.pipeline.full=True: paper size). Evaluation reads
+ImageNet from --config.data.data_dir (class folders, a labels file, an archive, or
+ILSVRC2012_img_val.tar for tfds); without it, the 300-image sample in
+../shared/data/imagenet_val_300 as a smoke check, else it is skipped. Other modes:
 
   python main.py --config=configs/vim_t.py --config.mode=evaluate \
       --config.model.checkpoint=/path/to/vim_t_midclstok_76p1acc.pth

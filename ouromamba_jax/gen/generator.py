@@ -81,8 +81,9 @@ def run_description(model, params, spec: GenSpec, seed: int) -> dict:
           'expand', 'dt_rank')
   model_desc = {k: getattr(model, k) for k in arch}
   model_desc['dtype'] = str(np.dtype(model.dtype))  # the compute dtype changes the images
-  desc = {'seed': seed, 'model': model_desc, 'params': params_digest(params),
-          'gen': spec.defining_fields()}
+  gen = spec.defining_fields()
+  gen['images_per_step'] = min(spec.images_per_step, spec.num_images)   # what is used
+  desc = {'seed': seed, 'model': model_desc, 'params': params_digest(params), 'gen': gen}
   return json.loads(json.dumps(desc))
 
 

@@ -73,7 +73,11 @@ class QuantRunSpec:
     if not self.noise_std > 0:
       raise ValueError(f'quant.noise_std must be > 0, got {self.noise_std!r}.')
     if self.method not in METHODS:
-      raise ValueError(f'unknown quantization method {self.method!r}; choose one of {METHODS}.')
+      raise ValueError(f'quant.method: unknown quantization method {self.method!r}; choose one '
+                       f'of {METHODS}.')
+    if self.preset.lower() not in presets.PRESETS:
+      raise ValueError(f'quant.preset: unknown quantization preset {self.preset!r}; choose one '
+                       f'of {", ".join(sorted(presets.PRESETS))}.')
     if self.mode not in MODES:
       raise ValueError(f'quant.mode must be one of {MODES}, got {self.mode!r}.')
     self.quant_spec()  # the preset and every override, checked by the specs themselves

@@ -1,8 +1,10 @@
 """Stages: the command-line modes. Each owns its workdir layout, resume, logging and reports,
 turns its config section into a typed spec at the door and calls the library.
 
-MODES maps a mode to 'module:function'; each function takes (config, workdir). Modules are
-imported on use, so the light spec modules here (eval_spec, runs) load without JAX.
+MODES maps a mode to 'module:function'; each function takes (config, workdir). MODE_DOCS says
+what a mode does and MODE_SECTIONS which config sections it reads (`main.py --help` prints
+both). Modules are imported on use, so the light spec modules here (eval_spec, runs) load
+without JAX.
 """
 MODES = {
     'train': 'ouromamba_jax.stages.train:run',
@@ -12,3 +14,21 @@ MODES = {
     'quantize': 'ouromamba_jax.stages.quantize:run',
     'pipeline': 'ouromamba_jax.stages.pipeline:run',
 }
+MODE_DOCS = {
+    'pipeline': 'generate -> quantize (pipeline.runs) -> evaluate FP and quantized -> report',
+    'generate': 'OuroMamba-Gen synthetic calibration images -> WORKDIR/gen/',
+    'quantize': 'one quantization run (quant.method/preset/calib_source) -> WORKDIR/quant/<run>/',
+    'evaluate': 'top-1/top-5 of the FP model or of eval.quantized_checkpoint -> WORKDIR/eval.json',
+    'train': 'train or fine-tune a Vim (the bundled testbed recipe)',
+    'convert': 'a hustvl .pth -> .safetensors under hustvl names',
+}
+MODE_SECTIONS = {
+    'pipeline': ('model', 'data', 'gen', 'quant', 'pipeline'),
+    'generate': ('model', 'data', 'gen'),
+    'quantize': ('model', 'data', 'quant'),
+    'evaluate': ('model', 'data', 'eval'),
+    'train': ('model', 'data', 'train'),
+    'convert': ('model', 'convert'),
+}
+# Modes that quantize pretrained weights: random ones are refused at the door.
+NEEDS_WEIGHTS = ('pipeline', 'generate', 'quantize')

@@ -1,10 +1,12 @@
 """Mode `evaluate`: top-1/top-5 of the float model or a quantized checkpoint -> WORKDIR/eval.json.
 
   python main.py --config=configs/vim_t_cifar10.py --config.mode=evaluate \
-      [--config.eval.quantized_checkpoint=WORKDIR/quant/<run>/quantized]
+      [--config.eval.quantized_checkpoint=WORKDIR/quant/<run>/quantized] \
+      [--config.data.eval_images=0]    # default: the pipeline demo's slice; 0 = the whole split
 
 config.eval becomes an `EvalSpec` at the door; the split comes from config.data
-(`ouromamba_jax.data.DATASETS`), and the scoring is the library's `evaluate.evaluate_source`.
+(`ouromamba_jax.data.DATASETS`; `data.smoke_dir` stands in, labelled a smoke check, when
+`data.data_dir` holds no data), and the scoring is the library's `evaluate.evaluate_source`.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import os
 from typing import Any, Callable, Optional
 
 from absl import logging
+import ml_collections as mlc
 
 from ouromamba_jax import checkpoints
 from ouromamba_jax import data as data_lib
@@ -40,7 +43,35 @@ def evaluate_data(model, params, data_cfg, *, source: Optional[pipeline.EvalSour
                                       batch_size=int(data_cfg.eval_batch_size), log=log)
 
 
-def _check_weights(config, spec: EvalSpec) -> None:
+def open_source(data_cfg, img_size: int, log: Callable[[str], Any] = logging.info
+                ) -> tuple[pipeline.EvalSource, bool]:
+  """(split, is_smoke_check): config.data's evaluation split or, when it is not found and
+  data.smoke_dir exists, that sample instead (a smoke check: too few images for an accuracy)."""
+  try:
+    return data_lib.eval_source(data_cfg, img_size), False
+  except pipeline.DataNotFoundError:
+    smoke_dir = data_cfg.get('smoke_dir', '')
+    if not smoke_dir or not os.path.exists(smoke_dir):
+      raise
+  smoke_cfg = mlc.ConfigDict(data_cfg.to_dict())
+  smoke_cfg.data_dir = smoke_dir
+  source = data_lib.eval_source(smoke_cfg, img_size)
+  log(f'[eval] no {data_cfg.name} data given (data.data_dir={data_cfg.data_dir!r}): evaluating '
+      f'on the {len(source.labels)}-image sample {smoke_dir} as a SMOKE CHECK only (not an '
+      f'accuracy measurement); set --config.data.data_dir=PATH to evaluate on the real split.')
+  return source, True
+
+
+def describe_count(source: pipeline.EvalSource, eval_images: int) -> str:
+  """How many images an evaluation reads, and how to read them all when it is a slice."""
+  total = len(source.labels)
+  if 0 < eval_images < total:
+    return (f'{eval_images} of the {total} images (the demo slice; --config.data.eval_images=0 '
+            'evaluates all)')
+  return f'all {total} images'
+
+
+def check_weights(config, spec: EvalSpec) -> None:
   """Fails before any data or weights are read when the weights named cannot be loaded."""
   if spec.quantized_checkpoint:
     if not os.path.isdir(spec.quantized_checkpoint):
@@ -57,7 +88,7 @@ def load_for_eval(config, spec: EvalSpec):
   """(model, params, description): the quantized checkpoint if one is named (on config.model's
   architecture, checked), else config.model's float weights (random ones only when
   eval.allow_random_init)."""
-  _check_weights(config, spec)
+  check_weights(config, spec)
   qpath = spec.quantized_checkpoint
   if qpath:
     model = sections.model_from_config(config.model)
@@ -75,19 +106,16 @@ def run(config, workdir: str) -> dict[str, Any]:
   reported before a large checkpoint is read.
   """
   spec = eval_spec(config)
-  _check_weights(config, spec)
+  check_weights(config, spec)
   img_size = sections.model_from_config(config.model).img_size
-  try:
-    source = data_lib.eval_source(config.data, img_size)
-  except pipeline.DataNotFoundError as e:
-    logging.error('[eval] no %s data found: %s', config.data.name, e)
-    raise
+  source, smoke = open_source(config.data, img_size)
   model, params, what = load_for_eval(config, spec)
-  logging.info('[eval] model %s from %s', config.model.name, what)
+  logging.info('[eval] model %s from %s on %s', config.model.name, what,
+               describe_count(source, int(config.data.eval_images)))
   result = evaluate_data(model, params, config.data, source=source)
   record = {**result, 'model': config.model.name, 'weights': what,
-            'data': config.data.name, 'data_dir': config.data.data_dir,
-            'eval_images': int(config.data.eval_images)}
+            'data': config.data.name, 'data_dir': config.data.data_dir, 'smoke_check': smoke,
+            'split': source.name, 'eval_images': int(config.data.eval_images)}
   path = os.path.join(workdir, RESULT_FILE)
   atomic.write_json(path, record)
   logging.info('[eval] wrote %s', path)

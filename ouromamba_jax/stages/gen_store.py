@@ -69,12 +69,20 @@ class FolderGroupStore:
       self.manager = None
 
 
+def _images_per_step_used(desc: dict) -> dict:
+  """Older run.json files recorded gen.images_per_step as set, not as used (<= num_images)."""
+  gen = desc.get('gen', {})
+  if 'images_per_step' in gen and 'num_images' in gen:
+    gen = {**gen, 'images_per_step': min(gen['images_per_step'], gen['num_images'])}
+  return {**desc, 'gen': gen}
+
+
 def check_run_description(directory: str, desc: dict) -> None:
   """Writes run.json on a fresh directory; refuses to resume a run made with other settings."""
   path = os.path.join(directory, RUN_FILE)
   if os.path.isfile(path):
     with open(path) as f:
-      old = json.load(f)
+      old = _images_per_step_used(json.load(f))
     if old != desc:
       diff = sorted(k for k in set(old['gen']) | set(desc['gen'])
                     if old['gen'].get(k) != desc['gen'].get(k))

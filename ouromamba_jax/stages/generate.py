@@ -46,6 +46,17 @@ def class_names(config) -> tuple[str, ...]:
   return tuple(getattr(data_lib.dataset_module(config.data.name), 'CLASSES', ()))
 
 
+def outputs_done(directory: str, result: generator.GenResult, spec: GenSpec) -> bool:
+  """Whether a rerun's outputs are all there for these very images, so it only reads (Gen's
+  quality check and the PNG are not redone, and their files keep their times)."""
+  names = [gen_outputs.SYNTHETIC_FILE, gen_outputs.GRID_FILE, gen_outputs.LOSSES_FILE]
+  names += [gen_outputs.QUALITY_FILE] if spec.quality_check else []
+  if not all(os.path.isfile(os.path.join(directory, n)) for n in names):
+    return False
+  images, labels = gen_outputs.load_synthetic(os.path.join(directory, gen_outputs.SYNTHETIC_FILE))
+  return np.array_equal(images, result.images) and np.array_equal(labels, result.labels)
+
+
 def run(config, workdir: str) -> generator.GenResult:
   spec = gen_spec(config)
   directory = gen_outputs.gen_dir(workdir)
@@ -55,6 +66,9 @@ def run(config, workdir: str) -> generator.GenResult:
                config.model.name, config.model.checkpoint, directory)
   store = gen_store.FolderGroupStore(directory, spec.keep_checkpoints)
   result = generator.generate(model, params, spec, seed=config.seed, store=store)
+  if outputs_done(directory, result, spec):
+    logging.info('gen: %s already holds these images and reports; nothing rewritten', directory)
+    return result
   gen_outputs.write_synthetic_set(directory, result.images, result.labels, spec.mean, spec.std,
                                   class_names(config), spec.grid_columns)
   atomic.write_json(os.path.join(directory, gen_outputs.LOSSES_FILE),

@@ -11,16 +11,18 @@ Stages (each skips work already done in the workdir, so a rerun or a killed run 
                'table' = the 21 runs of RESULTS.md) -> <workdir>/quant/<run>/ (checkpoint,
                per-layer SQNR/cosine, outlier heatmap); a finished run with the same
                settings is skipped, a killed one resumes at its next block
-  3. evaluate  each quantized run right after it is calibrated, on `pipeline.eval_images`
+  3. evaluate  each quantized run right after it is calibrated, on `data.eval_images`
                test images (0 = all); results are cached per run and image count
-  4. report    <workdir>/reports/accuracy.{md,json}, rewritten after every run (a partial
-               table survives a stopped run)
+  4. report    <workdir>/reports/accuracy.{md,json}, rewritten after every run that changed
+               a result (a partial table survives a stopped run; a rerun that changed
+               nothing keeps the report and its recorded times)
 
 `pipeline.full=True` applies `FULL` (128 Gen images x 1000 iterations, 128 calibration
 images, 10 epochs, the whole test split, the 21-run table) and works in <workdir>/full so the
-demo's outputs are not mixed in. Without the dataset, the stages that need no data still run
-(generate, quantize on gen/noise images); runs calibrated on real images and every evaluation
-are skipped with a message saying where to put the data.
+demo's outputs are not mixed in. Without the dataset, `data.smoke_dir` (the ImageNet configs:
+the 300-image sample) is evaluated instead and labelled a smoke check; without that either, the
+stages that need no data still run (generate, quantize on gen/noise images), and runs calibrated
+on real images and every evaluation are skipped with a message saying where to put the data.
 """
 from __future__ import annotations
 
@@ -36,7 +38,6 @@ from absl import logging
 import ml_collections as mlc
 
 from kernels_pallas.selective_scan import api as scan_api
-from ouromamba_jax import data as data_lib
 from ouromamba_jax.data import pipeline as data_pipeline
 from ouromamba_jax.io import atomic
 from ouromamba_jax.reports import accuracy
@@ -54,7 +55,7 @@ FULL = {
     ('gen', 'num_images'): 128, ('gen', 'iterations'): 1000, ('gen', 'log_every'): 50,
     ('gen', 'checkpoint_every'): 100,
     ('quant', 'calib_images'): 128, ('quant', 'epochs'): 10, ('quant', 'micro_batch'): 64,
-    ('pipeline', 'eval_images'): 0, ('pipeline', 'runs'): 'table',
+    ('data', 'eval_images'): 0, ('pipeline', 'runs'): 'table',
 }
 Log = Callable[[str], None]
 
@@ -77,7 +78,7 @@ def effective_config(config) -> mlc.ConfigDict:
   return cfg
 
 
-def _run_config(config, method: str, preset: str, source: str) -> mlc.ConfigDict:
+def run_config(config, method: str, preset: str, source: str) -> mlc.ConfigDict:
   cfg = mlc.ConfigDict(config.to_dict())
   cfg.quant.method, cfg.quant.preset, cfg.quant.calib_source = method, preset, source
   cfg.quant.run_name = ''
@@ -99,15 +100,16 @@ def stage_generate(config, workdir: str, log: Log = _log) -> str:
 
 
 def open_eval_data(config, img_size: int, log: Log = _log):
-  """The evaluation split, or None (with a message saying where the data goes)."""
+  """(the evaluation split or None, is_smoke_check); None comes with a message saying where
+  the data goes."""
   try:
-    return data_lib.eval_source(config.data, img_size)
+    return evaluate_stage.open_source(config.data, img_size, log)
   except data_pipeline.DataNotFoundError as e:
     log(f'[pipeline] NO {config.data.name} DATA: {e}\n[pipeline] continuing with what needs no '
         'data (generate, quantize on gen/noise images); runs calibrated on real images and all '
         'evaluations are skipped. Put the data there (or set --config.data.data_dir) and rerun: '
         'finished stages are skipped.')
-    return None
+    return None, False
 
 
 def _sha(obj) -> str:
@@ -126,6 +128,19 @@ def evaluate_cached(path: str, key: dict[str, Any], model, params, data_cfg, sou
   return result
 
 
+def write_report(directory: str, fp, rows, meta, partial: bool = False, **kwargs) -> str:
+  """accuracy.{md,json}, unless they already hold these results (with `partial`, `rows` are
+  the table's first runs so far): a rerun that changed nothing keeps the report, its date and
+  its recorded pipeline time."""
+  old = atomic.read_json(os.path.join(directory, accuracy.JSON_FILE))
+  md = os.path.join(directory, accuracy.MD_FILE)
+  new = json.loads(json.dumps({'fp': fp, 'runs': rows}))
+  if (old is not None and os.path.isfile(md) and old.get('fp') == new['fp']
+      and old.get('runs', [])[:len(rows) if partial else None] == new['runs']):
+    return md
+  return accuracy.write(directory, fp, rows, meta, **kwargs)[0]
+
+
 def run(config, workdir: str, log: Log = _log) -> dict[str, Any]:
   """Runs every stage; returns {'fp', 'runs', 'report'} (report: the Markdown path or None)."""
   t_start = time.time()
@@ -136,33 +151,34 @@ def run(config, workdir: str, log: Log = _log) -> dict[str, Any]:
         f'in {workdir}')
   os.makedirs(workdir, exist_ok=True)
   runs = parse_runs(cfg.pipeline.runs)
-  run_specs = [quantize_stage.run_spec(_run_config(cfg, method, preset, source).quant)
+  run_specs = [quantize_stage.run_spec(run_config(cfg, method, preset, source).quant)
                for method, preset, source in runs]   # every run checked before any work
   model, params = sections.load_model(cfg.model, seed=cfg.seed)
-  source = open_eval_data(cfg, model.img_size, log)
+  source, smoke = open_eval_data(cfg, model.img_size, log)
   reports_dir = os.path.join(workdir, REPORTS_SUBDIR)
-  data_cfg = mlc.ConfigDict(cfg.data.to_dict())
-  data_cfg.eval_images = int(cfg.pipeline.eval_images)
+  data_cfg = cfg.data
   base_key = None
   fp = None
   if source is not None:
     base_key = {'eval_images': data_cfg.eval_images, 'data': cfg.data.name,
                 'split': source.name, 'n': int(len(source.labels))}
-    log(f'[pipeline] evaluate FP ({data_cfg.eval_images or "all"} test images)')
+    log(f'[pipeline] evaluate FP on '
+        f'{evaluate_stage.describe_count(source, int(data_cfg.eval_images))}')
     fp = evaluate_cached(os.path.join(reports_dir, f'eval_fp_{data_cfg.eval_images}.json'),
                          {**base_key, 'model': _sha(cfg.model.to_dict())}, model, params,
                          data_cfg, source, log)
   else:
     log('[pipeline] evaluation SKIPPED (no evaluation data; see above)')
 
-  def report():
+  def report(partial=False):
     rows = [{k: v for k, v in r.items() if k not in ('directory', 'checkpoint')}
             for r in results if 'skipped' not in r]
     meta = {'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
             'machine': f'{platform.processor() or platform.machine()}, {os.cpu_count()} cores, '
                        f'jax backend {_backend()}',
             'model': cfg.model.name, 'checkpoint': cfg.model.checkpoint, 'workdir': workdir,
-            'eval_images': (fp or {}).get('images'), 'full': bool(cfg.pipeline.full),
+            'eval_images': (fp or {}).get('images'), 'smoke_check': smoke,
+            'full': bool(cfg.pipeline.full),
             'scan_implementation': cfg.model.scan_implementation or scan_api.default_implementation(),
             'quant': {k: v for k, v in cfg.quant.to_dict().items() if v is not None},
             'pipeline_seconds': time.time() - t_start}
@@ -172,17 +188,21 @@ def run(config, workdir: str, log: Log = _log) -> dict[str, Any]:
              f'epochs, scale_space {cfg.quant.scale_space}, lr {cfg.quant.lr_weight:g}/'
              f'{cfg.quant.lr_act:g}; {meta["machine"]}.']
     if source is None:
-      notes.append('evaluation skipped: no evaluation data (see the log).')
+      notes.append('evaluation skipped: no evaluation data; set --config.data.data_dir=PATH and '
+                   'rerun (finished stages are skipped).')
+    elif smoke:
+      notes.append(f'SMOKE CHECK: evaluated on {fp["images"]} images of {source.name}, too few '
+                   'for an accuracy; set --config.data.data_dir=PATH for the real split.')
     skipped = [r['name'] for r in results if 'skipped' in r]
     if skipped:
       notes.append(f'skipped (no data): {", ".join(skipped)}.')
-    return accuracy.write(reports_dir, fp, rows, meta, title=f'Accuracy: {cfg.model.name}',
-                          notes=notes)[0]
+    return write_report(reports_dir, fp, rows, meta, partial, title=f'Accuracy: {cfg.model.name}',
+                        notes=notes)
 
   results = []
   generated = False
   for i, (method, preset, src) in enumerate(runs):
-    rcfg = _run_config(cfg, method, preset, src)
+    rcfg = run_config(cfg, method, preset, src)
     name = run_specs[i].name
     head = f'[pipeline] run {i + 1}/{len(runs)} {name}'
     if src == 'real' and source is None:
@@ -209,7 +229,7 @@ def run(config, workdir: str, log: Log = _log) -> dict[str, Any]:
       row.update(top1=ev['top1'], top5=ev['top5'], eval_images=ev['images'])
       log(f'{head}: top-1 {100 * ev["top1"]:.2f}% (FP {100 * fp["top1"]:.2f}%)')
     results.append(row)
-    report()
+    report(partial=True)
 
   md = report()
   log(f'[pipeline] done in {time.time() - t_start:.0f} s; report {md}')

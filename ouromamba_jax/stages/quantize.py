@@ -176,11 +176,23 @@ def quantize_run(config, workdir: str, *, model=None, params=None, log: Log = _l
   log(f'[quant] {name}: calibration {seconds:.1f} s (block time; whole call '
       f'{report.get("seconds", 0.0):.1f} s); checkpoint {checkpoint}')
   if spec.report_images:
-    sample = images if report_images is None else report_images
-    write_layer_reports(directory, model, params, qparams, sample[:spec.report_images], log)
+    sample = (images if report_images is None else report_images)[:spec.report_images]
+    if skipped and reports_done(directory, len(sample)):
+      log(f'[quant] {name}: reports already in {directory}')
+    else:
+      write_layer_reports(directory, model, params, qparams, sample, log)
   return {'directory': directory, 'checkpoint': checkpoint, 'report': report, 'skipped': skipped,
           'calibration_seconds': seconds, 'calibration_total_seconds': report.get('seconds'),
           'qparams': qparams, 'calib_images': int(len(images))}
+
+
+def reports_done(directory: str, images: int) -> bool:
+  """Whether a finished run's layer and outlier reports were made from `images` images."""
+  from ouromamba_jax.reports import layer_error  # pylint: disable=g-import-not-at-top
+  from ouromamba_jax.reports import outliers  # pylint: disable=g-import-not-at-top
+  layers = atomic.read_json(os.path.join(directory, layer_error.JSON_FILE))
+  return (layers is not None and layers.get('images') == images
+          and os.path.isfile(os.path.join(directory, outliers.JSON_FILE)))
 
 
 def write_layer_reports(directory: str, model, params, qparams, images, log: Log = _log) -> None:

@@ -65,3 +65,17 @@ def test_quantized_checkpoint(tiny, dataset, tmp_path):
   config.eval.quantized_checkpoint = str(tmp_path / 'nope')
   with pytest.raises(FileNotFoundError, match='WORKDIR/quantized'):
     evaluate.run(config, str(tmp_path / 'work'))
+
+
+def test_smoke_sample_stands_in_for_missing_data_and_says_so(dataset, tmp_path):
+  root, _, labels = dataset
+  cfg = _data_cfg(tmp_path / 'no_imagenet', smoke_dir=str(root), eval_images=5)
+  messages = []
+  source, smoke = evaluate.open_source(cfg, TINY['img_size'], messages.append)
+  assert smoke and len(source.labels) == len(labels)
+  assert 'SMOKE CHECK' in messages[0] and '--config.data.data_dir=' in messages[0]
+  assert evaluate.open_source(_data_cfg(root), TINY['img_size'], messages.append)[1] is False
+  with pytest.raises(pipeline.DataNotFoundError):
+    evaluate.open_source(_data_cfg(tmp_path / 'none'), TINY['img_size'])   # no smoke_dir
+  assert '--config.data.eval_images=0 evaluates all' in evaluate.describe_count(source, 5)
+  assert evaluate.describe_count(source, 0) == f'all {len(labels)} images'

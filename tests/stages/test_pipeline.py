@@ -27,7 +27,7 @@ def tiny_config(runs, data_dir):
   c.quant.update(dict(calib_images=8, epochs=1, micro_batch=4, report_images=2))
   c.pipeline = common.pipeline_config()
   c.pipeline.runs = runs
-  c.pipeline.eval_images = 16
+  c.data.eval_images = 16
   return c
 
 
@@ -48,7 +48,7 @@ def test_parse_runs_and_full_settings():
   full = pipeline.effective_config(config)
   assert full.gen.num_images == 128 and full.gen.iterations == 1000
   assert full.quant.calib_images == 128 and full.quant.epochs == 10
-  assert full.pipeline.eval_images == 0
+  assert full.data.eval_images == 0
   assert full.pipeline.runs == 'rtn:w4a4:noise'          # chosen runs are kept (split a table)
   assert config.gen.num_images == 4                      # the caller's config is untouched
   config.pipeline.runs = runs_lib.DEMO_RUNS
