@@ -15,9 +15,10 @@ snapshot, the skip-if-done check and the reports.
 
 Outputs in <workdir>/quant/<run name>/ (run name: <method>_<preset>_<source> unless
 `quant.run_name`):
-  quantized/              the quantized param tree (Orbax + JSON), written atomically;
-                          evaluate it with --config.mode=evaluate
-                          --config.eval.quantized_checkpoint=<that folder>
+  quantized/              the quantized param tree (Orbax + JSON with per-array CRC-32s),
+                          written atomically; evaluate it with --config.mode=evaluate
+                          --config.eval.quantized_checkpoint=<that folder>. A rerun that
+                          finds it damaged says which array and redoes the run
   quant_report.json       sites, rules, per-block reconstruction losses, seconds
   settings.json           what the run was made from (a rerun with the same settings skips)
   calibration_state.npz   per-block snapshot while calibrating (a killed run resumes; a
@@ -42,6 +43,7 @@ from ouromamba_jax import data as data_lib
 from ouromamba_jax import quantized_checkpoints
 from ouromamba_jax.data import normalization
 from ouromamba_jax.io import atomic
+from ouromamba_jax.io import integrity
 from ouromamba_jax.quant import api
 from ouromamba_jax.quant.run_spec import QuantRunSpec
 from ouromamba_jax.stages import gen_outputs
@@ -133,6 +135,29 @@ def is_complete(directory: str) -> bool:
       and os.path.isfile(os.path.join(directory, REPORT_FILE))
 
 
+def _remove(directory: str, names) -> None:
+  for name in names:
+    path = os.path.join(directory, name)
+    if os.path.isdir(path):
+      shutil.rmtree(path)
+    elif os.path.exists(path):
+      os.remove(path)
+
+
+def load_finished(directory: str, model, name: str, log: Log = _log):
+  """(qparams, report) of a finished run, or None when its checkpoint is damaged (the
+  manifest's checksums, an unreadable array or a NaN): then the checkpoint is removed, so the
+  caller recalibrates (replaying the blocks when the calibration snapshot is still there)."""
+  checkpoint = os.path.join(directory, QUANTIZED_DIR)
+  try:
+    return quantized_checkpoints.load_quantized(checkpoint, model)
+  except (integrity.DamagedFileError, integrity.NonFiniteError) as e:
+    log(f'[quant] {name}: the finished run in {directory} is damaged ({e}); removing its '
+        'checkpoint and redoing the run')
+    _remove(directory, (QUANTIZED_DIR, REPORT_FILE))
+    return None
+
+
 def quantize_run(config, workdir: str, *, model=None, params=None, log: Log = _log,
                  report_images: Optional[np.ndarray] = None) -> dict[str, Any]:
   """Calibrates one run (or skips it when its outputs exist for the same settings).
@@ -151,16 +176,14 @@ def quantize_run(config, workdir: str, *, model=None, params=None, log: Log = _l
   name = spec.name
   if old is not None and not same_settings(old, settings):
     log(f'[quant] {name}: settings changed since the last run in {directory}; recalibrating')
-    for stale in (QUANTIZED_DIR, REPORT_FILE, SNAPSHOT_FILE):
-      path = os.path.join(directory, stale)
-      if os.path.isdir(path):
-        shutil.rmtree(path)
-      elif os.path.exists(path):
-        os.remove(path)
+    _remove(directory, (QUANTIZED_DIR, REPORT_FILE, SNAPSHOT_FILE))
   checkpoint = os.path.join(directory, QUANTIZED_DIR)
+  finished = None
   if same_settings(old, settings) and is_complete(directory):
+    finished = load_finished(directory, model, name, log)
+  if finished is not None:
     log(f'[quant] {name}: already done ({checkpoint}); skipping calibration')
-    qparams, report = quantized_checkpoints.load_quantized(checkpoint, model)
+    qparams, report = finished
     skipped = True
   else:
     atomic.write_json(settings_path, settings)
