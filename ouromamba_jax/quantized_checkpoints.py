@@ -38,6 +38,7 @@ ARCH_FIELDS = ('img_size', 'patch_size', 'in_chans', 'num_classes', 'd_model', '
                'd_state', 'expand', 'dt_rank')
 META_FILE = 'quant_meta.json'
 ARRAYS_DIR = 'arrays'
+OLD_SUFFIX = '_old'
 
 
 def _static_json(value):
@@ -153,8 +154,8 @@ def save_quantized(path: str, qparams, model, report: Optional[Mapping[str, Any]
     atomic.write_json(os.path.join(tmp, META_FILE), doc)
     old = None
     if os.path.exists(path):
-      old = f'{tmp}_old'
-      os.replace(path, old)
+      old = f'{tmp}{OLD_SUFFIX}'
+      os.replace(path, old)      # a kill between these two renames: `recover` undoes it
     os.replace(tmp, path)
     if old:
       shutil.rmtree(old, ignore_errors=True)
@@ -162,6 +163,21 @@ def save_quantized(path: str, qparams, model, report: Optional[Mapping[str, Any]
     if os.path.exists(tmp):
       shutil.rmtree(tmp, ignore_errors=True)
   return path
+
+
+def recover(path: str) -> None:
+  """Puts back the previous checkpoint when a save was killed between moving it aside and
+  moving the new one in (a directory cannot be replaced in one rename)."""
+  path = os.path.abspath(path)
+  if os.path.exists(path):
+    return
+  parent, name = os.path.split(path)
+  if not os.path.isdir(parent):
+    return
+  aside = sorted(n for n in os.listdir(parent)
+                 if n.startswith(f'.tmp_{name}_') and n.endswith(OLD_SUFFIX))
+  if aside:
+    os.replace(os.path.join(parent, aside[-1]), path)
 
 
 def load_quantized(path: str, model=None, mode: Optional[str] = None):
@@ -172,6 +188,7 @@ def load_quantized(path: str, model=None, mode: Optional[str] = None):
   # Lazy: see `save_quantized`.
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   path = os.path.abspath(path)
+  recover(path)
   meta_path = os.path.join(path, META_FILE)
   if not os.path.isfile(meta_path):
     raise FileNotFoundError(f'{meta_path} not found: {path} is not a quantized checkpoint '

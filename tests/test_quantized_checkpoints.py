@@ -3,6 +3,7 @@ the per-array checksums that catch a damaged array."""
 import glob
 import json
 import os
+import shutil
 
 import pytest
 
@@ -133,3 +134,35 @@ def test_a_snapshot_holding_nan_is_refused(rtn_run, tmp_path):
                      match=r'^.*calibration_state\.npz: tensor layers_0/norm/weight holds 32 '
                            r'NaN/Inf value\(s\) of 32; the snapshot is damaged: delete it'):
     snapshot.load()
+
+
+class _Killed(BaseException):
+  pass
+
+
+@pytest.mark.parametrize('when', ['writing the metadata', 'between the two renames'])
+def test_a_kill_during_save_leaves_the_previous_checkpoint_usable(tiny, rtn_run, tmp_path,
+                                                                  monkeypatch, when):
+  path = str(tmp_path / 'ckpt')
+  quantized_checkpoints.save_quantized(path, rtn_run[0], tiny[0], {'n': 1})
+  rename = os.rename
+
+  def replace(src, dst):
+    if dst == path:                  # the old one is aside, the new one not yet in place
+      raise _Killed()
+    rename(src, dst)
+
+  def die(*args):
+    raise _Killed()
+
+  with monkeypatch.context() as m:
+    m.setattr(shutil, 'rmtree', lambda *a, **k: None)    # a killed process cleans nothing
+    if when == 'writing the metadata':
+      m.setattr(quantized_checkpoints.atomic, 'write_json', die)
+    else:
+      m.setattr(quantized_checkpoints.os, 'replace', replace)
+    with pytest.raises(_Killed):
+      quantized_checkpoints.save_quantized(path, rtn_run[0], tiny[0], {'n': 2})
+  assert os.path.exists(path) == (when == 'writing the metadata')
+  _, report = quantized_checkpoints.load_quantized(path, tiny[0])
+  assert report == {'n': 1}

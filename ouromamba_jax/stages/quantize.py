@@ -131,6 +131,7 @@ def same_settings(old: Optional[dict[str, Any]], new: dict[str, Any]) -> bool:
 
 
 def is_complete(directory: str) -> bool:
+  quantized_checkpoints.recover(os.path.join(directory, QUANTIZED_DIR))
   return os.path.isfile(os.path.join(directory, QUANTIZED_DIR, quantized_checkpoints.META_FILE)) \
       and os.path.isfile(os.path.join(directory, REPORT_FILE))
 
