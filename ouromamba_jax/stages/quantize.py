@@ -159,6 +159,15 @@ def load_finished(directory: str, model, name: str, log: Log = _log):
     return None
 
 
+def calibration_seconds(report) -> tuple[float, float]:
+  """(block time of the whole calibration, the part spent by earlier killed processes): each
+  block counts once, with the time recorded by the process that calibrated it; replaying the
+  restored blocks is not calibration and is only in the whole call's time."""
+  blocks = report.get('blocks', [])
+  return (float(sum(b['seconds'] for b in blocks)),
+          float(sum(b['seconds'] for b in blocks if b.get('restored'))))
+
+
 def quantize_run(config, workdir: str, *, model=None, params=None, log: Log = _log,
                  report_images: Optional[np.ndarray] = None) -> dict[str, Any]:
   """Calibrates one run (or skips it when its outputs exist for the same settings).
@@ -196,14 +205,17 @@ def quantize_run(config, workdir: str, *, model=None, params=None, log: Log = _l
     quantized_checkpoints.save_quantized(checkpoint, qparams, model, report)
     atomic.write_json(os.path.join(directory, REPORT_FILE), report)
     skipped = False
-  seconds = float(sum(b['seconds'] for b in report.get('blocks', [])))
-  log(f'[quant] {name}: calibration {seconds:.1f} s (block time; whole call '
-      f'{report.get("seconds", 0.0):.1f} s); checkpoint {checkpoint}')
+  seconds, earlier = calibration_seconds(report)
+  log(f'[quant] {name}: calibration {seconds:.1f} s (block time' +
+      (f', of which {earlier:.1f} s by an earlier process, restored from the snapshot'
+       if earlier else '') + f'; whole call {report.get("seconds", 0.0):.1f} s, this process); '
+      f'checkpoint {checkpoint}')
   if spec.report_images:
     sample = images if report_images is None else report_images
     write_layer_reports(directory, model, params, qparams, sample[:spec.report_images], log)
   return {'directory': directory, 'checkpoint': checkpoint, 'report': report, 'skipped': skipped,
-          'calibration_seconds': seconds, 'calibration_total_seconds': report.get('seconds'),
+          'calibration_seconds': seconds, 'calibration_seconds_earlier': earlier,
+          'calibration_total_seconds': report.get('seconds'),
           'qparams': qparams, 'calib_images': int(len(images))}
 
 

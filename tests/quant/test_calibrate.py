@@ -111,6 +111,7 @@ def test_a_killed_training_run_resumes_bit_for_bit(tiny, trained, apply_fn, tmp_
   qparams, report = quant.quantize(model, params, images, _minmax_w4a4(), snapshot=snapshot,
                                    log=messages.append)
   assert any('resuming' in m and 'blocks 0..0 done' in m for m in messages)
+  assert [b['restored'] for b in report['blocks']] == [True, False]   # its time is not redone
   assert [b['loss_final'] for b in report['blocks']] == [b['loss_final']
                                                          for b in trained[1]['blocks']]
   for a, b in zip(jax.tree.leaves(qparams), jax.tree.leaves(trained[0])):

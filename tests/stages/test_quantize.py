@@ -159,3 +159,9 @@ def test_unset_quant_fields_do_not_change_a_runs_settings():
   assert not quant_run.same_settings(old, {**old, 'quant': {'preset': 'w4a4', 'a_domain': 'log'}})
   assert not quant_run.same_settings(old, {**old, 'images_sha256': 'y'})
   assert not quant_run.same_settings(None, old)
+
+
+def test_calibration_time_counts_each_block_once_and_names_the_restored_part():
+  report = {'blocks': [{'seconds': 5.0, 'restored': True}, {'seconds': 3.0, 'restored': False},
+                       {'seconds': 2.0}], 'seconds': 9.0}
+  assert quant_run.calibration_seconds(report) == (10.0, 5.0)
