@@ -31,6 +31,9 @@ class QuantRunSpec:
   calib_images: int = field(128, 'paper: 128 (fewer if the source holds fewer: gen)')
   noise_std: float = field(1.0, 'std of the Gaussian calibration noise (normalised input space)')
   gen_path: str = field('', "'' = <workdir>/gen/synthetic.npz; else an explicit synthetic.npz")
+  calib_augment: bool = field(
+      False, 'random-resized-crop + flip of each calibration image, once, seeded (official: '
+      "timm's train transform on its batch; DEVIATIONS.md)")
   # Block-wise reconstruction (official: 10 epochs, micro-batch 64, AdamW wd 1e-5, clip 2.0)
   epochs: int = field(CalibSpec.epochs, 'reconstruction epochs per block')
   micro_batch: int = field(CalibSpec.micro_batch, 'images per reconstruction step')

@@ -6,8 +6,9 @@
 Calibration images (`quant.calib_source`):
   gen    <workdir>/gen/synthetic.npz from mode `generate` (or `quant.gen_path`)
   noise  Gaussian N(0, quant.noise_std) in the normalised input space (seeded)
-  real   `quant.calib_images` training images of config.data (seeded subset, normalised, no
-         augmentation), via `ouromamba_jax.data.<name>.load('train', ...)`
+  real   `quant.calib_images` training images of config.data (seeded subset, normalised),
+         via `ouromamba_jax.data.<name>.load('train', ...)`
+Each is used as is unless `quant.calib_augment` (random-resized-crop + flip, once, seeded).
 
 config.quant becomes a `QuantRunSpec` at the door (unknown fields refused); the library's
 `quantize` gets the QuantSpec it builds, and this stage owns the run folder, the resume
@@ -37,6 +38,8 @@ import time
 from typing import Any, Callable, Optional
 
 from absl import logging
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ouromamba_jax import data as data_lib
@@ -48,6 +51,7 @@ from ouromamba_jax.quant import api
 from ouromamba_jax.quant.run_spec import QuantRunSpec
 from ouromamba_jax.stages import gen_outputs
 from ouromamba_jax.stages import sections
+from ouromamba_jax.train import augment
 
 QUANT_SUBDIR = 'quant'
 QUANTIZED_DIR = 'quantized'
@@ -88,7 +92,16 @@ def real_images(data_cfg, n: int, seed: int) -> np.ndarray:
 
 def calibration_images(spec: QuantRunSpec, config, workdir: str, model,
                        log: Log = _log) -> np.ndarray:
-  """The calibration batch (N, H, W, C) float32 in the model's normalised input space."""
+  """The calibration batch (N, H, W, C) float32 in the model's normalised input space,
+  augmented once (seeded) with quant.calib_augment."""
+  images = _source_images(spec, config, workdir, model, log)
+  if not spec.calib_augment:
+    return images
+  key = jax.random.key(int(config.seed))
+  return np.asarray(augment.random_resized_crop_flip(key, jnp.asarray(images)), np.float32)
+
+
+def _source_images(spec: QuantRunSpec, config, workdir: str, model, log: Log) -> np.ndarray:
   n = spec.calib_images
   shape = (model.img_size, model.img_size, model.in_chans)
   if spec.calib_source == 'gen':

@@ -165,3 +165,13 @@ def test_calibration_time_counts_each_block_once_and_names_the_restored_part():
   report = {'blocks': [{'seconds': 5.0, 'restored': True}, {'seconds': 3.0, 'restored': False},
                        {'seconds': 2.0}], 'seconds': 9.0}
   assert quant_run.calibration_seconds(report) == (10.0, 5.0)
+
+
+def test_calib_augment_crops_and_flips_the_batch_once_seeded():
+  config = tiny_config(calib_augment=True)
+  model = sections.model_from_config(config.model)
+  spec = quant_run.run_spec(config.quant)
+  plain = quant_run.calibration_images(quant_run.run_spec(tiny_config().quant), config, '', model)
+  a = quant_run.calibration_images(spec, config, '', model)
+  assert a.shape == plain.shape and a.dtype == np.float32 and not np.allclose(a, plain)
+  np.testing.assert_array_equal(a, quant_run.calibration_images(spec, config, '', model))
