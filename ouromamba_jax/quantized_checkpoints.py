@@ -26,6 +26,7 @@ import numpy as np
 
 from ouromamba_jax.io import atomic
 from ouromamba_jax.io import integrity
+from ouromamba_jax.io import manifest
 from ouromamba_jax.models import registry
 from ouromamba_jax.quant import qtypes
 from ouromamba_jax.quant import rewrite
@@ -37,6 +38,7 @@ ARCH_FIELDS = ('img_size', 'patch_size', 'in_chans', 'num_classes', 'd_model', '
                'd_state', 'expand', 'dt_rank')
 META_FILE = 'quant_meta.json'
 ARRAYS_DIR = 'arrays'
+OLD_SUFFIX = '_old'
 
 
 def _static_json(value):
@@ -126,27 +128,34 @@ def save_quantized(path: str, qparams, model, report: Optional[Mapping[str, Any]
   the model and the preset). Returns path.
 
   Atomic: everything is written into a temporary sibling folder that then replaces `path`, so
-  a killed save leaves either the previous checkpoint or the new one, never a mix."""
+  a killed save leaves either the previous checkpoint or the new one, never a mix. The
+  metadata carries a CRC-32 of every array (Orbax does not checksum them), which
+  `load_quantized` verifies. A NaN/Inf array is refused before anything is written."""
   # Lazy: Orbax (and tensorstore) take seconds to import, and only checkpoint I/O needs them.
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   report = dict(report or {})
   path = os.path.abspath(path)
   parent = os.path.dirname(path)
   os.makedirs(parent, exist_ok=True)
+  arrays, meta = to_state(qparams)
+  arrays = _to_numpy(arrays)
+  flat = _flatten(arrays)
+  integrity.check_finite(flat.items(), path, 'refusing to save it: the quantized tree is '
+                         'broken (were the float params or calibration images finite?).')
   tmp = tempfile.mkdtemp(dir=parent, prefix=f'.tmp_{os.path.basename(path)}_')
   try:
-    arrays, meta = to_state(qparams)
     checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(os.path.join(tmp, ARRAYS_DIR), _to_numpy(arrays), force=True)
+    checkpointer.save(os.path.join(tmp, ARRAYS_DIR), arrays, force=True)
     checkpointer.wait_until_finished()
     doc = {'format_version': FORMAT_VERSION, 'model': model_record(model),
            'preset': (report.get('spec') or {}).get('name'), 'method': report.get('method'),
-           'qtypes': meta, 'extra': {'report': report}}
+           'qtypes': meta, 'arrays': manifest.manifest(flat.items()),
+           'extra': {'report': report}}
     atomic.write_json(os.path.join(tmp, META_FILE), doc)
     old = None
     if os.path.exists(path):
-      old = f'{tmp}_old'
-      os.replace(path, old)
+      old = f'{tmp}{OLD_SUFFIX}'
+      os.replace(path, old)      # a kill between these two renames: `recover` undoes it
     os.replace(tmp, path)
     if old:
       shutil.rmtree(old, ignore_errors=True)
@@ -156,13 +165,30 @@ def save_quantized(path: str, qparams, model, report: Optional[Mapping[str, Any]
   return path
 
 
+def recover(path: str) -> None:
+  """Puts back the previous checkpoint when a save was killed between moving it aside and
+  moving the new one in (a directory cannot be replaced in one rename)."""
+  path = os.path.abspath(path)
+  if os.path.exists(path):
+    return
+  parent, name = os.path.split(path)
+  if not os.path.isdir(parent):
+    return
+  aside = sorted(n for n in os.listdir(parent)
+                 if n.startswith(f'.tmp_{name}_') and n.endswith(OLD_SUFFIX))
+  if aside:
+    os.replace(os.path.join(parent, aside[-1]), path)
+
+
 def load_quantized(path: str, model=None, mode: Optional[str] = None):
   """Returns (qparams, report) saved by `save_quantized`. With `model`, a checkpoint made for
   another architecture is refused with both named; `mode` ('fake' | 'int') switches the
-  execution mode. Damaged metadata and NaN/Inf arrays are refused (`integrity` errors)."""
+  execution mode. Damaged metadata or arrays (unreadable, or failing the manifest's checksums)
+  and NaN/Inf arrays are refused (`integrity` errors) naming the array."""
   # Lazy: see `save_quantized`.
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   path = os.path.abspath(path)
+  recover(path)
   meta_path = os.path.join(path, META_FILE)
   if not os.path.isfile(meta_path):
     raise FileNotFoundError(f'{meta_path} not found: {path} is not a quantized checkpoint '
@@ -179,9 +205,16 @@ def load_quantized(path: str, model=None, mode: Optional[str] = None):
   if model is not None and doc['model']['fields'] != model_record(model)['fields']:
     raise ValueError(f'{path} was quantized for {_describe(doc["model"])}, not for this model, '
                      f'{_describe(model_record(model))}; build that model to load it.')
-  arrays = ocp.StandardCheckpointer().restore(os.path.join(path, ARRAYS_DIR))
-  integrity.check_finite(_flatten(arrays).items(), path,
-                         f'the checkpoint is damaged: delete {path} and quantize again.')
+  remedy = f'delete {path} and quantize again.'
+  try:
+    arrays = ocp.StandardCheckpointer().restore(os.path.join(path, ARRAYS_DIR))
+  except Exception as e:  # pylint: disable=broad-except  (tensorstore/Orbax raise many kinds)
+    raise integrity.damaged(os.path.join(path, ARRAYS_DIR), 'quantized-checkpoint array store',
+                            e, remedy) from e
+  flat = _flatten(arrays)
+  if 'arrays' in doc:   # checkpoints written before the manifest load unchecked
+    manifest.verify(flat, doc['arrays'], path, remedy)
+  integrity.check_finite(flat.items(), path, f'the checkpoint is damaged: {remedy}')
   arrays = jax.tree.map(jax.numpy.asarray, arrays)
   qparams = from_state(arrays, doc['qtypes'])
   if mode is not None:

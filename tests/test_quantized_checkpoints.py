@@ -1,6 +1,9 @@
-"""Quantized checkpoints: atomic overwrite, the model they belong to, and the preset recorded."""
+"""Quantized checkpoints: atomic overwrite, the model they belong to, the preset recorded, and
+the per-array checksums that catch a damaged array."""
+import glob
 import json
 import os
+import shutil
 
 import pytest
 
@@ -33,15 +36,63 @@ def test_checkpoint_names_its_model_and_preset_and_refuses_another(tiny, rtn_run
     quantized_checkpoints.load_quantized(path, build_model('vim_t_cifar10'))
 
 
-def test_a_nan_array_is_refused_on_load_naming_checkpoint_and_param(tiny, rtn_run, tmp_path):
-  qparams = dict(rtn_run[0])
+def _with_inf(qparams):
+  qparams = dict(qparams)
   qparams['norm_f'] = {'weight': qparams['norm_f']['weight'].at[2].set(float('inf'))}
+  return qparams
+
+
+def test_a_nan_array_is_refused_on_save_and_nothing_is_written(tiny, rtn_run, tmp_path):
+  with pytest.raises(integrity.NonFiniteError,
+                     match=r'^.*ckpt: tensor norm_f/weight holds 1 NaN/Inf value\(s\) of 32; '
+                           r'refusing to save it'):
+    quantized_checkpoints.save_quantized(str(tmp_path / 'ckpt'), _with_inf(rtn_run[0]), tiny[0])
+  assert not os.listdir(tmp_path)
+
+
+def test_a_nan_array_is_refused_on_load_naming_checkpoint_and_param(tiny, rtn_run, tmp_path,
+                                                                    monkeypatch):
   path = str(tmp_path / 'ckpt')
-  quantized_checkpoints.save_quantized(path, qparams, tiny[0])
+  with monkeypatch.context() as m:   # a checkpoint from before the save-side check
+    m.setattr(integrity, 'check_finite', lambda *a: None)
+    quantized_checkpoints.save_quantized(path, _with_inf(rtn_run[0]), tiny[0])
   with pytest.raises(integrity.NonFiniteError,
                      match=r'^.*ckpt: tensor norm_f/weight holds 1 NaN/Inf value\(s\) of 32; the '
                            r'checkpoint is damaged: delete .*ckpt and quantize again\.$'):
     quantized_checkpoints.load_quantized(path, tiny[0])
+
+
+def largest_array_file(checkpoint: str) -> str:
+  files = [f for f in glob.glob(f'{checkpoint}/arrays/**', recursive=True) if os.path.isfile(f)]
+  return max(files, key=os.path.getsize)
+
+
+def damage(path: str, how: str) -> None:
+  """'flip' one byte in the middle of `path` or 'truncate' it to half."""
+  with open(path, 'rb') as f:
+    data = f.read()
+  i = len(data) // 2
+  data = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:] if how == 'flip' else data[:i]
+  with open(path, 'wb') as f:
+    f.write(data)
+
+
+@pytest.mark.parametrize('how,message', [
+    ('flip', r'ckpt: array \S+ fails its checksum \(crc32 \w+, manifest \w+\); the file is '
+             r'damaged: delete .*ckpt and quantize again\.$'),
+    ('truncate', r'ckpt/arrays is not a readable quantized-checkpoint array store \(ValueError: '
+                 r'OUT_OF_RANGE.*\); it is truncated or corrupt: delete .*ckpt and quantize '
+                 r'again\.$'),
+])
+def test_a_damaged_array_is_named_in_one_line(tiny, rtn_run, tmp_path, how, message):
+  path = str(tmp_path / 'ckpt')
+  quantized_checkpoints.save_quantized(path, rtn_run[0], tiny[0])
+  with open(os.path.join(path, quantized_checkpoints.META_FILE)) as f:
+    assert len(json.load(f)['arrays']) > 50            # every array has its CRC
+  damage(largest_array_file(path), how)
+  with pytest.raises(integrity.DamagedFileError, match=rf'^.*{message}') as error:
+    quantized_checkpoints.load_quantized(path, tiny[0])
+  assert '\n' not in str(error.value)
 
 
 def test_damaged_metadata_is_reported_in_one_line(tiny, rtn_run, tmp_path):
@@ -83,3 +134,35 @@ def test_a_snapshot_holding_nan_is_refused(rtn_run, tmp_path):
                      match=r'^.*calibration_state\.npz: tensor layers_0/norm/weight holds 32 '
                            r'NaN/Inf value\(s\) of 32; the snapshot is damaged: delete it'):
     snapshot.load()
+
+
+class _Killed(BaseException):
+  pass
+
+
+@pytest.mark.parametrize('when', ['writing the metadata', 'between the two renames'])
+def test_a_kill_during_save_leaves_the_previous_checkpoint_usable(tiny, rtn_run, tmp_path,
+                                                                  monkeypatch, when):
+  path = str(tmp_path / 'ckpt')
+  quantized_checkpoints.save_quantized(path, rtn_run[0], tiny[0], {'n': 1})
+  rename = os.rename
+
+  def replace(src, dst):
+    if dst == path:                  # the old one is aside, the new one not yet in place
+      raise _Killed()
+    rename(src, dst)
+
+  def die(*args):
+    raise _Killed()
+
+  with monkeypatch.context() as m:
+    m.setattr(shutil, 'rmtree', lambda *a, **k: None)    # a killed process cleans nothing
+    if when == 'writing the metadata':
+      m.setattr(quantized_checkpoints.atomic, 'write_json', die)
+    else:
+      m.setattr(quantized_checkpoints.os, 'replace', replace)
+    with pytest.raises(_Killed):
+      quantized_checkpoints.save_quantized(path, rtn_run[0], tiny[0], {'n': 2})
+  assert os.path.exists(path) == (when == 'writing the metadata')
+  _, report = quantized_checkpoints.load_quantized(path, tiny[0])
+  assert report == {'n': 1}

@@ -235,11 +235,17 @@ def _run_group(g, num_groups, indices, labels, *, seed, shape, spec: GenSpec, me
         where = f'step {last_good[0]} in {store.location()}'
       else:
         where = 'none for this group (it restarts from noise)'
+      if t == 0:   # no learning rate has acted yet: the model or its input is broken
+        advice = ('at the first step this is not the learning rate: the model weights or the '
+                  'input are broken; load the checkpoint with load_checkpoint (it names a NaN/Inf '
+                  'tensor) and check gen.mean/std and gen.init_std.')
+      else:
+        advice = (f'last good checkpoint: {where}. Check the model weights, or lower gen.lr in '
+                  'a new workdir (this one refuses other settings); a rerun with the same '
+                  'settings resumes from that checkpoint.')
       raise NonFiniteError(
           f'OuroMamba-Gen: non-finite {what} at group {g + 1}/{num_groups}, step {t + 1}/'
-          f'{iters} (global step {global_step}); last good checkpoint: {where}. Check the model '
-          'weights, or lower gen.lr in a new workdir (this one refuses other settings); a rerun '
-          'with the same settings resumes from that checkpoint.')
+          f'{iters} (global step {global_step}); {advice}')
     history[t] = [m[name] for name in METRICS]
     progress.advance(n)
     if (t + 1) % log_every == 0 or t + 1 == iters:

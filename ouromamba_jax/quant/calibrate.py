@@ -51,6 +51,7 @@ class BlockResult:
   kept: str               # 'trained' | 'init' (training made it worse) | 'untrained' | 'float'
   steps: int
   seconds: float
+  restored: bool = False  # calibrated by an earlier (killed) process, restored from the snapshot
 
 
 def _default_log(msg: str) -> None:
@@ -264,7 +265,7 @@ def reconstruct_blocks(model: vim.VisionMamba, params, images, plan: Mapping[str
       raise ValueError(f'{snapshot.path} belongs to a different calibration run (other model, '
                        'params, images or settings). Delete it or use another workdir.')
     start = int(info['next_block'])
-    results = [BlockResult(**r) for r in info['results']]
+    results = [dataclasses.replace(BlockResult(**r), restored=True) for r in info['results']]
     log(f'[quant] resuming from {snapshot.path}: blocks 0..{start - 1} done, replaying them')
     for i in range(start):
       fp_stream = run_stream(params[f'layers_{i}'], *fp_stream)

@@ -31,6 +31,9 @@ class QuantRunSpec:
   calib_images: int = field(128, 'paper: 128 (fewer if the source holds fewer: gen)')
   noise_std: float = field(1.0, 'std of the Gaussian calibration noise (normalised input space)')
   gen_path: str = field('', "'' = <workdir>/gen/synthetic.npz; else an explicit synthetic.npz")
+  calib_augment: bool = field(
+      False, 'random-resized-crop + flip of each calibration image, once, seeded (official: '
+      "timm's train transform on its batch; DEVIATIONS.md)")
   # Block-wise reconstruction (official: 10 epochs, micro-batch 64, AdamW wd 1e-5, clip 2.0)
   epochs: int = field(CalibSpec.epochs, 'reconstruction epochs per block')
   micro_batch: int = field(CalibSpec.micro_batch, 'images per reconstruction step')
@@ -53,8 +56,10 @@ class QuantRunSpec:
   n_refresh: Optional[int] = field(None, 'outlier-set reset period (10)', type=int)
   trigger: Optional[str] = field(None, 'sample | batch | official', type=str)
   outlier_bits: Optional[int] = field(None, '8', type=int)
+  act_bits: Optional[int] = field(
+      None, 'inlier bits of every activation site: Linear inputs, Δ, A, B, C, D', type=int)
   delta_bits: Optional[int] = field(
-      None, "Δ's inlier bits (the preset's activation bits)", type=int)
+      None, "Δ's inlier bits (act_bits, else the preset's activation bits)", type=int)
   ssm_bits: Optional[int] = field(None, 'B, C, A, D inlier bits (likewise)', type=int)
   a_domain: Optional[str] = field(None, "A's grid: linear (official) | log", type=str)
   std_ddof: Optional[int] = field(None, '1 (unbiased, official)', type=int)
@@ -97,10 +102,11 @@ class QuantRunSpec:
     wide = {f: getattr(self, f) for f in ACT_WIDE if getattr(self, f) is not None}
     edit = lambda spec, **kw: spec and dataclasses.replace(spec, **{
         k: v for k, v in kw.items() if v is not None})
-    inputs = edit(sites.inputs, k=self.k, **wide)
-    delta = edit(sites.delta, k=self.delta_k, bits=self.delta_bits, **wide)
-    ssm = edit(sites.ssm, k=self.k, bits=self.ssm_bits, **wide)
-    a = edit(sites.a, k=self.k, bits=self.ssm_bits, **wide)
+    pick = lambda group_bits: self.act_bits if group_bits is None else group_bits
+    inputs = edit(sites.inputs, k=self.k, bits=self.act_bits, **wide)
+    delta = edit(sites.delta, k=self.delta_k, bits=pick(self.delta_bits), **wide)
+    ssm = edit(sites.ssm, k=self.k, bits=pick(self.ssm_bits), **wide)
+    a = edit(sites.a, k=self.k, bits=pick(self.ssm_bits), **wide)
     if self.a_domain is not None and ssm is not None:
       a = dataclasses.replace(ssm, domain=self.a_domain,
                               **({'symmetric': False} if self.a_domain == 'log' else {}))

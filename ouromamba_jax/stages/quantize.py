@@ -6,8 +6,9 @@
 Calibration images (`quant.calib_source`):
   gen    <workdir>/gen/synthetic.npz from mode `generate` (or `quant.gen_path`)
   noise  Gaussian N(0, quant.noise_std) in the normalised input space (seeded)
-  real   `quant.calib_images` training images of config.data (seeded subset, normalised, no
-         augmentation), via `ouromamba_jax.data.<name>.load('train', ...)`
+  real   `quant.calib_images` training images of config.data (seeded subset, normalised),
+         via `ouromamba_jax.data.<name>.load('train', ...)`
+Each is used as is unless `quant.calib_augment` (random-resized-crop + flip, once, seeded).
 
 config.quant becomes a `QuantRunSpec` at the door (unknown fields refused); the library's
 `quantize` gets the QuantSpec it builds, and this stage owns the run folder, the resume
@@ -15,9 +16,10 @@ snapshot, the skip-if-done check and the reports.
 
 Outputs in <workdir>/quant/<run name>/ (run name: <method>_<preset>_<source> unless
 `quant.run_name`):
-  quantized/              the quantized param tree (Orbax + JSON), written atomically;
-                          evaluate it with --config.mode=evaluate
-                          --config.eval.quantized_checkpoint=<that folder>
+  quantized/              the quantized param tree (Orbax + JSON with per-array CRC-32s),
+                          written atomically; evaluate it with --config.mode=evaluate
+                          --config.eval.quantized_checkpoint=<that folder>. A rerun that
+                          finds it damaged says which array and redoes the run
   quant_report.json       sites, rules, per-block reconstruction losses, seconds
   settings.json           what the run was made from (a rerun with the same settings skips)
   calibration_state.npz   per-block snapshot while calibrating (a killed run resumes; a
@@ -36,16 +38,20 @@ import time
 from typing import Any, Callable, Optional
 
 from absl import logging
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ouromamba_jax import data as data_lib
 from ouromamba_jax import quantized_checkpoints
 from ouromamba_jax.data import normalization
 from ouromamba_jax.io import atomic
+from ouromamba_jax.io import integrity
 from ouromamba_jax.quant import api
 from ouromamba_jax.quant.run_spec import QuantRunSpec
 from ouromamba_jax.stages import gen_outputs
 from ouromamba_jax.stages import sections
+from ouromamba_jax.train import augment
 
 QUANT_SUBDIR = 'quant'
 QUANTIZED_DIR = 'quantized'
@@ -86,7 +92,16 @@ def real_images(data_cfg, n: int, seed: int) -> np.ndarray:
 
 def calibration_images(spec: QuantRunSpec, config, workdir: str, model,
                        log: Log = _log) -> np.ndarray:
-  """The calibration batch (N, H, W, C) float32 in the model's normalised input space."""
+  """The calibration batch (N, H, W, C) float32 in the model's normalised input space,
+  augmented once (seeded) with quant.calib_augment."""
+  images = _source_images(spec, config, workdir, model, log)
+  if not spec.calib_augment:
+    return images
+  key = jax.random.key(int(config.seed))
+  return np.asarray(augment.random_resized_crop_flip(key, jnp.asarray(images)), np.float32)
+
+
+def _source_images(spec: QuantRunSpec, config, workdir: str, model, log: Log) -> np.ndarray:
   n = spec.calib_images
   shape = (model.img_size, model.img_size, model.in_chans)
   if spec.calib_source == 'gen':
@@ -129,8 +144,41 @@ def same_settings(old: Optional[dict[str, Any]], new: dict[str, Any]) -> bool:
 
 
 def is_complete(directory: str) -> bool:
+  quantized_checkpoints.recover(os.path.join(directory, QUANTIZED_DIR))
   return os.path.isfile(os.path.join(directory, QUANTIZED_DIR, quantized_checkpoints.META_FILE)) \
       and os.path.isfile(os.path.join(directory, REPORT_FILE))
+
+
+def _remove(directory: str, names) -> None:
+  for name in names:
+    path = os.path.join(directory, name)
+    if os.path.isdir(path):
+      shutil.rmtree(path)
+    elif os.path.exists(path):
+      os.remove(path)
+
+
+def load_finished(directory: str, model, name: str, log: Log = _log):
+  """(qparams, report) of a finished run, or None when its checkpoint is damaged (the
+  manifest's checksums, an unreadable array or a NaN): then the checkpoint is removed, so the
+  caller recalibrates (replaying the blocks when the calibration snapshot is still there)."""
+  checkpoint = os.path.join(directory, QUANTIZED_DIR)
+  try:
+    return quantized_checkpoints.load_quantized(checkpoint, model)
+  except (integrity.DamagedFileError, integrity.NonFiniteError) as e:
+    log(f'[quant] {name}: the finished run in {directory} is damaged ({e}); removing its '
+        'checkpoint and redoing the run')
+    _remove(directory, (QUANTIZED_DIR, REPORT_FILE))
+    return None
+
+
+def calibration_seconds(report) -> tuple[float, float]:
+  """(block time of the whole calibration, the part spent by earlier killed processes): each
+  block counts once, with the time recorded by the process that calibrated it; replaying the
+  restored blocks is not calibration and is only in the whole call's time."""
+  blocks = report.get('blocks', [])
+  return (float(sum(b['seconds'] for b in blocks)),
+          float(sum(b['seconds'] for b in blocks if b.get('restored'))))
 
 
 def quantize_run(config, workdir: str, *, model=None, params=None, log: Log = _log,
@@ -151,16 +199,14 @@ def quantize_run(config, workdir: str, *, model=None, params=None, log: Log = _l
   name = spec.name
   if old is not None and not same_settings(old, settings):
     log(f'[quant] {name}: settings changed since the last run in {directory}; recalibrating')
-    for stale in (QUANTIZED_DIR, REPORT_FILE, SNAPSHOT_FILE):
-      path = os.path.join(directory, stale)
-      if os.path.isdir(path):
-        shutil.rmtree(path)
-      elif os.path.exists(path):
-        os.remove(path)
+    _remove(directory, (QUANTIZED_DIR, REPORT_FILE, SNAPSHOT_FILE))
   checkpoint = os.path.join(directory, QUANTIZED_DIR)
+  finished = None
   if same_settings(old, settings) and is_complete(directory):
+    finished = load_finished(directory, model, name, log)
+  if finished is not None:
     log(f'[quant] {name}: already done ({checkpoint}); skipping calibration')
-    qparams, report = quantized_checkpoints.load_quantized(checkpoint, model)
+    qparams, report = finished
     skipped = True
   else:
     atomic.write_json(settings_path, settings)
@@ -172,9 +218,11 @@ def quantize_run(config, workdir: str, *, model=None, params=None, log: Log = _l
     quantized_checkpoints.save_quantized(checkpoint, qparams, model, report)
     atomic.write_json(os.path.join(directory, REPORT_FILE), report)
     skipped = False
-  seconds = float(sum(b['seconds'] for b in report.get('blocks', [])))
-  log(f'[quant] {name}: calibration {seconds:.1f} s (block time; whole call '
-      f'{report.get("seconds", 0.0):.1f} s); checkpoint {checkpoint}')
+  seconds, earlier = calibration_seconds(report)
+  log(f'[quant] {name}: calibration {seconds:.1f} s (block time' +
+      (f', of which {earlier:.1f} s by an earlier process, restored from the snapshot'
+       if earlier else '') + f'; whole call {report.get("seconds", 0.0):.1f} s, this process); '
+      f'checkpoint {checkpoint}')
   if spec.report_images:
     sample = (images if report_images is None else report_images)[:spec.report_images]
     if skipped and reports_done(directory, len(sample)):
@@ -182,7 +230,8 @@ def quantize_run(config, workdir: str, *, model=None, params=None, log: Log = _l
     else:
       write_layer_reports(directory, model, params, qparams, sample, log)
   return {'directory': directory, 'checkpoint': checkpoint, 'report': report, 'skipped': skipped,
-          'calibration_seconds': seconds, 'calibration_total_seconds': report.get('seconds'),
+          'calibration_seconds': seconds, 'calibration_seconds_earlier': earlier,
+          'calibration_total_seconds': report.get('seconds'),
           'qparams': qparams, 'calib_images': int(len(images))}
 
 

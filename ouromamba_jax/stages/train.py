@@ -20,6 +20,7 @@ import orbax.checkpoint as ocp
 from ouromamba_jax import checkpoints
 from ouromamba_jax import data as data_lib
 from ouromamba_jax.io import atomic
+from ouromamba_jax.io import integrity
 from ouromamba_jax.stages import evaluate as evaluate_stage
 from ouromamba_jax.stages import sections
 from ouromamba_jax.train import recipe
@@ -36,9 +37,12 @@ def _append_jsonl(path: str, record: dict[str, Any]) -> None:
 
 
 def save_params_npz(params, path: str) -> None:
-  """Flat `a/b/c -> fp32 array` npz, written atomically (the hand-off to export/import)."""
+  """Flat `a/b/c -> fp32 array` npz, written atomically (the hand-off to export/import); NaN/Inf
+  params (a diverged run) are refused before anything is written."""
   flat = {'/'.join(str(getattr(k, 'key', k)) for k in keypath): np.asarray(v, np.float32)
           for keypath, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+  integrity.check_finite(flat.items(), path, 'refusing to save it: training diverged; lower '
+                         'train.learning_rate and train again in a new workdir.')
   atomic.write_npz(path, **flat)
 
 

@@ -1,4 +1,4 @@
-"""safetensors read/write: dtypes (bf16 included), metadata, atomic replacement."""
+"""safetensors read/write: dtypes (bf16 included), metadata, atomic replacement, checksums."""
 import ml_dtypes
 import numpy as np
 import pytest
@@ -61,3 +61,29 @@ def test_truncated_file_is_reported_as_damaged_in_one_line(tmp_path, keep):
                              r'truncated or corrupt: download or export it again\.$') as info:
       read(path)
     assert '\n' not in str(info.value)
+
+
+def test_a_flipped_byte_fails_the_tensors_checksum_in_one_line(tmp_path):
+  path = tmp_path / 'w.safetensors'
+  safetensors_io.write_safetensors({'a': np.ones(64, np.float32), 'b': np.zeros(8)}, path)
+  data = bytearray(path.read_bytes())
+  data[-8 * 8 - 10] ^= 0x01          # inside 'a', which sorts before 'b' in the payload
+  path.write_bytes(bytes(data))
+  with pytest.raises(integrity.DamagedFileError,
+                     match=r'^.*w\.safetensors: array a fails its checksum \(crc32 \w+, manifest '
+                           r'\w+\); the file is damaged: download or export it again\.$'):
+    safetensors_io.read_safetensors(path)
+
+
+def test_files_from_elsewhere_load_unchecked(tmp_path):
+  path = str(tmp_path / 'w.safetensors')
+  safetensors_io.safetensors_numpy.save_file({'a': np.ones(3, np.float32)}, path)
+  np.testing.assert_array_equal(safetensors_io.read_safetensors(path)['a'], np.ones(3))
+
+
+def test_a_nan_tensor_is_refused_on_write_and_nothing_is_written(tmp_path):
+  with pytest.raises(integrity.NonFiniteError,
+                     match=r'^.*w\.safetensors: tensor a holds 1 NaN/Inf value\(s\) of 2; refusing '
+                           r'to save it'):
+    safetensors_io.write_safetensors({'a': np.array([1.0, np.nan])}, tmp_path / 'w.safetensors')
+  assert not list(tmp_path.iterdir())

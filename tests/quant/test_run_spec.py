@@ -1,11 +1,16 @@
 """QuantRunSpec: one schema for a run's fields; overrides reach exactly their site groups."""
 import dataclasses
+import os
+import subprocess
+import sys
 
 import pytest
 
 from ouromamba_jax.quant import config
 from ouromamba_jax.quant import presets
 from ouromamba_jax.quant.run_spec import QuantRunSpec
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _specs(**fields):
@@ -32,6 +37,8 @@ def test_overrides_reach_their_groups():
   assert d.k == 5.0 and x.k == s.k == 2.0 and w.bits == 3
   assert _specs(preset='w4a4_alog', ssm_bits=8)[3].domain == 'log'
   assert _specs(preset='w4a4_float_ssm', k=2.0)[2:] == [None, None, None]
+  w, x, d, a, s = _specs(act_bits=6, delta_bits=8)
+  assert (w.bits, x.bits, d.bits, a.bits, s.bits) == (4, 6, 8, 6, 6)  # the group's own wins
   calib = QuantRunSpec(epochs=2, weight_decay=1e-4, smooth_alpha=0.3).calib()
   assert calib == config.CalibSpec(epochs=2, weight_decay=1e-4, smooth_alpha=0.3)
 
@@ -62,3 +69,20 @@ def test_every_calib_field_is_in_the_schema():
 def test_outlier_bits_below_bits_only_matters_for_integer_outliers():
   assert config.ActSpec(bits=8, outliers='float', outlier_bits=4).bits == 8
   assert QuantRunSpec(preset='w4a4', outlier_bits=4).sites().inputs.outlier_bits == 4
+
+
+_PARSE = """
+import sys
+from absl import flags
+from ml_collections import config_flags
+config = config_flags.DEFINE_config_file('config', None, '', lock_config=True)
+flags.FLAGS(sys.argv)
+print(config.value.quant.act_bits, config.value.quant.weight_bits)
+"""
+
+
+def test_bits_are_settable_from_the_command_line():
+  out = subprocess.run([sys.executable, '-c', _PARSE, '--config=configs/vim_t_cifar10.py',
+                        '--config.quant.act_bits=8', '--config.quant.weight_bits=6'],
+                       capture_output=True, text=True, check=True, cwd=ROOT).stdout
+  assert out.split() == ['8', '6']

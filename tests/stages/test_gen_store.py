@@ -13,6 +13,7 @@ from ouromamba_jax.gen import optimize
 from ouromamba_jax.stages import gen_store
 from tests.gen.conftest import tiny  # pylint: disable=unused-import
 from tests.gen.conftest import tiny_gen_spec
+from tests.crash import plant_unfinished_orbax_save
 
 
 def _generate(model, params, spec, directory, **kwargs):
@@ -95,6 +96,45 @@ def test_resume_after_interruption_matches_the_uninterrupted_run(tiny, tmp_path,
   assert resumed.history == expected.history
 
 
+def test_a_kill_during_a_checkpoint_save_leaves_the_previous_one_usable(tiny, tmp_path,
+                                                                        reference_run):
+  model, params = tiny
+  directory = str(tmp_path)
+
+  def kill(global_step):
+    if global_step == 9:
+      raise _Killed()
+
+  with pytest.raises(_Killed):
+    _generate(model, params, tiny_gen_spec(), directory, on_step=kill)
+  # Killed while saving step 10 (group 2, step 4): its files are half there, not renamed.
+  plant_unfinished_orbax_save(os.path.join(directory, 'checkpoints'), 10)
+  steps = []
+  resumed = _generate(model, params, tiny_gen_spec(), directory, on_step=steps.append)
+  assert steps == [9, 10, 11, 12]          # resumed from step 8, the last finished save
+  np.testing.assert_array_equal(resumed.images, reference_run[0].images)
+
+
+def test_a_kill_while_writing_a_finished_group_redoes_it_from_its_checkpoint(
+    tiny, tmp_path, reference_run, monkeypatch):
+  model, params = tiny
+  directory = str(tmp_path)
+
+  def die_half_written(file, **arrays):
+    file.write(b'PK\x03\x04 half a zip')
+    raise _Killed()
+
+  with monkeypatch.context() as m:
+    m.setattr(np, 'savez', die_half_written)
+    with pytest.raises(_Killed):
+      _generate(model, params, tiny_gen_spec(), directory)
+  assert os.listdir(os.path.join(directory, 'groups')) == []   # no half file, no temporary
+  steps = []
+  resumed = _generate(model, params, tiny_gen_spec(), directory, on_step=steps.append)
+  assert steps == [5, 6, 7, 8, 9, 10, 11, 12]   # group 1 from its step-4 checkpoint
+  np.testing.assert_array_equal(resumed.images, reference_run[0].images)
+
+
 def test_resuming_with_other_settings_or_weights_is_refused(tiny, reference_run):
   model, params = tiny
   _, directory = reference_run
@@ -141,7 +181,7 @@ def test_nan_loss_stops_at_the_first_step(tiny, tmp_path):
     _generate(model, bad, tiny_gen_spec(num_images=2, iterations=2), str(tmp_path))
   message = str(error.value)
   assert 'non-finite loss at group 1/1, step 1/2' in message
-  assert 'last good checkpoint: none for this group' in message
+  assert 'the model weights or the input are broken' in message and 'gen.lr' not in message
   assert not os.listdir(os.path.join(tmp_path, 'checkpoints'))
 
 

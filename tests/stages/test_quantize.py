@@ -12,6 +12,7 @@ from ouromamba_jax.stages import gen_outputs as outputs
 from ouromamba_jax.stages import quantize as quant_run
 from ouromamba_jax.stages import sections
 from tests.quant.conftest import rtn_run, tiny  # pylint: disable=unused-import
+from tests.test_quantized_checkpoints import damage, largest_array_file
 
 
 def tiny_config(**quant_overrides):
@@ -102,6 +103,30 @@ def test_quantize_mode_end_to_end_saves_reloads_reports_and_skips(tmp_path):
     assert all(b['steps'] == 0 for b in json.load(f)['blocks'])
 
 
+@pytest.mark.parametrize('how,keep_snapshot', [('flip', True), ('truncate', False)])
+def test_a_damaged_finished_run_is_detected_named_and_redone(tmp_path, how, keep_snapshot):
+  config = tiny_config(report_images=0, method='rtn', epochs=0, calib_images=4)
+  workdir = str(tmp_path)
+  model, params = sections.load_model(config.model)
+  run = lambda log: quant_run.quantize_run(config, workdir, model=model, params=params, log=log)
+  first = run(lambda _: None)
+  images = quant_run.calibration_images(quant_run.run_spec(config.quant), config, workdir, model)
+  apply = jax.jit(lambda p, x: model.apply({'params': p}, x))
+  want = np.asarray(apply(first['qparams'], images))
+  damage(largest_array_file(first['checkpoint']), how)
+  if not keep_snapshot:
+    os.remove(os.path.join(first['directory'], quant_run.SNAPSHOT_FILE))
+  messages = []
+  again = run(messages.append)
+  assert not again['skipped']
+  damaged = [m for m in messages if 'is damaged' in m]
+  assert len(damaged) == 1 and 'quantized' in damaged[0] and 'redoing the run' in damaged[0]
+  assert any('resuming' in m for m in messages) == keep_snapshot   # replayed, not recalibrated
+  loaded, _ = quantized_checkpoints.load_quantized(again['checkpoint'], model)
+  np.testing.assert_array_equal(np.asarray(apply(loaded, images)), want)
+  assert run(lambda _: None)['skipped']
+
+
 def test_gen_source_reads_the_synthetic_set(tmp_path):
   workdir = str(tmp_path)
   rng = np.random.default_rng(0)
@@ -134,3 +159,19 @@ def test_unset_quant_fields_do_not_change_a_runs_settings():
   assert not quant_run.same_settings(old, {**old, 'quant': {'preset': 'w4a4', 'a_domain': 'log'}})
   assert not quant_run.same_settings(old, {**old, 'images_sha256': 'y'})
   assert not quant_run.same_settings(None, old)
+
+
+def test_calibration_time_counts_each_block_once_and_names_the_restored_part():
+  report = {'blocks': [{'seconds': 5.0, 'restored': True}, {'seconds': 3.0, 'restored': False},
+                       {'seconds': 2.0}], 'seconds': 9.0}
+  assert quant_run.calibration_seconds(report) == (10.0, 5.0)
+
+
+def test_calib_augment_crops_and_flips_the_batch_once_seeded():
+  config = tiny_config(calib_augment=True)
+  model = sections.model_from_config(config.model)
+  spec = quant_run.run_spec(config.quant)
+  plain = quant_run.calibration_images(quant_run.run_spec(tiny_config().quant), config, '', model)
+  a = quant_run.calibration_images(spec, config, '', model)
+  assert a.shape == plain.shape and a.dtype == np.float32 and not np.allclose(a, plain)
+  np.testing.assert_array_equal(a, quant_run.calibration_images(spec, config, '', model))

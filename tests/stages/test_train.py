@@ -1,4 +1,4 @@
-"""Mode `train`: a run cut into pieces equals the same run in one go."""
+"""Mode `train`: a run cut into pieces (one killed mid-save) equals the same run in one go."""
 from __future__ import annotations
 
 import json
@@ -13,6 +13,7 @@ from PIL import Image
 from configs import vim_t_cifar10
 from ouromamba_jax.data import cifar10
 from ouromamba_jax.stages import train as trainer
+from tests.crash import plant_unfinished_orbax_save
 
 
 def tiny_config(data_dir: str, epochs: int = 2):
@@ -56,6 +57,8 @@ def test_resume_continues_bit_for_bit(tiny_cifar, tmp_path):
   result = trainer.train(cfg, pieces)
   assert result == {**result, 'step': 1, 'finished': False}
   assert int(_restore_state(pieces)['step']) == 1
+  # Then killed while saving step 2: its half-written folder must not be taken for a checkpoint.
+  plant_unfinished_orbax_save(os.path.join(pieces, 'train_checkpoints'), 2)
   cfg.train.max_seconds = 0.0
   assert trainer.train(cfg, pieces)['finished']
 
