@@ -119,6 +119,8 @@ def parse_args(argv=None):
                  help='blocks quantized for real; their params repeat over the full depth '
                       '(0 = quantize every block)')
   p.add_argument('--rate_images', type=int, default=8, help='images for the outlier rate')
+  p.add_argument('--n_refresh', type=int, default=0,
+                 help="outlier-set reset period in steps (0 = the preset's, 10)")
   p.add_argument('--outlier_k', type=float, default=3.0,
                  help='outlier threshold mu + k sigma of the Linear inputs (ActSpec.k)')
   p.add_argument('--cast_params', type=int, default=1,
@@ -157,9 +159,11 @@ def cast_float_leaves(tree, dtype):
   return tree
 
 
-def quantize_rtn(model, params, preset: str, calib_images, outlier_k: float):
-  """Integer-mode tree: the preset with RTN scales (min-max, no reconstruction), outliers on."""
-  run = quant.QuantRunSpec(preset=preset, epochs=0, k=outlier_k)
+def quantize_rtn(model, params, preset: str, calib_images, outlier_k: float,
+                 n_refresh: Optional[int] = None):
+  """Integer-mode tree: the preset with RTN scales (min-max, no reconstruction), outliers on
+  (threshold mu + outlier_k sigma, reset every n_refresh steps; None: the preset's)."""
+  run = quant.QuantRunSpec(preset=preset, epochs=0, k=outlier_k, n_refresh=n_refresh)
   sites = run.sites().map(lambda s: dataclasses.replace(s, init='minmax'))
   spec = quant.QuantSpec(preset, sites.rules(), run.calib())
   qparams, _ = quant.quantize(model, params, calib_images, spec, method='ouromamba', mode='int',
@@ -182,7 +186,7 @@ def quantized_tree(base, params, preset: str, args):
   model = base.clone(depth=depth)
   sub = repeated_blocks(base, params, depth)
   calib = _images(base, args.calib_images, args.seed + 1)
-  tree = quantize_rtn(model, sub, preset, calib, args.outlier_k)
+  tree = quantize_rtn(model, sub, preset, calib, args.outlier_k, args.n_refresh or None)
   rate = outlier_rate(model.clone(quant_implementation='xla'), tree,
                       _images(base, args.rate_images, args.seed + 2))
   return repeated_blocks(model, tree, base.depth), rate
