@@ -27,7 +27,7 @@ samples step by step; one program per window loops over the samples twice per st
 then update + quantize) and reads each sample's previous mask back from the mask output it
 wrote one step earlier (same program, same addresses, program order).
 
-Rounding is half-to-even (jnp.round) built from floor, since Triton has no round primitive.
+Rounding is half-to-even (jnp.round) by the 1.5 * 2^23 shift, since Triton has no round primitive.
 With `pack=True` the int4 inlier codes are packed two per byte along C (low nibble = even
 channel), the `kernels_pallas.int4` format the mixed GEMM reads.
 """
@@ -47,13 +47,21 @@ from kernels_pallas.act_quant.config import MIN_SCALE
 from kernels_pallas.act_quant.reference import int_dtype
 
 
-def round_half_even(v):
-  """jnp.round semantics (ties to even) from floor; exact for |v| < 2^22."""
-  f = jnp.floor(v)
-  frac = v - f
-  f_is_odd = (f - 2.0 * jnp.floor(0.5 * f)) == 1.0
-  up = (frac > 0.5) | ((frac == 0.5) & f_is_odd)
-  return f + up.astype(v.dtype)
+# 1.5 * 2^23: adding it to |v| < 2^22 leaves no fraction bits, so the fp32 add rounds v to an
+# integer half-to-even (the hardware's default rounding) and the subtraction is exact.
+_ROUNDING_SHIFT = 12582912.0
+
+
+def round_half_even(v, interpret: bool):
+  """jnp.round semantics (ties to even) in two fp32 adds; exact for |v| < 2^22 (the codes are
+  clipped to at most 2^16 first). Triton has no round primitive, and the floor-built form took
+  ~12 lane operations: this is the largest per-lane term of the kernel, run twice per step.
+  XLA (the interpreter) folds (v + c) - c away, so there an optimization barrier keeps the
+  two adds; Triton compiles without reassociation and does them as written."""
+  shifted = v + _ROUNDING_SHIFT
+  if interpret:
+    shifted = jax.lax.optimization_barrier(shifted)
+  return shifted - _ROUNDING_SHIFT
 
 
 def _f32_reciprocal(v: float) -> float:
@@ -117,12 +125,13 @@ class _Math:
     """Codes on the static step S_I(t) (given as its IEEE reciprocal) and zero point z(t)
     (0 when symmetric); outlier lanes get the code of 0."""
     v = jnp.where(mask, 0.0, x) * inv_s
-    q_in = round_half_even(jnp.clip(v, self.qmin - zero, self.qmax - zero)) + zero
-    return q_in.astype(self.code_dtype)
+    q_in = round_half_even(jnp.clip(v, self.qmin - zero, self.qmax - zero), self.interpret)
+    return (q_in + zero).astype(self.code_dtype)
 
   def quantize_outliers(self, x, mask):
     """Codes on the dynamic per-token grid of x_t * mask: (codes, step, zero point), the step
-    and zero point per row."""
+    and zero point per row. The IEEE divisions run once per row (on the (rows,) vectors), not
+    once per lane."""
     outliers = jnp.where(mask, x, 0.0)
     if self.symmetric:
       s_o = (jnp.maximum(jnp.max(jnp.abs(outliers), axis=-1), MIN_SCALE)
@@ -132,15 +141,11 @@ class _Math:
       lo = jnp.minimum(jnp.min(outliers, axis=-1), 0.0)
       hi = jnp.maximum(jnp.max(outliers, axis=-1), 0.0)
       s_o = jnp.maximum(hi - lo, MIN_SCALE) * _f32_reciprocal(self.o_qmax)
-      # The division runs on lanes of equal values (inline PTX is elementwise); max() takes
-      # the row's value back out (Triton has no slice).
-      lanes = lambda v: jnp.broadcast_to(v[:, None], x.shape)
-      z_o = jnp.max(round_half_even(_divide_rn(lanes(-lo), lanes(s_o), self.interpret)),
-                    axis=-1)
-    inv_so = _reciprocal_rn(jnp.broadcast_to(s_o[:, None], x.shape), self.interpret)
+      z_o = round_half_even(_divide_rn(-lo, s_o, self.interpret), self.interpret)
+    inv_so = _reciprocal_rn(s_o, self.interpret)[:, None]
     z_lanes = z_o[:, None]
     q_out = round_half_even(jnp.clip(outliers * inv_so, self.o_qmin - z_lanes,
-                                     self.o_qmax - z_lanes)) + z_lanes
+                                     self.o_qmax - z_lanes), self.interpret) + z_lanes
     return q_out.astype(self.outlier_dtype), s_o, z_o
 
 
