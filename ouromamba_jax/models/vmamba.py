@@ -21,7 +21,18 @@ A_logs (K*Di, N), Ds (K*Di,)) since the four directions run as one batched compu
 
 Cross scan (official `cross_scan_fwd`/`cross_merge_fwd`, scans=0) on an H x W grid:
 direction 0 is row-major (token h*W + w), 1 column-major (w*H + h), 2 and 3 are 0 and 1
-reversed. Each direction's output is put back on the grid and the four are summed.
+reversed. Each direction's output is put back on the grid and the four are summed. The four
+scans run as one `selective_scan` call (see `block_diagonal_states`).
+
+Gen on SS2D (issue 18 item 3, not implemented yet; a proposal): the patch-level contrastive
+loss needs, per grid cell, one Δ-weighted state feature and its p x p neighbourhood. Each
+direction's states (B, L, Di, N) come back in scan order; un-permuting them with
+`cross_merge`'s inverse of `cross_scan` (without the sum) puts all four on the H x W grid, so a
+cell has 4 direction features, concatenated (or averaged) per cell before the neighbourhood
+pooling, as Vim's two directions are. Each stage has its own grid (H/4 .. H/32), so the loss
+is computed per stage on that stage's grid and averaged over the chosen blocks; the last
+stage (7 x 7 at 224) is too small for a p x p neighbourhood plus negatives and would be left
+out. Which blocks contribute is a choice to validate (Vim's uses all blocks).
 """
 from __future__ import annotations
 
