@@ -78,6 +78,12 @@ class _TorchDtype:
   dtype: np.dtype
 
 
+class ConfigNode(dict):
+  """Inert stand-in for `yacs.config.CfgNode`, the 'config' entry of checkpoints written by
+  Swin-style training scripts (VMamba's `save_checkpoint_ema`): its items load as a plain dict;
+  its yacs flags (`__immutable__`, ...) are dropped."""
+
+
 def _as_index_tuple(value, what: str) -> tuple[int, ...]:
   if isinstance(value, int):
     value = (value,)
@@ -136,6 +142,7 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
       ('torch._utils', '_rebuild_parameter_with_state'): _rebuild_parameter,
       ('collections', 'OrderedDict'): collections.OrderedDict,
       ('argparse', 'Namespace'): argparse.Namespace,
+      ('yacs.config', 'CfgNode'): ConfigNode,
       # Protocol 2 spells bytes as _codecs.encode(latin1 str) and sets as builtins.set(list).
       ('_codecs', 'encode'): _latin1_encode,
   }
@@ -160,27 +167,39 @@ def _latin1_encode(text, encoding='latin1'):
 _ALLOWED_GLOBALS = _allowed_globals()
 
 
-def _load_build_namespace_only(unpickler):
-  """BUILD (set an object's state) is how a pickle could rewrite an allowed class or function;
-  a tensor checkpoint needs it only to fill `argparse.Namespace` instances."""
+# What BUILD (set an object's state) may carry, per target type: Namespace fields, the
+# `_metadata` that `nn.Module.state_dict()` attaches to its OrderedDict (module versions;
+# dropped), a CfgNode's flags (dropped).
+_BUILD_STATE_KEYS = {argparse.Namespace: None, collections.OrderedDict: {'_metadata'},
+                     ConfigNode: None}
+
+
+def _load_build_restricted(unpickler):
+  """BUILD is how a pickle could rewrite an allowed class or function; a tensor checkpoint
+  needs it only for the targets in `_BUILD_STATE_KEYS`, with a dict of str keys as state."""
   state = unpickler.stack.pop()
   target = unpickler.stack[-1]
-  if (type(target) is not argparse.Namespace or not isinstance(state, dict) or
-      not all(isinstance(k, str) for k in state)):
+  kind = type(target)
+  allowed = _BUILD_STATE_KEYS.get(kind, set())
+  if (kind not in _BUILD_STATE_KEYS or not isinstance(state, dict) or
+      not all(isinstance(k, str) for k in state) or
+      (allowed is not None and not set(state) <= allowed)):
     raise UnsafePickleError(
-        f'{unpickler.source}: refusing to set pickled state on a {type(target).__name__} '
-        'object; only argparse.Namespace instances may carry state in a tensor checkpoint')
-  vars(target).update(state)
+        f'{unpickler.source}: refusing to set pickled state on a {kind.__name__} object; only '
+        'argparse.Namespace, state_dict OrderedDict metadata and yacs CfgNode flags may carry '
+        'state in a tensor checkpoint')
+  if kind is argparse.Namespace:
+    vars(target).update(state)
 
 
 class _RestrictedUnpickler(pickle._Unpickler):  # pylint: disable=protected-access
   """Resolves only allow-listed globals; storages come from `read_storage(key, dtype, numel)`.
 
   The pure-Python unpickler is used (the pickle holds structure, not tensor bytes, so speed is
-  no concern) because its opcode table can be narrowed: see `_load_build_namespace_only`.
+  no concern) because its opcode table can be narrowed: see `_load_build_restricted`.
   """
   dispatch = dict(pickle._Unpickler.dispatch)  # pylint: disable=protected-access
-  dispatch[pickle.BUILD[0]] = _load_build_namespace_only
+  dispatch[pickle.BUILD[0]] = _load_build_restricted
 
   def __init__(self, file, read_storage, source: str):
     super().__init__(file)
@@ -205,7 +224,7 @@ class _RestrictedUnpickler(pickle._Unpickler):  # pylint: disable=protected-acce
       raise UnsafePickleError(
           f'{self.source}: refusing to load global {module}.{name}: the checkpoint pickle '
           'references code outside the tensor-checkpoint allow-list (tensors, storages, '
-          'OrderedDict, argparse.Namespace, plain containers). If the file is trusted, re-save '
+          'OrderedDict, argparse.Namespace, yacs CfgNode, plain containers). If the file is trusted, re-save '
           'it as a plain state_dict or as safetensors.') from None
 
   def persistent_load(self, pid):

@@ -1,45 +1,65 @@
 """Model variants by name (big_vision style registry).
 
-Each variant is a dict of `VisionMamba` fields; `build_model(name, **overrides)` lets image
-size, patch size, classes, depth and width be changed freely.
+Each variant is a model class (Vim's `VisionMamba`, `VMamba`) with a dict of its fields;
+`build_model(name, **overrides)` lets any field be changed (image size, classes, depth, ...).
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from ouromamba_jax.models.vim import VisionMamba
+from ouromamba_jax.models.vmamba import VMamba
 
-VARIANTS: dict[str, dict[str, Any]] = {}
+# The fields that decide a model's architecture (and so its checkpoint), per class.
+ARCH_FIELDS = {
+    VisionMamba: ('img_size', 'patch_size', 'in_chans', 'num_classes', 'd_model', 'depth',
+                  'd_state', 'expand', 'dt_rank'),
+    VMamba: ('patch_size', 'in_chans', 'num_classes', 'dims', 'depths', 'd_state', 'ssm_ratio',
+             'dt_rank', 'd_conv', 'conv_bias', 'mlp_ratio'),
+}
 
 
-def register_variant(name: str, **fields) -> None:
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  model_cls: type
+  fields: dict[str, Any]
+
+
+VARIANTS: dict[str, Variant] = {}
+
+
+def register_variant(name: str, model_cls: type = VisionMamba, **fields) -> None:
   if name in VARIANTS:
     raise ValueError(f'model variant {name!r} is already registered')
-  VARIANTS[name] = fields
+  VARIANTS[name] = Variant(model_cls, fields)
 
 
 def variant_names() -> list[str]:
   return sorted(VARIANTS)
 
 
-def build_model(name: str, **overrides) -> VisionMamba:
+def build_model(name: str, **overrides):
   """Builds a registered variant; `overrides` replace any of its fields."""
   if name not in VARIANTS:
     raise ValueError(f'unknown model variant {name!r}; registered: {", ".join(variant_names())}')
-  unknown = set(overrides) - set(VisionMamba.__dataclass_fields__)
+  variant = VARIANTS[name]
+  unknown = set(overrides) - set(variant.model_cls.__dataclass_fields__)
   if unknown:
-    raise ValueError(f'unknown VisionMamba fields {sorted(unknown)} for variant {name!r}')
-  return VisionMamba(**{**VARIANTS[name], **overrides})
+    raise ValueError(f'unknown {variant.model_cls.__name__} fields {sorted(unknown)} for '
+                     f'variant {name!r}')
+  return variant.model_cls(**{**variant.fields, **overrides})
 
 
 def variant_of(model) -> str | None:
-  """The registered variant `model` is an instance of (architecture fields equal), or None."""
-  arch = ('img_size', 'patch_size', 'in_chans', 'num_classes', 'd_model', 'depth', 'd_state',
-          'expand', 'dt_rank')
+  """The registered variant `model` is an instance of (same class, architecture fields equal),
+  or None."""
+  arch = ARCH_FIELDS.get(type(model), ())
   for name in variant_names():
-    reference = build_model(name)
-    if all(getattr(reference, f) == getattr(model, f) for f in arch):
-      return name
+    if VARIANTS[name].model_cls is type(model):
+      reference = build_model(name)
+      if all(getattr(reference, f) == getattr(model, f) for f in arch):
+        return name
   return None
 
 
@@ -50,3 +70,17 @@ register_variant('vim_b', d_model=768, **_VIM_224)
 # The testbed: Vim-T width and depth on 32x32 CIFAR-10, patch 4 -> 64 patches + cls = 65 tokens.
 register_variant('vim_t_cifar10', d_model=192, depth=24, d_state=16, expand=2, img_size=32,
                  patch_size=4, num_classes=10)
+
+# The released VMamba v2 classifiers (official README / configs/vssm; ImageNet-1K top-1):
+# T = vmambav2v_tiny_224 (vssm1_tiny_0230s, 82.6), S = vmambav2_small_224 (83.6),
+# B = vmambav2_base_224 (vssm_base_0229, 83.9: the paper's VMamba-B FP).
+_VMAMBA_224 = dict(img_size=224, patch_size=4, d_state=1, d_conv=3, conv_bias=False,
+                   mlp_ratio=4.0, num_classes=1000)
+register_variant('vmamba_t', VMamba, dims=96, depths=(2, 2, 8, 2), ssm_ratio=1.0, **_VMAMBA_224)
+register_variant('vmamba_s', VMamba, dims=96, depths=(2, 2, 15, 2), ssm_ratio=2.0, **_VMAMBA_224)
+register_variant('vmamba_b', VMamba, dims=128, depths=(2, 2, 15, 2), ssm_ratio=2.0, **_VMAMBA_224)
+# Testbed (not trained yet): the released block recipe, 3 stages on 32x32 (grids 8, 4, 2),
+# 6.2 M params = 12.3 MB in bf16.
+register_variant('vmamba_t_cifar10', VMamba, dims=64, depths=(2, 2, 6), ssm_ratio=2.0,
+                 img_size=32, patch_size=4, d_state=1, d_conv=3, conv_bias=False, mlp_ratio=4.0,
+                 num_classes=10)

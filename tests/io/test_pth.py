@@ -145,3 +145,18 @@ def test_malformed_checkpoints_raise_clear_errors(tmp_path):
 
   with pytest.raises(FileNotFoundError):
     pth.load_pth(tmp_path / 'absent.pth')
+
+
+def test_swin_style_checkpoint_with_yacs_config_and_state_dict_metadata():
+  """VMamba's training checkpoints: torch `state_dict()`s (OrderedDicts carrying `_metadata`)
+  and a yacs CfgNode 'config'; both load inert."""
+  ckpt = pth.load_pth(FIXTURES / 'vmamba_tiny_recipe.pth')
+  assert isinstance(ckpt['config'], pth.ConfigNode) and ckpt['config']['MODEL']['TYPE'] == 'vssm'
+  assert not hasattr(ckpt['model'], '_metadata') and ckpt['epoch'] == 7
+
+
+def test_state_dict_build_carries_only_metadata(tmp_path):
+  body = (sp.call('collections', 'OrderedDict') + sp.EMPTY_DICT + sp.text('__class__') + sp.integer(1) + sp.SETITEM + sp.BUILD)
+  sp.write_zip(tmp_path / 'state.pth', sp.pickle_bytes(body), {})
+  with pytest.raises(pth.UnsafePickleError, match='refusing to set pickled state on a OrderedDict'):
+    pth.load_pth(tmp_path / 'state.pth')

@@ -1,0 +1,314 @@
+"""VMamba (MzeroMiko/VMamba `classification/models/vmamba.py`, VSSM) in Flax linen.
+
+Covers the released v2 classification models (configs `vmambav2v_tiny_224`, `vmambav2_small_224`,
+`vmambav2_base_224`: forward_type 'v05_noz', ssm_d_state 1, 3x3 depthwise conv without bias,
+patch embed 'v2', downsample 'v3', LayerNorm everywhere, MLP ratio 4, no pos embed):
+
+  patch embed v2: conv k=p/2+1 s=p/2 p=1 (C/2) -> LN -> GELU -> same conv (C) -> LN
+  4 stages of [VSS blocks, downsample v3: conv k3 s2 p1 (2C) -> LN] (no downsample after the last)
+  VSS block: x + SS2D(LN(x)), then x + MLP(LN(x)) (fc1 -> exact GELU -> fc2)
+  SS2D ('v05_noz'): in_proj (no z gate) -> depthwise conv -> SiLU -> cross scan -> out_norm LN
+    -> out_proj
+  classifier: LN -> global average pool -> head
+
+The official model is channel-first (`ln2d`, 1x1 convs as Linear2d); this one is NHWC with
+the same math. Param names follow the official state-dict names where they are plain
+(`layers_2/blocks_3/op/x_proj_weight` is `layers.2.blocks.3.op.x_proj_weight`); the few
+numbered Sequential members get names (`patch_embed/conv_in` is `patch_embed.0`), mapped by
+`ouromamba_jax.io.vmamba_keys`. The per-direction SSM params stay stacked as the official
+ones are (x_proj_weight (K, R+2N, Di), dt_projs_weight (K, Di, R), dt_projs_bias (K, Di),
+A_logs (K*Di, N), Ds (K*Di,)) since the four directions run as one batched computation.
+
+Cross scan (official `cross_scan_fwd`/`cross_merge_fwd`, scans=0) on an H x W grid:
+direction 0 is row-major (token h*W + w), 1 column-major (w*H + h), 2 and 3 are 0 and 1
+reversed. Each direction's output is put back on the grid and the four are summed. The four
+scans run as one `selective_scan` call (see `block_diagonal_states`).
+
+Gen on SS2D (issue 18 item 3, not implemented yet; a proposal): the patch-level contrastive
+loss needs, per grid cell, one Δ-weighted state feature and its p x p neighbourhood. Each
+direction's states (B, L, Di, N) come back in scan order; un-permuting them with
+`cross_merge`'s inverse of `cross_scan` (without the sum) puts all four on the H x W grid, so a
+cell has 4 direction features, concatenated (or averaged) per cell before the neighbourhood
+pooling, as Vim's two directions are. Each stage has its own grid (H/4 .. H/32), so the loss
+is computed per stage on that stage's grid and averaged over the chosen blocks; the last
+stage (7 x 7 at 224) is too small for a p x p neighbourhood plus negatives and would be left
+out. Which blocks contribute is a choice to validate (Vim's uses all blocks).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from kernels_pallas.selective_scan import api as scan_api
+from ouromamba_jax.models import layers
+from ouromamba_jax.models.vim import a_log_init
+from ouromamba_jax.models.vim import dt_bias_init
+
+K_DIRECTIONS = 4
+
+
+def cross_scan(x):
+  """(B, H, W, D) -> (B, 4, H*W, D): row-major, column-major, and both reversed."""
+  b, h, w, d = x.shape
+  rows = x.reshape(b, h * w, d)
+  cols = jnp.swapaxes(x, 1, 2).reshape(b, h * w, d)
+  return jnp.stack([rows, cols, rows[:, ::-1], cols[:, ::-1]], axis=1)
+
+
+def cross_merge(ys, h, w):
+  """(B, 4, H*W, D) -> (B, H, W, D): each direction's output back on the grid, summed."""
+  b, _, _, d = ys.shape
+  rows = ys[:, 0] + ys[:, 2, ::-1]
+  cols = ys[:, 1] + ys[:, 3, ::-1]
+  return rows.reshape(b, h, w, d) + jnp.swapaxes(cols.reshape(b, w, h, d), 1, 2)
+
+
+def block_diagonal_states(bs, cs):
+  """Per-direction B, C (B, K, L, N) -> (K*B, L, K*N), direction k's in state block k, zero
+  elsewhere.
+
+  The scan API shares A (D, N) over the batch, but each direction has its own A. Folding the
+  directions into the batch with A stacked along the state axis (A' = [A_0 .. A_3], (D, K*N))
+  runs all four in one call exactly: a state block of another direction gets zero input
+  (B' = 0) and is never read (C' = 0). The cost is K times the state size (K*N = 4 for N = 1).
+  """
+  b, k, length, n = bs.shape
+  eye = jnp.eye(k, dtype=bs.dtype)
+
+  def spread(m):
+    m = jnp.einsum('bkln,kj->kbljn', m, eye)
+    return m.reshape(k * b, length, k * n)
+
+  return spread(bs), spread(cs)
+
+
+def ss2d_scan(xs, dts, bs, cs, a_logs, ds, dt_bias, implementation=None):
+  """The four directions' selective scans in one `selective_scan` call.
+
+  xs, dts: (B, K, L, Di); bs, cs: (B, K, L, N); a_logs (K*Di, N); ds (K*Di,);
+  dt_bias (K, Di). Returns (B, K, L, Di) fp32 (official `selective_scan_torch`, oflex=True).
+  """
+  b, k, length, d_inner = xs.shape
+  n = bs.shape[-1]
+  fold = lambda t: jnp.swapaxes(t, 0, 1).reshape(k * b, length, t.shape[-1])
+  delta = dts.astype(jnp.float32) + dt_bias.astype(jnp.float32)[None, :, None, :]
+  a = -jnp.exp(a_logs.astype(jnp.float32)).reshape(k, d_inner, n)
+  a = jnp.swapaxes(a, 0, 1).reshape(d_inner, k * n)
+  b_big, c_big = block_diagonal_states(bs.astype(jnp.float32), cs.astype(jnp.float32))
+  u = xs.astype(jnp.float32)
+  y = scan_api.selective_scan(fold(u), fold(delta), a, b_big, c_big, None, None, None,
+                              delta_softplus=True, implementation=implementation)
+  y = jnp.swapaxes(y.reshape(k, b, length, d_inner), 0, 1)
+  return y + u * ds.astype(jnp.float32).reshape(k, d_inner)[None, :, None, :]
+
+
+class LayerNorm(nn.Module):
+  """torch LayerNorm over the last axis (fp32 statistics), params named weight/bias."""
+  eps: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    weight = layers.read_param(self, 'weight', nn.initializers.ones, (c,))
+    bias = layers.read_param(self, 'bias', nn.initializers.zeros, (c,))
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+    return (y * weight.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
+
+
+def conv2d(features, kernel_size, stride, padding, name, groups=1, use_bias=True, dtype=None):
+  """torch Conv2d (symmetric zero padding) as a Flax conv on NHWC."""
+  return nn.Conv(features, (kernel_size, kernel_size), strides=(stride, stride),
+                 padding=((padding, padding), (padding, padding)), feature_group_count=groups,
+                 use_bias=use_bias, dtype=dtype, name=name)
+
+
+class SS2D(nn.Module):
+  """The 2-D selective scan mixer, official forward_type 'v05_noz'."""
+  d_model: int
+  d_state: int = 1
+  ssm_ratio: float = 2.0
+  dt_rank: Optional[int] = None
+  d_conv: int = 3
+  conv_bias: bool = False
+  dtype: Any = jnp.float32
+  scan_implementation: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, x):
+    d_inner = int(self.ssm_ratio * self.d_model)
+    rank = self.dt_rank or math.ceil(self.d_model / 16)
+    n, k = self.d_state, K_DIRECTIONS
+    linear = lambda features, name: layers.Linear(
+        features, dtype=self.dtype, name=name, kernel_init=nn.initializers.truncated_normal(0.02))
+
+    x = linear(d_inner, 'in_proj')(x)
+    if self.d_conv > 1:
+      x = conv2d(d_inner, self.d_conv, 1, (self.d_conv - 1) // 2, 'conv2d', groups=d_inner,
+                 use_bias=self.conv_bias, dtype=self.dtype)(x)
+    x = nn.silu(x)
+
+    dt_std = rank ** -0.5
+    x_proj = layers.read_param(self, 'x_proj_weight', _uniform(d_inner ** -0.5),
+                               (k, rank + 2 * n, d_inner))
+    dt_weight = layers.read_param(self, 'dt_projs_weight', _uniform(dt_std), (k, d_inner, rank))
+    dt_bias = layers.read_param(self, 'dt_projs_bias', _stacked(dt_bias_init(), k), (k, d_inner))
+    a_logs = layers.read_param(self, 'A_logs', _flat_a_log_init(k), (k * d_inner, n))
+    ds = layers.read_param(self, 'Ds', nn.initializers.ones, (k * d_inner,))
+
+    b, h, w, _ = x.shape
+    xs = cross_scan(x)
+    x_dbl = jnp.einsum('bkld,kcd->bklc', xs, x_proj.astype(xs.dtype))
+    dts, bs, cs = jnp.split(x_dbl, [rank, rank + n], axis=-1)
+    dts = jnp.einsum('bklr,kdr->bkld', dts, dt_weight.astype(dts.dtype))
+    ys = ss2d_scan(xs, dts, bs, cs, a_logs, ds, dt_bias, self.scan_implementation)
+    y = LayerNorm(name='out_norm')(cross_merge(ys, h, w))
+    return linear(self.d_model, 'out_proj')(y.astype(self.dtype))
+
+
+def _uniform(bound):
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def _stacked(init, copies):
+  return lambda key, shape, dtype=jnp.float32: jnp.stack(
+      [init(kk, shape[1:], dtype) for kk in jax.random.split(key, copies)])
+
+
+def _flat_a_log_init(copies):
+  def init(key, shape, dtype=jnp.float32):
+    d_inner = shape[0] // copies
+    return jnp.tile(a_log_init(key, (d_inner, shape[1]), dtype), (copies, 1))
+  return init
+
+
+class Mlp(nn.Module):
+  hidden: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    dense = lambda features, name: layers.Linear(
+        features, use_bias=True, dtype=self.dtype, name=name,
+        kernel_init=nn.initializers.truncated_normal(0.02))
+    y = nn.gelu(dense(self.hidden, 'fc1')(x), approximate=False)
+    return dense(x.shape[-1], 'fc2')(y)
+
+
+class VSSBlock(nn.Module):
+  """Pre-norm residual SS2D then pre-norm residual MLP (drop path is identity at eval)."""
+  d_model: int
+  d_state: int = 1
+  ssm_ratio: float = 2.0
+  dt_rank: Optional[int] = None
+  d_conv: int = 3
+  conv_bias: bool = False
+  mlp_ratio: float = 4.0
+  dtype: Any = jnp.float32
+  scan_implementation: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, x):
+    op = SS2D(self.d_model, self.d_state, self.ssm_ratio, self.dt_rank, self.d_conv,
+              self.conv_bias, self.dtype, self.scan_implementation, name='op')
+    x = x + op(LayerNorm(name='norm')(x))
+    mlp = Mlp(int(self.d_model * self.mlp_ratio), self.dtype, name='mlp')
+    return x + mlp(LayerNorm(name='norm2')(x))
+
+
+class PatchEmbedV2(nn.Module):
+  """Two overlapping stride-p/2 convs (official `_make_patch_embed_v2`, patch_norm=True)."""
+  d_model: int
+  patch_size: int = 4
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images):
+    stride = self.patch_size // 2
+    x = conv2d(self.d_model // 2, stride + 1, stride, 1, 'conv_in', dtype=self.dtype)(images)
+    x = nn.gelu(LayerNorm(name='norm_in')(x), approximate=False)
+    x = conv2d(self.d_model, stride + 1, stride, 1, 'conv_out', dtype=self.dtype)(x)
+    return LayerNorm(name='norm_out')(x)
+
+
+class DownsampleV3(nn.Module):
+  """Conv k3 s2 p1 to the next stage's width, then LN (official `_make_downsample_v3`)."""
+  features: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = conv2d(self.features, 3, 2, 1, 'conv', dtype=self.dtype)(x)
+    return LayerNorm(name='norm')(x)
+
+
+class Stage(nn.Module):
+  """`depth` VSS blocks, then (all stages but the last) the downsample to `out_dim`."""
+  d_model: int
+  depth: int
+  out_dim: Optional[int]
+  d_state: int = 1
+  ssm_ratio: float = 2.0
+  dt_rank: Optional[int] = None
+  d_conv: int = 3
+  conv_bias: bool = False
+  mlp_ratio: float = 4.0
+  dtype: Any = jnp.float32
+  scan_implementation: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, x):
+    for j in range(self.depth):
+      x = VSSBlock(self.d_model, self.d_state, self.ssm_ratio, self.dt_rank, self.d_conv,
+                   self.conv_bias, self.mlp_ratio, self.dtype, self.scan_implementation,
+                   name=f'blocks_{j}')(x)
+    if self.out_dim is not None:
+      x = DownsampleV3(self.out_dim, self.dtype, name='downsample')(x)
+    return x
+
+
+class VMamba(nn.Module):
+  """VSSM classifier; NHWC images (any H, W; `img_size` only sizes init) -> fp32 logits."""
+  num_classes: int = 1000
+  img_size: int = 224
+  patch_size: int = 4
+  in_chans: int = 3
+  dims: int = 96
+  depths: Sequence[int] = (2, 2, 8, 2)
+  d_state: int = 1
+  ssm_ratio: float = 1.0
+  dt_rank: Optional[int] = None
+  d_conv: int = 3
+  conv_bias: bool = False
+  mlp_ratio: float = 4.0
+  dtype: Any = jnp.float32
+  scan_implementation: Optional[str] = None
+
+  @property
+  def stage_dims(self) -> tuple[int, ...]:
+    return tuple(self.dims * 2 ** i for i in range(len(self.depths)))
+
+  @nn.compact
+  def __call__(self, images):
+    if images.ndim != 4 or images.shape[-1] != self.in_chans:
+      raise ValueError(f'VMamba expects NHWC images with {self.in_chans} channels; '
+                       f'got {images.shape}')
+    x = PatchEmbedV2(self.dims, self.patch_size, self.dtype,
+                     name='patch_embed')(images.astype(self.dtype))
+    dims = self.stage_dims
+    for i, depth in enumerate(self.depths):
+      out_dim = dims[i + 1] if i + 1 < len(dims) else None
+      x = Stage(dims[i], depth, out_dim, self.d_state, self.ssm_ratio, self.dt_rank,
+                self.d_conv, self.conv_bias, self.mlp_ratio, self.dtype,
+                self.scan_implementation, name=f'layers_{i}')(x)
+    x = LayerNorm(name='classifier_norm')(x)
+    pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    head = layers.Linear(self.num_classes, use_bias=True, dtype=jnp.float32,
+                         kernel_init=nn.initializers.truncated_normal(0.02), name='classifier_head')
+    return head(pooled)
