@@ -9,7 +9,8 @@ accepted as is, and dispatch on what they were given:
 - any other kernel object -> `kernel.linear(x, input_quantizer, dtype, implementation=...)`
   (fake-quant or real-integer path, defined by `ouromamba_jax.quant`; `implementation` is the
   `quant_implementation` field: 'xla' | 'triton' | None, the kernels of the integer path);
-- an activation-site quantizer -> `quantizer(x)`.
+- an activation-site quantizer -> `quantizer(x)`;
+- a stacked (per-direction) projection, `stacked_linear`: the same, with a leading K axis.
 """
 from __future__ import annotations
 
@@ -76,6 +77,23 @@ class Linear(nn.Module):
       bias = read_param(self, 'bias', self.bias_init, (self.features,))
       y = y + bias.astype(y.dtype)
     return y
+
+
+def stacked_linear(module: nn.Module, name: str, weight, x, dtype):
+  """K per-direction projections stored stacked in torch layout (`{name}_weight` (K, out, in),
+  no bias; VMamba's x_proj/dt_projs), applied to x (B, K, L, in) -> (B, K, L, out).
+
+  The quant pass may replace the weight by a quantized kernel whose leaves carry the K axis
+  (it then runs `kernel.stacked_linear`) and put a stacked `{name}_input_quantizer` beside it.
+  `weight` is what the caller read (`read_param`: its own init and official name).
+  """
+  input_quantizer = optional_param(module, f'{name}_input_quantizer')
+  implementation = getattr(module, 'quant_implementation', None)
+  if is_float_array(weight):
+    if input_quantizer is not None:
+      x = input_quantizer(x, implementation=implementation)
+    return jnp.einsum('bkli,koi->bklo', x.astype(dtype), weight.astype(dtype))
+  return weight.stacked_linear(x, input_quantizer, dtype, implementation=implementation)
 
 
 class RMSNorm(nn.Module):

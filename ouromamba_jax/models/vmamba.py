@@ -86,22 +86,22 @@ def block_diagonal_states(bs, cs):
   return spread(bs), spread(cs)
 
 
-def ss2d_scan(xs, dts, bs, cs, a_logs, ds, dt_bias, implementation=None):
+def ss2d_scan(xs, deltas, bs, cs, a, ds, implementation=None):
   """The four directions' selective scans in one `selective_scan` call.
 
-  xs, dts: (B, K, L, Di); bs, cs: (B, K, L, N); a_logs (K*Di, N); ds (K*Di,);
-  dt_bias (K, Di). Returns (B, K, L, Di) fp32 (official `selective_scan_torch`, oflex=True).
+  xs, deltas: (B, K, L, Di), deltas with dt_projs_bias added, before softplus; bs, cs:
+  (B, K, L, N); a = -exp(A_logs) (K*Di, N); ds (K*Di,). A and Δ come in formed (not as A_logs
+  and bias) because their quantizers sit there. Returns (B, K, L, Di) fp32 (official
+  `selective_scan_torch`, oflex=True).
   """
   b, k, length, d_inner = xs.shape
   n = bs.shape[-1]
   fold = lambda t: jnp.swapaxes(t, 0, 1).reshape(k * b, length, t.shape[-1])
-  delta = dts.astype(jnp.float32) + dt_bias.astype(jnp.float32)[None, :, None, :]
-  a = -jnp.exp(a_logs.astype(jnp.float32)).reshape(k, d_inner, n)
-  a = jnp.swapaxes(a, 0, 1).reshape(d_inner, k * n)
+  a = jnp.swapaxes(a.astype(jnp.float32).reshape(k, d_inner, n), 0, 1).reshape(d_inner, k * n)
   b_big, c_big = block_diagonal_states(bs.astype(jnp.float32), cs.astype(jnp.float32))
   u = xs.astype(jnp.float32)
-  y = scan_api.selective_scan(fold(u), fold(delta), a, b_big, c_big, None, None, None,
-                              delta_softplus=True, implementation=implementation)
+  y = scan_api.selective_scan(fold(u), fold(deltas.astype(jnp.float32)), a, b_big, c_big, None,
+                              None, None, delta_softplus=True, implementation=implementation)
   y = jnp.swapaxes(y.reshape(k, b, length, d_inner), 0, 1)
   return y + u * ds.astype(jnp.float32).reshape(k, d_inner)[None, :, None, :]
 
@@ -139,6 +139,7 @@ class SS2D(nn.Module):
   conv_bias: bool = False
   dtype: Any = jnp.float32
   scan_implementation: Optional[str] = None
+  quant_implementation: Optional[str] = None  # integer-mode kernels of quantized Linears
 
   @nn.compact
   def __call__(self, x):
@@ -146,7 +147,9 @@ class SS2D(nn.Module):
     rank = self.dt_rank or math.ceil(self.d_model / 16)
     n, k = self.d_state, K_DIRECTIONS
     linear = lambda features, name: layers.Linear(
-        features, dtype=self.dtype, name=name, kernel_init=nn.initializers.truncated_normal(0.02))
+        features, dtype=self.dtype, name=name, kernel_init=nn.initializers.truncated_normal(0.02),
+        quant_implementation=self.quant_implementation)
+    site = lambda t, tensor: layers.apply_site(self, f'{tensor}_quantizer', t)
 
     x = linear(d_inner, 'in_proj')(x)
     if self.d_conv > 1:
@@ -164,10 +167,17 @@ class SS2D(nn.Module):
 
     b, h, w, _ = x.shape
     xs = cross_scan(x)
-    x_dbl = jnp.einsum('bkld,kcd->bklc', xs, x_proj.astype(xs.dtype))
+    x_dbl = layers.stacked_linear(self, 'x_proj', x_proj, xs, self.dtype)
     dts, bs, cs = jnp.split(x_dbl, [rank, rank + n], axis=-1)
-    dts = jnp.einsum('bklr,kdr->bkld', dts, dt_weight.astype(dts.dtype))
-    ys = ss2d_scan(xs, dts, bs, cs, a_logs, ds, dt_bias, self.scan_implementation)
+    dts = layers.stacked_linear(self, 'dt_projs', dt_weight, dts, self.dtype)
+    # The quantizer sites of OuroMamba's SSM tensors (as Vim's: Δ with its bias, before
+    # softplus); the per-direction ones are stacked (B, K, L, C), in each direction's scan order.
+    deltas = site(dts.astype(jnp.float32) + dt_bias.astype(jnp.float32)[None, :, None, :],
+                  'delta')
+    bs, cs = site(bs, 'B'), site(cs, 'C')
+    a = site(-jnp.exp(a_logs.astype(jnp.float32)), 'A')
+    ds = site(ds.astype(jnp.float32), 'D')
+    ys = ss2d_scan(xs, deltas, bs, cs, a, ds, self.scan_implementation)
     y = LayerNorm(name='out_norm')(cross_merge(ys, h, w))
     return linear(self.d_model, 'out_proj')(y.astype(self.dtype))
 
@@ -191,12 +201,14 @@ def _flat_a_log_init(copies):
 class Mlp(nn.Module):
   hidden: int
   dtype: Any = jnp.float32
+  quant_implementation: Optional[str] = None  # integer-mode kernels of quantized Linears
 
   @nn.compact
   def __call__(self, x):
     dense = lambda features, name: layers.Linear(
         features, use_bias=True, dtype=self.dtype, name=name,
-        kernel_init=nn.initializers.truncated_normal(0.02))
+        kernel_init=nn.initializers.truncated_normal(0.02),
+        quant_implementation=self.quant_implementation)
     y = nn.gelu(dense(self.hidden, 'fc1')(x), approximate=False)
     return dense(x.shape[-1], 'fc2')(y)
 
@@ -212,13 +224,16 @@ class VSSBlock(nn.Module):
   mlp_ratio: float = 4.0
   dtype: Any = jnp.float32
   scan_implementation: Optional[str] = None
+  quant_implementation: Optional[str] = None  # integer-mode kernels of quantized Linears
 
   @nn.compact
   def __call__(self, x):
     op = SS2D(self.d_model, self.d_state, self.ssm_ratio, self.dt_rank, self.d_conv,
-              self.conv_bias, self.dtype, self.scan_implementation, name='op')
+              self.conv_bias, self.dtype, self.scan_implementation,
+              quant_implementation=self.quant_implementation, name='op')
     x = x + op(LayerNorm(name='norm')(x))
-    mlp = Mlp(int(self.d_model * self.mlp_ratio), self.dtype, name='mlp')
+    mlp = Mlp(int(self.d_model * self.mlp_ratio), self.dtype,
+              quant_implementation=self.quant_implementation, name='mlp')
     return x + mlp(LayerNorm(name='norm2')(x))
 
 
@@ -261,13 +276,14 @@ class Stage(nn.Module):
   mlp_ratio: float = 4.0
   dtype: Any = jnp.float32
   scan_implementation: Optional[str] = None
+  quant_implementation: Optional[str] = None  # integer-mode kernels of quantized Linears
 
   @nn.compact
   def __call__(self, x):
     for j in range(self.depth):
       x = VSSBlock(self.d_model, self.d_state, self.ssm_ratio, self.dt_rank, self.d_conv,
                    self.conv_bias, self.mlp_ratio, self.dtype, self.scan_implementation,
-                   name=f'blocks_{j}')(x)
+                   quant_implementation=self.quant_implementation, name=f'blocks_{j}')(x)
     if self.out_dim is not None:
       x = DownsampleV3(self.out_dim, self.dtype, name='downsample')(x)
     return x
@@ -289,6 +305,7 @@ class VMamba(nn.Module):
   mlp_ratio: float = 4.0
   dtype: Any = jnp.float32
   scan_implementation: Optional[str] = None
+  quant_implementation: Optional[str] = None  # integer-mode kernels of quantized Linears
 
   @property
   def stage_dims(self) -> tuple[int, ...]:
@@ -306,9 +323,11 @@ class VMamba(nn.Module):
       out_dim = dims[i + 1] if i + 1 < len(dims) else None
       x = Stage(dims[i], depth, out_dim, self.d_state, self.ssm_ratio, self.dt_rank,
                 self.d_conv, self.conv_bias, self.mlp_ratio, self.dtype,
-                self.scan_implementation, name=f'layers_{i}')(x)
+                self.scan_implementation, quant_implementation=self.quant_implementation,
+                name=f'layers_{i}')(x)
     x = LayerNorm(name='classifier_norm')(x)
     pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     head = layers.Linear(self.num_classes, use_bias=True, dtype=jnp.float32,
-                         kernel_init=nn.initializers.truncated_normal(0.02), name='classifier_head')
+                         kernel_init=nn.initializers.truncated_normal(0.02),
+                         quant_implementation=self.quant_implementation, name='classifier_head')
     return head(pooled)

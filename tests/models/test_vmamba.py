@@ -55,7 +55,8 @@ def test_batched_directions_equal_separate_scans():
   a_logs = jax.random.normal(keys[4], (k * d, n))
   ds = jax.random.normal(keys[5], (k * d,))
   dt_bias = 0.1 * jnp.arange(k * d, dtype=jnp.float32).reshape(k, d)
-  out = vmamba.ss2d_scan(xs, dts, bs, cs, a_logs, ds, dt_bias, 'sequential')
+  out = vmamba.ss2d_scan(xs, dts + dt_bias[None, :, None], bs, cs, -jnp.exp(a_logs), ds,
+                        'sequential')
   for j in range(k):
     ref = reference.selective_scan_xla(
         xs[:, j], dts[:, j], -jnp.exp(a_logs[j * d:(j + 1) * d]), bs[:, j], cs[:, j],
