@@ -48,7 +48,8 @@ round_ste.defvjp(_round_fwd, _round_bwd)
 def as_steps(x, layout: str = 'auto'):
   """Views x as (B, L, C) steps. Returns (x3, restore).
 
-  layout 'steps': (B, L, C) as is, (B, C) as one step per sample; 'tensor': one step holding
+  layout 'steps': (B, L, C) as is, (B, C) as one step per sample, (B, H, W, C) as its H*W
+  row-major tokens (VMamba's grids, the order its row-major scan reads); 'tensor': one step holding
   every element (A, D: a static per-tensor scale); 'auto': 'steps' for 3-D, else 'tensor'.
   """
   if layout == 'auto':
@@ -62,6 +63,8 @@ def as_steps(x, layout: str = 'auto'):
     return x, lambda y: y
   if x.ndim == 2:
     return x[:, None, :], lambda y: y.reshape(shape)
+  if x.ndim > 3:  # a grid of tokens (B, H, W, C): the steps are its row-major tokens
+    return x.reshape(shape[0], -1, shape[-1]), lambda y: y.reshape(shape)
   raise ValueError(f'a per-step activation quantizer expects (B, L, C) or (B, C), got {shape}.')
 
 

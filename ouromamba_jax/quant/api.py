@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from ouromamba_jax.io import integrity
+from ouromamba_jax.models import vim
 from ouromamba_jax.quant import baselines
 from ouromamba_jax.quant import calibrate
 from ouromamba_jax.quant import presets
@@ -44,17 +45,27 @@ def quantize(model, params, calib_images, spec: Union[QuantSpec, str], *,
   match = rules_lib.match_rules(sites, spec.rules)
   plan = baselines.adapt_plan(match.plan, sites, method)
   rules_lib.check_plan(plan, sites)
-  check_refresh(plan, model.seq_len)
+  blockwise = isinstance(model, vim.VisionMamba)
+  if blockwise:
+    check_refresh(plan, model.seq_len)
   calib = baselines.adapt_calib(spec.calib, method)
   for index, pattern in match.unused_rules:
     log(f'[quant] rule {index} {pattern!r} matched no site')
   log(f'[quant] {method} {spec.name}: {len(plan)} sites quantized, '
       f'{len(sites) - len(plan)} kept float, {images.shape[0]} calibration images')
 
-  qparams, results = calibrate.reconstruct_blocks(
-      model, params, images, plan, sites, calib, smoothing=baselines.uses_smoothing(method),
-      snapshot=snapshot, method=method, log=log)
-  qparams = _quantize_outside_blocks(model, qparams, images, plan, sites, calib, method)
+  if blockwise:
+    qparams, results = calibrate.reconstruct_blocks(
+        model, params, images, plan, sites, calib, smoothing=baselines.uses_smoothing(method),
+        snapshot=snapshot, method=method, log=log)
+    qparams = _quantize_outside_blocks(model, qparams, images, plan,
+                                       [s for s in sites if s.block is None], calib, method)
+  else:
+    log(f'[quant] {type(model).__name__} has no block-wise reconstruction (DEVIATIONS.md): '
+        'every site keeps its initial scales from one float pass')
+    results = []
+    qparams = _quantize_outside_blocks(model, params, images, plan, sites, calib, method,
+                                       where='one-pass calibration')
   qparams = rewrite.set_mode(qparams, mode)
 
   final = rules_lib.RuleMatch(plan, match.matched_by,
@@ -83,10 +94,12 @@ def to_integer(qparams):
   return rewrite.set_mode(qparams, 'int')
 
 
-def _quantize_outside_blocks(model, qparams, images, plan, sites, calib, method):
-  """Sites outside the blocks (e.g. the head, if a rule asks for it): initial scales from the
-  inputs the quantized model feeds them; no reconstruction (there is no block to match)."""
-  rest = [s for s in sites if s.block is None and s.path in plan]
+def _quantize_outside_blocks(model, qparams, images, plan, sites, calib, method,
+                             where: str = 'outside the blocks'):
+  """`sites` (Vim: those outside the blocks, e.g. the head if a rule asks for it; models
+  without block-wise calibration: all) get initial scales from the inputs the (partly)
+  quantized model feeds them; no reconstruction."""
+  rest = [s for s in sites if s.path in plan]
   if not rest:
     return qparams
   paths = [s.path for s in rest if s.kind != 'weight']
@@ -98,9 +111,9 @@ def _quantize_outside_blocks(model, qparams, images, plan, sites, calib, method)
   for path, x in stats.items():
     if integrity.count_nonfinite(jax.device_get(x)):
       raise calibrate.NonFiniteCalibrationError(
-          f'outside the blocks: calibration activations at site {path} hold NaN/Inf; the float '
-          'params after the blocks (e.g. norm_f) are not finite: load them with load_checkpoint, '
-          'which names the bad tensor.')
+          f'{where}: calibration activations at site {path} hold NaN/Inf; the float params '
+          'before it (e.g. norm_f) are not finite: load them with load_checkpoint, which names '
+          'the bad tensor.')
   smooth = {}
   if baselines.uses_smoothing(method):
     smooth = calibrate.smoothing_for_sites(qparams, rest, stats, calib)

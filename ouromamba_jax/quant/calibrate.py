@@ -36,6 +36,7 @@ import optax
 from ouromamba_jax.io import integrity
 from ouromamba_jax.models import blockwise
 from ouromamba_jax.models import vim
+from ouromamba_jax.quant import qtypes
 from ouromamba_jax.quant import rewrite
 from ouromamba_jax.quant.config import CalibSpec
 from ouromamba_jax.quant.rules import Site
@@ -370,12 +371,17 @@ def _capture_block(block, layer_fp, fp_stream, local_sites, batches):
 
 def smoothing_for_sites(layer_fp, local_sites, stats, calib: CalibSpec):
   """PTQ4VM smoothing vectors for Linears whose weight and input are both quantized."""
-  weights = {s.linear for s in local_sites if s.kind == 'weight'}
+  weights = {s.linear: s.path for s in local_sites if s.kind == 'weight'}
   smooth = {}
   for site in local_sites:
     if site.kind == 'input' and site.linear in weights:
       x = stats[site.path]
-      act_max = jnp.max(jnp.abs(x.reshape(-1, x.shape[-1])), axis=0)
-      kernel = rewrite.get_path(layer_fp, f'{site.linear}/kernel')
-      smooth[site.linear] = rewrite.smoothing_factors(act_max, kernel, calib.smooth_alpha)
+      kernel = rewrite.get_path(layer_fp, weights[site.linear])
+      if site.layout == qtypes.STACKED:  # (N, K, L, C) inputs, (K, out, in) weights
+        act_max = jnp.max(jnp.abs(x), axis=(0, 2))
+        smooth[site.linear] = jax.vmap(rewrite.smoothing_factors, (0, 0, None))(
+            act_max, jnp.swapaxes(kernel, 1, 2), calib.smooth_alpha)
+      else:
+        act_max = jnp.max(jnp.abs(x.reshape(-1, x.shape[-1])), axis=0)
+        smooth[site.linear] = rewrite.smoothing_factors(act_max, kernel, calib.smooth_alpha)
   return smooth

@@ -1,4 +1,4 @@
-"""Named Vim quantization presets: plain functions returning the official site set's specs.
+"""Named quantization presets (Vim and VMamba): plain functions returning the site set's specs.
 
   spec = preset('w4a4')                              # a QuantSpec (rules + default CalibSpec)
   sites = w4a4()                                     # VimSites: one spec per site group
@@ -15,13 +15,23 @@ from typing import Callable, Optional
 from ouromamba_jax.quant.config import ActSpec, QuantRule, QuantSpec, WeightSpec
 
 LINEARS = r'(in_proj|out_proj|x_proj(_b)?|dt_proj(_b)?)'
-BLOCK = r'layers_\d+/mixer'
+# Vim's mixers and VMamba's SS2D ops (one pattern for both models, so each rule decides sites
+# of whichever model it meets and none is reported unused).
+BLOCK = r'layers_\d+/(mixer|blocks_\d+/op)'
+VSS = r'layers_\d+/blocks_\d+'
+# Every Linear of a block: Vim's six mixer Linears; VMamba's in/out_proj, MLP fc1/fc2 and the
+# stacked per-direction x_proj/dt_projs (`layers.stacked_linear`). Patch embeds, VMamba's
+# downsample convs, the depthwise convs, norms and the head stay float, as the official Vim
+# quantizer leaves them (DEVIATIONS.md).
+LINEAR_MODULES = fr'(layers_\d+/mixer/{LINEARS}|{VSS}/(op/(in_proj|out_proj)|mlp/fc[12]))'
+STACKED = fr'{VSS}/op/(x_proj|dt_projs)'
 
 
 @dataclasses.dataclass(frozen=True)
 class VimSites:
   """The official site set: the 6 mixer Linears (weights + inputs) and Δ, A, B/C/D per
-  direction. None keeps that group in float."""
+  direction (VMamba: every block Linear, Δ/B/C per direction, A/D). None keeps that group in
+  float."""
   weights: WeightSpec
   inputs: ActSpec
   delta: Optional[ActSpec]
@@ -35,8 +45,8 @@ class VimSites:
 
   def rules(self) -> tuple[QuantRule, ...]:
     return (
-        QuantRule(fr'{BLOCK}/{LINEARS}/kernel', self.weights),
-        QuantRule(fr'{BLOCK}/{LINEARS}/input_quantizer', self.inputs),
+        QuantRule(fr'{LINEAR_MODULES}/kernel|{STACKED}_weight', self.weights),
+        QuantRule(fr'{LINEAR_MODULES}/input_quantizer|{STACKED}_input_quantizer', self.inputs),
         QuantRule(fr'{BLOCK}/delta(_b)?_quantizer', self.delta),
         QuantRule(fr'{BLOCK}/A(_b)?_quantizer', self.a),
         QuantRule(fr'{BLOCK}/(B|C|D)(_b)?_quantizer', self.ssm),

@@ -34,6 +34,9 @@ from ouromamba_jax.quant import weights as w_lib
 from ouromamba_jax.quant.config import ActSpec
 
 MODES = ('fake', 'int')
+# Layout of a per-direction site stored stacked (VMamba): leaves carry a leading K axis and the
+# activations are (B, K, L, C), each direction with its own per-step scales.
+STACKED = 'stacked'
 
 
 def _check_mode(mode):
@@ -118,8 +121,12 @@ class ActQuantizer:
 
   @classmethod
   def calibrate(cls, x, spec: ActSpec, layout: str = 'steps', mode: str = 'fake'):
-    """Static steps from calibration activations x ((N, L, C) or the site's own shape)."""
+    """Static steps from calibration activations x ((N, L, C) or the site's own shape;
+    layout 'stacked': (N, K, L, C), K directions each with its own per-step steps)."""
     _check_mode(mode)
+    if layout == STACKED:
+      per_k = jax.vmap(lambda xk: cls.calibrate(xk, spec, 'steps', mode), in_axes=1)(x)
+      return per_k.replace(layout=STACKED)
     scale, zero_point = act_lib.calibrate_inlier_scale(to_grid_domain(x, spec), spec, layout)
     return cls(scale, zero_point, spec, layout, mode)
 
@@ -131,6 +138,9 @@ class ActQuantizer:
   def __call__(self, x, implementation: Optional[str] = None):
     """Fake-quant (STE) or, in int mode, dequantized integer codes of x; `implementation`
     picks the int-mode act_quant kernel ('xla' | 'triton' | None: the platform default)."""
+    if self.layout == STACKED:
+      return jax.vmap(lambda q, xk: q(xk, implementation), in_axes=(0, 1), out_axes=1)(
+          self.per_direction(), x)
     x3, restore = act_lib.as_steps(x, self.layout)
     if self.mode == 'fake':
       y = act_lib.dequantize_activation(self.parts(x3, ste=True))
@@ -140,6 +150,19 @@ class ActQuantizer:
     if self.spec.domain == 'log':
       y = -jnp.exp(y)
     return restore(y).astype(x.dtype)
+
+
+  def per_direction(self) -> 'ActQuantizer':
+    """A stacked quantizer as the per-step one that `jax.vmap` maps over its K axis."""
+    return self.replace(layout='steps')
+
+
+def stacked_linear(weight, x, input_quantizer, dtype, implementation):
+  """K per-direction Linears: weight leaves (K, ...), x (B, K, L, in), a stacked (or no)
+  input quantizer; each direction runs `weight.linear` (fake or int) on its own slice."""
+  q = input_quantizer and input_quantizer.per_direction()
+  return jax.vmap(lambda w, xk, qk: w.linear(xk, qk, dtype, implementation),
+                  in_axes=(0, 1, 0), out_axes=1)(weight, x, q)
 
 
 def to_grid_domain(x, spec: ActSpec):
@@ -168,8 +191,14 @@ class FakeQuantWeight:
     codes = w_lib.weight_codes(self.smoothed_weight(), self.scale, self.bits, ste=True)
     return quantized_linear(x, codes, self.scale, input_quantizer, self.smooth, 'fake', dtype)
 
+  def stacked_linear(self, x, input_quantizer, dtype, implementation: Optional[str] = None):
+    return stacked_linear(self, x, input_quantizer, dtype, implementation)
+
   def freeze(self, mode: str = 'fake', pack: bool = True) -> 'QuantizedWeight':
-    """Integer codes (int4 packed when bits <= 4 and `pack`)."""
+    """Integer codes (int4 packed when bits <= 4 and `pack`); a stacked kernel (K, in, out)
+    per direction."""
+    if self.weight.ndim == 3:
+      return jax.vmap(lambda w: w.freeze(mode, pack))(self)
     codes = w_lib.quantize_weight_int(self.smoothed_weight(), self.scale, self.bits)
     packed = pack and self.bits <= 4
     values = w_lib.pack_int4(codes) if packed else codes
@@ -208,6 +237,10 @@ class QuantizedWeight:
         return int_linear.linear(self, x, input_quantizer, dtype, implementation)
     return quantized_linear(x, self.codes(), self.scale, input_quantizer, self.smooth, self.mode,
                             dtype)
+
+
+  def stacked_linear(self, x, input_quantizer, dtype, implementation: Optional[str] = None):
+    return stacked_linear(self, x, input_quantizer, dtype, implementation)
 
 
 QTYPES = {cls.__name__: cls for cls in (ActQuantizer, FakeQuantWeight, QuantizedWeight)}

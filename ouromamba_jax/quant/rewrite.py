@@ -161,9 +161,14 @@ def init_weight(weight, spec: WeightSpec, smooth=None) -> qtypes.FakeQuantWeight
   return qtypes.FakeQuantWeight(w, w_lib.init_weight_scale(scaled, spec), smooth, spec.bits)
 
 
+def init_stacked_weight(weight, spec: WeightSpec, smooth=None) -> qtypes.FakeQuantWeight:
+  """A stacked torch-layout weight (K, out, in) -> one kernel (K, in, out) per direction."""
+  return jax.vmap(lambda w, s: init_weight(w, spec, s))(jnp.swapaxes(weight, 1, 2), smooth)
+
+
 def init_activation(x, spec: ActSpec, layout: str, smooth=None) -> qtypes.ActQuantizer:
   if smooth is not None:
-    x = x / smooth
+    x = x / (smooth[None, :, None, :] if layout == qtypes.STACKED else smooth)
   return qtypes.ActQuantizer.calibrate(x, spec, layout)
 
 
@@ -181,7 +186,8 @@ def rewrite(params, plan: Mapping[str, Any], sites: Iterable[Site],
     if spec is None:
       continue
     if site.kind == 'weight':
-      obj = init_weight(get_path(params, site.path), spec, smooth.get(site.linear))
+      init = init_stacked_weight if site.layout == qtypes.STACKED else init_weight
+      obj = init(get_path(params, site.path), spec, smooth.get(site.linear))
     else:
       if site.path not in stats:
         raise ValueError(f'no calibration activations for {site.path}; capture them first.')

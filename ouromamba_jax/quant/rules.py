@@ -16,11 +16,22 @@ import jax
 
 from ouromamba_jax.models import layers
 from ouromamba_jax.models import vim
+from ouromamba_jax.models import vmamba
 from ouromamba_jax.quant.config import ActSpec, QuantRule, WeightSpec
 
 # The activation sites `BiMambaV2Mixer` passes through `layers.apply_site`, per direction.
 SSM_TENSORS = ('delta', 'B', 'C', 'A', 'D')
 PER_TENSOR = ('A', 'D')                       # static tensors: one per-tensor step
+
+
+# VMamba's SS2D keeps each per-direction tensor stacked (B, K, L, C) in one site ('stacked':
+# per-direction per-step scales along each direction's own scan order), A (K*Di, N) and D
+# (K*Di,) one static per-tensor step each, and its two per-direction projections stacked
+# (`layers.stacked_linear`: `{name}_weight` (K, out, in) and `{name}_input_quantizer`).
+SS2D_SSM_SITES = (('delta_quantizer', 'stacked'), ('B_quantizer', 'stacked'),
+                  ('C_quantizer', 'stacked'), ('A_quantizer', 'tensor'), ('D_quantizer', 'tensor'))
+SS2D_STACKED_LINEARS = ('x_proj', 'dt_projs')
+MIXERS = (vim.BiMambaV2Mixer, vmamba.SS2D)
 
 
 def ssm_site_names() -> list[tuple[str, str]]:
@@ -37,8 +48,10 @@ def ssm_site_names() -> list[tuple[str, str]]:
 class Site:
   path: str                 # where the quantized leaf goes, e.g. layers_0/mixer/in_proj/kernel
   kind: str                 # 'weight' | 'input' | 'ssm'
-  layout: str = 'steps'     # activation layout ('steps' per time step, 'tensor' per tensor)
-  linear: Optional[str] = None   # the Linear module path (weight and input sites)
+  layout: str = 'steps'     # 'steps' per time step, 'tensor' per tensor, 'stacked' per
+                            # direction and step (VMamba; a weight: stacked (K, out, in))
+  linear: Optional[str] = None   # the Linear module path (weight and input sites); for a
+                                 # stacked projection its module path + name ('op/x_proj')
 
   @property
   def rule_kind(self) -> str:
@@ -53,7 +66,8 @@ class Site:
 def find_sites(model: nn.Module, params, sample_input) -> list[Site]:
   """Every quantizable site, in call order. `sample_input` is only traced (eval_shape). The
   model runs with one submodule per block (`scan_blocks=False`) so each block's path shows."""
-  model = model.clone(scan_blocks=False)
+  if hasattr(model, 'scan_blocks'):
+    model = model.clone(scan_blocks=False)
   linears, mixers = [], []
 
   def interceptor(next_fun, args, kwargs, context):
@@ -61,20 +75,28 @@ def find_sites(model: nn.Module, params, sample_input) -> list[Site]:
       path = '/'.join(context.module.scope.path)
       if isinstance(context.module, layers.Linear) and path not in linears:
         linears.append(path)
-      elif isinstance(context.module, vim.BiMambaV2Mixer) and path not in mixers:
-        mixers.append(path)
+      elif isinstance(context.module, MIXERS) and path not in mixers:
+        mixers.append((path, type(context.module)))
     return next_fun(*args, **kwargs)
 
   with nn.intercept_methods(interceptor):
     jax.eval_shape(lambda p, x: model.apply({'params': p}, x), params, sample_input)
 
   sites = []
-  for mixer in mixers:
+  for mixer, cls in mixers:
     for linear in (l for l in linears if l.startswith(mixer + '/')):
       sites += [Site(f'{linear}/kernel', 'weight', linear=linear),
                 Site(f'{linear}/input_quantizer', 'input', linear=linear)]
-    sites += [Site(f'{mixer}/{name}', 'ssm', layout) for name, layout in ssm_site_names()]
-  for linear in (l for l in linears if not any(l.startswith(m + '/') for m in mixers)):
+    if cls is vmamba.SS2D:
+      for name in SS2D_STACKED_LINEARS:
+        linear = f'{mixer}/{name}'
+        sites += [Site(f'{linear}_weight', 'weight', 'stacked', linear=linear),
+                  Site(f'{linear}_input_quantizer', 'input', 'stacked', linear=linear)]
+      sites += [Site(f'{mixer}/{name}', 'ssm', layout) for name, layout in SS2D_SSM_SITES]
+    else:
+      sites += [Site(f'{mixer}/{name}', 'ssm', layout) for name, layout in ssm_site_names()]
+  in_mixer = lambda l: any(l.startswith(m + '/') for m, _ in mixers)
+  for linear in (l for l in linears if not in_mixer(l)):
     sites += [Site(f'{linear}/kernel', 'weight', linear=linear),
               Site(f'{linear}/input_quantizer', 'input', linear=linear)]
   return sites
@@ -89,7 +111,8 @@ class RuleMatch:
 
   def report(self, sites: Sequence[Site] = ()) -> dict[str, Any]:
     layout = {s.path: s.layout for s in sites if s.kind != 'weight'}
-    per = lambda p: {'steps': ' [per step]', 'tensor': ' [per tensor]'}.get(layout.get(p), '')
+    per = lambda p: {'steps': ' [per step]', 'tensor': ' [per tensor]',
+                     'stacked': ' [per direction and step]'}.get(layout.get(p), '')
     return {'quantized': {p: s.describe() + per(p) for p, s in self.plan.items()},
             'kept_float': list(self.kept_float),
             'unused_rules': [{'index': i, 'pattern': p} for i, p in self.unused_rules]}

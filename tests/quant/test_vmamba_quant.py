@@ -1,0 +1,111 @@
+"""Quantization of VMamba (tiny random config): sites, W8A8/W4A4 accuracy, int == fake, baselines."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ouromamba_jax import quant
+from ouromamba_jax.models.vmamba import VMamba
+from ouromamba_jax.quant import qtypes, rewrite, rules
+
+OP_SITES = ('in_proj/kernel', 'in_proj/input_quantizer', 'out_proj/kernel',
+            'out_proj/input_quantizer', 'x_proj_weight', 'x_proj_input_quantizer',
+            'dt_projs_weight', 'dt_projs_input_quantizer', 'delta_quantizer', 'B_quantizer',
+            'C_quantizer', 'A_quantizer', 'D_quantizer')
+MLP_SITES = ('fc1/kernel', 'fc1/input_quantizer', 'fc2/kernel', 'fc2/input_quantizer')
+BLOCKS = ('layers_0/blocks_0', 'layers_1/blocks_0')
+
+
+@pytest.fixture(scope='module')
+def tiny():
+  model = VMamba(num_classes=5, img_size=16, dims=8, depths=(1, 1), ssm_ratio=2.0,
+                 scan_implementation='xla')
+  images = jax.random.normal(jax.random.key(1), (4, 16, 16, 3))
+  params = jax.jit(model.init)(jax.random.key(0), images[:1])['params']
+  return model, params, images
+
+
+@pytest.fixture(scope='module')
+def apply_fn(tiny):
+  model = tiny[0]
+  return jax.jit(lambda p, x: model.apply({'params': p}, x))
+
+
+def _rel_err(a, b):
+  return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
+
+
+def _run(tiny, preset, method='ouromamba', mode='fake'):
+  model, params, images = tiny
+  return quant.quantize(model, params, images, preset, method=method, mode=mode,
+                        log=lambda _: None)
+
+
+@pytest.fixture(scope='module')
+def w8a8(tiny):
+  return _run(tiny, 'w8a8')
+
+
+def test_every_block_site_is_quantized_and_the_rest_kept_float(w8a8):
+  _, report = w8a8
+  want = {f'{b}/op/{s}' for b in BLOCKS for s in OP_SITES}
+  want |= {f'{b}/mlp/{s}' for b in BLOCKS for s in MLP_SITES}
+  assert set(report['quantized']) == want
+  assert set(report['kept_float']) == {'classifier_head/kernel',
+                                       'classifier_head/input_quantizer'}
+  assert report['unused_rules'] == []
+  assert report['quantized']['layers_0/blocks_0/op/B_quantizer'].endswith(
+      '[per direction and step]')
+
+
+def test_stacked_sites_have_per_direction_scales(tiny, w8a8):
+  qparams, _ = w8a8
+  op = qparams['layers_0']['blocks_0']['op']
+  length = 4 * 4                                 # stage 0: a 4 x 4 grid of tokens
+  assert op['x_proj_input_quantizer'].inlier_scale.shape == (4, length)
+  assert op['delta_quantizer'].inlier_scale.shape == (4, length)
+  assert op['A_quantizer'].inlier_scale.shape == (1,)
+  weight = op['x_proj_weight']
+  assert isinstance(weight, qtypes.QuantizedWeight) and weight.codes().shape[0] == 4
+  np.testing.assert_allclose(jax.vmap(lambda w: w.dequantize())(weight),
+                             jnp.swapaxes(tiny[1]['layers_0']['blocks_0']['op']['x_proj_weight'],
+                                          1, 2), atol=float(weight.scale.max()))
+
+
+def test_w8a8_is_close_to_float_and_w4a4_is_worse(tiny, apply_fn, w8a8):
+  fp = apply_fn(tiny[1], tiny[2])
+  err8 = _rel_err(apply_fn(w8a8[0], tiny[2]), fp)
+  err4 = _rel_err(apply_fn(_run(tiny, 'w4a4')[0], tiny[2]), fp)
+  assert err8 < 5e-2
+  assert err4 > 2 * err8
+
+
+def test_int_mode_equals_fake_mode(tiny, apply_fn, w8a8):
+  qparams, _ = w8a8
+  fake = apply_fn(qparams, tiny[2])
+  integer = apply_fn(quant.to_integer(qparams), tiny[2])
+  np.testing.assert_allclose(integer, fake, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize('method', ['rtn', 'ptq4vm'])
+def test_baselines_run_on_the_same_sites(tiny, apply_fn, method):
+  qparams, report = _run(tiny, 'w8a8', method)
+  linear_sites = [p for p in report['quantized'] if not p.endswith(
+      ('delta_quantizer', 'B_quantizer', 'C_quantizer', 'A_quantizer', 'D_quantizer'))]
+  assert len(linear_sites) == 2 * (len(OP_SITES) - 5 + len(MLP_SITES))
+  leaves = rewrite.quantized_leaves(qparams)
+  if method == 'ptq4vm':   # SSM tensors stay float; stacked Linears get per-direction smoothing
+    assert len(report['quantized']) == len(linear_sites)
+    assert leaves['layers_0/blocks_0/op/dt_projs_weight'].smooth.shape == (4, 1)
+  else:
+    assert len(report['quantized']) == 2 * (len(OP_SITES) + len(MLP_SITES))
+  fp = apply_fn(tiny[1], tiny[2])
+  assert _rel_err(apply_fn(qparams, tiny[2]), fp) < 1e-1
+
+
+def test_sites_follow_the_model_code(tiny):
+  model, params, images = tiny
+  sites = rules.find_sites(model, params, images[:1])
+  stacked = {s.path.rsplit('/', 1)[1] for s in sites if s.layout == 'stacked'}
+  assert stacked == {'x_proj_weight', 'x_proj_input_quantizer', 'dt_projs_weight',
+                     'dt_projs_input_quantizer', 'delta_quantizer', 'B_quantizer', 'C_quantizer'}
