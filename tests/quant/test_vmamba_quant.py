@@ -1,4 +1,6 @@
 """Quantization of VMamba (tiny random config): sites, W8A8/W4A4 accuracy, int == fake, baselines."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,7 +8,7 @@ import pytest
 
 from ouromamba_jax import quant
 from ouromamba_jax.models.vmamba import VMamba
-from ouromamba_jax.quant import qtypes, rewrite, rules
+from ouromamba_jax.quant import config, presets, qtypes, rewrite, rules
 
 OP_SITES = ('in_proj/kernel', 'in_proj/input_quantizer', 'out_proj/kernel',
             'out_proj/input_quantizer', 'x_proj_weight', 'x_proj_input_quantizer',
@@ -36,9 +38,12 @@ def _rel_err(a, b):
 
 
 def _run(tiny, preset, method='ouromamba', mode='fake'):
+  """A preset with a coarse clipping search (8 candidates, not 100): the test's cost is the
+  lp searches, not what it checks."""
   model, params, images = tiny
-  return quant.quantize(model, params, images, preset, method=method, mode=mode,
-                        log=lambda _: None)
+  coarse = presets.preset_sites(preset).map(lambda s: dataclasses.replace(s, n_grid=8))
+  return quant.quantize(model, params, images, config.QuantSpec(preset, coarse.rules()),
+                        method=method, mode=mode, log=lambda _: None)
 
 
 @pytest.fixture(scope='module')
