@@ -92,6 +92,7 @@ def test_int_mode_equals_fake_mode(tiny, apply_fn, w8a8):
   np.testing.assert_allclose(integer, fake, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow  # two more quantize compilations (~1 min each on 2 CPU cores)
 @pytest.mark.parametrize('method', ['rtn', 'ptq4vm'])
 def test_baselines_run_on_the_same_sites(tiny, apply_fn, method):
   qparams, report = _run(tiny, 'w8a8', method)
