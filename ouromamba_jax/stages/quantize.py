@@ -19,6 +19,7 @@ Outputs in <workdir>/quant/<run name>/ (run name: <method>_<preset>_<source> unl
                           evaluate it with --config.mode=evaluate
                           --config.eval.quantized_checkpoint=<that folder>
   quant_report.json       sites, rules, per-block reconstruction losses, seconds
+  losses.png              those per-block losses (initial scales vs trained) as a curve
   settings.json           what the run was made from (a rerun with the same settings skips)
   calibration_state.npz   per-block snapshot while calibrating (a killed run resumes; a
                           damaged one is refused, naming it: delete it and rerun)
@@ -52,6 +53,7 @@ QUANTIZED_DIR = 'quantized'
 REPORT_FILE = 'quant_report.json'
 SETTINGS_FILE = 'settings.json'
 SNAPSHOT_FILE = 'calibration_state.npz'
+LOSSES_PNG = 'losses.png'
 Log = Callable[[str], None]
 
 
@@ -171,6 +173,7 @@ def quantize_run(config, workdir: str, *, model=None, params=None, log: Log = _l
                                    mode=spec.mode, log=log, snapshot=snapshot)
     quantized_checkpoints.save_quantized(checkpoint, qparams, model, report)
     atomic.write_json(os.path.join(directory, REPORT_FILE), report)
+    write_loss_curve(directory, report)
     skipped = False
   seconds = float(sum(b['seconds'] for b in report.get('blocks', [])))
   log(f'[quant] {name}: calibration {seconds:.1f} s (block time; whole call '
@@ -181,6 +184,16 @@ def quantize_run(config, workdir: str, *, model=None, params=None, log: Log = _l
   return {'directory': directory, 'checkpoint': checkpoint, 'report': report, 'skipped': skipped,
           'calibration_seconds': seconds, 'calibration_total_seconds': report.get('seconds'),
           'qparams': qparams, 'calib_images': int(len(images))}
+
+
+def write_loss_curve(directory: str, report: dict[str, Any]) -> None:
+  """losses.png: the per-block reconstruction losses of quant_report.json, drawn."""
+  from ouromamba_jax.reports import curves  # pylint: disable=g-import-not-at-top
+  if report.get('blocks'):
+    curves.write_png(os.path.join(directory, LOSSES_PNG),
+                     curves.calibration_panels(report['blocks']), x_label='block', columns=1,
+                     caption=f'{report["method"]} calibration, {report["calibration_images"]} '
+                             'images')
 
 
 def write_layer_reports(directory: str, model, params, qparams, images, log: Log = _log) -> None:
