@@ -3,6 +3,9 @@
 main.py only wires config to stage: it reads the config (a Python file returning a
 ConfigDict), picks the mode and calls that stage's `run(config, workdir)`
 (`ouromamba_jax.stages.MODES`).
+
+The log shows this project's progress lines and every library's warnings; `--verbosity=0`
+(absl's flag; 1 = debug) brings back the other libraries' INFO lines (Orbax, JAX).
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from ouromamba_jax.stages import MODES
+from ouromamba_jax.stages import console
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Path to a config file (configs/*.py), e.g. configs/vim_t_cifar10.py.',
@@ -45,6 +49,7 @@ def enable_compilation_cache(path: str) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  console.quiet_libraries(flags.FLAGS['verbosity'].present, extra_files=[__file__])
   config = _CONFIG.value
   if config is None:
     raise app.UsageError('--config is required, e.g. --config=configs/vim_t_cifar10.py')

@@ -200,6 +200,8 @@ def write_layer_reports(directory: str, model, params, qparams, images, log: Log
   """layers.{json,md} (per-layer SQNR/cosine) and outliers.{json,png} for `images`."""
   from ouromamba_jax.reports import layer_error  # pylint: disable=g-import-not-at-top
   from ouromamba_jax.reports import outliers  # pylint: disable=g-import-not-at-top
+  log(f'[quant] reports on {len(images)} images: compiling the per-layer error and outlier '
+      'passes ...')
   t0 = time.time()
   rows = layer_error.layer_errors(model, params, qparams, images)
   layer_error.write(directory, rows, images=len(images))

@@ -26,15 +26,16 @@ def apply_fn(tiny):
 @pytest.fixture(scope='session')
 def w8a8_run(tiny, tmp_path_factory):
   """W8A8 OuroMamba with one training epoch, saved to a workdir/quantized; + an extra rule
-  that matches nothing (for the report)."""
+  that matches nothing (for the report). Returns (qparams, report, workdir, log lines)."""
   model, params, images = tiny
   base = quant.QuantRunSpec(preset='w8a8', epochs=1, micro_batch=4).quant_spec()
   spec = quant.QuantSpec('w8a8_plus', base.rules + (
       quant.QuantRule(r'layers_\d+/mixer/conv1d/kernel', quant.WeightSpec(8)),), base.calib)
   workdir = str(tmp_path_factory.mktemp('w8a8'))
-  qparams, report = quant.quantize(model, params, images, spec, log=lambda _: None)
+  lines = []
+  qparams, report = quant.quantize(model, params, images, spec, log=lines.append)
   quantized_checkpoints.save_quantized(f'{workdir}/quantized', qparams, model, report)
-  return qparams, report, workdir
+  return qparams, report, workdir, lines
 
 
 @pytest.fixture(scope='session')
