@@ -78,7 +78,9 @@ def test_outlier_rates_match_detect_outliers(tiny, w4a4, tmp_path):
   rates = outliers.outlier_rates(model, w4a4, images[:4], batch_size=3)
   assert rates['tokens'] == 17 and len(rates['blocks']) == 2 and len(rates['sites']) == 12
   assert rates['cls_index'] == model.cls_index == 8
-  assert 'mean over the block\'s inputs to mixer/in_proj, ' in outliers.caption(rates)
+  assert outliers.caption(rates).endswith(
+      'on 4 images, mean over the block\'s inputs to mixer/dt_proj, mixer/dt_proj_b, '
+      'mixer/in_proj, mixer/out_proj, mixer/x_proj, mixer/x_proj_b')
   grid = np.asarray(rates['blocks'])
   assert grid.shape == (2, 17) and np.all((grid >= 0) & (grid <= 1))
   # One forward site and one backward site by hand (backward rates are flipped to token order).
