@@ -1,46 +1,26 @@
-"""Suite-wide settings: fast XLA compilation, one compilation cache per run, and a last line
-saying which marked tests were deselected.
+"""Suite-wide settings: one compilation cache per run, and a last line saying which marked
+tests were deselected.
 
-On CPU the suite's time is mostly XLA compiling tiny models, not running them, so:
-- XLA's CPU backend compiles without its expensive LLVM optimisations (the programs compute
-  the same values; tiny models run fast either way). OUROMAMBA_TEST_OPTIMIZED_XLA=1 keeps the
-  default optimisation level; with a CUDA plugin installed the flags are left alone (GPU tests
-  measure the real kernels).
-- A persistent compilation cache shared by the xdist workers of one run: a program that two
-  tests, two workers or two stage calls (a resumed run, a rerun) build the same way compiles
-  once. It lives in a fresh temporary folder removed at the end, so every run starts cold, as a
-  fresh clone does.
+On CPU the suite's time is mostly XLA compiling tiny models, not running them. A persistent
+compilation cache shared by the xdist workers of one run makes a program that two tests, two
+workers or two stage calls (a resumed run, a rerun, a recalibration) build the same way compile
+once. It lives in a fresh temporary folder removed at the end, so every run starts cold, as a
+fresh clone does. (XLA's optimisation level stays the default: at -O0 programs that the tests
+require to agree bit for bit, e.g. the fake and integer quantized forwards, differ in the last
+ulp, and the larger forwards run slower.)
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import tempfile
 
 import pytest
 
-FAST_XLA_FLAGS = ('--xla_backend_optimization_level=0', '--xla_llvm_disable_expensive_passes=true')
 CACHE_ENV = 'OUROMAMBA_TEST_XLA_CACHE'
 MARKS = ('slow', 'gpu')
 _OWN_CACHE = pytest.StashKey[str]()        # the cache folder this process made
 _deselected: dict[str, int] = {}
-
-
-def _has_cuda_plugin() -> bool:
-  return any(importlib.util.find_spec(m) for m in ('jax_cuda12_plugin', 'jax_cuda13_plugin'))
-
-
-def _fast_xla_flags() -> None:
-  """Before any backend exists (this conftest loads before the tests are collected)."""
-  if os.environ.get('OUROMAMBA_TEST_OPTIMIZED_XLA') == '1' or _has_cuda_plugin():
-    return
-  flags = os.environ.get('XLA_FLAGS', '').split()
-  flags += [f for f in FAST_XLA_FLAGS if f.split('=')[0] not in {g.split('=')[0] for g in flags}]
-  os.environ['XLA_FLAGS'] = ' '.join(flags)
-
-
-_fast_xla_flags()
 
 
 def pytest_configure(config):
@@ -52,7 +32,6 @@ def pytest_configure(config):
     config.stash[_OWN_CACHE] = os.environ[CACHE_ENV]
   jax.config.update('jax_compilation_cache_dir', os.environ[CACHE_ENV])
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.2)
-
 
 
 def pytest_deselected(items):

@@ -4,6 +4,8 @@ import pytest
 
 from ouromamba_jax import quant
 from ouromamba_jax import quantized_checkpoints
+from ouromamba_jax.quant import rewrite
+from ouromamba_jax.quant import rules
 from ouromamba_jax.models import build_model
 
 
@@ -44,3 +46,27 @@ def rtn_run(tiny):
   return quant.quantize(model, params, images,
                         quant.QuantRunSpec(preset='w4a4', micro_batch=4).quant_spec(),
                         method='rtn', log=lambda _: None)
+
+
+def initial_tree(model, params, images, spec: quant.QuantSpec):
+  """(plan, sites, tree): the calibration-form tree of `spec` with initial scales from `images`
+  (no training). Capture and rewrite run jitted, as calibration runs them: op by op they
+  dispatch thousands of tiny programs (the lp search of every site) and took minutes."""
+  sites = rules.find_sites(model, params, images[:1])
+  plan = rules.match_rules(sites, spec.rules).plan
+  paths = tuple(s.path for s in sites if s.path in plan and s.kind != 'weight')
+  items = tuple(sorted(plan.items()))
+
+  @jax.jit
+  def build(params, images):
+    _, stats = rewrite.capture(lambda t, x: model.apply({'params': t}, x), params, paths, images)
+    return rewrite.rewrite(params, dict(items), sites, stats)
+
+  return plan, sites, build(params, images)
+
+
+@pytest.fixture(scope='session')
+def w4a4_initial(tiny):
+  """initial_tree of the w4a4 preset on the tiny model's 8 images."""
+  model, params, images = tiny
+  return initial_tree(model, params, images, quant.preset('w4a4'))
