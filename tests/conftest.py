@@ -17,21 +17,24 @@ import tempfile
 
 import pytest
 
-CACHE_ENV = 'OUROMAMBA_TEST_XLA_CACHE'
+CACHE_ENV = 'JAX_COMPILATION_CACHE_DIR'
+MIN_SECS_ENV = 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'
 MARKS = ('slow', 'gpu')
 _OWN_CACHE = pytest.StashKey[str]()        # the cache folder this process made
 _deselected: dict[str, int] = {}
 
 
 def pytest_configure(config):
-  """The controller (or the only process) makes the run's cache folder; xdist workers, started
-  later, inherit its path through the environment."""
-  import jax  # pylint: disable=g-import-not-at-top
+  """The controller (or the only process) makes the run's cache folder; xdist workers and the
+  subprocesses that tests start inherit it through JAX's environment variables. A cache the
+  person set (JAX_COMPILATION_CACHE_DIR) is used and kept."""
   if CACHE_ENV not in os.environ:
-    os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix='ouromamba-tests-xla-')
-    config.stash[_OWN_CACHE] = os.environ[CACHE_ENV]
+    os.environ[CACHE_ENV] = config.stash[_OWN_CACHE] = tempfile.mkdtemp(
+        prefix='ouromamba-tests-xla-')
+  os.environ.setdefault(MIN_SECS_ENV, '0.2')   # JAX's default, 1 s, skips most tiny programs
+  import jax  # pylint: disable=g-import-not-at-top  (it may have read the variables already)
   jax.config.update('jax_compilation_cache_dir', os.environ[CACHE_ENV])
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.2)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', float(os.environ[MIN_SECS_ENV]))
 
 
 def pytest_deselected(items):
