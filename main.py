@@ -5,6 +5,9 @@ ConfigDict), checks it (`stages.preflight`), picks the mode and calls that stage
 `run(config, workdir)` (`ouromamba_jax.stages.MODES`). `--help` (or `--config.mode=help`)
 lists the modes and the config fields. A config error, a missing checkpoint or missing data
 ends the command with one line on stderr naming the field or the file, and a non-zero exit.
+
+The log shows this project's progress lines and every library's warnings; `--verbosity=0`
+(absl's flag; 1 = debug) brings back the other libraries' INFO lines (Orbax, JAX).
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from ouromamba_jax.stages import MODES
+from ouromamba_jax.stages import console
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Path to a config file (configs/*.py), e.g. configs/vim_t_cifar10.py.',
@@ -106,6 +110,7 @@ def main(argv):
   if len(argv) > 1:
     fail(f'unexpected arguments: {argv[1:]} (config fields are set as --config.FIELD=VALUE)',
          CONFIG_ERROR_EXIT)
+  console.quiet_libraries(flags.FLAGS['verbosity'].present, extra_files=[__file__])
   config = _CONFIG.value
   if config is None:
     fail('--config is required, e.g. --config=configs/vim_t_cifar10.py (--help lists the modes '

@@ -199,6 +199,17 @@ def _history_entry(group_data: dict) -> dict:
   return entry
 
 
+def _first_step(step_fn, args, n: int):
+  """The process's first Gen step, announced: it compiles the forward and backward pass,
+  minutes on a CPU during which nothing else would be printed."""
+  logging.info('gen: compiling the Gen step (%d images, forward + backward; minutes on a CPU, '
+               'seconds from a warm compilation cache) ...', n)
+  t0 = time.perf_counter()
+  out = jax.block_until_ready(step_fn(*args))
+  logging.info('gen: first step (compilation included) took %.0f s', time.perf_counter() - t0)
+  return out
+
+
 def _run_group(g, num_groups, indices, labels, *, seed, shape, spec: GenSpec, mesh, params,
                step_fn, optimizer, store: Optional[GroupStore], progress, on_step) -> dict:
   """Optimises one group to the end (resuming from its checkpoint); stores the finished group."""
@@ -257,7 +268,11 @@ def _run_group(g, num_groups, indices, labels, *, seed, shape, spec: GenSpec, me
 
   pending = None
   for t in range(start, iters):
-    state, metrics = step_fn(params, state, labels_dev, keys, t)
+    args = (params, state, labels_dev, keys, t)
+    if progress.start_time is None and pending is None:
+      state, metrics = _first_step(step_fn, args, n)
+    else:
+      state, metrics = step_fn(*args)
     if pending is not None:
       record(*pending)  # the previous step's metrics, read while this step runs
     pending = (t, metrics)

@@ -214,20 +214,35 @@ def fingerprint(model, params, images, plan, calib, method) -> str:
 
 
 class _Progress:
-  """One progress line per epoch (and per block), with the ETA over the remaining blocks."""
+  """One line per block, with an ETA over the remaining blocks that leaves compilation out:
+  the first block this process calibrates compiles the block's capture, scale search and
+  training step (every later block reuses them), so the rate is measured from its end."""
 
-  def __init__(self, log: Log, n_blocks: int, first_block: int):
-    self.log, self.n_blocks, self.first = log, n_blocks, first_block
-    self.t0 = time.time()
+  def __init__(self, log: Log, n_blocks: int, first_block: int,
+               clock: Callable[[], float] = time.time):
+    self.log, self.n_blocks, self.first, self.clock = log, n_blocks, first_block, clock
+    self.t0 = clock()
+    self.steady_from = None            # (time, blocks done) at the end of the compiling block
+    self.announced = False
 
-  def line(self, block: int, fraction_of_block: float, what: str) -> None:
-    done = (block - self.first) + fraction_of_block
-    todo = self.n_blocks - self.first
-    elapsed = time.time() - self.t0
-    eta = elapsed / done * (todo - done) if done > 0 else float('nan')
-    eta_text = _format_seconds(eta) if math.isfinite(eta) else '?'
+  def compiling(self, block: int) -> None:
+    """Called before each quantized block; says so before the first, which compiles."""
+    if not self.announced:
+      self.announced = True
+      self.log(f'[quant] block {block + 1}/{self.n_blocks}: compiling the block\'s capture, scale '
+               'search and training step (the later blocks reuse them) ...')
+
+  def block_done(self, block: int, what: str) -> None:
+    now, done, left = self.clock(), block + 1 - self.first, self.n_blocks - block - 1
+    if self.steady_from is None:
+      self.steady_from = (now, done)
+      eta_text = 'ETA after the next block (this one compiled)'
+    else:
+      rate = (now - self.steady_from[0]) / (done - self.steady_from[1])
+      eta_text = f'ETA {_format_seconds(rate * left)}'
+    eta_text = eta_text if left else ''
     self.log(f'[quant] block {block + 1}/{self.n_blocks} {what} | elapsed '
-             f'{_format_seconds(elapsed)}, ETA {eta_text}')
+             f'{_format_seconds(now - self.t0)}' + (f', {eta_text}' if eta_text else ''))
 
 
 def reconstruct_blocks(model: vim.VisionMamba, params, images, plan: Mapping[str, Any],
@@ -291,6 +306,7 @@ def reconstruct_blocks(model: vim.VisionMamba, params, images, plan: Mapping[str
       done_layers[name] = layer_fp
       results.append(BlockResult(i, 0.0, 0.0, 'float', 0, time.time() - t_block))
     else:
+      progress.compiling(i)
       local_plan = {s.path: plan[f'{name}/{s.path}'] for s in local_sites}
       targets, stats = _capture_block(block, layer_fp, fp_stream, local_sites, batches)
       _check_block(i, model.depth, layer_fp, stats)
@@ -305,16 +321,11 @@ def reconstruct_blocks(model: vim.VisionMamba, params, images, plan: Mapping[str
       if n_steps:
         variables = _to_variables(trainable, log_space)
         opt_state = optimizer.init(variables)
-        for epoch in range(calib.epochs):
-          losses = []
+        for _ in range(calib.epochs):
           for s in batches:
-            variables, opt_state, loss = _train_step(
+            variables, opt_state, _ = _train_step(
                 block, optimizer, log_space, variables, frozen, opt_state, q_stream[0][s],
                 q_stream[1][s], targets[0][s])
-            losses.append(float(loss))
-          progress.line(i, (epoch + 1) / (calib.epochs + 1),
-                        f'epoch {epoch + 1}/{calib.epochs} loss {np.mean(losses):.6f} '
-                        f'(init {loss_init:.6f})')
         trained = merge_trainable(_from_variables(variables, log_space), frozen)
         loss_final = eval_loss(trained, *q_stream, targets[0])
         if calib.keep_better and not loss_final <= loss_init:
@@ -330,8 +341,8 @@ def reconstruct_blocks(model: vim.VisionMamba, params, images, plan: Mapping[str
       results.append(BlockResult(i, float(loss_init), float(loss_final), kept, n_steps,
                                  time.time() - t_block))
     r = results[-1]
-    progress.line(i, 1.0, f'done: loss {r.loss_init:.6f} -> {r.loss_final:.6f} ({r.kept}, '
-                          f'{r.steps} steps, {r.seconds:.1f}s)')
+    progress.block_done(i, f'loss {r.loss_init:.6f} -> {r.loss_final:.6f} ({r.kept}, '
+                           f'{r.steps} steps, {r.seconds:.1f} s)')
     if snapshot:
       snapshot.save(done_layers, {
           'run_id': run_id, 'next_block': i + 1,

@@ -1,5 +1,6 @@
 """A labelled heatmap PNG with pillow only (no matplotlib): rows x columns of values, a
-viridis-like colour scale from the data's min to max, a colour bar, axis labels."""
+viridis-like colour scale from the data's min to max, a labelled colour bar, axis labels, an
+optional caption and one marked column."""
 from __future__ import annotations
 
 import io
@@ -14,6 +15,7 @@ from ouromamba_jax.io import atomic
 _ANCHORS = np.asarray([(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98),
                        (253, 231, 37)], np.float64)
 NAN_COLOR = (200, 200, 200)
+MARK_COLOR = (220, 20, 60)
 
 
 def colormap(values: np.ndarray) -> np.ndarray:
@@ -28,40 +30,60 @@ def colormap(values: np.ndarray) -> np.ndarray:
 
 
 def render(grid, title: str = '', x_label: str = '', y_label: str = '',
-           vmin: Optional[float] = None, vmax: Optional[float] = None) -> Image.Image:
-  """grid: (rows, cols) floats (NaN = no data). Row 0 is drawn at the top."""
+           vmin: Optional[float] = None, vmax: Optional[float] = None, bar_label: str = '',
+           caption: str = '', mark_column: Optional[int] = None,
+           mark_label: str = '') -> Image.Image:
+  """grid: (rows, cols) floats (NaN = no data). Row 0 is drawn at the top.
+
+  bar_label names the colour bar's quantity (drawn above it); caption is a line under the plot
+  saying what was measured where; mark_column outlines one column across all rows (e.g. the
+  class token, whose statistics differ from the patches') with mark_label above it.
+  """
   grid = np.asarray(grid, np.float64)
   if grid.ndim != 2 or grid.size == 0:
     raise ValueError(f'heatmap needs a non-empty 2-D grid, got shape {grid.shape}')
   rows, cols = grid.shape
+  if mark_column is not None and not 0 <= mark_column < cols:
+    raise ValueError(f'mark_column {mark_column} is outside the {cols} columns')
   finite = grid[np.isfinite(grid)]
   lo = float(finite.min()) if vmin is None and finite.size else (vmin or 0.0)
   hi = float(finite.max()) if vmax is None and finite.size else (vmax if vmax is not None else 1.0)
   span = hi - lo if hi > lo else 1.0
+  font = ImageFont.load_default()
   cw = int(np.clip(640 // cols, 3, 16))
   ch = int(np.clip(400 // rows, 4, 16))
-  left, top, bottom, bar = 48, 22, 30, 70
-  width, height = left + cols * cw + 10 + bar, top + rows * ch + bottom
+  left, top, bottom, bar = 48, 36, 30 + (14 if caption else 0), 70
+  bar = max(bar, int(font.getlength(bar_label)) + 8)
+  width = max(left + cols * cw + 10 + bar, int(font.getlength(caption)) + 8)
+  height = top + rows * ch + bottom
   canvas = Image.new('RGB', (width, height), (255, 255, 255))
   cells = colormap((grid - lo) / span)
   cells = np.repeat(np.repeat(cells, ch, axis=0), cw, axis=1)
   canvas.paste(Image.fromarray(cells), (left, top))
   draw = ImageDraw.Draw(canvas)
-  font = ImageFont.load_default()
-  draw.text((left, 4), title, fill=(0, 0, 0), font=font)
+  black = (0, 0, 0)
+  draw.text((left, 4), title, fill=black, font=font)
   for r in _ticks(rows):
-    draw.text((4, top + r * ch + max(0, ch // 2 - 5)), str(r), fill=(0, 0, 0), font=font)
+    draw.text((4, top + r * ch + max(0, ch // 2 - 5)), str(r), fill=black, font=font)
   for c in _ticks(cols):
-    draw.text((left + c * cw, top + rows * ch + 3), str(c), fill=(0, 0, 0), font=font)
-  draw.text((left + cols * cw // 2 - 10, height - 13), x_label, fill=(0, 0, 0), font=font)
-  draw.text((4, top - 12), y_label, fill=(0, 0, 0), font=font)
+    draw.text((left + c * cw, top + rows * ch + 3), str(c), fill=black, font=font)
+  draw.text((left + cols * cw // 2 - 10, top + rows * ch + 16), x_label, fill=black, font=font)
+  draw.text((4, top - 12), y_label, fill=black, font=font)
+  if mark_column is not None:
+    x = left + mark_column * cw
+    draw.rectangle((x, top, x + cw - 1, top + rows * ch - 1), outline=MARK_COLOR)
+    draw.text((max(left, x + cw // 2 - 3 * len(mark_label)), top - 12), mark_label,
+              fill=MARK_COLOR, font=font)
   # Colour bar: top = max.
   bx = left + cols * cw + 10
   bar_h = rows * ch
   ramp = colormap(np.linspace(1.0, 0.0, bar_h)[:, None].repeat(12, axis=1))
   canvas.paste(Image.fromarray(ramp), (bx, top))
-  draw.text((bx + 15, top - 2), f'{hi:.3g}', fill=(0, 0, 0), font=font)
-  draw.text((bx + 15, top + bar_h - 10), f'{lo:.3g}', fill=(0, 0, 0), font=font)
+  draw.text((bx, top - 14), bar_label, fill=black, font=font)
+  draw.text((bx + 15, top - 2), f'{hi:.3g}', fill=black, font=font)
+  draw.text((bx + 15, top + bar_h - 10), f'{lo:.3g}', fill=black, font=font)
+  if caption:
+    draw.text((4, height - 14), caption, fill=black, font=font)
   return canvas
 
 

@@ -69,8 +69,15 @@ def _db(signal, noise) -> float:
   return float(10.0 * math.log10(max(signal, 1e-30) / noise))
 
 
+def _layer_order(row: dict[str, Any]) -> float:
+  """Block number, then the Linears outside the blocks (the head runs last). Tree order is
+  alphabetical, which puts layers_10 before layers_2."""
+  return math.inf if row['block'] is None else row['block']
+
+
 def layer_errors(model, params, qparams, images, batch_size: int = 16) -> list[dict[str, Any]]:
-  """One row per quantized Linear: layer, block, sqnr_db, cosine, local_sqnr_db, local_cosine."""
+  """One row per quantized Linear, in block order: layer, block, sqnr_db, cosine,
+  local_sqnr_db, local_cosine."""
   paths = tuple(quantized_linears(qparams))
   if not paths:
     return []
@@ -89,15 +96,21 @@ def layer_errors(model, params, qparams, images, batch_size: int = 16) -> list[d
         'layer': path, 'block': int(block.split('_')[1]) if block.startswith('layers_') else None,
         'sqnr_db': _db(sig, noise), 'cosine': float(cos / n),
         'local_sqnr_db': _db(lsig, lnoise), 'local_cosine': float(lcos / ln)})
-  return rows
+  return sorted(rows, key=_layer_order)
+
+
+SQNR_LINE = ('SQNR = 10 log10(sum y_fp^2 / sum (y_q - y_fp)^2): output power over quantization '
+             'error power in dB; higher is better, each 6 dB is about one bit.')
 
 
 def to_markdown(rows: Sequence[dict[str, Any]], images: int = 0) -> str:
+  """The table in block order, under what it measured and what SQNR means."""
   head = (f'Per-layer error of the quantized Linears on {images} images (network: in the '
-          'quantized model; local: this layer alone on FP inputs).\n\n' if images else '')
+          'quantized model; local: this layer alone on FP inputs).\n' if images else '')
+  head += f'{SQNR_LINE}\n\n'
   lines = ['| layer | SQNR (dB) | cosine | local SQNR (dB) | local cosine |',
            '|---|---:|---:|---:|---:|']
-  for r in rows:
+  for r in sorted(rows, key=_layer_order):
     lines.append(f'| {r["layer"]} | {r["sqnr_db"]:.2f} | {r["cosine"]:.5f} | '
                  f'{r["local_sqnr_db"]:.2f} | {r["local_cosine"]:.5f} |')
   return head + '\n'.join(lines) + '\n'

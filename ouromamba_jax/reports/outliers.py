@@ -61,7 +61,8 @@ def _stage_counts(module, method, paths: tuple[str, ...], tree, inputs):
 
 def outlier_rates(model, qparams, images, batch_size: int = 16) -> dict[str, Any]:
   """{'sites': {path: rate (L,)}, 'blocks': (depth, L) mean rate per block (None rows: no
-  outlier sites), 'tokens': L}; rates are fractions of (sample, channel) entries."""
+  outlier sites), 'tokens': L, 'cls_index': the class token's position}; rates are fractions
+  of (sample, channel) entries."""
   paths = tuple(outlier_sites(qparams))
   images = jnp.asarray(images, jnp.float32)
   if not paths:
@@ -86,7 +87,15 @@ def outlier_rates(model, qparams, images, batch_size: int = 16) -> dict[str, Any
     own = [r for p, r in sites.items() if p.startswith(f'layers_{i}/')]
     blocks.append(list(map(float, np.mean(own, axis=0))) if own else None)
   return {'sites': {p: list(map(float, r)) for p, r in sites.items()}, 'blocks': blocks,
-          'tokens': int(length), 'images': int(images.shape[0])}
+          'tokens': int(length), 'images': int(images.shape[0]),
+          'cls_index': int(model.cls_index)}
+
+
+def caption(rates: dict[str, Any]) -> str:
+  """What a heatmap cell is, in one line: the measure and the block-relative sites averaged."""
+  names = sorted({p.split('/', 1)[1] for p in rates['sites'] if p.startswith('layers_')})
+  return (f'cell: fraction of (image, channel) entries flagged as outliers on {rates["images"]} '
+          f'images, mean over the block\'s inputs to {", ".join(names)}')
 
 
 def write(directory: str, rates: dict[str, Any], title: str = '') -> Optional[str]:
@@ -99,5 +108,6 @@ def write(directory: str, rates: dict[str, Any], title: str = '') -> Optional[st
                      for r in rates['blocks']], np.float64)
   png = os.path.join(directory, PNG_FILE)
   heatmap.write_png(png, grid, title=f'outlier rate {title}'.strip(), x_label='token',
-                    y_label='block')
+                    y_label='block', bar_label='outlier rate', caption=caption(rates),
+                    mark_column=rates.get('cls_index'), mark_label='cls')
   return png

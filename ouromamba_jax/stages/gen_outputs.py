@@ -4,6 +4,7 @@
                       labels (N,) int32 target classes, mean (C,), std (C,)
   synthetic_grid.png  the images de-normalised to [0, 255], each labelled with its target
   losses.json         per-step loss curves (mean over the group's images), one entry per group
+  losses.png          the same curves, one panel per loss term, one line per group
   quality.json        top-1 agreement of the FP model with the targets (synthetic vs noise)
 """
 from __future__ import annotations
@@ -16,12 +17,14 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ouromamba_jax.data.normalization import denormalize
-from ouromamba_jax.io.atomic import write_bytes, write_npz
+from ouromamba_jax.io.atomic import write_bytes, write_json, write_npz
+from ouromamba_jax.reports import curves
 
 GEN_SUBDIR = 'gen'
 SYNTHETIC_FILE = 'synthetic.npz'
 GRID_FILE = 'synthetic_grid.png'
 LOSSES_FILE = 'losses.json'
+LOSSES_PNG = 'losses.png'
 QUALITY_FILE = 'quality.json'
 
 
@@ -83,3 +86,11 @@ def write_synthetic_set(directory: str, images: np.ndarray, labels: np.ndarray,
             labels=np.asarray(labels, np.int32), mean=mean32, std=std32)
   grid = label_grid(denormalize(images, mean, std), labels, class_names, columns)
   write_png(os.path.join(directory, GRID_FILE), grid)
+
+
+def write_losses(directory: str, metrics: Sequence[str], groups: Sequence[dict]) -> None:
+  """losses.json (the numbers) and losses.png (one panel per loss term) in `directory`."""
+  write_json(os.path.join(directory, LOSSES_FILE), {'metrics': list(metrics),
+                                                     'groups': list(groups)})
+  curves.write_png(os.path.join(directory, LOSSES_PNG), curves.gen_panels(groups, metrics),
+                   caption='OuroMamba-Gen loss terms per step (mean over each group\'s images)')

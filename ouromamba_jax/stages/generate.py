@@ -71,8 +71,7 @@ def run(config, workdir: str) -> generator.GenResult:
     return result
   gen_outputs.write_synthetic_set(directory, result.images, result.labels, spec.mean, spec.std,
                                   class_names(config), spec.grid_columns)
-  atomic.write_json(os.path.join(directory, gen_outputs.LOSSES_FILE),
-                    {'metrics': list(generator.METRICS), 'groups': result.history})
+  gen_outputs.write_losses(directory, generator.METRICS, result.history)
   if spec.quality_check:
     report = dict(quality.quality_report(model, params, result.images, result.labels,
                                          seed=config.seed, noise_std=spec.init_std))

@@ -21,6 +21,7 @@ Outputs in <workdir>/quant/<run name>/ (run name: <method>_<preset>_<source> unl
                           --config.eval.quantized_checkpoint=<that folder>. A rerun that
                           finds it damaged says which array and redoes the run
   quant_report.json       sites, rules, per-block reconstruction losses, seconds
+  losses.png              those per-block losses (initial scales vs trained) as a curve
   settings.json           what the run was made from (a rerun with the same settings skips)
   calibration_state.npz   per-block snapshot while calibrating (a killed run resumes; a
                           damaged one is refused, naming it: delete it and rerun)
@@ -58,6 +59,7 @@ QUANTIZED_DIR = 'quantized'
 REPORT_FILE = 'quant_report.json'
 SETTINGS_FILE = 'settings.json'
 SNAPSHOT_FILE = 'calibration_state.npz'
+LOSSES_PNG = 'losses.png'
 Log = Callable[[str], None]
 
 
@@ -217,6 +219,7 @@ def quantize_run(config, workdir: str, *, model=None, params=None, log: Log = _l
                                    mode=spec.mode, log=log, snapshot=snapshot)
     quantized_checkpoints.save_quantized(checkpoint, qparams, model, report)
     atomic.write_json(os.path.join(directory, REPORT_FILE), report)
+    write_loss_curve(directory, report)
     skipped = False
   seconds, earlier = calibration_seconds(report)
   log(f'[quant] {name}: calibration {seconds:.1f} s (block time' +
@@ -244,10 +247,22 @@ def reports_done(directory: str, images: int) -> bool:
           and os.path.isfile(os.path.join(directory, outliers.JSON_FILE)))
 
 
+def write_loss_curve(directory: str, report: dict[str, Any]) -> None:
+  """losses.png: the per-block reconstruction losses of quant_report.json, drawn."""
+  from ouromamba_jax.reports import curves  # pylint: disable=g-import-not-at-top
+  if report.get('blocks'):
+    curves.write_png(os.path.join(directory, LOSSES_PNG),
+                     curves.calibration_panels(report['blocks']), x_label='block', columns=1,
+                     caption=f'{report["method"]} calibration, {report["calibration_images"]} '
+                             'images')
+
+
 def write_layer_reports(directory: str, model, params, qparams, images, log: Log = _log) -> None:
   """layers.{json,md} (per-layer SQNR/cosine) and outliers.{json,png} for `images`."""
   from ouromamba_jax.reports import layer_error  # pylint: disable=g-import-not-at-top
   from ouromamba_jax.reports import outliers  # pylint: disable=g-import-not-at-top
+  log(f'[quant] reports on {len(images)} images: compiling the per-layer error and outlier '
+      'passes ...')
   t0 = time.time()
   rows = layer_error.layer_errors(model, params, qparams, images)
   layer_error.write(directory, rows, images=len(images))

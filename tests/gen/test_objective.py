@@ -91,7 +91,7 @@ def test_readout_kernel_gives_the_xla_losses_and_pixel_gradients(tiny):
     gen_model = objective.generation_model(model, spec)
     fn = lambda x: jnp.sum(objective.per_image_losses(gen_model, params, x, jnp.array([1, 2]),
                                                       spec)['total'])
-    return jax.value_and_grad(fn)(images)
+    return jax.jit(jax.value_and_grad(fn))(images)   # jitted, as in Gen: op by op is minutes
 
   want, want_grad = total(dataclasses.replace(SPEC, readout_implementation='xla'))
   got, grad = total(dataclasses.replace(SPEC, readout_implementation='triton'))
@@ -111,7 +111,7 @@ def test_scan_order_states_give_the_token_order_losses(tiny, readout):
     gen_model = objective.generation_model(model, spec).clone(state_order=order)
     fn = lambda x: jnp.sum(objective.per_image_losses(gen_model, params, x, jnp.array([1, 2]),
                                                       spec)['total'])
-    return jax.value_and_grad(fn)(images)
+    return jax.jit(jax.value_and_grad(fn))(images)   # jitted, as in Gen: op by op is minutes
 
   want, want_grad = total('token')
   got, grad = total('scan')

@@ -4,6 +4,8 @@ import pytest
 
 from ouromamba_jax import quant
 from ouromamba_jax import quantized_checkpoints
+from ouromamba_jax.quant import rewrite
+from ouromamba_jax.quant import rules
 from ouromamba_jax.models import build_model
 
 
@@ -26,15 +28,16 @@ def apply_fn(tiny):
 @pytest.fixture(scope='session')
 def w8a8_run(tiny, tmp_path_factory):
   """W8A8 OuroMamba with one training epoch, saved to a workdir/quantized; + an extra rule
-  that matches nothing (for the report)."""
+  that matches nothing (for the report). Returns (qparams, report, workdir, log lines)."""
   model, params, images = tiny
   base = quant.QuantRunSpec(preset='w8a8', epochs=1, micro_batch=4).quant_spec()
   spec = quant.QuantSpec('w8a8_plus', base.rules + (
       quant.QuantRule(r'layers_\d+/mixer/conv1d/kernel', quant.WeightSpec(8)),), base.calib)
   workdir = str(tmp_path_factory.mktemp('w8a8'))
-  qparams, report = quant.quantize(model, params, images, spec, log=lambda _: None)
+  lines = []
+  qparams, report = quant.quantize(model, params, images, spec, log=lines.append)
   quantized_checkpoints.save_quantized(f'{workdir}/quantized', qparams, model, report)
-  return qparams, report, workdir
+  return qparams, report, workdir, lines
 
 
 @pytest.fixture(scope='session')
@@ -43,3 +46,27 @@ def rtn_run(tiny):
   return quant.quantize(model, params, images,
                         quant.QuantRunSpec(preset='w4a4', micro_batch=4).quant_spec(),
                         method='rtn', log=lambda _: None)
+
+
+def initial_tree(model, params, images, spec: quant.QuantSpec):
+  """(plan, sites, tree): the calibration-form tree of `spec` with initial scales from `images`
+  (no training). Capture and rewrite run jitted, as calibration runs them: op by op they
+  dispatch thousands of tiny programs (the lp search of every site) and took minutes."""
+  sites = rules.find_sites(model, params, images[:1])
+  plan = rules.match_rules(sites, spec.rules).plan
+  paths = tuple(s.path for s in sites if s.path in plan and s.kind != 'weight')
+  items = tuple(sorted(plan.items()))
+
+  @jax.jit
+  def build(params, images):
+    _, stats = rewrite.capture(lambda t, x: model.apply({'params': t}, x), params, paths, images)
+    return rewrite.rewrite(params, dict(items), sites, stats)
+
+  return plan, sites, build(params, images)
+
+
+@pytest.fixture(scope='session')
+def w4a4_initial(tiny):
+  """initial_tree of the w4a4 preset on the tiny model's 8 images."""
+  model, params, images = tiny
+  return initial_tree(model, params, images, quant.preset('w4a4'))

@@ -1,5 +1,6 @@
 """End to end on a tiny Vim: quantize, report, int mode, snapshot resume, baselines."""
 import os
+import re
 
 import jax.numpy as jnp
 import numpy as np
@@ -18,7 +19,7 @@ def _rel_err(y, ref):
 
 def test_w8a8_logits_close_to_float(tiny, apply_fn, w8a8_run):
   _, params, images = tiny
-  qparams, report, _ = w8a8_run
+  qparams, report, _, _ = w8a8_run
   fp = apply_fn(params, images)
   q = apply_fn(qparams, images)
   assert _rel_err(q, fp) < 2e-3
@@ -29,7 +30,7 @@ def test_w8a8_logits_close_to_float(tiny, apply_fn, w8a8_run):
 
 
 def test_report_lists_sites_blocks_and_unused_rules(w8a8_run):
-  _, report, workdir = w8a8_run
+  _, report, workdir, _ = w8a8_run
   assert report['method'] == 'ouromamba' and report['calibration_images'] == 8
   assert len(report['quantized']) == 44
   assert report['kept_float'] == ['head/kernel', 'head/input_quantizer']
@@ -40,9 +41,17 @@ def test_report_lists_sites_blocks_and_unused_rules(w8a8_run):
     assert np.isfinite(b['loss_init']) and b['loss_final'] <= b['loss_init'] or b['kept'] == 'init'
 
 
+def test_calibration_log_is_one_line_per_block_after_one_compiling_line(w8a8_run):
+  lines = [l for l in w8a8_run[3] if l.startswith('[quant] block')]
+  assert len(lines) == 3 and 'compiling' in lines[0]                # 2 blocks
+  assert re.match(r'\[quant\] block 1/2 loss \S+ -> \S+ \((trained|init), 2 steps', lines[1])
+  assert 'ETA after the next block (this one compiled)' in lines[1]
+  assert lines[2].startswith('[quant] block 2/2 loss ') and 'ETA' not in lines[2]
+
+
 def test_saved_model_reloads_with_identical_logits_in_both_modes(tiny, apply_fn, w8a8_run):
   _, _, images = tiny
-  qparams, report, workdir = w8a8_run
+  qparams, report, workdir, _ = w8a8_run
   loaded, loaded_report = quantized_checkpoints.load_quantized(os.path.join(workdir, 'quantized'), tiny[0])
   want = np.asarray(apply_fn(qparams, images))
   np.testing.assert_array_equal(np.asarray(apply_fn(loaded, images)), want)

@@ -163,3 +163,18 @@ def test_a_non_finite_loss_names_the_block_and_the_quantizer(tiny, monkeypatch):
                            r'\(quantizer mixer/out_proj/input_quantizer/inlier_scale holds '
                            r'NaN/Inf\); lower quant\.lr_weight'):
     quant.quantize(model, params, images, _rtn_spec(), method='rtn', log=lambda _: None)
+
+
+def test_progress_eta_leaves_the_compiling_block_out():
+  lines, now = [], [0.0]
+  progress = calibrate._Progress(lines.append, n_blocks=4, first_block=1,  # pylint: disable=protected-access
+                                 clock=lambda: now[0])
+  progress.compiling(1)
+  progress.compiling(2)                                        # announced once
+  for block, t in ((1, 100.0), (2, 110.0), (3, 120.0)):       # 100 s compiling, then 10 s each
+    now[0] = t
+    progress.block_done(block, 'x')
+  assert len(lines) == 4 and 'compiling' in lines[0] and lines[0].startswith('[quant] block 2/4')
+  assert lines[1].endswith('elapsed 1m40s, ETA after the next block (this one compiled)')
+  assert lines[2].endswith('elapsed 1m50s, ETA 0m10s')         # one block left at 10 s
+  assert lines[3].endswith('elapsed 2m00s')                     # the last: nothing left

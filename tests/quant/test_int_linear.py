@@ -32,8 +32,8 @@ from ouromamba_jax.quant import int_linear
 from ouromamba_jax.quant import presets
 from ouromamba_jax.quant import qtypes
 from ouromamba_jax.quant import rewrite
-from ouromamba_jax.quant import rules
 from ouromamba_jax.quant import weights as w_lib
+from tests.quant.conftest import initial_tree
 
 TRITON_LOGITS_RTOL = 1e-6
 IMPLEMENTATIONS = ('xla', 'triton')
@@ -59,18 +59,11 @@ def _coarse_search(preset: str) -> config.QuantSpec:
 @pytest.fixture(scope='module')
 def calibrated(tiny):
   """preset -> the calibration-form tree (initial scales from 8 images; no training)."""
-  model, params, images = tiny
-  sites = rules.find_sites(model, params, images[:1])
   cache = {}
 
   def get(preset):
     if preset not in cache:
-      spec = _coarse_search(preset)
-      plan = rules.match_rules(sites, spec.rules).plan
-      paths = [s.path for s in sites if s.path in plan and s.kind != 'weight']
-      _, stats = rewrite.capture(lambda t, x: model.apply({'params': t}, x), params, paths,
-                                 images)
-      cache[preset] = rewrite.rewrite(params, plan, sites, stats)
+      cache[preset] = initial_tree(*tiny, _coarse_search(preset))[2]
     return cache[preset]
   return get
 

@@ -12,6 +12,7 @@ from ouromamba_jax.quant import activations as act_lib
 from ouromamba_jax.quant import rewrite
 from ouromamba_jax.reports import accuracy
 from ouromamba_jax.reports import capture
+from ouromamba_jax.reports import curves
 from ouromamba_jax.reports import heatmap
 from ouromamba_jax.reports import layer_error
 from ouromamba_jax.reports import outliers
@@ -55,19 +56,31 @@ def test_layer_errors_order_w8a8_better_than_w4a4(tiny, w4a4):
   assert np.mean([r['sqnr_db'] for r in r8]) > np.mean([r['sqnr_db'] for r in r4]) + 10
 
 
-def test_layer_report_files(tmp_path):
-  rows = [{'layer': 'layers_0/mixer/in_proj', 'block': 0, 'sqnr_db': 20.0, 'cosine': 0.99,
-           'local_sqnr_db': 21.0, 'local_cosine': 0.995}]
+def test_layer_report_files_in_block_order_with_sqnr_explained(tmp_path):
+  row = lambda layer, block: {'layer': layer, 'block': block, 'sqnr_db': 20.0, 'cosine': 0.99,
+                              'local_sqnr_db': 21.0, 'local_cosine': 0.995}
+  rows = [row('head', None), row('layers_10/mixer/in_proj', 10), row('layers_2/mixer/x_proj', 2),
+          row('layers_2/mixer/in_proj', 2)]
   layer_error.write(str(tmp_path), rows, images=4)
   with open(tmp_path / 'layers.json') as f:
     assert json.load(f)['layers'] == rows
-  assert '| layers_0/mixer/in_proj | 20.00 | 0.99000 |' in (tmp_path / 'layers.md').read_text()
+  md = (tmp_path / 'layers.md').read_text()
+  assert '| layers_2/mixer/x_proj | 20.00 | 0.99000 |' in md
+  order = [line.split(' | ')[0][2:] for line in md.splitlines()
+           if line.startswith('| ') and not line.startswith('| layer |')]
+  assert order == ['layers_2/mixer/x_proj', 'layers_2/mixer/in_proj', 'layers_10/mixer/in_proj',
+                   'head']                     # by block number (stable inside), head last
+  assert layer_error.SQNR_LINE in md and 'each 6 dB is about one bit' in md
 
 
 def test_outlier_rates_match_detect_outliers(tiny, w4a4, tmp_path):
   model, _, images = tiny
   rates = outliers.outlier_rates(model, w4a4, images[:4], batch_size=3)
   assert rates['tokens'] == 17 and len(rates['blocks']) == 2 and len(rates['sites']) == 12
+  assert rates['cls_index'] == model.cls_index == 8
+  assert outliers.caption(rates).endswith(
+      'on 4 images, mean over the block\'s inputs to mixer/dt_proj, mixer/dt_proj_b, '
+      'mixer/in_proj, mixer/out_proj, mixer/x_proj, mixer/x_proj_b')
   grid = np.asarray(rates['blocks'])
   assert grid.shape == (2, 17) and np.all((grid >= 0) & (grid <= 1))
   # One forward site and one backward site by hand (backward rates are flipped to token order).
@@ -100,6 +113,38 @@ def test_heatmap_colours_and_nan():
   assert image.size[0] > 40 and image.size[1] > 20
   with pytest.raises(ValueError, match='non-empty 2-D grid'):
     heatmap.render(np.zeros((0, 3)))
+
+
+def test_heatmap_marks_a_column_and_widens_for_its_caption():
+  grid = np.zeros((2, 17))
+  plain = heatmap.render(grid)
+  marked = heatmap.render(grid, bar_label='outlier rate', mark_column=8, mark_label='cls',
+                          caption='x' * 200)
+  assert marked.size[0] > plain.size[0] and marked.size[1] > plain.size[1]
+  pixels = np.asarray(marked)
+  cw = ch = 16                                   # cells of a 2 x 17 grid
+  column_left = pixels[36:36 + 2 * ch, 48 + 8 * cw]
+  assert (column_left == heatmap.MARK_COLOR).all(axis=-1).all()   # outlined over every row
+  with pytest.raises(ValueError, match='mark_column 17 is outside the 17 columns'):
+    heatmap.render(grid, mark_column=17)
+
+
+def test_loss_curves_one_panel_per_term_one_line_per_group(tmp_path):
+  groups = [{'group': g, 'total': [3.0 + g, 2.0, 1.0 - g], 'pse': [1.0, 0.5, float('nan')]}
+            for g in range(6)]
+  panels = curves.gen_panels(groups, ['total', 'pse'])
+  assert [title for title, _ in panels] == ['total', 'pse']
+  assert list(panels[0][1]) == ['group 1', 'group 2', 'group 3', 'group 4']  # the first four
+  curves.write_png(str(tmp_path / 'c.png'), panels, caption='c')
+  image = Image.open(tmp_path / 'c.png')
+  assert image.size == (2 * curves.PANEL_W, curves.PANEL_H + 16)
+  colors = {tuple(c) for c in np.asarray(image).reshape(-1, 3)}
+  assert set(curves.LINE_COLORS) <= colors                 # every group's line is drawn
+  blocks = [{'loss_init': 0.2, 'loss_final': 0.1}, {'loss_init': 0.0, 'loss_final': 0.0}]
+  (title, lines), = curves.calibration_panels(blocks)
+  assert 'reconstruction loss' in title and lines == {'init': [0.2, 0.0], 'final': [0.1, 0.0]}
+  with pytest.raises(ValueError, match='at least one panel'):
+    curves.render([])
 
 
 def test_accuracy_table_markdown_and_json(tmp_path):

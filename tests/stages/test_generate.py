@@ -47,6 +47,7 @@ def test_generate_mode_writes_the_synthetic_set(tmp_path):
     curves = json.load(f)
   assert curves['metrics'] == ['total', 'contrastive', 'pse', 'output']
   assert len(curves['groups']) == 1 and len(curves['groups'][0]['total']) == 3
+  assert Image.open(os.path.join(directory, outputs.LOSSES_PNG)).size[1] >= 2 * 150  # 4 panels
 
   with open(os.path.join(directory, outputs.QUALITY_FILE)) as f:
     report = json.load(f)

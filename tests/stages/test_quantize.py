@@ -72,7 +72,7 @@ def test_quantize_mode_end_to_end_saves_reloads_reports_and_skips(tmp_path):
   directory = os.path.join(workdir, 'quant', 'ouromamba_w4a4_noise')
   assert result['directory'] == directory and not result['skipped']
   for name in ('quant_report.json', 'settings.json', 'layers.json', 'layers.md',
-               'outliers.json', 'outliers.png', 'quantized/quant_meta.json'):
+               'outliers.json', 'outliers.png', 'losses.png', 'quantized/quant_meta.json'):
     assert os.path.exists(os.path.join(directory, name)), name
   assert not [n for n in os.listdir(directory) if n.startswith('.tmp')]
   with open(os.path.join(directory, 'quant_report.json')) as f:

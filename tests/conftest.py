@@ -1,0 +1,71 @@
+"""Suite-wide settings: one compilation cache per run, and a last line saying which marked
+tests were deselected.
+
+On CPU the suite's time is mostly XLA compiling tiny models, not running them. A persistent
+compilation cache shared by the xdist workers of one run makes a program that two tests, two
+workers or two stage calls (a resumed run, a rerun, a recalibration) build the same way compile
+once. It lives in a fresh temporary folder removed at the end, so every run starts cold, as a
+fresh clone does. (XLA's optimisation level stays the default: at -O0 programs that the tests
+require to agree bit for bit, e.g. the fake and integer quantized forwards, differ in the last
+ulp, and the larger forwards run slower.)
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import pytest
+
+CACHE_ENV = 'JAX_COMPILATION_CACHE_DIR'
+MIN_SECS_ENV = 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'
+MARKS = ('slow', 'gpu')
+_OWN_CACHE = pytest.StashKey[str]()        # the cache folder this process made
+_deselected: dict[str, int] = {}
+
+
+def pytest_configure(config):
+  """The controller (or the only process) makes the run's cache folder; xdist workers and the
+  subprocesses that tests start inherit it through JAX's environment variables. A cache the
+  person set (JAX_COMPILATION_CACHE_DIR) is used and kept."""
+  if CACHE_ENV not in os.environ:
+    os.environ[CACHE_ENV] = config.stash[_OWN_CACHE] = tempfile.mkdtemp(
+        prefix='ouromamba-tests-xla-')
+  os.environ.setdefault(MIN_SECS_ENV, '0.2')   # JAX's default, 1 s, skips most tiny programs
+  import jax  # pylint: disable=g-import-not-at-top  (it may have read the variables already)
+  jax.config.update('jax_compilation_cache_dir', os.environ[CACHE_ENV])
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', float(os.environ[MIN_SECS_ENV]))
+
+
+def pytest_deselected(items):
+  for item in items:
+    kind = next((m for m in MARKS if item.get_closest_marker(m)), 'other')
+    _deselected[kind] = _deselected.get(kind, 0) + 1
+
+
+def pytest_sessionfinish(session):
+  if hasattr(session.config, 'workeroutput'):        # an xdist worker: tell the controller
+    session.config.workeroutput['deselected'] = dict(_deselected)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):  # pylint: disable=unused-argument
+  """xdist: every worker collects (and deselects) the whole suite; keep one worker's counts."""
+  counts = getattr(node, 'workeroutput', {}).get('deselected', {})
+  for kind, n in counts.items():
+    _deselected[kind] = max(_deselected.get(kind, 0), n)
+
+
+def pytest_unconfigure(config):
+  """Runs after pytest's summary line, so this is the run's last line (xdist does not count
+  deselected tests in its summary at all)."""
+  own = config.stash.get(_OWN_CACHE, None)
+  if own:
+    shutil.rmtree(own, ignore_errors=True)
+    os.environ.pop(CACHE_ENV, None)
+  reporter = config.pluginmanager.get_plugin('terminalreporter')
+  total = sum(_deselected.values())
+  if reporter is None or not total or hasattr(config, 'workerinput'):
+    return
+  parts = ', '.join(f'{_deselected[k]} {k}' for k in (*MARKS, 'other') if _deselected.get(k))
+  reporter.write_line(f'{total} deselected ({parts}); `-m slow` / `-m gpu` run the marked ones')
