@@ -99,6 +99,17 @@ def enable_compilation_cache(path: str) -> None:
   jax.config.update('jax_compilation_cache_dir', path)
 
 
+def start_processes(config) -> None:
+  """jax.distributed.initialize from config.distributed or the environment (one process when
+  neither names a coordinator), before any JAX computation."""
+  from ouromamba_jax import distributed  # pylint: disable=g-import-not-at-top
+  from ouromamba_jax.stages import sections  # pylint: disable=g-import-not-at-top
+  section = config.get('distributed')
+  spec = (distributed.DistributedSpec() if section is None else
+          sections.spec_from_section(distributed.DistributedSpec, section, 'distributed'))
+  distributed.initialize(spec)
+
+
 def main(argv):
   from ouromamba_jax.data import pipeline as data_pipeline  # pylint: disable=g-import-not-at-top
   from ouromamba_jax.io import integrity  # pylint: disable=g-import-not-at-top
@@ -121,6 +132,10 @@ def main(argv):
   os.makedirs(workdir, exist_ok=True)
   logging.info('mode=%s workdir=%s', config.mode, workdir)
   enable_compilation_cache(config.get('compilation_cache', ''))
+  try:
+    start_processes(config)
+  except (ValueError, TypeError) as e:
+    fail(e, CONFIG_ERROR_EXIT)
   try:
     resolve_mode(config.mode)(config, workdir)
   except (data_pipeline.DataNotFoundError, integrity.DamagedFileError,
