@@ -29,8 +29,7 @@ ENV_ADDRESS, ENV_COUNT, ENV_ID = 'JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES',
 
 @dataclasses.dataclass(frozen=True)
 class DistributedSpec:
-  """Several processes or hosts (the `distributed` config section). All empty and no
-  $JAX_COORDINATOR_ADDRESS: one process."""
+  """Several processes or hosts: every process runs the same command (empty = one process)."""
   coordinator_address: str = field(
       '', "host:port of process 0, the same on every process ('' = $JAX_COORDINATOR_ADDRESS; "
       "both empty = one process)")

@@ -23,10 +23,10 @@ MODE_DOCS = {
     'convert': 'a hustvl .pth -> .safetensors under hustvl names',
 }
 MODE_SECTIONS = {
-    'pipeline': ('model', 'data', 'gen', 'quant', 'pipeline'),
-    'generate': ('model', 'data', 'gen'),
+    'pipeline': ('model', 'data', 'gen', 'quant', 'pipeline', 'distributed'),
+    'generate': ('model', 'data', 'gen', 'distributed'),
     'quantize': ('model', 'data', 'quant'),
-    'evaluate': ('model', 'data', 'eval'),
+    'evaluate': ('model', 'data', 'eval', 'distributed'),
     'train': ('model', 'data', 'train'),
     'convert': ('model', 'convert'),
 }
