@@ -19,7 +19,7 @@ from absl import logging
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ouromamba_jax.spec_fields import field
 
@@ -101,6 +101,26 @@ def gather(x) -> np.ndarray:
   if isinstance(x, jax.Array) and not x.is_fully_addressable:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
   return np.asarray(jax.device_get(x))
+
+
+def replicate(tree, mesh: Mesh):
+  """`tree` (the same values on every process, on any local device) on every mesh device."""
+  return jax.device_put(jax.device_get(tree), NamedSharding(mesh, PartitionSpec()))
+
+
+def shard_rows(x, mesh: Mesh) -> jax.Array:
+  """`x` (the whole array on every process, on any local device or host) split by rows over
+  the mesh: each local device gets its rows by a local copy, nothing crosses hosts."""
+  sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+  pieces = [jax.device_put(x[index], device)
+            for device, index in sharding.addressable_devices_indices_map(x.shape).items()]
+  return jax.make_array_from_single_device_arrays(x.shape, sharding, pieces)
+
+
+def local_copy(tree):
+  """A replicated global tree as plain (uncommitted) local arrays, like those of one-device
+  work: committed ones would recompile every jitted function they meet."""
+  return jax.tree.map(lambda a: jax.numpy.asarray(np.asarray(a.addressable_data(0))), tree)
 
 
 def barrier(name: str) -> None:

@@ -1,5 +1,6 @@
-"""ouromamba_jax.distributed: the initialize arguments, and Gen + evaluation on two localhost
-processes (2 forced CPU devices each, gloo collectives) equal to one process."""
+"""ouromamba_jax.distributed: the initialize arguments, and Gen, calibration and evaluation on
+two localhost processes (2 forced CPU devices each, gloo collectives) equal to one process on
+one device."""
 import os
 import socket
 import subprocess
@@ -14,7 +15,6 @@ from ouromamba_jax import distributed
 from ouromamba_jax.distributed import DistributedSpec
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIMEOUT_S = 240   # the three processes together; all are killed past it
 
 
 def test_no_coordinator_is_one_process():
@@ -55,11 +55,11 @@ _WORKER = textwrap.dedent('''
     import sys
     import numpy as np
     from ouromamba_jax import distributed
-    address, count, pid, out, store_dir = sys.argv[1:]
+    address, count, pid, out, store_dir, calibrate = sys.argv[1:]
     distributed.initialize(distributed.DistributedSpec(
         coordinator_address=address, num_processes=int(count), process_id=int(pid)))
     import jax, jax.numpy as jnp
-    from ouromamba_jax import evaluation
+    from ouromamba_jax import evaluation, quant
     from ouromamba_jax.data import pipeline
     from ouromamba_jax.gen import generator
     from ouromamba_jax.stages import gen_store
@@ -74,6 +74,14 @@ _WORKER = textwrap.dedent('''
     gen = generator.generate(model, params, spec, seed=0,
                              store=gen_store.FolderGroupStore(store_dir))
 
+    scales = {}
+    if calibrate == '1':   # micro-batches of 3 rows over 4 devices: padded rows must not count
+      calib = quant.QuantRunSpec(preset='w4a4', epochs=1, micro_batch=3).quant_spec()
+      qparams, _ = quant.quantize(model, params, gen.images, calib, log=lambda _: None)
+      leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(qparams))[0]
+      scales = {'q' + jax.tree_util.keystr(p): np.asarray(x, np.float32) for p, x in leaves
+                if 'scale' in jax.tree_util.keystr(p)}
+
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (11, 32, 32, 3), dtype=np.uint8)   # 11: uneven shares
     labels = rng.integers(0, 10, 11).astype(np.int32)
@@ -86,7 +94,7 @@ _WORKER = textwrap.dedent('''
     np.savez(out, images=gen.images, labels=gen.labels, loss=gen.history[0]['total'],
              top1=streamed['top1'], top5=streamed['top5'], gen_top1=arrays['top1'],
              true_top1=np.mean(logits.argmax(-1) == labels), devices=jax.device_count(),
-             writer=distributed.is_writer())
+             writer=distributed.is_writer(), **scales)
 ''')
 
 
@@ -96,13 +104,17 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _run_all(commands: list[list[str]], env: dict) -> list[subprocess.CompletedProcess]:
-  """Starts every command at once; kills them all if any is still running after TIMEOUT_S."""
-  procs = [subprocess.Popen(c, cwd=_REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True) for c in commands]
-  deadline = time.monotonic() + TIMEOUT_S
+def _run_all(commands: list[list[str]], envs: list[dict], timeout_s: float
+             ) -> list[subprocess.CompletedProcess]:
+  """Starts every command at once; kills them all if any is still running after timeout_s."""
+  procs = [subprocess.Popen(c, cwd=_REPO, env=e, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True) for c, e in zip(commands, envs)]
+  deadline = time.monotonic() + timeout_s
   try:
     outputs = [p.communicate(timeout=max(deadline - time.monotonic(), 1))[0] for p in procs]
+  except subprocess.TimeoutExpired as e:
+    pytest.fail(f'{e.cmd[3:5]} still running after {timeout_s} s: all killed. Output:\n'
+                f'{(e.output or b"").decode(errors="replace")[-3000:]}')
   finally:
     for p in procs:
       if p.poll() is None:
@@ -111,22 +123,26 @@ def _run_all(commands: list[list[str]], env: dict) -> list[subprocess.CompletedP
   return [subprocess.CompletedProcess(p.args, p.returncode, out) for p, out in zip(procs, outputs)]
 
 
-def test_two_processes_match_one(tmp_path):
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
-             JAX_PLATFORMS='cpu', PYTHONPATH=_REPO)
+def _two_and_one(tmp_path, calibrate: bool, timeout_s: float):
+  """(the two processes' results, the one-process one-device result, Gen's store folders)."""
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=_REPO)
   address = f'127.0.0.1:{_free_port()}'
   out = [str(tmp_path / f'p{i}.npz') for i in range(2)] + [str(tmp_path / 'one.npz')]
-  shared, alone = str(tmp_path / 'gen_two'), str(tmp_path / 'gen_one')
-  commands = [[sys.executable, '-c', _WORKER, address, '2', str(i), out[i], shared]
+  stores = str(tmp_path / 'gen_two'), str(tmp_path / 'gen_one')
+  flag = str(int(calibrate))
+  commands = [[sys.executable, '-c', _WORKER, address, '2', str(i), out[i], stores[0], flag]
               for i in range(2)]
-  commands.append([sys.executable, '-c', _WORKER, '', '0', '-1', out[2], alone])
-  runs = _run_all(commands, env)
+  commands.append([sys.executable, '-c', _WORKER, '', '0', '-1', out[2], stores[1], flag])
+  runs = _run_all(commands, [dict(env, XLA_FLAGS=f'--xla_force_host_platform_device_count={n}')
+                             for n in (2, 2, 1)], timeout_s)
   for run in runs:
     assert run.returncode == 0, run.stdout[-5000:]
-  two = [dict(np.load(p)) for p in out[:2]]
-  one = dict(np.load(out[2]))
+  return [dict(np.load(p)) for p in out[:2]], dict(np.load(out[2])), stores
 
-  assert [int(r['devices']) for r in two] == [4, 4] and int(one['devices']) == 2
+
+def test_two_processes_match_one(tmp_path):
+  two, one, (shared, alone) = _two_and_one(tmp_path, calibrate=False, timeout_s=240)
+  assert [int(r['devices']) for r in two] == [4, 4] and int(one['devices']) == 1
   assert [bool(r['writer']) for r in two] == [True, False]
   for r in two:
     np.testing.assert_array_equal(r['labels'], one['labels'])
@@ -139,3 +155,15 @@ def test_two_processes_match_one(tmp_path):
   # process 0 alone wrote the finished groups, as the one-process run did
   assert sorted(os.listdir(os.path.join(shared, 'groups'))) == sorted(
       os.listdir(os.path.join(alone, 'groups')))
+
+
+@pytest.mark.slow  # w4a4 calibration compiles for ~100 s per process on 2 shared CPU cores
+def test_two_processes_calibrate_like_one(tmp_path):
+  two, one, _ = _two_and_one(tmp_path, calibrate=True, timeout_s=600)
+  scales = sorted(k for k in one if k.startswith('q'))
+  assert scales
+  for r in two:
+    assert scales == sorted(k for k in r if k.startswith('q'))
+    for k in scales:   # data-parallel reconstruction: the same step sizes up to float rounding
+      np.testing.assert_allclose(r[k], one[k], rtol=1e-3, atol=1e-6 * np.abs(one[k]).max(),
+                                 err_msg=k)
