@@ -101,12 +101,18 @@ def enable_compilation_cache(path: str) -> None:
 
 def start_processes(config) -> None:
   """jax.distributed.initialize from config.distributed or the environment (one process when
-  neither names a coordinator), before any JAX computation."""
+  neither names a coordinator), before any JAX computation. Only the modes that read the
+  `distributed` section split their work (and their writes) over processes; the others would
+  all write the same files, so they are refused."""
   from ouromamba_jax import distributed  # pylint: disable=g-import-not-at-top
-  from ouromamba_jax.stages import sections  # pylint: disable=g-import-not-at-top
+  from ouromamba_jax.stages import MODE_SECTIONS, sections  # pylint: disable=g-import-not-at-top
   section = config.get('distributed')
   spec = (distributed.DistributedSpec() if section is None else
           sections.spec_from_section(distributed.DistributedSpec, section, 'distributed'))
+  several = [m for m, names in MODE_SECTIONS.items() if 'distributed' in names]
+  if distributed.initialize_arguments(spec) is not None and config.mode not in several:
+    raise ValueError(f'mode {config.mode} runs in one process; several processes (distributed.* '
+                     f'or $JAX_COORDINATOR_ADDRESS) are for modes {", ".join(several)}.')
   distributed.initialize(spec)
 
 

@@ -51,6 +51,16 @@ def test_one_process_mesh_and_writer():
     distributed.data_mesh(-1)
 
 
+def test_modes_that_do_not_split_their_work_refuse_several_processes():
+  import main  # pylint: disable=g-import-not-at-top
+  from configs import vim_t_cifar10  # pylint: disable=g-import-not-at-top
+  config = vim_t_cifar10.get_config()
+  config.distributed.coordinator_address = '127.0.0.1:1'
+  config.distributed.num_processes, config.distributed.process_id = 2, 0
+  with pytest.raises(ValueError, match='mode pipeline runs in one process'):
+    main.start_processes(config)
+
+
 _WORKER = textwrap.dedent('''
     import sys
     import numpy as np

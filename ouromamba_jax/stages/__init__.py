@@ -23,7 +23,7 @@ MODE_DOCS = {
     'convert': 'a hustvl .pth -> .safetensors under hustvl names',
 }
 MODE_SECTIONS = {
-    'pipeline': ('model', 'data', 'gen', 'quant', 'pipeline', 'distributed'),
+    'pipeline': ('model', 'data', 'gen', 'quant', 'pipeline'),
     'generate': ('model', 'data', 'gen', 'distributed'),
     'quantize': ('model', 'data', 'quant'),
     'evaluate': ('model', 'data', 'eval', 'distributed'),
