@@ -103,6 +103,23 @@ def enable_compilation_cache(path: str) -> None:
   jax.config.update('jax_compilation_cache_dir', path)
 
 
+def start_processes(config) -> None:
+  """jax.distributed.initialize from config.distributed or the environment (one process when
+  neither names a coordinator), before any JAX computation. Only the modes that read the
+  `distributed` section split their work (and their writes) over processes; the others would
+  all write the same files, so they are refused."""
+  from ouromamba_jax import distributed  # pylint: disable=g-import-not-at-top
+  from ouromamba_jax.stages import MODE_SECTIONS, sections  # pylint: disable=g-import-not-at-top
+  section = config.get('distributed')
+  spec = (distributed.DistributedSpec() if section is None else
+          sections.spec_from_section(distributed.DistributedSpec, section, 'distributed'))
+  several = [m for m, names in MODE_SECTIONS.items() if 'distributed' in names]
+  if distributed.initialize_arguments(spec) is not None and config.mode not in several:
+    raise ValueError(f'mode {config.mode} runs in one process; several processes (distributed.* '
+                     f'or $JAX_COORDINATOR_ADDRESS) are for modes {", ".join(several)}.')
+  distributed.initialize(spec)
+
+
 def main(argv):
   from ouromamba_jax.data import pipeline as data_pipeline  # pylint: disable=g-import-not-at-top
   from ouromamba_jax.io import integrity  # pylint: disable=g-import-not-at-top
@@ -126,6 +143,10 @@ def main(argv):
   os.makedirs(workdir, exist_ok=True)
   logging.info('mode=%s workdir=%s', config.mode, workdir)
   enable_compilation_cache(config.get('compilation_cache', ''))
+  try:
+    start_processes(config)
+  except (ValueError, TypeError) as e:
+    fail(e, CONFIG_ERROR_EXIT)
   try:
     resolve_mode(config.mode)(config, workdir)
   except (data_pipeline.DataNotFoundError, integrity.DamagedFileError,

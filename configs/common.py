@@ -12,6 +12,7 @@ import dataclasses
 
 import ml_collections as mlc
 
+from ouromamba_jax.distributed import DistributedSpec
 from ouromamba_jax.gen.spec import GenSpec
 from ouromamba_jax.quant.run_spec import QuantRunSpec
 from ouromamba_jax.spec_fields import field
@@ -97,7 +98,8 @@ class BaseSection:
 # The documentation of every config section: `main.py --help` prints it.
 SECTIONS = {'': BaseSection, 'model': ModelSection, 'data': DataSection, 'gen': GenSpec,
             'quant': QuantRunSpec, 'eval': EvalSpec, 'train': TrainSpec,
-            'pipeline': PipelineSection, 'convert': ConvertSection}
+            'pipeline': PipelineSection, 'convert': ConvertSection,
+            'distributed': DistributedSpec}
 OVERRIDES_HELP = ('architecture fields of the registered variant (None = its value): '
                   + ', '.join(OVERRIDABLE))
 
@@ -117,7 +119,15 @@ def data_config(name: str) -> mlc.ConfigDict:
 
 
 def base_config() -> mlc.ConfigDict:
-  return section_from_spec(BaseSection)
+  """Top-level fields and the `distributed` section (every mode may run on several processes)."""
+  c = section_from_spec(BaseSection)
+  c.distributed = distributed_config()
+  return c
+
+
+def distributed_config() -> mlc.ConfigDict:
+  """Several processes / hosts: `ouromamba_jax.distributed.DistributedSpec`."""
+  return section_from_spec(DistributedSpec)
 
 
 def train_config() -> mlc.ConfigDict:

@@ -19,32 +19,69 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ouromamba_jax.data import normalization
+from ouromamba_jax.distributed import DATA_AXIS, data_mesh
 from ouromamba_jax.data import pipeline
 
 LOG_EVERY_S = 10.0   # progress line at most this often (plus the first and the last batch)
 
 
-_normalize = jax.jit(normalization.normalize)
-
-
-@functools.partial(jax.jit, static_argnames='k')
 def _hits(logits, labels, k):
   top1 = jnp.sum(jnp.argmax(logits, -1) == labels)
   _, topk = jax.lax.top_k(logits, k)
   return top1, jnp.sum(jnp.any(topk == labels[:, None], axis=-1))
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _logits(model, params, images):
-  return model.apply({'params': params}, images)
+@functools.lru_cache(maxsize=None)
+def _counter(model, mesh: Mesh, k: int, normalize: bool):
+  """jit(params, images, labels, mean, std) -> (top-1 hits, top-k hits) of a batch split over
+  `mesh`: each device scores its rows (`shard_map`, so Pallas kernels run on their own shard)
+  and the counts are summed over the mesh. Label -1 (padding) never hits."""
+  def local(params, images, labels, mean, std):
+    if normalize:
+      images = normalization.normalize(images, mean, std)
+    hits = _hits(model.apply({'params': params}, images), labels, k)
+    return tuple(jax.lax.psum(h, DATA_AXIS) for h in hits)
+
+  data, rep = PartitionSpec(DATA_AXIS), PartitionSpec()
+  return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(rep, data, data, rep, rep),
+                               out_specs=(rep, rep), check_vma=False))
 
 
-def _count_correct(model, params, images_uint8, labels, mean, std, k):
-  """(top-1 hits, top-k hits) of a batch; label -1 (padding) never hits."""
-  logits = _logits(model, params, _normalize(images_uint8, mean, std))
-  return _hits(logits, labels, k)
+def _replicate(params, mesh: Mesh):
+  """The weights on every device of the mesh (from host memory: they may live on one device)."""
+  return jax.device_put(jax.device_get(params), NamedSharding(mesh, PartitionSpec()))
+
+
+def _global_batch(mesh: Mesh, local_rows: np.ndarray) -> jax.Array:
+  """This process's rows as its part of a batch split over every process's devices."""
+  return jax.make_array_from_process_local_data(NamedSharding(mesh, PartitionSpec(DATA_AXIS)),
+                                                local_rows)
+
+
+def process_share(indices: np.ndarray, batch_size: int) -> tuple[np.ndarray, int, int]:
+  """(this process's indices, its rows per batch, batches): every process reads its own
+  contiguous part, in batches of the same count (a process that runs out sends padding)."""
+  procs, devices = jax.process_count(), jax.device_count()
+  per_process = -(-max(batch_size, devices) // devices) * (devices // procs)
+  parts = np.array_split(indices, procs)
+  num_batches = -(-len(parts[0]) // per_process)
+  return parts[jax.process_index()], per_process, num_batches
+
+
+def _padded(batch_iter: Iterator[pipeline.Batch], num_batches: int, rows: int, size: int
+            ) -> Iterator[pipeline.Batch]:
+  """`batch_iter`, then all-padding batches up to `num_batches` (collectives need every
+  process to take part in every batch)."""
+  done = 0
+  for batch in batch_iter:
+    done += 1
+    yield batch
+  for _ in range(num_batches - done):
+    yield pipeline.Batch(np.zeros((rows, size, size, 3), np.uint8), np.full((rows,), -1, np.int32),
+                         0)
 
 
 def _check_labels(source: pipeline.EvalSource, num_classes: int) -> None:
@@ -76,18 +113,24 @@ def evaluator(model, params, source: pipeline.EvalSource, *, eval_images: int = 
   _check_labels(source, model.num_classes)
   indices = pipeline.subset_indices(len(source.labels), int(eval_images))
   n = len(indices)
-  batch_size = min(int(batch_size), n)
   k = min(5, model.num_classes)
-  mean = jnp.asarray(source.mean, jnp.float32)
-  std = jnp.asarray(source.std, jnp.float32)
-  log(f'[eval] {source.name}: {n} images in batches of {batch_size} '
-      f'({len(source.labels)} in the split)')
+  mesh = data_mesh()
+  params = _replicate(params, mesh)
+  count = _counter(model, mesh, k, True)
+  mean = np.asarray(source.mean, np.float32)
+  std = np.asarray(source.std, np.float32)
+  mine, rows, num_batches = process_share(indices, min(int(batch_size), n))
+  global_rows = rows * jax.process_count()
+  log(f'[eval] {source.name}: {n} images in batches of {global_rows} '
+      f'({len(source.labels)} in the split, {mesh.size} devices)')
 
+  local = pipeline.batches(source, mine, rows, threads=threads)
   hits, done, last_log = [], 0, 0.0
   t_first = None
-  for batch in pipeline.batches(source, indices, batch_size, threads=threads):
-    hits.append(_count_correct(model, params, batch.images, batch.labels, mean, std, k))
-    done += batch.valid
+  for b, batch in enumerate(_padded(local, num_batches, rows, source.image_size)):
+    hits.append(count(params, _global_batch(mesh, batch.images),
+                      _global_batch(mesh, batch.labels), mean, std))
+    done = min(n, (b + 1) * global_rows)
     if t_first is None or done == n or time.perf_counter() - last_log >= LOG_EVERY_S:
       jax.block_until_ready(hits[-1])
       now = time.perf_counter()
@@ -126,12 +169,18 @@ def evaluate(model, params, images, labels, *, batch_size: int = 256) -> dict[st
   if images.ndim != 4 or len(images) != len(labels) or not len(labels):
     raise ValueError(f'evaluate needs NHWC images and one label each, got {images.shape} and '
                      f'{labels.shape}.')
-  k = min(5, model.num_classes)
-  hits = []
-  for start in range(0, len(labels), batch_size):
-    chunk = slice(start, start + batch_size)
-    logits = _logits(model, params, jnp.asarray(images[chunk]))
-    hits.append(_hits(logits, jnp.asarray(labels[chunk]), k))
-  totals = np.sum(np.asarray(jax.device_get(hits), np.int64), axis=0)
   n = len(labels)
+  mesh = data_mesh()
+  count = _counter(model, mesh, min(5, model.num_classes), False)
+  params = _replicate(params, mesh)
+  mine, rows, num_batches = process_share(np.arange(n), min(int(batch_size), n))
+  hits = []
+  for b in range(num_batches):
+    rows_here = mine[b * rows:(b + 1) * rows]
+    batch_images = np.zeros((rows,) + images.shape[1:], np.float32)
+    batch_labels = np.full((rows,), -1, np.int32)
+    batch_images[:len(rows_here)], batch_labels[:len(rows_here)] = images[rows_here], labels[rows_here]
+    hits.append(count(params, _global_batch(mesh, batch_images), _global_batch(mesh, batch_labels),
+                      np.zeros(3, np.float32), np.ones(3, np.float32)))
+  totals = np.sum(np.asarray(jax.device_get(hits), np.int64), axis=0)
   return {'top1': float(totals[0]) / n, 'top5': float(totals[1]) / n, 'images': int(n)}

@@ -18,6 +18,7 @@ from absl import logging
 import jax
 import numpy as np
 
+from ouromamba_jax import distributed
 from ouromamba_jax.gen import objective
 from ouromamba_jax.gen import optimize
 from ouromamba_jax.gen.spec import GenSpec
@@ -165,7 +166,7 @@ def generate(model, params, spec: GenSpec, seed: int = 0, *, store: Optional[Gro
   gen_model = objective.generation_model(model, spec)
   optimizer = optimize.build_optimizer(spec)
   step_fn = optimize.make_step(gen_model, spec, optimizer, mesh)
-  params = jax.device_put(params, optimize.replicated(mesh))
+  params = jax.device_put(jax.device_get(params), optimize.replicated(mesh))
   shape = (model.img_size, model.img_size, model.in_chans)
 
   finished = {}
@@ -216,7 +217,8 @@ def _run_group(g, num_groups, indices, labels, *, seed, shape, spec: GenSpec, me
   iters, every = spec.iterations, (spec.checkpoint_every if store is not None else 0)
   log_every = max(spec.log_every, 1)
   n = len(indices)
-  keys = jax.device_put(optimize.image_keys(seed, indices), optimize.batch_sharding(mesh))
+  keys = jax.jit(optimize.image_keys, static_argnums=0,
+                 out_shardings=optimize.batch_sharding(mesh))(seed, indices)
   labels_dev = jax.device_put(labels, optimize.batch_sharding(mesh))
   images = optimize.initial_images(keys, shape, float(spec.init_std))
   state = optimize.GroupState(images, optimizer.init(images))
@@ -226,7 +228,8 @@ def _run_group(g, num_groups, indices, labels, *, seed, shape, spec: GenSpec, me
   in_this_group = latest is not None and latest // iters == g
   if in_this_group and latest % iters:
     start = latest % iters
-    restored = store.restore(latest, {'state': jax.device_get(state), 'history': history})
+    restored = store.restore(latest, {'state': jax.tree.map(distributed.gather, state),
+                                     'history': history})
     state = jax.tree.map(np.asarray, restored['state'])
     history = np.asarray(restored['history'], np.float32)
     logging.info('gen: group %d/%d resumes at step %d from %s', g + 1, num_groups, start,
@@ -279,12 +282,13 @@ def _run_group(g, num_groups, indices, labels, *, seed, shape, spec: GenSpec, me
     if every and (t + 1) % every == 0 and t + 1 < iters:
       record(*pending)
       pending = None
-      store.save(g * iters + t + 1, {'state': jax.device_get(state), 'history': history})
+      store.save(g * iters + t + 1, {'state': jax.tree.map(distributed.gather, state),
+                                     'history': history})
       last_good[0] = g * iters + t + 1
   if pending is not None:
     record(*pending)
 
-  data = {'images': np.asarray(jax.device_get(state.images), np.float32),
+  data = {'images': distributed.gather(state.images).astype(np.float32),
           'labels': np.asarray(labels, np.int32), 'indices': indices, 'group': np.int32(g),
           'history': history}
   if store is not None:

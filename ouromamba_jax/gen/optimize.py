@@ -16,11 +16,11 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from ouromamba_jax.distributed import DATA_AXIS, data_mesh  # pylint: disable=unused-import
 from ouromamba_jax.gen import objective
 from ouromamba_jax.gen.spec import GenSpec
 
 SCHEDULES = ('cosine', 'constant')
-DATA_AXIS = 'data'
 
 
 def target_labels(num_images: int, num_classes: int, seed: int) -> np.ndarray:
@@ -91,18 +91,6 @@ def pixel_bounds(mean, std) -> tuple[np.ndarray, np.ndarray]:
 class GroupState(NamedTuple):
   images: jax.Array
   opt_state: optax.OptState
-
-
-def data_mesh(num_devices: int = 0) -> Mesh:
-  """1-D mesh over the first `num_devices` local devices (0 = all)."""
-  devices = jax.local_devices()
-  if num_devices < 0:
-    raise ValueError(f'gen.num_devices must be >= 0 (0 = all local devices), got {num_devices}')
-  if num_devices:
-    if num_devices > len(devices):
-      raise ValueError(f'gen.num_devices={num_devices} but only {len(devices)} local devices exist')
-    devices = devices[:num_devices]
-  return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

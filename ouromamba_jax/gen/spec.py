@@ -23,7 +23,7 @@ class GenSpec:
   num_images: int = field(128, 'synthetic calibration set size (paper Fig. 9a)')
   iterations: int = field(1000, 'Adam steps per image (paper)')
   images_per_step: int = field(32, 'images optimised together (memory knob); divides num_images')
-  num_devices: int = field(0, 'data-parallel over this many local devices (0 = all)')
+  num_devices: int = field(0, 'data-parallel over this many devices (0 = all, of every process)')
   remat: bool = field(True, 'recompute block activations in the backward pass')
   scan_implementation: str = field(
       '', "'' = the model's scan; a scan name overrides it for Gen only")

@@ -32,7 +32,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import PartitionSpec
 
+from ouromamba_jax import distributed
 from ouromamba_jax.io import integrity
 from ouromamba_jax.models import blockwise
 from ouromamba_jax.models import vim
@@ -75,13 +77,18 @@ def _clamped_norm(x, eps: float):
   return jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1), eps * eps))
 
 
-def cosine_loss(out, target, eps: float = 1e-8):
-  """mean over tokens of 1 - cos(out, target) along channels (torch cosine_similarity)."""
+def token_losses(out, target, eps: float = 1e-8):
+  """1 - cos(out, target) along channels (torch cosine_similarity), per token."""
   out = out.astype(jnp.float32)
   target = target.astype(jnp.float32)
   dot = jnp.sum(out * target, axis=-1)
   norms = _clamped_norm(out, eps) * _clamped_norm(target, eps)
-  return jnp.mean(1.0 - dot / norms)
+  return 1.0 - dot / norms
+
+
+def cosine_loss(out, target, eps: float = 1e-8):
+  """mean over tokens of 1 - cos(out, target) along channels."""
+  return jnp.mean(token_losses(out, target, eps))
 
 
 def micro_batches(n: int, size: int) -> list[slice]:
@@ -146,6 +153,64 @@ def _train_step(block, optimizer, log_space, variables, frozen, opt_state, hidde
   loss, grads = jax.value_and_grad(loss_fn)(variables)
   updates, opt_state = optimizer.update(grads, opt_state, variables)
   return optax.apply_updates(variables, updates), opt_state, loss
+
+
+@functools.lru_cache(maxsize=None)
+def _sharded_train_step(block, optimizer, log_space, mesh):
+  """_train_step with the micro-batch's rows split over `mesh` (data-parallel: every device
+  differentiates its rows' share of the mean loss, the shares are summed, so the update is the
+  one-device update up to float rounding). Rows of weight 0 are padding."""
+  data, rep = PartitionSpec(distributed.DATA_AXIS), PartitionSpec()
+
+  def local(variables, frozen, hidden, residual, target, weight):
+    count = jax.lax.psum(jnp.sum(weight), distributed.DATA_AXIS) * target.shape[1]
+
+    def loss_fn(v):
+      layer = merge_trainable(_from_variables(v, log_space), frozen)
+      losses = token_losses(block.apply({'params': layer}, hidden, residual)[0], target)
+      return jnp.sum(losses * weight[:, None]) / count
+
+    loss, grads = jax.value_and_grad(loss_fn)(variables)
+    return jax.lax.psum((loss, grads), distributed.DATA_AXIS)
+
+  grads_fn = jax.shard_map(local, mesh=mesh, in_specs=(rep, rep, data, data, data, data),
+                           out_specs=rep, check_vma=False)
+
+  def step(variables, frozen, opt_state, hidden, residual, target, weight):
+    loss, grads = grads_fn(variables, frozen, hidden, residual, target, weight)
+    updates, opt_state = optimizer.update(grads, opt_state, variables)
+    return optax.apply_updates(variables, updates), opt_state, loss
+
+  return jax.jit(step)
+
+
+def _train_block(block, optimizer, log_space, variables, frozen, stream, targets, batches,
+                 epochs: int):
+  """`epochs` passes of AdamW over the micro-batches -> the trained variables (local arrays).
+  With several devices (of one or several processes) each micro-batch is split over all of
+  them; one device runs the plain jitted step."""
+  mesh = distributed.data_mesh()
+  opt_state = optimizer.init(variables)
+  if mesh.size == 1:
+    step = lambda v, o, s: _train_step(block, optimizer, log_space, v, frozen, o, stream[0][s],
+                                       stream[1][s], targets[s])
+  else:
+    sharded = _sharded_train_step(block, optimizer, log_space, mesh)
+    frozen_all = distributed.replicate(frozen, mesh)
+    variables, opt_state = distributed.replicate((variables, opt_state), mesh)
+
+    def step(v, o, s):
+      rows = s.stop - s.start
+      pad = -rows % mesh.size
+      padded = [jnp.pad(x[s], [(0, pad)] + [(0, 0)] * (x.ndim - 1))
+                for x in (stream[0], stream[1], targets)]
+      weight = np.concatenate([np.ones(rows, np.float32), np.zeros(pad, np.float32)])
+      return sharded(v, frozen_all, o, *(distributed.shard_rows(x, mesh) for x in padded),
+                     distributed.shard_rows(weight, mesh))
+  for _ in range(epochs):
+    for s in batches:
+      variables, opt_state, _ = step(variables, opt_state, s)
+  return variables if mesh.size == 1 else distributed.local_copy(variables)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -319,13 +384,9 @@ def reconstruct_blocks(model: vim.VisionMamba, params, images, plan: Mapping[str
       n_steps = calib.epochs * len(batches) if jax.tree.leaves(trainable) else 0
       loss_final, kept = loss_init, 'untrained'
       if n_steps:
-        variables = _to_variables(trainable, log_space)
-        opt_state = optimizer.init(variables)
-        for _ in range(calib.epochs):
-          for s in batches:
-            variables, opt_state, _ = _train_step(
-                block, optimizer, log_space, variables, frozen, opt_state, q_stream[0][s],
-                q_stream[1][s], targets[0][s])
+        variables = _train_block(
+            block, optimizer, log_space, _to_variables(trainable, log_space), frozen, q_stream,
+            targets[0], batches, calib.epochs)
         trained = merge_trainable(_from_variables(variables, log_space), frozen)
         loss_final = eval_loss(trained, *q_stream, targets[0])
         if calib.keep_better and not loss_final <= loss_init:

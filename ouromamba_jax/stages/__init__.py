@@ -24,9 +24,9 @@ MODE_DOCS = {
 }
 MODE_SECTIONS = {
     'pipeline': ('model', 'data', 'gen', 'quant', 'pipeline'),
-    'generate': ('model', 'data', 'gen'),
+    'generate': ('model', 'data', 'gen', 'distributed'),
     'quantize': ('model', 'data', 'quant'),
-    'evaluate': ('model', 'data', 'eval'),
+    'evaluate': ('model', 'data', 'eval', 'distributed'),
     'train': ('model', 'data', 'train'),
     'convert': ('model', 'convert'),
 }

@@ -18,6 +18,7 @@ import ml_collections as mlc
 
 from ouromamba_jax import checkpoints
 from ouromamba_jax import data as data_lib
+from ouromamba_jax import distributed
 from ouromamba_jax import evaluation as evaluate_lib
 from ouromamba_jax import quantized_checkpoints
 from ouromamba_jax.data import pipeline
@@ -100,7 +101,7 @@ def load_for_eval(config, spec: EvalSpec):
 
 
 def run(config, workdir: str) -> dict[str, Any]:
-  """Writes WORKDIR/eval.json and logs top-1/top-5.
+  """Writes WORKDIR/eval.json (process 0; every process scores its share) and logs top-1/top-5.
 
   Order: weights named? -> data found? -> load weights -> evaluate, so a missing dataset is
   reported before a large checkpoint is read.
@@ -117,6 +118,8 @@ def run(config, workdir: str) -> dict[str, Any]:
             'data': config.data.name, 'data_dir': config.data.data_dir, 'smoke_check': smoke,
             'split': source.name, 'eval_images': int(config.data.eval_images)}
   path = os.path.join(workdir, RESULT_FILE)
-  atomic.write_json(path, record)
-  logging.info('[eval] wrote %s', path)
+  if distributed.is_writer():
+    atomic.write_json(path, record)
+    logging.info('[eval] wrote %s', path)
+  distributed.barrier('eval.json')
   return record

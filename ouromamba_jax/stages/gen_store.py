@@ -17,6 +17,7 @@ from typing import Optional
 import numpy as np
 import orbax.checkpoint as ocp
 
+from ouromamba_jax import distributed
 from ouromamba_jax.io import atomic
 
 RUN_FILE = 'run.json'
@@ -57,7 +58,8 @@ class FolderGroupStore:
     self.manager.save(step, args=ocp.args.StandardSave(host))
 
   def save_group(self, group: int, data: dict) -> None:
-    atomic.write_npz(self._group_path(group), **data)
+    if distributed.is_writer():   # every process holds the same gathered group
+      atomic.write_npz(self._group_path(group), **data)
 
   def location(self) -> str:
     return str(self.manager.directory)
@@ -91,4 +93,5 @@ def check_run_description(directory: str, desc: dict) -> None:
                        f'(differs in: {", ".join(other + ["gen." + k for k in diff])}). '
                        'Use another workdir, or delete that folder to start over.')
     return
-  atomic.write_json(path, desc)
+  if distributed.is_writer():
+    atomic.write_json(path, desc)

@@ -13,6 +13,7 @@ from absl import logging
 import numpy as np
 
 from ouromamba_jax import data as data_lib
+from ouromamba_jax import distributed
 from ouromamba_jax.gen import generator
 from ouromamba_jax.gen import quality
 from ouromamba_jax.gen.spec import GenSpec
@@ -66,9 +67,19 @@ def run(config, workdir: str) -> generator.GenResult:
                config.model.name, config.model.checkpoint, directory)
   store = gen_store.FolderGroupStore(directory, spec.keep_checkpoints)
   result = generator.generate(model, params, spec, seed=config.seed, store=store)
+  if distributed.is_writer():
+    write_outputs(config, directory, model, params, spec, result)
+  distributed.barrier('gen outputs')
+  return result
+
+
+def write_outputs(config, directory: str, model, params, spec: GenSpec,
+                  result: generator.GenResult) -> None:
+  """synthetic.npz, the PNG grid, the loss curves and the quality check (none redone when
+  they already hold these images)."""
   if outputs_done(directory, result, spec):
     logging.info('gen: %s already holds these images and reports; nothing rewritten', directory)
-    return result
+    return
   gen_outputs.write_synthetic_set(directory, result.images, result.labels, spec.mean, spec.std,
                                   class_names(config), spec.grid_columns)
   gen_outputs.write_losses(directory, generator.METRICS, result.history)
@@ -78,5 +89,4 @@ def run(config, workdir: str) -> generator.GenResult:
     for name, value in report.items():
       logging.info('gen quality: %s = %.4f', name, value)
     atomic.write_json(os.path.join(directory, gen_outputs.QUALITY_FILE), report)
-  logging.info('gen: wrote %s', gen_outputs.synthetic_path(workdir))
-  return result
+  logging.info('gen: wrote %s', os.path.join(directory, gen_outputs.SYNTHETIC_FILE))

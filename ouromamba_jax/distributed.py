@@ -1,0 +1,129 @@
+"""Several processes (hosts) as one JAX program: initialisation, the writer, the global mesh.
+
+  initialize(DistributedSpec(...))   # once, before any JAX computation (main.py does it)
+  mesh = data_mesh()                 # 1-D 'data' mesh over every device of every process
+  if is_writer(): write(...)         # shared outputs are written by process 0 only
+  host = gather(global_array)        # the whole array on every process, as numpy
+
+Every process runs the same program on the same inputs (the same seed, the same config);
+work is split by sharding arrays over the global mesh, so results do not depend on how many
+processes there are (up to float rounding across device counts).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable, Mapping, Optional
+
+from absl import logging
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from ouromamba_jax.spec_fields import field
+
+DATA_AXIS = 'data'
+ENV_ADDRESS, ENV_COUNT, ENV_ID = 'JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID'
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedSpec:
+  """Several processes or hosts: every process runs the same command (empty = one process)."""
+  coordinator_address: str = field(
+      '', "host:port of process 0, the same on every process ('' = $JAX_COORDINATOR_ADDRESS; "
+      "both empty = one process)")
+  num_processes: int = field(0, 'how many processes in all (0 = $JAX_NUM_PROCESSES)')
+  process_id: int = field(-1, "this process's index, 0 = the writer (-1 = $JAX_PROCESS_ID)")
+  auto: bool = field(
+      False, "let JAX detect the cluster (SLURM, Open MPI, Kubernetes, TPU pods): the other "
+      'fields may stay empty')
+  cpu_collectives: str = field(
+      'gloo', 'collectives between CPU processes: gloo | mpi (GPUs use NCCL regardless)')
+
+
+def initialize_arguments(spec: DistributedSpec, environ: Mapping[str, str] = os.environ
+                         ) -> Optional[dict[str, Any]]:
+  """The keyword arguments of `jax.distributed.initialize` (None = one process, no call):
+  config fields first, then the environment; `auto` leaves the unset ones to JAX."""
+  address = spec.coordinator_address or environ.get(ENV_ADDRESS, '')
+  count = spec.num_processes or int(environ.get(ENV_COUNT, 0))
+  pid = spec.process_id if spec.process_id >= 0 else int(environ.get(ENV_ID, -1))
+  if spec.auto:
+    return {'coordinator_address': address or None, 'num_processes': count or None,
+            'process_id': pid if pid >= 0 else None}
+  if not address:
+    return None
+  if count < 1 or not 0 <= pid < count:
+    raise ValueError(
+        f'distributed.coordinator_address={address!r} needs distributed.num_processes >= 1 and '
+        f'0 <= distributed.process_id < num_processes (or ${ENV_COUNT} / ${ENV_ID}), got '
+        f'num_processes={count}, process_id={pid}; or set distributed.auto=True on a cluster '
+        'JAX detects.')
+  return {'coordinator_address': address, 'num_processes': count, 'process_id': pid}
+
+
+def initialize(spec: DistributedSpec, environ: Mapping[str, str] = os.environ,
+               log: Callable[[str], Any] = logging.info) -> None:
+  """Joins the processes (once; a second call only logs) and logs this process's place."""
+  kwargs = initialize_arguments(spec, environ)
+  if kwargs is not None and not jax.distributed.is_initialized():
+    jax.config.update('jax_cpu_collectives_implementation', spec.cpu_collectives)
+    jax.distributed.initialize(**kwargs)
+  log(f'[distributed] process {jax.process_index()}/{jax.process_count()}: '
+      f'{jax.local_device_count()} of {jax.device_count()} {jax.default_backend()} devices'
+      + (f', coordinator {kwargs["coordinator_address"] or "auto-detected"}' if kwargs else ''))
+
+
+def is_writer() -> bool:
+  """Process 0 writes the shared outputs (reports, images, checkpoints' metadata)."""
+  return jax.process_index() == 0
+
+
+def data_mesh(num_devices: int = 0) -> Mesh:
+  """1-D 'data' mesh over every device of every process, or the first `num_devices` (one
+  process only: a mesh must include each process's devices for all of them to take part)."""
+  devices = jax.devices()
+  if num_devices < 0:
+    raise ValueError(f'num_devices must be >= 0 (0 = all devices), got {num_devices}')
+  if num_devices and jax.process_count() > 1 and num_devices != len(devices):
+    raise ValueError(f'num_devices={num_devices} with {jax.process_count()} processes: set it '
+                     f'to 0 (all {len(devices)} devices of all processes).')
+  if num_devices:
+    if num_devices > len(devices):
+      raise ValueError(f'num_devices={num_devices} but only {len(devices)} local devices exist')
+    devices = devices[:num_devices]
+  return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def gather(x) -> np.ndarray:
+  """The whole of `x` as numpy on every process, also when its shards live on other hosts."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(jax.device_get(x))
+
+
+def replicate(tree, mesh: Mesh):
+  """`tree` (the same values on every process, on any local device) on every mesh device."""
+  return jax.device_put(jax.device_get(tree), NamedSharding(mesh, PartitionSpec()))
+
+
+def shard_rows(x, mesh: Mesh) -> jax.Array:
+  """`x` (the whole array on every process, on any local device or host) split by rows over
+  the mesh: each local device gets its rows by a local copy, nothing crosses hosts."""
+  sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+  pieces = [jax.device_put(x[index], device)
+            for device, index in sharding.addressable_devices_indices_map(x.shape).items()]
+  return jax.make_array_from_single_device_arrays(x.shape, sharding, pieces)
+
+
+def local_copy(tree):
+  """A replicated global tree as plain (uncommitted) local arrays, like those of one-device
+  work: committed ones would recompile every jitted function they meet."""
+  return jax.tree.map(lambda a: jax.numpy.asarray(np.asarray(a.addressable_data(0))), tree)
+
+
+def barrier(name: str) -> None:
+  """Waits for every process (no-op with one): readers after the writer's files exist."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
