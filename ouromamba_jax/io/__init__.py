@@ -1,5 +1,5 @@
 """Weight file formats: hustvl `.pth` (read without torch) and `.safetensors` <-> Flax params."""
-from ouromamba_jax.io.hustvl_keys import CheckpointMismatchError
+from ouromamba_jax.io.state_dicts import CheckpointMismatchError
 from ouromamba_jax.io.hustvl_keys import export_safetensors
 from ouromamba_jax.io.hustvl_keys import params_from_file
 from ouromamba_jax.io.hustvl_keys import params_from_state_dict

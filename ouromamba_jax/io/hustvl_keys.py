@@ -24,9 +24,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ouromamba_jax.io import integrity
 from ouromamba_jax.io import pth
 from ouromamba_jax.io import safetensors_io
+from ouromamba_jax.io import state_dicts
+# The families' one mismatch error, re-exported where the hustvl loader always had it.
+from ouromamba_jax.io.state_dicts import CheckpointMismatchError  # pylint: disable=unused-import
 
 PTH_SUFFIXES = ('.pth', '.pt', '.bin', '.ckpt')
 SAFETENSORS_SUFFIXES = ('.safetensors',)
@@ -47,16 +49,6 @@ _FOREIGN_KEY_HINTS = (
     (r'(norm|norm_f)\.bias$', 'a LayerNorm bias; these models use RMSNorm (no bias)'),
     (r'\.A_log_b$', "hustvl names the backward log-A 'A_b_log'"),
 )
-
-
-class CheckpointMismatchError(ValueError):
-  """The checkpoint's keys or shapes do not match the model; lists every problem at once."""
-
-  def __init__(self, message, missing=(), unexpected=(), mismatched=()):
-    super().__init__(message)
-    self.missing = list(missing)
-    self.unexpected = list(unexpected)
-    self.mismatched = list(mismatched)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,14 +103,10 @@ class Entry:
     return self.layout.hustvl_shape(self.flax_shape)
 
 
-def _unwrap(params: Mapping[str, Any]) -> Mapping[str, Any]:
-  return params['params'] if set(params) == {'params'} else params
-
-
 def key_table(param_shapes: Mapping[str, Any]) -> dict[str, Entry]:
   """{hustvl key: Entry} for a Flax param tree of arrays or ShapeDtypeStructs."""
   table = {}
-  for path, leaf in traverse_util.flatten_dict(_unwrap(param_shapes)).items():
+  for path, leaf in traverse_util.flatten_dict(state_dicts.unwrap(param_shapes)).items():
     is_array = isinstance(leaf, (np.ndarray, jax.Array, jax.ShapeDtypeStruct))
     if not is_array or not jnp.issubdtype(leaf.dtype, jnp.floating):
       kind = f'{leaf.dtype} array' if is_array else type(leaf).__name__
@@ -147,36 +135,12 @@ def _explain_unexpected(key: str, depth: int) -> str:
 def check_state_dict(state_dict: Mapping[str, np.ndarray], table: Mapping[str, Entry],
                      source: str = 'checkpoint', model_name: str = 'the model') -> None:
   """Raises CheckpointMismatchError naming every missing, unexpected and misshaped key."""
-  missing = [k for k in table if k not in state_dict]
-  unexpected = [k for k in state_dict if k not in table]
-  mismatched = []
-  for key, entry in table.items():
-    if key not in state_dict:
-      continue
-    value = state_dict[key]
-    if tuple(value.shape) != entry.hustvl_shape:
-      mismatched.append((key, tuple(value.shape), entry.hustvl_shape))
-    elif not np.issubdtype(value.dtype, np.floating) and value.dtype.kind != 'V':
-      mismatched.append((key, f'dtype {value.dtype}', 'a float dtype'))
-  if not (missing or unexpected or mismatched):
-    return
   depth = sum(1 for k in table if re.fullmatch(r'layers\.\d+\.norm\.weight', k))
-  lines = [f'{source} does not match {model_name}: {len(missing)} missing, '
-           f'{len(unexpected)} unexpected, {len(mismatched)} mismatched key(s) (hustvl names).']
-  if missing:
-    lines.append('missing:')
-    lines += [f'  {k}: expected shape {table[k].hustvl_shape}' for k in missing]
-  if unexpected:
-    lines.append('unexpected:')
-    for k in unexpected:
-      hint = _explain_unexpected(k, depth)
-      lines.append(f'  {k}: shape {tuple(state_dict[k].shape)}' + (f' ({hint})' if hint else ''))
-  if mismatched:
-    lines.append('mismatched:')
-    lines += [f'  {k}: checkpoint {got}, model expects {want}' for k, got, want in mismatched]
-  lines.append('Check that the model variant, img_size, patch_size, depth and num_classes match '
-               'the checkpoint (pos_embed is not interpolated).')
-  raise CheckpointMismatchError('\n'.join(lines), missing, unexpected, mismatched)
+  state_dicts.check_state_dict(
+      state_dict, table, source=source, model_name=model_name, names='hustvl names',
+      explain=lambda key: _explain_unexpected(key, depth),
+      advice='Check that the model variant, img_size, patch_size, depth and num_classes match '
+             'the checkpoint (pos_embed is not interpolated).')
 
 
 def params_from_state_dict(state_dict: Mapping[str, np.ndarray], param_shapes: Mapping[str, Any],
@@ -189,26 +153,12 @@ def params_from_state_dict(state_dict: Mapping[str, np.ndarray], param_shapes: M
   """
   table = key_table(param_shapes)
   check_state_dict(state_dict, table, source, model_name)
-  integrity.check_finite(((k, state_dict[k]) for k in table), source,
-                         'the checkpoint is damaged or comes from a diverged run: download or '
-                         'export it again.')
-  flat = {}
-  for key, entry in table.items():
-    value = entry.layout.to_flax(np.asarray(state_dict[key]))
-    flat[entry.flax_path] = jnp.asarray(value, dtype=dtype or entry.dtype)
-  return traverse_util.unflatten_dict(flat)
+  return state_dicts.params_from_checked(state_dict, table, source=source, dtype=dtype)
 
 
 def state_dict_from_params(params: Mapping[str, Any], dtype=None) -> dict[str, np.ndarray]:
   """hustvl-named, torch-laid-out, contiguous numpy arrays for a Flax params tree."""
-  flat = traverse_util.flatten_dict(_unwrap(params))
-  state_dict = {}
-  for key, entry in key_table(params).items():
-    array = np.asarray(jax.device_get(flat[entry.flax_path]))
-    if dtype is not None:
-      array = array.astype(jnp.dtype(dtype))
-    state_dict[key] = np.ascontiguousarray(entry.layout.to_hustvl(array))
-  return state_dict
+  return state_dicts.state_dict_from(params, key_table(params), dtype)
 
 
 def read_state_dict(path: str | os.PathLike, key: Optional[str] = 'model'):

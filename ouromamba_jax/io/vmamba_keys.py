@@ -28,9 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ouromamba_jax.io import hustvl_keys
-from ouromamba_jax.io import integrity
 from ouromamba_jax.io import safetensors_io
-from ouromamba_jax.io.hustvl_keys import AS_IS, CONV2D, LINEAR, CheckpointMismatchError, Entry
+from ouromamba_jax.io import state_dicts
+from ouromamba_jax.io.hustvl_keys import AS_IS, CONV2D, LINEAR, Entry
 
 _RENAMES = (
     (r'^patch_embed\.conv_in\.', 'patch_embed.0.'),
@@ -80,10 +80,8 @@ def layout_for(path: tuple[str, ...]):
 
 def key_table(param_shapes: Mapping[str, Any]) -> dict[str, Entry]:
   """{official key: Entry} for a Flax VMamba param tree of arrays or ShapeDtypeStructs."""
-  if set(param_shapes) == {'params'}:
-    param_shapes = param_shapes['params']
   return {official_key(path): Entry(path, layout_for(path), tuple(leaf.shape), leaf.dtype)
-          for path, leaf in traverse_util.flatten_dict(param_shapes).items()}
+          for path, leaf in traverse_util.flatten_dict(state_dicts.unwrap(param_shapes)).items()}
 
 
 def model_param_shapes(model) -> dict[str, Any]:
@@ -94,29 +92,11 @@ def model_param_shapes(model) -> dict[str, Any]:
 def check_state_dict(state_dict: Mapping[str, np.ndarray], table: Mapping[str, Entry],
                      source: str = 'checkpoint', model_name: str = 'the model') -> None:
   """Raises CheckpointMismatchError naming every missing, unexpected and misshaped key."""
-  missing = [k for k in table if k not in state_dict]
-  unexpected = [k for k in state_dict if k not in table]
-  mismatched = [(k, tuple(state_dict[k].shape), e.hustvl_shape) for k, e in table.items()
-                if k in state_dict and tuple(state_dict[k].shape) != e.hustvl_shape]
-  if not (missing or unexpected or mismatched):
-    return
-  lines = [f'{source} does not match {model_name}: {len(missing)} missing, '
-           f'{len(unexpected)} unexpected, {len(mismatched)} mismatched key(s) '
-           '(official VMamba names).']
-  if missing:
-    lines.append('missing:')
-    lines += [f'  {k}: expected shape {table[k].hustvl_shape}' for k in missing]
-  if unexpected:
-    lines.append('unexpected:')
-    for k in unexpected:
-      hint = next((h for p, h in _FOREIGN_KEY_HINTS if re.search(p, k)), '')
-      lines.append(f'  {k}: shape {tuple(state_dict[k].shape)}' + (f' ({hint})' if hint else ''))
-  if mismatched:
-    lines.append('mismatched:')
-    lines += [f'  {k}: checkpoint {got}, model expects {want}' for k, got, want in mismatched]
-  lines.append('Check the variant (dims, depths, ssm_ratio, d_state, num_classes) against the '
-               "checkpoint's config.")
-  raise CheckpointMismatchError('\n'.join(lines), missing, unexpected, mismatched)
+  state_dicts.check_state_dict(
+      state_dict, table, source=source, model_name=model_name, names='official VMamba names',
+      explain=lambda key: next((h for p, h in _FOREIGN_KEY_HINTS if re.search(p, key)), ''),
+      advice="Check the variant (dims, depths, ssm_ratio, d_state, num_classes) against the "
+             "checkpoint's config.")
 
 
 def params_from_state_dict(state_dict: Mapping[str, np.ndarray], param_shapes: Mapping[str, Any],
@@ -125,23 +105,12 @@ def params_from_state_dict(state_dict: Mapping[str, np.ndarray], param_shapes: M
   """Strictly converts an official state_dict to the Flax params tree (jax arrays)."""
   table = key_table(param_shapes)
   check_state_dict(state_dict, table, source, model_name)
-  integrity.check_finite(((k, state_dict[k]) for k in table), source,
-                         'the checkpoint is damaged or comes from a diverged run.')
-  flat = {e.flax_path: jnp.asarray(e.layout.to_flax(np.asarray(state_dict[k])),
-                                   dtype=dtype or e.dtype) for k, e in table.items()}
-  return traverse_util.unflatten_dict(flat)
+  return state_dicts.params_from_checked(state_dict, table, source=source, dtype=dtype)
 
 
 def state_dict_from_params(params: Mapping[str, Any], dtype=None) -> dict[str, np.ndarray]:
   """Official-named, torch-laid-out, contiguous numpy arrays for a Flax VMamba params tree."""
-  flat = traverse_util.flatten_dict(params['params'] if set(params) == {'params'} else params)
-  state_dict = {}
-  for key, entry in key_table(params).items():
-    array = np.asarray(jax.device_get(flat[entry.flax_path]))
-    if dtype is not None:
-      array = array.astype(jnp.dtype(dtype))
-    state_dict[key] = np.ascontiguousarray(entry.layout.to_hustvl(array))
-  return state_dict
+  return state_dicts.state_dict_from(params, key_table(params), dtype)
 
 
 def _model_name(model) -> str:

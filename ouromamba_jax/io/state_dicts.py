@@ -1,0 +1,93 @@
+"""Strict state_dict <-> Flax params conversion over a key table, for every checkpoint family.
+
+A family (hustvl Vim, official VMamba) supplies its key table ({torch key: Entry}: Flax path,
+layout, torch shape, dtype), its naming for messages and its hints for foreign keys; the
+checking, the one-error report and the conversion are the same for all, so they live here.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+from flax import traverse_util
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ouromamba_jax.io import integrity
+
+
+class CheckpointMismatchError(ValueError):
+  """A state_dict does not fit the model: every missing, unexpected and misshaped key at once."""
+
+  def __init__(self, message: str, missing, unexpected, mismatched):
+    super().__init__(message)
+    self.missing = list(missing)
+    self.unexpected = list(unexpected)
+    self.mismatched = list(mismatched)
+
+
+def check_state_dict(state_dict: Mapping[str, np.ndarray], table: Mapping[str, Any], *,
+                     source: str, model_name: str, names: str, advice: str,
+                     explain: Callable[[str], str] = lambda key: '') -> None:
+  """Raises CheckpointMismatchError naming every missing, unexpected and misshaped key (`names`:
+  whose key names these are; `explain(key)`: a hint for an unexpected key; `advice`: the last
+  line, what to check)."""
+  missing = [k for k in table if k not in state_dict]
+  unexpected = [k for k in state_dict if k not in table]
+  mismatched = []
+  for key, entry in table.items():
+    if key not in state_dict:
+      continue
+    value = state_dict[key]
+    if tuple(value.shape) != entry.hustvl_shape:
+      mismatched.append((key, tuple(value.shape), entry.hustvl_shape))
+    elif not np.issubdtype(value.dtype, np.floating) and value.dtype.kind != 'V':
+      mismatched.append((key, f'dtype {value.dtype}', 'a float dtype'))
+  if not (missing or unexpected or mismatched):
+    return
+  lines = [f'{source} does not match {model_name}: {len(missing)} missing, '
+           f'{len(unexpected)} unexpected, {len(mismatched)} mismatched key(s) ({names}).']
+  if missing:
+    lines.append('missing:')
+    lines += [f'  {k}: expected shape {table[k].hustvl_shape}' for k in missing]
+  if unexpected:
+    lines.append('unexpected:')
+    for k in unexpected:
+      hint = explain(k)
+      lines.append(f'  {k}: shape {tuple(state_dict[k].shape)}' + (f' ({hint})' if hint else ''))
+  if mismatched:
+    lines.append('mismatched:')
+    lines += [f'  {k}: checkpoint {got}, model expects {want}' for k, got, want in mismatched]
+  lines.append(advice)
+  raise CheckpointMismatchError('\n'.join(lines), missing, unexpected, mismatched)
+
+
+def params_from_checked(state_dict: Mapping[str, np.ndarray], table: Mapping[str, Any], *,
+                        source: str, dtype=None) -> dict[str, Any]:
+  """The Flax params tree (jax arrays) of an already checked state_dict; a tensor holding
+  NaN/Inf is refused (integrity.NonFiniteError) by its torch name. dtype None keeps each
+  entry's dtype."""
+  integrity.check_finite(((k, state_dict[k]) for k in table), source,
+                         'the checkpoint is damaged or comes from a diverged run: download or '
+                         'export it again.')
+  flat = {e.flax_path: jnp.asarray(e.layout.to_flax(np.asarray(state_dict[k])),
+                                   dtype=dtype or e.dtype) for k, e in table.items()}
+  return traverse_util.unflatten_dict(flat)
+
+
+def unwrap(params: Mapping[str, Any]) -> Mapping[str, Any]:
+  """The params collection of {'params': ...} or the tree itself."""
+  return params['params'] if set(params) == {'params'} else params
+
+
+def state_dict_from(params: Mapping[str, Any], table: Mapping[str, Any],
+                    dtype=None) -> dict[str, np.ndarray]:
+  """Torch-named, torch-laid-out, contiguous numpy arrays of a Flax params tree."""
+  flat = traverse_util.flatten_dict(unwrap(params))
+  state_dict = {}
+  for key, entry in table.items():
+    array = np.asarray(jax.device_get(flat[entry.flax_path]))
+    if dtype is not None:
+      array = array.astype(jnp.dtype(dtype))
+    state_dict[key] = np.ascontiguousarray(entry.layout.to_hustvl(array))
+  return state_dict
