@@ -175,6 +175,22 @@ def demo_sections(c: mlc.ConfigDict) -> None:
 
 # hustvl ImageNet models (vim_t/s/b at 224) share everything but the name; where to get the
 # official weights is ouromamba_jax.checkpoints.HUSTVL_CHECKPOINTS.
+def cifar10_testbed_config(model_name: str) -> mlc.ConfigDict:
+  """Every section of a CIFAR-10 testbed config (train, eval, convert and the demo pipeline)
+  for a registered 32x32 model; the files only set what differs (e.g. a bundled checkpoint)."""
+  c = base_config()
+  c.workdir = f'workdir/{model_name}'
+  c.model = model_config(model_name)
+  c.data = data_config('cifar10')
+  c.data.data_dir = '../shared/data/cifar10'
+  c.train = train_config()
+  c.eval = eval_config()
+  c.convert = convert_config()
+  demo_sections(c)
+  c.gen.remat = False                # 32x32 states are small; no recompute is faster
+  return c
+
+
 def hustvl_imagenet_config(model_name: str) -> mlc.ConfigDict:
   """The data-free pipeline on an official checkpoint: ImageNet is only read to evaluate
   (data.data_dir, else the 300-image smoke check, else evaluation is skipped)."""

@@ -13,15 +13,6 @@ from configs import common
 
 
 def get_config():
-  c = common.base_config()
-  c.workdir = 'workdir/vim_t_cifar10'
-  c.model = common.model_config('vim_t_cifar10')
+  c = common.cifar10_testbed_config('vim_t_cifar10')
   c.model.checkpoint = 'bundled'
-  c.data = common.data_config('cifar10')
-  c.data.data_dir = '../shared/data/cifar10'
-  c.train = common.train_config()
-  c.eval = common.eval_config()
-  c.convert = common.convert_config()
-  common.demo_sections(c)
-  c.gen.remat = False                # 32x32 states are small; no recompute is faster
   return c

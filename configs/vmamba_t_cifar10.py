@@ -13,14 +13,5 @@ from configs import common
 
 
 def get_config():
-  c = common.base_config()
-  c.workdir = 'workdir/vmamba_t_cifar10'
-  c.model = common.model_config('vmamba_t_cifar10')
-  c.data = common.data_config('cifar10')
-  c.data.data_dir = '../shared/data/cifar10'
-  c.train = common.train_config()
-  c.eval = common.eval_config()
-  c.convert = common.convert_config()
-  common.demo_sections(c)
-  c.gen.remat = False
+  c = common.cifar10_testbed_config('vmamba_t_cifar10')
   return c
