@@ -6,7 +6,7 @@
       inlier_scale   (L,) the steps actually used (floored at MIN_SCALE = 1e-8)
       outlier_q      (B, L, C) int8 codes on the dynamic per-token step (0 at inliers)
       outlier_scale  (B, L) float32
-      outlier_mask   (B, L, C) bool
+      outlier_mask   (B, L, C) bool (None from the kernel when asked not to write it)
       inlier_zero_point (L,) / outlier_zero_point (B, L) int32 for asymmetric grids (Δ), else None
 
 Semantics are those of `reference.act_quant_xla` (the XLA implementation, and the reference the
@@ -88,11 +88,14 @@ def _check_zero_point(zero_point, params: ActQuantParams, length: int) -> None:
 
 
 def act_quant(x, inlier_scale, params: ActQuantParams, zero_point=None, *,
-              pack_int4: bool = False, implementation=None, interpret: bool | None = None,
+              pack_int4: bool = False, outlier_mask: bool = True, implementation=None,
+              interpret: bool | None = None,
               block_config: ActQuantBlockConfig | None = None) -> IntActivation:
   """Quantizes activations x (B, L, C) with static per-step scales (L,); see module docstring.
   `implementation`: None, a name or a fallback chain (`_dispatch`). `interpret=None` runs the
-  Triton kernel in the Pallas interpreter unless JAX is on a GPU."""
+  Triton kernel in the Pallas interpreter unless JAX is on a GPU. `outlier_mask=False` leaves
+  the mask out (None) where the kernel runs: the codes say all a GEMM or a dequantize needs,
+  and the mask is a byte per element to write."""
   if not isinstance(params, ActQuantParams):
     raise TypeError(f'act_quant: params must be an ActQuantParams, got {type(params).__name__}.')
   if x.ndim != 3 or not jnp.issubdtype(x.dtype, jnp.floating):
@@ -115,7 +118,7 @@ def act_quant(x, inlier_scale, params: ActQuantParams, zero_point=None, *,
       code_range=(params.qmin, params.qmax, params.outlier_qmin, params.outlier_qmax),
       k=float(params.k), n_refresh=int(params.n_refresh), trigger=params.trigger,
       std_ddof=int(params.std_ddof), detect=params.outliers == 'int', pack=pack_int4,
-      block_c=block_c, block_b=block_b, num_warps=num_warps,
+      block_c=block_c, block_b=block_b, num_warps=num_warps, with_mask=outlier_mask,
       interpret=compat.resolve_interpret(interpret))
   in_zero = None if params.symmetric else zero_point.astype(jnp.int32)
   return IntActivation(inlier_q=q_in, inlier_scale=scale, inlier_zero_point=in_zero,

@@ -44,7 +44,7 @@ from kernels_pallas import _pallas_compat as compat
 from kernels_pallas import int4
 from kernels_pallas._pallas_compat import pl, plgpu
 from kernels_pallas.act_quant.config import MIN_SCALE
-from kernels_pallas.act_quant.reference import int_dtype
+from kernels_pallas.act_quant.reference import int_dtype, reciprocal_f32
 
 
 # 1.5 * 2^23: adding it to |v| < 2^22 leaves no fraction bits, so the fp32 add rounds v to an
@@ -62,11 +62,6 @@ def round_half_even(v, interpret: bool):
   if interpret:
     shifted = jax.lax.optimization_barrier(shifted)
   return shifted - _ROUNDING_SHIFT
-
-
-def _f32_reciprocal(v: float) -> float:
-  """1/v rounded once to fp32: the constant XLA folds for a division by v."""
-  return float(np.float32(1.0) / np.float32(v))
 
 
 def _divide_rn(a, v, interpret: bool):
@@ -105,46 +100,76 @@ class _Math:
   code_dtype: object = jnp.int8          # int32 where an asymmetric 8-bit grid exceeds a byte
   outlier_dtype: object = jnp.int8
 
-  def stats(self, x, mask, col_ok):
-    """(S_D, threshold, |x_in|) of the current inliers over the C real channels, per row of
-    x (rows, block_c); the statistics are (rows,)."""
+  def reductions(self, x, mask, col_ok):
+    """Every per-row statistic of a step, in one round of independent reductions over the
+    (rows, block_c) tile (a serial chain of reductions was the kernel's latency):
+    (S_D, threshold, |x_in|, the inliers' extremes, the old outliers' extremes)."""
     a = jnp.where(mask, 0.0, jnp.abs(x))  # padding lanes hold x = 0
+    s1 = jnp.sum(a, axis=-1)
+    s2 = jnp.sum(a * a, axis=-1)
     if self.symmetric:
-      s_d = jnp.max(a, axis=-1) * _f32_reciprocal(self.qmax)
+      hi_in = jnp.max(a, axis=-1)
+      lo_in = -hi_in
+      s_d = hi_in * reciprocal_f32(self.qmax)
+      old_hi = jnp.max(jnp.where(mask, jnp.abs(x), 0.0), axis=-1)
+      old_lo = -old_hi
     else:  # range of the inliers (zeroed outlier channels included, padding lanes not)
       x_in = jnp.where(mask, 0.0, x)
-      spread = (jnp.max(jnp.where(col_ok, x_in, -jnp.inf), axis=-1)
-                - jnp.min(jnp.where(col_ok, x_in, jnp.inf), axis=-1))
-      s_d = spread * _f32_reciprocal(self.qmax)
-    mean = jnp.sum(a, axis=-1) * _f32_reciprocal(self.channels)
-    centered = jnp.where(col_ok, a - mean[:, None], 0.0)
-    var = jnp.sum(centered * centered, axis=-1) * _f32_reciprocal(self.channels - self.ddof)
-    return s_d, mean + self.k * jnp.sqrt(var), a
+      hi_in = jnp.max(jnp.where(col_ok, x_in, -jnp.inf), axis=-1)
+      lo_in = jnp.min(jnp.where(col_ok, x_in, jnp.inf), axis=-1)
+      s_d = (hi_in - lo_in) * reciprocal_f32(self.qmax)
+      x_old = jnp.where(mask, x, 0.0)
+      old_hi, old_lo = jnp.max(x_old, axis=-1), jnp.min(x_old, axis=-1)
+    mean = s1 * reciprocal_f32(self.channels)
+    var = jnp.maximum((s2 - s1 * mean) * reciprocal_f32(max(self.channels - self.ddof, 1)), 0.0)
+    return s_d, mean + self.k * jnp.sqrt(var), a, (lo_in, hi_in), (old_lo, old_hi)
+
+  def detect(self, x, mask, col_ok, lanes_ok, fires_at):
+    """One step of the recurrence: (new mask, (outlier codes, step, zero point)); `fires_at`
+    maps the rows' S_D to whether each row triggers (S_D > S_I(t), or the batch's trigger).
+
+    The outlier grid needs the extremes of x over the *new* mask, which would be a second
+    round of reductions after the mask update. It is not: a channel joins the mask iff it
+    fires (S_D > S_I(t)) and |x_in| > thr, so the new outliers' largest |x| (symmetric), or
+    their max / min of x (asymmetric, clamped at 0 by the grid), is the inliers' own extreme
+    whenever that extreme is past thr, and nothing otherwise. Exact (max/min round nothing)."""
+    s_d, thr, a, (lo_in, hi_in), (old_lo, old_hi) = self.reductions(x, mask, col_ok)
+    fires = fires_at(s_d)
+    mask = mask | ((a > thr[:, None]) & lanes_ok & fires[:, None])
+    if self.symmetric:
+      top = jnp.maximum(old_hi, jnp.where(fires & (hi_in > thr), hi_in, 0.0))
+      s_o = jnp.maximum(top, MIN_SCALE) * reciprocal_f32(self.o_qmax)
+      z_o = jnp.zeros(s_o.shape, jnp.float32)
+    else:
+      lo = jnp.minimum(jnp.minimum(old_lo, 0.0), jnp.where(fires & (-lo_in > thr), lo_in, 0.0))
+      hi = jnp.maximum(jnp.maximum(old_hi, 0.0), jnp.where(fires & (hi_in > thr), hi_in, 0.0))
+      s_o = jnp.maximum(hi - lo, MIN_SCALE) * reciprocal_f32(self.o_qmax)
+      z_o = round_half_even(_divide_rn(-lo, s_o, self.interpret), self.interpret)
+    return mask, self.outlier_codes(x, mask, s_o, z_o)
+
+  def static_grid(self, s_ref, z_ref, t, rows: int):
+    """Step t's static grid: (S_I(t) floored at MIN_SCALE, its IEEE reciprocal per row as a
+    (rows, 1) column, zero point). Read and derived per program step here rather than padded
+    and divided in XLA before the call (two small XLA kernels per call, ~290 calls per Vim
+    forward). The reciprocal is taken on a (rows,) vector: the inline PTX takes no scalars."""
+    s_t = jnp.maximum(s_ref[t], MIN_SCALE)
+    zero = jnp.zeros((), jnp.float32) if z_ref is None else z_ref[t]
+    inv = _reciprocal_rn(jnp.full((rows,), s_t, jnp.float32), self.interpret)
+    return s_t, inv[:, None], zero
 
   def quantize_inliers(self, x, mask, inv_s, zero):
-    """Codes on the static step S_I(t) (given as its IEEE reciprocal) and zero point z(t)
+    """Codes on the static step S_I(t) (given as its IEEE reciprocal per row) and zero point z(t)
     (0 when symmetric); outlier lanes get the code of 0."""
     v = jnp.where(mask, 0.0, x) * inv_s
     q_in = round_half_even(jnp.clip(v, self.qmin - zero, self.qmax - zero), self.interpret)
     return (q_in + zero).astype(self.code_dtype)
 
-  def quantize_outliers(self, x, mask):
-    """Codes on the dynamic per-token grid of x_t * mask: (codes, step, zero point), the step
-    and zero point per row. The IEEE divisions run once per row (on the (rows,) vectors), not
-    once per lane."""
-    outliers = jnp.where(mask, x, 0.0)
-    if self.symmetric:
-      s_o = (jnp.maximum(jnp.max(jnp.abs(outliers), axis=-1), MIN_SCALE)
-             * _f32_reciprocal(self.o_qmax))
-      z_o = jnp.zeros(s_o.shape, jnp.float32)
-    else:
-      lo = jnp.minimum(jnp.min(outliers, axis=-1), 0.0)
-      hi = jnp.maximum(jnp.max(outliers, axis=-1), 0.0)
-      s_o = jnp.maximum(hi - lo, MIN_SCALE) * _f32_reciprocal(self.o_qmax)
-      z_o = round_half_even(_divide_rn(-lo, s_o, self.interpret), self.interpret)
+  def outlier_codes(self, x, mask, s_o, z_o):
+    """Codes of x_t * mask on its dynamic per-row step s_o and zero point z_o: (codes, s_o,
+    z_o). The IEEE division runs once per row (1 / s_o), not once per lane."""
     inv_so = _reciprocal_rn(s_o, self.interpret)[:, None]
     z_lanes = z_o[:, None]
-    q_out = round_half_even(jnp.clip(outliers * inv_so, self.o_qmin - z_lanes,
+    q_out = round_half_even(jnp.clip(jnp.where(mask, x, 0.0) * inv_so, self.o_qmin - z_lanes,
                                      self.o_qmax - z_lanes), self.interpret) + z_lanes
     return q_out.astype(self.outlier_dtype), s_o, z_o
 
@@ -184,15 +209,25 @@ def _store_rows(qin_ref, outlier_refs, b0, t, row_ok, q_in, outlier, mask, math:
   if outlier is None:
     return
   q_out, s_o, z_o = outlier
-  qout_ref, oscale_ref, mask_ref = outlier_refs[:3]
+  qout_ref, oscale_ref, zero_ref, mask_ref = _outlier_outputs(outlier_refs, math)
   plgpu.store(qout_ref.at[_rows(b0, rows, t, math.block_c)], q_out, mask=lanes_ok)
-  plgpu.store(mask_ref.at[_rows(b0, rows, t, math.block_c)], mask, mask=lanes_ok)
   plgpu.store(oscale_ref.at[pl.ds(b0, rows), t], s_o, mask=row_ok)
-  if not math.symmetric:
-    plgpu.store(outlier_refs[3].at[pl.ds(b0, rows), t], z_o.astype(jnp.int32), mask=row_ok)
+  if zero_ref is not None:
+    plgpu.store(zero_ref.at[pl.ds(b0, rows), t], z_o.astype(jnp.int32), mask=row_ok)
+  if mask_ref is not None:
+    plgpu.store(mask_ref.at[_rows(b0, rows, t, math.block_c)], mask, mask=lanes_ok)
 
 
-def _sample_kernel(x_ref, s_ref, inv_ref, z_ref, qin_ref, *outlier_refs, math: _Math,
+def _outlier_outputs(outlier_refs, math: _Math):
+  """(codes, steps, zero points or None, mask or None): the outputs after the inlier codes,
+  in `act_quant`'s order; the mask is written only when asked for (the GEMM and the dequantize
+  do not read it: one byte per element less)."""
+  rest = list(outlier_refs[2:])
+  zero_ref = None if math.symmetric else rest.pop(0)
+  return outlier_refs[0], outlier_refs[1], zero_ref, (rest[0] if rest else None)
+
+
+def _sample_kernel(x_ref, s_ref, z_ref, qin_ref, *outlier_refs, math: _Math,
                    batch: int, block_b: int, length: int, n_refresh: int, pack: bool,
                    detect: bool):
   b0, window = pl.program_id(0) * block_b, pl.program_id(1)
@@ -211,29 +246,29 @@ def _sample_kernel(x_ref, s_ref, inv_ref, z_ref, qin_ref, *outlier_refs, math: _
     x_next = load(i + 1)
     t, in_seq = _time_step(window, i, n_refresh, length)
     outlier = None
+    step = math.static_grid(s_ref, z_ref, t, block_b)
     if detect:
-      s_d, thr, a = math.stats(x, mask, col_ok)
-      mask = mask | ((a > thr[:, None]) & lanes_ok & (s_d > s_ref[t])[:, None])
-      outlier = math.quantize_outliers(x, mask)
+      mask, outlier = math.detect(x, mask, col_ok, lanes_ok, lambda s_d: s_d > step[0])
     _store_rows(qin_ref, outlier_refs, b0, t, row_ok & in_seq,
-                math.quantize_inliers(x, mask, inv_ref[t], z_ref[t]), outlier, mask, math, pack)
+                math.quantize_inliers(x, mask, *step[1:]), outlier, mask, math, pack)
     return mask, x_next
 
   no_mask = jnp.zeros((block_b, math.block_c), jnp.bool_)
   jax.lax.fori_loop(0, n_refresh, step, (no_mask, load(0)))
 
 
-def _batch_kernel(x_ref, s_ref, inv_ref, z_ref, qin_ref, *outlier_refs, math: _Math,
+def _batch_kernel(x_ref, s_ref, z_ref, qin_ref, *outlier_refs, math: _Math,
                   batch: int, length: int, n_refresh: int, pack: bool):
   """One program per window, one sample (a one-row tile) at a time."""
   window = pl.program_id(0)
   col_ok = jnp.arange(math.block_c) < math.channels
   one_row = jnp.arange(1) < 1
-  mask_ref = outlier_refs[2]
+  mask_ref = _outlier_outputs(outlier_refs, math)[3]  # always written: the next step reads it
 
   def step(i, carry):
     t, in_seq = _time_step(window, i, n_refresh, length)
     t_prev = jnp.maximum(t - 1, 0)
+    grid = math.static_grid(s_ref, z_ref, t, 1)
     lanes_ok = (one_row & in_seq)[:, None] & col_ok[None, :]
 
     def previous_mask(b):  # what this program stored for sample b one step earlier
@@ -242,19 +277,17 @@ def _batch_kernel(x_ref, s_ref, inv_ref, z_ref, qin_ref, *outlier_refs, math: _M
                         other=jnp.zeros((), jnp.bool_))
 
     def sample_triggers(b, any_trigger):
-      s_d, _, _ = math.stats(_load_rows(x_ref, b, t, lanes_ok, math), previous_mask(b), col_ok)
-      return any_trigger | (jnp.max(s_d) > s_ref[t])
+      s_d = math.reductions(_load_rows(x_ref, b, t, lanes_ok, math), previous_mask(b), col_ok)[0]
+      return any_trigger | (jnp.max(s_d) > grid[0])
 
     trigger = jax.lax.fori_loop(0, batch, sample_triggers, jnp.zeros((), jnp.bool_))
 
     def update_and_quantize(b, c):
       x = _load_rows(x_ref, b, t, lanes_ok, math)
-      mask = previous_mask(b)
-      _, thr, a = math.stats(x, mask, col_ok)
-      mask = mask | ((a > thr[:, None]) & col_ok[None, :] & trigger)
+      mask, outlier = math.detect(x, previous_mask(b), col_ok, col_ok[None, :],
+                                  lambda s_d: jnp.broadcast_to(trigger, s_d.shape))
       _store_rows(qin_ref, outlier_refs, b, t, one_row & in_seq,
-                  math.quantize_inliers(x, mask, inv_ref[t], z_ref[t]),
-                  math.quantize_outliers(x, mask), mask, math, pack)
+                  math.quantize_inliers(x, mask, *grid[1:]), outlier, mask, math, pack)
       return c
 
     return jax.lax.fori_loop(0, batch, update_and_quantize, carry)
@@ -262,28 +295,38 @@ def _batch_kernel(x_ref, s_ref, inv_ref, z_ref, qin_ref, *outlier_refs, math: _M
   jax.lax.fori_loop(0, n_refresh, step, jnp.zeros((), jnp.int32))
 
 
+def _with_grid_refs(kernel, **static):
+  """The kernel with its refs split as (x, S_I, zero points or None for a symmetric grid,
+  inlier codes, *outlier outputs)."""
+  def run(x_ref, s_ref, *refs):
+    z_ref, refs = (None, refs) if static['math'].symmetric else (refs[0], refs[1:])
+    kernel(x_ref, s_ref, z_ref, *refs, **static)
+  return run
+
+
 @functools.partial(jax.jit, static_argnames=(
     'code_range', 'k', 'n_refresh', 'trigger', 'std_ddof', 'detect', 'pack', 'block_c',
-    'block_b', 'num_warps', 'interpret'))
+    'block_b', 'num_warps', 'with_mask', 'interpret'))
 def act_quant(x, inlier_scale, zero_point, *, code_range: tuple[int, int, int, int], k: float,
               n_refresh: int, trigger: str, std_ddof: int, detect: bool, pack: bool,
-              block_c: int, block_b: int, num_warps: int, interpret: bool = False):
+              block_c: int, block_b: int, num_warps: int, with_mask: bool = True,
+              interpret: bool = False):
   """Validated (B, L, C) input, (L,) steps and (L,) zero points (None: symmetric) ->
   (inlier codes, outlier codes, outlier scale, mask, clamped inlier scale, outlier zero points
   (B, L) int32 or None). code_range = (qmin, qmax, outlier qmin, outlier qmax); block_b:
   samples per program of the 'sample' kernel. Without
-  `detect` (outliers='none') the outlier outputs are constants."""
+  `detect` (outliers='none') the outlier outputs are constants; without `with_mask` the mask is
+  None (the batch-trigger kernel writes it anyway: it reads it back)."""
   batch, length, channels = x.shape
   qmin, qmax, o_qmin, o_qmax = code_range
   symmetric = zero_point is None
   n_windows = -(-length // n_refresh)
   scale = jnp.maximum(inlier_scale.astype(jnp.float32), MIN_SCALE)
-  # per-step scales (and their IEEE reciprocals) padded to whole windows; t is clamped to L - 1
-  pad = n_windows * n_refresh - length
-  s_pad = jnp.pad(scale, (0, pad), constant_values=1.0)
-  inv_pad = 1.0 / s_pad
-  z_pad = jnp.pad(jnp.zeros((length,), jnp.float32) if symmetric
-                  else zero_point.astype(jnp.float32), (0, pad))
+  # The raw steps (and zero points) go in as they are: t is clamped to L - 1 in the kernel,
+  # which floors and inverts S_I(t) itself (`_Math.static_grid`).
+  grid_inputs = [inlier_scale.astype(jnp.float32)]
+  if not symmetric:
+    grid_inputs.append(zero_point.astype(jnp.float32))
   math = _Math(channels=channels, block_c=block_c, qmin=float(qmin), qmax=float(qmax),
                o_qmin=float(o_qmin), o_qmax=float(o_qmax), k=float(k), ddof=std_ddof,
                interpret=interpret, symmetric=symmetric, code_dtype=int_dtype(qmin, qmax),
@@ -291,28 +334,31 @@ def act_quant(x, inlier_scale, zero_point, *, code_range: tuple[int, int, int, i
   out_shape = [jax.ShapeDtypeStruct((batch, length, channels // 2 if pack else channels),
                                     jnp.int8 if pack else math.code_dtype)]
   if detect:
+    with_mask = with_mask or trigger == 'batch'
     out_shape += [jax.ShapeDtypeStruct((batch, length, channels), math.outlier_dtype),
-                  jax.ShapeDtypeStruct((batch, length), jnp.float32),
-                  jax.ShapeDtypeStruct((batch, length, channels), jnp.bool_)]
+                  jax.ShapeDtypeStruct((batch, length), jnp.float32)]
     if not symmetric:
       out_shape.append(jax.ShapeDtypeStruct((batch, length), jnp.int32))
+    if with_mask:
+      out_shape.append(jax.ShapeDtypeStruct((batch, length, channels), jnp.bool_))
   common = dict(math=math, length=length, n_refresh=n_refresh, pack=pack)
   if detect and trigger == 'batch':
-    kernel, grid = functools.partial(_batch_kernel, batch=batch, **common), (n_windows,)
+    kernel, grid = _with_grid_refs(_batch_kernel, batch=batch, **common), (n_windows,)
   else:
-    kernel = functools.partial(_sample_kernel, detect=detect, batch=batch, block_b=block_b,
-                               **common)
+    kernel = _with_grid_refs(_sample_kernel, detect=detect, batch=batch, block_b=block_b,
+                             **common)
     grid = (pl.cdiv(batch, block_b), n_windows)
   compat.filter_triton_deprecation()
   outs = pl.pallas_call(
       kernel, out_shape=out_shape, grid=grid, interpret=interpret,
       name=f'act_quant_{trigger if detect else "static"}',
       compiler_params=compat.triton_compiler_params(num_warps, 1),
-  )(x, s_pad, inv_pad, z_pad)
+  )(x, *grid_inputs)
   if detect:
-    q_in, q_out, o_scale, mask = outs[:4]
-    return q_in, q_out, o_scale, mask, scale, (None if symmetric else outs[4])
+    q_in, q_out, o_scale = outs[:3]
+    o_zero = None if symmetric else outs[3]
+    return q_in, q_out, o_scale, (outs[-1] if with_mask else None), scale, o_zero
   (q_in,) = outs
   return (q_in, jnp.zeros((batch, length, channels), jnp.int8),
           jnp.ones((batch, length), jnp.float32),
-          jnp.zeros((batch, length, channels), jnp.bool_), scale, None)
+          jnp.zeros((batch, length, channels), jnp.bool_) if with_mask else None, scale, None)

@@ -22,7 +22,7 @@ fake-quant(x) == dequantize(act_quant_xla(x)) bit for bit.
 
 Decisions (the paper is silent; official behaviour kept unless noted):
 - sigma is the std with ddof `std_ddof` (1: unbiased, torch.std) over *all* channels of |x_in|,
-  already-zeroed outliers included. A single spike among C channels has z-score at most
+  already-zeroed outliers included, computed from the sums of |x| and |x|^2 (`threshold`). A single spike among C channels has z-score at most
   (C - 1) / sqrt(C), so k = 3 can only fire for C >= 11 and k = 4 (Δ) for C >= 18.
 - Comparisons are strict (S_D > S_I, |x| > threshold). Padded steps of the last window never
   trigger. Step sizes are floored at MIN_SCALE = 1e-8 (a learned step may cross 0).
@@ -35,6 +35,7 @@ from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from kernels_pallas.act_quant.config import MIN_SCALE, ActQuantParams
 from kernels_pallas.int4 import pack_int4
@@ -52,7 +53,7 @@ class IntActivation(NamedTuple):
   outlier_q:  (B, L, C) int8 codes at outlier channels and the code of 0 elsewhere
               (outliers='int'); the raw float values (outliers='float'); zeros ('none').
   outlier_scale: (B, L) float32 dynamic per-token step (ones unless outliers='int').
-  outlier_mask:  (B, L, C) bool.
+  outlier_mask:  (B, L, C) bool (None where the kernel was asked not to write it).
   Zero points are None for symmetric grids, else int32 arrays.
   """
   inlier_q: jax.Array
@@ -100,11 +101,24 @@ def from_windows(y, length):
   return y[:, :length]
 
 
+def reciprocal_f32(v) -> np.float32:
+  """1/v rounded once to fp32 (the constant the kernel multiplies by, so both round alike)."""
+  return np.float32(1.0) / np.float32(v)
+
+
 def threshold(abs_x, params: ActQuantParams):
-  """mu + k sigma of |x| over channels (last axis), keepdims."""
-  mu = jnp.mean(abs_x, axis=-1, keepdims=True)
-  sigma = jnp.std(abs_x, axis=-1, keepdims=True, ddof=params.std_ddof)
-  return mu + params.k * sigma
+  """mu + k sigma of |x| over channels (last axis), keepdims.
+
+  sigma comes from the sums of |x| and |x|^2 (one pass), not from the centred values: the
+  kernel then needs one round of reductions per time step instead of two, and the two forms
+  differ only by fp32 rounding (|x| >= 0, so sum |x|^2 is at most a few times the centred sum
+  for activation rows; the result is clamped at 0)."""
+  channels = abs_x.shape[-1]
+  s1 = jnp.sum(abs_x, axis=-1, keepdims=True)
+  s2 = jnp.sum(abs_x * abs_x, axis=-1, keepdims=True)
+  mu = s1 * reciprocal_f32(channels)
+  var = jnp.maximum((s2 - s1 * mu) * reciprocal_f32(max(channels - params.std_ddof, 1)), 0.0)
+  return mu + params.k * jnp.sqrt(var)
 
 
 def _dynamic_step(x_in, params: ActQuantParams):

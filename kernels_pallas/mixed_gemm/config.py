@@ -25,8 +25,18 @@ class MixedGemmBlockConfig:
   num_warps: int = 8
   num_stages: int = 3
   # A tile whose outlier list is longer than this fraction of K walks its outliers densely
-  # along K instead of gathering them (0: dense whenever it has one; 1: always the list).
-  dense_outliers_above: float = 0.25
+  # along K instead of gathering them (1: always the list). 0 (the default) builds no lists
+  # at all and always walks densely: building them (a sort and a reduce over the outlier codes,
+  # 2.9 of 46.8 ms of a Vim-B W4A4O8 forward on an H200, 2026-12-02) cost more than the list
+  # ever saved in the GEMM (the dense walk was as fast or faster at 2 % outliers, 6 % slower
+  # at 0.1 %; BENCHMARKS.md session 8). Lists may pay off on models whose outliers sit in a few
+  # persistent channels; measure with `mixed_gemm/bench.py --outlier_frac`.
+  dense_outliers_above: float = 0.0
+
+  @property
+  def outlier_lists(self) -> bool:
+    """Whether the wrapper builds per-tile outlier lists (see `dense_outliers_above`)."""
+    return self.dense_outliers_above > 0.0
 
   def __post_init__(self):
     for name in ('block_m', 'block_n', 'block_k'):

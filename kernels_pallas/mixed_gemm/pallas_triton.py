@@ -15,7 +15,8 @@ dense K-wide GEMM. Skipped channels have zero codes in every row of the tile, so
 exact. Gathers are slow next to tile loads, so a tile whose list is longer than
 `cfg.dense_outliers_above` x K instead adds the outlier dot inside the K walk (acc_out +=
 xout_tile @ w_tile on the weight tile already loaded): the dense form, chosen per tile at run
-time; both are exact.
+time; both are exact. With `dense_outliers_above = 0` (the default, see the config) no lists are
+built and every tile walks densely.
 
 Hopper has no int4 MMA, and unpacking nibbles inside the K loop made the W4A4 kernel 3x slower
 than the same GEMM on int8 codes (H200, Vim-B in_proj 12608x768x3072, 2026-12-02: 0.288 ms
@@ -63,8 +64,10 @@ def _gemm_kernel(*refs, m: int, n: int, k: int, cfg: MixedGemmBlockConfig, has_o
   refs = refs[4:]
   xout_ref = o_scale_ref = bias_ref = None
   if has_outliers:
-    xout_ref, o_scale_ref, index_ref, count_ref = refs[:4]
-    refs = refs[4:]
+    n_list = 2 if cfg.outlier_lists else 0
+    xout_ref, o_scale_ref = refs[:2]
+    index_ref, count_ref = refs[2:2 + n_list] if n_list else (None, None)
+    refs = refs[2 + n_list:]
   if has_bias:
     bias_ref = refs[0]
     refs = refs[1:]
@@ -89,22 +92,24 @@ def _gemm_kernel(*refs, m: int, n: int, k: int, cfg: MixedGemmBlockConfig, has_o
     w, xin = k_block(kb)
     return acc_in + dot(xin, w)
 
+  def dense_body(kb, accs):
+    # The outlier codes ride along the K walk as a second dot on the weight tile already
+    # loaded (coalesced tile loads instead of gathers).
+    w, xin = k_block(kb)
+    xout = _load_rows(xout_ref, row_start, rows_ok, kb * bk, bk, bm)
+    return accs[0] + dot(xin, w), accs[1] + dot(xout, w)
+
   zeros = jnp.zeros((bm, bn), jnp.int32)
   n_kb = k // bk
   if not has_outliers:
     accs = (jax.lax.fori_loop(0, n_kb, body, zeros),)
+  elif not cfg.outlier_lists:
+    accs = jax.lax.fori_loop(0, n_kb, dense_body, (zeros, zeros))
   else:
     tile = pl.program_id(1)
     count = count_ref[tile]
     rows = row_start + jnp.arange(bm)
     cols = col_start + jnp.arange(bn)
-
-    def dense_body(kb, accs):
-      # The tile's outliers are many: their codes ride along the K walk as a second dot on the
-      # weight tile already loaded (coalesced tile loads instead of gathers).
-      w, xin = k_block(kb)
-      xout = _load_rows(xout_ref, row_start, rows_ok, kb * bk, bk, bm)
-      return accs[0] + dot(xin, w), accs[1] + dot(xout, w)
 
     def outlier_chunk(j, acc_out):
       ok = j * OUTLIER_CHUNK + jnp.arange(OUTLIER_CHUNK) < count
@@ -173,8 +178,9 @@ def _call(x_inlier, a_scale, w, w_scale, x_outlier, o_scale, bias, *, k, weight_
   inputs = [x_inlier, a_scale.astype(jnp.float32), w_kmajor, w_scale.astype(jnp.float32)]
   if has_outliers:
     x_outlier = _pad_k(x_outlier[:, :k], 1, k_pad)
-    index, count = reference.outlier_tiles(x_outlier, cfg.block_m)
-    inputs += [x_outlier, o_scale.astype(jnp.float32), index, count]
+    inputs += [x_outlier, o_scale.astype(jnp.float32)]
+    if cfg.outlier_lists:
+      inputs += list(reference.outlier_tiles(x_outlier, cfg.block_m))
   if bias is not None:
     inputs.append(bias.astype(jnp.float32))
   if accumulators_only:

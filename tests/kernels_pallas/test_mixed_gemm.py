@@ -192,8 +192,8 @@ def test_outlier_tiles_lists_each_tiles_flagged_channels_first():
 def test_outlier_loop_exact_with_no_all_and_rare_outliers(outlier_frac, weight_bits, act_bits):
   """No outliers (the loop runs zero chunks), every channel flagged (the list is all of K) and
   rare ones (a few chunks per tile), each through the listed and the dense form of the outlier
-  product (dense_outliers_above 1: never dense; 0: dense for every tile with an outlier; the
-  default picks per tile): the kernel's sums equal the oracle."""
+  product (dense_outliers_above 1: never dense; 0, the default: no lists, always dense; 0.25
+  picks per tile): the kernel's sums equal the oracle."""
   rng = np.random.default_rng(7)
   x, w, xout, oracle_in, oracle_out = _operands(rng, 40, 128, 24, weight_bits, act_bits,
                                                 outlier_frac)
