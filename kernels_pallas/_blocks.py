@@ -9,3 +9,8 @@ def is_pow2(v: int) -> bool:
 def next_pow2(v: int) -> int:
   """The smallest power of two >= v (1 for v <= 1)."""
   return 1 if v <= 1 else 1 << (v - 1).bit_length()
+
+
+def prev_pow2(v: int) -> int:
+  """Largest power of two <= v (1 for v <= 1)."""
+  return 1 << (max(1, int(v)).bit_length() - 1)

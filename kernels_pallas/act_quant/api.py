@@ -111,7 +111,7 @@ def act_quant(x, inlier_scale, params: ActQuantParams, zero_point=None, *,
   _check_zero_point(zero_point, params, length)
   if DISPATCH.choose(implementation, params, channels) == 'xla':
     return reference.act_quant_xla(x, inlier_scale, params, zero_point, pack=pack_int4)
-  block_c, block_b, num_warps = (block_config or ActQuantBlockConfig()).resolve(
+  block_c, block_b, num_warps, n_chunks = (block_config or ActQuantBlockConfig()).resolve(
       channels, x.shape[0])
   q_in, q_out, o_scale, mask, scale, o_zero = pallas_triton.act_quant(
       x, inlier_scale, zero_point,
@@ -119,6 +119,7 @@ def act_quant(x, inlier_scale, params: ActQuantParams, zero_point=None, *,
       k=float(params.k), n_refresh=int(params.n_refresh), trigger=params.trigger,
       std_ddof=int(params.std_ddof), detect=params.outliers == 'int', pack=pack_int4,
       block_c=block_c, block_b=block_b, num_warps=num_warps, with_mask=outlier_mask,
+      n_chunks=n_chunks,
       interpret=compat.resolve_interpret(interpret))
   in_zero = None if params.symmetric else zero_point.astype(jnp.int32)
   return IntActivation(inlier_q=q_in, inlier_scale=scale, inlier_zero_point=in_zero,

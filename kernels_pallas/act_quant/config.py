@@ -15,7 +15,7 @@ import dataclasses
 
 import numpy as np
 
-from kernels_pallas._blocks import is_pow2, next_pow2
+from kernels_pallas._blocks import is_pow2, next_pow2, prev_pow2
 
 MIN_SCALE = 1e-8  # floor of every step size (a learned step may cross 0)
 OUTLIER_MODES = ('int', 'float', 'none')
@@ -121,17 +121,27 @@ class ActQuantBlockConfig:
       raise ValueError(f'ActQuantBlockConfig.num_warps={self.num_warps!r}: choose one of '
                        f'{_VALID_WARPS} (or None).')
 
-  def resolve(self, channels: int, batch: int = 1) -> tuple[int, int, int]:
-    """(block_c, block_b, num_warps) for C channels and a batch; a block smaller than C is an
-    error."""
-    block_c = self.block_c or max(16, next_pow2(channels))
-    if block_c < channels:
+  def resolve(self, channels: int, batch: int = 1) -> tuple[int, int, int, int]:
+    """(block_c, block_b, num_warps, n_chunks) for C channels and a batch: a time step's row is
+    held as n_chunks tiles of block_c lanes. Without a block_c, a C of 3 x 2^k (Vim's widths:
+    192 ... 1536) becomes three exact chunks instead of one tile padded by a third (Triton
+    tiles are powers of two); other C one tile of the next power of two. A block smaller than
+    C is an error."""
+    n_chunks = 1
+    if self.block_c:
+      block_c = self.block_c
+    elif channels % 3 == 0 and is_pow2(channels // 3) and channels // 3 >= 16:
+      block_c, n_chunks = channels // 3, 3
+    else:
+      block_c = max(16, next_pow2(channels))
+    if block_c * n_chunks < channels:
       raise ValueError(f'ActQuantBlockConfig.block_c={block_c} < C={channels}: every channel of a '
                        'time step must sit in one block (outlier statistics are over all '
                        'channels); use block_c=None.')
     if block_c > MAX_BLOCK_C:
       raise ValueError(f'act_quant: C={channels} needs a {block_c}-wide block, above the '
                        f'{MAX_BLOCK_C} limit of this kernel; use implementation="xla".')
-    block_b = self.block_b or max(1, min(next_pow2(batch), TILE_ELEMENTS // block_c))
-    num_warps = self.num_warps or (2 if block_b * block_c <= 1024 else 4)
-    return block_c, block_b, num_warps
+    lanes = block_c * n_chunks
+    block_b = self.block_b or max(1, min(next_pow2(batch), prev_pow2(TILE_ELEMENTS // lanes)))
+    num_warps = self.num_warps or (2 if block_b * lanes <= 1024 else 4)
+    return block_c, block_b, num_warps, n_chunks

@@ -12,10 +12,12 @@ reductions more independent work and cut the number of programs. Per step t and 
 
   a      = |x_t| with the current outlier channels zeroed
   S_D    = max(a) / qmax;    trigger = S_D > S_I(t)
-  thr    = mean(a) + k * std(a)                (over the C real channels; ddof from the spec)
+  thr    = mean(a) + k * std(a)                (over the C real channels; ddof from the spec;
+                                                std from sum a and sum a^2, as the reference)
   mask  |= trigger & (a > thr)
-  q_in   = clip(round(x_t * !mask / S_I(t)), +-qmax)
-  s_o    = max(max|x_t * mask|, 1e-8) / o_qmax;  q_out = clip(round(x_t * mask / s_o), +-o_qmax)
+  s_o    = max(max|x_t * mask|, 1e-8) / o_qmax (from the same round of reductions: `detect`)
+  each lane is scaled, clipped and rounded once on its grid (S_I(t) or s_o); the inlier code
+  is 0 at outlier lanes and the outlier code 0 at inlier lanes.
 
 Asymmetric grids (codes 0 .. 2^b - 1 with a zero point): S_D = (max - min of the inliers over the
 real channels) / qmax; inlier codes round(clip(v, -z, qmax - z)) + z with the static zero point
@@ -80,12 +82,29 @@ def _reciprocal_rn(v, interpret: bool):
   return _divide_rn(jnp.ones_like(v), v, interpret)
 
 
+def _lanes(fn, *rows):
+  """fn applied chunk by chunk to rows held as tuples of (rows, block_c) chunks."""
+  return tuple(fn(*parts) for parts in zip(*rows))
+
+
+def _reduce(reduce_fn, combine, chunks):
+  """A per-row reduction over every chunk of a row: (rows,)."""
+  out = reduce_fn(chunks[0], axis=-1)
+  for chunk in chunks[1:]:
+    out = combine(out, reduce_fn(chunk, axis=-1))
+  return out
+
+
 @dataclasses.dataclass(frozen=True)
 class _Math:
   """Static constants of one quantizer, in the exact fp32 form the XLA reference computes.
 
   XLA rewrites `a / broadcast(b)` as `a * broadcast(1 / b)` (and `a / c` as `a * fl(1 / c)`),
   so every division of the reference appears here as a multiply by an IEEE reciprocal.
+
+  A time step's row is held as `n_chunks` tiles of block_c lanes (a tuple): Triton tiles are
+  powers of two, and Vim's widths are 3 x 2^k (192 ... 1536), which one padded tile would hold
+  with a quarter of its lanes idle; three exact chunks waste none.
   """
   channels: int
   block_c: int
@@ -99,33 +118,43 @@ class _Math:
   symmetric: bool = True
   code_dtype: object = jnp.int8          # int32 where an asymmetric 8-bit grid exceeds a byte
   outlier_dtype: object = jnp.int8
+  n_chunks: int = 1
+
+  def col_ok(self):
+    """Per chunk, which of its lanes are real channels."""
+    return tuple(j * self.block_c + jnp.arange(self.block_c) < self.channels
+                 for j in range(self.n_chunks))
 
   def reductions(self, x, mask, col_ok):
     """Every per-row statistic of a step, in one round of independent reductions over the
-    (rows, block_c) tile (a serial chain of reductions was the kernel's latency):
+    row's chunks (a serial chain of reductions was the kernel's latency):
     (S_D, threshold, |x_in|, the inliers' extremes, the old outliers' extremes)."""
-    a = jnp.where(mask, 0.0, jnp.abs(x))  # padding lanes hold x = 0
-    s1 = jnp.sum(a, axis=-1)
-    s2 = jnp.sum(a * a, axis=-1)
+    a = _lanes(lambda xc, mc: jnp.where(mc, 0.0, jnp.abs(xc)), x, mask)  # padding: x = 0
+    s1 = _reduce(jnp.sum, jnp.add, a)
+    s2 = _reduce(jnp.sum, jnp.add, _lanes(lambda ac: ac * ac, a))
     if self.symmetric:
-      hi_in = jnp.max(a, axis=-1)
+      hi_in = _reduce(jnp.max, jnp.maximum, a)
       lo_in = -hi_in
       s_d = hi_in * reciprocal_f32(self.qmax)
-      old_hi = jnp.max(jnp.where(mask, jnp.abs(x), 0.0), axis=-1)
+      old_hi = _reduce(jnp.max, jnp.maximum,
+                       _lanes(lambda xc, mc: jnp.where(mc, jnp.abs(xc), 0.0), x, mask))
       old_lo = -old_hi
     else:  # range of the inliers (zeroed outlier channels included, padding lanes not)
-      x_in = jnp.where(mask, 0.0, x)
-      hi_in = jnp.max(jnp.where(col_ok, x_in, -jnp.inf), axis=-1)
-      lo_in = jnp.min(jnp.where(col_ok, x_in, jnp.inf), axis=-1)
+      x_in = _lanes(lambda xc, mc: jnp.where(mc, 0.0, xc), x, mask)
+      hi_in = _reduce(jnp.max, jnp.maximum,
+                      _lanes(lambda xc, ok: jnp.where(ok, xc, -jnp.inf), x_in, col_ok))
+      lo_in = _reduce(jnp.min, jnp.minimum,
+                      _lanes(lambda xc, ok: jnp.where(ok, xc, jnp.inf), x_in, col_ok))
       s_d = (hi_in - lo_in) * reciprocal_f32(self.qmax)
-      x_old = jnp.where(mask, x, 0.0)
-      old_hi, old_lo = jnp.max(x_old, axis=-1), jnp.min(x_old, axis=-1)
+      x_old = _lanes(lambda xc, mc: jnp.where(mc, xc, 0.0), x, mask)
+      old_hi = _reduce(jnp.max, jnp.maximum, x_old)
+      old_lo = _reduce(jnp.min, jnp.minimum, x_old)
     mean = s1 * reciprocal_f32(self.channels)
     var = jnp.maximum((s2 - s1 * mean) * reciprocal_f32(max(self.channels - self.ddof, 1)), 0.0)
     return s_d, mean + self.k * jnp.sqrt(var), a, (lo_in, hi_in), (old_lo, old_hi)
 
   def detect(self, x, mask, col_ok, lanes_ok, fires_at):
-    """One step of the recurrence: (new mask, (outlier codes, step, zero point)); `fires_at`
+    """One step of the recurrence: (new mask, (outlier step, zero point) per row); `fires_at`
     maps the rows' S_D to whether each row triggers (S_D > S_I(t), or the batch's trigger).
 
     The outlier grid needs the extremes of x over the *new* mask, which would be a second
@@ -135,7 +164,8 @@ class _Math:
     whenever that extreme is past thr, and nothing otherwise. Exact (max/min round nothing)."""
     s_d, thr, a, (lo_in, hi_in), (old_lo, old_hi) = self.reductions(x, mask, col_ok)
     fires = fires_at(s_d)
-    mask = mask | ((a > thr[:, None]) & lanes_ok & fires[:, None])
+    mask = _lanes(lambda mc, ac, ok: mc | ((ac > thr[:, None]) & ok & fires[:, None]),
+                  mask, a, lanes_ok)
     if self.symmetric:
       top = jnp.maximum(old_hi, jnp.where(fires & (hi_in > thr), hi_in, 0.0))
       s_o = jnp.maximum(top, MIN_SCALE) * reciprocal_f32(self.o_qmax)
@@ -145,7 +175,7 @@ class _Math:
       hi = jnp.maximum(jnp.maximum(old_hi, 0.0), jnp.where(fires & (hi_in > thr), hi_in, 0.0))
       s_o = jnp.maximum(hi - lo, MIN_SCALE) * reciprocal_f32(self.o_qmax)
       z_o = round_half_even(_divide_rn(-lo, s_o, self.interpret), self.interpret)
-    return mask, self.outlier_codes(x, mask, s_o, z_o)
+    return mask, (s_o, z_o)
 
   def static_grid(self, s_ref, z_ref, t, rows: int):
     """Step t's static grid: (S_I(t) floored at MIN_SCALE, its IEEE reciprocal per row as a
@@ -157,21 +187,44 @@ class _Math:
     inv = _reciprocal_rn(jnp.full((rows,), s_t, jnp.float32), self.interpret)
     return s_t, inv[:, None], zero
 
-  def quantize_inliers(self, x, mask, inv_s, zero):
-    """Codes on the static step S_I(t) (given as its IEEE reciprocal per row) and zero point z(t)
-    (0 when symmetric); outlier lanes get the code of 0."""
-    v = jnp.where(mask, 0.0, x) * inv_s
-    q_in = round_half_even(jnp.clip(v, self.qmin - zero, self.qmax - zero), self.interpret)
-    return (q_in + zero).astype(self.code_dtype)
+  def codes(self, x, mask, inv_s, zero, outlier_grid):
+    """(inlier codes, (outlier codes, s_o, z_o) or None) of step t, codes chunk by chunk.
 
-  def outlier_codes(self, x, mask, s_o, z_o):
-    """Codes of x_t * mask on its dynamic per-row step s_o and zero point z_o: (codes, s_o,
-    z_o). The IEEE division runs once per row (1 / s_o), not once per lane."""
+    Inliers go on the static step S_I(t) (its IEEE reciprocal per row) and zero point z(t),
+    outliers on their dynamic per-row step s_o and zero point z_o; each lane is one or the
+    other, and the other code is that of 0. So each lane is scaled, clipped and rounded once,
+    on its own grid, and the two codes are selected from that (lane operations are what this
+    kernel spends its time on). The IEEE division runs once per row (1 / s_o)."""
+    if outlier_grid is None:
+      def inlier_only(xc):
+        q = round_half_even(jnp.clip(xc * inv_s, self.qmin - zero, self.qmax - zero),
+                            self.interpret)
+        return self._plus(q, zero).astype(self.code_dtype)
+      return _lanes(inlier_only, x), None
+    s_o, z_o = outlier_grid
     inv_so = _reciprocal_rn(s_o, self.interpret)[:, None]
     z_lanes = z_o[:, None]
-    q_out = round_half_even(jnp.clip(jnp.where(mask, x, 0.0) * inv_so, self.o_qmin - z_lanes,
-                                     self.o_qmax - z_lanes), self.interpret) + z_lanes
-    return q_out.astype(self.outlier_dtype), s_o, z_o
+
+    def both(xc, mc):
+      if self.symmetric:
+        lo = jnp.where(mc, self.o_qmin, self.qmin)
+        hi = jnp.where(mc, self.o_qmax, self.qmax)
+      else:
+        lo = jnp.where(mc, self.o_qmin - z_lanes, self.qmin - zero)
+        hi = jnp.where(mc, self.o_qmax - z_lanes, self.qmax - zero)
+      r = round_half_even(jnp.clip(xc * jnp.where(mc, inv_so, inv_s), lo, hi), self.interpret)
+      q_out = jnp.where(mc, r, 0.0)
+      if not self.symmetric:
+        q_out = q_out + z_lanes
+      return (self._plus(jnp.where(mc, 0.0, r), zero).astype(self.code_dtype),
+              q_out.astype(self.outlier_dtype))
+
+    pairs = _lanes(both, x, mask)
+    return tuple(p[0] for p in pairs), (tuple(p[1] for p in pairs), s_o, z_o)
+
+  def _plus(self, q, zero):
+    """q + the static zero point (nothing to add on a symmetric grid)."""
+    return q if self.symmetric else q + zero
 
 
 def _time_step(window, i, n_refresh, length):
@@ -180,16 +233,23 @@ def _time_step(window, i, n_refresh, length):
   return jnp.minimum(t_raw, length - 1), t_raw < length
 
 
-def _rows(b0, rows, t, block_c):
-  """Index of the (rows, block_c) tile of samples b0.. at step t."""
-  return (pl.ds(b0, rows), t, pl.ds(0, block_c))
+def _rows(b0, rows, t, start, width):
+  """Index of the (rows, width) tile of samples b0.. at step t, lanes start.."""
+  return (pl.ds(b0, rows), t, pl.ds(start, width))
 
 
 def _load_rows(x_ref, b0, t, lanes_ok, math: _Math):
-  """(rows, block_c) fp32 inputs of samples b0.. at step t, masked lanes 0."""
-  x = plgpu.load(x_ref.at[_rows(b0, lanes_ok.shape[0], t, math.block_c)], mask=lanes_ok,
-                 other=jnp.zeros((), x_ref.dtype))
-  return x.astype(jnp.float32)
+  """The row chunks (rows, block_c) fp32 of samples b0.. at step t, masked lanes 0."""
+  rows = lanes_ok[0].shape[0]
+  return tuple(
+      plgpu.load(x_ref.at[_rows(b0, rows, t, j * math.block_c, math.block_c)], mask=ok,
+                 other=jnp.zeros((), x_ref.dtype)).astype(jnp.float32)
+      for j, ok in enumerate(lanes_ok))
+
+
+def _lanes_ok(row_ok, math: _Math):
+  """Per chunk, the (rows, block_c) lanes that exist: real rows x real channels."""
+  return tuple(row_ok[:, None] & ok[None, :] for ok in math.col_ok())
 
 
 def _store_rows(qin_ref, outlier_refs, b0, t, row_ok, q_in, outlier, mask, math: _Math,
@@ -197,25 +257,26 @@ def _store_rows(qin_ref, outlier_refs, b0, t, row_ok, q_in, outlier, mask, math:
   """Writes one step of rows samples (row_ok: which rows exist and are inside the sequence):
   inlier codes (packed two per byte with `pack`), and with `outlier` (codes, steps, zero
   points) the outlier codes, masks, steps and (asymmetric) zero points."""
-  rows = row_ok.shape[0]
-  col_ok = jnp.arange(math.block_c) < math.channels
-  lanes_ok = row_ok[:, None] & col_ok[None, :]
-  if pack:
-    half_ok = row_ok[:, None] & (jnp.arange(math.block_c // 2) < math.channels // 2)[None, :]
-    plgpu.store(qin_ref.at[_rows(b0, rows, t, math.block_c // 2)],
-                int4.pack_nibbles(*int4.split_even_odd(q_in)), mask=half_ok)
-  else:
-    plgpu.store(qin_ref.at[_rows(b0, rows, t, math.block_c)], q_in, mask=lanes_ok)
+  rows, bc = row_ok.shape[0], math.block_c
+  lanes_ok = _lanes_ok(row_ok, math)
+  for j in range(math.n_chunks):
+    if pack:
+      half_ok = row_ok[:, None] & (j * bc // 2 + jnp.arange(bc // 2) < math.channels // 2)[None, :]
+      plgpu.store(qin_ref.at[_rows(b0, rows, t, j * bc // 2, bc // 2)],
+                  int4.pack_nibbles(*int4.split_even_odd(q_in[j])), mask=half_ok)
+    else:
+      plgpu.store(qin_ref.at[_rows(b0, rows, t, j * bc, bc)], q_in[j], mask=lanes_ok[j])
   if outlier is None:
     return
   q_out, s_o, z_o = outlier
   qout_ref, oscale_ref, zero_ref, mask_ref = _outlier_outputs(outlier_refs, math)
-  plgpu.store(qout_ref.at[_rows(b0, rows, t, math.block_c)], q_out, mask=lanes_ok)
+  for j in range(math.n_chunks):
+    plgpu.store(qout_ref.at[_rows(b0, rows, t, j * bc, bc)], q_out[j], mask=lanes_ok[j])
+    if mask_ref is not None:
+      plgpu.store(mask_ref.at[_rows(b0, rows, t, j * bc, bc)], mask[j], mask=lanes_ok[j])
   plgpu.store(oscale_ref.at[pl.ds(b0, rows), t], s_o, mask=row_ok)
   if zero_ref is not None:
     plgpu.store(zero_ref.at[pl.ds(b0, rows), t], z_o.astype(jnp.int32), mask=row_ok)
-  if mask_ref is not None:
-    plgpu.store(mask_ref.at[_rows(b0, rows, t, math.block_c)], mask, mask=lanes_ok)
 
 
 def _outlier_outputs(outlier_refs, math: _Math):
@@ -227,17 +288,22 @@ def _outlier_outputs(outlier_refs, math: _Math):
   return outlier_refs[0], outlier_refs[1], zero_ref, (rest[0] if rest else None)
 
 
+def _no_mask(rows: int, math: _Math):
+  return tuple(jnp.zeros((rows, math.block_c), jnp.bool_) for _ in range(math.n_chunks))
+
+
 def _sample_kernel(x_ref, s_ref, z_ref, qin_ref, *outlier_refs, math: _Math,
                    batch: int, block_b: int, length: int, n_refresh: int, pack: bool,
                    detect: bool):
   b0, window = pl.program_id(0) * block_b, pl.program_id(1)
-  col_ok = jnp.arange(math.block_c) < math.channels
+  col_ok = math.col_ok()
   row_ok = b0 + jnp.arange(block_b) < batch
-  lanes_ok = row_ok[:, None] & col_ok[None, :]
+  lanes_ok = _lanes_ok(row_ok, math)
 
   def load(i):  # steps past the window (the prefetch after its last one) read nothing
     t, in_seq = _time_step(window, i, n_refresh, length)
-    return _load_rows(x_ref, b0, t, lanes_ok & (in_seq & (i < n_refresh)), math)
+    live = in_seq & (i < n_refresh)
+    return _load_rows(x_ref, b0, t, tuple(ok & live for ok in lanes_ok), math)
 
   def step(i, carry):
     # The next step's rows do not depend on the masks: loading them before this step's
@@ -245,36 +311,37 @@ def _sample_kernel(x_ref, s_ref, z_ref, qin_ref, *outlier_refs, math: _Math,
     mask, x = carry
     x_next = load(i + 1)
     t, in_seq = _time_step(window, i, n_refresh, length)
-    outlier = None
-    step = math.static_grid(s_ref, z_ref, t, block_b)
+    outlier_grid = None
+    s_t, inv_s, zero = math.static_grid(s_ref, z_ref, t, block_b)
     if detect:
-      mask, outlier = math.detect(x, mask, col_ok, lanes_ok, lambda s_d: s_d > step[0])
-    _store_rows(qin_ref, outlier_refs, b0, t, row_ok & in_seq,
-                math.quantize_inliers(x, mask, *step[1:]), outlier, mask, math, pack)
+      mask, outlier_grid = math.detect(x, mask, col_ok, lanes_ok, lambda s_d: s_d > s_t)
+    q_in, outlier = math.codes(x, mask, inv_s, zero, outlier_grid)
+    _store_rows(qin_ref, outlier_refs, b0, t, row_ok & in_seq, q_in, outlier, mask, math, pack)
     return mask, x_next
 
-  no_mask = jnp.zeros((block_b, math.block_c), jnp.bool_)
-  jax.lax.fori_loop(0, n_refresh, step, (no_mask, load(0)))
+  jax.lax.fori_loop(0, n_refresh, step, (_no_mask(block_b, math), load(0)))
 
 
 def _batch_kernel(x_ref, s_ref, z_ref, qin_ref, *outlier_refs, math: _Math,
                   batch: int, length: int, n_refresh: int, pack: bool):
   """One program per window, one sample (a one-row tile) at a time."""
   window = pl.program_id(0)
-  col_ok = jnp.arange(math.block_c) < math.channels
+  col_ok = math.col_ok()
   one_row = jnp.arange(1) < 1
+  all_lanes = _lanes_ok(one_row, math)
   mask_ref = _outlier_outputs(outlier_refs, math)[3]  # always written: the next step reads it
+  bc = math.block_c
 
   def step(i, carry):
     t, in_seq = _time_step(window, i, n_refresh, length)
     t_prev = jnp.maximum(t - 1, 0)
     grid = math.static_grid(s_ref, z_ref, t, 1)
-    lanes_ok = (one_row & in_seq)[:, None] & col_ok[None, :]
+    lanes_ok = _lanes_ok(one_row & in_seq, math)
 
     def previous_mask(b):  # what this program stored for sample b one step earlier
-      return plgpu.load(mask_ref.at[_rows(b, 1, t_prev, math.block_c)],
-                        mask=one_row[:, None] & col_ok[None, :] & (i > 0),
-                        other=jnp.zeros((), jnp.bool_))
+      return tuple(plgpu.load(mask_ref.at[_rows(b, 1, t_prev, j * bc, bc)],
+                              mask=ok & (i > 0), other=jnp.zeros((), jnp.bool_))
+                   for j, ok in enumerate(all_lanes))
 
     def sample_triggers(b, any_trigger):
       s_d = math.reductions(_load_rows(x_ref, b, t, lanes_ok, math), previous_mask(b), col_ok)[0]
@@ -284,10 +351,10 @@ def _batch_kernel(x_ref, s_ref, z_ref, qin_ref, *outlier_refs, math: _Math,
 
     def update_and_quantize(b, c):
       x = _load_rows(x_ref, b, t, lanes_ok, math)
-      mask, outlier = math.detect(x, previous_mask(b), col_ok, col_ok[None, :],
-                                  lambda s_d: jnp.broadcast_to(trigger, s_d.shape))
-      _store_rows(qin_ref, outlier_refs, b, t, one_row & in_seq,
-                  math.quantize_inliers(x, mask, *grid[1:]), outlier, mask, math, pack)
+      mask, outlier_grid = math.detect(x, previous_mask(b), col_ok, all_lanes,
+                                       lambda s_d: jnp.broadcast_to(trigger, s_d.shape))
+      q_in, outlier = math.codes(x, mask, *grid[1:], outlier_grid)
+      _store_rows(qin_ref, outlier_refs, b, t, one_row & in_seq, q_in, outlier, mask, math, pack)
       return c
 
     return jax.lax.fori_loop(0, batch, update_and_quantize, carry)
@@ -306,11 +373,11 @@ def _with_grid_refs(kernel, **static):
 
 @functools.partial(jax.jit, static_argnames=(
     'code_range', 'k', 'n_refresh', 'trigger', 'std_ddof', 'detect', 'pack', 'block_c',
-    'block_b', 'num_warps', 'with_mask', 'interpret'))
+    'block_b', 'num_warps', 'with_mask', 'n_chunks', 'interpret'))
 def act_quant(x, inlier_scale, zero_point, *, code_range: tuple[int, int, int, int], k: float,
               n_refresh: int, trigger: str, std_ddof: int, detect: bool, pack: bool,
               block_c: int, block_b: int, num_warps: int, with_mask: bool = True,
-              interpret: bool = False):
+              n_chunks: int = 1, interpret: bool = False):
   """Validated (B, L, C) input, (L,) steps and (L,) zero points (None: symmetric) ->
   (inlier codes, outlier codes, outlier scale, mask, clamped inlier scale, outlier zero points
   (B, L) int32 or None). code_range = (qmin, qmax, outlier qmin, outlier qmax); block_b:
@@ -330,7 +397,7 @@ def act_quant(x, inlier_scale, zero_point, *, code_range: tuple[int, int, int, i
   math = _Math(channels=channels, block_c=block_c, qmin=float(qmin), qmax=float(qmax),
                o_qmin=float(o_qmin), o_qmax=float(o_qmax), k=float(k), ddof=std_ddof,
                interpret=interpret, symmetric=symmetric, code_dtype=int_dtype(qmin, qmax),
-               outlier_dtype=int_dtype(o_qmin, o_qmax))
+               outlier_dtype=int_dtype(o_qmin, o_qmax), n_chunks=n_chunks)
   out_shape = [jax.ShapeDtypeStruct((batch, length, channels // 2 if pack else channels),
                                     jnp.int8 if pack else math.code_dtype)]
   if detect:

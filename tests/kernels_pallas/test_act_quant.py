@@ -215,13 +215,43 @@ def test_block_config_validation():
     config.ActQuantBlockConfig(block_c=64).resolve(100)
   with pytest.raises(ValueError, match='block_b'):
     config.ActQuantBlockConfig(block_b=3)
-  assert config.ActQuantBlockConfig().resolve(1536) == (2048, 1, 4)
-  assert config.ActQuantBlockConfig().resolve(192) == (256, 1, 2)
+  # Vim's widths 3 x 2^k are three exact chunks; other widths one padded tile
+  assert config.ActQuantBlockConfig().resolve(1536) == (512, 1, 4, 3)
+  assert config.ActQuantBlockConfig().resolve(192) == (64, 1, 2, 3)
+  assert config.ActQuantBlockConfig().resolve(100) == (128, 1, 2, 1)
+  assert config.ActQuantBlockConfig(block_c=2048).resolve(1536) == (2048, 1, 4, 1)
   # several samples per program up to TILE_ELEMENTS lanes, never more than the batch
-  assert config.ActQuantBlockConfig().resolve(768, 64) == (1024, 1, 2)
-  assert config.ActQuantBlockConfig().resolve(192, 64) == (256, 2, 2)
-  assert config.ActQuantBlockConfig().resolve(48, 3) == (64, 4, 2)
-  assert config.ActQuantBlockConfig(block_b=2, num_warps=1).resolve(768, 64) == (1024, 2, 1)
+  assert config.ActQuantBlockConfig().resolve(768, 64) == (256, 1, 2, 3)
+  assert config.ActQuantBlockConfig().resolve(192, 64) == (64, 2, 2, 3)
+  assert config.ActQuantBlockConfig().resolve(48, 3) == (16, 4, 2, 3)
+  assert config.ActQuantBlockConfig(block_b=2, num_warps=1).resolve(768, 64) == (256, 2, 1, 3)
+
+
+@pytest.mark.parametrize('symmetric,trigger,pack', [
+    (True, 'sample', True), (True, 'sample', False), (False, 'sample', False),
+    (True, 'batch', False), (False, 'batch', False)])
+def test_row_in_three_chunks_matches_canonical(symmetric, trigger, pack):
+  """C = 96 = 3 x 32 runs as three exact chunks per row (Vim's widths): statistics across the
+  chunks, masks, codes (packed too), scales and zero points equal the canonical quantizer."""
+  assert config.ActQuantBlockConfig().resolve(96, 3)[3] == 3
+  rng = np.random.default_rng(11)
+  x = _activations(rng, 3, 23, 96) - (0.0 if symmetric else 3.0)
+  bits = 4
+  qmax = 2 ** (bits - 1) - 1 if symmetric else 2 ** bits - 1
+  scale = jnp.asarray(rng.uniform(2.0, 4.0, 23) / qmax, jnp.float32)
+  zero = None if symmetric else jnp.asarray(rng.integers(qmax // 2, qmax, 23), jnp.int32)
+  spec = ActQuantParams(bits=bits, outlier_bits=8, trigger=trigger, symmetric=symmetric,
+                        k=3.0 if symmetric else 4.0)
+  want = api.act_quant(x, scale, spec, zero, implementation='xla', pack_int4=pack)
+  got = api.act_quant(x, scale, spec, zero, implementation='triton', interpret=True,
+                      pack_int4=pack)
+  for field in FIELDS + ('inlier_zero_point', 'outlier_zero_point'):
+    g, w = getattr(got, field), getattr(want, field)
+    if w is None:
+      assert g is None, field
+      continue
+    np.testing.assert_array_equal(np.asarray(g), np.asarray(w), err_msg=field)
+  assert np.asarray(want.outlier_mask).any()
 
 
 @pytest.mark.parametrize('symmetric', [True, False])
