@@ -9,6 +9,8 @@
       outlier_mask   (B, L, C) bool (None from the kernel when asked not to write it)
       inlier_zero_point (L,) / outlier_zero_point (B, L) int32 for asymmetric grids (Δ), else None
 
+    act_quant_dequantized(x, inlier_scale, params) -> dequantize(act_quant(x)), one pass
+
 Semantics are those of `reference.act_quant_xla` (the XLA implementation, and the reference the
 kernel is tested against code for code); `params` is an `ActQuantParams`.
 
@@ -87,6 +89,30 @@ def _check_zero_point(zero_point, params: ActQuantParams, length: int) -> None:
                      '`calibrate_inlier_scale` for this sequence length.')
 
 
+def _validate(x, inlier_scale, params, zero_point) -> None:
+  if not isinstance(params, ActQuantParams):
+    raise TypeError(f'act_quant: params must be an ActQuantParams, got {type(params).__name__}.')
+  if x.ndim != 3 or not jnp.issubdtype(x.dtype, jnp.floating):
+    raise ValueError(f'act_quant: x must be a float (B, L, C) array, got {x.dtype}{x.shape}.')
+  length = x.shape[1]
+  if inlier_scale.shape != (length,):
+    raise ValueError(f'act_quant: inlier_scale must have shape ({length},) (one static step per '
+                     f'time step), got {inlier_scale.shape}; recalibrate for this sequence '
+                     'length.')
+  _check_zero_point(zero_point, params, length)
+
+
+def _kernel_args(params: ActQuantParams, x, block_config, interpret):
+  """The kernel's static arguments for these params and this input."""
+  block_c, block_b, num_warps, n_chunks = (block_config or ActQuantBlockConfig()).resolve(
+      x.shape[2], x.shape[0])
+  return dict(code_range=(params.qmin, params.qmax, params.outlier_qmin, params.outlier_qmax),
+              k=float(params.k), n_refresh=int(params.n_refresh), std_ddof=int(params.std_ddof),
+              detect=params.outliers == 'int', block_c=block_c, block_b=block_b,
+              num_warps=num_warps, n_chunks=n_chunks,
+              interpret=compat.resolve_interpret(interpret))
+
+
 def act_quant(x, inlier_scale, params: ActQuantParams, zero_point=None, *,
               pack_int4: bool = False, outlier_mask: bool = True, implementation=None,
               interpret: bool | None = None,
@@ -96,32 +122,37 @@ def act_quant(x, inlier_scale, params: ActQuantParams, zero_point=None, *,
   Triton kernel in the Pallas interpreter unless JAX is on a GPU. `outlier_mask=False` leaves
   the mask out (None) where the kernel runs: the codes say all a GEMM or a dequantize needs,
   and the mask is a byte per element to write."""
-  if not isinstance(params, ActQuantParams):
-    raise TypeError(f'act_quant: params must be an ActQuantParams, got {type(params).__name__}.')
-  if x.ndim != 3 or not jnp.issubdtype(x.dtype, jnp.floating):
-    raise ValueError(f'act_quant: x must be a float (B, L, C) array, got {x.dtype}{x.shape}.')
-  _, length, channels = x.shape
-  if inlier_scale.shape != (length,):
-    raise ValueError(f'act_quant: inlier_scale must have shape ({length},) (one static step per '
-                     f'time step), got {inlier_scale.shape}; recalibrate for this sequence '
-                     'length.')
+  _validate(x, inlier_scale, params, zero_point)
+  channels = x.shape[2]
   if pack_int4 and (params.bits > 4 or channels % 2 or not params.symmetric):
     raise ValueError(f'act_quant: pack_int4 needs a symmetric grid with bits <= 4 and an even C, '
                      f'got bits={params.bits}, symmetric={params.symmetric}, C={channels}.')
-  _check_zero_point(zero_point, params, length)
   if DISPATCH.choose(implementation, params, channels) == 'xla':
     return reference.act_quant_xla(x, inlier_scale, params, zero_point, pack=pack_int4)
-  block_c, block_b, num_warps, n_chunks = (block_config or ActQuantBlockConfig()).resolve(
-      channels, x.shape[0])
   q_in, q_out, o_scale, mask, scale, o_zero = pallas_triton.act_quant(
-      x, inlier_scale, zero_point,
-      code_range=(params.qmin, params.qmax, params.outlier_qmin, params.outlier_qmax),
-      k=float(params.k), n_refresh=int(params.n_refresh), trigger=params.trigger,
-      std_ddof=int(params.std_ddof), detect=params.outliers == 'int', pack=pack_int4,
-      block_c=block_c, block_b=block_b, num_warps=num_warps, with_mask=outlier_mask,
-      n_chunks=n_chunks,
-      interpret=compat.resolve_interpret(interpret))
+      x, inlier_scale, zero_point, trigger=params.trigger, pack=pack_int4,
+      with_mask=outlier_mask, **_kernel_args(params, x, block_config, interpret))
   in_zero = None if params.symmetric else zero_point.astype(jnp.int32)
   return IntActivation(inlier_q=q_in, inlier_scale=scale, inlier_zero_point=in_zero,
                        outlier_q=q_out, outlier_scale=o_scale, outlier_zero_point=o_zero,
                        outlier_mask=mask)
+
+
+def act_quant_dequantized(x, inlier_scale, params: ActQuantParams, zero_point=None, *,
+                          out_dtype=None, implementation=None, interpret: bool | None = None,
+                          block_config: ActQuantBlockConfig | None = None):
+  """dequantize(act_quant(x)) in out_dtype (x's by default): what a site that feeds a float
+  consumer (Δ, B, C into the selective scan) needs. Where the kernel runs (per-sample trigger
+  or no outliers) it is one pass that writes only the result; elsewhere the codes, then
+  `reference.dequantize`. Equal to the two-step form bit for bit (the code of 0 in one term
+  makes the sum exact)."""
+  _validate(x, inlier_scale, params, zero_point)
+  out_dtype = jnp.dtype(out_dtype or x.dtype)
+  one_pass = params.outliers != 'int' or params.trigger == 'sample'
+  if not one_pass or DISPATCH.choose(implementation, params, x.shape[2]) == 'xla':
+    q = act_quant(x, inlier_scale, params, zero_point, outlier_mask=False,
+                  implementation=implementation, interpret=interpret, block_config=block_config)
+    return reference.dequantize(q).astype(out_dtype)
+  return pallas_triton.act_quant_dequantized(
+      x, inlier_scale, zero_point, out_dtype=out_dtype,
+      **_kernel_args(params, x, block_config, interpret))

@@ -187,40 +187,49 @@ class _Math:
     inv = _reciprocal_rn(jnp.full((rows,), s_t, jnp.float32), self.interpret)
     return s_t, inv[:, None], zero
 
-  def codes(self, x, mask, inv_s, zero, outlier_grid):
-    """(inlier codes, (outlier codes, s_o, z_o) or None) of step t, codes chunk by chunk.
-
-    Inliers go on the static step S_I(t) (its IEEE reciprocal per row) and zero point z(t),
-    outliers on their dynamic per-row step s_o and zero point z_o; each lane is one or the
-    other, and the other code is that of 0. So each lane is scaled, clipped and rounded once,
-    on its own grid, and the two codes are selected from that (lane operations are what this
-    kernel spends its time on). The IEEE division runs once per row (1 / s_o)."""
+  def rounded(self, x, mask, inv_s, zero, outlier_grid):
+    """Per chunk, every lane scaled, clipped and rounded once on its own grid: the static step
+    S_I(t) (its IEEE reciprocal per row) and zero point z(t) for inliers, the dynamic per-row
+    step s_o and zero point z_o for outliers (the IEEE division runs once per row, 1 / s_o).
+    Zero points not added yet. Each lane is an inlier or an outlier, and its other code is
+    that of 0, so one rounding serves both codes (lane operations are this kernel's cost)."""
     if outlier_grid is None:
-      def inlier_only(xc):
-        q = round_half_even(jnp.clip(xc * inv_s, self.qmin - zero, self.qmax - zero),
-                            self.interpret)
-        return self._plus(q, zero).astype(self.code_dtype)
-      return _lanes(inlier_only, x), None
+      return _lanes(lambda xc: round_half_even(
+          jnp.clip(xc * inv_s, self.qmin - zero, self.qmax - zero), self.interpret), x)
     s_o, z_o = outlier_grid
     inv_so = _reciprocal_rn(s_o, self.interpret)[:, None]
     z_lanes = z_o[:, None]
 
-    def both(xc, mc):
+    def one(xc, mc):
       if self.symmetric:
         lo = jnp.where(mc, self.o_qmin, self.qmin)
         hi = jnp.where(mc, self.o_qmax, self.qmax)
       else:
         lo = jnp.where(mc, self.o_qmin - z_lanes, self.qmin - zero)
         hi = jnp.where(mc, self.o_qmax - z_lanes, self.qmax - zero)
-      r = round_half_even(jnp.clip(xc * jnp.where(mc, inv_so, inv_s), lo, hi), self.interpret)
-      q_out = jnp.where(mc, r, 0.0)
-      if not self.symmetric:
-        q_out = q_out + z_lanes
-      return (self._plus(jnp.where(mc, 0.0, r), zero).astype(self.code_dtype),
-              q_out.astype(self.outlier_dtype))
+      return round_half_even(jnp.clip(xc * jnp.where(mc, inv_so, inv_s), lo, hi), self.interpret)
 
-    pairs = _lanes(both, x, mask)
-    return tuple(p[0] for p in pairs), (tuple(p[1] for p in pairs), s_o, z_o)
+    return _lanes(one, x, mask)
+
+  def codes(self, r, mask, zero, outlier_grid):
+    """(inlier codes, (outlier codes, s_o, z_o) or None) from the rounded lanes."""
+    if outlier_grid is None:
+      return _lanes(lambda rc: self._plus(rc, zero).astype(self.code_dtype), r), None
+    s_o, z_o = outlier_grid
+    q_in = _lanes(lambda rc, mc: self._plus(jnp.where(mc, 0.0, rc), zero).astype(
+        self.code_dtype), r, mask)
+    z_lanes = 0.0 if self.symmetric else z_o[:, None]
+    q_out = _lanes(lambda rc, mc: (jnp.where(mc, rc, 0.0) + z_lanes).astype(self.outlier_dtype),
+                   r, mask)
+    return q_in, (q_out, s_o, z_o)
+
+  def dequantized(self, r, mask, s_t, outlier_grid, dtype):
+    """x_hat = (code - zero point) x step per lane, as `reference.dequantize` computes it (its
+    other term is an exact 0), cast to dtype: what a site that only dequantizes reads."""
+    if outlier_grid is None:
+      return _lanes(lambda rc: (rc * s_t).astype(dtype), r)
+    s_o = outlier_grid[0][:, None]
+    return _lanes(lambda rc, mc: jnp.where(mc, rc * s_o, rc * s_t).astype(dtype), r, mask)
 
   def _plus(self, q, zero):
     """q + the static zero point (nothing to add on a symmetric grid)."""
@@ -258,25 +267,30 @@ def _store_rows(qin_ref, outlier_refs, b0, t, row_ok, q_in, outlier, mask, math:
   inlier codes (packed two per byte with `pack`), and with `outlier` (codes, steps, zero
   points) the outlier codes, masks, steps and (asymmetric) zero points."""
   rows, bc = row_ok.shape[0], math.block_c
-  lanes_ok = _lanes_ok(row_ok, math)
-  for j in range(math.n_chunks):
-    if pack:
+  if pack:
+    for j in range(math.n_chunks):
       half_ok = row_ok[:, None] & (j * bc // 2 + jnp.arange(bc // 2) < math.channels // 2)[None, :]
       plgpu.store(qin_ref.at[_rows(b0, rows, t, j * bc // 2, bc // 2)],
                   int4.pack_nibbles(*int4.split_even_odd(q_in[j])), mask=half_ok)
-    else:
-      plgpu.store(qin_ref.at[_rows(b0, rows, t, j * bc, bc)], q_in[j], mask=lanes_ok[j])
+  else:
+    _store_chunks(qin_ref, b0, t, row_ok, q_in, math)
   if outlier is None:
     return
   q_out, s_o, z_o = outlier
   qout_ref, oscale_ref, zero_ref, mask_ref = _outlier_outputs(outlier_refs, math)
-  for j in range(math.n_chunks):
-    plgpu.store(qout_ref.at[_rows(b0, rows, t, j * bc, bc)], q_out[j], mask=lanes_ok[j])
-    if mask_ref is not None:
-      plgpu.store(mask_ref.at[_rows(b0, rows, t, j * bc, bc)], mask[j], mask=lanes_ok[j])
+  _store_chunks(qout_ref, b0, t, row_ok, q_out, math)
+  if mask_ref is not None:
+    _store_chunks(mask_ref, b0, t, row_ok, mask, math)
   plgpu.store(oscale_ref.at[pl.ds(b0, rows), t], s_o, mask=row_ok)
   if zero_ref is not None:
     plgpu.store(zero_ref.at[pl.ds(b0, rows), t], z_o.astype(jnp.int32), mask=row_ok)
+
+
+def _store_chunks(ref, b0, t, row_ok, chunks, math: _Math):
+  """Writes a row held as chunks to the (B, L, C) output ref at step t (real lanes only)."""
+  rows, bc = row_ok.shape[0], math.block_c
+  for j, ok in enumerate(_lanes_ok(row_ok, math)):
+    plgpu.store(ref.at[_rows(b0, rows, t, j * bc, bc)], chunks[j], mask=ok)
 
 
 def _outlier_outputs(outlier_refs, math: _Math):
@@ -294,7 +308,7 @@ def _no_mask(rows: int, math: _Math):
 
 def _sample_kernel(x_ref, s_ref, z_ref, qin_ref, *outlier_refs, math: _Math,
                    batch: int, block_b: int, length: int, n_refresh: int, pack: bool,
-                   detect: bool):
+                   detect: bool, dequantize_to=None):
   b0, window = pl.program_id(0) * block_b, pl.program_id(1)
   col_ok = math.col_ok()
   row_ok = b0 + jnp.arange(block_b) < batch
@@ -315,8 +329,14 @@ def _sample_kernel(x_ref, s_ref, z_ref, qin_ref, *outlier_refs, math: _Math,
     s_t, inv_s, zero = math.static_grid(s_ref, z_ref, t, block_b)
     if detect:
       mask, outlier_grid = math.detect(x, mask, col_ok, lanes_ok, lambda s_d: s_d > s_t)
-    q_in, outlier = math.codes(x, mask, inv_s, zero, outlier_grid)
-    _store_rows(qin_ref, outlier_refs, b0, t, row_ok & in_seq, q_in, outlier, mask, math, pack)
+    r = math.rounded(x, mask, inv_s, zero, outlier_grid)
+    if dequantize_to is not None:  # qin_ref is the dequantized output
+      _store_chunks(qin_ref, b0, t, row_ok & in_seq,
+                    math.dequantized(r, mask, s_t, outlier_grid, dequantize_to), math)
+    else:
+      q_in, outlier = math.codes(r, mask, zero, outlier_grid)
+      _store_rows(qin_ref, outlier_refs, b0, t, row_ok & in_seq, q_in, outlier, mask, math,
+                  pack)
     return mask, x_next
 
   jax.lax.fori_loop(0, n_refresh, step, (_no_mask(block_b, math), load(0)))
@@ -353,7 +373,8 @@ def _batch_kernel(x_ref, s_ref, z_ref, qin_ref, *outlier_refs, math: _Math,
       x = _load_rows(x_ref, b, t, lanes_ok, math)
       mask, outlier_grid = math.detect(x, previous_mask(b), col_ok, all_lanes,
                                        lambda s_d: jnp.broadcast_to(trigger, s_d.shape))
-      q_in, outlier = math.codes(x, mask, *grid[1:], outlier_grid)
+      q_in, outlier = math.codes(math.rounded(x, mask, *grid[1:], outlier_grid), mask, grid[2],
+                                 outlier_grid)
       _store_rows(qin_ref, outlier_refs, b, t, one_row & in_seq, q_in, outlier, mask, math, pack)
       return c
 
@@ -371,9 +392,36 @@ def _with_grid_refs(kernel, **static):
   return run
 
 
-@functools.partial(jax.jit, static_argnames=(
-    'code_range', 'k', 'n_refresh', 'trigger', 'std_ddof', 'detect', 'pack', 'block_c',
-    'block_b', 'num_warps', 'with_mask', 'n_chunks', 'interpret'))
+def _math_and_grid(x, inlier_scale, zero_point, code_range, k, std_ddof, block_c, n_chunks,
+                   interpret):
+  """The kernel's static constants and its per-step grid inputs: the raw steps (and zero
+  points) as they are, since t is clamped to L - 1 in the kernel, which floors and inverts
+  S_I(t) itself (`_Math.static_grid`)."""
+  qmin, qmax, o_qmin, o_qmax = code_range
+  symmetric = zero_point is None
+  grid_inputs = [inlier_scale.astype(jnp.float32)]
+  if not symmetric:
+    grid_inputs.append(zero_point.astype(jnp.float32))
+  math = _Math(channels=x.shape[2], block_c=block_c, qmin=float(qmin), qmax=float(qmax),
+               o_qmin=float(o_qmin), o_qmax=float(o_qmax), k=float(k), ddof=std_ddof,
+               interpret=interpret, symmetric=symmetric, code_dtype=int_dtype(qmin, qmax),
+               outlier_dtype=int_dtype(o_qmin, o_qmax), n_chunks=n_chunks)
+  return math, grid_inputs
+
+
+def _launch(kernel, x, grid_inputs, out_shape, grid, name, num_warps, interpret):
+  compat.filter_triton_deprecation()
+  return pl.pallas_call(
+      kernel, out_shape=out_shape, grid=grid, interpret=interpret, name=name,
+      compiler_params=compat.triton_compiler_params(num_warps, 1),
+  )(x, *grid_inputs)
+
+
+_STATIC = ('code_range', 'k', 'n_refresh', 'std_ddof', 'detect', 'block_c', 'block_b',
+           'num_warps', 'n_chunks', 'interpret')
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC + ('trigger', 'pack', 'with_mask'))
 def act_quant(x, inlier_scale, zero_point, *, code_range: tuple[int, int, int, int], k: float,
               n_refresh: int, trigger: str, std_ddof: int, detect: bool, pack: bool,
               block_c: int, block_b: int, num_warps: int, with_mask: bool = True,
@@ -381,23 +429,15 @@ def act_quant(x, inlier_scale, zero_point, *, code_range: tuple[int, int, int, i
   """Validated (B, L, C) input, (L,) steps and (L,) zero points (None: symmetric) ->
   (inlier codes, outlier codes, outlier scale, mask, clamped inlier scale, outlier zero points
   (B, L) int32 or None). code_range = (qmin, qmax, outlier qmin, outlier qmax); block_b:
-  samples per program of the 'sample' kernel. Without
-  `detect` (outliers='none') the outlier outputs are constants; without `with_mask` the mask is
-  None (the batch-trigger kernel writes it anyway: it reads it back)."""
+  samples per program of the 'sample' kernel; a row is n_chunks tiles of block_c lanes.
+  Without `detect` (outliers='none') the outlier outputs are constants; without `with_mask`
+  the mask is None (the batch-trigger kernel writes it anyway: it reads it back)."""
   batch, length, channels = x.shape
-  qmin, qmax, o_qmin, o_qmax = code_range
-  symmetric = zero_point is None
-  n_windows = -(-length // n_refresh)
+  math, grid_inputs = _math_and_grid(x, inlier_scale, zero_point, code_range, k, std_ddof,
+                                     block_c, n_chunks, interpret)
+  symmetric = math.symmetric
   scale = jnp.maximum(inlier_scale.astype(jnp.float32), MIN_SCALE)
-  # The raw steps (and zero points) go in as they are: t is clamped to L - 1 in the kernel,
-  # which floors and inverts S_I(t) itself (`_Math.static_grid`).
-  grid_inputs = [inlier_scale.astype(jnp.float32)]
-  if not symmetric:
-    grid_inputs.append(zero_point.astype(jnp.float32))
-  math = _Math(channels=channels, block_c=block_c, qmin=float(qmin), qmax=float(qmax),
-               o_qmin=float(o_qmin), o_qmax=float(o_qmax), k=float(k), ddof=std_ddof,
-               interpret=interpret, symmetric=symmetric, code_dtype=int_dtype(qmin, qmax),
-               outlier_dtype=int_dtype(o_qmin, o_qmax), n_chunks=n_chunks)
+  n_windows = -(-length // n_refresh)
   out_shape = [jax.ShapeDtypeStruct((batch, length, channels // 2 if pack else channels),
                                     jnp.int8 if pack else math.code_dtype)]
   if detect:
@@ -415,12 +455,8 @@ def act_quant(x, inlier_scale, zero_point, *, code_range: tuple[int, int, int, i
     kernel = _with_grid_refs(_sample_kernel, detect=detect, batch=batch, block_b=block_b,
                              **common)
     grid = (pl.cdiv(batch, block_b), n_windows)
-  compat.filter_triton_deprecation()
-  outs = pl.pallas_call(
-      kernel, out_shape=out_shape, grid=grid, interpret=interpret,
-      name=f'act_quant_{trigger if detect else "static"}',
-      compiler_params=compat.triton_compiler_params(num_warps, 1),
-  )(x, *grid_inputs)
+  outs = _launch(kernel, x, grid_inputs, out_shape, grid,
+                 f'act_quant_{trigger if detect else "static"}', num_warps, interpret)
   if detect:
     q_in, q_out, o_scale = outs[:3]
     o_zero = None if symmetric else outs[3]
@@ -429,3 +465,22 @@ def act_quant(x, inlier_scale, zero_point, *, code_range: tuple[int, int, int, i
   return (q_in, jnp.zeros((batch, length, channels), jnp.int8),
           jnp.ones((batch, length), jnp.float32),
           jnp.zeros((batch, length, channels), jnp.bool_) if with_mask else None, scale, None)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC + ('out_dtype',))
+def act_quant_dequantized(x, inlier_scale, zero_point, *, code_range: tuple[int, int, int, int],
+                          k: float, n_refresh: int, std_ddof: int, detect: bool, block_c: int,
+                          block_b: int, num_warps: int, out_dtype, n_chunks: int = 1,
+                          interpret: bool = False):
+  """dequantize(act_quant(x)) (B, L, C) in out_dtype from one pass (per-sample trigger): the
+  codes never reach memory. Arguments as `act_quant`'s."""
+  batch, length, channels = x.shape
+  math, grid_inputs = _math_and_grid(x, inlier_scale, zero_point, code_range, k, std_ddof,
+                                     block_c, n_chunks, interpret)
+  kernel = _with_grid_refs(_sample_kernel, detect=detect, batch=batch, block_b=block_b,
+                           math=math, length=length, n_refresh=n_refresh, pack=False,
+                           dequantize_to=out_dtype)
+  grid = (pl.cdiv(batch, block_b), -(-length // n_refresh))
+  (y,) = _launch(kernel, x, grid_inputs, [jax.ShapeDtypeStruct(x.shape, out_dtype)], grid,
+                 'act_quant_dequantized', num_warps, interpret)
+  return y

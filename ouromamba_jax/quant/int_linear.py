@@ -91,6 +91,14 @@ def quantize_site(x3, quantizer, implementation: Optional[str] = None, *,
                                                                      implementation))
 
 
+def dequantized_site(x3, quantizer, implementation: Optional[str] = None, out_dtype=None):
+  """dequantize(quantize_site(x3)) in out_dtype, one pass where the act_quant kernel runs (the
+  codes of a site whose consumer is float, Δ/B/C before the scan, never reach memory)."""
+  return act_quant_api.act_quant_dequantized(
+      x3, quantizer.inlier_scale, quantizer.spec.kernel_params, quantizer.zero_point,
+      out_dtype=out_dtype, implementation=_ACT_QUANT_CHAIN.get(implementation, implementation))
+
+
 def prepare_operands(x3, weight, input_quantizer, implementation: Optional[str] = None
                      ) -> KernelOperands:
   """Quantizes x3 (B, L, C) (already divided by the smoothing vector) with act_quant and lays

@@ -144,9 +144,11 @@ class ActQuantizer:
     x3, restore = act_lib.as_steps(x, self.layout)
     if self.mode == 'fake':
       y = act_lib.dequantize_activation(self.parts(x3, ste=True))
-    else:
+    elif self.spec.domain == 'log':
       y = act_lib.dequantize_activation(
           int_linear.quantize_site(to_grid_domain(x3, self.spec), self, implementation))
+    else:  # codes and dequantize in one pass where the kernel runs (same values)
+      return restore(int_linear.dequantized_site(x3, self, implementation, x.dtype))
     if self.spec.domain == 'log':
       y = -jnp.exp(y)
     return restore(y).astype(x.dtype)

@@ -276,9 +276,10 @@ def test_several_samples_per_program_match_canonical(symmetric):
   assert np.asarray(want.outlier_mask).any()
 
 
-@pytest.mark.parametrize('trigger,symmetric', [('sample', True), ('batch', True),
-                                               ('sample', False)])
-def test_kernel_lowers_to_triton_for_h100(trigger, symmetric):
+@pytest.mark.parametrize('trigger,symmetric,n_chunks,dequantized', [
+    ('sample', True, 1, False), ('batch', True, 1, False), ('sample', False, 1, False),
+    ('sample', True, 3, False), ('batch', False, 3, False), ('sample', False, 3, True)])
+def test_kernel_lowers_to_triton_for_h100(trigger, symmetric, n_chunks, dequantized):
   """Lowers (no compile) for an abstract H100: every op must have a Triton lowering rule."""
   from jax.sharding import AbstractDevice, AbstractMesh  # pylint: disable=g-import-not-at-top
   from kernels_pallas.act_quant import pallas_triton  # pylint: disable=g-import-not-at-top
@@ -287,12 +288,18 @@ def test_kernel_lowers_to_triton_for_h100(trigger, symmetric):
   b, l, c = 64, 197, 1536
   zero = None if symmetric else jax.ShapeDtypeStruct((l,), jnp.int32)
   code_range = (-7, 7, -127, 127) if symmetric else (0, 15, 0, 255)
+  common = dict(code_range=code_range, k=3.0, n_refresh=10, std_ddof=1, detect=True,
+                block_c=2048 // (4 if n_chunks == 3 else 1), block_b=2, num_warps=8,
+                n_chunks=n_chunks)
+  args = (jax.ShapeDtypeStruct((b, l, c), jnp.bfloat16), jax.ShapeDtypeStruct((l,), jnp.float32),
+          zero)
   with jax.sharding.use_abstract_mesh(mesh):
-    lowered = pallas_triton.act_quant.trace(
-        jax.ShapeDtypeStruct((b, l, c), jnp.bfloat16), jax.ShapeDtypeStruct((l,), jnp.float32),
-        zero, code_range=code_range, k=3.0, n_refresh=10, trigger=trigger, std_ddof=1,
-        detect=True, pack=symmetric, block_c=2048, block_b=2,
-        num_warps=8).lower(lowering_platforms=('cuda',))
+    if dequantized:
+      traced = pallas_triton.act_quant_dequantized.trace(*args, out_dtype=jnp.dtype(jnp.bfloat16),
+                                                         **common)
+    else:
+      traced = pallas_triton.act_quant.trace(*args, trigger=trigger, pack=symmetric, **common)
+    lowered = traced.lower(lowering_platforms=('cuda',))
   assert '__gpu$xla.gpu.triton' in lowered.as_text()
 
 
@@ -337,3 +344,48 @@ def test_gpu_asymmetric_kernel_matches_canonical_at_vim_shape():
     frac = np.mean(g != w)
     print(f'asymmetric {field}: mismatch fraction {frac:.2e}')
     assert frac < 1e-5, field
+
+
+@pytest.mark.parametrize('symmetric,outliers,chunks_c', [
+    (True, 'int', 40), (False, 'int', 40), (True, 'none', 96), (False, 'int', 96)])
+def test_dequantized_output_equals_dequantize_of_codes(symmetric, outliers, chunks_c):
+  """The one-pass dequantized output equals reference.dequantize of the canonical codes, cast
+  to bf16 or kept fp32, bit for bit (one chunk and three chunks per row)."""
+  rng = np.random.default_rng(5)
+  x = _activations(rng, 3, 23, chunks_c) - (0.0 if symmetric else 3.0)
+  qmax = 7 if symmetric else 15
+  scale = jnp.asarray(rng.uniform(2.0, 4.0, 23) / qmax, jnp.float32)
+  zero = None if symmetric else jnp.asarray(rng.integers(qmax // 2, qmax, 23), jnp.int32)
+  spec = ActQuantParams(bits=4, outlier_bits=8, symmetric=symmetric, outliers=outliers,
+                        k=3.0 if symmetric else 4.0)
+  for dtype in (jnp.float32, jnp.bfloat16):
+    want = dequantize(api.act_quant(x, scale, spec, zero, implementation='xla')).astype(dtype)
+    got = api.act_quant_dequantized(x, scale, spec, zero, out_dtype=dtype,
+                                    implementation='triton', interpret=True)
+    assert got.dtype == want.dtype and got.shape == x.shape
+    np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
+    xla = api.act_quant_dequantized(x, scale, spec, zero, out_dtype=dtype, implementation='xla')
+    np.testing.assert_array_equal(np.asarray(xla, np.float32), np.asarray(want, np.float32))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(jax.default_backend() != 'gpu', reason='needs a CUDA GPU')
+@pytest.mark.parametrize('symmetric', [True, False])
+def test_gpu_dequantized_matches_canonical_at_vim_b_shape(symmetric):
+  """One-pass dequantized output at Vim-B d_inner (C = 1536: three chunks) against the XLA
+  codes + dequantize; a vanishing fraction may differ (threshold ties, reduction order), and
+  the outlier step of the asymmetric grid within 3e-7 (see the asymmetric test above)."""
+  rng = np.random.default_rng(12)
+  x = _activations(rng, 64, 197, 1536, np.float32) - (0.0 if symmetric else 3.0)
+  x = x.astype(jnp.bfloat16)
+  qmax = 7 if symmetric else 15
+  scale = jnp.asarray(rng.uniform(2.0, 4.0, 197) / qmax, jnp.float32)
+  zero = None if symmetric else jnp.asarray(rng.integers(7, 15, 197), jnp.int32)
+  spec = ActQuantParams(bits=4, symmetric=symmetric, k=3.0 if symmetric else 4.0)
+  want = np.asarray(api.act_quant_dequantized(x, scale, spec, zero, implementation='xla'),
+                    np.float32)
+  got = np.asarray(api.act_quant_dequantized(x, scale, spec, zero, implementation='triton'),
+                   np.float32)
+  close = np.isclose(got, want, rtol=4e-7 if symmetric else 1e-2, atol=0)
+  print(f'dequantized symmetric={symmetric}: mismatch fraction {np.mean(~close):.2e}')
+  assert np.mean(~close) < 1e-5
