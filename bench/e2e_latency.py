@@ -42,6 +42,7 @@ import argparse
 import concurrent.futures
 import dataclasses
 import os
+import re
 import statistics
 import sys
 import time
@@ -56,6 +57,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ouromamba_jax import quant  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ouromamba_jax.io import atomic  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ouromamba_jax.models import build_model  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ouromamba_jax.quant import presets as quant_presets  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ouromamba_jax.quant import qtypes  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ouromamba_jax.quant import int_linear  # pylint: disable=g-import-not-at-top,wrong-import-position
 from kernels_pallas.selective_scan import api as scan_api  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -109,8 +112,11 @@ def parse_args(argv=None):
                  help="blocks per model (0 = the model's own depth; a profile can use fewer)")
   p.add_argument('--iters', type=int, default=20, help='timed calls per cell')
   p.add_argument('--warmup', type=int, default=3, help='untimed calls after compilation')
-  p.add_argument('--scan_kernel', default='triton', choices=scan_api.IMPLEMENTATIONS,
-                 help="scan implementation of the Pallas-scan and quantized variants")
+  p.add_argument('--scan_kernel', default='default',
+                 choices=('default',) + tuple(scan_api.IMPLEMENTATIONS),
+                 help="scan implementation of the Pallas-scan and quantized variants; "
+                      "'default' is the library's platform choice (on a GPU the Pallas kernel "
+                      "from SMALL_BATCH samples up, the associative scan below: measured)")
   p.add_argument('--quant_kernel', default='triton', choices=int_linear.IMPLEMENTATIONS,
                  help="act_quant + mixed_gemm implementation of the quantized variants "
                       "('triton' | 'xla')")
@@ -157,6 +163,28 @@ def cast_float_leaves(tree, dtype):
   if isinstance(tree, jax.Array) and jnp.issubdtype(tree.dtype, jnp.floating):
     return tree.astype(dtype)
   return tree
+
+
+def weight_bytes(tree, dtype) -> dict[str, int]:
+  """Bytes the forward reads for weights: every quantized Linear's codes + steps (+ smoothing)
+  as stored, and the same Linears' kernels in the compute dtype for a float tree; `params`
+  is the whole tree (float leaves at the compute dtype). Says what quantization saves in
+  memory next to what it costs in time."""
+  is_quantized = lambda v: isinstance(v, qtypes.QuantizedWeight)
+  linear = re.compile(quant_presets.LINEAR_MODULES + '/kernel$')
+  total = linears = 0
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_quantized)[0]:
+    name = '/'.join(str(getattr(k, 'key', k)) for k in path)
+    if is_quantized(leaf):
+      size = sum(a.nbytes for a in jax.tree.leaves(leaf))
+    elif jnp.issubdtype(leaf.dtype, jnp.floating):
+      size = leaf.size * jnp.dtype(dtype).itemsize
+    else:
+      size = leaf.nbytes
+    total += size
+    if is_quantized(leaf) or linear.search(name):
+      linears += size
+  return {'linear_weight_bytes': linears, 'param_bytes': total}
 
 
 def quantize_rtn(model, params, preset: str, calib_images, outlier_k: float,
@@ -257,7 +285,9 @@ def time_forward(compiled, tree, images, iters: int, warmup: int) -> dict[str, A
 
 def variant_model(base, variant: Variant, args):
   return base.clone(dtype=DTYPES[variant.dtype],
-                    scan_implementation=args.scan_kernel if variant.pallas_scan else 'xla',
+                    scan_implementation=((None if args.scan_kernel == 'default'
+                                          else args.scan_kernel) if variant.pallas_scan
+                                         else 'xla'),
                     quant_implementation=(variant.quant_kernel or args.quant_kernel)
                     if variant.preset else None)
 
@@ -317,7 +347,8 @@ def run(args, on_cell=lambda report: None) -> dict[str, Any]:
               raise cell
             model, tree = cell
             head.update(scan=model.scan_implementation, quant_kernel=model.quant_implementation,
-                        preset=VARIANTS[variant_name].preset)
+                        preset=VARIANTS[variant_name].preset,
+                        **weight_bytes(tree, DTYPES[VARIANTS[variant_name].dtype]))
             compiled, compile_s = jobs[variant_name, batch].result()
             timing = time_forward(compiled, tree, images[batch], args.iters, args.warmup)
             results.append({**head, 'compile_s': compile_s, **timing})

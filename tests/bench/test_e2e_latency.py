@@ -41,9 +41,26 @@ def test_e2e_latency_smoke_float(tmp_path, capsys):
   assert [(r['model'], r['variant'], r['batch'], r['dtype']) for r in cells] == [
       ('tiny', 'fp32_xla', 1, 'float32'), ('tiny', 'bf16_pallas_scan', 1, 'bfloat16')]
   assert report['outlier_rates'] == {}
+  fp32, bf16 = cells
+  assert fp32['param_bytes'] == 2 * bf16['param_bytes'] > 0
+  assert 0 < bf16['linear_weight_bytes'] < bf16['param_bytes']
   printed = capsys.readouterr().out
   assert 'cells: median ms / images per s' in printed and printed.rstrip().endswith(
       f'{cells[1]["median_ms"]:.3f} / {cells[1]["images_per_s"]:.0f}')  # the table comes last
+
+
+def test_weight_bytes_counts_quantized_linears_as_stored():
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  bench = _load_bench()
+  packed = bench.qtypes.QuantizedWeight(values=jnp.zeros((4, 8), jnp.uint8),
+                                        scale=jnp.ones((8,), jnp.float32), bits=4, packed=True,
+                                        in_features=8, mode='int')
+  tree = {'layers_0': {'mixer': {'in_proj': {'kernel': packed},
+                                 'out_proj': {'kernel': jnp.zeros((8, 4), jnp.float32)},
+                                 'A_log': jnp.zeros((8, 2), jnp.float32)}}}
+  got = bench.weight_bytes(tree, jnp.bfloat16)
+  # int4 codes 32 B + fp32 steps 32 B; the float out_proj at bf16 64 B; A_log 32 B
+  assert got == {'linear_weight_bytes': 32 + 32 + 64, 'param_bytes': 32 + 32 + 64 + 32}
 
 
 @pytest.mark.slow

@@ -389,3 +389,14 @@ def test_gpu_dequantized_matches_canonical_at_vim_b_shape(symmetric):
   close = np.isclose(got, want, rtol=4e-7 if symmetric else 1e-2, atol=0)
   print(f'dequantized symmetric={symmetric}: mismatch fraction {np.mean(~close):.2e}')
   assert np.mean(~close) < 1e-5
+
+
+def test_unrolled_window_walk_matches_canonical():
+  rng = np.random.default_rng(13)
+  x = _activations(rng, 2, 23, 96)
+  scale = jnp.asarray(rng.uniform(2.0, 4.0, 23) / 7, jnp.float32)
+  spec = ActQuantParams(bits=4, outlier_bits=8)
+  want = api.act_quant(x, scale, spec, implementation='xla')
+  got = api.act_quant(x, scale, spec, implementation='triton', interpret=True,
+                      block_config=config.ActQuantBlockConfig(unroll=True))
+  _assert_same(got, want)
