@@ -106,9 +106,6 @@ class ActQuantBlockConfig:
   block_c: int | None = None
   block_b: int | None = None
   num_warps: int | None = None
-  # Unroll the walk over a refresh window's steps (lets the compiler overlap a step's stores
-  # and the next step's loads with the serial reductions; more code).
-  unroll: bool = False
 
   def __post_init__(self):
     if self.block_c is not None and (not isinstance(self.block_c, int)

@@ -308,7 +308,7 @@ def _no_mask(rows: int, math: _Math):
 
 def _sample_kernel(x_ref, s_ref, z_ref, qin_ref, *outlier_refs, math: _Math,
                    batch: int, block_b: int, length: int, n_refresh: int, pack: bool,
-                   detect: bool, dequantize_to=None, unroll: bool = False):
+                   detect: bool, dequantize_to=None):
   b0, window = pl.program_id(0) * block_b, pl.program_id(1)
   col_ok = math.col_ok()
   row_ok = b0 + jnp.arange(block_b) < batch
@@ -339,7 +339,7 @@ def _sample_kernel(x_ref, s_ref, z_ref, qin_ref, *outlier_refs, math: _Math,
                   pack)
     return mask, x_next
 
-  jax.lax.fori_loop(0, n_refresh, step, (_no_mask(block_b, math), load(0)), unroll=unroll)
+  jax.lax.fori_loop(0, n_refresh, step, (_no_mask(block_b, math), load(0)))
 
 
 def _batch_kernel(x_ref, s_ref, z_ref, qin_ref, *outlier_refs, math: _Math,
@@ -418,14 +418,14 @@ def _launch(kernel, x, grid_inputs, out_shape, grid, name, num_warps, interpret)
 
 
 _STATIC = ('code_range', 'k', 'n_refresh', 'std_ddof', 'detect', 'block_c', 'block_b',
-           'num_warps', 'n_chunks', 'unroll', 'interpret')
+           'num_warps', 'n_chunks', 'interpret')
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC + ('trigger', 'pack', 'with_mask'))
 def act_quant(x, inlier_scale, zero_point, *, code_range: tuple[int, int, int, int], k: float,
               n_refresh: int, trigger: str, std_ddof: int, detect: bool, pack: bool,
               block_c: int, block_b: int, num_warps: int, with_mask: bool = True,
-              n_chunks: int = 1, unroll: bool = False, interpret: bool = False):
+              n_chunks: int = 1, interpret: bool = False):
   """Validated (B, L, C) input, (L,) steps and (L,) zero points (None: symmetric) ->
   (inlier codes, outlier codes, outlier scale, mask, clamped inlier scale, outlier zero points
   (B, L) int32 or None). code_range = (qmin, qmax, outlier qmin, outlier qmax); block_b:
@@ -453,7 +453,7 @@ def act_quant(x, inlier_scale, zero_point, *, code_range: tuple[int, int, int, i
     kernel, grid = _with_grid_refs(_batch_kernel, batch=batch, **common), (n_windows,)
   else:
     kernel = _with_grid_refs(_sample_kernel, detect=detect, batch=batch, block_b=block_b,
-                             unroll=unroll, **common)
+                             **common)
     grid = (pl.cdiv(batch, block_b), n_windows)
   outs = _launch(kernel, x, grid_inputs, out_shape, grid,
                  f'act_quant_{trigger if detect else "static"}', num_warps, interpret)
@@ -471,7 +471,7 @@ def act_quant(x, inlier_scale, zero_point, *, code_range: tuple[int, int, int, i
 def act_quant_dequantized(x, inlier_scale, zero_point, *, code_range: tuple[int, int, int, int],
                           k: float, n_refresh: int, std_ddof: int, detect: bool, block_c: int,
                           block_b: int, num_warps: int, out_dtype, n_chunks: int = 1,
-                          unroll: bool = False, interpret: bool = False):
+                          interpret: bool = False):
   """dequantize(act_quant(x)) (B, L, C) in out_dtype from one pass (per-sample trigger): the
   codes never reach memory. Arguments as `act_quant`'s."""
   batch, length, channels = x.shape
@@ -479,7 +479,7 @@ def act_quant_dequantized(x, inlier_scale, zero_point, *, code_range: tuple[int,
                                      block_c, n_chunks, interpret)
   kernel = _with_grid_refs(_sample_kernel, detect=detect, batch=batch, block_b=block_b,
                            math=math, length=length, n_refresh=n_refresh, pack=False,
-                           dequantize_to=out_dtype, unroll=unroll)
+                           dequantize_to=out_dtype)
   grid = (pl.cdiv(batch, block_b), -(-length // n_refresh))
   (y,) = _launch(kernel, x, grid_inputs, [jax.ShapeDtypeStruct(x.shape, out_dtype)], grid,
                  'act_quant_dequantized', num_warps, interpret)

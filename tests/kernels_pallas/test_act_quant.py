@@ -373,8 +373,8 @@ def test_dequantized_output_equals_dequantize_of_codes(symmetric, outliers, chun
 @pytest.mark.parametrize('symmetric', [True, False])
 def test_gpu_dequantized_matches_canonical_at_vim_b_shape(symmetric):
   """One-pass dequantized output at Vim-B d_inner (C = 1536: three chunks) against the XLA
-  codes + dequantize; a vanishing fraction may differ (threshold ties, reduction order), and
-  the outlier step of the asymmetric grid within 3e-7 (see the asymmetric test above)."""
+  codes + dequantize; a vanishing fraction may differ (threshold ties, reduction order, the
+  asymmetric outlier step's ulps: see the asymmetric test above)."""
   rng = np.random.default_rng(12)
   x = _activations(rng, 64, 197, 1536, np.float32) - (0.0 if symmetric else 3.0)
   x = x.astype(jnp.bfloat16)
@@ -386,17 +386,12 @@ def test_gpu_dequantized_matches_canonical_at_vim_b_shape(symmetric):
                     np.float32)
   got = np.asarray(api.act_quant_dequantized(x, scale, spec, zero, implementation='triton'),
                    np.float32)
-  close = np.isclose(got, want, rtol=4e-7 if symmetric else 1e-2, atol=0)
-  print(f'dequantized symmetric={symmetric}: mismatch fraction {np.mean(~close):.2e}')
-  assert np.mean(~close) < 1e-5
-
-
-def test_unrolled_window_walk_matches_canonical():
-  rng = np.random.default_rng(13)
-  x = _activations(rng, 2, 23, 96)
-  scale = jnp.asarray(rng.uniform(2.0, 4.0, 23) / 7, jnp.float32)
-  spec = ActQuantParams(bits=4, outlier_bits=8)
-  want = api.act_quant(x, scale, spec, implementation='xla')
-  got = api.act_quant(x, scale, spec, implementation='triton', interpret=True,
-                      block_config=config.ActQuantBlockConfig(unroll=True))
-  _assert_same(got, want)
+  # A lane may land one outlier step away: the asymmetric outlier step of XLA's GPU fusion is
+  # 1-2 ulp below the kernel's IEEE one (test above), which can move a code across a rounding
+  # tie; the rest is the bf16 rounding of the output.
+  step = np.asarray(api.act_quant(x, scale, spec, zero, implementation='xla').outlier_scale)
+  tol = 1.01 * step[..., None] + 2.0 ** -7 * np.abs(want)
+  frac, far = np.mean(got != want), np.mean(np.abs(got - want) > tol)
+  print(f'dequantized symmetric={symmetric}: mismatch fraction {frac:.2e}, beyond one '
+        f'outlier step {far:.2e}')
+  assert frac < 1e-4 and far < 1e-5  # threshold ties may flip a lane's mask (codes tests)
