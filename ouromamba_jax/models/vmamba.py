@@ -253,15 +253,21 @@ class VSSBlock(nn.Module):
   state_feature_fn: Optional[GridStateFn] = None
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, stream=None):
+    """x -> block output. The block-wise calibration calls it as (branch, stream) ->
+    (branch, stream) (`models.blockwise`, like Vim's (hidden, residual)): the input is `stream`
+    (the first argument only carries the previous branch and is unused), the output the new
+    stream and its residual branches' sum, output - input, which the loss compares."""
+    x_in = x if stream is None else stream
     op = SS2D(self.d_model, self.d_state, self.ssm_ratio, self.dt_rank, self.d_conv,
               self.conv_bias, self.dtype, self.scan_implementation,
               quant_implementation=self.quant_implementation,
               state_feature_fn=self.state_feature_fn, name='op')
-    x = x + op(LayerNorm(name='norm')(x))
+    x = x_in + op(LayerNorm(name='norm')(x_in))
     mlp = Mlp(int(self.d_model * self.mlp_ratio), self.dtype,
               quant_implementation=self.quant_implementation, name='mlp')
-    return x + mlp(LayerNorm(name='norm2')(x))
+    x = x + mlp(LayerNorm(name='norm2')(x))
+    return x if stream is None else (x - x_in, x)
 
 
 class PatchEmbedV2(nn.Module):
