@@ -94,17 +94,24 @@ def layers(model: vim.VisionMamba, params) -> Iterator[tuple[int, Any]]:
     yield i, params[f'layers_{i}']
 
 
-def stages(model: vim.VisionMamba, trees, images):
+def _subtree(tree, path: str):
+  return functools.reduce(lambda node, key: node[key], path.split('/'), tree)
+
+
+def stages(model, trees, images):
   """Yields (prefix, module, method, subtrees, inputs) for each piece of the forward after the
-  embedding: every block ('layers_i/', the shared Block, None = __call__), then the classifier
-  ('', the model, VisionMamba.classify). `trees` are parameter trees (e.g. FP and quantized)
-  run side by side: subtrees[j] and inputs[j] (its (hidden, residual)) belong to trees[j].
-  Report code runs `module.apply({'params': subtree}, *inputs, method=method)` per piece and
-  jits it once per (module, method), not once per model."""
+  embedding: every block ('layers_i/' or VMamba's 'layers_s/blocks_j/', its module, None =
+  __call__), then the classifier ('', the model, its `classify`). `trees` are parameter trees
+  (e.g. FP and quantized) run side by side: subtrees[j] and inputs[j] (its stream) belong to
+  trees[j]. Report code runs `module.apply({'params': subtree}, *inputs, method=method)` per
+  piece and jits it once per (module, method), not once per model. VMamba's float downsamples
+  run between the pieces, unreported (they hold no Linear)."""
   streams = [embed(model, tree, images) for tree in trees]
-  block = block_module(model)
-  for i, _ in layers(model, trees[0]):
-    subtrees = [tree[f'layers_{i}'] for tree in trees]
-    yield f'layers_{i}/', block, None, subtrees, streams
-    streams = [run_block(block, sub, *stream) for sub, stream in zip(subtrees, streams)]
-  yield '', model, vim.VisionMamba.classify, list(trees), streams
+  for piece in pieces(model):
+    subtrees = [_subtree(tree, piece.name) for tree in trees]
+    yield piece.name + '/', piece.module, None, subtrees, streams
+    streams = [run_block(piece.module, sub, *stream) for sub, stream in zip(subtrees, streams)]
+    if piece.after is not None:
+      streams = [run_after(piece.after, _subtree(tree, piece.after_name), *stream)
+                 for tree, stream in zip(trees, streams)]
+  yield '', model, type(model).classify, list(trees), streams

@@ -416,9 +416,10 @@ class VMamba(nn.Module):
                        f'got {images.shape}')
     return self.patch_embed(images.astype(self.dtype))
 
-  def classify(self, x):
-    """The last stage's output -> fp32 logits: LN, global average pool, head."""
-    x = self.classifier_norm(x)
+  def classify(self, x, stream=None):
+    """The last stage's output -> fp32 logits: LN, global average pool, head. With `stream`
+    (`models.blockwise`'s (branch, x)) the output is `stream`, as in `VSSBlock`."""
+    x = self.classifier_norm(x if stream is None else stream)
     return self.classifier_head(jnp.mean(x.astype(jnp.float32), axis=(1, 2)))
 
   def __call__(self, images):

@@ -81,6 +81,7 @@ def test_training_on_a_dataset_without_in_memory_splits_is_refused(tmp_path):
     trainer.train(cfg, str(tmp_path / 'wd'))
 
 
+@pytest.mark.slow  # two training compilations of a second model family (~2 min on 2 busy cores)
 def test_vmamba_trains_resumes_and_exports_official_names(tiny_cifar, tmp_path):
   """configs/vmamba_t_cifar10.py in mode train (a tiny VMamba): a stopped run resumes to the
   end and its model.safetensors loads back through the VMamba key table."""
