@@ -79,8 +79,7 @@ def params_digest(params) -> str:
 
 def run_description(model, params, spec: GenSpec, seed: int) -> dict:
   """What defines the generated images: seed, architecture, compute dtype, weights, settings."""
-  arch = ('img_size',) + registry.ARCH_FIELDS[type(model)]
-  model_desc = {k: getattr(model, k) for k in sorted(set(arch))}
+  model_desc = registry.architecture(model)
   model_desc['dtype'] = str(np.dtype(model.dtype))  # the compute dtype changes the images
   gen = spec.defining_fields()
   gen['images_per_step'] = min(spec.images_per_step, spec.num_images)   # what is used

@@ -269,8 +269,7 @@ def _format_seconds(s: float) -> str:
 def fingerprint(model, params, images, plan, calib, method) -> str:
   """Identifies a calibration run so a snapshot is only resumed by the same run."""
   h = hashlib.sha256()
-  arch = ('img_size', 'dtype') + registry.ARCH_FIELDS[type(model)]
-  fields = {k: str(getattr(model, k)) for k in sorted(set(arch))}
+  fields = {**registry.architecture(model), 'dtype': str(model.dtype)}
   h.update(json.dumps({'model': fields, 'method': method, 'calib': dataclasses.asdict(calib),
                        'plan': {p: repr(s) for p, s in sorted(plan.items())}},
                       sort_keys=True).encode())
