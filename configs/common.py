@@ -33,7 +33,8 @@ def section_from_spec(spec_cls) -> mlc.ConfigDict:
 
 
 OVERRIDABLE = {'img_size': int, 'patch_size': int, 'in_chans': int, 'num_classes': int,
-               'd_model': int, 'depth': int, 'd_state': int, 'expand': int, 'dt_rank': int}
+               'd_model': int, 'depth': int, 'd_state': int, 'expand': int, 'dt_rank': int,
+               'dims': int, 'depths': tuple, 'ssm_ratio': float}   # the last three: VMamba
 DEMO_EVAL_IMAGES = 500               # the demo's evaluation slice (pipeline and mode `evaluate`)
 IMAGENET_SMOKE_DIR = '../shared/data/imagenet_val_300'
 

@@ -1,8 +1,11 @@
-"""Float checkpoints: load ('bundled', hustvl `.pth`, `.safetensors`) and save, for a model.
+"""Float checkpoints: load ('bundled', official `.pth`, `.safetensors`) and save, for a model.
 
   params = load_checkpoint('bundled', build_model('vim_t_cifar10'))   # the shipped testbed
   params = load_checkpoint('vim_t_midclstok_76p1acc.pth', build_model('vim_t'))
   save_checkpoint(params, 'model.safetensors')                       # hustvl names, loadable by torch
+
+Each model family has its own names and layouts (`key_module`): Vim the hustvl ones
+(`io.hustvl_keys`), VMamba the official MzeroMiko ones (`io.vmamba_keys`).
 
 Loading is strict (every missing, unexpected or mis-shaped key in one error). The quantized
 form lives beside this module, in `quantized_checkpoints`.
@@ -16,7 +19,9 @@ import jax
 import jax.numpy as jnp
 
 from ouromamba_jax.io import hustvl_keys
+from ouromamba_jax.io import vmamba_keys
 from ouromamba_jax.models import registry
+from ouromamba_jax.models.vmamba import VMamba
 
 BUNDLED_NAME = 'bundled'
 ASSETS_DIR = os.path.join(os.path.dirname(__file__), 'assets')
@@ -56,18 +61,27 @@ def resolve_path(path: str, model, model_name: Optional[str] = None) -> str:
   return bundled_path(model, model_name) if path == BUNDLED_NAME else path
 
 
+def key_module(model=None, params=None):
+  """The key table module of a model family (`model`, else guessed from a params tree:
+  only VMamba has a `classifier_head`)."""
+  if model is not None:
+    return vmamba_keys if isinstance(model, VMamba) else hustvl_keys
+  return vmamba_keys if 'classifier_head' in params else hustvl_keys
+
+
 def load_checkpoint(path: str, model, *, model_name: Optional[str] = None, key: str = 'model'):
-  """Float params for `model` from 'bundled', a hustvl `.pth` or a `.safetensors` file.
+  """Float params for `model` from 'bundled', an official `.pth` or a `.safetensors` file.
 
   model_name: which bundled checkpoint 'bundled' means (default: the registered variant whose
   architecture `model` has). key: the entry of a training-script .pth holding the weights.
   """
-  return hustvl_keys.params_from_file(resolve_path(path, model, model_name), model, key=key)
+  return key_module(model).params_from_file(resolve_path(path, model, model_name), model,
+                                            key=key)
 
 
-def save_checkpoint(params, path: str, dtype=None) -> None:
-  """`.safetensors` under hustvl names and torch layouts, written atomically."""
-  hustvl_keys.export_safetensors(params, path, dtype)
+def save_checkpoint(params, path: str, dtype=None, model=None) -> None:
+  """`.safetensors` under the family's official names and torch layouts, written atomically."""
+  key_module(model, params).export_safetensors(params, path, dtype)
 
 
 def missing_checkpoint_message(model_name: str) -> str:

@@ -34,8 +34,6 @@ from ouromamba_jax.quant.config import ActSpec
 from ouromamba_jax.quant.rewrite import as_dict
 
 FORMAT_VERSION = 1
-ARCH_FIELDS = ('img_size', 'patch_size', 'in_chans', 'num_classes', 'd_model', 'depth',
-               'd_state', 'expand', 'dt_rank')
 META_FILE = 'quant_meta.json'
 ARRAYS_DIR = 'arrays'
 OLD_SUFFIX = '_old'
@@ -115,12 +113,12 @@ def _to_numpy(tree):
 def model_record(model) -> dict[str, Any]:
   """The architecture a quantized tree belongs to: registered name (or None) and fields."""
   return {'name': registry.variant_of(model),
-          'fields': {f: getattr(model, f) for f in ARCH_FIELDS}}
+          'fields': registry.architecture(model)}
 
 
 def _describe(record: Mapping[str, Any]) -> str:
   fields = ', '.join(f'{k}={v}' for k, v in record['fields'].items())
-  return f'{record.get("name") or "an unregistered VisionMamba"} ({fields})'
+  return f'{record.get("name") or "an unregistered model"} ({fields})'
 
 
 def save_quantized(path: str, qparams, model, report: Optional[Mapping[str, Any]] = None) -> str:

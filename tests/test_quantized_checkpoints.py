@@ -31,7 +31,7 @@ def test_checkpoint_names_its_model_and_preset_and_refuses_another(tiny, rtn_run
     meta = json.load(f)
   assert meta['preset'] == 'w4a4' and meta['method'] == 'rtn'
   assert meta['model']['fields']['depth'] == 2 and meta['model']['name'] is None
-  with pytest.raises(ValueError, match=r'quantized for an unregistered VisionMamba \(.*depth=2.*'
+  with pytest.raises(ValueError, match=r'quantized for an unregistered model \(.*depth=2.*'
                                        r'not for this model, vim_t_cifar10 \(.*depth=24'):
     quantized_checkpoints.load_quantized(path, build_model('vim_t_cifar10'))
 

@@ -22,6 +22,7 @@ from ouromamba_jax import distributed
 from ouromamba_jax.gen import objective
 from ouromamba_jax.gen import optimize
 from ouromamba_jax.gen.spec import GenSpec
+from ouromamba_jax.models import registry
 
 METRICS = objective.LOSS_NAMES
 
@@ -78,9 +79,7 @@ def params_digest(params) -> str:
 
 def run_description(model, params, spec: GenSpec, seed: int) -> dict:
   """What defines the generated images: seed, architecture, compute dtype, weights, settings."""
-  arch = ('num_classes', 'img_size', 'patch_size', 'in_chans', 'd_model', 'depth', 'd_state',
-          'expand', 'dt_rank')
-  model_desc = {k: getattr(model, k) for k in arch}
+  model_desc = registry.architecture(model)
   model_desc['dtype'] = str(np.dtype(model.dtype))  # the compute dtype changes the images
   gen = spec.defining_fields()
   gen['images_per_step'] = min(spec.images_per_step, spec.num_images)   # what is used
@@ -144,7 +143,7 @@ def check_spec(spec: GenSpec, model) -> None:
 
 def generate(model, params, spec: GenSpec, seed: int = 0, *, store: Optional[GroupStore] = None,
              on_step: Optional[Callable[[int], None]] = None) -> GenResult:
-  """Synthesises spec.num_images images for `model` (a VisionMamba) with FP `params`.
+  """Synthesises spec.num_images images for `model` (a VisionMamba or VMamba) with FP `params`.
 
   `seed` sets the balanced random targets and every image's noise and augmentation. With a
   `store`, finished groups are kept and the group in progress is checkpointed every

@@ -3,7 +3,8 @@
 The state losses are computed *inside* the model's `state_feature_fn` hook, per block and scan
 direction, and only their per-image values (B,) are sown into 'intermediates'. So the
 (B, L, Di, N) states of a block are never kept beyond that block, and with `remat` they are
-recomputed in the backward pass instead of being stored for all blocks.
+recomputed in the backward pass instead of being stored for all blocks. Vim and VMamba differ
+only in the hook's inputs and where it sows (VMamba's SS2D: `gen.ss2d`).
 """
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ import jax.numpy as jnp
 from kernels_pallas.patched_readout import api as readout_api
 from ouromamba_jax.gen import losses
 from ouromamba_jax.gen import patched_state
+from ouromamba_jax.gen import ss2d
 from ouromamba_jax.gen.spec import GenSpec
+from ouromamba_jax.models.vmamba import VMamba
 
 LOSS_NAMES = ('total', 'contrastive', 'pse', 'output')
 # The hook takes the states in the scan kernel's (B, L, N, D) layout and, for the backward
@@ -50,29 +53,32 @@ def check_objective(spec: GenSpec, model) -> None:
                      f'got {spec.output_loss!r}')
   if spec.temperature <= 0:
     raise ValueError(f'gen.temperature must be > 0, got {spec.temperature}')
-  if spec.contrastive_weight and not 1 <= spec.num_positives <= model.num_patches - 2:
-    raise ValueError(f'gen.num_positives={spec.num_positives} must be in [1, num_patches - 2 = '
-                     f'{model.num_patches - 2}] for this model (each anchor needs a negative).')
   if spec.pse_weight and (spec.pse_bandwidth <= 0 or spec.pse_grid_points < 2):
     raise ValueError(f'gen.pse_bandwidth must be > 0 and gen.pse_grid_points >= 2 for L_PSE, '
                      f'got {spec.pse_bandwidth} and {spec.pse_grid_points}')
-  bad = [b for b in spec.loss_blocks if not 0 <= b < model.depth]
-  if bad:
-    raise ValueError(f'gen.loss_blocks {bad} are out of range for a {model.depth}-block model.')
   if not (spec.uses_states or spec.output_weight):
     raise ValueError('all loss weights are 0 (gen.contrastive_weight, gen.pse_weight, '
                      'gen.output_weight); enable at least one loss.')
+  if spec.contrastive_weight and spec.num_positives < 1:
+    raise ValueError(f'gen.num_positives must be >= 1, got {spec.num_positives}')
+  if isinstance(model, VMamba):
+    if spec.uses_states:
+      if spec.readout_implementation == 'triton':
+        raise ValueError("gen.readout_implementation='triton' is Vim's kernel (it expects a "
+                         "class token); VMamba's features run in XLA: set it to '' or 'xla'.")
+      ss2d.loss_blocks(model, spec)        # raises when no (chosen) block fits
+    return
+  if spec.contrastive_weight and not spec.num_positives <= model.num_patches - 2:
+    raise ValueError(f'gen.num_positives={spec.num_positives} must be in [1, num_patches - 2 = '
+                     f'{model.num_patches - 2}] for this model (each anchor needs a negative).')
+  bad = [b for b in spec.loss_blocks if not 0 <= b < model.depth]
+  if bad:
+    raise ValueError(f'gen.loss_blocks {bad} are out of range for a {model.depth}-block model.')
 
 
-def make_state_feature_fn(spec: GenSpec, cls_index: int, grid_size: tuple[int, int]):
-  """The model hook: (states, delta, C) of one block/direction -> {'contrastive', 'pse'}: (B,)."""
-  def state_losses(states, delta, c_mat, reversed_tokens=False):
-    feats = patched_state.patch_features(
-        states, delta, c_mat, cls_index=cls_index, grid_size=grid_size,
-        neighbourhood=spec.neighbourhood, weighting=spec.state_weighting,
-        normalization=spec.delta_normalization, feature=spec.feature,
-        implementation=spec.readout_implementation or None, states_layout=STATES_LAYOUT,
-        reversed_tokens=reversed_tokens)
+def feature_losses(spec: GenSpec):
+  """Patch features (B, P, F) -> {'contrastive', 'pse'} per row (B,), the enabled terms."""
+  def state_losses(feats):
     out = {}
     if spec.contrastive_weight:
       out['contrastive'] = losses.patch_contrastive_loss(feats, spec.num_positives,
@@ -84,12 +90,28 @@ def make_state_feature_fn(spec: GenSpec, cls_index: int, grid_size: tuple[int, i
   return state_losses
 
 
+def make_state_feature_fn(spec: GenSpec, cls_index: int, grid_size: tuple[int, int]):
+  """The Vim hook: (states, delta, C) of one block/direction -> {'contrastive', 'pse'}: (B,)."""
+  state_losses = feature_losses(spec)
+
+  def hook(states, delta, c_mat, reversed_tokens=False):
+    return state_losses(patched_state.patch_features(
+        states, delta, c_mat, cls_index=cls_index, grid_size=grid_size,
+        neighbourhood=spec.neighbourhood, weighting=spec.state_weighting,
+        normalization=spec.delta_normalization, feature=spec.feature,
+        implementation=spec.readout_implementation or None, states_layout=STATES_LAYOUT,
+        reversed_tokens=reversed_tokens))
+  return hook
+
+
 def generation_model(model, spec: GenSpec):
   """The classifier with the loss hook installed (or as is when no state loss is on).
 
   spec.scan_implementation: '' keeps the model's scan; a name overrides it for Gen only (with
   the hook, every state is returned, so the fused Triton kernel falls back to the XLA scan).
   """
+  if isinstance(model, VMamba):
+    return ss2d.generation_model(model, spec, feature_losses(spec))
   fields = {'remat': spec.remat}
   if spec.scan_implementation:
     fields['scan_implementation'] = spec.scan_implementation
@@ -100,8 +122,11 @@ def generation_model(model, spec: GenSpec):
   return model.clone(**fields)
 
 
-def _block_values(intermediates: dict[str, Any], block: int, name: str) -> jax.Array:
-  """Mean over the two scan directions of one block's per-image `name` loss."""
+def _block_values(model, intermediates: dict[str, Any], block: int, name: str) -> jax.Array:
+  """One block's per-image `name` loss: Vim's mean over its two scan directions (VMamba's
+  hook already averaged its four)."""
+  if isinstance(model, VMamba):
+    return ss2d.block_values(model, intermediates, block, name)
   mixer = intermediates[f'layers_{block}']['mixer']
   values = [mixer[f'state_features_{d}'][0][name] for d in ('forward', 'backward')]
   return (values[0] + values[1]) / 2
@@ -118,12 +143,14 @@ def per_image_losses(gen_model, params, images, labels, spec: GenSpec) -> dict[s
   else:
     logits, inter = gen_model.apply({'params': params}, images), None
   zeros = jnp.zeros(images.shape[:1], jnp.float32)
-  blocks = spec.blocks(gen_model.depth)
+  blocks = (gen_model.state_blocks if isinstance(gen_model, VMamba)
+            else spec.blocks(gen_model.depth))
+  value = lambda b, name: _block_values(gen_model, inter, b, name)
   out = {'contrastive': zeros, 'pse': zeros}
   if spec.contrastive_weight:
-    out['contrastive'] = sum(_block_values(inter, b, 'contrastive') for b in blocks) / len(blocks)
+    out['contrastive'] = sum(value(b, 'contrastive') for b in blocks) / len(blocks)
   if spec.pse_weight:
-    out['pse'] = sum(_block_values(inter, b, 'pse') for b in blocks)
+    out['pse'] = sum(value(b, 'pse') for b in blocks)
   out['output'] = losses.output_loss(logits, labels, spec.output_loss)
   out['total'] = (spec.contrastive_weight * out['contrastive'] + spec.pse_weight * out['pse']
                   + spec.output_weight * out['output'])

@@ -105,3 +105,29 @@ def patch_features(states: jax.Array, delta: jax.Array, c_mat: jax.Array, *, cls
                                      neighbourhood=neighbourhood, states_layout=states_layout,
                                      reversed_tokens=reversed_tokens,
                                      implementation=implementation)
+
+
+def grid_patch_features(states: jax.Array, delta: jax.Array, c_mat: jax.Array, *,
+                        grid_size: tuple[int, int], neighbourhood: int = 5,
+                        weighting: str = 'delta', normalization: str = 'minmax',
+                        feature: str = 'readout') -> jax.Array:
+  """The same features for a model without a class token (VMamba): every token is a patch.
+
+  states (B, P, Di, N), delta (B, P, Di) after softplus, c_mat (B, P, N), all in row-major grid
+  order (P = H*W) -> 'readout' (B, P, Di) or 'state' (B, P, Di·N). XLA only: the Pallas
+  readout expects Vim's class token, and VMamba's states (N = 1) are small.
+  """
+  if feature not in FEATURES:
+    raise ValueError(f'feature must be one of {FEATURES}, got {feature!r}')
+  b, p = states.shape[:2]
+  if p != grid_size[0] * grid_size[1]:
+    raise ValueError(f'{p} tokens do not fill a {grid_size[0]}x{grid_size[1]} grid; pass the '
+                     "grid of the states' stage.")
+  w = token_weights(delta, weighting, normalization)
+  weighted = states.astype(jnp.float32) * w[:, :, None, None]
+  hp = readout_ref.box_sum(weighted.reshape((b,) + tuple(grid_size) + states.shape[2:]),
+                           neighbourhood).reshape(states.shape)
+  if feature == 'state':
+    return hp.reshape(b, p, -1)
+  return jnp.einsum('bpdn,bpn->bpd', hp, c_mat.astype(jnp.float32),
+                    precision=jax.lax.Precision.HIGHEST)

@@ -43,7 +43,8 @@ class GenSpec:
   num_positives: int = field(12, 'K most cosine-similar patches as positives (paper Fig. 9b)')
   temperature: float = field(0.1, 'InfoNCE temperature [ours]')
   loss_blocks: tuple[int, ...] = field(
-      (), 'blocks feeding L_C / L_PSE; () = all (L_C averaged, L_PSE summed)')
+      (), 'blocks feeding L_C / L_PSE; () = all (L_C averaged, L_PSE summed); VMamba: flat '
+      'indices over the stages, () = every block whose grid fits the window (gen.ss2d)')
   # Output loss L_O
   output_loss: str = field('mae', 'mae: Σ_c |softmax - onehot| (paper: "MAE") | ce')
   output_weight: float = field(1.0, 'λ in L = L_C + λ·L_O')

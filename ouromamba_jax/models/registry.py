@@ -6,6 +6,7 @@ Each variant is a model class (Vim's `VisionMamba`, `VMamba`) with a dict of its
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
 from ouromamba_jax.models.vim import VisionMamba
@@ -49,6 +50,13 @@ def build_model(name: str, **overrides):
     raise ValueError(f'unknown {variant.model_cls.__name__} fields {sorted(unknown)} for '
                      f'variant {name!r}')
   return variant.model_cls(**{**variant.fields, **overrides})
+
+
+def architecture(model) -> dict[str, Any]:
+  """img_size and the architecture fields of `model`'s class, JSON-normalised (tuples become
+  lists), so that a record read back from JSON compares equal."""
+  fields = sorted({'img_size', *ARCH_FIELDS[type(model)]})
+  return json.loads(json.dumps({f: getattr(model, f) for f in fields}))
 
 
 def variant_of(model) -> str | None:

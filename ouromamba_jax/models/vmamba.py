@@ -24,20 +24,17 @@ direction 0 is row-major (token h*W + w), 1 column-major (w*H + h), 2 and 3 are 
 reversed. Each direction's output is put back on the grid and the four are summed. The four
 scans run as one `selective_scan` call (see `block_diagonal_states`).
 
-Gen on SS2D (issue 18 item 3, not implemented yet; a proposal): the patch-level contrastive
-loss needs, per grid cell, one Δ-weighted state feature and its p x p neighbourhood. Each
-direction's states (B, L, Di, N) come back in scan order; un-permuting them with
-`cross_merge`'s inverse of `cross_scan` (without the sum) puts all four on the H x W grid, so a
-cell has 4 direction features, concatenated (or averaged) per cell before the neighbourhood
-pooling, as Vim's two directions are. Each stage has its own grid (H/4 .. H/32), so the loss
-is computed per stage on that stage's grid and averaged over the chosen blocks; the last
-stage (7 x 7 at 224) is too small for a p x p neighbourhood plus negatives and would be left
-out. Which blocks contribute is a choice to validate (Vim's uses all blocks).
+Gen on SS2D (issue 18 item 3): with a `state_feature_fn`, the hooked blocks (`state_blocks`,
+flat block indices over the stages) also return the four directions' SSM states; each
+direction's states, Δ (after softplus) and C are put back on the H x W grid
+(`directions_to_grid`, the inverse of `cross_scan` without `cross_merge`'s sum), so the hook
+sees (B, K, H*W, ...) in row-major token order whatever the scan order, and what it returns is
+sown as 'state_features'. The loss itself is `ouromamba_jax.gen.ss2d` (DEVIATIONS.md).
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -49,6 +46,11 @@ from ouromamba_jax.models.vim import a_log_init
 from ouromamba_jax.models.vim import dt_bias_init
 
 K_DIRECTIONS = 4
+
+# Called per hooked block with (states (B, K, P, Di, N) fp32, delta (B, K, P, Di) after softplus,
+# C (B, K, P, N)), every direction in row-major grid order (P = H*W), and grid_size=(H, W);
+# whatever it returns is sown into 'intermediates' as the SS2D's 'state_features'.
+GridStateFn = Callable[..., Any]
 
 
 def cross_scan(x):
@@ -65,6 +67,15 @@ def cross_merge(ys, h, w):
   rows = ys[:, 0] + ys[:, 2, ::-1]
   cols = ys[:, 1] + ys[:, 3, ::-1]
   return rows.reshape(b, h, w, d) + jnp.swapaxes(cols.reshape(b, w, h, d), 1, 2)
+
+
+def directions_to_grid(ys, h, w):
+  """(B, 4, H*W, ...) in each direction's scan order -> (B, 4, H*W, ...) all in row-major grid
+  order: `cross_merge` without the sum (`cross_merge(ys) == directions_to_grid(ys).sum(1)`)."""
+  b, _, length = ys.shape[:3]
+  rest = ys.shape[3:]
+  cols = lambda t: jnp.swapaxes(t.reshape((b, w, h) + rest), 1, 2).reshape((b, length) + rest)
+  return jnp.stack([ys[:, 0], cols(ys[:, 1]), ys[:, 2, ::-1], cols(ys[:, 3, ::-1])], axis=1)
 
 
 def block_diagonal_states(bs, cs):
@@ -86,7 +97,7 @@ def block_diagonal_states(bs, cs):
   return spread(bs), spread(cs)
 
 
-def ss2d_scan(xs, deltas, bs, cs, a, ds, implementation=None):
+def ss2d_scan(xs, deltas, bs, cs, a, ds, implementation=None, return_states=False):
   """The four directions' selective scans in one `selective_scan` call.
 
   xs, deltas: (B, K, L, Di), deltas with dt_projs_bias added, before softplus; bs, cs:
@@ -100,10 +111,16 @@ def ss2d_scan(xs, deltas, bs, cs, a, ds, implementation=None):
   a = jnp.swapaxes(a.astype(jnp.float32).reshape(k, d_inner, n), 0, 1).reshape(d_inner, k * n)
   b_big, c_big = block_diagonal_states(bs.astype(jnp.float32), cs.astype(jnp.float32))
   u = xs.astype(jnp.float32)
-  y = scan_api.selective_scan(fold(u), fold(deltas.astype(jnp.float32)), a, b_big, c_big, None,
-                              None, None, delta_softplus=True, implementation=implementation)
+  out = scan_api.selective_scan(fold(u), fold(deltas.astype(jnp.float32)), a, b_big, c_big, None,
+                                None, None, delta_softplus=True, return_states=return_states,
+                                implementation=implementation)
+  y, states = out if return_states else (out, None)
   y = jnp.swapaxes(y.reshape(k, b, length, d_inner), 0, 1)
-  return y + u * ds.astype(jnp.float32).reshape(k, d_inner)[None, :, None, :]
+  y = y + u * ds.astype(jnp.float32).reshape(k, d_inner)[None, :, None, :]
+  if not return_states:
+    return y
+  states = states.reshape(k, b, length, d_inner, k, n)
+  return y, jnp.stack([states[j, :, :, :, j] for j in range(k)], axis=1)
 
 
 class LayerNorm(nn.Module):
@@ -140,6 +157,7 @@ class SS2D(nn.Module):
   dtype: Any = jnp.float32
   scan_implementation: Optional[str] = None
   quant_implementation: Optional[str] = None  # integer-mode kernels of quantized Linears
+  state_feature_fn: Optional[GridStateFn] = None
 
   @nn.compact
   def __call__(self, x):
@@ -177,7 +195,14 @@ class SS2D(nn.Module):
     bs, cs = site(bs, 'B'), site(cs, 'C')
     a = site(-jnp.exp(a_logs.astype(jnp.float32)), 'A')
     ds = site(ds.astype(jnp.float32), 'D')
-    ys = ss2d_scan(xs, deltas, bs, cs, a, ds, self.scan_implementation)
+    hook = self.state_feature_fn
+    ys = ss2d_scan(xs, deltas, bs, cs, a, ds, self.scan_implementation, hook is not None)
+    if hook is not None:
+      ys, states = ys
+      grid = lambda t: directions_to_grid(t, h, w)
+      self.sow('intermediates', 'state_features',
+               hook(grid(states), grid(jax.nn.softplus(deltas)), grid(cs.astype(jnp.float32)),
+                    grid_size=(h, w)))
     y = LayerNorm(name='out_norm')(cross_merge(ys, h, w))
     return linear(self.d_model, 'out_proj')(y.astype(self.dtype))
 
@@ -225,16 +250,24 @@ class VSSBlock(nn.Module):
   dtype: Any = jnp.float32
   scan_implementation: Optional[str] = None
   quant_implementation: Optional[str] = None  # integer-mode kernels of quantized Linears
+  state_feature_fn: Optional[GridStateFn] = None
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, stream=None):
+    """x -> block output. The block-wise calibration calls it as (branch, stream) ->
+    (branch, stream) (`models.blockwise`, like Vim's (hidden, residual)): the input is `stream`
+    (the first argument only carries the previous branch and is unused), the output the new
+    stream and its residual branches' sum, output - input, which the loss compares."""
+    x_in = x if stream is None else stream
     op = SS2D(self.d_model, self.d_state, self.ssm_ratio, self.dt_rank, self.d_conv,
               self.conv_bias, self.dtype, self.scan_implementation,
-              quant_implementation=self.quant_implementation, name='op')
-    x = x + op(LayerNorm(name='norm')(x))
+              quant_implementation=self.quant_implementation,
+              state_feature_fn=self.state_feature_fn, name='op')
+    x = x_in + op(LayerNorm(name='norm')(x_in))
     mlp = Mlp(int(self.d_model * self.mlp_ratio), self.dtype,
               quant_implementation=self.quant_implementation, name='mlp')
-    return x + mlp(LayerNorm(name='norm2')(x))
+    x = x + mlp(LayerNorm(name='norm2')(x))
+    return x if stream is None else (x - x_in, x)
 
 
 class PatchEmbedV2(nn.Module):
@@ -277,15 +310,30 @@ class Stage(nn.Module):
   dtype: Any = jnp.float32
   scan_implementation: Optional[str] = None
   quant_implementation: Optional[str] = None  # integer-mode kernels of quantized Linears
+  state_feature_fn: Optional[GridStateFn] = None
+  hooked_blocks: tuple[int, ...] = ()     # the blocks (of this stage) given state_feature_fn
+  remat: bool = False
+
+  def block(self, j: int, name: Optional[str] = None) -> VSSBlock:
+    """Block j (unbound without a name: `models.vmamba_blockwise` applies it on its own)."""
+    block_cls = nn.remat(VSSBlock) if self.remat else VSSBlock
+    hook = self.state_feature_fn if j in self.hooked_blocks else None
+    kw = {'name': name} if name else {'parent': None}
+    return block_cls(self.d_model, self.d_state, self.ssm_ratio, self.dt_rank, self.d_conv,
+                     self.conv_bias, self.mlp_ratio, self.dtype, self.scan_implementation,
+                     quant_implementation=self.quant_implementation, state_feature_fn=hook,
+                     **kw)
+
+  def downsample(self, name: Optional[str] = None) -> DownsampleV3:
+    kw = {'name': name} if name else {'parent': None}
+    return DownsampleV3(self.out_dim, self.dtype, **kw)
 
   @nn.compact
   def __call__(self, x):
     for j in range(self.depth):
-      x = VSSBlock(self.d_model, self.d_state, self.ssm_ratio, self.dt_rank, self.d_conv,
-                   self.conv_bias, self.mlp_ratio, self.dtype, self.scan_implementation,
-                   quant_implementation=self.quant_implementation, name=f'blocks_{j}')(x)
+      x = self.block(j, f'blocks_{j}')(x)
     if self.out_dim is not None:
-      x = DownsampleV3(self.out_dim, self.dtype, name='downsample')(x)
+      x = self.downsample('downsample')(x)
     return x
 
 
@@ -306,28 +354,76 @@ class VMamba(nn.Module):
   dtype: Any = jnp.float32
   scan_implementation: Optional[str] = None
   quant_implementation: Optional[str] = None  # integer-mode kernels of quantized Linears
+  # Gen: the hook (see GridStateFn) and the flat indices (over all stages, in order) of the
+  # blocks that call it; None = every block.
+  state_feature_fn: Optional[GridStateFn] = None
+  state_blocks: Optional[tuple[int, ...]] = None
+  remat: bool = False                     # recompute each block in the backward pass (Gen)
 
   @property
   def stage_dims(self) -> tuple[int, ...]:
     return tuple(self.dims * 2 ** i for i in range(len(self.depths)))
 
-  @nn.compact
-  def __call__(self, images):
+  @property
+  def depth(self) -> int:
+    """Number of VSS blocks over all stages (Gen's flat block index runs over them)."""
+    return sum(self.depths)
+
+  def block_index(self) -> list[tuple[int, int]]:
+    """(stage, block in stage) of every flat block index."""
+    return [(i, j) for i, depth in enumerate(self.depths) for j in range(depth)]
+
+  def stage_grids(self) -> tuple[tuple[int, int], ...]:
+    """The token grid (H, W) of each stage at img_size: the patch embed's two stride-p/2 convs,
+    then a stride-2 k3 p1 conv (ceil halving) per downsample."""
+    halve = lambda n, stride, k, pad: (n + 2 * pad - k) // stride + 1
+    stride = self.patch_size // 2
+    side = halve(halve(self.img_size, stride, stride + 1, 1), stride, stride + 1, 1)
+    grids = []
+    for _ in self.depths:
+      grids.append((side, side))
+      side = halve(side, 2, 3, 1)
+    return tuple(grids)
+
+  def stage(self, i: int, name: Optional[str] = None) -> Stage:
+    """Stage i's module (unbound without a name: `models.vmamba_blockwise` runs its parts)."""
+    dims = self.stage_dims
+    out_dim = dims[i + 1] if i + 1 < len(dims) else None
+    first = sum(self.depths[:i])
+    hooked = tuple(j for j in range(self.depths[i])
+                   if self.state_blocks is None or first + j in self.state_blocks)
+    kw = {'name': name} if name else {'parent': None}
+    return Stage(dims[i], self.depths[i], out_dim, self.d_state, self.ssm_ratio, self.dt_rank,
+                 self.d_conv, self.conv_bias, self.mlp_ratio, self.dtype,
+                 self.scan_implementation, quant_implementation=self.quant_implementation,
+                 state_feature_fn=self.state_feature_fn, hooked_blocks=hooked,
+                 remat=self.remat, **kw)
+
+  def setup(self):
+    # Defined here so `embed` and `classify` also run on their own (`models.vmamba_blockwise`).
+    self.patch_embed = PatchEmbedV2(self.dims, self.patch_size, self.dtype)
+    self.layers = [self.stage(i, f'layers_{i}') for i in range(len(self.depths))]
+    self.classifier_norm = LayerNorm()
+    self.classifier_head = layers.Linear(
+        self.num_classes, use_bias=True, dtype=jnp.float32,
+        kernel_init=nn.initializers.truncated_normal(0.02),
+        quant_implementation=self.quant_implementation)
+
+  def embed(self, images):
+    """NHWC images -> the first stage's input (B, H/p, W/p, dims)."""
     if images.ndim != 4 or images.shape[-1] != self.in_chans:
       raise ValueError(f'VMamba expects NHWC images with {self.in_chans} channels; '
                        f'got {images.shape}')
-    x = PatchEmbedV2(self.dims, self.patch_size, self.dtype,
-                     name='patch_embed')(images.astype(self.dtype))
-    dims = self.stage_dims
-    for i, depth in enumerate(self.depths):
-      out_dim = dims[i + 1] if i + 1 < len(dims) else None
-      x = Stage(dims[i], depth, out_dim, self.d_state, self.ssm_ratio, self.dt_rank,
-                self.d_conv, self.conv_bias, self.mlp_ratio, self.dtype,
-                self.scan_implementation, quant_implementation=self.quant_implementation,
-                name=f'layers_{i}')(x)
-    x = LayerNorm(name='classifier_norm')(x)
-    pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-    head = layers.Linear(self.num_classes, use_bias=True, dtype=jnp.float32,
-                         kernel_init=nn.initializers.truncated_normal(0.02),
-                         quant_implementation=self.quant_implementation, name='classifier_head')
-    return head(pooled)
+    return self.patch_embed(images.astype(self.dtype))
+
+  def classify(self, x, stream=None):
+    """The last stage's output -> fp32 logits: LN, global average pool, head. With `stream`
+    (`models.blockwise`'s (branch, x)) the output is `stream`, as in `VSSBlock`."""
+    x = self.classifier_norm(x if stream is None else stream)
+    return self.classifier_head(jnp.mean(x.astype(jnp.float32), axis=(1, 2)))
+
+  def __call__(self, images):
+    x = self.embed(images)
+    for stage in self.layers:
+      x = stage(x)
+    return self.classify(x)

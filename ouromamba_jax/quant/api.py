@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from ouromamba_jax.io import integrity
+from ouromamba_jax.models import blockwise
 from ouromamba_jax.models import vim
 from ouromamba_jax.quant import baselines
 from ouromamba_jax.quant import calibrate
@@ -45,27 +46,19 @@ def quantize(model, params, calib_images, spec: Union[QuantSpec, str], *,
   match = rules_lib.match_rules(sites, spec.rules)
   plan = baselines.adapt_plan(match.plan, sites, method)
   rules_lib.check_plan(plan, sites)
-  blockwise = isinstance(model, vim.VisionMamba)
-  if blockwise:
-    check_refresh(plan, model.seq_len)
+  check_refresh(plan, model.seq_len if isinstance(model, vim.VisionMamba)
+                 else max(h * w for h, w in model.stage_grids()))
   calib = baselines.adapt_calib(spec.calib, method)
   for index, pattern in match.unused_rules:
     log(f'[quant] rule {index} {pattern!r} matched no site')
   log(f'[quant] {method} {spec.name}: {len(plan)} sites quantized, '
       f'{len(sites) - len(plan)} kept float, {images.shape[0]} calibration images')
 
-  if blockwise:
-    qparams, results = calibrate.reconstruct_blocks(
-        model, params, images, plan, sites, calib, smoothing=baselines.uses_smoothing(method),
-        snapshot=snapshot, method=method, log=log)
-    qparams = _quantize_outside_blocks(model, qparams, images, plan,
-                                       [s for s in sites if s.block is None], calib, method)
-  else:
-    log(f'[quant] {type(model).__name__} has no block-wise reconstruction (DEVIATIONS.md): '
-        'every site keeps its initial scales from one float pass')
-    results = []
-    qparams = _quantize_outside_blocks(model, params, images, plan, sites, calib, method,
-                                       where='one-pass calibration')
+  qparams, results = calibrate.reconstruct_blocks(
+      model, params, images, plan, sites, calib, smoothing=baselines.uses_smoothing(method),
+      snapshot=snapshot, method=method, log=log)
+  outside = [s for s in sites if blockwise.piece_of(model, s.path) is None]
+  qparams = _quantize_outside_blocks(model, qparams, images, plan, outside, calib, method)
   qparams = rewrite.set_mode(qparams, mode)
 
   final = rules_lib.RuleMatch(plan, match.matched_by,
@@ -94,11 +87,9 @@ def to_integer(qparams):
   return rewrite.set_mode(qparams, 'int')
 
 
-def _quantize_outside_blocks(model, qparams, images, plan, sites, calib, method,
-                             where: str = 'outside the blocks'):
-  """`sites` (Vim: those outside the blocks, e.g. the head if a rule asks for it; models
-  without block-wise calibration: all) get initial scales from the inputs the (partly)
-  quantized model feeds them; no reconstruction."""
+def _quantize_outside_blocks(model, qparams, images, plan, sites, calib, method):
+  """`sites` outside the blocks (e.g. the head if a rule asks for it) get initial scales from
+  the inputs the (partly) quantized model feeds them; no reconstruction."""
   rest = [s for s in sites if s.path in plan]
   if not rest:
     return qparams
@@ -111,8 +102,8 @@ def _quantize_outside_blocks(model, qparams, images, plan, sites, calib, method,
   for path, x in stats.items():
     if integrity.count_nonfinite(jax.device_get(x)):
       raise calibrate.NonFiniteCalibrationError(
-          f'{where}: calibration activations at site {path} hold NaN/Inf; the float params '
-          'before it (e.g. norm_f) are not finite: load them with load_checkpoint, which names '
+          f'outside the blocks: calibration activations at site {path} hold NaN/Inf; the float params '
+          'before it (e.g. norm_f, classifier_norm) are not finite: load them with load_checkpoint, which names '
           'the bad tensor.')
   smooth = {}
   if baselines.uses_smoothing(method):

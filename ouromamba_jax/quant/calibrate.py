@@ -1,6 +1,7 @@
 """Block-wise reconstruction (OuroMamba / PTQ4VM calibration loop).
 
-For each block i in order:
+For each block i in order (`models.blockwise.pieces`: Vim's blocks, VMamba's blocks of every
+stage, its downsamples kept float between them):
   1. FP targets: the FP block on the FP stream (hidden, residual), with `Recorder`s at the
      planned activation sites so the same pass yields the calibration activations.
   2. Initial quantizers: lp(2.4) (or min-max) static scales from those activations.
@@ -13,7 +14,8 @@ For each block i in order:
      snapshotted (`quantized_checkpoints.SnapshotFile`, when given), so a killed run resumes at the next block (earlier
      blocks are replayed, not recalibrated; a finished run is only replayed).
 
-Only the mixer output enters the loss (official); the residual stream is propagated exactly.
+Only the mixer output enters the loss (official; VMamba: its block's residual branches, output -
+input); the residual stream is propagated exactly.
 A block whose float params, calibration activations or kept loss are not finite stops the run
 (`NonFiniteCalibrationError`, naming the block and the site) before that block is snapshotted.
 """
@@ -37,7 +39,7 @@ from jax.sharding import PartitionSpec
 from ouromamba_jax import distributed
 from ouromamba_jax.io import integrity
 from ouromamba_jax.models import blockwise
-from ouromamba_jax.models import vim
+from ouromamba_jax.models import registry
 from ouromamba_jax.quant import qtypes
 from ouromamba_jax.quant import rewrite
 from ouromamba_jax.quant.config import CalibSpec
@@ -65,7 +67,7 @@ def _default_log(msg: str) -> None:
 # Running pieces of the model.
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _capture_run(block: vim.Block, paths: tuple[str, ...], layer, hidden, residual):
+def _capture_run(block, paths: tuple[str, ...], layer, hidden, residual):
   apply = lambda tree, h, r: block.apply({'params': tree}, h, r)
   return rewrite.capture(apply, layer, paths, hidden, residual)
 
@@ -236,9 +238,9 @@ def first_nonfinite_leaf(tree) -> Optional[str]:
 
 
 def _check_block(i: int, depth: int, layer_fp, stats, loss: Optional[float] = None,
-                 qlayer=None, what: str = '') -> None:
+                 qlayer=None, what: str = '', name: str = '') -> None:
   """Raises NonFiniteCalibrationError for the first non-finite thing of block i."""
-  where = f'block {i + 1}/{depth} (layers_{i})'
+  where = f'block {i + 1}/{depth} ({name or f"layers_{i}"})'
   bad = first_nonfinite_leaf(layer_fp)
   if bad:
     raise NonFiniteCalibrationError(
@@ -267,8 +269,7 @@ def _format_seconds(s: float) -> str:
 def fingerprint(model, params, images, plan, calib, method) -> str:
   """Identifies a calibration run so a snapshot is only resumed by the same run."""
   h = hashlib.sha256()
-  fields = {k: str(getattr(model, k)) for k in ('img_size', 'patch_size', 'd_model', 'depth',
-                                                  'd_state', 'expand', 'dtype')}
+  fields = {**registry.architecture(model), 'dtype': str(model.dtype)}
   h.update(json.dumps({'model': fields, 'method': method, 'calib': dataclasses.asdict(calib),
                        'plan': {p: repr(s) for p, s in sorted(plan.items())}},
                       sort_keys=True).encode())
@@ -310,25 +311,34 @@ class _Progress:
              f'{_format_seconds(now - self.t0)}' + (f', {eta_text}' if eta_text else ''))
 
 
-def reconstruct_blocks(model: vim.VisionMamba, params, images, plan: Mapping[str, Any],
+def reconstruct_blocks(model, params, images, plan: Mapping[str, Any],
                        sites: Sequence[Site], calib: CalibSpec, *, smoothing: bool = False,
                        snapshot=None, method: str = 'ouromamba',
                        log: Optional[Log] = None):
   """Quantizes every block of `params` per `plan`. Returns (params with quantized blocks,
-  list of BlockResult). Sites outside `layers_i` are left to the caller."""
+  list of BlockResult). Sites outside the blocks (`blockwise.piece_of` None) are left to the
+  caller."""
   log = log or _default_log
   images = jnp.asarray(images)
   n_images = images.shape[0]
   batches = micro_batches(n_images, calib.micro_batch)
-  block = blockwise.block_module(model)
+  pieces = blockwise.pieces(model)
   optimizer = make_optimizer(calib)
   log_space = calib.scale_space == 'log'
 
-  def run_stream(layer, hidden, residual):
-    outs = [blockwise.run_block(block, layer, hidden[s], residual[s]) for s in batches]
+  def run_stream(module, layer, hidden, residual, run=blockwise.run_block):
+    outs = [run(module, layer, hidden[s], residual[s]) for s in batches]
     return (jnp.concatenate([o[0] for o in outs]), jnp.concatenate([o[1] for o in outs]))
 
-  def eval_loss(layer, hidden, residual, target):
+  def after(piece, fp_stream, q_stream):
+    """Both streams through the float piece after a block (VMamba's downsample), if any."""
+    if piece.after is None:
+      return fp_stream, q_stream
+    tree = rewrite.get_path(params, piece.after_name)
+    return tuple(run_stream(piece.after, tree, *stream, run=blockwise.run_after)
+                 for stream in (fp_stream, q_stream))
+
+  def eval_loss(block, layer, hidden, residual, target):
     total = sum(float(cosine_loss(blockwise.run_block(block, layer, hidden[s], residual[s])[0],
                                   target[s]))
                 * (s.stop - s.start) for s in batches)
@@ -348,38 +358,42 @@ def reconstruct_blocks(model: vim.VisionMamba, params, images, plan: Mapping[str
     start = int(info['next_block'])
     results = [dataclasses.replace(BlockResult(**r), restored=True) for r in info['results']]
     log(f'[quant] resuming from {snapshot.path}: blocks 0..{start - 1} done, replaying them')
-    for i in range(start):
-      fp_stream = run_stream(params[f'layers_{i}'], *fp_stream)
-      q_stream = run_stream(done_layers[f'layers_{i}'], *q_stream)
+    for piece in pieces[:start]:
+      fp_stream = run_stream(piece.module, rewrite.get_path(params, piece.name), *fp_stream)
+      q_stream = run_stream(piece.module, rewrite.get_path(done_layers, piece.name), *q_stream)
+      fp_stream, q_stream = after(piece, fp_stream, q_stream)
 
-  progress = _Progress(log, model.depth, start)
+  depth = len(pieces)
+  progress = _Progress(log, depth, start)
   by_block: dict[int, list[Site]] = {}
   for site in sites:
-    if site.block is not None and site.path in plan:
-      by_block.setdefault(site.block, []).append(site)
+    index = blockwise.piece_of(model, site.path)
+    if index is not None and site.path in plan:
+      by_block.setdefault(index, []).append(site)
 
-  for i in range(start, model.depth):
+  for i in range(start, depth):
     t_block = time.time()
-    name = f'layers_{i}'
-    layer_fp = params[name]
+    piece = pieces[i]
+    block, name = piece.module, piece.name
+    layer_fp = rewrite.get_path(params, name)
     local_sites = [dataclasses.replace(s, path=rewrite.relative(s.path, name),
                                        linear=s.linear and rewrite.relative(s.linear, name))
                    for s in by_block.get(i, [])]
     if not local_sites:
-      fp_stream = run_stream(layer_fp, *fp_stream)
-      q_stream = run_stream(layer_fp, *q_stream)
-      done_layers[name] = layer_fp
+      fp_stream = run_stream(block, layer_fp, *fp_stream)
+      q_stream = run_stream(block, layer_fp, *q_stream)
+      done_layers = rewrite.set_path(done_layers, name, layer_fp)
       results.append(BlockResult(i, 0.0, 0.0, 'float', 0, time.time() - t_block))
     else:
       progress.compiling(i)
       local_plan = {s.path: plan[f'{name}/{s.path}'] for s in local_sites}
       targets, stats = _capture_block(block, layer_fp, fp_stream, local_sites, batches)
-      _check_block(i, model.depth, layer_fp, stats)
+      _check_block(i, depth, layer_fp, stats, name=name)
       qlayer = _init_layer(tuple(sorted(local_plan.items())), tuple(local_sites), calib,
                            smoothing, layer_fp, stats)
       del stats
-      loss_init = eval_loss(qlayer, *q_stream, targets[0])
-      _check_block(i, model.depth, {}, {}, loss_init, qlayer, 'the initial')
+      loss_init = eval_loss(block, qlayer, *q_stream, targets[0])
+      _check_block(i, depth, {}, {}, loss_init, qlayer, 'the initial', name)
       trainable, frozen = split_trainable(qlayer)
       n_steps = calib.epochs * len(batches) if jax.tree.leaves(trainable) else 0
       loss_final, kept = loss_init, 'untrained'
@@ -388,19 +402,20 @@ def reconstruct_blocks(model: vim.VisionMamba, params, images, plan: Mapping[str
             block, optimizer, log_space, _to_variables(trainable, log_space), frozen, q_stream,
             targets[0], batches, calib.epochs)
         trained = merge_trainable(_from_variables(variables, log_space), frozen)
-        loss_final = eval_loss(trained, *q_stream, targets[0])
+        loss_final = eval_loss(block, trained, *q_stream, targets[0])
         if calib.keep_better and not loss_final <= loss_init:
           kept = 'init'
         else:
           qlayer, kept = trained, 'trained'
-          _check_block(i, model.depth, {}, {}, loss_final, qlayer, 'the trained')
+          _check_block(i, depth, {}, {}, loss_final, qlayer, 'the trained', name)
       # Freeze to integer codes (bit-identical outputs, int4 packed: small snapshots).
       qlayer = rewrite.set_mode(qlayer, 'fake')
-      q_stream = run_stream(qlayer, *q_stream)
+      q_stream = run_stream(block, qlayer, *q_stream)
       fp_stream = targets
-      done_layers[name] = qlayer
+      done_layers = rewrite.set_path(done_layers, name, qlayer)
       results.append(BlockResult(i, float(loss_init), float(loss_final), kept, n_steps,
                                  time.time() - t_block))
+    fp_stream, q_stream = after(piece, fp_stream, q_stream)
     r = results[-1]
     progress.block_done(i, f'loss {r.loss_init:.6f} -> {r.loss_final:.6f} ({r.kept}, '
                            f'{r.steps} steps, {r.seconds:.1f} s)')
@@ -410,7 +425,8 @@ def reconstruct_blocks(model: vim.VisionMamba, params, images, plan: Mapping[str
           'results': [dataclasses.asdict(x) for x in results]})
 
   qparams = dict(rewrite.as_dict(params))
-  qparams.update(done_layers)
+  for piece in pieces:
+    qparams = rewrite.set_path(qparams, piece.name, rewrite.get_path(done_layers, piece.name))
   return qparams, results
 
 

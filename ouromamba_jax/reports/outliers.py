@@ -65,6 +65,9 @@ def outlier_rates(model, qparams, images, batch_size: int = 16) -> dict[str, Any
   of (sample, channel) entries."""
   paths = tuple(outlier_sites(qparams))
   images = jnp.asarray(images, jnp.float32)
+  if not hasattr(model, 'cls_index'):   # VMamba: each stage has its own grid, no one token axis
+    return {'sites': {}, 'blocks': [], 'tokens': 0, 'images': int(images.shape[0]),
+            'note': 'the per-token heatmap is made for Vim only (one token sequence)'}
   if not paths:
     return {'sites': {}, 'blocks': [], 'tokens': 0, 'images': int(images.shape[0])}
   counts = None

@@ -56,14 +56,16 @@ def convert(config, workdir: str) -> dict[str, Any]:
     params = checkpoints.random_params(model, config.seed)
     dtype = ccfg.dtype or 'float32'
   else:
+    keys = checkpoints.key_module(model)
     state_dict = hustvl_keys.read_state_dict(source)
-    params = hustvl_keys.params_from_state_dict(  # strict: every bad key in one error
-        state_dict, hustvl_keys.model_param_shapes(model), source=source,
+    params = keys.params_from_state_dict(  # strict: every bad key in one error
+        state_dict, keys.model_param_shapes(model), source=source,
         model_name=f'config.model {config.model.name!r}')
     # '' keeps the checkpoint's own dtype, so an fp16/bf16 file stays that size.
     dtypes = {str(v.dtype) for v in state_dict.values()}
     dtype = ccfg.dtype or (dtypes.pop() if len(dtypes) == 1 else 'float32')
-  checkpoints.save_checkpoint(params, output, dtype=None if dtype == 'float32' else dtype)
+  checkpoints.save_checkpoint(params, output, dtype=None if dtype == 'float32' else dtype,
+                              model=model)
   count = len(jax.tree_util.tree_leaves(params))
   logging.info('[convert] %s -> %s (%d tensors, %s)', source, output, count, dtype)
   return {'input': source, 'output': output, 'tensors': count, 'dtype': dtype}

@@ -17,6 +17,11 @@ from ouromamba_jax.train import augment
 from ouromamba_jax.train.spec import TrainSpec
 
 
+# 2-D params without weight decay: Vim's A logs and tokens, VMamba's stacked A_logs (the
+# official VMamba marks A_logs/Ds `_no_weight_decay`; Ds is 1-D, so skipped anyway).
+NO_DECAY = ('A_log', 'A_b_log', 'A_logs', 'pos_embed', 'cls_token')
+
+
 def make_optimizer(spec: TrainSpec, steps_per_epoch: int):
   """AdamW with linear warmup + cosine decay; no weight decay on norms, biases, A, D, tokens."""
   total = spec.epochs * steps_per_epoch
@@ -24,10 +29,10 @@ def make_optimizer(spec: TrainSpec, steps_per_epoch: int):
   schedule = optax.warmup_cosine_decay_schedule(
       0.0, spec.learning_rate, warmup, max(total, warmup + 1), spec.learning_rate * spec.final_lr_ratio)
 
-  def decay_mask(params):  # no weight decay on norms, biases, A_log, D, embeddings
+  def decay_mask(params):  # no weight decay on norms, biases, A logs, D, embeddings
     return jax.tree_util.tree_map_with_path(
         lambda path, x: x.ndim >= 2 and not any(
-            getattr(k, 'key', '') in ('A_log', 'A_b_log', 'pos_embed', 'cls_token') for k in path),
+            getattr(k, 'key', '') in NO_DECAY for k in path),
         params)
 
   return optax.chain(

@@ -54,3 +54,32 @@ def test_stages_walk_every_block_then_the_classifier_for_each_tree(tiny):
     np.testing.assert_allclose(
         np.asarray(module.apply({'params': tree}, *stream, method=method)),
         np.asarray(model.apply({'params': tree}, images)), rtol=1e-5, atol=1e-6)
+
+
+def test_vmamba_pieces_walk_every_stage_and_equal_model_apply():
+  """VMamba's pieces: every stage's blocks, the float downsample after a stage's last block;
+  the stream (branch, x) run piece by piece gives the model's logits."""
+  from ouromamba_jax.models.vmamba import VMamba
+  from ouromamba_jax.quant import rewrite
+  model = VMamba(num_classes=5, img_size=16, dims=8, depths=(2, 1), ssm_ratio=2.0,
+                 scan_implementation='xla')
+  images = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+  params = jax.jit(model.init)(jax.random.key(1), images)['params']
+  pieces = blockwise.pieces(model)
+  assert [(p.name, p.after_name) for p in pieces] == [
+      ('layers_0/blocks_0', ''), ('layers_0/blocks_1', 'layers_0/downsample'),
+      ('layers_1/blocks_0', '')]
+  assert blockwise.piece_of(model, 'layers_0/blocks_1/op/A_quantizer') == 1
+  assert blockwise.piece_of(model, 'classifier_head/kernel') is None
+  hidden, x = blockwise.embed(model, params, images)
+  for piece in pieces:
+    x_in = x
+    hidden, x = blockwise.run_block(piece.module, rewrite.get_path(params, piece.name), hidden, x)
+    np.testing.assert_allclose(np.asarray(hidden), np.asarray(x - x_in), rtol=1e-6, atol=1e-6)
+    if piece.after is not None:
+      hidden, x = blockwise.run_after(piece.after, rewrite.get_path(params, piece.after_name),
+                                      hidden, x)
+  logits = model.apply({'params': params}, x, method=VMamba.classify)
+  np.testing.assert_allclose(np.asarray(logits),
+                             np.asarray(jax.jit(model.apply)({'params': params}, images)),
+                             rtol=1e-5, atol=1e-6)

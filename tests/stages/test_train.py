@@ -79,3 +79,30 @@ def test_training_on_a_dataset_without_in_memory_splits_is_refused(tmp_path):
   cfg.data.name = 'imagenet'
   with pytest.raises(ValueError, match='mode train keeps whole splits'):
     trainer.train(cfg, str(tmp_path / 'wd'))
+
+
+@pytest.mark.slow  # two training compilations of a second model family (~2 min on 2 busy cores)
+def test_vmamba_trains_resumes_and_exports_official_names(tiny_cifar, tmp_path):
+  """configs/vmamba_t_cifar10.py in mode train (a tiny VMamba): a stopped run resumes to the
+  end and its model.safetensors loads back through the VMamba key table."""
+  from configs import vmamba_t_cifar10
+  from ouromamba_jax import checkpoints
+  from ouromamba_jax.stages import sections
+  cfg = vmamba_t_cifar10.get_config()
+  cfg.model.overrides.update(dims=8, depths=(1, 1))
+  cfg.model.scan_implementation = 'xla'
+  cfg.data.data_dir = tiny_cifar
+  cfg.data.use_tfds = False
+  cfg.data.eval_images = 10
+  cfg.train.update(epochs=1, batch_size=8, warmup_epochs=1.0, eval_every_epochs=1,
+                   log_every_steps=1, compute_dtype='float32', max_seconds=1e-9)
+  workdir = str(tmp_path / 'vmamba')
+  assert trainer.train(cfg, workdir)['step'] == 1
+  cfg.train.max_seconds = 0.0
+  result = trainer.train(cfg, workdir)
+  assert result['finished'] and result['step'] == 2
+  model = sections.model_from_config(cfg.model)
+  params = checkpoints.load_checkpoint(os.path.join(workdir, 'model.safetensors'), model)
+  np.testing.assert_allclose(np.asarray(params['layers_1']['blocks_0']['op']['A_logs']),
+                             np.asarray(_restore_state(workdir)['params']['layers_1']['blocks_0']
+                                        ['op']['A_logs']), rtol=1e-2)
