@@ -16,7 +16,11 @@ import jax
 import jax.numpy as jnp
 
 from ouromamba_jax.io import hustvl_keys
+from ouromamba_jax.io import mambavision_keys
+from ouromamba_jax.io import vmamba_keys
 from ouromamba_jax.models import registry
+from ouromamba_jax.models.mambavision import MambaVision
+from ouromamba_jax.models.vmamba import VMamba
 
 BUNDLED_NAME = 'bundled'
 ASSETS_DIR = os.path.join(os.path.dirname(__file__), 'assets')
@@ -28,6 +32,24 @@ HUSTVL_CHECKPOINTS = {
     'vim_s': ('hustvl/Vim-small-midclstok', 'vim_s_midclstok_80p5acc.pth'),
     'vim_b': ('hustvl/Vim-base-midclstok', 'vim_b_midclstok_81p9acc.pth'),
 }
+
+
+# Each model family's official key map and the training-script entry holding its weights.
+_FAMILIES = {VMamba: (vmamba_keys, 'model'), MambaVision: (mambavision_keys, 'state_dict')}
+
+
+def _family(model):
+  return _FAMILIES.get(type(model), (hustvl_keys, 'model'))
+
+
+def _family_of_params(params):
+  """The key map whose names a params tree has (its top-level modules tell the family)."""
+  top = set(params.get('params', params))
+  if 'levels_0' in top:
+    return mambavision_keys
+  if 'layers_0' in top and 'blocks_0' in params.get('params', params)['layers_0']:
+    return vmamba_keys
+  return hustvl_keys
 
 
 def dummy_images(model, batch: int = 1):
@@ -56,18 +78,24 @@ def resolve_path(path: str, model, model_name: Optional[str] = None) -> str:
   return bundled_path(model, model_name) if path == BUNDLED_NAME else path
 
 
-def load_checkpoint(path: str, model, *, model_name: Optional[str] = None, key: str = 'model'):
-  """Float params for `model` from 'bundled', a hustvl `.pth` or a `.safetensors` file.
+def load_checkpoint(path: str, model, *, model_name: Optional[str] = None,
+                    key: Optional[str] = None):
+  """Float params for `model` from 'bundled', an official `.pth` (`.pth.tar`) or a
+  `.safetensors` file, under the official names of the model's family (hustvl Vim, VMamba,
+  MambaVision).
 
   model_name: which bundled checkpoint 'bundled' means (default: the registered variant whose
-  architecture `model` has). key: the entry of a training-script .pth holding the weights.
+  architecture `model` has). key: the entry of a training-script .pth holding the weights
+  (None: 'model', MambaVision's 'state_dict').
   """
-  return hustvl_keys.params_from_file(resolve_path(path, model, model_name), model, key=key)
+  keys, default_key = _family(model)
+  return keys.params_from_file(resolve_path(path, model, model_name), model,
+                               key=key or default_key)
 
 
 def save_checkpoint(params, path: str, dtype=None) -> None:
-  """`.safetensors` under hustvl names and torch layouts, written atomically."""
-  hustvl_keys.export_safetensors(params, path, dtype)
+  """`.safetensors` under the family's official names and torch layouts, written atomically."""
+  _family_of_params(params).export_safetensors(params, path, dtype)
 
 
 def missing_checkpoint_message(model_name: str) -> str:

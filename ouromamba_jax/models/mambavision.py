@@ -78,7 +78,6 @@ def same_depthwise_conv1d(x, kernel):
 class BatchNorm(nn.Module):
   """torch BatchNorm2d over the last axis: eval mode by default (running statistics)."""
   eps: float = 1e-5
-  momentum: float = 0.1
   use_batch_stats: bool = False
 
   @nn.compact

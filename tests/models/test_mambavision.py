@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from ouromamba_jax.io import mambavision_keys
+from ouromamba_jax.models import layers
 from ouromamba_jax.models import mambavision
 from ouromamba_jax.models import registry
 from tests.fixtures.torch_fixtures import FIXTURES
@@ -75,3 +76,13 @@ def test_batch_statistics_mode_normalizes_by_the_batch():
   n = 8 * 4 * 4
   np.testing.assert_allclose(stats['batch_stats']['running_var'],
                              jnp.var(x, (0, 1, 2)) * n / (n - 1), rtol=1e-5)
+
+
+def test_running_statistics_follow_the_batch_by_momentum():
+  params = {'norm': {'weight': jnp.ones(2), 'running_mean': jnp.zeros(2),
+                     'running_var': jnp.ones(2)}}
+  stats = {'norm': {'running_mean': jnp.array([1.0, 2.0]), 'running_var': jnp.array([3.0, 5.0])}}
+  merged = layers.merge_batch_stats(params, stats, 0.1)
+  np.testing.assert_allclose(merged['norm']['running_mean'], [0.1, 0.2])
+  np.testing.assert_allclose(merged['norm']['running_var'], [1.2, 1.4])
+  np.testing.assert_array_equal(merged['norm']['weight'], 1.0)
