@@ -35,7 +35,8 @@ HUSTVL_CHECKPOINTS = {
 
 
 # Each model family's official key map and the training-script entry holding its weights.
-_FAMILIES = {VMamba: (vmamba_keys, 'model'), MambaVision: (mambavision_keys, 'state_dict')}
+_FAMILIES = {VMamba: (vmamba_keys, vmamba_keys.FAMILY.default_key),
+             MambaVision: (mambavision_keys, mambavision_keys.FAMILY.default_key)}
 
 
 def _family(model):

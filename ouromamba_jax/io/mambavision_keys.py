@@ -21,18 +21,13 @@ CheckpointMismatchError.
 """
 from __future__ import annotations
 
-import os
 import re
-from typing import Any, Mapping, Optional
+from typing import Mapping
 
-from flax import traverse_util
 import numpy as np
 
-from ouromamba_jax.io import hustvl_keys
-from ouromamba_jax.io import safetensors_io
-from ouromamba_jax.io import state_dicts
-from ouromamba_jax.io import vmamba_keys
-from ouromamba_jax.io.hustvl_keys import AS_IS, CONV1D, CONV2D, LINEAR, Entry
+from ouromamba_jax.io import families
+from ouromamba_jax.io.hustvl_keys import AS_IS, CONV1D, CONV2D, LINEAR
 
 _NUMBERED = re.compile(r'^(levels|blocks|conv_down|reduction)_(\d+)$')
 _LINEAR_MODULES = frozenset({'in_proj', 'x_proj', 'dt_proj', 'out_proj', 'qkv', 'proj', 'fc1',
@@ -74,68 +69,28 @@ def layout_for(path: tuple[str, ...]):
   raise ValueError(f'no MambaVision layout is known for the kernel at {"/".join(path)}')
 
 
-def key_table(param_shapes: Mapping[str, Any]) -> dict[str, Entry]:
-  """{official key: Entry} for a Flax MambaVision param tree of arrays or ShapeDtypeStructs."""
-  return {official_key(path): Entry(path, layout_for(path), tuple(leaf.shape), leaf.dtype)
-          for path, leaf in traverse_util.flatten_dict(state_dicts.unwrap(param_shapes)).items()}
-
-
-model_param_shapes = vmamba_keys.model_param_shapes
-
-
 def drop_bn_counters(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   """The state_dict without BatchNorm's integer `num_batches_tracked` scalars."""
   kept = {}
   for key, value in state_dict.items():
-    if key.endswith('.' + BN_COUNTER) and np.asarray(value).size == 1 and \
-        np.issubdtype(np.asarray(value).dtype, np.integer):
-      continue
-    kept[key] = value
+    value = np.asarray(value)
+    if not (key.endswith('.' + BN_COUNTER) and value.size == 1 and
+            np.issubdtype(value.dtype, np.integer)):
+      kept[key] = value
   return kept
 
 
-def check_state_dict(state_dict: Mapping[str, np.ndarray], table: Mapping[str, Entry],
-                     source: str = 'checkpoint', model_name: str = 'the model') -> None:
-  """Raises CheckpointMismatchError naming every missing, unexpected and misshaped key."""
-  state_dicts.check_state_dict(
-      state_dict, table, source=source, model_name=model_name,
-      names='official MambaVision names',
-      explain=lambda key: next((h for p, h in _FOREIGN_KEY_HINTS if re.search(p, key)), ''),
-      advice='Check the variant (dim, in_dim, depths, num_heads, layer_scale, num_classes) '
-             'against the checkpoint.')
-
-
-def params_from_state_dict(state_dict: Mapping[str, np.ndarray], param_shapes: Mapping[str, Any],
-                           *, dtype=None, source: str = 'checkpoint',
-                           model_name: str = 'the model') -> dict[str, Any]:
-  """Strictly converts an official state_dict to the Flax params tree (jax arrays)."""
-  table = key_table(param_shapes)
-  state_dict = drop_bn_counters(state_dict)
-  check_state_dict(state_dict, table, source, model_name)
-  return state_dicts.params_from_checked(state_dict, table, source=source, dtype=dtype)
-
-
-def state_dict_from_params(params: Mapping[str, Any], dtype=None) -> dict[str, np.ndarray]:
-  """Official-named, torch-laid-out, contiguous numpy arrays for a Flax MambaVision params tree."""
-  return state_dicts.state_dict_from(params, key_table(params), dtype)
-
-
-def _model_name(model) -> str:
-  fields = ('dim', 'in_dim', 'depths', 'num_heads', 'layer_scale', 'num_classes')
-  return 'MambaVision(' + ', '.join(f'{f}={getattr(model, f)}' for f in fields) + ')'
-
-
-def params_from_file(path: str | os.PathLike, model, *, key: Optional[str] = 'state_dict',
-                     dtype=None) -> dict[str, Any]:
-  """Official `.pth.tar` (training-script dict or bare state_dict) or `.safetensors` -> params.
-
-  key: 'state_dict' or 'state_dict_ema' (both are in the training-script checkpoints).
-  """
-  return params_from_state_dict(hustvl_keys.read_state_dict(path, key), model_param_shapes(model),
-                                dtype=dtype, source=os.fspath(path), model_name=_model_name(model))
-
-
-def export_safetensors(params: Mapping[str, Any], path: str | os.PathLike, dtype=None) -> None:
-  """Writes params under the official names and layouts (loadable by the official model)."""
-  metadata = {'format': 'pt', 'producer': 'ouromamba_jax', 'layout': 'nvlabs-mambavision'}
-  safetensors_io.write_safetensors(state_dict_from_params(params, dtype), path, metadata)
+FAMILY = families.Family(
+    label='MambaVision', official_key=official_key, layout_for=layout_for, hints=_FOREIGN_KEY_HINTS,
+    advice='Check the variant (dim, in_dim, depths, num_heads, layer_scale, num_classes) '
+           'against the checkpoint.',
+    model_fields=('dim', 'in_dim', 'depths', 'num_heads', 'layer_scale', 'num_classes'),
+    layout='nvlabs-mambavision', default_key='state_dict', prepare=drop_bn_counters)
+key_table = FAMILY.key_table
+model_param_shapes = families.model_param_shapes
+check_state_dict = FAMILY.check_state_dict
+params_from_state_dict = FAMILY.params_from_state_dict
+state_dict_from_params = FAMILY.state_dict_from_params
+# key: 'state_dict' or 'state_dict_ema' (both are in the training-script checkpoints).
+params_from_file = FAMILY.params_from_file
+export_safetensors = FAMILY.export_safetensors

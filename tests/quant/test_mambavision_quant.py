@@ -1,7 +1,5 @@
 """Quantization of MambaVision (tiny random config): sites of the mixer, attention and MLP,
 W8A8/W4A4 accuracy, int == fake."""
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +7,8 @@ import pytest
 
 from ouromamba_jax import quant
 from ouromamba_jax.models.mambavision import MambaVision
-from ouromamba_jax.quant import config, presets, rules
+from ouromamba_jax.quant import rules
+from tests.quant import coarse
 
 MIXER_SITES = ('in_proj/kernel', 'in_proj/input_quantizer', 'x_proj/kernel',
                'x_proj/input_quantizer', 'dt_proj/kernel', 'dt_proj/input_quantizer',
@@ -41,21 +40,9 @@ def apply_fn(tiny):
   return jax.jit(lambda p, x: model.apply({'params': p}, x))
 
 
-def _rel_err(a, b):
-  return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
-
-
-def _run(tiny, preset):
-  """A preset with a coarse clipping search (8 candidates): the cost is the lp searches."""
-  model, params, images = tiny
-  coarse = presets.preset_sites(preset).map(lambda s: dataclasses.replace(s, n_grid=8))
-  return quant.quantize(model, params, images, config.QuantSpec(preset, coarse.rules()),
-                        log=lambda _: None)
-
-
 @pytest.fixture(scope='module')
 def w8a8(tiny):
-  return _run(tiny, 'w8a8')
+  return coarse.quantize(tiny, 'w8a8')
 
 
 @pytest.mark.slow  # quantize compiles: ~2-5 min on 2 busy CPU cores
@@ -85,8 +72,8 @@ def test_per_step_scales_run_along_each_windows_tokens(w8a8):
 @pytest.mark.slow  # quantize compiles: ~2-5 min on 2 busy CPU cores
 def test_w8a8_is_close_to_float_and_w4a4_is_worse(tiny, apply_fn, w8a8):
   fp = apply_fn(tiny[1], tiny[2])
-  err8 = _rel_err(apply_fn(w8a8[0], tiny[2]), fp)
-  err4 = _rel_err(apply_fn(_run(tiny, 'w4a4')[0], tiny[2]), fp)
+  err8 = coarse.rel_err(apply_fn(w8a8[0], tiny[2]), fp)
+  err4 = coarse.rel_err(apply_fn(coarse.quantize(tiny, 'w4a4')[0], tiny[2]), fp)
   assert err8 < 5e-2
   assert err4 > 2 * err8
 
