@@ -39,7 +39,8 @@ _FAMILIES = {VMamba: (vmamba_keys, vmamba_keys.FAMILY.default_key),
              MambaVision: (mambavision_keys, mambavision_keys.FAMILY.default_key)}
 
 
-def _family(model):
+def family(model):
+  """(key-map module, training-script entry) of `model`'s official checkpoints."""
   return _FAMILIES.get(type(model), (hustvl_keys, 'model'))
 
 
@@ -89,7 +90,7 @@ def load_checkpoint(path: str, model, *, model_name: Optional[str] = None,
   architecture `model` has). key: the entry of a training-script .pth holding the weights
   (None: 'model', MambaVision's 'state_dict').
   """
-  keys, default_key = _family(model)
+  keys, default_key = family(model)
   return keys.params_from_file(resolve_path(path, model, model_name), model,
                                key=key or default_key)
 

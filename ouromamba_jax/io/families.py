@@ -12,8 +12,6 @@ import re
 from typing import Any, Callable, Mapping, Optional
 
 from flax import traverse_util
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ouromamba_jax.io import hustvl_keys
@@ -21,10 +19,7 @@ from ouromamba_jax.io import safetensors_io
 from ouromamba_jax.io import state_dicts
 
 
-def model_param_shapes(model) -> dict[str, Any]:
-  """The model's param tree as ShapeDtypeStructs (no memory, no compute)."""
-  images = jax.ShapeDtypeStruct((1, model.img_size, model.img_size, model.in_chans), jnp.float32)
-  return jax.eval_shape(model.init, jax.random.key(0), images)['params']
+model_param_shapes = hustvl_keys.model_param_shapes   # the same for every family
 
 
 @dataclasses.dataclass(frozen=True)

@@ -92,3 +92,13 @@ def test_safetensors_export_round_trips_exactly(tmp_path):
     np.testing.assert_array_equal(exported[key], value, err_msg=key)
   again = mambavision_keys.params_from_file(path, TINY)
   jax.tree.map(np.testing.assert_array_equal, again, params)
+
+
+def test_checkpoints_pick_the_mambavision_names(tmp_path):
+  """`load_checkpoint` / `save_checkpoint` (every mode's loader, train's export) by family."""
+  from ouromamba_jax import checkpoints  # pylint: disable=import-outside-toplevel
+  params = checkpoints.load_checkpoint(str(PTH), TINY)        # default entry: 'state_dict'
+  path = tmp_path / 'model.safetensors'
+  checkpoints.save_checkpoint(params, str(path))
+  assert 'levels.2.blocks.0.mixer.conv1d_x.weight' in safetensors_io.read_safetensors(path)
+  jax.tree.map(np.testing.assert_array_equal, checkpoints.load_checkpoint(str(path), TINY), params)
