@@ -26,6 +26,15 @@ collection (training: `layers.merge_batch_stats`).
 NHWC throughout; param names follow the official ones (`levels_2/blocks_3/mixer/in_proj` is
 `levels.2.blocks.3.mixer.in_proj`; `patch_embed/conv_down_0` is `patch_embed.conv_down.0`),
 mapped by `ouromamba_jax.io.mambavision_keys`.
+
+Gen on MambaVision (issue 21 item 3, not implemented yet; a proposal): the mixer scans one
+direction over a window's row-major tokens, so its states (B*windows, ws*ws, Di/2, N) reshape
+back onto the window's ws x ws grid exactly as Vim's forward-direction states onto its patch
+grid (no class token to skip); `window_reverse` puts them on the stage grid. At 224 each hybrid
+stage is one window (14x14, 7x7), so the Δ-weighted p x p neighbourhood of Vim's patch
+contrastive loss applies per stage on that grid, averaged over the mixer blocks of stages 3-4
+(the attention blocks have no states). Zero-padded window cells (grids that are not whole
+windows) would be masked out of anchors and negatives. The output loss is Vim's, on the logits.
 """
 from __future__ import annotations
 
