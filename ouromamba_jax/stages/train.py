@@ -1,8 +1,9 @@
-"""Mode `train`: supervised training of Vim (the recipe of `train.recipe`) with exact resume.
+"""Mode `train`: supervised training of a testbed (the recipe of `train.recipe`) with exact resume.
 
 config.train becomes a `TrainSpec` at the door. Orbax checkpoints in
 WORKDIR/train_checkpoints; a rerun continues the same run bit for bit. Outputs: params.npz,
-model.safetensors (hustvl names, bf16), train_log.jsonl, train_result.json.
+model.safetensors (the official names of the model's family, bf16), train_log.jsonl,
+train_result.json.
 """
 from __future__ import annotations
 
@@ -143,7 +144,7 @@ def train(config, workdir: str) -> dict[str, Any]:
   if not stopped_early:
     result['test_top1'] = test_top1(state['params'])
   save_params_npz(state['params'], os.path.join(workdir, 'params.npz'))
-  # The shippable form: hustvl names, bf16 storage (half the bytes; compute stays fp32).
+  # The shippable form: official names, bf16 storage (half the bytes; compute stays fp32).
   checkpoints.save_checkpoint(state['params'], os.path.join(workdir, 'model.safetensors'),
                               jnp.bfloat16)
   logging.info('train result: %s', result)
