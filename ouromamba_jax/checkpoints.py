@@ -5,7 +5,8 @@
   save_checkpoint(params, 'model.safetensors')                       # hustvl names, loadable by torch
 
 Each model family has its own names and layouts (`key_module`): Vim the hustvl ones
-(`io.hustvl_keys`), VMamba the official MzeroMiko ones (`io.vmamba_keys`).
+(`io.hustvl_keys`), VMamba the official MzeroMiko ones (`io.vmamba_keys`), MambaVision NVlabs'
+(`io.mambavision_keys`).
 
 Loading is strict (every missing, unexpected or mis-shaped key in one error). The quantized
 form lives beside this module, in `quantized_checkpoints`.
@@ -19,8 +20,10 @@ import jax
 import jax.numpy as jnp
 
 from ouromamba_jax.io import hustvl_keys
+from ouromamba_jax.io import mambavision_keys
 from ouromamba_jax.io import vmamba_keys
 from ouromamba_jax.models import registry
+from ouromamba_jax.models.mambavision import MambaVision
 from ouromamba_jax.models.vmamba import VMamba
 
 BUNDLED_NAME = 'bundled'
@@ -33,6 +36,26 @@ HUSTVL_CHECKPOINTS = {
     'vim_s': ('hustvl/Vim-small-midclstok', 'vim_s_midclstok_80p5acc.pth'),
     'vim_b': ('hustvl/Vim-base-midclstok', 'vim_b_midclstok_81p9acc.pth'),
 }
+
+
+# Each model family's official key map and the training-script entry holding its weights.
+_FAMILIES = {VMamba: (vmamba_keys, vmamba_keys.FAMILY.default_key),
+             MambaVision: (mambavision_keys, mambavision_keys.FAMILY.default_key)}
+
+
+def family(model):
+  """(key-map module, training-script entry) of `model`'s official checkpoints."""
+  return _FAMILIES.get(type(model), (hustvl_keys, 'model'))
+
+
+def _family_of_params(params):
+  """The key map whose names a params tree has (its top-level modules tell the family)."""
+  top = set(params.get('params', params))
+  if 'levels_0' in top:
+    return mambavision_keys
+  if 'layers_0' in top and 'blocks_0' in params.get('params', params)['layers_0']:
+    return vmamba_keys
+  return hustvl_keys
 
 
 def dummy_images(model, batch: int = 1):
@@ -62,25 +85,28 @@ def resolve_path(path: str, model, model_name: Optional[str] = None) -> str:
 
 
 def key_module(model=None, params=None):
-  """The key table module of a model family (`model`, else guessed from a params tree:
-  only VMamba has a `classifier_head`)."""
-  if model is not None:
-    return vmamba_keys if isinstance(model, VMamba) else hustvl_keys
-  return vmamba_keys if 'classifier_head' in params else hustvl_keys
+  """The key-map module of a model family (`model`'s, else the one whose names `params` has)."""
+  return family(model)[0] if model is not None else _family_of_params(params)
 
 
-def load_checkpoint(path: str, model, *, model_name: Optional[str] = None, key: str = 'model'):
-  """Float params for `model` from 'bundled', an official `.pth` or a `.safetensors` file.
+def load_checkpoint(path: str, model, *, model_name: Optional[str] = None,
+                    key: Optional[str] = None):
+  """Float params for `model` from 'bundled', an official `.pth` (`.pth.tar`) or a
+  `.safetensors` file, under the official names of the model's family (hustvl Vim, VMamba,
+  MambaVision).
 
   model_name: which bundled checkpoint 'bundled' means (default: the registered variant whose
-  architecture `model` has). key: the entry of a training-script .pth holding the weights.
+  architecture `model` has). key: the entry of a training-script .pth holding the weights
+  (None: 'model', MambaVision's 'state_dict').
   """
-  return key_module(model).params_from_file(resolve_path(path, model, model_name), model,
-                                            key=key)
+  keys, default_key = family(model)
+  return keys.params_from_file(resolve_path(path, model, model_name), model,
+                               key=key or default_key)
 
 
 def save_checkpoint(params, path: str, dtype=None, model=None) -> None:
-  """`.safetensors` under the family's official names and torch layouts, written atomically."""
+  """`.safetensors` under the family's official names and torch layouts, written atomically
+  (the family is `model`'s, else read off the params' module names)."""
   key_module(model, params).export_safetensors(params, path, dtype)
 
 

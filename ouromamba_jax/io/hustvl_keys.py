@@ -30,7 +30,7 @@ from ouromamba_jax.io import state_dicts
 # The families' one mismatch error, re-exported where the hustvl loader always had it.
 from ouromamba_jax.io.state_dicts import CheckpointMismatchError  # pylint: disable=unused-import
 
-PTH_SUFFIXES = ('.pth', '.pt', '.bin', '.ckpt')
+PTH_SUFFIXES = ('.pth', '.pt', '.bin', '.ckpt', '.tar')  # .tar: timm's '.pth.tar'
 SAFETENSORS_SUFFIXES = ('.safetensors',)
 
 _LINEAR_MODULES = frozenset(

@@ -18,19 +18,11 @@ Every missing, unexpected or misshaped key is reported in ONE CheckpointMismatch
 """
 from __future__ import annotations
 
-import os
 import re
-from typing import Any, Mapping, Optional
 
-from flax import traverse_util
-import jax
-import jax.numpy as jnp
-import numpy as np
 
-from ouromamba_jax.io import hustvl_keys
-from ouromamba_jax.io import safetensors_io
-from ouromamba_jax.io import state_dicts
-from ouromamba_jax.io.hustvl_keys import AS_IS, CONV2D, LINEAR, Entry
+from ouromamba_jax.io import families
+from ouromamba_jax.io.hustvl_keys import AS_IS, CONV2D, LINEAR
 
 _RENAMES = (
     (r'^patch_embed\.conv_in\.', 'patch_embed.0.'),
@@ -78,57 +70,17 @@ def layout_for(path: tuple[str, ...]):
   raise ValueError(f'no VMamba layout is known for the kernel at {"/".join(path)}')
 
 
-def key_table(param_shapes: Mapping[str, Any]) -> dict[str, Entry]:
-  """{official key: Entry} for a Flax VMamba param tree of arrays or ShapeDtypeStructs."""
-  return {official_key(path): Entry(path, layout_for(path), tuple(leaf.shape), leaf.dtype)
-          for path, leaf in traverse_util.flatten_dict(state_dicts.unwrap(param_shapes)).items()}
-
-
-def model_param_shapes(model) -> dict[str, Any]:
-  images = jax.ShapeDtypeStruct((1, model.img_size, model.img_size, model.in_chans), jnp.float32)
-  return jax.eval_shape(model.init, jax.random.key(0), images)['params']
-
-
-def check_state_dict(state_dict: Mapping[str, np.ndarray], table: Mapping[str, Entry],
-                     source: str = 'checkpoint', model_name: str = 'the model') -> None:
-  """Raises CheckpointMismatchError naming every missing, unexpected and misshaped key."""
-  state_dicts.check_state_dict(
-      state_dict, table, source=source, model_name=model_name, names='official VMamba names',
-      explain=lambda key: next((h for p, h in _FOREIGN_KEY_HINTS if re.search(p, key)), ''),
-      advice="Check the variant (dims, depths, ssm_ratio, d_state, num_classes) against the "
-             "checkpoint's config.")
-
-
-def params_from_state_dict(state_dict: Mapping[str, np.ndarray], param_shapes: Mapping[str, Any],
-                           *, dtype=None, source: str = 'checkpoint',
-                           model_name: str = 'the model') -> dict[str, Any]:
-  """Strictly converts an official state_dict to the Flax params tree (jax arrays)."""
-  table = key_table(param_shapes)
-  check_state_dict(state_dict, table, source, model_name)
-  return state_dicts.params_from_checked(state_dict, table, source=source, dtype=dtype)
-
-
-def state_dict_from_params(params: Mapping[str, Any], dtype=None) -> dict[str, np.ndarray]:
-  """Official-named, torch-laid-out, contiguous numpy arrays for a Flax VMamba params tree."""
-  return state_dicts.state_dict_from(params, key_table(params), dtype)
-
-
-def _model_name(model) -> str:
-  fields = ('dims', 'depths', 'd_state', 'ssm_ratio', 'num_classes')
-  return 'VMamba(' + ', '.join(f'{f}={getattr(model, f)}' for f in fields) + ')'
-
-
-def params_from_file(path: str | os.PathLike, model, *, key: Optional[str] = 'model',
-                     dtype=None) -> dict[str, Any]:
-  """Official `.pth` (training-script dict or bare state_dict) or `.safetensors` -> params.
-
-  key: 'model' or 'model_ema' (both are in the released training checkpoints).
-  """
-  return params_from_state_dict(hustvl_keys.read_state_dict(path, key), model_param_shapes(model),
-                                dtype=dtype, source=os.fspath(path), model_name=_model_name(model))
-
-
-def export_safetensors(params: Mapping[str, Any], path: str | os.PathLike, dtype=None) -> None:
-  """Writes params under the official names and layouts (loadable by the official VSSM)."""
-  metadata = {'format': 'pt', 'producer': 'ouromamba_jax', 'layout': 'mzeromiko-vmamba-v2'}
-  safetensors_io.write_safetensors(state_dict_from_params(params, dtype), path, metadata)
+FAMILY = families.Family(
+    label='VMamba', official_key=official_key, layout_for=layout_for, hints=_FOREIGN_KEY_HINTS,
+    advice="Check the variant (dims, depths, ssm_ratio, d_state, num_classes) against the "
+           "checkpoint's config.",
+    model_fields=('dims', 'depths', 'd_state', 'ssm_ratio', 'num_classes'),
+    layout='mzeromiko-vmamba-v2', default_key='model')
+key_table = FAMILY.key_table
+model_param_shapes = families.model_param_shapes
+check_state_dict = FAMILY.check_state_dict
+params_from_state_dict = FAMILY.params_from_state_dict
+state_dict_from_params = FAMILY.state_dict_from_params
+# key: 'model' or 'model_ema' (both are in the released training checkpoints).
+params_from_file = FAMILY.params_from_file
+export_safetensors = FAMILY.export_safetensors

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from flax import traverse_util
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -94,6 +95,16 @@ def stacked_linear(module: nn.Module, name: str, weight, x, dtype):
       x = input_quantizer(x, implementation=implementation)
     return jnp.einsum('bkli,koi->bklo', x.astype(dtype), weight.astype(dtype))
   return weight.stacked_linear(x, input_quantizer, dtype, implementation=implementation)
+
+
+def merge_batch_stats(params, batch_stats, momentum: float):
+  """params with each BatchNorm's running statistics moved towards the batch's (torch:
+  running = (1 - momentum) * running + momentum * batch); `batch_stats` is the 'batch_stats'
+  collection a batch-statistics forward stored (same paths as the params it updates)."""
+  flat = dict(traverse_util.flatten_dict(params))
+  for path, value in traverse_util.flatten_dict(batch_stats).items():
+    flat[path] = (1 - momentum) * flat[path] + momentum * value.astype(flat[path].dtype)
+  return traverse_util.unflatten_dict(flat)
 
 
 class RMSNorm(nn.Module):

@@ -9,6 +9,7 @@ import dataclasses
 import json
 from typing import Any
 
+from ouromamba_jax.models.mambavision import MambaVision
 from ouromamba_jax.models.vim import VisionMamba
 from ouromamba_jax.models.vmamba import VMamba
 
@@ -18,6 +19,9 @@ ARCH_FIELDS = {
                   'd_state', 'expand', 'dt_rank'),
     VMamba: ('patch_size', 'in_chans', 'num_classes', 'dims', 'depths', 'd_state', 'ssm_ratio',
              'dt_rank', 'd_conv', 'conv_bias', 'mlp_ratio'),
+    MambaVision: ('in_chans', 'num_classes', 'dim', 'in_dim', 'depths', 'num_heads',
+                  'window_size', 'mlp_ratio', 'qkv_bias', 'layer_scale', 'layer_scale_conv',
+                  'd_state', 'd_conv', 'expand', 'stem_strides'),
 }
 
 
@@ -92,3 +96,19 @@ register_variant('vmamba_b', VMamba, dims=128, depths=(2, 2, 15, 2), ssm_ratio=2
 register_variant('vmamba_t_cifar10', VMamba, dims=64, depths=(2, 2, 6), ssm_ratio=2.0,
                  img_size=32, patch_size=4, d_state=1, d_conv=3, conv_bias=False, mlp_ratio=4.0,
                  num_classes=10)
+
+# The released MambaVision classifiers (official `mamba_vision_T`/`_B`, README: T 31.8M params,
+# 82.3 top-1; B 97.7M, 84.2: the paper's MambaVision-B FP). Hybrid stages 3-4 hold 14x14 and
+# 7x7 grids at 224, one window each.
+_MAMBAVISION_224 = dict(img_size=224, num_heads=(2, 4, 8, 16), window_size=(8, 8, 14, 7),
+                        mlp_ratio=4.0, num_classes=1000)
+register_variant('mambavision_t', MambaVision, dim=80, in_dim=32, depths=(1, 3, 8, 4),
+                 **_MAMBAVISION_224)
+register_variant('mambavision_b', MambaVision, dim=128, in_dim=64, depths=(3, 3, 10, 5),
+                 layer_scale=1e-5, **_MAMBAVISION_224)
+# Testbed (not trained yet): T's depths and heads at width 32 (head dim 16 everywhere) on
+# 32x32 with a stride-1 stem, so the stages hold 32, 16, 8, 4 grids; the hybrid stages are one
+# window each (8x8 = 64 tokens, as Vim's testbed; 4x4). 5.0 M params = 10 MB in bf16.
+register_variant('mambavision_t_cifar10', MambaVision, dim=32, in_dim=32, depths=(1, 3, 8, 4),
+                 num_heads=(2, 4, 8, 16), window_size=(8, 8, 8, 4), mlp_ratio=4.0,
+                 stem_strides=(1, 1), img_size=32, num_classes=10)

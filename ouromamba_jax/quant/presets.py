@@ -1,4 +1,4 @@
-"""Named quantization presets (Vim and VMamba): plain functions returning the site set's specs.
+"""Named quantization presets (Vim, VMamba, MambaVision): functions returning site-set specs.
 
   spec = preset('w4a4')                              # a QuantSpec (rules + default CalibSpec)
   sites = w4a4()                                     # VimSites: one spec per site group
@@ -15,15 +15,22 @@ from typing import Callable, Optional
 from ouromamba_jax.quant.config import ActSpec, QuantRule, QuantSpec, WeightSpec
 
 LINEARS = r'(in_proj|out_proj|x_proj(_b)?|dt_proj(_b)?)'
-# Vim's mixers and VMamba's SS2D ops (one pattern for both models, so each rule decides sites
-# of whichever model it meets and none is reported unused).
-BLOCK = r'layers_\d+/(mixer|blocks_\d+/op)'
+# Vim's mixers, VMamba's SS2D ops and MambaVision's mixers (one pattern for all models, so each
+# rule decides sites of whichever model it meets and none is reported unused).
+BLOCK = r'(layers_\d+/(mixer|blocks_\d+/op)|levels_\d+/blocks_\d+/mixer)'
 VSS = r'layers_\d+/blocks_\d+'
+# MambaVision's hybrid blocks: the mixer's 4 Linears or the attention's qkv/proj, and the MLP.
+# Attention inputs get the same quantizer as every Linear input: static per-token (window
+# position) inlier scales with per-token dynamic outliers (DEVIATIONS.md). Its conv stages
+# (patch embed, ConvBlocks, downsamples), the conv1d's, norms and the head stay float.
+HYBRID = (r'levels_\d+/blocks_\d+/(mixer/(in_proj|x_proj|dt_proj|out_proj|qkv|proj)'
+          r'|mlp/fc[12])')
 # Every Linear of a block: Vim's six mixer Linears; VMamba's in/out_proj, MLP fc1/fc2 and the
 # stacked per-direction x_proj/dt_projs (`layers.stacked_linear`). Patch embeds, VMamba's
 # downsample convs, the depthwise convs, norms and the head stay float, as the official Vim
 # quantizer leaves them (DEVIATIONS.md).
-LINEAR_MODULES = fr'(layers_\d+/mixer/{LINEARS}|{VSS}/(op/(in_proj|out_proj)|mlp/fc[12]))'
+LINEAR_MODULES = (fr'(layers_\d+/mixer/{LINEARS}|{VSS}/(op/(in_proj|out_proj)|mlp/fc[12])'
+                  fr'|{HYBRID})')
 STACKED = fr'{VSS}/op/(x_proj|dt_projs)'
 
 

@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 
 from ouromamba_jax.models import layers
+from ouromamba_jax.models import mambavision
 from ouromamba_jax.models import vim
 from ouromamba_jax.models import vmamba
 from ouromamba_jax.quant.config import ActSpec, QuantRule, WeightSpec
@@ -31,13 +32,16 @@ PER_TENSOR = ('A', 'D')                       # static tensors: one per-tensor s
 SS2D_SSM_SITES = (('delta_quantizer', 'stacked'), ('B_quantizer', 'stacked'),
                   ('C_quantizer', 'stacked'), ('A_quantizer', 'tensor'), ('D_quantizer', 'tensor'))
 SS2D_STACKED_LINEARS = ('x_proj', 'dt_projs')
-MIXERS = (vim.BiMambaV2Mixer, vmamba.SS2D)
+MIXERS = (vim.BiMambaV2Mixer, vmamba.SS2D, mambavision.MambaVisionMixer)
 
 
-def ssm_site_names() -> list[tuple[str, str]]:
-  """(leaf name, layout) of every SSM site, e.g. ('delta_b_quantizer', 'steps')."""
+def ssm_site_names(directions=vim.DIRECTIONS) -> list[tuple[str, str]]:
+  """(leaf name, layout) of every SSM site, e.g. ('delta_b_quantizer', 'steps').
+
+  MambaVision's mixer scans one direction (its window's row-major tokens): the forward names,
+  per step of the window's sequence (B*windows, ws*ws, C)."""
   names = []
-  for _, suffix in vim.DIRECTIONS:
+  for _, suffix in directions:
     for tensor in SSM_TENSORS:
       layout = 'tensor' if tensor in PER_TENSOR else 'steps'
       names.append((f'{tensor}{suffix}_quantizer', layout))
@@ -93,6 +97,9 @@ def find_sites(model: nn.Module, params, sample_input) -> list[Site]:
         sites += [Site(f'{linear}_weight', 'weight', 'stacked', linear=linear),
                   Site(f'{linear}_input_quantizer', 'input', 'stacked', linear=linear)]
       sites += [Site(f'{mixer}/{name}', 'ssm', layout) for name, layout in SS2D_SSM_SITES]
+    elif cls is mambavision.MambaVisionMixer:
+      sites += [Site(f'{mixer}/{name}', 'ssm', layout)
+                for name, layout in ssm_site_names(vim.DIRECTIONS[:1])]
     else:
       sites += [Site(f'{mixer}/{name}', 'ssm', layout) for name, layout in ssm_site_names()]
   in_mixer = lambda l: any(l.startswith(m + '/') for m, _ in mixers)

@@ -20,7 +20,7 @@ MODE_DOCS = {
     'quantize': 'one quantization run (quant.method/preset/calib_source) -> WORKDIR/quant/<run>/',
     'evaluate': 'top-1/top-5 of the FP model or of eval.quantized_checkpoint -> WORKDIR/eval.json',
     'train': 'train or fine-tune a Vim (the bundled testbed recipe)',
-    'convert': 'a hustvl .pth -> .safetensors under hustvl names',
+    'convert': 'an official .pth -> .safetensors under the official names',
 }
 MODE_SECTIONS = {
     'pipeline': ('model', 'data', 'gen', 'quant', 'pipeline'),

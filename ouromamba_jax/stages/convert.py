@@ -1,4 +1,5 @@
-"""Mode `convert`: a hustvl `.pth` checkpoint -> `.safetensors` (hustvl key names).
+"""Mode `convert`: an official `.pth` checkpoint -> `.safetensors` (the official key names of
+the model's family: hustvl Vim, VMamba, MambaVision).
 
 The checkpoint is loaded strictly into the model of `config.model` first, so a file that does
 not fit the architecture fails here, with every bad key listed, not later in a run. Reading a
@@ -56,8 +57,8 @@ def convert(config, workdir: str) -> dict[str, Any]:
     params = checkpoints.random_params(model, config.seed)
     dtype = ccfg.dtype or 'float32'
   else:
-    keys = checkpoints.key_module(model)
-    state_dict = hustvl_keys.read_state_dict(source)
+    keys, key = checkpoints.family(model)   # hustvl Vim, VMamba or MambaVision names
+    state_dict = hustvl_keys.read_state_dict(source, key)
     params = keys.params_from_state_dict(  # strict: every bad key in one error
         state_dict, keys.model_param_shapes(model), source=source,
         model_name=f'config.model {config.model.name!r}')

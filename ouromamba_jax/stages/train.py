@@ -1,8 +1,9 @@
-"""Mode `train`: supervised training of a testbed model, Vim or VMamba (the recipe of `train.recipe`) with exact resume.
+"""Mode `train`: supervised training of a testbed (the recipe of `train.recipe`) with exact resume.
 
 config.train becomes a `TrainSpec` at the door. Orbax checkpoints in
 WORKDIR/train_checkpoints; a rerun continues the same run bit for bit. Outputs: params.npz,
-model.safetensors (the family's official names, bf16), train_log.jsonl, train_result.json.
+model.safetensors (the official names of the model's family, bf16), train_log.jsonl,
+train_result.json.
 """
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
 """Quantization of VMamba (tiny random config): sites, W8A8/W4A4 accuracy, int == fake, baselines,
 block-wise reconstruction."""
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +7,8 @@ import pytest
 
 from ouromamba_jax import quant
 from ouromamba_jax.models.vmamba import VMamba
-from ouromamba_jax.quant import config, presets, qtypes, rewrite, rules
+from ouromamba_jax.quant import qtypes, rewrite, rules
+from tests.quant import coarse
 
 OP_SITES = ('in_proj/kernel', 'in_proj/input_quantizer', 'out_proj/kernel',
             'out_proj/input_quantizer', 'x_proj_weight', 'x_proj_input_quantizer',
@@ -34,23 +33,9 @@ def apply_fn(tiny):
   return jax.jit(lambda p, x: model.apply({'params': p}, x))
 
 
-def _rel_err(a, b):
-  return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
-
-
-def _run(tiny, preset, method='ouromamba', mode='fake', epochs=0):
-  """A preset with a coarse clipping search (8 candidates, not 100) and, unless asked, no
-  reconstruction training (epochs=0): the test's cost is the compilations, not what it checks."""
-  model, params, images = tiny
-  coarse = presets.preset_sites(preset).map(lambda s: dataclasses.replace(s, n_grid=8))
-  calib = config.CalibSpec(epochs=epochs, micro_batch=4)
-  return quant.quantize(model, params, images, config.QuantSpec(preset, coarse.rules(), calib),
-                        method=method, mode=mode, log=lambda _: None)
-
-
 @pytest.fixture(scope='module')
 def w8a8(tiny):
-  return _run(tiny, 'w8a8')
+  return coarse.quantize(tiny, 'w8a8')
 
 
 def test_every_block_site_is_quantized_and_the_rest_kept_float(w8a8):
@@ -81,8 +66,8 @@ def test_stacked_sites_have_per_direction_scales(tiny, w8a8):
 
 def test_w8a8_is_close_to_float_and_w4a4_is_worse(tiny, apply_fn, w8a8):
   fp = apply_fn(tiny[1], tiny[2])
-  err8 = _rel_err(apply_fn(w8a8[0], tiny[2]), fp)
-  err4 = _rel_err(apply_fn(_run(tiny, 'w4a4')[0], tiny[2]), fp)
+  err8 = coarse.rel_err(apply_fn(w8a8[0], tiny[2]), fp)
+  err4 = coarse.rel_err(apply_fn(coarse.quantize(tiny, 'w4a4')[0], tiny[2]), fp)
   assert err8 < 5e-2
   assert err4 > 2 * err8
 
@@ -97,7 +82,7 @@ def test_int_mode_equals_fake_mode(tiny, apply_fn, w8a8):
 @pytest.mark.slow  # two more quantize compilations (~1 min each on 2 CPU cores)
 @pytest.mark.parametrize('method', ['rtn', 'ptq4vm'])
 def test_baselines_run_on_the_same_sites(tiny, apply_fn, method):
-  qparams, report = _run(tiny, 'w8a8', method)
+  qparams, report = coarse.quantize(tiny, 'w8a8', method)
   linear_sites = [p for p in report['quantized'] if not p.endswith(
       ('delta_quantizer', 'B_quantizer', 'C_quantizer', 'A_quantizer', 'D_quantizer'))]
   assert len(linear_sites) == 2 * (len(OP_SITES) - 5 + len(MLP_SITES))
@@ -108,7 +93,7 @@ def test_baselines_run_on_the_same_sites(tiny, apply_fn, method):
   else:
     assert len(report['quantized']) == 2 * (len(OP_SITES) + len(MLP_SITES))
   fp = apply_fn(tiny[1], tiny[2])
-  assert _rel_err(apply_fn(qparams, tiny[2]), fp) < 1e-1
+  assert coarse.rel_err(apply_fn(qparams, tiny[2]), fp) < 1e-1
 
 
 def test_sites_follow_the_model_code(tiny):
@@ -123,11 +108,11 @@ def test_sites_follow_the_model_code(tiny):
 def test_blockwise_reconstruction_lowers_the_block_error(tiny, apply_fn):
   """Training the step sizes block by block lowers every block's output error below the
   one-pass (initial lp-searched) scales', and the logits get closer to float."""
-  one_pass, report0 = _run(tiny, 'w4a4')
-  trained, report = _run(tiny, 'w4a4', epochs=5)
+  one_pass, report0 = coarse.quantize(tiny, 'w4a4')
+  trained, report = coarse.quantize(tiny, 'w4a4', epochs=5)
   assert [b['kept'] for b in report0['blocks']] == ['untrained'] * 2
   assert [b['kept'] for b in report['blocks']] == ['trained'] * 2
   for block in report['blocks']:
     assert block['loss_final'] < block['loss_init']
   fp = apply_fn(tiny[1], tiny[2])
-  assert _rel_err(apply_fn(trained, tiny[2]), fp) < _rel_err(apply_fn(one_pass, tiny[2]), fp)
+  assert coarse.rel_err(apply_fn(trained, tiny[2]), fp) < coarse.rel_err(apply_fn(one_pass, tiny[2]), fp)
