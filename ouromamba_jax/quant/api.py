@@ -46,19 +46,28 @@ def quantize(model, params, calib_images, spec: Union[QuantSpec, str], *,
   match = rules_lib.match_rules(sites, spec.rules)
   plan = baselines.adapt_plan(match.plan, sites, method)
   rules_lib.check_plan(plan, sites)
-  check_refresh(plan, model.seq_len if isinstance(model, vim.VisionMamba)
-                 else max(h * w for h, w in model.stage_grids()))
+  by_blocks = blockwise.supports(model)
+  if by_blocks:
+    check_refresh(plan, model.seq_len if isinstance(model, vim.VisionMamba)
+                  else max(h * w for h, w in model.stage_grids()))
   calib = baselines.adapt_calib(spec.calib, method)
   for index, pattern in match.unused_rules:
     log(f'[quant] rule {index} {pattern!r} matched no site')
   log(f'[quant] {method} {spec.name}: {len(plan)} sites quantized, '
       f'{len(sites) - len(plan)} kept float, {images.shape[0]} calibration images')
 
-  qparams, results = calibrate.reconstruct_blocks(
-      model, params, images, plan, sites, calib, smoothing=baselines.uses_smoothing(method),
-      snapshot=snapshot, method=method, log=log)
-  outside = [s for s in sites if blockwise.piece_of(model, s.path) is None]
-  qparams = _quantize_outside_blocks(model, qparams, images, plan, outside, calib, method)
+  if by_blocks:
+    qparams, results = calibrate.reconstruct_blocks(
+        model, params, images, plan, sites, calib, smoothing=baselines.uses_smoothing(method),
+        snapshot=snapshot, method=method, log=log)
+    outside = [s for s in sites if blockwise.piece_of(model, s.path) is None]
+    qparams = _quantize_outside_blocks(model, qparams, images, plan, outside, calib, method)
+  else:
+    log(f'[quant] {type(model).__name__} has no block-wise reconstruction (DEVIATIONS.md): '
+        'every site keeps its initial scales from one float pass')
+    results = []
+    qparams = _quantize_outside_blocks(model, params, images, plan, sites, calib, method,
+                                       where='one-pass calibration')
   qparams = rewrite.set_mode(qparams, mode)
 
   final = rules_lib.RuleMatch(plan, match.matched_by,
@@ -87,9 +96,11 @@ def to_integer(qparams):
   return rewrite.set_mode(qparams, 'int')
 
 
-def _quantize_outside_blocks(model, qparams, images, plan, sites, calib, method):
-  """`sites` outside the blocks (e.g. the head if a rule asks for it) get initial scales from
-  the inputs the (partly) quantized model feeds them; no reconstruction."""
+def _quantize_outside_blocks(model, qparams, images, plan, sites, calib, method,
+                             where: str = 'outside the blocks'):
+  """`sites` (outside the blocks, e.g. the head if a rule asks for it; for models without
+  block-wise calibration, all) get initial scales from the inputs the (partly) quantized model
+  feeds them; no reconstruction."""
   rest = [s for s in sites if s.path in plan]
   if not rest:
     return qparams
@@ -102,9 +113,9 @@ def _quantize_outside_blocks(model, qparams, images, plan, sites, calib, method)
   for path, x in stats.items():
     if integrity.count_nonfinite(jax.device_get(x)):
       raise calibrate.NonFiniteCalibrationError(
-          f'outside the blocks: calibration activations at site {path} hold NaN/Inf; the float params '
-          'before it (e.g. norm_f, classifier_norm) are not finite: load them with load_checkpoint, which names '
-          'the bad tensor.')
+          f'{where}: calibration activations at site {path} hold NaN/Inf; the float params '
+          'before it (e.g. norm_f, classifier_norm) are not finite: load them with '
+          'load_checkpoint, which names the bad tensor.')
   smooth = {}
   if baselines.uses_smoothing(method):
     smooth = calibrate.smoothing_for_sites(qparams, rest, stats, calib)
