@@ -24,7 +24,7 @@ def int_dot(x, w, x_bits: int, w_bits: int):
   """x @ w of integer codes as exact int32 sums.
 
   XLA's CPU backend runs integer dots as plain loops, several times slower than its float
-  GEMM (the testbed's int-mode forward ran at half the fake-quant speed, issue 16). On CPU,
+  GEMM (the testbed's int-mode forward ran at 0.5–0.7x the fake-quant speed, issue 16). On CPU,
   when no partial sum can exceed 2^24 (|codes| <= 2^(bits-1), K terms), a float32 dot gives the
   same integers exactly; elsewhere (GPU: TF32 may round) or beyond the bound, an int32 dot."""
   k = x.shape[-1]
