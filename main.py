@@ -120,6 +120,17 @@ def start_processes(config) -> None:
   distributed.initialize(spec)
 
 
+def remove_stale_temporaries(workdir: str) -> None:
+  """What writers killed mid-write left in the workdir (temporaries never renamed into place)
+  goes before this run writes anything; each removal is logged. Finished outputs are not
+  touched."""
+  from ouromamba_jax import distributed  # pylint: disable=g-import-not-at-top
+  from ouromamba_jax.io import atomic  # pylint: disable=g-import-not-at-top
+  if distributed.is_writer():
+    for path in atomic.remove_stale_temporaries(workdir):
+      logging.warning('removed %s: left by a writer killed mid-write (never read)', path)
+
+
 def main(argv):
   from ouromamba_jax.data import pipeline as data_pipeline  # pylint: disable=g-import-not-at-top
   from ouromamba_jax.io import integrity  # pylint: disable=g-import-not-at-top
@@ -147,6 +158,7 @@ def main(argv):
     start_processes(config)
   except (ValueError, TypeError) as e:
     fail(e, CONFIG_ERROR_EXIT)
+  remove_stale_temporaries(workdir)
   try:
     resolve_mode(config.mode)(config, workdir)
   except (data_pipeline.DataNotFoundError, integrity.DamagedFileError,

@@ -17,14 +17,13 @@ import json
 import os
 import shutil
 import tempfile
-import zipfile
-import zlib
 from typing import Any, Mapping, Optional
 
 import jax
 import numpy as np
 
 from ouromamba_jax.io import atomic
+from ouromamba_jax.io import checked_npz
 from ouromamba_jax.io import integrity
 from ouromamba_jax.io import manifest
 from ouromamba_jax.models import registry
@@ -270,7 +269,7 @@ class SnapshotFile:
       with np.load(self.path, allow_pickle=False) as data:
         doc = json.loads(str(data['__meta__']))
         flat = {k: np.asarray(data[k]) for k in data.files if k != '__meta__'}
-    except (zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError, zlib.error) as e:
+    except checked_npz.READ_ERRORS as e:
       raise integrity.damaged(self.path, 'calibration snapshot', e,
                               'delete it and rerun to recalibrate from block 1.') from e
     integrity.check_finite(flat.items(), self.path,

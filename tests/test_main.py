@@ -119,11 +119,17 @@ def test_data_free_pipeline_on_a_hustvl_checkpoint_and_its_rerun(tmp_path):
   assert 'evaluation skipped' in report and '--config.data.data_dir' in report
   with open(workdir / 'gen' / 'run.json') as f:
     assert json.load(f)['gen']['images_per_step'] == 2          # as used
-  # A rerun of the finished workdir only reads.
+  # A rerun of the finished workdir only reads, and removes what killed writers left.
   before = _mtimes(workdir)
+  stale = [workdir / 'gen' / 'groups' / '.group_0000.npz.k3j_9xq2.tmp',
+           workdir / 'gen' / 'checkpoints' / '4.orbax-checkpoint-tmp-1234']
+  stale[0].write_bytes(b'half a zip')
+  stale[1].mkdir(parents=True)
   again = _main(*args, f'--config.model.checkpoint={pth}', timeout=600)
   assert again.returncode == 0, again.stderr[-3000:]
   assert _mtimes(workdir) == before
+  assert not any(p.exists() for p in stale)
+  assert f'removed {stale[0]}: left by a writer killed mid-write' in again.stderr
   # Without a checkpoint: one line naming the download and the flag.
   _one_error_line(_main(*args), 'vim_t_midclstok_76p1acc.pth', '--config.model.checkpoint=')
 

@@ -8,10 +8,37 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import shutil
 import tempfile
 from typing import Any, Iterator
 
 import numpy as np
+
+
+# What a writer killed mid-write leaves: atomic_path's mkstemp file (`.<name>.<8 chars>.tmp`)
+# and Orbax's unfinished step folder (`<step>.orbax-checkpoint-tmp-<n>`). Neither is ever read.
+_STALE_FILE = re.compile(r'^\..+\.[a-z0-9_]{8}\.tmp$')
+_STALE_DIR = re.compile(r'^\d+\.orbax-checkpoint-tmp-\d+$')
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[str]:
+  """Removes, under `folder`, the temporaries of writers killed mid-write; returns their paths.
+
+  Only names no finished output can have are touched. Call it before a run writes anything
+  (no writer of this run is live then): a live writer's temporary would be removed too.
+  """
+  removed = []
+  for root, dirs, files in os.walk(os.fspath(folder)):
+    for name in files:
+      if _STALE_FILE.match(name):
+        os.remove(os.path.join(root, name))
+        removed.append(os.path.join(root, name))
+    for name in [d for d in dirs if _STALE_DIR.match(d)]:
+      shutil.rmtree(os.path.join(root, name))
+      removed.append(os.path.join(root, name))
+      dirs.remove(name)
+  return sorted(removed)
 
 
 @contextlib.contextmanager

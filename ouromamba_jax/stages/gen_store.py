@@ -2,7 +2,9 @@
 
   run.json               what defines the run (seed, model, weights digest, gen settings);
                          resuming with different ones is refused
-  groups/group_NNNN.npz  finished groups (images, labels, indices, loss history); never redone
+  groups/group_NNNN.npz  finished groups (images, labels, indices, loss history) with a
+                         manifest of per-array checksums (`io.checked_npz`); never redone,
+                         unless damaged: then it is set aside as *.damaged and regenerated
   checkpoints/           Orbax CheckpointManager of the group in progress (images, Adam state,
                          loss history); Orbax step = group * iterations + steps done in it
 Killed at any point, a rerun loads the finished groups and continues the current group from
@@ -14,11 +16,13 @@ import json
 import os
 from typing import Optional
 
-import numpy as np
+from absl import logging
 import orbax.checkpoint as ocp
 
 from ouromamba_jax import distributed
 from ouromamba_jax.io import atomic
+from ouromamba_jax.io import checked_npz
+from ouromamba_jax.io import integrity
 
 RUN_FILE = 'run.json'
 
@@ -42,11 +46,19 @@ class FolderGroupStore:
         options=ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True))
 
   def finished_group(self, group: int) -> Optional[dict]:
+    """The group's arrays; None when it is not finished, or when its file is damaged (then
+    it is renamed to *.damaged, kept for inspection, and the group is generated again: Gen
+    is seeded per image, so the redo gives the images the run would have had)."""
     path = self._group_path(group)
     if not os.path.isfile(path):
       return None
-    with np.load(path) as data:
-      return {k: data[k] for k in data.files}
+    try:
+      return checked_npz.read(path, 'Gen group file', 'generating that group again.')
+    except integrity.DamagedFileError as e:
+      logging.warning('gen: %s', e)
+      if distributed.is_writer():
+        os.replace(path, path + '.damaged')
+      return None
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
@@ -59,7 +71,7 @@ class FolderGroupStore:
 
   def save_group(self, group: int, data: dict) -> None:
     if distributed.is_writer():   # every process holds the same gathered group
-      atomic.write_npz(self._group_path(group), **data)
+      checked_npz.write(self._group_path(group), data)
 
   def location(self) -> str:
     return str(self.manager.directory)

@@ -1,8 +1,11 @@
 """Mode `train`: supervised training of a testbed (the recipe of `train.recipe`) with exact resume.
 
 config.train becomes a `TrainSpec` at the door. Orbax checkpoints in
-WORKDIR/train_checkpoints; a rerun continues the same run bit for bit. Outputs: params.npz,
-model.safetensors (the official names of the model's family, bf16), train_log.jsonl,
+WORKDIR/train_checkpoints, each with a manifest of per-array checksums in
+WORKDIR/train_checkpoints.manifests (`io.step_manifests`); a rerun continues the same run bit
+for bit from the newest intact checkpoint (a damaged one is named in the log and skipped).
+Outputs: params.npz, model.safetensors (the official names of the model's family, bf16),
+train_log.jsonl,
 train_result.json.
 """
 from __future__ import annotations
@@ -22,6 +25,7 @@ from ouromamba_jax import checkpoints
 from ouromamba_jax import data as data_lib
 from ouromamba_jax.io import atomic
 from ouromamba_jax.io import integrity
+from ouromamba_jax.io import step_manifests
 from ouromamba_jax.stages import evaluate as evaluate_stage
 from ouromamba_jax.stages import sections
 from ouromamba_jax.train import recipe
@@ -30,6 +34,13 @@ from ouromamba_jax.train.spec import TrainSpec
 def _checkpoint_manager(directory: str, keep: int):
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+def _save(manager, manifests: step_manifests.StepManifests, step: int, state, **kwargs) -> None:
+  """The step's manifest first, then the step: every finished step has its manifest."""
+  manifests.record(step, state)
+  manager.save(step, args=ocp.args.StandardSave(state), **kwargs)
+  manifests.prune(set(manager.all_steps()) | {step})
 
 
 def _append_jsonl(path: str, record: dict[str, Any]) -> None:
@@ -79,12 +90,15 @@ def train(config, workdir: str) -> dict[str, Any]:
   state = {'params': params, 'opt_state': optimizer.init(params),
            'step': jnp.zeros((), jnp.int32)}
 
-  manager = _checkpoint_manager(os.path.join(workdir, 'train_checkpoints'), tcfg.keep_checkpoints)
-  if manager.latest_step() is not None:
-    restored = manager.restore(manager.latest_step(),
-                               args=ocp.args.StandardRestore(jax.tree_util.tree_map(
-                                   ocp.utils.to_shape_dtype_struct, state)))
-    state = restored
+  checkpoint_dir = os.path.join(workdir, 'train_checkpoints')
+  manager = _checkpoint_manager(checkpoint_dir, tcfg.keep_checkpoints)
+  manifests = step_manifests.StepManifests(checkpoint_dir)
+  target = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
+  restored = step_manifests.restore_intact(
+      manager, manifests,
+      lambda step: manager.restore(step, args=ocp.args.StandardRestore(target)), logging.warning)
+  if restored is not None:
+    state = restored[1]
     logging.info('resumed from step %d', int(state['step']))
 
   mean, std = dataset.MEAN, dataset.STD
@@ -131,13 +145,13 @@ def train(config, workdir: str) -> dict[str, Any]:
       logging.info('epoch %d test top-1 %.4f', step // steps_per_epoch, acc)
       _append_jsonl(log_path, {'step': step, 'epoch': step // steps_per_epoch, 'test_top1': acc})
     if step % tcfg.checkpoint_every_steps == 0 or end_of_epoch:
-      manager.save(step, args=ocp.args.StandardSave(state))
+      _save(manager, manifests, step, state)
     if tcfg.max_seconds and time.time() - t0 > tcfg.max_seconds:
       stopped_early = step < total_steps
       break
   del last_log
   if manager.latest_step() != step:
-    manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    _save(manager, manifests, step, state, force=True)
   manager.wait_until_finished()
   result = {'step': step, 'total_steps': total_steps, 'finished': not stopped_early,
             'elapsed_s': time.time() - t0}

@@ -205,3 +205,18 @@ def test_outlier_loop_exact_with_no_all_and_rare_outliers(outlier_frac, weight_b
         interpret=True, block_config=cfg)
     np.testing.assert_array_equal(np.asarray(acc_in), oracle_in, err_msg=str(dense_above))
     np.testing.assert_array_equal(np.asarray(acc_out), oracle_out, err_msg=str(dense_above))
+
+
+@pytest.mark.parametrize('x_bits,w_bits,k', [(8, 8, 2 ** 10), (8, 4, 2 ** 14), (4, 4, 2 ** 18)])
+def test_int_dot_is_exact_at_the_float_bound_and_integer_beyond(x_bits, w_bits, k):
+  """At the extreme codes every sum is as large as it can get: the float32 path (CPU, within
+  2^24) must still give the integers; past the bound the int32 dot runs instead."""
+  lo_x, lo_w = -2 ** (x_bits - 1), -2 ** (w_bits - 1)
+  x = jnp.full((3, k), lo_x, jnp.int8).at[1].set(2 ** (x_bits - 1) - 1)
+  w = jnp.full((k, 5), lo_w, jnp.int8)
+  exact = jax.lax.dot(x, w, preferred_element_type=jnp.int32)
+  for bound_k in (k, 2 * k):   # within the bound (float on CPU), then past it (int32)
+    xs, ws = jnp.tile(x, (1, bound_k // k)), jnp.tile(w, (bound_k // k, 1))
+    got = reference.int_dot(xs, ws, x_bits, w_bits)
+    assert got.dtype == jnp.int32
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(exact) * (bound_k // k))

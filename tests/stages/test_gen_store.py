@@ -1,6 +1,7 @@
 """The generation loop resumable through a FolderGroupStore, NaN-guarded (2 groups x 6 steps)."""
 import logging
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -132,6 +133,26 @@ def test_a_kill_while_writing_a_finished_group_redoes_it_from_its_checkpoint(
   steps = []
   resumed = _generate(model, params, tiny_gen_spec(), directory, on_step=steps.append)
   assert steps == [5, 6, 7, 8, 9, 10, 11, 12]   # group 1 from its step-4 checkpoint
+  np.testing.assert_array_equal(resumed.images, reference_run[0].images)
+
+
+def test_a_damaged_finished_group_is_set_aside_named_and_generated_again(
+    tiny, tmp_path, reference_run, caplog):
+  model, params = tiny
+  directory = str(tmp_path / 'run')
+  shutil.copytree(reference_run[1], directory)
+  group = os.path.join(directory, 'groups', 'group_0000.npz')
+  with np.load(group) as data:
+    arrays = {k: data[k] for k in data.files}
+  arrays['images'] = arrays['images'] * 0          # a readable zip holding other pixels
+  np.savez(group, **arrays)
+  steps = []
+  caplog.set_level(logging.WARNING)
+  resumed = _generate(model, params, tiny_gen_spec(), directory, on_step=steps.append)
+  assert steps == [1, 2, 3, 4, 5, 6]           # group 1 again, from noise; group 2 kept
+  assert 'group_0000.npz: array images fails its checksum' in caplog.text
+  assert 'generating that group again' in caplog.text
+  assert os.path.isfile(group + '.damaged')
   np.testing.assert_array_equal(resumed.images, reference_run[0].images)
 
 

@@ -69,6 +69,9 @@ def test_resume_continues_bit_for_bit(tiny_cifar, tmp_path):
   assert tree_a == tree_b
   for x, y in zip(leaves_a, leaves_b):  # params and both Adam moments, bit for bit
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  steps = ocp.CheckpointManager(os.path.join(pieces, 'train_checkpoints')).all_steps()
+  assert sorted(os.listdir(os.path.join(pieces, 'train_checkpoints.manifests'))) == sorted(
+      f'{s}.json' for s in steps)                   # every kept step has its manifest
   with open(os.path.join(pieces, 'train_result.json')) as f:
     assert json.load(f)['finished']
   assert os.path.isfile(os.path.join(pieces, 'model.safetensors'))
