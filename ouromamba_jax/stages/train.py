@@ -5,8 +5,7 @@ WORKDIR/train_checkpoints, each with a manifest of per-array checksums in
 WORKDIR/train_checkpoints.manifests (`io.step_manifests`); a rerun continues the same run bit
 for bit from the newest intact checkpoint (a damaged one is named in the log and skipped).
 Outputs: params.npz, model.safetensors (the official names of the model's family, bf16),
-train_log.jsonl,
-train_result.json.
+train_log.jsonl, train_result.json.
 """
 from __future__ import annotations
 
