@@ -19,7 +19,7 @@ MODE_DOCS = {
     'generate': 'OuroMamba-Gen synthetic calibration images -> WORKDIR/gen/',
     'quantize': 'one quantization run (quant.method/preset/calib_source) -> WORKDIR/quant/<run>/',
     'evaluate': 'top-1/top-5 of the FP model or of eval.quantized_checkpoint -> WORKDIR/eval.json',
-    'train': 'train or fine-tune a Vim (the bundled testbed recipe)',
+    'train': 'train or fine-tune a testbed (Vim, VMamba, MambaVision; the bundled recipe)',
     'convert': 'an official .pth -> .safetensors under the official names',
 }
 MODE_SECTIONS = {
