@@ -78,6 +78,14 @@ class PipelineSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class StudySection:
+  """Mode `study`: one of the paper's ablations as pipeline runs with a seed spread."""
+  name: str = field('seeds', 'seeds | calib_size | gen_loss | n_refresh | k | neighbourhood | '
+                    'positives (stages.study.STUDIES)')
+  seeds: int = field(3, 'seeds per cell (base seed, +1, ...): the spread every cell reports')
+
+
+@dataclasses.dataclass(frozen=True)
 class ConvertSection:
   """Mode `convert`: a hustvl .pth -> .safetensors, checked strictly against config.model."""
   input: str = field('', "a .pth path; '' = model.checkpoint; 'random' = seeded random init")
@@ -88,7 +96,8 @@ class ConvertSection:
 @dataclasses.dataclass(frozen=True)
 class BaseSection:
   """Top-level fields."""
-  mode: str = field('pipeline', 'pipeline | generate | quantize | evaluate | train | convert | help')
+  mode: str = field('pipeline',
+                    'pipeline | generate | quantize | evaluate | train | convert | study | help')
   workdir: str = field('workdir/default', 'where outputs go (--workdir overrides it)')
   seed: int = field(0, 'random init, Gen targets and noise, calibration subsets')
   compilation_cache: str = field(
@@ -99,7 +108,7 @@ class BaseSection:
 # The documentation of every config section: `main.py --help` prints it.
 SECTIONS = {'': BaseSection, 'model': ModelSection, 'data': DataSection, 'gen': GenSpec,
             'quant': QuantRunSpec, 'eval': EvalSpec, 'train': TrainSpec,
-            'pipeline': PipelineSection, 'convert': ConvertSection,
+            'pipeline': PipelineSection, 'convert': ConvertSection, 'study': StudySection,
             'distributed': DistributedSpec}
 OVERRIDES_HELP = ('architecture fields of the registered variant (None = its value): '
                   + ', '.join(OVERRIDABLE))
@@ -160,6 +169,10 @@ def pipeline_config() -> mlc.ConfigDict:
   return section_from_spec(PipelineSection)
 
 
+def study_config() -> mlc.ConfigDict:
+  return section_from_spec(StudySection)
+
+
 def demo_sections(c: mlc.ConfigDict) -> None:
   """Gen, quant and pipeline at demo size (a laptop CPU); `pipeline.full=True` applies the
   paper size (stages.pipeline.FULL)."""
@@ -172,6 +185,7 @@ def demo_sections(c: mlc.ConfigDict) -> None:
   c.quant.calib_images = 8           # the 8 Gen images (paper: 128)
   c.quant.epochs = 2                 # paper: 10
   c.pipeline = pipeline_config()
+  c.study = study_config()
 
 
 # hustvl ImageNet models (vim_t/s/b at 224) share everything but the name; where to get the

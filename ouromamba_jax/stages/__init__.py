@@ -13,6 +13,7 @@ MODES = {
     'generate': 'ouromamba_jax.stages.generate:run',
     'quantize': 'ouromamba_jax.stages.quantize:run',
     'pipeline': 'ouromamba_jax.stages.pipeline:run',
+    'study': 'ouromamba_jax.stages.study:run',
 }
 MODE_DOCS = {
     'pipeline': 'generate -> quantize (pipeline.runs) -> evaluate FP and quantized -> report',
@@ -21,6 +22,8 @@ MODE_DOCS = {
     'evaluate': 'top-1/top-5 of the FP model or of eval.quantized_checkpoint -> WORKDIR/eval.json',
     'train': 'train or fine-tune a testbed (Vim, VMamba, MambaVision; the bundled recipe)',
     'convert': 'an official .pth -> .safetensors under the official names',
+    'study': "one of the paper's ablations (study.name) as pipeline runs x study.seeds seeds "
+             '-> WORKDIR/study/<name>/study.{json,md,png}',
 }
 MODE_SECTIONS = {
     'pipeline': ('model', 'data', 'gen', 'quant', 'pipeline'),
@@ -29,6 +32,7 @@ MODE_SECTIONS = {
     'evaluate': ('model', 'data', 'eval', 'distributed'),
     'train': ('model', 'data', 'train'),
     'convert': ('model', 'convert'),
+    'study': ('model', 'data', 'gen', 'quant', 'pipeline', 'study'),
 }
 # Modes that quantize pretrained weights: random ones are refused at the door.
-NEEDS_WEIGHTS = ('pipeline', 'generate', 'quantize')
+NEEDS_WEIGHTS = ('pipeline', 'generate', 'quantize', 'study')

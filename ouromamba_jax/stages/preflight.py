@@ -43,11 +43,17 @@ def check_sections(config, mode: str) -> None:
     generator.check_spec(generate.gen_spec(config), model)
   if 'quant' in wanted:   # in the pipeline too: its runs take every field but these three
     quantize.run_spec(config.quant)
-  if mode == 'pipeline':
-    from ouromamba_jax.stages import pipeline  # pylint: disable=g-import-not-at-top
-    cfg = pipeline.effective_config(config)
-    for method, preset, source in runs.parse_runs(cfg.pipeline.runs):
-      quantize.run_spec(pipeline.run_config(cfg, method, preset, source).quant)
+  if mode in ('pipeline', 'study'):
+    from ouromamba_jax.stages import pipeline, study  # pylint: disable=g-import-not-at-top
+    configs = [config]
+    if mode == 'study':  # every cell's config, as the study will run it
+      spec = study.study_named(str(config.study.name))
+      configs = [study.cell_config(config, spec, overrides, config.seed)
+                 for _, overrides in spec.cells]
+    for c in configs:
+      cfg = pipeline.effective_config(c)
+      for method, preset, source in runs.parse_runs(cfg.pipeline.runs):
+        quantize.run_spec(pipeline.run_config(cfg, method, preset, source).quant)
   if mode == 'evaluate':
     evaluate.check_weights(config, evaluate.eval_spec(config))
   if mode == 'train':

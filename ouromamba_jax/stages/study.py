@@ -1,0 +1,227 @@
+"""Mode `study`: one of the paper's ablations as a grid of pipeline runs with a seed spread.
+
+  python main.py --config=configs/vim_t_cifar10.py --config.mode=study --config.study.name=k
+  python main.py --config=configs/vim_t_cifar10.py --config.mode=study \
+      --config.study.name=calib_size --config.pipeline.full=True        # paper size (GPU)
+
+A study (`STUDIES`) is a list of cells, each a set of config overrides ('section.field' ->
+value) on the base config, plus the quantization runs every cell makes. Each (cell, seed) is
+the `pipeline` mode with the cell's overrides and `seed` = base seed + s, in
+WORKDIR/study/<name>/<cell>/seed<s>; the pipeline skips what already finished, so a stopped
+study resumes where it stopped. Seeds move what the seed moves: Gen's targets and noise, the
+noise images, the calibration subsets (not the model: it is the config's checkpoint).
+
+Outputs in WORKDIR/study/<name>/: study.json (every (cell, seed, run) row and the summary:
+top-1 mean ± std over seeds per (cell, run)), study.md (the summary table) and study.png (top-1
+against the study's axis, one line per run), rewritten after every cell so a partial study
+keeps its numbers. Why a mode and not a script: the runs are the pipeline's, with its resume,
+its data handling and its reports, and the studies are configs as code like the rest.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime
+import math
+import os
+import re
+from typing import Any, Callable
+
+import ml_collections as mlc
+
+from ouromamba_jax.io import atomic
+from ouromamba_jax.reports import curves
+from ouromamba_jax.stages.runs import parse_runs
+
+STUDY_SUBDIR = 'study'
+Log = Callable[[str], None]
+_OURO_W4A4 = 'ouromamba:w4a4:gen'
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+  """What one ablation varies: (label, overrides) cells, the runs each cell makes."""
+  doc: str
+  axis: str                                    # what varies along the cells (the plot's x)
+  cells: tuple[tuple[str, dict[str, Any]], ...]
+  runs: str = ''                               # pipeline.runs of every cell ('' = the config's)
+
+
+def _along(field: str, values, runs: str, doc: str) -> Study:
+  """A study over one config field."""
+  name = field.split('.')[-1]
+  return Study(doc, name, tuple((f'{name}={v}', {field: v}) for v in values), runs)
+
+
+_SOURCES = ','.join(f'ouromamba:{p}:{s}' for p in ('w4a4', 'w4a4_alog')
+                    for s in ('noise', 'gen', 'real'))
+STUDIES = {
+    'seeds': Study("the config's own runs (e.g. pipeline.runs='table') with a seed spread",
+                   'seed', (('base', {}),)),
+    'calib_size': _along('quant.calib_images', (8, 32, 128), _SOURCES,
+                         'where data matters: calibration-set size x source x preset'),
+    # Paper Table 6. 'pse+lo' is the official code's state-output fragment (L_PSE) in place of
+    # L_C, next to L_O; 'noise' calibrates on Gaussian noise (no Gen at all).
+    'gen_loss': Study(
+        "Gen's loss terms (paper Table 6): L_C + L_O, L_O only, L_C only, L_PSE + L_O, noise",
+        'Gen objective',
+        (('lc+lo', {}), ('lo', {'gen.contrastive_weight': 0.0}),
+         ('lc', {'gen.output_weight': 0.0}),
+         ('pse+lo', {'gen.contrastive_weight': 0.0, 'gen.pse_weight': 1.0}),
+         ('noise', {'pipeline.runs': 'ouromamba:w4a4:noise,ouromamba:w4a8:noise'})),
+        'ouromamba:w4a4:gen,ouromamba:w4a8:gen'),
+    'n_refresh': _along('quant.n_refresh', (1, 5, 10, 20, 'L'), _OURO_W4A4,
+                        'outlier-set reset period (paper Fig. 9); L = never reset'),
+    'k': _along('quant.k', (2.0, 3.0, 4.0, 5.0), _OURO_W4A4,
+                'outlier threshold mu + k sigma (paper Fig. 9)'),
+    'neighbourhood': _along('gen.neighbourhood', (1, 3, 5, 7), _OURO_W4A4,
+                            "Gen's Δ-weighted neighbourhood p (paper Fig. 9)"),
+    'positives': _along('gen.num_positives', (4, 8, 12, 16), _OURO_W4A4,
+                        "Gen's contrastive positives K (paper Fig. 9b)"),
+}
+
+
+def study_named(name: str) -> Study:
+  if name not in STUDIES:
+    raise ValueError(f'study.name={name!r} is not a study; choose one of {sorted(STUDIES)} '
+                     '(stages/study.py says what each varies).')
+  return STUDIES[name]
+
+
+def _set(cfg: mlc.ConfigDict, dotted: str, value) -> None:
+  section, _, field = dotted.rpartition('.')
+  node = cfg
+  for part in filter(None, section.split('.')):
+    node = node[part]
+  if field not in node:
+    raise ValueError(f'study override {dotted!r}: the config has no such field.')
+  node[field] = value
+
+
+def sequence_length(cfg: mlc.ConfigDict) -> int:
+  """The model's token count (n_refresh = 'L': the outlier set is never reset)."""
+  from ouromamba_jax.models import registry  # pylint: disable=g-import-not-at-top
+  overrides = {k: v for k, v in cfg.model.get('overrides', {}).items() if v is not None}
+  model = registry.build_model(cfg.model.name, **overrides)
+  if not hasattr(model, 'seq_len'):
+    raise ValueError(f"n_refresh='L' needs a model with one token sequence (Vim); "
+                     f'{cfg.model.name} has none: give a number.')
+  return int(model.seq_len)
+
+
+def cell_config(config: mlc.ConfigDict, study: Study, overrides: dict[str, Any],
+                seed: int) -> mlc.ConfigDict:
+  """The base config with the study's runs, the cell's overrides and the seed."""
+  cfg = copy.deepcopy(config)
+  with cfg.unlocked():
+    cfg.mode = 'pipeline'
+    cfg.seed = seed
+    if study.runs:
+      cfg.pipeline.runs = study.runs
+    for dotted, value in overrides.items():
+      if dotted == 'quant.n_refresh' and value == 'L':
+        value = sequence_length(cfg)
+      _set(cfg, dotted, value)
+  parse_runs(cfg.pipeline.runs)  # a bad runs string fails before any work
+  return cfg
+
+
+def _slug(label: str) -> str:
+  return re.sub(r'[^A-Za-z0-9_.=+-]', '_', label)
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """Per (cell, run), in first-seen order: top-1 mean ± std (sample std; 0 for one seed) over
+  the seeds that have a number, their count, and the FP top-1 mean of those seeds."""
+  groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+  for r in rows:
+    if r.get('top1') is not None:
+      groups.setdefault((r['cell'], r['name']), []).append(r)
+  out = []
+  for (cell, name), rs in groups.items():
+    top1 = [100.0 * r['top1'] for r in rs]
+    fp = [100.0 * r['fp_top1'] for r in rs if r.get('fp_top1') is not None]
+    mean = sum(top1) / len(top1)
+    std = (math.sqrt(sum((v - mean) ** 2 for v in top1) / (len(top1) - 1))
+           if len(top1) > 1 else 0.0)
+    out.append({'cell': cell, 'run': name, 'top1_mean': mean, 'top1_std': std,
+                'seeds': len(top1), 'fp_top1_mean': sum(fp) / len(fp) if fp else None})
+  return out
+
+
+def _markdown(name: str, study: Study, summary, meta) -> str:
+  lines = [f'# Study `{name}`: {study.doc}', '',
+           f'{meta["date"]}; {meta["seeds"]} seed(s) per cell; model {meta["model"]} '
+           f'({meta["checkpoint"] or "random init"}); {meta["settings"]}.', '',
+           '| cell | run | top-1 % (mean ± std) | seeds | FP top-1 % |', '|---|---|---:|---:|---:|']
+  for s in summary:
+    fp = '–' if s['fp_top1_mean'] is None else f'{s["fp_top1_mean"]:.2f}'
+    lines.append(f'| {s["cell"]} | {s["run"]} | {s["top1_mean"]:.2f} ± {s["top1_std"]:.2f} | '
+                 f'{s["seeds"]} | {fp} |')
+  if not summary:
+    lines.append('| – | – | no evaluated run yet (or no evaluation data) | – | – |')
+  return '\n'.join(lines) + '\n'
+
+
+def _panels(study: Study, summary):
+  """One panel: top-1 mean per run along the cells (a run absent from a cell is a gap)."""
+  cells = [label for label, _ in study.cells]
+  runs = list(dict.fromkeys(s['run'] for s in summary))
+  by_key = {(s['cell'], s['run']): s['top1_mean'] for s in summary}
+  lines = {run: [by_key.get((c, run), float('nan')) for c in cells] for run in runs}
+  return [(f'top-1 % vs {study.axis}', lines)]
+
+
+def write_report(directory: str, name: str, study: Study, rows, meta) -> dict[str, Any]:
+  summary = summarize(rows)
+  report = {'study': name, 'doc': study.doc, 'axis': study.axis,
+            'cells': [label for label, _ in study.cells], 'meta': meta, 'summary': summary,
+            'rows': rows}
+  atomic.write_json(os.path.join(directory, 'study.json'), report)
+  atomic.write_text(os.path.join(directory, 'study.md'), _markdown(name, study, summary, meta))
+  if summary:
+    caption = f'{name}: x = ' + ', '.join(f'{i + 1} {c}' for i, c in enumerate(report['cells']))
+    curves.write_png(os.path.join(directory, 'study.png'), _panels(study, summary),
+                     x_label=study.axis, columns=1, caption=caption[:160])
+  return report
+
+
+def _log(msg: str) -> None:
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  logging.info(msg)
+  print(msg, flush=True)
+
+
+def run(config, workdir: str, log: Log = _log, run_pipeline=None) -> dict[str, Any]:
+  """Every (cell, seed) of `config.study.name`; returns the report (also written to disk).
+  `run_pipeline(config, workdir, log)` is the pipeline mode (replaceable in tests)."""
+  if run_pipeline is None:
+    from ouromamba_jax.stages import pipeline  # pylint: disable=g-import-not-at-top
+    run_pipeline = pipeline.run
+  name, seeds = str(config.study.name), int(config.study.seeds)
+  study = study_named(name)
+  if seeds < 1:
+    raise ValueError(f'study.seeds={seeds}: give at least 1 (3 for a spread).')
+  cells = [(label, cell_config(config, study, overrides, config.seed + s))
+           for label, overrides in study.cells for s in range(seeds)]  # all checked up front
+  directory = os.path.join(workdir, STUDY_SUBDIR, name)
+  os.makedirs(directory, exist_ok=True)
+  meta = {'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+          'seeds': seeds, 'base_seed': int(config.seed), 'model': config.model.name,
+          'checkpoint': config.model.checkpoint,
+          'settings': f'gen {config.gen.num_images} images x {config.gen.iterations} steps, '
+                      f'{config.quant.calib_images} calibration images, {config.quant.epochs} '
+                      f'epochs, eval {config.data.eval_images or "all"} images'
+                      f'{", pipeline.full" if config.pipeline.full else ""}'}
+  rows: list[dict[str, Any]] = []
+  report = None
+  for i, (label, cfg) in enumerate(cells):
+    seed_index = i % seeds
+    log(f'[study {name}] cell {label} seed {cfg.seed} ({i + 1}/{len(cells)})')
+    out = run_pipeline(cfg, os.path.join(directory, _slug(label), f'seed{seed_index}'), log)
+    fp_top1 = (out.get('fp') or {}).get('top1')
+    rows += [{'cell': label, 'seed': int(cfg.seed), 'fp_top1': fp_top1, **r}
+             for r in out['runs']]
+    report = write_report(directory, name, study, rows, meta)
+  log(f'[study {name}] done: {os.path.join(directory, "study.md")}')
+  return report

@@ -1,0 +1,90 @@
+"""Mode `study`: cells and seeds become pipeline configs; rows aggregate to mean ± std; the
+report files are written after every cell. The pipeline itself is replaced by a recorder (its
+own tests run it); `preflight` checks every cell of every study on the testbed config."""
+import json
+import math
+import os
+
+import pytest
+
+from configs import vim_t_cifar10
+from ouromamba_jax.stages import preflight
+from ouromamba_jax.stages import study as study_stage
+
+
+def _config(name, seeds=2):
+  config = vim_t_cifar10.get_config()
+  config.mode = 'study'
+  config.model.checkpoint = 'bundled'
+  config.study.name = name
+  config.study.seeds = seeds
+  config.seed = 10
+  return config
+
+
+def _fake_pipeline(calls):
+  """Records each call's config; top-1 depends on the cell's k and the seed, FP is fixed."""
+  def run(cfg, workdir, log):
+    del log
+    calls.append((cfg, workdir))
+    rows = [{'name': f'ouromamba_{p}_{s}', 'method': 'ouromamba', 'preset': p,
+             'calib_source': s, 'top1': 0.5 + 0.01 * cfg.quant.k + 0.001 * (cfg.seed - 10)}
+            for p, s in (r.split(':')[1:] for r in cfg.pipeline.runs.split(','))]
+    return {'fp': {'top1': 0.8}, 'runs': rows}
+  return run
+
+
+def test_study_runs_every_cell_and_seed_and_reports_mean_and_spread(tmp_path):
+  calls, logs = [], []
+  report = study_stage.run(_config('k'), str(tmp_path), log=logs.append,
+                           run_pipeline=_fake_pipeline(calls))
+  # 4 values of k x 2 seeds, each its own pipeline workdir, mode pipeline, the study's runs
+  assert len(calls) == 8
+  assert [(c.quant.k, c.seed) for c, _ in calls] == [
+      (k, s) for k in (2.0, 3.0, 4.0, 5.0) for s in (10, 11)]
+  assert all(c.mode == 'pipeline' and c.pipeline.runs == 'ouromamba:w4a4:gen' for c, _ in calls)
+  assert len({w for _, w in calls}) == 8
+  assert calls[1][1].endswith(os.path.join('study', 'k', 'k=2.0', 'seed1'))
+  summary = report['summary']
+  assert [s['cell'] for s in summary] == ['k=2.0', 'k=3.0', 'k=4.0', 'k=5.0']
+  first = summary[0]
+  # seeds 10, 11: 100 * (0.52, 0.521) -> mean 52.05, sample std 0.0707
+  assert first['seeds'] == 2 and math.isclose(first['top1_mean'], 52.05)
+  assert math.isclose(first['top1_std'], 0.1 / math.sqrt(2), rel_tol=1e-9)
+  assert math.isclose(first['fp_top1_mean'], 80.0)
+  directory = tmp_path / 'study' / 'k'
+  on_disk = json.loads((directory / 'study.json').read_text())
+  assert on_disk['summary'] == summary and len(on_disk['rows']) == 8
+  md = (directory / 'study.md').read_text()
+  assert '| k=2.0 | ouromamba_w4a4_gen | 52.05 ± 0.07 | 2 | 80.00 |' in md
+  assert (directory / 'study.png').stat().st_size > 0
+  assert 'done' in logs[-1]
+
+
+def test_cells_with_their_own_runs_and_n_refresh_l():
+  config = _config('gen_loss', seeds=1)
+  spec = study_stage.study_named('gen_loss')
+  cells = {label: study_stage.cell_config(config, spec, o, 0) for label, o in spec.cells}
+  assert cells['lo'].gen.contrastive_weight == 0.0 and cells['lc+lo'].gen.contrastive_weight == 1
+  assert cells['pse+lo'].gen.pse_weight == 1.0
+  assert cells['noise'].pipeline.runs == 'ouromamba:w4a4:noise,ouromamba:w4a8:noise'
+  assert cells['lc'].pipeline.runs == 'ouromamba:w4a4:gen,ouromamba:w4a8:gen'
+  spec = study_stage.study_named('n_refresh')
+  last = study_stage.cell_config(_config('n_refresh'), spec, spec.cells[-1][1], 0)
+  assert last.quant.n_refresh == 65           # L: the testbed's 64 patches + the class token
+  assert config.gen.contrastive_weight == 1.0  # the base config is not touched
+
+
+@pytest.mark.parametrize('name', sorted(study_stage.STUDIES))
+def test_preflight_accepts_every_cell_of_every_study(name):
+  preflight.check(_config(name))
+
+
+def test_bad_study_settings_are_one_line_errors():
+  with pytest.raises(ValueError, match=r"study.name='fig9' is not a study; choose one of"):
+    preflight.check(_config('fig9'))
+  with pytest.raises(ValueError, match='study.seeds=0'):
+    study_stage.run(_config('k', seeds=0), '/nonexistent', run_pipeline=_fake_pipeline([]))
+  spec = study_stage.Study('bad', 'x', (('c', {'quant.no_such_field': 1}),))
+  with pytest.raises(ValueError, match="override 'quant.no_such_field'"):
+    study_stage.cell_config(_config('k'), spec, spec.cells[0][1], 0)
