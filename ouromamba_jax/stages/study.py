@@ -188,8 +188,7 @@ def write_report(directory: str, name: str, study: Study, rows, meta) -> dict[st
 
 def _log(msg: str) -> None:
   from absl import logging  # pylint: disable=g-import-not-at-top
-  logging.info(msg)
-  print(msg, flush=True)
+  logging.info('%s', msg)
 
 
 def run(config, workdir: str, log: Log = _log, run_pipeline=None) -> dict[str, Any]:
