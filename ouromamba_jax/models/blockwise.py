@@ -26,13 +26,13 @@ from ouromamba_jax.models import vim
 from ouromamba_jax.models import vmamba
 
 
-@functools.lru_cache(maxsize=None)
 def supports(model) -> bool:
   """Whether the model runs block by block here (Vim, VMamba); others (MambaVision's hybrid
   stages) are calibrated in one float pass (DEVIATIONS.md)."""
   return isinstance(model, (vim.VisionMamba, vmamba.VMamba))
 
 
+@functools.lru_cache(maxsize=None)
 def block_module(model: vim.VisionMamba) -> vim.Block:
   """The model's Block (cached per model config, so jitted functions keyed on it are reused)."""
   return model.block()
