@@ -125,15 +125,18 @@ def generation_model(model, spec: GenSpec):
   spec.scan_implementation: '' keeps the model's scan; a name overrides it for Gen only (with
   the hook, every state is returned, so the fused Triton kernel falls back to the XLA scan).
   """
-  if _family(model) is not None:
-    return _family(model).generation_model(model, spec, feature_losses(spec))
   fields = {'remat': spec.remat}
   if spec.scan_implementation:
     fields['scan_implementation'] = spec.scan_implementation
   if spec.uses_states:
-    fields['state_feature_fn'] = make_state_feature_fn(spec, model.cls_index, model.grid_size)
-    fields['state_layout'] = STATES_LAYOUT
-    fields['state_order'] = 'scan'
+    family = _family(model)
+    if family is not None:    # the family's hook on the blocks that fit (`family.loss_blocks`)
+      fields['state_feature_fn'] = family.make_feature_fn(spec, feature_losses(spec))
+      fields['state_blocks'] = family.loss_blocks(model, spec)
+    else:
+      fields['state_feature_fn'] = make_state_feature_fn(spec, model.cls_index, model.grid_size)
+      fields['state_layout'] = STATES_LAYOUT
+      fields['state_order'] = 'scan'
   return model.clone(**fields)
 
 

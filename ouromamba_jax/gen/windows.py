@@ -28,10 +28,6 @@ picks mixers by their index in `mixer_blocks()`. The output loss is Vim's, on th
 """
 from __future__ import annotations
 
-from typing import Any
-
-import jax.numpy as jnp
-
 from ouromamba_jax.gen import patched_state
 
 
@@ -73,7 +69,7 @@ def loss_blocks(model, spec) -> tuple[int, ...]:
   return blocks
 
 
-def make_window_feature_fn(spec, state_losses):
+def make_feature_fn(spec, state_losses):
   """The mixer hook: one block's per-window (states, Δ, C) -> {'contrastive', 'pse'} per image
   (B,), over all of the image's windows. `state_losses` maps patch features (B', P, F) to that
   dict per row."""
@@ -84,17 +80,6 @@ def make_window_feature_fn(spec, state_losses):
         feature=spec.feature, weight_groups=windows)
     return state_losses(feats.reshape(feats.shape[0] // windows, -1, feats.shape[-1]))
   return hook
-
-
-def generation_model(model, spec, state_losses):
-  """The MambaVision with the hook on the loss mixers (fields as `objective.generation_model`)."""
-  fields: dict[str, Any] = {'remat': spec.remat}
-  if spec.scan_implementation:
-    fields['scan_implementation'] = spec.scan_implementation
-  if spec.uses_states:
-    fields['state_feature_fn'] = make_window_feature_fn(spec, state_losses)
-    fields['state_blocks'] = loss_blocks(model, spec)
-  return model.clone(**fields)
 
 
 def block_values(model, intermediates, block: int, name: str):

@@ -10,8 +10,7 @@ import pytest
 from ouromamba_jax.gen import generator, objective, patched_state, windows
 from ouromamba_jax.gen.spec import GenSpec
 from ouromamba_jax.models import build_model
-from ouromamba_jax.models import mambavision
-from tests.gen.conftest import tiny_gen_spec
+from tests.gen.conftest import check_state_losses, tiny_gen_spec
 
 SPEC = GenSpec(num_positives=4, neighbourhood=3, pse_weight=0.5)
 
@@ -93,23 +92,7 @@ def test_window_features_match_a_brute_force_neighbourhood():
 
 def test_loss_is_finite_and_reaches_the_pixels(tiny):
   model, params = tiny
-  objective.check_objective(SPEC, model)
-  gen_model = objective.generation_model(model, SPEC)
-  images = jax.random.normal(jax.random.key(1), (2, 16, 16, 3))
-  labels = jnp.array([1, 3])
-
-  def contrastive(x):
-    out = objective.per_image_losses(gen_model, params, x, labels, SPEC)
-    return jnp.sum(out['contrastive']), out
-
-  (_, out), grad = jax.jit(jax.value_and_grad(contrastive, has_aux=True))(images)
-  for term, value in out.items():
-    assert value.shape == (2,) and np.all(np.isfinite(value)), term
-  assert np.all(out['contrastive'] > 0)
-  np.testing.assert_allclose(out['total'], out['contrastive'] + 0.5 * out['pse'] + out['output'],
-                             rtol=1e-6)
-  assert np.all(np.isfinite(grad))
-  assert np.all(np.abs(np.asarray(grad)).reshape(2, -1).max(axis=1) > 0)
+  check_state_losses(model, params, SPEC, jax.random.normal(jax.random.key(1), (2, 16, 16, 3)))
 
 
 def test_unwhole_windows_are_refused(tiny):
