@@ -10,8 +10,8 @@ No trained checkpoint is bundled yet (issue 21 item 5), so the pipeline asks for
 Training uses the Vim/VMamba testbed recipe (`train.recipe`; its BatchNorms train on batch
 statistics and keep torch's running statistics). The same demo-sized sections as
 configs/vim_t_cifar10.py. MambaVision quantization has no block-wise reconstruction (every site
-keeps its initial lp-searched scales, as VMamba; DEVIATIONS.md) and Gen is not adapted to it
-yet, so the pipeline's Gen-sourced runs are Vim-only for now.
+keeps its initial lp-searched scales; DEVIATIONS.md). Gen runs on its stage-3 mixers
+(`gen.windows`: stage 4's 4x4 window is smaller than the 5x5 neighbourhood).
 """
 from configs import common
 

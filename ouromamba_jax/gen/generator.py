@@ -143,7 +143,7 @@ def check_spec(spec: GenSpec, model) -> None:
 
 def generate(model, params, spec: GenSpec, seed: int = 0, *, store: Optional[GroupStore] = None,
              on_step: Optional[Callable[[int], None]] = None) -> GenResult:
-  """Synthesises spec.num_images images for `model` (a VisionMamba or VMamba) with FP `params`.
+  """Synthesises spec.num_images images for `model` (a VisionMamba, VMamba or MambaVision) with FP `params`.
 
   `seed` sets the balanced random targets and every image's noise and augmentation. With a
   `store`, finished groups are kept and the group in progress is checkpointed every

@@ -3,8 +3,9 @@
 The state losses are computed *inside* the model's `state_feature_fn` hook, per block and scan
 direction, and only their per-image values (B,) are sown into 'intermediates'. So the
 (B, L, Di, N) states of a block are never kept beyond that block, and with `remat` they are
-recomputed in the backward pass instead of being stored for all blocks. Vim and VMamba differ
-only in the hook's inputs and where it sows (VMamba's SS2D: `gen.ss2d`).
+recomputed in the backward pass instead of being stored for all blocks. The model families
+differ only in the hook's inputs and where it sows (VMamba's SS2D: `gen.ss2d`; MambaVision's
+windowed mixers: `gen.windows`).
 """
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from kernels_pallas.patched_readout import api as readout_api
 from ouromamba_jax.gen import losses
 from ouromamba_jax.gen import patched_state
 from ouromamba_jax.gen import ss2d
+from ouromamba_jax.gen import windows
 from ouromamba_jax.gen.spec import GenSpec
+from ouromamba_jax.models.mambavision import MambaVision
 from ouromamba_jax.models.vmamba import VMamba
 
 LOSS_NAMES = ('total', 'contrastive', 'pse', 'output')
@@ -26,6 +29,16 @@ LOSS_NAMES = ('total', 'contrastive', 'pse', 'output')
 # they are, forward and backward; the XLA readout flips and transposes them to (B, L, D, N) in
 # token order itself (and its gradient back).
 STATES_LAYOUT = 'blnd'
+
+
+def _family(model):
+  """The Gen module of a model without a class token (its hook, blocks and where it sows), or
+  None for Vim (handled here)."""
+  if isinstance(model, VMamba):
+    return ss2d
+  if isinstance(model, MambaVision):
+    return windows
+  return None
 
 
 def check_objective(spec: GenSpec, model) -> None:
@@ -61,12 +74,14 @@ def check_objective(spec: GenSpec, model) -> None:
                      'gen.output_weight); enable at least one loss.')
   if spec.contrastive_weight and spec.num_positives < 1:
     raise ValueError(f'gen.num_positives must be >= 1, got {spec.num_positives}')
-  if isinstance(model, VMamba):
+  family = _family(model)
+  if family is not None:
     if spec.uses_states:
       if spec.readout_implementation == 'triton':
         raise ValueError("gen.readout_implementation='triton' is Vim's kernel (it expects a "
-                         "class token); VMamba's features run in XLA: set it to '' or 'xla'.")
-      ss2d.loss_blocks(model, spec)        # raises when no (chosen) block fits
+                         f"class token); {type(model).__name__}'s features run in XLA: set it "
+                         "to '' or 'xla'.")
+      family.loss_blocks(model, spec)      # raises when no (chosen) block fits
     return
   if spec.contrastive_weight and not spec.num_positives <= model.num_patches - 2:
     raise ValueError(f'gen.num_positives={spec.num_positives} must be in [1, num_patches - 2 = '
@@ -110,23 +125,26 @@ def generation_model(model, spec: GenSpec):
   spec.scan_implementation: '' keeps the model's scan; a name overrides it for Gen only (with
   the hook, every state is returned, so the fused Triton kernel falls back to the XLA scan).
   """
-  if isinstance(model, VMamba):
-    return ss2d.generation_model(model, spec, feature_losses(spec))
   fields = {'remat': spec.remat}
   if spec.scan_implementation:
     fields['scan_implementation'] = spec.scan_implementation
   if spec.uses_states:
-    fields['state_feature_fn'] = make_state_feature_fn(spec, model.cls_index, model.grid_size)
-    fields['state_layout'] = STATES_LAYOUT
-    fields['state_order'] = 'scan'
+    family = _family(model)
+    if family is not None:    # the family's hook on the blocks that fit (`family.loss_blocks`)
+      fields['state_feature_fn'] = family.make_feature_fn(spec, feature_losses(spec))
+      fields['state_blocks'] = family.loss_blocks(model, spec)
+    else:
+      fields['state_feature_fn'] = make_state_feature_fn(spec, model.cls_index, model.grid_size)
+      fields['state_layout'] = STATES_LAYOUT
+      fields['state_order'] = 'scan'
   return model.clone(**fields)
 
 
 def _block_values(model, intermediates: dict[str, Any], block: int, name: str) -> jax.Array:
   """One block's per-image `name` loss: Vim's mean over its two scan directions (VMamba's
-  hook already averaged its four)."""
-  if isinstance(model, VMamba):
-    return ss2d.block_values(model, intermediates, block, name)
+  hook already averaged its four; a MambaVision mixer scans one)."""
+  if _family(model) is not None:
+    return _family(model).block_values(model, intermediates, block, name)
   mixer = intermediates[f'layers_{block}']['mixer']
   values = [mixer[f'state_features_{d}'][0][name] for d in ('forward', 'backward')]
   return (values[0] + values[1]) / 2
@@ -143,7 +161,7 @@ def per_image_losses(gen_model, params, images, labels, spec: GenSpec) -> dict[s
   else:
     logits, inter = gen_model.apply({'params': params}, images), None
   zeros = jnp.zeros(images.shape[:1], jnp.float32)
-  blocks = (gen_model.state_blocks if isinstance(gen_model, VMamba)
+  blocks = (gen_model.state_blocks if _family(gen_model) is not None
             else spec.blocks(gen_model.depth))
   value = lambda b, name: _block_values(gen_model, inter, b, name)
   out = {'contrastive': zeros, 'pse': zeros}

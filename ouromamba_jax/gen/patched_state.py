@@ -110,12 +110,15 @@ def patch_features(states: jax.Array, delta: jax.Array, c_mat: jax.Array, *, cls
 def grid_patch_features(states: jax.Array, delta: jax.Array, c_mat: jax.Array, *,
                         grid_size: tuple[int, int], neighbourhood: int = 5,
                         weighting: str = 'delta', normalization: str = 'minmax',
-                        feature: str = 'readout') -> jax.Array:
-  """The same features for a model without a class token (VMamba): every token is a patch.
+                        feature: str = 'readout', weight_groups: int = 1) -> jax.Array:
+  """The same features for a model without a class token (VMamba, MambaVision): every token is
+  a patch.
 
   states (B, P, Di, N), delta (B, P, Di) after softplus, c_mat (B, P, N), all in row-major grid
   order (P = H*W) -> 'readout' (B, P, Di) or 'state' (B, P, Di·N). XLA only: the Pallas
-  readout expects Vim's class token, and VMamba's states (N = 1) are small.
+  readout expects Vim's class token, and these states are small. `weight_groups`: that many
+  consecutive rows (MambaVision's windows of one image) share one normalisation of the Δ
+  weights; each row's grid is still summed on its own.
   """
   if feature not in FEATURES:
     raise ValueError(f'feature must be one of {FEATURES}, got {feature!r}')
@@ -123,7 +126,8 @@ def grid_patch_features(states: jax.Array, delta: jax.Array, c_mat: jax.Array, *
   if p != grid_size[0] * grid_size[1]:
     raise ValueError(f'{p} tokens do not fill a {grid_size[0]}x{grid_size[1]} grid; pass the '
                      "grid of the states' stage.")
-  w = token_weights(delta, weighting, normalization)
+  w = token_weights(delta.reshape(b // weight_groups, weight_groups * p, -1), weighting,
+                    normalization).reshape(b, p)
   weighted = states.astype(jnp.float32) * w[:, :, None, None]
   hp = readout_ref.box_sum(weighted.reshape((b,) + tuple(grid_size) + states.shape[2:]),
                            neighbourhood).reshape(states.shape)

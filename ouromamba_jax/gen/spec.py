@@ -44,7 +44,8 @@ class GenSpec:
   temperature: float = field(0.1, 'InfoNCE temperature [ours]')
   loss_blocks: tuple[int, ...] = field(
       (), 'blocks feeding L_C / L_PSE; () = all (L_C averaged, L_PSE summed); VMamba: flat '
-      'indices over the stages, () = every block whose grid fits the window (gen.ss2d)')
+      'indices over the stages, () = every block whose grid fits the window (gen.ss2d); '
+      'MambaVision: indices into mixer_blocks(), () = every mixer that fits (gen.windows)')
   # Output loss L_O
   output_loss: str = field('mae', 'mae: Σ_c |softmax - onehot| (paper: "MAE") | ce')
   output_weight: float = field(1.0, 'λ in L = L_C + λ·L_O')

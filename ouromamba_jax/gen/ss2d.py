@@ -21,8 +21,6 @@ stages (56, 28, 14, 7); on the 32x32 testbed only stage 0 (8 x 8; stages 1-2 are
 """
 from __future__ import annotations
 
-from typing import Any
-
 import jax.numpy as jnp
 
 from ouromamba_jax.gen import patched_state
@@ -68,7 +66,7 @@ def loss_blocks(model, spec) -> tuple[int, ...]:
   return blocks
 
 
-def make_grid_feature_fn(spec, state_losses):
+def make_feature_fn(spec, state_losses):
   """The SS2D hook: the four directions' grid-ordered (states, Δ, C) -> {'contrastive', 'pse'}
   per image (B,), each the mean over the directions. `state_losses` maps patch features
   (B', P, F) to that dict per row."""
@@ -81,17 +79,6 @@ def make_grid_feature_fn(spec, state_losses):
         normalization=spec.delta_normalization, feature=spec.feature)
     return {name: jnp.mean(v.reshape(b, k), axis=1) for name, v in state_losses(feats).items()}
   return hook
-
-
-def generation_model(model, spec, state_losses):
-  """The VMamba with the hook on the loss blocks (fields as `objective.generation_model`)."""
-  fields: dict[str, Any] = {'remat': spec.remat}
-  if spec.scan_implementation:
-    fields['scan_implementation'] = spec.scan_implementation
-  if spec.uses_states:
-    fields['state_feature_fn'] = make_grid_feature_fn(spec, state_losses)
-    fields['state_blocks'] = loss_blocks(model, spec)
-  return model.clone(**fields)
 
 
 def block_values(model, intermediates, block: int, name: str):

@@ -27,19 +27,17 @@ NHWC throughout; param names follow the official ones (`levels_2/blocks_3/mixer/
 `levels.2.blocks.3.mixer.in_proj`; `patch_embed/conv_down_0` is `patch_embed.conv_down.0`),
 mapped by `ouromamba_jax.io.mambavision_keys`.
 
-Gen on MambaVision (issue 21 item 3, not implemented yet; a proposal): the mixer scans one
-direction over a window's row-major tokens, so its states (B*windows, ws*ws, Di/2, N) reshape
-back onto the window's ws x ws grid exactly as Vim's forward-direction states onto its patch
-grid (no class token to skip); `window_reverse` puts them on the stage grid. At 224 each hybrid
-stage is one window (14x14, 7x7), so the Δ-weighted p x p neighbourhood of Vim's patch
-contrastive loss applies per stage on that grid, averaged over the mixer blocks of stages 3-4
-(the attention blocks have no states). Zero-padded window cells (grids that are not whole
-windows) would be masked out of anchors and negatives. The output loss is Vim's, on the logits.
+Gen on MambaVision (issue 21 item 3): with a `state_feature_fn`, the hooked mixers
+(`state_blocks`: indices into `mixer_blocks()`, the SSM blocks of stages 3-4) also return their
+scan's states; the hook gets them per window, (B*nW, ws*ws, Di/2, N) with Δ (after softplus)
+and C, in the window's row-major token order (the order the mixer scans), plus
+grid_size=(ws, ws) and windows=nW, and what it returns is sown as the mixer's 'state_features'.
+The loss itself is `ouromamba_jax.gen.windows` (DEVIATIONS.md).
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -54,6 +52,12 @@ from ouromamba_jax.models.vmamba import Mlp
 from ouromamba_jax.models.vmamba import conv2d
 
 HYBRID_STAGES = (2, 3)   # the stages built of mixer/attention blocks (the others are conv)
+
+# Called per hooked mixer with (states (B*nW, P, Di, N) fp32, delta (B*nW, P, Di) after softplus,
+# C (B*nW, P, N)), each window's P = ws*ws tokens in row-major order, the windows of an image
+# consecutive (`window_partition`), and grid_size=(ws, ws), windows=nW; whatever it returns is
+# sown into 'intermediates' as the mixer's 'state_features'.
+WindowStateFn = Callable[..., Any]
 
 
 def attention_blocks(depth: int) -> range:
@@ -158,6 +162,8 @@ class MambaVisionMixer(nn.Module):
   dtype: Any = jnp.float32
   scan_implementation: Optional[str] = None
   quant_implementation: Optional[str] = None  # integer-mode kernels of quantized Linears
+  state_feature_fn: Optional[WindowStateFn] = None
+  windows: int = 1                        # windows per image (the hook's `windows`)
 
   @nn.compact
   def __call__(self, hidden):
@@ -188,10 +194,18 @@ class MambaVisionMixer(nn.Module):
     delta = site(dt.astype(jnp.float32) + dt_bias.astype(jnp.float32), 'delta')
     a_log = layers.read_param(self, 'A_log', a_log_init, (half, n))
     d_skip = layers.read_param(self, 'D', nn.initializers.ones, (half,))
+    hook = self.state_feature_fn
+    a_mat, b_mat = site(-jnp.exp(a_log.astype(jnp.float32)), 'A'), site(b_mat, 'B')
+    c_mat, d_skip = site(c_mat, 'C'), site(d_skip.astype(jnp.float32), 'D')
     y = scan_api.selective_scan(
-        x, delta, site(-jnp.exp(a_log.astype(jnp.float32)), 'A'), site(b_mat, 'B'),
-        site(c_mat, 'C'), site(d_skip.astype(jnp.float32), 'D'), None, None,
-        delta_softplus=True, implementation=self.scan_implementation)
+        x, delta, a_mat, b_mat, c_mat, d_skip, None, None, delta_softplus=True,
+        implementation=self.scan_implementation, return_states=hook is not None)
+    if hook is not None:
+      y, states = y
+      ws = math.isqrt(hidden.shape[1])
+      self.sow('intermediates', 'state_features',
+               hook(states, jax.nn.softplus(delta), c_mat.astype(jnp.float32),
+                    grid_size=(ws, ws), windows=self.windows))
     y = jnp.concatenate([y.astype(self.dtype), z.astype(self.dtype)], axis=-1)
     return linear(self.d_model, 'out_proj')(y)
 
@@ -234,6 +248,8 @@ class Block(nn.Module):
   dtype: Any = jnp.float32
   scan_implementation: Optional[str] = None
   quant_implementation: Optional[str] = None  # integer-mode kernels of quantized Linears
+  state_feature_fn: Optional[WindowStateFn] = None   # the mixer's Gen hook (SSM blocks only)
+  windows: int = 1
 
   @nn.compact
   def __call__(self, x):
@@ -243,7 +259,9 @@ class Block(nn.Module):
     else:
       mixer = MambaVisionMixer(self.dim, self.d_state, self.d_conv, self.expand, None,
                                self.dtype, self.scan_implementation,
-                               quant_implementation=self.quant_implementation, name='mixer')
+                               quant_implementation=self.quant_implementation,
+                               state_feature_fn=self.state_feature_fn, windows=self.windows,
+                               name='mixer')
     mlp = Mlp(int(self.dim * self.mlp_ratio), self.dtype,
               quant_implementation=self.quant_implementation, name='mlp')
     x = x + self._scale('gamma_1', mixer(LayerNorm(name='norm1')(x)))
@@ -284,6 +302,9 @@ class Level(nn.Module):
   dtype: Any = jnp.float32
   scan_implementation: Optional[str] = None
   quant_implementation: Optional[str] = None  # integer-mode kernels of quantized Linears
+  state_feature_fn: Optional[WindowStateFn] = None
+  hooked_blocks: tuple[int, ...] = ()     # the mixer blocks (of this stage) given the hook
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x):
@@ -303,11 +324,17 @@ class Level(nn.Module):
     pad_h, pad_w = -h % ws, -w % ws
     tokens = window_partition(jnp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0))), ws)
     attention = set(attention_blocks(self.depth))
+    if self.hooked_blocks and (pad_h or pad_w):
+      raise ValueError(f'Gen on MambaVision needs whole windows: a {h}x{w} grid is not a multiple '
+                       f'of window_size {ws} (zero-padded cells would join the neighbourhoods).')
+    windows = (h // ws) * (w // ws)
+    block_cls = nn.remat(Block) if self.remat else Block
     for j in range(self.depth):
-      tokens = Block(self.dim, self.num_heads, j in attention, self.mlp_ratio, self.qkv_bias,
+      hook = self.state_feature_fn if j in self.hooked_blocks else None
+      tokens = block_cls(self.dim, self.num_heads, j in attention, self.mlp_ratio, self.qkv_bias,
                      self.layer_scale, self.d_state, self.d_conv, self.expand, self.dtype,
                      self.scan_implementation, quant_implementation=self.quant_implementation,
-                     name=f'blocks_{j}')(tokens)
+                     state_feature_fn=hook, windows=windows, name=f'blocks_{j}')(tokens)
     return window_reverse(tokens, ws, h + pad_h, w + pad_w)[:, :h, :w]
 
 
@@ -333,6 +360,27 @@ class MambaVision(nn.Module):
   dtype: Any = jnp.float32
   scan_implementation: Optional[str] = None
   quant_implementation: Optional[str] = None  # integer-mode kernels of quantized Linears
+  # Gen: the hook (see WindowStateFn) and the indices into `mixer_blocks()` of the mixers that
+  # call it (None = every mixer).
+  state_feature_fn: Optional[WindowStateFn] = None
+  state_blocks: Optional[tuple[int, ...]] = None
+  remat: bool = False                     # recompute each block in the backward pass (Gen)
+
+  def mixer_blocks(self) -> list[tuple[int, int]]:
+    """(stage, block in stage) of every SSM mixer block (stages 3-4; Gen's block index)."""
+    return [(i, j) for i in HYBRID_STAGES for j in range(self.depths[i])
+            if j not in attention_blocks(self.depths[i])]
+
+  def stage_grids(self) -> tuple[tuple[int, int], ...]:
+    """The token grid (H, W) of each stage at img_size: the stem's two 3x3 p1 convs, then a
+    stride-2 3x3 p1 conv (ceil halving) per downsample."""
+    halve = lambda n, stride: (n - 1) // stride + 1
+    side = halve(halve(self.img_size, self.stem_strides[0]), self.stem_strides[1])
+    grids = []
+    for _ in self.depths:
+      grids.append((side, side))
+      side = halve(side, 2)
+    return tuple(grids)
 
   @nn.compact
   def __call__(self, images):
@@ -345,12 +393,18 @@ class MambaVision(nn.Module):
                        f'{self.window_size}')
     x = PatchEmbed(self.in_dim, self.dim, self.stem_strides, self.train_batch_norm, self.dtype,
                    name='patch_embed')(images.astype(self.dtype))
+    mixers = self.mixer_blocks()
     for i, depth in enumerate(self.depths):
+      hooked = tuple(j for m, (stage, j) in enumerate(mixers) if stage == i and (
+          self.state_blocks is None or m in self.state_blocks))
       x = Level(self.dim * 2 ** i, depth, i in HYBRID_STAGES, i < 3, self.num_heads[i],
                 self.window_size[i], self.mlp_ratio, self.qkv_bias, self.layer_scale,
                 self.layer_scale_conv, self.d_state, self.d_conv, self.expand,
                 self.train_batch_norm, self.dtype, self.scan_implementation,
-                quant_implementation=self.quant_implementation, name=f'levels_{i}')(x)
+                quant_implementation=self.quant_implementation,
+                state_feature_fn=self.state_feature_fn,
+                hooked_blocks=hooked if self.state_feature_fn is not None else (),
+                remat=self.remat, name=f'levels_{i}')(x)
     x = BatchNorm(use_batch_stats=self.train_batch_norm, name='norm')(x)
     pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     head = layers.Linear(self.num_classes, use_bias=True, dtype=jnp.float32,

@@ -1,7 +1,10 @@
 """Shared tiny-model fixtures for the Gen tests (a 2-block Vim on a 4x4 patch grid)."""
 import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
+from ouromamba_jax.gen import objective
 from ouromamba_jax.gen.spec import GenSpec
 from ouromamba_jax.models import build_model
 
@@ -29,3 +32,24 @@ def tiny_gen_spec(**overrides) -> GenSpec:
                 std=IMAGENET_STD)
   fields.update(overrides)
   return GenSpec(**fields)
+
+
+def check_state_losses(model, params, spec, images):
+  """The hooked objective on `images` (2 of them): every term finite per image, L_C > 0, the
+  total their weighted sum (pse_weight 0.5), and L_C's gradient reaching every image's pixels."""
+  objective.check_objective(spec, model)
+  gen_model = objective.generation_model(model, spec)
+  labels = jnp.array([1, 3])
+
+  def contrastive(x):
+    out = objective.per_image_losses(gen_model, params, x, labels, spec)
+    return jnp.sum(out['contrastive']), out
+
+  (_, out), grad = jax.jit(jax.value_and_grad(contrastive, has_aux=True))(images)
+  for term, value in out.items():
+    assert value.shape == (2,) and np.all(np.isfinite(value)), term
+  assert np.all(out['contrastive'] > 0)
+  np.testing.assert_allclose(out['total'], out['contrastive'] + 0.5 * out['pse'] + out['output'],
+                             rtol=1e-6)
+  assert np.all(np.isfinite(grad))
+  assert np.all(np.abs(np.asarray(grad)).reshape(2, -1).max(axis=1) > 0)

@@ -6,9 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ouromamba_jax.gen import objective, patched_state, ss2d
+from ouromamba_jax.gen import patched_state, ss2d
 from ouromamba_jax.gen.spec import GenSpec
 from ouromamba_jax.models import vmamba
+from tests.gen.conftest import check_state_losses
 
 SPEC = GenSpec(num_positives=4, neighbourhood=3, pse_weight=0.5)
 
@@ -101,20 +102,4 @@ def test_loss_blocks_are_the_blocks_whose_grid_fits(tiny):
 
 def test_loss_is_finite_and_reaches_the_pixels(tiny):
   model, params = tiny
-  objective.check_objective(SPEC, model)
-  gen_model = objective.generation_model(model, SPEC)
-  images = jax.random.normal(jax.random.key(1), (2, 16, 16, 3))
-  labels = jnp.array([1, 3])
-
-  def contrastive(x):
-    out = objective.per_image_losses(gen_model, params, x, labels, SPEC)
-    return jnp.sum(out['contrastive']), out
-
-  (_, out), grad = jax.jit(jax.value_and_grad(contrastive, has_aux=True))(images)
-  for term, value in out.items():
-    assert value.shape == (2,) and np.all(np.isfinite(value)), term
-  assert np.all(out['contrastive'] > 0)
-  np.testing.assert_allclose(out['total'], out['contrastive'] + 0.5 * out['pse'] + out['output'],
-                             rtol=1e-6)
-  assert np.all(np.isfinite(grad))
-  assert np.all(np.abs(np.asarray(grad)).reshape(2, -1).max(axis=1) > 0)
+  check_state_losses(model, params, SPEC, jax.random.normal(jax.random.key(1), (2, 16, 16, 3)))
