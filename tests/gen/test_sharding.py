@@ -8,7 +8,7 @@ _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 
 _SCRIPT = textwrap.dedent('''
     import dataclasses, sys
-    import jax, jax.numpy as jnp, numpy as np
+    import jax, jax.numpy as jnp, numpy as np, optax
     assert jax.device_count() == 2, jax.devices()
     from ouromamba_jax.gen import generator, objective, optimize
     from tests.gen.conftest import tiny_model, tiny_gen_spec
@@ -20,34 +20,35 @@ _SCRIPT = textwrap.dedent('''
     cfg = tiny_gen_spec(num_images=4, images_per_step=4, iterations=3,
                           delta_normalization='mean')
 
-    # The step keeps the image batch (and Adam moments) split over both devices.
-    mesh = optimize.data_mesh(0)
-    spec = cfg
+    # The step keeps the image batch (and Adam moments) split over both devices, and its
+    # losses and pixel gradients equal one device's (up to float rounding). The one-device step
+    # is the program generate(num_devices=1) below compiles, so it is compiled once.
     optimizer = optimize.build_optimizer(cfg)
-    step = optimize.make_step(objective.generation_model(model, spec), spec, optimizer,
-                              mesh)
-    keys = jax.device_put(optimize.image_keys(0, np.arange(4)), optimize.batch_sharding(mesh))
-    images = optimize.initial_images(keys, (32, 32, 3), 1.0)
-    state = optimize.shard_batch_tree(optimize.GroupState(images, optimizer.init(images)), mesh, 4)
-    labels = jax.device_put(jnp.arange(4), optimize.batch_sharding(mesh))
-    state, _ = step(jax.device_put(params, optimize.replicated(mesh)), state, labels, keys, 0)
-    shards = state.images.addressable_shards
-    assert len(shards) == 2 and {s.data.shape for s in shards} == {(2, 32, 32, 3)}, shards
-    assert state.images.sharding.spec == jax.sharding.PartitionSpec('data')
+    gen_model = objective.generation_model(model, cfg)
+    labels = jnp.arange(4)
 
-    # Same per-image losses and pixel gradients as on one device (up to float rounding).
-    def losses_and_grads(x, labels, p):
-      fn = lambda x: objective.per_image_losses(objective.generation_model(model, spec), p, x,
-                                                labels, spec)['total']
-      total, vjp = jax.vjp(fn, x)
-      return total, vjp(jnp.ones_like(total))[0]
-    run = jax.jit(losses_and_grads)
-    x = optimize.initial_images(optimize.image_keys(0, np.arange(4)), (32, 32, 3), 1.0)
-    one_total, one_grad = run(x, jnp.arange(4), params)
-    two_total, two_grad = run(jax.device_put(x, optimize.batch_sharding(mesh)), labels,
-                              jax.device_put(params, optimize.replicated(mesh)))
-    np.testing.assert_allclose(two_total, one_total, rtol=1e-5)
-    scale = float(jnp.abs(one_grad).max())
+    def one_step(mesh):
+      step = optimize.make_step(gen_model, cfg, optimizer, mesh)
+      keys = jax.device_put(optimize.image_keys(0, np.arange(4)), optimize.batch_sharding(mesh))
+      images = optimize.initial_images(keys, (32, 32, 3), 1.0)
+      state = optimize.shard_batch_tree(optimize.GroupState(images, optimizer.init(images)),
+                                        mesh, 4)
+      return step(jax.device_put(params, optimize.replicated(mesh)), state,
+                  jax.device_put(labels, optimize.batch_sharding(mesh)), keys, 0)
+
+    two_state, two_metrics = one_step(optimize.data_mesh(0))
+    shards = two_state.images.addressable_shards
+    assert len(shards) == 2 and {s.data.shape for s in shards} == {(2, 32, 32, 3)}, shards
+    assert two_state.images.sharding.spec == jax.sharding.PartitionSpec('data')
+    one_state, one_metrics = one_step(optimize.data_mesh(1))
+    assert len(one_state.images.sharding.device_set) == 1
+    for name in ('total', 'contrastive', 'pse', 'output'):   # the step's loss terms
+      np.testing.assert_allclose(two_metrics[name], one_metrics[name], rtol=1e-5, err_msg=name)
+    # Adam's first moment after step 0 is (1 - b1) * gradient: every pixel's gradient
+    one_grad, two_grad = (np.asarray(optax.tree_utils.tree_get(s.opt_state, 'mu'))
+                          for s in (one_state, two_state))
+    scale = float(np.abs(one_grad).max())
+    assert scale > 0
     np.testing.assert_allclose(two_grad, one_grad, rtol=1e-3, atol=1e-5 * scale)
 
     # A whole run on two devices gives the one-device loss curve and images.

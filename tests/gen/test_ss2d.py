@@ -9,6 +9,7 @@ import pytest
 from ouromamba_jax.gen import patched_state, ss2d
 from ouromamba_jax.gen.spec import GenSpec
 from ouromamba_jax.models import vmamba
+from tests import random_init
 from tests.gen.conftest import check_state_losses
 
 SPEC = GenSpec(num_positives=4, neighbourhood=3, pse_weight=0.5)
@@ -19,8 +20,7 @@ def tiny():
   """Two stages on 16x16 images: grids 4x4 and 2x2 (only stage 0 fits a 3x3 window + 6 patches)."""
   model = vmamba.VMamba(num_classes=5, img_size=16, dims=8, depths=(2, 1), ssm_ratio=2.0,
                         scan_implementation='xla')
-  params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))['params']
-  return model, params
+  return model, random_init.init_params(model, jnp.zeros((1, 16, 16, 3)))
 
 
 def test_directions_to_grid_inverts_cross_scan():

@@ -8,6 +8,7 @@ import pytest
 from ouromamba_jax import quant
 from ouromamba_jax.models.vmamba import VMamba
 from ouromamba_jax.quant import qtypes, rewrite, rules
+from tests import random_init
 from tests.quant import coarse
 
 OP_SITES = ('in_proj/kernel', 'in_proj/input_quantizer', 'out_proj/kernel',
@@ -22,9 +23,8 @@ BLOCKS = ('layers_0/blocks_0', 'layers_1/blocks_0')
 def tiny():
   model = VMamba(num_classes=5, img_size=16, dims=8, depths=(1, 1), ssm_ratio=2.0,
                  scan_implementation='xla')
-  images = jax.random.normal(jax.random.key(1), (4, 16, 16, 3))
-  params = jax.jit(model.init)(jax.random.key(0), images[:1])['params']
-  return model, params, images
+  images = jnp.asarray(random_init.normal(1, (4, 16, 16, 3)))
+  return model, random_init.init_params(model, images[:1]), images
 
 
 @pytest.fixture(scope='module')
