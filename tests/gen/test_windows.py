@@ -10,6 +10,7 @@ import pytest
 from ouromamba_jax.gen import generator, objective, patched_state, windows
 from ouromamba_jax.gen.spec import GenSpec
 from ouromamba_jax.models import build_model
+from tests import random_init
 from tests.gen.conftest import check_state_losses, tiny_gen_spec
 
 SPEC = GenSpec(num_positives=4, neighbourhood=3, pse_weight=0.5)
@@ -28,8 +29,7 @@ def tiny_mambavision(**overrides):
 @pytest.fixture(scope='module')
 def tiny():
   model = tiny_mambavision()
-  params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))['params']
-  return model, params
+  return model, random_init.init_params(model, jnp.zeros((1, 16, 16, 3)))
 
 
 def test_mixer_blocks_and_loss_blocks():

@@ -1,11 +1,13 @@
 """models.blockwise: the model's own pieces one block at a time; equal to model.apply, one
 block compiles."""
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from ouromamba_jax.models import blockwise
 from ouromamba_jax.models import build_model
+from tests import random_init
 
 
 @pytest.fixture(scope='module')
@@ -63,8 +65,8 @@ def test_vmamba_pieces_walk_every_stage_and_equal_model_apply():
   from ouromamba_jax.quant import rewrite
   model = VMamba(num_classes=5, img_size=16, dims=8, depths=(2, 1), ssm_ratio=2.0,
                  scan_implementation='xla')
-  images = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
-  params = jax.jit(model.init)(jax.random.key(1), images)['params']
+  images = jnp.asarray(random_init.normal(0, (2, 16, 16, 3)))
+  params = random_init.init_params(model, images, seed=1)
   pieces = blockwise.pieces(model)
   assert [(p.name, p.after_name) for p in pieces] == [
       ('layers_0/blocks_0', ''), ('layers_0/blocks_1', 'layers_0/downsample'),
