@@ -28,7 +28,9 @@ from ouromamba_jax.models.vmamba import VMamba
 
 BUNDLED_NAME = 'bundled'
 ASSETS_DIR = os.path.join(os.path.dirname(__file__), 'assets')
-BUNDLED = {'vim_t_cifar10': os.path.join(ASSETS_DIR, 'vim_t_cifar10.safetensors')}
+# The testbeds trained here on CIFAR-10 (model cards beside them in assets/).
+BUNDLED = {name: os.path.join(ASSETS_DIR, f'{name}.safetensors')
+           for name in ('vim_t_cifar10', 'vmamba_t_cifar10', 'mambavision_t_cifar10')}
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 # model name -> (Hugging Face repo, file): the official ImageNet checkpoints of these models.
 HUSTVL_CHECKPOINTS = {

@@ -16,7 +16,15 @@ from ouromamba_jax.io import safetensors_io
 from ouromamba_jax.models import build_model
 
 CIFAR_DIR = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'cifar10')
-CARD = os.path.join(checkpoints.ASSETS_DIR, 'vim_t_cifar10.json')
+# Each bundled testbed and one official key its file must hold under the family's names.
+TESTBED_KEYS = {'vim_t_cifar10': 'layers.0.mixer.A_b_log',
+                'vmamba_t_cifar10': 'layers.0.blocks.0.op.A_logs',
+                'mambavision_t_cifar10': 'levels.2.blocks.0.mixer.A_log'}
+
+
+def _card(name):
+  with open(os.path.join(checkpoints.ASSETS_DIR, f'{name}.json')) as f:
+    return json.load(f)
 
 
 class _DataDir:
@@ -29,11 +37,19 @@ def test_bundled_means_the_registered_variant_and_nothing_else():
     checkpoints.load_checkpoint('bundled', build_model('vim_t'))
 
 
-def test_bundled_file_is_small_bf16_under_hustvl_names():
-  path = checkpoints.BUNDLED['vim_t_cifar10']
+def test_every_testbed_is_bundled_with_its_card():
+  assert set(checkpoints.BUNDLED) == set(TESTBED_KEYS)
+  for name in TESTBED_KEYS:
+    assert _card(name)['file'] == os.path.basename(checkpoints.BUNDLED[name])
+    assert os.path.isfile(os.path.join(checkpoints.ASSETS_DIR, f'{name}.md'))
+
+
+@pytest.mark.parametrize('name', sorted(TESTBED_KEYS))
+def test_bundled_file_is_small_bf16_under_official_names(name):
+  path = checkpoints.BUNDLED[name]
   assert os.path.getsize(path) <= 16 * 2**20
   tensors = safetensors_io.read_safetensors(path)
-  assert 'layers.0.mixer.A_b_log' in tensors and 'head.weight' in tensors
+  assert TESTBED_KEYS[name] in tensors
   assert {str(t.dtype) for t in tensors.values()} == {'bfloat16'}
 
 
@@ -47,10 +63,10 @@ def test_bundled_model_loads_as_fp32_by_name():
 
 @pytest.mark.skipif(not os.path.isfile(os.path.join(CIFAR_DIR, 'test.tar.gz')),
                     reason='needs ../shared/data/cifar10/test.tar.gz')
-def test_bundled_model_reaches_its_recorded_accuracy_on_500_test_images():
-  with open(CARD) as f:
-    recorded = json.load(f)['accuracy']['cifar10_test_500_top1']
-  model = build_model('vim_t_cifar10')
+@pytest.mark.parametrize('name', sorted(TESTBED_KEYS))
+def test_bundled_model_reaches_its_recorded_accuracy_on_500_test_images(name):
+  recorded = _card(name)['accuracy']['cifar10_test_500_top1']
+  model = build_model(name)
   params = checkpoints.load_checkpoint('bundled', model)
   source = cifar10.eval_source(_DataDir(CIFAR_DIR), model.img_size)
   result = evaluation.evaluate_source(model, params, source, eval_images=500)

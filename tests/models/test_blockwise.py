@@ -85,3 +85,14 @@ def test_vmamba_pieces_walk_every_stage_and_equal_model_apply():
   np.testing.assert_allclose(np.asarray(logits),
                              np.asarray(jax.jit(model.apply)({'params': params}, images)),
                              rtol=1e-5, atol=1e-6)
+
+
+def test_a_model_without_blocks_is_one_whole_forward_piece():
+  """MambaVision (no block-by-block form) is reported as one piece: the model on the images."""
+  from ouromamba_jax.models.mambavision import MambaVision
+  model = MambaVision(num_classes=5, img_size=16, dim=8, in_dim=8, depths=(1, 1, 2, 2),
+                      num_heads=(1, 1, 2, 2), window_size=(8, 8, 4, 2), stem_strides=(1, 1))
+  images, trees = jnp.zeros((1, 16, 16, 3)), [{'a': 1}, {'a': 2}]
+  assert not blockwise.supports(model)
+  assert list(blockwise.stages(model, trees, images)) == [
+      ('', model, None, trees, [(images,), (images,)])]
