@@ -120,6 +120,25 @@ def start_processes(config) -> None:
   distributed.initialize(spec)
 
 
+def is_pipeline_worker(config) -> bool:
+  return config.mode == 'pipeline' and config.pipeline.get('worker', -1) >= 0
+
+
+def share_devices_with_workers(config) -> None:
+  """A pipeline that will start worker processes on its GPUs keeps a small share of their
+  memory (before JAX starts: its allocator takes its fraction at the first computation)."""
+  from ouromamba_jax.stages import pipeline_workers  # pylint: disable=g-import-not-at-top
+  if config.mode != 'pipeline':
+    return
+  requested = config.pipeline.workers
+  gpus = pipeline_workers.local_gpu_count() if requested == 0 else 0
+  workers = pipeline_workers.planned_workers(config.mode, requested, config.pipeline.worker,
+                                             pipeline_workers.main_argv(), gpus)
+  if workers > 1:
+    os.environ.setdefault('XLA_PYTHON_CLIENT_MEM_FRACTION',
+                          pipeline_workers.PARENT_MEMORY_FRACTION)
+
+
 def remove_stale_temporaries(workdir: str) -> None:
   """What writers killed mid-write left in the workdir (temporaries never renamed into place)
   goes before this run writes anything; each removal is logged. Finished outputs are not
@@ -155,10 +174,12 @@ def main(argv):
   logging.info('mode=%s workdir=%s', config.mode, workdir)
   enable_compilation_cache(config.get('compilation_cache', ''))
   try:
+    share_devices_with_workers(config)
     start_processes(config)
   except (ValueError, TypeError) as e:
     fail(e, CONFIG_ERROR_EXIT)
-  remove_stale_temporaries(workdir)
+  if not is_pipeline_worker(config):   # the parent cleaned up; others' temporaries are live
+    remove_stale_temporaries(workdir)
   try:
     resolve_mode(config.mode)(config, workdir)
   except (data_pipeline.DataNotFoundError, integrity.DamagedFileError,

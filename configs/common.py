@@ -75,6 +75,10 @@ class PipelineSection:
       DEMO_RUNS, "'method:preset:source,...' (source: gen | noise | real) or 'table' (the 21 "
       'runs of RESULTS.md)')
   full: bool = field(False, 'the paper-size settings (stages.pipeline.FULL) in <workdir>/full')
+  workers: int = field(
+      0, 'worker processes for the runs, each on its own GPUs (0 = one per local GPU when there '
+      'are 2 or more, else none; 1 = every run in this process)')
+  worker: int = field(-1, 'internal: the index of a worker process (the pipeline sets it)')
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,6 +17,9 @@ Stages (each skips work already done in the workdir, so a rerun or a killed run 
                a result (a partial table survives a stopped run; a rerun that changed
                nothing keeps the report and its recorded times)
 
+With several local GPUs (or `pipeline.workers=N`), stages 2-3 run in N worker processes, one
+device group each, after stage 0 and Gen (`stages.pipeline_workers`); the report gathers them.
+
 `pipeline.full=True` applies `FULL` (128 Gen images x 1000 iterations, 128 calibration
 images, 10 epochs, the whole test split, the 21-run table) and works in <workdir>/full so the
 demo's outputs are not mixed in. Without the dataset, `data.smoke_dir` (the ImageNet configs:
@@ -44,6 +47,7 @@ from ouromamba_jax.reports import accuracy
 from ouromamba_jax.stages import evaluate as evaluate_stage
 from ouromamba_jax.stages import gen_outputs
 from ouromamba_jax.stages import generate as generate_stage
+from ouromamba_jax.stages import pipeline_workers
 from ouromamba_jax.stages import quantize as quantize_stage
 from ouromamba_jax.stages import sections
 from ouromamba_jax.stages.runs import DEMO_RUNS, parse_runs
@@ -153,6 +157,11 @@ def run(config, workdir: str, log: Log = _log) -> dict[str, Any]:
   runs = parse_runs(cfg.pipeline.runs)
   run_specs = [quantize_stage.run_spec(run_config(cfg, method, preset, source).quant)
                for method, preset, source in runs]   # every run checked before any work
+  worker = cfg.pipeline.worker
+  argv = pipeline_workers.main_argv()
+  workers = pipeline_workers.planned_workers(
+      cfg.mode, cfg.pipeline.workers, worker, argv,
+      pipeline_workers.local_gpu_count() if cfg.pipeline.workers == 0 else 0)
   model, params = sections.load_model(cfg.model, seed=cfg.seed)
   source, smoke = open_eval_data(cfg, model.img_size, log)
   reports_dir = os.path.join(workdir, REPORTS_SUBDIR)
@@ -201,10 +210,19 @@ def run(config, workdir: str, log: Log = _log) -> dict[str, Any]:
 
   results = []
   generated = False
+  if workers > 1:   # what every run shares first, then the runs side by side
+    if any(src == 'gen' for _, _, src in runs):
+      log('[pipeline] generate (OuroMamba-Gen), before the workers')
+      stage_generate(cfg, workdir, log)
+      generated = True
+    pipeline_workers.spread(workdir, argv, workers, log)
   for i, (method, preset, src) in enumerate(runs):
     rcfg = run_config(cfg, method, preset, src)
     name = run_specs[i].name
     head = f'[pipeline] run {i + 1}/{len(runs)} {name}'
+    if worker >= 0 and not pipeline_workers.claim(workdir, name, worker):
+      log(f'{head}: taken by another worker')
+      continue
     if src == 'real' and source is None:
       log(f'{head}: SKIPPED (needs real images; no data)')
       results.append({'name': name, 'method': method, 'preset': preset, 'calib_source': src,
@@ -229,13 +247,18 @@ def run(config, workdir: str, log: Log = _log) -> dict[str, Any]:
       row.update(top1=ev['top1'], top5=ev['top5'], eval_images=ev['images'])
       log(f'{head}: top-1 {100 * ev["top1"]:.2f}% (FP {100 * fp["top1"]:.2f}%)')
     results.append(row)
-    report(partial=True)
+    if worker < 0:   # the parent writes the one report
+      report(partial=True)
 
+  rows = [{k: v for k, v in r.items() if k not in ('directory', 'checkpoint')} for r in results]
+  if worker >= 0:
+    log(f'[pipeline] worker {worker} done in {time.time() - t_start:.0f} s: '
+        f'{", ".join(r["name"] for r in rows) or "no runs left"}')
+    return {'fp': fp, 'runs': rows, 'report': None, 'workdir': workdir}
   md = report()
   log(f'[pipeline] done in {time.time() - t_start:.0f} s; report {md}')
   with open(md) as f:
     log('\n' + f.read())
-  rows = [{k: v for k, v in r.items() if k not in ('directory', 'checkpoint')} for r in results]
   return {'fp': fp, 'runs': rows, 'report': md, 'workdir': workdir}
 
 
