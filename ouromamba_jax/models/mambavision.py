@@ -53,6 +53,7 @@ from ouromamba_jax.models.vmamba import check_nhwc_images
 from ouromamba_jax.models.vmamba import conv2d
 from ouromamba_jax.models.vmamba import conv_output_size
 from ouromamba_jax.models.vmamba import downsampled_grids
+from ouromamba_jax.models.vmamba import normalize
 
 HYBRID_STAGES = (2, 3)   # the stages built of mixer/attention blocks (the others are conv)
 
@@ -113,8 +114,7 @@ class BatchNorm(nn.Module):
         self.put_variable('batch_stats', 'running_mean', jax.lax.stop_gradient(mean))
         self.put_variable('batch_stats', 'running_var',
                           jax.lax.stop_gradient(var * n / max(n - 1, 1)))
-    y = (x32 - mean.astype(jnp.float32)) * jax.lax.rsqrt(var.astype(jnp.float32) + self.eps)
-    return (y * weight.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
+    return normalize(x, mean, var, self.eps, weight, bias)
 
 
 class PatchEmbed(nn.Module):

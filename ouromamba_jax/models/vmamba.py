@@ -123,6 +123,14 @@ def ss2d_scan(xs, deltas, bs, cs, a, ds, implementation=None, return_states=Fals
   return y, jnp.stack([states[j, :, :, :, j] for j in range(k)], axis=1)
 
 
+def normalize(x, mean, var, eps: float, weight, bias):
+  """(x - mean) / sqrt(var + eps) * weight + bias in fp32, back in x's dtype: the arithmetic of
+  torch's LayerNorm and BatchNorm alike, which differ only in where mean and var come from."""
+  y = (x.astype(jnp.float32) - mean.astype(jnp.float32)) * jax.lax.rsqrt(
+      var.astype(jnp.float32) + eps)
+  return (y * weight.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
+
+
 class LayerNorm(nn.Module):
   """torch LayerNorm over the last axis (fp32 statistics), params named weight/bias."""
   eps: float = 1e-5
@@ -135,8 +143,7 @@ class LayerNorm(nn.Module):
     x32 = x.astype(jnp.float32)
     mean = jnp.mean(x32, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
-    y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
-    return (y * weight.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
+    return normalize(x, mean, var, self.eps, weight, bias)
 
 
 def conv2d(features, kernel_size, stride, padding, name, groups=1, use_bias=True, dtype=None):
