@@ -22,6 +22,21 @@ from ouromamba_jax.io import state_dicts
 model_param_shapes = hustvl_keys.model_param_shapes   # the same for every family
 
 
+def kernel_layout(path: tuple[str, ...], label: str, is_linear: Callable[[str], bool],
+                  is_conv2d: Callable[[str], bool]) -> hustvl_keys.Layout:
+  """A leaf's layout by the module that holds it: a 'kernel' is a Linear's or a Conv2d's,
+  anything else is stored as is. A kernel of an unknown module is an error, not an as-is copy
+  that would load transposed."""
+  if path[-1] != 'kernel':
+    return hustvl_keys.AS_IS
+  module = path[-2]
+  if is_linear(module):
+    return hustvl_keys.LINEAR
+  if is_conv2d(module):
+    return hustvl_keys.CONV2D
+  raise ValueError(f'no {label} layout is known for the kernel at {"/".join(path)}')
+
+
 @dataclasses.dataclass(frozen=True)
 class Family:
   label: str                                  # 'VMamba': messages and the model's name

@@ -33,6 +33,7 @@ from ouromamba_jax.io.state_dicts import CheckpointMismatchError  # pylint: disa
 PTH_SUFFIXES = ('.pth', '.pt', '.bin', '.ckpt', '.tar')  # .tar: timm's '.pth.tar'
 SAFETENSORS_SUFFIXES = ('.safetensors',)
 
+_NUMBERED = re.compile(r'^(layers)_(\d+)$')
 _LINEAR_MODULES = frozenset(
     {'in_proj', 'out_proj', 'x_proj', 'x_proj_b', 'dt_proj', 'dt_proj_b', 'head'})
 _CONV1D_MODULES = frozenset({'conv1d', 'conv1d_b'})
@@ -71,10 +72,7 @@ CONV2D = Layout('conv2d OIHW <-> HWIO', lambda a: a.transpose(3, 2, 0, 1),
 
 def hustvl_key(path: tuple[str, ...]) -> str:
   """('layers_3', 'mixer', 'in_proj', 'kernel') -> 'layers.3.mixer.in_proj.weight'."""
-  parts = [re.sub(r'^layers_(\d+)$', r'layers.\1', p) for p in path]
-  if parts[-1] == 'kernel':
-    parts[-1] = 'weight'
-  return '.'.join(parts)
+  return state_dicts.torch_key(path, _NUMBERED)
 
 
 def layout_for(path: tuple[str, ...]) -> Layout:

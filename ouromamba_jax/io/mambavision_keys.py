@@ -27,7 +27,8 @@ from typing import Mapping
 import numpy as np
 
 from ouromamba_jax.io import families
-from ouromamba_jax.io.hustvl_keys import AS_IS, CONV1D, CONV2D, LINEAR
+from ouromamba_jax.io import state_dicts
+from ouromamba_jax.io.hustvl_keys import CONV1D
 
 _NUMBERED = re.compile(r'^(levels|blocks|conv_down|reduction)_(\d+)$')
 _LINEAR_MODULES = frozenset({'in_proj', 'x_proj', 'dt_proj', 'out_proj', 'qkv', 'proj', 'fc1',
@@ -48,25 +49,15 @@ _FOREIGN_KEY_HINTS = (
 
 def official_key(path: tuple[str, ...]) -> str:
   """('levels_2', 'blocks_0', 'mixer', 'in_proj', 'kernel') -> 'levels.2.blocks.0.mixer.in_proj.weight'."""
-  parts = [_NUMBERED.sub(r'\1.\2', p) for p in path]
-  if parts[-1] == 'kernel':
-    parts[-1] = 'weight'
-  elif parts[-1] in _CONV1D_LEAVES:
-    parts.append('weight')
-  return '.'.join(parts)
+  key = state_dicts.torch_key(path, _NUMBERED)
+  return key + '.weight' if path[-1] in _CONV1D_LEAVES else key
 
 
 def layout_for(path: tuple[str, ...]):
   if path[-1] in _CONV1D_LEAVES:
     return CONV1D
-  if path[-1] != 'kernel':
-    return AS_IS
-  module = path[-2]
-  if module in _LINEAR_MODULES:
-    return LINEAR
-  if _CONV2D_MODULES.match(module):
-    return CONV2D
-  raise ValueError(f'no MambaVision layout is known for the kernel at {"/".join(path)}')
+  return families.kernel_layout(path, 'MambaVision', _LINEAR_MODULES.__contains__,
+                                _CONV2D_MODULES.match)
 
 
 def drop_bn_counters(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -6,6 +6,7 @@ checking, the one-error report and the conversion are the same for all, so they 
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, Mapping
 
 from flax import traverse_util
@@ -60,6 +61,15 @@ def check_state_dict(state_dict: Mapping[str, np.ndarray], table: Mapping[str, A
     lines += [f'  {k}: checkpoint {got}, model expects {want}' for k, got, want in mismatched]
   lines.append(advice)
   raise CheckpointMismatchError('\n'.join(lines), missing, unexpected, mismatched)
+
+
+def torch_key(path: tuple[str, ...], numbered: re.Pattern) -> str:
+  """A Flax path's torch key: numbered members (`numbered` matches them as `(name)_(i)`) become
+  `name.i` and a 'kernel' leaf is 'weight'; every family's naming rule starts from this one."""
+  parts = [numbered.sub(r'\1.\2', p) for p in path]
+  if parts[-1] == 'kernel':
+    parts[-1] = 'weight'
+  return '.'.join(parts)
 
 
 def params_from_checked(state_dict: Mapping[str, np.ndarray], table: Mapping[str, Any], *,

@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import re
 
-
 from ouromamba_jax.io import families
-from ouromamba_jax.io.hustvl_keys import AS_IS, CONV2D, LINEAR
+from ouromamba_jax.io import state_dicts
 
 _RENAMES = (
     (r'^patch_embed\.conv_in\.', 'patch_embed.0.'),
@@ -33,6 +32,7 @@ _RENAMES = (
     (r'\.downsample\.norm\.', '.downsample.3.'),
     (r'^classifier_(norm|head)\.', r'classifier.\1.'),
 )
+_NUMBERED = re.compile(r'^(layers|blocks)_(\d+)$')
 _LINEAR_MODULES = frozenset({'in_proj', 'out_proj', 'fc1', 'fc2', 'classifier_head'})
 _CONV_MODULES = frozenset({'conv_in', 'conv_out', 'conv', 'conv2d'})
 
@@ -50,24 +50,15 @@ _FOREIGN_KEY_HINTS = (
 
 def official_key(path: tuple[str, ...]) -> str:
   """('layers_1', 'blocks_0', 'op', 'in_proj', 'kernel') -> 'layers.1.blocks.0.op.in_proj.weight'."""
-  parts = [re.sub(r'^(layers|blocks)_(\d+)$', r'\1.\2', p) for p in path]
-  if parts[-1] == 'kernel':
-    parts[-1] = 'weight'
-  key = '.'.join(parts)
+  key = state_dicts.torch_key(path, _NUMBERED)
   for pattern, replacement in _RENAMES:
     key = re.sub(pattern, replacement, key)
   return key
 
 
 def layout_for(path: tuple[str, ...]):
-  if path[-1] != 'kernel':
-    return AS_IS
-  module = path[-2]
-  if module in _LINEAR_MODULES:
-    return LINEAR
-  if module in _CONV_MODULES:
-    return CONV2D
-  raise ValueError(f'no VMamba layout is known for the kernel at {"/".join(path)}')
+  return families.kernel_layout(path, 'VMamba', _LINEAR_MODULES.__contains__,
+                                _CONV_MODULES.__contains__)
 
 
 FAMILY = families.Family(

@@ -49,7 +49,11 @@ from ouromamba_jax.models.vim import a_log_init
 from ouromamba_jax.models.vim import dt_bias_init
 from ouromamba_jax.models.vmamba import LayerNorm
 from ouromamba_jax.models.vmamba import Mlp
+from ouromamba_jax.models.vmamba import check_nhwc_images
 from ouromamba_jax.models.vmamba import conv2d
+from ouromamba_jax.models.vmamba import conv_output_size
+from ouromamba_jax.models.vmamba import downsampled_grids
+from ouromamba_jax.models.vmamba import normalize
 
 HYBRID_STAGES = (2, 3)   # the stages built of mixer/attention blocks (the others are conv)
 
@@ -110,8 +114,7 @@ class BatchNorm(nn.Module):
         self.put_variable('batch_stats', 'running_mean', jax.lax.stop_gradient(mean))
         self.put_variable('batch_stats', 'running_var',
                           jax.lax.stop_gradient(var * n / max(n - 1, 1)))
-    y = (x32 - mean.astype(jnp.float32)) * jax.lax.rsqrt(var.astype(jnp.float32) + self.eps)
-    return (y * weight.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
+    return normalize(x, mean, var, self.eps, weight, bias)
 
 
 class PatchEmbed(nn.Module):
@@ -374,19 +377,13 @@ class MambaVision(nn.Module):
   def stage_grids(self) -> tuple[tuple[int, int], ...]:
     """The token grid (H, W) of each stage at img_size: the stem's two 3x3 p1 convs, then a
     stride-2 3x3 p1 conv (ceil halving) per downsample."""
-    halve = lambda n, stride: (n - 1) // stride + 1
-    side = halve(halve(self.img_size, self.stem_strides[0]), self.stem_strides[1])
-    grids = []
-    for _ in self.depths:
-      grids.append((side, side))
-      side = halve(side, 2)
-    return tuple(grids)
+    stem = lambda n, stride: conv_output_size(n, 3, stride, 1)
+    side = stem(stem(self.img_size, self.stem_strides[0]), self.stem_strides[1])
+    return downsampled_grids(side, len(self.depths))
 
   @nn.compact
   def __call__(self, images):
-    if images.ndim != 4 or images.shape[-1] != self.in_chans:
-      raise ValueError(f'MambaVision expects NHWC images with {self.in_chans} channels; '
-                       f'got {images.shape}')
+    check_nhwc_images(images, self.in_chans, 'MambaVision')
     if not len(self.depths) == len(self.num_heads) == len(self.window_size) == 4:
       raise ValueError('MambaVision has 4 stages (2 conv, 2 hybrid): depths, num_heads and '
                        f'window_size need 4 entries each; got {self.depths}, {self.num_heads}, '

@@ -123,6 +123,14 @@ def ss2d_scan(xs, deltas, bs, cs, a, ds, implementation=None, return_states=Fals
   return y, jnp.stack([states[j, :, :, :, j] for j in range(k)], axis=1)
 
 
+def normalize(x, mean, var, eps: float, weight, bias):
+  """(x - mean) / sqrt(var + eps) * weight + bias in fp32, back in x's dtype: the arithmetic of
+  torch's LayerNorm and BatchNorm alike, which differ only in where mean and var come from."""
+  y = (x.astype(jnp.float32) - mean.astype(jnp.float32)) * jax.lax.rsqrt(
+      var.astype(jnp.float32) + eps)
+  return (y * weight.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
+
+
 class LayerNorm(nn.Module):
   """torch LayerNorm over the last axis (fp32 statistics), params named weight/bias."""
   eps: float = 1e-5
@@ -135,8 +143,7 @@ class LayerNorm(nn.Module):
     x32 = x.astype(jnp.float32)
     mean = jnp.mean(x32, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
-    y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
-    return (y * weight.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
+    return normalize(x, mean, var, self.eps, weight, bias)
 
 
 def conv2d(features, kernel_size, stride, padding, name, groups=1, use_bias=True, dtype=None):
@@ -144,6 +151,35 @@ def conv2d(features, kernel_size, stride, padding, name, groups=1, use_bias=True
   return nn.Conv(features, (kernel_size, kernel_size), strides=(stride, stride),
                  padding=((padding, padding), (padding, padding)), feature_group_count=groups,
                  use_bias=use_bias, dtype=dtype, name=name)
+
+
+def conv_output_size(size: int, kernel_size: int, stride: int, padding: int) -> int:
+  """The output side of a torch Conv2d over `size` input pixels."""
+  return (size + 2 * padding - kernel_size) // stride + 1
+
+
+def downsampled_grids(side: int, num_stages: int) -> tuple[tuple[int, int], ...]:
+  """Square (H, W) token grids of `num_stages` stages, the first `side` wide, each next one
+  after a conv k3 s2 p1 downsample (ceil halving), as both VMamba and MambaVision shrink them."""
+  grids = []
+  for _ in range(num_stages):
+    grids.append((side, side))
+    side = conv_output_size(side, 3, 2, 1)
+  return tuple(grids)
+
+
+def check_nhwc_images(images, in_chans: int, model_name: str) -> None:
+  """Refuses images that are not NHWC with `in_chans` channels up front: the patch embed's conv
+  would otherwise fail (or run on the wrong axis) without naming the expected layout."""
+  if images.ndim != 4 or images.shape[-1] != in_chans:
+    raise ValueError(f'{model_name} expects NHWC images with {in_chans} channels; '
+                     f'got {images.shape}')
+
+
+def _named_or_unbound(name: Optional[str]) -> dict[str, Any]:
+  """A submodule's placement: a named child of the module building it, or (no name) an
+  unbound module that `models.blockwise` applies to its own params."""
+  return {'name': name} if name else {'parent': None}
 
 
 class SS2D(nn.Module):
@@ -318,15 +354,13 @@ class Stage(nn.Module):
     """Block j (unbound without a name: `models.vmamba_blockwise` applies it on its own)."""
     block_cls = nn.remat(VSSBlock) if self.remat else VSSBlock
     hook = self.state_feature_fn if j in self.hooked_blocks else None
-    kw = {'name': name} if name else {'parent': None}
     return block_cls(self.d_model, self.d_state, self.ssm_ratio, self.dt_rank, self.d_conv,
                      self.conv_bias, self.mlp_ratio, self.dtype, self.scan_implementation,
                      quant_implementation=self.quant_implementation, state_feature_fn=hook,
-                     **kw)
+                     **_named_or_unbound(name))
 
   def downsample(self, name: Optional[str] = None) -> DownsampleV3:
-    kw = {'name': name} if name else {'parent': None}
-    return DownsampleV3(self.out_dim, self.dtype, **kw)
+    return DownsampleV3(self.out_dim, self.dtype, **_named_or_unbound(name))
 
   @nn.compact
   def __call__(self, x):
@@ -376,14 +410,9 @@ class VMamba(nn.Module):
   def stage_grids(self) -> tuple[tuple[int, int], ...]:
     """The token grid (H, W) of each stage at img_size: the patch embed's two stride-p/2 convs,
     then a stride-2 k3 p1 conv (ceil halving) per downsample."""
-    halve = lambda n, stride, k, pad: (n + 2 * pad - k) // stride + 1
     stride = self.patch_size // 2
-    side = halve(halve(self.img_size, stride, stride + 1, 1), stride, stride + 1, 1)
-    grids = []
-    for _ in self.depths:
-      grids.append((side, side))
-      side = halve(side, 2, 3, 1)
-    return tuple(grids)
+    embed = lambda n: conv_output_size(n, stride + 1, stride, 1)
+    return downsampled_grids(embed(embed(self.img_size)), len(self.depths))
 
   def stage(self, i: int, name: Optional[str] = None) -> Stage:
     """Stage i's module (unbound without a name: `models.vmamba_blockwise` runs its parts)."""
@@ -392,12 +421,11 @@ class VMamba(nn.Module):
     first = sum(self.depths[:i])
     hooked = tuple(j for j in range(self.depths[i])
                    if self.state_blocks is None or first + j in self.state_blocks)
-    kw = {'name': name} if name else {'parent': None}
     return Stage(dims[i], self.depths[i], out_dim, self.d_state, self.ssm_ratio, self.dt_rank,
                  self.d_conv, self.conv_bias, self.mlp_ratio, self.dtype,
                  self.scan_implementation, quant_implementation=self.quant_implementation,
                  state_feature_fn=self.state_feature_fn, hooked_blocks=hooked,
-                 remat=self.remat, **kw)
+                 remat=self.remat, **_named_or_unbound(name))
 
   def setup(self):
     # Defined here so `embed` and `classify` also run on their own (`models.vmamba_blockwise`).
@@ -411,9 +439,7 @@ class VMamba(nn.Module):
 
   def embed(self, images):
     """NHWC images -> the first stage's input (B, H/p, W/p, dims)."""
-    if images.ndim != 4 or images.shape[-1] != self.in_chans:
-      raise ValueError(f'VMamba expects NHWC images with {self.in_chans} channels; '
-                       f'got {images.shape}')
+    check_nhwc_images(images, self.in_chans, 'VMamba')
     return self.patch_embed(images.astype(self.dtype))
 
   def classify(self, x, stream=None):
