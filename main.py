@@ -103,16 +103,22 @@ def enable_compilation_cache(path: str) -> None:
   jax.config.update('jax_compilation_cache_dir', path)
 
 
+def distributed_spec(config):
+  from ouromamba_jax import distributed  # pylint: disable=g-import-not-at-top
+  from ouromamba_jax.stages import sections  # pylint: disable=g-import-not-at-top
+  section = config.get('distributed')
+  return (distributed.DistributedSpec() if section is None else
+          sections.spec_from_section(distributed.DistributedSpec, section, 'distributed'))
+
+
 def start_processes(config) -> None:
   """jax.distributed.initialize from config.distributed or the environment (one process when
   neither names a coordinator), before any JAX computation. Only the modes that read the
   `distributed` section split their work (and their writes) over processes; the others would
   all write the same files, so they are refused."""
   from ouromamba_jax import distributed  # pylint: disable=g-import-not-at-top
-  from ouromamba_jax.stages import MODE_SECTIONS, sections  # pylint: disable=g-import-not-at-top
-  section = config.get('distributed')
-  spec = (distributed.DistributedSpec() if section is None else
-          sections.spec_from_section(distributed.DistributedSpec, section, 'distributed'))
+  from ouromamba_jax.stages import MODE_SECTIONS  # pylint: disable=g-import-not-at-top
+  spec = distributed_spec(config)
   several = [m for m, names in MODE_SECTIONS.items() if 'distributed' in names]
   if distributed.initialize_arguments(spec) is not None and config.mode not in several:
     raise ValueError(f'mode {config.mode} runs in one process; several processes (distributed.* '
@@ -127,8 +133,10 @@ def is_pipeline_worker(config) -> bool:
 def share_devices_with_workers(config) -> None:
   """A pipeline that will start worker processes on its GPUs keeps a small share of their
   memory (before JAX starts: its allocator takes its fraction at the first computation)."""
+  from ouromamba_jax import distributed  # pylint: disable=g-import-not-at-top
   from ouromamba_jax.stages import pipeline_workers  # pylint: disable=g-import-not-at-top
-  if config.mode != 'pipeline':
+  if config.mode != 'pipeline' or distributed.initialize_arguments(
+      distributed_spec(config)) is not None:   # several processes: no workers of their own
     return
   requested = config.pipeline.workers
   gpus = pipeline_workers.local_gpu_count() if requested == 0 else 0

@@ -11,6 +11,8 @@ processes there are (up to float rounding across device counts).
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import os
 from typing import Any, Callable, Mapping, Optional
@@ -75,18 +77,48 @@ def initialize(spec: DistributedSpec, environ: Mapping[str, str] = os.environ,
       + (f', coordinator {kwargs["coordinator_address"] or "auto-detected"}' if kwargs else ''))
 
 
+_LOCAL = contextvars.ContextVar('local_work', default=False)
+
+
+@contextlib.contextmanager
+def local_work():
+  """Work this process does alone (a pipeline run it claimed while the others do theirs):
+  meshes span its own devices, it writes its own outputs, and nothing waits for the others."""
+  token = _LOCAL.set(True)
+  try:
+    yield
+  finally:
+    _LOCAL.reset(token)
+
+
+def process_count() -> int:
+  """Processes that take part in the current work (1 inside `local_work`)."""
+  return 1 if _LOCAL.get() else jax.process_count()
+
+
+def process_index() -> int:
+  return 0 if _LOCAL.get() else jax.process_index()
+
+
+def device_count() -> int:
+  """Devices of the current work's mesh: every process's, or this one's in `local_work`."""
+  return jax.local_device_count() if _LOCAL.get() else jax.device_count()
+
+
 def is_writer() -> bool:
-  """Process 0 writes the shared outputs (reports, images, checkpoints' metadata)."""
-  return jax.process_index() == 0
+  """Process 0 writes the shared outputs (reports, images, checkpoints' metadata); inside
+  `local_work` every process writes its own."""
+  return process_index() == 0
 
 
 def data_mesh(num_devices: int = 0) -> Mesh:
-  """1-D 'data' mesh over every device of every process, or the first `num_devices` (one
-  process only: a mesh must include each process's devices for all of them to take part)."""
-  devices = jax.devices()
+  """1-D 'data' mesh over every device of every process (this process's in `local_work`), or
+  the first `num_devices` (one process only: a mesh must include each process's devices for
+  all of them to take part)."""
+  devices = jax.local_devices() if _LOCAL.get() else jax.devices()
   if num_devices < 0:
     raise ValueError(f'num_devices must be >= 0 (0 = all devices), got {num_devices}')
-  if num_devices and jax.process_count() > 1 and num_devices != len(devices):
+  if num_devices and process_count() > 1 and num_devices != len(devices):
     raise ValueError(f'num_devices={num_devices} with {jax.process_count()} processes: set it '
                      f'to 0 (all {len(devices)} devices of all processes).')
   if num_devices:
@@ -125,5 +157,5 @@ def local_copy(tree):
 
 def barrier(name: str) -> None:
   """Waits for every process (no-op with one): readers after the writer's files exist."""
-  if jax.process_count() > 1:
+  if process_count() > 1:
     multihost_utils.sync_global_devices(name)

@@ -22,6 +22,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ouromamba_jax.data import normalization
+from ouromamba_jax import distributed
 from ouromamba_jax.distributed import DATA_AXIS, data_mesh
 from ouromamba_jax.data import pipeline
 
@@ -64,11 +65,11 @@ def _global_batch(mesh: Mesh, local_rows: np.ndarray) -> jax.Array:
 def process_share(indices: np.ndarray, batch_size: int) -> tuple[np.ndarray, int, int]:
   """(this process's indices, its rows per batch, batches): every process reads its own
   contiguous part, in batches of the same count (a process that runs out sends padding)."""
-  procs, devices = jax.process_count(), jax.device_count()
+  procs, devices = distributed.process_count(), distributed.device_count()
   per_process = -(-max(batch_size, devices) // devices) * (devices // procs)
   parts = np.array_split(indices, procs)
   num_batches = -(-len(parts[0]) // per_process)
-  return parts[jax.process_index()], per_process, num_batches
+  return parts[distributed.process_index()], per_process, num_batches
 
 
 def _padded(batch_iter: Iterator[pipeline.Batch], num_batches: int, rows: int, size: int
@@ -120,7 +121,7 @@ def evaluator(model, params, source: pipeline.EvalSource, *, eval_images: int = 
   mean = np.asarray(source.mean, np.float32)
   std = np.asarray(source.std, np.float32)
   mine, rows, num_batches = process_share(indices, min(int(batch_size), n))
-  global_rows = rows * jax.process_count()
+  global_rows = rows * distributed.process_count()
   log(f'[eval] {source.name}: {n} images in batches of {global_rows} '
       f'({len(source.labels)} in the split, {mesh.size} devices)')
 

@@ -22,6 +22,7 @@ from typing import Any, Mapping, Optional
 import jax
 import numpy as np
 
+from ouromamba_jax import distributed
 from ouromamba_jax.io import atomic
 from ouromamba_jax.io import checked_npz
 from ouromamba_jax.io import integrity
@@ -120,6 +121,17 @@ def _describe(record: Mapping[str, Any]) -> str:
   return f'{record.get("name") or "an unregistered model"} ({fields})'
 
 
+def _checkpointer(ocp):
+  """Orbax's checkpointer; for a run one process does alone in a multi-process program
+  (`distributed.local_work`: a pipeline run it claimed) one that syncs with no other process,
+  since the others are busy with runs of their own."""
+  if distributed.process_count() == 1 < jax.process_count():
+    me = jax.process_index()
+    return ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
+        primary_host=me, active_processes={me}, barrier_sync_key_prefix=f'local{me}'))
+  return ocp.StandardCheckpointer()
+
+
 def save_quantized(path: str, qparams, model, report: Optional[Mapping[str, Any]] = None) -> str:
   """Writes `qparams` of `model` to the directory `path` (Orbax arrays + JSON metadata naming
   the model and the preset). Returns path.
@@ -141,7 +153,7 @@ def save_quantized(path: str, qparams, model, report: Optional[Mapping[str, Any]
                          'broken (were the float params or calibration images finite?).')
   tmp = tempfile.mkdtemp(dir=parent, prefix=f'.tmp_{os.path.basename(path)}_')
   try:
-    checkpointer = ocp.StandardCheckpointer()
+    checkpointer = _checkpointer(ocp)
     checkpointer.save(os.path.join(tmp, ARRAYS_DIR), arrays, force=True)
     checkpointer.wait_until_finished()
     doc = {'format_version': FORMAT_VERSION, 'model': model_record(model),
@@ -204,7 +216,7 @@ def load_quantized(path: str, model=None, mode: Optional[str] = None):
                      f'{_describe(model_record(model))}; build that model to load it.')
   remedy = f'delete {path} and quantize again.'
   try:
-    arrays = ocp.StandardCheckpointer().restore(os.path.join(path, ARRAYS_DIR))
+    arrays = _checkpointer(ocp).restore(os.path.join(path, ARRAYS_DIR))
   except Exception as e:  # pylint: disable=broad-except  (tensorstore/Orbax raise many kinds)
     raise integrity.damaged(os.path.join(path, ARRAYS_DIR), 'quantized-checkpoint array store',
                             e, remedy) from e

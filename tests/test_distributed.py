@@ -8,6 +8,7 @@ import sys
 import textwrap
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -57,8 +58,19 @@ def test_modes_that_do_not_split_their_work_refuse_several_processes():
   config = vim_t_cifar10.get_config()
   config.distributed.coordinator_address = '127.0.0.1:1'
   config.distributed.num_processes, config.distributed.process_id = 2, 0
-  with pytest.raises(ValueError, match='mode pipeline runs in one process'):
+  config.mode = 'quantize'
+  with pytest.raises(ValueError, match='mode quantize runs in one process'):
     main.start_processes(config)
+
+
+def test_local_work_is_this_process_alone():
+  """A pipeline run a process claimed: its own devices, its own writes, no waiting."""
+  with distributed.local_work():
+    assert distributed.process_count() == 1 and distributed.process_index() == 0
+    assert distributed.is_writer()
+    assert distributed.device_count() == jax.local_device_count()
+    assert set(distributed.data_mesh().devices.flat) == set(jax.local_devices())
+    distributed.barrier('returns at once')
 
 
 _WORKER = textwrap.dedent('''

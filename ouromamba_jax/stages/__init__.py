@@ -26,7 +26,7 @@ MODE_DOCS = {
              '-> WORKDIR/study/<name>/study.{json,md,png}',
 }
 MODE_SECTIONS = {
-    'pipeline': ('model', 'data', 'gen', 'quant', 'pipeline'),
+    'pipeline': ('model', 'data', 'gen', 'quant', 'pipeline', 'distributed'),
     'generate': ('model', 'data', 'gen', 'distributed'),
     'quantize': ('model', 'data', 'quant'),
     'evaluate': ('model', 'data', 'eval', 'distributed'),

@@ -35,12 +35,13 @@ import json
 import os
 import platform
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from absl import logging
 import ml_collections as mlc
 
 from kernels_pallas.selective_scan import api as scan_api
+from ouromamba_jax import distributed
 from ouromamba_jax.data import pipeline as data_pipeline
 from ouromamba_jax.io import atomic
 from ouromamba_jax.reports import accuracy
@@ -128,7 +129,8 @@ def evaluate_cached(path: str, key: dict[str, Any], model, params, data_cfg, sou
     log(f'[pipeline] evaluate: cached {path}')
     return cached['result']
   result = evaluate_stage.evaluate_data(model, params, data_cfg, source=source, log=log)
-  atomic.write_json(path, {'key': key, 'result': result})
+  if distributed.is_writer():   # every process holds the result; one writes it
+    atomic.write_json(path, {'key': key, 'result': result})
   return result
 
 
@@ -161,7 +163,8 @@ def run(config, workdir: str, log: Log = _log) -> dict[str, Any]:
   argv = pipeline_workers.main_argv()
   workers = pipeline_workers.planned_workers(
       cfg.mode, cfg.pipeline.workers, worker, argv,
-      pipeline_workers.local_gpu_count() if cfg.pipeline.workers == 0 else 0)
+      pipeline_workers.local_gpu_count() if cfg.pipeline.workers == 0 else 0,
+      distributed.process_count())
   model, params = sections.load_model(cfg.model, seed=cfg.seed)
   source, smoke = open_eval_data(cfg, model.img_size, log)
   reports_dir = os.path.join(workdir, REPORTS_SUBDIR)
@@ -208,58 +211,85 @@ def run(config, workdir: str, log: Log = _log) -> dict[str, Any]:
     return write_report(reports_dir, fp, rows, meta, partial, title=f'Accuracy: {cfg.model.name}',
                         notes=notes)
 
-  results = []
   generated = False
-  if workers > 1:   # what every run shares first, then the runs side by side
-    if any(src == 'gen' for _, _, src in runs):
-      log('[pipeline] generate (OuroMamba-Gen), before the workers')
-      stage_generate(cfg, workdir, log)
-      generated = True
-    pipeline_workers.spread(workdir, argv, workers, log)
-  for i, (method, preset, src) in enumerate(runs):
-    rcfg = run_config(cfg, method, preset, src)
-    name = run_specs[i].name
-    head = f'[pipeline] run {i + 1}/{len(runs)} {name}'
-    if worker >= 0 and not pipeline_workers.claim(workdir, name, worker):
-      log(f'{head}: taken by another worker')
-      continue
-    if src == 'real' and source is None:
-      log(f'{head}: SKIPPED (needs real images; no data)')
-      results.append({'name': name, 'method': method, 'preset': preset, 'calib_source': src,
-                      'skipped': 'no data'})
-      continue
-    if src == 'gen' and not generated:
-      log(f'{head}: generate (OuroMamba-Gen)')
-      stage_generate(cfg, workdir, log)
-      generated = True
-    log(f'{head}: quantize')
-    res = quantize_stage.quantize_run(rcfg, workdir, model=model, params=params, log=log)
-    row = {'name': name, 'method': method, 'preset': preset, 'calib_source': src,
-           'calib_images': res['calib_images'],
-           'calibration_seconds': res['calibration_seconds'],
-           'directory': res['directory'], 'checkpoint': res['checkpoint']}
-    if source is not None:
-      log(f'{head}: evaluate')
-      settings = atomic.read_json(os.path.join(res['directory'], quantize_stage.SETTINGS_FILE))
-      ev = evaluate_cached(os.path.join(res['directory'], f'eval_{data_cfg.eval_images}.json'),
-                           {**base_key, 'settings': _sha(settings)}, model, res['qparams'],
-                           data_cfg, source, log)
-      row.update(top1=ev['top1'], top5=ev['top5'], eval_images=ev['images'])
-      log(f'{head}: top-1 {100 * ev["top1"]:.2f}% (FP {100 * fp["top1"]:.2f}%)')
-    results.append(row)
-    if worker < 0:   # the parent writes the one report
-      report(partial=True)
 
-  rows = [{k: v for k, v in r.items() if k not in ('directory', 'checkpoint')} for r in results]
-  if worker >= 0:
-    log(f'[pipeline] worker {worker} done in {time.time() - t_start:.0f} s: '
+  def walk(claimant: Optional[int]) -> list[dict[str, Any]]:
+    """Every run in order, or (claimant = a worker's or a process's index) the runs it claims
+    first; the main process rewrites the report after each."""
+    nonlocal generated
+    done = []
+    for i, (method, preset, src) in enumerate(runs):
+      rcfg = run_config(cfg, method, preset, src)
+      name = run_specs[i].name
+      head = f'[pipeline] run {i + 1}/{len(runs)} {name}'
+      if claimant is not None and not pipeline_workers.claim(workdir, name, claimant):
+        log(f'{head}: taken by another worker')
+        continue
+      if src == 'real' and source is None:
+        log(f'{head}: SKIPPED (needs real images; no data)')
+        done.append({'name': name, 'method': method, 'preset': preset, 'calib_source': src,
+                     'skipped': 'no data'})
+        continue
+      if src == 'gen' and not generated:
+        log(f'{head}: generate (OuroMamba-Gen)')
+        stage_generate(cfg, workdir, log)
+        generated = True
+      log(f'{head}: quantize')
+      res = quantize_stage.quantize_run(rcfg, workdir, model=model, params=params, log=log)
+      row = {'name': name, 'method': method, 'preset': preset, 'calib_source': src,
+             'calib_images': res['calib_images'],
+             'calibration_seconds': res['calibration_seconds'],
+             'directory': res['directory'], 'checkpoint': res['checkpoint']}
+      if source is not None:
+        log(f'{head}: evaluate')
+        settings = atomic.read_json(os.path.join(res['directory'], quantize_stage.SETTINGS_FILE))
+        ev = evaluate_cached(os.path.join(res['directory'], f'eval_{data_cfg.eval_images}.json'),
+                             {**base_key, 'settings': _sha(settings)}, model, res['qparams'],
+                             data_cfg, source, log)
+        row.update(top1=ev['top1'], top5=ev['top5'], eval_images=ev['images'])
+        log(f'{head}: top-1 {100 * ev["top1"]:.2f}% (FP {100 * fp["top1"]:.2f}%)')
+      done.append(row)
+      if claimant is None:
+        results[:] = done
+        report(partial=True)
+    return done
+
+  def table_rows(rows):
+    return [{k: v for k, v in r.items() if k not in ('directory', 'checkpoint')} for r in rows]
+
+  def worker_result(claimant, rows):
+    log(f'[pipeline] worker {claimant} done in {time.time() - t_start:.0f} s: '
         f'{", ".join(r["name"] for r in rows) or "no runs left"}')
-    return {'fp': fp, 'runs': rows, 'report': None, 'workdir': workdir}
+    return {'fp': fp, 'runs': table_rows(rows), 'report': None, 'workdir': workdir}
+
+  results: list[dict[str, Any]] = []
+  processes = distributed.process_count()
+  if (workers > 1 or processes > 1) and any(src == 'gen' for _, _, src in runs):
+    log('[pipeline] generate (OuroMamba-Gen), before the runs are spread')
+    stage_generate(cfg, workdir, log)      # every process takes part, on every device
+    generated = True
+  if processes > 1:   # each process claims runs and does them on its own devices
+    if distributed.is_writer():
+      pipeline_workers.clear_claims(workdir)
+    distributed.barrier('pipeline claims cleared')
+    with distributed.local_work():
+      mine = walk(distributed.process_index())
+    distributed.barrier('pipeline runs done')
+    if not distributed.is_writer():
+      return worker_result(distributed.process_index(), mine)
+    with distributed.local_work():
+      results = walk(None)
+  elif worker >= 0:
+    return worker_result(worker, walk(worker))
+  else:
+    if workers > 1:
+      pipeline_workers.spread(workdir, argv, workers, log)
+    results = walk(None)
   md = report()
   log(f'[pipeline] done in {time.time() - t_start:.0f} s; report {md}')
   with open(md) as f:
     log('\n' + f.read())
-  return {'fp': fp, 'runs': rows, 'report': md, 'workdir': workdir}
+  return {'fp': fp, 'runs': table_rows(results), 'report': md, 'workdir': workdir}
 
 
 def _backend() -> str:

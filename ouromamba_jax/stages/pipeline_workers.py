@@ -55,10 +55,12 @@ def resolve_workers(requested: int, gpus: int) -> int:
 
 
 def planned_workers(mode: str, requested: int, worker: int, argv: Optional[Sequence[str]],
-                    gpus: int) -> int:
+                    gpus: int, processes: int = 1) -> int:
   """Worker processes this pipeline starts: none inside a worker, in another mode (a study's
   cells) or without `main.py`'s command line to copy (auto then means this process)."""
   if mode != 'pipeline' or worker >= 0:
+    return 1
+  if processes > 1:   # several processes (hosts): each process is a worker of its own
     return 1
   workers = resolve_workers(requested, gpus)
   if workers > 1 and argv is None:
@@ -100,6 +102,11 @@ def visible_gpus(environ: Mapping[str, str] = os.environ) -> list[str]:
   return [str(i) for i in range(local_gpu_count(environ))]
 
 
+def clear_claims(workdir: str) -> None:
+  """Forgets the last spread's claims (before a new one: every unfinished run is free)."""
+  shutil.rmtree(os.path.join(workdir, CLAIMS_SUBDIR), ignore_errors=True)
+
+
 def claim(workdir: str, run_name: str, worker: int) -> bool:
   """Whether `worker` takes `run_name`: True for exactly one of the workers that ask."""
   folder = os.path.join(workdir, CLAIMS_SUBDIR)
@@ -133,7 +140,7 @@ def spread(workdir: str, argv: Sequence[str], workers: int, log: Log,
            environ: Mapping[str, str] = os.environ) -> list[int]:
   """Runs `workers` workers to the end; returns their exit codes (the parent does whatever
   a failed worker left)."""
-  shutil.rmtree(os.path.join(workdir, CLAIMS_SUBDIR), ignore_errors=True)
+  clear_claims(workdir)
   logs = os.path.join(workdir, LOGS_SUBDIR)
   os.makedirs(logs, exist_ok=True)
   groups = device_groups(visible_gpus(environ), workers)

@@ -57,8 +57,7 @@ def test_exactly_one_worker_claims_a_run(tmp_path):
       'main.py', '--config=c.py', '--config.pipeline.worker=1', '--config.pipeline.workers=1']
 
 
-@pytest.mark.slow  # three processes each compiling the tiny model: ~1-3 min on 2 CPU cores
-def test_two_workers_share_the_runs_and_the_parent_writes_one_report(tmp_path):
+def _tiny_checkpoint(tmp_path):
   from ouromamba_jax import build_model  # pylint: disable=g-import-not-at-top
   from ouromamba_jax import checkpoints  # pylint: disable=g-import-not-at-top
   from ouromamba_jax.io import hustvl_keys  # pylint: disable=g-import-not-at-top
@@ -67,21 +66,50 @@ def test_two_workers_share_the_runs_and_the_parent_writes_one_report(tmp_path):
   pth = tmp_path / 'tiny.pth'
   state = hustvl_keys.state_dict_from_params(checkpoints.random_params(model, seed=1))
   synthetic_pth.write_state_dict(pth, {k: np.asarray(v) for k, v in state.items()})
-  workdir = tmp_path / 'wd'
-  runs = ['rtn_w8a8_noise', 'rtn_w4a8_noise']
+  return pth
+
+
+RUNS = ['rtn_w8a8_noise', 'rtn_w4a8_noise']
+
+
+def _pipeline_command(tmp_path, *extra):
   args = [a for a in TINY_RUN if not a.startswith('--config.pipeline.runs=')]
-  proc = subprocess.run(
-      [sys.executable, 'main.py', '--config=configs/vim_t.py', f'--workdir={workdir}',
-       *TINY_VIM_T, *args, f'--config.model.checkpoint={pth}',
-       '--config.pipeline.runs=rtn:w8a8:noise,rtn:w4a8:noise', '--config.pipeline.workers=2'],
-      cwd=ROOT, capture_output=True, text=True, timeout=600,
-      env={**os.environ, 'PYTHONPATH': str(ROOT), 'JAX_PLATFORMS': 'cpu'})
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert 'worker 1/2 started' in proc.stderr and 'worker 1 finished' in proc.stderr
-  for run in runs:
+  return [sys.executable, 'main.py', '--config=configs/vim_t.py', f'--workdir={tmp_path / "wd"}',
+          *TINY_VIM_T, *args, f'--config.model.checkpoint={_tiny_checkpoint(tmp_path)}',
+          '--config.pipeline.runs=rtn:w8a8:noise,rtn:w4a8:noise', *extra]
+
+
+def _check_spread(workdir):
+  for run in RUNS:
     assert pw.claimed_by(str(workdir), run) in (0, 1)
     assert (workdir / 'quant' / run / 'quantized' / 'quant_meta.json').is_file()
-  logs = [(workdir / 'workers' / f'worker{i}.log').read_text() for i in (0, 1)]
-  assert all('[pipeline] worker' in log for log in logs)
   with open(workdir / 'reports' / 'accuracy.json') as f:
-    assert sorted(r['name'] for r in json.load(f)['runs']) == sorted(runs)
+    assert sorted(r['name'] for r in json.load(f)['runs']) == sorted(RUNS)
+
+
+@pytest.mark.slow  # three processes each compiling the tiny model: ~1-3 min on 2 CPU cores
+def test_two_workers_share_the_runs_and_the_parent_writes_one_report(tmp_path):
+  proc = subprocess.run(_pipeline_command(tmp_path, '--config.pipeline.workers=2'), cwd=ROOT,
+                        capture_output=True, text=True, timeout=600,
+                        env={**os.environ, 'PYTHONPATH': str(ROOT), 'JAX_PLATFORMS': 'cpu'})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'worker 1/2 started' in proc.stderr and 'worker 1 finished' in proc.stderr
+  _check_spread(tmp_path / 'wd')
+  logs = [(tmp_path / 'wd' / 'workers' / f'worker{i}.log').read_text() for i in (0, 1)]
+  assert all('[pipeline] worker' in log for log in logs)
+
+
+@pytest.mark.slow  # two processes joined by JAX's distributed runtime: ~1-3 min on 2 CPU cores
+def test_two_processes_share_the_runs_and_process_0_writes_the_report(tmp_path):
+  from tests.test_distributed import _free_port  # pylint: disable=g-import-not-at-top
+  command = _pipeline_command(tmp_path, '--config.distributed.coordinator_address='
+                              f'127.0.0.1:{_free_port()}', '--config.distributed.num_processes=2')
+  env = {**os.environ, 'PYTHONPATH': str(ROOT), 'JAX_PLATFORMS': 'cpu',
+         'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
+  procs = [subprocess.Popen(command + [f'--config.distributed.process_id={i}'], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for i in (0, 1)]
+  outs = [p.communicate(timeout=600)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+  assert '[pipeline] done' in outs[0] and '[pipeline] worker 1 done' in outs[1]
+  _check_spread(tmp_path / 'wd')
