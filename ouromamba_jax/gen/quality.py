@@ -58,7 +58,7 @@ def scores(model, params, image_sets, labels: np.ndarray, batch_size: int = 64
   images) of image_sets, all sets in one `predict` (one forward program to compile)."""
   names, sets = zip(*image_sets)
   all_logits = predict(model, params, np.concatenate(sets), batch_size)
-  for name, logits in zip(names, np.split(all_logits, len(sets))):
+  for name, logits in zip(names, np.split(all_logits, np.cumsum([len(x) for x in sets[:-1]]))):
     yield f'{name}_top1_agreement', top1_agreement(logits, labels)
     yield f'{name}_mean_target_prob', mean_target_probability(logits, labels)
 
