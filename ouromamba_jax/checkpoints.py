@@ -31,6 +31,8 @@ ASSETS_DIR = os.path.join(os.path.dirname(__file__), 'assets')
 # The testbeds trained here on CIFAR-10 (model cards beside them in assets/).
 BUNDLED = {name: os.path.join(ASSETS_DIR, f'{name}.safetensors')
            for name in ('vim_t_cifar10', 'vmamba_t_cifar10', 'mambavision_t_cifar10')}
+# The dataset each bundled testbed was trained on: its input normalisation (data.<name>.MEAN/STD).
+BUNDLED_DATASETS = dict.fromkeys(BUNDLED, 'cifar10')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 # model name -> (Hugging Face repo, file): the official ImageNet checkpoints of these models.
 HUSTVL_CHECKPOINTS = {

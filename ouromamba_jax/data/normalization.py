@@ -21,3 +21,11 @@ def denormalize(images, mean, std) -> np.ndarray:
   pixels = np.asarray(images, np.float32) * np.asarray(std, np.float32) + np.asarray(
       mean, np.float32)
   return np.clip(np.round(pixels * 255.0), 0, 255).astype(np.uint8)
+
+
+def renormalize(images, mean, std, new_mean, new_std) -> np.ndarray:
+  """Normalised NHWC images re-expressed in another normalisation (same pixels), so a model
+  trained with other statistics sees the picture it would have seen; float32, no clipping."""
+  pixels = np.asarray(images, np.float32) * np.asarray(std, np.float32) + np.asarray(
+      mean, np.float32)
+  return (pixels - np.asarray(new_mean, np.float32)) / np.asarray(new_std, np.float32)

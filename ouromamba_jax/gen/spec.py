@@ -14,7 +14,7 @@ from ouromamba_jax.spec_fields import field
 # Fields that do not change the generated images (so they may differ on resume).
 OPERATIONAL_FIELDS = frozenset({'log_every', 'checkpoint_every', 'keep_checkpoints', 'num_devices',
                                 'remat', 'scan_implementation', 'readout_implementation',
-                                'grid_columns', 'quality_check'})
+                                'grid_columns', 'quality_check', 'judges'})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,11 +75,22 @@ class GenSpec:
       100, 'Orbax checkpoint of the group in progress (0 = only finished groups)')
   keep_checkpoints: int = field(2, 'Orbax checkpoints kept')
   quality_check: bool = field(True, 'FP top-1 agreement with the targets, synthetic vs noise')
+  judges: str = field(
+      '', "comma-separated bundled models (checkpoints.BUNDLED) that also score the quality "
+      "check's images: do other models see the targets? '' = none [ours]")
 
   def __post_init__(self):
     object.__setattr__(self, 'loss_blocks', tuple(int(b) for b in self.loss_blocks))
     object.__setattr__(self, 'mean', tuple(float(v) for v in self.mean))
     object.__setattr__(self, 'std', tuple(float(v) for v in self.std))
+    if self.judges and not self.quality_check:
+      raise ValueError(f'gen.judges={self.judges!r} scores the quality check, which '
+                       'gen.quality_check=False turns off; set one or clear the other.')
+
+  @property
+  def judge_names(self) -> tuple[str, ...]:
+    """gen.judges as names, in order, blanks dropped."""
+    return tuple(n.strip() for n in self.judges.split(',') if n.strip())
 
   @property
   def uses_states(self) -> bool:

@@ -5,7 +5,8 @@
   synthetic_grid.png  the images de-normalised to [0, 255], each labelled with its target
   losses.json         per-step loss curves (mean over the group's images), one entry per group
   losses.png          the same curves, one panel per loss term, one line per group
-  quality.json        top-1 agreement of the FP model with the targets (synthetic vs noise)
+  quality.json        top-1 agreement of the FP model with the targets (synthetic vs noise),
+                      and under each of gen.judges (judge/<name>/...)
 """
 from __future__ import annotations
 

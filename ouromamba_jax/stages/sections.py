@@ -66,10 +66,14 @@ def model_from_config(model_cfg, **extra):
   return build_model(model_cfg.name, **fields)
 
 
+def load_params(model_cfg, model, seed: int = 0):
+  """`model`'s params for a `model` section: '' = seeded random init, 'bundled' or a path."""
+  if not model_cfg.checkpoint:
+    return checkpoints.random_params(model, seed)
+  return checkpoints.load_checkpoint(model_cfg.checkpoint, model, model_name=model_cfg.name)
+
+
 def load_model(model_cfg, seed: int = 0, **extra):
   """(model, params) for a `model` section: '' = seeded random init, 'bundled' or a path."""
   model = model_from_config(model_cfg, **extra)
-  if not model_cfg.checkpoint:
-    return model, checkpoints.random_params(model, seed)
-  return model, checkpoints.load_checkpoint(model_cfg.checkpoint, model,
-                                            model_name=model_cfg.name)
+  return model, load_params(model_cfg, model, seed)

@@ -8,10 +8,12 @@ import pytest
 from PIL import Image
 
 from configs import common
+from ouromamba_jax.data import cifar10
 from ouromamba_jax.data import normalization
 from ouromamba_jax.gen import quality
 from ouromamba_jax.stages import gen_outputs as outputs
 from ouromamba_jax.stages import generate as gen_run
+from ouromamba_jax.stages import sections
 from tests.gen.conftest import IMAGENET_MEAN, IMAGENET_STD
 from tests.gen.conftest import tiny  # pylint: disable=unused-import
 
@@ -29,8 +31,18 @@ def _config():
   return c
 
 
-def test_generate_mode_writes_the_synthetic_set(tmp_path):
+def _generator_as_judge(config):
+  """bundled_judge's stand-in: the run's own random generator under a judge's name (no
+  testbed forward to compile), so its scores must repeat the base report's."""
+  model, params = sections.load_model(config.model, seed=config.seed)
+  return lambda name, size, classes: quality.Judge(name, model, params, cifar10.MEAN,
+                                                   cifar10.STD)
+
+
+def test_generate_mode_writes_the_synthetic_set(tmp_path, monkeypatch):
   config = _config()
+  config.gen.judges = 'vmamba_t_cifar10'
+  monkeypatch.setattr(quality, 'bundled_judge', _generator_as_judge(config))
   result = gen_run.run(config, str(tmp_path))
   directory = outputs.gen_dir(str(tmp_path))
 
@@ -51,8 +63,10 @@ def test_generate_mode_writes_the_synthetic_set(tmp_path):
 
   with open(os.path.join(directory, outputs.QUALITY_FILE)) as f:
     report = json.load(f)
-  assert set(report) == {'synthetic_top1_agreement', 'synthetic_mean_target_prob',
-                         'noise_top1_agreement', 'noise_mean_target_prob'}
+  own = {'synthetic_top1_agreement', 'synthetic_mean_target_prob', 'noise_top1_agreement',
+         'noise_mean_target_prob'}
+  assert set(report) == own | {f'judge/vmamba_t_cifar10/{k}' for k in own}
+  assert all(report[f'judge/vmamba_t_cifar10/{k}'] == report[k] for k in own)
   assert all(0.0 <= v <= 1.0 for v in report.values())
   assert not [n for n in os.listdir(directory) if '.tmp-' in n]  # atomic writes left no tmp
 
@@ -65,6 +79,16 @@ def test_normalisation_other_than_the_datasets_is_refused(tmp_path):
     gen_run.run(config, str(tmp_path))
   assert not os.path.exists(outputs.gen_dir(str(tmp_path)))
   assert gen_run.class_names(_config())[:2] == ('airplane', 'automobile')  # the grid's labels
+
+
+def test_a_judge_of_other_classes_fails_before_gen(tmp_path):
+  config = _config()
+  config.model.overrides.num_classes = 7
+  config.gen.judges = 'vim_t_cifar10'
+  with pytest.raises(ValueError, match=r'vim_t_cifar10 takes 32x32 images with 10 classes, the '
+                                       r'generator 32x32 with 7'):
+    gen_run.run(config, str(tmp_path))
+  assert not os.path.exists(outputs.gen_dir(str(tmp_path)))
 
 
 def test_quality_report_measures_agreement_with_the_targets(tiny):
