@@ -161,12 +161,13 @@ def _bench_mode(mode, args, report, main_rows, sweep_rows):
   smoke = args.smoke
   interpret = smoke or jax.default_backend() != 'gpu'
   dtype = jnp.dtype(args.dtype)
+  # --smoke sweeps one config per mode (each compiles the interpreted kernel again)
   if mode == 'grad':
     sizes = SMOKE_SIZES[1:] if smoke else VIM_SIZES
     sweep = args.configs or (SMOKE_CONFIGS[:1] if smoke else SWEEP_CONFIGS)
   else:
     sizes = SMOKE_SIZES if smoke else VIM_SIZES
-    sweep = args.configs or (SMOKE_CONFIGS if smoke else SWEEP_CONFIGS)
+    sweep = args.configs or (SMOKE_CONFIGS[1:] if smoke else SWEEP_CONFIGS)
   timing = dict(warmup=1, trials=2, inner=1) if smoke else dict(trials=args.trials,
                                                                 inner=args.inner)
   if mode == 'grad':

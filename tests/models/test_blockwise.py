@@ -15,7 +15,7 @@ def tiny():
   model = build_model('vim_t', img_size=32, patch_size=8, depth=3, d_model=32, num_classes=10,
                       scan_implementation='sequential')
   images = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
-  return model, model.init(jax.random.key(1), images)['params'], images
+  return model, random_init.init_params(model, images, seed=1), images
 
 
 def test_block_by_block_equals_model_apply_bit_for_bit(tiny):
