@@ -138,11 +138,8 @@ def share_devices_with_workers(config) -> None:
   if config.mode != 'pipeline' or distributed.initialize_arguments(
       distributed_spec(config)) is not None:   # several processes: no workers of their own
     return
-  requested = config.pipeline.workers
-  gpus = pipeline_workers.local_gpu_count() if requested == 0 else 0
-  workers = pipeline_workers.planned_workers(config.mode, requested, config.pipeline.worker,
-                                             pipeline_workers.main_argv(), gpus)
-  if workers > 1:
+  if pipeline_workers.workers_here(config.mode, config.pipeline.workers,
+                                   config.pipeline.worker) > 1:
     os.environ.setdefault('XLA_PYTHON_CLIENT_MEM_FRACTION',
                           pipeline_workers.PARENT_MEMORY_FRACTION)
 

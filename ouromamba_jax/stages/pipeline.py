@@ -160,11 +160,8 @@ def run(config, workdir: str, log: Log = _log) -> dict[str, Any]:
   run_specs = [quantize_stage.run_spec(run_config(cfg, method, preset, source).quant)
                for method, preset, source in runs]   # every run checked before any work
   worker = cfg.pipeline.worker
-  argv = pipeline_workers.main_argv()
-  workers = pipeline_workers.planned_workers(
-      cfg.mode, cfg.pipeline.workers, worker, argv,
-      pipeline_workers.local_gpu_count() if cfg.pipeline.workers == 0 else 0,
-      distributed.process_count())
+  workers = pipeline_workers.workers_here(cfg.mode, cfg.pipeline.workers, worker,
+                                          distributed.process_count())
   model, params = sections.load_model(cfg.model, seed=cfg.seed)
   source, smoke = open_eval_data(cfg, model.img_size, log)
   reports_dir = os.path.join(workdir, REPORTS_SUBDIR)
@@ -217,7 +214,7 @@ def run(config, workdir: str, log: Log = _log) -> dict[str, Any]:
     """Every run in order, or (claimant = a worker's or a process's index) the runs it claims
     first; the main process rewrites the report after each."""
     nonlocal generated
-    done = []
+    done = results if claimant is None else []   # the main walk's rows are the report's
     for i, (method, preset, src) in enumerate(runs):
       rcfg = run_config(cfg, method, preset, src)
       name = run_specs[i].name
@@ -250,7 +247,6 @@ def run(config, workdir: str, log: Log = _log) -> dict[str, Any]:
         log(f'{head}: top-1 {100 * ev["top1"]:.2f}% (FP {100 * fp["top1"]:.2f}%)')
       done.append(row)
       if claimant is None:
-        results[:] = done
         report(partial=True)
     return done
 
@@ -278,13 +274,13 @@ def run(config, workdir: str, log: Log = _log) -> dict[str, Any]:
     if not distributed.is_writer():
       return worker_result(distributed.process_index(), mine)
     with distributed.local_work():
-      results = walk(None)
+      walk(None)
   elif worker >= 0:
     return worker_result(worker, walk(worker))
   else:
     if workers > 1:
-      pipeline_workers.spread(workdir, argv, workers, log)
-    results = walk(None)
+      pipeline_workers.spread(workdir, pipeline_workers.main_argv(), workers, log)
+    walk(None)
   md = report()
   log(f'[pipeline] done in {time.time() - t_start:.0f} s; report {md}')
   with open(md) as f:

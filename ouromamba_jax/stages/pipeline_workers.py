@@ -72,6 +72,13 @@ def planned_workers(mode: str, requested: int, worker: int, argv: Optional[Seque
   return workers
 
 
+def workers_here(mode: str, requested: int, worker: int, processes: int = 1) -> int:
+  """`planned_workers` for this process: its own command line, its GPUs counted only when
+  `requested` is auto (0). One rule for main.py (memory share) and the pipeline (the spread)."""
+  gpus = local_gpu_count() if requested == 0 else 0
+  return planned_workers(mode, requested, worker, main_argv(), gpus, processes)
+
+
 def main_argv(argv: Sequence[str] = sys.argv) -> Optional[list[str]]:
   """This process's command line when it is `main.py`'s (the one a worker copies), else None."""
   return list(argv) if argv and os.path.basename(argv[0]) == 'main.py' else None
