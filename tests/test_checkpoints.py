@@ -64,13 +64,15 @@ def test_bundled_model_loads_as_fp32_by_name():
 @pytest.mark.skipif(not os.path.isfile(os.path.join(CIFAR_DIR, 'test.tar.gz')),
                     reason='needs ../shared/data/cifar10/test.tar.gz')
 @pytest.mark.parametrize('name', sorted(TESTBED_KEYS))
-def test_bundled_model_reaches_its_recorded_accuracy_on_500_test_images(name):
-  recorded = _card(name)['accuracy']['cifar10_test_500_top1']
+def test_bundled_model_reaches_its_recorded_accuracy_on_200_test_images(name):
+  """The card's 200-image figure (the 500-image one costs 2.5x the CPU time: Vim-T's forward
+  runs ~20 images/s on 2 CPU cores: compute, not compilation)."""
+  recorded = _card(name)['accuracy']['cifar10_test_200_top1']
   model = build_model(name)
   params = checkpoints.load_checkpoint('bundled', model)
   source = cifar10.eval_source(_DataDir(CIFAR_DIR), model.img_size)
-  result = evaluation.evaluate_source(model, params, source, eval_images=500)
-  assert result['images'] == 500
+  result = evaluation.evaluate_source(model, params, source, eval_images=200)
+  assert result['images'] == 200
   assert abs(result['top1'] - recorded) <= 0.01, (result, recorded)
 
 
