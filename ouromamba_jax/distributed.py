@@ -72,9 +72,29 @@ def initialize(spec: DistributedSpec, environ: Mapping[str, str] = os.environ,
   if kwargs is not None and not jax.distributed.is_initialized():
     jax.config.update('jax_cpu_collectives_implementation', spec.cpu_collectives)
     jax.distributed.initialize(**kwargs)
+    if jax.process_count() > 1 and jax.default_backend() == 'cpu':
+      connect_cpu_collectives()
   log(f'[distributed] process {jax.process_index()}/{jax.process_count()}: '
       f'{jax.local_device_count()} of {jax.device_count()} {jax.default_backend()} devices'
       + (f', coordinator {kwargs["coordinator_address"] or "auto-detected"}' if kwargs else ''))
+
+
+def connect_cpu_collectives() -> None:
+  """Sets up the CPU collectives' connections now, while the processes are in step.
+
+  Gloo connects a set of devices at its first collective and gives every process 30 s to get
+  there (fixed inside XLA: --xla_cpu_collective_timeout_seconds does not cover it); a process
+  still compiling the program on a loaded machine misses that and the run fails with
+  'Gloo context initialization failed: DEADLINE_EXCEEDED'. Later collectives of a connected set
+  wait for slow processes. So the two device sets this library's collectives use are connected
+  here, just after `jax.distributed.initialize` (which returns once every process joined):
+  every device (the data meshes of Gen, calibration and evaluation) and one device per process
+  (`barrier`, `gather`)."""
+  mesh = data_mesh()
+  total = jax.jit(jax.shard_map(lambda x: jax.lax.psum(x, DATA_AXIS), mesh=mesh,
+                                in_specs=PartitionSpec(DATA_AXIS), out_specs=PartitionSpec()))
+  jax.block_until_ready(total(shard_rows(np.ones(mesh.size, np.int32), mesh)))
+  multihost_utils.sync_global_devices('ouromamba_jax: CPU collectives connected')
 
 
 _LOCAL = contextvars.ContextVar('local_work', default=False)
