@@ -14,12 +14,12 @@ from kernels_pallas.patched_readout.config import PatchedReadoutBlockConfig, def
 
 
 def _inputs(seed, batch, grid, channels, n_state):
+  """(states, weights, patch C, cotangent) from numpy: a jitted sampler compiles per shape."""
   length = grid[0] * grid[1] + 1
-  k = jax.random.split(jax.random.key(seed), 4)
-  return (jax.random.normal(k[0], (batch, length, channels, n_state)),
-          jax.random.uniform(k[1], (batch, length - 1)),
-          jax.random.normal(k[2], (batch, length - 1, n_state)),
-          jax.random.normal(k[3], (batch, length - 1, channels)))
+  rng = np.random.default_rng(seed)
+  normal = lambda *shape: rng.standard_normal(shape, np.float32)
+  return (normal(batch, length, channels, n_state), rng.random((batch, length - 1), np.float32),
+          normal(batch, length - 1, n_state), normal(batch, length - 1, channels))
 
 
 def _rel(a, b):
@@ -27,9 +27,16 @@ def _rel(a, b):
 
 
 def _value_and_grads(impl, states, weights, c_patches, cotangent, **kw):
+  """Output and the three input gradients, as one jitted program (op by op, every primitive of
+  the interpreted kernel compiles on its own)."""
   fn = lambda h, w, c: api.patched_readout(h, w, c, implementation=impl, interpret=True, **kw)
-  out, vjp = jax.vjp(fn, states, weights, c_patches)
-  return out, vjp(cotangent)
+
+  @jax.jit
+  def run(states, weights, c_patches, cotangent):
+    out, vjp = jax.vjp(fn, states, weights, c_patches)
+    return out, vjp(cotangent)
+
+  return run(states, weights, c_patches, cotangent)
 
 
 # (grid, cls_index, channels, N, size, batch, block_d or None for the default, reversed
