@@ -28,21 +28,23 @@ on_gpu = pytest.mark.skipif(jax.default_backend() != 'gpu', reason='needs a CUDA
 
 def make_inputs(seed, batch, length, channels, n_state, dtype, *, skip=True, gate=True,
                 bias=True):
-  """Vim-like inputs: S4D-real A, dt biases that put softplus(dt) in [1e-3, 1e-1]."""
-  keys = jax.random.split(jax.random.key(seed), 8)
-  u = jax.random.normal(keys[0], (batch, length, channels), jnp.float32)
-  delta = 0.5 * jax.random.normal(keys[1], (batch, length, channels), jnp.float32)
-  a_log = jnp.log(jnp.arange(1, n_state + 1, dtype=jnp.float32))[None, :]
-  A = -jnp.exp(a_log + 0.1 * jax.random.normal(keys[2], (channels, n_state)))
-  B = jax.random.normal(keys[3], (batch, length, n_state), jnp.float32)
-  C = jax.random.normal(keys[4], (batch, length, n_state), jnp.float32)
-  D = jax.random.normal(keys[5], (channels,), jnp.float32) if skip else None
-  z = jax.random.normal(keys[6], (batch, length, channels), jnp.float32) if gate else None
-  dt_init = jnp.exp(jax.random.uniform(keys[7], (channels,), minval=np.log(1e-3),
-                                       maxval=np.log(1e-1)))
-  delta_bias = (dt_init + jnp.log(-jnp.expm1(-dt_init))) if bias else None  # softplus^-1
-  cast = lambda x: None if x is None else x.astype(dtype)
-  return (cast(u), cast(delta), A, cast(B), cast(C), D, cast(z), delta_bias)
+  """Vim-like inputs: S4D-real A, dt biases that put softplus(dt) in [1e-3, 1e-1]. Drawn with
+  numpy: a jitted sampler compiles once per shape (~0.3 s each on CPU)."""
+  rng = np.random.default_rng(seed)
+  normal = lambda *shape: rng.standard_normal(shape, np.float32)
+  u = normal(batch, length, channels)
+  delta = 0.5 * normal(batch, length, channels)
+  a_log = np.log(np.arange(1, n_state + 1, dtype=np.float32))[None, :]
+  A = -np.exp(a_log + 0.1 * normal(channels, n_state))
+  B = normal(batch, length, n_state)
+  C = normal(batch, length, n_state)
+  D = normal(channels) if skip else None
+  z = normal(batch, length, channels) if gate else None
+  dt_init = np.exp(rng.uniform(np.log(1e-3), np.log(1e-1), channels)).astype(np.float32)
+  delta_bias = (dt_init + np.log(-np.expm1(-dt_init))) if bias else None  # softplus^-1
+  cast = lambda x, to=dtype: None if x is None else jnp.asarray(x.astype(to))
+  return (cast(u), cast(delta), cast(A, np.float32), cast(B), cast(C), cast(D, np.float32),
+          cast(z), cast(delta_bias, np.float32))
 
 
 def rel_err(out, ref):
@@ -81,9 +83,11 @@ CPU_CASES = {
 def test_interpret_matches_reference(case):
   batch, length, channels, n_state, dtype, reverse, cfg, opts, softplus = CPU_CASES[case]
   args = make_inputs(0, batch, length, channels, n_state, dtype, **opts)
-  out = pallas_triton.selective_scan(*args, delta_softplus=softplus, reverse=reverse,
-                                     interpret=True, block_config=cfg)
-  ref = reference_scan(args, delta_softplus=softplus, reverse=reverse)
+  out, ref = jax.jit(lambda *a: (  # one program: op by op every primitive compiles on its own
+      pallas_triton.selective_scan(*a, delta_softplus=softplus, reverse=reverse, interpret=True,
+                                   block_config=cfg),
+      reference_scan(a, delta_softplus=softplus, reverse=reverse)),
+      compiler_options=CPU_FAST_COMPILE)(*args)
   assert out.shape == ref.shape and out.dtype == args[0].dtype
   err = rel_err(out, ref)
   tol = FP32_TOL if dtype == jnp.float32 else BF16_TOL
@@ -93,16 +97,17 @@ def test_interpret_matches_reference(case):
 def test_reverse_is_not_forward():
   """Guards the reverse test above against a kernel that ignores `reverse`."""
   args = make_inputs(1, 1, 6, 32, 16, jnp.float32)
-  fwd = pallas_triton.selective_scan(*args, reverse=False, interpret=True)
-  bwd = pallas_triton.selective_scan(*args, reverse=True, interpret=True)
+  fwd, bwd, ref = jax.jit(lambda *a: (pallas_triton.selective_scan(*a, reverse=False, interpret=True),
+                                      pallas_triton.selective_scan(*a, reverse=True, interpret=True),
+                                      reference_scan(a, reverse=True)))(*args)
   assert rel_err(bwd, fwd) > 1e-2
-  assert rel_err(bwd, reference_scan(args, reverse=True)) < FP32_TOL
+  assert rel_err(bwd, ref) < FP32_TOL
 
 
 @pytest.mark.parametrize('reverse', [False, True])
 def test_gradients_match_reference(reverse):
   args = make_inputs(2, 2, 7, 40, 16, jnp.float32)
-  weights = jax.random.normal(jax.random.key(9), args[0].shape)
+  weights = np.random.default_rng(9).standard_normal(args[0].shape, np.float32)
   cfg = SelectiveScanBlockConfig(32, 4)
 
   def kernel_loss(*a):
@@ -113,8 +118,9 @@ def test_gradients_match_reference(reverse):
     return jnp.sum(weights * reference.selective_scan_xla(*a, reverse=reverse))
 
   argnums = tuple(range(len(ARG_NAMES)))
-  grads = jax.jit(jax.grad(kernel_loss, argnums=argnums))(*args)
-  expected = jax.grad(reference_loss, argnums=argnums)(*args)
+  grads, expected = jax.jit(lambda *a: (jax.grad(kernel_loss, argnums=argnums)(*a),
+                                        jax.grad(reference_loss, argnums=argnums)(*a)),
+                            compiler_options=CPU_FAST_COMPILE)(*args)
   for name, g, e in zip(ARG_NAMES, grads, expected):
     assert g.shape == e.shape and g.dtype == e.dtype, name
     err = rel_err(g, e)
@@ -126,17 +132,20 @@ def test_gradients_without_optional_inputs():
   loss = lambda f: (lambda *a: jnp.sum(f(*a) ** 2))
   kernel = lambda *a: pallas_triton.selective_scan(*a, interpret=True)
   ref = lambda *a: reference.selective_scan_xla(*a)
-  grads = jax.grad(loss(kernel), argnums=(0, 1, 2, 3, 4))(u, delta, A, B, C)
-  expected = jax.grad(loss(ref), argnums=(0, 1, 2, 3, 4))(u, delta, A, B, C)
+  grads, expected = jax.jit(lambda *a: (jax.grad(loss(kernel), argnums=(0, 1, 2, 3, 4))(*a),
+                                        jax.grad(loss(ref), argnums=(0, 1, 2, 3, 4))(*a)),
+                            compiler_options=CPU_FAST_COMPILE)(u, delta, A, B, C)
   for name, g, e in zip(ARG_NAMES, grads, expected):
     assert rel_err(g, e) < FP32_TOL, name
 
 
 def test_api_dispatches_to_kernel():
   args = make_inputs(4, 1, 6, 32, 16, jnp.float32)
-  out = api.selective_scan(*args, implementation='triton')  # interpret=None: interpreted on CPU
-  assert rel_err(out, reference_scan(args)) < FP32_TOL
-  y, states = api.selective_scan(*args, implementation='triton', return_states=True)
+  out, ref, (y, states) = jax.jit(lambda *a: (
+      api.selective_scan(*a, implementation='triton'),  # interpret=None: interpreted on CPU
+      reference_scan(a), api.selective_scan(*a, implementation='triton', return_states=True)))(
+          *args)
+  assert rel_err(out, ref) < FP32_TOL
   assert states.shape == (1, 6, 32, 16) and rel_err(y, out) < FP32_TOL
 
 
@@ -259,11 +268,11 @@ def vjp_of(scan, args, cotangent):
 
 
 def random_cotangent(seed, out):
-  """Random cotangent(s) shaped and typed like the scan's output(s)."""
+  """Random cotangent(s) shaped and typed like the scan's output(s) (numpy-drawn)."""
   leaves, tree = jax.tree.flatten(out)
-  keys = jax.random.split(jax.random.key(seed), len(leaves))
-  return jax.tree.unflatten(tree, [jax.random.normal(k, x.shape).astype(x.dtype)
-                                   for k, x in zip(keys, leaves)])
+  rng = np.random.default_rng(seed)
+  return jax.tree.unflatten(tree, [jnp.asarray(rng.standard_normal(x.shape, np.float32)
+                                               .astype(x.dtype)) for x in leaves])
 
 
 def assert_grads_close(grads, expected, tol, what):
