@@ -38,9 +38,21 @@ def _assert_same(got, want, pack=False):
     assert got.inlier_q.shape[-1] * 2 == got.outlier_q.shape[-1]
 
 
+# The interpreted kernel is a long unrolled XLA program: LLVM's optimisation of it is a good part
+# of a check's time on CPU and changes none of its codes.
+CPU_FAST_COMPILE = ({'xla_backend_optimization_level': 0} if jax.default_backend() == 'cpu'
+                    else None)
+
+
+def _kernel(x, scale, spec, zero=None, *, fn=api.act_quant, **kw):
+  """fn(..., implementation='triton', interpret=True) jitted with CPU_FAST_COMPILE."""
+  run = lambda x, s, z: fn(x, s, spec, z, implementation='triton', interpret=True, **kw)
+  return jax.jit(run, compiler_options=CPU_FAST_COMPILE)(x, scale, zero)
+
+
 def _both(x, scale, spec, **kw):
   want = api.act_quant(x, scale, spec, implementation='xla', **kw)
-  got = api.act_quant(x, scale, spec, implementation='triton', interpret=True, **kw)
+  got = _kernel(x, scale, spec, **kw)
   return got, want
 
 
@@ -77,7 +89,7 @@ def test_asymmetric_grid_matches_canonical(bits, outlier_bits, trigger, outliers
   spec = ActQuantParams(bits=bits, symmetric=False, k=4.0, outlier_bits=outlier_bits,
                         trigger=trigger, outliers=outliers)
   want = api.act_quant(x, scale, spec, zero, implementation='xla')
-  got = api.act_quant(x, scale, spec, zero, implementation='triton', interpret=True)
+  got = _kernel(x, scale, spec, zero)
   for field in FIELDS + ('inlier_zero_point', 'outlier_zero_point'):
     g, w = getattr(got, field), getattr(want, field)
     if w is None:
@@ -103,8 +115,7 @@ def test_batch_trigger_matches_canonical_and_differs_from_sample():
   batch = ActQuantParams(bits=4, trigger='batch')
   got, want = _both(x, scale, batch)
   _assert_same(got, want)
-  per_sample = api.act_quant(x, scale, ActQuantParams(bits=4, trigger='sample'),
-                             implementation='triton', interpret=True)
+  per_sample = _kernel(x, scale, ActQuantParams(bits=4, trigger='sample'))
   assert bool(got.outlier_mask[1, :, 11].all())
   assert not bool(per_sample.outlier_mask[1].any())
 
@@ -142,8 +153,7 @@ def test_packed_codes_feed_the_mixed_gemm():
   b, l, c, n = 2, 12, 64, 32
   x = _activations(rng, b, l, c)
   scale = jnp.full((l,), 2.5 / 7, jnp.float32)
-  q = api.act_quant(x, scale, ActQuantParams(bits=4), pack_int4=True, implementation='triton',
-                    interpret=True)
+  q = _kernel(x, scale, ActQuantParams(bits=4), pack_int4=True)
   w_codes = jnp.asarray(rng.integers(-7, 8, (c, n)), jnp.int8)
   w_scale = jnp.asarray(rng.uniform(0.01, 0.02, n), jnp.float32)
   a_scale = jnp.broadcast_to(q.inlier_scale, (b, l))
@@ -243,8 +253,7 @@ def test_row_in_three_chunks_matches_canonical(symmetric, trigger, pack):
   spec = ActQuantParams(bits=bits, outlier_bits=8, trigger=trigger, symmetric=symmetric,
                         k=3.0 if symmetric else 4.0)
   want = api.act_quant(x, scale, spec, zero, implementation='xla', pack_int4=pack)
-  got = api.act_quant(x, scale, spec, zero, implementation='triton', interpret=True,
-                      pack_int4=pack)
+  got = _kernel(x, scale, spec, zero, pack_int4=pack)
   for field in FIELDS + ('inlier_zero_point', 'outlier_zero_point'):
     g, w = getattr(got, field), getattr(want, field)
     if w is None:
@@ -265,8 +274,7 @@ def test_several_samples_per_program_match_canonical(symmetric):
   spec = ActQuantParams(bits=4, symmetric=symmetric, outlier_bits=8)
   kw = dict(pack_int4=symmetric)
   want = api.act_quant(x, scale, spec, zero, implementation='xla', **kw)
-  got = api.act_quant(x, scale, spec, zero, implementation='triton', interpret=True,
-                      block_config=config.ActQuantBlockConfig(block_b=2), **kw)
+  got = _kernel(x, scale, spec, zero, block_config=config.ActQuantBlockConfig(block_b=2), **kw)
   for field in FIELDS + ('outlier_zero_point',):
     g, w = getattr(got, field), getattr(want, field)
     if w is None:
@@ -360,8 +368,7 @@ def test_dequantized_output_equals_dequantize_of_codes(symmetric, outliers, chun
                         k=3.0 if symmetric else 4.0)
   for dtype in (jnp.float32, jnp.bfloat16):
     want = dequantize(api.act_quant(x, scale, spec, zero, implementation='xla')).astype(dtype)
-    got = api.act_quant_dequantized(x, scale, spec, zero, out_dtype=dtype,
-                                    implementation='triton', interpret=True)
+    got = _kernel(x, scale, spec, zero, fn=api.act_quant_dequantized, out_dtype=dtype)
     assert got.dtype == want.dtype and got.shape == x.shape
     np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
     xla = api.act_quant_dequantized(x, scale, spec, zero, out_dtype=dtype, implementation='xla')
