@@ -14,6 +14,18 @@ HBM_BYTES_PER_S = 3.0e12    # H100 device-to-device copy, bytes read + written
 L2_SPILL_BYTES = 150 << 20  # input sets above the 50 MB L2 three times over are read from HBM
 
 
+# --smoke compiles the interpreted kernels (long unrolled XLA programs) on a CPU, where LLVM's
+# optimisation of them is much of the run's time and its timings mean nothing anyway.
+SMOKE_COMPILER_OPTIONS = {'xla_backend_optimization_level': 0}
+
+
+def jit(fn, smoke: bool, **kwargs):
+  """jax.jit(fn), compiled unoptimised under --smoke."""
+  if smoke:
+    kwargs['compiler_options'] = SMOKE_COMPILER_OPTIONS
+  return jax.jit(fn, **kwargs)
+
+
 def n_copies(bytes_per_set: int, smoke: bool, most: int = 16) -> int:
   """How many rotating input copies keep every timed call reading from HBM, not L2."""
   return 1 if smoke else int(min(most, max(2, -(-L2_SPILL_BYTES // max(1, bytes_per_set)))))

@@ -44,16 +44,17 @@ def variants(smoke, sweep=False):
   """name -> (fn(x, scale) -> IntActivation)."""
   def kernel(trigger, block_config=None):
     spec = ActQuantParams(bits=4, trigger=trigger)
-    return jax.jit(lambda x, s: api.act_quant(x, s, spec, pack_int4=True,
-                                              implementation='triton', interpret=smoke,
-                                              block_config=block_config))
+    return _bench.jit(lambda x, s: api.act_quant(x, s, spec, pack_int4=True,
+                                                 implementation='triton', interpret=smoke,
+                                                 block_config=block_config), smoke)
 
   swept = {f'triton_sample_packed_b{b}_w{w}': kernel('sample', ActQuantBlockConfig(
       block_b=b, num_warps=w)) for b, w in (SWEEP if sweep else ())}
 
   def xla(trigger, pack):
     spec = ActQuantParams(bits=4, trigger=trigger)
-    return jax.jit(lambda x, s: api.act_quant(x, s, spec, pack_int4=pack, implementation='xla'))
+    return _bench.jit(lambda x, s: api.act_quant(x, s, spec, pack_int4=pack,
+                                                 implementation='xla'), smoke)
 
   return {
       'xla_sample': xla('sample', False),

@@ -80,15 +80,15 @@ def variants(smoke):
   impl = dict(implementation='triton', interpret=smoke)
 
   def bf16(p):
-    return jax.jit(lambda x, w: jnp.dot(x, w, preferred_element_type=jnp.bfloat16)), \
+    return _bench.jit(lambda x, w: jnp.dot(x, w, preferred_element_type=jnp.bfloat16), smoke), \
         (p.x_bf16, p.w_bf16)
 
   def int8(p):
-    return jax.jit(lambda x, w: jax.lax.dot(x, w, preferred_element_type=jnp.int32)), \
+    return _bench.jit(lambda x, w: jax.lax.dot(x, w, preferred_element_type=jnp.int32), smoke), \
         (p.x_int8, p.w_int8)
 
   def xla_w4a4o8(p):
-    f = jax.jit(lambda x, a, w, s, xo, o: reference.mixed_gemm_xla(x, a, w, s, xo, o))
+    f = _bench.jit(lambda x, a, w, s, xo, o: reference.mixed_gemm_xla(x, a, w, s, xo, o), smoke)
     return f, (p.x_packed, p.a_scale, p.w_packed, p.w_scale, p.x_outlier, p.o_scale)
 
   def kernel(weight_bits, act_bits, outliers, dense_outliers_above=None):
@@ -99,9 +99,9 @@ def variants(smoke):
       x = p.x_packed if act_bits == 4 else p.x_int8
       w = p.w_packed if weight_bits == 4 else p.w_int8
       xo, o = (p.x_outlier, p.o_scale) if outliers else (None, None)
-      f = jax.jit(lambda x, a, w, s, xo, o: api.mixed_gemm(
+      f = _bench.jit(lambda x, a, w, s, xo, o: api.mixed_gemm(
           x, a, w, s, xo, o, weight_bits=weight_bits, act_bits=act_bits, block_config=cfg,
-          **impl))
+          **impl), smoke)
       return f, (x, p.a_scale, w, p.w_scale, xo, o)
     return build
 

@@ -126,9 +126,9 @@ def variant_scan(variant, *, reverse, states, interpret, block_config=None):
 
 
 def forward_fn(variant, *, reverse, interpret, block_config=None):
-  """jit of the variant's forward (y only)."""
-  return jax.jit(variant_scan(variant, reverse=reverse, states=False, interpret=interpret,
-                              block_config=block_config))
+  """jit of the variant's forward (y only); unoptimised when interpreted (--smoke)."""
+  return _bench.jit(variant_scan(variant, reverse=reverse, states=False, interpret=interpret,
+                                 block_config=block_config), interpret)
 
 
 def grad_fn(variant, *, reverse, states, interpret, block_config=None):
@@ -141,7 +141,7 @@ def grad_fn(variant, *, reverse, states, interpret, block_config=None):
     leaves = jax.tree.leaves(scan(*a))
     return sum(0.5 * jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves)
 
-  return jax.jit(jax.grad(loss, argnums=tuple(range(8))))
+  return _bench.jit(jax.grad(loss, argnums=tuple(range(8))), interpret)
 
 
 def grad_bytes(batch, length, channels, n_state, itemsize, states):
@@ -161,12 +161,13 @@ def _bench_mode(mode, args, report, main_rows, sweep_rows):
   smoke = args.smoke
   interpret = smoke or jax.default_backend() != 'gpu'
   dtype = jnp.dtype(args.dtype)
-  # --smoke sweeps one config per mode (each compiles the interpreted kernel again)
+  # --smoke runs one size and sweeps one config per mode (each compiles the interpreted
+  # kernel again)
   if mode == 'grad':
     sizes = SMOKE_SIZES[1:] if smoke else VIM_SIZES
     sweep = args.configs or (SMOKE_CONFIGS[:1] if smoke else SWEEP_CONFIGS)
   else:
-    sizes = SMOKE_SIZES if smoke else VIM_SIZES
+    sizes = SMOKE_SIZES[:1] if smoke else VIM_SIZES
     sweep = args.configs or (SMOKE_CONFIGS[1:] if smoke else SWEEP_CONFIGS)
   timing = dict(warmup=1, trials=2, inner=1) if smoke else dict(trials=args.trials,
                                                                 inner=args.inner)
