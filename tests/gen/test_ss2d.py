@@ -24,22 +24,22 @@ def tiny():
 
 
 def test_directions_to_grid_inverts_cross_scan():
-  x = jax.random.normal(jax.random.key(0), (2, 3, 5, 4))
+  x = random_init.normal(0, (2, 3, 5, 4))
   back = vmamba.directions_to_grid(vmamba.cross_scan(x), 3, 5)
   for k in range(4):
     np.testing.assert_array_equal(back[:, k], x.reshape(2, 15, 4))
-  ys = jax.random.normal(jax.random.key(1), (2, 4, 15, 4))
+  ys = random_init.normal(1, (2, 4, 15, 4))
   np.testing.assert_allclose(vmamba.directions_to_grid(ys, 3, 5).sum(1).reshape(2, 3, 5, 4),
                              vmamba.cross_merge(ys, 3, 5), rtol=1e-6, atol=1e-6)
 
 
 def test_grid_features_match_a_brute_force_neighbourhood():
   b, h, w, d, n, p = 2, 4, 5, 3, 2, 3
-  keys = jax.random.split(jax.random.key(0), 3)
-  states = jax.random.normal(keys[0], (b, h * w, d, n))
-  delta = jax.nn.softplus(jax.random.normal(keys[1], (b, h * w, d)))
-  c = jax.random.normal(keys[2], (b, h * w, n))
-  got = patched_state.grid_patch_features(states, delta, c, grid_size=(h, w), neighbourhood=p)
+  states = random_init.normal(0, (b, h * w, d, n))
+  delta = np.logaddexp(random_init.normal(1, (b, h * w, d)), 0).astype(np.float32)  # softplus
+  c = random_init.normal(2, (b, h * w, n))
+  got = jax.jit(lambda *a: patched_state.grid_patch_features(*a, grid_size=(h, w),
+                                                             neighbourhood=p))(states, delta, c)
   m = np.asarray(delta).mean(-1)
   wts = (m - m.min(1, keepdims=True)) / (m.max(1, keepdims=True) - m.min(1, keepdims=True))
   hs, cs = np.asarray(states), np.asarray(c)
@@ -57,17 +57,21 @@ def test_ss2d_states_are_each_directions_own_scan():
   """The folded four-direction scan's states (its diagonal blocks) equal a separate scan of
   each direction with its own A."""
   b, k, length, d, n = 2, 4, 6, 3, 2
-  keys = jax.random.split(jax.random.key(4), 5)
-  xs = jax.random.normal(keys[0], (b, k, length, d))
-  deltas = jax.random.normal(keys[1], (b, k, length, d))
-  bs, cs = (jax.random.normal(kk, (b, k, length, n)) for kk in keys[2:4])
-  a = -jnp.exp(jax.random.normal(keys[4], (k * d, n)))
-  y, states = vmamba.ss2d_scan(xs, deltas, bs, cs, a, jnp.ones((k * d,)), 'xla', True)
-  assert states.shape == (b, k, length, d, n)
-  for j in range(k):
-    yj, sj = vmamba.scan_api.selective_scan(
+  xs = random_init.normal(4, (b, k, length, d))
+  deltas = random_init.normal(5, (b, k, length, d))
+  bs, cs = random_init.normal(6, (b, k, length, n)), random_init.normal(7, (b, k, length, n))
+  a = -np.exp(random_init.normal(8, (k * d, n)))
+
+  @jax.jit   # one program: op by op, every primitive of the scans compiles on its own
+  def folded_and_separate(xs, deltas, bs, cs, a):
+    folded = vmamba.ss2d_scan(xs, deltas, bs, cs, a, jnp.ones((k * d,)), 'xla', True)
+    return folded, [vmamba.scan_api.selective_scan(
         xs[:, j], deltas[:, j], a[j * d:(j + 1) * d], bs[:, j], cs[:, j], jnp.ones((d,)),
-        delta_softplus=True, return_states=True, implementation='xla')
+        delta_softplus=True, return_states=True, implementation='xla') for j in range(k)]
+
+  (y, states), separate = folded_and_separate(xs, deltas, bs, cs, a)
+  assert states.shape == (b, k, length, d, n)
+  for j, (yj, sj) in enumerate(separate):
     np.testing.assert_allclose(states[:, j], sj, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(y[:, j], yj, rtol=1e-5, atol=1e-6)
 
@@ -80,7 +84,7 @@ def test_hooked_forward_is_the_plain_forward(tiny):
     seen.append((states.shape, delta.shape, c_mat.shape, grid_size))
     return {}
   hooked = model.clone(state_feature_fn=hook, state_blocks=(0, 2))
-  x = jax.random.normal(jax.random.key(3), (1, 16, 16, 3))
+  x = random_init.normal(3, (1, 16, 16, 3))
   apply = lambda m: jax.jit(lambda p, x: m.apply({'params': p}, x))(params, x)
   np.testing.assert_allclose(apply(hooked), apply(model), rtol=1e-6)
   assert seen == [((1, 4, 16, 16, 1), (1, 4, 16, 16), (1, 4, 16, 1), (4, 4)),
@@ -102,4 +106,4 @@ def test_loss_blocks_are_the_blocks_whose_grid_fits(tiny):
 
 def test_loss_is_finite_and_reaches_the_pixels(tiny):
   model, params = tiny
-  check_state_losses(model, params, SPEC, jax.random.normal(jax.random.key(1), (2, 16, 16, 3)))
+  check_state_losses(model, params, SPEC, random_init.normal(1, (2, 16, 16, 3)))
