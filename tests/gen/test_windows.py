@@ -57,7 +57,7 @@ def test_hooked_forward_is_the_plain_forward(tiny):
     seen.append((states.shape, delta.shape, c_mat.shape, grid_size, windows))
     return {}
   hooked = model.clone(state_feature_fn=hook)
-  x = jax.random.normal(jax.random.key(3), (2, 16, 16, 3))
+  x = random_init.normal(3, (2, 16, 16, 3))
   apply = lambda m: jax.jit(lambda p, x: m.apply({'params': p}, x))(params, x)
   np.testing.assert_allclose(apply(hooked), apply(model), rtol=1e-5, atol=1e-6)
   # stage 3: width 32 -> Di/2 = 16, one 4x4 window per image; stage 4: width 64, one 2x2 window
@@ -69,12 +69,11 @@ def test_window_features_match_a_brute_force_neighbourhood():
   """Two images of 2x2 windows of 3x3 tokens: each window's box sum stays inside it, the Δ
   weights are min-max normalised over all of an image's windows."""
   b, nw, ws, d, n, p = 2, 4, 3, 3, 2, 3
-  keys = jax.random.split(jax.random.key(0), 3)
-  states = jax.random.normal(keys[0], (b * nw, ws * ws, d, n))
-  delta = jax.nn.softplus(jax.random.normal(keys[1], (b * nw, ws * ws, d)))
-  c = jax.random.normal(keys[2], (b * nw, ws * ws, n))
-  got = patched_state.grid_patch_features(states, delta, c, grid_size=(ws, ws), neighbourhood=p,
-                                          weight_groups=nw)
+  states = random_init.normal(0, (b * nw, ws * ws, d, n))
+  delta = np.logaddexp(random_init.normal(1, (b * nw, ws * ws, d)), 0).astype(np.float32)
+  c = random_init.normal(2, (b * nw, ws * ws, n))
+  got = jax.jit(lambda *a: patched_state.grid_patch_features(
+      *a, grid_size=(ws, ws), neighbourhood=p, weight_groups=nw))(states, delta, c)
   m = np.asarray(delta).mean(-1).reshape(b, nw * ws * ws)
   wts = ((m - m.min(1, keepdims=True)) / (m.max(1, keepdims=True) - m.min(1, keepdims=True))
          ).reshape(b * nw, ws * ws)
@@ -92,7 +91,7 @@ def test_window_features_match_a_brute_force_neighbourhood():
 
 def test_loss_is_finite_and_reaches_the_pixels(tiny):
   model, params = tiny
-  check_state_losses(model, params, SPEC, jax.random.normal(jax.random.key(1), (2, 16, 16, 3)))
+  check_state_losses(model, params, SPEC, random_init.normal(1, (2, 16, 16, 3)))
 
 
 def test_unwhole_windows_are_refused(tiny):
