@@ -99,10 +99,11 @@ def features(states, delta, c_mat):
           'c': c_mat[:, -1]}
 
 
-@pytest.mark.parametrize('remat', [False, True])
-def test_sown_state_features_keep_their_per_block_paths_and_values(tiny, remat):
+def test_sown_state_features_keep_their_per_block_paths_and_values(tiny):
+  """The scanned forward, with and without remat, against the unrolled one (without: remat
+  only recomputes the forward inside the backward)."""
   model, params, images = tiny
-  hooked = model.clone(state_feature_fn=features, remat=remat)
+  hooked = model.clone(state_feature_fn=features)
 
   def run(m):
     def loss(x):
@@ -113,13 +114,15 @@ def test_sown_state_features_keep_their_per_block_paths_and_values(tiny, remat):
       return jnp.sum(out) + feats, (out, inter)
     return jax.jit(jax.grad(loss, has_aux=True))(images)
 
-  grad, (out, inter) = run(hooked)
   grad_ref, (out_ref, inter_ref) = run(hooked.clone(scan_blocks=False))
-  np.testing.assert_array_equal(np.asarray(out), np.asarray(out_ref))
-  assert jax.tree.structure(inter) == jax.tree.structure(inter_ref)
-  jax.tree.map(np.testing.assert_array_equal, inter, inter_ref)
-  assert set(inter) == {f'layers_{i}' for i in range(DEPTH)}
-  np.testing.assert_allclose(np.asarray(grad), np.asarray(grad_ref), rtol=1e-5, atol=1e-7)
+  for remat in (False, True):
+    grad, (out, inter) = run(hooked.clone(remat=remat))
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(out_ref))
+    assert jax.tree.structure(inter) == jax.tree.structure(inter_ref)
+    jax.tree.map(np.testing.assert_array_equal, inter, inter_ref)
+    assert set(inter) == {f'layers_{i}' for i in range(DEPTH)}
+    np.testing.assert_allclose(np.asarray(grad), np.asarray(grad_ref), rtol=1e-5, atol=1e-7,
+                               err_msg=f'remat={remat}')
 
 
 def test_init_builds_the_per_block_tree(tiny):
