@@ -20,6 +20,7 @@ Float outliers (O16) go through a float dot in both modes.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Optional
 
 import jax
@@ -198,9 +199,13 @@ class FakeQuantWeight:
 
   def freeze(self, mode: str = 'fake', pack: bool = True) -> 'QuantizedWeight':
     """Integer codes (int4 packed when bits <= 4 and `pack`); a stacked kernel (K, in, out)
-    per direction."""
+    per direction. One jitted program per weight shape (op by op, every step of it compiled
+    on its own for every new shape)."""
+    return _freeze(self, mode, pack)
+
+  def _freeze(self, mode: str, pack: bool) -> 'QuantizedWeight':
     if self.weight.ndim == 3:
-      return jax.vmap(lambda w: w.freeze(mode, pack))(self)
+      return jax.vmap(lambda w: w._freeze(mode, pack))(self)  # pylint: disable=protected-access
     codes = w_lib.quantize_weight_int(self.smoothed_weight(), self.scale, self.bits)
     packed = pack and self.bits <= 4
     values = w_lib.pack_int4(codes) if packed else codes
@@ -243,6 +248,11 @@ class QuantizedWeight:
 
   def stacked_linear(self, x, input_quantizer, dtype, implementation: Optional[str] = None):
     return stacked_linear(self, x, input_quantizer, dtype, implementation)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _freeze(weight: FakeQuantWeight, mode: str, pack: bool) -> QuantizedWeight:
+  return weight._freeze(mode, pack)  # pylint: disable=protected-access
 
 
 QTYPES = {cls.__name__: cls for cls in (ActQuantizer, FakeQuantWeight, QuantizedWeight)}

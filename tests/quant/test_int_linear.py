@@ -100,6 +100,7 @@ def runs(tiny, calibrated):
   return get
 
 
+@jax.jit   # op by op, the window walk's primitives compile one by one for every input shape
 def fake_mask(x, iq):
   """The simulation's outlier mask of a Linear input x."""
   return iq.parts(act_lib.as_steps(x.astype(jnp.float32), 'steps')[0], ste=True).outlier_mask
