@@ -1,5 +1,5 @@
-"""Suite-wide settings: one compilation cache per run, and a last line saying which marked
-tests were deselected.
+"""Suite-wide settings: one compilation cache per run, the expensive files first, and a last
+line saying which marked tests were deselected.
 
 On CPU the suite's time is mostly XLA compiling tiny models, not running them. A persistent
 compilation cache shared by the xdist workers of one run makes a program that two tests, two
@@ -21,6 +21,24 @@ CACHE_ENV = 'JAX_COMPILATION_CACHE_DIR'
 MIN_SECS_ENV = 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'
 MARKS = ('slow', 'gpu')
 _OWN_CACHE = pytest.StashKey[str]()        # the cache folder this process made
+# The files that take longest (seconds on 2 busy CPU cores, 2026-12-03), most first: the
+# default suite runs `-n 2 --dist loadfile` (pyproject), which hands whole files to whichever
+# worker is free in collection order, so these start first and no long file is left to run
+# alone at the end. The distributed test starts three processes of its own: first as well.
+EXPENSIVE_FIRST = (
+    'tests/test_distributed.py',                        # ~80
+    'tests/quant/test_vmamba_quant.py',                 # ~110
+    'tests/quant/test_api.py',                          # ~100
+    'tests/test_public_api.py',                         # ~75
+    'tests/test_main.py',                               # ~50
+    'tests/models/test_scan.py',                        # ~55
+    'tests/quant/test_int_linear.py',                   # ~50
+    'tests/test_checkpoints.py',                        # ~50
+    'tests/kernels_pallas/test_benches.py',             # ~50
+    'tests/kernels_pallas/test_selective_scan_triton.py',  # ~50
+    'tests/stages/test_quantize.py',                    # ~45
+    'tests/kernels_pallas/test_act_quant.py',           # ~40
+)
 _deselected: dict[str, int] = {}
 
 
@@ -35,6 +53,12 @@ def pytest_configure(config):
   import jax  # pylint: disable=g-import-not-at-top  (it may have read the variables already)
   jax.config.update('jax_compilation_cache_dir', os.environ[CACHE_ENV])
   jax.config.update('jax_persistent_cache_min_compile_time_secs', float(os.environ[MIN_SECS_ENV]))
+
+
+def pytest_collection_modifyitems(items):
+  """EXPENSIVE_FIRST's files first (in that order), the rest in collection order."""
+  rank = {path: i for i, path in enumerate(EXPENSIVE_FIRST)}
+  items.sort(key=lambda item: rank.get(item.nodeid.split('::')[0], len(rank)))
 
 
 def pytest_deselected(items):
