@@ -8,6 +8,7 @@ import pytest
 
 from ouromamba_jax.gen import objective
 from ouromamba_jax.gen.spec import GenSpec
+from tests import random_init
 
 SPEC = GenSpec(num_positives=4, pse_weight=0.5)
 
@@ -20,7 +21,7 @@ def _losses(model, params, images, spec=SPEC):
 def test_gradients_reach_the_pixels(tiny):
   model, params = tiny
   gen_model = objective.generation_model(model, SPEC)
-  images = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  images = jnp.asarray(random_init.normal(0, (2, 32, 32, 3)))
   labels = jnp.array([3, 7])
   terms = ('contrastive', 'pse', 'output', 'total')
 
@@ -37,7 +38,7 @@ def test_gradients_reach_the_pixels(tiny):
 def test_total_combines_the_weighted_terms(tiny):
   model, params = tiny
   spec = dataclasses.replace(SPEC, contrastive_weight=0.7, output_weight=2.0)
-  out = _losses(model, params, jax.random.normal(jax.random.key(1), (2, 32, 32, 3)), spec)
+  out = _losses(model, params, jnp.asarray(random_init.normal(1, (2, 32, 32, 3))), spec)
   np.testing.assert_allclose(out['total'], 0.7 * out['contrastive'] + 0.5 * out['pse']
                              + 2.0 * out['output'], rtol=1e-6)
   assert all(v.shape == (2,) for v in out.values())
@@ -46,7 +47,7 @@ def test_total_combines_the_weighted_terms(tiny):
 def test_loss_blocks_select_blocks(tiny):
   """L_C over all blocks is the mean of the per-block values; L_PSE is their sum."""
   model, params = tiny
-  images = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
+  images = jnp.asarray(random_init.normal(2, (2, 32, 32, 3)))
   per_block = [_losses(model, params, images, dataclasses.replace(SPEC, loss_blocks=(b,)))
                for b in range(model.depth)]
   both = _losses(model, params, images)
@@ -94,7 +95,7 @@ def test_readout_kernel_and_scan_order_states_give_the_xla_token_order_losses(ti
   unflipped (state_order='scan', the default) with the losses and pixel gradients of flipped
   (token-order) states, for both readouts. Four jitted programs (op by op is minutes)."""
   model, params = tiny
-  images = jax.random.normal(jax.random.key(6), (2, 32, 32, 3))
+  images = jnp.asarray(random_init.normal(6, (2, 32, 32, 3)))
 
   def total(readout, order):
     spec = dataclasses.replace(SPEC, readout_implementation=readout)

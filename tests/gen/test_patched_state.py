@@ -6,6 +6,7 @@ import pytest
 
 from kernels_pallas.patched_readout import reference as readout_ref
 from ouromamba_jax.gen import patched_state
+from tests import random_init
 
 
 def _captured(model, params, images):
@@ -50,7 +51,7 @@ def _brute_force(states, delta, c_mat, cls, grid, size, normalization):
 @pytest.mark.parametrize('size,normalization', [(5, 'minmax'), (3, 'mean'), (1, 'none')])
 def test_patched_state_matches_brute_force_loop(tiny, size, normalization):
   model, params = tiny
-  images = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+  images = jnp.asarray(random_init.normal(1, (2, 32, 32, 3)))
   assert model.cls_index == 8  # the middle of 16 patch tokens, where Vim puts it
   for states, delta, c_mat in _captured(model, params, images):
     # Δ after softplus: Vim's dt bias puts softplus(Δ) in [1e-3, 0.1] (pre-softplus Δ < 0).
@@ -70,8 +71,8 @@ def test_patched_state_matches_brute_force_loop(tiny, size, normalization):
 def test_delta_weights_are_normalised_per_image(tiny):
   """Changing one image leaves the other images' Δ weights (and its own losses) untouched."""
   model, params = tiny
-  images = jax.random.normal(jax.random.key(2), (3, 32, 32, 3))
-  changed = images.at[1].set(5.0 * jax.random.normal(jax.random.key(3), (32, 32, 3)))
+  images = jnp.asarray(random_init.normal(2, (3, 32, 32, 3)))
+  changed = images.at[1].set(5.0 * jnp.asarray(random_init.normal(3, (32, 32, 3))))
 
   def weights(x):
     out = []

@@ -14,7 +14,7 @@ from tests import random_init
 def tiny():
   model = build_model('vim_t', img_size=32, patch_size=8, depth=3, d_model=32, num_classes=10,
                       scan_implementation='sequential')
-  images = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  images = jnp.asarray(random_init.normal(0, (2, 32, 32, 3)))
   return model, random_init.init_params(model, images, seed=1), images
 
 
@@ -65,7 +65,7 @@ def test_vmamba_pieces_walk_every_stage_and_equal_model_apply():
   from ouromamba_jax.quant import rewrite
   model = VMamba(num_classes=5, img_size=16, dims=8, depths=(2, 1), ssm_ratio=2.0,
                  scan_implementation='xla')
-  images = jnp.asarray(random_init.normal(0, (2, 16, 16, 3)))
+  images = jnp.asarray(jnp.asarray(random_init.normal(0, (2, 16, 16, 3))))
   params = random_init.init_params(model, images, seed=1)
   pieces = blockwise.pieces(model)
   assert [(p.name, p.after_name) for p in pieces] == [

@@ -13,6 +13,7 @@ from ouromamba_jax.models import vim
 from ouromamba_jax.quant import config as qconfig
 from ouromamba_jax.quant import presets
 from ouromamba_jax.quant import qtypes
+from tests import random_init
 
 DEPTH = 3
 QUANTIZED_RTOL = 1e-6  # fusion across block boundaries of the unrolled program may differ
@@ -22,7 +23,7 @@ QUANTIZED_RTOL = 1e-6  # fusion across block boundaries of the unrolled program 
 def tiny():
   model = build_model('vim_t', img_size=32, patch_size=8, depth=DEPTH, d_model=32,
                       num_classes=10, scan_implementation='associative')  # no inner lax.scan
-  images = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
+  images = jnp.asarray(random_init.normal(0, (4, 32, 32, 3)))
   return model, jax.jit(model.init)(jax.random.key(1), images)['params'], images
 
 

@@ -1,5 +1,6 @@
 """Shared tiny model and quantization runs (session-scoped: compiling a block is the slow part)."""
 import jax
+import jax.numpy as jnp
 import pytest
 
 from ouromamba_jax import quant
@@ -7,6 +8,7 @@ from ouromamba_jax import quantized_checkpoints
 from ouromamba_jax.quant import rewrite
 from ouromamba_jax.quant import rules
 from ouromamba_jax.models import build_model
+from tests import random_init
 
 
 @pytest.fixture(scope='session')
@@ -14,7 +16,7 @@ def tiny():
   """(model, params, images): 2 blocks, d_model 32, 16 patches + cls = 17 tokens, 8 images."""
   model = build_model('vim_t', img_size=32, patch_size=8, depth=2, d_model=32, num_classes=10,
                       scan_implementation='sequential')
-  images = jax.random.normal(jax.random.key(1), (8, 32, 32, 3))
+  images = jnp.asarray(random_init.normal(1, (8, 32, 32, 3)))
   params = jax.jit(model.init)(jax.random.key(0), images[:1])['params']
   return model, params, images
 

@@ -34,6 +34,7 @@ from ouromamba_jax.quant import qtypes
 from ouromamba_jax.quant import rewrite
 from ouromamba_jax.quant import weights as w_lib
 from tests.quant.conftest import initial_tree
+from tests import random_init
 
 TRITON_LOGITS_RTOL = 1e-6
 IMPLEMENTATIONS = ('xla', 'triton')
@@ -182,7 +183,7 @@ def test_uncovered_linears_fall_back_to_xla_int_dots(tiny, calibrated):
   tree = rewrite.set_mode(calibrated('w4a4'), 'int')
   weight = rewrite.get_path(tree, 'layers_0/mixer/out_proj/kernel')
   iq = rewrite.get_path(tree, 'layers_0/mixer/out_proj/input_quantizer')
-  x = jax.random.normal(jax.random.key(3), (2, 17, weight.in_features))
+  x = jnp.asarray(random_init.normal(3, (2, 17, weight.in_features)))
   asym = qtypes.ActQuantizer.calibrate(
       x, config.ActSpec(8, symmetric=False, outliers='none'), mode='int')
   assert 'asymmetric' in int_linear.unsupported_reason(weight, asym)
@@ -197,7 +198,7 @@ def test_uncovered_linears_fall_back_to_xla_int_dots(tiny, calibrated):
 def test_ssm_sites_use_the_act_quant_kernel_when_it_covers_them():
   """B/C (symmetric, per step) and Δ (asymmetric) run the Pallas kernel in int mode with the
   same codes as XLA."""
-  x = 3.0 * jax.random.normal(jax.random.key(4), (2, 17, 16))
+  x = 3.0 * jnp.asarray(random_init.normal(4, (2, 17, 16)))
   x = x.at[:, 5, 3].set(40.0)                              # an outlier channel
   b_site = qtypes.ActQuantizer.calibrate(x, config.ActSpec(4, outlier_bits=8), mode='int')
   kernel = int_linear.quantize_site(x, b_site, 'triton')
@@ -216,7 +217,7 @@ def test_ssm_sites_use_the_act_quant_kernel_when_it_covers_them():
 def test_quantize_site_default_is_act_quants_default(monkeypatch):
   """implementation=None leaves the choice to act_quant: on a GPU a batch-trigger site stays on
   XLA (its Triton kernel is slower). The GPU is faked, so running the kernel would fail here."""
-  x = 3.0 * jax.random.normal(jax.random.key(5), (2, 17, 16))
+  x = 3.0 * jnp.asarray(random_init.normal(5, (2, 17, 16)))
   site = qtypes.ActQuantizer.calibrate(x, config.ActSpec(4, trigger='batch'), mode='int')
   monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
   got = int_linear.quantize_site(x, site)

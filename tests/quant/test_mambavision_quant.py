@@ -9,6 +9,7 @@ from ouromamba_jax import quant
 from ouromamba_jax.models.mambavision import MambaVision
 from ouromamba_jax.quant import rules
 from tests.quant import coarse
+from tests import random_init
 
 MIXER_SITES = ('in_proj/kernel', 'in_proj/input_quantizer', 'x_proj/kernel',
                'x_proj/input_quantizer', 'dt_proj/kernel', 'dt_proj/input_quantizer',
@@ -24,7 +25,7 @@ def _tiny_model():
   model = MambaVision(num_classes=5, img_size=16, dim=8, in_dim=8, depths=(1, 1, 2, 2),
                       num_heads=(1, 1, 2, 2), window_size=(8, 8, 4, 2), stem_strides=(1, 1),
                       scan_implementation='xla')
-  return model, jax.random.normal(jax.random.key(1), (4, 16, 16, 3))
+  return model, jnp.asarray(random_init.normal(1, (4, 16, 16, 3)))
 
 
 @pytest.fixture(scope='module')

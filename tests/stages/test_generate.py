@@ -16,6 +16,7 @@ from ouromamba_jax.stages import generate as gen_run
 from ouromamba_jax.stages import sections
 from tests.gen.conftest import IMAGENET_MEAN, IMAGENET_STD
 from tests.gen.conftest import tiny  # pylint: disable=unused-import
+from tests import random_init
 
 
 def _config():
@@ -93,7 +94,7 @@ def test_a_judge_of_other_classes_fails_before_gen(tmp_path):
 
 def test_quality_report_measures_agreement_with_the_targets(tiny):
   model, params = tiny
-  images = np.asarray(jax.random.normal(jax.random.key(0), (6, 32, 32, 3)))
+  images = np.asarray(random_init.normal(0, (6, 32, 32, 3)))
   predicted = quality.predict(model, params, images, batch_size=4).argmax(-1)
   report = dict(quality.quality_report(model, params, images, predicted))
   assert report['synthetic_top1_agreement'] == 1.0
