@@ -24,7 +24,7 @@ def test_images_labels_and_history(run):
 
 def test_seed_decides_the_images(tiny, run):
   model, params = tiny
-  spec = tiny_gen_spec(num_images=2, iterations=2)
+  spec = tiny_gen_spec(num_images=2)   # one group: the step program `run` compiled
   a = generator.generate(model, params, spec, seed=0)
   np.testing.assert_array_equal(a.images, generator.generate(model, params, spec, seed=0).images)
   assert not np.allclose(a.images, generator.generate(model, params, spec, seed=1).images)
