@@ -43,6 +43,14 @@ def w8a8_run(tiny, tmp_path_factory):
 
 
 @pytest.fixture(scope='session')
+def w4a4_untrained_run(tiny):
+  """(qparams, report): OuroMamba W4A4 with the initial (lp-searched) scales, no training."""
+  model, params, images = tiny
+  return quant.quantize(model, params, images,
+                        quant.QuantRunSpec(preset='w4a4', epochs=0).quant_spec(), log=lambda _: None)
+
+
+@pytest.fixture(scope='session')
 def rtn_run(tiny):
   model, params, images = tiny
   return quant.quantize(model, params, images,

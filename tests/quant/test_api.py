@@ -61,10 +61,9 @@ def test_saved_model_reloads_with_identical_logits_in_both_modes(tiny, apply_fn,
   np.testing.assert_array_equal(np.asarray(apply_fn(as_int, images)), want)
 
 
-def test_w4a4_degrades_more_but_stays_finite(tiny, apply_fn, w8a8_run):
-  model, params, images = tiny
-  qparams, report = quant.quantize(model, params, images, quant.QuantRunSpec(preset='w4a4', epochs=0).quant_spec(),
-                                   log=lambda _: None)
+def test_w4a4_degrades_more_but_stays_finite(tiny, apply_fn, w8a8_run, w4a4_untrained_run):
+  _, params, images = tiny
+  qparams, report = w4a4_untrained_run
   fp = apply_fn(params, images)
   q = apply_fn(qparams, images)
   assert bool(jnp.all(jnp.isfinite(q)))
@@ -176,7 +175,7 @@ def test_non_finite_activations_outside_the_blocks_are_named_by_site(tiny, rtn_r
                                  config.CalibSpec(micro_batch=4), 'ouromamba')
 
 
-def test_log_domain_a_keeps_every_state_and_int_mode_agrees(tiny, apply_fn):
+def test_log_domain_a_keeps_every_state_and_int_mode_agrees(tiny, apply_fn, w4a4_untrained_run):
   model, params, images = tiny
   spec = quant.QuantRunSpec(preset='w4a4', epochs=0, a_domain='log').quant_spec()
   qparams, report = quant.quantize(model, params, images, spec, log=lambda _: None)
@@ -186,9 +185,7 @@ def test_log_domain_a_keeps_every_state_and_int_mode_agrees(tiny, apply_fn):
   A = -jnp.exp(rewrite.get_path(params, 'layers_0/mixer/A_log').astype(jnp.float32))
   rel = jnp.abs(a(A) - A) / jnp.abs(A)
   assert float(jnp.max(rel)) < 0.15 and bool(jnp.all(a(A) < 0))  # no state rounds to 0
-  linear = quant.quantize(model, params, images, quant.QuantRunSpec(preset='w4a4', epochs=0).quant_spec(),
-                          log=lambda _: None)[0]
-  a_lin = rewrite.get_path(linear, 'layers_0/mixer/A_quantizer')
+  a_lin = rewrite.get_path(w4a4_untrained_run[0], 'layers_0/mixer/A_quantizer')
   assert float(jnp.max(jnp.abs(a_lin(A) - A) / jnp.abs(A))) == 1.0  # A = -1 -> 0 on ±7 steps
   np.testing.assert_array_equal(np.asarray(apply_fn(rewrite.set_mode(qparams, 'int'), images)),
                                 np.asarray(apply_fn(qparams, images)))
