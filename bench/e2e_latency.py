@@ -133,6 +133,9 @@ def parse_args(argv=None):
                  help='1: store plain float params in the compute dtype')
   p.add_argument('--compile_workers', type=int, default=8,
                  help="threads compiling one model's cells concurrently (timing stays serial)")
+  p.add_argument('--batch_directions', type=int, default=0,
+                 help='1: the mixers run both scan directions as one vmapped batch '
+                      '(VisionMamba.batch_directions), in every variant')
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--out', default='', help='JSON file for the results')
   p.add_argument('--smoke', action='store_true',
@@ -289,7 +292,8 @@ def variant_model(base, variant: Variant, args):
                                           else args.scan_kernel) if variant.pallas_scan
                                          else 'xla'),
                     quant_implementation=(variant.quant_kernel or args.quant_kernel)
-                    if variant.preset else None)
+                    if variant.preset else None,
+                    batch_directions=bool(args.batch_directions))
 
 
 def _model_trees(base, params, args, rates, quantize_s, model_name):

@@ -44,10 +44,8 @@ def optional_param(module: nn.Module, name: str) -> Any:
 def apply_site(module: nn.Module, name: str, x):
   """Runs the activation quantizer stored under `name`, if the quant pass put one there (in
   int mode on the module's `quant_implementation` kernels)."""
-  quantizer = optional_param(module, name)
-  if quantizer is None:
-    return x
-  return quantizer(x, implementation=getattr(module, 'quant_implementation', None))
+  return quantize_site(optional_param(module, name), x,
+                       getattr(module, 'quant_implementation', None))
 
 
 def is_float_array(x) -> bool:
@@ -66,18 +64,26 @@ class Linear(nn.Module):
   @nn.compact
   def __call__(self, x):
     kernel = read_param(self, 'kernel', self.kernel_init, (x.shape[-1], self.features))
-    input_quantizer = optional_param(self, 'input_quantizer')
-    if is_float_array(kernel):
-      if input_quantizer is not None:
-        x = input_quantizer(x)
-      y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
-    else:
-      y = kernel.linear(x, input_quantizer, self.dtype,
-                        implementation=self.quant_implementation)
-    if self.use_bias:
-      bias = read_param(self, 'bias', self.bias_init, (self.features,))
-      y = y + bias.astype(y.dtype)
-    return y
+    bias = read_param(self, 'bias', self.bias_init, (self.features,)) if self.use_bias else None
+    return linear(x, kernel, bias, optional_param(self, 'input_quantizer'), self.dtype,
+                  self.quant_implementation)
+
+
+def linear(x, kernel, bias, input_quantizer, dtype, implementation: Optional[str] = None):
+  """What `Linear` computes, as a function of its (possibly quantized) params, so that code
+  which holds the params itself (a vmap over stacked layers) runs the same dispatch."""
+  if is_float_array(kernel):
+    if input_quantizer is not None:
+      x = input_quantizer(x)
+    y = jnp.dot(x.astype(dtype), kernel.astype(dtype))
+  else:
+    y = kernel.linear(x, input_quantizer, dtype, implementation=implementation)
+  return y if bias is None else y + bias.astype(y.dtype)
+
+
+def quantize_site(quantizer, x, implementation: Optional[str] = None):
+  """An activation site's quantizer applied to x, or x where the site has none."""
+  return x if quantizer is None else quantizer(x, implementation=implementation)
 
 
 def stacked_linear(module: nn.Module, name: str, weight, x, dtype):

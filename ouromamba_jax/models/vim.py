@@ -28,6 +28,7 @@ from typing import Any, Callable, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from kernels_pallas.selective_scan import api as scan_api
 from ouromamba_jax.models import layers
@@ -85,6 +86,7 @@ class BiMambaV2Mixer(nn.Module):
   quant_implementation: Optional[str] = None
   state_layout: str = 'bldn'
   state_order: str = 'token'
+  batch_directions: bool = False
 
   @nn.compact
   def __call__(self, hidden):
@@ -99,50 +101,100 @@ class BiMambaV2Mixer(nn.Module):
 
     xz = linear(2 * d_inner, 'in_proj')(hidden)
     x, z = jnp.split(xz, 2, axis=-1)
-    outputs = {}
-    for direction, suffix in DIRECTIONS:
-      flip = (lambda t: jnp.flip(t, axis=1)) if suffix else (lambda t: t)
-      conv = CausalConv1d(self.d_conv, name=f'conv1d{suffix}')
-      x_proj = linear(dt_rank + 2 * self.d_state, f'x_proj{suffix}')
-      dt_std = dt_rank ** -0.5
-      dt_proj = linear(d_inner, f'dt_proj{suffix}', use_bias=True,
-                       kernel_init=_symmetric_uniform(dt_std), bias_init=dt_bias_init())
-      a_log = layers.read_param(self, f'A{suffix}_log' if suffix else 'A_log', a_log_init,
-                                (d_inner, self.d_state))
-      d_skip = layers.read_param(self, f'D{suffix}', nn.initializers.ones, (d_inner,))
+    stacked = self._stacked_directions() if self.batch_directions else None
+    if stacked is not None:
+      y = self._both_directions(stacked, x, z, dt_rank)
+    else:
+      outputs = {}
+      for direction, suffix in DIRECTIONS:
+        flip = (lambda t: jnp.flip(t, axis=1)) if suffix else (lambda t: t)
+        conv = CausalConv1d(self.d_conv, name=f'conv1d{suffix}')
+        x_proj = linear(dt_rank + 2 * self.d_state, f'x_proj{suffix}')
+        dt_std = dt_rank ** -0.5
+        dt_proj = linear(d_inner, f'dt_proj{suffix}', use_bias=True,
+                         kernel_init=_symmetric_uniform(dt_std), bias_init=dt_bias_init())
+        a_log = layers.read_param(self, f'A{suffix}_log' if suffix else 'A_log', a_log_init,
+                                  (d_inner, self.d_state))
+        d_skip = layers.read_param(self, f'D{suffix}', nn.initializers.ones, (d_inner,))
 
-      u = nn.silu(conv(flip(x)))
-      x_dbl = x_proj(u)
-      dt, b_mat, c_mat = jnp.split(x_dbl, [dt_rank, dt_rank + self.d_state], axis=-1)
-      delta = dt_proj(dt)  # bias included: the Δ quantizer sees pre-softplus Δ with bias
-      delta = layers.apply_site(self, f'delta{suffix}_quantizer', delta)
-      b_mat = layers.apply_site(self, f'B{suffix}_quantizer', b_mat)
-      c_mat = layers.apply_site(self, f'C{suffix}_quantizer', c_mat)
-      a_mat = layers.apply_site(self, f'A{suffix}_quantizer', -jnp.exp(a_log.astype(jnp.float32)))
-      d_vec = layers.apply_site(self, f'D{suffix}_quantizer', d_skip.astype(jnp.float32))
+        u = nn.silu(conv(flip(x)))
+        x_dbl = x_proj(u)
+        dt, b_mat, c_mat = jnp.split(x_dbl, [dt_rank, dt_rank + self.d_state], axis=-1)
+        delta = dt_proj(dt)  # bias included: the Δ quantizer sees pre-softplus Δ with bias
+        delta = layers.apply_site(self, f'delta{suffix}_quantizer', delta)
+        b_mat = layers.apply_site(self, f'B{suffix}_quantizer', b_mat)
+        c_mat = layers.apply_site(self, f'C{suffix}_quantizer', c_mat)
+        a_mat = layers.apply_site(self, f'A{suffix}_quantizer', -jnp.exp(a_log.astype(jnp.float32)))
+        d_vec = layers.apply_site(self, f'D{suffix}_quantizer', d_skip.astype(jnp.float32))
 
-      scan_out = scan_api.selective_scan(
-          u, delta, a_mat, b_mat, c_mat, d_vec, flip(z), None, delta_softplus=True,
-          return_states=self.state_feature_fn is not None,
-          implementation=self.scan_implementation, states_layout=self.state_layout)
-      if self.state_feature_fn is not None:
-        y, states = scan_out
-        delta_tokens = flip(jax.nn.softplus(delta.astype(jnp.float32)))
-        if self.state_order == 'scan':  # the backward direction's states stay reversed
-          feats = self.state_feature_fn(states, delta_tokens, flip(c_mat),
-                                        reversed_tokens=bool(suffix))
+        scan_out = scan_api.selective_scan(
+            u, delta, a_mat, b_mat, c_mat, d_vec, flip(z), None, delta_softplus=True,
+            return_states=self.state_feature_fn is not None,
+            implementation=self.scan_implementation, states_layout=self.state_layout)
+        if self.state_feature_fn is not None:
+          y, states = scan_out
+          delta_tokens = flip(jax.nn.softplus(delta.astype(jnp.float32)))
+          if self.state_order == 'scan':  # the backward direction's states stay reversed
+            feats = self.state_feature_fn(states, delta_tokens, flip(c_mat),
+                                          reversed_tokens=bool(suffix))
+          else:
+            feats = self.state_feature_fn(flip(states), delta_tokens, flip(c_mat))
+          self.sow('intermediates', f'state_features_{direction}', feats)
         else:
-          feats = self.state_feature_fn(flip(states), delta_tokens, flip(c_mat))
-        self.sow('intermediates', f'state_features_{direction}', feats)
-      else:
-        y = scan_out
-      outputs[direction] = flip(y)
+          y = scan_out
+        outputs[direction] = flip(y)
 
-    y = (outputs['forward'].astype(jnp.float32) + outputs['backward'].astype(jnp.float32)) / 2
+      y = (outputs['forward'].astype(jnp.float32) + outputs['backward'].astype(jnp.float32)) / 2
     out_std = std / math.sqrt(2 * self.n_layers)  # GPT-2 style prenorm residual rescale
     out_proj = linear(self.d_model, 'out_proj',
                       kernel_init=nn.initializers.truncated_normal(out_std))
     return out_proj(y.astype(self.dtype))
+
+  def _stacked_directions(self):
+    """The two directions' params (conv, x_proj, dt_proj, A, D and their quantizer sites)
+    stacked on a leading axis, or None where they cannot run as one batch: at init, with a
+    state hook (Gen sows per direction), or when the trees differ (e.g. calibration's
+    recorders, or different quantizers per direction)."""
+    if self.is_initializing() or self.state_feature_fn is not None:
+      return None
+    get = lambda name: self.get_variable('params', name)
+    trees = []
+    for _, suffix in DIRECTIONS:
+      tree = {'conv': get(f'conv1d{suffix}'), 'x_proj': get(f'x_proj{suffix}'),
+              'dt_proj': get(f'dt_proj{suffix}'),
+              'a_log': get(f'A{suffix}_log' if suffix else 'A_log'), 'd': get(f'D{suffix}')}
+      tree.update({t: layers.optional_param(self, f'{t}{suffix}_quantizer')
+                   for t in ('delta', 'B', 'C', 'A', 'D')})
+      trees.append(tree)
+    if len(block_runs(trees)) != 1 or not all(
+        isinstance(leaf, (jax.Array, np.ndarray)) for leaf in jax.tree.leaves(trees)):
+      return None
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+  def _both_directions(self, p, x, z, dt_rank):
+    """Both scan directions as one vmapped computation: every kernel launch of the per-direction
+    part (act_quant, the small GEMMs, the scan) covers both directions. Same arithmetic as the
+    loop in __call__, in fp32 after the scan."""
+    impl = self.quant_implementation
+
+    def one(p, x, z):
+      u = nn.silu(layers.causal_depthwise_conv1d(x, p['conv']['kernel'], p['conv']['bias']))
+      proj = lambda q, v, bias: layers.linear(v, q['kernel'], bias, q.get('input_quantizer'),
+                                              self.dtype, impl)
+      x_dbl = proj(p['x_proj'], u, None)
+      dt, b_mat, c_mat = jnp.split(x_dbl, [dt_rank, dt_rank + self.d_state], axis=-1)
+      delta = layers.quantize_site(p['delta'], proj(p['dt_proj'], dt, p['dt_proj']['bias']), impl)
+      a_mat = -jnp.exp(p['a_log'].astype(jnp.float32))
+      return scan_api.selective_scan(
+          u, delta, layers.quantize_site(p['A'], a_mat, impl),
+          layers.quantize_site(p['B'], b_mat, impl), layers.quantize_site(p['C'], c_mat, impl),
+          layers.quantize_site(p['D'], p['d'].astype(jnp.float32), impl), z, None,
+          delta_softplus=True, implementation=self.scan_implementation,
+          states_layout=self.state_layout)
+
+    flip = lambda t: jnp.flip(t, axis=1)
+    ys = jax.vmap(one)(p, jnp.stack([x, flip(x)]), jnp.stack([z, flip(z)]))
+    return (ys[0].astype(jnp.float32) + flip(ys[1]).astype(jnp.float32)) / 2
 
 
 def _symmetric_uniform(bound):
@@ -224,6 +276,10 @@ class VisionMamba(nn.Module):
   # `layers_{i}` per block, for tools that intercept module calls and need every block's own
   # path and values (quant.rules.find_sites, reports.capture.linear_io); same logits.
   scan_blocks: bool = True
+  # True: the mixers run their two scan directions as one vmapped batch (one launch of each
+  # per-direction kernel instead of two); same params, logits equal to rounding. Ignored at init,
+  # under a state hook (Gen) and where the two directions' param trees differ.
+  batch_directions: bool = False
 
   @property
   def grid_size(self) -> tuple[int, int]:
@@ -247,7 +303,7 @@ class VisionMamba(nn.Module):
         self.d_model, self.d_state, self.d_conv, self.expand, self.dt_rank, self.depth,
         self.dtype, self.scan_implementation, self.state_feature_fn,
         quant_implementation=self.quant_implementation, state_layout=self.state_layout,
-        state_order=self.state_order, name=name)
+        state_order=self.state_order, batch_directions=self.batch_directions, name=name)
 
   def block(self) -> Block:
     """The model's Block, unbound: what the forward applies to each block's params (and

@@ -148,15 +148,34 @@ def random_mixer_params(mixer, hidden, seed=0):
   return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
+@pytest.mark.parametrize('batch_directions', [False, True])
 @pytest.mark.parametrize('implementation', ['sequential', 'associative'])
-def test_mixer_matches_numpy_reference_with_z_flipped_in_the_backward_branch(implementation):
+def test_mixer_matches_numpy_reference_with_z_flipped_in_the_backward_branch(implementation,
+                                                                           batch_directions):
   hidden = np.random.default_rng(1).standard_normal((2, 7, 8)).astype(np.float32)
-  mixer = BiMambaV2Mixer(d_model=8, d_state=4, n_layers=1, scan_implementation=implementation)
+  mixer = BiMambaV2Mixer(d_model=8, d_state=4, n_layers=1, scan_implementation=implementation,
+                         batch_directions=batch_directions)
   params = random_mixer_params(mixer, hidden)
   out = np.asarray(mixer.apply({'params': params}, hidden))
   assert relative_error(out, numpy_mixer(hidden, params)) <= FP32_TOLERANCE
   # The check can tell: gating the backward branch with unflipped z is far off.
   assert relative_error(out, numpy_mixer(hidden, params, flip_z_for_backward=False)) > 1e-2
+
+
+def test_batched_directions_give_the_loops_logits_and_the_same_init():
+  """batch_directions runs the two scan directions as one vmapped batch: the PyTorch logits,
+  bit for bit the per-direction loop's; init (which creates the params) is unchanged."""
+  fixture, model, params = fixture_model('vim_depth2_img224')
+  batched = model.clone(batch_directions=True)
+  logits = jax.jit(batched.apply)({'params': params}, fixture.images)
+  assert relative_error(logits, fixture.logits) <= FP32_TOLERANCE
+  np.testing.assert_array_equal(logits, jax.jit(model.apply)({'params': params}, fixture.images))
+  small = VisionMamba(img_size=32, patch_size=8, depth=1, d_model=16, num_classes=3)
+  init = lambda m: m.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params']
+  plain, with_flag = init(small), init(small.clone(batch_directions=True))
+  assert jax.tree.structure(plain) == jax.tree.structure(with_flag)
+  for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(with_flag)):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_bfloat16_compute_runs_and_stays_close():

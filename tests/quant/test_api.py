@@ -2,6 +2,7 @@
 import os
 import re
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -189,3 +190,43 @@ def test_log_domain_a_keeps_every_state_and_int_mode_agrees(tiny, apply_fn, w4a4
   assert float(jnp.max(jnp.abs(a_lin(A) - A) / jnp.abs(A))) == 1.0  # A = -1 -> 0 on ±7 steps
   np.testing.assert_array_equal(np.asarray(apply_fn(rewrite.set_mode(qparams, 'int'), images)),
                                 np.asarray(apply_fn(qparams, images)))
+
+
+def _kernel_launches(fn, *args) -> dict[str, int]:
+  """Pallas calls per kernel name in fn's jaxpr (sub-jaxprs included: the block scan's body)."""
+  counts: dict[str, int] = {}
+
+  def walk(jaxpr):
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == 'pallas_call':
+        name = str(eqn.params['name']).split(' ')[0]
+        counts[name] = counts.get(name, 0) + 1
+      for value in eqn.params.values():
+        for sub in value if isinstance(value, (list, tuple)) else (value,):
+          inner = getattr(sub, 'jaxpr', sub)
+          if hasattr(inner, 'eqns'):
+            walk(inner)
+
+  walk(jax.make_jaxpr(fn)(*args).jaxpr)
+  return counts
+
+
+def test_batched_directions_give_the_loops_logits_with_fewer_launches(tiny, w4a4_untrained_run):
+  """VisionMamba.batch_directions on a quantized tree: the loop's logits bit for bit in fake mode
+  and in int mode on the Triton kernels (interpreted here), and each per-direction kernel
+  launched once for both directions (x_proj/dt_proj act_quant + GEMM, the Δ/B/C/A/D quantizers,
+  the scan)."""
+  model, _, images = tiny
+  forward = lambda m: (lambda p, x: m.apply({'params': p}, x))
+  for mode, loop in (('fake', model),
+                     ('int', model.clone(quant_implementation='triton',
+                                         scan_implementation='triton'))):
+    tree = rewrite.set_mode(w4a4_untrained_run[0], mode)
+    batched = loop.clone(batch_directions=True)
+    np.testing.assert_array_equal(np.asarray(jax.jit(forward(batched))(tree, images)),
+                                  np.asarray(jax.jit(forward(loop))(tree, images)))
+  per_loop = _kernel_launches(forward(loop), tree, images)
+  per_batch = _kernel_launches(forward(batched), tree, images)
+  assert per_loop['mixed_gemm'] == 6 and per_batch['mixed_gemm'] == 4  # in/out_proj: one each
+  assert per_batch['act_quant_dequantized'] * 2 == per_loop['act_quant_dequantized']
+  assert sum(per_batch.values()) < sum(per_loop.values())
