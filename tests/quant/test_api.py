@@ -214,17 +214,15 @@ def _kernel_launches(fn, *args) -> dict[str, int]:
 def test_batched_directions_give_the_loops_logits_with_fewer_launches(tiny, w4a4_untrained_run):
   """VisionMamba.batch_directions on a quantized tree: the loop's logits bit for bit in fake mode
   and in int mode on the Triton kernels (interpreted here), and each per-direction kernel
-  launched once for both directions (x_proj/dt_proj act_quant + GEMM, the Δ/B/C/A/D quantizers,
-  the scan)."""
+  launched once for both directions (x_proj/dt_proj act_quant + GEMM, the Δ/B/C/A/D quantizers).
+  The scan's kernel under the vmap: tests/models/test_vim.py."""
   model, _, images = tiny
   forward = lambda m: (lambda p, x: m.apply({'params': p}, x))
-  for mode, loop in (('fake', model),
-                     ('int', model.clone(quant_implementation='triton',
-                                         scan_implementation='triton'))):
+  for mode, loop in (('fake', model), ('int', model.clone(quant_implementation='triton'))):
     tree = rewrite.set_mode(w4a4_untrained_run[0], mode)
     batched = loop.clone(batch_directions=True)
-    np.testing.assert_array_equal(np.asarray(jax.jit(forward(batched))(tree, images)),
-                                  np.asarray(jax.jit(forward(loop))(tree, images)))
+    run = lambda m: np.asarray(jax.jit(forward(m))(tree, images))
+    np.testing.assert_array_equal(run(batched), run(loop))
   per_loop = _kernel_launches(forward(loop), tree, images)
   per_batch = _kernel_launches(forward(batched), tree, images)
   assert per_loop['mixed_gemm'] == 6 and per_batch['mixed_gemm'] == 4  # in/out_proj: one each
