@@ -9,6 +9,7 @@ import pytest
 from ouromamba_jax.gen import objective
 from ouromamba_jax.gen.spec import GenSpec
 from tests import random_init
+from tests.interpreted import CPU_FAST_COMPILE
 
 SPEC = GenSpec(num_positives=4, pse_weight=0.5)
 
@@ -81,12 +82,6 @@ def test_output_only_objective_runs_without_the_hook(tiny):
 def test_validate_names_the_bad_setting(tiny, change, message):
   with pytest.raises(ValueError, match=message):
     objective.check_objective(dataclasses.replace(SPEC, **change), tiny[0])
-
-
-# Programs with the interpreted Pallas kernel are long unrolled XLA programs: LLVM's
-# optimisation of them is most of their time on CPU and changes nothing checked here.
-CPU_FAST_COMPILE = ({'xla_backend_optimization_level': 0} if jax.default_backend() == 'cpu'
-                    else None)
 
 
 def test_readout_kernel_and_scan_order_states_give_the_xla_token_order_losses(tiny):

@@ -14,6 +14,7 @@ from kernels_pallas.act_quant import api, config
 from kernels_pallas.act_quant.config import ActQuantParams
 from kernels_pallas.act_quant.reference import dequantize
 from kernels_pallas.mixed_gemm import api as gemm_api
+from tests.interpreted import CPU_FAST_COMPILE
 
 FIELDS = ('inlier_q', 'inlier_scale', 'outlier_q', 'outlier_scale', 'outlier_mask')
 
@@ -36,12 +37,6 @@ def _assert_same(got, want, pack=False):
   assert got.inlier_zero_point is None and got.outlier_zero_point is None
   if pack:
     assert got.inlier_q.shape[-1] * 2 == got.outlier_q.shape[-1]
-
-
-# The interpreted kernel is a long unrolled XLA program: LLVM's optimisation of it is a good part
-# of a check's time on CPU and changes none of its codes.
-CPU_FAST_COMPILE = ({'xla_backend_optimization_level': 0} if jax.default_backend() == 'cpu'
-                    else None)
 
 
 def _kernel(x, scale, spec, zero=None, *, fn=api.act_quant, **kw):

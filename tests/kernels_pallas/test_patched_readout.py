@@ -12,6 +12,7 @@ from kernels_pallas.patched_readout import api
 from kernels_pallas.patched_readout import pallas_triton
 from kernels_pallas.patched_readout import reference
 from kernels_pallas.patched_readout.config import PatchedReadoutBlockConfig, default_block_config
+from tests.interpreted import CPU_FAST_COMPILE
 
 
 def _inputs(seed, batch, grid, channels, n_state):
@@ -25,12 +26,6 @@ def _inputs(seed, batch, grid, channels, n_state):
 
 def _rel(a, b):
   return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
-
-
-# Interpreted kernels are long unrolled XLA programs: LLVM's optimisation of them is most of a
-# check's time on CPU and buys nothing here.
-CPU_FAST_COMPILE = ({'xla_backend_optimization_level': 0} if jax.default_backend() == 'cpu'
-                    else None)
 
 
 def _value_and_grads(impl, states, weights, c_patches, cotangent, **kw):

@@ -18,6 +18,7 @@ from kernels_pallas.selective_scan import pallas_triton
 from kernels_pallas.selective_scan import reference
 from kernels_pallas.selective_scan import triton_common
 from kernels_pallas.selective_scan.config import SelectiveScanBlockConfig, default_block_config
+from tests.interpreted import CPU_FAST_COMPILE
 
 FP32_TOL = 1e-5
 BF16_TOL = 1e-2
@@ -239,12 +240,6 @@ def test_compat_helpers():
 
 
 # ------------------------------------------- backward kernel (vjp='kernel') and states output
-
-
-# Interpreted kernels are long unrolled XLA programs: on CPU, LLVM's optimisation of them is
-# most of a test's time (the backward kernel: 2.6 s -> 1.4 s at level 0) and buys nothing.
-CPU_FAST_COMPILE = ({'xla_backend_optimization_level': 0} if jax.default_backend() == 'cpu'
-                    else None)
 
 
 def vjp_of(scan, args, cotangent):

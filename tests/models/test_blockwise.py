@@ -65,7 +65,7 @@ def test_vmamba_pieces_walk_every_stage_and_equal_model_apply():
   from ouromamba_jax.quant import rewrite
   model = VMamba(num_classes=5, img_size=16, dims=8, depths=(2, 1), ssm_ratio=2.0,
                  scan_implementation='xla')
-  images = jnp.asarray(jnp.asarray(random_init.normal(0, (2, 16, 16, 3))))
+  images = jnp.asarray(random_init.normal(0, (2, 16, 16, 3)))
   params = random_init.init_params(model, images, seed=1)
   pieces = blockwise.pieces(model)
   assert [(p.name, p.after_name) for p in pieces] == [
