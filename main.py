@@ -93,6 +93,16 @@ def print_help(argv: list[str]) -> None:
                      extra={'model': {'overrides.*': common.OVERRIDES_HELP}}))
 
 
+def keep_command_line_fields(config) -> None:
+  """pipeline.full's paper-size values do not replace a field the user set on the command
+  line (`--config.pipeline.full=True --config.quant.calib_images=32` calibrates on 32)."""
+  if config.get('pipeline') is None or 'keep' not in config.pipeline:
+    return
+  given = list(config_flags.get_override_values(flags.FLAGS['config']))  # dotted names
+  kept = [n for n in config.pipeline.keep.split(',') if n.strip()]
+  config.pipeline.keep = ','.join(dict.fromkeys(kept + given))
+
+
 def enable_compilation_cache(path: str) -> None:
   """Persistent XLA cache in `path` (created); '' leaves it off."""
   if not path:
@@ -170,6 +180,7 @@ def main(argv):
   if config.mode == 'help':
     print_help(sys.argv)
     return
+  keep_command_line_fields(config)
   try:
     preflight.check(config)
   except (ValueError, TypeError, KeyError, FileNotFoundError) as e:

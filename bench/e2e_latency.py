@@ -133,9 +133,10 @@ def parse_args(argv=None):
                  help='1: store plain float params in the compute dtype')
   p.add_argument('--compile_workers', type=int, default=8,
                  help="threads compiling one model's cells concurrently (timing stays serial)")
-  p.add_argument('--batch_directions', type=int, default=0,
+  p.add_argument('--batch_directions', type=int, default=-1, choices=(-1, 0, 1),
                  help='1: the mixers run both scan directions as one vmapped batch '
-                      '(VisionMamba.batch_directions), in every variant')
+                      '(VisionMamba.batch_directions), 0: one after the other, -1: the '
+                      "library's measured rule (vim.directions_as_one_batch); every variant")
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--out', default='', help='JSON file for the results')
   p.add_argument('--smoke', action='store_true',
@@ -293,7 +294,8 @@ def variant_model(base, variant: Variant, args):
                                          else 'xla'),
                     quant_implementation=(variant.quant_kernel or args.quant_kernel)
                     if variant.preset else None,
-                    batch_directions=bool(args.batch_directions))
+                    batch_directions=(None if args.batch_directions < 0
+                                      else bool(args.batch_directions)))
 
 
 def _model_trees(base, params, args, rates, quantize_s, model_name):

@@ -75,6 +75,8 @@ class PipelineSection:
       DEMO_RUNS, "'method:preset:source,...' (source: gen | noise | real) or 'table' (the 21 "
       'runs of RESULTS.md)')
   full: bool = field(False, 'the paper-size settings (stages.pipeline.FULL) in <workdir>/full')
+  keep: str = field('', 'section.field names (comma-separated) that pipeline.full leaves as '
+                    'given; main.py adds every --config.* field set on the command line')
   workers: int = field(
       0, 'worker processes for the runs, each on its own GPUs (0 = one per local GPU when there '
       'are 2 or more, else none; 1 = every run in this process)')

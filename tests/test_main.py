@@ -154,3 +154,17 @@ def test_help_lists_modes_and_documented_fields():
   assert GenSpec.__dataclass_fields__['num_positives'].metadata['help'] in proc.stdout
   only = _main('--config=configs/vim_t.py', '--config.mode=evaluate', '--help')
   assert 'eval.quantized_checkpoint' in only.stdout and 'gen.num_images' not in only.stdout
+
+
+def test_command_line_fields_are_kept_by_pipeline_full(monkeypatch):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  argv = ['main.py', '--config=configs/vim_t_cifar10.py', '--config.pipeline.full=True',
+          '--config.quant.calib_images=32']
+  monkeypatch.setattr(sys, 'argv', argv)   # config_flags finds the overrides in sys.argv
+  try:
+    flags.FLAGS(argv)
+    config = main._CONFIG.value  # pylint: disable=protected-access
+    main.keep_command_line_fields(config)
+    assert set(config.pipeline.keep.split(',')) == {'pipeline.full', 'quant.calib_images'}
+  finally:
+    flags.FLAGS.unparse_flags()

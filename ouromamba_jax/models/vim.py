@@ -72,6 +72,20 @@ class CausalConv1d(nn.Module):
     return layers.causal_depthwise_conv1d(x, kernel, bias)
 
 
+# Below this many samples on a GPU, the two scan directions run as one vmapped batch by default.
+# Measured on one H200 (BENCHMARKS.md "Session 13", Vim-B): batch 1 W4A4O8 13.6 -> 8.8 ms and
+# bf16 5.9 -> 5.2 ms (the per-direction kernels are launch-bound there); batch 64 W4A4O8 equal
+# (42.8 ms) and the bf16 + Pallas scan path 26.5 -> 28.8 ms slower, so large batches keep the loop.
+DIRECTIONS_AS_ONE_BATCH_BELOW = 16
+
+
+def directions_as_one_batch(setting: Optional[bool], batch: int) -> bool:
+  """Whether the mixer vmaps its two directions: `setting` when given, else the measured rule."""
+  if setting is not None:
+    return bool(setting)
+  return jax.default_backend() == 'gpu' and batch < DIRECTIONS_AS_ONE_BATCH_BELOW
+
+
 class BiMambaV2Mixer(nn.Module):
   """hustvl bimamba v2: shared in/out_proj, separate conv/x_proj/dt_proj/A/D per direction."""
   d_model: int
@@ -86,7 +100,7 @@ class BiMambaV2Mixer(nn.Module):
   quant_implementation: Optional[str] = None
   state_layout: str = 'bldn'
   state_order: str = 'token'
-  batch_directions: bool = False
+  batch_directions: Optional[bool] = None
 
   @nn.compact
   def __call__(self, hidden):
@@ -101,7 +115,8 @@ class BiMambaV2Mixer(nn.Module):
 
     xz = linear(2 * d_inner, 'in_proj')(hidden)
     x, z = jnp.split(xz, 2, axis=-1)
-    stacked = self._stacked_directions() if self.batch_directions else None
+    stacked = (self._stacked_directions()
+               if directions_as_one_batch(self.batch_directions, hidden.shape[0]) else None)
     if stacked is not None:
       y = self._both_directions(stacked, x, z, dt_rank)
     else:
@@ -278,8 +293,9 @@ class VisionMamba(nn.Module):
   scan_blocks: bool = True
   # True: the mixers run their two scan directions as one vmapped batch (one launch of each
   # per-direction kernel instead of two); same params, logits equal to rounding. Ignored at init,
-  # under a state hook (Gen) and where the two directions' param trees differ.
-  batch_directions: bool = False
+  # under a state hook (Gen) and where the two directions' param trees differ. None: the
+  # measured rule of `directions_as_one_batch` (on for small batches on a GPU).
+  batch_directions: Optional[bool] = None
 
   @property
   def grid_size(self) -> tuple[int, int]:

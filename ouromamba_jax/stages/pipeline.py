@@ -70,16 +70,18 @@ def _log(msg: str) -> None:
 
 
 def effective_config(config) -> mlc.ConfigDict:
-  """An unlocked copy of `config`, with FULL applied when pipeline.full. A `pipeline.runs`
-  changed from the demo default is kept, so a full-size run can be split into parts."""
+  """An unlocked copy of `config`, with FULL applied when pipeline.full, except to the fields
+  named in pipeline.keep (set explicitly: a study's cells, command-line flags). A
+  `pipeline.runs` changed from the demo default is kept too, so a full-size run can be split
+  into parts."""
   cfg = mlc.ConfigDict(config.to_dict())
   if cfg.pipeline.full:
-    chosen_runs = cfg.pipeline.runs != DEMO_RUNS and cfg.pipeline.runs
+    keep = set(filter(None, (n.strip() for n in cfg.pipeline.get('keep', '').split(','))))
+    if cfg.pipeline.runs != DEMO_RUNS:
+      keep.add('pipeline.runs')
     for (section, field), value in FULL.items():
-      if section in cfg:
+      if section in cfg and f'{section}.{field}' not in keep:
         cfg[section][field] = value
-    if chosen_runs:
-      cfg.pipeline.runs = chosen_runs
   return cfg
 
 

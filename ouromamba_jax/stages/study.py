@@ -31,9 +31,11 @@ import ml_collections as mlc
 
 from ouromamba_jax.io import atomic
 from ouromamba_jax.reports import curves
+from ouromamba_jax.stages import shared_gen
 from ouromamba_jax.stages.runs import parse_runs
 
 STUDY_SUBDIR = 'study'
+SHARED_GEN_SUBDIR = 'gen'   # WORKDIR/study/gen: Gen sets shared by cells (shared_gen)
 Log = Callable[[str], None]
 _OURO_W4A4 = 'ouromamba:w4a4:gen'
 
@@ -122,6 +124,9 @@ def cell_config(config: mlc.ConfigDict, study: Study, overrides: dict[str, Any],
       if dotted == 'quant.n_refresh' and value == 'L':
         value = sequence_length(cfg)
       _set(cfg, dotted, value)
+    if overrides and 'keep' in cfg.pipeline:   # pipeline.full must not undo the cell's values
+      kept = [n for n in cfg.pipeline.keep.split(',') if n.strip()]
+      cfg.pipeline.keep = ','.join(dict.fromkeys(kept + list(overrides)))
   parse_runs(cfg.pipeline.runs)  # a bad runs string fails before any work
   return cfg
 
@@ -191,12 +196,18 @@ def _log(msg: str) -> None:
   logging.info('%s', msg)
 
 
-def run(config, workdir: str, log: Log = _log, run_pipeline=None) -> dict[str, Any]:
+def run(config, workdir: str, log: Log = _log, run_pipeline=None,
+        run_generate=None) -> dict[str, Any]:
   """Every (cell, seed) of `config.study.name`; returns the report (also written to disk).
-  `run_pipeline(config, workdir, log)` is the pipeline mode (replaceable in tests)."""
+  `run_pipeline(config, workdir, log)` is the pipeline mode and `run_generate(config, workdir)`
+  the generate stage (both replaceable in tests). Cells with the same Gen settings and seed
+  share one synthetic set (`shared_gen`, store WORKDIR/study/gen), also across studies."""
+  from ouromamba_jax.stages import pipeline  # pylint: disable=g-import-not-at-top
   if run_pipeline is None:
-    from ouromamba_jax.stages import pipeline  # pylint: disable=g-import-not-at-top
     run_pipeline = pipeline.run
+  if run_generate is None:
+    from ouromamba_jax.stages import generate  # pylint: disable=g-import-not-at-top
+    run_generate = generate.run
   name, seeds = str(config.study.name), int(config.study.seeds)
   study = study_named(name)
   if seeds < 1:
@@ -205,19 +216,25 @@ def run(config, workdir: str, log: Log = _log, run_pipeline=None) -> dict[str, A
            for label, overrides in study.cells for s in range(seeds)]  # all checked up front
   directory = os.path.join(workdir, STUDY_SUBDIR, name)
   os.makedirs(directory, exist_ok=True)
+  size = pipeline.effective_config(config)
   meta = {'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
           'seeds': seeds, 'base_seed': int(config.seed), 'model': config.model.name,
           'checkpoint': config.model.checkpoint,
-          'settings': f'gen {config.gen.num_images} images x {config.gen.iterations} steps, '
-                      f'{config.quant.calib_images} calibration images, {config.quant.epochs} '
-                      f'epochs, eval {config.data.eval_images or "all"} images'
-                      f'{", pipeline.full" if config.pipeline.full else ""}'}
+          'settings': f'gen {size.gen.num_images} images x {size.gen.iterations} steps, '
+                      f'{size.quant.calib_images} calibration images, {size.quant.epochs} '
+                      f'epochs, eval {size.data.eval_images or "all"} images'
+                      f'{" (pipeline.full)" if config.pipeline.full else ""}'}
   rows: list[dict[str, Any]] = []
   report = None
   for i, (label, cfg) in enumerate(cells):
     seed_index = i % seeds
     log(f'[study {name}] cell {label} seed {cfg.seed} ({i + 1}/{len(cells)})')
-    out = run_pipeline(cfg, os.path.join(directory, _slug(label), f'seed{seed_index}'), log)
+    cell_dir = os.path.join(directory, _slug(label), f'seed{seed_index}')
+    effective = pipeline.effective_config(cfg)
+    shared_gen.prepare(effective, os.path.join(cell_dir, pipeline.FULL_SUBDIR)
+                       if effective.pipeline.full else cell_dir,
+                       os.path.join(workdir, STUDY_SUBDIR, SHARED_GEN_SUBDIR), run_generate, log)
+    out = run_pipeline(cfg, cell_dir, log)
     fp_top1 = (out.get('fp') or {}).get('top1')
     rows += [{'cell': label, 'seed': int(cfg.seed), 'fp_top1': fp_top1, **r}
              for r in out['runs']]

@@ -9,6 +9,7 @@ import pytest
 from ouromamba_jax.io import hustvl_keys
 from ouromamba_jax.checkpoints import load_checkpoint
 from ouromamba_jax.models import registry
+from ouromamba_jax.models import vim
 from ouromamba_jax.models.vim import BiMambaV2Mixer
 from ouromamba_jax.models.vim import VisionMamba
 from tests.fixtures import torch_fixtures
@@ -160,6 +161,15 @@ def test_mixer_matches_numpy_reference_with_z_flipped_in_the_backward_branch(imp
   assert relative_error(out, numpy_mixer(hidden, params)) <= FP32_TOLERANCE
   # The check can tell: gating the backward branch with unflipped z is far off.
   assert relative_error(out, numpy_mixer(hidden, params, flip_z_for_backward=False)) > 1e-2
+
+
+def test_directions_run_as_one_batch_when_asked_or_for_small_gpu_batches(monkeypatch):
+  assert vim.directions_as_one_batch(True, 64) and not vim.directions_as_one_batch(False, 1)
+  assert not vim.directions_as_one_batch(None, 1)  # this CPU: the loop (measured on GPUs only)
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  small = vim.DIRECTIONS_AS_ONE_BATCH_BELOW - 1
+  assert vim.directions_as_one_batch(None, small)
+  assert not vim.directions_as_one_batch(None, vim.DIRECTIONS_AS_ONE_BATCH_BELOW)
 
 
 def test_batched_directions_give_the_loops_logits_and_the_same_init():

@@ -53,6 +53,10 @@ def test_parse_runs_and_full_settings():
   assert config.gen.num_images == 4                      # the caller's config is untouched
   config.pipeline.runs = runs_lib.DEMO_RUNS
   assert pipeline.effective_config(config).pipeline.runs == 'table'
+  config.quant.calib_images, config.pipeline.keep = 32, 'quant.calib_images, data.eval_images'
+  kept = pipeline.effective_config(config)               # fields set explicitly stay as set
+  assert kept.quant.calib_images == 32 and kept.data.eval_images == 16
+  assert kept.quant.epochs == 10 and kept.gen.num_images == 128
 
 
 def test_pipeline_without_data_runs_what_needs_none(tmp_path):

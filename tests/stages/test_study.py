@@ -8,6 +8,8 @@ import os
 import pytest
 
 from configs import vim_t_cifar10
+from ouromamba_jax.stages import gen_outputs
+from ouromamba_jax.stages import pipeline
 from ouromamba_jax.stages import preflight
 from ouromamba_jax.stages import study as study_stage
 
@@ -28,16 +30,28 @@ def _fake_pipeline(calls):
     del log
     calls.append((cfg, workdir))
     rows = [{'name': f'ouromamba_{p}_{s}', 'method': 'ouromamba', 'preset': p,
-             'calib_source': s, 'top1': 0.5 + 0.01 * cfg.quant.k + 0.001 * (cfg.seed - 10)}
+             'calib_source': s, 'top1': 0.5 + 0.01 * (cfg.quant.k or 3.0) + 0.001 * (cfg.seed - 10)}
             for p, s in (r.split(':')[1:] for r in cfg.pipeline.runs.split(','))]
     return {'fp': {'top1': 0.8}, 'runs': rows}
   return run
 
 
+def _fake_generate(made):
+  """Writes a synthetic set into the store folder it is given; records the folders."""
+  def generate(cfg, workdir):
+    path = gen_outputs.synthetic_path(workdir)
+    if not os.path.isfile(path):
+      made.append((workdir, cfg.seed))
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      with open(path, 'w') as f:
+        f.write(f'seed {cfg.seed} contrastive {cfg.gen.contrastive_weight}')
+  return generate
+
+
 def test_study_runs_every_cell_and_seed_and_reports_mean_and_spread(tmp_path):
-  calls, logs = [], []
+  calls, logs, made = [], [], []
   report = study_stage.run(_config('k'), str(tmp_path), log=logs.append,
-                           run_pipeline=_fake_pipeline(calls))
+                           run_pipeline=_fake_pipeline(calls), run_generate=_fake_generate(made))
   # 4 values of k x 2 seeds, each its own pipeline workdir, mode pipeline, the study's runs
   assert len(calls) == 8
   assert [(c.quant.k, c.seed) for c, _ in calls] == [
@@ -59,6 +73,23 @@ def test_study_runs_every_cell_and_seed_and_reports_mean_and_spread(tmp_path):
   assert '| k=2.0 | ouromamba_w4a4_gen | 52.05 ± 0.07 | 2 | 80.00 |' in md
   assert (directory / 'study.png').stat().st_size > 0
   assert 'done' in logs[-1]
+  # k does not change Gen: one synthetic set per seed, copied into every cell of that seed
+  assert sorted(seed for _, seed in made) == [10, 11]
+  assert sum('reusing the shared synthetic set' in m for m in logs) == 6
+  for cfg, workdir in calls:
+    copied = open(gen_outputs.synthetic_path(workdir)).read()
+    assert copied == f'seed {cfg.seed} contrastive 1.0'
+
+
+def test_cells_that_change_gen_get_their_own_set_and_cells_without_gen_none(tmp_path):
+  made, calls = [], []
+  study_stage.run(_config('gen_loss', seeds=1), str(tmp_path), log=lambda m: None,
+                  run_pipeline=_fake_pipeline(calls), run_generate=_fake_generate(made))
+  assert len(made) == 4                                        # lc+lo, lo, lc, pse+lo
+  noise_dir = next(w for c, w in calls if 'noise' in c.pipeline.runs)
+  assert not os.path.exists(gen_outputs.gen_dir(noise_dir))   # noise runs need no Gen
+  lo_dir = next(w for c, w in calls if c.gen.contrastive_weight == 0.0 and c.gen.pse_weight == 0)
+  assert open(gen_outputs.synthetic_path(lo_dir)).read() == 'seed 10 contrastive 0.0'
 
 
 def test_cells_with_their_own_runs_and_n_refresh_l():
@@ -73,6 +104,11 @@ def test_cells_with_their_own_runs_and_n_refresh_l():
   last = study_stage.cell_config(_config('n_refresh'), spec, spec.cells[-1][1], 0)
   assert last.quant.n_refresh == 65           # L: the testbed's 64 patches + the class token
   assert config.gen.contrastive_weight == 1.0  # the base config is not touched
+  config.pipeline.full = True                    # paper size does not undo a cell's value
+  spec = study_stage.study_named('calib_size')
+  small = study_stage.cell_config(config, spec, spec.cells[0][1], 0)
+  assert pipeline.effective_config(small).quant.calib_images == 8
+  assert pipeline.effective_config(small).quant.epochs == 10
 
 
 @pytest.mark.parametrize('name', sorted(study_stage.STUDIES))
@@ -84,7 +120,8 @@ def test_bad_study_settings_are_one_line_errors():
   with pytest.raises(ValueError, match=r"study.name='fig9' is not a study; choose one of"):
     preflight.check(_config('fig9'))
   with pytest.raises(ValueError, match='study.seeds=0'):
-    study_stage.run(_config('k', seeds=0), '/nonexistent', run_pipeline=_fake_pipeline([]))
+    study_stage.run(_config('k', seeds=0), '/nonexistent', run_pipeline=_fake_pipeline([]),
+                    run_generate=_fake_generate([]))
   spec = study_stage.Study('bad', 'x', (('c', {'quant.no_such_field': 1}),))
   with pytest.raises(ValueError, match="override 'quant.no_such_field'"):
     study_stage.cell_config(_config('k'), spec, spec.cells[0][1], 0)
