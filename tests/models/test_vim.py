@@ -13,6 +13,7 @@ from ouromamba_jax.models import vim
 from ouromamba_jax.models.vim import BiMambaV2Mixer
 from ouromamba_jax.models.vim import VisionMamba
 from tests.fixtures import torch_fixtures
+from tests.interpreted import CPU_FAST_COMPILE
 from tests.fixtures.torch_fixtures import relative_error
 
 FP32_TOLERANCE = 1e-5  # ||out - ref|| / ||ref|| against the float64 PyTorch forward
@@ -186,7 +187,8 @@ def test_batched_directions_give_the_loops_logits_and_the_same_init():
   assert jax.tree.structure(params) == jax.tree.structure(with_flag)
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(with_flag)):
     np.testing.assert_array_equal(a, b)
-  forward = lambda m: jax.jit(lambda p, x: m.apply({'params': p}, x))
+  forward = lambda m: jax.jit(lambda p, x: m.apply({'params': p}, x),
+                              compiler_options=CPU_FAST_COMPILE)
   np.testing.assert_array_equal(forward(batched)(params, images), forward(model)(params, images))
 
 

@@ -12,6 +12,7 @@ from ouromamba_jax import quantized_checkpoints
 from ouromamba_jax.quant import calibrate
 from ouromamba_jax.quant import qtypes
 from ouromamba_jax.quant import rewrite
+from tests.interpreted import CPU_FAST_COMPILE
 
 
 def _rel_err(y, ref):
@@ -218,10 +219,11 @@ def test_batched_directions_give_the_loops_logits_with_fewer_launches(tiny, w4a4
   The scan's kernel under the vmap: tests/models/test_vim.py."""
   model, _, images = tiny
   forward = lambda m: (lambda p, x: m.apply({'params': p}, x))
-  for mode, loop in (('fake', model), ('int', model.clone(quant_implementation='triton'))):
+  for mode, loop, options in (('fake', model, None),
+                              ('int', model.clone(quant_implementation='triton'), CPU_FAST_COMPILE)):
     tree = rewrite.set_mode(w4a4_untrained_run[0], mode)
     batched = loop.clone(batch_directions=True)
-    run = lambda m: np.asarray(jax.jit(forward(m))(tree, images))
+    run = lambda m: np.asarray(jax.jit(forward(m), compiler_options=options)(tree, images))
     np.testing.assert_array_equal(run(batched), run(loop))
   per_loop = _kernel_launches(forward(loop), tree, images)
   per_batch = _kernel_launches(forward(batched), tree, images)
