@@ -70,6 +70,15 @@ def _log(msg: str) -> None:
   logging.info('%s', msg)
 
 
+def _has_field(cfg, dotted: str) -> bool:
+  node = cfg
+  for part in dotted.split('.'):
+    if not isinstance(node, (mlc.ConfigDict, dict)) or part not in node:
+      return False
+    node = node[part]
+  return True
+
+
 def effective_config(config) -> mlc.ConfigDict:
   """An unlocked copy of `config`, with FULL applied when pipeline.full, except to the fields
   named in pipeline.keep (set explicitly: a study's cells, command-line flags). A
@@ -78,6 +87,10 @@ def effective_config(config) -> mlc.ConfigDict:
   cfg = mlc.ConfigDict(config.to_dict())
   if cfg.pipeline.full:
     keep = set(filter(None, (n.strip() for n in cfg.pipeline.get('keep', '').split(','))))
+    for name in sorted(keep):
+      if not _has_field(cfg, name):
+        raise ValueError(f'pipeline.keep names {name!r}, which is not a section.field of this '
+                         'config (e.g. quant.calib_images).')
     if cfg.pipeline.runs != DEMO_RUNS:
       keep.add('pipeline.runs')
     for (section, field), value in FULL.items():

@@ -57,6 +57,11 @@ def test_parse_runs_and_full_settings():
   kept = pipeline.effective_config(config)               # fields set explicitly stay as set
   assert kept.quant.calib_images == 32 and kept.data.eval_images == 16
   assert kept.quant.epochs == 10 and kept.gen.num_images == 128
+  config.pipeline.keep = 'model.overrides.depth,seed'  # nested and top-level fields are fine
+  pipeline.effective_config(config)
+  config.pipeline.keep = 'quant.calib_imgs'
+  with pytest.raises(ValueError, match="pipeline.keep names 'quant.calib_imgs'"):
+    pipeline.effective_config(config)
 
 
 def test_pipeline_without_data_runs_what_needs_none(tmp_path):
