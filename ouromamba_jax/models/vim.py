@@ -131,21 +131,10 @@ class BiMambaV2Mixer(nn.Module):
         a_log = layers.read_param(self, f'A{suffix}_log' if suffix else 'A_log', a_log_init,
                                   (d_inner, self.d_state))
         d_skip = layers.read_param(self, f'D{suffix}', nn.initializers.ones, (d_inner,))
-
-        u = nn.silu(conv(flip(x)))
-        x_dbl = x_proj(u)
-        dt, b_mat, c_mat = jnp.split(x_dbl, [dt_rank, dt_rank + self.d_state], axis=-1)
-        delta = dt_proj(dt)  # bias included: the Δ quantizer sees pre-softplus Δ with bias
-        delta = layers.apply_site(self, f'delta{suffix}_quantizer', delta)
-        b_mat = layers.apply_site(self, f'B{suffix}_quantizer', b_mat)
-        c_mat = layers.apply_site(self, f'C{suffix}_quantizer', c_mat)
-        a_mat = layers.apply_site(self, f'A{suffix}_quantizer', -jnp.exp(a_log.astype(jnp.float32)))
-        d_vec = layers.apply_site(self, f'D{suffix}_quantizer', d_skip.astype(jnp.float32))
-
-        scan_out = scan_api.selective_scan(
-            u, delta, a_mat, b_mat, c_mat, d_vec, flip(z), None, delta_softplus=True,
-            return_states=self.state_feature_fn is not None,
-            implementation=self.scan_implementation, states_layout=self.state_layout)
+        site = lambda name, v, suffix=suffix: layers.apply_site(self, f'{name}{suffix}_quantizer', v)
+        scan_out, (delta, c_mat) = self._direction(
+            flip(x), flip(z), conv, x_proj, dt_proj, site, a_log, d_skip, dt_rank,
+            return_states=self.state_feature_fn is not None)
         if self.state_feature_fn is not None:
           y, states = scan_out
           delta_tokens = flip(jax.nn.softplus(delta.astype(jnp.float32)))
@@ -186,26 +175,37 @@ class BiMambaV2Mixer(nn.Module):
       return None
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
 
+  def _direction(self, x, z, conv, x_proj, dt_proj, site, a_log, d_skip, dt_rank,
+                 return_states=False):
+    """One scan direction on tokens already in its scan order: conv, x_proj, dt_proj, the
+    Δ/B/C/A/D sites and the scan. The callables are modules (the loop: init, hooks and the
+    calibration's recorders see them) or pure functions of stacked params (`_both_directions`),
+    so both paths compute the same thing. Returns (scan output, (Δ, C))."""
+    u = nn.silu(conv(x))
+    dt, b_mat, c_mat = jnp.split(x_proj(u), [dt_rank, dt_rank + self.d_state], axis=-1)
+    delta = site('delta', dt_proj(dt))  # bias included: the Δ quantizer sees pre-softplus Δ
+    b_mat, c_mat = site('B', b_mat), site('C', c_mat)
+    a_mat = site('A', -jnp.exp(a_log.astype(jnp.float32)))
+    d_vec = site('D', d_skip.astype(jnp.float32))
+    out = scan_api.selective_scan(
+        u, delta, a_mat, b_mat, c_mat, d_vec, z, None, delta_softplus=True,
+        return_states=return_states, implementation=self.scan_implementation,
+        states_layout=self.state_layout)
+    return out, (delta, c_mat)
+
   def _both_directions(self, p, x, z, dt_rank):
     """Both scan directions as one vmapped computation: every kernel launch of the per-direction
     part (act_quant, the small GEMMs, the scan) covers both directions. Same arithmetic as the
-    loop in __call__, in fp32 after the scan."""
+    loop in __call__ (`_direction`), in fp32 after the scan."""
     impl = self.quant_implementation
 
     def one(p, x, z):
-      u = nn.silu(layers.causal_depthwise_conv1d(x, p['conv']['kernel'], p['conv']['bias']))
-      proj = lambda q, v, bias: layers.linear(v, q['kernel'], bias, q.get('input_quantizer'),
-                                              self.dtype, impl)
-      x_dbl = proj(p['x_proj'], u, None)
-      dt, b_mat, c_mat = jnp.split(x_dbl, [dt_rank, dt_rank + self.d_state], axis=-1)
-      delta = layers.quantize_site(p['delta'], proj(p['dt_proj'], dt, p['dt_proj']['bias']), impl)
-      a_mat = -jnp.exp(p['a_log'].astype(jnp.float32))
-      return scan_api.selective_scan(
-          u, delta, layers.quantize_site(p['A'], a_mat, impl),
-          layers.quantize_site(p['B'], b_mat, impl), layers.quantize_site(p['C'], c_mat, impl),
-          layers.quantize_site(p['D'], p['d'].astype(jnp.float32), impl), z, None,
-          delta_softplus=True, implementation=self.scan_implementation,
-          states_layout=self.state_layout)
+      proj = lambda q: (lambda v: layers.linear(v, q['kernel'], q.get('bias'),
+                                                q.get('input_quantizer'), self.dtype, impl))
+      conv = lambda v: layers.causal_depthwise_conv1d(v, p['conv']['kernel'], p['conv']['bias'])
+      site = lambda name, v: layers.quantize_site(p[name], v, impl)
+      return self._direction(x, z, conv, proj(p['x_proj']), proj(p['dt_proj']), site,
+                             p['a_log'], p['d'], dt_rank)[0]
 
     flip = lambda t: jnp.flip(t, axis=1)
     ys = jax.vmap(one)(p, jnp.stack([x, flip(x)]), jnp.stack([z, flip(z)]))
