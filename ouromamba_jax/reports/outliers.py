@@ -11,6 +11,7 @@ C — are not included: they are not Linear inputs.)
 from __future__ import annotations
 
 import functools
+import json
 import os
 from typing import Any, Optional
 
@@ -92,6 +93,18 @@ def outlier_rates(model, qparams, images, batch_size: int = 16) -> dict[str, Any
   return {'sites': {p: list(map(float, r)) for p, r in sites.items()}, 'blocks': blocks,
           'tokens': int(length), 'images': int(images.shape[0]),
           'cls_index': int(model.cls_index)}
+
+
+def mean_rate(directory: str) -> Optional[float]:
+  """The mean outlier rate over every site and step of `directory`'s outliers.json (the
+  fraction of Linear-input entries flagged); None without the file or without outlier sites."""
+  path = os.path.join(directory, JSON_FILE)
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    sites = json.load(f).get('sites', {})
+  rates = [float(np.mean(r)) for r in sites.values() if len(r)]
+  return float(np.mean(rates)) if rates else None
 
 
 def caption(rates: dict[str, Any]) -> str:

@@ -135,22 +135,31 @@ def _slug(label: str) -> str:
   return re.sub(r'[^A-Za-z0-9_.=+-]', '_', label)
 
 
+def _mean_std(values: list[float]) -> tuple[float, float]:
+  """Mean and sample std (0 for one value)."""
+  mean = sum(values) / len(values)
+  std = (math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+         if len(values) > 1 else 0.0)
+  return mean, std
+
+
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
   """Per (cell, run), in first-seen order: top-1 mean ± std (sample std; 0 for one seed) over
-  the seeds that have a number, their count, and the FP top-1 mean of those seeds."""
+  the seeds that have a number, their count, the FP top-1 mean of those seeds, and the outlier
+  rate's mean ± std (%, of Linear-input entries) over the seeds whose run wrote one."""
   groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
   for r in rows:
     if r.get('top1') is not None:
       groups.setdefault((r['cell'], r['name']), []).append(r)
   out = []
   for (cell, name), rs in groups.items():
-    top1 = [100.0 * r['top1'] for r in rs]
+    mean, std = _mean_std([100.0 * r['top1'] for r in rs])
     fp = [100.0 * r['fp_top1'] for r in rs if r.get('fp_top1') is not None]
-    mean = sum(top1) / len(top1)
-    std = (math.sqrt(sum((v - mean) ** 2 for v in top1) / (len(top1) - 1))
-           if len(top1) > 1 else 0.0)
+    rates = [100.0 * r['outlier_rate'] for r in rs if r.get('outlier_rate') is not None]
+    rate_mean, rate_std = _mean_std(rates) if rates else (None, None)
     out.append({'cell': cell, 'run': name, 'top1_mean': mean, 'top1_std': std,
-                'seeds': len(top1), 'fp_top1_mean': sum(fp) / len(fp) if fp else None})
+                'seeds': len(rs), 'fp_top1_mean': sum(fp) / len(fp) if fp else None,
+                'outlier_rate_mean': rate_mean, 'outlier_rate_std': rate_std})
   return out
 
 
@@ -158,13 +167,19 @@ def _markdown(name: str, study: Study, summary, meta) -> str:
   lines = [f'# Study `{name}`: {study.doc}', '',
            f'{meta["date"]}; {meta["seeds"]} seed(s) per cell; model {meta["model"]} '
            f'({meta["checkpoint"] or "random init"}); {meta["settings"]}.', '',
-           '| cell | run | top-1 % (mean ± std) | seeds | FP top-1 % |', '|---|---|---:|---:|---:|']
+           '| cell | run | top-1 % (mean ± std) | seeds | FP top-1 % | outlier rate % |',
+           '|---|---|---:|---:|---:|---:|']
   for s in summary:
     fp = '–' if s['fp_top1_mean'] is None else f'{s["fp_top1_mean"]:.2f}'
+    rate = ('–' if s.get('outlier_rate_mean') is None
+            else f'{s["outlier_rate_mean"]:.2f} ± {s["outlier_rate_std"]:.2f}')
     lines.append(f'| {s["cell"]} | {s["run"]} | {s["top1_mean"]:.2f} ± {s["top1_std"]:.2f} | '
-                 f'{s["seeds"]} | {fp} |')
+                 f'{s["seeds"]} | {fp} | {rate} |')
   if not summary:
-    lines.append('| – | – | no evaluated run yet (or no evaluation data) | – | – |')
+    lines.append('| – | – | no evaluated run yet (or no evaluation data) | – | – | – |')
+  lines += ['', 'Outlier rate: the fraction of the quantized Linears\' input entries flagged as '
+            'dynamic outliers on the run\'s report images (`quant/<run>/outliers.json`; – where '
+            'the run wrote no report, e.g. quant.report_images=0).']
   return '\n'.join(lines) + '\n'
 
 
@@ -174,7 +189,13 @@ def _panels(study: Study, summary):
   runs = list(dict.fromkeys(s['run'] for s in summary))
   by_key = {(s['cell'], s['run']): s['top1_mean'] for s in summary}
   lines = {run: [by_key.get((c, run), float('nan')) for c in cells] for run in runs}
-  return [(f'top-1 % vs {study.axis}', lines)]
+  panels = [(f'top-1 % vs {study.axis}', lines)]
+  rates = {(s['cell'], s['run']): s['outlier_rate_mean'] for s in summary
+           if s.get('outlier_rate_mean') is not None}
+  if rates:
+    panels.append((f'outlier rate % vs {study.axis}',
+                   {run: [rates.get((c, run), float('nan')) for c in cells] for run in runs}))
+  return panels
 
 
 def write_report(directory: str, name: str, study: Study, rows, meta) -> dict[str, Any]:
@@ -203,6 +224,8 @@ def run(config, workdir: str, log: Log = _log, run_pipeline=None,
   the generate stage (both replaceable in tests). Cells with the same Gen settings and seed
   share one synthetic set (`shared_gen`, store WORKDIR/study/gen), also across studies."""
   from ouromamba_jax.stages import pipeline  # pylint: disable=g-import-not-at-top
+  from ouromamba_jax.reports import outliers  # pylint: disable=g-import-not-at-top
+  from ouromamba_jax.stages import quantize as quantize_stage  # pylint: disable=g-import-not-at-top
   if run_pipeline is None:
     run_pipeline = pipeline.run
   if run_generate is None:
@@ -231,12 +254,15 @@ def run(config, workdir: str, log: Log = _log, run_pipeline=None,
     log(f'[study {name}] cell {label} seed {cfg.seed} ({i + 1}/{len(cells)})')
     cell_dir = os.path.join(directory, _slug(label), f'seed{seed_index}')
     effective = pipeline.effective_config(cfg)
-    shared_gen.prepare(effective, os.path.join(cell_dir, pipeline.FULL_SUBDIR)
-                       if effective.pipeline.full else cell_dir,
-                       os.path.join(workdir, STUDY_SUBDIR, SHARED_GEN_SUBDIR), run_generate, log)
+    runs_dir = (os.path.join(cell_dir, pipeline.FULL_SUBDIR) if effective.pipeline.full
+                else cell_dir)
+    shared_gen.prepare(effective, runs_dir, os.path.join(workdir, STUDY_SUBDIR, SHARED_GEN_SUBDIR),
+                       run_generate, log)
     out = run_pipeline(cfg, cell_dir, log)
     fp_top1 = (out.get('fp') or {}).get('top1')
-    rows += [{'cell': label, 'seed': int(cfg.seed), 'fp_top1': fp_top1, **r}
+    rows += [{'cell': label, 'seed': int(cfg.seed), 'fp_top1': fp_top1, **r,
+              'outlier_rate': outliers.mean_rate(
+                  os.path.join(runs_dir, quantize_stage.QUANT_SUBDIR, r['name']))}
              for r in out['runs']]
     report = write_report(directory, name, study, rows, meta)
   log(f'[study {name}] done: {os.path.join(directory, "study.md")}')

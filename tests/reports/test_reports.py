@@ -173,3 +173,12 @@ def test_accuracy_table_markdown_and_json(tmp_path):
   with open(json_path) as f:
     doc = json.load(f)
   assert doc['fp'] == fp and doc['runs'] == runs and doc['meta'] == {'eval_images': 500}
+
+
+def test_mean_outlier_rate_of_a_run_directory(tmp_path):
+  assert outliers.mean_rate(str(tmp_path)) is None                 # no report written
+  (tmp_path / outliers.JSON_FILE).write_text(json.dumps({'sites': {}}))
+  assert outliers.mean_rate(str(tmp_path)) is None                 # no outlier sites
+  (tmp_path / outliers.JSON_FILE).write_text(
+      json.dumps({'sites': {'a': [0.1, 0.3], 'b': [0.4, 0.4, 0.4]}}))
+  assert abs(outliers.mean_rate(str(tmp_path)) - 0.3) < 1e-12      # mean of the sites' means

@@ -24,11 +24,18 @@ def _config(name, seeds=2):
   return config
 
 
-def _fake_pipeline(calls):
-  """Records each call's config; top-1 depends on the cell's k and the seed, FP is fixed."""
+def _fake_pipeline(calls, rate=None):
+  """Records each call's config; top-1 depends on the cell's k and the seed, FP is fixed. With
+  `rate`, each run writes an outliers.json whose two sites average rate(cfg)."""
   def run(cfg, workdir, log):
     del log
     calls.append((cfg, workdir))
+    if rate is not None:
+      for r in cfg.pipeline.runs.split(','):
+        directory = os.path.join(workdir, 'quant', '_'.join(r.split(':')))
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, 'outliers.json'), 'w') as f:
+          json.dump({'sites': {'a': [rate(cfg)] * 3, 'b': [rate(cfg), rate(cfg)]}}, f)
     rows = [{'name': f'ouromamba_{p}_{s}', 'method': 'ouromamba', 'preset': p,
              'calib_source': s, 'top1': 0.5 + 0.01 * (cfg.quant.k or 3.0) + 0.001 * (cfg.seed - 10)}
             for p, s in (r.split(':')[1:] for r in cfg.pipeline.runs.split(','))]
@@ -51,7 +58,8 @@ def _fake_generate(made):
 def test_study_runs_every_cell_and_seed_and_reports_mean_and_spread(tmp_path):
   calls, logs, made = [], [], []
   report = study_stage.run(_config('k'), str(tmp_path), log=logs.append,
-                           run_pipeline=_fake_pipeline(calls), run_generate=_fake_generate(made))
+                           run_pipeline=_fake_pipeline(calls, rate=lambda c: 0.1 / c.quant.k),
+                           run_generate=_fake_generate(made))
   # 4 values of k x 2 seeds, each its own pipeline workdir, mode pipeline, the study's runs
   assert len(calls) == 8
   assert [(c.quant.k, c.seed) for c, _ in calls] == [
@@ -70,7 +78,8 @@ def test_study_runs_every_cell_and_seed_and_reports_mean_and_spread(tmp_path):
   on_disk = json.loads((directory / 'study.json').read_text())
   assert on_disk['summary'] == summary and len(on_disk['rows']) == 8
   md = (directory / 'study.md').read_text()
-  assert '| k=2.0 | ouromamba_w4a4_gen | 52.05 ± 0.07 | 2 | 80.00 |' in md
+  assert math.isclose(first['outlier_rate_mean'], 5.0) and first['outlier_rate_std'] == 0.0
+  assert '| k=2.0 | ouromamba_w4a4_gen | 52.05 ± 0.07 | 2 | 80.00 | 5.00 ± 0.00 |' in md
   assert (directory / 'study.png').stat().st_size > 0
   assert 'done' in logs[-1]
   # k does not change Gen: one synthetic set per seed, copied into every cell of that seed
