@@ -96,11 +96,8 @@ def print_help(argv: list[str]) -> None:
 def keep_command_line_fields(config) -> None:
   """pipeline.full's paper-size values do not replace a field the user set on the command
   line (`--config.pipeline.full=True --config.quant.calib_images=32` calibrates on 32)."""
-  if config.get('pipeline') is None or 'keep' not in config.pipeline:
-    return
-  given = list(config_flags.get_override_values(flags.FLAGS['config']))  # dotted names
-  kept = [n for n in config.pipeline.keep.split(',') if n.strip()]
-  config.pipeline.keep = ','.join(dict.fromkeys(kept + given))
+  from ouromamba_jax.stages import pipeline  # pylint: disable=g-import-not-at-top
+  pipeline.keep_fields(config, config_flags.get_override_values(flags.FLAGS['config']))
 
 
 def enable_compilation_cache(path: str) -> None:

@@ -23,8 +23,8 @@ device group each, after stage 0 and Gen (`stages.pipeline_workers`); the report
 `pipeline.full=True` applies `FULL` (128 Gen images x 1000 iterations, 128 calibration
 images, 10 epochs, the whole test split, the 21-run table) to every field not named in
 `pipeline.keep` (main.py names there the fields set on the command line, the study mode its
-cells' fields), and works in <workdir>/full so the demo's outputs are not mixed in. Without the dataset, `data.smoke_dir` (the ImageNet configs:
-the 300-image sample) is evaluated instead and labelled a smoke check; without that either, the
+cells' fields), and works in <workdir>/full so the demo's outputs are not mixed in. Without the
+dataset, `data.smoke_dir` (the ImageNet configs: the 300-image sample) is evaluated instead and labelled a smoke check; without that either, the
 stages that need no data still run (generate, quantize on gen/noise images), and runs calibrated
 on real images and every evaluation are skipped with a message saying where to put the data.
 """
@@ -79,6 +79,22 @@ def _has_field(cfg, dotted: str) -> bool:
   return True
 
 
+def kept_fields(cfg) -> list[str]:
+  """The names in pipeline.keep, in order."""
+  return [n.strip() for n in cfg.pipeline.get('keep', '').split(',') if n.strip()]
+
+
+def keep_fields(cfg, names) -> None:
+  """Adds `names` to cfg.pipeline.keep (in place; no duplicates), where the config has one."""
+  if cfg.get('pipeline') is not None and 'keep' in cfg.pipeline:
+    cfg.pipeline.keep = ','.join(dict.fromkeys(kept_fields(cfg) + list(names)))
+
+
+def runs_workdir(cfg, workdir: str) -> str:
+  """Where the pipeline of `cfg` (an effective config) writes: <workdir>/full at paper size."""
+  return os.path.join(workdir, FULL_SUBDIR) if cfg.pipeline.full else workdir
+
+
 def effective_config(config) -> mlc.ConfigDict:
   """An unlocked copy of `config`, with FULL applied when pipeline.full, except to the fields
   named in pipeline.keep (set explicitly: a study's cells, command-line flags). A
@@ -86,7 +102,7 @@ def effective_config(config) -> mlc.ConfigDict:
   into parts."""
   cfg = mlc.ConfigDict(config.to_dict())
   if cfg.pipeline.full:
-    keep = set(filter(None, (n.strip() for n in cfg.pipeline.get('keep', '').split(','))))
+    keep = set(kept_fields(cfg))
     for name in sorted(keep):
       if not _has_field(cfg, name):
         raise ValueError(f'pipeline.keep names {name!r}, which is not a section.field of this '
@@ -167,8 +183,8 @@ def run(config, workdir: str, log: Log = _log) -> dict[str, Any]:
   """Runs every stage; returns {'fp', 'runs', 'report'} (report: the Markdown path or None)."""
   t_start = time.time()
   cfg = effective_config(config)
+  workdir = runs_workdir(cfg, workdir)
   if cfg.pipeline.full:
-    workdir = os.path.join(workdir, FULL_SUBDIR)
     log(f'[pipeline] full size ({", ".join(f"{s}.{f}={v}" for (s, f), v in FULL.items())}) '
         f'in {workdir}')
   os.makedirs(workdir, exist_ok=True)

@@ -114,6 +114,7 @@ def sequence_length(cfg: mlc.ConfigDict) -> int:
 def cell_config(config: mlc.ConfigDict, study: Study, overrides: dict[str, Any],
                 seed: int) -> mlc.ConfigDict:
   """The base config with the study's runs, the cell's overrides and the seed."""
+  from ouromamba_jax.stages import pipeline  # pylint: disable=g-import-not-at-top
   cfg = copy.deepcopy(config)
   with cfg.unlocked():
     cfg.mode = 'pipeline'
@@ -124,9 +125,7 @@ def cell_config(config: mlc.ConfigDict, study: Study, overrides: dict[str, Any],
       if dotted == 'quant.n_refresh' and value == 'L':
         value = sequence_length(cfg)
       _set(cfg, dotted, value)
-    if overrides and 'keep' in cfg.pipeline:   # pipeline.full must not undo the cell's values
-      kept = [n for n in cfg.pipeline.keep.split(',') if n.strip()]
-      cfg.pipeline.keep = ','.join(dict.fromkeys(kept + list(overrides)))
+    pipeline.keep_fields(cfg, overrides)   # pipeline.full must not undo the cell's values
   parse_runs(cfg.pipeline.runs)  # a bad runs string fails before any work
   return cfg
 
@@ -254,8 +253,7 @@ def run(config, workdir: str, log: Log = _log, run_pipeline=None,
     log(f'[study {name}] cell {label} seed {cfg.seed} ({i + 1}/{len(cells)})')
     cell_dir = os.path.join(directory, _slug(label), f'seed{seed_index}')
     effective = pipeline.effective_config(cfg)
-    runs_dir = (os.path.join(cell_dir, pipeline.FULL_SUBDIR) if effective.pipeline.full
-                else cell_dir)
+    runs_dir = pipeline.runs_workdir(effective, cell_dir)
     shared_gen.prepare(effective, runs_dir, os.path.join(workdir, STUDY_SUBDIR, SHARED_GEN_SUBDIR),
                        run_generate, log)
     out = run_pipeline(cfg, cell_dir, log)
