@@ -93,11 +93,12 @@ def print_help(argv: list[str]) -> None:
                      extra={'model': {'overrides.*': common.OVERRIDES_HELP}}))
 
 
-def keep_command_line_fields(config) -> None:
+def keep_command_line_fields(config, overrides) -> None:
   """pipeline.full's paper-size values do not replace a field the user set on the command
-  line (`--config.pipeline.full=True --config.quant.calib_images=32` calibrates on 32)."""
+  line (`--config.pipeline.full=True --config.quant.calib_images=32` calibrates on 32).
+  overrides: config_flags.get_override_values, {dotted field name: value}."""
   from ouromamba_jax.stages import pipeline  # pylint: disable=g-import-not-at-top
-  pipeline.keep_fields(config, config_flags.get_override_values(flags.FLAGS['config']))
+  pipeline.keep_fields(config, overrides)
 
 
 def enable_compilation_cache(path: str) -> None:
@@ -177,7 +178,7 @@ def main(argv):
   if config.mode == 'help':
     print_help(sys.argv)
     return
-  keep_command_line_fields(config)
+  keep_command_line_fields(config, config_flags.get_override_values(flags.FLAGS['config']))
   try:
     preflight.check(config)
   except (ValueError, TypeError, KeyError, FileNotFoundError) as e:
