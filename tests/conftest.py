@@ -22,8 +22,9 @@ MIN_SECS_ENV = 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'
 MARKS = ('slow', 'gpu')
 # One compute thread per process: the suite runs 2 xdist workers (and the processes tests start)
 # on 2 cores, where XLA's per-process Eigen thread pools only oversubscribe them (~9% slower
-# wall on 2 busy cores, measured). Appended to XLA_FLAGS unless the flag is set already.
-ONE_THREAD_FLAGS = ('--xla_cpu_multi_thread_eigen=false', 'intra_op_parallelism_threads=1')
+# wall on 2 busy cores, measured). Appended to XLA_FLAGS unless the flag is set already. (Only
+# `--` flags: XLA stops reading XLA_FLAGS at a word without them, ignoring every flag after it.)
+ONE_THREAD_FLAGS = ('--xla_cpu_multi_thread_eigen=false',)
 _OWN_CACHE = pytest.StashKey[str]()        # the cache folder this process made
 # The files that take longest (seconds on 2 busy CPU cores, 2026-12-03), most first: the
 # default suite runs `-n 2 --dist loadfile` (pyproject), which hands whole files to whichever

@@ -188,8 +188,12 @@ def test_two_processes_generate_calibrate_and_evaluate_like_one(tmp_path):
   commands = [[sys.executable, '-c', _WORKER, address, '2', str(i), out[i], shared]
               for i in range(2)]
   commands.append([sys.executable, '-c', _WORKER, '', '0', '-1', out[2], alone])
-  runs = _run_all(commands, [dict(env, XLA_FLAGS=f'--xla_force_host_platform_device_count={n}')
-                             for n in (2, 2, 1)], float(os.environ.get(TIMEOUT_ENV, 900)))
+  # The suite's XLA flags (tests/conftest.py: one compute thread per process; three processes
+  # share the cores with the other worker) and the forced device count.
+  flags = os.environ.get('XLA_FLAGS', '')
+  runs = _run_all(commands, [
+      dict(env, XLA_FLAGS=f'--xla_force_host_platform_device_count={n} {flags}'.strip())
+      for n in (2, 2, 1)], float(os.environ.get(TIMEOUT_ENV, 900)))
   for run in runs:
     assert run.returncode == 0, run.stdout[-5000:]
   two, one = [dict(np.load(p)) for p in out[:2]], dict(np.load(out[2]))

@@ -21,8 +21,10 @@ BLOCKS = ('layers_0/blocks_0', 'layers_1/blocks_0')
 
 @pytest.fixture(scope='module')
 def tiny():
+  # the sequential scan (CPU's default, the ground truth): its blocks compile ~15% faster than
+  # the associative scan's, and which scan runs is not what these tests check
   model = VMamba(num_classes=5, img_size=16, dims=8, depths=(1, 1), ssm_ratio=2.0,
-                 scan_implementation='xla')
+                 scan_implementation='sequential')
   images = jnp.asarray(random_init.normal(1, (4, 16, 16, 3)))
   return model, random_init.init_params(model, images[:1]), images
 
