@@ -26,23 +26,27 @@ MARKS = ('slow', 'gpu')
 # `--` flags: XLA stops reading XLA_FLAGS at a word without them, ignoring every flag after it.)
 ONE_THREAD_FLAGS = ('--xla_cpu_multi_thread_eigen=false',)
 _OWN_CACHE = pytest.StashKey[str]()        # the cache folder this process made
-# The files that take longest (seconds on 2 busy CPU cores, 2026-12-03), most first: the
-# default suite runs `-n 2 --dist loadfile` (pyproject), which hands whole files to whichever
-# worker is free in collection order, so these start first and no long file is left to run
-# alone at the end. The distributed test starts three processes of its own: first as well.
+# The files that take longest (seconds in a `-n 2` run on 2 CPU cores that other work also
+# loaded, 2026-12-03: relative sizes), most first: the default suite runs `-n 2 --dist loadfile`
+# (pyproject), which hands whole files to whichever worker is free in collection order, so
+# these start first and no long file is left to run alone at the end. The distributed test
+# starts three processes of its own: first as well.
 EXPENSIVE_FIRST = (
-    'tests/test_distributed.py',                        # ~80
-    'tests/quant/test_vmamba_quant.py',                 # ~110
-    'tests/quant/test_api.py',                          # ~100
-    'tests/test_public_api.py',                         # ~75
-    'tests/test_main.py',                               # ~50
-    'tests/models/test_scan.py',                        # ~55
-    'tests/quant/test_int_linear.py',                   # ~50
-    'tests/test_checkpoints.py',                        # ~50
-    'tests/kernels_pallas/test_benches.py',             # ~50
-    'tests/kernels_pallas/test_selective_scan_triton.py',  # ~50
-    'tests/stages/test_quantize.py',                    # ~45
-    'tests/kernels_pallas/test_act_quant.py',           # ~40
+    'tests/test_distributed.py',                        # ~270
+    'tests/quant/test_vmamba_quant.py',                 # ~350
+    'tests/quant/test_api.py',                          # ~260
+    'tests/kernels_pallas/test_selective_scan_triton.py',  # ~120
+    'tests/models/test_scan.py',                        # ~120
+    'tests/test_public_api.py',                         # ~115
+    'tests/kernels_pallas/test_benches.py',             # ~95
+    'tests/quant/test_int_linear.py',                   # ~95
+    'tests/test_main.py',                               # ~85
+    'tests/stages/test_quantize.py',                    # ~85
+    'tests/test_checkpoints.py',                        # ~70
+    'tests/models/test_vim.py',                         # ~70
+    'tests/kernels_pallas/test_act_quant.py',           # ~70
+    'tests/stages/test_pipeline.py',                    # ~65
+    'tests/gen/test_objective.py',                      # ~60
 )
 _deselected: dict[str, int] = {}
 
