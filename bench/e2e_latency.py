@@ -61,7 +61,6 @@ from ouromamba_jax.quant import presets as quant_presets  # pylint: disable=g-im
 from ouromamba_jax.quant import qtypes  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ouromamba_jax.quant import int_linear  # pylint: disable=g-import-not-at-top,wrong-import-position
 from kernels_pallas.selective_scan import api as scan_api  # pylint: disable=g-import-not-at-top,wrong-import-position
-from kernels_pallas.act_quant import config as act_quant_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 MODELS = {
     # name: (registry name, model overrides)
@@ -138,10 +137,6 @@ def parse_args(argv=None):
                  help='1: the mixers run both scan directions as one vmapped batch '
                       '(VisionMamba.batch_directions), 0: one after the other, -1: the '
                       "library's measured rule (vim.directions_as_one_batch); every variant")
-  p.add_argument('--act_quant_window', default='', choices=('',) + act_quant_config.WINDOWS,
-                 help="how act_quant's per-sample kernel covers a refresh window: 'serial' "
-                      "walks its steps, 'parallel' finds their outliers together "
-                      '(act_quant.config.DEFAULT_WINDOW; empty: the library default)')
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--out', default='', help='JSON file for the results')
   p.add_argument('--smoke', action='store_true',
@@ -415,8 +410,6 @@ def _write(report, path: str) -> None:
 
 def main(argv=None) -> dict[str, Any]:
   args = parse_args(argv)
-  if args.act_quant_window:  # read when the quantized forwards are traced
-    act_quant_config.DEFAULT_WINDOW = args.act_quant_window
   if args.out:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   report = run(args, on_cell=lambda rep: _write(rep, args.out))

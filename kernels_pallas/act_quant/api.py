@@ -105,17 +105,12 @@ def _validate(x, inlier_scale, params, zero_point) -> None:
 def _kernel_args(params: ActQuantParams, x, block_config, interpret):
   """The kernel's static arguments for these params and this input."""
   cfg = block_config or ActQuantBlockConfig()
-  batch, length, channels = x.shape
-  block_c, block_b, num_warps, n_chunks = cfg.resolve(channels, batch)
-  detect = params.outliers == 'int'
-  rows = cfg.window_rows(reference.windows(length, params.n_refresh)[1],
-                         per_sample=not detect or params.trigger == 'sample')
-  if rows:
-    num_warps = cfg.window_warps(rows, block_c * n_chunks)
+  block_c, block_b, num_warps, n_chunks = cfg.resolve(x.shape[2], x.shape[0])
   return dict(code_range=(params.qmin, params.qmax, params.outlier_qmin, params.outlier_qmax),
               k=float(params.k), n_refresh=int(params.n_refresh), std_ddof=int(params.std_ddof),
-              detect=detect, block_c=block_c, block_b=block_b, num_warps=num_warps,
-              n_chunks=n_chunks, window_rows=rows, interpret=compat.resolve_interpret(interpret))
+              detect=params.outliers == 'int', block_c=block_c, block_b=block_b,
+              num_warps=num_warps, n_chunks=n_chunks,
+              interpret=compat.resolve_interpret(interpret))
 
 
 def act_quant(x, inlier_scale, params: ActQuantParams, zero_point=None, *,

@@ -49,7 +49,7 @@ def variants(smoke, sweep=False):
                                                  block_config=block_config), smoke)
 
   swept = {f'triton_sample_packed_b{b}_w{w}': kernel('sample', ActQuantBlockConfig(
-      block_b=b, num_warps=w, window='serial')) for b, w in (SWEEP if sweep else ())}
+      block_b=b, num_warps=w)) for b, w in (SWEEP if sweep else ())}
 
   def xla(trigger, pack):
     spec = ActQuantParams(bits=4, trigger=trigger)
@@ -59,8 +59,7 @@ def variants(smoke, sweep=False):
   return {
       'xla_sample': xla('sample', False),
       'xla_sample_packed': xla('sample', True),
-      'triton_sample_packed': kernel('sample', ActQuantBlockConfig(window='serial')),
-      'triton_sample_packed_parallel': kernel('sample', ActQuantBlockConfig(window='parallel')),
+      'triton_sample_packed': kernel('sample'),
       'xla_batch_packed': xla('batch', True),
       'triton_batch_packed': kernel('batch'),
       **swept,
@@ -115,7 +114,7 @@ def run(args):
       entry['variants'][vname] = dict(ms=ms, gb_per_s=nbytes / sec / 1e9, floor_ms=floor * 1e3,
                                       roofline_frac=floor / sec, bytes=nbytes,
                                       speedup_vs_xla=(xla_ms / ms) if xla_ms else None)
-      print(f'  {name:30s} {vname:29s} {ms:8.4f} ms', flush=True)
+      print(f'  {name:30s} {vname:22s} {ms:8.4f} ms', flush=True)
     results.append(entry)
   return dict(device=str(jax.devices()[0].device_kind), backend=jax.default_backend(),
               smoke=smoke, hbm_bw=_bench.HBM_BYTES_PER_S, results=results)
@@ -124,13 +123,13 @@ def run(args):
 def print_table(report):
   print(f'\nact_quant on {report["device"]} ({report["backend"]})'
         f'{" SMOKE (interpret, timings meaningless)" if report["smoke"] else ""}')
-  print(f'{"shape":30s} {"C":>5s} {"variant":29s} {"ms":>9s} {"GB/s":>7s} {"floor ms":>9s} '
+  print(f'{"shape":30s} {"C":>5s} {"variant":22s} {"ms":>9s} {"GB/s":>7s} {"floor ms":>9s} '
         f'{"%roof":>6s} {"x xla":>6s} mismatch(sample/batch)')
   for e in report['results']:
     mm = f'{e["mismatch"]["sample"]:.1e}/{e["mismatch"]["batch"]:.1e}'
     for vname, v in e['variants'].items():
       speed = f'{v["speedup_vs_xla"]:.2f}' if v['speedup_vs_xla'] else '-'
-      print(f'{e["shape"]:30s} {e["C"]:5d} {vname:29s} {v["ms"]:9.4f} {v["gb_per_s"]:7.0f} '
+      print(f'{e["shape"]:30s} {e["C"]:5d} {vname:22s} {v["ms"]:9.4f} {v["gb_per_s"]:7.0f} '
             f'{v["floor_ms"]:9.4f} {100 * v["roofline_frac"]:5.1f}% {speed:>6s} {mm}')
 
 

@@ -28,14 +28,6 @@ MAX_BLOCK_C = 8192  # one step's channels must fit in the registers of one progr
 # fastest from C = 384 up (two or more samples were 5-80 % slower at C = 768/1536, where the
 # bigger tiles spill), two samples gained ~10-20 % at C <= 384 with 2 warps.
 TILE_ELEMENTS = 512
-WINDOWS = ('serial', 'parallel')
-# How a per-sample program covers its refresh window when the block config does not say:
-# 'serial' walks the steps one after another (block_b samples per program); 'parallel' holds
-# the window's steps as the rows of one tile and finds their outliers together
-# (`pallas_triton._window_masks`). Not measured end to end yet: bench/e2e_latency.py
-# --act_quant_window compares them.
-DEFAULT_WINDOW = 'serial'
-MAX_WINDOW_ROWS = 32  # longer windows (e.g. never refreshed) walk serially
 
 
 def check_bits(owner: str, name: str, bits) -> None:
@@ -109,14 +101,11 @@ class ActQuantParams:
 @dataclasses.dataclass(frozen=True)
 class ActQuantBlockConfig:
   """block_c: channel block (None -> next power of two >= C); block_b: samples per program of
-  the per-sample kernel's serial walk (None -> as many as fit TILE_ELEMENTS lanes); num_warps:
-  warps per program (None -> 2 up to 1024 lanes per tile, else 4: the sweep's best; the
-  parallel window: 2 / 4 / 8 up to 1024 / 8192 / more); window: 'serial' or 'parallel' (None ->
-  DEFAULT_WINDOW), see `window_rows`."""
+  the per-sample kernel (None -> as many as fit TILE_ELEMENTS lanes); num_warps: warps per
+  program (None -> 2 up to 1024 lanes per tile, else 4: the sweep's best)."""
   block_c: int | None = None
   block_b: int | None = None
   num_warps: int | None = None
-  window: str | None = None
 
   def __post_init__(self):
     if self.block_c is not None and (not isinstance(self.block_c, int)
@@ -128,9 +117,6 @@ class ActQuantBlockConfig:
                                      or not is_pow2(self.block_b) or self.block_b > 256):
       raise ValueError(f'ActQuantBlockConfig.block_b={self.block_b!r}: must be a power of two '
                        '<= 256 (or None to derive it from C and the batch).')
-    if self.window is not None and self.window not in WINDOWS:
-      raise ValueError(f'ActQuantBlockConfig.window={self.window!r}: choose one of {WINDOWS} '
-                       '(or None).')
     if self.num_warps is not None and self.num_warps not in _VALID_WARPS:
       raise ValueError(f'ActQuantBlockConfig.num_warps={self.num_warps!r}: choose one of '
                        f'{_VALID_WARPS} (or None).')
@@ -159,19 +145,3 @@ class ActQuantBlockConfig:
     block_b = self.block_b or max(1, min(next_pow2(batch), prev_pow2(TILE_ELEMENTS // lanes)))
     num_warps = self.num_warps or (2 if block_b * lanes <= 1024 else 4)
     return block_c, block_b, num_warps, n_chunks
-
-  def window_rows(self, n_steps: int, per_sample: bool) -> int:
-    """Rows of the parallel window's tile for windows of n_steps steps (a power of two, at
-    least 16 for the tensor-core product of `_window_masks`), or 0 for the serial walk: asked
-    for, or the window is longer than MAX_WINDOW_ROWS, or the trigger couples the samples."""
-    window = self.window or DEFAULT_WINDOW
-    if window == 'serial' or not per_sample or n_steps > MAX_WINDOW_ROWS:
-      return 0
-    return max(16, next_pow2(n_steps))
-
-  def window_warps(self, rows: int, lanes: int) -> int:
-    """Warps of a parallel-window program holding rows x lanes elements."""
-    if self.num_warps:
-      return self.num_warps
-    elements = rows * lanes
-    return 2 if elements <= 1024 else 4 if elements <= 8192 else 8

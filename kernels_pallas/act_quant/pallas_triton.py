@@ -187,16 +187,6 @@ class _Math:
     inv = _reciprocal_rn(jnp.full((rows,), s_t, jnp.float32), self.interpret)
     return s_t, inv[:, None], zero
 
-  def static_grid_rows(self, s_ref, z_ref, t0, rows_ok):
-    """The static grids of a tile whose rows are the steps t0, t0 + 1, ... (rows_ok: which
-    exist): S_I floored at MIN_SCALE per row (rows,), its IEEE reciprocal and the zero point as
-    (rows, 1) columns; missing rows get step 1, which no S_D of their zero lanes exceeds."""
-    rows = rows_ok.shape[0]
-    s_t = jnp.maximum(plgpu.load(s_ref.at[pl.ds(t0, rows)], mask=rows_ok, other=1.0), MIN_SCALE)
-    zero = (jnp.zeros((rows,), jnp.float32) if z_ref is None else
-            plgpu.load(z_ref.at[pl.ds(t0, rows)], mask=rows_ok, other=0.0))
-    return s_t, _reciprocal_rn(s_t, self.interpret)[:, None], zero[:, None]
-
   def rounded(self, x, mask, inv_s, zero, outlier_grid):
     """Per chunk, every lane scaled, clipped and rounded once on its own grid: the static step
     S_I(t) (its IEEE reciprocal per row) and zero point z(t) for inliers, the dynamic per-row
@@ -252,33 +242,16 @@ def _time_step(window, i, n_refresh, length):
   return jnp.minimum(t_raw, length - 1), t_raw < length
 
 
-@dataclasses.dataclass(frozen=True)
-class _Tile:
-  """Where a program's (rows, lanes) tile sits in the (B, L, C) arrays: `rows` samples from b at
-  one step t (the serial walk), or with `rows_are_steps` `rows` steps from t of sample b (the
-  parallel window)."""
-  b: object
-  t: object
-  rows: int
-  rows_are_steps: bool = False
-
-  def at(self, start, width):
-    """Index of the (rows, width) tile, lanes start.."""
-    if self.rows_are_steps:
-      return (self.b, pl.ds(self.t, self.rows), pl.ds(start, width))
-    return (pl.ds(self.b, self.rows), self.t, pl.ds(start, width))
-
-  def per_row(self):
-    """Index of the tile's rows in a (B, L) output (outlier steps, zero points)."""
-    if self.rows_are_steps:
-      return (self.b, pl.ds(self.t, self.rows))
-    return (pl.ds(self.b, self.rows), self.t)
+def _rows(b0, rows, t, start, width):
+  """Index of the (rows, width) tile of samples b0.. at step t, lanes start.."""
+  return (pl.ds(b0, rows), t, pl.ds(start, width))
 
 
-def _load_rows(x_ref, tile: _Tile, lanes_ok, math: _Math):
-  """The row chunks (rows, block_c) fp32 of the tile, masked lanes 0."""
+def _load_rows(x_ref, b0, t, lanes_ok, math: _Math):
+  """The row chunks (rows, block_c) fp32 of samples b0.. at step t, masked lanes 0."""
+  rows = lanes_ok[0].shape[0]
   return tuple(
-      plgpu.load(x_ref.at[tile.at(j * math.block_c, math.block_c)], mask=ok,
+      plgpu.load(x_ref.at[_rows(b0, rows, t, j * math.block_c, math.block_c)], mask=ok,
                  other=jnp.zeros((), x_ref.dtype)).astype(jnp.float32)
       for j, ok in enumerate(lanes_ok))
 
@@ -288,36 +261,36 @@ def _lanes_ok(row_ok, math: _Math):
   return tuple(row_ok[:, None] & ok[None, :] for ok in math.col_ok())
 
 
-def _store_rows(qin_ref, outlier_refs, tile: _Tile, row_ok, q_in, outlier, mask, math: _Math,
-               pack: bool):
-  """Writes the tile's rows (row_ok: which rows exist and are inside the sequence): inlier
-  codes (packed two per byte with `pack`), and with `outlier` (codes, steps, zero points) the
-  outlier codes, masks, steps and (asymmetric) zero points."""
-  bc = math.block_c
+def _store_rows(qin_ref, outlier_refs, b0, t, row_ok, q_in, outlier, mask, math: _Math,
+                pack: bool):
+  """Writes one step of rows samples (row_ok: which rows exist and are inside the sequence):
+  inlier codes (packed two per byte with `pack`), and with `outlier` (codes, steps, zero
+  points) the outlier codes, masks, steps and (asymmetric) zero points."""
+  rows, bc = row_ok.shape[0], math.block_c
   if pack:
     for j in range(math.n_chunks):
       half_ok = row_ok[:, None] & (j * bc // 2 + jnp.arange(bc // 2) < math.channels // 2)[None, :]
-      plgpu.store(qin_ref.at[tile.at(j * bc // 2, bc // 2)],
+      plgpu.store(qin_ref.at[_rows(b0, rows, t, j * bc // 2, bc // 2)],
                   int4.pack_nibbles(*int4.split_even_odd(q_in[j])), mask=half_ok)
   else:
-    _store_chunks(qin_ref, tile, row_ok, q_in, math)
+    _store_chunks(qin_ref, b0, t, row_ok, q_in, math)
   if outlier is None:
     return
   q_out, s_o, z_o = outlier
   qout_ref, oscale_ref, zero_ref, mask_ref = _outlier_outputs(outlier_refs, math)
-  _store_chunks(qout_ref, tile, row_ok, q_out, math)
+  _store_chunks(qout_ref, b0, t, row_ok, q_out, math)
   if mask_ref is not None:
-    _store_chunks(mask_ref, tile, row_ok, mask, math)
-  plgpu.store(oscale_ref.at[tile.per_row()], s_o, mask=row_ok)
+    _store_chunks(mask_ref, b0, t, row_ok, mask, math)
+  plgpu.store(oscale_ref.at[pl.ds(b0, rows), t], s_o, mask=row_ok)
   if zero_ref is not None:
-    plgpu.store(zero_ref.at[tile.per_row()], z_o.astype(jnp.int32), mask=row_ok)
+    plgpu.store(zero_ref.at[pl.ds(b0, rows), t], z_o.astype(jnp.int32), mask=row_ok)
 
 
-def _store_chunks(ref, tile: _Tile, row_ok, chunks, math: _Math):
-  """Writes the tile's rows, held as chunks, to the (B, L, C) output ref (real lanes only)."""
-  bc = math.block_c
+def _store_chunks(ref, b0, t, row_ok, chunks, math: _Math):
+  """Writes a row held as chunks to the (B, L, C) output ref at step t (real lanes only)."""
+  rows, bc = row_ok.shape[0], math.block_c
   for j, ok in enumerate(_lanes_ok(row_ok, math)):
-    plgpu.store(ref.at[tile.at(j * bc, bc)], chunks[j], mask=ok)
+    plgpu.store(ref.at[_rows(b0, rows, t, j * bc, bc)], chunks[j], mask=ok)
 
 
 def _outlier_outputs(outlier_refs, math: _Math):
@@ -344,8 +317,7 @@ def _sample_kernel(x_ref, s_ref, z_ref, qin_ref, *outlier_refs, math: _Math,
   def load(i):  # steps past the window (the prefetch after its last one) read nothing
     t, in_seq = _time_step(window, i, n_refresh, length)
     live = in_seq & (i < n_refresh)
-    return _load_rows(x_ref, _Tile(b0, t, block_b), tuple(ok & live for ok in lanes_ok),
-                      math)
+    return _load_rows(x_ref, b0, t, tuple(ok & live for ok in lanes_ok), math)
 
   def step(i, carry):
     # The next step's rows do not depend on the masks: loading them before this step's
@@ -359,73 +331,15 @@ def _sample_kernel(x_ref, s_ref, z_ref, qin_ref, *outlier_refs, math: _Math,
       mask, outlier_grid = math.detect(x, mask, col_ok, lanes_ok, lambda s_d: s_d > s_t)
     r = math.rounded(x, mask, inv_s, zero, outlier_grid)
     if dequantize_to is not None:  # qin_ref is the dequantized output
-      _store_chunks(qin_ref, _Tile(b0, t, block_b), row_ok & in_seq,
+      _store_chunks(qin_ref, b0, t, row_ok & in_seq,
                     math.dequantized(r, mask, s_t, outlier_grid, dequantize_to), math)
     else:
       q_in, outlier = math.codes(r, mask, zero, outlier_grid)
-      _store_rows(qin_ref, outlier_refs, _Tile(b0, t, block_b), row_ok & in_seq, q_in, outlier,
-                  mask, math, pack)
+      _store_rows(qin_ref, outlier_refs, b0, t, row_ok & in_seq, q_in, outlier, mask, math,
+                  pack)
     return mask, x_next
 
   jax.lax.fori_loop(0, n_refresh, step, (_no_mask(block_b, math), load(0)))
-
-
-def _window_masks(math: _Math, x, col_ok, lanes_ok, s_t):
-  """The outlier masks and grids of a tile whose rows are one window's steps, without walking
-  the steps one after another: step t's mask is M_t = M_(t-1) | new_t(M_(t-1)), so start from
-  no earlier outliers, detect every row at once against the masks of the rows before it,
-  and repeat until those masks stop changing. After round j the first j rows are exact, so
-  this ends within rows + 1 rounds; any fixed point is the serial recurrence's result, and
-  it usually comes in two or three rounds (few steps fire). The earlier rows' union is a
-  (rows x rows) strictly-lower-triangular product with the 0/1 masks (exact counts)."""
-  rows = s_t.shape[0]
-  ids = jnp.arange(rows)
-  earlier = (ids[None, :] < ids[:, None]).astype(jnp.float32)
-  fires_at = lambda s_d: s_d > s_t
-
-  def before(mask):  # per row, the union of the masks of the rows above it
-    return _lanes(lambda mc: jnp.dot(earlier, mc.astype(jnp.float32)) > 0.5, mask)
-
-  def round_(prior):
-    mask, grid = math.detect(x, prior, col_ok, lanes_ok, fires_at)
-    nxt = before(mask)
-    changed = _reduce(jnp.max, jnp.maximum, _lanes(
-        lambda a, b: jnp.max((a != b).astype(jnp.int32), axis=0), nxt, prior))
-    return nxt, mask, grid, jnp.max(changed) > 0
-
-  def body(carry):
-    prior, _, _, _, n = carry
-    return round_(prior) + (n + 1,)
-
-  init = round_(_no_mask(rows, math)) + (jnp.int32(1),)
-  _, mask, grid, _, _ = jax.lax.while_loop(
-      lambda carry: carry[3] & (carry[4] <= rows), body, init)
-  return mask, grid
-
-
-def _window_kernel(x_ref, s_ref, z_ref, qin_ref, *outlier_refs, math: _Math, length: int,
-                   n_refresh: int, rows: int, pack: bool, detect: bool, dequantize_to=None):
-  """One program per (sample, refresh window) holding the window's steps as the rows of one
-  tile: every step's statistics in one round of reductions (`_window_masks`), and one 2D
-  load and store per output, instead of a serial walk of n_refresh dependent steps."""
-  b, t0 = pl.program_id(0), pl.program_id(1) * n_refresh
-  steps = jnp.arange(rows)
-  row_ok = (steps < n_refresh) & (t0 + steps < length)
-  col_ok = math.col_ok()
-  lanes_ok = _lanes_ok(row_ok, math)
-  tile = _Tile(b, t0, rows, rows_are_steps=True)
-  x = _load_rows(x_ref, tile, lanes_ok, math)
-  s_t, inv_s, zero = math.static_grid_rows(s_ref, z_ref, t0, row_ok)
-  mask, outlier_grid = _no_mask(rows, math), None
-  if detect:
-    mask, outlier_grid = _window_masks(math, x, col_ok, lanes_ok, s_t)
-  r = math.rounded(x, mask, inv_s, zero, outlier_grid)
-  if dequantize_to is not None:  # qin_ref is the dequantized output
-    _store_chunks(qin_ref, tile, row_ok,
-                  math.dequantized(r, mask, s_t[:, None], outlier_grid, dequantize_to), math)
-  else:
-    q_in, outlier = math.codes(r, mask, zero, outlier_grid)
-    _store_rows(qin_ref, outlier_refs, tile, row_ok, q_in, outlier, mask, math, pack)
 
 
 def _batch_kernel(x_ref, s_ref, z_ref, qin_ref, *outlier_refs, math: _Math,
@@ -445,25 +359,23 @@ def _batch_kernel(x_ref, s_ref, z_ref, qin_ref, *outlier_refs, math: _Math,
     lanes_ok = _lanes_ok(one_row & in_seq, math)
 
     def previous_mask(b):  # what this program stored for sample b one step earlier
-      return tuple(plgpu.load(mask_ref.at[_Tile(b, t_prev, 1).at(j * bc, bc)],
+      return tuple(plgpu.load(mask_ref.at[_rows(b, 1, t_prev, j * bc, bc)],
                               mask=ok & (i > 0), other=jnp.zeros((), jnp.bool_))
                    for j, ok in enumerate(all_lanes))
 
     def sample_triggers(b, any_trigger):
-      x = _load_rows(x_ref, _Tile(b, t, 1), lanes_ok, math)
-      s_d = math.reductions(x, previous_mask(b), col_ok)[0]
+      s_d = math.reductions(_load_rows(x_ref, b, t, lanes_ok, math), previous_mask(b), col_ok)[0]
       return any_trigger | (jnp.max(s_d) > grid[0])
 
     trigger = jax.lax.fori_loop(0, batch, sample_triggers, jnp.zeros((), jnp.bool_))
 
     def update_and_quantize(b, c):
-      x = _load_rows(x_ref, _Tile(b, t, 1), lanes_ok, math)
+      x = _load_rows(x_ref, b, t, lanes_ok, math)
       mask, outlier_grid = math.detect(x, previous_mask(b), col_ok, all_lanes,
                                        lambda s_d: jnp.broadcast_to(trigger, s_d.shape))
       q_in, outlier = math.codes(math.rounded(x, mask, *grid[1:], outlier_grid), mask, grid[2],
                                  outlier_grid)
-      _store_rows(qin_ref, outlier_refs, _Tile(b, t, 1), one_row & in_seq, q_in, outlier, mask,
-                  math, pack)
+      _store_rows(qin_ref, outlier_refs, b, t, one_row & in_seq, q_in, outlier, mask, math, pack)
       return c
 
     return jax.lax.fori_loop(0, batch, update_and_quantize, carry)
@@ -506,34 +418,20 @@ def _launch(kernel, x, grid_inputs, out_shape, grid, name, num_warps, interpret)
 
 
 _STATIC = ('code_range', 'k', 'n_refresh', 'std_ddof', 'detect', 'block_c', 'block_b',
-           'num_warps', 'n_chunks', 'window_rows', 'interpret')
-
-
-def _per_sample_kernel(math: _Math, batch: int, length: int, n_refresh: int, block_b: int,
-                       window_rows: int, detect: bool, pack: bool, dequantize_to=None):
-  """(kernel, grid) of the per-sample trigger: the serial walk (`block_b` samples per program)
-  or, with `window_rows` (a power of two >= the window's steps), the parallel window."""
-  n_windows = -(-length // n_refresh)
-  common = dict(math=math, length=length, n_refresh=n_refresh, pack=pack, detect=detect,
-                dequantize_to=dequantize_to)
-  if window_rows:
-    return (_with_grid_refs(_window_kernel, rows=window_rows, **common), (batch, n_windows))
-  return (_with_grid_refs(_sample_kernel, batch=batch, block_b=block_b, **common),
-          (pl.cdiv(batch, block_b), n_windows))
+           'num_warps', 'n_chunks', 'interpret')
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC + ('trigger', 'pack', 'with_mask'))
 def act_quant(x, inlier_scale, zero_point, *, code_range: tuple[int, int, int, int], k: float,
               n_refresh: int, trigger: str, std_ddof: int, detect: bool, pack: bool,
               block_c: int, block_b: int, num_warps: int, with_mask: bool = True,
-              n_chunks: int = 1, window_rows: int = 0, interpret: bool = False):
+              n_chunks: int = 1, interpret: bool = False):
   """Validated (B, L, C) input, (L,) steps and (L,) zero points (None: symmetric) ->
   (inlier codes, outlier codes, outlier scale, mask, clamped inlier scale, outlier zero points
   (B, L) int32 or None). code_range = (qmin, qmax, outlier qmin, outlier qmax); block_b:
   samples per program of the 'sample' kernel; a row is n_chunks tiles of block_c lanes.
   Without `detect` (outliers='none') the outlier outputs are constants; without `with_mask`
-  the mask is None (the batch-trigger kernel writes it anyway: it reads it back). window_rows:
-  0 walks each window's steps serially, else the per-sample trigger runs `_window_kernel`."""
+  the mask is None (the batch-trigger kernel writes it anyway: it reads it back)."""
   batch, length, channels = x.shape
   math, grid_inputs = _math_and_grid(x, inlier_scale, zero_point, code_range, k, std_ddof,
                                      block_c, n_chunks, interpret)
@@ -550,13 +448,13 @@ def act_quant(x, inlier_scale, zero_point, *, code_range: tuple[int, int, int, i
       out_shape.append(jax.ShapeDtypeStruct((batch, length), jnp.int32))
     if with_mask:
       out_shape.append(jax.ShapeDtypeStruct((batch, length, channels), jnp.bool_))
+  common = dict(math=math, length=length, n_refresh=n_refresh, pack=pack)
   if detect and trigger == 'batch':
-    kernel = _with_grid_refs(_batch_kernel, math=math, batch=batch, length=length,
-                             n_refresh=n_refresh, pack=pack)
-    grid = (n_windows,)
+    kernel, grid = _with_grid_refs(_batch_kernel, batch=batch, **common), (n_windows,)
   else:
-    kernel, grid = _per_sample_kernel(math, batch, length, n_refresh, block_b, window_rows,
-                                      detect, pack)
+    kernel = _with_grid_refs(_sample_kernel, detect=detect, batch=batch, block_b=block_b,
+                             **common)
+    grid = (pl.cdiv(batch, block_b), n_windows)
   outs = _launch(kernel, x, grid_inputs, out_shape, grid,
                  f'act_quant_{trigger if detect else "static"}', num_warps, interpret)
   if detect:
@@ -573,14 +471,16 @@ def act_quant(x, inlier_scale, zero_point, *, code_range: tuple[int, int, int, i
 def act_quant_dequantized(x, inlier_scale, zero_point, *, code_range: tuple[int, int, int, int],
                           k: float, n_refresh: int, std_ddof: int, detect: bool, block_c: int,
                           block_b: int, num_warps: int, out_dtype, n_chunks: int = 1,
-                          window_rows: int = 0, interpret: bool = False):
+                          interpret: bool = False):
   """dequantize(act_quant(x)) (B, L, C) in out_dtype from one pass (per-sample trigger): the
   codes never reach memory. Arguments as `act_quant`'s."""
   batch, length, channels = x.shape
   math, grid_inputs = _math_and_grid(x, inlier_scale, zero_point, code_range, k, std_ddof,
                                      block_c, n_chunks, interpret)
-  kernel, grid = _per_sample_kernel(math, batch, length, n_refresh, block_b, window_rows, detect,
-                                    False, dequantize_to=out_dtype)
+  kernel = _with_grid_refs(_sample_kernel, detect=detect, batch=batch, block_b=block_b,
+                           math=math, length=length, n_refresh=n_refresh, pack=False,
+                           dequantize_to=out_dtype)
+  grid = (pl.cdiv(batch, block_b), -(-length // n_refresh))
   (y,) = _launch(kernel, x, grid_inputs, [jax.ShapeDtypeStruct(x.shape, out_dtype)], grid,
                  'act_quant_dequantized', num_warps, interpret)
   return y
