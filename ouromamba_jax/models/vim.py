@@ -73,10 +73,12 @@ class CausalConv1d(nn.Module):
 
 
 # Below this many samples on a GPU, the two scan directions run as one vmapped batch by default.
-# Measured on one H200 (BENCHMARKS.md "Session 13", Vim-B): batch 1 W4A4O8 13.6 -> 8.8 ms and
-# bf16 5.9 -> 5.2 ms (the per-direction kernels are launch-bound there); batch 64 W4A4O8 equal
-# (42.8 ms) and the bf16 + Pallas scan path 26.5 -> 28.8 ms slower, so large batches keep the loop.
-DIRECTIONS_AS_ONE_BATCH_BELOW = 16
+# Measured on one H200 (BENCHMARKS.md "Session 13" and "Session 14", Vim-B): batch 1 W4A4O8
+# 13.6 -> 8.8 ms and bf16 5.9 -> 5.2 ms (the per-direction kernels are launch-bound); at depth 4
+# every batch from 2 to 32 is faster vmapped in both the bf16 + Pallas scan and the W4A4O8 path
+# (batch 32: 3.54 -> 3.28 and 4.93 -> 4.42 ms); at batch 64 W4A4O8 is equal (42.8 ms) and the
+# bf16 + Pallas path 26.5 -> 28.8 ms slower, so 64 and up keep the loop.
+DIRECTIONS_AS_ONE_BATCH_BELOW = 64
 
 
 def directions_as_one_batch(setting: Optional[bool], batch: int) -> bool:
