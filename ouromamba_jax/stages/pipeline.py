@@ -24,9 +24,10 @@ device group each, after stage 0 and Gen (`stages.pipeline_workers`); the report
 images, 10 epochs, the whole test split, the 21-run table) to every field not named in
 `pipeline.keep` (main.py names there the fields set on the command line, the study mode its
 cells' fields), and works in <workdir>/full so the demo's outputs are not mixed in. Without the
-dataset, `data.smoke_dir` (the ImageNet configs: the 300-image sample) is evaluated instead and labelled a smoke check; without that either, the
-stages that need no data still run (generate, quantize on gen/noise images), and runs calibrated
-on real images and every evaluation are skipped with a message saying where to put the data.
+dataset, `data.smoke_dir` (the ImageNet configs: the 300-image sample) is evaluated instead and
+labelled a smoke check; without that either, the stages that need no data still run (generate,
+quantize on gen/noise images), and runs calibrated on real images and every evaluation are
+skipped with a message saying where to put the data.
 """
 from __future__ import annotations
 

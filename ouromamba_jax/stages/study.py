@@ -157,7 +157,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rates = [100.0 * r['outlier_rate'] for r in rs if r.get('outlier_rate') is not None]
     rate_mean, rate_std = _mean_std(rates) if rates else (None, None)
     out.append({'cell': cell, 'run': name, 'top1_mean': mean, 'top1_std': std,
-                'seeds': len(rs), 'fp_top1_mean': sum(fp) / len(fp) if fp else None,
+                'seeds': len(rs), 'fp_top1_mean': _mean_std(fp)[0] if fp else None,
                 'outlier_rate_mean': rate_mean, 'outlier_rate_std': rate_std})
   return out
 
