@@ -16,8 +16,11 @@ from ouromamba_jax.io import atomic
 
 PANEL_W, PANEL_H = 300, 150
 _MARGIN = dict(left=56, right=12, top=22, bottom=28)
-LINE_COLORS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189))
+LINE_COLORS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14),
+               (140, 86, 75), (227, 119, 194), (23, 190, 207))
 _BLACK, _GREY = (0, 0, 0), (215, 215, 215)
+_LEGEND_ROW = 14
+Panel = tuple  # (title, {line: values}) or (title, {line: values}, {line: error bar half-widths})
 
 
 def _finite_range(values: Sequence[np.ndarray]) -> tuple[float, float]:
@@ -29,29 +32,45 @@ def _finite_range(values: Sequence[np.ndarray]) -> tuple[float, float]:
   return lo - pad, hi + pad
 
 
-def _draw_panel(draw: ImageDraw.ImageDraw, origin: tuple[int, int], title: str,
-                lines: Mapping[str, Sequence[float]], x_label: str, font) -> None:
-  """One framed panel: title, y range labels, x extent, one polyline per entry of `lines`."""
+def _draw_panel(draw: ImageDraw.ImageDraw, origin: tuple[int, int], width: int, panel: Panel,
+                colors: Mapping[str, tuple[int, int, int]], x_label: str,
+                x_ticks: Sequence[str] | None, font) -> None:
+  """One framed panel: title, y range labels, x ticks (1..n or the given labels), one polyline
+  per line, error bars where the panel has them."""
+  title, lines = panel[0], panel[1]
+  errors = panel[2] if len(panel) > 2 else {}
   ox, oy = origin
   x0, y0 = ox + _MARGIN['left'], oy + _MARGIN['top']
-  x1, y1 = ox + PANEL_W - _MARGIN['right'], oy + PANEL_H - _MARGIN['bottom']
-  series = [np.asarray(v, np.float64) for v in lines.values()]
-  lo, hi = _finite_range(series)
-  n = max((len(v) for v in series), default=0)
+  x1, y1 = ox + width - _MARGIN['right'], oy + PANEL_H - _MARGIN['bottom']
+  series = {name: np.asarray(v, np.float64) for name, v in lines.items()}
+  bars = {name: np.nan_to_num(np.asarray(errors.get(name, np.zeros(len(v))), np.float64))
+          for name, v in series.items()}
+  lo, hi = _finite_range([v + s * bars[name] for name, v in series.items() for s in (-1, 1)])
+  n = max((len(v) for v in series.values()), default=0)
+  px = lambda i: x0 + (x1 - x0) * (i / max(n - 1, 1))
+  py = lambda v: y1 - (y1 - y0) * (v - lo) / (hi - lo)
   draw.rectangle((x0, y0, x1, y1), outline=_GREY)
   draw.text((x0, oy + 4), title, fill=_BLACK, font=font)
   draw.text((ox + 2, y0), f'{hi:.3g}', fill=_BLACK, font=font)
   draw.text((ox + 2, y1 - 10), f'{lo:.3g}', fill=_BLACK, font=font)
-  draw.text((x0, y1 + 3), '1', fill=_BLACK, font=font)
-  draw.text((x1 - 6 * len(str(n)), y1 + 3), str(n), fill=_BLACK, font=font)
+  if x_ticks is None:
+    ticks = {0: '1', n - 1: str(n)}
+  else:
+    room = max(int((x1 - x0) / max(n - 1, 1)), 12)
+    ticks = {i: _fit(label, room, font) for i, label in enumerate(x_ticks[:n])}
+  for i, label in ticks.items():
+    x = min(max(px(i) - font.getlength(label) / 2, ox + 2), ox + width - font.getlength(label))
+    draw.text((x, y1 + 3), label, fill=_BLACK, font=font)
   draw.text(((x0 + x1) // 2 - 3 * len(x_label), y1 + 14), x_label, fill=_BLACK, font=font)
-  legend_x = x0 + int(font.getlength(title)) + 16   # legend on the title line, off the lines
-  for (name, values), color in zip(zip(lines.keys(), series), LINE_COLORS):
-    if len(lines) > 1:
-      draw.text((legend_x, oy + 4), name, fill=color, font=font)
-      legend_x += int(font.getlength(name)) + 10
-    points = [(x0 + (x1 - x0) * (i / max(n - 1, 1)), y1 - (y1 - y0) * (v - lo) / (hi - lo))
-              for i, v in enumerate(values) if math.isfinite(v)]
+  for name, values in series.items():
+    color = colors[name]
+    points = [(px(i), py(v)) for i, v in enumerate(values) if math.isfinite(v)]
+    for i, v in enumerate(values):
+      if math.isfinite(v) and bars[name][i] > 0:
+        x, half = px(i), bars[name][i]
+        draw.line([(x, py(v - half)), (x, py(v + half))], fill=color, width=1)
+        draw.line([(x - 3, py(v - half)), (x + 3, py(v - half))], fill=color, width=1)
+        draw.line([(x - 3, py(v + half)), (x + 3, py(v + half))], fill=color, width=1)
     if len(points) > 1:
       draw.line(points, fill=color, width=2)
     elif points:
@@ -59,22 +78,57 @@ def _draw_panel(draw: ImageDraw.ImageDraw, origin: tuple[int, int], title: str,
       draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=color)
 
 
-def render(panels: Sequence[tuple[str, Mapping[str, Sequence[float]]]], x_label: str = 'step',
-           columns: int = 2, caption: str = '') -> Image.Image:
-  """panels: (title, {line name: values}) each; a line's i-th value is drawn at x = i + 1."""
+def _fit(label: str, room: float, font) -> str:
+  while len(label) > 1 and font.getlength(label) > room - 4:
+    label = label[:-1]
+  return label
+
+
+def _legend_rows(names: Sequence[str], width: int, font) -> list[list[str]]:
+  """Line names wrapped into rows of the figure's width (a swatch and a gap each)."""
+  rows, row, used = [], [], 4
+  for name in names:
+    need = 14 + int(font.getlength(name)) + 12
+    if row and used + need > width:
+      rows.append(row)
+      row, used = [], 4
+    row.append(name)
+    used += need
+  return rows + ([row] if row else [])
+
+
+def render(panels: Sequence[Panel], x_label: str = 'step', columns: int = 2, caption: str = '',
+           x_ticks: Sequence[str] | None = None, panel_width: int = PANEL_W) -> Image.Image:
+  """panels: (title, {line name: values}[, {line name: error bar half-widths}]) each; a line's
+  i-th value is drawn at x = i + 1 (or above x_ticks[i]). A line keeps its colour in every
+  panel, and a legend under the panels names the lines when a panel has more than one."""
   if not panels:
     raise ValueError('a loss-curve figure needs at least one panel')
   columns = max(1, min(columns, len(panels)))
   rows = -(-len(panels) // columns)
-  footer = 16 if caption else 0
-  canvas = Image.new('RGB', (columns * PANEL_W, rows * PANEL_H + footer), (255, 255, 255))
-  draw = ImageDraw.Draw(canvas)
+  names = list(dict.fromkeys(name for panel in panels for name in panel[1]))
+  colors = {name: LINE_COLORS[i % len(LINE_COLORS)] for i, name in enumerate(names)}
   font = ImageFont.load_default()
-  for k, (title, lines) in enumerate(panels):
-    _draw_panel(draw, ((k % columns) * PANEL_W, (k // columns) * PANEL_H), title, lines,
-                x_label, font)
+  width = columns * panel_width
+  legend = (_legend_rows(names, width, font)
+            if any(len(panel[1]) > 1 for panel in panels) else [])
+  legend_h = len(legend) * _LEGEND_ROW + (4 if legend else 0)
+  footer = 16 if caption else 0
+  canvas = Image.new('RGB', (width, rows * PANEL_H + legend_h + footer), (255, 255, 255))
+  draw = ImageDraw.Draw(canvas)
+  for k, panel in enumerate(panels):
+    _draw_panel(draw, ((k % columns) * panel_width, (k // columns) * PANEL_H), panel_width,
+                panel, colors, x_label, x_ticks, font)
+  y = rows * PANEL_H + 2
+  for row in legend:
+    x = 4
+    for name in row:
+      draw.rectangle((x, y + 3, x + 9, y + 10), fill=colors[name])
+      draw.text((x + 14, y), name, fill=colors[name], font=font)
+      x += 14 + int(font.getlength(name)) + 12
+    y += _LEGEND_ROW
   if caption:
-    draw.text((4, rows * PANEL_H + 2), caption, fill=_BLACK, font=font)
+    draw.text((4, rows * PANEL_H + legend_h + 2), caption, fill=_BLACK, font=font)
   return canvas
 
 

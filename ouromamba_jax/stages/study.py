@@ -36,6 +36,7 @@ from ouromamba_jax.stages.runs import parse_runs
 
 STUDY_SUBDIR = 'study'
 SHARED_GEN_SUBDIR = 'gen'   # WORKDIR/study/gen: Gen sets shared by cells (shared_gen)
+STUDY_PLOT_WIDTH = 640      # px: room for the cells' labels under the x axis
 Log = Callable[[str], None]
 _OURO_W4A4 = 'ouromamba:w4a4:gen'
 
@@ -183,17 +184,23 @@ def _markdown(name: str, study: Study, summary, meta) -> str:
 
 
 def _panels(study: Study, summary):
-  """One panel: top-1 mean per run along the cells (a run absent from a cell is a gap)."""
+  """Top-1 (and, where reported, the outlier rate) per run along the cells, mean with a ± std
+  bar over the seeds; a run absent from a cell is a gap."""
   cells = [label for label, _ in study.cells]
   runs = list(dict.fromkeys(s['run'] for s in summary))
-  by_key = {(s['cell'], s['run']): s['top1_mean'] for s in summary}
-  lines = {run: [by_key.get((c, run), float('nan')) for c in cells] for run in runs}
-  panels = [(f'top-1 % vs {study.axis}', lines)]
-  rates = {(s['cell'], s['run']): s['outlier_rate_mean'] for s in summary
-           if s.get('outlier_rate_mean') is not None}
-  if rates:
-    panels.append((f'outlier rate % vs {study.axis}',
-                   {run: [rates.get((c, run), float('nan')) for c in cells] for run in runs}))
+  by_key = {(s['cell'], s['run']): s for s in summary}
+
+  def panel(title, mean, std):
+    pick = lambda run, key: [(by_key[(c, run)].get(key) if (c, run) in by_key else None)
+                             for c in cells]
+    nan = lambda values: [float('nan') if v is None else v for v in values]
+    return (title, {run: nan(pick(run, mean)) for run in runs},
+            {run: nan(pick(run, std)) for run in runs})
+
+  panels = [panel(f'top-1 % vs {study.axis} (mean ± std over seeds)', 'top1_mean', 'top1_std')]
+  if any(s.get('outlier_rate_mean') is not None for s in summary):
+    panels.append(panel(f'outlier rate % vs {study.axis}', 'outlier_rate_mean',
+                        'outlier_rate_std'))
   return panels
 
 
@@ -205,9 +212,11 @@ def write_report(directory: str, name: str, study: Study, rows, meta) -> dict[st
   atomic.write_json(os.path.join(directory, 'study.json'), report)
   atomic.write_text(os.path.join(directory, 'study.md'), _markdown(name, study, summary, meta))
   if summary:
-    caption = f'{name}: x = ' + ', '.join(f'{i + 1} {c}' for i, c in enumerate(report['cells']))
+    seeds = max(s['seeds'] for s in summary)
     curves.write_png(os.path.join(directory, 'study.png'), _panels(study, summary),
-                     x_label=study.axis, columns=1, caption=caption[:160])
+                     x_label=study.axis, columns=1, x_ticks=report['cells'],
+                     panel_width=STUDY_PLOT_WIDTH,
+                     caption=f'study {name}: up to {seeds} seeds per cell; settings in study.md')
   return report
 
 

@@ -135,13 +135,14 @@ def test_heatmap_marks_a_column_and_widens_for_its_caption():
 
 def test_loss_curves_one_panel_per_term_one_line_per_group(tmp_path):
   groups = [{'group': g, 'total': [3.0 + g, 2.0, 1.0 - g], 'pse': [1.0, 0.5, float('nan')]}
-            for g in range(6)]
+            for g in range(10)]
   panels = curves.gen_panels(groups, ['total', 'pse'])
   assert [title for title, _ in panels] == ['total', 'pse']
-  assert list(panels[0][1]) == ['group 1', 'group 2', 'group 3', 'group 4']  # the first four
+  assert list(panels[0][1]) == [f'group {g}' for g in range(1, 9)]   # the first eight
   curves.write_png(str(tmp_path / 'c.png'), panels, caption='c')
   image = Image.open(tmp_path / 'c.png')
-  assert image.size == (2 * curves.PANEL_W, curves.PANEL_H + 16)
+  assert image.size[0] == 2 * curves.PANEL_W
+  assert image.size[1] > curves.PANEL_H + 16                 # a legend row under the panels
   colors = {tuple(c) for c in np.asarray(image).reshape(-1, 3)}
   assert set(curves.LINE_COLORS) <= colors                 # every group's line is drawn
   blocks = [{'loss_init': 0.2, 'loss_final': 0.1}, {'loss_init': 0.0, 'loss_final': 0.0}]
@@ -149,6 +150,25 @@ def test_loss_curves_one_panel_per_term_one_line_per_group(tmp_path):
   assert 'reconstruction loss' in title and lines == {'init': [0.2, 0.0], 'final': [0.1, 0.0]}
   with pytest.raises(ValueError, match='at least one panel'):
     curves.render([])
+
+
+def test_curves_error_bars_tick_labels_and_one_colour_per_line():
+  """A study's figure: labelled x ticks, ± bars, and the same line in the same colour in every
+  panel (the legend names it once)."""
+  panels = [('top-1', {'a': [1.0, 2.0, 3.0], 'b': [3.0, 2.0, 1.0]}, {'a': [0.0, 0.5, 0.0]}),
+            ('rate', {'b': [0.1, 0.2, 0.3], 'a': [0.3, 0.2, 0.1]})]
+  plain = np.asarray(curves.render(panels[:1], columns=1, panel_width=400))
+  no_bars = np.asarray(curves.render([panels[0][:2]], columns=1, panel_width=400))
+  assert plain.shape == no_bars.shape == (curves.PANEL_H + 18, 400, 3)
+  assert (plain != no_bars).any()                           # the bar at x = 2 is drawn
+  ticks = np.asarray(curves.render(panels, columns=1, x_ticks=['k=2', 'k=3', 'k=4']))
+  numbers = np.asarray(curves.render(panels, columns=1))
+  assert (ticks != numbers).any()
+  blue, red = curves.LINE_COLORS[:2]
+  both = np.asarray(curves.render(panels, columns=1))
+  lower = both[curves.PANEL_H:2 * curves.PANEL_H]            # the second panel: 'b' first there
+  assert (lower == blue).all(axis=-1).any() and (lower == red).all(axis=-1).any()
+  assert curves.render([('one', {'only': [1.0, 2.0]})]).size[1] == curves.PANEL_H   # no legend
 
 
 def test_accuracy_table_markdown_and_json(tmp_path):

@@ -81,6 +81,11 @@ def test_study_runs_every_cell_and_seed_and_reports_mean_and_spread(tmp_path):
   assert math.isclose(first['outlier_rate_mean'], 5.0) and first['outlier_rate_std'] == 0.0
   assert '| k=2.0 | ouromamba_w4a4_gen | 52.05 ± 0.07 | 2 | 80.00 | 5.00 ± 0.00 |' in md
   assert (directory / 'study.png').stat().st_size > 0
+  (title, means, stds), (rate_title, rates, _) = study_stage._panels(
+      study_stage.STUDIES['k'], summary)
+  assert 'mean ± std' in title and 'outlier rate' in rate_title
+  assert means['ouromamba_w4a4_gen'][0] == first['top1_mean']       # bars = the seed std
+  assert stds['ouromamba_w4a4_gen'][0] == first['top1_std'] and len(rates['ouromamba_w4a4_gen']) == 4
   assert 'done' in logs[-1]
   # k does not change Gen: one synthetic set per seed, copied into every cell of that seed
   assert sorted(seed for _, seed in made) == [10, 11]
