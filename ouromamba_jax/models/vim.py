@@ -133,9 +133,10 @@ class BiMambaV2Mixer(nn.Module):
         a_log = layers.read_param(self, f'A{suffix}_log' if suffix else 'A_log', a_log_init,
                                   (d_inner, self.d_state))
         d_skip = layers.read_param(self, f'D{suffix}', nn.initializers.ones, (d_inner,))
-        site = lambda name, v, suffix=suffix: layers.apply_site(self, f'{name}{suffix}_quantizer', v)
+        quantizer = lambda name, suffix=suffix: layers.optional_param(
+            self, f'{name}{suffix}_quantizer')
         scan_out, (delta, c_mat) = self._direction(
-            flip(x), flip(z), conv, x_proj, dt_proj, site, a_log, d_skip, dt_rank,
+            flip(x), flip(z), conv, x_proj, dt_proj, quantizer, a_log, d_skip, dt_rank,
             return_states=self.state_feature_fn is not None)
         if self.state_feature_fn is not None:
           y, states = scan_out
@@ -177,16 +178,19 @@ class BiMambaV2Mixer(nn.Module):
       return None
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
 
-  def _direction(self, x, z, conv, x_proj, dt_proj, site, a_log, d_skip, dt_rank,
+  def _direction(self, x, z, conv, x_proj, dt_proj, quantizer, a_log, d_skip, dt_rank,
                  return_states=False):
     """One scan direction on tokens already in its scan order: conv, x_proj, dt_proj, the
     Δ/B/C/A/D sites and the scan. The callables are modules (the loop: init, hooks and the
     calibration's recorders see them) or pure functions of stacked params (`_both_directions`),
-    so both paths compute the same thing. Returns (scan output, (Δ, C))."""
+    so both paths compute the same thing; `quantizer(name)` is a site's quantizer or None.
+    Returns (scan output, (Δ, C))."""
+    impl = self.quant_implementation
+    site = lambda name, v: layers.quantize_site(quantizer(name), v, impl)
     u = nn.silu(conv(x))
     dt, b_mat, c_mat = jnp.split(x_proj(u), [dt_rank, dt_rank + self.d_state], axis=-1)
     delta = site('delta', dt_proj(dt))  # bias included: the Δ quantizer sees pre-softplus Δ
-    b_mat, c_mat = site('B', b_mat), site('C', c_mat)
+    b_mat, c_mat = layers.quantize_sites((quantizer('B'), quantizer('C')), (b_mat, c_mat), impl)
     a_mat = site('A', -jnp.exp(a_log.astype(jnp.float32)))
     d_vec = site('D', d_skip.astype(jnp.float32))
     out = scan_api.selective_scan(
@@ -205,8 +209,7 @@ class BiMambaV2Mixer(nn.Module):
       proj = lambda q: (lambda v: layers.linear(v, q['kernel'], q.get('bias'),
                                                 q.get('input_quantizer'), self.dtype, impl))
       conv = lambda v: layers.causal_depthwise_conv1d(v, p['conv']['kernel'], p['conv']['bias'])
-      site = lambda name, v: layers.quantize_site(p[name], v, impl)
-      return self._direction(x, z, conv, proj(p['x_proj']), proj(p['dt_proj']), site,
+      return self._direction(x, z, conv, proj(p['x_proj']), proj(p['dt_proj']), p.get,
                              p['a_log'], p['d'], dt_rank)[0]
 
     flip = lambda t: jnp.flip(t, axis=1)

@@ -143,6 +143,10 @@ class ActQuantizer:
       return jax.vmap(lambda q, xk: q(xk, implementation), in_axes=(0, 1), out_axes=1)(
           self.per_direction(), x)
     x3, restore = act_lib.as_steps(x, self.layout)
+    if self.layout == 'tensor':
+      # A per-tensor site (A, D) is one step holding every element: the act_quant kernel would
+      # walk it in a single program; XLA's form (the same codes) fuses into its producer.
+      implementation = 'xla'
     if self.mode == 'fake':
       y = act_lib.dequantize_activation(self.parts(x3, ste=True))
     elif self.spec.domain == 'log':
