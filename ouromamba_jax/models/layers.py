@@ -86,16 +86,20 @@ def quantize_site(quantizer, x, implementation: Optional[str] = None):
   return x if quantizer is None else quantizer(x, implementation=implementation)
 
 
+def stack_kind(tree):
+  """What decides whether trees stack on a new leading axis: tree structure (static fields of
+  quantized params included), leaf shapes and dtypes."""
+  leaves, treedef = jax.tree.flatten(tree)
+  return treedef, tuple((jnp.shape(v), jnp.result_type(v)) for v in leaves)
+
+
 def quantize_sites(quantizers, xs, implementation: Optional[str] = None) -> tuple:
   """Several sites' quantizers, each on its own x: integer-mode quantizers of one structure on
   inputs of one shape run as one vmapped call (Vim's B and C: one act_quant launch instead of
   two tiny, latency-bound ones); anything else (float, fake-quant, calibration recorders,
   differing quantizers) site by site. Same values either way."""
-  def kind(tree):
-    leaves, treedef = jax.tree.flatten(tree)
-    return treedef, tuple((jnp.shape(v), jnp.result_type(v)) for v in leaves)
   if (len(xs) > 1 and all(getattr(q, 'mode', None) == 'int' for q in quantizers)
-      and len({kind(q) for q in quantizers}) == 1 and len({kind(x) for x in xs}) == 1):
+      and len(set(map(stack_kind, quantizers))) == 1 and len(set(map(stack_kind, xs))) == 1):
     stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *quantizers)
     out = jax.vmap(lambda q, x: q(x, implementation=implementation))(stacked, jnp.stack(xs))
     return tuple(out)

@@ -253,13 +253,9 @@ class PatchEmbed(nn.Module):
 
 
 def block_runs(trees: list[Any]) -> list[list[Any]]:
-  """`trees` cut into runs of consecutive trees that stack: equal tree structure (static
-  fields of quantized params included), leaf shapes and dtypes."""
-  def kind(tree):
-    leaves, treedef = jax.tree.flatten(tree)
-    return treedef, tuple((jnp.shape(x), jnp.result_type(x)) for x in leaves)
-  return [[tree for _, tree in run]
-          for _, run in itertools.groupby(zip(map(kind, trees), trees), key=lambda t: t[0])]
+  """`trees` cut into runs of consecutive trees that stack (equal `layers.stack_kind`)."""
+  return [[tree for _, tree in run] for _, run in itertools.groupby(
+      zip(map(layers.stack_kind, trees), trees), key=lambda t: t[0])]
 
 
 def _fan_in_uniform(fan_in):

@@ -84,11 +84,16 @@ def _fit(label: str, room: float, font) -> str:
   return label
 
 
+def _legend_entry_width(name: str, font) -> int:
+  """A legend entry: swatch, gap, name, gap to the next entry."""
+  return 14 + int(font.getlength(name)) + 12
+
+
 def _legend_rows(names: Sequence[str], width: int, font) -> list[list[str]]:
-  """Line names wrapped into rows of the figure's width (a swatch and a gap each)."""
+  """Line names wrapped into rows of the figure's width."""
   rows, row, used = [], [], 4
   for name in names:
-    need = 14 + int(font.getlength(name)) + 12
+    need = _legend_entry_width(name, font)
     if row and used + need > width:
       rows.append(row)
       row, used = [], 4
@@ -125,7 +130,7 @@ def render(panels: Sequence[Panel], x_label: str = 'step', columns: int = 2, cap
     for name in row:
       draw.rectangle((x, y + 3, x + 9, y + 10), fill=colors[name])
       draw.text((x + 14, y), name, fill=colors[name], font=font)
-      x += 14 + int(font.getlength(name)) + 12
+      x += _legend_entry_width(name, font)
     y += _LEGEND_ROW
   if caption:
     draw.text((4, rows * PANEL_H + legend_h + 2), caption, fill=_BLACK, font=font)

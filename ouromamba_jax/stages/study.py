@@ -190,12 +190,12 @@ def _panels(study: Study, summary):
   runs = list(dict.fromkeys(s['run'] for s in summary))
   by_key = {(s['cell'], s['run']): s for s in summary}
 
+  def pick(run, key):
+    values = (by_key.get((c, run), {}).get(key) for c in cells)
+    return [float('nan') if v is None else v for v in values]
+
   def panel(title, mean, std):
-    pick = lambda run, key: [(by_key[(c, run)].get(key) if (c, run) in by_key else None)
-                             for c in cells]
-    nan = lambda values: [float('nan') if v is None else v for v in values]
-    return (title, {run: nan(pick(run, mean)) for run in runs},
-            {run: nan(pick(run, std)) for run in runs})
+    return (title, {run: pick(run, mean) for run in runs}, {run: pick(run, std) for run in runs})
 
   panels = [panel(f'top-1 % vs {study.axis} (mean ± std over seeds)', 'top1_mean', 'top1_std')]
   if any(s.get('outlier_rate_mean') is not None for s in summary):
