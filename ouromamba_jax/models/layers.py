@@ -23,6 +23,15 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def module_by_module(model: nn.Module) -> nn.Module:
+  """`model` with every Linear called as its own named submodule: blocks unscanned and a Vim
+  mixer's two directions looped, not vmapped. For tools that intercept module calls (the quant
+  pass's site search, the layer reports): the vmapped directions call their projections as pure
+  functions, so on a GPU (where small batches vmap) x_proj/dt_proj would go unseen."""
+  fields = {f: False for f in ('scan_blocks', 'batch_directions') if hasattr(model, f)}
+  return model.clone(**fields) if fields else model
+
+
 def read_param(module: nn.Module, name: str, init_fn, *init_args):
   """`self.param` at init; afterwards whatever the (possibly rewritten) tree holds."""
   if module.is_initializing():

@@ -69,9 +69,8 @@ class Site:
 
 def find_sites(model: nn.Module, params, sample_input) -> list[Site]:
   """Every quantizable site, in call order. `sample_input` is only traced (eval_shape). The
-  model runs with one submodule per block (`scan_blocks=False`) so each block's path shows."""
-  if hasattr(model, 'scan_blocks'):
-    model = model.clone(scan_blocks=False)
+  model runs module by module (`layers.module_by_module`) so each block's Linears show."""
+  model = layers.module_by_module(model)
   linears, mixers = [], []
 
   def interceptor(next_fun, args, kwargs, context):

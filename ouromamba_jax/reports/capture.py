@@ -29,8 +29,8 @@ def module_linear_io(module: nn.Module, params, *args, method=None
 
 def linear_io(model, params, images) -> dict[str, tuple[jax.Array, jax.Array]]:
   """{Linear path: (input, output)} of one whole forward pass (traceable: use under jit); the
-  blocks run as named submodules (`scan_blocks=False`), so every block's Linears show."""
-  return module_linear_io(model.clone(scan_blocks=False), params, images)
+  model runs module by module (`layers.module_by_module`), so every block's Linears show."""
+  return module_linear_io(layers.module_by_module(model), params, images)
 
 
 def per_piece(model, trees, images, paths, piece_fn) -> dict[str, Any]:
@@ -39,7 +39,8 @@ def per_piece(model, trees, images, paths, piece_fn) -> dict[str, Any]:
   `piece_fn(module, method, relative_paths, *subtrees, *inputs)` returns {relative path: value}.
   `trees` (e.g. FP and quantized) run side by side."""
   out = {}
-  for prefix, module, method, subtrees, inputs in blockwise.stages(model, trees, images):
+  pieces = blockwise.stages(layers.module_by_module(model), trees, images)
+  for prefix, module, method, subtrees, inputs in pieces:
     own = tuple(p[len(prefix):] for p in paths if p.startswith(prefix)
                 and (prefix or not p.startswith('layers_')))
     if own:

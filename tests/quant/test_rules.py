@@ -1,12 +1,17 @@
 """Site discovery and rule matching (first applicable rule wins; unused rules reported)."""
+import pytest
+
 from ouromamba_jax.quant import config
 from ouromamba_jax.quant import presets
 from ouromamba_jax.quant import rules
 
 
-def test_sites_follow_the_model(tiny):
+# True: what the GPU's measured rule picks for small batches (the mixer vmaps its directions and
+# calls x_proj/dt_proj as pure functions); the search must still see every Linear.
+@pytest.mark.parametrize('batch_directions', [None, True])
+def test_sites_follow_the_model(tiny, batch_directions):
   model, params, images = tiny
-  sites = rules.find_sites(model, params, images[:1])
+  sites = rules.find_sites(model.clone(batch_directions=batch_directions), params, images[:1])
   paths = [s.path for s in sites]
   for i in range(2):
     for linear in ('in_proj', 'x_proj', 'x_proj_b', 'dt_proj', 'dt_proj_b', 'out_proj'):

@@ -202,3 +202,19 @@ def test_mean_outlier_rate_of_a_run_directory(tmp_path):
   (tmp_path / outliers.JSON_FILE).write_text(
       json.dumps({'sites': {'a': [0.1, 0.3], 'b': [0.4, 0.4, 0.4]}}))
   assert abs(outliers.mean_rate(str(tmp_path)) - 0.3) < 1e-12      # mean of the sites' means
+
+
+def test_capture_sees_every_linear_when_the_directions_are_vmapped(tiny):
+  """The GPU's rule vmaps a small batch's two directions (x_proj/dt_proj become pure
+  functions); the captures run module by module, so they see the same Linears either way."""
+  model, params, images = tiny
+  vmapped = model.clone(batch_directions=True)
+  want = set(capture.linear_io(model, params, images[:2]))
+  assert {'layers_0/mixer/x_proj', 'layers_1/mixer/dt_proj_b'} <= want
+  assert set(capture.linear_io(vmapped, params, images[:2])) == want
+  paths = sorted(want)
+  got = capture.per_piece(vmapped, (params,), images[:2], paths,
+                          lambda module, method, own, tree, inputs: {
+                              p: 0 for p in capture.module_linear_io(module, tree, *inputs,
+                                                                     method=method) if p in own})
+  assert set(got) == want
