@@ -27,14 +27,19 @@ def apply_fn(tiny):
   return jax.jit(lambda p, x: model.apply({'params': p}, x))
 
 
+def w8a8_plus_spec() -> quant.QuantSpec:
+  """W8A8 OuroMamba, one training epoch on micro-batches of 4, + a rule that matches nothing."""
+  base = quant.QuantRunSpec(preset='w8a8', epochs=1, micro_batch=4).quant_spec()
+  return quant.QuantSpec('w8a8_plus', base.rules + (
+      quant.QuantRule(r'layers_\d+/mixer/conv1d/kernel', quant.WeightSpec(8)),), base.calib)
+
+
 @pytest.fixture(scope='session')
 def w8a8_run(tiny, tmp_path_factory):
-  """W8A8 OuroMamba with one training epoch, saved to a workdir/quantized; + an extra rule
-  that matches nothing (for the report). Returns (qparams, report, workdir, log lines)."""
+  """`w8a8_plus_spec` on the tiny model, saved to a workdir/quantized. Returns (qparams,
+  report, workdir, log lines)."""
   model, params, images = tiny
-  base = quant.QuantRunSpec(preset='w8a8', epochs=1, micro_batch=4).quant_spec()
-  spec = quant.QuantSpec('w8a8_plus', base.rules + (
-      quant.QuantRule(r'layers_\d+/mixer/conv1d/kernel', quant.WeightSpec(8)),), base.calib)
+  spec = w8a8_plus_spec()
   workdir = str(tmp_path_factory.mktemp('w8a8'))
   lines = []
   qparams, report = quant.quantize(model, params, images, spec, log=lines.append)

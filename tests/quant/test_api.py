@@ -15,6 +15,7 @@ from ouromamba_jax.quant import qtypes
 from ouromamba_jax.quant import rewrite
 from tests import random_init
 from tests.interpreted import CPU_FAST_COMPILE
+from tests.quant import conftest
 
 
 def _rel_err(y, ref):
@@ -237,6 +238,24 @@ def test_batched_directions_give_the_loops_logits_with_fewer_launches(tiny, w4a4
   # body), 2 for both directions as one batch; A and D (per tensor) run in XLA, fused
   assert per_loop['act_quant_dequantized'] == 4 and per_batch['act_quant_dequantized'] == 2
   assert sum(per_batch.values()) < sum(per_loop.values())
+
+
+def test_the_gpus_vmapped_directions_quantize_like_the_loop(tiny, w8a8_run):
+  """A GPU runs small batches with the mixer's directions vmapped (`vim.directions_as_one_batch`),
+  the CPU loops; forcing the vmapped path here runs the GPU's quant pass (site search, capture,
+  training on micro-batches of 4): the same sites and, to float rounding, the same trained
+  scales. (Session 16: the site search missed every x_proj/dt_proj on the GPU.)"""
+  model, params, images = tiny
+  loop_tree, loop_report, _, _ = w8a8_run
+  tree, report = quant.quantize(model.clone(batch_directions=True), params, images,
+                                conftest.w8a8_plus_spec(),
+                                log=lambda _: None)
+  assert report['quantized'] == loop_report['quantized']
+  assert [b['kept'] for b in report['blocks']] == [b['kept'] for b in loop_report['blocks']]
+  leaves = lambda t: jax.tree_util.tree_flatten_with_path(t)[0]
+  for (path, got), (_, want) in zip(leaves(tree), leaves(loop_tree), strict=True):
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32),
+                               rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path))
 
 
 def test_paired_sites_equal_site_by_site(w4a4_untrained_run):
