@@ -12,7 +12,8 @@ QUANTIZED_MODES = ('', 'fake', 'int')
 class EvalSpec:
   """Mode `evaluate` (top-1/top-5 on config.data's evaluation split, written to eval.json)."""
   quantized_checkpoint: str = field(
-      '', "a save_quantized folder (WORKDIR/quantized); '' = the FP model")
+      '', "a save_quantized folder (WORKDIR/quant/<run>/quantized, or the run's folder); "
+      "'' = the FP model")
   quantized_mode: str = field('', "'' = as saved | fake | int (same logits; int runs integer dots)")
   allow_random_init: bool = field(
       False, "model.checkpoint '' evaluates random weights only when True")

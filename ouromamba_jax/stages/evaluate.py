@@ -72,14 +72,23 @@ def describe_count(source: pipeline.EvalSource, eval_images: int) -> str:
   return f'all {total} images'
 
 
+def quantized_folder(path: str) -> str:
+  """The folder `save_quantized` wrote: `path` itself, or `path`/quantized (a quantize run's
+  folder, WORKDIR/quant/<run>, as the pipeline lays them out). A clear error otherwise."""
+  for folder in (path, os.path.join(path, 'quantized')):
+    if os.path.isfile(os.path.join(folder, quantized_checkpoints.META_FILE)):
+      return folder
+  what = 'is not a folder' if not os.path.isdir(path) else (
+      f'holds no {quantized_checkpoints.META_FILE} (nor does its `quantized` subfolder)')
+  raise FileNotFoundError(
+      f'eval.quantized_checkpoint={path!r} {what}; point it at the `quantized` folder a '
+      'quantize run wrote (WORKDIR/quant/<run>/quantized), or set it to "" for the float model.')
+
+
 def check_weights(config, spec: EvalSpec) -> None:
   """Fails before any data or weights are read when the weights named cannot be loaded."""
   if spec.quantized_checkpoint:
-    if not os.path.isdir(spec.quantized_checkpoint):
-      raise FileNotFoundError(
-          f'eval.quantized_checkpoint={spec.quantized_checkpoint!r} is not a folder; point it at '
-          'the `quantized` folder a quantize run wrote (WORKDIR/quantized), or set it to "" for '
-          'the float model.')
+    quantized_folder(spec.quantized_checkpoint)
   elif not config.model.checkpoint and not spec.allow_random_init:
     raise ValueError(checkpoints.missing_checkpoint_message(config.model.name) +
                      ' (Or pass --config.eval.allow_random_init=True to evaluate random weights.)')
@@ -90,7 +99,7 @@ def load_for_eval(config, spec: EvalSpec):
   architecture, checked), else config.model's float weights (random ones only when
   eval.allow_random_init)."""
   check_weights(config, spec)
-  qpath = spec.quantized_checkpoint
+  qpath = spec.quantized_checkpoint and quantized_folder(spec.quantized_checkpoint)
   if qpath:
     model = sections.model_from_config(config.model)
     params, _ = quantized_checkpoints.load_quantized(qpath, model,

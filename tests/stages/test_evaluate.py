@@ -63,8 +63,20 @@ def test_quantized_checkpoint(tiny, dataset, tmp_path):
   assert (record['top1'], record['top5']) == pytest.approx(_hand(model, loaded, files, labels))
   assert record['weights'].startswith('quantized ')
   config.eval.quantized_checkpoint = str(tmp_path / 'nope')
-  with pytest.raises(FileNotFoundError, match='WORKDIR/quantized'):
+  with pytest.raises(FileNotFoundError, match='is not a folder.*WORKDIR/quant/<run>/quantized'):
     evaluate.run(config, str(tmp_path / 'work'))
+
+
+def test_a_quantize_runs_folder_stands_for_its_checkpoint_and_others_are_refused(tmp_path):
+  run = tmp_path / 'quant' / 'ouromamba_w4a4_gen'
+  (run / 'quantized').mkdir(parents=True)
+  (run / 'quantized' / quantized_checkpoints.META_FILE).write_text('{}')
+  for given in (run, run / 'quantized'):
+    assert evaluate.quantized_folder(str(given)) == str(run / 'quantized')
+  with pytest.raises(FileNotFoundError, match='is not a folder.*WORKDIR/quant/<run>/quantized'):
+    evaluate.quantized_folder(str(tmp_path / 'nope'))
+  with pytest.raises(FileNotFoundError, match='holds no quant_meta.json'):
+    evaluate.quantized_folder(str(tmp_path / 'quant'))
 
 
 def test_smoke_sample_stands_in_for_missing_data_and_says_so(dataset, tmp_path):
