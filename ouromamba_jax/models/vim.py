@@ -295,7 +295,8 @@ class VisionMamba(nn.Module):
   # True: the mixers run their two scan directions as one vmapped batch (one launch of each
   # per-direction kernel instead of two); same params, logits equal to rounding. Ignored at init,
   # under a state hook (Gen) and where the two directions' param trees differ. None: the
-  # measured rule of `directions_as_one_batch` (on for small batches on a GPU).
+  # measured rule of `directions_as_one_batch` (on for small batches on a GPU). Tools that
+  # intercept module calls turn it off with scan_blocks (`layers.module_by_module`).
   batch_directions: Optional[bool] = None
 
   @property

@@ -23,6 +23,7 @@ from ouromamba_jax import evaluation as evaluate_lib
 from ouromamba_jax import quantized_checkpoints
 from ouromamba_jax.data import pipeline
 from ouromamba_jax.io import atomic
+from ouromamba_jax.stages import quantize as quantize_stage
 from ouromamba_jax.stages import sections
 from ouromamba_jax.stages.eval_spec import EvalSpec
 
@@ -75,7 +76,7 @@ def describe_count(source: pipeline.EvalSource, eval_images: int) -> str:
 def quantized_folder(path: str) -> str:
   """The folder `save_quantized` wrote: `path` itself, or `path`/quantized (a quantize run's
   folder, WORKDIR/quant/<run>, as the pipeline lays them out). A clear error otherwise."""
-  for folder in (path, os.path.join(path, 'quantized')):
+  for folder in (path, os.path.join(path, quantize_stage.QUANTIZED_DIR)):
     if os.path.isfile(os.path.join(folder, quantized_checkpoints.META_FILE)):
       return folder
   what = 'is not a folder' if not os.path.isdir(path) else (

@@ -248,8 +248,7 @@ def test_the_gpus_vmapped_directions_quantize_like_the_loop(tiny, w8a8_run):
   model, params, images = tiny
   loop_tree, loop_report, _, _ = w8a8_run
   tree, report = quant.quantize(model.clone(batch_directions=True), params, images,
-                                conftest.w8a8_plus_spec(),
-                                log=lambda _: None)
+                                conftest.w8a8_plus_spec(), log=lambda _: None)
   assert report['quantized'] == loop_report['quantized']
   assert [b['kept'] for b in report['blocks']] == [b['kept'] for b in loop_report['blocks']]
   leaves = lambda t: jax.tree_util.tree_flatten_with_path(t)[0]
