@@ -7,7 +7,9 @@ Each variant of `bench/e2e_latency.py` is compiled, warmed up and run `--iters` 
 divided by `--iters`, so each row is the per-forward time of one kernel family. The same script
 on CPU profiles the host threads instead (only a check that it runs). Writes a JSON with the
 top rows per variant (`--out`) and prints a table. Why not only latency differences: a
-difference says how much a part costs, the profile says which kernel pays it.
+difference says how much a part costs, the profile says which kernel pays it. With
+`--by_source` the same time is also summed by the model line that made each XLA kernel (the
+compiled module's metadata, `hlo_sources.py`): glue fusions say where they come from.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import e2e_latency  # pylint: disable=g-import-not-at-top,wrong-import-position
+import hlo_sources  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ouromamba_jax.io import atomic  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
@@ -40,6 +43,8 @@ def parse_args(argv=None):
   p.add_argument('--depth', type=int, default=0, help="0 = the model's own depth")
   p.add_argument('--iters', type=int, default=5)
   p.add_argument('--top', type=int, default=25, help='kernel rows kept per variant')
+  p.add_argument('--by_source', action='store_true',
+                 help='also sum the time by the source line of each XLA kernel')
   p.add_argument('--out', default='')
   args, rest = p.parse_known_args(argv)
   # Everything else (--scan_kernel, --quant_kernel, --outlier_k, ...) is e2e_latency's.
@@ -56,7 +61,7 @@ def _kernel_family(name: str) -> str:
 
 
 def device_event_totals(trace_path: str) -> dict[str, float]:
-  """{kernel family: total microseconds} over the device (GPU) processes of a trace.json.gz;
+  """{kernel name: total microseconds} over the device (GPU) processes of a trace.json.gz;
   on CPU-only traces, over every process (a smoke check of this script)."""
   with gzip.open(trace_path, 'rt') as f:
     trace = json.load(f)
@@ -70,11 +75,19 @@ def device_event_totals(trace_path: str) -> dict[str, float]:
       continue
     if gpu_pids and e['pid'] not in gpu_pids:
       continue
-    totals[_kernel_family(e.get('name', '?'))] += float(e['dur'])
+    totals[e.get('name', '?')] += float(e['dur'])
   return dict(totals)
 
 
-def profile_variant(model, tree, images, iters: int) -> dict[str, float]:
+def by_family(kernel_us: dict[str, float]) -> dict[str, float]:
+  families = collections.Counter()
+  for name, us in kernel_us.items():
+    families[_kernel_family(name)] += us
+  return dict(families)
+
+
+def profile_variant(model, tree, images, iters: int) -> tuple[dict[str, float], dict[str, str]]:
+  """({kernel name: µs per forward}, {HLO instruction: source label}) of one variant."""
   compiled, _ = e2e_latency.compile_forward(model, tree, images)
   for _ in range(3):
     jax.block_until_ready(compiled(tree, images))
@@ -86,7 +99,8 @@ def profile_variant(model, tree, images, iters: int) -> dict[str, float]:
     if not paths:
       raise RuntimeError(f'jax.profiler wrote no trace.json.gz under {tmp}')
     totals = device_event_totals(paths[0])
-  return {k: v / iters for k, v in totals.items()}
+  sources = hlo_sources.instruction_sources(compiled.as_text())
+  return {k: v / iters for k, v in totals.items()}, sources
 
 
 def main(argv=None):
@@ -105,14 +119,20 @@ def main(argv=None):
   for name, cell in cells.items():
     if isinstance(cell, Exception):
       raise cell
-    per_forward = profile_variant(*cell, images, args.iters)
-    rows = sorted(per_forward.items(), key=lambda kv: -kv[1])
-    total = sum(per_forward.values())
+    per_kernel, sources = profile_variant(*cell, images, args.iters)
+    rows = sorted(by_family(per_kernel).items(), key=lambda kv: -kv[1])
+    total = sum(per_kernel.values())
     report['variants'][name] = {'total_us': total, 'kernels': rows[:args.top]}
     print(f'\n== {args.model} {name} batch {args.batch}: device time {total / 1e3:.3f} ms '
           f'per forward ({len(rows)} kernel families)')
     for kernel, us in rows[:args.top]:
       print(f'{us / 1e3:9.3f} ms {100 * us / total:5.1f}%  {kernel[:110]}')
+    if args.by_source:
+      source_rows = hlo_sources.by_source(per_kernel, sources)[:args.top]
+      report['variants'][name]['by_source'] = source_rows
+      print('-- by source line (µs per forward, kernels):')
+      for label, us, count in source_rows:
+        print(f'{us / 1e3:9.3f} ms {count:5d}  {label[:120]}')
   if args.out:
     atomic.write_json(args.out, report)
   return report
