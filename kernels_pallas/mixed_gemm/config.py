@@ -64,8 +64,8 @@ def default_block_config(m: int, n: int, k: int) -> MixedGemmBlockConfig:
   M = 64 x 197 tokens 128 x 128 x 128 with 8 warps beat every other tile at Vim-B in_proj and
   out_proj (0.181 / 0.144 ms; 64 x 128 x 256 and 128 x 256 x 128 were 20-55 % slower); at batch 1
   (M = 197) 64 x 128 x 256 with 4 warps was best (0.073 ms). block_k is the preferred size when
-  it divides K (no padding at Vim shapes), else the largest of 256/128/64 that does; a K that
-  none divides is zero-padded to a multiple of 64.
+  it divides K, else the largest of 256/128/64 that does; a K that none divides (Vim's dt_proj,
+  K = dt_rank) runs 64-wide blocks, the last one masked in the kernel.
   """
   small = m <= 512
   preferred = 256 if small else 128

@@ -24,8 +24,10 @@ W4A4 vs 0.097 ms W8A8, cuBLAS bf16 0.102 ms; `mixed_gemm/bench.py`). So the wrap
 kernel int8 codes only: int4 weights are unpacked in the XLA copy that makes them K-major
 (stored and shipped packed, 4 bits per weight), int4 activations in one elementwise pass (the
 library's integer Linear asks act_quant for unpacked codes, so there is none). The epilogue
-applies the per-token scales (rows), the per-channel weight scale (columns) and the bias in fp32,
-and stores bf16/fp32.
+applies the per-token scales (rows) and the per-channel weight scale (columns) in fp32 and stores
+bf16/fp32. A bias is added in the output dtype after that rounding (round, add, round): the bits
+a separate add after the GEMM gives, as the model's Linear adds it, without that extra pass over
+the output (Vim's dt_proj: a (B, L, 1536) read and write per direction and block).
 
 Weights enter the kernel K-major, (N, K) (the wrapper transposes the (K, N) operand of the
 API): Hopper's int8 wgmma reads its B operand K-major from shared memory, and with (K, N) tiles
@@ -33,9 +35,10 @@ Triton could not feed it directly. Measured on an H200 (`bench/int8_gemm_probe.p
 in_proj 12608x768x3072, 2026-12-02): 0.517 ms (K, N) vs 0.181 ms (N, K), cuBLAS bf16 0.212 ms in
 the same run. The transpose of the small weight is one XLA copy per call (K x N bytes).
 
-M and N tails are masked (any M, N); K is zero-padded to a multiple of block_k by the wrapper
-(exact: zero codes add nothing). The grid is (N tiles, M tiles) with the N tile fastest, so the
-programs in flight share one row block of activations through L2.
+M, N and K tails are masked in the kernel (any M, N, K; masked codes load as 0, which adds
+nothing): no XLA pad of the operands before the call (Vim's dt_proj has K = dt_rank = 48). The
+grid is (N tiles, M tiles) with the N tile fastest, so the programs in flight share one row
+block of activations through L2.
 """
 from __future__ import annotations
 
@@ -51,14 +54,34 @@ from kernels_pallas.mixed_gemm import reference
 from kernels_pallas.mixed_gemm.config import OUTLIER_CHUNK, MixedGemmBlockConfig
 
 
-def _load_rows(ref, row_start, rows_ok, k_start, width, block_m):
-  """(block_m, width) activation tile at [row_start:, k_start:], rows past M read as 0."""
+def _k_ok(k_start, width, k: int):
+  """Which of a K block's lanes are real (None: the block is whole, no mask needed)."""
+  return None if k % width == 0 else k_start + jnp.arange(width) < k
+
+
+def _load_rows(ref, row_start, rows_ok, k_start, width, block_m, k: int):
+  """(block_m, width) activation tile at [row_start:, k_start:], rows past M and lanes past K
+  read as 0."""
+  k_ok = _k_ok(k_start, width, k)
+  mask = rows_ok[:, None] if k_ok is None else rows_ok[:, None] & k_ok[None, :]
   return plgpu.load(ref.at[pl.ds(row_start, block_m), pl.ds(k_start, width)],
-                    mask=rows_ok[:, None], other=jnp.int8(0))
+                    mask=mask, other=jnp.int8(0))
+
+
+def _rounded_to(y, dtype, interpret: bool):
+  """fp32 y rounded to dtype and widened back (what storing y in dtype and reading it gives).
+  The interpreter runs XLA, which may drop a narrowing/widening convert pair: the barrier
+  keeps it; Triton does the casts as written."""
+  if jnp.dtype(dtype) == jnp.float32:
+    return y
+  narrow = y.astype(dtype)
+  if interpret:
+    narrow = jax.lax.optimization_barrier(narrow)
+  return narrow.astype(jnp.float32)
 
 
 def _gemm_kernel(*refs, m: int, n: int, k: int, cfg: MixedGemmBlockConfig, has_outliers: bool,
-                 has_bias: bool, accumulators_only: bool):
+                 has_bias: bool, accumulators_only: bool, interpret: bool):
   refs = list(refs)
   xin_ref, a_scale_ref, w_ref, w_scale_ref = refs[:4]
   refs = refs[4:]
@@ -84,9 +107,11 @@ def _gemm_kernel(*refs, m: int, n: int, k: int, cfg: MixedGemmBlockConfig, has_o
 
   def k_block(kb):
     """The K block's weight tile (block_n, block_k) and inlier tile (block_m, block_k)."""
+    k_ok = _k_ok(kb * bk, bk, k)
     w = plgpu.load(w_ref.at[pl.ds(col_start, bn), pl.ds(kb * bk, bk)],
-                   mask=cols_ok[:, None], other=jnp.int8(0))
-    return w, _load_rows(xin_ref, row_start, rows_ok, kb * bk, bk, bm)
+                   mask=cols_ok[:, None] if k_ok is None else cols_ok[:, None] & k_ok[None, :],
+                   other=jnp.int8(0))
+    return w, _load_rows(xin_ref, row_start, rows_ok, kb * bk, bk, bm, k)
 
   def body(kb, acc_in):
     w, xin = k_block(kb)
@@ -96,11 +121,11 @@ def _gemm_kernel(*refs, m: int, n: int, k: int, cfg: MixedGemmBlockConfig, has_o
     # The outlier codes ride along the K walk as a second dot on the weight tile already
     # loaded (coalesced tile loads instead of gathers).
     w, xin = k_block(kb)
-    xout = _load_rows(xout_ref, row_start, rows_ok, kb * bk, bk, bm)
+    xout = _load_rows(xout_ref, row_start, rows_ok, kb * bk, bk, bm, k)
     return accs[0] + dot(xin, w), accs[1] + dot(xout, w)
 
   zeros = jnp.zeros((bm, bn), jnp.int32)
-  n_kb = k // bk
+  n_kb = -(-k // bk)
   if not has_outliers:
     accs = (jax.lax.fori_loop(0, n_kb, body, zeros),)
   elif not cfg.outlier_lists:
@@ -145,19 +170,11 @@ def _gemm_kernel(*refs, m: int, n: int, k: int, cfg: MixedGemmBlockConfig, has_o
     o_scale = plgpu.load(o_scale_ref.at[pl.ds(row_start, bm)], mask=rows_ok, other=0.0)
     y = y + o_scale[:, None] * accs[1].astype(jnp.float32)
   y = y * w_scale[None, :]
-  if has_bias:
-    y = y + plgpu.load(bias_ref.at[pl.ds(col_start, bn)], mask=cols_ok, other=0.0)[None, :]
   (y_ref,) = out_refs
+  if has_bias:  # the bias arrives rounded to the output dtype (and widened) by the wrapper
+    y = (_rounded_to(y, y_ref.dtype, interpret)
+         + plgpu.load(bias_ref.at[pl.ds(col_start, bn)], mask=cols_ok, other=0.0)[None, :])
   plgpu.store(y_ref.at[out_block], y.astype(y_ref.dtype), mask=tile_ok)
-
-
-def _pad_k(x, axis, new_len):
-  pad = new_len - x.shape[axis]
-  if pad == 0:
-    return x
-  widths = [(0, 0)] * x.ndim
-  widths[axis] = (0, pad)
-  return jnp.pad(x, widths)
 
 
 def _int8_operand(x, bits, k_axis):
@@ -168,29 +185,28 @@ def _int8_operand(x, bits, k_axis):
 def _call(x_inlier, a_scale, w, w_scale, x_outlier, o_scale, bias, *, k, weight_bits, act_bits,
           out_dtype, cfg, interpret, accumulators_only):
   m, n = x_inlier.shape[0], w.shape[1]
-  bk = cfg.block_k
-  k_pad = -(-k // bk) * bk
   # int4 operands are unpacked here, off the kernel's critical path: the weight in the same XLA
-  # copy that makes it K-major, the activations in one elementwise pass.
-  w_kmajor = _pad_k(_int8_operand(w, weight_bits, 0)[:k], 0, k_pad).T
-  x_inlier = _pad_k(_int8_operand(x_inlier, act_bits, 1)[:, :k], 1, k_pad)
+  # copy that makes it K-major, the activations in one elementwise pass. (`[:k]` drops the
+  # packing's pad row of an odd K; a no-op otherwise.)
+  w_kmajor = _int8_operand(w, weight_bits, 0)[:k].T
+  x_inlier = _int8_operand(x_inlier, act_bits, 1)[:, :k]
   has_outliers = x_outlier is not None
   inputs = [x_inlier, a_scale.astype(jnp.float32), w_kmajor, w_scale.astype(jnp.float32)]
   if has_outliers:
-    x_outlier = _pad_k(x_outlier[:, :k], 1, k_pad)
+    x_outlier = x_outlier[:, :k]
     inputs += [x_outlier, o_scale.astype(jnp.float32)]
     if cfg.outlier_lists:
       inputs += list(reference.outlier_tiles(x_outlier, cfg.block_m))
   if bias is not None:
-    inputs.append(bias.astype(jnp.float32))
+    inputs.append(bias.astype(out_dtype).astype(jnp.float32))
   if accumulators_only:
     out_shape = [jax.ShapeDtypeStruct((m, n), jnp.int32)] * (2 if has_outliers else 1)
   else:
     out_shape = [jax.ShapeDtypeStruct((m, n), out_dtype)]
 
   kernel = functools.partial(
-      _gemm_kernel, m=m, n=n, k=k_pad, cfg=cfg, has_outliers=has_outliers,
-      has_bias=bias is not None, accumulators_only=accumulators_only)
+      _gemm_kernel, m=m, n=n, k=k, cfg=cfg, has_outliers=has_outliers,
+      has_bias=bias is not None, accumulators_only=accumulators_only, interpret=interpret)
   grid = (pl.cdiv(n, cfg.block_n), pl.cdiv(m, cfg.block_m))
   compat.filter_triton_deprecation()
   outs = pl.pallas_call(

@@ -48,14 +48,13 @@ def accumulators_xla(x_inlier, w, x_outlier=None, *, weight_bits: int = 4, act_b
 
 def dequantize(acc_in, a_scale, w_scale, acc_out=None, o_scale=None, bias=None,
                out_dtype=jnp.bfloat16):
-  """The epilogue, in fp32: per-token scales on the rows, per-channel scale on the columns."""
+  """The epilogue, in fp32: per-token scales on the rows, per-channel scale on the columns;
+  then the bias, added in out_dtype (what a separate add after the GEMM computes)."""
   y = a_scale.astype(jnp.float32)[:, None] * acc_in.astype(jnp.float32)
   if acc_out is not None:
     y = y + o_scale.astype(jnp.float32)[:, None] * acc_out.astype(jnp.float32)
-  y = y * w_scale.astype(jnp.float32)[None, :]
-  if bias is not None:
-    y = y + bias.astype(jnp.float32)[None, :]
-  return y.astype(out_dtype)
+  y = (y * w_scale.astype(jnp.float32)[None, :]).astype(out_dtype)
+  return y if bias is None else y + bias.astype(out_dtype)[None, :]
 
 
 def mixed_gemm_xla(x_inlier, a_scale, w, w_scale, x_outlier=None, o_scale=None, bias=None, *,

@@ -6,7 +6,8 @@ their params with `get_variable` (not `param`) outside init, so such a rewritten
 accepted as is, and dispatch on what they were given:
 
 - a float kernel -> a plain dot;
-- any other kernel object -> `kernel.linear(x, input_quantizer, dtype, implementation=...)`
+- any other kernel object -> `kernel.linear(x, input_quantizer, dtype, implementation=...,
+  bias=...)`
   (fake-quant or real-integer path, defined by `ouromamba_jax.quant`; `implementation` is the
   `quant_implementation` field: 'xla' | 'triton' | None, the kernels of the integer path);
 - an activation-site quantizer -> `quantizer(x)`;
@@ -81,12 +82,11 @@ class Linear(nn.Module):
 def linear(x, kernel, bias, input_quantizer, dtype, implementation: Optional[str] = None):
   """What `Linear` computes, as a function of its (possibly quantized) params, so that code
   which holds the params itself (a vmap over stacked layers) runs the same dispatch."""
-  if is_float_array(kernel):
-    if input_quantizer is not None:
-      x = input_quantizer(x)
-    y = jnp.dot(x.astype(dtype), kernel.astype(dtype))
-  else:
-    y = kernel.linear(x, input_quantizer, dtype, implementation=implementation)
+  if not is_float_array(kernel):  # the bias rides into the integer GEMM's epilogue
+    return kernel.linear(x, input_quantizer, dtype, implementation=implementation, bias=bias)
+  if input_quantizer is not None:
+    x = input_quantizer(x)
+  y = jnp.dot(x.astype(dtype), kernel.astype(dtype))
   return y if bias is None else y + bias.astype(y.dtype)
 
 

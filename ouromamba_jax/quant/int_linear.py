@@ -121,8 +121,10 @@ def prepare_operands(x3, weight, input_quantizer, implementation: Optional[str] 
   return KernelOperands(q, x_inlier, a_scale, x_outlier, o_scale, w, w_scale, weight_bits, 8)
 
 
-def linear(weight, x, input_quantizer, dtype, implementation: Optional[str] = None):
-  """y = x @ W of a `QuantizedWeight` on the integer kernels; x (..., in) -> (..., out) dtype.
+def linear(weight, x, input_quantizer, dtype, implementation: Optional[str] = None, bias=None):
+  """y = x @ W (+ bias, added in dtype) of a `QuantizedWeight` on the integer kernels;
+  x (..., in) -> (..., out) dtype. The bias is the GEMM's epilogue (same bits as adding it
+  after: `mixed_gemm`), not one more pass over the output.
 
   Needs `unsupported_reason(weight, input_quantizer) is None` (`QuantizedWeight.linear` sends
   the other Linears to the XLA integer dots of `qtypes.quantized_linear`)."""
@@ -140,7 +142,7 @@ def linear(weight, x, input_quantizer, dtype, implementation: Optional[str] = No
                  implementation=implementation)
   if not float_outliers:
     y = mixed_gemm_api.mixed_gemm(ops.x_inlier, ops.a_scale, ops.w, ops.w_scale, ops.x_outlier,
-                                  ops.o_scale, out_dtype=dtype, **gemm_kw)
+                                  ops.o_scale, bias, out_dtype=dtype, **gemm_kw)
   else:
     # O16: S_I * (xin @ W) from the GEMM (unit weight scale, fp32: exact), + float outliers.
     ones = jnp.ones_like(ops.w_scale)
@@ -150,4 +152,5 @@ def linear(weight, x, input_quantizer, dtype, implementation: Optional[str] = No
     y = y + jnp.einsum('...i,io->...o', ops.activation.outlier_q, w_f,
                        precision=jax.lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
     y = (y * ops.w_scale).astype(dtype)
+    y = y if bias is None else y + bias.astype(dtype)
   return y.reshape(x.shape[:-1] + (ops.w_scale.shape[0],))

@@ -4,10 +4,11 @@
 - `FakeQuantWeight`: a Linear kernel during calibration (float weight + learnable step).
 - `QuantizedWeight`: the final kernel (integer codes, int4 packed two per byte, + steps).
 
-Weights expose `.linear(x, input_quantizer, dtype, implementation=None)` for
-`models.layers.Linear`. A `QuantizedWeight` in mode 'int' runs the Pallas kernels' public APIs
-(`quant.int_linear`: act_quant + mixed_gemm, `implementation` 'xla' | 'triton'); the Linears
-they do not cover (asymmetric inputs, > 8 bits) and mode 'fake' use `quantized_linear`, which
+Weights expose `.linear(x, input_quantizer, dtype, implementation=None, bias=None)` for
+`models.layers.Linear` (the bias added in `dtype` after the product, fused into the integer
+GEMM's epilogue where that kernel runs). A `QuantizedWeight` in mode 'int' runs the Pallas
+kernels' public APIs (`quant.int_linear`: act_quant + mixed_gemm, `implementation` 'xla' |
+'triton'); the Linears they do not cover (asymmetric inputs, > 8 bits) and mode 'fake' use `quantized_linear`, which
 computes the product the way an integer kernel does it:
 
   y = (dot(q_in - z, W_q) * S_I[t] + dot(q_out - z_o, W_q) * S_o[b, t]) * s_w[o]
@@ -65,6 +66,11 @@ def _codes_for_int_dot(q, zero_point, qmin, qmax, zp_expand):
   if zero_point is None:
     return q.astype(int_dtype(qmin, qmax))
   return q.astype(jnp.int32) - zp_expand(zero_point.astype(jnp.int32))
+
+
+def with_bias(y, bias):
+  """y + bias in y's dtype (a Linear's bias, added after its product)."""
+  return y if bias is None else y + bias.astype(y.dtype)
 
 
 def quantized_linear(x, w_codes, w_scale, input_quantizer, smooth, mode: str, dtype):
@@ -193,10 +199,11 @@ class FakeQuantWeight:
       return self.weight.astype(jnp.float32)
     return self.weight.astype(jnp.float32) * jnp.maximum(self.smooth, w_lib.MIN_SMOOTH)[:, None]
 
-  def linear(self, x, input_quantizer, dtype, implementation: Optional[str] = None):
+  def linear(self, x, input_quantizer, dtype, implementation: Optional[str] = None, bias=None):
     del implementation  # the calibration form always runs the float simulation
     codes = w_lib.weight_codes(self.smoothed_weight(), self.scale, self.bits, ste=True)
-    return quantized_linear(x, codes, self.scale, input_quantizer, self.smooth, 'fake', dtype)
+    return with_bias(quantized_linear(x, codes, self.scale, input_quantizer, self.smooth, 'fake',
+                                      dtype), bias)
 
   def stacked_linear(self, x, input_quantizer, dtype, implementation: Optional[str] = None):
     return stacked_linear(self, x, input_quantizer, dtype, implementation)
@@ -239,15 +246,15 @@ class QuantizedWeight:
     """The float kernel this represents (before smoothing is undone)."""
     return self.codes().astype(jnp.float32) * self.scale[None, :]
 
-  def linear(self, x, input_quantizer, dtype, implementation: Optional[str] = None):
+  def linear(self, x, input_quantizer, dtype, implementation: Optional[str] = None, bias=None):
     """Mode 'int' runs the integer kernels (act_quant + mixed_gemm, `quant.int_linear`) with
     `implementation` ('xla' | 'triton' | None: platform default) where they cover the Linear,
     else the XLA integer dots below; mode 'fake' the float simulation."""
     if self.mode == 'int':
       if int_linear.unsupported_reason(self, input_quantizer) is None:
-        return int_linear.linear(self, x, input_quantizer, dtype, implementation)
-    return quantized_linear(x, self.codes(), self.scale, input_quantizer, self.smooth, self.mode,
-                            dtype)
+        return int_linear.linear(self, x, input_quantizer, dtype, implementation, bias)
+    return with_bias(quantized_linear(x, self.codes(), self.scale, input_quantizer, self.smooth,
+                                      self.mode, dtype), bias)
 
 
   def stacked_linear(self, x, input_quantizer, dtype, implementation: Optional[str] = None):

@@ -43,15 +43,43 @@ def test_kernel_sums_are_exact(weight_bits, act_bits):
     np.testing.assert_array_equal(np.asarray(acc_out), oracle_out, err_msg=impl)
 
 
-def test_kernel_pads_k_that_no_block_divides():
-  # K = 100 is padded to 128 inside the wrapper; zero codes must not change the sums.
+@pytest.mark.parametrize('k,weight_bits', [(100, 4), (48, 8)])
+def test_kernel_masks_a_k_that_no_block_divides(k, weight_bits):
+  # K = 100 (int4) and Vim-B's dt_proj K = 48 (int8) end in a partial 64-wide block, masked in
+  # the kernel (no pad in XLA): the lanes past K must add nothing, however the memory after
+  # them is filled (here: the next row's codes).
   rng = np.random.default_rng(7)
-  m, k, n = 33, 100, 40
-  x, w, xout, oracle_in, oracle_out = _operands(rng, m, k, n, 4, 4)
-  acc_in, acc_out = api.mixed_gemm_accumulators(x, w, xout, implementation='triton',
-                                                interpret=True)
+  m, n = 33, 40
+  x, w, xout, oracle_in, oracle_out = _operands(rng, m, k, n, weight_bits, 8)
+  acc_in, acc_out = api.mixed_gemm_accumulators(x, w, xout, weight_bits=weight_bits, act_bits=8,
+                                                implementation='triton', interpret=True)
   np.testing.assert_array_equal(np.asarray(acc_in), oracle_in)
   np.testing.assert_array_equal(np.asarray(acc_out), oracle_out)
+
+
+def test_bias_is_added_in_the_output_dtype_as_a_separate_add_would():
+  # The fused bias must give the bits of `y_bf16 + bias.astype(bf16)` after an unbiased GEMM
+  # (how the model's Linear added it before the fusion), not of one fp32 add rounded once.
+  rng = np.random.default_rng(3)
+  m, k, n = 64, 48, 96
+  x, w, xout, _, _ = _operands(rng, m, k, n, 8, 8)
+  a = jnp.asarray(rng.uniform(0.01, 0.1, (m,)), jnp.float32)
+  o = jnp.asarray(rng.uniform(0.1, 1.0, (m,)), jnp.float32)
+  ws = jnp.asarray(rng.uniform(0.001, 0.01, (n,)), jnp.float32)
+  bias = jnp.asarray(rng.normal(size=(n,)) * 3, jnp.float32)
+  kw = dict(weight_bits=8, act_bits=8)
+  for impl in ('xla', 'triton'):
+    fused = api.mixed_gemm(x, a, w, ws, xout, o, bias, implementation=impl, interpret=True, **kw)
+    apart = api.mixed_gemm(x, a, w, ws, xout, o, implementation=impl, interpret=True, **kw)
+    separate = jax.jit(lambda y, b: y + b.astype(y.dtype))(apart, bias)
+    assert fused.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(fused, np.float32), np.asarray(separate, np.float32),
+                                  err_msg=impl)
+    y32 = api.mixed_gemm(x, a, w, ws, xout, o, implementation=impl, interpret=True,
+                         out_dtype=jnp.float32, **kw)
+    rounded_once = np.asarray((np.asarray(y32) + np.asarray(bias)).astype(jnp.bfloat16),
+                              np.float32)
+    assert (np.asarray(fused, np.float32) != rounded_once).any(), 'the data cannot tell them apart'
 
 
 @pytest.mark.parametrize('weight_bits,act_bits', [(4, 4), (8, 8)])
@@ -143,14 +171,15 @@ def test_custom_block_config_is_used():
   np.testing.assert_array_equal(np.asarray(acc_in), oracle_in)
 
 
-@pytest.mark.parametrize('weight_bits,act_bits', COMBOS)
-def test_kernel_lowers_to_triton_for_h100(weight_bits, act_bits):
-  """Lowers (no compile) for an abstract H100: every op must have a Triton lowering rule."""
+@pytest.mark.parametrize('weight_bits,act_bits,k', [c + (384,) for c in COMBOS] + [(8, 8, 48)])
+def test_kernel_lowers_to_triton_for_h100(weight_bits, act_bits, k):
+  """Lowers (no compile) for an abstract H100: every op must have a Triton lowering rule
+  (K = 48: the masked last K block, Vim-B's dt_proj with its bias)."""
   from jax.sharding import AbstractDevice, AbstractMesh  # pylint: disable=g-import-not-at-top
   from kernels_pallas.mixed_gemm import pallas_triton  # pylint: disable=g-import-not-at-top
   h100 = AbstractDevice(device_kind='NVIDIA H100 80GB HBM3', num_cores=132, platform='cuda')
   mesh = AbstractMesh((1,), ('x',), abstract_device=h100)
-  m, k, n = 64 * 197, 384, 1536
+  m, n = 64 * 197, 1536
   s = jax.ShapeDtypeStruct
   args = (s((m, k // 2 if act_bits == 4 else k), jnp.int8), s((m,), jnp.float32),
           s((k // 2 if weight_bits == 4 else k, n), jnp.int8), s((n,), jnp.float32),
@@ -220,3 +249,26 @@ def test_int_dot_is_exact_at_the_float_bound_and_integer_beyond(x_bits, w_bits, 
     got = reference.int_dot(xs, ws, x_bits, w_bits)
     assert got.dtype == jnp.int32
     np.testing.assert_array_equal(np.asarray(got), np.asarray(exact) * (bound_k // k))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(jax.default_backend() != 'gpu', reason='needs a CUDA GPU')
+def test_gpu_dt_proj_shape_masked_k_and_fused_bias_equal_the_unfused_path():
+  """Vim-B's dt_proj on the card: K = 48 (one masked K block) with the bias in the epilogue,
+  bit-equal to the kernel without bias followed by XLA's bf16 add."""
+  rng = np.random.default_rng(5)
+  m, k, n = 64 * 197, 48, 1536
+  x, w, xout, oracle_in, oracle_out = _operands(rng, m, k, n, 4, 8)
+  acc_in, acc_out = api.mixed_gemm_accumulators(x, w, xout, weight_bits=4, act_bits=8,
+                                                implementation='triton')
+  np.testing.assert_array_equal(np.asarray(acc_in), oracle_in)
+  np.testing.assert_array_equal(np.asarray(acc_out), oracle_out)
+  a = jnp.asarray(rng.uniform(0.01, 0.1, (m,)), jnp.float32)
+  o = jnp.asarray(rng.uniform(0.1, 1.0, (m,)), jnp.float32)
+  ws = jnp.asarray(rng.uniform(0.001, 0.01, (n,)), jnp.float32)
+  bias = jnp.asarray(rng.normal(size=(n,)) * 3, jnp.float32)
+  kw = dict(weight_bits=4, act_bits=8, implementation='triton')
+  fused = api.mixed_gemm(x, a, w, ws, xout, o, bias, **kw)
+  apart = api.mixed_gemm(x, a, w, ws, xout, o, **kw)
+  separate = jax.jit(lambda y, b: y + b.astype(y.dtype))(apart, bias)
+  np.testing.assert_array_equal(np.asarray(fused, np.float32), np.asarray(separate, np.float32))

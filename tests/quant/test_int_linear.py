@@ -195,6 +195,28 @@ def test_uncovered_linears_fall_back_to_xla_int_dots(tiny, calibrated):
     weight.linear(x, iq, jnp.float32, implementation='cuda')
 
 
+def test_a_linears_bias_rides_in_the_gemm_with_the_bits_of_a_separate_add(calibrated,
+                                                                         monkeypatch):
+  """Vim's dt_proj has a bias: the integer path hands it to the GEMM's epilogue (no pass of
+  its own over the (B, L, d_inner) output) and gets the bits of adding it afterwards."""
+  tree = rewrite.set_mode(calibrated('w4a4'), 'int')
+  weight = rewrite.get_path(tree, 'layers_0/mixer/dt_proj/kernel')
+  iq = rewrite.get_path(tree, 'layers_0/mixer/dt_proj/input_quantizer')
+  x = jnp.asarray(random_init.normal(5, (2, 17, weight.in_features)), jnp.bfloat16)
+  bias = jnp.asarray(random_init.normal(6, (weight.scale.shape[0],)), jnp.float32)
+  gemm_biases = []
+  gemm = mixed_gemm_api.mixed_gemm
+  monkeypatch.setattr(mixed_gemm_api, 'mixed_gemm',
+                      lambda *a, **kw: gemm_biases.append(a[6] if len(a) > 6 else None)
+                      or gemm(*a, **kw))
+  for impl in IMPLEMENTATIONS:
+    fused = weight.linear(x, iq, jnp.bfloat16, implementation=impl, bias=bias)
+    assert gemm_biases[-1] is bias, impl
+    apart = qtypes.with_bias(weight.linear(x, iq, jnp.bfloat16, implementation=impl), bias)
+    np.testing.assert_array_equal(np.asarray(fused, np.float32), np.asarray(apart, np.float32),
+                                  err_msg=impl)
+
+
 def test_ssm_sites_use_the_act_quant_kernel_when_it_covers_them():
   """B/C (symmetric, per step) and Δ (asymmetric) run the Pallas kernel in int mode with the
   same codes as XLA."""
