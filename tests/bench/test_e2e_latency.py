@@ -5,29 +5,17 @@ their XLA implementations (the Pallas ones have their own interpret-mode tests).
 cells run in the default suite (~10 s); the quantized cell builds a tree with `quant.quantize`
 (~80 compilations of the calibration pipeline, ~40 s of CPU), so it is marked slow.
 """
-import importlib.util
 import json
-import os
-import sys
 
 import pytest
-
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _load_bench():
-  spec = importlib.util.spec_from_file_location(
-      'e2e_latency', os.path.join(_REPO, 'bench', 'e2e_latency.py'))
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module  # dataclasses look their module up there
-  spec.loader.exec_module(module)
-  return module
+from tests.bench import load_bench
 
 
 def _run(tmp_path, variants):
   out = tmp_path / 'e2e.json'
-  _load_bench().main(['--smoke', f'--variants={variants}', '--batches=1', '--iters=1',
-                      '--scan_kernel=xla', '--quant_kernel=xla', f'--out={out}'])
+  load_bench('e2e_latency').main(['--smoke', f'--variants={variants}', '--batches=1',
+                                  '--iters=1', '--scan_kernel=xla', '--quant_kernel=xla',
+                                  f'--out={out}'])
   report = json.load(open(out))
   for r in report['results']:
     assert 'error' not in r, r
@@ -51,7 +39,7 @@ def test_e2e_latency_smoke_float(tmp_path, capsys):
 
 def test_weight_bytes_counts_quantized_linears_as_stored():
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  bench = _load_bench()
+  bench = load_bench('e2e_latency')
   packed = bench.qtypes.QuantizedWeight(values=jnp.zeros((4, 8), jnp.uint8),
                                         scale=jnp.ones((8,), jnp.float32), bits=4, packed=True,
                                         in_features=8, mode='int')
@@ -74,7 +62,7 @@ def test_e2e_latency_smoke_quantized(tmp_path, capsys):
 
 
 def test_profiling_variants_override_kernel_and_stay_out_of_the_default_grid():
-  bench = _load_bench()
+  bench = load_bench('e2e_latency')
   args = bench.parse_args(['--smoke', '--depth=1', '--quant_kernel=triton'])
   assert args.variants == list(bench.DEFAULT_VARIANTS) and args.depth == 1
   assert 'w4a4o8_xla_kernels' not in args.variants
@@ -86,14 +74,14 @@ def test_profiling_variants_override_kernel_and_stay_out_of_the_default_grid():
 
 
 def test_e2e_latency_rejects_unknown_kernels_up_front():
-  bench = _load_bench()
+  bench = load_bench('e2e_latency')
   for flag in ('--scan_kernel=cuda', '--quant_kernel=cutlass', '--models=vim_xl'):
     with pytest.raises(SystemExit):
       bench.parse_args([flag])
 
 
 def test_repeated_blocks_spread_the_quantized_blocks_over_the_depth():
-  bench = _load_bench()
+  bench = load_bench('e2e_latency')
 
   class TwoBlocks:
     depth = 2

@@ -1,24 +1,10 @@
 """bench/hlo_sources.py: compiled-HLO instructions mapped to the source lines that made them."""
-import importlib.util
-import os
-import sys
 
 import jax
 import jax.numpy as jnp
 
 from ouromamba_jax.models import layers
-
-_BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__)))), 'bench')
-
-
-def _load():
-  sys.path.insert(0, _BENCH)
-  spec = importlib.util.spec_from_file_location('hlo_sources',
-                                                os.path.join(_BENCH, 'hlo_sources.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from tests.bench import load_bench
 
 
 def _glue(x, w):
@@ -31,7 +17,7 @@ def _compiled_text(fn, *args):
 
 
 def test_each_fusion_is_named_by_its_op_and_line():
-  hlo = _load()
+  hlo = load_bench('hlo_sources')
   text = _compiled_text(_glue, jnp.ones((8, 16)), jnp.ones((16, 32)))
   sources = hlo.instruction_sources(text)
   root = [line.split('=')[0].split('%')[1].strip() for line in text.splitlines()
@@ -45,7 +31,7 @@ def test_each_fusion_is_named_by_its_op_and_line():
 
 
 def test_project_code_is_named_by_its_project_path():
-  hlo = _load()
+  hlo = load_bench('hlo_sources')
   x = jnp.linspace(-2.0, 2.0, 64).reshape(4, 16)
   text = _compiled_text(lambda v: layers.linear(v, jnp.ones((16, 8)), jnp.zeros((8,)), None,
                                                 jnp.float32), x)
@@ -54,7 +40,7 @@ def test_project_code_is_named_by_its_project_path():
 
 
 def test_time_is_summed_by_source_and_unexplained_kernels_keep_their_name():
-  hlo = _load()
+  hlo = load_bench('hlo_sources')
   sources = {'loop_add_fusion.4': 'add · m.py:3 f', 'fusion.7': 'add · m.py:3 f',
              'convert.2': 'convert_element_type · m.py:9 g'}
   kernel_us = {'loop_add_fusion_4': 5.0, 'fusion.7': 2.0, 'convert_2': 1.0,

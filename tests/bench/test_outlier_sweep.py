@@ -1,28 +1,13 @@
 """bench/outlier_sweep.py: its settings, its figure, and (slow) a smoke run on CPU."""
-import importlib.util
 import json
-import os
-import sys
 
 import pytest
 from PIL import Image
-
-_BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__)))), 'bench')
-
-
-def _load():
-  sys.path.insert(0, _BENCH)
-  spec = importlib.util.spec_from_file_location('outlier_sweep',
-                                                os.path.join(_BENCH, 'outlier_sweep.py'))
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module
-  spec.loader.exec_module(module)
-  return module
+from tests.bench import load_bench
 
 
 def test_settings_sweep_n_refresh_at_k3_and_k_at_n_refresh_10():
-  sweep = _load()
+  sweep = load_bench('outlier_sweep')
   args, _ = sweep.parse_args(['--n_refresh=1,L', '--ks=2,5', '--smoke'])
   assert sweep.settings(args, 65) == [
       {'sweep': 'n_refresh', 'n_refresh': 1, 'k': 3.0},
@@ -31,7 +16,7 @@ def test_settings_sweep_n_refresh_at_k3_and_k_at_n_refresh_10():
 
 
 def test_plot_draws_a_png_from_the_json(tmp_path):
-  sweep = _load()
+  sweep = load_bench('outlier_sweep')
   cell = lambda s, r, k, v, e: {'sweep': s, 'n_refresh': r, 'k': k, 'vs_float': v,
                                 'outlier_rate': {'entries': e}}
   report = {'model': 'vim_b', 'batch': 64, 'device': 'gpu: H200', 'seq_len': 197,
@@ -47,7 +32,7 @@ def test_plot_draws_a_png_from_the_json(tmp_path):
 
 @pytest.mark.slow
 def test_smoke_run_times_every_setting(tmp_path):
-  sweep = _load()
+  sweep = load_bench('outlier_sweep')
   out = tmp_path / 'sweep.json'
   report = sweep.main(['--smoke', '--n_refresh=1,L', '--ks=4', '--iters=1',
                        '--scan_kernel=xla', '--quant_kernel=xla', f'--out={out}',

@@ -1,22 +1,9 @@
 """bench/ss2d_scan.py: the released variants' stage shapes, and a CPU smoke run of both paths."""
-import importlib.util
-import os
-import sys
-
-_BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__)))), 'bench')
-
-
-def _load():
-  sys.path.insert(0, _BENCH)
-  spec = importlib.util.spec_from_file_location('ss2d_scan', os.path.join(_BENCH, 'ss2d_scan.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from tests.bench import load_bench
 
 
 def test_stage_shapes_follow_the_released_configs():
-  bench = _load()
+  bench = load_bench('ss2d_scan')
   shapes = bench.stage_shapes('vmamba_b', 64)
   assert [(s['length'], s['d_inner'], s['depth']) for s in shapes] == [
       (3136, 256, 2), (784, 512, 2), (196, 1024, 15), (49, 2048, 2)]
@@ -25,7 +12,7 @@ def test_stage_shapes_follow_the_released_configs():
 
 
 def test_smoke_times_both_paths_and_they_agree(tmp_path):
-  bench = _load()
+  bench = load_bench('ss2d_scan')
   out = tmp_path / 'ss2d.json'
   report = bench.main(['--smoke', '--trials=1', '--inner=1', f'--out={out}'])
   (row,) = report['rows']

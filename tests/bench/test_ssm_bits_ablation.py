@@ -1,21 +1,10 @@
 """bench/ssm_bits_ablation.py: the widened plan (the runs themselves need the testbed data)."""
-import importlib.util
-import os
 import re
 
 import pytest
 
 from ouromamba_jax.quant import presets
-
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _load():
-  spec = importlib.util.spec_from_file_location(
-      'ssm_bits_ablation', os.path.join(_REPO, 'bench', 'ssm_bits_ablation.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from tests.bench import load_bench
 
 
 def _first_match(spec, path):
@@ -23,7 +12,7 @@ def _first_match(spec, path):
 
 
 def test_widened_group_takes_the_new_bits_and_nothing_else_changes():
-  bench = _load()
+  bench = load_bench('ssm_bits_ablation')
   base = presets.preset('w4a4')
   spec = bench.widened_spec(base, 'AD', 8)
   assert spec.rules[1:] == base.rules and spec.name == 'w4a4_AD8'
@@ -39,12 +28,12 @@ def test_widened_group_takes_the_new_bits_and_nothing_else_changes():
 
 def test_unknown_group_is_rejected():
   with pytest.raises(SystemExit):
-    _load().main(['--gen=x.npz', '--groups=A,E', '--out=/tmp/never.json'])
+    load_bench('ssm_bits_ablation').main(['--gen=x.npz', '--groups=A,E', '--out=/tmp/never.json'])
 
 
 def test_base_spec_is_w4a4_with_the_config_calibration_settings():
   from configs import vim_t_cifar10
   cfg = vim_t_cifar10.get_config()
-  spec = _load().base_spec(cfg.quant, epochs=3)
+  spec = load_bench('ssm_bits_ablation').base_spec(cfg.quant, epochs=3)
   assert spec.calib.epochs == 3 and spec.calib.micro_batch == cfg.quant.micro_batch
   assert [r.spec for r in spec.rules] == [r.spec for r in presets.preset('w4a4').rules]
