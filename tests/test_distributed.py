@@ -8,12 +8,15 @@ import sys
 import textwrap
 import time
 
+import flax.serialization
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from ouromamba_jax import distributed
 from ouromamba_jax.distributed import DistributedSpec
+from tests.gen.conftest import tiny_model
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -77,9 +80,10 @@ _WORKER = textwrap.dedent(r"""
     import sys
     import numpy as np
     from ouromamba_jax import distributed
-    address, count, pid, out, store_dir = sys.argv[1:]
+    address, count, pid, out, store_dir, params_file = sys.argv[1:]
     distributed.initialize(distributed.DistributedSpec(
         coordinator_address=address, num_processes=int(count), process_id=int(pid)))
+    import flax.serialization
     import jax, jax.numpy as jnp, optax
     from ouromamba_jax import evaluation, quant
     from ouromamba_jax.data import pipeline
@@ -89,7 +93,9 @@ _WORKER = textwrap.dedent(r"""
     from tests.gen.conftest import tiny_model, tiny_gen_spec
 
     model = tiny_model()
-    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params']
+    # the test's params (threefry key 0, initialised once by the test: every process the same)
+    with open(params_file, 'rb') as f:
+      params = jax.tree.map(jnp.asarray, flax.serialization.msgpack_restore(f.read()))
     # 'mean' Δ normalisation: min-max over the nearly equal Δ of a random model amplifies
     # rounding differences (1 / (max - min)) across device counts.
     spec = tiny_gen_spec(num_images=8, images_per_step=4, iterations=3, checkpoint_every=2,
@@ -121,12 +127,14 @@ _WORKER = textwrap.dedent(r"""
     # Calibration, data-parallel over every device: micro-batches of 3 rows over 4 devices
     # (padded rows must not count). Two sites per block (in_proj's weight and input, a coarse
     # scale search, one epoch) keep the compiles small; which sites is not what is tested.
+    # 6 of the 8 images: two equal micro-batches, so each per-micro-batch program (capture,
+    # block forward, training step) compiles for one shape, not two.
     rules = (qconfig.QuantRule(r'layers_\d+/mixer/in_proj/kernel',
                                qconfig.WeightSpec(4, n_grid=8)),
              qconfig.QuantRule(r'layers_\d+/mixer/in_proj/input_quantizer',
                                qconfig.ActSpec(4, outliers='none', n_grid=8)))
     calib = qconfig.QuantSpec('tiny', rules, qconfig.CalibSpec(epochs=1, micro_batch=3))
-    qparams, report = quant.quantize(model, params, gen.images, calib, log=lambda _: None)
+    qparams, report = quant.quantize(model, params, gen.images[:6], calib, log=lambda _: None)
     leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(qparams))[0]
     scales = {'q' + jax.tree_util.keystr(p): np.asarray(x, np.float32) for p, x in leaves
               if 'scale' in jax.tree_util.keystr(p)}
@@ -185,9 +193,14 @@ def test_two_processes_generate_calibrate_and_evaluate_like_one(tmp_path):
   address = f'127.0.0.1:{_free_port()}'
   out = [str(tmp_path / f'p{i}.npz') for i in range(2)] + [str(tmp_path / 'one.npz')]
   shared, alone = str(tmp_path / 'gen_two'), str(tmp_path / 'gen_one')
-  commands = [[sys.executable, '-c', _WORKER, address, '2', str(i), out[i], shared]
-              for i in range(2)]
-  commands.append([sys.executable, '-c', _WORKER, '', '0', '-1', out[2], alone])
+  # The tiny Gen model's params, initialised here once (not in each of the three processes).
+  model = tiny_model()
+  params_file = tmp_path / 'params.msgpack'
+  params_file.write_bytes(flax.serialization.msgpack_serialize(jax.device_get(
+      jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params'])))
+  commands = [[sys.executable, '-c', _WORKER, address, '2', str(i), out[i], shared,
+               str(params_file)] for i in range(2)]
+  commands.append([sys.executable, '-c', _WORKER, '', '0', '-1', out[2], alone, str(params_file)])
   # The suite's XLA flags (tests/conftest.py: one compute thread per process; three processes
   # share the cores with the other worker) and the forced device count.
   flags = os.environ.get('XLA_FLAGS', '')
