@@ -86,8 +86,10 @@ def by_family(kernel_us: dict[str, float]) -> dict[str, float]:
   return dict(families)
 
 
-def profile_variant(model, tree, images, iters: int) -> tuple[dict[str, float], dict[str, str]]:
-  """({kernel name: µs per forward}, {HLO instruction: source label}) of one variant."""
+def profile_variant(model, tree, images, iters: int, with_sources: bool = False
+                    ) -> tuple[dict[str, float], dict[str, str]]:
+  """({kernel name: µs per forward}, {HLO instruction: source label} or {} without
+  `with_sources`) of one variant."""
   compiled, _ = e2e_latency.compile_forward(model, tree, images)
   for _ in range(3):
     jax.block_until_ready(compiled(tree, images))
@@ -99,7 +101,7 @@ def profile_variant(model, tree, images, iters: int) -> tuple[dict[str, float], 
     if not paths:
       raise RuntimeError(f'jax.profiler wrote no trace.json.gz under {tmp}')
     totals = device_event_totals(paths[0])
-  sources = hlo_sources.instruction_sources(compiled.as_text())
+  sources = hlo_sources.instruction_sources(compiled.as_text()) if with_sources else {}
   return {k: v / iters for k, v in totals.items()}, sources
 
 
@@ -119,7 +121,7 @@ def main(argv=None):
   for name, cell in cells.items():
     if isinstance(cell, Exception):
       raise cell
-    per_kernel, sources = profile_variant(*cell, images, args.iters)
+    per_kernel, sources = profile_variant(*cell, images, args.iters, args.by_source)
     rows = sorted(by_family(per_kernel).items(), key=lambda kv: -kv[1])
     total = sum(per_kernel.values())
     report['variants'][name] = {'total_us': total, 'kernels': rows[:args.top]}

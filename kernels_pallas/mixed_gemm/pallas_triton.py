@@ -54,18 +54,19 @@ from kernels_pallas.mixed_gemm import reference
 from kernels_pallas.mixed_gemm.config import OUTLIER_CHUNK, MixedGemmBlockConfig
 
 
-def _k_ok(k_start, width, k: int):
-  """Which of a K block's lanes are real (None: the block is whole, no mask needed)."""
-  return None if k % width == 0 else k_start + jnp.arange(width) < k
+def _tile_mask(lines_ok, k_start, width, k: int):
+  """(lines, width) mask of a K-major tile: real lines (rows or columns) x lanes inside K;
+  a whole K block (K a multiple of the block) needs no lane mask."""
+  if k % width == 0:
+    return lines_ok[:, None]
+  return lines_ok[:, None] & (k_start + jnp.arange(width) < k)[None, :]
 
 
 def _load_rows(ref, row_start, rows_ok, k_start, width, block_m, k: int):
   """(block_m, width) activation tile at [row_start:, k_start:], rows past M and lanes past K
   read as 0."""
-  k_ok = _k_ok(k_start, width, k)
-  mask = rows_ok[:, None] if k_ok is None else rows_ok[:, None] & k_ok[None, :]
   return plgpu.load(ref.at[pl.ds(row_start, block_m), pl.ds(k_start, width)],
-                    mask=mask, other=jnp.int8(0))
+                    mask=_tile_mask(rows_ok, k_start, width, k), other=jnp.int8(0))
 
 
 def _rounded_to(y, dtype, interpret: bool):
@@ -107,10 +108,8 @@ def _gemm_kernel(*refs, m: int, n: int, k: int, cfg: MixedGemmBlockConfig, has_o
 
   def k_block(kb):
     """The K block's weight tile (block_n, block_k) and inlier tile (block_m, block_k)."""
-    k_ok = _k_ok(kb * bk, bk, k)
     w = plgpu.load(w_ref.at[pl.ds(col_start, bn), pl.ds(kb * bk, bk)],
-                   mask=cols_ok[:, None] if k_ok is None else cols_ok[:, None] & k_ok[None, :],
-                   other=jnp.int8(0))
+                   mask=_tile_mask(cols_ok, kb * bk, bk, k), other=jnp.int8(0))
     return w, _load_rows(xin_ref, row_start, rows_ok, kb * bk, bk, bm, k)
 
   def body(kb, acc_in):

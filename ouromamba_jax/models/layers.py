@@ -86,7 +86,12 @@ def linear(x, kernel, bias, input_quantizer, dtype, implementation: Optional[str
     return kernel.linear(x, input_quantizer, dtype, implementation=implementation, bias=bias)
   if input_quantizer is not None:
     x = input_quantizer(x)
-  y = jnp.dot(x.astype(dtype), kernel.astype(dtype))
+  return with_bias(jnp.dot(x.astype(dtype), kernel.astype(dtype)), bias)
+
+
+def with_bias(y, bias):
+  """y + bias in y's dtype: a Linear's bias, added after its product (the integer GEMM's
+  epilogue reproduces these bits, `kernels_pallas.mixed_gemm`)."""
   return y if bias is None else y + bias.astype(y.dtype)
 
 

@@ -34,6 +34,7 @@ from kernels_pallas.act_quant import api as act_quant_api
 from kernels_pallas.act_quant.config import MIN_SCALE
 from kernels_pallas.act_quant.reference import IntActivation
 from kernels_pallas.mixed_gemm import api as mixed_gemm_api
+from ouromamba_jax.models import layers
 from ouromamba_jax.quant import activations as act_lib
 from ouromamba_jax.quant import weights as w_lib
 
@@ -151,6 +152,5 @@ def linear(weight, x, input_quantizer, dtype, implementation: Optional[str] = No
     w_f = weight.codes().astype(jnp.float32)
     y = y + jnp.einsum('...i,io->...o', ops.activation.outlier_q, w_f,
                        precision=jax.lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
-    y = (y * ops.w_scale).astype(dtype)
-    y = y if bias is None else y + bias.astype(dtype)
+    y = layers.with_bias((y * ops.w_scale).astype(dtype), bias)
   return y.reshape(x.shape[:-1] + (ops.w_scale.shape[0],))

@@ -8,8 +8,8 @@ Weights expose `.linear(x, input_quantizer, dtype, implementation=None, bias=Non
 `models.layers.Linear` (the bias added in `dtype` after the product, fused into the integer
 GEMM's epilogue where that kernel runs). A `QuantizedWeight` in mode 'int' runs the Pallas
 kernels' public APIs (`quant.int_linear`: act_quant + mixed_gemm, `implementation` 'xla' |
-'triton'); the Linears they do not cover (asymmetric inputs, > 8 bits) and mode 'fake' use `quantized_linear`, which
-computes the product the way an integer kernel does it:
+'triton'); the Linears they do not cover (asymmetric inputs, > 8 bits) and mode 'fake' use
+`quantized_linear`, which computes the product the way an integer kernel does it:
 
   y = (dot(q_in - z, W_q) * S_I[t] + dot(q_out - z_o, W_q) * S_o[b, t]) * s_w[o]
 
@@ -30,6 +30,7 @@ from flax import struct
 
 from kernels_pallas.act_quant.config import MIN_SCALE
 from kernels_pallas.act_quant.reference import int_dtype
+from ouromamba_jax.models import layers
 from ouromamba_jax.quant import activations as act_lib
 from ouromamba_jax.quant import int_linear
 from ouromamba_jax.quant import weights as w_lib
@@ -66,11 +67,6 @@ def _codes_for_int_dot(q, zero_point, qmin, qmax, zp_expand):
   if zero_point is None:
     return q.astype(int_dtype(qmin, qmax))
   return q.astype(jnp.int32) - zp_expand(zero_point.astype(jnp.int32))
-
-
-def with_bias(y, bias):
-  """y + bias in y's dtype (a Linear's bias, added after its product)."""
-  return y if bias is None else y + bias.astype(y.dtype)
 
 
 def quantized_linear(x, w_codes, w_scale, input_quantizer, smooth, mode: str, dtype):
@@ -202,8 +198,8 @@ class FakeQuantWeight:
   def linear(self, x, input_quantizer, dtype, implementation: Optional[str] = None, bias=None):
     del implementation  # the calibration form always runs the float simulation
     codes = w_lib.weight_codes(self.smoothed_weight(), self.scale, self.bits, ste=True)
-    return with_bias(quantized_linear(x, codes, self.scale, input_quantizer, self.smooth, 'fake',
-                                      dtype), bias)
+    y = quantized_linear(x, codes, self.scale, input_quantizer, self.smooth, 'fake', dtype)
+    return layers.with_bias(y, bias)
 
   def stacked_linear(self, x, input_quantizer, dtype, implementation: Optional[str] = None):
     return stacked_linear(self, x, input_quantizer, dtype, implementation)
@@ -253,8 +249,9 @@ class QuantizedWeight:
     if self.mode == 'int':
       if int_linear.unsupported_reason(self, input_quantizer) is None:
         return int_linear.linear(self, x, input_quantizer, dtype, implementation, bias)
-    return with_bias(quantized_linear(x, self.codes(), self.scale, input_quantizer, self.smooth,
-                                      self.mode, dtype), bias)
+    y = quantized_linear(x, self.codes(), self.scale, input_quantizer, self.smooth, self.mode,
+                         dtype)
+    return layers.with_bias(y, bias)
 
 
   def stacked_linear(self, x, input_quantizer, dtype, implementation: Optional[str] = None):

@@ -212,7 +212,7 @@ def test_a_linears_bias_rides_in_the_gemm_with_the_bits_of_a_separate_add(calibr
   for impl in IMPLEMENTATIONS:
     fused = weight.linear(x, iq, jnp.bfloat16, implementation=impl, bias=bias)
     assert gemm_biases[-1] is bias, impl
-    apart = qtypes.with_bias(weight.linear(x, iq, jnp.bfloat16, implementation=impl), bias)
+    apart = layers.with_bias(weight.linear(x, iq, jnp.bfloat16, implementation=impl), bias)
     np.testing.assert_array_equal(np.asarray(fused, np.float32), np.asarray(apart, np.float32),
                                   err_msg=impl)
 
