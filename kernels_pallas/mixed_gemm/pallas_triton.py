@@ -69,20 +69,8 @@ def _load_rows(ref, row_start, rows_ok, k_start, width, block_m, k: int):
                     mask=_tile_mask(rows_ok, k_start, width, k), other=jnp.int8(0))
 
 
-def _rounded_to(y, dtype, interpret: bool):
-  """fp32 y rounded to dtype and widened back (what storing y in dtype and reading it gives).
-  The interpreter runs XLA, which may drop a narrowing/widening convert pair: the barrier
-  keeps it; Triton does the casts as written."""
-  if jnp.dtype(dtype) == jnp.float32:
-    return y
-  narrow = y.astype(dtype)
-  if interpret:
-    narrow = jax.lax.optimization_barrier(narrow)
-  return narrow.astype(jnp.float32)
-
-
 def _gemm_kernel(*refs, m: int, n: int, k: int, cfg: MixedGemmBlockConfig, has_outliers: bool,
-                 has_bias: bool, accumulators_only: bool, interpret: bool):
+                 has_bias: bool, accumulators_only: bool):
   refs = list(refs)
   xin_ref, a_scale_ref, w_ref, w_scale_ref = refs[:4]
   refs = refs[4:]
@@ -170,8 +158,8 @@ def _gemm_kernel(*refs, m: int, n: int, k: int, cfg: MixedGemmBlockConfig, has_o
     y = y + o_scale[:, None] * accs[1].astype(jnp.float32)
   y = y * w_scale[None, :]
   (y_ref,) = out_refs
-  if has_bias:  # the bias arrives rounded to the output dtype (and widened) by the wrapper
-    y = (_rounded_to(y, y_ref.dtype, interpret)
+  if has_bias:  # the bias arrives rounded to the output dtype (kept fp32) by the wrapper
+    y = (reference.rounded_to(y, y_ref.dtype)
          + plgpu.load(bias_ref.at[pl.ds(col_start, bn)], mask=cols_ok, other=0.0)[None, :])
   plgpu.store(y_ref.at[out_block], y.astype(y_ref.dtype), mask=tile_ok)
 
@@ -197,7 +185,7 @@ def _call(x_inlier, a_scale, w, w_scale, x_outlier, o_scale, bias, *, k, weight_
     if cfg.outlier_lists:
       inputs += list(reference.outlier_tiles(x_outlier, cfg.block_m))
   if bias is not None:
-    inputs.append(bias.astype(out_dtype).astype(jnp.float32))
+    inputs.append(reference.rounded_to(bias.astype(jnp.float32), out_dtype))
   if accumulators_only:
     out_shape = [jax.ShapeDtypeStruct((m, n), jnp.int32)] * (2 if has_outliers else 1)
   else:
@@ -205,7 +193,7 @@ def _call(x_inlier, a_scale, w, w_scale, x_outlier, o_scale, bias, *, k, weight_
 
   kernel = functools.partial(
       _gemm_kernel, m=m, n=n, k=k, cfg=cfg, has_outliers=has_outliers,
-      has_bias=bias is not None, accumulators_only=accumulators_only, interpret=interpret)
+      has_bias=bias is not None, accumulators_only=accumulators_only)
   grid = (pl.cdiv(n, cfg.block_n), pl.cdiv(m, cfg.block_m))
   compat.filter_triton_deprecation()
   outs = pl.pallas_call(
