@@ -28,7 +28,8 @@ MARKS = ('slow', 'gpu')
 # 20.9 s) and five compile-heavy test files ran 10 % faster (144 -> 129 s, 2 workers), with the
 # same bits (no pass may reassociate float math without fast-math, which XLA leaves off).
 # (Only `--` flags: XLA stops reading XLA_FLAGS at a word without them, ignoring the rest.)
-TEST_XLA_FLAGS = ('--xla_cpu_multi_thread_eigen=false', '--xla_llvm_disable_expensive_passes=true')
+TEST_XLA_FLAGS = ('--xla_cpu_multi_thread_eigen=false',
+                  '--xla_llvm_disable_expensive_passes=true')
 _OWN_CACHE = pytest.StashKey[str]()        # the cache folder this process made
 # The files that take longest (seconds in a `-n 2` run on 2 CPU cores that other work also
 # loaded, 2026-12-03: relative sizes), most first: the default suite runs `-n 2 --dist loadfile`

@@ -223,7 +223,8 @@ class FakeQuantWeight:
 @struct.dataclass
 class QuantizedWeight:
   """Final kernel: codes (in, out) int8 (int16 above 8 bits) or uint8 packed int4
-  (ceil(in/2), out), per-output-channel steps (out,), optional smoothing (in,)."""
+  (ceil(in/2), out), per-output-channel steps (out,) already clamped to >= MIN_SCALE (by
+  `freeze`: the integer kernels use them as stored), optional smoothing (in,)."""
   values: jax.Array
   scale: jax.Array
   smooth: Optional[jax.Array] = None
