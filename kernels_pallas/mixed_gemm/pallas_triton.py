@@ -185,7 +185,7 @@ def _call(x_inlier, a_scale, w, w_scale, x_outlier, o_scale, bias, *, k, weight_
     if cfg.outlier_lists:
       inputs += list(reference.outlier_tiles(x_outlier, cfg.block_m))
   if bias is not None:
-    inputs.append(reference.rounded_to(bias.astype(jnp.float32), out_dtype))
+    inputs.append(reference.rounded_to(bias, out_dtype))
   if accumulators_only:
     out_shape = [jax.ShapeDtypeStruct((m, n), jnp.int32)] * (2 if has_outliers else 1)
   else:

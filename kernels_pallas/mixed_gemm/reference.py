@@ -47,13 +47,14 @@ def accumulators_xla(x_inlier, w, x_outlier=None, *, weight_bits: int = 4, act_b
 
 
 def rounded_to(y, dtype):
-  """fp32 y rounded to dtype, kept in fp32: what storing y in dtype and reading it back gives.
-  For bf16 the rounding (to nearest, ties to even) is done on the bits, because a
+  """y (any float dtype) rounded to dtype, as fp32: what storing y in dtype and reading it back
+  gives. For bf16 the rounding (to nearest, ties to even) is done on the bits, because a
   narrowing/widening convert pair is dropped by compilers allowed excess precision: XLA on the
   GPU (`xla_allow_excess_precision`, on by default) removed the pair that rounded the bias
   before the kernel, which put 29 % of a dt_proj output 1 ulp off the separate add (H200,
   2026-12-04). Finite values only (a NaN may come back as an infinity)."""
   dtype = jnp.dtype(dtype)
+  y = y.astype(jnp.float32)
   if dtype == jnp.float32:
     return y
   if dtype != jnp.bfloat16:
@@ -73,8 +74,7 @@ def dequantize(acc_in, a_scale, w_scale, acc_out=None, o_scale=None, bias=None,
   y = y * w_scale.astype(jnp.float32)[None, :]
   if bias is None:
     return y.astype(out_dtype)
-  bias = rounded_to(bias.astype(jnp.float32), out_dtype)
-  return (rounded_to(y, out_dtype) + bias[None, :]).astype(out_dtype)
+  return (rounded_to(y, out_dtype) + rounded_to(bias, out_dtype)[None, :]).astype(out_dtype)
 
 
 def mixed_gemm_xla(x_inlier, a_scale, w, w_scale, x_outlier=None, o_scale=None, bias=None, *,
