@@ -89,6 +89,9 @@ class StudySection:
   name: str = field('seeds', 'seeds | calib_size | gen_loss | n_refresh | k | neighbourhood | '
                     'positives (stages.study.STUDIES)')
   seeds: int = field(3, 'seeds per cell (base seed, +1, ...): the spread every cell reports')
+  part: str = field('', "'i/n': run only every n-th (cell, seed) from the i-th (0-based), so n "
+                    "processes share one study's workdir (and its Gen store); they write no "
+                    "report: a last run without part collects the finished cells into it")
 
 
 @dataclasses.dataclass(frozen=True)

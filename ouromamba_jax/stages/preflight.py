@@ -48,6 +48,7 @@ def check_sections(config, mode: str) -> None:
     configs = [config]
     if mode == 'study':  # every cell's config, as the study will run it
       spec = study.study_named(str(config.study.name))
+      study.parse_part(config.study.part)
       configs = [study.cell_config(config, spec, overrides, config.seed)
                  for _, overrides in spec.cells]
     for c in configs:

@@ -14,7 +14,9 @@ noise images, the calibration subsets (not the model: it is the config's checkpo
 Outputs in WORKDIR/study/<name>/: study.json (every (cell, seed, run) row and the summary:
 top-1 mean ± std over seeds per (cell, run)), study.md (the summary table) and study.png (top-1
 against the study's axis, one line per run), rewritten after every cell so a partial study
-keeps its numbers. Why a mode and not a script: the runs are the pipeline's, with its resume,
+keeps its numbers. `study.part='i/n'` splits a study over n processes on one workdir (cells
+that share a Gen wait for one another on its lock); a last run without it only reads the
+finished cells and writes the report. Why a mode and not a script: the runs are the pipeline's, with its resume,
 its data handling and its reports, and the studies are configs as code like the rest.
 """
 from __future__ import annotations
@@ -110,6 +112,17 @@ def sequence_length(cfg: mlc.ConfigDict) -> int:
     raise ValueError(f"n_refresh='L' needs a model with one token sequence (Vim); "
                      f'{cfg.model.name} has none: give a number.')
   return int(model.seq_len)
+
+
+def parse_part(part: str) -> tuple[int, int]:
+  """study.part 'i/n' -> (i, n); '' -> (0, 1), every cell."""
+  if not part:
+    return 0, 1
+  match = re.fullmatch(r'\s*(\d+)\s*/\s*(\d+)\s*', part)
+  if not match or not int(match[1]) < int(match[2]):
+    raise ValueError(f"study.part={part!r}: give 'i/n' with 0 <= i < n (e.g. '0/3', '1/3', "
+                     "'2/3' for three processes), or '' for the whole study.")
+  return int(match[1]), int(match[2])
 
 
 def cell_config(config: mlc.ConfigDict, study: Study, overrides: dict[str, Any],
@@ -243,6 +256,7 @@ def run(config, workdir: str, log: Log = _log, run_pipeline=None,
   study = study_named(name)
   if seeds < 1:
     raise ValueError(f'study.seeds={seeds}: give at least 1 (3 for a spread).')
+  index, parts = parse_part(config.study.get('part', ''))
   cells = [(label, cell_config(config, study, overrides, config.seed + s))
            for label, overrides in study.cells for s in range(seeds)]  # all checked up front
   directory = os.path.join(workdir, STUDY_SUBDIR, name)
@@ -258,6 +272,8 @@ def run(config, workdir: str, log: Log = _log, run_pipeline=None,
   rows: list[dict[str, Any]] = []
   report = None
   for i, (label, cfg) in enumerate(cells):
+    if i % parts != index:
+      continue
     seed_index = i % seeds
     log(f'[study {name}] cell {label} seed {cfg.seed} ({i + 1}/{len(cells)})')
     cell_dir = os.path.join(directory, _slug(label), f'seed{seed_index}')
@@ -271,6 +287,11 @@ def run(config, workdir: str, log: Log = _log, run_pipeline=None,
               'outlier_rate': outliers.mean_rate(
                   os.path.join(runs_dir, quantize_stage.QUANT_SUBDIR, r['name']))}
              for r in out['runs']]
-    report = write_report(directory, name, study, rows, meta)
+    if parts == 1:
+      report = write_report(directory, name, study, rows, meta)
+  if parts > 1:   # a part's rows are not the study: the collecting run reports them all
+    log(f'[study {name}] part {index}/{parts} done; run the study without study.part to '
+        'collect every finished cell into the report')
+    return {'study': name, 'part': f'{index}/{parts}', 'rows': rows}
   log(f'[study {name}] done: {os.path.join(directory, "study.md")}')
   return report

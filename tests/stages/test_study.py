@@ -139,3 +139,25 @@ def test_bad_study_settings_are_one_line_errors():
   spec = study_stage.Study('bad', 'x', (('c', {'quant.no_such_field': 1}),))
   with pytest.raises(ValueError, match="override 'quant.no_such_field'"):
     study_stage.cell_config(_config('k'), spec, spec.cells[0][1], 0)
+
+
+def test_parts_split_the_cells_and_a_collecting_run_reports_them_all(tmp_path):
+  calls, made = [], []
+  config = _config('k')
+  for i in range(3):
+    config.study.part = f'{i}/3'
+    part = study_stage.run(config, str(tmp_path), log=lambda m: None,
+                           run_pipeline=_fake_pipeline(calls), run_generate=_fake_generate(made))
+    assert part['part'] == f'{i}/3' and len(part['rows']) == (3, 3, 2)[i]  # 8 cells, 1 run each
+  dirs = [w for _, w in calls]
+  assert len(dirs) == 8 and len(set(dirs)) == 8                 # every (cell, seed) once
+  assert not (tmp_path / 'study' / 'k' / 'study.json').exists()  # parts write no report
+  config.study.part = ''
+  report = study_stage.run(config, str(tmp_path), log=lambda m: None,
+                           run_pipeline=_fake_pipeline(calls), run_generate=_fake_generate(made))
+  assert sorted(w for _, w in calls[8:]) == sorted(dirs)  # the collecting run: the same workdirs
+  assert len(report['summary']) == 4 and all(s['seeds'] == 2 for s in report['summary'])
+  assert (tmp_path / 'study' / 'k' / 'study.json').exists()
+  for bad in ('3/3', '1', 'a/b'):
+    with pytest.raises(ValueError, match=r"study.part=.*give 'i/n'"):
+      study_stage.parse_part(bad)
