@@ -137,6 +137,9 @@ def parse_args(argv=None):
                  help='1: the mixers run both scan directions as one vmapped batch '
                       '(VisionMamba.batch_directions), 0: one after the other, -1: the '
                       "library's measured rule (vim.directions_as_one_batch); every variant")
+  p.add_argument('--fold_sites', type=int, default=1, choices=(0, 1),
+                 help='1: A and D quantized once (quant.fold_parameter_sites), as inference '
+                      'does; 0: re-quantized in every forward')
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--out', default='', help='JSON file for the results')
   p.add_argument('--smoke', action='store_true',
@@ -221,7 +224,8 @@ def quantized_tree(base, params, preset: str, args):
   tree = quantize_rtn(model, sub, preset, calib, args.outlier_k, args.n_refresh or None)
   rate = outlier_rate(model.clone(quant_implementation='xla'), tree,
                       _images(base, args.rate_images, args.seed + 2))
-  return repeated_blocks(model, tree, base.depth), rate
+  tree = repeated_blocks(model, tree, base.depth)
+  return (quant.fold_parameter_sites(tree) if args.fold_sites else tree), rate
 
 
 def outlier_rate(model, tree, images) -> dict[str, float]:
@@ -326,6 +330,7 @@ def run(args, on_cell=lambda report: None) -> dict[str, Any]:
   results, rates, quantize_s = [], {}, {}
   device = jax.devices()[0]
   report = {'device': f'{device.platform}: {device.device_kind}', 'jax': jax.__version__,
+            'xla_flags': os.environ.get('XLA_FLAGS', ''),   # e.g. command-buffer experiments
             'settings': {k: v for k, v in vars(args).items() if k != 'out'},
             'outlier_rates': rates, 'quantize_s': quantize_s, 'results': results}
   for model_name in args.models:

@@ -25,6 +25,7 @@ _EXPORTS = {
     'preset': 'ouromamba_jax.quant.presets',
     'quantize': 'ouromamba_jax.quant.api',
     'to_integer': 'ouromamba_jax.quant.api',
+    'fold_parameter_sites': 'ouromamba_jax.quant.fold',
     'save_quantized': 'ouromamba_jax.quantized_checkpoints',
     'load_quantized': 'ouromamba_jax.quantized_checkpoints',
     'evaluate': 'ouromamba_jax.evaluation',

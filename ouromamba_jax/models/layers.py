@@ -95,6 +95,17 @@ def with_bias(y, bias):
   return y if bias is None else y + bias.astype(y.dtype)
 
 
+def state_matrix(a_log):
+  """A = -exp(A_log) in fp32: the A site's input in every model (and what
+  `quant.fold.fold_parameter_sites` evaluates once for inference)."""
+  return -jnp.exp(jnp.asarray(a_log).astype(jnp.float32))
+
+
+def skip_vector(d):
+  """D in fp32: the D site's input in every model (see `state_matrix`)."""
+  return jnp.asarray(d).astype(jnp.float32)
+
+
 def quantize_site(quantizer, x, implementation: Optional[str] = None):
   """An activation site's quantizer applied to x, or x where the site has none."""
   return x if quantizer is None else quantizer(x, implementation=implementation)

@@ -198,8 +198,8 @@ class MambaVisionMixer(nn.Module):
     a_log = layers.read_param(self, 'A_log', a_log_init, (half, n))
     d_skip = layers.read_param(self, 'D', nn.initializers.ones, (half,))
     hook = self.state_feature_fn
-    a_mat, b_mat = site(-jnp.exp(a_log.astype(jnp.float32)), 'A'), site(b_mat, 'B')
-    c_mat, d_skip = site(c_mat, 'C'), site(d_skip.astype(jnp.float32), 'D')
+    a_mat, b_mat = site(layers.state_matrix(a_log), 'A'), site(b_mat, 'B')
+    c_mat, d_skip = site(c_mat, 'C'), site(layers.skip_vector(d_skip), 'D')
     y = scan_api.selective_scan(
         x, delta, a_mat, b_mat, c_mat, d_skip, None, None, delta_softplus=True,
         implementation=self.scan_implementation, return_states=hook is not None)

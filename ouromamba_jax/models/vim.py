@@ -191,8 +191,8 @@ class BiMambaV2Mixer(nn.Module):
     dt, b_mat, c_mat = jnp.split(x_proj(u), [dt_rank, dt_rank + self.d_state], axis=-1)
     delta = site('delta', dt_proj(dt))  # bias included: the Δ quantizer sees pre-softplus Δ
     b_mat, c_mat = layers.quantize_sites((quantizer('B'), quantizer('C')), (b_mat, c_mat), impl)
-    a_mat = site('A', -jnp.exp(a_log.astype(jnp.float32)))
-    d_vec = site('D', d_skip.astype(jnp.float32))
+    a_mat = site('A', layers.state_matrix(a_log))
+    d_vec = site('D', layers.skip_vector(d_skip))
     out = scan_api.selective_scan(
         u, delta, a_mat, b_mat, c_mat, d_vec, z, None, delta_softplus=True,
         return_states=return_states, implementation=self.scan_implementation,

@@ -229,8 +229,8 @@ class SS2D(nn.Module):
     deltas = site(dts.astype(jnp.float32) + dt_bias.astype(jnp.float32)[None, :, None, :],
                   'delta')
     bs, cs = site(bs, 'B'), site(cs, 'C')
-    a = site(-jnp.exp(a_logs.astype(jnp.float32)), 'A')
-    ds = site(ds.astype(jnp.float32), 'D')
+    a = site(layers.state_matrix(a_logs), 'A')
+    ds = site(layers.skip_vector(ds), 'D')
     hook = self.state_feature_fn
     ys = ss2d_scan(xs, deltas, bs, cs, a, ds, self.scan_implementation, hook is not None)
     if hook is not None:

@@ -11,7 +11,7 @@ _EXPORTS = {
     'quantize': 'api', 'to_integer': 'api', 'set_mode': 'rewrite',
     'ActSpec': 'config', 'CalibSpec': 'config', 'QuantRule': 'config', 'QuantSpec': 'config',
     'WeightSpec': 'config', 'PRESETS': 'presets', 'preset': 'presets', 'VimSites': 'presets',
-    'QuantRunSpec': 'run_spec',
+    'QuantRunSpec': 'run_spec', 'fold_parameter_sites': 'fold',
 }
 __all__ = sorted(_EXPORTS)
 

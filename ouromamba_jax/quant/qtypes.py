@@ -3,6 +3,8 @@
 - `ActQuantizer`: an activation site (Linear input, Δ, B, C, A, D); called as `q(x)`.
 - `FakeQuantWeight`: a Linear kernel during calibration (float weight + learnable step).
 - `QuantizedWeight`: the final kernel (integer codes, int4 packed two per byte, + steps).
+- `FoldedSite`: an inference-only stand-in for a site whose input is a parameter (A, D): its
+  quantized value, computed once (`quant.fold`), so no forward recomputes it.
 
 Weights expose `.linear(x, input_quantizer, dtype, implementation=None, bias=None)` for
 `models.layers.Linear` (the bias added in `dtype` after the product, fused into the integer
@@ -179,6 +181,25 @@ def to_grid_domain(x, spec: ActSpec):
   if spec.domain != 'log':
     return x
   return jnp.log(jnp.maximum(-jnp.asarray(x, jnp.float32), 1e-30))
+
+
+@struct.dataclass
+class FoldedSite:
+  """A parameter-only site (A = -exp(A_log), D) already quantized: `value` is what its
+  quantizer returns for the parameter, so a forward reads it instead of quantizing the same
+  tensor again on every call (on a GPU, several small XLA kernels per site and block). The
+  site's input is still computed by the model and discarded, which XLA removes as dead code.
+  Inference only: it holds no learnable step."""
+  value: jax.Array
+  mode: str = struct.field(pytree_node=False, default='int')
+
+  def __call__(self, x, implementation: Optional[str] = None):
+    del implementation
+    if jnp.shape(x) != self.value.shape:
+      raise ValueError(f'a folded site holds a {self.value.shape} value but was called on '
+                       f'{jnp.shape(x)}: fold the quantized tree of this model again '
+                       '(quant.fold_parameter_sites).')
+    return self.value.astype(jnp.result_type(x))
 
 
 @struct.dataclass

@@ -79,6 +79,11 @@ def test_int_mode_equals_fake_mode(tiny, apply_fn, w8a8):
   fake = apply_fn(qparams, tiny[2])
   integer = apply_fn(quant.to_integer(qparams), tiny[2])
   np.testing.assert_allclose(integer, fake, rtol=1e-6, atol=1e-6)
+  # A and D folded into constants (quant.fold): the same integer logits, bit for bit
+  folded = quant.fold_parameter_sites(quant.to_integer(qparams))
+  assert all(isinstance(folded[b.split('/')[0]][b.split('/')[1]]['op'][f'{t}_quantizer'],
+                        qtypes.FoldedSite) for b in BLOCKS for t in 'AD')
+  np.testing.assert_array_equal(apply_fn(folded, tiny[2]), integer)
 
 
 @pytest.mark.slow  # two more quantize compilations (~1 min each on 2 CPU cores)
