@@ -2,6 +2,7 @@
 
   python bench/gen_bench.py --out=gen_bench.json               # GPU: testbed Vim-T 32x32, Vim-S 224
   python bench/gen_bench.py --smoke --out=/tmp/gen_smoke.json  # tiny model on CPU, a few seconds
+  python bench/gen_bench.py --cases=vim_t_cifar10 --images_per_step=128 --nobaseline --profile=5  # + where the step time goes
   python bench/gen_bench.py --cases=vim_s_224 --dtype=bfloat16 --noremat --images_per_step=128 \
       --full_run          # 4 GPUs: also the real 128 x 1000 run (generator.generate), timed
 
@@ -50,6 +51,9 @@ _FULL_RUN = flags.DEFINE_bool('full_run', False, 'also run generator.generate fo
                               '--full_iterations (images_per_step per step) and time it')
 _FULL_IMAGES = flags.DEFINE_integer('full_images', 128, 'images of the --full_run')
 _FULL_ITERATIONS = flags.DEFINE_integer('full_iterations', 1000, 'iterations of the --full_run')
+_PROFILE = flags.DEFINE_integer('profile', 0, 'also run this many Gen steps under jax.profiler and '
+                                'report the kernel families that take the most device time')
+_PROFILE_TOP = 30   # kernel families kept per profile
 
 
 def _full_run(model, params, spec) -> dict:
@@ -75,7 +79,34 @@ def _full_run(model, params, spec) -> dict:
           'final_total_loss': [h['total'][-1] for h in result.history]}
 
 
-def _time_step(model, params, spec, images_per_step: int, steps: int) -> dict:
+def _profile(step, args, steps: int) -> list[dict]:
+  """[{kernel, us_per_step, share}] of the `steps` steps run under the profiler, most first:
+  the step's device time by kernel family (`bench/profile_e2e.py`'s trace reading), so a slow
+  Gen says which kernels pay for it. On a CPU the host threads' events (a check that it runs)."""
+  import glob  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import profile_e2e  # pylint: disable=g-import-not-at-top
+
+  params, state, labels, keys = args
+  with tempfile.TemporaryDirectory() as tmp:
+    with jax.profiler.trace(tmp):
+      for t in range(steps):
+        state, metrics = step(params, state, labels, keys, t)
+      jax.block_until_ready((state, metrics))
+    paths = glob.glob(os.path.join(tmp, 'plugins', 'profile', '*', '*.trace.json.gz'))
+    if not paths:
+      raise RuntimeError(f'jax.profiler wrote no trace.json.gz under {tmp}')
+    families = profile_e2e.by_family(profile_e2e.device_event_totals(paths[0]))
+  total = sum(families.values())
+  rows = sorted(families.items(), key=lambda kv: -kv[1])[:_PROFILE_TOP]
+  return [{'kernel': name, 'us_per_step': us / steps, 'share': us / total if total else 0.0}
+          for name, us in rows]
+
+
+def _time_step(model, params, spec, images_per_step: int, steps: int,
+               profile_steps: int = 0) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -106,8 +137,11 @@ def _time_step(model, params, spec, images_per_step: int, steps: int) -> dict:
   if not bool(metrics['loss_finite']):
     raise FloatingPointError('the benchmark step produced a non-finite loss')
   rate = images_per_step / step_s
-  return {'compile_s': compile_s, 'step_ms': 1e3 * step_s, 'img_it_per_s': rate,
-          'projected_128x1000_s': 128 * 1000 / rate}
+  out = {'compile_s': compile_s, 'step_ms': 1e3 * step_s, 'img_it_per_s': rate,
+         'projected_128x1000_s': 128 * 1000 / rate}
+  if profile_steps:
+    out['profile'] = _profile(step, (params, state, labels, keys), profile_steps)
+  return out
 
 
 def run_case(name: str) -> dict:
@@ -133,7 +167,8 @@ def run_case(name: str) -> dict:
             'num_devices': jax.device_count(), 'images_per_step': images_per_step,
             'dtype': _DTYPE.value, 'remat': _REMAT.value, 'scan': _SCAN.value or 'default',
             'neighbourhood': _NEIGHBOURHOOD.value, 'readout': _READOUT.value or 'default'}
-  result['gen'] = _time_step(model, params, gen_spec, images_per_step, steps)
+  result['gen'] = _time_step(model, params, gen_spec, images_per_step, steps,
+                             profile_steps=_PROFILE.value)
   stats = jax.local_devices()[0].memory_stats() or {}
   result['peak_gib'] = stats['peak_bytes_in_use'] / 2**30 if 'peak_bytes_in_use' in stats else None
   if _BASELINE.value:  # both state-hooked losses off: the model's own forward + backward
@@ -191,6 +226,10 @@ def main(argv):
     os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
     with open(_OUT.value, 'w') as f:
       json.dump({'results': results}, f, indent=1)
+  for r in results:
+    for row in r.get('gen', {}).get('profile', [])[:15]:
+      print(f'{r["case"]:<14}{row["us_per_step"] / 1e3:>9.2f} ms {100 * row["share"]:>5.1f} %  '
+            f'{row["kernel"][:90]}')
   print(_table(results))
   if any('error' in r for r in results):
     sys.exit(1)

@@ -2,12 +2,16 @@
 
 States come in the selective-scan kernel's (B, L, N, D) layout (`states_layout='blnd'`), so
 the Gen step hands them over without a transpose; the kernels view them as (B, L, N·D) and a
-program's tile is one patch-grid row: (grid width, N·block_d).
+program's tile is one patch-grid row: (grid width, N·block_d), or, on grids at most half as wide
+as Triton's smallest matmul dimension (16), as many consecutive rows as fit in 16 tile rows (an
+8 x 8 grid: two rows per program), so no tile is mostly padding and each loaded state row
+serves several output rows.
 
 Why row tiles: the window sum is separable. With M the replicate-padded band matrix of one
 axis (`reference.replicate_window_matrix`), Σ_{k ∈ N(τ)} w_k h(k) = (M_rows ⊗ M_cols)(w·h).
 One program per (image, channel block, grid row r) sums the p weighted rows r-p//2 .. r+p//2
-(clipped: replicate padding) and applies M_cols as one small matmul on the row tile, so each
+(clipped: replicate padding) and applies M_cols (block-diagonal over the rows of a multi-row
+tile) as one small matmul on the row tile, so each
 state element is loaded p times (mostly from L2) instead of p² times as a per-patch window
 walk needs; the first kernel of this op did that walk and was L1/L2-bound, 1.6-3x slower than
 XLA (NOTES.md). The matmul is fp32 (IEEE, no TF32): M holds small integers, the states keep
@@ -32,6 +36,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from kernels_pallas import _pallas_compat as compat
 from kernels_pallas._pallas_compat import pl, plgpu
@@ -55,11 +60,14 @@ class _Geometry:
     self.length, self.reversed = length, reversed_tokens
     self.channels, self.n_state = channels, n_state
     self.block_d, self.n_pad = block_d, max(2, next_pow2(n_state))
-    self.w_pad = max(_MIN_DOT, next_pow2(self.gw))   # the row tile's rows (grid columns)
-    self.width = self.n_pad * block_d                # the row tile's columns: (n, d) pairs
+    self.rows_per_tile = max(1, min(_MIN_DOT // self.gw, self.gh))   # grid rows per program
+    self.tiles = -(-self.gh // self.rows_per_tile)
+    # the tile's rows (one per grid cell of its grid rows), padded to a matmul dimension
+    self.w_pad = max(_MIN_DOT, next_pow2(self.gw * self.rows_per_tile))
+    self.width = self.n_pad * block_d                # the tile's columns: (n, d) pairs
 
   @property
-  def patches(self) -> int:
+  def num_patches(self) -> int:
     return self.gh * self.gw
 
   def token(self, patch):
@@ -72,10 +80,17 @@ class _Geometry:
   def cls_row(self) -> int:
     return self.length - 1 - self.cls if self.reversed else self.cls
 
-  def columns(self):
-    """Grid columns of the tile rows (clamped to the grid) and which of them are real."""
-    col = jnp.arange(self.w_pad)
-    return jnp.minimum(col, self.gw - 1), col < self.gw
+  def cells(self, tile):
+    """Grid row and column of each row of tile `tile` (clamped into the grid) and which of them
+    are real cells: tile row i is column i % gw of grid row tile * rows_per_tile + i // gw."""
+    i = jnp.arange(self.w_pad)
+    sub = jax.lax.div(i, jnp.int32(self.gw))
+    row = tile * self.rows_per_tile + sub
+    ok = (sub < self.rows_per_tile) & (row < self.gh)
+    return jnp.minimum(row, self.gh - 1), i - sub * self.gw, ok
+
+  def patches(self, rows, cols):
+    return rows * self.gw + cols
 
   def state_index(self):
     """The N axis padded to a power of two, and which entries exist."""
@@ -98,16 +113,10 @@ class _Geometry:
     return n, channel, n * self.channels + channel, n_ok & d_ok
 
 
-def _row_patches(row, geo: _Geometry):
-  col, col_ok = geo.columns()
-  return row * geo.gw + col, col_ok
-
-
-def _state_row(h_ref, b, row, geo: _Geometry):
-  """(w_pad, width) tile of grid row `row`'s states; padding rows/lanes are 0."""
-  patches, col_ok = _row_patches(row, geo)
+def _state_tile(h_ref, b, patches, ok, geo: _Geometry):
+  """(w_pad, width) tile of the states of `patches`; rows not `ok` and padding lanes are 0."""
   _, _, flat, lane_ok = geo.lanes()
-  return _by_patch(h_ref, b, geo.token(patches), col_ok, flat, lane_ok)
+  return _by_patch(h_ref, b, geo.token(patches), ok, flat, lane_ok)
 
 
 def _by_patch(ref, b, patches, col_ok, index, index_ok):
@@ -116,15 +125,15 @@ def _by_patch(ref, b, patches, col_ok, index, index_ok):
                     mask=col_ok[:, None] & index_ok[None, :], other=0.0)
 
 
-def _window_rows(h_ref, w_ref, mc_ref, b, row, geo: _Geometry):
-  """P for the patches of grid row `row`: Σ over the clipped window rows of the weighted state
+def _window_rows(h_ref, w_ref, mc_ref, b, tile, geo: _Geometry):
+  """P for the patches of tile `tile`: Σ over the clipped window rows of the weighted state
   rows, then the column window as a matmul with M_cols. (w_pad, width)."""
+  rows, cols, ok = geo.cells(tile)
   acc = jnp.zeros((geo.w_pad, geo.width), jnp.float32)
   for dr in range(-geo.r, geo.r + 1):
-    src = jnp.clip(row + dr, 0, geo.gh - 1)
-    patches, col_ok = _row_patches(src, geo)
-    w = plgpu.load(w_ref.at[b, patches], mask=col_ok, other=0.0)
-    acc += w[:, None] * _state_row(h_ref, b, src, geo)
+    patches = geo.patches(jnp.clip(rows + dr, 0, geo.gh - 1), cols)
+    w = plgpu.load(w_ref.at[b, patches], mask=ok, other=0.0)
+    acc += w[:, None] * _state_tile(h_ref, b, patches, ok, geo)
   return jnp.dot(mc_ref[...], acc, precision=_FP32, preferred_element_type=jnp.float32)
 
 
@@ -142,60 +151,63 @@ def _split_n(tile, geo: _Geometry):
 
 
 def _forward_kernel(h_ref, w_ref, c_ref, mc_ref, f_ref, *, geo: _Geometry):
-  b, row = pl.program_id(0), pl.program_id(2)
-  patches, col_ok = _row_patches(row, geo)
-  hsum = _split_n(_window_rows(h_ref, w_ref, mc_ref, b, row, geo), geo)
-  c_row = _by_patch(c_ref, b, patches, col_ok, *geo.state_index())
+  b, tile = pl.program_id(0), pl.program_id(2)
+  rows, cols, ok = geo.cells(tile)
+  patches = geo.patches(rows, cols)
+  hsum = _split_n(_window_rows(h_ref, w_ref, mc_ref, b, tile, geo), geo)
+  c_row = _by_patch(c_ref, b, patches, ok, *geo.state_index())
   channel, d_ok = geo.channel_block()
-  plgpu.store(f_ref.at[b, _or_past_end(patches, col_ok, geo.patches)[:, None],
+  plgpu.store(f_ref.at[b, _or_past_end(patches, ok, geo.num_patches)[:, None],
                       _or_past_end(channel, d_ok, geo.channels)[None, :]],
-              jnp.sum(hsum * c_row[:, :, None], axis=1), mask=col_ok[:, None] & d_ok[None, :])
+              jnp.sum(hsum * c_row[:, :, None], axis=1), mask=ok[:, None] & d_ok[None, :])
 
 
 def _backward_kernel(h_ref, w_ref, c_ref, g_ref, mr_ref, mc_ref, mct_ref, dh_ref, dw_ref, dc_ref,
                      *, geo: _Geometry):
-  b, blk, row = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+  b, blk, tile = pl.program_id(0), pl.program_id(1), pl.program_id(2)
   n_of, channel, flat, lane_ok = geo.lanes()
   flat_out = _or_past_end(flat, lane_ok, geo.n_state * geo.channels)
-  # The class token's state is not a patch: its cotangent is 0 (written by row 0's programs).
+  # The class token's state is not a patch: its cotangent is 0 (written by tile 0's programs).
   plgpu.store(dh_ref.at[b, jnp.int32(geo.cls_row), flat_out],
-              jnp.zeros((geo.width,), jnp.float32), mask=lane_ok & (row == 0))
+              jnp.zeros((geo.width,), jnp.float32), mask=lane_ok & (tile == 0))
 
-  # G for the sources of this row: the rank-1 tiles C_τ ⊗ g_τ of the window rows τ_r whose
-  # clipped window reaches `row`, weighted by M_rows[τ_r, row], then M_colsᵀ.
+  # G for the sources of this tile: the rank-1 tiles C_τ ⊗ g_τ of the window rows τ_r whose
+  # clipped window reaches each source's row, weighted by M_rows[τ_r, row], then M_colsᵀ.
+  rows, cols, ok = geo.cells(tile)
   acc = jnp.zeros((geo.w_pad, geo.width), jnp.float32)
   for dr in range(-geo.r, geo.r + 1):
-    tr = row + dr
+    tr = rows + dr
     inside = (tr >= 0) & (tr < geo.gh)
     tr = jnp.clip(tr, 0, geo.gh - 1)
-    m = mr_ref[tr, row] * inside.astype(jnp.float32)
-    patches, col_ok = _row_patches(tr, geo)
-    c_x = _by_patch(c_ref, b, patches, col_ok, n_of, lane_ok)
-    g_x = _by_patch(g_ref, b, patches, col_ok, channel, lane_ok)
-    acc += m * (c_x * g_x)
+    m = plgpu.load(mr_ref.at[tr * geo.gh + rows], mask=ok & inside, other=0.0)
+    patches = geo.patches(tr, cols)
+    c_x = _by_patch(c_ref, b, patches, ok, n_of, lane_ok)
+    g_x = _by_patch(g_ref, b, patches, ok, channel, lane_ok)
+    acc += m[:, None] * (c_x * g_x)
   grad = jnp.dot(mct_ref[...], acc, precision=_FP32, preferred_element_type=jnp.float32)
 
-  patches, col_ok = _row_patches(row, geo)
-  w_row = plgpu.load(w_ref.at[b, patches], mask=col_ok, other=0.0)
-  tile_ok = col_ok[:, None] & lane_ok[None, :]
-  tokens_out = _or_past_end(geo.token(patches), col_ok, geo.length)
+  patches = geo.patches(rows, cols)
+  w_row = plgpu.load(w_ref.at[b, patches], mask=ok, other=0.0)
+  tile_ok = ok[:, None] & lane_ok[None, :]
+  tokens_out = _or_past_end(geo.token(patches), ok, geo.length)
   plgpu.store(dh_ref.at[b, tokens_out[:, None], flat_out[None, :]], w_row[:, None] * grad,
               mask=tile_ok)
-  h_row = _state_row(h_ref, b, row, geo)
-  patches_out = _or_past_end(patches, col_ok, geo.patches)
-  plgpu.store(dw_ref.at[b, blk, patches_out], jnp.sum(h_row * grad, axis=1), mask=col_ok)
+  h_row = _state_tile(h_ref, b, patches, ok, geo)
+  patches_out = _or_past_end(patches, ok, geo.num_patches)
+  plgpu.store(dw_ref.at[b, blk, patches_out], jnp.sum(h_row * grad, axis=1), mask=ok)
 
-  hsum = _split_n(_window_rows(h_ref, w_ref, mc_ref, b, row, geo), geo)
-  g_row = _by_patch(g_ref, b, patches, col_ok, *geo.channel_block())
+  hsum = _split_n(_window_rows(h_ref, w_ref, mc_ref, b, tile, geo), geo)
+  g_row = _by_patch(g_ref, b, patches, ok, *geo.channel_block())
   n, n_ok = geo.state_index()
   plgpu.store(dc_ref.at[b, blk, patches_out[:, None], _or_past_end(n, n_ok, geo.n_state)[None, :]],
-              jnp.sum(hsum * g_row[:, None, :], axis=2), mask=col_ok[:, None] & n_ok[None, :])
+              jnp.sum(hsum * g_row[:, None, :], axis=2), mask=ok[:, None] & n_ok[None, :])
 
 
-def _band(n: int, size: int, pad: int) -> jax.Array:
-  """M of one grid axis (replicate-padded window), zero-padded to (pad, pad)."""
-  m = reference.replicate_window_matrix(n, size)
-  return jnp.pad(jnp.asarray(m), ((0, pad - n), (0, pad - n)))
+def _band(n: int, size: int, pad: int, copies: int = 1) -> jax.Array:
+  """M of one grid axis (replicate-padded window), `copies` times on the diagonal (one per grid
+  row of a multi-row tile), zero-padded to (pad, pad)."""
+  m = np.kron(np.eye(copies, dtype=np.float32), reference.replicate_window_matrix(n, size))
+  return jnp.pad(jnp.asarray(m), ((0, pad - m.shape[0]), (0, pad - m.shape[1])))
 
 
 def _flat(states):
@@ -209,27 +221,28 @@ def _forward(states, weights, c_patches, cls_index, grid_size, neighbourhood, re
   compat.filter_triton_deprecation()
   return pl.pallas_call(
       functools.partial(_forward_kernel, geo=geo),
-      out_shape=jax.ShapeDtypeStruct((batch, geo.patches, geo.channels), jnp.float32),
-      grid=(batch, pl.cdiv(geo.channels, block_d), geo.gh), interpret=interpret,
+      out_shape=jax.ShapeDtypeStruct((batch, geo.num_patches, geo.channels), jnp.float32),
+      grid=(batch, pl.cdiv(geo.channels, block_d), geo.tiles), interpret=interpret,
       name='patched_readout_fwd',
       compiler_params=compat.triton_compiler_params(num_warps, 1),
-  )(_flat(states), weights, c_patches, _band(geo.gw, neighbourhood, geo.w_pad))
+  )(_flat(states), weights, c_patches, _band(geo.gw, neighbourhood, geo.w_pad, geo.rows_per_tile))
 
 
 def _backward(states, weights, c_patches, g, cls_index, grid_size, neighbourhood,
               reversed_tokens, block_d, num_warps, interpret):
   geo = _Geometry(states.shape, grid_size, neighbourhood, cls_index, block_d, reversed_tokens)
   batch, blocks = states.shape[0], pl.cdiv(geo.channels, block_d)
-  mc = _band(geo.gw, neighbourhood, geo.w_pad)
+  mc = _band(geo.gw, neighbourhood, geo.w_pad, geo.rows_per_tile)
   compat.filter_triton_deprecation()
   dh, dw, dc = pl.pallas_call(
       functools.partial(_backward_kernel, geo=geo),
       out_shape=[jax.ShapeDtypeStruct(_flat(states).shape, jnp.float32),
-                 jax.ShapeDtypeStruct((batch, blocks, geo.patches), jnp.float32),
-                 jax.ShapeDtypeStruct((batch, blocks, geo.patches, geo.n_state), jnp.float32)],
-      grid=(batch, blocks, geo.gh), interpret=interpret, name='patched_readout_bwd',
+                 jax.ShapeDtypeStruct((batch, blocks, geo.num_patches), jnp.float32),
+                 jax.ShapeDtypeStruct((batch, blocks, geo.num_patches, geo.n_state), jnp.float32)],
+      grid=(batch, blocks, geo.tiles), interpret=interpret, name='patched_readout_bwd',
       compiler_params=compat.triton_compiler_params(num_warps, 1),
-  )(_flat(states), weights, c_patches, g, _band(geo.gh, neighbourhood, geo.gh), mc, mc.T)
+  )(_flat(states), weights, c_patches, g, _band(geo.gh, neighbourhood, geo.gh).reshape(-1), mc,
+    mc.T)
   return dh.reshape(states.shape), jnp.sum(dw, axis=1), jnp.sum(dc, axis=1)
 
 

@@ -16,7 +16,10 @@ top-1 mean ± std over seeds per (cell, run)), study.md (the summary table) and 
 against the study's axis, one line per run), rewritten after every cell so a partial study
 keeps its numbers. `study.part='i/n'` splits a study over n processes on one workdir (cells
 that share a Gen wait for one another on its lock); a last run without it only reads the
-finished cells and writes the report. Why a mode and not a script: the runs are the pipeline's, with its resume,
+finished cells and writes the report. A finished (cell, seed) leaves its rows in `cell.json`
+with the key of the settings they depend on: a later run with the same settings reads them
+instead of running the cell again, so a study carried to another machine by its small report
+files (no synthetic images, no quantized checkpoints) resumes without redoing finished cells. Why a mode and not a script: the runs are the pipeline's, with its resume,
 its data handling and its reports, and the studies are configs as code like the rest.
 """
 from __future__ import annotations
@@ -24,6 +27,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime
+import hashlib
+import json
 import math
 import os
 import re
@@ -39,6 +44,8 @@ from ouromamba_jax.stages.runs import parse_runs
 STUDY_SUBDIR = 'study'
 SHARED_GEN_SUBDIR = 'gen'   # WORKDIR/study/gen: Gen sets shared by cells (shared_gen)
 STUDY_PLOT_WIDTH = 640      # px: room for the cells' labels under the x axis
+CELL_RECORD = 'cell.json'   # a finished (cell, seed): its rows and the key of their settings
+_NOT_RESULT_DATA_FIELDS = ('data_dir', 'use_tfds')   # where the data is read from, not which
 Log = Callable[[str], None]
 _OURO_W4A4 = 'ouromamba:w4a4:gen'
 
@@ -142,6 +149,31 @@ def cell_config(config: mlc.ConfigDict, study: Study, overrides: dict[str, Any],
     pipeline.keep_fields(cfg, overrides)   # pipeline.full must not undo the cell's values
   parse_runs(cfg.pipeline.runs)  # a bad runs string fails before any work
   return cfg
+
+
+def cell_key(cfg: mlc.ConfigDict) -> str:
+  """What a cell's numbers depend on, as a short digest of its effective config: the model, the
+  evaluation data, Gen's image-defining fields, the quantization settings, the runs and the seed
+  (not where the data or the caches are, nor Gen's bookkeeping)."""
+  from ouromamba_jax.gen.spec import OPERATIONAL_FIELDS  # pylint: disable=g-import-not-at-top
+  what = {'model': cfg.model.to_dict(),
+          'data': {k: v for k, v in cfg.data.to_dict().items()
+                   if k not in _NOT_RESULT_DATA_FIELDS},
+          'gen': {k: v for k, v in cfg.gen.to_dict().items() if k not in OPERATIONAL_FIELDS},
+          'quant': cfg.quant.to_dict(), 'runs': str(cfg.pipeline.runs), 'seed': int(cfg.seed)}
+  return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def finished_rows(cell_dir: str, key: str) -> list[dict[str, Any]] | None:
+  """The rows a finished (cell, seed) recorded with these settings, else None (no record, a
+  record of other settings, or one that cannot be read: the cell is run again)."""
+  try:
+    record = atomic.read_json(os.path.join(cell_dir, CELL_RECORD))
+  except ValueError:     # a damaged record: the cell is run again and rewrites it
+    return None
+  if not isinstance(record, dict) or record.get('key') != key:
+    return None
+  return record.get('rows')
 
 
 def _slug(label: str) -> str:
@@ -278,15 +310,26 @@ def run(config, workdir: str, log: Log = _log, run_pipeline=None,
     log(f'[study {name}] cell {label} seed {cfg.seed} ({i + 1}/{len(cells)})')
     cell_dir = os.path.join(directory, _slug(label), f'seed{seed_index}')
     effective = pipeline.effective_config(cfg)
-    runs_dir = pipeline.runs_workdir(effective, cell_dir)
-    shared_gen.prepare(effective, runs_dir, os.path.join(workdir, STUDY_SUBDIR, SHARED_GEN_SUBDIR),
-                       run_generate, log)
-    out = run_pipeline(cfg, cell_dir, log)
-    fp_top1 = (out.get('fp') or {}).get('top1')
-    rows += [{'cell': label, 'seed': int(cfg.seed), 'fp_top1': fp_top1, **r,
-              'outlier_rate': outliers.mean_rate(
-                  os.path.join(runs_dir, quantize_stage.QUANT_SUBDIR, r['name']))}
-             for r in out['runs']]
+    key = cell_key(effective)
+    done = finished_rows(cell_dir, key)
+    if done is not None:
+      log(f'[study {name}] cell {label} seed {cfg.seed}: finished earlier ({CELL_RECORD}), '
+          'not run again')
+      rows += done
+    else:
+      runs_dir = pipeline.runs_workdir(effective, cell_dir)
+      shared_gen.prepare(effective, runs_dir,
+                         os.path.join(workdir, STUDY_SUBDIR, SHARED_GEN_SUBDIR), run_generate, log)
+      out = run_pipeline(cfg, cell_dir, log)
+      fp_top1 = (out.get('fp') or {}).get('top1')
+      cell_rows = [{'cell': label, 'seed': int(cfg.seed), 'fp_top1': fp_top1, **r,
+                    'outlier_rate': outliers.mean_rate(
+                        os.path.join(runs_dir, quantize_stage.QUANT_SUBDIR, r['name']))}
+                   for r in out['runs']]
+      if cell_rows and all(r.get('top1') is not None for r in cell_rows):  # all evaluated
+        os.makedirs(cell_dir, exist_ok=True)
+        atomic.write_json(os.path.join(cell_dir, CELL_RECORD), {'key': key, 'rows': cell_rows})
+      rows += cell_rows
     if parts == 1:
       report = write_report(directory, name, study, rows, meta)
   if parts > 1:   # a part's rows are not the study: the collecting run reports them all

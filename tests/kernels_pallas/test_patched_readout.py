@@ -185,14 +185,23 @@ def test_bad_inputs_are_rejected_with_a_clear_message():
     PatchedReadoutBlockConfig(64, 3)
 
 
-def test_kernels_lower_to_triton_for_h100():
-  """AOT lowering for an abstract H100 on CPU: both kernels reach Triton at Vim-S shapes."""
+# (grid, class-token index, channels, the launch grid): Vim-S at 224 (one grid row per
+# program) and the CIFAR testbed's 8 x 8 grid (two rows per program: 4 programs per column).
+LOWERING_CASES = [((14, 14), 98, 768, 'grid_x = 4 : i32, grid_y = 24 : i32, grid_z = 14 : i32'),
+                  ((8, 8), 32, 384, 'grid_x = 4 : i32, grid_y = 12 : i32, grid_z = 4 : i32')]
+
+
+@pytest.mark.parametrize('grid,cls_index,channels,launch', LOWERING_CASES)
+def test_kernels_lower_to_triton_for_h100(grid, cls_index, channels, launch):
+  """AOT lowering for an abstract H100 on CPU: both kernels reach Triton (batch 4, blocks of 32
+  channels)."""
   f32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)
-  args = (f32(4, 197, 16, 768), f32(4, 196), f32(4, 196, 16))
+  patches = grid[0] * grid[1]
+  args = (f32(4, patches + 1, 16, channels), f32(4, patches), f32(4, patches, 16))
   device = jax.sharding.AbstractDevice(device_kind='NVIDIA H100 80GB HBM3', num_cores=132,
                                        platform='cuda')
   mesh = jax.sharding.AbstractMesh((1,), ('x',), abstract_device=device)
-  static = (98, (14, 14), 5, True, 32, 4, False)  # reversed tokens: the harder index map
+  static = (cls_index, grid, 5, True, 32, 4, False)  # reversed tokens: the harder index map
   forward = jax.jit(lambda h, w, c: pallas_triton.patched_readout(h, w, c, *static))
   backward = jax.jit(lambda h, w, c: pallas_triton._backward(  # pylint: disable=protected-access
       h, w, c, h[:, 1:, 0, :], *static))
@@ -202,15 +211,16 @@ def test_kernels_lower_to_triton_for_h100():
       for fn in (forward, backward):
         text = fn.trace(*args).lower(lowering_platforms=('cuda',)).as_text()
         assert '__gpu$xla.gpu.triton' in text
-        # batch x 768 / 32 channel blocks x 14 grid rows
-        assert 'grid_x = 4 : i32, grid_y = 24 : i32, grid_z = 14 : i32' in text
+        assert launch in text     # batch x channel blocks x tiles of grid rows
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(jax.default_backend() != 'gpu', reason='needs a CUDA GPU')
-def test_kernel_on_gpu_matches_reference_at_vim_s_size():
-  states, weights, c_patches, cotangent = _inputs(7, 4, (14, 14), 768, 16)
-  kw = dict(cls_index=98, grid_size=(14, 14), neighbourhood=5)
+@pytest.mark.parametrize('grid,cls_index,channels', [((14, 14), 98, 768), ((8, 8), 32, 384)])
+def test_kernel_on_gpu_matches_reference(grid, cls_index, channels):
+  """Vim-S at 224 and the CIFAR testbed's grid (two grid rows per program)."""
+  states, weights, c_patches, cotangent = _inputs(7, 4, grid, channels, 16)
+  kw = dict(cls_index=cls_index, grid_size=grid, neighbourhood=5)
   ref, ref_grads = _value_and_grads('xla', states, weights, c_patches, cotangent, **kw)
   fn = lambda h, w, c: api.patched_readout(h, w, c, implementation='triton', **kw)
   out, vjp = jax.vjp(fn, states, weights, c_patches)

@@ -155,9 +155,52 @@ def test_parts_split_the_cells_and_a_collecting_run_reports_them_all(tmp_path):
   config.study.part = ''
   report = study_stage.run(config, str(tmp_path), log=lambda m: None,
                            run_pipeline=_fake_pipeline(calls), run_generate=_fake_generate(made))
-  assert sorted(w for _, w in calls[8:]) == sorted(dirs)  # the collecting run: the same workdirs
+  assert len(calls) == 8       # the collecting run reads the parts' cell records, runs nothing
   assert len(report['summary']) == 4 and all(s['seeds'] == 2 for s in report['summary'])
   assert (tmp_path / 'study' / 'k' / 'study.json').exists()
   for bad in ('3/3', '1', 'a/b'):
     with pytest.raises(ValueError, match=r"study.part=.*give 'i/n'"):
       study_stage.parse_part(bad)
+
+
+def test_finished_cells_are_read_from_their_record_not_run_again(tmp_path):
+  """A study carried to another machine by its small files (cell.json, no Gen, no checkpoints)
+  resumes: finished cells are read back; a cell whose settings changed runs again."""
+  calls, made = [], []
+  config = _config('k', seeds=1)
+  first = study_stage.run(config, str(tmp_path), log=lambda m: None,
+                          run_pipeline=_fake_pipeline(calls), run_generate=_fake_generate(made))
+  assert len(calls) == 4
+  for _, workdir in calls:                     # what does not travel: Gen's images
+    os.remove(gen_outputs.synthetic_path(workdir))
+  logs = []
+  again = study_stage.run(config, str(tmp_path), log=logs.append,
+                          run_pipeline=_fake_pipeline(calls), run_generate=_fake_generate(made))
+  assert len(calls) == 4 and len(made) == 1    # nothing run, nothing generated again
+  assert again['summary'] == first['summary']
+  assert sum('finished earlier (cell.json)' in m for m in logs) == 4
+  config.data.data_dir = '/elsewhere'          # where the data lives is not a setting
+  study_stage.run(config, str(tmp_path), log=lambda m: None,
+                  run_pipeline=_fake_pipeline(calls), run_generate=_fake_generate(made))
+  assert len(calls) == 4
+  config.quant.n_refresh = 5                   # another setting: every cell runs again
+  study_stage.run(config, str(tmp_path), log=lambda m: None,
+                  run_pipeline=_fake_pipeline(calls), run_generate=_fake_generate(made))
+  assert len(calls) == 8 and all(c.quant.n_refresh == 5 for c, _ in calls[4:])
+  record = tmp_path / 'study' / 'k' / 'k=2.0' / 'seed0' / study_stage.CELL_RECORD
+  record.write_text('{"key": ')                # damaged: that cell alone runs again
+  study_stage.run(config, str(tmp_path), log=lambda m: None,
+                  run_pipeline=_fake_pipeline(calls), run_generate=_fake_generate(made))
+  assert len(calls) == 9 and calls[-1][0].quant.k == 2.0
+  assert json.loads(record.read_text())['rows'][0]['cell'] == 'k=2.0'
+
+
+def test_a_cell_without_evaluation_leaves_no_record(tmp_path):
+  """No data, no top-1: a later run with data must evaluate, so nothing is recorded."""
+  def no_data(cfg, workdir, log):
+    del cfg, log
+    return {'fp': None, 'runs': [{'name': 'ouromamba_w4a4_gen', 'top1': None,
+                                  'skipped': 'no data'}]}
+  study_stage.run(_config('k', seeds=1), str(tmp_path), log=lambda m: None,
+                  run_pipeline=no_data, run_generate=_fake_generate([]))
+  assert not list(tmp_path.glob(f'study/k/*/seed0/{study_stage.CELL_RECORD}'))

@@ -1,0 +1,66 @@
+"""Writes study.cell.json records for the cells session 20 finished before the study mode wrote
+them (one-off; run from the repository root on the unpacked studies.tgz of that session):
+
+  python results/studies_h200_session20_partial/make_cell_records.py STUDY_DIR
+
+STUDY_DIR holds <study>/<cell>/seed<s>/full/{reports,quant}. The config is the one .gpu/s20.sh
+gave main.py (its command-line fields kept, as main.py keeps them), so each record's key is the
+one the study mode computes for that cell; the rows are built from the cell's own pipeline
+report (reports/accuracy.json) and outlier reports, as the study mode builds them.
+"""
+import json
+import os
+import sys
+
+sys.path.insert(0, os.getcwd())
+
+from configs import vim_t_cifar10  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ouromamba_jax.io import atomic  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ouromamba_jax.reports import outliers  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ouromamba_jax.stages import pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ouromamba_jax.stages import study  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+COMMAND_LINE = {'pipeline.full': True, 'gen.images_per_step': 128, 'gen.remat': True,
+                'data.data_dir': '.data/cifar10', 'data.use_tfds': False,
+                'compilation_cache': 'workdir/xla', 'mode': 'study', 'quant.report_images': 8}
+
+
+def base_config(name):
+  config = vim_t_cifar10.get_config()
+  for dotted, value in COMMAND_LINE.items():
+    node = config
+    *sections, field = dotted.split('.')
+    for s in sections:
+      node = node[s]
+    node[field] = value
+  config.study.name = name
+  pipeline.keep_fields(config, list(COMMAND_LINE) + ['study.name'])
+  return config
+
+
+def main(root):
+  for name in sorted(os.listdir(root)):
+    if name not in study.STUDIES:
+      continue
+    spec, config = study.study_named(name), base_config(name)
+    for label, overrides in spec.cells:
+      for s in range(int(config.study.seeds)):
+        cell_dir = os.path.join(root, name, study._slug(label), f'seed{s}')  # pylint: disable=protected-access
+        cfg = study.cell_config(config, spec, overrides, config.seed + s)
+        effective = pipeline.effective_config(cfg)
+        runs_dir = pipeline.runs_workdir(effective, cell_dir)
+        report = atomic.read_json(os.path.join(runs_dir, 'reports', 'accuracy.json'))
+        wanted = [f'{m}_{p}_{src}' for m, p, src in
+                  (r.split(':') for r in effective.pipeline.runs.split(','))]
+        if report is None or sorted(r['name'] for r in report['runs']) != sorted(wanted):
+          continue
+        rows = [{'cell': label, 'seed': int(cfg.seed), 'fp_top1': report['fp']['top1'], **r,
+                 'outlier_rate': outliers.mean_rate(os.path.join(runs_dir, 'quant', r['name']))}
+                for r in report['runs']]
+        atomic.write_json(os.path.join(cell_dir, study.CELL_RECORD),
+                          {'key': study.cell_key(effective), 'rows': rows})
+        print(name, label, s, [round(100 * r['top1'], 2) for r in rows])
+
+
+if __name__ == '__main__':
+  main(sys.argv[1])
