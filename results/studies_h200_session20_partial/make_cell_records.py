@@ -1,12 +1,16 @@
 """Writes study.cell.json records for the cells session 20 finished before the study mode wrote
 them (one-off; run from the repository root on the unpacked studies.tgz of that session):
 
-  python results/studies_h200_session20_partial/make_cell_records.py STUDY_DIR
+  python results/studies_h200_session20_partial/make_cell_records.py STUDY_DIR [FINISHED_RUNS]
 
 STUDY_DIR holds <study>/<cell>/seed<s>/full/{reports,quant}. The config is the one .gpu/s20.sh
 gave main.py (its command-line fields kept, as main.py keeps them), so each record's key is the
 one the study mode computes for that cell; the rows are built from the cell's own pipeline
 report (reports/accuracy.json) and outlier reports, as the study mode builds them.
+
+FINISHED_RUNS (session 19's finished_runs.json: the same settings, run from 15afabf, whose
+reports stayed on the card) adds records for the cells it holds completely that STUDY_DIR has
+not: top-1 only (no outlier rate), each row naming where it comes from.
 """
 import json
 import os
@@ -52,7 +56,8 @@ def main(root):
         report = atomic.read_json(os.path.join(runs_dir, 'reports', 'accuracy.json'))
         wanted = [f'{m}_{p}_{src}' for m, p, src in
                   (r.split(':') for r in effective.pipeline.runs.split(','))]
-        if report is None or sorted(r['name'] for r in report['runs']) != sorted(wanted):
+        if (report is None or sorted(r['name'] for r in report['runs']) != sorted(wanted)
+            or os.path.exists(os.path.join(cell_dir, study.CELL_RECORD))):
           continue
         rows = [{'cell': label, 'seed': int(cfg.seed), 'fp_top1': report['fp']['top1'], **r,
                  'outlier_rate': outliers.mean_rate(os.path.join(runs_dir, 'quant', r['name']))}
@@ -62,5 +67,36 @@ def main(root):
         print(name, label, s, [round(100 * r['top1'], 2) for r in rows])
 
 
+def from_finished_runs(root, path):
+  """Records of the cells `path` (finished_runs.json) holds completely, where none exists."""
+  with open(path) as f:
+    finished = json.load(f)
+  by_cell = {}
+  for r in finished['rows']:
+    by_cell.setdefault((r['study'], r['cell'], r['seed']), []).append(r)
+  for (name, label, s), runs in sorted(by_cell.items()):
+    spec, config = study.study_named(name), base_config(name)
+    cfg = study.cell_config(config, spec, dict(spec.cells)[label], config.seed + s)
+    effective = pipeline.effective_config(cfg)
+    wanted = [f'{m}_{p}_{src}' for m, p, src in
+              (r.split(':') for r in effective.pipeline.runs.split(','))]
+    cell_dir = os.path.join(root, name, study._slug(label), f'seed{s}')  # pylint: disable=protected-access
+    if (sorted(r['run'] for r in runs) != sorted(wanted)
+        or os.path.exists(os.path.join(cell_dir, study.CELL_RECORD))):
+      continue
+    rows = [{'cell': label, 'seed': int(cfg.seed), 'fp_top1': finished['fp_top1'],
+             'name': r['run'], 'top1': r['top1'], 'eval_images': r['images'],
+             'outlier_rate': None,
+             'recorded_from': f'{os.path.basename(os.path.dirname(path))}/finished_runs.json '
+                              f'(project {finished["project"]}, {finished["date"]})'}
+            for r in runs]
+    os.makedirs(cell_dir, exist_ok=True)
+    atomic.write_json(os.path.join(cell_dir, study.CELL_RECORD),
+                      {'key': study.cell_key(effective), 'rows': rows})
+    print(name, label, s, [round(100 * r['top1'], 2) for r in rows], '(finished_runs)')
+
+
 if __name__ == '__main__':
   main(sys.argv[1])
+  if len(sys.argv) > 2:
+    from_finished_runs(sys.argv[1], sys.argv[2])
