@@ -32,6 +32,7 @@ import json
 import math
 import os
 import re
+import time
 from typing import Any, Callable
 
 import ml_collections as mlc
@@ -208,6 +209,15 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
   return out
 
 
+def cell_time(rows) -> tuple[float, int, int]:
+  """(seconds, cells timed, cells) over the distinct (cell, seed) of `rows`: the wall time of
+  each cell's Gen, quantization and evaluation where it ran (records made before the study
+  timed its cells have none)."""
+  cells = {(r['cell'], r['seed']): r.get('cell_seconds') for r in rows}
+  timed = [v for v in cells.values() if v is not None]
+  return float(sum(timed)), len(timed), len(cells)
+
+
 def _markdown(name: str, study: Study, summary, meta) -> str:
   lines = [f'# Study `{name}`: {study.doc}', '',
            f'{meta["date"]}; {meta["seeds"]} seed(s) per cell; model {meta["model"]} '
@@ -222,6 +232,12 @@ def _markdown(name: str, study: Study, summary, meta) -> str:
                  f'{s["seeds"]} | {fp} | {rate} |')
   if not summary:
     lines.append('| – | – | no evaluated run yet (or no evaluation data) | – | – | – |')
+  seconds, timed, cells = meta.get('cell_time', (0.0, 0, 0))
+  if cells:
+    lines += ['', f'Time: {timed} of the {cells} (cell, seed) runs were timed, {seconds / 60:.1f} '
+              'min of wall time together (each run\'s Gen, quantization and evaluation where it ran; '
+              'parts run side by side share the device, so this is process time, not device '
+              'time).']
   lines += ['', 'Outlier rate: the fraction of the quantized Linears\' input entries flagged as '
             'dynamic outliers on the run\'s report images (`quant/<run>/outliers.json`; – where '
             'the run wrote no report, e.g. quant.report_images=0).']
@@ -251,6 +267,7 @@ def _panels(study: Study, summary):
 
 def write_report(directory: str, name: str, study: Study, rows, meta) -> dict[str, Any]:
   summary = summarize(rows)
+  meta = {**meta, 'cell_time': cell_time(rows)}
   report = {'study': name, 'doc': study.doc, 'axis': study.axis,
             'cells': [label for label, _ in study.cells], 'meta': meta, 'summary': summary,
             'rows': rows}
@@ -318,11 +335,14 @@ def run(config, workdir: str, log: Log = _log, run_pipeline=None,
       rows += done
     else:
       runs_dir = pipeline.runs_workdir(effective, cell_dir)
+      start = time.perf_counter()
       shared_gen.prepare(effective, runs_dir,
                          os.path.join(workdir, STUDY_SUBDIR, SHARED_GEN_SUBDIR), run_generate, log)
       out = run_pipeline(cfg, cell_dir, log)
       fp_top1 = (out.get('fp') or {}).get('top1')
+      seconds = time.perf_counter() - start       # Gen (or its copy), quantization, evaluation
       cell_rows = [{'cell': label, 'seed': int(cfg.seed), 'fp_top1': fp_top1, **r,
+                    'cell_seconds': seconds,
                     'outlier_rate': outliers.mean_rate(
                         os.path.join(runs_dir, quantize_stage.QUANT_SUBDIR, r['name']))}
                    for r in out['runs']]

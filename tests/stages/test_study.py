@@ -80,6 +80,9 @@ def test_study_runs_every_cell_and_seed_and_reports_mean_and_spread(tmp_path):
   md = (directory / 'study.md').read_text()
   assert math.isclose(first['outlier_rate_mean'], 5.0) and first['outlier_rate_std'] == 0.0
   assert '| k=2.0 | ouromamba_w4a4_gen | 52.05 ± 0.07 | 2 | 80.00 | 5.00 ± 0.00 |' in md
+  assert 'Time: 8 of the 8 (cell, seed) runs were timed' in md   # each cell's own wall time
+  assert all(r['cell_seconds'] >= 0 for r in on_disk['rows'])
+  assert on_disk['meta']['cell_time'][1:] == [8, 8]
   assert (directory / 'study.png').stat().st_size > 0
   (title, means, stds), (rate_title, rates, _) = study_stage._panels(
       study_stage.STUDIES['k'], summary)
@@ -178,6 +181,7 @@ def test_finished_cells_are_read_from_their_record_not_run_again(tmp_path):
                           run_pipeline=_fake_pipeline(calls), run_generate=_fake_generate(made))
   assert len(calls) == 4 and len(made) == 1    # nothing run, nothing generated again
   assert again['summary'] == first['summary']
+  assert again['meta']['cell_time'] == first['meta']['cell_time']   # the recorded times kept
   assert sum('finished earlier (cell.json)' in m for m in logs) == 4
   config.data.data_dir = '/elsewhere'          # where the data lives is not a setting
   study_stage.run(config, str(tmp_path), log=lambda m: None,
