@@ -1,7 +1,8 @@
 """Launch settings of the patched-readout kernels, validated up front.
 
-One program owns one image, a block of `block_d` state channels and one patch-grid row; its
-tiles are (grid width padded to >= 16, N·block_d) fp32, so block_d sets the registers a
+One program owns one image, a block of `block_d` state channels and one patch-grid row (on
+grids of at most 8 columns, as many rows as fit in 16 tile rows); its tiles are (grid width, or
+those rows' cells, padded to >= 16, N·block_d) fp32, so block_d sets the registers a
 program needs (Vim-S, N = 16: 16 × 512 floats per tile at block_d = 32, 64 per thread at 4 warps).
 `default_block_config` keeps that tile size for other grids and state sizes.
 """
