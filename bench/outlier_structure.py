@@ -10,8 +10,8 @@ OuroMamba W4A4 quantizer (initial static scales, no reconstruction: the outlier 
 needs the inlier scales): per quantized Linear input, the entry rate (flagged (token, channel)
 entries), the window-set size (one sample's outlier set at the end of a refresh window, the
 union of its steps: what a per-window list holds) as a fraction of K, with its 99th percentile
-(a list capacity that 99 % of windows fit), and the union over tiles of `--tile` GEMM rows
-(tokens of consecutive samples, as the GEMM sees them). Two models of one architecture: the
+(a list capacity that 99 % of windows fit), and the union over tiles of `--tiles` GEMM rows
+(tokens of consecutive samples, as the GEMM sees them; the first tile size is the table's). Two models of one architecture: the
 bundled CIFAR testbed (trained) and the same architecture at random init (what the latency
 benches use). CPU is enough; the numbers do not depend on the device.
 """
@@ -38,6 +38,7 @@ from ouromamba_jax.reports import capture  # pylint: disable=g-import-not-at-top
 from ouromamba_jax.reports import outliers  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 STATS = ('entry_rate', 'window_set', 'window_set_p99', 'tile_union', 'tile_union_max')
+TILES = (64, 16, 32, 128)
 
 
 def parse_args(argv=None):
@@ -46,26 +47,32 @@ def parse_args(argv=None):
                  help='CIFAR-10 archives (test.tar.gz): calibration and measured images')
   p.add_argument('--calib_images', type=int, default=32)
   p.add_argument('--images', type=int, default=64, help='images the sets are measured on')
-  p.add_argument('--tile', type=int, default=64, help='GEMM rows per tile (block_m)')
+  p.add_argument('--tiles', default=','.join(map(str, TILES)),
+                 help='GEMM rows per tile (block_m), comma-separated; the first is the table\'s')
   p.add_argument('--preset', default='w4a4')
   p.add_argument('--smoke', action='store_true', help='a tiny random model, random images')
   p.add_argument('--out', default='')
   return p.parse_args(argv)
 
 
-def set_stats(mask, n_refresh: int, tile: int) -> dict[str, float]:
-  """STATS of one site's outlier mask (B, L, K) bool, as fractions of K (entry rate: of B·L·K)."""
+def set_stats(mask, n_refresh: int, tiles) -> dict[str, float]:
+  """STATS of one site's outlier mask (B, L, K) bool, as fractions of K (entry rate: of B·L·K);
+  tile_union(_max) for the first of `tiles`, and `tile_union@T` for each."""
   batch, length, k = mask.shape
   m = np.asarray(mask)
   ends = np.minimum(np.arange(n_refresh - 1, length + n_refresh - 1, n_refresh), length - 1)
   window = m[:, ends, :].mean(axis=2).ravel()       # the cumulative set at each window's end
+  out = {'entry_rate': float(m.mean()), 'window_set': float(window.mean()),
+         'window_set_p99': float(np.percentile(window, 99))}
   rows = m.reshape(batch * length, k)
-  pad = -len(rows) % tile
-  rows = np.concatenate([rows, np.zeros((pad, k), bool)]).reshape(-1, tile, k)
-  union = rows.any(axis=1).mean(axis=1)
-  return {'entry_rate': float(m.mean()), 'window_set': float(window.mean()),
-          'window_set_p99': float(np.percentile(window, 99)), 'tile_union': float(union.mean()),
-          'tile_union_max': float(union.max())}
+  for i, tile in enumerate(tiles):
+    pad = -len(rows) % tile
+    union = np.concatenate([rows, np.zeros((pad, k), bool)]).reshape(-1, tile, k)
+    union = union.any(axis=1).mean(axis=1)
+    out[f'tile_union@{tile}'] = float(union.mean())
+    if i == 0:
+      out['tile_union'], out['tile_union_max'] = float(union.mean()), float(union.max())
+  return out
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
@@ -85,7 +92,7 @@ def _stage_masks(module, method, paths: tuple[str, ...], tree, inputs):
   return out
 
 
-def measure(model, params, calib, images, preset: str, tile: int) -> dict:
+def measure(model, params, calib, images, preset: str, tiles) -> dict:
   """Quantizes `params` (initial scales, no training) and measures every outlier site."""
   spec = quant.QuantRunSpec(preset=preset, epochs=0).quant_spec()
   qparams, _ = quant.quantize(model, params, calib, spec, log=lambda _: None)
@@ -94,14 +101,15 @@ def measure(model, params, calib, images, preset: str, tile: int) -> dict:
   sites = {}
   for path in paths:
     n_refresh = rewrite.get_path(qparams, path)['input_quantizer'].spec.n_refresh
-    sites[path] = {'k': int(masks[path].shape[-1]), **set_stats(masks[path], n_refresh, tile)}
+    sites[path] = {'k': int(masks[path].shape[-1]), **set_stats(masks[path], n_refresh, tiles)}
   by_layer = {}      # the same Linear of every block together (in_proj, x_proj, ...)
   for path, s in sites.items():
     by_layer.setdefault(path.split('/')[-1], []).append(s)
-  summary = {name: {stat: float(np.mean([s[stat] for s in group])) for stat in STATS}
+  stats = list(next(iter(sites.values())).keys())[1:] if sites else []
+  summary = {name: {stat: float(np.mean([s[stat] for s in group])) for stat in stats}
              for name, group in sorted(by_layer.items())}
   return {'sites': sites, 'by_linear': summary,
-          'all': {stat: float(np.mean([s[stat] for s in sites.values()])) for stat in STATS}}
+          'all': {stat: float(np.mean([s[stat] for s in sites.values()])) for stat in stats}}
 
 
 def _models(args):
@@ -133,16 +141,18 @@ def _models(args):
 
 def main(argv=None):
   args = parse_args(argv)
+  tiles = tuple(int(t) for t in args.tiles.split(','))
   models, calib, images = _models(args)
-  report = {'preset': args.preset, 'tile': args.tile, 'calib_images': int(calib.shape[0]),
+  report = {'preset': args.preset, 'tiles': list(tiles), 'calib_images': int(calib.shape[0]),
             'images': int(images.shape[0]), 'models': {}}
   for name, model, params in models:
-    report['models'][name] = measure(model, params, calib, images, args.preset, args.tile)
+    report['models'][name] = measure(model, params, calib, images, args.preset, tiles)
     print(f'{name}: fractions of K (entry rate: of all entries)')
-    print(f'  {"linear":<12}' + ''.join(f'{s:>16}' for s in STATS))
+    columns = list(report['models'][name]['all'])
+    print(f'  {"linear":<12}' + ''.join(f'{c:>16}' for c in columns))
     for linear, s in list(report['models'][name]['by_linear'].items()) + [
         ('all', report['models'][name]['all'])]:
-      print(f'  {linear:<12}' + ''.join(f'{s[stat]:>16.4f}' for stat in STATS))
+      print(f'  {linear:<12}' + ''.join(f'{s[c]:>16.4f}' for c in columns))
   if args.out:
     atomic.write_json(args.out, report)
   return report

@@ -10,12 +10,13 @@ def test_window_sets_and_tile_unions_of_a_known_mask():
   mask[0, 0, 1] = mask[0, 1, 1] = True    # sample 0, window 0: channel 1 (cumulative)
   mask[0, 4, 3] = True                    # sample 0, window 2 (a one-token window): channel 3
   mask[1, 2:4, 0] = True                  # sample 1, window 1: channel 0
-  stats = structure.set_stats(mask, n_refresh=2, tile=4)
+  stats = structure.set_stats(mask, n_refresh=2, tiles=(4, 10))
   assert stats['entry_rate'] == 5 / 40
   # window ends: tokens 1, 3, 4 -> sets {1}, {}, {3} and {}, {0}, {} -> 3 of 6 windows hold 1/4
   assert stats['window_set'] == 3 / 24
   # 10 rows in tiles of 4 (last padded): rows 0-3 {1}, rows 4-7 {3, 0}, rows 8-9 {0}
   assert stats['tile_union'] == (1 + 2 + 1) / 12 and stats['tile_union_max'] == 0.5
+  assert stats['tile_union@4'] == stats['tile_union'] and stats['tile_union@10'] == 3 / 4
 
 
 def test_smoke_run_reports_every_linear(tmp_path):
