@@ -11,7 +11,9 @@ needs the inlier scales): per quantized Linear input, the entry rate (flagged (t
 entries), the window-set size (one sample's outlier set at the end of a refresh window, the
 union of its steps: what a per-window list holds) as a fraction of K, with its 99th percentile
 (a list capacity that 99 % of windows fit), and the union over tiles of `--tiles` GEMM rows
-(tokens of consecutive samples, as the GEMM sees them; the first tile size is the table's). Two models of one architecture: the
+(tokens of consecutive samples, as the GEMM sees them; the first tile size is the table's), and
+for that tile the share of (tile, K block) pairs holding any outlier (`kblock_busy@B`): the
+outlier MMAs a dense walk that skips empty K blocks would still run. Two models of one architecture: the
 bundled CIFAR testbed (trained) and the same architecture at random init (what the latency
 benches use). CPU is enough; the numbers do not depend on the device.
 """
@@ -39,6 +41,7 @@ from ouromamba_jax.reports import outliers  # pylint: disable=g-import-not-at-to
 
 STATS = ('entry_rate', 'window_set', 'window_set_p99', 'tile_union', 'tile_union_max')
 TILES = (64, 16, 32, 128)
+K_BLOCKS = (32, 64)
 
 
 def parse_args(argv=None):
@@ -72,6 +75,11 @@ def set_stats(mask, n_refresh: int, tiles) -> dict[str, float]:
     out[f'tile_union@{tile}'] = float(union.mean())
     if i == 0:
       out['tile_union'], out['tile_union_max'] = float(union.mean()), float(union.max())
+      tile_any = np.concatenate([rows, np.zeros((pad, k), bool)]).reshape(-1, tile, k).any(1)
+      for kb in K_BLOCKS:
+        kpad = -k % kb
+        blocks = np.concatenate([tile_any, np.zeros((len(tile_any), kpad), bool)], axis=1)
+        out[f'kblock_busy@{kb}'] = float(blocks.reshape(len(tile_any), -1, kb).any(2).mean())
   return out
 
 

@@ -17,6 +17,7 @@ def test_window_sets_and_tile_unions_of_a_known_mask():
   # 10 rows in tiles of 4 (last padded): rows 0-3 {1}, rows 4-7 {3, 0}, rows 8-9 {0}
   assert stats['tile_union'] == (1 + 2 + 1) / 12 and stats['tile_union_max'] == 0.5
   assert stats['tile_union@4'] == stats['tile_union'] and stats['tile_union@10'] == 3 / 4
+  assert stats['kblock_busy@32'] == 1.0   # K = 4 is one block: every tile has an outlier in it
 
 
 def test_smoke_run_reports_every_linear(tmp_path):
