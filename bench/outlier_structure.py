@@ -20,7 +20,6 @@ benches use). CPU is enough; the numbers do not depend on the device.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import sys
@@ -33,14 +32,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ouromamba_jax import quant  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ouromamba_jax.io import atomic  # pylint: disable=g-import-not-at-top,wrong-import-position
-from ouromamba_jax.quant import activations as act_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ouromamba_jax.quant import rewrite  # pylint: disable=g-import-not-at-top,wrong-import-position
-from ouromamba_jax.quant import weights as w_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ouromamba_jax.reports import capture  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ouromamba_jax.reports import outliers  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 STATS = ('entry_rate', 'window_set', 'window_set_p99', 'tile_union', 'tile_union_max')
 TILES = (64, 16, 32, 128)
+_STAGE_MASKS = jax.jit(outliers.piece_masks, static_argnums=(0, 1, 2))
 K_BLOCKS = (32, 64)
 
 
@@ -83,29 +81,12 @@ def set_stats(mask, n_refresh: int, tiles) -> dict[str, float]:
   return out
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _stage_masks(module, method, paths: tuple[str, ...], tree, inputs):
-  """{path: the run-time outlier mask (B, L, K)} of one piece's Linear inputs."""
-  io = capture.module_linear_io(module, tree, *inputs, method=method)
-  out = {}
-  for path in paths:
-    x = io[path][0].astype(jnp.float32)
-    node = rewrite.get_path(tree, path)
-    smooth = getattr(node['kernel'], 'smooth', None)
-    if smooth is not None:
-      x = x / jnp.maximum(smooth, w_lib.MIN_SMOOTH)
-    quantizer = node['input_quantizer']
-    out[path] = act_lib.detect_outliers(x if x.ndim == 3 else x[:, None, :],
-                                        quantizer.inlier_scale, quantizer.spec)
-  return out
-
-
 def measure(model, params, calib, images, preset: str, tiles) -> dict:
   """Quantizes `params` (initial scales, no training) and measures every outlier site."""
   spec = quant.QuantRunSpec(preset=preset, epochs=0).quant_spec()
   qparams, _ = quant.quantize(model, params, calib, spec, log=lambda _: None)
   paths = tuple(outliers.outlier_sites(qparams))
-  masks = capture.per_piece(model, (qparams,), images, paths, _stage_masks)
+  masks = capture.per_piece(model, (qparams,), images, paths, _STAGE_MASKS)
   sites = {}
   for path in paths:
     n_refresh = rewrite.get_path(qparams, path)['input_quantizer'].spec.n_refresh

@@ -41,9 +41,10 @@ def outlier_sites(qparams) -> list[str]:
   return found
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _stage_counts(module, method, paths: tuple[str, ...], tree, inputs):
-  """(L,) flagged fractions summed over samples, for the Linear inputs `paths` of one piece."""
+def piece_masks(module, method, paths: tuple[str, ...], tree, inputs) -> dict[str, jax.Array]:
+  """{path: the run-time outlier mask (B, L, K) bool} of the Linear inputs `paths` of one piece
+  (`capture.per_piece`; traceable): each input as its quantizer sees it (divided by the
+  smoothing factors where the weight has them), through `detect_outliers`."""
   io = capture.module_linear_io(module, tree, *inputs, method=method)
   out = {}
   for path in paths:
@@ -55,9 +56,15 @@ def _stage_counts(module, method, paths: tuple[str, ...], tree, inputs):
     quantizer = node['input_quantizer']
     if x.ndim != 3:
       x = x[:, None, :]
-    mask = act_lib.detect_outliers(x, quantizer.inlier_scale, quantizer.spec)
-    out[path] = jnp.sum(jnp.mean(mask.astype(jnp.float32), axis=2), axis=0)
+    out[path] = act_lib.detect_outliers(x, quantizer.inlier_scale, quantizer.spec)
   return out
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _stage_counts(module, method, paths: tuple[str, ...], tree, inputs):
+  """(L,) flagged fractions summed over samples, for the Linear inputs `paths` of one piece."""
+  return {path: jnp.sum(jnp.mean(mask.astype(jnp.float32), axis=2), axis=0)
+          for path, mask in piece_masks(module, method, paths, tree, inputs).items()}
 
 
 def outlier_rates(model, qparams, images, batch_size: int = 16) -> dict[str, Any]:
