@@ -92,6 +92,9 @@ class StudySection:
   part: str = field('', "'i/n': run only every n-th (cell, seed) from the i-th (0-based), so n "
                     "processes share one study's workdir (and its Gen store); they write no "
                     "report: a last run without part collects the finished cells into it")
+  report_only: bool = field(False, 'write the report from the cells finished so far (their '
+                            'cell.json records), running none: a partial study\'s state, on '
+                            'any machine')
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,7 +19,8 @@ that share a Gen wait for one another on its lock); a last run without it only r
 finished cells and writes the report. A finished (cell, seed) leaves its rows in `cell.json`
 with the key of the settings they depend on: a later run with the same settings reads them
 instead of running the cell again, so a study carried to another machine by its small report
-files (no synthetic images, no quantized checkpoints) resumes without redoing finished cells. Why a mode and not a script: the runs are the pipeline's, with its resume,
+files (no synthetic images, no quantized checkpoints) resumes without redoing finished cells;
+`study.report_only` writes the report of the recorded cells alone (a partial study, anywhere). Why a mode and not a script: the runs are the pipeline's, with its resume,
 its data handling and its reports, and the studies are configs as code like the rest.
 """
 from __future__ import annotations
@@ -221,8 +222,13 @@ def cell_time(rows) -> tuple[float, int, int]:
 def _markdown(name: str, study: Study, summary, meta) -> str:
   lines = [f'# Study `{name}`: {study.doc}', '',
            f'{meta["date"]}; {meta["seeds"]} seed(s) per cell; model {meta["model"]} '
-           f'({meta["checkpoint"] or "random init"}); {meta["settings"]}.', '',
-           '| cell | run | top-1 % (mean ± std) | seeds | FP top-1 % | outlier rate % |',
+           f'({meta["checkpoint"] or "random init"}); {meta["settings"]}.', '']
+  if meta.get('partial'):
+    _, _, finished = meta.get('cell_time', (0.0, 0, 0))
+    lines += [f'**Partial report** (`study.report_only`): {finished} of the '
+              f'{len(study.cells) * meta["seeds"]} (cell, seed) runs are finished; the others '
+              'are left out.', '']
+  lines += ['| cell | run | top-1 % (mean ± std) | seeds | FP top-1 % | outlier rate % |',
            '|---|---|---:|---:|---:|---:|']
   for s in summary:
     fp = '–' if s['fp_top1_mean'] is None else f'{s["fp_top1_mean"]:.2f}'
@@ -233,7 +239,10 @@ def _markdown(name: str, study: Study, summary, meta) -> str:
   if not summary:
     lines.append('| – | – | no evaluated run yet (or no evaluation data) | – | – | – |')
   seconds, timed, cells = meta.get('cell_time', (0.0, 0, 0))
-  if cells:
+  if cells and not timed:
+    lines += ['', f'Time: none of the {cells} (cell, seed) runs was timed (records made before '
+              'the study timed its cells).']
+  elif cells:
     lines += ['', f'Time: {timed} of the {cells} (cell, seed) runs were timed, {seconds / 60:.1f} '
               'min of wall time together (each run\'s Gen, quantization and evaluation where it ran; '
               'parts run side by side share the device, so this is process time, not device '
@@ -306,12 +315,16 @@ def run(config, workdir: str, log: Log = _log, run_pipeline=None,
   if seeds < 1:
     raise ValueError(f'study.seeds={seeds}: give at least 1 (3 for a spread).')
   index, parts = parse_part(config.study.get('part', ''))
+  report_only = bool(config.study.get('report_only', False))
+  if report_only and parts > 1:
+    raise ValueError("study.report_only=True reads the whole study's records: leave study.part "
+                     "empty.")
   cells = [(label, cell_config(config, study, overrides, config.seed + s))
            for label, overrides in study.cells for s in range(seeds)]  # all checked up front
   directory = os.path.join(workdir, STUDY_SUBDIR, name)
   os.makedirs(directory, exist_ok=True)
   size = pipeline.effective_config(config)
-  meta = {'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+  meta = {'partial': report_only,'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
           'seeds': seeds, 'base_seed': int(config.seed), 'model': config.model.name,
           'checkpoint': config.model.checkpoint,
           'settings': f'gen {size.gen.num_images} images x {size.gen.iterations} steps, '
@@ -333,6 +346,10 @@ def run(config, workdir: str, log: Log = _log, run_pipeline=None,
       log(f'[study {name}] cell {label} seed {cfg.seed}: finished earlier ({CELL_RECORD}), '
           'not run again')
       rows += done
+    elif report_only:
+      log(f'[study {name}] cell {label} seed {cfg.seed}: not finished (no {CELL_RECORD} with '
+          'these settings); left out of the report')
+      continue
     else:
       runs_dir = pipeline.runs_workdir(effective, cell_dir)
       start = time.perf_counter()
@@ -356,5 +373,8 @@ def run(config, workdir: str, log: Log = _log, run_pipeline=None,
     log(f'[study {name}] part {index}/{parts} done; run the study without study.part to '
         'collect every finished cell into the report')
     return {'study': name, 'part': f'{index}/{parts}', 'rows': rows}
-  log(f'[study {name}] done: {os.path.join(directory, "study.md")}')
+  if report is None:   # report_only and nothing recorded yet: the report says so
+    report = write_report(directory, name, study, rows, meta)
+  log(f'[study {name}] {"partial report" if report_only else "done"}: '
+      f'{os.path.join(directory, "study.md")}')
   return report

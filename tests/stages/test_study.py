@@ -208,3 +208,25 @@ def test_a_cell_without_evaluation_leaves_no_record(tmp_path):
   study_stage.run(_config('k', seeds=1), str(tmp_path), log=lambda m: None,
                   run_pipeline=no_data, run_generate=_fake_generate([]))
   assert not list(tmp_path.glob(f'study/k/*/seed0/{study_stage.CELL_RECORD}'))
+
+
+def test_report_only_reports_the_recorded_cells_and_runs_none(tmp_path):
+  calls, made = [], []
+  config = _config('k', seeds=1)
+  config.study.part = '0/2'                    # cells k=2.0 and k=4.0 finish
+  study_stage.run(config, str(tmp_path), log=lambda m: None,
+                  run_pipeline=_fake_pipeline(calls), run_generate=_fake_generate(made))
+  config.study.part = ''
+  config.study.report_only = True
+  logs = []
+  report = study_stage.run(config, str(tmp_path), log=logs.append,
+                           run_pipeline=_fake_pipeline(calls), run_generate=_fake_generate(made))
+  assert len(calls) == 2                       # nothing run for the report
+  assert [s['cell'] for s in report['summary']] == ['k=2.0', 'k=4.0']
+  md = (tmp_path / 'study' / 'k' / 'study.md').read_text()
+  assert '**Partial report** (`study.report_only`): 2 of the 4 (cell, seed) runs' in md
+  assert sum('left out of the report' in m for m in logs) == 2 and 'partial report' in logs[-1]
+  config.study.part = '1/2'
+  with pytest.raises(ValueError, match='report_only=True .* leave study.part empty'):
+    study_stage.run(config, str(tmp_path), run_pipeline=_fake_pipeline(calls),
+                    run_generate=_fake_generate(made))
