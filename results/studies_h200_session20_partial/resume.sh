@@ -5,7 +5,7 @@
 # so the study mode reads them instead of running them again. Each study is split over PARTS
 # processes (study.part) on one GPU under MPS, one workdir, one Gen store; T (seconds) bounds the
 # processes, so keep T <= ~540 for a 600 s call. A study whose parts all finished is collected
-# (seconds: every cell is read from its record). Carry .whl (ml_collections) and .data/cifar10/
+# (seconds: every cell is read from its record), the others get a partial report. Carry .whl (ml_collections) and .data/cifar10/
 # test.tar.gz (the train split is not needed and would not fit the 64 MiB beside the repo).
 # Returned: studies.tgz (every cell's records and reports: unpack it over this folder's study/
 # to keep what the call finished) and logs.tgz.
@@ -50,6 +50,11 @@ for sp in "$@"; do
   [ $(grep -c "^$s [0-9]*/$p rc=0" $W/logs/status.txt) -ge $p ] || continue
   timeout 60 python3 main.py $C --config.study.name=$s >> $W/logs/$s.collect.log 2>&1 \
     && echo "$s collected $(date -u +%T)" >> $W/logs/status.txt
+done
+for sp in "$@"; do   # the studies not finished: a partial report of their recorded cells
+  s=${sp%:*}
+  grep -q "^$s collected" $W/logs/status.txt 2>/dev/null || \
+    timeout 60 python3 main.py $C --config.study.name=$s --config.study.report_only=True >> $W/logs/$s.report.log 2>&1
 done
 date -u
 tar czf $OUT/studies.tgz -C $W/study --exclude='gen' --exclude='quantized' --exclude='*checkpoint*' --exclude='*.tmp*' --exclude='*.npz' --exclude='images' --exclude='outliers.json' --exclude='layers.json' --exclude='quant_report.json' --exclude='*.png' .
