@@ -153,9 +153,9 @@ def save_quantized(path: str, qparams, model, report: Optional[Mapping[str, Any]
                          'broken (were the float params or calibration images finite?).')
   tmp = tempfile.mkdtemp(dir=parent, prefix=f'.tmp_{os.path.basename(path)}_')
   try:
-    checkpointer = _checkpointer(ocp)
-    checkpointer.save(os.path.join(tmp, ARRAYS_DIR), arrays, force=True)
-    checkpointer.wait_until_finished()
+    with _checkpointer(ocp) as checkpointer:   # closed: no background thread outlives it
+      checkpointer.save(os.path.join(tmp, ARRAYS_DIR), arrays, force=True)
+      checkpointer.wait_until_finished()
     doc = {'format_version': FORMAT_VERSION, 'model': model_record(model),
            'preset': (report.get('spec') or {}).get('name'), 'method': report.get('method'),
            'qtypes': meta, 'arrays': manifest.manifest(flat.items()),
@@ -216,7 +216,8 @@ def load_quantized(path: str, model=None, mode: Optional[str] = None):
                      f'{_describe(model_record(model))}; build that model to load it.')
   remedy = f'delete {path} and quantize again.'
   try:
-    arrays = _checkpointer(ocp).restore(os.path.join(path, ARRAYS_DIR))
+    with _checkpointer(ocp) as checkpointer:   # closed also when a damaged store raises
+      arrays = checkpointer.restore(os.path.join(path, ARRAYS_DIR))
   except Exception as e:  # pylint: disable=broad-except  (tensorstore/Orbax raise many kinds)
     raise integrity.damaged(os.path.join(path, ARRAYS_DIR), 'quantized-checkpoint array store',
                             e, remedy) from e
