@@ -38,8 +38,8 @@ from ouromamba_jax.reports import outliers  # pylint: disable=g-import-not-at-to
 
 STATS = ('entry_rate', 'window_set', 'window_set_p99', 'tile_union', 'tile_union_max')
 TILES = (64, 16, 32, 128)
-_STAGE_MASKS = jax.jit(outliers.piece_masks, static_argnums=(0, 1, 2))
 K_BLOCKS = (32, 64)
+_STAGE_MASKS = jax.jit(outliers.piece_masks, static_argnums=(0, 1, 2))
 
 
 def parse_args(argv=None):
@@ -67,17 +67,14 @@ def set_stats(mask, n_refresh: int, tiles) -> dict[str, float]:
          'window_set_p99': float(np.percentile(window, 99))}
   rows = m.reshape(batch * length, k)
   for i, tile in enumerate(tiles):
-    pad = -len(rows) % tile
-    union = np.concatenate([rows, np.zeros((pad, k), bool)]).reshape(-1, tile, k)
-    union = union.any(axis=1).mean(axis=1)
+    tile_any = np.pad(rows, ((0, -len(rows) % tile), (0, 0))).reshape(-1, tile, k).any(axis=1)
+    union = tile_any.mean(axis=1)                    # (tiles,) flagged share of K per tile
     out[f'tile_union@{tile}'] = float(union.mean())
     if i == 0:
       out['tile_union'], out['tile_union_max'] = float(union.mean()), float(union.max())
-      tile_any = np.concatenate([rows, np.zeros((pad, k), bool)]).reshape(-1, tile, k).any(1)
       for kb in K_BLOCKS:
-        kpad = -k % kb
-        blocks = np.concatenate([tile_any, np.zeros((len(tile_any), kpad), bool)], axis=1)
-        out[f'kblock_busy@{kb}'] = float(blocks.reshape(len(tile_any), -1, kb).any(2).mean())
+        blocks = np.pad(tile_any, ((0, 0), (0, -k % kb))).reshape(len(tile_any), -1, kb)
+        out[f'kblock_busy@{kb}'] = float(blocks.any(axis=2).mean())
   return out
 
 
@@ -94,7 +91,7 @@ def measure(model, params, calib, images, preset: str, tiles) -> dict:
   by_layer = {}      # the same Linear of every block together (in_proj, x_proj, ...)
   for path, s in sites.items():
     by_layer.setdefault(path.split('/')[-1], []).append(s)
-  stats = list(next(iter(sites.values())).keys())[1:] if sites else []
+  stats = [c for c in next(iter(sites.values()), {}) if c != 'k']
   summary = {name: {stat: float(np.mean([s[stat] for s in group])) for stat in stats}
              for name, group in sorted(by_layer.items())}
   return {'sites': sites, 'by_linear': summary,

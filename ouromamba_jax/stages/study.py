@@ -20,8 +20,9 @@ finished cells and writes the report. A finished (cell, seed) leaves its rows in
 with the key of the settings they depend on: a later run with the same settings reads them
 instead of running the cell again, so a study carried to another machine by its small report
 files (no synthetic images, no quantized checkpoints) resumes without redoing finished cells;
-`study.report_only` writes the report of the recorded cells alone (a partial study, anywhere). Why a mode and not a script: the runs are the pipeline's, with its resume,
-its data handling and its reports, and the studies are configs as code like the rest.
+`study.report_only` writes the report of the recorded cells alone (a partial study, anywhere).
+Why a mode and not a script: the runs are the pipeline's, with its resume, its data handling
+and its reports, and the studies are configs as code like the rest.
 """
 from __future__ import annotations
 
@@ -324,7 +325,8 @@ def run(config, workdir: str, log: Log = _log, run_pipeline=None,
   directory = os.path.join(workdir, STUDY_SUBDIR, name)
   os.makedirs(directory, exist_ok=True)
   size = pipeline.effective_config(config)
-  meta = {'partial': report_only,'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+  meta = {'partial': report_only,
+          'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
           'seeds': seeds, 'base_seed': int(config.seed), 'model': config.model.name,
           'checkpoint': config.model.checkpoint,
           'settings': f'gen {size.gen.num_images} images x {size.gen.iterations} steps, '
@@ -332,7 +334,7 @@ def run(config, workdir: str, log: Log = _log, run_pipeline=None,
                       f'epochs, eval {size.data.eval_images or "all"} images'
                       f'{" (pipeline.full)" if config.pipeline.full else ""}'}
   rows: list[dict[str, Any]] = []
-  report = None
+  report = None    # the written report, while it holds every row so far
   for i, (label, cfg) in enumerate(cells):
     if i % parts != index:
       continue
@@ -346,6 +348,7 @@ def run(config, workdir: str, log: Log = _log, run_pipeline=None,
       log(f'[study {name}] cell {label} seed {cfg.seed}: finished earlier ({CELL_RECORD}), '
           'not run again')
       rows += done
+      report = None
     elif report_only:
       log(f'[study {name}] cell {label} seed {cfg.seed}: not finished (no {CELL_RECORD} with '
           'these settings); left out of the report')
@@ -367,13 +370,13 @@ def run(config, workdir: str, log: Log = _log, run_pipeline=None,
         os.makedirs(cell_dir, exist_ok=True)
         atomic.write_json(os.path.join(cell_dir, CELL_RECORD), {'key': key, 'rows': cell_rows})
       rows += cell_rows
-    if parts == 1:
-      report = write_report(directory, name, study, rows, meta)
+      if parts == 1:   # a partial study keeps its numbers after every cell it runs
+        report = write_report(directory, name, study, rows, meta)
   if parts > 1:   # a part's rows are not the study: the collecting run reports them all
     log(f'[study {name}] part {index}/{parts} done; run the study without study.part to '
         'collect every finished cell into the report')
     return {'study': name, 'part': f'{index}/{parts}', 'rows': rows}
-  if report is None:   # report_only and nothing recorded yet: the report says so
+  if report is None:   # cells read from records (or none at all) since the last write
     report = write_report(directory, name, study, rows, meta)
   log(f'[study {name}] {"partial report" if report_only else "done"}: '
       f'{os.path.join(directory, "study.md")}')

@@ -23,6 +23,7 @@ from ouromamba_jax.io import atomic  # pylint: disable=g-import-not-at-top,wrong
 from ouromamba_jax.reports import outliers  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ouromamba_jax.stages import pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ouromamba_jax.stages import study  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ouromamba_jax.stages.runs import parse_runs  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 COMMAND_LINE = {'pipeline.full': True, 'gen.images_per_step': 128, 'gen.remat': True,
                 'data.data_dir': '.data/cifar10', 'data.use_tfds': False,
@@ -32,14 +33,15 @@ COMMAND_LINE = {'pipeline.full': True, 'gen.images_per_step': 128, 'gen.remat': 
 def base_config(name):
   config = vim_t_cifar10.get_config()
   for dotted, value in COMMAND_LINE.items():
-    node = config
-    *sections, field = dotted.split('.')
-    for s in sections:
-      node = node[s]
-    node[field] = value
+    study._set(config, dotted, value)  # pylint: disable=protected-access
   config.study.name = name
   pipeline.keep_fields(config, list(COMMAND_LINE) + ['study.name'])
   return config
+
+
+def run_names(effective) -> list[str]:
+  """The names of a cell's quantization runs (QuantRunSpec.name's default form)."""
+  return sorted('_'.join(run) for run in parse_runs(effective.pipeline.runs))
 
 
 def main(root):
@@ -54,9 +56,7 @@ def main(root):
         effective = pipeline.effective_config(cfg)
         runs_dir = pipeline.runs_workdir(effective, cell_dir)
         report = atomic.read_json(os.path.join(runs_dir, 'reports', 'accuracy.json'))
-        wanted = [f'{m}_{p}_{src}' for m, p, src in
-                  (r.split(':') for r in effective.pipeline.runs.split(','))]
-        if (report is None or sorted(r['name'] for r in report['runs']) != sorted(wanted)
+        if (report is None or sorted(r['name'] for r in report['runs']) != run_names(effective)
             or os.path.exists(os.path.join(cell_dir, study.CELL_RECORD))):
           continue
         rows = [{'cell': label, 'seed': int(cfg.seed), 'fp_top1': report['fp']['top1'], **r,
@@ -78,10 +78,8 @@ def from_finished_runs(root, path):
     spec, config = study.study_named(name), base_config(name)
     cfg = study.cell_config(config, spec, dict(spec.cells)[label], config.seed + s)
     effective = pipeline.effective_config(cfg)
-    wanted = [f'{m}_{p}_{src}' for m, p, src in
-              (r.split(':') for r in effective.pipeline.runs.split(','))]
     cell_dir = os.path.join(root, name, study._slug(label), f'seed{s}')  # pylint: disable=protected-access
-    if (sorted(r['run'] for r in runs) != sorted(wanted)
+    if (sorted(r['run'] for r in runs) != run_names(effective)
         or os.path.exists(os.path.join(cell_dir, study.CELL_RECORD))):
       continue
     rows = [{'cell': label, 'seed': int(cfg.seed), 'fp_top1': finished['fp_top1'],
