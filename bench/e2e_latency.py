@@ -61,6 +61,7 @@ from ouromamba_jax.quant import presets as quant_presets  # pylint: disable=g-im
 from ouromamba_jax.quant import qtypes  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ouromamba_jax.quant import int_linear  # pylint: disable=g-import-not-at-top,wrong-import-position
 from kernels_pallas.selective_scan import api as scan_api  # pylint: disable=g-import-not-at-top,wrong-import-position
+from kernels_pallas.act_quant import config as act_quant_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 MODELS = {
     # name: (registry name, model overrides)
@@ -140,6 +141,9 @@ def parse_args(argv=None):
   p.add_argument('--fold_sites', type=int, default=1, choices=(0, 1),
                  help='1: A and D quantized once (quant.fold_parameter_sites), as inference '
                       'does; 0: re-quantized in every forward')
+  p.add_argument('--act_quant_unroll_max', type=int, default=-1,
+                 help='act_quant windows of at most this many steps are unrolled (-1: the '
+                      'library default, config.MAX_UNROLLED_STEPS; 0: always the loop walk)')
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--out', default='', help='JSON file for the results')
   p.add_argument('--smoke', action='store_true',
@@ -328,6 +332,8 @@ def run(args, on_cell=lambda report: None) -> dict[str, Any]:
   (`--compile_workers` threads; XLA compiles outside the GIL); once all have compiled they are
   timed one after another. `on_cell(report)` after every cell."""
   results, rates, quantize_s = [], {}, {}
+  if args.act_quant_unroll_max >= 0:   # an A/B of the window walk in one process
+    act_quant_config.MAX_UNROLLED_STEPS = args.act_quant_unroll_max
   device = jax.devices()[0]
   report = {'device': f'{device.platform}: {device.device_kind}', 'jax': jax.__version__,
             'xla_flags': os.environ.get('XLA_FLAGS', ''),   # e.g. command-buffer experiments

@@ -106,11 +106,11 @@ def _kernel_args(params: ActQuantParams, x, block_config, interpret):
   """The kernel's static arguments for these params and this input."""
   cfg = block_config or ActQuantBlockConfig()
   block_c, block_b, num_warps, n_chunks = cfg.resolve(x.shape[2], x.shape[0])
+  interpret = compat.resolve_interpret(interpret)
   return dict(code_range=(params.qmin, params.qmax, params.outlier_qmin, params.outlier_qmax),
               k=float(params.k), n_refresh=int(params.n_refresh), std_ddof=int(params.std_ddof),
               detect=params.outliers == 'int', block_c=block_c, block_b=block_b,
-              num_warps=num_warps, n_chunks=n_chunks,
-              interpret=compat.resolve_interpret(interpret))
+              num_warps=num_warps, n_chunks=n_chunks, unroll=cfg.unrolled(int(params.n_refresh), interpret), interpret=interpret)
 
 
 def act_quant(x, inlier_scale, params: ActQuantParams, zero_point=None, *,

@@ -35,9 +35,9 @@ def make_inputs(key, b, l, c, dtype):
   return x.astype(dtype), scale
 
 
-# --sweep: (samples per program, warps) of the per-sample kernel, timed besides the default.
-# (An unrolled window walk was tried: Pallas' Triton lowering has no unrolled fori_loop.)
-SWEEP = tuple((b, w) for b in (1, 2, 4, 8) for w in (2, 4, 8))
+# --sweep: (samples per program, warps) of the per-sample kernel, timed besides the default
+# (`triton_sample_packed_unrolled`: the window walked as straight-line code).
+SWEEP = tuple((b, w) for b in (1, 2, 4, 8) for w in (1, 2, 4, 8))
 
 
 def variants(smoke, sweep=False):
@@ -60,6 +60,7 @@ def variants(smoke, sweep=False):
       'xla_sample': xla('sample', False),
       'xla_sample_packed': xla('sample', True),
       'triton_sample_packed': kernel('sample'),
+      'triton_sample_packed_unrolled': kernel('sample', ActQuantBlockConfig(unroll=True)),
       'xla_batch_packed': xla('batch', True),
       'triton_batch_packed': kernel('batch'),
       **swept,
@@ -95,10 +96,11 @@ def run(args):
                        for i in range(1, _bench.n_copies(b * l * c * dtype.itemsize, smoke))]
     entry = dict(shape=name, B=b, L=l, C=c, dtype=str(dtype), rotating_copies=len(copies),
                  mismatch={}, variants={})
-    for trigger in ('sample', 'batch'):
-      got = table[f'triton_{trigger}_packed'](*base)
-      want = table[f'xla_{trigger}_packed'](*base)
-      entry['mismatch'][trigger] = mismatch(got, want)
+    for trigger, kernel_name in (('sample', 'triton_sample_packed'),
+                                 ('sample_unrolled', 'triton_sample_packed_unrolled'),
+                                 ('batch', 'triton_batch_packed')):
+      want = table[f'xla_{trigger.split("_")[0]}_packed'](*base)
+      entry['mismatch'][trigger] = mismatch(table[kernel_name](*base), want)
     xla_ms = None
     for vname, fn in table.items():
       try:
@@ -124,9 +126,9 @@ def print_table(report):
   print(f'\nact_quant on {report["device"]} ({report["backend"]})'
         f'{" SMOKE (interpret, timings meaningless)" if report["smoke"] else ""}')
   print(f'{"shape":30s} {"C":>5s} {"variant":22s} {"ms":>9s} {"GB/s":>7s} {"floor ms":>9s} '
-        f'{"%roof":>6s} {"x xla":>6s} mismatch(sample/batch)')
+        f'{"%roof":>6s} {"x xla":>6s} mismatch(sample/unrolled/batch)')
   for e in report['results']:
-    mm = f'{e["mismatch"]["sample"]:.1e}/{e["mismatch"]["batch"]:.1e}'
+    mm = '/'.join(f'{e["mismatch"][t]:.1e}' for t in ('sample', 'sample_unrolled', 'batch'))
     for vname, v in e['variants'].items():
       speed = f'{v["speedup_vs_xla"]:.2f}' if v['speedup_vs_xla'] else '-'
       print(f'{e["shape"]:30s} {e["C"]:5d} {vname:22s} {v["ms"]:9.4f} {v["gb_per_s"]:7.0f} '

@@ -306,9 +306,19 @@ def _no_mask(rows: int, math: _Math):
   return tuple(jnp.zeros((rows, math.block_c), jnp.bool_) for _ in range(math.n_chunks))
 
 
+def _walk(n_steps: int, step, carry, unroll: bool):
+  """carry after step(i, carry) for i = 0 .. n_steps - 1: a loop, or straight-line code (i a
+  Python int) so the compiler can overlap one step's stores with the next step's reductions."""
+  if not unroll:
+    return jax.lax.fori_loop(0, n_steps, step, carry)
+  for i in range(n_steps):
+    carry = step(i, carry)
+  return carry
+
+
 def _sample_kernel(x_ref, s_ref, z_ref, qin_ref, *outlier_refs, math: _Math,
                    batch: int, block_b: int, length: int, n_refresh: int, pack: bool,
-                   detect: bool, dequantize_to=None):
+                   detect: bool, unroll: bool, dequantize_to=None):
   b0, window = pl.program_id(0) * block_b, pl.program_id(1)
   col_ok = math.col_ok()
   row_ok = b0 + jnp.arange(block_b) < batch
@@ -322,8 +332,9 @@ def _sample_kernel(x_ref, s_ref, z_ref, qin_ref, *outlier_refs, math: _Math,
   def step(i, carry):
     # The next step's rows do not depend on the masks: loading them before this step's
     # reductions hides their latency behind them (one program walks its window serially).
+    # Unrolled, the last step has no next one to load.
     mask, x = carry
-    x_next = load(i + 1)
+    x_next = x if unroll and i == n_refresh - 1 else load(i + 1)
     t, in_seq = _time_step(window, i, n_refresh, length)
     outlier_grid = None
     s_t, inv_s, zero = math.static_grid(s_ref, z_ref, t, block_b)
@@ -339,7 +350,7 @@ def _sample_kernel(x_ref, s_ref, z_ref, qin_ref, *outlier_refs, math: _Math,
                   pack)
     return mask, x_next
 
-  jax.lax.fori_loop(0, n_refresh, step, (_no_mask(block_b, math), load(0)))
+  _walk(n_refresh, step, (_no_mask(block_b, math), load(0)), unroll)
 
 
 def _batch_kernel(x_ref, s_ref, z_ref, qin_ref, *outlier_refs, math: _Math,
@@ -418,18 +429,19 @@ def _launch(kernel, x, grid_inputs, out_shape, grid, name, num_warps, interpret)
 
 
 _STATIC = ('code_range', 'k', 'n_refresh', 'std_ddof', 'detect', 'block_c', 'block_b',
-           'num_warps', 'n_chunks', 'interpret')
+           'num_warps', 'n_chunks', 'unroll', 'interpret')
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC + ('trigger', 'pack', 'with_mask'))
 def act_quant(x, inlier_scale, zero_point, *, code_range: tuple[int, int, int, int], k: float,
               n_refresh: int, trigger: str, std_ddof: int, detect: bool, pack: bool,
               block_c: int, block_b: int, num_warps: int, with_mask: bool = True,
-              n_chunks: int = 1, interpret: bool = False):
+              n_chunks: int = 1, unroll: bool = False, interpret: bool = False):
   """Validated (B, L, C) input, (L,) steps and (L,) zero points (None: symmetric) ->
   (inlier codes, outlier codes, outlier scale, mask, clamped inlier scale, outlier zero points
   (B, L) int32 or None). code_range = (qmin, qmax, outlier qmin, outlier qmax); block_b:
-  samples per program of the 'sample' kernel; a row is n_chunks tiles of block_c lanes.
+  samples per program of the 'sample' kernel; a row is n_chunks tiles of block_c lanes; unroll:
+  the 'sample' kernel walks a window as straight-line code.
   Without `detect` (outliers='none') the outlier outputs are constants; without `with_mask`
   the mask is None (the batch-trigger kernel writes it anyway: it reads it back)."""
   batch, length, channels = x.shape
@@ -453,7 +465,7 @@ def act_quant(x, inlier_scale, zero_point, *, code_range: tuple[int, int, int, i
     kernel, grid = _with_grid_refs(_batch_kernel, batch=batch, **common), (n_windows,)
   else:
     kernel = _with_grid_refs(_sample_kernel, detect=detect, batch=batch, block_b=block_b,
-                             **common)
+                             unroll=unroll, **common)
     grid = (pl.cdiv(batch, block_b), n_windows)
   outs = _launch(kernel, x, grid_inputs, out_shape, grid,
                  f'act_quant_{trigger if detect else "static"}', num_warps, interpret)
@@ -471,7 +483,7 @@ def act_quant(x, inlier_scale, zero_point, *, code_range: tuple[int, int, int, i
 def act_quant_dequantized(x, inlier_scale, zero_point, *, code_range: tuple[int, int, int, int],
                           k: float, n_refresh: int, std_ddof: int, detect: bool, block_c: int,
                           block_b: int, num_warps: int, out_dtype, n_chunks: int = 1,
-                          interpret: bool = False):
+                          unroll: bool = False, interpret: bool = False):
   """dequantize(act_quant(x)) (B, L, C) in out_dtype from one pass (per-sample trigger): the
   codes never reach memory. Arguments as `act_quant`'s."""
   batch, length, channels = x.shape
@@ -479,7 +491,7 @@ def act_quant_dequantized(x, inlier_scale, zero_point, *, code_range: tuple[int,
                                      block_c, n_chunks, interpret)
   kernel = _with_grid_refs(_sample_kernel, detect=detect, batch=batch, block_b=block_b,
                            math=math, length=length, n_refresh=n_refresh, pack=False,
-                           dequantize_to=out_dtype)
+                           unroll=unroll, dequantize_to=out_dtype)
   grid = (pl.cdiv(batch, block_b), -(-length // n_refresh))
   (y,) = _launch(kernel, x, grid_inputs, [jax.ShapeDtypeStruct(x.shape, out_dtype)], grid,
                  'act_quant_dequantized', num_warps, interpret)

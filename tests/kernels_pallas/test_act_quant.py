@@ -211,7 +211,7 @@ def test_default_implementation_keeps_the_batch_trigger_on_xla(monkeypatch):
     assert {k: api.DISPATCH.choose(None, v, 64) for k, v in specs.items()} == want, backend
 
 
-def test_block_config_validation():
+def test_block_config_validation(monkeypatch):
   with pytest.raises(ValueError, match='power of two'):
     config.ActQuantBlockConfig(block_c=100)
   with pytest.raises(ValueError, match='num_warps'):
@@ -220,6 +220,14 @@ def test_block_config_validation():
     config.ActQuantBlockConfig(block_c=64).resolve(100)
   with pytest.raises(ValueError, match='block_b'):
     config.ActQuantBlockConfig(block_b=3)
+  with pytest.raises(ValueError, match='unroll'):
+    config.ActQuantBlockConfig(unroll=1)
+  monkeypatch.setattr(config, 'MAX_UNROLLED_STEPS', 16)
+  assert config.ActQuantBlockConfig().unrolled(10)
+  assert not config.ActQuantBlockConfig().unrolled(10, interpret=True)
+  assert config.ActQuantBlockConfig(unroll=True).unrolled(10, interpret=True)
+  assert not config.ActQuantBlockConfig().unrolled(config.MAX_UNROLLED_STEPS + 1)
+  assert not config.ActQuantBlockConfig(unroll=False).unrolled(10)
   # Vim's widths 3 x 2^k are three exact chunks; other widths one padded tile
   assert config.ActQuantBlockConfig().resolve(1536) == (512, 1, 4, 3)
   assert config.ActQuantBlockConfig().resolve(192) == (64, 1, 2, 3)
@@ -279,10 +287,37 @@ def test_several_samples_per_program_match_canonical(symmetric):
   assert np.asarray(want.outlier_mask).any()
 
 
-@pytest.mark.parametrize('trigger,symmetric,n_chunks,dequantized', [
-    ('sample', True, 1, False), ('batch', True, 1, False), ('sample', False, 1, False),
-    ('sample', True, 3, False), ('batch', False, 3, False), ('sample', False, 3, True)])
-def test_kernel_lowers_to_triton_for_h100(trigger, symmetric, n_chunks, dequantized):
+@pytest.mark.parametrize('symmetric,n_refresh', [(True, 10), (False, 4)])
+def test_window_walked_as_a_loop_matches_the_unrolled_walk(symmetric, n_refresh):
+  """unroll=True (the GPU's walk for windows of up to MAX_UNROLLED_STEPS) and the loop walk
+  (the interpreter's, and the GPU's for longer windows) give the canonical codes, and the same
+  dequantized values; L = 23 leaves a short last window."""
+  rng = np.random.default_rng(11)
+  x = _activations(rng, 2, 23, 40) - (0.0 if symmetric else 3.0)
+  scale = jnp.asarray(rng.uniform(2.0, 4.0, 23) / 7, jnp.float32)
+  zero = None if symmetric else jnp.asarray(rng.integers(7, 15, 23), jnp.int32)
+  spec = ActQuantParams(bits=4, symmetric=symmetric, outlier_bits=8, n_refresh=n_refresh)
+  want = api.act_quant(x, scale, spec, zero, implementation='xla')
+  for unroll in (False, True):
+    got = _kernel(x, scale, spec, zero, block_config=config.ActQuantBlockConfig(unroll=unroll))
+    for field in FIELDS + ('outlier_zero_point',):
+      g, w = getattr(got, field), getattr(want, field)
+      if w is None:
+        assert g is None
+        continue
+      np.testing.assert_array_equal(np.asarray(g), np.asarray(w), err_msg=f'{field} {unroll}')
+    np.testing.assert_array_equal(
+        np.asarray(_kernel(x, scale, spec, zero, fn=api.act_quant_dequantized,
+                           block_config=config.ActQuantBlockConfig(unroll=unroll))),
+        np.asarray(dequantize(want)), err_msg=f'dequantized {unroll}')
+  assert np.asarray(want.outlier_mask).any()
+
+
+@pytest.mark.parametrize('trigger,symmetric,n_chunks,dequantized,unroll', [
+    ('sample', True, 1, False, False), ('batch', True, 1, False, False),
+    ('sample', False, 1, False, True), ('sample', True, 3, False, True),
+    ('batch', False, 3, False, False), ('sample', False, 3, True, True)])
+def test_kernel_lowers_to_triton_for_h100(trigger, symmetric, n_chunks, dequantized, unroll):
   """Lowers (no compile) for an abstract H100: every op must have a Triton lowering rule."""
   from jax.sharding import AbstractDevice, AbstractMesh  # pylint: disable=g-import-not-at-top
   from kernels_pallas.act_quant import pallas_triton  # pylint: disable=g-import-not-at-top
@@ -293,7 +328,7 @@ def test_kernel_lowers_to_triton_for_h100(trigger, symmetric, n_chunks, dequanti
   code_range = (-7, 7, -127, 127) if symmetric else (0, 15, 0, 255)
   common = dict(code_range=code_range, k=3.0, n_refresh=10, std_ddof=1, detect=True,
                 block_c=2048 // (4 if n_chunks == 3 else 1), block_b=2, num_warps=8,
-                n_chunks=n_chunks)
+                n_chunks=n_chunks, unroll=unroll)
   args = (jax.ShapeDtypeStruct((b, l, c), jnp.bfloat16), jax.ShapeDtypeStruct((l,), jnp.float32),
           zero)
   with jax.sharding.use_abstract_mesh(mesh):
@@ -308,8 +343,8 @@ def test_kernel_lowers_to_triton_for_h100(trigger, symmetric, n_chunks, dequanti
 
 @pytest.mark.gpu
 @pytest.mark.skipif(jax.default_backend() != 'gpu', reason='needs a CUDA GPU')
-@pytest.mark.parametrize('trigger', ['sample', 'batch'])
-def test_gpu_kernel_matches_canonical_at_vim_shape(trigger):
+@pytest.mark.parametrize('trigger,unroll', [('sample', None), ('sample', True), ('batch', None)])
+def test_gpu_kernel_matches_canonical_at_vim_shape(trigger, unroll):
   # On the GPU the reductions run in another order than XLA's, so a value within an ulp of
   # the mu + k sigma threshold may flip; allow a vanishing fraction of differing codes.
   rng = np.random.default_rng(9)
@@ -317,11 +352,12 @@ def test_gpu_kernel_matches_canonical_at_vim_shape(trigger):
   scale = jnp.asarray(rng.uniform(0.3, 0.6, 197), jnp.float32)
   spec = ActQuantParams(bits=4, trigger=trigger)
   want = api.act_quant(x, scale, spec, pack_int4=True, implementation='xla')
-  got = api.act_quant(x, scale, spec, pack_int4=True, implementation='triton')
+  got = api.act_quant(x, scale, spec, pack_int4=True, implementation='triton',
+                      block_config=config.ActQuantBlockConfig(unroll=unroll))
   for field in FIELDS:
     g, w = np.asarray(getattr(got, field)), np.asarray(getattr(want, field))
     frac = np.mean(g != w)
-    print(f'{trigger} {field}: mismatch fraction {frac:.2e}')
+    print(f'{trigger} unroll={unroll} {field}: mismatch fraction {frac:.2e}')
     assert frac < 1e-5, field
 
 
