@@ -8,7 +8,7 @@
 # (seconds: every cell is read from its record), the others get a partial report. Carry .whl (ml_collections) and .data/cifar10/
 # test.tar.gz (the train split is not needed and would not fit the 64 MiB beside the repo).
 # Returned: studies.tgz (every cell's records and reports: unpack it over this folder's study/
-# to keep what the call finished) and logs.tgz.
+# to keep what the call finished) and logs.tgz. EXTRA: more main.py flags (e.g. a readout implementation).
 set -u
 T=$1; shift
 HERE=results/studies_h200_session20_partial
@@ -18,7 +18,7 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; date -u; git l
 W=workdir/s21
 mkdir -p $W/logs $W/study workdir/xla $OUT
 cp -rn $HERE/study/. $W/study/
-C="--config=configs/vim_t_cifar10.py --config.pipeline.full=True --config.gen.images_per_step=128 --config.gen.remat=True --config.data.data_dir=.data/cifar10 --config.data.use_tfds=False --config.compilation_cache=workdir/xla --config.mode=study --config.quant.report_images=8 --workdir=$W"
+C="${EXTRA:-} --config=configs/vim_t_cifar10.py --config.pipeline.full=True --config.gen.images_per_step=128 --config.gen.remat=True --config.data.data_dir=.data/cifar10 --config.data.use_tfds=False --config.compilation_cache=workdir/xla --config.mode=study --config.quant.report_images=8 --workdir=$W"
 n=0; for sp in "$@"; do n=$((n + ${sp#*:})); done
 export XLA_PYTHON_CLIENT_PREALLOCATE=false XLA_PYTHON_CLIENT_MEM_FRACTION=$(python3 -c "print(round(0.9/$n, 3))")
 if command -v nvidia-cuda-mps-control >/dev/null; then
