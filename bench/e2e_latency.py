@@ -142,7 +142,7 @@ def parse_args(argv=None):
                  help='1: A and D quantized once (quant.fold_parameter_sites), as inference '
                       'does; 0: re-quantized in every forward')
   p.add_argument('--act_quant_unroll_max', type=int, default=-1,
-                 help='act_quant windows of at most this many steps are unrolled (-1: the '
+                 help='act_quant windows of at most this many steps may be unrolled (-1: the '
                       'library default, config.MAX_UNROLLED_STEPS; 0: always the loop walk)')
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--out', default='', help='JSON file for the results')

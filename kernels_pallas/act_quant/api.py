@@ -110,7 +110,8 @@ def _kernel_args(params: ActQuantParams, x, block_config, interpret):
   return dict(code_range=(params.qmin, params.qmax, params.outlier_qmin, params.outlier_qmax),
               k=float(params.k), n_refresh=int(params.n_refresh), std_ddof=int(params.std_ddof),
               detect=params.outliers == 'int', block_c=block_c, block_b=block_b,
-              num_warps=num_warps, n_chunks=n_chunks, unroll=cfg.unrolled(int(params.n_refresh), interpret), interpret=interpret)
+              num_warps=num_warps, n_chunks=n_chunks, interpret=interpret,
+              unroll=cfg.unrolled(int(params.n_refresh), block_b * block_c * n_chunks, interpret))
 
 
 def act_quant(x, inlier_scale, params: ActQuantParams, zero_point=None, *,

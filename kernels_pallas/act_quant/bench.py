@@ -36,7 +36,8 @@ def make_inputs(key, b, l, c, dtype):
 
 
 # --sweep: (samples per program, warps) of the per-sample kernel, timed besides the default
-# (`triton_sample_packed_unrolled`: the window walked as straight-line code).
+# (`triton_sample_packed_unrolled` / `_loop`: the window walked as straight-line code / as a loop,
+# whatever the default rule picks).
 SWEEP = tuple((b, w) for b in (1, 2, 4, 8) for w in (1, 2, 4, 8))
 
 
@@ -61,6 +62,7 @@ def variants(smoke, sweep=False):
       'xla_sample_packed': xla('sample', True),
       'triton_sample_packed': kernel('sample'),
       'triton_sample_packed_unrolled': kernel('sample', ActQuantBlockConfig(unroll=True)),
+      'triton_sample_packed_loop': kernel('sample', ActQuantBlockConfig(unroll=False)),
       'xla_batch_packed': xla('batch', True),
       'triton_batch_packed': kernel('batch'),
       **swept,

@@ -28,14 +28,17 @@ MAX_BLOCK_C = 8192  # one step's channels must fit in the registers of one progr
 # fastest from C = 384 up (two or more samples were 5-80 % slower at C = 768/1536, where the
 # bigger tiles spill), two samples gained ~10-20 % at C <= 384 with 2 warps.
 TILE_ELEMENTS = 512
-# Windows of at most this many steps are walked as straight-line code (`ActQuantBlockConfig.
-# unroll`): a loop iteration ends in a barrier the compiler does not schedule across, so step
-# t's rounding and stores cannot overlap step t + 1's reductions; unrolled they can. Longer
-# windows (n_refresh = L) keep the loop: code size and compile time grow with the steps. So
-# does the interpreter's compile time, for no gain: interpreted kernels keep the loop.
-# 0 (always the loop) until the unrolled walk is timed on a card (`bench.py`'s
-# `triton_sample_packed_unrolled`, `bench/e2e_latency.py --act_quant_unroll_max=16`).
-MAX_UNROLLED_STEPS = 0
+# A window of at most MAX_UNROLLED_STEPS steps is walked as straight-line code when a program's
+# tile has at most UNROLLED_TILE_ELEMENTS lanes (`ActQuantBlockConfig.unroll`): a loop iteration
+# ends in a barrier the compiler does not schedule across, so step t's rounding and stores
+# cannot overlap step t + 1's reductions; unrolled they can. Measured on an H200 (bench.py,
+# B = 64, L = 197, n_refresh = 10, session 21): C = 192 0.069 -> 0.066 ms, C = 384 0.073 ->
+# 0.055 ms, but C = 768 0.073 -> 0.106 and C = 1536 0.096 -> 0.202 ms (wider tiles unrolled
+# hold several steps' rows at once and spill). Longer windows (n_refresh = L) keep the loop:
+# code size and compile time grow with the steps. The interpreter gains nothing and compiles
+# longer: interpreted kernels keep the loop.
+MAX_UNROLLED_STEPS = 16
+UNROLLED_TILE_ELEMENTS = 512
 
 
 def check_bits(owner: str, name: str, bits) -> None:
@@ -111,7 +114,8 @@ class ActQuantBlockConfig:
   """block_c: channel block (None -> next power of two >= C); block_b: samples per program of
   the per-sample kernel (None -> as many as fit TILE_ELEMENTS lanes); num_warps: warps per
   program (None -> 2 up to 1024 lanes per tile, else 4: the sweep's best); unroll: walk a
-  window as straight-line code (None -> when n_refresh <= MAX_UNROLLED_STEPS on a GPU)."""
+  window as straight-line code (None -> on a GPU when n_refresh <= MAX_UNROLLED_STEPS and a
+  program's tile has at most UNROLLED_TILE_ELEMENTS lanes: the measured rule)."""
   block_c: int | None = None
   block_b: int | None = None
   num_warps: int | None = None
@@ -132,13 +136,15 @@ class ActQuantBlockConfig:
                        f'{_VALID_WARPS} (or None).')
     if self.unroll is not None and not isinstance(self.unroll, bool):
       raise ValueError(f'ActQuantBlockConfig.unroll={self.unroll!r}: must be True, False or None '
-                       f'(None: unroll windows of at most {MAX_UNROLLED_STEPS} steps).')
+                       '(None: the measured rule, see MAX_UNROLLED_STEPS).')
 
-  def unrolled(self, n_refresh: int, interpret: bool = False) -> bool:
-    """Whether the kernel walks a window of n_refresh steps as straight-line code."""
+  def unrolled(self, n_refresh: int, tile_elements: int, interpret: bool = False) -> bool:
+    """Whether the kernel walks a window of n_refresh steps as straight-line code, for a program
+    tile of tile_elements lanes (block_b x block_c x n_chunks)."""
     if self.unroll is not None:
       return self.unroll
-    return n_refresh <= MAX_UNROLLED_STEPS and not interpret
+    return (n_refresh <= MAX_UNROLLED_STEPS and tile_elements <= UNROLLED_TILE_ELEMENTS
+            and not interpret)
 
   def resolve(self, channels: int, batch: int = 1) -> tuple[int, int, int, int]:
     """(block_c, block_b, num_warps, n_chunks) for C channels and a batch: a time step's row is

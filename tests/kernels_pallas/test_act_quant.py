@@ -211,7 +211,7 @@ def test_default_implementation_keeps_the_batch_trigger_on_xla(monkeypatch):
     assert {k: api.DISPATCH.choose(None, v, 64) for k, v in specs.items()} == want, backend
 
 
-def test_block_config_validation(monkeypatch):
+def test_block_config_validation():
   with pytest.raises(ValueError, match='power of two'):
     config.ActQuantBlockConfig(block_c=100)
   with pytest.raises(ValueError, match='num_warps'):
@@ -222,12 +222,11 @@ def test_block_config_validation(monkeypatch):
     config.ActQuantBlockConfig(block_b=3)
   with pytest.raises(ValueError, match='unroll'):
     config.ActQuantBlockConfig(unroll=1)
-  monkeypatch.setattr(config, 'MAX_UNROLLED_STEPS', 16)
-  assert config.ActQuantBlockConfig().unrolled(10)
-  assert not config.ActQuantBlockConfig().unrolled(10, interpret=True)
-  assert config.ActQuantBlockConfig(unroll=True).unrolled(10, interpret=True)
-  assert not config.ActQuantBlockConfig().unrolled(config.MAX_UNROLLED_STEPS + 1)
-  assert not config.ActQuantBlockConfig(unroll=False).unrolled(10)
+  rule = config.ActQuantBlockConfig()
+  assert rule.unrolled(10, 384) and not rule.unrolled(10, 384, interpret=True)
+  assert not rule.unrolled(10, 768) and not rule.unrolled(config.MAX_UNROLLED_STEPS + 1, 384)
+  assert config.ActQuantBlockConfig(unroll=True).unrolled(10, 1536, interpret=True)
+  assert not config.ActQuantBlockConfig(unroll=False).unrolled(10, 384)
   # Vim's widths 3 x 2^k are three exact chunks; other widths one padded tile
   assert config.ActQuantBlockConfig().resolve(1536) == (512, 1, 4, 3)
   assert config.ActQuantBlockConfig().resolve(192) == (64, 1, 2, 3)
@@ -289,9 +288,9 @@ def test_several_samples_per_program_match_canonical(symmetric):
 
 @pytest.mark.parametrize('symmetric,n_refresh', [(True, 10), (False, 4)])
 def test_window_walked_as_a_loop_matches_the_unrolled_walk(symmetric, n_refresh):
-  """unroll=True (the GPU's walk for windows of up to MAX_UNROLLED_STEPS) and the loop walk
-  (the interpreter's, and the GPU's for longer windows) give the canonical codes, and the same
-  dequantized values; L = 23 leaves a short last window."""
+  """unroll=True (the GPU's walk for short windows of narrow tiles) and the loop walk (the
+  interpreter's, and the GPU's otherwise) give the canonical codes, and the same dequantized
+  values; L = 23 leaves a short last window."""
   rng = np.random.default_rng(11)
   x = _activations(rng, 2, 23, 40) - (0.0 if symmetric else 3.0)
   scale = jnp.asarray(rng.uniform(2.0, 4.0, 23) / 7, jnp.float32)
@@ -363,10 +362,12 @@ def test_gpu_kernel_matches_canonical_at_vim_shape(trigger, unroll):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(jax.default_backend() != 'gpu', reason='needs a CUDA GPU')
-def test_gpu_asymmetric_kernel_matches_canonical_at_vim_shape():
-  """Δ's quantizer (asymmetric 4-bit, k = 4, 8-bit outliers) at a Vim-S d_inner shape."""
+@pytest.mark.parametrize('channels', [768, 384])
+def test_gpu_asymmetric_kernel_matches_canonical_at_vim_shape(channels):
+  """Δ's quantizer (asymmetric 4-bit, k = 4, 8-bit outliers) at Vim-S / Vim-T d_inner shapes
+  (384: the default walks its windows unrolled)."""
   rng = np.random.default_rng(10)
-  x = _activations(rng, 64, 197, 768) - 3.0
+  x = _activations(rng, 64, 197, channels) - 3.0
   scale = jnp.asarray(rng.uniform(6.0, 9.0, 197) / 15, jnp.float32)
   zero = jnp.asarray(rng.integers(7, 15, 197), jnp.int32)
   spec = ActQuantParams(bits=4, symmetric=False, k=4.0)
@@ -381,7 +382,7 @@ def test_gpu_asymmetric_kernel_matches_canonical_at_vim_shape():
       np.testing.assert_allclose(g, w, rtol=3e-7, atol=0)
       continue
     frac = np.mean(g != w)
-    print(f'asymmetric {field}: mismatch fraction {frac:.2e}')
+    print(f'asymmetric C={channels} {field}: mismatch fraction {frac:.2e}')
     assert frac < 1e-5, field
 
 
@@ -408,13 +409,15 @@ def test_dequantized_output_equals_dequantize_of_codes(symmetric, outliers, chun
 
 @pytest.mark.gpu
 @pytest.mark.skipif(jax.default_backend() != 'gpu', reason='needs a CUDA GPU')
-@pytest.mark.parametrize('symmetric', [True, False])
-def test_gpu_dequantized_matches_canonical_at_vim_b_shape(symmetric):
-  """One-pass dequantized output at Vim-B d_inner (C = 1536: three chunks) against the XLA
-  codes + dequantize; a vanishing fraction may differ (threshold ties, reduction order, the
-  asymmetric outlier step's ulps: see the asymmetric test above)."""
+@pytest.mark.parametrize('symmetric,channels', [(True, 1536), (False, 1536), (True, 16),
+                                               (False, 384)])
+def test_gpu_dequantized_matches_canonical_at_vim_b_shape(symmetric, channels):
+  """One-pass dequantized output at Vim-B d_inner (C = 1536: three chunks), at B/C's N = 16
+  and Vim-T's Δ (both walked unrolled by default) against the XLA codes + dequantize; a
+  vanishing fraction may differ (threshold ties, reduction order, the asymmetric outlier
+  step's ulps: see the asymmetric test above)."""
   rng = np.random.default_rng(12)
-  x = _activations(rng, 64, 197, 1536, np.float32) - (0.0 if symmetric else 3.0)
+  x = _activations(rng, 64, 197, channels, np.float32) - (0.0 if symmetric else 3.0)
   x = x.astype(jnp.bfloat16)
   qmax = 7 if symmetric else 15
   scale = jnp.asarray(rng.uniform(2.0, 4.0, 197) / qmax, jnp.float32)
@@ -430,6 +433,6 @@ def test_gpu_dequantized_matches_canonical_at_vim_b_shape(symmetric):
   step = np.asarray(api.act_quant(x, scale, spec, zero, implementation='xla').outlier_scale)
   tol = 1.01 * step[..., None] + 2.0 ** -7 * np.abs(want)
   frac, far = np.mean(got != want), np.mean(np.abs(got - want) > tol)
-  print(f'dequantized symmetric={symmetric}: mismatch fraction {frac:.2e}, beyond one '
+  print(f'dequantized symmetric={symmetric} C={channels}: mismatch fraction {frac:.2e}, beyond one '
         f'outlier step {far:.2e}')
   assert frac < 1e-4 and far < 1e-5  # threshold ties may flip a lane's mask (codes tests)
