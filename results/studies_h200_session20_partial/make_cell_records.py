@@ -11,7 +11,15 @@ report (reports/accuracy.json) and outlier reports, as the study mode builds the
 FINISHED_RUNS (session 19's finished_runs.json: the same settings, run from 15afabf, whose
 reports stayed on the card) adds records for the cells it holds completely that STUDY_DIR has
 not: top-1 only (no outlier rate), each row naming where it comes from.
+
+  python results/studies_h200_session20_partial/make_cell_records.py STUDY_DIR --same-settings
+
+(session 21) gives a cell without a record the rows of another study's recorded cell that ran
+the very same runs with the very same settings and seed (every field of the cell key but the
+run list equal, e.g. `positives` K = 12, Gen's default, and `gen_loss` L_C + L_O's W4A4 run),
+each row naming the record it was copied from.
 """
+import copy
 import json
 import os
 import sys
@@ -94,7 +102,56 @@ def from_finished_runs(root, path):
     print(name, label, s, [round(100 * r['top1'], 2) for r in rows], '(finished_runs)')
 
 
+def _cells(root):
+  """(study, label, seed, cell_dir, effective config) of every cell of the studies in root."""
+  for name in sorted(os.listdir(root)):
+    if name not in study.STUDIES:
+      continue
+    spec, config = study.study_named(name), base_config(name)
+    for label, overrides in spec.cells:
+      for s in range(int(config.study.seeds)):
+        cfg = study.cell_config(config, spec, overrides, config.seed + s)
+        cell_dir = os.path.join(root, name, study._slug(label), f'seed{s}')  # pylint: disable=protected-access
+        yield name, label, s, cell_dir, pipeline.effective_config(cfg)
+
+
+def _settings_key(effective) -> str:
+  """The cell key with the run list left out: equal for cells whose runs are made alike."""
+  cfg = copy.deepcopy(effective)
+  with cfg.unlocked():
+    cfg.pipeline.runs = ''
+  return study.cell_key(cfg)
+
+
+def from_same_settings(root):
+  """Records for cells whose runs another recorded cell made with the same settings and seed."""
+  donors, missing = {}, []
+  for name, label, s, cell_dir, effective in _cells(root):
+    record = atomic.read_json(os.path.join(cell_dir, study.CELL_RECORD))
+    if record is not None and record['key'] == study.cell_key(effective):
+      donors.setdefault(_settings_key(effective), []).append((f'{name}/{label}/seed{s}', record))
+    elif record is None:
+      missing.append((name, label, s, cell_dir, effective))
+  for name, label, s, cell_dir, effective in missing:
+    wanted = run_names(effective)
+    for source, record in donors.get(_settings_key(effective), []):
+      rows = {r['name']: r for r in record['rows']}
+      if not set(wanted) <= set(rows):
+        continue
+      copied = [{**rows[run], 'cell': label,
+                 'recorded_from': f'{source} (the same run, settings and seed; '
+                                  f'{rows[run].get("recorded_from", "its own report")})'}
+                for run in wanted]
+      atomic.write_json(os.path.join(cell_dir, study.CELL_RECORD),
+                        {'key': study.cell_key(effective), 'rows': copied})
+      print(name, label, s, [round(100 * r['top1'], 2) for r in copied], 'from', source)
+      break
+
+
 if __name__ == '__main__':
-  main(sys.argv[1])
-  if len(sys.argv) > 2:
-    from_finished_runs(sys.argv[1], sys.argv[2])
+  if sys.argv[2:] == ['--same-settings']:
+    from_same_settings(sys.argv[1])
+  else:
+    main(sys.argv[1])
+    if len(sys.argv) > 2:
+      from_finished_runs(sys.argv[1], sys.argv[2])
