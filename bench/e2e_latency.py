@@ -144,6 +144,9 @@ def parse_args(argv=None):
   p.add_argument('--act_quant_unroll_max', type=int, default=-1,
                  help='act_quant windows of at most this many steps may be unrolled (-1: the '
                       'library default, config.MAX_UNROLLED_STEPS; 0: always the loop walk)')
+  p.add_argument('--act_quant_interleave', type=int, default=-1, choices=(-1, 0, 1),
+                 help='packed act_quant codes from even/odd channel tiles (-1: the library '
+                      'default, config.INTERLEAVE_PACKED)')
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--out', default='', help='JSON file for the results')
   p.add_argument('--smoke', action='store_true',
@@ -334,6 +337,8 @@ def run(args, on_cell=lambda report: None) -> dict[str, Any]:
   results, rates, quantize_s = [], {}, {}
   if args.act_quant_unroll_max >= 0:   # an A/B of the window walk in one process
     act_quant_config.MAX_UNROLLED_STEPS = args.act_quant_unroll_max
+  if args.act_quant_interleave >= 0:
+    act_quant_config.INTERLEAVE_PACKED = bool(args.act_quant_interleave)
   device = jax.devices()[0]
   report = {'device': f'{device.platform}: {device.device_kind}', 'jax': jax.__version__,
             'xla_flags': os.environ.get('XLA_FLAGS', ''),   # e.g. command-buffer experiments

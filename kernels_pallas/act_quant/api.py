@@ -132,7 +132,8 @@ def act_quant(x, inlier_scale, params: ActQuantParams, zero_point=None, *,
     return reference.act_quant_xla(x, inlier_scale, params, zero_point, pack=pack_int4)
   q_in, q_out, o_scale, mask, scale, o_zero = pallas_triton.act_quant(
       x, inlier_scale, zero_point, trigger=params.trigger, pack=pack_int4,
-      with_mask=outlier_mask, **_kernel_args(params, x, block_config, interpret))
+      with_mask=outlier_mask, **_kernel_args(params, x, block_config, interpret),
+      interleave=(block_config or ActQuantBlockConfig()).interleaved(channels, pack_int4))
   in_zero = None if params.symmetric else zero_point.astype(jnp.int32)
   return IntActivation(inlier_q=q_in, inlier_scale=scale, inlier_zero_point=in_zero,
                        outlier_q=q_out, outlier_scale=o_scale, outlier_zero_point=o_zero,

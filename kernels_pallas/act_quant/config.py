@@ -39,6 +39,10 @@ TILE_ELEMENTS = 512
 # longer: interpreted kernels keep the loop.
 MAX_UNROLLED_STEPS = 16
 UNROLLED_TILE_ELEMENTS = 512
+# Packed int4 codes from even/odd channel tiles (`ActQuantBlockConfig.interleave`) by default:
+# off until timed on a card (`bench.py`'s `triton_sample_packed_interleaved`,
+# `bench/e2e_latency.py --act_quant_interleave=1`).
+INTERLEAVE_PACKED = False
 
 
 def check_bits(owner: str, name: str, bits) -> None:
@@ -115,11 +119,14 @@ class ActQuantBlockConfig:
   the per-sample kernel (None -> as many as fit TILE_ELEMENTS lanes); num_warps: warps per
   program (None -> 2 up to 1024 lanes per tile, else 4: the sweep's best); unroll: walk a
   window as straight-line code (None -> on a GPU when n_refresh <= MAX_UNROLLED_STEPS and a
-  program's tile has at most UNROLLED_TILE_ELEMENTS lanes: the measured rule)."""
+  program's tile has at most UNROLLED_TILE_ELEMENTS lanes: the measured rule); interleave: packed
+  int4 codes are made from a chunk's even and odd channels loaded as two tiles (strided loads)
+  instead of by splitting one tile (None -> INTERLEAVE_PACKED; see `interleaved`)."""
   block_c: int | None = None
   block_b: int | None = None
   num_warps: int | None = None
   unroll: bool | None = None
+  interleave: bool | None = None
 
   def __post_init__(self):
     if self.block_c is not None and (not isinstance(self.block_c, int)
@@ -134,9 +141,21 @@ class ActQuantBlockConfig:
     if self.num_warps is not None and self.num_warps not in _VALID_WARPS:
       raise ValueError(f'ActQuantBlockConfig.num_warps={self.num_warps!r}: choose one of '
                        f'{_VALID_WARPS} (or None).')
+    if self.interleave is not None and not isinstance(self.interleave, bool):
+      raise ValueError(f'ActQuantBlockConfig.interleave={self.interleave!r}: must be True, False '
+                       'or None (None: INTERLEAVE_PACKED).')
     if self.unroll is not None and not isinstance(self.unroll, bool):
       raise ValueError(f'ActQuantBlockConfig.unroll={self.unroll!r}: must be True, False or None '
                        '(None: the measured rule, see MAX_UNROLLED_STEPS).')
+
+  def interleaved(self, channels: int, pack: bool) -> bool:
+    """Whether packed codes for C channels are made from even/odd tiles: asked for, packing,
+    and a row of exact chunks of at least 32 lanes (no padding lanes to stride past)."""
+    asked = INTERLEAVE_PACKED if self.interleave is None else self.interleave
+    if not (asked and pack):
+      return False
+    block_c, _, _, n_chunks = self.resolve(channels)
+    return block_c * n_chunks == channels and block_c >= 32
 
   def unrolled(self, n_refresh: int, tile_elements: int, interpret: bool = False) -> bool:
     """Whether the kernel walks a window of n_refresh steps as straight-line code, for a program

@@ -83,12 +83,12 @@ def _reciprocal_rn(v, interpret: bool):
 
 
 def _lanes(fn, *rows):
-  """fn applied chunk by chunk to rows held as tuples of (rows, block_c) chunks."""
+  """fn applied tile by tile to rows held as tuples of (rows, width) tiles."""
   return tuple(fn(*parts) for parts in zip(*rows))
 
 
 def _reduce(reduce_fn, combine, chunks):
-  """A per-row reduction over every chunk of a row: (rows,)."""
+  """A per-row reduction over every tile of a row: (rows,)."""
   out = reduce_fn(chunks[0], axis=-1)
   for chunk in chunks[1:]:
     out = combine(out, reduce_fn(chunk, axis=-1))
@@ -102,9 +102,12 @@ class _Math:
   XLA rewrites `a / broadcast(b)` as `a * broadcast(1 / b)` (and `a / c` as `a * fl(1 / c)`),
   so every division of the reference appears here as a multiply by an IEEE reciprocal.
 
-  A time step's row is held as `n_chunks` tiles of block_c lanes (a tuple): Triton tiles are
+  A time step's row is held as `n_chunks` chunks of block_c lanes (a tuple): Triton tiles are
   powers of two, and Vim's widths are 3 x 2^k (192 ... 1536), which one padded tile would hold
-  with a quarter of its lanes idle; three exact chunks waste none.
+  with a quarter of its lanes idle; three exact chunks waste none. With `interleaved` each chunk
+  is two tiles, its even and its odd channels (strided loads), so the int4 packing of a channel
+  pair is one lane-wise operation on two tiles instead of a reshape and split of one tile
+  (which Triton does through shared memory, every step).
   """
   channels: int
   block_c: int
@@ -119,11 +122,31 @@ class _Math:
   code_dtype: object = jnp.int8          # int32 where an asymmetric 8-bit grid exceeds a byte
   outlier_dtype: object = jnp.int8
   n_chunks: int = 1
+  interleaved: bool = False
+
+  @property
+  def tiles(self) -> int:
+    """Tiles a row is held as (the tuples' length)."""
+    return self.n_chunks * (2 if self.interleaved else 1)
+
+  @property
+  def width(self) -> int:
+    """Lanes of one tile."""
+    return self.block_c // 2 if self.interleaved else self.block_c
+
+  def tile_channels(self, j: int):
+    """The channels of tile j, as a slice of the channel axis."""
+    if self.interleaved:
+      chunk, parity = divmod(j, 2)
+      return pl.ds(chunk * self.block_c + parity, self.width, stride=2)
+    return pl.ds(j * self.block_c, self.block_c)
 
   def col_ok(self):
-    """Per chunk, which of its lanes are real channels."""
-    return tuple(j * self.block_c + jnp.arange(self.block_c) < self.channels
-                 for j in range(self.n_chunks))
+    """Per tile, which of its lanes are real channels."""
+    def ok(j):
+      first = self.tile_channels(j)
+      return first.start + first.stride * jnp.arange(self.width) < self.channels
+    return tuple(ok(j) for j in range(self.tiles))
 
   def reductions(self, x, mask, col_ok):
     """Every per-row statistic of a step, in one round of independent reductions over the
@@ -242,22 +265,39 @@ def _time_step(window, i, n_refresh, length):
   return jnp.minimum(t_raw, length - 1), t_raw < length
 
 
-def _rows(b0, rows, t, start, width):
-  """Index of the (rows, width) tile of samples b0.. at step t, lanes start.."""
-  return (pl.ds(b0, rows), t, pl.ds(start, width))
+def _rows(b0, rows, t, lanes):
+  """Index of the tile of samples b0.. at step t on the channels `lanes` (a slice)."""
+  return (pl.ds(b0, rows), t, lanes)
+
+
+def _emulates_strides(math: _Math) -> bool:
+  """The Pallas interpreter has no strided loads or stores: there an interleaved chunk is read
+  and written whole and split / merged (what the GPU kernel avoids; the same values)."""
+  return math.interleaved and math.interpret
+
+
+def _load_tiles(ref, b0, t, lanes_ok, math: _Math):
+  """The row tiles (rows, width) of samples b0.. at step t from a (B, L, C) ref, masked lanes
+  0 (False)."""
+  rows, other = lanes_ok[0].shape[0], jnp.zeros((), ref.dtype)
+  if _emulates_strides(math):
+    tiles = []
+    for c in range(math.n_chunks):
+      whole = plgpu.load(ref.at[_rows(b0, rows, t, pl.ds(c * math.block_c, math.block_c))],
+                         mask=int4.interleave(lanes_ok[2 * c], lanes_ok[2 * c + 1]), other=other)
+      tiles += int4.split_even_odd(whole)
+    return tuple(tiles)
+  return tuple(plgpu.load(ref.at[_rows(b0, rows, t, math.tile_channels(j))], mask=ok, other=other)
+               for j, ok in enumerate(lanes_ok))
 
 
 def _load_rows(x_ref, b0, t, lanes_ok, math: _Math):
-  """The row chunks (rows, block_c) fp32 of samples b0.. at step t, masked lanes 0."""
-  rows = lanes_ok[0].shape[0]
-  return tuple(
-      plgpu.load(x_ref.at[_rows(b0, rows, t, j * math.block_c, math.block_c)], mask=ok,
-                 other=jnp.zeros((), x_ref.dtype)).astype(jnp.float32)
-      for j, ok in enumerate(lanes_ok))
+  """The row tiles (rows, width) fp32 of samples b0.. at step t, masked lanes 0."""
+  return tuple(x.astype(jnp.float32) for x in _load_tiles(x_ref, b0, t, lanes_ok, math))
 
 
 def _lanes_ok(row_ok, math: _Math):
-  """Per chunk, the (rows, block_c) lanes that exist: real rows x real channels."""
+  """Per tile, the (rows, width) lanes that exist: real rows x real channels."""
   return tuple(row_ok[:, None] & ok[None, :] for ok in math.col_ok())
 
 
@@ -270,8 +310,9 @@ def _store_rows(qin_ref, outlier_refs, b0, t, row_ok, q_in, outlier, mask, math:
   if pack:
     for j in range(math.n_chunks):
       half_ok = row_ok[:, None] & (j * bc // 2 + jnp.arange(bc // 2) < math.channels // 2)[None, :]
-      plgpu.store(qin_ref.at[_rows(b0, rows, t, j * bc // 2, bc // 2)],
-                  int4.pack_nibbles(*int4.split_even_odd(q_in[j])), mask=half_ok)
+      pairs = (q_in[2 * j], q_in[2 * j + 1]) if math.interleaved else int4.split_even_odd(q_in[j])
+      plgpu.store(qin_ref.at[_rows(b0, rows, t, pl.ds(j * bc // 2, bc // 2))],
+                  int4.pack_nibbles(*pairs), mask=half_ok)
   else:
     _store_chunks(qin_ref, b0, t, row_ok, q_in, math)
   if outlier is None:
@@ -287,10 +328,16 @@ def _store_rows(qin_ref, outlier_refs, b0, t, row_ok, q_in, outlier, mask, math:
 
 
 def _store_chunks(ref, b0, t, row_ok, chunks, math: _Math):
-  """Writes a row held as chunks to the (B, L, C) output ref at step t (real lanes only)."""
-  rows, bc = row_ok.shape[0], math.block_c
-  for j, ok in enumerate(_lanes_ok(row_ok, math)):
-    plgpu.store(ref.at[_rows(b0, rows, t, j * bc, bc)], chunks[j], mask=ok)
+  """Writes a row held as tiles to the (B, L, C) output ref at step t (real lanes only)."""
+  rows, oks = row_ok.shape[0], _lanes_ok(row_ok, math)
+  if _emulates_strides(math):
+    for c in range(math.n_chunks):
+      plgpu.store(ref.at[_rows(b0, rows, t, pl.ds(c * math.block_c, math.block_c))],
+                  int4.interleave(chunks[2 * c], chunks[2 * c + 1]),
+                  mask=int4.interleave(oks[2 * c], oks[2 * c + 1]))
+    return
+  for j, ok in enumerate(oks):
+    plgpu.store(ref.at[_rows(b0, rows, t, math.tile_channels(j))], chunks[j], mask=ok)
 
 
 def _outlier_outputs(outlier_refs, math: _Math):
@@ -303,7 +350,7 @@ def _outlier_outputs(outlier_refs, math: _Math):
 
 
 def _no_mask(rows: int, math: _Math):
-  return tuple(jnp.zeros((rows, math.block_c), jnp.bool_) for _ in range(math.n_chunks))
+  return tuple(jnp.zeros((rows, math.width), jnp.bool_) for _ in range(math.tiles))
 
 
 def _walk(n_steps: int, step, carry, unroll: bool):
@@ -361,7 +408,6 @@ def _batch_kernel(x_ref, s_ref, z_ref, qin_ref, *outlier_refs, math: _Math,
   one_row = jnp.arange(1) < 1
   all_lanes = _lanes_ok(one_row, math)
   mask_ref = _outlier_outputs(outlier_refs, math)[3]  # always written: the next step reads it
-  bc = math.block_c
 
   def step(i, carry):
     t, in_seq = _time_step(window, i, n_refresh, length)
@@ -370,9 +416,7 @@ def _batch_kernel(x_ref, s_ref, z_ref, qin_ref, *outlier_refs, math: _Math,
     lanes_ok = _lanes_ok(one_row & in_seq, math)
 
     def previous_mask(b):  # what this program stored for sample b one step earlier
-      return tuple(plgpu.load(mask_ref.at[_rows(b, 1, t_prev, j * bc, bc)],
-                              mask=ok & (i > 0), other=jnp.zeros((), jnp.bool_))
-                   for j, ok in enumerate(all_lanes))
+      return _load_tiles(mask_ref, b, t_prev, tuple(ok & (i > 0) for ok in all_lanes), math)
 
     def sample_triggers(b, any_trigger):
       s_d = math.reductions(_load_rows(x_ref, b, t, lanes_ok, math), previous_mask(b), col_ok)[0]
@@ -404,7 +448,7 @@ def _with_grid_refs(kernel, **static):
 
 
 def _math_and_grid(x, inlier_scale, zero_point, code_range, k, std_ddof, block_c, n_chunks,
-                   interpret):
+                   interpret, interleaved=False):
   """The kernel's static constants and its per-step grid inputs: the raw steps (and zero
   points) as they are, since t is clamped to L - 1 in the kernel, which floors and inverts
   S_I(t) itself (`_Math.static_grid`)."""
@@ -416,7 +460,8 @@ def _math_and_grid(x, inlier_scale, zero_point, code_range, k, std_ddof, block_c
   math = _Math(channels=x.shape[2], block_c=block_c, qmin=float(qmin), qmax=float(qmax),
                o_qmin=float(o_qmin), o_qmax=float(o_qmax), k=float(k), ddof=std_ddof,
                interpret=interpret, symmetric=symmetric, code_dtype=int_dtype(qmin, qmax),
-               outlier_dtype=int_dtype(o_qmin, o_qmax), n_chunks=n_chunks)
+               outlier_dtype=int_dtype(o_qmin, o_qmax), n_chunks=n_chunks,
+               interleaved=interleaved)
   return math, grid_inputs
 
 
@@ -432,21 +477,28 @@ _STATIC = ('code_range', 'k', 'n_refresh', 'std_ddof', 'detect', 'block_c', 'blo
            'num_warps', 'n_chunks', 'unroll', 'interpret')
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC + ('trigger', 'pack', 'with_mask'))
+@functools.partial(jax.jit,
+                   static_argnames=_STATIC + ('trigger', 'pack', 'with_mask', 'interleave'))
 def act_quant(x, inlier_scale, zero_point, *, code_range: tuple[int, int, int, int], k: float,
               n_refresh: int, trigger: str, std_ddof: int, detect: bool, pack: bool,
               block_c: int, block_b: int, num_warps: int, with_mask: bool = True,
-              n_chunks: int = 1, unroll: bool = False, interpret: bool = False):
+              n_chunks: int = 1, unroll: bool = False, interleave: bool = False,
+              interpret: bool = False):
   """Validated (B, L, C) input, (L,) steps and (L,) zero points (None: symmetric) ->
   (inlier codes, outlier codes, outlier scale, mask, clamped inlier scale, outlier zero points
   (B, L) int32 or None). code_range = (qmin, qmax, outlier qmin, outlier qmax); block_b:
   samples per program of the 'sample' kernel; a row is n_chunks tiles of block_c lanes; unroll:
-  the 'sample' kernel walks a window as straight-line code.
+  the 'sample' kernel walks a window as straight-line code; interleave (with pack, C exactly
+  n_chunks x block_c): a chunk's even and odd channels are loaded as two tiles.
   Without `detect` (outliers='none') the outlier outputs are constants; without `with_mask`
   the mask is None (the batch-trigger kernel writes it anyway: it reads it back)."""
   batch, length, channels = x.shape
+  if interleave and (not pack or channels != block_c * n_chunks or block_c < 32):
+    raise ValueError(f'act_quant: interleave needs packed codes and C = n_chunks x block_c with '
+                     f'block_c >= 32, got pack={pack}, C={channels}, block_c={block_c}, '
+                     f'n_chunks={n_chunks}.')
   math, grid_inputs = _math_and_grid(x, inlier_scale, zero_point, code_range, k, std_ddof,
-                                     block_c, n_chunks, interpret)
+                                     block_c, n_chunks, interpret, interleave)
   symmetric = math.symmetric
   scale = jnp.maximum(inlier_scale.astype(jnp.float32), MIN_SCALE)
   n_windows = -(-length // n_refresh)

@@ -312,17 +312,44 @@ def test_window_walked_as_a_loop_matches_the_unrolled_walk(symmetric, n_refresh)
   assert np.asarray(want.outlier_mask).any()
 
 
-@pytest.mark.parametrize('trigger,symmetric,n_chunks,dequantized,unroll', [
-    ('sample', True, 1, False, False), ('batch', True, 1, False, False),
-    ('sample', False, 1, False, True), ('sample', True, 3, False, True),
-    ('batch', False, 3, False, False), ('sample', False, 3, True, True)])
-def test_kernel_lowers_to_triton_for_h100(trigger, symmetric, n_chunks, dequantized, unroll):
+@pytest.mark.parametrize('trigger,c', [('sample', 96), ('batch', 96), ('sample', 64)])
+def test_interleaved_tiles_match_canonical(trigger, c):
+  """interleave=True: packed codes from even/odd channel tiles (one or three chunks, both
+  triggers, both walks) equal the canonical quantizer's; shapes it cannot hold are refused."""
+  from kernels_pallas.act_quant import pallas_triton  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(c)
+  x = _activations(rng, 3, 23, c)
+  scale = jnp.asarray(rng.uniform(2.0, 4.0, 23) / 7, jnp.float32)
+  spec = ActQuantParams(bits=4, outlier_bits=8, trigger=trigger)
+  assert config.ActQuantBlockConfig(interleave=True).interleaved(c, pack=True)
+  want = api.act_quant(x, scale, spec, pack_int4=True, implementation='xla')
+  for unroll in (False, True):
+    block = config.ActQuantBlockConfig(interleave=True, unroll=unroll)
+    _assert_same(_kernel(x, scale, spec, pack_int4=True, block_config=block), want, pack=True)
+  assert np.asarray(want.outlier_mask).any()
+  assert not config.ActQuantBlockConfig(interleave=True).interleaved(40, pack=True)  # padded
+  assert not config.ActQuantBlockConfig(interleave=True).interleaved(c, pack=False)
+  assert not config.ActQuantBlockConfig().interleaved(c, pack=True)  # INTERLEAVE_PACKED off
+  with pytest.raises(ValueError, match='interleave needs packed codes'):
+    pallas_triton.act_quant(x[..., :40], scale, None, code_range=(-7, 7, -127, 127), k=3.0,
+                            n_refresh=10, trigger='sample', std_ddof=1, detect=True, pack=True,
+                            block_c=64, block_b=1, num_warps=2, interleave=True, interpret=True)
+
+
+@pytest.mark.parametrize('trigger,symmetric,n_chunks,dequantized,unroll,interleave', [
+    ('sample', True, 1, False, False, False), ('batch', True, 1, False, False, True),
+    ('sample', False, 1, False, True, False), ('sample', True, 3, False, True, True),
+    ('batch', False, 3, False, False, False), ('sample', False, 3, True, True, False),
+    ('sample', True, 3, False, False, True)])
+def test_kernel_lowers_to_triton_for_h100(trigger, symmetric, n_chunks, dequantized, unroll,
+                                          interleave):
   """Lowers (no compile) for an abstract H100: every op must have a Triton lowering rule."""
   from jax.sharding import AbstractDevice, AbstractMesh  # pylint: disable=g-import-not-at-top
   from kernels_pallas.act_quant import pallas_triton  # pylint: disable=g-import-not-at-top
   h100 = AbstractDevice(device_kind='NVIDIA H100 80GB HBM3', num_cores=132, platform='cuda')
   mesh = AbstractMesh((1,), ('x',), abstract_device=h100)
-  b, l, c = 64, 197, 1536
+  b, l = 64, 197
+  c = 2048 if interleave and n_chunks == 1 else 1536   # interleaved tiles need exact chunks
   zero = None if symmetric else jax.ShapeDtypeStruct((l,), jnp.int32)
   code_range = (-7, 7, -127, 127) if symmetric else (0, 15, 0, 255)
   common = dict(code_range=code_range, k=3.0, n_refresh=10, std_ddof=1, detect=True,
@@ -335,28 +362,34 @@ def test_kernel_lowers_to_triton_for_h100(trigger, symmetric, n_chunks, dequanti
       traced = pallas_triton.act_quant_dequantized.trace(*args, out_dtype=jnp.dtype(jnp.bfloat16),
                                                          **common)
     else:
-      traced = pallas_triton.act_quant.trace(*args, trigger=trigger, pack=symmetric, **common)
+      traced = pallas_triton.act_quant.trace(*args, trigger=trigger, pack=symmetric,
+                                             interleave=interleave, **common)
     lowered = traced.lower(lowering_platforms=('cuda',))
   assert '__gpu$xla.gpu.triton' in lowered.as_text()
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(jax.default_backend() != 'gpu', reason='needs a CUDA GPU')
-@pytest.mark.parametrize('trigger,unroll', [('sample', None), ('sample', True), ('batch', None)])
-def test_gpu_kernel_matches_canonical_at_vim_shape(trigger, unroll):
+@pytest.mark.parametrize('trigger,unroll,interleave,channels', [
+    ('sample', None, False, 768), ('sample', True, False, 768), ('batch', None, False, 768),
+    ('sample', None, True, 768), ('sample', None, True, 1536), ('sample', True, True, 384),
+    ('batch', None, True, 768)])
+def test_gpu_kernel_matches_canonical_at_vim_shape(trigger, unroll, interleave, channels):
   # On the GPU the reductions run in another order than XLA's, so a value within an ulp of
   # the mu + k sigma threshold may flip; allow a vanishing fraction of differing codes.
   rng = np.random.default_rng(9)
-  x = _activations(rng, 64, 197, 768)
+  x = _activations(rng, 64, 197, channels)
   scale = jnp.asarray(rng.uniform(0.3, 0.6, 197), jnp.float32)
   spec = ActQuantParams(bits=4, trigger=trigger)
   want = api.act_quant(x, scale, spec, pack_int4=True, implementation='xla')
   got = api.act_quant(x, scale, spec, pack_int4=True, implementation='triton',
-                      block_config=config.ActQuantBlockConfig(unroll=unroll))
+                      block_config=config.ActQuantBlockConfig(unroll=unroll,
+                                                              interleave=interleave))
   for field in FIELDS:
     g, w = np.asarray(getattr(got, field)), np.asarray(getattr(want, field))
     frac = np.mean(g != w)
-    print(f'{trigger} unroll={unroll} {field}: mismatch fraction {frac:.2e}')
+    print(f'{trigger} C={channels} unroll={unroll} interleave={interleave} {field}: '
+          f'mismatch fraction {frac:.2e}')
     assert frac < 1e-5, field
 
 
