@@ -4,7 +4,9 @@ main.py only wires config to stage: it reads the config (a Python file returning
 ConfigDict), checks it (`stages.preflight`), picks the mode and calls that stage's
 `run(config, workdir)` (`ouromamba_jax.stages.MODES`). `--help` (or `--config.mode=help`)
 lists the modes and the config fields. A config error, a missing checkpoint or missing data
-ends the command with one line on stderr naming the field or the file, and a non-zero exit.
+ends the command with one line on stderr naming the field or the file, and a non-zero exit; so
+does a SIGTERM during Gen, calibration or training (status 143), after the job has saved its
+progress for a rerun.
 
 The log shows this project's progress lines and every library's warnings; `--verbosity=0`
 (absl's flag; 1 = debug) brings back the other libraries' INFO lines (Orbax, JAX).
@@ -166,6 +168,7 @@ def remove_stale_temporaries(workdir: str) -> None:
 def main(argv):
   from ouromamba_jax.data import pipeline as data_pipeline  # pylint: disable=g-import-not-at-top
   from ouromamba_jax.io import integrity  # pylint: disable=g-import-not-at-top
+  from ouromamba_jax import stop_request  # pylint: disable=g-import-not-at-top
   from ouromamba_jax.stages import preflight  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
     fail(f'unexpected arguments: {argv[1:]} (config fields are set as --config.FIELD=VALUE)',
@@ -199,6 +202,8 @@ def main(argv):
   except (data_pipeline.DataNotFoundError, integrity.DamagedFileError,
           integrity.NonFiniteError) as e:
     fail(e, RUN_ERROR_EXIT)
+  except stop_request.StopRequested as e:   # SIGTERM: progress saved, resumable
+    fail(e, stop_request.EXIT_STATUS)
 
 
 if __name__ == '__main__':

@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from ouromamba_jax import distributed
+from ouromamba_jax import stop_request
 from ouromamba_jax.gen import objective
 from ouromamba_jax.gen import optimize
 from ouromamba_jax.gen.spec import GenSpec
@@ -147,8 +148,9 @@ def generate(model, params, spec: GenSpec, seed: int = 0, *, store: Optional[Gro
 
   `seed` sets the balanced random targets and every image's noise and augmentation. With a
   `store`, finished groups are kept and the group in progress is checkpointed every
-  spec.checkpoint_every steps, and a rerun resumes. `on_step(global_step)` is called after each
-  step has been checked (tests use it to simulate a kill).
+  spec.checkpoint_every steps, and a rerun resumes; a SIGTERM (one process) checkpoints the
+  step in progress and raises `stop_request.StopRequested`. `on_step(global_step)` is called
+  after each step has been checked (tests use it to simulate a kill).
   """
   check_spec(spec, model)
   num_images, iters = spec.num_images, spec.iterations
@@ -174,14 +176,18 @@ def generate(model, params, spec: GenSpec, seed: int = 0, *, store: Optional[Gro
                 if (data := store.finished_group(g)) is not None}
   progress = _Progress(num_images * iters, len(finished) * group_size * iters)
   try:
-    for g in range(num_groups):
-      if g in finished:
-        continue
-      indices = np.arange(g * group_size, (g + 1) * group_size)
-      finished[g] = _run_group(
-          g, num_groups, indices, labels_all[indices], seed=seed, shape=shape, spec=spec,
-          mesh=mesh, params=params, step_fn=step_fn, optimizer=optimizer, store=store,
-          progress=progress, on_step=on_step)
+    # Several processes would see the signal at different steps and then wait for each other
+    # in the step's collectives: there SIGTERM keeps its default action.
+    with stop_request.on_sigterm(enabled=jax.process_count() == 1):
+      for g in range(num_groups):
+        if g in finished:
+          continue
+        _stop_if_requested(store, f'before group {g + 1}/{num_groups}')
+        indices = np.arange(g * group_size, (g + 1) * group_size)
+        finished[g] = _run_group(
+            g, num_groups, indices, labels_all[indices], seed=seed, shape=shape, spec=spec,
+            mesh=mesh, params=params, step_fn=step_fn, optimizer=optimizer, store=store,
+            progress=progress, on_step=on_step)
   finally:
     if store is not None:
       store.close()
@@ -189,6 +195,16 @@ def generate(model, params, spec: GenSpec, seed: int = 0, *, store: Optional[Gro
   images = np.concatenate([finished[g]['images'] for g in range(num_groups)])
   history = [_history_entry(finished[g]) for g in range(num_groups)]
   return GenResult(images, labels_all, history)
+
+
+def _stop_if_requested(store: Optional[GroupStore], where: str) -> None:
+  """Raises StopRequested when a SIGTERM asked Gen to stop (`stop_request`); the caller has
+  saved what a rerun needs to resume from `where`."""
+  if not stop_request.requested():
+    return
+  saved = (f'its progress is saved in {store.location()}; rerun the same command to resume'
+           if store is not None else 'nothing was saved (no store: this run is not checkpointed)')
+  raise stop_request.StopRequested(f'OuroMamba-Gen stopped by SIGTERM {where}; {saved}.')
 
 
 def _history_entry(group_data: dict) -> dict:
@@ -278,12 +294,16 @@ def _run_group(g, num_groups, indices, labels, *, seed, shape, spec: GenSpec, me
     if pending is not None:
       record(*pending)  # the previous step's metrics, read while this step runs
     pending = (t, metrics)
-    if every and (t + 1) % every == 0 and t + 1 < iters:
+    checkpoint_due = every and (t + 1) % every == 0
+    stopping = stop_request.requested()
+    if (checkpoint_due or (stopping and store is not None)) and t + 1 < iters:
       record(*pending)
       pending = None
       store.save(g * iters + t + 1, {'state': jax.tree.map(distributed.gather, state),
                                      'history': history})
       last_good[0] = g * iters + t + 1
+    if stopping and t + 1 < iters:
+      _stop_if_requested(store, f'after step {t + 1}/{iters} of group {g + 1}/{num_groups}')
   if pending is not None:
     record(*pending)
 

@@ -4,7 +4,8 @@
 # finished so far: their cell.json records (this folder's study/) are copied into the workdir,
 # so the study mode reads them instead of running them again. Each study is split over PARTS
 # processes (study.part) on one GPU under MPS, one workdir, one Gen store; T (seconds) bounds the
-# processes, so keep T <= ~540 for a 600 s call. A study whose parts all finished is collected
+# processes (SIGTERM at T: Gen checkpoints its step and exits; SIGKILL 20 s later), so keep
+# T <= ~520 for a 600 s call. A study whose parts all finished is collected
 # (seconds: every cell is read from its record), the others get a partial report. Carry .whl (ml_collections) and .data/cifar10/
 # test.tar.gz (the train split is not needed and would not fit the 64 MiB beside the repo).
 # Returned: studies.tgz (every cell's records and reports: unpack it over this folder's study/
@@ -36,7 +37,7 @@ for sp in "$@"; do
   grep -q "^$s collected" $W/logs/status.txt 2>/dev/null && continue
   for i in $(seq 0 $((p-1))); do
     grep -q "^$s $i/$p rc=0" $W/logs/status.txt 2>/dev/null && continue
-    ( timeout $T python3 main.py $C --config.study.name=$s --config.study.part=$i/$p >> $W/logs/$s.$i.log 2>&1
+    ( timeout -k 20 $T python3 main.py $C --config.study.name=$s --config.study.part=$i/$p >> $W/logs/$s.$i.log 2>&1
       echo "$s $i/$p rc=$? $(date -u +%T)" >> $W/logs/status.txt ) &
     pids+=($!)
     sleep 2

@@ -1,6 +1,8 @@
 """Pieces of the block-wise loop, and that it trains: reconstruction falls, step sizes move, a
 killed training run resumes bit for bit."""
 import dataclasses
+import os
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +11,7 @@ import pytest
 
 from ouromamba_jax import quant
 from ouromamba_jax import quantized_checkpoints
+from ouromamba_jax import stop_request
 from ouromamba_jax.quant import calibrate
 from ouromamba_jax.quant import presets
 from ouromamba_jax.quant import qtypes
@@ -97,9 +100,21 @@ def test_training_moves_the_step_sizes_off_their_initial_values(tiny, trained):
     assert np.mean(np.abs(learned / minmax - 1) > 1e-3) > 0.5      # most scales moved
 
 
-def test_a_killed_training_run_resumes_bit_for_bit(tiny, trained, apply_fn, tmp_path):
+def test_a_stopped_then_killed_training_run_resumes_bit_for_bit(tiny, trained, apply_fn,
+                                                                  tmp_path):
+  """A SIGTERM in block 1 finishes and saves it, then stops; a later run killed in block 2
+  leaves that snapshot as it was; the third run resumes from it bit for bit."""
   model, params, images = tiny
   snapshot = quantized_checkpoints.SnapshotFile(str(tmp_path / 'calibration_state.npz'))
+
+  def terminate_in_block_1(msg):
+    if 'block 1/2' in msg:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  with pytest.raises(stop_request.StopRequested, match='after block 1/2; the finished blocks'):
+    quant.quantize(model, params, images, _minmax_w4a4(), snapshot=snapshot,
+                   log=terminate_in_block_1)
+  assert snapshot.load()[1]['next_block'] == 1
 
   def die_in_block_2(msg):
     if 'block 2/2' in msg:

@@ -2,6 +2,7 @@
 import logging
 import os
 import shutil
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +10,7 @@ import numpy as np
 import optax
 import pytest
 
+from ouromamba_jax import stop_request
 from ouromamba_jax.gen import generator
 from ouromamba_jax.gen import optimize
 from ouromamba_jax.stages import gen_store
@@ -95,6 +97,30 @@ def test_resume_after_interruption_matches_the_uninterrupted_run(tiny, tmp_path,
   np.testing.assert_array_equal(resumed.images, expected.images)
   np.testing.assert_array_equal(resumed.labels, expected.labels)
   assert resumed.history == expected.history
+
+
+def test_sigterm_saves_the_step_in_progress_and_a_rerun_resumes_there(tiny, tmp_path,
+                                                                       reference_run):
+  """A SIGTERM during group 2's third step: Gen checkpoints the next step it finishes (step 4,
+  global 10) and stops with StopRequested; the rerun redoes nothing (a kill at the same point
+  resumes from step 8) and gives the uninterrupted run's images."""
+  model, params = tiny
+  directory = str(tmp_path)
+
+  def terminate(global_step):
+    if global_step == 9:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  before = signal.getsignal(signal.SIGTERM)
+  with pytest.raises(stop_request.StopRequested, match='stopped by SIGTERM after step 4/6 of '
+                     'group 2/2; its progress is saved in .*rerun the same command'):
+    _generate(model, params, tiny_gen_spec(), directory, on_step=terminate)
+  assert signal.getsignal(signal.SIGTERM) is before   # the previous action is back
+  steps = []
+  resumed = _generate(model, params, tiny_gen_spec(), directory, on_step=steps.append)
+  assert steps == [11, 12]
+  np.testing.assert_array_equal(resumed.images, reference_run[0].images)
+  assert resumed.history == reference_run[0].history
 
 
 def test_a_kill_during_a_checkpoint_save_leaves_the_previous_one_usable(tiny, tmp_path,

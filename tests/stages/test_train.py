@@ -1,8 +1,10 @@
-"""Mode `train`: a run cut into pieces (one killed mid-save) equals the same run in one go."""
+"""Mode `train`: a run cut into pieces (a time limit, a SIGTERM, a kill mid-save) equals the same
+run in one go."""
 from __future__ import annotations
 
 import json
 import os
+import signal
 
 import jax
 import numpy as np
@@ -11,8 +13,10 @@ import pytest
 from PIL import Image
 
 from configs import vim_t_cifar10
+from ouromamba_jax import stop_request
 from ouromamba_jax.data import cifar10
 from ouromamba_jax.stages import train as trainer
+from ouromamba_jax.train import recipe
 from tests.crash import plant_unfinished_orbax_save
 
 
@@ -47,7 +51,7 @@ def _restore_state(workdir: str):
   return manager.restore(manager.latest_step())
 
 
-def test_resume_continues_bit_for_bit(tiny_cifar, tmp_path):
+def test_resume_continues_bit_for_bit(tiny_cifar, tmp_path, monkeypatch):
   cfg = tiny_config(tiny_cifar)
   whole = trainer.train(cfg, str(tmp_path / 'whole'))
   assert whole['finished'] and whole['step'] == 4  # 20 images // 8 = 2 steps x 2 epochs
@@ -57,9 +61,25 @@ def test_resume_continues_bit_for_bit(tiny_cifar, tmp_path):
   result = trainer.train(cfg, pieces)
   assert result == {**result, 'step': 1, 'finished': False}
   assert int(_restore_state(pieces)['step']) == 1
-  # Then killed while saving step 2: its half-written folder must not be taken for a checkpoint.
-  plant_unfinished_orbax_save(os.path.join(pieces, 'train_checkpoints'), 2)
+  # Then a SIGTERM during step 2: that step is checkpointed and the run stops.
   cfg.train.max_seconds = 0.0
+  make_train_step = recipe.make_train_step
+
+  def terminated_after_one_step(*args, **kwargs):
+    step_fn = make_train_step(*args, **kwargs)
+
+    def step(*step_args):
+      os.kill(os.getpid(), signal.SIGTERM)
+      return step_fn(*step_args)
+    return step
+
+  with monkeypatch.context() as m:
+    m.setattr(recipe, 'make_train_step', terminated_after_one_step)
+    with pytest.raises(stop_request.StopRequested, match='stopped by SIGTERM at step 2/4'):
+      trainer.train(cfg, pieces)
+  assert int(_restore_state(pieces)['step']) == 2
+  # Then killed while saving step 3: its half-written folder must not be taken for a checkpoint.
+  plant_unfinished_orbax_save(os.path.join(pieces, 'train_checkpoints'), 3)
   assert trainer.train(cfg, pieces)['finished']
 
   a, b = _restore_state(str(tmp_path / 'whole')), _restore_state(pieces)

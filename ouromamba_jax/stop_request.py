@@ -1,0 +1,45 @@
+"""A polite stop for long jobs: SIGTERM asks a loop to save its progress and exit.
+
+SIGTERM is what `timeout`, batch schedulers (preemption) and `docker stop` send before they
+kill. Left to its default it ends the process mid-step: a Gen run loses the steps since its
+last checkpoint, and a process that dies while its kernels run can take other processes'
+kernels down with it on a shared GPU (under MPS a fault is reported to every client; RESULTS.md,
+session 21). Inside `on_sigterm()` the signal only sets a flag; the loop checks `requested()`
+between steps, saves, and raises `StopRequested`, which main.py turns into one line and exit
+status 143 (128 + SIGTERM, what the default action would have given).
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+
+EXIT_STATUS = 128 + signal.SIGTERM
+
+_asked = threading.Event()
+
+
+class StopRequested(Exception):
+  """A SIGTERM asked the job to stop; the message says what was saved and how to resume."""
+
+
+@contextlib.contextmanager
+def on_sigterm(enabled: bool = True):
+  """Within: SIGTERM sets the flag `requested()` reads instead of ending the process. Signal
+  handlers can only be set in the main thread; elsewhere (a worker thread), or when not
+  `enabled`, this does nothing and SIGTERM keeps its previous action."""
+  if not enabled or threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  _asked.clear()
+  previous = signal.signal(signal.SIGTERM, lambda signum, frame: _asked.set())
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+    _asked.clear()
+
+
+def requested() -> bool:
+  """Whether a SIGTERM arrived inside `on_sigterm()`."""
+  return _asked.is_set()
