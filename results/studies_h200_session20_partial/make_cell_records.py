@@ -53,26 +53,18 @@ def run_names(effective) -> list[str]:
 
 
 def main(root):
-  for name in sorted(os.listdir(root)):
-    if name not in study.STUDIES:
+  for name, label, s, cell_dir, effective in _cells(root):
+    runs_dir = pipeline.runs_workdir(effective, cell_dir)
+    report = atomic.read_json(os.path.join(runs_dir, 'reports', 'accuracy.json'))
+    if (report is None or sorted(r['name'] for r in report['runs']) != run_names(effective)
+        or os.path.exists(os.path.join(cell_dir, study.CELL_RECORD))):
       continue
-    spec, config = study.study_named(name), base_config(name)
-    for label, overrides in spec.cells:
-      for s in range(int(config.study.seeds)):
-        cell_dir = os.path.join(root, name, study._slug(label), f'seed{s}')  # pylint: disable=protected-access
-        cfg = study.cell_config(config, spec, overrides, config.seed + s)
-        effective = pipeline.effective_config(cfg)
-        runs_dir = pipeline.runs_workdir(effective, cell_dir)
-        report = atomic.read_json(os.path.join(runs_dir, 'reports', 'accuracy.json'))
-        if (report is None or sorted(r['name'] for r in report['runs']) != run_names(effective)
-            or os.path.exists(os.path.join(cell_dir, study.CELL_RECORD))):
-          continue
-        rows = [{'cell': label, 'seed': int(cfg.seed), 'fp_top1': report['fp']['top1'], **r,
-                 'outlier_rate': outliers.mean_rate(os.path.join(runs_dir, 'quant', r['name']))}
-                for r in report['runs']]
-        atomic.write_json(os.path.join(cell_dir, study.CELL_RECORD),
-                          {'key': study.cell_key(effective), 'rows': rows})
-        print(name, label, s, [round(100 * r['top1'], 2) for r in rows])
+    rows = [{'cell': label, 'seed': int(effective.seed), 'fp_top1': report['fp']['top1'], **r,
+             'outlier_rate': outliers.mean_rate(os.path.join(runs_dir, 'quant', r['name']))}
+            for r in report['runs']]
+    atomic.write_json(os.path.join(cell_dir, study.CELL_RECORD),
+                      {'key': study.cell_key(effective), 'rows': rows})
+    print(name, label, s, [round(100 * r['top1'], 2) for r in rows])
 
 
 def from_finished_runs(root, path):
