@@ -144,6 +144,9 @@ def parse_args(argv=None):
   p.add_argument('--act_quant_unroll_max', type=int, default=-1,
                  help='act_quant windows of at most this many steps may be unrolled (-1: the '
                       'library default, config.MAX_UNROLLED_STEPS; 0: always the loop walk)')
+  p.add_argument('--act_quant_unroll_lanes', type=int, default=-1,
+                 help='act_quant tiles of at most this many lanes may be unrolled (-1: the '
+                      'library default, config.UNROLLED_TILE_ELEMENTS)')
   p.add_argument('--act_quant_interleave', type=int, default=-1, choices=(-1, 0, 1),
                  help='packed act_quant codes from even/odd channel tiles (-1: the library '
                       'default, config.INTERLEAVE_PACKED)')
@@ -337,6 +340,8 @@ def run(args, on_cell=lambda report: None) -> dict[str, Any]:
   results, rates, quantize_s = [], {}, {}
   if args.act_quant_unroll_max >= 0:   # an A/B of the window walk in one process
     act_quant_config.MAX_UNROLLED_STEPS = args.act_quant_unroll_max
+  if args.act_quant_unroll_lanes >= 0:
+    act_quant_config.UNROLLED_TILE_ELEMENTS = args.act_quant_unroll_lanes
   if args.act_quant_interleave >= 0:
     act_quant_config.INTERLEAVE_PACKED = bool(args.act_quant_interleave)
   device = jax.devices()[0]
