@@ -45,6 +45,9 @@ _SCAN = flags.DEFINE_string('scan', '', "scan implementation ('' = platform defa
 _NEIGHBOURHOOD = flags.DEFINE_integer('neighbourhood', 5, 'p of the p x p window')
 _READOUT = flags.DEFINE_string('readout', '', "patched-readout implementation ('' = the default: "
                                "triton on GPU, else xla)")
+_READOUT_BY_STATE = flags.DEFINE_bool(
+    'readout_by_state', False, "the readout's forward walks N with (rows, block_d) tiles "
+    '(patched_readout.config.FORWARD_BY_STATE)')
 _BASELINE = flags.DEFINE_bool('baseline', True, 'also time the L_O-only step (no state hook)')
 _OUT = flags.DEFINE_string('out', None, 'JSON file for the results')
 _FULL_RUN = flags.DEFINE_bool('full_run', False, 'also run generator.generate for --full_images x '
@@ -150,8 +153,10 @@ def run_case(name: str) -> dict:
   from configs import common  # pylint: disable=g-import-not-at-top
   from ouromamba_jax.data import imagenet  # pylint: disable=g-import-not-at-top
   from ouromamba_jax.gen.spec import GenSpec  # pylint: disable=g-import-not-at-top
+  from kernels_pallas.patched_readout import config as rcfg  # pylint: disable=g-import-not-at-top
   from ouromamba_jax.stages import sections  # pylint: disable=g-import-not-at-top
 
+  rcfg.FORWARD_BY_STATE = _READOUT_BY_STATE.value   # an A/B in separate processes
   variant, overrides = CASES[name]
   model_cfg = common.model_config(variant, **overrides)
   model_cfg.dtype = _DTYPE.value
@@ -166,7 +171,8 @@ def run_case(name: str) -> dict:
   result = {'case': name, 'device': str(jax.devices()[0].device_kind),
             'num_devices': jax.device_count(), 'images_per_step': images_per_step,
             'dtype': _DTYPE.value, 'remat': _REMAT.value, 'scan': _SCAN.value or 'default',
-            'neighbourhood': _NEIGHBOURHOOD.value, 'readout': _READOUT.value or 'default'}
+            'neighbourhood': _NEIGHBOURHOOD.value, 'readout': _READOUT.value or 'default',
+            'readout_by_state': _READOUT_BY_STATE.value}
   result['gen'] = _time_step(model, params, gen_spec, images_per_step, steps,
                              profile_steps=_PROFILE.value)
   stats = jax.local_devices()[0].memory_stats() or {}

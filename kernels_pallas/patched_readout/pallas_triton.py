@@ -162,6 +162,35 @@ def _forward_kernel(h_ref, w_ref, c_ref, mc_ref, f_ref, *, geo: _Geometry):
               jnp.sum(hsum * c_row[:, :, None], axis=1), mask=ok[:, None] & d_ok[None, :])
 
 
+def _forward_by_state_kernel(h_ref, w_ref, c_ref, mc_ref, f_ref, *, geo: _Geometry):
+  """The forward with one (rows, block_d) tile per state index n instead of one (rows,
+  N·block_d) tile: P_n = M_cols Σ_rows w·h_n, then f += C[:, n] P_n, all in one loop over n.
+  A program holds a sixteenth of the registers (more programs resident, more loads in flight),
+  each load is a contiguous run of block_d channels, and no reshape splits N off a tile."""
+  b, tile = pl.program_id(0), pl.program_id(2)
+  rows, cols, ok = geo.cells(tile)
+  patches = geo.patches(rows, cols)
+  channel, d_ok = geo.channel_block()
+  window = []   # (tokens, weights) of each window row: loaded once, used for every n
+  for dr in range(-geo.r, geo.r + 1):
+    source = geo.patches(jnp.clip(rows + dr, 0, geo.gh - 1), cols)
+    window.append((geo.token(source), plgpu.load(w_ref.at[b, source], mask=ok, other=0.0)))
+  tile_ok = ok[:, None] & d_ok[None, :]
+  out = jnp.zeros((geo.w_pad, geo.block_d), jnp.float32)
+  for n in range(geo.n_state):
+    acc = jnp.zeros((geo.w_pad, geo.block_d), jnp.float32)
+    for tokens, w in window:
+      h = plgpu.load(h_ref.at[b, tokens[:, None], (n * geo.channels + channel)[None, :]],
+                     mask=tile_ok, other=0.0)
+      acc += w[:, None] * h
+    c_n = plgpu.load(c_ref.at[b, patches, n], mask=ok, other=0.0)
+    out += c_n[:, None] * jnp.dot(mc_ref[...], acc, precision=_FP32,
+                                  preferred_element_type=jnp.float32)
+  plgpu.store(f_ref.at[b, _or_past_end(patches, ok, geo.num_patches)[:, None],
+                      _or_past_end(channel, d_ok, geo.channels)[None, :]],
+              out, mask=tile_ok)
+
+
 def _backward_kernel(h_ref, w_ref, c_ref, g_ref, mr_ref, mc_ref, mct_ref, dh_ref, dw_ref, dc_ref,
                      *, geo: _Geometry):
   b, blk, tile = pl.program_id(0), pl.program_id(1), pl.program_id(2)
@@ -215,12 +244,12 @@ def _flat(states):
 
 
 def _forward(states, weights, c_patches, cls_index, grid_size, neighbourhood, reversed_tokens,
-             block_d, num_warps, interpret):
+             block_d, num_warps, by_state, interpret):
   geo = _Geometry(states.shape, grid_size, neighbourhood, cls_index, block_d, reversed_tokens)
   batch = states.shape[0]
   compat.filter_triton_deprecation()
   return pl.pallas_call(
-      functools.partial(_forward_kernel, geo=geo),
+      functools.partial(_forward_by_state_kernel if by_state else _forward_kernel, geo=geo),
       out_shape=jax.ShapeDtypeStruct((batch, geo.num_patches, geo.channels), jnp.float32),
       grid=(batch, pl.cdiv(geo.channels, block_d), geo.tiles), interpret=interpret,
       name='patched_readout_fwd',
@@ -246,13 +275,13 @@ def _backward(states, weights, c_patches, g, cls_index, grid_size, neighbourhood
   return dh.reshape(states.shape), jnp.sum(dw, axis=1), jnp.sum(dc, axis=1)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7, 8, 9))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7, 8, 9, 10))
 def patched_readout(states, weights, c_patches, cls_index, grid_size, neighbourhood,
-                    reversed_tokens, block_d, num_warps, interpret):
+                    reversed_tokens, block_d, num_warps, by_state, interpret):
   """(B, P, D) fp32 from fp32 states in the scan kernel's (B, L, N, D) layout, weights (B, P),
-  c_patches (B, P, N)."""
+  c_patches (B, P, N); `by_state`: the forward walks N with (rows, block_d) tiles."""
   return _forward(states, weights, c_patches, cls_index, grid_size, neighbourhood,
-                  reversed_tokens, block_d, num_warps, interpret)
+                  reversed_tokens, block_d, num_warps, by_state, interpret)
 
 
 def _vjp_forward(states, weights, c_patches, *static):
@@ -260,7 +289,8 @@ def _vjp_forward(states, weights, c_patches, *static):
 
 
 def _vjp_backward(cls_index, grid_size, neighbourhood, reversed_tokens, block_d, num_warps,
-                  interpret, saved, g):
+                  by_state, interpret, saved, g):
+  del by_state   # the backward kernel is the same
   states, weights, c_patches = saved
   return _backward(states, weights, c_patches, g.astype(jnp.float32), cls_index, grid_size,
                    neighbourhood, reversed_tokens, block_d, num_warps, interpret)
