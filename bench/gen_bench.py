@@ -46,8 +46,8 @@ _NEIGHBOURHOOD = flags.DEFINE_integer('neighbourhood', 5, 'p of the p x p window
 _READOUT = flags.DEFINE_string('readout', '', "patched-readout implementation ('' = the default: "
                                "triton on GPU, else xla)")
 _READOUT_BY_STATE = flags.DEFINE_bool(
-    'readout_by_state', False, "the readout's forward walks N with (rows, block_d) tiles "
-    '(patched_readout.config.FORWARD_BY_STATE)')
+    'readout_by_state', False, "the readout's kernels walk N with (rows, block_d) tiles "
+    '(patched_readout.config.BY_STATE)')
 _BASELINE = flags.DEFINE_bool('baseline', True, 'also time the L_O-only step (no state hook)')
 _OUT = flags.DEFINE_string('out', None, 'JSON file for the results')
 _FULL_RUN = flags.DEFINE_bool('full_run', False, 'also run generator.generate for --full_images x '
@@ -156,7 +156,7 @@ def run_case(name: str) -> dict:
   from kernels_pallas.patched_readout import config as rcfg  # pylint: disable=g-import-not-at-top
   from ouromamba_jax.stages import sections  # pylint: disable=g-import-not-at-top
 
-  rcfg.FORWARD_BY_STATE = _READOUT_BY_STATE.value   # an A/B in separate processes
+  rcfg.BY_STATE = _READOUT_BY_STATE.value   # an A/B in separate processes
   variant, overrides = CASES[name]
   model_cfg = common.model_config(variant, **overrides)
   model_cfg.dtype = _DTYPE.value

@@ -88,5 +88,5 @@ def patched_readout(states, weights, c_patches, *, cls_index: int,
   f32 = lambda a: a.astype(jnp.float32)
   return pallas_triton.patched_readout(
       f32(states), f32(weights), f32(c_patches), int(cls_index), tuple(grid_size),
-      int(neighbourhood), bool(reversed_tokens), cfg.block_d, cfg.num_warps, cfg.by_state,
+      int(neighbourhood), bool(reversed_tokens), cfg.block_d, cfg.num_warps, cfg.walks_by_state,
       compat.resolve_interpret(interpret))

@@ -13,23 +13,23 @@ import dataclasses
 from kernels_pallas._blocks import is_pow2, next_pow2
 
 _VALID_WARPS = (1, 2, 4, 8)
-# The forward by state index (`PatchedReadoutBlockConfig.forward_by_state`) by default: off until
-# timed on a card (`bench/gen_bench.py --readout_by_state`).
-FORWARD_BY_STATE = False
+# The kernels by state index (`PatchedReadoutBlockConfig.by_state`) by default: off until timed
+# on a card (`bench/gen_bench.py --readout_by_state`).
+BY_STATE = False
 
 
 @dataclasses.dataclass(frozen=True)
 class PatchedReadoutBlockConfig:
   """block_d: channels per program (power of two, 16..128); num_warps: warps per program;
-  forward_by_state: the forward kernel walks the N state indices with (rows, block_d) tiles
-  instead of holding one (rows, N·block_d) tile (None -> FORWARD_BY_STATE)."""
+  by_state: the kernels walk the N state indices with (rows, block_d) tiles instead of holding
+  one (rows, N·block_d) tile (None -> BY_STATE; `walks_by_state`)."""
   block_d: int = 32
   num_warps: int = 4
-  forward_by_state: bool | None = None
+  by_state: bool | None = None
 
   @property
-  def by_state(self) -> bool:
-    return FORWARD_BY_STATE if self.forward_by_state is None else self.forward_by_state
+  def walks_by_state(self) -> bool:
+    return BY_STATE if self.by_state is None else self.by_state
 
   def __post_init__(self):
     bd = self.block_d
@@ -39,9 +39,9 @@ class PatchedReadoutBlockConfig:
     if self.num_warps not in _VALID_WARPS:
       raise ValueError(f'PatchedReadoutBlockConfig.num_warps={self.num_warps!r}: choose one of '
                        f'{_VALID_WARPS}.')
-    if self.forward_by_state is not None and not isinstance(self.forward_by_state, bool):
-      raise ValueError(f'PatchedReadoutBlockConfig.forward_by_state={self.forward_by_state!r}: '
-                       'must be True, False or None (None: FORWARD_BY_STATE).')
+    if self.by_state is not None and not isinstance(self.by_state, bool):
+      raise ValueError(f'PatchedReadoutBlockConfig.by_state={self.by_state!r}: must be True, '
+                       'False or None (None: BY_STATE).')
 
 
 _TILE_ELEMENTS = 16 * 16 * 32  # the measured best tile (H100, Vim-S: 14-wide grid, N = 16)

@@ -232,6 +232,63 @@ def _backward_kernel(h_ref, w_ref, c_ref, g_ref, mr_ref, mc_ref, mct_ref, dh_ref
               jnp.sum(hsum * g_row[:, None, :], axis=2), mask=ok[:, None] & n_ok[None, :])
 
 
+def _backward_by_state_kernel(h_ref, w_ref, c_ref, g_ref, mr_ref, mc_ref, mct_ref, dh_ref, dw_ref,
+                              dc_ref, *, geo: _Geometry):
+  """`_backward_kernel` walking the N state indices with (rows, block_d) tiles, as
+  `_forward_by_state_kernel` does: per n, G_n = M_colsᵀ Σ_rows m C_n ⊗ g, dh_n = w G_n,
+  dw += Σ h_n ⊙ G_n, dC[:, n] = Σ_d g ⊙ P_n (P_n the forward's window sum, recomputed)."""
+  b, blk, tile = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+  channel, d_ok = geo.channel_block()
+  rows, cols, ok = geo.cells(tile)
+  patches = geo.patches(rows, cols)
+  tokens = geo.token(patches)
+  tile_ok = ok[:, None] & d_ok[None, :]
+  n_all = jnp.arange(geo.n_pad)
+  # The class token's state is not a patch: its cotangent is 0 (written by tile 0's programs).
+  cls_ok = (n_all[:, None] < geo.n_state) & d_ok[None, :] & (tile == 0)
+  plgpu.store(dh_ref.at[b, jnp.int32(geo.cls_row),
+                        _or_past_end(n_all[:, None] * geo.channels + channel[None, :], cls_ok,
+                                     geo.n_state * geo.channels)],
+              jnp.zeros((geo.n_pad, geo.block_d), jnp.float32), mask=cls_ok)
+
+  # What every n reuses: the window rows' weights M_rows[τ_r, row] and cotangents g (for G),
+  # and their state rows' weights w (for P), loaded once.
+  targets, sources = [], []
+  for dr in range(-geo.r, geo.r + 1):
+    tr = rows + dr
+    inside = (tr >= 0) & (tr < geo.gh)
+    tr = jnp.clip(tr, 0, geo.gh - 1)
+    m = plgpu.load(mr_ref.at[tr * geo.gh + rows], mask=ok & inside, other=0.0)
+    target = geo.patches(tr, cols)
+    g_x = plgpu.load(g_ref.at[b, target[:, None], channel[None, :]], mask=tile_ok, other=0.0)
+    targets.append((target, m[:, None] * g_x))
+    source = geo.patches(jnp.clip(rows + dr, 0, geo.gh - 1), cols)
+    sources.append((geo.token(source), plgpu.load(w_ref.at[b, source], mask=ok, other=0.0)))
+  w_row = plgpu.load(w_ref.at[b, patches], mask=ok, other=0.0)
+  g_row = plgpu.load(g_ref.at[b, patches[:, None], channel[None, :]], mask=tile_ok, other=0.0)
+  tokens_out = _or_past_end(tokens, ok, geo.length)
+  patches_out = _or_past_end(patches, ok, geo.num_patches)
+  dw = jnp.zeros((geo.w_pad,), jnp.float32)
+  for n in range(geo.n_state):
+    lanes = n * geo.channels + channel
+    acc = jnp.zeros((geo.w_pad, geo.block_d), jnp.float32)
+    for target, mg in targets:
+      acc += plgpu.load(c_ref.at[b, target, n], mask=ok, other=0.0)[:, None] * mg
+    grad = jnp.dot(mct_ref[...], acc, precision=_FP32, preferred_element_type=jnp.float32)
+    plgpu.store(dh_ref.at[b, tokens_out[:, None],
+                          _or_past_end(lanes, d_ok, geo.n_state * geo.channels)[None, :]],
+                w_row[:, None] * grad, mask=tile_ok)
+    window = jnp.zeros((geo.w_pad, geo.block_d), jnp.float32)
+    for i, (source_tokens, w) in enumerate(sources):
+      h = plgpu.load(h_ref.at[b, source_tokens[:, None], lanes[None, :]], mask=tile_ok, other=0.0)
+      window += w[:, None] * h
+      if i == geo.r:   # the tile's own rows (dr = 0): h_n for dw
+        dw += jnp.sum(h * grad, axis=1)
+    p_n = jnp.dot(mc_ref[...], window, precision=_FP32, preferred_element_type=jnp.float32)
+    plgpu.store(dc_ref.at[b, blk, patches_out, n], jnp.sum(p_n * g_row, axis=1), mask=ok)
+  plgpu.store(dw_ref.at[b, blk, patches_out], dw, mask=ok)
+
+
 def _band(n: int, size: int, pad: int, copies: int = 1) -> jax.Array:
   """M of one grid axis (replicate-padded window), `copies` times on the diagonal (one per grid
   row of a multi-row tile), zero-padded to (pad, pad)."""
@@ -258,13 +315,13 @@ def _forward(states, weights, c_patches, cls_index, grid_size, neighbourhood, re
 
 
 def _backward(states, weights, c_patches, g, cls_index, grid_size, neighbourhood,
-              reversed_tokens, block_d, num_warps, interpret):
+              reversed_tokens, block_d, num_warps, by_state, interpret):
   geo = _Geometry(states.shape, grid_size, neighbourhood, cls_index, block_d, reversed_tokens)
   batch, blocks = states.shape[0], pl.cdiv(geo.channels, block_d)
   mc = _band(geo.gw, neighbourhood, geo.w_pad, geo.rows_per_tile)
   compat.filter_triton_deprecation()
   dh, dw, dc = pl.pallas_call(
-      functools.partial(_backward_kernel, geo=geo),
+      functools.partial(_backward_by_state_kernel if by_state else _backward_kernel, geo=geo),
       out_shape=[jax.ShapeDtypeStruct(_flat(states).shape, jnp.float32),
                  jax.ShapeDtypeStruct((batch, blocks, geo.num_patches), jnp.float32),
                  jax.ShapeDtypeStruct((batch, blocks, geo.num_patches, geo.n_state), jnp.float32)],
@@ -279,7 +336,7 @@ def _backward(states, weights, c_patches, g, cls_index, grid_size, neighbourhood
 def patched_readout(states, weights, c_patches, cls_index, grid_size, neighbourhood,
                     reversed_tokens, block_d, num_warps, by_state, interpret):
   """(B, P, D) fp32 from fp32 states in the scan kernel's (B, L, N, D) layout, weights (B, P),
-  c_patches (B, P, N); `by_state`: the forward walks N with (rows, block_d) tiles."""
+  c_patches (B, P, N); `by_state`: both kernels walk N with (rows, block_d) tiles."""
   return _forward(states, weights, c_patches, cls_index, grid_size, neighbourhood,
                   reversed_tokens, block_d, num_warps, by_state, interpret)
 
@@ -290,10 +347,9 @@ def _vjp_forward(states, weights, c_patches, *static):
 
 def _vjp_backward(cls_index, grid_size, neighbourhood, reversed_tokens, block_d, num_warps,
                   by_state, interpret, saved, g):
-  del by_state   # the backward kernel is the same
   states, weights, c_patches = saved
   return _backward(states, weights, c_patches, g.astype(jnp.float32), cls_index, grid_size,
-                   neighbourhood, reversed_tokens, block_d, num_warps, interpret)
+                   neighbourhood, reversed_tokens, block_d, num_warps, by_state, interpret)
 
 
 patched_readout.defvjp(_vjp_forward, _vjp_backward)

@@ -1,5 +1,5 @@
 #!/bin/bash
-# The readout's forward by state index (session 21, off until timed), for the next card (~3 min):
+# The readout kernels by state index (session 21, off until timed), for the next card (~3 min):
 # its GPU test, then the testbed's Gen step with and without it (separate processes).
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2 PYTEST_DISABLE_PLUGIN_AUTOLOAD=1
 S=$(date +%s); mkdir -p $OUT

@@ -78,19 +78,23 @@ def test_kernel_matches_reference_forward_and_gradients(grid, cls_index, channel
 
 
 @pytest.mark.parametrize('case', [CASES[0], CASES[6], CASES[8], CASES[11]])
-def test_forward_by_state_matches_reference(case):
-  """The forward that walks N with (rows, block_d) tiles (`forward_by_state`): multi-row tiles,
-  a 1 x 1 grid, reversed tokens, a grid wider than 16 with the default block."""
+def test_by_state_kernels_match_reference_forward_and_gradients(case):
+  """The kernels that walk N with (rows, block_d) tiles (`by_state`): multi-row tiles, a 1 x 1
+  grid, reversed tokens, a grid wider than 16 with the default block."""
   grid, cls_index, channels, n_state, size, batch, block_d, reversed_tokens = case
-  states, weights, c_patches, _ = _inputs(len(grid) + size, batch, grid, channels, n_state)
-  block = PatchedReadoutBlockConfig(block_d or 32, 4, forward_by_state=True)
+  states, weights, c_patches, cotangent = _inputs(len(grid) + size, batch, grid, channels,
+                                                  n_state)
   kw = dict(cls_index=cls_index, grid_size=grid, neighbourhood=size,
             reversed_tokens=reversed_tokens)
-  ref = api.patched_readout(states, weights, c_patches, implementation='xla', **kw)
-  out = jax.jit(lambda h, w, c: api.patched_readout(
-      h, w, c, implementation='triton', interpret=True, block_config=block, **kw),
-                compiler_options=CPU_FAST_COMPILE)(states, weights, c_patches)
+  ref, ref_grads = _value_and_grads('xla', states, weights, c_patches, cotangent, **kw)
+  block = PatchedReadoutBlockConfig(block_d or 32, 4, by_state=True)
+  out, grads = _value_and_grads('triton', states, weights, c_patches, cotangent,
+                                block_config=block, **kw)
   assert _rel(out, ref) < 1e-5
+  for name, g, r in zip(('states', 'weights', 'c_patches'), grads, ref_grads):
+    assert _rel(g, r) < 1e-5, name
+  cls_row = grid[0] * grid[1] - cls_index if reversed_tokens else cls_index
+  np.testing.assert_array_equal(np.asarray(grads[0][:, cls_row]), 0.0)
 
 
 @pytest.mark.parametrize('impl', ['xla', 'triton'])
@@ -209,8 +213,8 @@ LOWERING_CASES = [((14, 14), 98, 768, 'grid_x = 4 : i32, grid_y = 24 : i32, grid
 
 @pytest.mark.parametrize('grid,cls_index,channels,launch', LOWERING_CASES)
 def test_kernels_lower_to_triton_for_h100(grid, cls_index, channels, launch):
-  """AOT lowering for an abstract H100 on CPU: every kernel (both forwards, the backward) reaches
-  Triton (batch 4, blocks of 32 channels)."""
+  """AOT lowering for an abstract H100 on CPU: every kernel (both forms of the forward and the
+  backward) reaches Triton (batch 4, blocks of 32 channels)."""
   f32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)
   patches = grid[0] * grid[1]
   args = (f32(4, patches + 1, 16, channels), f32(4, patches), f32(4, patches, 16))
@@ -220,12 +224,13 @@ def test_kernels_lower_to_triton_for_h100(grid, cls_index, channels, launch):
   static = (cls_index, grid, 5, True, 32, 4)  # reversed tokens: the harder index map
   forwards = [jax.jit(lambda h, w, c, by_state=by_state: pallas_triton.patched_readout(
       h, w, c, *static, by_state, False)) for by_state in (False, True)]
-  backward = jax.jit(lambda h, w, c: pallas_triton._backward(  # pylint: disable=protected-access
-      h, w, c, h[:, 1:, 0, :], *static, False))
+  backward = pallas_triton._backward  # pylint: disable=protected-access
+  backwards = [jax.jit(lambda h, w, c, by_state=by_state: backward(
+      h, w, c, h[:, 1:, 0, :], *static, by_state, False)) for by_state in (False, True)]
   with warnings.catch_warnings():
     warnings.simplefilter('error')
     with jax.sharding.use_abstract_mesh(mesh):
-      for fn in forwards + [backward]:
+      for fn in forwards + backwards:
         text = fn.trace(*args).lower(lowering_platforms=('cuda',)).as_text()
         assert '__gpu$xla.gpu.triton' in text
         assert launch in text     # batch x channel blocks x tiles of grid rows
@@ -237,11 +242,11 @@ def test_kernels_lower_to_triton_for_h100(grid, cls_index, channels, launch):
     ((14, 14), 98, 768, False), ((8, 8), 32, 384, False), ((14, 14), 98, 768, True),
     ((8, 8), 32, 384, True)])
 def test_kernel_on_gpu_matches_reference(grid, cls_index, channels, by_state):
-  """Vim-S at 224 and the CIFAR testbed's grid (two grid rows per program), both forwards."""
+  """Vim-S at 224 and the CIFAR testbed's grid (two grid rows per program), both forms."""
   states, weights, c_patches, cotangent = _inputs(7, 4, grid, channels, 16)
   kw = dict(cls_index=cls_index, grid_size=grid, neighbourhood=5)
   ref, ref_grads = _value_and_grads('xla', states, weights, c_patches, cotangent, **kw)
-  block = PatchedReadoutBlockConfig(32, 4, forward_by_state=by_state)
+  block = PatchedReadoutBlockConfig(32, 4, by_state=by_state)
   fn = lambda h, w, c: api.patched_readout(h, w, c, implementation='triton', block_config=block,
                                            **kw)
   out, vjp = jax.vjp(fn, states, weights, c_patches)
