@@ -191,6 +191,19 @@ def _forward_by_state_kernel(h_ref, w_ref, c_ref, mc_ref, f_ref, *, geo: _Geomet
               out, mask=tile_ok)
 
 
+def _window_targets(mr_ref, rows, cols, ok, geo: _Geometry):
+  """Per window offset: the patches τ of the window row whose clipped window reaches each tile
+  row, and their weights M_rows[τ_r, row] (0 past the grid's edge): the backward's sources."""
+  targets = []
+  for dr in range(-geo.r, geo.r + 1):
+    tr = rows + dr
+    inside = (tr >= 0) & (tr < geo.gh)
+    tr = jnp.clip(tr, 0, geo.gh - 1)
+    m = plgpu.load(mr_ref.at[tr * geo.gh + rows], mask=ok & inside, other=0.0)
+    targets.append((geo.patches(tr, cols), m))
+  return targets
+
+
 def _backward_kernel(h_ref, w_ref, c_ref, g_ref, mr_ref, mc_ref, mct_ref, dh_ref, dw_ref, dc_ref,
                      *, geo: _Geometry):
   b, blk, tile = pl.program_id(0), pl.program_id(1), pl.program_id(2)
@@ -204,12 +217,7 @@ def _backward_kernel(h_ref, w_ref, c_ref, g_ref, mr_ref, mc_ref, mct_ref, dh_ref
   # clipped window reaches each source's row, weighted by M_rows[τ_r, row], then M_colsᵀ.
   rows, cols, ok = geo.cells(tile)
   acc = jnp.zeros((geo.w_pad, geo.width), jnp.float32)
-  for dr in range(-geo.r, geo.r + 1):
-    tr = rows + dr
-    inside = (tr >= 0) & (tr < geo.gh)
-    tr = jnp.clip(tr, 0, geo.gh - 1)
-    m = plgpu.load(mr_ref.at[tr * geo.gh + rows], mask=ok & inside, other=0.0)
-    patches = geo.patches(tr, cols)
+  for patches, m in _window_targets(mr_ref, rows, cols, ok, geo):
     c_x = _by_patch(c_ref, b, patches, ok, n_of, lane_ok)
     g_x = _by_patch(g_ref, b, patches, ok, channel, lane_ok)
     acc += m[:, None] * (c_x * g_x)
@@ -254,12 +262,8 @@ def _backward_by_state_kernel(h_ref, w_ref, c_ref, g_ref, mr_ref, mc_ref, mct_re
   # What every n reuses: the window rows' weights M_rows[τ_r, row] and cotangents g (for G),
   # and their state rows' weights w (for P), loaded once.
   targets, sources = [], []
-  for dr in range(-geo.r, geo.r + 1):
-    tr = rows + dr
-    inside = (tr >= 0) & (tr < geo.gh)
-    tr = jnp.clip(tr, 0, geo.gh - 1)
-    m = plgpu.load(mr_ref.at[tr * geo.gh + rows], mask=ok & inside, other=0.0)
-    target = geo.patches(tr, cols)
+  for dr, (target, m) in zip(range(-geo.r, geo.r + 1),
+                             _window_targets(mr_ref, rows, cols, ok, geo)):
     g_x = plgpu.load(g_ref.at[b, target[:, None], channel[None, :]], mask=tile_ok, other=0.0)
     targets.append((target, m[:, None] * g_x))
     source = geo.patches(jnp.clip(rows + dr, 0, geo.gh - 1), cols)
