@@ -38,3 +38,5 @@ if [ "$WIN" = 1 ]; then
   done
 fi
 echo "total $(( $(date +%s) - S )) s"
+# one file back (a call returns at most 8)
+(cd $OUT && tar czf i15.tgz *.json *.txt && rm -f *.json *.txt)
