@@ -5,9 +5,10 @@ forward + backward (what the Gen step runs per block and scan direction).
   python -m kernels_pallas.patched_readout.bench --smoke                      # CPU interpret run
 
 Inputs as the Gen step passes them per block and scan direction: fp32 states in the scan
-kernel's (B, 197, 16, D) layout (states_layout='blnd'), a 14x14 patch grid and the 5x5 window,
-for Vim-T/S (D = 384 / 768) at 32 images; the `_reversed` row has the states in the backward
-scan's order (reversed_tokens=True). The roofline floor is the compulsory HBM traffic / 3.0 TB/s:
+kernel's (B, L, 16, D) layout (states_layout='blnd') and the 5x5 window: the CIFAR testbed (8x8
+grid, D = 384) at 128 images, Vim-T/S (14x14 grid, D = 384 / 768) at 32 images; the
+`_reversed` row has the states in the backward scan's order (reversed_tokens=True). The
+roofline floor is the compulsory HBM traffic / 3.0 TB/s:
 forward reads the states, w and C once and writes f; the backward reads them again with the
 cotangent of f and writes their three gradients. Before timing, outputs and gradients are
 compared with the reference (`rel_err`, ‖out − ref‖ / ‖ref‖, worst of all).
@@ -23,7 +24,8 @@ from kernels_pallas.patched_readout.config import PatchedReadoutBlockConfig
 
 STATES_LAYOUT = 'blnd'  # the layout the Gen step feeds (its objective's STATES_LAYOUT)
 # name: (batch, grid, channels, N, reversed_tokens)
-SIZES = {'vim_t_gen32': (32, (14, 14), 384, 16, False),
+SIZES = {'testbed_gen128': (128, (8, 8), 384, 16, False),   # the CIFAR testbed's Gen step
+         'vim_t_gen32': (32, (14, 14), 384, 16, False),
          'vim_s_gen32': (32, (14, 14), 768, 16, False),
          'vim_s_gen32_reversed': (32, (14, 14), 768, 16, True)}
 SMOKE = {'smoke': (2, (3, 4), 20, 16, False), 'smoke_reversed': (2, (3, 4), 20, 16, True)}
@@ -61,7 +63,7 @@ def run(args):
   sizes = SMOKE if args.smoke else SIZES
   timing = dict(warmup=1, trials=2, inner=1) if args.smoke else dict(
       warmup=3, trials=args.trials, inner=args.inner)
-  block_config = PatchedReadoutBlockConfig(args.block_d, args.num_warps)
+  block_config = PatchedReadoutBlockConfig(args.block_d, args.num_warps, by_state=args.by_state)
   results = []
   for name, (batch, grid, channels, n_state, reversed_tokens) in sizes.items():
     args_set = make_inputs(jax.random.key(0), batch, grid, channels, n_state)
@@ -73,7 +75,7 @@ def run(args):
     got = table['triton'][1](*args_set)
     entry = dict(size=name, B=batch, grid=list(grid), D=channels, N=n_state,
                  states_layout=STATES_LAYOUT, reversed_tokens=reversed_tokens,
-                 block_d=args.block_d, num_warps=args.num_warps,
+                 block_d=args.block_d, num_warps=args.num_warps, by_state=args.by_state,
                  rel_err=max(_rel(a, b) for a, b in zip(got, ref)), variants={})
     states, weights, c_patches, cotangent = (a.nbytes for a in args_set)
     inputs = states + weights + c_patches
@@ -107,6 +109,8 @@ def main(argv=None):
   def options(parser):
     parser.add_argument('--block_d', type=int, default=PatchedReadoutBlockConfig.block_d)
     parser.add_argument('--num_warps', type=int, default=PatchedReadoutBlockConfig.num_warps)
+    parser.add_argument('--by_state', action='store_true',
+                        help='the kernels that walk N with (rows, block_d) tiles')
   return _bench.main(__doc__, run, print_table, argv, inner=5, add_options=options)
 
 
