@@ -25,19 +25,28 @@ class StopRequested(Exception):
 
 @contextlib.contextmanager
 def on_sigterm(enabled: bool = True):
-  """Within: SIGTERM sets the flag `requested()` reads instead of ending the process. Signal
-  handlers can only be set in the main thread; elsewhere (a worker thread), or when not
-  `enabled`, this does nothing and SIGTERM keeps its previous action."""
+  """Within: SIGTERM sets the flag `requested()` reads instead of ending the process. A SIGTERM
+  that the job did not answer with StopRequested (it finished first) is raised again on the way
+  out, to the previous action. Signal handlers can only be set in the main thread; elsewhere
+  (a worker thread), or when not `enabled`, this does nothing and SIGTERM keeps its previous
+  action."""
   if not enabled or threading.current_thread() is not threading.main_thread():
     yield
     return
   _asked.clear()
   previous = signal.signal(signal.SIGTERM, lambda signum, frame: _asked.set())
+  answered = False
   try:
     yield
+  except StopRequested:
+    answered = True
+    raise
   finally:
     signal.signal(signal.SIGTERM, previous)
+    unanswered = _asked.is_set() and not answered
     _asked.clear()
+    if unanswered:   # the job ended before it could stop: the signal is not lost, it goes on
+      signal.raise_signal(signal.SIGTERM)
 
 
 def requested() -> bool:
