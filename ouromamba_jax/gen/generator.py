@@ -175,10 +175,11 @@ def generate(model, params, spec: GenSpec, seed: int = 0, *, store: Optional[Gro
     finished = {g: data for g in range(num_groups)
                 if (data := store.finished_group(g)) is not None}
   progress = _Progress(num_images * iters, len(finished) * group_size * iters)
-  try:
-    # Several processes would see the signal at different steps and then wait for each other
-    # in the step's collectives: there SIGTERM keeps its default action.
-    with stop_request.on_sigterm(enabled=jax.process_count() == 1):
+  # Several processes would see the signal at different steps and then wait for each other in
+  # the step's collectives: there SIGTERM keeps its default action. The store is closed before
+  # the context is left (a SIGTERM Gen did not answer is passed on there).
+  with stop_request.on_sigterm(enabled=jax.process_count() == 1):
+    try:
       for g in range(num_groups):
         if g in finished:
           continue
@@ -188,9 +189,9 @@ def generate(model, params, spec: GenSpec, seed: int = 0, *, store: Optional[Gro
             g, num_groups, indices, labels_all[indices], seed=seed, shape=shape, spec=spec,
             mesh=mesh, params=params, step_fn=step_fn, optimizer=optimizer, store=store,
             progress=progress, on_step=on_step)
-  finally:
-    if store is not None:
-      store.close()
+    finally:
+      if store is not None:
+        store.close()
 
   images = np.concatenate([finished[g]['images'] for g in range(num_groups)])
   history = [_history_entry(finished[g]) for g in range(num_groups)]

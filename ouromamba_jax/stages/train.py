@@ -60,7 +60,14 @@ def save_params_npz(params, path: str) -> None:
 
 
 def train(config, workdir: str) -> dict[str, Any]:
-  """Trains until config.train.epochs or config.train.max_seconds; returns final metrics."""
+  """Trains until config.train.epochs or config.train.max_seconds; returns final metrics. A
+  SIGTERM saves the step reached and raises StopRequested (one process: several would stop at
+  different steps and wait for each other in the step's collectives)."""
+  with stop_request.on_sigterm(enabled=jax.process_count() == 1):
+    return _train(config, workdir)
+
+
+def _train(config, workdir: str) -> dict[str, Any]:
   tcfg = sections.spec_from_section(TrainSpec, sections.section(config, 'train',
                                                                 'common.train_config()'), 'train')
   dataset = data_lib.dataset_module(config.data.name)
@@ -120,41 +127,38 @@ def train(config, workdir: str) -> dict[str, Any]:
   metrics = {}
   stopped_early = False
   perm_epoch, perm = -1, None
-  # One process: SIGTERM saves the step reached and stops (several would stop at different
-  # steps and wait for each other in the step's collectives; there it keeps its action).
-  with stop_request.on_sigterm(enabled=jax.process_count() == 1):
-    while step < total_steps:
-      epoch, pos = divmod(step, steps_per_epoch)
-      if epoch != perm_epoch:
-        perm_epoch, perm = epoch, recipe.epoch_permutation(config.seed, epoch, n_train)
-      batch_index = jnp.asarray(perm[pos * batch:(pos + 1) * batch])
-      key = jax.random.fold_in(jax.random.key(config.seed), step)
-      state, metrics = train_step(state, all_images, all_labels, batch_index, key)
-      step += 1
-      now = time.time()
-      if step % tcfg.log_every_steps == 0 or step == total_steps:
-        m = {k: float(v) for k, v in metrics.items()}
-        rate = (step - start_step) / max(now - t0, 1e-9)
-        eta = (total_steps - step) / max(rate, 1e-9)
-        logging.info('step %d/%d epoch %.2f loss %.4f acc %.3f lr %.2e | %.1f steps/s, ETA %.0fs',
-                     step, total_steps, step / steps_per_epoch, m['loss'], m['accuracy'],
-                     float(schedule(step)), rate, eta)
-        _append_jsonl(log_path, {'step': step, **m, 'lr': float(schedule(step)),
-                                 'elapsed_s': now - t0})
-        last_log = now
-      end_of_epoch = step % steps_per_epoch == 0
-      if end_of_epoch and ((step // steps_per_epoch) % tcfg.eval_every_epochs == 0
-                           or step == total_steps):
-        acc = test_top1(state['params'])
-        logging.info('epoch %d test top-1 %.4f', step // steps_per_epoch, acc)
-        _append_jsonl(log_path, {'step': step, 'epoch': step // steps_per_epoch, 'test_top1': acc})
-      if step % tcfg.checkpoint_every_steps == 0 or end_of_epoch:
-        _save(manager, manifests, step, state)
-      if tcfg.max_seconds and time.time() - t0 > tcfg.max_seconds:
-        stopped_early = step < total_steps
-        break
-      if stop_request.requested():
-        _stop_on_request(manager, manifests, step, total_steps, state, workdir)
+  while step < total_steps:
+    epoch, pos = divmod(step, steps_per_epoch)
+    if epoch != perm_epoch:
+      perm_epoch, perm = epoch, recipe.epoch_permutation(config.seed, epoch, n_train)
+    batch_index = jnp.asarray(perm[pos * batch:(pos + 1) * batch])
+    key = jax.random.fold_in(jax.random.key(config.seed), step)
+    state, metrics = train_step(state, all_images, all_labels, batch_index, key)
+    step += 1
+    now = time.time()
+    if step % tcfg.log_every_steps == 0 or step == total_steps:
+      m = {k: float(v) for k, v in metrics.items()}
+      rate = (step - start_step) / max(now - t0, 1e-9)
+      eta = (total_steps - step) / max(rate, 1e-9)
+      logging.info('step %d/%d epoch %.2f loss %.4f acc %.3f lr %.2e | %.1f steps/s, ETA %.0fs',
+                   step, total_steps, step / steps_per_epoch, m['loss'], m['accuracy'],
+                   float(schedule(step)), rate, eta)
+      _append_jsonl(log_path, {'step': step, **m, 'lr': float(schedule(step)),
+                               'elapsed_s': now - t0})
+      last_log = now
+    end_of_epoch = step % steps_per_epoch == 0
+    if end_of_epoch and ((step // steps_per_epoch) % tcfg.eval_every_epochs == 0
+                         or step == total_steps):
+      acc = test_top1(state['params'])
+      logging.info('epoch %d test top-1 %.4f', step // steps_per_epoch, acc)
+      _append_jsonl(log_path, {'step': step, 'epoch': step // steps_per_epoch, 'test_top1': acc})
+    if step % tcfg.checkpoint_every_steps == 0 or end_of_epoch:
+      _save(manager, manifests, step, state)
+    if tcfg.max_seconds and time.time() - t0 > tcfg.max_seconds:
+      stopped_early = step < total_steps
+      break
+    if stop_request.requested():
+      _stop_on_request(manager, manifests, step, total_steps, state, workdir)
   del last_log
   if manager.latest_step() != step:
     _save(manager, manifests, step, state, force=True)
