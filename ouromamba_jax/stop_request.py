@@ -42,7 +42,8 @@ def on_sigterm(enabled: bool = True):
     answered = True
     raise
   finally:
-    signal.signal(signal.SIGTERM, previous)
+    # None: a handler not set from Python (the interpreter cannot put it back): the default.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
     unanswered = _asked.is_set() and not answered
     _asked.clear()
     if unanswered:   # the job ended before it could stop: the signal is not lost, it goes on
