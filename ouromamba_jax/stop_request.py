@@ -14,6 +14,8 @@ import contextlib
 import signal
 import threading
 
+import jax
+
 EXIT_STATUS = 128 + signal.SIGTERM
 
 _asked = threading.Event()
@@ -27,10 +29,12 @@ class StopRequested(Exception):
 def on_sigterm(enabled: bool = True):
   """Within: SIGTERM sets the flag `requested()` reads instead of ending the process. A SIGTERM
   that the job did not answer with StopRequested (it finished first) is raised again on the way
-  out, to the previous action. Signal handlers can only be set in the main thread; elsewhere
-  (a worker thread), or when not `enabled`, this does nothing and SIGTERM keeps its previous
-  action."""
-  if not enabled or threading.current_thread() is not threading.main_thread():
+  out, to the previous action. This does nothing (SIGTERM keeps its previous action) when not
+  `enabled`, off the main thread (only it can set signal handlers), or with several JAX
+  processes (they would see the signal at different steps and then wait for each other in the
+  step's collectives)."""
+  if (not enabled or threading.current_thread() is not threading.main_thread()
+      or jax.process_count() > 1):
     yield
     return
   _asked.clear()

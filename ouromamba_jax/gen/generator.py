@@ -148,7 +148,7 @@ def generate(model, params, spec: GenSpec, seed: int = 0, *, store: Optional[Gro
 
   `seed` sets the balanced random targets and every image's noise and augmentation. With a
   `store`, finished groups are kept and the group in progress is checkpointed every
-  spec.checkpoint_every steps, and a rerun resumes; a SIGTERM (one process) checkpoints the
+  spec.checkpoint_every steps, and a rerun resumes; a SIGTERM (`stop_request`) checkpoints the
   step in progress and raises `stop_request.StopRequested`. `on_step(global_step)` is called
   after each step has been checked (tests use it to simulate a kill).
   """
@@ -175,10 +175,9 @@ def generate(model, params, spec: GenSpec, seed: int = 0, *, store: Optional[Gro
     finished = {g: data for g in range(num_groups)
                 if (data := store.finished_group(g)) is not None}
   progress = _Progress(num_images * iters, len(finished) * group_size * iters)
-  # Several processes would see the signal at different steps and then wait for each other in
-  # the step's collectives: there SIGTERM keeps its default action. The store is closed before
-  # the context is left (a SIGTERM Gen did not answer is passed on there).
-  with stop_request.on_sigterm(enabled=jax.process_count() == 1):
+  # The store is closed before the context is left (a SIGTERM Gen did not answer is passed on
+  # there).
+  with stop_request.on_sigterm():
     try:
       for g in range(num_groups):
         if g in finished:

@@ -319,7 +319,14 @@ def reconstruct_blocks(model, params, images, plan: Mapping[str, Any],
                        log: Optional[Log] = None):
   """Quantizes every block of `params` per `plan`. Returns (params with quantized blocks,
   list of BlockResult). Sites outside the blocks (`blockwise.piece_of` None) are left to the
-  caller."""
+  caller. With a snapshot, a SIGTERM finishes the block in progress, saves it and stops."""
+  with stop_request.on_sigterm(enabled=bool(snapshot)):
+    return _reconstruct_blocks(model, params, images, plan, sites, calib, smoothing=smoothing,
+                               snapshot=snapshot, method=method, log=log)
+
+
+def _reconstruct_blocks(model, params, images, plan, sites, calib, *, smoothing, snapshot,
+                        method, log):
   log = log or _default_log
   images = jnp.asarray(images)
   n_images = images.shape[0]
@@ -373,64 +380,62 @@ def reconstruct_blocks(model, params, images, plan: Mapping[str, Any],
     if index is not None and site.path in plan:
       by_block.setdefault(index, []).append(site)
 
-  # With a snapshot (one process), SIGTERM finishes the block in progress, saves it and stops.
-  with stop_request.on_sigterm(enabled=bool(snapshot) and jax.process_count() == 1):
-    for i in range(start, depth):
-      t_block = time.time()
-      piece = pieces[i]
-      block, name = piece.module, piece.name
-      layer_fp = rewrite.get_path(params, name)
-      local_sites = [dataclasses.replace(s, path=rewrite.relative(s.path, name),
-                                         linear=s.linear and rewrite.relative(s.linear, name))
-                     for s in by_block.get(i, [])]
-      if not local_sites:
-        fp_stream = run_stream(block, layer_fp, *fp_stream)
-        q_stream = run_stream(block, layer_fp, *q_stream)
-        done_layers = rewrite.set_path(done_layers, name, layer_fp)
-        results.append(BlockResult(i, 0.0, 0.0, 'float', 0, time.time() - t_block))
-      else:
-        progress.compiling(i)
-        local_plan = {s.path: plan[f'{name}/{s.path}'] for s in local_sites}
-        targets, stats = _capture_block(block, layer_fp, fp_stream, local_sites, batches)
-        _check_block(i, depth, layer_fp, stats, name=name)
-        qlayer = _init_layer(tuple(sorted(local_plan.items())), tuple(local_sites), calib,
-                             smoothing, layer_fp, stats)
-        del stats
-        loss_init = eval_loss(block, qlayer, *q_stream, targets[0])
-        _check_block(i, depth, {}, {}, loss_init, qlayer, 'the initial', name)
-        trainable, frozen = split_trainable(qlayer)
-        n_steps = calib.epochs * len(batches) if jax.tree.leaves(trainable) else 0
-        loss_final, kept = loss_init, 'untrained'
-        if n_steps:
-          variables = _train_block(
-              block, optimizer, log_space, _to_variables(trainable, log_space), frozen, q_stream,
-              targets[0], batches, calib.epochs)
-          trained = merge_trainable(_from_variables(variables, log_space), frozen)
-          loss_final = eval_loss(block, trained, *q_stream, targets[0])
-          if calib.keep_better and not loss_final <= loss_init:
-            kept = 'init'
-          else:
-            qlayer, kept = trained, 'trained'
-            _check_block(i, depth, {}, {}, loss_final, qlayer, 'the trained', name)
-        # Freeze to integer codes (bit-identical outputs, int4 packed: small snapshots).
-        qlayer = rewrite.set_mode(qlayer, 'fake')
-        q_stream = run_stream(block, qlayer, *q_stream)
-        fp_stream = targets
-        done_layers = rewrite.set_path(done_layers, name, qlayer)
-        results.append(BlockResult(i, float(loss_init), float(loss_final), kept, n_steps,
-                                   time.time() - t_block))
-      fp_stream, q_stream = after(piece, fp_stream, q_stream)
-      r = results[-1]
-      progress.block_done(i, f'loss {r.loss_init:.6f} -> {r.loss_final:.6f} ({r.kept}, '
-                             f'{r.steps} steps, {r.seconds:.1f} s)')
-      if snapshot:
-        snapshot.save(done_layers, {
-            'run_id': run_id, 'next_block': i + 1,
-            'results': [dataclasses.asdict(x) for x in results]})
-        if stop_request.requested() and i + 1 < depth:
-          raise stop_request.StopRequested(
-              f'calibration stopped by SIGTERM after block {i + 1}/{depth}; the finished blocks '
-              f'are in {snapshot.path}; rerun the same command to resume.')
+  for i in range(start, depth):
+    t_block = time.time()
+    piece = pieces[i]
+    block, name = piece.module, piece.name
+    layer_fp = rewrite.get_path(params, name)
+    local_sites = [dataclasses.replace(s, path=rewrite.relative(s.path, name),
+                                       linear=s.linear and rewrite.relative(s.linear, name))
+                   for s in by_block.get(i, [])]
+    if not local_sites:
+      fp_stream = run_stream(block, layer_fp, *fp_stream)
+      q_stream = run_stream(block, layer_fp, *q_stream)
+      done_layers = rewrite.set_path(done_layers, name, layer_fp)
+      results.append(BlockResult(i, 0.0, 0.0, 'float', 0, time.time() - t_block))
+    else:
+      progress.compiling(i)
+      local_plan = {s.path: plan[f'{name}/{s.path}'] for s in local_sites}
+      targets, stats = _capture_block(block, layer_fp, fp_stream, local_sites, batches)
+      _check_block(i, depth, layer_fp, stats, name=name)
+      qlayer = _init_layer(tuple(sorted(local_plan.items())), tuple(local_sites), calib,
+                           smoothing, layer_fp, stats)
+      del stats
+      loss_init = eval_loss(block, qlayer, *q_stream, targets[0])
+      _check_block(i, depth, {}, {}, loss_init, qlayer, 'the initial', name)
+      trainable, frozen = split_trainable(qlayer)
+      n_steps = calib.epochs * len(batches) if jax.tree.leaves(trainable) else 0
+      loss_final, kept = loss_init, 'untrained'
+      if n_steps:
+        variables = _train_block(
+            block, optimizer, log_space, _to_variables(trainable, log_space), frozen, q_stream,
+            targets[0], batches, calib.epochs)
+        trained = merge_trainable(_from_variables(variables, log_space), frozen)
+        loss_final = eval_loss(block, trained, *q_stream, targets[0])
+        if calib.keep_better and not loss_final <= loss_init:
+          kept = 'init'
+        else:
+          qlayer, kept = trained, 'trained'
+          _check_block(i, depth, {}, {}, loss_final, qlayer, 'the trained', name)
+      # Freeze to integer codes (bit-identical outputs, int4 packed: small snapshots).
+      qlayer = rewrite.set_mode(qlayer, 'fake')
+      q_stream = run_stream(block, qlayer, *q_stream)
+      fp_stream = targets
+      done_layers = rewrite.set_path(done_layers, name, qlayer)
+      results.append(BlockResult(i, float(loss_init), float(loss_final), kept, n_steps,
+                                 time.time() - t_block))
+    fp_stream, q_stream = after(piece, fp_stream, q_stream)
+    r = results[-1]
+    progress.block_done(i, f'loss {r.loss_init:.6f} -> {r.loss_final:.6f} ({r.kept}, '
+                           f'{r.steps} steps, {r.seconds:.1f} s)')
+    if snapshot:
+      snapshot.save(done_layers, {
+          'run_id': run_id, 'next_block': i + 1,
+          'results': [dataclasses.asdict(x) for x in results]})
+      if stop_request.requested() and i + 1 < depth:
+        raise stop_request.StopRequested(
+            f'calibration stopped by SIGTERM after block {i + 1}/{depth}; the finished blocks '
+            f'are in {snapshot.path}; rerun the same command to resume.')
 
   qparams = dict(rewrite.as_dict(params))
   for piece in pieces:

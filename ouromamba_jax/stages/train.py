@@ -61,9 +61,8 @@ def save_params_npz(params, path: str) -> None:
 
 def train(config, workdir: str) -> dict[str, Any]:
   """Trains until config.train.epochs or config.train.max_seconds; returns final metrics. A
-  SIGTERM saves the step reached and raises StopRequested (one process: several would stop at
-  different steps and wait for each other in the step's collectives)."""
-  with stop_request.on_sigterm(enabled=jax.process_count() == 1):
+  SIGTERM saves the step reached and raises StopRequested (`stop_request`)."""
+  with stop_request.on_sigterm():
     return _train(config, workdir)
 
 
@@ -158,11 +157,15 @@ def _train(config, workdir: str) -> dict[str, Any]:
       stopped_early = step < total_steps
       break
     if stop_request.requested():
-      _stop_on_request(manager, manifests, step, total_steps, state, workdir)
+      break
   del last_log
   if manager.latest_step() != step:
     _save(manager, manifests, step, state, force=True)
   manager.wait_until_finished()
+  if stop_request.requested():
+    raise stop_request.StopRequested(
+        f'training stopped by SIGTERM at step {step}/{total_steps}; the checkpoint is in '
+        f'{os.path.join(workdir, "train_checkpoints")}; rerun the same command to resume.')
   result = {'step': step, 'total_steps': total_steps, 'finished': not stopped_early,
             'elapsed_s': time.time() - t0}
   if not stopped_early:
@@ -174,16 +177,6 @@ def _train(config, workdir: str) -> dict[str, Any]:
   logging.info('train result: %s', result)
   atomic.write_json(os.path.join(workdir, 'train_result.json'), result)
   return result
-
-
-def _stop_on_request(manager, manifests, step: int, total_steps: int, state, workdir: str):
-  """A SIGTERM arrived: checkpoint the step reached (unless just saved) and stop."""
-  if manager.latest_step() != step:
-    _save(manager, manifests, step, state, force=True)
-  manager.wait_until_finished()
-  raise stop_request.StopRequested(
-      f'training stopped by SIGTERM at step {step}/{total_steps}; the checkpoint is in '
-      f'{os.path.join(workdir, "train_checkpoints")}; rerun the same command to resume.')
 
 
 def run(config, workdir: str) -> None:
