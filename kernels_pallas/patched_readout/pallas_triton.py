@@ -150,16 +150,31 @@ def _split_n(tile, geo: _Geometry):
   return tile.reshape(geo.w_pad, geo.n_pad, geo.block_d)
 
 
+def _store_features(f_ref, b, patches, ok, value, geo: _Geometry):
+  """f[b, patches, this program's channels] = value (rows not `ok`, channels past D dropped)."""
+  channel, d_ok = geo.channel_block()
+  plgpu.store(f_ref.at[b, _or_past_end(patches, ok, geo.num_patches)[:, None],
+                      _or_past_end(channel, d_ok, geo.channels)[None, :]],
+              value, mask=ok[:, None] & d_ok[None, :])
+
+
 def _forward_kernel(h_ref, w_ref, c_ref, mc_ref, f_ref, *, geo: _Geometry):
   b, tile = pl.program_id(0), pl.program_id(2)
   rows, cols, ok = geo.cells(tile)
   patches = geo.patches(rows, cols)
   hsum = _split_n(_window_rows(h_ref, w_ref, mc_ref, b, tile, geo), geo)
   c_row = _by_patch(c_ref, b, patches, ok, *geo.state_index())
-  channel, d_ok = geo.channel_block()
-  plgpu.store(f_ref.at[b, _or_past_end(patches, ok, geo.num_patches)[:, None],
-                      _or_past_end(channel, d_ok, geo.channels)[None, :]],
-              jnp.sum(hsum * c_row[:, :, None], axis=1), mask=ok[:, None] & d_ok[None, :])
+  _store_features(f_ref, b, patches, ok, jnp.sum(hsum * c_row[:, :, None], axis=1), geo)
+
+
+def _window_sources(w_ref, b, rows, cols, ok, geo: _Geometry):
+  """Per window offset: the state rows (tokens) of the clipped window row and their weights w,
+  loaded once for every state index n of the by-state kernels."""
+  sources = []
+  for dr in range(-geo.r, geo.r + 1):
+    source = geo.patches(jnp.clip(rows + dr, 0, geo.gh - 1), cols)
+    sources.append((geo.token(source), plgpu.load(w_ref.at[b, source], mask=ok, other=0.0)))
+  return sources
 
 
 def _forward_by_state_kernel(h_ref, w_ref, c_ref, mc_ref, f_ref, *, geo: _Geometry):
@@ -171,24 +186,19 @@ def _forward_by_state_kernel(h_ref, w_ref, c_ref, mc_ref, f_ref, *, geo: _Geomet
   rows, cols, ok = geo.cells(tile)
   patches = geo.patches(rows, cols)
   channel, d_ok = geo.channel_block()
-  window = []   # (tokens, weights) of each window row: loaded once, used for every n
-  for dr in range(-geo.r, geo.r + 1):
-    source = geo.patches(jnp.clip(rows + dr, 0, geo.gh - 1), cols)
-    window.append((geo.token(source), plgpu.load(w_ref.at[b, source], mask=ok, other=0.0)))
+  sources = _window_sources(w_ref, b, rows, cols, ok, geo)
   tile_ok = ok[:, None] & d_ok[None, :]
   out = jnp.zeros((geo.w_pad, geo.block_d), jnp.float32)
   for n in range(geo.n_state):
     acc = jnp.zeros((geo.w_pad, geo.block_d), jnp.float32)
-    for tokens, w in window:
+    for tokens, w in sources:
       h = plgpu.load(h_ref.at[b, tokens[:, None], (n * geo.channels + channel)[None, :]],
                      mask=tile_ok, other=0.0)
       acc += w[:, None] * h
     c_n = plgpu.load(c_ref.at[b, patches, n], mask=ok, other=0.0)
     out += c_n[:, None] * jnp.dot(mc_ref[...], acc, precision=_FP32,
                                   preferred_element_type=jnp.float32)
-  plgpu.store(f_ref.at[b, _or_past_end(patches, ok, geo.num_patches)[:, None],
-                      _or_past_end(channel, d_ok, geo.channels)[None, :]],
-              out, mask=tile_ok)
+  _store_features(f_ref, b, patches, ok, out, geo)
 
 
 def _window_targets(mr_ref, rows, cols, ok, geo: _Geometry):
@@ -259,15 +269,12 @@ def _backward_by_state_kernel(h_ref, w_ref, c_ref, g_ref, mr_ref, mc_ref, mct_re
                                      geo.n_state * geo.channels)],
               jnp.zeros((geo.n_pad, geo.block_d), jnp.float32), mask=cls_ok)
 
-  # What every n reuses: the window rows' weights M_rows[τ_r, row] and cotangents g (for G),
-  # and their state rows' weights w (for P), loaded once.
-  targets, sources = [], []
-  for dr, (target, m) in zip(range(-geo.r, geo.r + 1),
-                             _window_targets(mr_ref, rows, cols, ok, geo)):
-    g_x = plgpu.load(g_ref.at[b, target[:, None], channel[None, :]], mask=tile_ok, other=0.0)
-    targets.append((target, m[:, None] * g_x))
-    source = geo.patches(jnp.clip(rows + dr, 0, geo.gh - 1), cols)
-    sources.append((geo.token(source), plgpu.load(w_ref.at[b, source], mask=ok, other=0.0)))
+  # What every n reuses: the window rows' weights M_rows[τ_r, row] times their cotangents g
+  # (for G), and their state rows' weights w (for P), loaded once.
+  targets = [(target, m[:, None] * plgpu.load(g_ref.at[b, target[:, None], channel[None, :]],
+                                              mask=tile_ok, other=0.0))
+             for target, m in _window_targets(mr_ref, rows, cols, ok, geo)]
+  sources = _window_sources(w_ref, b, rows, cols, ok, geo)
   w_row = plgpu.load(w_ref.at[b, patches], mask=ok, other=0.0)
   g_row = plgpu.load(g_ref.at[b, patches[:, None], channel[None, :]], mask=tile_ok, other=0.0)
   tokens_out = _or_past_end(tokens, ok, geo.length)
