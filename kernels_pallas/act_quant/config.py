@@ -36,7 +36,10 @@ TILE_ELEMENTS = 512
 # 0.055 ms, but C = 768 0.073 -> 0.106 and C = 1536 0.096 -> 0.202 ms (wider tiles unrolled
 # hold several steps' rows at once and spill). Longer windows (n_refresh = L) keep the loop:
 # code size and compile time grow with the steps. The interpreter gains nothing and compiles
-# longer: interpreted kernels keep the loop.
+# longer: interpreted kernels keep the loop. The rule covers only the form that was timed (the
+# symmetric codes kernel): on the next card (session 22) the GPU tests stalled in a compile of
+# over two minutes right where the unrolled asymmetric (Δ) and dequantized kernels came up, so
+# those forms, and interleaved packing, keep the loop unless unroll=True is asked for.
 MAX_UNROLLED_STEPS = 16
 UNROLLED_TILE_ELEMENTS = 512
 # Packed int4 codes from even/odd channel tiles (`ActQuantBlockConfig.interleave`) by default:
@@ -157,13 +160,15 @@ class ActQuantBlockConfig:
     block_c, _, _, n_chunks = self.resolve(channels)
     return block_c * n_chunks == channels and block_c >= 32
 
-  def unrolled(self, n_refresh: int, tile_elements: int, interpret: bool = False) -> bool:
+  def unrolled(self, n_refresh: int, tile_elements: int, interpret: bool = False,
+               timed_form: bool = True) -> bool:
     """Whether the kernel walks a window of n_refresh steps as straight-line code, for a program
-    tile of tile_elements lanes (block_b x block_c x n_chunks)."""
+    tile of tile_elements lanes (block_b x block_c x n_chunks); timed_form: the kernel is the
+    form the rule was measured on (symmetric codes, no interleaving)."""
     if self.unroll is not None:
       return self.unroll
-    return (n_refresh <= MAX_UNROLLED_STEPS and tile_elements <= UNROLLED_TILE_ELEMENTS
-            and not interpret)
+    return (timed_form and n_refresh <= MAX_UNROLLED_STEPS
+            and tile_elements <= UNROLLED_TILE_ELEMENTS and not interpret)
 
   def resolve(self, channels: int, batch: int = 1) -> tuple[int, int, int, int]:
     """(block_c, block_b, num_warps, n_chunks) for C channels and a batch: a time step's row is

@@ -227,6 +227,16 @@ def test_block_config_validation():
   assert not rule.unrolled(10, 768) and not rule.unrolled(config.MAX_UNROLLED_STEPS + 1, 384)
   assert config.ActQuantBlockConfig(unroll=True).unrolled(10, 1536, interpret=True)
   assert not config.ActQuantBlockConfig(unroll=False).unrolled(10, 384)
+  # the rule covers the timed form only: asymmetric, dequantized and interleaved keep the loop
+  assert not rule.unrolled(10, 384, timed_form=False)
+  x = jnp.zeros((64, 197, 384), jnp.bfloat16)
+  for spec, codes, interleave, want in (
+      (ActQuantParams(bits=4), True, False, True),
+      (ActQuantParams(bits=4, symmetric=False), True, False, False),
+      (ActQuantParams(bits=4), False, False, False),
+      (ActQuantParams(bits=4), True, True, False)):
+    args = api._kernel_args(spec, x, None, False, codes=codes, interleave=interleave)  # pylint: disable=protected-access
+    assert args['unroll'] is want, (spec, codes, interleave)
   # Vim's widths 3 x 2^k are three exact chunks; other widths one padded tile
   assert config.ActQuantBlockConfig().resolve(1536) == (512, 1, 4, 3)
   assert config.ActQuantBlockConfig().resolve(192) == (64, 1, 2, 3)
@@ -397,8 +407,7 @@ def test_gpu_kernel_matches_canonical_at_vim_shape(trigger, unroll, interleave, 
 @pytest.mark.skipif(jax.default_backend() != 'gpu', reason='needs a CUDA GPU')
 @pytest.mark.parametrize('channels', [768, 384])
 def test_gpu_asymmetric_kernel_matches_canonical_at_vim_shape(channels):
-  """Δ's quantizer (asymmetric 4-bit, k = 4, 8-bit outliers) at Vim-S / Vim-T d_inner shapes
-  (384: the default walks its windows unrolled)."""
+  """Δ's quantizer (asymmetric 4-bit, k = 4, 8-bit outliers) at Vim-S / Vim-T d_inner shapes."""
   rng = np.random.default_rng(10)
   x = _activations(rng, 64, 197, channels) - 3.0
   scale = jnp.asarray(rng.uniform(6.0, 9.0, 197) / 15, jnp.float32)
@@ -446,7 +455,7 @@ def test_dequantized_output_equals_dequantize_of_codes(symmetric, outliers, chun
                                                (False, 384)])
 def test_gpu_dequantized_matches_canonical_at_vim_b_shape(symmetric, channels):
   """One-pass dequantized output at Vim-B d_inner (C = 1536: three chunks), at B/C's N = 16
-  and Vim-T's Δ (both walked unrolled by default) against the XLA codes + dequantize; a
+  and Vim-T's Δ against the XLA codes + dequantize; a
   vanishing fraction may differ (threshold ties, reduction order, the asymmetric outlier
   step's ulps: see the asymmetric test above)."""
   rng = np.random.default_rng(12)
