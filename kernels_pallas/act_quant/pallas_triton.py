@@ -467,6 +467,40 @@ def _math_and_grid(x, inlier_scale, zero_point, code_range, k, std_ddof, block_c
   return math, grid_inputs
 
 
+def row_math(params, channels: int, block_c: int, interpret: bool) -> _Math:
+  """The static constants of `params` (an ActQuantParams) for a row of `channels` lanes held as
+  one tile of block_c (a power of two): for kernels of other ops that quantize a narrow row
+  they hold in registers (the selective scan's B_t and C_t, `dequantized_row_step`)."""
+  return _Math(channels=channels, block_c=block_c,
+               qmin=float(params.qmin), qmax=float(params.qmax),
+               o_qmin=float(params.outlier_qmin), o_qmax=float(params.outlier_qmax),
+               k=float(params.k), ddof=params.std_ddof, interpret=interpret,
+               symmetric=params.symmetric)
+
+
+def no_row_mask(math: _Math):
+  """The outlier mask of a window's first step, for `dequantized_row_step`."""
+  return _no_mask(1, math)
+
+
+def dequantized_row_step(math: _Math, x, mask, s_ref, z_ref, t, *, detect: bool, new_window):
+  """One step t of the per-sample quantizer on a row x (block_c,) fp32 already in registers
+  (padding lanes 0), with the outlier mask carried from step t - 1 (`new_window`: t starts a
+  refresh window, so the mask restarts empty). Returns (dequantized row (block_c,) fp32, the
+  mask): the values `act_quant_dequantized` computes before its cast to the output dtype, by
+  the same operations (`_Math`), so the codes are the same."""
+  rows = (x[None, :],)
+  lanes_ok = _lanes_ok(jnp.arange(1) < 1, math)
+  mask = tuple(jnp.where(new_window, False, m) for m in mask)
+  s_t, inv_s, zero = math.static_grid(s_ref, z_ref, t, 1)
+  outlier_grid = None
+  if detect:
+    mask, outlier_grid = math.detect(rows, mask, math.col_ok(), lanes_ok, lambda s_d: s_d > s_t)
+  r = math.rounded(rows, mask, inv_s, zero, outlier_grid)
+  (y,) = math.dequantized(r, mask, s_t, outlier_grid, jnp.float32)
+  return y[0], mask
+
+
 def _launch(kernel, x, grid_inputs, out_shape, grid, name, num_warps, interpret):
   compat.filter_triton_deprecation()
   return pl.pallas_call(
