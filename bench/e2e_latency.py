@@ -62,6 +62,7 @@ from ouromamba_jax.quant import qtypes  # pylint: disable=g-import-not-at-top,wr
 from ouromamba_jax.quant import int_linear  # pylint: disable=g-import-not-at-top,wrong-import-position
 from kernels_pallas.selective_scan import api as scan_api  # pylint: disable=g-import-not-at-top,wrong-import-position
 from kernels_pallas.act_quant import config as act_quant_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+from kernels_pallas.selective_scan import config as scan_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 MODELS = {
     # name: (registry name, model overrides)
@@ -150,6 +151,10 @@ def parse_args(argv=None):
   p.add_argument('--act_quant_interleave', type=int, default=-1, choices=(-1, 0, 1),
                  help='packed act_quant codes from even/odd channel tiles (-1: the library '
                       'default, config.INTERLEAVE_PACKED)')
+  p.add_argument('--scan_state_quant', type=int, default=-1, choices=(-1, 0, 1),
+                 help="1: int-mode Vim's B and C quantized inside the Triton scan, 0: by their "
+                      'own act_quant launch (-1: the library default, selective_scan '
+                      'config.STATE_QUANT_IN_KERNEL)')
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--out', default='', help='JSON file for the results')
   p.add_argument('--smoke', action='store_true',
@@ -333,17 +338,25 @@ def _model_trees(base, params, args, rates, quantize_s, model_name):
   return cells
 
 
-def run(args, on_cell=lambda report: None) -> dict[str, Any]:
-  """Every (model, variant, batch) cell. A model's cells are compiled concurrently
-  (`--compile_workers` threads; XLA compiles outside the GIL); once all have compiled they are
-  timed one after another. `on_cell(report)` after every cell."""
-  results, rates, quantize_s = [], {}, {}
-  if args.act_quant_unroll_max >= 0:   # an A/B of the window walk in one process
+def apply_library_switches(args) -> None:
+  """The kernels' module-level switches the flags set (an A/B of one choice in one process;
+  -1 leaves the library default)."""
+  if args.act_quant_unroll_max >= 0:
     act_quant_config.MAX_UNROLLED_STEPS = args.act_quant_unroll_max
   if args.act_quant_unroll_lanes >= 0:
     act_quant_config.UNROLLED_TILE_ELEMENTS = args.act_quant_unroll_lanes
   if args.act_quant_interleave >= 0:
     act_quant_config.INTERLEAVE_PACKED = bool(args.act_quant_interleave)
+  if args.scan_state_quant >= 0:
+    scan_config.STATE_QUANT_IN_KERNEL = bool(args.scan_state_quant)
+
+
+def run(args, on_cell=lambda report: None) -> dict[str, Any]:
+  """Every (model, variant, batch) cell. A model's cells are compiled concurrently
+  (`--compile_workers` threads; XLA compiles outside the GIL); once all have compiled they are
+  timed one after another. `on_cell(report)` after every cell."""
+  results, rates, quantize_s = [], {}, {}
+  apply_library_switches(args)
   device = jax.devices()[0]
   report = {'device': f'{device.platform}: {device.device_kind}', 'jax': jax.__version__,
             'xla_flags': os.environ.get('XLA_FLAGS', ''),   # e.g. command-buffer experiments
