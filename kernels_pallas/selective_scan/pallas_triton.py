@@ -35,6 +35,11 @@ Design, aimed at the H100 (what the compiled code looks like, and what to measur
   * Grid is (channel blocks, batch) with channel blocks fastest: programs launched together
     read the same B_t/C_t rows, which then come from L2.
 
+With a `state_quant.StateQuant` (`selective_scan_state_quant`, inference only) each program
+also runs OuroMamba's per-step quantizer on the B_t and C_t rows it loads (act_quant's own step
+code, the outlier masks in the chunk loop's carry) and uses the dequantized rows: the values of
+a separate act_quant pass before the scan, without its launch (NOTES.md).
+
 Differentiation: `jax.custom_vjp`. vjp='reference' differentiates the XLA reference
 (`reference.selective_scan_xla`, sequential form); vjp='kernel' (the default: 10.8x faster on
 an H100, NOTES.md) re-runs this kernel with its states written out and feeds them to the
