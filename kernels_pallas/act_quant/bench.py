@@ -22,7 +22,7 @@ from kernels_pallas.act_quant.config import ActQuantBlockConfig, ActQuantParams
 VIM_BATCH, VIM_TOKENS = 64, 197
 VIM_CHANNELS = (('vim_t.d_model', 192), ('vim_s.d_model', 384),
                 ('vim_b.d_model|vim_s.d_inner', 768), ('vim_b.d_inner', 1536))
-SMOKE = (2, 23, (('smoke.a', 40), ('smoke.b', 64)))
+SMOKE = (2, 23, (('smoke', 64),))  # one shape: the bench's code path (kernel tests cover the rest)
 
 
 def make_inputs(key, b, l, c, dtype):
