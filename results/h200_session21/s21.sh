@@ -24,5 +24,5 @@ fi
 T=$((${CALL:-600} - 20 - $(date +%s) + START - 75))
 echo "study T=$T"
 [ $T -lt 60 ] && T=5   # too little left: only the reports and the tar
-bash results/studies_h200_session20_partial/resume.sh $T "$@"
+bash results/studies_h200_gen_changing/resume.sh $T "$@"
 echo "call took $(( $(date +%s) - START )) s"

@@ -19,6 +19,6 @@ if [ $# -gt 0 ]; then
   T=$((${CALL:-600} - 20 - $(date +%s) + START - 75))
   echo "study T=$T"
   [ $T -lt 60 ] && T=5   # too little left: only the reports and the tar
-  bash results/studies_h200_session20_partial/resume.sh $T "$@"
+  bash results/studies_h200_gen_changing/resume.sh $T "$@"
 fi
 echo "call took $(( $(date +%s) - START )) s"

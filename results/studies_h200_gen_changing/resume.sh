@@ -1,5 +1,5 @@
 #!/bin/bash
-# usage: bash results/studies_h200_session20_partial/resume.sh T STUDY:PARTS...
+# usage: bash results/studies_h200_gen_changing/resume.sh T STUDY:PARTS...
 # Issue 19's Gen-changing studies at paper size on the Vim testbed, resumed from the cells
 # finished so far: their cell.json records (this folder's study/) are copied into the workdir,
 # so the study mode reads them instead of running them again. Each study is split over PARTS
@@ -12,7 +12,7 @@
 # to keep what the call finished) and logs.tgz. EXTRA: more main.py flags (e.g. a readout implementation).
 set -u
 T=$1; shift
-HERE=results/studies_h200_session20_partial
+HERE=results/studies_h200_gen_changing
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:. || exit
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; date -u; git log --oneline -1 2>/dev/null

@@ -1,7 +1,7 @@
 """Writes study.cell.json records for the cells session 20 finished before the study mode wrote
 them (one-off; run from the repository root on the unpacked studies.tgz of that session):
 
-  python results/studies_h200_session20_partial/make_cell_records.py STUDY_DIR [FINISHED_RUNS]
+  python results/studies_h200_gen_changing/make_cell_records.py STUDY_DIR [FINISHED_RUNS]
 
 STUDY_DIR holds <study>/<cell>/seed<s>/full/{reports,quant}. The config is the one .gpu/s20.sh
 gave main.py (its command-line fields kept, as main.py keeps them), so each record's key is the
@@ -12,7 +12,7 @@ FINISHED_RUNS (session 19's finished_runs.json: the same settings, run from 15af
 reports stayed on the card) adds records for the cells it holds completely that STUDY_DIR has
 not: top-1 only (no outlier rate), each row naming where it comes from.
 
-  python results/studies_h200_session20_partial/make_cell_records.py STUDY_DIR --same-settings
+  python results/studies_h200_gen_changing/make_cell_records.py STUDY_DIR --same-settings
 
 (session 21) gives a cell without a record the rows of another study's recorded cell that ran
 the very same runs with the very same settings and seed (every field of the cell key but the
