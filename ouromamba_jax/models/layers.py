@@ -23,6 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kernels_pallas.selective_scan import config as scan_config
+from kernels_pallas.selective_scan.state_quant import StateQuant
+
 
 def module_by_module(model: nn.Module) -> nn.Module:
   """`model` with every Linear called as its own named submodule: blocks unscanned and a Vim
@@ -116,8 +119,6 @@ def scan_state_quant(quantizers, scan_runs_triton: bool):
   launch per block less), or None, where they are then applied before the scan: the switch
   `STATE_QUANT_IN_KERNEL` is off, the scan is not the Triton kernel, or the two are not
   int-mode per-step quantizers of one spec that the kernel covers."""
-  from kernels_pallas.selective_scan import config as scan_config  # pylint: disable=g-import-not-at-top
-  from kernels_pallas.selective_scan.state_quant import StateQuant  # pylint: disable=g-import-not-at-top
   if not (scan_config.STATE_QUANT_IN_KERNEL and scan_runs_triton):
     return None
   if not all(getattr(q, 'mode', None) == 'int' and getattr(q, 'layout', None) == 'steps'
