@@ -110,7 +110,7 @@ def _kernel_args(params: ActQuantParams, x, block_config, interpret, *, codes: b
   block_c, block_b, num_warps, n_chunks = cfg.resolve(x.shape[2], x.shape[0])
   interpret = compat.resolve_interpret(interpret)
   timed_form = codes and params.symmetric and not interleave
-  return dict(code_range=(params.qmin, params.qmax, params.outlier_qmin, params.outlier_qmax),
+  return dict(code_range=params.code_range,
               k=float(params.k), n_refresh=int(params.n_refresh), std_ddof=int(params.std_ddof),
               detect=params.outliers == 'int', block_c=block_c, block_b=block_b,
               num_warps=num_warps, n_chunks=n_chunks, interpret=interpret,

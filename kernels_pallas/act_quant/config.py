@@ -107,6 +107,11 @@ class ActQuantParams:
     return 2 ** (self.bits - 1) - 1 if self.symmetric else 2 ** self.bits - 1
 
   @property
+  def code_range(self) -> tuple[int, int, int, int]:
+    """(qmin, qmax, outlier qmin, outlier qmax): the grids as the kernels take them."""
+    return self.qmin, self.qmax, self.outlier_qmin, self.outlier_qmax
+
+  @property
   def outlier_qmin(self) -> int:
     return -(2 ** (self.outlier_bits - 1) - 1) if self.symmetric else 0
 

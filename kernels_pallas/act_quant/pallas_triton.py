@@ -202,6 +202,16 @@ class _Math:
       z_o = round_half_even(_divide_rn(-lo, s_o, self.interpret), self.interpret)
     return mask, (s_o, z_o)
 
+  def per_sample_step(self, x, mask, col_ok, lanes_ok, s_ref, z_ref, t, detect: bool):
+    """Step t of the per-sample quantizer on rows x (tiles): the static grid, the outlier
+    update (`detect`: S_D > S_I(t) triggers) and every lane rounded on its grid. Returns
+    (rounded lanes, mask, S_I(t), zero point, outlier grid or None)."""
+    s_t, inv_s, zero = self.static_grid(s_ref, z_ref, t, lanes_ok[0].shape[0])
+    outlier_grid = None
+    if detect:
+      mask, outlier_grid = self.detect(x, mask, col_ok, lanes_ok, lambda s_d: s_d > s_t)
+    return self.rounded(x, mask, inv_s, zero, outlier_grid), mask, s_t, zero, outlier_grid
+
   def static_grid(self, s_ref, z_ref, t, rows: int):
     """Step t's static grid: (S_I(t) floored at MIN_SCALE, its IEEE reciprocal per row as a
     (rows, 1) column, zero point). Read and derived per program step here rather than padded
@@ -385,11 +395,8 @@ def _sample_kernel(x_ref, s_ref, z_ref, qin_ref, *outlier_refs, math: _Math,
     mask, x = carry
     x_next = x if unroll and i == n_refresh - 1 else load(i + 1)
     t, in_seq = _time_step(window, i, n_refresh, length)
-    outlier_grid = None
-    s_t, inv_s, zero = math.static_grid(s_ref, z_ref, t, block_b)
-    if detect:
-      mask, outlier_grid = math.detect(x, mask, col_ok, lanes_ok, lambda s_d: s_d > s_t)
-    r = math.rounded(x, mask, inv_s, zero, outlier_grid)
+    r, mask, s_t, zero, outlier_grid = math.per_sample_step(x, mask, col_ok, lanes_ok, s_ref,
+                                                            z_ref, t, detect)
     if dequantize_to is not None:  # qin_ref is the dequantized output
       _store_chunks(qin_ref, b0, t, row_ok & in_seq,
                     math.dequantized(r, mask, s_t, outlier_grid, dequantize_to), math)
@@ -454,28 +461,31 @@ def _math_and_grid(x, inlier_scale, zero_point, code_range, k, std_ddof, block_c
   """The kernel's static constants and its per-step grid inputs: the raw steps (and zero
   points) as they are, since t is clamped to L - 1 in the kernel, which floors and inverts
   S_I(t) itself (`_Math.static_grid`)."""
-  qmin, qmax, o_qmin, o_qmax = code_range
   symmetric = zero_point is None
   grid_inputs = [inlier_scale.astype(jnp.float32)]
   if not symmetric:
     grid_inputs.append(zero_point.astype(jnp.float32))
-  math = _Math(channels=x.shape[2], block_c=block_c, qmin=float(qmin), qmax=float(qmax),
+  math = _math(x.shape[2], block_c, code_range, k, std_ddof, symmetric, interpret, n_chunks,
+               interleaved)
+  return math, grid_inputs
+
+
+def _math(channels, block_c, code_range, k, std_ddof, symmetric, interpret, n_chunks=1,
+          interleaved=False) -> _Math:
+  qmin, qmax, o_qmin, o_qmax = code_range
+  return _Math(channels=channels, block_c=block_c, qmin=float(qmin), qmax=float(qmax),
                o_qmin=float(o_qmin), o_qmax=float(o_qmax), k=float(k), ddof=std_ddof,
                interpret=interpret, symmetric=symmetric, code_dtype=int_dtype(qmin, qmax),
                outlier_dtype=int_dtype(o_qmin, o_qmax), n_chunks=n_chunks,
                interleaved=interleaved)
-  return math, grid_inputs
 
 
 def row_math(params, channels: int, block_c: int, interpret: bool) -> _Math:
   """The static constants of `params` (an ActQuantParams) for a row of `channels` lanes held as
   one tile of block_c (a power of two): for kernels of other ops that quantize a narrow row
   they hold in registers (the selective scan's B_t and C_t, `dequantized_row_step`)."""
-  return _Math(channels=channels, block_c=block_c,
-               qmin=float(params.qmin), qmax=float(params.qmax),
-               o_qmin=float(params.outlier_qmin), o_qmax=float(params.outlier_qmax),
-               k=float(params.k), ddof=params.std_ddof, interpret=interpret,
-               symmetric=params.symmetric)
+  return _math(channels, block_c, params.code_range, params.k, params.std_ddof,
+               params.symmetric, interpret)
 
 
 def no_row_mask(math: _Math):
@@ -489,14 +499,10 @@ def dequantized_row_step(math: _Math, x, mask, s_ref, z_ref, t, *, detect: bool,
   refresh window, so the mask restarts empty). Returns (dequantized row (block_c,) fp32, the
   mask): the values `act_quant_dequantized` computes before its cast to the output dtype, by
   the same operations (`_Math`), so the codes are the same."""
-  rows = (x[None, :],)
-  lanes_ok = _lanes_ok(jnp.arange(1) < 1, math)
   mask = tuple(jnp.where(new_window, False, m) for m in mask)
-  s_t, inv_s, zero = math.static_grid(s_ref, z_ref, t, 1)
-  outlier_grid = None
-  if detect:
-    mask, outlier_grid = math.detect(rows, mask, math.col_ok(), lanes_ok, lambda s_d: s_d > s_t)
-  r = math.rounded(rows, mask, inv_s, zero, outlier_grid)
+  r, mask, s_t, _, outlier_grid = math.per_sample_step(
+      (x[None, :],), mask, math.col_ok(), _lanes_ok(jnp.arange(1) < 1, math), s_ref, z_ref, t,
+      detect)
   (y,) = math.dequantized(r, mask, s_t, outlier_grid, jnp.float32)
   return y[0], mask
 

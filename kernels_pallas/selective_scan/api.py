@@ -83,11 +83,11 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
       raise ValueError('selective_scan: state_quant runs the quantizer in forward time order '
                        'and returns y only: pass a flipped copy instead of reverse=True, and '
                        'leave return_states False.')
-    state_quant.check(u.shape[1])
-    if impl == 'triton':
+    if impl == 'triton':   # checks state_quant itself
       return pallas_triton.selective_scan_state_quant(
           u, delta, A, B, C, D, z, delta_bias, state_quant=state_quant,
           delta_softplus=delta_softplus, interpret=interpret, block_config=block_config)
+    state_quant.check(u.shape[1])
     B, C = state_quant.dequantized(B, C, 'xla')
   if vjp not in VJPS:
     raise ValueError(f'selective_scan: unknown vjp {vjp!r}; choose one of {VJPS}.')
