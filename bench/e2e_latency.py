@@ -369,6 +369,8 @@ def run(args, on_cell=lambda report: None) -> dict[str, Any]:
     base = build_model(registry_name, scan_implementation='xla', **overrides)
     params = jax.jit(base.init)(jax.random.key(args.seed), _images(base, 1, 0))['params']
     cells = _model_trees(base, params, args, rates, quantize_s, model_name)
+    built = ', '.join(f'{k} quantized in {v:.0f} s' for k, v in quantize_s.items())
+    _progress(f'{model_name}: trees built ({built or "float only"}); compiling')
     images = {b: _images(base, b, args.seed + 3) for b in args.batches}
     jobs = {}
     with concurrent.futures.ThreadPoolExecutor(max(args.compile_workers, 1)) as pool:
@@ -376,6 +378,10 @@ def run(args, on_cell=lambda report: None) -> dict[str, Any]:
         if not isinstance(cell, Exception):
           for batch in args.batches:
             jobs[variant_name, batch] = pool.submit(compile_forward, *cell, images[batch])
+            jobs[variant_name, batch].add_done_callback(  # a stalled compile shows which cell
+                lambda job, name=variant_name, b=batch: _progress(
+                    f'{model_name} {name} batch {b}: compiled'
+                    + (f' in {job.result()[1]:.1f} s' if not job.exception() else ' (failed)')))
       # XLA autotunes on the GPU while compiling: no timing until every compile is done.
       concurrent.futures.wait(jobs.values())
       for variant_name, cell in cells.items():
@@ -399,6 +405,10 @@ def run(args, on_cell=lambda report: None) -> dict[str, Any]:
           print(_cell_line(results[-1]), flush=True)
           on_cell(report)
   return report
+
+
+def _progress(msg: str) -> None:
+  print(f'[{time.strftime("%H:%M:%S")}] {msg}', flush=True)
 
 
 def _cell_line(r) -> str:

@@ -34,14 +34,21 @@ TILE_ELEMENTS = 512
 # cannot overlap step t + 1's reductions; unrolled they can. Measured on an H200 (bench.py,
 # B = 64, L = 197, n_refresh = 10, session 21): C = 192 0.069 -> 0.066 ms, C = 384 0.073 ->
 # 0.055 ms, but C = 768 0.073 -> 0.106 and C = 1536 0.096 -> 0.202 ms (wider tiles unrolled
-# hold several steps' rows at once and spill). Longer windows (n_refresh = L) keep the loop:
-# code size and compile time grow with the steps. The interpreter gains nothing and compiles
+# hold several steps' rows at once and spill). Session 23 (H200, the same bench twice) did not
+# repeat it: C = 192 unrolled 0.082 / 0.143 ms vs loop 0.094 / 0.094, C = 384 0.082 / 0.097 vs
+# 0.067 / 0.106; and both of its Vim-B end-to-end runs printed nothing in 170 s (compilation
+# comes before the first cell), the first such runs since this rule, whose unrolled walk of
+# dt_proj's 48-channel input (8 samples per program) no card had compiled: the suspect, not
+# confirmed (sessions 22's kernel refactors were not timed end to end either). So the rule is off
+# (UNROLLED_TILE_ELEMENTS = 0: no tile qualifies) until an end-to-end A/B
+# (`bench/e2e_latency.py --act_quant_unroll_lanes=512`) shows it compiles and pays. Longer
+# windows (n_refresh = L) keep the loop: code size and compile time grow with the steps. The interpreter gains nothing and compiles
 # longer: interpreted kernels keep the loop. The rule covers only the form that was timed (the
 # symmetric codes kernel): on the next card (session 22) the GPU tests stalled in a compile of
 # over two minutes right where the unrolled asymmetric (Δ) and dequantized kernels came up, so
 # those forms, and interleaved packing, keep the loop unless unroll=True is asked for.
 MAX_UNROLLED_STEPS = 16
-UNROLLED_TILE_ELEMENTS = 512
+UNROLLED_TILE_ELEMENTS = 0
 # Packed int4 codes from even/odd channel tiles (`ActQuantBlockConfig.interleave`) by default:
 # off until timed on a card (`bench.py`'s `triton_sample_packed_interleaved`,
 # `bench/e2e_latency.py --act_quant_interleave=1`).
@@ -127,7 +134,7 @@ class ActQuantBlockConfig:
   the per-sample kernel (None -> as many as fit TILE_ELEMENTS lanes); num_warps: warps per
   program (None -> 2 up to 1024 lanes per tile, else 4: the sweep's best); unroll: walk a
   window as straight-line code (None -> on a GPU when n_refresh <= MAX_UNROLLED_STEPS and a
-  program's tile has at most UNROLLED_TILE_ELEMENTS lanes: the measured rule); interleave: packed
+  program's tile has at most UNROLLED_TILE_ELEMENTS lanes: the rule, off since session 23); interleave: packed
   int4 codes are made from a chunk's even and odd channels loaded as two tiles (strided loads)
   instead of by splitting one tile (None -> INTERLEAVE_PACKED; see `interleaved`)."""
   block_c: int | None = None
@@ -154,7 +161,7 @@ class ActQuantBlockConfig:
                        'or None (None: INTERLEAVE_PACKED).')
     if self.unroll is not None and not isinstance(self.unroll, bool):
       raise ValueError(f'ActQuantBlockConfig.unroll={self.unroll!r}: must be True, False or None '
-                       '(None: the measured rule, see MAX_UNROLLED_STEPS).')
+                       '(None: the rule of MAX_UNROLLED_STEPS and UNROLLED_TILE_ELEMENTS).')
 
   def interleaved(self, channels: int, pack: bool) -> bool:
     """Whether packed codes for C channels are made from even/odd tiles: asked for, packing,

@@ -33,7 +33,7 @@ Rounding is half-to-even (jnp.round) by the 1.5 * 2^23 shift, since Triton has n
 With `pack=True` the int4 inlier codes are packed two per byte along C (low nibble = even
 channel), the `kernels_pallas.int4` format the mixed GEMM reads; with `interleave` the row is
 loaded as even- and odd-channel tiles so the packing is lane-wise. `unroll` walks the window
-as straight-line code instead of a loop (faster on narrow tiles, `config.MAX_UNROLLED_STEPS`).
+as straight-line code instead of a loop (off by default, `config.UNROLLED_TILE_ELEMENTS`).
 """
 from __future__ import annotations
 

@@ -1,0 +1,35 @@
+#!/bin/bash
+# usage (the next session, each PART alone on a fresh card, carry .whl): PART=e2e|kernels|sweep
+#   bash results/h200_session23/next_i15.sh
+# e2e (~8 min): why session 23's two Vim-B end-to-end runs printed nothing in 170 s. W4A4O8 and
+#   the float baseline at batch 64 and 1, first with act_quant's unroll rule off (the default
+#   since session 23), then with B and C quantized inside the scan (--scan_state_quant=1), then
+#   with the rule back on (--act_quant_unroll_lanes=512); each process under its own timeout,
+#   printing a line per finished compile (bench/e2e_latency.py since session 23).
+# kernels (~8 min): act_quant's bench (Vim-B widths first, JSON after every shape), then the
+#   patched readout's by_state kernels (results/h200_session21/next_readout.sh, TESTS=0).
+# sweep (~9 min): the latency-vs-n_refresh/k figure (results/h200_session23/outlier_sweep.sh).
+set -u
+export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2 PYTEST_DISABLE_PLUGIN_AUTOLOAD=1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:. || exit
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; date -u; git log --oneline -1 2>/dev/null
+# no MPS daemon from an earlier call (session 23: see results/h200_session22/s22.sh)
+pgrep -x nvidia-cuda-mps > /dev/null && { echo quit | CUDA_MPS_PIPE_DIRECTORY=/tmp/mps_pipe nvidia-cuda-mps-control; sleep 3; }
+S=$(date +%s); mkdir -p $OUT
+case ${PART:-e2e} in
+  e2e)
+    for V in "rule_off:" "scan_state_quant:--scan_state_quant=1" "unroll_rule:--act_quant_unroll_lanes=512"; do
+      name=${V%%:*}; flags=${V#*:}
+      timeout ${T_E2E:-170} python3 bench/e2e_latency.py --models=vim_b --batches=64,1 \
+        --variants=bf16_pallas_scan,w4a4o8 --iters=15 $flags --out=$OUT/e2e_vim_b_$name.json 2>&1 \
+        | grep -v "^W\|^I" | tail -14
+      echo "$name rc=${PIPESTATUS[0]} at $(( $(date +%s) - S )) s"
+    done ;;
+  kernels)
+    timeout 300 python3 -m kernels_pallas.act_quant.bench --trials=5 --out=$OUT/act_quant_bench.json 2>&1 | grep -v "^W\|^I" | tail -30
+    echo "act_quant bench at $(( $(date +%s) - S )) s"
+    TESTS=0 OUT=$OUT/readout bash results/h200_session21/next_readout.sh ;;
+  sweep)
+    T=540 bash results/h200_session23/outlier_sweep.sh ;;
+esac
+echo "total $(( $(date +%s) - S )) s"
