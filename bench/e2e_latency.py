@@ -148,9 +148,6 @@ def parse_args(argv=None):
   p.add_argument('--act_quant_unroll_lanes', type=int, default=-1,
                  help='act_quant tiles of at most this many lanes may be unrolled (-1: the '
                       'library default, config.UNROLLED_TILE_ELEMENTS)')
-  p.add_argument('--act_quant_interleave', type=int, default=-1, choices=(-1, 0, 1),
-                 help='packed act_quant codes from even/odd channel tiles (-1: the library '
-                      'default, config.INTERLEAVE_PACKED)')
   p.add_argument('--scan_state_quant', type=int, default=-1, choices=(-1, 0, 1),
                  help="1: int-mode Vim's B and C quantized inside the Triton scan, 0: by their "
                       'own act_quant launch (-1: the library default, selective_scan '
@@ -345,8 +342,6 @@ def apply_library_switches(args) -> None:
     act_quant_config.MAX_UNROLLED_STEPS = args.act_quant_unroll_max
   if args.act_quant_unroll_lanes >= 0:
     act_quant_config.UNROLLED_TILE_ELEMENTS = args.act_quant_unroll_lanes
-  if args.act_quant_interleave >= 0:
-    act_quant_config.INTERLEAVE_PACKED = bool(args.act_quant_interleave)
   if args.scan_state_quant >= 0:
     scan_config.STATE_QUANT_IN_KERNEL = bool(args.scan_state_quant)
 

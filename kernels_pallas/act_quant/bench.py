@@ -39,7 +39,7 @@ def make_inputs(key, b, l, c, dtype):
 
 # --sweep: (samples per program, warps) of the per-sample kernel, timed besides the default
 # (`triton_sample_packed_unrolled` / `_loop`: the window walked as straight-line code / as a loop,
-# whatever the default rule picks; `_interleaved`: packed from even/odd channel tiles).
+# whatever the default rule picks).
 SWEEP = tuple((b, w) for b in (1, 2, 4, 8) for w in (1, 2, 4, 8))
 
 
@@ -65,7 +65,6 @@ def variants(smoke, sweep=False):
       'triton_sample_packed': kernel('sample'),
       'triton_sample_packed_unrolled': kernel('sample', ActQuantBlockConfig(unroll=True)),
       'triton_sample_packed_loop': kernel('sample', ActQuantBlockConfig(unroll=False)),
-      'triton_sample_packed_interleaved': kernel('sample', ActQuantBlockConfig(interleave=True)),
       'triton_sample': kernel('sample', pack=False),   # int8 codes: what the packing costs
       'xla_batch_packed': xla('batch', True),
       'triton_batch_packed': kernel('batch'),
@@ -106,7 +105,6 @@ def run(args):
                  mismatch={}, variants={})
     for trigger, kernel_name in (('sample', 'triton_sample_packed'),
                                  ('sample_unrolled', 'triton_sample_packed_unrolled'),
-                                 ('sample_interleaved', 'triton_sample_packed_interleaved'),
                                  ('batch', 'triton_batch_packed')):
       want = table[f'xla_{trigger.split("_")[0]}_packed'](*base)
       entry['mismatch'][trigger] = mismatch(table[kernel_name](*base), want)
@@ -135,10 +133,9 @@ def print_table(report):
   print(f'\nact_quant on {report["device"]} ({report["backend"]})'
         f'{" SMOKE (interpret, timings meaningless)" if report["smoke"] else ""}')
   print(f'{"shape":30s} {"C":>5s} {"variant":22s} {"ms":>9s} {"GB/s":>7s} {"floor ms":>9s} '
-        f'{"%roof":>6s} {"x xla":>6s} mismatch(sample/unrolled/interleaved/batch)')
+        f'{"%roof":>6s} {"x xla":>6s} mismatch(sample/unrolled/batch)')
   for e in report['results']:
-    mm = '/'.join(f'{e["mismatch"][t]:.1e}' for t in ('sample', 'sample_unrolled',
-                                                       'sample_interleaved', 'batch'))
+    mm = '/'.join(f'{e["mismatch"][t]:.1e}' for t in ('sample', 'sample_unrolled', 'batch'))
     for vname, v in e['variants'].items():
       speed = f'{v["speedup_vs_xla"]:.2f}' if v['speedup_vs_xla'] else '-'
       print(f'{e["shape"]:30s} {e["C"]:5d} {vname:22s} {v["ms"]:9.4f} {v["gb_per_s"]:7.0f} '

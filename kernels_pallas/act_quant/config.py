@@ -42,17 +42,14 @@ TILE_ELEMENTS = 512
 # confirmed (sessions 22's kernel refactors were not timed end to end either). So the rule is off
 # (UNROLLED_TILE_ELEMENTS = 0: no tile qualifies) until an end-to-end A/B
 # (`bench/e2e_latency.py --act_quant_unroll_lanes=512`) shows it compiles and pays. Longer
-# windows (n_refresh = L) keep the loop: code size and compile time grow with the steps. The interpreter gains nothing and compiles
-# longer: interpreted kernels keep the loop. The rule covers only the form that was timed (the
-# symmetric codes kernel): on the next card (session 22) the GPU tests stalled in a compile of
-# over two minutes right where the unrolled asymmetric (Δ) and dequantized kernels came up, so
-# those forms, and interleaved packing, keep the loop unless unroll=True is asked for.
+# windows (n_refresh = L) keep the loop: code size and compile time grow with the steps. The
+# interpreter gains nothing and compiles longer: interpreted kernels keep the loop. The rule
+# covers only the form that was timed (the symmetric codes kernel): on the next card (session
+# 22) the GPU tests stalled in a compile of over two minutes right where the unrolled
+# asymmetric (Δ) and dequantized kernels came up, so those forms keep the loop unless
+# unroll=True is asked for.
 MAX_UNROLLED_STEPS = 16
 UNROLLED_TILE_ELEMENTS = 0
-# Packed int4 codes from even/odd channel tiles (`ActQuantBlockConfig.interleave`) by default:
-# off until timed on a card (`bench.py`'s `triton_sample_packed_interleaved`,
-# `bench/e2e_latency.py --act_quant_interleave=1`).
-INTERLEAVE_PACKED = False
 
 
 def check_bits(owner: str, name: str, bits) -> None:
@@ -134,14 +131,11 @@ class ActQuantBlockConfig:
   the per-sample kernel (None -> as many as fit TILE_ELEMENTS lanes); num_warps: warps per
   program (None -> 2 up to 1024 lanes per tile, else 4: the sweep's best); unroll: walk a
   window as straight-line code (None -> on a GPU when n_refresh <= MAX_UNROLLED_STEPS and a
-  program's tile has at most UNROLLED_TILE_ELEMENTS lanes: the rule, off since session 23); interleave: packed
-  int4 codes are made from a chunk's even and odd channels loaded as two tiles (strided loads)
-  instead of by splitting one tile (None -> INTERLEAVE_PACKED; see `interleaved`)."""
+  program's tile has at most UNROLLED_TILE_ELEMENTS lanes: the rule, off since session 23)."""
   block_c: int | None = None
   block_b: int | None = None
   num_warps: int | None = None
   unroll: bool | None = None
-  interleave: bool | None = None
 
   def __post_init__(self):
     if self.block_c is not None and (not isinstance(self.block_c, int)
@@ -156,27 +150,15 @@ class ActQuantBlockConfig:
     if self.num_warps is not None and self.num_warps not in _VALID_WARPS:
       raise ValueError(f'ActQuantBlockConfig.num_warps={self.num_warps!r}: choose one of '
                        f'{_VALID_WARPS} (or None).')
-    if self.interleave is not None and not isinstance(self.interleave, bool):
-      raise ValueError(f'ActQuantBlockConfig.interleave={self.interleave!r}: must be True, False '
-                       'or None (None: INTERLEAVE_PACKED).')
     if self.unroll is not None and not isinstance(self.unroll, bool):
       raise ValueError(f'ActQuantBlockConfig.unroll={self.unroll!r}: must be True, False or None '
                        '(None: the rule of MAX_UNROLLED_STEPS and UNROLLED_TILE_ELEMENTS).')
-
-  def interleaved(self, channels: int, pack: bool) -> bool:
-    """Whether packed codes for C channels are made from even/odd tiles: asked for, packing,
-    and a row of exact chunks of at least 32 lanes (no padding lanes to stride past)."""
-    asked = INTERLEAVE_PACKED if self.interleave is None else self.interleave
-    if not (asked and pack):
-      return False
-    block_c, _, _, n_chunks = self.resolve(channels)
-    return block_c * n_chunks == channels and block_c >= 32
 
   def unrolled(self, n_refresh: int, tile_elements: int, interpret: bool = False,
                timed_form: bool = True) -> bool:
     """Whether the kernel walks a window of n_refresh steps as straight-line code, for a program
     tile of tile_elements lanes (block_b x block_c x n_chunks); timed_form: the kernel is the
-    form the rule was measured on (symmetric codes, no interleaving)."""
+    form the rule was measured on (symmetric codes)."""
     if self.unroll is not None:
       return self.unroll
     return (timed_form and n_refresh <= MAX_UNROLLED_STEPS

@@ -31,8 +31,7 @@ wrote one step earlier (same program, same addresses, program order).
 
 Rounding is half-to-even (jnp.round) by the 1.5 * 2^23 shift, since Triton has no round primitive.
 With `pack=True` the int4 inlier codes are packed two per byte along C (low nibble = even
-channel), the `kernels_pallas.int4` format the mixed GEMM reads; with `interleave` the row is
-loaded as even- and odd-channel tiles so the packing is lane-wise. `unroll` walks the window
+channel), the `kernels_pallas.int4` format the mixed GEMM reads. `unroll` walks the window
 as straight-line code instead of a loop (off by default, `config.UNROLLED_TILE_ELEMENTS`).
 """
 from __future__ import annotations
@@ -106,10 +105,7 @@ class _Math:
 
   A time step's row is held as `n_chunks` chunks of block_c lanes (a tuple): Triton tiles are
   powers of two, and Vim's widths are 3 x 2^k (192 ... 1536), which one padded tile would hold
-  with a quarter of its lanes idle; three exact chunks waste none. With `interleaved` each chunk
-  is two tiles, its even and its odd channels (strided loads), so the int4 packing of a channel
-  pair is one lane-wise operation on two tiles instead of a reshape and split of one tile
-  (which Triton does through shared memory, every step).
+  with a quarter of its lanes idle; three exact chunks waste none.
   """
   channels: int
   block_c: int
@@ -124,31 +120,15 @@ class _Math:
   code_dtype: object = jnp.int8          # int32 where an asymmetric 8-bit grid exceeds a byte
   outlier_dtype: object = jnp.int8
   n_chunks: int = 1
-  interleaved: bool = False
-
-  @property
-  def tiles(self) -> int:
-    """Tiles a row is held as (the tuples' length)."""
-    return self.n_chunks * (2 if self.interleaved else 1)
-
-  @property
-  def width(self) -> int:
-    """Lanes of one tile."""
-    return self.block_c // 2 if self.interleaved else self.block_c
 
   def tile_channels(self, j: int):
-    """The channels of tile j, as a slice of the channel axis."""
-    if self.interleaved:
-      chunk, parity = divmod(j, 2)
-      return pl.ds(chunk * self.block_c + parity, self.width, stride=2)
+    """The channels of chunk j, as a slice of the channel axis."""
     return pl.ds(j * self.block_c, self.block_c)
 
   def col_ok(self):
-    """Per tile, which of its lanes are real channels."""
-    def ok(j):
-      first = self.tile_channels(j)
-      return first.start + first.stride * jnp.arange(self.width) < self.channels
-    return tuple(ok(j) for j in range(self.tiles))
+    """Per chunk, which of its lanes are real channels."""
+    return tuple(j * self.block_c + jnp.arange(self.block_c) < self.channels
+                 for j in range(self.n_chunks))
 
   def reductions(self, x, mask, col_ok):
     """Every per-row statistic of a step, in one round of independent reductions over the
@@ -282,23 +262,10 @@ def _rows(b0, rows, t, lanes):
   return (pl.ds(b0, rows), t, lanes)
 
 
-def _emulates_strides(math: _Math) -> bool:
-  """The Pallas interpreter has no strided loads or stores: there an interleaved chunk is read
-  and written whole and split / merged (what the GPU kernel avoids; the same values)."""
-  return math.interleaved and math.interpret
-
-
 def _load_tiles(ref, b0, t, lanes_ok, math: _Math):
   """The row tiles (rows, width) of samples b0.. at step t from a (B, L, C) ref, masked lanes
   0 (False)."""
   rows, other = lanes_ok[0].shape[0], jnp.zeros((), ref.dtype)
-  if _emulates_strides(math):
-    tiles = []
-    for c in range(math.n_chunks):
-      whole = plgpu.load(ref.at[_rows(b0, rows, t, pl.ds(c * math.block_c, math.block_c))],
-                         mask=int4.interleave(lanes_ok[2 * c], lanes_ok[2 * c + 1]), other=other)
-      tiles += int4.split_even_odd(whole)
-    return tuple(tiles)
   return tuple(plgpu.load(ref.at[_rows(b0, rows, t, math.tile_channels(j))], mask=ok, other=other)
                for j, ok in enumerate(lanes_ok))
 
@@ -322,9 +289,8 @@ def _store_rows(qin_ref, outlier_refs, b0, t, row_ok, q_in, outlier, mask, math:
   if pack:
     for j in range(math.n_chunks):
       half_ok = row_ok[:, None] & (j * bc // 2 + jnp.arange(bc // 2) < math.channels // 2)[None, :]
-      pairs = (q_in[2 * j], q_in[2 * j + 1]) if math.interleaved else int4.split_even_odd(q_in[j])
       plgpu.store(qin_ref.at[_rows(b0, rows, t, pl.ds(j * bc // 2, bc // 2))],
-                  int4.pack_nibbles(*pairs), mask=half_ok)
+                  int4.pack_nibbles(*int4.split_even_odd(q_in[j])), mask=half_ok)
   else:
     _store_chunks(qin_ref, b0, t, row_ok, q_in, math)
   if outlier is None:
@@ -342,12 +308,6 @@ def _store_rows(qin_ref, outlier_refs, b0, t, row_ok, q_in, outlier, mask, math:
 def _store_chunks(ref, b0, t, row_ok, chunks, math: _Math):
   """Writes a row held as tiles to the (B, L, C) output ref at step t (real lanes only)."""
   rows, oks = row_ok.shape[0], _lanes_ok(row_ok, math)
-  if _emulates_strides(math):
-    for c in range(math.n_chunks):
-      plgpu.store(ref.at[_rows(b0, rows, t, pl.ds(c * math.block_c, math.block_c))],
-                  int4.interleave(chunks[2 * c], chunks[2 * c + 1]),
-                  mask=int4.interleave(oks[2 * c], oks[2 * c + 1]))
-    return
   for j, ok in enumerate(oks):
     plgpu.store(ref.at[_rows(b0, rows, t, math.tile_channels(j))], chunks[j], mask=ok)
 
@@ -362,7 +322,7 @@ def _outlier_outputs(outlier_refs, math: _Math):
 
 
 def _no_mask(rows: int, math: _Math):
-  return tuple(jnp.zeros((rows, math.width), jnp.bool_) for _ in range(math.tiles))
+  return tuple(jnp.zeros((rows, math.block_c), jnp.bool_) for _ in range(math.n_chunks))
 
 
 def _walk(n_steps: int, step, carry, unroll: bool):
@@ -457,7 +417,7 @@ def _with_grid_refs(kernel, **static):
 
 
 def _math_and_grid(x, inlier_scale, zero_point, code_range, k, std_ddof, block_c, n_chunks,
-                   interpret, interleaved=False):
+                   interpret):
   """The kernel's static constants and its per-step grid inputs: the raw steps (and zero
   points) as they are, since t is clamped to L - 1 in the kernel, which floors and inverts
   S_I(t) itself (`_Math.static_grid`)."""
@@ -465,19 +425,17 @@ def _math_and_grid(x, inlier_scale, zero_point, code_range, k, std_ddof, block_c
   grid_inputs = [inlier_scale.astype(jnp.float32)]
   if not symmetric:
     grid_inputs.append(zero_point.astype(jnp.float32))
-  math = _math(x.shape[2], block_c, code_range, k, std_ddof, symmetric, interpret, n_chunks,
-               interleaved)
+  math = _math(x.shape[2], block_c, code_range, k, std_ddof, symmetric, interpret, n_chunks)
   return math, grid_inputs
 
 
-def _math(channels, block_c, code_range, k, std_ddof, symmetric, interpret, n_chunks=1,
-          interleaved=False) -> _Math:
+def _math(channels, block_c, code_range, k, std_ddof, symmetric, interpret,
+          n_chunks=1) -> _Math:
   qmin, qmax, o_qmin, o_qmax = code_range
   return _Math(channels=channels, block_c=block_c, qmin=float(qmin), qmax=float(qmax),
                o_qmin=float(o_qmin), o_qmax=float(o_qmax), k=float(k), ddof=std_ddof,
                interpret=interpret, symmetric=symmetric, code_dtype=int_dtype(qmin, qmax),
-               outlier_dtype=int_dtype(o_qmin, o_qmax), n_chunks=n_chunks,
-               interleaved=interleaved)
+               outlier_dtype=int_dtype(o_qmin, o_qmax), n_chunks=n_chunks)
 
 
 def row_math(params, channels: int, block_c: int, interpret: bool) -> _Math:
@@ -520,27 +478,21 @@ _STATIC = ('code_range', 'k', 'n_refresh', 'std_ddof', 'detect', 'block_c', 'blo
 
 
 @functools.partial(jax.jit,
-                   static_argnames=_STATIC + ('trigger', 'pack', 'with_mask', 'interleave'))
+                   static_argnames=_STATIC + ('trigger', 'pack', 'with_mask'))
 def act_quant(x, inlier_scale, zero_point, *, code_range: tuple[int, int, int, int], k: float,
               n_refresh: int, trigger: str, std_ddof: int, detect: bool, pack: bool,
               block_c: int, block_b: int, num_warps: int, with_mask: bool = True,
-              n_chunks: int = 1, unroll: bool = False, interleave: bool = False,
-              interpret: bool = False):
+              n_chunks: int = 1, unroll: bool = False, interpret: bool = False):
   """Validated (B, L, C) input, (L,) steps and (L,) zero points (None: symmetric) ->
   (inlier codes, outlier codes, outlier scale, mask, clamped inlier scale, outlier zero points
   (B, L) int32 or None). code_range = (qmin, qmax, outlier qmin, outlier qmax); block_b:
   samples per program of the 'sample' kernel; a row is n_chunks tiles of block_c lanes; unroll:
-  the 'sample' kernel walks a window as straight-line code; interleave (with pack, C exactly
-  n_chunks x block_c): a chunk's even and odd channels are loaded as two tiles.
+  the 'sample' kernel walks a window as straight-line code.
   Without `detect` (outliers='none') the outlier outputs are constants; without `with_mask`
   the mask is None (the batch-trigger kernel writes it anyway: it reads it back)."""
   batch, length, channels = x.shape
-  if interleave and (not pack or channels != block_c * n_chunks or block_c < 32):
-    raise ValueError(f'act_quant: interleave needs packed codes and C = n_chunks x block_c with '
-                     f'block_c >= 32, got pack={pack}, C={channels}, block_c={block_c}, '
-                     f'n_chunks={n_chunks}.')
   math, grid_inputs = _math_and_grid(x, inlier_scale, zero_point, code_range, k, std_ddof,
-                                     block_c, n_chunks, interpret, interleave)
+                                     block_c, n_chunks, interpret)
   symmetric = math.symmetric
   scale = jnp.maximum(inlier_scale.astype(jnp.float32), MIN_SCALE)
   n_windows = -(-length // n_refresh)

@@ -79,14 +79,13 @@ def _pad_last(a, new_len):
   return a if pad == 0 else jnp.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, pad)])
 
 
-def quantize_site(x3, quantizer, implementation: Optional[str] = None, *,
-                  pack_int4: bool = False) -> IntActivation:
+def quantize_site(x3, quantizer, implementation: Optional[str] = None) -> IntActivation:
   """act_quant of x3 (B, L, C) with an `ActQuantizer`'s steps (same codes either way): None
   takes act_quant's platform default, 'triton' the Pallas kernel where it covers the spec and
   the XLA form elsewhere. Used for Linear inputs and for the SSM-tensor sites (Δ, B, C); the
   outlier mask is left out (the codes are what the GEMM and the dequantize read)."""
   return act_quant_api.act_quant(x3, quantizer.inlier_scale, quantizer.spec.kernel_params,
-                                 quantizer.zero_point, pack_int4=pack_int4, outlier_mask=False,
+                                 quantizer.zero_point, outlier_mask=False,
                                  implementation=_ACT_QUANT_CHAIN.get(implementation,
                                                                      implementation))
 

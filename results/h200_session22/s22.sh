@@ -1,6 +1,6 @@
 #!/bin/bash
 # usage: [CALL=seconds of the call, default 600] [CHECK=name] bash results/h200_session22/s22.sh [STUDY:PARTS...]
-# Session 22's calls: an optional check (CHECK=next_i15a, next_readout, next_i15c or next_i15b:
+# Session 22's calls: an optional check (CHECK=next_i15a or next_readout:
 # results/h200_session21/<name>.sh; next_scan_state_quant: results/h200_session22/<name>.sh;
 # outputs as one archive under $OUT/<name>/), then
 # issue 19's studies for the rest of the call (resume.sh; carry .whl and .data with only

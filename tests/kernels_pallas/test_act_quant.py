@@ -227,23 +227,21 @@ def test_block_config_validation():
   assert config.ActQuantBlockConfig(unroll=True).unrolled(10, 1536, interpret=True)
   assert not config.ActQuantBlockConfig(unroll=False).unrolled(10, 384)
   x = jnp.zeros((64, 197, 384), jnp.bfloat16)
-  default_args = lambda spec, codes, interleave: api._kernel_args(  # pylint: disable=protected-access
-      spec, x, None, False, codes=codes, interleave=interleave)
-  assert default_args(ActQuantParams(bits=4), True, False)['unroll'] is False
+  default_args = lambda spec, codes: api._kernel_args(  # pylint: disable=protected-access
+      spec, x, None, False, codes=codes)
+  assert default_args(ActQuantParams(bits=4), True)['unroll'] is False
   # the rule, when switched on (bench/e2e_latency.py's A/B), covers the timed form only:
-  # asymmetric, dequantized and interleaved kernels keep the loop
+  # asymmetric and dequantized kernels keep the loop
   saved = config.UNROLLED_TILE_ELEMENTS
   config.UNROLLED_TILE_ELEMENTS = 512
   try:
     assert rule.unrolled(10, 384) and not rule.unrolled(10, 384, interpret=True)
     assert not rule.unrolled(10, 768) and not rule.unrolled(config.MAX_UNROLLED_STEPS + 1, 384)
     assert not rule.unrolled(10, 384, timed_form=False)
-    for spec, codes, interleave, want in (
-        (ActQuantParams(bits=4), True, False, True),
-        (ActQuantParams(bits=4, symmetric=False), True, False, False),
-        (ActQuantParams(bits=4), False, False, False),
-        (ActQuantParams(bits=4), True, True, False)):
-      assert default_args(spec, codes, interleave)['unroll'] is want, (spec, codes, interleave)
+    for spec, codes, want in ((ActQuantParams(bits=4), True, True),
+                              (ActQuantParams(bits=4, symmetric=False), True, False),
+                              (ActQuantParams(bits=4), False, False)):
+      assert default_args(spec, codes)['unroll'] is want, (spec, codes)
   finally:
     config.UNROLLED_TILE_ELEMENTS = saved
   # Vim's widths 3 x 2^k are three exact chunks; other widths one padded tile
@@ -332,43 +330,32 @@ def test_window_walked_as_a_loop_matches_the_unrolled_walk(symmetric, n_refresh)
 
 
 @pytest.mark.parametrize('trigger,c', [('sample', 96), ('batch', 96), ('sample', 64)])
-def test_interleaved_tiles_match_canonical(trigger, c):
-  """interleave=True: packed codes from even/odd channel tiles (one or three chunks, both
-  triggers, both walks) equal the canonical quantizer's; shapes it cannot hold are refused."""
-  from kernels_pallas.act_quant import pallas_triton  # pylint: disable=g-import-not-at-top
+def test_packed_codes_match_canonical(trigger, c):
+  """Packed int4 codes (a row in one or three chunks, both triggers, both walks) equal the
+  canonical quantizer's."""
   rng = np.random.default_rng(c)
   x = _activations(rng, 3, 23, c)
   scale = jnp.asarray(rng.uniform(2.0, 4.0, 23) / 7, jnp.float32)
   spec = ActQuantParams(bits=4, outlier_bits=8, trigger=trigger)
-  assert config.ActQuantBlockConfig(interleave=True).interleaved(c, pack=True)
   want = api.act_quant(x, scale, spec, pack_int4=True, implementation='xla')
   for unroll in (False, True):
-    block = config.ActQuantBlockConfig(interleave=True, unroll=unroll)
+    block = config.ActQuantBlockConfig(unroll=unroll)
     _assert_same(_kernel(x, scale, spec, pack_int4=True, block_config=block), want, pack=True)
   assert np.asarray(want.outlier_mask).any()
-  assert not config.ActQuantBlockConfig(interleave=True).interleaved(40, pack=True)  # padded
-  assert not config.ActQuantBlockConfig(interleave=True).interleaved(c, pack=False)
-  assert not config.ActQuantBlockConfig().interleaved(c, pack=True)  # INTERLEAVE_PACKED off
-  with pytest.raises(ValueError, match='interleave needs packed codes'):
-    pallas_triton.act_quant(x[..., :40], scale, None, code_range=(-7, 7, -127, 127), k=3.0,
-                            n_refresh=10, trigger='sample', std_ddof=1, detect=True, pack=True,
-                            block_c=64, block_b=1, num_warps=2, interleave=True, interpret=True)
 
 
-@pytest.mark.parametrize('trigger,symmetric,n_chunks,dequantized,unroll,interleave', [
-    ('sample', True, 1, False, False, False), ('batch', True, 1, False, False, True),
-    ('sample', False, 1, False, True, False), ('sample', True, 3, False, True, True),
-    ('batch', False, 3, False, False, False), ('sample', False, 3, True, True, False),
-    ('sample', True, 3, False, False, True)])
-def test_kernel_lowers_to_triton_for_h100(trigger, symmetric, n_chunks, dequantized, unroll,
-                                          interleave):
+@pytest.mark.parametrize('trigger,symmetric,n_chunks,dequantized,unroll', [
+    ('sample', True, 1, False, False), ('batch', True, 1, False, False),
+    ('sample', False, 1, False, True), ('sample', True, 3, False, True),
+    ('batch', False, 3, False, False), ('sample', False, 3, True, True)])
+def test_kernel_lowers_to_triton_for_h100(trigger, symmetric, n_chunks, dequantized, unroll):
   """Lowers (no compile) for an abstract H100: every op must have a Triton lowering rule."""
   from jax.sharding import AbstractDevice, AbstractMesh  # pylint: disable=g-import-not-at-top
   from kernels_pallas.act_quant import pallas_triton  # pylint: disable=g-import-not-at-top
   h100 = AbstractDevice(device_kind='NVIDIA H100 80GB HBM3', num_cores=132, platform='cuda')
   mesh = AbstractMesh((1,), ('x',), abstract_device=h100)
   b, l = 64, 197
-  c = 2048 if interleave and n_chunks == 1 else 1536   # interleaved tiles need exact chunks
+  c = 1536
   zero = None if symmetric else jax.ShapeDtypeStruct((l,), jnp.int32)
   code_range = (-7, 7, -127, 127) if symmetric else (0, 15, 0, 255)
   common = dict(code_range=code_range, k=3.0, n_refresh=10, std_ddof=1, detect=True,
@@ -381,20 +368,16 @@ def test_kernel_lowers_to_triton_for_h100(trigger, symmetric, n_chunks, dequanti
       traced = pallas_triton.act_quant_dequantized.trace(*args, out_dtype=jnp.dtype(jnp.bfloat16),
                                                          **common)
     else:
-      traced = pallas_triton.act_quant.trace(*args, trigger=trigger, pack=symmetric,
-                                             interleave=interleave, **common)
+      traced = pallas_triton.act_quant.trace(*args, trigger=trigger, pack=symmetric, **common)
     lowered = traced.lower(lowering_platforms=('cuda',))
   assert '__gpu$xla.gpu.triton' in lowered.as_text()
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(jax.default_backend() != 'gpu', reason='needs a CUDA GPU')
-@pytest.mark.parametrize('trigger,unroll,interleave,channels', [
-    ('sample', None, False, 768), ('sample', True, False, 768), ('batch', None, False, 768),
-    ('sample', None, True, 768), ('sample', None, True, 1536), ('batch', None, True, 768)])
-# (not the interleaved kernel unrolled: it compiled for over two minutes on an H200 in
-# sessions 22 and 23, so it is no default and has no GPU case)
-def test_gpu_kernel_matches_canonical_at_vim_shape(trigger, unroll, interleave, channels):
+@pytest.mark.parametrize('trigger,unroll,channels', [
+    ('sample', None, 768), ('sample', True, 768), ('batch', None, 768), ('sample', None, 1536)])
+def test_gpu_kernel_matches_canonical_at_vim_shape(trigger, unroll, channels):
   # On the GPU the reductions run in another order than XLA's, so a value within an ulp of
   # the mu + k sigma threshold may flip; allow a vanishing fraction of differing codes.
   rng = np.random.default_rng(9)
@@ -403,12 +386,11 @@ def test_gpu_kernel_matches_canonical_at_vim_shape(trigger, unroll, interleave, 
   spec = ActQuantParams(bits=4, trigger=trigger)
   want = api.act_quant(x, scale, spec, pack_int4=True, implementation='xla')
   got = api.act_quant(x, scale, spec, pack_int4=True, implementation='triton',
-                      block_config=config.ActQuantBlockConfig(unroll=unroll,
-                                                              interleave=interleave))
+                      block_config=config.ActQuantBlockConfig(unroll=unroll))
   for field in FIELDS:
     g, w = np.asarray(getattr(got, field)), np.asarray(getattr(want, field))
     frac = np.mean(g != w)
-    print(f'{trigger} C={channels} unroll={unroll} interleave={interleave} {field}: '
+    print(f'{trigger} C={channels} unroll={unroll} {field}: '
           f'mismatch fraction {frac:.2e}')
     assert frac < 1e-5, field
 
