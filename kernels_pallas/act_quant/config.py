@@ -39,7 +39,8 @@ TILE_ELEMENTS = 512
 # 0.067 / 0.106; and both of its Vim-B end-to-end runs printed nothing in 170 s (compilation
 # comes before the first cell), the first such runs since this rule, whose unrolled walk of
 # dt_proj's 48-channel input (8 samples per program) no card had compiled: the suspect, not
-# confirmed (sessions 22's kernel refactors were not timed end to end either). So the rule is off
+# confirmed (with the rule off, every Triton kernel of that forward lowers as in session 20's
+# finished run; BENCHMARKS.md, session 23). So the rule is off
 # (UNROLLED_TILE_ELEMENTS = 0: no tile qualifies) until an end-to-end A/B
 # (`bench/e2e_latency.py --act_quant_unroll_lanes=512`) shows it compiles and pays. Longer
 # windows (n_refresh = L) keep the loop: code size and compile time grow with the steps. The
