@@ -61,7 +61,6 @@ from ouromamba_jax.quant import presets as quant_presets  # pylint: disable=g-im
 from ouromamba_jax.quant import qtypes  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ouromamba_jax.quant import int_linear  # pylint: disable=g-import-not-at-top,wrong-import-position
 from kernels_pallas.selective_scan import api as scan_api  # pylint: disable=g-import-not-at-top,wrong-import-position
-from kernels_pallas.act_quant import config as act_quant_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 from kernels_pallas.selective_scan import config as scan_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 MODELS = {
@@ -142,12 +141,6 @@ def parse_args(argv=None):
   p.add_argument('--fold_sites', type=int, default=1, choices=(0, 1),
                  help='1: A and D quantized once (quant.fold_parameter_sites), as inference '
                       'does; 0: re-quantized in every forward')
-  p.add_argument('--act_quant_unroll_max', type=int, default=-1,
-                 help='act_quant windows of at most this many steps may be unrolled (-1: the '
-                      'library default, config.MAX_UNROLLED_STEPS; 0: always the loop walk)')
-  p.add_argument('--act_quant_unroll_lanes', type=int, default=-1,
-                 help='act_quant tiles of at most this many lanes may be unrolled (-1: the '
-                      'library default, config.UNROLLED_TILE_ELEMENTS)')
   p.add_argument('--scan_state_quant', type=int, default=-1, choices=(-1, 0, 1),
                  help="1: int-mode Vim's B and C quantized inside the Triton scan, 0: by their "
                       'own act_quant launch (-1: the library default, selective_scan '
@@ -338,10 +331,6 @@ def _model_trees(base, params, args, rates, quantize_s, model_name):
 def apply_library_switches(args) -> None:
   """The kernels' module-level switches the flags set (an A/B of one choice in one process;
   -1 leaves the library default)."""
-  if args.act_quant_unroll_max >= 0:
-    act_quant_config.MAX_UNROLLED_STEPS = args.act_quant_unroll_max
-  if args.act_quant_unroll_lanes >= 0:
-    act_quant_config.UNROLLED_TILE_ELEMENTS = args.act_quant_unroll_lanes
   if args.scan_state_quant >= 0:
     scan_config.STATE_QUANT_IN_KERNEL = bool(args.scan_state_quant)
 

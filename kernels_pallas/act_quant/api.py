@@ -102,19 +102,16 @@ def _validate(x, inlier_scale, params, zero_point) -> None:
   _check_zero_point(zero_point, params, length)
 
 
-def _kernel_args(params: ActQuantParams, x, block_config, interpret, *, codes: bool):
-  """The kernel's static arguments for these params and this input (codes: the kernel writes
-  codes, not the dequantized values)."""
+def _kernel_args(params: ActQuantParams, x, block_config, interpret):
+  """The kernel's static arguments for these params and this input."""
   cfg = block_config or ActQuantBlockConfig()
   block_c, block_b, num_warps, n_chunks = cfg.resolve(x.shape[2], x.shape[0])
   interpret = compat.resolve_interpret(interpret)
-  timed_form = codes and params.symmetric
   return dict(code_range=params.code_range,
               k=float(params.k), n_refresh=int(params.n_refresh), std_ddof=int(params.std_ddof),
               detect=params.outliers == 'int', block_c=block_c, block_b=block_b,
               num_warps=num_warps, n_chunks=n_chunks, interpret=interpret,
-              unroll=cfg.unrolled(int(params.n_refresh), block_b * block_c * n_chunks, interpret,
-                                  timed_form))
+              unroll=cfg.unroll)
 
 
 def act_quant(x, inlier_scale, params: ActQuantParams, zero_point=None, *,
@@ -135,7 +132,7 @@ def act_quant(x, inlier_scale, params: ActQuantParams, zero_point=None, *,
     return reference.act_quant_xla(x, inlier_scale, params, zero_point, pack=pack_int4)
   q_in, q_out, o_scale, mask, scale, o_zero = pallas_triton.act_quant(
       x, inlier_scale, zero_point, trigger=params.trigger, pack=pack_int4,
-      with_mask=outlier_mask, **_kernel_args(params, x, block_config, interpret, codes=True))
+      with_mask=outlier_mask, **_kernel_args(params, x, block_config, interpret))
   in_zero = None if params.symmetric else zero_point.astype(jnp.int32)
   return IntActivation(inlier_q=q_in, inlier_scale=scale, inlier_zero_point=in_zero,
                        outlier_q=q_out, outlier_scale=o_scale, outlier_zero_point=o_zero,
@@ -159,4 +156,4 @@ def act_quant_dequantized(x, inlier_scale, params: ActQuantParams, zero_point=No
     return reference.dequantize(q).astype(out_dtype)
   return pallas_triton.act_quant_dequantized(
       x, inlier_scale, zero_point, out_dtype=out_dtype,
-      **_kernel_args(params, x, block_config, interpret, codes=False))
+      **_kernel_args(params, x, block_config, interpret))

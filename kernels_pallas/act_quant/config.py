@@ -28,29 +28,6 @@ MAX_BLOCK_C = 8192  # one step's channels must fit in the registers of one progr
 # fastest from C = 384 up (two or more samples were 5-80 % slower at C = 768/1536, where the
 # bigger tiles spill), two samples gained ~10-20 % at C <= 384 with 2 warps.
 TILE_ELEMENTS = 512
-# A window of at most MAX_UNROLLED_STEPS steps is walked as straight-line code when a program's
-# tile has at most UNROLLED_TILE_ELEMENTS lanes (`ActQuantBlockConfig.unroll`): a loop iteration
-# ends in a barrier the compiler does not schedule across, so step t's rounding and stores
-# cannot overlap step t + 1's reductions; unrolled they can. Measured on an H200 (bench.py,
-# B = 64, L = 197, n_refresh = 10, session 21): C = 192 0.069 -> 0.066 ms, C = 384 0.073 ->
-# 0.055 ms, but C = 768 0.073 -> 0.106 and C = 1536 0.096 -> 0.202 ms (wider tiles unrolled
-# hold several steps' rows at once and spill). Session 23 (H200, the same bench twice) did not
-# repeat it: C = 192 unrolled 0.082 / 0.143 ms vs loop 0.094 / 0.094, C = 384 0.082 / 0.097 vs
-# 0.067 / 0.106; and both of its Vim-B end-to-end runs printed nothing in 170 s (compilation
-# comes before the first cell), the first such runs since this rule, whose unrolled walk of
-# dt_proj's 48-channel input (8 samples per program) no card had compiled: the suspect, not
-# confirmed (with the rule off, every Triton kernel of that forward lowers as in session 20's
-# finished run; BENCHMARKS.md, session 23). So the rule is off
-# (UNROLLED_TILE_ELEMENTS = 0: no tile qualifies) until an end-to-end A/B
-# (`bench/e2e_latency.py --act_quant_unroll_lanes=512`) shows it compiles and pays. Longer
-# windows (n_refresh = L) keep the loop: code size and compile time grow with the steps. The
-# interpreter gains nothing and compiles longer: interpreted kernels keep the loop. The rule
-# covers only the form that was timed (the symmetric codes kernel): on the next card (session
-# 22) the GPU tests stalled in a compile of over two minutes right where the unrolled
-# asymmetric (Δ) and dequantized kernels came up, so those forms keep the loop unless
-# unroll=True is asked for.
-MAX_UNROLLED_STEPS = 16
-UNROLLED_TILE_ELEMENTS = 0
 
 
 def check_bits(owner: str, name: str, bits) -> None:
@@ -131,12 +108,20 @@ class ActQuantBlockConfig:
   """block_c: channel block (None -> next power of two >= C); block_b: samples per program of
   the per-sample kernel (None -> as many as fit TILE_ELEMENTS lanes); num_warps: warps per
   program (None -> 2 up to 1024 lanes per tile, else 4: the sweep's best); unroll: walk a
-  window as straight-line code (None -> on a GPU when n_refresh <= MAX_UNROLLED_STEPS and a
-  program's tile has at most UNROLLED_TILE_ELEMENTS lanes: the rule, off since session 23)."""
+  window as straight-line code instead of a loop.
+
+  Why `unroll` is off by default: a loop iteration ends in a barrier the compiler does not
+  schedule across, and unrolled, step t's stores can overlap step t + 1's reductions; an H200
+  measured that at narrow tiles once (session 21: C = 384 0.073 -> 0.055 ms, but C = 1536
+  0.096 -> 0.202 ms, the wide tiles spill) and not again (session 23: C = 192 0.094 -> 0.082
+  and -> 0.143 ms in two runs, C = 384 0.067 -> 0.082 and 0.106 -> 0.097). And an unrolled
+  kernel takes ~50x as long to compile: 55 s against 1.1 s for the loop (Triton 3.9 for sm_90
+  on a 2-core CPU, every width, `bench/triton_compile_time.py`), what stalled sessions 22-23's
+  GPU tests, benches and end-to-end runs (BENCHMARKS.md, session 23)."""
   block_c: int | None = None
   block_b: int | None = None
   num_warps: int | None = None
-  unroll: bool | None = None
+  unroll: bool = False
 
   def __post_init__(self):
     if self.block_c is not None and (not isinstance(self.block_c, int)
@@ -151,19 +136,8 @@ class ActQuantBlockConfig:
     if self.num_warps is not None and self.num_warps not in _VALID_WARPS:
       raise ValueError(f'ActQuantBlockConfig.num_warps={self.num_warps!r}: choose one of '
                        f'{_VALID_WARPS} (or None).')
-    if self.unroll is not None and not isinstance(self.unroll, bool):
-      raise ValueError(f'ActQuantBlockConfig.unroll={self.unroll!r}: must be True, False or None '
-                       '(None: the rule of MAX_UNROLLED_STEPS and UNROLLED_TILE_ELEMENTS).')
-
-  def unrolled(self, n_refresh: int, tile_elements: int, interpret: bool = False,
-               timed_form: bool = True) -> bool:
-    """Whether the kernel walks a window of n_refresh steps as straight-line code, for a program
-    tile of tile_elements lanes (block_b x block_c x n_chunks); timed_form: the kernel is the
-    form the rule was measured on (symmetric codes)."""
-    if self.unroll is not None:
-      return self.unroll
-    return (timed_form and n_refresh <= MAX_UNROLLED_STEPS
-            and tile_elements <= UNROLLED_TILE_ELEMENTS and not interpret)
+    if not isinstance(self.unroll, bool):
+      raise ValueError(f'ActQuantBlockConfig.unroll={self.unroll!r}: must be True or False.')
 
   def resolve(self, channels: int, batch: int = 1) -> tuple[int, int, int, int]:
     """(block_c, block_b, num_warps, n_chunks) for C channels and a batch: a time step's row is

@@ -32,7 +32,7 @@ wrote one step earlier (same program, same addresses, program order).
 Rounding is half-to-even (jnp.round) by the 1.5 * 2^23 shift, since Triton has no round primitive.
 With `pack=True` the int4 inlier codes are packed two per byte along C (low nibble = even
 channel), the `kernels_pallas.int4` format the mixed GEMM reads. `unroll` walks the window
-as straight-line code instead of a loop (off by default, `config.UNROLLED_TILE_ELEMENTS`).
+as straight-line code instead of a loop (off by default: `config.ActQuantBlockConfig`).
 """
 from __future__ import annotations
 

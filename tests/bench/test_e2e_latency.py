@@ -75,20 +75,13 @@ def test_profiling_variants_override_kernel_and_stay_out_of_the_default_grid():
 
 def test_library_switches_are_set_only_when_asked(monkeypatch):
   bench = load_bench('e2e_latency')
-  for module, name in ((bench.scan_config, 'STATE_QUANT_IN_KERNEL'),
-                       (bench.act_quant_config, 'UNROLLED_TILE_ELEMENTS'),
-                       (bench.act_quant_config, 'MAX_UNROLLED_STEPS')):
-    monkeypatch.setattr(module, name, getattr(module, name))   # restored after the test
-  defaults = (bench.scan_config.STATE_QUANT_IN_KERNEL, bench.act_quant_config.UNROLLED_TILE_ELEMENTS)
+  monkeypatch.setattr(bench.scan_config, 'STATE_QUANT_IN_KERNEL',
+                      bench.scan_config.STATE_QUANT_IN_KERNEL)   # restored after the test
+  default = bench.scan_config.STATE_QUANT_IN_KERNEL
   bench.apply_library_switches(bench.parse_args(['--smoke']))
-  assert (bench.scan_config.STATE_QUANT_IN_KERNEL,
-          bench.act_quant_config.UNROLLED_TILE_ELEMENTS) == defaults
-  bench.apply_library_switches(bench.parse_args(
-      ['--smoke', '--scan_state_quant=1', '--act_quant_unroll_lanes=512',
-       '--act_quant_unroll_max=0']))
+  assert bench.scan_config.STATE_QUANT_IN_KERNEL == default
+  bench.apply_library_switches(bench.parse_args(['--smoke', '--scan_state_quant=1']))
   assert bench.scan_config.STATE_QUANT_IN_KERNEL
-  assert bench.act_quant_config.UNROLLED_TILE_ELEMENTS == 512
-  assert bench.act_quant_config.MAX_UNROLLED_STEPS == 0
 
 
 def test_e2e_latency_rejects_unknown_kernels_up_front():

@@ -1,0 +1,179 @@
+"""How long Triton takes to compile each Pallas kernel form, measured on a CPU (no GPU needed).
+
+  pip install triton==3.9.0        # once, into the environment that runs this (not a dependency)
+  python bench/triton_compile_time.py --out=compile_time.json [--forms=act_quant_c48_unrolled,...]
+
+Why: three sessions of card time went to compiles that stalled (act_quant's unrolled window
+walk: GPU tests and benches that timed out before timing anything, BENCHMARKS.md sessions
+22-23). Each form here is lowered for an abstract H100 as the GPU run would lower it, its
+Triton IR (`.ttir` text, saved under `--ir_dir`) is compiled to PTX and a cubin for sm_90 by
+the `triton` package in a child process under `--timeout`, and the wall time, PTX size and
+outcome are reported. The `triton` package is not the one XLA bundles, so the seconds are a
+proxy: what matters is the ratio between forms (a form 50x slower to compile than its loop
+twin will stall a card too).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ouromamba_jax.io import atomic  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+H100 = jax.sharding.AbstractDevice(device_kind='NVIDIA H100 80GB HBM3', num_cores=132,
+                                   platform='cuda')
+BATCH, TOKENS = 64, 197
+
+# Run in the child process: compile one .ttir file for sm_90 and print the PTX size.
+_COMPILE = """
+import sys
+import triton
+from triton.backends.compiler import GPUTarget
+kernel = triton.compile(sys.argv[1], target=GPUTarget('cuda', 90, 32),
+                        options={'num_warps': int(sys.argv[2]), 'num_stages': int(sys.argv[3])})
+print(len(kernel.asm['ptx']))
+"""
+
+
+def _act_quant_form(channels: int, unroll: bool, batch: int = BATCH):
+  """(lower: () -> None, num_warps, num_stages) of act_quant's codes kernel as a Vim Linear
+  input runs it (symmetric 4-bit, int8 outliers, no mask output)."""
+  from kernels_pallas.act_quant import api  # pylint: disable=g-import-not-at-top
+  from kernels_pallas.act_quant import pallas_triton  # pylint: disable=g-import-not-at-top
+  from kernels_pallas.act_quant.config import ActQuantBlockConfig, ActQuantParams  # pylint: disable=g-import-not-at-top
+  x = jax.ShapeDtypeStruct((batch, TOKENS, channels), jnp.bfloat16)
+  kw = api._kernel_args(ActQuantParams(bits=4), x, ActQuantBlockConfig(unroll=unroll), False)  # pylint: disable=protected-access
+  scale = jax.ShapeDtypeStruct((TOKENS,), jnp.float32)
+  lower = lambda: pallas_triton.act_quant.trace(
+      x, scale, None, trigger='sample', pack=False, with_mask=False, **kw).lower(
+          lowering_platforms=('cuda',))
+  return lower, kw['num_warps'], 1
+
+
+def _scan_form(state_quant: bool, channels: int = 1536):
+  """The float selective scan, or with B and C quantized inside it (Vim-B width)."""
+  from kernels_pallas.act_quant.config import ActQuantParams  # pylint: disable=g-import-not-at-top
+  from kernels_pallas.selective_scan import pallas_triton  # pylint: disable=g-import-not-at-top
+  from kernels_pallas.selective_scan.config import SelectiveScanBlockConfig  # pylint: disable=g-import-not-at-top
+  from kernels_pallas.selective_scan.state_quant import StateQuant  # pylint: disable=g-import-not-at-top
+  shape = lambda *s, dtype=jnp.bfloat16: jax.ShapeDtypeStruct(s, dtype)
+  n = 16
+  args = (shape(BATCH, TOKENS, channels), shape(BATCH, TOKENS, channels),
+          shape(channels, n, dtype=jnp.float32), shape(BATCH, TOKENS, n),
+          shape(BATCH, TOKENS, n), shape(channels, dtype=jnp.float32),
+          shape(BATCH, TOKENS, channels), None)
+  cfg = SelectiveScanBlockConfig(64, 2, num_warps=1, num_stages=2)
+  scale = shape(TOKENS, dtype=jnp.float32)
+  if state_quant:
+    fn = jax.jit(lambda a, s, c: pallas_triton.selective_scan_state_quant(
+        *a, state_quant=StateQuant(ActQuantParams(bits=4, k=3.0), s, c), interpret=False,
+        block_config=cfg))
+    lower = lambda: fn.trace(args, scale, scale).lower(lowering_platforms=('cuda',))
+  else:
+    fn = jax.jit(lambda *a: pallas_triton.selective_scan(*a, delta_softplus=True,
+                                                          interpret=False, block_config=cfg))
+    lower = lambda: fn.trace(*args).lower(lowering_platforms=('cuda',))
+  return lower, cfg.num_warps, cfg.num_stages
+
+
+FORMS: dict[str, Callable[[], tuple[Callable[[], Any], int, int]]] = {
+    **{f'act_quant_c{c}_{walk}': (lambda c=c, walk=walk: _act_quant_form(c, walk == 'unrolled'))
+       for c in (48, 192, 768, 1536) for walk in ('loop', 'unrolled')},
+    'act_quant_c48_b2_unrolled': lambda: _act_quant_form(48, True, batch=2),  # Vim-B batch 1
+    'scan': lambda: _scan_form(False),
+    'scan_state_quant': lambda: _scan_form(True),
+}
+
+
+def triton_ir(lower: Callable[[], Any]) -> str:
+  """The Triton IR text of the (last) Pallas kernel that `lower()` lowers. Pallas serializes
+  the module into the custom call as bytecode; its text is taken at the lowering step (a
+  private JAX function, wrapped for the call: pinned jax 0.11.2)."""
+  from jax._src.pallas.triton import pallas_call_registration as registration  # pylint: disable=g-import-not-at-top
+  captured = []
+  original = registration.lowering.lower_jaxpr_to_triton_module
+
+  def capture(*args, **kwargs):
+    result = original(*args, **kwargs)
+    captured.append(result.module.operation.get_asm(enable_debug_info=False))
+    return result
+
+  registration.lowering.lower_jaxpr_to_triton_module = capture
+  try:
+    with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((1,), ('x',),
+                                                                  abstract_device=H100)):
+      lower()
+  finally:
+    registration.lowering.lower_jaxpr_to_triton_module = original
+  if not captured:
+    raise RuntimeError('no Pallas Triton kernel was lowered; is this form a Pallas kernel?')
+  return captured[-1]
+
+
+def compile_seconds(ir_path: str, num_warps: int, num_stages: int, timeout: float,
+                    python: str = sys.executable) -> dict[str, Any]:
+  """Compiles one .ttir file in a child process: {'seconds', 'ptx_chars'} or {'error'}."""
+  start = time.perf_counter()
+  try:
+    done = subprocess.run([python, '-c', _COMPILE, ir_path, str(num_warps), str(num_stages)],
+                          capture_output=True, text=True, timeout=timeout, check=False,
+                          env={**os.environ, 'TRITON_DEFAULT_FP_FUSION': '1',
+                               'TRITON_CACHE_DIR': tempfile.mkdtemp(prefix='triton_cache_')})
+  except subprocess.TimeoutExpired:
+    return {'error': f'over the {timeout:.0f} s timeout', 'seconds': timeout}
+  seconds = time.perf_counter() - start
+  if done.returncode != 0:
+    return {'error': (done.stderr.strip().splitlines() or ['?'])[-1][:300], 'seconds': seconds}
+  return {'seconds': seconds, 'ptx_chars': int(done.stdout.split()[-1])}
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--forms', default=','.join(FORMS), help='comma-separated names of FORMS')
+  p.add_argument('--out', default='', help='JSON file for the results')
+  p.add_argument('--ir_dir', default='', help='where the .ttir files go (default: a temp dir)')
+  p.add_argument('--timeout', type=float, default=300.0, help='seconds per compile')
+  p.add_argument('--python', default=sys.executable,
+                 help='the interpreter that has the triton package')
+  p.add_argument('--lower_only', action='store_true', help='write the IR, compile nothing')
+  args = p.parse_args(argv)
+  unknown = [f for f in args.forms.split(',') if f not in FORMS]
+  if unknown:
+    p.error(f'unknown forms {unknown}; choose from {sorted(FORMS)}')
+  return args
+
+
+def main(argv=None) -> dict[str, Any]:
+  args = parse_args(argv)
+  ir_dir = args.ir_dir or tempfile.mkdtemp(prefix='ttir_')
+  os.makedirs(ir_dir, exist_ok=True)
+  report = {'target': 'cuda sm_90', 'jax': jax.__version__, 'results': []}
+  for name in args.forms.split(','):
+    lower, num_warps, num_stages = FORMS[name]()
+    text = triton_ir(lower)
+    path = os.path.join(ir_dir, f'{name}.ttir')
+    atomic.write_text(path, text)
+    cell = {'form': name, 'num_warps': num_warps, 'num_stages': num_stages,
+            'ir_chars': len(text), 'ir': path}
+    if not args.lower_only:
+      cell.update(compile_seconds(path, num_warps, num_stages, args.timeout, args.python))
+    report['results'].append(cell)
+    took = (f"{cell['seconds']:7.1f} s" if 'seconds' in cell else '      -')
+    print(f"{name:28s} IR {len(text):8d} chars  compile {took}  "
+          f"{cell.get('error') or ''}", flush=True)
+    if args.out:
+      atomic.write_json(args.out, report)
+  return report
+
+
+if __name__ == '__main__':
+  main()
