@@ -85,12 +85,33 @@ def _scan_form(state_quant: bool, channels: int = 1536):
   return lower, cfg.num_warps, cfg.num_stages
 
 
+def _readout_form(by_state: bool, backward: bool, grid=(8, 8), channels: int = 384):
+  """Gen's patched readout on the testbed's grid (forward or backward kernel; tiles of
+  (rows, N x block_d), or walking N by state)."""
+  from kernels_pallas.patched_readout import pallas_triton  # pylint: disable=g-import-not-at-top
+  f32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)
+  patches, n, block_d, num_warps = grid[0] * grid[1], 16, 32, 4
+  args = (f32(BATCH, patches + 1, n, channels), f32(BATCH, patches), f32(BATCH, patches, n))
+  static = (patches // 2, grid, 5, True, block_d, num_warps, by_state, False)
+  if backward:
+    fn = jax.jit(lambda h, w, c, g: pallas_triton._backward(h, w, c, g, *static))  # pylint: disable=protected-access
+    lower = lambda: fn.trace(*args, f32(BATCH, patches, channels)).lower(
+        lowering_platforms=('cuda',))
+  else:
+    fn = jax.jit(lambda h, w, c: pallas_triton.patched_readout(h, w, c, *static))
+    lower = lambda: fn.trace(*args).lower(lowering_platforms=('cuda',))
+  return lower, num_warps, 1
+
+
 FORMS: dict[str, Callable[[], tuple[Callable[[], Any], int, int]]] = {
     **{f'act_quant_c{c}_{walk}': (lambda c=c, walk=walk: _act_quant_form(c, walk == 'unrolled'))
        for c in (48, 192, 768, 1536) for walk in ('loop', 'unrolled')},
     'act_quant_c48_b2_unrolled': lambda: _act_quant_form(48, True, batch=2),  # Vim-B batch 1
     'scan': lambda: _scan_form(False),
     'scan_state_quant': lambda: _scan_form(True),
+    **{f'readout_{pass_}{"_by_state" if by_state else ""}': (
+        lambda by_state=by_state, pass_=pass_: _readout_form(by_state, pass_ == 'backward'))
+       for pass_ in ('forward', 'backward') for by_state in (False, True)},
 }
 
 
