@@ -359,7 +359,9 @@ def test_kernel_lowers_to_triton_for_h100(trigger, symmetric, n_chunks, dequanti
 @pytest.mark.gpu
 @pytest.mark.skipif(jax.default_backend() != 'gpu', reason='needs a CUDA GPU')
 @pytest.mark.parametrize('trigger,unroll,channels', [
-    ('sample', None, 768), ('sample', True, 768), ('batch', None, 768), ('sample', None, 1536)])
+    ('sample', False, 768), ('batch', False, 768), ('sample', False, 1536)])
+# (no unrolled case: it compiles for ~1 min on a card, bench/triton_compile_time.py; the
+# interpreter checks it bit for bit against the loop)
 def test_gpu_kernel_matches_canonical_at_vim_shape(trigger, unroll, channels):
   # On the GPU the reductions run in another order than XLA's, so a value within an ulp of
   # the mu + k sigma threshold may flip; allow a vanishing fraction of differing codes.
