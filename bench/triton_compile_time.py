@@ -85,6 +85,38 @@ def _scan_form(state_quant: bool, channels: int = 1536):
   return lower, cfg.num_warps, cfg.num_stages
 
 
+def _dequantized_form(channels: int = 1536):
+  """act_quant's one-pass quantize-dequantize as Vim's Δ site runs it (asymmetric 4-bit,
+  k = 4, int8 outliers)."""
+  from kernels_pallas.act_quant import api  # pylint: disable=g-import-not-at-top
+  from kernels_pallas.act_quant import pallas_triton  # pylint: disable=g-import-not-at-top
+  from kernels_pallas.act_quant.config import ActQuantParams  # pylint: disable=g-import-not-at-top
+  params = ActQuantParams(bits=4, symmetric=False, k=4.0)
+  x = jax.ShapeDtypeStruct((BATCH, TOKENS, channels), jnp.bfloat16)
+  kw = api._kernel_args(params, x, None, False)  # pylint: disable=protected-access
+  steps = jax.ShapeDtypeStruct((TOKENS,), jnp.float32)
+  zero = jax.ShapeDtypeStruct((TOKENS,), jnp.int32)
+  lower = lambda: pallas_triton.act_quant_dequantized.trace(
+      x, steps, zero, out_dtype=jnp.dtype(jnp.bfloat16), **kw).lower(
+          lowering_platforms=('cuda',))
+  return lower, kw['num_warps'], 1
+
+
+def _gemm_form(k: int, n: int = 1536):
+  """The W4A4O8 mixed GEMM (int8 codes, packed int4 weights, dense outliers, bias) at Vim-B
+  batch 64's rows: K = 768 (in_proj's input), K = 48 (dt_proj's)."""
+  from kernels_pallas.mixed_gemm import config  # pylint: disable=g-import-not-at-top
+  from kernels_pallas.mixed_gemm import pallas_triton  # pylint: disable=g-import-not-at-top
+  m, s = BATCH * TOKENS, jax.ShapeDtypeStruct
+  args = (s((m, k), jnp.int8), s((m,), jnp.float32), s((k // 2, n), jnp.int8),
+          s((n,), jnp.float32), s((m, k), jnp.int8), s((m,), jnp.float32), s((n,), jnp.float32))
+  cfg = config.default_block_config(m, n, k)
+  lower = lambda: pallas_triton.mixed_gemm.trace(
+      *args, k=k, weight_bits=4, act_bits=8, out_dtype=jnp.dtype(jnp.bfloat16), cfg=cfg).lower(
+          lowering_platforms=('cuda',))
+  return lower, cfg.num_warps, cfg.num_stages
+
+
 def _readout_form(by_state: bool, backward: bool, grid=(8, 8), channels: int = 384):
   """Gen's patched readout on the testbed's grid (forward or backward kernel; tiles of
   (rows, N x block_d), or walking N by state)."""
@@ -107,6 +139,9 @@ FORMS: dict[str, Callable[[], tuple[Callable[[], Any], int, int]]] = {
     **{f'act_quant_c{c}_{walk}': (lambda c=c, walk=walk: _act_quant_form(c, walk == 'unrolled'))
        for c in (48, 192, 768, 1536) for walk in ('loop', 'unrolled')},
     'act_quant_c48_b2_unrolled': lambda: _act_quant_form(48, True, batch=2),  # Vim-B batch 1
+    'act_quant_dequantized_c1536': _dequantized_form,
+    'mixed_gemm_k768': lambda: _gemm_form(768),
+    'mixed_gemm_k48': lambda: _gemm_form(48),
     'scan': lambda: _scan_form(False),
     'scan_state_quant': lambda: _scan_form(True),
     **{f'readout_{pass_}{"_by_state" if by_state else ""}': (
