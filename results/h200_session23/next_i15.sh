@@ -18,7 +18,7 @@ pgrep -x nvidia-cuda-mps > /dev/null && { echo quit | CUDA_MPS_PIPE_DIRECTORY=/t
 S=$(date +%s); mkdir -p $OUT
 case ${PART:-e2e} in
   e2e)
-    # name:timeout:flags (the first run is the baseline of the other two: give it the most time)
+    # name:timeout:flags (each run has the float baseline in its own process)
     for V in "default:250:" "scan_state_quant:250:--scan_state_quant=1"; do
       name=${V%%:*}; rest=${V#*:}; limit=${rest%%:*}; flags=${rest#*:}
       timeout $limit python3 bench/e2e_latency.py --models=vim_b --batches=64,1 \
