@@ -92,15 +92,27 @@ def _reduce(reduce_fn, combine, chunks):
   """A per-row reduction over every tile of a row: (rows,). The tiles are combined lane-wise
   first, so each statistic is one reduction, not one per tile: Triton exchanges every
   reduction across warps through shared memory with barriers, which were the step's latency.
-  Vim-B's C = 1536 (three tiles), SASS for sm_90 (`bench/triton_compile_time.py` + cuobjdump,
-  session 23): codes kernel 24 -> 8 barriers, 84 -> 28 shuffles, 764 -> 615 instructions per
-  window step; Δ's dequantized kernel 36 -> 12 barriers, 803 -> 592 instructions. Maxima and
-  minima are exact either way; the sums round in another order (as they already did against
-  XLA's), which moves the threshold by ulps."""
+  With `_reduce_pair` (two statistics per exchange), at Vim-B's C = 1536 (three tiles), SASS
+  for sm_90 (`bench/triton_compile_time.py` + cuobjdump, session 23): the codes kernel's window
+  step 24 -> 4 barriers, 84 -> 28 shuffles, 764 -> 601 instructions, 90 -> 80 registers; Δ's
+  dequantized kernel 36 -> 6 barriers, 803 -> 580 instructions. Maxima and minima are exact
+  either way; the sums round in another order (as they already did against XLA's), which
+  moves the threshold by ulps."""
+  return reduce_fn(_merged(combine, chunks), axis=-1)
+
+
+def _merged(combine, chunks):
   merged = chunks[0]
   for chunk in chunks[1:]:
     merged = combine(merged, chunk)
-  return reduce_fn(merged, axis=-1)
+  return merged
+
+
+def _reduce_pair(reduce_fn, combine, chunks_a, chunks_b):
+  """Two per-row reductions of one kind as one (a (rows, width, 2) tile reduced over its
+  lanes): one exchange across warps instead of two. Same values as two `_reduce` calls."""
+  both = jnp.stack([_merged(combine, chunks_a), _merged(combine, chunks_b)], axis=-1)
+  return jnp.unstack(reduce_fn(both, axis=1), axis=-1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,25 +154,23 @@ class _Math:
     row's chunks (a serial chain of reductions was the kernel's latency):
     (S_D, threshold, |x_in|, the inliers' extremes, the old outliers' extremes)."""
     a = _lanes(lambda xc, mc: jnp.where(mc, 0.0, jnp.abs(xc)), x, mask)  # padding: x = 0
-    s1 = _reduce(jnp.sum, jnp.add, a)
-    s2 = _reduce(jnp.sum, jnp.add, _lanes(lambda ac: ac * ac, a))
+    s1, s2 = _reduce_pair(jnp.sum, jnp.add, a, _lanes(lambda ac: ac * ac, a))
     if self.symmetric:
-      hi_in = _reduce(jnp.max, jnp.maximum, a)
-      lo_in = -hi_in
+      hi_in, old_hi = _reduce_pair(
+          jnp.max, jnp.maximum, a,
+          _lanes(lambda xc, mc: jnp.where(mc, jnp.abs(xc), 0.0), x, mask))
+      lo_in, old_lo = -hi_in, -old_hi
       s_d = hi_in * reciprocal_f32(self.qmax)
-      old_hi = _reduce(jnp.max, jnp.maximum,
-                       _lanes(lambda xc, mc: jnp.where(mc, jnp.abs(xc), 0.0), x, mask))
-      old_lo = -old_hi
     else:  # range of the inliers (zeroed outlier channels included, padding lanes not)
       x_in = _lanes(lambda xc, mc: jnp.where(mc, 0.0, xc), x, mask)
-      hi_in = _reduce(jnp.max, jnp.maximum,
-                      _lanes(lambda xc, ok: jnp.where(ok, xc, -jnp.inf), x_in, col_ok))
-      lo_in = _reduce(jnp.min, jnp.minimum,
-                      _lanes(lambda xc, ok: jnp.where(ok, xc, jnp.inf), x_in, col_ok))
-      s_d = (hi_in - lo_in) * reciprocal_f32(self.qmax)
       x_old = _lanes(lambda xc, mc: jnp.where(mc, xc, 0.0), x, mask)
-      old_hi = _reduce(jnp.max, jnp.maximum, x_old)
-      old_lo = _reduce(jnp.min, jnp.minimum, x_old)
+      hi_in, old_hi = _reduce_pair(
+          jnp.max, jnp.maximum,
+          _lanes(lambda xc, ok: jnp.where(ok, xc, -jnp.inf), x_in, col_ok), x_old)
+      lo_in, old_lo = _reduce_pair(
+          jnp.min, jnp.minimum,
+          _lanes(lambda xc, ok: jnp.where(ok, xc, jnp.inf), x_in, col_ok), x_old)
+      s_d = (hi_in - lo_in) * reciprocal_f32(self.qmax)
     mean = s1 * reciprocal_f32(self.channels)
     var = jnp.maximum((s2 - s1 * mean) * reciprocal_f32(max(self.channels - self.ddof, 1)), 0.0)
     return s_d, mean + self.k * jnp.sqrt(var), a, (lo_in, hi_in), (old_lo, old_hi)
