@@ -6,8 +6,9 @@
 #   and the float baseline at batch 64 and 1, then with B and C quantized inside the scan
 #   (--scan_state_quant=1); each process under its own timeout, printing a line per finished
 #   compile (bench/e2e_latency.py since session 23).
-# kernels (~8 min): act_quant's bench (Vim-B widths first, JSON after every shape), then the
-#   patched readout's by_state kernels (results/h200_session21/next_readout.sh, TESTS=0).
+# kernels (~8 min): act_quant's and the state-quant scan's GPU tests, act_quant's bench (Vim-B
+#   widths first, JSON after every shape), then the patched readout's by_state kernels
+#   (results/h200_session21/next_readout.sh, TESTS=0).
 # sweep (~9 min): the latency-vs-n_refresh/k figure (results/h200_session23/outlier_sweep.sh).
 set -u
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2 PYTEST_DISABLE_PLUGIN_AUTOLOAD=1
@@ -27,7 +28,10 @@ case ${PART:-e2e} in
       echo "$name rc=${PIPESTATUS[0]} at $(( $(date +%s) - S )) s"
     done ;;
   kernels)
-    timeout 300 python3 -m kernels_pallas.act_quant.bench --trials=5 --out=$OUT/act_quant_bench.json 2>&1 | grep -v "^W\|^I" | tail -30
+    # act_quant's GPU cases first: session 23 changed its reductions (one per statistic pair)
+    timeout 150 python3 -m pytest -o addopts="" -q -s -m gpu tests/kernels_pallas/test_act_quant.py \
+      tests/kernels_pallas/test_selective_scan_state_quant.py 2>&1 | grep -E "mismatch|rel err|passed|failed" | tail -16
+    timeout 240 python3 -m kernels_pallas.act_quant.bench --trials=5 --out=$OUT/act_quant_bench.json 2>&1 | grep -v "^W\|^I" | tail -30
     echo "act_quant bench at $(( $(date +%s) - S )) s"
     TESTS=0 OUT=$OUT/readout bash results/h200_session21/next_readout.sh ;;
   sweep)
