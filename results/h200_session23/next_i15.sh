@@ -1,5 +1,5 @@
 #!/bin/bash
-# usage (the next session, each PART alone on a fresh card, carry .whl): PART=e2e|kernels|sweep
+# usage (the next session, each PART alone on a fresh card, carry .whl; kernels first): PART=kernels|e2e|sweep
 #   bash results/h200_session23/next_i15.sh
 # e2e (~6 min): Vim-B end to end again (session 23's runs printed nothing in 170 s; the unrolled
 #   act_quant kernels they compiled take ~50x the loop's compile time and are gone). W4A4O8
