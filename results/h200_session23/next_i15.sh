@@ -17,7 +17,7 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; date -u; git l
 # no MPS daemon from an earlier call (session 23: see results/h200_session22/s22.sh)
 pgrep -x nvidia-cuda-mps > /dev/null && { echo quit | CUDA_MPS_PIPE_DIRECTORY=/tmp/mps_pipe nvidia-cuda-mps-control; sleep 3; }
 S=$(date +%s); mkdir -p $OUT
-case ${PART:-e2e} in
+case ${PART:-kernels} in
   e2e)
     # name:timeout:flags (each run has the float baseline in its own process)
     for V in "default:250:" "scan_state_quant:250:--scan_state_quant=1"; do
