@@ -88,20 +88,8 @@ def _lanes(fn, *rows):
   return tuple(fn(*parts) for parts in zip(*rows))
 
 
-def _reduce(reduce_fn, combine, chunks):
-  """A per-row reduction over every tile of a row: (rows,). The tiles are combined lane-wise
-  first, so each statistic is one reduction, not one per tile: Triton exchanges every
-  reduction across warps through shared memory with barriers, which were the step's latency.
-  With `_reduce_pair` (two statistics per exchange), at Vim-B's C = 1536 (three tiles), SASS
-  for sm_90 (`bench/triton_compile_time.py` + cuobjdump, session 23): the codes kernel's window
-  step 24 -> 4 barriers, 84 -> 28 shuffles, 764 -> 601 instructions, 90 -> 80 registers; Δ's
-  dequantized kernel 36 -> 6 barriers, 803 -> 580 instructions. Maxima and minima are exact
-  either way; the sums round in another order (as they already did against XLA's), which
-  moves the threshold by ulps."""
-  return reduce_fn(_merged(combine, chunks), axis=-1)
-
-
 def _merged(combine, chunks):
+  """A row's tiles combined lane-wise into one tile."""
   merged = chunks[0]
   for chunk in chunks[1:]:
     merged = combine(merged, chunk)
@@ -109,8 +97,17 @@ def _merged(combine, chunks):
 
 
 def _reduce_pair(reduce_fn, combine, chunks_a, chunks_b):
-  """Two per-row reductions of one kind as one (a (rows, width, 2) tile reduced over its
-  lanes): one exchange across warps instead of two. Same values as two `_reduce` calls."""
+  """Two per-row reductions of one kind over every tile of a row: ((rows,), (rows,)).
+
+  Triton exchanges every reduction across warps through shared memory with barriers, which
+  were the step's latency. So each row's tiles are combined lane-wise first (one reduction
+  per statistic, not one per tile) and the two statistics share one exchange (a (rows, width,
+  2) tile reduced over its lanes). At Vim-B's C = 1536 (three tiles), SASS for sm_90
+  (`bench/triton_compile_time.py` + cuobjdump, session 23): the codes kernel's window step
+  24 -> 4 barriers, 84 -> 28 shuffles, 764 -> 601 instructions, 90 -> 80 registers; Δ's
+  dequantized kernel 36 -> 6 barriers, 803 -> 580 instructions. Maxima and minima are exact
+  either way; the sums round in another order (as they already did against XLA's), which
+  moves the threshold by ulps."""
   both = jnp.stack([_merged(combine, chunks_a), _merged(combine, chunks_b)], axis=-1)
   return jnp.unstack(reduce_fn(both, axis=1), axis=-1)
 
