@@ -145,6 +145,10 @@ def parse_args(argv=None):
                  help="1: int-mode Vim's B and C quantized inside the Triton scan, 0: by their "
                       'own act_quant launch (-1: the library default, selective_scan '
                       'config.STATE_QUANT_IN_KERNEL)')
+  p.add_argument('--fuse_linear_inputs', type=int, default=0, choices=(0, 1),
+                 help="1: Vim's out_proj act_quant reads both directions' outputs and forms "
+                      'their mean in registers (VisionMamba.fuse_linear_inputs); float '
+                      'variants compute the mean as before')
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--out', default='', help='JSON file for the results')
   p.add_argument('--smoke', action='store_true',
@@ -304,7 +308,8 @@ def variant_model(base, variant: Variant, args):
                     quant_implementation=(variant.quant_kernel or args.quant_kernel)
                     if variant.preset else None,
                     batch_directions=(None if args.batch_directions < 0
-                                      else bool(args.batch_directions)))
+                                      else bool(args.batch_directions)),
+                    fuse_linear_inputs=bool(args.fuse_linear_inputs))
 
 
 def _model_trees(base, params, args, rates, quantize_s, model_name):

@@ -44,14 +44,19 @@ print(len(kernel.asm['ptx']))
 """
 
 
-def _act_quant_form(channels: int, unroll: bool, batch: int = BATCH):
+def _act_quant_form(channels: int, unroll: bool, batch: int = BATCH,
+                    direction_mean: bool = False):
   """(lower: () -> None, num_warps, num_stages) of act_quant's codes kernel as a Vim Linear
-  input runs it (symmetric 4-bit, int8 outliers, no mask output)."""
+  input runs it (symmetric 4-bit, int8 outliers, no mask output); `direction_mean`: reading
+  out_proj's input as the two directions' outputs (`producers.DirectionMean`)."""
   from kernels_pallas.act_quant import api  # pylint: disable=g-import-not-at-top
   from kernels_pallas.act_quant import pallas_triton  # pylint: disable=g-import-not-at-top
+  from kernels_pallas.act_quant import producers  # pylint: disable=g-import-not-at-top
   from kernels_pallas.act_quant.config import ActQuantBlockConfig, ActQuantParams  # pylint: disable=g-import-not-at-top
   x = jax.ShapeDtypeStruct((batch, TOKENS, channels), jnp.bfloat16)
   kw = api._kernel_args(ActQuantParams(bits=4), x, ActQuantBlockConfig(unroll=unroll), False)  # pylint: disable=protected-access
+  if direction_mean:
+    x = producers.DirectionMean(x, x, jnp.dtype(jnp.bfloat16))
   scale = jax.ShapeDtypeStruct((TOKENS,), jnp.float32)
   lower = lambda: pallas_triton.act_quant.trace(
       x, scale, None, trigger='sample', pack=False, with_mask=False, **kw).lower(
@@ -139,6 +144,7 @@ FORMS: dict[str, Callable[[], tuple[Callable[[], Any], int, int]]] = {
     **{f'act_quant_c{c}_{walk}': (lambda c=c, walk=walk: _act_quant_form(c, walk == 'unrolled'))
        for c in (48, 192, 768, 1536) for walk in ('loop', 'unrolled')},
     'act_quant_c48_b2_unrolled': lambda: _act_quant_form(48, True, batch=2),  # Vim-B batch 1
+    'act_quant_c1536_direction_mean': lambda: _act_quant_form(1536, False, direction_mean=True),
     'act_quant_dequantized_c1536': _dequantized_form,
     'mixed_gemm_k768': lambda: _gemm_form(768),
     'mixed_gemm_k48': lambda: _gemm_form(48),

@@ -24,6 +24,10 @@ window) and float outliers are XLA-only.
 
 zero_point: the (L,) static zero points of an asymmetric grid (from `calibrate_inlier_scale`);
 must be None for a symmetric one.
+
+x may also be a producer (`producers.DirectionMean`): the operands x is made of, which the
+kernel combines per time step in registers (x is never written); the XLA implementation
+materializes it. Same codes either way.
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ import jax.numpy as jnp
 from kernels_pallas import _dispatch
 from kernels_pallas import _pallas_compat as compat
 from kernels_pallas.act_quant import pallas_triton
+from kernels_pallas.act_quant import producers
 from kernels_pallas.act_quant import reference
 from kernels_pallas.act_quant.config import MAX_BLOCK_C, ActQuantBlockConfig, ActQuantParams
 from kernels_pallas.act_quant.reference import IntActivation
@@ -129,7 +134,8 @@ def act_quant(x, inlier_scale, params: ActQuantParams, zero_point=None, *,
     raise ValueError(f'act_quant: pack_int4 needs a symmetric grid with bits <= 4 and an even C, '
                      f'got bits={params.bits}, symmetric={params.symmetric}, C={channels}.')
   if DISPATCH.choose(implementation, params, channels) == 'xla':
-    return reference.act_quant_xla(x, inlier_scale, params, zero_point, pack=pack_int4)
+    return reference.act_quant_xla(producers.materialize(x), inlier_scale, params, zero_point,
+                                   pack=pack_int4)
   q_in, q_out, o_scale, mask, scale, o_zero = pallas_triton.act_quant(
       x, inlier_scale, zero_point, trigger=params.trigger, pack=pack_int4,
       with_mask=outlier_mask, **_kernel_args(params, x, block_config, interpret))
@@ -146,7 +152,8 @@ def act_quant_dequantized(x, inlier_scale, params: ActQuantParams, zero_point=No
   consumer (Δ, B, C into the selective scan) needs. Where the kernel runs (per-sample trigger
   or no outliers) it is one pass that writes only the result; elsewhere the codes, then
   `reference.dequantize`. Equal to the two-step form bit for bit (the code of 0 in one term
-  makes the sum exact)."""
+  makes the sum exact). A producer is materialized first (its consumer reads x anyway)."""
+  x = producers.materialize(x)
   _validate(x, inlier_scale, params, zero_point)
   out_dtype = jnp.dtype(out_dtype or x.dtype)
   one_pass = params.outliers != 'int' or params.trigger == 'sample'

@@ -46,6 +46,7 @@ import numpy as np
 from kernels_pallas import _pallas_compat as compat
 from kernels_pallas import int4
 from kernels_pallas._pallas_compat import pl, plgpu
+from kernels_pallas.act_quant import producers
 from kernels_pallas.act_quant.config import MIN_SCALE
 from kernels_pallas.act_quant.reference import int_dtype, reciprocal_f32
 
@@ -284,9 +285,13 @@ def _load_tiles(ref, b0, t, lanes_ok, math: _Math):
                for j, ok in enumerate(lanes_ok))
 
 
-def _load_rows(x_ref, b0, t, lanes_ok, math: _Math):
-  """The row tiles (rows, width) fp32 of samples b0.. at step t, masked lanes 0."""
-  return tuple(x.astype(jnp.float32) for x in _load_tiles(x_ref, b0, t, lanes_ok, math))
+def _load_rows(x, b0, t, lanes_ok, math: _Math, length: int):
+  """The row tiles (rows, width) fp32 of samples b0.. at step t, masked lanes 0; x is the input
+  ref, or a producer holding its operands' refs (`producers`), which forms the row itself."""
+  load = lambda ref, step: _load_tiles(ref, b0, step, lanes_ok, math)
+  if producers.is_produced(x):
+    return x.kernel_rows(load, t, length)
+  return tuple(v.astype(jnp.float32) for v in load(x, t))
 
 
 def _lanes_ok(row_ok, math: _Math):
@@ -360,7 +365,7 @@ def _sample_kernel(x_ref, s_ref, z_ref, qin_ref, *outlier_refs, math: _Math,
   def load(i):  # steps past the window (the prefetch after its last one) read nothing
     t, in_seq = _time_step(window, i, n_refresh, length)
     live = in_seq & (i < n_refresh)
-    return _load_rows(x_ref, b0, t, tuple(ok & live for ok in lanes_ok), math)
+    return _load_rows(x_ref, b0, t, tuple(ok & live for ok in lanes_ok), math, length)
 
   def step(i, carry):
     # The next step's rows do not depend on the masks: loading them before this step's
@@ -402,13 +407,14 @@ def _batch_kernel(x_ref, s_ref, z_ref, qin_ref, *outlier_refs, math: _Math,
       return _load_tiles(mask_ref, b, t_prev, tuple(ok & (i > 0) for ok in all_lanes), math)
 
     def sample_triggers(b, any_trigger):
-      s_d = math.reductions(_load_rows(x_ref, b, t, lanes_ok, math), previous_mask(b), col_ok)[0]
+      x = _load_rows(x_ref, b, t, lanes_ok, math, length)
+      s_d = math.reductions(x, previous_mask(b), col_ok)[0]
       return any_trigger | (jnp.max(s_d) > grid[0])
 
     trigger = jax.lax.fori_loop(0, batch, sample_triggers, jnp.zeros((), jnp.bool_))
 
     def update_and_quantize(b, c):
-      x = _load_rows(x_ref, b, t, lanes_ok, math)
+      x = _load_rows(x_ref, b, t, lanes_ok, math, length)
       mask, outlier_grid = math.detect(x, previous_mask(b), col_ok, all_lanes,
                                        lambda s_d: jnp.broadcast_to(trigger, s_d.shape))
       q_in, outlier = math.codes(math.rounded(x, mask, *grid[1:], outlier_grid), mask, grid[2],
@@ -421,10 +427,15 @@ def _batch_kernel(x_ref, s_ref, z_ref, qin_ref, *outlier_refs, math: _Math,
   jax.lax.fori_loop(0, n_refresh, step, jnp.zeros((), jnp.int32))
 
 
-def _with_grid_refs(kernel, **static):
+def _with_grid_refs(kernel, x_tree, **static):
   """The kernel with its refs split as (x, S_I, zero points or None for a symmetric grid,
-  inlier codes, *outlier outputs)."""
-  def run(x_ref, s_ref, *refs):
+  inlier codes, *outlier outputs); x is rebuilt from its operands' refs as `x_tree` (the
+  treedef of the input: an array, or a producer)."""
+  n_operands = x_tree.num_leaves
+
+  def run(*refs):
+    x_ref = jax.tree.unflatten(x_tree, refs[:n_operands])
+    s_ref, refs = refs[n_operands], refs[n_operands + 1:]
     z_ref, refs = (None, refs) if static['math'].symmetric else (refs[0], refs[1:])
     kernel(x_ref, s_ref, z_ref, *refs, **static)
   return run
@@ -480,11 +491,12 @@ def dequantized_row_step(math: _Math, x, mask, s_ref, z_ref, t, *, detect: bool,
 
 
 def _launch(kernel, x, grid_inputs, out_shape, grid, name, num_warps, interpret):
+  """The pallas_call on x's operands (the array, or a producer's) and the grid inputs."""
   compat.filter_triton_deprecation()
   return pl.pallas_call(
       kernel, out_shape=out_shape, grid=grid, interpret=interpret, name=name,
       compiler_params=compat.triton_compiler_params(num_warps, 1),
-  )(x, *grid_inputs)
+  )(*jax.tree.leaves(x), *grid_inputs)
 
 
 _STATIC = ('code_range', 'k', 'n_refresh', 'std_ddof', 'detect', 'block_c', 'block_b',
@@ -522,10 +534,11 @@ def act_quant(x, inlier_scale, zero_point, *, code_range: tuple[int, int, int, i
       out_shape.append(jax.ShapeDtypeStruct((batch, length, channels), jnp.bool_))
   common = dict(math=math, length=length, n_refresh=n_refresh, pack=pack)
   if detect and trigger == 'batch':
-    kernel, grid = _with_grid_refs(_batch_kernel, batch=batch, **common), (n_windows,)
+    kernel = _with_grid_refs(_batch_kernel, jax.tree.structure(x), batch=batch, **common)
+    grid = (n_windows,)
   else:
-    kernel = _with_grid_refs(_sample_kernel, detect=detect, batch=batch, block_b=block_b,
-                             unroll=unroll, **common)
+    kernel = _with_grid_refs(_sample_kernel, jax.tree.structure(x), detect=detect, batch=batch,
+                             block_b=block_b, unroll=unroll, **common)
     grid = (pl.cdiv(batch, block_b), n_windows)
   outs = _launch(kernel, x, grid_inputs, out_shape, grid,
                  f'act_quant_{trigger if detect else "static"}', num_warps, interpret)
@@ -549,8 +562,8 @@ def act_quant_dequantized(x, inlier_scale, zero_point, *, code_range: tuple[int,
   batch, length, channels = x.shape
   math, grid_inputs = _math_and_grid(x, inlier_scale, zero_point, code_range, k, std_ddof,
                                      block_c, n_chunks, interpret)
-  kernel = _with_grid_refs(_sample_kernel, detect=detect, batch=batch, block_b=block_b,
-                           math=math, length=length, n_refresh=n_refresh, pack=False,
+  kernel = _with_grid_refs(_sample_kernel, jax.tree.structure(x), detect=detect, batch=batch,
+                           block_b=block_b, math=math, length=length, n_refresh=n_refresh, pack=False,
                            unroll=unroll, dequantize_to=out_dtype)
   grid = (pl.cdiv(batch, block_b), -(-length // n_refresh))
   (y,) = _launch(kernel, x, grid_inputs, [jax.ShapeDtypeStruct(x.shape, out_dtype)], grid,

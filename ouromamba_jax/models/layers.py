@@ -23,16 +23,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kernels_pallas.act_quant import producers
 from kernels_pallas.selective_scan import config as scan_config
 from kernels_pallas.selective_scan.state_quant import StateQuant
 
 
 def module_by_module(model: nn.Module) -> nn.Module:
   """`model` with every Linear called as its own named submodule: blocks unscanned and a Vim
-  mixer's two directions looped, not vmapped. For tools that intercept module calls (the quant
-  pass's site search, the layer reports): the vmapped directions call their projections as pure
-  functions, so on a GPU (where small batches vmap) x_proj/dt_proj would go unseen."""
-  fields = {f: False for f in ('scan_blocks', 'batch_directions') if hasattr(model, f)}
+  mixer's two directions looped, not vmapped, and every Linear given an array (no producer).
+  For tools that intercept module calls (the quant pass's site search, the layer reports): the
+  vmapped directions call their projections as pure functions, so on a GPU (where small batches
+  vmap) x_proj/dt_proj would go unseen."""
+  fields = {f: False for f in ('scan_blocks', 'batch_directions', 'fuse_linear_inputs')
+            if hasattr(model, f)}
   return model.clone(**fields) if fields else model
 
 
@@ -84,9 +87,11 @@ class Linear(nn.Module):
 
 def linear(x, kernel, bias, input_quantizer, dtype, implementation: Optional[str] = None):
   """What `Linear` computes, as a function of its (possibly quantized) params, so that code
-  which holds the params itself (a vmap over stacked layers) runs the same dispatch."""
+  which holds the params itself (a vmap over stacked layers) runs the same dispatch. x may be
+  a producer (`act_quant.producers`): only an integer-mode kernel reads it as such."""
   if not is_float_array(kernel):  # the bias rides into the integer GEMM's epilogue
     return kernel.linear(x, input_quantizer, dtype, implementation=implementation, bias=bias)
+  x = producers.materialize(x)
   if input_quantizer is not None:
     x = input_quantizer(x)
   return with_bias(jnp.dot(x.astype(dtype), kernel.astype(dtype)), bias)

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kernels_pallas.act_quant import producers
 from kernels_pallas.selective_scan import api as scan_api
 from ouromamba_jax.models import layers
 
@@ -103,6 +104,7 @@ class BiMambaV2Mixer(nn.Module):
   state_layout: str = 'bldn'
   state_order: str = 'token'
   batch_directions: Optional[bool] = None
+  fuse_linear_inputs: bool = False
 
   @nn.compact
   def __call__(self, hidden):
@@ -149,13 +151,12 @@ class BiMambaV2Mixer(nn.Module):
           self.sow('intermediates', f'state_features_{direction}', feats)
         else:
           y = scan_out
-        outputs[direction] = flip(y)
-
-      y = (outputs['forward'].astype(jnp.float32) + outputs['backward'].astype(jnp.float32)) / 2
+        outputs[direction] = y  # in its scan order: the mean flips the backward one
+      y = producers.DirectionMean(outputs['forward'], outputs['backward'], jnp.dtype(self.dtype))
     out_std = std / math.sqrt(2 * self.n_layers)  # GPT-2 style prenorm residual rescale
     out_proj = linear(self.d_model, 'out_proj',
                       kernel_init=nn.initializers.truncated_normal(out_std))
-    return out_proj(y.astype(self.dtype))
+    return out_proj(y if self.fuse_linear_inputs else y.materialize())
 
   def _stacked_directions(self):
     """The two directions' params (conv, x_proj, dt_proj, A, D and their quantizer sites)
@@ -207,7 +208,7 @@ class BiMambaV2Mixer(nn.Module):
   def _both_directions(self, p, x, z, dt_rank):
     """Both scan directions as one vmapped computation: every kernel launch of the per-direction
     part (act_quant, the small GEMMs, the scan) covers both directions. Same arithmetic as the
-    loop in __call__ (`_direction`), in fp32 after the scan."""
+    loop in __call__ (`_direction`); returns their mean, unevaluated (`DirectionMean`)."""
     impl = self.quant_implementation
 
     def one(p, x, z):
@@ -219,7 +220,7 @@ class BiMambaV2Mixer(nn.Module):
 
     flip = lambda t: jnp.flip(t, axis=1)
     ys = jax.vmap(one)(p, jnp.stack([x, flip(x)]), jnp.stack([z, flip(z)]))
-    return (ys[0].astype(jnp.float32) + flip(ys[1]).astype(jnp.float32)) / 2
+    return producers.DirectionMean(ys[0], ys[1], jnp.dtype(self.dtype))
 
 
 def _symmetric_uniform(bound):
@@ -303,6 +304,12 @@ class VisionMamba(nn.Module):
   # measured rule of `directions_as_one_batch` (on for small batches on a GPU). Tools that
   # intercept module calls turn it off with scan_blocks (`layers.module_by_module`).
   batch_directions: Optional[bool] = None
+  # True: out_proj gets its input as the two directions' outputs (`act_quant.producers.
+  # DirectionMean`), so an integer-mode out_proj's act_quant kernel forms the mean in registers
+  # (one XLA pass over (B, L, d_inner) and its launch less per block); float and fake-quant
+  # Linears compute the same mean first. Same logits. Off until a card has timed it
+  # (BENCHMARKS.md "Not measured yet"); tools that intercept module calls turn it off.
+  fuse_linear_inputs: bool = False
 
   @property
   def grid_size(self) -> tuple[int, int]:
@@ -326,7 +333,8 @@ class VisionMamba(nn.Module):
         self.d_model, self.d_state, self.d_conv, self.expand, self.dt_rank, self.depth,
         self.dtype, self.scan_implementation, self.state_feature_fn,
         quant_implementation=self.quant_implementation, state_layout=self.state_layout,
-        state_order=self.state_order, batch_directions=self.batch_directions, name=name)
+        state_order=self.state_order, batch_directions=self.batch_directions,
+        fuse_linear_inputs=self.fuse_linear_inputs, name=name)
 
   def block(self) -> Block:
     """The model's Block, unbound: what the forward applies to each block's params (and

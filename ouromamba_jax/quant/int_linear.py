@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from kernels_pallas.act_quant import api as act_quant_api
+from kernels_pallas.act_quant import producers
 from kernels_pallas.act_quant.reference import IntActivation
 from kernels_pallas.mixed_gemm import api as mixed_gemm_api
 from ouromamba_jax.models import layers
@@ -124,7 +125,7 @@ def prepare_operands(x3, weight, input_quantizer, implementation: Optional[str] 
 
 def linear(weight, x, input_quantizer, dtype, implementation: Optional[str] = None, bias=None):
   """y = x @ W (+ bias, added in dtype) of a `QuantizedWeight` on the integer kernels;
-  x (..., in) -> (..., out) dtype. The bias is the GEMM's epilogue (same bits as adding it
+  x (..., in) or a producer (B, L, in) (`act_quant.producers`) -> (..., out) dtype. The bias is the GEMM's epilogue (same bits as adding it
   after: `mixed_gemm`), not one more pass over the output.
 
   Needs `unsupported_reason(weight, input_quantizer) is None` (`QuantizedWeight.linear` sends
@@ -133,10 +134,12 @@ def linear(weight, x, input_quantizer, dtype, implementation: Optional[str] = No
   if reason is not None:
     raise ValueError(f'the integer kernels cannot run this Linear: {reason}.')
   if weight.smooth is not None:
-    x = x.astype(jnp.float32) / jnp.maximum(weight.smooth, w_lib.MIN_SMOOTH)
+    x = producers.materialize(x).astype(jnp.float32) / jnp.maximum(weight.smooth,
+                                                                    w_lib.MIN_SMOOTH)
   # Otherwise x stays in its own dtype: act_quant reads it and widens to fp32 in registers (the
-  # same values the fake path's cast gives), instead of a separate fp32 copy in memory.
-  x3, _ = act_lib.as_steps(x, 'steps')
+  # same values the fake path's cast gives), instead of a separate fp32 copy in memory; and a
+  # producer (B, L, C) stays one, so act_quant forms x from its operands.
+  x3 = x if producers.is_produced(x) else act_lib.as_steps(x, 'steps')[0]
   ops = prepare_operands(x3, weight, input_quantizer, implementation)
   float_outliers = input_quantizer.spec.outliers == 'float'
   gemm_kw = dict(weight_bits=ops.weight_bits, act_bits=ops.act_bits,

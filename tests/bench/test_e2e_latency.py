@@ -70,6 +70,9 @@ def test_profiling_variants_override_kernel_and_stay_out_of_the_default_grid():
   ablated = bench.variant_model(base, bench.VARIANTS['w4a4o8_xla_kernels'], args)
   full = bench.variant_model(base, bench.VARIANTS['w4a4o8'], args)
   assert (ablated.quant_implementation, full.quant_implementation) == ('xla', 'triton')
+  assert not full.fuse_linear_inputs
+  fused_args = bench.parse_args(['--smoke', '--fuse_linear_inputs=1'])
+  assert bench.variant_model(base, bench.VARIANTS['w4a4o8'], fused_args).fuse_linear_inputs
   assert bench.VARIANTS['w4a4o8_float_ssm'].preset == 'w4a4_float_ssm'
 
 

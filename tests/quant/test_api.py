@@ -240,6 +240,53 @@ def test_batched_directions_give_the_loops_logits_with_fewer_launches(tiny, w4a4
   assert sum(per_batch.values()) < sum(per_loop.values())
 
 
+def _act_quant_operands(fn, *args) -> list[int]:
+  """Per act_quant launch in fn's jaxpr, how many float (..., B, L, C) operands it reads."""
+  found = []
+
+  def walk(jaxpr):
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == 'pallas_call' and str(eqn.params['name']).startswith(
+          'act_quant_sample'):
+        found.append(sum(v.aval.ndim >= 3 and jnp.issubdtype(v.aval.dtype, jnp.floating)
+                         for v in eqn.invars))
+      for value in eqn.params.values():
+        for sub in value if isinstance(value, (list, tuple)) else (value,):
+          inner = getattr(sub, 'jaxpr', sub)
+          if hasattr(inner, 'eqns'):
+            walk(inner)
+
+  walk(jax.make_jaxpr(fn)(*args).jaxpr)
+  return found
+
+
+def test_out_proj_reading_both_directions_gives_the_same_logits(tiny, w4a4_untrained_run):
+  """`fuse_linear_inputs`: out_proj's act_quant kernel forms the two directions' mean itself
+  (`act_quant.producers.DirectionMean`). The same logits bit for bit in every mode (float,
+  fake-quant and int on XLA with the directions looped; int on the interpreted Triton kernels
+  with them vmapped, the GPU's small-batch path), and in int mode one act_quant launch per
+  block reads both directions' outputs instead of their mean."""
+  model, params, images = tiny
+  int_tree = rewrite.set_mode(w4a4_untrained_run[0], 'int')
+  fake_tree = rewrite.set_mode(w4a4_untrained_run[0], 'fake')
+  triton = model.clone(quant_implementation='triton', batch_directions=True)
+  cases = (('float', model, params, None), ('fake', model, fake_tree, None),
+           ('int xla', model.clone(quant_implementation='xla'), int_tree, None),
+           ('int triton', triton, int_tree, CPU_FAST_COMPILE))
+  for name, base, tree, options in cases:
+    run = lambda m, tree=tree, options=options: np.asarray(jax.jit(
+        lambda p, x: m.apply({'params': p}, x), compiler_options=options)(tree, images))
+    np.testing.assert_array_equal(run(base.clone(fuse_linear_inputs=True)), run(base),
+                                  err_msg=name)
+  reads = lambda m: sorted(_act_quant_operands(lambda p, x: m.apply({'params': p}, x),
+                                               int_tree, images))
+  unfused = reads(triton)
+  assert set(unfused) == {1}
+  assert reads(triton.clone(fuse_linear_inputs=True)) == sorted(unfused[:-1] + [2])
+  # Tools that intercept module calls (site search, layer reports) see arrays, not producers.
+  assert not layers.module_by_module(triton.clone(fuse_linear_inputs=True)).fuse_linear_inputs
+
+
 def test_the_gpus_vmapped_directions_quantize_like_the_loop(tiny, w8a8_run):
   """A GPU runs small batches with the mixer's directions vmapped (`vim.directions_as_one_batch`),
   the CPU loops; forcing the vmapped path here runs the GPU's quant pass (site search, capture,
