@@ -2,6 +2,7 @@
 
   pip install triton==3.9.0        # once, into the environment that runs this (not a dependency)
   python bench/triton_compile_time.py --out=compile_time.json [--forms=act_quant_c48_unrolled,...]
+      [--sass] [--num_warps=N]
 
 Why: three sessions of card time went to compiles that stalled (act_quant's unrolled window
 walk: GPU tests and benches that timed out before timing anything, BENCHMARKS.md sessions
@@ -10,12 +11,15 @@ Triton IR (`.ttir` text, saved under `--ir_dir`) is compiled to PTX and a cubin 
 the `triton` package in a child process under `--timeout`, and the wall time, PTX size and
 outcome are reported. The `triton` package is not the one XLA bundles, so the seconds are a
 proxy: what matters is the ratio between forms (a form 50x slower to compile than its loop
-twin will stall a card too).
+twin will stall a card too). `--sass` also disassembles each cubin with the wheel's cuobjdump:
+registers, spills and the instructions and barriers of the innermost loop, a CPU proxy for a
+latency-bound kernel's time (session 23 read act_quant's window step this way).
 """
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -33,15 +37,21 @@ H100 = jax.sharding.AbstractDevice(device_kind='NVIDIA H100 80GB HBM3', num_core
                                    platform='cuda')
 BATCH, TOKENS = 64, 197
 
-# Run in the child process: compile one .ttir file for sm_90 and print the PTX size.
+# Run in the child process: compile one .ttir file for sm_90, write the cubin beside it and
+# print the PTX size and the directory of the triton wheel's CUDA tools (cuobjdump).
 _COMPILE = """
+import os
 import sys
 import triton
 from triton.backends.compiler import GPUTarget
 kernel = triton.compile(sys.argv[1], target=GPUTarget('cuda', 90, 32),
                         options={'num_warps': int(sys.argv[2]), 'num_stages': int(sys.argv[3])})
+with open(sys.argv[1][:-len('.ttir')] + '.cubin', 'wb') as f:
+  f.write(kernel.asm['cubin'])
 print(len(kernel.asm['ptx']))
+print(os.path.join(os.path.dirname(triton.__file__), 'backends', 'nvidia', 'bin'))
 """
+_SASS_LINE = re.compile(r'^\s*/\*([0-9a-f]{4,})\*/\s*(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_.]*)(.*);')
 
 
 def _act_quant_form(channels: int, unroll: bool, batch: int = BATCH,
@@ -195,7 +205,48 @@ def compile_seconds(ir_path: str, num_warps: int, num_stages: int, timeout: floa
   seconds = time.perf_counter() - start
   if done.returncode != 0:
     return {'error': (done.stderr.strip().splitlines() or ['?'])[-1][:300], 'seconds': seconds}
-  return {'seconds': seconds, 'ptx_chars': int(done.stdout.split()[-1])}
+  ptx_chars, tools = done.stdout.split()[-2:]
+  return {'seconds': seconds, 'ptx_chars': int(ptx_chars), 'cuda_tools': tools}
+
+
+def sass_summary(sass: str, resources: str) -> dict[str, Any]:
+  """What bounds a latency-bound kernel, from `cuobjdump -sass` and `-res-usage` text:
+  registers and local-memory (spill) bytes per thread, instructions in all, and in the last
+  loop body (the range of the last backward branch: a kernel's innermost walk, e.g.
+  act_quant's window step) its instructions, barriers, shuffles, global loads and stores.
+  Instructions and barriers per step were session 23's proxy for act_quant's time."""
+  ops = []
+  branches = []
+  for line in sass.splitlines():
+    m = _SASS_LINE.match(line)
+    if not m:
+      continue
+    addr, op = int(m.group(1), 16), m.group(2)
+    ops.append((addr, op))
+    target = re.search(r'0x([0-9a-f]+)', m.group(3)) if op.startswith('BRA') else None
+    if target and int(target.group(1), 16) < addr:
+      branches.append((int(target.group(1), 16), addr))
+  regs = re.search(r'REG:(\d+)', resources)
+  local = re.search(r'LOCAL:(\d+)', resources)
+  out = {'registers': int(regs.group(1)) if regs else None,
+         'local_bytes': int(local.group(1)) if local else None, 'instructions': len(ops)}
+  if branches:
+    lo, hi = branches[-1]
+    body = [op for addr, op in ops if lo <= addr <= hi]
+    count = lambda prefix: sum(op.startswith(prefix) for op in body)
+    out['loop'] = {'instructions': len(body), 'barriers': count('BAR'), 'shuffles': count('SHFL'),
+                   'global_loads': count('LDG'), 'global_stores': count('STG')}
+  return out
+
+
+def read_sass(cubin_path: str, tools: str) -> dict[str, Any]:
+  """Disassembles a cubin with the triton wheel's cuobjdump: `sass_summary`, and the SASS text
+  written beside the cubin (.sass)."""
+  run = lambda flag: subprocess.run([os.path.join(tools, 'cuobjdump'), flag, cubin_path],
+                                    capture_output=True, text=True, check=True).stdout
+  sass = run('-sass')
+  atomic.write_text(cubin_path[:-len('.cubin')] + '.sass', sass)
+  return sass_summary(sass, run('-res-usage'))
 
 
 def parse_args(argv=None):
@@ -207,6 +258,12 @@ def parse_args(argv=None):
   p.add_argument('--python', default=sys.executable,
                  help='the interpreter that has the triton package')
   p.add_argument('--lower_only', action='store_true', help='write the IR, compile nothing')
+  p.add_argument('--num_warps', type=int, default=0,
+                 help="compile with this many warps instead of the form's launch setting "
+                      '(the Triton IR does not depend on it)')
+  p.add_argument('--sass', action='store_true',
+                 help="disassemble each cubin (the triton wheel's cuobjdump): registers, "
+                      'spills, instructions and barriers of the innermost loop body')
   args = p.parse_args(argv)
   unknown = [f for f in args.forms.split(',') if f not in FORMS]
   if unknown:
@@ -221,6 +278,7 @@ def main(argv=None) -> dict[str, Any]:
   report = {'target': 'cuda sm_90', 'jax': jax.__version__, 'results': []}
   for name in args.forms.split(','):
     lower, num_warps, num_stages = FORMS[name]()
+    num_warps = args.num_warps or num_warps
     text = triton_ir(lower)
     path = os.path.join(ir_dir, f'{name}.ttir')
     atomic.write_text(path, text)
@@ -228,10 +286,16 @@ def main(argv=None) -> dict[str, Any]:
             'ir_chars': len(text), 'ir': path}
     if not args.lower_only:
       cell.update(compile_seconds(path, num_warps, num_stages, args.timeout, args.python))
+      if args.sass and 'error' not in cell:
+        cell['sass'] = read_sass(path[:-len('.ttir')] + '.cubin', cell['cuda_tools'])
     report['results'].append(cell)
     took = (f"{cell['seconds']:7.1f} s" if 'seconds' in cell else '      -')
+    sass = cell.get('sass', {})
+    loop = sass.get('loop', {})
     print(f"{name:28s} IR {len(text):8d} chars  compile {took}  "
-          f"{cell.get('error') or ''}", flush=True)
+          + (f"warps {num_warps} regs {sass['registers']} loop {loop.get('instructions')} instr "
+             f"{loop.get('barriers')} bar  " if sass else '')
+          + f"{cell.get('error') or ''}", flush=True)
     if args.out:
       atomic.write_json(args.out, report)
   return report

@@ -110,7 +110,8 @@ def _validate(x, inlier_scale, params, zero_point) -> None:
 def _kernel_args(params: ActQuantParams, x, block_config, interpret):
   """The kernel's static arguments for these params and this input."""
   cfg = block_config or ActQuantBlockConfig()
-  block_c, block_b, num_warps, n_chunks = cfg.resolve(x.shape[2], x.shape[0])
+  n_windows = reference.windows(x.shape[1], params.n_refresh)[0]
+  block_c, block_b, num_warps, n_chunks = cfg.resolve(x.shape[2], x.shape[0], n_windows)
   interpret = compat.resolve_interpret(interpret)
   return dict(code_range=params.code_range,
               k=float(params.k), n_refresh=int(params.n_refresh), std_ddof=int(params.std_ddof),

@@ -2,6 +2,7 @@
 
   python -m kernels_pallas.act_quant.bench --out act_quant.json   # GPU (H100)
   python -m kernels_pallas.act_quant.bench --smoke                # tiny CPU interpret run
+  python -m kernels_pallas.act_quant.bench --batch=1 --warps=4,8,16  # the small-grid warps
 
 Shapes: batch 64 x 197 Vim tokens x C, with C the inputs of the quantized Linears of Vim-T/S/B
 (in_proj: d_model 192/384/768; x_proj/out_proj: d_inner 384/768/1536). The op is memory-bound,
@@ -44,8 +45,10 @@ def make_inputs(key, b, l, c, dtype):
 SWEEP = tuple((b, w) for b in (1, 2, 4, 8) for w in (1, 2, 4, 8))
 
 
-def variants(smoke, sweep=False, unrolled=False):
-  """name -> (fn(x, scale) -> IntActivation)."""
+def variants(smoke, sweep=False, unrolled=False, warps=()):
+  """name -> (fn(x, scale) -> IntActivation); `warps`: the per-sample kernel also at each of
+  these warps per program (`triton_sample_packed_w{w}`), e.g. to time the small-grid rule
+  (config.SMALL_GRID_PROGRAMS) at --batch=1."""
   def kernel(trigger, block_config=None, pack=True):
     spec = ActQuantParams(bits=4, trigger=trigger)
     return _bench.jit(lambda x, s: api.act_quant(x, s, spec, pack_int4=pack,
@@ -70,6 +73,8 @@ def variants(smoke, sweep=False, unrolled=False):
       'xla_batch_packed': xla('batch', True),
       'triton_batch_packed': kernel('batch'),
       **swept,
+      **{f'triton_sample_packed_w{w}': kernel('sample', ActQuantBlockConfig(num_warps=w))
+         for w in warps},
   }
 
 
@@ -89,10 +94,11 @@ def run(args):
     b, l, shapes = SMOKE
     timing = dict(warmup=1, trials=2, inner=1)
   else:
-    b, l, shapes = VIM_BATCH, VIM_TOKENS, VIM_CHANNELS
+    b, l, shapes = args.batch, VIM_TOKENS, VIM_CHANNELS
     timing = dict(warmup=3, trials=args.trials, inner=args.inner)
   dtype = jnp.dtype(args.dtype)
-  table = variants(smoke, args.sweep, args.unrolled)
+  warps = tuple(int(w) for w in args.warps.split(',') if w)
+  table = variants(smoke, args.sweep, args.unrolled, warps)
   results = []
   report = dict(device=str(jax.devices()[0].device_kind), backend=jax.default_backend(),
                 smoke=smoke, hbm_bw=_bench.HBM_BYTES_PER_S, results=results)
@@ -153,6 +159,11 @@ def main(argv=None):
                              'of SWEEP')
     parser.add_argument('--unrolled', action='store_true',
                         help='also time the window walked as straight-line code (slow compiles)')
+    parser.add_argument('--batch', type=int, default=VIM_BATCH,
+                        help='samples per call (64: a Vim batch of 64; 1: batch 1, a small grid)')
+    parser.add_argument('--warps', default='',
+                        help='comma-separated warps per program to time the per-sample kernel '
+                             'at besides its default (e.g. 4,8,16 at --batch=1)')
   return _bench.main(__doc__, run, print_table, argv, add_options=options)
 
 

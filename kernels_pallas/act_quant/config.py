@@ -28,6 +28,19 @@ MAX_BLOCK_C = 8192  # one step's channels must fit in the registers of one progr
 # fastest from C = 384 up (two or more samples were 5-80 % slower at C = 768/1536, where the
 # bigger tiles spill), two samples gained ~10-20 % at C <= 384 with 2 warps.
 TILE_ELEMENTS = 512
+# A launch of at most this many programs leaves most SMs idle (an H200 has 132; Vim's 197 tokens
+# make 20 refresh windows per sample, so batch <= 3, or <= 1 with the directions vmapped, which
+# doubles the programs): each program then runs alone on its SM and its window walk is a chain
+# of dependent steps, so more warps (fewer lanes, hence fewer instructions, per thread and step)
+# shorten the call. SASS for sm_90 (`bench/triton_compile_time.py --sass --num_warps`, session
+# 24): the codes kernel's step at C = 1536 is 602 instructions with 4 warps, 366 with 8 and 263
+# with 16; at C = 768 594 / 358 / 255 with 2 / 4 / 8; Δ's dequantized kernel at C = 1536 581 /
+# 392 with 4 / 8. With many programs per SM the total instruction count decides instead, and it
+# grows with the warps (batch 64 measured best at 2-4 warps), so the rule is for small grids
+# only. Not timed yet (BENCHMARKS.md "Not measured yet").
+SMALL_GRID_PROGRAMS = 64
+# Lanes each thread keeps per step under that rule (fewer: the cross-warp reductions grow).
+MIN_LANES_PER_THREAD = 4
 
 
 def check_bits(owner: str, name: str, bits) -> None:
@@ -139,12 +152,13 @@ class ActQuantBlockConfig:
     if not isinstance(self.unroll, bool):
       raise ValueError(f'ActQuantBlockConfig.unroll={self.unroll!r}: must be True or False.')
 
-  def resolve(self, channels: int, batch: int = 1) -> tuple[int, int, int, int]:
-    """(block_c, block_b, num_warps, n_chunks) for C channels and a batch: a time step's row is
-    held as n_chunks tiles of block_c lanes. Without a block_c, a C of 3 x 2^k (Vim's widths:
-    192 ... 1536) becomes three exact chunks instead of one tile padded by a third (Triton
-    tiles are powers of two); other C one tile of the next power of two. A block smaller than
-    C is an error."""
+  def resolve(self, channels: int, batch: int = 1, windows: int = 1
+              ) -> tuple[int, int, int, int]:
+    """(block_c, block_b, num_warps, n_chunks) for C channels, a batch and the refresh windows
+    of its sequence: a time step's row is held as n_chunks tiles of block_c lanes. Without a
+    block_c, a C of 3 x 2^k (Vim's widths: 192 ... 1536) becomes three exact chunks instead of
+    one tile padded by a third (Triton tiles are powers of two); other C one tile of the next
+    power of two. A block smaller than C is an error. Without num_warps, `default_warps`."""
     n_chunks = 1
     if self.block_c:
       block_c = self.block_c
@@ -161,5 +175,17 @@ class ActQuantBlockConfig:
                        f'{MAX_BLOCK_C} limit of this kernel; use implementation="xla".')
     lanes = block_c * n_chunks
     block_b = self.block_b or max(1, min(next_pow2(batch), prev_pow2(TILE_ELEMENTS // lanes)))
-    num_warps = self.num_warps or (2 if block_b * lanes <= 1024 else 4)
+    programs = -(-batch // block_b) * windows
+    num_warps = self.num_warps or default_warps(block_b * lanes, programs)
     return block_c, block_b, num_warps, n_chunks
+
+
+def default_warps(tile_lanes: int, programs: int) -> int:
+  """Warps of a program holding tile_lanes lanes per step, in a launch of `programs`: 2 up to
+  1024 lanes, else 4 (the batch-64 sweep's best, H200 2026-12-02); on a small grid
+  (`SMALL_GRID_PROGRAMS`) as many as keep MIN_LANES_PER_THREAD lanes per thread, up to 16."""
+  warps = 2 if tile_lanes <= 1024 else 4
+  if programs <= SMALL_GRID_PROGRAMS:
+    wide = prev_pow2(max(1, tile_lanes // (32 * MIN_LANES_PER_THREAD)))
+    warps = max(warps, min(16, wide))
+  return warps

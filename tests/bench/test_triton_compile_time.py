@@ -39,6 +39,27 @@ def test_a_failed_or_slow_compile_is_reported_not_raised(tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec('triton') is None, reason='needs the triton package')
 def test_compiles_a_loop_kernel_with_triton(tmp_path):
   bench = load_bench('triton_compile_time')
-  report = bench.main(['--forms=act_quant_c48_loop', f'--ir_dir={tmp_path}'])
+  report = bench.main(['--forms=act_quant_c48_loop', f'--ir_dir={tmp_path}', '--sass'])
   (cell,) = report['results']
   assert 'error' not in cell and cell['ptx_chars'] > 0
+  assert cell['sass']['registers'] > 0 and cell['sass']['loop']['instructions'] > 0
+
+
+def test_sass_summary_reads_the_innermost_loop():
+  """cuobjdump's text: registers and spills from -res-usage; the loop is the range of the last
+  backward branch (predicated instructions counted by their opcode)."""
+  bench = load_bench('triton_compile_time')
+  line = lambda addr, text: f'        /*{addr:04x}*/                   {text} ;   /* 0x0 */'
+  sass = '\n'.join([
+      line(0x00, 'LDC R1, c[0x0][0x28]'), line(0x10, 'S2R R49, SR_TID.X'),
+      line(0x20, 'LDG.E.64 R4, desc[UR4][R2.64]'),                 # loop body from here
+      line(0x30, 'SHFL.BFLY PT, R6, R7, 0x10, 0x1f'), line(0x40, 'BAR.SYNC.DEFER_BLOCKING 0x0'),
+      line(0x50, '@!P5 STG.E.U8 desc[UR4][R8.64], R9'), line(0x60, '@P5 BRA 0x20'),
+      line(0x70, '@!P0 BRA 0x90'), line(0x80, 'EXIT'), line(0x90, 'BRA 0x90')])
+  summary = bench.sass_summary(sass, 'Function act_quant_sample:\n  REG:80 STACK:0 SHARED:1024 '
+                                     'LOCAL:0 CONSTANT[0]:584')
+  assert summary['registers'] == 80 and summary['local_bytes'] == 0
+  assert summary['instructions'] == 10
+  # the trailing `BRA 0x90` is a self-loop (target == address), not a backward branch
+  assert summary['loop'] == {'instructions': 5, 'barriers': 1, 'shuffles': 1,
+                             'global_loads': 1, 'global_stores': 1}

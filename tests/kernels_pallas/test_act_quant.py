@@ -227,16 +227,24 @@ def test_block_config_validation():
   # the window is a loop unless asked: unrolled kernels compile ~50x longer (config.py)
   assert args(None)['unroll'] is False
   assert args(config.ActQuantBlockConfig(unroll=True))['unroll'] is True
-  # Vim's widths 3 x 2^k are three exact chunks; other widths one padded tile
-  assert config.ActQuantBlockConfig().resolve(1536) == (512, 1, 4, 3)
-  assert config.ActQuantBlockConfig().resolve(192) == (64, 1, 2, 3)
-  assert config.ActQuantBlockConfig().resolve(100) == (128, 1, 2, 1)
-  assert config.ActQuantBlockConfig(block_c=2048).resolve(1536) == (2048, 1, 4, 1)
+  # Vim's widths 3 x 2^k are three exact chunks; other widths one padded tile (batch 64 and
+  # Vim's 20 refresh windows: 1280 programs, the measured warps)
+  assert config.ActQuantBlockConfig().resolve(1536, 64, 20) == (512, 1, 4, 3)
+  assert config.ActQuantBlockConfig().resolve(192, 64, 20) == (64, 2, 2, 3)
+  assert config.ActQuantBlockConfig().resolve(100, 64, 20) == (128, 4, 2, 1)
+  assert config.ActQuantBlockConfig(block_c=2048).resolve(1536, 64, 20) == (2048, 1, 4, 1)
   # several samples per program up to TILE_ELEMENTS lanes, never more than the batch
-  assert config.ActQuantBlockConfig().resolve(768, 64) == (256, 1, 2, 3)
-  assert config.ActQuantBlockConfig().resolve(192, 64) == (64, 2, 2, 3)
+  assert config.ActQuantBlockConfig().resolve(768, 64, 20) == (256, 1, 2, 3)
   assert config.ActQuantBlockConfig().resolve(48, 3) == (16, 4, 2, 3)
   assert config.ActQuantBlockConfig(block_b=2, num_warps=1).resolve(768, 64) == (256, 2, 1, 3)
+  # a small grid (batch 1: 20 programs) gets the warps that keep 4 lanes per thread
+  assert config.ActQuantBlockConfig().resolve(1536, 1, 20) == (512, 1, 8, 3)
+  assert config.ActQuantBlockConfig().resolve(768, 1, 20) == (256, 1, 4, 3)
+  assert config.ActQuantBlockConfig().resolve(192, 1, 20) == (64, 1, 2, 3)
+  assert config.ActQuantBlockConfig(num_warps=2).resolve(1536, 1, 20)[2] == 2
+  assert config.default_warps(1536, config.SMALL_GRID_PROGRAMS + 1) == 4
+  assert config.default_warps(8192, 1) == 16
+  assert args(None)['num_warps'] == 2  # 384 lanes at batch 64: the measured default
 
 
 @pytest.mark.parametrize('symmetric,trigger,pack', [
