@@ -60,6 +60,7 @@ from ouromamba_jax.models import build_model  # pylint: disable=g-import-not-at-
 from ouromamba_jax.quant import presets as quant_presets  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ouromamba_jax.quant import qtypes  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ouromamba_jax.quant import int_linear  # pylint: disable=g-import-not-at-top,wrong-import-position
+from kernels_pallas.act_quant import config as act_quant_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 from kernels_pallas.selective_scan import api as scan_api  # pylint: disable=g-import-not-at-top,wrong-import-position
 from kernels_pallas.selective_scan import config as scan_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -145,6 +146,9 @@ def parse_args(argv=None):
                  help="1: int-mode Vim's B and C quantized inside the Triton scan, 0: by their "
                       'own act_quant launch (-1: the library default, selective_scan '
                       'config.STATE_QUANT_IN_KERNEL)')
+  p.add_argument('--act_quant_small_grid', type=int, default=-1,
+                 help='act_quant launches of at most this many programs get more warps '
+                      '(0: never; -1: the library default, act_quant config.SMALL_GRID_PROGRAMS)')
   p.add_argument('--fuse_linear_inputs', type=int, default=0, choices=(0, 1),
                  help="1: Vim's out_proj act_quant reads both directions' outputs and forms "
                       'their mean in registers (VisionMamba.fuse_linear_inputs); float '
@@ -338,6 +342,8 @@ def apply_library_switches(args) -> None:
   -1 leaves the library default)."""
   if args.scan_state_quant >= 0:
     scan_config.STATE_QUANT_IN_KERNEL = bool(args.scan_state_quant)
+  if args.act_quant_small_grid >= 0:
+    act_quant_config.SMALL_GRID_PROGRAMS = args.act_quant_small_grid
 
 
 def run(args, on_cell=lambda report: None) -> dict[str, Any]:

@@ -80,11 +80,17 @@ def test_library_switches_are_set_only_when_asked(monkeypatch):
   bench = load_bench('e2e_latency')
   monkeypatch.setattr(bench.scan_config, 'STATE_QUANT_IN_KERNEL',
                       bench.scan_config.STATE_QUANT_IN_KERNEL)   # restored after the test
+  monkeypatch.setattr(bench.act_quant_config, 'SMALL_GRID_PROGRAMS',
+                      bench.act_quant_config.SMALL_GRID_PROGRAMS)
   default = bench.scan_config.STATE_QUANT_IN_KERNEL
+  small_grid = bench.act_quant_config.SMALL_GRID_PROGRAMS
   bench.apply_library_switches(bench.parse_args(['--smoke']))
   assert bench.scan_config.STATE_QUANT_IN_KERNEL == default
-  bench.apply_library_switches(bench.parse_args(['--smoke', '--scan_state_quant=1']))
+  assert bench.act_quant_config.SMALL_GRID_PROGRAMS == small_grid
+  bench.apply_library_switches(bench.parse_args(['--smoke', '--scan_state_quant=1',
+                                                 '--act_quant_small_grid=0']))
   assert bench.scan_config.STATE_QUANT_IN_KERNEL
+  assert bench.act_quant_config.SMALL_GRID_PROGRAMS == 0
 
 
 def test_e2e_latency_rejects_unknown_kernels_up_front():

@@ -1,0 +1,49 @@
+#!/bin/bash
+# usage (a session with a card, each PART alone on a fresh call, carry .whl; in this order):
+#   PART=kernels|e2e|e2e_b1|readout|sweep bash results/h200_session24/next_i15.sh
+# kernels (~8 min): GPU tests of act_quant (session 23's paired reductions, session 24's
+#   DirectionMean producer) and of the state-quant scan; act_quant's bench at batch 64, then at
+#   batch 1 with 2/4/8/16 warps (session 24's small-grid rule: 8 warps at C = 1536 from SASS).
+# e2e (~9 min): Vim-B W4A4O8 and bf16 + Pallas at batch 64 and 1 with the defaults, then with
+#   every untimed switch on (out_proj's input as both directions' outputs, B and C quantized
+#   inside the scan); each run has its float baseline in its own process.
+# e2e_b1 (~5 min): batch 1 with and without the small-grid warps (--act_quant_small_grid=0).
+# readout (~6 min): the patched readout's by_state kernels (results/h200_session21/next_readout.sh).
+# sweep (~9 min): the latency-vs-n_refresh/k figure (results/h200_session23/outlier_sweep.sh).
+set -u
+export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2 PYTEST_DISABLE_PLUGIN_AUTOLOAD=1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:. || exit
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; date -u; git log --oneline -1 2>/dev/null
+# no MPS daemon from an earlier call (session 23: see results/h200_session22/s22.sh)
+pgrep -x nvidia-cuda-mps > /dev/null && { echo quit | CUDA_MPS_PIPE_DIRECTORY=/tmp/mps_pipe nvidia-cuda-mps-control; sleep 3; }
+S=$(date +%s); mkdir -p $OUT
+
+e2e() {  # name timeout batches flags...
+  local name=$1 limit=$2 batches=$3; shift 3
+  timeout $limit python3 bench/e2e_latency.py --models=vim_b --batches=$batches \
+    --variants=bf16_pallas_scan,w4a4o8 --iters=15 "$@" --out=$OUT/e2e_vim_b_$name.json 2>&1 \
+    | grep -v "^W\|^I" | tail -14
+  echo "$name rc=${PIPESTATUS[0]} at $(( $(date +%s) - S )) s"
+}
+
+case ${PART:-kernels} in
+  kernels)
+    timeout 170 python3 -m pytest -o addopts="" -q -s -m gpu tests/kernels_pallas/test_act_quant.py \
+      tests/kernels_pallas/test_act_quant_producers.py tests/kernels_pallas/test_selective_scan_state_quant.py \
+      2>&1 | grep -E "mismatch|rel err|passed|failed" | tail -20
+    timeout 150 python3 -m kernels_pallas.act_quant.bench --trials=5 --out=$OUT/act_quant_bench.json 2>&1 | grep -v "^W\|^I" | tail -24
+    timeout 120 python3 -m kernels_pallas.act_quant.bench --trials=5 --batch=1 --warps=2,4,8,16 \
+      --out=$OUT/act_quant_bench_b1.json 2>&1 | grep -v "^W\|^I" | tail -30
+    echo "act_quant benches at $(( $(date +%s) - S )) s" ;;
+  readout)
+    TESTS=0 OUT=$OUT/readout bash results/h200_session21/next_readout.sh ;;
+  e2e)
+    e2e default 270 64,1
+    e2e all_switches_on 270 64,1 --fuse_linear_inputs=1 --scan_state_quant=1 ;;
+  e2e_b1)
+    e2e b1_small_grid_off 140 1 --act_quant_small_grid=0
+    e2e b1_default 140 1 ;;
+  sweep)
+    T=540 bash results/h200_session23/outlier_sweep.sh ;;
+esac
+echo "total $(( $(date +%s) - S )) s"
