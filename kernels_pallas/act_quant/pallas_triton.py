@@ -68,6 +68,18 @@ def round_half_even(v, interpret: bool):
   return shifted - _ROUNDING_SHIFT
 
 
+def _round_to_int(v, interpret: bool):
+  """round_half_even(v) as int32 in one conversion (`cvt.rni`, F2I with round-to-nearest-even)
+  where Triton's cast would truncate after the two adds of `round_half_even`: 2 of ~50
+  instructions per lane and step fewer (v is clipped to a code grid, so it fits)."""
+  if interpret:
+    return jnp.round(v).astype(jnp.int32)
+  (r,) = plgpu.elementwise_inline_asm(
+      'cvt.rni.s32.f32 $0, $1;', args=[v], constraints='=r,f', pack=1,
+      result_shape_dtypes=[jax.ShapeDtypeStruct(v.shape, jnp.int32)])
+  return r
+
+
 def _divide_rn(a, v, interpret: bool):
   """IEEE (round-to-nearest) a / v. Triton's fp32 `/` is the approximate div.full.f32, so on
   the GPU the division is done by inline PTX; the interpreter runs XLA's IEEE divide."""
@@ -202,13 +214,13 @@ class _Math:
 
   def per_sample_step(self, x, mask, col_ok, lanes_ok, s_ref, z_ref, t, detect: bool):
     """Step t of the per-sample quantizer on rows x (tiles): the static grid, the outlier
-    update (`detect`: S_D > S_I(t) triggers) and every lane rounded on its grid. Returns
-    (rounded lanes, mask, S_I(t), zero point, outlier grid or None)."""
+    update (`detect`: S_D > S_I(t) triggers) and every lane scaled and clipped on its grid.
+    Returns (scaled lanes, mask, S_I(t), zero point, outlier grid or None)."""
     s_t, inv_s, zero = self.static_grid(s_ref, z_ref, t, lanes_ok[0].shape[0])
     outlier_grid = None
     if detect:
       mask, outlier_grid = self.detect(x, mask, col_ok, lanes_ok, lambda s_d: s_d > s_t)
-    return self.rounded(x, mask, inv_s, zero, outlier_grid), mask, s_t, zero, outlier_grid
+    return self.scaled(x, mask, inv_s, zero, outlier_grid), mask, s_t, zero, outlier_grid
 
   def static_grid(self, s_ref, z_ref, t, rows: int):
     """Step t's static grid: (S_I(t) floored at MIN_SCALE, its IEEE reciprocal per row as a
@@ -220,15 +232,15 @@ class _Math:
     inv = _reciprocal_rn(jnp.full((rows,), s_t, jnp.float32), self.interpret)
     return s_t, inv[:, None], zero
 
-  def rounded(self, x, mask, inv_s, zero, outlier_grid):
-    """Per chunk, every lane scaled, clipped and rounded once on its own grid: the static step
-    S_I(t) (its IEEE reciprocal per row) and zero point z(t) for inliers, the dynamic per-row
-    step s_o and zero point z_o for outliers (the IEEE division runs once per row, 1 / s_o).
-    Zero points not added yet. Each lane is an inlier or an outlier, and its other code is
-    that of 0, so one rounding serves both codes (lane operations are this kernel's cost)."""
+  def scaled(self, x, mask, inv_s, zero, outlier_grid):
+    """Per chunk, every lane scaled and clipped once on its own grid, to be rounded once: the
+    static step S_I(t) (its IEEE reciprocal per row) and zero point z(t) for inliers, the
+    dynamic per-row step s_o and zero point z_o for outliers (the IEEE division runs once per
+    row, 1 / s_o). Zero points not added yet. Each lane is an inlier or an outlier, and its
+    other code is that of 0, so one rounding serves both codes (lane operations are this
+    kernel's cost)."""
     if outlier_grid is None:
-      return _lanes(lambda xc: round_half_even(
-          jnp.clip(xc * inv_s, self.qmin - zero, self.qmax - zero), self.interpret), x)
+      return _lanes(lambda xc: jnp.clip(xc * inv_s, self.qmin - zero, self.qmax - zero), x)
     s_o, z_o = outlier_grid
     inv_so = _reciprocal_rn(s_o, self.interpret)[:, None]
     z_lanes = z_o[:, None]
@@ -240,33 +252,36 @@ class _Math:
       else:
         lo = jnp.where(mc, self.o_qmin - z_lanes, self.qmin - zero)
         hi = jnp.where(mc, self.o_qmax - z_lanes, self.qmax - zero)
-      return round_half_even(jnp.clip(xc * jnp.where(mc, inv_so, inv_s), lo, hi), self.interpret)
+      return jnp.clip(xc * jnp.where(mc, inv_so, inv_s), lo, hi)
 
     return _lanes(one, x, mask)
 
-  def codes(self, r, mask, zero, outlier_grid):
-    """(inlier codes, (outlier codes, s_o, z_o) or None) from the rounded lanes."""
+  def codes(self, v, mask, zero, outlier_grid):
+    """(inlier codes, (outlier codes, s_o, z_o) or None) from the scaled lanes, each rounded
+    straight to an integer (`_round_to_int`) and offset by its zero point in integers."""
+    q = _lanes(lambda vc: _round_to_int(vc, self.interpret), v)
     if outlier_grid is None:
-      return _lanes(lambda rc: self._plus(rc, zero).astype(self.code_dtype), r), None
+      return _lanes(lambda qc: self._plus(qc, zero).astype(self.code_dtype), q), None
     s_o, z_o = outlier_grid
-    q_in = _lanes(lambda rc, mc: self._plus(jnp.where(mc, 0.0, rc), zero).astype(
-        self.code_dtype), r, mask)
-    z_lanes = 0.0 if self.symmetric else z_o[:, None]
-    q_out = _lanes(lambda rc, mc: (jnp.where(mc, rc, 0.0) + z_lanes).astype(self.outlier_dtype),
-                   r, mask)
+    q_in = _lanes(lambda qc, mc: self._plus(jnp.where(mc, 0, qc), zero).astype(
+        self.code_dtype), q, mask)
+    z_lanes = 0 if self.symmetric else z_o.astype(jnp.int32)[:, None]
+    q_out = _lanes(lambda qc, mc: (jnp.where(mc, qc, 0) + z_lanes).astype(self.outlier_dtype),
+                   q, mask)
     return q_in, (q_out, s_o, z_o)
 
-  def dequantized(self, r, mask, s_t, outlier_grid, dtype):
+  def dequantized(self, v, mask, s_t, outlier_grid, dtype):
     """x_hat = (code - zero point) x step per lane, as `reference.dequantize` computes it (its
     other term is an exact 0), cast to dtype: what a site that only dequantizes reads."""
+    r = _lanes(lambda vc: round_half_even(vc, self.interpret), v)
     if outlier_grid is None:
       return _lanes(lambda rc: (rc * s_t).astype(dtype), r)
     s_o = outlier_grid[0][:, None]
     return _lanes(lambda rc, mc: jnp.where(mc, rc * s_o, rc * s_t).astype(dtype), r, mask)
 
   def _plus(self, q, zero):
-    """q + the static zero point (nothing to add on a symmetric grid)."""
-    return q if self.symmetric else q + zero
+    """Integer codes q + the static zero point (nothing to add on a symmetric grid)."""
+    return q if self.symmetric else q + zero.astype(jnp.int32)
 
 
 def _time_step(window, i, n_refresh, length):
@@ -390,13 +405,13 @@ def _sample_kernel(x_ref, s_ref, z_ref, qin_ref, *outlier_refs, math: _Math,
     mask, x = carry
     x_next = x if unroll and i == n_refresh - 1 else load(i + 1)
     t, in_seq = _time_step(window, i, n_refresh, length)
-    r, mask, s_t, zero, outlier_grid = math.per_sample_step(x, mask, col_ok, lanes_ok, s_ref,
+    v, mask, s_t, zero, outlier_grid = math.per_sample_step(x, mask, col_ok, lanes_ok, s_ref,
                                                             z_ref, t, detect)
     if dequantize_to is not None:  # qin_ref is the dequantized output
       _store_chunks(qin_ref, b0, t, row_ok & in_seq,
-                    math.dequantized(r, mask, s_t, outlier_grid, dequantize_to), math)
+                    math.dequantized(v, mask, s_t, outlier_grid, dequantize_to), math)
     else:
-      q_in, outlier = math.codes(r, mask, zero, outlier_grid)
+      q_in, outlier = math.codes(v, mask, zero, outlier_grid)
       _store_rows(qin_ref, outlier_refs, b0, t, row_ok & in_seq, q_in, outlier, mask, math,
                   pack)
     return mask, x_next
@@ -433,7 +448,7 @@ def _batch_kernel(x_ref, s_ref, z_ref, qin_ref, *outlier_refs, math: _Math,
       x = _load_rows(x_ref, b, t, lanes_ok, math, length)
       mask, outlier_grid = math.detect(x, previous_mask(b), col_ok, all_lanes,
                                        lambda s_d: jnp.broadcast_to(trigger, s_d.shape))
-      q_in, outlier = math.codes(math.rounded(x, mask, *grid[1:], outlier_grid), mask, grid[2],
+      q_in, outlier = math.codes(math.scaled(x, mask, *grid[1:], outlier_grid), mask, grid[2],
                                  outlier_grid)
       _store_rows(qin_ref, outlier_refs, b, t, one_row & in_seq, q_in, outlier, mask, math, pack)
       return c
@@ -499,10 +514,10 @@ def dequantized_row_step(math: _Math, x, mask, s_ref, z_ref, t, *, detect: bool,
   mask): the values `act_quant_dequantized` computes before its cast to the output dtype, by
   the same operations (`_Math`), so the codes are the same."""
   mask = tuple(jnp.where(new_window, False, m) for m in mask)
-  r, mask, s_t, _, outlier_grid = math.per_sample_step(
+  v, mask, s_t, _, outlier_grid = math.per_sample_step(
       (x[None, :],), mask, math.col_ok(), _lanes_ok(jnp.arange(1) < 1, math), s_ref, z_ref, t,
       detect)
-  (y,) = math.dequantized(r, mask, s_t, outlier_grid, jnp.float32)
+  (y,) = math.dequantized(v, mask, s_t, outlier_grid, jnp.float32)
   return y[0], mask
 
 
