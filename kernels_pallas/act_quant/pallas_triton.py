@@ -246,9 +246,9 @@ class _Math:
     z_lanes = z_o[:, None]
 
     def one(xc, mc):
-      if self.symmetric:
-        lo = jnp.where(mc, self.o_qmin, self.qmin)
+      if self.symmetric:  # grids of ±qmax: one selected bound per lane, negated for free
         hi = jnp.where(mc, self.o_qmax, self.qmax)
+        lo = -hi
       else:
         lo = jnp.where(mc, self.o_qmin - z_lanes, self.qmin - zero)
         hi = jnp.where(mc, self.o_qmax - z_lanes, self.qmax - zero)
