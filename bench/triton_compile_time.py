@@ -286,8 +286,9 @@ def main(argv=None) -> dict[str, Any]:
             'ir_chars': len(text), 'ir': path}
     if not args.lower_only:
       cell.update(compile_seconds(path, num_warps, num_stages, args.timeout, args.python))
+      tools = cell.pop('cuda_tools', None)  # this machine's path: not part of the report
       if args.sass and 'error' not in cell:
-        cell['sass'] = read_sass(path[:-len('.ttir')] + '.cubin', cell['cuda_tools'])
+        cell['sass'] = read_sass(path[:-len('.ttir')] + '.cubin', tools)
     report['results'].append(cell)
     took = (f"{cell['seconds']:7.1f} s" if 'seconds' in cell else '      -')
     sass = cell.get('sass', {})
