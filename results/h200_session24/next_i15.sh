@@ -2,7 +2,9 @@
 # usage (a session with a card, each PART alone on a fresh call, carry .whl; in this order):
 #   PART=kernels|e2e|e2e_b1|readout|sweep bash results/h200_session24/next_i15.sh
 # kernels (~8 min): GPU tests of act_quant (session 23's paired reductions, session 24's
-#   DirectionMean producer) and of the state-quant scan; act_quant's bench at batch 64, then at
+#   DirectionMean producer) and of the state-quant scan; act_quant's bench at batch 64 (also at 2
+#   and 8 warps: at C = 1536 8 warps take 40 registers and 325 instructions a step, 4 take 64 and
+#   543: occupancy against instructions, act_quant NOTES), then at
 #   batch 1 with 2/4/8/16 warps (session 24's small-grid rule: 8 warps at C = 1536 from SASS).
 # e2e (~9 min): Vim-B W4A4O8 and bf16 + Pallas at batch 64 and 1 with the defaults, then with
 #   every untimed switch on (out_proj's input as both directions' outputs, B and C quantized
@@ -31,7 +33,7 @@ case ${PART:-kernels} in
     timeout 170 python3 -m pytest -o addopts="" -q -s -m gpu tests/kernels_pallas/test_act_quant.py \
       tests/kernels_pallas/test_act_quant_producers.py tests/kernels_pallas/test_selective_scan_state_quant.py \
       2>&1 | grep -E "mismatch|rel err|passed|failed" | tail -20
-    timeout 150 python3 -m kernels_pallas.act_quant.bench --trials=5 --out=$OUT/act_quant_bench.json 2>&1 | grep -v "^W\|^I" | tail -24
+    timeout 150 python3 -m kernels_pallas.act_quant.bench --trials=5 --warps=2,8 --out=$OUT/act_quant_bench.json 2>&1 | grep -v "^W\|^I" | tail -24
     timeout 120 python3 -m kernels_pallas.act_quant.bench --trials=5 --batch=1 --warps=2,4,8,16 \
       --out=$OUT/act_quant_bench_b1.json 2>&1 | grep -v "^W\|^I" | tail -30
     echo "act_quant benches at $(( $(date +%s) - S )) s" ;;
