@@ -196,15 +196,14 @@ def test_log_domain_a_keeps_every_state_and_int_mode_agrees(tiny, apply_fn, w4a4
                                 np.asarray(apply_fn(qparams, images)))
 
 
-def _kernel_launches(fn, *args) -> dict[str, int]:
-  """Pallas calls per kernel name in fn's jaxpr (sub-jaxprs included: the block scan's body)."""
-  counts: dict[str, int] = {}
+def _pallas_calls(fn, *args) -> list:
+  """The pallas_call equations of fn's jaxpr, sub-jaxprs included (the block scan's body)."""
+  found = []
 
   def walk(jaxpr):
     for eqn in jaxpr.eqns:
       if eqn.primitive.name == 'pallas_call':
-        name = str(eqn.params['name']).split(' ')[0]
-        counts[name] = counts.get(name, 0) + 1
+        found.append(eqn)
       for value in eqn.params.values():
         for sub in value if isinstance(value, (list, tuple)) else (value,):
           inner = getattr(sub, 'jaxpr', sub)
@@ -212,6 +211,18 @@ def _kernel_launches(fn, *args) -> dict[str, int]:
             walk(inner)
 
   walk(jax.make_jaxpr(fn)(*args).jaxpr)
+  return found
+
+
+def _kernel_name(eqn) -> str:
+  return str(eqn.params['name']).split(' ')[0]
+
+
+def _kernel_launches(fn, *args) -> dict[str, int]:
+  """Pallas calls per kernel name in fn's jaxpr."""
+  counts: dict[str, int] = {}
+  for eqn in _pallas_calls(fn, *args):
+    counts[_kernel_name(eqn)] = counts.get(_kernel_name(eqn), 0) + 1
   return counts
 
 
@@ -242,22 +253,9 @@ def test_batched_directions_give_the_loops_logits_with_fewer_launches(tiny, w4a4
 
 def _act_quant_operands(fn, *args) -> list[int]:
   """Per act_quant launch in fn's jaxpr, how many float (..., B, L, C) operands it reads."""
-  found = []
-
-  def walk(jaxpr):
-    for eqn in jaxpr.eqns:
-      if eqn.primitive.name == 'pallas_call' and str(eqn.params['name']).startswith(
-          'act_quant_sample'):
-        found.append(sum(v.aval.ndim >= 3 and jnp.issubdtype(v.aval.dtype, jnp.floating)
-                         for v in eqn.invars))
-      for value in eqn.params.values():
-        for sub in value if isinstance(value, (list, tuple)) else (value,):
-          inner = getattr(sub, 'jaxpr', sub)
-          if hasattr(inner, 'eqns'):
-            walk(inner)
-
-  walk(jax.make_jaxpr(fn)(*args).jaxpr)
-  return found
+  return [sum(v.aval.ndim >= 3 and jnp.issubdtype(v.aval.dtype, jnp.floating)
+              for v in eqn.invars)
+          for eqn in _pallas_calls(fn, *args) if _kernel_name(eqn) == 'act_quant_sample']
 
 
 def test_out_proj_reading_both_directions_gives_the_same_logits(tiny, w4a4_untrained_run):
