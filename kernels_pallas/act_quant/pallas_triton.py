@@ -29,7 +29,9 @@ samples step by step; one program per window loops over the samples twice per st
 then update + quantize) and reads each sample's previous mask back from the mask output it
 wrote one step earlier (same program, same addresses, program order).
 
-Rounding is half-to-even (jnp.round) by the 1.5 * 2^23 shift, since Triton has no round primitive.
+Rounding is half-to-even (jnp.round): codes by one `cvt.rni` conversion to int32, values that stay
+float (the dequantized output, outlier zero points) by the 1.5 * 2^23 shift, since Triton has no
+round primitive.
 With `pack=True` the int4 inlier codes are packed two per byte along C (low nibble = even
 channel), the `kernels_pallas.int4` format the mixed GEMM reads. `unroll` walks the window
 as straight-line code instead of a loop (off by default: `config.ActQuantBlockConfig`).
@@ -59,7 +61,7 @@ _ROUNDING_SHIFT = 12582912.0
 def round_half_even(v, interpret: bool):
   """jnp.round semantics (ties to even) in two fp32 adds; exact for |v| < 2^22 (the codes are
   clipped to at most 2^16 first). Triton has no round primitive, and the floor-built form took
-  ~12 lane operations: this is the largest per-lane term of the kernel, run twice per step.
+  ~12 lane operations. Codes skip even this (`_round_to_int`); it rounds what stays float.
   XLA (the interpreter) folds (v + c) - c away, so there an optimization barrier keeps the
   two adds; Triton compiles without reassociation and does them as written."""
   shifted = v + _ROUNDING_SHIFT
