@@ -1,15 +1,18 @@
 #!/bin/bash
 # usage (a session with a card, each PART alone on a fresh call, carry .whl; in this order):
-#   PART=kernels|e2e|e2e_b1|readout|sweep bash results/h200_session24/next_i15.sh
+#   PART=kernels|e2e|e2e_b1|state_quant|readout|sweep bash results/h200_session24/next_i15.sh
 # kernels (~8 min): GPU tests of act_quant (session 23's paired reductions, session 24's
 #   DirectionMean producer) and of the state-quant scan; act_quant's bench at batch 64 (also at 2
 #   and 8 warps: at C = 1536 8 warps take 40 registers and 325 instructions a step, 4 take 64 and
 #   543: occupancy against instructions, act_quant NOTES), then at
 #   batch 1 with 2/4/8/16 warps (session 24's small-grid rule: 8 warps at C = 1536 from SASS).
 # e2e (~9 min): Vim-B W4A4O8 and bf16 + Pallas at batch 64 and 1 with the defaults, then with
-#   every untimed switch on (out_proj's input as both directions' outputs, B and C quantized
-#   inside the scan); each run has its float baseline in its own process.
+#   out_proj's input read as both directions' outputs (--fuse_linear_inputs=1); each run has its
+#   float baseline in its own process.
 # e2e_b1 (~5 min): batch 1 with and without the small-grid warps (--act_quant_small_grid=0).
+# state_quant (~3 min): batch 64 with B and C quantized inside the scan (--scan_state_quant=1).
+#   Predicted to lose: in SASS the scan's loop body grows from 719 to 2,996 instructions (every
+#   scan program re-quantizes B_t and C_t; BENCHMARKS.md session 24). Delete it if it does.
 # readout (~6 min): the patched readout's by_state kernels (results/h200_session21/next_readout.sh).
 # sweep (~9 min): the latency-vs-n_refresh/k figure (results/h200_session23/outlier_sweep.sh).
 set -u
@@ -41,7 +44,9 @@ case ${PART:-kernels} in
     TESTS=0 OUT=$OUT/readout bash results/h200_session21/next_readout.sh ;;
   e2e)
     e2e default 270 64,1
-    e2e all_switches_on 270 64,1 --fuse_linear_inputs=1 --scan_state_quant=1 ;;
+    e2e fuse_linear_inputs 270 64,1 --fuse_linear_inputs=1 ;;
+  state_quant)
+    e2e scan_state_quant 200 64 --scan_state_quant=1 ;;
   e2e_b1)
     e2e b1_small_grid_off 140 1 --act_quant_small_grid=0
     e2e b1_default 140 1 ;;
