@@ -49,6 +49,7 @@ kernel = triton.compile(sys.argv[1], target=GPUTarget('cuda', 90, 32),
 with open(sys.argv[1][:-len('.ttir')] + '.cubin', 'wb') as f:
   f.write(kernel.asm['cubin'])
 print(len(kernel.asm['ptx']))
+print(kernel.metadata.shared)
 print(os.path.join(os.path.dirname(triton.__file__), 'backends', 'nvidia', 'bin'))
 """
 _SASS_LINE = re.compile(r'^\s*/\*([0-9a-f]{4,})\*/\s*(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_.]*)(.*);')
@@ -117,19 +118,25 @@ def _dequantized_form(channels: int = 1536):
   return lower, kw['num_warps'], 1
 
 
-def _gemm_form(k: int, n: int = 1536):
+def _gemm_form(k: int, n: int = 1536, tile=None):
   """The W4A4O8 mixed GEMM (int8 codes, packed int4 weights, dense outliers, bias) at Vim-B
-  batch 64's rows: K = 768 (in_proj's input), K = 48 (dt_proj's)."""
+  batch 64's rows: K = 768 (in_proj's input), K = 48 (dt_proj's); `tile` a
+  MixedGemmBlockConfig (default: the library's for the shape)."""
   from kernels_pallas.mixed_gemm import config  # pylint: disable=g-import-not-at-top
   from kernels_pallas.mixed_gemm import pallas_triton  # pylint: disable=g-import-not-at-top
   m, s = BATCH * TOKENS, jax.ShapeDtypeStruct
   args = (s((m, k), jnp.int8), s((m,), jnp.float32), s((k // 2, n), jnp.int8),
           s((n,), jnp.float32), s((m, k), jnp.int8), s((m,), jnp.float32), s((n,), jnp.float32))
-  cfg = config.default_block_config(m, n, k)
+  cfg = tile or config.default_block_config(m, n, k)
   lower = lambda: pallas_triton.mixed_gemm.trace(
       *args, k=k, weight_bits=4, act_bits=8, out_dtype=jnp.dtype(jnp.bfloat16), cfg=cfg).lower(
           lowering_platforms=('cuda',))
   return lower, cfg.num_warps, cfg.num_stages
+
+
+def _gemm_tile(*fields):
+  from kernels_pallas.mixed_gemm.config import MixedGemmBlockConfig  # pylint: disable=g-import-not-at-top
+  return MixedGemmBlockConfig(*fields)
 
 
 def _readout_form(by_state: bool, backward: bool, grid=(8, 8), channels: int = 384):
@@ -157,6 +164,8 @@ FORMS: dict[str, Callable[[], tuple[Callable[[], Any], int, int]]] = {
     'act_quant_c1536_direction_mean': lambda: _act_quant_form(1536, False, direction_mean=True),
     'act_quant_dequantized_c1536': _dequantized_form,
     'mixed_gemm_k768': lambda: _gemm_form(768),
+    'mixed_gemm_k768_64x64x256': lambda: _gemm_form(768, tile=_gemm_tile(64, 64, 256, 4, 4)),
+    'mixed_gemm_k768_128x64x256': lambda: _gemm_form(768, tile=_gemm_tile(128, 64, 256, 4, 3)),
     'mixed_gemm_k48': lambda: _gemm_form(48),
     'scan': lambda: _scan_form(False),
     'scan_state_quant': lambda: _scan_form(True),
@@ -205,8 +214,9 @@ def compile_seconds(ir_path: str, num_warps: int, num_stages: int, timeout: floa
   seconds = time.perf_counter() - start
   if done.returncode != 0:
     return {'error': (done.stderr.strip().splitlines() or ['?'])[-1][:300], 'seconds': seconds}
-  ptx_chars, tools = done.stdout.split()[-2:]
-  return {'seconds': seconds, 'ptx_chars': int(ptx_chars), 'cuda_tools': tools}
+  ptx_chars, shared, tools = done.stdout.split()[-3:]
+  return {'seconds': seconds, 'ptx_chars': int(ptx_chars), 'shared_bytes': int(shared),
+          'cuda_tools': tools}
 
 
 def sass_summary(sass: str, resources: str) -> dict[str, Any]:
@@ -237,6 +247,15 @@ def sass_summary(sass: str, resources: str) -> dict[str, Any]:
     out['loop'] = {'instructions': len(body), 'barriers': count('BAR'), 'shuffles': count('SHFL'),
                    'global_loads': count('LDG'), 'global_stores': count('STG')}
   return out
+
+
+def programs_per_sm(registers: int, num_warps: int, shared_bytes: int = 0) -> int:
+  """How many programs of num_warps warps an sm_90 SM holds: by registers (65,536, allocated
+  per thread in steps of 8), warp slots (64) and shared memory (228 KiB, 1 KiB of it reserved
+  per program). With the launch's program count: whether a grid runs in one wave."""
+  per_thread = -(-registers // 8) * 8
+  by_shared = (228 * 1024) // (shared_bytes + 1024)
+  return min(65536 // (per_thread * 32 * num_warps), 64 // num_warps, by_shared)
 
 
 def read_sass(cubin_path: str, tools: str) -> dict[str, Any]:
@@ -289,13 +308,16 @@ def main(argv=None) -> dict[str, Any]:
       tools = cell.pop('cuda_tools', None)  # this machine's path: not part of the report
       if args.sass and 'error' not in cell:
         cell['sass'] = read_sass(path[:-len('.ttir')] + '.cubin', tools)
+        cell['sass']['programs_per_sm'] = programs_per_sm(cell['sass']['registers'], num_warps,
+                                                          cell['shared_bytes'])
     report['results'].append(cell)
     took = (f"{cell['seconds']:7.1f} s" if 'seconds' in cell else '      -')
     sass = cell.get('sass', {})
     loop = sass.get('loop', {})
     print(f"{name:28s} IR {len(text):8d} chars  compile {took}  "
-          + (f"warps {num_warps} regs {sass['registers']} loop {loop.get('instructions')} instr "
-             f"{loop.get('barriers')} bar  " if sass else '')
+          + (f"warps {num_warps} regs {sass['registers']} ({sass['programs_per_sm']} per SM) "
+             f"loop {loop.get('instructions')} instr {loop.get('barriers')} bar  "
+             if sass else '')
           + f"{cell.get('error') or ''}", flush=True)
     if args.out:
       atomic.write_json(args.out, report)

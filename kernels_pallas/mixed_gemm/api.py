@@ -110,6 +110,7 @@ def mixed_gemm(x_inlier, a_scale, w, w_scale, x_outlier=None, o_scale=None, bias
                                  act_bits=act_bits, out_dtype=out_dtype)
   else:
     cfg = block_config or default_block_config(x2.shape[0], n, k)
+    cfg.check_shared_memory(outliers=xo2 is not None)
     y = pallas_triton.mixed_gemm(x2, a2, w, w_scale, xo2, o2, bias, k=k, weight_bits=weight_bits,
                                  act_bits=act_bits, out_dtype=jnp.dtype(out_dtype), cfg=cfg,
                                  interpret=compat.resolve_interpret(interpret))
@@ -133,6 +134,7 @@ def mixed_gemm_accumulators(x_inlier, w, x_outlier=None, *, weight_bits: int = 4
                                                  act_bits=act_bits)
   else:
     cfg = block_config or default_block_config(x2.shape[0], n, k)
+    cfg.check_shared_memory(outliers=xo2 is not None)
     acc_in, acc_out = pallas_triton.accumulators(x2, w, xo2, k=k, weight_bits=weight_bits,
                                                  act_bits=act_bits, cfg=cfg,
                                                  interpret=compat.resolve_interpret(interpret))

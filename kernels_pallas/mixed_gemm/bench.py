@@ -33,10 +33,15 @@ VIM_SHAPES = (  # (name, K, N)
     ('vim_t.out_proj', 384, 192), ('vim_s.out_proj', 768, 384), ('vim_b.out_proj', 1536, 768),
 )
 SMOKE_SHAPES = (('smoke.a', 128, 64), ('smoke.b', 192, 48))
+# Every tile fits sm_90's shared memory with the outlier codes (`shared_bytes`: 128 x 128 x 256
+# and 128 x 64 x 256 at 3 stages, sweep tiles until session 24, needed 288 / 240 KiB and could
+# not launch); 64 x 128 x 128 / 3 stages and 64 x 64 x 128 fit 2 and 3 programs per SM by
+# registers and shared memory (the default fits 1; SASS, bench/triton_compile_time.py).
 SWEEP_CONFIGS = (
-    MixedGemmBlockConfig(128, 128, 128, 8, 3), MixedGemmBlockConfig(128, 128, 256, 8, 3),
+    MixedGemmBlockConfig(128, 128, 128, 8, 3), MixedGemmBlockConfig(128, 128, 256, 8, 2),
     MixedGemmBlockConfig(64, 128, 128, 4, 4), MixedGemmBlockConfig(128, 256, 128, 8, 3),
-    MixedGemmBlockConfig(64, 64, 256, 4, 4), MixedGemmBlockConfig(128, 64, 256, 4, 3),
+    MixedGemmBlockConfig(64, 64, 256, 4, 4), MixedGemmBlockConfig(128, 64, 256, 4, 2),
+    MixedGemmBlockConfig(64, 128, 128, 4, 3), MixedGemmBlockConfig(64, 64, 128, 4, 3),
 )
 
 

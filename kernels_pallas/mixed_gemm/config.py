@@ -11,6 +11,8 @@ import dataclasses
 from kernels_pallas._blocks import is_pow2, next_pow2
 
 _VALID_WARPS = (1, 2, 4, 8, 16)
+# Shared memory one program may use on sm_90 (H100 / H200: 227 KiB of an SM's 228).
+MAX_SHARED_BYTES = 227 * 1024
 # Channels per narrow dot of the outlier loop: the int8 MMA's K step (32), so a tile with a
 # handful of outlier channels costs one small dot.
 OUTLIER_CHUNK = 32
@@ -32,6 +34,26 @@ class MixedGemmBlockConfig:
   # at 0.1 %; BENCHMARKS.md session 8). Lists may pay off on models whose outliers sit in a few
   # persistent channels; measure with `mixed_gemm/bench.py --outlier_frac`.
   dense_outliers_above: float = 0.0
+
+  def shared_bytes(self, outliers: bool) -> int:
+    """Shared memory of the kernel's pipelined int8 tiles: num_stages x (the codes' block_m x
+    block_k, the weight's block_k x block_n and, with outliers, the outlier codes' block_m x
+    block_k). What Triton 3.9 allocates for sm_90 at every tile checked (session 24,
+    `bench/triton_compile_time.py`: e.g. 128 x 128 x 128, 3 stages: 144 KiB)."""
+    per_stage = self.block_m * self.block_k * (2 if outliers else 1) + self.block_k * self.block_n
+    return self.num_stages * per_stage
+
+  def check_shared_memory(self, outliers: bool) -> None:
+    """A tile whose stages exceed MAX_SHARED_BYTES cannot launch on an H100/H200; say so here
+    rather than as Triton's out-of-resource error at the first call on a card."""
+    need = self.shared_bytes(outliers)
+    if need > MAX_SHARED_BYTES:
+      raise ValueError(
+          f'MixedGemmBlockConfig{(self.block_m, self.block_n, self.block_k)} with '
+          f'{self.num_stages} stages needs {need // 1024} KiB of shared memory'
+          f'{" (with the outlier codes)" if outliers else ""}, above the '
+          f'{MAX_SHARED_BYTES // 1024} KiB a program may use on sm_90; lower num_stages or '
+          'block_k.')
 
   @property
   def outlier_lists(self) -> bool:

@@ -1,6 +1,6 @@
 #!/bin/bash
 # usage (a session with a card, each PART alone on a fresh call, carry .whl; in this order):
-#   PART=kernels|e2e|e2e_b1|state_quant|readout|sweep bash results/h200_session24/next_i15.sh
+#   PART=kernels|e2e|e2e_b1|state_quant|gemm_sweep|readout|sweep bash results/h200_session24/next_i15.sh
 # kernels (~8 min): GPU tests of act_quant (session 23's paired reductions, session 24's
 #   DirectionMean producer) and of the state-quant scan; act_quant's bench at batch 64 (also at 2
 #   and 8 warps: at C = 1536 8 warps take 40 registers and 325 instructions a step, 4 take 64 and
@@ -13,6 +13,8 @@
 # state_quant (~3 min): batch 64 with B and C quantized inside the scan (--scan_state_quant=1).
 #   Predicted to lose: in SASS the scan's loop body grows from 719 to 2,996 instructions (every
 #   scan program re-quantizes B_t and C_t; BENCHMARKS.md session 24). Delete it if it does.
+# gemm_sweep (~6 min): the mixed GEMM's tiles at Vim shapes (--sweep; session 24 replaced the
+#   two sweep tiles that exceeded sm_90's shared memory), for per-shape defaults.
 # readout (~6 min): the patched readout's by_state kernels (results/h200_session21/next_readout.sh).
 # sweep (~9 min): the latency-vs-n_refresh/k figure (results/h200_session23/outlier_sweep.sh).
 set -u
@@ -40,6 +42,9 @@ case ${PART:-kernels} in
     timeout 120 python3 -m kernels_pallas.act_quant.bench --trials=5 --batch=1 --warps=2,4,8,16 \
       --out=$OUT/act_quant_bench_b1.json 2>&1 | grep -v "^W\|^I" | tail -30
     echo "act_quant benches at $(( $(date +%s) - S )) s" ;;
+  gemm_sweep)
+    timeout 540 python3 -m kernels_pallas.mixed_gemm.bench --sweep --trials=5 \
+      --out=$OUT/mixed_gemm_sweep.json 2>&1 | grep -v "^W\|^I" | tail -60 ;;
   readout)
     TESTS=0 OUT=$OUT/readout bash results/h200_session21/next_readout.sh ;;
   e2e)

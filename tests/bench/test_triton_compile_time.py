@@ -63,3 +63,13 @@ def test_sass_summary_reads_the_innermost_loop():
   # the trailing `BRA 0x90` is a self-loop (target == address), not a backward branch
   assert summary['loop'] == {'instructions': 5, 'barriers': 1, 'shuffles': 1,
                              'global_loads': 1, 'global_stores': 1}
+
+
+def test_programs_per_sm_counts_registers_in_steps_of_eight_and_warp_slots():
+  bench = load_bench('triton_compile_time')
+  assert bench.programs_per_sm(64, 4) == 8      # 8,192 registers a program
+  assert bench.programs_per_sm(60, 4) == 8      # rounded up to 64
+  assert bench.programs_per_sm(48, 4) == 10
+  assert bench.programs_per_sm(32, 1) == 64     # warp slots bound
+  assert bench.programs_per_sm(255, 8) == 1
+  assert bench.programs_per_sm(64, 4, shared_bytes=96 * 1024) == 2  # three 32 KiB stages

@@ -10,6 +10,7 @@ import pytest
 
 from kernels_pallas import int4
 from kernels_pallas.mixed_gemm import api, config, reference
+from kernels_pallas.mixed_gemm import bench as mixed_gemm_bench
 
 COMBOS = [(4, 4), (4, 8), (8, 8), (8, 4)]  # (weight_bits, act_bits)
 
@@ -160,6 +161,26 @@ def test_block_config_validation():
   cfg = config.default_block_config(197, 3072, 768)
   assert (cfg.block_m, cfg.block_n, cfg.block_k, cfg.num_warps) == (64, 128, 256, 4)
   assert config.default_block_config(64 * 197, 192, 192).block_k == 64
+
+
+def test_tiles_that_exceed_sm90_shared_memory_are_refused_up_front():
+  """shared_bytes is what Triton 3.9 allocates for sm_90 (session 24, SASS tool); a tile over
+  227 KiB is refused before any compile, naming the fix."""
+  assert config.MixedGemmBlockConfig(128, 128, 128, 8, 3).shared_bytes(True) == 144 * 1024
+  assert config.MixedGemmBlockConfig(128, 64, 128, 4, 3).shared_bytes(True) == 120 * 1024
+  assert config.MixedGemmBlockConfig(128, 128, 128, 8, 3).shared_bytes(False) == 96 * 1024
+  for m, n, k in ((64 * 197, 3072, 768), (64 * 197, 768, 1536), (197, 3072, 768), (197, 80, 1536),
+                  (64 * 197, 1536, 48)):
+    config.default_block_config(m, n, k).check_shared_memory(outliers=True)
+  for cfg in mixed_gemm_bench.SWEEP_CONFIGS:
+    cfg.check_shared_memory(outliers=True)
+  rng = np.random.default_rng(4)
+  x, w, xout, _, _ = _operands(rng, 50, 256, 40, 4, 4)
+  too_big = config.MixedGemmBlockConfig(128, 128, 256, 8, 3)
+  with pytest.raises(ValueError, match='288 KiB of shared memory.*lower num_stages'):
+    api.mixed_gemm_accumulators(x, w, xout, implementation='triton', interpret=True,
+                                block_config=too_big)
+  too_big.check_shared_memory(outliers=False)  # 192 KiB without the outlier codes: fits
 
 
 def test_custom_block_config_is_used():
