@@ -164,8 +164,9 @@ FORMS: dict[str, Callable[[], tuple[Callable[[], Any], int, int]]] = {
     'act_quant_c1536_direction_mean': lambda: _act_quant_form(1536, False, direction_mean=True),
     'act_quant_dequantized_c1536': _dequantized_form,
     'mixed_gemm_k768': lambda: _gemm_form(768),
-    'mixed_gemm_k768_64x64x256': lambda: _gemm_form(768, tile=_gemm_tile(64, 64, 256, 4, 4)),
-    'mixed_gemm_k768_128x64x256': lambda: _gemm_form(768, tile=_gemm_tile(128, 64, 256, 4, 3)),
+    # the sweep's tiles that fit 2 and 3 programs per SM (mixed_gemm NOTES, session 24)
+    'mixed_gemm_k768_64x128x128': lambda: _gemm_form(768, tile=_gemm_tile(64, 128, 128, 4, 3)),
+    'mixed_gemm_k768_64x64x128': lambda: _gemm_form(768, tile=_gemm_tile(64, 64, 128, 4, 3)),
     'mixed_gemm_k48': lambda: _gemm_form(48),
     'scan': lambda: _scan_form(False),
     'scan_state_quant': lambda: _scan_form(True),
