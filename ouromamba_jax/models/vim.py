@@ -162,22 +162,14 @@ class BiMambaV2Mixer(nn.Module):
     """The two directions' params (conv, x_proj, dt_proj, A, D and their quantizer sites)
     stacked on a leading axis, or None where they cannot run as one batch: at init, with a
     state hook (Gen sows per direction), or when the trees differ (e.g. calibration's
-    recorders, or different quantizers per direction)."""
+    recorders, or different quantizers per direction). Taken as given where the model stacked
+    them once for all blocks (`with_stacked_directions`)."""
     if self.is_initializing() or self.state_feature_fn is not None:
       return None
-    get = lambda name: self.get_variable('params', name)
-    trees = []
-    for _, suffix in DIRECTIONS:
-      tree = {'conv': get(f'conv1d{suffix}'), 'x_proj': get(f'x_proj{suffix}'),
-              'dt_proj': get(f'dt_proj{suffix}'),
-              'a_log': get(f'A{suffix}_log' if suffix else 'A_log'), 'd': get(f'D{suffix}')}
-      tree.update({t: layers.optional_param(self, f'{t}{suffix}_quantizer')
-                   for t in ('delta', 'B', 'C', 'A', 'D')})
-      trees.append(tree)
-    if len(block_runs(trees)) != 1 or not all(
-        isinstance(leaf, (jax.Array, np.ndarray)) for leaf in jax.tree.leaves(trees)):
-      return None
-    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+    given = self.get_variable('params', STACKED_DIRECTIONS)
+    if given is not None:
+      return given
+    return stacked_directions(self.variables.get('params', {}))
 
   def _direction(self, x, z, conv, x_proj, dt_proj, quantizer, a_log, d_skip, dt_rank,
                  return_states=False):
@@ -221,6 +213,47 @@ class BiMambaV2Mixer(nn.Module):
     flip = lambda t: jnp.flip(t, axis=1)
     ys = jax.vmap(one)(p, jnp.stack([x, flip(x)]), jnp.stack([z, flip(z)]))
     return producers.DirectionMean(ys[0], ys[1], jnp.dtype(self.dtype))
+
+
+# The entry under which `with_stacked_directions` hands a mixer its directions' params stacked.
+STACKED_DIRECTIONS = 'directions'
+
+
+def _direction_entries(suffix: str) -> dict[str, str]:
+  """One direction's entries of a mixer's params: {role: name}."""
+  entries = {'conv': f'conv1d{suffix}', 'x_proj': f'x_proj{suffix}',
+             'dt_proj': f'dt_proj{suffix}', 'a_log': f'A{suffix}_log' if suffix else 'A_log',
+             'd': f'D{suffix}'}
+  entries.update({t: f'{t}{suffix}_quantizer' for t in ('delta', 'B', 'C', 'A', 'D')})
+  return entries
+
+
+def stacked_directions(mixer_params) -> Optional[dict]:
+  """The two directions' params of a mixer's params, {role: leaves stacked (2, ...)} with the
+  quantizer sites under their site names (None where absent), or None where the two trees
+  differ in structure, shapes or dtypes, or hold non-arrays (calibration's recorders)."""
+  trees = [{role: mixer_params.get(name) for role, name in _direction_entries(suffix).items()}
+           for _, suffix in DIRECTIONS]
+  if len(block_runs(trees)) != 1 or not all(
+      isinstance(leaf, (jax.Array, np.ndarray)) for leaf in jax.tree.leaves(trees)):
+    return None
+  return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def with_stacked_directions(block_params):
+  """A block's params with its mixer's two directions stacked once (`STACKED_DIRECTIONS`,
+  their per-direction entries dropped), or as they are where they do not stack. Done before
+  the blocks' params are stacked for the block scan, so the stacking is one copy for all
+  blocks instead of ~25 small copies in every block's step: at batch 1 each is a launch of its
+  own, and a quantized mixer has ~25 stacked leaves (codes, scales, quantizer steps) against a
+  float one's ~7."""
+  mixer = block_params.get('mixer', {})
+  stacked = stacked_directions(mixer)
+  if stacked is None:
+    return block_params
+  names = {name for _, suffix in DIRECTIONS for name in _direction_entries(suffix).values()}
+  kept = {name: value for name, value in mixer.items() if name not in names}
+  return {**block_params, 'mixer': {**kept, STACKED_DIRECTIONS: stacked}}
 
 
 def _symmetric_uniform(bound):
@@ -395,6 +428,9 @@ class VisionMamba(nn.Module):
 
     step = jax.checkpoint(step) if self.remat else step
     trees = [layers.read_param(self, f'layers_{i}', None) for i in range(self.depth)]
+    if (not collect and self.state_feature_fn is None
+        and directions_as_one_batch(self.batch_directions, carry[0].shape[0])):
+      trees = [with_stacked_directions(tree) for tree in trees]
     start = 0
     for run in block_runs(trees):
       if len(run) == 1:

@@ -192,6 +192,41 @@ def test_batched_directions_give_the_loops_logits_and_the_same_init():
   np.testing.assert_array_equal(forward(batched)(params, images), forward(model)(params, images))
 
 
+def _block_scan_inputs(fn, *args) -> list[tuple[int, ...]]:
+  """Shapes of the inputs of the first `scan` in fn's jaxpr (the block scan's params)."""
+  def find(jaxpr):
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == 'scan':
+        return [tuple(v.aval.shape) for v in eqn.invars]
+      for value in eqn.params.values():
+        for sub in value if isinstance(value, (list, tuple)) else (value,):
+          inner = getattr(sub, 'jaxpr', sub)
+          if hasattr(inner, 'eqns') and (found := find(inner)):
+            return found
+    return None
+  return find(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
+def test_batched_directions_are_stacked_once_outside_the_block_scan():
+  """With the directions vmapped, the blocks' scan receives each mixer's direction params
+  already stacked (depth, 2, ...) (`vim.with_stacked_directions`): no per-block restacking
+  in the scan's step. Where the two directions' trees differ, they stay as they are."""
+  model = VisionMamba(img_size=32, patch_size=8, depth=2, d_model=16, num_classes=3,
+                      scan_implementation='associative')
+  images = np.zeros((1, 32, 32, 3), np.float32)
+  params = jax.jit(model.init)(jax.random.key(0), images)['params']
+  forward = lambda m: (lambda p, x: m.apply({'params': p}, x))
+  batched = _block_scan_inputs(forward(model.clone(batch_directions=True)), params, images)
+  looped = _block_scan_inputs(forward(model.clone(batch_directions=False)), params, images)
+  assert (2, 2, 4, 32) in batched and (2, 4, 32) not in batched   # conv kernels: depth, 2, K, C
+  assert (2, 4, 32) in looped and len(batched) < len(looped)
+  block = params['layers_0']
+  stacked = vim.with_stacked_directions(block)['mixer']
+  assert vim.STACKED_DIRECTIONS in stacked and 'conv1d_b' not in stacked and 'in_proj' in stacked
+  uneven = {**block, 'mixer': {**block['mixer'], 'B_quantizer': jnp.ones(3)}}  # one side only
+  assert vim.with_stacked_directions(uneven) is uneven
+
+
 def test_bfloat16_compute_runs_and_stays_close():
   fixture, model, params = fixture_model('vim_depth2_img224', dtype=jnp.bfloat16)
   logits = jax.jit(model.apply)({'params': params}, fixture.images)
