@@ -13,8 +13,9 @@
 # state_quant (~3 min): batch 64 with B and C quantized inside the scan (--scan_state_quant=1).
 #   Predicted to lose: in SASS the scan's loop body grows from 719 to 2,996 instructions (every
 #   scan program re-quantizes B_t and C_t; BENCHMARKS.md session 24). Delete it if it does.
-# gemm_sweep (~6 min): the mixed GEMM's tiles at Vim shapes (--sweep; session 24 replaced the
-#   two sweep tiles that exceeded sm_90's shared memory), for per-shape defaults.
+# gemm_sweep (~9 min): the mixed GEMM's tiles at Vim shapes, M = 64 / 1 / 16 x 197 tokens
+#   (--sweep; session 24 replaced the two sweep tiles that exceeded sm_90's shared memory), for
+#   per-shape defaults.
 # readout (~6 min): the patched readout's by_state kernels (results/h200_session21/next_readout.sh).
 # sweep (~9 min): the latency-vs-n_refresh/k figure (results/h200_session23/outlier_sweep.sh).
 set -u
@@ -42,9 +43,12 @@ case ${PART:-kernels} in
     timeout 120 python3 -m kernels_pallas.act_quant.bench --trials=5 --batch=1 --warps=2,4,8,16 \
       --out=$OUT/act_quant_bench_b1.json 2>&1 | grep -v "^W\|^I" | tail -30
     echo "act_quant benches at $(( $(date +%s) - S )) s" ;;
-  gemm_sweep)
-    timeout 540 python3 -m kernels_pallas.mixed_gemm.bench --sweep --trials=5 \
-      --out=$OUT/mixed_gemm_sweep.json 2>&1 | grep -v "^W\|^I" | tail -60 ;;
+  gemm_sweep)  # batch 64, 1 and 16 (issue 15 item 4 asks for the small batches' shapes too)
+    for T in 12608 197 3152; do
+      timeout 180 python3 -m kernels_pallas.mixed_gemm.bench --sweep --trials=5 --tokens=$T \
+        --out=$OUT/mixed_gemm_sweep_m$T.json 2>&1 | grep -v "^W\|^I" | tail -40
+      echo "tokens $T at $(( $(date +%s) - S )) s"
+    done ;;
   readout)
     TESTS=0 OUT=$OUT/readout bash results/h200_session21/next_readout.sh ;;
   e2e)
