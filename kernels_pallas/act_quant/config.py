@@ -33,9 +33,9 @@ TILE_ELEMENTS = 512
 # doubles the programs): each program then runs alone on its SM and its window walk is a chain
 # of dependent steps, so more warps (fewer lanes, hence fewer instructions, per thread and step)
 # shorten the call. SASS for sm_90 (`bench/triton_compile_time.py --sass --num_warps`, session
-# 24): the codes kernel's step at C = 1536 is 602 instructions with 4 warps, 366 with 8 and 263
-# with 16; at C = 768 594 / 358 / 255 with 2 / 4 / 8; Δ's dequantized kernel at C = 1536 581 /
-# 392 with 4 / 8. With many programs per SM the total instruction count decides instead, and it
+# 24): the codes kernel's step at C = 1536 is 543 instructions with 4 warps, 325 with 8 and 257
+# with 16; at C = 768 535 / 317 / 249 with 2 / 4 / 8; Δ's dequantized kernel at C = 1536 579 /
+# 385 with 4 / 8. With many programs per SM the total instruction count decides instead, and it
 # grows with the warps (batch 64 measured best at 2-4 warps), so the rule is for small grids
 # only. Not timed yet (BENCHMARKS.md "Not measured yet").
 SMALL_GRID_PROGRAMS = 64
