@@ -1,6 +1,8 @@
 #!/bin/bash
-# usage (a session with a card, each PART alone on a fresh call, carry .whl; in this order):
-#   PART=kernels|e2e|e2e_b1|state_quant|gemm_sweep|readout|sweep bash results/h200_session24/next_i15.sh
+# usage (a session with a card, each PART alone on a call, carry .whl), in priority order; the
+# parts take ~49 min together, more than one session's 30 min of card time, so stop where the
+# budget ends and leave the rest to the next session:
+#   PART=kernels|e2e|e2e_b1|state_quant|gemm_sweep|sweep|readout bash results/h200_session24/next_i15.sh
 # kernels (~8 min): GPU tests of act_quant (session 23's paired reductions, session 24's
 #   DirectionMean producer) and of the state-quant scan; act_quant's bench at batch 64 (also at 2
 #   and 8 warps: at C = 1536 8 warps take 40 registers and 325 instructions a step, 4 take 64 and
@@ -16,8 +18,8 @@
 # gemm_sweep (~9 min): the mixed GEMM's tiles at Vim shapes, M = 64 / 1 / 16 x 197 tokens
 #   (--sweep; session 24 replaced the two sweep tiles that exceeded sm_90's shared memory), for
 #   per-shape defaults.
-# readout (~6 min): the patched readout's by_state kernels (results/h200_session21/next_readout.sh).
 # sweep (~9 min): the latency-vs-n_refresh/k figure (results/h200_session23/outlier_sweep.sh).
+# readout (~6 min): the patched readout's by_state kernels (results/h200_session21/next_readout.sh).
 set -u
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2 PYTEST_DISABLE_PLUGIN_AUTOLOAD=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:. || exit
