@@ -23,7 +23,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from kernels_pallas.mixed_gemm.reference import rounded_to
+from kernels_pallas.rounding import rounded_to
 
 
 @jax.tree_util.register_dataclass

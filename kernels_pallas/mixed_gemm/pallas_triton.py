@@ -49,6 +49,7 @@ import jax.numpy as jnp
 
 from kernels_pallas import _pallas_compat as compat
 from kernels_pallas import int4
+from kernels_pallas import rounding
 from kernels_pallas._pallas_compat import pl, plgpu
 from kernels_pallas.mixed_gemm import reference
 from kernels_pallas.mixed_gemm.config import OUTLIER_CHUNK, MixedGemmBlockConfig
@@ -159,7 +160,7 @@ def _gemm_kernel(*refs, m: int, n: int, k: int, cfg: MixedGemmBlockConfig, has_o
   y = y * w_scale[None, :]
   (y_ref,) = out_refs
   if has_bias:  # the bias arrives rounded to the output dtype (kept fp32) by the wrapper
-    y = (reference.rounded_to(y, y_ref.dtype)
+    y = (rounding.rounded_to(y, y_ref.dtype)
          + plgpu.load(bias_ref.at[pl.ds(col_start, bn)], mask=cols_ok, other=0.0)[None, :])
   plgpu.store(y_ref.at[out_block], y.astype(y_ref.dtype), mask=tile_ok)
 
@@ -185,7 +186,7 @@ def _call(x_inlier, a_scale, w, w_scale, x_outlier, o_scale, bias, *, k, weight_
     if cfg.outlier_lists:
       inputs += list(reference.outlier_tiles(x_outlier, cfg.block_m))
   if bias is not None:
-    inputs.append(reference.rounded_to(bias, out_dtype))
+    inputs.append(rounding.rounded_to(bias, out_dtype))
   if accumulators_only:
     out_shape = [jax.ShapeDtypeStruct((m, n), jnp.int32)] * (2 if has_outliers else 1)
   else:

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from kernels_pallas.int4 import unpack_int4
+from kernels_pallas.rounding import rounded_to
 
 FLOAT_EXACT = 2 ** 24   # every integer of magnitude up to this is an exact float32
 
@@ -44,24 +45,6 @@ def accumulators_xla(x_inlier, w, x_outlier=None, *, weight_bits: int = 4, act_b
   if x_outlier is not None:
     acc_out = int_dot(x_outlier, w8, 8, weight_bits)
   return acc_in, acc_out
-
-
-def rounded_to(y, dtype):
-  """y (any float dtype) rounded to dtype, as fp32: what storing y in dtype and reading it back
-  gives. For bf16 the rounding (to nearest, ties to even) is done on the bits, because a
-  narrowing/widening convert pair is dropped by compilers allowed excess precision: XLA on the
-  GPU (`xla_allow_excess_precision`, on by default) removed the pair that rounded the bias
-  before the kernel, which put 29 % of a dt_proj output 1 ulp off the separate add (H200,
-  2026-12-04). Finite values only (a NaN may come back as an infinity)."""
-  dtype = jnp.dtype(dtype)
-  y = y.astype(jnp.float32)
-  if dtype == jnp.float32:
-    return y
-  if dtype != jnp.bfloat16:
-    return y.astype(dtype).astype(jnp.float32)
-  bits = jax.lax.bitcast_convert_type(y, jnp.uint32)
-  bits = bits + (jnp.uint32(0x7FFF) + ((bits >> 16) & jnp.uint32(1)))
-  return jax.lax.bitcast_convert_type(bits & jnp.uint32(0xFFFF0000), jnp.float32)
 
 
 def dequantize(acc_in, a_scale, w_scale, acc_out=None, o_scale=None, bias=None,

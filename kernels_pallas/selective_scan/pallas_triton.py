@@ -56,7 +56,7 @@ import jax.numpy as jnp
 from kernels_pallas import _pallas_compat as compat
 from kernels_pallas._pallas_compat import pl, plgpu
 from kernels_pallas.act_quant import pallas_triton as act_quant_kernel
-from kernels_pallas.mixed_gemm import reference as mixed_gemm_reference
+from kernels_pallas import rounding
 from kernels_pallas.selective_scan import pallas_triton_bwd
 from kernels_pallas.selective_scan import reference
 from kernels_pallas.selective_scan import triton_common as common
@@ -161,7 +161,7 @@ def _scan_kernel(*refs, spec: common.KernelSpec):
       y, mask = act_quant_kernel.dequantized_row_step(
           quant.math, bc[name], mask, *quant_refs[name], t, detect=quant.detect,
           new_window=new_window)
-      out[name] = mixed_gemm_reference.rounded_to(y, quant.dtype)
+      out[name] = rounding.rounded_to(y, quant.dtype)
       new_masks.append(mask)
     return out, tuple(new_masks)
 
