@@ -76,10 +76,11 @@ def _act_quant_form(channels: int, unroll: bool, batch: int = BATCH,
 
 
 def _scan_form(state_quant: bool, channels: int = 1536):
-  """The float selective scan, or with B and C quantized inside it (Vim-B width)."""
+  """The float selective scan, or with B and C quantized inside it (Vim-B width, the library's
+  tile for it)."""
   from kernels_pallas.act_quant.config import ActQuantParams  # pylint: disable=g-import-not-at-top
   from kernels_pallas.selective_scan import pallas_triton  # pylint: disable=g-import-not-at-top
-  from kernels_pallas.selective_scan.config import SelectiveScanBlockConfig  # pylint: disable=g-import-not-at-top
+  from kernels_pallas.selective_scan.config import default_block_config  # pylint: disable=g-import-not-at-top
   from kernels_pallas.selective_scan.state_quant import StateQuant  # pylint: disable=g-import-not-at-top
   shape = lambda *s, dtype=jnp.bfloat16: jax.ShapeDtypeStruct(s, dtype)
   n = 16
@@ -87,7 +88,7 @@ def _scan_form(state_quant: bool, channels: int = 1536):
           shape(channels, n, dtype=jnp.float32), shape(BATCH, TOKENS, n),
           shape(BATCH, TOKENS, n), shape(channels, dtype=jnp.float32),
           shape(BATCH, TOKENS, channels), None)
-  cfg = SelectiveScanBlockConfig(64, 2, num_warps=1, num_stages=2)
+  cfg = default_block_config(channels, jnp.bfloat16)  # what the model runs
   scale = shape(TOKENS, dtype=jnp.float32)
   if state_quant:
     fn = jax.jit(lambda a, s, c: pallas_triton.selective_scan_state_quant(

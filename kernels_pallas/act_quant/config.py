@@ -120,8 +120,8 @@ class ActQuantParams:
 class ActQuantBlockConfig:
   """block_c: channel block (None -> next power of two >= C); block_b: samples per program of
   the per-sample kernel (None -> as many as fit TILE_ELEMENTS lanes); num_warps: warps per
-  program (None -> 2 up to 1024 lanes per tile, else 4: the sweep's best); unroll: walk a
-  window as straight-line code instead of a loop.
+  program (None -> `default_warps`: the batch-64 sweep's best, more on small grids); unroll:
+  walk a window as straight-line code instead of a loop.
 
   Why `unroll` is off by default: a loop iteration ends in a barrier the compiler does not
   schedule across, and unrolled, step t's stores can overlap step t + 1's reductions; an H200

@@ -70,16 +70,21 @@ def round_half_even(v, interpret: bool):
   return shifted - _ROUNDING_SHIFT
 
 
+def _ptx(instruction: str, constraints: str, dtype, *args):
+  """One PTX instruction applied lane-wise (`$0` the result, `$1`... the args), dtype out."""
+  (r,) = plgpu.elementwise_inline_asm(
+      instruction, args=list(args), constraints=constraints, pack=1,
+      result_shape_dtypes=[jax.ShapeDtypeStruct(args[-1].shape, dtype)])
+  return r
+
+
 def _round_to_int(v, interpret: bool):
   """round_half_even(v) as int32 in one conversion (`cvt.rni`, F2I with round-to-nearest-even)
   where Triton's cast would truncate after the two adds of `round_half_even`: 2 of ~50
   instructions per lane and step fewer (v is clipped to a code grid, so it fits)."""
   if interpret:
     return jnp.round(v).astype(jnp.int32)
-  (r,) = plgpu.elementwise_inline_asm(
-      'cvt.rni.s32.f32 $0, $1;', args=[v], constraints='=r,f', pack=1,
-      result_shape_dtypes=[jax.ShapeDtypeStruct(v.shape, jnp.int32)])
-  return r
+  return _ptx('cvt.rni.s32.f32 $0, $1;', '=r,f', jnp.int32, v)
 
 
 def _divide_rn(a, v, interpret: bool):
@@ -87,10 +92,7 @@ def _divide_rn(a, v, interpret: bool):
   the GPU the division is done by inline PTX; the interpreter runs XLA's IEEE divide."""
   if interpret:
     return a / v
-  (r,) = plgpu.elementwise_inline_asm(
-      'div.rn.f32 $0, $1, $2;', args=[a, v], constraints='=f,f,f', pack=1,
-      result_shape_dtypes=[jax.ShapeDtypeStruct(v.shape, v.dtype)])
-  return r
+  return _ptx('div.rn.f32 $0, $1, $2;', '=f,f,f', v.dtype, a, v)
 
 
 def _reciprocal_rn(v, interpret: bool):
@@ -596,8 +598,8 @@ def act_quant_dequantized(x, inlier_scale, zero_point, *, code_range: tuple[int,
   math, grid_inputs = _math_and_grid(x, inlier_scale, zero_point, code_range, k, std_ddof,
                                      block_c, n_chunks, interpret)
   kernel = _with_grid_refs(_sample_kernel, jax.tree.structure(x), detect=detect, batch=batch,
-                           block_b=block_b, math=math, length=length, n_refresh=n_refresh, pack=False,
-                           unroll=unroll, dequantize_to=out_dtype)
+                           block_b=block_b, math=math, length=length, n_refresh=n_refresh,
+                           pack=False, unroll=unroll, dequantize_to=out_dtype)
   grid = (pl.cdiv(batch, block_b), -(-length // n_refresh))
   (y,) = _launch(kernel, x, grid_inputs, [jax.ShapeDtypeStruct(x.shape, out_dtype)], grid,
                  'act_quant_dequantized', num_warps, interpret)

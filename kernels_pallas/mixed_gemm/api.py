@@ -96,6 +96,13 @@ def _normalize(x_inlier, a_scale, w, w_scale, x_outlier, o_scale, bias, weight_b
   return x2, a2, w, xo2, o2, k, lead
 
 
+def _tile(block_config, m: int, n: int, k: int, outliers: bool) -> MixedGemmBlockConfig:
+  """The asked-for tile, or the default for (M, N, K); refused here if it cannot launch."""
+  cfg = block_config or default_block_config(m, n, k)
+  cfg.check_shared_memory(outliers)
+  return cfg
+
+
 def mixed_gemm(x_inlier, a_scale, w, w_scale, x_outlier=None, o_scale=None, bias=None, *,
                weight_bits: int = 4, act_bits: int = 4, out_dtype=jnp.bfloat16,
                implementation: str | None = None, interpret: bool | None = None,
@@ -109,8 +116,7 @@ def mixed_gemm(x_inlier, a_scale, w, w_scale, x_outlier=None, o_scale=None, bias
     y = reference.mixed_gemm_xla(x2, a2, w, w_scale, xo2, o2, bias, weight_bits=weight_bits,
                                  act_bits=act_bits, out_dtype=out_dtype)
   else:
-    cfg = block_config or default_block_config(x2.shape[0], n, k)
-    cfg.check_shared_memory(outliers=xo2 is not None)
+    cfg = _tile(block_config, x2.shape[0], n, k, outliers=xo2 is not None)
     y = pallas_triton.mixed_gemm(x2, a2, w, w_scale, xo2, o2, bias, k=k, weight_bits=weight_bits,
                                  act_bits=act_bits, out_dtype=jnp.dtype(out_dtype), cfg=cfg,
                                  interpret=compat.resolve_interpret(interpret))
@@ -133,8 +139,7 @@ def mixed_gemm_accumulators(x_inlier, w, x_outlier=None, *, weight_bits: int = 4
     acc_in, acc_out = reference.accumulators_xla(x2, w, xo2, weight_bits=weight_bits,
                                                  act_bits=act_bits)
   else:
-    cfg = block_config or default_block_config(x2.shape[0], n, k)
-    cfg.check_shared_memory(outliers=xo2 is not None)
+    cfg = _tile(block_config, x2.shape[0], n, k, outliers=xo2 is not None)
     acc_in, acc_out = pallas_triton.accumulators(x2, w, xo2, k=k, weight_bits=weight_bits,
                                                  act_bits=act_bits, cfg=cfg,
                                                  interpret=compat.resolve_interpret(interpret))

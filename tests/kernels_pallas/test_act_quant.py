@@ -15,6 +15,7 @@ from kernels_pallas.act_quant.config import ActQuantParams
 from kernels_pallas.act_quant.reference import dequantize
 from kernels_pallas.mixed_gemm import api as gemm_api
 from tests.interpreted import CPU_FAST_COMPILE
+from tests.kernels_pallas.abstract_gpu import abstract_h100
 
 FIELDS = ('inlier_q', 'inlier_scale', 'outlier_q', 'outlier_scale', 'outlier_mask')
 
@@ -341,10 +342,7 @@ def test_packed_codes_match_canonical(trigger, c):
     ('batch', False, 3, False, False), ('sample', False, 3, True, True)])
 def test_kernel_lowers_to_triton_for_h100(trigger, symmetric, n_chunks, dequantized, unroll):
   """Lowers (no compile) for an abstract H100: every op must have a Triton lowering rule."""
-  from jax.sharding import AbstractDevice, AbstractMesh  # pylint: disable=g-import-not-at-top
   from kernels_pallas.act_quant import pallas_triton  # pylint: disable=g-import-not-at-top
-  h100 = AbstractDevice(device_kind='NVIDIA H100 80GB HBM3', num_cores=132, platform='cuda')
-  mesh = AbstractMesh((1,), ('x',), abstract_device=h100)
   b, l = 64, 197
   c = 1536
   zero = None if symmetric else jax.ShapeDtypeStruct((l,), jnp.int32)
@@ -354,7 +352,7 @@ def test_kernel_lowers_to_triton_for_h100(trigger, symmetric, n_chunks, dequanti
                 n_chunks=n_chunks, unroll=unroll)
   args = (jax.ShapeDtypeStruct((b, l, c), jnp.bfloat16), jax.ShapeDtypeStruct((l,), jnp.float32),
           zero)
-  with jax.sharding.use_abstract_mesh(mesh):
+  with abstract_h100():
     if dequantized:
       traced = pallas_triton.act_quant_dequantized.trace(*args, out_dtype=jnp.dtype(jnp.bfloat16),
                                                          **common)

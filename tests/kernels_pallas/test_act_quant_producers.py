@@ -12,6 +12,7 @@ import pytest
 from kernels_pallas.act_quant import api, producers
 from kernels_pallas.act_quant.config import ActQuantParams
 from tests.interpreted import CPU_FAST_COMPILE
+from tests.kernels_pallas.abstract_gpu import abstract_h100
 from tests.kernels_pallas.test_act_quant import FIELDS, _activations
 
 
@@ -76,13 +77,10 @@ def test_bad_operands_are_rejected_clearly():
 
 def test_kernel_on_a_direction_mean_lowers_to_triton_for_h100():
   """Lowers (no compile) for an abstract H100 at Vim-B's out_proj input."""
-  from jax.sharding import AbstractDevice, AbstractMesh  # pylint: disable=g-import-not-at-top
   from kernels_pallas.act_quant import pallas_triton  # pylint: disable=g-import-not-at-top
-  h100 = AbstractDevice(device_kind='NVIDIA H100 80GB HBM3', num_cores=132, platform='cuda')
-  mesh = AbstractMesh((1,), ('x',), abstract_device=h100)
   operand = jax.ShapeDtypeStruct((64, 197, 1536), jnp.bfloat16)
   x = producers.DirectionMean(operand, operand, jnp.dtype(jnp.bfloat16))
-  with jax.sharding.use_abstract_mesh(mesh):
+  with abstract_h100():
     traced = pallas_triton.act_quant.trace(
         x, jax.ShapeDtypeStruct((197,), jnp.float32), None, code_range=(-7, 7, -127, 127),
         k=3.0, n_refresh=10, std_ddof=1, detect=True, block_c=512, block_b=1, num_warps=4,

@@ -11,6 +11,7 @@ import pytest
 from kernels_pallas import int4
 from kernels_pallas.mixed_gemm import api, config, reference
 from kernels_pallas.mixed_gemm import bench as mixed_gemm_bench
+from tests.kernels_pallas.abstract_gpu import abstract_h100
 
 COMBOS = [(4, 4), (4, 8), (8, 8), (8, 4)]  # (weight_bits, act_bits)
 
@@ -196,16 +197,13 @@ def test_custom_block_config_is_used():
 def test_kernel_lowers_to_triton_for_h100(weight_bits, act_bits, k):
   """Lowers (no compile) for an abstract H100: every op must have a Triton lowering rule
   (K = 48: the masked last K block, Vim-B's dt_proj with its bias)."""
-  from jax.sharding import AbstractDevice, AbstractMesh  # pylint: disable=g-import-not-at-top
   from kernels_pallas.mixed_gemm import pallas_triton  # pylint: disable=g-import-not-at-top
-  h100 = AbstractDevice(device_kind='NVIDIA H100 80GB HBM3', num_cores=132, platform='cuda')
-  mesh = AbstractMesh((1,), ('x',), abstract_device=h100)
   m, n = 64 * 197, 1536
   s = jax.ShapeDtypeStruct
   args = (s((m, k // 2 if act_bits == 4 else k), jnp.int8), s((m,), jnp.float32),
           s((k // 2 if weight_bits == 4 else k, n), jnp.int8), s((n,), jnp.float32),
           s((m, k), jnp.int8), s((m,), jnp.float32), s((n,), jnp.float32))
-  with jax.sharding.use_abstract_mesh(mesh):
+  with abstract_h100():
     lowered = pallas_triton.mixed_gemm.trace(
         *args, k=k, weight_bits=weight_bits, act_bits=act_bits, out_dtype=jnp.dtype(jnp.bfloat16),
         cfg=config.default_block_config(m, n, k)).lower(lowering_platforms=('cuda',))

@@ -13,6 +13,7 @@ from kernels_pallas.patched_readout import pallas_triton
 from kernels_pallas.patched_readout import reference
 from kernels_pallas.patched_readout.config import PatchedReadoutBlockConfig, default_block_config
 from tests.interpreted import CPU_FAST_COMPILE
+from tests.kernels_pallas.abstract_gpu import abstract_h100
 
 
 def _inputs(seed, batch, grid, channels, n_state):
@@ -218,9 +219,6 @@ def test_kernels_lower_to_triton_for_h100(grid, cls_index, channels, launch):
   f32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)
   patches = grid[0] * grid[1]
   args = (f32(4, patches + 1, 16, channels), f32(4, patches), f32(4, patches, 16))
-  device = jax.sharding.AbstractDevice(device_kind='NVIDIA H100 80GB HBM3', num_cores=132,
-                                       platform='cuda')
-  mesh = jax.sharding.AbstractMesh((1,), ('x',), abstract_device=device)
   static = (cls_index, grid, 5, True, 32, 4)  # reversed tokens: the harder index map
   forwards = [jax.jit(lambda h, w, c, by_state=by_state: pallas_triton.patched_readout(
       h, w, c, *static, by_state, False)) for by_state in (False, True)]
@@ -229,7 +227,7 @@ def test_kernels_lower_to_triton_for_h100(grid, cls_index, channels, launch):
       h, w, c, h[:, 1:, 0, :], *static, by_state, False)) for by_state in (False, True)]
   with warnings.catch_warnings():
     warnings.simplefilter('error')
-    with jax.sharding.use_abstract_mesh(mesh):
+    with abstract_h100():
       for fn in forwards + backwards:
         text = fn.trace(*args).lower(lowering_platforms=('cuda',)).as_text()
         assert '__gpu$xla.gpu.triton' in text

@@ -15,6 +15,7 @@ from kernels_pallas.selective_scan import pallas_triton
 from kernels_pallas.selective_scan.config import SelectiveScanBlockConfig
 from kernels_pallas.selective_scan.state_quant import StateQuant
 from tests.interpreted import CPU_FAST_COMPILE
+from tests.kernels_pallas.abstract_gpu import abstract_h100
 from tests.kernels_pallas.test_selective_scan_triton import _abstract_h100_inputs, make_inputs
 
 
@@ -108,7 +109,7 @@ def test_bad_state_quant_is_rejected_with_the_reason():
 def test_lowers_to_triton_for_h100():
   """The kernel with the quantizer inside lowers for an abstract H100 (every op has a Triton
   rule: the inline-PTX divisions and reciprocals, the bit-level bf16 rounding)."""
-  args, mesh = _abstract_h100_inputs()
+  args = _abstract_h100_inputs()
   length = args[0].shape[1]
   scale = jax.ShapeDtypeStruct((length,), jnp.float32)
   zero = jax.ShapeDtypeStruct((length,), jnp.int32)
@@ -119,7 +120,7 @@ def test_lowers_to_triton_for_h100():
         block_config=SelectiveScanBlockConfig(64, 4, num_warps=1, num_stages=2)))
     with warnings.catch_warnings():
       warnings.simplefilter('error')
-      with jax.sharding.use_abstract_mesh(mesh):
+      with abstract_h100():
         text = fn.trace(args, scale, scale, *zeros).lower(lowering_platforms=('cuda',)).as_text()
     assert '__gpu$xla.gpu.triton' in text
 

@@ -19,6 +19,7 @@ from kernels_pallas.selective_scan import reference
 from kernels_pallas.selective_scan import triton_common
 from kernels_pallas.selective_scan.config import SelectiveScanBlockConfig, default_block_config
 from tests.interpreted import CPU_FAST_COMPILE
+from tests.kernels_pallas.abstract_gpu import abstract_h100
 
 FP32_TOL = 1e-5
 BF16_TOL = 1e-2
@@ -161,29 +162,27 @@ def test_softplus_matches_float64():
 
 
 def _abstract_h100_inputs():
-  """Abstract Vim-like inputs (u, delta, A, B, C, D, z, delta_bias; B=4, L=197, D=200, N=16)
-  and a one-device mesh of an abstract H100, for ahead-of-time lowering on CPU."""
+  """Abstract Vim-like inputs (u, delta, A, B, C, D, z, delta_bias; B=4, L=197, D=200, N=16),
+  for ahead-of-time lowering on CPU (`abstract_h100`)."""
   batch, length, channels, n_state = 4, 197, 200, 16
   shape = lambda *s, dtype=jnp.bfloat16: jax.ShapeDtypeStruct(s, dtype)
   args = (shape(batch, length, channels), shape(batch, length, channels),
           shape(channels, n_state, dtype=jnp.float32), shape(batch, length, n_state),
           shape(batch, length, n_state), shape(channels, dtype=jnp.float32),
           shape(batch, length, channels), shape(channels, dtype=jnp.float32))
-  device = jax.sharding.AbstractDevice(device_kind='NVIDIA H100 80GB HBM3', num_cores=132,
-                                       platform='cuda')
-  return args, jax.sharding.AbstractMesh((1,), ('x',), abstract_device=device)
+  return args
 
 
 def test_lowers_to_triton_for_h100():
   """AOT lowering for an abstract H100 on CPU: catches kernels that interpret but don't lower,
   and checks the deprecation warning is filtered (warnings are errors here)."""
-  args, mesh = _abstract_h100_inputs()
+  args = _abstract_h100_inputs()
   cfg = SelectiveScanBlockConfig(64, 4, num_warps=1, num_stages=2)
   fn = jax.jit(lambda *a: pallas_triton.selective_scan(*a, reverse=True, interpret=False,
                                                        block_config=cfg))
   with warnings.catch_warnings():
     warnings.simplefilter('error')
-    with jax.sharding.use_abstract_mesh(mesh):
+    with abstract_h100():
       text = fn.trace(*args).lower(lowering_platforms=('cuda',)).as_text()
   assert '__gpu$xla.gpu.triton' in text
   assert 'grid_x = 4 : i32, grid_y = 4 : i32' in text  # ceil(200 / 64) channel blocks x batch
@@ -368,7 +367,7 @@ def test_vjp_and_states_options_are_validated():
 def test_backward_lowers_to_triton_for_h100():
   """AOT lowering of the gradient through y and the states with vjp='kernel' for an abstract
   H100: the forward writes the states (saved for the backward), the adjoint kernel reads them."""
-  args, mesh = _abstract_h100_inputs()
+  args = _abstract_h100_inputs()
   cfg = SelectiveScanBlockConfig(64, 4, num_warps=1, num_stages=2)
 
   def loss(*a):
@@ -379,7 +378,7 @@ def test_backward_lowers_to_triton_for_h100():
   fn = jax.jit(jax.grad(loss, argnums=tuple(range(len(ARG_NAMES)))))
   with warnings.catch_warnings():
     warnings.simplefilter('error')
-    with jax.sharding.use_abstract_mesh(mesh):
+    with abstract_h100():
       text = fn.trace(*args).lower(lowering_platforms=('cuda',)).as_text()
   assert text.count('__gpu$xla.gpu.triton') == 2
   assert 'name = "selective_scan_fwd_states"' in text and 'name = "selective_scan_bwd"' in text
