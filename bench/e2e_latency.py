@@ -150,9 +150,9 @@ def parse_args(argv=None):
                  help='act_quant launches of at most this many programs get more warps '
                       '(0: never; -1: the library default, act_quant config.SMALL_GRID_PROGRAMS)')
   p.add_argument('--fuse_linear_inputs', type=int, default=0, choices=(0, 1),
-                 help="1: Vim's out_proj act_quant reads both directions' outputs and forms "
-                      'their mean in registers (VisionMamba.fuse_linear_inputs); float '
-                      'variants compute the mean as before')
+                 help="1: Vim's direction mean before out_proj is fused, in every variant "
+                      '(VisionMamba.fuse_linear_inputs): into the backward scan where the '
+                      "directions are looped, into an int out_proj's act_quant where vmapped")
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--out', default='', help='JSON file for the results')
   p.add_argument('--smoke', action='store_true',

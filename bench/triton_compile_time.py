@@ -75,9 +75,9 @@ def _act_quant_form(channels: int, unroll: bool, batch: int = BATCH,
   return lower, kw['num_warps'], 1
 
 
-def _scan_form(state_quant: bool, channels: int = 1536):
-  """The float selective scan, or with B and C quantized inside it (Vim-B width, the library's
-  tile for it)."""
+def _scan_form(state_quant: bool, channels: int = 1536, mean_with: bool = False):
+  """The float selective scan, or with B and C quantized inside it, or writing the two
+  directions' mean (Vim-B width, the library's tile for it)."""
   from kernels_pallas.act_quant.config import ActQuantParams  # pylint: disable=g-import-not-at-top
   from kernels_pallas.selective_scan import pallas_triton  # pylint: disable=g-import-not-at-top
   from kernels_pallas.selective_scan.config import default_block_config  # pylint: disable=g-import-not-at-top
@@ -96,8 +96,9 @@ def _scan_form(state_quant: bool, channels: int = 1536):
         block_config=cfg))
     lower = lambda: fn.trace(args, scale, scale).lower(lowering_platforms=('cuda',))
   else:
-    fn = jax.jit(lambda *a: pallas_triton.selective_scan(*a, delta_softplus=True,
-                                                          interpret=False, block_config=cfg))
+    fn = jax.jit(lambda *a: pallas_triton.selective_scan(
+        *a, delta_softplus=True, interpret=False, block_config=cfg,
+        mean_with=a[0] if mean_with else None))
     lower = lambda: fn.trace(*args).lower(lowering_platforms=('cuda',))
   return lower, cfg.num_warps, cfg.num_stages
 
@@ -171,6 +172,7 @@ FORMS: dict[str, Callable[[], tuple[Callable[[], Any], int, int]]] = {
     'mixed_gemm_k48': lambda: _gemm_form(48),
     'scan': lambda: _scan_form(False),
     'scan_state_quant': lambda: _scan_form(True),
+    'scan_direction_mean': lambda: _scan_form(False, mean_with=True),
     **{f'readout_{pass_}{"_by_state" if by_state else ""}': (
         lambda by_state=by_state, pass_=pass_: _readout_form(by_state, pass_ == 'backward'))
        for pass_ in ('forward', 'backward') for by_state in (False, True)},

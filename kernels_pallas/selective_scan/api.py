@@ -17,6 +17,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from kernels_pallas import _dispatch
+from kernels_pallas.act_quant import producers
 from kernels_pallas.selective_scan import pallas_triton
 from kernels_pallas.selective_scan import reference
 from kernels_pallas.selective_scan.config import STATES_LAYOUTS, STATES_SOURCES, VJPS
@@ -55,7 +56,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                    delta_softplus=True, reverse=False, return_states=False,
                    implementation=None, interpret=None, block_config=None,
                    vjp='kernel', triton_states='kernel', states_layout='bldn',
-                   state_quant=None):
+                   state_quant=None, mean_with=None):
   """Mamba selective scan. u, delta, z: (B, L, D); B, C: (B, L, N); A: (D, N); D, delta_bias: (D,).
 
   Returns y (B, L, D) in u.dtype, and with `return_states` also the fp32 states (B, L, D, N),
@@ -76,8 +77,14 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
   `state_quant` (a `state_quant.StateQuant`, inference only): B and C pass through OuroMamba's
   per-step quantizer first; 'triton' applies it inside the kernel (no separate pass; forward
   time order, no states, no VJP), the others call act_quant before the scan. Same values.
+
+  `mean_with` (the other scan direction's output, (B, L, D) in token order; not with
+  `return_states`): returns `act_quant.producers.DirectionMean(mean_with, y, u.dtype)`
+  materialized instead of y, i.e. Vim's v2 mixer output. 'triton' forms it in the kernel's
+  epilogue (no separate flip + add + cast pass), the others after the scan. Same values.
   """
   impl = DISPATCH.choose(implementation, u.shape[0])
+  pallas_triton.check_mean_with(mean_with, u, return_states)
   if state_quant is not None:
     if reverse or return_states:
       raise ValueError('selective_scan: state_quant runs the quantizer in forward time order '
@@ -86,7 +93,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
     if impl == 'triton':   # checks state_quant itself
       return pallas_triton.selective_scan_state_quant(
           u, delta, A, B, C, D, z, delta_bias, state_quant=state_quant,
-          delta_softplus=delta_softplus, interpret=interpret, block_config=block_config)
+          delta_softplus=delta_softplus, interpret=interpret, block_config=block_config,
+          mean_with=mean_with)
     state_quant.check(u.shape[1])
     B, C = state_quant.dequantized(B, C, 'xla')
   if vjp not in VJPS:
@@ -103,10 +111,12 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
     return pallas_triton.selective_scan(
         u, delta, A, B, C, D, z, delta_bias, delta_softplus=delta_softplus, reverse=reverse,
         return_states=return_states, vjp=vjp, interpret=interpret, block_config=block_config,
-        states_layout=states_layout)
+        states_layout=states_layout, mean_with=mean_with)
   out = reference.selective_scan_xla(
       u, delta, A, B, C, D, z, delta_bias, delta_softplus=delta_softplus, reverse=reverse,
       return_states=return_states, sequential=(impl == 'sequential'))
+  if mean_with is not None:
+    return producers.DirectionMean(mean_with, out, out.dtype).materialize()
   if return_states and states_layout == 'blnd':
     return out[0], jnp.swapaxes(out[1], 2, 3)
   return out

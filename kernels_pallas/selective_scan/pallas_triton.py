@@ -40,6 +40,12 @@ also runs OuroMamba's per-step quantizer on the B_t and C_t rows it loads (act_q
 code, the outlier masks in the chunk loop's carry) and uses the dequantized rows: the values of
 a separate act_quant pass before the scan, without its launch (NOTES.md).
 
+With `mean_with` (another direction's output, (B, L, D) in token order) the kernel stores, in
+place of y_t, the two directions' mean at token L - 1 - t: Vim's v2 mixer output
+(`act_quant.producers.DirectionMean`) formed in the backward scan's epilogue, so the XLA pass
+that flips, adds and casts (read 2 x (B, L, D), write 1) never runs; the other output's rows
+are prefetched with the activations. Differentiable: the VJP is the unfused composition's.
+
 Differentiation: `jax.custom_vjp`. vjp='reference' differentiates the XLA reference
 (`reference.selective_scan_xla`, sequential form); vjp='kernel' (the default: 10.8x faster on
 an H100, NOTES.md) re-runs this kernel with its states written out and feeds them to the
@@ -56,6 +62,7 @@ import jax.numpy as jnp
 from kernels_pallas import _pallas_compat as compat
 from kernels_pallas._pallas_compat import pl, plgpu
 from kernels_pallas.act_quant import pallas_triton as act_quant_kernel
+from kernels_pallas.act_quant import producers
 from kernels_pallas import rounding
 from kernels_pallas.selective_scan import pallas_triton_bwd
 from kernels_pallas.selective_scan import reference
@@ -81,6 +88,7 @@ def _scan_kernel(*refs, spec: common.KernelSpec):
     steps = [refs.pop(0) for _ in range(2)]
     zeros = [refs.pop(0) for _ in range(2)] if not quant.math.symmetric else [None, None]
     quant_refs = dict(b=(steps[0], zeros[0]), c=(steps[1], zeros[1]))
+  mean_ref = refs.pop(0) if spec.mean_with else None
   y_ref = refs.pop(0)
   states_out_ref = refs.pop(0) if spec.store_states else None
 
@@ -116,15 +124,18 @@ def _scan_kernel(*refs, spec: common.KernelSpec):
     return time_of(k)
 
   def load_activations(k0, count):
-    """u, delta, z rows of `count` steps from processing index k0, in the input dtype (bf16
-    stays packed in registers until used). These stream from HBM: the ones worth prefetching."""
+    """u, delta, z rows (and `mean_with`'s row at the mirrored token) of `count` steps from
+    processing index k0, in the input dtype (bf16 stays packed in registers until used). These
+    stream from HBM: the ones worth prefetching."""
     rows = []
     for i in range(count):
       t = clamped_time(k0 + i)
       rows.append(dict(
           u=[load_group(u_ref, g, row, t) for g in groups],
           delta=[load_group(delta_ref, g, row, t) for g in groups],
-          z=[load_group(z_ref, g, row, t) if spec.has_gate else None for g in groups]))
+          z=[load_group(z_ref, g, row, t) if spec.has_gate else None for g in groups],
+          other=[load_group(mean_ref, g, row, spec.length - 1 - t) if spec.mean_with else None
+                 for g in groups]))
     return rows
 
   def load_state_rows(k0, count):
@@ -176,9 +187,15 @@ def _scan_kernel(*refs, spec: common.KernelSpec):
       if quant is not None:
         bc, masks = quantized_state_rows(bc, masks, t)
       x = dict(x, **bc)
+      token = spec.length - 1 - t if spec.mean_with else t
       for g in groups:
         hs[g], y = group_step(hs[g], g, x)
-        plgpu.store(y_ref.at[row, t, channels[g]], y.astype(y_ref.dtype), mask=channel_ok[g])
+        if spec.mean_with:  # y as stored, averaged with the other direction's stored output;
+          # the store's own conversion rounds the mean (`producers.mean_row` without its
+          # rounding on the bits, which only a value used in fp32 needs)
+          y = (x['other'][g].astype(f32) + rounding.rounded_to(y, y_ref.dtype)) * 0.5
+        plgpu.store(y_ref.at[row, token, channels[g]], y.astype(y_ref.dtype),
+                    mask=channel_ok[g])
         if spec.store_states:
           plgpu.store(states_out_ref.at[row, t, states, channels[g]], hs[g], mask=tile_ok[g])
     return tuple(hs), masks
@@ -253,17 +270,18 @@ def _state_quant_kernel(state_quant, B, interpret):
                                              'block_config', 'store_states'))
 def _forward(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus: bool, reverse: bool,
              interpret: bool, block_config: SelectiveScanBlockConfig, store_states: bool = False,
-             state_quant=None):
+             state_quant=None, mean_with=None):
   """y, and with `store_states` also the fp32 states in the kernel's (B, L, N, D) layout (a
   thread owns one channel, so a state row is contiguous across the threads of a warp).
-  `state_quant`: B and C quantized in the kernel (`selective_scan_state_quant`)."""
+  `state_quant`: B and C quantized in the kernel (`selective_scan_state_quant`); `mean_with`:
+  y's mean with that output, in token order (module docstring)."""
   batch, length, channels = u.shape
   quant, quant_operands = _state_quant_kernel(state_quant, B, interpret)
   spec = common.kernel_spec(u, A, D, z, delta_bias, delta_softplus=delta_softplus,
                             reverse=reverse, block_config=block_config, store_states=store_states,
-                            state_quant=quant)
+                            state_quant=quant, mean_with=mean_with is not None)
   operands = ([u, delta, *common.kernel_a_b_c(A, B, C)]
-              + [x for x in (D, z, delta_bias) if x is not None] + quant_operands)
+              + [x for x in (D, z, delta_bias, *quant_operands, mean_with) if x is not None])
   out_shape = jax.ShapeDtypeStruct(u.shape, u.dtype)
   if store_states:
     out_shape = (out_shape, jax.ShapeDtypeStruct((batch, length, A.shape[1], channels),
@@ -274,7 +292,8 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus: bool, rever
       out_shape=out_shape,
       grid=(pl.cdiv(channels, block_config.block_d), batch),
       interpret=interpret,
-      name='selective_scan_fwd_states' if store_states else 'selective_scan_fwd',
+      name=('selective_scan_fwd_states' if store_states else
+            'selective_scan_fwd_mean' if mean_with is not None else 'selective_scan_fwd'),
       compiler_params=compat.triton_compiler_params(block_config.num_warps,
                                                     block_config.num_stages),
   )(*operands)
@@ -341,6 +360,46 @@ def _selective_scan_bwd(delta_softplus, reverse, interpret, block_config, vjp, r
 _selective_scan.defvjp(_selective_scan_fwd, _selective_scan_bwd)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(9, 10, 11, 12, 13))
+def _selective_scan_mean(u, delta, A, B, C, D, z, delta_bias, mean_with, delta_softplus, reverse,
+                         interpret, block_config, vjp):
+  return _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus=delta_softplus,
+                  reverse=reverse, interpret=interpret, block_config=block_config,
+                  mean_with=mean_with)
+
+
+def _selective_scan_mean_fwd(*args):
+  return _selective_scan_mean(*args), args[:9]
+
+
+def _selective_scan_mean_bwd(delta_softplus, reverse, interpret, block_config, vjp, primals,
+                             out_bar):
+  """The VJP of the unfused composition (scan, then `DirectionMean`): the mean is linear, so
+  its backward is a flip and a halving that XLA fuses; nothing is gained by a fused form."""
+  def unfused(*p):
+    y = _selective_scan(*p[:8], delta_softplus, reverse, interpret, block_config, vjp, False,
+                        'bldn')
+    return producers.DirectionMean(p[8], y, y.dtype).materialize()
+  return jax.vjp(unfused, *primals)[1](out_bar)
+
+
+_selective_scan_mean.defvjp(_selective_scan_mean_fwd, _selective_scan_mean_bwd)
+
+
+def check_mean_with(mean_with, u, return_states=False):
+  """Errors for a `mean_with` that cannot be the other direction's output (every
+  implementation's check: the XLA ones form the same mean)."""
+  if mean_with is None:
+    return
+  if return_states:
+    raise ValueError('selective_scan: mean_with replaces y by a mean of two directions; '
+                     'it cannot be combined with return_states (whose y is this direction\'s).')
+  if mean_with.shape != u.shape or not jnp.issubdtype(mean_with.dtype, jnp.floating):
+    raise ValueError(f'selective_scan: mean_with must be a float array of u\'s shape '
+                     f'{u.shape} (the other direction\'s output, token order), got '
+                     f'{mean_with.dtype}{list(mean_with.shape)}.')
+
+
 def _resolved_block_config(u, block_config):
   if block_config is None:
     return default_block_config(u.shape[-1], u.dtype)
@@ -353,17 +412,21 @@ def _resolved_block_config(u, block_config):
 def selective_scan_state_quant(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                                state_quant, delta_softplus: bool = True,
                                interpret: bool | None = None,
-                               block_config: SelectiveScanBlockConfig | None = None):
+                               block_config: SelectiveScanBlockConfig | None = None,
+                               mean_with=None):
   """y of the fused scan with B and C quantized and dequantized in the kernel by `state_quant`
   (a `state_quant.StateQuant`): the values of `state_quant.dequantized(B, C)` followed by
   `selective_scan`, without that separate pass. Inference only (no VJP: the quantizer's
   rounding has no useful gradient here, and calibration runs the fake-quant form), forward
-  time order only (the quantizer's refresh windows run forward in t)."""
+  time order only (the quantizer's refresh windows run forward in t). `mean_with`: as in
+  `selective_scan`."""
   _check_inputs(u, delta, A, B, C, D, z, delta_bias)
+  check_mean_with(mean_with, u)
   state_quant.check(u.shape[1])
   return _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus=bool(delta_softplus),
                   reverse=False, interpret=compat.resolve_interpret(interpret),
-                  block_config=_resolved_block_config(u, block_config), state_quant=state_quant)
+                  block_config=_resolved_block_config(u, block_config), state_quant=state_quant,
+                  mean_with=mean_with)
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
@@ -371,10 +434,12 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                    return_states: bool = False, vjp: str = 'kernel',
                    interpret: bool | None = None,
                    block_config: SelectiveScanBlockConfig | None = None,
-                   states_layout: str = 'bldn'):
+                   states_layout: str = 'bldn', mean_with=None):
   """Fused selective scan; see the module docstring. Returns y (B, L, D) in u.dtype, and with
   `return_states` also the fp32 states (B, L, D, N), written by the kernel (in its own
-  (B, L, N, D) layout with states_layout='blnd': no transpose).
+  (B, L, N, D) layout with states_layout='blnd': no transpose). With `mean_with` (the other
+  scan direction's output, (B, L, D) in token order) it returns
+  `DirectionMean(mean_with, y, u.dtype).materialize()` instead of y, formed in the epilogue.
 
   u, delta, z: (B, L, D); B, C: (B, L, N); A: (D, N); D, delta_bias: (D,); D, z, delta_bias may
   be None. `vjp`: 'reference' differentiates through the sequential XLA reference; 'kernel'
@@ -387,7 +452,12 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                      f'{STATES_LAYOUTS}.')
   if vjp not in VJPS:
     raise ValueError(f'selective_scan(triton): vjp={vjp!r}; choose one of {VJPS}.')
+  check_mean_with(mean_with, u, return_states)
   block_config = _resolved_block_config(u, block_config)
+  if mean_with is not None:
+    return _selective_scan_mean(u, delta, A, B, C, D, z, delta_bias, mean_with,
+                                bool(delta_softplus), bool(reverse),
+                                compat.resolve_interpret(interpret), block_config, vjp)
   return _selective_scan(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
                          bool(reverse), compat.resolve_interpret(interpret), block_config, vjp,
                          bool(return_states), states_layout)

@@ -34,6 +34,7 @@ class KernelSpec:
   has_bias: bool
   store_states: bool = False  # also write every fp32 state to a (B, L, N, D) output
   state_quant: object = None  # a `StateQuantKernel`: B and C quantized in the kernel
+  mean_with: bool = False     # store the mean with another direction's output (token order)
 
   @property
   def n_groups(self) -> int:
@@ -136,7 +137,8 @@ class StateQuantKernel:
 
 def kernel_spec(u, A, D, z, delta_bias, *, delta_softplus: bool, reverse: bool,
                 block_config: SelectiveScanBlockConfig, store_states: bool = False,
-                state_quant: StateQuantKernel | None = None) -> KernelSpec:
+                state_quant: StateQuantKernel | None = None,
+                mean_with: bool = False) -> KernelSpec:
   """The static facts of one call, shared by the forward and the backward kernel."""
   _, length, channels = u.shape
   n_state = A.shape[1]
@@ -146,7 +148,7 @@ def kernel_spec(u, A, D, z, delta_bias, *, delta_softplus: bool, reverse: bool,
                      prefetch=block_config.num_stages >= 2, reverse=reverse,
                      delta_softplus=delta_softplus, has_skip=D is not None,
                      has_gate=z is not None, has_bias=delta_bias is not None,
-                     store_states=store_states, state_quant=state_quant)
+                     store_states=store_states, state_quant=state_quant, mean_with=mean_with)
 
 
 def kernel_a_b_c(A, B, C):

@@ -137,9 +137,14 @@ class BiMambaV2Mixer(nn.Module):
         d_skip = layers.read_param(self, f'D{suffix}', nn.initializers.ones, (d_inner,))
         quantizer = lambda name, suffix=suffix: layers.optional_param(
             self, f'{name}{suffix}_quantizer')
+        # Fused: the backward scan's epilogue writes both directions' mean (both paths; the
+        # last iteration's mean_with says whether it did).
+        mean_with = (outputs['forward'] if suffix and self.fuse_linear_inputs
+                     and self.state_feature_fn is None
+                     and outputs['forward'].dtype == jnp.dtype(self.dtype) else None)
         scan_out, (delta, c_mat) = self._direction(
             flip(x), flip(z), conv, x_proj, dt_proj, quantizer, a_log, d_skip, dt_rank,
-            return_states=self.state_feature_fn is not None)
+            return_states=self.state_feature_fn is not None, mean_with=mean_with)
         if self.state_feature_fn is not None:
           y, states = scan_out
           delta_tokens = flip(jax.nn.softplus(delta.astype(jnp.float32)))
@@ -152,11 +157,12 @@ class BiMambaV2Mixer(nn.Module):
         else:
           y = scan_out
         outputs[direction] = y  # in its scan order: the mean flips the backward one
-      y = producers.DirectionMean(outputs['forward'], outputs['backward'], jnp.dtype(self.dtype))
+      y = (outputs['backward'] if mean_with is not None else producers.DirectionMean(
+          outputs['forward'], outputs['backward'], jnp.dtype(self.dtype)))
     out_std = std / math.sqrt(2 * self.n_layers)  # GPT-2 style prenorm residual rescale
     out_proj = linear(self.d_model, 'out_proj',
                       kernel_init=nn.initializers.truncated_normal(out_std))
-    return out_proj(y if self.fuse_linear_inputs else y.materialize())
+    return out_proj(y if self.fuse_linear_inputs else producers.materialize(y))
 
   def _stacked_directions(self):
     """The two directions' params (conv, x_proj, dt_proj, A, D and their quantizer sites)
@@ -172,13 +178,14 @@ class BiMambaV2Mixer(nn.Module):
     return stacked_directions(self.variables.get('params', {}))
 
   def _direction(self, x, z, conv, x_proj, dt_proj, quantizer, a_log, d_skip, dt_rank,
-                 return_states=False):
+                 return_states=False, mean_with=None):
     """One scan direction on tokens already in its scan order: conv, x_proj, dt_proj, the
     Δ/B/C/A/D sites and the scan. The callables are modules (the loop: init, hooks and the
     calibration's recorders see them) or pure functions of stacked params (`_both_directions`),
     so both paths compute the same thing; `quantizer(name)` is a site's quantizer or None.
     Returns (scan output, (Δ, C)); C unquantized where the scan kernel quantizes it itself
-    (`layers.scan_state_quant`, never with return_states)."""
+    (`layers.scan_state_quant`, never with return_states). With `mean_with` (the forward
+    direction's output) the scan output is both directions' mean in token order."""
     impl = self.quant_implementation
     site = lambda name, v: layers.quantize_site(quantizer(name), v, impl)
     u = nn.silu(conv(x))
@@ -194,7 +201,7 @@ class BiMambaV2Mixer(nn.Module):
     out = scan_api.selective_scan(
         u, delta, a_mat, b_mat, c_mat, d_vec, z, None, delta_softplus=True,
         return_states=return_states, implementation=self.scan_implementation,
-        states_layout=self.state_layout, state_quant=state_quant)
+        states_layout=self.state_layout, state_quant=state_quant, mean_with=mean_with)
     return out, (delta, c_mat)
 
   def _both_directions(self, p, x, z, dt_rank):
@@ -337,11 +344,14 @@ class VisionMamba(nn.Module):
   # measured rule of `directions_as_one_batch` (on for small batches on a GPU). Tools that
   # intercept module calls turn it off with scan_blocks (`layers.module_by_module`).
   batch_directions: Optional[bool] = None
-  # True: out_proj gets its input as the two directions' outputs (`act_quant.producers.
-  # DirectionMean`), so an integer-mode out_proj's act_quant kernel forms the mean in registers
-  # (one XLA pass over (B, L, d_inner) and its launch less per block); float and fake-quant
-  # Linears compute the same mean first. Same logits. Off until a card has timed it
-  # (BENCHMARKS.md "Not measured yet"); tools that intercept module calls turn it off.
+  # True: the pass forming out_proj's input (the two directions' mean: a flip, an add and a
+  # cast over (B, L, d_inner) per block) is fused into a neighbour, in float and quantized
+  # models alike. Directions looped (batch >= 64 on a GPU): the backward scan's epilogue
+  # writes the mean (`selective_scan(mean_with=...)`). Directions vmapped: out_proj gets the
+  # two outputs (`act_quant.producers.DirectionMean`), which an integer-mode out_proj's
+  # act_quant kernel averages in registers (other Linears compute the mean first). Same
+  # logits. Off until a card has timed it (BENCHMARKS.md "Not measured yet"); tools that
+  # intercept module calls turn it off.
   fuse_linear_inputs: bool = False
 
   @property

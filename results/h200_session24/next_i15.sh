@@ -4,13 +4,15 @@
 # budget ends and leave the rest to the next session:
 #   PART=kernels|e2e|e2e_b1|state_quant|gemm_sweep|sweep|readout bash results/h200_session24/next_i15.sh
 # kernels (~8 min): GPU tests of act_quant (session 23's paired reductions, session 24's
-#   DirectionMean producer) and of the state-quant scan; act_quant's bench at batch 64 (also at 2
+#   DirectionMean producer), of the state-quant scan and of session 25's direction mean in the
+#   scan's epilogue; act_quant's bench at batch 64 (also at 2
 #   and 8 warps: at C = 1536 8 warps take 40 registers and 325 instructions a step, 4 take 64 and
 #   543: occupancy against instructions, act_quant NOTES), then at
 #   batch 1 with 2/4/8/16 warps (session 24's small-grid rule: 8 warps at C = 1536 from SASS).
 # e2e (~9 min): Vim-B W4A4O8 and bf16 + Pallas at batch 64 and 1 with the defaults, then with
-#   out_proj's input read as both directions' outputs (--fuse_linear_inputs=1); each run has its
-#   float baseline in its own process.
+#   the directions' mean fused (--fuse_linear_inputs=1: at batch 64 the backward scan writes it,
+#   in both variants; at batch 1 W4A4O8's out_proj act_quant reads both outputs); each run has
+#   its float baseline in its own process.
 # e2e_b1 (~5 min): batch 1 with and without the small-grid warps (--act_quant_small_grid=0).
 # state_quant (~3 min): batch 64 with B and C quantized inside the scan (--scan_state_quant=1).
 #   Predicted to lose: in SASS the scan's loop body grows from 719 to 2,996 instructions (every
@@ -40,6 +42,7 @@ case ${PART:-kernels} in
   kernels)
     timeout 170 python3 -m pytest -o addopts="" -q -s -m gpu tests/kernels_pallas/test_act_quant.py \
       tests/kernels_pallas/test_act_quant_producers.py tests/kernels_pallas/test_selective_scan_state_quant.py \
+      "tests/kernels_pallas/test_selective_scan_triton.py::test_gpu_mean_with_equals_the_scan_then_the_direction_mean" \
       2>&1 | grep -E "mismatch|rel err|passed|failed" | tail -20
     timeout 150 python3 -m kernels_pallas.act_quant.bench --trials=5 --warps=2,8 --out=$OUT/act_quant_bench.json 2>&1 | grep -v "^W\|^I" | tail -24
     timeout 120 python3 -m kernels_pallas.act_quant.bench --trials=5 --batch=1 --warps=2,4,8,16 \

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from kernels_pallas.act_quant import producers
 from kernels_pallas.act_quant.config import ActQuantParams
 from kernels_pallas.selective_scan import api
 from kernels_pallas.selective_scan import pallas_triton
@@ -66,6 +67,21 @@ def test_kernel_equals_the_separate_pass_then_the_scan(case):
   got = jit(lambda *a: pallas_triton.selective_scan_state_quant(
       *a, state_quant=sq, interpret=True, block_config=cfg))(*args)
   assert got.dtype == want.dtype
+  np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
+
+
+def test_state_quant_with_the_direction_mean_in_the_epilogue():
+  """Both fusions in one call (the model's backward direction with B/C quantized in the
+  kernel and `mean_with`): the mean of the fused scan's y, bit for bit."""
+  batch, length, channels, n_state, dtype, params, cfg = CASES['symmetric_int_outliers_bf16']
+  args = _inputs(4, batch, length, channels, n_state, dtype)
+  other = jnp.asarray(np.random.default_rng(6).standard_normal(args[0].shape), dtype)
+  sq = _state_quant(np.random.default_rng(5), length, params)
+  run = lambda *a, **kw: pallas_triton.selective_scan_state_quant(
+      *a, state_quant=sq, interpret=True, block_config=cfg, **kw)
+  got, want = jax.jit(lambda o, *a: (
+      run(*a, mean_with=o), producers.DirectionMean(o, run(*a), dtype).materialize()),
+      compiler_options=CPU_FAST_COMPILE)(other, *args)
   np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
 
 

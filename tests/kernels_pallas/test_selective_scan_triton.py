@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from kernels_pallas import _pallas_compat
+from kernels_pallas.act_quant import producers
 from kernels_pallas.selective_scan import api
 from kernels_pallas.selective_scan import pallas_triton
 from kernels_pallas.selective_scan import reference
@@ -151,6 +152,52 @@ def test_api_dispatches_to_kernel():
   assert states.shape == (1, 6, 32, 16) and rel_err(y, out) < FP32_TOL
 
 
+MEAN_CASES = {  # (dtype, reverse, block config): bf16 is the models' dtype, fp32 ragged
+    'bf16_prefetch': (jnp.bfloat16, False, SelectiveScanBlockConfig(32, 4, num_stages=2)),
+    'bf16_reverse': (jnp.bfloat16, True, SelectiveScanBlockConfig(32, 4)),
+    'fp32_ragged_prefetch': (jnp.float32, False, SelectiveScanBlockConfig(32, 5, num_stages=2)),
+}
+
+
+@pytest.mark.parametrize('case', list(MEAN_CASES))
+def test_mean_with_equals_the_scan_then_the_direction_mean(case):
+  """`mean_with`: the epilogue's mean of the two directions (token order) equals the scan
+  followed by `DirectionMean` (Vim's v2 output) bit for bit in bf16, and the XLA
+  implementations form the same mean; the gradients are the unfused composition's."""
+  dtype, reverse, cfg = MEAN_CASES[case]
+  args = make_inputs(6, 2, 13, 48, 16, dtype)
+  other = jnp.asarray(np.random.default_rng(7).standard_normal(args[0].shape, np.float32), dtype)
+  weights = np.random.default_rng(8).standard_normal(args[0].shape, np.float32)
+  kernel = lambda o, *a, **kw: pallas_triton.selective_scan(
+      *a, reverse=reverse, interpret=True, block_config=cfg, **kw)
+  fused = lambda o, *a: kernel(o, *a, mean_with=o)
+  unfused = lambda o, *a: producers.DirectionMean(o, kernel(o, *a), dtype).materialize()
+  loss = lambda f: (lambda o, *a: jnp.sum(weights * f(o, *a).astype(jnp.float32)))
+  grads = lambda f: jax.grad(loss(f), argnums=(0, 1, 2, 3))(other, *args)
+  got, want, xla, got_grads, want_grads = jax.jit(lambda o, *a: (
+      fused(o, *a), unfused(o, *a),
+      api.selective_scan(*a, reverse=reverse, implementation='sequential', mean_with=o),
+      grads(fused), grads(unfused)), compiler_options=CPU_FAST_COMPILE)(other, *args)
+  assert got.dtype == dtype and got.shape == args[0].shape
+  if dtype == jnp.bfloat16:
+    np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
+  assert rel_err(got, want) < 1e-6
+  assert rel_err(xla, want) < (FP32_TOL if dtype == jnp.float32 else BF16_TOL)
+  for name, g, e in zip(('mean_with', 'u', 'delta', 'A'), got_grads, want_grads):
+    assert rel_err(g, e) < 1e-6, name
+  assert rel_err(got, kernel(other, *args)) > 0.1  # the mean, not this direction's y
+
+
+def test_mean_with_is_validated():
+  args = make_inputs(9, 1, 5, 32, 16, jnp.float32)
+  with pytest.raises(ValueError, match=r"mean_with must be a float array of u's shape "
+                                       r"\(1, 5, 32\).*got float32\[1, 4, 32\]"):
+    api.selective_scan(*args, implementation='triton', mean_with=args[0][:, :4])
+  with pytest.raises(ValueError, match='cannot be combined with return_states'):
+    api.selective_scan(*args, implementation='sequential', mean_with=args[0],
+                       return_states=True)
+
+
 def test_softplus_matches_float64():
   """The kernel's branch-free softplus; exp2 with log2(e) folded in costs ~|x| * 6e-8 relative."""
   x = jnp.linspace(-40.0, 40.0, 20001, dtype=jnp.float32)
@@ -187,6 +234,13 @@ def test_lowers_to_triton_for_h100():
   assert '__gpu$xla.gpu.triton' in text
   assert 'grid_x = 4 : i32, grid_y = 4 : i32' in text  # ceil(200 / 64) channel blocks x batch
   assert 'num_warps = 1 : i32' in text
+  mean = jax.jit(lambda *a: pallas_triton.selective_scan(*a, interpret=False, block_config=cfg,
+                                                        mean_with=a[0]))
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    with abstract_h100():
+      text = mean.trace(*args).lower(lowering_platforms=('cuda',)).as_text()
+  assert 'selective_scan_fwd_mean' in text
 
 
 def test_block_config_validation():
@@ -436,6 +490,21 @@ def test_gpu_kernel_vjp_matches_reference(dtype, reverse):
     kernel = lambda *a, cfg=cfg: pallas_triton.selective_scan(
         *a, reverse=reverse, vjp='kernel', interpret=False, block_config=cfg)
     assert_grads_close(vjp_of(kernel, args, y_bar)[1], expected, tol, f'{cfg}')
+
+
+@pytest.mark.gpu
+@on_gpu
+def test_gpu_mean_with_equals_the_scan_then_the_direction_mean():
+  """The epilogue's direction mean on the card at Vim-B's width, against the compiled unfused
+  kernel + XLA's mean: bit for bit (the rounding is on the bits in both)."""
+  args = make_inputs(12, 4, 197, 1536, 16, jnp.bfloat16)
+  other = jnp.asarray(np.random.default_rng(13).standard_normal(args[0].shape, np.float32),
+                      jnp.bfloat16)
+  got = pallas_triton.selective_scan(*args, interpret=False, mean_with=other)
+  want = producers.DirectionMean(other, pallas_triton.selective_scan(*args, interpret=False),
+                                 jnp.bfloat16).materialize()
+  print(f'mean_with vs unfused: rel err {rel_err(got, want):.2e}')
+  np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
 
 
 @pytest.mark.gpu

@@ -258,24 +258,34 @@ def _act_quant_operands(fn, *args) -> list[int]:
           for eqn in _pallas_calls(fn, *args) if _kernel_name(eqn) == 'act_quant_sample']
 
 
-def test_out_proj_reading_both_directions_gives_the_same_logits(tiny, w4a4_untrained_run):
-  """`fuse_linear_inputs`: out_proj's act_quant kernel forms the two directions' mean itself
-  (`act_quant.producers.DirectionMean`). The same logits bit for bit in every mode (float,
-  fake-quant and int on XLA with the directions looped; int on the interpreted Triton kernels
-  with them vmapped, the GPU's small-batch path), and in int mode one act_quant launch per
-  block reads both directions' outputs instead of their mean."""
+def test_the_fused_direction_mean_gives_the_same_logits(tiny, w4a4_untrained_run):
+  """`fuse_linear_inputs`: the directions' mean is formed by the backward scan's epilogue
+  (directions looped) or by out_proj's act_quant kernel (`act_quant.producers.DirectionMean`,
+  directions vmapped). The same logits bit for bit in every mode (float, fake-quant and int on
+  XLA with the directions looped; float on the interpreted Triton scan, looped; int on the
+  interpreted Triton kernels, vmapped: the GPU's small-batch path); looped, the Triton scan
+  writes the mean, and vmapped, one act_quant launch per block reads both directions' outputs
+  instead of their mean."""
   model, params, images = tiny
   int_tree = rewrite.set_mode(w4a4_untrained_run[0], 'int')
   fake_tree = rewrite.set_mode(w4a4_untrained_run[0], 'fake')
   triton = model.clone(quant_implementation='triton', batch_directions=True)
   cases = (('float', model, params, None), ('fake', model, fake_tree, None),
            ('int xla', model.clone(quant_implementation='xla'), int_tree, None),
+           ('float triton scan', model.clone(scan_implementation='triton'), params,
+            CPU_FAST_COMPILE),
            ('int triton', triton, int_tree, CPU_FAST_COMPILE))
   for name, base, tree, options in cases:
     run = lambda m, tree=tree, options=options: np.asarray(jax.jit(
         lambda p, x: m.apply({'params': p}, x), compiler_options=options)(tree, images))
     np.testing.assert_array_equal(run(base.clone(fuse_linear_inputs=True)), run(base),
                                   err_msg=name)
+  scans = lambda m: [_kernel_name(e) for e in _pallas_calls(
+      lambda p, x: m.apply({'params': p}, x), params, images)]
+  looped = model.clone(scan_implementation='triton', batch_directions=False)
+  assert sorted(scans(looped)) == ['selective_scan_fwd'] * 2
+  assert sorted(scans(looped.clone(fuse_linear_inputs=True))) == [
+      'selective_scan_fwd', 'selective_scan_fwd_mean']
   reads = lambda m: sorted(_act_quant_operands(lambda p, x: m.apply({'params': p}, x),
                                                int_tree, images))
   unfused = reads(triton)
