@@ -28,7 +28,14 @@ quantized Linear inputs of `--rate_images` random images, on the `--calib_depth`
 and written to the JSON; `--outlier_k`
 (the mu + k sigma threshold) steers it.
 
-Timing: per (model, variant, batch), the jitted forward is compiled ahead of time (compile time
+A/B runs in one process (`--cases`): each case is a set of the switch flags below
+(`fuse_linear_inputs`, `batch_directions`, `scan_state_quant`, `act_quant_small_grid`) on top
+of the command line's, e.g. `--cases=default,fuse_linear_inputs=1,act_quant_small_grid=0`;
+every variant runs in every case, from the same quantized trees, so a card quantizes once and
+the cases' numbers share one process (a row's `case` names it).
+
+Timing: per (model, variant, case, batch), the jitted forward is lowered in order (a case's
+library switches are read while tracing), then compiled ahead of time (compile time
 reported apart; a model's cells compile concurrently in `--compile_workers` threads), run
 `--warmup` times, then `--iters` times, each call timed to `block_until_ready`, one cell after
 another; the median is the latency, batch / median the throughput. `--out` is rewritten after
@@ -40,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import dataclasses
 import os
 import re
@@ -153,6 +161,9 @@ def parse_args(argv=None):
                  help="1: Vim's direction mean before out_proj is fused, in every variant "
                       '(VisionMamba.fuse_linear_inputs): into the backward scan where the '
                       "directions are looped, into an int out_proj's act_quant where vmapped")
+  p.add_argument('--cases', type=_csv(str), default=['default'],
+                 help="comma-separated A/B cases, each 'default' or FLAG=INT[+FLAG=INT...] "
+                      f'with FLAG from {list(CASE_FLAGS)}, applied on top of the flags above')
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--out', default='', help='JSON file for the results')
   p.add_argument('--smoke', action='store_true',
@@ -167,7 +178,35 @@ def parse_args(argv=None):
     unknown = [v for v in getattr(args, name) if v not in valid]
     if unknown:
       p.error(f'unknown {name} {unknown}; choose from {list(valid)}')
+  try:
+    args.case_settings = {case: case_overrides(case) for case in args.cases}
+  except ValueError as e:
+    p.error(str(e))
   return args
+
+
+# The flags a case may set: model fields and the kernels' module-level switches.
+CASE_FLAGS = ('fuse_linear_inputs', 'batch_directions', 'scan_state_quant',
+              'act_quant_small_grid')
+
+
+def case_overrides(case: str) -> dict[str, int]:
+  """'default' -> {}; 'a=1+b=0' -> {'a': 1, 'b': 0}, each a flag of CASE_FLAGS."""
+  if case == 'default':
+    return {}
+  out = {}
+  for part in case.split('+'):
+    name, eq, value = part.partition('=')
+    if name not in CASE_FLAGS or not eq or not value.lstrip('-').isdigit():
+      raise ValueError(f"--cases: {part!r} in case {case!r} is not FLAG=INT with FLAG from "
+                       f"{list(CASE_FLAGS)} (or the whole case 'default')")
+    out[name] = int(value)
+  return out
+
+
+def case_args(args, case: str):
+  """The command line's args with the case's flags set."""
+  return argparse.Namespace(**{**vars(args), **args.case_settings[case]})
 
 
 def _images(model, batch: int, seed: int):
@@ -279,11 +318,24 @@ def outlier_rate(model, tree, images) -> dict[str, float]:
   return {'entries': float(flagged), 'tokens_with_outliers': float(tokens)}
 
 
-def compile_forward(model, tree, images):
-  """(compiled forward, compile seconds); lowering and XLA compilation of one cell."""
+def lower_forward(model, tree, images):
+  """(lowered forward, seconds): tracing reads the kernels' switches, so cells are lowered one
+  after another under their case's (`library_switches`)."""
   start = time.perf_counter()
-  compiled = jax.jit(lambda t, x: model.apply({'params': t}, x)).lower(tree, images).compile()
-  return compiled, time.perf_counter() - start
+  lowered = jax.jit(lambda t, x: model.apply({'params': t}, x)).lower(tree, images)
+  return lowered, time.perf_counter() - start
+
+
+def compile_lowered(lowered, lower_s: float):
+  """(compiled forward, seconds of lowering + XLA compilation)."""
+  start = time.perf_counter()
+  compiled = lowered.compile()
+  return compiled, lower_s + time.perf_counter() - start
+
+
+def compile_forward(model, tree, images):
+  """(compiled forward, seconds): one cell lowered and compiled (the other benches' form)."""
+  return compile_lowered(*lower_forward(model, tree, images))
 
 
 def time_forward(compiled, tree, images, iters: int, warmup: int) -> dict[str, Any]:
@@ -316,9 +368,10 @@ def variant_model(base, variant: Variant, args):
                     fuse_linear_inputs=bool(args.fuse_linear_inputs))
 
 
-def _model_trees(base, params, args, rates, quantize_s, model_name):
-  """{variant: (model, tree) or the exception that building it raised} for one model."""
-  trees, cells = {}, {}
+def _variant_trees(base, params, args, rates, quantize_s, model_name):
+  """{variant: its tree or the exception that building it raised} for one model; each preset
+  is quantized once, whatever the number of variants and cases using it."""
+  trees, out = {}, {}
   for variant_name in args.variants:
     variant = VARIANTS[variant_name]
     try:
@@ -328,22 +381,56 @@ def _model_trees(base, params, args, rates, quantize_s, model_name):
         trees[variant.preset], rates[key] = quantized_tree(base, params, variant.preset, args)
         quantize_s[key] = time.perf_counter() - start
       tree = trees[variant.preset] if variant.preset else params
-      if args.cast_params:
-        tree = cast_float_leaves(tree, DTYPES[variant.dtype])
-      cells[variant_name] = (variant_model(base, variant, args), tree)
+      out[variant_name] = cast_float_leaves(tree, DTYPES[variant.dtype]) if args.cast_params else tree
     except Exception as e:  # pylint: disable=broad-except
       traceback.print_exc()
-      cells[variant_name] = e
-  return cells
+      out[variant_name] = e
+  return out
 
 
 def apply_library_switches(args) -> None:
-  """The kernels' module-level switches the flags set (an A/B of one choice in one process;
-  -1 leaves the library default)."""
+  """The kernels' module-level switches the flags set (-1 leaves the library default)."""
   if args.scan_state_quant >= 0:
     scan_config.STATE_QUANT_IN_KERNEL = bool(args.scan_state_quant)
   if args.act_quant_small_grid >= 0:
     act_quant_config.SMALL_GRID_PROGRAMS = args.act_quant_small_grid
+
+
+@contextlib.contextmanager
+def library_switches(args):
+  """The switches of `args` set for the duration, the library's own restored after. Trace
+  caches are cleared on entry: a jitted kernel wrapper traced under another case's switches
+  would otherwise be reused for the same shapes."""
+  saved = scan_config.STATE_QUANT_IN_KERNEL, act_quant_config.SMALL_GRID_PROGRAMS
+  try:
+    apply_library_switches(args)
+    jax.clear_caches()
+    yield
+  finally:
+    scan_config.STATE_QUANT_IN_KERNEL, act_quant_config.SMALL_GRID_PROGRAMS = saved
+
+
+def _lowered_cells(base, trees, images, args, model_name):
+  """{(variant, case): (model, tree) or exception} and {(variant, case, batch): (lowered,
+  seconds) or exception}, lowered case by case under each case's switches."""
+  cells, lowered = {}, {}
+  for case in args.cases:
+    settings = case_args(args, case)
+    with library_switches(settings):
+      for variant_name, tree in trees.items():
+        cells[variant_name, case] = tree
+        if isinstance(tree, Exception):
+          continue
+        model = variant_model(base, VARIANTS[variant_name], settings)
+        cells[variant_name, case] = (model, tree)
+        for batch in args.batches:
+          try:
+            lowered[variant_name, case, batch] = lower_forward(model, tree, images[batch])
+          except Exception as e:  # pylint: disable=broad-except
+            traceback.print_exc()
+            lowered[variant_name, case, batch] = e
+    _progress(f'{model_name}: case {case} lowered')
+  return cells, lowered
 
 
 def run(args, on_cell=lambda report: None) -> dict[str, Any]:
@@ -351,7 +438,6 @@ def run(args, on_cell=lambda report: None) -> dict[str, Any]:
   (`--compile_workers` threads; XLA compiles outside the GIL); once all have compiled they are
   timed one after another. `on_cell(report)` after every cell."""
   results, rates, quantize_s = [], {}, {}
-  apply_library_switches(args)
   device = jax.devices()[0]
   report = {'device': f'{device.platform}: {device.device_kind}', 'jax': jax.__version__,
             'xla_flags': os.environ.get('XLA_FLAGS', ''),   # e.g. command-buffer experiments
@@ -363,26 +449,28 @@ def run(args, on_cell=lambda report: None) -> dict[str, Any]:
       overrides = {**overrides, 'depth': args.depth}
     base = build_model(registry_name, scan_implementation='xla', **overrides)
     params = jax.jit(base.init)(jax.random.key(args.seed), _images(base, 1, 0))['params']
-    cells = _model_trees(base, params, args, rates, quantize_s, model_name)
+    trees = _variant_trees(base, params, args, rates, quantize_s, model_name)
     built = ', '.join(f'{k} quantized in {v:.0f} s' for k, v in quantize_s.items())
-    _progress(f'{model_name}: trees built ({built or "float only"}); compiling')
+    _progress(f'{model_name}: trees built ({built or "float only"}); lowering')
     images = {b: _images(base, b, args.seed + 3) for b in args.batches}
+    cells, lowered = _lowered_cells(base, trees, images, args, model_name)
     jobs = {}
     with concurrent.futures.ThreadPoolExecutor(max(args.compile_workers, 1)) as pool:
-      for variant_name, cell in cells.items():
-        if not isinstance(cell, Exception):
-          for batch in args.batches:
-            jobs[variant_name, batch] = pool.submit(compile_forward, *cell, images[batch])
-            jobs[variant_name, batch].add_done_callback(  # a stalled compile shows which cell
-                lambda job, name=variant_name, b=batch: _progress(
-                    f'{model_name} {name} batch {b}: compiled'
-                    + (f' in {job.result()[1]:.1f} s' if not job.exception() else ' (failed)')))
+      for key, low in lowered.items():
+        if not isinstance(low, Exception):
+          jobs[key] = pool.submit(compile_lowered, *low)
+          jobs[key].add_done_callback(  # a stalled compile shows which cell
+              lambda job, key=key: _progress(
+                  f'{model_name} {_cell_name(*key[:2])} batch {key[2]}: compiled'
+                  + (f' in {job.result()[1]:.1f} s' if not job.exception() else ' (failed)')))
+      lowered.clear()
       # XLA autotunes on the GPU while compiling: no timing until every compile is done.
       concurrent.futures.wait(jobs.values())
-      for variant_name, cell in cells.items():
+      for (variant_name, case), cell in cells.items():
         for batch in args.batches:
-          head = {'model': model_name, 'variant': variant_name, 'batch': batch,
+          head = {'model': model_name, 'variant': variant_name, 'case': case, 'batch': batch,
                   'dtype': VARIANTS[variant_name].dtype}
+          key = (variant_name, case, batch)
           try:
             if isinstance(cell, Exception):
               raise cell
@@ -390,13 +478,15 @@ def run(args, on_cell=lambda report: None) -> dict[str, Any]:
             head.update(scan=model.scan_implementation, quant_kernel=model.quant_implementation,
                         preset=VARIANTS[variant_name].preset,
                         **weight_bytes(tree, DTYPES[VARIANTS[variant_name].dtype]))
-            compiled, compile_s = jobs[variant_name, batch].result()
+            if key not in jobs:
+              raise RuntimeError('lowering failed (traceback above)')
+            compiled, compile_s = jobs[key].result()
             timing = time_forward(compiled, tree, images[batch], args.iters, args.warmup)
             results.append({**head, 'compile_s': compile_s, **timing})
           except Exception as e:  # pylint: disable=broad-except
             results.append({**head, 'error': f'{type(e).__name__}: {e}'})
             traceback.print_exc()
-          jobs.pop((variant_name, batch), None)  # frees the executable
+          jobs.pop(key, None)  # frees the executable
           print(_cell_line(results[-1]), flush=True)
           on_cell(report)
   return report
@@ -406,8 +496,12 @@ def _progress(msg: str) -> None:
   print(f'[{time.strftime("%H:%M:%S")}] {msg}', flush=True)
 
 
+def _cell_name(variant: str, case: str = 'default') -> str:
+  return variant if case == 'default' else f'{variant} [{case}]'
+
+
 def _cell_line(r) -> str:
-  head = f'{r["model"]:<6} {r["variant"]:<17} batch {r["batch"]:>4}: '
+  head = f'{r["model"]:<6} {_cell_name(r["variant"], r["case"]):<17} batch {r["batch"]:>4}: '
   if 'error' in r:
     return head + 'FAILED ' + r['error'][:200]
   return head + (f'{r["median_ms"]:9.3f} ms  {r["images_per_s"]:10.1f} img/s  '
@@ -417,16 +511,17 @@ def _cell_line(r) -> str:
 def table(report) -> str:
   """Latency (median ms) and throughput (img/s) per model and batch, variants as columns."""
   results = report['results']
-  variants = list(dict.fromkeys(r['variant'] for r in results))
-  width = max(18, *(len(v) + 2 for v in variants))
+  variants = list(dict.fromkeys((r['variant'], r['case']) for r in results))
+  width = max(18, *(len(_cell_name(*v)) + 2 for v in variants))
   lines = [f'device: {report["device"]}; cells: median ms / images per s']
   for model in dict.fromkeys(r['model'] for r in results):
-    head = f'{model:<8}{"batch":>6}' + ''.join(f'{v:>{width}}' for v in variants)
+    head = f'{model:<8}{"batch":>6}' + ''.join(f'{_cell_name(*v):>{width}}' for v in variants)
     lines += ['', head, '-' * len(head)]
     for batch in dict.fromkeys(r['batch'] for r in results if r['model'] == model):
       cells = []
       for v in variants:
-        r = next((x for x in results if (x['model'], x['variant'], x['batch']) == (model, v, batch)),
+        r = next((x for x in results
+                  if (x['model'], (x['variant'], x['case']), x['batch']) == (model, v, batch)),
                  None)
         if r is None:
           cells.append('-')

@@ -57,7 +57,8 @@ def settings(args, seq_len: int) -> list[dict[str, Any]]:
 
 
 def _timed(model, tree, images, e2e_args) -> dict[str, Any]:
-  compiled, compile_s = e2e_latency.compile_forward(model, tree, images)
+  with e2e_latency.library_switches(e2e_args):
+    compiled, compile_s = e2e_latency.compile_forward(model, tree, images)
   timing = e2e_latency.time_forward(compiled, tree, images, e2e_args.iters, e2e_args.warmup)
   return {'compile_s': compile_s, **timing}
 

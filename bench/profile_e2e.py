@@ -112,16 +112,18 @@ def main(argv=None):
     overrides = {**overrides, 'depth': args.depth}
   base = e2e_latency.build_model(registry_name, scan_implementation='xla', **overrides)
   params = jax.jit(base.init)(jax.random.key(0), e2e_latency._images(base, 1, 0))['params']  # pylint: disable=protected-access
-  cells = e2e_latency._model_trees(base, params, e2e_args, {}, {}, args.model)  # pylint: disable=protected-access
+  trees = e2e_latency._variant_trees(base, params, e2e_args, {}, {}, args.model)  # pylint: disable=protected-access
   images = e2e_latency._images(base, args.batch, 3)  # pylint: disable=protected-access
   device = jax.devices()[0]
   report = {'device': f'{device.platform}: {device.device_kind}', 'model': args.model,
             'batch': args.batch, 'depth': args.depth or base.depth,
             'date': time.strftime('%Y-%m-%d'), 'variants': {}}
-  for name, cell in cells.items():
-    if isinstance(cell, Exception):
-      raise cell
-    per_kernel, sources = profile_variant(*cell, images, args.iters, args.by_source)
+  for name, tree in trees.items():
+    if isinstance(tree, Exception):
+      raise tree
+    model = e2e_latency.variant_model(base, e2e_latency.VARIANTS[name], e2e_args)
+    with e2e_latency.library_switches(e2e_args):
+      per_kernel, sources = profile_variant(model, tree, images, args.iters, args.by_source)
     rows = sorted(by_family(per_kernel).items(), key=lambda kv: -kv[1])
     total = sum(per_kernel.values())
     report['variants'][name] = {'total_us': total, 'kernels': rows[:args.top]}

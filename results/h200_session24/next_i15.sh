@@ -1,22 +1,22 @@
 #!/bin/bash
 # usage (a session with a card, each PART alone on a call, carry .whl), in priority order; the
-# parts take ~49 min together, more than one session's 30 min of card time, so stop where the
-# budget ends and leave the rest to the next session:
-#   PART=kernels|e2e|e2e_b1|state_quant|gemm_sweep|sweep|readout bash results/h200_session24/next_i15.sh
+# parts take ~35 min together (session 25 folded e2e_b1 and state_quant into e2e's one process),
+# more than one session's 30 min of card time, so stop where the budget ends and leave the rest
+# to the next session:
+#   PART=kernels|e2e|gemm_sweep|sweep|readout bash results/h200_session24/next_i15.sh
 # kernels (~8 min): GPU tests of act_quant (session 23's paired reductions, session 24's
 #   DirectionMean producer), of the state-quant scan and of session 25's direction mean in the
 #   scan's epilogue; act_quant's bench at batch 64 (also at 2
 #   and 8 warps: at C = 1536 8 warps take 40 registers and 325 instructions a step, 4 take 64 and
 #   543: occupancy against instructions, act_quant NOTES), then at
 #   batch 1 with 2/4/8/16 warps (session 24's small-grid rule: 8 warps at C = 1536 from SASS).
-# e2e (~9 min): Vim-B W4A4O8 and bf16 + Pallas at batch 64 and 1 with the defaults, then with
-#   the directions' mean fused (--fuse_linear_inputs=1: at batch 64 the backward scan writes it,
-#   in both variants; at batch 1 W4A4O8's out_proj act_quant reads both outputs); each run has
-#   its float baseline in its own process.
-# e2e_b1 (~5 min): batch 1 with and without the small-grid warps (--act_quant_small_grid=0).
-# state_quant (~3 min): batch 64 with B and C quantized inside the scan (--scan_state_quant=1).
-#   Predicted to lose: in SASS the scan's loop body grows from 719 to 2,996 instructions (every
-#   scan program re-quantizes B_t and C_t; BENCHMARKS.md session 24). Delete it if it does.
+# e2e (~5 min, one process, Vim-B quantized once; `bench/e2e_latency.py --cases`): W4A4O8 and
+#   bf16 + Pallas at batch 64 and 1 in four cases: the defaults; the directions' mean fused
+#   (fuse_linear_inputs=1: at batch 64 the backward scan writes it, in both variants; at batch 1
+#   W4A4O8's out_proj act_quant reads both outputs); the small-grid warps off
+#   (act_quant_small_grid=0, a batch-1 question); B and C quantized inside the scan
+#   (scan_state_quant=1: predicted to lose, the scan's loop body 719 -> 2,996 SASS instructions,
+#   BENCHMARKS.md session 24; delete state_quant.py if it does).
 # gemm_sweep (~9 min): the mixed GEMM's tiles at Vim shapes, M = 64 / 1 / 16 x 197 tokens
 #   (--sweep; session 24 replaced the two sweep tiles that exceeded sm_90's shared memory), for
 #   per-shape defaults.
@@ -34,7 +34,7 @@ e2e() {  # name timeout batches flags...
   local name=$1 limit=$2 batches=$3; shift 3
   timeout $limit python3 bench/e2e_latency.py --models=vim_b --batches=$batches \
     --variants=bf16_pallas_scan,w4a4o8 --iters=15 "$@" --out=$OUT/e2e_vim_b_$name.json 2>&1 \
-    | grep -v "^W\|^I" | tail -14
+    | grep -v "^W\|^I" | tail -40
   echo "$name rc=${PIPESTATUS[0]} at $(( $(date +%s) - S )) s"
 }
 
@@ -57,13 +57,7 @@ case ${PART:-kernels} in
   readout)
     TESTS=0 OUT=$OUT/readout bash results/h200_session21/next_readout.sh ;;
   e2e)
-    e2e default 270 64,1
-    e2e fuse_linear_inputs 270 64,1 --fuse_linear_inputs=1 ;;
-  state_quant)
-    e2e scan_state_quant 200 64 --scan_state_quant=1 ;;
-  e2e_b1)
-    e2e b1_small_grid_off 140 1 --act_quant_small_grid=0
-    e2e b1_default 140 1 ;;
+    e2e cases 560 64,1 --cases=default,fuse_linear_inputs=1,act_quant_small_grid=0,scan_state_quant=1 ;;
   sweep)
     T=540 bash results/h200_session23/outlier_sweep.sh ;;
 esac

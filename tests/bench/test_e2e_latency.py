@@ -76,7 +76,7 @@ def test_profiling_variants_override_kernel_and_stay_out_of_the_default_grid():
   assert bench.VARIANTS['w4a4o8_float_ssm'].preset == 'w4a4_float_ssm'
 
 
-def test_library_switches_are_set_only_when_asked(monkeypatch):
+def test_library_switches_are_set_only_when_asked_and_restored(monkeypatch):
   bench = load_bench('e2e_latency')
   monkeypatch.setattr(bench.scan_config, 'STATE_QUANT_IN_KERNEL',
                       bench.scan_config.STATE_QUANT_IN_KERNEL)   # restored after the test
@@ -84,13 +84,53 @@ def test_library_switches_are_set_only_when_asked(monkeypatch):
                       bench.act_quant_config.SMALL_GRID_PROGRAMS)
   default = bench.scan_config.STATE_QUANT_IN_KERNEL
   small_grid = bench.act_quant_config.SMALL_GRID_PROGRAMS
-  bench.apply_library_switches(bench.parse_args(['--smoke']))
-  assert bench.scan_config.STATE_QUANT_IN_KERNEL == default
+  switches = lambda: (bench.scan_config.STATE_QUANT_IN_KERNEL,
+                      bench.act_quant_config.SMALL_GRID_PROGRAMS)
+  with bench.library_switches(bench.parse_args(['--smoke'])):
+    assert switches() == (default, small_grid)
+  with bench.library_switches(bench.parse_args(['--smoke', '--scan_state_quant=1',
+                                                '--act_quant_small_grid=0'])):
+    assert switches() == (True, 0)
+  assert switches() == (default, small_grid)
+
+
+def test_cases_are_parsed_and_bad_ones_refused_with_the_form(capsys):
+  bench = load_bench('e2e_latency')
+  args = bench.parse_args(['--smoke', '--cases=default,fuse_linear_inputs=1+act_quant_small_grid=0'])
+  assert args.case_settings == {'default': {},
+                                'fuse_linear_inputs=1+act_quant_small_grid=0':
+                                    {'fuse_linear_inputs': 1, 'act_quant_small_grid': 0}}
+  both = bench.case_args(args, 'fuse_linear_inputs=1+act_quant_small_grid=0')
+  assert (both.fuse_linear_inputs, both.act_quant_small_grid, both.iters) == (1, 0, args.iters)
+  for bad in ('fuse=1', 'fuse_linear_inputs', 'fuse_linear_inputs=yes'):
+    with pytest.raises(SystemExit):
+      bench.parse_args([f'--cases={bad}'])
+    assert 'is not FLAG=INT with FLAG from' in capsys.readouterr().err
+
+
+def test_cases_run_every_variant_in_one_process_under_their_switches(tmp_path, monkeypatch,
+                                                                      capsys):
+  """Each case's cells are lowered under its library switches (read while tracing), the
+  switches are restored after, and the rows and the table name the case."""
+  bench = load_bench('e2e_latency')
+  seen = []
+  lower = bench.lower_forward
+  monkeypatch.setattr(bench, 'lower_forward', lambda m, *a: (
+      seen.append((m.fuse_linear_inputs, bench.act_quant_config.SMALL_GRID_PROGRAMS)),
+      lower(m, *a))[1])
+  small_grid = bench.act_quant_config.SMALL_GRID_PROGRAMS
+  out = tmp_path / 'e2e.json'
+  bench.main(['--smoke', '--variants=bf16_pallas_scan', '--batches=1', '--iters=1',
+              '--scan_kernel=xla', '--cases=default,fuse_linear_inputs=1+act_quant_small_grid=0',
+              f'--out={out}'])
+  assert seen == [(False, small_grid), (True, 0)]
   assert bench.act_quant_config.SMALL_GRID_PROGRAMS == small_grid
-  bench.apply_library_switches(bench.parse_args(['--smoke', '--scan_state_quant=1',
-                                                 '--act_quant_small_grid=0']))
-  assert bench.scan_config.STATE_QUANT_IN_KERNEL
-  assert bench.act_quant_config.SMALL_GRID_PROGRAMS == 0
+  rows = json.load(open(out))['results']
+  assert [(r['variant'], r['case']) for r in rows] == [
+      ('bf16_pallas_scan', 'default'),
+      ('bf16_pallas_scan', 'fuse_linear_inputs=1+act_quant_small_grid=0')]
+  assert all(r['median_ms'] > 0 for r in rows)
+  assert 'bf16_pallas_scan [fuse_linear_inputs=1+act_quant_small_grid=0]' in capsys.readouterr().out
 
 
 def test_e2e_latency_rejects_unknown_kernels_up_front():
