@@ -152,10 +152,12 @@ def test_api_dispatches_to_kernel():
   assert states.shape == (1, 6, 32, 16) and rel_err(y, out) < FP32_TOL
 
 
-MEAN_CASES = {  # (dtype, reverse, block config): bf16 is the models' dtype, fp32 ragged
-    'bf16_prefetch': (jnp.bfloat16, False, SelectiveScanBlockConfig(32, 4, num_stages=2)),
-    'bf16_reverse': (jnp.bfloat16, True, SelectiveScanBlockConfig(32, 4)),
-    'fp32_ragged_prefetch': (jnp.float32, False, SelectiveScanBlockConfig(32, 5, num_stages=2)),
+MEAN_CASES = {  # (dtype, reverse, block config, check gradients): bf16 is the models' dtype
+    'bf16_prefetch_grads': (jnp.bfloat16, False, SelectiveScanBlockConfig(32, 4, num_stages=2),
+                            True),
+    'bf16_reverse': (jnp.bfloat16, True, SelectiveScanBlockConfig(32, 4), False),
+    'fp32_ragged_prefetch': (jnp.float32, False, SelectiveScanBlockConfig(32, 5, num_stages=2),
+                             False),
 }
 
 
@@ -164,7 +166,7 @@ def test_mean_with_equals_the_scan_then_the_direction_mean(case):
   """`mean_with`: the epilogue's mean of the two directions (token order) equals the scan
   followed by `DirectionMean` (Vim's v2 output) bit for bit in bf16, and the XLA
   implementations form the same mean; the gradients are the unfused composition's."""
-  dtype, reverse, cfg = MEAN_CASES[case]
+  dtype, reverse, cfg, check_grads = MEAN_CASES[case]
   args = make_inputs(6, 2, 13, 48, 16, dtype)
   other = jnp.asarray(np.random.default_rng(7).standard_normal(args[0].shape, np.float32), dtype)
   weights = np.random.default_rng(8).standard_normal(args[0].shape, np.float32)
@@ -173,7 +175,7 @@ def test_mean_with_equals_the_scan_then_the_direction_mean(case):
   fused = lambda o, *a: kernel(o, *a, mean_with=o)
   unfused = lambda o, *a: producers.DirectionMean(o, kernel(o, *a), dtype).materialize()
   loss = lambda f: (lambda o, *a: jnp.sum(weights * f(o, *a).astype(jnp.float32)))
-  grads = lambda f: jax.grad(loss(f), argnums=(0, 1, 2, 3))(other, *args)
+  grads = lambda f: jax.grad(loss(f), argnums=(0, 1, 2, 3))(other, *args) if check_grads else ()
   got, want, xla, got_grads, want_grads = jax.jit(lambda o, *a: (
       fused(o, *a), unfused(o, *a),
       api.selective_scan(*a, reverse=reverse, implementation='sequential', mean_with=o),
