@@ -57,14 +57,8 @@ class DirectionMean:
     """Step t's row as fp32 tiles, from `load(ref, step)` -> the ref's (rows, width) tiles at
     that step (masked lanes 0); the fields hold refs here."""
     forward, backward = load(self.forward, t), load(self.backward, length - 1 - t)
-    return tuple(mean_row(f, b, self.dtype) for f, b in zip(forward, backward))
-
-
-def mean_row(forward, backward, dtype):
-  """One token's `DirectionMean` in a kernel, as fp32 holding a `dtype` value: the fp32 mean of
-  the two stored outputs, rounded on the bits (`materialize`'s cast). Shared by act_quant's
-  producer rows and the selective scan's epilogue (`selective_scan(mean_with=...)`)."""
-  return rounded_to((forward.astype(jnp.float32) + backward.astype(jnp.float32)) * 0.5, dtype)
+    return tuple(rounded_to((f.astype(jnp.float32) + b.astype(jnp.float32)) * 0.5, self.dtype)
+                 for f, b in zip(forward, backward))
 
 
 PRODUCERS = (DirectionMean,)

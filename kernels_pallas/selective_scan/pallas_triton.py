@@ -191,8 +191,8 @@ def _scan_kernel(*refs, spec: common.KernelSpec):
       for g in groups:
         hs[g], y = group_step(hs[g], g, x)
         if spec.mean_with:  # y as stored, averaged with the other direction's stored output;
-          # the store's own conversion rounds the mean (`producers.mean_row` without its
-          # rounding on the bits, which only a value used in fp32 needs)
+          # the store's conversion rounds the mean (`DirectionMean.kernel_rows` rounds it on
+          # the bits instead, as act_quant uses the value in fp32)
           y = (x['other'][g].astype(f32) + rounding.rounded_to(y, y_ref.dtype)) * 0.5
         plgpu.store(y_ref.at[row, token, channels[g]], y.astype(y_ref.dtype),
                     mask=channel_ok[g])
