@@ -381,7 +381,9 @@ def _variant_trees(base, params, args, rates, quantize_s, model_name):
         trees[variant.preset], rates[key] = quantized_tree(base, params, variant.preset, args)
         quantize_s[key] = time.perf_counter() - start
       tree = trees[variant.preset] if variant.preset else params
-      out[variant_name] = cast_float_leaves(tree, DTYPES[variant.dtype]) if args.cast_params else tree
+      if args.cast_params:
+        tree = cast_float_leaves(tree, DTYPES[variant.dtype])
+      out[variant_name] = tree
     except Exception as e:  # pylint: disable=broad-except
       traceback.print_exc()
       out[variant_name] = e
@@ -434,7 +436,7 @@ def _lowered_cells(base, trees, images, args, model_name):
 
 
 def run(args, on_cell=lambda report: None) -> dict[str, Any]:
-  """Every (model, variant, batch) cell. A model's cells are compiled concurrently
+  """Every (model, variant, case, batch) cell. A model's cells are compiled concurrently
   (`--compile_workers` threads; XLA compiles outside the GIL); once all have compiled they are
   timed one after another. `on_cell(report)` after every cell."""
   results, rates, quantize_s = [], {}, {}
@@ -455,9 +457,10 @@ def run(args, on_cell=lambda report: None) -> dict[str, Any]:
     images = {b: _images(base, b, args.seed + 3) for b in args.batches}
     cells, lowered = _lowered_cells(base, trees, images, args, model_name)
     jobs = {}
+    failed = {key: low for key, low in lowered.items() if isinstance(low, Exception)}
     with concurrent.futures.ThreadPoolExecutor(max(args.compile_workers, 1)) as pool:
       for key, low in lowered.items():
-        if not isinstance(low, Exception):
+        if key not in failed:
           jobs[key] = pool.submit(compile_lowered, *low)
           jobs[key].add_done_callback(  # a stalled compile shows which cell
               lambda job, key=key: _progress(
@@ -478,8 +481,8 @@ def run(args, on_cell=lambda report: None) -> dict[str, Any]:
             head.update(scan=model.scan_implementation, quant_kernel=model.quant_implementation,
                         preset=VARIANTS[variant_name].preset,
                         **weight_bytes(tree, DTYPES[VARIANTS[variant_name].dtype]))
-            if key not in jobs:
-              raise RuntimeError('lowering failed (traceback above)')
+            if key in failed:
+              raise failed[key]
             compiled, compile_s = jobs[key].result()
             timing = time_forward(compiled, tree, images[batch], args.iters, args.warmup)
             results.append({**head, 'compile_s': compile_s, **timing})

@@ -96,7 +96,8 @@ def test_library_switches_are_set_only_when_asked_and_restored(monkeypatch):
 
 def test_cases_are_parsed_and_bad_ones_refused_with_the_form(capsys):
   bench = load_bench('e2e_latency')
-  args = bench.parse_args(['--smoke', '--cases=default,fuse_linear_inputs=1+act_quant_small_grid=0'])
+  args = bench.parse_args(['--smoke',
+                           '--cases=default,fuse_linear_inputs=1+act_quant_small_grid=0'])
   assert args.case_settings == {'default': {},
                                 'fuse_linear_inputs=1+act_quant_small_grid=0':
                                     {'fuse_linear_inputs': 1, 'act_quant_small_grid': 0}}

@@ -175,7 +175,8 @@ def test_mean_with_equals_the_scan_then_the_direction_mean(case):
   fused = lambda o, *a: kernel(o, *a, mean_with=o)
   unfused = lambda o, *a: producers.DirectionMean(o, kernel(o, *a), dtype).materialize()
   loss = lambda f: (lambda o, *a: jnp.sum(weights * f(o, *a).astype(jnp.float32)))
-  grads = lambda f: jax.grad(loss(f), argnums=(0, 1, 2, 3))(other, *args) if check_grads else ()
+  grads = lambda f: (jax.grad(loss(f), argnums=(0, 1, 2, 3))(other, *args) if check_grads
+                     else ())
   got, want, xla, got_grads, want_grads = jax.jit(lambda o, *a: (
       fused(o, *a), unfused(o, *a),
       api.selective_scan(*a, reverse=reverse, implementation='sequential', mean_with=o),
