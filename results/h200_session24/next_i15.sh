@@ -10,12 +10,12 @@
 #   and 8 warps: at C = 1536 8 warps take 40 registers and 325 instructions a step, 4 take 64 and
 #   543: occupancy against instructions, act_quant NOTES), then at
 #   batch 1 with 2/4/8/16 warps (session 24's small-grid rule: 8 warps at C = 1536 from SASS).
-# e2e (~5 min, one process, Vim-B quantized once; `bench/e2e_latency.py --cases`): W4A4O8 and
-#   bf16 + Pallas at batch 64 and 1 in four cases: the defaults; the directions' mean fused
+# e2e (~6 min, two processes, Vim-B quantized once in each; `bench/e2e_latency.py --cases`):
+#   W4A4O8 and bf16 + Pallas at batch 64 and 1 in three cases: the defaults; the directions' mean fused
 #   (fuse_linear_inputs=1: at batch 64 the backward scan writes it, in both variants; at batch 1
 #   W4A4O8's out_proj act_quant reads both outputs); the small-grid warps off
-#   (act_quant_small_grid=0, a batch-1 question); B and C quantized inside the scan
-#   (scan_state_quant=1: predicted to lose, the scan's loop body 719 -> 2,996 SASS instructions,
+#   (act_quant_small_grid=0, a batch-1 question); then batch 64 alone with and without B and C
+#   quantized inside the scan (scan_state_quant=1: predicted to lose, the scan's loop body 719 -> 2,996 SASS instructions,
 #   BENCHMARKS.md session 24; delete state_quant.py if it does).
 # gemm_sweep (~9 min): the mixed GEMM's tiles at Vim shapes, M = 64 / 1 / 16 x 197 tokens
 #   (--sweep; session 24 replaced the two sweep tiles that exceeded sm_90's shared memory), for
@@ -56,8 +56,9 @@ case ${PART:-kernels} in
     done ;;
   readout)
     TESTS=0 OUT=$OUT/readout bash results/h200_session21/next_readout.sh ;;
-  e2e)
-    e2e cases 560 64,1 --cases=default,fuse_linear_inputs=1,act_quant_small_grid=0,scan_state_quant=1 ;;
+  e2e)  # the state-quant scan in a process of its own: a compile stall there loses nothing else
+    e2e cases 330 64,1 --cases=default,fuse_linear_inputs=1,act_quant_small_grid=0
+    e2e scan_state_quant 200 64 --cases=default,scan_state_quant=1 ;;
   sweep)
     T=540 bash results/h200_session23/outlier_sweep.sh ;;
 esac
