@@ -390,22 +390,18 @@ def _variant_trees(base, params, args, rates, quantize_s, model_name):
   return out
 
 
-def apply_library_switches(args) -> None:
-  """The kernels' module-level switches the flags set (-1 leaves the library default)."""
-  if args.scan_state_quant >= 0:
-    scan_config.STATE_QUANT_IN_KERNEL = bool(args.scan_state_quant)
-  if args.act_quant_small_grid >= 0:
-    act_quant_config.SMALL_GRID_PROGRAMS = args.act_quant_small_grid
-
-
 @contextlib.contextmanager
 def library_switches(args):
-  """The switches of `args` set for the duration, the library's own restored after. Trace
-  caches are cleared on entry: a jitted kernel wrapper traced under another case's switches
-  would otherwise be reused for the same shapes."""
+  """The kernels' module-level switches the flags set (-1 leaves the library default) for the
+  duration, the library's own restored after. Trace caches are cleared on entry: a jitted
+  kernel wrapper traced under another case's switches would otherwise be reused for the same
+  shapes."""
   saved = scan_config.STATE_QUANT_IN_KERNEL, act_quant_config.SMALL_GRID_PROGRAMS
   try:
-    apply_library_switches(args)
+    if args.scan_state_quant >= 0:
+      scan_config.STATE_QUANT_IN_KERNEL = bool(args.scan_state_quant)
+    if args.act_quant_small_grid >= 0:
+      act_quant_config.SMALL_GRID_PROGRAMS = args.act_quant_small_grid
     jax.clear_caches()
     yield
   finally:

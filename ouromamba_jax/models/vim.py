@@ -124,6 +124,10 @@ class BiMambaV2Mixer(nn.Module):
     if stacked is not None:
       y = self._both_directions(stacked, x, z, dt_rank)
     else:
+      # Fused: the backward scan's epilogue writes both directions' mean (both paths), in the
+      # scan's output dtype, x's: the mean's own where they agree.
+      mean_in_scan = (self.fuse_linear_inputs and self.state_feature_fn is None
+                      and x.dtype == jnp.dtype(self.dtype))
       outputs = {}
       for direction, suffix in DIRECTIONS:
         flip = (lambda t: jnp.flip(t, axis=1)) if suffix else (lambda t: t)
@@ -137,11 +141,7 @@ class BiMambaV2Mixer(nn.Module):
         d_skip = layers.read_param(self, f'D{suffix}', nn.initializers.ones, (d_inner,))
         quantizer = lambda name, suffix=suffix: layers.optional_param(
             self, f'{name}{suffix}_quantizer')
-        # Fused: the backward scan's epilogue writes both directions' mean (both paths; the
-        # last iteration's mean_with says whether it did).
-        mean_with = (outputs['forward'] if suffix and self.fuse_linear_inputs
-                     and self.state_feature_fn is None
-                     and outputs['forward'].dtype == jnp.dtype(self.dtype) else None)
+        mean_with = outputs['forward'] if suffix and mean_in_scan else None
         scan_out, (delta, c_mat) = self._direction(
             flip(x), flip(z), conv, x_proj, dt_proj, quantizer, a_log, d_skip, dt_rank,
             return_states=self.state_feature_fn is not None, mean_with=mean_with)
@@ -157,7 +157,7 @@ class BiMambaV2Mixer(nn.Module):
         else:
           y = scan_out
         outputs[direction] = y  # in its scan order: the mean flips the backward one
-      y = (outputs['backward'] if mean_with is not None else producers.DirectionMean(
+      y = (outputs['backward'] if mean_in_scan else producers.DirectionMean(
           outputs['forward'], outputs['backward'], jnp.dtype(self.dtype)))
     out_std = std / math.sqrt(2 * self.n_layers)  # GPT-2 style prenorm residual rescale
     out_proj = linear(self.d_model, 'out_proj',

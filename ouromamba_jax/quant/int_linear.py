@@ -125,8 +125,9 @@ def prepare_operands(x3, weight, input_quantizer, implementation: Optional[str] 
 
 def linear(weight, x, input_quantizer, dtype, implementation: Optional[str] = None, bias=None):
   """y = x @ W (+ bias, added in dtype) of a `QuantizedWeight` on the integer kernels;
-  x (..., in) or a producer (B, L, in) (`act_quant.producers`) -> (..., out) dtype. The bias is the GEMM's epilogue (same bits as adding it
-  after: `mixed_gemm`), not one more pass over the output.
+  x (..., in) or a producer (B, L, in) (`act_quant.producers`) -> (..., out) dtype. The bias
+  is the GEMM's epilogue (same bits as adding it after: `mixed_gemm`), not one more pass over
+  the output.
 
   Needs `unsupported_reason(weight, input_quantizer) is None` (`QuantizedWeight.linear` sends
   the other Linears to the XLA integer dots of `qtypes.quantized_linear`)."""

@@ -220,7 +220,8 @@ class FakeQuantWeight:
   def linear(self, x, input_quantizer, dtype, implementation: Optional[str] = None, bias=None):
     del implementation  # the calibration form always runs the float simulation
     codes = w_lib.weight_codes(self.smoothed_weight(), self.scale, self.bits, ste=True)
-    y = quantized_linear(producers.materialize(x), codes, self.scale, input_quantizer, self.smooth, 'fake', dtype)
+    y = quantized_linear(producers.materialize(x), codes, self.scale, input_quantizer,
+                         self.smooth, 'fake', dtype)
     return layers.with_bias(y, bias)
 
   def stacked_linear(self, x, input_quantizer, dtype, implementation: Optional[str] = None):
@@ -272,8 +273,8 @@ class QuantizedWeight:
     if self.mode == 'int':
       if int_linear.unsupported_reason(self, input_quantizer) is None:
         return int_linear.linear(self, x, input_quantizer, dtype, implementation, bias)
-    y = quantized_linear(producers.materialize(x), self.codes(), self.scale, input_quantizer, self.smooth, self.mode,
-                         dtype)
+    y = quantized_linear(producers.materialize(x), self.codes(), self.scale, input_quantizer,
+                         self.smooth, self.mode, dtype)
     return layers.with_bias(y, bias)
 
 
