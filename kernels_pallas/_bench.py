@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -48,9 +49,13 @@ def time_fn(fn, arg_sets, *, warmup=3, trials=15, inner=10) -> float:
 
 
 def write_report(report, path) -> None:
+  """Atomically (a temporary, then a rename): benches rewrite their report after every shape,
+  and a call cut short mid-write must leave the last whole report, not half of one."""
   if path:
-    with open(path, 'w') as f:
+    tmp = f'{path}.tmp{os.getpid()}'
+    with open(tmp, 'w') as f:
       json.dump(report, f, indent=2)
+    os.replace(tmp, path)
 
 
 def main(doc: str, run: Callable[[argparse.Namespace], dict[str, Any]],

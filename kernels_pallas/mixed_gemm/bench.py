@@ -2,10 +2,12 @@
 
   python -m kernels_pallas.mixed_gemm.bench --out mixed_gemm.json   # GPU (H100)
   python -m kernels_pallas.mixed_gemm.bench --sweep --out f.json    # also try a few tiles
+  python -m kernels_pallas.mixed_gemm.bench --sweep --shapes=vim_b --tokens=197   # batch 1
   python -m kernels_pallas.mixed_gemm.bench --smoke                 # tiny CPU interpret run
 
 Tokens M = 64 * 197 (batch 64, 197 Vim tokens); (K, N) are the in_proj and out_proj of
-Vim-T/S/B. Each timing: warm-up, then `trials` runs of `inner` back-to-back calls over inputs
+Vim-T/S/B and Vim-B's x_proj and dt_proj. Activations are int4 codes one per byte (the GEMM's
+act_bits=8 form), as the model sends them. Each timing: warm-up, then `trials` runs of `inner` back-to-back calls over inputs
 rotated through enough copies to spill the 50 MB L2, blocked on the last; the median per-call
 time is reported. The roofline floor is max(ops / peak, bytes / HBM bandwidth) with bf16
 ~800 TFLOP/s (measured on H100), int8 2x that, HBM 3.0 TB/s. Before timing, the kernel's int32
@@ -14,6 +16,7 @@ sums are checked equal to XLA's at every shape (`exact` in the JSON).
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -28,10 +31,15 @@ INT8_PEAK = 2 * BF16_PEAK
 HBM_BW = _bench.HBM_BYTES_PER_S
 
 VIM_TOKENS = 64 * 197
-VIM_SHAPES = (  # (name, K, N)
-    ('vim_t.in_proj', 192, 768), ('vim_s.in_proj', 384, 1536), ('vim_b.in_proj', 768, 3072),
-    ('vim_t.out_proj', 384, 192), ('vim_s.out_proj', 768, 384), ('vim_b.out_proj', 1536, 768),
+VIM_SHAPES = (  # (name, K, N); Vim-B first: its shapes decide the defaults, and a call cut short
+    # (the JSON is rewritten after every shape) should have timed them
+    ('vim_b.in_proj', 768, 3072), ('vim_b.out_proj', 1536, 768), ('vim_b.x_proj', 1536, 80),
+    ('vim_b.dt_proj', 48, 1536), ('vim_s.in_proj', 384, 1536), ('vim_s.out_proj', 768, 384),
+    ('vim_t.in_proj', 192, 768), ('vim_t.out_proj', 384, 192),
 )
+# --sweep times SWEEP_CONFIGS for these (the model's forms); the other kernel variants, which
+# answer narrower questions (the outlier walk, what outliers cost), run their default tile only.
+SWEPT_VARIANTS = ('triton_w4a4o8', 'triton_w8a8')
 SMOKE_SHAPES = (('smoke.a', 128, 64), ('smoke.b', 192, 48))
 # Every tile fits sm_90's shared memory with the outlier codes (`shared_bytes`: 128 x 128 x 256
 # and 128 x 64 x 256 at 3 stages, sweep tiles until session 24, needed 288 / 240 KiB and could
@@ -51,7 +59,7 @@ class Problem:
   m: int
   k: int
   n: int
-  x_packed: jax.Array
+  x_codes: jax.Array
   x_int8: jax.Array
   x_outlier: jax.Array
   x_bf16: jax.Array
@@ -73,7 +81,7 @@ def make_problem(key, m, k, n, outlier_frac=0.02):
   w8 = jax.random.randint(ks[4], (k, n), -127, 128, jnp.int8)
   x8 = jax.random.randint(ks[5], (m, k), -127, 128, jnp.int8)
   return Problem(
-      m=m, k=k, n=n, x_packed=int4.pack_int4(xi, -1), x_int8=x8, x_outlier=xo,
+      m=m, k=k, n=n, x_codes=xi, x_int8=x8, x_outlier=xo,
       x_bf16=jax.random.normal(ks[6], (m, k), jnp.bfloat16), w_packed=int4.pack_int4(w4, 0),
       w_int4_as_int8=w4, w_int8=w8, w_bf16=jax.random.normal(ks[7], (k, n), jnp.bfloat16),
       a_scale=jnp.full((m,), 0.02, jnp.float32), o_scale=jnp.full((m,), 0.1, jnp.float32),
@@ -93,19 +101,22 @@ def variants(smoke):
         (p.x_int8, p.w_int8)
 
   def xla_w4a4o8(p):
-    f = _bench.jit(lambda x, a, w, s, xo, o: reference.mixed_gemm_xla(x, a, w, s, xo, o), smoke)
-    return f, (p.x_packed, p.a_scale, p.w_packed, p.w_scale, p.x_outlier, p.o_scale)
+    f = _bench.jit(lambda x, a, w, s, xo, o: reference.mixed_gemm_xla(
+        x, a, w, s, xo, o, act_bits=8), smoke)
+    return f, (p.x_codes, p.a_scale, p.w_packed, p.w_scale, p.x_outlier, p.o_scale)
 
-  def kernel(weight_bits, act_bits, outliers, dense_outliers_above=None):
+  # Activations go in as the model sends them (`int_linear.prepare_operands`): int4 codes one
+  # per byte, the GEMM's act_bits=8 form, next to int4-packed weights.
+  def kernel(weight_bits, outliers, dense_outliers_above=None):
     def build(p, cfg=None):
       if dense_outliers_above is not None:
         cfg = dataclasses.replace(cfg or default_block_config(p.m, p.n, p.k),
                                   dense_outliers_above=dense_outliers_above)
-      x = p.x_packed if act_bits == 4 else p.x_int8
+      x = p.x_codes if weight_bits == 4 else p.x_int8
       w = p.w_packed if weight_bits == 4 else p.w_int8
       xo, o = (p.x_outlier, p.o_scale) if outliers else (None, None)
       f = _bench.jit(lambda x, a, w, s, xo, o: api.mixed_gemm(
-          x, a, w, s, xo, o, weight_bits=weight_bits, act_bits=act_bits, block_config=cfg,
+          x, a, w, s, xo, o, weight_bits=weight_bits, act_bits=8, block_config=cfg,
           **impl), smoke)
       return f, (x, p.a_scale, w, p.w_scale, xo, o)
     return build
@@ -119,21 +130,21 @@ def variants(smoke):
       'xla_int8': (int8, lambda p: 2 * mnk(p),
                    lambda p: p.m * p.k + p.k * p.n + 4 * p.m * p.n, INT8_PEAK, False),
       'xla_w4a4o8': (xla_w4a4o8, lambda p: 4 * mnk(p),
-                     lambda p: p.m * p.k * 3 // 2 + p.k * p.n // 2 + 2 * p.m * p.n, INT8_PEAK,
+                     lambda p: 2 * p.m * p.k + p.k * p.n // 2 + 2 * p.m * p.n, INT8_PEAK,
                      False),
-      'triton_w4a4o8': (kernel(4, 4, True), lambda p: 4 * mnk(p),
-                        lambda p: p.m * p.k * 3 // 2 + p.k * p.n // 2 + 2 * p.m * p.n,
+      'triton_w4a4o8': (kernel(4, True), lambda p: 4 * mnk(p),
+                        lambda p: 2 * p.m * p.k + p.k * p.n // 2 + 2 * p.m * p.n,
                         INT8_PEAK, True),
       # the outlier product always listed (gathers) / always dense along K
-      'triton_w4a4o8_list': (kernel(4, 4, True, 1.0), lambda p: 4 * mnk(p),
-                             lambda p: p.m * p.k * 3 // 2 + p.k * p.n // 2 + 2 * p.m * p.n,
+      'triton_w4a4o8_list': (kernel(4, True, 1.0), lambda p: 4 * mnk(p),
+                             lambda p: 2 * p.m * p.k + p.k * p.n // 2 + 2 * p.m * p.n,
                              INT8_PEAK, True),
-      'triton_w4a4o8_dense': (kernel(4, 4, True, 0.0), lambda p: 4 * mnk(p),
-                              lambda p: p.m * p.k * 3 // 2 + p.k * p.n // 2 + 2 * p.m * p.n,
+      'triton_w4a4o8_dense': (kernel(4, True, 0.0), lambda p: 4 * mnk(p),
+                              lambda p: 2 * p.m * p.k + p.k * p.n // 2 + 2 * p.m * p.n,
                               INT8_PEAK, True),
-      'triton_w4a4': (kernel(4, 4, False), lambda p: 2 * mnk(p),
-                      lambda p: p.m * p.k // 2 + p.k * p.n // 2 + 2 * p.m * p.n, INT8_PEAK, True),
-      'triton_w8a8': (kernel(8, 8, False), lambda p: 2 * mnk(p),
+      'triton_w4a4': (kernel(4, False), lambda p: 2 * mnk(p),
+                      lambda p: p.m * p.k + p.k * p.n // 2 + 2 * p.m * p.n, INT8_PEAK, True),
+      'triton_w8a8': (kernel(8, False), lambda p: 2 * mnk(p),
                       lambda p: p.m * p.k + p.k * p.n + 2 * p.m * p.n, INT8_PEAK, True),
   }
 
@@ -141,7 +152,7 @@ def variants(smoke):
 def check_exact(p, smoke):
   """Kernel int32 sums == XLA int32 sums for W4A4+O8 and W8A8 at this shape."""
   ok = True
-  for wb, ab, x, w in ((4, 4, p.x_packed, p.w_packed), (8, 8, p.x_int8, p.w_int8)):
+  for wb, ab, x, w in ((4, 8, p.x_codes, p.w_packed), (8, 8, p.x_int8, p.w_int8)):
     got = api.mixed_gemm_accumulators(x, w, p.x_outlier, weight_bits=wb, act_bits=ab,
                                       implementation='triton', interpret=smoke)
     want = api.mixed_gemm_accumulators(x, w, p.x_outlier, weight_bits=wb, act_bits=ab,
@@ -154,10 +165,18 @@ def run(args):
   smoke = args.smoke
   m = 64 if smoke else args.tokens
   shapes = SMOKE_SHAPES if smoke else VIM_SHAPES
+  if args.shapes:
+    shapes = [s for s in shapes if re.search(args.shapes, s[0])]
+    if not shapes:
+      raise SystemExit(f'--shapes={args.shapes!r} matches none of '
+                       f'{[s[0] for s in (SMOKE_SHAPES if smoke else VIM_SHAPES)]}.')
   timing = dict(warmup=1, trials=2, inner=1) if smoke else dict(warmup=3, trials=args.trials,
                                                                inner=args.inner)
   table = variants(smoke)
   results = []
+  report = dict(device=str(jax.devices()[0].device_kind), backend=jax.default_backend(),
+                smoke=smoke, peaks=dict(bf16_flops=BF16_PEAK, int8_ops=INT8_PEAK, hbm_bw=HBM_BW),
+                results=results)
   key = jax.random.PRNGKey(0)
   for name, k, n in shapes:
     key, sub = jax.random.split(key)
@@ -171,7 +190,7 @@ def run(args):
     bf16_ms = None
     for vname, (build, ops_fn, bytes_fn, peak, uses_kernel) in table.items():
       configs = [None]
-      if uses_kernel and args.sweep and not smoke:
+      if vname in SWEPT_VARIANTS and args.sweep and not smoke:
         configs = [None] + list(SWEEP_CONFIGS)
       best = None
       for cfg in configs:
@@ -197,11 +216,12 @@ def run(args):
           ms=ms, tops=ops / sec / 1e12, floor_ms=floor * 1e3, roofline_frac=floor / sec,
           bytes=nbytes, ops=ops, speedup_vs_bf16=(bf16_ms / ms) if bf16_ms else None,
           config=dataclasses.asdict(cfg) if cfg else None)
-      print(f'  {name:16s} {vname:14s} {ms:8.4f} ms', flush=True)
+      tile = '' if cfg is None else (f'  tile {cfg.block_m}x{cfg.block_n}x{cfg.block_k} '
+                                     f'w{cfg.num_warps} s{cfg.num_stages}')
+      print(f'  {name:16s} {vname:20s} {ms:8.4f} ms{tile}', flush=True)
     results.append(entry)
-  return dict(device=str(jax.devices()[0].device_kind), backend=jax.default_backend(),
-              smoke=smoke, peaks=dict(bf16_flops=BF16_PEAK, int8_ops=INT8_PEAK, hbm_bw=HBM_BW),
-              results=results)
+    _bench.write_report(report, args.out)  # what a call cut short has timed comes back
+  return report
 
 
 def print_table(report):
@@ -221,6 +241,8 @@ def main(argv=None):
   def options(parser):
     parser.add_argument('--sweep', action='store_true', help='also time a few block configs')
     parser.add_argument('--tokens', type=int, default=VIM_TOKENS)
+    parser.add_argument('--shapes', default='',
+                        help='regex over the shape names (e.g. vim_b), default: all')
     parser.add_argument('--outlier_frac', type=float, default=0.02,
                         help='fraction of non-zero outlier codes (independent per entry)')
   return _bench.main(__doc__, run, print_table, argv, add_options=options)

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from kernels_pallas.act_quant import bench as act_quant_bench
 from kernels_pallas.mixed_gemm import bench as mixed_gemm_bench
 from kernels_pallas.patched_readout import bench as patched_readout_bench
 from kernels_pallas.selective_scan import bench as selective_scan_bench
 
 
-def _smoke(bench, tmp_path):
+def _smoke(bench, tmp_path, *flags):
   out = tmp_path / 'report.json'
-  bench.main(['--smoke', '--out', str(out)])
+  bench.main(['--smoke', '--out', str(out), *flags])
   report = json.loads(out.read_text())
   assert report['smoke'] is True
   return report
@@ -28,10 +30,16 @@ def test_act_quant_bench(tmp_path):
 
 
 def test_mixed_gemm_bench(tmp_path):
-  report = _smoke(mixed_gemm_bench, tmp_path)
+  report = _smoke(mixed_gemm_bench, tmp_path, '--shapes=smoke.b')
+  assert [e['shape'] for e in report['results']] == ['smoke.b']  # --shapes picks, in one run
   for entry in report['results']:
     assert entry['exact'], entry
     assert all(v['ms'] > 0 for v in entry['variants'].values()), entry
+
+
+def test_mixed_gemm_bench_names_the_shapes_when_none_match(tmp_path):
+  with pytest.raises(SystemExit, match=r"--shapes='vim_q' matches none of \['smoke.a'"):
+    mixed_gemm_bench.main(['--smoke', '--shapes=vim_q'])
 
 
 def test_selective_scan_bench(tmp_path):
