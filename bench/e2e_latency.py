@@ -29,10 +29,10 @@ and written to the JSON; `--outlier_k`
 (the mu + k sigma threshold) steers it.
 
 A/B runs in one process (`--cases`): each case is a set of the switch flags below
-(`fuse_linear_inputs`, `batch_directions`, `scan_state_quant`, `act_quant_small_grid`) on top
-of the command line's, e.g. `--cases=default,fuse_linear_inputs=1,act_quant_small_grid=0`;
-every variant runs in every case, from the same quantized trees, so a card quantizes once and
-the cases' numbers share one process (a row's `case` names it).
+(`fuse_linear_inputs`, `batch_directions`, `act_quant_small_grid`) on top of the command
+line's, e.g. `--cases=default,fuse_linear_inputs=0,act_quant_small_grid=0`; every variant runs
+in every case, from the same quantized trees, so a card quantizes once and the cases' numbers
+share one process (a row's `case` names it).
 
 Timing: per (model, variant, case, batch), the jitted forward is lowered in order (a case's
 library switches are read while tracing), then compiled ahead of time (compile time
@@ -70,7 +70,6 @@ from ouromamba_jax.quant import qtypes  # pylint: disable=g-import-not-at-top,wr
 from ouromamba_jax.quant import int_linear  # pylint: disable=g-import-not-at-top,wrong-import-position
 from kernels_pallas.act_quant import config as act_quant_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 from kernels_pallas.selective_scan import api as scan_api  # pylint: disable=g-import-not-at-top,wrong-import-position
-from kernels_pallas.selective_scan import config as scan_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 MODELS = {
     # name: (registry name, model overrides)
@@ -150,17 +149,14 @@ def parse_args(argv=None):
   p.add_argument('--fold_sites', type=int, default=1, choices=(0, 1),
                  help='1: A and D quantized once (quant.fold_parameter_sites), as inference '
                       'does; 0: re-quantized in every forward')
-  p.add_argument('--scan_state_quant', type=int, default=-1, choices=(-1, 0, 1),
-                 help="1: int-mode Vim's B and C quantized inside the Triton scan, 0: by their "
-                      'own act_quant launch (-1: the library default, selective_scan '
-                      'config.STATE_QUANT_IN_KERNEL)')
   p.add_argument('--act_quant_small_grid', type=int, default=-1,
                  help='act_quant launches of at most this many programs get more warps '
                       '(0: never; -1: the library default, act_quant config.SMALL_GRID_PROGRAMS)')
-  p.add_argument('--fuse_linear_inputs', type=int, default=0, choices=(0, 1),
-                 help="1: Vim's direction mean before out_proj is fused, in every variant "
-                      '(VisionMamba.fuse_linear_inputs): into the backward scan where the '
-                      "directions are looped, into an int out_proj's act_quant where vmapped")
+  p.add_argument('--fuse_linear_inputs', type=int, default=1, choices=(0, 1),
+                 help="1 (the model's default): Vim's direction mean before out_proj is fused, "
+                      'in every variant (VisionMamba.fuse_linear_inputs): into the backward '
+                      "scan where the directions are looped, into an int out_proj's act_quant "
+                      'where vmapped; 0: formed by its own pass')
   p.add_argument('--cases', type=_csv(str), default=['default'],
                  help="comma-separated A/B cases, each 'default' or FLAG=INT[+FLAG=INT...] "
                       f'with FLAG from {list(CASE_FLAGS)}, applied on top of the flags above')
@@ -186,8 +182,7 @@ def parse_args(argv=None):
 
 
 # The flags a case may set: model fields and the kernels' module-level switches.
-CASE_FLAGS = ('fuse_linear_inputs', 'batch_directions', 'scan_state_quant',
-              'act_quant_small_grid')
+CASE_FLAGS = ('fuse_linear_inputs', 'batch_directions', 'act_quant_small_grid')
 
 
 def case_overrides(case: str) -> dict[str, int]:
@@ -396,16 +391,14 @@ def library_switches(args):
   duration, the library's own restored after. Trace caches are cleared on entry: a jitted
   kernel wrapper traced under another case's switches would otherwise be reused for the same
   shapes."""
-  saved = scan_config.STATE_QUANT_IN_KERNEL, act_quant_config.SMALL_GRID_PROGRAMS
+  saved = act_quant_config.SMALL_GRID_PROGRAMS
   try:
-    if args.scan_state_quant >= 0:
-      scan_config.STATE_QUANT_IN_KERNEL = bool(args.scan_state_quant)
     if args.act_quant_small_grid >= 0:
       act_quant_config.SMALL_GRID_PROGRAMS = args.act_quant_small_grid
     jax.clear_caches()
     yield
   finally:
-    scan_config.STATE_QUANT_IN_KERNEL, act_quant_config.SMALL_GRID_PROGRAMS = saved
+    act_quant_config.SMALL_GRID_PROGRAMS = saved
 
 
 def _lowered_cells(base, trees, images, args, model_name):

@@ -70,18 +70,16 @@ def _act_quant_form(channels: int, unroll: bool, batch: int = BATCH,
     x = producers.DirectionMean(x, x, jnp.dtype(jnp.bfloat16))
   scale = jax.ShapeDtypeStruct((TOKENS,), jnp.float32)
   lower = lambda: pallas_triton.act_quant.trace(
-      x, scale, None, trigger='sample', pack=False, with_mask=False, **kw).lower(
+      x, scale, None, trigger='sample', with_mask=False, **kw).lower(
           lowering_platforms=('cuda',))
   return lower, kw['num_warps'], 1
 
 
-def _scan_form(state_quant: bool, channels: int = 1536, mean_with: bool = False):
-  """The float selective scan, or with B and C quantized inside it, or writing the two
-  directions' mean (Vim-B width, the library's tile for it)."""
-  from kernels_pallas.act_quant.config import ActQuantParams  # pylint: disable=g-import-not-at-top
+def _scan_form(channels: int = 1536, mean_with: bool = False):
+  """The float selective scan, or writing the two directions' mean (Vim-B width, the
+  library's tile for it)."""
   from kernels_pallas.selective_scan import pallas_triton  # pylint: disable=g-import-not-at-top
   from kernels_pallas.selective_scan.config import default_block_config  # pylint: disable=g-import-not-at-top
-  from kernels_pallas.selective_scan.state_quant import StateQuant  # pylint: disable=g-import-not-at-top
   shape = lambda *s, dtype=jnp.bfloat16: jax.ShapeDtypeStruct(s, dtype)
   n = 16
   args = (shape(BATCH, TOKENS, channels), shape(BATCH, TOKENS, channels),
@@ -89,17 +87,10 @@ def _scan_form(state_quant: bool, channels: int = 1536, mean_with: bool = False)
           shape(BATCH, TOKENS, n), shape(channels, dtype=jnp.float32),
           shape(BATCH, TOKENS, channels), None)
   cfg = default_block_config(channels, jnp.bfloat16)  # what the model runs
-  scale = shape(TOKENS, dtype=jnp.float32)
-  if state_quant:
-    fn = jax.jit(lambda a, s, c: pallas_triton.selective_scan_state_quant(
-        *a, state_quant=StateQuant(ActQuantParams(bits=4, k=3.0), s, c), interpret=False,
-        block_config=cfg))
-    lower = lambda: fn.trace(args, scale, scale).lower(lowering_platforms=('cuda',))
-  else:
-    fn = jax.jit(lambda *a: pallas_triton.selective_scan(
-        *a, delta_softplus=True, interpret=False, block_config=cfg,
-        mean_with=a[0] if mean_with else None))
-    lower = lambda: fn.trace(*args).lower(lowering_platforms=('cuda',))
+  fn = jax.jit(lambda *a: pallas_triton.selective_scan(
+      *a, delta_softplus=True, interpret=False, block_config=cfg,
+      mean_with=a[0] if mean_with else None))
+  lower = lambda: fn.trace(*args).lower(lowering_platforms=('cuda',))
   return lower, cfg.num_warps, cfg.num_stages
 
 
@@ -170,9 +161,8 @@ FORMS: dict[str, Callable[[], tuple[Callable[[], Any], int, int]]] = {
     'mixed_gemm_k768_64x128x128': lambda: _gemm_form(768, tile=_gemm_tile(64, 128, 128, 4, 3)),
     'mixed_gemm_k768_64x64x128': lambda: _gemm_form(768, tile=_gemm_tile(64, 64, 128, 4, 3)),
     'mixed_gemm_k48': lambda: _gemm_form(48),
-    'scan': lambda: _scan_form(False),
-    'scan_state_quant': lambda: _scan_form(True),
-    'scan_direction_mean': lambda: _scan_form(False, mean_with=True),
+    'scan': _scan_form,
+    'scan_direction_mean': lambda: _scan_form(mean_with=True),
     **{f'readout_{pass_}{"_by_state" if by_state else ""}': (
         lambda by_state=by_state, pass_=pass_: _readout_form(by_state, pass_ == 'backward'))
        for pass_ in ('forward', 'backward') for by_state in (False, True)},

@@ -2,7 +2,7 @@
 
     act_quant(x (B, L, C), inlier_scale (L,), params) -> IntActivation
       inlier_q       (B, L, C) int8 codes on the static step S_I(t) (0 at outlier channels),
-                     or (B, L, C/2) packed int4 with pack_int4=True (the mixed GEMM's format)
+                     one per byte, int4 ones too (the form the mixed GEMM reads: act_bits=8)
       inlier_scale   (L,) the steps actually used (floored at MIN_SCALE = 1e-8)
       outlier_q      (B, L, C) int8 codes on the dynamic per-token step (0 at inliers)
       outlier_scale  (B, L) float32
@@ -121,8 +121,7 @@ def _kernel_args(params: ActQuantParams, x, block_config, interpret):
 
 
 def act_quant(x, inlier_scale, params: ActQuantParams, zero_point=None, *,
-              pack_int4: bool = False, outlier_mask: bool = True, implementation=None,
-              interpret: bool | None = None,
+              outlier_mask: bool = True, implementation=None, interpret: bool | None = None,
               block_config: ActQuantBlockConfig | None = None) -> IntActivation:
   """Quantizes activations x (B, L, C) with static per-step scales (L,); see module docstring.
   `implementation`: None, a name or a fallback chain (`_dispatch`). `interpret=None` runs the
@@ -131,15 +130,11 @@ def act_quant(x, inlier_scale, params: ActQuantParams, zero_point=None, *,
   and the mask is a byte per element to write."""
   _validate(x, inlier_scale, params, zero_point)
   channels = x.shape[2]
-  if pack_int4 and (params.bits > 4 or channels % 2 or not params.symmetric):
-    raise ValueError(f'act_quant: pack_int4 needs a symmetric grid with bits <= 4 and an even C, '
-                     f'got bits={params.bits}, symmetric={params.symmetric}, C={channels}.')
   if DISPATCH.choose(implementation, params, channels) == 'xla':
-    return reference.act_quant_xla(producers.materialize(x), inlier_scale, params, zero_point,
-                                   pack=pack_int4)
+    return reference.act_quant_xla(producers.materialize(x), inlier_scale, params, zero_point)
   q_in, q_out, o_scale, mask, scale, o_zero = pallas_triton.act_quant(
-      x, inlier_scale, zero_point, trigger=params.trigger, pack=pack_int4,
-      with_mask=outlier_mask, **_kernel_args(params, x, block_config, interpret))
+      x, inlier_scale, zero_point, trigger=params.trigger, with_mask=outlier_mask,
+      **_kernel_args(params, x, block_config, interpret))
   in_zero = None if params.symmetric else zero_point.astype(jnp.int32)
   return IntActivation(inlier_q=q_in, inlier_scale=scale, inlier_zero_point=in_zero,
                        outlier_q=q_out, outlier_scale=o_scale, outlier_zero_point=o_zero,

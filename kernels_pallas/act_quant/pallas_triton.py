@@ -32,9 +32,8 @@ wrote one step earlier (same program, same addresses, program order).
 Rounding is half-to-even (jnp.round): codes by one `cvt.rni` conversion to int32, values that stay
 float (the dequantized output, outlier zero points) by the 1.5 * 2^23 shift, since Triton has no
 round primitive.
-With `pack=True` the int4 inlier codes are packed two per byte along C (low nibble = even
-channel), the `kernels_pallas.int4` format the mixed GEMM reads. `unroll` walks the window
-as straight-line code instead of a loop (off by default: `config.ActQuantBlockConfig`).
+Codes are written one per byte, int4 ones too (the form the mixed GEMM reads). `unroll` walks
+the window as straight-line code instead of a loop (off by default: `config.ActQuantBlockConfig`).
 """
 from __future__ import annotations
 
@@ -46,7 +45,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from kernels_pallas import _pallas_compat as compat
-from kernels_pallas import int4
 from kernels_pallas._pallas_compat import pl, plgpu
 from kernels_pallas.act_quant import producers
 from kernels_pallas.act_quant.config import MIN_SCALE
@@ -334,19 +332,12 @@ def _lanes_ok(row_ok, math: _Math):
   return tuple(row_ok[:, None] & ok[None, :] for ok in math.col_ok())
 
 
-def _store_rows(qin_ref, outlier_refs, b0, t, row_ok, q_in, outlier, mask, math: _Math,
-                pack: bool):
+def _store_rows(qin_ref, outlier_refs, b0, t, row_ok, q_in, outlier, mask, math: _Math):
   """Writes one step of rows samples (row_ok: which rows exist and are inside the sequence):
-  inlier codes (packed two per byte with `pack`), and with `outlier` (codes, steps, zero
-  points) the outlier codes, masks, steps and (asymmetric) zero points."""
-  rows, bc = row_ok.shape[0], math.block_c
-  if pack:
-    for j in range(math.n_chunks):
-      half_ok = row_ok[:, None] & (j * bc // 2 + jnp.arange(bc // 2) < math.channels // 2)[None, :]
-      plgpu.store(qin_ref.at[_rows(b0, rows, t, pl.ds(j * bc // 2, bc // 2))],
-                  int4.pack_nibbles(*int4.split_even_odd(q_in[j])), mask=half_ok)
-  else:
-    _store_chunks(qin_ref, b0, t, row_ok, q_in, math)
+  inlier codes, and with `outlier` (codes, steps, zero points) the outlier codes, masks, steps
+  and (asymmetric) zero points."""
+  rows = row_ok.shape[0]
+  _store_chunks(qin_ref, b0, t, row_ok, q_in, math)
   if outlier is None:
     return
   q_out, s_o, z_o = outlier
@@ -390,8 +381,8 @@ def _walk(n_steps: int, step, carry, unroll: bool):
 
 
 def _sample_kernel(x_ref, s_ref, z_ref, qin_ref, *outlier_refs, math: _Math,
-                   batch: int, block_b: int, length: int, n_refresh: int, pack: bool,
-                   detect: bool, unroll: bool, dequantize_to=None):
+                   batch: int, block_b: int, length: int, n_refresh: int, detect: bool,
+                   unroll: bool, dequantize_to=None):
   b0, window = pl.program_id(0) * block_b, pl.program_id(1)
   col_ok = math.col_ok()
   row_ok = _row_ok(b0, block_b, batch)
@@ -416,15 +407,14 @@ def _sample_kernel(x_ref, s_ref, z_ref, qin_ref, *outlier_refs, math: _Math,
                     math.dequantized(v, mask, s_t, outlier_grid, dequantize_to), math)
     else:
       q_in, outlier = math.codes(v, mask, zero, outlier_grid)
-      _store_rows(qin_ref, outlier_refs, b0, t, row_ok & in_seq, q_in, outlier, mask, math,
-                  pack)
+      _store_rows(qin_ref, outlier_refs, b0, t, row_ok & in_seq, q_in, outlier, mask, math)
     return mask, x_next
 
   _walk(n_refresh, step, (_no_mask(block_b, math), load(0)), unroll)
 
 
 def _batch_kernel(x_ref, s_ref, z_ref, qin_ref, *outlier_refs, math: _Math,
-                  batch: int, length: int, n_refresh: int, pack: bool):
+                  batch: int, length: int, n_refresh: int):
   """One program per window, one sample (a one-row tile) at a time."""
   window = pl.program_id(0)
   col_ok = math.col_ok()
@@ -454,7 +444,7 @@ def _batch_kernel(x_ref, s_ref, z_ref, qin_ref, *outlier_refs, math: _Math,
                                        lambda s_d: jnp.broadcast_to(trigger, s_d.shape))
       q_in, outlier = math.codes(math.scaled(x, mask, *grid[1:], outlier_grid), mask, grid[2],
                                  outlier_grid)
-      _store_rows(qin_ref, outlier_refs, b, t, one_row & in_seq, q_in, outlier, mask, math, pack)
+      _store_rows(qin_ref, outlier_refs, b, t, one_row & in_seq, q_in, outlier, mask, math)
       return c
 
     return jax.lax.fori_loop(0, batch, update_and_quantize, carry)
@@ -489,40 +479,12 @@ def _math_and_grid(x, inlier_scale, zero_point, code_range, k, std_ddof, block_c
   return math, grid_inputs
 
 
-def _math(channels, block_c, code_range, k, std_ddof, symmetric, interpret,
-          n_chunks=1) -> _Math:
+def _math(channels, block_c, code_range, k, std_ddof, symmetric, interpret, n_chunks) -> _Math:
   qmin, qmax, o_qmin, o_qmax = code_range
   return _Math(channels=channels, block_c=block_c, qmin=float(qmin), qmax=float(qmax),
                o_qmin=float(o_qmin), o_qmax=float(o_qmax), k=float(k), ddof=std_ddof,
                interpret=interpret, symmetric=symmetric, code_dtype=int_dtype(qmin, qmax),
                outlier_dtype=int_dtype(o_qmin, o_qmax), n_chunks=n_chunks)
-
-
-def row_math(params, channels: int, block_c: int, interpret: bool) -> _Math:
-  """The static constants of `params` (an ActQuantParams) for a row of `channels` lanes held as
-  one tile of block_c (a power of two): for kernels of other ops that quantize a narrow row
-  they hold in registers (the selective scan's B_t and C_t, `dequantized_row_step`)."""
-  return _math(channels, block_c, params.code_range, params.k, params.std_ddof,
-               params.symmetric, interpret)
-
-
-def no_row_mask(math: _Math):
-  """The outlier mask of a window's first step, for `dequantized_row_step`."""
-  return _no_mask(1, math)
-
-
-def dequantized_row_step(math: _Math, x, mask, s_ref, z_ref, t, *, detect: bool, new_window):
-  """One step t of the per-sample quantizer on a row x (block_c,) fp32 already in registers
-  (padding lanes 0), with the outlier mask carried from step t - 1 (`new_window`: t starts a
-  refresh window, so the mask restarts empty). Returns (dequantized row (block_c,) fp32, the
-  mask): the values `act_quant_dequantized` computes before its cast to the output dtype, by
-  the same operations (`_Math`), so the codes are the same."""
-  mask = tuple(jnp.where(new_window, False, m) for m in mask)
-  v, mask, s_t, _, outlier_grid = math.per_sample_step(
-      (x[None, :],), mask, math.col_ok(), _lanes_ok(jnp.arange(1) < 1, math), s_ref, z_ref, t,
-      detect)
-  (y,) = math.dequantized(v, mask, s_t, outlier_grid, jnp.float32)
-  return y[0], mask
 
 
 def _launch(kernel, x, grid_inputs, out_shape, grid, name, num_warps, interpret):
@@ -539,11 +501,11 @@ _STATIC = ('code_range', 'k', 'n_refresh', 'std_ddof', 'detect', 'block_c', 'blo
 
 
 @functools.partial(jax.jit,
-                   static_argnames=_STATIC + ('trigger', 'pack', 'with_mask'))
+                   static_argnames=_STATIC + ('trigger', 'with_mask'))
 def act_quant(x, inlier_scale, zero_point, *, code_range: tuple[int, int, int, int], k: float,
-              n_refresh: int, trigger: str, std_ddof: int, detect: bool, pack: bool,
-              block_c: int, block_b: int, num_warps: int, with_mask: bool = True,
-              n_chunks: int = 1, unroll: bool = False, interpret: bool = False):
+              n_refresh: int, trigger: str, std_ddof: int, detect: bool, block_c: int,
+              block_b: int, num_warps: int, with_mask: bool = True, n_chunks: int = 1,
+              unroll: bool = False, interpret: bool = False):
   """Validated (B, L, C) input, (L,) steps and (L,) zero points (None: symmetric) ->
   (inlier codes, outlier codes, outlier scale, mask, clamped inlier scale, outlier zero points
   (B, L) int32 or None). code_range = (qmin, qmax, outlier qmin, outlier qmax); block_b:
@@ -557,8 +519,7 @@ def act_quant(x, inlier_scale, zero_point, *, code_range: tuple[int, int, int, i
   symmetric = math.symmetric
   scale = jnp.maximum(inlier_scale.astype(jnp.float32), MIN_SCALE)
   n_windows = -(-length // n_refresh)
-  out_shape = [jax.ShapeDtypeStruct((batch, length, channels // 2 if pack else channels),
-                                    jnp.int8 if pack else math.code_dtype)]
+  out_shape = [jax.ShapeDtypeStruct((batch, length, channels), math.code_dtype)]
   if detect:
     with_mask = with_mask or trigger == 'batch'
     out_shape += [jax.ShapeDtypeStruct((batch, length, channels), math.outlier_dtype),
@@ -567,7 +528,7 @@ def act_quant(x, inlier_scale, zero_point, *, code_range: tuple[int, int, int, i
       out_shape.append(jax.ShapeDtypeStruct((batch, length), jnp.int32))
     if with_mask:
       out_shape.append(jax.ShapeDtypeStruct((batch, length, channels), jnp.bool_))
-  common = dict(math=math, length=length, n_refresh=n_refresh, pack=pack)
+  common = dict(math=math, length=length, n_refresh=n_refresh)
   if detect and trigger == 'batch':
     kernel = _with_grid_refs(_batch_kernel, jax.tree.structure(x), batch=batch, **common)
     grid = (n_windows,)
@@ -599,7 +560,7 @@ def act_quant_dequantized(x, inlier_scale, zero_point, *, code_range: tuple[int,
                                      block_c, n_chunks, interpret)
   kernel = _with_grid_refs(_sample_kernel, jax.tree.structure(x), detect=detect, batch=batch,
                            block_b=block_b, math=math, length=length, n_refresh=n_refresh,
-                           pack=False, unroll=unroll, dequantize_to=out_dtype)
+                           unroll=unroll, dequantize_to=out_dtype)
   grid = (pl.cdiv(batch, block_b), -(-length // n_refresh))
   (y,) = _launch(kernel, x, grid_inputs, [jax.ShapeDtypeStruct(x.shape, out_dtype)], grid,
                  'act_quant_dequantized', num_warps, interpret)

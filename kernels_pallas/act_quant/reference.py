@@ -38,7 +38,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from kernels_pallas.act_quant.config import MIN_SCALE, ActQuantParams
-from kernels_pallas.int4 import pack_int4
 
 
 class IntActivation(NamedTuple):
@@ -49,7 +48,7 @@ class IntActivation(NamedTuple):
 
   inlier_q:   (B, L, C) int8 (int32 if the grid exceeds a byte); at outlier channels it holds
               the code of 0 (0, or the zero point), so the inlier term vanishes there.
-              (B, L, C/2) packed int4 (`kernels_pallas.int4`) when asked for.
+              One code per byte, int4 ones too (no packed form: nothing reads one).
   outlier_q:  (B, L, C) int8 codes at outlier channels and the code of 0 elsewhere
               (outliers='int'); the raw float values (outliers='float'); zeros ('none').
   outlier_scale: (B, L) float32 dynamic per-token step (ones unless outliers='int').
@@ -231,10 +230,9 @@ def dequantize(q: IntActivation) -> jax.Array:
   return inl * s + out * f32(q.outlier_scale)[..., None]
 
 
-def act_quant_xla(x, inlier_scale, params: ActQuantParams, zero_point=None, *,
-                  pack: bool = False) -> IntActivation:
+def act_quant_xla(x, inlier_scale, params: ActQuantParams, zero_point=None) -> IntActivation:
   """The integer form: x (B, L, C), inlier_scale (L,) static steps S_I(t) (+ zero points (L,)
-  for an asymmetric grid). With `pack`, inlier_q becomes (B, L, C/2) packed int4."""
+  for an asymmetric grid)."""
   if x.ndim != 3:
     raise ValueError(f'act_quant expects (B, L, C), got shape {x.shape}; reshape per-tensor '
                      'sites to (1, 1, size) first.')
@@ -247,7 +245,5 @@ def act_quant_xla(x, inlier_scale, params: ActQuantParams, zero_point=None, *,
   else:
     outlier_q = p.outlier_q.astype(jnp.int8)
   inlier_q = p.inlier_q.astype(int_dtype(params.qmin, params.qmax))
-  if pack:
-    inlier_q = pack_int4(inlier_q, axis=-1)
   return IntActivation(inlier_q, p.inlier_scale, as_int(p.inlier_zero_point), outlier_q,
                        p.outlier_scale, as_int(p.outlier_zero_point), p.outlier_mask)

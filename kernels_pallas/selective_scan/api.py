@@ -56,7 +56,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                    delta_softplus=True, reverse=False, return_states=False,
                    implementation=None, interpret=None, block_config=None,
                    vjp='kernel', triton_states='kernel', states_layout='bldn',
-                   state_quant=None, mean_with=None):
+                   mean_with=None):
   """Mamba selective scan. u, delta, z: (B, L, D); B, C: (B, L, N); A: (D, N); D, delta_bias: (D,).
 
   Returns y (B, L, D) in u.dtype, and with `return_states` also the fp32 states (B, L, D, N),
@@ -74,10 +74,6 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
       `return_states` (differentiable with either `vjp`; checked on an H100, not yet timed);
       'associative' computes them with the XLA associative scan instead.
 
-  `state_quant` (a `state_quant.StateQuant`, inference only): B and C pass through OuroMamba's
-  per-step quantizer first; 'triton' applies it inside the kernel (no separate pass; forward
-  time order, no states, no VJP), the others call act_quant before the scan. Same values.
-
   `mean_with` (the other scan direction's output, (B, L, D) in token order; not with
   `return_states`): returns `act_quant.producers.DirectionMean(mean_with, y, u.dtype)`
   materialized instead of y, i.e. Vim's v2 mixer output. 'triton' forms it in the kernel's
@@ -85,18 +81,6 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
   """
   impl = DISPATCH.choose(implementation, u.shape[0])
   pallas_triton.check_mean_with(mean_with, u, return_states)
-  if state_quant is not None:
-    if reverse or return_states:
-      raise ValueError('selective_scan: state_quant runs the quantizer in forward time order '
-                       'and returns y only: pass a flipped copy instead of reverse=True, and '
-                       'leave return_states False.')
-    if impl == 'triton':   # checks state_quant itself
-      return pallas_triton.selective_scan_state_quant(
-          u, delta, A, B, C, D, z, delta_bias, state_quant=state_quant,
-          delta_softplus=delta_softplus, interpret=interpret, block_config=block_config,
-          mean_with=mean_with)
-    state_quant.check(u.shape[1])
-    B, C = state_quant.dequantized(B, C, 'xla')
   if vjp not in VJPS:
     raise ValueError(f'selective_scan: unknown vjp {vjp!r}; choose one of {VJPS}.')
   if states_layout not in STATES_LAYOUTS:

@@ -18,11 +18,6 @@ VJPS = ('reference', 'kernel')                # how 'triton' is differentiated
 STATES_LAYOUTS = ('bldn', 'blnd')             # (B, L, D, N); (B, L, N, D), the kernel's own
 STATES_SOURCES = ('associative', 'kernel')    # what computes the states for 'triton'
 
-# A model's int-mode B and C quantizers run inside the Triton scan (`state_quant.StateQuant`)
-# instead of as their own act_quant launch before it. Off until timed on a card (built on the
-# CPU in session 22, bit-equal in the interpreter; `bench/e2e_latency.py --scan_state_quant=1`).
-STATE_QUANT_IN_KERNEL = False
-
 _MAX_BLOCK_D = 1024
 _MAX_CHUNK_T = 64
 _WARPS = (1, 2, 4, 8)

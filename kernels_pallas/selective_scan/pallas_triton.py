@@ -35,11 +35,6 @@ Design, aimed at the H100 (what the compiled code looks like, and what to measur
   * Grid is (channel blocks, batch) with channel blocks fastest: programs launched together
     read the same B_t/C_t rows, which then come from L2.
 
-With a `state_quant.StateQuant` (`selective_scan_state_quant`, inference only) each program
-also runs OuroMamba's per-step quantizer on the B_t and C_t rows it loads (act_quant's own step
-code, the outlier masks in the chunk loop's carry) and uses the dequantized rows: the values of
-a separate act_quant pass before the scan, without its launch (NOTES.md).
-
 With `mean_with` (another direction's output, (B, L, D) in token order) the kernel stores, in
 place of y_t, the two directions' mean at token L - 1 - t: Vim's v2 mixer output
 (`act_quant.producers.DirectionMean`) formed in the backward scan's epilogue, so the XLA pass
@@ -61,7 +56,6 @@ import jax.numpy as jnp
 
 from kernels_pallas import _pallas_compat as compat
 from kernels_pallas._pallas_compat import pl, plgpu
-from kernels_pallas.act_quant import pallas_triton as act_quant_kernel
 from kernels_pallas.act_quant import producers
 from kernels_pallas import rounding
 from kernels_pallas.selective_scan import pallas_triton_bwd
@@ -82,12 +76,6 @@ def _scan_kernel(*refs, spec: common.KernelSpec):
   skip_ref = refs.pop(0) if spec.has_skip else None
   z_ref = refs.pop(0) if spec.has_gate else None
   bias_ref = refs.pop(0) if spec.has_bias else None
-  quant = spec.state_quant
-  quant_refs = None
-  if quant is not None:  # B's and C's steps, then (asymmetric) their zero points
-    steps = [refs.pop(0) for _ in range(2)]
-    zeros = [refs.pop(0) for _ in range(2)] if not quant.math.symmetric else [None, None]
-    quant_refs = dict(b=(steps[0], zeros[0]), c=(steps[1], zeros[1]))
   mean_ref = refs.pop(0) if spec.mean_with else None
   y_ref = refs.pop(0)
   states_out_ref = refs.pop(0) if spec.store_states else None
@@ -162,31 +150,13 @@ def _scan_kernel(*refs, spec: common.KernelSpec):
       y = y * (z * jax.nn.sigmoid(z))
     return h, y
 
-  def quantized_state_rows(bc, masks, t):
-    """B_t and C_t through their quantizer (`state_quant`): dequantized, rounded to the dtype
-    the separate act_quant pass would have written, and the outlier masks carried on."""
-    new_window = jax.lax.rem(t, jnp.int32(quant.n_refresh)) == 0  # t >= 0 (jnp's % lowers
-    # through a sign fix-up that Triton's lowering rejects)
-    out, new_masks = {}, []
-    for name, mask in zip(('b', 'c'), masks):
-      y, mask = act_quant_kernel.dequantized_row_step(
-          quant.math, bc[name], mask, *quant_refs[name], t, detect=quant.detect,
-          new_window=new_window)
-      out[name] = rounding.rounded_to(y, quant.dtype)
-      new_masks.append(mask)
-    return out, tuple(new_masks)
-
-  def run_chunk(carry, k0, activations):
-    """The recurrence over one chunk whose first step is processing index k0; carry: the
-    states and (with `state_quant`) B's and C's outlier masks."""
-    hs, masks = carry
+  def run_chunk(hs, k0, activations):
+    """The recurrence over one chunk whose first step is processing index k0."""
     state_rows = load_state_rows(k0, len(activations))
     hs = list(hs)
     for i, (x, bc) in enumerate(zip(activations, state_rows)):
-      t = common.index(time_of(k0 + i))
-      if quant is not None:
-        bc, masks = quantized_state_rows(bc, masks, t)
       x = dict(x, **bc)
+      t = common.index(time_of(k0 + i))
       token = spec.length - 1 - t if spec.mean_with else t
       for g in groups:
         hs[g], y = group_step(hs[g], g, x)
@@ -198,26 +168,24 @@ def _scan_kernel(*refs, spec: common.KernelSpec):
                     mask=channel_ok[g])
         if spec.store_states:
           plgpu.store(states_out_ref.at[row, t, states, channels[g]], hs[g], mask=tile_ok[g])
-    return tuple(hs), masks
+    return tuple(hs)
 
   ct = spec.chunk_t
-  carry = (tuple(jnp.zeros((n_pad, gd), f32) for _ in groups),
-           () if quant is None else (act_quant_kernel.no_row_mask(quant.math),) * 2)
+  hs = tuple(jnp.zeros((n_pad, gd), f32) for _ in groups)
   n_chunks, tail = divmod(spec.length, ct)
   if n_chunks and spec.prefetch:
     # Register double-buffering: chunk c + 1's activations load before chunk c is computed.
-    def body(c, loop_carry):
-      carry, activations = loop_carry
+    def body(c, carry):
+      hs, activations = carry
       next_activations = load_activations((c + 1) * ct, ct)
-      return run_chunk(carry, c * ct, activations), next_activations
+      return run_chunk(hs, c * ct, activations), next_activations
 
-    carry, _ = jax.lax.fori_loop(0, n_chunks, body, (carry, load_activations(0, ct)))
+    hs, _ = jax.lax.fori_loop(0, n_chunks, body, (hs, load_activations(0, ct)))
   elif n_chunks:
-    carry = jax.lax.fori_loop(
-        0, n_chunks, lambda c, carry: run_chunk(carry, c * ct, load_activations(c * ct, ct)),
-        carry)
+    hs = jax.lax.fori_loop(0, n_chunks,
+                           lambda c, hs: run_chunk(hs, c * ct, load_activations(c * ct, ct)), hs)
   if tail:
-    run_chunk(carry, n_chunks * ct, load_activations(n_chunks * ct, tail))
+    run_chunk(hs, n_chunks * ct, load_activations(n_chunks * ct, tail))
 
 
 def _check_inputs(u, delta, A, B, C, D, z, delta_bias):
@@ -250,38 +218,20 @@ def _check_inputs(u, delta, A, B, C, D, z, delta_bias):
     raise ValueError(f'selective_scan(triton): empty input {u.shape}.')
 
 
-def _state_quant_kernel(state_quant, B, interpret):
-  """The kernel's static form of a `StateQuant` and its per-step operands (steps, then zero
-  points, as fp32: the kernel reads them as `act_quant`'s does)."""
-  if state_quant is None:
-    return None, []
-  p = state_quant.params
-  static = common.StateQuantKernel(
-      math=act_quant_kernel.row_math(p, B.shape[-1], pl.next_power_of_2(B.shape[-1]), interpret),
-      n_refresh=int(p.n_refresh),
-      detect=p.outliers == 'int', dtype=jnp.dtype(B.dtype))
-  operands = [state_quant.b_scale, state_quant.c_scale]
-  if not p.symmetric:
-    operands += [state_quant.b_zero, state_quant.c_zero]
-  return static, [x.astype(jnp.float32) for x in operands]
-
-
 @functools.partial(jax.jit, static_argnames=('delta_softplus', 'reverse', 'interpret',
                                              'block_config', 'store_states'))
 def _forward(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus: bool, reverse: bool,
              interpret: bool, block_config: SelectiveScanBlockConfig, store_states: bool = False,
-             state_quant=None, mean_with=None):
+             mean_with=None):
   """y, and with `store_states` also the fp32 states in the kernel's (B, L, N, D) layout (a
   thread owns one channel, so a state row is contiguous across the threads of a warp).
-  `state_quant`: B and C quantized in the kernel (`selective_scan_state_quant`); `mean_with`:
-  y's mean with that output, in token order (module docstring)."""
+  `mean_with`: y's mean with that output, in token order (module docstring)."""
   batch, length, channels = u.shape
-  quant, quant_operands = _state_quant_kernel(state_quant, B, interpret)
   spec = common.kernel_spec(u, A, D, z, delta_bias, delta_softplus=delta_softplus,
                             reverse=reverse, block_config=block_config, store_states=store_states,
-                            state_quant=quant, mean_with=mean_with is not None)
+                            mean_with=mean_with is not None)
   operands = ([u, delta, *common.kernel_a_b_c(A, B, C)]
-              + [x for x in (D, z, delta_bias, *quant_operands, mean_with) if x is not None])
+              + [x for x in (D, z, delta_bias, mean_with) if x is not None])
   out_shape = jax.ShapeDtypeStruct(u.shape, u.dtype)
   if store_states:
     out_shape = (out_shape, jax.ShapeDtypeStruct((batch, length, A.shape[1], channels),
@@ -407,26 +357,6 @@ def _resolved_block_config(u, block_config):
     raise TypeError('selective_scan(triton): block_config must be a SelectiveScanBlockConfig, '
                     f'got {type(block_config).__name__}.')
   return block_config
-
-
-def selective_scan_state_quant(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
-                               state_quant, delta_softplus: bool = True,
-                               interpret: bool | None = None,
-                               block_config: SelectiveScanBlockConfig | None = None,
-                               mean_with=None):
-  """y of the fused scan with B and C quantized and dequantized in the kernel by `state_quant`
-  (a `state_quant.StateQuant`): the values of `state_quant.dequantized(B, C)` followed by
-  `selective_scan`, without that separate pass. Inference only (no VJP: the quantizer's
-  rounding has no useful gradient here, and calibration runs the fake-quant form), forward
-  time order only (the quantizer's refresh windows run forward in t). `mean_with`: as in
-  `selective_scan`."""
-  _check_inputs(u, delta, A, B, C, D, z, delta_bias)
-  check_mean_with(mean_with, u)
-  state_quant.check(u.shape[1])
-  return _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus=bool(delta_softplus),
-                  reverse=False, interpret=compat.resolve_interpret(interpret),
-                  block_config=_resolved_block_config(u, block_config), state_quant=state_quant,
-                  mean_with=mean_with)
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,

@@ -33,7 +33,6 @@ class KernelSpec:
   has_gate: bool
   has_bias: bool
   store_states: bool = False  # also write every fp32 state to a (B, L, N, D) output
-  state_quant: object = None  # a `StateQuantKernel`: B and C quantized in the kernel
   mean_with: bool = False     # store the mean with another direction's output (token order)
 
   @property
@@ -124,20 +123,8 @@ def index(i):
   return jnp.int32(i) if isinstance(i, int) else i
 
 
-@dataclasses.dataclass(frozen=True)
-class StateQuantKernel:
-  """Static facts of B's and C's quantizer inside the forward kernel: the act_quant constants
-  of a row of N lanes (`act_quant.pallas_triton.row_math`), the refresh period, whether
-  outliers are detected, and the dtype the dequantized values are rounded to."""
-  math: object
-  n_refresh: int
-  detect: bool
-  dtype: object
-
-
 def kernel_spec(u, A, D, z, delta_bias, *, delta_softplus: bool, reverse: bool,
                 block_config: SelectiveScanBlockConfig, store_states: bool = False,
-                state_quant: StateQuantKernel | None = None,
                 mean_with: bool = False) -> KernelSpec:
   """The static facts of one call, shared by the forward and the backward kernel."""
   _, length, channels = u.shape
@@ -148,7 +135,7 @@ def kernel_spec(u, A, D, z, delta_bias, *, delta_softplus: bool, reverse: bool,
                      prefetch=block_config.num_stages >= 2, reverse=reverse,
                      delta_softplus=delta_softplus, has_skip=D is not None,
                      has_gate=z is not None, has_bias=delta_bias is not None,
-                     store_states=store_states, state_quant=state_quant, mean_with=mean_with)
+                     store_states=store_states, mean_with=mean_with)
 
 
 def kernel_a_b_c(A, B, C):

@@ -24,8 +24,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from kernels_pallas.act_quant import producers
-from kernels_pallas.selective_scan import config as scan_config
-from kernels_pallas.selective_scan.state_quant import StateQuant
 
 
 def module_by_module(model: nn.Module) -> nn.Module:
@@ -117,24 +115,6 @@ def skip_vector(d):
 def quantize_site(quantizer, x, implementation: Optional[str] = None):
   """An activation site's quantizer applied to x, or x where the site has none."""
   return x if quantizer is None else quantizer(x, implementation=implementation)
-
-
-def scan_state_quant(quantizers, scan_runs_triton: bool):
-  """Vim's B and C quantizers as the `StateQuant` the Triton scan applies itself (one act_quant
-  launch per block less), or None, where they are then applied before the scan: the switch
-  `STATE_QUANT_IN_KERNEL` is off, the scan is not the Triton kernel, or the two are not
-  int-mode per-step quantizers of one spec that the kernel covers."""
-  if not (scan_config.STATE_QUANT_IN_KERNEL and scan_runs_triton):
-    return None
-  if not all(getattr(q, 'mode', None) == 'int' and getattr(q, 'layout', None) == 'steps'
-             and q.spec.domain == 'linear' for q in quantizers):
-    return None
-  (qb, qc), params = quantizers, quantizers[0].spec.kernel_params
-  if qc.spec.kernel_params != params:
-    return None
-  state_quant = StateQuant(params, qb.inlier_scale, qc.inlier_scale, qb.zero_point,
-                           qc.zero_point)
-  return None if state_quant.unsupported_reason() else state_quant
 
 
 def stack_kind(tree):

@@ -104,7 +104,7 @@ class BiMambaV2Mixer(nn.Module):
   state_layout: str = 'bldn'
   state_order: str = 'token'
   batch_directions: Optional[bool] = None
-  fuse_linear_inputs: bool = False
+  fuse_linear_inputs: bool = True
 
   @nn.compact
   def __call__(self, hidden):
@@ -183,25 +183,20 @@ class BiMambaV2Mixer(nn.Module):
     Δ/B/C/A/D sites and the scan. The callables are modules (the loop: init, hooks and the
     calibration's recorders see them) or pure functions of stacked params (`_both_directions`),
     so both paths compute the same thing; `quantizer(name)` is a site's quantizer or None.
-    Returns (scan output, (Δ, C)); C unquantized where the scan kernel quantizes it itself
-    (`layers.scan_state_quant`, never with return_states). With `mean_with` (the forward
-    direction's output) the scan output is both directions' mean in token order."""
+    Returns (scan output, (Δ, C)). With `mean_with` (the forward direction's output) the scan
+    output is both directions' mean in token order."""
     impl = self.quant_implementation
     site = lambda name, v: layers.quantize_site(quantizer(name), v, impl)
     u = nn.silu(conv(x))
     dt, b_mat, c_mat = jnp.split(x_proj(u), [dt_rank, dt_rank + self.d_state], axis=-1)
     delta = site('delta', dt_proj(dt))  # bias included: the Δ quantizer sees pre-softplus Δ
-    bc_quantizers = (quantizer('B'), quantizer('C'))
-    state_quant = None if return_states else layers.scan_state_quant(
-        bc_quantizers, scan_api.DISPATCH.choose(self.scan_implementation, u.shape[0]) == 'triton')
-    if state_quant is None:  # else the scan kernel quantizes B and C itself (same values)
-      b_mat, c_mat = layers.quantize_sites(bc_quantizers, (b_mat, c_mat), impl)
+    b_mat, c_mat = layers.quantize_sites((quantizer('B'), quantizer('C')), (b_mat, c_mat), impl)
     a_mat = site('A', layers.state_matrix(a_log))
     d_vec = site('D', layers.skip_vector(d_skip))
     out = scan_api.selective_scan(
         u, delta, a_mat, b_mat, c_mat, d_vec, z, None, delta_softplus=True,
         return_states=return_states, implementation=self.scan_implementation,
-        states_layout=self.state_layout, state_quant=state_quant, mean_with=mean_with)
+        states_layout=self.state_layout, mean_with=mean_with)
     return out, (delta, c_mat)
 
   def _both_directions(self, p, x, z, dt_rank):
@@ -350,9 +345,9 @@ class VisionMamba(nn.Module):
   # writes the mean (`selective_scan(mean_with=...)`). Directions vmapped: out_proj gets the
   # two outputs (`act_quant.producers.DirectionMean`), which an integer-mode out_proj's
   # act_quant kernel averages in registers (other Linears compute the mean first). Same
-  # logits. Off until a card has timed it (BENCHMARKS.md "Not measured yet"); tools that
-  # intercept module calls turn it off.
-  fuse_linear_inputs: bool = False
+  # logits, and 0.5 ms less per Vim-B batch-64 forward in both paths (H200, BENCHMARKS.md
+  # session 26). Tools that intercept module calls turn it off.
+  fuse_linear_inputs: bool = True
 
   @property
   def grid_size(self) -> tuple[int, int]:

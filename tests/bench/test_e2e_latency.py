@@ -70,28 +70,23 @@ def test_profiling_variants_override_kernel_and_stay_out_of_the_default_grid():
   ablated = bench.variant_model(base, bench.VARIANTS['w4a4o8_xla_kernels'], args)
   full = bench.variant_model(base, bench.VARIANTS['w4a4o8'], args)
   assert (ablated.quant_implementation, full.quant_implementation) == ('xla', 'triton')
-  assert not full.fuse_linear_inputs
-  fused_args = bench.parse_args(['--smoke', '--fuse_linear_inputs=1'])
-  assert bench.variant_model(base, bench.VARIANTS['w4a4o8'], fused_args).fuse_linear_inputs
+  assert full.fuse_linear_inputs  # the model's default
+  unfused_args = bench.parse_args(['--smoke', '--fuse_linear_inputs=0'])
+  assert not bench.variant_model(base, bench.VARIANTS['w4a4o8'], unfused_args).fuse_linear_inputs
   assert bench.VARIANTS['w4a4o8_float_ssm'].preset == 'w4a4_float_ssm'
 
 
 def test_library_switches_are_set_only_when_asked_and_restored(monkeypatch):
   bench = load_bench('e2e_latency')
-  monkeypatch.setattr(bench.scan_config, 'STATE_QUANT_IN_KERNEL',
-                      bench.scan_config.STATE_QUANT_IN_KERNEL)   # restored after the test
   monkeypatch.setattr(bench.act_quant_config, 'SMALL_GRID_PROGRAMS',
-                      bench.act_quant_config.SMALL_GRID_PROGRAMS)
-  default = bench.scan_config.STATE_QUANT_IN_KERNEL
+                      bench.act_quant_config.SMALL_GRID_PROGRAMS)   # restored after the test
   small_grid = bench.act_quant_config.SMALL_GRID_PROGRAMS
-  switches = lambda: (bench.scan_config.STATE_QUANT_IN_KERNEL,
-                      bench.act_quant_config.SMALL_GRID_PROGRAMS)
+  switches = lambda: bench.act_quant_config.SMALL_GRID_PROGRAMS
   with bench.library_switches(bench.parse_args(['--smoke'])):
-    assert switches() == (default, small_grid)
-  with bench.library_switches(bench.parse_args(['--smoke', '--scan_state_quant=1',
-                                                '--act_quant_small_grid=0'])):
-    assert switches() == (True, 0)
-  assert switches() == (default, small_grid)
+    assert switches() == small_grid
+  with bench.library_switches(bench.parse_args(['--smoke', '--act_quant_small_grid=0'])):
+    assert switches() == 0
+  assert switches() == small_grid
 
 
 def test_cases_are_parsed_and_bad_ones_refused_with_the_form(capsys):
@@ -122,16 +117,16 @@ def test_cases_run_every_variant_in_one_process_under_their_switches(tmp_path, m
   small_grid = bench.act_quant_config.SMALL_GRID_PROGRAMS
   out = tmp_path / 'e2e.json'
   bench.main(['--smoke', '--variants=bf16_pallas_scan', '--batches=1', '--iters=1',
-              '--scan_kernel=xla', '--cases=default,fuse_linear_inputs=1+act_quant_small_grid=0',
+              '--scan_kernel=xla', '--cases=default,fuse_linear_inputs=0+act_quant_small_grid=0',
               f'--out={out}'])
-  assert seen == [(False, small_grid), (True, 0)]
+  assert seen == [(True, small_grid), (False, 0)]
   assert bench.act_quant_config.SMALL_GRID_PROGRAMS == small_grid
   rows = json.load(open(out))['results']
   assert [(r['variant'], r['case']) for r in rows] == [
       ('bf16_pallas_scan', 'default'),
-      ('bf16_pallas_scan', 'fuse_linear_inputs=1+act_quant_small_grid=0')]
+      ('bf16_pallas_scan', 'fuse_linear_inputs=0+act_quant_small_grid=0')]
   assert all(r['median_ms'] > 0 for r in rows)
-  assert 'bf16_pallas_scan [fuse_linear_inputs=1+act_quant_small_grid=0]' in capsys.readouterr().out
+  assert 'bf16_pallas_scan [fuse_linear_inputs=0+act_quant_small_grid=0]' in capsys.readouterr().out
 
 
 def test_e2e_latency_rejects_unknown_kernels_up_front():

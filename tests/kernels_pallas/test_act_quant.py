@@ -30,14 +30,13 @@ def _activations(rng, b, l, c, dtype=np.float32):
   return jnp.asarray(x, dtype)
 
 
-def _assert_same(got, want, pack=False):
+def _assert_same(got, want):
   for field in FIELDS:
     g, w = getattr(got, field), getattr(want, field)
     assert g.shape == w.shape and g.dtype == w.dtype, (field, g.shape, g.dtype, w.shape, w.dtype)
     np.testing.assert_array_equal(np.asarray(g), np.asarray(w), err_msg=field)
   assert got.inlier_zero_point is None and got.outlier_zero_point is None
-  if pack:
-    assert got.inlier_q.shape[-1] * 2 == got.outlier_q.shape[-1]
+  assert got.inlier_q.shape == got.outlier_q.shape  # codes one per byte, int4 ones too
 
 
 def _kernel(x, scale, spec, zero=None, *, fn=api.act_quant, **kw):
@@ -52,16 +51,16 @@ def _both(x, scale, spec, **kw):
   return got, want
 
 
-@pytest.mark.parametrize('bits,pack', [(4, True), (4, False), (8, False)])
-def test_sample_trigger_matches_canonical(bits, pack):
+@pytest.mark.parametrize('bits', [4, 8])
+def test_sample_trigger_matches_canonical(bits):
   # L = 23: windows [0, 10), [10, 20), [20, 23) (a short last one); C = 40 pads to a 64 block.
   rng = np.random.default_rng(bits)
   x = _activations(rng, 2, 23, 40)
   qmax = 2 ** (bits - 1) - 1
   scale = jnp.asarray(rng.uniform(2.0, 4.0, 23) / qmax, jnp.float32)
   spec = ActQuantParams(bits=bits, outlier_bits=8, trigger='sample')
-  got, want = _both(x, scale, spec, pack_int4=pack)
-  _assert_same(got, want, pack)
+  got, want = _both(x, scale, spec)
+  _assert_same(got, want)
   mask = np.asarray(want.outlier_mask)
   assert mask.any() and not mask.all()
   for t in range(22):  # the set only grows inside a window and is reset at t = 10, 20
@@ -143,20 +142,21 @@ def test_rounding_ties_go_to_even():
   np.testing.assert_array_equal(np.asarray(got.inlier_q[0, 0]), np.round(j + 0.5))
 
 
-def test_packed_codes_feed_the_mixed_gemm():
-  """act_quant(pack_int4) -> mixed_gemm equals the float matmul of the dequantized input."""
+def test_codes_feed_the_mixed_gemm():
+  """act_quant -> mixed_gemm (int4 codes one per byte: act_bits=8, as
+  `int_linear.prepare_operands` passes them) equals the float matmul of the dequantized input."""
   rng = np.random.default_rng(8)
   b, l, c, n = 2, 12, 64, 32
   x = _activations(rng, b, l, c)
   scale = jnp.full((l,), 2.5 / 7, jnp.float32)
-  q = _kernel(x, scale, ActQuantParams(bits=4), pack_int4=True)
+  q = _kernel(x, scale, ActQuantParams(bits=4))
   w_codes = jnp.asarray(rng.integers(-7, 8, (c, n)), jnp.int8)
   w_scale = jnp.asarray(rng.uniform(0.01, 0.02, n), jnp.float32)
   a_scale = jnp.broadcast_to(q.inlier_scale, (b, l))
   y = gemm_api.mixed_gemm(q.inlier_q, a_scale, int4.pack_int4(w_codes, 0), w_scale,
-                          q.outlier_q, q.outlier_scale, implementation='triton', interpret=True,
-                          out_dtype=jnp.float32)
-  x_hat = dequantize(q._replace(inlier_q=int4.unpack_int4(q.inlier_q, -1)))
+                          q.outlier_q, q.outlier_scale, act_bits=8, implementation='triton',
+                          interpret=True, out_dtype=jnp.float32)
+  x_hat = dequantize(q)
   want = jnp.einsum('blc,cn->bln', x_hat, w_codes.astype(jnp.float32) * w_scale,
                     precision='highest')
   np.testing.assert_allclose(np.asarray(y), np.asarray(want), rtol=1e-5, atol=1e-4)
@@ -175,8 +175,6 @@ def test_unsupported_specs_and_bad_inputs_are_rejected_clearly():
     api.act_quant(x, jnp.ones((5,)), ActQuantParams())
   with pytest.raises(ValueError, match='float \\(B, L, C\\)'):
     api.act_quant(jnp.zeros((4, 8)), s, ActQuantParams())
-  with pytest.raises(ValueError, match='pack_int4 needs a symmetric grid with bits <= 4'):
-    api.act_quant(x, s, ActQuantParams(bits=8), pack_int4=True)
   with pytest.raises(TypeError, match='ActQuantParams'):
     api.act_quant(x, s, {'bits': 4})
 
@@ -248,12 +246,11 @@ def test_block_config_validation():
   assert args(None)['num_warps'] == 2  # 384 lanes at batch 64: the measured default
 
 
-@pytest.mark.parametrize('symmetric,trigger,pack', [
-    (True, 'sample', True), (True, 'sample', False), (False, 'sample', False),
-    (True, 'batch', False), (False, 'batch', False)])
-def test_row_in_three_chunks_matches_canonical(symmetric, trigger, pack):
+@pytest.mark.parametrize('symmetric,trigger', [
+    (True, 'sample'), (False, 'sample'), (True, 'batch'), (False, 'batch')])
+def test_row_in_three_chunks_matches_canonical(symmetric, trigger):
   """C = 96 = 3 x 32 runs as three exact chunks per row (Vim's widths): statistics across the
-  chunks, masks, codes (packed too), scales and zero points equal the canonical quantizer."""
+  chunks, masks, codes, scales and zero points equal the canonical quantizer."""
   assert config.ActQuantBlockConfig().resolve(96, 3)[3] == 3
   rng = np.random.default_rng(11)
   x = _activations(rng, 3, 23, 96) - (0.0 if symmetric else 3.0)
@@ -263,8 +260,8 @@ def test_row_in_three_chunks_matches_canonical(symmetric, trigger, pack):
   zero = None if symmetric else jnp.asarray(rng.integers(qmax // 2, qmax, 23), jnp.int32)
   spec = ActQuantParams(bits=bits, outlier_bits=8, trigger=trigger, symmetric=symmetric,
                         k=3.0 if symmetric else 4.0)
-  want = api.act_quant(x, scale, spec, zero, implementation='xla', pack_int4=pack)
-  got = _kernel(x, scale, spec, zero, pack_int4=pack)
+  want = api.act_quant(x, scale, spec, zero, implementation='xla')
+  got = _kernel(x, scale, spec, zero)
   for field in FIELDS + ('inlier_zero_point', 'outlier_zero_point'):
     g, w = getattr(got, field), getattr(want, field)
     if w is None:
@@ -283,9 +280,8 @@ def test_several_samples_per_program_match_canonical(symmetric):
   scale = jnp.asarray(rng.uniform(2.0, 4.0, 23) / 7, jnp.float32)
   zero = None if symmetric else jnp.asarray(rng.integers(7, 15, 23), jnp.int32)
   spec = ActQuantParams(bits=4, symmetric=symmetric, outlier_bits=8)
-  kw = dict(pack_int4=symmetric)
-  want = api.act_quant(x, scale, spec, zero, implementation='xla', **kw)
-  got = _kernel(x, scale, spec, zero, block_config=config.ActQuantBlockConfig(block_b=2), **kw)
+  want = api.act_quant(x, scale, spec, zero, implementation='xla')
+  got = _kernel(x, scale, spec, zero, block_config=config.ActQuantBlockConfig(block_b=2))
   for field in FIELDS + ('outlier_zero_point',):
     g, w = getattr(got, field), getattr(want, field)
     if w is None:
@@ -322,17 +318,17 @@ def test_window_walked_as_a_loop_matches_the_unrolled_walk(symmetric, n_refresh)
 
 
 @pytest.mark.parametrize('trigger,c', [('sample', 96), ('batch', 96), ('sample', 64)])
-def test_packed_codes_match_canonical(trigger, c):
-  """Packed int4 codes (a row in one or three chunks, both triggers, both walks) equal the
-  canonical quantizer's."""
+def test_int4_codes_match_canonical_in_both_walks(trigger, c):
+  """int4 codes (a row in one or three chunks, both triggers, both walks) equal the canonical
+  quantizer's."""
   rng = np.random.default_rng(c)
   x = _activations(rng, 3, 23, c)
   scale = jnp.asarray(rng.uniform(2.0, 4.0, 23) / 7, jnp.float32)
   spec = ActQuantParams(bits=4, outlier_bits=8, trigger=trigger)
-  want = api.act_quant(x, scale, spec, pack_int4=True, implementation='xla')
+  want = api.act_quant(x, scale, spec, implementation='xla')
   for unroll in (False, True):
     block = config.ActQuantBlockConfig(unroll=unroll)
-    _assert_same(_kernel(x, scale, spec, pack_int4=True, block_config=block), want, pack=True)
+    _assert_same(_kernel(x, scale, spec, block_config=block), want)
   assert np.asarray(want.outlier_mask).any()
 
 
@@ -357,7 +353,7 @@ def test_kernel_lowers_to_triton_for_h100(trigger, symmetric, n_chunks, dequanti
       traced = pallas_triton.act_quant_dequantized.trace(*args, out_dtype=jnp.dtype(jnp.bfloat16),
                                                          **common)
     else:
-      traced = pallas_triton.act_quant.trace(*args, trigger=trigger, pack=symmetric, **common)
+      traced = pallas_triton.act_quant.trace(*args, trigger=trigger, **common)
     lowered = traced.lower(lowering_platforms=('cuda',))
   assert '__gpu$xla.gpu.triton' in lowered.as_text()
 
@@ -375,8 +371,8 @@ def test_gpu_kernel_matches_canonical_at_vim_shape(trigger, unroll, channels):
   x = _activations(rng, 64, 197, channels)
   scale = jnp.asarray(rng.uniform(0.3, 0.6, 197), jnp.float32)
   spec = ActQuantParams(bits=4, trigger=trigger)
-  want = api.act_quant(x, scale, spec, pack_int4=True, implementation='xla')
-  got = api.act_quant(x, scale, spec, pack_int4=True, implementation='triton',
+  want = api.act_quant(x, scale, spec, implementation='xla')
+  got = api.act_quant(x, scale, spec, implementation='triton',
                       block_config=config.ActQuantBlockConfig(unroll=unroll))
   for field in FIELDS:
     g, w = np.asarray(getattr(got, field)), np.asarray(getattr(want, field))

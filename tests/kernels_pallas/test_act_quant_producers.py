@@ -84,7 +84,7 @@ def test_kernel_on_a_direction_mean_lowers_to_triton_for_h100():
     traced = pallas_triton.act_quant.trace(
         x, jax.ShapeDtypeStruct((197,), jnp.float32), None, code_range=(-7, 7, -127, 127),
         k=3.0, n_refresh=10, std_ddof=1, detect=True, block_c=512, block_b=1, num_warps=4,
-        n_chunks=3, trigger='sample', pack=False, with_mask=False)
+        n_chunks=3, trigger='sample', with_mask=False)
     lowered = traced.lower(lowering_platforms=('cuda',))
   assert '__gpu$xla.gpu.triton' in lowered.as_text()
 

@@ -26,7 +26,7 @@ def test_act_quant_bench(tmp_path):
     assert all(v['ms'] > 0 for v in entry['variants'].values()), entry
     assert max(entry['mismatch'].values()) == 0.0, entry
   table = act_quant_bench.variants(True, warps=(4, 8))  # --warps: one variant per count
-  assert {'triton_sample_packed_w4', 'triton_sample_packed_w8'} <= set(table)
+  assert {'triton_sample_w4', 'triton_sample_w8'} <= set(table)
 
 
 def test_mixed_gemm_bench(tmp_path):

@@ -1,4 +1,4 @@
-"""The int4 packing format shared by the weights, act_quant and the mixed GEMM."""
+"""The int4 packing format of the weights, which the mixed GEMM reads."""
 import jax
 import jax.numpy as jnp
 import numpy as np

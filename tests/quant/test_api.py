@@ -278,17 +278,17 @@ def test_the_fused_direction_mean_gives_the_same_logits(tiny, w4a4_untrained_run
   for name, base, tree, options in cases:
     run = lambda m, tree=tree, options=options: np.asarray(jax.jit(
         lambda p, x: m.apply({'params': p}, x), compiler_options=options)(tree, images))
-    np.testing.assert_array_equal(run(base.clone(fuse_linear_inputs=True)), run(base),
-                                  err_msg=name)
+    np.testing.assert_array_equal(run(base.clone(fuse_linear_inputs=True)),
+                                  run(base.clone(fuse_linear_inputs=False)), err_msg=name)
   scans = lambda m: [_kernel_name(e) for e in _pallas_calls(
       lambda p, x: m.apply({'params': p}, x), params, images)]
   looped = model.clone(scan_implementation='triton', batch_directions=False)
-  assert sorted(scans(looped)) == ['selective_scan_fwd'] * 2
+  assert sorted(scans(looped.clone(fuse_linear_inputs=False))) == ['selective_scan_fwd'] * 2
   assert sorted(scans(looped.clone(fuse_linear_inputs=True))) == [
       'selective_scan_fwd', 'selective_scan_fwd_mean']
   reads = lambda m: sorted(_act_quant_operands(lambda p, x: m.apply({'params': p}, x),
                                                int_tree, images))
-  unfused = reads(triton)
+  unfused = reads(triton.clone(fuse_linear_inputs=False))
   assert set(unfused) == {1}
   assert reads(triton.clone(fuse_linear_inputs=True)) == sorted(unfused[:-1] + [2])
   # Tools that intercept module calls (site search, layer reports) see arrays, not producers.
@@ -328,28 +328,3 @@ def test_paired_sites_equal_site_by_site(w4a4_untrained_run):
   assert _kernel_launches(lambda *v: layers.quantize_sites(fake, v, 'triton'), *xs) == {}
   assert layers.quantize_sites((None, None), xs)[1] is xs[1]
 
-
-def test_b_and_c_quantized_inside_the_scan_give_the_same_logits(tiny, w4a4_untrained_run,
-                                                                 monkeypatch):
-  """With `STATE_QUANT_IN_KERNEL` the int-mode Vim hands B's and C's quantizers to the Triton
-  scan (`layers.scan_state_quant`) instead of launching act_quant for them: the same logits
-  (interpreted kernels here) with one act_quant launch less per block scan body."""
-  from kernels_pallas.selective_scan import config as scan_config  # pylint: disable=g-import-not-at-top
-  model, _, images = tiny
-  tree = rewrite.set_mode(w4a4_untrained_run[0], 'int')
-  triton = model.clone(quant_implementation='triton', scan_implementation='triton',
-                       batch_directions=True)
-  results = {}
-  for fused in (False, True):
-    monkeypatch.setattr(scan_config, 'STATE_QUANT_IN_KERNEL', fused)
-    forward = lambda p, x: triton.apply({'params': p}, x)  # a new function: no cached trace
-    results[fused] = (np.asarray(jax.jit(forward, compiler_options=CPU_FAST_COMPILE)(tree, images)),
-                      _kernel_launches(forward, tree, images))
-  np.testing.assert_allclose(results[True][0], results[False][0], rtol=1e-6, atol=1e-7)
-  assert results[False][1]['act_quant_dequantized'] == 2    # Δ, then B with C
-  assert results[True][1]['act_quant_dequantized'] == 1     # Δ; B and C in the scan
-  assert results[True][1]['selective_scan_fwd'] == results[False][1]['selective_scan_fwd'] == 1
-  fake = rewrite.set_mode(w4a4_untrained_run[0], 'fake')   # fake-quant keeps its own path
-  assert layers.scan_state_quant(
-      tuple(rewrite.get_path(fake, 'layers_0/mixer')[f'{s}_quantizer'] for s in 'BC'),
-      True) is None
