@@ -11,9 +11,9 @@
 #   results/bench_e2e_latest.json is still session 18's grid.
 # gemm_sweep (~6 min): the mixed GEMM's tiles at Vim-B's four Linears in the model's operand
 #   form (session 26 fixed the bench), batch 64 then batch 1, for per-shape defaults.
-# act_quant (~3 min): the codes kernel at 2 / 4 / 8 warps at batch 64 (session 24's occupancy
-#   question; session 26's --warps rows timed only the since-deleted packed form), and 4 / 8 / 16
-#   at batch 1.
+# act_quant (~4 min): the codes kernel at batch 64 over (samples per program, warps) (--sweep:
+#   session 24's occupancy question, one wave of programs or two; session 26's --warps rows
+#   timed only the since-deleted packed form), and 4 / 8 / 16 warps at batch 1.
 # readout (~6 min): the patched readout's by_state kernels (issue 19).
 set -u
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2 PYTEST_DISABLE_PLUGIN_AUTOLOAD=1
@@ -39,8 +39,8 @@ case ${PART:-profile} in
       echo "tokens $T at $(( $(date +%s) - S )) s"
     done ;;
   act_quant)
-    timeout 100 python3 -m kernels_pallas.act_quant.bench --trials=5 --warps=2,8 \
-      --out=$OUT/act_quant_bench.json 2>&1 | quiet | tail -24
+    timeout 140 python3 -m kernels_pallas.act_quant.bench --trials=5 --sweep --warps=2,8 \
+      --out=$OUT/act_quant_bench.json 2>&1 | quiet | tail -80
     timeout 80 python3 -m kernels_pallas.act_quant.bench --trials=5 --batch=1 --warps=4,8,16 \
       --out=$OUT/act_quant_bench_b1.json 2>&1 | quiet | tail -30 ;;
   readout)
