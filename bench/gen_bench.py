@@ -83,7 +83,7 @@ def _full_run(model, params, spec) -> dict:
 
 
 def _profile(step, args, steps: int) -> list[dict]:
-  """[{kernel, us_per_step, share}] of the `steps` steps run under the profiler, most first:
+  """[{kernel, us_per_step, launches_per_step, share}] of the `steps` steps run under the profiler, most first:
   the step's device time by kernel family (`bench/profile_e2e.py`'s trace reading), so a slow
   Gen says which kernels pay for it. On a CPU the host threads' events (a check that it runs)."""
   import glob  # pylint: disable=g-import-not-at-top
@@ -101,11 +101,11 @@ def _profile(step, args, steps: int) -> list[dict]:
     paths = glob.glob(os.path.join(tmp, 'plugins', 'profile', '*', '*.trace.json.gz'))
     if not paths:
       raise RuntimeError(f'jax.profiler wrote no trace.json.gz under {tmp}')
-    families = profile_e2e.by_family(profile_e2e.device_event_totals(paths[0]))
-  total = sum(families.values())
-  rows = sorted(families.items(), key=lambda kv: -kv[1])[:_PROFILE_TOP]
-  return [{'kernel': name, 'us_per_step': us / steps, 'share': us / total if total else 0.0}
-          for name, us in rows]
+    families = profile_e2e.by_family(profile_e2e.device_events(paths[0]))
+  total = sum(us for us, _ in families.values())
+  rows = sorted(families.items(), key=lambda kv: -kv[1][0])[:_PROFILE_TOP]
+  return [{'kernel': name, 'us_per_step': us / steps, 'launches_per_step': n / steps,
+           'share': us / total if total else 0.0} for name, (us, n) in rows]
 
 
 def _time_step(model, params, spec, images_per_step: int, steps: int,

@@ -55,41 +55,47 @@ def parse_args(argv=None):
 
 
 def _kernel_family(name: str) -> str:
-  """Kernel names carry shapes and numbered suffixes (`fusion_123`, `loop_add_fusion.4`):
+  """Kernel names carry shapes and numbered suffixes (`fusion_123`, `loop_add_fusion.4`,
+  Pallas kernels' `act_quant_sample__1`):
   strip them so repeated kernels of the 24 blocks add up in one row."""
-  return re.sub(r'([._]\d+)+$', '', name)
+  return re.sub(r'([._]+\d+)+$', '', name)
 
 
-def device_event_totals(trace_path: str) -> dict[str, float]:
-  """{kernel name: total microseconds} over the device (GPU) processes of a trace.json.gz;
-  on CPU-only traces, over every process (a smoke check of this script)."""
+def device_events(trace_path: str) -> dict[str, tuple[float, int]]:
+  """{kernel name: (total microseconds, launches)} over the device (GPU) processes of a
+  trace.json.gz; on CPU-only traces, over every process (a smoke check of this script). The
+  launches say whether a kernel's time is work or a fixed cost paid per launch."""
   with gzip.open(trace_path, 'rt') as f:
     trace = json.load(f)
   events = trace['traceEvents'] if isinstance(trace, dict) else trace
   names = {e['pid']: e.get('args', {}).get('name', '') for e in events
            if e.get('ph') == 'M' and e.get('name') == 'process_name'}
   gpu_pids = {pid for pid, name in names.items() if '/device:GPU' in name}
-  totals = collections.Counter()
+  totals, launches = collections.Counter(), collections.Counter()
   for e in events:
     if e.get('ph') != 'X' or 'dur' not in e:
       continue
     if gpu_pids and e['pid'] not in gpu_pids:
       continue
     totals[e.get('name', '?')] += float(e['dur'])
-  return dict(totals)
+    launches[e.get('name', '?')] += 1
+  return {name: (us, launches[name]) for name, us in totals.items()}
 
 
-def by_family(kernel_us: dict[str, float]) -> dict[str, float]:
-  families = collections.Counter()
-  for name, us in kernel_us.items():
-    families[_kernel_family(name)] += us
+def by_family(events: dict[str, tuple[float, int]]) -> dict[str, tuple[float, int]]:
+  """`device_events` with the kernels of one family (names up to their numbered suffixes)
+  added up: (total µs, launches)."""
+  families = collections.defaultdict(lambda: (0.0, 0))
+  for name, (us, n) in events.items():
+    total, count = families[_kernel_family(name)]
+    families[_kernel_family(name)] = (total + us, count + n)
   return dict(families)
 
 
 def profile_variant(model, tree, images, iters: int, with_sources: bool = False
-                    ) -> tuple[dict[str, float], dict[str, str]]:
-  """({kernel name: µs per forward}, {HLO instruction: source label} or {} without
-  `with_sources`) of one variant."""
+                    ) -> tuple[dict[str, tuple[float, int]], dict[str, str]]:
+  """({kernel name: (µs, launches) per forward}, {HLO instruction: source label} or {}
+  without `with_sources`) of one variant."""
   compiled, _ = e2e_latency.compile_forward(model, tree, images)
   for _ in range(3):
     jax.block_until_ready(compiled(tree, images))
@@ -100,9 +106,9 @@ def profile_variant(model, tree, images, iters: int, with_sources: bool = False
     paths = glob.glob(os.path.join(tmp, 'plugins', 'profile', '*', '*.trace.json.gz'))
     if not paths:
       raise RuntimeError(f'jax.profiler wrote no trace.json.gz under {tmp}')
-    totals = device_event_totals(paths[0])
+    events = device_events(paths[0])
   sources = hlo_sources.instruction_sources(compiled.as_text()) if with_sources else {}
-  return {k: v / iters for k, v in totals.items()}, sources
+  return {k: (us / iters, n / iters) for k, (us, n) in events.items()}, sources
 
 
 def main(argv=None):
@@ -124,15 +130,22 @@ def main(argv=None):
     model = e2e_latency.variant_model(base, e2e_latency.VARIANTS[name], e2e_args)
     with e2e_latency.library_switches(e2e_args):
       per_kernel, sources = profile_variant(model, tree, images, args.iters, args.by_source)
-    rows = sorted(by_family(per_kernel).items(), key=lambda kv: -kv[1])
-    total = sum(per_kernel.values())
-    report['variants'][name] = {'total_us': total, 'kernels': rows[:args.top]}
+    rows = sorted(((kernel, us, n) for kernel, (us, n) in by_family(per_kernel).items()),
+                  key=lambda row: -row[1])
+    total = sum(us for us, _ in per_kernel.values())
+    report['variants'][name] = {'total_us': total, 'launches': sum(n for _, n in
+                                                                   per_kernel.values()),
+                                'kernels': rows[:args.top]}  # (family, µs, launches)
     print(f'\n== {args.model} {name} batch {args.batch}: device time {total / 1e3:.3f} ms '
-          f'per forward ({len(rows)} kernel families)')
-    for kernel, us in rows[:args.top]:
-      print(f'{us / 1e3:9.3f} ms {100 * us / total:5.1f}%  {kernel[:110]}')
+          f'per forward ({len(rows)} kernel families, {report["variants"][name]["launches"]:.0f}'
+          ' launches)')
+    print(f'{"ms":>9s} {"share":>6s} {"launches":>8s} {"µs each":>8s}  kernel family')
+    for kernel, us, n in rows[:args.top]:
+      print(f'{us / 1e3:9.3f} {100 * us / total:5.1f}% {n:8.0f} {us / max(n, 1):8.1f}  '
+            f'{kernel[:100]}')
     if args.by_source:
-      source_rows = hlo_sources.by_source(per_kernel, sources)[:args.top]
+      source_rows = hlo_sources.by_source({k: us for k, (us, _) in per_kernel.items()},
+                                          sources)[:args.top]
       report['variants'][name]['by_source'] = source_rows
       print('-- by source line (µs per forward, kernels):')
       for label, us, count in source_rows:

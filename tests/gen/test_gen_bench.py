@@ -23,7 +23,7 @@ def test_gen_bench_smoke(tmp_path):
   assert result['case'] == 'tiny' and result['gen']['img_it_per_s'] > 0
   assert result['output_loss_only']['step_ms'] > 0
   profile = result['gen']['profile']   # on a CPU: the host threads' events, most first
-  assert profile and all(r['us_per_step'] > 0 for r in profile)
+  assert profile and all(r['us_per_step'] > 0 and r['launches_per_step'] > 0 for r in profile)
   assert [r['us_per_step'] for r in profile] == sorted((r['us_per_step'] for r in profile),
                                                        reverse=True)
   full = result['full_run']  # generator.generate: 8 images in two groups of 4, 2 steps each
