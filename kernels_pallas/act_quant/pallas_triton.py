@@ -42,7 +42,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from kernels_pallas import _pallas_compat as compat
 from kernels_pallas._pallas_compat import pl, plgpu
