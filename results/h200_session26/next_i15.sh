@@ -1,8 +1,8 @@
 #!/bin/bash
 # The next card's plan for issue 15 (session 26's, superseding results/h200_session24/next_i15.sh,
 # which ran in session 26). Each PART alone on one call, carrying .whl, in priority order; about
-# 29 min together, so stop where the budget ends:
-#   PART=profile|grid|directions|gemm_sweep|act_quant|readout bash results/h200_session26/next_i15.sh
+# 37 min together (more than one session's card time), so stop where the budget ends:
+#   PART=profile|grid|directions|gemm_sweep|act_quant|grid_ts|readout bash results/h200_session26/next_i15.sh
 # profile (~4 min): where W4A4O8's extra ~12 ms at Vim-B batch 64 go today (device time per
 #   kernel and per model line, both variants; the last profile is session 18's, before sessions
 #   19-26 changed act_quant, the GEMM epilogue and the direction mean).
@@ -18,6 +18,7 @@
 # act_quant (~4 min): the codes kernel at batch 64 over (samples per program, warps) (--sweep:
 #   session 24's occupancy question, one wave of programs or two; session 26's --warps rows
 #   timed only the since-deleted packed form), and 4 / 8 / 16 warps at batch 1.
+# grid_ts (~8 min): the same grid for Vim-S and Vim-T (last measured in sessions 18 and 17).
 # readout (~6 min): the patched readout's by_state kernels (issue 19).
 set -u
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2 PYTEST_DISABLE_PLUGIN_AUTOLOAD=1
@@ -35,6 +36,10 @@ case ${PART:-profile} in
   grid)
     timeout 480 python3 bench/e2e_latency.py --models=vim_b --batches=64,1 \
       --variants=bf16_xla,bf16_pallas_scan,w8a8,w4a4o8 --iters=15 --out=$OUT/e2e_vim_b_grid.json \
+      2>&1 | quiet | tail -30 ;;
+  grid_ts)
+    timeout 500 python3 bench/e2e_latency.py --models=vim_s,vim_t --batches=64,1 \
+      --variants=bf16_xla,bf16_pallas_scan,w8a8,w4a4o8 --iters=15 --out=$OUT/e2e_vim_st_grid.json \
       2>&1 | quiet | tail -30 ;;
   directions)
     timeout 330 python3 bench/e2e_latency.py --models=vim_b --batches=64 \
