@@ -2,17 +2,17 @@
 # The next card's plan for issue 15 (session 26's, superseding results/h200_session24/next_i15.sh,
 # which ran in session 26). Each PART alone on one call, carrying .whl, in priority order; about
 # 37 min together (more than one session's card time), so stop where the budget ends:
-#   PART=profile|grid|directions|gemm_sweep|act_quant|grid_ts|readout bash results/h200_session26/next_i15.sh
+#   PART=profile|directions|grid|gemm_sweep|act_quant|grid_ts|readout bash results/h200_session26/next_i15.sh
 # profile (~4 min): where W4A4O8's extra ~12 ms at Vim-B batch 64 go today (device time per
 #   kernel and per model line, both variants; the last profile is session 18's, before sessions
 #   19-26 changed act_quant, the GEMM epilogue and the direction mean).
-# grid (~7 min): the Vim-B grid of issue 15's table in one process (bf16 XLA, bf16 + Pallas,
-#   W8A8, W4A4O8 at batches 64 and 1): the batch-1 ratio needs bf16 XLA in the same run, and
-#   results/bench_e2e_latest.json is still session 18's grid.
 # directions (~4 min): Vim-B batch 64 with the directions as one vmapped batch against the
 #   loop (--cases=default,batch_directions=1): the vmapped form halves the per-direction
 #   act_quant and small-GEMM launches, which the n_refresh sweep suggests are a per-launch cost
 #   (BENCHMARKS session 26); session 13 found no gain at batch 64, before act_quant got cheaper.
+# grid (~7 min): the Vim-B grid of issue 15's table in one process (bf16 XLA, bf16 + Pallas,
+#   W8A8, W4A4O8 at batches 64 and 1): the batch-1 ratio needs bf16 XLA in the same run, and
+#   results/bench_e2e_latest.json is still session 18's grid.
 # gemm_sweep (~6 min): the mixed GEMM's tiles at Vim-B's four Linears in the model's operand
 #   form (session 26 fixed the bench), batch 64 then batch 1, for per-shape defaults.
 # act_quant (~4 min): the codes kernel at batch 64 over (samples per program, warps) (--sweep:
