@@ -29,10 +29,10 @@ and written to the JSON; `--outlier_k`
 (the mu + k sigma threshold) steers it.
 
 A/B runs in one process (`--cases`): each case is a set of the switch flags below
-(`fuse_linear_inputs`, `batch_directions`, `act_quant_small_grid`) on top of the command
-line's, e.g. `--cases=default,fuse_linear_inputs=0,act_quant_small_grid=0`; every variant runs
-in every case, from the same quantized trees, so a card quantizes once and the cases' numbers
-share one process (a row's `case` names it).
+(`fuse_linear_inputs`, `batch_directions`, `act_quant_small_grid`, `act_quant_tile_elements`)
+on top of the command line's, e.g. `--cases=default,fuse_linear_inputs=0,act_quant_small_grid=0`;
+every variant runs in every case, from the same quantized trees, so a card quantizes once and
+the cases' numbers share one process (a row's `case` names it).
 
 Timing: per (model, variant, case, batch), the jitted forward is lowered in order (a case's
 library switches are read while tracing), then compiled ahead of time (compile time
@@ -152,6 +152,10 @@ def parse_args(argv=None):
   p.add_argument('--act_quant_small_grid', type=int, default=-1,
                  help='act_quant launches of at most this many programs get more warps '
                       '(0: never; -1: the library default, act_quant config.SMALL_GRID_PROGRAMS)')
+  p.add_argument('--act_quant_tile_elements', type=int, default=-1,
+                 help='lanes of one act_quant program (samples x channels) when the kernel '
+                      'picks its samples per program, e.g. 4096: 2 samples at C = 1536 '
+                      '(-1: the library default, act_quant config.TILE_ELEMENTS)')
   p.add_argument('--fuse_linear_inputs', type=int, default=1, choices=(0, 1),
                  help="1 (the model's default): Vim's direction mean before out_proj is fused, "
                       'in every variant (VisionMamba.fuse_linear_inputs): into the backward '
@@ -176,13 +180,27 @@ def parse_args(argv=None):
       p.error(f'unknown {name} {unknown}; choose from {list(valid)}')
   try:
     args.case_settings = {case: case_overrides(case) for case in args.cases}
+    for settings in [vars(args)] + list(args.case_settings.values()):
+      check_switches(settings)
   except ValueError as e:
     p.error(str(e))
   return args
 
 
+# The kernels' module-level switches a flag sets: flag -> (act_quant config attribute, the least
+# value it takes; -1 always means the library default).
+SWITCHES = {'act_quant_small_grid': ('SMALL_GRID_PROGRAMS', 0),
+            'act_quant_tile_elements': ('TILE_ELEMENTS', 1)}
 # The flags a case may set: model fields and the kernels' module-level switches.
-CASE_FLAGS = ('fuse_linear_inputs', 'batch_directions', 'act_quant_small_grid')
+CASE_FLAGS = ('fuse_linear_inputs', 'batch_directions', *SWITCHES)
+
+
+def check_switches(settings: dict) -> None:
+  """Refuses a switch value the kernels cannot take, naming the flag."""
+  for flag, (_, least) in SWITCHES.items():
+    value = settings.get(flag, -1)
+    if value != -1 and value < least:
+      raise ValueError(f'{flag}={value}: use -1 (the library default) or an int >= {least}')
 
 
 def case_overrides(case: str) -> dict[str, int]:
@@ -391,14 +409,16 @@ def library_switches(args):
   duration, the library's own restored after. Trace caches are cleared on entry: a jitted
   kernel wrapper traced under another case's switches would otherwise be reused for the same
   shapes."""
-  saved = act_quant_config.SMALL_GRID_PROGRAMS
+  saved = {attr: getattr(act_quant_config, attr) for attr, _ in SWITCHES.values()}
   try:
-    if args.act_quant_small_grid >= 0:
-      act_quant_config.SMALL_GRID_PROGRAMS = args.act_quant_small_grid
+    for flag, (attr, _) in SWITCHES.items():
+      if getattr(args, flag) >= 0:
+        setattr(act_quant_config, attr, getattr(args, flag))
     jax.clear_caches()
     yield
   finally:
-    act_quant_config.SMALL_GRID_PROGRAMS = saved
+    for attr, value in saved.items():
+      setattr(act_quant_config, attr, value)
 
 
 def _lowered_cells(base, trees, images, args, model_name):

@@ -17,7 +17,8 @@
 #   form (session 26 fixed the bench), batch 64 then batch 1, for per-shape defaults.
 # act_quant (~4 min): the codes kernel at batch 64 over (samples per program, warps) (--sweep:
 #   session 24's occupancy question, one wave of programs or two; session 26's --warps rows
-#   timed only the since-deleted packed form), and 4 / 8 / 16 warps at batch 1.
+#   timed only the since-deleted packed form), and 4 / 8 / 16 warps at batch 1. A winner with
+#   more samples per program then gets an e2e A/B: --cases=default,act_quant_tile_elements=4096.
 # grid_ts (~8 min): the same grid for Vim-S and Vim-T (last measured in sessions 18 and 17).
 # readout (~6 min): the patched readout's by_state kernels (issue 19).
 set -u

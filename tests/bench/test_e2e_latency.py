@@ -78,15 +78,28 @@ def test_profiling_variants_override_kernel_and_stay_out_of_the_default_grid():
 
 def test_library_switches_are_set_only_when_asked_and_restored(monkeypatch):
   bench = load_bench('e2e_latency')
-  monkeypatch.setattr(bench.act_quant_config, 'SMALL_GRID_PROGRAMS',
-                      bench.act_quant_config.SMALL_GRID_PROGRAMS)   # restored after the test
-  small_grid = bench.act_quant_config.SMALL_GRID_PROGRAMS
-  switches = lambda: bench.act_quant_config.SMALL_GRID_PROGRAMS
+  config = bench.act_quant_config
+  for attr in ('SMALL_GRID_PROGRAMS', 'TILE_ELEMENTS'):  # restored after the test
+    monkeypatch.setattr(config, attr, getattr(config, attr))
+  library = (config.SMALL_GRID_PROGRAMS, config.TILE_ELEMENTS)
+  switches = lambda: (config.SMALL_GRID_PROGRAMS, config.TILE_ELEMENTS)
   with bench.library_switches(bench.parse_args(['--smoke'])):
-    assert switches() == small_grid
-  with bench.library_switches(bench.parse_args(['--smoke', '--act_quant_small_grid=0'])):
-    assert switches() == 0
-  assert switches() == small_grid
+    assert switches() == library
+  with bench.library_switches(bench.parse_args(['--smoke', '--act_quant_small_grid=0',
+                                                '--act_quant_tile_elements=4096'])):
+    assert switches() == (0, 4096)
+    # 4096 lanes: two samples per program at Vim-B's d_inner, where the default holds one
+    assert config.ActQuantBlockConfig().resolve(1536, 64, 20)[1] == 2
+  assert switches() == library
+
+
+def test_a_switch_value_the_kernels_cannot_take_is_refused_by_name(capsys):
+  bench = load_bench('e2e_latency')
+  for argv in (['--act_quant_tile_elements=0'], ['--cases=act_quant_tile_elements=0'],
+               ['--act_quant_small_grid=-2']):
+    with pytest.raises(SystemExit):
+      bench.parse_args(['--smoke', *argv])
+    assert 'use -1 (the library default) or an int >=' in capsys.readouterr().err
 
 
 def test_cases_are_parsed_and_bad_ones_refused_with_the_form(capsys):
