@@ -429,8 +429,8 @@ def _lowered_cells(base, trees, images, args, model_name):
     settings = case_args(args, case)
     with library_switches(settings):
       for variant_name, tree in trees.items():
-        cells[variant_name, case] = tree
         if isinstance(tree, Exception):
+          cells[variant_name, case] = tree
           continue
         model = variant_model(base, VARIANTS[variant_name], settings)
         cells[variant_name, case] = (model, tree)

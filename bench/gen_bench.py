@@ -83,9 +83,10 @@ def _full_run(model, params, spec) -> dict:
 
 
 def _profile(step, args, steps: int) -> list[dict]:
-  """[{kernel, us_per_step, launches_per_step, share}] of the `steps` steps run under the profiler, most first:
-  the step's device time by kernel family (`bench/profile_e2e.py`'s trace reading), so a slow
-  Gen says which kernels pay for it. On a CPU the host threads' events (a check that it runs)."""
+  """[{kernel, us_per_step, launches_per_step, share}] of the `steps` steps run under the
+  profiler, most first: the step's device time by kernel family (`bench/profile_e2e.py`'s
+  trace reading), so a slow Gen says which kernels pay for it. On a CPU the host threads'
+  events (a check that it runs)."""
   import glob  # pylint: disable=g-import-not-at-top
   import tempfile  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top

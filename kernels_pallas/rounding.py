@@ -4,7 +4,7 @@ Kernels whose outputs must equal a model's stored (narrower) values round inside
 and their XLA twins round the same way: a narrowing/widening convert pair would do it, but
 compilers allowed excess precision drop such pairs (XLA on the GPU does,
 `xla_allow_excess_precision`), so the bf16 rounding is integer arithmetic on the bits. Used by
-the mixed GEMM's epilogue and bias, the selective scan's in-kernel B/C dequantization and
+the mixed GEMM's epilogue and bias, the selective scan's direction mean (its epilogue) and
 act_quant's producers.
 """
 from __future__ import annotations
