@@ -319,8 +319,9 @@ def outlier_rate(model, tree, images) -> dict[str, float]:
           counts.append((jnp.sum(mask), mask.size, jnp.sum(jnp.any(mask, -1)), mask[..., 0].size))
       return next_fun(*args, **kwargs)
 
-    with nn.intercept_methods(interceptor):   # blocks unrolled: the interceptor sees each one
-      model.clone(scan_blocks=False).apply({'params': tree}, images)
+    # Blocks unrolled, directions looped, every Linear given an array: the interceptor sees each.
+    with nn.intercept_methods(interceptor):
+      layers.module_by_module(model).apply({'params': tree}, images)
     if not counts:
       return jnp.zeros(()), jnp.zeros(())
     flagged = sum(c[0] for c in counts) / sum(c[1] for c in counts)
