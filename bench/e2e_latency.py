@@ -29,8 +29,8 @@ and written to the JSON; `--outlier_k`
 (the mu + k sigma threshold) steers it.
 
 A/B runs in one process (`--cases`): each case is a set of the switch flags below
-(`fuse_linear_inputs`, `batch_directions`, `act_quant_small_grid`, `act_quant_tile_elements`)
-on top of the command line's, e.g. `--cases=default,fuse_linear_inputs=0,act_quant_small_grid=0`;
+(`fuse_linear_inputs`, `batch_directions`, `act_quant_small_grid`, `act_quant_tile_elements`,
+`act_quant_segments`) on top of the command line's, e.g. `--cases=default,fuse_linear_inputs=0,act_quant_small_grid=0`;
 every variant runs in every case, from the same quantized trees, so a card quantizes once and
 the cases' numbers share one process (a row's `case` names it).
 
@@ -156,6 +156,10 @@ def parse_args(argv=None):
                  help='lanes of one act_quant program (samples x channels) when the kernel '
                       'picks its samples per program, e.g. 4096: 2 samples at C = 1536 '
                       '(-1: the library default, act_quant config.TILE_ELEMENTS)')
+  p.add_argument('--act_quant_segments', type=int, default=-1, choices=(-1, 0, 1),
+                 help="1: Vim's x_proj output (dt, B, C) quantized in one act_quant launch "
+                      '(act_quant config.SEGMENTS_IN_ONE_LAUNCH), 0: two launches '
+                      '(-1: the library default)')
   p.add_argument('--fuse_linear_inputs', type=int, default=1, choices=(0, 1),
                  help="1 (the model's default): Vim's direction mean before out_proj is fused, "
                       'in every variant (VisionMamba.fuse_linear_inputs): into the backward '
@@ -190,7 +194,8 @@ def parse_args(argv=None):
 # The kernels' module-level switches a flag sets: flag -> (act_quant config attribute, the least
 # value it takes; -1 always means the library default).
 SWITCHES = {'act_quant_small_grid': ('SMALL_GRID_PROGRAMS', 0),
-            'act_quant_tile_elements': ('TILE_ELEMENTS', 1)}
+            'act_quant_tile_elements': ('TILE_ELEMENTS', 1),
+            'act_quant_segments': ('SEGMENTS_IN_ONE_LAUNCH', 0)}
 # The flags a case may set: model fields and the kernels' module-level switches.
 CASE_FLAGS = ('fuse_linear_inputs', 'batch_directions', *SWITCHES)
 

@@ -11,6 +11,9 @@
 
     act_quant_dequantized(x, inlier_scale, params) -> dequantize(act_quant(x)), one pass
 
+    act_quant_segments(x, sites) -> per channel segment of x, its site's codes or values,
+                                    every segment in one launch
+
 Semantics are those of `reference.act_quant_xla` (the XLA implementation, and the reference the
 kernel is tested against code for code); `params` is an `ActQuantParams`.
 
@@ -30,6 +33,8 @@ kernel combines per time step in registers (x is never written); the XLA impleme
 materializes it. Same codes either way.
 """
 from __future__ import annotations
+
+from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 
@@ -160,3 +165,113 @@ def act_quant_dequantized(x, inlier_scale, params: ActQuantParams, zero_point=No
   return pallas_triton.act_quant_dequantized(
       x, inlier_scale, zero_point, out_dtype=out_dtype,
       **_kernel_args(params, x, block_config, interpret))
+
+
+class SegmentSite(NamedTuple):
+  """One channel segment of `act_quant_segments`' input and its quantizer: the next `width`
+  channels, on the static steps `inlier_scale` (L,) (and zero points for an asymmetric grid);
+  `dequantize_to`: a dtype for the dequantized values (a site with a float consumer), or None
+  for the codes (a Linear's input)."""
+  width: int
+  inlier_scale: Any
+  params: ActQuantParams
+  zero_point: Any = None
+  dequantize_to: Any = None
+
+
+def _segments_unsupported(x, sites) -> str | None:
+  """Why the sites cannot share one kernel launch (None when they can)."""
+  if sum(site.width for site in sites) != x.shape[2]:
+    return (f'the widths {[site.width for site in sites]} do not add up to the '
+            f'{x.shape[2]} channels of x')
+  for i, site in enumerate(sites):
+    reason = kernel_unsupported_reason(site.params, site.width)
+    if reason is None and site.params.outliers == 'int' and site.params.trigger != 'sample':
+      reason = f"trigger={site.params.trigger!r} (the shared launch walks samples one by one)"
+    if reason is not None:
+      return f'site {i}: {reason}'
+  return None
+
+
+def act_quant_segments(x, sites, *, implementation=None, interpret: bool | None = None,
+                       block_config: ActQuantBlockConfig | None = None) -> tuple:
+  """x (B, L, C) cut along its channels into consecutive segments, each quantized by its own
+  site (`SegmentSite`) as `act_quant` (codes, an `IntActivation` without the mask) or
+  `act_quant_dequantized` (values) would on that slice; the same codes and values.
+
+  Why: Vim's x_proj output holds dt (dt_proj's input) and the SSM's B and C. Each quantizer
+  walks its refresh windows serially, so a launch costs its walk's latency more than its
+  lanes' work; the Triton kernel runs every segment in one launch, where their walks overlap,
+  and reads each slice in place (no split copies). Where any site's spec is outside that
+  kernel (or `implementation` picks XLA) each segment runs alone, dispatched as usual.
+  `block_config` applies to every segment (block_c must then fit the widest)."""
+  sites = tuple(sites)
+  if not sites:
+    raise ValueError('act_quant_segments: give at least one SegmentSite.')
+  for site in sites:
+    _validate(x, site.inlier_scale, site.params, site.zero_point)
+  reason = _segments_unsupported(x, sites)
+  if reason is not None and reason.startswith('the widths'):
+    raise ValueError(f'act_quant_segments: {reason}; give one site per slice of x.')
+  chosen = DISPATCH.choose(implementation, sites[0].params, sites[0].width)
+  if reason is not None or chosen == 'xla':
+    return _segments_one_by_one(x, sites, implementation, interpret, block_config)
+  segments = _segments(x, sites, block_config)
+  if segments is None:
+    return _segments_one_by_one(x, sites, implementation, interpret, block_config)
+  segments, num_warps = segments
+  outs = pallas_triton.act_quant_segments(
+      x, tuple(site.inlier_scale for site in sites), tuple(site.zero_point for site in sites),
+      segments=segments, num_warps=num_warps,
+      interpret=compat.resolve_interpret(interpret))
+  results = []
+  for site, out in zip(sites, outs):
+    if site.dequantize_to is not None:
+      results.append(out)
+      continue
+    q_in, q_out, o_scale, scale, o_zero = out
+    in_zero = None if site.params.symmetric else site.zero_point.astype(jnp.int32)
+    results.append(IntActivation(inlier_q=q_in, inlier_scale=scale, inlier_zero_point=in_zero,
+                                 outlier_q=q_out, outlier_scale=o_scale,
+                                 outlier_zero_point=o_zero, outlier_mask=None))
+  return tuple(results)
+
+
+def _segments(x, sites, block_config):
+  """(the kernel's static segments, warps), or None where a segment's tiles would reach past
+  the end of x (a segment narrower than its 16-lane tile at the end of the channels)."""
+  batch, length, channels = x.shape
+  cfg = block_config or ActQuantBlockConfig()
+  segments, warps, offset = [], [], 0
+  for site in sites:
+    params = site.params
+    n_windows = reference.windows(length, params.n_refresh)[0]
+    block_c, block_b, num_warps, n_chunks = cfg.resolve(site.width, batch, n_windows)
+    if offset + block_c * n_chunks > channels:
+      return None
+    offset += site.width
+    warps.append(num_warps)
+    segments.append(pallas_triton.Segment(
+        width=site.width, code_range=params.code_range, k=float(params.k),
+        n_refresh=int(params.n_refresh), std_ddof=int(params.std_ddof),
+        detect=params.outliers == 'int', symmetric=params.symmetric, block_c=block_c,
+        block_b=block_b, n_chunks=n_chunks,
+        dequantize_to=None if site.dequantize_to is None else jnp.dtype(site.dequantize_to)))
+  return tuple(segments), max(warps)
+
+
+def _segments_one_by_one(x, sites, implementation, interpret, block_config) -> tuple:
+  """`act_quant_segments` as one call per segment (its XLA form, and the fallback)."""
+  x = producers.materialize(x)
+  results, start = [], 0
+  for site in sites:
+    part = x[:, :, start:start + site.width]
+    start += site.width
+    kw = dict(implementation=implementation, interpret=interpret, block_config=block_config)
+    if site.dequantize_to is not None:
+      results.append(act_quant_dequantized(part, site.inlier_scale, site.params,
+                                           site.zero_point, out_dtype=site.dequantize_to, **kw))
+    else:
+      results.append(act_quant(part, site.inlier_scale, site.params, site.zero_point,
+                               outlier_mask=False, **kw)._replace(outlier_mask=None))
+  return tuple(results)

@@ -41,6 +41,11 @@ TILE_ELEMENTS = 512
 SMALL_GRID_PROGRAMS = 64
 # Lanes each thread keeps per step under that rule (fewer: the cross-warp reductions grow).
 MIN_LANES_PER_THREAD = 4
+# 1: Vim's x_proj output (dt for dt_proj, B, C) is quantized in one launch
+# (`api.act_quant_segments`, read by `models.layers.split_sites`), 0: dt by dt_proj's own
+# act_quant call and B/C by one vmapped call (two launches per direction and block). Off until
+# an H200 A/B decides (`bench/e2e_latency.py --cases=default,act_quant_segments=1`).
+SEGMENTS_IN_ONE_LAUNCH = 0
 
 
 def check_bits(owner: str, name: str, bits) -> None:

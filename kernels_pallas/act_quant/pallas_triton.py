@@ -150,10 +150,11 @@ class _Math:
   code_dtype: object = jnp.int8          # int32 where an asymmetric 8-bit grid exceeds a byte
   outlier_dtype: object = jnp.int8
   n_chunks: int = 1
+  input_offset: int = 0   # the first channel of the input that is this quantizer's channel 0
 
-  def tile_channels(self, j: int):
-    """The channels of chunk j, as a slice of the channel axis."""
-    return pl.ds(j * self.block_c, self.block_c)
+  def tile_channels(self, j: int, offset: int = 0):
+    """The channels of chunk j, as a slice of the channel axis (from `offset`)."""
+    return pl.ds(offset + j * self.block_c, self.block_c)
 
   def col_ok(self):
     """Per chunk, which of its lanes are real channels: a constant where all are (Vim's widths
@@ -296,18 +297,18 @@ def _rows(b0, rows, t, lanes):
   return (pl.ds(b0, rows), t, lanes)
 
 
-def _load_tiles(ref, b0, t, lanes_ok, math: _Math):
-  """The row tiles (rows, width) of samples b0.. at step t from a (B, L, C) ref, masked lanes
-  0 (False)."""
+def _load_tiles(ref, b0, t, lanes_ok, math: _Math, offset: int = 0):
+  """The row tiles (rows, width) of samples b0.. at step t from a (B, L, C) ref from channel
+  `offset` on, masked lanes 0 (False)."""
   rows, other = lanes_ok[0].shape[0], jnp.zeros((), ref.dtype)
-  return tuple(plgpu.load(ref.at[_rows(b0, rows, t, math.tile_channels(j))], mask=ok, other=other)
-               for j, ok in enumerate(lanes_ok))
+  return tuple(plgpu.load(ref.at[_rows(b0, rows, t, math.tile_channels(j, offset))], mask=ok,
+                          other=other) for j, ok in enumerate(lanes_ok))
 
 
 def _load_rows(x, b0, t, lanes_ok, math: _Math, length: int):
   """The row tiles (rows, width) fp32 of samples b0.. at step t, masked lanes 0; x is the input
   ref, or a producer holding its operands' refs (`producers`), which forms the row itself."""
-  load = lambda ref, step: _load_tiles(ref, b0, step, lanes_ok, math)
+  load = lambda ref, step: _load_tiles(ref, b0, step, lanes_ok, math, math.input_offset)
   if producers.is_produced(x):
     return x.kernel_rows(load, t, length)
   return tuple(v.astype(jnp.float32) for v in load(x, t))
@@ -381,8 +382,10 @@ def _walk(n_steps: int, step, carry, unroll: bool):
 
 def _sample_kernel(x_ref, s_ref, z_ref, qin_ref, *outlier_refs, math: _Math,
                    batch: int, block_b: int, length: int, n_refresh: int, detect: bool,
-                   unroll: bool, dequantize_to=None):
-  b0, window = pl.program_id(0) * block_b, pl.program_id(1)
+                   unroll: bool, dequantize_to=None, program=None):
+  """`program`: (sample block, window) of this program; its grid position by default."""
+  b_block, window = program if program is not None else (pl.program_id(0), pl.program_id(1))
+  b0 = b_block * block_b
   col_ok = math.col_ok()
   row_ok = _row_ok(b0, block_b, batch)
   lanes_ok = _lanes_ok(row_ok, math)
@@ -564,3 +567,105 @@ def act_quant_dequantized(x, inlier_scale, zero_point, *, code_range: tuple[int,
   (y,) = _launch(kernel, x, grid_inputs, [jax.ShapeDtypeStruct(x.shape, out_dtype)], grid,
                  'act_quant_dequantized', num_warps, interpret)
   return y
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+  """One channel segment of `act_quant_segments`' input, quantized on its own (static part):
+  its width, integer grids, outlier detection and launch shape (from `ActQuantBlockConfig`),
+  and what it writes: the codes (`dequantize_to` None) or the dequantized values."""
+  width: int
+  code_range: tuple[int, int, int, int]
+  k: float
+  n_refresh: int
+  std_ddof: int
+  detect: bool
+  symmetric: bool
+  block_c: int
+  block_b: int
+  n_chunks: int
+  dequantize_to: object = None
+
+  def programs(self, batch: int, length: int) -> int:
+    return pl.cdiv(batch, self.block_b) * -(-length // self.n_refresh)
+
+  def outputs(self, batch: int, length: int, math: _Math) -> list:
+    """The segment's outputs: dequantized values, or codes (+ outlier codes, steps and zero
+    points where it detects outliers), as `act_quant` with with_mask=False."""
+    if self.dequantize_to is not None:
+      return [jax.ShapeDtypeStruct((batch, length, self.width), self.dequantize_to)]
+    out = [jax.ShapeDtypeStruct((batch, length, self.width), math.code_dtype)]
+    if self.detect:
+      out += [jax.ShapeDtypeStruct((batch, length, self.width), math.outlier_dtype),
+              jax.ShapeDtypeStruct((batch, length), jnp.float32)]
+      if not self.symmetric:
+        out.append(jax.ShapeDtypeStruct((batch, length), jnp.int32))
+    return out
+
+
+def _segments_kernel(*refs, x_tree, segments, maths, batch: int, length: int):
+  """One launch for every segment: program ranges one after the other, each segment's programs
+  walking its windows exactly as `_sample_kernel` does, on the input's channels from the
+  segment's offset. The segments' walks are independent, so they overlap on the GPU instead
+  of running as one launch each."""
+  n_x = x_tree.num_leaves
+  x_ref = jax.tree.unflatten(x_tree, refs[:n_x])
+  rest = list(refs[n_x:])
+  grids = [[rest.pop(0), None if seg.symmetric else rest.pop(0)] for seg in segments]
+  outputs = [[rest.pop(0) for _ in seg.outputs(batch, length, math)]
+             for seg, math in zip(segments, maths)]
+  pid = pl.program_id(0)
+  first = 0
+  for seg, math, (s_ref, z_ref), outs in zip(segments, maths, grids, outputs):
+    n_windows = -(-length // seg.n_refresh)
+    count = seg.programs(batch, length)
+
+    @pl.when((pid >= first) & (pid < first + count))
+    def _(seg=seg, math=math, s_ref=s_ref, z_ref=z_ref, outs=outs, first=first,
+          n_windows=n_windows):
+      local = pid - first
+      _sample_kernel(x_ref, s_ref, z_ref, *outs, math=math, batch=batch, block_b=seg.block_b,
+                     length=length, n_refresh=seg.n_refresh, detect=seg.detect, unroll=False,
+                     dequantize_to=seg.dequantize_to,
+                     program=(local // n_windows, local % n_windows))
+    first += count
+
+
+@functools.partial(jax.jit, static_argnames=('segments', 'num_warps', 'interpret'))
+def act_quant_segments(x, inlier_scales, zero_points, *, segments: tuple[Segment, ...],
+                       num_warps: int, interpret: bool = False):
+  """x (B, L, sum of the widths) (or a producer) quantized segment by segment in one launch:
+  segment i, the next `segments[i].width` channels, on its steps `inlier_scales[i]` (L,) and
+  zero points `zero_points[i]` (None: symmetric). Returns per segment its dequantized values
+  (B, L, width), or (inlier codes, outlier codes, outlier scale, clamped inlier scale, outlier
+  zero points or None) with constants for the outlier part where it does not detect."""
+  batch, length, _ = x.shape
+  maths, grid_inputs, out_shape, offset = [], [], [], 0
+  for seg, scale, zero in zip(segments, inlier_scales, zero_points):
+    math = dataclasses.replace(
+        _math(seg.width, seg.block_c, seg.code_range, seg.k, seg.std_ddof, seg.symmetric,
+              interpret, seg.n_chunks), input_offset=offset)
+    maths.append(math)
+    grid_inputs += [scale.astype(jnp.float32)] + ([] if seg.symmetric else
+                                                  [zero.astype(jnp.float32)])
+    out_shape += seg.outputs(batch, length, math)
+    offset += seg.width
+  kernel = functools.partial(_segments_kernel, x_tree=jax.tree.structure(x), segments=segments,
+                             maths=tuple(maths), batch=batch, length=length)
+  grid = (sum(seg.programs(batch, length) for seg in segments),)
+  outs = list(_launch(kernel, x, grid_inputs, out_shape, grid, 'act_quant_segments', num_warps,
+                      interpret))
+  results = []
+  for seg, scale, math in zip(segments, inlier_scales, maths):
+    mine = [outs.pop(0) for _ in seg.outputs(batch, length, math)]
+    if seg.dequantize_to is not None:
+      results.append(mine[0])
+      continue
+    clamped = jnp.maximum(scale.astype(jnp.float32), MIN_SCALE)
+    if seg.detect:
+      o_zero = None if seg.symmetric else mine[3]
+      results.append((mine[0], mine[1], mine[2], clamped, o_zero))
+    else:
+      results.append((mine[0], jnp.zeros((batch, length, seg.width), jnp.int8),
+                      jnp.ones((batch, length), jnp.float32), clamped, None))
+  return tuple(results)

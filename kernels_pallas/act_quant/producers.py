@@ -14,6 +14,9 @@ the materialized x bit for bit.
   DirectionMean  Vim's bidirectional mixer output before out_proj: the mean of the forward
                  scan's output and the backward scan's, the latter still in its own
                  (reversed) token order, so the flip is an index in the kernel, not a copy.
+
+`Quantized` is the other way round: an input whose codes a neighbour's launch already made
+(`api.act_quant_segments`), which a Linear's integer kernels take as they are.
 """
 from __future__ import annotations
 
@@ -64,6 +67,31 @@ class DirectionMean:
 PRODUCERS = (DirectionMean,)
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Quantized:
+  """A Linear's input x (`value`) with its codes already made for that Linear's own input
+  quantizer (`activation`, an `IntActivation`): Vim's dt, quantized in the launch that also
+  quantizes B and C. The integer Linear reads the codes; anything else reads `value`."""
+  value: Any
+  activation: Any
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    return tuple(self.value.shape)
+
+  @property
+  def ndim(self) -> int:
+    return self.value.ndim
+
+  @property
+  def dtype(self):
+    return self.value.dtype
+
+  def materialize(self):
+    return self.value
+
+
 def _check_operands(forward, backward) -> None:
   if forward.ndim != 3 or forward.shape != backward.shape:
     raise ValueError('DirectionMean: forward and backward must be (B, L, C) arrays of one shape, '
@@ -79,5 +107,5 @@ def is_produced(x) -> bool:
 
 
 def materialize(x):
-  """x itself for an array, the array a producer stands for otherwise."""
-  return x.materialize() if is_produced(x) else x
+  """x itself for an array, the array a producer (or a `Quantized`) stands for otherwise."""
+  return x.materialize() if isinstance(x, (*PRODUCERS, Quantized)) else x

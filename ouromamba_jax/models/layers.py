@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kernels_pallas.act_quant import api as act_quant_api
+from kernels_pallas.act_quant import config as act_quant_config
 from kernels_pallas.act_quant import producers
 
 
@@ -135,6 +137,39 @@ def quantize_sites(quantizers, xs, implementation: Optional[str] = None) -> tupl
     out = jax.vmap(lambda q, x: q(x, implementation=implementation))(stacked, jnp.stack(xs))
     return tuple(out)
   return tuple(quantize_site(q, x, implementation) for q, x in zip(quantizers, xs))
+
+
+def split_sites(x, widths, linear_params, quantizers, implementation: Optional[str] = None
+                ) -> tuple:
+  """x (B, L, sum of widths) cut along its channels: (the first part, the Linear's input
+  `linear_params` ({'kernel', 'input_quantizer', ...}, or None) names, then each further
+  part through its site quantizer (`quantize_sites`)).
+
+  With `act_quant.config.SEGMENTS_IN_ONE_LAUNCH` on and every part in integer mode, one
+  act_quant launch quantizes them all (`act_quant_segments`: Vim's dt, B and C, whose serial
+  window walks then overlap) and the first part comes as a `producers.Quantized`, its codes
+  made for the Linear's quantizer; the same codes and values either way."""
+  parts = jnp.split(x, np.cumsum(widths)[:-1].tolist(), axis=-1)
+  sites = _segment_sites(x, widths, linear_params, quantizers)
+  if sites is None:
+    return (parts[0], *quantize_sites(quantizers, parts[1:], implementation))
+  chain = ('triton', 'xla') if implementation == 'triton' else implementation
+  outs = act_quant_api.act_quant_segments(x, sites, implementation=chain)
+  return (producers.Quantized(parts[0], outs[0]), *outs[1:])
+
+
+def _segment_sites(x, widths, linear_params, quantizers):
+  """The `SegmentSite`s of `split_sites`' parts, or None where they do not share a launch."""
+  if not act_quant_config.SEGMENTS_IN_ONE_LAUNCH or not linear_params:
+    return None
+  kernel, input_quantizer = linear_params.get('kernel'), linear_params.get('input_quantizer')
+  if not hasattr(kernel, 'input_segment_site'):
+    return None
+  sites = [kernel.input_segment_site(input_quantizer, widths[0])]
+  for quantizer, width in zip(quantizers, widths[1:]):
+    sites.append(quantizer.segment_site(width, x.dtype)
+                 if hasattr(quantizer, 'segment_site') else None)
+  return None if any(site is None for site in sites) else tuple(sites)
 
 
 def stacked_linear(module: nn.Module, name: str, weight, x, dtype):

@@ -144,7 +144,8 @@ class BiMambaV2Mixer(nn.Module):
         mean_with = outputs['forward'] if suffix and mean_in_scan else None
         scan_out, (delta, c_mat) = self._direction(
             flip(x), flip(z), conv, x_proj, dt_proj, quantizer, a_log, d_skip, dt_rank,
-            return_states=self.state_feature_fn is not None, mean_with=mean_with)
+            return_states=self.state_feature_fn is not None, mean_with=mean_with,
+            dt_proj_params=layers.optional_param(self, f'dt_proj{suffix}'))
         if self.state_feature_fn is not None:
           y, states = scan_out
           delta_tokens = flip(jax.nn.softplus(delta.astype(jnp.float32)))
@@ -178,19 +179,22 @@ class BiMambaV2Mixer(nn.Module):
     return stacked_directions(self.variables.get('params', {}))
 
   def _direction(self, x, z, conv, x_proj, dt_proj, quantizer, a_log, d_skip, dt_rank,
-                 return_states=False, mean_with=None):
+                 return_states=False, mean_with=None, dt_proj_params=None):
     """One scan direction on tokens already in its scan order: conv, x_proj, dt_proj, the
     Δ/B/C/A/D sites and the scan. The callables are modules (the loop: init, hooks and the
     calibration's recorders see them) or pure functions of stacked params (`_both_directions`),
     so both paths compute the same thing; `quantizer(name)` is a site's quantizer or None.
     Returns (scan output, (Δ, C)). With `mean_with` (the forward direction's output) the scan
-    output is both directions' mean in token order."""
+    output is both directions' mean in token order. `dt_proj_params` (dt_proj's params, None
+    at init) let dt's codes share B's and C's act_quant launch (`layers.split_sites`)."""
     impl = self.quant_implementation
     site = lambda name, v: layers.quantize_site(quantizer(name), v, impl)
     u = nn.silu(conv(x))
-    dt, b_mat, c_mat = jnp.split(x_proj(u), [dt_rank, dt_rank + self.d_state], axis=-1)
+    dt, b_mat, c_mat = layers.split_sites(
+        x_proj(u), (dt_rank, self.d_state, self.d_state),
+        dt_proj_params if self.fuse_linear_inputs else None, (quantizer('B'), quantizer('C')),
+        impl)
     delta = site('delta', dt_proj(dt))  # bias included: the Δ quantizer sees pre-softplus Δ
-    b_mat, c_mat = layers.quantize_sites((quantizer('B'), quantizer('C')), (b_mat, c_mat), impl)
     a_mat = site('A', layers.state_matrix(a_log))
     d_vec = site('D', layers.skip_vector(d_skip))
     out = scan_api.selective_scan(
@@ -210,7 +214,7 @@ class BiMambaV2Mixer(nn.Module):
                                                 q.get('input_quantizer'), self.dtype, impl))
       conv = lambda v: layers.causal_depthwise_conv1d(v, p['conv']['kernel'], p['conv']['bias'])
       return self._direction(x, z, conv, proj(p['x_proj']), proj(p['dt_proj']), p.get,
-                             p['a_log'], p['d'], dt_rank)[0]
+                             p['a_log'], p['d'], dt_rank, dt_proj_params=p['dt_proj'])[0]
 
     flip = lambda t: jnp.flip(t, axis=1)
     ys = jax.vmap(one)(p, jnp.stack([x, flip(x)]), jnp.stack([z, flip(z)]))

@@ -99,16 +99,18 @@ def dequantized_site(x3, quantizer, implementation: Optional[str] = None, out_dt
       out_dtype=out_dtype, implementation=_ACT_QUANT_CHAIN.get(implementation, implementation))
 
 
-def prepare_operands(x3, weight, input_quantizer, implementation: Optional[str] = None
-                     ) -> KernelOperands:
-  """Quantizes x3 (B, L, C) (already divided by the smoothing vector) with act_quant and lays
-  out the weight for mixed_gemm. Needs `unsupported_reason(weight, input_quantizer) is None`."""
+def prepare_operands(x3, weight, input_quantizer, implementation: Optional[str] = None,
+                     activation: Optional[IntActivation] = None) -> KernelOperands:
+  """Quantizes x3 (B, L, C) (already divided by the smoothing vector) with act_quant, unless
+  its codes are given (`activation`), and lays out the weight for mixed_gemm. Needs
+  `unsupported_reason(weight, input_quantizer) is None`."""
   spec = input_quantizer.spec
   weight_bits = 4 if weight.packed else 8
   k = weight.values.shape[0] * (2 if weight.packed else 1)  # K (in_features, padded when odd)
   # Inlier codes travel one per byte, int4 ones too (the GEMM's act_bits=8 form takes them):
   # the Triton GEMM multiplies int8 codes, so packing here would only be unpacked there.
-  q = quantize_site(x3, input_quantizer, implementation)
+  q = activation if activation is not None else quantize_site(x3, input_quantizer,
+                                                                implementation)
   x_inlier = _pad_last(q.inlier_q.astype(jnp.int8), k)
   a_scale = jnp.broadcast_to(q.inlier_scale[None, :], x3.shape[:2])
   x_outlier = o_scale = None
@@ -123,6 +125,16 @@ def prepare_operands(x3, weight, input_quantizer, implementation: Optional[str] 
   return KernelOperands(q, x_inlier, a_scale, x_outlier, o_scale, w, w_scale, weight_bits, 8)
 
 
+def input_segment(weight, input_quantizer, width: int):
+  """act_quant's site for this Linear's input (`act_quant_segments`), where the integer
+  kernels read its codes as act_quant makes them (no smoothing), else None."""
+  if (weight.mode != 'int' or weight.smooth is not None
+      or unsupported_reason(weight, input_quantizer) is not None):
+    return None
+  return act_quant_api.SegmentSite(width, input_quantizer.inlier_scale,
+                                   input_quantizer.spec.kernel_params, input_quantizer.zero_point)
+
+
 def linear(weight, x, input_quantizer, dtype, implementation: Optional[str] = None, bias=None):
   """y = x @ W (+ bias, added in dtype) of a `QuantizedWeight` on the integer kernels;
   x (..., in) or a producer (B, L, in) (`act_quant.producers`) -> (..., out) dtype. The bias
@@ -134,6 +146,9 @@ def linear(weight, x, input_quantizer, dtype, implementation: Optional[str] = No
   reason = unsupported_reason(weight, input_quantizer)
   if reason is not None:
     raise ValueError(f'the integer kernels cannot run this Linear: {reason}.')
+  activation = None
+  if isinstance(x, producers.Quantized):  # codes made by a neighbour's launch (no smoothing)
+    activation, x = (x.activation, x.value) if weight.smooth is None else (None, x.value)
   if weight.smooth is not None:
     x = producers.materialize(x).astype(jnp.float32) / jnp.maximum(weight.smooth,
                                                                     w_lib.MIN_SMOOTH)
@@ -141,7 +156,7 @@ def linear(weight, x, input_quantizer, dtype, implementation: Optional[str] = No
   # same values the fake path's cast gives), instead of a separate fp32 copy in memory; and a
   # producer (B, L, C) stays one, so act_quant forms x from its operands.
   x3 = x if producers.is_produced(x) else act_lib.as_steps(x, 'steps')[0]
-  ops = prepare_operands(x3, weight, input_quantizer, implementation)
+  ops = prepare_operands(x3, weight, input_quantizer, implementation, activation)
   float_outliers = input_quantizer.spec.outliers == 'float'
   gemm_kw = dict(weight_bits=ops.weight_bits, act_bits=ops.act_bits,
                  implementation=implementation)

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from kernels_pallas.act_quant import api as act_quant_api
 from kernels_pallas.act_quant import producers
 from kernels_pallas.act_quant.config import MIN_SCALE
 from kernels_pallas.act_quant.reference import int_dtype
@@ -164,6 +165,15 @@ class ActQuantizer:
     return restore(y).astype(x.dtype)
 
 
+  def segment_site(self, width: int, dequantize_to):
+    """This int-mode site as a segment of a shared act_quant launch (`act_quant_segments`),
+    its values dequantized to `dequantize_to`; None where its call does more than act_quant
+    (fake mode, the log domain, a per-tensor site)."""
+    if self.mode != 'int' or self.layout != 'steps' or self.spec.domain == 'log':
+      return None
+    return act_quant_api.SegmentSite(width, self.inlier_scale, self.spec.kernel_params,
+                                     self.zero_point, dequantize_to)
+
   def per_direction(self) -> 'ActQuantizer':
     """A stacked quantizer as the per-step one that `jax.vmap` maps over its K axis."""
     return self.replace(layout='steps')
@@ -280,6 +290,13 @@ class QuantizedWeight:
 
   def stacked_linear(self, x, input_quantizer, dtype, implementation: Optional[str] = None):
     return stacked_linear(self, x, input_quantizer, dtype, implementation)
+
+  def input_segment_site(self, input_quantizer, width: int):
+    """This Linear's input site as a segment of a shared act_quant launch, or None where the
+    Linear would not read act_quant's codes as they are (`int_linear.input_segment`)."""
+    if input_quantizer is None:
+      return None
+    return int_linear.input_segment(self, input_quantizer, width)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))

@@ -460,3 +460,83 @@ def test_gpu_dequantized_matches_canonical_at_vim_b_shape(symmetric, channels):
   # 9.9e-6 / 1.03e-4 for the four cases, none beyond one step; the bound on them only catches a
   # systematic difference.
   assert frac < 5e-4 and far < 1e-5
+
+
+def _x_proj_sites(rng, length, widths=(48, 16, 16)):
+  """Vim's x_proj sites: dt's codes (4-bit), B's values (4-bit) and an asymmetric 8-bit site
+  dequantized to fp32 (Δ's grid kind), each with its own steps."""
+  scale = lambda lo, hi: jnp.asarray(rng.uniform(lo, hi, length), jnp.float32)
+  return (api.SegmentSite(widths[0], scale(0.3, 0.6), ActQuantParams(bits=4)),
+          api.SegmentSite(widths[1], scale(0.3, 0.6), ActQuantParams(bits=4, k=2.0),
+                          dequantize_to=jnp.bfloat16),
+          api.SegmentSite(widths[2], scale(0.05, 0.1), ActQuantParams(symmetric=False, k=2.5),
+                          jnp.asarray(rng.integers(100, 140, length), jnp.int32),
+                          dequantize_to=jnp.float32))
+
+
+def _assert_segments_equal(got, want, tolerance=0.0):
+  for i, (g, w) in enumerate(zip(got, want, strict=True)):
+    fields = getattr(w, '_fields', None)
+    pairs = ([(f, getattr(g, f), getattr(w, f)) for f in fields] if fields
+             else [('values', g, w)])
+    for field, a, b in pairs:
+      if a is None or b is None:
+        assert a is None and b is None, (i, field)
+        continue
+      assert a.shape == b.shape and a.dtype == b.dtype, (i, field)
+      frac = np.mean(np.asarray(a) != np.asarray(b))
+      print(f'segment {i} {field}: mismatch fraction {frac:.2e}')
+      assert frac <= tolerance, (i, field)
+
+
+def test_segments_in_one_launch_equal_each_segment_alone():
+  """act_quant_segments: one interpreted launch gives each slice's own codes (dt) and values
+  (B, an asymmetric site), bit for bit; slices whose tiles would reach past x go one by one."""
+  rng = np.random.default_rng(11)
+  x = _activations(rng, 3, 23, 80, np.float32).astype(jnp.bfloat16)
+  sites = _x_proj_sites(rng, 23)
+  run = lambda x, sites: api.act_quant_segments(x, sites, implementation='triton',
+                                                interpret=True)
+  got = jax.jit(lambda x: run(x, sites), compiler_options=CPU_FAST_COMPILE)(x)
+  want = api.act_quant_segments(x, sites, implementation='xla')
+  assert got[0].outlier_mask is None and want[0].outlier_mask is None
+  assert np.asarray(want[0].outlier_q).any()  # outliers were found and coded
+  _assert_segments_equal(got, want)
+  launches = str(jax.make_jaxpr(lambda x: run(x, sites))(x))
+  assert launches.count('pallas_call[') == 1 and 'act_quant_segments' in launches
+  # C's 16-lane tile at channel 66 of 72 would reach past x: each slice alone, same values
+  narrow = _x_proj_sites(rng, 23, (48, 18, 6))
+  short = x[:, :, :72]
+  alone = str(jax.make_jaxpr(lambda x: run(x, narrow))(short))
+  assert 'act_quant_segments' not in alone
+  _assert_segments_equal(run(short, narrow), api.act_quant_segments(short, narrow,
+                                                                    implementation='xla'))
+  with pytest.raises(ValueError, match='do not add up to the 64 channels'):
+    api.act_quant_segments(x[:, :, :64], sites)
+
+
+def test_segments_kernel_lowers_to_triton_for_h100():
+  from kernels_pallas.act_quant import pallas_triton  # pylint: disable=g-import-not-at-top
+  b, l = 64, 197
+  rng = np.random.default_rng(12)
+  sites = _x_proj_sites(rng, l)
+  x = jax.ShapeDtypeStruct((b, l, 80), jnp.bfloat16)
+  segments, num_warps = api._segments(x, sites, None)  # pylint: disable=protected-access
+  with abstract_h100():
+    lowered = pallas_triton.act_quant_segments.trace(
+        x, tuple(s.inlier_scale for s in sites), tuple(s.zero_point for s in sites),
+        segments=segments, num_warps=num_warps).lower(lowering_platforms=('cuda',))
+  assert '__gpu$xla.gpu.triton' in lowered.as_text()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(jax.default_backend() != 'gpu', reason='needs a CUDA GPU')
+def test_gpu_segments_match_canonical_at_vim_b_x_proj_shape():
+  """Vim-B's x_proj output at batch 64 (dt_rank 48 + B 16 + C 16): one launch against each
+  slice's XLA reference (threshold ties may flip a vanishing fraction of codes, as above)."""
+  rng = np.random.default_rng(13)
+  x = _activations(rng, 64, 197, 80).astype(jnp.bfloat16)
+  sites = _x_proj_sites(rng, 197)
+  got = api.act_quant_segments(x, sites, implementation='triton')
+  want = api.act_quant_segments(x, sites, implementation='xla')
+  _assert_segments_equal(got, want, tolerance=1e-5)

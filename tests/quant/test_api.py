@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from kernels_pallas.act_quant import config as act_quant_config
 from ouromamba_jax import quant
 from ouromamba_jax.models import layers
 from ouromamba_jax import quantized_checkpoints
@@ -328,3 +329,32 @@ def test_paired_sites_equal_site_by_site(w4a4_untrained_run):
   assert _kernel_launches(lambda *v: layers.quantize_sites(fake, v, 'triton'), *xs) == {}
   assert layers.quantize_sites((None, None), xs)[1] is xs[1]
 
+
+
+def test_dt_b_and_c_quantized_in_one_launch_give_the_same_logits(tiny, w4a4_untrained_run,
+                                                                 monkeypatch):
+  """`act_quant.config.SEGMENTS_IN_ONE_LAUNCH`: x_proj's output (dt for dt_proj, B, C) is
+  quantized by one act_quant launch per direction (`layers.split_sites`) instead of dt_proj's
+  own and B/C's vmapped one: the same logits bit for bit, looped and vmapped, on the
+  interpreted Triton kernels; tools that intercept module calls (`module_by_module`) keep the
+  separate launches."""
+  model, _, images = tiny
+  tree = rewrite.set_mode(w4a4_untrained_run[0], 'int')
+  base = model.clone(quant_implementation='triton')
+  forward = lambda m: (lambda p, x: m.apply({'params': p}, x))
+  run = lambda m: np.asarray(jax.jit(forward(m), compiler_options=CPU_FAST_COMPILE)(tree, images))
+  separate = {}
+  for batched in (False, True):
+    m = base.clone(batch_directions=batched)
+    separate[batched] = (run(m), _kernel_launches(forward(m), tree, images))
+  monkeypatch.setattr(act_quant_config, 'SEGMENTS_IN_ONE_LAUNCH', 1)
+  for batched, (logits, launches) in separate.items():
+    m = base.clone(batch_directions=batched)
+    np.testing.assert_array_equal(run(m), logits, err_msg=f'batch_directions={batched}')
+    fused = _kernel_launches(forward(m), tree, images)
+    per_block = 1 if batched else 2  # launches in the blocks' scan body
+    assert fused['act_quant_segments'] == per_block
+    assert fused['act_quant_sample'] == launches['act_quant_sample'] - per_block  # dt's
+    assert fused['act_quant_dequantized'] == launches['act_quant_dequantized'] - per_block  # B/C
+  intercepted = layers.module_by_module(base)
+  assert 'act_quant_segments' not in _kernel_launches(forward(intercepted), tree, images)
