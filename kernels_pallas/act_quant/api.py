@@ -179,11 +179,8 @@ class SegmentSite(NamedTuple):
   dequantize_to: Any = None
 
 
-def _segments_unsupported(x, sites) -> str | None:
-  """Why the sites cannot share one kernel launch (None when they can)."""
-  if sum(site.width for site in sites) != x.shape[2]:
-    return (f'the widths {[site.width for site in sites]} do not add up to the '
-            f'{x.shape[2]} channels of x')
+def _segments_unsupported(sites) -> str | None:
+  """Why the sites' specs cannot share one kernel launch (None when they can)."""
   for i, site in enumerate(sites):
     reason = kernel_unsupported_reason(site.params, site.width)
     if reason is None and site.params.outliers == 'int' and site.params.trigger != 'sample':
@@ -210,16 +207,16 @@ def act_quant_segments(x, sites, *, implementation=None, interpret: bool | None 
     raise ValueError('act_quant_segments: give at least one SegmentSite.')
   for site in sites:
     _validate(x, site.inlier_scale, site.params, site.zero_point)
-  reason = _segments_unsupported(x, sites)
-  if reason is not None and reason.startswith('the widths'):
-    raise ValueError(f'act_quant_segments: {reason}; give one site per slice of x.')
-  chosen = DISPATCH.choose(implementation, sites[0].params, sites[0].width)
-  if reason is not None or chosen == 'xla':
+  widths = [site.width for site in sites]
+  if sum(widths) != x.shape[2]:
+    raise ValueError(f'act_quant_segments: the widths {widths} do not add up to the '
+                     f'{x.shape[2]} channels of x; give one site per slice of x.')
+  one_launch = (_segments_unsupported(sites) is None
+                and DISPATCH.choose(implementation, sites[0].params, sites[0].width) != 'xla'
+                and _segments(x, sites, block_config))
+  if not one_launch:
     return _segments_one_by_one(x, sites, implementation, interpret, block_config)
-  segments = _segments(x, sites, block_config)
-  if segments is None:
-    return _segments_one_by_one(x, sites, implementation, interpret, block_config)
-  segments, num_warps = segments
+  segments, num_warps = one_launch
   outs = pallas_triton.act_quant_segments(
       x, tuple(site.inlier_scale for site in sites), tuple(site.zero_point for site in sites),
       segments=segments, num_warps=num_warps,

@@ -2,8 +2,8 @@
 # Session 27's card plan (one call per PART, carrying .whl):
 #   PART=ab|profile|grid bash results/h200_session27/run.sh
 # ab (~7 min): the GPU test of act_quant_segments (dt, B and C in one launch), then Vim-B at
-#   batches 64 and 1 over the cases default, act_quant_segments=1, batch_directions=1 and both
-#   (one process, one quantized tree; at batch 1 the directions are vmapped by default).
+#   batches 64 and 1 over the cases default, act_quant_segments=1 and batch_directions=1 with
+#   it (one process, one quantized tree; at batch 1 the directions are vmapped by default).
 # profile, grid: session 26's plan (results/h200_session26/next_i15.sh).
 set -u
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2 PYTEST_DISABLE_PLUGIN_AUTOLOAD=1
@@ -18,7 +18,7 @@ case ${PART:-ab} in
     echo "tests at $(( $(date +%s) - S )) s"
     timeout $(( 570 - $(date +%s) + S )) python3 bench/e2e_latency.py --models=vim_b --batches=64,1 \
       --variants=bf16_pallas_scan,w4a4o8 --iters=15 \
-      --cases=default,act_quant_segments=1,batch_directions=1,batch_directions=1+act_quant_segments=1 \
+      --cases=default,act_quant_segments=1,batch_directions=1+act_quant_segments=1 \
       --out=$OUT/e2e_vim_b_segments.json 2>&1 | grep -v "^W\|^I" | tail -30
     echo "total $(( $(date +%s) - S )) s" ;;
   *) bash results/h200_session26/next_i15.sh ;;
