@@ -5,7 +5,11 @@
 Operands (leading dims of x are flattened into M = tokens, one row per time step per sample):
   x_inlier  act_bits=4: (..., K/2) int8/uint8, int4 codes packed along K (low nibble = even k);
             act_bits=8: (..., K) int8 (also the form for int4 codes kept one per byte).
-  a_scale   (...,) per-token inlier scale (for OuroMamba: S_I(t) of the row's time step).
+  a_scale   (...,) per-token inlier scale, or (L,) per step (x's last token axis, L): the same
+            for every sample (OuroMamba's static S_I(t)), read in the epilogue by the row's
+            step, so no (B, L) copy is made for each call.
+  a_floor   optional: a_scale is raised to it in the epilogue (act_quant's MIN_SCALE), so a
+            quantizer's raw steps need no clamp pass before the call.
   w         weight_bits=4: (K/2, N) int8/uint8 packed along K; weight_bits=8: (K, N) int8.
   w_scale   (N,) per-output-channel weight scale.
   x_outlier optional (..., K) int8 outlier codes, zero outside the outlier channels.
@@ -73,12 +77,12 @@ def _normalize(x_inlier, a_scale, w, w_scale, x_outlier, o_scale, bias, weight_b
   m = 1
   for d in lead:
     m *= d
-  if a_scale is None or a_scale.shape != lead:
-    raise ValueError(f'mixed_gemm: a_scale must have the token shape {lead}, got '
-                     f'{None if a_scale is None else a_scale.shape}.')
+  if a_scale is None or a_scale.shape not in (lead, lead[-1:]):
+    raise ValueError(f'mixed_gemm: a_scale must have the token shape {lead} or the per-step '
+                     f'shape {lead[-1:]}, got {None if a_scale is None else a_scale.shape}.')
   _check_vector('w_scale', w_scale, n)
   x2 = x_inlier.reshape(m, expected_x)
-  a2 = a_scale.reshape(m)
+  a2 = a_scale.reshape(-1)  # (M,) per token, or (L,) per step
   xo2 = o2 = None
   if x_outlier is not None:
     x_outlier = _as_int8('x_outlier', x_outlier)
@@ -105,20 +109,24 @@ def _tile(block_config, m: int, n: int, k: int, outliers: bool) -> MixedGemmBloc
 
 def mixed_gemm(x_inlier, a_scale, w, w_scale, x_outlier=None, o_scale=None, bias=None, *,
                weight_bits: int = 4, act_bits: int = 4, out_dtype=jnp.bfloat16,
-               implementation: str | None = None, interpret: bool | None = None,
-               block_config: MixedGemmBlockConfig | None = None):
+               a_floor: float | None = None, implementation: str | None = None,
+               interpret: bool | None = None, block_config: MixedGemmBlockConfig | None = None):
   """Dequantized int GEMM; see the module docstring for operand layouts. Returns (..., N)."""
   impl = DISPATCH.choose(implementation)
   x2, a2, w, xo2, o2, k, lead = _normalize(x_inlier, a_scale, w, w_scale, x_outlier, o_scale,
                                            bias, weight_bits, act_bits)
-  n = w.shape[1]
+  n, m = w.shape[1], x2.shape[0]
+  a_period = a2.shape[0] if a2.shape[0] != m else None
   if impl == 'xla':
-    y = reference.mixed_gemm_xla(x2, a2, w, w_scale, xo2, o2, bias, weight_bits=weight_bits,
-                                 act_bits=act_bits, out_dtype=out_dtype)
+    y = reference.mixed_gemm_xla(x2, reference.token_scales(a2, m, a_floor), w, w_scale, xo2,
+                                 o2, bias, weight_bits=weight_bits, act_bits=act_bits,
+                                 out_dtype=out_dtype)
   else:
-    cfg = _tile(block_config, x2.shape[0], n, k, outliers=xo2 is not None)
+    cfg = _tile(block_config, m, n, k, outliers=xo2 is not None)
     y = pallas_triton.mixed_gemm(x2, a2, w, w_scale, xo2, o2, bias, k=k, weight_bits=weight_bits,
                                  act_bits=act_bits, out_dtype=jnp.dtype(out_dtype), cfg=cfg,
+                                 a_period=a_period,
+                                 a_floor=None if a_floor is None else float(a_floor),
                                  interpret=compat.resolve_interpret(interpret))
   return y.reshape(lead + (n,))
 

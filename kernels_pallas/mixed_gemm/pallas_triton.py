@@ -71,7 +71,7 @@ def _load_rows(ref, row_start, rows_ok, k_start, width, block_m, k: int):
 
 
 def _gemm_kernel(*refs, m: int, n: int, k: int, cfg: MixedGemmBlockConfig, has_outliers: bool,
-                 has_bias: bool, accumulators_only: bool):
+                 has_bias: bool, accumulators_only: bool, a_period=None, a_floor=None):
   refs = list(refs)
   xin_ref, a_scale_ref, w_ref, w_scale_ref = refs[:4]
   refs = refs[4:]
@@ -151,7 +151,13 @@ def _gemm_kernel(*refs, m: int, n: int, k: int, cfg: MixedGemmBlockConfig, has_o
       plgpu.store(ref.at[out_block], acc, mask=tile_ok)
     return
 
-  a_scale = plgpu.load(a_scale_ref.at[pl.ds(row_start, bm)], mask=rows_ok, other=0.0)
+  if a_period is None:
+    a_scale = plgpu.load(a_scale_ref.at[pl.ds(row_start, bm)], mask=rows_ok, other=0.0)
+  else:  # per step: row r is step r mod L of its sample
+    a_scale = plgpu.load(a_scale_ref.at[(row_start + jnp.arange(bm)) % a_period], mask=rows_ok,
+                         other=0.0)
+  if a_floor is not None:
+    a_scale = jnp.maximum(a_scale, a_floor)
   w_scale = plgpu.load(w_scale_ref.at[pl.ds(col_start, bn)], mask=cols_ok, other=0.0)
   y = a_scale[:, None] * accs[0].astype(jnp.float32)
   if has_outliers:
@@ -171,7 +177,7 @@ def _int8_operand(x, bits, k_axis):
 
 
 def _call(x_inlier, a_scale, w, w_scale, x_outlier, o_scale, bias, *, k, weight_bits, act_bits,
-          out_dtype, cfg, interpret, accumulators_only):
+          out_dtype, cfg, interpret, accumulators_only, a_period=None, a_floor=None):
   m, n = x_inlier.shape[0], w.shape[1]
   # int4 operands are unpacked here, off the kernel's critical path: the weight in the same XLA
   # copy that makes it K-major, the activations in one elementwise pass. (`[:k]` drops the
@@ -194,7 +200,8 @@ def _call(x_inlier, a_scale, w, w_scale, x_outlier, o_scale, bias, *, k, weight_
 
   kernel = functools.partial(
       _gemm_kernel, m=m, n=n, k=k, cfg=cfg, has_outliers=has_outliers,
-      has_bias=bias is not None, accumulators_only=accumulators_only)
+      has_bias=bias is not None, accumulators_only=accumulators_only, a_period=a_period,
+      a_floor=a_floor)
   grid = (pl.cdiv(n, cfg.block_n), pl.cdiv(m, cfg.block_m))
   compat.filter_triton_deprecation()
   outs = pl.pallas_call(
@@ -205,14 +212,17 @@ def _call(x_inlier, a_scale, w, w_scale, x_outlier, o_scale, bias, *, k, weight_
 
 
 @functools.partial(jax.jit, static_argnames=('k', 'weight_bits', 'act_bits', 'out_dtype', 'cfg',
-                                             'interpret'))
+                                             'a_period', 'a_floor', 'interpret'))
 def mixed_gemm(x_inlier, a_scale, w, w_scale, x_outlier=None, o_scale=None, bias=None, *,
                k: int, weight_bits: int, act_bits: int, out_dtype, cfg: MixedGemmBlockConfig,
+               a_period: int | None = None, a_floor: float | None = None,
                interpret: bool = False):
-  """Fused dequantized GEMM on validated 2-D operands (see `api.mixed_gemm`). Returns (M, N)."""
+  """Fused dequantized GEMM on validated 2-D operands (see `api.mixed_gemm`). Returns (M, N).
+  a_period: a_scale holds one scale per step of a_period steps (row r reads r mod a_period);
+  a_floor: a_scale raised to it."""
   (y,) = _call(x_inlier, a_scale, w, w_scale, x_outlier, o_scale, bias, k=k,
                weight_bits=weight_bits, act_bits=act_bits, out_dtype=out_dtype, cfg=cfg,
-               interpret=interpret, accumulators_only=False)
+               interpret=interpret, accumulators_only=False, a_period=a_period, a_floor=a_floor)
   return y
 
 

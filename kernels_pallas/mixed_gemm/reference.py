@@ -47,6 +47,15 @@ def accumulators_xla(x_inlier, w, x_outlier=None, *, weight_bits: int = 4, act_b
   return acc_in, acc_out
 
 
+def token_scales(a_scale, m: int, a_floor=None):
+  """(M,) per-token inlier scales from a_scale given per token (M,) or per step (L,), row r
+  reading step r mod L, raised to `a_floor` where given: what the kernel's epilogue reads."""
+  a = a_scale.astype(jnp.float32)
+  if a.shape[0] != m:
+    a = jnp.broadcast_to(a, (m // a.shape[0], a.shape[0])).reshape(m)
+  return a if a_floor is None else jnp.maximum(a, jnp.float32(a_floor))
+
+
 def dequantize(acc_in, a_scale, w_scale, acc_out=None, o_scale=None, bias=None,
                out_dtype=jnp.bfloat16):
   """The epilogue, in fp32: per-token scales on the rows, per-channel scale on the columns;

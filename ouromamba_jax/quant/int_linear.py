@@ -32,6 +32,7 @@ import jax.numpy as jnp
 
 from kernels_pallas.act_quant import api as act_quant_api
 from kernels_pallas.act_quant import producers
+from kernels_pallas.act_quant.config import MIN_SCALE
 from kernels_pallas.act_quant.reference import IntActivation
 from kernels_pallas.mixed_gemm import api as mixed_gemm_api
 from ouromamba_jax.models import layers
@@ -66,7 +67,7 @@ class KernelOperands(NamedTuple):
   """What the mixed GEMM receives for one Linear (tokens = (B, L) of the quantized input)."""
   activation: IntActivation  # act_quant's output
   x_inlier: jax.Array                # (B, L, K) int8 codes (of <= 8 bits)
-  a_scale: jax.Array                 # (B, L) S_I(t) per token
+  a_scale: jax.Array                 # (L,) the quantizer's S_I(t) as stored (the GEMM floors it)
   x_outlier: Optional[jax.Array]     # (B, L, K) int8 (outliers 'int'), else None
   o_scale: Optional[jax.Array]       # (B, L) (outliers 'int'), else None
   w: jax.Array                       # (K/2, N) packed int4 or (K, N) int8
@@ -112,7 +113,9 @@ def prepare_operands(x3, weight, input_quantizer, implementation: Optional[str] 
   q = activation if activation is not None else quantize_site(x3, input_quantizer,
                                                                 implementation)
   x_inlier = _pad_last(q.inlier_q.astype(jnp.int8), k)
-  a_scale = jnp.broadcast_to(q.inlier_scale[None, :], x3.shape[:2])
+  # The steps as stored, per time step: the GEMM reads row (b, t)'s at t and floors it at
+  # MIN_SCALE itself, so no clamp and no (B, L) broadcast runs as a launch of its own per call.
+  a_scale = input_quantizer.inlier_scale
   x_outlier = o_scale = None
   if spec.outliers == 'int':
     x_outlier, o_scale = _pad_last(q.outlier_q, k), q.outlier_scale
@@ -158,7 +161,7 @@ def linear(weight, x, input_quantizer, dtype, implementation: Optional[str] = No
   x3 = x if producers.is_produced(x) else act_lib.as_steps(x, 'steps')[0]
   ops = prepare_operands(x3, weight, input_quantizer, implementation, activation)
   float_outliers = input_quantizer.spec.outliers == 'float'
-  gemm_kw = dict(weight_bits=ops.weight_bits, act_bits=ops.act_bits,
+  gemm_kw = dict(weight_bits=ops.weight_bits, act_bits=ops.act_bits, a_floor=MIN_SCALE,
                  implementation=implementation)
   if not float_outliers:
     y = mixed_gemm_api.mixed_gemm(ops.x_inlier, ops.a_scale, ops.w, ops.w_scale, ops.x_outlier,

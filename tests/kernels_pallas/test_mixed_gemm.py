@@ -196,17 +196,20 @@ def test_custom_block_config_is_used():
 @pytest.mark.parametrize('weight_bits,act_bits,k', [c + (384,) for c in COMBOS] + [(8, 8, 48)])
 def test_kernel_lowers_to_triton_for_h100(weight_bits, act_bits, k):
   """Lowers (no compile) for an abstract H100: every op must have a Triton lowering rule
-  (K = 48: the masked last K block, Vim-B's dt_proj with its bias)."""
+  (K = 48: the masked last K block, Vim-B's dt_proj with its bias, and the model's per-step
+  floored inlier scales, read by the row's step)."""
   from kernels_pallas.mixed_gemm import pallas_triton  # pylint: disable=g-import-not-at-top
   m, n = 64 * 197, 1536
   s = jax.ShapeDtypeStruct
-  args = (s((m, k // 2 if act_bits == 4 else k), jnp.int8), s((m,), jnp.float32),
+  per_step = dict(a_period=197, a_floor=1e-8) if k == 48 else {}
+  args = (s((m, k // 2 if act_bits == 4 else k), jnp.int8), s((per_step.get('a_period', m),),
+                                                               jnp.float32),
           s((k // 2 if weight_bits == 4 else k, n), jnp.int8), s((n,), jnp.float32),
           s((m, k), jnp.int8), s((m,), jnp.float32), s((n,), jnp.float32))
   with abstract_h100():
     lowered = pallas_triton.mixed_gemm.trace(
         *args, k=k, weight_bits=weight_bits, act_bits=act_bits, out_dtype=jnp.dtype(jnp.bfloat16),
-        cfg=config.default_block_config(m, n, k)).lower(lowering_platforms=('cuda',))
+        cfg=config.default_block_config(m, n, k), **per_step).lower(lowering_platforms=('cuda',))
   assert '__gpu$xla.gpu.triton' in lowered.as_text()
 
 
@@ -294,3 +297,24 @@ def test_gpu_dt_proj_shape_masked_k_and_fused_bias_equal_the_unfused_path():
   separate = (np.asarray(apart, np.float32) + np.asarray(bias).astype(bf16).astype(np.float32))
   np.testing.assert_array_equal(np.asarray(fused, np.float32),
                                 separate.astype(bf16).astype(np.float32))
+
+
+@pytest.mark.parametrize('implementation', ['xla', 'triton'])
+def test_per_step_scales_read_by_row_equal_per_token_scales(implementation):
+  """a_scale given per step (L,) (row (b, t) reads step t) and floored in the epilogue
+  (`a_floor`) gives the bits of the broadcast, clamped (B, L) scales: what the quantized Linear
+  hands over instead of a clamp and a broadcast per call."""
+  rng = np.random.default_rng(21)
+  b, l, k, n = 3, 7, 64, 48
+  x = jnp.asarray(rng.integers(-7, 8, (b, l, k)), jnp.int8)
+  w = int4.pack_int4(jnp.asarray(rng.integers(-7, 8, (k, n)), jnp.int8), axis=0)
+  w_scale = jnp.asarray(rng.uniform(0.01, 0.02, n), jnp.float32)
+  steps = jnp.asarray(rng.uniform(0.1, 0.2, l), jnp.float32).at[2].set(0.0)  # floored
+  kw = dict(weight_bits=4, act_bits=8, implementation=implementation,
+            interpret=True if implementation == 'triton' else None)
+  per_token = jnp.broadcast_to(jnp.maximum(steps, 1e-8)[None, :], (b, l))
+  want = api.mixed_gemm(x, per_token, w, w_scale, **kw)
+  got = api.mixed_gemm(x, steps, w, w_scale, a_floor=1e-8, **kw)
+  np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
+  with pytest.raises(ValueError, match=r'per-step shape \(7,\)'):
+    api.mixed_gemm(x, steps[:5], w, w_scale, **kw)

@@ -24,7 +24,9 @@ import numpy as np
 import pytest
 
 from kernels_pallas import int4
+from kernels_pallas.act_quant.config import MIN_SCALE
 from kernels_pallas.mixed_gemm import api as mixed_gemm_api
+from kernels_pallas.mixed_gemm import reference as mixed_gemm_reference
 from ouromamba_jax.models import layers
 from ouromamba_jax.quant import activations as act_lib
 from ouromamba_jax.quant import config
@@ -119,7 +121,10 @@ def _kernel_and_fake_codes(x, weight, iq, fq_weight, impl):
   unpack = lambda v, axis, packed: int4.unpack_int4(v, axis=axis) if packed else v
   want_w = w_lib.weight_codes(fq_weight.smoothed_weight(), fq_weight.scale, fq_weight.bits)
   hi = jax.lax.Precision.HIGHEST
-  kernel = dict(inlier_q=ops.x_inlier, a_scale=ops.a_scale,
+  # the scales the GEMM's epilogue reads: the stored steps by each row's step, floored
+  a_scale = mixed_gemm_reference.token_scales(ops.a_scale, x3.shape[0] * x3.shape[1],
+                                              MIN_SCALE).reshape(x3.shape[:2])
+  kernel = dict(inlier_q=ops.x_inlier, a_scale=a_scale,
                 w=unpack(ops.w, 0, ops.weight_bits == 4), acc_in=acc_in)
   sim = dict(inlier_q=fake.inlier_q, a_scale=jnp.broadcast_to(fake.inlier_scale, x3.shape[:2]),
              w=want_w, acc_in=jnp.dot(fake.inlier_q, want_w, precision=hi))
