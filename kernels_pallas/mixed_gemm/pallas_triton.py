@@ -165,9 +165,9 @@ def _gemm_kernel(*refs, m: int, n: int, k: int, cfg: MixedGemmBlockConfig, has_o
     y = y + o_scale[:, None] * accs[1].astype(jnp.float32)
   y = y * w_scale[None, :]
   (y_ref,) = out_refs
-  if has_bias:  # the bias arrives rounded to the output dtype (kept fp32) by the wrapper
-    y = (rounding.rounded_to(y, y_ref.dtype)
-         + plgpu.load(bias_ref.at[pl.ds(col_start, bn)], mask=cols_ok, other=0.0)[None, :])
+  if has_bias:  # the bias as stored, rounded to the output dtype here (no pass before the call)
+    bias = plgpu.load(bias_ref.at[pl.ds(col_start, bn)], mask=cols_ok, other=0.0)
+    y = rounding.rounded_to(y, y_ref.dtype) + rounding.rounded_to(bias, y_ref.dtype)[None, :]
   plgpu.store(y_ref.at[out_block], y.astype(y_ref.dtype), mask=tile_ok)
 
 
@@ -192,7 +192,7 @@ def _call(x_inlier, a_scale, w, w_scale, x_outlier, o_scale, bias, *, k, weight_
     if cfg.outlier_lists:
       inputs += list(reference.outlier_tiles(x_outlier, cfg.block_m))
   if bias is not None:
-    inputs.append(rounding.rounded_to(bias, out_dtype))
+    inputs.append(bias)
   if accumulators_only:
     out_shape = [jax.ShapeDtypeStruct((m, n), jnp.int32)] * (2 if has_outliers else 1)
   else:

@@ -141,9 +141,9 @@ def quantize_sites(quantizers, xs, implementation: Optional[str] = None) -> tupl
 
 def split_sites(x, widths, linear_params, quantizers, implementation: Optional[str] = None
                 ) -> tuple:
-  """x (B, L, sum of widths) cut along its channels: (the first part, the Linear's input
-  `linear_params` ({'kernel', 'input_quantizer', ...}, or None) names, then each further
-  part through its site quantizer (`quantize_sites`)).
+  """x (B, L, sum of widths) cut along its channels into (the input of the Linear whose
+  params are `linear_params` ({'kernel', 'input_quantizer', ...}; None at init), then each
+  further part through its site quantizer, as `quantize_sites` gives it).
 
   With `act_quant.config.SEGMENTS_IN_ONE_LAUNCH` on and every part in integer mode, one
   act_quant launch quantizes them all (`act_quant_segments`: Vim's dt, B and C, whose serial

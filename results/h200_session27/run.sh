@@ -1,7 +1,9 @@
 #!/bin/bash
 # Session 27's card plan (one call per PART, carrying .whl):
 #   PART=ab|profile|grid bash results/h200_session27/run.sh
-# ab (~7 min): the GPU test of act_quant_segments (dt, B and C in one launch), then Vim-B at
+# Not run in session 27 (no card was lent after the first call); the next session's plan.
+# ab (~8 min): the GPU tests of act_quant_segments (dt, B and C in one launch) and of the mixed
+#   GEMM (per-step inlier scales read by row since session 27), then Vim-B at
 #   batches 64 and 1 over the cases default, act_quant_segments=1 and batch_directions=1 with
 #   it (one process, one quantized tree; at batch 1 the directions are vmapped by default).
 # profile, grid: session 26's plan (results/h200_session26/next_i15.sh).
@@ -13,8 +15,8 @@ case ${PART:-ab} in
       --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:. || exit
     nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; date -u
     S=$(date +%s); mkdir -p $OUT
-    timeout 150 python3 -m pytest -q -o addopts="" -m gpu -s tests/kernels_pallas/test_act_quant.py \
-      -k segments 2>&1 | grep -v "^W\|^I" | tail -12
+    timeout 200 python3 -m pytest -q -o addopts="" -m gpu -s tests/kernels_pallas/test_act_quant.py \
+      tests/kernels_pallas/test_mixed_gemm.py -k "segments or mixed_gemm" 2>&1 | grep -v "^W\|^I" | tail -12
     echo "tests at $(( $(date +%s) - S )) s"
     timeout $(( 570 - $(date +%s) + S )) python3 bench/e2e_latency.py --models=vim_b --batches=64,1 \
       --variants=bf16_pallas_scan,w4a4o8 --iters=15 \
