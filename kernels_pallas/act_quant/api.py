@@ -200,7 +200,8 @@ def act_quant_segments(x, sites, *, implementation=None, interpret: bool | None 
   walks its refresh windows serially, so a launch costs its walk's latency more than its
   lanes' work; the Triton kernel runs every segment in one launch, where their walks overlap,
   and reads each slice in place (no split copies). Where any site's spec is outside that
-  kernel (or `implementation` picks XLA) each segment runs alone, dispatched as usual.
+  kernel (or `implementation` picks XLA) each segment runs alone, dispatched as usual, with
+  'triton' taking XLA for a spec its kernel does not cover.
   `block_config` applies to every segment (block_c must then fit the widest)."""
   sites = tuple(sites)
   if not sites:
@@ -260,11 +261,12 @@ def _segments(x, sites, block_config):
 def _segments_one_by_one(x, sites, implementation, interpret, block_config) -> tuple:
   """`act_quant_segments` as one call per segment (its XLA form, and the fallback)."""
   x = producers.materialize(x)
+  chain = ('triton', 'xla') if implementation == 'triton' else implementation
+  kw = dict(implementation=chain, interpret=interpret, block_config=block_config)
   results, start = [], 0
   for site in sites:
     part = x[:, :, start:start + site.width]
     start += site.width
-    kw = dict(implementation=implementation, interpret=interpret, block_config=block_config)
     if site.dequantize_to is not None:
       results.append(act_quant_dequantized(part, site.inlier_scale, site.params,
                                            site.zero_point, out_dtype=site.dequantize_to, **kw))

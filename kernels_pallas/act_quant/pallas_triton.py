@@ -586,8 +586,11 @@ class Segment:
   n_chunks: int
   dequantize_to: object = None
 
+  def windows(self, length: int) -> int:
+    return -(-length // self.n_refresh)
+
   def programs(self, batch: int, length: int) -> int:
-    return pl.cdiv(batch, self.block_b) * -(-length // self.n_refresh)
+    return pl.cdiv(batch, self.block_b) * self.windows(length)
 
   def outputs(self, batch: int, length: int, math: _Math) -> list:
     """The segment's outputs: dequantized values, or codes (+ outlier codes, steps and zero
@@ -617,7 +620,7 @@ def _segments_kernel(*refs, x_tree, segments, maths, batch: int, length: int):
   pid = pl.program_id(0)
   first = 0
   for seg, math, (s_ref, z_ref), outs in zip(segments, maths, grids, outputs):
-    n_windows = -(-length // seg.n_refresh)
+    n_windows = seg.windows(length)
     count = seg.programs(batch, length)
 
     @pl.when((pid >= first) & (pid < first + count))

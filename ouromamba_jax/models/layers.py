@@ -153,8 +153,7 @@ def split_sites(x, widths, linear_params, quantizers, implementation: Optional[s
   sites = _segment_sites(x, widths, linear_params, quantizers)
   if sites is None:
     return (parts[0], *quantize_sites(quantizers, parts[1:], implementation))
-  chain = ('triton', 'xla') if implementation == 'triton' else implementation
-  outs = act_quant_api.act_quant_segments(x, sites, implementation=chain)
+  outs = act_quant_api.act_quant_segments(x, sites, implementation=implementation)
   return (producers.Quantized(parts[0], outs[0]), *outs[1:])
 
 
