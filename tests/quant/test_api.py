@@ -407,3 +407,31 @@ def test_weights_laid_out_once_per_forward_give_the_same_logits(tiny, w4a4_untra
   fake_ops = lambda on: _int8_transposes(forward(triton.clone(weights_in_gemm_layout=on)),
                                         fake_tree, images)
   assert fake_ops(True) == fake_ops(False)  # the simulation's codes, as they were
+
+
+@pytest.mark.parametrize('case', ['looped', 'vmapped', 'segments'])
+def test_the_integer_forward_lowers_to_triton_for_an_h100(tiny, w4a4_untrained_run, monkeypatch,
+                                                          case):
+  """The whole integer-mode forward on the Triton kernels (act_quant, its segments, the mixed
+  GEMM with weights laid out per forward, the scan with the directions' mean) lowers for an
+  abstract H100, as a card would compile it: the directions looped (batch >= 64 on a GPU) and
+  vmapped (smaller batches). Catches a composition the kernels' own lowering tests miss before
+  a card's time is spent on it."""
+  from kernels_pallas import _pallas_compat  # pylint: disable=g-import-not-at-top
+  from tests.kernels_pallas.abstract_gpu import abstract_h100  # pylint: disable=g-import-not-at-top
+  model, _, images = tiny
+  tree = rewrite.set_mode(w4a4_untrained_run[0], 'int')
+  monkeypatch.setattr(_pallas_compat, 'default_interpret', lambda: False)
+  monkeypatch.setattr(act_quant_config, 'SEGMENTS_IN_ONE_LAUNCH', int(case == 'segments'))
+  m = model.clone(quant_implementation='triton', scan_implementation='triton',
+                  batch_directions=case == 'vmapped', dtype=jnp.bfloat16)
+  with abstract_h100():
+    text = jax.jit(lambda p, x: m.apply({'params': p}, x)).trace(tree, images).lower(
+        lowering_platforms=('cuda',)).as_text()
+  kernels = set(re.findall(r"\bname = \"(\w+)\", num_stages", text))  # Triton kernel names
+  want = {'act_quant_sample', 'act_quant_dequantized', 'mixed_gemm', 'selective_scan_fwd'}
+  if case != 'vmapped':  # looped: the backward scan writes the directions' mean
+    want.add('selective_scan_fwd_mean')
+  if case == 'segments':
+    want.add('act_quant_segments')
+  assert kernels == want and '__gpu$xla.gpu.triton' in text
