@@ -29,8 +29,8 @@ and written to the JSON; `--outlier_k`
 (the mu + k sigma threshold) steers it.
 
 A/B runs in one process (`--cases`): each case is a set of the switch flags below
-(`fuse_linear_inputs`, `weights_in_gemm_layout`, `batch_directions`, `act_quant_small_grid`,
-`act_quant_tile_elements`, `act_quant_segments`) on top of the command line's, e.g. `--cases=default,fuse_linear_inputs=0,act_quant_small_grid=0`;
+(`fuse_linear_inputs`, `batch_directions`, `act_quant_small_grid`, `act_quant_tile_elements`,
+`act_quant_segments`) on top of the command line's, e.g. `--cases=default,fuse_linear_inputs=0,act_quant_small_grid=0`;
 every variant runs in every case, from the same quantized trees, so a card quantizes once and
 the cases' numbers share one process (a row's `case` names it).
 
@@ -165,10 +165,6 @@ def parse_args(argv=None):
                       'in every variant (VisionMamba.fuse_linear_inputs): into the backward '
                       "scan where the directions are looped, into an int out_proj's act_quant "
                       'where vmapped; 0: formed by its own pass')
-  p.add_argument('--weights_in_gemm_layout', type=int, default=1, choices=(0, 1),
-                 help="1 (the model's default): a quantized Vim lays out its integer GEMMs' "
-                      'weights (int8, K-major) once per forward for all blocks '
-                      '(VisionMamba.weights_in_gemm_layout); 0: at every Linear call')
   p.add_argument('--cases', type=_csv(str), default=['default'],
                  help="comma-separated A/B cases, each 'default' or FLAG=INT[+FLAG=INT...] "
                       f'with FLAG from {list(CASE_FLAGS)}, applied on top of the flags above')
@@ -201,7 +197,7 @@ SWITCHES = {'act_quant_small_grid': ('SMALL_GRID_PROGRAMS', 0),
             'act_quant_tile_elements': ('TILE_ELEMENTS', 1),
             'act_quant_segments': ('SEGMENTS_IN_ONE_LAUNCH', 0)}
 # The flags a case may set: model fields and the kernels' module-level switches.
-CASE_FLAGS = ('fuse_linear_inputs', 'weights_in_gemm_layout', 'batch_directions', *SWITCHES)
+CASE_FLAGS = ('fuse_linear_inputs', 'batch_directions', *SWITCHES)
 
 
 def check_switches(settings: dict) -> None:
@@ -388,8 +384,7 @@ def variant_model(base, variant: Variant, args):
                     if variant.preset else None,
                     batch_directions=(None if args.batch_directions < 0
                                       else bool(args.batch_directions)),
-                    fuse_linear_inputs=bool(args.fuse_linear_inputs),
-                    weights_in_gemm_layout=bool(args.weights_in_gemm_layout))
+                    fuse_linear_inputs=bool(args.fuse_linear_inputs))
 
 
 def _variant_trees(base, params, args, rates, quantize_s, model_name):

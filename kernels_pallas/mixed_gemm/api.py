@@ -10,9 +10,7 @@ Operands (leading dims of x are flattened into M = tokens, one row per time step
             step, so no (B, L) copy is made for each call.
   a_floor   optional: a_scale is raised to it in the epilogue (act_quant's MIN_SCALE), so a
             quantizer's raw steps need no clamp pass before the call.
-  w         weight_bits=4: (K/2, N) int8/uint8 packed along K; weight_bits=8: (K, N) int8;
-            with w_kmajor: (N, K) int8 codes of weight_bits bits, the kernel's own operand
-            (`reference.kmajor_weight`), so a caller calling it many times lays it out once.
+  w         weight_bits=4: (K/2, N) int8/uint8 packed along K; weight_bits=8: (K, N) int8.
   w_scale   (N,) per-output-channel weight scale.
   x_outlier optional (..., K) int8 outlier codes, zero outside the outlier channels.
   o_scale   (...,) per-token outlier scale (required with x_outlier).
@@ -58,24 +56,17 @@ def _check_vector(name, v, length):
     raise ValueError(f'mixed_gemm: {name} must have shape ({length},), got {v.shape}.')
 
 
-def _normalize(x_inlier, a_scale, w, w_scale, x_outlier, o_scale, bias, weight_bits, act_bits,
-               w_kmajor=False):
+def _normalize(x_inlier, a_scale, w, w_scale, x_outlier, o_scale, bias, weight_bits, act_bits):
   """Validates shapes/dtypes, flattens tokens; returns 2-D operands, K and the leading shape."""
   if weight_bits not in _BITS or act_bits not in _BITS:
     raise ValueError(f'mixed_gemm: weight_bits={weight_bits}, act_bits={act_bits}; each must be '
                      f'one of {_BITS}.')
   if w.ndim != 2:
-    raise ValueError(f'mixed_gemm: w must be 2-D ({"N, K" if w_kmajor else "K/2 or K, N"}), got '
-                     f'shape {w.shape}.')
-  if w_kmajor and w.dtype != jnp.int8:
-    raise TypeError(f'mixed_gemm: a K-major w holds int8 codes, one per byte, got {w.dtype}; '
-                    'lay a stored weight out with mixed_gemm.reference.kmajor_weight.')
+    raise ValueError(f'mixed_gemm: w must be 2-D (K/2 or K, N), got shape {w.shape}.')
   w = _as_int8('w', w)
   x_inlier = _as_int8('x_inlier', x_inlier)
-  if w_kmajor:
-    n, k = w.shape
-  else:
-    k, n = w.shape[0] * (2 if weight_bits == 4 else 1), w.shape[1]
+  k = w.shape[0] * (2 if weight_bits == 4 else 1)
+  n = w.shape[1]
   lead = x_inlier.shape[:-1]
   expected_x = k // 2 if act_bits == 4 else k
   if x_inlier.ndim < 2 or x_inlier.shape[-1] != expected_x:
@@ -118,49 +109,47 @@ def _tile(block_config, m: int, n: int, k: int, outliers: bool) -> MixedGemmBloc
 
 def mixed_gemm(x_inlier, a_scale, w, w_scale, x_outlier=None, o_scale=None, bias=None, *,
                weight_bits: int = 4, act_bits: int = 4, out_dtype=jnp.bfloat16,
-               a_floor: float | None = None, w_kmajor: bool = False,
-               implementation: str | None = None, interpret: bool | None = None,
-               block_config: MixedGemmBlockConfig | None = None):
+               a_floor: float | None = None, implementation: str | None = None,
+               interpret: bool | None = None, block_config: MixedGemmBlockConfig | None = None):
   """Dequantized int GEMM; see the module docstring for operand layouts. Returns (..., N)."""
   impl = DISPATCH.choose(implementation)
   x2, a2, w, xo2, o2, k, lead = _normalize(x_inlier, a_scale, w, w_scale, x_outlier, o_scale,
-                                           bias, weight_bits, act_bits, w_kmajor)
-  n, m = w_scale.shape[0], x2.shape[0]
+                                           bias, weight_bits, act_bits)
+  n, m = w.shape[1], x2.shape[0]
   a_period = a2.shape[0] if a2.shape[0] != m else None
   if impl == 'xla':
     y = reference.mixed_gemm_xla(x2, reference.token_scales(a2, m, a_floor), w, w_scale, xo2,
                                  o2, bias, weight_bits=weight_bits, act_bits=act_bits,
-                                 out_dtype=out_dtype, w_kmajor=w_kmajor)
+                                 out_dtype=out_dtype)
   else:
     cfg = _tile(block_config, m, n, k, outliers=xo2 is not None)
     y = pallas_triton.mixed_gemm(x2, a2, w, w_scale, xo2, o2, bias, k=k, weight_bits=weight_bits,
                                  act_bits=act_bits, out_dtype=jnp.dtype(out_dtype), cfg=cfg,
                                  a_period=a_period,
                                  a_floor=None if a_floor is None else float(a_floor),
-                                 interpret=compat.resolve_interpret(interpret), w_kmajor=w_kmajor)
+                                 interpret=compat.resolve_interpret(interpret))
   return y.reshape(lead + (n,))
 
 
 def mixed_gemm_accumulators(x_inlier, w, x_outlier=None, *, weight_bits: int = 4,
-                            act_bits: int = 4, w_kmajor: bool = False,
-                            implementation: str | None = None, interpret: bool | None = None,
+                            act_bits: int = 4, implementation: str | None = None,
+                            interpret: bool | None = None,
                             block_config: MixedGemmBlockConfig | None = None):
   """The exact int32 sums (xin @ w, xout @ w or None), each (..., N): for tests and debugging."""
   impl = DISPATCH.choose(implementation)
   lead = x_inlier.shape[:-1]
   ones = jnp.ones(lead, jnp.float32)
-  n = w.shape[0 if w_kmajor else -1]
   x2, _, w, xo2, _, k, lead = _normalize(
-      x_inlier, ones, w, jnp.ones((n,), jnp.float32), x_outlier,
-      None if x_outlier is None else ones, None, weight_bits, act_bits, w_kmajor)
+      x_inlier, ones, w, jnp.ones((w.shape[-1],), jnp.float32), x_outlier,
+      None if x_outlier is None else ones, None, weight_bits, act_bits)
+  n = w.shape[1]
   if impl == 'xla':
     acc_in, acc_out = reference.accumulators_xla(x2, w, xo2, weight_bits=weight_bits,
-                                                 act_bits=act_bits, w_kmajor=w_kmajor)
+                                                 act_bits=act_bits)
   else:
     cfg = _tile(block_config, x2.shape[0], n, k, outliers=xo2 is not None)
     acc_in, acc_out = pallas_triton.accumulators(x2, w, xo2, k=k, weight_bits=weight_bits,
                                                  act_bits=act_bits, cfg=cfg,
-                                                 interpret=compat.resolve_interpret(interpret),
-                                                 w_kmajor=w_kmajor)
+                                                 interpret=compat.resolve_interpret(interpret))
   reshape = lambda a: None if a is None else a.reshape(lead + (n,))
   return reshape(acc_in), reshape(acc_out)

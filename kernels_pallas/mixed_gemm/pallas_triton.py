@@ -33,9 +33,7 @@ Weights enter the kernel K-major, (N, K) (the wrapper transposes the (K, N) oper
 API): Hopper's int8 wgmma reads its B operand K-major from shared memory, and with (K, N) tiles
 Triton could not feed it directly. Measured on an H200 (`bench/int8_gemm_probe.py`, Vim-B
 in_proj 12608x768x3072, 2026-12-02): 0.517 ms (K, N) vs 0.181 ms (N, K), cuBLAS bf16 0.212 ms in
-the same run. The transpose of the small weight is one XLA copy per call (K x N bytes), unless
-the caller hands the weight K-major already (`w_kmajor`): Vim lays out all its blocks' weights
-in one copy per forward (`VisionMamba.weights_in_gemm_layout`).
+the same run. The transpose of the small weight is one XLA copy per call (K x N bytes).
 
 M, N and K tails are masked in the kernel (any M, N, K; masked codes load as 0, which adds
 nothing): no XLA pad of the operands before the call (Vim's dt_proj has K = dt_rank = 48). The
@@ -173,22 +171,21 @@ def _gemm_kernel(*refs, m: int, n: int, k: int, cfg: MixedGemmBlockConfig, has_o
   plgpu.store(y_ref.at[out_block], y.astype(y_ref.dtype), mask=tile_ok)
 
 
+def _int8_operand(x, bits, k_axis):
+  """The operand as int8 codes (int4 unpacked): what the kernel multiplies."""
+  return int4.unpack_int4(x, axis=k_axis) if bits == 4 else x
+
+
 def _call(x_inlier, a_scale, w, w_scale, x_outlier, o_scale, bias, *, k, weight_bits, act_bits,
-          out_dtype, cfg, interpret, accumulators_only, a_period=None, a_floor=None,
-          w_kmajor=False):
-  # int4 operands are unpacked here, off the kernel's critical path: the weight in the XLA copy
-  # that makes it K-major (none when it comes K-major: `reference.kmajor_weight`), the
-  # activations in one elementwise pass. (`[:k]` drops the packing's pad lane of an odd K; a
-  # no-op otherwise.)
-  if not w_kmajor:
-    w = reference.kmajor_weight(w, weight_bits)
-  w = w[:, :k]
-  m, n = x_inlier.shape[0], w.shape[0]
-  if act_bits == 4:
-    x_inlier = int4.unpack_int4(x_inlier, axis=1)
-  x_inlier = x_inlier[:, :k]
+          out_dtype, cfg, interpret, accumulators_only, a_period=None, a_floor=None):
+  m, n = x_inlier.shape[0], w.shape[1]
+  # int4 operands are unpacked here, off the kernel's critical path: the weight in the same XLA
+  # copy that makes it K-major, the activations in one elementwise pass. (`[:k]` drops the
+  # packing's pad row of an odd K; a no-op otherwise.)
+  w_kmajor = _int8_operand(w, weight_bits, 0)[:k].T
+  x_inlier = _int8_operand(x_inlier, act_bits, 1)[:, :k]
   has_outliers = x_outlier is not None
-  inputs = [x_inlier, a_scale.astype(jnp.float32), w, w_scale.astype(jnp.float32)]
+  inputs = [x_inlier, a_scale.astype(jnp.float32), w_kmajor, w_scale.astype(jnp.float32)]
   if has_outliers:
     x_outlier = x_outlier[:, :k]
     inputs += [x_outlier, o_scale.astype(jnp.float32)]
@@ -215,30 +212,28 @@ def _call(x_inlier, a_scale, w, w_scale, x_outlier, o_scale, bias, *, k, weight_
 
 
 @functools.partial(jax.jit, static_argnames=('k', 'weight_bits', 'act_bits', 'out_dtype', 'cfg',
-                                             'a_period', 'a_floor', 'interpret', 'w_kmajor'))
+                                             'a_period', 'a_floor', 'interpret'))
 def mixed_gemm(x_inlier, a_scale, w, w_scale, x_outlier=None, o_scale=None, bias=None, *,
                k: int, weight_bits: int, act_bits: int, out_dtype, cfg: MixedGemmBlockConfig,
                a_period: int | None = None, a_floor: float | None = None,
-               interpret: bool = False, w_kmajor: bool = False):
+               interpret: bool = False):
   """Fused dequantized GEMM on validated 2-D operands (see `api.mixed_gemm`). Returns (M, N).
   a_period: a_scale holds one scale per step of a_period steps (row r reads r mod a_period);
-  a_floor: a_scale raised to it; w_kmajor: w is (N, K) int8 codes already."""
+  a_floor: a_scale raised to it."""
   (y,) = _call(x_inlier, a_scale, w, w_scale, x_outlier, o_scale, bias, k=k,
                weight_bits=weight_bits, act_bits=act_bits, out_dtype=out_dtype, cfg=cfg,
-               interpret=interpret, accumulators_only=False, a_period=a_period, a_floor=a_floor,
-               w_kmajor=w_kmajor)
+               interpret=interpret, accumulators_only=False, a_period=a_period, a_floor=a_floor)
   return y
 
 
-@functools.partial(jax.jit, static_argnames=('k', 'weight_bits', 'act_bits', 'cfg', 'interpret',
-                                             'w_kmajor'))
+@functools.partial(jax.jit, static_argnames=('k', 'weight_bits', 'act_bits', 'cfg', 'interpret'))
 def accumulators(x_inlier, w, x_outlier=None, *, k: int, weight_bits: int, act_bits: int,
-                 cfg: MixedGemmBlockConfig, interpret: bool = False, w_kmajor: bool = False):
+                 cfg: MixedGemmBlockConfig, interpret: bool = False):
   """The kernel's raw int32 sums (acc_in, acc_out or None): what the exactness tests compare."""
   m = x_inlier.shape[0]
   ones_m = jnp.ones((m,), jnp.float32)
-  ones_n = jnp.ones((w.shape[0 if w_kmajor else 1],), jnp.float32)
+  ones_n = jnp.ones((w.shape[1],), jnp.float32)
   outs = _call(x_inlier, ones_m, w, ones_n, x_outlier, None if x_outlier is None else ones_m,
                None, k=k, weight_bits=weight_bits, act_bits=act_bits, out_dtype=jnp.float32,
-               cfg=cfg, interpret=interpret, accumulators_only=True, w_kmajor=w_kmajor)
+               cfg=cfg, interpret=interpret, accumulators_only=True)
   return (outs[0], outs[1]) if x_outlier is not None else (outs[0], None)

@@ -2,8 +2,7 @@
 
 Operands: int4 values packed two per int8 byte along K (the reduction axis) in the format of
 `kernels_pallas.int4` (weights (K/2, N), activations (M, K/2)); int8 operands are plain (K, N) /
-(M, K). A weight may also come K-major, (N, K) int8 codes (`kmajor_weight`): the kernel's own
-operand, laid out once for many calls.
+(M, K).
 
 GEMM (one output row m = one time step of one sample; one column n = one output channel):
   y[m, n] = w_scale[n] * (a_scale[m] * sum_k xin[m, k] w[k, n]
@@ -37,25 +36,9 @@ def int_dot(x, w, x_bits: int, w_bits: int):
   return jax.lax.dot(x, w, preferred_element_type=jnp.int32)
 
 
-def kmajor_weight(w, weight_bits: int):
-  """The weight as the Triton kernel multiplies it: int8 codes, K-major (..., N, K), from
-  (..., K/2, N) packed int4 (int8 or uint8 bytes) or (..., K, N) int8 codes. Hopper's int8
-  wgmma reads its B operand K-major, and unpacking nibbles inside the K loop made the kernel
-  3x slower (`pallas_triton`), so this copy is the one layout step between the stored weight
-  and the kernel. Leading axes (stacked blocks, directions) pass through, so a model can lay
-  out all its blocks' weights in one XLA op instead of one per Linear and call."""
-  codes = unpack_int4(w, axis=-2) if weight_bits == 4 else w
-  return jnp.swapaxes(codes, -1, -2)
-
-
-def accumulators_xla(x_inlier, w, x_outlier=None, *, weight_bits: int = 4, act_bits: int = 4,
-                     w_kmajor: bool = False):
-  """Exact int32 sums (xin @ w, xout @ w); the outlier one is None without outliers. w_kmajor:
-  w is (N, K) int8 codes (`kmajor_weight`)."""
-  if w_kmajor:
-    w8 = w.T
-  else:
-    w8 = unpack_int4(w, axis=0) if weight_bits == 4 else w
+def accumulators_xla(x_inlier, w, x_outlier=None, *, weight_bits: int = 4, act_bits: int = 4):
+  """Exact int32 sums (xin @ w, xout @ w); the outlier one is None without outliers."""
+  w8 = unpack_int4(w, axis=0) if weight_bits == 4 else w
   x8 = unpack_int4(x_inlier, axis=-1) if act_bits == 4 else x_inlier
   acc_in = int_dot(x8, w8, act_bits, weight_bits)
   acc_out = None
@@ -87,11 +70,10 @@ def dequantize(acc_in, a_scale, w_scale, acc_out=None, o_scale=None, bias=None,
 
 
 def mixed_gemm_xla(x_inlier, a_scale, w, w_scale, x_outlier=None, o_scale=None, bias=None, *,
-                   weight_bits: int = 4, act_bits: int = 4, out_dtype=jnp.bfloat16,
-                   w_kmajor: bool = False):
+                   weight_bits: int = 4, act_bits: int = 4, out_dtype=jnp.bfloat16):
   """XLA twin of the fused kernel: integer matmuls in int32, then the same fp32 epilogue."""
   acc_in, acc_out = accumulators_xla(x_inlier, w, x_outlier, weight_bits=weight_bits,
-                                     act_bits=act_bits, w_kmajor=w_kmajor)
+                                     act_bits=act_bits)
   return dequantize(acc_in, a_scale, w_scale, acc_out, o_scale, bias, out_dtype)
 
 

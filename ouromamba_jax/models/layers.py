@@ -126,15 +126,6 @@ def stack_kind(tree):
   return treedef, tuple((jnp.shape(v), jnp.result_type(v)) for v in leaves)
 
 
-def in_gemm_layout(tree):
-  """tree with each quantized weight laid out as its integer GEMM multiplies it (the leaves
-  with an `in_gemm_layout` method: `QuantizedWeight`), everything else as it is. Called on
-  blocks' params stacked for one scan, it is one layout op per weight kind for all blocks."""
-  has_layout = lambda leaf: hasattr(leaf, 'in_gemm_layout')
-  return jax.tree.map(lambda leaf: leaf.in_gemm_layout() if has_layout(leaf) else leaf, tree,
-                      is_leaf=has_layout)
-
-
 def quantize_sites(quantizers, xs, implementation: Optional[str] = None) -> tuple:
   """Several sites' quantizers, each on its own x: integer-mode quantizers of one structure on
   inputs of one shape run as one vmapped call (Vim's B and C: one act_quant launch instead of

@@ -352,12 +352,6 @@ class VisionMamba(nn.Module):
   # logits, and 0.5 ms less per Vim-B batch-64 forward in both paths (H200, BENCHMARKS.md
   # session 26). Tools that intercept module calls turn it off.
   fuse_linear_inputs: bool = True
-  # True: integer-mode quantized weights are laid out as the integer GEMM multiplies them (int8
-  # codes, K-major: `QuantizedWeight.in_gemm_layout`) once per forward, on each run of blocks'
-  # params stacked for the block scan: one XLA op per weight kind for all blocks, instead of
-  # the GEMM wrapper's unpack + transpose at every Linear call (Vim-B: 144 launches per
-  # forward). Same codes and logits; int4 weights take a byte each while the forward runs.
-  weights_in_gemm_layout: bool = True
 
   @property
   def grid_size(self) -> tuple[int, int]:
@@ -446,15 +440,13 @@ class VisionMamba(nn.Module):
     if (not collect and self.state_feature_fn is None
         and directions_as_one_batch(self.batch_directions, carry[0].shape[0])):
       trees = [with_stacked_directions(tree) for tree in trees]
-    layout = layers.in_gemm_layout if self.weights_in_gemm_layout else (lambda tree: tree)
     start = 0
     for run in block_runs(trees):
       if len(run) == 1:
-        carry, sown = step(carry, layout(run[0]))
+        carry, sown = step(carry, run[0])
         sown = [sown]
       else:
-        carry, stacked = jax.lax.scan(
-            step, carry, layout(jax.tree.map(lambda *x: jnp.stack(x), *run)))
+        carry, stacked = jax.lax.scan(step, carry, jax.tree.map(lambda *x: jnp.stack(x), *run))
         sown = [jax.tree.map(lambda x, j=j: x[j], stacked) for j in range(len(run))]
       for i, value in enumerate(sown, start):
         if value:

@@ -70,11 +70,10 @@ class KernelOperands(NamedTuple):
   a_scale: jax.Array                 # (L,) the quantizer's S_I(t) as stored (the GEMM floors it)
   x_outlier: Optional[jax.Array]     # (B, L, K) int8 (outliers 'int'), else None
   o_scale: Optional[jax.Array]       # (B, L) (outliers 'int'), else None
-  w: jax.Array                       # (K/2, N) packed int4, (K, N) int8, or (N, K) int8
+  w: jax.Array                       # (K/2, N) packed int4 or (K, N) int8
   w_scale: jax.Array                 # (N,)
   weight_bits: int                   # 4 | 8 (the mixed GEMM's operand formats)
   act_bits: int                      # 8 (int8 codes, whatever their bit width)
-  w_kmajor: bool                     # w is (N, K) int8 codes (`QuantizedWeight.in_gemm_layout`)
 
 
 def _pad_last(a, new_len):
@@ -107,10 +106,8 @@ def prepare_operands(x3, weight, input_quantizer, implementation: Optional[str] 
   its codes are given (`activation`), and lays out the weight for mixed_gemm. Needs
   `unsupported_reason(weight, input_quantizer) is None`."""
   spec = input_quantizer.spec
-  weight_bits = 4 if weight.packed or (weight.kmajor and weight.bits <= 4) else 8
-  # K: in_features, padded to even when packed
-  k = weight.values.shape[1] if weight.kmajor else weight.values.shape[0] * (2 if weight.packed
-                                                                              else 1)
+  weight_bits = 4 if weight.packed else 8
+  k = weight.values.shape[0] * (2 if weight.packed else 1)  # K (in_features, padded when odd)
   # Inlier codes travel one per byte, int4 ones too (the GEMM's act_bits=8 form takes them):
   # the Triton GEMM multiplies int8 codes, so packing here would only be unpacked there.
   q = activation if activation is not None else quantize_site(x3, input_quantizer,
@@ -124,12 +121,11 @@ def prepare_operands(x3, weight, input_quantizer, implementation: Optional[str] 
     x_outlier, o_scale = _pad_last(q.outlier_q, k), q.outlier_scale
   w = weight.values
   if not weight.packed:
-    w = w.astype(jnp.int8)  # codes of <= 8-bit weights (and K-major ones) are int8 already
+    w = w.astype(jnp.int8)  # codes of <= 8-bit weights are int8 already
   # No clamp here: `freeze` stored the scale clamped (one XLA launch per Linear and call less;
   # 0.15 ms of a 6.5 ms Vim-B batch-1 forward, H200).
   w_scale = weight.scale.astype(jnp.float32)
-  return KernelOperands(q, x_inlier, a_scale, x_outlier, o_scale, w, w_scale, weight_bits, 8,
-                        weight.kmajor)
+  return KernelOperands(q, x_inlier, a_scale, x_outlier, o_scale, w, w_scale, weight_bits, 8)
 
 
 def input_segment(weight, input_quantizer, width: int):
@@ -166,7 +162,7 @@ def linear(weight, x, input_quantizer, dtype, implementation: Optional[str] = No
   ops = prepare_operands(x3, weight, input_quantizer, implementation, activation)
   float_outliers = input_quantizer.spec.outliers == 'float'
   gemm_kw = dict(weight_bits=ops.weight_bits, act_bits=ops.act_bits, a_floor=MIN_SCALE,
-                 w_kmajor=ops.w_kmajor, implementation=implementation)
+                 implementation=implementation)
   if not float_outliers:
     y = mixed_gemm_api.mixed_gemm(ops.x_inlier, ops.a_scale, ops.w, ops.w_scale, ops.x_outlier,
                                   ops.o_scale, bias, out_dtype=dtype, **gemm_kw)

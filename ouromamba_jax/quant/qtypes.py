@@ -34,7 +34,6 @@ from kernels_pallas.act_quant import api as act_quant_api
 from kernels_pallas.act_quant import producers
 from kernels_pallas.act_quant.config import MIN_SCALE
 from kernels_pallas.act_quant.reference import int_dtype
-from kernels_pallas.mixed_gemm import reference as gemm_reference
 from ouromamba_jax.models import layers
 from ouromamba_jax.quant import activations as act_lib
 from ouromamba_jax.quant import int_linear
@@ -258,10 +257,7 @@ class FakeQuantWeight:
 class QuantizedWeight:
   """Final kernel: codes (in, out) int8 (int16 above 8 bits) or uint8 packed int4
   (ceil(in/2), out), per-output-channel steps (out,) already clamped to >= MIN_SCALE (by
-  `freeze`: the integer kernels use them as stored), optional smoothing (in,).
-
-  `kmajor`: the values are the integer GEMM's own operand, int8 codes (out, in) (in padded to
-  even when it was packed), made inside a forward by `in_gemm_layout` and never stored."""
+  `freeze`: the integer kernels use them as stored), optional smoothing (in,)."""
   values: jax.Array
   scale: jax.Array
   smooth: Optional[jax.Array] = None
@@ -269,26 +265,12 @@ class QuantizedWeight:
   in_features: int = struct.field(pytree_node=False, default=0)
   packed: bool = struct.field(pytree_node=False, default=False)
   mode: str = struct.field(pytree_node=False, default='fake')
-  kmajor: bool = struct.field(pytree_node=False, default=False)
 
   def codes(self):
     """Unpacked integer codes (in, out)."""
-    if self.kmajor:
-      return jnp.swapaxes(self.values, -1, -2)[..., :self.in_features or None, :]
     if self.packed:
       return w_lib.unpack_int4(self.values, self.in_features)
     return self.values
-
-  def in_gemm_layout(self) -> 'QuantizedWeight':
-    """In int mode, the weight laid out as the integer GEMM multiplies it (`kmajor`), else as
-    it is. One XLA op over all leading axes: a model that stacks its blocks' weights calls
-    this once per forward on the stack, instead of the GEMM wrapper laying out each Linear
-    at each call (Vim-B: 144 launches per forward). The same codes; 8 bits per int4 weight
-    while the forward runs."""
-    if self.mode != 'int' or self.kmajor or self.bits > 8:
-      return self
-    values = gemm_reference.kmajor_weight(self.values, 4 if self.packed else 8)
-    return self.replace(values=values, packed=False, kmajor=True)
 
   def dequantize(self):
     """The float kernel this represents (before smoothing is undone)."""

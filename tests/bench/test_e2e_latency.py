@@ -75,12 +75,9 @@ def test_profiling_variants_override_kernel_and_stay_out_of_the_default_grid():
   ablated = bench.variant_model(base, bench.VARIANTS['w4a4o8_xla_kernels'], args)
   full = bench.variant_model(base, bench.VARIANTS['w4a4o8'], args)
   assert (ablated.quant_implementation, full.quant_implementation) == ('xla', 'triton')
-  assert full.fuse_linear_inputs and full.weights_in_gemm_layout  # the model's defaults
+  assert full.fuse_linear_inputs  # the model's default
   unfused_args = bench.parse_args(['--smoke', '--fuse_linear_inputs=0'])
   assert not bench.variant_model(base, bench.VARIANTS['w4a4o8'], unfused_args).fuse_linear_inputs
-  per_call = bench.case_args(bench.parse_args(['--smoke', '--cases=weights_in_gemm_layout=0']),
-                             'weights_in_gemm_layout=0')
-  assert not bench.variant_model(base, bench.VARIANTS['w4a4o8'], per_call).weights_in_gemm_layout
   assert bench.VARIANTS['w4a4o8_float_ssm'].preset == 'w4a4_float_ssm'
 
 

@@ -59,39 +59,6 @@ def test_kernel_masks_a_k_that_no_block_divides(k, weight_bits):
   np.testing.assert_array_equal(np.asarray(acc_out), oracle_out)
 
 
-@pytest.mark.parametrize('weight_bits,k', [(4, 100), (4, 48), (8, 48)])
-def test_a_weight_laid_out_k_major_once_gives_the_same_output(weight_bits, k):
-  """`reference.kmajor_weight` + `w_kmajor=True` (the weight laid out once for many calls, as
-  Vim does per forward for all blocks) gives the bits of the stored (K/2 or K, N) form, on the
-  XLA form and the interpreted kernel, with outliers and a bias; stacked leading axes lay out
-  slice by slice."""
-  rng = np.random.default_rng(k + weight_bits)
-  m, n = 37, 40
-  x, w, xout, _, _ = _operands(rng, m, k, n, weight_bits, 8)
-  stored = jnp.stack([w, w[::-1]])  # two blocks' weights, laid out in one op
-  kmajor = reference.kmajor_weight(stored, weight_bits)
-  assert kmajor.shape == (2, n, k) and kmajor.dtype == jnp.int8
-  want_codes = int4.unpack_int4(w, axis=0) if weight_bits == 4 else w
-  np.testing.assert_array_equal(np.asarray(kmajor[0]), np.asarray(want_codes).T)
-  a_scale = jnp.asarray(rng.uniform(0.1, 0.2, m), jnp.float32)
-  o_scale = jnp.asarray(rng.uniform(0.5, 1.0, m), jnp.float32)
-  w_scale = jnp.asarray(rng.uniform(0.01, 0.02, n), jnp.float32)
-  bias = jnp.asarray(rng.normal(size=n), jnp.float32)
-  for impl in ('xla', 'triton'):
-    kw = dict(weight_bits=weight_bits, act_bits=8, implementation=impl, interpret=True)
-    want = api.mixed_gemm(x, a_scale, w, w_scale, xout, o_scale, bias, **kw)
-    got = api.mixed_gemm(x, a_scale, kmajor[0], w_scale, xout, o_scale, bias, w_kmajor=True, **kw)
-    np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32),
-                                  err_msg=impl)
-    sums = api.mixed_gemm_accumulators(x, kmajor[0], xout, w_kmajor=True, **kw)
-    want_sums = api.mixed_gemm_accumulators(x, w, xout, **kw)
-    for got_sum, want_sum in zip(sums, want_sums):
-      np.testing.assert_array_equal(np.asarray(got_sum), np.asarray(want_sum), err_msg=impl)
-  with pytest.raises(TypeError, match='K-major w holds int8 codes'):
-    api.mixed_gemm(x, a_scale, kmajor[0].astype(jnp.int32), w_scale, weight_bits=weight_bits,
-                   act_bits=8, w_kmajor=True)
-
-
 def test_bias_is_added_in_the_output_dtype_as_a_separate_add_would():
   # The fused bias must give the bits of `y_bf16 + bias.astype(bf16)` after an unbiased GEMM
   # (how the model's Linear added it before the fusion), not of one fp32 add rounded once.
@@ -229,16 +196,15 @@ def test_custom_block_config_is_used():
 @pytest.mark.parametrize('weight_bits,act_bits,k', [c + (384,) for c in COMBOS] + [(8, 8, 48)])
 def test_kernel_lowers_to_triton_for_h100(weight_bits, act_bits, k):
   """Lowers (no compile) for an abstract H100: every op must have a Triton lowering rule
-  (K = 48: the masked last K block, Vim-B's dt_proj with its bias, the model's per-step
-  floored inlier scales, read by the row's step, and its weight already K-major)."""
+  (K = 48: the masked last K block, Vim-B's dt_proj with its bias, and the model's per-step
+  floored inlier scales, read by the row's step)."""
   from kernels_pallas.mixed_gemm import pallas_triton  # pylint: disable=g-import-not-at-top
   m, n = 64 * 197, 1536
   s = jax.ShapeDtypeStruct
-  per_step = dict(a_period=197, a_floor=1e-8, w_kmajor=True) if k == 48 else {}
-  w_shape = ((n, k) if per_step else (k // 2 if weight_bits == 4 else k, n))
+  per_step = dict(a_period=197, a_floor=1e-8) if k == 48 else {}
   args = (s((m, k // 2 if act_bits == 4 else k), jnp.int8), s((per_step.get('a_period', m),),
                                                                jnp.float32),
-          s(w_shape, jnp.int8), s((n,), jnp.float32),
+          s((k // 2 if weight_bits == 4 else k, n), jnp.int8), s((n,), jnp.float32),
           s((m, k), jnp.int8), s((m,), jnp.float32), s((n,), jnp.float32))
   with abstract_h100():
     lowered = pallas_triton.mixed_gemm.trace(
@@ -258,11 +224,6 @@ def test_gpu_kernel_exact_at_vim_shape(weight_bits, act_bits):
                                                 act_bits=act_bits, implementation='triton')
   np.testing.assert_array_equal(np.asarray(acc_in), oracle_in)
   np.testing.assert_array_equal(np.asarray(acc_out), oracle_out)
-  kmajor = api.mixed_gemm_accumulators(x, reference.kmajor_weight(w, weight_bits), xout,
-                                       weight_bits=weight_bits, act_bits=act_bits, w_kmajor=True,
-                                       implementation='triton')
-  np.testing.assert_array_equal(np.asarray(kmajor[0]), oracle_in)
-  np.testing.assert_array_equal(np.asarray(kmajor[1]), oracle_out)
 
 
 def test_outlier_tiles_lists_each_tiles_flagged_channels_first():

@@ -360,63 +360,14 @@ def test_dt_b_and_c_quantized_in_one_launch_give_the_same_logits(tiny, w4a4_untr
   assert 'act_quant_segments' not in _kernel_launches(forward(intercepted), tree, images)
 
 
-def _int8_transposes(fn, *args) -> tuple[int, int]:
-  """(outside, inside) the block scan: transposes of int8 arrays in fn's jaxpr (the weights'
-  K-major layout for the integer GEMM)."""
-  counts = [0, 0]
-
-  def walk(jaxpr, depth):
-    for eqn in jaxpr.eqns:
-      if eqn.primitive.name == 'transpose' and eqn.invars[0].aval.dtype == jnp.int8:
-        counts[min(depth, 1)] += 1
-      inner_depth = depth + (eqn.primitive.name == 'scan')
-      for value in eqn.params.values():
-        for sub in value if isinstance(value, (list, tuple)) else (value,):
-          inner = getattr(sub, 'jaxpr', sub)
-          if hasattr(inner, 'eqns'):
-            walk(inner, inner_depth)
-
-  walk(jax.make_jaxpr(fn)(*args).jaxpr, 0)
-  return tuple(counts)
-
-
-def test_weights_laid_out_once_per_forward_give_the_same_logits(tiny, w4a4_untrained_run):
-  """`VisionMamba.weights_in_gemm_layout`: the integer GEMM's K-major weights are made once per
-  forward on the stacked blocks (one transpose per weight kind outside the block scan) instead
-  of at every Linear call inside it; the same logits bit for bit, int mode on XLA (looped) and
-  on the interpreted Triton kernels (vmapped: the GPU's small-batch path); fake mode unchanged."""
-  model, _, images = tiny
-  int_tree = rewrite.set_mode(w4a4_untrained_run[0], 'int')
-  forward = lambda m: (lambda p, x: m.apply({'params': p}, x))
-  for base, options in ((model.clone(quant_implementation='xla'), None),
-                        (model.clone(quant_implementation='triton', batch_directions=True),
-                         CPU_FAST_COMPILE)):
-    run = lambda m, options=options: np.asarray(
-        jax.jit(forward(m), compiler_options=options)(int_tree, images))
-    np.testing.assert_array_equal(run(base.clone(weights_in_gemm_layout=True)),
-                                  run(base.clone(weights_in_gemm_layout=False)))
-  triton = model.clone(quant_implementation='triton')
-  per_call = _int8_transposes(forward(triton.clone(weights_in_gemm_layout=False)), int_tree,
-                              images)
-  once = _int8_transposes(forward(triton.clone(weights_in_gemm_layout=True)), int_tree, images)
-  # Per call: the layout ops of in_proj, out_proj, and x_proj and dt_proj per direction run in
-  # the scan body, i.e. for every block; laid out once, the same ops run on the stacked blocks.
-  assert per_call[0] == 0 and per_call[1] >= 6
-  assert once == (per_call[1], 0)
-  fake_tree = rewrite.set_mode(w4a4_untrained_run[0], 'fake')
-  fake_ops = lambda on: _int8_transposes(forward(triton.clone(weights_in_gemm_layout=on)),
-                                        fake_tree, images)
-  assert fake_ops(True) == fake_ops(False)  # the simulation's codes, as they were
-
-
 @pytest.mark.parametrize('case', ['looped', 'vmapped', 'segments'])
 def test_the_integer_forward_lowers_to_triton_for_an_h100(tiny, w4a4_untrained_run, monkeypatch,
                                                           case):
   """The whole integer-mode forward on the Triton kernels (act_quant, its segments, the mixed
-  GEMM with weights laid out per forward, the scan with the directions' mean) lowers for an
-  abstract H100, as a card would compile it: the directions looped (batch >= 64 on a GPU) and
-  vmapped (smaller batches). Catches a composition the kernels' own lowering tests miss before
-  a card's time is spent on it."""
+  GEMM, the scan with the directions' mean) lowers for an abstract H100, as a card would
+  compile it: the directions looped (batch >= 64 on a GPU) and vmapped (smaller batches).
+  Catches a composition the kernels' own lowering tests miss before a card's time is spent
+  on it."""
   from kernels_pallas import _pallas_compat  # pylint: disable=g-import-not-at-top
   from tests.kernels_pallas.abstract_gpu import abstract_h100  # pylint: disable=g-import-not-at-top
   model, _, images = tiny

@@ -289,34 +289,3 @@ def test_testbed_w8a8_rtn_int_predictions_equal_fake(tmp_path):
   print(msg)
   assert np.array_equal(np.argmax(real, -1), np.argmax(fake, -1)), msg
   assert err == 0.0, msg
-
-
-def test_a_weight_in_gemm_layout_gives_the_linears_bits(calibrated):
-  """`QuantizedWeight.in_gemm_layout` (what Vim does once per forward for all blocks): int8
-  codes K-major, the same codes and the same Linear output bit for bit on both
-  implementations; fake-mode weights stay as they are; an odd in_features (a packed pad row)
-  survives the round trip."""
-  tree = rewrite.set_mode(calibrated('w4a4'), 'int')
-  for name in ('in_proj', 'dt_proj'):
-    weight = rewrite.get_path(tree, f'layers_0/mixer/{name}/kernel')
-    iq = rewrite.get_path(tree, f'layers_0/mixer/{name}/input_quantizer')
-    laid_out = weight.in_gemm_layout()
-    assert laid_out.kmajor and not laid_out.packed and laid_out.values.dtype == jnp.int8
-    assert laid_out.values.shape == (weight.scale.shape[0], weight.in_features)
-    assert laid_out.in_gemm_layout() is laid_out
-    np.testing.assert_array_equal(np.asarray(laid_out.codes()), np.asarray(weight.codes()))
-    x = jnp.asarray(random_init.normal(8, (2, 17, weight.in_features)), jnp.bfloat16)
-    for impl in IMPLEMENTATIONS:
-      np.testing.assert_array_equal(
-          np.asarray(laid_out.linear(x, iq, jnp.bfloat16, implementation=impl), np.float32),
-          np.asarray(weight.linear(x, iq, jnp.bfloat16, implementation=impl), np.float32),
-          err_msg=f'{name} {impl}')
-    fake = weight.replace(mode='fake')
-    assert fake.in_gemm_layout() is fake
-  odd = qtypes.FakeQuantWeight(jnp.asarray(random_init.normal(9, (5, 8))),
-                               jnp.full((8,), 0.3, jnp.float32)).freeze('int')
-  assert odd.packed and odd.values.shape == (3, 8)
-  laid_out = odd.in_gemm_layout()
-  assert laid_out.values.shape == (8, 6)
-  np.testing.assert_array_equal(np.asarray(laid_out.codes()), np.asarray(odd.codes()))
-  np.testing.assert_array_equal(np.asarray(laid_out.dequantize()), np.asarray(odd.dequantize()))
