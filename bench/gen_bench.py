@@ -36,7 +36,8 @@ TARGET_SECONDS = {'vim_s_224': 180.0}  # 128 images x 1000 iterations
 
 _CASES = flags.DEFINE_list('cases', ['vim_t_cifar10', 'vim_s_224'], f'cases to run: {list(CASES)}')
 _CASE = flags.DEFINE_string('case', None, 'internal: run this one case in this process')
-_SMOKE = flags.DEFINE_bool('smoke', False, 'tiny model, 4 images, 3 timed steps (CPU check)')
+_SMOKE = flags.DEFINE_bool('smoke', False, 'tiny model, 3 timed steps, 4 images unless '
+                           '--images_per_step is given (CPU check)')
 _IMAGES = flags.DEFINE_integer('images_per_step', 32, 'images per step')
 _STEPS = flags.DEFINE_integer('steps', 10, 'timed steps (after one compile step)')
 _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'model compute dtype')
@@ -164,8 +165,9 @@ def run_case(name: str) -> dict:
   model_cfg.scan_implementation = _SCAN.value
   model, params = sections.load_model(model_cfg)
   images_per_step, steps = _IMAGES.value, _STEPS.value
-  if _SMOKE.value:
-    images_per_step, steps = 4, 3
+  if _SMOKE.value:  # 4 images unless asked for (a CPU check of a device split)
+    images_per_step = _IMAGES.value if flags.FLAGS['images_per_step'].present else 4
+    steps = 3
   gen_spec = GenSpec(remat=_REMAT.value, neighbourhood=_NEIGHBOURHOOD.value,
                     readout_implementation=_READOUT.value, mean=imagenet.MEAN, std=imagenet.STD,
                     num_positives=min(GenSpec.num_positives, model.num_patches - 2))
