@@ -30,7 +30,8 @@ and written to the JSON; `--outlier_k`
 
 A/B runs in one process (`--cases`): each case is a set of the switch flags below
 (`fuse_linear_inputs`, `batch_directions`, `act_quant_small_grid`, `act_quant_tile_elements`,
-`act_quant_segments`) on top of the command line's, e.g. `--cases=default,fuse_linear_inputs=0,act_quant_small_grid=0`;
+`act_quant_segments`) on top of the command line's, e.g.
+`--cases=default,fuse_linear_inputs=0,act_quant_small_grid=0`;
 every variant runs in every case, from the same quantized trees, so a card quantizes once and
 the cases' numbers share one process (a row's `case` names it).
 

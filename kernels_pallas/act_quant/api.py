@@ -112,16 +112,28 @@ def _validate(x, inlier_scale, params, zero_point) -> None:
   _check_zero_point(zero_point, params, length)
 
 
-def _kernel_args(params: ActQuantParams, x, block_config, interpret):
-  """The kernel's static arguments for these params and this input."""
-  cfg = block_config or ActQuantBlockConfig()
-  n_windows = reference.windows(x.shape[1], params.n_refresh)[0]
-  block_c, block_b, num_warps, n_chunks = cfg.resolve(x.shape[2], x.shape[0], n_windows)
-  interpret = compat.resolve_interpret(interpret)
+def with_xla_fallback(implementation):
+  """'triton' as the chain ('triton', 'xla'): the kernel where it covers a spec, its XLA
+  reference elsewhere (what a model asking for the Triton kernels means); others as given."""
+  return ('triton', 'xla') if implementation == 'triton' else implementation
+
+
+def _static_args(params: ActQuantParams, batch: int, length: int, channels: int,
+                 cfg: ActQuantBlockConfig) -> dict:
+  """The kernel's grid and quantizer arguments for these params on a (batch, length,
+  channels) input."""
+  n_windows = reference.windows(length, params.n_refresh)[0]
+  block_c, block_b, num_warps, n_chunks = cfg.resolve(channels, batch, n_windows)
   return dict(code_range=params.code_range,
               k=float(params.k), n_refresh=int(params.n_refresh), std_ddof=int(params.std_ddof),
               detect=params.outliers == 'int', block_c=block_c, block_b=block_b,
-              num_warps=num_warps, n_chunks=n_chunks, interpret=interpret,
+              num_warps=num_warps, n_chunks=n_chunks)
+
+
+def _kernel_args(params: ActQuantParams, x, block_config, interpret):
+  """The kernel's static arguments for these params and this input."""
+  cfg = block_config or ActQuantBlockConfig()
+  return dict(_static_args(params, *x.shape, cfg), interpret=compat.resolve_interpret(interpret),
               unroll=cfg.unroll)
 
 
@@ -242,27 +254,23 @@ def _segments(x, sites, block_config):
   cfg = block_config or ActQuantBlockConfig()
   segments, warps, offset = [], [], 0
   for site in sites:
-    params = site.params
-    n_windows = reference.windows(length, params.n_refresh)[0]
-    block_c, block_b, num_warps, n_chunks = cfg.resolve(site.width, batch, n_windows)
-    if offset + block_c * n_chunks > channels:
+    args = _static_args(site.params, batch, length, site.width, cfg)
+    if offset + args['block_c'] * args['n_chunks'] > channels:
       return None
     offset += site.width
-    warps.append(num_warps)
+    warps.append(args.pop('num_warps'))
     segments.append(pallas_triton.Segment(
-        width=site.width, code_range=params.code_range, k=float(params.k),
-        n_refresh=int(params.n_refresh), std_ddof=int(params.std_ddof),
-        detect=params.outliers == 'int', symmetric=params.symmetric, block_c=block_c,
-        block_b=block_b, n_chunks=n_chunks,
-        dequantize_to=None if site.dequantize_to is None else jnp.dtype(site.dequantize_to)))
+        width=site.width, symmetric=site.params.symmetric,
+        dequantize_to=None if site.dequantize_to is None else jnp.dtype(site.dequantize_to),
+        **args))
   return tuple(segments), max(warps)
 
 
 def _segments_one_by_one(x, sites, implementation, interpret, block_config) -> tuple:
   """`act_quant_segments` as one call per segment (its XLA form, and the fallback)."""
   x = producers.materialize(x)
-  chain = ('triton', 'xla') if implementation == 'triton' else implementation
-  kw = dict(implementation=chain, interpret=interpret, block_config=block_config)
+  kw = dict(implementation=with_xla_fallback(implementation), interpret=interpret,
+            block_config=block_config)
   results, start = [], 0
   for site in sites:
     part = x[:, :, start:start + site.width]

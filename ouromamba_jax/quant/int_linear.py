@@ -41,8 +41,6 @@ from ouromamba_jax.quant import weights as w_lib
 
 # One setting picks both kernels (they share their implementation names).
 IMPLEMENTATIONS = mixed_gemm_api.IMPLEMENTATIONS
-# 'triton' means the kernels where they cover the input: act_quant falls back to XLA elsewhere.
-_ACT_QUANT_CHAIN = {'triton': ('triton', 'xla')}
 
 
 def unsupported_reason(weight, input_quantizer) -> Optional[str]:
@@ -88,8 +86,7 @@ def quantize_site(x3, quantizer, implementation: Optional[str] = None) -> IntAct
   outlier mask is left out (the codes are what the GEMM and the dequantize read)."""
   return act_quant_api.act_quant(x3, quantizer.inlier_scale, quantizer.spec.kernel_params,
                                  quantizer.zero_point, outlier_mask=False,
-                                 implementation=_ACT_QUANT_CHAIN.get(implementation,
-                                                                     implementation))
+                                 implementation=act_quant_api.with_xla_fallback(implementation))
 
 
 def dequantized_site(x3, quantizer, implementation: Optional[str] = None, out_dtype=None):
@@ -97,7 +94,7 @@ def dequantized_site(x3, quantizer, implementation: Optional[str] = None, out_dt
   codes of a site whose consumer is float, Δ/B/C before the scan, never reach memory)."""
   return act_quant_api.act_quant_dequantized(
       x3, quantizer.inlier_scale, quantizer.spec.kernel_params, quantizer.zero_point,
-      out_dtype=out_dtype, implementation=_ACT_QUANT_CHAIN.get(implementation, implementation))
+      out_dtype=out_dtype, implementation=act_quant_api.with_xla_fallback(implementation))
 
 
 def prepare_operands(x3, weight, input_quantizer, implementation: Optional[str] = None,

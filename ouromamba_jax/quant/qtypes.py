@@ -164,7 +164,6 @@ class ActQuantizer:
       y = -jnp.exp(y)
     return restore(y).astype(x.dtype)
 
-
   def segment_site(self, width: int, dequantize_to):
     """This int-mode site as a segment of a shared act_quant launch (`act_quant_segments`),
     its values dequantized to `dequantize_to`; None where its call does more than act_quant
@@ -286,7 +285,6 @@ class QuantizedWeight:
     y = quantized_linear(producers.materialize(x), self.codes(), self.scale, input_quantizer,
                          self.smooth, self.mode, dtype)
     return layers.with_bias(y, bias)
-
 
   def stacked_linear(self, x, input_quantizer, dtype, implementation: Optional[str] = None):
     return stacked_linear(self, x, input_quantizer, dtype, implementation)
