@@ -199,7 +199,7 @@ def main(argv):
     remove_stale_temporaries(workdir)
   try:
     resolve_mode(config.mode)(config, workdir)
-  except (data_pipeline.DataNotFoundError, integrity.DamagedFileError,
+  except (data_pipeline.DataNotFoundError, integrity.UnusableFileError,
           integrity.NonFiniteError) as e:
     fail(e, RUN_ERROR_EXIT)
   except stop_request.StopRequested as e:   # SIGTERM: progress saved, resumable

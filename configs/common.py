@@ -14,6 +14,7 @@ import ml_collections as mlc
 
 from ouromamba_jax.distributed import DistributedSpec
 from ouromamba_jax.gen.spec import GenSpec
+from ouromamba_jax.models import registry
 from ouromamba_jax.quant.run_spec import QuantRunSpec
 from ouromamba_jax.spec_fields import field
 from ouromamba_jax.stages.eval_spec import EvalSpec
@@ -42,7 +43,7 @@ IMAGENET_SMOKE_DIR = '../shared/data/imagenet_val_300'
 @dataclasses.dataclass(frozen=True)
 class ModelSection:
   """The model and its weights (every mode)."""
-  name: str = field('vim_t_cifar10', 'registry name: vim_t | vim_s | vim_b | vim_t_cifar10')
+  name: str = field('vim_t_cifar10', 'registry name: ' + ' | '.join(registry.variant_names()))
   dtype: str = field(
       'float32', 'compute dtype: float32 | bfloat16 (params, residual, scan state stay fp32)')
   scan_implementation: str = field(
@@ -50,8 +51,8 @@ class ModelSection:
   quant_implementation: str = field(
       '', "integer-mode linears: '' = platform default (triton on GPU); xla | triton")
   checkpoint: str = field(
-      '', "a hustvl .pth / .safetensors path; 'bundled' = the shipped testbed model; '' = none "
-      '(random init where a mode allows it)')
+      '', "an official .pth (hustvl Vim, VMamba, MambaVision) / .safetensors path; 'bundled' = "
+      "the shipped testbed model; '' = none (random init where a mode allows it)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +100,8 @@ class StudySection:
 
 @dataclasses.dataclass(frozen=True)
 class ConvertSection:
-  """Mode `convert`: a hustvl .pth -> .safetensors, checked strictly against config.model."""
+  """Mode `convert`: an official .pth (hustvl Vim, VMamba, MambaVision) -> .safetensors under
+  the same names, checked strictly against config.model."""
   input: str = field('', "a .pth path; '' = model.checkpoint; 'random' = seeded random init")
   output: str = field('', "a .safetensors path; '' = WORKDIR/<input name>.safetensors")
   dtype: str = field('', "'' = the checkpoint's own | float32 | bfloat16")
@@ -141,7 +143,8 @@ def data_config(name: str) -> mlc.ConfigDict:
 
 
 def base_config() -> mlc.ConfigDict:
-  """Top-level fields and the `distributed` section (every mode may run on several processes)."""
+  """Top-level fields and the `distributed` section (read by the modes that may run on several
+  processes: those of `stages.MODE_SECTIONS` that list it; main.py refuses the others)."""
   c = section_from_spec(BaseSection)
   c.distributed = distributed_config()
   return c

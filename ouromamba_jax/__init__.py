@@ -3,7 +3,7 @@
 The public API (imported lazily: `import ouromamba_jax` is cheap):
 
   model = build_model('vim_t_cifar10')
-  params = load_checkpoint('bundled', model)                 # or a hustvl .pth / .safetensors
+  params = load_checkpoint('bundled', model)                 # or an official .pth / .safetensors
   images = generate(model, params, GenSpec(...), seed=0).images
   qparams, report = quantize(model, params, images, 'w4a4')  # QuantSpec or preset name
   save_quantized('ckpt', qparams, model, report); qparams, _ = load_quantized('ckpt', model)

@@ -49,7 +49,7 @@ _FAMILIES = {VMamba: (vmamba_keys, vmamba_keys.FAMILY.default_key),
 
 def family(model):
   """(key-map module, training-script entry) of `model`'s official checkpoints."""
-  return _FAMILIES.get(type(model), (hustvl_keys, 'model'))
+  return _FAMILIES.get(type(model), (hustvl_keys, hustvl_keys.FAMILY.default_key))
 
 
 def _family_of_params(params):
@@ -124,5 +124,6 @@ def missing_checkpoint_message(model_name: str) -> str:
   if model_name in BUNDLED:
     return (f'model {model_name!r} has no checkpoint: pass --config.model.checkpoint=bundled for '
             'the shipped weights, or a .pth/.safetensors path (train one with --config.mode=train).')
-  return (f'model {model_name!r} has no checkpoint: pass --config.model.checkpoint=PATH to a '
-          'hustvl .pth or a .safetensors file.')
+  return (f'model {model_name!r} has no checkpoint: pass --config.model.checkpoint=PATH to an '
+          "official .pth of the model's family (hustvl Vim, VMamba, MambaVision) or a "
+          '.safetensors file.')

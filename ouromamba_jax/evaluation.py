@@ -4,7 +4,7 @@
   evaluate_source(model, params, source)         # a data.pipeline.EvalSource -> + throughput
   for name, value in evaluator(model, params, source): ...   # big_vision style
 
-`params` is a float Flax tree or a quantized tree (`ouromamba_jax.quant.load_quantized`): the
+`params` is a float Flax tree or a quantized tree (`quantized_checkpoints.load_quantized`): the
 model's apply runs both (its blocks under one scan: one block compiles, all run it).
 A source's host pipeline decodes in threads ahead of the device.
 """
@@ -51,11 +51,6 @@ def _counter(model, mesh: Mesh, k: int, normalize: bool):
                                out_specs=(rep, rep), check_vma=False))
 
 
-def _replicate(params, mesh: Mesh):
-  """The weights on every device of the mesh (from host memory: they may live on one device)."""
-  return jax.device_put(jax.device_get(params), NamedSharding(mesh, PartitionSpec()))
-
-
 def _global_batch(mesh: Mesh, local_rows: np.ndarray) -> jax.Array:
   """This process's rows as its part of a batch split over every process's devices."""
   return jax.make_array_from_process_local_data(NamedSharding(mesh, PartitionSpec(DATA_AXIS)),
@@ -92,8 +87,13 @@ def _check_labels(source: pipeline.EvalSource, num_classes: int) -> None:
         'class folders the class index is the folder position, so every class needs its folder; '
         'for a subset of classes use a labels file (FILE, LABEL lines; see '
         'ouromamba_jax/data/imagenet.py).')
-  if len(source.labels) and (source.labels.min() < 0 or source.labels.max() >= num_classes):
-    raise ValueError(f'{source.name}: labels span {source.labels.min()}..{source.labels.max()} '
+  _check_label_range(source.labels, num_classes, source.name)
+
+
+def _check_label_range(labels: np.ndarray, num_classes: int, what: str) -> None:
+  """Refuses labels outside 0..num_classes-1: scored, they would silently count as misses."""
+  if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+    raise ValueError(f'{what}: labels span {labels.min()}..{labels.max()} '
                      f'but the model has {num_classes} classes (0..{num_classes - 1}).')
 
 
@@ -116,7 +116,7 @@ def evaluator(model, params, source: pipeline.EvalSource, *, eval_images: int = 
   n = len(indices)
   k = min(5, model.num_classes)
   mesh = data_mesh()
-  params = _replicate(params, mesh)
+  params = distributed.replicate(params, mesh)
   count = _counter(model, mesh, k, True)
   mean = np.asarray(source.mean, np.float32)
   std = np.asarray(source.std, np.float32)
@@ -170,10 +170,11 @@ def evaluate(model, params, images, labels, *, batch_size: int = 256) -> dict[st
   if images.ndim != 4 or len(images) != len(labels) or not len(labels):
     raise ValueError(f'evaluate needs NHWC images and one label each, got {images.shape} and '
                      f'{labels.shape}.')
+  _check_label_range(labels, model.num_classes, 'evaluate')
   n = len(labels)
   mesh = data_mesh()
   count = _counter(model, mesh, min(5, model.num_classes), False)
-  params = _replicate(params, mesh)
+  params = distributed.replicate(params, mesh)
   mine, rows, num_batches = process_share(np.arange(n), min(int(batch_size), n))
   hits = []
   for b in range(num_batches):

@@ -278,13 +278,12 @@ class SnapshotFile:
     """(tree, info), or None when nothing was saved yet."""
     if not os.path.exists(self.path):
       return None
+    what, remedy = 'calibration snapshot', 'delete it and rerun to recalibrate from block 1.'
+    flat = checked_npz.read(self.path, what, remedy)
     try:
-      with np.load(self.path, allow_pickle=False) as data:
-        doc = json.loads(str(data['__meta__']))
-        flat = {k: np.asarray(data[k]) for k in data.files if k != '__meta__'}
-    except checked_npz.READ_ERRORS as e:
-      raise integrity.damaged(self.path, 'calibration snapshot', e,
-                              'delete it and rerun to recalibrate from block 1.') from e
+      doc = json.loads(str(flat.pop('__meta__')))
+    except (KeyError, ValueError) as e:   # no metadata, or not JSON
+      raise integrity.damaged(self.path, what, e, remedy) from e
     integrity.check_finite(flat.items(), self.path,
                            'the snapshot is damaged: delete it and rerun to recalibrate.')
     flat = {k: jax.numpy.asarray(v) for k, v in flat.items()}

@@ -13,8 +13,3 @@ def field(default: Any, help: str, *, type: Optional[type] = None):  # pylint: d
   """A frozen-dataclass field with its documentation. `type` is the value type of a field
   whose default is None (None = "the preset's / the dataset's value"), for config placeholders."""
   return dataclasses.field(default=default, metadata={'help': help, 'type': type})
-
-
-def field_help(spec_cls) -> dict[str, str]:
-  """{field name: documentation} of a spec class, in declaration order."""
-  return {f.name: f.metadata.get('help', '') for f in dataclasses.fields(spec_cls)}

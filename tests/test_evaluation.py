@@ -88,6 +88,14 @@ def test_label_and_class_count_mismatch(tiny, tmp_path):
     evaluation.evaluate_source(*tiny, _source(tmp_path / 'b'))
 
 
+@pytest.mark.parametrize('bad_label', [-1, 10])
+def test_arrays_with_labels_outside_the_classes_are_refused(tiny, bad_label):
+  images, labels = np.zeros((2, 32, 32, 3), np.float32), np.array([0, bad_label])
+  with pytest.raises(ValueError, match=rf'^evaluate: labels span {min(0, bad_label)}\.\.'
+                                       rf'{max(0, bad_label)} but the model has 10 classes'):
+    evaluation.evaluate(*tiny, images, labels)
+
+
 def test_arrays_give_the_source_result(tiny, dataset):
   root, files, labels = dataset
   x = np.stack([imagenet.load_image(f, 32) for f in files])

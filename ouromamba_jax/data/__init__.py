@@ -1,4 +1,4 @@
-"""Datasets: CIFAR-10 and ImageNet-format folders, decoded once into a cache.
+"""Datasets: CIFAR-10 and ImageNet-format folders (archives extracted once into a cache).
 
 `eval_source(data_cfg, img_size)` picks the dataset registered under `data_cfg.name`; modules
 are imported on first use so a CIFAR-10 run never touches ImageNet code and vice versa.

@@ -1,4 +1,5 @@
-"""Decoding `root/<class>/<file>` image folders into uint8 arrays, cached as .npy."""
+"""Decoding `root/<class>/<file>` image folders into uint8 arrays; the image suffixes every
+dataset reads."""
 from __future__ import annotations
 
 import os
@@ -6,7 +7,7 @@ import os
 import numpy as np
 from PIL import Image
 
-IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp')
+IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
 
 
 def list_image_folder(root: str) -> tuple[list[str], np.ndarray, list[str]]:
@@ -23,16 +24,10 @@ def list_image_folder(root: str) -> tuple[list[str], np.ndarray, list[str]]:
   return files, np.asarray(labels, np.int32), classes
 
 
-def decode_images(files: list[str], size: tuple[int, int] | None = None) -> np.ndarray:
-  """Decodes to (N, H, W, 3) uint8; `size` (h, w) resizes with bicubic when given."""
+def decode_images(files: list[str]) -> np.ndarray:
+  """Decodes to (N, H, W, 3) uint8 (every image the same size)."""
   out = []
   for f in files:
     with Image.open(f) as img:
-      img = img.convert('RGB')
-      if size is not None and img.size != (size[1], size[0]):
-        img = img.resize((size[1], size[0]), Image.BICUBIC)
-      out.append(np.asarray(img, np.uint8))
+      out.append(np.asarray(img.convert('RGB'), np.uint8))
   return np.stack(out)
-
-
-

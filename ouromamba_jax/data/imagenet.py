@@ -31,12 +31,12 @@ import numpy as np
 from PIL import Image
 
 from ouromamba_jax.data import archives
+from ouromamba_jax.data.image_folder import IMAGE_SUFFIXES
 from ouromamba_jax.data import pipeline
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 CROP_RATIO = 0.875                      # hustvl --eval-crop-ratio default
-IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
 LABELS_FILES = ('dataset.txt', 'val.txt', 'labels.txt')
 VAL_SUBFOLDERS = ('val', 'validation')
 ARCHIVE_SUFFIXES = ('.tar.gz', '.tgz', '.tar')

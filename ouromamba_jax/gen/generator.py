@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from ouromamba_jax import distributed
+from ouromamba_jax import progress
 from ouromamba_jax import stop_request
 from ouromamba_jax.gen import objective
 from ouromamba_jax.gen import optimize
@@ -28,8 +29,8 @@ from ouromamba_jax.models import registry
 METRICS = objective.LOSS_NAMES
 
 
-class NonFiniteError(FloatingPointError):
-  """The loss or the pixels stopped being finite."""
+class NonFiniteGenerationError(FloatingPointError):
+  """Gen's loss or pixels stopped being finite (a diverged run, not a damaged file)."""
 
 
 @dataclasses.dataclass
@@ -88,43 +89,11 @@ def run_description(model, params, spec: GenSpec, seed: int) -> dict:
   return json.loads(json.dumps(desc))
 
 
-def _format_seconds(seconds: float) -> str:
-  seconds = int(max(seconds, 0))
-  h, rest = divmod(seconds, 3600)
-  m, s = divmod(rest, 60)
-  return f'{h}h{m:02d}m{s:02d}s' if h else f'{m}m{s:02d}s'
-
-
-class _Progress:
-  """Throughput (image-iterations per second, compile excluded) and ETA for the log line."""
-
-  def __init__(self, total_image_iters: int, done_image_iters: int):
-    self.total = total_image_iters
-    self.done = done_image_iters
-    self.start_time = None
-    self.start_done = None
-
-  def restore(self, image_iters: int) -> None:
-    """Steps restored from a checkpoint are done: the ETA counts only what is left."""
-    self.done += image_iters
-
-  def advance(self, image_iters: int) -> None:
-    self.done += image_iters
-    if self.start_time is None:  # the first step includes compilation: time from its end
-      self.start_time, self.start_done = time.perf_counter(), self.done
-
-  def rate(self) -> float:
-    elapsed = time.perf_counter() - self.start_time
-    return (self.done - self.start_done) / elapsed if elapsed > 0 else 0.0
-
-  def eta(self) -> str:
-    rate = self.rate()
-    return _format_seconds((self.total - self.done) / rate) if rate > 0 else '?'
-
-
 def check_spec(spec: GenSpec, model) -> None:
-  """Clear errors for settings that cannot run on `model` (before anything is traced)."""
+  """Clear errors for settings that cannot run on `model`, before anything is traced or
+  written (a run.json written for a bad value would refuse the corrected settings)."""
   objective.check_objective(spec, model)
+  optimize.check_settings(spec)
   if min(spec.num_images, spec.iterations, spec.images_per_step) < 1:
     raise ValueError(f'gen.num_images ({spec.num_images}), gen.iterations ({spec.iterations}) and '
                      f'gen.images_per_step ({spec.images_per_step}) must be >= 1')
@@ -174,7 +143,7 @@ def generate(model, params, spec: GenSpec, seed: int = 0, *, store: Optional[Gro
   if store is not None:
     finished = {g: data for g in range(num_groups)
                 if (data := store.finished_group(g)) is not None}
-  progress = _Progress(num_images * iters, len(finished) * group_size * iters)
+  throughput = progress.Throughput(num_images * iters, len(finished) * group_size * iters)
   # The store is closed before the context is left (a SIGTERM Gen did not answer is passed on
   # there).
   with stop_request.on_sigterm():
@@ -187,7 +156,7 @@ def generate(model, params, spec: GenSpec, seed: int = 0, *, store: Optional[Gro
         finished[g] = _run_group(
             g, num_groups, indices, labels_all[indices], seed=seed, shape=shape, spec=spec,
             mesh=mesh, params=params, step_fn=step_fn, optimizer=optimizer, store=store,
-            progress=progress, on_step=on_step)
+            throughput=throughput, on_step=on_step)
     finally:
       if store is not None:
         store.close()
@@ -215,6 +184,11 @@ def _history_entry(group_data: dict) -> dict:
   return entry
 
 
+def _eta(throughput: progress.Throughput) -> str:
+  left = throughput.seconds_left()
+  return progress.format_seconds(left) if left is not None else '?'
+
+
 def _first_step(step_fn, args, n: int):
   """The process's first Gen step, announced: it compiles the forward and backward pass,
   minutes on a CPU during which nothing else would be printed."""
@@ -227,7 +201,7 @@ def _first_step(step_fn, args, n: int):
 
 
 def _run_group(g, num_groups, indices, labels, *, seed, shape, spec: GenSpec, mesh, params,
-               step_fn, optimizer, store: Optional[GroupStore], progress, on_step) -> dict:
+               step_fn, optimizer, store: Optional[GroupStore], throughput, on_step) -> dict:
   """Optimises one group to the end (resuming from its checkpoint); stores the finished group."""
   iters, every = spec.iterations, (spec.checkpoint_every if store is not None else 0)
   log_every = max(spec.log_every, 1)
@@ -249,7 +223,7 @@ def _run_group(g, num_groups, indices, labels, *, seed, shape, spec: GenSpec, me
     history = np.asarray(restored['history'], np.float32)
     logging.info('gen: group %d/%d resumes at step %d from %s', g + 1, num_groups, start,
                  store.location())
-    progress.restore(start * n)
+    throughput.restore(start * n)
   state = optimize.shard_batch_tree(state, mesh, n)
   last_good = [latest if in_this_group else None]
 
@@ -272,22 +246,22 @@ def _run_group(g, num_groups, indices, labels, *, seed, shape, spec: GenSpec, me
         advice = (f'last good checkpoint: {where}. Check the model weights, or lower gen.lr in '
                   'a new workdir (this one refuses other settings); a rerun with the same '
                   'settings resumes from that checkpoint.')
-      raise NonFiniteError(
+      raise NonFiniteGenerationError(
           f'OuroMamba-Gen: non-finite {what} at group {g + 1}/{num_groups}, step {t + 1}/'
           f'{iters} (global step {global_step}); {advice}')
     history[t] = [m[name] for name in METRICS]
-    progress.advance(n)
+    throughput.advance(n)
     if (t + 1) % log_every == 0 or t + 1 == iters:
       logging.info('gen group %d/%d step %d/%d  loss %.4f (L_C %.4f  L_PSE %.4f  L_O %.4f)  '
                    '%.1f img-it/s  ETA %s', g + 1, num_groups, t + 1, iters, m['total'],
-                   m['contrastive'], m['pse'], m['output'], progress.rate(), progress.eta())
+                   m['contrastive'], m['pse'], m['output'], throughput.rate(), _eta(throughput))
     if on_step is not None:
       on_step(global_step)
 
   pending = None
   for t in range(start, iters):
     args = (params, state, labels_dev, keys, t)
-    if progress.start_time is None and pending is None:
+    if not throughput.started and pending is None:
       state, metrics = _first_step(step_fn, args, n)
     else:
       state, metrics = step_fn(*args)

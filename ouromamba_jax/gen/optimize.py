@@ -43,15 +43,23 @@ def initial_images(keys: jax.Array, shape: tuple[int, int, int], init_std: float
   return init_std * jax.vmap(lambda k: jax.random.normal(k, shape, jnp.float32))(init_keys)
 
 
-def learning_rate_schedule(spec: GenSpec) -> optax.Schedule:
+def check_settings(spec: GenSpec) -> None:
+  """Clear errors for pixel-optimisation settings that cannot run: `generator.check_spec` calls
+  it before a run writes anything, and `make_step` for runners that build their own step."""
   if spec.schedule not in SCHEDULES:
     raise ValueError(f'gen.schedule must be one of {SCHEDULES}, got {spec.schedule!r}')
   if not spec.lr > 0:
     raise ValueError(f'gen.lr must be > 0, got {spec.lr}')
+  if spec.schedule == 'cosine' and not 0 <= spec.warmup_fraction <= 1:
+    raise ValueError(f'gen.warmup_fraction must be in [0, 1], got {spec.warmup_fraction}')
+  if int(spec.jitter) < 0:
+    raise ValueError(f'gen.jitter must be >= 0 pixels (0 = off), got {int(spec.jitter)}')
+
+
+def learning_rate_schedule(spec: GenSpec) -> optax.Schedule:
+  """gen.lr over the iterations: constant, or cosine decay after a linear warmup."""
   if spec.schedule == 'constant':
     return optax.constant_schedule(spec.lr)
-  if not 0 <= spec.warmup_fraction <= 1:
-    raise ValueError(f'gen.warmup_fraction must be in [0, 1], got {spec.warmup_fraction}')
   warmup = int(round(spec.warmup_fraction * spec.iterations))
   if not warmup:
     return optax.cosine_decay_schedule(spec.lr, spec.iterations)
@@ -123,10 +131,9 @@ def make_step(gen_model, spec: GenSpec, optimizer: optax.GradientTransformation,
   calls) and gathers the whole batch onto every device: on 4 H100s a 128-image Vim-S step
   asked for a 68 GiB buffer.
   """
+  check_settings(spec)
   lo, hi = pixel_bounds(spec.mean, spec.std)
   jitter, flip, clip = int(spec.jitter), bool(spec.flip), bool(spec.clip_pixels)
-  if jitter < 0:
-    raise ValueError(f'gen.jitter must be >= 0 pixels (0 = off), got {jitter}')
 
   def grads_and_terms(params, images, labels, step_keys):
     def loss_fn(images):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from ouromamba_jax.gen import block_choice
 from ouromamba_jax.gen import patched_state
 
 
@@ -44,26 +45,20 @@ def loss_blocks(model, spec) -> tuple[int, ...]:
   """The flat block indices feeding the state losses: gen.loss_blocks, or every block that
   fits (`block_fits`). Raises when none fits or a chosen one does not, saying what to change."""
   grids = block_grids(model)
-  if spec.loss_blocks:
-    bad = [b for b in spec.loss_blocks if not 0 <= b < len(grids)]
-    if bad:
-      raise ValueError(f'gen.loss_blocks {bad} are out of range for a {len(grids)}-block VMamba '
-                       f'(flat indices over the stages {tuple(model.depths)}).')
-    small = [b for b in spec.loss_blocks if not block_fits(grids[b], spec)]
-    if small:
-      raise ValueError(f'gen.loss_blocks {small} sit on grids {[grids[b] for b in small]}, too '
-                       f'small for a {spec.neighbourhood}x{spec.neighbourhood} window and '
-                       f'{spec.num_positives} positives; pick blocks of an earlier stage or '
-                       'lower gen.neighbourhood / gen.num_positives.')
-    return spec.loss_blocks
-  blocks = tuple(b for b, grid in enumerate(grids) if block_fits(grid, spec))
-  if not blocks:
-    raise ValueError(f'no VMamba stage grid ({model.stage_grids()}) fits a '
-                     f'{spec.neighbourhood}x{spec.neighbourhood} window with '
-                     f'{spec.num_positives} positives; lower gen.neighbourhood or '
-                     'gen.num_positives, or turn the state losses off (gen.contrastive_weight=0, '
-                     'gen.pse_weight=0).')
-  return blocks
+  window = f'{spec.neighbourhood}x{spec.neighbourhood} window'
+  return block_choice.choose_loss_blocks(
+      spec.loss_blocks, len(grids), lambda b: block_fits(grids[b], spec),
+      out_of_range=lambda bad: (
+          f'gen.loss_blocks {bad} are out of range for a {len(grids)}-block VMamba (flat '
+          f'indices over the stages {tuple(model.depths)}).'),
+      too_small=lambda small: (
+          f'gen.loss_blocks {small} sit on grids {[grids[b] for b in small]}, too small for a '
+          f'{window} and {spec.num_positives} positives; pick blocks of an earlier stage or '
+          'lower gen.neighbourhood / gen.num_positives.'),
+      none_fits=lambda: (
+          f'no VMamba stage grid ({model.stage_grids()}) fits a {window} with '
+          f'{spec.num_positives} positives; lower gen.neighbourhood or gen.num_positives, or '
+          'turn the state losses off (gen.contrastive_weight=0, gen.pse_weight=0).'))
 
 
 def make_feature_fn(spec, state_losses):

@@ -28,6 +28,7 @@ picks mixers by their index in `mixer_blocks()`. The output loss is Vim's, on th
 """
 from __future__ import annotations
 
+from ouromamba_jax.gen import block_choice
 from ouromamba_jax.gen import patched_state
 
 
@@ -46,27 +47,21 @@ def loss_blocks(model, spec) -> tuple[int, ...]:
   mixer that fits (`block_fits`). Raises when none fits or a chosen one does not."""
   mixers = model.mixer_blocks()
   describe = lambda s: f'{model.stage_grids()[s]} grid in {model.window_size[s]}-wide windows'
-  if spec.loss_blocks:
-    bad = [b for b in spec.loss_blocks if not 0 <= b < len(mixers)]
-    if bad:
-      raise ValueError(f'gen.loss_blocks {bad} are out of range for the {len(mixers)} mixer '
-                       'blocks of MambaVision stages 3-4 (indices into mixer_blocks()).')
-    small = [b for b in spec.loss_blocks if not block_fits(model, mixers[b][0], spec)]
-    if small:
-      raise ValueError(f'gen.loss_blocks {small} sit on '
-                       f'{[describe(mixers[b][0]) for b in small]}, which do not give whole '
-                       f'windows with a {spec.neighbourhood}x{spec.neighbourhood} neighbourhood '
-                       f'and {spec.num_positives} positives; pick mixers of stage 3 or lower '
-                       'gen.neighbourhood / gen.num_positives.')
-    return spec.loss_blocks
-  blocks = tuple(b for b, (stage, _) in enumerate(mixers) if block_fits(model, stage, spec))
-  if not blocks:
-    raise ValueError(f'no MambaVision hybrid stage ({", ".join(describe(s) for s in (2, 3))}) '
-                     f'gives whole windows holding a {spec.neighbourhood}x{spec.neighbourhood} '
-                     f'neighbourhood with {spec.num_positives} positives; lower gen.neighbourhood or '
-                     'gen.num_positives, or turn the state losses off (gen.contrastive_weight=0, '
-                     'gen.pse_weight=0).')
-  return blocks
+  neighbourhood = f'{spec.neighbourhood}x{spec.neighbourhood} neighbourhood'
+  return block_choice.choose_loss_blocks(
+      spec.loss_blocks, len(mixers), lambda b: block_fits(model, mixers[b][0], spec),
+      out_of_range=lambda bad: (
+          f'gen.loss_blocks {bad} are out of range for the {len(mixers)} mixer blocks of '
+          'MambaVision stages 3-4 (indices into mixer_blocks()).'),
+      too_small=lambda small: (
+          f'gen.loss_blocks {small} sit on {[describe(mixers[b][0]) for b in small]}, which do '
+          f'not give whole windows with a {neighbourhood} and {spec.num_positives} positives; '
+          'pick mixers of stage 3 or lower gen.neighbourhood / gen.num_positives.'),
+      none_fits=lambda: (
+          f'no MambaVision hybrid stage ({", ".join(describe(s) for s in (2, 3))}) gives whole '
+          f'windows holding a {neighbourhood} with {spec.num_positives} positives; lower '
+          'gen.neighbourhood or gen.num_positives, or turn the state losses off '
+          '(gen.contrastive_weight=0, gen.pse_weight=0).'))
 
 
 def make_feature_fn(spec, state_losses):

@@ -81,6 +81,12 @@ def read_json(path: str | os.PathLike) -> Any:
     return json.load(f)
 
 
+def write_png(path: str | os.PathLike, image) -> None:
+  """A PIL image as a PNG file."""
+  with atomic_path(path) as tmp, open(tmp, 'wb') as f:
+    image.save(f, format='PNG')
+
+
 def write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
   # np.savez on a file object keeps the exact name (no '.npz' appended to the tmp name).
   with atomic_path(path) as tmp, open(tmp, 'wb') as f:

@@ -12,7 +12,12 @@ from typing import Iterable, Optional
 import numpy as np
 
 
-class DamagedFileError(ValueError):
+class UnusableFileError(ValueError):
+  """A file the user gave cannot be used (damaged, unsafe to unpickle, made for another model):
+  the command line reports its message alone, with no traceback."""
+
+
+class DamagedFileError(UnusableFileError):
   """A file exists but cannot be parsed (truncated download, disk error, wrong file)."""
 
 

@@ -28,7 +28,6 @@ import numpy as np
 
 from ouromamba_jax.io import families
 from ouromamba_jax.io import state_dicts
-from ouromamba_jax.io.hustvl_keys import CONV1D
 
 _NUMBERED = re.compile(r'^(levels|blocks|conv_down|reduction)_(\d+)$')
 _LINEAR_MODULES = frozenset({'in_proj', 'x_proj', 'dt_proj', 'out_proj', 'qkv', 'proj', 'fc1',
@@ -55,7 +54,7 @@ def official_key(path: tuple[str, ...]) -> str:
 
 def layout_for(path: tuple[str, ...]):
   if path[-1] in _CONV1D_LEAVES:
-    return CONV1D
+    return state_dicts.CONV1D
   return families.kernel_layout(path, 'MambaVision', _LINEAR_MODULES.__contains__,
                                 _CONV2D_MODULES.match)
 
@@ -72,16 +71,15 @@ def drop_bn_counters(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarr
 
 
 FAMILY = families.Family(
-    label='MambaVision', official_key=official_key, layout_for=layout_for, hints=_FOREIGN_KEY_HINTS,
+    label='official MambaVision', official_key=official_key, layout_for=layout_for,
+    hints=_FOREIGN_KEY_HINTS,
     advice='Check the variant (dim, in_dim, depths, num_heads, layer_scale, num_classes) '
            'against the checkpoint.',
     model_fields=('dim', 'in_dim', 'depths', 'num_heads', 'layer_scale', 'num_classes'),
     layout='nvlabs-mambavision', default_key='state_dict', prepare=drop_bn_counters)
 key_table = FAMILY.key_table
 model_param_shapes = families.model_param_shapes
-check_state_dict = FAMILY.check_state_dict
 params_from_state_dict = FAMILY.params_from_state_dict
-state_dict_from_params = FAMILY.state_dict_from_params
 # key: 'state_dict' or 'state_dict_ema' (both are in the training-script checkpoints).
 params_from_file = FAMILY.params_from_file
 export_safetensors = FAMILY.export_safetensors

@@ -23,12 +23,14 @@ from typing import Any, Optional
 import ml_dtypes
 import numpy as np
 
+from ouromamba_jax.io import integrity
 
-class UnsafePickleError(pickle.UnpicklingError):
+
+class UnsafePickleError(integrity.UnusableFileError, pickle.UnpicklingError):
   """The checkpoint's pickle references a global outside the allow-list."""
 
 
-class PthFormatError(ValueError):
+class PthFormatError(integrity.DamagedFileError):
   """The file is not a readable PyTorch checkpoint (or is corrupt)."""
 
 

@@ -40,15 +40,6 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
   return tensors
 
 
-def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
-  path = os.fspath(path)
-  try:
-    with safe_open(path, framework='numpy') as f:
-      return {k: v for k, v in (f.metadata() or {}).items() if k != CRC_KEY}
-  except SafetensorError as e:
-    raise integrity.damaged(path, '.safetensors file', e, _REMEDY) from e
-
-
 def write_safetensors(tensors: Mapping[str, np.ndarray], path: str | os.PathLike,
                       metadata: Optional[Mapping[str, str]] = None) -> None:
   """Writes contiguous copies of `tensors` (any numpy/ml_dtypes dtype) to `path` atomically,

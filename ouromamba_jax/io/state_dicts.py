@@ -1,11 +1,13 @@
 """Strict state_dict <-> Flax params conversion over a key table, for every checkpoint family.
 
-A family (hustvl Vim, official VMamba) supplies its key table ({torch key: Entry}: Flax path,
-layout, torch shape, dtype), its naming for messages and its hints for foreign keys; the
-checking, the one-error report and the conversion are the same for all, so they live here.
+A family (hustvl Vim, official VMamba, official MambaVision; `io.families`) supplies its key
+table ({torch key: Entry}: Flax path, layout, torch shape, dtype), its naming for messages and
+its hints for foreign keys; the layouts, the checking, the one-error report and the conversion
+are the same for all, so they live here.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any, Callable, Mapping
 
@@ -17,7 +19,38 @@ import numpy as np
 from ouromamba_jax.io import integrity
 
 
-class CheckpointMismatchError(ValueError):
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """How one Flax leaf is laid out in the torch state_dict."""
+  name: str
+  to_hustvl: Callable[[np.ndarray], np.ndarray]
+  to_flax: Callable[[np.ndarray], np.ndarray]
+  hustvl_shape: Callable[[tuple[int, ...]], tuple[int, ...]]
+
+
+AS_IS = Layout('as is', lambda a: a, lambda a: a, tuple)
+LINEAR = Layout('linear (out,in) <-> (in,out)', lambda a: a.T, lambda a: a.T,
+                lambda s: (s[1], s[0]))
+CONV1D = Layout('depthwise conv1d (Di,1,K) <-> (K,Di)', lambda a: a.T[:, None, :],
+                lambda a: a[:, 0, :].T, lambda s: (s[1], 1, s[0]))
+CONV2D = Layout('conv2d OIHW <-> HWIO', lambda a: a.transpose(3, 2, 0, 1),
+                lambda a: a.transpose(2, 3, 1, 0), lambda s: (s[3], s[2], s[0], s[1]))
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  """One key of a key table: where the tensor lives in the Flax tree and how it is laid out."""
+  flax_path: tuple[str, ...]
+  layout: Layout
+  flax_shape: tuple[int, ...]
+  dtype: Any
+
+  @property
+  def hustvl_shape(self) -> tuple[int, ...]:
+    return self.layout.hustvl_shape(self.flax_shape)
+
+
+class CheckpointMismatchError(integrity.UnusableFileError):
   """A state_dict does not fit the model: every missing, unexpected and misshaped key at once."""
 
   def __init__(self, message: str, missing, unexpected, mismatched):

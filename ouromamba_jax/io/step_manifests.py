@@ -36,7 +36,8 @@ class StepManifests:
     return os.path.join(self.folder, f'{int(step)}.json')
 
   def record(self, step: int, tree) -> None:
-    """Writes step's manifest (call before saving the step) and drops those of steps gone."""
+    """Writes step's manifest (call before saving the step; `prune` drops those of steps
+    gone)."""
     atomic.write_json(self.path(step), manifest.manifest(named_leaves(tree)))
 
   def prune(self, steps) -> None:

@@ -62,16 +62,15 @@ def layout_for(path: tuple[str, ...]):
 
 
 FAMILY = families.Family(
-    label='VMamba', official_key=official_key, layout_for=layout_for, hints=_FOREIGN_KEY_HINTS,
+    label='official VMamba', official_key=official_key, layout_for=layout_for,
+    hints=_FOREIGN_KEY_HINTS,
     advice="Check the variant (dims, depths, ssm_ratio, d_state, num_classes) against the "
            "checkpoint's config.",
     model_fields=('dims', 'depths', 'd_state', 'ssm_ratio', 'num_classes'),
     layout='mzeromiko-vmamba-v2', default_key='model')
 key_table = FAMILY.key_table
 model_param_shapes = families.model_param_shapes
-check_state_dict = FAMILY.check_state_dict
 params_from_state_dict = FAMILY.params_from_state_dict
-state_dict_from_params = FAMILY.state_dict_from_params
 # key: 'model' or 'model_ema' (both are in the released training checkpoints).
 params_from_file = FAMILY.params_from_file
 export_safetensors = FAMILY.export_safetensors

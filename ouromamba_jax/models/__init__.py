@@ -1,2 +1,2 @@
 """Vision Mamba (Vim, VMamba, MambaVision) models and the variant registry."""
-from ouromamba_jax.models.registry import build_model, register_variant, variant_names, variant_of, VARIANTS
+from ouromamba_jax.models.registry import build_model

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -92,12 +92,6 @@ def run_after(module, tree, hidden, residual):
   del hidden
   x = module.apply({'params': tree}, residual)
   return jnp.zeros_like(x), x
-
-
-def layers(model: vim.VisionMamba, params) -> Iterator[tuple[int, Any]]:
-  """(index, params) of every block, in order."""
-  for i in range(model.depth):
-    yield i, params[f'layers_{i}']
 
 
 def _subtree(tree, path: str):

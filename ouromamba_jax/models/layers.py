@@ -91,9 +91,7 @@ def linear(x, kernel, bias, input_quantizer, dtype, implementation: Optional[str
   a producer (`act_quant.producers`): only an integer-mode kernel reads it as such."""
   if not is_float_array(kernel):  # the bias rides into the integer GEMM's epilogue
     return kernel.linear(x, input_quantizer, dtype, implementation=implementation, bias=bias)
-  x = producers.materialize(x)
-  if input_quantizer is not None:
-    x = input_quantizer(x)
+  x = quantize_site(input_quantizer, producers.materialize(x), implementation)
   return with_bias(jnp.dot(x.astype(dtype), kernel.astype(dtype)), bias)
 
 
@@ -182,8 +180,7 @@ def stacked_linear(module: nn.Module, name: str, weight, x, dtype):
   input_quantizer = optional_param(module, f'{name}_input_quantizer')
   implementation = getattr(module, 'quant_implementation', None)
   if is_float_array(weight):
-    if input_quantizer is not None:
-      x = input_quantizer(x, implementation=implementation)
+    x = quantize_site(input_quantizer, x, implementation)
     return jnp.einsum('bkli,koi->bklo', x.astype(dtype), weight.astype(dtype))
   return weight.stacked_linear(x, input_quantizer, dtype, implementation=implementation)
 

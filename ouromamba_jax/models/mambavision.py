@@ -47,6 +47,7 @@ from kernels_pallas.selective_scan import api as scan_api
 from ouromamba_jax.models import layers
 from ouromamba_jax.models.vim import a_log_init
 from ouromamba_jax.models.vim import dt_bias_init
+from ouromamba_jax.models.vim import symmetric_uniform
 from ouromamba_jax.models.vmamba import LayerNorm
 from ouromamba_jax.models.vmamba import Mlp
 from ouromamba_jax.models.vmamba import check_nhwc_images
@@ -178,8 +179,7 @@ class MambaVisionMixer(nn.Module):
         features, dtype=self.dtype, name=name, quant_implementation=self.quant_implementation,
         kernel_init=kw.pop('kernel_init', nn.initializers.truncated_normal(0.02)), **kw)
     site = lambda t, tensor: layers.apply_site(self, f'{tensor}_quantizer', t)
-    bound = self.d_conv ** -0.5
-    conv_init = lambda key, shape: jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+    conv_init = symmetric_uniform(self.d_conv ** -0.5)
 
     x, z = jnp.split(linear(d_inner, 'in_proj')(hidden), 2, axis=-1)
     x = nn.silu(same_depthwise_conv1d(
@@ -187,10 +187,8 @@ class MambaVisionMixer(nn.Module):
     z = nn.silu(same_depthwise_conv1d(
         z, layers.read_param(self, 'conv1d_z', conv_init, (self.d_conv, half))))
     dt, b_mat, c_mat = jnp.split(linear(rank + 2 * n, 'x_proj')(x), [rank, rank + n], axis=-1)
-    dt_std = rank ** -0.5
     dt_proj = linear(half, 'dt_proj', use_bias=True, bias_init=dt_bias_init(),
-                     kernel_init=lambda k, s, d=jnp.float32: jax.random.uniform(
-                         k, s, d, -dt_std, dt_std))
+                     kernel_init=symmetric_uniform(rank ** -0.5))
     dt = dt_proj(dt)
     dt_bias = dt_proj.variables['params']['bias']
     # Δ's site holds what enters softplus: the official scan adds dt_proj's bias a second time.

@@ -1,7 +1,8 @@
 """Model variants by name (big_vision style registry).
 
-Each variant is a model class (Vim's `VisionMamba`, `VMamba`) with a dict of its fields;
-`build_model(name, **overrides)` lets any field be changed (image size, classes, depth, ...).
+Each variant is a model class (Vim's `VisionMamba`, `VMamba`, `MambaVision`) with a dict of
+its fields; `build_model(name, **overrides)` lets any field be changed (image size, classes,
+depth, ...).
 """
 from __future__ import annotations
 

@@ -53,6 +53,11 @@ def dt_bias_init(dt_min=1e-3, dt_max=1e-1, dt_floor=1e-4):
   return init
 
 
+def symmetric_uniform(bound):
+  """Initialiser drawing from U(-bound, bound), torch's default for convs and Mamba's dt_proj."""
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
 def a_log_init(key, shape, dtype=jnp.float32):
   del key
   d_inner, d_state = shape
@@ -66,8 +71,7 @@ class CausalConv1d(nn.Module):
   @nn.compact
   def __call__(self, x):
     channels = x.shape[-1]
-    bound = 1.0 / math.sqrt(self.kernel_size)
-    uniform = lambda k, s: jax.random.uniform(k, s, jnp.float32, -bound, bound)
+    uniform = symmetric_uniform(1.0 / math.sqrt(self.kernel_size))
     kernel = layers.read_param(self, 'kernel', uniform, (self.kernel_size, channels))
     bias = layers.read_param(self, 'bias', uniform, (channels,))
     return layers.causal_depthwise_conv1d(x, kernel, bias)
@@ -135,7 +139,7 @@ class BiMambaV2Mixer(nn.Module):
         x_proj = linear(dt_rank + 2 * self.d_state, f'x_proj{suffix}')
         dt_std = dt_rank ** -0.5
         dt_proj = linear(d_inner, f'dt_proj{suffix}', use_bias=True,
-                         kernel_init=_symmetric_uniform(dt_std), bias_init=dt_bias_init())
+                         kernel_init=symmetric_uniform(dt_std), bias_init=dt_bias_init())
         a_log = layers.read_param(self, f'A{suffix}_log' if suffix else 'A_log', a_log_init,
                                   (d_inner, self.d_state))
         d_skip = layers.read_param(self, f'D{suffix}', nn.initializers.ones, (d_inner,))
@@ -262,10 +266,6 @@ def with_stacked_directions(block_params):
   return {**block_params, 'mixer': {**kept, STACKED_DIRECTIONS: stacked}}
 
 
-def _symmetric_uniform(bound):
-  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
-
-
 class Block(nn.Module):
   """Fused add + RMSNorm (residual kept in fp32) followed by the mixer.
 
@@ -304,7 +304,7 @@ def block_runs(trees: list[Any]) -> list[list[Any]]:
 
 
 def _fan_in_uniform(fan_in):
-  return _symmetric_uniform(1.0 / math.sqrt(fan_in))
+  return symmetric_uniform(1.0 / math.sqrt(fan_in))
 
 
 class VisionMamba(nn.Module):
@@ -335,7 +335,7 @@ class VisionMamba(nn.Module):
   quant_implementation: Optional[str] = None
   # True: the blocks run under jax.lax.scan (one block compiles). False: one named submodule
   # `layers_{i}` per block, for tools that intercept module calls and need every block's own
-  # path and values (quant.rules.find_sites, reports.capture.linear_io); same logits.
+  # path and values (quant.rules.find_sites, reports.capture.per_piece); same logits.
   scan_blocks: bool = True
   # True: the mixers run their two scan directions as one vmapped batch (one launch of each
   # per-direction kernel instead of two); same params, logits equal to rounding. Ignored at init,

@@ -44,6 +44,7 @@ from kernels_pallas.selective_scan import api as scan_api
 from ouromamba_jax.models import layers
 from ouromamba_jax.models.vim import a_log_init
 from ouromamba_jax.models.vim import dt_bias_init
+from ouromamba_jax.models.vim import symmetric_uniform
 
 K_DIRECTIONS = 4
 
@@ -212,9 +213,10 @@ class SS2D(nn.Module):
     x = nn.silu(x)
 
     dt_std = rank ** -0.5
-    x_proj = layers.read_param(self, 'x_proj_weight', _uniform(d_inner ** -0.5),
+    x_proj = layers.read_param(self, 'x_proj_weight', symmetric_uniform(d_inner ** -0.5),
                                (k, rank + 2 * n, d_inner))
-    dt_weight = layers.read_param(self, 'dt_projs_weight', _uniform(dt_std), (k, d_inner, rank))
+    dt_weight = layers.read_param(self, 'dt_projs_weight', symmetric_uniform(dt_std),
+                                  (k, d_inner, rank))
     dt_bias = layers.read_param(self, 'dt_projs_bias', _stacked(dt_bias_init(), k), (k, d_inner))
     a_logs = layers.read_param(self, 'A_logs', _flat_a_log_init(k), (k * d_inner, n))
     ds = layers.read_param(self, 'Ds', nn.initializers.ones, (k * d_inner,))
@@ -241,10 +243,6 @@ class SS2D(nn.Module):
                     grid_size=(h, w)))
     y = LayerNorm(name='out_norm')(cross_merge(ys, h, w))
     return linear(self.d_model, 'out_proj')(y.astype(self.dtype))
-
-
-def _uniform(bound):
-  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
 def _stacked(init, copies):
@@ -351,7 +349,7 @@ class Stage(nn.Module):
   remat: bool = False
 
   def block(self, j: int, name: Optional[str] = None) -> VSSBlock:
-    """Block j (unbound without a name: `models.vmamba_blockwise` applies it on its own)."""
+    """Block j (unbound without a name: `models.blockwise` applies it on its own)."""
     block_cls = nn.remat(VSSBlock) if self.remat else VSSBlock
     hook = self.state_feature_fn if j in self.hooked_blocks else None
     return block_cls(self.d_model, self.d_state, self.ssm_ratio, self.dt_rank, self.d_conv,
@@ -415,7 +413,7 @@ class VMamba(nn.Module):
     return downsampled_grids(embed(embed(self.img_size)), len(self.depths))
 
   def stage(self, i: int, name: Optional[str] = None) -> Stage:
-    """Stage i's module (unbound without a name: `models.vmamba_blockwise` runs its parts)."""
+    """Stage i's module (unbound without a name: `models.blockwise` runs its parts)."""
     dims = self.stage_dims
     out_dim = dims[i + 1] if i + 1 < len(dims) else None
     first = sum(self.depths[:i])
@@ -428,7 +426,7 @@ class VMamba(nn.Module):
                  remat=self.remat, **_named_or_unbound(name))
 
   def setup(self):
-    # Defined here so `embed` and `classify` also run on their own (`models.vmamba_blockwise`).
+    # Defined here so `embed` and `classify` also run on their own (`models.blockwise`).
     self.patch_embed = PatchEmbedV2(self.dims, self.patch_size, self.dtype)
     self.layers = [self.stage(i, f'layers_{i}') for i in range(len(self.depths))]
     self.classifier_norm = LayerNorm()

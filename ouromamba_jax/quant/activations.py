@@ -4,12 +4,14 @@ The run-time numerics (outlier recurrence, codes, scales) are the act_quant op's
 `kernels_pallas.act_quant.reference` (its docstring states the algorithm and the decisions the
 paper leaves open); this module adds what only the library needs, on `ActSpec`s:
 
-- the fake-quant form (`fake_quantize_activation`, for learning S_I): the reference's
-  `quantize_parts` with straight-through rounding and clipping, so
-  `fake_quantize_activation(x) == dequantize_activation(quantize_activation_int(x))` exactly;
+- the fake-quant form (`quantize_parts(..., ste=True)`, for learning S_I): the reference's
+  `quantize_parts` with straight-through rounding and clipping, the same codes as the integer
+  form, so its dequantized values equal the int mode's bit for bit (`qtypes.ActQuantizer`
+  calls either);
 - calibration (`static_outlier_mask`, `calibrate_inlier_scale`);
-- views of other shapes: inputs that are not (B, L, C) (A: (Di, N), D: (Di,)) are a single
-  step holding all their elements: one static per-tensor scale, same outlier logic.
+- views of other shapes (`as_steps`): (B, C) and VMamba's (B, H, W, C) grids as steps, and
+  per-tensor sites (A: (Di, N), D: (Di,)) as a single step holding all their elements: one
+  static per-tensor scale, same outlier logic.
 
 Gradients (fake form): straight-through round; inlier codes clip with gradient 1 on the closed
 grid and 0 outside (LSQ); outlier codes pass the gradient everywhere (their dynamic grid is
@@ -45,20 +47,18 @@ def _round_bwd(_, g):
 round_ste.defvjp(_round_fwd, _round_bwd)
 
 
-def as_steps(x, layout: str = 'auto'):
+def as_steps(x, layout: str):
   """Views x as (B, L, C) steps. Returns (x3, restore).
 
   layout 'steps': (B, L, C) as is, (B, C) as one step per sample, (B, H, W, C) as its H*W
   row-major tokens (VMamba's grids, the order its row-major scan reads); 'tensor': one step holding
-  every element (A, D: a static per-tensor scale); 'auto': 'steps' for 3-D, else 'tensor'.
+  every element (A, D: a static per-tensor scale).
   """
-  if layout == 'auto':
-    layout = 'steps' if x.ndim == 3 else 'tensor'
   shape = x.shape
   if layout == 'tensor':
     return x.reshape(1, 1, -1), lambda y: y.reshape(shape)
   if layout != 'steps':
-    raise ValueError(f"layout must be 'steps', 'tensor' or 'auto', got {layout!r}")
+    raise ValueError(f"layout must be 'steps' or 'tensor', got {layout!r}")
   if x.ndim == 3:
     return x, lambda y: y
   if x.ndim == 2:
@@ -81,11 +81,12 @@ def static_outlier_mask(x, spec: ActSpec):
   return reference.from_windows(jnp.cumsum(windows, axis=0) > 0, length)
 
 
-def calibrate_inlier_scale(x, spec: ActSpec, layout: str = 'auto'):
+def calibrate_inlier_scale(x, spec: ActSpec, layout: str):
   """Static inlier step per time step from calibration activations.
 
-  x: (N, L, C) (or any shape for a per-tensor site). Outliers found by `static_outlier_mask`
-  are zeroed, then the lp search runs per step over the pooled (samples, channels).
+  x: (N, L, C) (or any shape for a per-tensor site, layout 'tensor'). Outliers found by
+  `static_outlier_mask` are zeroed, then the lp search runs per step over the pooled (samples,
+  channels).
   Returns (scale (L,), zero_point (L,) integer-valued float, or None when symmetric).
   """
   x3, _ = as_steps(jnp.asarray(x, jnp.float32), layout)
@@ -135,19 +136,3 @@ def quantize_parts(x, inlier_scale, spec: ActSpec, zero_point=None, *,
     return reference.quantize_parts(x, inlier_scale, spec.kernel_params, zero_point)
   return reference.quantize_parts(x, inlier_scale, spec.kernel_params, zero_point, rnd=round_ste,
                                   inlier_clip=clip_ste, outlier_clip=clip_passthrough)
-
-
-def fake_quantize_activation(x, inlier_scale, spec: ActSpec, zero_point=None):
-  """Quantize-dequantize with straight-through rounding (differentiable in x and the scale).
-
-  Any input shape: (B, L, C) per step, anything else as a single step (per-tensor scale).
-  """
-  x3, restore = as_steps(x)
-  y = dequantize_activation(quantize_parts(x3, inlier_scale, spec, zero_point, ste=True))
-  return restore(y.astype(x.dtype))
-
-
-def quantize_activation_int(x, inlier_scale, spec: ActSpec, zero_point=None) -> IntActivation:
-  """Integer form of x (B, L, C) (the act_quant op's XLA reference); `dequantize_activation`
-  inverts it bit-exactly to `fake_quantize_activation(x, ...)`."""
-  return reference.act_quant_xla(x, inlier_scale, spec.kernel_params, zero_point)

@@ -16,12 +16,14 @@ from typing import Optional, Union
 import jax
 import jax.numpy as jnp
 
+from ouromamba_jax import progress
 from ouromamba_jax.io import integrity
 from ouromamba_jax.models import blockwise
 from ouromamba_jax.models import vim
 from ouromamba_jax.quant import baselines
 from ouromamba_jax.quant import calibrate
 from ouromamba_jax.quant import presets
+from ouromamba_jax.quant import qtypes
 from ouromamba_jax.quant import rewrite
 from ouromamba_jax.quant import rules as rules_lib
 from ouromamba_jax.quant.config import ActSpec, QuantSpec
@@ -29,11 +31,12 @@ from ouromamba_jax.quant.config import ActSpec, QuantSpec
 
 def quantize(model, params, calib_images, spec: Union[QuantSpec, str], *,
              method: str = 'ouromamba', mode: str = 'fake',
-             log: Optional[calibrate.Log] = None, snapshot=None):
+             log: Optional[progress.Log] = None, snapshot=None):
   """Returns (qparams, report). mode: 'fake' (float simulation of the integer math) or 'int'
   (real integer dots); both give the same logits. The weights are integer codes either way."""
-  log = log or calibrate._default_log  # pylint: disable=protected-access
+  log = log or progress.log_info
   baselines.check_method(method)
+  qtypes.check_mode(mode)
   spec = presets.preset(spec) if isinstance(spec, str) else spec
   if not isinstance(spec, QuantSpec):
     raise TypeError(f'spec must be a QuantSpec or a preset name, got {type(spec).__name__}; '

@@ -4,8 +4,8 @@
       --method ouromamba --epochs 10 --micro_batch 64 --out quant_bench.json
   python -m ouromamba_jax.quant.bench --smoke      # tiny CPU run of the same code
 
-Random-init weights unless --checkpoint is given (a hustvl .pth / .safetensors, loaded with
-`ouromamba_jax.io`), Gaussian images unless --images_npz (an .npz with an NHWC float `images`
+Random-init weights unless --checkpoint is given (a .pth / .safetensors of the model's family,
+loaded with `ouromamba_jax.io`), Gaussian images unless --images_npz (an .npz with an NHWC float `images`
 array). Reports seconds per block (first block includes compilation), reconstruction losses,
 the logits' relative error and top-1 agreement against the float model, and whether the 'int'
 mode reproduces the 'fake' logits bit for bit.

@@ -30,7 +30,6 @@ import math
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,6 +37,7 @@ import optax
 from jax.sharding import PartitionSpec
 
 from ouromamba_jax import distributed
+from ouromamba_jax import progress
 from ouromamba_jax import stop_request
 from ouromamba_jax.io import integrity
 from ouromamba_jax.models import blockwise
@@ -46,9 +46,6 @@ from ouromamba_jax.quant import qtypes
 from ouromamba_jax.quant import rewrite
 from ouromamba_jax.quant.config import CalibSpec
 from ouromamba_jax.quant.rules import Site
-
-Log = Callable[[str], None]
-
 
 @dataclasses.dataclass
 class BlockResult:
@@ -59,10 +56,6 @@ class BlockResult:
   steps: int
   seconds: float
   restored: bool = False  # calibrated by an earlier (killed) process, restored from the snapshot
-
-
-def _default_log(msg: str) -> None:
-  logging.info('%s', msg)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -263,11 +256,6 @@ def _check_block(i: int, depth: int, layer_fp, stats, loss: Optional[float] = No
 
 # ----------------------------------------------------------------------------------------------
 
-def _format_seconds(s: float) -> str:
-  s = int(round(s))
-  return f'{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s' if s >= 3600 else f'{s // 60}m{s % 60:02d}s'
-
-
 def fingerprint(model, params, images, plan, calib, method) -> str:
   """Identifies a calibration run so a snapshot is only resumed by the same run."""
   h = hashlib.sha256()
@@ -286,11 +274,11 @@ class _Progress:
   the first block this process calibrates compiles the block's capture, scale search and
   training step (every later block reuses them), so the rate is measured from its end."""
 
-  def __init__(self, log: Log, n_blocks: int, first_block: int,
+  def __init__(self, log: progress.Log, n_blocks: int, first_block: int,
                clock: Callable[[], float] = time.time):
-    self.log, self.n_blocks, self.first, self.clock = log, n_blocks, first_block, clock
+    self.log, self.n_blocks, self.clock = log, n_blocks, clock
     self.t0 = clock()
-    self.steady_from = None            # (time, blocks done) at the end of the compiling block
+    self.throughput = progress.Throughput(n_blocks, first_block, clock)
     self.announced = False
 
   def compiling(self, block: int) -> None:
@@ -301,22 +289,22 @@ class _Progress:
                'search and training step (the later blocks reuse them) ...')
 
   def block_done(self, block: int, what: str) -> None:
-    now, done, left = self.clock(), block + 1 - self.first, self.n_blocks - block - 1
-    if self.steady_from is None:
-      self.steady_from = (now, done)
-      eta_text = 'ETA after the next block (this one compiled)'
-    else:
-      rate = (now - self.steady_from[0]) / (done - self.steady_from[1])
-      eta_text = f'ETA {_format_seconds(rate * left)}'
-    eta_text = eta_text if left else ''
+    compiled = not self.throughput.started
+    self.throughput.advance(1)
+    eta_text = ''
+    if block + 1 < self.n_blocks:
+      left = self.throughput.seconds_left()
+      eta_text = ('ETA after the next block (this one compiled)' if compiled else
+                  f'ETA {progress.format_seconds(left) if left is not None else "?"}')
     self.log(f'[quant] block {block + 1}/{self.n_blocks} {what} | elapsed '
-             f'{_format_seconds(now - self.t0)}' + (f', {eta_text}' if eta_text else ''))
+             f'{progress.format_seconds(self.clock() - self.t0)}'
+             + (f', {eta_text}' if eta_text else ''))
 
 
 def reconstruct_blocks(model, params, images, plan: Mapping[str, Any],
                        sites: Sequence[Site], calib: CalibSpec, *, smoothing: bool = False,
                        snapshot=None, method: str = 'ouromamba',
-                       log: Optional[Log] = None):
+                       log: Optional[progress.Log] = None):
   """Quantizes every block of `params` per `plan`. Returns (params with quantized blocks,
   list of BlockResult). Sites outside the blocks (`blockwise.piece_of` None) are left to the
   caller. With a snapshot, a SIGTERM finishes the block in progress, saves it and stops."""
@@ -327,7 +315,7 @@ def reconstruct_blocks(model, params, images, plan: Mapping[str, Any],
 
 def _reconstruct_blocks(model, params, images, plan, sites, calib, *, smoothing, snapshot,
                         method, log):
-  log = log or _default_log
+  log = log or progress.log_info
   images = jnp.asarray(images)
   n_images = images.shape[0]
   batches = micro_batches(n_images, calib.micro_batch)
@@ -373,7 +361,7 @@ def _reconstruct_blocks(model, params, images, plan, sites, calib, *, smoothing,
       fp_stream, q_stream = after(piece, fp_stream, q_stream)
 
   depth = len(pieces)
-  progress = _Progress(log, depth, start)
+  block_lines = _Progress(log, depth, start)
   by_block: dict[int, list[Site]] = {}
   for site in sites:
     index = blockwise.piece_of(model, site.path)
@@ -394,7 +382,7 @@ def _reconstruct_blocks(model, params, images, plan, sites, calib, *, smoothing,
       done_layers = rewrite.set_path(done_layers, name, layer_fp)
       results.append(BlockResult(i, 0.0, 0.0, 'float', 0, time.time() - t_block))
     else:
-      progress.compiling(i)
+      block_lines.compiling(i)
       local_plan = {s.path: plan[f'{name}/{s.path}'] for s in local_sites}
       targets, stats = _capture_block(block, layer_fp, fp_stream, local_sites, batches)
       _check_block(i, depth, layer_fp, stats, name=name)
@@ -426,7 +414,7 @@ def _reconstruct_blocks(model, params, images, plan, sites, calib, *, smoothing,
                                  time.time() - t_block))
     fp_stream, q_stream = after(piece, fp_stream, q_stream)
     r = results[-1]
-    progress.block_done(i, f'loss {r.loss_init:.6f} -> {r.loss_final:.6f} ({r.kept}, '
+    block_lines.block_done(i, f'loss {r.loss_init:.6f} -> {r.loss_final:.6f} ({r.kept}, '
                            f'{r.steps} steps, {r.seconds:.1f} s)')
     if snapshot:
       snapshot.save(done_layers, {

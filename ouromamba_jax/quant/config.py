@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Mapping, Union
+from typing import Any, Union
 
 import numpy as np
 
@@ -25,6 +25,9 @@ from kernels_pallas.act_quant.config import ActQuantParams, check_bits, check_qu
 INITS = ('lp', 'minmax')
 DOMAINS = ('linear', 'log')
 METHODS = ('ouromamba', 'rtn', 'ptq4vm')
+# How quantized params compute: 'fake' = float simulation of the integer math, 'int' = integer
+# dots; the same logits either way.
+MODES = ('fake', 'int')
 
 
 def _check_common(owner: str, lp, n_grid, init) -> None:
@@ -35,6 +38,11 @@ def _check_common(owner: str, lp, n_grid, init) -> None:
                      f'got {n_grid!r}.')
   if init not in INITS:
     raise ValueError(f'{owner}.init must be one of {INITS}, got {init!r}.')
+
+
+def weight_qmax(bits: int) -> int:
+  """The largest weight code: the narrow grid ±(2^(bits-1) - 1) leaves out -2^(bits-1)."""
+  return 2 ** (bits - 1) - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +59,7 @@ class WeightSpec:
 
   @property
   def qmax(self) -> int:
-    return 2 ** (self.bits - 1) - 1
+    return weight_qmax(self.bits)
 
   def describe(self) -> str:
     return f'W{self.bits} per-channel sym ({self.init})'
@@ -210,14 +218,3 @@ class QuantSpec:
       return {'type': type(s).__name__, **dataclasses.asdict(s)}
     return {'name': self.name, 'calib': dataclasses.asdict(self.calib),
             'rules': [{'pattern': r.pattern, 'spec': spec_json(r.spec)} for r in self.rules]}
-
-  @classmethod
-  def from_json(cls, d: Mapping[str, Any]) -> 'QuantSpec':
-    def spec_from(s):
-      if s is None:
-        return None
-      s = dict(s)
-      kind = s.pop('type')
-      return {'WeightSpec': WeightSpec, 'ActSpec': ActSpec}[kind](**s)
-    return cls(d['name'], tuple(QuantRule(r['pattern'], spec_from(r['spec'])) for r in d['rules']),
-               CalibSpec(**d['calib']))

@@ -38,15 +38,14 @@ from ouromamba_jax.models import layers
 from ouromamba_jax.quant import activations as act_lib
 from ouromamba_jax.quant import int_linear
 from ouromamba_jax.quant import weights as w_lib
-from ouromamba_jax.quant.config import ActSpec
+from ouromamba_jax.quant.config import ActSpec, MODES
 
-MODES = ('fake', 'int')
 # Layout of a per-direction site stored stacked (VMamba): leaves carry a leading K axis and the
 # activations are (B, K, L, C), each direction with its own per-step scales.
 STACKED = 'stacked'
 
 
-def _check_mode(mode):
+def check_mode(mode):
   if mode not in MODES:
     raise ValueError(f"quantized param mode must be one of {MODES}, got {mode!r}.")
 
@@ -75,7 +74,7 @@ def _codes_for_int_dot(q, zero_point, qmin, qmax, zp_expand):
 
 def quantized_linear(x, w_codes, w_scale, input_quantizer, smooth, mode: str, dtype):
   """x (..., in) times a per-channel quantized kernel (codes (in, out), steps (out,))."""
-  _check_mode(mode)
+  check_mode(mode)
   x = x.astype(jnp.float32)
   if smooth is not None:
     x = x / jnp.maximum(smooth, w_lib.MIN_SMOOTH)
@@ -127,15 +126,15 @@ class ActQuantizer:
   mode: str = struct.field(pytree_node=False, default='fake')
 
   @classmethod
-  def calibrate(cls, x, spec: ActSpec, layout: str = 'steps', mode: str = 'fake'):
+  def calibrate(cls, x, spec: ActSpec, layout: str = 'steps'):
     """Static steps from calibration activations x ((N, L, C) or the site's own shape;
-    layout 'stacked': (N, K, L, C), K directions each with its own per-step steps)."""
-    _check_mode(mode)
+    layout 'stacked': (N, K, L, C), K directions each with its own per-step steps), in mode
+    'fake' (calibration trains them; `with_mode` gives another)."""
     if layout == STACKED:
-      per_k = jax.vmap(lambda xk: cls.calibrate(xk, spec, 'steps', mode), in_axes=1)(x)
+      per_k = jax.vmap(lambda xk: cls.calibrate(xk, spec, 'steps'), in_axes=1)(x)
       return per_k.replace(layout=STACKED)
     scale, zero_point = act_lib.calibrate_inlier_scale(to_grid_domain(x, spec), spec, layout)
-    return cls(scale, zero_point, spec, layout, mode)
+    return cls(scale, zero_point, spec, layout)
 
   def parts(self, x3, *, ste: bool):
     """Codes of x3 (in the grid's domain: log(-x) for a log-domain spec)."""
@@ -236,17 +235,17 @@ class FakeQuantWeight:
   def stacked_linear(self, x, input_quantizer, dtype, implementation: Optional[str] = None):
     return stacked_linear(self, x, input_quantizer, dtype, implementation)
 
-  def freeze(self, mode: str = 'fake', pack: bool = True) -> 'QuantizedWeight':
-    """Integer codes (int4 packed when bits <= 4 and `pack`); a stacked kernel (K, in, out)
-    per direction. One jitted program per weight shape (op by op, every step of it compiled
-    on its own for every new shape)."""
-    return _freeze(self, mode, pack)
+  def freeze(self, mode: str = 'fake') -> 'QuantizedWeight':
+    """Integer codes (int4 packed when bits <= 4); a stacked kernel (K, in, out) per direction.
+    One jitted program per weight shape (op by op, every step of it compiled on its own for
+    every new shape)."""
+    return _freeze(self, mode)
 
-  def _freeze(self, mode: str, pack: bool) -> 'QuantizedWeight':
+  def _freeze(self, mode: str) -> 'QuantizedWeight':
     if self.weight.ndim == 3:
-      return jax.vmap(lambda w: w._freeze(mode, pack))(self)  # pylint: disable=protected-access
+      return jax.vmap(lambda w: w._freeze(mode))(self)  # pylint: disable=protected-access
     codes = w_lib.quantize_weight_int(self.smoothed_weight(), self.scale, self.bits)
-    packed = pack and self.bits <= 4
+    packed = self.bits <= 4
     values = w_lib.pack_int4(codes) if packed else codes
     return QuantizedWeight(values, jnp.maximum(self.scale, MIN_SCALE), self.smooth,
                            self.bits, int(self.weight.shape[0]), packed, mode)
@@ -271,10 +270,6 @@ class QuantizedWeight:
       return w_lib.unpack_int4(self.values, self.in_features)
     return self.values
 
-  def dequantize(self):
-    """The float kernel this represents (before smoothing is undone)."""
-    return self.codes().astype(jnp.float32) * self.scale[None, :]
-
   def linear(self, x, input_quantizer, dtype, implementation: Optional[str] = None, bias=None):
     """Mode 'int' runs the integer kernels (act_quant + mixed_gemm, `quant.int_linear`) with
     `implementation` ('xla' | 'triton' | None: platform default) where they cover the Linear,
@@ -297,9 +292,9 @@ class QuantizedWeight:
     return int_linear.input_segment(self, input_quantizer, width)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2))
-def _freeze(weight: FakeQuantWeight, mode: str, pack: bool) -> QuantizedWeight:
-  return weight._freeze(mode, pack)  # pylint: disable=protected-access
+@functools.partial(jax.jit, static_argnums=1)
+def _freeze(weight: FakeQuantWeight, mode: str) -> QuantizedWeight:
+  return weight._freeze(mode)  # pylint: disable=protected-access
 
 
 QTYPES = {cls.__name__: cls for cls in (ActQuantizer, FakeQuantWeight, QuantizedWeight)}
@@ -312,7 +307,7 @@ def is_qtype(x: Any) -> bool:
 def with_mode(x, mode: str):
   """The same object in another mode ('fake' | 'int'); weights still in calibration form are
   frozen to integer codes."""
-  _check_mode(mode)
+  check_mode(mode)
   if isinstance(x, FakeQuantWeight):
     return x.freeze(mode)
   if isinstance(x, (ActQuantizer, QuantizedWeight)):

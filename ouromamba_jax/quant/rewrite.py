@@ -40,14 +40,6 @@ def get_path(tree, path: str):
   return node
 
 
-def has_path(tree, path: str) -> bool:
-  try:
-    get_path(tree, path)
-    return True
-  except KeyError:
-    return False
-
-
 def set_path(tree, path: str, value):
   """A copy of `tree` with `value` at `path` (dicts on the way are copied, leaves shared)."""
   keys = path.split('/')

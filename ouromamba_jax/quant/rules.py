@@ -8,7 +8,6 @@ follows the model code rather than a hard-coded table.
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
@@ -20,7 +19,9 @@ from ouromamba_jax.models import vim
 from ouromamba_jax.models import vmamba
 from ouromamba_jax.quant.config import ActSpec, QuantRule, WeightSpec
 
-# The activation sites `BiMambaV2Mixer` passes through `layers.apply_site`, per direction.
+# The activation sites of a mixer that keeps its directions apart, per direction: Vim's
+# `BiMambaV2Mixer` (through `layers.quantize_site` / `layers.split_sites`) and MambaVision's
+# mixer (its one direction, through `layers.apply_site`).
 SSM_TENSORS = ('delta', 'B', 'C', 'A', 'D')
 PER_TENSOR = ('A', 'D')                       # static tensors: one per-tensor step
 
@@ -60,11 +61,6 @@ class Site:
   @property
   def rule_kind(self) -> str:
     return 'weight' if self.kind == 'weight' else 'act'
-
-  @property
-  def block(self) -> Optional[int]:
-    m = re.match(r'layers_(\d+)/', self.path)
-    return int(m.group(1)) if m else None
 
 
 def find_sites(model: nn.Module, params, sample_input) -> list[Site]:

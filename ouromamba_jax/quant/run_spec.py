@@ -10,11 +10,10 @@ import dataclasses
 from typing import Optional
 
 from ouromamba_jax.quant import presets
-from ouromamba_jax.quant.config import CalibSpec, METHODS, QuantSpec
+from ouromamba_jax.quant.config import CalibSpec, METHODS, MODES, QuantSpec
 from ouromamba_jax.spec_fields import field
 
 SOURCES = ('gen', 'noise', 'real')
-MODES = ('fake', 'int')
 # The ActSpec fields an override sets on every quantized activation group (Δ included).
 ACT_WIDE = ('outlier_bits', 'n_refresh', 'trigger', 'std_ddof')
 
@@ -85,6 +84,10 @@ class QuantRunSpec:
                        f'of {", ".join(sorted(presets.PRESETS))}.')
     if self.mode not in MODES:
       raise ValueError(f'quant.mode must be one of {MODES}, got {self.mode!r}.')
+    r = self.report_images
+    if not isinstance(r, int) or isinstance(r, bool) or r < 0:
+      raise ValueError(f'quant.report_images must be an int >= 0 (0 = no per-layer and outlier '
+                       f'reports), got {r!r}.')
     self.quant_spec()  # the preset and every override, checked by the specs themselves
 
   @property

@@ -23,10 +23,6 @@ import jax.numpy as jnp
 from kernels_pallas.act_quant.config import MIN_SCALE
 
 
-def _keep_axes(x, reduce_axes):
-  return tuple(a for a in range(x.ndim) if a not in reduce_axes)
-
-
 def _lp_error(x, deq, lp, reduce_axes):
   return jnp.mean(jnp.abs(x - deq) ** lp, axis=reduce_axes, keepdims=True)
 

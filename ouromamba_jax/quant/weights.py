@@ -18,7 +18,7 @@ from kernels_pallas import int4
 from kernels_pallas.act_quant.config import MIN_SCALE
 from ouromamba_jax.quant import search
 from ouromamba_jax.quant.activations import clip_ste, round_ste
-from ouromamba_jax.quant.config import WeightSpec
+from ouromamba_jax.quant.config import WeightSpec, weight_qmax
 
 MIN_SMOOTH = 1e-5  # floor of the PTQ4VM smoothing factors (x / s, W * s), learned like steps
 
@@ -32,7 +32,7 @@ def init_weight_scale(w, spec: WeightSpec):
 
 def weight_codes(w, scale, bits: int, *, ste: bool = False):
   """clip(round(w / s), ±qmax) as float (straight-through rounding when `ste`)."""
-  qmax = 2 ** (bits - 1) - 1
+  qmax = weight_qmax(bits)
   rnd = round_ste if ste else jnp.round
   scale = jnp.maximum(scale.astype(jnp.float32), MIN_SCALE)  # a learned step may cross 0
   return rnd(clip_ste(w.astype(jnp.float32) / scale[None, :], -qmax, qmax))
@@ -48,11 +48,6 @@ def quantize_weight_int(w, scale, bits: int):
   return weight_codes(w, scale, bits).astype(code_dtype(bits))
 
 
-def fake_quantize_weight(w, scale, bits: int):
-  """Quantize-dequantize with straight-through rounding (LSQ-style gradient for the scale)."""
-  return weight_codes(w, scale, bits, ste=True) * jnp.maximum(scale, MIN_SCALE)[None, :]
-
-
 def pack_int4(q):
   """int8 codes in [-8, 7], shape (in, out) -> uint8 (ceil(in/2), out); low nibble = even row."""
   q = jnp.asarray(q)
@@ -66,7 +61,3 @@ def pack_int4(q):
 def unpack_int4(packed, in_features: int):
   """Inverse of `pack_int4`: uint8 (ceil(in/2), out) -> int8 (in, out), sign-extended."""
   return int4.unpack_int4(packed, axis=0)[:in_features]
-
-
-def weight_qmax(bits: int) -> int:
-  return 2 ** (bits - 1) - 1

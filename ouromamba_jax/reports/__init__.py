@@ -5,4 +5,6 @@
 - `heatmap`:     a small PNG heatmap renderer (pillow only).
 - `curves`:      loss curves as a PNG, one panel per curve (pillow only).
 - `accuracy`:    the accuracy table (Markdown + JSON).
+- `capture`:     the inputs and outputs of every Linear, piece by piece of the forward (for
+                 `layer_error` and `outliers`).
 """

@@ -27,12 +27,6 @@ def module_linear_io(module: nn.Module, params, *args, method=None
   return found
 
 
-def linear_io(model, params, images) -> dict[str, tuple[jax.Array, jax.Array]]:
-  """{Linear path: (input, output)} of one whole forward pass (traceable: use under jit); the
-  model runs module by module (`layers.module_by_module`), so every block's Linears show."""
-  return module_linear_io(layers.module_by_module(model), params, images)
-
-
 def per_piece(model, trees, images, paths, piece_fn) -> dict[str, Any]:
   """{path: value} for Linear `paths`, computed piece by piece of the block-by-block forward
   (`blockwise.stages`, so one block compiles): for each piece holding some of the paths,

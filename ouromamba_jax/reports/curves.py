@@ -5,7 +5,6 @@ so on a shared axis the small ones would be flat lines at the bottom.
 """
 from __future__ import annotations
 
-import io
 import math
 from typing import Mapping, Sequence
 
@@ -138,9 +137,8 @@ def render(panels: Sequence[Panel], x_label: str = 'step', columns: int = 2, cap
 
 
 def write_png(path: str, panels, **kwargs) -> None:
-  buffer = io.BytesIO()
-  render(panels, **kwargs).save(buffer, format='PNG')
-  atomic.write_bytes(path, buffer.getvalue())
+  """`render(panels, **kwargs)` as a PNG file."""
+  atomic.write_png(path, render(panels, **kwargs))
 
 
 def gen_panels(groups: Sequence[Mapping], metrics: Sequence[str]

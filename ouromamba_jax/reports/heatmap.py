@@ -3,7 +3,6 @@ viridis-like colour scale from the data's min to max, a labelled colour bar, axi
 optional caption and one marked column."""
 from __future__ import annotations
 
-import io
 from typing import Optional
 
 import numpy as np
@@ -29,8 +28,7 @@ def colormap(values: np.ndarray) -> np.ndarray:
   return rgb
 
 
-def render(grid, title: str = '', x_label: str = '', y_label: str = '',
-           vmin: Optional[float] = None, vmax: Optional[float] = None, bar_label: str = '',
+def render(grid, title: str = '', x_label: str = '', y_label: str = '', bar_label: str = '',
            caption: str = '', mark_column: Optional[int] = None,
            mark_label: str = '') -> Image.Image:
   """grid: (rows, cols) floats (NaN = no data). Row 0 is drawn at the top.
@@ -46,8 +44,7 @@ def render(grid, title: str = '', x_label: str = '', y_label: str = '',
   if mark_column is not None and not 0 <= mark_column < cols:
     raise ValueError(f'mark_column {mark_column} is outside the {cols} columns')
   finite = grid[np.isfinite(grid)]
-  lo = float(finite.min()) if vmin is None and finite.size else (vmin or 0.0)
-  hi = float(finite.max()) if vmax is None and finite.size else (vmax if vmax is not None else 1.0)
+  lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
   span = hi - lo if hi > lo else 1.0
   font = ImageFont.load_default()
   cw = int(np.clip(640 // cols, 3, 16))
@@ -93,6 +90,5 @@ def _ticks(n: int, most: int = 12) -> list[int]:
 
 
 def write_png(path: str, grid, **kwargs) -> None:
-  buffer = io.BytesIO()
-  render(grid, **kwargs).save(buffer, format='PNG')
-  atomic.write_bytes(path, buffer.getvalue())
+  """`render(grid, **kwargs)` as a PNG file."""
+  atomic.write_png(path, render(grid, **kwargs))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import re
 from typing import Any, Sequence
 
 import jax
@@ -69,10 +70,18 @@ def _db(signal, noise) -> float:
   return float(10.0 * math.log10(max(signal, 1e-30) / noise))
 
 
-def _layer_order(row: dict[str, Any]) -> float:
-  """Block number, then the Linears outside the blocks (the head runs last). Tree order is
-  alphabetical, which puts layers_10 before layers_2."""
-  return math.inf if row['block'] is None else row['block']
+def _layer_order(row: dict[str, Any]) -> tuple[bool, tuple[int, ...]]:
+  """The block's position, the numbers of the path's leading numbered parts (`layers_2`,
+  VMamba's `layers_0/blocks_10`), then the Linears outside the blocks (the head runs last);
+  the sort keeps the order inside a block. Tree order is alphabetical, which puts layers_10
+  before layers_2 (and blocks_10 before blocks_2)."""
+  position = []
+  for part in row['layer'].split('/'):
+    number = re.search(r'_(\d+)$', part)
+    if number is None:
+      break
+    position.append(int(number.group(1)))
+  return not position, tuple(position)
 
 
 def layer_errors(model, params, qparams, images, batch_size: int = 16) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ from absl import logging
 import jax
 
 from ouromamba_jax import checkpoints
-from ouromamba_jax.io import hustvl_keys
+from ouromamba_jax.io import families
 from ouromamba_jax.stages import sections
 
 RANDOM = 'random'
@@ -51,14 +51,15 @@ def convert(config, workdir: str) -> dict[str, Any]:
                      f' (Or --config.convert.input={RANDOM} for random-init weights.)')
   if source != RANDOM and not os.path.isfile(source):
     raise FileNotFoundError(f'convert.input {source!r} does not exist; pass '
-                            '--config.convert.input=PATH to a hustvl .pth file.')
+                            '--config.convert.input=PATH to an official .pth file of the '
+                            "model's family (hustvl Vim, VMamba or MambaVision).")
   output = _output_path(ccfg, source, workdir, config.model.name)
   if source == RANDOM:
     params = checkpoints.random_params(model, config.seed)
     dtype = ccfg.dtype or 'float32'
   else:
     keys, key = checkpoints.family(model)   # hustvl Vim, VMamba or MambaVision names
-    state_dict = hustvl_keys.read_state_dict(source, key)
+    state_dict = families.read_state_dict(source, key)
     params = keys.params_from_state_dict(  # strict: every bad key in one error
         state_dict, keys.model_param_shapes(model), source=source,
         model_name=f'config.model {config.model.name!r}')

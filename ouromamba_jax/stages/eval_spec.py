@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import dataclasses
 
+from ouromamba_jax.quant.config import MODES
 from ouromamba_jax.spec_fields import field
 
-QUANTIZED_MODES = ('', 'fake', 'int')
+QUANTIZED_MODES = ('',) + MODES
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,7 +6,8 @@
 
 config.eval becomes an `EvalSpec` at the door; the split comes from config.data
 (`ouromamba_jax.data.DATASETS`; `data.smoke_dir` stands in, labelled a smoke check, when
-`data.data_dir` holds no data), and the scoring is the library's `evaluate.evaluate_source`.
+`data.data_dir` holds no data), and the scoring is the library's
+`evaluation.evaluate_source`.
 """
 from __future__ import annotations
 
@@ -95,19 +96,17 @@ def check_weights(config, spec: EvalSpec) -> None:
                      ' (Or pass --config.eval.allow_random_init=True to evaluate random weights.)')
 
 
-def load_for_eval(config, spec: EvalSpec):
-  """(model, params, description): the quantized checkpoint if one is named (on config.model's
-  architecture, checked), else config.model's float weights (random ones only when
-  eval.allow_random_init)."""
-  check_weights(config, spec)
-  qpath = spec.quantized_checkpoint and quantized_folder(spec.quantized_checkpoint)
-  if qpath:
-    model = sections.model_from_config(config.model)
+def load_for_eval(config, spec: EvalSpec, model):
+  """(params, description) for `model` (config.model's, its weights checked by `check_weights`):
+  the quantized checkpoint if one is named (on that architecture, checked), else config.model's
+  float weights (random ones only when eval.allow_random_init)."""
+  if spec.quantized_checkpoint:
+    qpath = quantized_folder(spec.quantized_checkpoint)
     params, _ = quantized_checkpoints.load_quantized(qpath, model,
                                                      mode=spec.quantized_mode or None)
-    return model, params, f'quantized {os.path.abspath(qpath)}'
-  model, params = sections.load_model(config.model, seed=config.seed)
-  return model, params, config.model.checkpoint or f'random init (seed {config.seed})'
+    return params, f'quantized {os.path.abspath(qpath)}'
+  params = sections.load_params(config.model, model, seed=config.seed)
+  return params, config.model.checkpoint or f'random init (seed {config.seed})'
 
 
 def run(config, workdir: str) -> dict[str, Any]:
@@ -118,9 +117,9 @@ def run(config, workdir: str) -> dict[str, Any]:
   """
   spec = eval_spec(config)
   check_weights(config, spec)
-  img_size = sections.model_from_config(config.model).img_size
-  source, smoke = open_source(config.data, img_size)
-  model, params, what = load_for_eval(config, spec)
+  model = sections.model_from_config(config.model)
+  source, smoke = open_source(config.data, model.img_size)
+  params, what = load_for_eval(config, spec, model)
   logging.info('[eval] model %s from %s on %s', config.model.name, what,
                describe_count(source, int(config.data.eval_images)))
   result = evaluate_data(model, params, config.data, source=source)

@@ -10,7 +10,6 @@
 """
 from __future__ import annotations
 
-import io
 import os
 from typing import Sequence
 
@@ -18,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ouromamba_jax.data.normalization import denormalize
-from ouromamba_jax.io.atomic import write_bytes, write_json, write_npz
+from ouromamba_jax.io.atomic import write_json, write_npz, write_png
 from ouromamba_jax.reports import curves
 
 GEN_SUBDIR = 'gen'
@@ -70,12 +69,6 @@ def label_grid(images_uint8: np.ndarray, labels: np.ndarray, class_names: Sequen
     draw.text((x, y), text[:max(3, tw // 6)], fill=(0, 0, 0), font=font)
     canvas.paste(tile, (x, y + caption))
   return canvas
-
-
-def write_png(path: str, image: Image.Image) -> None:
-  buffer = io.BytesIO()
-  image.save(buffer, format='PNG')
-  write_bytes(path, buffer.getvalue())
 
 
 def write_synthetic_set(directory: str, images: np.ndarray, labels: np.ndarray,

@@ -6,7 +6,8 @@
 Stages (each skips work already done in the workdir, so a rerun or a killed run resumes):
   0. FP        evaluate the float model (cached)
   1. generate  OuroMamba-Gen synthetic images -> <workdir>/gen/ (before the first run that uses
-               'gen'; skipped when synthetic.npz already holds gen.num_images images)
+               'gen'; a finished Gen only reloads its groups, and a workdir whose images were
+               made with other settings or weights is refused)
   2. quantize  every run of `pipeline.runs` ('method:preset:source', comma-separated, or
                'table' = the 21 runs of RESULTS.md) -> <workdir>/quant/<run>/ (checkpoint,
                per-layer SQNR/cosine, outlier heatmap); a finished run with the same
@@ -32,21 +33,21 @@ skipped with a message saying where to put the data.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 import platform
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
-from absl import logging
 import ml_collections as mlc
 
 from kernels_pallas.selective_scan import api as scan_api
 from ouromamba_jax import distributed
+from ouromamba_jax import progress
 from ouromamba_jax.data import pipeline as data_pipeline
 from ouromamba_jax.io import atomic
 from ouromamba_jax.reports import accuracy
+from ouromamba_jax.stages import digests
 from ouromamba_jax.stages import evaluate as evaluate_stage
 from ouromamba_jax.stages import gen_outputs
 from ouromamba_jax.stages import generate as generate_stage
@@ -64,13 +65,6 @@ FULL = {
     ('quant', 'calib_images'): 128, ('quant', 'epochs'): 10, ('quant', 'micro_batch'): 64,
     ('data', 'eval_images'): 0, ('pipeline', 'runs'): 'table',
 }
-Log = Callable[[str], None]
-
-
-def _log(msg: str) -> None:
-  logging.info('%s', msg)
-
-
 def _has_field(cfg, dotted: str) -> bool:
   node = cfg
   for part in dotted.split('.'):
@@ -126,7 +120,7 @@ def run_config(config, method: str, preset: str, source: str) -> mlc.ConfigDict:
 # ----------------------------------------------------------------------------------------------
 # Stages.
 
-def stage_generate(config, workdir: str, log: Log = _log) -> str:
+def stage_generate(config, workdir: str, log: progress.Log = progress.log_info) -> str:
   """Always goes through Gen: a finished run only reloads its groups (seconds), and Gen's
   run.json check refuses a workdir whose images were made with other settings or weights
   (skipping on an existing synthetic.npz would reuse them silently)."""
@@ -137,7 +131,7 @@ def stage_generate(config, workdir: str, log: Log = _log) -> str:
   return path
 
 
-def open_eval_data(config, img_size: int, log: Log = _log):
+def open_eval_data(config, img_size: int, log: progress.Log = progress.log_info):
   """(the evaluation split or None, is_smoke_check); None comes with a message saying where
   the data goes."""
   try:
@@ -150,12 +144,8 @@ def open_eval_data(config, img_size: int, log: Log = _log):
     return None, False
 
 
-def _sha(obj) -> str:
-  return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def evaluate_cached(path: str, key: dict[str, Any], model, params, data_cfg, source,
-                    log: Log = _log) -> dict[str, Any]:
+                    log: progress.Log = progress.log_info) -> dict[str, Any]:
   """evaluate_stage.evaluate_data, cached in `path` under `key` (skipped when it matches)."""
   cached = atomic.read_json(path)
   if cached is not None and cached.get('key') == key:
@@ -180,7 +170,7 @@ def write_report(directory: str, fp, rows, meta, partial: bool = False, **kwargs
   return accuracy.write(directory, fp, rows, meta, **kwargs)[0]
 
 
-def run(config, workdir: str, log: Log = _log) -> dict[str, Any]:
+def run(config, workdir: str, log: progress.Log = progress.log_info) -> dict[str, Any]:
   """Runs every stage; returns {'fp', 'runs', 'report'} (report: the Markdown path or None)."""
   t_start = time.time()
   cfg = effective_config(config)
@@ -207,8 +197,8 @@ def run(config, workdir: str, log: Log = _log) -> dict[str, Any]:
     log(f'[pipeline] evaluate FP on '
         f'{evaluate_stage.describe_count(source, int(data_cfg.eval_images))}')
     fp = evaluate_cached(os.path.join(reports_dir, f'eval_fp_{data_cfg.eval_images}.json'),
-                         {**base_key, 'model': _sha(cfg.model.to_dict())}, model, params,
-                         data_cfg, source, log)
+                         {**base_key, 'model': digests.settings_digest(cfg.model.to_dict())},
+                         model, params, data_cfg, source, log)
   else:
     log('[pipeline] evaluation SKIPPED (no evaluation data; see above)')
 
@@ -274,8 +264,8 @@ def run(config, workdir: str, log: Log = _log) -> dict[str, Any]:
         log(f'{head}: evaluate')
         settings = atomic.read_json(os.path.join(res['directory'], quantize_stage.SETTINGS_FILE))
         ev = evaluate_cached(os.path.join(res['directory'], f'eval_{data_cfg.eval_images}.json'),
-                             {**base_key, 'settings': _sha(settings)}, model, res['qparams'],
-                             data_cfg, source, log)
+                             {**base_key, 'settings': digests.settings_digest(settings)},
+                             model, res['qparams'], data_cfg, source, log)
         row.update(top1=ev['top1'], top5=ev['top5'], eval_images=ev['images'])
         log(f'{head}: top-1 {100 * ev["top1"]:.2f}% (FP {100 * fp["top1"]:.2f}%)')
       done.append(row)

@@ -20,28 +20,36 @@ import shutil
 import subprocess
 import sys
 import time
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence
+
+from ouromamba_jax import progress
 
 CLAIMS_SUBDIR = 'claims'
 LOGS_SUBDIR = 'workers'
 # The parent only evaluates FP and runs Gen before its workers start; it keeps this fraction of
 # each GPU's memory so the workers' XLA allocators get the rest.
 PARENT_MEMORY_FRACTION = '0.2'
-Log = Callable[[str], None]
 
 
-def local_gpu_count(environ: Mapping[str, str] = os.environ) -> int:
-  """GPUs this process may use, found without starting JAX (whose allocator would take their
-  memory first): CUDA_VISIBLE_DEVICES when set, else `nvidia-smi -L`, else 0."""
+def visible_gpus(environ: Mapping[str, str] = os.environ) -> list[str]:
+  """The ids of the GPUs this process may use (a worker's CUDA_VISIBLE_DEVICES names some of
+  them), found without starting JAX (whose allocator would take their memory first):
+  CUDA_VISIBLE_DEVICES when set, else `nvidia-smi -L`'s count, else none."""
   visible = environ.get('CUDA_VISIBLE_DEVICES')
   if visible is not None:
-    return len([d for d in visible.split(',') if d.strip() and d.strip() != '-1'])
+    return [d.strip() for d in visible.split(',') if d.strip() and d.strip() != '-1']
   try:
     out = subprocess.run(['nvidia-smi', '-L'], capture_output=True, text=True, timeout=30)
   except (OSError, subprocess.SubprocessError):
-    return 0
-  return sum(line.startswith('GPU ') for line in out.stdout.splitlines()) if out.returncode == 0 \
-      else 0
+    return []
+  count = sum(line.startswith('GPU ') for line in out.stdout.splitlines()) \
+      if out.returncode == 0 else 0
+  return [str(i) for i in range(count)]
+
+
+def local_gpu_count(environ: Mapping[str, str] = os.environ) -> int:
+  """How many GPUs this process may use (`visible_gpus`)."""
+  return len(visible_gpus(environ))
 
 
 def resolve_workers(requested: int, gpus: int) -> int:
@@ -101,14 +109,6 @@ def device_groups(gpus: Sequence[str], workers: int) -> list[Optional[str]]:
   return groups
 
 
-def visible_gpus(environ: Mapping[str, str] = os.environ) -> list[str]:
-  """The GPU ids a worker's CUDA_VISIBLE_DEVICES may name (the parent's own view)."""
-  visible = environ.get('CUDA_VISIBLE_DEVICES')
-  if visible is not None:
-    return [d.strip() for d in visible.split(',') if d.strip() and d.strip() != '-1']
-  return [str(i) for i in range(local_gpu_count(environ))]
-
-
 def clear_claims(workdir: str) -> None:
   """Forgets the last spread's claims (before a new one: every unfinished run is free)."""
   shutil.rmtree(os.path.join(workdir, CLAIMS_SUBDIR), ignore_errors=True)
@@ -127,15 +127,6 @@ def claim(workdir: str, run_name: str, worker: int) -> bool:
   return True
 
 
-def claimed_by(workdir: str, run_name: str) -> Optional[int]:
-  """The worker that took `run_name` in the last spread, or None."""
-  try:
-    with open(os.path.join(workdir, CLAIMS_SUBDIR, run_name)) as f:
-      return int(f.read().split()[1])
-  except (OSError, IndexError, ValueError):
-    return None
-
-
 def worker_command(argv: Sequence[str], worker: int) -> list[str]:
   """The parent's own command line (`main.py` and its flags) as worker `worker`; later flags
   win, so the worker's two settings override the parent's."""
@@ -143,7 +134,7 @@ def worker_command(argv: Sequence[str], worker: int) -> list[str]:
           '--config.pipeline.workers=1']
 
 
-def spread(workdir: str, argv: Sequence[str], workers: int, log: Log,
+def spread(workdir: str, argv: Sequence[str], workers: int, log: progress.Log,
            environ: Mapping[str, str] = os.environ) -> list[int]:
   """Runs `workers` workers to the end; returns their exit codes (the parent does whatever
   a failed worker left)."""

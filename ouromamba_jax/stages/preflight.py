@@ -8,9 +8,10 @@ from ouromamba_jax import checkpoints
 from ouromamba_jax import data as data_lib
 from ouromamba_jax.gen import generator
 from ouromamba_jax.stages import MODE_SECTIONS, MODES, NEEDS_WEIGHTS
+from ouromamba_jax.stages import convert
 from ouromamba_jax.stages import sections
 
-NOT_PATHS = ('bundled', 'random')
+NOT_PATHS = (checkpoints.BUNDLED_NAME, convert.RANDOM)
 
 
 class ConfigError(ValueError):
@@ -18,10 +19,17 @@ class ConfigError(ValueError):
 
 
 def check_checkpoint(config, mode: str) -> None:
-  """A mode that quantizes needs real weights: '' names the download, a missing file itself."""
+  """A mode that quantizes needs real weights: '' names the download, a missing file itself;
+  'random' is a name only mode convert reads (it writes random weights to a file)."""
   path = config.model.checkpoint
   if not path and mode in NEEDS_WEIGHTS:
     raise ConfigError(checkpoints.missing_checkpoint_message(config.model.name))
+  if path == convert.RANDOM and mode != 'convert':
+    raise ConfigError(
+        f"model.checkpoint='{convert.RANDOM}' is read by mode convert only, not {mode}: write "
+        f'random-init weights first with --config.mode=convert '
+        f'--config.convert.input={convert.RANDOM} (-> WORKDIR/{config.model.name}_random'
+        '.safetensors), then pass that file as --config.model.checkpoint.')
   if path and path not in NOT_PATHS and not os.path.exists(os.path.expanduser(path)):
     raise ConfigError(f'model.checkpoint {path!r} does not exist. '
                       + checkpoints.missing_checkpoint_message(config.model.name))

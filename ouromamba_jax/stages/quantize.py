@@ -36,7 +36,7 @@ import json
 import os
 import shutil
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from absl import logging
 import jax
@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ouromamba_jax import data as data_lib
+from ouromamba_jax import progress
 from ouromamba_jax import quantized_checkpoints
 from ouromamba_jax.data import normalization
 from ouromamba_jax.io import atomic
@@ -60,13 +61,6 @@ REPORT_FILE = 'quant_report.json'
 SETTINGS_FILE = 'settings.json'
 SNAPSHOT_FILE = 'calibration_state.npz'
 LOSSES_PNG = 'losses.png'
-Log = Callable[[str], None]
-
-
-def _log(msg: str) -> None:
-  logging.info('%s', msg)
-
-
 def run_spec(qcfg) -> QuantRunSpec:
   """config.quant as a QuantRunSpec (every value checked before any work)."""
   return sections.spec_from_section(QuantRunSpec, qcfg, 'quant')
@@ -93,7 +87,7 @@ def real_images(data_cfg, n: int, seed: int) -> np.ndarray:
 
 
 def calibration_images(spec: QuantRunSpec, config, workdir: str, model,
-                       log: Log = _log) -> np.ndarray:
+                       log: progress.Log = progress.log_info) -> np.ndarray:
   """The calibration batch (N, H, W, C) float32 in the model's normalised input space,
   augmented once (seeded) with quant.calib_augment."""
   images = _source_images(spec, config, workdir, model, log)
@@ -103,7 +97,8 @@ def calibration_images(spec: QuantRunSpec, config, workdir: str, model,
   return np.asarray(augment.random_resized_crop_flip(key, jnp.asarray(images)), np.float32)
 
 
-def _source_images(spec: QuantRunSpec, config, workdir: str, model, log: Log) -> np.ndarray:
+def _source_images(spec: QuantRunSpec, config, workdir: str, model,
+                   log: progress.Log) -> np.ndarray:
   n = spec.calib_images
   shape = (model.img_size, model.img_size, model.in_chans)
   if spec.calib_source == 'gen':
@@ -160,7 +155,8 @@ def _remove(directory: str, names) -> None:
       os.remove(path)
 
 
-def load_finished(directory: str, model, name: str, log: Log = _log):
+def load_finished(directory: str, model, name: str,
+                  log: progress.Log = progress.log_info):
   """(qparams, report) of a finished run, or None when its checkpoint is damaged (the
   manifest's checksums, an unreadable array or a NaN): then the checkpoint is removed, so the
   caller recalibrates (replaying the blocks when the calibration snapshot is still there)."""
@@ -183,8 +179,8 @@ def calibration_seconds(report) -> tuple[float, float]:
           float(sum(b['seconds'] for b in blocks if b.get('restored'))))
 
 
-def quantize_run(config, workdir: str, *, model=None, params=None, log: Log = _log,
-                 report_images: Optional[np.ndarray] = None) -> dict[str, Any]:
+def quantize_run(config, workdir: str, *, model=None, params=None,
+                 log: progress.Log = progress.log_info) -> dict[str, Any]:
   """Calibrates one run (or skips it when its outputs exist for the same settings).
 
   Returns {'directory', 'checkpoint', 'report', 'skipped', 'calibration_seconds', ...}.
@@ -227,7 +223,7 @@ def quantize_run(config, workdir: str, *, model=None, params=None, log: Log = _l
        if earlier else '') + f'; whole call {report.get("seconds", 0.0):.1f} s, this process); '
       f'checkpoint {checkpoint}')
   if spec.report_images:
-    sample = (images if report_images is None else report_images)[:spec.report_images]
+    sample = images[:spec.report_images]
     if skipped and reports_done(directory, len(sample)):
       log(f'[quant] {name}: reports already in {directory}')
     else:
@@ -257,7 +253,8 @@ def write_loss_curve(directory: str, report: dict[str, Any]) -> None:
                              'images')
 
 
-def write_layer_reports(directory: str, model, params, qparams, images, log: Log = _log) -> None:
+def write_layer_reports(directory: str, model, params, qparams, images,
+                        log: progress.Log = progress.log_info) -> None:
   """layers.{json,md} (per-layer SQNR/cosine) and outliers.{json,png} for `images`."""
   from ouromamba_jax.reports import layer_error  # pylint: disable=g-import-not-at-top
   from ouromamba_jax.reports import outliers  # pylint: disable=g-import-not-at-top

@@ -17,16 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
-import json
 import os
 import shutil
-from typing import Callable
 
+from ouromamba_jax import progress
+from ouromamba_jax.stages import digests
 from ouromamba_jax.stages import gen_outputs
 from ouromamba_jax.stages.runs import parse_runs
-
-Log = Callable[[str], None]
 
 
 def needs_gen(cfg) -> bool:
@@ -37,7 +34,7 @@ def needs_gen(cfg) -> bool:
 def gen_key(cfg) -> str:
   """What Gen's images depend on, as a short digest (effective config: full size applied)."""
   what = {'gen': cfg.gen.to_dict(), 'seed': int(cfg.seed), 'model': cfg.model.to_dict()}
-  return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+  return digests.settings_digest(what)
 
 
 @contextlib.contextmanager
@@ -61,7 +58,7 @@ def _copy_gen(source_workdir: str, target_workdir: str) -> None:
   os.replace(tmp, target)
 
 
-def prepare(cfg, workdir: str, store: str, generate, log: Log) -> bool:
+def prepare(cfg, workdir: str, store: str, generate, log: progress.Log) -> bool:
   """Gen's finished folder in `workdir` from the store (made there first if no cell made it
   yet); `generate(cfg, workdir)` is the generate stage. False (nothing done) when the config
   has no Gen run or the workdir already has a Gen folder of its own (it resumes that)."""

@@ -29,18 +29,18 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime
-import hashlib
-import json
 import math
 import os
 import re
 import time
-from typing import Any, Callable
+from typing import Any
 
 import ml_collections as mlc
 
+from ouromamba_jax import progress
 from ouromamba_jax.io import atomic
 from ouromamba_jax.reports import curves
+from ouromamba_jax.stages import digests
 from ouromamba_jax.stages import shared_gen
 from ouromamba_jax.stages.runs import parse_runs
 
@@ -49,7 +49,6 @@ SHARED_GEN_SUBDIR = 'gen'   # WORKDIR/study/gen: Gen sets shared by cells (share
 STUDY_PLOT_WIDTH = 640      # px: room for the cells' labels under the x axis
 CELL_RECORD = 'cell.json'   # a finished (cell, seed): its rows and the key of their settings
 _NOT_RESULT_DATA_FIELDS = ('data_dir', 'use_tfds')   # where the data is read from, not which
-Log = Callable[[str], None]
 _OURO_W4A4 = 'ouromamba:w4a4:gen'
 
 
@@ -164,7 +163,7 @@ def cell_key(cfg: mlc.ConfigDict) -> str:
                    if k not in _NOT_RESULT_DATA_FIELDS},
           'gen': {k: v for k, v in cfg.gen.to_dict().items() if k not in OPERATIONAL_FIELDS},
           'quant': cfg.quant.to_dict(), 'runs': str(cfg.pipeline.runs), 'seed': int(cfg.seed)}
-  return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+  return digests.settings_digest(what)
 
 
 def finished_rows(cell_dir: str, key: str) -> list[dict[str, Any]] | None:
@@ -292,12 +291,7 @@ def write_report(directory: str, name: str, study: Study, rows, meta) -> dict[st
   return report
 
 
-def _log(msg: str) -> None:
-  from absl import logging  # pylint: disable=g-import-not-at-top
-  logging.info('%s', msg)
-
-
-def run(config, workdir: str, log: Log = _log, run_pipeline=None,
+def run(config, workdir: str, log: progress.Log = progress.log_info, run_pipeline=None,
         run_generate=None) -> dict[str, Any]:
   """Every (cell, seed) of `config.study.name`; returns the report (also written to disk).
   `run_pipeline(config, workdir, log)` is the pipeline mode and `run_generate(config, workdir)`

@@ -121,7 +121,6 @@ def _train(config, workdir: str) -> dict[str, Any]:
 
   start_step = int(state['step'])
   t0 = time.time()
-  last_log = t0
   step = start_step
   metrics = {}
   stopped_early = False
@@ -144,7 +143,6 @@ def _train(config, workdir: str) -> dict[str, Any]:
                    float(schedule(step)), rate, eta)
       _append_jsonl(log_path, {'step': step, **m, 'lr': float(schedule(step)),
                                'elapsed_s': now - t0})
-      last_log = now
     end_of_epoch = step % steps_per_epoch == 0
     if end_of_epoch and ((step // steps_per_epoch) % tcfg.eval_every_epochs == 0
                          or step == total_steps):
@@ -158,7 +156,6 @@ def _train(config, workdir: str) -> dict[str, Any]:
       break
     if stop_request.requested():
       break
-  del last_log
   if manager.latest_step() != step:
     _save(manager, manifests, step, state, force=True)
   manager.wait_until_finished()

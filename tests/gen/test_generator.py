@@ -42,3 +42,31 @@ def test_description_names_what_defines_the_images(tiny):
 def test_missing_normalisation_is_a_clear_error(tiny):
   with pytest.raises(ValueError, match='one value per input channel'):
     generator.generate(*tiny, tiny_gen_spec(mean=(), std=()))
+
+
+class _RecordingStore:
+  """A GroupStore that only notes whether a run description was written."""
+
+  def __init__(self):
+    self.begun = False
+
+  def begin(self, description):
+    del description
+    self.begun = True
+
+
+@pytest.mark.parametrize('change,message', [
+    (dict(lr=0.0), 'gen.lr must be > 0'),
+    (dict(schedule='linear'), 'gen.schedule must be one of'),
+    (dict(warmup_fraction=1.5), r'gen.warmup_fraction must be in \[0, 1\]'),
+    (dict(jitter=-1), 'gen.jitter must be >= 0'),
+])
+def test_bad_pixel_settings_fail_before_the_run_is_recorded(tiny, change, message):
+  """A run.json written for a bad value would refuse the corrected settings as another run."""
+  spec = tiny_gen_spec(**change)
+  with pytest.raises(ValueError, match=message):
+    generator.check_spec(spec, tiny[0])              # what preflight runs
+  store = _RecordingStore()
+  with pytest.raises(ValueError, match=message):
+    generator.generate(*tiny, spec, store=store)
+  assert not store.begun

@@ -43,12 +43,18 @@ def test_schedule_warms_up_then_decays():
   cfg = tiny_gen_spec(iterations=20, warmup_fraction=0.25, lr=0.4)
   lr = optimize.learning_rate_schedule(cfg)
   assert 0 < lr(0) < lr(4) and float(lr(5)) == pytest.approx(0.4) and lr(19) < 0.05
-  with pytest.raises(ValueError, match='schedule'):
-    optimize.learning_rate_schedule(tiny_gen_spec(schedule='step'))
-  with pytest.raises(ValueError, match=r'warmup_fraction must be in \[0, 1\]'):
-    optimize.learning_rate_schedule(tiny_gen_spec(warmup_fraction=-0.1))
-  with pytest.raises(ValueError, match='lr must be > 0'):
-    optimize.learning_rate_schedule(tiny_gen_spec(lr=-0.1, schedule='constant'))
+
+
+@pytest.mark.parametrize('change,message', [
+    (dict(schedule='step'), r"gen.schedule must be one of \('cosine', 'constant'\), got 'step'"),
+    (dict(warmup_fraction=-0.1), r'gen.warmup_fraction must be in \[0, 1\], got -0.1'),
+    (dict(lr=-0.1, schedule='constant'), r'gen.lr must be > 0, got -0.1'),
+    (dict(jitter=-2), r'gen.jitter must be >= 0 pixels \(0 = off\), got -2'),
+])
+def test_bad_pixel_settings_are_clear_errors(change, message):
+  with pytest.raises(ValueError, match=message):
+    optimize.check_settings(tiny_gen_spec(**change))
+  optimize.check_settings(tiny_gen_spec(warmup_fraction=-0.1, schedule='constant'))  # unread
 
 
 def test_bad_device_count_and_jitter_are_clear_errors():
@@ -56,7 +62,7 @@ def test_bad_device_count_and_jitter_are_clear_errors():
     optimize.data_mesh(-1)
   with pytest.raises(ValueError, match='only 1 local devices exist'):
     optimize.data_mesh(2)
-  with pytest.raises(ValueError, match='jitter must be >= 0'):
+  with pytest.raises(ValueError, match='jitter must be >= 0'):   # a step built on its own
     optimize.make_step(None, tiny_gen_spec(jitter=-2), None)
 
 

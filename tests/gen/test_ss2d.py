@@ -97,6 +97,8 @@ def test_loss_blocks_are_the_blocks_whose_grid_fits(tiny):
   assert ss2d.loss_blocks(model, SPEC) == (0, 1)
   with pytest.raises(ValueError, match='too small'):
     ss2d.loss_blocks(model, dataclasses.replace(SPEC, loss_blocks=(2,)))
+  with pytest.raises(ValueError, match=r'gen.loss_blocks \[5\] are out of range for a 3-block'):
+    ss2d.loss_blocks(model, dataclasses.replace(SPEC, loss_blocks=(5,)))
   with pytest.raises(ValueError, match='lower gen.neighbourhood'):
     ss2d.loss_blocks(model, dataclasses.replace(SPEC, neighbourhood=5))
   testbed = vmamba.VMamba(img_size=32, dims=64, depths=(2, 2, 6), ssm_ratio=2.0)

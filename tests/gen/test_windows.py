@@ -39,6 +39,8 @@ def test_mixer_blocks_and_loss_blocks():
   assert windows.loss_blocks(model, SPEC) == (0,)
   with pytest.raises(ValueError, match='do not give whole'):
     windows.loss_blocks(model, dataclasses.replace(SPEC, loss_blocks=(1,)))
+  with pytest.raises(ValueError, match=r'gen.loss_blocks \[2\] are out of range for the 2 mixer'):
+    windows.loss_blocks(model, dataclasses.replace(SPEC, loss_blocks=(2,)))
   with pytest.raises(ValueError, match='lower gen.neighbourhood'):
     windows.loss_blocks(model, dataclasses.replace(SPEC, neighbourhood=5))
   testbed = build_model('mambavision_t_cifar10')

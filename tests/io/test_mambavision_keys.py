@@ -7,7 +7,7 @@ import pytest
 from ouromamba_jax.io import mambavision_keys
 from ouromamba_jax.io import pth
 from ouromamba_jax.io import safetensors_io
-from ouromamba_jax.io.hustvl_keys import CheckpointMismatchError
+from ouromamba_jax.io.state_dicts import CheckpointMismatchError
 from ouromamba_jax.models import registry
 from ouromamba_jax.models.mambavision import MambaVision
 from tests.fixtures.torch_fixtures import FIXTURES

@@ -33,3 +33,18 @@ def test_round_trip_through_the_torch_layout():
   assert state_dict['head.weight'].shape == (2, 3)
   back = state_dicts.params_from_checked(state_dict, table, source='x')
   np.testing.assert_array_equal(np.asarray(back['head']['kernel']), params['head']['kernel'])
+
+
+def test_layouts_invert_and_match_torch_semantics():
+  rng = np.random.default_rng(0)
+  w = rng.standard_normal((5, 3))  # torch Linear (out=5, in=3): y = x @ w.T
+  x = rng.standard_normal(3)
+  np.testing.assert_allclose(x @ state_dicts.LINEAR.to_flax(w), w @ x)
+  for layout, torch_shape in ((state_dicts.LINEAR, (5, 3)), (state_dicts.CONV1D, (6, 1, 4)),
+                              (state_dicts.CONV2D, (8, 3, 2, 2)), (state_dicts.AS_IS, (7,))):
+    a = rng.standard_normal(torch_shape)
+    flax = layout.to_flax(a)
+    assert layout.hustvl_shape(flax.shape) == torch_shape
+    np.testing.assert_array_equal(layout.to_hustvl(flax), a)
+  conv = rng.standard_normal((6, 1, 4))  # (Di, 1, K) -> (K, Di)
+  np.testing.assert_array_equal(state_dicts.CONV1D.to_flax(conv)[2, 5], conv[5, 0, 2])

@@ -23,8 +23,9 @@ def test_block_by_block_equals_model_apply_bit_for_bit(tiny):
   model, params, images = tiny
   hidden, residual = blockwise.embed(model, params, images)
   block = blockwise.block_module(model)
-  for _, layer in blockwise.layers(model, params):
-    hidden, residual = blockwise.run_block(block, layer, hidden, residual)
+  for piece in blockwise.pieces(model):
+    assert piece.module is block
+    hidden, residual = blockwise.run_block(block, params[piece.name], hidden, residual)
   logits = model.apply({'params': params}, hidden, residual, method=model.classify)
   np.testing.assert_array_equal(np.asarray(logits),
                                 np.asarray(jax.jit(model.apply)({'params': params}, images)))
@@ -40,8 +41,8 @@ def test_embed_is_the_first_block_input_and_blocks_share_one_program(tiny):
   np.testing.assert_array_equal(np.asarray(residual), np.asarray(hidden, np.float32))
   assert out.shape == hidden.shape
   before = blockwise.run_block._cache_size()
-  for _, layer in blockwise.layers(model, params):
-    out, residual = blockwise.run_block(block, layer, out, residual)
+  for piece in blockwise.pieces(model):
+    out, residual = blockwise.run_block(block, params[piece.name], out, residual)
   assert blockwise.run_block._cache_size() == before   # no new compilation for the other blocks
 
 

@@ -5,13 +5,20 @@ import numpy as np
 import pytest
 
 from ouromamba_jax.quant import activations as act
+from ouromamba_jax.quant import int_linear
+from ouromamba_jax.quant import qtypes
 from ouromamba_jax.quant.config import ActSpec
 from tests.quant import naive
 
 
 def _scales(x, spec, factor=1.0):
-  s, z = act.calibrate_inlier_scale(jnp.asarray(x), spec)
+  s, z = act.calibrate_inlier_scale(jnp.asarray(x), spec, 'steps')
   return np.asarray(s) * factor, None if z is None else np.asarray(z)
+
+
+def _fake_quantize(x, s, spec, z=None, layout='steps'):
+  """The calibration's fake-quant form: a mode-'fake' site quantizer called on x."""
+  return qtypes.ActQuantizer(s, z, spec, layout)(x)
 
 
 @pytest.mark.parametrize('spec', [ActSpec(bits=4), ActSpec(bits=8, symmetric=False, k=4.0),
@@ -21,9 +28,10 @@ def test_fake_equals_dequantized_integer_form(spec):
   x = jnp.asarray(naive.moving_outliers(3))
   s, z = _scales(x, spec, factor=0.8)
   z = None if z is None else jnp.asarray(z)
-  fake = jax.jit(lambda x, s: act.fake_quantize_activation(x, s, spec, z))(x, jnp.asarray(s))
-  deq = jax.jit(lambda x, s: act.dequantize_activation(
-      act.quantize_activation_int(x, s, spec, z)))(x, jnp.asarray(s))
+  fake = jax.jit(lambda x, s: _fake_quantize(x, s, spec, z))(x, jnp.asarray(s))
+  # the integer codes of int mode (act_quant, its XLA form), dequantized
+  deq = jax.jit(lambda x, s: act.dequantize_activation(int_linear.quantize_site(
+      x, qtypes.ActQuantizer(s, z, spec, mode='int'), 'xla')))(x, jnp.asarray(s))
   np.testing.assert_array_equal(np.asarray(fake), np.asarray(deq))
 
 
@@ -32,7 +40,7 @@ def test_ste_gradients():
   spec = ActSpec(bits=4)
   s, _ = _scales(x, spec, factor=0.6)
   s = jnp.asarray(s)
-  gx = jax.grad(lambda x: act.fake_quantize_activation(x, s, spec).sum())(x)
+  gx = jax.grad(lambda x: _fake_quantize(x, s, spec).sum())(x)
   mask = act.detect_outliers(x, s, spec)
   inside = np.asarray(mask | (jnp.abs(x / s[None, :, None]) <= spec.qmax))
   # identity inside the range (up to (1 / s) * s rounding)
@@ -40,14 +48,14 @@ def test_ste_gradients():
   np.testing.assert_array_equal(np.asarray(gx)[~inside], 0.0)     # clipped inliers: no gradient
   # every outlier (its dynamic grid holds it) keeps gradient 1, including the largest one
   assert (~inside).any()
-  gs = jax.grad(lambda s: jnp.sum((act.fake_quantize_activation(x, s, spec) - x) ** 2))(s)
+  gs = jax.grad(lambda s: jnp.sum((_fake_quantize(x, s, spec) - x) ** 2))(s)
   assert np.all(np.isfinite(np.asarray(gs))) and np.any(np.asarray(gs) != 0)
 
 
 def test_calibrated_scale_matches_naive_search():
   x = naive.moving_outliers(5, shape=(4, 15, 24))
   for spec in (ActSpec(bits=4), ActSpec(bits=4, symmetric=False, k=4.0, n_refresh=4)):
-    s, z = act.calibrate_inlier_scale(jnp.asarray(x), spec)
+    s, z = act.calibrate_inlier_scale(jnp.asarray(x), spec, 'steps')
     mask = naive.static_mask(x, spec.k, spec.n_refresh, spec.std_ddof)
     x_in = np.where(mask, 0, x)
     for t in range(x.shape[1]):
@@ -66,12 +74,13 @@ def test_calibrated_scale_matches_naive_search():
 def test_per_tensor_site_and_sequence_length_check():
   a = -jnp.exp(jnp.asarray(np.random.default_rng(6).normal(size=(8, 4)), jnp.float32))
   spec = ActSpec(bits=4)
-  s, _ = act.calibrate_inlier_scale(a, spec)
+  s, _ = act.calibrate_inlier_scale(a, spec, 'tensor')
   assert s.shape == (1,)
-  y = act.fake_quantize_activation(a, s, spec)
+  y = _fake_quantize(a, s, spec, layout='tensor')
   assert y.shape == a.shape and float(jnp.abs(y - a).max()) < float(jnp.abs(a).max()) / 7
   x = jnp.ones((2, 9, 4))
-  with pytest.raises(ValueError, match='recalibrate for this sequence length'):
-    act.quantize_activation_int(x, jnp.ones((7,)), spec)
+  for mode in ('fake', 'int'):
+    with pytest.raises(ValueError, match='recalibrate for this sequence length'):
+      qtypes.ActQuantizer(jnp.ones((7,)), None, spec, mode=mode)(x)
 
 

@@ -1,6 +1,7 @@
 """Site discovery and rule matching (first applicable rule wins; unused rules reported)."""
 import pytest
 
+from ouromamba_jax.models import blockwise
 from ouromamba_jax.quant import config
 from ouromamba_jax.quant import presets
 from ouromamba_jax.quant import rules
@@ -19,7 +20,8 @@ def test_sites_follow_the_model(tiny, batch_directions):
       assert f'layers_{i}/mixer/{linear}/input_quantizer' in paths
     for name, layout in rules.ssm_site_names():
       site = sites[paths.index(f'layers_{i}/mixer/{name}')]
-      assert site.kind == 'ssm' and site.layout == layout and site.block == i
+      assert site.kind == 'ssm' and site.layout == layout
+      assert blockwise.piece_of(model, site.path) == i     # calibrated with its block
   assert 'head/kernel' in paths and 'patch_embed/proj/kernel' not in paths
   assert len(paths) == 2 * (12 + 10) + 2
 

@@ -52,6 +52,9 @@ def test_overrides_reach_their_groups():
     (dict(calib_source='imagenet'), 'calib_source must be one of'),
     (dict(calib_images=0), 'calib_images must be an int >= 1'),
     (dict(mode='float'), 'quant.mode must be one of'),
+    (dict(report_images=-1),
+     r'^quant\.report_images must be an int >= 0 \(0 = no per-layer and outlier reports\), '
+     r'got -1\.$'),
     (dict(preset='w8a8', outlier_bits=4),
      r'^ActSpec\.outlier_bits \(4\) is below the inlier bits \(8\): .*set outlier_bits >= bits\.$'),
     (dict(grad_clip=0.0), r'^CalibSpec\.grad_clip must be > 0, got 0\.0 \(0 clips every update'),

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from ouromamba_jax import quant
+from ouromamba_jax.models import layers
 from ouromamba_jax.quant import activations as act_lib
 from ouromamba_jax.quant import rewrite
 from ouromamba_jax.reports import accuracy
@@ -18,6 +19,12 @@ from ouromamba_jax.reports import heatmap
 from ouromamba_jax.reports import layer_error
 from ouromamba_jax.reports import outliers
 from tests.quant.conftest import tiny, apply_fn, rtn_run  # pylint: disable=unused-import
+
+
+def _linear_io(model, params, images):
+  """{Linear path: (input, output)} of a whole forward run module by module, as the reports
+  capture them (traceable)."""
+  return capture.module_linear_io(layers.module_by_module(model), params, images)
 
 
 @pytest.fixture(scope='module')
@@ -41,8 +48,8 @@ def test_layer_errors_on_tiny_model(tiny, w4a4):
     assert 0 < r['sqnr_db'] < 120 and 0.5 < r['cosine'] <= 1.0 + 1e-6
     assert r['block'] in (0, 1)
   # Cross-check one SQNR by hand.
-  fp = capture.linear_io(model, params, images[:4])['layers_1/mixer/out_proj'][1]
-  q = capture.linear_io(model, w4a4, images[:4])['layers_1/mixer/out_proj'][1]
+  fp = _linear_io(model, params, images[:4])['layers_1/mixer/out_proj'][1]
+  q = _linear_io(model, w4a4, images[:4])['layers_1/mixer/out_proj'][1]
   want = 10 * np.log10(float(jnp.sum(fp ** 2)) / float(jnp.sum((q - fp) ** 2)))
   assert by_layer['layers_1/mixer/out_proj']['sqnr_db'] == pytest.approx(want, rel=1e-4)
 
@@ -74,6 +81,20 @@ def test_layer_report_files_in_block_order_with_sqnr_explained(tmp_path):
   assert layer_error.SQNR_LINE in md and 'each 6 dB is about one bit' in md
 
 
+def test_layer_report_orders_vmamba_blocks_naturally():
+  """VMamba's paths hold a stage and a block number: blocks_10 comes after blocks_2."""
+  row = lambda layer: {'layer': layer, 'block': None, 'sqnr_db': 20.0, 'cosine': 0.99,
+                       'local_sqnr_db': 21.0, 'local_cosine': 0.995}
+  layers = ['classifier_head', 'layers_1/blocks_0/op/in_proj', 'layers_0/blocks_10/op/in_proj',
+            'layers_0/blocks_2/op/out_proj', 'layers_0/blocks_2/op/in_proj']
+  md = layer_error.to_markdown([row(layer) for layer in layers])
+  order = [line.split(' | ')[0][2:] for line in md.splitlines()
+           if line.startswith('| ') and not line.startswith('| layer |')]
+  assert order == ['layers_0/blocks_2/op/out_proj', 'layers_0/blocks_2/op/in_proj',
+                   'layers_0/blocks_10/op/in_proj', 'layers_1/blocks_0/op/in_proj',
+                   'classifier_head']
+
+
 def test_outlier_rates_match_detect_outliers(tiny, w4a4, tmp_path):
   model, _, images = tiny
   # two batches of 2: the counts add up over batches, and each piece's counting program
@@ -89,7 +110,7 @@ def test_outlier_rates_match_detect_outliers(tiny, w4a4, tmp_path):
   # One forward site and one backward site by hand (backward rates are flipped to token order).
   checked = (('layers_1/mixer/out_proj', False), ('layers_0/mixer/x_proj_b', True))
   # one jitted forward: op by op, the unrolled quantized forward dispatched for a minute
-  inputs = jax.jit(lambda t, x: {p: capture.linear_io(model, t, x)[p][0] for p, _ in checked})(
+  inputs = jax.jit(lambda t, x: {p: _linear_io(model, t, x)[p][0] for p, _ in checked})(
       w4a4, images[:4])
   for path, flip in checked:
     q = rewrite.get_path(w4a4, f'{path}/input_quantizer')
@@ -211,9 +232,9 @@ def test_capture_sees_every_linear_when_the_directions_are_vmapped(tiny):
   functions); the captures run module by module, so they see the same Linears either way."""
   model, params, images = tiny
   vmapped = model.clone(batch_directions=True)
-  want = set(capture.linear_io(model, params, images[:2]))
+  want = set(_linear_io(model, params, images[:2]))
   assert {'layers_0/mixer/x_proj', 'layers_1/mixer/dt_proj_b'} <= want
-  assert set(capture.linear_io(vmapped, params, images[:2])) == want
+  assert set(_linear_io(vmapped, params, images[:2])) == want
   paths = sorted(want)
   got = capture.per_piece(vmapped, (params,), images[:2], paths,
                           lambda module, method, own, tree, inputs: {

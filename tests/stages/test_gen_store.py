@@ -10,6 +10,7 @@ import numpy as np
 import optax
 import pytest
 
+from ouromamba_jax import progress as progress_lib
 from ouromamba_jax import stop_request
 from ouromamba_jax.gen import generator
 from ouromamba_jax.gen import optimize
@@ -69,12 +70,12 @@ def test_resume_after_interruption_matches_the_uninterrupted_run(tiny, tmp_path,
   directory = str(tmp_path)
   progress = []
 
-  class Progress(generator._Progress):  # pylint: disable=protected-access
+  class Throughput(progress_lib.Throughput):
     def __init__(self, *args):
       super().__init__(*args)
       progress.append(self)
 
-  monkeypatch.setattr(generator, '_Progress', Progress)
+  monkeypatch.setattr(progress_lib, 'Throughput', Throughput)
 
   def kill(global_step):
     if global_step == 9:  # group 2, step 3: after the step-2 checkpoint of that group
@@ -210,7 +211,7 @@ def test_nan_guard_names_the_step_and_the_last_good_checkpoint(tiny, tmp_path, m
   model, params = tiny
   monkeypatch.setattr(optimize, 'build_optimizer', lambda spec: _nan_from_step(2))
   cfg = tiny_gen_spec(num_images=2)
-  with pytest.raises(generator.NonFiniteError) as error:
+  with pytest.raises(generator.NonFiniteGenerationError) as error:
     _generate(model, params, cfg, str(tmp_path))
   message = str(error.value)
   assert 'non-finite pixels' in message and 'group 1/1, step 3/6' in message
@@ -224,7 +225,7 @@ def test_nan_loss_stops_at_the_first_step(tiny, tmp_path):
   model, params = tiny
   bad = jax.tree_util.tree_map_with_path(
       lambda path, x: x * jnp.nan if 'head' in jax.tree_util.keystr(path) else x, params)
-  with pytest.raises(generator.NonFiniteError) as error:
+  with pytest.raises(generator.NonFiniteGenerationError) as error:
     _generate(model, bad, tiny_gen_spec(num_images=2, iterations=2), str(tmp_path))
   message = str(error.value)
   assert 'non-finite loss at group 1/1, step 1/2' in message
