@@ -12,7 +12,8 @@ Weights are random (fine for speed). Variants (`--variants`):
   bf16_pallas_scan  bfloat16 compute, the Pallas selective-scan kernel (--scan_kernel)
   w8a8              bf16 + Pallas scan, integer-mode W8A8 tree: every quantized Linear runs
                     act_quant + mixed_gemm (--quant_kernel), int8 outliers (O8) included
-  w4a4o8            same with the W4A4 preset: int4 packed weights and inliers, int8 outliers
+  w4a4o8            same with the W4A4 preset: int4 weights (packed two per byte), int4 inlier
+                    codes (one per byte), int8 outliers
 
 Quantized trees come from the quant API (`quant.quantize`) with the RTN recipe: min-max scales,
 no block reconstruction (epochs=0). To keep the set-up short (quantizing all 24 random Vim-B
@@ -70,6 +71,7 @@ from ouromamba_jax.quant import presets as quant_presets  # pylint: disable=g-im
 from ouromamba_jax.quant import qtypes  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ouromamba_jax.quant import int_linear  # pylint: disable=g-import-not-at-top,wrong-import-position
 from kernels_pallas.act_quant import config as act_quant_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+from kernels_pallas.mixed_gemm import config as mixed_gemm_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 from kernels_pallas.selective_scan import api as scan_api  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 MODELS = {
@@ -161,6 +163,9 @@ def parse_args(argv=None):
                  help="1: Vim's x_proj output (dt, B, C) quantized in one act_quant launch "
                       '(act_quant config.SEGMENTS_IN_ONE_LAUNCH), 0: two launches '
                       '(-1: the library default)')
+  p.add_argument('--gemm_sweep_tiles', type=int, default=-1, choices=(-1, 0, 1),
+                 help="1: the mixed GEMM's per-shape tiles from the tile sweep, 0: one tile "
+                      '(mixed_gemm config.SWEEP_TILES; -1: the library default)')
   p.add_argument('--fuse_linear_inputs', type=int, default=1, choices=(0, 1),
                  help="1 (the model's default): Vim's direction mean before out_proj is fused, "
                       'in every variant (VisionMamba.fuse_linear_inputs): into the backward '
@@ -192,18 +197,19 @@ def parse_args(argv=None):
   return args
 
 
-# The kernels' module-level switches a flag sets: flag -> (act_quant config attribute, the least
+# The kernels' module-level switches a flag sets: flag -> (config module, attribute, the least
 # value it takes; -1 always means the library default).
-SWITCHES = {'act_quant_small_grid': ('SMALL_GRID_PROGRAMS', 0),
-            'act_quant_tile_elements': ('TILE_ELEMENTS', 1),
-            'act_quant_segments': ('SEGMENTS_IN_ONE_LAUNCH', 0)}
+SWITCHES = {'act_quant_small_grid': (act_quant_config, 'SMALL_GRID_PROGRAMS', 0),
+            'act_quant_tile_elements': (act_quant_config, 'TILE_ELEMENTS', 1),
+            'act_quant_segments': (act_quant_config, 'SEGMENTS_IN_ONE_LAUNCH', 0),
+            'gemm_sweep_tiles': (mixed_gemm_config, 'SWEEP_TILES', 0)}
 # The flags a case may set: model fields and the kernels' module-level switches.
 CASE_FLAGS = ('fuse_linear_inputs', 'batch_directions', *SWITCHES)
 
 
 def check_switches(settings: dict) -> None:
   """Refuses a switch value the kernels cannot take, naming the flag."""
-  for flag, (_, least) in SWITCHES.items():
+  for flag, (_, _, least) in SWITCHES.items():
     value = settings.get(flag, -1)
     if value != -1 and value < least:
       raise ValueError(f'{flag}={value}: use -1 (the library default) or an int >= {least}')
@@ -305,7 +311,6 @@ def outlier_rate(model, tree, images) -> dict[str, float]:
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   from ouromamba_jax.models import layers  # pylint: disable=g-import-not-at-top
   from ouromamba_jax.quant import activations as act_lib  # pylint: disable=g-import-not-at-top
-  from ouromamba_jax.quant import qtypes  # pylint: disable=g-import-not-at-top
   from ouromamba_jax.quant import weights as w_lib  # pylint: disable=g-import-not-at-top
 
   def run(tree, images):
@@ -416,16 +421,16 @@ def library_switches(args):
   duration, the library's own restored after. Trace caches are cleared on entry: a jitted
   kernel wrapper traced under another case's switches would otherwise be reused for the same
   shapes."""
-  saved = {attr: getattr(act_quant_config, attr) for attr, _ in SWITCHES.values()}
+  saved = {(module, attr): getattr(module, attr) for module, attr, _ in SWITCHES.values()}
   try:
-    for flag, (attr, _) in SWITCHES.items():
+    for flag, (module, attr, _) in SWITCHES.items():
       if getattr(args, flag) >= 0:
-        setattr(act_quant_config, attr, getattr(args, flag))
+        setattr(module, attr, getattr(args, flag))
     jax.clear_caches()
     yield
   finally:
-    for attr, value in saved.items():
-      setattr(act_quant_config, attr, value)
+    for (module, attr), value in saved.items():
+      setattr(module, attr, value)
 
 
 def _lowered_cells(base, trees, images, args, model_name):
@@ -555,7 +560,7 @@ def table(report) -> str:
   return '\n'.join(lines)
 
 
-def _write(report, path: str) -> None:
+def write_report(report, path: str) -> None:
   """The report so far, written atomically (a stopped run keeps its finished cells)."""
   if path:
     atomic.write_json(path, report)
@@ -565,7 +570,7 @@ def main(argv=None) -> dict[str, Any]:
   args = parse_args(argv)
   if args.out:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  report = run(args, on_cell=lambda rep: _write(rep, args.out))
+  report = run(args, on_cell=lambda rep: write_report(rep, args.out))
   print(table(report))
   return report
 

@@ -2,8 +2,9 @@
 
   python bench/int8_gemm_probe.py --out=probe.json
 
-Hopper's int8 wgmma reads its B operand K-major. The mixed GEMM stores weights (K, N)
-(N-major), so Triton cannot feed wgmma from shared memory directly. This times, at the Vim
+Hopper's int8 wgmma reads its B operand K-major. The mixed GEMM used to read (K, N) (N-major)
+weight tiles, which Triton cannot feed to wgmma from shared memory directly; this probe's
+answer (2026-12-02) made it read them K-major. This times, at the Vim
 GEMM shapes, a minimal Pallas int8 GEMM (masked M/N tails, as the mixed GEMM) (int32 accumulate, per-row x per-column fp32 epilogue,
 bf16 out) with weights (K, N) and with weights (N, K), over a few tiles, next to XLA's bf16
 and int8 dots in the same run. Every variant's output is checked against the XLA int8 dot.

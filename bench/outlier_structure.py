@@ -20,7 +20,6 @@ benches use). CPU is enough; the numbers do not depend on the device.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 

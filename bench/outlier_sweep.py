@@ -78,7 +78,7 @@ def run(args, e2e_args) -> dict[str, Any]:
       e2e_latency.variant_model(base, float_variant, e2e_args),
       e2e_latency.cast_float_leaves(params, e2e_latency.DTYPES[float_variant.dtype]), images,
       e2e_args)}
-  _write(report, args.out)
+  e2e_latency.write_report(report, args.out)
   variant = e2e_latency.VARIANTS['w4a4o8']
   for setting in settings(args, base.seq_len):
     e2e_args.outlier_k, e2e_args.n_refresh = setting['k'], setting['n_refresh']
@@ -91,7 +91,7 @@ def run(args, e2e_args) -> dict[str, Any]:
     print(f"{setting['sweep']:>9} n_refresh {setting['n_refresh']:>4} k {setting['k']:>4}: "
           f"{cell['median_ms']:9.3f} ms ({cell['vs_float']:.2f}x float), outliers "
           f"{100 * rate['entries']:.2f}% of entries", flush=True)
-    _write(report, args.out)
+    e2e_latency.write_report(report, args.out)
   return report
 
 
@@ -110,11 +110,6 @@ def plot(report, path: str) -> None:
   caption = (f"{report['model']} batch {report['batch']}, {report['device']}; float = bf16 + "
              f"Pallas scan {report['baseline']['median_ms']:.2f} ms")
   curves.write_png(path, panels, x_label='setting', columns=2, caption=caption)
-
-
-def _write(report, path: str) -> None:
-  if path:
-    atomic.write_json(path, report)
 
 
 def main(argv=None):

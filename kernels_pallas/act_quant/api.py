@@ -2,7 +2,7 @@
 
     act_quant(x (B, L, C), inlier_scale (L,), params) -> IntActivation
       inlier_q       (B, L, C) int8 codes on the static step S_I(t) (0 at outlier channels),
-                     one per byte, int4 ones too (the form the mixed GEMM reads: act_bits=8)
+                     one per byte, int4 ones too (the form the mixed GEMM reads)
       inlier_scale   (L,) the steps actually used (floored at MIN_SCALE = 1e-8)
       outlier_q      (B, L, C) int8 codes on the dynamic per-token step (0 at inliers)
       outlier_scale  (B, L) float32

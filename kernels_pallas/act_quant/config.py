@@ -6,8 +6,9 @@ hands the kernel `ActSpec.kernel_params`; the validation below is shared by both
 is rejected with the same message wherever it is set.
 
 Launch: one program owns the refresh window of `block_b` samples and holds all C channels of a
-time step in a single power-of-two block (C = 192 ... 1536 in Vim), so `block_c` is normally
-derived from C.
+time step (outlier statistics are over all of them), as three exact tiles for Vim's widths of
+3 x 2^k (C = 192 ... 1536), else one power-of-two tile; `block_c` is normally derived from C
+(`ActQuantBlockConfig.resolve`).
 """
 from __future__ import annotations
 
@@ -43,9 +44,10 @@ SMALL_GRID_PROGRAMS = 64
 MIN_LANES_PER_THREAD = 4
 # 1: Vim's x_proj output (dt for dt_proj, B, C) is quantized in one launch
 # (`api.act_quant_segments`, read by `models.layers.split_sites`), 0: dt by dt_proj's own
-# act_quant call and B/C by one vmapped call (two launches per direction and block). Off until
-# an H200 A/B decides (`bench/e2e_latency.py --cases=default,act_quant_segments=1`).
-SEGMENTS_IN_ONE_LAUNCH = 0
+# act_quant call and B/C by one vmapped call (two launches per direction and block). On since
+# session 29's A/Bs on an H100 (`bench/e2e_latency.py --cases=default,act_quant_segments=1`):
+# Vim-B W4A4O8 -0.27 to -0.36 ms at batch 64 and -0.14 to -0.27 ms at batch 1 in two runs.
+SEGMENTS_IN_ONE_LAUNCH = 1
 
 
 def check_bits(owner: str, name: str, bits) -> None:

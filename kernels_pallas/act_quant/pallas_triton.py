@@ -47,6 +47,7 @@ from kernels_pallas import _pallas_compat as compat
 from kernels_pallas._pallas_compat import pl, plgpu
 from kernels_pallas.act_quant import producers
 from kernels_pallas.act_quant.config import MIN_SCALE
+from kernels_pallas.act_quant import reference
 from kernels_pallas.act_quant.reference import int_dtype, reciprocal_f32
 
 
@@ -502,6 +503,27 @@ _STATIC = ('code_range', 'k', 'n_refresh', 'std_ddof', 'detect', 'block_c', 'blo
            'num_warps', 'n_chunks', 'unroll', 'interpret')
 
 
+def _code_shapes(batch: int, length: int, width: int, math: _Math, *, detect: bool,
+                 with_mask: bool) -> list:
+  """What a codes launch writes: the inlier codes and, where it detects outliers, their codes,
+  per-token steps, zero points (asymmetric grids) and the mask (`with_mask`)."""
+  rows, tokens = (batch, length, width), (batch, length)
+  out = [jax.ShapeDtypeStruct(rows, math.code_dtype)]
+  if detect:
+    out += [jax.ShapeDtypeStruct(rows, math.outlier_dtype),
+            jax.ShapeDtypeStruct(tokens, jnp.float32)]
+    if not math.symmetric:
+      out.append(jax.ShapeDtypeStruct(tokens, jnp.int32))
+    if with_mask:
+      out.append(jax.ShapeDtypeStruct(rows, jnp.bool_))
+  return out
+
+
+def _no_outliers(batch: int, length: int, width: int):
+  """The outlier codes and steps of a quantizer that detects none (the kernel writes neither)."""
+  return jnp.zeros((batch, length, width), jnp.int8), jnp.ones((batch, length), jnp.float32)
+
+
 @functools.partial(jax.jit,
                    static_argnames=_STATIC + ('trigger', 'with_mask'))
 def act_quant(x, inlier_scale, zero_point, *, code_range: tuple[int, int, int, int], k: float,
@@ -518,18 +540,10 @@ def act_quant(x, inlier_scale, zero_point, *, code_range: tuple[int, int, int, i
   batch, length, channels = x.shape
   math, grid_inputs = _math_and_grid(x, inlier_scale, zero_point, code_range, k, std_ddof,
                                      block_c, n_chunks, interpret)
-  symmetric = math.symmetric
   scale = jnp.maximum(inlier_scale.astype(jnp.float32), MIN_SCALE)
-  n_windows = -(-length // n_refresh)
-  out_shape = [jax.ShapeDtypeStruct((batch, length, channels), math.code_dtype)]
-  if detect:
-    with_mask = with_mask or trigger == 'batch'
-    out_shape += [jax.ShapeDtypeStruct((batch, length, channels), math.outlier_dtype),
-                  jax.ShapeDtypeStruct((batch, length), jnp.float32)]
-    if not symmetric:
-      out_shape.append(jax.ShapeDtypeStruct((batch, length), jnp.int32))
-    if with_mask:
-      out_shape.append(jax.ShapeDtypeStruct((batch, length, channels), jnp.bool_))
+  n_windows, _ = reference.windows(length, n_refresh)
+  with_mask = with_mask or (detect and trigger == 'batch')
+  out_shape = _code_shapes(batch, length, channels, math, detect=detect, with_mask=with_mask)
   common = dict(math=math, length=length, n_refresh=n_refresh)
   if detect and trigger == 'batch':
     kernel = _with_grid_refs(_batch_kernel, jax.tree.structure(x), batch=batch, **common)
@@ -542,11 +556,10 @@ def act_quant(x, inlier_scale, zero_point, *, code_range: tuple[int, int, int, i
                  f'act_quant_{trigger if detect else "static"}', num_warps, interpret)
   if detect:
     q_in, q_out, o_scale = outs[:3]
-    o_zero = None if symmetric else outs[3]
+    o_zero = None if math.symmetric else outs[3]
     return q_in, q_out, o_scale, (outs[-1] if with_mask else None), scale, o_zero
   (q_in,) = outs
-  return (q_in, jnp.zeros((batch, length, channels), jnp.int8),
-          jnp.ones((batch, length), jnp.float32),
+  return (q_in, *_no_outliers(batch, length, channels),
           jnp.zeros((batch, length, channels), jnp.bool_) if with_mask else None, scale, None)
 
 
@@ -563,7 +576,7 @@ def act_quant_dequantized(x, inlier_scale, zero_point, *, code_range: tuple[int,
   kernel = _with_grid_refs(_sample_kernel, jax.tree.structure(x), detect=detect, batch=batch,
                            block_b=block_b, math=math, length=length, n_refresh=n_refresh,
                            unroll=unroll, dequantize_to=out_dtype)
-  grid = (pl.cdiv(batch, block_b), -(-length // n_refresh))
+  grid = (pl.cdiv(batch, block_b), reference.windows(length, n_refresh)[0])
   (y,) = _launch(kernel, x, grid_inputs, [jax.ShapeDtypeStruct(x.shape, out_dtype)], grid,
                  'act_quant_dequantized', num_warps, interpret)
   return y
@@ -587,7 +600,7 @@ class Segment:
   dequantize_to: object = None
 
   def windows(self, length: int) -> int:
-    return -(-length // self.n_refresh)
+    return reference.windows(length, self.n_refresh)[0]
 
   def programs(self, batch: int, length: int) -> int:
     return pl.cdiv(batch, self.block_b) * self.windows(length)
@@ -597,13 +610,7 @@ class Segment:
     points where it detects outliers), as `act_quant` with with_mask=False."""
     if self.dequantize_to is not None:
       return [jax.ShapeDtypeStruct((batch, length, self.width), self.dequantize_to)]
-    out = [jax.ShapeDtypeStruct((batch, length, self.width), math.code_dtype)]
-    if self.detect:
-      out += [jax.ShapeDtypeStruct((batch, length, self.width), math.outlier_dtype),
-              jax.ShapeDtypeStruct((batch, length), jnp.float32)]
-      if not self.symmetric:
-        out.append(jax.ShapeDtypeStruct((batch, length), jnp.int32))
-    return out
+    return _code_shapes(batch, length, self.width, math, detect=self.detect, with_mask=False)
 
 
 def _segments_kernel(*refs, x_tree, segments, maths, batch: int, length: int):
@@ -669,6 +676,5 @@ def act_quant_segments(x, inlier_scales, zero_points, *, segments: tuple[Segment
       o_zero = None if seg.symmetric else mine[3]
       results.append((mine[0], mine[1], mine[2], clamped, o_zero))
     else:
-      results.append((mine[0], jnp.zeros((batch, length, seg.width), jnp.int8),
-                      jnp.ones((batch, length), jnp.float32), clamped, None))
+      results.append((mine[0], *_no_outliers(batch, length, seg.width), clamped, None))
   return tuple(results)

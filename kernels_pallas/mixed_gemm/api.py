@@ -3,8 +3,8 @@
     y = w_scale * (a_scale * (xin @ w) + o_scale * (xout @ w)) (+ bias)
 
 Operands (leading dims of x are flattened into M = tokens, one row per time step per sample):
-  x_inlier  act_bits=4: (..., K/2) int8/uint8, int4 codes packed along K (low nibble = even k);
-            act_bits=8: (..., K) int8 (also the form for int4 codes kept one per byte).
+  x_inlier  (..., K) int8 codes, one per byte whatever their bit width (act_quant writes int4
+            codes so: Hopper has no int4 MMA, and unpacking in the K loop costs 3x).
   a_scale   (...,) per-token inlier scale, or (L,) per step (x's last token axis, L): the same
             for every sample (OuroMamba's static S_I(t)), read in the epilogue by the row's
             step, so no (B, L) copy is made for each call.
@@ -44,8 +44,8 @@ def _as_int8(name, x):
   if x.dtype == jnp.uint8:
     return jax.lax.bitcast_convert_type(x, jnp.int8)
   if x.dtype != jnp.int8:
-    raise TypeError(f'mixed_gemm: {name} must be int8 (or uint8 for packed int4), got {x.dtype}; '
-                    'quantize it first (kernels_pallas.act_quant).')
+    raise TypeError(f'mixed_gemm: {name} must be int8 codes (uint8 for packed int4 weights), got '
+                    f'{x.dtype}; quantize it first (kernels_pallas.act_quant).')
   return x
 
 
@@ -56,11 +56,10 @@ def _check_vector(name, v, length):
     raise ValueError(f'mixed_gemm: {name} must have shape ({length},), got {v.shape}.')
 
 
-def _normalize(x_inlier, a_scale, w, w_scale, x_outlier, o_scale, bias, weight_bits, act_bits):
+def _normalize(x_inlier, a_scale, w, w_scale, x_outlier, o_scale, bias, weight_bits):
   """Validates shapes/dtypes, flattens tokens; returns 2-D operands, K and the leading shape."""
-  if weight_bits not in _BITS or act_bits not in _BITS:
-    raise ValueError(f'mixed_gemm: weight_bits={weight_bits}, act_bits={act_bits}; each must be '
-                     f'one of {_BITS}.')
+  if weight_bits not in _BITS:
+    raise ValueError(f'mixed_gemm: weight_bits={weight_bits}; must be one of {_BITS}.')
   if w.ndim != 2:
     raise ValueError(f'mixed_gemm: w must be 2-D (K/2 or K, N), got shape {w.shape}.')
   w = _as_int8('w', w)
@@ -68,12 +67,10 @@ def _normalize(x_inlier, a_scale, w, w_scale, x_outlier, o_scale, bias, weight_b
   k = w.shape[0] * (2 if weight_bits == 4 else 1)
   n = w.shape[1]
   lead = x_inlier.shape[:-1]
-  expected_x = k // 2 if act_bits == 4 else k
-  if x_inlier.ndim < 2 or x_inlier.shape[-1] != expected_x:
+  if x_inlier.ndim < 2 or x_inlier.shape[-1] != k:
     raise ValueError(
         f'mixed_gemm: x_inlier has shape {x_inlier.shape}; with K={k} (from w {w.shape}, '
-        f'weight_bits={weight_bits}) and act_bits={act_bits} its last dim must be {expected_x}'
-        f'{" (int4 packed two per byte along K)" if act_bits == 4 else ""}.')
+        f'weight_bits={weight_bits}) its last dim must be {k} (one code per byte).')
   m = 1
   for d in lead:
     m *= d
@@ -81,7 +78,7 @@ def _normalize(x_inlier, a_scale, w, w_scale, x_outlier, o_scale, bias, weight_b
     raise ValueError(f'mixed_gemm: a_scale must have the token shape {lead} or the per-step '
                      f'shape {lead[-1:]}, got {None if a_scale is None else a_scale.shape}.')
   _check_vector('w_scale', w_scale, n)
-  x2 = x_inlier.reshape(m, expected_x)
+  x2 = x_inlier.reshape(m, k)
   a2 = a_scale.reshape(-1)  # (M,) per token, or (L,) per step
   xo2 = o2 = None
   if x_outlier is not None:
@@ -108,23 +105,22 @@ def _tile(block_config, m: int, n: int, k: int, outliers: bool) -> MixedGemmBloc
 
 
 def mixed_gemm(x_inlier, a_scale, w, w_scale, x_outlier=None, o_scale=None, bias=None, *,
-               weight_bits: int = 4, act_bits: int = 4, out_dtype=jnp.bfloat16,
+               weight_bits: int = 4, out_dtype=jnp.bfloat16,
                a_floor: float | None = None, implementation: str | None = None,
                interpret: bool | None = None, block_config: MixedGemmBlockConfig | None = None):
   """Dequantized int GEMM; see the module docstring for operand layouts. Returns (..., N)."""
   impl = DISPATCH.choose(implementation)
   x2, a2, w, xo2, o2, k, lead = _normalize(x_inlier, a_scale, w, w_scale, x_outlier, o_scale,
-                                           bias, weight_bits, act_bits)
+                                           bias, weight_bits)
   n, m = w.shape[1], x2.shape[0]
   a_period = a2.shape[0] if a2.shape[0] != m else None
   if impl == 'xla':
     y = reference.mixed_gemm_xla(x2, reference.token_scales(a2, m, a_floor), w, w_scale, xo2,
-                                 o2, bias, weight_bits=weight_bits, act_bits=act_bits,
-                                 out_dtype=out_dtype)
+                                 o2, bias, weight_bits=weight_bits, out_dtype=out_dtype)
   else:
     cfg = _tile(block_config, m, n, k, outliers=xo2 is not None)
     y = pallas_triton.mixed_gemm(x2, a2, w, w_scale, xo2, o2, bias, k=k, weight_bits=weight_bits,
-                                 act_bits=act_bits, out_dtype=jnp.dtype(out_dtype), cfg=cfg,
+                                 out_dtype=jnp.dtype(out_dtype), cfg=cfg,
                                  a_period=a_period,
                                  a_floor=None if a_floor is None else float(a_floor),
                                  interpret=compat.resolve_interpret(interpret))
@@ -132,7 +128,7 @@ def mixed_gemm(x_inlier, a_scale, w, w_scale, x_outlier=None, o_scale=None, bias
 
 
 def mixed_gemm_accumulators(x_inlier, w, x_outlier=None, *, weight_bits: int = 4,
-                            act_bits: int = 4, implementation: str | None = None,
+                            implementation: str | None = None,
                             interpret: bool | None = None,
                             block_config: MixedGemmBlockConfig | None = None):
   """The exact int32 sums (xin @ w, xout @ w or None), each (..., N): for tests and debugging."""
@@ -141,15 +137,14 @@ def mixed_gemm_accumulators(x_inlier, w, x_outlier=None, *, weight_bits: int = 4
   ones = jnp.ones(lead, jnp.float32)
   x2, _, w, xo2, _, k, lead = _normalize(
       x_inlier, ones, w, jnp.ones((w.shape[-1],), jnp.float32), x_outlier,
-      None if x_outlier is None else ones, None, weight_bits, act_bits)
+      None if x_outlier is None else ones, None, weight_bits)
   n = w.shape[1]
   if impl == 'xla':
-    acc_in, acc_out = reference.accumulators_xla(x2, w, xo2, weight_bits=weight_bits,
-                                                 act_bits=act_bits)
+    acc_in, acc_out = reference.accumulators_xla(x2, w, xo2, weight_bits=weight_bits)
   else:
     cfg = _tile(block_config, x2.shape[0], n, k, outliers=xo2 is not None)
     acc_in, acc_out = pallas_triton.accumulators(x2, w, xo2, k=k, weight_bits=weight_bits,
-                                                 act_bits=act_bits, cfg=cfg,
+                                                 cfg=cfg,
                                                  interpret=compat.resolve_interpret(interpret))
   reshape = lambda a: None if a is None else a.reshape(lead + (n,))
   return reshape(acc_in), reshape(acc_out)

@@ -6,8 +6,8 @@
   python -m kernels_pallas.mixed_gemm.bench --smoke                 # tiny CPU interpret run
 
 Tokens M = 64 * 197 (batch 64, 197 Vim tokens); (K, N) are the in_proj and out_proj of
-Vim-T/S/B and Vim-B's x_proj and dt_proj. Activations are int4 codes one per byte (the GEMM's
-act_bits=8 form), as the model sends them. Each timing: warm-up, then `trials` runs of `inner` back-to-back calls over inputs
+Vim-T/S/B and Vim-B's x_proj and dt_proj. Activations are int4 codes one per byte, as the
+model sends them. Each timing: warm-up, then `trials` runs of `inner` back-to-back calls over inputs
 rotated through enough copies to spill the 50 MB L2, blocked on the last; the median per-call
 time is reported. The roofline floor is max(ops / peak, bytes / HBM bandwidth) with bf16
 ~800 TFLOP/s (measured on H100), int8 2x that, HBM 3.0 TB/s. Before timing, the kernel's int32
@@ -64,7 +64,6 @@ class Problem:
   x_outlier: jax.Array
   x_bf16: jax.Array
   w_packed: jax.Array
-  w_int4_as_int8: jax.Array
   w_int8: jax.Array
   w_bf16: jax.Array
   a_scale: jax.Array
@@ -83,7 +82,7 @@ def make_problem(key, m, k, n, outlier_frac=0.02):
   return Problem(
       m=m, k=k, n=n, x_codes=xi, x_int8=x8, x_outlier=xo,
       x_bf16=jax.random.normal(ks[6], (m, k), jnp.bfloat16), w_packed=int4.pack_int4(w4, 0),
-      w_int4_as_int8=w4, w_int8=w8, w_bf16=jax.random.normal(ks[7], (k, n), jnp.bfloat16),
+      w_int8=w8, w_bf16=jax.random.normal(ks[7], (k, n), jnp.bfloat16),
       a_scale=jnp.full((m,), 0.02, jnp.float32), o_scale=jnp.full((m,), 0.1, jnp.float32),
       w_scale=jnp.full((n,), 0.01, jnp.float32))
 
@@ -102,11 +101,11 @@ def variants(smoke):
 
   def xla_w4a4o8(p):
     f = _bench.jit(lambda x, a, w, s, xo, o: reference.mixed_gemm_xla(
-        x, a, w, s, xo, o, act_bits=8), smoke)
+        x, a, w, s, xo, o), smoke)
     return f, (p.x_codes, p.a_scale, p.w_packed, p.w_scale, p.x_outlier, p.o_scale)
 
   # Activations go in as the model sends them (`int_linear.prepare_operands`): int4 codes one
-  # per byte, the GEMM's act_bits=8 form, next to int4-packed weights.
+  # per byte, next to int4-packed weights.
   def kernel(weight_bits, outliers, dense_outliers_above=None):
     def build(p, cfg=None):
       if dense_outliers_above is not None:
@@ -116,7 +115,7 @@ def variants(smoke):
       w = p.w_packed if weight_bits == 4 else p.w_int8
       xo, o = (p.x_outlier, p.o_scale) if outliers else (None, None)
       f = _bench.jit(lambda x, a, w, s, xo, o: api.mixed_gemm(
-          x, a, w, s, xo, o, weight_bits=weight_bits, act_bits=8, block_config=cfg,
+          x, a, w, s, xo, o, weight_bits=weight_bits, block_config=cfg,
           **impl), smoke)
       return f, (x, p.a_scale, w, p.w_scale, xo, o)
     return build
@@ -135,13 +134,10 @@ def variants(smoke):
       'triton_w4a4o8': (kernel(4, True), lambda p: 4 * mnk(p),
                         lambda p: 2 * p.m * p.k + p.k * p.n // 2 + 2 * p.m * p.n,
                         INT8_PEAK, True),
-      # the outlier product always listed (gathers) / always dense along K
+      # the outlier product always listed (gathers); the default above walks it densely
       'triton_w4a4o8_list': (kernel(4, True, 1.0), lambda p: 4 * mnk(p),
                              lambda p: 2 * p.m * p.k + p.k * p.n // 2 + 2 * p.m * p.n,
                              INT8_PEAK, True),
-      'triton_w4a4o8_dense': (kernel(4, True, 0.0), lambda p: 4 * mnk(p),
-                              lambda p: 2 * p.m * p.k + p.k * p.n // 2 + 2 * p.m * p.n,
-                              INT8_PEAK, True),
       'triton_w4a4': (kernel(4, False), lambda p: 2 * mnk(p),
                       lambda p: p.m * p.k + p.k * p.n // 2 + 2 * p.m * p.n, INT8_PEAK, True),
       'triton_w8a8': (kernel(8, False), lambda p: 2 * mnk(p),
@@ -152,11 +148,10 @@ def variants(smoke):
 def check_exact(p, smoke):
   """Kernel int32 sums == XLA int32 sums for W4A4+O8 and W8A8 at this shape."""
   ok = True
-  for wb, ab, x, w in ((4, 8, p.x_codes, p.w_packed), (8, 8, p.x_int8, p.w_int8)):
-    got = api.mixed_gemm_accumulators(x, w, p.x_outlier, weight_bits=wb, act_bits=ab,
+  for wb, x, w in ((4, p.x_codes, p.w_packed), (8, p.x_int8, p.w_int8)):
+    got = api.mixed_gemm_accumulators(x, w, p.x_outlier, weight_bits=wb,
                                       implementation='triton', interpret=smoke)
-    want = api.mixed_gemm_accumulators(x, w, p.x_outlier, weight_bits=wb, act_bits=ab,
-                                       implementation='xla')
+    want = api.mixed_gemm_accumulators(x, w, p.x_outlier, weight_bits=wb, implementation='xla')
     ok &= all(bool(jnp.array_equal(g, e)) for g, e in zip(got, want))
   return ok
 
@@ -192,7 +187,7 @@ def run(args):
       configs = [None]
       if vname in SWEPT_VARIANTS and args.sweep and not smoke:
         configs = [None] + list(SWEEP_CONFIGS)
-      best = None
+      best, tried = None, []
       for cfg in configs:
         try:
           fn, _ = build(base, cfg) if uses_kernel else build(base)
@@ -201,8 +196,10 @@ def run(args):
         except Exception as e:  # a tile the compiler rejects must not end the sweep
           print(f'  {name} {vname} cfg={cfg}: failed: {type(e).__name__}: {e}'[:300])
           continue
+        used = cfg or (default_block_config(m, n, k) if uses_kernel else None)
+        tried.append(dict(ms=sec * 1e3, default=cfg is None,
+                          config=dataclasses.asdict(used) if used else None))
         if best is None or sec < best[0]:
-          used = cfg or (default_block_config(m, n, k) if uses_kernel else None)
           best = (sec, used)
       if best is None:
         continue
@@ -216,6 +213,8 @@ def run(args):
           ms=ms, tops=ops / sec / 1e12, floor_ms=floor * 1e3, roofline_frac=floor / sec,
           bytes=nbytes, ops=ops, speedup_vs_bf16=(bf16_ms / ms) if bf16_ms else None,
           config=dataclasses.asdict(cfg) if cfg else None)
+      if len(tried) > 1:  # every tile of the sweep, the default's marked: what the winner gains
+        entry['variants'][vname]['sweep'] = tried
       tile = '' if cfg is None else (f'  tile {cfg.block_m}x{cfg.block_n}x{cfg.block_k} '
                                      f'w{cfg.num_warps} s{cfg.num_stages}')
       print(f'  {name:16s} {vname:20s} {ms:8.4f} ms{tile}', flush=True)

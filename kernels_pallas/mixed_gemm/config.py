@@ -16,6 +16,11 @@ MAX_SHARED_BYTES = 227 * 1024
 # Channels per narrow dot of the outlier loop: the int8 MMA's K step (32), so a tile with a
 # handful of outlier channels costs one small dot.
 OUTLIER_CHUNK = 32
+# Which tiles `default_block_config` picks: 1 the per-shape winners of the tile sweep (H100,
+# session 29: 2-3 programs per SM for the wide Linears at batch 64; Vim-B W4A4O8 end to end
+# 38.19 -> 37.08 ms at batch 64, batch 1 within the spread), 0 one tile for every shape (the H200
+# probe of session 7). A module switch so the e2e bench can A/B it on an H200 in one process.
+SWEEP_TILES = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +85,8 @@ class MixedGemmBlockConfig:
 
 
 def default_block_config(m: int, n: int, k: int) -> MixedGemmBlockConfig:
-  """The measured best tile for (M, N, K), shrunk for tiny problems.
+  """The measured best tile for (M, N, K), shrunk for tiny problems: the sweep's per-shape
+  rule (`_sweep_tile`) while SWEEP_TILES is on, else the single tile below.
 
   From the H200 probe of K-major int8 GEMMs (`bench/int8_gemm_probe.py`, 2026-12-02): at
   M = 64 x 197 tokens 128 x 128 x 128 with 8 warps beat every other tile at Vim-B in_proj and
@@ -90,6 +96,8 @@ def default_block_config(m: int, n: int, k: int) -> MixedGemmBlockConfig:
   K = dt_rank) runs 64-wide blocks, the last one masked in the kernel.
   """
   small = m <= 512
+  if SWEEP_TILES:
+    return _sweep_tile(m, n, k, small)
   preferred = 256 if small else 128
   block_k = next((bk for bk in (preferred, 256, 128, 64) if k % bk == 0), 64)
   block_m = min(64 if small else 128, max(16, next_pow2(m)))
@@ -97,3 +105,25 @@ def default_block_config(m: int, n: int, k: int) -> MixedGemmBlockConfig:
   num_warps = 8 if block_m * block_n >= 128 * 128 else 4
   return MixedGemmBlockConfig(block_m=block_m, block_n=block_n, block_k=block_k,
                               num_warps=num_warps, num_stages=3)
+
+
+def _sweep_tile(m: int, n: int, k: int, small: bool) -> MixedGemmBlockConfig:
+  """The tile sweep's winners at Vim-B's Linears (`python -m kernels_pallas.mixed_gemm.bench
+  --sweep --shapes=vim_b`, H100, session 29), as a rule of (M, N, K). Batch 64 (M = 12608):
+  in_proj and out_proj 64 x 128 x 128 / 4 warps (0.151 / 0.076 ms against 0.195 / 0.095 with
+  128 x 128 x 128 / 8), dt_proj (K = 48) 64 x 64 x 128 / 4 (0.051 against 0.079), x_proj
+  (N = 80) 128 x 128 x 128 / 8. Batch 1 (M = 197): in_proj 64 x 128 x 256 / 4, the narrower
+  ones 64 x 64 x 256 / 4 with 4 stages (out_proj 0.070 against 0.078, x_proj 0.041 against
+  0.058, dt_proj 0.045 against 0.064)."""
+  fit_m = lambda b: min(b, max(16, next_pow2(m)))
+  fit_n = lambda b: min(b, max(16, next_pow2(n)))
+  if small:
+    wide = n >= 3072
+    return MixedGemmBlockConfig(fit_m(64), fit_n(128 if wide else 64), 256, 4,
+                                3 if wide else 4)
+  if k < 128:
+    return MixedGemmBlockConfig(fit_m(64), fit_n(64), 128, 4, 3)
+  block_k = next((bk for bk in (128, 256, 64) if k % bk == 0), 64)
+  if n >= 512:
+    return MixedGemmBlockConfig(fit_m(64), fit_n(128), block_k, 4, 3)
+  return MixedGemmBlockConfig(fit_m(128), fit_n(128), block_k, 8, 3)

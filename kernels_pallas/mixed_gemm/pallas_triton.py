@@ -1,29 +1,28 @@
 """Pallas Triton kernel of the mixed-precision GEMM (W4A4 + int8 outliers, W4A8, W8A8).
 
-One program computes a (block_m tokens) x (block_n channels) tile of y in two loops:
+One program computes a (block_m tokens) x (block_n channels) tile of y. By default (the dense
+form) it walks K once with two int8 MMAs per K block on the weight tile already loaded:
 
-  acc_in  += xin_tile @ w_tile                 over every K block (int8 MMA, int32 accumulate)
-  acc_out += xout[:, idx] @ w[idx, :]          over the tile's outlier list only, OUTLIER_CHUNK
-                                               channels at a time (when outliers are given)
+  acc_in  += xin_tile @ w_tile                 (int32 accumulate)
+  acc_out += xout_tile @ w_tile                (when outliers are given)
 
-The outlier list (`reference.outlier_tiles`) holds, per tile of block_m tokens, the channels
-where any of its tokens has a non-zero outlier code: the union of the refresh windows' outlier
-sets that the tile covers, compacted to the front of a (tiles, K) index array with its length.
-The second loop runs ceil(length / OUTLIER_CHUNK) narrow dots that gather those activation
-columns and weight rows, so its cost follows the outlier rate instead of being a second
-dense K-wide GEMM. Skipped channels have zero codes in every row of the tile, so the sums are
-exact. Gathers are slow next to tile loads, so a tile whose list is longer than
-`cfg.dense_outliers_above` x K instead adds the outlier dot inside the K walk (acc_out +=
-xout_tile @ w_tile on the weight tile already loaded): the dense form, chosen per tile at run
-time; both are exact. With `dense_outliers_above = 0` (the default, see the config) no lists are
-built and every tile walks densely.
+The list form (`cfg.dense_outliers_above` > 0, off by default: it lost on every model measured,
+mixed_gemm NOTES) takes the outlier product out of the K walk: per tile of block_m tokens,
+`reference.outlier_tiles` lists the channels where any of its tokens has a non-zero outlier
+code (the union of the refresh windows' outlier sets the tile covers, compacted to the front of
+a (tiles, K) index array with its length), and a second loop runs ceil(length /
+OUTLIER_CHUNK) narrow dots that gather those activation columns and weight rows
+(acc_out += xout[:, idx] @ w[idx, :]), so its cost follows the outlier rate instead of K.
+Skipped channels have zero codes in every row of the tile, so the sums are exact. Gathers are
+slow next to tile loads, so a tile whose list is longer than `dense_outliers_above` x K walks
+densely instead, chosen per tile at run time; both forms are exact.
 
 Hopper has no int4 MMA, and unpacking nibbles inside the K loop made the W4A4 kernel 3x slower
 than the same GEMM on int8 codes (H200, Vim-B in_proj 12608x768x3072, 2026-12-02: 0.288 ms
-W4A4 vs 0.097 ms W8A8, cuBLAS bf16 0.102 ms; `mixed_gemm/bench.py`). So the wrapper hands the
-kernel int8 codes only: int4 weights are unpacked in the XLA copy that makes them K-major
-(stored and shipped packed, 4 bits per weight), int4 activations in one elementwise pass (the
-library's integer Linear asks act_quant for unpacked codes, so there is none). The epilogue
+W4A4 vs 0.097 ms W8A8, cuBLAS bf16 0.102 ms; `mixed_gemm/bench.py`). So the kernel sees int8
+codes only: int4 weights are unpacked in the XLA copy that makes them K-major (stored and
+shipped packed, 4 bits per weight), and activation codes arrive one per byte (act_quant writes
+int4 ones so). The epilogue
 applies the per-token scales (rows) and the per-channel weight scale (columns) in fp32 and stores
 bf16/fp32. A bias is added in the output dtype after that rounding (round, add, round): the bits
 a separate add after the GEMM gives, as the model's Linear adds it, without that extra pass over
@@ -171,23 +170,15 @@ def _gemm_kernel(*refs, m: int, n: int, k: int, cfg: MixedGemmBlockConfig, has_o
   plgpu.store(y_ref.at[out_block], y.astype(y_ref.dtype), mask=tile_ok)
 
 
-def _int8_operand(x, bits, k_axis):
-  """The operand as int8 codes (int4 unpacked): what the kernel multiplies."""
-  return int4.unpack_int4(x, axis=k_axis) if bits == 4 else x
-
-
-def _call(x_inlier, a_scale, w, w_scale, x_outlier, o_scale, bias, *, k, weight_bits, act_bits,
+def _call(x_inlier, a_scale, w, w_scale, x_outlier, o_scale, bias, *, k, weight_bits,
           out_dtype, cfg, interpret, accumulators_only, a_period=None, a_floor=None):
   m, n = x_inlier.shape[0], w.shape[1]
-  # int4 operands are unpacked here, off the kernel's critical path: the weight in the same XLA
-  # copy that makes it K-major, the activations in one elementwise pass. (`[:k]` drops the
-  # packing's pad row of an odd K; a no-op otherwise.)
-  w_kmajor = _int8_operand(w, weight_bits, 0)[:k].T
-  x_inlier = _int8_operand(x_inlier, act_bits, 1)[:, :k]
+  # An int4 weight is unpacked here, off the kernel's critical path, in the same XLA copy that
+  # makes it K-major (`[:k]` drops the packing's pad row of an odd K; a no-op otherwise).
+  w_kmajor = (int4.unpack_int4(w, axis=0) if weight_bits == 4 else w)[:k].T
   has_outliers = x_outlier is not None
   inputs = [x_inlier, a_scale.astype(jnp.float32), w_kmajor, w_scale.astype(jnp.float32)]
   if has_outliers:
-    x_outlier = x_outlier[:, :k]
     inputs += [x_outlier, o_scale.astype(jnp.float32)]
     if cfg.outlier_lists:
       inputs += list(reference.outlier_tiles(x_outlier, cfg.block_m))
@@ -211,29 +202,29 @@ def _call(x_inlier, a_scale, w, w_scale, x_outlier, o_scale, bias, *, k, weight_
   return outs
 
 
-@functools.partial(jax.jit, static_argnames=('k', 'weight_bits', 'act_bits', 'out_dtype', 'cfg',
+@functools.partial(jax.jit, static_argnames=('k', 'weight_bits', 'out_dtype', 'cfg',
                                              'a_period', 'a_floor', 'interpret'))
 def mixed_gemm(x_inlier, a_scale, w, w_scale, x_outlier=None, o_scale=None, bias=None, *,
-               k: int, weight_bits: int, act_bits: int, out_dtype, cfg: MixedGemmBlockConfig,
+               k: int, weight_bits: int, out_dtype, cfg: MixedGemmBlockConfig,
                a_period: int | None = None, a_floor: float | None = None,
                interpret: bool = False):
   """Fused dequantized GEMM on validated 2-D operands (see `api.mixed_gemm`). Returns (M, N).
   a_period: a_scale holds one scale per step of a_period steps (row r reads r mod a_period);
   a_floor: a_scale raised to it."""
   (y,) = _call(x_inlier, a_scale, w, w_scale, x_outlier, o_scale, bias, k=k,
-               weight_bits=weight_bits, act_bits=act_bits, out_dtype=out_dtype, cfg=cfg,
+               weight_bits=weight_bits, out_dtype=out_dtype, cfg=cfg,
                interpret=interpret, accumulators_only=False, a_period=a_period, a_floor=a_floor)
   return y
 
 
-@functools.partial(jax.jit, static_argnames=('k', 'weight_bits', 'act_bits', 'cfg', 'interpret'))
-def accumulators(x_inlier, w, x_outlier=None, *, k: int, weight_bits: int, act_bits: int,
+@functools.partial(jax.jit, static_argnames=('k', 'weight_bits', 'cfg', 'interpret'))
+def accumulators(x_inlier, w, x_outlier=None, *, k: int, weight_bits: int,
                  cfg: MixedGemmBlockConfig, interpret: bool = False):
   """The kernel's raw int32 sums (acc_in, acc_out or None): what the exactness tests compare."""
   m = x_inlier.shape[0]
   ones_m = jnp.ones((m,), jnp.float32)
   ones_n = jnp.ones((w.shape[1],), jnp.float32)
   outs = _call(x_inlier, ones_m, w, ones_n, x_outlier, None if x_outlier is None else ones_m,
-               None, k=k, weight_bits=weight_bits, act_bits=act_bits, out_dtype=jnp.float32,
+               None, k=k, weight_bits=weight_bits, out_dtype=jnp.float32,
                cfg=cfg, interpret=interpret, accumulators_only=True)
   return (outs[0], outs[1]) if x_outlier is not None else (outs[0], None)

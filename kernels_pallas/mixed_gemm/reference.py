@@ -1,8 +1,8 @@
 """The XLA twin of the mixed-precision GEMM.
 
-Operands: int4 values packed two per int8 byte along K (the reduction axis) in the format of
-`kernels_pallas.int4` (weights (K/2, N), activations (M, K/2)); int8 operands are plain (K, N) /
-(M, K).
+Operands: activations are int8 codes (M, K), one per byte whatever their bit width; int4
+weights are packed two per byte along K (the reduction axis) in the format of
+`kernels_pallas.int4`, (K/2, N); int8 weights are plain (K, N).
 
 GEMM (one output row m = one time step of one sample; one column n = one output channel):
   y[m, n] = w_scale[n] * (a_scale[m] * sum_k xin[m, k] w[k, n]
@@ -36,11 +36,10 @@ def int_dot(x, w, x_bits: int, w_bits: int):
   return jax.lax.dot(x, w, preferred_element_type=jnp.int32)
 
 
-def accumulators_xla(x_inlier, w, x_outlier=None, *, weight_bits: int = 4, act_bits: int = 4):
+def accumulators_xla(x_inlier, w, x_outlier=None, *, weight_bits: int = 4):
   """Exact int32 sums (xin @ w, xout @ w); the outlier one is None without outliers."""
   w8 = unpack_int4(w, axis=0) if weight_bits == 4 else w
-  x8 = unpack_int4(x_inlier, axis=-1) if act_bits == 4 else x_inlier
-  acc_in = int_dot(x8, w8, act_bits, weight_bits)
+  acc_in = int_dot(x_inlier, w8, 8, weight_bits)
   acc_out = None
   if x_outlier is not None:
     acc_out = int_dot(x_outlier, w8, 8, weight_bits)
@@ -70,10 +69,9 @@ def dequantize(acc_in, a_scale, w_scale, acc_out=None, o_scale=None, bias=None,
 
 
 def mixed_gemm_xla(x_inlier, a_scale, w, w_scale, x_outlier=None, o_scale=None, bias=None, *,
-                   weight_bits: int = 4, act_bits: int = 4, out_dtype=jnp.bfloat16):
+                   weight_bits: int = 4, out_dtype=jnp.bfloat16):
   """XLA twin of the fused kernel: integer matmuls in int32, then the same fp32 epilogue."""
-  acc_in, acc_out = accumulators_xla(x_inlier, w, x_outlier, weight_bits=weight_bits,
-                                     act_bits=act_bits)
+  acc_in, acc_out = accumulators_xla(x_inlier, w, x_outlier, weight_bits=weight_bits)
   return dequantize(acc_in, a_scale, w_scale, acc_out, o_scale, bias, out_dtype)
 
 

@@ -8,7 +8,7 @@ implementation (`kernels_pallas._dispatch`): None -> 'triton' on GPU (for non-em
 'xla' elsewhere; 'xla' -> `reference` (materialises the box-filtered states); 'triton' -> the
 Pallas kernels (`interpret=True` runs them on CPU).
 On an H100 the kernels run the Vim-S readout (32 images) 2.1x faster than XLA forward +
-backward (1.68 vs 3.55 ms) and take the Gen step from 220.9 to 136.0 ms (bf16, no remat) while
+backward (1.68 vs 3.55 ms) and take the Gen step from 220.9 to 133.8 ms (bf16, no remat) while
 never materialising the weighted states (peak 19.3 vs 42.6 GiB; BENCHMARKS.md).
 Both are differentiable in all three inputs (the kernel through its own backward kernel).
 """

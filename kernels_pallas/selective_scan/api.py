@@ -20,7 +20,6 @@ from kernels_pallas import _dispatch
 from kernels_pallas.act_quant import producers
 from kernels_pallas.selective_scan import pallas_triton
 from kernels_pallas.selective_scan import reference
-from kernels_pallas.selective_scan.config import STATES_LAYOUTS, STATES_SOURCES, VJPS
 
 # The Triton kernel runs one program per (sample, block of channels) along the whole sequence,
 # so at batch 1-2 it fills a fraction of the GPU and its sequential steps set the time. Vim-B
@@ -55,7 +54,7 @@ def default_implementation(batch: int | None = None) -> str:
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                    delta_softplus=True, reverse=False, return_states=False,
                    implementation=None, interpret=None, block_config=None,
-                   vjp='kernel', triton_states='kernel', states_layout='bldn',
+                   vjp='kernel', states_layout='bldn',
                    mean_with=None):
   """Mamba selective scan. u, delta, z: (B, L, D); B, C: (B, L, N); A: (D, N); D, delta_bias: (D,).
 
@@ -66,13 +65,10 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
   kernel in the Pallas interpreter off-GPU; `block_config` is a `SelectiveScanBlockConfig`
   (None: the default for D and dtype).
 
-  How 'triton' is differentiated and where its states come from (NOTES.md):
-    vjp='kernel' (default) differentiates through the Pallas backward kernel: on an H100 the
-      Vim-T forward + backward takes 0.72 ms against 7.80 ms through 'reference', the
-      sequential XLA reference's VJP (kept as the ground truth).
-    triton_states='kernel' (default) has the Triton forward write the fp32 states for
-      `return_states` (differentiable with either `vjp`; checked on an H100, not yet timed);
-      'associative' computes them with the XLA associative scan instead.
+  How 'triton' is differentiated (NOTES.md): vjp='kernel' (default) through the Pallas backward
+  kernel (on an H100 the Vim-T forward + backward takes 0.72 ms against 7.80 ms), 'reference'
+  through the sequential XLA reference's VJP (kept as the ground truth). Its `return_states`
+  are written by the forward kernel (differentiable with either `vjp`).
 
   `mean_with` (the other scan direction's output, (B, L, D) in token order; not with
   `return_states`): returns `act_quant.producers.DirectionMean(mean_with, y, u.dtype)`
@@ -80,22 +76,13 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
   epilogue (no separate flip + add + cast pass), the others after the scan. Same values.
   """
   impl = DISPATCH.choose(implementation, u.shape[0])
-  pallas_triton.check_mean_with(mean_with, u, return_states)
-  if vjp not in VJPS:
-    raise ValueError(f'selective_scan: unknown vjp {vjp!r}; choose one of {VJPS}.')
-  if states_layout not in STATES_LAYOUTS:
-    raise ValueError(f'selective_scan: states_layout must be one of {STATES_LAYOUTS}, got '
-                     f'{states_layout!r}.')
-  if triton_states not in STATES_SOURCES:
-    raise ValueError(f'selective_scan: unknown triton_states {triton_states!r}; choose one of '
-                     f'{STATES_SOURCES}.')
-  if impl == 'triton' and return_states and triton_states == 'associative':
-    impl = 'associative'
   if impl == 'triton':
     return pallas_triton.selective_scan(
         u, delta, A, B, C, D, z, delta_bias, delta_softplus=delta_softplus, reverse=reverse,
         return_states=return_states, vjp=vjp, interpret=interpret, block_config=block_config,
         states_layout=states_layout, mean_with=mean_with)
+  pallas_triton.check_options(u, vjp=vjp, states_layout=states_layout, mean_with=mean_with,
+                              return_states=return_states)
   out = reference.selective_scan_xla(
       u, delta, A, B, C, D, z, delta_bias, delta_softplus=delta_softplus, reverse=reverse,
       return_states=return_states, sequential=(impl == 'sequential'))

@@ -1,4 +1,4 @@
-"""Options of the selective scan (VJPS, STATES_LAYOUTS, STATES_SOURCES) and the block
+"""Options of the selective scan (VJPS, STATES_LAYOUTS) and the block
 configuration of its Pallas Triton kernel.
 
 One program owns `block_d` channels of one batch row and walks time in chunks of `chunk_t`
@@ -16,7 +16,6 @@ import jax.numpy as jnp
 
 VJPS = ('reference', 'kernel')                # how 'triton' is differentiated
 STATES_LAYOUTS = ('bldn', 'blnd')             # (B, L, D, N); (B, L, N, D), the kernel's own
-STATES_SOURCES = ('associative', 'kernel')    # what computes the states for 'triton'
 
 _MAX_BLOCK_D = 1024
 _MAX_CHUNK_T = 64
@@ -65,11 +64,6 @@ class SelectiveScanBlockConfig:
   def group_d(self) -> int:
     """Channels of one group: one per thread of the program."""
     return 32 * self.num_warps
-
-  @property
-  def channels_per_thread(self) -> int:
-    """Groups per program, i.e. channels (and (N,) states) each thread carries."""
-    return self.block_d // self.group_d
 
 
 # Untuned starting points, chosen from register counts of the compiled kernel (NOTES.md; to be

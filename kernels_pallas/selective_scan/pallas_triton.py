@@ -89,20 +89,13 @@ def _scan_kernel(*refs, spec: common.KernelSpec):
   tile_ok = layout.tile_ok(spec) if spec.store_states else None
   load = common.masked_load
 
-  def load_group(ref, g, *index):  # (group_d,) row of group g
-    index = tuple(common.index(i) for i in index)
-    return load(ref.at[(*index, channels[g])], channel_ok[g])
+  load_group = layout.load_group
 
   def load_states(ref, t):  # (N,) row of B or C at time t
     return load(ref.at[row, common.index(t), states], state_ok)
 
-  a_log2 = [common.tile_from_rows([load_group(a_ref, g, n) for n in range(spec.n_state)], n_pad)
-            for g in groups]
-  skip = [load_group(skip_ref, g).astype(f32) if spec.has_skip else None for g in groups]
-  bias = [load_group(bias_ref, g).astype(f32) if spec.has_bias else None for g in groups]
-
-  def time_of(k):  # processing order k -> time index (backwards for reverse)
-    return spec.length - 1 - k if spec.reverse else k
+  a_log2, skip, bias = layout.load_parameters(spec, a_ref, skip_ref, bias_ref)
+  time_of = spec.time_of
 
   def clamped_time(k):
     """Time of processing index k; a traced k is clamped into the sequence: only a prefetch
@@ -336,9 +329,19 @@ def _selective_scan_mean_bwd(delta_softplus, reverse, interpret, block_config, v
 _selective_scan_mean.defvjp(_selective_scan_mean_fwd, _selective_scan_mean_bwd)
 
 
-def check_mean_with(mean_with, u, return_states=False):
-  """Errors for a `mean_with` that cannot be the other direction's output (every
-  implementation's check: the XLA ones form the same mean)."""
+def check_options(u, *, vjp, states_layout, mean_with, return_states):
+  """Errors for options no implementation accepts (every implementation's check)."""
+  if vjp not in VJPS:
+    raise ValueError(f'selective_scan: unknown vjp {vjp!r}; choose one of {VJPS}.')
+  if states_layout not in STATES_LAYOUTS:
+    raise ValueError(f'selective_scan: states_layout must be one of {STATES_LAYOUTS}, got '
+                     f'{states_layout!r}.')
+  _check_mean_with(mean_with, u, return_states)
+
+
+def _check_mean_with(mean_with, u, return_states):
+  """Errors for a `mean_with` that cannot be the other direction's output (the XLA
+  implementations form the same mean)."""
   if mean_with is None:
     return
   if return_states:
@@ -377,12 +380,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
   interprets off-GPU. `block_config=None` uses the default for (D, u.dtype).
   """
   _check_inputs(u, delta, A, B, C, D, z, delta_bias)
-  if states_layout not in STATES_LAYOUTS:
-    raise ValueError(f'selective_scan(triton): states_layout={states_layout!r}; choose one of '
-                     f'{STATES_LAYOUTS}.')
-  if vjp not in VJPS:
-    raise ValueError(f'selective_scan(triton): vjp={vjp!r}; choose one of {VJPS}.')
-  check_mean_with(mean_with, u, return_states)
+  check_options(u, vjp=vjp, states_layout=states_layout, mean_with=mean_with,
+                return_states=return_states)
   block_config = _resolved_block_config(u, block_config)
   if mean_with is not None:
     return _selective_scan_mean(u, delta, A, B, C, D, z, delta_bias, mean_with,

@@ -34,8 +34,7 @@ from kernels_pallas._pallas_compat import pl, plgpu
 from kernels_pallas.selective_scan import triton_common as common
 from kernels_pallas.selective_scan.config import SelectiveScanBlockConfig
 
-# The sibling forward module owns the kernel spec and the in-kernel helpers both kernels share.
-# pylint: disable=protected-access
+# `triton_common` owns the kernel spec and the in-kernel helpers both kernels share.
 
 
 def _adjoint_kernel(*refs, spec: common.KernelSpec, has_states_grad: bool):
@@ -62,21 +61,13 @@ def _adjoint_kernel(*refs, spec: common.KernelSpec, has_states_grad: bool):
   def store(ref_view, value, mask):
     plgpu.store(ref_view, value.astype(ref_view.dtype), mask=mask)
 
-  def group_row(ref, g, *index):  # (group_d,) row of group g
-    return ref.at[(*(common.index(i) for i in index), channels[g])]
+  group_row = layout.group_view
 
   def state_tile(ref, t, g):  # (N, group_d) fp32 tile of a (B, L, N, D) array at time t
     return load(ref.at[row, common.index(t), states, channels[g]], tile_ok[g])
 
-  a_log2 = [common.tile_from_rows([load(group_row(a_ref, g, n), channel_ok[g])
-                                 for n in range(spec.n_state)], n_pad) for g in groups]
-  skip = [load(group_row(skip_ref, g), channel_ok[g]).astype(f32) if spec.has_skip else None
-          for g in groups]
-  bias = [load(group_row(bias_ref, g), channel_ok[g]).astype(f32) if spec.has_bias else None
-          for g in groups]
-
-  def time_of(k):  # forward processing index k -> time index
-    return spec.length - 1 - k if spec.reverse else k
+  a_log2, skip, bias = layout.load_parameters(spec, a_ref, skip_ref, bias_ref)
+  time_of = spec.time_of
 
   def step(carry, k):
     """Adjoint of forward step k; carry = per group (lam_next dA_next, h_k, accumulators)."""

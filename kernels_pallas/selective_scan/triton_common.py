@@ -47,6 +47,10 @@ class KernelSpec:
   def mask_states(self) -> bool:
     return self.n_pad != self.n_state
 
+  def time_of(self, k):
+    """Processing index k -> time index (backwards for a reverse scan)."""
+    return self.length - 1 - k if self.reverse else k
+
 
 def softplus(x):
   """softplus(x) = max(x, 0) + log1p(exp(-|x|)), branch-free and accurate to a few ulp.
@@ -74,6 +78,25 @@ class ProgramLayout:
 
   def tile_ok(self, spec):  # per group, the (n_pad, group_d) mask of a state tile
     return [tile_mask(self.state_ok, ok, spec.n_pad, spec.group_d) for ok in self.channel_ok]
+
+  def group_view(self, ref, g, *leading):
+    """The (group_d,) view of group g's channels at the leading indices."""
+    return ref.at[(*(index(i) for i in leading), self.channels[g])]
+
+  def load_group(self, ref, g, *leading):
+    return masked_load(self.group_view(ref, g, *leading), self.channel_ok[g])
+
+  def load_parameters(self, spec, a_ref, skip_ref, bias_ref):
+    """Per group: A's (n_pad, group_d) tile, and the D skip and Δ bias rows in fp32 (None where
+    the call has none); both kernels hold them for the whole walk."""
+    groups = range(spec.n_groups)
+    a_tiles = [tile_from_rows([self.load_group(a_ref, g, n) for n in range(spec.n_state)],
+                              spec.n_pad) for g in groups]
+    skip = [self.load_group(skip_ref, g).astype(jnp.float32) if spec.has_skip else None
+            for g in groups]
+    bias = [self.load_group(bias_ref, g).astype(jnp.float32) if spec.has_bias else None
+            for g in groups]
+    return a_tiles, skip, bias
 
 
 def program_layout(spec) -> ProgramLayout:

@@ -71,7 +71,6 @@ class KernelOperands(NamedTuple):
   w: jax.Array                       # (K/2, N) packed int4 or (K, N) int8
   w_scale: jax.Array                 # (N,)
   weight_bits: int                   # 4 | 8 (the mixed GEMM's operand formats)
-  act_bits: int                      # 8 (int8 codes, whatever their bit width)
 
 
 def _pad_last(a, new_len):
@@ -82,8 +81,9 @@ def _pad_last(a, new_len):
 def quantize_site(x3, quantizer, implementation: Optional[str] = None) -> IntActivation:
   """act_quant of x3 (B, L, C) with an `ActQuantizer`'s steps (same codes either way): None
   takes act_quant's platform default, 'triton' the Pallas kernel where it covers the spec and
-  the XLA form elsewhere. Used for Linear inputs and for the SSM-tensor sites (Δ, B, C); the
-  outlier mask is left out (the codes are what the GEMM and the dequantize read)."""
+  the XLA form elsewhere. Used for Linear inputs and log-domain sites (Δ, B and C in int mode
+  go through `dequantized_site`); the outlier mask is left out (the codes are what the
+  GEMM reads)."""
   return act_quant_api.act_quant(x3, quantizer.inlier_scale, quantizer.spec.kernel_params,
                                  quantizer.zero_point, outlier_mask=False,
                                  implementation=act_quant_api.with_xla_fallback(implementation))
@@ -105,8 +105,8 @@ def prepare_operands(x3, weight, input_quantizer, implementation: Optional[str] 
   spec = input_quantizer.spec
   weight_bits = 4 if weight.packed else 8
   k = weight.values.shape[0] * (2 if weight.packed else 1)  # K (in_features, padded when odd)
-  # Inlier codes travel one per byte, int4 ones too (the GEMM's act_bits=8 form takes them):
-  # the Triton GEMM multiplies int8 codes, so packing here would only be unpacked there.
+  # Inlier codes travel one per byte, int4 ones too: the Triton GEMM multiplies int8 codes, so
+  # packing here would only be unpacked there.
   q = activation if activation is not None else quantize_site(x3, input_quantizer,
                                                                 implementation)
   x_inlier = _pad_last(q.inlier_q.astype(jnp.int8), k)
@@ -122,7 +122,7 @@ def prepare_operands(x3, weight, input_quantizer, implementation: Optional[str] 
   # No clamp here: `freeze` stored the scale clamped (one XLA launch per Linear and call less;
   # 0.15 ms of a 6.5 ms Vim-B batch-1 forward, H200).
   w_scale = weight.scale.astype(jnp.float32)
-  return KernelOperands(q, x_inlier, a_scale, x_outlier, o_scale, w, w_scale, weight_bits, 8)
+  return KernelOperands(q, x_inlier, a_scale, x_outlier, o_scale, w, w_scale, weight_bits)
 
 
 def input_segment(weight, input_quantizer, width: int):
@@ -158,8 +158,7 @@ def linear(weight, x, input_quantizer, dtype, implementation: Optional[str] = No
   x3 = x if producers.is_produced(x) else act_lib.as_steps(x, 'steps')[0]
   ops = prepare_operands(x3, weight, input_quantizer, implementation, activation)
   float_outliers = input_quantizer.spec.outliers == 'float'
-  gemm_kw = dict(weight_bits=ops.weight_bits, act_bits=ops.act_bits, a_floor=MIN_SCALE,
-                 implementation=implementation)
+  gemm_kw = dict(weight_bits=ops.weight_bits, a_floor=MIN_SCALE, implementation=implementation)
   if not float_outliers:
     y = mixed_gemm_api.mixed_gemm(ops.x_inlier, ops.a_scale, ops.w, ops.w_scale, ops.x_outlier,
                                   ops.o_scale, bias, out_dtype=dtype, **gemm_kw)

@@ -83,16 +83,18 @@ def test_profiling_variants_override_kernel_and_stay_out_of_the_default_grid():
 
 def test_library_switches_are_set_only_when_asked_and_restored(monkeypatch):
   bench = load_bench('e2e_latency')
-  config = bench.act_quant_config
+  config, gemm = bench.act_quant_config, bench.mixed_gemm_config
   for attr in ('SMALL_GRID_PROGRAMS', 'TILE_ELEMENTS'):  # restored after the test
     monkeypatch.setattr(config, attr, getattr(config, attr))
-  library = (config.SMALL_GRID_PROGRAMS, config.TILE_ELEMENTS)
-  switches = lambda: (config.SMALL_GRID_PROGRAMS, config.TILE_ELEMENTS)
+  monkeypatch.setattr(gemm, 'SWEEP_TILES', 1)
+  library = (config.SMALL_GRID_PROGRAMS, config.TILE_ELEMENTS, 1)
+  switches = lambda: (config.SMALL_GRID_PROGRAMS, config.TILE_ELEMENTS, gemm.SWEEP_TILES)
   with bench.library_switches(bench.parse_args(['--smoke'])):
     assert switches() == library
   with bench.library_switches(bench.parse_args(['--smoke', '--act_quant_small_grid=0',
-                                                '--act_quant_tile_elements=4096'])):
-    assert switches() == (0, 4096)
+                                                '--act_quant_tile_elements=4096',
+                                                '--gemm_sweep_tiles=0'])):
+    assert switches() == (0, 4096, 0)
     # 4096 lanes: two samples per program at Vim-B's d_inner, where the default holds one
     assert config.ActQuantBlockConfig().resolve(1536, 64, 20)[1] == 2
   assert switches() == library

@@ -143,7 +143,7 @@ def test_rounding_ties_go_to_even():
 
 
 def test_codes_feed_the_mixed_gemm():
-  """act_quant -> mixed_gemm (int4 codes one per byte: act_bits=8, as
+  """act_quant -> mixed_gemm (int4 codes one per byte: as
   `int_linear.prepare_operands` passes them) equals the float matmul of the dequantized input."""
   rng = np.random.default_rng(8)
   b, l, c, n = 2, 12, 64, 32
@@ -154,7 +154,7 @@ def test_codes_feed_the_mixed_gemm():
   w_scale = jnp.asarray(rng.uniform(0.01, 0.02, n), jnp.float32)
   a_scale = jnp.broadcast_to(q.inlier_scale, (b, l))
   y = gemm_api.mixed_gemm(q.inlier_q, a_scale, int4.pack_int4(w_codes, 0), w_scale,
-                          q.outlier_q, q.outlier_scale, act_bits=8, implementation='triton',
+                          q.outlier_q, q.outlier_scale, implementation='triton',
                           interpret=True, out_dtype=jnp.float32)
   x_hat = dequantize(q)
   want = jnp.einsum('blc,cn->bln', x_hat, w_codes.astype(jnp.float32) * w_scale,
@@ -533,10 +533,11 @@ def test_segments_kernel_lowers_to_triton_for_h100():
 @pytest.mark.skipif(jax.default_backend() != 'gpu', reason='needs a CUDA GPU')
 def test_gpu_segments_match_canonical_at_vim_b_x_proj_shape():
   """Vim-B's x_proj output at batch 64 (dt_rank 48 + B 16 + C 16): one launch against each
-  slice's XLA reference (threshold ties may flip a vanishing fraction of codes, as above)."""
+  slice's XLA reference. Threshold ties flip a vanishing fraction of lanes, as in the dequantized
+  test above (its bound): an H100 (session 29) gave 2.0e-5 of B's values (4 of 201,728 lanes)."""
   rng = np.random.default_rng(13)
   x = _activations(rng, 64, 197, 80).astype(jnp.bfloat16)
   sites = _x_proj_sites(rng, 197)
   got = api.act_quant_segments(x, sites, implementation='triton')
   want = api.act_quant_segments(x, sites, implementation='xla')
-  _assert_segments_equal(got, want, tolerance=1e-5)
+  _assert_segments_equal(got, want, tolerance=5e-4)

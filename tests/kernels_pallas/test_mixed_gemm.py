@@ -13,32 +13,33 @@ from kernels_pallas.mixed_gemm import api, config, reference
 from kernels_pallas.mixed_gemm import bench as mixed_gemm_bench
 from tests.kernels_pallas.abstract_gpu import abstract_h100
 
-COMBOS = [(4, 4), (4, 8), (8, 8), (8, 4)]  # (weight_bits, act_bits)
+# (weight_bits, code_bits): activation codes always travel one per byte; code_bits sets their
+# range (int4 codes in int8, as act_quant writes them, or full int8 codes).
+COMBOS = [(4, 4), (4, 8), (8, 8), (8, 4)]
 
 
-def _operands(rng, m, k, n, weight_bits, act_bits, outlier_frac=0.05):
-  """Random int codes in the quantizers' ranges, the packed forms, and int64 numpy oracles."""
+def _operands(rng, m, k, n, weight_bits, code_bits, outlier_frac=0.05):
+  """Random int codes in the quantizers' ranges, the packed weight, and int64 numpy oracles."""
   w_max = 7 if weight_bits == 4 else 127
-  x_max = 7 if act_bits == 4 else 127
+  x_max = 7 if code_bits == 4 else 127
   w = rng.integers(-w_max, w_max + 1, (k, n)).astype(np.int8)
   xin = rng.integers(-x_max, x_max + 1, (m, k)).astype(np.int8)
   xout = (rng.integers(-127, 128, (m, k)) * (rng.random((m, k)) < outlier_frac)).astype(np.int8)
   w_arg = int4.pack_int4(jnp.asarray(w), axis=0) if weight_bits == 4 else jnp.asarray(w)
-  x_arg = int4.pack_int4(jnp.asarray(xin), axis=-1) if act_bits == 4 else jnp.asarray(xin)
   oracle_in = xin.astype(np.int64) @ w.astype(np.int64)
   oracle_out = xout.astype(np.int64) @ w.astype(np.int64)
-  return x_arg, w_arg, jnp.asarray(xout), oracle_in, oracle_out
+  return jnp.asarray(xin), w_arg, jnp.asarray(xout), oracle_in, oracle_out
 
 
-@pytest.mark.parametrize('weight_bits,act_bits', COMBOS)
-def test_kernel_sums_are_exact(weight_bits, act_bits):
+@pytest.mark.parametrize('weight_bits,code_bits', COMBOS)
+def test_kernel_sums_are_exact(weight_bits, code_bits):
   # M, N not multiples of the tile (masked tails); K = 192 takes three 64-wide K steps.
-  rng = np.random.default_rng(weight_bits * 10 + act_bits)
+  rng = np.random.default_rng(weight_bits * 10 + code_bits)
   m, k, n = 70, 192, 48
-  x, w, xout, oracle_in, oracle_out = _operands(rng, m, k, n, weight_bits, act_bits)
+  x, w, xout, oracle_in, oracle_out = _operands(rng, m, k, n, weight_bits, code_bits)
   for impl in ('xla', 'triton'):
     acc_in, acc_out = api.mixed_gemm_accumulators(
-        x, w, xout, weight_bits=weight_bits, act_bits=act_bits, implementation=impl,
+        x, w, xout, weight_bits=weight_bits, implementation=impl,
         interpret=True)
     assert acc_in.dtype == jnp.int32 and acc_out.dtype == jnp.int32
     np.testing.assert_array_equal(np.asarray(acc_in), oracle_in, err_msg=impl)
@@ -53,7 +54,7 @@ def test_kernel_masks_a_k_that_no_block_divides(k, weight_bits):
   rng = np.random.default_rng(7)
   m, n = 33, 40
   x, w, xout, oracle_in, oracle_out = _operands(rng, m, k, n, weight_bits, 8)
-  acc_in, acc_out = api.mixed_gemm_accumulators(x, w, xout, weight_bits=weight_bits, act_bits=8,
+  acc_in, acc_out = api.mixed_gemm_accumulators(x, w, xout, weight_bits=weight_bits,
                                                 implementation='triton', interpret=True)
   np.testing.assert_array_equal(np.asarray(acc_in), oracle_in)
   np.testing.assert_array_equal(np.asarray(acc_out), oracle_out)
@@ -69,7 +70,7 @@ def test_bias_is_added_in_the_output_dtype_as_a_separate_add_would():
   o = jnp.asarray(rng.uniform(0.1, 1.0, (m,)), jnp.float32)
   ws = jnp.asarray(rng.uniform(0.001, 0.01, (n,)), jnp.float32)
   bias = jnp.asarray(rng.normal(size=(n,)) * 3, jnp.float32)
-  kw = dict(weight_bits=8, act_bits=8)
+  kw = dict(weight_bits=8)
   for impl in ('xla', 'triton'):
     fused = api.mixed_gemm(x, a, w, ws, xout, o, bias, implementation=impl, interpret=True, **kw)
     apart = api.mixed_gemm(x, a, w, ws, xout, o, implementation=impl, interpret=True, **kw)
@@ -84,19 +85,19 @@ def test_bias_is_added_in_the_output_dtype_as_a_separate_add_would():
     assert (np.asarray(fused, np.float32) != rounded_once).any(), 'the data cannot tell them apart'
 
 
-@pytest.mark.parametrize('weight_bits,act_bits', [(4, 4), (8, 8)])
+@pytest.mark.parametrize('weight_bits,code_bits', [(4, 4), (8, 8)])
 @pytest.mark.parametrize('with_outliers', [True, False])
-def test_dequantized_output_matches_xla(weight_bits, act_bits, with_outliers):
+def test_dequantized_output_matches_xla(weight_bits, code_bits, with_outliers):
   rng = np.random.default_rng(1)
   b, l, k, n = 2, 37, 128, 96  # tokens given as (B, L): flattened to M = 74 rows
-  x, w, xout, oracle_in, oracle_out = _operands(rng, b * l, k, n, weight_bits, act_bits)
+  x, w, xout, oracle_in, oracle_out = _operands(rng, b * l, k, n, weight_bits, code_bits)
   x = x.reshape(b, l, -1)
   xout = xout.reshape(b, l, k) if with_outliers else None
   a_scale = jnp.asarray(rng.uniform(0.01, 0.1, (b, l)), jnp.float32)
   o_scale = jnp.asarray(rng.uniform(0.1, 1.0, (b, l)), jnp.float32) if with_outliers else None
   w_scale = jnp.asarray(rng.uniform(0.001, 0.01, (n,)), jnp.float32)
   bias = jnp.asarray(rng.normal(size=(n,)), jnp.float32)
-  kw = dict(weight_bits=weight_bits, act_bits=act_bits, out_dtype=jnp.float32)
+  kw = dict(weight_bits=weight_bits, out_dtype=jnp.float32)
   y_xla = api.mixed_gemm(x, a_scale, w, w_scale, xout, o_scale, bias, implementation='xla', **kw)
   y_pl = api.mixed_gemm(x, a_scale, w, w_scale, xout, o_scale, bias, implementation='triton',
                         interpret=True, **kw)
@@ -108,7 +109,7 @@ def test_dequantized_output_matches_xla(weight_bits, act_bits, with_outliers):
   oracle = (acc * np.asarray(w_scale, np.float64) + np.asarray(bias, np.float64)).reshape(b, l, n)
   for name, y in (('xla', y_xla), ('triton', y_pl)):
     rel = np.abs(np.asarray(y, np.float64) - oracle).max() / np.abs(oracle).max()
-    print(f'{name} W{weight_bits}A{act_bits} outliers={with_outliers}: max rel err {rel:.2e}')
+    print(f'{name} W{weight_bits}A{code_bits} outliers={with_outliers}: max rel err {rel:.2e}')
     assert rel < 1e-6, name
   np.testing.assert_allclose(np.asarray(y_pl), np.asarray(y_xla), rtol=1e-6, atol=1e-5)
 
@@ -126,12 +127,12 @@ def test_bf16_output():
 
 
 def test_bad_operands_are_rejected_clearly():
-  x = jnp.zeros((8, 32), jnp.int8)      # packed: K = 64
-  w = jnp.zeros((32, 16), jnp.int8)     # packed: K = 64
+  x = jnp.zeros((8, 64), jnp.int8)      # K = 64 codes, one per byte
+  w = jnp.zeros((32, 16), jnp.int8)     # packed int4: K = 64
   a = jnp.ones((8,), jnp.float32)
   ws = jnp.ones((16,), jnp.float32)
-  with pytest.raises(ValueError, match='last dim must be 32'):
-    api.mixed_gemm(jnp.zeros((8, 64), jnp.int8), a, w, ws)  # act_bits=4 wants packed K/2
+  with pytest.raises(ValueError, match=r'last dim must be 64 \(one code per byte\)'):
+    api.mixed_gemm(jnp.zeros((8, 32), jnp.int8), a, w, ws)  # activations are never packed
   with pytest.raises(ValueError, match='a_scale must have the token shape'):
     api.mixed_gemm(x, jnp.ones((9,)), w, ws)
   with pytest.raises(ValueError, match='w_scale must have shape'):
@@ -157,11 +158,29 @@ def test_block_config_validation():
     config.MixedGemmBlockConfig(num_warps=3)
   with pytest.raises(ValueError, match='dense_outliers_above'):
     config.MixedGemmBlockConfig(dense_outliers_above=1.5)
-  cfg = config.default_block_config(64 * 197, 3072, 768)  # the H200 probe's best tiles
-  assert (cfg.block_m, cfg.block_n, cfg.block_k, cfg.num_warps) == (128, 128, 128, 8)
-  cfg = config.default_block_config(197, 3072, 768)
-  assert (cfg.block_m, cfg.block_n, cfg.block_k, cfg.num_warps) == (64, 128, 256, 4)
-  assert config.default_block_config(64 * 197, 192, 192).block_k == 64
+
+
+@pytest.mark.parametrize('sweep_tiles', [1, 0])
+def test_default_tiles_are_the_measured_ones(monkeypatch, sweep_tiles):
+  """SWEEP_TILES on (the default): the tile sweep's winners at Vim-B's Linears (H100, session
+  29); off: the H200 probe's one tile of session 7. (m, n, k, warps, stages) per shape."""
+  monkeypatch.setattr(config, 'SWEEP_TILES', sweep_tiles)
+  tile = lambda m, n, k: (lambda c: (c.block_m, c.block_n, c.block_k, c.num_warps,
+                                     c.num_stages))(config.default_block_config(m, n, k))
+  b64, b1 = 64 * 197, 197
+  if sweep_tiles:
+    assert tile(b64, 3072, 768) == (64, 128, 128, 4, 3)      # in_proj
+    assert tile(b64, 768, 1536) == (64, 128, 128, 4, 3)      # out_proj
+    assert tile(b64, 80, 1536) == (128, 128, 128, 8, 3)      # x_proj
+    assert tile(b64, 1536, 48) == (64, 64, 128, 4, 3)        # dt_proj
+    assert tile(b1, 3072, 768) == (64, 128, 256, 4, 3)
+    assert tile(b1, 768, 1536) == (64, 64, 256, 4, 4)
+    assert tile(b1, 1536, 48) == (64, 64, 256, 4, 4)
+  else:
+    assert tile(b64, 3072, 768) == (128, 128, 128, 8, 3)
+    assert tile(b1, 3072, 768) == (64, 128, 256, 4, 3)
+    assert tile(b64, 192, 192)[2] == 64
+  assert tile(5, 3, 40)[:2] == (16, 16)                    # tiny problems shrink the tile
 
 
 def test_tiles_that_exceed_sm90_shared_memory_are_refused_up_front():
@@ -193,8 +212,8 @@ def test_custom_block_config_is_used():
   np.testing.assert_array_equal(np.asarray(acc_in), oracle_in)
 
 
-@pytest.mark.parametrize('weight_bits,act_bits,k', [c + (384,) for c in COMBOS] + [(8, 8, 48)])
-def test_kernel_lowers_to_triton_for_h100(weight_bits, act_bits, k):
+@pytest.mark.parametrize('weight_bits,k', [(4, 384), (8, 384), (8, 48)])
+def test_kernel_lowers_to_triton_for_h100(weight_bits, k):
   """Lowers (no compile) for an abstract H100: every op must have a Triton lowering rule
   (K = 48: the masked last K block, Vim-B's dt_proj with its bias, and the model's per-step
   floored inlier scales, read by the row's step)."""
@@ -202,26 +221,25 @@ def test_kernel_lowers_to_triton_for_h100(weight_bits, act_bits, k):
   m, n = 64 * 197, 1536
   s = jax.ShapeDtypeStruct
   per_step = dict(a_period=197, a_floor=1e-8) if k == 48 else {}
-  args = (s((m, k // 2 if act_bits == 4 else k), jnp.int8), s((per_step.get('a_period', m),),
-                                                               jnp.float32),
+  args = (s((m, k), jnp.int8), s((per_step.get('a_period', m),), jnp.float32),
           s((k // 2 if weight_bits == 4 else k, n), jnp.int8), s((n,), jnp.float32),
           s((m, k), jnp.int8), s((m,), jnp.float32), s((n,), jnp.float32))
   with abstract_h100():
     lowered = pallas_triton.mixed_gemm.trace(
-        *args, k=k, weight_bits=weight_bits, act_bits=act_bits, out_dtype=jnp.dtype(jnp.bfloat16),
+        *args, k=k, weight_bits=weight_bits, out_dtype=jnp.dtype(jnp.bfloat16),
         cfg=config.default_block_config(m, n, k), **per_step).lower(lowering_platforms=('cuda',))
   assert '__gpu$xla.gpu.triton' in lowered.as_text()
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(jax.default_backend() != 'gpu', reason='needs a CUDA GPU')
-@pytest.mark.parametrize('weight_bits,act_bits', [(4, 4), (8, 8)])
-def test_gpu_kernel_exact_at_vim_shape(weight_bits, act_bits):
+@pytest.mark.parametrize('weight_bits,code_bits', [(4, 4), (8, 8)])
+def test_gpu_kernel_exact_at_vim_shape(weight_bits, code_bits):
   rng = np.random.default_rng(4)
   m, k, n = 64 * 197, 384, 1536
-  x, w, xout, oracle_in, oracle_out = _operands(rng, m, k, n, weight_bits, act_bits)
+  x, w, xout, oracle_in, oracle_out = _operands(rng, m, k, n, weight_bits, code_bits)
   acc_in, acc_out = api.mixed_gemm_accumulators(x, w, xout, weight_bits=weight_bits,
-                                                act_bits=act_bits, implementation='triton')
+                                                implementation='triton')
   np.testing.assert_array_equal(np.asarray(acc_in), oracle_in)
   np.testing.assert_array_equal(np.asarray(acc_out), oracle_out)
 
@@ -239,20 +257,20 @@ def test_outlier_tiles_lists_each_tiles_flagged_channels_first():
 
 
 @pytest.mark.parametrize('outlier_frac', [0.0, 1.0, 0.002])
-@pytest.mark.parametrize('weight_bits,act_bits', [(4, 4), (8, 8)])
-def test_outlier_loop_exact_with_no_all_and_rare_outliers(outlier_frac, weight_bits, act_bits):
+@pytest.mark.parametrize('weight_bits,code_bits', [(4, 4), (8, 8)])
+def test_outlier_loop_exact_with_no_all_and_rare_outliers(outlier_frac, weight_bits, code_bits):
   """No outliers (the loop runs zero chunks), every channel flagged (the list is all of K) and
   rare ones (a few chunks per tile), each through the listed and the dense form of the outlier
   product (dense_outliers_above 1: never dense; 0, the default: no lists, always dense; 0.25
   picks per tile): the kernel's sums equal the oracle."""
   rng = np.random.default_rng(7)
-  x, w, xout, oracle_in, oracle_out = _operands(rng, 40, 128, 24, weight_bits, act_bits,
+  x, w, xout, oracle_in, oracle_out = _operands(rng, 40, 128, 24, weight_bits, code_bits,
                                                 outlier_frac)
   for dense_above in (1.0, 0.0, 0.25):
     cfg = config.MixedGemmBlockConfig(block_m=16, block_n=16, block_k=64, num_warps=4,
                                       dense_outliers_above=dense_above)
     acc_in, acc_out = api.mixed_gemm_accumulators(
-        x, w, xout, weight_bits=weight_bits, act_bits=act_bits, implementation='triton',
+        x, w, xout, weight_bits=weight_bits, implementation='triton',
         interpret=True, block_config=cfg)
     np.testing.assert_array_equal(np.asarray(acc_in), oracle_in, err_msg=str(dense_above))
     np.testing.assert_array_equal(np.asarray(acc_out), oracle_out, err_msg=str(dense_above))
@@ -281,7 +299,7 @@ def test_gpu_dt_proj_shape_masked_k_and_fused_bias_equal_the_unfused_path():
   rng = np.random.default_rng(5)
   m, k, n = 64 * 197, 48, 1536
   x, w, xout, oracle_in, oracle_out = _operands(rng, m, k, n, 4, 8)
-  acc_in, acc_out = api.mixed_gemm_accumulators(x, w, xout, weight_bits=4, act_bits=8,
+  acc_in, acc_out = api.mixed_gemm_accumulators(x, w, xout, weight_bits=4,
                                                 implementation='triton')
   np.testing.assert_array_equal(np.asarray(acc_in), oracle_in)
   np.testing.assert_array_equal(np.asarray(acc_out), oracle_out)
@@ -289,7 +307,7 @@ def test_gpu_dt_proj_shape_masked_k_and_fused_bias_equal_the_unfused_path():
   o = jnp.asarray(rng.uniform(0.1, 1.0, (m,)), jnp.float32)
   ws = jnp.asarray(rng.uniform(0.001, 0.01, (n,)), jnp.float32)
   bias = jnp.asarray(rng.normal(size=(n,)) * 3, jnp.float32)
-  kw = dict(weight_bits=4, act_bits=8, implementation='triton')
+  kw = dict(weight_bits=4, implementation='triton')
   fused = api.mixed_gemm(x, a, w, ws, xout, o, bias, **kw)
   apart = api.mixed_gemm(x, a, w, ws, xout, o, **kw)
   # The separate add on the host (numpy rounds every bf16 conversion; XLA on the GPU may not).
@@ -310,7 +328,7 @@ def test_per_step_scales_read_by_row_equal_per_token_scales(implementation):
   w = int4.pack_int4(jnp.asarray(rng.integers(-7, 8, (k, n)), jnp.int8), axis=0)
   w_scale = jnp.asarray(rng.uniform(0.01, 0.02, n), jnp.float32)
   steps = jnp.asarray(rng.uniform(0.1, 0.2, l), jnp.float32).at[2].set(0.0)  # floored
-  kw = dict(weight_bits=4, act_bits=8, implementation=implementation,
+  kw = dict(weight_bits=4, implementation=implementation,
             interpret=True if implementation == 'triton' else None)
   per_token = jnp.broadcast_to(jnp.maximum(steps, 1e-8)[None, :], (b, l))
   want = api.mixed_gemm(x, per_token, w, w_scale, **kw)

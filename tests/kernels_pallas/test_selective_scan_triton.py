@@ -265,7 +265,8 @@ def test_default_block_configs():
     for dtype in (jnp.float32, jnp.bfloat16):
       cfg = default_block_config(channels, dtype)
       assert cfg.block_d % cfg.group_d == 0
-  assert default_block_config(1536, jnp.bfloat16).channels_per_thread == 2
+  cfg = default_block_config(1536, jnp.bfloat16)
+  assert cfg.block_d // cfg.group_d == 2       # two channels (and their states) per thread
   with pytest.raises(ValueError, match='positive'):
     default_block_config(0, jnp.float32)
   with pytest.raises(TypeError, match='floating'):
@@ -370,13 +371,13 @@ STATES_CASES = [(jnp.float32, False, 'kernel'), (jnp.bfloat16, True, 'kernel'),
 
 @pytest.mark.parametrize('dtype,reverse,vjp', STATES_CASES)
 def test_kernel_states_and_their_gradients(dtype, reverse, vjp):
-  """`triton_states='kernel'`: the Triton forward writes the fp32 states (no associative
-  fallback), and gradients through y and the states match the reference's."""
+  """The Triton forward writes the fp32 states, and gradients through y and the states match
+  the reference's."""
   args = make_inputs(12, 2, 5, 40, 16, dtype)
   cfg = SelectiveScanBlockConfig(32, 2)
   scan = lambda *a: api.selective_scan(
       *a, reverse=reverse, return_states=True, implementation='triton', interpret=True,
-      block_config=cfg, vjp=vjp, triton_states='kernel')
+      block_config=cfg, vjp=vjp)
   reference_states = lambda *a: reference_scan(a, reverse=reverse, return_states=True)
   cotangents = random_cotangent(13, jax.eval_shape(reference_states, *args))
   (y, states), grads = vjp_of(scan, args, cotangents)
@@ -411,13 +412,13 @@ def test_kernel_layout_states_and_their_gradients(vjp, implementation):
                        states_layout='nd')
 
 
-def test_vjp_and_states_options_are_validated():
+def test_vjp_option_is_validated_by_every_implementation():
   args = make_inputs(0, 1, 2, 32, 4, jnp.float32)
   with pytest.raises(ValueError, match="unknown vjp 'xla'"):
     api.selective_scan(*args, implementation='triton', vjp='xla')
-  with pytest.raises(ValueError, match="unknown triton_states 'sequential'"):
-    api.selective_scan(*args, implementation='triton', triton_states='sequential')
-  with pytest.raises(ValueError, match="vjp='auto'"):
+  with pytest.raises(ValueError, match="unknown vjp 'xla'"):
+    api.selective_scan(*args, implementation='sequential', vjp='xla')
+  with pytest.raises(ValueError, match="unknown vjp 'auto'"):
     pallas_triton.selective_scan(*args, vjp='auto', interpret=True)
 
 
@@ -517,7 +518,7 @@ def test_gpu_kernel_states_and_their_gradients(reverse):
   args = make_inputs(9, *VIM_S_ROWS, jnp.bfloat16)
   scan = lambda *a: api.selective_scan(
       *a, reverse=reverse, return_states=True, implementation='triton', interpret=False,
-      vjp='kernel', triton_states='kernel')
+      vjp='kernel')
   reference_states = lambda *a: reference_scan(a, reverse=reverse, return_states=True)
   cotangents = random_cotangent(10, jax.eval_shape(reference_states, *args))
   (y, states), grads = vjp_of(scan, args, cotangents)

@@ -142,6 +142,13 @@ def test_bad_inputs_rejected(tiny):
     quant.quantize(model, params, images, {'preset': 'w4a4'})
 
 
+def test_unknown_mode_is_rejected_before_calibrating(tiny, monkeypatch):
+  model, params, images = tiny
+  monkeypatch.setattr(calibrate, 'reconstruct_blocks', pytest.fail)   # never reached
+  with pytest.raises(ValueError, match=r"mode must be one of \('fake', 'int'\), got 'integer'"):
+    quant.quantize(model, params, images, 'w4a4', mode='integer', log=lambda _: None)
+
+
 def test_n_refresh_beyond_the_sequence_is_rejected_before_calibrating(tiny):
   model, params, images = tiny
   assert model.seq_len == 17
@@ -227,12 +234,15 @@ def _kernel_launches(fn, *args) -> dict[str, int]:
   return counts
 
 
-def test_batched_directions_give_the_loops_logits_with_fewer_launches(tiny, w4a4_untrained_run):
+def test_batched_directions_give_the_loops_logits_with_fewer_launches(tiny, w4a4_untrained_run,
+                                                                      monkeypatch):
   """VisionMamba.batch_directions on a quantized tree: the loop's logits bit for bit in fake mode
   and to float rounding in int mode on the Triton kernels (interpreted here; the per-tensor A/D
   sites run in XLA fusions, which XLA compiles differently under the vmap), and each
   per-direction kernel launched once for both directions (x_proj/dt_proj act_quant + GEMM, the
-  Δ/B/C quantizers). The scan's kernel under the vmap: tests/models/test_vim.py."""
+  Δ/B/C quantizers; counted with dt, B and C in separate launches). The scan's kernel under the
+  vmap: tests/models/test_vim.py."""
+  monkeypatch.setattr(act_quant_config, 'SEGMENTS_IN_ONE_LAUNCH', 0)
   model, _, images = tiny
   forward = lambda m: (lambda p, x: m.apply({'params': p}, x))
   for mode, loop, options in (('fake', model, None),
@@ -259,14 +269,15 @@ def _act_quant_operands(fn, *args) -> list[int]:
           for eqn in _pallas_calls(fn, *args) if _kernel_name(eqn) == 'act_quant_sample']
 
 
-def test_the_fused_direction_mean_gives_the_same_logits(tiny, w4a4_untrained_run):
+def test_the_fused_direction_mean_gives_the_same_logits(tiny, w4a4_untrained_run, monkeypatch):
   """`fuse_linear_inputs`: the directions' mean is formed by the backward scan's epilogue
   (directions looped) or by out_proj's act_quant kernel (`act_quant.producers.DirectionMean`,
   directions vmapped). The same logits bit for bit in every mode (float, fake-quant and int on
   XLA with the directions looped; float on the interpreted Triton scan, looped; int on the
   interpreted Triton kernels, vmapped: the GPU's small-batch path); looped, the Triton scan
   writes the mean, and vmapped, one act_quant launch per block reads both directions' outputs
-  instead of their mean."""
+  instead of their mean (counted with dt, B and C in separate launches)."""
+  monkeypatch.setattr(act_quant_config, 'SEGMENTS_IN_ONE_LAUNCH', 0)
   model, params, images = tiny
   int_tree = rewrite.set_mode(w4a4_untrained_run[0], 'int')
   fake_tree = rewrite.set_mode(w4a4_untrained_run[0], 'fake')
@@ -333,11 +344,12 @@ def test_paired_sites_equal_site_by_site(w4a4_untrained_run):
 
 def test_dt_b_and_c_quantized_in_one_launch_give_the_same_logits(tiny, w4a4_untrained_run,
                                                                  monkeypatch):
-  """`act_quant.config.SEGMENTS_IN_ONE_LAUNCH`: x_proj's output (dt for dt_proj, B, C) is
-  quantized by one act_quant launch per direction (`layers.split_sites`) instead of dt_proj's
-  own and B/C's vmapped one: the same logits bit for bit, looped and vmapped, on the
+  """`act_quant.config.SEGMENTS_IN_ONE_LAUNCH` (on by default): x_proj's output (dt for dt_proj,
+  B, C) is quantized by one act_quant launch per direction (`layers.split_sites`) instead of
+  dt_proj's own and B/C's vmapped one: the same logits bit for bit, looped and vmapped, on the
   interpreted Triton kernels; tools that intercept module calls (`module_by_module`) keep the
   separate launches."""
+  monkeypatch.setattr(act_quant_config, 'SEGMENTS_IN_ONE_LAUNCH', 0)
   model, _, images = tiny
   tree = rewrite.set_mode(w4a4_untrained_run[0], 'int')
   base = model.clone(quant_implementation='triton')

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from kernels_pallas import int4
+from kernels_pallas.act_quant import producers
 from kernels_pallas.act_quant.config import MIN_SCALE
 from kernels_pallas.mixed_gemm import api as mixed_gemm_api
 from kernels_pallas.mixed_gemm import reference as mixed_gemm_reference
@@ -111,12 +112,15 @@ def fake_mask(x, iq):
 
 @functools.partial(jax.jit, static_argnames='impl')
 def _kernel_and_fake_codes(x, weight, iq, fq_weight, impl):
-  """The kernel path's operands and exact sums next to what the simulation multiplies."""
-  x3, _ = act_lib.as_steps(x.astype(jnp.float32), 'steps')
-  ops = int_linear.prepare_operands(x3, weight, iq, impl)
+  """The kernel path's operands and exact sums next to what the simulation multiplies. An input
+  that arrives with its codes made (dt's, from the launch that also quantizes B and C) is
+  checked with those codes."""
+  made = x.activation if isinstance(x, producers.Quantized) else None
+  x3, _ = act_lib.as_steps(producers.materialize(x).astype(jnp.float32), 'steps')
+  ops = int_linear.prepare_operands(x3, weight, iq, impl, made)
   fake = iq.parts(x3, ste=True)  # mode 'fake'
   acc_in, acc_out = mixed_gemm_api.mixed_gemm_accumulators(
-      ops.x_inlier, ops.w, ops.x_outlier, weight_bits=ops.weight_bits, act_bits=ops.act_bits,
+      ops.x_inlier, ops.w, ops.x_outlier, weight_bits=ops.weight_bits,
       implementation=impl, interpret=impl == 'triton')
   unpack = lambda v, axis, packed: int4.unpack_int4(v, axis=axis) if packed else v
   want_w = w_lib.weight_codes(fq_weight.smoothed_weight(), fq_weight.scale, fq_weight.bits)
@@ -160,7 +164,7 @@ def test_kernel_codes_equal_fake_quant_codes(calibrated, runs, preset, impl):
     for key in sim:
       np.testing.assert_array_equal(np.asarray(kernel[key]), np.asarray(sim[key]),
                                     err_msg=f'{preset}/{impl} {name}: {key}')
-    n_outliers += int(np.asarray(fake_mask(x, iq)).sum())
+    n_outliers += int(np.asarray(fake_mask(producers.materialize(x), iq)).sum())
   if presets.preset(preset).rules[1].spec.outliers != 'none':
     assert n_outliers > 0, 'no outlier channel fired: the outlier path went untested'
 
@@ -175,7 +179,8 @@ def test_int_logits_match_fake_quant(runs, preset, impl):
   if impl == 'xla':
     assert err == 0.0, f'{preset}: xla integer path differs from fake quant, rel err {err:.3g}'
     for name in inputs:  # the whole forward is the simulation's, Linear input by Linear input
-      np.testing.assert_array_equal(np.asarray(inputs[name]), np.asarray(fake_inputs[name]))
+      np.testing.assert_array_equal(np.asarray(producers.materialize(inputs[name])),
+                                    np.asarray(fake_inputs[name]))
   else:
     assert err <= TRITON_LOGITS_RTOL, (f'{preset}: triton (interpret) integer path vs fake '
                                        f'quant: rel err {err:.3g} > {TRITON_LOGITS_RTOL}')
@@ -190,7 +195,7 @@ def test_uncovered_linears_fall_back_to_xla_int_dots(tiny, calibrated):
   iq = rewrite.get_path(tree, 'layers_0/mixer/out_proj/input_quantizer')
   x = jnp.asarray(random_init.normal(3, (2, 17, weight.in_features)))
   asym = qtypes.ActQuantizer.calibrate(
-      x, config.ActSpec(8, symmetric=False, outliers='none'), mode='int')
+      x, config.ActSpec(8, symmetric=False, outliers='none')).replace(mode='int')
   assert 'asymmetric' in int_linear.unsupported_reason(weight, asym)
   y = weight.linear(x, asym, jnp.float32, implementation='triton')
   want = weight.replace(mode='fake').linear(x, asym.replace(mode='fake'), jnp.float32)
@@ -227,7 +232,8 @@ def test_ssm_sites_use_the_act_quant_kernel_when_it_covers_them():
   same codes as XLA."""
   x = 3.0 * jnp.asarray(random_init.normal(4, (2, 17, 16)))
   x = x.at[:, 5, 3].set(40.0)                              # an outlier channel
-  b_site = qtypes.ActQuantizer.calibrate(x, config.ActSpec(4, outlier_bits=8), mode='int')
+  b_site = qtypes.ActQuantizer.calibrate(x, config.ActSpec(4, outlier_bits=8)).replace(
+      mode='int')
   kernel = int_linear.quantize_site(x, b_site, 'triton')
   xla = int_linear.quantize_site(x, b_site, 'xla')
   assert bool(jnp.any(xla.outlier_mask)) and kernel.outlier_mask is None  # not written
@@ -236,7 +242,7 @@ def test_ssm_sites_use_the_act_quant_kernel_when_it_covers_them():
   np.testing.assert_allclose(np.asarray(b_site(x, implementation='triton')),
                              np.asarray(b_site.replace(mode='fake')(x)), rtol=1e-6, atol=1e-6)
   delta_site = qtypes.ActQuantizer.calibrate(
-      x, config.ActSpec(4, symmetric=False, k=4.0), mode='int')
+      x, config.ActSpec(4, symmetric=False, k=4.0)).replace(mode='int')
   np.testing.assert_array_equal(np.asarray(delta_site(x, implementation='triton')),
                                 np.asarray(delta_site(x, implementation='xla')))
 
@@ -245,7 +251,7 @@ def test_quantize_site_default_is_act_quants_default(monkeypatch):
   """implementation=None leaves the choice to act_quant: on a GPU a batch-trigger site stays on
   XLA (its Triton kernel is slower). The GPU is faked, so running the kernel would fail here."""
   x = 3.0 * jnp.asarray(random_init.normal(5, (2, 17, 16)))
-  site = qtypes.ActQuantizer.calibrate(x, config.ActSpec(4, trigger='batch'), mode='int')
+  site = qtypes.ActQuantizer.calibrate(x, config.ActSpec(4, trigger='batch')).replace(mode='int')
   monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
   got = int_linear.quantize_site(x, site)
   want = int_linear.quantize_site(x, site, 'xla')
