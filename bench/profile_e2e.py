@@ -9,7 +9,9 @@ on CPU profiles the host threads instead (only a check that it runs). Writes a J
 top rows per variant (`--out`) and prints a table. Why not only latency differences: a
 difference says how much a part costs, the profile says which kernel pays it. With
 `--by_source` the same time is also summed by the model line that made each XLA kernel (the
-compiled module's metadata, `hlo_sources.py`): glue fusions say where they come from.
+compiled module's metadata, `hlo_sources.py`): glue fusions say where they come from. With
+`--hlo_dir` each variant's optimized HLO and per-instance kernel times are written too, for the
+kernels no source line names (XLA's copies).
 """
 from __future__ import annotations
 
@@ -45,6 +47,9 @@ def parse_args(argv=None):
   p.add_argument('--top', type=int, default=25, help='kernel rows kept per variant')
   p.add_argument('--by_source', action='store_true',
                  help='also sum the time by the source line of each XLA kernel')
+  p.add_argument('--hlo_dir', default='',
+                 help='also write each variant\'s optimized HLO and its per-kernel (not per-family) '
+                 'times there, to trace glue kernels without a source line (copies) offline')
   p.add_argument('--out', default='')
   args, rest = p.parse_known_args(argv)
   # Everything else (--scan_kernel, --quant_kernel, --outlier_k, ...) is e2e_latency's.
@@ -93,9 +98,9 @@ def by_family(events: dict[str, tuple[float, int]]) -> dict[str, tuple[float, in
 
 
 def profile_variant(model, tree, images, iters: int, with_sources: bool = False
-                    ) -> tuple[dict[str, tuple[float, int]], dict[str, str]]:
+                    ) -> tuple[dict[str, tuple[float, int]], dict[str, str], str]:
   """({kernel name: (µs, launches) per forward}, {HLO instruction: source label} or {}
-  without `with_sources`) of one variant."""
+  without `with_sources`, the optimized HLO text) of one variant."""
   compiled, _ = e2e_latency.compile_forward(model, tree, images)
   for _ in range(3):
     jax.block_until_ready(compiled(tree, images))
@@ -107,8 +112,18 @@ def profile_variant(model, tree, images, iters: int, with_sources: bool = False
     if not paths:
       raise RuntimeError(f'jax.profiler wrote no trace.json.gz under {tmp}')
     events = device_events(paths[0])
-  sources = hlo_sources.instruction_sources(compiled.as_text()) if with_sources else {}
-  return {k: (us / iters, n / iters) for k, (us, n) in events.items()}, sources
+  hlo = compiled.as_text()
+  sources = hlo_sources.instruction_sources(hlo) if with_sources else {}
+  return {k: (us / iters, n / iters) for k, (us, n) in events.items()}, sources, hlo
+
+
+def _write_hlo(directory: str, stem: str, hlo: str, per_kernel) -> None:
+  """`stem.hlo.txt.gz` (the optimized module) and `stem.kernels.json` ({kernel: [µs,
+  launches]} per forward, every instance apart) in `directory`."""
+  os.makedirs(directory, exist_ok=True)
+  atomic.write_bytes(os.path.join(directory, f'{stem}.hlo.txt.gz'), gzip.compress(hlo.encode()))
+  atomic.write_json(os.path.join(directory, f'{stem}.kernels.json'),
+                    {k: list(v) for k, v in sorted(per_kernel.items(), key=lambda kv: -kv[1][0])})
 
 
 def main(argv=None):
@@ -129,7 +144,10 @@ def main(argv=None):
       raise tree
     model = e2e_latency.variant_model(base, e2e_latency.VARIANTS[name], e2e_args)
     with e2e_latency.library_switches(e2e_args):
-      per_kernel, sources = profile_variant(model, tree, images, args.iters, args.by_source)
+      per_kernel, sources, hlo = profile_variant(model, tree, images, args.iters,
+                                                 args.by_source)
+    if args.hlo_dir:
+      _write_hlo(args.hlo_dir, f'{args.model}_b{args.batch}_{name}', hlo, per_kernel)
     rows = sorted(((kernel, us, n) for kernel, (us, n) in by_family(per_kernel).items()),
                   key=lambda row: -row[1])
     total = sum(us for us, _ in per_kernel.values())

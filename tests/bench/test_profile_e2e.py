@@ -37,3 +37,15 @@ def test_a_trace_without_a_gpu_counts_every_process(tmp_path):
   with gzip.open(path, 'wt') as f:
     json.dump([_kernel('ThunkExecutor::Execute', 12.5, pid=7)], f)
   assert profile.device_events(str(path)) == {'ThunkExecutor::Execute': (12.5, 1)}
+
+
+def test_hlo_dump_writes_the_module_and_every_kernel_instance(tmp_path):
+  """`--hlo_dir`: the optimized module (gzip) and each kernel's own time, largest first, so a
+  glue kernel without a source line (a copy) can be found in the module offline."""
+  profile = load_bench('profile_e2e')
+  profile._write_hlo(str(tmp_path / 'hlo'), 'vim_b_b1_w4a4o8', 'HloModule m\nENTRY e {}\n',
+                     {'copy.3': (2.0, 1.0), 'memcpy32_post': (9.5, 4.0)})
+  text = gzip.decompress((tmp_path / 'hlo' / 'vim_b_b1_w4a4o8.hlo.txt.gz').read_bytes()).decode()
+  assert text.startswith('HloModule m')
+  kernels = json.loads((tmp_path / 'hlo' / 'vim_b_b1_w4a4o8.kernels.json').read_text())
+  assert list(kernels.items()) == [('memcpy32_post', [9.5, 4.0]), ('copy.3', [2.0, 1.0])]

@@ -1,0 +1,37 @@
+#!/bin/bash
+# Session 30's card plan for issue 15, one PART per call (carry .whl), in priority order:
+#   PART=grid|profile|ab bash results/h200_session30/run.sh
+# grid (~7 min): issue 15's Vim-B table in one process (bf16 XLA, bf16 + Pallas, W8A8, W4A4O8 at
+#   batches 64 and 1) with session 29's defaults (per-shape GEMM tiles, dt/B/C in one launch);
+#   also the new results/bench_e2e_latest.json.
+# profile (~6 min): device time per kernel and per model line at batch 64 and 1 with the new
+#   tiles, plus each variant's optimized HLO and per-instance kernel times (--hlo_dir), to
+#   trace the quantized path's extra XLA copies and concatenations (memcpy32_post 0.92 vs
+#   0.25 ms, input_concatenate_fusion 0.66 vs 0.02 ms at batch 64, session 29) offline.
+# ab (~6 min): the tile rule on this card (it was swept on an H100), batch 64 and 1.
+set -u
+export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2 PYTEST_DISABLE_PLUGIN_AUTOLOAD=1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:. || exit
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; date -u; git log --oneline -1 2>/dev/null
+pgrep -x nvidia-cuda-mps > /dev/null && { echo quit | CUDA_MPS_PIPE_DIRECTORY=/tmp/mps_pipe nvidia-cuda-mps-control; sleep 3; }
+S=$(date +%s); mkdir -p $OUT
+quiet() { grep -v "^W\|^I"; }
+
+case ${PART:-grid} in
+  grid)
+    timeout 540 python3 bench/e2e_latency.py --models=vim_b --batches=64,1 \
+      --variants=bf16_xla,bf16_pallas_scan,w8a8,w4a4o8 --iters=15 --out=$OUT/e2e_vim_b_grid.json \
+      2>&1 | quiet | tail -30 ;;
+  profile)
+    for B in 64 1; do
+      timeout 270 python3 bench/profile_e2e.py --model=vim_b --batch=$B \
+        --variants=w4a4o8,bf16_pallas_scan --iters=3 --by_source --hlo_dir=$OUT/hlo \
+        --out=$OUT/profile_vim_b_b$B.json 2>&1 | quiet | tail -75
+      echo "batch $B at $(( $(date +%s) - S )) s"
+    done ;;
+  ab)
+    timeout 540 python3 bench/e2e_latency.py --models=vim_b --batches=64,1 \
+      --variants=bf16_pallas_scan,w4a4o8 --iters=15 --cases=default,gemm_sweep_tiles=0 \
+      --out=$OUT/e2e_vim_b_tiles_ab.json 2>&1 | quiet | tail -20 ;;
+esac
+echo "total $(( $(date +%s) - S )) s"
