@@ -70,6 +70,7 @@ from ouromamba_jax.models import build_model  # pylint: disable=g-import-not-at-
 from ouromamba_jax.quant import presets as quant_presets  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ouromamba_jax.quant import qtypes  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ouromamba_jax.quant import int_linear  # pylint: disable=g-import-not-at-top,wrong-import-position
+from kernels_pallas import int4  # pylint: disable=g-import-not-at-top,wrong-import-position
 from kernels_pallas.act_quant import config as act_quant_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 from kernels_pallas.mixed_gemm import config as mixed_gemm_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 from kernels_pallas.selective_scan import api as scan_api  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -166,6 +167,9 @@ def parse_args(argv=None):
   p.add_argument('--gemm_sweep_tiles', type=int, default=-1, choices=(-1, 0, 1),
                  help="1: the mixed GEMM's per-shape tiles from the tile sweep, 0: one tile "
                       '(mixed_gemm config.SWEEP_TILES; -1: the library default)')
+  p.add_argument('--int4_shift_unpack', type=int, default=-1, choices=(-1, 0, 1),
+                 help='1: int4 weights unpacked by one elementwise pass, 0: by interleaving '
+                      'the nibble planes (kernels_pallas.int4.SHIFT_UNPACK; -1: the default)')
   p.add_argument('--fuse_linear_inputs', type=int, default=1, choices=(0, 1),
                  help="1 (the model's default): Vim's direction mean before out_proj is fused, "
                       'in every variant (VisionMamba.fuse_linear_inputs): into the backward '
@@ -202,7 +206,8 @@ def parse_args(argv=None):
 SWITCHES = {'act_quant_small_grid': (act_quant_config, 'SMALL_GRID_PROGRAMS', 0),
             'act_quant_tile_elements': (act_quant_config, 'TILE_ELEMENTS', 1),
             'act_quant_segments': (act_quant_config, 'SEGMENTS_IN_ONE_LAUNCH', 0),
-            'gemm_sweep_tiles': (mixed_gemm_config, 'SWEEP_TILES', 0)}
+            'gemm_sweep_tiles': (mixed_gemm_config, 'SWEEP_TILES', 0),
+            'int4_shift_unpack': (int4, 'SHIFT_UNPACK', 0)}
 # The flags a case may set: model fields and the kernels' module-level switches.
 CASE_FLAGS = ('fuse_linear_inputs', 'batch_directions', *SWITCHES)
 

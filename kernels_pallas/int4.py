@@ -12,6 +12,15 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+# How `unpack_int4` spreads the nibbles. 1: one elementwise pass, each byte read twice and
+# shifted by its output lane's parity ((b << 4) >> 4 for the low nibble, b >> 4 for the high
+# one), writes contiguous. 0: the two nibble planes interleaved by a stack, which XLA makes a
+# concatenate fusion with byte-strided writes: on an H100 the mixed GEMM's per-call weight unpack
+# in that form took 0.45 ms of device time per Vim-B forward (session 29's profile,
+# `stack · int4.py interleave`). Same values either way; `bench/e2e_latency.py
+# --int4_shift_unpack=0/1` A/Bs them.
+SHIFT_UNPACK = 1
+
 
 def _unpack_nibbles(packed):
   """int8 bytes -> (low, high) sign-extended int4 values as int8 (even k, odd k)."""
@@ -48,9 +57,20 @@ def pack_int4(values, axis: int = -1):
   return jnp.moveaxis(_pack_nibbles(*_split_even_odd(v)), -1, axis)
 
 
+def _unpack_by_parity(p):
+  """(..., n) bytes -> (..., 2n) values: lane 2i + j is byte i's nibble j, as one elementwise
+  expression of the byte repeated twice (no interleaving stack)."""
+  n = p.shape[-1]
+  repeated = jnp.broadcast_to(p[..., None], p.shape + (2,)).reshape(p.shape[:-1] + (2 * n,))
+  odd = jax.lax.broadcasted_iota(jnp.int32, repeated.shape, repeated.ndim - 1) & 1
+  shift = (4 - 4 * odd).astype(jnp.int8)  # 4 on even lanes, 0 on odd ones
+  return jax.lax.shift_right_arithmetic(jax.lax.shift_left(repeated, shift), jnp.int8(4))
+
+
 def unpack_int4(packed, axis: int = -1):
   """Inverse of `pack_int4`: int8 (or uint8) bytes -> int8 values, `axis` doubled in length."""
   if packed.dtype == jnp.uint8:
     packed = jax.lax.bitcast_convert_type(packed, jnp.int8)
   p = jnp.moveaxis(packed, axis, -1)
-  return jnp.moveaxis(_interleave(*_unpack_nibbles(p)), -1, axis)
+  values = _unpack_by_parity(p) if SHIFT_UNPACK else _interleave(*_unpack_nibbles(p))
+  return jnp.moveaxis(values, -1, axis)

@@ -7,10 +7,13 @@ import pytest
 from kernels_pallas import int4
 
 
-@pytest.mark.parametrize('axis', [0, -1])
-def test_pack_unpack_round_trip(axis):
+@pytest.mark.parametrize('shift_unpack', [1, 0])
+@pytest.mark.parametrize('shape, axis', [((6, 10), 0), ((6, 10), -1), ((600, 3), 0)])
+def test_pack_unpack_round_trip(shape, axis, shift_unpack, monkeypatch):
+  """Both unpack forms; the 600-long axis has lane indices past int8's range."""
+  monkeypatch.setattr(int4, 'SHIFT_UNPACK', shift_unpack)
   rng = np.random.default_rng(0)
-  values = rng.integers(-8, 8, (6, 10)).astype(np.int8)
+  values = rng.integers(-8, 8, shape).astype(np.int8)
   packed = int4.pack_int4(jnp.asarray(values), axis=axis)
   assert packed.dtype == jnp.int8
   assert packed.shape[axis] == values.shape[axis] // 2
