@@ -306,13 +306,40 @@ def _load_tiles(ref, b0, t, lanes_ok, math: _Math, offset: int = 0):
                           other=other) for j, ok in enumerate(lanes_ok))
 
 
-def _load_rows(x, b0, t, lanes_ok, math: _Math, length: int):
-  """The row tiles (rows, width) fp32 of samples b0.. at step t, masked lanes 0; x is the input
-  ref, or a producer holding its operands' refs (`producers`), which forms the row itself."""
-  load = lambda ref, step: _load_tiles(ref, b0, step, lanes_ok, math, math.input_offset)
+class _OperandLoader:
+  """How a producer's `kernel_rows` reads its operands for the rows of samples b0.. (row_ok:
+  which exist and are live), masked lanes 0: `tiles` of a (B, L, C) operand at a step,
+  `per_row` of a (B, L) one as a (rows, 1) column, `per_channel` of a (C,) one as (1, width)
+  tiles."""
+
+  def __init__(self, b0, row_ok, math: _Math):
+    self.b0, self.row_ok, self.math = b0, row_ok, math
+
+  def tiles(self, ref, step):
+    return _load_tiles(ref, self.b0, step, _lanes_ok(self.row_ok, self.math), self.math,
+                       self.math.input_offset)
+
+  def per_row(self, ref, step):
+    rows = self.row_ok.shape[0]
+    values = plgpu.load(ref.at[pl.ds(self.b0, rows), step], mask=self.row_ok,
+                        other=jnp.zeros((), ref.dtype))
+    return values.astype(jnp.float32)[:, None]
+
+  def per_channel(self, ref):
+    math = self.math
+    return tuple(plgpu.load(ref.at[math.tile_channels(j, math.input_offset)], mask=ok,
+                            other=jnp.zeros((), ref.dtype))[None, :]
+                 for j, ok in enumerate(math.col_ok()))
+
+
+def _load_rows(x, b0, t, row_ok, math: _Math, length: int):
+  """The row tiles (rows, width) fp32 of samples b0.. at step t (row_ok: which rows to read),
+  masked lanes 0; x is the input ref, or a producer holding its operands' refs (`producers`),
+  which forms the row itself."""
+  load = _OperandLoader(b0, row_ok, math)
   if producers.is_produced(x):
     return x.kernel_rows(load, t, length)
-  return tuple(v.astype(jnp.float32) for v in load(x, t))
+  return tuple(v.astype(jnp.float32) for v in load.tiles(x, t))
 
 
 def _all_true(n: int):
@@ -394,7 +421,7 @@ def _sample_kernel(x_ref, s_ref, z_ref, qin_ref, *outlier_refs, math: _Math,
   def load(i):  # steps past the window (the prefetch after its last one) read nothing
     t, in_seq = _time_step(window, i, n_refresh, length)
     live = in_seq & (i < n_refresh)
-    return _load_rows(x_ref, b0, t, tuple(ok & live for ok in lanes_ok), math, length)
+    return _load_rows(x_ref, b0, t, row_ok & live, math, length)
 
   def step(i, carry):
     # The next step's rows do not depend on the masks: loading them before this step's
@@ -429,25 +456,25 @@ def _batch_kernel(x_ref, s_ref, z_ref, qin_ref, *outlier_refs, math: _Math,
     t, in_seq = _time_step(window, i, n_refresh, length)
     t_prev = jnp.maximum(t - 1, 0)
     grid = math.static_grid(s_ref, z_ref, t, 1)
-    lanes_ok = _lanes_ok(one_row & in_seq, math)
+    live = one_row & in_seq
 
     def previous_mask(b):  # what this program stored for sample b one step earlier
       return _load_tiles(mask_ref, b, t_prev, tuple(ok & (i > 0) for ok in all_lanes), math)
 
     def sample_triggers(b, any_trigger):
-      x = _load_rows(x_ref, b, t, lanes_ok, math, length)
+      x = _load_rows(x_ref, b, t, live, math, length)
       s_d = math.reductions(x, previous_mask(b), col_ok)[0]
       return any_trigger | (jnp.max(s_d) > grid[0])
 
     trigger = jax.lax.fori_loop(0, batch, sample_triggers, jnp.zeros((), jnp.bool_))
 
     def update_and_quantize(b, c):
-      x = _load_rows(x_ref, b, t, lanes_ok, math, length)
+      x = _load_rows(x_ref, b, t, live, math, length)
       mask, outlier_grid = math.detect(x, previous_mask(b), col_ok, all_lanes,
                                        lambda s_d: jnp.broadcast_to(trigger, s_d.shape))
       q_in, outlier = math.codes(math.scaled(x, mask, *grid[1:], outlier_grid), mask, grid[2],
                                  outlier_grid)
-      _store_rows(qin_ref, outlier_refs, b, t, one_row & in_seq, q_in, outlier, mask, math)
+      _store_rows(qin_ref, outlier_refs, b, t, live, q_in, outlier, mask, math)
       return c
 
     return jax.lax.fori_loop(0, batch, update_and_quantize, carry)

@@ -7,13 +7,18 @@ kernel forms each time step's row in registers, and x never reaches memory.
 
 A producer is a pytree of its operands. It stands for the array `materialize()` computes: the
 XLA form, which float code, the fake-quant simulation and the XLA implementation run. The
-Triton kernel calls `kernel_rows`, the same arithmetic on one time step of row tiles. Its
-rounding is done on the bits (`rounded_to`), so the kernel's codes equal those of act_quant on
-the materialized x bit for bit.
+Triton kernel calls `kernel_rows`, the same arithmetic on one time step of row tiles, reading
+its operands through the kernel's loader (`tiles(ref, step)` of a (B, L, C) operand,
+`per_row(ref, step)` of a (B, L) one, `per_channel(ref)` of a (C,) one). Its rounding is done
+on the bits (`rounded_to`), and no producer reduces in the kernel (a reduction's order is the
+compiler's), so the kernel's codes equal those of act_quant on the materialized x bit for bit.
 
   DirectionMean  Vim's bidirectional mixer output before out_proj: the mean of the forward
                  scan's output and the backward scan's, the latter still in its own
                  (reversed) token order, so the flip is an index in the kernel, not a copy.
+  RMSNormed      a block's normalized input before in_proj: the residual stream (fp32) times
+                 its per-token 1/rms (computed by XLA, where the residual is made) times the
+                 norm's weight, cast; the normalized copy is never written.
 
 `Quantized` is the other way round: an input whose codes a neighbour's launch already made
 (`api.act_quant_segments`), which a Linear's integer kernels take as they are.
@@ -57,14 +62,56 @@ class DirectionMean:
     return (total / 2).astype(self.dtype)
 
   def kernel_rows(self, load, t, length: int):
-    """Step t's row as fp32 tiles, from `load(ref, step)` -> the ref's (rows, width) tiles at
-    that step (masked lanes 0); the fields hold refs here."""
-    forward, backward = load(self.forward, t), load(self.backward, length - 1 - t)
+    """Step t's row as fp32 tiles, read through the kernel's loader `load` (module docstring;
+    masked lanes 0); the fields hold refs here."""
+    forward, backward = load.tiles(self.forward, t), load.tiles(self.backward, length - 1 - t)
     return tuple(rounded_to((f.astype(jnp.float32) + b.astype(jnp.float32)) * 0.5, self.dtype)
                  for f, b in zip(forward, backward))
 
 
-PRODUCERS = (DirectionMean,)
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class RMSNormed:
+  """x = ((residual * inv_rms[..., None]) * weight).astype(dtype), in fp32: hustvl's RMSNorm of
+  the residual stream with its reduction already done, `inv_rms` = rsqrt(mean(residual^2) +
+  eps) per token (`models.layers.RMSNorm` computes the very same expression, so the bits
+  agree). residual (B, L, C) float, inv_rms (B, L) fp32, weight (C,) float.
+
+  Why the reduction stays outside: XLA makes it where it makes the residual, and the kernel
+  then only multiplies, so its codes are those of the materialized x bit for bit on every
+  backend; a reduction inside the kernel would sum in another order than XLA's."""
+  residual: Any
+  inv_rms: Any
+  weight: Any
+  dtype: Any = dataclasses.field(metadata=dict(static=True))
+
+  def __post_init__(self):
+    if isinstance(self.residual, jax.Array) or hasattr(self.residual, 'aval'):
+      _check_norm_operands(self.residual, self.inv_rms, self.weight)
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    return tuple(self.residual.shape)
+
+  @property
+  def ndim(self) -> int:
+    return len(self.shape)
+
+  def materialize(self):
+    """The XLA form: the array this producer stands for."""
+    x = self.residual.astype(jnp.float32) * self.inv_rms[..., None]
+    return (x * self.weight.astype(jnp.float32)).astype(self.dtype)
+
+  def kernel_rows(self, load, t, length: int):
+    """Step t's row as fp32 tiles (see `DirectionMean.kernel_rows`)."""
+    del length
+    inv_rms = load.per_row(self.inv_rms, t)
+    return tuple(rounded_to((r.astype(jnp.float32) * inv_rms) * w.astype(jnp.float32),
+                            self.dtype)
+                 for r, w in zip(load.tiles(self.residual, t), load.per_channel(self.weight)))
+
+
+PRODUCERS = (DirectionMean, RMSNormed)
 
 
 @jax.tree_util.register_dataclass
@@ -99,6 +146,20 @@ def _check_operands(forward, backward) -> None:
   for name, value in (('forward', forward), ('backward', backward)):
     if not jnp.issubdtype(value.dtype, jnp.floating):
       raise ValueError(f'DirectionMean: {name} must be a float array, got {value.dtype}.')
+
+
+def _check_norm_operands(residual, inv_rms, weight) -> None:
+  if residual.ndim != 3:
+    raise ValueError(f'RMSNormed: residual must be a (B, L, C) array, got shape {residual.shape}.')
+  if inv_rms.shape != residual.shape[:2]:
+    raise ValueError(f'RMSNormed: inv_rms must have shape {residual.shape[:2]} (one value per '
+                     f'token of the residual {residual.shape}), got {inv_rms.shape}.')
+  if weight.shape != residual.shape[2:]:
+    raise ValueError(f'RMSNormed: weight must have shape {residual.shape[2:]} (one per channel), '
+                     f'got {weight.shape}.')
+  for name, value in (('residual', residual), ('inv_rms', inv_rms), ('weight', weight)):
+    if not jnp.issubdtype(value.dtype, jnp.floating):
+      raise ValueError(f'RMSNormed: {name} must be a float array, got {value.dtype}.')
 
 
 def is_produced(x) -> bool:

@@ -196,15 +196,22 @@ def merge_batch_stats(params, batch_stats, momentum: float):
 
 
 class RMSNorm(nn.Module):
-  """y = x * rsqrt(mean(x^2) + eps) * weight, computed in fp32 (hustvl `rms_norm_ref`)."""
+  """y = x * rsqrt(mean(x^2) + eps) * weight, computed in fp32 (hustvl `rms_norm_ref`).
+
+  With `as_producer=dtype` it returns y cast to dtype unevaluated, as an
+  `act_quant.producers.RMSNormed` of x and its per-token rsqrt (the same expression, so the
+  same bits): an integer-mode Linear reading it forms y in its act_quant kernel, and y is
+  never written; anything else materializes it."""
   eps: float = 1e-5
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, as_producer=None):
     weight = read_param(self, 'weight', nn.initializers.ones, (x.shape[-1],))
     x32 = x.astype(jnp.float32)
-    y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
-    return y * weight.astype(jnp.float32)
+    inv_rms = jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1) + self.eps)
+    if as_producer is not None:
+      return producers.RMSNormed(x32, inv_rms, weight, jnp.dtype(as_producer))
+    return (x32 * inv_rms[..., None]) * weight.astype(jnp.float32)
 
 
 def causal_depthwise_conv1d(x, kernel, bias):

@@ -269,16 +269,22 @@ def with_stacked_directions(block_params):
 class Block(nn.Module):
   """Fused add + RMSNorm (residual kept in fp32) followed by the mixer.
 
-  The first block gets a zero residual (0 + hidden is hidden), so every block is one program."""
+  The first block gets a zero residual (0 + hidden is hidden), so every block is one program.
+  `fuse_norm`: the mixer gets the normalized input unevaluated (`producers.RMSNormed`), which
+  an integer-mode in_proj's act_quant kernel forms from the residual in registers (one pass
+  over (B, L, d_model) less per block); other Linears materialize it. Same logits."""
   mixer: Callable[..., nn.Module]
   eps: float = 1e-5
   dtype: Any = jnp.float32
+  fuse_norm: bool = False
 
   @nn.compact
   def __call__(self, hidden, residual):
     residual = residual + hidden.astype(jnp.float32)
-    normed = layers.RMSNorm(self.eps, name='norm')(residual)
-    return self.mixer(name='mixer')(normed.astype(self.dtype)), residual
+    norm = layers.RMSNorm(self.eps, name='norm')
+    normed = (norm(residual, as_producer=self.dtype) if self.fuse_norm
+              else norm(residual).astype(self.dtype))
+    return self.mixer(name='mixer')(normed), residual
 
 
 class PatchEmbed(nn.Module):
@@ -350,7 +356,9 @@ class VisionMamba(nn.Module):
   # two outputs (`act_quant.producers.DirectionMean`), which an integer-mode out_proj's
   # act_quant kernel averages in registers (other Linears compute the mean first). Same
   # logits, and 0.5 ms less per Vim-B batch-64 forward in both paths (H200, BENCHMARKS.md
-  # session 26). Tools that intercept module calls turn it off.
+  # session 26). Likewise in_proj's input, the block's RMSNorm: an integer-mode in_proj's
+  # act_quant kernel normalizes the residual in registers (`producers.RMSNormed`, `Block`).
+  # Tools that intercept module calls turn it off.
   fuse_linear_inputs: bool = True
 
   @property
@@ -381,7 +389,8 @@ class VisionMamba(nn.Module):
   def block(self) -> Block:
     """The model's Block, unbound: what the forward applies to each block's params (and
     `models.blockwise` to one block's)."""
-    return Block(self.mixer_factory(), self.eps, self.dtype, parent=None)
+    return Block(self.mixer_factory(), self.eps, self.dtype, self.fuse_linear_inputs,
+                 parent=None)
 
   def setup(self):
     # Defined here, not inline, so that `embed` and `classify` also run on their own
@@ -417,7 +426,8 @@ class VisionMamba(nn.Module):
       # Named submodules create (at init) and show (to interceptors) the per-block tree.
       block_cls = nn.remat(Block) if self.remat else Block
       for i in range(self.depth):
-        carry = block_cls(self.mixer_factory(), self.eps, self.dtype, name=f'layers_{i}')(*carry)
+        carry = block_cls(self.mixer_factory(), self.eps, self.dtype, self.fuse_linear_inputs,
+                          name=f'layers_{i}')(*carry)
     else:
       carry = self._run_blocks(carry)
     return self.classify(*carry)

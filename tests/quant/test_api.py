@@ -262,21 +262,32 @@ def test_batched_directions_give_the_loops_logits_with_fewer_launches(tiny, w4a4
   assert sum(per_batch.values()) < sum(per_loop.values())
 
 
-def _act_quant_operands(fn, *args) -> list[int]:
-  """Per act_quant launch in fn's jaxpr, how many float (..., B, L, C) operands it reads."""
-  return [sum(v.aval.ndim >= 3 and jnp.issubdtype(v.aval.dtype, jnp.floating)
-              for v in eqn.invars)
-          for eqn in _pallas_calls(fn, *args) if _kernel_name(eqn) == 'act_quant_sample']
+def _act_quant_operands(fn, *args) -> list[str]:
+  """Per act_quant launch in fn's jaxpr, what its float operands are: 'array' (one (B, L, C)
+  input), 'mean' (two: a direction mean's) or 'norm' (one and a (B, L) per-token operand: a
+  residual and its 1/rms)."""
+  kinds = []
+  for eqn in _pallas_calls(fn, *args):
+    if _kernel_name(eqn) != 'act_quant_sample':
+      continue
+    shapes = [v.aval.shape for v in eqn.invars if jnp.issubdtype(v.aval.dtype, jnp.floating)]
+    rows = [s for s in shapes if len(s) >= 3]  # (..., B, L, C): a direction axis when vmapped
+    assert len(rows) in (1, 2), shapes
+    per_token = any(s == rows[0][:-1] for s in shapes)
+    kinds.append('mean' if len(rows) == 2 else 'norm' if per_token else 'array')
+  return kinds
 
 
-def test_the_fused_direction_mean_gives_the_same_logits(tiny, w4a4_untrained_run, monkeypatch):
+def test_the_fused_linear_inputs_give_the_same_logits(tiny, w4a4_untrained_run, monkeypatch):
   """`fuse_linear_inputs`: the directions' mean is formed by the backward scan's epilogue
   (directions looped) or by out_proj's act_quant kernel (`act_quant.producers.DirectionMean`,
-  directions vmapped). The same logits bit for bit in every mode (float, fake-quant and int on
-  XLA with the directions looped; float on the interpreted Triton scan, looped; int on the
+  directions vmapped), and in_proj's input by its act_quant kernel from the residual
+  (`producers.RMSNormed`). The same logits bit for bit in every mode (float, fake-quant and int
+  on XLA with the directions looped; float on the interpreted Triton scan, looped; int on the
   interpreted Triton kernels, vmapped: the GPU's small-batch path); looped, the Triton scan
   writes the mean, and vmapped, one act_quant launch per block reads both directions' outputs
-  instead of their mean (counted with dt, B and C in separate launches)."""
+  instead of their mean and one the residual and its 1/rms instead of the normalized input
+  (counted with dt, B and C in separate launches)."""
   monkeypatch.setattr(act_quant_config, 'SEGMENTS_IN_ONE_LAUNCH', 0)
   model, params, images = tiny
   int_tree = rewrite.set_mode(w4a4_untrained_run[0], 'int')
@@ -301,8 +312,8 @@ def test_the_fused_direction_mean_gives_the_same_logits(tiny, w4a4_untrained_run
   reads = lambda m: sorted(_act_quant_operands(lambda p, x: m.apply({'params': p}, x),
                                                int_tree, images))
   unfused = reads(triton.clone(fuse_linear_inputs=False))
-  assert set(unfused) == {1}
-  assert reads(triton.clone(fuse_linear_inputs=True)) == sorted(unfused[:-1] + [2])
+  assert set(unfused) == {'array'}
+  assert reads(triton.clone(fuse_linear_inputs=True)) == sorted(unfused[:-2] + ['mean', 'norm'])
   # Tools that intercept module calls (site search, layer reports) see arrays, not producers.
   assert not layers.module_by_module(triton.clone(fuse_linear_inputs=True)).fuse_linear_inputs
 

@@ -180,7 +180,7 @@ def test_int_logits_match_fake_quant(runs, preset, impl):
     assert err == 0.0, f'{preset}: xla integer path differs from fake quant, rel err {err:.3g}'
     for name in inputs:  # the whole forward is the simulation's, Linear input by Linear input
       np.testing.assert_array_equal(np.asarray(producers.materialize(inputs[name])),
-                                    np.asarray(fake_inputs[name]))
+                                    np.asarray(producers.materialize(fake_inputs[name])))
   else:
     assert err <= TRITON_LOGITS_RTOL, (f'{preset}: triton (interpret) integer path vs fake '
                                        f'quant: rel err {err:.3g} > {TRITON_LOGITS_RTOL}')
