@@ -55,19 +55,25 @@ print(os.path.join(os.path.dirname(triton.__file__), 'backends', 'nvidia', 'bin'
 _SASS_LINE = re.compile(r'^\s*/\*([0-9a-f]{4,})\*/\s*(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_.]*)(.*);')
 
 
-def _act_quant_form(channels: int, unroll: bool, batch: int = BATCH,
-                    direction_mean: bool = False):
+def _act_quant_form(channels: int, unroll: bool, batch: int = BATCH, producer: str = ''):
   """(lower: () -> None, num_warps, num_stages) of act_quant's codes kernel as a Vim Linear
-  input runs it (symmetric 4-bit, int8 outliers, no mask output); `direction_mean`: reading
-  out_proj's input as the two directions' outputs (`producers.DirectionMean`)."""
+  input runs it (symmetric 4-bit, int8 outliers, no mask output); `producer`: reading the
+  input from its operands, 'direction_mean' (out_proj's: the two directions' outputs,
+  `producers.DirectionMean`) or 'rms_normed' (in_proj's: the residual stream and its 1/rms,
+  `producers.RMSNormed`)."""
   from kernels_pallas.act_quant import api  # pylint: disable=g-import-not-at-top
   from kernels_pallas.act_quant import pallas_triton  # pylint: disable=g-import-not-at-top
   from kernels_pallas.act_quant import producers  # pylint: disable=g-import-not-at-top
   from kernels_pallas.act_quant.config import ActQuantBlockConfig, ActQuantParams  # pylint: disable=g-import-not-at-top
   x = jax.ShapeDtypeStruct((batch, TOKENS, channels), jnp.bfloat16)
   kw = api._kernel_args(ActQuantParams(bits=4), x, ActQuantBlockConfig(unroll=unroll), False)  # pylint: disable=protected-access
-  if direction_mean:
+  if producer == 'direction_mean':
     x = producers.DirectionMean(x, x, jnp.dtype(jnp.bfloat16))
+  elif producer == 'rms_normed':
+    x = producers.RMSNormed(jax.ShapeDtypeStruct(x.shape, jnp.float32),
+                            jax.ShapeDtypeStruct(x.shape[:2], jnp.float32),
+                            jax.ShapeDtypeStruct(x.shape[2:], jnp.float32),
+                            jnp.dtype(jnp.bfloat16))
   scale = jax.ShapeDtypeStruct((TOKENS,), jnp.float32)
   lower = lambda: pallas_triton.act_quant.trace(
       x, scale, None, trigger='sample', with_mask=False, **kw).lower(
@@ -154,7 +160,9 @@ FORMS: dict[str, Callable[[], tuple[Callable[[], Any], int, int]]] = {
     **{f'act_quant_c{c}_{walk}': (lambda c=c, walk=walk: _act_quant_form(c, walk == 'unrolled'))
        for c in (48, 192, 768, 1536) for walk in ('loop', 'unrolled')},
     'act_quant_c48_b2_unrolled': lambda: _act_quant_form(48, True, batch=2),  # Vim-B batch 1
-    'act_quant_c1536_direction_mean': lambda: _act_quant_form(1536, False, direction_mean=True),
+    'act_quant_c1536_direction_mean': lambda: _act_quant_form(1536, False,
+                                                              producer='direction_mean'),
+    'act_quant_c768_rms_normed': lambda: _act_quant_form(768, False, producer='rms_normed'),
     'act_quant_dequantized_c1536': _dequantized_form,
     'mixed_gemm_k768': lambda: _gemm_form(768),
     # the sweep's tiles that fit 2 and 3 programs per SM (mixed_gemm NOTES, session 24)

@@ -8,8 +8,10 @@
 #   tiles, plus each variant's optimized HLO and per-instance kernel times (--hlo_dir), to
 #   trace the quantized path's extra XLA copies and concatenations (memcpy32_post 0.92 vs
 #   0.25 ms, input_concatenate_fusion 0.66 vs 0.02 ms at batch 64, session 29) offline.
-# ab (~8 min): the tile rule on this card (it was swept on an H100) and session 30's int4 unpack
-#   (one elementwise pass instead of the interleaving stack), batch 64 and 1.
+# ab (~9 min): the tile rule on this card (it was swept on an H100), session 30's int4 unpack
+#   (one elementwise pass instead of the interleaving stack) and the linear-input fusions off
+#   (session 30 added in_proj's RMSNorm formed in act_quant, producers.RMSNormed, to the
+#   direction mean session 26 timed at -0.46 / -0.56 ms), batch 64 and 1.
 set -u
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2 PYTEST_DISABLE_PLUGIN_AUTOLOAD=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:. || exit
@@ -32,7 +34,7 @@ case ${PART:-grid} in
     done ;;
   ab)
     timeout 540 python3 bench/e2e_latency.py --models=vim_b --batches=64,1 \
-      --variants=bf16_pallas_scan,w4a4o8 --iters=15 --cases=default,gemm_sweep_tiles=0,int4_shift_unpack=0 \
+      --variants=bf16_pallas_scan,w4a4o8 --iters=15 --cases=default,gemm_sweep_tiles=0,int4_shift_unpack=0,fuse_linear_inputs=0 \
       --out=$OUT/e2e_vim_b_ab.json 2>&1 | quiet | tail -20 ;;
 esac
 echo "total $(( $(date +%s) - S )) s"
