@@ -1,6 +1,6 @@
 #!/bin/bash
 # Session 30's card plan for issue 15, one PART per call (carry .whl), in priority order:
-#   PART=grid|profile|ab bash results/h200_session30/run.sh
+#   PART=grid|profile|ab|dsf bash results/h200_session30/run.sh
 # grid (~7 min): issue 15's Vim-B table in one process (bf16 XLA, bf16 + Pallas, W8A8, W4A4O8 at
 #   batches 64 and 1) with session 29's defaults (per-shape GEMM tiles, dt/B/C in one launch);
 #   also the new results/bench_e2e_latest.json.
@@ -12,6 +12,12 @@
 #   (one elementwise pass instead of the interleaving stack) and the linear-input fusions off
 #   (session 30 added in_proj's RMSNorm formed in act_quant, producers.RMSNormed, to the
 #   direction mean session 26 timed at -0.46 / -0.56 ms), batch 64 and 1.
+# dsf (~6 min): the same Vim-B cells in two processes, XLA's defaults against
+#   --xla_gpu_enable_dynamic_slice_fusion=true. Why: a quantized block's params reach its
+#   Pallas kernels as dynamic slices of the blocks' stacked params, one device copy each per
+#   block (session 29's profile: memcpy32_post 505 launches per forward against the float
+#   path's 121), which at batch 1 is a launch cost; XLA's dynamic-slice fusion can hand a
+#   kernel the slice's address instead of a copy.
 set -u
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2 PYTEST_DISABLE_PLUGIN_AUTOLOAD=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:. || exit
@@ -36,5 +42,12 @@ case ${PART:-grid} in
     timeout 540 python3 bench/e2e_latency.py --models=vim_b --batches=64,1 \
       --variants=bf16_pallas_scan,w4a4o8 --iters=15 --cases=default,gemm_sweep_tiles=0,int4_shift_unpack=0,fuse_linear_inputs=0 \
       --out=$OUT/e2e_vim_b_ab.json 2>&1 | quiet | tail -20 ;;
+  dsf)
+    for FLAGS in "" "--xla_gpu_enable_dynamic_slice_fusion=true"; do
+      XLA_FLAGS="$FLAGS" timeout 270 python3 bench/e2e_latency.py --models=vim_b --batches=1,64 \
+        --variants=bf16_pallas_scan,w4a4o8 --iters=15 \
+        --out=$OUT/e2e_vim_b_dsf${FLAGS:+_on}.json 2>&1 | quiet | tail -12
+      echo "XLA_FLAGS='$FLAGS' at $(( $(date +%s) - S )) s"
+    done ;;
 esac
 echo "total $(( $(date +%s) - S )) s"
