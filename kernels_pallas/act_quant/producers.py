@@ -45,16 +45,14 @@ class DirectionMean:
   dtype: Any = dataclasses.field(metadata=dict(static=True))
 
   def __post_init__(self):
-    if isinstance(self.forward, jax.Array) or hasattr(self.forward, 'aval'):
+    if _is_array(self.forward):
       _check_operands(self.forward, self.backward)
 
   @property
   def shape(self) -> tuple[int, ...]:
     return tuple(self.forward.shape)
 
-  @property
-  def ndim(self) -> int:
-    return len(self.shape)
+  ndim = property(lambda self: len(self.shape))
 
   def materialize(self):
     """The XLA form: the array this producer stands for."""
@@ -86,16 +84,14 @@ class RMSNormed:
   dtype: Any = dataclasses.field(metadata=dict(static=True))
 
   def __post_init__(self):
-    if isinstance(self.residual, jax.Array) or hasattr(self.residual, 'aval'):
+    if _is_array(self.residual):
       _check_norm_operands(self.residual, self.inv_rms, self.weight)
 
   @property
   def shape(self) -> tuple[int, ...]:
     return tuple(self.residual.shape)
 
-  @property
-  def ndim(self) -> int:
-    return len(self.shape)
+  ndim = property(lambda self: len(self.shape))
 
   def materialize(self):
     """The XLA form: the array this producer stands for."""
@@ -137,6 +133,11 @@ class Quantized:
 
   def materialize(self):
     return self.value
+
+
+def _is_array(operand) -> bool:
+  """Whether a field holds an array (or a tracer or shape struct) to check, not a kernel ref."""
+  return isinstance(operand, jax.Array) or hasattr(operand, 'aval')
 
 
 def _check_operands(forward, backward) -> None:

@@ -19,12 +19,7 @@
 #   path's 121), which at batch 1 is a launch cost; XLA's dynamic-slice fusion can hand a
 #   kernel the slice's address instead of a copy.
 set -u
-export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2 PYTEST_DISABLE_PLUGIN_AUTOLOAD=1
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:. || exit
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; date -u; git log --oneline -1 2>/dev/null
-pgrep -x nvidia-cuda-mps > /dev/null && { echo quit | CUDA_MPS_PIPE_DIRECTORY=/tmp/mps_pipe nvidia-cuda-mps-control; sleep 3; }
-S=$(date +%s); mkdir -p $OUT
-quiet() { grep -v "^W\|^I"; }
+. bench/device_env.sh
 
 case ${PART:-grid} in
   grid)
