@@ -30,8 +30,9 @@ and written to the JSON; `--outlier_k`
 (the mu + k sigma threshold) steers it.
 
 A/B runs in one process (`--cases`): each case is a set of the switch flags below
-(`fuse_linear_inputs`, `batch_directions`, `act_quant_small_grid`, `act_quant_tile_elements`,
-`act_quant_segments`) on top of the command line's, e.g.
+(model fields such as `fuse_linear_inputs` and `scan_blocks`, XLA compile options such as
+`xla_dynamic_slice_fusion`, the kernels' switches such as `act_quant_segments`: `CASE_FLAGS`)
+on top of the command line's, e.g.
 `--cases=default,fuse_linear_inputs=0,act_quant_small_grid=0`;
 every variant runs in every case, from the same quantized trees, so a card quantizes once and
 the cases' numbers share one process (a row's `case` names it).
@@ -175,6 +176,16 @@ def parse_args(argv=None):
                       'in every variant (VisionMamba.fuse_linear_inputs): into the backward '
                       "scan where the directions are looped, into an int out_proj's act_quant "
                       'where vmapped; 0: formed by its own pass')
+  p.add_argument('--scan_blocks', type=int, default=1, choices=(0, 1),
+                 help="1 (the model's default): the blocks run under one lax.scan over their "
+                      'stacked params (VisionMamba.scan_blocks); 0: one call per block on its '
+                      'own params (no per-call stacking, no per-block slices of stacked '
+                      'params; compiles longer)')
+  p.add_argument('--xla_dynamic_slice_fusion', type=int, default=-1, choices=(-1, 0, 1),
+                 help='1: compiled with xla_gpu_enable_dynamic_slice_fusion (a kernel gets the '
+                      "address of a slice of the blocks' stacked params instead of a copy), "
+                      "0: without; -1: XLA's default (XLA_FLAGS). A compile option per cell, so "
+                      'a case can A/B it in one process')
   p.add_argument('--cases', type=_csv(str), default=['default'],
                  help="comma-separated A/B cases, each 'default' or FLAG=INT[+FLAG=INT...] "
                       f'with FLAG from {list(CASE_FLAGS)}, applied on top of the flags above')
@@ -209,7 +220,17 @@ SWITCHES = {'act_quant_small_grid': (act_quant_config, 'SMALL_GRID_PROGRAMS', 0)
             'gemm_sweep_tiles': (mixed_gemm_config, 'SWEEP_TILES', 0),
             'int4_shift_unpack': (int4, 'SHIFT_UNPACK', 0)}
 # The flags a case may set: model fields and the kernels' module-level switches.
-CASE_FLAGS = ('fuse_linear_inputs', 'batch_directions', *SWITCHES)
+# Compile options a flag sets: flag -> XLA debug option (-1 leaves XLA's own setting).
+COMPILE_OPTIONS = {'xla_dynamic_slice_fusion': 'xla_gpu_enable_dynamic_slice_fusion'}
+# The flags a case may set: model fields, compile options and the kernels' module-level switches.
+CASE_FLAGS = ('fuse_linear_inputs', 'batch_directions', 'scan_blocks', *COMPILE_OPTIONS,
+              *SWITCHES)
+
+
+def compiler_options(args) -> dict[str, bool]:
+  """The XLA options the flags set, for `Lowered.compile`."""
+  return {option: bool(getattr(args, flag)) for flag, option in COMPILE_OPTIONS.items()
+          if getattr(args, flag) >= 0}
 
 
 def check_switches(settings: dict) -> None:
@@ -356,10 +377,10 @@ def lower_forward(model, tree, images):
   return lowered, time.perf_counter() - start
 
 
-def compile_lowered(lowered, lower_s: float):
-  """(compiled forward, seconds of lowering + XLA compilation)."""
+def compile_lowered(lowered, lower_s: float, options: Optional[dict] = None):
+  """(compiled forward, seconds of lowering + XLA compilation) under XLA `options`."""
   start = time.perf_counter()
-  compiled = lowered.compile()
+  compiled = lowered.compile(compiler_options=options or None)
   return compiled, lower_s + time.perf_counter() - start
 
 
@@ -395,7 +416,8 @@ def variant_model(base, variant: Variant, args):
                     if variant.preset else None,
                     batch_directions=(None if args.batch_directions < 0
                                       else bool(args.batch_directions)),
-                    fuse_linear_inputs=bool(args.fuse_linear_inputs))
+                    fuse_linear_inputs=bool(args.fuse_linear_inputs),
+                    scan_blocks=bool(args.scan_blocks))
 
 
 def _variant_trees(base, params, args, rates, quantize_s, model_name):
@@ -453,7 +475,8 @@ def _lowered_cells(base, trees, images, args, model_name):
         cells[variant_name, case] = (model, tree)
         for batch in args.batches:
           try:
-            lowered[variant_name, case, batch] = lower_forward(model, tree, images[batch])
+            lowered[variant_name, case, batch] = (*lower_forward(model, tree, images[batch]),
+                                                  compiler_options(settings))
           except Exception as e:  # pylint: disable=broad-except
             traceback.print_exc()
             lowered[variant_name, case, batch] = e

@@ -129,27 +129,34 @@ def test_cases_are_parsed_and_bad_ones_refused_with_the_form(capsys):
 
 def test_cases_run_every_variant_in_one_process_under_their_switches(tmp_path, monkeypatch,
                                                                       capsys):
-  """Each case's cells are lowered under its library switches (read while tracing), the
-  switches are restored after, and the rows and the table name the case."""
+  """Each case's cells are lowered under its library switches (read while tracing) and model
+  fields and compiled under its XLA options, the switches are restored after, and the rows and
+  the table name the case."""
   bench = load_bench('e2e_latency')
-  seen = []
-  lower = bench.lower_forward
+  seen, options = [], []
+  lower, compile_lowered = bench.lower_forward, bench.compile_lowered
   monkeypatch.setattr(bench, 'lower_forward', lambda m, *a: (
-      seen.append((m.fuse_linear_inputs, bench.act_quant_config.SMALL_GRID_PROGRAMS)),
+      seen.append((m.fuse_linear_inputs, m.scan_blocks,
+                   bench.act_quant_config.SMALL_GRID_PROGRAMS)),
       lower(m, *a))[1])
+  monkeypatch.setattr(bench, 'compile_lowered', lambda low, s, opts: (
+      options.append(opts), compile_lowered(low, s, opts))[1])
   small_grid = bench.act_quant_config.SMALL_GRID_PROGRAMS
   out = tmp_path / 'e2e.json'
   bench.main(['--smoke', '--variants=bf16_pallas_scan', '--batches=1', '--iters=1',
-              '--scan_kernel=xla', '--cases=default,fuse_linear_inputs=0+act_quant_small_grid=0',
-              f'--out={out}'])
-  assert seen == [(True, small_grid), (False, 0)]
+              '--scan_kernel=xla', '--cases=default,fuse_linear_inputs=0+act_quant_small_grid=0'
+              '+scan_blocks=0+xla_dynamic_slice_fusion=1', f'--out={out}'])
+  assert seen == [(True, True, small_grid), (False, False, 0)]
+  assert options == [{}, {'xla_gpu_enable_dynamic_slice_fusion': True}]
   assert bench.act_quant_config.SMALL_GRID_PROGRAMS == small_grid
   rows = json.load(open(out))['results']
   assert [(r['variant'], r['case']) for r in rows] == [
       ('bf16_pallas_scan', 'default'),
-      ('bf16_pallas_scan', 'fuse_linear_inputs=0+act_quant_small_grid=0')]
+      ('bf16_pallas_scan',
+       'fuse_linear_inputs=0+act_quant_small_grid=0+scan_blocks=0+xla_dynamic_slice_fusion=1')]
   assert all(r['median_ms'] > 0 for r in rows)
-  assert 'bf16_pallas_scan [fuse_linear_inputs=0+act_quant_small_grid=0]' in capsys.readouterr().out
+  assert ('bf16_pallas_scan [fuse_linear_inputs=0+act_quant_small_grid=0+scan_blocks=0'
+          in capsys.readouterr().out)
 
 
 def test_e2e_latency_rejects_unknown_kernels_up_front():

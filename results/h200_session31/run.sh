@@ -1,0 +1,26 @@
+#!/bin/bash
+# Session 31's card plan for issue 15, one PART per call (carry .whl):
+#   PART=ab|grid bash results/h200_session31/run.sh
+# ab (~9 min): what the blocks' stacked params cost, in one process, Vim-B batch 64 and 1:
+#   the blocks unrolled on their own params (scan_blocks=0: no per-call stacking and no
+#   per-block slices of stacked params, which reach the Pallas kernels as device copies:
+#   memcpy32_post 601 launches per quantized forward against the float path's 121, session 30)
+#   and XLA's dynamic-slice fusion as a compile option (session 30 timed it through XLA_FLAGS in
+#   separate processes only), both paths alike.
+# grid (~7 min): issue 15's Vim-B table in one process (bf16 XLA, bf16 + Pallas, W8A8, W4A4O8,
+#   batches 64 and 1): the new results/bench_e2e_latest.json.
+set -u
+. bench/device_env.sh
+
+case ${PART:-ab} in
+  ab)
+    timeout 560 python3 bench/e2e_latency.py --models=vim_b --batches=64,1 \
+      --variants=bf16_pallas_scan,w4a4o8 --iters=15 \
+      --cases=default,scan_blocks=0,xla_dynamic_slice_fusion=1 \
+      --out=$OUT/e2e_vim_b_ab.json 2>&1 | quiet | tail -24 ;;
+  grid)
+    timeout 560 python3 bench/e2e_latency.py --models=vim_b --batches=64,1 \
+      --variants=bf16_xla,bf16_pallas_scan,w8a8,w4a4o8 --iters=15 --out=$OUT/e2e_vim_b_grid.json \
+      2>&1 | quiet | tail -30 ;;
+esac
+echo "total $(( $(date +%s) - S )) s"
