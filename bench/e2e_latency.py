@@ -181,6 +181,10 @@ def parse_args(argv=None):
                       'stacked params (VisionMamba.scan_blocks); 0: one call per block on its '
                       'own params (no per-call stacking, no per-block slices of stacked '
                       'params; compiles longer)')
+  p.add_argument('--scan_unroll', type=int, default=-1,
+                 help="blocks traced per iteration of the block scan (VisionMamba.scan_unroll; "
+                      ">= depth: the loop unrolled over the stacked params; -1: the library's "
+                      'measured rule, vim.block_scan_unroll)')
   p.add_argument('--xla_dynamic_slice_fusion', type=int, default=-1, choices=(-1, 0, 1),
                  help='1: compiled with xla_gpu_enable_dynamic_slice_fusion (a kernel gets the '
                       "address of a slice of the blocks' stacked params instead of a copy), "
@@ -223,7 +227,8 @@ SWITCHES = {'act_quant_small_grid': (act_quant_config, 'SMALL_GRID_PROGRAMS', 0)
 # Compile options a flag sets: flag -> XLA debug option (-1 leaves XLA's own setting).
 COMPILE_OPTIONS = {'xla_dynamic_slice_fusion': 'xla_gpu_enable_dynamic_slice_fusion'}
 # The flags a case may set: model fields, compile options and the kernels' module-level switches.
-CASE_FLAGS = ('fuse_linear_inputs', 'batch_directions', 'scan_blocks', *COMPILE_OPTIONS,
+CASE_FLAGS = ('fuse_linear_inputs', 'batch_directions', 'scan_blocks', 'scan_unroll',
+              *COMPILE_OPTIONS,
               *SWITCHES)
 
 
@@ -417,7 +422,7 @@ def variant_model(base, variant: Variant, args):
                     batch_directions=(None if args.batch_directions < 0
                                       else bool(args.batch_directions)),
                     fuse_linear_inputs=bool(args.fuse_linear_inputs),
-                    scan_blocks=bool(args.scan_blocks))
+                    scan_blocks=bool(args.scan_blocks), scan_unroll=(None if args.scan_unroll < 0 else args.scan_unroll))
 
 
 def _variant_trees(base, params, args, rates, quantize_s, model_name):

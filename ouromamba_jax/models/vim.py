@@ -18,6 +18,9 @@ Quantized blocks stack only when their trees are alike (static fields such as bi
 included), so the blocks are cut into runs of alike consecutive blocks, each run scanned, the
 runs applied in order (a lone block is applied as is). `models.blockwise` applies the same
 Block to one block's params at a time.
+On a GPU, inference forwards from batch 2 unroll that scan (`scan_unroll`, `block_scan_unroll`):
+still traced from stacked params, but no device loop, which measured ~0.1 ms per block faster
+at batch 64 in the float and the quantized path alike.
 """
 from __future__ import annotations
 
@@ -91,6 +94,24 @@ def directions_as_one_batch(setting: Optional[bool], batch: int) -> bool:
   if setting is not None:
     return bool(setting)
   return jax.default_backend() == 'gpu' and batch < DIRECTIONS_AS_ONE_BATCH_BELOW
+
+
+# From this many samples on a GPU, the block scan is unrolled by default. Measured on one H100
+# (BENCHMARKS.md session 31, Vim-B, one process per batch set): unrolled, batch 64 took 26.6 ->
+# 23.7 ms in bf16 + Pallas scan and 35.5 -> 32.9 ms in W4A4O8 (the device loop costs ~0.1 ms per
+# block there), batches 4-32 were equal or faster (W4A4O8 batch 8 14.4 -> 12.5 ms), but batch 1
+# was slower in both paths (4.5 -> 6.6 ms and 7.6 -> 8.6 ms), so batch 1 keeps the loop.
+UNROLL_BLOCKS_FROM = 2
+
+
+def block_scan_unroll(setting: Optional[int], batch: int, length: int) -> int:
+  """Blocks per iteration of the block scan over `length` blocks: `setting` when given, else
+  the measured rule (the whole run on a GPU from UNROLL_BLOCKS_FROM samples, else 1)."""
+  if setting is not None:
+    if setting < 1:
+      raise ValueError(f'scan_unroll must be >= 1 (blocks per scan iteration), got {setting}')
+    return setting
+  return length if jax.default_backend() == 'gpu' and batch >= UNROLL_BLOCKS_FROM else 1
 
 
 class BiMambaV2Mixer(nn.Module):
@@ -343,6 +364,10 @@ class VisionMamba(nn.Module):
   # `layers_{i}` per block, for tools that intercept module calls and need every block's own
   # path and values (quant.rules.find_sites, reports.capture.per_piece); same logits.
   scan_blocks: bool = True
+  # Blocks of a run traced per iteration of the block scan (`jax.lax.scan(unroll=...)`): 1 (a
+  # loop on the device) up to the run's length (unrolled over the stacked params). None: the
+  # measured rule of `block_scan_unroll` (unrolled from batch 2 on a GPU) in plain forwards.
+  scan_unroll: Optional[int] = None
   # True: the mixers run their two scan directions as one vmapped batch (one launch of each
   # per-direction kernel instead of two); same params, logits equal to rounding. Ignored at init,
   # under a state hook (Gen) and where the two directions' param trees differ. None: the
@@ -450,13 +475,19 @@ class VisionMamba(nn.Module):
     if (not collect and self.state_feature_fn is None
         and directions_as_one_batch(self.batch_directions, carry[0].shape[0])):
       trees = [with_stacked_directions(tree) for tree in trees]
+    # The measured rule is for inference forwards; Gen's (which collect state features) and
+    # rematerialized training ones keep the loop unless scan_unroll says otherwise.
+    plain_forward = not collect and self.state_feature_fn is None and not self.remat
+    unroll = lambda length: (block_scan_unroll(self.scan_unroll, carry[0].shape[0], length)
+                             if plain_forward or self.scan_unroll is not None else 1)
     start = 0
     for run in block_runs(trees):
       if len(run) == 1:
         carry, sown = step(carry, run[0])
         sown = [sown]
       else:
-        carry, stacked = jax.lax.scan(step, carry, jax.tree.map(lambda *x: jnp.stack(x), *run))
+        carry, stacked = jax.lax.scan(step, carry, jax.tree.map(lambda *x: jnp.stack(x), *run),
+                                      unroll=unroll(len(run)))
         sown = [jax.tree.map(lambda x, j=j: x[j], stacked) for j in range(len(run))]
       for i, value in enumerate(sown, start):
         if value:

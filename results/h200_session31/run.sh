@@ -7,6 +7,10 @@
 #   memcpy32_post 601 launches per quantized forward against the float path's 121, session 30)
 #   and XLA's dynamic-slice fusion as a compile option (session 30 timed it through XLA_FLAGS in
 #   separate processes only), both paths alike.
+# unroll (~9 min): PART=ab's call 1 (H100) found the blocks unrolled 2.6-2.9 ms faster at batch 64
+#   in both paths but 2.5-2.7 ms slower at batch 1: the block scan over the stacked params
+#   unrolled instead (scan_unroll=24: the directions stacked once, as in the loop), with and
+#   without the dynamic-slice fusion.
 # grid (~7 min): issue 15's Vim-B table in one process (bf16 XLA, bf16 + Pallas, W8A8, W4A4O8,
 #   batches 64 and 1): the new results/bench_e2e_latest.json.
 set -u
@@ -18,6 +22,11 @@ case ${PART:-ab} in
       --variants=bf16_pallas_scan,w4a4o8 --iters=15 \
       --cases=default,scan_blocks=0,xla_dynamic_slice_fusion=1 \
       --out=$OUT/e2e_vim_b_ab.json 2>&1 | quiet | tail -24 ;;
+  unroll)
+    timeout 560 python3 bench/e2e_latency.py --models=vim_b --batches=64,1 \
+      --variants=bf16_pallas_scan,w4a4o8 --iters=15 \
+      --cases=default,scan_unroll=24,scan_unroll=24+xla_dynamic_slice_fusion=1 \
+      --out=$OUT/e2e_vim_b_unroll.json 2>&1 | quiet | tail -24 ;;
   grid)
     timeout 560 python3 bench/e2e_latency.py --models=vim_b --batches=64,1 \
       --variants=bf16_xla,bf16_pallas_scan,w8a8,w4a4o8 --iters=15 --out=$OUT/e2e_vim_b_grid.json \

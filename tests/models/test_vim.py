@@ -227,6 +227,30 @@ def test_batched_directions_are_stacked_once_outside_the_block_scan():
   assert vim.with_stacked_directions(uneven) is uneven
 
 
+def test_the_block_scan_unrolls_by_the_measured_rule_and_keeps_the_loops_logits(monkeypatch):
+  """scan_unroll: blocks per iteration of the block scan (a given value, or unrolled from
+  UNROLL_BLOCKS_FROM samples on a GPU, measured); the logits are the loop's."""
+  assert vim.block_scan_unroll(3, 1, 24) == 3
+  assert vim.block_scan_unroll(None, 64, 24) == 1  # this CPU: the loop (measured on GPUs only)
+  with pytest.raises(ValueError, match='scan_unroll must be >= 1'):
+    vim.block_scan_unroll(0, 64, 24)
+  model = VisionMamba(img_size=32, patch_size=8, depth=3, d_model=16, num_classes=3,
+                      scan_implementation='associative')
+  images = np.random.default_rng(3).standard_normal((2, 32, 32, 3)).astype(np.float32)
+  params = jax.jit(model.init)(jax.random.key(0), images[:1])['params']
+  forward = lambda m: jax.jit(lambda p, x: m.apply({'params': p}, x),
+                              compiler_options=CPU_FAST_COMPILE)
+  np.testing.assert_allclose(forward(model.clone(scan_unroll=3))(params, images),
+                             forward(model)(params, images), rtol=1e-6, atol=1e-6)
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  assert vim.block_scan_unroll(None, 1, 24) == 1
+  assert vim.block_scan_unroll(None, vim.UNROLL_BLOCKS_FROM, 24) == 24
+  unrolls = [eqn.params['unroll'] for eqn in jax.make_jaxpr(
+      lambda p, x: model.apply({'params': p}, x))(params, images).jaxpr.eqns
+             if eqn.primitive.name == 'scan']
+  assert unrolls == [3]
+
+
 def test_bfloat16_compute_runs_and_stays_close():
   fixture, model, params = fixture_model('vim_depth2_img224', dtype=jnp.bfloat16)
   logits = jax.jit(model.apply)({'params': params}, fixture.images)
