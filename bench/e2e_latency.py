@@ -190,6 +190,9 @@ def parse_args(argv=None):
                       "address of a slice of the blocks' stacked params instead of a copy), "
                       "0: without; -1: XLA's default (XLA_FLAGS). A compile option per cell, so "
                       'a case can A/B it in one process')
+  p.add_argument('--xla_command_buffer', type=int, default=-1, choices=(-1, 0, 1),
+                 help="1: every op in XLA's CUDA graphs (command buffers), Pallas' Triton calls "
+                      "and the block loop included; 0: none; -1: XLA's default")
   p.add_argument('--cases', type=_csv(str), default=['default'],
                  help="comma-separated A/B cases, each 'default' or FLAG=INT[+FLAG=INT...] "
                       f'with FLAG from {list(CASE_FLAGS)}, applied on top of the flags above')
@@ -224,18 +227,30 @@ SWITCHES = {'act_quant_small_grid': (act_quant_config, 'SMALL_GRID_PROGRAMS', 0)
             'gemm_sweep_tiles': (mixed_gemm_config, 'SWEEP_TILES', 0),
             'int4_shift_unpack': (int4, 'SHIFT_UNPACK', 0)}
 # The flags a case may set: model fields and the kernels' module-level switches.
-# Compile options a flag sets: flag -> XLA debug option (-1 leaves XLA's own setting).
-COMPILE_OPTIONS = {'xla_dynamic_slice_fusion': 'xla_gpu_enable_dynamic_slice_fusion'}
+# XLA options a flag's value sets (-1 leaves XLA's own settings): flag -> {value: options}.
+_ALL_COMMANDS = 'FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL'
+COMPILE_OPTIONS = {
+    'xla_dynamic_slice_fusion': {
+        0: {'xla_gpu_enable_dynamic_slice_fusion': False},
+        1: {'xla_gpu_enable_dynamic_slice_fusion': True}},
+    # 0: no CUDA graphs; 1: every command type (the block loop included) in graphs of any size
+    # (session 11 timed this through XLA_FLAGS on an older tree: slower at batch 1).
+    'xla_command_buffer': {
+        0: {'xla_gpu_enable_command_buffer': ''},
+        1: {'xla_gpu_enable_command_buffer': _ALL_COMMANDS, 'xla_gpu_graph_min_graph_size': 1}},
+}
 # The flags a case may set: model fields, compile options and the kernels' module-level switches.
 CASE_FLAGS = ('fuse_linear_inputs', 'batch_directions', 'scan_blocks', 'scan_unroll',
-              *COMPILE_OPTIONS,
-              *SWITCHES)
+              *COMPILE_OPTIONS, *SWITCHES)
 
 
-def compiler_options(args) -> dict[str, bool]:
+def compiler_options(args) -> dict:
   """The XLA options the flags set, for `Lowered.compile`."""
-  return {option: bool(getattr(args, flag)) for flag, option in COMPILE_OPTIONS.items()
-          if getattr(args, flag) >= 0}
+  out = {}
+  for flag, choices in COMPILE_OPTIONS.items():
+    if getattr(args, flag) >= 0:
+      out.update(choices[getattr(args, flag)])
+  return out
 
 
 def check_switches(settings: dict) -> None:

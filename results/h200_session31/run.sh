@@ -1,6 +1,7 @@
 #!/bin/bash
 # Session 31's card plan for issue 15, one PART per call (carry .whl):
-#   PART=ab|grid bash results/h200_session31/run.sh
+#   PART=ab|unroll|grid|b1 bash results/h200_session31/run.sh
+# (ab, unroll and grid ran in session 31 on an H100: BENCHMARKS.md "Session 31"; b1 is next)
 # ab (~9 min): what the blocks' stacked params cost, in one process, Vim-B batch 64 and 1:
 #   the blocks unrolled on their own params (scan_blocks=0: no per-call stacking and no
 #   per-block slices of stacked params, which reach the Pallas kernels as device copies:
@@ -31,5 +32,13 @@ case ${PART:-ab} in
     timeout 560 python3 bench/e2e_latency.py --models=vim_b --batches=64,1 \
       --variants=bf16_xla,bf16_pallas_scan,w8a8,w4a4o8 --iters=15 --out=$OUT/e2e_vim_b_grid.json \
       2>&1 | quiet | tail -30 ;;
+  b1)
+    # Batch 1 (~5 min): wall 7.2 ms against 5.2 ms of device time for W4A4O8 (session 30's
+    # profile): XLA's CUDA graphs for every op (xla_command_buffer=1) and none (=0) against
+    # the default, and the unrolled block scan that loses at batch 1 (session 31).
+    timeout 560 python3 bench/e2e_latency.py --models=vim_b --batches=1 \
+      --variants=bf16_xla,bf16_pallas_scan,w4a4o8 --iters=30 \
+      --cases=default,xla_command_buffer=1,xla_command_buffer=0,scan_unroll=24 \
+      --out=$OUT/e2e_vim_b_b1.json 2>&1 | quiet | tail -24 ;;
 esac
 echo "total $(( $(date +%s) - S )) s"

@@ -145,15 +145,17 @@ def test_cases_run_every_variant_in_one_process_under_their_switches(tmp_path, m
   out = tmp_path / 'e2e.json'
   bench.main(['--smoke', '--variants=bf16_pallas_scan', '--batches=1', '--iters=1',
               '--scan_kernel=xla', '--cases=default,fuse_linear_inputs=0+act_quant_small_grid=0'
-              '+scan_blocks=0+xla_dynamic_slice_fusion=1', f'--out={out}'])
+              '+scan_blocks=0+xla_dynamic_slice_fusion=1+xla_command_buffer=0', f'--out={out}'])
   assert seen == [(True, True, small_grid), (False, False, 0)]
-  assert options == [{}, {'xla_gpu_enable_dynamic_slice_fusion': True}]
+  assert options == [{}, {'xla_gpu_enable_dynamic_slice_fusion': True,
+                          'xla_gpu_enable_command_buffer': ''}]
   assert bench.act_quant_config.SMALL_GRID_PROGRAMS == small_grid
   rows = json.load(open(out))['results']
   assert [(r['variant'], r['case']) for r in rows] == [
       ('bf16_pallas_scan', 'default'),
       ('bf16_pallas_scan',
-       'fuse_linear_inputs=0+act_quant_small_grid=0+scan_blocks=0+xla_dynamic_slice_fusion=1')]
+       'fuse_linear_inputs=0+act_quant_small_grid=0+scan_blocks=0+xla_dynamic_slice_fusion=1'
+       '+xla_command_buffer=0')]
   assert all(r['median_ms'] > 0 for r in rows)
   assert ('bf16_pallas_scan [fuse_linear_inputs=0+act_quant_small_grid=0+scan_blocks=0'
           in capsys.readouterr().out)
