@@ -404,9 +404,10 @@ def compile_lowered(lowered, lower_s: float, options: Optional[dict] = None):
   return compiled, lower_s + time.perf_counter() - start
 
 
-def compile_forward(model, tree, images):
-  """(compiled forward, seconds): one cell lowered and compiled (the other benches' form)."""
-  return compile_lowered(*lower_forward(model, tree, images))
+def compile_forward(model, tree, images, options: Optional[dict] = None):
+  """(compiled forward, seconds): one cell lowered and compiled under XLA `options` (the
+  other benches' form)."""
+  return compile_lowered(*lower_forward(model, tree, images), options)
 
 
 def time_forward(compiled, tree, images, iters: int, warmup: int) -> dict[str, Any]:

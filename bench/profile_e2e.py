@@ -97,11 +97,12 @@ def by_family(events: dict[str, tuple[float, int]]) -> dict[str, tuple[float, in
   return dict(families)
 
 
-def profile_variant(model, tree, images, iters: int, with_sources: bool = False
-                    ) -> tuple[dict[str, tuple[float, int]], dict[str, str], str]:
+def profile_variant(model, tree, images, iters: int, with_sources: bool = False,
+                    options=None) -> tuple[dict[str, tuple[float, int]], dict[str, str], str]:
   """({kernel name: (µs, launches) per forward}, {HLO instruction: source label} or {}
-  without `with_sources`, the optimized HLO text) of one variant."""
-  compiled, _ = e2e_latency.compile_forward(model, tree, images)
+  without `with_sources`, the optimized HLO text) of one variant, compiled under XLA
+  `options` (e2e_latency's compile-option flags)."""
+  compiled, _ = e2e_latency.compile_forward(model, tree, images, options)
   for _ in range(3):
     jax.block_until_ready(compiled(tree, images))
   with tempfile.TemporaryDirectory() as tmp:
@@ -145,7 +146,8 @@ def main(argv=None):
     model = e2e_latency.variant_model(base, e2e_latency.VARIANTS[name], e2e_args)
     with e2e_latency.library_switches(e2e_args):
       per_kernel, sources, hlo = profile_variant(model, tree, images, args.iters,
-                                                 args.by_source)
+                                                 args.by_source,
+                                                 e2e_latency.compiler_options(e2e_args))
     if args.hlo_dir:
       _write_hlo(args.hlo_dir, f'{args.model}_b{args.batch}_{name}', hlo, per_kernel)
     rows = sorted(((kernel, us, n) for kernel, (us, n) in by_family(per_kernel).items()),

@@ -1,6 +1,6 @@
 #!/bin/bash
 # Session 31's card plan for issue 15, one PART per call (carry .whl):
-#   PART=ab|unroll|grid|b1 bash results/h200_session31/run.sh
+#   PART=ab|unroll|grid|b1|b1profile bash results/h200_session31/run.sh
 # (ab, unroll and grid ran in session 31 on an H100: BENCHMARKS.md "Session 31"; b1 is next)
 # ab (~9 min): what the blocks' stacked params cost, in one process, Vim-B batch 64 and 1:
 #   the blocks unrolled on their own params (scan_blocks=0: no per-call stacking and no
@@ -40,5 +40,13 @@ case ${PART:-ab} in
       --variants=bf16_xla,bf16_pallas_scan,w4a4o8 --iters=30 \
       --cases=default,xla_command_buffer=1,xla_command_buffer=0,scan_unroll=24 \
       --out=$OUT/e2e_vim_b_b1.json 2>&1 | quiet | tail -24 ;;
+  b1profile)
+    # (~5 min) why batch 1 is slower with the block scan unrolled: kernels and launches of
+    # both forms (the profile takes e2e_latency's flags).
+    for U in 1 24; do
+      timeout 270 python3 bench/profile_e2e.py --model=vim_b --batch=1 --scan_unroll=$U \
+        --variants=w4a4o8,bf16_pallas_scan --iters=5 --out=$OUT/profile_vim_b_b1_unroll$U.json \
+        2>&1 | quiet | grep -A 14 "^=="
+    done ;;
 esac
 echo "total $(( $(date +%s) - S )) s"
