@@ -1,6 +1,6 @@
 #!/bin/bash
 # Session 31's card plan for issue 15, one PART per call (carry .whl):
-#   PART=ab|unroll|grid|b1|b1profile bash results/h200_session31/run.sh
+#   PART=ab|unroll|grid|b1|b1profile|b64 bash results/h200_session31/run.sh
 # (ab, unroll and grid ran in session 31 on an H100: BENCHMARKS.md "Session 31"; b1 is next)
 # ab (~9 min): what the blocks' stacked params cost, in one process, Vim-B batch 64 and 1:
 #   the blocks unrolled on their own params (scan_blocks=0: no per-call stacking and no
@@ -48,5 +48,11 @@ case ${PART:-ab} in
         --variants=w4a4o8,bf16_pallas_scan --iters=5 --out=$OUT/profile_vim_b_b1_unroll$U.json \
         2>&1 | quiet | grep -A 14 "^=="
     done ;;
+  b64)
+    # (~5 min) batch 64 with the unrolled block scan: both directions as one vmapped batch
+    # again (session 13, with the loop: no gain in W4A4O8, the float path slower).
+    timeout 400 python3 bench/e2e_latency.py --models=vim_b --batches=64 \
+      --variants=bf16_pallas_scan,w4a4o8 --iters=15 --cases=default,batch_directions=1 \
+      --out=$OUT/e2e_vim_b_b64_directions.json 2>&1 | quiet | grep "batch " ;;
 esac
 echo "total $(( $(date +%s) - S )) s"
