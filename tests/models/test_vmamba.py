@@ -55,12 +55,14 @@ def test_batched_directions_equal_separate_scans():
   a_logs = jax.random.normal(keys[4], (k * d, n))
   ds = jax.random.normal(keys[5], (k * d,))
   dt_bias = 0.1 * jnp.arange(k * d, dtype=jnp.float32).reshape(k, d)
-  out = vmamba.ss2d_scan(xs, dts + dt_bias[None, :, None], bs, cs, -jnp.exp(a_logs), ds,
-                        'sequential')
+  # jitted: op by op, every primitive of the five scans is dispatched (and compiled) alone
+  out = jax.jit(lambda *v: vmamba.ss2d_scan(*v, 'sequential'))(
+      xs, dts + dt_bias[None, :, None], bs, cs, -jnp.exp(a_logs), ds)
+  one_scan = jax.jit(lambda *v: reference.selective_scan_xla(
+      *v[:6], None, v[6], delta_softplus=True, sequential=True))
   for j in range(k):
-    ref = reference.selective_scan_xla(
-        xs[:, j], dts[:, j], -jnp.exp(a_logs[j * d:(j + 1) * d]), bs[:, j], cs[:, j],
-        ds[j * d:(j + 1) * d], None, dt_bias[j], delta_softplus=True, sequential=True)
+    ref = one_scan(xs[:, j], dts[:, j], -jnp.exp(a_logs[j * d:(j + 1) * d]), bs[:, j], cs[:, j],
+                   ds[j * d:(j + 1) * d], dt_bias[j])
     np.testing.assert_allclose(out[:, j], ref, rtol=1e-5, atol=1e-6)
 
 
