@@ -226,7 +226,6 @@ SWITCHES = {'act_quant_small_grid': (act_quant_config, 'SMALL_GRID_PROGRAMS', 0)
             'act_quant_segments': (act_quant_config, 'SEGMENTS_IN_ONE_LAUNCH', 0),
             'gemm_sweep_tiles': (mixed_gemm_config, 'SWEEP_TILES', 0),
             'int4_shift_unpack': (int4, 'SHIFT_UNPACK', 0)}
-# The flags a case may set: model fields and the kernels' module-level switches.
 # XLA options a flag's value sets (-1 leaves XLA's own settings): flag -> {value: options}.
 _ALL_COMMANDS = 'FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL'
 COMPILE_OPTIONS = {
@@ -438,7 +437,8 @@ def variant_model(base, variant: Variant, args):
                     batch_directions=(None if args.batch_directions < 0
                                       else bool(args.batch_directions)),
                     fuse_linear_inputs=bool(args.fuse_linear_inputs),
-                    scan_blocks=bool(args.scan_blocks), scan_unroll=(None if args.scan_unroll < 0 else args.scan_unroll))
+                    scan_blocks=bool(args.scan_blocks),
+                    scan_unroll=None if args.scan_unroll < 0 else args.scan_unroll)
 
 
 def _variant_trees(base, params, args, rates, quantize_s, model_name):

@@ -475,8 +475,9 @@ class VisionMamba(nn.Module):
     if (not collect and self.state_feature_fn is None
         and directions_as_one_batch(self.batch_directions, carry[0].shape[0])):
       trees = [with_stacked_directions(tree) for tree in trees]
-    # The measured rule is for inference forwards; Gen's (which collect state features) and
-    # rematerialized training ones keep the loop unless scan_unroll says otherwise.
+    # The rule was measured on inference forwards; Gen's (which collect state features) and
+    # rematerialized ones keep the loop unless scan_unroll says otherwise. A training step
+    # differentiates a plain forward, so it follows the rule too (not timed for training).
     plain_forward = not collect and self.state_feature_fn is None and not self.remat
     unroll = lambda length: (block_scan_unroll(self.scan_unroll, carry[0].shape[0], length)
                              if plain_forward or self.scan_unroll is not None else 1)
