@@ -1,4 +1,5 @@
-"""Shared tiny model and quantization runs (session-scoped: compiling a block is the slow part)."""
+"""Shared tiny model and quantization runs (session-scoped: compiling a block is the slow part;
+the runs compile at XLA level 0 on CPU, `coarse.fast_compiled_calibration`)."""
 import jax
 import jax.numpy as jnp
 import pytest
@@ -9,6 +10,7 @@ from ouromamba_jax.quant import rewrite
 from ouromamba_jax.quant import rules
 from ouromamba_jax.models import build_model
 from tests import random_init
+from tests.quant import coarse
 
 
 @pytest.fixture(scope='session')
@@ -42,7 +44,8 @@ def w8a8_run(tiny, tmp_path_factory):
   spec = w8a8_plus_spec()
   workdir = str(tmp_path_factory.mktemp('w8a8'))
   lines = []
-  qparams, report = quant.quantize(model, params, images, spec, log=lines.append)
+  with coarse.fast_compiled_calibration():
+    qparams, report = quant.quantize(model, params, images, spec, log=lines.append)
   quantized_checkpoints.save_quantized(f'{workdir}/quantized', qparams, model, report)
   return qparams, report, workdir, lines
 
@@ -51,16 +54,19 @@ def w8a8_run(tiny, tmp_path_factory):
 def w4a4_untrained_run(tiny):
   """(qparams, report): OuroMamba W4A4 with the initial (lp-searched) scales, no training."""
   model, params, images = tiny
-  return quant.quantize(model, params, images,
-                        quant.QuantRunSpec(preset='w4a4', epochs=0).quant_spec(), log=lambda _: None)
+  with coarse.fast_compiled_calibration():
+    return quant.quantize(model, params, images,
+                          quant.QuantRunSpec(preset='w4a4', epochs=0).quant_spec(),
+                          log=lambda _: None)
 
 
 @pytest.fixture(scope='session')
 def rtn_run(tiny):
   model, params, images = tiny
-  return quant.quantize(model, params, images,
-                        quant.QuantRunSpec(preset='w4a4', micro_batch=4).quant_spec(),
-                        method='rtn', log=lambda _: None)
+  with coarse.fast_compiled_calibration():
+    return quant.quantize(model, params, images,
+                          quant.QuantRunSpec(preset='w4a4', micro_batch=4).quant_spec(),
+                          method='rtn', log=lambda _: None)
 
 
 def initial_tree(model, params, images, spec: quant.QuantSpec):

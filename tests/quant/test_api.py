@@ -16,6 +16,7 @@ from ouromamba_jax.quant import qtypes
 from ouromamba_jax.quant import rewrite
 from tests import random_init
 from tests.interpreted import CPU_FAST_COMPILE
+from tests.quant import coarse
 from tests.quant import conftest
 
 
@@ -89,13 +90,15 @@ def test_killed_calibration_resumes(tiny, apply_fn, rtn_run, tmp_path):
     if 'block 2/2' in msg:
       raise KeyboardInterrupt('killed')
 
-  with pytest.raises(KeyboardInterrupt):
+  # compiled as rtn_run was (coarse.fast_compiled_calibration): the same tree bit for bit
+  with coarse.fast_compiled_calibration(), pytest.raises(KeyboardInterrupt):
     quant.quantize(model, params, images, spec, method='rtn', snapshot=snapshot,
                    log=die_in_block_2)
   assert os.path.exists(snapshot.path)
   messages = []
-  qparams, report = quant.quantize(model, params, images, spec, method='rtn',
-                                   snapshot=snapshot, log=messages.append)
+  with coarse.fast_compiled_calibration():
+    qparams, report = quant.quantize(model, params, images, spec, method='rtn',
+                                     snapshot=snapshot, log=messages.append)
   assert any('resuming' in m and 'blocks 0..0 done' in m for m in messages)
   assert [b['block'] for b in report['blocks']] == [0, 1]
   np.testing.assert_array_equal(np.asarray(apply_fn(qparams, images)),
@@ -119,9 +122,11 @@ def test_rtn_uses_minmax_scales_and_no_outliers(tiny, rtn_run):
 
 def test_ptq4vm_learns_smoothing_and_leaves_ssm_in_float(tiny, apply_fn):
   model, params, images = tiny
-  qparams, report = quant.quantize(model, params, images,
-                                   quant.QuantRunSpec(preset='w4a8', epochs=1, micro_batch=8).quant_spec(),
-                                   method='ptq4vm', log=lambda _: None)
+  with coarse.fast_compiled_calibration():
+    qparams, report = quant.quantize(
+        model, params, images,
+        quant.QuantRunSpec(preset='w4a8', epochs=1, micro_batch=8).quant_spec(),
+        method='ptq4vm', log=lambda _: None)
   leaves = rewrite.quantized_leaves(qparams)
   assert len(leaves) == 24 and 'layers_0/mixer/delta_quantizer' not in leaves
   weight = leaves['layers_0/mixer/out_proj/kernel']
@@ -191,7 +196,8 @@ def test_non_finite_activations_outside_the_blocks_are_named_by_site(tiny, rtn_r
 def test_log_domain_a_keeps_every_state_and_int_mode_agrees(tiny, apply_fn, w4a4_untrained_run):
   model, params, images = tiny
   spec = quant.QuantRunSpec(preset='w4a4', epochs=0, a_domain='log').quant_spec()
-  qparams, report = quant.quantize(model, params, images, spec, log=lambda _: None)
+  with coarse.fast_compiled_calibration():
+    qparams, report = quant.quantize(model, params, images, spec, log=lambda _: None)
   a = rewrite.get_path(qparams, 'layers_0/mixer/A_quantizer')
   assert a.spec.domain == 'log' and a.zero_point is not None
   assert 'log-domain' in report['quantized']['layers_0/mixer/A_quantizer']
@@ -325,8 +331,9 @@ def test_the_gpus_vmapped_directions_quantize_like_the_loop(tiny, w8a8_run):
   scales. (Session 16: the site search missed every x_proj/dt_proj on the GPU.)"""
   model, params, images = tiny
   loop_tree, loop_report, _, _ = w8a8_run
-  tree, report = quant.quantize(model.clone(batch_directions=True), params, images,
-                                conftest.w8a8_plus_spec(), log=lambda _: None)
+  with coarse.fast_compiled_calibration():                      # as w8a8_run
+    tree, report = quant.quantize(model.clone(batch_directions=True), params, images,
+                                  conftest.w8a8_plus_spec(), log=lambda _: None)
   assert report['quantized'] == loop_report['quantized']
   assert [b['kept'] for b in report['blocks']] == [b['kept'] for b in loop_report['blocks']]
   leaves = lambda t: jax.tree_util.tree_flatten_with_path(t)[0]
