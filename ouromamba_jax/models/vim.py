@@ -479,8 +479,7 @@ class VisionMamba(nn.Module):
     # rematerialized ones keep the loop unless scan_unroll says otherwise. A training step
     # differentiates a plain forward, so it follows the rule too (not timed for training).
     plain_forward = not collect and self.state_feature_fn is None and not self.remat
-    unroll = lambda length: (block_scan_unroll(self.scan_unroll, carry[0].shape[0], length)
-                             if plain_forward or self.scan_unroll is not None else 1)
+    setting = 1 if self.scan_unroll is None and not plain_forward else self.scan_unroll
     start = 0
     for run in block_runs(trees):
       if len(run) == 1:
@@ -488,7 +487,8 @@ class VisionMamba(nn.Module):
         sown = [sown]
       else:
         carry, stacked = jax.lax.scan(step, carry, jax.tree.map(lambda *x: jnp.stack(x), *run),
-                                      unroll=unroll(len(run)))
+                                      unroll=block_scan_unroll(setting, carry[0].shape[0],
+                                                               len(run)))
         sown = [jax.tree.map(lambda x, j=j: x[j], stacked) for j in range(len(run))]
       for i, value in enumerate(sown, start):
         if value:
