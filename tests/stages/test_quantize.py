@@ -108,11 +108,6 @@ def test_quantize_mode_end_to_end_saves_reloads_reports_and_skips(tmp_path):
     assert all(b['steps'] == 0 for b in json.load(f)['blocks'])
 
 
-# Orbax's restore of a truncated store raises, and its checkpointer is closed (`with`) while a
-# tensorstore callback is still queued for its asyncio loop; that callback then finds the loop
-# closed and Python reports it as unraisable, at some later garbage collection. Orbax-internal
-# and harmless (the damage is detected and named, which is what this test checks).
-@pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
 @pytest.mark.parametrize('how,keep_snapshot', [('flip', True), ('truncate', False)])
 def test_a_damaged_finished_run_is_detected_named_and_redone(tmp_path, how, keep_snapshot):
   config = tiny_config(report_images=0, method='rtn', epochs=0, calib_images=4)
