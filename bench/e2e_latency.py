@@ -75,6 +75,7 @@ from kernels_pallas import int4  # pylint: disable=g-import-not-at-top,wrong-imp
 from kernels_pallas.act_quant import config as act_quant_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 from kernels_pallas.mixed_gemm import config as mixed_gemm_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 from kernels_pallas.selective_scan import api as scan_api  # pylint: disable=g-import-not-at-top,wrong-import-position
+from kernels_pallas.selective_scan import config as scan_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 MODELS = {
     # name: (registry name, model overrides)
@@ -129,8 +130,9 @@ def parse_args(argv=None):
   p.add_argument('--scan_kernel', default='default',
                  choices=('default',) + tuple(scan_api.IMPLEMENTATIONS),
                  help="scan implementation of the Pallas-scan and quantized variants; "
-                      "'default' is the library's platform choice (on a GPU the Pallas kernel "
-                      "from SMALL_BATCH samples up, the associative scan below: measured)")
+                      "'default' is the library's platform choice (on a GPU the Pallas kernel, "
+                      "its sequence split at small batches; --scan_small_batch moves the "
+                      "smallest batches to the associative scan)")
   p.add_argument('--quant_kernel', default='triton', choices=int_linear.IMPLEMENTATIONS,
                  help="act_quant + mixed_gemm implementation of the quantized variants "
                       "('triton' | 'xla')")
@@ -171,6 +173,14 @@ def parse_args(argv=None):
   p.add_argument('--int4_shift_unpack', type=int, default=-1, choices=(-1, 0, 1),
                  help='1: int4 weights unpacked by one elementwise pass, 0: by interleaving '
                       'the nibble planes (kernels_pallas.int4.SHIFT_UNPACK; -1: the default)')
+  p.add_argument('--scan_small_batch', type=int, default=-1,
+                 help='below this batch the default scan is XLA\'s associative one, not the '
+                      'Triton kernel (0: the kernel at every batch; -1: the library default, '
+                      'selective_scan api.SMALL_BATCH)')
+  p.add_argument('--scan_segment_programs', type=int, default=-1,
+                 help="the Triton scan splits the sequence of a small batch until about this "
+                      'many programs run (0: no split; -1: the library default, selective_scan '
+                      'config.SEGMENT_TARGET_PROGRAMS)')
   p.add_argument('--fuse_linear_inputs', type=int, default=1, choices=(0, 1),
                  help="1 (the model's default): Vim's direction mean before out_proj is fused, "
                       'in every variant (VisionMamba.fuse_linear_inputs): into the backward '
@@ -225,7 +235,9 @@ SWITCHES = {'act_quant_small_grid': (act_quant_config, 'SMALL_GRID_PROGRAMS', 0)
             'act_quant_tile_elements': (act_quant_config, 'TILE_ELEMENTS', 1),
             'act_quant_segments': (act_quant_config, 'SEGMENTS_IN_ONE_LAUNCH', 0),
             'gemm_sweep_tiles': (mixed_gemm_config, 'SWEEP_TILES', 0),
-            'int4_shift_unpack': (int4, 'SHIFT_UNPACK', 0)}
+            'int4_shift_unpack': (int4, 'SHIFT_UNPACK', 0),
+            'scan_small_batch': (scan_api, 'SMALL_BATCH', 0),
+            'scan_segment_programs': (scan_config, 'SEGMENT_TARGET_PROGRAMS', 0)}
 # XLA options a flag's value sets (-1 leaves XLA's own settings): flag -> {value: options}.
 _ALL_COMMANDS = 'FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL'
 COMPILE_OPTIONS = {

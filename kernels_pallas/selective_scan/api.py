@@ -1,7 +1,8 @@
 """Public entry point of the selective scan: one function, several implementations.
 
 implementation (`kernels_pallas._dispatch`):
-  None          -> 'triton' on GPU (below SMALL_BATCH samples 'associative': see below),
+  None          -> 'triton' on GPU (below SMALL_BATCH samples 'associative', off by default:
+                   see below),
                    'sequential' on CPU, 'associative' on TPU. Measured: on
                    CPU the fused sequential form runs the testbed Vim-T forward 3.7x faster
                    than the associative one (8.5 s vs 31.7 s, batch 64, 2 cores); on an H100
@@ -21,11 +22,15 @@ from kernels_pallas.act_quant import producers
 from kernels_pallas.selective_scan import pallas_triton
 from kernels_pallas.selective_scan import reference
 
-# The Triton kernel runs one program per (sample, block of channels) along the whole sequence,
-# so at batch 1-2 it fills a fraction of the GPU and its sequential steps set the time. Vim-B
-# bf16, 4 blocks, H200, 2026-12-02 (`bench/e2e_latency.py --depth=4`): XLA associative vs Triton
-# 0.90 vs 1.70 ms (batch 1), 1.35 vs 1.75 (2), 1.99 vs 1.96 (4), 3.37 vs 1.95 (8).
-SMALL_BATCH = 4
+# Below SMALL_BATCH samples the default is XLA's associative scan instead of the kernel (0: the
+# kernel at every batch). The unsplit kernel runs one program per (sample, block of channels)
+# along the whole sequence, so at batch 1-2 it filled a fraction of the GPU (Vim-B bf16,
+# 4 blocks, H200, 2026-12-02: associative vs kernel 0.90 vs 1.70 ms at batch 1) and this was 4.
+# Since the kernel splits a small batch's sequence into segments walked in parallel
+# (`config.time_segments_for`), it is the faster one at batch 1 too: Vim-B end to end, one
+# H100, one process (BENCHMARKS.md "Session 32"): 3.59 ms against 4.83 ms for the associative
+# scan, and 4.02 against 5.10 in a second process. Kept as a switch for benchmarks' A/B.
+SMALL_BATCH = 0
 
 
 def _triton_not_default(batch=None):

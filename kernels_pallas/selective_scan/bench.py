@@ -7,7 +7,7 @@
   python -m kernels_pallas.selective_scan.bench --grad --states --reverse   # ... as Gen uses it
   python -m kernels_pallas.selective_scan.bench --smoke                     # tiny CPU interpret run
 
-Problem: one Vim direction at batch 64, L = 197 tokens, N = 16 states, bf16 inputs, with
+Problem: one Vim direction at batch 64 (`--batch`), L = 197 tokens, N = 16 states, bf16 inputs, with
 softplus(delta + bias), the D skip and the SiLU(z) gate fused; D = 384 / 768 / 1536 are the
 inner widths of Vim-T / S / B. Timing: warm-up, then `trials` rounds of `inner` back-to-back
 calls (async dispatch keeps the GPU busy) over input copies rotated to spill the 50 MB L2, each
@@ -81,13 +81,14 @@ def rel_err(out, ref):
 
 
 def parse_configs(text):
-  """'bd:ct:nw:ns,...' -> configs (validated by SelectiveScanBlockConfig)."""
+  """'bd:ct:nw:ns[:segments],...' -> configs (validated by SelectiveScanBlockConfig)."""
   configs = []
   for item in text.split(','):
     fields = item.strip().split(':')
-    if len(fields) != 4:
+    if len(fields) not in (4, 5):
       raise argparse.ArgumentTypeError(
-          f'--configs item {item!r}: write block_d:chunk_t:num_warps:num_stages, e.g. 32:4:1:1')
+          f'--configs item {item!r}: write block_d:chunk_t:num_warps:num_stages[:time_segments]'
+          ', e.g. 32:4:1:1 or 64:2:1:2:8')
     configs.append(SelectiveScanBlockConfig(*map(int, fields)))
   return tuple(configs)
 
@@ -181,6 +182,7 @@ def _bench_mode(mode, args, report, main_rows, sweep_rows):
   swept_impl = SWEPT[mode]
 
   for name, batch, length, channels, n_state in sizes:
+    batch = args.batch or batch
     if mode == 'grad':
       nbytes = grad_bytes(batch, length, channels, n_state, dtype.itemsize, args.states)
     else:
@@ -200,7 +202,7 @@ def _bench_mode(mode, args, report, main_rows, sweep_rows):
       seconds = _bench.time_fn(fn, arg_sets, **timing)
       return Row(size, impl, config, seconds * 1e3, nbytes / seconds / 1e9, err, seconds / floor)
 
-    default_cfg = default_block_config(channels, dtype)
+    default_cfg = default_block_config(channels, dtype, batch=batch, length=length)
     rows = [measure(v, make(v, block_config=default_cfg),
                     _config_str(default_cfg) if v.startswith('pallas') else '-')
             for v in variants]
@@ -284,7 +286,8 @@ def run(args):
 
 
 def _config_str(cfg: SelectiveScanBlockConfig) -> str:
-  return f'{cfg.block_d}:{cfg.chunk_t}:{cfg.num_warps}:{cfg.num_stages}'
+  segments = f':{cfg.time_segments}' if cfg.time_segments > 1 else ''
+  return f'{cfg.block_d}:{cfg.chunk_t}:{cfg.num_warps}:{cfg.num_stages}{segments}'
 
 
 def main(argv=None):
@@ -300,7 +303,11 @@ def main(argv=None):
                       help='with --grad: the loss also uses the fp32 states (as Gen does)')
   parser.add_argument('--dtype', default='bfloat16', choices=('bfloat16', 'float32'))
   parser.add_argument('--configs', type=parse_configs, default=None,
-                      help='sweep these instead: block_d:chunk_t:num_warps:num_stages,...')
+                      help='sweep these instead: block_d:chunk_t:num_warps:num_stages'
+                           '[:time_segments],...')
+  parser.add_argument('--batch', type=int, default=0,
+                      help='batch of every size (0: 64); batch 1-2 is where time_segments '
+                           'pays')
   parser.add_argument('--trials', type=int, default=30)
   parser.add_argument('--inner', type=int, default=10)
   return run(parser.parse_args(argv))

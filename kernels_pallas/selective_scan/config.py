@@ -2,7 +2,10 @@
 configuration of its Pallas Triton kernel.
 
 One program owns `block_d` channels of one batch row and walks time in chunks of `chunk_t`
-steps (the chunk's loads are issued together, then the steps run unrolled). Its channels are
+steps (the chunk's loads are issued together, then the steps run unrolled). With
+`time_segments` > 1 the sequence is also split into that many segments walked in parallel (a
+first launch finds each segment's end state, a small carry pass chains them, a second launch
+walks every segment from its carried state): what keeps the GPU busy at batch 1-2. Its channels are
 split into groups of `32 * num_warps`: each group has an (N, 32 * num_warps) fp32 state tile in
 which every thread owns one channel's N states, so the C readout (a sum over N) needs no
 shuffles. `block_d / (32 * num_warps)` groups per program = channels per thread; the groups
@@ -20,6 +23,15 @@ STATES_LAYOUTS = ('bldn', 'blnd')             # (B, L, D, N); (B, L, N, D), the 
 _MAX_BLOCK_D = 1024
 _MAX_CHUNK_T = 64
 _WARPS = (1, 2, 4, 8)
+_MAX_TIME_SEGMENTS = 64
+
+# Small batches split the sequence (`time_segments`) until about this many programs run: below
+# it one program per (channel block, row) leaves most SMs idle and the sequential walk sets the
+# time. Segments stay at least MIN_SEGMENT_STEPS long (the carry pass and the second walk cost
+# about one extra step per segment). 0 turns the split off. Module-level so benchmarks can A/B
+# them (`bench/e2e_latency.py`'s switches).
+SEGMENT_TARGET_PROGRAMS = 256
+MIN_SEGMENT_STEPS = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,14 +47,18 @@ class SelectiveScanBlockConfig:
               u/delta/z in registers (loads chunk c + 1's rows before computing chunk c;
               Triton's own pipeliner does not touch these narrow loads); the value also goes to
               Triton as is.
+  time_segments: segments of the sequence walked in parallel (1: one walk over all L steps).
+              Each segment is ceil(L / time_segments) steps; the forward kernel only (the
+              adjoint walks the whole sequence).
   """
   block_d: int = 32
   chunk_t: int = 4
   num_warps: int = 1
   num_stages: int = 1
+  time_segments: int = 1
 
   def __post_init__(self):
-    for name in ('block_d', 'chunk_t', 'num_warps', 'num_stages'):
+    for name in ('block_d', 'chunk_t', 'num_warps', 'num_stages', 'time_segments'):
       value = getattr(self, name)
       if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f'SelectiveScanBlockConfig.{name} must be an int, got {value!r}.')
@@ -59,6 +75,9 @@ class SelectiveScanBlockConfig:
                        '(L need not be a multiple; the remainder runs as a tail).')
     if not 1 <= self.num_stages <= 8:
       raise ValueError(f'SelectiveScanBlockConfig.num_stages={self.num_stages}: use 1..8.')
+    if not 1 <= self.time_segments <= _MAX_TIME_SEGMENTS:
+      raise ValueError(f'SelectiveScanBlockConfig.time_segments={self.time_segments}: use '
+                       f'1..{_MAX_TIME_SEGMENTS} (1: no split of the sequence).')
 
   @property
   def group_d(self) -> int:
@@ -72,12 +91,28 @@ class SelectiveScanBlockConfig:
 # registers, so a Vim-S batch of 64 (1536 programs) is resident at once. Larger D: two channels
 # per thread (138 registers) halve the program count so Vim-B's batch of 64 still fits one wave.
 # The dtype does not change the choice: fp32 rows cost about the same registers as bf16 ones.
-def default_block_config(channels: int, dtype) -> SelectiveScanBlockConfig:
-  """Default config for a channel count D and the input dtype."""
+def default_block_config(channels: int, dtype, batch: int | None = None,
+                         length: int | None = None) -> SelectiveScanBlockConfig:
+  """Default config for a channel count D and the input dtype; with `batch` and `length`, a
+  small batch also splits the sequence into segments (`time_segments_for`)."""
   if channels <= 0:
     raise ValueError(f'default_block_config: channels must be positive, got {channels}.')
   if not jnp.issubdtype(jnp.dtype(dtype), jnp.floating):
     raise TypeError(f'default_block_config: dtype must be floating point, got {dtype}.')
   if channels <= 1024:
-    return SelectiveScanBlockConfig(block_d=32, chunk_t=4, num_warps=1, num_stages=2)
-  return SelectiveScanBlockConfig(block_d=64, chunk_t=2, num_warps=1, num_stages=2)
+    config = SelectiveScanBlockConfig(block_d=32, chunk_t=4, num_warps=1, num_stages=2)
+  else:
+    config = SelectiveScanBlockConfig(block_d=64, chunk_t=2, num_warps=1, num_stages=2)
+  if batch is None or length is None:
+    return config
+  programs = -(-channels // config.block_d) * batch
+  return dataclasses.replace(config, time_segments=time_segments_for(programs, length))
+
+
+def time_segments_for(programs: int, length: int) -> int:
+  """Segments that bring `programs` one-walk programs up to SEGMENT_TARGET_PROGRAMS, each at
+  least MIN_SEGMENT_STEPS long (1: no split)."""
+  if SEGMENT_TARGET_PROGRAMS <= programs:
+    return 1
+  wanted = -(-SEGMENT_TARGET_PROGRAMS // programs)
+  return max(1, min(wanted, length // MIN_SEGMENT_STEPS, _MAX_TIME_SEGMENTS))

@@ -49,6 +49,7 @@ saved as the residual for vjp='kernel', and their cotangent enters the adjoint r
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -65,10 +66,14 @@ from kernels_pallas.selective_scan.config import (STATES_LAYOUTS, VJPS, Selectiv
                                                   default_block_config)
 
 def _scan_kernel(*refs, spec: common.KernelSpec):
-  """Body of one program: channels [d0, d0 + block_d) of batch row `row`, all L time steps.
+  """Body of one program: channels [d0, d0 + block_d) of batch row `row`, all L time steps (or,
+  split in time, the steps of segment `program_id(2)`).
 
   The block is `n_groups` groups of `group_d` channels (one channel per thread in each group),
   each with its own (N, group_d) state tile; the groups share the B_t/C_t loads of a step.
+  With `spec.segment_ends` the program writes its segment's end state (started from 0) and the
+  sum of its Δ (softplus applied) instead of y; with `spec.initial_states` it starts from the
+  given state of its segment.
   """
   refs = list(refs)
   u_ref, delta_ref, a_ref, b_ref, c_ref = refs[:5]
@@ -77,8 +82,12 @@ def _scan_kernel(*refs, spec: common.KernelSpec):
   z_ref = refs.pop(0) if spec.has_gate else None
   bias_ref = refs.pop(0) if spec.has_bias else None
   mean_ref = refs.pop(0) if spec.mean_with else None
-  y_ref = refs.pop(0)
-  states_out_ref = refs.pop(0) if spec.store_states else None
+  init_ref = refs.pop(0) if spec.initial_states else None
+  if spec.segment_ends:
+    ends_ref, dt_sum_ref = refs
+  else:
+    y_ref = refs.pop(0)
+    states_out_ref = refs.pop(0) if spec.store_states else None
 
   f32 = jnp.float32
   gd, n_pad = spec.group_d, spec.n_pad
@@ -86,8 +95,10 @@ def _scan_kernel(*refs, spec: common.KernelSpec):
   layout = common.program_layout(spec)
   row, channels, states = layout.row, layout.channels, layout.states
   channel_ok, state_ok = layout.channel_ok, layout.state_ok
-  tile_ok = layout.tile_ok(spec) if spec.store_states else None
+  tile_ok = layout.tile_ok(spec) if spec.store_states or spec.segment_ends else None
   load = common.masked_load
+  segment = pl.program_id(2) if spec.segment_length else None
+  first = segment * spec.walk_length if spec.segment_length else 0  # first processing index
 
   load_group = layout.load_group
 
@@ -99,7 +110,8 @@ def _scan_kernel(*refs, spec: common.KernelSpec):
 
   def clamped_time(k):
     """Time of processing index k; a traced k is clamped into the sequence: only a prefetch
-    past the last chunk reaches beyond it, and that data is never used."""
+    past the last chunk, or the last segment's steps past the sequence, reach beyond it, and
+    their data is never used."""
     if not isinstance(k, int):
       k = jnp.minimum(k, spec.length - 1)
     return time_of(k)
@@ -123,18 +135,27 @@ def _scan_kernel(*refs, spec: common.KernelSpec):
     """B_t, C_t rows of `count` steps; every channel block of the batch row reads them, so
     they come from L2 and are loaded at the start of their chunk, not prefetched."""
     return [dict(b=load_states(b_ref, clamped_time(k0 + i)),
-                 c=load_states(c_ref, clamped_time(k0 + i))) for i in range(count)]
+                 c=None if spec.segment_ends else load_states(c_ref, clamped_time(k0 + i)))
+            for i in range(count)]
 
-  def group_step(h, g, x):
-    """One time step of group g: new (N, group_d) state and the (group_d,) output row."""
-    u = x['u'][g].astype(f32)
+  def step_dt(g, x, valid):
+    """Group g's Δ at one step (softplus applied); 0 at a masked step, which leaves the state
+    as it is (decay 1, no input)."""
     dt = x['delta'][g].astype(f32)
     if bias[g] is not None:
       dt = dt + bias[g]
     if spec.delta_softplus:
       dt = common.softplus(dt)
+    return dt if valid is None else jnp.where(valid, dt, 0.0)
+
+  def group_step(h, g, x, dt):
+    """One time step of group g: new (N, group_d) state and the (group_d,) output row (None
+    when only the segment's end state is wanted)."""
+    u = x['u'][g].astype(f32)
     decay = jnp.exp2(dt[None, :] * a_log2[g])
     h = decay * h + x['b'].astype(f32)[:, None] * (dt * u)[None, :]
+    if spec.segment_ends:
+      return h, None
     y = jnp.sum(h * x['c'].astype(f32)[:, None], axis=0)
     if skip[g] is not None:
       y = y + skip[g] * u
@@ -143,42 +164,63 @@ def _scan_kernel(*refs, spec: common.KernelSpec):
       y = y * (z * jax.nn.sigmoid(z))
     return h, y
 
-  def run_chunk(hs, k0, activations):
-    """The recurrence over one chunk whose first step is processing index k0."""
+  def run_chunk(carry, k0, activations):
+    """The recurrence over one chunk whose first step is processing index k0; the carry is
+    (states, Δ sums) per group (the sums only for `segment_ends`)."""
     state_rows = load_state_rows(k0, len(activations))
-    hs = list(hs)
+    hs, sums = list(carry[0]), list(carry[1])
     for i, (x, bc) in enumerate(zip(activations, state_rows)):
       x = dict(x, **bc)
-      t = common.index(time_of(k0 + i))
+      valid = (k0 + i < spec.length) if spec.mask_time else None
+      t = common.index(clamped_time(k0 + i) if spec.mask_time else time_of(k0 + i))
       token = spec.length - 1 - t if spec.mean_with else t
       for g in groups:
-        hs[g], y = group_step(hs[g], g, x)
+        dt = step_dt(g, x, valid)
+        hs[g], y = group_step(hs[g], g, x, dt)
+        if spec.segment_ends:
+          sums[g] = sums[g] + dt
+          continue
         if spec.mean_with:  # y as stored, averaged with the other direction's stored output;
           # the store's conversion rounds the mean (`DirectionMean.kernel_rows` rounds it on
           # the bits instead, as act_quant uses the value in fp32)
           y = (x['other'][g].astype(f32) + rounding.rounded_to(y, y_ref.dtype)) * 0.5
         plgpu.store(y_ref.at[row, token, channels[g]], y.astype(y_ref.dtype),
-                    mask=channel_ok[g])
+                    mask=common.and_masks(channel_ok[g], valid, (gd,)))
         if spec.store_states:
-          plgpu.store(states_out_ref.at[row, t, states, channels[g]], hs[g], mask=tile_ok[g])
-    return tuple(hs)
+          plgpu.store(states_out_ref.at[row, t, states, channels[g]], hs[g],
+                      mask=common.and_masks(tile_ok[g], valid, (n_pad, gd)))
+    return tuple(hs), tuple(sums)
+
+  def initial_state(g):
+    if not spec.initial_states:
+      return jnp.zeros((n_pad, gd), f32)
+    return common.tile_from_rows(
+        [layout.load_group(init_ref, g, row, segment, n) for n in range(spec.n_state)], n_pad)
 
   ct = spec.chunk_t
-  hs = tuple(jnp.zeros((n_pad, gd), f32) for _ in groups)
-  n_chunks, tail = divmod(spec.length, ct)
+  carry = (tuple(initial_state(g) for g in groups),
+           tuple(jnp.zeros((gd,), f32) if spec.segment_ends else None for g in groups))
+  n_chunks, tail = divmod(spec.walk_length, ct)
   if n_chunks and spec.prefetch:
     # Register double-buffering: chunk c + 1's activations load before chunk c is computed.
-    def body(c, carry):
-      hs, activations = carry
-      next_activations = load_activations((c + 1) * ct, ct)
-      return run_chunk(hs, c * ct, activations), next_activations
+    def body(c, loop_carry):
+      carry, activations = loop_carry
+      next_activations = load_activations(first + (c + 1) * ct, ct)
+      return run_chunk(carry, first + c * ct, activations), next_activations
 
-    hs, _ = jax.lax.fori_loop(0, n_chunks, body, (hs, load_activations(0, ct)))
+    carry, _ = jax.lax.fori_loop(0, n_chunks, body, (carry, load_activations(first, ct)))
   elif n_chunks:
-    hs = jax.lax.fori_loop(0, n_chunks,
-                           lambda c, hs: run_chunk(hs, c * ct, load_activations(c * ct, ct)), hs)
+    carry = jax.lax.fori_loop(
+        0, n_chunks,
+        lambda c, carry: run_chunk(carry, first + c * ct, load_activations(first + c * ct, ct)),
+        carry)
   if tail:
-    run_chunk(hs, n_chunks * ct, load_activations(n_chunks * ct, tail))
+    carry = run_chunk(carry, first + n_chunks * ct,
+                      load_activations(first + n_chunks * ct, tail))
+  if spec.segment_ends:
+    for g in groups:
+      plgpu.store(ends_ref.at[row, segment, states, channels[g]], carry[0][g], mask=tile_ok[g])
+      plgpu.store(dt_sum_ref.at[row, segment, channels[g]], carry[1][g], mask=channel_ok[g])
 
 
 def _check_inputs(u, delta, A, B, C, D, z, delta_bias):
@@ -218,28 +260,64 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus: bool, rever
              mean_with=None):
   """y, and with `store_states` also the fp32 states in the kernel's (B, L, N, D) layout (a
   thread owns one channel, so a state row is contiguous across the threads of a warp).
-  `mean_with`: y's mean with that output, in token order (module docstring)."""
+  `mean_with`: y's mean with that output, in token order (module docstring). With
+  `block_config.time_segments` > 1: two launches and a carry pass (`_segment_starts`)."""
   batch, length, channels = u.shape
   spec = common.kernel_spec(u, A, D, z, delta_bias, delta_softplus=delta_softplus,
                             reverse=reverse, block_config=block_config, store_states=store_states,
-                            mean_with=mean_with is not None)
-  operands = ([u, delta, *common.kernel_a_b_c(A, B, C)]
-              + [x for x in (D, z, delta_bias, mean_with) if x is not None])
+                            mean_with=mean_with is not None,
+                            initial_states=block_config.time_segments > 1)
+  a_b_c = common.kernel_a_b_c(A, B, C)
+  starts = ([_segment_starts(u, delta, a_b_c, delta_bias, spec, block_config, interpret)]
+            if spec.initial_states else [])
+  operands = ([u, delta, *a_b_c] + [x for x in (D, z, delta_bias, mean_with) if x is not None]
+              + starts)
   out_shape = jax.ShapeDtypeStruct(u.shape, u.dtype)
   if store_states:
     out_shape = (out_shape, jax.ShapeDtypeStruct((batch, length, A.shape[1], channels),
                                                  jnp.float32))
+  name = ('selective_scan_fwd_states' if store_states else
+          'selective_scan_fwd_mean' if mean_with is not None else 'selective_scan_fwd')
+  return _launch(spec, block_config, batch, out_shape, name, interpret, operands)
+
+
+def _launch(spec, block_config, batch, out_shape, name, interpret, operands):
+  """One pallas_call of the forward kernel: grid (channel blocks, batch rows[, segments])."""
+  grid = (pl.cdiv(spec.channels, block_config.block_d), batch)
+  if spec.segment_length:
+    grid += (spec.n_segments,)
   compat.filter_triton_deprecation()
   return pl.pallas_call(
       functools.partial(_scan_kernel, spec=spec),
       out_shape=out_shape,
-      grid=(pl.cdiv(channels, block_config.block_d), batch),
+      grid=grid,
       interpret=interpret,
-      name=('selective_scan_fwd_states' if store_states else
-            'selective_scan_fwd_mean' if mean_with is not None else 'selective_scan_fwd'),
+      name=name,
       compiler_params=compat.triton_compiler_params(block_config.num_warps,
                                                     block_config.num_stages),
   )(*operands)
+
+
+def _segment_starts(u, delta, a_b_c, delta_bias, spec, block_config, interpret):
+  """Each segment's starting state, (B, segments, N, D) fp32: one launch walks every segment
+  from 0 in parallel (its end state h_c and Δ sum S_c, no readout), then the segments are
+  chained in order: start_0 = 0, start_{c+1} = exp2(S_c A log2 e) start_c + h_c (a segment's
+  decays multiply to exp of its Δ sum times A). The chain is (segments - 1) small elementwise
+  steps that XLA fuses."""
+  batch, _, channels = u.shape
+  ends_spec = dataclasses.replace(spec, has_skip=False, has_gate=False, mean_with=False,
+                                  store_states=False, initial_states=False, segment_ends=True)
+  n_seg = spec.n_segments
+  out_shape = (jax.ShapeDtypeStruct((batch, n_seg, spec.n_state, channels), jnp.float32),
+               jax.ShapeDtypeStruct((batch, n_seg, channels), jnp.float32))
+  operands = [u, delta, *a_b_c] + ([delta_bias] if delta_bias is not None else [])
+  ends, dt_sums = _launch(ends_spec, block_config, batch, out_shape, 'selective_scan_segment_ends',
+                          interpret, operands)
+  a_log2 = a_b_c[0]  # (N, D)
+  starts = [jnp.zeros_like(ends[:, 0])]
+  for c in range(n_seg - 1):
+    starts.append(jnp.exp2(dt_sums[:, c, None, :] * a_log2) * starts[-1] + ends[:, c])
+  return jnp.stack(starts, axis=1)
 
 
 def _public_states(states_bnd, layout: str):
@@ -355,7 +433,8 @@ def _check_mean_with(mean_with, u, return_states):
 
 def _resolved_block_config(u, block_config):
   if block_config is None:
-    return default_block_config(u.shape[-1], u.dtype)
+    batch, length, channels = u.shape
+    return default_block_config(channels, u.dtype, batch=batch, length=length)
   if not isinstance(block_config, SelectiveScanBlockConfig):
     raise TypeError('selective_scan(triton): block_config must be a SelectiveScanBlockConfig, '
                     f'got {type(block_config).__name__}.')
@@ -377,7 +456,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
   u, delta, z: (B, L, D); B, C: (B, L, N); A: (D, N); D, delta_bias: (D,); D, z, delta_bias may
   be None. `vjp`: 'reference' differentiates through the sequential XLA reference; 'kernel'
   through the Pallas backward kernel (the default; 10.8x faster on an H100). `interpret=None`
-  interprets off-GPU. `block_config=None` uses the default for (D, u.dtype).
+  interprets off-GPU. `block_config=None` uses the default for (D, u.dtype, B, L): small batches
+  split the sequence into segments walked in parallel (`config.time_segments_for`).
   """
   _check_inputs(u, delta, A, B, C, D, z, delta_bias)
   check_options(u, vjp=vjp, states_layout=states_layout, mean_with=mean_with,

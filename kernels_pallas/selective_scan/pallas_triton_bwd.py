@@ -24,6 +24,7 @@ needs no condition. Padded channels and states load as 0, which keeps their adjo
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -163,8 +164,10 @@ def backward(u, delta, A, B, C, D, z, delta_bias, states, y_bar, states_bar, *,
   """
   batch, length, channels = u.shape
   n_state = A.shape[1]
+  # The adjoint walks the whole sequence: the forward's time segments do not apply.
   spec = common.kernel_spec(u, A, D, z, delta_bias, delta_softplus=delta_softplus,
-                          reverse=reverse, block_config=block_config)
+                            reverse=reverse,
+                            block_config=dataclasses.replace(block_config, time_segments=1))
   n_blocks = pl.cdiv(channels, block_config.block_d)
   has_states_grad = states_bar is not None
   f32 = jnp.float32

@@ -34,6 +34,23 @@ class KernelSpec:
   has_bias: bool
   store_states: bool = False  # also write every fp32 state to a (B, L, N, D) output
   mean_with: bool = False     # store the mean with another direction's output (token order)
+  segment_length: int = 0     # steps one program walks (0: all L); grid axis 2 = segment
+  segment_ends: bool = False  # write each segment's end state and Δ sum instead of y
+  initial_states: bool = False  # start each segment from a given state, not from 0
+
+  @property
+  def walk_length(self) -> int:
+    """Processing steps of one program."""
+    return self.segment_length or self.length
+
+  @property
+  def n_segments(self) -> int:
+    return -(-self.length // self.walk_length)
+
+  @property
+  def mask_time(self) -> bool:
+    """Whether the last segment runs past the sequence (those steps are masked)."""
+    return self.n_segments * self.walk_length != self.length
 
   @property
   def n_groups(self) -> int:
@@ -127,6 +144,14 @@ def tile_mask(state_ok, channel_ok, n_pad, group_d):
   return rows[:, None] & cols[None, :]
 
 
+def and_masks(mask, valid, shape):
+  """A store mask (or None) restricted to a scalar `valid` (or None: no restriction)."""
+  if valid is None:
+    return mask
+  valid = jnp.broadcast_to(valid, shape)
+  return valid if mask is None else mask & valid
+
+
 def tile_from_rows(rows, n_pad):
   """(n_pad, group_d) fp32 tile whose first len(rows) rows are the given (group_d,) rows.
 
@@ -148,17 +173,23 @@ def index(i):
 
 def kernel_spec(u, A, D, z, delta_bias, *, delta_softplus: bool, reverse: bool,
                 block_config: SelectiveScanBlockConfig, store_states: bool = False,
-                mean_with: bool = False) -> KernelSpec:
-  """The static facts of one call, shared by the forward and the backward kernel."""
+                mean_with: bool = False, segment_ends: bool = False,
+                initial_states: bool = False) -> KernelSpec:
+  """The static facts of one call, shared by the forward and the backward kernel (which walks
+  the whole sequence: it ignores `time_segments`)."""
   _, length, channels = u.shape
   n_state = A.shape[1]
+  segments = block_config.time_segments
+  segment_length = -(-length // segments) if segments > 1 else 0
   return KernelSpec(length=length, channels=channels, n_state=n_state,
                      n_pad=pl.next_power_of_2(n_state), block_d=block_config.block_d,
                      group_d=block_config.group_d, chunk_t=block_config.chunk_t,
                      prefetch=block_config.num_stages >= 2, reverse=reverse,
                      delta_softplus=delta_softplus, has_skip=D is not None,
                      has_gate=z is not None, has_bias=delta_bias is not None,
-                     store_states=store_states, mean_with=mean_with)
+                     store_states=store_states, mean_with=mean_with,
+                     segment_length=segment_length, segment_ends=segment_ends,
+                     initial_states=initial_states)
 
 
 def kernel_a_b_c(A, B, C):

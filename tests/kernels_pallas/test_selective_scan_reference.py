@@ -118,10 +118,14 @@ def test_unknown_implementation_is_rejected():
     api.selective_scan(**random_inputs(), implementation='cuda')
 
 
-@pytest.mark.parametrize('backend, batch, want', [
-    ('gpu', None, 'triton'), ('gpu', 64, 'triton'), ('gpu', api.SMALL_BATCH, 'triton'),
-    ('gpu', 1, 'associative'), ('gpu', api.SMALL_BATCH - 1, 'associative'),
-    ('cpu', 1, 'sequential'), ('cpu', 64, 'sequential'), ('tpu', 64, 'associative')])
-def test_default_implementation_takes_xla_at_small_batch_on_gpu(monkeypatch, backend, batch, want):
+@pytest.mark.parametrize('backend, batch, small_batch, want', [
+    ('gpu', None, 0, 'triton'), ('gpu', 64, 0, 'triton'), ('gpu', 1, 0, 'triton'),
+    ('gpu', 4, 4, 'triton'), ('gpu', 1, 4, 'associative'), ('gpu', 3, 4, 'associative'),
+    ('cpu', 1, 0, 'sequential'), ('cpu', 64, 0, 'sequential'), ('tpu', 64, 0, 'associative')])
+def test_default_implementation_per_platform_and_batch(monkeypatch, backend, batch, small_batch,
+                                                        want):
+  """On a GPU the kernel at every batch (its time split covers batch 1); the SMALL_BATCH switch
+  (the benchmarks' A/B) sends smaller batches to the associative scan."""
   monkeypatch.setattr(jax, 'default_backend', lambda: backend)
+  monkeypatch.setattr(api, 'SMALL_BATCH', small_batch)
   assert api.default_implementation(batch) == want

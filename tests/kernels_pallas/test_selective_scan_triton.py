@@ -15,6 +15,7 @@ import pytest
 from kernels_pallas import _pallas_compat
 from kernels_pallas.act_quant import producers
 from kernels_pallas.selective_scan import api
+from kernels_pallas.selective_scan import config as scan_config
 from kernels_pallas.selective_scan import pallas_triton
 from kernels_pallas.selective_scan import reference
 from kernels_pallas.selective_scan import triton_common
@@ -79,6 +80,16 @@ CPU_CASES = {
                        SelectiveScanBlockConfig(64, 4, num_warps=2), {}, True),
     'fp32_chunk_longer_than_L': (1, 3, 32, 16, jnp.float32, True, SelectiveScanBlockConfig(32, 8),
                                  {}, True),
+    # Time split: 13 steps in 4 segments of 4 (the last one masked past the sequence), the
+    # segments chained by the carry pass; both directions, the prefetching loop and a tail.
+    'fp32_segments_ragged': (2, 13, 48, 16, jnp.float32, False,
+                             SelectiveScanBlockConfig(32, 3, time_segments=4), {}, True),
+    'fp32_segments_reverse_prefetch': (1, 13, 40, 5, jnp.float32, True,
+                                       SelectiveScanBlockConfig(32, 2, num_stages=2,
+                                                                time_segments=3), {}, True),
+    'fp32_segments_no_bias': (1, 8, 32, 16, jnp.float32, False,
+                              SelectiveScanBlockConfig(32, 4, time_segments=2),
+                              dict(skip=False, gate=False, bias=False), True),
 }
 
 
@@ -158,6 +169,10 @@ MEAN_CASES = {  # (dtype, reverse, block config, check gradients): bf16 is the m
     'bf16_reverse': (jnp.bfloat16, True, SelectiveScanBlockConfig(32, 4), False),
     'fp32_ragged_prefetch': (jnp.float32, False, SelectiveScanBlockConfig(32, 5, num_stages=2),
                              False),
+    # the time split: the mean formed in the second launch's epilogue; gradients through the
+    # adjoint, which walks the whole sequence
+    'bf16_segments_reverse_grads': (jnp.bfloat16, True,
+                                    SelectiveScanBlockConfig(32, 2, time_segments=3), True),
 }
 
 
@@ -244,6 +259,14 @@ def test_lowers_to_triton_for_h100():
     with abstract_h100():
       text = mean.trace(*args).lower(lowering_platforms=('cuda',)).as_text()
   assert 'selective_scan_fwd_mean' in text
+  split = jax.jit(lambda *a: pallas_triton.selective_scan(
+      *a, interpret=False, block_config=dataclasses.replace(cfg, time_segments=3)))
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    with abstract_h100():
+      text = split.trace(*args).lower(lowering_platforms=('cuda',)).as_text()
+  assert text.count('grid_x = 4 : i32, grid_y = 4 : i32, grid_z = 3 : i32') == 2  # both walks
+  assert 'selective_scan_segment_ends' in text and 'selective_scan_fwd' in text
 
 
 def test_block_config_validation():
@@ -253,6 +276,8 @@ def test_block_config_validation():
   for kw in bad:
     with pytest.raises(ValueError, match='SelectiveScanBlockConfig'):
       SelectiveScanBlockConfig(**kw)
+  with pytest.raises(ValueError, match='time_segments'):
+    SelectiveScanBlockConfig(time_segments=0)
   with pytest.raises(TypeError, match='must be an int'):
     SelectiveScanBlockConfig(block_d=32.0)
   with pytest.raises(TypeError, match='SelectiveScanBlockConfig'):
@@ -267,6 +292,15 @@ def test_default_block_configs():
       assert cfg.block_d % cfg.group_d == 0
   cfg = default_block_config(1536, jnp.bfloat16)
   assert cfg.block_d // cfg.group_d == 2       # two channels (and their states) per thread
+  assert cfg.time_segments == 1
+  # Small batches split the sequence until about SEGMENT_TARGET_PROGRAMS programs run, each
+  # segment at least MIN_SEGMENT_STEPS long; a batch that fills the GPU is not split.
+  programs = 1536 // cfg.block_d
+  cfg = default_block_config(1536, jnp.bfloat16, batch=1, length=197)
+  assert cfg.time_segments == min(-(-scan_config.SEGMENT_TARGET_PROGRAMS // programs),
+                                  197 // scan_config.MIN_SEGMENT_STEPS)
+  assert default_block_config(1536, jnp.bfloat16, batch=64, length=197).time_segments == 1
+  assert default_block_config(1536, jnp.bfloat16, batch=1, length=20).time_segments == 1
   with pytest.raises(ValueError, match='positive'):
     default_block_config(0, jnp.float32)
   with pytest.raises(TypeError, match='floating'):
@@ -364,17 +398,18 @@ def test_kernel_vjp_matches_reference_vjp(case):
   assert_grads_close(grads, expected, FP32_TOL if dtype == jnp.float32 else BF16_TOL, case)
 
 
-# (dtype, reverse, vjp): the kernel and the reference backward both take a states cotangent.
-STATES_CASES = [(jnp.float32, False, 'kernel'), (jnp.bfloat16, True, 'kernel'),
-                (jnp.float32, True, 'reference')]
+# (dtype, reverse, vjp, time segments): the kernel and the reference backward both take a states
+# cotangent; split in time, each segment's second walk writes its steps' states.
+STATES_CASES = [(jnp.float32, False, 'kernel', 1), (jnp.bfloat16, True, 'kernel', 1),
+                (jnp.float32, True, 'reference', 1), (jnp.float32, True, 'kernel', 2)]
 
 
-@pytest.mark.parametrize('dtype,reverse,vjp', STATES_CASES)
-def test_kernel_states_and_their_gradients(dtype, reverse, vjp):
+@pytest.mark.parametrize('dtype,reverse,vjp,segments', STATES_CASES)
+def test_kernel_states_and_their_gradients(dtype, reverse, vjp, segments):
   """The Triton forward writes the fp32 states, and gradients through y and the states match
   the reference's."""
   args = make_inputs(12, 2, 5, 40, 16, dtype)
-  cfg = SelectiveScanBlockConfig(32, 2)
+  cfg = SelectiveScanBlockConfig(32, 2, time_segments=segments)
   scan = lambda *a: api.selective_scan(
       *a, reverse=reverse, return_states=True, implementation='triton', interpret=True,
       block_config=cfg, vjp=vjp)

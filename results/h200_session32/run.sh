@@ -1,0 +1,31 @@
+#!/bin/bash
+# Session 32's card plan for issue 15, one PART per call (carry .whl):
+#   PART=scan|tests|grid bash results/h200_session32/run.sh
+# scan (~7 min): the time-split Triton scan (config.time_segments: segments of the sequence
+#   walked in parallel, chained by a carry pass) at batch 1 against the XLA associative scan
+#   and the unsplit kernel (kernel bench, Vim-T/S/B sizes); then Vim-B end to end at batches 1
+#   and 8 (where the rule also splits): the Triton scan at every batch (scan_small_batch=0) with
+#   the split (the default target) and without (scan_segment_programs=0), against the
+#   associative-scan default below SMALL_BATCH.
+# tests (~3 min): the scan's GPU tests.
+set -u
+. bench/device_env.sh
+
+case ${PART:-scan} in
+  scan)
+    timeout 150 python3 -m kernels_pallas.selective_scan.bench --batch=1 --trials=20 \
+      --configs=64:2:1:2,64:2:1:2:8,64:2:1:2:12,32:4:1:2:8,32:4:1:2:12,32:2:1:2:16 \
+      --out=$OUT/scan_b1.json 2>&1 | quiet | tail -22
+    timeout 330 python3 bench/e2e_latency.py --models=vim_b --batches=1,8 \
+      --variants=bf16_xla,bf16_pallas_scan,w4a4o8 --iters=20 \
+      --cases=default,scan_small_batch=0,scan_small_batch=0+scan_segment_programs=0 \
+      --out=$OUT/e2e_vim_b_b1_segments.json 2>&1 | quiet | grep -v compiled | tail -24 ;;
+  tests)
+    timeout 200 python3 -m pytest -q -m gpu tests/kernels_pallas/test_selective_scan_triton.py \
+      2>&1 | quiet | tail -4 ;;
+  grid)
+    timeout 560 python3 bench/e2e_latency.py --models=vim_b --batches=64,1 \
+      --variants=bf16_xla,bf16_pallas_scan,w8a8,w4a4o8 --iters=15 --out=$OUT/e2e_vim_b_grid.json \
+      2>&1 | quiet | tail -30 ;;
+esac
+echo "total $(( $(date +%s) - S )) s"
