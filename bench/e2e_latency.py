@@ -170,6 +170,10 @@ def parse_args(argv=None):
   p.add_argument('--gemm_sweep_tiles', type=int, default=-1, choices=(-1, 0, 1),
                  help="1: the mixed GEMM's per-shape tiles from the tile sweep, 0: one tile "
                       '(mixed_gemm config.SWEEP_TILES; -1: the library default)')
+  p.add_argument('--gemm_weights_as_stored', type=int, default=-1,
+                 help='mixed GEMM calls of at most this many rows read the weight as stored, '
+                      'unpacking int4 in the kernel, with no per-call XLA copy (0: never; -1: '
+                      'the library default, mixed_gemm config.WEIGHTS_AS_STORED_UP_TO_ROWS)')
   p.add_argument('--int4_shift_unpack', type=int, default=-1, choices=(-1, 0, 1),
                  help='1: int4 weights unpacked by one elementwise pass, 0: by interleaving '
                       'the nibble planes (kernels_pallas.int4.SHIFT_UNPACK; -1: the default)')
@@ -236,6 +240,7 @@ SWITCHES = {'act_quant_small_grid': (act_quant_config, 'SMALL_GRID_PROGRAMS', 0)
             'act_quant_segments': (act_quant_config, 'SEGMENTS_IN_ONE_LAUNCH', 0),
             'gemm_sweep_tiles': (mixed_gemm_config, 'SWEEP_TILES', 0),
             'int4_shift_unpack': (int4, 'SHIFT_UNPACK', 0),
+            'gemm_weights_as_stored': (mixed_gemm_config, 'WEIGHTS_AS_STORED_UP_TO_ROWS', 0),
             'scan_small_batch': (scan_api, 'SMALL_BATCH', 0),
             'scan_segment_programs': (scan_config, 'SEGMENT_TARGET_PROGRAMS', 0)}
 # XLA options a flag's value sets (-1 leaves XLA's own settings): flag -> {value: options}.

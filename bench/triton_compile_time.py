@@ -81,18 +81,19 @@ def _act_quant_form(channels: int, unroll: bool, batch: int = BATCH, producer: s
   return lower, kw['num_warps'], 1
 
 
-def _scan_form(channels: int = 1536, mean_with: bool = False):
+def _scan_form(channels: int = 1536, mean_with: bool = False, batch: int = BATCH):
   """The float selective scan, or writing the two directions' mean (Vim-B width, the
-  library's tile for it)."""
+  library's tile for it; at batch 1 that splits the sequence: the form is the second walk,
+  from each segment's carried state)."""
   from kernels_pallas.selective_scan import pallas_triton  # pylint: disable=g-import-not-at-top
   from kernels_pallas.selective_scan.config import default_block_config  # pylint: disable=g-import-not-at-top
   shape = lambda *s, dtype=jnp.bfloat16: jax.ShapeDtypeStruct(s, dtype)
   n = 16
-  args = (shape(BATCH, TOKENS, channels), shape(BATCH, TOKENS, channels),
-          shape(channels, n, dtype=jnp.float32), shape(BATCH, TOKENS, n),
-          shape(BATCH, TOKENS, n), shape(channels, dtype=jnp.float32),
-          shape(BATCH, TOKENS, channels), None)
-  cfg = default_block_config(channels, jnp.bfloat16)  # what the model runs
+  args = (shape(batch, TOKENS, channels), shape(batch, TOKENS, channels),
+          shape(channels, n, dtype=jnp.float32), shape(batch, TOKENS, n),
+          shape(batch, TOKENS, n), shape(channels, dtype=jnp.float32),
+          shape(batch, TOKENS, channels), None)
+  cfg = default_block_config(channels, jnp.bfloat16, batch=batch, length=TOKENS)  # the model's
   fn = jax.jit(lambda *a: pallas_triton.selective_scan(
       *a, delta_softplus=True, interpret=False, block_config=cfg,
       mean_with=a[0] if mean_with else None))
@@ -117,16 +118,19 @@ def _dequantized_form(channels: int = 1536):
   return lower, kw['num_warps'], 1
 
 
-def _gemm_form(k: int, n: int = 1536, tile=None):
-  """The W4A4O8 mixed GEMM (int8 codes, packed int4 weights, dense outliers, bias) at Vim-B
-  batch 64's rows: K = 768 (in_proj's input), K = 48 (dt_proj's); `tile` a
-  MixedGemmBlockConfig (default: the library's for the shape)."""
+def _gemm_form(k: int, n: int = 1536, tile=None, batch: int = BATCH, as_stored: bool = False):
+  """The W4A4O8 mixed GEMM (int8 codes, packed int4 weights, dense outliers, bias) at Vim-B's
+  rows for `batch`: K = 768 (in_proj's input), K = 48 (dt_proj's); `tile` a
+  MixedGemmBlockConfig (default: the library's for the shape); `as_stored`: the form that
+  reads the packed weight as stored and unpacks it in the kernel."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
   from kernels_pallas.mixed_gemm import config  # pylint: disable=g-import-not-at-top
   from kernels_pallas.mixed_gemm import pallas_triton  # pylint: disable=g-import-not-at-top
-  m, s = BATCH * TOKENS, jax.ShapeDtypeStruct
+  m, s = batch * TOKENS, jax.ShapeDtypeStruct
   args = (s((m, k), jnp.int8), s((m,), jnp.float32), s((k // 2, n), jnp.int8),
           s((n,), jnp.float32), s((m, k), jnp.int8), s((m,), jnp.float32), s((n,), jnp.float32))
   cfg = tile or config.default_block_config(m, n, k)
+  cfg = dataclasses.replace(cfg, weights_as_stored=as_stored)
   lower = lambda: pallas_triton.mixed_gemm.trace(
       *args, k=k, weight_bits=4, out_dtype=jnp.dtype(jnp.bfloat16), cfg=cfg).lower(
           lowering_platforms=('cuda',))
@@ -169,7 +173,12 @@ FORMS: dict[str, Callable[[], tuple[Callable[[], Any], int, int]]] = {
     'mixed_gemm_k768_64x128x128': lambda: _gemm_form(768, tile=_gemm_tile(64, 128, 128, 4, 3)),
     'mixed_gemm_k768_64x64x128': lambda: _gemm_form(768, tile=_gemm_tile(64, 64, 128, 4, 3)),
     'mixed_gemm_k48': lambda: _gemm_form(48),
+    # batch 1: the K-major copy's kernel against the one reading the packed weight as stored
+    'mixed_gemm_k768_b1': lambda: _gemm_form(768, n=3072, batch=1),
+    'mixed_gemm_k768_b1_as_stored': lambda: _gemm_form(768, n=3072, batch=1, as_stored=True),
+    'mixed_gemm_k48_b1_as_stored': lambda: _gemm_form(48, batch=1, as_stored=True),
     'scan': _scan_form,
+    'scan_b1_segments': lambda: _scan_form(batch=1),
     'scan_direction_mean': lambda: _scan_form(mean_with=True),
     **{f'readout_{pass_}{"_by_state" if by_state else ""}': (
         lambda by_state=by_state, pass_=pass_: _readout_form(by_state, pass_ == 'backward'))

@@ -4,8 +4,9 @@ Used for int4 weights: along the packed axis (K, the input axis of a weight (K, 
 value 2i in its low nibble and value 2i + 1 in its high nibble. The bytes are int8 in XLA
 (arithmetic shifts sign-extend the nibbles); quantized checkpoints store the very same bytes as
 uint8, which `unpack_int4` and the mixed GEMM accept by bit-casting. Activation codes are never
-packed (the mixed GEMM reads one code per byte), and the GEMM unpacks its weight in XLA, off the
-kernel's K loop, so these helpers run in XLA only.
+packed (the mixed GEMM reads one code per byte). The GEMM unpacks its weight in XLA, off the
+kernel's K loop, except for small calls that read it as stored (`MixedGemmBlockConfig.
+weights_as_stored`): those unpack a tile in registers with `unpack_nibbles`.
 """
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ import jax.numpy as jnp
 SHIFT_UNPACK = 1
 
 
-def _unpack_nibbles(packed):
-  """int8 bytes -> (low, high) sign-extended int4 values as int8 (even k, odd k)."""
+def unpack_nibbles(packed):
+  """int8 bytes -> (low, high) sign-extended int4 values as int8 (even k, odd k); elementwise,
+  so it also runs on a tile inside a kernel."""
   four = jnp.int8(4)
   low = jax.lax.shift_right_arithmetic(jax.lax.shift_left(packed, four), four)
   high = jax.lax.shift_right_arithmetic(packed, four)
@@ -72,5 +74,5 @@ def unpack_int4(packed, axis: int = -1):
   if packed.dtype == jnp.uint8:
     packed = jax.lax.bitcast_convert_type(packed, jnp.int8)
   p = jnp.moveaxis(packed, axis, -1)
-  values = _unpack_by_parity(p) if SHIFT_UNPACK else _interleave(*_unpack_nibbles(p))
+  values = _unpack_by_parity(p) if SHIFT_UNPACK else _interleave(*unpack_nibbles(p))
   return jnp.moveaxis(values, -1, axis)

@@ -21,6 +21,13 @@ OUTLIER_CHUNK = 32
 # 38.19 -> 37.08 ms at batch 64, batch 1 within the spread), 0 one tile for every shape (the H200
 # probe of session 7). A module switch so the e2e bench can A/B it on an H200 in one process.
 SWEEP_TILES = 1
+# Calls of at most this many rows read the weight as stored (`weights_as_stored`): at batch 1
+# the GEMM waits on latency and launches, not on its MMAs, and the per-call XLA copy that
+# unpacks and transposes the weight (two launches per Linear, ~0.47 ms of a Vim-B batch-1
+# W4A4O8 forward's device time on an H100, session 31's profile) costs more than the kernel
+# itself. 0: never (the default until an end-to-end A/B on a card picks the rows; built in
+# session 32, not yet timed; `bench/e2e_latency.py --gemm_weights_as_stored=N`).
+WEIGHTS_AS_STORED_UP_TO_ROWS = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +46,13 @@ class MixedGemmBlockConfig:
   # at 0.1 %; BENCHMARKS.md session 8). Lists may pay off on models whose outliers sit in a few
   # persistent channels; measure with `mixed_gemm/bench.py --outlier_frac`.
   dense_outliers_above: float = 0.0
+  # Read the weight as the API receives it ((K, N) int8, or int4 packed two per byte along K)
+  # instead of the K-major int8 copy XLA makes per call: int4 nibbles are unpacked in
+  # registers, and each K block is two dots (even and odd K lanes, the activations gathered
+  # with a stride of 2). Slower MMAs ((K, N) tiles cannot feed Hopper's int8 wgmma directly:
+  # 2.9x at batch 64, mixed_gemm NOTES) but no copy and no extra launch: for small M only
+  # (`WEIGHTS_AS_STORED_UP_TO_ROWS`). Dense outliers only (no lists).
+  weights_as_stored: bool = False
 
   def shared_bytes(self, outliers: bool) -> int:
     """Shared memory of the kernel's pipelined int8 tiles: num_stages x (the codes' block_m x
@@ -80,13 +94,17 @@ class MixedGemmBlockConfig:
     if not 0.0 <= self.dense_outliers_above <= 1.0:
       raise ValueError(f'MixedGemmBlockConfig.dense_outliers_above={self.dense_outliers_above!r}:'
                        ' must be a fraction of K in [0, 1].')
+    if self.weights_as_stored and self.outlier_lists:
+      raise ValueError('MixedGemmBlockConfig: weights_as_stored walks the outliers densely; set '
+                       'dense_outliers_above=0 with it (or read K-major weights for the lists).')
     if not isinstance(self.num_stages, int) or self.num_stages < 1:
       raise ValueError(f'MixedGemmBlockConfig.num_stages={self.num_stages!r}: must be an int >= 1.')
 
 
 def default_block_config(m: int, n: int, k: int) -> MixedGemmBlockConfig:
   """The measured best tile for (M, N, K), shrunk for tiny problems: the sweep's per-shape
-  rule (`_sweep_tile`) while SWEEP_TILES is on, else the single tile below.
+  rule (`_sweep_tile`) while SWEEP_TILES is on, else `_one_tile`; a call of at most
+  WEIGHTS_AS_STORED_UP_TO_ROWS rows reads its weight as stored.
 
   From the H200 probe of K-major int8 GEMMs (`bench/int8_gemm_probe.py`, 2026-12-02): at
   M = 64 x 197 tokens 128 x 128 x 128 with 8 warps beat every other tile at Vim-B in_proj and
@@ -96,8 +114,14 @@ def default_block_config(m: int, n: int, k: int) -> MixedGemmBlockConfig:
   K = dt_rank) runs 64-wide blocks, the last one masked in the kernel.
   """
   small = m <= 512
-  if SWEEP_TILES:
-    return _sweep_tile(m, n, k, small)
+  tile = _sweep_tile(m, n, k, small) if SWEEP_TILES else _one_tile(m, n, k, small)
+  if m <= WEIGHTS_AS_STORED_UP_TO_ROWS:
+    return dataclasses.replace(tile, weights_as_stored=True)
+  return tile
+
+
+def _one_tile(m: int, n: int, k: int, small: bool) -> MixedGemmBlockConfig:
+  """The H200 probe's tile for every shape (SWEEP_TILES off)."""
   preferred = 256 if small else 128
   block_k = next((bk for bk in (preferred, 256, 128, 64) if k % bk == 0), 64)
   block_m = min(64 if small else 128, max(16, next_pow2(m)))

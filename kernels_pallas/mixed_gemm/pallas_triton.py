@@ -32,7 +32,11 @@ Weights enter the kernel K-major, (N, K) (the wrapper transposes the (K, N) oper
 API): Hopper's int8 wgmma reads its B operand K-major from shared memory, and with (K, N) tiles
 Triton could not feed it directly. Measured on an H200 (`bench/int8_gemm_probe.py`, Vim-B
 in_proj 12608x768x3072, 2026-12-02): 0.517 ms (K, N) vs 0.181 ms (N, K), cuBLAS bf16 0.212 ms in
-the same run. The transpose of the small weight is one XLA copy per call (K x N bytes).
+the same run. The transpose of the small weight is one XLA copy per call (K x N bytes). Calls
+with few rows can skip that copy (`MixedGemmBlockConfig.weights_as_stored`): the kernel then
+reads the API's operand as it is, unpacks int4 nibbles in registers and runs each K block as
+two dots over its even and odd lanes; slower MMAs, but at batch 1 the copy and its launches
+cost more than the GEMM.
 
 M, N and K tails are masked in the kernel (any M, N, K; masked codes load as 0, which adds
 nothing): no XLA pad of the operands before the call (Vim's dt_proj has K = dt_rank = 48). The
@@ -70,7 +74,8 @@ def _load_rows(ref, row_start, rows_ok, k_start, width, block_m, k: int):
 
 
 def _gemm_kernel(*refs, m: int, n: int, k: int, cfg: MixedGemmBlockConfig, has_outliers: bool,
-                 has_bias: bool, accumulators_only: bool, a_period=None, a_floor=None):
+                 has_bias: bool, accumulators_only: bool, a_period=None, a_floor=None,
+                 weight_bits: int = 8):
   refs = list(refs)
   xin_ref, a_scale_ref, w_ref, w_scale_ref = refs[:4]
   refs = refs[4:]
@@ -94,22 +99,51 @@ def _gemm_kernel(*refs, m: int, n: int, k: int, cfg: MixedGemmBlockConfig, has_o
   def dot(a, b):  # b is a K-major (block_n, K) tile: contract both operands' last axis
     return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.int32)
 
-  def k_block(kb):
-    """The K block's weight tile (block_n, block_k) and inlier tile (block_m, block_k)."""
+  def dot_kn(a, b):  # b is a (K, block_n) tile, the weight as stored
+    return jax.lax.dot_general(a, b, (((1,), (0,)), ((), ())), preferred_element_type=jnp.int32)
+
+  def k_block_sums(kb, x_refs):
+    """Each activation ref's int32 contribution from K block kb: the weight tile is loaded
+    once and shared by the inlier and the outlier codes (coalesced tile loads, no gathers)."""
+    if cfg.weights_as_stored:
+      return _stored_weight_sums(kb, x_refs)
     w = plgpu.load(w_ref.at[pl.ds(col_start, bn), pl.ds(kb * bk, bk)],
                    mask=_tile_mask(cols_ok, kb * bk, bk, k), other=jnp.int8(0))
-    return w, _load_rows(xin_ref, row_start, rows_ok, kb * bk, bk, bm, k)
+    return [dot(_load_rows(x_ref, row_start, rows_ok, kb * bk, bk, bm, k), w) for x_ref in x_refs]
+
+  def _stored_weight_sums(kb, x_refs):
+    """k_block_sums with the weight read as the API holds it: (K, N) int8, or int4 packed
+    along K (byte i = lanes 2i and 2i + 1). An int4 block is unpacked in registers into its
+    even and odd lanes, and each activation tile (one coalesced load) is split into the
+    matching two halves in registers."""
+    ks = kb * bk
+    if weight_bits == 8:
+      lanes_ok = ks + jnp.arange(bk) < k
+      w = plgpu.load(w_ref.at[pl.ds(ks, bk), pl.ds(col_start, bn)],
+                     mask=lanes_ok[:, None] & cols_ok[None, :], other=jnp.int8(0))
+      return [dot_kn(_load_rows(x_ref, row_start, rows_ok, ks, bk, bm, k), w)
+              for x_ref in x_refs]
+    half = bk // 2
+    bytes_ok = kb * half + jnp.arange(half) < w_ref.shape[0]
+    packed = plgpu.load(w_ref.at[pl.ds(kb * half, half), pl.ds(col_start, bn)],
+                        mask=bytes_ok[:, None] & cols_ok[None, :], other=jnp.int8(0))
+    w_even, w_odd = int4.unpack_nibbles(packed)
+    sums = []
+    for x_ref in x_refs:
+      x = _load_rows(x_ref, row_start, rows_ok, ks, bk, bm, k)
+      x_even, x_odd = jnp.unstack(x.reshape(bm, half, 2), axis=-1)
+      sums.append(dot_kn(x_even, w_even) + dot_kn(x_odd, w_odd))
+    return sums
 
   def body(kb, acc_in):
-    w, xin = k_block(kb)
-    return acc_in + dot(xin, w)
+    (acc,) = k_block_sums(kb, [xin_ref])
+    return acc_in + acc
 
   def dense_body(kb, accs):
     # The outlier codes ride along the K walk as a second dot on the weight tile already
-    # loaded (coalesced tile loads instead of gathers).
-    w, xin = k_block(kb)
-    xout = _load_rows(xout_ref, row_start, rows_ok, kb * bk, bk, bm, k)
-    return accs[0] + dot(xin, w), accs[1] + dot(xout, w)
+    # loaded.
+    acc_in, acc_out = k_block_sums(kb, [xin_ref, xout_ref])
+    return accs[0] + acc_in, accs[1] + acc_out
 
   zeros = jnp.zeros((bm, bn), jnp.int32)
   n_kb = -(-k // bk)
@@ -173,11 +207,14 @@ def _gemm_kernel(*refs, m: int, n: int, k: int, cfg: MixedGemmBlockConfig, has_o
 def _call(x_inlier, a_scale, w, w_scale, x_outlier, o_scale, bias, *, k, weight_bits,
           out_dtype, cfg, interpret, accumulators_only, a_period=None, a_floor=None):
   m, n = x_inlier.shape[0], w.shape[1]
-  # An int4 weight is unpacked here, off the kernel's critical path, in the same XLA copy that
-  # makes it K-major (`[:k]` drops the packing's pad row of an odd K; a no-op otherwise).
-  w_kmajor = (int4.unpack_int4(w, axis=0) if weight_bits == 4 else w)[:k].T
+  if cfg.weights_as_stored:  # the kernel reads (and unpacks) the weight as it is
+    w_operand = jax.lax.bitcast_convert_type(w, jnp.int8) if w.dtype == jnp.uint8 else w
+  else:
+    # An int4 weight is unpacked here, off the kernel's critical path, in the same XLA copy
+    # that makes it K-major (`[:k]` drops the packing's pad row of an odd K; a no-op otherwise).
+    w_operand = (int4.unpack_int4(w, axis=0) if weight_bits == 4 else w)[:k].T
   has_outliers = x_outlier is not None
-  inputs = [x_inlier, a_scale.astype(jnp.float32), w_kmajor, w_scale.astype(jnp.float32)]
+  inputs = [x_inlier, a_scale.astype(jnp.float32), w_operand, w_scale.astype(jnp.float32)]
   if has_outliers:
     inputs += [x_outlier, o_scale.astype(jnp.float32)]
     if cfg.outlier_lists:
@@ -192,7 +229,7 @@ def _call(x_inlier, a_scale, w, w_scale, x_outlier, o_scale, bias, *, k, weight_
   kernel = functools.partial(
       _gemm_kernel, m=m, n=n, k=k, cfg=cfg, has_outliers=has_outliers,
       has_bias=bias is not None, accumulators_only=accumulators_only, a_period=a_period,
-      a_floor=a_floor)
+      a_floor=a_floor, weight_bits=weight_bits)
   grid = (pl.cdiv(n, cfg.block_n), pl.cdiv(m, cfg.block_m))
   compat.filter_triton_deprecation()
   outs = pl.pallas_call(

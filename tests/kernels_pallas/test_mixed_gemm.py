@@ -3,6 +3,8 @@
 The Pallas kernel runs in interpret mode on CPU; `test_kernel_lowers_to_triton_for_h100` also
 lowers it for an (abstract) H100, which catches Triton lowering errors without a GPU.
 """
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -114,6 +116,36 @@ def test_dequantized_output_matches_xla(weight_bits, code_bits, with_outliers):
   np.testing.assert_allclose(np.asarray(y_pl), np.asarray(y_xla), rtol=1e-6, atol=1e-5)
 
 
+@pytest.mark.parametrize('weight_bits,k,stored_uint8', [(4, 192, False), (4, 102, True),
+                                                        (8, 48, False)])
+def test_weights_as_stored_sums_and_outputs_equal_the_kmajor_form(weight_bits, k, stored_uint8):
+  """`weights_as_stored` (the weight read as the API holds it, int4 unpacked in the kernel into
+  even and odd lanes): the same int32 sums as the oracle, with outliers, through K blocks that
+  end mid-way (K = 102: mid-byte-block; K = 48: dt_proj's), and the same output bits as the
+  K-major form, bias included. Checkpoints hold int4 bytes as uint8 (bit-cast)."""
+  rng = np.random.default_rng(11 + k)
+  m, n = 45, 40
+  x, w, xout, oracle_in, oracle_out = _operands(rng, m, k, n, weight_bits, 4, 0.2)
+  if stored_uint8:
+    w = jax.lax.bitcast_convert_type(w, jnp.uint8)
+  tile = config.MixedGemmBlockConfig(block_m=16, block_n=16, block_k=64, num_warps=4)
+  stored = config.MixedGemmBlockConfig(block_m=16, block_n=16, block_k=64, num_warps=4,
+                                       weights_as_stored=True)
+  acc_in, acc_out = api.mixed_gemm_accumulators(x, w, xout, weight_bits=weight_bits,
+                                                implementation='triton', interpret=True,
+                                                block_config=stored)
+  np.testing.assert_array_equal(np.asarray(acc_in), oracle_in)
+  np.testing.assert_array_equal(np.asarray(acc_out), oracle_out)
+  a_scale = jnp.asarray(rng.uniform(0.01, 0.1, (m,)), jnp.float32)
+  o_scale = jnp.asarray(rng.uniform(0.1, 1.0, (m,)), jnp.float32)
+  w_scale = jnp.asarray(rng.uniform(0.001, 0.01, (n,)), jnp.float32)
+  bias = jnp.asarray(rng.normal(size=(n,)), jnp.float32)
+  y = lambda cfg: np.asarray(api.mixed_gemm(
+      x, a_scale, w, w_scale, xout, o_scale, bias, weight_bits=weight_bits,
+      implementation='triton', interpret=True, block_config=cfg), np.float32)
+  np.testing.assert_array_equal(y(stored), y(tile))
+
+
 def test_bf16_output():
   rng = np.random.default_rng(2)
   x, w, xout, _, _ = _operands(rng, 40, 64, 32, 4, 4)
@@ -181,6 +213,11 @@ def test_default_tiles_are_the_measured_ones(monkeypatch, sweep_tiles):
     assert tile(b1, 3072, 768) == (64, 128, 256, 4, 3)
     assert tile(b64, 192, 192)[2] == 64
   assert tile(5, 3, 40)[:2] == (16, 16)                    # tiny problems shrink the tile
+  assert not config.default_block_config(b1, 3072, 768).weights_as_stored  # off by default
+  monkeypatch.setattr(config, 'WEIGHTS_AS_STORED_UP_TO_ROWS', 512)
+  assert config.default_block_config(b1, 3072, 768).weights_as_stored
+  assert tile(b1, 3072, 768) == ((64, 128, 256, 4, 3) if sweep_tiles else (64, 128, 256, 4, 3))
+  assert not config.default_block_config(b64, 3072, 768).weights_as_stored
 
 
 def test_tiles_that_exceed_sm90_shared_memory_are_refused_up_front():
@@ -212,13 +249,16 @@ def test_custom_block_config_is_used():
   np.testing.assert_array_equal(np.asarray(acc_in), oracle_in)
 
 
-@pytest.mark.parametrize('weight_bits,k', [(4, 384), (8, 384), (8, 48)])
-def test_kernel_lowers_to_triton_for_h100(weight_bits, k):
+@pytest.mark.parametrize('weight_bits,k,as_stored', [(4, 384, False), (8, 384, False),
+                                                     (8, 48, False), (4, 768, True),
+                                                     (8, 48, True)])
+def test_kernel_lowers_to_triton_for_h100(weight_bits, k, as_stored):
   """Lowers (no compile) for an abstract H100: every op must have a Triton lowering rule
   (K = 48: the masked last K block, Vim-B's dt_proj with its bias, and the model's per-step
-  floored inlier scales, read by the row's step)."""
+  floored inlier scales, read by the row's step; `as_stored`: the batch-1 form that reads the
+  weight as stored, unpacking int4 in the kernel)."""
   from kernels_pallas.mixed_gemm import pallas_triton  # pylint: disable=g-import-not-at-top
-  m, n = 64 * 197, 1536
+  m, n = (197 if as_stored else 64 * 197), 1536
   s = jax.ShapeDtypeStruct
   per_step = dict(a_period=197, a_floor=1e-8) if k == 48 else {}
   args = (s((m, k), jnp.int8), s((per_step.get('a_period', m),), jnp.float32),
@@ -227,8 +267,11 @@ def test_kernel_lowers_to_triton_for_h100(weight_bits, k):
   with abstract_h100():
     lowered = pallas_triton.mixed_gemm.trace(
         *args, k=k, weight_bits=weight_bits, out_dtype=jnp.dtype(jnp.bfloat16),
-        cfg=config.default_block_config(m, n, k), **per_step).lower(lowering_platforms=('cuda',))
+        cfg=dataclasses.replace(config.default_block_config(m, n, k), weights_as_stored=as_stored),
+        **per_step).lower(lowering_platforms=('cuda',))
   assert '__gpu$xla.gpu.triton' in lowered.as_text()
+  # the as-stored form ships the weight to the kernel untouched (no unpack, no transpose)
+  assert ('transpose' in lowered.as_text()) != as_stored
 
 
 @pytest.mark.gpu
