@@ -29,14 +29,15 @@ from kernels_pallas.selective_scan import reference
 # Since the kernel splits a small batch's sequence into segments walked in parallel
 # (`config.time_segments_for`), it is the faster one at batch 1 too: Vim-B end to end, one
 # H100, one process (BENCHMARKS.md "Session 32"): 3.59 ms against 4.83 ms for the associative
-# scan, and 4.02 against 5.10 in a second process. Kept as a switch for benchmarks' A/B.
+# scan, and 4.02 against 5.10 with 8 segments instead of 11 in a second process. Kept as a
+# switch for benchmarks' A/B.
 SMALL_BATCH = 0
 
 
 def _triton_not_default(batch=None):
   if batch is not None and batch < SMALL_BATCH:
-    return (f'batch {batch} < SMALL_BATCH={SMALL_BATCH}: the kernel leaves the GPU mostly idle '
-            'and measured slower than the associative scan')
+    return (f'batch {batch} < SMALL_BATCH={SMALL_BATCH} (a benchmark switch, 0 by default): '
+            'the associative scan is asked for below it')
   return None
 
 
