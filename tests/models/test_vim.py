@@ -194,6 +194,22 @@ def test_batched_directions_give_the_loops_logits_and_the_same_init():
   np.testing.assert_array_equal(forward(batched)(params, images), forward(model)(params, images))
 
 
+@pytest.mark.parametrize('batch_directions', [False, True])
+def test_small_batch_mixer_splits_the_triton_scan_in_time_like_the_reference(batch_directions):
+  """At batch 1 the Triton scan's default config splits the sequence (49 tokens: 3 segments,
+  the last one masked past the end); the mixer still matches the numpy reference, with the
+  directions looped (the backward scan forming their mean) and vmapped."""
+  from kernels_pallas.selective_scan import config as scan_config  # pylint: disable=g-import-not-at-top
+  assert scan_config.default_block_config(16, jnp.float32, batch=1, length=49).time_segments == 3
+  hidden = np.random.default_rng(5).standard_normal((1, 49, 8)).astype(np.float32)
+  mixer = BiMambaV2Mixer(d_model=8, d_state=4, n_layers=1, scan_implementation='triton',
+                         batch_directions=batch_directions)
+  params = random_mixer_params(mixer, hidden)
+  out = np.asarray(jax.jit(lambda p, x: mixer.apply({'params': p}, x),
+                           compiler_options=CPU_FAST_COMPILE)(params, hidden))
+  assert relative_error(out, numpy_mixer(hidden, params)) <= FP32_TOLERANCE
+
+
 def _block_scan_inputs(fn, *args) -> list[tuple[int, ...]]:
   """Shapes of the inputs of the first `scan` in fn's jaxpr (the block scan's params)."""
   def find(jaxpr):
