@@ -265,8 +265,7 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus: bool, rever
   batch, length, channels = u.shape
   spec = common.kernel_spec(u, A, D, z, delta_bias, delta_softplus=delta_softplus,
                             reverse=reverse, block_config=block_config, store_states=store_states,
-                            mean_with=mean_with is not None,
-                            initial_states=block_config.time_segments > 1)
+                            mean_with=mean_with is not None)
   a_b_c = common.kernel_a_b_c(A, B, C)
   starts = ([_segment_starts(u, delta, a_b_c, delta_bias, spec, block_config, interpret)]
             if spec.initial_states else [])
@@ -306,7 +305,7 @@ def _segment_starts(u, delta, a_b_c, delta_bias, spec, block_config, interpret):
   steps that XLA fuses."""
   batch, _, channels = u.shape
   ends_spec = dataclasses.replace(spec, has_skip=False, has_gate=False, mean_with=False,
-                                  store_states=False, initial_states=False, segment_ends=True)
+                                  store_states=False, segment_ends=True)
   n_seg = spec.n_segments
   out_shape = (jax.ShapeDtypeStruct((batch, n_seg, spec.n_state, channels), jnp.float32),
                jax.ShapeDtypeStruct((batch, n_seg, channels), jnp.float32))

@@ -36,12 +36,16 @@ class KernelSpec:
   mean_with: bool = False     # store the mean with another direction's output (token order)
   segment_length: int = 0     # steps one program walks (0: all L); grid axis 2 = segment
   segment_ends: bool = False  # write each segment's end state and Δ sum instead of y
-  initial_states: bool = False  # start each segment from a given state, not from 0
 
   @property
   def walk_length(self) -> int:
     """Processing steps of one program."""
     return self.segment_length or self.length
+
+  @property
+  def initial_states(self) -> bool:
+    """Whether each segment starts from a given state (the second walk of a split scan)."""
+    return bool(self.segment_length) and not self.segment_ends
 
   @property
   def n_segments(self) -> int:
@@ -173,10 +177,9 @@ def index(i):
 
 def kernel_spec(u, A, D, z, delta_bias, *, delta_softplus: bool, reverse: bool,
                 block_config: SelectiveScanBlockConfig, store_states: bool = False,
-                mean_with: bool = False, segment_ends: bool = False,
-                initial_states: bool = False) -> KernelSpec:
-  """The static facts of one call, shared by the forward and the backward kernel (which walks
-  the whole sequence: it ignores `time_segments`)."""
+                mean_with: bool = False) -> KernelSpec:
+  """The static facts of one call, shared by the forward and the backward kernel (which passes
+  time_segments=1: it walks the whole sequence)."""
   _, length, channels = u.shape
   n_state = A.shape[1]
   segments = block_config.time_segments
@@ -188,8 +191,7 @@ def kernel_spec(u, A, D, z, delta_bias, *, delta_softplus: bool, reverse: bool,
                      delta_softplus=delta_softplus, has_skip=D is not None,
                      has_gate=z is not None, has_bias=delta_bias is not None,
                      store_states=store_states, mean_with=mean_with,
-                     segment_length=segment_length, segment_ends=segment_ends,
-                     initial_states=initial_states)
+                     segment_length=segment_length)
 
 
 def kernel_a_b_c(A, B, C):

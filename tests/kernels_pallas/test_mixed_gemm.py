@@ -216,7 +216,7 @@ def test_default_tiles_are_the_measured_ones(monkeypatch, sweep_tiles):
   assert not config.default_block_config(b1, 3072, 768).weights_as_stored  # off by default
   monkeypatch.setattr(config, 'WEIGHTS_AS_STORED_UP_TO_ROWS', 512)
   assert config.default_block_config(b1, 3072, 768).weights_as_stored
-  assert tile(b1, 3072, 768) == ((64, 128, 256, 4, 3) if sweep_tiles else (64, 128, 256, 4, 3))
+  assert tile(b1, 3072, 768) == (64, 128, 256, 4, 3)
   assert not config.default_block_config(b64, 3072, 768).weights_as_stored
 
 
