@@ -71,7 +71,6 @@ from ouromamba_jax.models import build_model  # pylint: disable=g-import-not-at-
 from ouromamba_jax.quant import presets as quant_presets  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ouromamba_jax.quant import qtypes  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ouromamba_jax.quant import int_linear  # pylint: disable=g-import-not-at-top,wrong-import-position
-from kernels_pallas import int4  # pylint: disable=g-import-not-at-top,wrong-import-position
 from kernels_pallas.act_quant import config as act_quant_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 from kernels_pallas.mixed_gemm import config as mixed_gemm_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 from kernels_pallas.selective_scan import api as scan_api  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -174,9 +173,6 @@ def parse_args(argv=None):
                  help='mixed GEMM calls of at most this many rows read the weight as stored, '
                       'unpacking int4 in the kernel, with no per-call XLA copy (0: never; -1: '
                       'the library default, mixed_gemm config.WEIGHTS_AS_STORED_UP_TO_ROWS)')
-  p.add_argument('--int4_shift_unpack', type=int, default=-1, choices=(-1, 0, 1),
-                 help='1: int4 weights unpacked by one elementwise pass, 0: by interleaving '
-                      'the nibble planes (kernels_pallas.int4.SHIFT_UNPACK; -1: the default)')
   p.add_argument('--scan_small_batch', type=int, default=-1,
                  help='below this batch the default scan is XLA\'s associative one, not the '
                       'Triton kernel (0: the kernel at every batch; -1: the library default, '
@@ -239,7 +235,6 @@ SWITCHES = {'act_quant_small_grid': (act_quant_config, 'SMALL_GRID_PROGRAMS', 0)
             'act_quant_tile_elements': (act_quant_config, 'TILE_ELEMENTS', 1),
             'act_quant_segments': (act_quant_config, 'SEGMENTS_IN_ONE_LAUNCH', 0),
             'gemm_sweep_tiles': (mixed_gemm_config, 'SWEEP_TILES', 0),
-            'int4_shift_unpack': (int4, 'SHIFT_UNPACK', 0),
             'gemm_weights_as_stored': (mixed_gemm_config, 'WEIGHTS_AS_STORED_UP_TO_ROWS', 0),
             'scan_small_batch': (scan_api, 'SMALL_BATCH', 0),
             'scan_segment_programs': (scan_config, 'SEGMENT_TARGET_PROGRAMS', 0)}

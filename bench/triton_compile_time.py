@@ -119,18 +119,20 @@ def _dequantized_form(channels: int = 1536):
 
 
 def _gemm_form(k: int, n: int = 1536, tile=None, batch: int = BATCH, as_stored: bool = False):
-  """The W4A4O8 mixed GEMM (int8 codes, packed int4 weights, dense outliers, bias) at Vim-B's
-  rows for `batch`: K = 768 (in_proj's input), K = 48 (dt_proj's); `tile` a
+  """The W4A4O8 mixed GEMM (int8 codes, packed int4 K-major weights, dense outliers, bias) at
+  Vim-B's rows for `batch`: K = 768 (in_proj's input), K = 48 (dt_proj's); `tile` a
   MixedGemmBlockConfig (default: the library's for the shape); `as_stored`: the form that
   reads the packed weight as stored and unpacks it in the kernel."""
   import dataclasses  # pylint: disable=g-import-not-at-top
   from kernels_pallas.mixed_gemm import config  # pylint: disable=g-import-not-at-top
   from kernels_pallas.mixed_gemm import pallas_triton  # pylint: disable=g-import-not-at-top
   m, s = batch * TOKENS, jax.ShapeDtypeStruct
-  args = (s((m, k), jnp.int8), s((m,), jnp.float32), s((k // 2, n), jnp.int8),
+  args = (s((m, k), jnp.int8), s((m,), jnp.float32), s((n, k // 2), jnp.int8),
           s((n,), jnp.float32), s((m, k), jnp.int8), s((m,), jnp.float32), s((n,), jnp.float32))
   cfg = tile or config.default_block_config(m, n, k)
-  cfg = dataclasses.replace(cfg, weights_as_stored=as_stored)
+  if as_stored:
+    cfg = config.reading_weights_as_stored(cfg) if tile is None else dataclasses.replace(
+        cfg, weights_as_stored=True)
   lower = lambda: pallas_triton.mixed_gemm.trace(
       *args, k=k, weight_bits=4, out_dtype=jnp.dtype(jnp.bfloat16), cfg=cfg).lower(
           lowering_platforms=('cuda',))
@@ -173,9 +175,14 @@ FORMS: dict[str, Callable[[], tuple[Callable[[], Any], int, int]]] = {
     'mixed_gemm_k768_64x128x128': lambda: _gemm_form(768, tile=_gemm_tile(64, 128, 128, 4, 3)),
     'mixed_gemm_k768_64x64x128': lambda: _gemm_form(768, tile=_gemm_tile(64, 64, 128, 4, 3)),
     'mixed_gemm_k48': lambda: _gemm_form(48),
-    # batch 1: the K-major copy's kernel against the one reading the packed weight as stored
+    'mixed_gemm_k768_as_stored': lambda: _gemm_form(768, as_stored=True),
+    # batch 1: the kernel on XLA's unpacked copy against the one reading the packed weight as
+    # stored (in_proj, out_proj, dt_proj)
     'mixed_gemm_k768_b1': lambda: _gemm_form(768, n=3072, batch=1),
     'mixed_gemm_k768_b1_as_stored': lambda: _gemm_form(768, n=3072, batch=1, as_stored=True),
+    'mixed_gemm_k1536_b1': lambda: _gemm_form(1536, n=768, batch=1),
+    'mixed_gemm_k1536_b1_as_stored': lambda: _gemm_form(1536, n=768, batch=1, as_stored=True),
+    'mixed_gemm_k48_b1': lambda: _gemm_form(48, batch=1),
     'mixed_gemm_k48_b1_as_stored': lambda: _gemm_form(48, batch=1, as_stored=True),
     'scan': _scan_form,
     'scan_b1_segments': lambda: _scan_form(batch=1),

@@ -33,7 +33,11 @@ from ouromamba_jax.quant import rewrite
 from ouromamba_jax.quant.config import ActSpec
 from ouromamba_jax.quant.rewrite import as_dict
 
-FORMAT_VERSION = 1
+# 2: QuantizedWeight codes stored K-major, (out, in), int4 packed in halves along `in`
+# (`quant.weights.to_kernel_layout`). 1 stored them (in, out), int4 packed in neighbouring pairs
+# along `in`; such checkpoints are converted when loaded (`weights_from_v1`).
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 META_FILE = 'quant_meta.json'
 ARRAYS_DIR = 'arrays'
 OLD_SUFFIX = '_old'
@@ -97,6 +101,38 @@ def from_state(arrays, meta: Mapping[str, Any]):
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {name: fields.get(name) for name in names if name not in static}
     parent[keys[-1]] = cls(**kwargs, **static)
+  return tree
+
+
+def _v1_codes(values, in_features: int, packed: bool):
+  """Version 1's stored weight (..., in, out), or int4 bytes (..., ceil(in/2), out) holding
+  rows 2i (low nibble) and 2i + 1 (high), as int8 codes (..., in, out)."""
+  values = np.asarray(values)
+  if not packed:
+    return values
+  b = values.view(np.int8)
+  low = (b << 4).astype(np.int8) >> 4   # arithmetic shifts sign-extend the nibbles
+  high = b >> 4
+  codes = np.stack([low, high], axis=-2).reshape(b.shape[:-2] + (2 * b.shape[-2], b.shape[-1]))
+  return codes[..., :in_features, :]
+
+
+def weights_from_v1(arrays, meta: Mapping[str, Any]):
+  """A version-1 array tree with every QuantizedWeight's values in today's layout
+  (`quant.weights.to_kernel_layout`, applied to each stacked kernel); other arrays untouched."""
+  from ouromamba_jax.quant import weights as w_lib  # pylint: disable=g-import-not-at-top
+  tree = _copy_dicts(arrays)
+  for path, info in meta.items():
+    if info['qtype'] != 'QuantizedWeight':
+      continue
+    parent = tree
+    for key in path.split('/'):
+      parent = parent[key]
+    static = info['static']
+    codes = _v1_codes(parent['values'], static.get('in_features', 0), static.get('packed', False))
+    flat = codes.reshape((-1,) + codes.shape[-2:])
+    stored = [np.asarray(w_lib.to_kernel_layout(c, static.get('packed', False))) for c in flat]
+    parent['values'] = np.stack(stored).reshape(codes.shape[:-2] + stored[0].shape)
   return tree
 
 
@@ -208,9 +244,11 @@ def load_quantized(path: str, model=None, mode: Optional[str] = None):
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise integrity.damaged(meta_path, 'quantized-checkpoint metadata file', e,
                             f'delete {path} and quantize again.') from e
-  if doc.get('format_version') != FORMAT_VERSION:
-    raise ValueError(f'{path}: format_version {doc.get("format_version")} is not supported '
-                     f'(expected {FORMAT_VERSION}).')
+  version = doc.get('format_version')
+  if version not in READABLE_VERSIONS:
+    raise ValueError(f'{path}: format_version {version} is not supported (this ouromamba_jax '
+                     f'reads {READABLE_VERSIONS}); quantize again, or load it with the release '
+                     'that wrote it.')
   if model is not None and doc['model']['fields'] != model_record(model)['fields']:
     raise ValueError(f'{path} was quantized for {_describe(doc["model"])}, not for this model, '
                      f'{_describe(model_record(model))}; build that model to load it.')
@@ -225,6 +263,8 @@ def load_quantized(path: str, model=None, mode: Optional[str] = None):
   if 'arrays' in doc:   # checkpoints written before the manifest load unchecked
     manifest.verify(flat, doc['arrays'], path, remedy)
   integrity.check_finite(flat.items(), path, f'the checkpoint is damaged: {remedy}')
+  if version == 1:
+    arrays = weights_from_v1(arrays, doc['qtypes'])
   arrays = jax.tree.map(jax.numpy.asarray, arrays)
   qparams = from_state(arrays, doc['qtypes'])
   if mode is not None:

@@ -5,11 +5,15 @@ import json
 import os
 import shutil
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from ouromamba_jax import quantized_checkpoints
 from ouromamba_jax.io import integrity
 from ouromamba_jax.models import build_model
+from ouromamba_jax.quant import qtypes
 from tests.quant.conftest import rtn_run, tiny  # pylint: disable=unused-import
 
 
@@ -170,3 +174,40 @@ def test_a_kill_during_save_leaves_the_previous_checkpoint_usable(tiny, rtn_run,
   assert os.path.exists(path) == (when == 'writing the metadata')
   _, report = quantized_checkpoints.load_quantized(path, tiny[0])
   assert report == {'n': 1}
+
+
+def _v1_values(weight):
+  """A QuantizedWeight's values as format version 1 stored them: codes (..., in, out), int4
+  ones packed in neighbouring pairs along `in` (row 2i low nibble, 2i + 1 high), uint8."""
+  codes = np.asarray(weight.codes())
+  if not weight.packed:
+    return codes
+  if codes.shape[-2] % 2:
+    codes = np.concatenate([codes, np.zeros_like(codes[..., :1, :])], axis=-2)
+  low, high = codes[..., 0::2, :], codes[..., 1::2, :]
+  return ((low & 0x0F) | (high << 4)).astype(np.int8).view(np.uint8)
+
+
+def test_a_version_1_checkpoint_loads_into_todays_layout(tiny, rtn_run, tmp_path, monkeypatch):
+  """Version 1 stored the weights (in, out) with int4 pairs of neighbours; loading one gives
+  the tree version 2 stores, bit for bit (the int4 and the 8-bit weights)."""
+  qparams = rtn_run[0]
+  is_weight = lambda x: isinstance(x, qtypes.QuantizedWeight)
+  weights = [w for w in jax.tree.leaves(qparams, is_leaf=is_weight) if is_weight(w)]
+  assert any(w.packed for w in weights)
+  old = jax.tree.map(lambda w: w.replace(values=jnp.asarray(_v1_values(w))) if is_weight(w)
+                     else w, qparams, is_leaf=is_weight)
+  path = str(tmp_path / 'v1')
+  with monkeypatch.context() as m:
+    m.setattr(quantized_checkpoints, 'FORMAT_VERSION', 1)
+    quantized_checkpoints.save_quantized(path, old, tiny[0])
+  loaded, _ = quantized_checkpoints.load_quantized(path, tiny[0])
+  for want, got in zip(jax.tree.leaves(qparams), jax.tree.leaves(loaded)):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  with open(os.path.join(path, quantized_checkpoints.META_FILE)) as f:
+    doc = json.load(f)
+  doc['format_version'] = 7
+  with open(os.path.join(path, quantized_checkpoints.META_FILE), 'w') as f:
+    json.dump(doc, f)
+  with pytest.raises(ValueError, match=r'format_version 7 is not supported .*reads \(1, 2\)'):
+    quantized_checkpoints.load_quantized(path, tiny[0])

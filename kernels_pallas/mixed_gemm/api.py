@@ -10,7 +10,9 @@ Operands (leading dims of x are flattened into M = tokens, one row per time step
             step, so no (B, L) copy is made for each call.
   a_floor   optional: a_scale is raised to it in the epilogue (act_quant's MIN_SCALE), so a
             quantizer's raw steps need no clamp pass before the call.
-  w         weight_bits=4: (K/2, N) int8/uint8 packed along K; weight_bits=8: (K, N) int8.
+  w         K-major (N channels, K last), the layout Hopper's int8 MMA reads:
+            weight_bits=4: (N, K/2) int8/uint8, int4 packed in halves along K (byte j = lanes j
+            and j + K/2, `kernels_pallas.int4`); weight_bits=8: (N, K) int8.
   w_scale   (N,) per-output-channel weight scale.
   x_outlier optional (..., K) int8 outlier codes, zero outside the outlier channels.
   o_scale   (...,) per-token outlier scale (required with x_outlier).
@@ -61,11 +63,12 @@ def _normalize(x_inlier, a_scale, w, w_scale, x_outlier, o_scale, bias, weight_b
   if weight_bits not in _BITS:
     raise ValueError(f'mixed_gemm: weight_bits={weight_bits}; must be one of {_BITS}.')
   if w.ndim != 2:
-    raise ValueError(f'mixed_gemm: w must be 2-D (K/2 or K, N), got shape {w.shape}.')
+    raise ValueError(f'mixed_gemm: w must be 2-D and K-major, (N, K/2) packed int4 or (N, K) '
+                     f'int8, got shape {w.shape}.')
   w = _as_int8('w', w)
   x_inlier = _as_int8('x_inlier', x_inlier)
-  k = w.shape[0] * (2 if weight_bits == 4 else 1)
-  n = w.shape[1]
+  k = w.shape[1] * (2 if weight_bits == 4 else 1)
+  n = w.shape[0]
   lead = x_inlier.shape[:-1]
   if x_inlier.ndim < 2 or x_inlier.shape[-1] != k:
     raise ValueError(
@@ -112,7 +115,7 @@ def mixed_gemm(x_inlier, a_scale, w, w_scale, x_outlier=None, o_scale=None, bias
   impl = DISPATCH.choose(implementation)
   x2, a2, w, xo2, o2, k, lead = _normalize(x_inlier, a_scale, w, w_scale, x_outlier, o_scale,
                                            bias, weight_bits)
-  n, m = w.shape[1], x2.shape[0]
+  n, m = w.shape[0], x2.shape[0]
   a_period = a2.shape[0] if a2.shape[0] != m else None
   if impl == 'xla':
     y = reference.mixed_gemm_xla(x2, reference.token_scales(a2, m, a_floor), w, w_scale, xo2,
@@ -136,9 +139,9 @@ def mixed_gemm_accumulators(x_inlier, w, x_outlier=None, *, weight_bits: int = 4
   lead = x_inlier.shape[:-1]
   ones = jnp.ones(lead, jnp.float32)
   x2, _, w, xo2, _, k, lead = _normalize(
-      x_inlier, ones, w, jnp.ones((w.shape[-1],), jnp.float32), x_outlier,
+      x_inlier, ones, w, jnp.ones((w.shape[0],), jnp.float32), x_outlier,
       None if x_outlier is None else ones, None, weight_bits)
-  n = w.shape[1]
+  n = w.shape[0]
   if impl == 'xla':
     acc_in, acc_out = reference.accumulators_xla(x2, w, xo2, weight_bits=weight_bits)
   else:

@@ -24,7 +24,8 @@ import jax.numpy as jnp
 from kernels_pallas import _bench
 from kernels_pallas import int4
 from kernels_pallas.mixed_gemm import api, reference
-from kernels_pallas.mixed_gemm.config import MixedGemmBlockConfig, default_block_config
+from kernels_pallas.mixed_gemm.config import (MixedGemmBlockConfig, default_block_config,
+                                             reading_weights_as_stored)
 
 BF16_PEAK = 800e12       # FLOP/s, dense bf16 MMA as measured on the H100
 INT8_PEAK = 2 * BF16_PEAK
@@ -76,12 +77,12 @@ def make_problem(key, m, k, n, outlier_frac=0.02):
   xi = jax.random.randint(ks[0], (m, k), -7, 8, jnp.int8)
   xo = jax.random.randint(ks[1], (m, k), -127, 128, jnp.int8)
   xo = jnp.where(jax.random.uniform(ks[2], (m, k)) < outlier_frac, xo, 0).astype(jnp.int8)
-  w4 = jax.random.randint(ks[3], (k, n), -7, 8, jnp.int8)
-  w8 = jax.random.randint(ks[4], (k, n), -127, 128, jnp.int8)
+  w4 = jax.random.randint(ks[3], (n, k), -7, 8, jnp.int8)      # K-major, as the model stores
+  w8 = jax.random.randint(ks[4], (n, k), -127, 128, jnp.int8)
   x8 = jax.random.randint(ks[5], (m, k), -127, 128, jnp.int8)
   return Problem(
       m=m, k=k, n=n, x_codes=xi, x_int8=x8, x_outlier=xo,
-      x_bf16=jax.random.normal(ks[6], (m, k), jnp.bfloat16), w_packed=int4.pack_int4(w4, 0),
+      x_bf16=jax.random.normal(ks[6], (m, k), jnp.bfloat16), w_packed=int4.pack_int4(w4, -1),
       w_int8=w8, w_bf16=jax.random.normal(ks[7], (k, n), jnp.bfloat16),
       a_scale=jnp.full((m,), 0.02, jnp.float32), o_scale=jnp.full((m,), 0.1, jnp.float32),
       w_scale=jnp.full((n,), 0.01, jnp.float32))
@@ -96,7 +97,8 @@ def variants(smoke):
         (p.x_bf16, p.w_bf16)
 
   def int8(p):
-    return _bench.jit(lambda x, w: jax.lax.dot(x, w, preferred_element_type=jnp.int32), smoke), \
+    return _bench.jit(lambda x, w: jax.lax.dot_general(
+        x, w, (((1,), (1,)), ((), ())), preferred_element_type=jnp.int32), smoke), \
         (p.x_int8, p.w_int8)
 
   def xla_w4a4o8(p):
@@ -106,18 +108,21 @@ def variants(smoke):
 
   # Activations go in as the model sends them (`int_linear.prepare_operands`): int4 codes one
   # per byte, next to int4-packed weights.
-  def kernel(weight_bits, outliers, dense_outliers_above=None):
+  def kernel(weight_bits, outliers, dense_outliers_above=None, as_stored=False):
     def build(p, cfg=None):
+      """(fn, args, the tile it runs: `cfg`, else the library's for the shape)."""
+      cfg = cfg or default_block_config(p.m, p.n, p.k)
       if dense_outliers_above is not None:
-        cfg = dataclasses.replace(cfg or default_block_config(p.m, p.n, p.k),
-                                  dense_outliers_above=dense_outliers_above)
+        cfg = dataclasses.replace(cfg, dense_outliers_above=dense_outliers_above)
+      if as_stored:
+        cfg = reading_weights_as_stored(cfg)
       x = p.x_codes if weight_bits == 4 else p.x_int8
       w = p.w_packed if weight_bits == 4 else p.w_int8
       xo, o = (p.x_outlier, p.o_scale) if outliers else (None, None)
       f = _bench.jit(lambda x, a, w, s, xo, o: api.mixed_gemm(
           x, a, w, s, xo, o, weight_bits=weight_bits, block_config=cfg,
           **impl), smoke)
-      return f, (x, p.a_scale, w, p.w_scale, xo, o)
+      return f, (x, p.a_scale, w, p.w_scale, xo, o), cfg
     return build
 
   def mnk(p):
@@ -134,6 +139,10 @@ def variants(smoke):
       'triton_w4a4o8': (kernel(4, True), lambda p: 4 * mnk(p),
                         lambda p: 2 * p.m * p.k + p.k * p.n // 2 + 2 * p.m * p.n,
                         INT8_PEAK, True),
+      # the packed weight unpacked in the kernel (`weights_as_stored`), not by XLA before it
+      'triton_w4a4o8_as_stored': (kernel(4, True, as_stored=True), lambda p: 4 * mnk(p),
+                                  lambda p: 2 * p.m * p.k + p.k * p.n // 2 + 2 * p.m * p.n,
+                                  INT8_PEAK, True),
       # the outlier product always listed (gathers); the default above walks it densely
       'triton_w4a4o8_list': (kernel(4, True, 1.0), lambda p: 4 * mnk(p),
                              lambda p: 2 * p.m * p.k + p.k * p.n // 2 + 2 * p.m * p.n,
@@ -190,13 +199,13 @@ def run(args):
       best, tried = None, []
       for cfg in configs:
         try:
-          fn, _ = build(base, cfg) if uses_kernel else build(base)
+          fn, _, *used = build(base, cfg) if uses_kernel else build(base)
           arg_sets = [(build(c, cfg) if uses_kernel else build(c))[1] for c in copies]
           sec = _bench.time_fn(fn, arg_sets, **timing)
         except Exception as e:  # a tile the compiler rejects must not end the sweep
           print(f'  {name} {vname} cfg={cfg}: failed: {type(e).__name__}: {e}'[:300])
           continue
-        used = cfg or (default_block_config(m, n, k) if uses_kernel else None)
+        used = used[0] if used else None
         tried.append(dict(ms=sec * 1e3, default=cfg is None,
                           config=dataclasses.asdict(used) if used else None))
         if best is None or sec < best[0]:

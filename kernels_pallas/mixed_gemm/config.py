@@ -1,8 +1,8 @@
 """Block sizes of the mixed-precision GEMM kernel, validated up front.
 
 Triton tiles must be powers of two; the int8 tensor-core MMA needs a reduction of at least 32,
-and with int4 weights the kernel splits each K block into its even and odd halves (one dot
-each), so block_k >= 64.
+and with int4 weights read as stored the kernel splits each K block into the lanes of the low
+and the high nibbles (one dot each), so block_k >= 64.
 """
 from __future__ import annotations
 
@@ -21,13 +21,13 @@ OUTLIER_CHUNK = 32
 # 38.19 -> 37.08 ms at batch 64, batch 1 within the spread), 0 one tile for every shape (the H200
 # probe of session 7). A module switch so the e2e bench can A/B it on an H200 in one process.
 SWEEP_TILES = 1
-# Calls of at most this many rows read the weight as stored (`weights_as_stored`): at batch 1
-# the GEMM waits on latency and launches, not on its MMAs, and the per-call XLA copy that
-# unpacks and transposes the weight (two launches per Linear, ~0.47 ms of a Vim-B batch-1
-# W4A4O8 forward's device time on an H100, session 31's profile) costs more than the kernel
-# itself. 0: never (the default until an end-to-end A/B on a card picks the rows; built in
-# session 32, not yet timed; `bench/e2e_latency.py --gemm_weights_as_stored=N`).
+# Calls of at most this many rows read an int4 weight as stored (`weights_as_stored`): at batch
+# 1 the GEMM waits on latency and launches, not on its MMAs, and the per-call XLA pass that
+# unpacks the weight is a launch per Linear (96 per Vim-B forward). 0: never (the default until
+# an end-to-end A/B on a card picks the rows: `bench/e2e_latency.py --gemm_weights_as_stored=N`;
+# the in-kernel unpack costs 1.4-1.6x the K loop's SASS instructions, session 33).
 WEIGHTS_AS_STORED_UP_TO_ROWS = 0
+AS_STORED_MAX_BLOCK_N = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,12 +46,12 @@ class MixedGemmBlockConfig:
   # at 0.1 %; BENCHMARKS.md session 8). Lists may pay off on models whose outliers sit in a few
   # persistent channels; measure with `mixed_gemm/bench.py --outlier_frac`.
   dense_outliers_above: float = 0.0
-  # Read the weight as the API receives it ((K, N) int8, or int4 packed two per byte along K)
-  # instead of the K-major int8 copy XLA makes per call: int4 nibbles are unpacked in
-  # registers, and each K block is two dots (even and odd K lanes, the activations gathered
-  # with a stride of 2). Slower MMAs ((K, N) tiles cannot feed Hopper's int8 wgmma directly:
-  # 2.9x at batch 64, mixed_gemm NOTES) but no copy and no extra launch: for small M only
-  # (`WEIGHTS_AS_STORED_UP_TO_ROWS`). Dense outliers only (no lists).
+  # Read an int4 weight as stored (K-major, packed in halves along K) instead of the unpacked
+  # copy XLA makes per call: each (block_n, block_k / 2) byte tile is unpacked in registers by
+  # inline PTX into the lanes of its low and its high nibbles, two dots per K block. More
+  # instructions per K step (the unpack, and the tile's trip through shared memory for the MMA)
+  # but no copy and no extra launch (`WEIGHTS_AS_STORED_UP_TO_ROWS`). Dense outliers only (no
+  # lists). An int8 weight is always read as stored.
   weights_as_stored: bool = False
 
   def shared_bytes(self, outliers: bool) -> int:
@@ -115,9 +115,16 @@ def default_block_config(m: int, n: int, k: int) -> MixedGemmBlockConfig:
   """
   small = m <= 512
   tile = _sweep_tile(m, n, k, small) if SWEEP_TILES else _one_tile(m, n, k, small)
-  if m <= WEIGHTS_AS_STORED_UP_TO_ROWS:
-    return dataclasses.replace(tile, weights_as_stored=True)
-  return tile
+  return reading_weights_as_stored(tile) if m <= WEIGHTS_AS_STORED_UP_TO_ROWS else tile
+
+
+def reading_weights_as_stored(tile: MixedGemmBlockConfig) -> MixedGemmBlockConfig:
+  """`tile` with `weights_as_stored`, narrowed to AS_STORED_MAX_BLOCK_N output channels: with
+  128 the two int32 accumulators and the unpacked weight tile need more than 255 registers and
+  spill (sm_90 SASS, session 33: in_proj at batch 1, 64 x 128 x 256 spills; 64 x 64 x 256
+  holds 213 registers and no local memory)."""
+  return dataclasses.replace(tile, block_n=min(tile.block_n, AS_STORED_MAX_BLOCK_N),
+                             weights_as_stored=True)
 
 
 def _one_tile(m: int, n: int, k: int, small: bool) -> MixedGemmBlockConfig:

@@ -17,26 +17,28 @@ Skipped channels have zero codes in every row of the tile, so the sums are exact
 slow next to tile loads, so a tile whose list is longer than `dense_outliers_above` x K walks
 densely instead, chosen per tile at run time; both forms are exact.
 
-Hopper has no int4 MMA, and unpacking nibbles inside the K loop made the W4A4 kernel 3x slower
-than the same GEMM on int8 codes (H200, Vim-B in_proj 12608x768x3072, 2026-12-02: 0.288 ms
-W4A4 vs 0.097 ms W8A8, cuBLAS bf16 0.102 ms; `mixed_gemm/bench.py`). So the kernel sees int8
-codes only: int4 weights are unpacked in the XLA copy that makes them K-major (stored and
-shipped packed, 4 bits per weight), and activation codes arrive one per byte (act_quant writes
-int4 ones so). The epilogue
-applies the per-token scales (rows) and the per-channel weight scale (columns) in fp32 and stores
-bf16/fp32. A bias is added in the output dtype after that rounding (round, add, round): the bits
-a separate add after the GEMM gives, as the model's Linear adds it, without that extra pass over
-the output (Vim's dt_proj: a (B, L, 1536) read and write per direction and block).
+Hopper has no int4 MMA, so the MMAs multiply int8 codes: activation codes arrive one per byte
+(act_quant writes int4 ones so), and an int4 weight is unpacked either in XLA before the call
+(one elementwise pass per call, the default) or in the kernel (`MixedGemmBlockConfig.
+weights_as_stored`, below). Unpacking by jnp shifts inside the K loop made the W4A4 kernel 3x
+slower than the same GEMM on int8 codes (H200, Vim-B in_proj 12608x768x3072, 2026-12-02: 0.288
+ms vs 0.097 ms W8A8, cuBLAS bf16 0.102 ms; `mixed_gemm/bench.py`). The epilogue applies the
+per-token scales (rows) and the per-channel weight scale (columns) in fp32 and stores bf16/fp32.
+A bias is added in the output dtype after that rounding (round, add, round): the bits a separate
+add after the GEMM gives, as the model's Linear adds it, without that extra pass over the output
+(Vim's dt_proj: a (B, L, 1536) read and write per direction and block).
 
-Weights enter the kernel K-major, (N, K) (the wrapper transposes the (K, N) operand of the
-API): Hopper's int8 wgmma reads its B operand K-major from shared memory, and with (K, N) tiles
-Triton could not feed it directly. Measured on an H200 (`bench/int8_gemm_probe.py`, Vim-B
-in_proj 12608x768x3072, 2026-12-02): 0.517 ms (K, N) vs 0.181 ms (N, K), cuBLAS bf16 0.212 ms in
-the same run. The transpose of the small weight is one XLA copy per call (K x N bytes). Calls
-with few rows can skip that copy (`MixedGemmBlockConfig.weights_as_stored`): the kernel then
-reads the API's operand as it is, unpacks int4 nibbles in registers and runs each K block as
-two dots over its even and odd lanes; slower MMAs, but at batch 1 the copy and its launches
-cost more than the GEMM.
+Weights are stored and passed K-major, (N, K): Hopper's int8 wgmma reads its B operand K-major
+from shared memory, and with (K, N) tiles Triton could not feed it directly. Measured on an H200
+(`bench/int8_gemm_probe.py`, Vim-B in_proj 12608x768x3072, 2026-12-02): 0.517 ms (K, N) vs 0.181
+ms (N, K), cuBLAS bf16 0.212 ms in the same run. So an int8 weight enters as stored, and an int4
+one (packed in halves along K: byte j = lanes j and j + K/2, `kernels_pallas.int4`) needs no
+transpose either: XLA's unpack is a concatenation of its two nibble planes. With
+`weights_as_stored` the kernel reads the packed bytes itself: per K block of block_k lanes it
+loads a (block_n, block_k/2) byte tile, unpacks it in registers into the tiles of lanes
+[j, j + block_k/2) and [K/2 + j, ...) (inline PTX, four bytes per instruction:
+`int4.unpack_nibbles_in_kernel`), and meets each with its own contiguous activation tile: two
+dots, no shuffles, and no per-call copy or launch (mixed_gemm NOTES, session 33).
 
 M, N and K tails are masked in the kernel (any M, N, K; masked codes load as 0, which adds
 nothing): no XLA pad of the operands before the call (Vim's dt_proj has K = dt_rank = 48). The
@@ -75,7 +77,7 @@ def _load_rows(ref, row_start, rows_ok, k_start, width, block_m, k: int):
 
 def _gemm_kernel(*refs, m: int, n: int, k: int, cfg: MixedGemmBlockConfig, has_outliers: bool,
                  has_bias: bool, accumulators_only: bool, a_period=None, a_floor=None,
-                 weight_bits: int = 8):
+                 weight_bits: int = 8, interpret: bool = False):
   refs = list(refs)
   xin_ref, a_scale_ref, w_ref, w_scale_ref = refs[:4]
   refs = refs[4:]
@@ -99,40 +101,31 @@ def _gemm_kernel(*refs, m: int, n: int, k: int, cfg: MixedGemmBlockConfig, has_o
   def dot(a, b):  # b is a K-major (block_n, K) tile: contract both operands' last axis
     return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.int32)
 
-  def dot_kn(a, b):  # b is a (K, block_n) tile, the weight as stored
-    return jax.lax.dot_general(a, b, (((1,), (0,)), ((), ())), preferred_element_type=jnp.int32)
-
   def k_block_sums(kb, x_refs):
     """Each activation ref's int32 contribution from K block kb: the weight tile is loaded
     once and shared by the inlier and the outlier codes (coalesced tile loads, no gathers)."""
-    if cfg.weights_as_stored:
-      return _stored_weight_sums(kb, x_refs)
+    if cfg.weights_as_stored and weight_bits == 4:
+      return _packed_weight_sums(kb, x_refs)
     w = plgpu.load(w_ref.at[pl.ds(col_start, bn), pl.ds(kb * bk, bk)],
                    mask=_tile_mask(cols_ok, kb * bk, bk, k), other=jnp.int8(0))
     return [dot(_load_rows(x_ref, row_start, rows_ok, kb * bk, bk, bm, k), w) for x_ref in x_refs]
 
-  def _stored_weight_sums(kb, x_refs):
-    """k_block_sums with the weight read as the API holds it: (K, N) int8, or int4 packed
-    along K (byte i = lanes 2i and 2i + 1). An int4 block is unpacked in registers into its
-    even and odd lanes, and each activation tile (one coalesced load) is split into the
-    matching two halves in registers."""
-    ks = kb * bk
-    if weight_bits == 8:
-      lanes_ok = ks + jnp.arange(bk) < k
-      w = plgpu.load(w_ref.at[pl.ds(ks, bk), pl.ds(col_start, bn)],
-                     mask=lanes_ok[:, None] & cols_ok[None, :], other=jnp.int8(0))
-      return [dot_kn(_load_rows(x_ref, row_start, rows_ok, ks, bk, bm, k), w)
-              for x_ref in x_refs]
-    half = bk // 2
-    bytes_ok = kb * half + jnp.arange(half) < w_ref.shape[0]
-    packed = plgpu.load(w_ref.at[pl.ds(kb * half, half), pl.ds(col_start, bn)],
-                        mask=bytes_ok[:, None] & cols_ok[None, :], other=jnp.int8(0))
-    w_even, w_odd = int4.unpack_nibbles(packed)
+  def _packed_weight_sums(kb, x_refs):
+    """k_block_sums on the packed int4 weight as stored, (N, K/2): block kb is bytes
+    [kb * h, (kb + 1) * h), h = block_k / 2, unpacked in registers into the weight's lanes
+    [kb * h, ...) (low nibbles) and [K/2 + kb * h, ...) (high nibbles), each met by the
+    activation tile of the same lanes."""
+    h, half_k = bk // 2, k // 2
+    packed = plgpu.load(w_ref.at[pl.ds(col_start, bn), pl.ds(kb * h, h)],
+                        mask=_tile_mask(cols_ok, kb * h, h, half_k), other=jnp.int8(0))
+    w_low, w_high = int4.unpack_nibbles_in_kernel(packed, interpret)
     sums = []
     for x_ref in x_refs:
-      x = _load_rows(x_ref, row_start, rows_ok, ks, bk, bm, k)
-      x_even, x_odd = jnp.unstack(x.reshape(bm, half, 2), axis=-1)
-      sums.append(dot_kn(x_even, w_even) + dot_kn(x_odd, w_odd))
+      x_low = plgpu.load(x_ref.at[pl.ds(row_start, bm), pl.ds(kb * h, h)],
+                         mask=_tile_mask(rows_ok, kb * h, h, half_k), other=jnp.int8(0))
+      x_high = plgpu.load(x_ref.at[pl.ds(row_start, bm), pl.ds(half_k + kb * h, h)],
+                          mask=_tile_mask(rows_ok, kb * h, h, half_k), other=jnp.int8(0))
+      sums.append(dot(x_low, w_low) + dot(x_high, w_high))
     return sums
 
   def body(kb, acc_in):
@@ -146,7 +139,7 @@ def _gemm_kernel(*refs, m: int, n: int, k: int, cfg: MixedGemmBlockConfig, has_o
     return accs[0] + acc_in, accs[1] + acc_out
 
   zeros = jnp.zeros((bm, bn), jnp.int32)
-  n_kb = -(-k // bk)
+  n_kb = -(-k // bk)  # also with the packed weight: k // 2 bytes in blocks of bk // 2
   if not has_outliers:
     accs = (jax.lax.fori_loop(0, n_kb, body, zeros),)
   elif not cfg.outlier_lists:
@@ -206,13 +199,11 @@ def _gemm_kernel(*refs, m: int, n: int, k: int, cfg: MixedGemmBlockConfig, has_o
 
 def _call(x_inlier, a_scale, w, w_scale, x_outlier, o_scale, bias, *, k, weight_bits,
           out_dtype, cfg, interpret, accumulators_only, a_period=None, a_floor=None):
-  m, n = x_inlier.shape[0], w.shape[1]
-  if cfg.weights_as_stored:  # the kernel reads (and unpacks) the weight as it is
-    w_operand = jax.lax.bitcast_convert_type(w, jnp.int8) if w.dtype == jnp.uint8 else w
-  else:
-    # An int4 weight is unpacked here, off the kernel's critical path, in the same XLA copy
-    # that makes it K-major (`[:k]` drops the packing's pad row of an odd K; a no-op otherwise).
-    w_operand = (int4.unpack_int4(w, axis=0) if weight_bits == 4 else w)[:k].T
+  m, n = x_inlier.shape[0], w.shape[0]
+  w_operand = jax.lax.bitcast_convert_type(w, jnp.int8) if w.dtype == jnp.uint8 else w
+  if weight_bits == 4 and not cfg.weights_as_stored:
+    # Unpacked here, off the kernel's K loop: one elementwise XLA pass, already K-major.
+    w_operand = int4.unpack_int4(w_operand, axis=-1)
   has_outliers = x_outlier is not None
   inputs = [x_inlier, a_scale.astype(jnp.float32), w_operand, w_scale.astype(jnp.float32)]
   if has_outliers:
@@ -229,7 +220,7 @@ def _call(x_inlier, a_scale, w, w_scale, x_outlier, o_scale, bias, *, k, weight_
   kernel = functools.partial(
       _gemm_kernel, m=m, n=n, k=k, cfg=cfg, has_outliers=has_outliers,
       has_bias=bias is not None, accumulators_only=accumulators_only, a_period=a_period,
-      a_floor=a_floor, weight_bits=weight_bits)
+      a_floor=a_floor, weight_bits=weight_bits, interpret=interpret)
   grid = (pl.cdiv(n, cfg.block_n), pl.cdiv(m, cfg.block_m))
   compat.filter_triton_deprecation()
   outs = pl.pallas_call(

@@ -1,12 +1,12 @@
 """The XLA twin of the mixed-precision GEMM.
 
-Operands: activations are int8 codes (M, K), one per byte whatever their bit width; int4
-weights are packed two per byte along K (the reduction axis) in the format of
-`kernels_pallas.int4`, (K/2, N); int8 weights are plain (K, N).
+Operands: activations are int8 codes (M, K), one per byte whatever their bit width; weights
+are K-major (N, K), the reduction axis last: int4 ones packed two per byte along K in the
+format of `kernels_pallas.int4`, (N, K/2); int8 ones plain (N, K).
 
 GEMM (one output row m = one time step of one sample; one column n = one output channel):
-  y[m, n] = w_scale[n] * (a_scale[m] * sum_k xin[m, k] w[k, n]
-                          + o_scale[m] * sum_k xout[m, k] w[k, n]) (+ bias[n])
+  y[m, n] = w_scale[n] * (a_scale[m] * sum_k xin[m, k] w[n, k]
+                          + o_scale[m] * sum_k xout[m, k] w[n, k]) (+ bias[n])
 with exact int32 sums. xin are the inlier codes, xout the int8 outlier codes (zero where a
 channel is not an outlier). The XLA form is two integer `lax.dot`s with int32 results.
 """
@@ -19,10 +19,11 @@ from kernels_pallas.int4 import unpack_int4
 from kernels_pallas.rounding import rounded_to
 
 FLOAT_EXACT = 2 ** 24   # every integer of magnitude up to this is an exact float32
+_CONTRACT_K = (((1,), (1,)), ((), ()))  # (M, K) x (N, K) -> (M, N)
 
 
 def int_dot(x, w, x_bits: int, w_bits: int):
-  """x @ w of integer codes as exact int32 sums.
+  """x @ w.T of integer codes x (M, K) and a K-major w (N, K) as exact int32 sums.
 
   XLA's CPU backend runs integer dots as plain loops, several times slower than its float
   GEMM (the testbed's int-mode forward ran at 0.5–0.7x the fake-quant speed, issue 16). On CPU,
@@ -30,15 +31,15 @@ def int_dot(x, w, x_bits: int, w_bits: int):
   same integers exactly; elsewhere (GPU: TF32 may round) or beyond the bound, an int32 dot."""
   k = x.shape[-1]
   if jax.default_backend() == 'cpu' and 2 ** (x_bits - 1) * 2 ** (w_bits - 1) * k <= FLOAT_EXACT:
-    acc = jax.lax.dot(x.astype(jnp.float32), w.astype(jnp.float32),
-                      precision=jax.lax.Precision.HIGHEST)
+    acc = jax.lax.dot_general(x.astype(jnp.float32), w.astype(jnp.float32), _CONTRACT_K,
+                              precision=jax.lax.Precision.HIGHEST)
     return acc.astype(jnp.int32)
-  return jax.lax.dot(x, w, preferred_element_type=jnp.int32)
+  return jax.lax.dot_general(x, w, _CONTRACT_K, preferred_element_type=jnp.int32)
 
 
 def accumulators_xla(x_inlier, w, x_outlier=None, *, weight_bits: int = 4):
   """Exact int32 sums (xin @ w, xout @ w); the outlier one is None without outliers."""
-  w8 = unpack_int4(w, axis=0) if weight_bits == 4 else w
+  w8 = unpack_int4(w, axis=-1) if weight_bits == 4 else w
   acc_in = int_dot(x_inlier, w8, 8, weight_bits)
   acc_out = None
   if x_outlier is not None:

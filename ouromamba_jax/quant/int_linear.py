@@ -104,7 +104,7 @@ def prepare_operands(x3, weight, input_quantizer, implementation: Optional[str] 
   `unsupported_reason(weight, input_quantizer) is None`."""
   spec = input_quantizer.spec
   weight_bits = 4 if weight.packed else 8
-  k = weight.values.shape[0] * (2 if weight.packed else 1)  # K (in_features, padded when odd)
+  k = weight.values.shape[-1] * (2 if weight.packed else 1)  # K (in_features, padded when odd)
   # Inlier codes travel one per byte, int4 ones too: the Triton GEMM multiplies int8 codes, so
   # packing here would only be unpacked there.
   q = activation if activation is not None else quantize_site(x3, input_quantizer,

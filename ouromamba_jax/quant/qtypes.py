@@ -236,7 +236,8 @@ class FakeQuantWeight:
     return stacked_linear(self, x, input_quantizer, dtype, implementation)
 
   def freeze(self, mode: str = 'fake') -> 'QuantizedWeight':
-    """Integer codes (int4 packed when bits <= 4); a stacked kernel (K, in, out) per direction.
+    """Integer codes stored K-major (int4 packed when bits <= 4); a stacked kernel (K, in, out)
+    per direction.
     One jitted program per weight shape (op by op, every step of it compiled on its own for
     every new shape)."""
     return _freeze(self, mode)
@@ -246,16 +247,17 @@ class FakeQuantWeight:
       return jax.vmap(lambda w: w._freeze(mode))(self)  # pylint: disable=protected-access
     codes = w_lib.quantize_weight_int(self.smoothed_weight(), self.scale, self.bits)
     packed = self.bits <= 4
-    values = w_lib.pack_int4(codes) if packed else codes
+    values = w_lib.to_kernel_layout(codes, packed)
     return QuantizedWeight(values, jnp.maximum(self.scale, MIN_SCALE), self.smooth,
                            self.bits, int(self.weight.shape[0]), packed, mode)
 
 
 @struct.dataclass
 class QuantizedWeight:
-  """Final kernel: codes (in, out) int8 (int16 above 8 bits) or uint8 packed int4
-  (ceil(in/2), out), per-output-channel steps (out,) already clamped to >= MIN_SCALE (by
-  `freeze`: the integer kernels use them as stored), optional smoothing (in,)."""
+  """Final kernel: codes stored K-major, (out, in) int8 (int16 above 8 bits) or uint8 int4 packed
+  in halves along `in` (out, ceil(in/2)) (`weights.to_kernel_layout`): the integer GEMM reads
+  them as stored, with no per-call transpose. Per-output-channel steps (out,) already clamped to
+  >= MIN_SCALE (by `freeze`: the integer kernels use them as stored), optional smoothing (in,)."""
   values: jax.Array
   scale: jax.Array
   smooth: Optional[jax.Array] = None
@@ -265,10 +267,8 @@ class QuantizedWeight:
   mode: str = struct.field(pytree_node=False, default='fake')
 
   def codes(self):
-    """Unpacked integer codes (in, out)."""
-    if self.packed:
-      return w_lib.unpack_int4(self.values, self.in_features)
-    return self.values
+    """Unpacked integer codes (in, out), as the XLA integer dots take them."""
+    return w_lib.codes_from_kernel_layout(self.values, self.in_features, self.packed)
 
   def linear(self, x, input_quantizer, dtype, implementation: Optional[str] = None, bias=None):
     """Mode 'int' runs the integer kernels (act_quant + mixed_gemm, `quant.int_linear`) with

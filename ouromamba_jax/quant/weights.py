@@ -48,16 +48,21 @@ def quantize_weight_int(w, scale, bits: int):
   return weight_codes(w, scale, bits).astype(code_dtype(bits))
 
 
-def pack_int4(q):
-  """int8 codes in [-8, 7], shape (in, out) -> uint8 (ceil(in/2), out); low nibble = even row."""
-  q = jnp.asarray(q)
+def to_kernel_layout(codes, packed: bool):
+  """Integer codes (in, out) -> the stored values, K-major (out, in) as the integer GEMM reads
+  them (no per-call transpose): int4 codes packed two per byte in halves along `in`, uint8
+  (out, ceil(in/2)) (`kernels_pallas.int4`), others the codes transposed."""
+  q = jnp.asarray(codes)
   if q.ndim != 2:
-    raise ValueError(f'pack_int4 expects a 2-D (in, out) array, got shape {q.shape}.')
-  if q.shape[0] % 2:
-    q = jnp.pad(q, ((0, 1), (0, 0)))
-  return jax.lax.bitcast_convert_type(int4.pack_int4(q, axis=0), jnp.uint8)
+    raise ValueError(f'to_kernel_layout expects 2-D (in, out) codes, got shape {q.shape}.')
+  if not packed:
+    return q.T
+  return jax.lax.bitcast_convert_type(int4.pack_int4(q.T, axis=-1), jnp.uint8)
 
 
-def unpack_int4(packed, in_features: int):
-  """Inverse of `pack_int4`: uint8 (ceil(in/2), out) -> int8 (in, out), sign-extended."""
-  return int4.unpack_int4(packed, axis=0)[:in_features]
+def codes_from_kernel_layout(values, in_features: int, packed: bool):
+  """Inverse of `to_kernel_layout`: the codes (..., in, out), int4 ones sign-extended to int8
+  (leading axes: stacked kernels)."""
+  if packed:
+    values = int4.unpack_int4(values, axis=-1, length=in_features)
+  return jnp.swapaxes(values, -1, -2)

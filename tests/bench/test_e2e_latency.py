@@ -40,7 +40,7 @@ def test_e2e_latency_smoke_float(tmp_path, capsys):
 def test_weight_bytes_counts_quantized_linears_as_stored():
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   bench = load_bench('e2e_latency')
-  packed = bench.qtypes.QuantizedWeight(values=jnp.zeros((4, 8), jnp.uint8),
+  packed = bench.qtypes.QuantizedWeight(values=jnp.zeros((8, 4), jnp.uint8),  # (out, in / 2)
                                         scale=jnp.ones((8,), jnp.float32), bits=4, packed=True,
                                         in_features=8, mode='int')
   tree = {'layers_0': {'mixer': {'in_proj': {'kernel': packed},
@@ -87,17 +87,14 @@ def test_library_switches_are_set_only_when_asked_and_restored(monkeypatch):
   for attr in ('SMALL_GRID_PROGRAMS', 'TILE_ELEMENTS'):  # restored after the test
     monkeypatch.setattr(config, attr, getattr(config, attr))
   monkeypatch.setattr(gemm, 'SWEEP_TILES', 1)
-  monkeypatch.setattr(bench.int4, 'SHIFT_UNPACK', 1)
-  library = (config.SMALL_GRID_PROGRAMS, config.TILE_ELEMENTS, 1, 1)
-  switches = lambda: (config.SMALL_GRID_PROGRAMS, config.TILE_ELEMENTS, gemm.SWEEP_TILES,
-                      bench.int4.SHIFT_UNPACK)
+  library = (config.SMALL_GRID_PROGRAMS, config.TILE_ELEMENTS, 1)
+  switches = lambda: (config.SMALL_GRID_PROGRAMS, config.TILE_ELEMENTS, gemm.SWEEP_TILES)
   with bench.library_switches(bench.parse_args(['--smoke'])):
     assert switches() == library
   with bench.library_switches(bench.parse_args(['--smoke', '--act_quant_small_grid=0',
                                                 '--act_quant_tile_elements=4096',
-                                                '--gemm_sweep_tiles=0',
-                                                '--int4_shift_unpack=0'])):
-    assert switches() == (0, 4096, 0, 0)
+                                                '--gemm_sweep_tiles=0'])):
+    assert switches() == (0, 4096, 0)
     # 4096 lanes: two samples per program at Vim-B's d_inner, where the default holds one
     assert config.ActQuantBlockConfig().resolve(1536, 64, 20)[1] == 2
   assert switches() == library

@@ -153,7 +153,7 @@ def test_codes_feed_the_mixed_gemm():
   w_codes = jnp.asarray(rng.integers(-7, 8, (c, n)), jnp.int8)
   w_scale = jnp.asarray(rng.uniform(0.01, 0.02, n), jnp.float32)
   a_scale = jnp.broadcast_to(q.inlier_scale, (b, l))
-  y = gemm_api.mixed_gemm(q.inlier_q, a_scale, int4.pack_int4(w_codes, 0), w_scale,
+  y = gemm_api.mixed_gemm(q.inlier_q, a_scale, int4.pack_int4(w_codes.T, -1), w_scale,
                           q.outlier_q, q.outlier_scale, implementation='triton',
                           interpret=True, out_dtype=jnp.float32)
   x_hat = dequantize(q)

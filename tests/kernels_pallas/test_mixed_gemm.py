@@ -3,7 +3,6 @@
 The Pallas kernel runs in interpret mode on CPU; `test_kernel_lowers_to_triton_for_h100` also
 lowers it for an (abstract) H100, which catches Triton lowering errors without a GPU.
 """
-import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -20,14 +19,21 @@ from tests.kernels_pallas.abstract_gpu import abstract_h100
 COMBOS = [(4, 4), (4, 8), (8, 8), (8, 4)]
 
 
+def _kmajor(w, weight_bits):
+  """A (K, N) weight as the API takes it: (N, K), int4 packed along K."""
+  w = jnp.asarray(w).T
+  return int4.pack_int4(w, axis=-1) if weight_bits == 4 else w
+
+
 def _operands(rng, m, k, n, weight_bits, code_bits, outlier_frac=0.05):
-  """Random int codes in the quantizers' ranges, the packed weight, and int64 numpy oracles."""
+  """Random int codes in the quantizers' ranges, the weight as the API takes it (K-major, int4
+  packed), and int64 numpy oracles."""
   w_max = 7 if weight_bits == 4 else 127
   x_max = 7 if code_bits == 4 else 127
   w = rng.integers(-w_max, w_max + 1, (k, n)).astype(np.int8)
   xin = rng.integers(-x_max, x_max + 1, (m, k)).astype(np.int8)
   xout = (rng.integers(-127, 128, (m, k)) * (rng.random((m, k)) < outlier_frac)).astype(np.int8)
-  w_arg = int4.pack_int4(jnp.asarray(w), axis=0) if weight_bits == 4 else jnp.asarray(w)
+  w_arg = _kmajor(w, weight_bits)
   oracle_in = xin.astype(np.int64) @ w.astype(np.int64)
   oracle_out = xout.astype(np.int64) @ w.astype(np.int64)
   return jnp.asarray(xin), w_arg, jnp.asarray(xout), oracle_in, oracle_out
@@ -117,12 +123,13 @@ def test_dequantized_output_matches_xla(weight_bits, code_bits, with_outliers):
 
 
 @pytest.mark.parametrize('weight_bits,k,stored_uint8', [(4, 192, False), (4, 102, True),
-                                                        (8, 48, False)])
-def test_weights_as_stored_sums_and_outputs_equal_the_kmajor_form(weight_bits, k, stored_uint8):
-  """`weights_as_stored` (the weight read as the API holds it, int4 unpacked in the kernel into
-  even and odd lanes): the same int32 sums as the oracle, with outliers, through K blocks that
-  end mid-way (K = 102: mid-byte-block; K = 48: dt_proj's), and the same output bits as the
-  K-major form, bias included. Checkpoints hold int4 bytes as uint8 (bit-cast)."""
+                                                        (4, 48, False), (8, 48, False)])
+def test_weights_as_stored_sums_and_outputs_equal_the_unpacked_form(weight_bits, k, stored_uint8):
+  """`weights_as_stored` (the packed int4 weight read as stored and unpacked in the kernel into
+  its two halves of K): the same int32 sums as the oracle, with outliers, through K blocks that
+  end mid-way (K = 102: the byte block past K/2 = 51 masked; K = 48: dt_proj's), and the same
+  output bits as the form XLA unpacks, bias included. Checkpoints hold int4 bytes as uint8
+  (bit-cast). An int8 weight is read as stored either way."""
   rng = np.random.default_rng(11 + k)
   m, n = 45, 40
   x, w, xout, oracle_in, oracle_out = _operands(rng, m, k, n, weight_bits, 4, 0.2)
@@ -160,7 +167,7 @@ def test_bf16_output():
 
 def test_bad_operands_are_rejected_clearly():
   x = jnp.zeros((8, 64), jnp.int8)      # K = 64 codes, one per byte
-  w = jnp.zeros((32, 16), jnp.int8)     # packed int4: K = 64
+  w = jnp.zeros((16, 32), jnp.int8)     # packed int4, K-major: N = 16, K = 64
   a = jnp.ones((8,), jnp.float32)
   ws = jnp.ones((16,), jnp.float32)
   with pytest.raises(ValueError, match=r'last dim must be 64 \(one code per byte\)'):
@@ -216,7 +223,7 @@ def test_default_tiles_are_the_measured_ones(monkeypatch, sweep_tiles):
   assert not config.default_block_config(b1, 3072, 768).weights_as_stored  # off by default
   monkeypatch.setattr(config, 'WEIGHTS_AS_STORED_UP_TO_ROWS', 512)
   assert config.default_block_config(b1, 3072, 768).weights_as_stored
-  assert tile(b1, 3072, 768) == (64, 128, 256, 4, 3)
+  assert tile(b1, 3072, 768) == (64, 64, 256, 4, 3)     # narrowed: 128 channels spill
   assert not config.default_block_config(b64, 3072, 768).weights_as_stored
 
 
@@ -251,27 +258,31 @@ def test_custom_block_config_is_used():
 
 @pytest.mark.parametrize('weight_bits,k,as_stored', [(4, 384, False), (8, 384, False),
                                                      (8, 48, False), (4, 768, True),
-                                                     (8, 48, True)])
+                                                     (4, 48, True)])
 def test_kernel_lowers_to_triton_for_h100(weight_bits, k, as_stored):
   """Lowers (no compile) for an abstract H100: every op must have a Triton lowering rule
   (K = 48: the masked last K block, Vim-B's dt_proj with its bias, and the model's per-step
-  floored inlier scales, read by the row's step; `as_stored`: the batch-1 form that reads the
-  weight as stored, unpacking int4 in the kernel)."""
+  floored inlier scales, read by the row's step; `as_stored`: the form that reads the packed
+  weight as stored, unpacking int4 in the kernel by inline PTX)."""
   from kernels_pallas.mixed_gemm import pallas_triton  # pylint: disable=g-import-not-at-top
   m, n = (197 if as_stored else 64 * 197), 1536
   s = jax.ShapeDtypeStruct
   per_step = dict(a_period=197, a_floor=1e-8) if k == 48 else {}
   args = (s((m, k), jnp.int8), s((per_step.get('a_period', m),), jnp.float32),
-          s((k // 2 if weight_bits == 4 else k, n), jnp.int8), s((n,), jnp.float32),
+          s((n, k // 2 if weight_bits == 4 else k), jnp.int8), s((n,), jnp.float32),
           s((m, k), jnp.int8), s((m,), jnp.float32), s((n,), jnp.float32))
   with abstract_h100():
     lowered = pallas_triton.mixed_gemm.trace(
         *args, k=k, weight_bits=weight_bits, out_dtype=jnp.dtype(jnp.bfloat16),
-        cfg=dataclasses.replace(config.default_block_config(m, n, k), weights_as_stored=as_stored),
+        cfg=(config.reading_weights_as_stored if as_stored else lambda c: c)(
+            config.default_block_config(m, n, k)),
         **per_step).lower(lowering_platforms=('cuda',))
   assert '__gpu$xla.gpu.triton' in lowered.as_text()
-  # the as-stored form ships the weight to the kernel untouched (no unpack, no transpose)
-  assert ('transpose' in lowered.as_text()) != as_stored
+  # K-major weights need no transpose; an int4 one is unpacked by XLA (the concatenation of
+  # its nibble planes) unless the kernel reads it as stored
+  text = lowered.as_text()
+  assert 'transpose' not in text
+  assert ('concatenate' in text) == (weight_bits == 4 and not as_stored)
 
 
 @pytest.mark.gpu
@@ -283,6 +294,22 @@ def test_gpu_kernel_exact_at_vim_shape(weight_bits, code_bits):
   x, w, xout, oracle_in, oracle_out = _operands(rng, m, k, n, weight_bits, code_bits)
   acc_in, acc_out = api.mixed_gemm_accumulators(x, w, xout, weight_bits=weight_bits,
                                                 implementation='triton')
+  np.testing.assert_array_equal(np.asarray(acc_in), oracle_in)
+  np.testing.assert_array_equal(np.asarray(acc_out), oracle_out)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(jax.default_backend() != 'gpu', reason='needs a CUDA GPU')
+@pytest.mark.parametrize('m,k,n', [(197, 768, 3072), (197, 48, 1536), (64 * 197, 384, 1536)])
+def test_gpu_weights_as_stored_unpacked_by_ptx_are_exact(m, k, n):
+  """The packed int4 weight read as stored, its nibbles unpacked by the inline PTX (which only
+  runs on a card): exact sums at Vim-B's batch-1 in_proj and dt_proj (K = 48, one masked byte
+  block) and at a batch-64 width, with outliers."""
+  rng = np.random.default_rng(m + k)
+  x, w, xout, oracle_in, oracle_out = _operands(rng, m, k, n, 4, 4, 0.1)
+  cfg = config.reading_weights_as_stored(config.default_block_config(m, n, k))
+  acc_in, acc_out = api.mixed_gemm_accumulators(x, w, xout, weight_bits=4,
+                                                implementation='triton', block_config=cfg)
   np.testing.assert_array_equal(np.asarray(acc_in), oracle_in)
   np.testing.assert_array_equal(np.asarray(acc_out), oracle_out)
 
@@ -325,10 +352,10 @@ def test_int_dot_is_exact_at_the_float_bound_and_integer_beyond(x_bits, w_bits, 
   2^24) must still give the integers; past the bound the int32 dot runs instead."""
   lo_x, lo_w = -2 ** (x_bits - 1), -2 ** (w_bits - 1)
   x = jnp.full((3, k), lo_x, jnp.int8).at[1].set(2 ** (x_bits - 1) - 1)
-  w = jnp.full((k, 5), lo_w, jnp.int8)
-  exact = jax.lax.dot(x, w, preferred_element_type=jnp.int32)
+  w = jnp.full((5, k), lo_w, jnp.int8)   # K-major
+  exact = jax.lax.dot(x, w.T, preferred_element_type=jnp.int32)
   for bound_k in (k, 2 * k):   # within the bound (float on CPU), then past it (int32)
-    xs, ws = jnp.tile(x, (1, bound_k // k)), jnp.tile(w, (bound_k // k, 1))
+    xs, ws = jnp.tile(x, (1, bound_k // k)), jnp.tile(w, (1, bound_k // k))
     got = reference.int_dot(xs, ws, x_bits, w_bits)
     assert got.dtype == jnp.int32
     np.testing.assert_array_equal(np.asarray(got), np.asarray(exact) * (bound_k // k))
@@ -368,7 +395,7 @@ def test_per_step_scales_read_by_row_equal_per_token_scales(implementation):
   rng = np.random.default_rng(21)
   b, l, k, n = 3, 7, 64, 48
   x = jnp.asarray(rng.integers(-7, 8, (b, l, k)), jnp.int8)
-  w = int4.pack_int4(jnp.asarray(rng.integers(-7, 8, (k, n)), jnp.int8), axis=0)
+  w = _kmajor(rng.integers(-7, 8, (k, n)).astype(np.int8), 4)
   w_scale = jnp.asarray(rng.uniform(0.01, 0.02, n), jnp.float32)
   steps = jnp.asarray(rng.uniform(0.1, 0.2, l), jnp.float32).at[2].set(0.0)  # floored
   kw = dict(weight_bits=4, implementation=implementation,

@@ -122,14 +122,15 @@ def _kernel_and_fake_codes(x, weight, iq, fq_weight, impl):
   acc_in, acc_out = mixed_gemm_api.mixed_gemm_accumulators(
       ops.x_inlier, ops.w, ops.x_outlier, weight_bits=ops.weight_bits,
       implementation=impl, interpret=impl == 'triton')
-  unpack = lambda v, axis, packed: int4.unpack_int4(v, axis=axis) if packed else v
+  # the kernel's K-major weight (int4 packed along K) as (K, N) codes
+  unpack = lambda v, packed: (int4.unpack_int4(v, axis=-1) if packed else v).T
   want_w = w_lib.weight_codes(fq_weight.smoothed_weight(), fq_weight.scale, fq_weight.bits)
   hi = jax.lax.Precision.HIGHEST
   # the scales the GEMM's epilogue reads: the stored steps by each row's step, floored
   a_scale = mixed_gemm_reference.token_scales(ops.a_scale, x3.shape[0] * x3.shape[1],
                                               MIN_SCALE).reshape(x3.shape[:2])
   kernel = dict(inlier_q=ops.x_inlier, a_scale=a_scale,
-                w=unpack(ops.w, 0, ops.weight_bits == 4), acc_in=acc_in)
+                w=unpack(ops.w, ops.weight_bits == 4), acc_in=acc_in)
   sim = dict(inlier_q=fake.inlier_q, a_scale=jnp.broadcast_to(fake.inlier_scale, x3.shape[:2]),
              w=want_w, acc_in=jnp.dot(fake.inlier_q, want_w, precision=hi))
   # The Linear's act_quant leaves the mask out where the kernel runs (the codes carry it).

@@ -54,7 +54,8 @@ def test_rewrite_then_modes_agree(tiny, apply_fn, w4a4_initial):
   np.testing.assert_array_equal(np.asarray(apply_fn(frozen, images)), np.asarray(fake))
   np.testing.assert_array_equal(np.asarray(apply_fn(as_int, images)), np.asarray(fake))
   packed = rewrite.get_path(as_int, 'layers_0/mixer/in_proj/kernel')
-  assert packed.values.dtype == jnp.uint8 and packed.values.shape == (16, 128)
+  # stored K-major, (out, in / 2): in_proj 32 -> 128 channels, int4 two per byte
+  assert packed.values.dtype == jnp.uint8 and packed.values.shape == (128, 16)
   fp = apply_fn(params, images)
   assert float(jnp.linalg.norm(fake - fp) / jnp.linalg.norm(fp)) < 0.05
 

@@ -1,4 +1,4 @@
-"""Weight quantizer, int4 packing and the quantized linear (fake vs integer forms)."""
+"""Weight quantizer, the stored K-major layout and the quantized linear (fake vs integer forms)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,17 +29,23 @@ def test_codes_match_naive_and_use_narrow_range(bits):
   assert codes.min() == -qmax or codes.max() == qmax
 
 
-def test_int4_packing_layout_and_round_trip():
-  q = jnp.asarray([[1, -8], [-1, 7], [3, 0]], jnp.int8)          # odd input size
-  packed = np.asarray(wq.pack_int4(q))
-  assert packed.dtype == np.uint8 and packed.shape == (2, 2)
-  assert packed[0, 0] == (1 | (0xF << 4))       # low nibble = even row (1), high = row 1 (-1)
-  assert packed[0, 1] == (0x8 | (0x7 << 4))
-  assert packed[1, 0] == 3                      # padded zero row in the high nibble
+def test_kernel_layout_is_k_major_and_round_trips():
+  q = jnp.asarray([[1, -8], [-1, 7], [3, 0]], jnp.int8)          # (in = 3, out = 2): odd in
+  packed = np.asarray(wq.to_kernel_layout(q, packed=True))
+  assert packed.dtype == np.uint8 and packed.shape == (2, 2)     # (out, ceil(in/2))
+  assert packed[0, 0] == (1 | (0x3 << 4))       # out 0: in 0 (1) low, in 2 (3) high
+  assert packed[0, 1] == 0xF                    # in 1 (-1) low, the odd length's pad high
+  assert packed[1, 0] == 0x8                    # out 1: -8 low, 0 high
+  np.testing.assert_array_equal(np.asarray(wq.to_kernel_layout(q, packed=False)), np.asarray(q).T)
   rng = np.random.default_rng(0)
   for rows in (1, 6, 7):
     q = jnp.asarray(rng.integers(-8, 8, size=(rows, 5)), jnp.int8)
-    np.testing.assert_array_equal(np.asarray(wq.unpack_int4(wq.pack_int4(q), rows)), q)
+    for packed in (True, False):
+      stored = wq.to_kernel_layout(q, packed)
+      np.testing.assert_array_equal(
+          np.asarray(wq.codes_from_kernel_layout(stored, rows, packed)), q)
+  with pytest.raises(ValueError, match='2-D'):
+    wq.to_kernel_layout(jnp.zeros((2, 3, 4), jnp.int8), True)
 
 
 def _fake_quantized_kernel(w, scale, bits):
