@@ -100,9 +100,10 @@ def _normalize(x_inlier, a_scale, w, w_scale, x_outlier, o_scale, bias, weight_b
   return x2, a2, w, xo2, o2, k, lead
 
 
-def _tile(block_config, m: int, n: int, k: int, outliers: bool) -> MixedGemmBlockConfig:
+def _tile(block_config, m: int, n: int, k: int, outliers: bool,
+          weight_bits: int) -> MixedGemmBlockConfig:
   """The asked-for tile, or the default for (M, N, K); refused here if it cannot launch."""
-  cfg = block_config or default_block_config(m, n, k)
+  cfg = block_config or default_block_config(m, n, k, weight_bits)
   cfg.check_shared_memory(outliers)
   return cfg
 
@@ -121,7 +122,7 @@ def mixed_gemm(x_inlier, a_scale, w, w_scale, x_outlier=None, o_scale=None, bias
     y = reference.mixed_gemm_xla(x2, reference.token_scales(a2, m, a_floor), w, w_scale, xo2,
                                  o2, bias, weight_bits=weight_bits, out_dtype=out_dtype)
   else:
-    cfg = _tile(block_config, m, n, k, outliers=xo2 is not None)
+    cfg = _tile(block_config, m, n, k, xo2 is not None, weight_bits)
     y = pallas_triton.mixed_gemm(x2, a2, w, w_scale, xo2, o2, bias, k=k, weight_bits=weight_bits,
                                  out_dtype=jnp.dtype(out_dtype), cfg=cfg,
                                  a_period=a_period,
@@ -145,7 +146,7 @@ def mixed_gemm_accumulators(x_inlier, w, x_outlier=None, *, weight_bits: int = 4
   if impl == 'xla':
     acc_in, acc_out = reference.accumulators_xla(x2, w, xo2, weight_bits=weight_bits)
   else:
-    cfg = _tile(block_config, x2.shape[0], n, k, outliers=xo2 is not None)
+    cfg = _tile(block_config, x2.shape[0], n, k, xo2 is not None, weight_bits)
     acc_in, acc_out = pallas_triton.accumulators(x2, w, xo2, k=k, weight_bits=weight_bits,
                                                  cfg=cfg,
                                                  interpret=compat.resolve_interpret(interpret))

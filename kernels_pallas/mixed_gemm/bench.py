@@ -111,7 +111,7 @@ def variants(smoke):
   def kernel(weight_bits, outliers, dense_outliers_above=None, as_stored=False):
     def build(p, cfg=None):
       """(fn, args, the tile it runs: `cfg`, else the library's for the shape)."""
-      cfg = cfg or default_block_config(p.m, p.n, p.k)
+      cfg = cfg or default_block_config(p.m, p.n, p.k, weight_bits)
       if dense_outliers_above is not None:
         cfg = dataclasses.replace(cfg, dense_outliers_above=dense_outliers_above)
       if as_stored:

@@ -101,10 +101,10 @@ class MixedGemmBlockConfig:
       raise ValueError(f'MixedGemmBlockConfig.num_stages={self.num_stages!r}: must be an int >= 1.')
 
 
-def default_block_config(m: int, n: int, k: int) -> MixedGemmBlockConfig:
+def default_block_config(m: int, n: int, k: int, weight_bits: int = 4) -> MixedGemmBlockConfig:
   """The measured best tile for (M, N, K), shrunk for tiny problems: the sweep's per-shape
   rule (`_sweep_tile`) while SWEEP_TILES is on, else `_one_tile`; a call of at most
-  WEIGHTS_AS_STORED_UP_TO_ROWS rows reads its weight as stored.
+  WEIGHTS_AS_STORED_UP_TO_ROWS rows reads its int4 weight as stored (an int8 weight always is).
 
   From the H200 probe of K-major int8 GEMMs (`bench/int8_gemm_probe.py`, 2026-12-02): at
   M = 64 x 197 tokens 128 x 128 x 128 with 8 warps beat every other tile at Vim-B in_proj and
@@ -115,7 +115,9 @@ def default_block_config(m: int, n: int, k: int) -> MixedGemmBlockConfig:
   """
   small = m <= 512
   tile = _sweep_tile(m, n, k, small) if SWEEP_TILES else _one_tile(m, n, k, small)
-  return reading_weights_as_stored(tile) if m <= WEIGHTS_AS_STORED_UP_TO_ROWS else tile
+  if weight_bits == 4 and m <= WEIGHTS_AS_STORED_UP_TO_ROWS:
+    return reading_weights_as_stored(tile)
+  return tile
 
 
 def reading_weights_as_stored(tile: MixedGemmBlockConfig) -> MixedGemmBlockConfig:

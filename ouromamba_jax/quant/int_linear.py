@@ -68,7 +68,7 @@ class KernelOperands(NamedTuple):
   a_scale: jax.Array                 # (L,) the quantizer's S_I(t) as stored (the GEMM floors it)
   x_outlier: Optional[jax.Array]     # (B, L, K) int8 (outliers 'int'), else None
   o_scale: Optional[jax.Array]       # (B, L) (outliers 'int'), else None
-  w: jax.Array                       # (K/2, N) packed int4 or (K, N) int8
+  w: jax.Array                       # K-major: (N, K/2) packed int4 or (N, K) int8
   w_scale: jax.Array                 # (N,)
   weight_bits: int                   # 4 | 8 (the mixed GEMM's operand formats)
 

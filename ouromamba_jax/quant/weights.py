@@ -1,13 +1,14 @@
-"""Weight quantizer: symmetric, per output channel, narrow grid ±(2^(b-1) - 1); int4 packing.
+"""Weight quantizer: symmetric, per output channel, narrow grid ±(2^(b-1) - 1); stored layout.
 
 Kernels are (in, out) as in the Flax Linear, so "per output channel" is per column and the
 step sizes have shape (out,). The step comes from the lp(2.4) clipping search
 (`search.search_symmetric_scale` over the input axis) or plain min-max for RTN.
 
-int4 packing is `kernels_pallas.int4` along the input axis (byte[i, o] holds q[2i, o] in the
-low nibble and q[2i+1, o] in the high one, what the mixed GEMM reads); an odd input size is
-padded with a zero row, and the bytes are stored as uint8 of shape (ceil(in/2), out), the dtype
-quantized checkpoints on disk hold.
+Frozen codes are stored K-major, (out, in), the layout the mixed GEMM reads without a per-call
+transpose (`to_kernel_layout`). int4 codes are packed by `kernels_pallas.int4` along the input
+axis in halves (byte[o, j] holds q[j, o] in the low nibble and q[j + ceil(in/2), o] in the high
+one; an odd input size pads the high half with a zero), stored as uint8 of shape
+(out, ceil(in/2)), the dtype quantized checkpoints on disk hold.
 """
 from __future__ import annotations
 

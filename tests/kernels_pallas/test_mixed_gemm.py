@@ -225,6 +225,7 @@ def test_default_tiles_are_the_measured_ones(monkeypatch, sweep_tiles):
   assert config.default_block_config(b1, 3072, 768).weights_as_stored
   assert tile(b1, 3072, 768) == (64, 64, 256, 4, 3)     # narrowed: 128 channels spill
   assert not config.default_block_config(b64, 3072, 768).weights_as_stored
+  assert not config.default_block_config(b1, 3072, 768, weight_bits=8).weights_as_stored
 
 
 def test_tiles_that_exceed_sm90_shared_memory_are_refused_up_front():
