@@ -68,6 +68,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ouromamba_jax import quant  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ouromamba_jax.io import atomic  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ouromamba_jax.models import build_model  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ouromamba_jax.models import vim  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ouromamba_jax.quant import presets as quant_presets  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ouromamba_jax.quant import qtypes  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ouromamba_jax.quant import int_linear  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -186,6 +187,10 @@ def parse_args(argv=None):
                       'in every variant (VisionMamba.fuse_linear_inputs): into the backward '
                       "scan where the directions are looped, into an int out_proj's act_quant "
                       'where vmapped; 0: formed by its own pass')
+  p.add_argument('--stack_directions', type=int, default=0, choices=(0, 1),
+                 help='1: every tree is prepared for inference by vim.with_directions_stacked '
+                      "(the mixers' two directions' params stacked once, not in each forward "
+                      'that vmaps them); 0: the trees as stored')
   p.add_argument('--scan_blocks', type=int, default=1, choices=(0, 1),
                  help="1 (the model's default): the blocks run under one lax.scan over their "
                       'stacked params (VisionMamba.scan_blocks); 0: one call per block on its '
@@ -252,7 +257,7 @@ COMPILE_OPTIONS = {
 }
 # The flags a case may set: model fields, compile options and the kernels' module-level switches.
 CASE_FLAGS = ('fuse_linear_inputs', 'batch_directions', 'scan_blocks', 'scan_unroll',
-              *COMPILE_OPTIONS, *SWITCHES)
+              'stack_directions', *COMPILE_OPTIONS, *SWITCHES)
 
 
 def compiler_options(args) -> dict:
@@ -505,6 +510,8 @@ def _lowered_cells(base, trees, images, args, model_name):
           cells[variant_name, case] = tree
           continue
         model = variant_model(base, VARIANTS[variant_name], settings)
+        if settings.stack_directions:
+          tree = vim.with_directions_stacked(tree)
         cells[variant_name, case] = (model, tree)
         for batch in args.batches:
           try:

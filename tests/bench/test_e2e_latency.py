@@ -11,11 +11,11 @@ import pytest
 from tests.bench import load_bench
 
 
-def _run(tmp_path, variants):
+def _run(tmp_path, variants, *flags):
   out = tmp_path / 'e2e.json'
   load_bench('e2e_latency').main(['--smoke', f'--variants={variants}', '--batches=1',
                                   '--iters=1', '--scan_kernel=xla', '--quant_kernel=xla',
-                                  f'--out={out}'])
+                                  f'--out={out}', *flags])
   report = json.load(open(out))
   for r in report['results']:
     assert 'error' not in r, r
@@ -35,6 +35,14 @@ def test_e2e_latency_smoke_float(tmp_path, capsys):
   printed = capsys.readouterr().out
   assert 'cells: median ms / images per s' in printed and printed.rstrip().endswith(
       f'{cells[1]["median_ms"]:.3f} / {cells[1]["images_per_s"]:.0f}')  # the table comes last
+
+
+def test_e2e_latency_times_a_tree_with_the_directions_stacked(tmp_path):
+  """The case `stack_directions=1` times the tree prepared by `vim.with_directions_stacked`
+  (directions vmapped, as a GPU runs batch 1), next to the tree as stored."""
+  report = _run(tmp_path, 'fp32_xla', '--batch_directions=1',
+                '--cases=default,stack_directions=1')
+  assert [r['case'] for r in report['results']] == ['default', 'stack_directions=1']
 
 
 def test_weight_bytes_counts_quantized_linears_as_stored():

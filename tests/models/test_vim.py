@@ -309,3 +309,40 @@ def test_dt_rank_is_ceil_d_model_over_16(name, d_model, dt_rank):
   for sfx in ('', '_b'):
     assert mixer[f'x_proj{sfx}']['kernel'].shape == (d_inner, dt_rank + 2 * 16)
     assert mixer[f'dt_proj{sfx}']['kernel'].shape == (dt_rank, d_inner)
+
+
+def _stacks(fn, *args) -> int:
+  """stack and concatenate equations in fn's jaxpr, sub-jaxprs included."""
+  def count(jaxpr):
+    n = 0
+    for eqn in jaxpr.eqns:
+      n += eqn.primitive.name in ('stack', 'concatenate')
+      for value in eqn.params.values():
+        for sub in value if isinstance(value, (list, tuple)) else (value,):
+          inner = getattr(sub, 'jaxpr', sub)
+          if hasattr(inner, 'eqns'):
+            n += count(inner)
+    return n
+  return count(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
+@pytest.mark.parametrize('batch_directions', [False, True])
+def test_a_tree_with_the_directions_stacked_gives_the_same_logits(batch_directions):
+  """`with_directions_stacked` (the directions' params stacked once, for inference): the plain
+  tree's logits bit for bit, looped (each direction a slice) and vmapped, where the vmapped
+  forward no longer stacks the params on every call; state hooks refuse the prepared tree."""
+  model = VisionMamba(img_size=32, patch_size=8, depth=2, d_model=16, num_classes=3,
+                      scan_implementation='xla', batch_directions=batch_directions)
+  images = np.random.default_rng(3).standard_normal((2, 32, 32, 3)).astype(np.float32)
+  params = jax.jit(model.init)(jax.random.key(0), images[:1])['params']
+  prepared = vim.with_directions_stacked(params)
+  assert set(prepared['layers_0']['mixer']) == {'in_proj', 'out_proj', vim.STACKED_DIRECTIONS}
+  assert vim.with_directions_stacked(prepared) == prepared            # idempotent
+  forward = lambda p, x: model.apply({'params': p}, x)
+  np.testing.assert_array_equal(jax.jit(forward)(prepared, images),
+                                jax.jit(forward)(params, images))
+  if batch_directions:
+    assert _stacks(forward, prepared, images) < _stacks(forward, params, images)
+  hooked = model.clone(state_feature_fn=lambda states, delta, c, **kw: states.sum())
+  with pytest.raises(ValueError, match='directions stacked .*state hooks'):
+    hooked.apply({'params': prepared}, images, mutable=['intermediates'])

@@ -10,6 +10,7 @@ import pytest
 from kernels_pallas.act_quant import config as act_quant_config
 from ouromamba_jax import quant
 from ouromamba_jax.models import layers
+from ouromamba_jax.models import vim
 from ouromamba_jax import quantized_checkpoints
 from ouromamba_jax.quant import calibrate
 from ouromamba_jax.quant import qtypes
@@ -340,6 +341,22 @@ def test_the_gpus_vmapped_directions_quantize_like_the_loop(tiny, w8a8_run):
   for (path, got), (_, want) in zip(leaves(tree), leaves(loop_tree), strict=True):
     np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32),
                                rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize('batch_directions', [False, True])
+def test_a_quantized_tree_with_the_directions_stacked_gives_the_same_logits(
+    tiny, w4a4_untrained_run, batch_directions):
+  """`vim.with_directions_stacked` on an integer-mode tree (codes, steps and quantizer sites of
+  both directions stacked once): the plain tree's logits bit for bit, looped and vmapped."""
+  model, _, images = tiny
+  tree = rewrite.set_mode(w4a4_untrained_run[0], 'int')
+  prepared = vim.with_directions_stacked(tree)
+  stacked = prepared['layers_0']['mixer'][vim.STACKED_DIRECTIONS]
+  assert stacked['x_proj']['kernel'].values.shape[0] == 2 and stacked['delta'] is not None
+  run = lambda p: np.asarray(jax.jit(lambda p, x: model.clone(
+      batch_directions=batch_directions).apply({'params': p}, x),
+      compiler_options=CPU_FAST_COMPILE)(p, images))
+  np.testing.assert_array_equal(run(prepared), run(tree))
 
 
 def test_paired_sites_equal_site_by_site(w4a4_untrained_run):
