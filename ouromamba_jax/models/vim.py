@@ -325,6 +325,12 @@ def with_directions_stacked(params):
           for name, value in params.items()}
 
 
+def holds_stacked_directions(params) -> bool:
+  """Whether a Vim param tree was prepared by `with_directions_stacked`."""
+  return any(STACKED_DIRECTIONS in value.get('mixer', {}) for name, value in params.items()
+             if name.startswith('layers_'))
+
+
 class Block(nn.Module):
   """Fused add + RMSNorm (residual kept in fp32) followed by the mixer.
 

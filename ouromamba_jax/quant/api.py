@@ -44,6 +44,10 @@ def quantize(model, params, calib_images, spec: Union[QuantSpec, str], *,
   images = jnp.asarray(calib_images, jnp.float32)
   if images.ndim != 4 or images.shape[0] < 1:
     raise ValueError(f'calib_images must be a non-empty NHWC batch, got shape {images.shape}.')
+  if isinstance(model, vim.VisionMamba) and vim.holds_stacked_directions(params):
+    raise ValueError('params hold the mixers\' directions stacked (vim.with_directions_stacked '
+                     'prepares a tree for inference forwards only): the site search and the '
+                     'calibration need the per-direction params; quantize the tree as loaded.')
   t0 = time.time()
   sites = rules_lib.find_sites(model, params, images[:1])
   match = rules_lib.match_rules(sites, spec.rules)

@@ -338,6 +338,7 @@ def test_a_tree_with_the_directions_stacked_gives_the_same_logits(batch_directio
   prepared = vim.with_directions_stacked(params)
   assert set(prepared['layers_0']['mixer']) == {'in_proj', 'out_proj', vim.STACKED_DIRECTIONS}
   assert vim.with_directions_stacked(prepared) == prepared            # idempotent
+  assert vim.holds_stacked_directions(prepared) and not vim.holds_stacked_directions(params)
   forward = lambda p, x: model.apply({'params': p}, x)
   np.testing.assert_array_equal(jax.jit(forward)(prepared, images),
                                 jax.jit(forward)(params, images))

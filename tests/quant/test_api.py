@@ -359,6 +359,12 @@ def test_a_quantized_tree_with_the_directions_stacked_gives_the_same_logits(
   np.testing.assert_array_equal(run(prepared), run(tree))
 
 
+def test_a_tree_prepared_for_inference_is_refused_by_quantize(tiny):
+  model, params, images = tiny
+  with pytest.raises(ValueError, match=r'directions stacked .*quantize the tree as loaded'):
+    quant.quantize(model, vim.with_directions_stacked(params), images, 'w4a4')
+
+
 def test_paired_sites_equal_site_by_site(w4a4_untrained_run):
   """layers.quantize_sites: int-mode B and C quantizers as one vmapped call give each site's own
   codes; fake-mode ones (and None) go site by site."""
