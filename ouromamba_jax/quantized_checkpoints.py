@@ -20,8 +20,10 @@ import tempfile
 from typing import Any, Mapping, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from kernels_pallas import int4
 from ouromamba_jax import distributed
 from ouromamba_jax.io import atomic
 from ouromamba_jax.io import checked_npz
@@ -110,10 +112,9 @@ def _v1_codes(values, in_features: int, packed: bool):
   values = np.asarray(values)
   if not packed:
     return values
-  b = values.view(np.int8)
-  low = (b << 4).astype(np.int8) >> 4   # arithmetic shifts sign-extend the nibbles
-  high = b >> 4
-  codes = np.stack([low, high], axis=-2).reshape(b.shape[:-2] + (2 * b.shape[-2], b.shape[-1]))
+  low, high = map(np.asarray, int4.unpack_nibbles(jnp.asarray(values.view(np.int8))))
+  rows, cols = values.shape[-2:]
+  codes = np.stack([low, high], axis=-2).reshape(values.shape[:-2] + (2 * rows, cols))
   return codes[..., :in_features, :]
 
 
@@ -125,9 +126,7 @@ def weights_from_v1(arrays, meta: Mapping[str, Any]):
   for path, info in meta.items():
     if info['qtype'] != 'QuantizedWeight':
       continue
-    parent = tree
-    for key in path.split('/'):
-      parent = parent[key]
+    parent = rewrite.get_path(tree, path)   # the weight's dict of arrays, in the copy
     static = info['static']
     codes = _v1_codes(parent['values'], static.get('in_features', 0), static.get('packed', False))
     flat = codes.reshape((-1,) + codes.shape[-2:])

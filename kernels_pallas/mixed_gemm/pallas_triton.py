@@ -119,14 +119,11 @@ def _gemm_kernel(*refs, m: int, n: int, k: int, cfg: MixedGemmBlockConfig, has_o
     packed = plgpu.load(w_ref.at[pl.ds(col_start, bn), pl.ds(kb * h, h)],
                         mask=_tile_mask(cols_ok, kb * h, h, half_k), other=jnp.int8(0))
     w_low, w_high = int4.unpack_nibbles_in_kernel(packed, interpret)
-    sums = []
-    for x_ref in x_refs:
-      x_low = plgpu.load(x_ref.at[pl.ds(row_start, bm), pl.ds(kb * h, h)],
-                         mask=_tile_mask(rows_ok, kb * h, h, half_k), other=jnp.int8(0))
-      x_high = plgpu.load(x_ref.at[pl.ds(row_start, bm), pl.ds(half_k + kb * h, h)],
-                          mask=_tile_mask(rows_ok, kb * h, h, half_k), other=jnp.int8(0))
-      sums.append(dot(x_low, w_low) + dot(x_high, w_high))
-    return sums
+    x_mask = _tile_mask(rows_ok, kb * h, h, half_k)  # the same lanes of both halves
+    load_x = lambda ref, start: plgpu.load(ref.at[pl.ds(row_start, bm), pl.ds(start, h)],
+                                           mask=x_mask, other=jnp.int8(0))
+    return [dot(load_x(x_ref, kb * h), w_low) + dot(load_x(x_ref, half_k + kb * h), w_high)
+            for x_ref in x_refs]
 
   def body(kb, acc_in):
     (acc,) = k_block_sums(kb, [xin_ref])

@@ -144,9 +144,10 @@ class BiMambaV2Mixer(nn.Module):
 
     xz = linear(2 * d_inner, 'in_proj')(hidden)
     x, z = jnp.split(xz, 2, axis=-1)
-    stacked = (self._stacked_directions()
-               if directions_as_one_batch(self.batch_directions, hidden.shape[0]) else None)
+    # The directions' params as stacked by the model or by `with_directions_stacked`, if so.
     given = None if self.is_initializing() else self.get_variable('params', STACKED_DIRECTIONS)
+    stacked = (self._stacked_directions(given)
+               if directions_as_one_batch(self.batch_directions, hidden.shape[0]) else None)
     if stacked is not None:
       y = self._both_directions(stacked, x, z, dt_rank)
     else:
@@ -199,15 +200,14 @@ class BiMambaV2Mixer(nn.Module):
                       kernel_init=nn.initializers.truncated_normal(out_std))
     return out_proj(y if self.fuse_linear_inputs else producers.materialize(y))
 
-  def _stacked_directions(self):
+  def _stacked_directions(self, given):
     """The two directions' params (conv, x_proj, dt_proj, A, D and their quantizer sites)
     stacked on a leading axis, or None where they cannot run as one batch: at init, with a
     state hook (Gen sows per direction), or when the trees differ (e.g. calibration's
-    recorders, or different quantizers per direction). Taken as given where the model stacked
-    them once for all blocks (`with_stacked_directions`)."""
+    recorders, or different quantizers per direction). `given` (the mixer's stacked entry, from
+    `with_stacked_directions`) is taken as it is."""
     if self.is_initializing() or self.state_feature_fn is not None:
       return None
-    given = self.get_variable('params', STACKED_DIRECTIONS)
     if given is not None:
       return given
     return stacked_directions(self.variables.get('params', {}))
