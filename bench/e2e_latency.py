@@ -174,6 +174,10 @@ def parse_args(argv=None):
                  help='mixed GEMM calls of at most this many rows read the weight as stored, '
                       'unpacking int4 in the kernel, with no per-call XLA copy (0: never; -1: '
                       'the library default, mixed_gemm config.WEIGHTS_AS_STORED_UP_TO_ROWS)')
+  p.add_argument('--gemm_narrow_as_stored', type=int, default=-1,
+                 help='an int4 weight with fewer output or input channels than this is read as '
+                      'stored at every batch (0: never; -1: the library default, mixed_gemm '
+                      'config.AS_STORED_NARROWER_THAN)')
   p.add_argument('--scan_small_batch', type=int, default=-1,
                  help='below this batch the default scan is XLA\'s associative one, not the '
                       'Triton kernel (0: the kernel at every batch; -1: the library default, '
@@ -241,6 +245,7 @@ SWITCHES = {'act_quant_small_grid': (act_quant_config, 'SMALL_GRID_PROGRAMS', 0)
             'act_quant_segments': (act_quant_config, 'SEGMENTS_IN_ONE_LAUNCH', 0),
             'gemm_sweep_tiles': (mixed_gemm_config, 'SWEEP_TILES', 0),
             'gemm_weights_as_stored': (mixed_gemm_config, 'WEIGHTS_AS_STORED_UP_TO_ROWS', 0),
+            'gemm_narrow_as_stored': (mixed_gemm_config, 'AS_STORED_NARROWER_THAN', 0),
             'scan_small_batch': (scan_api, 'SMALL_BATCH', 0),
             'scan_segment_programs': (scan_config, 'SEGMENT_TARGET_PROGRAMS', 0)}
 # XLA options a flag's value sets (-1 leaves XLA's own settings): flag -> {value: options}.

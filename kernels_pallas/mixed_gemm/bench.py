@@ -113,7 +113,9 @@ def variants(smoke):
       """(fn, args, the tile it runs: `cfg`, else the library's for the shape)."""
       cfg = cfg or default_block_config(p.m, p.n, p.k, weight_bits)
       if dense_outliers_above is not None:
-        cfg = dataclasses.replace(cfg, dense_outliers_above=dense_outliers_above)
+        # Lists walk the weight unpacked (a narrow weight's default reads it as stored).
+        cfg = dataclasses.replace(cfg, dense_outliers_above=dense_outliers_above,
+                                  weights_as_stored=False)
       if as_stored:
         cfg = reading_weights_as_stored(cfg)
       x = p.x_codes if weight_bits == 4 else p.x_int8

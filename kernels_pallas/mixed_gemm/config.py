@@ -27,6 +27,13 @@ SWEEP_TILES = 1
 # an end-to-end A/B on a card picks the rows: `bench/e2e_latency.py --gemm_weights_as_stored=N`;
 # the in-kernel unpack costs 1.4-1.6x the K loop's SASS instructions, session 33).
 WEIGHTS_AS_STORED_UP_TO_ROWS = 0
+# An int4 weight with fewer than this many output or input channels is read as stored at every
+# batch (0: never). Measured on one H100 (BENCHMARKS.md session 34, kernel bench, W4A4O8, the
+# XLA unpack timed with the call): Vim-B x_proj (N = 80) 0.056 -> 0.037 ms at batch 64 (the
+# 64-wide tile runs 198 programs instead of 99 on 132 SMs) and 0.039 -> 0.038 at batch 1;
+# dt_proj (K = 48) 0.043 -> 0.041 and 0.045 -> 0.042; the wide Linears were 1.5x slower at
+# batch 64 (in_proj 0.149 -> 0.229), so they keep XLA's unpacked copy.
+AS_STORED_NARROWER_THAN = 128
 AS_STORED_MAX_BLOCK_N = 64
 
 
@@ -104,7 +111,8 @@ class MixedGemmBlockConfig:
 def default_block_config(m: int, n: int, k: int, weight_bits: int = 4) -> MixedGemmBlockConfig:
   """The measured best tile for (M, N, K), shrunk for tiny problems: the sweep's per-shape
   rule (`_sweep_tile`) while SWEEP_TILES is on, else `_one_tile`; a call of at most
-  WEIGHTS_AS_STORED_UP_TO_ROWS rows reads its int4 weight as stored (an int8 weight always is).
+  WEIGHTS_AS_STORED_UP_TO_ROWS rows, or a weight narrower than AS_STORED_NARROWER_THAN, reads
+  its int4 weight as stored (an int8 weight always is).
 
   From the H200 probe of K-major int8 GEMMs (`bench/int8_gemm_probe.py`, 2026-12-02): at
   M = 64 x 197 tokens 128 x 128 x 128 with 8 warps beat every other tile at Vim-B in_proj and
@@ -115,7 +123,8 @@ def default_block_config(m: int, n: int, k: int, weight_bits: int = 4) -> MixedG
   """
   small = m <= 512
   tile = _sweep_tile(m, n, k, small) if SWEEP_TILES else _one_tile(m, n, k, small)
-  if weight_bits == 4 and m <= WEIGHTS_AS_STORED_UP_TO_ROWS:
+  if weight_bits == 4 and (m <= WEIGHTS_AS_STORED_UP_TO_ROWS
+                           or min(n, k) < AS_STORED_NARROWER_THAN):
     return reading_weights_as_stored(tile)
   return tile
 

@@ -18,9 +18,10 @@ Quantized blocks stack only when their trees are alike (static fields such as bi
 included), so the blocks are cut into runs of alike consecutive blocks, each run scanned, the
 runs applied in order (a lone block is applied as is). `models.blockwise` applies the same
 Block to one block's params at a time.
-On a GPU, inference forwards from batch 2 unroll that scan (`scan_unroll`, `block_scan_unroll`):
-still traced from stacked params, but no device loop, which measured ~0.1 ms per block faster
-at batch 64 in the float and the quantized path alike.
+On a GPU, inference forwards from batch 2 (at every batch with the Triton scan kernel) unroll
+that scan (`scan_unroll`, `block_scan_unroll`): still traced from stacked params, but no device
+loop, which measured ~0.1 ms per block faster at batch 64 in the float and the quantized path
+alike.
 """
 from __future__ import annotations
 
@@ -96,22 +97,28 @@ def directions_as_one_batch(setting: Optional[bool], batch: int) -> bool:
   return jax.default_backend() == 'gpu' and batch < DIRECTIONS_AS_ONE_BATCH_BELOW
 
 
-# From this many samples on a GPU, the block scan is unrolled by default. Measured on one H100
-# (BENCHMARKS.md session 31, Vim-B, one process per batch set): unrolled, batch 64 took 26.6 ->
-# 23.7 ms in bf16 + Pallas scan and 35.5 -> 32.9 ms in W4A4O8 (the device loop costs ~0.1 ms per
-# block there), batches 4-32 were equal or faster (W4A4O8 batch 8 14.4 -> 12.5 ms), but batch 1
-# was slower in both paths (4.5 -> 6.6 ms and 7.6 -> 8.6 ms), so batch 1 keeps the loop.
+# From this many samples on a GPU, the block scan is unrolled by default; with the Triton scan
+# kernel, at every batch. Measured on one H100 (BENCHMARKS.md session 31, Vim-B, one process
+# per batch set): unrolled, batch 64 took 26.6 -> 23.7 ms in bf16 + Pallas scan and 35.5 -> 32.9
+# ms in W4A4O8 (the device loop costs ~0.1 ms per block there), batches 4-32 were equal or
+# faster (W4A4O8 batch 8 14.4 -> 12.5 ms). Batch 1 (session 34, two processes, since the kernel
+# splits a small batch's sequence): Triton scan 3.07 -> 2.46 and 3.13 -> 2.48 ms in bf16, W4A4O8
+# 5.04 -> 4.46 and 5.36 -> 4.72, W8A8 5.60 -> 4.55; XLA's associative scan 4.42 -> 6.44 and
+# 4.51 -> 6.53, so a model on that scan keeps the loop at batch 1.
 UNROLL_BLOCKS_FROM = 2
 
 
-def block_scan_unroll(setting: Optional[int], batch: int, length: int) -> int:
+def block_scan_unroll(setting: Optional[int], batch: int, length: int,
+                      kernel_scan: bool = False) -> int:
   """Blocks per iteration of the block scan over `length` blocks: `setting` when given, else
-  the measured rule (the whole run on a GPU from UNROLL_BLOCKS_FROM samples, else 1)."""
+  the measured rule (the whole run on a GPU from UNROLL_BLOCKS_FROM samples, or at any batch
+  when the mixers scan with the Triton kernel, `kernel_scan`; else 1)."""
   if setting is not None:
     if setting < 1:
       raise ValueError(f'scan_unroll must be >= 1 (blocks per scan iteration), got {setting}')
     return setting
-  return length if jax.default_backend() == 'gpu' and batch >= UNROLL_BLOCKS_FROM else 1
+  unrolled = kernel_scan or batch >= UNROLL_BLOCKS_FROM
+  return length if jax.default_backend() == 'gpu' and unrolled else 1
 
 
 class BiMambaV2Mixer(nn.Module):
@@ -410,7 +417,8 @@ class VisionMamba(nn.Module):
   scan_blocks: bool = True
   # Blocks of a run traced per iteration of the block scan (`jax.lax.scan(unroll=...)`): 1 (a
   # loop on the device) up to the run's length (unrolled over the stacked params). None: the
-  # measured rule of `block_scan_unroll` (unrolled from batch 2 on a GPU) in plain forwards.
+  # measured rule of `block_scan_unroll` (unrolled on a GPU from batch 2, or at any batch with
+  # the Triton scan kernel) in plain forwards.
   scan_unroll: Optional[int] = None
   # True: the mixers run their two scan directions as one vmapped batch (one launch of each
   # per-direction kernel instead of two); same params, logits equal to rounding. Ignored at init,
@@ -524,6 +532,8 @@ class VisionMamba(nn.Module):
     # differentiates a plain forward, so it follows the rule too (not timed for training).
     plain_forward = not collect and self.state_feature_fn is None and not self.remat
     setting = 1 if self.scan_unroll is None and not plain_forward else self.scan_unroll
+    batch = carry[0].shape[0]
+    kernel_scan = scan_api.DISPATCH.choose(self.scan_implementation, batch) == 'triton'
     start = 0
     for run in block_runs(trees):
       if len(run) == 1:
@@ -531,8 +541,8 @@ class VisionMamba(nn.Module):
         sown = [sown]
       else:
         carry, stacked = jax.lax.scan(step, carry, jax.tree.map(lambda *x: jnp.stack(x), *run),
-                                      unroll=block_scan_unroll(setting, carry[0].shape[0],
-                                                               len(run)))
+                                      unroll=block_scan_unroll(setting, batch, len(run),
+                                                               kernel_scan))
         sown = [jax.tree.map(lambda x, j=j: x[j], stacked) for j in range(len(run))]
       for i, value in enumerate(sown, start):
         if value:

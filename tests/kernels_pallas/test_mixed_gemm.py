@@ -123,11 +123,13 @@ def test_dequantized_output_matches_xla(weight_bits, code_bits, with_outliers):
 
 
 @pytest.mark.parametrize('weight_bits,k,stored_uint8', [(4, 192, False), (4, 102, True),
-                                                        (4, 48, False), (8, 48, False)])
+                                                        (4, 48, False), (4, 12, False),
+                                                        (8, 48, False)])
 def test_weights_as_stored_sums_and_outputs_equal_the_unpacked_form(weight_bits, k, stored_uint8):
   """`weights_as_stored` (the packed int4 weight read as stored and unpacked in the kernel into
   its two halves of K): the same int32 sums as the oracle, with outliers, through K blocks that
-  end mid-way (K = 102: the byte block past K/2 = 51 masked; K = 48: dt_proj's), and the same
+  end mid-way (K = 102: the byte block past K/2 = 51 masked; K = 48 / 12: Vim-B's / Vim-T's
+  dt_proj, read as stored by default), and the same
   output bits as the form XLA unpacks, bias included. Checkpoints hold int4 bytes as uint8
   (bit-cast). An int8 weight is read as stored either way."""
   rng = np.random.default_rng(11 + k)
@@ -210,7 +212,7 @@ def test_default_tiles_are_the_measured_ones(monkeypatch, sweep_tiles):
   if sweep_tiles:
     assert tile(b64, 3072, 768) == (64, 128, 128, 4, 3)      # in_proj
     assert tile(b64, 768, 1536) == (64, 128, 128, 4, 3)      # out_proj
-    assert tile(b64, 80, 1536) == (128, 128, 128, 8, 3)      # x_proj
+    assert tile(b64, 80, 1536) == (128, 64, 128, 8, 3)       # x_proj (read as stored)
     assert tile(b64, 1536, 48) == (64, 64, 128, 4, 3)        # dt_proj
     assert tile(b1, 3072, 768) == (64, 128, 256, 4, 3)
     assert tile(b1, 768, 1536) == (64, 64, 256, 4, 4)
@@ -221,6 +223,13 @@ def test_default_tiles_are_the_measured_ones(monkeypatch, sweep_tiles):
     assert tile(b64, 192, 192)[2] == 64
   assert tile(5, 3, 40)[:2] == (16, 16)                    # tiny problems shrink the tile
   assert not config.default_block_config(b1, 3072, 768).weights_as_stored  # off by default
+  # Narrow int4 weights (x_proj's N = 80, dt_proj's K = 48) are read as stored at any batch.
+  for m in (b64, b1):
+    assert config.default_block_config(m, 80, 1536).weights_as_stored
+    assert config.default_block_config(m, 1536, 48).weights_as_stored
+    assert not config.default_block_config(m, 80, 1536, weight_bits=8).weights_as_stored
+  monkeypatch.setattr(config, 'AS_STORED_NARROWER_THAN', 0)
+  assert not config.default_block_config(b64, 80, 1536).weights_as_stored
   monkeypatch.setattr(config, 'WEIGHTS_AS_STORED_UP_TO_ROWS', 512)
   assert config.default_block_config(b1, 3072, 768).weights_as_stored
   assert tile(b1, 3072, 768) == (64, 64, 256, 4, 3)     # narrowed: 128 channels spill
@@ -301,11 +310,13 @@ def test_gpu_kernel_exact_at_vim_shape(weight_bits, code_bits):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(jax.default_backend() != 'gpu', reason='needs a CUDA GPU')
-@pytest.mark.parametrize('m,k,n', [(197, 768, 3072), (197, 48, 1536), (64 * 197, 384, 1536)])
+@pytest.mark.parametrize('m,k,n', [(197, 768, 3072), (197, 48, 1536), (64 * 197, 384, 1536),
+                                   (64 * 197, 1536, 80)])
 def test_gpu_weights_as_stored_unpacked_by_ptx_are_exact(m, k, n):
   """The packed int4 weight read as stored, its nibbles unpacked by the inline PTX (which only
   runs on a card): exact sums at Vim-B's batch-1 in_proj and dt_proj (K = 48, one masked byte
-  block) and at a batch-64 width, with outliers."""
+  block), at a batch-64 width and at batch 64's x_proj (N = 80, read so by default), with
+  outliers."""
   rng = np.random.default_rng(m + k)
   x, w, xout, oracle_in, oracle_out = _operands(rng, m, k, n, 4, 4, 0.1)
   cfg = config.reading_weights_as_stored(config.default_block_config(m, n, k))

@@ -246,8 +246,9 @@ def test_batched_directions_are_stacked_once_outside_the_block_scan():
 
 
 def test_the_block_scan_unrolls_by_the_measured_rule_and_keeps_the_loops_logits(monkeypatch):
-  """scan_unroll: blocks per iteration of the block scan (a given value, or unrolled from
-  UNROLL_BLOCKS_FROM samples on a GPU, measured); the logits are the loop's."""
+  """scan_unroll: blocks per iteration of the block scan (a given value, or unrolled on a GPU
+  from UNROLL_BLOCKS_FROM samples, at any batch with the Triton scan; measured); the logits are
+  the loop's."""
   assert vim.block_scan_unroll(3, 1, 24) == 3
   assert vim.block_scan_unroll(None, 64, 24) == 1  # this CPU: the loop (measured on GPUs only)
   with pytest.raises(ValueError, match='scan_unroll must be >= 1'):
@@ -262,11 +263,14 @@ def test_the_block_scan_unrolls_by_the_measured_rule_and_keeps_the_loops_logits(
                              forward(model)(params, images), rtol=1e-6, atol=1e-6)
   monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
   assert vim.block_scan_unroll(None, 1, 24) == 1
+  assert vim.block_scan_unroll(None, 1, 24, kernel_scan=True) == 24
   assert vim.block_scan_unroll(None, vim.UNROLL_BLOCKS_FROM, 24) == 24
-  unrolls = [eqn.params['unroll'] for eqn in jax.make_jaxpr(
-      lambda p, x: model.apply({'params': p}, x))(params, images).jaxpr.eqns
-             if eqn.primitive.name == 'scan']
-  assert unrolls == [3]
+  unrolls = lambda m, x: [eqn.params['unroll'] for eqn in jax.make_jaxpr(
+      lambda p, x: m.apply({'params': p}, x))(params, x).jaxpr.eqns
+                          if eqn.primitive.name == 'scan']
+  assert unrolls(model, images) == [3]
+  assert unrolls(model, images[:1]) == [1]
+  assert unrolls(model.clone(scan_implementation='triton'), images[:1]) == [3]
 
 
 def test_bfloat16_compute_runs_and_stays_close():

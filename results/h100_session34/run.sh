@@ -1,0 +1,19 @@
+#!/bin/bash
+# Session 34's card plan for issue 15, one PART per call (carry .whl):
+#   PART=grid bash results/h100_session34/run.sh
+# grid (~6 min): the GPU test of the narrow weights read as stored (x_proj at batch 64), then
+#   Vim-B batches 64 and 1 with today's defaults (the block scan unrolled at batch 1 with the
+#   Triton scan; x_proj / dt_proj int4 weights read as stored) against the narrow rule off.
+set -u
+. bench/device_env.sh
+
+case ${PART:-grid} in
+  grid)
+    timeout 150 python3 -m pytest -q -o addopts= -m gpu tests/kernels_pallas/test_mixed_gemm.py \
+      -k weights_as_stored 2>&1 | quiet | tail -3
+    timeout 420 python3 bench/e2e_latency.py --models=vim_b --batches=64,1 \
+      --variants=bf16_xla,bf16_pallas_scan,w8a8,w4a4o8 --iters=15 \
+      --cases=default,gemm_narrow_as_stored=0 --out=$OUT/e2e_vim_b_grid.json \
+      2>&1 | quiet | grep -v compiled | tail -8 ;;
+esac
+echo "total $(( $(date +%s) - S )) s"
