@@ -4,6 +4,8 @@
 # grid (~6 min): the GPU test of the narrow weights read as stored (x_proj at batch 64), then
 #   Vim-B batches 64 and 1 with today's defaults (the block scan unrolled at batch 1 with the
 #   Triton scan; x_proj / dt_proj int4 weights read as stored) against the narrow rule off.
+# grid_ts (~4 min): Vim-T and Vim-S, batches 64 and 1, with today's defaults (not run in
+#   session 34: the device time ran out before a machine came back).
 set -u
 . bench/device_env.sh
 
@@ -15,5 +17,9 @@ case ${PART:-grid} in
       --variants=bf16_xla,bf16_pallas_scan,w8a8,w4a4o8 --iters=15 \
       --cases=default,gemm_narrow_as_stored=0 --out=$OUT/e2e_vim_b_grid.json \
       2>&1 | quiet | grep -v compiled | tail -8 ;;
+  grid_ts)
+    timeout 560 python3 bench/e2e_latency.py --models=vim_t,vim_s --batches=64,1 \
+      --variants=bf16_xla,bf16_pallas_scan,w8a8,w4a4o8 --iters=15 --out=$OUT/e2e_vim_ts_grid.json \
+      2>&1 | quiet | grep -v compiled | tail -12 ;;
 esac
 echo "total $(( $(date +%s) - S )) s"
