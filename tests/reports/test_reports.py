@@ -18,7 +18,8 @@ from ouromamba_jax.reports import curves
 from ouromamba_jax.reports import heatmap
 from ouromamba_jax.reports import layer_error
 from ouromamba_jax.reports import outliers
-from tests.quant.conftest import tiny, apply_fn, rtn_run  # pylint: disable=unused-import
+from tests.quant.conftest import (  # pylint: disable=unused-import
+    apply_fn, rtn_run, tiny, w4a4_untrained_run)
 
 
 def _linear_io(model, params, images):
@@ -28,11 +29,10 @@ def _linear_io(model, params, images):
 
 
 @pytest.fixture(scope='module')
-def w4a4(tiny):
-  model, params, images = tiny
-  spec = quant.QuantRunSpec(preset='w4a4', epochs=0, micro_batch=8).quant_spec()
-  qparams, _ = quant.quantize(model, params, images, spec, log=lambda _: None)
-  return qparams
+def w4a4(w4a4_untrained_run):
+  """OuroMamba W4A4 without training: the quant tests' tree (one calibration per worker, its
+  programs compiled as theirs were, so the suite's compilation cache serves them)."""
+  return w4a4_untrained_run[0]
 
 
 @pytest.mark.slow
