@@ -9,7 +9,7 @@
 # gemm_sweep (~7 min): the mixed GEMM's tile sweep at Vim-B's shapes, batches 64 and 1, with
 #   the K-major weights of session 33 (the per-shape tiles were swept on the old layout; x_proj's
 #   as-stored gain in session 34 was mostly its tile).
-# split (~6 min): the scan's time-split program target at batches 2-8 (256, the default; 0; 128).
+# (Also still to run: `PART=split` of results/h200_session33/run.sh, the scan's time split.)
 # sweep (~6 min): issue 15's latency and outlier rate vs n_refresh and k (Fig. 9d), today's
 #   defaults (last run in session 26).
 set -u
@@ -32,11 +32,6 @@ case ${PART:-grid} in
       timeout 250 python3 -m kernels_pallas.mixed_gemm.bench --sweep --shapes=vim_b --trials=5 \
         --tokens=$T --out=$OUT/mixed_gemm_sweep_m$T.json 2>&1 | quiet | tail -40
     done ;;
-  split)
-    timeout 560 python3 bench/e2e_latency.py --models=vim_b --batches=2,4,8 \
-      --variants=bf16_pallas_scan,w4a4o8 --iters=20 \
-      --cases=default,scan_segment_programs=0,scan_segment_programs=128 \
-      --out=$OUT/e2e_vim_b_split_rule.json 2>&1 | quiet | grep -v compiled | tail -16 ;;
   sweep)
     timeout 560 python3 bench/outlier_sweep.py --model=vim_b --batch=64 --png=$OUT/outlier_sweep_vim_b.png \
       --out=$OUT/outlier_sweep_vim_b.json 2>&1 | quiet | tail -20 ;;
