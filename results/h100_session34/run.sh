@@ -6,7 +6,7 @@
 #   Triton scan; x_proj / dt_proj int4 weights read as stored) against the narrow rule off.
 # The parts below were not run in session 34 (the device time ran out); the next card's plan:
 # grid_ts (~4 min): Vim-T and Vim-S, batches 64 and 1, with today's defaults.
-# gemm_sweep (~9 min, two calls if need be): the mixed GEMM's tile sweep at Vim-B's shapes, batches 64, 16 and 1, with
+# gemm_sweep (<= 9.5 min; TOKENS="12608" etc. splits it over calls): the mixed GEMM's tile sweep at Vim-B's shapes, batches 64, 16 and 1, with
 #   the K-major weights of session 33 (the per-shape tiles were swept on the old layout; x_proj's
 #   as-stored gain in session 34 was mostly its tile).
 # (Also still to run: `PART=split` of results/h200_session33/run.sh, the scan's time split.)
@@ -28,8 +28,8 @@ case ${PART:-grid} in
       --variants=bf16_xla,bf16_pallas_scan,w8a8,w4a4o8 --iters=15 --out=$OUT/e2e_vim_ts_grid.json \
       2>&1 | quiet | grep -v compiled | tail -12 ;;
   gemm_sweep)
-    for T in 12608 3152 197; do   # batches 64, 16, 1
-      timeout 250 python3 -m kernels_pallas.mixed_gemm.bench --sweep --shapes=vim_b --trials=5 \
+    for T in ${TOKENS:-12608 3152 197}; do   # batches 64, 16, 1 (TOKENS=... for a part)
+      timeout 185 python3 -m kernels_pallas.mixed_gemm.bench --sweep --shapes=vim_b --trials=5 \
         --tokens=$T --out=$OUT/mixed_gemm_sweep_m$T.json 2>&1 | quiet | tail -40
     done ;;
   sweep)
