@@ -24,7 +24,17 @@ from kernels_pallas.act_quant.config import MIN_SCALE
 
 
 def _lp_error(x, deq, lp, reduce_axes):
-  return jnp.mean(jnp.abs(x - deq) ** lp, axis=reduce_axes, keepdims=True)
+  return jnp.mean(_power(jnp.abs(x - deq), lp), axis=reduce_axes, keepdims=True)
+
+
+def _power(a, lp: float):
+  """a ** lp for a >= 0, as exp(lp log a) (0 at a = 0): XLA's CPU `pow` calls the scalar libm
+  powf per element (3.1 ns against 0.7 for exp and log, 10 M floats, 2-core CPU), and this
+  search, 100 passes with one power per element, was 80 % of a compiled calibration of the
+  24-block testbed on the CPU (7.7 of 9.4 s, session 34). An integer lp stays exact."""
+  if float(lp).is_integer():
+    return jax.lax.integer_pow(a, int(lp))
+  return jnp.exp(lp * jnp.log(a))
 
 
 def _first_minimum(loss_fn, n_grid, shape):
