@@ -6,18 +6,20 @@ Computes exactly what `reference.act_quant_xla` computes
 trigger='sample': one program per (block_b samples, refresh window). It holds every channel of
 a time step of its samples in one (block_b, block_c) tile (padding lanes and samples past the
 batch masked out of all statistics, each row's statistics its own) and walks the n_refresh
-steps of its window, carrying the outlier masks in registers. The walk is serial (step t's mask
-needs step t - 1's), so a program is latency-bound; several samples per program give each step's
-reductions more independent work and cut the number of programs. Per step t and sample:
+steps of its window, carrying the outlier masks in registers (as `_keep`: +inf or 0 per lane).
+The walk is serial (step t's mask needs step t - 1's), so a program is latency-bound; several
+samples per program give each step's reductions more independent work and cut the number of
+programs. Per step t and sample:
 
-  a      = |x_t| with the current outlier channels zeroed
+  a      = |x_t| with the current outlier channels zeroed (min(|x_t|, keep))
   S_D    = max(a) / qmax;    trigger = S_D > S_I(t)
   thr    = mean(a) + k * std(a)                (over the C real channels; ddof from the spec;
                                                 std from sum a and sum a^2, as the reference)
   mask  |= trigger & (a > thr)
   s_o    = max(max|x_t * mask|, 1e-8) / o_qmax (from the same round of reductions: `detect`)
-  each lane is scaled, clipped and rounded once on its grid (S_I(t) or s_o); the inlier code
-  is 0 at outlier lanes and the outlier code 0 at inlier lanes.
+  each lane is scaled, clipped and rounded once on its grid (S_I(t) or s_o; a symmetric grid's
+  inliers clipped after the rounding, its outliers never past it: `_Math.scaled`); the inlier
+  code is 0 at outlier lanes and the outlier code 0 at inlier lanes.
 
 Asymmetric grids (codes 0 .. 2^b - 1 with a zero point): S_D = (max - min of the inliers over the
 real channels) / qmax; inlier codes round(clip(v, -z, qmax - z)) + z with the static zero point
@@ -165,19 +167,21 @@ class _Math:
                  else j * self.block_c + jnp.arange(self.block_c) < self.channels
                  for j in range(self.n_chunks))
 
-  def reductions(self, x, mask, col_ok):
+  def reductions(self, x, keep, col_ok):
     """Every per-row statistic of a step, in one round of independent reductions over the
     row's chunks (a serial chain of reductions was the kernel's latency):
-    (S_D, threshold, |x_in|, the inliers' extremes, the old outliers' extremes)."""
-    a = _lanes(lambda xc, mc: jnp.where(mc, 0.0, jnp.abs(xc)), x, mask)  # padding: x = 0
+    (S_D, threshold, |x_in|, the inliers' extremes, the old outliers' extremes).
+    keep: the outlier state as `_keep` carries it; |x_in| = min(|x|, keep) and the old
+    outliers' |x| = |x| - |x_in|, both exact."""
+    abs_x = _lanes(jnp.abs, x)
+    a = _lanes(jnp.minimum, abs_x, keep)  # padding: x = 0
     s1, s2 = _reduce_pair(jnp.sum, jnp.add, a, _lanes(lambda ac: ac * ac, a))
     if self.symmetric:
-      hi_in, old_hi = _reduce_pair(
-          jnp.max, jnp.maximum, a,
-          _lanes(lambda xc, mc: jnp.where(mc, jnp.abs(xc), 0.0), x, mask))
+      hi_in, old_hi = _reduce_pair(jnp.max, jnp.maximum, a, _lanes(jnp.subtract, abs_x, a))
       lo_in, old_lo = -hi_in, -old_hi
       s_d = hi_in * reciprocal_f32(self.qmax)
     else:  # range of the inliers (zeroed outlier channels included, padding lanes not)
+      mask = _outlier_lanes(keep)
       x_in = _lanes(lambda xc, mc: jnp.where(mc, 0.0, xc), x, mask)
       x_old = _lanes(lambda xc, mc: jnp.where(mc, xc, 0.0), x, mask)
       hi_in, old_hi = _reduce_pair(
@@ -191,19 +195,22 @@ class _Math:
     var = jnp.maximum((s2 - s1 * mean) * reciprocal_f32(max(self.channels - self.ddof, 1)), 0.0)
     return s_d, mean + self.k * jnp.sqrt(var), a, (lo_in, hi_in), (old_lo, old_hi)
 
-  def detect(self, x, mask, col_ok, lanes_ok, fires_at):
-    """One step of the recurrence: (new mask, (outlier step, zero point) per row); `fires_at`
-    maps the rows' S_D to whether each row triggers (S_D > S_I(t), or the batch's trigger).
+  def detect(self, x, keep, col_ok, fires_at):
+    """One step of the recurrence: (new outlier state `keep`, (outlier step, zero point) per
+    row); `fires_at` maps the rows' S_D to whether each row triggers (S_D > S_I(t), or the
+    batch's trigger). A lane joins the outliers where |x_in| > thr on a row that fires: the
+    row's bar is thr there and +inf elsewhere, one compare and one select per lane (padding
+    lanes and old outliers have |x_in| = 0, never above thr >= 0).
 
     The outlier grid needs the extremes of x over the *new* mask, which would be a second
     round of reductions after the mask update. It is not: a channel joins the mask iff it
     fires (S_D > S_I(t)) and |x_in| > thr, so the new outliers' largest |x| (symmetric), or
     their max / min of x (asymmetric, clamped at 0 by the grid), is the inliers' own extreme
     whenever that extreme is past thr, and nothing otherwise. Exact (max/min round nothing)."""
-    s_d, thr, a, (lo_in, hi_in), (old_lo, old_hi) = self.reductions(x, mask, col_ok)
+    s_d, thr, a, (lo_in, hi_in), (old_lo, old_hi) = self.reductions(x, keep, col_ok)
     fires = fires_at(s_d)
-    mask = _lanes(lambda mc, ac, ok: mc | ((ac > thr[:, None]) & ok & fires[:, None]),
-                  mask, a, lanes_ok)
+    bar = jnp.where(fires, thr, jnp.inf)[:, None]
+    keep = _lanes(lambda kc, ac: jnp.where(ac > bar, 0.0, kc), keep, a)
     if self.symmetric:
       top = jnp.maximum(old_hi, jnp.where(fires & (hi_in > thr), hi_in, 0.0))
       s_o = jnp.maximum(top, MIN_SCALE) * reciprocal_f32(self.o_qmax)
@@ -213,17 +220,19 @@ class _Math:
       hi = jnp.maximum(jnp.maximum(old_hi, 0.0), jnp.where(fires & (hi_in > thr), hi_in, 0.0))
       s_o = jnp.maximum(hi - lo, MIN_SCALE) * reciprocal_f32(self.o_qmax)
       z_o = round_half_even(_divide_rn(-lo, s_o, self.interpret), self.interpret)
-    return mask, (s_o, z_o)
+    return keep, (s_o, z_o)
 
-  def per_sample_step(self, x, mask, col_ok, lanes_ok, s_ref, z_ref, t, detect: bool):
+  def per_sample_step(self, x, keep, col_ok, s_ref, z_ref, t, detect: bool):
     """Step t of the per-sample quantizer on rows x (tiles): the static grid, the outlier
     update (`detect`: S_D > S_I(t) triggers) and every lane scaled and clipped on its grid.
-    Returns (scaled lanes, mask, S_I(t), zero point, outlier grid or None)."""
-    s_t, inv_s, zero = self.static_grid(s_ref, z_ref, t, lanes_ok[0].shape[0])
-    outlier_grid = None
+    Returns (scaled lanes, keep, outlier mask (None without `detect`), S_I(t), zero point,
+    outlier grid or None)."""
+    s_t, inv_s, zero = self.static_grid(s_ref, z_ref, t, x[0].shape[0])
+    outlier_grid = mask = None
     if detect:
-      mask, outlier_grid = self.detect(x, mask, col_ok, lanes_ok, lambda s_d: s_d > s_t)
-    return self.scaled(x, mask, inv_s, zero, outlier_grid), mask, s_t, zero, outlier_grid
+      keep, outlier_grid = self.detect(x, keep, col_ok, lambda s_d: s_d > s_t)
+      mask = _outlier_lanes(keep)
+    return self.scaled(x, mask, inv_s, zero, outlier_grid), keep, mask, s_t, zero, outlier_grid
 
   def static_grid(self, s_ref, z_ref, t, rows: int):
     """Step t's static grid: (S_I(t) floored at MIN_SCALE, its IEEE reciprocal per row as a
@@ -241,7 +250,14 @@ class _Math:
     dynamic per-row step s_o and zero point z_o for outliers (the IEEE division runs once per
     row, 1 / s_o). Zero points not added yet. Each lane is an inlier or an outlier, and its
     other code is that of 0, so one rounding serves both codes (lane operations are this
-    kernel's cost)."""
+    kernel's cost).
+
+    A symmetric grid's lanes are not clipped here: its inliers are clipped after rounding
+    (`codes`, `dequantized`; clipping an integer to integer bounds is the same as clipping
+    before rounding), by constant bounds, and its outliers need no clip: s_o is their own
+    largest |x| / o_qmax, so |x| / s_o <= o_qmax (1 + 4 ulp) rounds to o_qmax at most. That
+    saves a selected bound and its negation per lane (SASS for sm_90, act_quant NOTES session
+    35)."""
     if outlier_grid is None:
       return _lanes(lambda xc: jnp.clip(xc * inv_s, self.qmin - zero, self.qmax - zero), x)
     s_o, z_o = outlier_grid
@@ -249,13 +265,12 @@ class _Math:
     z_lanes = z_o[:, None]
 
     def one(xc, mc):
-      if self.symmetric:  # grids of ±qmax: one selected bound per lane, negated for free
-        hi = jnp.where(mc, self.o_qmax, self.qmax)
-        lo = -hi
-      else:
-        lo = jnp.where(mc, self.o_qmin - z_lanes, self.qmin - zero)
-        hi = jnp.where(mc, self.o_qmax - z_lanes, self.qmax - zero)
-      return jnp.clip(xc * jnp.where(mc, inv_so, inv_s), lo, hi)
+      v = xc * jnp.where(mc, inv_so, inv_s)
+      if self.symmetric:
+        return v
+      lo = jnp.where(mc, self.o_qmin - z_lanes, self.qmin - zero)
+      hi = jnp.where(mc, self.o_qmax - z_lanes, self.qmax - zero)
+      return jnp.clip(v, lo, hi)
 
     return _lanes(one, x, mask)
 
@@ -266,8 +281,9 @@ class _Math:
     if outlier_grid is None:
       return _lanes(lambda qc: self._plus(qc, zero).astype(self.code_dtype), q), None
     s_o, z_o = outlier_grid
+    inliers = self._inlier_clip(q, int)
     q_in = _lanes(lambda qc, mc: self._plus(jnp.where(mc, 0, qc), zero).astype(
-        self.code_dtype), q, mask)
+        self.code_dtype), inliers, mask)
     z_lanes = 0 if self.symmetric else z_o.astype(jnp.int32)[:, None]
     q_out = _lanes(lambda qc, mc: (jnp.where(mc, qc, 0) + z_lanes).astype(self.outlier_dtype),
                    q, mask)
@@ -280,7 +296,15 @@ class _Math:
     if outlier_grid is None:
       return _lanes(lambda rc: (rc * s_t).astype(dtype), r)
     s_o = outlier_grid[0][:, None]
-    return _lanes(lambda rc, mc: jnp.where(mc, rc * s_o, rc * s_t).astype(dtype), r, mask)
+    return _lanes(lambda ic, rc, mc: jnp.where(mc, rc * s_o, ic * s_t).astype(dtype),
+                  self._inlier_clip(r, float), r, mask)
+
+  def _inlier_clip(self, rounded, kind):
+    """The rounded lanes of `scaled` with a symmetric grid's inliers clipped to it (kind: int
+    codes or float values; an asymmetric grid's lanes are clipped already)."""
+    if not self.symmetric:
+      return rounded
+    return _lanes(lambda rc: jnp.clip(rc, kind(self.qmin), kind(self.qmax)), rounded)
 
   def _plus(self, q, zero):
     """Integer codes q + the static zero point (nothing to add on a symmetric grid)."""
@@ -394,8 +418,22 @@ def _outlier_outputs(outlier_refs, math: _Math):
   return outlier_refs[0], outlier_refs[1], zero_ref, (rest[0] if rest else None)
 
 
-def _no_mask(rows: int, math: _Math):
-  return tuple(jnp.zeros((rows, math.block_c), jnp.bool_) for _ in range(math.n_chunks))
+def _all_inliers(rows: int, math: _Math):
+  """A window's first outlier state: no outliers (`_keep`)."""
+  return tuple(jnp.full((rows, math.block_c), jnp.inf, jnp.float32) for _ in range(math.n_chunks))
+
+
+def _keep(mask):
+  """The outlier state the window walk carries, from a mask: per lane +inf for an inlier
+  channel and 0 for an outlier one, so that min(|x|, keep) is |x_in| (one instruction where a
+  boolean mask cost a predicate conversion and a select, and its predicates were spilled to
+  registers: SASS for sm_90, act_quant NOTES session 35). `_outlier_lanes` is its mask."""
+  return _lanes(lambda mc: jnp.where(mc, 0.0, jnp.inf), mask)
+
+
+def _outlier_lanes(keep):
+  """The outlier mask of a `_keep` state."""
+  return _lanes(lambda kc: kc == 0.0, keep)
 
 
 def _walk(n_steps: int, step, carry, unroll: bool):
@@ -416,7 +454,6 @@ def _sample_kernel(x_ref, s_ref, z_ref, qin_ref, *outlier_refs, math: _Math,
   b0 = b_block * block_b
   col_ok = math.col_ok()
   row_ok = _row_ok(b0, block_b, batch)
-  lanes_ok = _lanes_ok(row_ok, math)
 
   def load(i):  # steps past the window (the prefetch after its last one) read nothing
     t, in_seq = _time_step(window, i, n_refresh, length)
@@ -427,20 +464,20 @@ def _sample_kernel(x_ref, s_ref, z_ref, qin_ref, *outlier_refs, math: _Math,
     # The next step's rows do not depend on the masks: loading them before this step's
     # reductions hides their latency behind them (one program walks its window serially).
     # Unrolled, the last step has no next one to load.
-    mask, x = carry
+    keep, x = carry
     x_next = x if unroll and i == n_refresh - 1 else load(i + 1)
     t, in_seq = _time_step(window, i, n_refresh, length)
-    v, mask, s_t, zero, outlier_grid = math.per_sample_step(x, mask, col_ok, lanes_ok, s_ref,
-                                                            z_ref, t, detect)
+    v, keep, mask, s_t, zero, outlier_grid = math.per_sample_step(x, keep, col_ok, s_ref, z_ref,
+                                                                  t, detect)
     if dequantize_to is not None:  # qin_ref is the dequantized output
       _store_chunks(qin_ref, b0, t, row_ok & in_seq,
                     math.dequantized(v, mask, s_t, outlier_grid, dequantize_to), math)
     else:
       q_in, outlier = math.codes(v, mask, zero, outlier_grid)
       _store_rows(qin_ref, outlier_refs, b0, t, row_ok & in_seq, q_in, outlier, mask, math)
-    return mask, x_next
+    return keep, x_next
 
-  _walk(n_refresh, step, (_no_mask(block_b, math), load(0)), unroll)
+  _walk(n_refresh, step, (_all_inliers(block_b, math), load(0)), unroll)
 
 
 def _batch_kernel(x_ref, s_ref, z_ref, qin_ref, *outlier_refs, math: _Math,
@@ -463,15 +500,16 @@ def _batch_kernel(x_ref, s_ref, z_ref, qin_ref, *outlier_refs, math: _Math,
 
     def sample_triggers(b, any_trigger):
       x = _load_rows(x_ref, b, t, live, math, length)
-      s_d = math.reductions(x, previous_mask(b), col_ok)[0]
+      s_d = math.reductions(x, _keep(previous_mask(b)), col_ok)[0]
       return any_trigger | (jnp.max(s_d) > grid[0])
 
     trigger = jax.lax.fori_loop(0, batch, sample_triggers, jnp.zeros((), jnp.bool_))
 
     def update_and_quantize(b, c):
       x = _load_rows(x_ref, b, t, live, math, length)
-      mask, outlier_grid = math.detect(x, previous_mask(b), col_ok, all_lanes,
+      keep, outlier_grid = math.detect(x, _keep(previous_mask(b)), col_ok,
                                        lambda s_d: jnp.broadcast_to(trigger, s_d.shape))
+      mask = _outlier_lanes(keep)
       q_in, outlier = math.codes(math.scaled(x, mask, *grid[1:], outlier_grid), mask, grid[2],
                                  outlier_grid)
       _store_rows(qin_ref, outlier_refs, b, t, live, q_in, outlier, mask, math)
