@@ -9,6 +9,7 @@
 #   after: the kernel bench (which checks every Triton variant against XLA on the card before
 #   timing it; also at 8 warps: the registers cost occupancy at 4), then Vim-B W4A4O8 end to
 #   end at batch 64 with bf16 + Pallas as the same-run baseline.
+# ab_kernel (~3 min): only its kernel bench, for a call with little device time left.
 # tests (~3 min): the GPU tests of the act_quant kernel and the int Linear.
 # Then the parts of results/h100_session34/run.sh: grid (on an H200), grid_ts, gemm_sweep, sweep.
 set -u
@@ -20,11 +21,12 @@ in_tree() {  # in_tree old|new command...: the command in the tree before / afte
 }
 
 case ${PART:-ab} in
-  ab)
+  ab|ab_kernel)
     for tree in old new; do
       in_tree $tree timeout 80 python3 -m kernels_pallas.act_quant.bench --trials=5 --warps=8 \
         --out=$OUT/act_quant_$tree.json 2>&1 | quiet | grep -v "^ " | tail -16
     done
+    [ "${PART:-ab}" = ab_kernel ] && exit
     for tree in old new; do
       variants=w4a4o8; [ $tree = old ] && variants=bf16_pallas_scan,w4a4o8
       in_tree $tree timeout 170 python3 bench/e2e_latency.py --models=vim_b --batches=64 \
