@@ -31,9 +31,9 @@ samples step by step; one program per window loops over the samples twice per st
 then update + quantize) and reads each sample's previous mask back from the mask output it
 wrote one step earlier (same program, same addresses, program order).
 
-Rounding is half-to-even (jnp.round): codes by one `cvt.rni` conversion to int32, values that stay
-float (the dequantized output, outlier zero points) by the 1.5 * 2^23 shift, since Triton has no
-round primitive.
+Rounding is half-to-even (jnp.round), by inline PTX since Triton has no round primitive: codes
+by one `cvt.rni` conversion to int32, values that stay float (the dequantized output, outlier
+zero points) by one `cvt.rni` to fp32.
 Codes are written one per byte, int4 ones too (the form the mixed GEMM reads). `unroll` walks
 the window as straight-line code instead of a loop (off by default: `config.ActQuantBlockConfig`).
 """
@@ -53,23 +53,6 @@ from kernels_pallas.act_quant import reference
 from kernels_pallas.act_quant.reference import int_dtype, reciprocal_f32
 
 
-# 1.5 * 2^23: adding it to |v| < 2^22 leaves no fraction bits, so the fp32 add rounds v to an
-# integer half-to-even (the hardware's default rounding) and the subtraction is exact.
-_ROUNDING_SHIFT = 12582912.0
-
-
-def round_half_even(v, interpret: bool):
-  """jnp.round semantics (ties to even) in two fp32 adds; exact for |v| < 2^22 (the codes are
-  clipped to at most 2^16 first). Triton has no round primitive, and the floor-built form took
-  ~12 lane operations. Codes skip even this (`_round_to_int`); it rounds what stays float.
-  XLA (the interpreter) folds (v + c) - c away, so there an optimization barrier keeps the
-  two adds; Triton compiles without reassociation and does them as written."""
-  shifted = v + _ROUNDING_SHIFT
-  if interpret:
-    shifted = jax.lax.optimization_barrier(shifted)
-  return shifted - _ROUNDING_SHIFT
-
-
 def _ptx(instruction: str, constraints: str, dtype, *args):
   """One PTX instruction applied lane-wise (`$0` the result, `$1`... the args), dtype out."""
   (r,) = plgpu.elementwise_inline_asm(
@@ -78,10 +61,20 @@ def _ptx(instruction: str, constraints: str, dtype, *args):
   return r
 
 
+def round_half_even(v, interpret: bool):
+  """jnp.round semantics (ties to even) for values that stay float, in one conversion per lane
+  (`cvt.rni.f32.f32`, SASS FRND): Triton has no round primitive, the floor-built form took ~12
+  lane operations and two adds around 1.5 * 2^23 (exact below 2^22 only) took two
+  (act_quant NOTES, session 35). Codes skip even this (`_round_to_int`)."""
+  if interpret:
+    return jnp.round(v)
+  return _ptx('cvt.rni.f32.f32 $0, $1;', '=f,f', jnp.float32, v)
+
+
 def _round_to_int(v, interpret: bool):
   """round_half_even(v) as int32 in one conversion (`cvt.rni`, F2I with round-to-nearest-even)
-  where Triton's cast would truncate after the two adds of `round_half_even`: 2 of ~50
-  instructions per lane and step fewer (v is clipped to a code grid, so it fits)."""
+  where Triton's cast would truncate: 2 of ~50 instructions per lane and step fewer (v is
+  clipped to a code grid, so it fits)."""
   if interpret:
     return jnp.round(v).astype(jnp.int32)
   return _ptx('cvt.rni.s32.f32 $0, $1;', '=r,f', jnp.int32, v)
