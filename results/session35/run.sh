@@ -5,7 +5,8 @@
 #   PART=ab bash results/session35/run.sh
 # ab (~8 min): act_quant with the outlier state carried as a float `keep` (+inf / 0 per lane)
 #   instead of a boolean mask and a symmetric grid's inliers clipped after rounding (SASS for
-#   sm_90: the C = 1536 step 543 -> 444 instructions, registers 64 -> 78), before (.ab_old) and
+#   sm_90: the C = 1536 step 543 -> 444 instructions, registers 64 -> 78; Δ's dequantized step
+#   579 -> 541 with its float rounding one FRND), before (.ab_old) and
 #   after: the kernel bench (which checks every Triton variant against XLA on the card before
 #   timing it; also at 8 warps: the registers cost occupancy at 4), then Vim-B W4A4O8 end to
 #   end at batch 64 with bf16 + Pallas as the same-run baseline.
