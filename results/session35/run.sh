@@ -1,7 +1,8 @@
 #!/bin/bash
-# Session 35's card plan for issue 15, one PART per call (carry .whl; .ab_old, a copy of the
-# tree before the change, travels untracked: `git archive 2c66673 kernels_pallas ouromamba_jax
-# bench configs pyproject.toml | tar -x -C .ab_old`, the assets' safetensors removed):
+# Session 35's card plan for issue 15, one PART per call (carry .whl and .ab_old, an ignored copy
+# of the tree before the change: `mkdir .ab_old && git archive 2c66673 kernels_pallas
+# ouromamba_jax bench configs pyproject.toml | tar -x -C .ab_old`, then remove its
+# ouromamba_jax/assets/*.safetensors to keep the carry small):
 #   PART=ab bash results/session35/run.sh
 # ab (~8 min): act_quant with the outlier state carried as a float `keep` (+inf / 0 per lane)
 #   instead of a boolean mask and a symmetric grid's inliers clipped after rounding (SASS for
