@@ -76,7 +76,7 @@ def run(args) -> dict[str, Any]:
         fn = jax.jit(functools.partial(vmamba.ss2d_scan, implementation=impl))
         outs[impl] = fn(*arg_sets[0])
         row[f'{impl}_ms'] = 1e3 * _bench.time_fn(fn, arg_sets, warmup=2, trials=args.trials,
-                                                 inner=args.inner)
+                                                 inner=args.inner, smoke=args.smoke)
       ref = outs['associative'].astype(jnp.float32)
       row['rel_diff'] = float(jnp.linalg.norm(outs['triton'].astype(jnp.float32) - ref)
                               / jnp.linalg.norm(ref))

@@ -27,24 +27,52 @@ def jit(fn, smoke: bool, **kwargs):
   return jax.jit(fn, **kwargs)
 
 
+# Calls per dispatch: a timed program calls the op once per rotating input set, back to back
+# (`chained`), so an op shorter than JAX's host dispatch of a jitted call (tens of us) is timed
+# on the device, not on the host. With one dispatch per call, session 34's bench put every
+# batch-1 GEMM, cuBLAS included, at 35-45 us whatever its work: the host's pace, most likely.
+MIN_CALLS_PER_DISPATCH = 8
+
+
 def n_copies(bytes_per_set: int, smoke: bool, most: int = 16) -> int:
-  """How many rotating input copies keep every timed call reading from HBM, not L2."""
-  return 1 if smoke else int(min(most, max(2, -(-L2_SPILL_BYTES // max(1, bytes_per_set)))))
+  """How many rotating input copies keep every timed call reading from HBM, not L2 (and at
+  least MIN_CALLS_PER_DISPATCH: each copy is one call of a timed dispatch)."""
+  spill = -(-L2_SPILL_BYTES // max(1, bytes_per_set))
+  return 1 if smoke else int(min(most, max(MIN_CALLS_PER_DISPATCH, spill)))
 
 
-def time_fn(fn, arg_sets, *, warmup=3, trials=15, inner=10) -> float:
-  """Median seconds per call of fn(*args), cycling through arg_sets (rotating inputs)."""
-  for i in range(warmup):
-    jax.block_until_ready(fn(*arg_sets[i % len(arg_sets)]))
-  times, call = [], 0
+def chained(fn, smoke: bool = False):
+  """One jitted program calling fn(*args) for each input set in turn and returning every
+  call's outputs (none is dead code). An optimization barrier hands each call's inputs over
+  with the previous call's outputs, so XLA can neither merge the calls' kernels (horizontal
+  fusion would make an XLA baseline look cheaper than one call is) nor reorder them. A jitted
+  fn is called unwrapped: its own compiler options (`jit`'s smoke ones) are the program's."""
+  fn = getattr(fn, '__wrapped__', fn)
+
+  def run(arg_sets):
+    outs, previous = [], None
+    for args in arg_sets:
+      previous, args = jax.lax.optimization_barrier((previous, tuple(args)))
+      previous = fn(*args)
+      outs.append(previous)
+    return outs
+  return jit(run, smoke)
+
+
+def time_fn(fn, arg_sets, *, warmup=3, trials=15, inner=10, smoke=False) -> float:
+  """Median seconds per call of fn(*args): `trials` runs of `inner` back-to-back dispatches of
+  `chained(fn)` over all of arg_sets (the rotating inputs), blocked on the last."""
+  program = chained(fn, smoke)
+  for _ in range(warmup):
+    jax.block_until_ready(program(arg_sets))
+  times = []
   for _ in range(trials):
     start = time.perf_counter()
     out = None
     for _ in range(inner):
-      out = fn(*arg_sets[call % len(arg_sets)])
-      call += 1
+      out = program(arg_sets)
     jax.block_until_ready(out)
-    times.append((time.perf_counter() - start) / inner)
+    times.append((time.perf_counter() - start) / (inner * len(arg_sets)))
   return statistics.median(times)
 
 

@@ -101,7 +101,7 @@ def run(args):
   smoke = args.smoke
   if smoke:
     b, l, shapes = SMOKE
-    timing = dict(warmup=1, trials=2, inner=1)
+    timing = dict(warmup=1, trials=2, inner=1, smoke=True)
   else:
     b, l, shapes = args.batch, VIM_TOKENS, VIM_CHANNELS
     timing = dict(warmup=3, trials=args.trials, inner=args.inner)

@@ -176,7 +176,7 @@ def run(args):
     if not shapes:
       raise SystemExit(f'--shapes={args.shapes!r} matches none of '
                        f'{[s[0] for s in (SMOKE_SHAPES if smoke else VIM_SHAPES)]}.')
-  timing = dict(warmup=1, trials=2, inner=1) if smoke else dict(warmup=3, trials=args.trials,
+  timing = dict(warmup=1, trials=2, inner=1, smoke=True) if smoke else dict(warmup=3, trials=args.trials,
                                                                inner=args.inner)
   table = variants(smoke)
   results = []

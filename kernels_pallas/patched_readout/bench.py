@@ -61,7 +61,7 @@ def _rel(a, b):
 
 def run(args):
   sizes = SMOKE if args.smoke else SIZES
-  timing = dict(warmup=1, trials=2, inner=1) if args.smoke else dict(
+  timing = dict(warmup=1, trials=2, inner=1, smoke=True) if args.smoke else dict(
       warmup=3, trials=args.trials, inner=args.inner)
   block_config = PatchedReadoutBlockConfig(args.block_d, args.num_warps, by_state=args.by_state)
   results = []

@@ -170,7 +170,7 @@ def _bench_mode(mode, args, report, main_rows, sweep_rows):
   else:
     sizes = SMOKE_SIZES[:1] if smoke else VIM_SIZES
     sweep = args.configs or (SMOKE_CONFIGS[1:] if smoke else SWEEP_CONFIGS)
-  timing = dict(warmup=1, trials=2, inner=1) if smoke else dict(trials=args.trials,
+  timing = dict(warmup=1, trials=2, inner=1, smoke=True) if smoke else dict(trials=args.trials,
                                                                 inner=args.inner)
   if mode == 'grad':
     variants = GRAD_VARIANTS
