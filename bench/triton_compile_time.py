@@ -238,12 +238,44 @@ def compile_seconds(ir_path: str, num_warps: int, num_stages: int, timeout: floa
           'cuda_tools': tools}
 
 
+_REGISTER = re.compile(r'(?<![A-Z])R(\d+)')
+_LOAD_WIDTH = {'64': 2, '128': 4}
+
+
+def load_first_reads(body: list[tuple[str, str]]) -> list[int | None]:
+  """Per global load of a loop body ((op, operands) in order): how many instructions later
+  its destination registers are first read, None where the body never reads them before its
+  back edge (the value is carried into the next iteration). A load read a few instructions
+  after it is issued makes the warp wait a memory latency there; act_quant's window step did
+  that with its prefetched row until session 36."""
+  reads = []
+  for i, (op, operands) in enumerate(body):
+    if not op.startswith('LDG'):
+      continue
+    dest = _REGISTER.search(operands)
+    width = _LOAD_WIDTH.get(op.split('.')[-1], 1)
+    regs = {int(dest.group(1)) + j for j in range(width)}
+    first = None
+    for j in range(i + 1, len(body)):
+      later_op, later = body[j]
+      first_operand = later.split(',')[0].strip()
+      writes = not later_op.startswith('ST') and re.fullmatch(r'R\d+(\.\w+)?', first_operand)
+      sources = [int(r) for r in _REGISTER.findall(later)][1 if writes else 0:]
+      if regs & set(sources):
+        first = j - i
+        break
+    reads.append(first)
+  return reads
+
+
 def sass_summary(sass: str, resources: str) -> dict[str, Any]:
   """What bounds a latency-bound kernel, from `cuobjdump -sass` and `-res-usage` text:
   registers and local-memory (spill) bytes per thread, instructions in all, and in the last
   loop body (the range of the last backward branch: a kernel's innermost walk, e.g.
-  act_quant's window step) its instructions, barriers, shuffles, global loads and stores.
-  Instructions and barriers per step were session 23's proxy for act_quant's time."""
+  act_quant's window step) its instructions, barriers, shuffles, global loads and stores,
+  calls (a slow path's call splits the body into blocks ptxas schedules apart) and how soon
+  each load is read (`load_first_reads`). Instructions and barriers per step were session
+  23's proxy for act_quant's time."""
   ops = []
   branches = []
   for line in sass.splitlines():
@@ -251,7 +283,7 @@ def sass_summary(sass: str, resources: str) -> dict[str, Any]:
     if not m:
       continue
     addr, op = int(m.group(1), 16), m.group(2)
-    ops.append((addr, op))
+    ops.append((addr, op, m.group(3)))
     target = re.search(r'0x([0-9a-f]+)', m.group(3)) if op.startswith('BRA') else None
     if target and int(target.group(1), 16) < addr:
       branches.append((int(target.group(1), 16), addr))
@@ -261,10 +293,11 @@ def sass_summary(sass: str, resources: str) -> dict[str, Any]:
          'local_bytes': int(local.group(1)) if local else None, 'instructions': len(ops)}
   if branches:
     lo, hi = branches[-1]
-    body = [op for addr, op in ops if lo <= addr <= hi]
-    count = lambda prefix: sum(op.startswith(prefix) for op in body)
+    body = [(op, operands) for addr, op, operands in ops if lo <= addr <= hi]
+    count = lambda prefix: sum(op.startswith(prefix) for op, _ in body)
     out['loop'] = {'instructions': len(body), 'barriers': count('BAR'), 'shuffles': count('SHFL'),
-                   'global_loads': count('LDG'), 'global_stores': count('STG')}
+                   'global_loads': count('LDG'), 'global_stores': count('STG'),
+                   'calls': count('CALL'), 'load_first_reads': load_first_reads(body)}
   return out
 
 
@@ -335,7 +368,8 @@ def main(argv=None) -> dict[str, Any]:
     loop = sass.get('loop', {})
     print(f"{name:28s} IR {len(text):8d} chars  compile {took}  "
           + (f"warps {num_warps} regs {sass['registers']} ({sass['programs_per_sm']} per SM) "
-             f"loop {loop.get('instructions')} instr {loop.get('barriers')} bar  "
+             f"loop {loop.get('instructions')} instr {loop.get('barriers')} bar "
+             f"{loop.get('calls')} calls, loads first read after {loop.get('load_first_reads')}  "
              if sass else '')
           + f"{cell.get('error') or ''}", flush=True)
     if args.out:

@@ -88,9 +88,30 @@ def _divide_rn(a, v, interpret: bool):
   return _ptx('div.rn.f32 $0, $1, $2;', '=f,f,f', v.dtype, a, v)
 
 
+# 1/v by the fast path of ptxas's own IEEE division sequence: MUFU.RCP refined by two Newton
+# steps, the second of them the remainder correction that rounds to nearest.
+_RECIPROCAL_PTX = ('{ .reg .f32 r, e, q, nv;\n'
+                   ' neg.f32 nv, $1;\n'
+                   ' rcp.approx.ftz.f32 r, $1;\n'
+                   ' fma.rn.f32 e, nv, r, 0f3F800000;\n'
+                   ' fma.rn.f32 r, r, e, r;\n'
+                   ' fma.rn.f32 e, nv, r, 0f3F800000;\n'
+                   ' fma.rn.f32 $0, r, e, r; }')
+
+
 def _reciprocal_rn(v, interpret: bool):
-  """IEEE 1/v (see `_divide_rn`)."""
-  return _divide_rn(jnp.ones_like(v), v, interpret)
+  """IEEE 1/v for v in [2^-126, 2^126] (the kernel's steps: floored at MIN_SCALE / o_qmax).
+
+  `div.rn.f32` is the same arithmetic plus an FCHK test of its operands and a call to a slow
+  path for the ranges where the fast path could round wrong (denormals, overflow). That call,
+  taken or not, splits the window step into basic blocks that ptxas schedules one by one:
+  the next row's prefetch was then consumed within ~30 instructions of its load, so every
+  step waited a full memory latency (SASS for sm_90, act_quant NOTES session 36). Without
+  the test, v outside that range (a step of 0 or inf) gives NaN or 0 where IEEE gives inf or
+  0; the steps are floored at MIN_SCALE and finite for finite inputs."""
+  if interpret:
+    return jnp.ones_like(v) / v
+  return _ptx(_RECIPROCAL_PTX, '=f,f', jnp.float32, v)
 
 
 def _lanes(fn, *rows):
@@ -324,10 +345,10 @@ def _load_tiles(ref, b0, t, lanes_ok, math: _Math, offset: int = 0):
 
 
 class _OperandLoader:
-  """How a producer's `kernel_rows` reads its operands for the rows of samples b0.. (row_ok:
+  """How a producer's `kernel_fetch` reads its operands for the rows of samples b0.. (row_ok:
   which exist and are live), masked lanes 0: `tiles` of a (B, L, C) operand at a step,
   `per_row` of a (B, L) one as a (rows, 1) column, `per_channel` of a (C,) one as (1, width)
-  tiles."""
+  tiles; each as loaded (its own dtype), the arithmetic left to `kernel_form`."""
 
   def __init__(self, b0, row_ok, math: _Math):
     self.b0, self.row_ok, self.math = b0, row_ok, math
@@ -340,7 +361,7 @@ class _OperandLoader:
     rows = self.row_ok.shape[0]
     values = plgpu.load(ref.at[pl.ds(self.b0, rows), step], mask=self.row_ok,
                         other=jnp.zeros((), ref.dtype))
-    return values.astype(jnp.float32)[:, None]
+    return values[:, None]
 
   def per_channel(self, ref):
     math = self.math
@@ -349,14 +370,28 @@ class _OperandLoader:
                  for j, ok in enumerate(math.col_ok()))
 
 
-def _load_rows(x, b0, t, row_ok, math: _Math, length: int):
-  """The row tiles (rows, width) fp32 of samples b0.. at step t (row_ok: which rows to read),
-  masked lanes 0; x is the input ref, or a producer holding its operands' refs (`producers`),
-  which forms the row itself."""
+def _fetch_rows(x, b0, t, row_ok, math: _Math, length: int):
+  """The loads of step t's row of samples b0.. (row_ok: which rows to read), as loaded: the
+  input's tiles, or a producer's operands (`producers`). The window walk carries them into the
+  next step, where `_form_rows` first reads them, so a load's latency hides behind a whole step
+  (a conversion or a producer's arithmetic right after the load made ptxas wait for it there:
+  act_quant NOTES, session 36)."""
   load = _OperandLoader(b0, row_ok, math)
   if producers.is_produced(x):
-    return x.kernel_rows(load, t, length)
-  return tuple(v.astype(jnp.float32) for v in load.tiles(x, t))
+    return x.kernel_fetch(load, t, length)
+  return load.tiles(x, t)
+
+
+def _form_rows(x, fetched):
+  """The fp32 row tiles (masked lanes 0) from `_fetch_rows`' loads."""
+  if producers.is_produced(x):
+    return x.kernel_form(fetched)
+  return tuple(v.astype(jnp.float32) for v in fetched)
+
+
+def _load_rows(x, b0, t, row_ok, math: _Math, length: int):
+  """Step t's row tiles (fp32) of samples b0.., loaded and formed at once."""
+  return _form_rows(x, _fetch_rows(x, b0, t, row_ok, math, length))
 
 
 def _all_true(n: int):
@@ -448,17 +483,18 @@ def _sample_kernel(x_ref, s_ref, z_ref, qin_ref, *outlier_refs, math: _Math,
   col_ok = math.col_ok()
   row_ok = _row_ok(b0, block_b, batch)
 
-  def load(i):  # steps past the window (the prefetch after its last one) read nothing
+  def fetch(i):  # steps past the window (the prefetch after its last one) read nothing
     t, in_seq = _time_step(window, i, n_refresh, length)
     live = in_seq & (i < n_refresh)
-    return _load_rows(x_ref, b0, t, row_ok & live, math, length)
+    return _fetch_rows(x_ref, b0, t, row_ok & live, math, length)
 
   def step(i, carry):
     # The next step's rows do not depend on the masks: loading them before this step's
-    # reductions hides their latency behind them (one program walks its window serially).
-    # Unrolled, the last step has no next one to load.
-    keep, x = carry
-    x_next = x if unroll and i == n_refresh - 1 else load(i + 1)
+    # reductions, and forming them only in the next step, hides their latency behind a whole
+    # step (one program walks its window serially). Unrolled, the last step has no next one.
+    keep, fetched = carry
+    fetched_next = fetched if unroll and i == n_refresh - 1 else fetch(i + 1)
+    x = _form_rows(x_ref, fetched)
     t, in_seq = _time_step(window, i, n_refresh, length)
     v, keep, mask, s_t, zero, outlier_grid = math.per_sample_step(x, keep, col_ok, s_ref, z_ref,
                                                                   t, detect)
@@ -468,9 +504,9 @@ def _sample_kernel(x_ref, s_ref, z_ref, qin_ref, *outlier_refs, math: _Math,
     else:
       q_in, outlier = math.codes(v, mask, zero, outlier_grid)
       _store_rows(qin_ref, outlier_refs, b0, t, row_ok & in_seq, q_in, outlier, mask, math)
-    return keep, x_next
+    return keep, fetched_next
 
-  _walk(n_refresh, step, (_all_inliers(block_b, math), load(0)), unroll)
+  _walk(n_refresh, step, (_all_inliers(block_b, math), fetch(0)), unroll)
 
 
 def _batch_kernel(x_ref, s_ref, z_ref, qin_ref, *outlier_refs, math: _Math,

@@ -7,9 +7,10 @@ kernel forms each time step's row in registers, and x never reaches memory.
 
 A producer is a pytree of its operands. It stands for the array `materialize()` computes: the
 XLA form, which float code, the fake-quant simulation and the XLA implementation run. The
-Triton kernel calls `kernel_rows`, the same arithmetic on one time step of row tiles, reading
-its operands through the kernel's loader (`tiles(ref, step)` of a (B, L, C) operand,
-`per_row(ref, step)` of a (B, L) one, `per_channel(ref)` of a (C,) one). Its rounding is done
+Triton kernel calls `kernel_fetch`, which reads one time step's operand tiles through the
+kernel's loader (`tiles(ref, step)` of a (B, L, C) operand, `per_row(ref, step)` of a (B, L)
+one, `per_channel(ref)` of a (C,) one), and a step later `kernel_form`, the same arithmetic on
+those tiles (apart, so that a load's latency hides behind a whole step). Its rounding is done
 on the bits (`rounded_to`), and no producer reduces in the kernel (a reduction's order is the
 compiler's), so the kernel's codes equal those of act_quant on the materialized x bit for bit.
 
@@ -59,10 +60,14 @@ class DirectionMean:
     total = self.forward.astype(jnp.float32) + jnp.flip(self.backward, axis=1).astype(jnp.float32)
     return (total / 2).astype(self.dtype)
 
-  def kernel_rows(self, load, t, length: int):
-    """Step t's row as fp32 tiles, read through the kernel's loader `load` (module docstring;
+  def kernel_fetch(self, load, t, length: int):
+    """Step t's operand tiles as loaded, through the kernel's loader `load` (module docstring;
     masked lanes 0); the fields hold refs here."""
-    forward, backward = load.tiles(self.forward, t), load.tiles(self.backward, length - 1 - t)
+    return load.tiles(self.forward, t), load.tiles(self.backward, length - 1 - t)
+
+  def kernel_form(self, fetched):
+    """The row as fp32 tiles from `kernel_fetch`'s loads."""
+    forward, backward = fetched
     return tuple(rounded_to((f.astype(jnp.float32) + b.astype(jnp.float32)) * 0.5, self.dtype)
                  for f, b in zip(forward, backward))
 
@@ -98,13 +103,19 @@ class RMSNormed:
     x = self.residual.astype(jnp.float32) * self.inv_rms[..., None]
     return (x * self.weight.astype(jnp.float32)).astype(self.dtype)
 
-  def kernel_rows(self, load, t, length: int):
-    """Step t's row as fp32 tiles (see `DirectionMean.kernel_rows`)."""
+  def kernel_fetch(self, load, t, length: int):
+    """Step t's operands as loaded (see `DirectionMean.kernel_fetch`)."""
     del length
-    inv_rms = load.per_row(self.inv_rms, t)
+    return load.tiles(self.residual, t), load.per_row(self.inv_rms, t), load.per_channel(
+        self.weight)
+
+  def kernel_form(self, fetched):
+    """The row as fp32 tiles from `kernel_fetch`'s loads."""
+    residual, inv_rms, weight = fetched
+    inv_rms = inv_rms.astype(jnp.float32)
     return tuple(rounded_to((r.astype(jnp.float32) * inv_rms) * w.astype(jnp.float32),
                             self.dtype)
-                 for r, w in zip(load.tiles(self.residual, t), load.per_channel(self.weight)))
+                 for r, w in zip(residual, weight))
 
 
 PRODUCERS = (DirectionMean, RMSNormed)

@@ -181,7 +181,7 @@ def _scan_kernel(*refs, spec: common.KernelSpec):
           sums[g] = sums[g] + dt
           continue
         if spec.mean_with:  # y as stored, averaged with the other direction's stored output;
-          # the store's conversion rounds the mean (`DirectionMean.kernel_rows` rounds it on
+          # the store's conversion rounds the mean (`DirectionMean.kernel_form` rounds it on
           # the bits instead, as act_quant uses the value in fp32)
           y = (x['other'][g].astype(f32) + rounding.rounded_to(y, y_ref.dtype)) * 0.5
         plgpu.store(y_ref.at[row, token, channels[g]], y.astype(y_ref.dtype),

@@ -12,7 +12,15 @@
 # e2e (~5 min): Vim-B batch 64, before (bf16 + Pallas as the baseline, W4A4O8) and after
 #   (W4A4O8), each tree in its own process.
 # tests (~3 min): the GPU tests of the act_quant kernel and the int Linear.
-# Then the parts of results/h100_session34/run.sh: grid (on an H200), grid_ts, gemm_sweep, sweep.
+# Run in session 36: ab, e2e, tests (results/h200_session36/). For the next card:
+# ab2 (~6 min): this session's second act_quant change (the reciprocal without div.rn's slow
+#   path, the row formed a step after its load: SASS for sm_90, act_quant NOTES session 36),
+#   before and after: rebuild .ab_old from d02761f instead (`rm -rf .ab_old && mkdir .ab_old &&
+#   git archive d02761f kernels_pallas ouromamba_jax bench configs pyproject.toml tests |
+#   tar -x -C .ab_old`, its ouromamba_jax/assets/*.safetensors removed); the GPU tests first
+#   (the new reciprocal test among them), then the kernel bench with 15 trials, then Vim-B
+#   W4A4O8 at batch 64 in each tree and bf16 + Pallas as the same-run baseline.
+# Then the parts of results/h100_session34/run.sh: gemm_sweep (TOKENS=197 first), grid_ts, sweep.
 set -u
 . bench/device_env.sh
 rm -rf /tmp/ab_oldh && cp -r .ab_old /tmp/ab_oldh && cp kernels_pallas/_bench.py /tmp/ab_oldh/kernels_pallas/
@@ -20,6 +28,15 @@ rm -rf /tmp/ab_oldh && cp -r .ab_old /tmp/ab_oldh && cp kernels_pallas/_bench.py
 in_tree() {  # in_tree old|oldh|new command...: the command in that tree
   local dir=.; [ "$1" = old ] && dir=.ab_old; [ "$1" = oldh ] && dir=/tmp/ab_oldh
   shift; (cd $dir && PYTHONPATH=/tmp/site:. "$@")
+}
+
+e2e_before_after() {  # Vim-B W4A4O8 at batch 64 in each tree, bf16 + Pallas in the first
+  for tree in old new; do
+    variants=w4a4o8; [ $tree = old ] && variants=bf16_pallas_scan,w4a4o8
+    in_tree $tree timeout 170 python3 bench/e2e_latency.py --models=vim_b --batches=64 \
+      --variants=$variants --iters=15 --out=$OUT/e2e_vim_b_$tree.json 2>&1 | quiet \
+      | grep -v compiled | tail -4
+  done
 }
 
 case ${PART:-ab} in
@@ -34,12 +51,16 @@ case ${PART:-ab} in
     timeout 120 python3 -m kernels_pallas.mixed_gemm.bench --shapes=vim_b --tokens=197 \
       --trials=5 --out=$OUT/gemm_b1.json 2>&1 | quiet | grep -v "^ " | tail -12 ;;
   e2e)
+    e2e_before_after ;;
+  ab2)
+    timeout 150 python3 -m pytest -q -o addopts= -m gpu tests/kernels_pallas/test_act_quant.py \
+      tests/kernels_pallas/test_act_quant_producers.py 2>&1 | quiet | tail -3
     for tree in old new; do
-      variants=w4a4o8; [ $tree = old ] && variants=bf16_pallas_scan,w4a4o8
-      in_tree $tree timeout 170 python3 bench/e2e_latency.py --models=vim_b --batches=64 \
-        --variants=$variants --iters=15 --out=$OUT/e2e_vim_b_$tree.json 2>&1 | quiet \
-        | grep -v compiled | tail -4
-    done ;;
+      echo "== act_quant, tree $tree"
+      in_tree $tree timeout 100 python3 -m kernels_pallas.act_quant.bench --trials=15 \
+        --out=$OUT/act_quant_$tree.json 2>&1 | quiet | grep -v "^ " | tail -16
+    done
+    e2e_before_after ;;
   tests)
     timeout 240 python3 -m pytest -q -o addopts= -m gpu tests/kernels_pallas/test_act_quant.py \
       tests/kernels_pallas/test_act_quant_producers.py tests/quant/test_int_linear.py 2>&1 \

@@ -61,8 +61,20 @@ def test_sass_summary_reads_the_innermost_loop():
   assert summary['registers'] == 80 and summary['local_bytes'] == 0
   assert summary['instructions'] == 10
   # the trailing `BRA 0x90` is a self-loop (target == address), not a backward branch
+  # R4/R5 (the load's registers) are not read before the back edge: carried
   assert summary['loop'] == {'instructions': 5, 'barriers': 1, 'shuffles': 1,
-                             'global_loads': 1, 'global_stores': 1}
+                             'global_loads': 1, 'global_stores': 1, 'calls': 0,
+                             'load_first_reads': [None]}
+
+
+def test_load_first_reads_counts_instructions_to_the_first_source_use():
+  """A register written (operand 0 of a non-store) is no read; a store reads all its
+  registers; a 64-bit load covers two registers; `UR4` is not `R4`."""
+  bench = load_bench('triton_compile_time')
+  body = [('LDG.E.64', ' R4, desc[UR4][R2.64]'), ('IMAD.MOV.U32', ' R5, RZ, RZ, 0x1'),
+          ('UIADD3', ' UR4, UR4, 0x1, URZ'), ('FADD', ' R8, R5, R9'),
+          ('LDG.E', ' R10, desc[UR4][R2.64]'), ('STG.E', ' desc[UR4][R6.64], R10')]
+  assert bench.load_first_reads(body) == [3, 1]
 
 
 def test_programs_per_sm_counts_registers_in_steps_of_eight_and_warp_slots():

@@ -547,3 +547,30 @@ def test_gpu_segments_match_canonical_at_vim_b_x_proj_shape():
       lambda a: jax.device_put(a, cpu) if isinstance(a, jax.Array) else a, tree)
   want = api.act_quant_segments(on_cpu(x), on_cpu(sites), implementation='xla')
   _assert_segments_equal(got, want, tolerance=5e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(jax.default_backend() != 'gpu', reason='needs a CUDA GPU')
+def test_gpu_reciprocal_without_the_slow_path_is_ieee():
+  """`_reciprocal_rn`'s branch-free PTX (div.rn's fast path without its FCHK and slow-path
+  call) equals IEEE 1/v bit for bit over the range the kernel's steps take: from MIN_SCALE /
+  127 (the smallest outlier step) up, random mantissas across every exponent, and the powers
+  of two and their neighbours."""
+  from jax.experimental import pallas as pl  # pylint: disable=g-import-not-at-top
+  from kernels_pallas.act_quant import pallas_triton  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(36)
+  exponents = rng.uniform(np.log2(config.MIN_SCALE / 127), 100.0, 1 << 20)
+  v = np.exp2(exponents).astype(np.float32)
+  twos = np.exp2(np.arange(-34, 101, dtype=np.float32))
+  v = np.concatenate([v, twos, np.nextafter(twos, 0), np.nextafter(twos, np.inf)])
+  v = np.pad(v, (0, -v.size % 1024), constant_values=1.0).reshape(-1, 1024)
+
+  def kernel(v_ref, o_ref):
+    o_ref[...] = pallas_triton._reciprocal_rn(v_ref[...], False)  # pylint: disable=protected-access
+
+  got = pl.pallas_call(kernel, out_shape=jax.ShapeDtypeStruct(v.shape, jnp.float32),
+                       grid=(v.shape[0],),
+                       in_specs=[pl.BlockSpec((1, 1024), lambda i: (i, 0))],
+                       out_specs=pl.BlockSpec((1, 1024), lambda i: (i, 0)))(jnp.asarray(v))
+  want = np.float32(1.0) / v
+  np.testing.assert_array_equal(np.asarray(got).view(np.uint32), want.view(np.uint32))
