@@ -250,9 +250,9 @@ def load_first_reads(body: list[tuple[str, str]]) -> list[int | None]:
   that with its prefetched row until session 36."""
   reads = []
   for i, (op, operands) in enumerate(body):
-    if not op.startswith('LDG'):
+    dest = _REGISTER.match(operands.strip())
+    if op.split('.')[0] != 'LDG' or not dest:  # LDGSTS (to shared memory), LDGDEPBAR: no register
       continue
-    dest = _REGISTER.search(operands)
     width = _LOAD_WIDTH.get(op.split('.')[-1], 1)
     regs = {int(dest.group(1)) + j for j in range(width)}
     first = None

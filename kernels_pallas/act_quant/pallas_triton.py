@@ -80,17 +80,21 @@ def _round_to_int(v, interpret: bool):
   return _ptx('cvt.rni.s32.f32 $0, $1;', '=r,f', jnp.int32, v)
 
 
-def _divide_rn(a, v, interpret: bool):
-  """IEEE (round-to-nearest) a / v. Triton's fp32 `/` is the approximate div.full.f32, so on
-  the GPU the division is done by inline PTX; the interpreter runs XLA's IEEE divide."""
-  if interpret:
-    return a / v
-  return _ptx('div.rn.f32 $0, $1, $2;', '=f,f,f', v.dtype, a, v)
-
-
-# 1/v by the fast path of ptxas's own IEEE division sequence: MUFU.RCP refined by two Newton
-# steps, the second of them the remainder correction that rounds to nearest.
-_RECIPROCAL_PTX = ('{ .reg .f32 r, e, q, nv;\n'
+# div.rn.f32's fast path as ptxas expands it, without its FCHK test and slow-path call: 1/v by
+# MUFU.RCP and one Newton step, then the quotient and its remainder correction, which rounds
+# to nearest. That call, taken or not, split the window step into basic blocks that ptxas
+# schedules one by one, so the next row's prefetch was read within ~30 instructions of its
+# load and every step waited a full memory latency (SASS for sm_90, act_quant NOTES session
+# 36). `_RECIPROCAL_PTX` is the same with a = 1.
+_QUOTIENT_PTX = ('{ .reg .f32 r, e, q, nv;\n'
+                 ' neg.f32 nv, $2;\n'
+                 ' rcp.approx.ftz.f32 r, $2;\n'
+                 ' fma.rn.f32 e, nv, r, 0f3F800000;\n'
+                 ' fma.rn.f32 r, r, e, r;\n'
+                 ' mul.rn.f32 q, $1, r;\n'
+                 ' fma.rn.f32 e, nv, q, $1;\n'
+                 ' fma.rn.f32 $0, r, e, q; }')
+_RECIPROCAL_PTX = ('{ .reg .f32 r, e, nv;\n'
                    ' neg.f32 nv, $1;\n'
                    ' rcp.approx.ftz.f32 r, $1;\n'
                    ' fma.rn.f32 e, nv, r, 0f3F800000;\n'
@@ -99,16 +103,21 @@ _RECIPROCAL_PTX = ('{ .reg .f32 r, e, q, nv;\n'
                    ' fma.rn.f32 $0, r, e, r; }')
 
 
-def _reciprocal_rn(v, interpret: bool):
-  """IEEE 1/v for v in [2^-126, 2^126] (the kernel's steps: floored at MIN_SCALE / o_qmax).
+def _divide_rn(a, v, interpret: bool):
+  """IEEE a / v (round to nearest) for v in [2^-126, 2^126] and a normal or 0 quotient.
+  Triton's fp32 `/` is the approximate div.full.f32, and PTX's div.rn.f32 calls a slow path
+  (`_QUOTIENT_PTX`), so the GPU runs the fast path alone; the interpreter XLA's divide. The
+  kernel divides an outlier range's end by its step (|a / v| <= o_qmax): a denormal quotient
+  (a denormal a) may round differently, and is rounded to the zero point 0 either way."""
+  if interpret:
+    return a / v
+  return _ptx(_QUOTIENT_PTX, '=f,f,f', jnp.float32, a, v)
 
-  `div.rn.f32` is the same arithmetic plus an FCHK test of its operands and a call to a slow
-  path for the ranges where the fast path could round wrong (denormals, overflow). That call,
-  taken or not, splits the window step into basic blocks that ptxas schedules one by one:
-  the next row's prefetch was then consumed within ~30 instructions of its load, so every
-  step waited a full memory latency (SASS for sm_90, act_quant NOTES session 36). Without
-  the test, v outside that range (a step of 0 or inf) gives NaN or 0 where IEEE gives inf or
-  0; the steps are floored at MIN_SCALE and finite for finite inputs."""
+
+def _reciprocal_rn(v, interpret: bool):
+  """IEEE 1/v for v in [2^-126, 2^126] (the kernel's steps, floored at MIN_SCALE / o_qmax),
+  `_divide_rn` with a = 1. A v outside (a step of 0 or inf, from non-finite inputs) gives NaN
+  or 0 where IEEE gives inf or 0."""
   if interpret:
     return jnp.ones_like(v) / v
   return _ptx(_RECIPROCAL_PTX, '=f,f', jnp.float32, v)

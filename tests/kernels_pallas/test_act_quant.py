@@ -551,11 +551,12 @@ def test_gpu_segments_match_canonical_at_vim_b_x_proj_shape():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(jax.default_backend() != 'gpu', reason='needs a CUDA GPU')
-def test_gpu_reciprocal_without_the_slow_path_is_ieee():
-  """`_reciprocal_rn`'s branch-free PTX (div.rn's fast path without its FCHK and slow-path
-  call) equals IEEE 1/v bit for bit over the range the kernel's steps take: from MIN_SCALE /
-  127 (the smallest outlier step) up, random mantissas across every exponent, and the powers
-  of two and their neighbours."""
+def test_gpu_reciprocal_and_quotient_without_the_slow_path_are_ieee():
+  """`_reciprocal_rn` and `_divide_rn` (div.rn's fast path without its FCHK test and slow-path
+  call) equal IEEE 1/v and a/v bit for bit over the ranges the kernel uses them on: steps v
+  from MIN_SCALE / 127 (the smallest outlier step) up, random mantissas across every exponent
+  and the powers of two with their neighbours; quotients a / v of an outlier range's end by
+  its step (0 <= a <= 255 v, and a = 0)."""
   from jax.experimental import pallas as pl  # pylint: disable=g-import-not-at-top
   from kernels_pallas.act_quant import pallas_triton  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(36)
@@ -564,13 +565,18 @@ def test_gpu_reciprocal_without_the_slow_path_is_ieee():
   twos = np.exp2(np.arange(-34, 101, dtype=np.float32))
   v = np.concatenate([v, twos, np.nextafter(twos, 0), np.nextafter(twos, np.inf)])
   v = np.pad(v, (0, -v.size % 1024), constant_values=1.0).reshape(-1, 1024)
+  a = (v * rng.uniform(0.0, 255.0, v.shape)).astype(np.float32)
+  a[:, ::7] = 0.0
 
-  def kernel(v_ref, o_ref):
-    o_ref[...] = pallas_triton._reciprocal_rn(v_ref[...], False)  # pylint: disable=protected-access
+  def kernel(a_ref, v_ref, inv_ref, quotient_ref):
+    inv_ref[...] = pallas_triton._reciprocal_rn(v_ref[...], False)  # pylint: disable=protected-access
+    quotient_ref[...] = pallas_triton._divide_rn(a_ref[...], v_ref[...], False)  # pylint: disable=protected-access
 
-  got = pl.pallas_call(kernel, out_shape=jax.ShapeDtypeStruct(v.shape, jnp.float32),
-                       grid=(v.shape[0],),
-                       in_specs=[pl.BlockSpec((1, 1024), lambda i: (i, 0))],
-                       out_specs=pl.BlockSpec((1, 1024), lambda i: (i, 0)))(jnp.asarray(v))
-  want = np.float32(1.0) / v
-  np.testing.assert_array_equal(np.asarray(got).view(np.uint32), want.view(np.uint32))
+  block = pl.BlockSpec((1, 1024), lambda i: (i, 0))
+  out = jax.ShapeDtypeStruct(v.shape, jnp.float32)
+  inv, quotient = pl.pallas_call(kernel, out_shape=(out, out), grid=(v.shape[0],),
+                                 in_specs=[block, block], out_specs=(block, block))(
+                                     jnp.asarray(a), jnp.asarray(v))
+  bits = lambda x: np.asarray(x).view(np.uint32)
+  np.testing.assert_array_equal(bits(inv), bits(np.float32(1.0) / v))
+  np.testing.assert_array_equal(bits(quotient), bits(a / v))
