@@ -52,6 +52,15 @@ SWEEP_CONFIGS = (
     MixedGemmBlockConfig(64, 64, 256, 4, 4), MixedGemmBlockConfig(128, 64, 256, 4, 2),
     MixedGemmBlockConfig(64, 128, 128, 4, 3), MixedGemmBlockConfig(64, 64, 128, 4, 3),
 )
+# Also swept where M <= SMALL_M (batch 1's 197 rows): row tiles under 64 (mma.sync instead of
+# wgmma) spread a batch-1 call over more SMs (in_proj at 64 x 128: 96 programs on 132 SMs).
+# Session 34's batch-1 sweep was timed at the host's dispatch pace, so it could not rank tiles.
+# All three compile for sm_90 without spills (96 / 222 / 104 registers, session 36).
+SMALL_M = 512
+SMALL_M_SWEEP_CONFIGS = (
+    MixedGemmBlockConfig(32, 64, 128, 4, 3), MixedGemmBlockConfig(32, 128, 128, 4, 3),
+    MixedGemmBlockConfig(16, 64, 256, 4, 3),
+)
 
 
 @dataclasses.dataclass
@@ -197,7 +206,8 @@ def run(args):
     for vname, (build, ops_fn, bytes_fn, peak, uses_kernel) in table.items():
       configs = [None]
       if vname in SWEPT_VARIANTS and args.sweep and not smoke:
-        configs = [None] + list(SWEEP_CONFIGS)
+        configs = [None] + list(SWEEP_CONFIGS) + list(SMALL_M_SWEEP_CONFIGS if m <= SMALL_M
+                                                      else ())
       best, tried = None, []
       for cfg in configs:
         try:
