@@ -105,8 +105,9 @@ _RECIPROCAL_PTX = ('{ .reg .f32 r, e, nv;\n'
 
 def _divide_rn(a, v, interpret: bool):
   """IEEE a / v (round to nearest) for v in [2^-126, 2^126] and a normal or 0 quotient.
-  Triton's fp32 `/` is the approximate div.full.f32, and PTX's div.rn.f32 calls a slow path
-  (`_QUOTIENT_PTX`), so the GPU runs the fast path alone; the interpreter XLA's divide. The
+  Triton's fp32 `/` is the approximate div.full.f32, and PTX's div.rn.f32 brings its slow-path
+  call, so the GPU runs div.rn's fast path alone (`_QUOTIENT_PTX`); the interpreter XLA's
+  divide. The
   kernel divides an outlier range's end by its step (|a / v| <= o_qmax): a denormal quotient
   (a denormal a) may round differently, and is rounded to the zero point 0 either way."""
   if interpret:
