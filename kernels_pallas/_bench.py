@@ -41,12 +41,12 @@ def n_copies(bytes_per_set: int, smoke: bool, most: int = 16) -> int:
   return 1 if smoke else int(min(most, max(MIN_CALLS_PER_DISPATCH, spill)))
 
 
-def chained(fn, smoke: bool = False):
+def chained(fn):
   """One jitted program calling fn(*args) for each input set in turn and returning every
   call's outputs (none is dead code). An optimization barrier hands each call's inputs over
   with the previous call's outputs, so XLA can neither merge the calls' kernels (horizontal
   fusion would make an XLA baseline look cheaper than one call is) nor reorder them. A jitted
-  fn is called unwrapped: its own compiler options (`jit`'s smoke ones) are the program's."""
+  fn is called unwrapped (a nested jit may not carry compiler options of its own)."""
   fn = getattr(fn, '__wrapped__', fn)
 
   def run(arg_sets):
@@ -56,13 +56,16 @@ def chained(fn, smoke: bool = False):
       previous = fn(*args)
       outs.append(previous)
     return outs
-  return jit(run, smoke)
+  return jax.jit(run)
 
 
 def time_fn(fn, arg_sets, *, warmup=3, trials=15, inner=10, smoke=False) -> float:
   """Median seconds per call of fn(*args): `trials` runs of `inner` back-to-back dispatches of
-  `chained(fn)` over all of arg_sets (the rotating inputs), blocked on the last."""
-  program = chained(fn, smoke)
+  `chained(fn)` over all of arg_sets (the rotating inputs), blocked on the last. Under
+  `smoke` (CPU, interpreted kernels, timings meaningless) fn itself is dispatched per call:
+  the chained program would compile the interpreted kernels a second time, ~3 CPU-minutes of
+  the test suite."""
+  program = (lambda sets: [fn(*args) for args in sets]) if smoke else chained(fn)
   for _ in range(warmup):
     jax.block_until_ready(program(arg_sets))
   times = []
