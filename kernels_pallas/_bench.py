@@ -30,7 +30,7 @@ def jit(fn, smoke: bool, **kwargs):
 # Calls per dispatch: a timed program calls the op once per rotating input set, back to back
 # (`chained`), so an op shorter than JAX's host dispatch of a jitted call (tens of us) is timed
 # on the device, not on the host. With one dispatch per call, session 34's bench put every
-# batch-1 GEMM, cuBLAS included, at 35-45 us whatever its work; chained, they take 8-22 us, and
+# batch-1 GEMM, cuBLAS included, at 35-45 us whatever its work; chained, they take 8-26 us, and
 # act_quant at C = 768 0.034 ms instead of 0.073 (one H200, session 36).
 MIN_CALLS_PER_DISPATCH = 8
 
