@@ -85,7 +85,7 @@ def _round_to_int(v, interpret: bool):
 # to nearest. That call, taken or not, split the window step into basic blocks that ptxas
 # schedules one by one, so the next row's prefetch was read within ~30 instructions of its
 # load and every step waited a full memory latency (SASS for sm_90, act_quant NOTES session
-# 36). `_RECIPROCAL_PTX` is the same with a = 1.
+# 36).
 _QUOTIENT_PTX = ('{ .reg .f32 r, e, q, nv;\n'
                  ' neg.f32 nv, $2;\n'
                  ' rcp.approx.ftz.f32 r, $2;\n'
@@ -94,34 +94,24 @@ _QUOTIENT_PTX = ('{ .reg .f32 r, e, q, nv;\n'
                  ' mul.rn.f32 q, $1, r;\n'
                  ' fma.rn.f32 e, nv, q, $1;\n'
                  ' fma.rn.f32 $0, r, e, q; }')
-_RECIPROCAL_PTX = ('{ .reg .f32 r, e, nv;\n'
-                   ' neg.f32 nv, $1;\n'
-                   ' rcp.approx.ftz.f32 r, $1;\n'
-                   ' fma.rn.f32 e, nv, r, 0f3F800000;\n'
-                   ' fma.rn.f32 r, r, e, r;\n'
-                   ' fma.rn.f32 e, nv, r, 0f3F800000;\n'
-                   ' fma.rn.f32 $0, r, e, r; }')
 
 
 def _divide_rn(a, v, interpret: bool):
   """IEEE a / v (round to nearest) for v in [2^-126, 2^126] and a normal or 0 quotient.
   Triton's fp32 `/` is the approximate div.full.f32, and PTX's div.rn.f32 brings its slow-path
   call, so the GPU runs div.rn's fast path alone (`_QUOTIENT_PTX`); the interpreter XLA's
-  divide. The
-  kernel divides an outlier range's end by its step (|a / v| <= o_qmax): a denormal quotient
-  (a denormal a) may round differently, and is rounded to the zero point 0 either way."""
+  divide. The kernel divides by its steps (floored at MIN_SCALE / o_qmax) and an outlier
+  range's end by its step (|a / v| <= o_qmax): a denormal quotient (a denormal a) may round
+  differently, and is rounded to the zero point 0 either way. A v outside the range (a step
+  of 0 or inf, from non-finite inputs) gives NaN or 0 where IEEE gives inf or 0."""
   if interpret:
     return a / v
   return _ptx(_QUOTIENT_PTX, '=f,f,f', jnp.float32, a, v)
 
 
 def _reciprocal_rn(v, interpret: bool):
-  """IEEE 1/v for v in [2^-126, 2^126] (the kernel's steps, floored at MIN_SCALE / o_qmax),
-  `_divide_rn` with a = 1. A v outside (a step of 0 or inf, from non-finite inputs) gives NaN
-  or 0 where IEEE gives inf or 0."""
-  if interpret:
-    return jnp.ones_like(v) / v
-  return _ptx(_RECIPROCAL_PTX, '=f,f', jnp.float32, v)
+  """IEEE 1/v (`_divide_rn` of 1)."""
+  return _divide_rn(jnp.ones_like(v), v, interpret)
 
 
 def _lanes(fn, *rows):
