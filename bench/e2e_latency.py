@@ -44,7 +44,9 @@ reported apart; a model's cells compile concurrently in `--compile_workers` thre
 another; the median is the latency, batch / median the throughput. `--out` is rewritten after
 every cell. With
 `--cast_params` (default) the plain float leaves of the tree are stored in the compute dtype
-(bf16 weights for the bf16 variants); quantized leaves are left as they are.
+(bf16 weights for the bf16 variants); quantized leaves are left as they are. Each batch runs
+the tree laid out for it as a user's inference would (`models.inference.prepared_for_inference`:
+Vim's directions stacked once where the forward vmaps them; `--stack_directions` overrides).
 """
 from __future__ import annotations
 
@@ -69,6 +71,7 @@ from ouromamba_jax import quant  # pylint: disable=g-import-not-at-top,wrong-imp
 from ouromamba_jax.io import atomic  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ouromamba_jax.models import build_model  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ouromamba_jax.models import vim  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ouromamba_jax.models.inference import prepared_for_inference  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ouromamba_jax.quant import presets as quant_presets  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ouromamba_jax.quant import qtypes  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ouromamba_jax.quant import int_linear  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -178,6 +181,10 @@ def parse_args(argv=None):
                  help='an int4 weight with fewer output or input channels than this is read as '
                       'stored at every batch (0: never; -1: the library default, mixed_gemm '
                       'config.AS_STORED_NARROWER_THAN)')
+  p.add_argument('--gemm_narrow_n_small_tile', type=int, default=-1,
+                 help='calls of more rows than this into fewer than 128 output channels run a '
+                      '64 x 64 x 128 tile on the unpacked weight (0: never; -1: the library '
+                      'default, mixed_gemm config.NARROW_N_SMALL_TILE_ABOVE_ROWS)')
   p.add_argument('--scan_small_batch', type=int, default=-1,
                  help='below this batch the default scan is XLA\'s associative one, not the '
                       'Triton kernel (0: the kernel at every batch; -1: the library default, '
@@ -191,10 +198,12 @@ def parse_args(argv=None):
                       'in every variant (VisionMamba.fuse_linear_inputs): into the backward '
                       "scan where the directions are looped, into an int out_proj's act_quant "
                       'where vmapped; 0: formed by its own pass')
-  p.add_argument('--stack_directions', type=int, default=0, choices=(0, 1),
-                 help='1: every tree is prepared for inference by vim.with_directions_stacked '
-                      "(the mixers' two directions' params stacked once, not in each forward "
-                      'that vmaps them); 0: the trees as stored')
+  p.add_argument('--stack_directions', type=int, default=-1, choices=(-1, 0, 1),
+                 help="-1 (the library's inference layout): each batch's tree is prepared by "
+                      "models.inference.prepared_for_inference (Vim: the mixers' two "
+                      "directions' params stacked once where the forward vmaps them); 1: "
+                      'stacked at every batch (vim.with_directions_stacked); 0: the trees as '
+                      'stored')
   p.add_argument('--scan_blocks', type=int, default=1, choices=(0, 1),
                  help="1 (the model's default): the blocks run under one lax.scan over their "
                       'stacked params (VisionMamba.scan_blocks); 0: one call per block on its '
@@ -246,6 +255,7 @@ SWITCHES = {'act_quant_small_grid': (act_quant_config, 'SMALL_GRID_PROGRAMS', 0)
             'gemm_sweep_tiles': (mixed_gemm_config, 'SWEEP_TILES', 0),
             'gemm_weights_as_stored': (mixed_gemm_config, 'WEIGHTS_AS_STORED_UP_TO_ROWS', 0),
             'gemm_narrow_as_stored': (mixed_gemm_config, 'AS_STORED_NARROWER_THAN', 0),
+            'gemm_narrow_n_small_tile': (mixed_gemm_config, 'NARROW_N_SMALL_TILE_ABOVE_ROWS', 0),
             'scan_small_batch': (scan_api, 'SMALL_BATCH', 0),
             'scan_segment_programs': (scan_config, 'SEGMENT_TARGET_PROGRAMS', 0)}
 # XLA options a flag's value sets (-1 leaves XLA's own settings): flag -> {value: options}.
@@ -410,6 +420,14 @@ def outlier_rate(model, tree, images) -> dict[str, float]:
   return {'entries': float(flagged), 'tokens_with_outliers': float(tokens)}
 
 
+def batch_tree(model, tree, batch: int, stacking: int):
+  """The tree a forward of `batch` samples runs (`--stack_directions`): -1 the library's
+  inference layout for that batch, 1 the directions stacked, 0 as stored."""
+  if stacking == -1:
+    return prepared_for_inference(model, tree, batch)
+  return vim.with_directions_stacked(tree) if stacking else tree
+
+
 def lower_forward(model, tree, images):
   """(lowered forward, seconds): tracing reads the kernels' switches, so cells are lowered one
   after another under their case's (`library_switches`)."""
@@ -515,13 +533,13 @@ def _lowered_cells(base, trees, images, args, model_name):
           cells[variant_name, case] = tree
           continue
         model = variant_model(base, VARIANTS[variant_name], settings)
-        if settings.stack_directions:
-          tree = vim.with_directions_stacked(tree)
-        cells[variant_name, case] = (model, tree)
+        cells[variant_name, case] = (model, tree, settings.stack_directions)
         for batch in args.batches:
           try:
-            lowered[variant_name, case, batch] = (*lower_forward(model, tree, images[batch]),
-                                                  compiler_options(settings))
+            lowered[variant_name, case, batch] = (
+                *lower_forward(model, batch_tree(model, tree, batch, settings.stack_directions),
+                               images[batch]),
+                compiler_options(settings))
           except Exception as e:  # pylint: disable=broad-except
             traceback.print_exc()
             lowered[variant_name, case, batch] = e
@@ -571,7 +589,8 @@ def run(args, on_cell=lambda report: None) -> dict[str, Any]:
           try:
             if isinstance(cell, Exception):
               raise cell
-            model, tree = cell
+            model, stored, stacking = cell
+            tree = batch_tree(model, stored, batch, stacking)
             head.update(scan=model.scan_implementation, quant_kernel=model.quant_implementation,
                         preset=VARIANTS[variant_name].preset,
                         **weight_bytes(tree, DTYPES[VARIANTS[variant_name].dtype]))

@@ -8,6 +8,7 @@ The public API (imported lazily: `import ouromamba_jax` is cheap):
   qparams, report = quantize(model, params, images, 'w4a4')  # QuantSpec or preset name
   save_quantized('ckpt', qparams, model, report); qparams, _ = load_quantized('ckpt', model)
   evaluate(model, qparams, test_images, test_labels)         # {'top1', 'top5', 'images'}
+  fast = prepared_for_inference(model, qparams, batch=1)     # a tree for jitted apply at batch 1
 
 The command-line modes (workdirs, resume, reports) are `ouromamba_jax.stages`.
 """
@@ -29,6 +30,7 @@ _EXPORTS = {
     'save_quantized': 'ouromamba_jax.quantized_checkpoints',
     'load_quantized': 'ouromamba_jax.quantized_checkpoints',
     'evaluate': 'ouromamba_jax.evaluation',
+    'prepared_for_inference': 'ouromamba_jax.models.inference',
     'normalize': 'ouromamba_jax.data.normalization',
 }
 __all__ = sorted(_EXPORTS)

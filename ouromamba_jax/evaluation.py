@@ -5,7 +5,8 @@
   for name, value in evaluator(model, params, source): ...   # big_vision style
 
 `params` is a float Flax tree or a quantized tree (`quantized_checkpoints.load_quantized`): the
-model's apply runs both (its blocks under one scan: one block compiles, all run it).
+model's apply runs both (its blocks under one scan: one block compiles, all run it), laid out
+for the batch each device runs (`models.inference.prepared_for_inference`).
 A source's host pipeline decodes in threads ahead of the device.
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ouromamba_jax.data import normalization
 from ouromamba_jax import distributed
 from ouromamba_jax.distributed import DATA_AXIS, data_mesh
 from ouromamba_jax.data import pipeline
+from ouromamba_jax.models.inference import prepared_for_inference
 
 LOG_EVERY_S = 10.0   # progress line at most this often (plus the first and the last batch)
 
@@ -116,12 +118,13 @@ def evaluator(model, params, source: pipeline.EvalSource, *, eval_images: int = 
   n = len(indices)
   k = min(5, model.num_classes)
   mesh = data_mesh()
-  params = distributed.replicate(params, mesh)
   count = _counter(model, mesh, k, True)
   mean = np.asarray(source.mean, np.float32)
   std = np.asarray(source.std, np.float32)
   mine, rows, num_batches = process_share(indices, min(int(batch_size), n))
   global_rows = rows * distributed.process_count()
+  params = distributed.replicate(prepared_for_inference(model, params, global_rows // mesh.size),
+                                 mesh)
   log(f'[eval] {source.name}: {n} images in batches of {global_rows} '
       f'({len(source.labels)} in the split, {mesh.size} devices)')
 
@@ -174,8 +177,9 @@ def evaluate(model, params, images, labels, *, batch_size: int = 256) -> dict[st
   n = len(labels)
   mesh = data_mesh()
   count = _counter(model, mesh, min(5, model.num_classes), False)
-  params = distributed.replicate(params, mesh)
   mine, rows, num_batches = process_share(np.arange(n), min(int(batch_size), n))
+  params = distributed.replicate(
+      prepared_for_inference(model, params, rows * distributed.process_count() // mesh.size), mesh)
   hits = []
   for b in range(num_batches):
     rows_here = mine[b * rows:(b + 1) * rows]

@@ -102,3 +102,18 @@ def test_arrays_give_the_source_result(tiny, dataset):
   images = np.asarray(normalization.normalize(x, imagenet.MEAN, imagenet.STD))
   result = evaluation.evaluate(*tiny, images, labels, batch_size=5)
   assert result == {'top1': pytest.approx(4 / N), 'top5': pytest.approx(7 / N), 'images': N}
+
+
+def test_both_paths_run_the_tree_laid_out_for_their_per_device_batch(tiny, dataset, monkeypatch):
+  """evaluate and evaluate_source hand the model the tree `prepared_for_inference` lays out
+  for the batch one device runs (on a GPU below 64 samples: Vim's directions stacked once)."""
+  root, files, labels = dataset
+  seen = []
+  prepare = evaluation.prepared_for_inference
+  monkeypatch.setattr(evaluation, 'prepared_for_inference',
+                      lambda model, params, batch: seen.append(batch) or prepare(model, params,
+                                                                                 batch))
+  images = np.zeros((N, 32, 32, 3), np.float32)
+  evaluation.evaluate(*tiny, images, labels, batch_size=5)
+  evaluation.evaluate_source(*tiny, _source(root), batch_size=4)
+  assert seen == [5, 4]

@@ -35,6 +35,13 @@ WEIGHTS_AS_STORED_UP_TO_ROWS = 0
 # batch 64 (in_proj 0.149 -> 0.229), so they keep XLA's unpacked copy.
 AS_STORED_NARROWER_THAN = 128
 AS_STORED_MAX_BLOCK_N = 64
+# Calls of more than this many rows into fewer than AS_STORED_NARROWER_THAN output channels
+# (Vim's x_proj, N = 80) run 64 x 64 x 128 tiles with 4 warps, an int4 weight unpacked by XLA
+# (0: the rules above: 128 x 128 / 8 warps, or 128 x 64 as stored). Tile sweep on device time
+# (`kernels_pallas.mixed_gemm.bench --sweep`, H100, session 37), Vim-B x_proj, us: W4A4O8 batch
+# 64 29.6 -> 22.6, batch 16 24.4 -> 18.1; W8A8 batch 64 25.0 -> 15.7 (cuBLAS bf16 24.0 / 22.8).
+# At batch 1 the as-stored tile stays (14.4 against 13.8, within the spread).
+NARROW_N_SMALL_TILE_ABOVE_ROWS = 512
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +119,9 @@ def default_block_config(m: int, n: int, k: int, weight_bits: int = 4) -> MixedG
   """The measured best tile for (M, N, K), shrunk for tiny problems: the sweep's per-shape
   rule (`_sweep_tile`) while SWEEP_TILES is on, else `_one_tile`; a call of at most
   WEIGHTS_AS_STORED_UP_TO_ROWS rows, or a weight narrower than AS_STORED_NARROWER_THAN, reads
-  its int4 weight as stored (an int8 weight always is).
+  its int4 weight as stored (an int8 weight always is); except that a call of more than
+  NARROW_N_SMALL_TILE_ABOVE_ROWS rows into fewer than AS_STORED_NARROWER_THAN channels runs a
+  64 x 64 tile on the unpacked weight.
 
   From the H200 probe of K-major int8 GEMMs (`bench/int8_gemm_probe.py`, 2026-12-02): at
   M = 64 x 197 tokens 128 x 128 x 128 with 8 warps beat every other tile at Vim-B in_proj and
@@ -122,6 +131,9 @@ def default_block_config(m: int, n: int, k: int, weight_bits: int = 4) -> MixedG
   K = dt_rank) runs 64-wide blocks, the last one masked in the kernel.
   """
   small = m <= 512
+  if 0 < NARROW_N_SMALL_TILE_ABOVE_ROWS < m and n < AS_STORED_NARROWER_THAN:
+    block_k = next((bk for bk in (128, 256, 64) if k % bk == 0), 64)
+    return MixedGemmBlockConfig(64, min(64, max(16, next_pow2(n))), block_k, 4, 3)
   tile = _sweep_tile(m, n, k, small) if SWEEP_TILES else _one_tile(m, n, k, small)
   if weight_bits == 4 and (m <= WEIGHTS_AS_STORED_UP_TO_ROWS
                            or min(n, k) < AS_STORED_NARROWER_THAN):

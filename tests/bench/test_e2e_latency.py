@@ -38,11 +38,26 @@ def test_e2e_latency_smoke_float(tmp_path, capsys):
 
 
 def test_e2e_latency_times_a_tree_with_the_directions_stacked(tmp_path):
-  """The case `stack_directions=1` times the tree prepared by `vim.with_directions_stacked`
-  (directions vmapped, as a GPU runs batch 1), next to the tree as stored."""
+  """The case `stack_directions=0` times the tree as stored, next to the default (the
+  library's inference layout for the batch: with the directions vmapped, as a GPU runs batch
+  1, stacked once by `vim.with_directions_stacked`)."""
   report = _run(tmp_path, 'fp32_xla', '--batch_directions=1',
-                '--cases=default,stack_directions=1')
-  assert [r['case'] for r in report['results']] == ['default', 'stack_directions=1']
+                '--cases=default,stack_directions=0')
+  assert [r['case'] for r in report['results']] == ['default', 'stack_directions=0']
+
+
+@pytest.mark.parametrize('batch_directions,stacking,stacked', [
+    (True, -1, True), (False, -1, False), (True, 0, False), (False, 1, True)])
+def test_each_batch_runs_the_tree_its_setting_names(batch_directions, stacking, stacked):
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from ouromamba_jax.models import vim  # pylint: disable=g-import-not-at-top
+  bench = load_bench('e2e_latency')
+  model = vim.VisionMamba(img_size=32, patch_size=8, depth=1, d_model=16, num_classes=3,
+                          scan_implementation='xla', batch_directions=batch_directions)
+  params = jax.jit(model.init)(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32))
+  tree = bench.batch_tree(model, params['params'], 1, stacking)
+  assert vim.holds_stacked_directions(tree) == stacked
 
 
 def test_weight_bytes_counts_quantized_linears_as_stored():

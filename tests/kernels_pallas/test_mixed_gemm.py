@@ -212,7 +212,7 @@ def test_default_tiles_are_the_measured_ones(monkeypatch, sweep_tiles):
   if sweep_tiles:
     assert tile(b64, 3072, 768) == (64, 128, 128, 4, 3)      # in_proj
     assert tile(b64, 768, 1536) == (64, 128, 128, 4, 3)      # out_proj
-    assert tile(b64, 80, 1536) == (128, 64, 128, 8, 3)       # x_proj (read as stored)
+    assert tile(b64, 80, 1536) == (64, 64, 128, 4, 3)        # x_proj (unpacked)
     assert tile(b64, 1536, 48) == (64, 64, 128, 4, 3)        # dt_proj
     assert tile(b1, 3072, 768) == (64, 128, 256, 4, 3)
     assert tile(b1, 768, 1536) == (64, 64, 256, 4, 4)
@@ -223,11 +223,19 @@ def test_default_tiles_are_the_measured_ones(monkeypatch, sweep_tiles):
     assert tile(b64, 192, 192)[2] == 64
   assert tile(5, 3, 40)[:2] == (16, 16)                    # tiny problems shrink the tile
   assert not config.default_block_config(b1, 3072, 768).weights_as_stored  # off by default
-  # Narrow int4 weights (x_proj's N = 80, dt_proj's K = 48) are read as stored at any batch.
+  # Narrow int4 weights (x_proj's N = 80, dt_proj's K = 48) are read as stored at any batch,
+  # except x_proj above NARROW_N_SMALL_TILE_ABOVE_ROWS rows (a 64 x 64 tile on the unpacked
+  # weight, int8 and int4 alike).
+  assert config.default_block_config(b1, 80, 1536).weights_as_stored
   for m in (b64, b1):
-    assert config.default_block_config(m, 80, 1536).weights_as_stored
     assert config.default_block_config(m, 1536, 48).weights_as_stored
     assert not config.default_block_config(m, 80, 1536, weight_bits=8).weights_as_stored
+  assert tile(b64, 80, 1536) == tile(16 * 197, 80, 1536) == (64, 64, 128, 4, 3)
+  assert config.default_block_config(b64, 80, 1536, weight_bits=8) == config.default_block_config(
+      b64, 80, 1536)
+  assert not config.default_block_config(b64, 80, 1536).weights_as_stored
+  monkeypatch.setattr(config, 'NARROW_N_SMALL_TILE_ABOVE_ROWS', 0)
+  assert config.default_block_config(b64, 80, 1536).weights_as_stored   # the older rule
   monkeypatch.setattr(config, 'AS_STORED_NARROWER_THAN', 0)
   assert not config.default_block_config(b64, 80, 1536).weights_as_stored
   monkeypatch.setattr(config, 'WEIGHTS_AS_STORED_UP_TO_ROWS', 512)

@@ -175,9 +175,10 @@ def test_directions_run_as_one_batch_when_asked_or_for_small_gpu_batches(monkeyp
 
 def test_batched_directions_give_the_loops_logits_and_the_same_init():
   """batch_directions (the two scan directions as one vmapped batch, here through the
-  interpreted Triton scan): the per-direction loop's logits bit for bit, through the block scan;
-  init (which creates the params) is unchanged. The mixer-level numpy check above covers it
-  against the reference."""
+  interpreted Triton scan): the per-direction loop's logits to the last ulp, through the block
+  scan (XLA's CPU dot may sum the vmapped product in another order than the loop's: one logit
+  of six was 1 ulp off on an AMD EPYC, 2026-12-06); init (which creates the params) is
+  unchanged. The mixer-level numpy check above covers it against the reference."""
   model = VisionMamba(img_size=32, patch_size=8, depth=2, d_model=16, num_classes=3,
                       scan_implementation='triton')
   images = np.random.default_rng(2).standard_normal((2, 32, 32, 3)).astype(np.float32)
@@ -191,7 +192,8 @@ def test_batched_directions_give_the_loops_logits_and_the_same_init():
     np.testing.assert_array_equal(a, b)
   forward = lambda m: jax.jit(lambda p, x: m.apply({'params': p}, x),
                               compiler_options=CPU_FAST_COMPILE)
-  np.testing.assert_array_equal(forward(batched)(params, images), forward(model)(params, images))
+  np.testing.assert_allclose(forward(batched)(params, images), forward(model)(params, images),
+                             rtol=3e-7, atol=0)
 
 
 @pytest.mark.parametrize('batch_directions', [False, True])

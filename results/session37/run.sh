@@ -1,0 +1,25 @@
+#!/bin/bash
+# Session 37's card plan for issue 15 (carry .whl), one PART per call:
+#   PART=stacked bash results/session37/run.sh
+# stacked (~4 min): Vim-B batches 64 and 1, the trees as stored against the trees prepared by
+#   vim.with_directions_stacked (session 34 timed the prepared tree at batch 1 only, and bf16 +
+#   Pallas 1.6 ms slower with it at batch 64 in another process), one process.
+# narrow (~2 min): Vim-B batch 64, W8A8 and W4A4O8, x_proj's 64 x 64 tile on the unpacked weight
+#   (mixed_gemm config.NARROW_N_SMALL_TILE_ABOVE_ROWS) against the older rule, one process.
+# Session 37 also ran, on an H100: `PART=ab2` of results/session36/run.sh, then `PART=gemm_sweep`
+#   (TOKENS=197, then "12608 3152"), `grid_ts` and `sweep` of results/h100_session34/run.sh.
+set -u
+. bench/device_env.sh
+
+case ${PART:-stacked} in
+  stacked)
+    timeout 400 python3 bench/e2e_latency.py --models=vim_b --batches=64,1 \
+      --variants=bf16_xla,bf16_pallas_scan,w4a4o8 --iters=20 \
+      --cases=default,stack_directions=1 --out=$OUT/e2e_vim_b_stacked.json \
+      2>&1 | quiet | grep -v compiled | tail -14 ;;
+  narrow)
+    timeout 150 python3 bench/e2e_latency.py --models=vim_b --batches=64 --variants=w8a8,w4a4o8 \
+      --iters=30 --cases=default,gemm_narrow_n_small_tile=0 --out=$OUT/e2e_vim_b_narrow.json \
+      2>&1 | quiet | grep -v compiled | tail -8 ;;
+esac
+echo "total $(( $(date +%s) - S )) s"
