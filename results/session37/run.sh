@@ -6,6 +6,10 @@
 #   Pallas 1.6 ms slower with it at batch 64 in another process), one process.
 # narrow (~2 min): Vim-B batch 64, W8A8 and W4A4O8, x_proj's 64 x 64 tile on the unpacked weight
 #   (mixed_gemm config.NARROW_N_SMALL_TILE_ABOVE_ROWS) against the older rule, one process.
+# act_warps (~2 min): the act_quant kernel at 1, 2 and 4 warps per program, 15 trials, batches 64
+#   and 1 (the warps rule was swept at the host's dispatch floor; SASS for sm_90 at C = 192 /
+#   768: 1 warp 401 / 671 instructions per step and no barrier, 2 warps 279 / 422 with 2 / 4,
+#   4 warps 212 / 298 with 6 / 4; act_quant NOTES, session 37).
 # Session 37 also ran, on an H100: `PART=ab2` of results/session36/run.sh, then `PART=gemm_sweep`
 #   (TOKENS=197, then "12608 3152"), `grid_ts` and `sweep` of results/h100_session34/run.sh.
 set -u
@@ -21,5 +25,10 @@ case ${PART:-stacked} in
     timeout 150 python3 bench/e2e_latency.py --models=vim_b --batches=64 --variants=w8a8,w4a4o8 \
       --iters=30 --cases=default,gemm_narrow_n_small_tile=0 --out=$OUT/e2e_vim_b_narrow.json \
       2>&1 | quiet | grep -v compiled | tail -8 ;;
+  act_warps)
+    for B in 64 1; do
+      timeout 120 python3 -m kernels_pallas.act_quant.bench --trials=15 --batch=$B --warps=1,2,4 \
+        --out=$OUT/act_quant_warps_b$B.json 2>&1 | quiet | grep -v "^ " | tail -20
+    done ;;
 esac
 echo "total $(( $(date +%s) - S )) s"
