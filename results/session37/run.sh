@@ -10,6 +10,11 @@
 #   and 1 (the warps rule was swept at the host's dispatch floor; SASS for sm_90 at C = 192 /
 #   768: 1 warp 401 / 671 instructions per step and no barrier, 2 warps 279 / 422 with 2 / 4,
 #   4 warps 212 / 298 with 6 / 4; act_quant NOTES, session 37).
+# ts_vmapped (~4 min): Vim-T and Vim-S at batch 64 with both scan directions as one vmapped batch
+#   (`batch_directions=1`, the trees laid out for it) against today's rule (looped from batch
+#   64, measured on Vim-B only, session 13). At batch 64 Vim-T's per-direction calls are as
+#   small as Vim-B's at batch 16, where vmapping won in both paths, and act_quant's calls take
+#   ~0.027 ms whatever their width: if vmapped wins here, the rule should follow batch x d_inner.
 # Session 37 also ran, on an H100: `PART=ab2` of results/session36/run.sh, then `PART=gemm_sweep`
 #   (TOKENS=197, then "12608 3152"), `grid_ts` and `sweep` of results/h100_session34/run.sh.
 set -u
@@ -30,5 +35,9 @@ case ${PART:-stacked} in
       timeout 120 python3 -m kernels_pallas.act_quant.bench --trials=15 --batch=$B --warps=1,2,4 \
         --out=$OUT/act_quant_warps_b$B.json 2>&1 | quiet | grep -v "^ " | tail -20
     done ;;
+  ts_vmapped)
+    timeout 400 python3 bench/e2e_latency.py --models=vim_t,vim_s --batches=64 \
+      --variants=bf16_pallas_scan,w4a4o8 --iters=20 --cases=default,batch_directions=1 \
+      --out=$OUT/e2e_vim_ts_vmapped.json 2>&1 | quiet | grep -v compiled | tail -10 ;;
 esac
 echo "total $(( $(date +%s) - S )) s"
