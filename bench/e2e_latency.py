@@ -45,8 +45,9 @@ another; the median is the latency, batch / median the throughput. `--out` is re
 every cell. With
 `--cast_params` (default) the plain float leaves of the tree are stored in the compute dtype
 (bf16 weights for the bf16 variants); quantized leaves are left as they are. Each batch runs
-the tree laid out for it as a user's inference would (`models.inference.prepared_for_inference`:
-Vim's directions stacked once where the forward vmaps them; `--stack_directions` overrides).
+the tree laid out for it as a user's inference would (`ouromamba_jax.inference.
+prepared_for_inference`: the A/D sites folded, `--fold_sites`, and Vim's directions stacked once
+where the forward vmaps them, `--stack_directions`).
 """
 from __future__ import annotations
 
@@ -71,7 +72,6 @@ from ouromamba_jax import quant  # pylint: disable=g-import-not-at-top,wrong-imp
 from ouromamba_jax.io import atomic  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ouromamba_jax.models import build_model  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ouromamba_jax.models import vim  # pylint: disable=g-import-not-at-top,wrong-import-position
-from ouromamba_jax.models.inference import prepared_for_inference  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ouromamba_jax.quant import presets as quant_presets  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ouromamba_jax.quant import qtypes  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ouromamba_jax.quant import int_linear  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -199,9 +199,9 @@ def parse_args(argv=None):
                       "scan where the directions are looped, into an int out_proj's act_quant "
                       'where vmapped; 0: formed by its own pass')
   p.add_argument('--stack_directions', type=int, default=-1, choices=(-1, 0, 1),
-                 help="-1 (the library's inference layout): each batch's tree is prepared by "
-                      "models.inference.prepared_for_inference (Vim: the mixers' two "
-                      "directions' params stacked once where the forward vmaps them); 1: "
+                 help="-1 (the library's inference layout, vim.prepared_for_batch): each "
+                      "batch's tree holds the mixers' two directions' params stacked once "
+                      "where the forward vmaps them; 1: "
                       'stacked at every batch (vim.with_directions_stacked); 0: the trees as '
                       'stored')
   p.add_argument('--scan_blocks', type=int, default=1, choices=(0, 1),
@@ -424,7 +424,7 @@ def batch_tree(model, tree, batch: int, stacking: int):
   """The tree a forward of `batch` samples runs (`--stack_directions`): -1 the library's
   inference layout for that batch, 1 the directions stacked, 0 as stored."""
   if stacking == -1:
-    return prepared_for_inference(model, tree, batch)
+    return vim.prepared_for_batch(tree, batch, model.batch_directions)
   return vim.with_directions_stacked(tree) if stacking else tree
 
 

@@ -30,7 +30,7 @@ _EXPORTS = {
     'save_quantized': 'ouromamba_jax.quantized_checkpoints',
     'load_quantized': 'ouromamba_jax.quantized_checkpoints',
     'evaluate': 'ouromamba_jax.evaluation',
-    'prepared_for_inference': 'ouromamba_jax.models.inference',
+    'prepared_for_inference': 'ouromamba_jax.inference',
     'normalize': 'ouromamba_jax.data.normalization',
 }
 __all__ = sorted(_EXPORTS)

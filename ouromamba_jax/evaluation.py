@@ -6,7 +6,7 @@
 
 `params` is a float Flax tree or a quantized tree (`quantized_checkpoints.load_quantized`): the
 model's apply runs both (its blocks under one scan: one block compiles, all run it), laid out
-for the batch each device runs (`models.inference.prepared_for_inference`).
+for the batch each device runs, A/D sites folded (`inference.prepared_for_inference`).
 A source's host pipeline decodes in threads ahead of the device.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from ouromamba_jax.data import normalization
 from ouromamba_jax import distributed
 from ouromamba_jax.distributed import DATA_AXIS, data_mesh
 from ouromamba_jax.data import pipeline
-from ouromamba_jax.models.inference import prepared_for_inference
+from ouromamba_jax.inference import prepared_for_inference
 
 LOG_EVERY_S = 10.0   # progress line at most this often (plus the first and the last batch)
 
