@@ -31,9 +31,10 @@ case ${PART:-stacked} in
       --iters=30 --cases=default,gemm_narrow_n_small_tile=0 --out=$OUT/e2e_vim_b_narrow.json \
       2>&1 | quiet | grep -v compiled | tail -8 ;;
   act_warps)
-    for B in 64 1; do
-      timeout 120 python3 -m kernels_pallas.act_quant.bench --trials=15 --batch=$B --warps=1,2,4 \
-        --out=$OUT/act_quant_warps_b$B.json 2>&1 | quiet | grep -v "^ " | tail -20
+    for B in 64 1; do   # batch 1's default is the small-grid rule (up to 16 warps)
+      W=1,2,4; [ $B = 1 ] && W=1,2,4,8,16
+      timeout 120 python3 -m kernels_pallas.act_quant.bench --trials=15 --batch=$B --warps=$W \
+        --out=$OUT/act_quant_warps_b$B.json 2>&1 | quiet | grep -v "^ " | tail -24
     done ;;
   ts_vmapped)
     timeout 400 python3 bench/e2e_latency.py --models=vim_t,vim_s --batches=64 \
