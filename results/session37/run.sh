@@ -1,9 +1,11 @@
 #!/bin/bash
 # Session 37's card plan for issue 15 (carry .whl), one PART per call:
 #   PART=stacked bash results/session37/run.sh
-# stacked (~4 min): Vim-B batches 64 and 1, the trees as stored against the trees prepared by
+# stacked (~4 min; run in session 37, when the bench's default was the tree as stored): Vim-B
+#   batches 64 and 1, the trees as stored against the trees prepared by
 #   vim.with_directions_stacked (session 34 timed the prepared tree at batch 1 only, and bf16 +
 #   Pallas 1.6 ms slower with it at batch 64 in another process), one process.
+# For the next card, in this order: narrow, act_warps, ts_vmapped.
 # narrow (~2 min): Vim-B batch 64, W8A8 and W4A4O8, x_proj's 64 x 64 tile on the unpacked weight
 #   (mixed_gemm config.NARROW_N_SMALL_TILE_ABOVE_ROWS) against the older rule, one process.
 # act_warps (~2 min): the act_quant kernel at 1, 2 and 4 warps per program, 15 trials, batches 64
@@ -15,7 +17,7 @@
 #   64, measured on Vim-B only, session 13). At batch 64 Vim-T's per-direction calls are as
 #   small as Vim-B's at batch 16, where vmapping won in both paths, and act_quant's calls take
 #   ~0.027 ms whatever their width: if vmapped wins here, the rule should follow batch x d_inner.
-# Session 37 also ran, on an H100: `PART=ab2` of results/session36/run.sh, then `PART=gemm_sweep`
+# Session 37 ran `stacked` and, on the same H100: `PART=ab2` of results/session36/run.sh, `PART=gemm_sweep`
 #   (TOKENS=197, then "12608 3152"), `grid_ts` and `sweep` of results/h100_session34/run.sh.
 set -u
 . bench/device_env.sh
@@ -24,7 +26,7 @@ case ${PART:-stacked} in
   stacked)
     timeout 400 python3 bench/e2e_latency.py --models=vim_b --batches=64,1 \
       --variants=bf16_xla,bf16_pallas_scan,w4a4o8 --iters=20 \
-      --cases=default,stack_directions=1 --out=$OUT/e2e_vim_b_stacked.json \
+      --cases=stack_directions=0,stack_directions=1 --out=$OUT/e2e_vim_b_stacked.json \
       2>&1 | quiet | grep -v compiled | tail -14 ;;
   narrow)
     timeout 150 python3 bench/e2e_latency.py --models=vim_b --batches=64 --variants=w8a8,w4a4o8 \
