@@ -328,10 +328,10 @@ def with_directions_stacked(params):
   us of device time in 5 launches, 93 us in the float one (H100, session 32's profile); with
   this tree Vim-B batch 1 took 4.72 -> 3.66 ms in W4A4O8 and 2.48 -> 2.12 ms in bf16 + Pallas
   (H100, session 34). Where the directions are looped (batch 64) it was no faster (W4A4O8) or
-  slower (bf16 + Pallas 22.40 -> 23.99 ms), so it is a step for small-batch inference. The
-  logits are the same bit for bit at every batch (the loop reads a slice per direction). For
-  inference forwards only: calibration, the site search and Gen's state hooks read the
-  per-direction params."""
+  slower (bf16 + Pallas 22.40 -> 23.99 ms), so it is a step for small-batch inference
+  (`prepared_for_batch` applies it by batch). The logits are the same bit for bit at every
+  batch (the loop reads a slice per direction). For inference forwards only: calibration, the
+  site search and Gen's state hooks read the per-direction params."""
   return {name: with_stacked_directions(value) if name.startswith('layers_') else value
           for name, value in params.items()}
 
