@@ -522,7 +522,7 @@ def library_switches(args):
 
 
 def _lowered_cells(base, trees, images, args, model_name):
-  """{(variant, case): (model, tree) or exception} and {(variant, case, batch): (lowered,
+  """{(variant, case): (model, {batch: tree}) or exception} and {(variant, case, batch): (lowered,
   seconds) or exception}, lowered case by case under each case's switches."""
   cells, lowered = {}, {}
   for case in args.cases:
@@ -533,12 +533,14 @@ def _lowered_cells(base, trees, images, args, model_name):
           cells[variant_name, case] = tree
           continue
         model = variant_model(base, VARIANTS[variant_name], settings)
-        cells[variant_name, case] = (model, tree, settings.stack_directions)
+        # each batch's tree made once, lowered here and timed in `run`
+        per_batch = {batch: batch_tree(model, tree, batch, settings.stack_directions)
+                     for batch in args.batches}
+        cells[variant_name, case] = (model, per_batch)
         for batch in args.batches:
           try:
             lowered[variant_name, case, batch] = (
-                *lower_forward(model, batch_tree(model, tree, batch, settings.stack_directions),
-                               images[batch]),
+                *lower_forward(model, per_batch[batch], images[batch]),
                 compiler_options(settings))
           except Exception as e:  # pylint: disable=broad-except
             traceback.print_exc()
@@ -589,8 +591,8 @@ def run(args, on_cell=lambda report: None) -> dict[str, Any]:
           try:
             if isinstance(cell, Exception):
               raise cell
-            model, stored, stacking = cell
-            tree = batch_tree(model, stored, batch, stacking)
+            model, per_batch = cell
+            tree = per_batch[batch]
             head.update(scan=model.scan_implementation, quant_kernel=model.quant_implementation,
                         preset=VARIANTS[variant_name].preset,
                         **weight_bytes(tree, DTYPES[VARIANTS[variant_name].dtype]))

@@ -69,6 +69,13 @@ def process_share(indices: np.ndarray, batch_size: int) -> tuple[np.ndarray, int
   return parts[distributed.process_index()], per_process, num_batches
 
 
+def _served(model, params, mesh: Mesh, rows: int):
+  """params prepared for the batch one device runs (this process's `rows` per batch, times
+  the processes, over the mesh) and replicated over the mesh."""
+  per_device = rows * distributed.process_count() // mesh.size
+  return distributed.replicate(prepared_for_inference(model, params, per_device), mesh)
+
+
 def _padded(batch_iter: Iterator[pipeline.Batch], num_batches: int, rows: int, size: int
             ) -> Iterator[pipeline.Batch]:
   """`batch_iter`, then all-padding batches up to `num_batches` (collectives need every
@@ -123,8 +130,7 @@ def evaluator(model, params, source: pipeline.EvalSource, *, eval_images: int = 
   std = np.asarray(source.std, np.float32)
   mine, rows, num_batches = process_share(indices, min(int(batch_size), n))
   global_rows = rows * distributed.process_count()
-  params = distributed.replicate(prepared_for_inference(model, params, global_rows // mesh.size),
-                                 mesh)
+  params = _served(model, params, mesh, rows)
   log(f'[eval] {source.name}: {n} images in batches of {global_rows} '
       f'({len(source.labels)} in the split, {mesh.size} devices)')
 
@@ -178,8 +184,7 @@ def evaluate(model, params, images, labels, *, batch_size: int = 256) -> dict[st
   mesh = data_mesh()
   count = _counter(model, mesh, min(5, model.num_classes), False)
   mine, rows, num_batches = process_share(np.arange(n), min(int(batch_size), n))
-  params = distributed.replicate(
-      prepared_for_inference(model, params, rows * distributed.process_count() // mesh.size), mesh)
+  params = _served(model, params, mesh, rows)
   hits = []
   for b in range(num_batches):
     rows_here = mine[b * rows:(b + 1) * rows]

@@ -132,8 +132,7 @@ def default_block_config(m: int, n: int, k: int, weight_bits: int = 4) -> MixedG
   """
   small = m <= 512
   if 0 < NARROW_N_SMALL_TILE_ABOVE_ROWS < m and n < AS_STORED_NARROWER_THAN:
-    block_k = next((bk for bk in (128, 256, 64) if k % bk == 0), 64)
-    return MixedGemmBlockConfig(64, min(64, max(16, next_pow2(n))), block_k, 4, 3)
+    return MixedGemmBlockConfig(64, _fit(64, n), _dividing_block_k(k, (128, 256, 64)), 4, 3)
   tile = _sweep_tile(m, n, k, small) if SWEEP_TILES else _one_tile(m, n, k, small)
   if weight_bits == 4 and (m <= WEIGHTS_AS_STORED_UP_TO_ROWS
                            or min(n, k) < AS_STORED_NARROWER_THAN):
@@ -150,12 +149,21 @@ def reading_weights_as_stored(tile: MixedGemmBlockConfig) -> MixedGemmBlockConfi
                              weights_as_stored=True)
 
 
+def _fit(block: int, size: int) -> int:
+  """A tile side of at most `block`, shrunk to the power of two (>= 16) that covers `size`."""
+  return min(block, max(16, next_pow2(size)))
+
+
+def _dividing_block_k(k: int, order: tuple[int, ...]) -> int:
+  """The first block_k of `order` that divides K, else 64 (the last block masked)."""
+  return next((bk for bk in order if k % bk == 0), 64)
+
+
 def _one_tile(m: int, n: int, k: int, small: bool) -> MixedGemmBlockConfig:
   """The H200 probe's tile for every shape (SWEEP_TILES off)."""
-  preferred = 256 if small else 128
-  block_k = next((bk for bk in (preferred, 256, 128, 64) if k % bk == 0), 64)
-  block_m = min(64 if small else 128, max(16, next_pow2(m)))
-  block_n = min(128, max(16, next_pow2(n)))
+  block_k = _dividing_block_k(k, (256 if small else 128, 256, 128, 64))
+  block_m = _fit(64 if small else 128, m)
+  block_n = _fit(128, n)
   num_warps = 8 if block_m * block_n >= 128 * 128 else 4
   return MixedGemmBlockConfig(block_m=block_m, block_n=block_n, block_k=block_k,
                               num_warps=num_warps, num_stages=3)
@@ -169,15 +177,15 @@ def _sweep_tile(m: int, n: int, k: int, small: bool) -> MixedGemmBlockConfig:
   (N = 80) 128 x 128 x 128 / 8. Batch 1 (M = 197): in_proj 64 x 128 x 256 / 4, the narrower
   ones 64 x 64 x 256 / 4 with 4 stages (out_proj 0.070 against 0.078, x_proj 0.041 against
   0.058, dt_proj 0.045 against 0.064)."""
-  fit_m = lambda b: min(b, max(16, next_pow2(m)))
-  fit_n = lambda b: min(b, max(16, next_pow2(n)))
+  fit_m = lambda b: _fit(b, m)
+  fit_n = lambda b: _fit(b, n)
   if small:
     wide = n >= 3072
     return MixedGemmBlockConfig(fit_m(64), fit_n(128 if wide else 64), 256, 4,
                                 3 if wide else 4)
   if k < 128:
     return MixedGemmBlockConfig(fit_m(64), fit_n(64), 128, 4, 3)
-  block_k = next((bk for bk in (128, 256, 64) if k % bk == 0), 64)
+  block_k = _dividing_block_k(k, (128, 256, 64))
   if n >= 512:
     return MixedGemmBlockConfig(fit_m(64), fit_n(128), block_k, 4, 3)
   return MixedGemmBlockConfig(fit_m(128), fit_n(128), block_k, 8, 3)
