@@ -1,0 +1,41 @@
+#!/bin/bash
+# Session 38's card plan for issue 15 (carry .whl), one PART per call, on an H200 (kind nvidia-h200):
+#   PART=narrow_grid bash results/session38/run.sh
+# narrow_grid (~7 min): (1) Vim-B batch 64, W8A8 and W4A4O8, x_proj's 64 x 64 tile on the unpacked
+#   weight (mixed_gemm config.NARROW_N_SMALL_TILE_ABOVE_ROWS, session 37) against the older rule,
+#   one process; (2) issue 15's Vim-B grid, batches 64 and 1, today's defaults (trees laid out for
+#   their batch by prepared_for_inference), another process: results/bench_e2e_latest.json.
+# warps_ts (~6 min): (1) act_quant at 1, 2 and 4 warps per program, batches 64 and 1 (1-16 warps
+#   at batch 1: the small-grid rule); (2) Vim-T and Vim-S at batch 64 with both scan directions as
+#   one vmapped batch (`batch_directions=1`) against today's rule (looped from batch 64, measured on
+#   Vim-B only, session 13): if vmapped wins, the rule should follow batch x d_inner.
+# grid_ts (~9 min): Vim-T and Vim-S, batches 64 and 1, today's defaults (the table's rows are
+#   sessions 17 / 18's H200 runs, before the prepared trees and most of the kernels).
+set -u
+. bench/device_env.sh
+
+e2e() {   # e2e LIMIT_S OUT_NAME TAIL_LINES ARGS...: one bench process, its summary lines
+  local limit=$1 name=$2 lines=$3; shift 3
+  timeout "$limit" python3 bench/e2e_latency.py "$@" --out="$OUT/$name" 2>&1 | quiet \
+    | grep -v compiled | tail -"$lines"
+}
+
+case ${PART:-narrow_grid} in
+  narrow_grid)
+    e2e 150 e2e_vim_b_narrow.json 8 --models=vim_b --batches=64 --variants=w8a8,w4a4o8 \
+      --iters=30 --cases=default,gemm_narrow_n_small_tile=0
+    e2e 400 e2e_vim_b_grid.json 10 --models=vim_b --batches=64,1 \
+      --variants=bf16_xla,bf16_pallas_scan,w8a8,w4a4o8 --iters=15 ;;
+  warps_ts)
+    for B in 64 1; do
+      W=1,2,4; [ $B = 1 ] && W=1,2,4,8,16
+      timeout 110 python3 -m kernels_pallas.act_quant.bench --trials=15 --batch=$B --warps=$W \
+        --out=$OUT/act_quant_warps_b$B.json 2>&1 | quiet | grep -v "^ " | tail -24
+    done
+    e2e 330 e2e_vim_ts_vmapped.json 10 --models=vim_t,vim_s --batches=64 \
+      --variants=bf16_pallas_scan,w4a4o8 --iters=20 --cases=default,batch_directions=1 ;;
+  grid_ts)
+    e2e 560 e2e_vim_ts_grid.json 12 --models=vim_t,vim_s --batches=64,1 \
+      --variants=bf16_xla,bf16_pallas_scan,w8a8,w4a4o8 --iters=15 ;;
+esac
+echo "total $(( $(date +%s) - S )) s"
