@@ -2,7 +2,8 @@
 
   python bench/profile_e2e.py --model=vim_b --batch=64 --variants=bf16_pallas_scan,w4a4o8
 
-Each variant of `bench/e2e_latency.py` is compiled, warmed up and run `--iters` times under
+Each variant of `bench/e2e_latency.py`, on the tree layout that bench times at this batch
+(`--stack_directions`), is compiled, warmed up and run `--iters` times under
 `jax.profiler.trace`; the trace's device events (the GPU streams) are summed by kernel name and
 divided by `--iters`, so each row is the per-forward time of one kernel family. The same script
 on CPU profiles the host threads instead (only a check that it runs). Writes a JSON with the
@@ -144,6 +145,7 @@ def main(argv=None):
     if isinstance(tree, Exception):
       raise tree
     model = e2e_latency.variant_model(base, e2e_latency.VARIANTS[name], e2e_args)
+    tree = e2e_latency.batch_tree(model, tree, args.batch, e2e_args.stack_directions)
     with e2e_latency.library_switches(e2e_args):
       per_kernel, sources, hlo = profile_variant(model, tree, images, args.iters,
                                                  args.by_source,

@@ -9,6 +9,9 @@
 #   at batch 1: the small-grid rule); (2) Vim-T and Vim-S at batch 64 with both scan directions as
 #   one vmapped batch (`batch_directions=1`) against today's rule (looped from batch 64, measured on
 #   Vim-B only, session 13): if vmapped wins, the rule should follow batch x d_inner.
+# profile (~5 min): device time per kernel family and per model line, Vim-B batches 64 and 1,
+#   W4A4O8 and bf16 + Pallas, the trees laid out for their batch (the last profile, session 34,
+#   predates the prepared trees and sessions 35-37's kernels).
 # grid_ts (~9 min): Vim-T and Vim-S, batches 64 and 1, today's defaults (the table's rows are
 #   sessions 17 / 18's H200 runs, before the prepared trees and most of the kernels).
 set -u
@@ -37,5 +40,12 @@ case ${PART:-narrow_grid} in
   grid_ts)
     e2e 560 e2e_vim_ts_grid.json 12 --models=vim_t,vim_s --batches=64,1 \
       --variants=bf16_xla,bf16_pallas_scan,w8a8,w4a4o8 --iters=15 ;;
+  profile)
+    for B in 64 1; do
+      timeout 270 python3 bench/profile_e2e.py --model=vim_b --batch=$B \
+        --variants=w4a4o8,bf16_pallas_scan --iters=3 --by_source \
+        --out=$OUT/profile_vim_b_b$B.json 2>&1 | quiet | tail -90
+      echo "batch $B at $(( $(date +%s) - S )) s"
+    done ;;
 esac
 echo "total $(( $(date +%s) - S )) s"

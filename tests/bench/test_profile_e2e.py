@@ -49,3 +49,21 @@ def test_hlo_dump_writes_the_module_and_every_kernel_instance(tmp_path):
   assert text.startswith('HloModule m')
   kernels = json.loads((tmp_path / 'hlo' / 'vim_b_b1_w4a4o8.kernels.json').read_text())
   assert list(kernels.items()) == [('memcpy32_post', [9.5, 4.0]), ('copy.3', [2.0, 1.0])]
+
+
+def test_each_variant_is_profiled_on_the_tree_its_batch_runs(monkeypatch):
+  """The profile times the layout e2e_latency times (`--stack_directions`, by default the
+  library's layout for the batch), not the tree as stored."""
+  from ouromamba_jax.models import vim
+  profile = load_bench('profile_e2e')
+  profiled = {}
+
+  def record(model, tree, images, iters, with_sources=False, options=None):
+    profiled['stacked'] = vim.holds_stacked_directions(tree)
+    return {'kernel': (1.0, 1.0)}, {}, ''
+
+  monkeypatch.setattr(profile, 'profile_variant', record)
+  for stacking, expected in ((1, True), (0, False)):
+    profile.main(['--model=vim_t', '--depth=1', '--batch=1', '--variants=bf16_xla',
+                  f'--stack_directions={stacking}'])
+    assert profiled.pop('stacked') is expected
