@@ -12,6 +12,10 @@
 # profile (~5 min): device time per kernel family and per model line, Vim-B batches 64 and 1,
 #   W4A4O8 and bf16 + Pallas, the trees laid out for their batch (the last profile, session 34,
 #   predates the prepared trees and sessions 35-37's kernels).
+# tests_split (~6 min; its 240 s stopped the tests after 33 of 40 passed): the GPU test suite of the kernels at this tip (x_proj's 64 x 64 tile of
+#   session 37 included), then the time split's program target at batches 2 and 8 (session 33's
+#   `PART=split`, never run; the scan is the same in both paths, so bf16 + Pallas only): the
+#   default against no split and a target of 128 programs.
 # grid_ts (~9 min): Vim-T and Vim-S, batches 64 and 1, today's defaults (the table's rows are
 #   sessions 17 / 18's H200 runs, before the prepared trees and most of the kernels).
 set -u
@@ -40,6 +44,13 @@ case ${PART:-narrow_grid} in
   grid_ts)
     e2e 560 e2e_vim_ts_grid.json 12 --models=vim_t,vim_s --batches=64,1 \
       --variants=bf16_xla,bf16_pallas_scan,w8a8,w4a4o8 --iters=15 ;;
+  tests_split)
+    timeout 240 python3 -m pytest -q -o addopts= -m gpu -p no:cacheprovider tests/kernels_pallas \
+      2>&1 | quiet | tail -6
+    echo "tests at $(( $(date +%s) - S )) s"
+    e2e 170 e2e_vim_b_split_rule.json 10 --models=vim_b --batches=2,8 \
+      --variants=bf16_pallas_scan --iters=20 \
+      --cases=default,scan_segment_programs=0,scan_segment_programs=128 ;;
   profile)
     for B in 64 1; do
       timeout 270 python3 bench/profile_e2e.py --model=vim_b --batch=$B \
