@@ -1,5 +1,6 @@
 #!/bin/bash
-# Session 38's card plan for issue 15 (carry .whl), one PART per call, on an H200 (kind nvidia-h200):
+# Session 38's card plan for issue 15 (carry .whl), one PART per call (an H200 was asked for; every
+# part ran on an H100):
 #   PART=narrow_grid bash results/session38/run.sh
 # narrow_grid (~7 min): (1) Vim-B batch 64, W8A8 and W4A4O8, x_proj's 64 x 64 tile on the unpacked
 #   weight (mixed_gemm config.NARROW_N_SMALL_TILE_ABOVE_ROWS, session 37) against the older rule,
