@@ -2,6 +2,7 @@
 import gzip
 import json
 
+from ouromamba_jax.models import vim
 from tests.bench import load_bench
 
 
@@ -54,7 +55,6 @@ def test_hlo_dump_writes_the_module_and_every_kernel_instance(tmp_path):
 def test_each_variant_is_profiled_on_the_tree_its_batch_runs(monkeypatch):
   """The profile times the layout e2e_latency times (`--stack_directions`, by default the
   library's layout for the batch), not the tree as stored."""
-  from ouromamba_jax.models import vim
   profile = load_bench('profile_e2e')
   profiled = {}
 
