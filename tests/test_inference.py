@@ -8,6 +8,7 @@ from ouromamba_jax.models import build_model
 from ouromamba_jax.models import vim
 from ouromamba_jax.models.vim import VisionMamba
 from ouromamba_jax.quant import qtypes
+from tests.quant import coarse
 
 
 def _tiny_vim(**fields):
@@ -42,7 +43,6 @@ def test_vim_directions_are_stacked_where_the_forward_vmaps_them(monkeypatch):
 def test_parameter_sites_are_folded_with_the_same_logits():
   """A quantized tree's A/D sites come back folded (`quant.fold_parameter_sites`), for every
   family; the logits are the stored tree's bit for bit."""
-  from tests.quant import coarse  # pylint: disable=g-import-not-at-top
   model, params, images = _tiny_vim()
   qparams, _ = coarse.quantize((model, params, np.repeat(images, 2, axis=0)), 'w4a4', mode='int')
   served = inference.prepared_for_inference(model, qparams, batch=1)

@@ -342,8 +342,7 @@ def prepared_for_batch(params, batch: int, batch_directions: Optional[bool] = No
   as they are where it loops them. Measured on one H100 (BENCHMARKS.md session 37, Vim-B, one
   process): at batch 1 stacked trees took W4A4O8 5.81 -> 4.63 ms, bf16 + Pallas 2.91 -> 2.60
   and bf16 XLA 4.99 -> 4.85; at batch 64 (directions looped) bf16 + Pallas ran 24.05 -> 25.30
-  ms from a stacked tree (session 34: 22.40 -> 23.99), W4A4O8 33.49 -> 33.27. A tree stacked
-  already is returned as it is."""
+  ms from a stacked tree, W4A4O8 33.49 -> 33.27. A tree stacked already is returned as it is."""
   if directions_as_one_batch(batch_directions, batch):
     return with_directions_stacked(params)
   return params

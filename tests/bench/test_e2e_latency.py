@@ -7,7 +7,11 @@ with `quant.quantize`), since its outlier-rate pass is a path only a GPU run rea
 """
 import json
 
+import jax
+import numpy as np
 import pytest
+
+from ouromamba_jax.models import vim
 from tests.bench import load_bench
 
 
@@ -49,9 +53,6 @@ def test_e2e_latency_times_a_tree_with_the_directions_stacked(tmp_path):
 @pytest.mark.parametrize('batch_directions,stacking,stacked', [
     (True, -1, True), (False, -1, False), (True, 0, False), (False, 1, True)])
 def test_each_batch_runs_the_tree_its_setting_names(batch_directions, stacking, stacked):
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from ouromamba_jax.models import vim  # pylint: disable=g-import-not-at-top
   bench = load_bench('e2e_latency')
   model = vim.VisionMamba(img_size=32, patch_size=8, depth=1, d_model=16, num_classes=3,
                           scan_implementation='xla', batch_directions=batch_directions)
